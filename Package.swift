@@ -1,0 +1,59 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Perennial: a recommendation model server that never stops learning.
+// Layout and reasons: ../shared/DESIGN.md. Plugins live under Plugins/<Name>,
+// the Swift client under clients/swift, everything else under Sources/.
+let package = Package(
+    name: "Perennial",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "perennial", targets: ["perennial"]),
+        .library(name: "PerennialClient", targets: ["PerennialClient"]),
+        .library(name: "PerennialProtocol", targets: ["PerennialProtocol"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // libuv from the system (Debian: libuv1-dev).
+        .systemLibrary(
+            name: "CLibUV",
+            path: "Sources/CLibUV",
+            pkgConfig: "libuv",
+            providers: [.apt(["libuv1-dev"])]
+        ),
+        // Frame codec and message types: pure Swift, no I/O.
+        .target(name: "PerennialProtocol", path: "Sources/PerennialProtocol"),
+        // Table, id maps, histories, learner, scorer plugin API, config.
+        .target(name: "PerennialCore", path: "Sources/PerennialCore"),
+        // Scorer plugins, one folder each.
+        .target(name: "Popularity", dependencies: ["PerennialCore"], path: "Plugins/Popularity"),
+        // The libuv server: loop, connections, routing, limits, stats.
+        .target(
+            name: "PerennialServer",
+            dependencies: ["CLibUV", "PerennialProtocol", "PerennialCore", "Popularity"],
+            path: "Sources/PerennialServer"
+        ),
+        // The bundled Swift client (async/await).
+        .target(name: "PerennialClient", dependencies: ["PerennialProtocol"], path: "clients/swift/Sources/PerennialClient"),
+        // Command line: serve, replay (and later eval, bench).
+        .executableTarget(
+            name: "perennial",
+            dependencies: [
+                "PerennialServer", "PerennialCore", "PerennialClient", "PerennialProtocol",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Sources/perennial",
+            resources: []
+        ),
+        .testTarget(name: "PerennialProtocolTests", dependencies: ["PerennialProtocol"], path: "Tests/PerennialProtocolTests"),
+        .testTarget(name: "PerennialCoreTests", dependencies: ["PerennialCore", "Popularity"], path: "Tests/PerennialCoreTests"),
+        .testTarget(
+            name: "PerennialServerTests",
+            dependencies: ["PerennialServer", "PerennialClient", "PerennialProtocol", "PerennialCore"],
+            path: "Tests/PerennialServerTests"
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,247 @@
+// A small TOML reader for Perennial's config file: `[section]` and
+// `[section.sub]` headers, `key = value` lines, `#` comments; values are
+// strings ("…" with \" \\ \n \t escapes, or '…'), integers, floats, booleans
+// and one-line arrays of those. That subset is all the config uses, and
+// owning the parser lets every error name the line and the key, which a
+// general TOML library does not report for semantic errors.
+
+public enum ConfigValue: Equatable, Sendable, CustomStringConvertible {
+    case string(String)
+    case integer(Int)
+    case float(Double)
+    case bool(Bool)
+    case array([ConfigValue])
+
+    public var typeName: String {
+        switch self {
+        case .string: "a string"
+        case .integer: "an integer"
+        case .float: "a number"
+        case .bool: "a boolean"
+        case .array: "an array"
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .string(let s): "\"\(s)\""
+        case .integer(let i): "\(i)"
+        case .float(let d): "\(d)"
+        case .bool(let b): "\(b)"
+        case .array(let a): "[" + a.map(\.description).joined(separator: ", ") + "]"
+        }
+    }
+}
+
+public struct ConfigError: Error, Sendable, CustomStringConvertible, Equatable {
+    public var file: String
+    public var line: Int?
+    public var message: String
+
+    public init(file: String, line: Int?, message: String) {
+        self.file = file
+        self.line = line
+        self.message = message
+    }
+
+    public var description: String {
+        if let line { return "\(file):\(line): \(message)" }
+        return "\(file): \(message)"
+    }
+}
+
+/// The parsed file: full dotted key → value and the line it came from.
+public struct ConfigDocument: Sendable {
+    public struct Entry: Sendable {
+        public var value: ConfigValue
+        public var line: Int
+    }
+
+    public var file: String
+    public private(set) var entries: [String: Entry] = [:]
+    /// Keys in file order, for stable error reporting.
+    public private(set) var order: [String] = []
+
+    public init(file: String = "<defaults>") { self.file = file }
+
+    public init(text: String, file: String) throws(ConfigError) {
+        self.file = file
+        var section = ""
+        var lineNumber = 0
+        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            lineNumber += 1
+            var line = Substring(ConfigDocument.stripComment(String(rawLine)))
+            line = line.drop(while: { $0 == " " || $0 == "\t" || $0 == "\r" })
+            while let last = line.last, last == " " || last == "\t" || last == "\r" { line = line.dropLast() }
+            if line.isEmpty { continue }
+            if line.hasPrefix("[") {
+                guard line.hasSuffix("]"), !line.hasPrefix("[[") else {
+                    throw ConfigError(file: file, line: lineNumber, message: "malformed section header '\(line)'")
+                }
+                let name = line.dropFirst().dropLast().trimmingSpaces()
+                guard ConfigDocument.isKeyPath(name) else {
+                    throw ConfigError(file: file, line: lineNumber, message: "malformed section name '\(name)'")
+                }
+                section = name
+                continue
+            }
+            guard let eq = line.firstIndex(of: "=") else {
+                throw ConfigError(file: file, line: lineNumber, message: "expected 'key = value', found '\(line)'")
+            }
+            let key = line[..<eq].trimmingSpaces()
+            let valueText = line[line.index(after: eq)...].trimmingSpaces()
+            guard ConfigDocument.isKeyPath(key) else {
+                throw ConfigError(file: file, line: lineNumber, message: "malformed key '\(key)'")
+            }
+            let fullKey = section.isEmpty ? key : section + "." + key
+            var parser = ValueParser(text: Array(valueText.unicodeScalars))
+            let value: ConfigValue
+            do throws(ValueParser.Failure) {
+                value = try parser.parseValue()
+                parser.skipSpaces()
+                if !parser.atEnd { throw ValueParser.Failure(message: "unexpected text after the value") }
+            } catch let failure {
+                throw ConfigError(file: file, line: lineNumber, message: "bad value for '\(fullKey)': \(failure.message)")
+            }
+            if let previous = entries[fullKey] {
+                throw ConfigError(file: file, line: lineNumber,
+                                  message: "'\(fullKey)' is set twice (first on line \(previous.line))")
+            }
+            entries[fullKey] = Entry(value: value, line: lineNumber)
+            order.append(fullKey)
+        }
+    }
+
+    /// Sets a value from code (command-line overrides); line 0 means "not
+    /// from the file".
+    public mutating func set(_ key: String, _ value: ConfigValue) {
+        if entries[key] == nil { order.append(key) }
+        entries[key] = Entry(value: value, line: entries[key]?.line ?? 0)
+    }
+
+    static func isKeyPath(_ s: String) -> Bool {
+        !s.isEmpty && s.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { part in
+            !part.isEmpty && part.unicodeScalars.allSatisfy { c in
+                (c >= "a" && c <= "z") || (c >= "A" && c <= "Z") || (c >= "0" && c <= "9") || c == "_" || c == "-"
+            }
+        }
+    }
+
+    /// Drops a `#` comment that is not inside a string.
+    static func stripComment(_ line: String) -> String {
+        var inDouble = false, inSingle = false, escaped = false
+        var out = ""
+        for c in line {
+            if escaped { escaped = false; out.append(c); continue }
+            if inDouble && c == "\\" { escaped = true; out.append(c); continue }
+            if c == "\"" && !inSingle { inDouble.toggle() }
+            if c == "'" && !inDouble { inSingle.toggle() }
+            if c == "#" && !inDouble && !inSingle { break }
+            out.append(c)
+        }
+        return out
+    }
+}
+
+struct ValueParser {
+    struct Failure: Error { var message: String }
+    let text: [Unicode.Scalar]
+    var i = 0
+
+    var atEnd: Bool { i >= text.count }
+
+    mutating func skipSpaces() {
+        while i < text.count, text[i] == " " || text[i] == "\t" { i += 1 }
+    }
+
+    mutating func parseValue() throws(Failure) -> ConfigValue {
+        skipSpaces()
+        guard i < text.count else { throw Failure(message: "missing value") }
+        switch text[i] {
+        case "\"": return .string(try parseBasicString())
+        case "'": return .string(try parseLiteralString())
+        case "[": return try parseArray()
+        default: return try parseBare()
+        }
+    }
+
+    mutating func parseBasicString() throws(Failure) -> String {
+        i += 1
+        var s = String.UnicodeScalarView()
+        while i < text.count {
+            let c = text[i]
+            i += 1
+            if c == "\"" { return String(s) }
+            if c == "\\" {
+                guard i < text.count else { break }
+                let e = text[i]
+                i += 1
+                switch e {
+                case "\"": s.append("\"")
+                case "\\": s.append("\\")
+                case "n": s.append("\n")
+                case "t": s.append("\t")
+                default: throw Failure(message: "unknown escape '\\\(e)' in string")
+                }
+            } else {
+                s.append(c)
+            }
+        }
+        throw Failure(message: "unterminated string")
+    }
+
+    mutating func parseLiteralString() throws(Failure) -> String {
+        i += 1
+        var s = String.UnicodeScalarView()
+        while i < text.count {
+            let c = text[i]
+            i += 1
+            if c == "'" { return String(s) }
+            s.append(c)
+        }
+        throw Failure(message: "unterminated string")
+    }
+
+    mutating func parseArray() throws(Failure) -> ConfigValue {
+        i += 1
+        var items: [ConfigValue] = []
+        while true {
+            skipSpaces()
+            guard i < text.count else { throw Failure(message: "unterminated array") }
+            if text[i] == "]" { i += 1; return .array(items) }
+            items.append(try parseValue())
+            skipSpaces()
+            guard i < text.count else { throw Failure(message: "unterminated array") }
+            if text[i] == "," { i += 1; continue }
+            if text[i] == "]" { i += 1; return .array(items) }
+            throw Failure(message: "expected ',' or ']' in array")
+        }
+    }
+
+    mutating func parseBare() throws(Failure) -> ConfigValue {
+        var word = ""
+        while i < text.count, text[i] != ",", text[i] != "]", text[i] != " ", text[i] != "\t" {
+            word.unicodeScalars.append(text[i])
+            i += 1
+        }
+        if word == "true" { return .bool(true) }
+        if word == "false" { return .bool(false) }
+        let digits = word.replacingUnderscores()
+        if let n = Int(digits) { return .integer(n) }
+        if digits.contains(where: { $0 == "." || $0 == "e" || $0 == "E" }), let d = Double(digits), d.isFinite {
+            return .float(d)
+        }
+        throw Failure(message: "'\(word)' is not a value (strings need quotes)")
+    }
+}
+
+extension StringProtocol {
+    func trimmingSpaces() -> String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
+        return String(s)
+    }
+
+    func replacingUnderscores() -> String { String(filter { $0 != "_" }) }
+}

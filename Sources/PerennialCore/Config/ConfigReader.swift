@@ -1,0 +1,136 @@
+// Typed access to a ConfigDocument. Every getter records the key as known;
+// `finish()` then reports any key nobody asked for as unknown, naming its line
+// and the closest known key, so a typo never silently falls back to a
+// default.
+
+public final class ConfigReader {
+    public let document: ConfigDocument
+    private var known: Set<String> = []
+    private var knownSections: Set<String> = []
+
+    public init(_ document: ConfigDocument) { self.document = document }
+
+    private func fail(_ key: String, _ message: String) -> ConfigError {
+        ConfigError(file: document.file, line: document.entries[key]?.line, message: message)
+    }
+
+    private func lookup(_ key: String) -> ConfigDocument.Entry? {
+        known.insert(key)
+        if let dot = key.lastIndex(of: ".") { knownSections.insert(String(key[..<dot])) }
+        return document.entries[key]
+    }
+
+    public func has(_ key: String) -> Bool { document.entries[key] != nil }
+
+    public func int(_ key: String, default value: Int, in range: ClosedRange<Int>) throws(ConfigError) -> Int {
+        guard let e = lookup(key) else { return value }
+        guard case .integer(let n) = e.value else {
+            throw fail(key, "'\(key)' must be an integer, found \(e.value.typeName) (\(e.value))")
+        }
+        guard range.contains(n) else {
+            throw fail(key, "'\(key)' = \(n) is outside \(range.lowerBound)...\(range.upperBound)")
+        }
+        return n
+    }
+
+    public func double(_ key: String, default value: Double, in range: ClosedRange<Double>) throws(ConfigError) -> Double {
+        guard let e = lookup(key) else { return value }
+        let d: Double
+        switch e.value {
+        case .float(let x): d = x
+        case .integer(let n): d = Double(n)
+        default: throw fail(key, "'\(key)' must be a number, found \(e.value.typeName) (\(e.value))")
+        }
+        guard range.contains(d) else {
+            throw fail(key, "'\(key)' = \(d) is outside \(range.lowerBound)...\(range.upperBound)")
+        }
+        return d
+    }
+
+    public func bool(_ key: String, default value: Bool) throws(ConfigError) -> Bool {
+        guard let e = lookup(key) else { return value }
+        guard case .bool(let b) = e.value else {
+            throw fail(key, "'\(key)' must be true or false, found \(e.value.typeName) (\(e.value))")
+        }
+        return b
+    }
+
+    public func string(_ key: String, default value: String, oneOf choices: [String]? = nil) throws(ConfigError) -> String {
+        guard let e = lookup(key) else { return value }
+        guard case .string(let s) = e.value else {
+            throw fail(key, "'\(key)' must be a string, found \(e.value.typeName) (\(e.value))")
+        }
+        if let choices, !choices.contains(s) {
+            throw fail(key, "'\(key)' = \"\(s)\" is not one of \(choices.map { "\"\($0)\"" }.joined(separator: ", "))")
+        }
+        return s
+    }
+
+    public func strings(_ key: String, default value: [String]) throws(ConfigError) -> [String] {
+        guard let e = lookup(key) else { return value }
+        guard case .array(let items) = e.value else {
+            throw fail(key, "'\(key)' must be an array of strings, found \(e.value.typeName) (\(e.value))")
+        }
+        var out: [String] = []
+        for item in items {
+            guard case .string(let s) = item else {
+                throw fail(key, "'\(key)' must be an array of strings; \(item) is \(item.typeName)")
+            }
+            out.append(s)
+        }
+        return out
+    }
+
+    /// Names of the sub-sections under `prefix` present in the file (e.g.
+    /// the scorer sections under "scorers").
+    public func subsections(of prefix: String) -> [(name: String, line: Int)] {
+        var seen: [String: Int] = [:]
+        for key in document.order where key.hasPrefix(prefix + ".") {
+            let rest = key.dropFirst(prefix.count + 1)
+            if let dot = rest.firstIndex(of: ".") {
+                let name = String(rest[..<dot])
+                let line = document.entries[key]!.line
+                seen[name] = min(seen[name] ?? line, line)
+            }
+        }
+        return seen.map { ($0.key, $0.value) }.sorted { $0.line < $1.line }
+    }
+
+    /// Throws for the first key in the file that no getter asked for.
+    public func finish() throws(ConfigError) {
+        for key in document.order where !known.contains(key) {
+            let section = key.lastIndex(of: ".").map { String(key[..<$0]) } ?? ""
+            var message = "unknown key '\(key)'"
+            if let near = ConfigReader.closest(to: key, among: Array(known)) {
+                message += " (did you mean '\(near)'?)"
+            } else if !section.isEmpty && !knownSections.contains(section) {
+                message = "unknown section '[\(section)]' (key '\(key)')"
+            }
+            throw ConfigError(file: document.file, line: document.entries[key]?.line, message: message)
+        }
+    }
+
+    static func closest(to key: String, among candidates: [String]) -> String? {
+        var best: (String, Int)?
+        for c in candidates {
+            let d = editDistance(Array(key.utf8), Array(c.utf8))
+            if d <= max(2, key.count / 4), d < (best?.1 ?? Int.max) { best = (c, d) }
+        }
+        return best?.0
+    }
+
+    static func editDistance(_ a: [UInt8], _ b: [UInt8]) -> Int {
+        if a.isEmpty { return b.count }
+        var prev = Array(0...b.count)
+        var cur = [Int](repeating: 0, count: b.count + 1)
+        for i in 1...a.count {
+            cur[0] = i
+            for j in 1...max(1, b.count) where !b.isEmpty {
+                cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+            }
+            if b.isEmpty { cur[0] = i }
+            swap(&prev, &cur)
+        }
+        return prev[b.count]
+    }
+}

@@ -1,0 +1,122 @@
+// The server's configuration, read from the bundled TOML file format
+// (config/perennial.toml documents every key). Defaults here and in that
+// file are the same; a test holds them together.
+
+import Foundation
+
+public struct LimitsConfig: Sendable, Equatable {
+    public var maxFrameBytes = 4 * 1024 * 1024
+    public var maxItems = 1000
+    public var maxEvents = 10_000
+    public var maxTextBytes = 65_536
+    public var maxConnections = 4096
+    public var idleTimeoutMs = 300_000
+    public var frameTimeoutMs = 10_000
+    public var waitMs = 5_000
+    public var maxPendingBytes = 1024 * 1024
+    public init() {}
+}
+
+/// One loaded scorer: its registered name and the settings it read.
+public struct ScorerConfig: Sendable {
+    public var name: String
+    public var settings: ScorerSettings
+}
+
+public struct PerennialConfig: Sendable {
+    public var host = "127.0.0.1"
+    public var port = 7878
+    public var dataDir = "data"
+    public var allowShutdown = false
+    public var limits = LimitsConfig()
+    public var learnerQueueCapacity = 65_536
+    public var historyPerUser = 1000
+    /// Scorers to load, in order; the first is the default unless
+    /// `defaultScorer` names another.
+    public var scorers: [ScorerConfig] = []
+    public var defaultScorer = "popularity"
+    /// Where this config came from, for messages.
+    public var source = "<defaults>"
+
+    public init() {}
+
+    /// The built-in defaults (what runs without --config).
+    public static func defaults(registry: ScorerRegistry) throws(ConfigError) -> PerennialConfig {
+        try load(ConfigDocument(), registry: registry)
+    }
+
+    public static func load(file path: String, registry: ScorerRegistry, overrides: [String: ConfigValue] = [:]) throws(ConfigError) -> PerennialConfig {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigError(file: path, line: nil, message: "cannot read the config file: \(error.localizedDescription)")
+        }
+        var doc = try ConfigDocument(text: text, file: path)
+        for (k, v) in overrides { doc.set(k, v) }
+        return try load(doc, registry: registry)
+    }
+
+    public static func load(_ doc: ConfigDocument, registry: ScorerRegistry) throws(ConfigError) -> PerennialConfig {
+        let r = ConfigReader(doc)
+        var c = PerennialConfig()
+        c.source = doc.file
+        c.host = try r.string("server.host", default: c.host)
+        c.port = try r.int("server.port", default: c.port, in: 0...65535)
+        c.dataDir = try r.string("server.data_dir", default: c.dataDir)
+        c.allowShutdown = try r.bool("server.allow_shutdown", default: c.allowShutdown)
+
+        var l = LimitsConfig()
+        l.maxFrameBytes = try r.int("limits.max_frame_bytes", default: l.maxFrameBytes, in: 1024...(1 << 30))
+        l.maxItems = try r.int("limits.max_items", default: l.maxItems, in: 1...65535)
+        l.maxEvents = try r.int("limits.max_events", default: l.maxEvents, in: 1...1_000_000)
+        l.maxTextBytes = try r.int("limits.max_text_bytes", default: l.maxTextBytes, in: 0...(1 << 26))
+        l.maxConnections = try r.int("limits.max_connections", default: l.maxConnections, in: 1...1_000_000)
+        l.idleTimeoutMs = try r.int("limits.idle_timeout_ms", default: l.idleTimeoutMs, in: 0...(1 << 40))
+        l.frameTimeoutMs = try r.int("limits.frame_timeout_ms", default: l.frameTimeoutMs, in: 0...(1 << 40))
+        l.waitMs = try r.int("limits.wait_ms", default: l.waitMs, in: 0...(1 << 40))
+        l.maxPendingBytes = try r.int("limits.max_pending_bytes", default: l.maxPendingBytes, in: 4096...(1 << 34))
+        c.limits = l
+        // A FEEDBACK batch must fit in the learner queue, or it could never be accepted.
+        c.learnerQueueCapacity = try r.int("learner.queue_capacity", default: c.learnerQueueCapacity, in: 16...(1 << 26))
+        if c.learnerQueueCapacity < l.maxEvents {
+            throw ConfigError(file: doc.file, line: doc.entries["learner.queue_capacity"]?.line,
+                              message: "'learner.queue_capacity' (\(c.learnerQueueCapacity)) must be at least 'limits.max_events' (\(l.maxEvents))")
+        }
+        c.historyPerUser = try r.int("history.max_items_per_user", default: c.historyPerUser, in: 0...1_000_000)
+
+        let names = try r.strings("scorers.load", default: ["popularity"])
+        if names.isEmpty {
+            throw ConfigError(file: doc.file, line: doc.entries["scorers.load"]?.line, message: "'scorers.load' must name at least one scorer")
+        }
+        for name in names {
+            guard registry.factory(named: name) != nil else {
+                throw ConfigError(file: doc.file, line: doc.entries["scorers.load"]?.line,
+                                  message: "'scorers.load' names unknown scorer \"\(name)\"; known: \(registry.names.joined(separator: ", "))")
+            }
+        }
+        if Set(names).count != names.count {
+            throw ConfigError(file: doc.file, line: doc.entries["scorers.load"]?.line, message: "'scorers.load' names a scorer twice")
+        }
+        c.defaultScorer = try r.string("scorers.default", default: names[0])
+        if !names.contains(c.defaultScorer) {
+            throw ConfigError(file: doc.file, line: doc.entries["scorers.default"]?.line,
+                              message: "'scorers.default' = \"\(c.defaultScorer)\" is not in 'scorers.load' (\(names.joined(separator: ", ")))")
+        }
+        // Every scorer section present is validated, loaded or not, so a typo
+        // in a section for a scorer switched off still surfaces.
+        for (section, line) in r.subsections(of: "scorers") where registry.factory(named: section) == nil {
+            throw ConfigError(file: doc.file, line: line,
+                              message: "section '[scorers.\(section)]' names unknown scorer \"\(section)\"; known: \(registry.names.joined(separator: ", "))")
+        }
+        for factory in registry.factories {
+            let settings = try factory.readSettings(ScorerSettingsReader(reader: r, prefix: "scorers." + factory.name))
+            if names.contains(factory.name) {
+                c.scorers.append(ScorerConfig(name: factory.name, settings: settings))
+            }
+        }
+        c.scorers.sort { names.firstIndex(of: $0.name)! < names.firstIndex(of: $1.name)! }
+        try r.finish()
+        return c
+    }
+}

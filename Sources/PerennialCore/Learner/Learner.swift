@@ -1,0 +1,116 @@
+// The learner: one thread that applies accepted events to the model in
+// sequence order, fed by a bounded queue from the serving thread. When the
+// queue has no room for a batch, `tryEnqueue` says so and the server stops
+// reading that connection until `onProgress` reports room: backpressure,
+// never a drop.
+//
+// Threading invariant (why this is `@unchecked Sendable`): `ring`, `head`,
+// `count` and `stopping` are read and written only with `mutex` held; the
+// model is touched by this thread only through `Model.learn`.
+
+import Foundation
+
+public final class Learner: @unchecked Sendable {
+    public let capacity: Int
+    private let model: Model
+    private var ring: [LearnEvent]
+    private var head = 0
+    private var count = 0
+    private var stopping = false
+    private var mutex = pthread_mutex_t()
+    private var wake = pthread_cond_t()
+    private var thread: Thread?
+    private let finished = DispatchSemaphore(value: 0)
+    /// Called on the learner thread after each applied chunk, with the
+    /// applied sequence. Must be cheap and thread-safe (the server wakes its
+    /// loop with `uv_async_send`).
+    private let onProgress: @Sendable (UInt64) -> Void
+
+    public init(model: Model, capacity: Int, onProgress: @escaping @Sendable (UInt64) -> Void = { _ in }) {
+        self.model = model
+        self.capacity = capacity
+        self.onProgress = onProgress
+        ring = [LearnEvent](repeating: LearnEvent(seq: 0, user: 0, item: 0, kind: .view, value: 0, timestamp: 0), count: capacity)
+        pthread_mutex_init(&mutex, nil)
+        pthread_cond_init(&wake, nil)
+    }
+
+    deinit {
+        pthread_mutex_destroy(&mutex)
+        pthread_cond_destroy(&wake)
+    }
+
+    public func start() {
+        let t = Thread { [self] in run() }
+        t.name = "perennial-learner"
+        thread = t
+        t.start()
+    }
+
+    /// Events waiting to be applied.
+    public var queued: Int {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return count
+    }
+
+    /// Queues the whole batch, or nothing when there is not room for all of it.
+    public func tryEnqueue(_ events: [LearnEvent]) -> Bool {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        guard !stopping, capacity - count >= events.count else { return false }
+        var tail = (head + count) % capacity
+        for e in events {
+            ring[tail] = e
+            tail += 1
+            if tail == capacity { tail = 0 }
+        }
+        count += events.count
+        pthread_cond_signal(&wake)
+        return true
+    }
+
+    /// Whether a batch of `n` events would fit now.
+    public func hasRoom(for n: Int) -> Bool {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return capacity - count >= n
+    }
+
+    /// Applies everything queued, then ends the thread; returns when done.
+    public func stop() {
+        pthread_mutex_lock(&mutex)
+        let wasRunning = thread != nil && !stopping
+        stopping = true
+        pthread_cond_signal(&wake)
+        pthread_mutex_unlock(&mutex)
+        if wasRunning { finished.wait() }
+    }
+
+    private func run() {
+        let chunkSize = 256
+        var local = [LearnEvent]()
+        local.reserveCapacity(chunkSize)
+        while true {
+            pthread_mutex_lock(&mutex)
+            while count == 0 && !stopping { pthread_cond_wait(&wake, &mutex) }
+            if count == 0 && stopping {
+                pthread_mutex_unlock(&mutex)
+                break
+            }
+            let n = min(count, chunkSize)
+            for _ in 0..<n {
+                local.append(ring[head])
+                head += 1
+                if head == capacity { head = 0 }
+            }
+            count -= n
+            pthread_mutex_unlock(&mutex)
+            for e in local { model.learn(e) }
+            let last = local[local.count - 1].seq
+            local.removeAll(keepingCapacity: true)
+            onProgress(last)
+        }
+        finished.signal()
+    }
+}

@@ -1,0 +1,196 @@
+// The model a server holds: id maps, per-user histories, the item catalogue
+// and the loaded scorers, with the two entry points the threads use —
+// `admit` (the serving thread turns incoming events into learn events) and
+// `learn` (the learner thread applies them).
+//
+// Threading invariant (why this is `@unchecked Sendable`): every stored
+// property except `scorers` is touched only by the admitting thread (the
+// server's loop, or the one thread of an in-process evaluation). `learn` is
+// called only by the learner thread and touches only the scorers, which
+// follow the `Scorer` contract (state shared with readers lives in
+// never-moving ChunkedBuffers). The scorer set itself does not change while
+// a learner runs.
+
+import Synchronization
+
+/// An event as a client sent it.
+public struct IncomingEvent: Sendable, Equatable {
+    public var user: UInt64
+    public var item: UInt64
+    public var kind: FeedbackKind
+    public var value: Float
+    public var timestamp: Int64
+
+    public init(user: UInt64, item: UInt64, kind: FeedbackKind, value: Float, timestamp: Int64) {
+        self.user = user
+        self.item = item
+        self.kind = kind
+        self.value = value
+        self.timestamp = timestamp
+    }
+}
+
+public enum ModelError: Error, Equatable, CustomStringConvertible {
+    case unknownScorer(String, loaded: [String])
+
+    public var description: String {
+        switch self {
+        case .unknownScorer(let name, let loaded):
+            "scorer \"\(name)\" is not loaded; loaded: \(loaded.joined(separator: ", "))"
+        }
+    }
+}
+
+/// One ranked result, with external ids.
+public struct Recommendation: Sendable, Equatable {
+    public var item: UInt64
+    public var score: Float
+}
+
+public final class Model: @unchecked Sendable {
+    public let users = IdMap()
+    public let items = IdMap()
+    public let history: InteractionHistory
+    public let catalogue = ItemCatalogue()
+    public let scorerNames: [String]
+    public let defaultScorer: String
+    private let scorers: [any Scorer]
+    public let maxTextBytes: Int
+
+    /// The highest sequence number given to an admitted event.
+    public private(set) var lastSeq: UInt64 = 0
+    /// Events applied by `learn` (read by any thread).
+    public let applied = Atomic<UInt64>(0)
+
+    // Per-request scratch, reused so that serving allocates little.
+    private let exclusions = ExclusionSet()
+    private var top = TopK(k: 10)
+
+    public init(config: PerennialConfig, registry: ScorerRegistry) {
+        history = InteractionHistory(limitPerUser: config.historyPerUser)
+        var made: [any Scorer] = []
+        for sc in config.scorers {
+            guard let factory = registry.factory(named: sc.name) else { preconditionFailure("unvalidated scorer \(sc.name)") }
+            made.append(factory.make(sc.settings))
+        }
+        scorers = made
+        scorerNames = made.map(\.name)
+        defaultScorer = config.defaultScorer
+        maxTextBytes = config.limits.maxTextBytes
+    }
+
+    public func scorer(named name: String) throws(ModelError) -> any Scorer {
+        let wanted = name.isEmpty ? defaultScorer : name
+        guard let s = scorers.first(where: { $0.name == wanted }) else {
+            throw ModelError.unknownScorer(wanted, loaded: scorerNames)
+        }
+        return s
+    }
+
+    // MARK: admitting thread
+
+    private func growScorers() {
+        for s in scorers { s.grow(users: users.count, items: items.count) }
+    }
+
+    /// Turns incoming events into learn events: inserts new ids, gives each
+    /// event the next sequence number, records histories. `now` stands in for
+    /// a zero timestamp. Implicit kinds with weight 0 get weight 1.
+    public func admit(_ events: some Collection<IncomingEvent>, now: Int64, into out: inout [LearnEvent]) {
+        var grew = false
+        for e in events {
+            let (u, newUser) = users.insert(e.user)
+            let (i, newItem) = items.insert(e.item)
+            grew = grew || newUser || newItem
+            lastSeq += 1
+            let value = (e.kind != .rating && e.value == 0) ? 1 : e.value
+            out.append(LearnEvent(seq: lastSeq, user: u, item: i, kind: e.kind, value: value,
+                                  timestamp: e.timestamp == 0 ? now : e.timestamp))
+            history.record(user: u, item: i)
+        }
+        if grew { growScorers() }
+    }
+
+    /// Stores an item's text (cut to `maxTextBytes` at a character
+    /// boundary). Returns whether the id was new and whether the text was cut.
+    public func upsertItem(id: UInt64, text: String, attributes: [(String, String)]) -> (created: Bool, truncated: Bool) {
+        let (index, isNew) = items.insert(id)
+        if isNew { growScorers() }
+        var kept = text
+        var truncated = false
+        if text.utf8.count > maxTextBytes {
+            var bytes = Array(text.utf8.prefix(maxTextBytes + 1))
+            var end = maxTextBytes
+            while end > 0 && (bytes[end] & 0xC0) == 0x80 { end -= 1 }
+            bytes.removeSubrange(end...)
+            kept = String(decoding: bytes, as: UTF8.self)
+            truncated = true
+        }
+        catalogue.upsert(index, ItemRecord(text: kept, attributes: attributes))
+        return (isNew, truncated)
+    }
+
+    // MARK: learner thread
+
+    /// Applies one event to every scorer.
+    public func learn(_ event: LearnEvent) {
+        for s in scorers { s.learn(event) }
+        applied.store(event.seq, ordering: .releasing)
+    }
+
+    public var appliedSeq: UInt64 { applied.load(ordering: .acquiring) }
+
+    // MARK: serving thread
+
+    /// The k best items for a user by the named scorer ("" = default),
+    /// excluding the user's history and `exclude`, optionally restricted to
+    /// `candidates`. Unknown item ids in the lists are ignored.
+    public func recommend(user: UInt64, k: Int, scorer name: String = "", session: [UInt64] = [],
+                          exclude: [UInt64] = [], candidates: [UInt64] = []) throws(ModelError) -> [Recommendation] {
+        let scorer = try scorer(named: name)
+        let query = makeQuery(user: user, session: session, exclude: exclude, candidates: candidates)
+        top.reset(k: k)
+        scorer.recommend(query, into: &top)
+        return top.sorted().map { Recommendation(item: items.id(at: $0.item), score: $0.score) }
+    }
+
+    /// Scores for the given item ids (in order) and whether each is known.
+    public func score(user: UInt64, items ids: [UInt64], scorer name: String = "", session: [UInt64] = []) throws(ModelError) -> [(score: Float, known: Bool)] {
+        let scorer = try scorer(named: name)
+        let query = makeQuery(user: user, session: session, exclude: [], candidates: [])
+        let dense = ids.map { items.index(of: $0) }
+        let scores = scorer.score(query, items: dense)
+        return zip(scores, dense).map { ($0.isFinite ? $0 : 0, $1 != nil) }
+    }
+
+    private func makeQuery(user: UInt64, session: [UInt64], exclude: [UInt64], candidates: [UInt64]) -> ScoringQuery {
+        let u = users.index(of: user)
+        exclusions.reset(itemCount: items.count)
+        if let u { history.forEachItem(of: u) { exclusions.insert($0) } }
+        for id in exclude { if let i = items.index(of: id) { exclusions.insert(i) } }
+        let cand: [Int32]? = candidates.isEmpty ? nil : candidates.compactMap { items.index(of: $0) }
+        return ScoringQuery(user: u, sessionItems: session.compactMap { items.index(of: $0) },
+                            candidates: cand, exclusions: exclusions, itemCount: items.count)
+    }
+
+    /// Counters of the model and of every scorer (`<scorer>_<name>`).
+    public var counters: [(String, UInt64)] {
+        var c: [(String, UInt64)] = [
+            ("users", UInt64(users.count)),
+            ("items", UInt64(items.count)),
+            ("items_with_text", UInt64(catalogue.count)),
+            ("history_entries", UInt64(history.totalEntries)),
+            ("id_map_bytes", UInt64(users.bytes + items.bytes)),
+        ]
+        for s in scorers {
+            for (name, v) in s.counters { c.append(("\(s.name.replacingOccurrences(of: "-", with: "_"))_\(name)", v)) }
+        }
+        return c
+    }
+}
+
+extension String {
+    func replacingOccurrences(of a: Character, with b: Character) -> String {
+        String(map { $0 == a ? b : $0 })
+    }
+}

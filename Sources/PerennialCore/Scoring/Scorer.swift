@@ -1,0 +1,153 @@
+// The scorer plugin API: what a plugin implements, what it is given, and on
+// which thread each call happens. Deliberately free of server and protocol
+// types, so a plugin can later live in a separately loaded library
+// (DESIGN.md, "Scorer plugins").
+
+/// What kind of feedback an event is.
+public enum FeedbackKind: UInt8, Sendable, CaseIterable {
+    case view = 1
+    case click = 2
+    case purchase = 3
+    case rating = 4
+}
+
+/// An accepted event as the learner sees it: dense row indices instead of
+/// external ids, and its sequence number in the log.
+public struct LearnEvent: Sendable, Equatable {
+    public var seq: UInt64
+    /// Dense user index (row in the user tables).
+    public var user: Int32
+    /// Dense item index.
+    public var item: Int32
+    public var kind: FeedbackKind
+    /// The rating for `.rating`, a weight (default 1) for the other kinds.
+    public var value: Float
+    public var timestamp: Int64
+
+    public init(seq: UInt64, user: Int32, item: Int32, kind: FeedbackKind, value: Float, timestamp: Int64) {
+        self.seq = seq
+        self.user = user
+        self.item = item
+        self.kind = kind
+        self.value = value
+        self.timestamp = timestamp
+    }
+}
+
+/// A question put to a scorer on the serving thread.
+public struct ScoringQuery {
+    /// Dense user index, or nil for a user never seen.
+    public var user: Int32?
+    /// Dense indices of the session's recent items that are known, most recent last.
+    public var sessionItems: [Int32]
+    /// Rank only these (dense indices), or every item when nil.
+    public var candidates: [Int32]?
+    /// Items never to return.
+    public var exclusions: ExclusionSet
+    /// Items 0..<itemCount exist.
+    public var itemCount: Int
+
+    public init(user: Int32?, sessionItems: [Int32] = [], candidates: [Int32]? = nil, exclusions: ExclusionSet, itemCount: Int) {
+        self.user = user
+        self.sessionItems = sessionItems
+        self.candidates = candidates
+        self.exclusions = exclusions
+        self.itemCount = itemCount
+    }
+
+    /// Calls `body` for every item the query may return: the candidates, or
+    /// the whole catalogue, minus exclusions.
+    @inline(__always)
+    public func forEachEligibleItem(_ body: (Int32) -> Void) {
+        if let candidates {
+            for c in candidates where !exclusions.contains(c) { body(c) }
+        } else {
+            for i in 0..<Int32(itemCount) where !exclusions.contains(i) { body(i) }
+        }
+    }
+}
+
+/// A scorer plugin.
+///
+/// Threads: `grow` runs on the thread that admits new ids (the server's
+/// loop) before any index is published; `learn` runs only on the learner
+/// thread, in sequence order; `recommend`, `score` and `counters` run on the
+/// serving thread, concurrently with `learn`. A plugin therefore keeps state
+/// that both sides touch in `ChunkedBuffer`s (memory that never moves), and
+/// tolerates reading a value the learner is writing.
+public protocol Scorer: AnyObject {
+    /// The registered name (`popularity`, `cf`, …).
+    var name: String { get }
+    /// Makes room for users 0..<users and items 0..<items.
+    func grow(users: Int, items: Int)
+    /// Learns from one accepted event.
+    func learn(_ event: LearnEvent)
+    /// Pushes every eligible item with its score into `top`.
+    func recommend(_ query: ScoringQuery, into top: inout TopK)
+    /// Scores the given items (nil = an item id never seen) for the query's user.
+    func score(_ query: ScoringQuery, items: [Int32?]) -> [Float]
+    /// Named counters for STATS, prefixed with the scorer's name by the caller.
+    var counters: [(String, UInt64)] { get }
+}
+
+extension Scorer {
+    public var counters: [(String, UInt64)] { [] }
+}
+
+/// Settings a scorer read from its config section.
+public protocol ScorerSettings: Sendable {}
+
+/// Reads one scorer's section, `[scorers.<name>]`.
+public struct ScorerSettingsReader {
+    let reader: ConfigReader
+    public let prefix: String
+
+    public func int(_ key: String, default v: Int, in range: ClosedRange<Int>) throws(ConfigError) -> Int {
+        try reader.int(prefix + "." + key, default: v, in: range)
+    }
+    public func double(_ key: String, default v: Double, in range: ClosedRange<Double>) throws(ConfigError) -> Double {
+        try reader.double(prefix + "." + key, default: v, in: range)
+    }
+    public func bool(_ key: String, default v: Bool) throws(ConfigError) -> Bool {
+        try reader.bool(prefix + "." + key, default: v)
+    }
+    public func string(_ key: String, default v: String, oneOf choices: [String]? = nil) throws(ConfigError) -> String {
+        try reader.string(prefix + "." + key, default: v, oneOf: choices)
+    }
+}
+
+/// How to build one kind of scorer.
+public struct ScorerFactory: Sendable {
+    public let name: String
+    public let summary: String
+    public let readSettings: @Sendable (ScorerSettingsReader) throws(ConfigError) -> any ScorerSettings
+    public let make: @Sendable (any ScorerSettings) -> any Scorer
+
+    public init(name: String, summary: String,
+                readSettings: @escaping @Sendable (ScorerSettingsReader) throws(ConfigError) -> any ScorerSettings,
+                make: @escaping @Sendable (any ScorerSettings) -> any Scorer) {
+        self.name = name
+        self.summary = summary
+        self.readSettings = readSettings
+        self.make = make
+    }
+}
+
+/// Every scorer the server can load, by name. The server consults it when it
+/// reads the config; the built-in list is assembled where the plugins are
+/// linked (PerennialServer's `BuiltinScorers`).
+public struct ScorerRegistry: Sendable {
+    public private(set) var factories: [ScorerFactory] = []
+
+    public init(_ factories: [ScorerFactory] = []) {
+        for f in factories { register(f) }
+    }
+
+    public mutating func register(_ factory: ScorerFactory) {
+        precondition(self.factory(named: factory.name) == nil, "scorer \(factory.name) registered twice")
+        factories.append(factory)
+    }
+
+    public func factory(named name: String) -> ScorerFactory? { factories.first { $0.name == name } }
+    public var names: [String] { factories.map(\.name) }
+}

@@ -1,0 +1,151 @@
+// Request payloads: decode (server side) and encode (client side), field by
+// field as PROTOCOL.md lays them out.
+
+extension Request {
+    /// Decodes a request payload. Structural problems throw MALFORMED_PAYLOAD,
+    /// out-of-range fields INVALID_ARGUMENT, bad events INVALID_EVENT with the
+    /// event's index as `detail`.
+    public static func decode(opcode: Opcode, payload: UnsafeRawBufferPointer, limits: ProtocolLimits) throws(ProtocolError) -> Request {
+        var r = ByteReader(payload)
+        let request: Request
+        switch opcode {
+        case .hello:
+            let version = try r.u16("protocol_version")
+            let name = try r.str16("client_name")
+            let token = try r.str16("token")
+            request = .hello(Hello(protocolVersion: version, clientName: name, token: token))
+        case .ping: request = .ping
+        case .stats: request = .stats
+        case .reload: request = .reload
+        case .snapshot: request = .snapshot
+        case .shutdown: request = .shutdown
+        case .recommend:
+            let user = try r.u64("user")
+            try ProtocolID.check(user, "user")
+            let k = try r.u16("k")
+            if k == 0 || Int(k) > limits.maxItems {
+                throw ProtocolError(.invalidArgument, "k = \(k) is outside 1...\(limits.maxItems)")
+            }
+            var q = RecommendRequest(user: user, k: k)
+            q.minAppliedSeq = try r.u64("min_applied_seq")
+            q.scorer = try r.str16("scorer")
+            q.sessionID = try r.str16("session_id")
+            q.sessionItems = try r.ids16("session_items", limit: limits.maxItems)
+            q.exclude = try r.ids16("exclude", limit: limits.maxItems)
+            q.candidates = try r.ids16("candidates", limit: limits.maxItems)
+            request = .recommend(q)
+        case .score:
+            let user = try r.u64("user")
+            try ProtocolID.check(user, "user")
+            let scorer = try r.str16("scorer")
+            let session = try r.ids16("session_items", limit: limits.maxItems)
+            let items = try r.ids16("items", limit: limits.maxItems)
+            if items.isEmpty { throw ProtocolError(.invalidArgument, "items: SCORE needs at least one item") }
+            request = .score(ScoreRequest(user: user, scorer: scorer, sessionItems: session, items: items))
+        case .feedback:
+            request = .feedback(try decodeEvents(&r, limits: limits))
+        case .upsertItem:
+            let item = try r.u64("item")
+            try ProtocolID.check(item, "item")
+            let text = try r.str32("text")
+            let n = Int(try r.u16("attributes"))
+            if n > limits.maxItems {
+                throw ProtocolError(.invalidArgument, "attributes: \(n), limit is \(limits.maxItems)")
+            }
+            var attributes: [ItemAttribute] = []
+            for _ in 0..<n {
+                let key = try r.str16("attribute key")
+                let value = try r.str16("attribute value")
+                attributes.append(ItemAttribute(key: key, value: value))
+            }
+            request = .upsertItem(UpsertItem(item: item, text: text, attributes: attributes))
+        case .error:
+            throw ProtocolError(.unknownOpcode, "ERROR is a reply-only opcode")
+        }
+        try r.expectEnd()
+        return request
+    }
+
+    /// FEEDBACK's batch: count checked first, then the exact size, then every
+    /// event validated. One bad event refuses the whole batch (all or nothing).
+    static func decodeEvents(_ r: inout ByteReader, limits: ProtocolLimits) throws(ProtocolError) -> [WireEvent] {
+        let n = Int(try r.u32("event count"))
+        if n == 0 || n > limits.maxEvents {
+            throw ProtocolError(.invalidArgument, "FEEDBACK carries \(n) events; allowed 1...\(limits.maxEvents)")
+        }
+        if r.remaining != n * WireEvent.wireSize {
+            throw ProtocolError(.malformedPayload,
+                                "FEEDBACK with \(n) events needs \(n * WireEvent.wireSize) bytes, got \(r.remaining)")
+        }
+        var events = [WireEvent]()
+        events.reserveCapacity(n)
+        for i in 0..<n {
+            let user = try r.u64("user")
+            let item = try r.u64("item")
+            let rawKind = try r.u8("kind")
+            let value = try r.f32("value")
+            let timestamp = try r.i64("timestamp")
+            func bad(_ why: String) -> ProtocolError {
+                ProtocolError(.invalidEvent, "event \(i): \(why); no event of this batch was accepted", detail: UInt32(i))
+            }
+            guard ProtocolID.isValid(user) else { throw bad("user id \(user) out of range 1...\(ProtocolID.max)") }
+            guard ProtocolID.isValid(item) else { throw bad("item id \(item) out of range 1...\(ProtocolID.max)") }
+            guard let kind = EventKind(rawValue: rawKind) else { throw bad("unknown kind \(rawKind) (1 view, 2 click, 3 purchase, 4 rating)") }
+            if let problem = WireEvent.problem(kind: kind, value: value) { throw bad(problem) }
+            events.append(WireEvent(user: user, item: item, kind: kind, value: value, timestamp: timestamp))
+        }
+        return events
+    }
+
+    /// Appends this request as one whole frame.
+    public func encode(into out: inout [UInt8], requestID: UInt32) {
+        let start = out.beginFrame(opcode: opcode.rawValue, flags: 0, requestID: requestID)
+        switch self {
+        case .hello(let h):
+            out.put(h.protocolVersion)
+            out.putStr16(h.clientName)
+            out.putStr16(h.token)
+        case .ping, .stats, .reload, .snapshot, .shutdown:
+            break
+        case .recommend(let q):
+            out.put(q.user)
+            out.put(q.k)
+            out.put(q.minAppliedSeq)
+            out.putStr16(q.scorer)
+            out.putStr16(q.sessionID)
+            out.putIDs16(q.sessionItems)
+            out.putIDs16(q.exclude)
+            out.putIDs16(q.candidates)
+        case .score(let s):
+            out.put(s.user)
+            out.putStr16(s.scorer)
+            out.putIDs16(s.sessionItems)
+            out.putIDs16(s.items)
+        case .feedback(let events):
+            Request.encodeFeedback(events[...], into: &out)
+        case .upsertItem(let u):
+            out.put(u.item)
+            out.putStr32(u.text)
+            out.put(UInt16(u.attributes.count))
+            for a in u.attributes {
+                out.putStr16(a.key)
+                out.putStr16(a.value)
+            }
+        }
+        out.endFrame(start)
+    }
+
+    /// FEEDBACK's payload for a slice of events, without building a Request
+    /// (the streaming clients encode straight from their batches).
+    public static func encodeFeedback(_ events: ArraySlice<WireEvent>, into out: inout [UInt8]) {
+        out.reserveCapacity(out.count + 4 + events.count * WireEvent.wireSize)
+        out.put(UInt32(events.count))
+        for e in events {
+            out.put(e.user)
+            out.put(e.item)
+            out.put(e.kind.rawValue)
+            out.put(e.value)
+            out.put(e.timestamp)
+        }
+    }
+}

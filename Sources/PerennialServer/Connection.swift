@@ -1,0 +1,303 @@
+// One client connection on the libuv loop: its socket handle, the bytes
+// received and not yet framed (one growing inbox per connection), the replies
+// produced by one read (sent with one uv_write), and its state.
+//
+// Lifetime: the handle's `data` holds a retained Unmanaged reference to this
+// object from accept until the close callback, which releases it and frees
+// the handle. All of it runs on the loop thread.
+
+import CLibUV
+import PerennialCore
+import PerennialProtocol
+
+final class Connection {
+    unowned let loop: EventLoop
+    let handle: UnsafeMutablePointer<uv_tcp_t>
+    private let writeRequest: UnsafeMutablePointer<uv_write_t>
+
+    // Received bytes: [readPos, writePos) is unframed input.
+    private var inbox: UnsafeMutableRawPointer
+    private var inboxCapacity: Int
+    private var readPos = 0
+    private var writePos = 0
+
+    /// Replies produced and not yet handed to libuv.
+    private var out: [UInt8] = []
+    /// Bytes handed to libuv in the write in flight (owned until its callback).
+    private var writeBuffer: UnsafeMutableRawPointer
+    private var writeCapacity: Int
+    private var writeInFlight = 0
+
+    var state = ConnectionState()
+    private(set) var reading = false
+    private(set) var closing = false
+    private var closeAfterFlush = false
+    /// Why the connection is not processing frames now, if it is not.
+    private(set) var parked: FrameOutcome?
+    var lastActivity: UInt64
+    /// When the first byte of the current unfinished frame arrived (0 = none).
+    private var partialSince: UInt64 = 0
+
+    static let initialInbox = 16 * 1024
+
+    init(loop: EventLoop, handle: UnsafeMutablePointer<uv_tcp_t>) {
+        self.loop = loop
+        self.handle = handle
+        writeRequest = .allocate(capacity: 1)
+        inboxCapacity = Connection.initialInbox
+        inbox = .allocate(byteCount: inboxCapacity, alignment: 16)
+        writeCapacity = 16 * 1024
+        writeBuffer = .allocate(byteCount: writeCapacity, alignment: 16)
+        lastActivity = MonotonicClock.nowMillis()
+        out.reserveCapacity(16 * 1024)
+    }
+
+    deinit {
+        inbox.deallocate()
+        writeBuffer.deallocate()
+        writeRequest.deallocate()
+    }
+
+    private var stream: UnsafeMutablePointer<uv_stream_t> { UnsafeMutablePointer(OpaquePointer(handle)) }
+    private var uvHandle: UnsafeMutablePointer<uv_handle_t> { UnsafeMutablePointer(OpaquePointer(handle)) }
+
+    // MARK: reading
+
+    func startReading() {
+        guard !reading, !closing, !closeAfterFlush, parked == nil else { return }
+        guard pendingBytes < loop.limits.maxPendingBytes else { return }
+        reading = true
+        uv_read_start(stream, connectionAlloc, connectionRead)
+    }
+
+    func stopReading() {
+        guard reading else { return }
+        reading = false
+        uv_read_stop(stream)
+    }
+
+    /// Hands libuv the free tail of the inbox (at least 4 KiB of it).
+    func allocate(_ suggested: Int) -> (UnsafeMutableRawPointer, Int) {
+        if inboxCapacity - writePos < 4096 { makeRoom(atLeast: 4096) }
+        return (inbox + writePos, inboxCapacity - writePos)
+    }
+
+    /// Moves unread bytes to the front, growing the inbox when a frame needs it.
+    private func makeRoom(atLeast free: Int) {
+        let unread = writePos - readPos
+        if readPos > 0 {
+            if unread > 0 { inbox.copyMemory(from: UnsafeRawPointer(inbox + readPos), byteCount: unread) }
+            readPos = 0
+            writePos = unread
+        }
+        if inboxCapacity - writePos < free {
+            var cap = inboxCapacity
+            while cap - writePos < free { cap *= 2 }
+            let bigger = UnsafeMutableRawPointer.allocate(byteCount: cap, alignment: 16)
+            bigger.copyMemory(from: inbox, byteCount: writePos)
+            inbox.deallocate()
+            inbox = bigger
+            inboxCapacity = cap
+        }
+    }
+
+    func received(_ n: Int) {
+        writePos += n
+        loop.handler.stats.bytesIn += UInt64(n)
+        lastActivity = MonotonicClock.nowMillis()
+        processFrames()
+        flush()
+    }
+
+    /// Frames and handles everything complete in the inbox, in order, until
+    /// the input runs out, a frame must wait, or the connection must close.
+    func processFrames() {
+        while !closing && !closeAfterFlush {
+            let available = writePos - readPos
+            let result = FrameDecoder.decode(UnsafeRawBufferPointer(start: inbox + readPos, count: available),
+                                             limits: loop.handler.protocolLimits)
+            switch result {
+            case .needMore:
+                if available == 0 {
+                    partialSince = 0
+                    if readPos == writePos { readPos = 0; writePos = 0 }
+                } else {
+                    if partialSince == 0 { partialSince = MonotonicClock.nowMillis() }
+                    if available >= FrameHeader.size {
+                        // The header is valid: make sure the whole frame fits.
+                        let length = Int(inbox.loadUnaligned(fromByteOffset: readPos, as: UInt32.self).littleEndian) + 4
+                        if inboxCapacity - readPos < length { makeRoom(atLeast: length - available) }
+                    }
+                }
+                return
+            case .fatal(let error, let requestID):
+                fail(error, requestID: requestID)
+                return
+            case .frame(let header):
+                let payload = UnsafeRawBufferPointer(start: inbox + readPos + FrameHeader.size, count: header.payloadLength)
+                let outcome = loop.handler.handle(header, payload: payload, state: &state, out: &out)
+                switch outcome {
+                case .done:
+                    readPos += header.frameLength
+                    partialSince = 0
+                case .waitForApplied, .waitForQueueRoom:
+                    park(outcome)
+                    return
+                case .shutdownAfterReply:
+                    readPos += header.frameLength
+                    loop.beginShutdown()
+                    return
+                }
+            }
+        }
+    }
+
+    // MARK: waiting for the learner
+
+    private func park(_ reason: FrameOutcome) {
+        parked = reason
+        stopReading()
+        loop.parked.insert(ObjectIdentifier(self))
+    }
+
+    /// Called by the loop when the learner made progress or time passed.
+    func resumeIfReady(appliedSeq: UInt64, now: UInt64) {
+        guard let reason = parked else { return }
+        switch reason {
+        case .waitForApplied(let seq, let deadline):
+            guard appliedSeq >= seq || now >= deadline else { return }
+        case .waitForQueueRoom:
+            break
+        default:
+            break
+        }
+        parked = nil
+        loop.parked.remove(ObjectIdentifier(self))
+        processFrames()
+        flush()
+        if parked == nil { startReading() }
+    }
+
+    // MARK: writing
+
+    var pendingBytes: Int { out.count + writeInFlight }
+
+    /// Sends everything produced so far with one uv_write (if none is in flight).
+    func flush() {
+        guard writeInFlight == 0, !closing else { return }
+        if out.isEmpty {
+            if closeAfterFlush { close() }
+            return
+        }
+        if writeCapacity < out.count {
+            writeBuffer.deallocate()
+            writeCapacity = max(out.count, writeCapacity * 2)
+            writeBuffer = .allocate(byteCount: writeCapacity, alignment: 16)
+        }
+        out.withUnsafeBytes { writeBuffer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        writeInFlight = out.count
+        loop.handler.stats.bytesOut += UInt64(out.count)
+        out.removeAll(keepingCapacity: true)
+        var buf = uv_buf_init(writeBuffer.assumingMemoryBound(to: CChar.self), UInt32(writeInFlight))
+        let rc = uv_write(writeRequest, stream, &buf, 1, connectionWrote)
+        if rc != 0 {
+            writeInFlight = 0
+            close()
+            return
+        }
+        // Backpressure: stop reading while the peer does not drain replies.
+        if pendingBytes >= loop.limits.maxPendingBytes && reading {
+            loop.handler.stats.backpressurePauses += 1
+            stopReading()
+        }
+    }
+
+    func wrote(status: Int32) {
+        writeInFlight = 0
+        if status != 0 { close(); return }
+        if !out.isEmpty || closeAfterFlush {
+            flush()
+        }
+        if !closing && !closeAfterFlush && parked == nil && !reading { startReading() }
+    }
+
+    // MARK: errors and closing
+
+    /// A fatal protocol error: answer with it, then close once flushed.
+    func fail(_ error: ProtocolError, requestID: UInt32) {
+        loop.handler.stats.errorsTotal += 1
+        loop.handler.stats.fatalErrors += 1
+        if error.code == .timeout { loop.handler.stats.timeouts += 1 }
+        Reply.encodeError(error, requestID: requestID, into: &out)
+        finish()
+    }
+
+    /// Stops reading and closes after the queued replies are written.
+    func finish() {
+        stopReading()
+        closeAfterFlush = true
+        flush()
+    }
+
+    /// The peer closed (a partial frame is discarded) or the socket failed.
+    func peerClosed() {
+        close()
+    }
+
+    func close() {
+        guard !closing else { return }
+        closing = true
+        reading = false
+        if parked != nil { loop.parked.remove(ObjectIdentifier(self)); parked = nil }
+        uv_close(uvHandle, connectionClosed)
+    }
+
+    /// Checks the per-connection timers; called by the loop's sweep.
+    func sweep(now: UInt64, idleMs: Int, frameMs: Int) {
+        guard !closing, !closeAfterFlush else { return }
+        if frameMs > 0, partialSince != 0, parked == nil, now - partialSince >= UInt64(frameMs) {
+            fail(ProtocolError(.timeout, "a started frame was not completed within \(frameMs) ms", fatal: true), requestID: 0)
+        } else if idleMs > 0, parked == nil, writeInFlight == 0, now - lastActivity >= UInt64(idleMs) {
+            close()
+        }
+    }
+}
+
+// MARK: libuv callbacks (C function pointers: no captures; state via handle.data)
+
+@inline(__always)
+private func connection(_ handle: UnsafeMutableRawPointer) -> Connection {
+    let tcp = handle.assumingMemoryBound(to: uv_tcp_t.self)
+    return Unmanaged<Connection>.fromOpaque(tcp.pointee.data).takeUnretainedValue()
+}
+
+private let connectionAlloc: uv_alloc_cb = { handle, suggested, buf in
+    guard let handle, let buf else { return }
+    let (p, n) = connection(UnsafeMutableRawPointer(handle)).allocate(suggested)
+    buf.pointee = uv_buf_init(p.assumingMemoryBound(to: CChar.self), UInt32(n))
+}
+
+private let connectionRead: uv_read_cb = { stream, nread, _ in
+    guard let stream else { return }
+    let c = connection(UnsafeMutableRawPointer(stream))
+    if nread > 0 {
+        c.received(nread)
+    } else if nread < 0 {
+        c.peerClosed()
+    }
+}
+
+private let connectionWrote: uv_write_cb = { req, status in
+    guard let req, let stream = req.pointee.handle else { return }
+    connection(UnsafeMutableRawPointer(stream)).wrote(status: status)
+}
+
+private let connectionClosed: uv_close_cb = { handle in
+    guard let handle else { return }
+    let tcp = UnsafeMutableRawPointer(handle).assumingMemoryBound(to: uv_tcp_t.self)
+    let unmanaged = Unmanaged<Connection>.fromOpaque(tcp.pointee.data)
+    let c = unmanaged.takeUnretainedValue()
+    c.loop.connectionClosed(c)
+    unmanaged.release()
+    tcp.deallocate()
+}

@@ -1,0 +1,244 @@
+// The libuv loop: the listening socket, the accepted connections, a wake-up
+// from the learner, a timer for timeouts, the stop signals. Everything here
+// runs on the loop thread, except `EventLoopWaker`, the one thread-safe door in.
+
+import CLibUV
+import Foundation
+import PerennialCore
+import PerennialProtocol
+
+final class EventLoop {
+    let loop: UnsafeMutablePointer<uv_loop_t>
+    let handler: RequestHandler
+    let limits: LimitsConfig
+    private let listener: UnsafeMutablePointer<uv_tcp_t>
+    private let progressAsync: UnsafeMutablePointer<uv_async_t>
+    private let stopAsync: UnsafeMutablePointer<uv_async_t>
+    private let timer: UnsafeMutablePointer<uv_timer_t>
+    private let signals: [UnsafeMutablePointer<uv_signal_t>]
+    private var connections: [ObjectIdentifier: Connection] = [:]
+    var parked: Set<ObjectIdentifier> = []
+    private(set) var boundPort = 0
+    private var stopping = false
+    private var stopDeadline: UInt64 = 0
+    private var handlesClosed = false
+
+    init(handler: RequestHandler) {
+        self.handler = handler
+        limits = handler.config.limits
+        loop = .allocate(capacity: 1)
+        uv_loop_init(loop)
+        listener = .allocate(capacity: 1)
+        progressAsync = .allocate(capacity: 1)
+        stopAsync = .allocate(capacity: 1)
+        timer = .allocate(capacity: 1)
+        signals = [.allocate(capacity: 1), .allocate(capacity: 1)]
+    }
+
+    deinit {
+        uv_loop_close(loop)
+        loop.deallocate()
+        listener.deallocate()
+        progressAsync.deallocate()
+        stopAsync.deallocate()
+        timer.deallocate()
+        for s in signals { s.deallocate() }
+    }
+
+    private var opaqueSelf: UnsafeMutableRawPointer { Unmanaged.passUnretained(self).toOpaque() }
+
+    /// Binds and listens; returns the bound port. Throws a readable message.
+    func bind(host: String, port: Int, handleSignals: Bool) throws -> Int {
+        uv_tcp_init(loop, listener)
+        listener.pointee.data = opaqueSelf
+        var storage = sockaddr_storage()
+        let isV6 = host.contains(":")
+        let rc0 = withUnsafeMutablePointer(to: &storage) { p -> Int32 in
+            if isV6 {
+                return uv_ip6_addr(host, Int32(port), UnsafeMutableRawPointer(p).assumingMemoryBound(to: sockaddr_in6.self))
+            }
+            return uv_ip4_addr(host, Int32(port), UnsafeMutableRawPointer(p).assumingMemoryBound(to: sockaddr_in.self))
+        }
+        if rc0 != 0 { throw ServerError("bad listen address \(host): \(uvError(rc0))") }
+        let rc1 = withUnsafePointer(to: &storage) {
+            uv_tcp_bind(listener, UnsafeRawPointer($0).assumingMemoryBound(to: sockaddr.self), 0)
+        }
+        if rc1 != 0 { throw ServerError("cannot bind \(host):\(port): \(uvError(rc1))") }
+        let rc2 = uv_listen(UnsafeMutablePointer(OpaquePointer(listener)), 4096, loopAccepted)
+        if rc2 != 0 { throw ServerError("cannot listen on \(host):\(port): \(uvError(rc2))") }
+        var name = sockaddr_storage()
+        var len = Int32(MemoryLayout<sockaddr_storage>.size)
+        withUnsafeMutablePointer(to: &name) {
+            _ = uv_tcp_getsockname(listener, UnsafeMutableRawPointer($0).assumingMemoryBound(to: sockaddr.self), &len)
+        }
+        let family = name.ss_family
+        boundPort = withUnsafePointer(to: &name) { p -> Int in
+            let raw = UnsafeRawPointer(p)
+            if family == sa_family_t(AF_INET6) {
+                return Int(UInt16(bigEndian: raw.assumingMemoryBound(to: sockaddr_in6.self).pointee.sin6_port))
+            }
+            return Int(UInt16(bigEndian: raw.assumingMemoryBound(to: sockaddr_in.self).pointee.sin_port))
+        }
+
+        uv_async_init(loop, progressAsync, loopProgress)
+        progressAsync.pointee.data = opaqueSelf
+        uv_async_init(loop, stopAsync, loopStopRequested)
+        stopAsync.pointee.data = opaqueSelf
+        uv_timer_init(loop, timer)
+        timer.pointee.data = opaqueSelf
+        uv_timer_start(timer, loopTick, 100, 100)
+        for (s, signum) in zip(signals, [SIGINT, SIGTERM]) {
+            uv_signal_init(loop, s)
+            s.pointee.data = opaqueSelf
+            if handleSignals { uv_signal_start(s, loopSignal, signum) }
+        }
+        return boundPort
+    }
+
+    /// Runs until the server has stopped.
+    func run() {
+        uv_run(loop, UV_RUN_DEFAULT)
+    }
+
+    /// The thread-safe handles other threads use to wake this loop.
+    var waker: EventLoopWaker { EventLoopWaker(progress: progressAsync, stop: stopAsync) }
+
+    // MARK: connections
+
+    func accepted(status: Int32) {
+        guard status == 0 else { return }
+        let tcp = UnsafeMutablePointer<uv_tcp_t>.allocate(capacity: 1)
+        uv_tcp_init(loop, tcp)
+        guard uv_accept(UnsafeMutablePointer(OpaquePointer(listener)), UnsafeMutablePointer(OpaquePointer(tcp))) == 0 else {
+            tcp.pointee.data = nil
+            uv_close(UnsafeMutablePointer(OpaquePointer(tcp)), freeBareHandle)
+            return
+        }
+        uv_tcp_nodelay(tcp, 1)
+        let c = Connection(loop: self, handle: tcp)
+        tcp.pointee.data = Unmanaged.passRetained(c).toOpaque()
+        connections[ObjectIdentifier(c)] = c
+        handler.stats.connectionsTotal += 1
+        handler.stats.connections = connections.count
+        if stopping {
+            c.fail(ProtocolError(.shuttingDown, "the server is stopping", fatal: true), requestID: 0)
+        } else if connections.count > limits.maxConnections {
+            handler.stats.connectionsRejected += 1
+            c.fail(ProtocolError(.busy, "too many connections (limit \(limits.maxConnections))", fatal: true), requestID: 0)
+        } else {
+            c.startReading()
+        }
+    }
+
+    func connectionClosed(_ c: Connection) {
+        connections[ObjectIdentifier(c)] = nil
+        parked.remove(ObjectIdentifier(c))
+        handler.stats.connections = connections.count
+        if stopping { finishStopIfDone() }
+    }
+
+    /// The learner applied more: resume connections waiting on it.
+    func learnerProgressed() {
+        guard !parked.isEmpty else { return }
+        let applied = handler.model.appliedSeq
+        let now = MonotonicClock.nowMillis()
+        for id in parked {
+            connections[id]?.resumeIfReady(appliedSeq: applied, now: now)
+        }
+        if stopping { finishStopIfDone() }
+    }
+
+    func tick() {
+        let now = MonotonicClock.nowMillis()
+        learnerProgressed()
+        for c in connections.values {
+            c.sweep(now: now, idleMs: limits.idleTimeoutMs, frameMs: limits.frameTimeoutMs)
+        }
+        if stopping {
+            if now >= stopDeadline {
+                for c in connections.values { c.close() }
+            }
+            finishStopIfDone()
+        }
+    }
+
+    // MARK: stopping
+
+    /// Graceful stop: no new connections, answer what was read, flush, close.
+    func beginShutdown() {
+        guard !stopping else { return }
+        stopping = true
+        handler.shuttingDown = true
+        stopDeadline = MonotonicClock.nowMillis() + 5_000
+        Log.info("stopping: answering what was read, then closing \(connections.count) connection(s)")
+        uv_close(UnsafeMutablePointer(OpaquePointer(listener)), nil)
+        for c in connections.values where c.parked == nil {
+            c.finish()
+        }
+        finishStopIfDone()
+    }
+
+    private func finishStopIfDone() {
+        guard stopping, !handlesClosed else { return }
+        // Connections still waiting on the learner finish as it catches up.
+        for c in connections.values where c.parked == nil { c.finish() }
+        guard connections.isEmpty else { return }
+        handlesClosed = true
+        handler.learner.stop()
+        uv_close(UnsafeMutablePointer(OpaquePointer(progressAsync)), nil)
+        uv_close(UnsafeMutablePointer(OpaquePointer(stopAsync)), nil)
+        uv_close(UnsafeMutablePointer(OpaquePointer(timer)), nil)
+        for s in signals { uv_close(UnsafeMutablePointer(OpaquePointer(s)), nil) }
+    }
+}
+
+/// The thread-safe way into the loop from other threads: `uv_async_send` is
+/// the one libuv call documented as safe from any thread. The handles stay
+/// valid until the loop closes them, which happens only after the learner
+/// (the other thread that calls `progressed`) has been stopped and after
+/// `Server` has marked itself stopped (guarding `requestStop`).
+struct EventLoopWaker: @unchecked Sendable {
+    let progress: UnsafeMutablePointer<uv_async_t>
+    let stop: UnsafeMutablePointer<uv_async_t>
+    func progressed() { uv_async_send(progress) }
+    func requestStop() { uv_async_send(stop) }
+}
+
+struct ServerError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+func uvError(_ rc: Int32) -> String { String(cString: uv_strerror(rc)) }
+
+// MARK: libuv callbacks
+
+@inline(__always)
+private func eventLoop(_ data: UnsafeMutableRawPointer?) -> EventLoop {
+    Unmanaged<EventLoop>.fromOpaque(data!).takeUnretainedValue()
+}
+
+private let loopAccepted: uv_connection_cb = { server, status in
+    eventLoop(server?.pointee.data).accepted(status: status)
+}
+
+private let loopProgress: uv_async_cb = { handle in
+    eventLoop(handle?.pointee.data).learnerProgressed()
+}
+
+private let loopStopRequested: uv_async_cb = { handle in
+    eventLoop(handle?.pointee.data).beginShutdown()
+}
+
+private let loopTick: uv_timer_cb = { handle in
+    eventLoop(handle?.pointee.data).tick()
+}
+
+private let loopSignal: uv_signal_cb = { handle, signum in
+    Log.info("received signal \(signum)")
+    eventLoop(handle?.pointee.data).beginShutdown()
+}
+
+private let freeBareHandle: uv_close_cb = { handle in
+    handle?.deallocate()
+}

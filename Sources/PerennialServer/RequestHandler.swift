@@ -1,0 +1,194 @@
+// Routing one decoded frame to its work and writing the reply. No libuv here:
+// the connection hands over the frame's bytes and its per-connection state,
+// and gets back what to do next.
+
+import PerennialCore
+import PerennialProtocol
+
+/// What a connection does after a frame.
+enum FrameOutcome {
+    /// The reply is written; go on with the next frame.
+    case done
+    /// Leave the frame unconsumed and stop reading until the learner has
+    /// applied `seq` (read-your-writes), or until `deadline` (then TIMEOUT).
+    case waitForApplied(seq: UInt64, deadline: UInt64)
+    /// Leave the frame unconsumed until the learner queue has room.
+    case waitForQueueRoom
+    /// The reply is written; then the server stops.
+    case shutdownAfterReply
+}
+
+/// Per-connection protocol state.
+struct ConnectionState {
+    /// Highest sequence this connection's FEEDBACK was acknowledged with;
+    /// its later reads wait for it (read-your-writes on one connection).
+    var lastFeedbackSeq: UInt64 = 0
+    /// When a wait on this frame started (0 = not waiting), so a re-run of
+    /// the same frame keeps its first deadline.
+    var waitDeadline: UInt64 = 0
+}
+
+final class RequestHandler {
+    let config: PerennialConfig
+    let model: Model
+    let learner: Learner
+    let protocolLimits: ProtocolLimits
+    let startedAt = MonotonicClock.nowMillis()
+    var stats = ServerStats()
+    var shuttingDown = false
+    private var admitted: [LearnEvent] = []
+    private var incoming: [IncomingEvent] = []
+
+    init(config: PerennialConfig, model: Model, learner: Learner) {
+        self.config = config
+        self.model = model
+        self.learner = learner
+        protocolLimits = ProtocolLimits(maxFrameBytes: config.limits.maxFrameBytes,
+                                        maxItems: config.limits.maxItems, maxEvents: config.limits.maxEvents)
+    }
+
+    /// Handles one whole frame, appending the reply (or ERROR) to `out`.
+    func handle(_ header: FrameHeader, payload: UnsafeRawBufferPointer, state: inout ConnectionState,
+                out: inout [UInt8]) -> FrameOutcome {
+        let id = header.requestID
+        do throws(ProtocolError) {
+            let opcode = try FrameDecoder.opcode(of: header)
+            if header.isReply {
+                throw ProtocolError(.unknownOpcode, "a client may not send reply frames (REPLY flag set)")
+            }
+            let request = try Request.decode(opcode: opcode, payload: payload, limits: protocolLimits)
+            let outcome = try perform(request, state: &state, requestID: id, out: &out)
+            if case .done = outcome { stats.requestsTotal += 1; state.waitDeadline = 0 }
+            if case .shutdownAfterReply = outcome { stats.requestsTotal += 1 }
+            return outcome
+        } catch {
+            stats.requestsTotal += 1
+            stats.errorsTotal += 1
+            if error.code == .timeout { stats.timeouts += 1 }
+            state.waitDeadline = 0
+            Reply.encodeError(error, requestID: id, into: &out)
+            return .done
+        }
+    }
+
+    private func perform(_ request: Request, state: inout ConnectionState, requestID: UInt32,
+                         out: inout [UInt8]) throws(ProtocolError) -> FrameOutcome {
+        switch request {
+        case .ping:
+            Reply.ping.encode(into: &out, requestID: requestID)
+        case .hello(let h):
+            if h.protocolVersion != 1 {
+                throw ProtocolError(.unsupportedVersion, "client speaks protocol \(h.protocolVersion); this server speaks 1")
+            }
+            Reply.hello(HelloReply(protocolVersion: 1, maxFrameBytes: UInt32(config.limits.maxFrameBytes),
+                                   maxItems: UInt32(config.limits.maxItems), maxEvents: UInt32(config.limits.maxEvents),
+                                   serverName: "perennial \(PerennialVersion.string)"))
+                .encode(into: &out, requestID: requestID)
+        case .stats:
+            Reply.stats(counters()).encode(into: &out, requestID: requestID)
+        case .feedback(let events):
+            guard learner.hasRoom(for: events.count) else {
+                stats.queueFullPauses += 1
+                return .waitForQueueRoom
+            }
+            let now = Int64(Double(MonotonicClock.unixSeconds()))
+            incoming.removeAll(keepingCapacity: true)
+            for e in events {
+                incoming.append(IncomingEvent(user: e.user, item: e.item, kind: FeedbackKind(rawValue: e.kind.rawValue)!,
+                                              value: e.value, timestamp: e.timestamp))
+            }
+            admitted.removeAll(keepingCapacity: true)
+            model.admit(incoming, now: now, into: &admitted)
+            let queued = learner.tryEnqueue(admitted)
+            precondition(queued, "learner queue refused a batch after reporting room")
+            stats.feedbackBatches += 1
+            let last = admitted[admitted.count - 1].seq
+            state.lastFeedbackSeq = last
+            Reply.feedback(FeedbackAck(firstSeq: admitted[0].seq, lastSeq: last, durableSeq: 0,
+                                       appliedSeq: model.appliedSeq))
+                .encode(into: &out, requestID: requestID)
+        case .recommend(let q):
+            if let wait = try readYourWrites(q.minAppliedSeq, state: &state) { return wait }
+            stats.recommends += 1
+            do {
+                let recs = try model.recommend(user: q.user, k: Int(q.k), scorer: q.scorer, session: q.sessionItems,
+                                               exclude: q.exclude, candidates: q.candidates)
+                Reply.recommend(RecommendReply(appliedSeq: model.appliedSeq,
+                                               items: recs.map { RankedItem(item: $0.item, score: $0.score) }))
+                    .encode(into: &out, requestID: requestID)
+            } catch {
+                throw ProtocolError(.unknownScorer, error.description)
+            }
+        case .score(let s):
+            if let wait = try readYourWrites(0, state: &state) { return wait }
+            do {
+                let scores = try model.score(user: s.user, items: s.items, scorer: s.scorer, session: s.sessionItems)
+                Reply.score(scores.map { ItemScore(score: $0.score, known: $0.known) }).encode(into: &out, requestID: requestID)
+            } catch {
+                throw ProtocolError(.unknownScorer, error.description)
+            }
+        case .upsertItem(let u):
+            let r = model.upsertItem(id: u.item, text: u.text, attributes: u.attributes.map { ($0.key, $0.value) })
+            Reply.upsertItem(UpsertReply(created: r.created, truncated: r.truncated)).encode(into: &out, requestID: requestID)
+        case .reload:
+            throw ProtocolError(.notSupported, "RELOAD is not available yet: restart the server with the new config")
+        case .snapshot:
+            throw ProtocolError(.notSupported, "SNAPSHOT is not available yet (no persistence in this version)")
+        case .shutdown:
+            guard config.allowShutdown else {
+                throw ProtocolError(.unauthorized, "SHUTDOWN needs server.allow_shutdown = true in the config")
+            }
+            Reply.shutdown.encode(into: &out, requestID: requestID)
+            return .shutdownAfterReply
+        }
+        return .done
+    }
+
+    /// Decides whether a read must wait for the learner: until the later of
+    /// the request's `min_applied_seq` and this connection's last feedback.
+    private func readYourWrites(_ minApplied: UInt64, state: inout ConnectionState) throws(ProtocolError) -> FrameOutcome? {
+        if minApplied > model.lastSeq {
+            throw ProtocolError(.invalidArgument,
+                                "min_applied_seq \(minApplied) is above the highest accepted sequence \(model.lastSeq)")
+        }
+        let needed = max(minApplied, state.lastFeedbackSeq)
+        guard model.appliedSeq < needed else { return nil }
+        let now = MonotonicClock.nowMillis()
+        if state.waitDeadline == 0 { state.waitDeadline = now + UInt64(config.limits.waitMs) }
+        if now >= state.waitDeadline {
+            throw ProtocolError(.timeout, "the learner did not apply sequence \(needed) within \(config.limits.waitMs) ms")
+        }
+        return .waitForApplied(seq: needed, deadline: state.waitDeadline)
+    }
+
+    func counters() -> [StatCounter] {
+        var c: [StatCounter] = [
+            StatCounter("connections", UInt64(stats.connections)),
+            StatCounter("connections_total", stats.connectionsTotal),
+            StatCounter("connections_rejected", stats.connectionsRejected),
+            StatCounter("requests_total", stats.requestsTotal),
+            StatCounter("errors_total", stats.errorsTotal),
+            StatCounter("fatal_errors", stats.fatalErrors),
+            StatCounter("timeouts", stats.timeouts),
+            StatCounter("bytes_in", stats.bytesIn),
+            StatCounter("bytes_out", stats.bytesOut),
+            StatCounter("recommends", stats.recommends),
+            StatCounter("feedback_batches", stats.feedbackBatches),
+            StatCounter("events_accepted", model.lastSeq),
+            // No write-ahead log yet: nothing survives a crash, so nothing is durable.
+            StatCounter("events_durable", 0),
+            StatCounter("events_applied", model.appliedSeq),
+            StatCounter("learner_queue", UInt64(learner.queued)),
+            StatCounter("learner_queue_capacity", UInt64(learner.capacity)),
+            StatCounter("backpressure_pauses", stats.backpressurePauses),
+            StatCounter("queue_full_pauses", stats.queueFullPauses),
+            StatCounter("uptime_ms", MonotonicClock.nowMillis() - startedAt),
+        ]
+        for (name, v) in model.counters { c.append(StatCounter(name, v)) }
+        return c
+    }
+}
+
+public enum PerennialVersion {
+    public static let string = "0.1.0"
+}

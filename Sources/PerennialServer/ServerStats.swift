@@ -1,0 +1,18 @@
+// Counters the server keeps about itself, reported by STATS next to the
+// model's and the scorers' counters. Touched only on the loop thread.
+
+struct ServerStats {
+    var connections = 0
+    var connectionsTotal: UInt64 = 0
+    var connectionsRejected: UInt64 = 0
+    var requestsTotal: UInt64 = 0
+    var errorsTotal: UInt64 = 0
+    var fatalErrors: UInt64 = 0
+    var timeouts: UInt64 = 0
+    var bytesIn: UInt64 = 0
+    var bytesOut: UInt64 = 0
+    var feedbackBatches: UInt64 = 0
+    var recommends: UInt64 = 0
+    var backpressurePauses: UInt64 = 0
+    var queueFullPauses: UInt64 = 0
+}

@@ -1,0 +1,112 @@
+// Reading a MovieLens-shaped folder (EVALUATION.md, "Data"): ratings.csv,
+// movies.csv and the optional tags.csv, into the event stream sorted stably
+// by (timestamp, user, item), and each item's text.
+
+import Foundation
+
+struct Rating: Sendable, Equatable {
+    var user: UInt64
+    var item: UInt64
+    var rating: Float
+    var timestamp: Int64
+}
+
+struct MovieLensData: Sendable {
+    /// All rating events in stream order.
+    var ratings: [Rating]
+    /// movieId → title + genres + tags (EVALUATION.md's "item text").
+    var itemTexts: [(item: UInt64, text: String)]
+    var name: String
+
+    static func load(folder: String) throws -> MovieLensData {
+        let ratingsPath = (folder as NSString).appendingPathComponent("ratings.csv")
+        guard FileManager.default.fileExists(atPath: ratingsPath) else {
+            throw CommandError("no ratings.csv in \(folder)")
+        }
+        var ratings: [Rating] = []
+        var lineNo = 0
+        for fields in try CSV.rows(path: ratingsPath) {
+            lineNo += 1
+            if lineNo == 1 { continue }
+            guard fields.count >= 4, let u = UInt64(fields[0]), let i = UInt64(fields[1]),
+                  let r = Float(fields[2]), let t = Int64(fields[3]) else {
+                throw CommandError("\(ratingsPath):\(lineNo): expected userId,movieId,rating,timestamp")
+            }
+            ratings.append(Rating(user: u, item: i, rating: r, timestamp: t))
+        }
+        // Stable sort by (timestamp, user, item): ties keep file order.
+        let order = ratings.indices.sorted { a, b in
+            let x = ratings[a], y = ratings[b]
+            if x.timestamp != y.timestamp { return x.timestamp < y.timestamp }
+            if x.user != y.user { return x.user < y.user }
+            if x.item != y.item { return x.item < y.item }
+            return a < b
+        }
+        ratings = order.map { ratings[$0] }
+
+        var texts: [UInt64: String] = [:]
+        var itemOrder: [UInt64] = []
+        let moviesPath = (folder as NSString).appendingPathComponent("movies.csv")
+        if FileManager.default.fileExists(atPath: moviesPath) {
+            var first = true
+            for f in try CSV.rows(path: moviesPath) {
+                if first { first = false; continue }
+                guard f.count >= 3, let id = UInt64(f[0]) else { continue }
+                texts[id] = f[1] + " " + f[2].replacingOccurrences(of: "|", with: " ")
+                itemOrder.append(id)
+            }
+        }
+        let tagsPath = (folder as NSString).appendingPathComponent("tags.csv")
+        if FileManager.default.fileExists(atPath: tagsPath) {
+            var first = true
+            for f in try CSV.rows(path: tagsPath) {
+                if first { first = false; continue }
+                guard f.count >= 3, let id = UInt64(f[1]) else { continue }
+                if texts[id] == nil { texts[id] = ""; itemOrder.append(id) }
+                texts[id]! += " " + f[2]
+            }
+        }
+        return MovieLensData(ratings: ratings, itemTexts: itemOrder.map { ($0, texts[$0]!) },
+                             name: (folder as NSString).lastPathComponent)
+    }
+}
+
+struct CommandError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+/// RFC 4180-style CSV: quoted fields may hold commas, quotes ("") and newlines.
+enum CSV {
+    static func rows(path: String) throws -> [[String]] {
+        guard let data = FileManager.default.contents(atPath: path) else { throw CommandError("cannot read \(path)") }
+        let bytes = [UInt8](data)
+        var rows: [[String]] = []
+        var row: [String] = []
+        var field: [UInt8] = []
+        var inQuotes = false
+        var i = 0
+        while i < bytes.count {
+            let b = bytes[i]
+            if inQuotes {
+                if b == UInt8(ascii: "\"") {
+                    if i + 1 < bytes.count && bytes[i + 1] == UInt8(ascii: "\"") { field.append(b); i += 1 } else { inQuotes = false }
+                } else {
+                    field.append(b)
+                }
+            } else if b == UInt8(ascii: "\"") {
+                inQuotes = true
+            } else if b == UInt8(ascii: ",") {
+                row.append(String(decoding: field, as: UTF8.self)); field.removeAll(keepingCapacity: true)
+            } else if b == UInt8(ascii: "\n") {
+                row.append(String(decoding: field, as: UTF8.self)); field.removeAll(keepingCapacity: true)
+                rows.append(row); row = []
+            } else if b != UInt8(ascii: "\r") {
+                field.append(b)
+            }
+            i += 1
+        }
+        if !field.isEmpty || !row.isEmpty { row.append(String(decoding: field, as: UTF8.self)); rows.append(row) }
+        return rows
+    }
+}

@@ -1,0 +1,56 @@
+// `perennial serve`: run the server until SIGINT/SIGTERM.
+
+import ArgumentParser
+import Foundation
+import PerennialCore
+import PerennialServer
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the server (bundled defaults unless --config is given).",
+        discussion: """
+            Every setting and its default is documented in config/perennial.toml.
+            Command-line options override the file. The server stops gracefully on
+            SIGINT or SIGTERM: it stops accepting, answers what it has read,
+            flushes, lets the learner apply what it accepted, and exits 0.
+            """
+    )
+
+    @Option(help: "Config file (TOML). Without it, the bundled defaults are used.")
+    var config: String?
+
+    @Option(help: "Address to listen on (default 127.0.0.1: loopback only).")
+    var host: String?
+
+    @Option(help: "Port to listen on (default 7878; 0 picks a free port).")
+    var port: Int?
+
+    @Option(help: "Directory for the server's data (default ./data).")
+    var dataDir: String?
+
+    func run() throws {
+        var overrides: [String: ConfigValue] = [:]
+        if let host { overrides["server.host"] = .string(host) }
+        if let port { overrides["server.port"] = .integer(port) }
+        if let dataDir { overrides["server.data_dir"] = .string(dataDir) }
+        let cfg: PerennialConfig
+        do {
+            if let config {
+                cfg = try PerennialConfig.load(file: config, registry: .builtin, overrides: overrides)
+            } else {
+                var doc = ConfigDocument(file: "<bundled defaults>")
+                for (k, v) in overrides { doc.set(k, v) }
+                cfg = try PerennialConfig.load(doc, registry: .builtin)
+            }
+        } catch {
+            FileHandle.standardError.write(Data("perennial: config error: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        do {
+            try Server(config: cfg).run()
+        } catch {
+            FileHandle.standardError.write(Data("perennial: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+}

@@ -1,0 +1,242 @@
+"""Request builders and reply parsers shared by the sync and async clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+from .errors import ERROR_CODES, FATAL_CODES, ProtocolError, error_from_reply
+from .protocol import VERSION, Frame, Opcode, encode_payload
+from .types import (Event, EventLike, FeedbackAck, Recommendation, Score, ServerInfo,
+                    UpsertResult, to_event)
+
+Attributes = Union[Mapping[str, str], Iterable[Tuple[str, str]], None]
+
+
+@dataclass
+class Command:
+    """One request: its opcode, encoded payload, and how to turn the reply into a result."""
+
+    opcode: int
+    body: bytes
+    parse: Callable[[Dict[str, Any]], Any]
+    events: int = 0  # FEEDBACK: how many events the batch carries
+
+
+def _ids(v: Optional[Iterable[int]], what: str) -> List[int]:
+    if v is None:
+        return []
+    if isinstance(v, (str, bytes)):
+        raise TypeError("%s must be a sequence of ints" % what)
+    out = list(v)
+    for x in out:
+        if isinstance(x, bool) or not isinstance(x, int):
+            raise TypeError("%s must contain ints, not %r" % (what, x))
+    return out
+
+
+def _user(v: int, what: str = "user") -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError("%s must be an int, not %r" % (what, v))
+    return v
+
+
+def hello(client_name: str, token: Optional[str]) -> Command:
+    body = encode_payload(Opcode.HELLO, False, {"protocol_version": VERSION,
+                                                "client_name": client_name,
+                                                "token": token or ""})
+
+    def parse(p: Dict[str, Any]) -> ServerInfo:
+        return ServerInfo(p["protocol_version"], p["max_frame_bytes"], p["max_items"],
+                          p["max_events"], p["server_name"])
+    return Command(Opcode.HELLO, body, parse)
+
+
+def ping() -> Command:
+    return Command(Opcode.PING, b"", lambda p: True)
+
+
+def recommend(user: int, k: int = 10, *, scorer: Optional[str] = None,
+              session: Optional[Sequence[int]] = None, session_id: Optional[str] = None,
+              exclude: Optional[Iterable[int]] = None, candidates: Optional[Iterable[int]] = None,
+              min_applied_seq: int = 0) -> Command:
+    body = encode_payload(Opcode.RECOMMEND, False, {
+        "user": _user(user), "k": k, "min_applied_seq": min_applied_seq,
+        "scorer": scorer or "", "session_id": session_id or "",
+        "session_items": _ids(session, "session"), "exclude": _ids(exclude, "exclude"),
+        "candidates": _ids(candidates, "candidates")})
+
+    def parse(p: Dict[str, Any]) -> List[Recommendation]:
+        return [Recommendation(item, score) for item, score in p["items"]]
+    return Command(Opcode.RECOMMEND, body, parse)
+
+
+def score(user: int, items: Sequence[int], *, scorer: Optional[str] = None,
+          session: Optional[Sequence[int]] = None) -> Command:
+    item_list = _ids(items, "items")
+    body = encode_payload(Opcode.SCORE, False, {
+        "user": _user(user), "scorer": scorer or "",
+        "session_items": _ids(session, "session"), "items": item_list})
+
+    def parse(p: Dict[str, Any]) -> List[Score]:
+        scores = p["scores"]
+        if len(scores) != len(item_list):
+            raise ProtocolError("SCORE reply has %d scores for %d items"
+                                % (len(scores), len(item_list)), "MALFORMED_PAYLOAD")
+        return [Score(item, s, bool(known)) for item, (s, known) in zip(item_list, scores)]
+    return Command(Opcode.SCORE, body, parse)
+
+
+def _ack(p: Dict[str, Any]) -> FeedbackAck:
+    return FeedbackAck(p["first_seq"], p["last_seq"], p["durable_seq"], p["applied_seq"])
+
+
+def normalize_events(events: Iterable[EventLike]) -> List[Event]:
+    if isinstance(events, (Event, Mapping)):
+        raise TypeError("feedback() takes a list of events; wrap a single event in a list")
+    return [to_event(e) for e in events]
+
+
+def feedback(events: Sequence[Event]) -> Command:
+    body = encode_payload(Opcode.FEEDBACK, False, {"events": [e.to_wire() for e in events]})
+    return Command(Opcode.FEEDBACK, body, _ack, events=len(events))
+
+
+def upsert_item(item: int, text: str, attributes: Attributes = None) -> Command:
+    if attributes is None:
+        attrs: List[Tuple[str, str]] = []
+    elif isinstance(attributes, Mapping):
+        attrs = list(attributes.items())
+    else:
+        attrs = [(k, v) for k, v in attributes]
+    body = encode_payload(Opcode.UPSERT_ITEM, False, {
+        "item": _user(item, "item"), "text": text, "attributes": attrs})
+
+    def parse(p: Dict[str, Any]) -> UpsertResult:
+        return UpsertResult(bool(p["created"]), bool(p["truncated"]))
+    return Command(Opcode.UPSERT_ITEM, body, parse)
+
+
+def stats() -> Command:
+    return Command(Opcode.STATS, b"", lambda p: {name: value for name, value in p["counters"]})
+
+
+def reload() -> Command:
+    return Command(Opcode.RELOAD, b"", lambda p: None)
+
+
+def snapshot() -> Command:
+    return Command(Opcode.SNAPSHOT, b"", lambda p: p["seq"])
+
+
+def shutdown() -> Command:
+    return Command(Opcode.SHUTDOWN, b"", lambda p: None)
+
+
+def chunks(events: List[Event], size: int) -> List[List[Event]]:
+    size = max(1, size)
+    return [events[i:i + size] for i in range(0, len(events), size)]
+
+
+class PipelineCommands:
+    """The queuing methods shared by Pipeline and AsyncPipeline.
+
+    Each method queues one request and returns the pipeline, so calls chain:
+    ``p.ping().recommend(1).stats()``.  Argument errors (ValueError,
+    TypeError) are raised when the call is queued.
+    """
+
+    def _queue(self, cmd: Command) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def hello(self, client_name: Optional[str] = None, token: Optional[str] = None) -> Any:
+        """Queue a HELLO; its result is a :class:`ServerInfo`."""
+        return self._queue(hello(client_name or "perennial-py", token))
+
+    def ping(self) -> Any:
+        """Queue a PING; its result is True."""
+        return self._queue(ping())
+
+    def recommend(self, user: int, k: int = 10, *, scorer: Optional[str] = None,
+                  session: Optional[Sequence[int]] = None, session_id: Optional[str] = None,
+                  exclude: Optional[Iterable[int]] = None,
+                  candidates: Optional[Iterable[int]] = None, min_applied_seq: int = 0) -> Any:
+        """Queue a RECOMMEND; its result is a list of :class:`Recommendation`."""
+        return self._queue(recommend(user, k, scorer=scorer, session=session,
+                                     session_id=session_id, exclude=exclude,
+                                     candidates=candidates, min_applied_seq=min_applied_seq))
+
+    def score(self, user: int, items: Sequence[int], *, scorer: Optional[str] = None,
+              session: Optional[Sequence[int]] = None) -> Any:
+        """Queue a SCORE; its result is a list of :class:`Score`."""
+        return self._queue(score(user, items, scorer=scorer, session=session))
+
+    def feedback(self, events: Iterable[EventLike]) -> Any:
+        """Queue one FEEDBACK batch (not split); its result is a :class:`FeedbackAck`.
+
+        Raises ValueError for an empty batch or an invalid event (see Event).
+        """
+        evs = normalize_events(events)
+        if not evs:
+            raise ValueError("feedback() needs at least one event")
+        return self._queue(feedback(evs))
+
+    def upsert_item(self, item: int, text: str, attributes: Attributes = None) -> Any:
+        """Queue an UPSERT_ITEM; its result is an :class:`UpsertResult`."""
+        return self._queue(upsert_item(item, text, attributes))
+
+    def stats(self) -> Any:
+        """Queue a STATS; its result is a dict of counters."""
+        return self._queue(stats())
+
+    def reload(self) -> Any:
+        """Queue a RELOAD; its result is None."""
+        return self._queue(reload())
+
+    def snapshot(self) -> Any:
+        """Queue a SNAPSHOT; its result is the sequence the snapshot covers."""
+        return self._queue(snapshot())
+
+
+def _error_code(name: str) -> int:
+    if name in ERROR_CODES:
+        return ERROR_CODES[name]
+    if name.startswith("CODE_") and name[5:].isdigit():
+        return int(name[5:])
+    return 0
+
+
+def resolve_reply(item: Union[Frame, ProtocolError], request_id: int,
+                  cmd: Command) -> Tuple[Any, bool]:
+    """Match one received frame (or a non-fatal decode error) to the request it answers.
+
+    Returns ``(result, fatal)``: ``result`` is the parsed result or an
+    exception instance; ``fatal`` tells that the connection can no longer be
+    used (the server closes it, or the reply stream is out of step).
+    """
+    if isinstance(item, ProtocolError):
+        return item, item.fatal
+    frame = item
+    if frame.opcode == Opcode.ERROR:
+        p = frame.payload
+        code = _error_code(p["code"])
+        fatal = code in FATAL_CODES
+        if not fatal and frame.request_id != request_id:
+            return ProtocolError("ERROR reply for request id %d while waiting for %d"
+                                 % (frame.request_id, request_id), "UNEXPECTED_REPLY",
+                                 fatal=True, request_id=frame.request_id), True
+        return error_from_reply(code, p["detail"], p["message"], fatal), fatal
+    if frame.request_id != request_id:
+        return ProtocolError("reply for request id %d while waiting for %d"
+                             % (frame.request_id, request_id), "UNEXPECTED_REPLY",
+                             fatal=True, request_id=frame.request_id), True
+    if frame.opcode != cmd.opcode:
+        return ProtocolError("%s reply to a %s request" % (frame.opcode_name,
+                                                          Opcode(cmd.opcode).name),
+                             "UNEXPECTED_REPLY", fatal=True,
+                             request_id=frame.request_id), True
+    try:
+        return cmd.parse(frame.payload), False
+    except ProtocolError as e:
+        e.request_id = request_id
+        return e, False

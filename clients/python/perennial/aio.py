@@ -1,0 +1,521 @@
+"""asyncio client for the Perennial recommendation server."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import deque
+from typing import (Any, Awaitable, Callable, Deque, Iterable, List, Optional, Sequence, Tuple,
+                    Type)
+
+from . import _commands as _c
+from ._commands import Attributes, Command, resolve_reply
+from .client import REPLY_LIMITS
+from .errors import (ConnectionError, InvalidEvent, PerennialError, ProtocolError, ServerError,
+                     TimeoutError, error_from_reply, FATAL_CODES, ERROR_CODES)
+from .protocol import DEFAULT_LIMITS, FrameDecoder, Opcode, encode_request
+from .types import (Event, EventLike, FeedbackAck, Recommendation, Score, ServerInfo,
+                    UpsertResult, to_event)
+
+__all__ = ["AsyncClient", "AsyncPipeline", "AsyncFeedbackStreamer"]
+
+_CHUNK = 256 * 1024
+
+
+def _raise_if_error(result: Any) -> Any:
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+class _Conn:
+    """One TCP connection: its streams, reply futures in send order, and reader task."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.pending: Deque[Tuple[int, Command, "asyncio.Future[Any]"]] = deque()
+        self.decoder = FrameDecoder(REPLY_LIMITS)
+        self.next_rid = 1
+        self.closed = False
+        self.drain_lock = asyncio.Lock()
+        self.task: Optional["asyncio.Task[None]"] = None
+
+    def take_rid(self) -> int:
+        rid = self.next_rid
+        self.next_rid = rid + 1 if rid < 0xFFFFFFFF else 1
+        return rid
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self.writer.close()
+            except Exception:  # pragma: no cover
+                pass
+        pending = list(self.pending)
+        self.pending.clear()
+        for _rid, _cmd, fut in pending:
+            if not fut.done():
+                fut.set_result(exc)
+
+
+class _ConnectMethod:
+    """``AsyncClient.connect``: a classmethod on the class, a method on an instance.
+
+    * ``await AsyncClient.connect(host, port, **options)`` makes a client and
+      connects it;
+    * ``await client.connect()`` connects an existing client.
+
+    Both return the connected client and raise ConnectionError/TimeoutError,
+    or the HELLO's ServerError (e.g. Unauthorized).
+    """
+
+    def __get__(self, obj: Optional["AsyncClient"], objtype: Optional[type] = None) -> Callable[..., Awaitable["AsyncClient"]]:
+        if obj is None:
+            cls: Any = objtype
+
+            async def connect_new(host: str = "127.0.0.1", port: int = 7878,
+                                  **options: Any) -> "AsyncClient":
+                client = cls(host, port, **options)
+                await client._ensure_connected()
+                return client  # type: ignore[no-any-return]
+            connect_new.__doc__ = self.__doc__
+            return connect_new
+
+        async def connect() -> "AsyncClient":
+            await obj._ensure_connected()
+            return obj
+        connect.__doc__ = self.__doc__
+        return connect
+
+
+class AsyncClient:
+    """An asyncio connection to one Perennial server.
+
+    Same methods as :class:`perennial.Client`, as coroutines.  Any number of
+    tasks may call one AsyncClient at the same time: requests are written in
+    call order and each reply is handed to its caller (a queue of reply
+    futures in send order), so concurrent calls are pipelined on the one
+    connection.
+
+    Usage::
+
+        async with perennial.AsyncClient("127.0.0.1", 7878) as c:
+            await c.feedback([perennial.Event(1, 42)])
+            recs = await c.recommend(1, k=5)
+
+        c = await perennial.AsyncClient.connect("127.0.0.1", 7878)
+        ...
+        await c.close()
+
+    A timeout raises :class:`perennial.TimeoutError` in the waiting caller;
+    the connection stays open (a late reply is discarded).
+    """
+
+    connect = _ConnectMethod()
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 7878, *,
+                 timeout: Optional[float] = 10.0, token: Optional[str] = None,
+                 client_name: str = "perennial-py", hello: bool = True) -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.token = token
+        self.client_name = client_name
+        self._hello = hello
+        #: The HELLO reply of the current (or last) connection.
+        self.server_info: Optional[ServerInfo] = None
+        self._conn: Optional[_Conn] = None
+        self._lock: Optional[asyncio.Lock] = None
+
+    def __repr__(self) -> str:
+        return "AsyncClient(%r, %r, connected=%r)" % (self.host, self.port, self.connected)
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection is open."""
+        return self._conn is not None and not self._conn.closed
+
+    @property
+    def max_events(self) -> int:
+        """Most events per FEEDBACK frame: the server's (from HELLO) or the default 10,000."""
+        return self.server_info.max_events if self.server_info else DEFAULT_LIMITS.max_events
+
+    async def __aenter__(self) -> "AsyncClient":
+        await self._ensure_connected()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection; unanswered requests fail with ConnectionError.
+
+        The client may be used again: the next call reconnects.
+        """
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        conn.fail(ConnectionError("connection closed by the client"))
+        if conn.task is not None and not conn.task.done():
+            conn.task.cancel()
+            try:
+                await conn.task
+            except (asyncio.CancelledError, Exception):
+                pass
+        try:
+            await conn.writer.wait_closed()
+        except Exception:
+            pass
+
+    # -- connection ----------------------------------------------------------
+
+    async def _ensure_connected(self) -> _Conn:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            return conn
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            conn = self._conn
+            if conn is not None and not conn.closed:
+                return conn
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.host, self.port, limit=_CHUNK), self.timeout)
+            except asyncio.TimeoutError:
+                raise TimeoutError("timed out connecting to %s:%s"
+                                   % (self.host, self.port)) from None
+            except OSError as e:
+                raise ConnectionError("cannot connect to %s:%s: %s"
+                                      % (self.host, self.port, e)) from e
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:  # pragma: no cover
+                    pass
+            conn = _Conn(reader, writer)
+            conn.task = asyncio.ensure_future(self._read_loop(conn))
+            if self._hello:
+                fut = self._submit(conn, [_c.hello(self.client_name, self.token)])[0]
+                await self._drain(conn)
+                result = await self._wait(fut)
+                if isinstance(result, BaseException):
+                    conn.fail(ConnectionError("HELLO failed"))
+                    raise result
+                self.server_info = result
+            self._conn = conn
+            return conn
+
+    async def _read_loop(self, conn: _Conn) -> None:
+        failure: BaseException = ConnectionError("the server closed the connection")
+        try:
+            while True:
+                data = await conn.reader.read(_CHUNK)
+                if not data:
+                    break
+                conn.decoder.feed(data)
+                if self._dispatch(conn):
+                    failure = ConnectionError("connection closed after a fatal error")
+                    break
+        except ProtocolError as e:  # fatal framing error in the server's bytes
+            failure = e
+        except asyncio.CancelledError:
+            conn.fail(ConnectionError("connection closed by the client"))
+            raise
+        except OSError as e:
+            failure = ConnectionError("receiving from %s:%s failed: %s"
+                                      % (self.host, self.port, e))
+        conn.fail(failure)
+        if self._conn is conn:
+            self._conn = None
+
+    def _dispatch(self, conn: _Conn) -> bool:
+        """Hand every complete frame to its future; True when the connection must close."""
+        while True:
+            try:
+                frame = conn.decoder.next_frame()
+            except ProtocolError as e:
+                if e.fatal:
+                    raise
+                item: Any = e
+            else:
+                if frame is None:
+                    return False
+                item = frame
+            if not conn.pending:
+                # unsolicited (e.g. BUSY before any request): fatal errors end the connection
+                if not isinstance(item, ProtocolError) and item.opcode == Opcode.ERROR:
+                    return ERROR_CODES.get(item.payload["code"], 0) in FATAL_CODES
+                return True
+            rid, cmd, fut = conn.pending.popleft()
+            result, fatal = resolve_reply(item, rid, cmd)
+            if not fut.done():
+                fut.set_result(result)
+            if fatal:
+                return True
+
+    def _submit(self, conn: _Conn, cmds: Sequence[Command]) -> List["asyncio.Future[Any]"]:
+        # no await in here: frames are written in the order the futures are queued
+        if conn.closed:
+            raise ConnectionError("the connection is closed")
+        loop = asyncio.get_running_loop()
+        futs = []
+        parts = []
+        for cmd in cmds:
+            rid = conn.take_rid()
+            fut: "asyncio.Future[Any]" = loop.create_future()
+            conn.pending.append((rid, cmd, fut))
+            futs.append(fut)
+            parts.append(encode_request(cmd.opcode, rid, cmd.body))
+        conn.writer.write(b"".join(parts))
+        return futs
+
+    async def _drain(self, conn: _Conn) -> None:
+        try:
+            async with conn.drain_lock:
+                await conn.writer.drain()
+        except (OSError, RuntimeError) as e:
+            conn.fail(ConnectionError("sending to %s:%s failed: %s" % (self.host, self.port, e)))
+            if self._conn is conn:
+                self._conn = None
+
+    async def _wait(self, fut: "asyncio.Future[Any]") -> Any:
+        try:
+            return await asyncio.wait_for(fut, self.timeout)
+        except asyncio.TimeoutError:
+            return TimeoutError("no reply from %s:%s within %s s"
+                                % (self.host, self.port, self.timeout))
+
+    async def _execute(self, cmds: Sequence[Command]) -> List[Any]:
+        conn = await self._ensure_connected()
+        futs = self._submit(conn, cmds)
+        await self._drain(conn)
+        return [await self._wait(f) for f in futs]
+
+    async def _call(self, cmd: Command) -> Any:
+        return _raise_if_error((await self._execute([cmd]))[0])
+
+    # -- commands ------------------------------------------------------------
+
+    async def hello(self) -> ServerInfo:
+        """Send HELLO; return the server's version, limits and name (see Client.hello)."""
+        info: ServerInfo = await self._call(_c.hello(self.client_name, self.token))
+        self.server_info = info
+        return info
+
+    async def ping(self) -> bool:
+        """Round-trip a PING; returns True.  Raises ConnectionError/TimeoutError."""
+        return bool(await self._call(_c.ping()))
+
+    async def recommend(self, user: int, k: int = 10, *, scorer: Optional[str] = None,
+                        session: Optional[Sequence[int]] = None,
+                        session_id: Optional[str] = None,
+                        exclude: Optional[Iterable[int]] = None,
+                        candidates: Optional[Iterable[int]] = None,
+                        min_applied_seq: int = 0) -> List[Recommendation]:
+        """Recommend up to ``k`` items for ``user``, best first (see Client.recommend).
+
+        Raises UnknownScorer, InvalidArgument, ServerError.
+        """
+        return await self._call(_c.recommend(  # type: ignore[no-any-return]
+            user, k, scorer=scorer, session=session, session_id=session_id, exclude=exclude,
+            candidates=candidates, min_applied_seq=min_applied_seq))
+
+    async def score(self, user: int, items: Sequence[int], *, scorer: Optional[str] = None,
+                    session: Optional[Sequence[int]] = None) -> List[Score]:
+        """Score ``items`` for ``user`` in order (see Client.score).  Raises UnknownScorer, InvalidArgument."""
+        return await self._call(_c.score(user, items, scorer=scorer, session=session))  # type: ignore[no-any-return]
+
+    async def feedback(self, events: Iterable[EventLike]) -> FeedbackAck:
+        """Send feedback events; return the (last batch's) ack once acknowledged.
+
+        Lists longer than the server's max_events go as several batches.
+        Raises ValueError (empty list, bad event) and InvalidEvent (``detail``
+        = index in ``events``), as Client.feedback.
+        """
+        evs = _c.normalize_events(events)
+        if not evs:
+            raise ValueError("feedback() needs at least one event")
+        ack: Optional[FeedbackAck] = None
+        offset = 0
+        for batch in _c.chunks(evs, self.max_events):
+            try:
+                ack = await self._call(_c.feedback(batch))
+            except ServerError as e:
+                e.accepted_events = offset  # type: ignore[attr-defined]
+                if isinstance(e, InvalidEvent):
+                    e.detail += offset
+                raise
+            offset += len(batch)
+        assert ack is not None
+        return ack
+
+    async def upsert_item(self, item: int, text: str,
+                          attributes: Attributes = None) -> UpsertResult:
+        """Create or replace an item's text and attributes (see Client.upsert_item)."""
+        return await self._call(_c.upsert_item(item, text, attributes))  # type: ignore[no-any-return]
+
+    async def stats(self) -> dict:
+        """Return the server's counters as ``{name: value}``."""
+        return await self._call(_c.stats())  # type: ignore[no-any-return]
+
+    async def reload(self) -> None:
+        """Ask the server to reload.  Raises NotSupported, Unauthorized."""
+        await self._call(_c.reload())
+
+    async def snapshot(self) -> int:
+        """Ask for a snapshot; returns the sequence it covers.  Raises NotSupported, Unauthorized."""
+        return await self._call(_c.snapshot())  # type: ignore[no-any-return]
+
+    async def shutdown(self) -> None:
+        """Ask the server to stop, then close this connection.  Raises Unauthorized."""
+        try:
+            await self._call(_c.shutdown())
+        finally:
+            await self.close()
+
+    def pipeline(self) -> "AsyncPipeline":
+        """Return an :class:`AsyncPipeline`: queued calls sent in one write."""
+        return AsyncPipeline(self)
+
+    def streamer(self, window: int = 8, batch_size: int = 1000) -> "AsyncFeedbackStreamer":
+        """Return an :class:`AsyncFeedbackStreamer` on this client."""
+        return AsyncFeedbackStreamer(self, window=window, batch_size=batch_size)
+
+
+class AsyncPipeline(_c.PipelineCommands):
+    """Queued requests sent in one write; ``await execute()`` returns results in order.
+
+    Queuing methods are plain (not coroutines) and return the pipeline.
+    """
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+        self._commands: List[Command] = []
+
+    def _queue(self, cmd: Command) -> "AsyncPipeline":
+        self._commands.append(cmd)
+        return self
+
+    def __len__(self) -> int:
+        return len(self._commands)
+
+    def reset(self) -> None:
+        """Drop the queued requests."""
+        self._commands = []
+
+    async def execute(self, raise_on_error: bool = False) -> List[Any]:
+        """Send the queued requests; return their results (exceptions in place) in order.
+
+        With ``raise_on_error`` the first failure is raised instead.  Raises
+        ConnectionError/TimeoutError when the connection cannot be opened.
+        """
+        cmds, self._commands = self._commands, []
+        if not cmds:
+            return []
+        results = await self._client._execute(cmds)
+        if raise_on_error:
+            for r in results:
+                _raise_if_error(r)
+        return results
+
+
+class AsyncFeedbackStreamer:
+    """asyncio version of :class:`perennial.client.FeedbackStreamer`.
+
+    ``await send(e)``, ``await send_many(events)``, ``await flush()``;
+    ``async with`` flushes on exit.  At most ``window`` batches are
+    unacknowledged at a time.
+    """
+
+    def __init__(self, client: AsyncClient, window: int = 8, batch_size: int = 1000) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self._client = client
+        self.window = window
+        self.batch_size = batch_size
+        self._buffer: List[Event] = []
+        self._inflight: Deque[Tuple["asyncio.Future[Any]", int, int]] = deque()
+        self._offset = 0
+        self._errors: Deque[BaseException] = deque()
+        self.sent_events = 0
+        self.acked_events = 0
+        self.last_ack: Optional[FeedbackAck] = None
+
+    @property
+    def pending_batches(self) -> int:
+        """Batches written and not yet acknowledged."""
+        return len(self._inflight)
+
+    async def _collect_one(self) -> None:
+        fut, offset, n = self._inflight.popleft()
+        result = await self._client._wait(fut)
+        if isinstance(result, FeedbackAck):
+            self.acked_events += n
+            self.last_ack = result
+        else:
+            if isinstance(result, BaseException):
+                result.batch_offset = offset  # type: ignore[attr-defined]
+                result.batch_events = n  # type: ignore[attr-defined]
+            self._errors.append(result)
+
+    def _size(self) -> int:
+        return min(self.batch_size, self._client.max_events)
+
+    async def _send_batch(self) -> None:
+        size = self._size()
+        batch = self._buffer[:size]
+        del self._buffer[:size]
+        while len(self._inflight) >= self.window:
+            await self._collect_one()
+        conn = await self._client._ensure_connected()
+        fut = self._client._submit(conn, [_c.feedback(batch)])[0]
+        self._inflight.append((fut, self._offset, len(batch)))
+        self._offset += len(batch)
+        self.sent_events += len(batch)
+        await self._client._drain(conn)
+
+    def _raise_errors(self) -> None:
+        if self._errors:
+            raise self._errors.popleft()
+
+    async def send(self, event: EventLike) -> None:
+        """Queue one event; writes a batch when one is full.  Raises like Client's streamer."""
+        self._buffer.append(to_event(event))
+        if len(self._buffer) >= self._size():
+            await self._send_batch()
+        self._raise_errors()
+
+    async def send_many(self, events: Iterable[EventLike]) -> None:
+        """Queue many events, writing every batch that fills up."""
+        for e in events:
+            self._buffer.append(to_event(e))
+            if len(self._buffer) >= self._size():
+                await self._send_batch()
+        self._raise_errors()
+
+    async def flush(self) -> Optional[FeedbackAck]:
+        """Send what is buffered, wait for every ack; return the last FeedbackAck."""
+        while self._buffer:
+            await self._send_batch()
+        while self._inflight:
+            await self._collect_one()
+        self._raise_errors()
+        return self.last_ack
+
+    async def __aenter__(self) -> "AsyncFeedbackStreamer":
+        return self
+
+    async def __aexit__(self, exc_type: Optional[Type[BaseException]], *rest: Any) -> None:
+        if exc_type is None:
+            await self.flush()
+        else:
+            try:
+                await self.flush()
+            except PerennialError:
+                pass

@@ -1,0 +1,622 @@
+"""Blocking client for the Perennial recommendation server."""
+
+from __future__ import annotations
+
+import selectors
+import socket
+from collections import deque
+from typing import Any, Callable, Deque, Iterable, List, Optional, Sequence, Type, Union
+
+from . import _commands as _c
+from ._commands import Attributes, Command, resolve_reply
+from .errors import (ConnectionError, InvalidEvent, PerennialError, ProtocolError, ServerError,
+                     TimeoutError)
+from .protocol import (DEFAULT_LIMITS, Frame, FrameDecoder, Limits, encode_request)
+from .types import (Event, EventLike, FeedbackAck, Recommendation, Score, ServerInfo,
+                    UpsertResult, to_event)
+
+__all__ = ["Client", "Pipeline", "FeedbackStreamer", "REPLY_LIMITS"]
+
+#: Limits used to decode the server's replies: only the frame size matters
+#: for replies, and it is generous so that a server with larger limits works.
+REPLY_LIMITS = Limits(max_frame_bytes=64 << 20)
+
+_CHUNK = 256 * 1024
+_NOTSET: Any = object()
+
+Sink = Callable[[Any], None]
+
+
+class _Pending:
+    __slots__ = ("rid", "cmd", "sink", "result")
+
+    def __init__(self, rid: int, cmd: Command, sink: Optional[Sink]) -> None:
+        self.rid = rid
+        self.cmd = cmd
+        self.sink = sink
+        self.result: Any = _NOTSET
+
+
+def _raise_if_error(result: Any) -> Any:
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+class Client:
+    """A blocking connection to one Perennial server.
+
+    The connection is opened on first use (or by :meth:`connect`) and, after
+    it broke, opened again by the next call.  When ``hello`` is true (the
+    default) the client starts every connection with HELLO, sending ``token``
+    and learning the server's limits (:attr:`server_info`).
+
+    Args:
+        host, port: where the server listens.
+        timeout: seconds to wait for the connection and for each reply
+            (None: forever).  On a timeout the call raises
+            :class:`perennial.TimeoutError` and the connection is closed.
+        token: the server's token, when it has one.
+        client_name: sent in HELLO.
+        hello: send HELLO when connecting (required when the server has a
+            token).
+
+    A Client is not thread-safe: use one per thread, or :class:`AsyncClient`.
+
+    Example::
+
+        with perennial.Client("127.0.0.1", 7878) as c:
+            c.feedback([perennial.Event(user=1, item=42)])
+            for rec in c.recommend(user=1, k=5):
+                print(rec.item, rec.score)
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 7878, *,
+                 timeout: Optional[float] = 10.0, token: Optional[str] = None,
+                 client_name: str = "perennial-py", hello: bool = True) -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.token = token
+        self.client_name = client_name
+        self._hello = hello
+        #: The HELLO reply of the current (or last) connection.
+        self.server_info: Optional[ServerInfo] = None
+        self._sock: Optional[socket.socket] = None
+        self._sel: Optional[selectors.BaseSelector] = None
+        self._decoder = FrameDecoder(REPLY_LIMITS)
+        self._pending: Deque[_Pending] = deque()
+        self._inbox: Deque[Union[Frame, ProtocolError]] = deque()
+        self._next_rid = 1
+
+    def __repr__(self) -> str:
+        return "Client(%r, %r, connected=%r)" % (self.host, self.port, self.connected)
+
+    # -- connection --------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection is open."""
+        return self._sock is not None
+
+    @property
+    def max_events(self) -> int:
+        """Most events per FEEDBACK frame: the server's (from HELLO) or the default 10,000."""
+        return self.server_info.max_events if self.server_info else DEFAULT_LIMITS.max_events
+
+    def connect(self) -> "Client":
+        """Open the connection now (and send HELLO) instead of on first use.
+
+        Returns the client.  Raises ConnectionError or TimeoutError when the
+        server cannot be reached, ServerError (e.g. Unauthorized) when it
+        refuses the HELLO.
+        """
+        self._ensure_connected()
+        return self
+
+    def close(self) -> None:
+        """Close the connection.  Requests still unanswered fail with ConnectionError.
+
+        The client may be used again: the next call reconnects.
+        """
+        if self._pending:
+            self._fail_all(ConnectionError("connection closed by the client"))
+        else:
+            self._disconnect()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _disconnect(self) -> None:
+        sock, sel = self._sock, self._sel
+        self._sock = None
+        self._sel = None
+        if sel is not None:
+            try:
+                sel.close()
+            except Exception:  # pragma: no cover
+                pass
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:  # pragma: no cover
+                pass
+        self._decoder = FrameDecoder(REPLY_LIMITS)
+        self._inbox.clear()
+
+    def _ensure_connected(self) -> None:
+        if self._sock is not None:
+            return
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        except socket.timeout:
+            raise TimeoutError("timed out connecting to %s:%s" % (self.host, self.port)) from None
+        except OSError as e:
+            raise ConnectionError("cannot connect to %s:%s: %s" % (self.host, self.port, e)) from e
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # pragma: no cover - not TCP
+            pass
+        sock.setblocking(False)
+        sel = selectors.DefaultSelector()
+        sel.register(sock, selectors.EVENT_READ)
+        self._sock, self._sel = sock, sel
+        self._decoder = FrameDecoder(REPLY_LIMITS)
+        self._inbox.clear()
+        self._next_rid = 1
+        if self._hello:
+            result = self._execute([_c.hello(self.client_name, self.token)], connect=False)[0]
+            if isinstance(result, BaseException):
+                self._disconnect()
+                raise result
+            self.server_info = result
+
+    def _take_rid(self) -> int:
+        rid = self._next_rid
+        self._next_rid = rid + 1 if rid < 0xFFFFFFFF else 1
+        return rid
+
+    # -- I/O engine ----------------------------------------------------------
+    #
+    # Every request goes into self._pending in send order; received frames go
+    # into self._inbox; _settle() pairs them up in order.  _pump() writes and
+    # reads at the same time so that a large pipeline cannot deadlock against
+    # the server's own backpressure.
+
+    def _pump(self, data: bytes, until: int) -> None:
+        sock, sel = self._sock, self._sel
+        if sock is None or sel is None:
+            raise ConnectionError("not connected")
+        view = memoryview(data)
+        sent, total = 0, len(data)
+        mode = selectors.EVENT_READ
+        try:
+            while True:
+                while sent < total:
+                    try:
+                        sent += sock.send(view[sent:sent + _CHUNK])
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError as e:
+                        raise ConnectionError("sending to %s:%s failed: %s"
+                                              % (self.host, self.port, e)) from e
+                writing = sent < total
+                if not writing and len(self._inbox) >= until:
+                    return
+                want = selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
+                if want != mode:
+                    sel.modify(sock, want)
+                    mode = want
+                ready = sel.select(self.timeout)
+                if not ready:
+                    raise TimeoutError("no reply from %s:%s within %s s"
+                                       % (self.host, self.port, self.timeout))
+                for _key, mask in ready:
+                    if mask & selectors.EVENT_READ:
+                        self._recv()
+        finally:
+            if mode != selectors.EVENT_READ:
+                try:
+                    sel.modify(sock, selectors.EVENT_READ)
+                except (OSError, ValueError, KeyError):  # pragma: no cover
+                    pass
+
+    def _recv(self) -> None:
+        assert self._sock is not None
+        try:
+            chunk = self._sock.recv(_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            raise ConnectionError("receiving from %s:%s failed: %s"
+                                  % (self.host, self.port, e)) from e
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        self._decoder.feed(chunk)
+        while True:
+            try:
+                frame = self._decoder.next_frame()
+            except ProtocolError as e:
+                if e.fatal:
+                    raise
+                self._inbox.append(e)
+                continue
+            if frame is None:
+                return
+            self._inbox.append(frame)
+
+    def _transfer(self, data: bytes, until: int) -> None:
+        """Send ``data`` and read until ``until`` replies are in; then settle them."""
+        failure: Optional[PerennialError] = None
+        try:
+            self._pump(data, until)
+        except PerennialError as e:
+            failure = e
+        self._settle()
+        if failure is not None:
+            self._fail_all(failure)
+
+    def _settle(self) -> None:
+        while self._pending and self._inbox:
+            p = self._pending.popleft()
+            result, fatal = resolve_reply(self._inbox.popleft(), p.rid, p.cmd)
+            self._deliver(p, result)
+            if fatal:
+                self._fail_all(ConnectionError("connection closed after an earlier error: %s"
+                                               % (result,)))
+                return
+
+    def _fail_all(self, exc: BaseException) -> None:
+        self._disconnect()
+        pending = list(self._pending)
+        self._pending.clear()
+        for p in pending:
+            self._deliver(p, exc)
+
+    @staticmethod
+    def _deliver(p: _Pending, result: Any) -> None:
+        p.result = result
+        if p.sink is not None:
+            p.sink(result)
+
+    def _execute(self, cmds: Sequence[Command], connect: bool = True) -> List[Any]:
+        """Send ``cmds`` in one write, wait for all replies; results (or exceptions) in order."""
+        if connect:
+            self._ensure_connected()
+        mine = [_Pending(self._take_rid(), cmd, None) for cmd in cmds]
+        data = b"".join(encode_request(p.cmd.opcode, p.rid, p.cmd.body) for p in mine)
+        self._pending.extend(mine)
+        self._transfer(data, len(self._pending))
+        out = []
+        for p in mine:
+            if p.result is _NOTSET:  # pragma: no cover - defensive
+                p.result = ConnectionError("no reply")
+            out.append(p.result)
+        return out
+
+    def _call(self, cmd: Command) -> Any:
+        return _raise_if_error(self._execute([cmd])[0])
+
+    def _send_nowait(self, cmd: Command, sink: Sink) -> None:
+        """Send one request without waiting; ``sink`` gets its result later."""
+        self._ensure_connected()
+        p = _Pending(self._take_rid(), cmd, sink)
+        self._pending.append(p)
+        self._transfer(encode_request(cmd.opcode, p.rid, cmd.body), 0)
+
+    def _wait_one(self) -> None:
+        """Wait until the oldest unanswered request has its result."""
+        if not self._pending:
+            return
+        if self._sock is None:
+            self._fail_all(ConnectionError("not connected"))
+            return
+        self._transfer(b"", 1)
+
+    # -- commands ------------------------------------------------------------
+
+    def hello(self) -> ServerInfo:
+        """Send HELLO (client name and token); return the server's version, limits and name.
+
+        Raises Unauthorized for a wrong token, ConnectionError/TimeoutError.
+        """
+        self._ensure_connected()
+        info: ServerInfo = self._call(_c.hello(self.client_name, self.token))
+        self.server_info = info
+        return info
+
+    def ping(self) -> bool:
+        """Round-trip a PING; returns True.  Raises ConnectionError/TimeoutError."""
+        return bool(self._call(_c.ping()))
+
+    def recommend(self, user: int, k: int = 10, *, scorer: Optional[str] = None,
+                  session: Optional[Sequence[int]] = None, session_id: Optional[str] = None,
+                  exclude: Optional[Iterable[int]] = None,
+                  candidates: Optional[Iterable[int]] = None,
+                  min_applied_seq: int = 0) -> List[Recommendation]:
+        """Recommend up to ``k`` items for ``user``, best first.
+
+        Args:
+            user: the user id.
+            k: how many items (1 … the server's max_items).
+            scorer: a scorer name; None for the default route's scorer.
+            session: the session's recent item ids, most recent last.
+            session_id: an opaque session id for session scorers.
+            exclude: items never to return (besides the user's own history).
+            candidates: if given and non-empty, rank only these items.
+            min_applied_seq: wait until the server has learned this feedback
+                sequence number (read-your-writes across connections).
+
+        Raises:
+            UnknownScorer: the scorer is not loaded.
+            InvalidArgument: k, an id or a list is out of range.
+            ServerError: e.g. TIMEOUT waiting for ``min_applied_seq``.
+        """
+        return self._call(_c.recommend(user, k, scorer=scorer, session=session,  # type: ignore[no-any-return]
+                                       session_id=session_id, exclude=exclude,
+                                       candidates=candidates, min_applied_seq=min_applied_seq))
+
+    def score(self, user: int, items: Sequence[int], *, scorer: Optional[str] = None,
+              session: Optional[Sequence[int]] = None) -> List[Score]:
+        """Score ``items`` for ``user``, in the order given.
+
+        ``Score.known`` is False for an item the server has never seen.
+        Raises UnknownScorer, InvalidArgument (no items, too many, bad id).
+        """
+        return self._call(_c.score(user, items, scorer=scorer, session=session))  # type: ignore[no-any-return]
+
+    def feedback(self, events: Iterable[EventLike]) -> FeedbackAck:
+        """Send feedback events and return once the server acknowledged them.
+
+        ``events`` are :class:`Event` objects (or tuples / dicts with its
+        fields).  A list longer than the server's ``max_events`` is sent as
+        several batches, one after the other; the ack of the last batch is
+        returned.  Each batch is all-or-nothing.
+
+        Raises:
+            ValueError: empty list, unknown kind, rating without a value.
+            InvalidEvent: the server refused a batch; ``detail`` is the index
+                of the bad event in ``events`` and ``accepted_events`` how many
+                events before its batch were accepted.
+        """
+        evs = _c.normalize_events(events)
+        if not evs:
+            raise ValueError("feedback() needs at least one event")
+        ack: Optional[FeedbackAck] = None
+        offset = 0
+        for batch in _c.chunks(evs, self.max_events):
+            try:
+                ack = self._call(_c.feedback(batch))
+            except ServerError as e:
+                e.accepted_events = offset  # type: ignore[attr-defined]
+                if isinstance(e, InvalidEvent):
+                    e.detail += offset
+                raise
+            offset += len(batch)
+        assert ack is not None
+        return ack
+
+    def upsert_item(self, item: int, text: str, attributes: Attributes = None) -> UpsertResult:
+        """Create or replace an item's text and attributes (a dict or (key, value) pairs).
+
+        Returns whether the item was created and whether its text was
+        truncated to the server's ``max_text_bytes``.  Raises InvalidArgument
+        for a bad id.
+        """
+        return self._call(_c.upsert_item(item, text, attributes))  # type: ignore[no-any-return]
+
+    def stats(self) -> dict:
+        """Return the server's counters as ``{name: value}``."""
+        return self._call(_c.stats())  # type: ignore[no-any-return]
+
+    def reload(self) -> None:
+        """Ask the server to reload its models/config.  Raises NotSupported, Unauthorized."""
+        self._call(_c.reload())
+
+    def snapshot(self) -> int:
+        """Ask the server for a snapshot; returns the log sequence it covers.
+
+        Raises NotSupported, Unauthorized.
+        """
+        return self._call(_c.snapshot())  # type: ignore[no-any-return]
+
+    def shutdown(self) -> None:
+        """Ask the server to stop (as on SIGTERM), then close this connection.
+
+        Raises Unauthorized when the server does not allow it.
+        """
+        try:
+            self._call(_c.shutdown())
+        finally:
+            if not self._pending:
+                self._disconnect()
+
+    def pipeline(self) -> "Pipeline":
+        """Return a :class:`Pipeline` that queues calls and sends them in one write."""
+        return Pipeline(self)
+
+    def streamer(self, window: int = 8, batch_size: int = 1000) -> "FeedbackStreamer":
+        """Return a :class:`FeedbackStreamer` for high-rate feedback on this connection."""
+        return FeedbackStreamer(self, window=window, batch_size=batch_size)
+
+
+class Pipeline(_c.PipelineCommands):
+    """Queued requests sent in one write; :meth:`execute` returns the results in order.
+
+    Every queuing method (``ping``, ``recommend``, ``score``, ``feedback``,
+    ``upsert_item``, ``stats``, ``reload``, ``snapshot``, ``hello``) returns
+    the pipeline, so calls chain::
+
+        results = client.pipeline().ping().recommend(1, k=3).stats().execute()
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._commands: List[Command] = []
+
+    def _queue(self, cmd: Command) -> "Pipeline":
+        self._commands.append(cmd)
+        return self
+
+    def __len__(self) -> int:
+        return len(self._commands)
+
+    def reset(self) -> None:
+        """Drop the queued requests."""
+        self._commands = []
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.reset()
+
+    def execute(self, raise_on_error: bool = False) -> List[Any]:
+        """Send the queued requests and return their results in order.
+
+        A request that failed has its exception object in its place, unless
+        ``raise_on_error`` is true: then the first one is raised (after every
+        reply was read).  Raises ConnectionError/TimeoutError when the
+        connection cannot be opened.  The queue is emptied either way.
+        """
+        cmds, self._commands = self._commands, []
+        if not cmds:
+            return []
+        results = self._client._execute(cmds)
+        if raise_on_error:
+            for r in results:
+                _raise_if_error(r)
+        return results
+
+
+class FeedbackStreamer:
+    """Streams feedback in batches without waiting for each acknowledgement.
+
+    Events are buffered into batches of ``batch_size`` (at most the server's
+    max_events); each full batch is written at once and at most ``window``
+    batches are unacknowledged at a time (when the window is full, the
+    streamer reads acks).  :meth:`flush` sends the partial batch and waits
+    for every ack.  Used as a context manager it flushes on exit.
+
+    A batch the server refuses (e.g. :class:`InvalidEvent`) is raised from the
+    next ``send``/``send_many``/``flush`` call, with ``batch_offset`` (stream
+    index of the batch's first event) and ``batch_events`` attributes; its
+    events were not accepted, later batches are unaffected.
+
+    Attributes:
+        sent_events: events written to the server.
+        acked_events: events the server acknowledged.
+        last_ack: the latest :class:`FeedbackAck`.
+    """
+
+    def __init__(self, client: Client, window: int = 8, batch_size: int = 1000) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self._client = client
+        self.window = window
+        self.batch_size = batch_size
+        self._buffer: List[Event] = []
+        self._inflight = 0
+        self._offset = 0
+        self._errors: Deque[BaseException] = deque()
+        self.sent_events = 0
+        self.acked_events = 0
+        self.last_ack: Optional[FeedbackAck] = None
+
+    @property
+    def pending_batches(self) -> int:
+        """Batches written and not yet acknowledged."""
+        return self._inflight
+
+    def _on_reply(self, offset: int, n: int, result: Any) -> None:
+        self._inflight -= 1
+        if isinstance(result, FeedbackAck):
+            self.acked_events += n
+            self.last_ack = result
+        else:
+            if isinstance(result, BaseException):
+                try:
+                    result.batch_offset = offset  # type: ignore[attr-defined]
+                    result.batch_events = n  # type: ignore[attr-defined]
+                except AttributeError:  # pragma: no cover
+                    pass
+            self._errors.append(result)
+
+    def _raise_errors(self) -> None:
+        if self._errors:
+            raise self._errors.popleft()
+
+    def _send_batch(self) -> None:
+        size = min(self.batch_size, self._client.max_events)
+        batch = self._buffer[:size]
+        del self._buffer[:size]
+        while self._inflight >= self.window:
+            self._client._wait_one()
+        offset = self._offset
+        self._offset += len(batch)
+        cmd = _c.feedback(batch)
+        self._inflight += 1
+        self.sent_events += len(batch)
+        try:
+            self._client._send_nowait(cmd, lambda r: self._on_reply(offset, len(batch), r))
+        except BaseException:
+            # the connection could not be opened: the batch was never sent
+            self._inflight -= 1
+            self.sent_events -= len(batch)
+            raise
+
+    def _full(self) -> bool:
+        return len(self._buffer) >= min(self.batch_size, self._client.max_events)
+
+    def send(self, event: EventLike) -> None:
+        """Queue one event; writes a batch when one is full.
+
+        Raises ValueError for an invalid event, and a refused earlier batch's
+        ServerError.
+        """
+        self._buffer.append(to_event(event))
+        if self._full():
+            self._send_batch()
+        self._raise_errors()
+
+    def send_many(self, events: Iterable[EventLike]) -> None:
+        """Queue many events; writes every batch that fills up.  Raises as :meth:`send`."""
+        for e in events:
+            self._buffer.append(to_event(e))
+            if self._full():
+                self._send_batch()
+        self._raise_errors()
+
+    def flush(self) -> Optional[FeedbackAck]:
+        """Send the buffered events and wait for every acknowledgement.
+
+        Returns the last :class:`FeedbackAck` (None if nothing was ever
+        sent).  Raises the ServerError of a refused batch, ConnectionError,
+        TimeoutError.
+        """
+        while self._buffer:
+            self._send_batch()
+        while self._inflight:
+            before = self._inflight
+            self._client._wait_one()
+            if self._inflight == before and not self._client._pending:  # pragma: no cover
+                break
+        self._raise_errors()
+        return self.last_ack
+
+    def __enter__(self) -> "FeedbackStreamer":
+        return self
+
+    def __exit__(self, exc_type: Optional[Type[BaseException]], *rest: Any) -> None:
+        if exc_type is None:
+            self.flush()
+        else:
+            try:
+                self.flush()
+            except PerennialError:
+                pass

@@ -1,0 +1,122 @@
+"""Value types the Perennial clients take and return."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+from .protocol import EVENT_KINDS
+
+__all__ = ["Event", "EventLike", "Recommendation", "Score", "FeedbackAck", "UpsertResult",
+           "ServerInfo", "to_event"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """One feedback event: ``user`` did ``kind`` on ``item``.
+
+    Args:
+        user: the user id (1 … 2^63−1).
+        item: the item id (1 … 2^63−1).
+        kind: ``"view"``, ``"click"`` (default), ``"purchase"`` or ``"rating"``.
+        value: for a rating, the rating (0 … 10), required; for the other
+            kinds an optional weight (0 … 1000, None or 0 meaning 1).
+        timestamp: Unix seconds; None (0 on the wire) lets the server use its
+            clock.
+
+    Raises:
+        ValueError: for an unknown kind, or a rating without a value.
+
+    Values the server would refuse (NaN, out of range, id 0) are not checked
+    here: the server refuses the whole batch with ``InvalidEvent``.
+    """
+
+    user: int
+    item: int
+    kind: str = "click"
+    value: Optional[float] = None
+    timestamp: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in EVENT_KINDS:
+            raise ValueError("unknown event kind %r (expected one of %s)"
+                             % (self.kind, ", ".join(EVENT_KINDS)))
+        if self.kind == "rating" and self.value is None:
+            raise ValueError("a rating event needs a value (0 ... 10)")
+        if isinstance(self.user, bool) or not isinstance(self.user, int):
+            raise TypeError("Event.user must be an int")
+        if isinstance(self.item, bool) or not isinstance(self.item, int):
+            raise TypeError("Event.item must be an int")
+
+    def to_wire(self) -> Dict[str, Any]:
+        """The event in the protocol's JSON form."""
+        return {"user": self.user, "item": self.item, "kind": self.kind,
+                "value": 0.0 if self.value is None else float(self.value),
+                "timestamp": 0 if self.timestamp is None else int(self.timestamp)}
+
+
+#: What the feedback methods accept for one event: an Event, a mapping with
+#: Event's field names, or a tuple ``(user, item[, kind[, value[, timestamp]]])``.
+EventLike = Union[Event, Mapping[str, Any], Tuple[Any, ...], Sequence[Any]]
+
+
+def to_event(e: EventLike) -> Event:
+    """Turn an :data:`EventLike` into an :class:`Event` (ValueError/TypeError if it cannot)."""
+    if isinstance(e, Event):
+        return e
+    if isinstance(e, Mapping):
+        return Event(**e)
+    if isinstance(e, (tuple, list)):
+        return Event(*e)
+    raise TypeError("cannot make an Event of %r" % (e,))
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One recommended item and its score; lists of them are best first."""
+
+    item: int
+    score: float
+
+
+@dataclass(frozen=True)
+class Score:
+    """The score of one item for a user; ``known`` is False for an item the server never saw."""
+
+    item: int
+    score: float
+    known: bool
+
+
+@dataclass(frozen=True)
+class FeedbackAck:
+    """The server's acknowledgement of a FEEDBACK batch.
+
+    ``first_seq … last_seq`` are the batch's sequence numbers; ``durable_seq``
+    is the highest sequence the server's storage promises to keep;
+    ``applied_seq`` the highest the learner had applied when it answered.
+    """
+
+    first_seq: int
+    last_seq: int
+    durable_seq: int
+    applied_seq: int
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    """Result of ``upsert_item``: whether the item was new, and whether its text was cut."""
+
+    created: bool
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """The server's HELLO reply: its protocol version, limits and name."""
+
+    protocol_version: int
+    max_frame_bytes: int
+    max_items: int
+    max_events: int
+    server_name: str
