@@ -41,6 +41,13 @@ public struct ByteReader {
         return UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
     }
 
+    /// A u8 that must be 0 or 1.
+    public mutating func flag(_ what: StaticString) throws(ProtocolError) -> Bool {
+        let v = try u8(what)
+        if v > 1 { throw ProtocolError(.malformedPayload, "\(what) must be 0 or 1, got \(v)") }
+        return v == 1
+    }
+
     public mutating func i64(_ what: StaticString = "i64") throws(ProtocolError) -> Int64 {
         Int64(bitPattern: try u64(what))
     }

@@ -104,7 +104,8 @@ public enum FrameDecoder {
             requestID: UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
         )
         if header.length < 8 {
-            return .fatal(ProtocolError(.malformedFrame, "frame length \(header.length) is below the 8-byte header", fatal: true), requestID: 0)
+            return .fatal(ProtocolError(.malformedFrame, "frame length \(header.length) is below the 8-byte header", fatal: true),
+                          requestID: header.requestID)
         }
         if Int(header.length) > limits.maxFrameBytes {
             return .fatal(

@@ -43,14 +43,10 @@ public struct WireEvent: Sendable, Equatable {
     /// The range rule of PROTOCOL.md; returns what is wrong, or nil.
     public static func problem(kind: EventKind, value: Float) -> String? {
         if !value.isFinite { return "value \(value) is not a finite number" }
-        switch kind {
-        case .rating where value < 0 || value > 10:
-            return "rating \(value) is outside 0...10"
-        case .view, .click, .purchase where value < 0 || value > 1000:
-            return "weight \(value) is outside 0...1000"
-        default:
-            return nil
+        if kind == .rating {
+            return value < 0 || value > 10 ? "rating \(value) is outside 0...10" : nil
         }
+        return value < 0 || value > 1000 ? "weight \(value) is outside 0...1000" : nil
     }
 }
 

@@ -90,16 +90,16 @@ extension Reply {
             scores.reserveCapacity(n)
             for _ in 0..<n {
                 let score = try r.f32("score")
-                let known = try r.u8("known")
+                let known = try r.flag("known")
                 if !score.isFinite { throw ProtocolError(.malformedPayload, "non-finite score \(score)") }
-                scores.append(ItemScore(score: score, known: known != 0))
+                scores.append(ItemScore(score: score, known: known))
             }
             reply = .score(scores)
         case .feedback:
             reply = .feedback(FeedbackAck(firstSeq: try r.u64("first_seq"), lastSeq: try r.u64("last_seq"),
                                           durableSeq: try r.u64("durable_seq"), appliedSeq: try r.u64("applied_seq")))
         case .upsertItem:
-            reply = .upsertItem(UpsertReply(created: try r.u8("created") != 0, truncated: try r.u8("truncated") != 0))
+            reply = .upsertItem(UpsertReply(created: try r.flag("created"), truncated: try r.flag("truncated")))
         case .stats:
             let n = Int(try r.u16("n"))
             var counters = [StatCounter]()

@@ -66,19 +66,16 @@ extension Request {
         return request
     }
 
-    /// FEEDBACK's batch: count checked first, then the exact size, then every
-    /// event validated. One bad event refuses the whole batch (all or nothing).
+    /// FEEDBACK's batch: the count is checked first, then events are read and
+    /// validated in order (so an invalid event is reported even if the payload
+    /// is cut short after it). One bad event refuses the whole batch.
     static func decodeEvents(_ r: inout ByteReader, limits: ProtocolLimits) throws(ProtocolError) -> [WireEvent] {
         let n = Int(try r.u32("event count"))
         if n == 0 || n > limits.maxEvents {
             throw ProtocolError(.invalidArgument, "FEEDBACK carries \(n) events; allowed 1...\(limits.maxEvents)")
         }
-        if r.remaining != n * WireEvent.wireSize {
-            throw ProtocolError(.malformedPayload,
-                                "FEEDBACK with \(n) events needs \(n * WireEvent.wireSize) bytes, got \(r.remaining)")
-        }
         var events = [WireEvent]()
-        events.reserveCapacity(n)
+        events.reserveCapacity(min(n, r.remaining / WireEvent.wireSize + 1))
         for i in 0..<n {
             let user = try r.u64("user")
             let item = try r.u64("item")

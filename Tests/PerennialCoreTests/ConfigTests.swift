@@ -1,0 +1,95 @@
+import Foundation
+import Testing
+@testable import PerennialCore
+import Popularity
+
+private let registry = ScorerRegistry([PopularityScorer.factory])
+
+private func repoRoot() -> String {
+    URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+}
+
+private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
+    try PerennialConfig.load(try ConfigDocument(text: text, file: "test.toml"), registry: registry)
+}
+
+@Suite struct ConfigTests {
+    @Test func bundledFileEqualsBuiltInDefaults() throws {
+        let file = try PerennialConfig.load(file: repoRoot() + "/config/perennial.toml", registry: registry)
+        let defaults = try PerennialConfig.defaults(registry: registry)
+        #expect(file.host == defaults.host)
+        #expect(file.port == defaults.port)
+        #expect(file.dataDir == defaults.dataDir)
+        #expect(file.limits == defaults.limits)
+        #expect(file.learnerQueueCapacity == defaults.learnerQueueCapacity)
+        #expect(file.historyPerUser == defaults.historyPerUser)
+        #expect(file.scorers.map(\.name) == defaults.scorers.map(\.name))
+        #expect(file.defaultScorer == defaults.defaultScorer)
+        // Every key in the bundled file is one the reader knows.
+        let doc = try ConfigDocument(text: try String(contentsOfFile: repoRoot() + "/config/perennial.toml", encoding: .utf8), file: "x")
+        #expect(doc.order.count >= 15)
+    }
+
+    @Test func typoNamesLineAndSuggestion() {
+        #expect(throws: ConfigError(file: "test.toml", line: 3, message: "unknown key 'server.prot' (did you mean 'server.port'?)")) {
+            try load("[server]\nhost = \"127.0.0.1\"\nprot = 1\n")
+        }
+    }
+
+    @Test func wrongTypeNamesKeyAndLine() {
+        #expect(throws: ConfigError(file: "test.toml", line: 2, message: "'server.port' must be an integer, found a string (\"80\")")) {
+            try load("[server]\nport = \"80\"\n")
+        }
+    }
+
+    @Test func outOfRangeAndSyntaxErrors() throws {
+        do {
+            _ = try load("[limits]\nmax_items = 0\n")
+            Issue.record("accepted max_items = 0")
+        } catch { #expect(error.line == 2 && error.message.contains("outside")) }
+        do {
+            _ = try load("[server]\nhost = 127.0.0.1\n")
+            Issue.record("accepted an unquoted string")
+        } catch { #expect(error.line == 2 && error.message.contains("strings need quotes")) }
+        do {
+            _ = try load("[server\n")
+            Issue.record("accepted a broken header")
+        } catch { #expect(error.line == 1) }
+        do {
+            _ = try load("[server]\nport = 1\nport = 2\n")
+            Issue.record("accepted a duplicate")
+        } catch { #expect(error.line == 3 && error.message.contains("set twice")) }
+    }
+
+    @Test func unknownScorerIsRefused() {
+        do {
+            _ = try load("[scorers]\nload = [\"popularity\", \"magic\"]\n")
+            Issue.record("accepted an unknown scorer")
+        } catch { #expect(error.line == 2 && error.message.contains("magic")) }
+        do {
+            _ = try load("[scorers.magic]\nx = 1\n")
+            Issue.record("accepted an unknown scorer section")
+        } catch { #expect(error.line == 2 && error.message.contains("magic")) }
+        do {
+            _ = try load("[scorers.popularity]\nhalf_life = 10\n")
+            Issue.record("accepted a typo in a scorer section")
+        } catch { #expect(error.message.contains("half_life_events")) }
+    }
+
+    @Test func valuesParse() throws {
+        let c = try load("""
+            # comment
+            [server]
+            host = "::1"   # trailing comment
+            port = 7_000
+            [scorers]
+            load = [ 'popularity' ]
+            [scorers.popularity]
+            half_life_events = 500
+            """)
+        #expect(c.host == "::1")
+        #expect(c.port == 7000)
+        #expect(c.scorers.count == 1)
+        #expect((c.scorers[0].settings as? PopularitySettings)?.halfLifeEvents == 500)
+    }
+}

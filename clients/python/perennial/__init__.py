@@ -1,0 +1,53 @@
+"""Python client for the Perennial recommendation server.
+
+Blocking::
+
+    import perennial
+
+    with perennial.Client("127.0.0.1", 7878) as c:
+        c.feedback([perennial.Event(user=1, item=42, kind="click")])
+        print(c.recommend(user=2, k=5))
+
+asyncio::
+
+    async with perennial.AsyncClient("127.0.0.1", 7878) as c:
+        print(await c.recommend(user=2, k=5))
+
+The wire protocol itself lives in :mod:`perennial.protocol`.
+"""
+
+from .aio import AsyncClient, AsyncFeedbackStreamer, AsyncPipeline
+from .client import Client, FeedbackStreamer, Pipeline
+from .errors import (Busy, ConnectionError, InvalidArgument, InvalidEvent, NotSupported,
+                     PerennialError, ProtocolError, ServerError, TimeoutError, Unauthorized,
+                     UnknownScorer)
+from .types import Event, FeedbackAck, Recommendation, Score, ServerInfo, UpsertResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "Client",
+    "AsyncClient",
+    "Pipeline",
+    "AsyncPipeline",
+    "FeedbackStreamer",
+    "AsyncFeedbackStreamer",
+    "Event",
+    "Recommendation",
+    "Score",
+    "FeedbackAck",
+    "UpsertResult",
+    "ServerInfo",
+    "PerennialError",
+    "ConnectionError",
+    "TimeoutError",
+    "ProtocolError",
+    "ServerError",
+    "InvalidEvent",
+    "InvalidArgument",
+    "UnknownScorer",
+    "Unauthorized",
+    "NotSupported",
+    "Busy",
+]
