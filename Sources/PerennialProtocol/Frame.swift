@@ -60,6 +60,14 @@ public struct FrameHeader: Sendable, Equatable {
     public var flags: UInt16
     public var requestID: UInt32
 
+    public init(length: UInt32, version: UInt8, opcode: UInt8, flags: UInt16, requestID: UInt32) {
+        self.length = length
+        self.version = version
+        self.opcode = opcode
+        self.flags = flags
+        self.requestID = requestID
+    }
+
     public var isReply: Bool { flags & FrameFlags.reply != 0 }
     public var payloadLength: Int { Int(length) - 8 }
     public var frameLength: Int { Int(length) + 4 }

@@ -1,0 +1,277 @@
+// The server through real loopback sockets: the client library, raw bytes,
+// hostile input, many connections, pipelining, backpressure and stopping.
+
+import Foundation
+import Testing
+import PerennialClient
+import PerennialProtocol
+@testable import PerennialServer
+
+@Suite(.serialized) struct ServerTests {
+    @Test func pingRecommendAndReadYourWrites() async throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let c = try await PerennialClient.connect(port: s.port)
+        defer { c.close() }
+        let hello = try await c.hello()
+        #expect(hello.protocolVersion == 1 && hello.maxEvents == 10_000)
+        try await c.ping()
+        #expect(try await c.recommend(user: 1, k: 5).isEmpty)
+        // Item 10 is clicked by three users, 20 by two, 30 by one.
+        let events = [(1, 10), (2, 10), (3, 10), (1, 20), (2, 20), (4, 30)].map {
+            WireEvent(user: UInt64($0.0), item: UInt64($0.1), kind: .click)
+        }
+        let ack = try await c.feedback(events)
+        #expect(ack.firstSeq == 1 && ack.lastSeq == 6)
+        // Sent right after the acknowledgement on the same connection: sees it.
+        let recs = try await c.recommend(user: 99, k: 5)
+        #expect(recs.map(\.item) == [10, 20, 30])
+        #expect(recs.map(\.score) == [3, 2, 1])
+        // Own history excluded.
+        #expect(try await c.recommend(user: 1, k: 5).map(\.item) == [30])
+        let scores = try await c.score(user: 99, items: [10, 12345])
+        #expect(scores == [ItemScore(score: 3, known: true), ItemScore(score: 0, known: false)])
+        let stats = try await c.stats()
+        #expect(stats["events_accepted"] == 6)
+        #expect(stats["events_applied"] == 6)
+        #expect(stats["connections"] == 1)
+        for key in ["connections", "events_accepted", "events_durable", "events_applied", "users", "items", "uptime_ms"] {
+            #expect(stats[key] != nil, "missing \(key)")
+        }
+        // Another connection reads its writes with min_applied_seq.
+        let other = try await PerennialClient.connect(port: s.port)
+        defer { other.close() }
+        let a2 = try await c.feedback([WireEvent(user: 5, item: 30, kind: .purchase, value: 5)])
+        let r2 = try await other.recommend(user: 98, k: 1, minAppliedSeq: a2.lastSeq)
+        #expect(r2.first?.item == 30)  // 1 + 5 = 6 > 3
+        await #expect(throws: PerennialClientError.self) {
+            _ = try await other.recommend(user: 98, k: 1, minAppliedSeq: 1_000_000)
+        }
+    }
+
+    @Test func badEventsRefuseTheWholeBatchWithItsIndex() async throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let c = try await PerennialClient.connect(port: s.port)
+        defer { c.close() }
+        let batch = [
+            WireEvent(user: 1, item: 1, kind: .click),
+            WireEvent(user: 1, item: 2, kind: .rating, value: 4),
+            WireEvent(user: 1, item: 3, kind: .rating, value: .nan),
+        ]
+        do {
+            _ = try await c.feedback(batch)
+            Issue.record("NaN accepted")
+        } catch let e as PerennialClientError {
+            guard case .server(let code, _, let detail, let message) = e else { Issue.record("\(e)"); return }
+            #expect(code == .invalidEvent && detail == 2)
+            #expect(message.contains("event 2"))
+        }
+        #expect(try await c.stats()["events_accepted"] == 0)
+        await #expect(throws: PerennialClientError.self) { _ = try await c.recommend(user: 1, k: 3, scorer: "nope") }
+        // The connection is still healthy.
+        try await c.ping()
+        #expect(try await c.feedback(Array(batch.prefix(2))).lastSeq == 2)
+    }
+
+    @Test func hostileBytesGetErrorsAndOthersKeepWorking() async throws {
+        let s = try TestServer("[limits]\nframe_timeout_ms = 300\n")
+        defer { s.stop() }
+        let healthy = try await PerennialClient.connect(port: s.port)
+        defer { healthy.close() }
+
+        // Garbage: a length below the header size → fatal MALFORMED_FRAME, then close.
+        let g = try RawSocket(port: s.port)
+        try g.send([3, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6])
+        let gf = try g.readUntilClosed()
+        #expect(gf.count == 1 && gf[0].error?.code == .malformedFrame)
+
+        // Oversized: refused from the header alone.
+        let o = try RawSocket(port: s.port)
+        try o.send(header(length: 100_000_000, opcode: 2, id: 5))
+        let of = try o.readUntilClosed()
+        #expect(of.count == 1 && of[0].error?.code == .frameTooLarge && of[0].header.requestID == 5)
+
+        // Wrong version: fatal.
+        let v = try RawSocket(port: s.port)
+        try v.send(header(length: 8, version: 2, opcode: 2, id: 6))
+        #expect(try v.readUntilClosed().first?.error?.code == .unsupportedVersion)
+
+        // Unknown opcode: an error for that request, and the connection goes on.
+        let u = try RawSocket(port: s.port)
+        try u.send(header(length: 8, opcode: 0x42, id: 7) + header(length: 8, opcode: 2, id: 8))
+        let u1 = try u.readFrame(), u2 = try u.readFrame()
+        #expect(u1?.error?.code == .unknownOpcode && u1?.header.requestID == 7)
+        #expect(u2?.header.opcode == Opcode.ping.rawValue && u2?.header.requestID == 8)
+
+        // Bad UTF-8 in a scorer name: MALFORMED_PAYLOAD, not fatal.
+        var bad: [UInt8] = []
+        Request.recommend(RecommendRequest(user: 1, k: 1, scorer: "ab")).encode(into: &bad, requestID: 9)
+        let at = bad.firstIndex(of: UInt8(ascii: "a"))!
+        bad[at] = 0xff
+        try u.send(bad)
+        #expect(try u.readFrame()?.error?.code == .malformedPayload)
+        try u.send(.ping, id: 10)
+        #expect(try u.readFrame()?.header.requestID == 10)
+
+        // A frame cut off by a disconnect.
+        let d = try RawSocket(port: s.port)
+        try d.send(header(length: 100, opcode: 2, id: 11) + [1, 2, 3])
+        d.close()
+
+        // Half a frame, then silence: TIMEOUT after frame_timeout_ms, then close.
+        let h = try RawSocket(port: s.port)
+        try h.send(Array(header(length: 8, opcode: 2, id: 12).prefix(6)))
+        let hf = try h.readUntilClosed()
+        #expect(hf.count == 1 && hf[0].error?.code == .timeout)
+
+        // Through all that the healthy connection kept working.
+        try await healthy.ping()
+        for sock in [g, o, v, u, h] { sock.close() }
+        #expect(try await eventually { try await healthy.stats()["connections"] == 1 })
+        let stats = try await healthy.stats()
+        #expect(stats["fatal_errors"]! >= 4)
+    }
+
+    @Test func pipelinedRequestsComeBackInOrder() async throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let sock = try RawSocket(port: s.port)
+        var bytes: [UInt8] = []
+        for i in 0..<100 {
+            let r: Request = i % 3 == 0 ? .ping : i % 3 == 1
+                ? .recommend(RecommendRequest(user: UInt64(i + 1), k: 3))
+                : .feedback([WireEvent(user: UInt64(i), item: UInt64(i % 7 + 1), kind: .view)])
+            r.encode(into: &bytes, requestID: UInt32(1000 + i))
+        }
+        try sock.send(bytes)  // one write
+        for i in 0..<100 {
+            let f = try #require(try sock.readFrame())
+            #expect(f.header.requestID == UInt32(1000 + i))
+            #expect(f.header.isReply && f.error == nil)
+        }
+    }
+
+    @Test func aThousandConcurrentConnections() async throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let seed = try await PerennialClient.connect(port: s.port)
+        _ = try await seed.feedback((1...50).map { WireEvent(user: 1, item: UInt64($0), kind: .click) })
+        seed.close()
+        var socks: [RawSocket] = []
+        for _ in 0..<1000 { socks.append(try RawSocket(port: s.port, timeout: 20)) }
+        for (i, sock) in socks.enumerated() {
+            var b: [UInt8] = []
+            Request.ping.encode(into: &b, requestID: 1)
+            Request.recommend(RecommendRequest(user: UInt64(i + 2), k: 10)).encode(into: &b, requestID: 2)
+            try sock.send(b)
+        }
+        var ok = 0
+        for sock in socks {
+            let p = try sock.readFrame(), r = try sock.readFrame()
+            if p?.header.opcode == Opcode.ping.rawValue, case .recommend(let rec)? = r?.reply, rec.items.count == 10 { ok += 1 }
+        }
+        #expect(ok == 1000)
+        let c = try await PerennialClient.connect(port: s.port)
+        defer { c.close() }
+        #expect(try await c.stats()["connections"] == 1001)
+        for sock in socks { sock.close() }
+        #expect(try await eventually(10) { try await c.stats()["connections"] == 1 })
+    }
+
+    @Test func writeBackpressureLosesNothing() async throws {
+        let s = try TestServer("[limits]\nmax_pending_bytes = 4096\n")
+        defer { s.stop() }
+        let sock = try RawSocket(port: s.port)
+        // 20,000 requests (about 1 MB of replies) sent before reading any reply.
+        let n = 20_000
+        var bytes: [UInt8] = []
+        for i in 0..<n { Request.recommend(RecommendRequest(user: 1, k: 1)).encode(into: &bytes, requestID: UInt32(i)) }
+        let payload = bytes
+        let writer = Thread { try? sock.send(payload) }
+        writer.start()
+        var seen = 0
+        while seen < n, let f = try sock.readFrame() {
+            #expect(f.header.requestID == UInt32(seen))
+            seen += 1
+        }
+        #expect(seen == n)
+        let c = try await PerennialClient.connect(port: s.port)
+        defer { c.close() }
+        #expect(try await c.stats()["backpressure_pauses"]! > 0)
+    }
+
+    @Test func learnerQueueBackpressureNeverDrops() async throws {
+        let s = try TestServer("[limits]\nmax_events = 16\n[learner]\nqueue_capacity = 16\n")
+        defer { s.stop() }
+        let c = try await PerennialClient.connect(port: s.port)
+        defer { c.close() }
+        _ = try await c.hello()
+        let events = (0..<20_000).map { (i: Int) -> WireEvent in
+            let user = UInt64(i % 97 + 1), item = UInt64(i % 301 + 1)
+            return WireEvent(user: user, item: item, kind: .view)
+        }
+        let ack = try await c.stream(events, batchSize: 16, window: 32)
+        #expect(ack?.lastSeq == 20_000)
+        _ = try await c.recommend(user: 1, k: 1, minAppliedSeq: 20_000)
+        let stats = try await c.stats()
+        #expect(stats["events_applied"] == 20_000)
+        #expect(stats["learner_queue_capacity"] == 16)
+    }
+
+    @Test func connectionLimitAndGracefulStop() async throws {
+        let s = try TestServer("[limits]\nmax_connections = 3\n")
+        let a = try RawSocket(port: s.port), b = try RawSocket(port: s.port), c = try RawSocket(port: s.port)
+        let d = try RawSocket(port: s.port)
+        #expect(try d.readUntilClosed().first?.error?.code == .busy)
+        // Pipelined work then a stop: everything read is answered, then EOF.
+        var bytes: [UInt8] = []
+        for i in 0..<50 { Request.ping.encode(into: &bytes, requestID: UInt32(i)) }
+        try a.send(bytes)
+        try await Task.sleep(nanoseconds: 100_000_000)
+        s.stop()
+        let frames = try a.readUntilClosed()
+        #expect(frames.count == 50)
+        #expect(try b.readUntilClosed().isEmpty)
+        _ = c
+    }
+
+    @Test func upsertItemTextIsCutAtTheLimit() async throws {
+        let s = try TestServer("[limits]\nmax_text_bytes = 10\n")
+        defer { s.stop() }
+        let c = try await PerennialClient.connect(port: s.port)
+        defer { c.close() }
+        let first = try await c.upsertItem(7, text: "héllo wörld", attributes: [ItemAttribute(key: "genre", value: "x")])
+        #expect(first == UpsertReply(created: true, truncated: true))
+        let second = try await c.upsertItem(7, text: "")
+        #expect(second == UpsertReply(created: false, truncated: false))
+        #expect(try await c.score(user: 1, items: [7])[0].known)
+        #expect(try await c.stats()["items_with_text"] == 1)
+    }
+
+    @Test func replayOfMovieLensAppliesEveryEvent() async throws {
+        let folder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("shared/data/ml-latest-small/ratings.csv")
+        guard let text = try? String(contentsOf: folder, encoding: .utf8) else {
+            print("skipping: ../shared/data/ml-latest-small is not present")
+            return
+        }
+        var events: [WireEvent] = []
+        for line in text.split(whereSeparator: { $0.isNewline }).dropFirst() {
+            let f = line.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespacesAndNewlines) }
+            let user = UInt64(f[0])!, item = UInt64(f[1])!
+            let rating = Float(f[2])!, timestamp = Int64(f[3])!
+            events.append(WireEvent(user: user, item: item, kind: .rating, value: rating, timestamp: timestamp))
+        }
+        let s = try TestServer()
+        defer { s.stop() }
+        let c = try await PerennialClient.connect(port: s.port)
+        defer { c.close() }
+        let ack = try await c.stream(events, batchSize: 1000, window: 8)
+        #expect(ack?.lastSeq == 100_836)
+        _ = try await c.recommend(user: 1, k: 10, minAppliedSeq: 100_836)
+        let stats = try await c.stats()
+        #expect(stats["events_applied"] == 100_836)
+        #expect(stats["users"] == 610)
+    }
+}

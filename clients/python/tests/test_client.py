@@ -1,0 +1,588 @@
+"""The Python client against the real server (see conftest.py for the fixtures).
+
+Tests share one server, so each uses its own fresh user and item ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import random
+import socket
+import struct
+import time
+from typing import Callable, Iterator, List, Tuple
+
+import pytest
+
+import perennial
+from perennial import protocol
+from perennial.protocol import Opcode
+
+Address = Tuple[str, int]
+
+_ids = itertools.count(random.randrange(1, 1 << 40) << 20)
+
+
+def fresh(n: int = 1) -> List[int]:
+    """n ids never used before in this test session."""
+    return [next(_ids) for _ in range(n)]
+
+
+def counters(c: perennial.Client) -> dict:
+    return c.stats()
+
+
+# -- basics ------------------------------------------------------------------
+
+
+def test_ping(client: perennial.Client) -> None:
+    assert client.ping() is True
+    assert client.ping() is True
+
+
+def test_hello(client: perennial.Client) -> None:
+    info = client.hello()
+    assert info.protocol_version == 1
+    assert info.max_frame_bytes == 4194304
+    assert info.max_items == 1000
+    assert info.max_events == 10000
+    assert isinstance(info.server_name, str) and info.server_name
+    assert client.server_info == info
+
+
+def test_feedback_ack(client: perennial.Client) -> None:
+    user = fresh()[0]
+    items = fresh(3)
+    ack = client.feedback([perennial.Event(user, i) for i in items])
+    assert isinstance(ack, perennial.FeedbackAck)
+    assert ack.first_seq >= 1
+    assert ack.last_seq >= ack.first_seq
+    assert ack.last_seq - ack.first_seq + 1 == 3
+    assert ack.applied_seq <= ack.last_seq
+    ack2 = client.feedback([(user, items[0], "view")])
+    assert ack2.first_seq == ack2.last_seq > ack.last_seq
+
+
+def _click_counts(client: perennial.Client, counts: List[Tuple[int, int]]) -> List[int]:
+    """Item i clicked by n distinct fresh users, for each (i, n); returns the users."""
+    events = []
+    users = fresh(max(n for _, n in counts))
+    for item, n in counts:
+        for u in users[:n]:
+            events.append(perennial.Event(u, item, "click"))
+    random.Random(7).shuffle(events)
+    client.feedback(events)
+    return users
+
+
+def test_recommend_most_clicked_first(client: perennial.Client) -> None:
+    a, b, c = fresh(3)
+    users = _click_counts(client, [(a, 5), (b, 3), (c, 1)])
+    other = fresh()[0]
+    recs = client.recommend(other, k=3, candidates=[a, b, c])
+    assert [r.item for r in recs] == [a, b, c]
+    assert all(isinstance(r, perennial.Recommendation) for r in recs)
+    assert recs[0].score >= recs[1].score >= recs[2].score
+    assert all(math.isfinite(r.score) for r in recs)
+    # a user's own items are never recommended
+    mine = client.recommend(users[0], k=3, candidates=[a, b, c])
+    assert mine == []
+    # users[3] clicked a only (a had 5 users, b 3, c 1)
+    assert [r.item for r in client.recommend(users[3], k=3, candidates=[a, b, c])] == [b, c]
+    # exclude
+    assert [r.item for r in client.recommend(other, k=3, candidates=[a, b, c], exclude=[a])] == [b, c]
+    # k limits the answer
+    assert [r.item for r in client.recommend(other, k=1, candidates=[a, b, c])] == [a]
+
+
+def test_recommend_fresh_server_without_candidates(start_server: Callable[..., object]) -> None:
+    srv = start_server("")  # empty config file: bundled defaults
+    with srv.client() as c:  # type: ignore[attr-defined]
+        assert c.recommend(1, k=5) == []  # nothing learned yet
+        c.feedback([perennial.Event(u, 100) for u in range(1, 6)]
+                   + [perennial.Event(u, 200) for u in range(1, 4)]
+                   + [perennial.Event(1, 300)])
+        recs = c.recommend(99, k=10)
+        assert [r.item for r in recs] == [100, 200, 300]
+        # user 1 interacted with all three
+        assert c.recommend(1, k=10) == []
+        # user 4 clicked 100 only
+        assert [r.item for r in c.recommend(4, k=10)] == [200, 300]
+        st = c.stats()
+        assert st["events_accepted"] == 9
+        assert st["users"] == 5
+        assert st["items"] == 3
+
+
+def test_unknown_scorer(client: perennial.Client) -> None:
+    with pytest.raises(perennial.UnknownScorer) as info:
+        client.recommend(fresh()[0], scorer="nope")
+    assert info.value.code_name == "UNKNOWN_SCORER"
+    assert info.value.code == 8
+    # the connection is still fine
+    assert client.ping()
+    with pytest.raises(perennial.UnknownScorer):
+        client.score(1, [1], scorer="nope")
+
+
+def test_named_default_scorer(client: perennial.Client) -> None:
+    a, b = fresh(2)
+    _click_counts(client, [(a, 2), (b, 1)])
+    assert [r.item for r in client.recommend(fresh()[0], k=2, candidates=[a, b],
+                                             scorer="popularity")] == [a, b]
+
+
+def test_invalid_event_refuses_whole_batch(client: perennial.Client) -> None:
+    before = client.stats()["events_accepted"]
+    user = fresh()[0]
+    items = fresh(4)
+    events = [perennial.Event(user, items[0]), perennial.Event(user, items[1]),
+              perennial.Event(user, items[2], value=float("nan")), perennial.Event(user, items[3])]
+    with pytest.raises(perennial.InvalidEvent) as info:
+        client.feedback(events)
+    assert info.value.detail == 2
+    assert info.value.code_name == "INVALID_EVENT"
+    assert info.value.message
+    assert client.stats()["events_accepted"] == before
+    # nothing of the batch was learned: scoring the items says unknown
+    assert [s.known for s in client.score(fresh()[0], items)] == [False] * 4
+    # fixed, the batch goes through
+    events[2] = perennial.Event(user, items[2], value=1.0)
+    ack = client.feedback(events)
+    assert ack.last_seq - ack.first_seq == 3
+    assert client.stats()["events_accepted"] == before + 4
+
+
+@pytest.mark.parametrize("bad", [
+    perennial.Event(1, 2, "rating", 11.0),
+    perennial.Event(1, 2, "click", -1.0),
+    perennial.Event(1, 2, "purchase", 1001.0),
+    perennial.Event(0, 2),
+    perennial.Event(1, 0),
+    perennial.Event(1, 2**63),
+    perennial.Event(1, 2, "view", float("inf")),
+], ids=["rating11", "negative", "weight1001", "user0", "item0", "item2pow63", "inf"])
+def test_invalid_events(client: perennial.Client, bad: perennial.Event) -> None:
+    good = perennial.Event(fresh()[0], fresh()[0])
+    with pytest.raises(perennial.InvalidEvent) as info:
+        client.feedback([good, bad])
+    assert info.value.detail == 1
+
+
+def test_rating_requires_value(client: perennial.Client) -> None:
+    with pytest.raises(ValueError):
+        perennial.Event(1, 2, "rating")
+    with pytest.raises(ValueError):
+        client.feedback([(1, 2, "rating")])
+    with pytest.raises(ValueError):
+        perennial.Event(1, 2, "like")
+    with pytest.raises(ValueError):
+        client.feedback([])
+    ack = client.feedback([perennial.Event(fresh()[0], fresh()[0], "rating", 4.5)])
+    assert ack.last_seq == ack.first_seq
+
+
+def test_stats_keys(client: perennial.Client) -> None:
+    st = client.stats()
+    for key in ("connections", "events_accepted", "events_durable", "events_applied"):
+        assert key in st
+        assert isinstance(st[key], int)
+    assert st["connections"] >= 1
+
+
+def test_stats_documented_counters(client: perennial.Client) -> None:
+    st = client.stats()
+    documented = ["connections", "connections_total", "requests_total", "errors_total",
+                  "events_accepted", "events_durable", "events_applied", "learner_queue",
+                  "users", "items", "uptime_ms"]
+    missing = [k for k in documented if k not in st]
+    assert not missing, "STATS lacks documented counters %s" % missing
+    assert st["events_applied"] <= st["events_accepted"]
+
+
+def test_min_applied_seq(server: Address) -> None:
+    with perennial.Client(*server) as c1, perennial.Client(*server) as c2:
+        item = fresh()[0]
+        ack = c1.feedback([perennial.Event(fresh()[0], item)])
+        recs = c2.recommend(fresh()[0], k=1, candidates=[item], min_applied_seq=ack.last_seq)
+        assert [r.item for r in recs] == [item]
+        with pytest.raises(perennial.InvalidArgument):
+            c2.recommend(1, k=1, min_applied_seq=ack.last_seq + 10**9)
+
+
+def test_invalid_arguments(client: perennial.Client) -> None:
+    with pytest.raises(perennial.InvalidArgument):
+        client.recommend(1, k=0)
+    with pytest.raises(perennial.InvalidArgument):
+        client.recommend(1, k=1001)
+    with pytest.raises(perennial.InvalidArgument):
+        client.recommend(2**63, k=1)
+    with pytest.raises(perennial.InvalidArgument):
+        client.score(1, [])
+    with pytest.raises(perennial.InvalidArgument):
+        client.upsert_item(0, "x")
+    assert client.ping()
+
+
+# -- pipeline ------------------------------------------------------------------
+
+
+def test_pipeline_in_order(client: perennial.Client) -> None:
+    a, b = fresh(2)
+    _click_counts(client, [(a, 2), (b, 1)])
+    p = client.pipeline()
+    for _ in range(100):
+        p.ping()
+        p.recommend(fresh()[0], k=2, candidates=[a, b])
+    assert len(p) == 200
+    results = p.execute()
+    assert len(results) == 200
+    for i in range(0, 200, 2):
+        assert results[i] is True
+        assert [r.item for r in results[i + 1]] == [a, b]
+    assert len(p) == 0 and p.execute() == []
+
+
+def test_pipeline_errors_in_place(client: perennial.Client) -> None:
+    p = client.pipeline().ping().recommend(1, scorer="nope").stats().ping()
+    results = p.execute()
+    assert results[0] is True
+    assert isinstance(results[1], perennial.UnknownScorer)
+    assert isinstance(results[2], dict) and "connections" in results[2]
+    assert results[3] is True
+    with pytest.raises(perennial.UnknownScorer):
+        client.pipeline().ping().recommend(1, scorer="nope").ping().execute(raise_on_error=True)
+    assert client.ping()
+
+
+def test_pipeline_large(client: perennial.Client) -> None:
+    """Enough requests that writing them all before reading would stall on backpressure."""
+    p = client.pipeline()
+    for _ in range(20000):
+        p.stats()
+    results = p.execute()
+    assert len(results) == 20000 and all(isinstance(r, dict) for r in results)
+
+
+# -- streaming -------------------------------------------------------------------
+
+
+def test_streamer_25000_events(client: perennial.Client) -> None:
+    before = client.stats()["events_accepted"]
+    users = fresh(1000)
+    items = fresh(500)
+    events = [perennial.Event(users[i % 1000], items[(i * 7) % 500], "view")
+              for i in range(25000)]
+    with client.streamer(window=4) as s:
+        s.send_many(events[:10000])
+        for e in events[10000:]:
+            s.send(e)
+    assert s.sent_events == 25000
+    assert s.acked_events == 25000
+    assert s.pending_batches == 0
+    assert s.last_ack is not None
+    assert s.last_ack.last_seq - s.last_ack.first_seq + 1 == 1000
+    assert client.stats()["events_accepted"] == before + 25000
+
+
+def test_streamer_refused_batch(client: perennial.Client) -> None:
+    u = fresh()[0]
+    good = [perennial.Event(u, i) for i in fresh(10)]
+    s = client.streamer(window=2, batch_size=5)
+    s.send_many(good[:5])
+    s.send_many([good[5], good[6], perennial.Event(u, 0), good[7], good[8]])
+    with pytest.raises(perennial.InvalidEvent) as info:
+        s.flush()
+    assert info.value.detail == 2
+    assert info.value.batch_offset == 5  # type: ignore[attr-defined]
+    assert s.flush() is not None
+    assert s.acked_events == 5
+    # the client is usable afterwards
+    assert client.ping()
+
+
+def test_client_call_while_streaming(client: perennial.Client) -> None:
+    s = client.streamer(window=8, batch_size=10)
+    u = fresh()[0]
+    s.send_many(perennial.Event(u, i) for i in fresh(50))
+    assert client.ping()  # acks of the in-flight batches are taken care of
+    s.flush()
+    assert s.acked_events == 50
+
+
+def test_feedback_split_by_max_events(start_server: Callable[..., object]) -> None:
+    srv = start_server("[limits]\nmax_events = 100\n")
+    with srv.client() as c:  # type: ignore[attr-defined]
+        assert c.hello().max_events == 100
+        ack = c.feedback([perennial.Event(1 + i % 17, 1 + i % 31) for i in range(250)])
+        assert (ack.first_seq, ack.last_seq) == (201, 250)
+        assert c.stats()["events_accepted"] == 250
+        with pytest.raises(perennial.InvalidEvent) as info:
+            c.feedback([perennial.Event(1, 1)] * 150 + [perennial.Event(1, 0)])
+        assert info.value.detail == 150
+        assert info.value.accepted_events == 100  # type: ignore[attr-defined]
+
+
+# -- items, scores ------------------------------------------------------------------
+
+
+def test_upsert_item(client: perennial.Client) -> None:
+    item = fresh()[0]
+    r = client.upsert_item(item, "Caf\u00e9 \u6771\u4eac \U0001F338", {"genre": "jazz", "pays": "C\u00f4te"})
+    assert r == perennial.UpsertResult(created=True, truncated=False)
+    r = client.upsert_item(item, "second version", [("genre", "blues")])
+    assert r.created is False and r.truncated is False
+    assert client.score(fresh()[0], [item])[0].known is True
+
+
+def test_upsert_item_truncated(client: perennial.Client) -> None:
+    item = fresh()[0]
+    r = client.upsert_item(item, "\u00e9" * 40000)  # 80,000 bytes > max_text_bytes 65,536
+    assert r.created is True and r.truncated is True
+
+
+def test_score_known(client: perennial.Client) -> None:
+    seen, unseen = fresh(2)
+    client.feedback([perennial.Event(fresh()[0], seen)])
+    scores = client.score(fresh()[0], [seen, unseen])
+    assert [s.item for s in scores] == [seen, unseen]
+    assert scores[0].known is True
+    assert scores[1].known is False
+    assert all(isinstance(s, perennial.Score) and math.isfinite(s.score) for s in scores)
+
+
+# -- admin ----------------------------------------------------------------------
+
+
+def test_shutdown_refused_by_default(client: perennial.Client) -> None:
+    with pytest.raises(perennial.Unauthorized):
+        client.shutdown()
+    assert client.ping()
+
+
+def test_reload_snapshot(client: perennial.Client) -> None:
+    for call in (client.reload, client.snapshot):
+        try:
+            r = call()
+        except (perennial.NotSupported, perennial.Unauthorized):
+            continue
+        if call == client.snapshot:
+            assert isinstance(r, int)
+
+
+def test_shutdown_allowed(start_server: Callable[..., object]) -> None:
+    srv = start_server("[server]\nallow_shutdown = true\n")
+    with srv.client() as c:  # type: ignore[attr-defined]
+        c.shutdown()
+    assert srv.proc.wait(10) == 0  # type: ignore[attr-defined]
+
+
+# -- connection handling --------------------------------------------------------
+
+
+def test_context_manager_closes(server: Address) -> None:
+    with perennial.Client(*server) as watcher:
+        base = watcher.stats()["connections"]
+        with perennial.Client(*server) as c:
+            assert c.ping()
+            assert c.connected
+            assert watcher.stats()["connections"] == base + 1
+        assert not c.connected
+        deadline = time.monotonic() + 5
+        while watcher.stats()["connections"] != base and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert watcher.stats()["connections"] == base
+        # a closed client reconnects on use
+        assert c.ping() and c.connected
+        c.close()
+
+
+def test_connection_refused() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(perennial.ConnectionError):
+        perennial.Client("127.0.0.1", port, timeout=2).ping()
+
+
+def _raw(server: Address) -> socket.socket:
+    s = socket.create_connection(server, timeout=10)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def _read_frames(s: socket.socket, n: int) -> List[protocol.Frame]:
+    dec = protocol.FrameDecoder(protocol.Limits(max_frame_bytes=64 << 20))
+    out: List[protocol.Frame] = []
+    while len(out) < n:
+        f = dec.next_frame()
+        if f is not None:
+            out.append(f)
+            continue
+        chunk = s.recv(65536)
+        assert chunk, "connection closed after %d of %d frames" % (len(out), n)
+        dec.feed(chunk)
+    assert dec.buffered == 0
+    return out
+
+
+def _closed(s: socket.socket, timeout: float = 5.0) -> bool:
+    s.settimeout(timeout)
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def test_unknown_opcode_not_fatal(server: Address) -> None:
+    with _raw(server) as s:
+        s.sendall(struct.pack("<IBBHI", 8 + 3, 1, 0x42, 0, 5) + b"abc"
+                  + protocol.encode_request(Opcode.PING, 6))
+        err, pong = _read_frames(s, 2)
+        assert err.opcode == Opcode.ERROR and err.is_reply and err.request_id == 5
+        assert err.payload["code"] == "UNKNOWN_OPCODE"
+        assert pong.opcode == Opcode.PING and pong.is_reply and pong.request_id == 6
+
+
+def test_non_fatal_errors_keep_connection(server: Address) -> None:
+    with _raw(server) as s:
+        s.sendall(protocol.encode_request(Opcode.PING, 1, b"x")           # payload on PING
+                  + struct.pack("<IBBHI", 8, 1, Opcode.PING, 2, 2)         # reserved flag
+                  + struct.pack("<IBBHI", 8 + 4, 1, Opcode.ERROR, 0, 3) + b"\0\0\0\0"
+                  + protocol.encode_request(Opcode.RECOMMEND, 4, {"user": 1, "k": 0})
+                  + protocol.encode_request(Opcode.FEEDBACK, 5, {"events": [
+                      {"user": 1, "item": 2, "kind": 9, "value": 1.0, "timestamp": 0}]})
+                  + protocol.encode_request(Opcode.PING, 6))
+        frames = _read_frames(s, 6)
+        assert [f.request_id for f in frames] == [1, 2, 3, 4, 5, 6]
+        assert [f.payload.get("code") for f in frames[:5]] == [
+            "MALFORMED_PAYLOAD", "MALFORMED_PAYLOAD", "UNKNOWN_OPCODE", "INVALID_ARGUMENT",
+            "INVALID_EVENT"]
+        assert frames[4].payload["detail"] == 0
+        assert frames[5].opcode == Opcode.PING and frames[5].is_reply
+
+
+@pytest.mark.parametrize("header,code,rid", [
+    (struct.pack("<IBBHI", 3, 1, 2, 0, 9), "MALFORMED_FRAME", 9),
+    (struct.pack("<IBBHI", 4194305, 1, 5, 0, 10), "FRAME_TOO_LARGE", 10),
+    (struct.pack("<IBBHI", 8, 2, 2, 0, 11), "UNSUPPORTED_VERSION", 11),
+], ids=["length3", "length4194305", "version2"])
+def test_fatal_errors_close(server: Address, header: bytes, code: str, rid: int) -> None:
+    with _raw(server) as s:
+        s.sendall(protocol.encode_request(Opcode.PING, 1) + header)
+        pong, err = _read_frames(s, 2)
+        assert pong.opcode == Opcode.PING and pong.request_id == 1
+        assert err.opcode == Opcode.ERROR and err.payload["code"] == code
+        assert err.request_id == rid
+        assert _closed(s), "the server did not close the connection after %s" % code
+
+
+def test_garbage_gets_fatal_error_then_close(server: Address) -> None:
+    with _raw(server) as s:
+        s.sendall(b"\x05\x00\x00\x00garbage!")
+        (err,) = _read_frames(s, 1)
+        assert err.opcode == Opcode.ERROR and err.is_reply
+        assert err.payload["code"] == "MALFORMED_FRAME"
+        assert _closed(s)
+
+
+def test_client_sees_fatal_server_error(server: Address) -> None:
+    """A reply stream problem makes the client drop the connection and reconnect next time."""
+    with perennial.Client(*server) as c:
+        assert c.ping()
+        assert c._sock is not None
+        c._sock.sendall(b"\x05\x00\x00\x00garbage!")  # make the server fail the connection
+        with pytest.raises(perennial.PerennialError):
+            c.ping()
+        assert c.ping()
+
+
+# -- asyncio ----------------------------------------------------------------------
+
+
+def test_async_basics(server: Address) -> None:
+    async def main() -> None:
+        async with perennial.AsyncClient(*server) as c:
+            assert await c.ping() is True
+            info = await c.hello()
+            assert info.max_events == 10000
+            a, b = fresh(2)
+            users = fresh(3)
+            ack = await c.feedback([perennial.Event(u, a) for u in users]
+                                   + [perennial.Event(users[0], b)])
+            assert ack.last_seq - ack.first_seq == 3
+            recs = await c.recommend(fresh()[0], k=2, candidates=[a, b])
+            assert [r.item for r in recs] == [a, b]
+            with pytest.raises(perennial.UnknownScorer):
+                await c.recommend(1, scorer="nope")
+            with pytest.raises(perennial.InvalidEvent) as info2:
+                await c.feedback([perennial.Event(1, 2), perennial.Event(1, 2, value=math.nan)])
+            assert info2.value.detail == 1
+            scores = await c.score(fresh()[0], [a, fresh()[0]])
+            assert [s.known for s in scores] == [True, False]
+            up = await c.upsert_item(fresh()[0], "t\u00eate")
+            assert up.created
+            st = await c.stats()
+            assert "events_accepted" in st
+            results = await c.pipeline().ping().stats().recommend(1, scorer="nope").execute()
+            assert results[0] is True and isinstance(results[2], perennial.UnknownScorer)
+        assert not c.connected
+
+        c2 = await perennial.AsyncClient.connect(*server)
+        assert c2.connected and await c2.ping()
+        await c2.close()
+        c3 = perennial.AsyncClient(*server)
+        assert await c3.connect() is c3
+        assert await c3.ping()
+        await c3.close()
+
+    asyncio.run(main())
+
+
+def test_async_concurrent_tasks(server: Address) -> None:
+    a, b, c_ = fresh(3)
+    with perennial.Client(*server) as sync:
+        _click_counts(sync, [(a, 3), (b, 2), (c_, 1)])
+
+    async def main() -> None:
+        async with perennial.AsyncClient(*server) as c:
+            async def task(i: int) -> Tuple[int, List[int], bool, dict]:
+                recs = await c.recommend(fresh()[0], k=3, candidates=[a, b, c_])
+                pong = await c.ping()
+                ack = await c.feedback([perennial.Event(fresh()[0], fresh()[0])])
+                st = await c.stats()
+                return i, [r.item for r in recs], pong, {"ack": ack, "st": st}
+
+            results = await asyncio.gather(*(task(i) for i in range(20)))
+            assert [r[0] for r in results] == list(range(20))
+            for _i, items, pong, extra in results:
+                assert items == [a, b, c_]
+                assert pong is True
+                assert isinstance(extra["ack"], perennial.FeedbackAck)
+                assert "connections" in extra["st"]
+            seqs = sorted(r[3]["ack"].first_seq for r in results)
+            assert len(set(seqs)) == 20
+
+    asyncio.run(main())
+
+
+def test_async_streamer(server: Address) -> None:
+    async def main() -> None:
+        async with perennial.AsyncClient(*server) as c:
+            before = (await c.stats())["events_accepted"]
+            u = fresh(100)
+            items = fresh(50)
+            async with c.streamer(window=3, batch_size=700) as s:
+                await s.send_many(perennial.Event(u[i % 100], items[i % 50]) for i in range(5000))
+                await s.send(perennial.Event(u[0], items[0], "purchase", 2.0))
+            assert s.acked_events == 5001
+            assert (await c.stats())["events_accepted"] == before + 5001
+
+    asyncio.run(main())
