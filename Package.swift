@@ -27,12 +27,19 @@ let package = Package(
         .target(name: "PerennialProtocol", path: "Sources/PerennialProtocol"),
         // Table, id maps, histories, learner, scorer plugin API, config.
         .target(name: "PerennialCore", path: "Sources/PerennialCore"),
-        // Scorer plugins, one folder each.
+        // Dot-product kernels in C: a plain loop and an AVX2/FMA path chosen at run time.
+        .target(name: "CKernels", path: "Sources/CKernels", cSettings: [.unsafeFlags(["-O3"])]),
+        // Scorer plugins, one folder each, and the registry that lists them.
         .target(name: "Popularity", dependencies: ["PerennialCore"], path: "Plugins/Popularity"),
+        .target(name: "CollaborativeFiltering", dependencies: ["PerennialCore", "CKernels"], path: "Plugins/CollaborativeFiltering"),
+        .target(name: "PerennialPlugins", dependencies: ["PerennialCore", "Popularity", "CollaborativeFiltering"],
+                path: "Sources/PerennialPlugins"),
+        // The evaluation protocols of EVALUATION.md (E1, E2), run in process.
+        .target(name: "PerennialEval", dependencies: ["PerennialCore", "PerennialPlugins"], path: "Sources/PerennialEval"),
         // The libuv server: loop, connections, routing, limits, stats.
         .target(
             name: "PerennialServer",
-            dependencies: ["CLibUV", "PerennialProtocol", "PerennialCore", "Popularity"],
+            dependencies: ["CLibUV", "PerennialProtocol", "PerennialCore", "PerennialPlugins"],
             path: "Sources/PerennialServer"
         ),
         // The bundled Swift client (async/await).
@@ -41,17 +48,17 @@ let package = Package(
         .executableTarget(
             name: "perennial",
             dependencies: [
-                "PerennialServer", "PerennialCore", "PerennialClient", "PerennialProtocol",
+                "PerennialServer", "PerennialCore", "PerennialClient", "PerennialProtocol", "PerennialEval", "PerennialPlugins",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/perennial",
             resources: []
         ),
         .testTarget(name: "PerennialProtocolTests", dependencies: ["PerennialProtocol"], path: "Tests/PerennialProtocolTests"),
-        .testTarget(name: "PerennialCoreTests", dependencies: ["PerennialCore", "Popularity"], path: "Tests/PerennialCoreTests"),
+        .testTarget(name: "PerennialCoreTests", dependencies: ["PerennialCore", "Popularity", "CollaborativeFiltering", "CKernels", "PerennialEval", "PerennialPlugins"], path: "Tests/PerennialCoreTests"),
         .testTarget(
             name: "PerennialServerTests",
-            dependencies: ["PerennialServer", "PerennialClient", "PerennialProtocol", "PerennialCore"],
+            dependencies: ["PerennialServer", "PerennialClient", "PerennialProtocol", "PerennialCore", "PerennialPlugins"],
             path: "Tests/PerennialServerTests"
         ),
     ],

@@ -32,7 +32,7 @@ public final class PopularityScorer: Scorer {
         readSettings: { r throws(ConfigError) in
             PopularitySettings(halfLifeEvents: try r.int("half_life_events", default: 0, in: 0...Int(Int32.max)))
         },
-        make: { s in PopularityScorer(settings: s as! PopularitySettings) })
+        make: { s, _ in PopularityScorer(settings: s as! PopularitySettings) })
 
     public func grow(users: Int, items: Int) {
         counts.ensure(rows: items)

@@ -5,6 +5,7 @@
 import CLibUV
 import Foundation
 import PerennialCore
+import PerennialPlugins
 import Synchronization
 
 public final class Server: Sendable {

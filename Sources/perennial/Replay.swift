@@ -5,6 +5,7 @@ import ArgumentParser
 import Foundation
 import PerennialClient
 import PerennialCore
+import PerennialEval
 
 struct Replay: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

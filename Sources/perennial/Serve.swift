@@ -3,6 +3,7 @@
 import ArgumentParser
 import Foundation
 import PerennialCore
+import PerennialPlugins
 import PerennialServer
 
 struct Serve: ParsableCommand {

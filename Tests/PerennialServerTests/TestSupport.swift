@@ -4,6 +4,7 @@
 import Foundation
 import PerennialCore
 import PerennialProtocol
+import PerennialPlugins
 import PerennialServer
 #if canImport(Glibc)
 import Glibc

@@ -31,6 +31,9 @@ public struct PerennialConfig: Sendable {
     public var limits = LimitsConfig()
     public var learnerQueueCapacity = 65_536
     public var historyPerUser = 1000
+    /// The shared embedding table's row width and initialisation seed.
+    public var tableDimension = 64
+    public var tableSeed = 0x5EED
     /// Scorers to load, in order; the first is the default unless
     /// `defaultScorer` names another.
     public var scorers: [ScorerConfig] = []
@@ -84,6 +87,8 @@ public struct PerennialConfig: Sendable {
                               message: "'learner.queue_capacity' (\(c.learnerQueueCapacity)) must be at least 'limits.max_events' (\(l.maxEvents))")
         }
         c.historyPerUser = try r.int("history.max_items_per_user", default: c.historyPerUser, in: 0...1_000_000)
+        c.tableDimension = try r.int("table.dimension", default: c.tableDimension, in: 1...1024)
+        c.tableSeed = try r.int("table.seed", default: c.tableSeed, in: 0...Int.max)
 
         let names = try r.strings("scorers.load", default: ["popularity"])
         if names.isEmpty {

@@ -52,6 +52,8 @@ public final class Model: @unchecked Sendable {
     public let items = IdMap()
     public let history: InteractionHistory
     public let catalogue = ItemCatalogue()
+    /// The embedding table all scorers share.
+    public let table: EmbeddingTable
     public let scorerNames: [String]
     public let defaultScorer: String
     private let scorers: [any Scorer]
@@ -68,10 +70,12 @@ public final class Model: @unchecked Sendable {
 
     public init(config: PerennialConfig, registry: ScorerRegistry) {
         history = InteractionHistory(limitPerUser: config.historyPerUser)
+        table = EmbeddingTable(dimension: config.tableDimension, seed: UInt64(config.tableSeed))
+        let environment = ScorerEnvironment(table: table)
         var made: [any Scorer] = []
         for sc in config.scorers {
             guard let factory = registry.factory(named: sc.name) else { preconditionFailure("unvalidated scorer \(sc.name)") }
-            made.append(factory.make(sc.settings))
+            made.append(factory.make(sc.settings, environment))
         }
         scorers = made
         scorerNames = made.map(\.name)
@@ -90,6 +94,7 @@ public final class Model: @unchecked Sendable {
     // MARK: admitting thread
 
     private func growScorers() {
+        table.grow(users: users.count, items: items.count)
         for s in scorers { s.grow(users: users.count, items: items.count) }
     }
 
@@ -170,7 +175,8 @@ public final class Model: @unchecked Sendable {
         for id in exclude { if let i = items.index(of: id) { exclusions.insert(i) } }
         let cand: [Int32]? = candidates.isEmpty ? nil : candidates.compactMap { items.index(of: $0) }
         return ScoringQuery(user: u, sessionItems: session.compactMap { items.index(of: $0) },
-                            candidates: cand, exclusions: exclusions, itemCount: items.count)
+                            candidates: cand, exclusions: exclusions, itemCount: items.count,
+                            history: u.map { history.items(of: $0)[...] } ?? [])
     }
 
     /// Counters of the model and of every scorer (`<scorer>_<name>`).
@@ -181,7 +187,7 @@ public final class Model: @unchecked Sendable {
             ("items_with_text", UInt64(catalogue.count)),
             ("history_entries", UInt64(history.totalEntries)),
             ("id_map_bytes", UInt64(users.bytes + items.bytes)),
-        ]
+        ] + table.counters
         for s in scorers {
             for (name, v) in s.counters { c.append(("\(s.name.replacingOccurrences(of: "-", with: "_"))_\(name)", v)) }
         }

@@ -46,13 +46,17 @@ public struct ScoringQuery {
     public var exclusions: ExclusionSet
     /// Items 0..<itemCount exist.
     public var itemCount: Int
+    /// The user's interaction history (bounded), oldest first.
+    public var history: ArraySlice<Int32>
 
-    public init(user: Int32?, sessionItems: [Int32] = [], candidates: [Int32]? = nil, exclusions: ExclusionSet, itemCount: Int) {
+    public init(user: Int32?, sessionItems: [Int32] = [], candidates: [Int32]? = nil, exclusions: ExclusionSet,
+                itemCount: Int, history: ArraySlice<Int32> = []) {
         self.user = user
         self.sessionItems = sessionItems
         self.candidates = candidates
         self.exclusions = exclusions
         self.itemCount = itemCount
+        self.history = history
     }
 
     /// Calls `body` for every item the query may return: the candidates, or
@@ -88,10 +92,19 @@ public protocol Scorer: AnyObject {
     func score(_ query: ScoringQuery, items: [Int32?]) -> [Float]
     /// Named counters for STATS, prefixed with the scorer's name by the caller.
     var counters: [(String, UInt64)] { get }
+    /// The predicted rating, for scorers that predict ratings (else nil).
+    func predictRating(user: Int32?, item: Int32?) -> Float?
 }
 
 extension Scorer {
     public var counters: [(String, UInt64)] { [] }
+    public func predictRating(user: Int32?, item: Int32?) -> Float? { nil }
+}
+
+/// What the model hands a scorer it builds: the shared embedding table.
+public struct ScorerEnvironment {
+    public let table: EmbeddingTable
+    public init(table: EmbeddingTable) { self.table = table }
 }
 
 /// Settings a scorer read from its config section.
@@ -121,11 +134,11 @@ public struct ScorerFactory: Sendable {
     public let name: String
     public let summary: String
     public let readSettings: @Sendable (ScorerSettingsReader) throws(ConfigError) -> any ScorerSettings
-    public let make: @Sendable (any ScorerSettings) -> any Scorer
+    public let make: @Sendable (any ScorerSettings, ScorerEnvironment) -> any Scorer
 
     public init(name: String, summary: String,
                 readSettings: @escaping @Sendable (ScorerSettingsReader) throws(ConfigError) -> any ScorerSettings,
-                make: @escaping @Sendable (any ScorerSettings) -> any Scorer) {
+                make: @escaping @Sendable (any ScorerSettings, ScorerEnvironment) -> any Scorer) {
         self.name = name
         self.summary = summary
         self.readSettings = readSettings

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import deque
-from typing import (Any, Awaitable, Callable, Deque, Iterable, List, Optional, Sequence, Tuple,
+from typing import (Any, Awaitable, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple,
                     Type)
 
 from . import _commands as _c
 from ._commands import Attributes, Command, resolve_reply
 from .client import REPLY_LIMITS
 from .errors import (ConnectionError, InvalidEvent, PerennialError, ProtocolError, ServerError,
-                     TimeoutError, error_from_reply, FATAL_CODES, ERROR_CODES)
+                     TimeoutError, FATAL_CODES, ERROR_CODES)
 from .protocol import DEFAULT_LIMITS, FrameDecoder, Opcode, encode_request
 from .types import (Event, EventLike, FeedbackAck, Recommendation, Score, ServerInfo,
                     UpsertResult, to_event)
@@ -339,6 +339,7 @@ class AsyncClient:
         evs = _c.normalize_events(events)
         if not evs:
             raise ValueError("feedback() needs at least one event")
+        await self._ensure_connected()  # learn max_events first
         ack: Optional[FeedbackAck] = None
         offset = 0
         for batch in _c.chunks(evs, self.max_events):
@@ -358,7 +359,7 @@ class AsyncClient:
         """Create or replace an item's text and attributes (see Client.upsert_item)."""
         return await self._call(_c.upsert_item(item, text, attributes))  # type: ignore[no-any-return]
 
-    async def stats(self) -> dict:
+    async def stats(self) -> Dict[str, int]:
         """Return the server's counters as ``{name: value}``."""
         return await self._call(_c.stats())  # type: ignore[no-any-return]
 
@@ -468,6 +469,7 @@ class AsyncFeedbackStreamer:
         return min(self.batch_size, self._client.max_events)
 
     async def _send_batch(self) -> None:
+        await self._client._ensure_connected()  # learn max_events first
         size = self._size()
         batch = self._buffer[:size]
         del self._buffer[:size]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import selectors
 import socket
 from collections import deque
-from typing import Any, Callable, Deque, Iterable, List, Optional, Sequence, Type, Union
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Type, Union
 
 from . import _commands as _c
 from ._commands import Attributes, Command, resolve_reply
@@ -385,6 +385,7 @@ class Client:
         evs = _c.normalize_events(events)
         if not evs:
             raise ValueError("feedback() needs at least one event")
+        self._ensure_connected()  # learn max_events first
         ack: Optional[FeedbackAck] = None
         offset = 0
         for batch in _c.chunks(evs, self.max_events):
@@ -408,7 +409,7 @@ class Client:
         """
         return self._call(_c.upsert_item(item, text, attributes))  # type: ignore[no-any-return]
 
-    def stats(self) -> dict:
+    def stats(self) -> Dict[str, int]:
         """Return the server's counters as ``{name: value}``."""
         return self._call(_c.stats())  # type: ignore[no-any-return]
 
@@ -552,6 +553,7 @@ class FeedbackStreamer:
             raise self._errors.popleft()
 
     def _send_batch(self) -> None:
+        self._client._ensure_connected()  # learn max_events first
         size = min(self.batch_size, self._client.max_events)
         batch = self._buffer[:size]
         del self._buffer[:size]

@@ -195,9 +195,11 @@ class _Reader:
         self.pos = 0
         self.end = len(data)
 
-    def _need(self, n: int, what: str) -> int:
+    def _need(self, n: int, what: str, index: int = -1) -> int:
         pos = self.pos
         if pos + n > self.end:
+            if index >= 0:
+                what = "%s %d" % (what, index)
             raise _malformed("payload ends inside %s (needs %d bytes at offset %d, has %d)"
                              % (what, n, pos, self.end - pos))
         self.pos = pos + n
@@ -218,18 +220,21 @@ class _Reader:
     def f32(self, what: str) -> float:
         return _F32.unpack_from(self.data, self._need(4, what))[0]  # type: ignore[no-any-return]
 
-    def unpack(self, st: struct.Struct, what: str) -> Tuple[Any, ...]:
-        return st.unpack_from(self.data, self._need(st.size, what))
+    def unpack(self, st: struct.Struct, what: str, index: int = -1) -> Tuple[Any, ...]:
+        return st.unpack_from(self.data, self._need(st.size, what, index))
 
-    def text(self, n: int, what: str) -> str:
-        pos = self._need(n, what)
+    def text(self, n: int, what: str, index: int = -1) -> str:
+        pos = self._need(n, what, index)
         try:
             return self.data[pos:pos + n].decode("utf-8")
         except UnicodeDecodeError as e:
+            if index >= 0:
+                what = "%s %d" % (what, index)
             raise _malformed("%s is not valid UTF-8 (%s)" % (what, e.reason)) from None
 
-    def str16(self, what: str) -> str:
-        return self.text(self.u16(what + " length"), what)
+    def str16(self, what: str, index: int = -1) -> str:
+        pos = self._need(2, what, index)
+        return self.text(_U16.unpack_from(self.data, pos)[0], what, index)
 
     def str32(self, what: str) -> str:
         return self.text(self.u32(what + " length"), what)
@@ -335,10 +340,12 @@ def _dec_recommend_rep(r: _Reader, limits: Limits) -> Dict[str, Any]:
     n = r.u16("item count")
     items: List[List[Any]] = []
     for i in range(n):
-        item, score = r.unpack(_ITEM_SCORE, "item %d" % i)
+        item, score = r.unpack(_ITEM_SCORE, "item", i)
         if item == 0 or item > MAX_ID:
             raise _malformed("item %d: id %d is not a valid id" % (i, item))
-        items.append([item, _finite_reply_float(score, "score of item %d" % i)])
+        if not math.isfinite(score):
+            _finite_reply_float(score, "score of item %d" % i)
+        items.append([item, score])
     return {"applied_seq": applied, "items": items}
 
 
@@ -353,9 +360,11 @@ def _dec_score_rep(r: _Reader, limits: Limits) -> Dict[str, Any]:
     n = r.u16("score count")
     scores: List[List[Any]] = []
     for i in range(n):
-        score, known = r.unpack(_SCORE_KNOWN, "score %d" % i)
-        scores.append([_finite_reply_float(score, "score %d" % i),
-                       _flag_byte(known, "known of score %d" % i)])
+        score, known = r.unpack(_SCORE_KNOWN, "score", i)
+        if known > 1 or not math.isfinite(score):
+            _finite_reply_float(score, "score %d" % i)
+            _flag_byte(known, "known of score %d" % i)
+        scores.append([score, known])
     return {"scores": scores}
 
 
@@ -366,7 +375,7 @@ def _dec_feedback_req(r: _Reader, limits: Limits) -> Dict[str, Any]:
                        % (n, limits.max_events))
     events: List[Dict[str, Any]] = []
     for i in range(n):
-        user, item, kind, value, ts = r.unpack(_EVENT, "event %d" % i)
+        user, item, kind, value, ts = r.unpack(_EVENT, "event", i)
         problem = _check_event(i, user, item, kind, value)
         if problem is not None:
             raise _Problem("INVALID_EVENT", problem, detail=i)
@@ -384,7 +393,7 @@ def _dec_upsert_req(r: _Reader, limits: Limits) -> Dict[str, Any]:
     item = r.req_id("item")
     text = r.str32("text")
     n = r.u16("attribute count")
-    attrs = [[r.str16("attribute %d key" % i), r.str16("attribute %d value" % i)]
+    attrs = [[r.str16("key of attribute", i), r.str16("value of attribute", i)]
              for i in range(n)]
     return {"item": item, "text": text, "attributes": attrs}
 
@@ -396,8 +405,10 @@ def _dec_upsert_rep(r: _Reader, limits: Limits) -> Dict[str, Any]:
 
 def _dec_stats_rep(r: _Reader, limits: Limits) -> Dict[str, Any]:
     n = r.u16("counter count")
-    counters = [[r.str16("counter %d name" % i), r.u64("counter %d value" % i)]
-                for i in range(n)]
+    counters = []
+    for i in range(n):
+        name = r.str16("name of counter", i)
+        counters.append([name, r.unpack(_U64, "value of counter", i)[0]])
     return {"counters": counters}
 
 

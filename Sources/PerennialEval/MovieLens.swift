@@ -3,22 +3,37 @@
 // by (timestamp, user, item), and each item's text.
 
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
-struct Rating: Sendable, Equatable {
-    var user: UInt64
-    var item: UInt64
-    var rating: Float
-    var timestamp: Int64
+public struct Rating: Sendable, Equatable {
+    public var user: UInt64
+    public var item: UInt64
+    public var rating: Float
+    public var timestamp: Int64
+    public init(user: UInt64, item: UInt64, rating: Float, timestamp: Int64) {
+        self.user = user
+        self.item = item
+        self.rating = rating
+        self.timestamp = timestamp
+    }
 }
 
-struct MovieLensData: Sendable {
+public struct MovieLensData: Sendable {
     /// All rating events in stream order.
-    var ratings: [Rating]
+    public var ratings: [Rating]
     /// movieId → title + genres + tags (EVALUATION.md's "item text").
-    var itemTexts: [(item: UInt64, text: String)]
-    var name: String
+    public var itemTexts: [(item: UInt64, text: String)]
+    public var name: String
 
-    static func load(folder: String) throws -> MovieLensData {
+    public init(ratings: [Rating], itemTexts: [(item: UInt64, text: String)] = [], name: String) {
+        self.ratings = ratings
+        self.itemTexts = itemTexts
+        self.name = name
+    }
+
+    public static func load(folder: String) throws -> MovieLensData {
         let ratingsPath = (folder as NSString).appendingPathComponent("ratings.csv")
         guard FileManager.default.fileExists(atPath: ratingsPath) else {
             throw CommandError("no ratings.csv in \(folder)")
@@ -71,9 +86,9 @@ struct MovieLensData: Sendable {
     }
 }
 
-struct CommandError: Error, CustomStringConvertible {
-    var description: String
-    init(_ d: String) { description = d }
+public struct CommandError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ d: String) { description = d }
 }
 
 /// RFC 4180-style CSV: quoted fields may hold commas, quotes ("") and newlines.

@@ -1,0 +1,367 @@
+// Collaborative filtering over the shared table, trained online per event.
+//
+// The score of item i for user u is
+//
+//     s(u, i) = b_i + v_i · z_u,    z_u = p_u + (Σ_k w_k y_{c_k}) / sqrt(Σ_k w_k)
+//
+// where v_i is item i's row and p_u user u's row in the shared table, b_i an
+// item bias, and y_c a "context" vector for each item the user recently
+// interacted with (c_0 the most recent, w_k = decay^k). The context sum is
+// the asymmetric / implicit-feedback user factor of SVD++ (Koren 2008) and
+// FISM (Kabbur et al. 2013), weighted toward recent items: a user is
+// described by what they did, so a user seen for the first time is
+// recommendable after one event, and their own row p_u refines it as their
+// events accumulate.
+//
+// Learning is BPR (Rendle et al. 2009): for each positive event (u, i) and a
+// few sampled negatives j, one step up the gradient of ln σ(s(u,i) − s(u,j)),
+// with per-row Adagrad (Duchi et al. 2011) step sizes. Negatives are drawn
+// in proportion to recent popularity (an item of a random recent event), so
+// the model learns what distinguishes a user's item from what is merely
+// popular now.
+//
+// Explicit ratings also train a small rating head: biased matrix
+// factorisation (Koren, Bell & Volinsky 2009), r̂ = μ + b_u + b_i + p'_u · q'_i
+// with its own factors, learned by SGD on the squared error; it answers
+// rating predictions and leaves the ranking rows alone.
+//
+// Threads (the Scorer contract): `learn` on the learner thread owns
+// `recent`, the sampler and the RNG; rows, biases and counts live in
+// ChunkedBuffers that the serving thread reads; `recommend`/`score` use
+// their own scratch buffers.
+
+import CKernels
+import PerennialCore
+
+public final class CollaborativeFilteringScorer: Scorer {
+    public let name = "cf"
+    public let settings: CFSettings
+    let table: EmbeddingTable
+    let d: Int
+
+    // Own weights beside the shared rows.
+    let context: ChunkedBuffer<Float>
+    let contextAdagrad: ChunkedBuffer<Float>
+    /// Per item: bias, its Adagrad accumulator, and an interaction count.
+    let itemStats: ChunkedBuffer<Float>
+    let ratingUsers: ChunkedBuffer<Float>
+    let ratingItems: ChunkedBuffer<Float>
+    var ratingMean: Double = 0
+    var ratingCount: Double = 0
+    var ratingMin: Float = .infinity
+    var ratingMax: Float = -.infinity
+    var userCount = 0
+
+    // Learner-thread state.
+    var recent: [[Int32]] = []
+    var sampler: [Int32] = []
+    var samplerNext = 0
+    var rng: SplitMix64
+    var itemCount = 0
+    var learnedEvents: UInt64 = 0
+    private var z: [Float]
+    private var dz: [Float]
+    private var gradI: [Float]
+
+    // Serving-thread scratch.
+    private var serveZ: [Float]
+    private var serveScores: [Float]
+
+    static let biasSlot = 0, biasAdagradSlot = 1, countSlot = 2
+
+    public init(settings: CFSettings, table: EmbeddingTable) {
+        self.settings = settings
+        self.table = table
+        d = table.dimension
+        context = ChunkedBuffer(width: d, fill: 0, rowsPerChunkLog2: 10)
+        contextAdagrad = ChunkedBuffer(width: 1, fill: 0, rowsPerChunkLog2: 12)
+        itemStats = ChunkedBuffer(width: 3, fill: 0, rowsPerChunkLog2: 12)
+        ratingUsers = ChunkedBuffer(width: settings.ratingFactors + 1, fill: 0, rowsPerChunkLog2: 10)
+        ratingItems = ChunkedBuffer(width: settings.ratingFactors + 1, fill: 0, rowsPerChunkLog2: 10)
+        rng = SplitMix64(seed: settings.seed)
+        z = [Float](repeating: 0, count: d)
+        dz = [Float](repeating: 0, count: d)
+        gradI = [Float](repeating: 0, count: d)
+        serveZ = [Float](repeating: 0, count: d)
+        serveScores = [Float](repeating: 0, count: 1024)
+    }
+
+    public static let factory = ScorerFactory(
+        name: "cf",
+        summary: "matrix factorisation over the shared table, BPR-trained online, with a recency-weighted item context per user",
+        readSettings: { r throws(ConfigError) in try CFSettings.read(r) },
+        make: { s, env in CollaborativeFilteringScorer(settings: s as! CFSettings, table: env.table) })
+
+    public func grow(users: Int, items: Int) {
+        context.ensure(rows: items)
+        contextAdagrad.ensure(rows: items)
+        itemStats.ensure(rows: items)
+        ratingItems.ensure(rows: items)
+        ratingUsers.ensure(rows: users)
+        // Rating factors start as small deterministic noise (biases at 0).
+        let f = settings.ratingFactors
+        for r in itemCount..<items {
+            var g = SplitMix64(seed: settings.seed ^ 0xABCD ^ UInt64(r))
+            let row = ratingItems.row(r)
+            for k in 1...f { row[k] = g.nextSignedUnitFloat() * 0.01 }
+        }
+        itemCount = max(itemCount, items)
+        for r in userCount..<max(userCount, users) {
+            var g = SplitMix64(seed: settings.seed ^ 0x1234 ^ UInt64(r))
+            let row = ratingUsers.row(r)
+            for k in 1...f { row[k] = g.nextSignedUnitFloat() * 0.01 }
+        }
+        userCount = max(userCount, users)
+    }
+
+    // MARK: the user vector
+
+    /// z = p_u + Σ_k w_k y_{c_k} / sqrt(Σ_k w_k), over the `contextItems`
+    /// most recent items (most recent last in `items`). Returns Σ w_k.
+    @inline(__always)
+    func compose<C: BidirectionalCollection<Int32>>(user: Int32?, items: C, into z: UnsafeMutablePointer<Float>) -> Float {
+        if let user {
+            let p = table.user(user)
+            for k in 0..<d { z[k] = p[k] }
+        } else {
+            for k in 0..<d { z[k] = 0 }
+        }
+        var totalWeight: Float = 0
+        var w: Float = 1
+        var taken = 0
+        for _ in items.reversed() {
+            if taken == settings.contextItems { break }
+            totalWeight += w
+            w *= settings.contextDecay
+            taken += 1
+        }
+        guard totalWeight > 0 else { return 0 }
+        let scale = 1 / totalWeight.squareRoot()
+        w = scale
+        taken = 0
+        for c in items.reversed() {
+            if taken == settings.contextItems { break }
+            let y = context.row(Int(c))
+            for k in 0..<d { z[k] += w * y[k] }
+            w *= settings.contextDecay
+            taken += 1
+        }
+        return totalWeight
+    }
+
+    // MARK: learning (learner thread)
+
+    public func learn(_ e: LearnEvent) {
+        learnedEvents += 1
+        let u = Int(e.user), i = Int(e.item)
+        if u >= recent.count { recent.append(contentsOf: repeatElement([], count: u + 1 - recent.count)) }
+        if e.kind == .rating && settings.ratingHead { learnRating(e) }
+
+        let weight: Float = e.kind == .rating ? (e.value >= settings.positiveThreshold ? 1 : settings.lowRatingWeight) : 1
+        if weight > 0 && itemCount > 1 {
+            rankStep(user: e.user, item: e.item, weight: weight)
+        }
+        // Remember the event: user context, the popularity sampler, counts.
+        recent[u].append(e.item)
+        if recent[u].count > max(settings.contextItems, 1) * 2 { recent[u].removeFirst(recent[u].count - settings.contextItems) }
+        if sampler.count < settings.samplerWindow {
+            sampler.append(e.item)
+        } else {
+            sampler[samplerNext] = e.item
+            samplerNext = (samplerNext + 1) % settings.samplerWindow
+        }
+        itemStats.row(i)[Self.countSlot] += 1
+    }
+
+    /// A negative for `item`: from the recent-popularity sampler or uniform.
+    @inline(__always)
+    private func sampleNegative(not item: Int32) -> Int32 {
+        for _ in 0..<8 {
+            let j: Int32
+            if settings.negativeSampling == "popularity" && !sampler.isEmpty {
+                j = sampler[rng.below(sampler.count)]
+            } else {
+                j = Int32(rng.below(itemCount))
+            }
+            if j != item { return j }
+        }
+        return Int32((Int(item) + 1) % itemCount)
+    }
+
+    /// One BPR step for (user, item) against `negatives` sampled items.
+    private func rankStep(user: Int32, item: Int32, weight: Float) {
+        let ctx = recent[Int(user)]
+        let lr = settings.learningRate, reg = settings.regularization
+        z.withUnsafeMutableBufferPointer { zb in
+        dz.withUnsafeMutableBufferPointer { dzb in
+        gradI.withUnsafeMutableBufferPointer { gib in
+            let z = zb.baseAddress!, dz = dzb.baseAddress!, gi = gib.baseAddress!
+            let totalWeight = compose(user: user, items: ctx, into: z)
+            for k in 0..<d { dz[k] = 0; gi[k] = 0 }
+            let vi = table.item(item)
+            let si = itemStats.row(Int(item))
+            var gradBiasI: Float = 0
+            for _ in 0..<settings.negatives {
+                let j = sampleNegative(not: item)
+                let vj = table.item(j)
+                let sj = itemStats.row(Int(j))
+                var x = si[Self.biasSlot] - sj[Self.biasSlot]
+                for k in 0..<d { x += z[k] * (vi[k] - vj[k]) }
+                // d/dx ln σ(x) = σ(−x)
+                let g = weight * sigmoid(-x)
+                if g < 1e-6 { continue }
+                for k in 0..<d {
+                    dz[k] += g * (vi[k] - vj[k])
+                    gi[k] += g * z[k]
+                }
+                gradBiasI += g
+                // v_j moves away from z; b_j down.
+                adagradStep(vj, grad: { k in -g * z[k] - reg * vj[k] }, accumulator: table.itemAdagrad.row(Int(j)), lr: lr)
+                adagradScalar(&sj[Self.biasSlot], grad: -g - reg * sj[Self.biasSlot], accumulator: &sj[Self.biasAdagradSlot], lr: lr)
+            }
+            if gradBiasI == 0 { return }
+            adagradStep(vi, grad: { k in gi[k] - reg * vi[k] }, accumulator: table.itemAdagrad.row(Int(item)), lr: lr)
+            adagradScalar(&si[Self.biasSlot], grad: gradBiasI - reg * si[Self.biasSlot], accumulator: &si[Self.biasAdagradSlot], lr: lr)
+            let p = table.user(user)
+            adagradStep(p, grad: { k in dz[k] - reg * p[k] }, accumulator: table.userAdagrad.row(Int(user)), lr: lr)
+            // Context vectors: ∂z/∂y_c = w_c / sqrt(Σw).
+            if totalWeight > 0 {
+                var w = 1 / totalWeight.squareRoot()
+                var taken = 0
+                for c in ctx.reversed() {
+                    if taken == settings.contextItems { break }
+                    let y = context.row(Int(c))
+                    let scale = w
+                    adagradStep(y, grad: { k in scale * dz[k] - reg * y[k] }, accumulator: contextAdagrad.row(Int(c)), lr: lr)
+                    w *= settings.contextDecay
+                    taken += 1
+                }
+            }
+        }}}
+    }
+
+    /// Adagrad with one accumulator per row: G += mean(g²); row += lr·g/√G.
+    @inline(__always)
+    private func adagradStep(_ row: UnsafeMutablePointer<Float>, grad: (Int) -> Float, accumulator: UnsafeMutablePointer<Float>, lr: Float) {
+        var sq: Float = 0
+        for k in 0..<d {
+            let g = grad(k)
+            gi2[k] = g
+            sq += g * g
+        }
+        accumulator.pointee += sq / Float(d)
+        let step = lr / (accumulator.pointee + 1e-8).squareRoot()
+        for k in 0..<d { row[k] += step * gi2[k] }
+    }
+    private lazy var gi2 = UnsafeMutablePointer<Float>.allocate(capacity: d)
+
+    @inline(__always)
+    private func adagradScalar(_ value: inout Float, grad: Float, accumulator: inout Float, lr: Float) {
+        accumulator += grad * grad
+        value += lr * grad / (accumulator + 1e-8).squareRoot()
+    }
+
+    /// One SGD step of the rating head on (user, item, rating).
+    private func learnRating(_ e: LearnEvent) {
+        let f = settings.ratingFactors
+        let lr = settings.ratingLearningRate, reg = settings.ratingRegularization
+        let pu = ratingUsers.row(Int(e.user)), qi = ratingItems.row(Int(e.item))
+        let err = e.value - predict(pu, qi)
+        ratingMin = min(ratingMin, e.value)
+        ratingMax = max(ratingMax, e.value)
+        ratingCount += 1
+        ratingMean += (Double(e.value) - ratingMean) / ratingCount
+        pu[0] += lr * (err - reg * pu[0])
+        qi[0] += lr * (err - reg * qi[0])
+        for k in 1...f {
+            let a = pu[k], b = qi[k]
+            pu[k] += lr * (err * b - reg * a)
+            qi[k] += lr * (err * a - reg * b)
+        }
+    }
+
+    @inline(__always)
+    private func predict(_ pu: UnsafeMutablePointer<Float>, _ qi: UnsafeMutablePointer<Float>) -> Float {
+        var r = Float(ratingMean) + pu[0] + qi[0]
+        for k in 1...settings.ratingFactors { r += pu[k] * qi[k] }
+        return r
+    }
+
+    // MARK: serving
+
+    public func recommend(_ query: ScoringQuery, into top: inout TopK) {
+        let personal = query.user != nil || !query.history.isEmpty || !query.sessionItems.isEmpty
+        if !personal {
+            // Nobody knows this user: most interacted-with items.
+            query.forEachEligibleItem { i in top.push(i, itemStats.row(Int(i))[Self.countSlot]) }
+            return
+        }
+        serveZ.withUnsafeMutableBufferPointer { zb in
+            let z = zb.baseAddress!
+            _ = compose(user: query.user, items: query.history + query.sessionItems, into: z)
+            if let candidates = query.candidates {
+                for c in candidates where !query.exclusions.contains(c) {
+                    top.push(c, score(item: c, z: z))
+                }
+                return
+            }
+            if serveScores.count < table.items.rowsPerChunk { serveScores = [Float](repeating: 0, count: table.items.rowsPerChunk) }
+            serveScores.withUnsafeMutableBufferPointer { sb in
+                let out = sb.baseAddress!
+                table.items.forEachChunk(rows: query.itemCount) { first, rows, n in
+                    pk_dot_rows(rows, n, d, z, out)
+                    for r in 0..<n {
+                        let item = Int32(first + r)
+                        if query.exclusions.contains(item) { continue }
+                        let s = out[r] + itemStats.row(first + r)[Self.biasSlot]
+                        if s > top.threshold || top.count < top.k { top.push(item, s) }
+                    }
+                }
+            }
+        }
+    }
+
+    @inline(__always)
+    private func score(item: Int32, z: UnsafeMutablePointer<Float>) -> Float {
+        let v = table.item(item)
+        var s = itemStats.row(Int(item))[Self.biasSlot]
+        for k in 0..<d { s += z[k] * v[k] }
+        return s
+    }
+
+    public func score(_ query: ScoringQuery, items: [Int32?]) -> [Float] {
+        serveZ.withUnsafeMutableBufferPointer { zb in
+            let z = zb.baseAddress!
+            _ = compose(user: query.user, items: query.history + query.sessionItems, into: z)
+            return items.map { $0.map { score(item: $0, z: z) } ?? 0 }
+        }
+    }
+
+    public func predictRating(user: Int32?, item: Int32?) -> Float? {
+        guard settings.ratingHead else { return nil }
+        var r = Float(ratingMean)
+        if let user, Int(user) < ratingUsers.allocatedRows { r += ratingUsers.row(Int(user))[0] }
+        if let item, Int(item) < ratingItems.allocatedRows { r += ratingItems.row(Int(item))[0] }
+        if let user, let item, Int(user) < ratingUsers.allocatedRows {
+            let pu = ratingUsers.row(Int(user)), qi = ratingItems.row(Int(item))
+            for k in 1...settings.ratingFactors { r += pu[k] * qi[k] }
+        }
+        // Never predict outside the ratings seen.
+        return ratingCount > 0 ? min(max(r, ratingMin), ratingMax) : r
+    }
+
+    public var counters: [(String, UInt64)] {
+        [("events", learnedEvents), ("weights_bytes", UInt64(context.bytes + contextAdagrad.bytes + itemStats.bytes + ratingUsers.bytes + ratingItems.bytes))]
+    }
+}
+
+@inline(__always)
+func sigmoid(_ x: Float) -> Float {
+    if x >= 0 { return 1 / (1 + expf(-x)) }
+    let e = expf(x)
+    return e / (1 + e)
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

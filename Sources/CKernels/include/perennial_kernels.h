@@ -1,0 +1,28 @@
+// Dot-product kernels for scoring a query vector against many rows.
+//
+// The plain C loop is the reference; an AVX2+FMA version is compiled with a
+// target attribute (no global -mavx2, so the binary runs on any x86-64) and
+// chosen at run time when the CPU has it. Tests hold the two together.
+#ifndef PERENNIAL_KERNELS_H
+#define PERENNIAL_KERNELS_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// out[r] = dot(rows[r*dim ..< (r+1)*dim], query) for r in 0..<count.
+/// Rows are contiguous, dim floats each.
+void pk_dot_rows(const float *rows, size_t count, size_t dim, const float *query, float *out);
+
+/// The plain reference loop (also the fallback on CPUs without AVX2/FMA).
+void pk_dot_rows_plain(const float *rows, size_t count, size_t dim, const float *query, float *out);
+
+/// 1 when pk_dot_rows uses the AVX2+FMA path on this CPU.
+int pk_has_fast_path(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,100 @@
+// The one embedding table every scorer shares: a row of `dimension` floats
+// per user and per item, with per-row Adagrad accumulators beside them, in
+// memory that never moves (ChunkedBuffer), so the serving thread reads rows
+// while the learner writes them.
+//
+// Rows start as small deterministic noise derived from the row index and the
+// table's seed (so a run is reproducible from the log alone).
+//
+// Threading: `grow` on the admitting thread (before indices are published);
+// row writes only on the learner thread; row reads anywhere (Hogwild-style:
+// a reader may see a row mid-update, never moved or freed memory).
+
+public final class EmbeddingTable: @unchecked Sendable {
+    public let dimension: Int
+    public let seed: UInt64
+    public let initScale: Float
+    public let users: ChunkedBuffer<Float>
+    public let items: ChunkedBuffer<Float>
+    /// Adagrad accumulators: one per row (the mean squared gradient of the
+    /// row), which keeps the optimiser state at 4 bytes per row.
+    public let userAdagrad: ChunkedBuffer<Float>
+    public let itemAdagrad: ChunkedBuffer<Float>
+    public private(set) var userRows = 0
+    public private(set) var itemRows = 0
+
+    public init(dimension: Int, seed: UInt64 = 0x5EED, initScale: Float = 0.1) {
+        self.dimension = dimension
+        self.seed = seed
+        self.initScale = initScale
+        users = ChunkedBuffer(width: dimension, fill: 0, rowsPerChunkLog2: 10)
+        items = ChunkedBuffer(width: dimension, fill: 0, rowsPerChunkLog2: 10)
+        userAdagrad = ChunkedBuffer(width: 1, fill: 0, rowsPerChunkLog2: 12)
+        itemAdagrad = ChunkedBuffer(width: 1, fill: 0, rowsPerChunkLog2: 12)
+    }
+
+    /// Makes rows exist for users 0..<users and items 0..<items.
+    public func grow(users u: Int, items i: Int) {
+        if u > userRows {
+            users.ensure(rows: u)
+            userAdagrad.ensure(rows: u)
+            for r in userRows..<u { initialise(users.row(r), stream: 1, index: r) }
+            userRows = u
+        }
+        if i > itemRows {
+            items.ensure(rows: i)
+            itemAdagrad.ensure(rows: i)
+            for r in itemRows..<i { initialise(items.row(r), stream: 2, index: r) }
+            itemRows = i
+        }
+    }
+
+    private func initialise(_ row: UnsafeMutablePointer<Float>, stream: UInt64, index: Int) {
+        var rng = SplitMix64(seed: seed ^ (stream << 56) ^ UInt64(index))
+        let scale = initScale / Float(dimension).squareRoot()
+        for k in 0..<dimension { row[k] = rng.nextSignedUnitFloat() * scale }
+    }
+
+    @inline(__always) public func user(_ u: Int32) -> UnsafeMutablePointer<Float> { users.row(Int(u)) }
+    @inline(__always) public func item(_ i: Int32) -> UnsafeMutablePointer<Float> { items.row(Int(i)) }
+
+    /// Bytes held by rows and optimiser state.
+    public var bytes: Int { users.bytes + items.bytes + userAdagrad.bytes + itemAdagrad.bytes }
+
+    public var counters: [(String, UInt64)] {
+        [("table_user_rows", UInt64(userRows)), ("table_item_rows", UInt64(itemRows)),
+         ("table_dimension", UInt64(dimension)), ("table_bytes", UInt64(bytes))]
+    }
+}
+
+/// SplitMix64 (Steele, Lea & Flood 2014): a tiny, fast, seedable generator,
+/// so every random choice in learning is reproducible from the log.
+public struct SplitMix64: RandomNumberGenerator, Sendable {
+    public var state: UInt64
+    public init(seed: UInt64) { state = seed }
+
+    @inline(__always)
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1).
+    @inline(__always)
+    public mutating func nextSignedUnitFloat() -> Float {
+        Float(next() >> 40) / Float(1 << 23) - 1
+    }
+
+    /// Uniform in 0..<n (n > 0), by multiply-shift (Lemire 2019, without the
+    /// rejection step: the bias is below 2^-32 for the sizes used here).
+    @inline(__always)
+    public mutating func below(_ n: Int) -> Int {
+        Int((UInt64(UInt32(truncatingIfNeeded: next())) &* UInt64(n)) >> 32)
+    }
+
+    @inline(__always)
+    public mutating func unitDouble() -> Double { Double(next() >> 11) / Double(1 << 53) }
+}

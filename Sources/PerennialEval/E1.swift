@@ -1,0 +1,100 @@
+// E1 — prequential top-10 (EVALUATION.md): warm up on the first half of the
+// stream, then for every later event, in order: if it is evaluated (positive,
+// user and item seen before) ask for the user's top 10 among all items seen
+// before minus the user's earlier items, record hit and NDCG; then reveal it.
+// Variants: online (learns every revealed event), frozen (learns nothing
+// after the warm-up; histories still grow), retrained (refit from scratch on
+// everything so far at the start of each tenth of the test phase).
+
+import Foundation
+import PerennialCore
+
+public enum E1Variant: String, CaseIterable, Sendable {
+    case online, frozen, retrained
+}
+
+public struct E1Result: Sendable {
+    public var scorer: String
+    public var variant: E1Variant
+    public var total = TopKTally()
+    public var tenths = [TopKTally](repeating: TopKTally(), count: 10)
+    /// Evaluated events whose user the model had never learned from (they
+    /// are scored from the user's history alone, or by popularity).
+    public var coldUserEvents = 0
+    public var rmse = ErrorTally()
+    public var predictsRatings = false
+    public var seconds = 0.0
+
+    public var json: [String: Any] {
+        var j = total.json
+        j["tenths"] = tenths.map(\.json)
+        j["cold_user_events"] = coldUserEvents
+        j["seconds"] = rounded(seconds)
+        if predictsRatings {
+            j["rmse"] = rounded(rmse.rmse)
+            j["rmse_count"] = rmse.count
+        }
+        return j
+    }
+}
+
+public struct E1: Sendable {
+    public let data: MovieLensData
+    public let setup: EvalSetup
+    public var positiveThreshold: Float = 4
+
+    public init(data: MovieLensData, setup: EvalSetup) {
+        self.data = data
+        self.setup = setup
+    }
+
+    public var warmup: Int { data.ratings.count / 2 }
+    public var tenthLength: Int { max(1, (data.ratings.count - warmup) / 10) }
+
+    /// A model trained on events[0..<end] from scratch.
+    func fit(scorer: String, upTo end: Int) throws -> (Model, Set<UInt64>) {
+        let model = try setup.makeModel(scorer: scorer)
+        var scratch: [LearnEvent] = []
+        var users = Set<UInt64>()
+        for r in data.ratings[0..<end] {
+            model.feed(r, learn: true, scratch: &scratch)
+            users.insert(r.user)
+        }
+        return (model, users)
+    }
+
+    public func run(scorer: String, variant: E1Variant, progress: (@Sendable (Int) -> Void)? = nil) throws -> E1Result {
+        let t0 = Date()
+        var result = E1Result(scorer: scorer, variant: variant)
+        let n = data.ratings.count
+        var (model, learnedUsers) = try fit(scorer: scorer, upTo: warmup)
+        var scratch: [LearnEvent] = []
+        var ratingScorer = try model.scorer(named: scorer)
+        for idx in warmup..<n {
+            let offset = idx - warmup
+            let tenth = min(9, offset / tenthLength)
+            if variant == .retrained && offset > 0 && offset % tenthLength == 0 && offset / tenthLength < 10 {
+                (model, learnedUsers) = try fit(scorer: scorer, upTo: idx)
+                ratingScorer = try model.scorer(named: scorer)
+            }
+            let r = data.ratings[idx]
+            let u = model.users.index(of: r.user), i = model.items.index(of: r.item)
+            if let u, let i, let predicted = ratingScorer.predictRating(user: u, item: i) {
+                result.predictsRatings = true
+                result.rmse.record(predicted: predicted, actual: r.rating)
+            }
+            if r.rating >= positiveThreshold && u != nil && i != nil {
+                let rank = model.rankOf(r.item, user: r.user)
+                result.total.record(rank: rank)
+                result.tenths[tenth].record(rank: rank)
+                if !learnedUsers.contains(r.user) { result.coldUserEvents += 1 }
+            }
+            let learn = variant == .online
+            model.feed(r, learn: learn, scratch: &scratch)
+            if learn { learnedUsers.insert(r.user) }
+            if offset % 1000 == 0 { progress?(1000) }
+        }
+        result.seconds = Date().timeIntervalSince(t0)
+        return result
+    }
+}

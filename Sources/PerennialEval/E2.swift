@@ -1,0 +1,48 @@
+// E2 — leave-last-out top-10 (EVALUATION.md): for each user the target is
+// their latest positive event in stream order; train on every other event;
+// rank among all items that occur in training, excluding the user's
+// training items; a target absent from training is a miss.
+
+import Foundation
+import PerennialCore
+
+public struct E2Result: Sendable {
+    public var scorer: String
+    public var total = TopKTally()
+    public var seconds = 0.0
+    public var json: [String: Any] { var j = total.json; j["seconds"] = rounded(seconds); return j }
+}
+
+public struct E2: Sendable {
+    public let data: MovieLensData
+    public let setup: EvalSetup
+    public var positiveThreshold: Float = 4
+
+    public init(data: MovieLensData, setup: EvalSetup) {
+        self.data = data
+        self.setup = setup
+    }
+
+    public func run(scorer: String) throws -> E2Result {
+        let t0 = Date()
+        var target: [UInt64: Int] = [:]
+        for (idx, r) in data.ratings.enumerated() where r.rating >= positiveThreshold { target[r.user] = idx }
+        let held = Set(target.values)
+        let model = try setup.makeModel(scorer: scorer)
+        var scratch: [LearnEvent] = []
+        for (idx, r) in data.ratings.enumerated() where !held.contains(idx) {
+            model.feed(r, learn: true, scratch: &scratch)
+        }
+        var result = E2Result(scorer: scorer)
+        for (user, idx) in target.sorted(by: { $0.key < $1.key }) {
+            let item = data.ratings[idx].item
+            guard model.items.index(of: item) != nil else {
+                result.total.record(rank: nil)
+                continue
+            }
+            result.total.record(rank: model.rankOf(item, user: user))
+        }
+        result.seconds = Date().timeIntervalSince(t0)
+        return result
+    }
+}

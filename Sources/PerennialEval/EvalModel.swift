@@ -1,0 +1,50 @@
+// Building a model for an evaluation: the given config with exactly one
+// scorer loaded and an unbounded history (the protocols exclude every
+// earlier item of the user, not a bounded recent set).
+
+import PerennialCore
+import PerennialPlugins
+
+public struct EvalSetup: Sendable {
+    public var config: PerennialConfig
+    public var registry: ScorerRegistry
+
+    public init(config: PerennialConfig, registry: ScorerRegistry = .builtin) {
+        self.config = config
+        self.registry = registry
+    }
+
+    /// A fresh model holding only `scorer`, with its settings from the config
+    /// (or its defaults when the config does not load it).
+    public func makeModel(scorer: String) throws -> Model {
+        var c = config
+        c.historyPerUser = 1_000_000
+        if let loaded = config.scorers.first(where: { $0.name == scorer }) {
+            c.scorers = [loaded]
+        } else {
+            guard registry.factory(named: scorer) != nil else { throw CommandError("unknown scorer \"\(scorer)\"; known: \(registry.names.joined(separator: ", "))") }
+            var doc = ConfigDocument(file: "<eval>")
+            doc.set("scorers.load", .array([.string(scorer)]))
+            c.scorers = try PerennialConfig.load(doc, registry: registry).scorers
+        }
+        c.defaultScorer = scorer
+        return Model(config: c, registry: registry)
+    }
+}
+
+extension Model {
+    /// Admits and (when `learn`) applies one rating event, as a server would.
+    @inline(__always)
+    func feed(_ r: Rating, learn: Bool, scratch: inout [LearnEvent]) {
+        scratch.removeAll(keepingCapacity: true)
+        admit(CollectionOfOne(IncomingEvent(user: r.user, item: r.item, kind: .rating, value: r.rating, timestamp: r.timestamp)),
+              now: r.timestamp, into: &scratch)
+        if learn { for e in scratch { self.learn(e) } }
+    }
+
+    /// Rank (1-based) of `target` in the top 10 for `user`, or nil.
+    func rankOf(_ target: UInt64, user: UInt64, k: Int = 10) -> Int? {
+        guard let recs = try? recommend(user: user, k: k) else { return nil }
+        return recs.firstIndex { $0.item == target }.map { $0 + 1 }
+    }
+}

@@ -1,0 +1,13 @@
+// The scorers this build can load, by registered name. Adding a plugin: a
+// target under Plugins/<Name>, a dependency in Package.swift, one line here.
+
+import CollaborativeFiltering
+@_exported import PerennialCore
+import Popularity
+
+extension ScorerRegistry {
+    public static let builtin = ScorerRegistry([
+        PopularityScorer.factory,
+        CollaborativeFilteringScorer.factory,
+    ])
+}

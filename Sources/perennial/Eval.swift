@@ -1,0 +1,125 @@
+// `perennial eval`: EVALUATION.md's protocols, in process, with a readable
+// table and the JSON the protocols define.
+
+import ArgumentParser
+import Foundation
+import PerennialCore
+import PerennialEval
+import PerennialPlugins
+
+struct Eval: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run an evaluation protocol (E1, E2) on a MovieLens-shaped folder.",
+        discussion: """
+            E1: prequential top-10 with the variants online, frozen and retrained,
+            tenth by tenth, prequential RMSE for scorers that predict ratings, and
+            popularity/online as the baseline. E2: leave-last-out top-10 beside
+            popularity. Scorer settings come from --config (its [scorers.NAME]
+            section) or the defaults. Variants run in parallel on the cores there are.
+            """
+    )
+
+    @Option(help: "Protocol: e1 or e2.")
+    var `protocol`: String
+    @Option(help: "A MovieLens-shaped folder.")
+    var data: String
+    @Option(help: "Config file whose scorer settings to use.")
+    var config: String?
+    @Option(help: "Scorer to evaluate.")
+    var scorer = "cf"
+    @Option(help: "E1 variants to run (comma-separated).")
+    var variants = "online,frozen,retrained"
+    @Option(help: "Write the results as JSON here.")
+    var json: String?
+
+    func run() throws {
+        let cfg = try config.map { try PerennialConfig.load(file: $0, registry: .builtin) } ?? PerennialConfig.defaults(registry: .builtin)
+        let setup = EvalSetup(config: cfg)
+        let ml = try MovieLensData.load(folder: data)
+        var results: [String: Any] = [:]
+        var settings: [String: Any] = ["scorer": scorer, "config": cfg.source, "dimension": cfg.tableDimension]
+        if let s = cfg.scorers.first(where: { $0.name == scorer }) { settings["scorer_settings"] = String(describing: s.settings) }
+        switch self.protocol.lowercased() {
+        case "e1":
+            let e1 = E1(data: ml, setup: setup)
+            var planned: [(String, E1Variant)] = []
+            for v in variants.split(separator: ",") {
+                guard let variant = E1Variant(rawValue: String(v)) else { throw ValidationError("unknown variant \(v)") }
+                planned.append((scorer, variant))
+            }
+            if scorer != "popularity" { planned.append(("popularity", .online)) }
+            let jobs = planned
+            let testEvents = ml.ratings.count - e1.warmup
+            let bar = ProgressBar(total: testEvents * jobs.count, label: "E1")
+            let done = Counter()
+            let out = ResultsBox<E1Result>(count: jobs.count)
+            DispatchQueue.concurrentPerform(iterations: jobs.count) { j in
+                do {
+                    out.set(j, try e1.run(scorer: jobs[j].0, variant: jobs[j].1) { bar.update(done.add($0)) })
+                } catch {
+                    out.fail("\(error)")
+                }
+            }
+            bar.finish()
+            if let e = out.error { throw CommandError(e) }
+            let rs = out.values
+            print("E1 on \(ml.name): \(ml.ratings.count) events, warm-up \(e1.warmup), tenths of \(e1.tenthLength) events")
+            print(pad("variant", 22) + pad("HR@10", 9) + pad("NDCG@10", 9) + pad("count", 8) + pad("cold", 8) + pad("RMSE", 9) + "time")
+            for r in rs {
+                let key = "\(r.scorer)/\(r.variant.rawValue)"
+                results[key] = r.json
+                print(pad(key, 22) + pad(f(r.total.hr), 9) + pad(f(r.total.ndcg), 9) + pad("\(r.total.count)", 8)
+                      + pad("\(r.coldUserEvents)", 8) + pad(r.predictsRatings ? f(r.rmse.rmse) : "-", 9) + String(format: "%.1fs", r.seconds))
+            }
+            print("HR@10 by tenth of the test phase:")
+            for r in rs {
+                print(pad("\(r.scorer)/\(r.variant.rawValue)", 22) + r.tenths.map { String(format: "%.3f", $0.hr) }.joined(separator: " "))
+            }
+        case "e2":
+            let e2 = E2(data: ml, setup: setup)
+            let names = scorer == "popularity" ? ["popularity"] : [scorer, "popularity"]
+            let out = ResultsBox<E2Result>(count: names.count)
+            DispatchQueue.concurrentPerform(iterations: names.count) { j in
+                do { out.set(j, try e2.run(scorer: names[j])) } catch { out.fail("\(error)") }
+            }
+            if let e = out.error { throw CommandError(e) }
+            print("E2 on \(ml.name): leave-last-out, \(out.values.first?.total.count ?? 0) users with a target")
+            print(pad("scorer", 14) + pad("HR@10", 9) + pad("NDCG@10", 9) + pad("count", 8) + "time")
+            for r in out.values {
+                results[r.scorer] = r.json
+                print(pad(r.scorer, 14) + pad(f(r.total.hr), 9) + pad(f(r.total.ndcg), 9) + pad("\(r.total.count)", 8) + String(format: "%.1fs", r.seconds))
+            }
+        default:
+            throw ValidationError("unknown protocol \(self.protocol); this build runs e1 and e2")
+        }
+        if let json {
+            let doc: [String: Any] = ["protocol": self.protocol.lowercased(), "dataset": ml.name, "events": ml.ratings.count,
+                                      "settings": settings, "results": results]
+            let data = try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys])
+            try data.write(to: URL(fileURLWithPath: json))
+            print("wrote \(json)")
+        }
+    }
+}
+
+private func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
+private func f(_ x: Double) -> String { String(format: "%.4f", x) }
+
+/// Results of parallel jobs by index. Invariant for @unchecked Sendable:
+/// every access holds `lock`.
+final class ResultsBox<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var slots: [T?]
+    private(set) var error: String?
+    init(count: Int) { slots = Array(repeating: nil, count: count) }
+    func set(_ i: Int, _ v: T) { lock.lock(); slots[i] = v; lock.unlock() }
+    func fail(_ e: String) { lock.lock(); error = error ?? e; lock.unlock() }
+    var values: [T] { lock.lock(); defer { lock.unlock() }; return slots.compactMap { $0 } }
+}
+
+/// A thread-safe running total (for progress across parallel jobs).
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = 0
+    func add(_ n: Int) -> Int { lock.lock(); defer { lock.unlock() }; value += n; return value }
+}

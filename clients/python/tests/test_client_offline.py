@@ -1,0 +1,321 @@
+"""Client behaviour against a scripted in-process server (no server binary needed).
+
+These cover what the real server should never do (mismatched ids, bad
+replies, silence) and check the client's bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from typing import Callable, Iterator, List, Optional
+
+import pytest
+
+import perennial
+from perennial import protocol
+from perennial.protocol import Frame, Opcode, encode_error, encode_reply
+
+Handler = Callable[[Frame], Optional[bytes]]
+
+HELLO_REPLY = {"protocol_version": 1, "max_frame_bytes": 4194304, "max_items": 1000,
+               "max_events": 10000, "server_name": "fake"}
+
+
+def default_handler(f: Frame) -> Optional[bytes]:
+    op = f.opcode
+    if op == Opcode.HELLO:
+        return encode_reply(op, f.request_id, HELLO_REPLY)
+    if op == Opcode.PING:
+        return encode_reply(op, f.request_id)
+    if op == Opcode.FEEDBACK:
+        n = len(f.payload["events"])
+        return encode_reply(op, f.request_id, {"first_seq": 1, "last_seq": n,
+                                               "durable_seq": n, "applied_seq": n})
+    if op == Opcode.RECOMMEND:
+        return encode_reply(op, f.request_id, {"applied_seq": 0, "items": [[7, 1.5], [8, 0.5]]})
+    if op == Opcode.STATS:
+        return encode_reply(op, f.request_id, {"counters": [["connections", 1]]})
+    return encode_error(f.request_id, "NOT_SUPPORTED", "fake")
+
+
+class FakeServer:
+    """Accepts connections; decodes requests and answers with ``handler(frame)``."""
+
+    def __init__(self, handler: Handler = default_handler) -> None:
+        self.handler = handler
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.requests: List[Frame] = []
+        self._stop = False
+        self._threads: List[threading.Thread] = []
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _serve(self, conn: socket.socket) -> None:
+        dec = protocol.FrameDecoder()
+        with conn:
+            while not self._stop:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                dec.feed(data)
+                out = b""
+                while True:
+                    f = dec.next_frame()
+                    if f is None:
+                        break
+                    self.requests.append(f)
+                    reply = self.handler(f)
+                    if reply == b"CLOSE":
+                        conn.sendall(out)
+                        return
+                    if reply:
+                        out += reply
+                if out:
+                    try:
+                        conn.sendall(out)
+                    except OSError:
+                        return
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()
+
+
+@pytest.fixture
+def fake() -> Iterator[Callable[..., FakeServer]]:
+    servers: List[FakeServer] = []
+
+    def make(handler: Handler = default_handler) -> FakeServer:
+        s = FakeServer(handler)
+        servers.append(s)
+        return s
+    yield make
+    for s in servers:
+        s.close()
+
+
+def test_basics_and_request_ids(fake: Callable[..., FakeServer]) -> None:
+    srv = fake()
+    with perennial.Client("127.0.0.1", srv.port) as c:
+        assert c.ping()
+        assert c.recommend(1) == [perennial.Recommendation(7, 1.5), perennial.Recommendation(8, 0.5)]
+        assert c.server_info is not None and c.server_info.server_name == "fake"
+        with pytest.raises(perennial.NotSupported):
+            c.snapshot()
+    assert [f.request_id for f in srv.requests] == [1, 2, 3, 4]
+    assert srv.requests[0].opcode == Opcode.HELLO
+    assert srv.requests[0].payload["client_name"] == "perennial-py"
+
+
+def test_token_sent_in_hello(fake: Callable[..., FakeServer]) -> None:
+    def handler(f: Frame) -> Optional[bytes]:
+        if f.opcode == Opcode.HELLO and f.payload["token"] != "s3cret":
+            return encode_error(f.request_id, "UNAUTHORIZED", "bad token")
+        return default_handler(f)
+    srv = fake(handler)
+    with pytest.raises(perennial.Unauthorized):
+        perennial.Client("127.0.0.1", srv.port, token="wrong").ping()
+    with perennial.Client("127.0.0.1", srv.port, token="s3cret") as c:
+        assert c.ping()
+
+
+def test_mismatched_reply_id(fake: Callable[..., FakeServer]) -> None:
+    done: List[int] = []
+
+    def handler(f: Frame) -> Optional[bytes]:
+        if f.opcode == Opcode.PING and not done:
+            done.append(1)
+            return encode_reply(Opcode.PING, 99)
+        return default_handler(f)
+    srv = fake(handler)
+    c = perennial.Client("127.0.0.1", srv.port)
+    with pytest.raises(perennial.ProtocolError) as info:
+        c.ping()
+    assert info.value.code_name == "UNEXPECTED_REPLY"
+    assert not c.connected
+    assert c.ping()  # a new connection, request ids start again
+    assert srv.connections == 2
+    c.close()
+
+
+def test_wrong_reply_opcode(fake: Callable[..., FakeServer]) -> None:
+    def handler(f: Frame) -> Optional[bytes]:
+        if f.opcode == Opcode.STATS:
+            return encode_reply(Opcode.PING, f.request_id)
+        return default_handler(f)
+    with perennial.Client("127.0.0.1", fake(handler).port) as c:
+        with pytest.raises(perennial.ProtocolError):
+            c.stats()
+
+
+def test_bad_reply_payload_not_fatal(fake: Callable[..., FakeServer]) -> None:
+    def handler(f: Frame) -> Optional[bytes]:
+        if f.opcode == Opcode.RECOMMEND:  # NaN score
+            return encode_reply(Opcode.RECOMMEND, f.request_id,
+                                {"applied_seq": 0, "items": [[1, float("nan")]]})
+        return default_handler(f)
+    srv = fake(handler)
+    with perennial.Client("127.0.0.1", srv.port) as c:
+        with pytest.raises(perennial.ProtocolError) as info:
+            c.recommend(1)
+        assert info.value.code_name == "MALFORMED_PAYLOAD"
+        assert c.ping()
+        res = c.pipeline().ping().recommend(1).ping().execute()
+        assert res[0] is True and isinstance(res[1], perennial.ProtocolError) and res[2] is True
+    assert srv.connections == 1
+
+
+def test_timeout(fake: Callable[..., FakeServer]) -> None:
+    def handler(f: Frame) -> Optional[bytes]:
+        if f.opcode == Opcode.STATS:
+            return None  # never answers
+        return default_handler(f)
+    srv = fake(handler)
+    c = perennial.Client("127.0.0.1", srv.port, timeout=0.3)
+    t = time.monotonic()
+    with pytest.raises(perennial.TimeoutError):
+        c.stats()
+    assert time.monotonic() - t < 3
+    assert not c.connected
+    assert c.ping()
+    c.close()
+
+
+def test_server_closes(fake: Callable[..., FakeServer]) -> None:
+    def handler(f: Frame) -> Optional[bytes]:
+        if f.opcode == Opcode.STATS:
+            return b"CLOSE"
+        return default_handler(f)
+    with perennial.Client("127.0.0.1", fake(handler).port) as c:
+        with pytest.raises(perennial.ConnectionError):
+            c.stats()
+        assert c.ping()
+
+
+def test_busy_on_connect(fake: Callable[..., FakeServer]) -> None:
+    def handler(f: Frame) -> Optional[bytes]:
+        if f.opcode == Opcode.HELLO:
+            return encode_error(0, "BUSY", "too many connections")
+        return default_handler(f)
+    srv = fake(handler)
+    c = perennial.Client("127.0.0.1", srv.port)
+    with pytest.raises(perennial.Busy) as info:
+        c.ping()
+    assert info.value.fatal and info.value.code == 15
+    assert not c.connected
+
+
+def test_feedback_split_on_hello_limits(fake: Callable[..., FakeServer]) -> None:
+    def handler(f: Frame) -> Optional[bytes]:
+        if f.opcode == Opcode.HELLO:
+            return encode_reply(Opcode.HELLO, f.request_id, dict(HELLO_REPLY, max_events=3))
+        if f.opcode == Opcode.FEEDBACK:
+            evs = f.payload["events"]
+            for i, e in enumerate(evs):
+                if e["item"] == 13:
+                    return encode_error(f.request_id, "INVALID_EVENT", "bad", detail=i)
+        return default_handler(f)
+    srv = fake(handler)
+    with perennial.Client("127.0.0.1", srv.port) as c:
+        ack = c.feedback([perennial.Event(1, i) for i in range(1, 9)])
+        assert ack.last_seq == 2  # last batch had 2 events
+        sizes = [len(f.payload["events"]) for f in srv.requests if f.opcode == Opcode.FEEDBACK]
+        assert sizes == [3, 3, 2]
+        with pytest.raises(perennial.InvalidEvent) as info:
+            c.feedback([perennial.Event(1, i) for i in range(1, 20)])
+        assert info.value.detail == 12
+        assert info.value.accepted_events == 12  # type: ignore[attr-defined]
+        assert c.feedback([{"user": 1, "item": 2, "kind": "purchase", "value": 3.0}]).last_seq == 1
+        last = [f for f in srv.requests if f.opcode == Opcode.FEEDBACK][-1]
+        assert last.payload["events"] == [{"user": 1, "item": 2, "kind": "purchase",
+                                           "value": 3.0, "timestamp": 0}]
+
+
+def test_streamer_window(fake: Callable[..., FakeServer]) -> None:
+    srv = fake()
+    with perennial.Client("127.0.0.1", srv.port) as c:
+        with c.streamer(window=3, batch_size=10) as s:
+            for i in range(1, 1001):
+                s.send(perennial.Event(1, i))
+                assert s.pending_batches <= 3
+        assert s.acked_events == 1000
+        assert sum(len(f.payload["events"]) for f in srv.requests
+                   if f.opcode == Opcode.FEEDBACK) == 1000
+        assert c.ping()
+
+
+def test_async_against_fake(fake: Callable[..., FakeServer]) -> None:
+    gate = threading.Event()
+
+    def handler(f: Frame) -> Optional[bytes]:
+        if f.opcode == Opcode.STATS and not gate.is_set():
+            gate.set()
+            return None  # the first STATS is never answered
+        return default_handler(f)
+    srv = fake(handler)
+
+    async def main() -> None:
+        c = await perennial.AsyncClient.connect("127.0.0.1", srv.port, timeout=0.5)
+        results = await asyncio.gather(*(c.ping() for _ in range(30)))
+        assert results == [True] * 30
+        with pytest.raises(perennial.TimeoutError):
+            await c.stats()
+        # the late-or-never reply does not confuse later calls: replies are
+        # matched in order, and the server answers the next STATS
+        # (a reply for the timed-out request would have been discarded)
+        assert c.connected
+        await c.close()
+        async with perennial.AsyncClient("127.0.0.1", srv.port) as c2:
+            assert (await c2.stats()) == {"connections": 1}
+            assert [r.item for r in await c2.recommend(5)] == [7, 8]
+
+    asyncio.run(main())
+
+
+def test_event_validation() -> None:
+    assert perennial.Event(1, 2).to_wire() == {"user": 1, "item": 2, "kind": "click",
+                                               "value": 0.0, "timestamp": 0}
+    with pytest.raises(ValueError):
+        perennial.Event(1, 2, "rating")
+    with pytest.raises(ValueError):
+        perennial.Event(1, 2, "like")
+    with pytest.raises(TypeError):
+        perennial.Event("1", 2)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        perennial.Client().pipeline().feedback([])
+    with pytest.raises(ValueError):  # does not fit a u64: refused before anything is sent
+        perennial.Client().pipeline().recommend(2**64)
+
+
+def test_connect_refused_async() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    async def main() -> None:
+        with pytest.raises(perennial.ConnectionError):
+            await perennial.AsyncClient.connect("127.0.0.1", port)
+    asyncio.run(main())
