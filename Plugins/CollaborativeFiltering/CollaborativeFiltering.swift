@@ -44,6 +44,7 @@ public final class CollaborativeFilteringScorer: Scorer {
     let contextAdagrad: ChunkedBuffer<Float>
     /// Per item: bias, its Adagrad accumulator, and an interaction count.
     let itemStats: ChunkedBuffer<Float>
+    let neighbourhood: ItemNeighbourhood
     let ratingUsers: ChunkedBuffer<Float>
     let ratingItems: ChunkedBuffer<Float>
     var ratingMean: Double = 0
@@ -66,6 +67,8 @@ public final class CollaborativeFilteringScorer: Scorer {
     // Serving-thread scratch.
     private var serveZ: [Float]
     private var serveScores: [Float]
+    private var serveNeighbours: [Float] = []
+    private var touched: [Int32] = []
 
     static let biasSlot = 0, biasAdagradSlot = 1, countSlot = 2
 
@@ -76,6 +79,7 @@ public final class CollaborativeFilteringScorer: Scorer {
         context = ChunkedBuffer(width: d, fill: 0, rowsPerChunkLog2: 10)
         contextAdagrad = ChunkedBuffer(width: 1, fill: 0, rowsPerChunkLog2: 12)
         itemStats = ChunkedBuffer(width: 3, fill: 0, rowsPerChunkLog2: 12)
+        neighbourhood = ItemNeighbourhood(capacity: settings.neighbours, window: settings.pairWindow)
         ratingUsers = ChunkedBuffer(width: settings.ratingFactors + 1, fill: 0, rowsPerChunkLog2: 10)
         ratingItems = ChunkedBuffer(width: settings.ratingFactors + 1, fill: 0, rowsPerChunkLog2: 10)
         rng = SplitMix64(seed: settings.seed)
@@ -93,6 +97,7 @@ public final class CollaborativeFilteringScorer: Scorer {
         make: { s, env in CollaborativeFilteringScorer(settings: s as! CFSettings, table: env.table) })
 
     public func grow(users: Int, items: Int) {
+        neighbourhood.grow(items: items)
         context.ensure(rows: items)
         contextAdagrad.ensure(rows: items)
         itemStats.ensure(rows: items)
@@ -151,6 +156,16 @@ public final class CollaborativeFilteringScorer: Scorer {
 
     // MARK: learning (learner thread)
 
+    /// Repeated epochs replay only the factor updates: counts, co-occurrences
+    /// and the sampler were complete after the first pass; users' contexts
+    /// are rebuilt from the start so each event sees the items before it.
+    var repeating = false
+    public var preferredEpochs: Int { settings.epochs }
+    public func beginRepeatedEpoch() {
+        repeating = true
+        for u in recent.indices { recent[u].removeAll(keepingCapacity: true) }
+    }
+
     public func learn(_ e: LearnEvent) {
         learnedEvents += 1
         let u = Int(e.user), i = Int(e.item)
@@ -161,9 +176,12 @@ public final class CollaborativeFilteringScorer: Scorer {
         if weight > 0 && itemCount > 1 {
             rankStep(user: e.user, item: e.item, weight: weight)
         }
-        // Remember the event: user context, the popularity sampler, counts.
+        // Remember the event: co-occurrences, user context, the sampler, counts.
+        if !repeating { neighbourhood.learn(item: e.item, previous: recent[u][...]) }
         recent[u].append(e.item)
-        if recent[u].count > max(settings.contextItems, 1) * 2 { recent[u].removeFirst(recent[u].count - settings.contextItems) }
+        let keep = max(settings.contextItems, settings.pairWindow, 1)
+        if recent[u].count > keep * 2 { recent[u].removeFirst(recent[u].count - keep) }
+        if repeating { return }
         if sampler.count < settings.samplerWindow {
             sampler.append(e.item)
         } else {
@@ -289,52 +307,99 @@ public final class CollaborativeFilteringScorer: Scorer {
 
     // MARK: serving
 
+    /// Final scores for the eligible items: the neighbourhood score scaled to
+    /// [0, 1] by its maximum, plus `factorWeight` times the factor score
+    /// standardised over the scored items (so the two parts have comparable
+    /// scales whatever the table's magnitude).
     public func recommend(_ query: ScoringQuery, into top: inout TopK) {
-        let personal = query.user != nil || !query.history.isEmpty || !query.sessionItems.isEmpty
-        if !personal {
+        let recentItems = query.history + query.sessionItems
+        if query.user == nil && recentItems.isEmpty {
             // Nobody knows this user: most interacted-with items.
             query.forEachEligibleItem { i in top.push(i, itemStats.row(Int(i))[Self.countSlot]) }
             return
         }
+        let n = query.itemCount
+        ensureScratch(n)
         serveZ.withUnsafeMutableBufferPointer { zb in
-            let z = zb.baseAddress!
-            _ = compose(user: query.user, items: query.history + query.sessionItems, into: z)
-            if let candidates = query.candidates {
-                for c in candidates where !query.exclusions.contains(c) {
-                    top.push(c, score(item: c, z: z))
-                }
-                return
+        serveScores.withUnsafeMutableBufferPointer { sb in
+        serveNeighbours.withUnsafeMutableBufferPointer { nb in
+            let z = zb.baseAddress!, factor = sb.baseAddress!, near = nb.baseAddress!
+            _ = compose(user: query.user, items: recentItems, into: z)
+            // Factor scores for every item (the fast kernel, chunk by chunk).
+            table.items.forEachChunk(rows: n) { first, rows, count in
+                pk_dot_rows(rows, count, d, z, factor + first)
             }
-            if serveScores.count < table.items.rowsPerChunk { serveScores = [Float](repeating: 0, count: table.items.rowsPerChunk) }
-            serveScores.withUnsafeMutableBufferPointer { sb in
-                let out = sb.baseAddress!
-                table.items.forEachChunk(rows: query.itemCount) { first, rows, n in
-                    pk_dot_rows(rows, n, d, z, out)
-                    for r in 0..<n {
-                        let item = Int32(first + r)
-                        if query.exclusions.contains(item) { continue }
-                        let s = out[r] + itemStats.row(first + r)[Self.biasSlot]
-                        if s > top.threshold || top.count < top.k { top.push(item, s) }
-                    }
-                }
+            let nbMax = neighbourScores(recentItems, into: near)
+            var sum: Double = 0, sq: Double = 0
+            for i in 0..<n {
+                let f = factor[i] + itemStats.row(i)[Self.biasSlot]
+                factor[i] = f
+                sum += Double(f)
+                sq += Double(f) * Double(f)
             }
-        }
+            let mean = Float(sum / Double(max(n, 1)))
+            let std = Float(max((sq / Double(max(n, 1)) - Double(mean) * Double(mean)), 1e-12).squareRoot())
+            let wn = settings.neighbourhoodWeight / max(nbMax, 1e-12), wf = settings.factorWeight / std
+            query.forEachEligibleItem { i in
+                let s = wn * near[Int(i)] + wf * (factor[Int(i)] - mean)
+                if top.count < top.k || s > top.threshold { top.push(i, s) }
+            }
+            for j in touched { near[Int(j)] = 0 }
+            touched.removeAll(keepingCapacity: true)
+        }}}
     }
 
-    @inline(__always)
-    private func score(item: Int32, z: UnsafeMutablePointer<Float>) -> Float {
-        let v = table.item(item)
-        var s = itemStats.row(Int(item))[Self.biasSlot]
-        for k in 0..<d { s += z[k] * v[k] }
-        return s
+    /// Accumulates the neighbourhood scores of the latest items into `out`
+    /// (recording touched entries); returns the largest score.
+    private func neighbourScores(_ items: ArraySlice<Int32>, into out: UnsafeMutablePointer<Float>) -> Float {
+        guard settings.neighbourhoodWeight > 0 else { return 0 }
+        var w: Float = 1
+        for c in items.suffix(settings.neighbourhoodItems).reversed() {
+            neighbourhood.accumulate(from: c, weight: w, into: out) { touched.append($0) }
+            w *= settings.neighbourhoodDecay
+        }
+        var best: Float = 0
+        for j in touched {
+            let damped = out[Int(j)] / powf(itemStats.row(Int(j))[Self.countSlot] + 1, settings.popularityDamping)
+            out[Int(j)] = damped
+            best = max(best, damped)
+        }
+        return best
+    }
+
+    private func ensureScratch(_ n: Int) {
+        if serveScores.count < n + table.items.rowsPerChunk {
+            serveScores = [Float](repeating: 0, count: n + table.items.rowsPerChunk)
+        }
+        if serveNeighbours.count < n { serveNeighbours.append(contentsOf: repeatElement(0, count: n - serveNeighbours.count)) }
     }
 
     public func score(_ query: ScoringQuery, items: [Int32?]) -> [Float] {
-        serveZ.withUnsafeMutableBufferPointer { zb in
-            let z = zb.baseAddress!
-            _ = compose(user: query.user, items: query.history + query.sessionItems, into: z)
-            return items.map { $0.map { score(item: $0, z: z) } ?? 0 }
-        }
+        // The same blend as `recommend`, computed over the whole catalogue so
+        // that scores are comparable with it.
+        let n = query.itemCount
+        let recentItems = query.history + query.sessionItems
+        ensureScratch(n)
+        return serveZ.withUnsafeMutableBufferPointer { zb in
+        serveScores.withUnsafeMutableBufferPointer { sb in
+        serveNeighbours.withUnsafeMutableBufferPointer { nb in
+            let z = zb.baseAddress!, factor = sb.baseAddress!, near = nb.baseAddress!
+            _ = compose(user: query.user, items: recentItems, into: z)
+            table.items.forEachChunk(rows: n) { first, rows, count in pk_dot_rows(rows, count, d, z, factor + first) }
+            let nbMax = neighbourScores(recentItems, into: near)
+            var sum: Double = 0, sq: Double = 0
+            for i in 0..<n {
+                factor[i] += itemStats.row(i)[Self.biasSlot]
+                sum += Double(factor[i]); sq += Double(factor[i]) * Double(factor[i])
+            }
+            let mean = Float(sum / Double(max(n, 1)))
+            let std = Float(max((sq / Double(max(n, 1)) - Double(mean) * Double(mean)), 1e-12).squareRoot())
+            let wn = settings.neighbourhoodWeight / max(nbMax, 1e-12), wf = settings.factorWeight / std
+            let out = items.map { i in i.map { wn * near[Int($0)] + wf * (factor[Int($0)] - mean) } ?? 0 }
+            for j in touched { near[Int(j)] = 0 }
+            touched.removeAll(keepingCapacity: true)
+            return out
+        }}}
     }
 
     public func predictRating(user: Int32?, item: Int32?) -> Float? {
@@ -351,7 +416,8 @@ public final class CollaborativeFilteringScorer: Scorer {
     }
 
     public var counters: [(String, UInt64)] {
-        [("events", learnedEvents), ("weights_bytes", UInt64(context.bytes + contextAdagrad.bytes + itemStats.bytes + ratingUsers.bytes + ratingItems.bytes))]
+        [("events", learnedEvents), ("neighbour_pairs", neighbourhood.pairs),
+         ("weights_bytes", UInt64(context.bytes + contextAdagrad.bytes + itemStats.bytes + ratingUsers.bytes + ratingItems.bytes + neighbourhood.bytes))]
     }
 }
 

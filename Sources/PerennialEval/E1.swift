@@ -51,23 +51,27 @@ public struct E1: Sendable {
     public var warmup: Int { data.ratings.count / 2 }
     public var tenthLength: Int { max(1, (data.ratings.count - warmup) / 10) }
 
-    /// A model trained on events[0..<end] from scratch.
+    /// A model trained on events[0..<end] from scratch (a bulk fit: the
+    /// scorer's `epochs` passes). The online variant's warm-up is one pass,
+    /// exactly what a server fed the same events learns.
     func fit(scorer: String, upTo end: Int) throws -> (Model, Set<UInt64>) {
         let model = try setup.makeModel(scorer: scorer)
+        try model.fit(data.ratings[0..<end], scorer: scorer)
+        return (model, Set(data.ratings[0..<end].map(\.user)))
+    }
+
+    func onePass(scorer: String, upTo end: Int) throws -> (Model, Set<UInt64>) {
+        let model = try setup.makeModel(scorer: scorer)
         var scratch: [LearnEvent] = []
-        var users = Set<UInt64>()
-        for r in data.ratings[0..<end] {
-            model.feed(r, learn: true, scratch: &scratch)
-            users.insert(r.user)
-        }
-        return (model, users)
+        for r in data.ratings[0..<end] { model.feed(r, learn: true, scratch: &scratch) }
+        return (model, Set(data.ratings[0..<end].map(\.user)))
     }
 
     public func run(scorer: String, variant: E1Variant, progress: (@Sendable (Int) -> Void)? = nil) throws -> E1Result {
         let t0 = Date()
         var result = E1Result(scorer: scorer, variant: variant)
         let n = data.ratings.count
-        var (model, learnedUsers) = try fit(scorer: scorer, upTo: warmup)
+        var (model, learnedUsers) = variant == .online ? try onePass(scorer: scorer, upTo: warmup) : try fit(scorer: scorer, upTo: warmup)
         var scratch: [LearnEvent] = []
         var ratingScorer = try model.scorer(named: scorer)
         for idx in warmup..<n {

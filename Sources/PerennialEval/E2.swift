@@ -29,10 +29,7 @@ public struct E2: Sendable {
         for (idx, r) in data.ratings.enumerated() where r.rating >= positiveThreshold { target[r.user] = idx }
         let held = Set(target.values)
         let model = try setup.makeModel(scorer: scorer)
-        var scratch: [LearnEvent] = []
-        for (idx, r) in data.ratings.enumerated() where !held.contains(idx) {
-            model.feed(r, learn: true, scratch: &scratch)
-        }
+        try model.fit(data.ratings.indices.lazy.filter { !held.contains($0) }.map { data.ratings[$0] }, scorer: scorer)
         var result = E2Result(scorer: scorer)
         for (user, idx) in target.sorted(by: { $0.key < $1.key }) {
             let item = data.ratings[idx].item

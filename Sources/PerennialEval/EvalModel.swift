@@ -42,6 +42,27 @@ extension Model {
         if learn { for e in scratch { self.learn(e) } }
     }
 
+    /// Admits and learns `ratings` from scratch as one bulk fit, making the
+    /// scorer's preferred number of passes (the first admits; the later ones
+    /// re-learn the same events in the same order).
+    func fit(_ ratings: some Collection<Rating>, scorer name: String) throws {
+        var all: [LearnEvent] = []
+        all.reserveCapacity(ratings.count)
+        var scratch: [LearnEvent] = []
+        for r in ratings {
+            feed(r, learn: true, scratch: &scratch)
+            all.append(contentsOf: scratch)
+        }
+        let scorer = try self.scorer(named: name)
+        let epochs = scorer.preferredEpochs
+        if epochs > 1 {
+            for _ in 2...epochs {
+                scorer.beginRepeatedEpoch()
+                for e in all { learn(e) }
+            }
+        }
+    }
+
     /// Rank (1-based) of `target` in the top 10 for `user`, or nil.
     func rankOf(_ target: UInt64, user: UInt64, k: Int = 10) -> Int? {
         guard let recs = try? recommend(user: user, k: k) else { return nil }

@@ -94,11 +94,19 @@ public protocol Scorer: AnyObject {
     var counters: [(String, UInt64)] { get }
     /// The predicted rating, for scorers that predict ratings (else nil).
     func predictRating(user: Int32?, item: Int32?) -> Float?
+    /// A bulk fit is about to pass over the same events again (epoch 2, 3,
+    /// …): a scorer resets whatever must not count an event twice.
+    func beginRepeatedEpoch()
+    /// How many passes a bulk fit (an evaluation's warm-up or refit) should
+    /// make over its events.
+    var preferredEpochs: Int { get }
 }
 
 extension Scorer {
     public var counters: [(String, UInt64)] { [] }
     public func predictRating(user: Int32?, item: Int32?) -> Float? { nil }
+    public func beginRepeatedEpoch() {}
+    public var preferredEpochs: Int { 1 }
 }
 
 /// What the model hands a scorer it builds: the shared embedding table.

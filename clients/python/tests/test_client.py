@@ -551,6 +551,9 @@ def test_async_concurrent_tasks(server: Address) -> None:
     a, b, c_ = fresh(3)
     with perennial.Client(*server) as sync:
         _click_counts(sync, [(a, 3), (b, 2), (c_, 1)])
+        # Another connection follows: wait here until the clicks are applied
+        # (read-your-writes holds per connection; the async client is another).
+        sync.recommend(fresh()[0], k=1)
 
     async def main() -> None:
         async with perennial.AsyncClient(*server) as c:

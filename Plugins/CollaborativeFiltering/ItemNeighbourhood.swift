@@ -1,0 +1,121 @@
+// Item-to-item co-occurrence counted online: each new event of a user counts
+// one co-occurrence between its item and each of the user's previous
+// `window` items (both directions). A user's neighbourhood score for item j
+// is then Σ_k w_k · C[c_k, j] / (n_j + 1)^damping over their `recent` latest
+// items c_k (w_k = decay^k, most recent first), the item-based CF of Sarwar
+// et al. (2001) / Linden et al. (2003) made sequence-aware as in
+// session-based kNN (Ludewig & Jannach 2018): recent items and nearby pairs
+// say most about the next one.
+//
+// Storage: per item, a fixed-capacity open-addressing table of (neighbour,
+// count) in a ChunkedBuffer, so memory never moves while the serving thread
+// reads it. When a table fills, the learner halves every count and drops
+// those below one (keeping the strong neighbours), rebuilding the table in
+// place; a reader during that instant may miss some neighbours, never touch
+// freed memory.
+
+import PerennialCore
+
+final class ItemNeighbourhood {
+    let capacity: Int
+    let window: Int
+    /// Per item: `capacity` slots of (key as Float bit pattern, count); key
+    /// bit pattern of -1 means empty. Two floats per slot.
+    let slots: ChunkedBuffer<Float>
+    /// Per item: number of used slots.
+    let used: ChunkedBuffer<Int32>
+    private static let empty = Float(bitPattern: UInt32.max)
+    private var rebuild: [(Int32, Float)] = []
+    private var items = 0
+    private(set) var pairs: UInt64 = 0
+
+    init(capacity: Int, window: Int) {
+        var cap = 8
+        while cap < capacity { cap *= 2 }
+        self.capacity = cap
+        self.window = window
+        slots = ChunkedBuffer(width: 2 * cap, fill: ItemNeighbourhood.empty, rowsPerChunkLog2: 6)
+        used = ChunkedBuffer(width: 1, fill: 0, rowsPerChunkLog2: 12)
+    }
+
+    func grow(items n: Int) {
+        slots.ensure(rows: n)
+        used.ensure(rows: n)
+        items = max(items, n)
+    }
+
+    @inline(__always)
+    private func home(_ key: Int32) -> Int {
+        Int((UInt32(bitPattern: key) &* 2_654_435_761) >> 16) & (capacity - 1)
+    }
+
+    /// Adds `amount` to C[a, b].
+    func add(_ a: Int32, _ b: Int32, _ amount: Float) {
+        let row = slots.row(Int(a))
+        var s = home(b)
+        while true {
+            let k = row[2 * s].bitPattern
+            if k == UInt32(bitPattern: b) { row[2 * s + 1] += amount; return }
+            if k == UInt32.max { break }
+            s = (s + 1) & (capacity - 1)
+        }
+        if Int(used[Int(a)]) * 4 >= capacity * 3 {
+            shrink(a)
+            add(a, b, amount)
+            return
+        }
+        row[2 * s + 1] = amount
+        row[2 * s] = Float(bitPattern: UInt32(bitPattern: b))
+        used[Int(a)] += 1
+    }
+
+    /// Halves every count of item a's table and drops those below 1.
+    private func shrink(_ a: Int32) {
+        let row = slots.row(Int(a))
+        rebuild.removeAll(keepingCapacity: true)
+        for s in 0..<capacity where row[2 * s].bitPattern != UInt32.max {
+            let c = row[2 * s + 1] * 0.5
+            if c >= 1 { rebuild.append((Int32(bitPattern: row[2 * s].bitPattern), c)) }
+        }
+        // If halving freed too little, keep only the stronger half.
+        if rebuild.count * 2 > capacity {
+            rebuild.sort { $0.1 > $1.1 }
+            rebuild.removeLast(rebuild.count - capacity / 2)
+        }
+        for s in 0..<(2 * capacity) { row[s] = ItemNeighbourhood.empty }
+        used[Int(a)] = 0
+        for (k, c) in rebuild {
+            var s = home(k)
+            while row[2 * s].bitPattern != UInt32.max { s = (s + 1) & (capacity - 1) }
+            row[2 * s + 1] = c
+            row[2 * s] = Float(bitPattern: UInt32(bitPattern: k))
+            used[Int(a)] += 1
+        }
+    }
+
+    /// Counts the pairs (item, each of the user's last `window` items).
+    func learn(item: Int32, previous: ArraySlice<Int32>) {
+        for p in previous.suffix(window) where p != item {
+            add(item, p, 1)
+            add(p, item, 1)
+            pairs += 1
+        }
+    }
+
+    /// Adds w · C[c, j] to out[j] for every neighbour j of c; calls `touched`
+    /// for each j whose entry was zero before.
+    @inline(__always)
+    func accumulate(from c: Int32, weight: Float, into out: UnsafeMutablePointer<Float>, touched: (Int32) -> Void) {
+        let row = slots.row(Int(c))
+        for s in 0..<capacity {
+            let k = row[2 * s].bitPattern
+            if k == UInt32.max { continue }
+            let j = Int32(bitPattern: k)
+            if Int(j) >= items || j < 0 { continue }
+            if out[Int(j)] == 0 { touched(j) }
+            out[Int(j)] += weight * row[2 * s + 1]
+        }
+    }
+
+    var bytes: Int { slots.bytes + used.bytes }
+}
