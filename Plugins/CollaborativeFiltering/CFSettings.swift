@@ -4,7 +4,7 @@ import PerennialCore
 
 public struct CFSettings: ScorerSettings, Equatable {
     /// Adagrad base step for the ranking loss.
-    public var learningRate: Float = 0.05
+    public var learningRate: Float = 0.1
     /// L2 pull toward zero on every updated row, per step.
     public var regularization: Float = 0.0001
     /// Sampled negatives per positive event (BPR).
@@ -24,7 +24,12 @@ public struct CFSettings: ScorerSettings, Equatable {
     /// Weight of the item-neighbourhood score in the blend, and of the
     /// factor score (standardised over the catalogue).
     public var neighbourhoodWeight: Float = 1
-    public var factorWeight: Float = 0.3
+    public var factorWeight: Float = 0.7
+    /// The factor part's weight grows with the evidence about the user:
+    /// factorWeight · n / (n + factorShrinkage) for a user with n events, so
+    /// a user known from a handful of events is served mostly by the
+    /// neighbourhood, a long-known one mostly by the factors.
+    public var factorShrinkage: Float = 0
     /// Neighbour slots kept per item (rounded up to a power of two).
     public var neighbours: Int = 256
     /// Co-occurrences are counted between an event and the user's previous
@@ -36,13 +41,17 @@ public struct CFSettings: ScorerSettings, Equatable {
     /// Neighbour counts are divided by (count of the neighbour + 1)^damping,
     /// so very popular items do not win by volume alone.
     public var popularityDamping: Float = 0.25
+    /// Experience replay: after each event, this many BPR steps on past
+    /// events drawn uniformly from a reservoir of `replayBuffer` events.
+    public var replay: Int = 0
+    public var replayBuffer: Int = 100_000
     /// Passes over a bulk training set (evaluation's warm-up and refits).
-    public var epochs: Int = 1
+    public var epochs: Int = 10
     /// Whether the rating head (biased MF for explicit ratings) is trained.
     public var ratingHead: Bool = true
     public var ratingFactors: Int = 16
-    public var ratingLearningRate: Float = 0.01
-    public var ratingRegularization: Float = 0.02
+    public var ratingLearningRate: Float = 0.08
+    public var ratingRegularization: Float = 0.1
     public var seed: UInt64 = 42
 
     public init() {}
@@ -60,11 +69,14 @@ public struct CFSettings: ScorerSettings, Equatable {
         s.lowRatingWeight = Float(try r.double("low_rating_weight", default: Double(s.lowRatingWeight), in: 0...1))
         s.neighbourhoodWeight = Float(try r.double("neighbourhood_weight", default: Double(s.neighbourhoodWeight), in: 0...100))
         s.factorWeight = Float(try r.double("factor_weight", default: Double(s.factorWeight), in: 0...100))
+        s.factorShrinkage = Float(try r.double("factor_shrinkage", default: Double(s.factorShrinkage), in: 0...1_000_000))
         s.neighbours = try r.int("neighbours", default: s.neighbours, in: 8...65536)
         s.pairWindow = try r.int("pair_window", default: s.pairWindow, in: 0...10_000)
         s.neighbourhoodItems = try r.int("neighbourhood_items", default: s.neighbourhoodItems, in: 0...10_000)
         s.neighbourhoodDecay = Float(try r.double("neighbourhood_decay", default: Double(s.neighbourhoodDecay), in: 0...1))
         s.popularityDamping = Float(try r.double("popularity_damping", default: Double(s.popularityDamping), in: 0...2))
+        s.replay = try r.int("replay", default: s.replay, in: 0...64)
+        s.replayBuffer = try r.int("replay_buffer", default: s.replayBuffer, in: 1...100_000_000)
         s.epochs = try r.int("epochs", default: s.epochs, in: 1...1000)
         s.ratingHead = try r.bool("rating_head", default: s.ratingHead)
         s.ratingFactors = try r.int("rating_factors", default: s.ratingFactors, in: 1...512)

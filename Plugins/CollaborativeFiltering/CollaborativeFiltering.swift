@@ -60,6 +60,8 @@ public final class CollaborativeFilteringScorer: Scorer {
     var rng: SplitMix64
     var itemCount = 0
     var learnedEvents: UInt64 = 0
+    var reservoir: [(Int32, Int32, Float)] = []
+    var reservoirSeen = 0
     private var z: [Float]
     private var dz: [Float]
     private var gradI: [Float]
@@ -175,6 +177,21 @@ public final class CollaborativeFilteringScorer: Scorer {
         let weight: Float = e.kind == .rating ? (e.value >= settings.positiveThreshold ? 1 : settings.lowRatingWeight) : 1
         if weight > 0 && itemCount > 1 {
             rankStep(user: e.user, item: e.item, weight: weight)
+            if !repeating && settings.replay > 0 {
+                // Experience replay: revisit past events (reservoir sample,
+                // Vitter's Algorithm R), so old pairs keep training the factors.
+                for _ in 0..<min(settings.replay, reservoir.count) {
+                    let (ru, ri, rw) = reservoir[rng.below(reservoir.count)]
+                    rankStep(user: ru, item: ri, weight: rw)
+                }
+                reservoirSeen += 1
+                if reservoir.count < settings.replayBuffer {
+                    reservoir.append((e.user, e.item, weight))
+                } else {
+                    let slot = Int(rng.next() % UInt64(reservoirSeen))
+                    if slot < settings.replayBuffer { reservoir[slot] = (e.user, e.item, weight) }
+                }
+            }
         }
         // Remember the event: co-occurrences, user context, the sampler, counts.
         if !repeating { neighbourhood.learn(item: e.item, previous: recent[u][...]) }
@@ -339,7 +356,7 @@ public final class CollaborativeFilteringScorer: Scorer {
             }
             let mean = Float(sum / Double(max(n, 1)))
             let std = Float(max((sq / Double(max(n, 1)) - Double(mean) * Double(mean)), 1e-12).squareRoot())
-            let wn = settings.neighbourhoodWeight / max(nbMax, 1e-12), wf = settings.factorWeight / std
+            let wn = settings.neighbourhoodWeight / max(nbMax, 1e-12), wf = factorWeight(evidence: query.history.count) / std
             query.forEachEligibleItem { i in
                 let s = wn * near[Int(i)] + wf * (factor[Int(i)] - mean)
                 if top.count < top.k || s > top.threshold { top.push(i, s) }
@@ -347,6 +364,14 @@ public final class CollaborativeFilteringScorer: Scorer {
             for j in touched { near[Int(j)] = 0 }
             touched.removeAll(keepingCapacity: true)
         }}}
+    }
+
+    /// factorWeight · n / (n + factorShrinkage): the factor part's weight for
+    /// a user with n events (shrinkage toward the neighbourhood when n is small).
+    @inline(__always)
+    func factorWeight(evidence n: Int) -> Float {
+        let s = settings.factorShrinkage
+        return s == 0 ? settings.factorWeight : settings.factorWeight * Float(n) / (Float(n) + s)
     }
 
     /// Accumulates the neighbourhood scores of the latest items into `out`
@@ -394,7 +419,7 @@ public final class CollaborativeFilteringScorer: Scorer {
             }
             let mean = Float(sum / Double(max(n, 1)))
             let std = Float(max((sq / Double(max(n, 1)) - Double(mean) * Double(mean)), 1e-12).squareRoot())
-            let wn = settings.neighbourhoodWeight / max(nbMax, 1e-12), wf = settings.factorWeight / std
+            let wn = settings.neighbourhoodWeight / max(nbMax, 1e-12), wf = factorWeight(evidence: query.history.count) / std
             let out = items.map { i in i.map { wn * near[Int($0)] + wf * (factor[Int($0)] - mean) } ?? 0 }
             for j in touched { near[Int(j)] = 0 }
             touched.removeAll(keepingCapacity: true)

@@ -9,6 +9,7 @@ import PerennialCore
 public struct PopularitySettings: ScorerSettings, Equatable {
     /// Events after which an interaction counts half; 0 = no decay.
     public var halfLifeEvents: Int = 0
+    public init(halfLifeEvents: Int = 0) { self.halfLifeEvents = halfLifeEvents }
 }
 
 public final class PopularityScorer: Scorer {

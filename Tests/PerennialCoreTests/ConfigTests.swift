@@ -2,8 +2,9 @@ import Foundation
 import Testing
 @testable import PerennialCore
 import Popularity
+import CollaborativeFiltering
 
-private let registry = ScorerRegistry([PopularityScorer.factory])
+private let registry = ScorerRegistry([PopularityScorer.factory, CollaborativeFilteringScorer.factory])
 
 private func repoRoot() -> String {
     URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
@@ -25,6 +26,11 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
         #expect(file.historyPerUser == defaults.historyPerUser)
         #expect(file.scorers.map(\.name) == defaults.scorers.map(\.name))
         #expect(file.defaultScorer == defaults.defaultScorer)
+        #expect(file.tableDimension == defaults.tableDimension && file.tableSeed == defaults.tableSeed)
+        let cf = file.scorers.first { $0.name == "cf" }?.settings as? CFSettings
+        #expect(cf != nil && cf == CFSettings())
+        let pop = file.scorers.first { $0.name == "popularity" }?.settings as? PopularitySettings
+        #expect(pop == PopularitySettings())
         // Every key in the bundled file is one the reader knows.
         let doc = try ConfigDocument(text: try String(contentsOfFile: repoRoot() + "/config/perennial.toml", encoding: .utf8), file: "x")
         #expect(doc.order.count >= 15)
@@ -84,6 +90,7 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
             port = 7_000
             [scorers]
             load = [ 'popularity' ]
+            default = "popularity"
             [scorers.popularity]
             half_life_events = 500
             """)

@@ -2,6 +2,12 @@ import Testing
 @testable import PerennialCore
 import Popularity
 
+func popularityOnly() throws -> PerennialConfig {
+    var doc = ConfigDocument(file: "test")
+    doc.set("scorers.load", .array([.string("popularity")]))
+    return try PerennialConfig.load(doc, registry: ScorerRegistry([PopularityScorer.factory]))
+}
+
 @Suite struct ModelTests {
     @Test func topKKeepsTheBestInOrderWithStableTies() {
         var top = TopK(k: 3)
@@ -63,8 +69,7 @@ import Popularity
     }
 
     @Test func popularityRecommendsUnseenPopularItems() throws {
-        let config = try PerennialConfig.defaults(registry: ScorerRegistry([PopularityScorer.factory]))
-        let model = Model(config: config, registry: ScorerRegistry([PopularityScorer.factory]))
+        let model = Model(config: try popularityOnly(), registry: ScorerRegistry([PopularityScorer.factory]))
         var out: [LearnEvent] = []
         let events = [(1, 10), (2, 10), (3, 10), (1, 20), (2, 20), (4, 30)].map {
             IncomingEvent(user: UInt64($0.0), item: UInt64($0.1), kind: .click, value: 0, timestamp: 1)
@@ -86,8 +91,7 @@ import Popularity
     }
 
     @Test func learnerAppliesInOrderAndRefusesWhenFull() throws {
-        let registry = ScorerRegistry([PopularityScorer.factory])
-        let model = Model(config: try PerennialConfig.defaults(registry: registry), registry: registry)
+        let model = Model(config: try popularityOnly(), registry: ScorerRegistry([PopularityScorer.factory]))
         let learner = Learner(model: model, capacity: 100)
         var batch: [LearnEvent] = []
         model.admit((0..<80).map { IncomingEvent(user: 1, item: UInt64($0 + 1), kind: .view, value: 0, timestamp: 1) }, now: 0, into: &batch)

@@ -24,12 +24,14 @@ import PerennialProtocol
         let ack = try await c.feedback(events)
         #expect(ack.firstSeq == 1 && ack.lastSeq == 6)
         // Sent right after the acknowledgement on the same connection: sees it.
-        let recs = try await c.recommend(user: 99, k: 5)
+        let recs = try await c.recommend(user: 99, k: 5, scorer: "popularity")
         #expect(recs.map(\.item) == [10, 20, 30])
         #expect(recs.map(\.score) == [3, 2, 1])
         // Own history excluded.
         #expect(try await c.recommend(user: 1, k: 5).map(\.item) == [30])
-        let scores = try await c.score(user: 99, items: [10, 12345])
+        // The default scorer (cf) knows nobody about user 99: most popular first.
+        #expect(try await c.recommend(user: 99, k: 5).map(\.item) == [10, 20, 30])
+        let scores = try await c.score(user: 99, items: [10, 12345], scorer: "popularity")
         #expect(scores == [ItemScore(score: 3, known: true), ItemScore(score: 0, known: false)])
         let stats = try await c.stats()
         #expect(stats["events_accepted"] == 6)
@@ -42,7 +44,7 @@ import PerennialProtocol
         let other = try await PerennialClient.connect(port: s.port)
         defer { other.close() }
         let a2 = try await c.feedback([WireEvent(user: 5, item: 30, kind: .purchase, value: 5)])
-        let r2 = try await other.recommend(user: 98, k: 1, minAppliedSeq: a2.lastSeq)
+        let r2 = try await other.recommend(user: 98, k: 1, scorer: "popularity", minAppliedSeq: a2.lastSeq)
         #expect(r2.first?.item == 30)  // 1 + 5 = 6 > 3
         await #expect(throws: PerennialClientError.self) {
             _ = try await other.recommend(user: 98, k: 1, minAppliedSeq: 1_000_000)
@@ -263,7 +265,9 @@ import PerennialProtocol
             let rating = Float(f[2])!, timestamp = Int64(f[3])!
             events.append(WireEvent(user: user, item: item, kind: .rating, value: rating, timestamp: timestamp))
         }
-        let s = try TestServer()
+        // The spine's replay check: popularity only, so a debug build applies
+        // the whole stream quickly (CF's cost is measured by `perennial eval`).
+        let s = try TestServer("[scorers]\nload = [\"popularity\"]\n[limits]\nwait_ms = 120000\n")
         defer { s.stop() }
         let c = try await PerennialClient.connect(port: s.port)
         defer { c.close() }
@@ -273,5 +277,55 @@ import PerennialProtocol
         let stats = try await c.stats()
         #expect(stats["events_applied"] == 100_836)
         #expect(stats["users"] == 610)
+    }
+}
+
+/// CF through a real server: a planted preference structure streamed in,
+/// then a held-out user's recommendations move toward their group.
+@Suite struct CFServerTests {
+    @Test func plantedPreferencesThroughTheServer() async throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let c = try await PerennialClient.connect(port: s.port)
+        defer { c.close() }
+        var rng = SystemRandomNumberGenerator()
+        var events: [WireEvent] = []
+        for _ in 0..<6000 {
+            let user = UInt64.random(in: 1...300, using: &rng)
+            let group = Int(user % 3)
+            let own = Int.random(in: 0..<10, using: &rng) != 0
+            let g = own ? group : Int.random(in: 0..<3, using: &rng)
+            events.append(WireEvent(user: user, item: UInt64(g * 40 + Int.random(in: 1...40, using: &rng)), kind: .click))
+        }
+        let ack = try await c.stream(events, batchSize: 500, window: 4)
+        #expect(ack?.lastSeq == 6000)
+        // Before: an unknown user gets popular items from all groups.
+        let before = try await c.recommend(user: 5000, k: 10)
+        // The held-out user clicks two items of group 2 (items 81...120).
+        _ = try await c.feedback([WireEvent(user: 5000, item: 85, kind: .click), WireEvent(user: 5000, item: 99, kind: .click)])
+        let after = try await c.recommend(user: 5000, k: 10)
+        let inGroup = { (r: [RankedItem]) in r.filter { (81...120).contains($0.item) }.count }
+        #expect(inGroup(after) >= 8, "after: \(after.map(\.item))")
+        #expect(inGroup(after) > inGroup(before))
+        let stats = try await c.stats()
+        #expect(stats["table_item_rows"] == 120)
+        #expect(stats["cf_events"] == 6002)
+    }
+
+    @Test func nanRatingsAreRefusedAndChangeNothing() async throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let c = try await PerennialClient.connect(port: s.port)
+        defer { c.close() }
+        _ = try await c.feedback([WireEvent(user: 1, item: 1, kind: .rating, value: 4)])
+        let before = try await c.score(user: 2, items: [1])
+        for bad: Float in [.nan, .infinity, -1, 11] {
+            await #expect(throws: PerennialClientError.self) {
+                _ = try await c.feedback([WireEvent(user: 3, item: 1, kind: .rating, value: bad)])
+            }
+        }
+        #expect(try await c.score(user: 2, items: [1]) == before)
+        let stats = try await c.stats()
+        #expect(stats["events_accepted"] == 1 && stats["users"] == 1)
     }
 }

@@ -37,7 +37,7 @@ public struct PerennialConfig: Sendable {
     /// Scorers to load, in order; the first is the default unless
     /// `defaultScorer` names another.
     public var scorers: [ScorerConfig] = []
-    public var defaultScorer = "popularity"
+    public var defaultScorer = "cf"
     /// Where this config came from, for messages.
     public var source = "<defaults>"
 
@@ -90,7 +90,7 @@ public struct PerennialConfig: Sendable {
         c.tableDimension = try r.int("table.dimension", default: c.tableDimension, in: 1...1024)
         c.tableSeed = try r.int("table.seed", default: c.tableSeed, in: 0...Int.max)
 
-        let names = try r.strings("scorers.load", default: ["popularity"])
+        let names = try r.strings("scorers.load", default: ["cf", "popularity"])
         if names.isEmpty {
             throw ConfigError(file: doc.file, line: doc.entries["scorers.load"]?.line, message: "'scorers.load' must name at least one scorer")
         }
