@@ -19,8 +19,9 @@ What happens:
    sorted stably by ``(timestamp, user, item)``: N events (only the first
    ``--limit`` of them when given).
 2. Warm-up: events ``[0, N//2)`` are sent as FEEDBACK (kind ``rating``,
-   value = the rating, timestamp = the rating's timestamp), streamed in
-   batches, in stream order.
+   value = the rating, timestamp = the rating's timestamp), in stream order,
+   in batches of ``--batch`` (5000), each applied by the server's learner
+   before the next is sent (reproducible; ``--overlap-warmup`` streams them).
 3. Test phase, for every event with index ``>= N//2`` in order: the event is
    *evaluated* when its rating is >= 4.0, its user has an earlier event and
    its item has an earlier event (tracked here, client-side).  An evaluated
@@ -152,6 +153,7 @@ def _tenth_size(n: int) -> int:
 
 def run_e1(client: Client, ratings: Sequence[Rating], *, scorer: str = "cf",
            dataset: str = "", batch_size: int = 5000, window: int = 64,
+           overlap_warmup: bool = False,
            progress: Optional[Callable[[str], None]] = None) -> E1Online:
     """Run E1 (online) over ``ratings`` (in stream order) through ``client``'s server.
 
@@ -159,6 +161,14 @@ def run_e1(client: Client, ratings: Sequence[Rating], *, scorer: str = "cf",
     evaluated events' requests are pipelined per round trip (1 = one round
     trip per evaluated event; results are identical).  ``progress`` gets a
     line now and then.
+
+    The warm-up sends one batch of ``batch_size`` events at a time and waits
+    until the learner applied it before the next, so the server learns the
+    same way on every run.  With ``overlap_warmup`` the batches are streamed
+    (8 in flight) while the learner works: faster, but the server may admit
+    events ahead of the learner by a timing-dependent amount, and a scorer
+    whose learning depends on that (cf's uniform negative sampling reads the
+    admitted item count) then gives slightly different figures run to run.
 
     Raises the client's errors (e.g. TimeoutError, UnknownScorer).
     """
@@ -182,15 +192,24 @@ def run_e1(client: Client, ratings: Sequence[Rating], *, scorer: str = "cf",
     def event(r: Rating) -> Event:
         return Event(r[0], r[1], "rating", r[2], r[3])
 
-    # -- warm-up: stream events [0, N//2) -----------------------------------
-    if warm:
+    # -- warm-up: events [0, N//2) in batches -------------------------------
+    if warm and overlap_warmup:
         with client.streamer(window=8, batch_size=batch_size) as s:
             for r in ratings[:warm]:
                 s.send(event(r))
-                seen_users.add(r[0])
-                seen_items.add(r[1])
-        say("warm-up: %d events sent and acknowledged in %.1f s"
-            % (warm, time.perf_counter() - t0))
+    elif warm:
+        for start in range(0, warm, batch_size):
+            chunk = ratings[start:min(warm, start + batch_size)]
+            client.feedback([event(r) for r in chunk])
+            # A SCORE after this connection's FEEDBACK waits until the learner
+            # applied it: the next batch is admitted only then.
+            client.score(chunk[-1][0], [chunk[-1][1]], scorer=scorer)
+    for r in ratings[:warm]:
+        seen_users.add(r[0])
+        seen_items.add(r[1])
+    if warm:
+        say("warm-up: %d events sent%s in %.1f s"
+            % (warm, "" if overlap_warmup else " and applied", time.perf_counter() - t0))
     out.warmup_seconds = time.perf_counter() - t0
 
     # -- test phase ------------------------------------------------------------
@@ -243,7 +262,7 @@ def run_e1(client: Client, ratings: Sequence[Rating], *, scorer: str = "cf",
         reveals.append(event(r))
         seen_users.add(user)
         seen_items.add(item)
-        if idx + 1 >= next_report:
+        if idx + 1 >= next_report or idx + 1 == n:
             next_report += tenth_size
             say("test phase: %d/%d events, %d evaluated, HR@10 %.4f (%.1f s)"
                 % (idx + 1 - warm, n - warm, out.total.count + queued_recs, out.total.hr,
@@ -298,6 +317,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="evaluated events pipelined per round trip (default 64; "
                          "1 = one round trip each; results are the same)")
     ap.add_argument("--batch", type=int, default=5000, help="warm-up FEEDBACK batch size")
+    ap.add_argument("--overlap-warmup", action="store_true",
+                    help="stream the warm-up batches without waiting for each to be applied "
+                         "(faster; figures may vary slightly run to run)")
     ap.add_argument("--timeout", type=float, default=300.0,
                     help="seconds to wait for a reply (default 300)")
     ap.add_argument("--token", help="the server's token, if it has one")
@@ -311,10 +333,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with Client(args.host, args.port, timeout=args.timeout, token=args.token,
                 client_name="perennial-e1") as c:
         res = run_e1(c, ratings, scorer=args.scorer, dataset=dataset, batch_size=args.batch,
-                     window=args.window, progress=progress)
+                     window=args.window, overlap_warmup=args.overlap_warmup,
+                     progress=progress)
     print(format_summary(res))
     if args.json:
-        settings: Dict[str, Any] = {"scorer": args.scorer, "k": K, "window": args.window}
+        settings: Dict[str, Any] = {"scorer": args.scorer, "k": K, "window": args.window,
+                                    "warmup_batch": args.batch,
+                                    "overlap_warmup": args.overlap_warmup}
         if args.limit is not None:
             settings["limit"] = args.limit
         with open(args.json, "w") as f:
