@@ -58,8 +58,11 @@ public final class CollaborativeFilteringScorer: Scorer {
     var sampler: [Int32] = []
     var samplerNext = 0
     var rng: SplitMix64
+    /// Admitting thread: items made room for in `grow`.
     var itemCount = 0
     var learnedEvents: UInt64 = 0
+    /// Learner thread: 1 + the highest item index learned from.
+    var learnedItems = 0
     var reservoir: [(Int32, Int32, Float)] = []
     var reservoirSeen = 0
     private var z: [Float]
@@ -174,8 +177,13 @@ public final class CollaborativeFilteringScorer: Scorer {
         if u >= recent.count { recent.append(contentsOf: repeatElement([], count: u + 1 - recent.count)) }
         if e.kind == .rating && settings.ratingHead { learnRating(e) }
 
+        // Items the learner has seen (indices are dense in order of first
+        // sight). Not `itemCount`: the serving thread grows that as it admits
+        // events, ahead of the learner, and learning must depend on the log
+        // order alone.
+        learnedItems = max(learnedItems, Int(e.item) + 1)
         let weight: Float = e.kind == .rating ? (e.value >= settings.positiveThreshold ? 1 : settings.lowRatingWeight) : 1
-        if weight > 0 && itemCount > 1 {
+        if weight > 0 && learnedItems > 1 {
             rankStep(user: e.user, item: e.item, weight: weight)
             if !repeating && settings.replay > 0 {
                 // Experience replay: revisit past events (reservoir sample,
@@ -216,11 +224,11 @@ public final class CollaborativeFilteringScorer: Scorer {
             if settings.negativeSampling == "popularity" && !sampler.isEmpty {
                 j = sampler[rng.below(sampler.count)]
             } else {
-                j = Int32(rng.below(itemCount))
+                j = Int32(rng.below(learnedItems))
             }
             if j != item { return j }
         }
-        return Int32((Int(item) + 1) % itemCount)
+        return Int32((Int(item) + 1) % learnedItems)
     }
 
     /// One BPR step for (user, item) against `negatives` sampled items.

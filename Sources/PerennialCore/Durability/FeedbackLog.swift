@@ -1,0 +1,286 @@
+// The write-ahead log of accepted feedback and item upserts: segment files
+// `NNNNNNNN.log` in `<data_dir>/log`, records with length and CRC-32C
+// (LogRecord.swift), appended in acceptance order before an event reaches
+// the learner. A restart replays the log through the model; because learning
+// is deterministic in log order, the recovered model is the one that stopped.
+//
+// fsync policies (what an acknowledgement promises; cf. Redis' appendfsync):
+//   always   — the log is fdatasync'ed before any reply acknowledging it is
+//              sent: an acknowledged event survives a crash of the process
+//              or of the machine.
+//   everysec — records are written to the OS at once and fdatasync'ed by a
+//              background thread about once a second: a process crash loses
+//              nothing acknowledged, a machine crash or power loss can lose
+//              the last second or so. Acks carry the durable point reached.
+//   no       — written to the OS, flushed when the OS decides: a process
+//              crash loses nothing, a machine crash can lose more.
+//
+// Threading (why `@unchecked Sendable`): `append` and `sync` run on the
+// serving thread; the everysec thread only calls `syncNow`; the file
+// descriptor and sequence counters are guarded by `lock`.
+
+import Foundation
+import Synchronization
+
+public enum FsyncPolicy: String, Sendable, CaseIterable {
+    case always, everysec, no
+}
+
+public struct LogError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ d: String) { description = d }
+}
+
+/// What a scan of the log found.
+public struct LogScanReport: Sendable {
+    public var segments = 0
+    public var records = 0
+    public var events = 0
+    public var bytes = 0
+    /// A torn or corrupt tail: where it started and how many bytes it held.
+    public var tornTail: (file: String, offset: Int, bytes: Int)?
+}
+
+public final class FeedbackLog: @unchecked Sendable {
+    public let directory: String
+    public let policy: FsyncPolicy
+    public let segmentBytes: Int
+    private let lock = NSLock()
+    private var fd: Int32 = -1
+    private var segmentNumber = 0
+    private var segmentSize = 0
+    private var written: UInt64 = 0
+    private let durable = Atomic<UInt64>(0)
+    private var stopping = false
+    private var syncer: Thread?
+    private let syncerDone = DispatchSemaphore(value: 0)
+    private var encoded: [UInt8] = []
+    /// Set when a write or fsync failed; feedback is refused until restart.
+    public private(set) var failure: String?
+
+    public init(directory: String, policy: FsyncPolicy, segmentBytes: Int = 64 << 20) {
+        self.directory = directory
+        self.policy = policy
+        self.segmentBytes = segmentBytes
+    }
+
+    deinit { if fd >= 0 { Glibc.close(fd) } }
+
+    // MARK: reading
+
+    static func segmentName(_ n: Int) -> String { String(format: "%08d.log", n) }
+
+    /// Segment numbers present, in order.
+    public static func segments(in directory: String) -> [Int] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        return names.compactMap { name in name.hasSuffix(".log") ? Int(name.dropLast(4)) : nil }.sorted()
+    }
+
+    /// Reads every record in order, calling `visit` for each. A torn or
+    /// corrupt tail of the last segment (a crash in the middle of a write) is
+    /// reported and, with `cutTornTail`, truncated away. Damage anywhere
+    /// else throws: records after it exist, so cutting would lose them.
+    @discardableResult
+    public static func scan(directory: String, cutTornTail: Bool, visit: (LogRecord) throws -> Void) throws -> LogScanReport {
+        var report = LogScanReport()
+        let numbers = segments(in: directory)
+        for (index, n) in numbers.enumerated() {
+            let path = (directory as NSString).appendingPathComponent(segmentName(n))
+            guard let data = FileManager.default.contents(atPath: path) else { throw LogError("cannot read \(path)") }
+            let bytes = [UInt8](data)
+            let isLast = index == numbers.count - 1
+            report.segments += 1
+            report.bytes += bytes.count
+            if bytes.count < LogRecord.magic.count || Array(bytes[0..<LogRecord.magic.count]) != LogRecord.magic {
+                if isLast && bytes.count < LogRecord.magic.count {
+                    report.tornTail = (path, 0, bytes.count)
+                    if cutTornTail { try truncate(path, to: 0) }
+                    continue
+                }
+                throw LogError("\(path): not a Perennial log segment (bad magic)")
+            }
+            var offset = LogRecord.magic.count
+            try bytes.withUnsafeBytes { raw in
+                while offset < raw.count {
+                    switch record(in: raw, at: offset) {
+                    case .valid(let payload, let end):
+                        guard let rec = LogRecord.decode(payload: payload) else {
+                            throw LogError("\(path) at byte \(offset): a record with a valid checksum does not parse")
+                        }
+                        if case .feedback(_, let events) = rec { report.events += events.count }
+                        report.records += 1
+                        try visit(rec)
+                        offset = end
+                    case .bad(let declaredEnd):
+                        // Torn tail only if nothing valid follows it in the last segment.
+                        let followedByRecord: Bool
+                        if let declaredEnd, declaredEnd < raw.count, case .valid = record(in: raw, at: declaredEnd) {
+                            followedByRecord = true
+                        } else {
+                            followedByRecord = false
+                        }
+                        if !isLast || followedByRecord {
+                            throw LogError("\(path) is corrupt at byte \(offset) and valid records follow; start-up stopped so nothing after it is lost. Inspect with `perennial log check`, or cut the log there with `perennial log repair` (losing what follows).")
+                        }
+                        report.tornTail = (path, offset, raw.count - offset)
+                        if cutTornTail { try truncate(path, to: offset) }
+                        offset = raw.count
+                    }
+                }
+            }
+        }
+        return report
+    }
+
+    enum RecordRead {
+        case valid(UnsafeRawBufferPointer, end: Int)
+        case bad(declaredEnd: Int?)
+    }
+
+    static func record(in raw: UnsafeRawBufferPointer, at offset: Int) -> RecordRead {
+        guard raw.count - offset >= 8 else { return .bad(declaredEnd: nil) }
+        let length = Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
+        let crc = UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self))
+        let end = offset + 8 + length
+        guard length > 0, end <= raw.count else { return .bad(declaredEnd: length > 0 ? end : nil) }
+        let payload = UnsafeRawBufferPointer(rebasing: raw[(offset + 8)..<end])
+        guard CRC32C.checksum(payload) == crc else { return .bad(declaredEnd: end) }
+        return .valid(payload, end: end)
+    }
+
+    static func truncate(_ path: String, to size: Int) throws {
+        guard Glibc.truncate(path, off_t(size)) == 0 else {
+            throw LogError("cannot truncate \(path): \(String(cString: strerror(errno)))")
+        }
+        Log.warning("log: cut a torn tail of \(path) at byte \(size)")
+    }
+
+    // MARK: writing
+
+    /// Opens the newest segment for appending (creating the first), with
+    /// `lastSeq` as the sequence already in the log; starts the everysec
+    /// thread when that is the policy.
+    public func openForAppend(lastSeq: UInt64) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let existing = FeedbackLog.segments(in: directory)
+        try openSegment(existing.last ?? 1)
+        written = lastSeq
+        durable.store(lastSeq, ordering: .releasing)
+        if policy == .everysec {
+            let t = Thread { [self] in everySecond() }
+            t.name = "perennial-fsync"
+            syncer = t
+            t.start()
+        }
+    }
+
+    private func openSegment(_ n: Int) throws {
+        let path = (directory as NSString).appendingPathComponent(FeedbackLog.segmentName(n))
+        let f = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        guard f >= 0 else { throw LogError("cannot open \(path): \(String(cString: strerror(errno)))") }
+        var st = stat()
+        fstat(f, &st)
+        segmentSize = Int(st.st_size)
+        if segmentSize == 0 {
+            guard writeAll(f, LogRecord.magic) else {
+                Glibc.close(f)
+                throw LogError("cannot write \(path): \(String(cString: strerror(errno)))")
+            }
+            segmentSize = LogRecord.magic.count
+            // Make the new file's directory entry durable too.
+            let dir = open(directory, O_RDONLY | O_DIRECTORY)
+            if dir >= 0 { fsync(dir); Glibc.close(dir) }
+        }
+        if fd >= 0 { fdatasync(fd); Glibc.close(fd) }
+        fd = f
+        segmentNumber = n
+    }
+
+    private func writeAll(_ f: Int32, _ bytes: [UInt8]) -> Bool {
+        var done = 0
+        return bytes.withUnsafeBytes { raw in
+            while done < raw.count {
+                let n = write(f, raw.baseAddress! + done, raw.count - done)
+                if n < 0 { if errno == EINTR { continue }; return false }
+                done += n
+            }
+            return true
+        }
+    }
+
+    /// Writes one record covering sequences up to `lastSeq`. On failure (a
+    /// full disk) the partial record is cut off again and the error thrown;
+    /// the caller refuses the feedback.
+    public func append(_ record: LogRecord, lastSeq: UInt64) throws {
+        lock.lock()
+        defer { lock.unlock() }
+        if let failure { throw LogError(failure) }
+        if segmentSize >= segmentBytes { try openSegment(segmentNumber + 1) }
+        encoded.removeAll(keepingCapacity: true)
+        record.encode(into: &encoded)
+        guard writeAll(fd, encoded) else {
+            let why = String(cString: strerror(errno))
+            // Remove whatever part of the record reached the file.
+            if ftruncate(fd, off_t(segmentSize)) != 0 {
+                failure = "the log could not be written or repaired (\(why)); restart the server"
+            }
+            throw LogError("cannot write the log: \(why)")
+        }
+        segmentSize += encoded.count
+        written = lastSeq
+    }
+
+    /// Makes everything written durable (fdatasync). Under `always` the
+    /// server calls this before sending acknowledgements.
+    public func sync() throws {
+        lock.lock()
+        defer { lock.unlock() }
+        try syncLocked()
+    }
+
+    private func syncLocked() throws {
+        let target = written
+        guard target > durable.load(ordering: .acquiring) else { return }
+        if fdatasync(fd) != 0 {
+            let why = String(cString: strerror(errno))
+            failure = "fdatasync failed (\(why)); acknowledged events may not be durable; restart the server"
+            throw LogError(failure!)
+        }
+        durable.store(target, ordering: .releasing)
+    }
+
+    /// The highest sequence known to be on stable storage.
+    public var durableSeq: UInt64 { durable.load(ordering: .acquiring) }
+
+    /// Whether records were written that are not yet fsynced.
+    public var hasUnsynced: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return written > durable.load(ordering: .acquiring)
+    }
+
+    private func everySecond() {
+        while true {
+            lock.lock()
+            let stop = stopping
+            if !stop { try? syncLocked() }
+            lock.unlock()
+            if stop { break }
+            usleep(1_000_000)
+        }
+        syncerDone.signal()
+    }
+
+    /// Syncs what is written and stops the everysec thread.
+    public func close() {
+        lock.lock()
+        stopping = true
+        try? syncLocked()
+        lock.unlock()
+        if syncer != nil { syncerDone.wait(); syncer = nil }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
