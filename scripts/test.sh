@@ -15,8 +15,9 @@ swift build --build-tests || exit 1
 swift test --disable-xctest
 swift_status=$?
 
-echo "== python client tests (pytest) =="
-PERENNIAL_BIN="$PWD/.build/debug/perennial" PERENNIAL_REQUIRE_SERVER=1 PYTHONPATH="$PWD/clients/python" \
+echo "== python client tests (pytest), against the release build users run =="
+swift build -c release --product perennial || exit 1
+PERENNIAL_BIN="$PWD/.build/release/perennial" PERENNIAL_REQUIRE_SERVER=1 PYTHONPATH="$PWD/clients/python" \
   python3 -m pytest -q clients/python/tests
 py_status=$?
 

@@ -189,6 +189,13 @@ final class Connection {
             if closeAfterFlush { close() }
             return
         }
+        // Acknowledgements promise what the fsync policy says: under
+        // `always`, nothing leaves before the log is on stable storage.
+        guard loop.handler.syncLogIfNeeded() else {
+            out.removeAll()
+            close()
+            return
+        }
         if writeCapacity < out.count {
             writeBuffer.deallocate()
             writeCapacity = max(out.count, writeCapacity * 2)

@@ -32,6 +32,10 @@ final class RequestHandler {
     let config: PerennialConfig
     let model: Model
     let learner: Learner
+    let log: FeedbackLog
+    /// Records were written under `always` and must be fsynced before the
+    /// replies acknowledging them leave.
+    private(set) var needsSync = false
     let protocolLimits: ProtocolLimits
     let startedAt = MonotonicClock.nowMillis()
     var stats = ServerStats()
@@ -39,10 +43,11 @@ final class RequestHandler {
     private var admitted: [LearnEvent] = []
     private var incoming: [IncomingEvent] = []
 
-    init(config: PerennialConfig, model: Model, learner: Learner) {
+    init(config: PerennialConfig, model: Model, learner: Learner, log: FeedbackLog) {
         self.config = config
         self.model = model
         self.learner = learner
+        self.log = log
         protocolLimits = ProtocolLimits(maxFrameBytes: config.limits.maxFrameBytes,
                                         maxItems: config.limits.maxItems, maxEvents: config.limits.maxEvents)
     }
@@ -91,12 +96,20 @@ final class RequestHandler {
                 stats.queueFullPauses += 1
                 return .waitForQueueRoom
             }
-            let now = Int64(Double(MonotonicClock.unixSeconds()))
+            let now = MonotonicClock.unixSeconds()
             incoming.removeAll(keepingCapacity: true)
             for e in events {
+                // Timestamps are resolved before logging, so a replay is exact.
                 incoming.append(IncomingEvent(user: e.user, item: e.item, kind: FeedbackKind(rawValue: e.kind.rawValue)!,
-                                              value: e.value, timestamp: e.timestamp))
+                                              value: e.value, timestamp: e.timestamp == 0 ? now : e.timestamp))
             }
+            // The log first: an event the log refused is not accepted.
+            do {
+                try log.append(.feedback(firstSeq: model.lastSeq + 1, events: incoming), lastSeq: model.lastSeq + UInt64(incoming.count))
+            } catch {
+                throw ProtocolError(.storage, "feedback not accepted: \(error)")
+            }
+            if log.policy == .always { needsSync = true }
             admitted.removeAll(keepingCapacity: true)
             model.admit(incoming, now: now, into: &admitted)
             let queued = learner.tryEnqueue(admitted)
@@ -104,7 +117,9 @@ final class RequestHandler {
             stats.feedbackBatches += 1
             let last = admitted[admitted.count - 1].seq
             state.lastFeedbackSeq = last
-            Reply.feedback(FeedbackAck(firstSeq: admitted[0].seq, lastSeq: last, durableSeq: 0,
+            // Under `always` the log is fsynced before this reply is sent.
+            let durable = log.policy == .always ? last : log.durableSeq
+            Reply.feedback(FeedbackAck(firstSeq: admitted[0].seq, lastSeq: last, durableSeq: durable,
                                        appliedSeq: model.appliedSeq))
                 .encode(into: &out, requestID: requestID)
         case .recommend(let q):
@@ -128,6 +143,14 @@ final class RequestHandler {
                 throw ProtocolError(.unknownScorer, error.description)
             }
         case .upsertItem(let u):
+            do {
+                try log.append(.upsert(item: u.item, text: model.cutText(u.text),
+                                       attributes: u.attributes.map { LogAttribute(key: $0.key, value: $0.value) }),
+                               lastSeq: model.lastSeq)
+            } catch {
+                throw ProtocolError(.storage, "item not stored: \(error)")
+            }
+            if log.policy == .always { needsSync = true }
             let r = model.upsertItem(id: u.item, text: u.text, attributes: u.attributes.map { ($0.key, $0.value) })
             Reply.upsertItem(UpsertReply(created: r.created, truncated: r.truncated)).encode(into: &out, requestID: requestID)
         case .reload:
@@ -142,6 +165,20 @@ final class RequestHandler {
             return .shutdownAfterReply
         }
         return .done
+    }
+
+    /// Under `always`: fsyncs the log before acknowledgements leave. False
+    /// when that failed (the caller must not send them).
+    func syncLogIfNeeded() -> Bool {
+        guard needsSync else { return true }
+        do {
+            try log.sync()
+            needsSync = false
+            return true
+        } catch {
+            Log.error("\(error)")
+            return false
+        }
     }
 
     /// Decides whether a read must wait for the learner: until the later of
@@ -175,8 +212,7 @@ final class RequestHandler {
             StatCounter("recommends", stats.recommends),
             StatCounter("feedback_batches", stats.feedbackBatches),
             StatCounter("events_accepted", model.lastSeq),
-            // No write-ahead log yet: nothing survives a crash, so nothing is durable.
-            StatCounter("events_durable", 0),
+            StatCounter("events_durable", log.durableSeq),
             StatCounter("events_applied", model.appliedSeq),
             StatCounter("learner_queue", UInt64(learner.queued)),
             StatCounter("learner_queue_capacity", UInt64(learner.capacity)),

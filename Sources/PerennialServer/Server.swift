@@ -7,6 +7,9 @@ import Foundation
 import PerennialCore
 import PerennialPlugins
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public final class Server: Sendable {
     public let config: PerennialConfig
@@ -30,15 +33,27 @@ public final class Server: Sendable {
     /// SHUTDOWN or `stop()`). `onListening` gets the bound port.
     public func run(handleSignals: Bool = true, onListening: (Int) -> Void = { _ in }) throws {
         raiseOpenFileLimit()
-        try prepareDataDirectory()
+        let dataLock = try prepareDataDirectory()
+        defer { Glibc.close(dataLock) }
         let model = Model(config: config, registry: .builtin)
+        let log = FeedbackLog(directory: (config.dataDir as NSString).appendingPathComponent("log"),
+                              policy: config.fsync, segmentBytes: config.logSegmentBytes)
+        do {
+            try recover(model: model, log: log)
+            try log.openForAppend(lastSeq: model.lastSeq)
+        } catch {
+            state.withLock { $0.startError = "\(error)" }
+            started.signal()
+            ended.signal()
+            throw error
+        }
         // The learner reports progress through the loop's async handle, which
         // exists only once the loop is bound; until then it has nothing to report.
         let wakerBox = Mutex<EventLoopWaker?>(nil)
         let learner = Learner(model: model, capacity: config.learnerQueueCapacity) { _ in
             wakerBox.withLock { $0 }?.progressed()
         }
-        let handler = RequestHandler(config: config, model: model, learner: learner)
+        let handler = RequestHandler(config: config, model: model, learner: learner, log: log)
         let loop = EventLoop(handler: handler)
         let port: Int
         do {
@@ -61,6 +76,7 @@ public final class Server: Sendable {
         started.signal()
         loop.run()
         // The learner was stopped (and drained) before the loop's handles closed.
+        log.close()
         state.withLock {
             $0.running = false
             $0.waker = nil
@@ -94,11 +110,44 @@ public final class Server: Sendable {
 
     public var port: Int { state.withLock { $0.port } }
 
-    private func prepareDataDirectory() throws {
+    /// Creates the data directory and takes its lock, so two servers never
+    /// append to one log. Returns the lock's descriptor (held until exit).
+    private func prepareDataDirectory() throws -> Int32 {
         do {
             try FileManager.default.createDirectory(atPath: config.dataDir, withIntermediateDirectories: true)
         } catch {
             throw ServerError("cannot create the data directory \(config.dataDir): \(error.localizedDescription)")
+        }
+        let path = (config.dataDir as NSString).appendingPathComponent("LOCK")
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw ServerError("cannot open \(path): \(String(cString: strerror(errno)))") }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            Glibc.close(fd)
+            throw ServerError("the data directory \(config.dataDir) is in use by another perennial server")
+        }
+        return fd
+    }
+
+    /// Start-up: replays the write-ahead log through the model, in order,
+    /// with a progress line; a torn tail is cut, damage elsewhere stops us.
+    private func recover(model: Model, log: FeedbackLog) throws {
+        let t0 = MonotonicClock.nowNanos()
+        var scratch: [LearnEvent] = []
+        var lastReport = t0
+        let report = try FeedbackLog.scan(directory: log.directory, cutTornTail: true) { record in
+            try model.replay(record, scratch: &scratch)
+            let now = MonotonicClock.nowNanos()
+            if now - lastReport > 1_000_000_000 {
+                lastReport = now
+                Log.info("recovering: \(model.lastSeq) events replayed from the log")
+            }
+        }
+        if let torn = report.tornTail {
+            Log.warning("log: a torn tail of \(torn.bytes) bytes at byte \(torn.offset) of \(torn.file) was cut (an unacknowledged write interrupted by a crash)")
+        }
+        if report.records > 0 {
+            let secs = Double(MonotonicClock.nowNanos() - t0) / 1e9
+            Log.info(String(format: "recovered %llu events (%d records, %d segments) from the log in %.2f s", model.lastSeq, report.records, report.segments, secs))
         }
     }
 }

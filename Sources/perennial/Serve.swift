@@ -29,11 +29,15 @@ struct Serve: ParsableCommand {
     @Option(help: "Directory for the server's data (default ./data).")
     var dataDir: String?
 
+    @Option(help: "Write-ahead log fsync policy: always, everysec or no (overrides the config).")
+    var fsync: String?
+
     func run() throws {
         var overrides: [String: ConfigValue] = [:]
         if let host { overrides["server.host"] = .string(host) }
         if let port { overrides["server.port"] = .integer(port) }
         if let dataDir { overrides["server.data_dir"] = .string(dataDir) }
+        if let fsync { overrides["log.fsync"] = .string(fsync) }
         let cfg: PerennialConfig
         do {
             if let config {

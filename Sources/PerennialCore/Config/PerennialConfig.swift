@@ -31,6 +31,9 @@ public struct PerennialConfig: Sendable {
     public var limits = LimitsConfig()
     public var learnerQueueCapacity = 65_536
     public var historyPerUser = 1000
+    /// Write-ahead log: fsync policy and segment size.
+    public var fsync: FsyncPolicy = .everysec
+    public var logSegmentBytes = 64 << 20
     /// The shared embedding table's row width and initialisation seed.
     public var tableDimension = 64
     public var tableSeed = 0x5EED
@@ -87,6 +90,8 @@ public struct PerennialConfig: Sendable {
                               message: "'learner.queue_capacity' (\(c.learnerQueueCapacity)) must be at least 'limits.max_events' (\(l.maxEvents))")
         }
         c.historyPerUser = try r.int("history.max_items_per_user", default: c.historyPerUser, in: 0...1_000_000)
+        c.fsync = FsyncPolicy(rawValue: try r.string("log.fsync", default: c.fsync.rawValue, oneOf: FsyncPolicy.allCases.map(\.rawValue)))!
+        c.logSegmentBytes = try r.int("log.segment_bytes", default: c.logSegmentBytes, in: 4096...(1 << 40))
         c.tableDimension = try r.int("table.dimension", default: c.tableDimension, in: 1...1024)
         c.tableSeed = try r.int("table.seed", default: c.tableSeed, in: 0...Int.max)
 

@@ -121,18 +121,35 @@ public final class Model: @unchecked Sendable {
     public func upsertItem(id: UInt64, text: String, attributes: [(String, String)]) -> (created: Bool, truncated: Bool) {
         let (index, isNew) = items.insert(id)
         if isNew { growScorers() }
-        var kept = text
-        var truncated = false
-        if text.utf8.count > maxTextBytes {
-            var bytes = Array(text.utf8.prefix(maxTextBytes + 1))
-            var end = maxTextBytes
-            while end > 0 && (bytes[end] & 0xC0) == 0x80 { end -= 1 }
-            bytes.removeSubrange(end...)
-            kept = String(decoding: bytes, as: UTF8.self)
-            truncated = true
-        }
+        let kept = cutText(text)
         catalogue.upsert(index, ItemRecord(text: kept, attributes: attributes))
-        return (isNew, truncated)
+        return (isNew, kept.utf8.count != text.utf8.count)
+    }
+
+    /// `text` cut to `maxTextBytes` at the last whole UTF-8 character.
+    public func cutText(_ text: String) -> String {
+        guard text.utf8.count > maxTextBytes else { return text }
+        var bytes = Array(text.utf8.prefix(maxTextBytes + 1))
+        var end = maxTextBytes
+        while end > 0 && (bytes[end] & 0xC0) == 0x80 { end -= 1 }
+        bytes.removeSubrange(end...)
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Replays one log record (start-up recovery, on the admitting thread,
+    /// before serving): admits and learns synchronously, in log order.
+    public func replay(_ record: LogRecord, scratch: inout [LearnEvent]) throws {
+        switch record {
+        case .feedback(let first, let events):
+            guard first == lastSeq + 1 else {
+                throw LogError("the log jumps from sequence \(lastSeq) to \(first): records are missing")
+            }
+            scratch.removeAll(keepingCapacity: true)
+            admit(events, now: 0, into: &scratch)
+            for e in scratch { learn(e) }
+        case .upsert(let item, let text, let attributes):
+            _ = upsertItem(id: item, text: text, attributes: attributes.map { ($0.key, $0.value) })
+        }
     }
 
     // MARK: learner thread
