@@ -22,6 +22,7 @@ final class EventLoop {
     private var stopping = false
     private var stopDeadline: UInt64 = 0
     private var handlesClosed = false
+    private var handlesSignals = false
 
     init(handler: RequestHandler) {
         self.handler = handler
@@ -87,6 +88,7 @@ final class EventLoop {
         uv_timer_init(loop, timer)
         timer.pointee.data = opaqueSelf
         uv_timer_start(timer, loopTick, 100, 100)
+        handlesSignals = handleSignals
         for (s, signum) in zip(signals, [SIGINT, SIGTERM]) {
             uv_signal_init(loop, s)
             s.pointee.data = opaqueSelf
@@ -184,11 +186,19 @@ final class EventLoop {
         for c in connections.values where c.parked == nil { c.finish() }
         guard connections.isEmpty else { return }
         handlesClosed = true
+        // Already stopping: a further SIGINT/SIGTERM must not kill the
+        // process while it drains the learner and syncs the log. (Closing a
+        // uv_signal handle restores the default action, so ignore the
+        // signals right after closing them.)
+        for s in signals { uv_close(UnsafeMutablePointer(OpaquePointer(s)), nil) }
+        if handlesSignals {
+            signal(SIGINT, SIG_IGN)
+            signal(SIGTERM, SIG_IGN)
+        }
         handler.learner.stop()
         uv_close(UnsafeMutablePointer(OpaquePointer(progressAsync)), nil)
         uv_close(UnsafeMutablePointer(OpaquePointer(stopAsync)), nil)
         uv_close(UnsafeMutablePointer(OpaquePointer(timer)), nil)
-        for s in signals { uv_close(UnsafeMutablePointer(OpaquePointer(s)), nil) }
     }
 }
 

@@ -20,6 +20,9 @@ enum FrameOutcome {
 
 /// Per-connection protocol state.
 struct ConnectionState {
+    /// What a HELLO proved: nothing yet, the client token, or the admin token.
+    enum Role: Comparable { case anonymous, client, admin }
+    var role: Role = .anonymous
     /// Highest sequence this connection's FEEDBACK was acknowledged with;
     /// its later reads wait for it (read-your-writes on one connection).
     var lastFeedbackSeq: UInt64 = 0
@@ -78,6 +81,7 @@ final class RequestHandler {
 
     private func perform(_ request: Request, state: inout ConnectionState, requestID: UInt32,
                          out: inout [UInt8]) throws(ProtocolError) -> FrameOutcome {
+        try authorize(request, state: &state)
         switch request {
         case .ping:
             Reply.ping.encode(into: &out, requestID: requestID)
@@ -158,13 +162,42 @@ final class RequestHandler {
         case .snapshot:
             throw ProtocolError(.notSupported, "SNAPSHOT is not available yet (no persistence in this version)")
         case .shutdown:
-            guard config.allowShutdown else {
-                throw ProtocolError(.unauthorized, "SHUTDOWN needs server.allow_shutdown = true in the config")
+            guard config.adminToken != nil || config.allowShutdown else {
+                throw ProtocolError(.unauthorized, "SHUTDOWN needs an admin token (auth.admin_token_file) or server.allow_shutdown = true")
             }
             Reply.shutdown.encode(into: &out, requestID: requestID)
             return .shutdownAfterReply
         }
         return .done
+    }
+
+    /// Checks tokens: with `auth.token_file` set, everything but HELLO needs
+    /// a HELLO with the client (or admin) token first; with
+    /// `auth.admin_token_file` set, RELOAD/SNAPSHOT/SHUTDOWN need the admin
+    /// token. HELLO itself records what its token proves.
+    private func authorize(_ request: Request, state: inout ConnectionState) throws(ProtocolError) {
+        if case .hello(let h) = request {
+            if let admin = config.adminToken, constantTimeEqual(h.token, admin) {
+                state.role = .admin
+            } else if let client = config.clientToken, constantTimeEqual(h.token, client) {
+                state.role = .client
+            } else if config.clientToken != nil || (!h.token.isEmpty && config.adminToken != nil) {
+                stats.authFailures += 1
+                throw ProtocolError(.unauthorized, "wrong token")
+            }
+            return
+        }
+        let isAdminOp: Bool
+        switch request {
+        case .reload, .snapshot, .shutdown: isAdminOp = true
+        default: isAdminOp = false
+        }
+        if isAdminOp, config.adminToken != nil, state.role != .admin {
+            throw ProtocolError(.unauthorized, "admin operations need HELLO with the admin token")
+        }
+        if config.clientToken != nil, state.role == .anonymous {
+            throw ProtocolError(.unauthorized, "this server requires a token: send HELLO with it first")
+        }
     }
 
     /// Under `always`: fsyncs the log before acknowledgements leave. False
@@ -207,6 +240,7 @@ final class RequestHandler {
             StatCounter("errors_total", stats.errorsTotal),
             StatCounter("fatal_errors", stats.fatalErrors),
             StatCounter("timeouts", stats.timeouts),
+            StatCounter("auth_failures", stats.authFailures),
             StatCounter("bytes_in", stats.bytesIn),
             StatCounter("bytes_out", stats.bytesOut),
             StatCounter("recommends", stats.recommends),
@@ -223,6 +257,17 @@ final class RequestHandler {
         for (name, v) in model.counters { c.append(StatCounter(name, v)) }
         return c
     }
+}
+
+/// Compares two tokens in time that depends only on their lengths, not on
+/// where they first differ.
+func constantTimeEqual(_ a: String, _ b: String) -> Bool {
+    let x = Array(a.utf8), y = Array(b.utf8)
+    var diff = UInt8(truncatingIfNeeded: x.count ^ y.count)
+    for i in 0..<max(x.count, y.count) {
+        diff |= (i < x.count ? x[i] : 0) ^ (i < y.count ? y[i] : 0)
+    }
+    return diff == 0 && x.count == y.count
 }
 
 public enum PerennialVersion {

@@ -329,3 +329,43 @@ import PerennialProtocol
         #expect(stats["events_accepted"] == 1 && stats["users"] == 1)
     }
 }
+
+@Suite struct AuthTests {
+    @Test func tokensGuardEverythingButHello() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("perennial-auth-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        try "client-secret-1\n".write(to: dir.appendingPathComponent("token"), atomically: true, encoding: .utf8)
+        try "admin-secret-22".write(to: dir.appendingPathComponent("admin"), atomically: true, encoding: .utf8)
+        let s = try TestServer("[auth]\ntoken_file = \"\(dir.path)/token\"\nadmin_token_file = \"\(dir.path)/admin\"\n")
+        defer { s.stop() }
+
+        let anonymous = try await PerennialClient.connect(port: s.port)
+        defer { anonymous.close() }
+        for call in [{ try await anonymous.ping() }, { _ = try await anonymous.stats() },
+                     { _ = try await anonymous.recommend(user: 1) }, { _ = try await anonymous.feedback([WireEvent(user: 1, item: 1, kind: .click)]) }] {
+            do { try await call(); Issue.record("allowed without a token") } catch let e as PerennialClientError {
+                #expect(e.serverCode == .unauthorized)
+            }
+        }
+        do { _ = try await anonymous.hello(token: "wrong-token"); Issue.record("wrong token accepted") } catch let e as PerennialClientError {
+            #expect(e.serverCode == .unauthorized)
+        }
+
+        let client = try await PerennialClient.connect(port: s.port)
+        defer { client.close() }
+        _ = try await client.hello(token: "client-secret-1")
+        try await client.ping()
+        _ = try await client.feedback([WireEvent(user: 1, item: 1, kind: .click)])
+        do { try await client.shutdown(); Issue.record("admin op without the admin token") } catch let e as PerennialClientError {
+            #expect(e.serverCode == .unauthorized)
+        }
+        let stats = try await client.stats()
+        #expect(stats["auth_failures"] == 1)
+
+        let admin = try await PerennialClient.connect(port: s.port)
+        defer { admin.close() }
+        _ = try await admin.hello(token: "admin-secret-22")
+        try await admin.ping()
+        try await admin.shutdown()
+    }
+}

@@ -31,6 +31,9 @@ public struct PerennialConfig: Sendable {
     public var limits = LimitsConfig()
     public var learnerQueueCapacity = 65_536
     public var historyPerUser = 1000
+    /// Client and admin tokens (nil = not required), read from files.
+    public var clientToken: String?
+    public var adminToken: String?
     /// Write-ahead log: fsync policy and segment size.
     public var fsync: FsyncPolicy = .everysec
     public var logSegmentBytes = 64 << 20
@@ -63,6 +66,22 @@ public struct PerennialConfig: Sendable {
         return try load(doc, registry: registry)
     }
 
+    /// A token from the file named by `key` (surrounding whitespace removed),
+    /// or nil when the key is unset or empty.
+    static func readToken(_ r: ConfigReader, _ key: String) throws(ConfigError) -> String? {
+        let path = try r.string(key, default: "")
+        if path.isEmpty { return nil }
+        let line = r.document.entries[key]?.line
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw ConfigError(file: r.document.file, line: line, message: "'\(key)': cannot read \(path)")
+        }
+        let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        if token.count < 8 {
+            throw ConfigError(file: r.document.file, line: line, message: "'\(key)': the token in \(path) is shorter than 8 characters")
+        }
+        return token
+    }
+
     public static func load(_ doc: ConfigDocument, registry: ScorerRegistry) throws(ConfigError) -> PerennialConfig {
         let r = ConfigReader(doc)
         var c = PerennialConfig()
@@ -90,6 +109,8 @@ public struct PerennialConfig: Sendable {
                               message: "'learner.queue_capacity' (\(c.learnerQueueCapacity)) must be at least 'limits.max_events' (\(l.maxEvents))")
         }
         c.historyPerUser = try r.int("history.max_items_per_user", default: c.historyPerUser, in: 0...1_000_000)
+        c.clientToken = try readToken(r, "auth.token_file")
+        c.adminToken = try readToken(r, "auth.admin_token_file")
         c.fsync = FsyncPolicy(rawValue: try r.string("log.fsync", default: c.fsync.rawValue, oneOf: FsyncPolicy.allCases.map(\.rawValue)))!
         c.logSegmentBytes = try r.int("log.segment_bytes", default: c.logSegmentBytes, in: 4096...(1 << 40))
         c.tableDimension = try r.int("table.dimension", default: c.tableDimension, in: 1...1024)

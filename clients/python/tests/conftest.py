@@ -120,6 +120,8 @@ def start(config_text: Optional[str] = None, extra_args: Optional[List[str]] = N
             with perennial.Client(host, port, timeout=2.0, hello=False) as c:
                 if c.ping():
                     return srv
+        except perennial.Unauthorized:
+            return srv  # up, and asking for a token
         except perennial.PerennialError as e:
             last = e
         time.sleep(0.1)
