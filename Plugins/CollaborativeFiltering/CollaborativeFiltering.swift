@@ -435,6 +435,54 @@ public final class CollaborativeFilteringScorer: Scorer {
         }}}
     }
 
+    // MARK: snapshots
+
+    public func save(to w: inout SnapshotWriter) {
+        w.rows(context, count: itemCount)
+        w.rows(contextAdagrad, count: itemCount)
+        w.rows(itemStats, count: itemCount)
+        w.rows(neighbourhood.slots, count: itemCount)
+        w.rows(neighbourhood.used, count: itemCount)
+        w.u64(neighbourhood.pairs)
+        w.rows(ratingUsers, count: userCount)
+        w.rows(ratingItems, count: itemCount)
+        w.f64(ratingMean); w.f64(ratingCount); w.f32(ratingMin); w.f32(ratingMax)
+        w.int(recent.count)
+        for r in recent { w.int32s(r) }
+        w.int32s(sampler)
+        w.int(samplerNext)
+        w.u64(rng.state)
+        w.int(learnedItems)
+        w.u64(learnedEvents)
+        w.int(reservoir.count)
+        for (u, i, wt) in reservoir { w.u32(UInt32(bitPattern: u)); w.u32(UInt32(bitPattern: i)); w.f32(wt) }
+        w.int(reservoirSeen)
+    }
+
+    public func load(from r: inout SnapshotReader) throws {
+        try r.rows(into: context, expected: itemCount)
+        try r.rows(into: contextAdagrad, expected: itemCount)
+        try r.rows(into: itemStats, expected: itemCount)
+        try r.rows(into: neighbourhood.slots, expected: itemCount)
+        try r.rows(into: neighbourhood.used, expected: itemCount)
+        neighbourhood.pairs = try r.u64()
+        try r.rows(into: ratingUsers, expected: userCount)
+        try r.rows(into: ratingItems, expected: itemCount)
+        ratingMean = try r.f64(); ratingCount = try r.f64(); ratingMin = try r.f32(); ratingMax = try r.f32()
+        recent = []
+        for _ in 0..<(try r.int()) { recent.append(try r.int32s()) }
+        sampler = try r.int32s()
+        samplerNext = try r.int()
+        rng = SplitMix64(seed: try r.u64())
+        learnedItems = try r.int()
+        learnedEvents = try r.u64()
+        reservoir = []
+        for _ in 0..<(try r.int()) {
+            reservoir.append((Int32(bitPattern: try r.u32()), Int32(bitPattern: try r.u32()), try r.f32()))
+        }
+        reservoirSeen = try r.int()
+    }
+
     public func predictRating(user: Int32?, item: Int32?) -> Float? {
         guard settings.ratingHead else { return nil }
         var r = Float(ratingMean)

@@ -27,7 +27,7 @@ final class ItemNeighbourhood {
     private static let empty = Float(bitPattern: UInt32.max)
     private var rebuild: [(Int32, Float)] = []
     private var items = 0
-    private(set) var pairs: UInt64 = 0
+    var pairs: UInt64 = 0
 
     init(capacity: Int, window: Int) {
         var cap = 8

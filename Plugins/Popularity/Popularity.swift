@@ -71,6 +71,18 @@ public final class PopularityScorer: Scorer {
     }
 
     public var counters: [(String, UInt64)] { [("events", learned)] }
+
+    public func save(to w: inout SnapshotWriter) {
+        w.rows(counts, count: itemCount)
+        w.f64(logWeight)
+        w.u64(learned)
+    }
+
+    public func load(from r: inout SnapshotReader) throws {
+        try r.rows(into: counts, expected: itemCount)
+        logWeight = try r.f64()
+        learned = try r.u64()
+    }
 }
 
 @inline(__always)

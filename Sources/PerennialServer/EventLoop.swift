@@ -196,6 +196,8 @@ final class EventLoop {
             signal(SIGTERM, SIG_IGN)
         }
         handler.learner.stop()
+        // A graceful stop leaves a snapshot, so the next start-up is quick.
+        if handler.model.lastSeq > handler.lastSnapshotSeq { _ = try? handler.takeSnapshot() }
         uv_close(UnsafeMutablePointer(OpaquePointer(progressAsync)), nil)
         uv_close(UnsafeMutablePointer(OpaquePointer(stopAsync)), nil)
         uv_close(UnsafeMutablePointer(OpaquePointer(timer)), nil)

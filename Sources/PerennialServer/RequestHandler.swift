@@ -2,6 +2,7 @@
 // the connection hands over the frame's bytes and its per-connection state,
 // and gets back what to do next.
 
+import Foundation
 import PerennialCore
 import PerennialProtocol
 
@@ -36,6 +37,8 @@ final class RequestHandler {
     let model: Model
     let learner: Learner
     let log: FeedbackLog
+    let snapshots: SnapshotStore
+    private(set) var lastSnapshotSeq: UInt64
     /// Records were written under `always` and must be fsynced before the
     /// replies acknowledging them leave.
     private(set) var needsSync = false
@@ -46,11 +49,14 @@ final class RequestHandler {
     private var admitted: [LearnEvent] = []
     private var incoming: [IncomingEvent] = []
 
-    init(config: PerennialConfig, model: Model, learner: Learner, log: FeedbackLog) {
+    init(config: PerennialConfig, model: Model, learner: Learner, log: FeedbackLog, snapshots: SnapshotStore,
+         lastSnapshotSeq: UInt64) {
         self.config = config
         self.model = model
         self.learner = learner
         self.log = log
+        self.snapshots = snapshots
+        self.lastSnapshotSeq = lastSnapshotSeq
         protocolLimits = ProtocolLimits(maxFrameBytes: config.limits.maxFrameBytes,
                                         maxItems: config.limits.maxItems, maxEvents: config.limits.maxEvents)
     }
@@ -126,6 +132,9 @@ final class RequestHandler {
             Reply.feedback(FeedbackAck(firstSeq: admitted[0].seq, lastSeq: last, durableSeq: durable,
                                        appliedSeq: model.appliedSeq))
                 .encode(into: &out, requestID: requestID)
+            if config.snapshotEveryEvents > 0 && last - lastSnapshotSeq >= UInt64(config.snapshotEveryEvents) {
+                _ = try? takeSnapshot()
+            }
         case .recommend(let q):
             if let wait = try readYourWrites(q.minAppliedSeq, state: &state) { return wait }
             stats.recommends += 1
@@ -160,7 +169,11 @@ final class RequestHandler {
         case .reload:
             throw ProtocolError(.notSupported, "RELOAD is not available yet: restart the server with the new config")
         case .snapshot:
-            throw ProtocolError(.notSupported, "SNAPSHOT is not available yet (no persistence in this version)")
+            do {
+                Reply.snapshot(try takeSnapshot()).encode(into: &out, requestID: requestID)
+            } catch {
+                throw ProtocolError(.storage, "snapshot failed: \(error)")
+            }
         case .shutdown:
             guard config.adminToken != nil || config.allowShutdown else {
                 throw ProtocolError(.unauthorized, "SHUTDOWN needs an admin token (auth.admin_token_file) or server.allow_shutdown = true")
@@ -198,6 +211,39 @@ final class RequestHandler {
         if config.clientToken != nil, state.role == .anonymous {
             throw ProtocolError(.unauthorized, "this server requires a token: send HELLO with it first")
         }
+    }
+
+    /// Writes a snapshot of the model at the current log position: waits
+    /// for the learner to apply everything accepted, starts a new log
+    /// segment, serialises the model, writes it durably, then removes the
+    /// snapshots and log segments no longer needed. Runs on the loop thread,
+    /// which pauses for its duration (milliseconds for MovieLens-sized
+    /// models). Returns the sequence it covers.
+    @discardableResult
+    func takeSnapshot() throws -> UInt64 {
+        let t0 = MonotonicClock.nowNanos()
+        while model.appliedSeq < model.lastSeq { usleep(50) }
+        let seq = model.lastSeq
+        let segment = try log.rollSegment()
+        var w = SnapshotWriter()
+        model.save(to: &w)
+        let size = w.bytes.count
+        do {
+            try snapshots.write(seq: seq, firstLogSegment: segment, payload: w.bytes)
+        } catch {
+            Log.error("\(error)")
+            throw error
+        }
+        lastSnapshotSeq = seq
+        stats.snapshots += 1
+        // The serialised model was one large buffer: hand its pages back to
+        // the OS now rather than keep them as free heap.
+        w = SnapshotWriter()
+        malloc_trim(0)
+        if let keepFrom = snapshots.prune(keep: config.snapshotKeep) { log.removeSegments(before: keepFrom) }
+        Log.info(String(format: "snapshot at sequence %llu: %d bytes in %.1f ms", seq, size,
+                        Double(MonotonicClock.nowNanos() - t0) / 1e6))
+        return seq
     }
 
     /// Under `always`: fsyncs the log before acknowledgements leave. False
@@ -241,6 +287,8 @@ final class RequestHandler {
             StatCounter("fatal_errors", stats.fatalErrors),
             StatCounter("timeouts", stats.timeouts),
             StatCounter("auth_failures", stats.authFailures),
+            StatCounter("snapshots", stats.snapshots),
+            StatCounter("last_snapshot_seq", lastSnapshotSeq),
             StatCounter("bytes_in", stats.bytesIn),
             StatCounter("bytes_out", stats.bytesOut),
             StatCounter("recommends", stats.recommends),
@@ -273,3 +321,8 @@ func constantTimeEqual(_ a: String, _ b: String) -> Bool {
 public enum PerennialVersion {
     public static let string = "0.1.0"
 }
+
+/// glibc's malloc_trim(3): returns free heap pages to the OS. Not exported
+/// by the Glibc module, so declared here by its C name.
+@_silgen_name("malloc_trim")
+func malloc_trim(_ pad: Int) -> Int32

@@ -35,12 +35,16 @@ public final class Server: Sendable {
         raiseOpenFileLimit()
         let dataLock = try prepareDataDirectory()
         defer { Glibc.close(dataLock) }
-        let model = Model(config: config, registry: .builtin)
         let log = FeedbackLog(directory: (config.dataDir as NSString).appendingPathComponent("log"),
                               policy: config.fsync, segmentBytes: config.logSegmentBytes)
+        let snapshots = SnapshotStore(directory: (config.dataDir as NSString).appendingPathComponent("snapshots"))
+        let model: Model
+        var recoveredSnapshotSeq: UInt64 = 0
         do {
-            try recover(model: model, log: log)
-            try log.openForAppend(lastSeq: model.lastSeq)
+            let (recovered, firstSegment, snapshotSeq) = try recover(log: log, snapshots: snapshots)
+            model = recovered
+            recoveredSnapshotSeq = snapshotSeq
+            try log.openForAppend(lastSeq: model.lastSeq, atLeastSegment: firstSegment)
         } catch {
             state.withLock { $0.startError = "\(error)" }
             started.signal()
@@ -53,7 +57,8 @@ public final class Server: Sendable {
         let learner = Learner(model: model, capacity: config.learnerQueueCapacity) { _ in
             wakerBox.withLock { $0 }?.progressed()
         }
-        let handler = RequestHandler(config: config, model: model, learner: learner, log: log)
+        let handler = RequestHandler(config: config, model: model, learner: learner, log: log, snapshots: snapshots,
+                                     lastSnapshotSeq: recoveredSnapshotSeq)
         let loop = EventLoop(handler: handler)
         let port: Int
         do {
@@ -128,13 +133,37 @@ public final class Server: Sendable {
         return fd
     }
 
-    /// Start-up: replays the write-ahead log through the model, in order,
-    /// with a progress line; a torn tail is cut, damage elsewhere stops us.
-    private func recover(model: Model, log: FeedbackLog) throws {
+    /// Start-up: the newest valid snapshot (an older one if the newest is
+    /// damaged), then the write-ahead log after it, replayed through the
+    /// model in order with a progress line; a torn tail of the log is cut,
+    /// damage elsewhere stops start-up. Returns the model and the first log
+    /// segment it needed.
+    private func recover(log: FeedbackLog, snapshots: SnapshotStore) throws -> (Model, Int, UInt64) {
         let t0 = MonotonicClock.nowNanos()
+        var model = Model(config: config, registry: .builtin)
+        var firstSegment = 1
+        var snapshotSeq: UInt64 = 0
+        for file in snapshots.files() {
+            do {
+                var (info, reader) = try snapshots.read(file.path)
+                let candidate = Model(config: config, registry: .builtin)
+                try candidate.restore(from: &reader)
+                model = candidate
+                firstSegment = info.firstLogSegment
+                snapshotSeq = info.seq
+                Log.info(String(format: "loaded the snapshot at sequence %llu (%@) in %.2f s", info.seq, file.path,
+                                Double(MonotonicClock.nowNanos() - t0) / 1e9))
+                break
+            } catch {
+                Log.warning("skipping snapshot \(file.path): \(error)")
+            }
+        }
+        if firstSegment == 1 && !snapshots.files().isEmpty && (FeedbackLog.segments(in: log.directory).first ?? 1) > 1 {
+            throw LogError("no usable snapshot, and the log no longer starts at the beginning: the model cannot be rebuilt. Fix the config (the snapshot must match its scorers and table dimension) or restore a snapshot.")
+        }
         var scratch: [LearnEvent] = []
         var lastReport = t0
-        let report = try FeedbackLog.scan(directory: log.directory, cutTornTail: true) { record in
+        let report = try FeedbackLog.scan(directory: log.directory, fromSegment: firstSegment, cutTornTail: true) { record in
             try model.replay(record, scratch: &scratch)
             let now = MonotonicClock.nowNanos()
             if now - lastReport > 1_000_000_000 {
@@ -147,8 +176,10 @@ public final class Server: Sendable {
         }
         if report.records > 0 {
             let secs = Double(MonotonicClock.nowNanos() - t0) / 1e9
-            Log.info(String(format: "recovered %llu events (%d records, %d segments) from the log in %.2f s", model.lastSeq, report.records, report.segments, secs))
+            Log.info(String(format: "recovered: %llu events in all, %d records (%d events) replayed from %d log segment(s), in %.2f s",
+                            model.lastSeq, report.records, report.events, report.segments, secs))
         }
+        return (model, firstSegment, snapshotSeq)
     }
 }
 

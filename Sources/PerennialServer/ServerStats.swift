@@ -10,6 +10,7 @@ struct ServerStats {
     var fatalErrors: UInt64 = 0
     var timeouts: UInt64 = 0
     var authFailures: UInt64 = 0
+    var snapshots: UInt64 = 0
     var bytesIn: UInt64 = 0
     var bytesOut: UInt64 = 0
     var feedbackBatches: UInt64 = 0

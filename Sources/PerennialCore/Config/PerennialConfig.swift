@@ -34,6 +34,10 @@ public struct PerennialConfig: Sendable {
     /// Client and admin tokens (nil = not required), read from files.
     public var clientToken: String?
     public var adminToken: String?
+    /// Snapshots: every this many events (0 = only on SNAPSHOT and at a
+    /// graceful stop), keeping the newest `snapshotKeep`.
+    public var snapshotEveryEvents = 1_000_000
+    public var snapshotKeep = 2
     /// Write-ahead log: fsync policy and segment size.
     public var fsync: FsyncPolicy = .everysec
     public var logSegmentBytes = 64 << 20
@@ -113,6 +117,8 @@ public struct PerennialConfig: Sendable {
         c.adminToken = try readToken(r, "auth.admin_token_file")
         c.fsync = FsyncPolicy(rawValue: try r.string("log.fsync", default: c.fsync.rawValue, oneOf: FsyncPolicy.allCases.map(\.rawValue)))!
         c.logSegmentBytes = try r.int("log.segment_bytes", default: c.logSegmentBytes, in: 4096...(1 << 40))
+        c.snapshotEveryEvents = try r.int("snapshot.every_events", default: c.snapshotEveryEvents, in: 0...Int.max)
+        c.snapshotKeep = try r.int("snapshot.keep", default: c.snapshotKeep, in: 1...1000)
         c.tableDimension = try r.int("table.dimension", default: c.tableDimension, in: 1...1024)
         c.tableSeed = try r.int("table.seed", default: c.tableSeed, in: 0...Int.max)
 

@@ -81,9 +81,10 @@ public final class FeedbackLog: @unchecked Sendable {
     /// reported and, with `cutTornTail`, truncated away. Damage anywhere
     /// else throws: records after it exist, so cutting would lose them.
     @discardableResult
-    public static func scan(directory: String, cutTornTail: Bool, visit: (LogRecord) throws -> Void) throws -> LogScanReport {
+    public static func scan(directory: String, fromSegment: Int = 0, cutTornTail: Bool,
+                            visit: (LogRecord) throws -> Void) throws -> LogScanReport {
         var report = LogScanReport()
-        let numbers = segments(in: directory)
+        let numbers = segments(in: directory).filter { $0 >= fromSegment }
         for (index, n) in numbers.enumerated() {
             let path = (directory as NSString).appendingPathComponent(segmentName(n))
             guard let data = FileManager.default.contents(atPath: path) else { throw LogError("cannot read \(path)") }
@@ -160,10 +161,10 @@ public final class FeedbackLog: @unchecked Sendable {
     /// Opens the newest segment for appending (creating the first), with
     /// `lastSeq` as the sequence already in the log; starts the everysec
     /// thread when that is the policy.
-    public func openForAppend(lastSeq: UInt64) throws {
+    public func openForAppend(lastSeq: UInt64, atLeastSegment: Int = 1) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let existing = FeedbackLog.segments(in: directory)
-        try openSegment(existing.last ?? 1)
+        try openSegment(max(existing.last ?? 1, atLeastSegment))
         written = lastSeq
         durable.store(lastSeq, ordering: .releasing)
         if policy == .everysec {
@@ -228,6 +229,23 @@ public final class FeedbackLog: @unchecked Sendable {
         }
         segmentSize += encoded.count
         written = lastSeq
+    }
+
+    /// Starts a new segment: records appended from now on go there. Returns
+    /// its number (a snapshot taken now covers every earlier segment).
+    public func rollSegment() throws -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        try syncLocked()
+        try openSegment(segmentNumber + 1)
+        return segmentNumber
+    }
+
+    /// Deletes segments numbered below `segment` (covered by a snapshot).
+    public func removeSegments(before segment: Int) {
+        for n in FeedbackLog.segments(in: directory) where n < segment {
+            unlink((directory as NSString).appendingPathComponent(FeedbackLog.segmentName(n)))
+        }
     }
 
     /// Makes everything written durable (fdatasync). Under `always` the

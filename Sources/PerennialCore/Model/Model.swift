@@ -152,6 +152,92 @@ public final class Model: @unchecked Sendable {
         }
     }
 
+    // MARK: snapshots (admitting thread, learner idle)
+
+    /// Everything the model holds, for a snapshot: ids, histories, item
+    /// texts, the table's rows and optimiser state, and each scorer's state.
+    public func save(to w: inout SnapshotWriter) {
+        w.mark("model")
+        w.u64(lastSeq)
+        w.u64(appliedSeq)
+        w.int(users.count)
+        for u in 0..<users.count { w.u64(users.id(at: Int32(u))) }
+        w.int(items.count)
+        for i in 0..<items.count { w.u64(items.id(at: Int32(i))) }
+        w.mark("history")
+        for u in 0..<users.count { w.int32s(history.items(of: Int32(u))) }
+        w.mark("catalogue")
+        w.int(catalogue.count)
+        for i in 0..<items.count {
+            guard let r = catalogue.record(of: Int32(i)) else { continue }
+            w.int(i)
+            w.string(r.text)
+            w.int(r.attributes.count)
+            for (k, v) in r.attributes { w.string(k); w.string(v) }
+        }
+        w.mark("table")
+        w.int(table.dimension)
+        w.rows(table.users, count: table.userRows)
+        w.rows(table.userAdagrad, count: table.userRows)
+        w.rows(table.items, count: table.itemRows)
+        w.rows(table.itemAdagrad, count: table.itemRows)
+        w.int(scorers.count)
+        for s in scorers {
+            w.mark("scorer " + s.name)
+            s.save(to: &w)
+        }
+        w.mark("end")
+    }
+
+    /// Restores a fresh model (made from a config loading the same scorers)
+    /// from `save`'s output.
+    public func restore(from r: inout SnapshotReader) throws {
+        precondition(users.count == 0 && items.count == 0, "restore needs a fresh model")
+        try r.mark("model")
+        let seq = try r.u64(), appliedAt = try r.u64()
+        let userCount = try r.int()
+        for _ in 0..<userCount { _ = users.insert(try r.u64()) }
+        let itemCount = try r.int()
+        for _ in 0..<itemCount { _ = items.insert(try r.u64()) }
+        growScorers()
+        try r.mark("history")
+        for u in 0..<userCount {
+            for i in try r.int32s() { history.record(user: Int32(u), item: i) }
+        }
+        try r.mark("catalogue")
+        for _ in 0..<(try r.int()) {
+            let i = try r.int()
+            let text = try r.string()
+            var attributes: [(String, String)] = []
+            for _ in 0..<(try r.int()) { attributes.append((try r.string(), try r.string())) }
+            catalogue.upsert(Int32(i), ItemRecord(text: text, attributes: attributes))
+        }
+        try r.mark("table")
+        let dimension = try r.int()
+        guard dimension == table.dimension else {
+            throw LogError("the snapshot's table has dimension \(dimension) but the config says \(table.dimension)")
+        }
+        try r.rows(into: table.users, expected: userCount)
+        try r.rows(into: table.userAdagrad, expected: userCount)
+        try r.rows(into: table.items, expected: itemCount)
+        try r.rows(into: table.itemAdagrad, expected: itemCount)
+        let n = try r.int()
+        guard n == scorers.count else {
+            throw LogError("the snapshot holds \(n) scorers but the config loads \(scorers.count) (\(scorerNames.joined(separator: ", ")))")
+        }
+        for s in scorers {
+            do {
+                try r.mark("scorer " + s.name)
+            } catch {
+                throw LogError("the snapshot's scorers differ from the config's (\(scorerNames.joined(separator: ", "))): \(error)")
+            }
+            try s.load(from: &r)
+        }
+        try r.mark("end")
+        lastSeq = seq
+        applied.store(appliedAt, ordering: .releasing)
+    }
+
     // MARK: learner thread
 
     /// Applies one event to every scorer.

@@ -100,6 +100,14 @@ public protocol Scorer: AnyObject {
     /// How many passes a bulk fit (an evaluation's warm-up or refit) should
     /// make over its events.
     var preferredEpochs: Int { get }
+    /// Writes every weight and every piece of learning state (counters,
+    /// RNG state, buffers) to a snapshot, so that loading it and learning
+    /// the same later events gives the same model. Called with the learner
+    /// idle.
+    func save(to w: inout SnapshotWriter)
+    /// Restores what `save` wrote, after `grow` made room for the
+    /// snapshot's users and items.
+    func load(from r: inout SnapshotReader) throws
 }
 
 extension Scorer {

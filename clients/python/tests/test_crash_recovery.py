@@ -47,13 +47,16 @@ def _events(limit: int) -> List[perennial.Event]:
             for k in range(limit)]
 
 
-def _launch(data_dir: Path, fsync: str) -> Tuple["subprocess.Popen[bytes]", int]:
+def _launch(data_dir: Path, fsync: str, config: str = "") -> Tuple["subprocess.Popen[bytes]", int]:
     binary = _require_binary()
     port = free_port()
+    args = [str(binary), "serve", "--port", str(port), "--data-dir", str(data_dir), "--fsync", fsync]
+    if config:
+        cfg = data_dir.parent / "perennial.toml"
+        cfg.write_text(config)
+        args += ["--config", str(cfg)]
     log = open(data_dir.parent / "server.log", "ab")
-    proc = subprocess.Popen([str(binary), "serve", "--port", str(port), "--data-dir", str(data_dir),
-                             "--fsync", fsync], stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     log.close()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -80,8 +83,10 @@ def test_kill9_loses_no_acknowledged_event(tmp_path: Path) -> None:
     rng = random.Random(2024)
     acked = 0
     kills = 0
+    # Frequent snapshots, so recoveries start from snapshots as well as from the log.
+    config = "[snapshot]\nevery_events = 7000\n"
     while kills < KILLS:
-        proc, port = _launch(data_dir, "always")
+        proc, port = _launch(data_dir, "always", config)
         with perennial.Client("127.0.0.1", port) as c:
             st = c.stats()
             accepted = st["events_accepted"]
@@ -111,7 +116,7 @@ def test_kill9_loses_no_acknowledged_event(tmp_path: Path) -> None:
         proc.wait()
         kills += 1
     # Finish the stream on the crashed-and-recovered server.
-    proc, port = _launch(data_dir, "always")
+    proc, port = _launch(data_dir, "always", config)
     with perennial.Client("127.0.0.1", port) as c:
         accepted = c.stats()["events_accepted"]
         assert accepted >= acked
@@ -139,6 +144,8 @@ def test_kill9_loses_no_acknowledged_event(tmp_path: Path) -> None:
     print("crash test: %d kill -9s, %d events acknowledged before the last kill, %d in all"
           % (kills, acked, len(events)))
     assert kills == KILLS, "the stream ended before %d kills; make it longer" % KILLS
+    server_log = (tmp_path / "server.log").read_text()
+    assert "loaded the snapshot" in server_log and "replayed from" in server_log
     assert recovered == clean
 
 
@@ -154,7 +161,10 @@ def test_restart_recovers_model_and_items(tmp_path: Path) -> None:
         stats_before = c.stats()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
+    # The graceful stop left a snapshot; the log before it is gone.
+    assert list((data_dir / "snapshots").glob("snapshot-*.bin"))
     proc, port = _launch(data_dir, "everysec")
+    assert "loaded the snapshot at sequence 5000" in (tmp_path / "server.log").read_text()
     with perennial.Client("127.0.0.1", port) as c:
         st = c.stats()
         assert st["events_applied"] == stats_before["events_accepted"] == 5_000

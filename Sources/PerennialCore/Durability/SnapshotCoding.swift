@@ -1,0 +1,94 @@
+// The byte-level writer and reader of snapshot files: little-endian scalars,
+// arrays of floats and integers, strings, and whole ChunkedBuffers. Every
+// read is bounds-checked and throws on a short or malformed file.
+
+public struct SnapshotWriter {
+    public private(set) var bytes: [UInt8] = []
+    public init() {}
+
+    public mutating func u8(_ v: UInt8) { bytes.append(v) }
+    public mutating func u32(_ v: UInt32) { bytes.appendLE(v) }
+    public mutating func u64(_ v: UInt64) { bytes.appendLE(v) }
+    public mutating func int(_ v: Int) { bytes.appendLE(UInt64(bitPattern: Int64(v))) }
+    public mutating func f32(_ v: Float) { bytes.appendLE(v.bitPattern) }
+    public mutating func f64(_ v: Double) { bytes.appendLE(v.bitPattern) }
+    public mutating func string(_ s: String) {
+        int(s.utf8.count)
+        bytes.append(contentsOf: s.utf8)
+    }
+    public mutating func int32s(_ a: [Int32]) {
+        int(a.count)
+        a.withUnsafeBytes { bytes.append(contentsOf: $0) }
+    }
+    /// Rows 0..<rows of a buffer, as raw little-endian elements.
+    public mutating func rows<T: BitwiseCopyable>(_ b: ChunkedBuffer<T>, count rows: Int) {
+        int(rows)
+        int(b.width)
+        b.forEachChunk(rows: rows) { _, p, n in
+            bytes.append(contentsOf: UnsafeRawBufferPointer(start: p, count: n * b.width * MemoryLayout<T>.stride))
+        }
+    }
+    /// A section marker, checked on reading, so a mismatch between writer
+    /// and reader is caught where it happens.
+    public mutating func mark(_ name: String) { string("§" + name) }
+}
+
+public struct SnapshotReader {
+    let bytes: [UInt8]
+    public private(set) var offset: Int
+
+    public init(bytes: [UInt8], offset: Int = 0) {
+        self.bytes = bytes
+        self.offset = offset
+    }
+
+    private mutating func take(_ n: Int) throws -> Range<Int> {
+        guard n >= 0, bytes.count - offset >= n else { throw LogError("snapshot is truncated at byte \(offset)") }
+        defer { offset += n }
+        return offset..<(offset + n)
+    }
+
+    private mutating func scalar<T: FixedWidthInteger>(_: T.Type) throws -> T {
+        let r = try take(MemoryLayout<T>.size)
+        return bytes.withUnsafeBytes { T(littleEndian: $0.loadUnaligned(fromByteOffset: r.lowerBound, as: T.self)) }
+    }
+
+    public mutating func u8() throws -> UInt8 { try scalar(UInt8.self) }
+    public mutating func u32() throws -> UInt32 { try scalar(UInt32.self) }
+    public mutating func u64() throws -> UInt64 { try scalar(UInt64.self) }
+    public mutating func int() throws -> Int { Int(Int64(bitPattern: try scalar(UInt64.self))) }
+    public mutating func f32() throws -> Float { Float(bitPattern: try scalar(UInt32.self)) }
+    public mutating func f64() throws -> Double { Double(bitPattern: try scalar(UInt64.self)) }
+    public mutating func string() throws -> String {
+        let n = try int()
+        let r = try take(n)
+        guard let s = String(validating: bytes[r], as: UTF8.self) else { throw LogError("snapshot: invalid UTF-8 at byte \(r.lowerBound)") }
+        return s
+    }
+    public mutating func int32s() throws -> [Int32] {
+        let n = try int()
+        let r = try take(n * 4)
+        return bytes.withUnsafeBytes { raw in
+            (0..<n).map { Int32(littleEndian: raw.loadUnaligned(fromByteOffset: r.lowerBound + 4 * $0, as: Int32.self)) }
+        }
+    }
+    /// Fills rows 0..<count of `b` (which must already hold them).
+    public mutating func rows<T: BitwiseCopyable>(into b: ChunkedBuffer<T>, expected: Int? = nil) throws {
+        let rows = try int(), width = try int()
+        guard width == b.width else { throw LogError("snapshot: row width \(width) where \(b.width) is configured") }
+        if let expected, expected != rows { throw LogError("snapshot: \(rows) rows where \(expected) were expected") }
+        b.ensure(rows: rows)
+        var done = 0
+        while done < rows {
+            let n = min(b.rowsPerChunk - (done % b.rowsPerChunk), rows - done)
+            let r = try take(n * width * MemoryLayout<T>.stride)
+            let dst = UnsafeMutableRawPointer(b.row(done))
+            bytes.withUnsafeBytes { raw in dst.copyMemory(from: raw.baseAddress! + r.lowerBound, byteCount: r.count) }
+            done += n
+        }
+    }
+    public mutating func mark(_ name: String) throws {
+        let got = try string()
+        guard got == "§" + name else { throw LogError("snapshot: expected section \(name), found \(got)") }
+    }
+}
