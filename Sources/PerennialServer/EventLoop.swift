@@ -10,7 +10,8 @@ import PerennialProtocol
 final class EventLoop {
     let loop: UnsafeMutablePointer<uv_loop_t>
     let handler: RequestHandler
-    let limits: LimitsConfig
+    /// The current limits (a RELOAD may change them).
+    var limits: LimitsConfig { handler.config.limits }
     private let listener: UnsafeMutablePointer<uv_tcp_t>
     private let progressAsync: UnsafeMutablePointer<uv_async_t>
     private let stopAsync: UnsafeMutablePointer<uv_async_t>
@@ -26,14 +27,13 @@ final class EventLoop {
 
     init(handler: RequestHandler) {
         self.handler = handler
-        limits = handler.config.limits
         loop = .allocate(capacity: 1)
         uv_loop_init(loop)
         listener = .allocate(capacity: 1)
         progressAsync = .allocate(capacity: 1)
         stopAsync = .allocate(capacity: 1)
         timer = .allocate(capacity: 1)
-        signals = [.allocate(capacity: 1), .allocate(capacity: 1)]
+        signals = [.allocate(capacity: 1), .allocate(capacity: 1), .allocate(capacity: 1)]
     }
 
     deinit {
@@ -89,10 +89,10 @@ final class EventLoop {
         timer.pointee.data = opaqueSelf
         uv_timer_start(timer, loopTick, 100, 100)
         handlesSignals = handleSignals
-        for (s, signum) in zip(signals, [SIGINT, SIGTERM]) {
+        for (s, signum) in zip(signals, [SIGINT, SIGTERM, SIGHUP]) {
             uv_signal_init(loop, s)
             s.pointee.data = opaqueSelf
-            if handleSignals { uv_signal_start(s, loopSignal, signum) }
+            if handleSignals { uv_signal_start(s, signum == SIGHUP ? loopHangup : loopSignal, signum) }
         }
         return boundPort
     }
@@ -194,6 +194,7 @@ final class EventLoop {
         if handlesSignals {
             signal(SIGINT, SIG_IGN)
             signal(SIGTERM, SIG_IGN)
+            signal(SIGHUP, SIG_IGN)
         }
         handler.learner.stop()
         // A graceful stop leaves a snapshot, so the next start-up is quick.
@@ -249,6 +250,15 @@ private let loopTick: uv_timer_cb = { handle in
 private let loopSignal: uv_signal_cb = { handle, signum in
     Log.info("received signal \(signum)")
     eventLoop(handle?.pointee.data).beginShutdown()
+}
+
+private let loopHangup: uv_signal_cb = { handle, _ in
+    let loop = eventLoop(handle?.pointee.data)
+    do {
+        try loop.handler.reload()
+    } catch {
+        Log.error("SIGHUP: the new config was refused; the old one stays: \(error)")
+    }
 }
 
 private let freeBareHandle: uv_close_cb = { handle in

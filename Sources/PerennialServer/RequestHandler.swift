@@ -33,7 +33,9 @@ struct ConnectionState {
 }
 
 final class RequestHandler {
-    let config: PerennialConfig
+    private(set) var config: PerennialConfig
+    /// Reads the config anew for RELOAD / SIGHUP (nil: started without a file).
+    let reloadConfig: (@Sendable () throws -> PerennialConfig)?
     let model: Model
     let learner: Learner
     let log: FeedbackLog
@@ -42,7 +44,7 @@ final class RequestHandler {
     /// Records were written under `always` and must be fsynced before the
     /// replies acknowledging them leave.
     private(set) var needsSync = false
-    let protocolLimits: ProtocolLimits
+    private(set) var protocolLimits: ProtocolLimits
     let startedAt = MonotonicClock.nowMillis()
     var stats = ServerStats()
     var shuttingDown = false
@@ -50,8 +52,9 @@ final class RequestHandler {
     private var incoming: [IncomingEvent] = []
 
     init(config: PerennialConfig, model: Model, learner: Learner, log: FeedbackLog, snapshots: SnapshotStore,
-         lastSnapshotSeq: UInt64) {
+         lastSnapshotSeq: UInt64, reloadConfig: (@Sendable () throws -> PerennialConfig)?) {
         self.config = config
+        self.reloadConfig = reloadConfig
         self.model = model
         self.learner = learner
         self.log = log
@@ -167,7 +170,14 @@ final class RequestHandler {
             let r = model.upsertItem(id: u.item, text: u.text, attributes: u.attributes.map { ($0.key, $0.value) })
             Reply.upsertItem(UpsertReply(created: r.created, truncated: r.truncated)).encode(into: &out, requestID: requestID)
         case .reload:
-            throw ProtocolError(.notSupported, "RELOAD is not available yet: restart the server with the new config")
+            do {
+                _ = try reload()
+            } catch let e as ProtocolError {
+                throw e
+            } catch {
+                throw ProtocolError(.invalidArgument, "the new config was refused; the old one stays: \(error)")
+            }
+            Reply.reload.encode(into: &out, requestID: requestID)
         case .snapshot:
             do {
                 Reply.snapshot(try takeSnapshot()).encode(into: &out, requestID: requestID)
@@ -211,6 +221,38 @@ final class RequestHandler {
         if config.clientToken != nil, state.role == .anonymous {
             throw ProtocolError(.unauthorized, "this server requires a token: send HELLO with it first")
         }
+    }
+
+    /// RELOAD and SIGHUP: re-reads the config and swaps scorers and limits
+    /// for new requests without touching connections or the shared table.
+    /// Settings that shape storage or the listening socket need a restart; a
+    /// config that changes them, or fails to parse, is refused and the old
+    /// one stays. Returns what changed.
+    @discardableResult
+    func reload() throws -> [String] {
+        guard let reloadConfig else {
+            throw ProtocolError(.notSupported, "the server was started without --config: there is no file to reload")
+        }
+        let next = try reloadConfig()
+        var fixed: [String] = []
+        if next.host != config.host || next.port != config.port { fixed.append("server.host/port") }
+        if next.dataDir != config.dataDir { fixed.append("server.data_dir") }
+        if next.tableDimension != config.tableDimension || next.tableSeed != config.tableSeed { fixed.append("[table]") }
+        if next.fsync != config.fsync || next.logSegmentBytes != config.logSegmentBytes { fixed.append("[log]") }
+        if next.learnerQueueCapacity != config.learnerQueueCapacity { fixed.append("learner.queue_capacity") }
+        if next.historyPerUser != config.historyPerUser { fixed.append("history.max_items_per_user") }
+        if !fixed.isEmpty {
+            throw ProtocolError(.invalidArgument, "the new config changes \(fixed.joined(separator: ", ")), which need a restart; nothing was changed")
+        }
+        // The learner must be idle while scorers are swapped.
+        while model.appliedSeq < model.lastSeq { usleep(50) }
+        let changes = try model.reconfigure(next)
+        config = next
+        protocolLimits = ProtocolLimits(maxFrameBytes: next.limits.maxFrameBytes, maxItems: next.limits.maxItems,
+                                        maxEvents: next.limits.maxEvents)
+        stats.reloads += 1
+        Log.info("config reloaded from \(next.source): " + (changes.isEmpty ? "scorers unchanged" : changes.joined(separator: "; ")))
+        return changes
     }
 
     /// Writes a snapshot of the model at the current log position: waits
@@ -288,6 +330,7 @@ final class RequestHandler {
             StatCounter("timeouts", stats.timeouts),
             StatCounter("auth_failures", stats.authFailures),
             StatCounter("snapshots", stats.snapshots),
+            StatCounter("reloads", stats.reloads),
             StatCounter("last_snapshot_seq", lastSnapshotSeq),
             StatCounter("bytes_in", stats.bytesIn),
             StatCounter("bytes_out", stats.bytesOut),
@@ -326,3 +369,7 @@ public enum PerennialVersion {
 /// by the Glibc module, so declared here by its C name.
 @_silgen_name("malloc_trim")
 func malloc_trim(_ pad: Int) -> Int32
+
+/// glibc's mallopt(3), declared by its C name for the same reason.
+@_silgen_name("mallopt")
+func mallopt(_ parameter: Int32, _ value: Int32) -> Int32

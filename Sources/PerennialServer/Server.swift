@@ -13,6 +13,7 @@ import Glibc
 
 public final class Server: Sendable {
     public let config: PerennialConfig
+    private let reloadConfig: (@Sendable () throws -> PerennialConfig)?
     private let state: Mutex<State>
     private let started = DispatchSemaphore(value: 0)
     private let ended = DispatchSemaphore(value: 0)
@@ -24,8 +25,11 @@ public final class Server: Sendable {
         var startError: String?
     }
 
-    public init(config: PerennialConfig) {
+    /// `reloadConfig` reads the config anew for RELOAD and SIGHUP (nil: the
+    /// server has no file to reload).
+    public init(config: PerennialConfig, reloadConfig: (@Sendable () throws -> PerennialConfig)? = nil) {
         self.config = config
+        self.reloadConfig = reloadConfig
         state = Mutex(State())
     }
 
@@ -33,6 +37,11 @@ public final class Server: Sendable {
     /// SHUTDOWN or `stop()`). `onListening` gets the bound port.
     public func run(handleSignals: Bool = true, onListening: (Int) -> Void = { _ in }) throws {
         raiseOpenFileLimit()
+        // Large buffers (snapshots, reply buffers of busy connections) are
+        // mmapped and so returned to the OS when freed. glibc otherwise
+        // raises this threshold as such buffers come and go, and keeps their
+        // memory in the heap, so resident memory creeps up over a long run.
+        _ = mallopt(-3 /* M_MMAP_THRESHOLD */, 1 << 20)
         let dataLock = try prepareDataDirectory()
         defer { Glibc.close(dataLock) }
         let log = FeedbackLog(directory: (config.dataDir as NSString).appendingPathComponent("log"),
@@ -58,7 +67,7 @@ public final class Server: Sendable {
             wakerBox.withLock { $0 }?.progressed()
         }
         let handler = RequestHandler(config: config, model: model, learner: learner, log: log, snapshots: snapshots,
-                                     lastSnapshotSeq: recoveredSnapshotSeq)
+                                     lastSnapshotSeq: recoveredSnapshotSeq, reloadConfig: reloadConfig)
         let loop = EventLoop(handler: handler)
         let port: Int
         do {

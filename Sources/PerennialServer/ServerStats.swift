@@ -11,6 +11,7 @@ struct ServerStats {
     var timeouts: UInt64 = 0
     var authFailures: UInt64 = 0
     var snapshots: UInt64 = 0
+    var reloads: UInt64 = 0
     var bytesIn: UInt64 = 0
     var bytesOut: UInt64 = 0
     var feedbackBatches: UInt64 = 0

@@ -11,7 +11,9 @@ struct Serve: ParsableCommand {
         abstract: "Run the server (bundled defaults unless --config is given).",
         discussion: """
             Every setting and its default is documented in config/perennial.toml.
-            Command-line options override the file. The server stops gracefully on
+            Command-line options override the file. SIGHUP (or the RELOAD admin
+            request) re-reads the file: scorers and limits change for new requests
+            without dropping connections. The server stops gracefully on
             SIGINT or SIGTERM: it stops accepting, answers what it has read,
             flushes, lets the learner apply what it accepted, and exits 0.
             """
@@ -52,7 +54,14 @@ struct Serve: ParsableCommand {
             throw ExitCode(2)
         }
         do {
-            try Server(config: cfg).run()
+            var reload: (@Sendable () throws -> PerennialConfig)?
+            if let path = config {
+                let fixedOverrides = overrides
+                reload = { @Sendable () throws -> PerennialConfig in
+                    try PerennialConfig.load(file: path, registry: .builtin, overrides: fixedOverrides)
+                }
+            }
+            try Server(config: cfg, reloadConfig: reload).run()
         } catch {
             FileHandle.standardError.write(Data("perennial: \(error)\n".utf8))
             throw ExitCode(1)

@@ -54,9 +54,13 @@ public final class Model: @unchecked Sendable {
     public let catalogue = ItemCatalogue()
     /// The embedding table all scorers share.
     public let table: EmbeddingTable
-    public let scorerNames: [String]
-    public let defaultScorer: String
-    private let scorers: [any Scorer]
+    public private(set) var scorerNames: [String]
+    public private(set) var defaultScorer: String
+    /// Changed only by `reconfigure`, on the admitting thread, while the
+    /// learner is idle (every admitted event applied).
+    private var scorers: [any Scorer]
+    private var settings: [String: any ScorerSettings] = [:]
+    private let registry: ScorerRegistry
     public let maxTextBytes: Int
 
     /// The highest sequence number given to an admitted event.
@@ -79,6 +83,8 @@ public final class Model: @unchecked Sendable {
         }
         scorers = made
         scorerNames = made.map(\.name)
+        self.registry = registry
+        for sc in config.scorers { settings[sc.name] = sc.settings }
         defaultScorer = config.defaultScorer
         maxTextBytes = config.limits.maxTextBytes
     }
@@ -150,6 +156,56 @@ public final class Model: @unchecked Sendable {
         case .upsert(let item, let text, let attributes):
             _ = upsertItem(id: item, text: text, attributes: attributes.map { ($0.key, $0.value) })
         }
+    }
+
+    // MARK: live reconfiguration (admitting thread, learner idle)
+
+    /// Swaps in the scorers of a new config: a scorer whose settings did
+    /// not change is kept as it is; a re-configured one is rebuilt with the
+    /// new settings and its learned state carried over (through its snapshot
+    /// form; settings that change that state's shape, such as the neighbour
+    /// capacity, are refused); a new one starts empty and learns from the
+    /// next event; a dropped one is removed. The shared table is untouched.
+    /// All or nothing: on error the old scorers stay. Returns what changed.
+    public func reconfigure(_ config: PerennialConfig) throws -> [String] {
+        precondition(appliedSeq == lastSeq, "reconfigure needs an idle learner")
+        let environment = ScorerEnvironment(table: table)
+        var next: [any Scorer] = []
+        var changes: [String] = []
+        for sc in config.scorers {
+            let old = scorers.first { $0.name == sc.name }
+            if let old, let before = settings[sc.name], before.isEqual(to: sc.settings) {
+                next.append(old)
+                continue
+            }
+            guard let factory = registry.factory(named: sc.name) else { throw LogError("unknown scorer \(sc.name)") }
+            let fresh = factory.make(sc.settings, environment)
+            fresh.grow(users: users.count, items: items.count)
+            if let old {
+                var w = SnapshotWriter()
+                old.save(to: &w)
+                var r = SnapshotReader(bytes: w.bytes)
+                do {
+                    try fresh.load(from: &r)
+                } catch {
+                    throw LogError("scorer \(sc.name): these settings cannot change while the server runs (\(error)); restart to apply them")
+                }
+                changes.append("\(sc.name) re-configured (learned state kept)")
+            } else {
+                changes.append("\(sc.name) added (starts learning from the next event)")
+            }
+            next.append(fresh)
+        }
+        for old in scorers where !config.scorers.contains(where: { $0.name == old.name }) {
+            changes.append("\(old.name) removed")
+        }
+        if config.defaultScorer != defaultScorer { changes.append("default scorer \(defaultScorer) -> \(config.defaultScorer)") }
+        scorers = next
+        scorerNames = next.map(\.name)
+        defaultScorer = config.defaultScorer
+        settings = [:]
+        for sc in config.scorers { settings[sc.name] = sc.settings }
+        return changes
     }
 
     // MARK: snapshots (admitting thread, learner idle)

@@ -124,7 +124,17 @@ public struct ScorerEnvironment {
 }
 
 /// Settings a scorer read from its config section.
-public protocol ScorerSettings: Sendable {}
+public protocol ScorerSettings: Sendable {
+    /// Whether `other` holds the same settings (a live reload keeps a scorer
+    /// whose settings did not change).
+    func isEqual(to other: any ScorerSettings) -> Bool
+}
+
+extension ScorerSettings where Self: Equatable {
+    public func isEqual(to other: any ScorerSettings) -> Bool {
+        (other as? Self) == self
+    }
+}
 
 /// Reads one scorer's section, `[scorers.<name>]`.
 public struct ScorerSettingsReader {
