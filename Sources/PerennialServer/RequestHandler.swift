@@ -30,6 +30,15 @@ struct ConnectionState {
     /// When a wait on this frame started (0 = not waiting), so a re-run of
     /// the same frame keeps its first deadline.
     var waitDeadline: UInt64 = 0
+    /// This connection's accepted batches the learner has not applied yet
+    /// (last sequence, size), for its share of the learner queue.
+    var unapplied: [(last: UInt64, count: Int)] = []
+
+    /// Events of this connection still waiting for the learner.
+    mutating func unappliedEvents(applied: UInt64) -> Int {
+        while let first = unapplied.first, first.last <= applied { unapplied.removeFirst() }
+        return unapplied.reduce(0) { $0 + $1.count }
+    }
 }
 
 final class RequestHandler {
@@ -105,7 +114,11 @@ final class RequestHandler {
         case .stats:
             Reply.stats(counters()).encode(into: &out, requestID: requestID)
         case .feedback(let events):
-            guard learner.hasRoom(for: events.count) else {
+            // Room in the queue, and within this connection's share of it
+            // (a batch is always admitted when the connection has nothing queued).
+            let share = Int(Double(learner.capacity) * config.limits.feedbackQueueShare)
+            let mine = state.unappliedEvents(applied: model.appliedSeq)
+            guard learner.hasRoom(for: events.count), mine == 0 || mine + events.count <= share else {
                 stats.queueFullPauses += 1
                 return .waitForQueueRoom
             }
@@ -130,6 +143,7 @@ final class RequestHandler {
             stats.feedbackBatches += 1
             let last = admitted[admitted.count - 1].seq
             state.lastFeedbackSeq = last
+            state.unapplied.append((last, admitted.count))
             // Under `always` the log is fsynced before this reply is sent.
             let durable = log.policy == .always ? last : log.durableSeq
             Reply.feedback(FeedbackAck(firstSeq: admitted[0].seq, lastSeq: last, durableSeq: durable,

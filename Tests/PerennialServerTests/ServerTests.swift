@@ -369,3 +369,32 @@ import PerennialProtocol
         try await admin.shutdown()
     }
 }
+
+@Suite struct QueueShareTests {
+    /// One connection may hold at most its share of the learner queue; a
+    /// second connection's feedback still gets in while the first streams.
+    @Test func oneFeederCannotFillTheQueue() async throws {
+        let s = try TestServer("[limits]\nmax_events = 16\nfeedback_queue_share = 0.25\n[learner]\nqueue_capacity = 64\n[scorers]\nload = [\"popularity\"]\n")
+        defer { s.stop() }
+        let heavy = try await PerennialClient.connect(port: s.port)
+        let light = try await PerennialClient.connect(port: s.port)
+        defer { heavy.close(); light.close() }
+        _ = try await heavy.hello()
+        var events: [WireEvent] = []
+        for i in 0..<20_000 { events.append(WireEvent(user: UInt64(i % 50 + 1), item: UInt64(i % 70 + 1), kind: .view)) }
+        let stream = events
+        async let streamed = heavy.stream(stream, batchSize: 16, window: 64)
+        var lightAcks = 0
+        for i in 0..<20 {
+            _ = try await light.feedback([WireEvent(user: 9999, item: UInt64(i + 1), kind: .click)])
+            lightAcks += 1
+        }
+        let ack = try await streamed
+        #expect(lightAcks == 20)
+        #expect(ack?.lastSeq == 20_020 || ack?.lastSeq ?? 0 >= 20_000)
+        _ = try await light.recommend(user: 1, k: 1, minAppliedSeq: 20_020)
+        let stats = try await light.stats()
+        #expect(stats["events_applied"] == 20_020)
+        #expect(stats["queue_full_pauses"]! > 0)
+    }
+}

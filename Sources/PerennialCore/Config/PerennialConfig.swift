@@ -14,6 +14,9 @@ public struct LimitsConfig: Sendable, Equatable {
     public var frameTimeoutMs = 10_000
     public var waitMs = 5_000
     public var maxPendingBytes = 1024 * 1024
+    /// Most of the learner queue one connection's unapplied feedback may
+    /// hold, as a fraction, so one fast feeder cannot crowd out the others.
+    public var feedbackQueueShare = 0.5
     public init() {}
 }
 
@@ -105,6 +108,7 @@ public struct PerennialConfig: Sendable {
         l.frameTimeoutMs = try r.int("limits.frame_timeout_ms", default: l.frameTimeoutMs, in: 0...(1 << 40))
         l.waitMs = try r.int("limits.wait_ms", default: l.waitMs, in: 0...(1 << 40))
         l.maxPendingBytes = try r.int("limits.max_pending_bytes", default: l.maxPendingBytes, in: 4096...(1 << 34))
+        l.feedbackQueueShare = try r.double("limits.feedback_queue_share", default: l.feedbackQueueShare, in: 0.01...1)
         c.limits = l
         // A FEEDBACK batch must fit in the learner queue, or it could never be accepted.
         c.learnerQueueCapacity = try r.int("learner.queue_capacity", default: c.learnerQueueCapacity, in: 16...(1 << 26))
