@@ -333,8 +333,8 @@ public final class CollaborativeFilteringScorer: Scorer {
     // MARK: serving
 
     /// Final scores for the eligible items: the neighbourhood score scaled to
-    /// [0, 1] by its maximum, plus `factorWeight` times the factor score
-    /// standardised over the scored items (so the two parts have comparable
+    /// [0, 1] by its maximum, plus the factor weight times the factor score
+    /// standardised over the catalogue (so the two parts have comparable
     /// scales whatever the table's magnitude).
     public func recommend(_ query: ScoringQuery, into top: inout TopK) {
         let recentItems = query.history + query.sessionItems
@@ -343,35 +343,64 @@ public final class CollaborativeFilteringScorer: Scorer {
             query.forEachEligibleItem { i in top.push(i, itemStats.row(Int(i))[Self.countSlot]) }
             return
         }
+        let blend = prepareBlend(query, recentItems: recentItems)
+        serveScores.withUnsafeBufferPointer { factor in
+            serveNeighbours.withUnsafeBufferPointer { near in
+                query.forEachEligibleItem { i in
+                    let s = blend.score(near: near[Int(i)], factor: factor[Int(i)])
+                    if top.count < top.k || s > top.threshold { top.push(i, s) }
+                }
+            }
+        }
+        clearNeighbourScores()
+    }
+
+    public func score(_ query: ScoringQuery, items: [Int32?]) -> [Float] {
+        // The same blend as `recommend`, over the whole catalogue, so that
+        // scores are comparable with it.
+        let blend = prepareBlend(query, recentItems: query.history + query.sessionItems)
+        let out = items.map { i in i.map { blend.score(near: serveNeighbours[Int($0)], factor: serveScores[Int($0)]) } ?? 0 }
+        clearNeighbourScores()
+        return out
+    }
+
+    /// How a request combines the two parts: wn · near + wf · (factor − mean).
+    struct Blend {
+        var wn: Float, wf: Float, mean: Float
+        @inline(__always) func score(near: Float, factor: Float) -> Float { wn * near + wf * (factor - mean) }
+    }
+
+    /// Fills the serving scratch for a query — factor scores (bias
+    /// included) for every item in `serveScores`, neighbourhood scores in
+    /// `serveNeighbours` — and returns the blend's terms. The caller reads
+    /// the scratch, then calls `clearNeighbourScores`.
+    private func prepareBlend(_ query: ScoringQuery, recentItems: ArraySlice<Int32>) -> Blend {
         let n = query.itemCount
         ensureScratch(n)
-        serveZ.withUnsafeMutableBufferPointer { zb in
+        return serveZ.withUnsafeMutableBufferPointer { zb in
         serveScores.withUnsafeMutableBufferPointer { sb in
         serveNeighbours.withUnsafeMutableBufferPointer { nb in
             let z = zb.baseAddress!, factor = sb.baseAddress!, near = nb.baseAddress!
             _ = compose(user: query.user, items: recentItems, into: z)
             // Factor scores for every item (the fast kernel, chunk by chunk).
-            table.items.forEachChunk(rows: n) { first, rows, count in
-                pk_dot_rows(rows, count, d, z, factor + first)
-            }
+            table.items.forEachChunk(rows: n) { first, rows, count in pk_dot_rows(rows, count, d, z, factor + first) }
             let nbMax = neighbourScores(recentItems, into: near)
             var sum: Double = 0, sq: Double = 0
             for i in 0..<n {
-                let f = factor[i] + itemStats.row(i)[Self.biasSlot]
-                factor[i] = f
-                sum += Double(f)
-                sq += Double(f) * Double(f)
+                factor[i] += itemStats.row(i)[Self.biasSlot]
+                sum += Double(factor[i])
+                sq += Double(factor[i]) * Double(factor[i])
             }
             let mean = Float(sum / Double(max(n, 1)))
-            let std = Float(max((sq / Double(max(n, 1)) - Double(mean) * Double(mean)), 1e-12).squareRoot())
-            let wn = settings.neighbourhoodWeight / max(nbMax, 1e-12), wf = factorWeight(evidence: query.history.count) / std
-            query.forEachEligibleItem { i in
-                let s = wn * near[Int(i)] + wf * (factor[Int(i)] - mean)
-                if top.count < top.k || s > top.threshold { top.push(i, s) }
-            }
-            for j in touched { near[Int(j)] = 0 }
-            touched.removeAll(keepingCapacity: true)
+            let std = Float(max(sq / Double(max(n, 1)) - Double(mean) * Double(mean), 1e-12).squareRoot())
+            return Blend(wn: settings.neighbourhoodWeight / max(nbMax, 1e-12),
+                         wf: factorWeight(evidence: query.history.count) / std, mean: mean)
         }}}
+    }
+
+    private func clearNeighbourScores() {
+        for j in touched { serveNeighbours[Int(j)] = 0 }
+        touched.removeAll(keepingCapacity: true)
     }
 
     /// factorWeight · n / (n + factorShrinkage): the factor part's weight for
@@ -405,34 +434,6 @@ public final class CollaborativeFilteringScorer: Scorer {
             serveScores = [Float](repeating: 0, count: n + table.items.rowsPerChunk)
         }
         if serveNeighbours.count < n { serveNeighbours.append(contentsOf: repeatElement(0, count: n - serveNeighbours.count)) }
-    }
-
-    public func score(_ query: ScoringQuery, items: [Int32?]) -> [Float] {
-        // The same blend as `recommend`, computed over the whole catalogue so
-        // that scores are comparable with it.
-        let n = query.itemCount
-        let recentItems = query.history + query.sessionItems
-        ensureScratch(n)
-        return serveZ.withUnsafeMutableBufferPointer { zb in
-        serveScores.withUnsafeMutableBufferPointer { sb in
-        serveNeighbours.withUnsafeMutableBufferPointer { nb in
-            let z = zb.baseAddress!, factor = sb.baseAddress!, near = nb.baseAddress!
-            _ = compose(user: query.user, items: recentItems, into: z)
-            table.items.forEachChunk(rows: n) { first, rows, count in pk_dot_rows(rows, count, d, z, factor + first) }
-            let nbMax = neighbourScores(recentItems, into: near)
-            var sum: Double = 0, sq: Double = 0
-            for i in 0..<n {
-                factor[i] += itemStats.row(i)[Self.biasSlot]
-                sum += Double(factor[i]); sq += Double(factor[i]) * Double(factor[i])
-            }
-            let mean = Float(sum / Double(max(n, 1)))
-            let std = Float(max((sq / Double(max(n, 1)) - Double(mean) * Double(mean)), 1e-12).squareRoot())
-            let wn = settings.neighbourhoodWeight / max(nbMax, 1e-12), wf = factorWeight(evidence: query.history.count) / std
-            let out = items.map { i in i.map { wn * near[Int($0)] + wf * (factor[Int($0)] - mean) } ?? 0 }
-            for j in touched { near[Int(j)] = 0 }
-            touched.removeAll(keepingCapacity: true)
-            return out
-        }}}
     }
 
     // MARK: snapshots
