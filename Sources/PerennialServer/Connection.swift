@@ -262,9 +262,10 @@ final class Connection {
     /// Checks the per-connection timers; called by the loop's sweep.
     func sweep(now: UInt64, idleMs: Int, frameMs: Int) {
         guard !closing, !closeAfterFlush else { return }
-        if frameMs > 0, partialSince != 0, parked == nil, now - partialSince >= UInt64(frameMs) {
+        // Saturating: a timestamp taken during this tick may be after `now`.
+        if frameMs > 0, partialSince != 0, parked == nil, now >= partialSince, now - partialSince >= UInt64(frameMs) {
             fail(ProtocolError(.timeout, "a started frame was not completed within \(frameMs) ms", fatal: true), requestID: 0)
-        } else if idleMs > 0, parked == nil, writeInFlight == 0, now - lastActivity >= UInt64(idleMs) {
+        } else if idleMs > 0, parked == nil, writeInFlight == 0, now >= lastActivity, now - lastActivity >= UInt64(idleMs) {
             close()
         }
     }

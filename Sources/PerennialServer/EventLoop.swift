@@ -151,8 +151,8 @@ final class EventLoop {
     }
 
     func tick() {
-        let now = MonotonicClock.nowMillis()
         learnerProgressed()
+        let now = MonotonicClock.nowMillis()
         for c in connections.values {
             c.sweep(now: now, idleMs: limits.idleTimeoutMs, frameMs: limits.frameTimeoutMs)
         }
