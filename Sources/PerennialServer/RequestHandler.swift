@@ -295,7 +295,7 @@ final class RequestHandler {
         // The serialised model was one large buffer: hand its pages back to
         // the OS now rather than keep them as free heap.
         w = SnapshotWriter()
-        malloc_trim(0)
+        _ = malloc_trim(0)
         if let keepFrom = snapshots.prune(keep: config.snapshotKeep) { log.removeSegments(before: keepFrom) }
         Log.info(String(format: "snapshot at sequence %llu: %d bytes in %.1f ms", seq, size,
                         Double(MonotonicClock.nowNanos() - t0) / 1e6))
