@@ -32,6 +32,8 @@ final class Connection {
     private(set) var reading = false
     private(set) var closing = false
     private var closeAfterFlush = false
+    /// The peer finished sending (EOF): answer what it sent, then close.
+    private var peerDone = false
     /// Why the connection is not processing frames now, if it is not.
     private(set) var parked: FrameOutcome?
     var lastActivity: UInt64
@@ -64,7 +66,7 @@ final class Connection {
     // MARK: reading
 
     func startReading() {
-        guard !reading, !closing, !closeAfterFlush, parked == nil else { return }
+        guard !reading, !closing, !closeAfterFlush, !peerDone, parked == nil else { return }
         guard pendingBytes < loop.limits.maxPendingBytes else { return }
         reading = true
         uv_read_start(stream, connectionAlloc, connectionRead)
@@ -186,7 +188,7 @@ final class Connection {
     func flush() {
         guard writeInFlight == 0, !closing else { return }
         if out.isEmpty {
-            if closeAfterFlush { close() }
+            if closeAfterFlush || (peerDone && parked == nil) { close() }
             return
         }
         // Acknowledgements promise what the fsync policy says: under
@@ -222,7 +224,7 @@ final class Connection {
     func wrote(status: Int32) {
         writeInFlight = 0
         if status != 0 { close(); return }
-        if !out.isEmpty || closeAfterFlush {
+        if !out.isEmpty || closeAfterFlush || peerDone {
             flush()
         }
         if !closing && !closeAfterFlush && parked == nil && !reading { startReading() }
@@ -246,7 +248,16 @@ final class Connection {
         flush()
     }
 
-    /// The peer closed (a partial frame is discarded) or the socket failed.
+    /// The peer finished sending (EOF): the complete frames it sent are
+    /// answered (after any wait on the learner), a partial frame is
+    /// discarded, then the connection closes.
+    func peerFinished() {
+        peerDone = true
+        stopReading()
+        flush()
+    }
+
+    /// The socket failed (e.g. reset): nothing more can be sent.
     func peerClosed() {
         close()
     }
@@ -290,6 +301,8 @@ private let connectionRead: uv_read_cb = { stream, nread, _ in
     let c = connection(UnsafeMutableRawPointer(stream))
     if nread > 0 {
         c.received(nread)
+    } else if nread == Int(UV_EOF.rawValue) {
+        c.peerFinished()
     } else if nread < 0 {
         c.peerClosed()
     }

@@ -154,6 +154,23 @@ import PerennialProtocol
         }
     }
 
+    @Test func aHalfClosedClientGetsEveryReply() async throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let sock = try RawSocket(port: s.port)
+        var bytes: [UInt8] = []
+        // Feedback then reads that must wait for the learner, then EOF.
+        Request.feedback((1...500).map { WireEvent(user: UInt64($0 % 9 + 1), item: UInt64($0), kind: .click) })
+            .encode(into: &bytes, requestID: 1)
+        for i in 2...50 { Request.recommend(RecommendRequest(user: 3, k: 5)).encode(into: &bytes, requestID: UInt32(i)) }
+        bytes += header(length: 100, opcode: 2, id: 99) + [1, 2]  // a partial frame: discarded
+        try sock.send(bytes)
+        sock.shutdownWrite()
+        let frames = try sock.readUntilClosed()
+        #expect(frames.map(\.header.requestID) == Array(1...50))
+        #expect(frames.allSatisfy { $0.error == nil })
+    }
+
     @Test func aThousandConcurrentConnections() async throws {
         let s = try TestServer()
         defer { s.stop() }

@@ -69,6 +69,9 @@ final class RawSocket: @unchecked Sendable {
         if fd >= 0 { Glibc.close(fd); fd = -1 }
     }
 
+    /// Half-closes: the server sees EOF, the socket still reads.
+    func shutdownWrite() { _ = Glibc.shutdown(fd, Int32(SHUT_WR)) }
+
     func send(_ bytes: [UInt8]) throws {
         var sent = 0
         while sent < bytes.count {
