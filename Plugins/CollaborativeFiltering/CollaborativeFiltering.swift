@@ -68,6 +68,8 @@ public final class CollaborativeFilteringScorer: Scorer {
     private var z: [Float]
     private var dz: [Float]
     private var gradI: [Float]
+    /// One row's gradient, for `adagradStep` (learner thread).
+    private let gradScratch: UnsafeMutablePointer<Float>
 
     // Serving-thread scratch.
     private var serveZ: [Float]
@@ -91,9 +93,13 @@ public final class CollaborativeFilteringScorer: Scorer {
         z = [Float](repeating: 0, count: d)
         dz = [Float](repeating: 0, count: d)
         gradI = [Float](repeating: 0, count: d)
+        gradScratch = .allocate(capacity: d)
+        gradScratch.initialize(repeating: 0, count: d)
         serveZ = [Float](repeating: 0, count: d)
         serveScores = [Float](repeating: 0, count: 1024)
     }
+
+    deinit { gradScratch.deallocate() }
 
     public static let factory = ScorerFactory(
         name: "cf",
@@ -286,17 +292,17 @@ public final class CollaborativeFilteringScorer: Scorer {
     /// Adagrad with one accumulator per row: G += mean(g²); row += lr·g/√G.
     @inline(__always)
     private func adagradStep(_ row: UnsafeMutablePointer<Float>, grad: (Int) -> Float, accumulator: UnsafeMutablePointer<Float>, lr: Float) {
+        let g = gradScratch  // read the stored pointer once, not per element
         var sq: Float = 0
         for k in 0..<d {
-            let g = grad(k)
-            gi2[k] = g
-            sq += g * g
+            let gk = grad(k)
+            g[k] = gk
+            sq += gk * gk
         }
         accumulator.pointee += sq / Float(d)
         let step = lr / (accumulator.pointee + 1e-8).squareRoot()
-        for k in 0..<d { row[k] += step * gi2[k] }
+        for k in 0..<d { row[k] += step * g[k] }
     }
-    private lazy var gi2 = UnsafeMutablePointer<Float>.allocate(capacity: d)
 
     @inline(__always)
     private func adagradScalar(_ value: inout Float, grad: Float, accumulator: inout Float, lr: Float) {
