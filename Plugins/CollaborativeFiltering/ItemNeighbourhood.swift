@@ -111,9 +111,11 @@ final class ItemNeighbourhood {
             let k = row[2 * s].bitPattern
             if k == UInt32.max { continue }
             let j = Int32(bitPattern: k)
-            if Int(j) >= items || j < 0 { continue }
+            // A count read mid-rebuild may be the empty marker (NaN): skip it.
+            let count = row[2 * s + 1]
+            if Int(j) >= items || j < 0 || !count.isFinite { continue }
             if out[Int(j)] == 0 { touched(j) }
-            out[Int(j)] += weight * row[2 * s + 1]
+            out[Int(j)] += weight * count
         }
     }
 

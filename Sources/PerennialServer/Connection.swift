@@ -69,6 +69,8 @@ final class Connection {
         guard !reading, !closing, !closeAfterFlush, !peerDone, parked == nil else { return }
         guard pendingBytes < loop.limits.maxPendingBytes else { return }
         reading = true
+        // A partial frame's clock runs only while the server is reading.
+        if partialSince != 0 { partialSince = MonotonicClock.nowMillis() }
         uv_read_start(stream, connectionAlloc, connectionRead)
     }
 
@@ -115,6 +117,15 @@ final class Connection {
     /// the input runs out, a frame must wait, or the connection must close.
     func processFrames() {
         while !closing && !closeAfterFlush {
+            // Backpressure: while this many reply bytes wait for the peer,
+            // decode nothing more (and read nothing more) until it drains.
+            if pendingBytes >= loop.limits.maxPendingBytes {
+                if reading {
+                    loop.handler.stats.backpressurePauses += 1
+                    stopReading()
+                }
+                return
+            }
             let available = writePos - readPos
             let result = FrameDecoder.decode(UnsafeRawBufferPointer(start: inbox + readPos, count: available),
                                              limits: loop.handler.protocolLimits)
@@ -224,6 +235,9 @@ final class Connection {
     func wrote(status: Int32) {
         writeInFlight = 0
         if status != 0 { close(); return }
+        lastActivity = MonotonicClock.nowMillis()
+        // Frames held back by backpressure are decoded now that it drained.
+        if parked == nil && !closing && !closeAfterFlush { processFrames() }
         if !out.isEmpty || closeAfterFlush || peerDone {
             flush()
         }
@@ -274,9 +288,10 @@ final class Connection {
     func sweep(now: UInt64, idleMs: Int, frameMs: Int) {
         guard !closing, !closeAfterFlush else { return }
         // Saturating: a timestamp taken during this tick may be after `now`.
-        if frameMs > 0, partialSince != 0, parked == nil, now >= partialSince, now - partialSince >= UInt64(frameMs) {
+        if frameMs > 0, reading, partialSince != 0, parked == nil, now >= partialSince, now - partialSince >= UInt64(frameMs) {
             fail(ProtocolError(.timeout, "a started frame was not completed within \(frameMs) ms", fatal: true), requestID: 0)
-        } else if idleMs > 0, parked == nil, writeInFlight == 0, now >= lastActivity, now - lastActivity >= UInt64(idleMs) {
+        } else if idleMs > 0, parked == nil, now >= lastActivity, now - lastActivity >= UInt64(idleMs) {
+            // Silent, or not draining its replies, for the whole idle time.
             close()
         }
     }

@@ -255,6 +255,7 @@ final class RequestHandler {
         if next.fsync != config.fsync || next.logSegmentBytes != config.logSegmentBytes { fixed.append("[log]") }
         if next.learnerQueueCapacity != config.learnerQueueCapacity { fixed.append("learner.queue_capacity") }
         if next.historyPerUser != config.historyPerUser { fixed.append("history.max_items_per_user") }
+        if next.limits.maxTextBytes != config.limits.maxTextBytes { fixed.append("limits.max_text_bytes") }
         if !fixed.isEmpty {
             throw ProtocolError(.invalidArgument, "the new config changes \(fixed.joined(separator: ", ")), which need a restart; nothing was changed")
         }
@@ -265,6 +266,9 @@ final class RequestHandler {
         protocolLimits = ProtocolLimits(maxFrameBytes: next.limits.maxFrameBytes, maxItems: next.limits.maxItems,
                                         maxEvents: next.limits.maxEvents)
         stats.reloads += 1
+        // A snapshot now ties the new scorer set to a log position, so a
+        // restart with this config never needs state from before it.
+        if !changes.isEmpty { _ = try? takeSnapshot() }
         Log.info("config reloaded from \(next.source): " + (changes.isEmpty ? "scorers unchanged" : changes.joined(separator: "; ")))
         return changes
     }

@@ -111,6 +111,14 @@ import PerennialPlugins
             #expect(try straight.recommend(user: user, k: 10) == restored.recommend(user: user, k: 10))
         }
         #expect(restored.catalogue.count == 1)
+        // A config that dropped or reordered scorers still loads the others.
+        var (_, again) = try store.read(path)
+        var doc = ConfigDocument(file: "test")
+        doc.set("scorers.load", .array([.string("popularity")]))
+        let popularityOnly = Model(config: try PerennialConfig.load(doc, registry: .builtin), registry: .builtin)
+        try popularityOnly.restore(from: &again)
+        #expect(try popularityOnly.score(user: 7, items: [1, 2, 3], scorer: "popularity").map(\.score)
+                == first.score(user: 7, items: [1, 2, 3], scorer: "popularity").map(\.score))
         // A damaged file is refused.
         var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
         bytes[100] ^= 1

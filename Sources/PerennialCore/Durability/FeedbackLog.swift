@@ -113,12 +113,15 @@ public final class FeedbackLog: @unchecked Sendable {
                         try visit(rec)
                         offset = end
                     case .bad(let declaredEnd):
-                        // Torn tail only if nothing valid follows it in the last segment.
-                        let followedByRecord: Bool
-                        if let declaredEnd, declaredEnd < raw.count, case .valid = record(in: raw, at: declaredEnd) {
-                            followedByRecord = true
-                        } else {
-                            followedByRecord = false
+                        // A torn tail only if no valid record follows it anywhere
+                        // in the last segment (a damaged length field must not
+                        // make acknowledged records after it look torn).
+                        _ = declaredEnd
+                        var followedByRecord = false
+                        var probe = offset + 1
+                        while probe + 8 <= raw.count {
+                            if case .valid = record(in: raw, at: probe) { followedByRecord = true; break }
+                            probe += 1
                         }
                         if !isLast || followedByRecord {
                             throw LogError("\(path) is corrupt at byte \(offset) and valid records follow; start-up stopped so nothing after it is lost. Inspect with `perennial log check`, or cut the log there with `perennial log repair` (losing what follows).")
@@ -176,6 +179,12 @@ public final class FeedbackLog: @unchecked Sendable {
     }
 
     private func openSegment(_ n: Int) throws {
+        // The old segment is made durable before the new one exists, so a
+        // torn record can only ever be in the last segment.
+        if fd >= 0 && fdatasync(fd) != 0 {
+            failure = "fdatasync failed (\(String(cString: strerror(errno)))); restart the server"
+            throw LogError(failure!)
+        }
         let path = (directory as NSString).appendingPathComponent(FeedbackLog.segmentName(n))
         let f = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
         guard f >= 0 else { throw LogError("cannot open \(path): \(String(cString: strerror(errno)))") }
@@ -192,7 +201,7 @@ public final class FeedbackLog: @unchecked Sendable {
             let dir = open(directory, O_RDONLY | O_DIRECTORY)
             if dir >= 0 { fsync(dir); Glibc.close(dir) }
         }
-        if fd >= 0 { fdatasync(fd); Glibc.close(fd) }
+        if fd >= 0 { Glibc.close(fd) }
         fd = f
         segmentNumber = n
     }
@@ -257,6 +266,9 @@ public final class FeedbackLog: @unchecked Sendable {
     }
 
     private func syncLocked() throws {
+        // Once an fsync failed, a later one may report success for pages the
+        // kernel dropped: never trust the log again until a restart.
+        if let failure { throw LogError(failure) }
         let target = written
         guard target > durable.load(ordering: .acquiring) else { return }
         if fdatasync(fd) != 0 {

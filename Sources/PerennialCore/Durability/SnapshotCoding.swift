@@ -28,6 +28,11 @@ public struct SnapshotWriter {
             bytes.append(contentsOf: UnsafeRawBufferPointer(start: p, count: n * b.width * MemoryLayout<T>.stride))
         }
     }
+    /// A length-prefixed block (a section a reader may skip).
+    public mutating func block(_ b: [UInt8]) {
+        int(b.count)
+        bytes.append(contentsOf: b)
+    }
     /// A section marker, checked on reading, so a mismatch between writer
     /// and reader is caught where it happens.
     public mutating func mark(_ name: String) { string("§" + name) }
@@ -86,6 +91,10 @@ public struct SnapshotReader {
             bytes.withUnsafeBytes { raw in dst.copyMemory(from: raw.baseAddress! + r.lowerBound, byteCount: r.count) }
             done += n
         }
+    }
+    public mutating func block() throws -> [UInt8] {
+        let n = try int()
+        return Array(bytes[try take(n)])
     }
     public mutating func mark(_ name: String) throws {
         let got = try string()

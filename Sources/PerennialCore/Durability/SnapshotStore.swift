@@ -87,13 +87,14 @@ public struct SnapshotStore: Sendable {
         let version = try r.u32()
         guard version == SnapshotStore.version else { throw LogError("\(path): snapshot format \(version) is not supported") }
         let seq = try r.u64(), segment = try r.u64(), length = try r.u64()
-        guard Int(length) == bytes.count - head - 4 else { throw LogError("\(path) is truncated") }
+        guard let segmentNumber = Int(exactly: segment), let size = Int(exactly: length),
+              size == bytes.count - head - 4 else { throw LogError("\(path) is truncated or its header is damaged") }
         let crc = bytes.withUnsafeBytes { raw in
-            (CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[head..<(head + Int(length))])),
-             UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: head + Int(length), as: UInt32.self)))
+            (CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[head..<(head + size)])),
+             UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: head + size, as: UInt32.self)))
         }
         guard crc.0 == crc.1 else { throw LogError("\(path): checksum mismatch") }
-        return (SnapshotInfo(seq: seq, firstLogSegment: Int(segment), path: path), r)
+        return (SnapshotInfo(seq: seq, firstLogSegment: segmentNumber, path: path), r)
     }
 
     /// Removes all but the newest `keep` snapshots; returns the oldest kept

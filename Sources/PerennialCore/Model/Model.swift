@@ -237,10 +237,14 @@ public final class Model: @unchecked Sendable {
         w.rows(table.userAdagrad, count: table.userRows)
         w.rows(table.items, count: table.itemRows)
         w.rows(table.itemAdagrad, count: table.itemRows)
+        // Each scorer's state is a named, length-prefixed block, so a config
+        // that adds or drops a scorer can still load the others.
         w.int(scorers.count)
         for s in scorers {
-            w.mark("scorer " + s.name)
-            s.save(to: &w)
+            w.string(s.name)
+            var sub = SnapshotWriter()
+            s.save(to: &sub)
+            w.block(sub.bytes)
         }
         w.mark("end")
     }
@@ -277,17 +281,24 @@ public final class Model: @unchecked Sendable {
         try r.rows(into: table.userAdagrad, expected: userCount)
         try r.rows(into: table.items, expected: itemCount)
         try r.rows(into: table.itemAdagrad, expected: itemCount)
-        let n = try r.int()
-        guard n == scorers.count else {
-            throw LogError("the snapshot holds \(n) scorers but the config loads \(scorers.count) (\(scorerNames.joined(separator: ", ")))")
-        }
-        for s in scorers {
-            do {
-                try r.mark("scorer " + s.name)
-            } catch {
-                throw LogError("the snapshot's scorers differ from the config's (\(scorerNames.joined(separator: ", "))): \(error)")
+        var restored = Set<String>()
+        for _ in 0..<(try r.int()) {
+            let name = try r.string()
+            let block = try r.block()
+            guard let s = scorers.first(where: { $0.name == name }) else {
+                Log.warning("snapshot: scorer \(name) is no longer loaded; its state is dropped")
+                continue
             }
-            try s.load(from: &r)
+            var sub = SnapshotReader(bytes: block)
+            do {
+                try s.load(from: &sub)
+            } catch {
+                throw LogError("snapshot: scorer \(name) cannot load its state with the current settings (\(error)); use the settings it was saved with")
+            }
+            restored.insert(name)
+        }
+        for s in scorers where !restored.contains(s.name) {
+            Log.warning("snapshot: scorer \(s.name) was not in the snapshot; it starts empty and learns from new events")
         }
         try r.mark("end")
         lastSeq = seq
