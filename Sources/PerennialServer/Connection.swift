@@ -248,6 +248,7 @@ final class Connection {
 
     /// A fatal protocol error: answer with it, then close once flushed.
     func fail(_ error: ProtocolError, requestID: UInt32) {
+        Log.debug("closing a connection after a fatal error: \(error)")
         loop.handler.stats.errorsTotal += 1
         loop.handler.stats.fatalErrors += 1
         if error.code == .timeout { loop.handler.stats.timeouts += 1 }
