@@ -170,7 +170,6 @@ final class EventLoop {
     func beginShutdown() {
         guard !stopping else { return }
         stopping = true
-        handler.shuttingDown = true
         stopDeadline = MonotonicClock.nowMillis() + 5_000
         Log.info("stopping: answering what was read, then closing \(connections.count) connection(s)")
         uv_close(UnsafeMutablePointer(OpaquePointer(listener)), nil)

@@ -56,7 +56,6 @@ final class RequestHandler {
     private(set) var protocolLimits: ProtocolLimits
     let startedAt = MonotonicClock.nowMillis()
     var stats = ServerStats()
-    var shuttingDown = false
     private var admitted: [LearnEvent] = []
     private var incoming: [IncomingEvent] = []
 
