@@ -203,10 +203,12 @@ final class Connection {
             return
         }
         // Acknowledgements promise what the fsync policy says: under
-        // `always`, nothing leaves before the log is on stable storage.
-        guard loop.handler.syncLogIfNeeded() else {
-            out.removeAll()
-            close()
+        // `always`, nothing leaves before the log is on stable storage. The
+        // sync is deferred to the end of the loop iteration, so every
+        // connection that wrote to the log in it shares one fsync (group
+        // commit); the loop then flushes them.
+        if loop.handler.needsSync {
+            loop.awaitingSync.insert(ObjectIdentifier(self))
             return
         }
         if writeCapacity < out.count {
@@ -272,6 +274,18 @@ final class Connection {
         flush()
     }
 
+    /// Called by the loop after the log was synced (or failed to sync).
+    func logSynced(ok: Bool) {
+        guard !closing else { return }
+        if !ok {
+            // Never acknowledge what might not be durable.
+            out.removeAll()
+            close()
+            return
+        }
+        flush()
+    }
+
     /// The socket failed (e.g. reset): nothing more can be sent.
     func peerClosed() {
         close()
@@ -281,6 +295,7 @@ final class Connection {
         guard !closing else { return }
         closing = true
         reading = false
+        loop.awaitingSync.remove(ObjectIdentifier(self))
         if parked != nil { loop.parked.remove(ObjectIdentifier(self)); parked = nil }
         uv_close(uvHandle, connectionClosed)
     }

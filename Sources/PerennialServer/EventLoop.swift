@@ -19,6 +19,9 @@ final class EventLoop {
     private let signals: [UnsafeMutablePointer<uv_signal_t>]
     private var connections: [ObjectIdentifier: Connection] = [:]
     var parked: Set<ObjectIdentifier> = []
+    /// Connections whose replies wait for the end-of-iteration fsync.
+    var awaitingSync: Set<ObjectIdentifier> = []
+    private let check: UnsafeMutablePointer<uv_check_t>
     private(set) var boundPort = 0
     private var stopping = false
     private var stopDeadline: UInt64 = 0
@@ -33,6 +36,7 @@ final class EventLoop {
         progressAsync = .allocate(capacity: 1)
         stopAsync = .allocate(capacity: 1)
         timer = .allocate(capacity: 1)
+        check = .allocate(capacity: 1)
         signals = [.allocate(capacity: 1), .allocate(capacity: 1), .allocate(capacity: 1)]
     }
 
@@ -43,6 +47,7 @@ final class EventLoop {
         progressAsync.deallocate()
         stopAsync.deallocate()
         timer.deallocate()
+        check.deallocate()
         for s in signals { s.deallocate() }
     }
 
@@ -88,6 +93,9 @@ final class EventLoop {
         uv_timer_init(loop, timer)
         timer.pointee.data = opaqueSelf
         uv_timer_start(timer, loopTick, 100, 100)
+        uv_check_init(loop, check)
+        check.pointee.data = opaqueSelf
+        uv_check_start(check, loopCheck)
         handlesSignals = handleSignals
         for (s, signum) in zip(signals, [SIGINT, SIGTERM, SIGHUP]) {
             uv_signal_init(loop, s)
@@ -150,6 +158,16 @@ final class EventLoop {
         if stopping { finishStopIfDone() }
     }
 
+    /// End of a loop iteration: one fsync for every acknowledgement written
+    /// in it, then those replies go out.
+    func commitAwaitingSync() {
+        guard !awaitingSync.isEmpty else { return }
+        let ok = handler.syncLogIfNeeded()
+        let waiting = awaitingSync
+        awaitingSync.removeAll()
+        for id in waiting { connections[id]?.logSynced(ok: ok) }
+    }
+
     func tick() {
         learnerProgressed()
         let now = MonotonicClock.nowMillis()
@@ -201,6 +219,7 @@ final class EventLoop {
         uv_close(UnsafeMutablePointer(OpaquePointer(progressAsync)), nil)
         uv_close(UnsafeMutablePointer(OpaquePointer(stopAsync)), nil)
         uv_close(UnsafeMutablePointer(OpaquePointer(timer)), nil)
+        uv_close(UnsafeMutablePointer(OpaquePointer(check)), nil)
     }
 }
 
@@ -240,6 +259,10 @@ private let loopProgress: uv_async_cb = { handle in
 
 private let loopStopRequested: uv_async_cb = { handle in
     eventLoop(handle?.pointee.data).beginShutdown()
+}
+
+private let loopCheck: uv_check_cb = { handle in
+    eventLoop(handle?.pointee.data).commitAwaitingSync()
 }
 
 private let loopTick: uv_timer_cb = { handle in

@@ -314,6 +314,10 @@ final class RequestHandler {
             needsSync = false
             return true
         } catch {
+            // The connections holding this iteration's acks are closed by the
+            // caller; later appends fail (the log's failure is sticky), so
+            // reads keep being served without waiting on a sync.
+            needsSync = false
             Log.error("\(error)")
             return false
         }
