@@ -50,30 +50,18 @@ struct LogCommand: ParsableCommand {
     /// any later segments.
     private func repair(_ dir: String) throws {
         let numbers = FeedbackLog.segments(in: dir)
+        let log = FeedbackLog(directory: dir, policy: .no)
         for (index, n) in numbers.enumerated() {
-            let path = (dir as NSString).appendingPathComponent(String(format: "%08d.log", n))
-            guard let data = FileManager.default.contents(atPath: path) else { continue }
-            let bytes = [UInt8](data)
-            var offset = LogRecord.magic.count
-            var cut: Int? = bytes.count < offset || Array(bytes[0..<offset]) != LogRecord.magic ? 0 : nil
-            while cut == nil && offset < bytes.count {
-                guard bytes.count - offset >= 8 else { cut = offset; break }
-                let length = Int(bytes[offset]) | Int(bytes[offset + 1]) << 8 | Int(bytes[offset + 2]) << 16 | Int(bytes[offset + 3]) << 24
-                let crc = UInt32(bytes[offset + 4]) | UInt32(bytes[offset + 5]) << 8 | UInt32(bytes[offset + 6]) << 16 | UInt32(bytes[offset + 7]) << 24
-                let end = offset + 8 + length
-                if length == 0 || end > bytes.count || CRC32C.checksum(Array(bytes[(offset + 8)..<end])) != crc { cut = offset; break }
-                offset = end
+            let path = log.segmentPath(n)
+            guard let cut = try FeedbackLog.firstDamage(inSegment: path) else { continue }
+            let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+            guard truncate(path, off_t(cut)) == 0 else { throw ValidationError("cannot truncate \(path)") }
+            print("cut \(path) at byte \(cut) (\(size - cut) bytes removed)")
+            for later in numbers[(index + 1)...] {
+                try FileManager.default.removeItem(atPath: log.segmentPath(later))
+                print("removed \(log.segmentPath(later)), which followed the damage")
             }
-            if let cut {
-                guard truncate(path, off_t(cut)) == 0 else { throw ValidationError("cannot truncate \(path)") }
-                print("cut \(path) at byte \(cut) (\(bytes.count - cut) bytes removed)")
-                for later in numbers[(index + 1)...] {
-                    let p = (dir as NSString).appendingPathComponent(String(format: "%08d.log", later))
-                    try FileManager.default.removeItem(atPath: p)
-                    print("removed \(p), which followed the damage")
-                }
-                return
-            }
+            return
         }
         print("nothing to repair")
     }

@@ -136,6 +136,25 @@ public final class FeedbackLog: @unchecked Sendable {
         return report
     }
 
+    /// Where the first damaged record of a segment file starts (0 for a bad
+    /// magic), or nil when every record is whole. For `perennial log repair`.
+    public static func firstDamage(inSegment path: String) throws -> Int? {
+        guard let data = FileManager.default.contents(atPath: path) else { throw LogError("cannot read \(path)") }
+        let bytes = [UInt8](data)
+        guard bytes.count >= LogRecord.magic.count, Array(bytes[0..<LogRecord.magic.count]) == LogRecord.magic else { return 0 }
+        return bytes.withUnsafeBytes { raw -> Int? in
+            var offset = LogRecord.magic.count
+            while offset < raw.count {
+                guard case .valid(_, let end) = record(in: raw, at: offset) else { return offset }
+                offset = end
+            }
+            return nil
+        }
+    }
+
+    /// The path of segment `n`.
+    public func segmentPath(_ n: Int) -> String { (directory as NSString).appendingPathComponent(FeedbackLog.segmentName(n)) }
+
     enum RecordRead {
         case valid(UnsafeRawBufferPointer, end: Int)
         case bad(declaredEnd: Int?)
