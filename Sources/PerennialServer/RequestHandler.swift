@@ -57,6 +57,9 @@ final class RequestHandler {
     let startedAt = MonotonicClock.nowMillis()
     var stats = ServerStats()
     private var admitted: [LearnEvent] = []
+    let sessions: SessionStore
+    /// Longest session_id accepted (bytes).
+    static let maxSessionIDBytes = 256
     private var incoming: [IncomingEvent] = []
 
     init(config: PerennialConfig, model: Model, learner: Learner, log: FeedbackLog, snapshots: SnapshotStore,
@@ -68,6 +71,8 @@ final class RequestHandler {
         self.log = log
         self.snapshots = snapshots
         self.lastSnapshotSeq = lastSnapshotSeq
+        sessions = SessionStore(maxSessions: config.maxSessions, maxItems: config.sessionItems,
+                                idleSeconds: Double(config.sessionIdleSeconds))
         protocolLimits = ProtocolLimits(maxFrameBytes: config.limits.maxFrameBytes,
                                         maxItems: config.limits.maxItems, maxEvents: config.limits.maxEvents)
     }
@@ -154,8 +159,17 @@ final class RequestHandler {
         case .recommend(let q):
             if let wait = try readYourWrites(q.minAppliedSeq, state: &state) { return wait }
             stats.recommends += 1
+            var session = q.sessionItems
+            if !q.sessionID.isEmpty {
+                guard q.sessionID.utf8.count <= Self.maxSessionIDBytes else {
+                    throw ProtocolError(.invalidArgument, "session_id is \(q.sessionID.utf8.count) bytes; at most \(Self.maxSessionIDBytes)")
+                }
+                // The request's items join the remembered session.
+                session = sessions.update(q.sessionID, appending: q.sessionItems,
+                                          now: Double(MonotonicClock.nowMillis()) / 1000)
+            }
             do {
-                let recs = try model.recommend(user: q.user, k: Int(q.k), scorer: q.scorer, session: q.sessionItems,
+                let recs = try model.recommend(user: q.user, k: Int(q.k), scorer: q.scorer, session: session,
                                                exclude: q.exclude, candidates: q.candidates)
                 Reply.recommend(RecommendReply(appliedSeq: model.appliedSeq,
                                                items: recs.map { RankedItem(item: $0.item, score: $0.score) }))
@@ -254,6 +268,8 @@ final class RequestHandler {
         if next.fsync != config.fsync || next.logSegmentBytes != config.logSegmentBytes { fixed.append("[log]") }
         if next.learnerQueueCapacity != config.learnerQueueCapacity { fixed.append("learner.queue_capacity") }
         if next.historyPerUser != config.historyPerUser { fixed.append("history.max_items_per_user") }
+        if next.maxSessions != config.maxSessions || next.sessionItems != config.sessionItems
+            || next.sessionIdleSeconds != config.sessionIdleSeconds { fixed.append("[sessions]") }
         if next.limits.maxTextBytes != config.limits.maxTextBytes { fixed.append("limits.max_text_bytes") }
         if !fixed.isEmpty {
             throw ProtocolError(.invalidArgument, "the new config changes \(fixed.joined(separator: ", ")), which need a restart; nothing was changed")
@@ -365,6 +381,10 @@ final class RequestHandler {
             StatCounter("backpressure_pauses", stats.backpressurePauses),
             StatCounter("queue_full_pauses", stats.queueFullPauses),
             StatCounter("uptime_ms", MonotonicClock.nowMillis() - startedAt),
+            StatCounter("sessions", UInt64(sessions.count)),
+            StatCounter("session_items", UInt64(sessions.storedItems)),
+            StatCounter("sessions_evicted", sessions.evicted),
+            StatCounter("sessions_expired", sessions.expired),
         ]
         for (name, v) in model.counters { c.append(StatCounter(name, v)) }
         return c

@@ -9,17 +9,18 @@ import PerennialPlugins
 
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run an evaluation protocol (E1, E2) on a MovieLens-shaped folder.",
+        abstract: "Run an evaluation protocol (E1–E4) on a MovieLens-shaped folder.",
         discussion: """
             E1: prequential top-10 with the variants online, frozen and retrained,
             tenth by tenth, prequential RMSE for scorers that predict ratings, and
             popularity/online as the baseline. E2: leave-last-out top-10 beside
-            popularity. Scorer settings come from --config (its [scorers.NAME]
+            popularity. E3: cold-start items from their text, beside TF-IDF and random.
+            E4: next item from the sequence, beside cf, Markov and popularity. Scorer settings come from --config (its [scorers.NAME]
             section) or the defaults. Variants run in parallel on the cores there are.
             """
     )
 
-    @Option(help: "Protocol: e1 or e2.")
+    @Option(help: "Protocol: e1, e2, e3 or e4.")
     var `protocol`: String
     @Option(help: "A MovieLens-shaped folder.")
     var data: String
@@ -89,8 +90,25 @@ struct Eval: ParsableCommand {
                 results[r.scorer] = r.json
                 print(pad(r.scorer, 14) + pad(f(r.total.hr), 9) + pad(f(r.total.ndcg), 9) + pad("\(r.total.count)", 8) + String(format: "%.1fs", r.seconds))
             }
+        case "e3":
+            let e3 = E3(data: ml, setup: setup)
+            let scored = try e3.run(scorer: scorer)
+            let rs = [scored] + e3.baselines()
+            print("E3 on \(ml.name): \(e3.coldItems.count) cold items, \(scored.total.count) evaluated events")
+            printTable(rs.map { ($0.scorer, $0.total, $0.seconds) }, into: &results)
+        case "e4":
+            let e4 = E4(data: ml, setup: setup)
+            let names = scorer == "cf" ? ["cf"] : [scorer, "cf"]
+            let out = ResultsBox<E4Result>(count: names.count)
+            DispatchQueue.concurrentPerform(iterations: names.count) { j in
+                do { out.set(j, try e4.run(scorer: names[j])) } catch { out.fail("\(error)") }
+            }
+            if let e = out.error { throw CommandError(e) }
+            let rs = out.values + e4.baselines()
+            print("E4 on \(ml.name): next item, \(rs[0].total.count) users, session = the last \(e4.sessionLength) prefix items")
+            printTable(rs.map { ($0.scorer, $0.total, $0.seconds) }, into: &results)
         default:
-            throw ValidationError("unknown protocol \(self.protocol); this build runs e1 and e2")
+            throw ValidationError("unknown protocol \(self.protocol); this build runs e1, e2, e3 and e4")
         }
         if let json {
             let doc: [String: Any] = ["protocol": self.protocol.lowercased(), "dataset": ml.name, "events": ml.ratings.count,
@@ -99,6 +117,16 @@ struct Eval: ParsableCommand {
             try data.write(to: URL(fileURLWithPath: json))
             print("wrote \(json)")
         }
+    }
+}
+
+private func printTable(_ rows: [(String, TopKTally, Double)], into results: inout [String: Any]) {
+    print(pad("scorer", 14) + pad("HR@10", 9) + pad("NDCG@10", 9) + pad("count", 8) + "time")
+    for (name, t, seconds) in rows {
+        var j = t.json
+        j["seconds"] = (seconds * 1000).rounded() / 1000
+        results[name] = j
+        print(pad(name, 14) + pad(f(t.hr), 9) + pad(f(t.ndcg), 9) + pad("\(t.count)", 8) + String(format: "%.1fs", seconds))
     }
 }
 

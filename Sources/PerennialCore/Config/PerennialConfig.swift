@@ -34,6 +34,11 @@ public struct PerennialConfig: Sendable {
     public var limits = LimitsConfig()
     public var learnerQueueCapacity = 65_536
     public var historyPerUser = 1000
+    /// Sessions remembered for RECOMMEND's session_id: how many, how many
+    /// recent items each, and how long an unused one lives.
+    public var maxSessions = 100_000
+    public var sessionItems = 50
+    public var sessionIdleSeconds = 1800
     /// Client and admin tokens (nil = not required), read from files.
     public var clientToken: String?
     public var adminToken: String?
@@ -117,6 +122,9 @@ public struct PerennialConfig: Sendable {
                               message: "'learner.queue_capacity' (\(c.learnerQueueCapacity)) must be at least 'limits.max_events' (\(l.maxEvents))")
         }
         c.historyPerUser = try r.int("history.max_items_per_user", default: c.historyPerUser, in: 0...1_000_000)
+        c.maxSessions = try r.int("sessions.max_sessions", default: c.maxSessions, in: 0...100_000_000)
+        c.sessionItems = try r.int("sessions.max_items", default: c.sessionItems, in: 1...10_000)
+        c.sessionIdleSeconds = try r.int("sessions.idle_seconds", default: c.sessionIdleSeconds, in: 1...(1 << 31))
         c.clientToken = try readToken(r, "auth.token_file")
         c.adminToken = try readToken(r, "auth.admin_token_file")
         c.fsync = FsyncPolicy(rawValue: try r.string("log.fsync", default: c.fsync.rawValue, oneOf: FsyncPolicy.allCases.map(\.rawValue)))!

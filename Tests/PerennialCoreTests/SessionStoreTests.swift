@@ -1,0 +1,59 @@
+// The session memory behind RECOMMEND's session_id: appending, the per-session
+// bound, least-recently-used eviction, idle expiry, and memory under a flood
+// of distinct ids.
+
+import Testing
+@testable import PerennialCore
+
+@Suite struct SessionStoreTests {
+    @Test func appendsAndKeepsTheMostRecentItems() {
+        let s = SessionStore(maxSessions: 10, maxItems: 3, idleSeconds: 60)
+        #expect(s.update("a", appending: [1, 2], now: 0) == [1, 2])
+        #expect(s.update("a", appending: [3, 4], now: 1) == [2, 3, 4])
+        #expect(s.update("a", appending: [], now: 2) == [2, 3, 4])
+        // More than fit in one request: the last ones are kept.
+        #expect(s.update("b", appending: Array(1...10_000), now: 2) == [9998, 9999, 10_000])
+        #expect(s.update("c", appending: [], now: 2) == [])
+        #expect(s.count == 3)
+    }
+
+    @Test func theLeastRecentlyUsedSessionMakesRoom() {
+        let s = SessionStore(maxSessions: 2, maxItems: 5, idleSeconds: 60)
+        _ = s.update("a", appending: [1], now: 0)
+        _ = s.update("b", appending: [2], now: 1)
+        _ = s.update("a", appending: [3], now: 2)  // a is now the newest
+        _ = s.update("c", appending: [4], now: 3)  // b goes
+        #expect(s.items(of: "b", now: 3) == nil)
+        #expect(s.items(of: "a", now: 3) == [1, 3])
+        #expect(s.items(of: "c", now: 3) == [4])
+        #expect(s.evicted == 1 && s.count == 2)
+    }
+
+    @Test func idleSessionsExpire() {
+        let s = SessionStore(maxSessions: 100, maxItems: 5, idleSeconds: 10)
+        _ = s.update("old", appending: [1], now: 0)
+        _ = s.update("new", appending: [2], now: 8)
+        #expect(s.items(of: "old", now: 11) == nil)
+        s.expire(now: 11)
+        #expect(s.count == 1 && s.expired == 1)
+        // An expired session starts again empty.
+        #expect(s.update("old", appending: [], now: 12) == [])
+    }
+
+    @Test func aMillionDistinctSessionIdsStayWithinTheBound() {
+        let s = SessionStore(maxSessions: 1000, maxItems: 4, idleSeconds: 1e9)
+        for n in 0..<1_000_000 {
+            _ = s.update("session-\(n)", appending: [UInt64(n), UInt64(n + 1)], now: Double(n))
+        }
+        #expect(s.count == 1000)
+        #expect(s.storedItems == 2000)
+        #expect(s.evicted == 999_000)
+        #expect(s.items(of: "session-999999", now: 1e6) == [999_999, 1_000_000])
+    }
+
+    @Test func zeroSessionsKeepsNothing() {
+        let s = SessionStore(maxSessions: 0, maxItems: 5, idleSeconds: 10)
+        #expect(s.update("a", appending: [1, 2], now: 0) == [1, 2])
+        #expect(s.count == 0)
+    }
+}
