@@ -32,9 +32,11 @@ let package = Package(
         // Scorer plugins, one folder each, and the registry that lists them.
         .target(name: "Popularity", dependencies: ["PerennialCore"], path: "Plugins/Popularity"),
         .target(name: "CollaborativeFiltering", dependencies: ["PerennialCore", "CKernels"], path: "Plugins/CollaborativeFiltering"),
-        .target(name: "PerennialPlugins", dependencies: ["PerennialCore", "Popularity", "CollaborativeFiltering"],
+        .target(name: "TextCNN", dependencies: ["PerennialCore", "CKernels"], path: "Plugins/TextCNN"),
+        .target(name: "SessionRNN", dependencies: ["PerennialCore", "CKernels"], path: "Plugins/SessionRNN"),
+        .target(name: "PerennialPlugins", dependencies: ["PerennialCore", "Popularity", "CollaborativeFiltering", "TextCNN", "SessionRNN"],
                 path: "Sources/PerennialPlugins"),
-        // The evaluation protocols of EVALUATION.md (E1, E2), run in process.
+        // The evaluation protocols of EVALUATION.md (E1–E4), run in process.
         .target(name: "PerennialEval", dependencies: ["PerennialCore", "PerennialPlugins"], path: "Sources/PerennialEval"),
         // The libuv server: loop, connections, routing, limits, stats.
         .target(
@@ -55,7 +57,7 @@ let package = Package(
             resources: []
         ),
         .testTarget(name: "PerennialProtocolTests", dependencies: ["PerennialProtocol"], path: "Tests/PerennialProtocolTests"),
-        .testTarget(name: "PerennialCoreTests", dependencies: ["PerennialCore", "Popularity", "CollaborativeFiltering", "CKernels", "PerennialEval", "PerennialPlugins"], path: "Tests/PerennialCoreTests"),
+        .testTarget(name: "PerennialCoreTests", dependencies: ["PerennialCore", "Popularity", "CollaborativeFiltering", "TextCNN", "SessionRNN", "CKernels", "PerennialEval", "PerennialPlugins"], path: "Tests/PerennialCoreTests"),
         .testTarget(
             name: "PerennialServerTests",
             dependencies: ["PerennialServer", "PerennialClient", "PerennialProtocol", "PerennialCore", "PerennialPlugins"],

@@ -12,6 +12,26 @@ void pk_dot_rows_plain(const float *rows, size_t count, size_t dim, const float 
     }
 }
 
+// Plain loops over contiguous rows: the inner loop is an axpy, which the
+// compiler vectorises at -O3 for whatever the baseline ISA offers.
+void pk_matvec_t_acc(const float *m, size_t rows, size_t cols, const float *v, float *out) {
+    for (size_t r = 0; r < rows; r++) {
+        const float *row = m + r * cols;
+        const float a = v[r];
+        if (a == 0) continue;
+        for (size_t c = 0; c < cols; c++) out[c] += a * row[c];
+    }
+}
+
+void pk_outer_acc(float *m, size_t rows, size_t cols, const float *a, const float *b) {
+    for (size_t r = 0; r < rows; r++) {
+        float *row = m + r * cols;
+        const float x = a[r];
+        if (x == 0) continue;
+        for (size_t c = 0; c < cols; c++) row[c] += x * b[c];
+    }
+}
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 

@@ -4,10 +4,12 @@
 import CollaborativeFiltering
 @_exported import PerennialCore
 import Popularity
+import TextCNN
 
 extension ScorerRegistry {
     public static let builtin = ScorerRegistry([
         PopularityScorer.factory,
         CollaborativeFilteringScorer.factory,
+        TextCNNScorer.factory,
     ])
 }

@@ -19,6 +19,14 @@ void pk_dot_rows(const float *rows, size_t count, size_t dim, const float *query
 /// The plain reference loop (also the fallback on CPUs without AVX2/FMA).
 void pk_dot_rows_plain(const float *rows, size_t count, size_t dim, const float *query, float *out);
 
+/// out[c] += sum over r of m[r*cols + c] * v[r]: the transposed
+/// matrix-vector product a backward pass needs (gradient into a layer's input).
+void pk_matvec_t_acc(const float *m, size_t rows, size_t cols, const float *v, float *out);
+
+/// m[r*cols + c] += a[r] * b[c]: accumulates an outer product (a weight
+/// matrix's gradient from one step).
+void pk_outer_acc(float *m, size_t rows, size_t cols, const float *a, const float *b);
+
 /// 1 when pk_dot_rows uses the AVX2+FMA path on this CPU.
 int pk_has_fast_path(void);
 

@@ -28,6 +28,11 @@ public struct SnapshotWriter {
             bytes.append(contentsOf: UnsafeRawBufferPointer(start: p, count: n * b.width * MemoryLayout<T>.stride))
         }
     }
+    /// `count` floats from raw memory (weights held outside ChunkedBuffers).
+    public mutating func floats(_ p: UnsafePointer<Float>, count: Int) {
+        int(count)
+        bytes.append(contentsOf: UnsafeRawBufferPointer(start: p, count: count * 4))
+    }
     /// A length-prefixed block (a section a reader may skip).
     public mutating func block(_ b: [UInt8]) {
         int(b.count)
@@ -92,6 +97,16 @@ public struct SnapshotReader {
             done += n
         }
     }
+    /// Reads what `floats(_:count:)` wrote into `p`, which holds `count`.
+    public mutating func floats(into p: UnsafeMutablePointer<Float>, count: Int) throws {
+        let n = try int()
+        guard n == count else { throw LogError("snapshot holds \(n) weights where \(count) are expected (different settings?)") }
+        let r = try take(n * 4)
+        bytes.withUnsafeBytes { src in
+            UnsafeMutableRawPointer(p).copyMemory(from: src.baseAddress! + r.lowerBound, byteCount: n * 4)
+        }
+    }
+
     public mutating func block() throws -> [UInt8] {
         let n = try int()
         return Array(bytes[try take(n)])

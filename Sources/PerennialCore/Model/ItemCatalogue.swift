@@ -32,4 +32,9 @@ public final class ItemCatalogue {
     }
 
     public func record(of item: Int32) -> ItemRecord? { records[item] }
+
+    /// Every stored record, in item order.
+    public func forEach(_ body: (Int32, ItemRecord) -> Void) {
+        for item in records.keys.sorted() { body(item, records[item]!) }
+    }
 }

@@ -129,6 +129,7 @@ public final class Model: @unchecked Sendable {
         if isNew { growScorers() }
         let kept = cutText(text)
         catalogue.upsert(index, ItemRecord(text: kept, attributes: attributes))
+        for s in scorers { s.itemTextChanged(index, text: kept) }
         return (isNew, kept.utf8.count != text.utf8.count)
     }
 
@@ -192,6 +193,7 @@ public final class Model: @unchecked Sendable {
                 }
                 changes.append("\(sc.name) re-configured (learned state kept)")
             } else {
+                catalogue.forEach { fresh.itemTextChanged($0, text: $1.text) }
                 changes.append("\(sc.name) added (starts learning from the next event)")
             }
             next.append(fresh)
@@ -297,6 +299,7 @@ public final class Model: @unchecked Sendable {
             }
             restored.insert(name)
         }
+        catalogue.forEach { item, record in for s in scorers { s.itemTextChanged(item, text: record.text) } }
         for s in scorers where !restored.contains(s.name) {
             Log.warning("snapshot: scorer \(s.name) was not in the snapshot; it starts empty and learns from new events")
         }

@@ -86,6 +86,10 @@ public protocol Scorer: AnyObject {
     func grow(users: Int, items: Int)
     /// Learns from one accepted event.
     func learn(_ event: LearnEvent)
+    /// An item's text was stored or replaced (admitting thread, after
+    /// `grow` made room for the item; also for every stored text when a
+    /// model is restored or a scorer is added by a reload).
+    func itemTextChanged(_ item: Int32, text: String)
     /// Pushes every eligible item with its score into `top`.
     func recommend(_ query: ScoringQuery, into top: inout TopK)
     /// Scores the given items (nil = an item id never seen) for the query's user.
@@ -111,6 +115,7 @@ public protocol Scorer: AnyObject {
 }
 
 extension Scorer {
+    public func itemTextChanged(_ item: Int32, text: String) {}
     public var counters: [(String, UInt64)] { [] }
     public func predictRating(user: Int32?, item: Int32?) -> Float? { nil }
     public func beginRepeatedEpoch() {}

@@ -1,0 +1,356 @@
+// The `text-cnn` scorer: items ranked by what their text says, so an item
+// nobody has touched yet is recommendable the moment its text arrives.
+//
+// Model. The text encoder (TextEncoder.swift) maps an item's text to a
+// vector y in its own space of `dimension` + 1 floats; the last coordinate
+// acts as the item's bias. It is trained online by BPR (Rendle et al. 2009)
+// end to end: for a positive event (u, i) on an item with text and a
+// negative j drawn uniformly from the items with text the learner has seen,
+// one step down −ln σ(q_u · (y_i − y_j)), where q_u is a per-user vector
+// learned alongside (its bias slot fixed at 1). Gradients of a minibatch of
+// `batch` positives are summed and applied with Adam: dense weights every
+// batch, embedding and user rows lazily, where touched. So the encoder
+// learns, from behaviour alone, which words and tags predict who likes what.
+//
+// Scoring. A user is described by their content profile: the sum of the
+// L2-normalised encodings of the items in their history and session (a
+// user vector learned on the encoder's moving target is weaker than this
+// for items never seen, as the E3 prototypes showed). An item's score is
+// the profile · its normalised encoding (the cosine up to the profile's
+// length, which ranking ignores). A user with no history gets the items'
+// learned bias (what the text says about popularity). Items without text
+// are not ranked by this scorer.
+//
+// Threads. Texts arrive on the admitting thread and are kept, tokenised,
+// behind a mutex the learner also takes. Encoder weights are one buffer
+// allocated once (the serving thread reads while the learner writes, as
+// with the shared table). Cached item encodings belong to the serving
+// thread alone, which recomputes one when the encoder has taken
+// `refreshSteps` steps since it was computed.
+
+import PerennialCore
+import Synchronization
+
+public final class TextCNNScorer: Scorer {
+    public let name = "text-cnn"
+    public let settings: TextCNNSettings
+    let shape: TextEncoderShape
+    let encoder: TextEncoder
+    let tokenizer: Tokenizer
+    let D: Int  // encoder output width, dimension + 1
+
+    // Weights and Adam moments, one flat buffer each (never moved).
+    let params: UnsafeMutablePointer<Float>
+    let grad: UnsafeMutablePointer<Float>
+    let adamM: UnsafeMutablePointer<Float>
+    let adamV: UnsafeMutablePointer<Float>
+    var adam: Adam
+    /// Dense encoder steps taken (read by the serving thread).
+    let steps = Atomic<Int>(0)
+
+    // Per-user vectors and their moments (learner thread only).
+    let users: ChunkedBuffer<Float>
+    let userM: ChunkedBuffer<Float>
+    let userV: ChunkedBuffer<Float>
+    var userRows = 0
+
+    /// Tokenised texts by item (admitting thread writes, learner reads).
+    let texts = Mutex<[Int32: TokenizedText]>([:])
+
+    // Learner-thread state.
+    var seenItems: [Int32] = []
+    var seen = Set<Int32>()
+    var rng: SplitMix64
+    var inBatch = 0
+    var pendingEmbedding: [Int32: Int] = [:]
+    var pendingEmbeddingGrad: [Float] = []
+    var pendingUsers: [Int32: Int] = [:]
+    var pendingUserGrad: [Float] = []
+    var learnedPositives: UInt64 = 0
+    var skippedNoText: UInt64 = 0
+    private var traceI: EncoderTrace, traceJ: EncoderTrace
+    private var scratch: EncoderScratch
+    private var dyI: [Float], dyJ: [Float]
+
+    // Serving-thread state: cached normalised encodings (D floats) and the
+    // raw bias, with the encoder step each was computed at (-1 = never).
+    let cache: ChunkedBuffer<Float>
+    var cacheStep: [Int] = []
+    private var serveTrace: EncoderTrace
+    private var profile: [Float]
+    var itemCount = 0
+
+    public init(settings: TextCNNSettings) {
+        self.settings = settings
+        shape = TextEncoderShape(buckets: settings.buckets, tokenDim: settings.tokenDimension, widths: [1, 2, 3],
+                                 filters: settings.filters, output: settings.dimension + 1)
+        encoder = TextEncoder(shape: shape)
+        tokenizer = Tokenizer(buckets: settings.buckets, maxWords: settings.maxWords)
+        D = shape.output
+        let n = shape.count
+        params = .allocate(capacity: n)
+        grad = .allocate(capacity: n)
+        adamM = .allocate(capacity: n)
+        adamV = .allocate(capacity: n)
+        for b in [grad, adamM, adamV] { b.initialize(repeating: 0, count: n) }
+        params.initialize(repeating: 0, count: n)
+        adam = Adam(learningRate: settings.learningRate)
+        rng = SplitMix64(seed: settings.seed)
+        users = ChunkedBuffer(width: D, fill: 0, rowsPerChunkLog2: 10)
+        userM = ChunkedBuffer(width: D, fill: 0, rowsPerChunkLog2: 10)
+        userV = ChunkedBuffer(width: D, fill: 0, rowsPerChunkLog2: 10)
+        cache = ChunkedBuffer(width: D + 1, fill: 0, rowsPerChunkLog2: 10)
+        traceI = EncoderTrace(shape: shape)
+        traceJ = EncoderTrace(shape: shape)
+        serveTrace = EncoderTrace(shape: shape)
+        scratch = EncoderScratch(shape: shape)
+        dyI = .init(repeating: 0, count: D)
+        dyJ = .init(repeating: 0, count: D)
+        profile = .init(repeating: 0, count: D)
+        initialiseWeights()
+    }
+
+    deinit {
+        for b in [params, grad, adamM, adamV] { b.deallocate() }
+    }
+
+    /// Embeddings uniform with the spread of N(0, 0.1); kernels and the
+    /// projection with He / Glorot-like spreads for their fan-in; biases 0.
+    private func initialiseWeights() {
+        var g = SplitMix64(seed: settings.seed ^ 0x7E47)
+        let sqrt3: Float = 1.7320508
+        func fill(_ from: Int, _ count: Int, std: Float) {
+            for k in 0..<count { params[from + k] = g.nextSignedUnitFloat() * std * sqrt3 }
+        }
+        let e = shape.tokenDim, F = shape.filters
+        fill(0, shape.embeddingCount, std: 0.1)
+        for (wi, w) in shape.widths.enumerated() {
+            fill(shape.kernelOffset(wi), F * w * e, std: (2 / Float(w * e)).squareRoot() * 3)
+        }
+        fill(shape.projectionOffset, D * shape.projectionInputs, std: 1 / Float(shape.projectionInputs).squareRoot())
+    }
+
+    public static let factory = ScorerFactory(
+        name: "text-cnn",
+        summary: "a convolutional text encoder trained online by BPR: ranks items, cold ones included, by their text",
+        readSettings: { r throws(ConfigError) in try TextCNNSettings.read(r) },
+        make: { s, _ in TextCNNScorer(settings: s as! TextCNNSettings) })
+
+    public func grow(users n: Int, items: Int) {
+        users.ensure(rows: n)
+        userM.ensure(rows: n)
+        userV.ensure(rows: n)
+        for u in userRows..<max(userRows, n) {
+            var g = SplitMix64(seed: settings.seed ^ 0x05E4 ^ UInt64(u))
+            let row = users.row(u)
+            for k in 0..<(D - 1) { row[k] = g.nextSignedUnitFloat() * 0.1 * 1.7320508 }
+            row[D - 1] = 1
+        }
+        userRows = max(userRows, n)
+        cache.ensure(rows: items)
+        if cacheStep.count < items { cacheStep.append(contentsOf: repeatElement(-1, count: items - cacheStep.count)) }
+        itemCount = max(itemCount, items)
+    }
+
+    public func itemTextChanged(_ item: Int32, text: String) {
+        let tokens = tokenizer.tokenize(text)
+        texts.withLock { $0[item] = tokens }
+        if Int(item) < cacheStep.count { cacheStep[Int(item)] = -1 }
+    }
+
+    // MARK: learning (learner thread)
+
+    public var preferredEpochs: Int { settings.epochs }
+
+    public func learn(_ e: LearnEvent) {
+        let positive = e.kind != .rating || e.value >= settings.positiveThreshold
+        guard let tokensI = texts.withLock({ $0[e.item] }) else { skippedNoText += 1; return }
+        if seen.insert(e.item).inserted { seenItems.append(e.item) }
+        guard positive, seenItems.count > 1 else { return }
+        var j = e.item
+        while j == e.item { j = seenItems[rng.below(seenItems.count)] }
+        guard let tokensJ = texts.withLock({ $0[j] }) else { return }
+        learnedPositives += 1
+
+        encoder.forward(params, tokensI, trace: &traceI)
+        encoder.forward(params, tokensJ, trace: &traceJ)
+        let q = users.row(Int(e.user))
+        var x: Float = 0
+        for k in 0..<D { x += q[k] * (traceI.y[k] - traceJ.y[k]) }
+        // d/dx of −ln σ(x) is −(1 − σ(x)) = −σ(−x).
+        let g = -sigmoid(-x)
+        for k in 0..<D { dyI[k] = g * q[k]; dyJ[k] = -g * q[k] }
+        let ug = pendingRow(&pendingUsers, &pendingUserGrad, e.user)
+        pendingUserGrad.withUnsafeMutableBufferPointer { pu in
+            for k in 0..<(D - 1) { pu[ug + k] += g * (traceI.y[k] - traceJ.y[k]) }
+        }
+        let e = shape.tokenDim
+        let addEmbedding = { (id: Int32, de: UnsafePointer<Float>) in
+            let at = self.pendingRow(&self.pendingEmbedding, &self.pendingEmbeddingGrad, id, width: e)
+            self.pendingEmbeddingGrad.withUnsafeMutableBufferPointer { pe in
+                for k in 0..<e { pe[at + k] += de[k] }
+            }
+        }
+        encoder.backward(params, tokensI, trace: traceI, dy: dyI, grad: grad, scratch: &scratch, embedding: addEmbedding)
+        encoder.backward(params, tokensJ, trace: traceJ, dy: dyJ, grad: grad, scratch: &scratch, embedding: addEmbedding)
+        inBatch += 1
+        if inBatch >= settings.batch { applyBatch() }
+    }
+
+    /// The slot of `key`'s pending gradient (`width` floats, zero when new).
+    private func pendingRow(_ index: inout [Int32: Int], _ store: inout [Float], _ key: Int32, width: Int? = nil) -> Int {
+        if let at = index[key] { return at }
+        let at = store.count
+        store.append(contentsOf: repeatElement(0, count: width ?? D))
+        index[key] = at
+        return at
+    }
+
+    /// One Adam step from the minibatch's summed gradients.
+    private func applyBatch() {
+        let dense = shape.kernelOffset(0)
+        adam.step(params + dense, grad: grad + dense, m: adamM + dense, v: adamV + dense, count: shape.count - dense)
+        let e = shape.tokenDim
+        pendingEmbeddingGrad.withUnsafeMutableBufferPointer { pe in
+            for (id, at) in pendingEmbedding {
+                let o = Int(id) * e
+                adam.rowStep(params + o, grad: pe.baseAddress! + at, m: adamM + o, v: adamV + o, count: e)
+            }
+        }
+        pendingUserGrad.withUnsafeMutableBufferPointer { pu in
+            for (u, at) in pendingUsers {
+                // The bias slot (last) stays 1.
+                adam.rowStep(users.row(Int(u)), grad: pu.baseAddress! + at, m: userM.row(Int(u)), v: userV.row(Int(u)), count: D - 1)
+            }
+        }
+        pendingEmbedding.removeAll(keepingCapacity: true)
+        pendingEmbeddingGrad.removeAll(keepingCapacity: true)
+        pendingUsers.removeAll(keepingCapacity: true)
+        pendingUserGrad.removeAll(keepingCapacity: true)
+        inBatch = 0
+        steps.add(1, ordering: .releasing)
+    }
+
+    // MARK: scoring (serving thread)
+
+    /// The item's cached normalised encoding (D floats, then the raw bias),
+    /// recomputed when stale; nil for an item without text.
+    private func encoding(_ item: Int32) -> UnsafeMutablePointer<Float>? {
+        let i = Int(item)
+        guard i < cacheStep.count else { return nil }
+        let now = steps.load(ordering: .acquiring)
+        let row = cache.row(i)
+        if cacheStep[i] >= 0 && now - cacheStep[i] < settings.refreshSteps { return row }
+        guard let tokens = texts.withLock({ $0[item] }) else { return nil }
+        encoder.forward(params, tokens, trace: &serveTrace)
+        var norm: Float = 0
+        for k in 0..<D { norm += serveTrace.y[k] * serveTrace.y[k] }
+        let inv = norm > 0 ? 1 / norm.squareRoot() : 0
+        for k in 0..<D { row[k] = serveTrace.y[k] * inv }
+        row[D] = serveTrace.y[D - 1]
+        cacheStep[i] = now
+        return row
+    }
+
+    /// Sums the normalised encodings of the user's items into `profile`;
+    /// false when none has text.
+    private func buildProfile(_ query: ScoringQuery) -> Bool {
+        for k in 0..<D { profile[k] = 0 }
+        var any = false
+        for item in query.history + query.sessionItems {
+            guard let v = encoding(item) else { continue }
+            for k in 0..<D { profile[k] += v[k] }
+            any = true
+        }
+        return any
+    }
+
+    @inline(__always)
+    private func score(_ v: UnsafeMutablePointer<Float>, hasProfile: Bool) -> Float {
+        guard hasProfile else { return v[D] }
+        var s: Float = 0
+        for k in 0..<D { s += profile[k] * v[k] }
+        return s
+    }
+
+    public func recommend(_ query: ScoringQuery, into top: inout TopK) {
+        let hasProfile = buildProfile(query)
+        query.forEachEligibleItem { item in
+            guard let v = encoding(item) else { return }
+            top.push(item, score(v, hasProfile: hasProfile))
+        }
+    }
+
+    public func score(_ query: ScoringQuery, items: [Int32?]) -> [Float] {
+        let hasProfile = buildProfile(query)
+        return items.map { item in
+            guard let item, let v = encoding(item) else { return 0 }
+            return score(v, hasProfile: hasProfile)
+        }
+    }
+
+    public var counters: [(String, UInt64)] {
+        [("positives_learned", learnedPositives), ("events_without_text", skippedNoText),
+         ("encoder_steps", UInt64(steps.load(ordering: .relaxed))),
+         ("items_with_text", UInt64(texts.withLock { $0.count }))]
+    }
+
+    // MARK: snapshots
+
+    public func save(to w: inout SnapshotWriter) {
+        w.floats(params, count: shape.count)
+        w.floats(grad, count: shape.count)
+        w.floats(adamM, count: shape.count)
+        w.floats(adamV, count: shape.count)
+        w.int(adam.steps)
+        w.int(steps.load(ordering: .relaxed))
+        w.rows(users, count: userRows)
+        w.rows(userM, count: userRows)
+        w.rows(userV, count: userRows)
+        w.int32s(seenItems)
+        w.u64(rng.state)
+        w.int(inBatch)
+        for (index, store, width) in [(pendingEmbedding, pendingEmbeddingGrad, shape.tokenDim), (pendingUsers, pendingUserGrad, D)] {
+            let keys = index.keys.sorted()
+            w.int32s(keys)
+            for k in keys { for j in 0..<width { w.f32(store[index[k]! + j]) } }
+        }
+        w.u64(learnedPositives)
+        w.u64(skippedNoText)
+    }
+
+    public func load(from r: inout SnapshotReader) throws {
+        try r.floats(into: params, count: shape.count)
+        try r.floats(into: grad, count: shape.count)
+        try r.floats(into: adamM, count: shape.count)
+        try r.floats(into: adamV, count: shape.count)
+        adam.restore(steps: try r.int())
+        steps.store(try r.int(), ordering: .releasing)
+        try r.rows(into: users, expected: userRows)
+        try r.rows(into: userM, expected: userRows)
+        try r.rows(into: userV, expected: userRows)
+        seenItems = try r.int32s()
+        seen = Set(seenItems)
+        rng = SplitMix64(seed: try r.u64())
+        inBatch = try r.int()
+        pendingEmbedding = [:]; pendingEmbeddingGrad = []
+        for k in try r.int32s() {
+            let at = pendingRow(&pendingEmbedding, &pendingEmbeddingGrad, k, width: shape.tokenDim)
+            for j in 0..<shape.tokenDim { pendingEmbeddingGrad[at + j] = try r.f32() }
+        }
+        pendingUsers = [:]; pendingUserGrad = []
+        for k in try r.int32s() {
+            let at = pendingRow(&pendingUsers, &pendingUserGrad, k)
+            for j in 0..<D { pendingUserGrad[at + j] = try r.f32() }
+        }
+        learnedPositives = try r.u64()
+        skippedNoText = try r.u64()
+        for k in cacheStep.indices { cacheStep[k] = -1 }
+    }
+}
+
+@inline(__always) func sigmoid(_ a: Float) -> Float { 1 / (1 + expf(-a)) }
+
+#if canImport(Glibc)
+import Glibc
+#endif

@@ -1,0 +1,53 @@
+// Adam (Kingma & Ba 2015): per-weight steps scaled by running estimates of
+// the gradient's first and second moments, with their start-up bias
+// corrected. Used by the neural scorers for their dense weights, which are
+// updated once per minibatch of accumulated gradients.
+
+public struct Adam {
+    public var learningRate: Float
+    public var beta1: Float = 0.9
+    public var beta2: Float = 0.999
+    public var epsilon: Float = 1e-8
+    public private(set) var steps = 0
+
+    public init(learningRate: Float) { self.learningRate = learningRate }
+
+    /// One step for `count` weights in `w` from gradient `g` (which is then
+    /// zeroed), with moment buffers `m` and `v` of the same size.
+    public mutating func step(_ w: UnsafeMutablePointer<Float>, grad g: UnsafeMutablePointer<Float>,
+                              m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, count: Int) {
+        steps += 1
+        let c1 = 1 - powf(beta1, Float(steps)), c2 = 1 - powf(beta2, Float(steps))
+        let a = learningRate * c2.squareRoot() / c1
+        for k in 0..<count {
+            let gk = g[k]
+            m[k] = beta1 * m[k] + (1 - beta1) * gk
+            v[k] = beta2 * v[k] + (1 - beta2) * gk * gk
+            w[k] -= a * m[k] / (v[k].squareRoot() + epsilon)
+            g[k] = 0
+        }
+    }
+
+    /// The same update for one row of a sparse table (rows touched in a
+    /// minibatch), at the current step count (call after `step`, or after
+    /// `advance` when there are no dense weights).
+    public func rowStep(_ w: UnsafeMutablePointer<Float>, grad g: UnsafeMutablePointer<Float>,
+                        m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, count: Int) {
+        let t = Float(max(steps, 1))
+        let c1 = 1 - powf(beta1, t), c2 = 1 - powf(beta2, t)
+        let a = learningRate * c2.squareRoot() / c1
+        for k in 0..<count {
+            let gk = g[k]
+            m[k] = beta1 * m[k] + (1 - beta1) * gk
+            v[k] = beta2 * v[k] + (1 - beta2) * gk * gk
+            w[k] -= a * m[k] / (v[k].squareRoot() + epsilon)
+            g[k] = 0
+        }
+    }
+
+    public mutating func restore(steps: Int) { self.steps = steps }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
