@@ -6,12 +6,14 @@ import Foundation
 import PerennialClient
 import PerennialCore
 import PerennialEval
+import PerennialProtocol
 
 struct Replay: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Stream a MovieLens folder's ratings into a server as FEEDBACK.",
+        abstract: "Stream a MovieLens folder's item texts (UPSERT_ITEM) and ratings (FEEDBACK) into a server.",
         discussion: """
-            Events go in time order (ratings.csv sorted stably by timestamp, user,
+            First every movie's text (title, genres, tags, as EVALUATION.md defines
+            it) is sent as UPSERT_ITEM, pipelined. Then events go in time order (ratings.csv sorted stably by timestamp, user,
             item) as kind "rating" with the rating as value, in batches, with a
             bounded window of unacknowledged batches. Ends when every event is
             acknowledged and applied, and prints events/second.
@@ -29,6 +31,8 @@ struct Replay: AsyncParsableCommand {
     var batch = 1000
     @Option(help: "Unacknowledged batches in flight.")
     var window = 8
+    @Flag(help: "Do not send the item texts.")
+    var noTexts = false
 
     func run() async throws {
         let ml = try MovieLensData.load(folder: data)
@@ -38,6 +42,17 @@ struct Replay: AsyncParsableCommand {
         if let limit { events = Array(events.prefix(max(0, limit))) }
         let client = try await PerennialClient.connect(host: host, port: port)
         _ = try await client.hello(clientName: "perennial-replay")
+        if !noTexts && !ml.itemTexts.isEmpty {
+            let tText = MonotonicClock.nowNanos()
+            var sent = 0
+            for chunk in stride(from: 0, to: ml.itemTexts.count, by: 1000) {
+                let part = ml.itemTexts[chunk..<min(chunk + 1000, ml.itemTexts.count)]
+                let replies = try await client.pipeline(part.map { .upsertItem(UpsertItem(item: $0.item, text: $0.text)) })
+                for r in replies { if case .error(let e) = r { throw CommandError("UPSERT_ITEM refused: \(e.message)") } }
+                sent += replies.count
+            }
+            print(String(format: "sent %d item texts in %.3f s", sent, Double(MonotonicClock.nowNanos() - tText) / 1e9))
+        }
         let bar = ProgressBar(total: events.count, label: "replay")
         let t0 = MonotonicClock.nowNanos()
         let ack = try await client.stream(events, batchSize: batch, window: window) { bar.update($0) }

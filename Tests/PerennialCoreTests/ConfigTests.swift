@@ -1,10 +1,12 @@
 import Foundation
 import Testing
+import TextCNN
+import PerennialPlugins
 @testable import PerennialCore
 import Popularity
 import CollaborativeFiltering
 
-private let registry = ScorerRegistry([PopularityScorer.factory, CollaborativeFilteringScorer.factory])
+private let registry = ScorerRegistry.builtin
 
 private func repoRoot() -> String {
     URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
@@ -37,6 +39,12 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
         // Every key in the bundled file is one the reader knows.
         let doc = try ConfigDocument(text: try String(contentsOfFile: repoRoot() + "/config/perennial.toml", encoding: .utf8), file: "x")
         #expect(doc.order.count >= 15)
+        // The sections of scorers not loaded by default hold their defaults too.
+        var all = doc
+        all.set("scorers.load", .array([.string("text-cnn")]))
+        all.set("scorers.default", .string("text-cnn"))
+        let loaded = try PerennialConfig.load(all, registry: registry)
+        #expect(loaded.scorers.first?.settings as? TextCNNSettings == TextCNNSettings())
     }
 
     @Test func typoNamesLineAndSuggestion() {
