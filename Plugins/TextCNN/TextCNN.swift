@@ -3,17 +3,22 @@
 //
 // Model. The text encoder (TextEncoder.swift) maps an item's text to a
 // vector y in its own space of `dimension` + 1 floats; the last coordinate
-// acts as the item's bias. It is trained online by BPR (Rendle et al. 2009)
-// end to end: for a positive event (u, i) on an item with text and a
-// negative j drawn uniformly from the items with text the learner has seen,
-// one step down −ln σ(q_u · (y_i − y_j)), where q_u is a per-user vector
-// learned alongside (its bias slot fixed at 1). Gradients of a minibatch of
+// acts as the item's bias. An item is represented by v_i = y_i + o_i, where
+// o_i is the item's own offset learned from its events (collaborative topic
+// regression's idea, Wang & Blei 2011): o_i starts at zero, so a new item
+// starts exactly at the encoder's guess, and moves from it only as events
+// on the item arrive — the blend of text and behaviour follows the
+// evidence. Trained online by BPR (Rendle et al. 2009) end to end: for a
+// positive event (u, i) on an item with text and a negative j drawn
+// uniformly from the items with text the learner has seen, one step down
+// −ln σ(q_u · (v_i − v_j)), where q_u is a per-user vector learned alongside
+// (its bias slot fixed at 1). Gradients of a minibatch of
 // `batch` positives are summed and applied with Adam: dense weights every
 // batch, embedding and user rows lazily, where touched. So the encoder
 // learns, from behaviour alone, which words and tags predict who likes what.
 //
 // Scoring. A user is described by their content profile: the sum of the
-// L2-normalised encodings of the items in their history and session (a
+// L2-normalised vectors v of the items in their history and session (a
 // user vector learned on the encoder's moving target is weaker than this
 // for items never seen, as the E3 prototypes showed). An item's score is
 // the profile · its normalised encoding (the cosine up to the profile's
@@ -53,6 +58,11 @@ public final class TextCNNScorer: Scorer {
     let userM: ChunkedBuffer<Float>
     let userV: ChunkedBuffer<Float>
     var userRows = 0
+    // Per-item offsets from behaviour, and their moments.
+    let offsets: ChunkedBuffer<Float>
+    let offsetM: ChunkedBuffer<Float>
+    let offsetV: ChunkedBuffer<Float>
+    var offsetRows = 0
 
     /// Tokenised texts by item (admitting thread writes, learner reads).
     let texts = Mutex<[Int32: TokenizedText]>([:])
@@ -66,11 +76,13 @@ public final class TextCNNScorer: Scorer {
     var pendingEmbeddingGrad: [Float] = []
     var pendingUsers: [Int32: Int] = [:]
     var pendingUserGrad: [Float] = []
+    var pendingOffsets: [Int32: Int] = [:]
+    var pendingOffsetGrad: [Float] = []
     var learnedPositives: UInt64 = 0
     var skippedNoText: UInt64 = 0
     private var traceI: EncoderTrace, traceJ: EncoderTrace
     private var scratch: EncoderScratch
-    private var dyI: [Float], dyJ: [Float]
+    private var dyI: [Float], dyJ: [Float], diff: [Float]
 
     // Serving-thread state: cached normalised encodings (D floats) and the
     // raw bias, with the encoder step each was computed at (-1 = never).
@@ -100,12 +112,16 @@ public final class TextCNNScorer: Scorer {
         userM = ChunkedBuffer(width: D, fill: 0, rowsPerChunkLog2: 10)
         userV = ChunkedBuffer(width: D, fill: 0, rowsPerChunkLog2: 10)
         cache = ChunkedBuffer(width: D + 1, fill: 0, rowsPerChunkLog2: 10)
+        offsets = ChunkedBuffer(width: D, fill: 0, rowsPerChunkLog2: 10)
+        offsetM = ChunkedBuffer(width: D, fill: 0, rowsPerChunkLog2: 10)
+        offsetV = ChunkedBuffer(width: D, fill: 0, rowsPerChunkLog2: 10)
         traceI = EncoderTrace(shape: shape)
         traceJ = EncoderTrace(shape: shape)
         serveTrace = EncoderTrace(shape: shape)
         scratch = EncoderScratch(shape: shape)
         dyI = .init(repeating: 0, count: D)
         dyJ = .init(repeating: 0, count: D)
+        diff = .init(repeating: 0, count: D)
         profile = .init(repeating: 0, count: D)
         initialiseWeights()
     }
@@ -148,6 +164,10 @@ public final class TextCNNScorer: Scorer {
         }
         userRows = max(userRows, n)
         cache.ensure(rows: items)
+        offsets.ensure(rows: items)
+        offsetM.ensure(rows: items)
+        offsetV.ensure(rows: items)
+        offsetRows = max(offsetRows, items)
         if cacheStep.count < items { cacheStep.append(contentsOf: repeatElement(-1, count: items - cacheStep.count)) }
         itemCount = max(itemCount, items)
     }
@@ -175,14 +195,21 @@ public final class TextCNNScorer: Scorer {
         encoder.forward(params, tokensI, trace: &traceI)
         encoder.forward(params, tokensJ, trace: &traceJ)
         let q = users.row(Int(e.user))
+        let oi = offsets.row(Int(e.item)), oj = offsets.row(Int(j))
         var x: Float = 0
-        for k in 0..<D { x += q[k] * (traceI.y[k] - traceJ.y[k]) }
+        for k in 0..<D { diff[k] = traceI.y[k] + oi[k] - traceJ.y[k] - oj[k]; x += q[k] * diff[k] }
         // d/dx of −ln σ(x) is −(1 − σ(x)) = −σ(−x).
         let g = -sigmoid(-x)
         for k in 0..<D { dyI[k] = g * q[k]; dyJ[k] = -g * q[k] }
         let ug = pendingRow(&pendingUsers, &pendingUserGrad, e.user)
         pendingUserGrad.withUnsafeMutableBufferPointer { pu in
-            for k in 0..<(D - 1) { pu[ug + k] += g * (traceI.y[k] - traceJ.y[k]) }
+            for k in 0..<(D - 1) { pu[ug + k] += g * diff[k] }
+        }
+        // The offsets get the same gradient as the encoder outputs.
+        let gi = pendingRow(&pendingOffsets, &pendingOffsetGrad, e.item)
+        let gj = pendingRow(&pendingOffsets, &pendingOffsetGrad, j)
+        pendingOffsetGrad.withUnsafeMutableBufferPointer { po in
+            for k in 0..<D { po[gi + k] += dyI[k]; po[gj + k] += dyJ[k] }
         }
         let e = shape.tokenDim
         let addEmbedding = { (id: Int32, de: UnsafePointer<Float>) in
@@ -223,6 +250,13 @@ public final class TextCNNScorer: Scorer {
                 adam.rowStep(users.row(Int(u)), grad: pu.baseAddress! + at, m: userM.row(Int(u)), v: userV.row(Int(u)), count: D - 1)
             }
         }
+        pendingOffsetGrad.withUnsafeMutableBufferPointer { po in
+            for (i, at) in pendingOffsets {
+                adam.rowStep(offsets.row(Int(i)), grad: po.baseAddress! + at, m: offsetM.row(Int(i)), v: offsetV.row(Int(i)), count: D)
+            }
+        }
+        pendingOffsets.removeAll(keepingCapacity: true)
+        pendingOffsetGrad.removeAll(keepingCapacity: true)
         pendingEmbedding.removeAll(keepingCapacity: true)
         pendingEmbeddingGrad.removeAll(keepingCapacity: true)
         pendingUsers.removeAll(keepingCapacity: true)
@@ -243,11 +277,12 @@ public final class TextCNNScorer: Scorer {
         if cacheStep[i] >= 0 && now - cacheStep[i] < settings.refreshSteps { return row }
         guard let tokens = texts.withLock({ $0[item] }) else { return nil }
         encoder.forward(params, tokens, trace: &serveTrace)
+        let o = offsets.row(i)
         var norm: Float = 0
-        for k in 0..<D { norm += serveTrace.y[k] * serveTrace.y[k] }
+        for k in 0..<D { row[k] = serveTrace.y[k] + o[k]; norm += row[k] * row[k] }
+        row[D] = row[D - 1]
         let inv = norm > 0 ? 1 / norm.squareRoot() : 0
-        for k in 0..<D { row[k] = serveTrace.y[k] * inv }
-        row[D] = serveTrace.y[D - 1]
+        for k in 0..<D { row[k] *= inv }
         cacheStep[i] = now
         return row
     }
@@ -307,10 +342,14 @@ public final class TextCNNScorer: Scorer {
         w.rows(users, count: userRows)
         w.rows(userM, count: userRows)
         w.rows(userV, count: userRows)
+        w.rows(offsets, count: offsetRows)
+        w.rows(offsetM, count: offsetRows)
+        w.rows(offsetV, count: offsetRows)
         w.int32s(seenItems)
         w.u64(rng.state)
         w.int(inBatch)
-        for (index, store, width) in [(pendingEmbedding, pendingEmbeddingGrad, shape.tokenDim), (pendingUsers, pendingUserGrad, D)] {
+        for (index, store, width) in [(pendingEmbedding, pendingEmbeddingGrad, shape.tokenDim), (pendingUsers, pendingUserGrad, D),
+                                      (pendingOffsets, pendingOffsetGrad, D)] {
             let keys = index.keys.sorted()
             w.int32s(keys)
             for k in keys { for j in 0..<width { w.f32(store[index[k]! + j]) } }
@@ -329,6 +368,9 @@ public final class TextCNNScorer: Scorer {
         try r.rows(into: users, expected: userRows)
         try r.rows(into: userM, expected: userRows)
         try r.rows(into: userV, expected: userRows)
+        try r.rows(into: offsets, expected: offsetRows)
+        try r.rows(into: offsetM, expected: offsetRows)
+        try r.rows(into: offsetV, expected: offsetRows)
         seenItems = try r.int32s()
         seen = Set(seenItems)
         rng = SplitMix64(seed: try r.u64())
@@ -342,6 +384,11 @@ public final class TextCNNScorer: Scorer {
         for k in try r.int32s() {
             let at = pendingRow(&pendingUsers, &pendingUserGrad, k)
             for j in 0..<D { pendingUserGrad[at + j] = try r.f32() }
+        }
+        pendingOffsets = [:]; pendingOffsetGrad = []
+        for k in try r.int32s() {
+            let at = pendingRow(&pendingOffsets, &pendingOffsetGrad, k)
+            for j in 0..<D { pendingOffsetGrad[at + j] = try r.f32() }
         }
         learnedPositives = try r.u64()
         skippedNoText = try r.u64()
