@@ -6,7 +6,7 @@ import Testing
 import PerennialClient
 import PerennialProtocol
 
-@Suite struct TextCNNServerTests {
+@Suite(.serialized) struct TextCNNServerTests {
     /// Three clusters of items, each with its own vocabulary, liked by three
     /// groups of users. Two items nobody has touched are upserted: one with
     /// text of cluster 0's vocabulary, one with unrelated words. For a user
@@ -23,7 +23,8 @@ import PerennialProtocol
             refresh_steps = 1
             """)
         defer { s.stop() }
-        let c = try await PerennialClient.connect(port: s.port)
+        // Debug builds learn slowly; the first read waits for all of it.
+        let c = try await PerennialClient.connect(port: s.port, timeout: 120)
         defer { c.close() }
         let vocab = [["space", "robot", "laser", "galaxy", "alien", "starship"],
                      ["romance", "wedding", "kiss", "paris", "love", "letters"],
