@@ -4,6 +4,7 @@
 import CollaborativeFiltering
 @_exported import PerennialCore
 import Popularity
+import SessionRNN
 import TextCNN
 
 extension ScorerRegistry {
@@ -11,5 +12,6 @@ extension ScorerRegistry {
         PopularityScorer.factory,
         CollaborativeFilteringScorer.factory,
         TextCNNScorer.factory,
+        SessionRNNScorer.factory,
     ])
 }

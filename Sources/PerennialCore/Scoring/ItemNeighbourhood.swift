@@ -5,7 +5,8 @@
 // items c_k (w_k = decay^k, most recent first), the item-based CF of Sarwar
 // et al. (2001) / Linden et al. (2003) made sequence-aware as in
 // session-based kNN (Ludewig & Jannach 2018): recent items and nearby pairs
-// say most about the next one.
+// say most about the next one. Also used directed, as first-order
+// transition counts (`add(previous, next)`), by the session scorer.
 //
 // Storage: per item, a fixed-capacity open-addressing table of (neighbour,
 // count) in a ChunkedBuffer, so memory never moves while the serving thread
@@ -14,22 +15,20 @@
 // place; a reader during that instant may miss some neighbours, never touch
 // freed memory.
 
-import PerennialCore
-
-final class ItemNeighbourhood {
-    let capacity: Int
-    let window: Int
+public final class ItemNeighbourhood {
+    public let capacity: Int
+    public let window: Int
     /// Per item: `capacity` slots of (key as Float bit pattern, count); key
     /// bit pattern of -1 means empty. Two floats per slot.
-    let slots: ChunkedBuffer<Float>
+    public let slots: ChunkedBuffer<Float>
     /// Per item: number of used slots.
-    let used: ChunkedBuffer<Int32>
+    public let used: ChunkedBuffer<Int32>
     private static let empty = Float(bitPattern: UInt32.max)
     private var rebuild: [(Int32, Float)] = []
     private var items = 0
-    var pairs: UInt64 = 0
+    public var pairs: UInt64 = 0
 
-    init(capacity: Int, window: Int) {
+    public init(capacity: Int, window: Int) {
         var cap = 8
         while cap < capacity { cap *= 2 }
         self.capacity = cap
@@ -38,7 +37,7 @@ final class ItemNeighbourhood {
         used = ChunkedBuffer(width: 1, fill: 0, rowsPerChunkLog2: 12)
     }
 
-    func grow(items n: Int) {
+    public func grow(items n: Int) {
         slots.ensure(rows: n)
         used.ensure(rows: n)
         items = max(items, n)
@@ -50,7 +49,7 @@ final class ItemNeighbourhood {
     }
 
     /// Adds `amount` to C[a, b].
-    func add(_ a: Int32, _ b: Int32, _ amount: Float) {
+    public func add(_ a: Int32, _ b: Int32, _ amount: Float) {
         let row = slots.row(Int(a))
         var s = home(b)
         while true {
@@ -94,7 +93,7 @@ final class ItemNeighbourhood {
     }
 
     /// Counts the pairs (item, each of the user's last `window` items).
-    func learn(item: Int32, previous: ArraySlice<Int32>) {
+    public func learn(item: Int32, previous: ArraySlice<Int32>) {
         for p in previous.suffix(window) where p != item {
             add(item, p, 1)
             add(p, item, 1)
@@ -102,10 +101,24 @@ final class ItemNeighbourhood {
         }
     }
 
+    /// C[a, b] (0 when absent).
+    @inline(__always)
+    public func count(_ a: Int32, _ b: Int32) -> Float {
+        let row = slots.row(Int(a))
+        var s = home(b)
+        for _ in 0..<capacity {
+            let k = row[2 * s].bitPattern
+            if k == UInt32(bitPattern: b) { let c = row[2 * s + 1]; return c.isFinite ? c : 0 }
+            if k == UInt32.max { return 0 }
+            s = (s + 1) & (capacity - 1)
+        }
+        return 0
+    }
+
     /// Adds w · C[c, j] to out[j] for every neighbour j of c; calls `touched`
     /// for each j whose entry was zero before.
     @inline(__always)
-    func accumulate(from c: Int32, weight: Float, into out: UnsafeMutablePointer<Float>, touched: (Int32) -> Void) {
+    public func accumulate(from c: Int32, weight: Float, into out: UnsafeMutablePointer<Float>, touched: (Int32) -> Void) {
         let row = slots.row(Int(c))
         for s in 0..<capacity {
             let k = row[2 * s].bitPattern
@@ -119,5 +132,5 @@ final class ItemNeighbourhood {
         }
     }
 
-    var bytes: Int { slots.bytes + used.bytes }
+    public var bytes: Int { slots.bytes + used.bytes }
 }

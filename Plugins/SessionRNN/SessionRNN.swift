@@ -1,0 +1,357 @@
+// The `session-rnn` scorer: the next item from what the session just did.
+//
+// Model (GRU4Rec's shape, Hidasi et al. 2016). The session's last `steps`
+// items, read as their rows in the shared table, run through a GRU
+// (GRU.swift) from a zero state; its last state h is mapped into the item
+// space, q = W_o h + b_o, and item j scores s_j = q · v_j + b_j, with v_j
+// the same shared rows.
+//
+// Learning, online from the stream: every event of a user is a next-item
+// example whose input is that user's previous `steps` items. The loss is
+// the sampled softmax over the true item and `negatives` items drawn
+// uniformly from those seen so far (Jean et al. 2015): −ln softmax(s)_true.
+// Its gradient, p_k − [k is true], flows to the candidates' rows and
+// biases, to W_o, through the GRU by backpropagation through time, and
+// into the input rows scaled by `table_gradient_scale`. Steps are Adagrad
+// (Duchi et al. 2011): per weight for the GRU and W_o, per row (one
+// mean-squared accumulator, the table's own) for item rows.
+//
+// Scoring blends in first-order transitions: the GRU's scores, standardised
+// over the items ranked, plus `transition_weight` · ln(1 + count of
+// last-item → j transitions seen). The counts recall exact short-range
+// sequences that the GRU, with 64 numbers of state, ranks less sharply
+// (E4 figures for both parts are in the README); weight 0 is the GRU alone.
+//
+// Threads: learning state (per-user recent items, RNG) is the learner's;
+// weights are one buffer allocated once, item biases and transition counts
+// live in ChunkedBuffers, read by the serving thread while the learner
+// writes (Hogwild-style, as with the shared table); the serving thread has
+// its own GRU trace and scratch.
+
+import CKernels
+import PerennialCore
+
+public final class SessionRNNScorer: Scorer {
+    public let name = "session-rnn"
+    public let settings: SessionRNNSettings
+    let table: EmbeddingTable
+    let d: Int
+    let layout: GRULayout
+    /// GRU weights, then W_o (d × d), then b_o (d).
+    let params: UnsafeMutablePointer<Float>
+    let grad: UnsafeMutablePointer<Float>
+    let accum: UnsafeMutablePointer<Float>
+    let count: Int
+    var woOffset: Int { layout.count }
+    var boOffset: Int { layout.count + d * d }
+    /// Per item: bias and its Adagrad accumulator.
+    let itemBias: ChunkedBuffer<Float>
+    let transitions: ItemNeighbourhood
+
+    // Learner-thread state.
+    var recent: [[Int32]] = []
+    var rng: SplitMix64
+    var learnedItems = 0
+    var learnedEvents: UInt64 = 0
+    var repeating = false
+    private var trace: GRUTrace
+    private var backScratch: GRUBackwardScratch
+    private var q: [Float], dq: [Float], dh: [Float], h: [Float]
+    private var cands: [Int32], logits: [Float]
+    private let rowGrad: UnsafeMutablePointer<Float>
+
+    // Serving-thread state.
+    var itemCount = 0
+    private var serveTrace: GRUTrace
+    private var serveQ: [Float], serveH: [Float]
+    private var serveScores: [Float] = []
+    private var serveTransitions: [Float] = []
+    private var touched: [Int32] = []
+
+    public init(settings: SessionRNNSettings, table: EmbeddingTable) {
+        self.settings = settings
+        self.table = table
+        d = table.dimension
+        layout = GRULayout(inputs: d, hidden: d)
+        count = layout.count + d * d + d
+        params = .allocate(capacity: count)
+        grad = .allocate(capacity: count)
+        accum = .allocate(capacity: count)
+        grad.initialize(repeating: 0, count: count)
+        accum.initialize(repeating: 0, count: count)
+        params.initialize(repeating: 0, count: count)
+        itemBias = ChunkedBuffer(width: 2, fill: 0, rowsPerChunkLog2: 12)
+        transitions = ItemNeighbourhood(capacity: settings.transitionSlots, window: 1)
+        rng = SplitMix64(seed: settings.seed)
+        trace = GRUTrace(layout: layout, maxSteps: settings.steps)
+        serveTrace = GRUTrace(layout: layout, maxSteps: settings.steps)
+        backScratch = GRUBackwardScratch(layout: layout)
+        q = .init(repeating: 0, count: d); dq = q; dh = q; h = q; serveQ = q; serveH = q
+        cands = .init(repeating: 0, count: settings.negatives + 1)
+        logits = .init(repeating: 0, count: settings.negatives + 1)
+        rowGrad = .allocate(capacity: d)
+        rowGrad.initialize(repeating: 0, count: d)
+        // Weights uniform with standard deviation 1/sqrt(fan-in); biases 0.
+        var g = SplitMix64(seed: settings.seed ^ 0x6E0)
+        let spread = 1.7320508 / Float(d).squareRoot()
+        for k in 0..<layout.bOffset { params[k] = g.nextSignedUnitFloat() * spread }
+        for k in 0..<(d * d) { params[woOffset + k] = g.nextSignedUnitFloat() * spread }
+    }
+
+    deinit {
+        params.deallocate(); grad.deallocate(); accum.deallocate(); rowGrad.deallocate()
+    }
+
+    public static let factory = ScorerFactory(
+        name: "session-rnn",
+        summary: "a GRU over the session's recent items (shared rows in and out), trained online by sampled softmax, blended with transition counts",
+        readSettings: { r throws(ConfigError) in try SessionRNNSettings.read(r) },
+        make: { s, env in SessionRNNScorer(settings: s as! SessionRNNSettings, table: env.table) })
+
+    public func grow(users: Int, items: Int) {
+        itemBias.ensure(rows: items)
+        transitions.grow(items: items)
+        itemCount = max(itemCount, items)
+    }
+
+    // MARK: learning (learner thread)
+
+    public var preferredEpochs: Int { settings.epochs }
+
+    public func beginRepeatedEpoch() {
+        repeating = true
+        for u in recent.indices { recent[u].removeAll(keepingCapacity: true) }
+    }
+
+    public func learn(_ e: LearnEvent) {
+        learnedEvents += 1
+        let u = Int(e.user)
+        if u >= recent.count { recent.append(contentsOf: repeatElement([], count: u + 1 - recent.count)) }
+        learnedItems = max(learnedItems, Int(e.item) + 1)
+        if let last = recent[u].last {
+            if learnedItems > 1 { trainStep(inputs: recent[u].suffix(settings.steps), target: e.item) }
+            if !repeating && last != e.item { transitions.add(last, e.item, 1) }
+        }
+        recent[u].append(e.item)
+        if recent[u].count > 2 * settings.steps { recent[u].removeFirst(recent[u].count - settings.steps) }
+    }
+
+    /// One sampled-softmax step for "after `inputs` comes `target`".
+    private func trainStep(inputs: ArraySlice<Int32>, target: Int32) {
+        let K = settings.negatives, lr = settings.learningRate
+        // Forward: the GRU, then q = W_o h + b_o.
+        trace.reset()
+        for x in inputs { trace.step(params, input: table.item(x)) }
+        let last = trace.last
+        for k in 0..<d { h[k] = last[last.startIndex + k] }
+        project(h, into: &q)
+        // Candidates: the target, then uniform negatives (a draw equal to
+        // the target is masked out).
+        cands[0] = target
+        for k in 1...K { cands[k] = Int32(rng.below(learnedItems)) }
+        var maxLogit = -Float.infinity
+        for k in 0...K {
+            if k > 0 && cands[k] == target { logits[k] = -.infinity; continue }
+            let v = table.item(cands[k])
+            var s = itemBias.row(Int(cands[k]))[0]
+            for j in 0..<d { s += q[j] * v[j] }
+            logits[k] = s
+            maxLogit = max(maxLogit, s)
+        }
+        var z: Float = 0
+        for k in 0...K { logits[k] = expf(logits[k] - maxLogit); z += logits[k] }
+        // logits now hold softmax numerators; dL/ds_k = p_k − [k = 0].
+        for k in 0...K { logits[k] = logits[k] / z - (k == 0 ? 1 : 0) }
+        // dq = Σ_k dL/ds_k v_k, before the rows move.
+        for j in 0..<d { dq[j] = 0 }
+        for k in 0...K where logits[k] != 0 {
+            let v = table.item(cands[k]), g = logits[k]
+            for j in 0..<d { dq[j] += g * v[j] }
+        }
+        // W_o, b_o; dh = W_oᵀ dq.
+        let gWo = grad + woOffset, gbo = grad + boOffset
+        for j in 0..<d { dh[j] = 0 }
+        dq.withUnsafeBufferPointer { dqp in
+            h.withUnsafeBufferPointer { hp in pk_outer_acc(gWo, d, d, dqp.baseAddress!, hp.baseAddress!) }
+            dh.withUnsafeMutableBufferPointer { dhp in pk_matvec_t_acc(params + woOffset, d, d, dqp.baseAddress!, dhp.baseAddress!) }
+        }
+        for j in 0..<d { gbo[j] += dq[j] }
+        // Through the GRU; input rows get their gradient as it comes.
+        let scale = settings.tableGradientScale
+        let inputItems = Array(inputs)
+        trace.backward(params, dLast: dh, grad: grad, scratch: &backScratch) { t, dx in
+            guard scale > 0 else { return }
+            for j in 0..<d { rowGrad[j] = scale * dx[j] }
+            rowStep(inputItems[t])
+        }
+        // Candidate rows and biases.
+        for k in 0...K where logits[k] != 0 {
+            let g = logits[k]
+            for j in 0..<d { rowGrad[j] = g * q[j] }
+            rowStep(cands[k])
+            let b = itemBias.row(Int(cands[k]))
+            b[1] += g * g
+            b[0] -= lr * g / (b[1].squareRoot() + 1e-8)
+        }
+        // Dense weights: per-weight Adagrad.
+        for k in 0..<count {
+            let g = grad[k]
+            if g == 0 { continue }
+            accum[k] += g * g
+            params[k] -= lr * g / (accum[k].squareRoot() + 1e-8)
+            grad[k] = 0
+        }
+    }
+
+    /// Adagrad on one item row of the shared table with `rowGrad`, using the
+    /// table's per-row accumulator (the row's mean squared gradient).
+    private func rowStep(_ item: Int32) {
+        let v = table.item(item), acc = table.itemAdagrad.row(Int(item))
+        var ss: Float = 0
+        for j in 0..<d { ss += rowGrad[j] * rowGrad[j] }
+        acc[0] += ss / Float(d)
+        let step = settings.learningRate / (acc[0].squareRoot() + 1e-8)
+        for j in 0..<d { v[j] -= step * rowGrad[j] }
+    }
+
+    private func project(_ h: [Float], into out: inout [Float]) {
+        h.withUnsafeBufferPointer { hp in
+            out.withUnsafeMutableBufferPointer { o in pk_dot_rows(params + woOffset, d, d, hp.baseAddress!, o.baseAddress!) }
+        }
+        for j in 0..<d { out[j] += params[boOffset + j] }
+    }
+
+    // MARK: scoring (serving thread)
+
+    /// The session the GRU reads: the request's session items, else the
+    /// user's latest history.
+    private func sessionInputs(_ query: ScoringQuery) -> ArraySlice<Int32> {
+        let items = query.sessionItems.isEmpty ? Array(query.history) : query.sessionItems
+        return items.filter { Int($0) < itemCount }.suffix(settings.steps)
+    }
+
+    /// Fills `serveQ` from the session; false when it is empty.
+    private func prepare(_ query: ScoringQuery) -> (hasSession: Bool, last: Int32?) {
+        let inputs = sessionInputs(query)
+        guard !inputs.isEmpty else { return (false, nil) }
+        serveTrace.reset()
+        for x in inputs { serveTrace.step(params, input: table.item(x)) }
+        let last = serveTrace.last
+        for k in 0..<d { serveH[k] = last[last.startIndex + k] }
+        project(serveH, into: &serveQ)
+        return (true, inputs.last)
+    }
+
+    /// Raw GRU scores for items 0..<n into serveScores (biases alone
+    /// without a session).
+    private func rawScores(n: Int, hasSession: Bool) {
+        if serveScores.count < n { serveScores = .init(repeating: 0, count: max(n, 1024) * 2) }
+        serveScores.withUnsafeMutableBufferPointer { out in
+            let o = out.baseAddress!
+            if hasSession {
+                serveQ.withUnsafeBufferPointer { qp in
+                    table.items.forEachChunk(rows: n) { start, rows, count in
+                        pk_dot_rows(rows, count, d, qp.baseAddress!, o + start)
+                    }
+                }
+            } else {
+                for i in 0..<n { o[i] = 0 }
+            }
+            itemBias.forEachChunk(rows: n) { start, b, count in
+                for r in 0..<count { o[start + r] += b[2 * r] }
+            }
+        }
+    }
+
+    /// ln(1 + transitions last → j) for every j with one, into serveTransitions.
+    private func gatherTransitions(from last: Int32?, n: Int) {
+        if serveTransitions.count < n { serveTransitions = .init(repeating: 0, count: max(n, 1024) * 2) }
+        for j in touched where Int(j) < serveTransitions.count { serveTransitions[Int(j)] = 0 }
+        touched.removeAll(keepingCapacity: true)
+        guard let last, settings.transitionWeight > 0 else { return }
+        serveTransitions.withUnsafeMutableBufferPointer { t in
+            transitions.accumulate(from: last, weight: 1, into: t.baseAddress!) { touched.append($0) }
+        }
+        for j in touched where Int(j) < serveTransitions.count {
+            serveTransitions[Int(j)] = settings.transitionWeight * logf(1 + serveTransitions[Int(j)])
+        }
+    }
+
+    public func recommend(_ query: ScoringQuery, into top: inout TopK) {
+        let n = min(query.itemCount, itemCount)
+        let (hasSession, last) = prepare(query)
+        rawScores(n: n, hasSession: hasSession)
+        gatherTransitions(from: last, n: n)
+        // Standardise over the items that may be returned.
+        var sum = 0.0, sq = 0.0, m = 0
+        query.forEachEligibleItem { i in
+            guard Int(i) < n else { return }
+            let s = Double(serveScores[Int(i)]); sum += s; sq += s * s; m += 1
+        }
+        guard m > 0 else { return }
+        let mean = sum / Double(m)
+        let std = max(1e-6, (sq / Double(m) - mean * mean).squareRoot())
+        let mf = Float(mean), inv = Float(1 / std)
+        query.forEachEligibleItem { i in
+            guard Int(i) < n else { return }
+            let s = (serveScores[Int(i)] - mf) * inv + serveTransitions[Int(i)]
+            if s.isFinite { top.push(i, s) }
+        }
+    }
+
+    public func score(_ query: ScoringQuery, items: [Int32?]) -> [Float] {
+        let n = min(query.itemCount, itemCount)
+        let (hasSession, last) = prepare(query)
+        rawScores(n: n, hasSession: hasSession)
+        gatherTransitions(from: last, n: n)
+        // Standardised over the whole catalogue, so a score means the same
+        // whichever items are asked about.
+        var sum = 0.0, sq = 0.0
+        for i in 0..<n { let s = Double(serveScores[i]); sum += s; sq += s * s }
+        let mean = n > 0 ? sum / Double(n) : 0
+        let std = max(1e-6, (n > 0 ? sq / Double(n) - mean * mean : 1).squareRoot())
+        return items.map { item in
+            guard let item, Int(item) < n else { return 0 }
+            let s = Float((Double(serveScores[Int(item)]) - mean) / std) + serveTransitions[Int(item)]
+            return s.isFinite ? s : 0
+        }
+    }
+
+    public var counters: [(String, UInt64)] {
+        [("events", learnedEvents), ("transitions", transitions.pairs)]
+    }
+
+    // MARK: snapshots
+
+    public func save(to w: inout SnapshotWriter) {
+        w.floats(params, count: count)
+        w.floats(accum, count: count)
+        w.rows(itemBias, count: itemCount)
+        w.rows(transitions.slots, count: itemCount)
+        w.rows(transitions.used, count: itemCount)
+        w.u64(transitions.pairs)
+        w.int(recent.count)
+        for r in recent { w.int32s(r) }
+        w.u64(rng.state)
+        w.int(learnedItems)
+        w.u64(learnedEvents)
+    }
+
+    public func load(from r: inout SnapshotReader) throws {
+        try r.floats(into: params, count: count)
+        try r.floats(into: accum, count: count)
+        try r.rows(into: itemBias, expected: itemCount)
+        try r.rows(into: transitions.slots, expected: itemCount)
+        try r.rows(into: transitions.used, expected: itemCount)
+        transitions.pairs = try r.u64()
+        recent = []
+        for _ in 0..<(try r.int()) { recent.append(try r.int32s()) }
+        rng = SplitMix64(seed: try r.u64())
+        learnedItems = try r.int()
+        learnedEvents = try r.u64()
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
