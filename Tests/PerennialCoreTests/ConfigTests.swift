@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import TextCNN
+import SessionRNN
 import PerennialPlugins
 @testable import PerennialCore
 import Popularity
@@ -45,6 +46,10 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
         all.set("scorers.default", .string("text-cnn"))
         let loaded = try PerennialConfig.load(all, registry: registry)
         #expect(loaded.scorers.first?.settings as? TextCNNSettings == TextCNNSettings())
+        all.set("scorers.load", .array([.string("session-rnn")]))
+        all.set("scorers.default", .string("session-rnn"))
+        let rnn = try PerennialConfig.load(all, registry: registry)
+        #expect(rnn.scorers.first?.settings as? SessionRNNSettings == SessionRNNSettings())
     }
 
     @Test func typoNamesLineAndSuggestion() {
