@@ -34,9 +34,10 @@ let package = Package(
         .target(name: "CollaborativeFiltering", dependencies: ["PerennialCore", "CKernels"], path: "Plugins/CollaborativeFiltering"),
         .target(name: "TextCNN", dependencies: ["PerennialCore", "CKernels"], path: "Plugins/TextCNN"),
         .target(name: "SessionRNN", dependencies: ["PerennialCore", "CKernels"], path: "Plugins/SessionRNN"),
-        .target(name: "PerennialPlugins", dependencies: ["PerennialCore", "Popularity", "CollaborativeFiltering", "TextCNN", "SessionRNN"],
+        .target(name: "GANCandidates", dependencies: ["PerennialCore", "CKernels"], path: "Plugins/GANCandidates"),
+        .target(name: "PerennialPlugins", dependencies: ["PerennialCore", "Popularity", "CollaborativeFiltering", "TextCNN", "SessionRNN", "GANCandidates"],
                 path: "Sources/PerennialPlugins"),
-        // The evaluation protocols of EVALUATION.md (E1–E4), run in process.
+        // The evaluation protocols of EVALUATION.md (E1–E5), run in process.
         .target(name: "PerennialEval", dependencies: ["PerennialCore", "PerennialPlugins"], path: "Sources/PerennialEval"),
         // The libuv server: loop, connections, routing, limits, stats.
         .target(
@@ -57,7 +58,7 @@ let package = Package(
             resources: []
         ),
         .testTarget(name: "PerennialProtocolTests", dependencies: ["PerennialProtocol"], path: "Tests/PerennialProtocolTests"),
-        .testTarget(name: "PerennialCoreTests", dependencies: ["PerennialCore", "Popularity", "CollaborativeFiltering", "TextCNN", "SessionRNN", "CKernels", "PerennialEval", "PerennialPlugins"], path: "Tests/PerennialCoreTests"),
+        .testTarget(name: "PerennialCoreTests", dependencies: ["PerennialCore", "Popularity", "CollaborativeFiltering", "TextCNN", "SessionRNN", "GANCandidates", "CKernels", "PerennialEval", "PerennialPlugins"], path: "Tests/PerennialCoreTests"),
         .testTarget(
             name: "PerennialServerTests",
             dependencies: ["PerennialServer", "PerennialClient", "PerennialProtocol", "PerennialCore", "PerennialPlugins"],

@@ -73,13 +73,15 @@ public struct E1: Sendable {
         let n = data.ratings.count
         var (model, learnedUsers) = variant == .online ? try onePass(scorer: scorer, upTo: warmup) : try fit(scorer: scorer, upTo: warmup)
         var scratch: [LearnEvent] = []
-        var ratingScorer = try model.scorer(named: scorer)
+        // A route predicts ratings (if at all) with its re-ranking scorer.
+        let ratingName = setup.routes.first { $0.name == scorer }?.rerank ?? scorer
+        var ratingScorer = try model.scorer(named: ratingName)
         for idx in warmup..<n {
             let offset = idx - warmup
             let tenth = min(9, offset / tenthLength)
             if variant == .retrained && offset > 0 && offset % tenthLength == 0 && offset / tenthLength < 10 {
                 (model, learnedUsers) = try fit(scorer: scorer, upTo: idx)
-                ratingScorer = try model.scorer(named: scorer)
+                ratingScorer = try model.scorer(named: ratingName)
             }
             let r = data.ratings[idx]
             let u = model.users.index(of: r.user), i = model.items.index(of: r.item)
@@ -88,7 +90,7 @@ public struct E1: Sendable {
                 result.rmse.record(predicted: predicted, actual: r.rating)
             }
             if r.rating >= positiveThreshold && u != nil && i != nil {
-                let rank = model.rankOf(r.item, user: r.user)
+                let rank = model.rankOf(r.item, user: r.user, scorer: scorer)
                 result.total.record(rank: rank)
                 result.tenths[tenth].record(rank: rank)
                 if !learnedUsers.contains(r.user) { result.coldUserEvents += 1 }

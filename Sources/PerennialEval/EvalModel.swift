@@ -17,19 +17,35 @@ public struct EvalSetup: Sendable {
     /// A fresh model holding only `scorer`, with its settings from the config
     /// (or its defaults when the config does not load it).
     public func makeModel(scorer: String) throws -> Model {
+        if let route = routes.first(where: { $0.name == scorer }) {
+            return try makeModel(scorers: [route.rerank, route.candidates], routes: [route])
+        }
+        return try makeModel(scorers: [scorer], routes: [])
+    }
+
+    /// Routes an evaluation may name as its scorer (e.g. "gan+cf").
+    public var routes: [RouteConfig] = []
+
+    /// A fresh model holding `scorers` (the first is the default) and `routes`.
+    public func makeModel(scorers names: [String], routes: [RouteConfig]) throws -> Model {
         var c = config
         c.historyPerUser = 1_000_000
-        if let loaded = config.scorers.first(where: { $0.name == scorer }) {
-            c.scorers = [loaded]
-        } else {
-            guard registry.factory(named: scorer) != nil else { throw CommandError("unknown scorer \"\(scorer)\"; known: \(registry.names.joined(separator: ", "))") }
-            var doc = ConfigDocument(file: "<eval>")
-            doc.set("scorers.load", .array([.string(scorer)]))
-            c.scorers = try PerennialConfig.load(doc, registry: registry).scorers
+        c.scorers = []
+        for scorer in names {
+            if let loaded = config.scorers.first(where: { $0.name == scorer }) {
+                c.scorers.append(loaded)
+            } else {
+                guard registry.factory(named: scorer) != nil else { throw CommandError("unknown scorer \"\(scorer)\"; known: \(registry.names.joined(separator: ", "))") }
+                var doc = ConfigDocument(file: "<eval>")
+                doc.set("scorers.load", .array([.string(scorer)]))
+                c.scorers += try PerennialConfig.load(doc, registry: registry).scorers
+            }
         }
-        c.defaultScorer = scorer
+        c.defaultScorer = names[0]
+        c.routes = routes
         return Model(config: c, registry: registry)
     }
+
 }
 
 extension Model {
@@ -53,19 +69,23 @@ extension Model {
             feed(r, learn: true, scratch: &scratch)
             all.append(contentsOf: scratch)
         }
-        let scorer = try self.scorer(named: name)
-        let epochs = scorer.preferredEpochs
-        if epochs > 1 {
-            for _ in 2...epochs {
-                scorer.beginRepeatedEpoch()
-                for e in all { learn(e) }
+        // A route's scorers each make their own passes.
+        let names = routes[name].map { [$0.candidates, $0.rerank] } ?? [name]
+        for n in names {
+            let scorer = try self.scorer(named: n)
+            let epochs = scorer.preferredEpochs
+            if epochs > 1 {
+                for _ in 2...epochs {
+                    scorer.beginRepeatedEpoch()
+                    for e in all { scorer.learn(e) }
+                }
             }
         }
     }
 
     /// Rank (1-based) of `target` in the top 10 for `user`, or nil.
-    func rankOf(_ target: UInt64, user: UInt64, k: Int = 10) -> Int? {
-        guard let recs = try? recommend(user: user, k: k) else { return nil }
+    func rankOf(_ target: UInt64, user: UInt64, k: Int = 10, scorer: String = "") -> Int? {
+        guard let recs = try? recommend(user: user, k: k, scorer: scorer) else { return nil }
         return recs.firstIndex { $0.item == target }.map { $0 + 1 }
     }
 }

@@ -2,6 +2,7 @@
 // target under Plugins/<Name>, a dependency in Package.swift, one line here.
 
 import CollaborativeFiltering
+import GANCandidates
 @_exported import PerennialCore
 import Popularity
 import SessionRNN
@@ -13,5 +14,6 @@ extension ScorerRegistry {
         CollaborativeFilteringScorer.factory,
         TextCNNScorer.factory,
         SessionRNNScorer.factory,
+        GANScorer.factory,
     ])
 }

@@ -9,18 +9,19 @@ import PerennialPlugins
 
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run an evaluation protocol (E1–E4) on a MovieLens-shaped folder.",
+        abstract: "Run an evaluation protocol (E1–E5) on a MovieLens-shaped folder.",
         discussion: """
             E1: prequential top-10 with the variants online, frozen and retrained,
             tenth by tenth, prequential RMSE for scorers that predict ratings, and
             popularity/online as the baseline. E2: leave-last-out top-10 beside
             popularity. E3: cold-start items from their text, beside TF-IDF and random.
-            E4: next item from the sequence, beside cf, Markov and popularity. Scorer settings come from --config (its [scorers.NAME]
+            E4: next item from the sequence, beside cf, Markov and popularity. E5: candidate
+            generation (Recall@100, coverage) beside cf and popularity, and E1 of gan+cf. Scorer settings come from --config (its [scorers.NAME]
             section) or the defaults. Variants run in parallel on the cores there are.
             """
     )
 
-    @Option(help: "Protocol: e1, e2, e3 or e4.")
+    @Option(help: "Protocol: e1, e2, e3, e4 or e5.")
     var `protocol`: String
     @Option(help: "A MovieLens-shaped folder.")
     var data: String
@@ -30,6 +31,8 @@ struct Eval: ParsableCommand {
     var scorer = "cf"
     @Option(help: "E1 variants to run (comma-separated).")
     var variants = "online,frozen,retrained"
+    @Option(help: "E5: candidates the gan+cf route takes from gan before cf re-ranks them.")
+    var rerankCandidates = 300
     @Option(help: "Write the results as JSON here.")
     var json: String?
 
@@ -107,8 +110,42 @@ struct Eval: ParsableCommand {
             let rs = out.values + e4.baselines()
             print("E4 on \(ml.name): next item, \(rs[0].total.count) users, session = the last \(e4.sessionLength) prefix items")
             printTable(rs.map { ($0.scorer, $0.total, $0.seconds) }, into: &results)
+        case "e5":
+            // Candidate sources side by side, and E1 of the two-stage route
+            // "gan+cf" (the generator's candidates re-ranked by cf) beside cf.
+            var routedSetup = setup
+            routedSetup.routes = [RouteConfig(name: "gan+cf", candidates: "gan", count: rerankCandidates, rerank: "cf")]
+            let routed = routedSetup
+            let e5 = E5(data: ml, setup: routed)
+            let e1 = E1(data: ml, setup: routed)
+            let sources = scorer == "gan" ? ["gan", "cf", "popularity"] : [scorer, "cf", "popularity"]
+            let jobs = sources.count + 2
+            let out5 = ResultsBox<E5Result>(count: sources.count)
+            let out1 = ResultsBox<E1Result>(count: 2)
+            DispatchQueue.concurrentPerform(iterations: jobs) { j in
+                do {
+                    if j < sources.count {
+                        out5.set(j, try e5.run(scorer: sources[j]) { try routed.makeModel(scorer: sources[j]) })
+                    } else {
+                        out1.set(j - sources.count, try e1.run(scorer: j == sources.count ? "gan+cf" : "cf", variant: .online))
+                    }
+                } catch { out5.fail("\(error)") }
+            }
+            if let e = out5.error { throw CommandError(e) }
+            print("E5 on \(ml.name): \(out5.values.first?.count ?? 0) evaluated events, 100 candidates each")
+            print(pad("source", 14) + pad("Recall@100", 12) + pad("coverage", 10) + "time")
+            for r in out5.values {
+                results[r.scorer] = r.json
+                print(pad(r.scorer, 14) + pad(f(r.recall), 12) + pad(f(r.coverage), 10) + String(format: "%.1fs", r.seconds))
+            }
+            print("E1 (online) of the route gan+cf (\(rerankCandidates) gan candidates re-ranked by cf) beside cf alone:")
+            for r in out1.values {
+                results[r.scorer + (r.scorer == "cf" ? "/online" : "")] = r.json
+                print(pad(r.scorer, 14) + "HR@10 " + f(r.total.hr) + "  NDCG@10 " + f(r.total.ndcg) + "  count \(r.total.count)")
+            }
+            settings["rerank_candidates"] = rerankCandidates
         default:
-            throw ValidationError("unknown protocol \(self.protocol); this build runs e1, e2, e3 and e4")
+            throw ValidationError("unknown protocol \(self.protocol); this build runs e1, e2, e3, e4 and e5")
         }
         if let json {
             let doc: [String: Any] = ["protocol": self.protocol.lowercased(), "dataset": ml.name, "events": ml.ratings.count,

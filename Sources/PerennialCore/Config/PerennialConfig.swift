@@ -20,6 +20,22 @@ public struct LimitsConfig: Sendable, Equatable {
     public init() {}
 }
 
+/// A two-stage route, `[routes.<name>]`: a candidate source proposes `count`
+/// items and a second scorer re-ranks them. Requests name the route where
+/// they would name a scorer.
+public struct RouteConfig: Sendable, Equatable {
+    public var name: String
+    public var candidates: String
+    public var count: Int
+    public var rerank: String
+    public init(name: String, candidates: String, count: Int, rerank: String) {
+        self.name = name
+        self.candidates = candidates
+        self.count = count
+        self.rerank = rerank
+    }
+}
+
 /// One loaded scorer: its registered name and the settings it read.
 public struct ScorerConfig: Sendable {
     public var name: String
@@ -56,6 +72,8 @@ public struct PerennialConfig: Sendable {
     /// `defaultScorer` names another.
     public var scorers: [ScorerConfig] = []
     public var defaultScorer = "cf"
+    /// Candidate → re-rank routes.
+    public var routes: [RouteConfig] = []
     /// Where this config came from, for messages.
     public var source = "<defaults>"
 
@@ -165,6 +183,20 @@ public struct PerennialConfig: Sendable {
             }
         }
         c.scorers.sort { names.firstIndex(of: $0.name)! < names.firstIndex(of: $1.name)! }
+        for (route, line) in r.subsections(of: "routes") {
+            let key = "routes." + route
+            let rc = RouteConfig(name: route, candidates: try r.string(key + ".candidates", default: ""),
+                                 count: try r.int(key + ".count", default: 300, in: 1...65535),
+                                 rerank: try r.string(key + ".rerank", default: ""))
+            if registry.factory(named: route) != nil {
+                throw ConfigError(file: doc.file, line: line, message: "route '\(route)' has the name of a scorer; routes and scorers share one namespace")
+            }
+            for (what, name) in [("candidates", rc.candidates), ("rerank", rc.rerank)] where !names.contains(name) {
+                throw ConfigError(file: doc.file, line: doc.entries[key + "." + what]?.line ?? line,
+                                  message: "'\(key).\(what)' = \"\(name)\" is not a loaded scorer (\(names.joined(separator: ", ")))")
+            }
+            c.routes.append(rc)
+        }
         try r.finish()
         return c
     }

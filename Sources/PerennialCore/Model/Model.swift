@@ -56,6 +56,8 @@ public final class Model: @unchecked Sendable {
     public let table: EmbeddingTable
     public private(set) var scorerNames: [String]
     public private(set) var defaultScorer: String
+    /// Candidate → re-rank routes, by name.
+    public private(set) var routes: [String: RouteConfig] = [:]
     /// Changed only by `reconfigure`, on the admitting thread, while the
     /// learner is idle (every admitted event applied).
     private var scorers: [any Scorer]
@@ -87,12 +89,13 @@ public final class Model: @unchecked Sendable {
         for sc in config.scorers { settings[sc.name] = sc.settings }
         defaultScorer = config.defaultScorer
         maxTextBytes = config.limits.maxTextBytes
+        for r in config.routes { routes[r.name] = r }
     }
 
     public func scorer(named name: String) throws(ModelError) -> any Scorer {
         let wanted = name.isEmpty ? defaultScorer : name
         guard let s = scorers.first(where: { $0.name == wanted }) else {
-            throw ModelError.unknownScorer(wanted, loaded: scorerNames)
+            throw ModelError.unknownScorer(wanted, loaded: scorerNames + routes.keys.sorted())
         }
         return s
     }
@@ -205,6 +208,8 @@ public final class Model: @unchecked Sendable {
         scorers = next
         scorerNames = next.map(\.name)
         defaultScorer = config.defaultScorer
+        routes = [:]
+        for r in config.routes { routes[r.name] = r }
         settings = [:]
         for sc in config.scorers { settings[sc.name] = sc.settings }
         return changes
@@ -325,6 +330,15 @@ public final class Model: @unchecked Sendable {
     /// `candidates`. Unknown item ids in the lists are ignored.
     public func recommend(user: UInt64, k: Int, scorer name: String = "", session: [UInt64] = [],
                           exclude: [UInt64] = [], candidates: [UInt64] = []) throws(ModelError) -> [Recommendation] {
+        if let route = routes[name] {
+            // Stage one: the source's best `count` (respecting the request's
+            // own candidates and exclusions); stage two re-ranks only those.
+            let proposed = try recommend(user: user, k: route.count, scorer: route.candidates, session: session,
+                                         exclude: exclude, candidates: candidates)
+            guard !proposed.isEmpty else { return [] }
+            return try recommend(user: user, k: k, scorer: route.rerank, session: session, exclude: exclude,
+                                 candidates: proposed.map(\.item))
+        }
         let scorer = try scorer(named: name)
         let query = makeQuery(user: user, session: session, exclude: exclude, candidates: candidates)
         top.reset(k: k)
@@ -334,7 +348,8 @@ public final class Model: @unchecked Sendable {
 
     /// Scores for the given item ids (in order) and whether each is known.
     public func score(user: UInt64, items ids: [UInt64], scorer name: String = "", session: [UInt64] = []) throws(ModelError) -> [(score: Float, known: Bool)] {
-        let scorer = try scorer(named: name)
+        // A route scores a given list with its re-ranking scorer.
+        let scorer = try scorer(named: routes[name]?.rerank ?? name)
         let query = makeQuery(user: user, session: session, exclude: [], candidates: [])
         let dense = ids.map { items.index(of: $0) }
         let scores = scorer.score(query, items: dense)

@@ -1,0 +1,336 @@
+// The `gan` scorer: an adversarially trained candidate generator, IRGAN-style
+// (Wang et al. 2017, "IRGAN: A Minimax Game for Unifying Generative and
+// Discriminative Information Retrieval Models").
+//
+// Generator: a distribution over items for a user,
+//     p(j | u) = softmax_j(z_u · w_j + c_j),   z_u = e_u + mean of x_k over
+// the user's latest `context_items` items (a new user is described by what
+// they just did, as in cf). It proposes candidates.
+// Discriminator: a small factor model of its own, D(u, j) = σ(a_u · b_j + d_j),
+// trained by logistic loss to tell the user's observed positives (label 1)
+// from items the generator proposes (label 0).
+//
+// Per positive event (u, i), online:
+//  1. draw `samples` items j_1..j_S from p(· | u) (the full softmax);
+//  2. one discriminator step on (u, i) and on each (u, j_s);
+//  3. one generator step by policy gradient (REINFORCE, Williams 1992):
+//     reward r_s = ln(1 + exp(f(u, j_s))) (IRGAN's reward, f the
+//     discriminator's logit), minus the samples' mean as a baseline, times
+//     ∇ ln p(j_s | u); plus `likelihood_weight` · ∇ ln p(i | u), the
+//     maximum-likelihood term that keeps the generator anchored to what
+//     users actually chose (IRGAN pre-trains its generator this way; here it
+//     is kept on, online). The softmax's expectation term in ∇ ln p(i | u) is
+//     estimated with the same S samples (they are drawn from p), so a step
+//     touches only the rows of i, the samples, the user and their context.
+// Steps are Adagrad (per row for vectors, per item for biases).
+//
+// Candidates for a request: the generator's `greedy_share` most likely items,
+// then the rest drawn without replacement from p(·|u)^(1/temperature) by
+// the Gumbel-top-k trick (Kool et al. 2019), with a generator seeded by the
+// user and the number of events learned, so the same log gives the same
+// candidates. They come back ordered by the generator's logit.
+//
+// Threads: as cf — rows in ChunkedBuffers written by the learner and read by
+// the serving thread; learner and serving scratch kept apart.
+
+import CKernels
+import PerennialCore
+import Synchronization
+
+public final class GANScorer: Scorer {
+    public let name = "gan"
+    public let settings: GANSettings
+    let D: Int
+    // Generator rows (user, context, item) and biases; discriminator rows.
+    // Vector rows carry one extra float: their Adagrad accumulator.
+    let genUsers: ChunkedBuffer<Float>, genContext: ChunkedBuffer<Float>, genItems: ChunkedBuffer<Float>
+    let disUsers: ChunkedBuffer<Float>, disItems: ChunkedBuffer<Float>
+    /// Per item: generator bias, its accumulator, discriminator bias, its accumulator.
+    let biases: ChunkedBuffer<Float>
+    var userRows = 0, itemRows = 0
+
+    // Learner-thread state.
+    var recent: [[Int32]] = []
+    var rng: SplitMix64
+    var learnedItems = 0
+    let learnedEvents = Atomic<UInt64>(0)
+    var positives: UInt64 = 0
+    var rewardSum: Double = 0
+    private var z: [Float], dz: [Float], logits: [Float], cumulative: [Float]
+    private var drawn: [Int32] = [], advantage: [Float] = []
+
+    // Serving-thread scratch.
+    var itemCount = 0
+    private var serveZ: [Float], serveLogits: [Float] = []
+
+    public init(settings: GANSettings) {
+        self.settings = settings
+        D = settings.dimension
+        genUsers = ChunkedBuffer(width: D + 1, fill: 0, rowsPerChunkLog2: 10)
+        genContext = ChunkedBuffer(width: D + 1, fill: 0, rowsPerChunkLog2: 10)
+        genItems = ChunkedBuffer(width: D + 1, fill: 0, rowsPerChunkLog2: 10)
+        disUsers = ChunkedBuffer(width: D + 1, fill: 0, rowsPerChunkLog2: 10)
+        disItems = ChunkedBuffer(width: D + 1, fill: 0, rowsPerChunkLog2: 10)
+        biases = ChunkedBuffer(width: 4, fill: 0, rowsPerChunkLog2: 12)
+        rng = SplitMix64(seed: settings.seed)
+        z = .init(repeating: 0, count: D); dz = z; serveZ = z
+        logits = []; cumulative = []
+    }
+
+    public static let factory = ScorerFactory(
+        name: "gan",
+        summary: "an IRGAN-style candidate generator: softmax policy trained by REINFORCE against a discriminator, plus likelihood",
+        readSettings: { r throws(ConfigError) in try GANSettings.read(r) },
+        make: { s, _ in GANScorer(settings: s as! GANSettings) })
+
+    private func initialise(_ b: ChunkedBuffer<Float>, from: Int, to: Int, stream: UInt64) {
+        for r in from..<to {
+            var g = SplitMix64(seed: settings.seed ^ (stream << 48) ^ UInt64(r))
+            let row = b.row(r)
+            for k in 0..<D { row[k] = g.nextSignedUnitFloat() * 0.1 }
+            row[D] = 0
+        }
+    }
+
+    public func grow(users: Int, items: Int) {
+        if users > userRows {
+            genUsers.ensure(rows: users); disUsers.ensure(rows: users)
+            initialise(genUsers, from: userRows, to: users, stream: 1)
+            initialise(disUsers, from: userRows, to: users, stream: 2)
+            userRows = users
+        }
+        if items > itemRows {
+            for b in [genContext, genItems, disItems] { b.ensure(rows: items) }
+            biases.ensure(rows: items)
+            initialise(genContext, from: itemRows, to: items, stream: 3)
+            initialise(genItems, from: itemRows, to: items, stream: 4)
+            initialise(disItems, from: itemRows, to: items, stream: 5)
+            itemRows = items
+        }
+        itemCount = max(itemCount, items)
+    }
+
+    // MARK: the generator's user vector
+
+    /// z = e_u + mean of the context rows of `items`' latest entries.
+    private func compose(user: Int32?, items: some BidirectionalCollection<Int32>, into z: inout [Float], limit: Int) {
+        for k in 0..<D { z[k] = 0 }
+        if let user, Int(user) < userRows {
+            let e = genUsers.row(Int(user))
+            for k in 0..<D { z[k] = e[k] }
+        }
+        let ctx = items.reversed().prefix(settings.contextItems).filter { Int($0) < limit }
+        guard !ctx.isEmpty else { return }
+        let inv = 1 / Float(ctx.count)
+        for c in ctx {
+            let x = genContext.row(Int(c))
+            for k in 0..<D { z[k] += inv * x[k] }
+        }
+    }
+
+    /// logits[j] = z · w_j + c_j for j in 0..<n.
+    private func fillLogits(_ z: [Float], n: Int, into out: inout [Float]) {
+        if out.count < n { out = .init(repeating: 0, count: max(n, 1024) * 2) }
+        out.withUnsafeMutableBufferPointer { o in
+            z.withUnsafeBufferPointer { zp in
+                // Rows are D + 1 wide (the accumulator last): dot the first D.
+                genItems.forEachChunk(rows: n) { start, rows, count in
+                    for r in 0..<count {
+                        let row = rows + r * (D + 1)
+                        var s: Float = 0
+                        for k in 0..<D { s += row[k] * zp[k] }
+                        o[start + r] = s
+                    }
+                }
+            }
+            biases.forEachChunk(rows: n) { start, b, count in
+                for r in 0..<count { o[start + r] += b[4 * r] }
+            }
+        }
+    }
+
+    // MARK: learning (learner thread)
+
+    public var preferredEpochs: Int { settings.epochs }
+    var repeating = false
+    public func beginRepeatedEpoch() {
+        repeating = true
+        for u in recent.indices { recent[u].removeAll(keepingCapacity: true) }
+    }
+
+    public func learn(_ e: LearnEvent) {
+        learnedEvents.add(1, ordering: .relaxed)
+        let u = Int(e.user)
+        if u >= recent.count { recent.append(contentsOf: repeatElement([], count: u + 1 - recent.count)) }
+        learnedItems = max(learnedItems, Int(e.item) + 1)
+        let positive = e.kind != .rating || e.value >= settings.positiveThreshold
+        if positive && learnedItems > 1 { step(user: e.user, item: e.item) }
+        recent[u].append(e.item)
+        if recent[u].count > 2 * max(1, settings.contextItems) { recent[u].removeFirst(recent[u].count - settings.contextItems) }
+    }
+
+    private func step(user: Int32, item: Int32) {
+        positives += 1
+        let n = learnedItems, S = settings.samples
+        let context = recent[Int(user)].suffix(settings.contextItems)
+        compose(user: user, items: context, into: &z, limit: n)
+        fillLogits(z, n: n, into: &logits)
+        // Sample S items from the softmax by inverting its cumulative sum.
+        if cumulative.count < n { cumulative = .init(repeating: 0, count: logits.count) }
+        var maxLogit = -Float.infinity
+        for j in 0..<n { maxLogit = max(maxLogit, logits[j]) }
+        var total: Float = 0
+        for j in 0..<n { total += expf(logits[j] - maxLogit); cumulative[j] = total }
+        drawn.removeAll(keepingCapacity: true)
+        for _ in 0..<S {
+            let target = Float(rng.unitDouble()) * total
+            var lo = 0, hi = n - 1
+            while lo < hi { let mid = (lo + hi) / 2; if cumulative[mid] < target { lo = mid + 1 } else { hi = mid } }
+            drawn.append(Int32(lo))
+        }
+        // Discriminator: the observed item is real, the drawn ones generated.
+        let a = disUsers.row(Int(user))
+        func disLogit(_ j: Int32) -> Float {
+            let b = disItems.row(Int(j))
+            var f = biases.row(Int(j))[2]
+            for k in 0..<D { f += a[k] * b[k] }
+            return f
+        }
+        // Rewards come from the discriminator before this event's step on it.
+        advantage.removeAll(keepingCapacity: true)
+        var mean: Float = 0
+        for j in drawn {
+            let f = disLogit(j)
+            let r = f > 20 ? f : logf(1 + expf(f))
+            advantage.append(r)
+            mean += r / Float(S)
+        }
+        rewardSum += Double(mean)
+        for s in 0..<S { advantage[s] -= mean }
+        disStep(user: user, item: item, label: 1, logit: disLogit(item))
+        for j in drawn { disStep(user: user, item: j, label: 0, logit: disLogit(j)) }
+
+        // Generator: ascend Σ_s (A_s / S) ln p(j_s) + λ ln p(i), with the
+        // softmax expectation in ∇ ln p(i) estimated by the samples:
+        // d logit = Σ_s (A_s − λ) / S · e_{j_s} + λ e_i.
+        let lambda = settings.likelihoodWeight
+        for k in 0..<D { dz[k] = 0 }
+        var updates: [(Int32, Float)] = [(item, lambda)]
+        for s in 0..<S { updates.append((drawn[s], (advantage[s] - lambda) / Float(S))) }
+        for (j, g) in updates where g != 0 {
+            let w = genItems.row(Int(j))
+            for k in 0..<D { dz[k] += g * w[k] }
+        }
+        let lr = settings.generatorLearningRate
+        for (j, g) in updates where g != 0 {
+            ascend(genItems.row(Int(j)), scale: g, direction: z, lr: lr)
+            let b = biases.row(Int(j))
+            b[1] += g * g
+            b[0] += lr * g / (b[1].squareRoot() + 1e-8)
+        }
+        ascend(genUsers.row(Int(user)), scale: 1, direction: dz, lr: lr)
+        let ctx = context.filter { Int($0) < n }
+        if !ctx.isEmpty {
+            let inv = 1 / Float(ctx.count)
+            for c in ctx { ascend(genContext.row(Int(c)), scale: inv, direction: dz, lr: lr) }
+        }
+    }
+
+    /// row += lr / sqrt(acc) · scale · direction, Adagrad with the row's
+    /// accumulator (its mean squared gradient) in row[D].
+    private func ascend(_ row: UnsafeMutablePointer<Float>, scale: Float, direction: [Float], lr: Float) {
+        var ss: Float = 0
+        for k in 0..<D { let g = scale * direction[k]; ss += g * g }
+        row[D] += ss / Float(D)
+        let step = lr / (row[D].squareRoot() + 1e-8)
+        for k in 0..<D { row[k] += step * scale * direction[k] }
+    }
+
+    /// One logistic-loss step of the discriminator on (user, item, label).
+    private func disStep(user: Int32, item: Int32, label: Float, logit: Float) {
+        let g = label - 1 / (1 + expf(-logit))  // ascent on the log-likelihood
+        let a = disUsers.row(Int(user)), b = disItems.row(Int(item))
+        let lr = settings.discriminatorLearningRate
+        let aCopy = (0..<D).map { a[$0] }
+        ascend(a, scale: g, direction: (0..<D).map { b[$0] }, lr: lr)
+        ascend(b, scale: g, direction: aCopy, lr: lr)
+        let bias = biases.row(Int(item))
+        bias[3] += g * g
+        bias[2] += lr * g / (bias[3].squareRoot() + 1e-8)
+    }
+
+    // MARK: candidates (serving thread)
+
+    public func recommend(_ query: ScoringQuery, into top: inout TopK) {
+        let n = min(query.itemCount, itemCount)
+        compose(user: query.user, items: query.history + query.sessionItems, into: &serveZ, limit: n)
+        fillLogits(serveZ, n: n, into: &serveLogits)
+        let k = top.k
+        let greedy = Int((Float(k) * settings.greedyShare).rounded())
+        var best = TopK(k: max(greedy, 1))
+        if greedy > 0 {
+            query.forEachEligibleItem { i in if Int(i) < n { best.push(i, serveLogits[Int(i)]) } }
+        }
+        let chosen = greedy > 0 ? best.sorted() : []
+        let taken = Set(chosen.map(\.item))
+        // The rest: Gumbel-top-k over logit / temperature, seeded by the user
+        // and the events learned, so a given log yields the same candidates.
+        var g = SplitMix64(seed: settings.seed ^ (UInt64(UInt32(bitPattern: query.user ?? -1)) << 20)
+                           ^ learnedEvents.load(ordering: .relaxed))
+        var sampled = TopK(k: max(k - chosen.count, 1))
+        let invT = 1 / settings.temperature
+        if k > chosen.count {
+            query.forEachEligibleItem { i in
+                guard Int(i) < n, !taken.contains(i) else { return }
+                let u = max(Float(g.unitDouble()), 1e-12)
+                sampled.push(i, serveLogits[Int(i)] * invT - logf(-logf(u)))
+            }
+        }
+        for c in chosen { top.push(c.item, serveLogits[Int(c.item)]) }
+        if k > chosen.count { for c in sampled.sorted() { top.push(c.item, serveLogits[Int(c.item)]) } }
+    }
+
+    public func score(_ query: ScoringQuery, items: [Int32?]) -> [Float] {
+        let n = min(query.itemCount, itemCount)
+        compose(user: query.user, items: query.history + query.sessionItems, into: &serveZ, limit: n)
+        fillLogits(serveZ, n: n, into: &serveLogits)
+        return items.map { i in i.flatMap { Int($0) < n ? serveLogits[Int($0)] : nil } ?? 0 }
+    }
+
+    public var counters: [(String, UInt64)] {
+        [("events", learnedEvents.load(ordering: .relaxed)), ("positives", positives),
+         ("mean_reward_milli", positives == 0 ? 0 : UInt64(max(0, rewardSum / Double(positives) * 1000)))]
+    }
+
+    // MARK: snapshots
+
+    public func save(to w: inout SnapshotWriter) {
+        for b in [genUsers, disUsers] { w.rows(b, count: userRows) }
+        for b in [genContext, genItems, disItems] { w.rows(b, count: itemRows) }
+        w.rows(biases, count: itemRows)
+        w.int(recent.count)
+        for r in recent { w.int32s(r) }
+        w.u64(rng.state)
+        w.int(learnedItems)
+        w.u64(learnedEvents.load(ordering: .relaxed))
+        w.u64(positives)
+        w.f64(rewardSum)
+    }
+
+    public func load(from r: inout SnapshotReader) throws {
+        for b in [genUsers, disUsers] { try r.rows(into: b, expected: userRows) }
+        for b in [genContext, genItems, disItems] { try r.rows(into: b, expected: itemRows) }
+        try r.rows(into: biases, expected: itemRows)
+        recent = []
+        for _ in 0..<(try r.int()) { recent.append(try r.int32s()) }
+        rng = SplitMix64(seed: try r.u64())
+        learnedItems = try r.int()
+        learnedEvents.store(try r.u64(), ordering: .relaxed)
+        positives = try r.u64()
+        rewardSum = try r.f64()
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
