@@ -206,7 +206,7 @@ public final class GANScorer: Scorer {
             mean += r / Float(S)
         }
         rewardSum += Double(mean)
-        for s in 0..<S { advantage[s] -= mean }
+        for s in 0..<S { advantage[s] = settings.rewardWeight * (advantage[s] - mean) }
         disStep(user: user, item: item, label: 1, logit: disLogit(item))
         for j in drawn { disStep(user: user, item: j, label: 0, logit: disLogit(j)) }
 

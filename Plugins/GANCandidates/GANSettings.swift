@@ -15,6 +15,9 @@ public struct GANSettings: ScorerSettings, Equatable {
     /// Weight of the maximum-likelihood term (log p(observed item | user))
     /// beside the adversarial reward in the generator's objective.
     public var likelihoodWeight: Float = 1
+    /// Weight of the adversarial (policy-gradient) term; 0 leaves a plain
+    /// likelihood-trained softmax generator, for comparison.
+    public var rewardWeight: Float = 1
     /// Softmax temperature when candidates are sampled for a request:
     /// higher spreads candidates over more of the catalogue.
     public var temperature: Float = 1
@@ -36,6 +39,7 @@ public struct GANSettings: ScorerSettings, Equatable {
         s.generatorLearningRate = Float(try r.double("generator_learning_rate", default: Double(s.generatorLearningRate), in: 0...10))
         s.discriminatorLearningRate = Float(try r.double("discriminator_learning_rate", default: Double(s.discriminatorLearningRate), in: 0...10))
         s.likelihoodWeight = Float(try r.double("likelihood_weight", default: Double(s.likelihoodWeight), in: 0...100))
+        s.rewardWeight = Float(try r.double("reward_weight", default: Double(s.rewardWeight), in: 0...100))
         s.temperature = Float(try r.double("temperature", default: Double(s.temperature), in: 0.01...100))
         s.greedyShare = Float(try r.double("greedy_share", default: Double(s.greedyShare), in: 0...1))
         s.positiveThreshold = Float(try r.double("positive_threshold", default: Double(s.positiveThreshold), in: 0...10))

@@ -52,6 +52,14 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
         #expect(rnn.scorers.first?.settings as? SessionRNNSettings == SessionRNNSettings())
     }
 
+    @Test func routesNameLoadedScorers() throws {
+        let ok = try load("[scorers]\nload = [\"cf\", \"gan\"]\n[routes.two]\ncandidates = \"gan\"\ncount = 200\nrerank = \"cf\"\n")
+        #expect(ok.routes == [RouteConfig(name: "two", candidates: "gan", count: 200, rerank: "cf")])
+        #expect(throws: ConfigError(file: "test.toml", line: 4, message: "'routes.two.candidates' = \"gann\" is not a loaded scorer (cf, gan)")) {
+            try load("[scorers]\nload = [\"cf\", \"gan\"]\n[routes.two]\ncandidates = \"gann\"\nrerank = \"cf\"\n")
+        }
+    }
+
     @Test func typoNamesLineAndSuggestion() {
         #expect(throws: ConfigError(file: "test.toml", line: 3, message: "unknown key 'server.prot' (did you mean 'server.port'?)")) {
             try load("[server]\nhost = \"127.0.0.1\"\nprot = 1\n")
