@@ -10,7 +10,7 @@ public struct GANSettings: ScorerSettings, Equatable {
     /// Items the generator samples per event for the policy-gradient step.
     public var samples = 8
     /// Adagrad steps: generator and discriminator.
-    public var generatorLearningRate: Float = 0.05
+    public var generatorLearningRate: Float = 0.2
     public var discriminatorLearningRate: Float = 0.05
     /// Weight of the maximum-likelihood term (log p(observed item | user))
     /// beside the adversarial reward in the generator's objective.
@@ -23,7 +23,7 @@ public struct GANSettings: ScorerSettings, Equatable {
     public var temperature: Float = 1
     /// Share of the candidates taken as the generator's most likely items;
     /// the rest are sampled (without replacement) from its distribution.
-    public var greedyShare: Float = 0.5
+    public var greedyShare: Float = 0.8
     /// Ratings at or above this are positives (implicit kinds always are).
     public var positiveThreshold: Float = 4
     public var epochs = 5

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TextCNN
 import SessionRNN
+import GANCandidates
 import PerennialPlugins
 @testable import PerennialCore
 import Popularity
@@ -50,6 +51,10 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
         all.set("scorers.default", .string("session-rnn"))
         let rnn = try PerennialConfig.load(all, registry: registry)
         #expect(rnn.scorers.first?.settings as? SessionRNNSettings == SessionRNNSettings())
+        all.set("scorers.load", .array([.string("gan")]))
+        all.set("scorers.default", .string("gan"))
+        let gan = try PerennialConfig.load(all, registry: registry)
+        #expect(gan.scorers.first?.settings as? GANSettings == GANSettings())
     }
 
     @Test func routesNameLoadedScorers() throws {
