@@ -57,9 +57,12 @@ struct Replay: AsyncParsableCommand {
         let t0 = MonotonicClock.nowNanos()
         let ack = try await client.stream(events, batchSize: batch, window: window) { bar.update($0) }
         let tAcked = MonotonicClock.nowNanos()
-        // Wait until the learner has applied the last event.
+        // Wait until the learner has applied the last event (polling: a
+        // slow learner may need longer than one read-your-writes wait).
         if let last = ack?.lastSeq {
-            _ = try await client.recommend(user: 1, k: 1, minAppliedSeq: last)
+            while (try await client.stats()["events_applied"] ?? 0) < last {
+                try await Task.sleep(nanoseconds: 2_000_000)
+            }
         }
         let tApplied = MonotonicClock.nowNanos()
         bar.finish()
