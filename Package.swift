@@ -39,6 +39,8 @@ let package = Package(
                 path: "Sources/PerennialPlugins"),
         // The evaluation protocols of EVALUATION.md (E1–E5), run in process.
         .target(name: "PerennialEval", dependencies: ["PerennialCore", "PerennialPlugins"], path: "Sources/PerennialEval"),
+        // The load tool's parts: driver, open-loop pacer, latency histogram, workloads.
+        .target(name: "PerennialBench", dependencies: ["PerennialProtocol"], path: "Sources/PerennialBench"),
         // The libuv server: loop, connections, routing, limits, stats.
         .target(
             name: "PerennialServer",
@@ -52,6 +54,7 @@ let package = Package(
             name: "perennial",
             dependencies: [
                 "PerennialServer", "PerennialCore", "PerennialClient", "PerennialProtocol", "PerennialEval", "PerennialPlugins",
+                "PerennialBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/perennial",
@@ -61,7 +64,7 @@ let package = Package(
         .testTarget(name: "PerennialCoreTests", dependencies: ["PerennialCore", "Popularity", "CollaborativeFiltering", "TextCNN", "SessionRNN", "GANCandidates", "CKernels", "PerennialEval", "PerennialPlugins"], path: "Tests/PerennialCoreTests"),
         .testTarget(
             name: "PerennialServerTests",
-            dependencies: ["PerennialServer", "PerennialClient", "PerennialProtocol", "PerennialCore", "PerennialPlugins"],
+            dependencies: ["PerennialServer", "PerennialClient", "PerennialProtocol", "PerennialCore", "PerennialPlugins", "PerennialBench"],
             path: "Tests/PerennialServerTests"
         ),
     ],

@@ -1,145 +1,111 @@
-// `perennial bench ping`: a closed-loop load generator for the protocol
-// floor. One thread drives every connection with epoll, keeping `pipeline`
-// requests in flight on each; `--redis` sends RESP PING to a redis-server
-// instead, so both servers are measured by the same client machinery.
-// poll(2) over a few dozen sockets costs little next to the servers' work.
-// (Open-loop pacing, histograms and the other workloads are later work.)
+// `perennial bench`: load a running server (or a redis-server, for the
+// protocol floor) and report throughput and latency percentiles from an
+// HDR-style histogram. Closed loop by default (`--pipeline` requests in
+// flight per connection); `--rate` switches to open loop, where latency is
+// measured from each request's scheduled time (no coordinated omission).
+// `freshness` measures acknowledgement-to-visible time instead.
 
 import ArgumentParser
 import Foundation
-import PerennialCore
+import PerennialBench
 import PerennialEval
 import PerennialProtocol
-#if canImport(Glibc)
-import Glibc
-#endif
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Load-test a server with PING (closed loop, pipelined).",
+        abstract: "Load-test a server: ping, recommend, feedback, mixed; or measure freshness.",
         discussion: """
-            Example: perennial bench ping --connections 50 --pipeline 16 --duration 5
-            With --redis HOST:PORT the same client sends RESP PING to redis-server.
+            Examples:
+              perennial bench ping --connections 50 --pipeline 16 --duration 5
+              perennial bench ping --redis 127.0.0.1:6379     (RESP PING, same client)
+              perennial bench recommend --connections 16 --duration 10 --json r.json
+              perennial bench recommend --connections 16 --rate 5000   (open loop)
+              perennial bench feedback --connections 1 --batch 1000
+              perennial bench mixed --connections 16 --feedback-share 0.1
+              perennial bench freshness --samples 2000
+            JSON: throughput (requests, or events for feedback, per second), p50_us,
+            p90_us, p99_us, p999_us, max_us, errors.
             """
     )
 
-    @Argument(help: "Workload: ping.")
+    @Argument(help: "Workload: ping, recommend, feedback, mixed or freshness.")
     var workload = "ping"
     @Option var host = "127.0.0.1"
     @Option var port = 7878
     @Option(help: "Concurrent connections.")
     var connections = 50
-    @Option(help: "Requests in flight per connection.")
+    @Option(help: "Requests in flight per connection (closed loop).")
     var pipeline = 1
-    @Option(help: "Seconds to run (after a 0.5 s warm-up).")
+    @Option(help: "Seconds to measure (after a 0.5 s warm-up).")
     var duration = 5.0
+    @Option(help: "Open loop: requests per second over all connections.")
+    var rate: Double?
     @Option(help: "Measure a redis-server at HOST:PORT with RESP PING instead.")
     var redis: String?
-    @Option(help: "Write {throughput, ...} as JSON here.")
+    @Option(help: "Users and items ids are drawn from 1…users and 1…items.")
+    var users = 610
+    @Option var items = 9742
+    @Option(help: "RECOMMEND: top k, and the scorer (\"\" = default).")
+    var k = 10
+    @Option var scorer = ""
+    @Option(help: "FEEDBACK: events per request.")
+    var batch = 100
+    @Option(help: "mixed: share of requests that are one-event FEEDBACK.")
+    var feedbackShare = 0.1
+    @Option(help: "freshness: samples to take.")
+    var samples = 1000
+    @Option(help: "Write the results as JSON here.")
     var json: String?
 
     func run() throws {
-        guard workload == "ping" else { throw ValidationError("only the ping workload exists in this build") }
+        if workload == "freshness" {
+            let h = try FreshnessProbe(host: host, port: port).run(samples: samples, users: users, items: items)
+            let us = { (q: Double) in Double(h.value(atQuantile: q)) / 1000 }
+            print(String(format: "freshness over %d samples: p50 %.0f us, p90 %.0f us, p99 %.0f us, max %.0f us",
+                         samples, us(0.5), us(0.9), us(0.99), Double(h.max) / 1000))
+            try write(["workload": "freshness", "samples": samples, "p50_us": us(0.5), "p90_us": us(0.9),
+                       "p99_us": us(0.99), "p999_us": us(0.999), "max_us": Double(h.max) / 1000, "errors": 0])
+            return
+        }
+        guard let w = Workload(rawValue: workload) else {
+            throw ValidationError("unknown workload \(workload): ping, recommend, feedback, mixed or freshness")
+        }
         var target = (host, port)
-        var request: [UInt8]
-        let replySize: Int
+        var framing = ReplyFraming.perennial
+        var settings = WorkloadSettings()
+        settings.users = users; settings.items = items; settings.k = k; settings.scorer = scorer
+        settings.feedbackBatch = batch; settings.feedbackShare = feedbackShare
+        let maker = RequestMaker(w, settings: settings, connections: connections)
+        var make: (Int, Int) -> (bytes: [UInt8], units: Int) = { c, n in maker.make(connection: c, n: n) }
         if let redis {
+            guard w == .ping else { throw ValidationError("--redis works with the ping workload only") }
             let parts = redis.split(separator: ":")
             guard parts.count == 2, let p = Int(parts[1]) else { throw ValidationError("--redis takes HOST:PORT") }
             target = (String(parts[0]), p)
-            request = Array("*1\r\n$4\r\nPING\r\n".utf8)
-            replySize = 7  // "+PONG\r\n"
-        } else {
-            request = []
-            Request.ping.encode(into: &request, requestID: 1)
-            replySize = FrameHeader.size
+            framing = .fixed(7)  // "+PONG\r\n"
+            let ping = Array("*1\r\n$4\r\nPING\r\n".utf8)
+            make = { _, _ in (ping, 1) }
         }
-        let result = try PingLoad(host: target.0, port: target.1, connections: connections, pipeline: pipeline,
-                                  request: request, replySize: replySize).run(seconds: duration)
+        let driver = LoadDriver(host: target.0, port: target.1, connections: connections, pipeline: pipeline,
+                                rate: rate, framing: framing, makeRequest: make)
+        let r = try driver.run(seconds: duration)
         let label = redis == nil ? "perennial" : "redis"
-        print(String(format: "%@ ping: %d connections, pipeline %d: %.0f requests/s (%d requests in %.2f s, %d errors)",
-                     label, connections, pipeline, result.throughput, result.requests, result.seconds, result.errors))
-        if let json {
-            let doc: [String: Any] = ["workload": "ping", "target": label, "connections": connections, "pipeline": pipeline,
-                                      "throughput": result.throughput, "requests": result.requests, "errors": result.errors,
-                                      "seconds": result.seconds]
-            try JSONSerialization.data(withJSONObject: doc, options: [.sortedKeys]).write(to: URL(fileURLWithPath: json))
-        }
+        let mode = rate.map { String(format: "open loop at %.0f/s", $0) } ?? "pipeline \(pipeline)"
+        let us = { (q: Double) in Double(r.latency.value(atQuantile: q)) / 1000 }
+        print(String(format: "%@ %@: %d connections, %@: %.0f %@/s; latency p50 %.0f us, p90 %.0f, p99 %.0f, p99.9 %.0f, max %.0f; %d errors",
+                     label, workload, connections, mode, r.throughput, w == .feedback ? "events" : "requests",
+                     us(0.5), us(0.9), us(0.99), us(0.999), Double(r.latency.max) / 1000, r.errors))
+        var doc = r.json
+        doc["workload"] = workload
+        doc["target"] = label
+        doc["connections"] = connections
+        doc["pipeline"] = pipeline
+        if let rate { doc["rate"] = rate }
+        try write(doc)
     }
-}
 
-/// Fixed-size request/reply load over non-blocking sockets and poll(2).
-struct PingLoad {
-    var host: String
-    var port: Int
-    var connections: Int
-    var pipeline: Int
-    var request: [UInt8]
-    var replySize: Int
-
-    struct Result { var throughput: Double; var requests: Int; var seconds: Double; var errors: Int }
-
-    func run(seconds: Double) throws -> Result {
-        var fds: [Int32] = []
-        var carry: [Int] = []  // bytes of a partly received reply, per connection
-        defer { for fd in fds { close(fd) } }
-        var batch: [UInt8] = []
-        for _ in 0..<pipeline { batch += request }
-        for _ in 0..<connections {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var addr = sockaddr_in()
-            addr.sin_family = sa_family_t(AF_INET)
-            addr.sin_port = in_port_t(UInt16(port).bigEndian)
-            addr.sin_addr.s_addr = inet_addr(host)
-            let rc = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-            guard rc == 0 else { throw CommandError("cannot connect to \(host):\(port): \(String(cString: strerror(errno)))") }
-            var one: Int32 = 1
-            setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            fds.append(fd)
-            carry.append(0)
-        }
-        let warmupEnd = MonotonicClock.nowNanos() + 500_000_000
-        var measuring = false
-        var start: UInt64 = 0
-        var end: UInt64 = 0
-        var done = 0
-        var errors = 0
-        // Prime every connection with a full pipeline.
-        for fd in fds {
-            if send(fd, batch, batch.count, Int32(MSG_NOSIGNAL)) != batch.count { errors += 1 }
-        }
-        var pollSet = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-        var buffer = [UInt8](repeating: 0, count: 1 << 16)
-        while true {
-            let now = MonotonicClock.nowNanos()
-            if !measuring && now >= warmupEnd {
-                measuring = true
-                start = now
-                end = now + UInt64(seconds * 1e9)
-            }
-            if measuring && now >= end { break }
-            let n = poll(&pollSet, nfds_t(pollSet.count), 100)
-            if n < 0 { if errno == EINTR { continue }; break }
-            for i in pollSet.indices where pollSet[i].revents != 0 {
-                pollSet[i].revents = 0
-                let got = buffer.withUnsafeMutableBytes { recv(fds[i], $0.baseAddress, $0.count, 0) }
-                if got <= 0 { if got == 0 || (errno != EAGAIN && errno != EINTR) { errors += 1 }; continue }
-                // Replies are fixed-size and in order: count the whole ones
-                // these bytes complete, and answer each with a new request.
-                let completed = (carry[i] + got) / replySize
-                carry[i] = (carry[i] + got) % replySize
-                if completed > 0 {
-                    if measuring { done += completed }
-                    var out: [UInt8] = []
-                    for _ in 0..<completed { out += request }
-                    if send(fds[i], out, out.count, Int32(MSG_NOSIGNAL)) != out.count { errors += 1 }
-                }
-            }
-        }
-        let secs = Double(MonotonicClock.nowNanos() - start) / 1e9
-        return Result(throughput: Double(done) / secs, requests: done, seconds: secs, errors: errors)
+    private func write(_ doc: [String: Any]) throws {
+        guard let json else { return }
+        try JSONSerialization.data(withJSONObject: doc, options: [.sortedKeys, .prettyPrinted]).write(to: URL(fileURLWithPath: json))
     }
 }

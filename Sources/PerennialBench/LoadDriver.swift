@@ -1,0 +1,209 @@
+// The load generator behind `perennial bench`: N non-blocking connections
+// driven by one thread with poll(2). Closed loop keeps `pipeline` requests
+// in flight per connection (latency from the actual send); open loop sends
+// on an OpenLoopPacer's schedule spread over the connections (latency from
+// the intended time), with at most `maxInFlight` outstanding per connection
+// so a dead server cannot make it queue without bound.
+//
+// Replies come back in order on each connection, so each one is matched
+// to the oldest outstanding request. Perennial replies are length-prefixed
+// frames (an ERROR frame counts as an error); RESP replies to PING are the
+// fixed 7 bytes "+PONG\r\n".
+
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public enum ReplyFraming: Sendable {
+    case perennial
+    case fixed(Int)
+}
+
+public struct LoadResult: Sendable {
+    public var requests = 0
+    public var units = 0        // requests, or events for FEEDBACK loads
+    public var errors = 0
+    public var seconds = 0.0
+    public var latency = LatencyHistogram()
+    public var throughput: Double { seconds > 0 ? Double(units) / seconds : 0 }
+    public var requestRate: Double { seconds > 0 ? Double(requests) / seconds : 0 }
+
+    public var json: [String: Any] {
+        let us = { (q: Double) in Double(self.latency.value(atQuantile: q)) / 1000 }
+        return ["throughput": throughput, "requests_per_second": requestRate, "requests": requests, "errors": errors,
+                "seconds": seconds, "p50_us": us(0.5), "p90_us": us(0.9), "p99_us": us(0.99), "p999_us": us(0.999),
+                "max_us": Double(latency.max) / 1000, "mean_us": latency.mean / 1000]
+    }
+}
+
+public struct LoadDriver {
+    public var host: String
+    public var port: Int
+    public var connections: Int
+    public var pipeline: Int
+    /// Requests per second over all connections (nil: closed loop).
+    public var rate: Double?
+    public var maxInFlight = 10_000
+    public var framing: ReplyFraming
+    /// Builds request k for connection c: its bytes and the units it carries.
+    public var makeRequest: (_ connection: Int, _ k: Int) -> (bytes: [UInt8], units: Int)
+
+    public init(host: String, port: Int, connections: Int, pipeline: Int, rate: Double?, framing: ReplyFraming,
+                makeRequest: @escaping (Int, Int) -> (bytes: [UInt8], units: Int)) {
+        self.host = host
+        self.port = port
+        self.connections = connections
+        self.pipeline = pipeline
+        self.rate = rate
+        self.framing = framing
+        self.makeRequest = makeRequest
+    }
+
+    private struct Conn {
+        var fd: Int32
+        var inbox: [UInt8] = []
+        var outstanding: [(at: UInt64, units: Int)] = []
+        var head = 0
+        var sent = 0
+        var pacer: OpenLoopPacer?
+        var inFlight: Int { outstanding.count - head }
+    }
+
+    public func run(seconds: Double, warmup: Double = 0.5) throws -> LoadResult {
+        var conns: [Conn] = []
+        defer { for c in conns { close(c.fd) } }
+        for _ in 0..<connections { conns.append(Conn(fd: try Self.connect(host: host, port: port))) }
+        let t0 = Self.now()
+        let measureFrom = t0 + UInt64(warmup * 1e9)
+        let stopAt = measureFrom + UInt64(seconds * 1e9)
+        if let rate {
+            // Each connection gets an equal share, offset so sends interleave.
+            let per = rate / Double(connections)
+            for i in conns.indices {
+                conns[i].pacer = OpenLoopPacer(rate: per, start: t0 + UInt64(Double(i) / rate * 1e9))
+            }
+        }
+        var result = LoadResult()
+        var pollSet = conns.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        var out: [UInt8] = []
+        while true {
+            let now = Self.now()
+            if now >= stopAt { break }
+            // Send what is due.
+            for i in conns.indices {
+                out.removeAll(keepingCapacity: true)
+                if var pacer = conns[i].pacer {
+                    var due = pacer.due(now: now)
+                    while due > 0 && conns[i].inFlight < maxInFlight {
+                        let at = pacer.issue()
+                        let (bytes, units) = makeRequest(i, conns[i].sent)
+                        out += bytes
+                        conns[i].outstanding.append((at, units))
+                        conns[i].sent += 1
+                        due -= 1
+                    }
+                    conns[i].pacer = pacer
+                } else {
+                    while conns[i].inFlight < pipeline {
+                        let (bytes, units) = makeRequest(i, conns[i].sent)
+                        out += bytes
+                        conns[i].outstanding.append((now, units))
+                        conns[i].sent += 1
+                    }
+                }
+                if !out.isEmpty && !Self.sendAll(conns[i].fd, out) { result.errors += 1 }
+            }
+            // Wait for replies (briefly, in open loop, so sends stay on time).
+            let timeout: Int32 = rate == nil ? 100 : 1
+            let n = poll(&pollSet, nfds_t(pollSet.count), timeout)
+            if n < 0 { if errno == EINTR { continue }; throw BenchError("poll: \(String(cString: strerror(errno)))") }
+            if n == 0 { continue }
+            let received = Self.now()
+            for i in pollSet.indices where pollSet[i].revents != 0 {
+                pollSet[i].revents = 0
+                let got = buffer.withUnsafeMutableBytes { recv(conns[i].fd, $0.baseAddress, $0.count, 0) }
+                if got == 0 { throw BenchError("the server closed a connection") }
+                if got < 0 { if errno == EAGAIN || errno == EINTR { continue }; throw BenchError("recv: \(String(cString: strerror(errno)))") }
+                conns[i].inbox.append(contentsOf: buffer[0..<got])
+                var offset = 0
+                while let (size, isError) = nextReply(conns[i].inbox, from: offset) {
+                    offset += size
+                    let (at, units) = conns[i].outstanding[conns[i].head]
+                    conns[i].head += 1
+                    if at >= measureFrom {
+                        result.requests += 1
+                        result.units += units
+                        if isError { result.errors += 1 }
+                        result.latency.record(received >= at ? received - at : 0)
+                    }
+                }
+                if offset > 0 { conns[i].inbox.removeFirst(offset) }
+                if conns[i].head > 4096 {
+                    conns[i].outstanding.removeFirst(conns[i].head)
+                    conns[i].head = 0
+                }
+            }
+        }
+        result.seconds = Double(Self.now() - measureFrom) / 1e9
+        return result
+    }
+
+    /// The size of the whole reply at `offset` and whether it is an error,
+    /// or nil when it has not fully arrived.
+    private func nextReply(_ inbox: [UInt8], from offset: Int) -> (Int, Bool)? {
+        switch framing {
+        case .fixed(let size):
+            return inbox.count - offset >= size ? (size, inbox[offset] == UInt8(ascii: "-")) : nil
+        case .perennial:
+            guard inbox.count - offset >= 12 else { return nil }
+            let length = Int(inbox[offset]) | Int(inbox[offset + 1]) << 8 | Int(inbox[offset + 2]) << 16 | Int(inbox[offset + 3]) << 24
+            guard inbox.count - offset >= 4 + length else { return nil }
+            return (4 + length, inbox[offset + 5] == 0x7F)
+        }
+    }
+
+    static func now() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
+    static func connect(host: String, port: Int) throws -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = inet_addr(host)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard rc == 0 else { close(fd); throw BenchError("cannot connect to \(host):\(port): \(String(cString: strerror(errno)))") }
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        return fd
+    }
+
+    /// Sends every byte, waiting for room when the socket buffer is full.
+    static func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+        var sent = 0
+        while sent < bytes.count {
+            let n = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n > 0 { sent += n; continue }
+            if n < 0 && (errno == EAGAIN || errno == EINTR) {
+                var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                _ = poll(&p, 1, 100)
+                continue
+            }
+            return false
+        }
+        return true
+    }
+}
+
+public struct BenchError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ d: String) { description = d }
+}
