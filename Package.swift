@@ -4,6 +4,14 @@ import PackageDescription
 // Perennial: a recommendation model server that never stops learning.
 // Layout and reasons: ../shared/DESIGN.md. Plugins live under Plugins/<Name>,
 // the Swift client under clients/swift, everything else under Sources/.
+// The scoring loops call small PerennialCore helpers (row access, exclusion
+// tests, the top-k heap) for every item of the catalogue; letting the
+// optimiser inline them across modules keeps those loops tight. Dynamic
+// exclusivity checks are off in release builds of these two targets: their
+// shared state is raw memory (ChunkedBuffer), whose access rules are the
+// documented thread contract, not Swift exclusivity.
+let hotPath: [SwiftSetting] = [.unsafeFlags(["-cross-module-optimization", "-enforce-exclusivity=unchecked"], .when(configuration: .release))]
+
 let package = Package(
     name: "Perennial",
     platforms: [.macOS(.v15)],
@@ -26,12 +34,13 @@ let package = Package(
         // Frame codec and message types: pure Swift, no I/O.
         .target(name: "PerennialProtocol", path: "Sources/PerennialProtocol"),
         // Table, id maps, histories, learner, scorer plugin API, config.
-        .target(name: "PerennialCore", path: "Sources/PerennialCore"),
+        .target(name: "PerennialCore", path: "Sources/PerennialCore", swiftSettings: hotPath),
         // Dot-product kernels in C: a plain loop and an AVX2/FMA path chosen at run time.
         .target(name: "CKernels", path: "Sources/CKernels", cSettings: [.unsafeFlags(["-O3"])]),
         // Scorer plugins, one folder each, and the registry that lists them.
         .target(name: "Popularity", dependencies: ["PerennialCore"], path: "Plugins/Popularity"),
-        .target(name: "CollaborativeFiltering", dependencies: ["PerennialCore", "CKernels"], path: "Plugins/CollaborativeFiltering"),
+        .target(name: "CollaborativeFiltering", dependencies: ["PerennialCore", "CKernels"], path: "Plugins/CollaborativeFiltering",
+                swiftSettings: hotPath),
         .target(name: "TextCNN", dependencies: ["PerennialCore", "CKernels"], path: "Plugins/TextCNN"),
         .target(name: "SessionRNN", dependencies: ["PerennialCore", "CKernels"], path: "Plugins/SessionRNN"),
         .target(name: "GANCandidates", dependencies: ["PerennialCore", "CKernels"], path: "Plugins/GANCandidates"),

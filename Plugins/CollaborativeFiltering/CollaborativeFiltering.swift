@@ -352,9 +352,22 @@ public final class CollaborativeFilteringScorer: Scorer {
         let blend = prepareBlend(query, recentItems: recentItems)
         serveScores.withUnsafeBufferPointer { factor in
             serveNeighbours.withUnsafeBufferPointer { near in
-                query.forEachEligibleItem { i in
-                    let s = blend.score(near: near[Int(i)], factor: factor[Int(i)])
-                    if top.count < top.k || s > top.threshold { top.push(i, s) }
+                let f = factor.baseAddress!, nb = near.baseAddress!
+                if let candidates = query.candidates {
+                    for i in candidates where !query.exclusions.contains(i) {
+                        top.push(i, blend.score(near: nb[Int(i)], factor: f[Int(i)]))
+                    }
+                } else {
+                    // The whole catalogue: a plain loop (no closure per item),
+                    // and only scores that beat the current k-th reach the heap.
+                    var threshold = top.threshold
+                    for i in 0..<query.itemCount {
+                        let s = blend.score(near: nb[i], factor: f[i])
+                        if s > threshold || top.count < top.k, !query.exclusions.contains(Int32(i)) {
+                            top.push(Int32(i), s)
+                            threshold = top.threshold
+                        }
+                    }
                 }
             }
         }
@@ -392,10 +405,13 @@ public final class CollaborativeFilteringScorer: Scorer {
             table.items.forEachChunk(rows: n) { first, rows, count in pk_dot_rows(rows, count, d, z, factor + first) }
             let nbMax = neighbourScores(recentItems, into: near)
             var sum: Double = 0, sq: Double = 0
-            for i in 0..<n {
-                factor[i] += itemStats.row(i)[Self.biasSlot]
-                sum += Double(factor[i])
-                sq += Double(factor[i]) * Double(factor[i])
+            itemStats.forEachChunk(rows: n) { first, stats, count in
+                for r in 0..<count {
+                    let v = factor[first + r] + stats[3 * r + Self.biasSlot]
+                    factor[first + r] = v
+                    sum += Double(v)
+                    sq += Double(v) * Double(v)
+                }
             }
             let mean = Float(sum / Double(max(n, 1)))
             let std = Float(max(sq / Double(max(n, 1)) - Double(mean) * Double(mean), 1e-12).squareRoot())

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Side-by-side benchmarks (EVALUATION.md, "Speed"), written to bench/RESULTS.md.
+#
+#   bench/run.sh [RUNS]        (default 3 runs; medians and ratios reported)
+#
+# Starts a local redis-server and a Perennial release build, pins the servers
+# to core 0 and the load clients to core 1 (when there are two cores), and
+# measures in the same run: PING at 50 connections, pipeline 1 and 16,
+# against redis-server through the same client (perennial bench --redis) and
+# with redis-benchmark; RECOMMEND top-10 over ml-latest-small at 1, 16 and 64
+# connections beside numpy's single-core matrix-vector bound; feedback ingest
+# (perennial replay, fsync everysec) beside River's BiasedMF predict+learn
+# rate; and freshness. Needs redis-server/redis-benchmark (Debian
+# redis-server, redis-tools), python3 with numpy, and River (pip install
+# river) for the ingest peer (reported as not measured without it).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+RUNS="${1:-3}"
+DATA="${PERENNIAL_DATA:-$ROOT/../shared/data/ml-latest-small}"
+BIN="$ROOT/.build/release/perennial"
+OUT="$(mktemp -d)"
+PORT=7996 RPORT=6390
+SERVER_CPU="" CLIENT_CPU=""
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then SERVER_CPU="taskset -c 0"; CLIENT_CPU="taskset -c 1"; fi
+
+(cd "$ROOT" && swift build -c release --product perennial >/dev/null)
+command -v redis-server >/dev/null || { echo "redis-server is needed (apt-get install -y redis-server redis-tools)"; exit 1; }
+
+cleanup() { kill "${PPID_SERVER:-}" "${RPID:-}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+$SERVER_CPU redis-server --port $RPORT --save '' --appendonly no --daemonize no >"$OUT/redis.log" 2>&1 &
+RPID=$!
+
+start_perennial() {
+    rm -rf "$OUT/data"
+    printf '[server]\nport = %d\ndata_dir = "%s"\n[log]\nfsync = "everysec"\n' $PORT "$OUT/data" >"$OUT/perennial.toml"
+    $SERVER_CPU "$BIN" serve --config "$OUT/perennial.toml" >"$OUT/server.log" 2>&1 &
+    PPID_SERVER=$!
+    for _ in $(seq 50); do "$BIN" bench ping --port $PORT --connections 1 --duration 0.1 >/dev/null 2>&1 && return; sleep 0.1; done
+    echo "the server did not start"; cat "$OUT/server.log"; exit 1
+}
+stop_perennial() { kill "$PPID_SERVER"; wait "$PPID_SERVER" 2>/dev/null || true; }
+
+for run in $(seq "$RUNS"); do
+    echo "== run $run of $RUNS"
+    start_perennial
+    # Ingest: the E1 stream (all of ml-latest-small) from one client.
+    $CLIENT_CPU "$BIN" replay --data "$DATA" --port $PORT --no-texts | tail -1 >"$OUT/replay-$run.txt"
+    for p in 1 16; do
+        $CLIENT_CPU "$BIN" bench ping --port $PORT --connections 50 --pipeline $p --duration 5 --json "$OUT/ping-p$p-$run.json" >/dev/null
+        $CLIENT_CPU "$BIN" bench ping --redis 127.0.0.1:$RPORT --connections 50 --pipeline $p --duration 5 --json "$OUT/redis-p$p-$run.json" >/dev/null
+        $CLIENT_CPU redis-benchmark -p $RPORT -t ping_mbulk -c 50 -P $p -n 400000 -q --csv >"$OUT/rb-p$p-$run.csv" 2>/dev/null || true
+    done
+    for c in 1 16 64; do
+        $CLIENT_CPU "$BIN" bench recommend --port $PORT --connections $c --duration 5 --json "$OUT/rec-c$c-$run.json" >/dev/null
+    done
+    $CLIENT_CPU "$BIN" bench freshness --port $PORT --samples 2000 --json "$OUT/fresh-$run.json" >/dev/null
+    stop_perennial
+    # Peers computed in the same run.
+    OPENBLAS_NUM_THREADS=1 $CLIENT_CPU python3 "$ROOT/bench/peers.py" matvec --items 9742 --dim 64 >"$OUT/matvec-$run.json"
+    OPENBLAS_NUM_THREADS=1 $CLIENT_CPU python3 "$ROOT/bench/peers.py" river --data "$DATA" >"$OUT/river-$run.json" || echo '{}' >"$OUT/river-$run.json"
+done
+
+python3 "$ROOT/bench/peers.py" report --dir "$OUT" --runs "$RUNS" >"$ROOT/bench/RESULTS.md"
+cat "$ROOT/bench/RESULTS.md"
