@@ -140,7 +140,30 @@ def report(d: str, runs: int) -> None:
     lines += ["", "## Freshness: FEEDBACK acknowledged → first RECOMMEND that reflects it", "",
               f"p50 {fmt(med(series('fresh-*.json', 'p50_us')))} µs, p99 {fmt(med(series('fresh-*.json', 'p99_us')))} µs, "
               f"max {fmt(med(series('fresh-*.json', 'max_us')))} µs (2,000 samples per run, idle server)."]
+    # The goals of issue 8, against this run's figures.
+    p1 = ratio_value(med(series("ping-p1-*.json", "throughput")), med(series("redis-p1-*.json", "throughput")))
+    p16 = ratio_value(med(series("ping-p16-*.json", "throughput")), med(series("redis-p16-*.json", "throughput")))
+    r16 = med(series("rec-c16-*.json", "throughput"))
+    bound = ratio_value(None if r16 is None else r16 * 9742, mv)
+    p99 = med(series("rec-c16-*.json", "p99_us"))
+    ingest = ratio_value(rate, rv)
+    fresh = med(series("fresh-*.json", "p99_us"))
+
+    def row(goal, value, ok):
+        return f"| {goal} | {value} | {'met' if ok else 'not met'} |"
+    lines += ["", "## Against the goals", "", "| goal | measured | |", "| --- | --- | --- |",
+              row("PING pipeline 1 >= 1.0 x redis (same client)", f"{p1:.2f} x" if p1 else "n/a", p1 is not None and p1 >= 1.0),
+              row("PING pipeline 16 >= 1.3 x redis (same client)", f"{p16:.2f} x" if p16 else "n/a", p16 is not None and p16 >= 1.3),
+              row("RECOMMEND p99 <= 1 ms at 16 connections", f"{fmt(p99)} µs", p99 is not None and p99 <= 1000),
+              row("RECOMMEND scoring >= 70% of the numpy matvec bound", f"{bound:.2f} x" if bound else "n/a", bound is not None and bound >= 0.7),
+              row("ingest >= 10 x River BiasedMF", f"{ingest:.2f} x" if ingest else "n/a", ingest is not None and ingest >= 10),
+              row("ml-latest-small replay < 1 s", f"{fmt(secs, 2)} s", secs is not None and secs < 1),
+              row("freshness p99 <= 5 ms", f"{fmt(fresh)} µs", fresh is not None and fresh <= 5000)]
     print("\n".join(lines))
+
+
+def ratio_value(a, b):
+    return None if a is None or b in (None, 0) else a / b
 
 
 def main() -> None:
