@@ -68,6 +68,9 @@ public final class CollaborativeFilteringScorer: Scorer {
     private var z: [Float]
     private var dz: [Float]
     private var gradI: [Float]
+    /// settings.negativeSampling == "popularity", decided once (a string
+    /// compare per sampled negative showed in profiles).
+    private let popularityNegatives: Bool
     /// One row's gradient, for `adagradStep` (learner thread).
     private let gradScratch: UnsafeMutablePointer<Float>
 
@@ -82,6 +85,7 @@ public final class CollaborativeFilteringScorer: Scorer {
     public init(settings: CFSettings, table: EmbeddingTable) {
         self.settings = settings
         self.table = table
+        popularityNegatives = settings.negativeSampling == "popularity"
         d = table.dimension
         context = ChunkedBuffer(width: d, fill: 0, rowsPerChunkLog2: 10)
         contextAdagrad = ChunkedBuffer(width: 1, fill: 0, rowsPerChunkLog2: 12)
@@ -227,7 +231,7 @@ public final class CollaborativeFilteringScorer: Scorer {
     private func sampleNegative(not item: Int32) -> Int32 {
         for _ in 0..<8 {
             let j: Int32
-            if settings.negativeSampling == "popularity" && !sampler.isEmpty {
+            if popularityNegatives && !sampler.isEmpty {
                 j = sampler[rng.below(sampler.count)]
             } else {
                 j = Int32(rng.below(learnedItems))
