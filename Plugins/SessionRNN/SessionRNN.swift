@@ -327,9 +327,7 @@ public final class SessionRNNScorer: Scorer {
         w.floats(params, count: count)
         w.floats(accum, count: count)
         w.rows(itemBias, count: itemCount)
-        w.rows(transitions.slots, count: itemCount)
-        w.rows(transitions.used, count: itemCount)
-        w.u64(transitions.pairs)
+        transitions.save(to: &w, items: itemCount)
         w.int(recent.count)
         for r in recent { w.int32s(r) }
         w.u64(rng.state)
@@ -341,9 +339,7 @@ public final class SessionRNNScorer: Scorer {
         try r.floats(into: params, count: count)
         try r.floats(into: accum, count: count)
         try r.rows(into: itemBias, expected: itemCount)
-        try r.rows(into: transitions.slots, expected: itemCount)
-        try r.rows(into: transitions.used, expected: itemCount)
-        transitions.pairs = try r.u64()
+        try transitions.load(from: &r, items: itemCount)
         recent = []
         for _ in 0..<(try r.int()) { recent.append(try r.int32s()) }
         rng = SplitMix64(seed: try r.u64())

@@ -6,12 +6,7 @@
 import Foundation
 import PerennialCore
 
-public struct E2Result: Sendable {
-    public var scorer: String
-    public var total = TopKTally()
-    public var seconds = 0.0
-    public var json: [String: Any] { var j = total.json; j["seconds"] = rounded(seconds); return j }
-}
+public typealias E2Result = TopKRunResult
 
 public struct E2: Sendable {
     public let data: MovieLensData

@@ -10,12 +10,7 @@
 import Foundation
 import PerennialCore
 
-public struct E3Result: Sendable {
-    public var scorer: String
-    public var total = TopKTally()
-    public var seconds = 0.0
-    public var json: [String: Any] { var j = total.json; j["seconds"] = rounded(seconds); return j }
-}
+public typealias E3Result = TopKRunResult
 
 public struct E3: Sendable {
     public let data: MovieLensData

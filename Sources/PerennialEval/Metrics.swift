@@ -27,6 +27,15 @@ public struct TopKTally: Sendable, Codable, Equatable {
     public var json: [String: Any] { ["hr10": rounded(hr), "ndcg10": rounded(ndcg), "count": count] }
 }
 
+/// One scorer's (or baseline's) result in a static top-10 protocol (E2, E3, E4).
+public struct TopKRunResult: Sendable {
+    public var scorer: String
+    public var total = TopKTally()
+    public var seconds = 0.0
+    public init(scorer: String) { self.scorer = scorer }
+    public var json: [String: Any] { var j = total.json; j["seconds"] = rounded(seconds); return j }
+}
+
 /// Squared-error tally for prequential RMSE.
 public struct ErrorTally: Sendable, Equatable {
     public var sum = 0.0

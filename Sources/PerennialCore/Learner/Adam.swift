@@ -17,15 +17,7 @@ public struct Adam {
     public mutating func step(_ w: UnsafeMutablePointer<Float>, grad g: UnsafeMutablePointer<Float>,
                               m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, count: Int) {
         steps += 1
-        let c1 = 1 - powf(beta1, Float(steps)), c2 = 1 - powf(beta2, Float(steps))
-        let a = learningRate * c2.squareRoot() / c1
-        for k in 0..<count {
-            let gk = g[k]
-            m[k] = beta1 * m[k] + (1 - beta1) * gk
-            v[k] = beta2 * v[k] + (1 - beta2) * gk * gk
-            w[k] -= a * m[k] / (v[k].squareRoot() + epsilon)
-            g[k] = 0
-        }
+        rowStep(w, grad: g, m: m, v: v, count: count)
     }
 
     /// The same update for one row of a sparse table (rows touched in a

@@ -133,4 +133,18 @@ public final class ItemNeighbourhood {
     }
 
     public var bytes: Int { slots.bytes + used.bytes }
+
+    /// Writes the tables of items 0..<items and the pair count.
+    public func save(to w: inout SnapshotWriter, items: Int) {
+        w.rows(slots, count: items)
+        w.rows(used, count: items)
+        w.u64(pairs)
+    }
+
+    /// Reads what `save` wrote (after `grow` made room for `items`).
+    public func load(from r: inout SnapshotReader, items: Int) throws {
+        try r.rows(into: slots, expected: items)
+        try r.rows(into: used, expected: items)
+        pairs = try r.u64()
+    }
 }
