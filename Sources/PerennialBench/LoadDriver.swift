@@ -48,6 +48,10 @@ public struct LoadDriver {
     public var framing: ReplyFraming
     /// Builds request k for connection c: its bytes and the units it carries.
     public var makeRequest: (_ connection: Int, _ k: Int) -> (bytes: [UInt8], units: Int)
+    /// When every request is the same bytes (PING), they are copied from
+    /// here instead of built per request, so the client's cost per request
+    /// stays well below the servers' and does not cap what is measured.
+    public var fixedRequest: [UInt8]?
 
     public init(host: String, port: Int, connections: Int, pipeline: Int, rate: Double?, framing: ReplyFraming,
                 makeRequest: @escaping (Int, Int) -> (bytes: [UInt8], units: Int)) {
@@ -107,9 +111,14 @@ public struct LoadDriver {
                     conns[i].pacer = pacer
                 } else {
                     while conns[i].inFlight < pipeline {
-                        let (bytes, units) = makeRequest(i, conns[i].sent)
-                        out += bytes
-                        conns[i].outstanding.append((now, units))
+                        if let fixed = fixedRequest {
+                            out.append(contentsOf: fixed)
+                            conns[i].outstanding.append((now, 1))
+                        } else {
+                            let (bytes, units) = makeRequest(i, conns[i].sent)
+                            out += bytes
+                            conns[i].outstanding.append((now, units))
+                        }
                         conns[i].sent += 1
                     }
                 }

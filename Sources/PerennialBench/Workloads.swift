@@ -46,7 +46,7 @@ public final class RequestMaker: @unchecked Sendable {
         let id = UInt32(truncatingIfNeeded: n)
         switch workload {
         case .ping:
-            Request.ping.encode(into: &scratch, requestID: id)
+            Request.ping.encode(into: &scratch, requestID: 1)
             return (scratch, 1)
         case .recommend:
             recommend(c, id)

@@ -86,8 +86,9 @@ struct Bench: ParsableCommand {
             let ping = Array("*1\r\n$4\r\nPING\r\n".utf8)
             make = { _, _ in (ping, 1) }
         }
-        let driver = LoadDriver(host: target.0, port: target.1, connections: connections, pipeline: pipeline,
+        var driver = LoadDriver(host: target.0, port: target.1, connections: connections, pipeline: pipeline,
                                 rate: rate, framing: framing, makeRequest: make)
+        if w == .ping { driver.fixedRequest = make(0, 0).bytes }
         let r = try driver.run(seconds: duration)
         let label = redis == nil ? "perennial" : "redis"
         let mode = rate.map { String(format: "open loop at %.0f/s", $0) } ?? "pipeline \(pipeline)"
