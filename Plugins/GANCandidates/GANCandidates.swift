@@ -299,7 +299,15 @@ public final class GANScorer: Scorer {
 
     public var counters: [(String, UInt64)] {
         [("events", learnedEvents.load(ordering: .relaxed)), ("positives", positives),
-         ("mean_reward_milli", positives == 0 ? 0 : UInt64(max(0, rewardSum / Double(positives) * 1000)))]
+         ("mean_reward_milli", meanRewardMilli)]
+    }
+
+    /// The mean adversarial reward × 1000, clamped (a diverging
+    /// discriminator must not crash STATS).
+    private var meanRewardMilli: UInt64 {
+        guard positives > 0 else { return 0 }
+        let v = rewardSum / Double(positives) * 1000
+        return v.isFinite ? UInt64(min(max(0, v), 1e15)) : 0
     }
 
     // MARK: snapshots

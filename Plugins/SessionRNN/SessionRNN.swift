@@ -30,6 +30,7 @@
 
 import CKernels
 import PerennialCore
+import Synchronization
 
 public final class SessionRNNScorer: Scorer {
     public let name = "session-rnn"
@@ -52,8 +53,11 @@ public final class SessionRNNScorer: Scorer {
     var recent: [[Int32]] = []
     var rng: SplitMix64
     var learnedItems = 0
-    var learnedEvents: UInt64 = 0
-    var repeating = false
+    let learnedEvents = Atomic<UInt64>(0)
+    /// Transitions are counted once per event: only events beyond this
+    /// sequence number add one (a bulk fit's later passes do not).
+    var transitionsCountedTo: UInt64 = 0
+    let transitionsCounted = Atomic<UInt64>(0)
     private var trace: GRUTrace
     private var backScratch: GRUBackwardScratch
     private var q: [Float], dq: [Float], dh: [Float], h: [Float]
@@ -119,18 +123,21 @@ public final class SessionRNNScorer: Scorer {
     public var preferredEpochs: Int { settings.epochs }
 
     public func beginRepeatedEpoch() {
-        repeating = true
         for u in recent.indices { recent[u].removeAll(keepingCapacity: true) }
     }
 
     public func learn(_ e: LearnEvent) {
-        learnedEvents += 1
+        learnedEvents.add(1, ordering: .relaxed)
+        defer { transitionsCountedTo = max(transitionsCountedTo, e.seq) }
         let u = Int(e.user)
         if u >= recent.count { recent.append(contentsOf: repeatElement([], count: u + 1 - recent.count)) }
         learnedItems = max(learnedItems, Int(e.item) + 1)
         if let last = recent[u].last {
             if learnedItems > 1 { trainStep(inputs: recent[u].suffix(settings.steps), target: e.item) }
-            if !repeating && last != e.item { transitions.add(last, e.item, 1) }
+            if e.seq > transitionsCountedTo && last != e.item {
+                transitions.add(last, e.item, 1)
+                transitionsCounted.add(1, ordering: .relaxed)
+            }
         }
         recent[u].append(e.item)
         if recent[u].count > 2 * settings.steps { recent[u].removeFirst(recent[u].count - settings.steps) }
@@ -145,8 +152,8 @@ public final class SessionRNNScorer: Scorer {
         let last = trace.last
         for k in 0..<d { h[k] = last[last.startIndex + k] }
         project(h, into: &q)
-        // Candidates: the target, then uniform negatives (a draw equal to
-        // the target is masked out).
+        // Candidates: the target, then uniform negatives over the items the
+        // learner has reached (a draw equal to the target is masked out).
         cands[0] = target
         for k in 1...K { cands[k] = Int32(rng.below(learnedItems)) }
         var maxLogit = -Float.infinity
@@ -318,7 +325,7 @@ public final class SessionRNNScorer: Scorer {
     }
 
     public var counters: [(String, UInt64)] {
-        [("events", learnedEvents), ("transitions", transitions.pairs)]
+        [("events", learnedEvents.load(ordering: .relaxed)), ("transitions", transitionsCounted.load(ordering: .relaxed))]
     }
 
     // MARK: snapshots
@@ -332,7 +339,9 @@ public final class SessionRNNScorer: Scorer {
         for r in recent { w.int32s(r) }
         w.u64(rng.state)
         w.int(learnedItems)
-        w.u64(learnedEvents)
+        w.u64(learnedEvents.load(ordering: .relaxed))
+        w.u64(transitionsCountedTo)
+        w.u64(transitionsCounted.load(ordering: .relaxed))
     }
 
     public func load(from r: inout SnapshotReader) throws {
@@ -344,7 +353,9 @@ public final class SessionRNNScorer: Scorer {
         for _ in 0..<(try r.int()) { recent.append(try r.int32s()) }
         rng = SplitMix64(seed: try r.u64())
         learnedItems = try r.int()
-        learnedEvents = try r.u64()
+        learnedEvents.store(try r.u64(), ordering: .relaxed)
+        transitionsCountedTo = try r.u64()
+        transitionsCounted.store(try r.u64(), ordering: .relaxed)
     }
 }
 

@@ -89,6 +89,10 @@ public final class TextCNNScorer: Scorer {
     let cache: ChunkedBuffer<Float>
     var cacheStep: [Int] = []
     private var serveTrace: EncoderTrace
+    /// Stale cached encodings one request may recompute; the rest wait for
+    /// later requests (items never encoded are always encoded).
+    static let refreshesPerRequest = 512
+    private var refreshBudget = 0
     private var profile: [Float]
     var itemCount = 0
 
@@ -130,8 +134,9 @@ public final class TextCNNScorer: Scorer {
         for b in [params, grad, adamM, adamV] { b.deallocate() }
     }
 
-    /// Embeddings uniform with the spread of N(0, 0.1); kernels and the
-    /// projection with He / Glorot-like spreads for their fan-in; biases 0.
+    /// Embeddings uniform with the spread of N(0, 0.1); kernels with three
+    /// times He's spread for their fan-in (the mean-of-ids inputs are small),
+    /// the projection with 1/sqrt(fan-in); biases 0.
     private func initialiseWeights() {
         var g = SplitMix64(seed: settings.seed ^ 0x7E47)
         let sqrt3: Float = 1.7320508
@@ -274,7 +279,14 @@ public final class TextCNNScorer: Scorer {
         guard i < cacheStep.count else { return nil }
         let now = steps.load(ordering: .acquiring)
         let row = cache.row(i)
-        if cacheStep[i] >= 0 && now - cacheStep[i] < settings.refreshSteps { return row }
+        if cacheStep[i] >= 0 {
+            // Fresh enough, or stale but this request has spent its refresh
+            // budget: every cached item goes stale at once after
+            // `refreshSteps` steps, and recomputing the whole catalogue in one
+            // request would stall the serving thread.
+            if now - cacheStep[i] < settings.refreshSteps || refreshBudget <= 0 { return row }
+            refreshBudget -= 1
+        }
         guard let tokens = texts.withLock({ $0[item] }) else { return nil }
         encoder.forward(params, tokens, trace: &serveTrace)
         let o = offsets.row(i)
@@ -290,6 +302,7 @@ public final class TextCNNScorer: Scorer {
     /// Sums the normalised encodings of the user's items into `profile`;
     /// false when none has text.
     private func buildProfile(_ query: ScoringQuery) -> Bool {
+        refreshBudget = Self.refreshesPerRequest
         for k in 0..<D { profile[k] = 0 }
         var any = false
         for item in query.history + query.sessionItems {

@@ -50,7 +50,7 @@ struct TextEncoderShape: Equatable {
         return o
     }
     var projectionOffset: Int { kernelOffset(widths.count) }
-    /// Parameters after the embedding rows (the dense part).
+    /// All parameters (embedding rows, then the dense part from kernelOffset(0)).
     var count: Int { projectionOffset + output * projectionInputs + output }
 }
 
@@ -120,8 +120,9 @@ struct TextEncoder {
         for k in 0..<shape.output { t.y[k] += bP[k] }
     }
 
-    /// Adds the gradient of the loss (given dL/dy) to `grad` (dense part,
-    /// same layout as the parameters from `kernelOffset(0)` on) and calls
+    /// Adds the gradient of the loss (given dL/dy) to `grad` (a buffer of
+    /// `shape.count` floats laid out like the parameters; only the dense part
+    /// is written) and calls
     /// `embedding(id, dE)` with each touched embedding row's gradient.
     func backward(_ p: UnsafePointer<Float>, _ text: TokenizedText, trace t: EncoderTrace, dy: [Float],
                   grad: UnsafeMutablePointer<Float>, scratch s: inout EncoderScratch,

@@ -122,7 +122,9 @@ public struct LoadDriver {
                         conns[i].sent += 1
                     }
                 }
-                if !out.isEmpty && !Self.sendAll(conns[i].fd, out) { result.errors += 1 }
+                if !out.isEmpty && !Self.sendAll(conns[i].fd, out, until: stopAt) {
+                    throw BenchError("could not send for the whole run: the server stopped reading (or use a smaller --pipeline / --batch)")
+                }
             }
             // Wait for replies (briefly, in open loop, so sends stay on time).
             let timeout: Int32 = rate == nil ? 100 : 1
@@ -139,6 +141,9 @@ public struct LoadDriver {
                 var offset = 0
                 while let (size, isError) = nextReply(conns[i].inbox, from: offset) {
                     offset += size
+                    guard conns[i].head < conns[i].outstanding.count else {
+                        throw BenchError("a reply arrived for no request")
+                    }
                     let (at, units) = conns[i].outstanding[conns[i].head]
                     conns[i].head += 1
                     if at >= measureFrom {
@@ -195,10 +200,13 @@ public struct LoadDriver {
         return fd
     }
 
-    /// Sends every byte, waiting for room when the socket buffer is full.
-    static func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+    /// Sends every byte, waiting for room when the socket buffer is full,
+    /// but not past `deadline` (so a server that stops reading cannot hang
+    /// the run).
+    static func sendAll(_ fd: Int32, _ bytes: [UInt8], until deadline: UInt64 = .max) -> Bool {
         var sent = 0
         while sent < bytes.count {
+            if now() > deadline { return false }
             let n = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
             if n > 0 { sent += n; continue }
             if n < 0 && (errno == EAGAIN || errno == EINTR) {

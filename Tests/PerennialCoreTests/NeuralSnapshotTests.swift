@@ -54,3 +54,26 @@ import PerennialPlugins
         }
     }
 }
+
+@Suite struct NeuralReloadTests {
+    /// A reload that re-configures text-cnn keeps what it learned and the
+    /// item texts (which live in the catalogue, not in its snapshot).
+    @Test func reconfiguringTextCNNKeepsItsTexts() throws {
+        func config(_ refresh: Int) throws -> PerennialConfig {
+            var doc = ConfigDocument(file: "test")
+            doc.set("scorers.load", .array([.string("text-cnn")]))
+            doc.set("scorers.text-cnn.refresh_steps", .integer(refresh))
+            return try PerennialConfig.load(doc, registry: .builtin)
+        }
+        let m = Model(config: try config(20), registry: .builtin)
+        for i in 1...30 { _ = m.upsertItem(id: UInt64(i), text: "word\(i % 4) item", attributes: []) }
+        var out: [LearnEvent] = []
+        m.admit([IncomingEvent(user: 1, item: 3, kind: .click, value: 0, timestamp: 1)], now: 0, into: &out)
+        for e in out { m.learn(e) }
+        let before = try m.recommend(user: 1, k: 5, scorer: "text-cnn")
+        let changes = try m.reconfigure(try config(21))
+        #expect(changes.contains { $0.contains("text-cnn re-configured") })
+        #expect(m.counters.first { $0.0 == "text_cnn_items_with_text" }?.1 == 30)
+        #expect(try m.recommend(user: 1, k: 5, scorer: "text-cnn") == before)
+    }
+}

@@ -196,9 +196,10 @@ public final class Model: @unchecked Sendable {
                 }
                 changes.append("\(sc.name) re-configured (learned state kept)")
             } else {
-                catalogue.forEach { fresh.itemTextChanged($0, text: $1.text) }
                 changes.append("\(sc.name) added (starts learning from the next event)")
             }
+            // Item texts live in the catalogue, not in scorer snapshots.
+            catalogue.forEach { fresh.itemTextChanged($0, text: $1.text) }
             next.append(fresh)
         }
         for old in scorers where !config.scorers.contains(where: { $0.name == old.name }) {
@@ -361,7 +362,10 @@ public final class Model: @unchecked Sendable {
         exclusions.reset(itemCount: items.count)
         if let u { history.forEachItem(of: u) { exclusions.insert($0) } }
         for id in exclude { if let i = items.index(of: id) { exclusions.insert(i) } }
-        let cand: [Int32]? = candidates.isEmpty ? nil : candidates.compactMap { items.index(of: $0) }
+        // Known candidates, each once (a repeated id would be ranked twice).
+        var seenCandidates = Set<Int32>()
+        let cand: [Int32]? = candidates.isEmpty ? nil
+            : candidates.compactMap { items.index(of: $0) }.filter { seenCandidates.insert($0).inserted }
         return ScoringQuery(user: u, sessionItems: session.compactMap { items.index(of: $0) },
                             candidates: cand, exclusions: exclusions, itemCount: items.count,
                             history: u.map { history.items(of: $0)[...] } ?? [])
