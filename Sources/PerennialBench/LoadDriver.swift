@@ -122,8 +122,8 @@ public struct LoadDriver {
                         conns[i].sent += 1
                     }
                 }
-                if !out.isEmpty && !Self.sendAll(conns[i].fd, out, until: stopAt) {
-                    throw BenchError("could not send for the whole run: the server stopped reading (or use a smaller --pipeline / --batch)")
+                if !out.isEmpty && !Self.sendAll(conns[i].fd, out, until: stopAt + 5_000_000_000) {
+                    throw BenchError("could not send for 5 s past the run's end: the server stopped reading (use a smaller --pipeline / --batch)")
                 }
             }
             // Wait for replies (briefly, in open loop, so sends stay on time).
@@ -206,10 +206,11 @@ public struct LoadDriver {
     static func sendAll(_ fd: Int32, _ bytes: [UInt8], until deadline: UInt64 = .max) -> Bool {
         var sent = 0
         while sent < bytes.count {
-            if now() > deadline { return false }
             let n = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
             if n > 0 { sent += n; continue }
             if n < 0 && (errno == EAGAIN || errno == EINTR) {
+                // Full socket buffer: wait for room, but not past the deadline.
+                if now() > deadline { return false }
                 var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
                 _ = poll(&p, 1, 100)
                 continue

@@ -56,12 +56,12 @@ import PerennialProtocol
         let r = try closed.run(seconds: 0.5, warmup: 0.1)
         #expect(r.requests > 100 && r.errors == 0)
         #expect(r.latency.count == UInt64(r.requests))
-        // Open loop at 2,000/s for a second: about 2,000 requests, no more.
+        // Open loop at 2,000/s for a second: about 2,000 requests, never more.
         let open = LoadDriver(host: "127.0.0.1", port: s.port, connections: 2, pipeline: 1, rate: 2000, framing: .perennial) {
             _, n in var b: [UInt8] = []; Request.ping.encode(into: &b, requestID: UInt32(n)); return (b, 1)
         }
         let o = try open.run(seconds: 1, warmup: 0.2)
-        #expect(o.requests > 1700 && o.requests < 2100, "\(o.requests)")
+        #expect(o.requests > 1000 && o.requests <= 2050, "\(o.requests)")  // never more than the schedule; fewer only if the machine is loaded
         // Errors are counted: RECOMMEND with k = 0 is INVALID_ARGUMENT.
         let bad = LoadDriver(host: "127.0.0.1", port: s.port, connections: 1, pipeline: 1, rate: nil, framing: .perennial) {
             _, n in var b: [UInt8] = []
