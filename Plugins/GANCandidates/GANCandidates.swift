@@ -54,8 +54,10 @@ public final class GANScorer: Scorer {
     var rng: SplitMix64
     var learnedItems = 0
     let learnedEvents = Atomic<UInt64>(0)
-    var positives: UInt64 = 0
+    let positives = Atomic<UInt64>(0)
     var rewardSum: Double = 0
+    /// The mean reward × 1000, published by the learner for STATS.
+    let meanRewardMilli = Atomic<UInt64>(0)
     private var z: [Float], dz: [Float], logits: [Float], cumulative: [Float]
     private var drawn: [Int32] = [], advantage: [Float] = []
 
@@ -113,9 +115,13 @@ public final class GANScorer: Scorer {
     // MARK: the generator's user vector
 
     /// z = e_u + mean of the context rows of `items`' latest entries.
-    private func compose(user: Int32?, items: some BidirectionalCollection<Int32>, into z: inout [Float], limit: Int) {
+    /// `users` bounds the user rows: `userRows` on the serving thread; the
+    /// learner passes .max (it only sees users already grown, and must not
+    /// read `userRows`, which the serving thread writes).
+    private func compose(user: Int32?, items: some BidirectionalCollection<Int32>, into z: inout [Float], limit: Int,
+                         users: Int) {
         for k in 0..<D { z[k] = 0 }
-        if let user, Int(user) < userRows {
+        if let user, Int(user) < users {
             let e = genUsers.row(Int(user))
             for k in 0..<D { z[k] = e[k] }
         }
@@ -170,10 +176,10 @@ public final class GANScorer: Scorer {
     }
 
     private func step(user: Int32, item: Int32) {
-        positives += 1
+        let count = positives.add(1, ordering: .relaxed).newValue
         let n = learnedItems, S = settings.samples
         let context = recent[Int(user)].suffix(settings.contextItems)
-        compose(user: user, items: context, into: &z, limit: n)
+        compose(user: user, items: context, into: &z, limit: n, users: .max)
         fillLogits(z, n: n, into: &logits)
         // Sample S items from the softmax by inverting its cumulative sum.
         if cumulative.count < n { cumulative = .init(repeating: 0, count: logits.count) }
@@ -206,6 +212,8 @@ public final class GANScorer: Scorer {
             mean += r / Float(S)
         }
         rewardSum += Double(mean)
+        let milli = rewardSum / Double(count) * 1000
+        meanRewardMilli.store(milli.isFinite ? UInt64(min(max(0, milli), 1e15)) : 0, ordering: .relaxed)
         for s in 0..<S { advantage[s] = settings.rewardWeight * (advantage[s] - mean) }
         disStep(user: user, item: item, label: 1, logit: disLogit(item))
         for j in drawn { disStep(user: user, item: j, label: 0, logit: disLogit(j)) }
@@ -263,7 +271,7 @@ public final class GANScorer: Scorer {
 
     public func recommend(_ query: ScoringQuery, into top: inout TopK) {
         let n = min(query.itemCount, itemCount)
-        compose(user: query.user, items: query.history + query.sessionItems, into: &serveZ, limit: n)
+        compose(user: query.user, items: query.history + query.sessionItems, into: &serveZ, limit: n, users: userRows)
         fillLogits(serveZ, n: n, into: &serveLogits)
         let k = top.k
         let greedy = Int((Float(k) * settings.greedyShare).rounded())
@@ -292,22 +300,16 @@ public final class GANScorer: Scorer {
 
     public func score(_ query: ScoringQuery, items: [Int32?]) -> [Float] {
         let n = min(query.itemCount, itemCount)
-        compose(user: query.user, items: query.history + query.sessionItems, into: &serveZ, limit: n)
+        compose(user: query.user, items: query.history + query.sessionItems, into: &serveZ, limit: n, users: userRows)
         fillLogits(serveZ, n: n, into: &serveLogits)
         return items.map { i in i.flatMap { Int($0) < n ? serveLogits[Int($0)] : nil } ?? 0 }
     }
 
     public var counters: [(String, UInt64)] {
-        [("events", learnedEvents.load(ordering: .relaxed)), ("positives", positives),
-         ("mean_reward_milli", meanRewardMilli)]
-    }
-
-    /// The mean adversarial reward × 1000, clamped (a diverging
-    /// discriminator must not crash STATS).
-    private var meanRewardMilli: UInt64 {
-        guard positives > 0 else { return 0 }
-        let v = rewardSum / Double(positives) * 1000
-        return v.isFinite ? UInt64(min(max(0, v), 1e15)) : 0
+        // The reward is clamped where it is published: a diverging
+        // discriminator must not crash STATS.
+        [("events", learnedEvents.load(ordering: .relaxed)), ("positives", positives.load(ordering: .relaxed)),
+         ("mean_reward_milli", meanRewardMilli.load(ordering: .relaxed))]
     }
 
     // MARK: snapshots
@@ -321,8 +323,9 @@ public final class GANScorer: Scorer {
         w.u64(rng.state)
         w.int(learnedItems)
         w.u64(learnedEvents.load(ordering: .relaxed))
-        w.u64(positives)
+        w.u64(positives.load(ordering: .relaxed))
         w.f64(rewardSum)
+        w.u64(meanRewardMilli.load(ordering: .relaxed))
     }
 
     public func load(from r: inout SnapshotReader) throws {
@@ -334,8 +337,9 @@ public final class GANScorer: Scorer {
         rng = SplitMix64(seed: try r.u64())
         learnedItems = try r.int()
         learnedEvents.store(try r.u64(), ordering: .relaxed)
-        positives = try r.u64()
+        positives.store(try r.u64(), ordering: .relaxed)
         rewardSum = try r.f64()
+        meanRewardMilli.store(try r.u64(), ordering: .relaxed)
     }
 }
 

@@ -78,8 +78,9 @@ public final class TextCNNScorer: Scorer {
     var pendingUserGrad: [Float] = []
     var pendingOffsets: [Int32: Int] = [:]
     var pendingOffsetGrad: [Float] = []
-    var learnedPositives: UInt64 = 0
-    var skippedNoText: UInt64 = 0
+    // Counters the learner writes and STATS reads on the serving thread.
+    let learnedPositives = Atomic<UInt64>(0)
+    let skippedNoText = Atomic<UInt64>(0)
     private var traceI: EncoderTrace, traceJ: EncoderTrace
     private var scratch: EncoderScratch
     private var dyI: [Float], dyJ: [Float], diff: [Float]
@@ -189,13 +190,13 @@ public final class TextCNNScorer: Scorer {
 
     public func learn(_ e: LearnEvent) {
         let positive = e.kind != .rating || e.value >= settings.positiveThreshold
-        guard let tokensI = texts.withLock({ $0[e.item] }) else { skippedNoText += 1; return }
+        guard let tokensI = texts.withLock({ $0[e.item] }) else { skippedNoText.add(1, ordering: .relaxed); return }
         if seen.insert(e.item).inserted { seenItems.append(e.item) }
         guard positive, seenItems.count > 1 else { return }
         var j = e.item
         while j == e.item { j = seenItems[rng.below(seenItems.count)] }
         guard let tokensJ = texts.withLock({ $0[j] }) else { return }
-        learnedPositives += 1
+        learnedPositives.add(1, ordering: .relaxed)
 
         encoder.forward(params, tokensI, trace: &traceI)
         encoder.forward(params, tokensJ, trace: &traceJ)
@@ -338,7 +339,8 @@ public final class TextCNNScorer: Scorer {
     }
 
     public var counters: [(String, UInt64)] {
-        [("positives_learned", learnedPositives), ("events_without_text", skippedNoText),
+        [("positives_learned", learnedPositives.load(ordering: .relaxed)),
+         ("events_without_text", skippedNoText.load(ordering: .relaxed)),
          ("encoder_steps", UInt64(steps.load(ordering: .relaxed))),
          ("items_with_text", UInt64(texts.withLock { $0.count }))]
     }
@@ -367,8 +369,8 @@ public final class TextCNNScorer: Scorer {
             w.int32s(keys)
             for k in keys { for j in 0..<width { w.f32(store[index[k]! + j]) } }
         }
-        w.u64(learnedPositives)
-        w.u64(skippedNoText)
+        w.u64(learnedPositives.load(ordering: .relaxed))
+        w.u64(skippedNoText.load(ordering: .relaxed))
     }
 
     public func load(from r: inout SnapshotReader) throws {
@@ -403,8 +405,8 @@ public final class TextCNNScorer: Scorer {
             let at = pendingRow(&pendingOffsets, &pendingOffsetGrad, k)
             for j in 0..<D { pendingOffsetGrad[at + j] = try r.f32() }
         }
-        learnedPositives = try r.u64()
-        skippedNoText = try r.u64()
+        learnedPositives.store(try r.u64(), ordering: .relaxed)
+        skippedNoText.store(try r.u64(), ordering: .relaxed)
         for k in cacheStep.indices { cacheStep[k] = -1 }
     }
 }

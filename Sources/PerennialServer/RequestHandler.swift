@@ -160,7 +160,8 @@ final class RequestHandler {
             if let wait = try readYourWrites(q.minAppliedSeq, state: &state) { return wait }
             stats.recommends += 1
             var session = q.sessionItems
-            if !q.sessionID.isEmpty {
+            if !q.sessionID.isEmpty && model.canServe(q.scorer) {
+                // (A request the model will refuse leaves the session alone.)
                 guard q.sessionID.utf8.count <= Self.maxSessionIDBytes else {
                     throw ProtocolError(.invalidArgument, "session_id is \(q.sessionID.utf8.count) bytes; at most \(Self.maxSessionIDBytes)")
                 }

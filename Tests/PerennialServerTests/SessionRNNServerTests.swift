@@ -61,7 +61,7 @@ import PerennialProtocol
         // Many distinct session ids: the server keeps at most max_sessions.
         for chunk in 0..<20 {
             let requests = (0..<1000).map { k in
-                Request.recommend(RecommendRequest(user: 7, k: 1, scorer: "popularity", sessionID: "flood-\(chunk)-\(k)", sessionItems: [1]))
+                Request.recommend(RecommendRequest(user: 7, k: 1, scorer: "cf", sessionID: "flood-\(chunk)-\(k)", sessionItems: [1]))
             }
             _ = try await c.pipeline(requests)
         }
@@ -84,6 +84,11 @@ import PerennialProtocol
         await #expect(throws: PerennialClientError.self) {
             _ = try await c.recommend(user: 1, k: 5, sessionID: String(repeating: "x", count: 300))
         }
+        // A request naming an unknown scorer is refused and leaves its session alone.
+        await #expect(throws: PerennialClientError.self) {
+            _ = try await c.recommend(user: 1, k: 5, scorer: "nope", session: [1], sessionID: "kept-empty")
+        }
+        #expect(try await c.stats()["sessions"] == 0)
         // An empty model answers with nothing, not an error.
         #expect(try await c.recommend(user: 1, k: 5, session: [1, 2]).isEmpty)
         try await c.ping()

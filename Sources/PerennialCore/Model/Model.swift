@@ -92,6 +92,11 @@ public final class Model: @unchecked Sendable {
         for r in config.routes { routes[r.name] = r }
     }
 
+    /// Whether `name` ("" = default) is a loaded scorer or a route.
+    public func canServe(_ name: String) -> Bool {
+        name.isEmpty || routes[name] != nil || scorerNames.contains(name)
+    }
+
     public func scorer(named name: String) throws(ModelError) -> any Scorer {
         let wanted = name.isEmpty ? defaultScorer : name
         guard let s = scorers.first(where: { $0.name == wanted }) else {
