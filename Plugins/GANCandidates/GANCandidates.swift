@@ -59,7 +59,7 @@ public final class GANScorer: Scorer {
     /// The mean reward × 1000, published by the learner for STATS.
     let meanRewardMilli = Atomic<UInt64>(0)
     private var z: [Float], dz: [Float], logits: [Float], cumulative: [Float]
-    private var drawn: [Int32] = [], advantage: [Float] = []
+    private var drawn: [Int32] = [], advantage: [Float] = [], aBefore: [Float] = []
 
     // Serving-thread scratch.
     var itemCount = 0
@@ -75,7 +75,7 @@ public final class GANScorer: Scorer {
         disItems = ChunkedBuffer(width: D + 1, fill: 0, rowsPerChunkLog2: 10)
         biases = ChunkedBuffer(width: 4, fill: 0, rowsPerChunkLog2: 12)
         rng = SplitMix64(seed: settings.seed)
-        z = .init(repeating: 0, count: D); dz = z; serveZ = z
+        z = .init(repeating: 0, count: D); dz = z; serveZ = z; aBefore = z
         logits = []; cumulative = []
     }
 
@@ -231,27 +231,25 @@ public final class GANScorer: Scorer {
         }
         let lr = settings.generatorLearningRate
         for (j, g) in updates where g != 0 {
-            ascend(genItems.row(Int(j)), scale: g, direction: z, lr: lr)
+            z.withUnsafeBufferPointer { ascend(genItems.row(Int(j)), scale: g, direction: $0.baseAddress!, lr: lr) }
             let b = biases.row(Int(j))
             b[1] += g * g
             b[0] += lr * g / (b[1].squareRoot() + 1e-8)
         }
-        ascend(genUsers.row(Int(user)), scale: 1, direction: dz, lr: lr)
+        dz.withUnsafeBufferPointer { ascend(genUsers.row(Int(user)), scale: 1, direction: $0.baseAddress!, lr: lr) }
         let ctx = context.filter { Int($0) < n }
         if !ctx.isEmpty {
             let inv = 1 / Float(ctx.count)
-            for c in ctx { ascend(genContext.row(Int(c)), scale: inv, direction: dz, lr: lr) }
+            dz.withUnsafeBufferPointer { d in
+                for c in ctx { ascend(genContext.row(Int(c)), scale: inv, direction: d.baseAddress!, lr: lr) }
+            }
         }
     }
 
     /// row += lr / sqrt(acc) · scale · direction, Adagrad with the row's
     /// accumulator (its mean squared gradient) in row[D].
-    private func ascend(_ row: UnsafeMutablePointer<Float>, scale: Float, direction: [Float], lr: Float) {
-        var ss: Float = 0
-        for k in 0..<D { let g = scale * direction[k]; ss += g * g }
-        row[D] += ss / Float(D)
-        let step = lr / (row[D].squareRoot() + 1e-8)
-        for k in 0..<D { row[k] += step * scale * direction[k] }
+    private func ascend(_ row: UnsafeMutablePointer<Float>, scale: Float, direction: UnsafePointer<Float>, lr: Float) {
+        adagradRowStep(row, direction: direction, scale: scale, width: D, accumulator: row + D, learningRate: lr)
     }
 
     /// One logistic-loss step of the discriminator on (user, item, label).
@@ -259,9 +257,10 @@ public final class GANScorer: Scorer {
         let g = label - 1 / (1 + expf(-logit))  // ascent on the log-likelihood
         let a = disUsers.row(Int(user)), b = disItems.row(Int(item))
         let lr = settings.discriminatorLearningRate
-        let aCopy = (0..<D).map { a[$0] }
-        ascend(a, scale: g, direction: (0..<D).map { b[$0] }, lr: lr)
-        ascend(b, scale: g, direction: aCopy, lr: lr)
+        // b moves along a's value from before a's own step.
+        for k in 0..<D { aBefore[k] = a[k] }
+        ascend(a, scale: g, direction: b, lr: lr)
+        aBefore.withUnsafeBufferPointer { ascend(b, scale: g, direction: $0.baseAddress!, lr: lr) }
         let bias = biases.row(Int(item))
         bias[3] += g * g
         bias[2] += lr * g / (bias[3].squareRoot() + 1e-8)

@@ -25,6 +25,7 @@
 // buffer has the same layout.
 
 import CKernels
+import PerennialCore
 
 struct GRULayout {
     let inputs: Int   // n
@@ -179,7 +180,6 @@ struct GRUBackwardScratch {
     }
 }
 
-@inline(__always) func sigmoid(_ a: Float) -> Float { 1 / (1 + expf(-a)) }
 
 #if canImport(Glibc)
 import Glibc

@@ -213,12 +213,8 @@ public final class SessionRNNScorer: Scorer {
     /// Adagrad on one item row of the shared table with `rowGrad`, using the
     /// table's per-row accumulator (the row's mean squared gradient).
     private func rowStep(_ item: Int32) {
-        let v = table.item(item), acc = table.itemAdagrad.row(Int(item))
-        var ss: Float = 0
-        for j in 0..<d { ss += rowGrad[j] * rowGrad[j] }
-        acc[0] += ss / Float(d)
-        let step = settings.learningRate / (acc[0].squareRoot() + 1e-8)
-        for j in 0..<d { v[j] -= step * rowGrad[j] }
+        adagradRowStep(table.item(item), direction: rowGrad, scale: -1, width: d,
+                       accumulator: table.itemAdagrad.row(Int(item)), learningRate: settings.learningRate)
     }
 
     private func project(_ h: [Float], into out: inout [Float]) {

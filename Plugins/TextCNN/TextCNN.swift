@@ -411,7 +411,6 @@ public final class TextCNNScorer: Scorer {
     }
 }
 
-@inline(__always) func sigmoid(_ a: Float) -> Float { 1 / (1 + expf(-a)) }
 
 #if canImport(Glibc)
 import Glibc

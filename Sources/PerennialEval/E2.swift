@@ -6,8 +6,6 @@
 import Foundation
 import PerennialCore
 
-public typealias E2Result = TopKRunResult
-
 public struct E2: Sendable {
     public let data: MovieLensData
     public let setup: EvalSetup
@@ -18,14 +16,14 @@ public struct E2: Sendable {
         self.setup = setup
     }
 
-    public func run(scorer: String) throws -> E2Result {
+    public func run(scorer: String) throws -> TopKRunResult {
         let t0 = Date()
         var target: [UInt64: Int] = [:]
         for (idx, r) in data.ratings.enumerated() where r.rating >= positiveThreshold { target[r.user] = idx }
         let held = Set(target.values)
         let model = try setup.makeModel(scorer: scorer)
         try model.fit(data.ratings.indices.lazy.filter { !held.contains($0) }.map { data.ratings[$0] }, scorer: scorer)
-        var result = E2Result(scorer: scorer)
+        var result = TopKRunResult(scorer: scorer)
         for (user, idx) in target.sorted(by: { $0.key < $1.key }) {
             let item = data.ratings[idx].item
             guard model.items.index(of: item) != nil else {

@@ -10,8 +10,6 @@
 import Foundation
 import PerennialCore
 
-public typealias E3Result = TopKRunResult
-
 public struct E3: Sendable {
     public let data: MovieLensData
     public let setup: EvalSetup
@@ -55,13 +53,13 @@ public struct E3: Sendable {
     /// The scorer, fed every item's text first (as `perennial replay` does),
     /// then fitted on the training events; each evaluated event ranks its
     /// item among the cold items.
-    public func run(scorer: String) throws -> E3Result {
+    public func run(scorer: String) throws -> TopKRunResult {
         let t0 = Date()
         let s = split()
         let model = try setup.makeModel(scorer: scorer)
         for (item, text) in data.itemTexts { _ = model.upsertItem(id: item, text: text, attributes: []) }
         try model.fit(s.train, scorer: scorer)
-        var result = E3Result(scorer: scorer)
+        var result = TopKRunResult(scorer: scorer)
         for r in s.evaluated {
             let recs = try model.recommend(user: r.user, k: 10, scorer: scorer, candidates: s.cold)
             result.total.record(rank: recs.firstIndex { $0.item == r.item }.map { $0 + 1 })
@@ -72,10 +70,10 @@ public struct E3: Sendable {
 
     /// Random ranking (seeded, so the figure is reproducible) and the TF-IDF
     /// profile baseline.
-    public func baselines() -> [E3Result] {
+    public func baselines() -> [TopKRunResult] {
         let t0 = Date()
         let s = split()
-        var random = E3Result(scorer: "random")
+        var random = TopKRunResult(scorer: "random")
         var rng = SplitMix64(seed: 3)
         for r in s.evaluated {
             var order = s.cold
@@ -92,7 +90,7 @@ public struct E3: Sendable {
             profiles[r.user, default: [:]].merge(v, uniquingKeysWith: +)
         }
         let coldVectors = s.cold.map { tfidf.vectors[$0] ?? [:] }
-        var profileResult = E3Result(scorer: "tfidf")
+        var profileResult = TopKRunResult(scorer: "tfidf")
         for r in s.evaluated {
             let p = profiles[r.user] ?? [:]
             // Cosine up to the profile's norm, which is the same for every

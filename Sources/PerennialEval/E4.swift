@@ -10,8 +10,6 @@
 import Foundation
 import PerennialCore
 
-public typealias E4Result = TopKRunResult
-
 public struct E4: Sendable {
     public let data: MovieLensData
     public let setup: EvalSetup
@@ -45,12 +43,12 @@ public struct E4: Sendable {
         return (train, prefixes, t.map { ($0.user, data.ratings[$0.index].item) })
     }
 
-    public func run(scorer: String) throws -> E4Result {
+    public func run(scorer: String) throws -> TopKRunResult {
         let t0 = Date()
         let (train, prefixes, targets) = split()
         let model = try setup.makeModel(scorer: scorer)
         try model.fit(train, scorer: scorer)
-        var result = E4Result(scorer: scorer)
+        var result = TopKRunResult(scorer: scorer)
         for (user, item) in targets {
             guard model.items.index(of: item) != nil else { result.total.record(rank: nil); continue }
             let session = Array(prefixes[user, default: []].suffix(sessionLength))
@@ -62,7 +60,7 @@ public struct E4: Sendable {
     }
 
     /// The popularity and first-order Markov baselines.
-    public func baselines() -> [E4Result] {
+    public func baselines() -> [TopKRunResult] {
         let t0 = Date()
         let (train, prefixes, targets) = split()
         var popularity: [UInt64: Int] = [:]
@@ -74,7 +72,7 @@ public struct E4: Sendable {
         // Items in training, most popular first (ties by id, so the order is
         // reproducible in any language).
         let byPopularity = popularity.keys.sorted { (popularity[$0]!, $1) > (popularity[$1]!, $0) }
-        var pop = E4Result(scorer: "popularity"), markov = E4Result(scorer: "markov")
+        var pop = TopKRunResult(scorer: "popularity"), markov = TopKRunResult(scorer: "markov")
         for (user, target) in targets {
             let excluded = Set(prefixes[user, default: []])
             pop.total.record(rank: rank(of: target, in: byPopularity.lazy.filter { !excluded.contains($0) }))

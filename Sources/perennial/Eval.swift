@@ -82,7 +82,7 @@ struct Eval: ParsableCommand {
         case "e2":
             let e2 = E2(data: ml, setup: setup)
             let names = scorer == "popularity" ? ["popularity"] : [scorer, "popularity"]
-            let out = ResultsBox<E2Result>(count: names.count)
+            let out = ResultsBox<TopKRunResult>(count: names.count)
             DispatchQueue.concurrentPerform(iterations: names.count) { j in
                 do { out.set(j, try e2.run(scorer: names[j])) } catch { out.fail("\(error)") }
             }
@@ -102,7 +102,7 @@ struct Eval: ParsableCommand {
         case "e4":
             let e4 = E4(data: ml, setup: setup)
             let names = scorer == "cf" ? ["cf"] : [scorer, "cf"]
-            let out = ResultsBox<E4Result>(count: names.count)
+            let out = ResultsBox<TopKRunResult>(count: names.count)
             DispatchQueue.concurrentPerform(iterations: names.count) { j in
                 do { out.set(j, try e4.run(scorer: names[j])) } catch { out.fail("\(error)") }
             }
