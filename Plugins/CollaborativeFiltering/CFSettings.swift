@@ -41,10 +41,6 @@ public struct CFSettings: ScorerSettings, Equatable {
     /// Neighbour counts are divided by (count of the neighbour + 1)^damping,
     /// so very popular items do not win by volume alone.
     public var popularityDamping: Float = 0.25
-    /// Experience replay: after each event, this many BPR steps on past
-    /// events drawn uniformly from a reservoir of `replayBuffer` events.
-    public var replay: Int = 0
-    public var replayBuffer: Int = 100_000
     /// Passes over a bulk training set (evaluation's warm-up and refits).
     public var epochs: Int = 10
     /// Whether the rating head (biased MF for explicit ratings) is trained.
@@ -75,8 +71,6 @@ public struct CFSettings: ScorerSettings, Equatable {
         s.neighbourhoodItems = try r.int("neighbourhood_items", default: s.neighbourhoodItems, in: 0...10_000)
         s.neighbourhoodDecay = Float(try r.double("neighbourhood_decay", default: Double(s.neighbourhoodDecay), in: 0...1))
         s.popularityDamping = Float(try r.double("popularity_damping", default: Double(s.popularityDamping), in: 0...2))
-        s.replay = try r.int("replay", default: s.replay, in: 0...64)
-        s.replayBuffer = try r.int("replay_buffer", default: s.replayBuffer, in: 1...100_000_000)
         s.epochs = try r.int("epochs", default: s.epochs, in: 1...1000)
         s.ratingHead = try r.bool("rating_head", default: s.ratingHead)
         s.ratingFactors = try r.int("rating_factors", default: s.ratingFactors, in: 1...512)

@@ -63,8 +63,6 @@ public final class CollaborativeFilteringScorer: Scorer {
     var learnedEvents: UInt64 = 0
     /// Learner thread: 1 + the highest item index learned from.
     var learnedItems = 0
-    var reservoir: [(Int32, Int32, Float)] = []
-    var reservoirSeen = 0
     private var z: [Float]
     private var dz: [Float]
     private var gradI: [Float]
@@ -192,25 +190,8 @@ public final class CollaborativeFilteringScorer: Scorer {
         // events, ahead of the learner, and learning must depend on the log
         // order alone.
         learnedItems = max(learnedItems, Int(e.item) + 1)
-        let weight: Float = e.kind == .rating ? (e.value >= settings.positiveThreshold ? 1 : settings.lowRatingWeight) : 1
-        if weight > 0 && learnedItems > 1 {
-            rankStep(user: e.user, item: e.item, weight: weight)
-            if !repeating && settings.replay > 0 {
-                // Experience replay: revisit past events (reservoir sample,
-                // Vitter's Algorithm R), so old pairs keep training the factors.
-                for _ in 0..<min(settings.replay, reservoir.count) {
-                    let (ru, ri, rw) = reservoir[rng.below(reservoir.count)]
-                    rankStep(user: ru, item: ri, weight: rw)
-                }
-                reservoirSeen += 1
-                if reservoir.count < settings.replayBuffer {
-                    reservoir.append((e.user, e.item, weight))
-                } else {
-                    let slot = Int(rng.next() % UInt64(reservoirSeen))
-                    if slot < settings.replayBuffer { reservoir[slot] = (e.user, e.item, weight) }
-                }
-            }
-        }
+        let weight = self.weight(of: e)
+        if weight > 0 && learnedItems > 1 { rankStep(user: e.user, item: e.item, weight: weight) }
         // Remember the event: co-occurrences, user context, the sampler, counts.
         if !repeating { neighbourhood.learn(item: e.item, previous: recent[u][...]) }
         recent[u].append(e.item)
@@ -224,6 +205,23 @@ public final class CollaborativeFilteringScorer: Scorer {
             samplerNext = (samplerNext + 1) % settings.samplerWindow
         }
         itemStats.row(i)[Self.countSlot] += 1
+    }
+
+    /// How strongly an event counts as positive: 1, or `lowRatingWeight`
+    /// for a rating below the threshold.
+    @inline(__always)
+    private func weight(of e: LearnEvent) -> Float {
+        e.kind == .rating ? (e.value >= settings.positiveThreshold ? 1 : settings.lowRatingWeight) : 1
+    }
+
+    /// Experience replay (the model's reservoir drew a past event): one more
+    /// BPR step on it, against the user's current context; counts,
+    /// co-occurrences and the sampler saw it the first time.
+    public var replays: Bool { true }
+    public func replay(_ e: LearnEvent) {
+        let weight = self.weight(of: e)
+        guard weight > 0, learnedItems > 1, Int(e.user) < recent.count, Int(e.item) < learnedItems else { return }
+        rankStep(user: e.user, item: e.item, weight: weight)
     }
 
     /// A negative for `item`: from the recent-popularity sampler or uniform.
@@ -245,6 +243,10 @@ public final class CollaborativeFilteringScorer: Scorer {
     private func rankStep(user: Int32, item: Int32, weight: Float) {
         let ctx = recent[Int(user)]
         let lr = settings.learningRate, reg = settings.regularization
+        // Anchored learning (RowAnchors): every table row is also pulled
+        // toward its anchor with strength λ; with anchoring off the anchor
+        // is the row itself and the pull is zero.
+        let lambda = table.anchorStrength
         z.withUnsafeMutableBufferPointer { zb in
         dz.withUnsafeMutableBufferPointer { dzb in
         gradI.withUnsafeMutableBufferPointer { gib in
@@ -269,14 +271,23 @@ public final class CollaborativeFilteringScorer: Scorer {
                 }
                 gradBiasI += g
                 // v_j moves away from z; b_j down.
-                adagradStep(vj, grad: { k in -g * z[k] - reg * vj[k] }, accumulator: table.itemAdagrad.row(Int(j)), lr: lr)
+                let aj = table.itemAnchor(j)
+                adagradStep(vj, grad: { k in -g * z[k] - reg * vj[k] - lambda * (vj[k] - aj[k]) }, accumulator: table.itemAdagrad.row(Int(j)), lr: lr)
+                table.itemUpdated(j)
                 adagradScalar(&sj[Self.biasSlot], grad: -g - reg * sj[Self.biasSlot], accumulator: &sj[Self.biasAdagradSlot], lr: lr)
             }
             if gradBiasI == 0 { return }
-            adagradStep(vi, grad: { k in gi[k] - reg * vi[k] }, accumulator: table.itemAdagrad.row(Int(item)), lr: lr)
+            let ai = table.itemAnchor(item)
+            adagradStep(vi, grad: { k in gi[k] - reg * vi[k] - lambda * (vi[k] - ai[k]) }, accumulator: table.itemAdagrad.row(Int(item)), lr: lr)
+            table.itemUpdated(item)
             adagradScalar(&si[Self.biasSlot], grad: gradBiasI - reg * si[Self.biasSlot], accumulator: &si[Self.biasAdagradSlot], lr: lr)
             let p = table.user(user)
-            adagradStep(p, grad: { k in dz[k] - reg * p[k] }, accumulator: table.userAdagrad.row(Int(user)), lr: lr)
+            let ap = table.userAnchor(user)
+            // A user in their first events steps with the meta-learned
+            // per-dimension scales (MetaStart).
+            adagradStep(p, grad: { k in dz[k] - reg * p[k] - lambda * (p[k] - ap[k]) }, accumulator: table.userAdagrad.row(Int(user)), lr: lr,
+                        scale: table.userStepScale(user))
+            table.userUpdated(user)
             // Context vectors: ∂z/∂y_c = w_c / sqrt(Σw).
             if totalWeight > 0 {
                 var w = 1 / totalWeight.squareRoot()
@@ -293,9 +304,11 @@ public final class CollaborativeFilteringScorer: Scorer {
         }}}
     }
 
-    /// Adagrad with one accumulator per row: G += mean(g²); row += lr·g/√G.
+    /// Adagrad with one accumulator per row: G += mean(g²); row += lr·g/√G
+    /// (times a per-dimension scale when given).
     @inline(__always)
-    private func adagradStep(_ row: UnsafeMutablePointer<Float>, grad: (Int) -> Float, accumulator: UnsafeMutablePointer<Float>, lr: Float) {
+    private func adagradStep(_ row: UnsafeMutablePointer<Float>, grad: (Int) -> Float, accumulator: UnsafeMutablePointer<Float>, lr: Float,
+                             scale: UnsafePointer<Float>? = nil) {
         let g = gradScratch  // read the stored pointer once, not per element
         var sq: Float = 0
         for k in 0..<d {
@@ -305,7 +318,11 @@ public final class CollaborativeFilteringScorer: Scorer {
         }
         accumulator.pointee += sq / Float(d)
         let step = lr / (accumulator.pointee + 1e-8).squareRoot()
-        for k in 0..<d { row[k] += step * g[k] }
+        if let scale {
+            for k in 0..<d { row[k] += step * scale[k] * g[k] }
+        } else {
+            for k in 0..<d { row[k] += step * g[k] }
+        }
     }
 
     @inline(__always)
@@ -479,9 +496,6 @@ public final class CollaborativeFilteringScorer: Scorer {
         w.u64(rng.state)
         w.int(learnedItems)
         w.u64(learnedEvents)
-        w.int(reservoir.count)
-        for (u, i, wt) in reservoir { w.u32(UInt32(bitPattern: u)); w.u32(UInt32(bitPattern: i)); w.f32(wt) }
-        w.int(reservoirSeen)
     }
 
     public func load(from r: inout SnapshotReader) throws {
@@ -499,11 +513,6 @@ public final class CollaborativeFilteringScorer: Scorer {
         rng = SplitMix64(seed: try r.u64())
         learnedItems = try r.int()
         learnedEvents = try r.u64()
-        reservoir = []
-        for _ in 0..<(try r.int()) {
-            reservoir.append((Int32(bitPattern: try r.u32()), Int32(bitPattern: try r.u32()), try r.f32()))
-        }
-        reservoirSeen = try r.int()
     }
 
     public func predictRating(user: Int32?, item: Int32?) -> Float? {

@@ -10,14 +10,36 @@ import Foundation
 import PerennialCore
 
 public enum E1Variant: String, CaseIterable, Sendable {
-    case online, frozen, retrained
+    case online, onlinePlain = "online-plain", onlinePlainStart = "online-plain-start", frozen, retrained
+
+    /// The lifelong-learning settings this variant runs with.
+    func lifelong(_ configured: LifelongConfig) -> LifelongConfig {
+        var c = configured
+        switch self {
+        case .onlinePlain:
+            c.replay = 0
+            c.anchorStrength = 0
+        case .onlinePlainStart:
+            c.metaStart = false
+        default: break
+        }
+        return c
+    }
+
+    var learnsOnline: Bool { self == .online || self == .onlinePlain || self == .onlinePlainStart }
 }
+
+/// Evaluated events whose user had at most this many earlier events: the
+/// new users a meta-learned start is for.
+public let e1NewUserEvents = 5
 
 public struct E1Result: Sendable {
     public var scorer: String
     public var variant: E1Variant
     public var total = TopKTally()
     public var tenths = [TopKTally](repeating: TopKTally(), count: 10)
+    /// Evaluated events whose user had at most `e1NewUserEvents` earlier events.
+    public var newUsers = TopKTally()
     /// Evaluated events whose user the model had never learned from (they
     /// are scored from the user's history alone, or by popularity).
     public var coldUserEvents = 0
@@ -29,6 +51,7 @@ public struct E1Result: Sendable {
         var j = total.json
         j["tenths"] = tenths.map(\.json)
         j["cold_user_events"] = coldUserEvents
+        j["new_users"] = newUsers.json
         j["seconds"] = rounded(seconds)
         if predictsRatings {
             j["rmse"] = rounded(rmse.rmse)
@@ -54,13 +77,13 @@ public struct E1: Sendable {
     /// A model trained on events[0..<end] from scratch (a bulk fit: the
     /// scorer's `epochs` passes). The online variant's warm-up is one pass,
     /// exactly what a server fed the same events learns.
-    func fit(scorer: String, upTo end: Int) throws -> (Model, Set<UInt64>) {
+    func fit(scorer: String, upTo end: Int, setup: EvalSetup) throws -> (Model, Set<UInt64>) {
         let model = try setup.makeModel(scorer: scorer)
         try model.fit(data.ratings[0..<end], scorer: scorer)
         return (model, Set(data.ratings[0..<end].map(\.user)))
     }
 
-    func onePass(scorer: String, upTo end: Int) throws -> (Model, Set<UInt64>) {
+    func onePass(scorer: String, upTo end: Int, setup: EvalSetup) throws -> (Model, Set<UInt64>) {
         let model = try setup.makeModel(scorer: scorer)
         var scratch: [LearnEvent] = []
         for r in data.ratings[0..<end] { model.feed(r, learn: true, scratch: &scratch) }
@@ -71,7 +94,13 @@ public struct E1: Sendable {
         let t0 = Date()
         var result = E1Result(scorer: scorer, variant: variant)
         let n = data.ratings.count
-        var (model, learnedUsers) = variant == .online ? try onePass(scorer: scorer, upTo: warmup) : try fit(scorer: scorer, upTo: warmup)
+        var setup = self.setup
+        setup.config.lifelong = variant.lifelong(setup.config.lifelong)
+        var (model, learnedUsers) = variant.learnsOnline ? try onePass(scorer: scorer, upTo: warmup, setup: setup)
+            : try fit(scorer: scorer, upTo: warmup, setup: setup)
+        // Events per user so far (every event counts, positive or not).
+        var earlier: [UInt64: Int] = [:]
+        for r in data.ratings[0..<warmup] { earlier[r.user, default: 0] += 1 }
         var scratch: [LearnEvent] = []
         // A route predicts ratings (if at all) with its re-ranking scorer.
         let ratingName = setup.routes.first { $0.name == scorer }?.rerank ?? scorer
@@ -80,7 +109,7 @@ public struct E1: Sendable {
             let offset = idx - warmup
             let tenth = min(9, offset / tenthLength)
             if variant == .retrained && offset > 0 && offset % tenthLength == 0 && offset / tenthLength < 10 {
-                (model, learnedUsers) = try fit(scorer: scorer, upTo: idx)
+                (model, learnedUsers) = try fit(scorer: scorer, upTo: idx, setup: setup)
                 ratingScorer = try model.scorer(named: ratingName)
             }
             let r = data.ratings[idx]
@@ -93,9 +122,11 @@ public struct E1: Sendable {
                 let rank = model.rankOf(r.item, user: r.user, scorer: scorer)
                 result.total.record(rank: rank)
                 result.tenths[tenth].record(rank: rank)
+                if earlier[r.user, default: 0] <= e1NewUserEvents { result.newUsers.record(rank: rank) }
                 if !learnedUsers.contains(r.user) { result.coldUserEvents += 1 }
             }
-            let learn = variant == .online
+            let learn = variant.learnsOnline
+            earlier[r.user, default: 0] += 1
             model.feed(r, learn: learn, scratch: &scratch)
             if learn { learnedUsers.insert(r.user) }
             if offset % 1000 == 0 { progress?(1000) }

@@ -272,6 +272,7 @@ final class RequestHandler {
         if next.maxSessions != config.maxSessions || next.sessionItems != config.sessionItems
             || next.sessionIdleSeconds != config.sessionIdleSeconds { fixed.append("[sessions]") }
         if next.limits.maxTextBytes != config.limits.maxTextBytes { fixed.append("limits.max_text_bytes") }
+        if next.lifelong != config.lifelong { fixed.append("[lifelong]") }
         if !fixed.isEmpty {
             throw ProtocolError(.invalidArgument, "the new config changes \(fixed.joined(separator: ", ")), which need a restart; nothing was changed")
         }

@@ -30,7 +30,7 @@ struct Eval: ParsableCommand {
     @Option(help: "Scorer to evaluate.")
     var scorer = "cf"
     @Option(help: "E1 variants to run (comma-separated).")
-    var variants = "online,frozen,retrained"
+    var variants = "online,online-plain,online-plain-start,frozen,retrained"
     @Option(help: "E5: candidates the gan+cf route takes from gan before cf re-ranks them.")
     var rerankCandidates = 300
     @Option(help: "Write the results as JSON here.")
@@ -68,16 +68,18 @@ struct Eval: ParsableCommand {
             if let e = out.error { throw CommandError(e) }
             let rs = out.values
             print("E1 on \(ml.name): \(ml.ratings.count) events, warm-up \(e1.warmup), tenths of \(e1.tenthLength) events")
-            print(pad("variant", 22) + pad("HR@10", 9) + pad("NDCG@10", 9) + pad("count", 8) + pad("cold", 8) + pad("RMSE", 9) + "time")
+            print(pad("variant", 28) + pad("HR@10", 9) + pad("NDCG@10", 9) + pad("count", 8) + pad("cold", 8) + pad("RMSE", 9)
+                  + pad("new-user HR (count)", 21) + "time")
             for r in rs {
                 let key = "\(r.scorer)/\(r.variant.rawValue)"
                 results[key] = r.json
-                print(pad(key, 22) + pad(f(r.total.hr), 9) + pad(f(r.total.ndcg), 9) + pad("\(r.total.count)", 8)
-                      + pad("\(r.coldUserEvents)", 8) + pad(r.predictsRatings ? f(r.rmse.rmse) : "-", 9) + String(format: "%.1fs", r.seconds))
+                print(pad(key, 28) + pad(f(r.total.hr), 9) + pad(f(r.total.ndcg), 9) + pad("\(r.total.count)", 8)
+                      + pad("\(r.coldUserEvents)", 8) + pad(r.predictsRatings ? f(r.rmse.rmse) : "-", 9)
+                      + pad("\(f(r.newUsers.hr)) (\(r.newUsers.count))", 21) + String(format: "%.1fs", r.seconds))
             }
             print("HR@10 by tenth of the test phase:")
             for r in rs {
-                print(pad("\(r.scorer)/\(r.variant.rawValue)", 22) + r.tenths.map { String(format: "%.3f", $0.hr) }.joined(separator: " "))
+                print(pad("\(r.scorer)/\(r.variant.rawValue)", 28) + r.tenths.map { String(format: "%.3f", $0.hr) }.joined(separator: " "))
             }
         case "e2":
             let e2 = E2(data: ml, setup: setup)

@@ -69,7 +69,7 @@ import PerennialPlugins
     func model() throws -> Model {
         var doc = ConfigDocument(file: "test")
         doc.set("scorers.load", .array([.string("cf"), .string("popularity")]))
-        doc.set("scorers.cf.replay", .integer(2))
+        doc.set("lifelong.replay", .integer(2))
         return Model(config: try PerennialConfig.load(doc, registry: .builtin), registry: .builtin)
     }
 

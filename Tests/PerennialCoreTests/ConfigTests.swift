@@ -31,6 +31,7 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
         #expect(file.maxSessions == defaults.maxSessions)
         #expect(file.sessionItems == defaults.sessionItems)
         #expect(file.sessionIdleSeconds == defaults.sessionIdleSeconds)
+        #expect(file.lifelong == defaults.lifelong)
         #expect(file.scorers.map(\.name) == defaults.scorers.map(\.name))
         #expect(file.defaultScorer == defaults.defaultScorer)
         #expect(file.tableDimension == defaults.tableDimension && file.tableSeed == defaults.tableSeed)

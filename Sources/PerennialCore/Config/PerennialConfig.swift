@@ -36,6 +36,40 @@ public struct RouteConfig: Sendable, Equatable {
     }
 }
 
+/// Lifelong learning, `[lifelong]`: the mechanisms that keep a model good
+/// over months of stream (README, "Lifelong learning").
+public struct LifelongConfig: Sendable, Equatable {
+    /// Experience replay: after each learned event, this many past events
+    /// drawn from a reservoir sample of `replayBuffer` events are learned
+    /// again by every scorer that supports replay.
+    public var replay = 1
+    public var replayBuffer = 100_000
+    /// Anchored learning: every step on a shared-table row also pulls it
+    /// toward its anchor copy with this L2 strength (0 = off); the anchor
+    /// follows the row as an exponential moving average at `anchorRate` per
+    /// update, so it holds what the row meant some hundreds of updates ago.
+    public var anchorStrength: Float = 0.01
+    public var anchorRate: Float = 0.01
+    /// Meta-learned start (Reptile): a new user's row starts at a vector
+    /// learned across users, with per-dimension step sizes; a user's row
+    /// after `metaEvents` events moves the start by `metaRate`.
+    public var metaStart = true
+    public var metaEvents = 5
+    public var metaRate: Float = 0.01
+    /// Seed of replay's draws: learning is reproducible from the log.
+    public var seed: UInt64 = 99
+    public init() {}
+
+    /// Everything off: online learning as the scorers do it alone.
+    public static var plain: LifelongConfig {
+        var c = LifelongConfig()
+        c.replay = 0
+        c.anchorStrength = 0
+        c.metaStart = false
+        return c
+    }
+}
+
 /// One loaded scorer: its registered name and the settings it read.
 public struct ScorerConfig: Sendable {
     public var name: String
@@ -74,6 +108,7 @@ public struct PerennialConfig: Sendable {
     public var defaultScorer = "cf"
     /// Candidate → re-rank routes.
     public var routes: [RouteConfig] = []
+    public var lifelong = LifelongConfig()
     /// Where this config came from, for messages.
     public var source = "<defaults>"
 
@@ -151,6 +186,17 @@ public struct PerennialConfig: Sendable {
         c.snapshotKeep = try r.int("snapshot.keep", default: c.snapshotKeep, in: 1...1000)
         c.tableDimension = try r.int("table.dimension", default: c.tableDimension, in: 1...1024)
         c.tableSeed = try r.int("table.seed", default: c.tableSeed, in: 0...Int.max)
+
+        var ll = LifelongConfig()
+        ll.replay = try r.int("lifelong.replay", default: ll.replay, in: 0...64)
+        ll.replayBuffer = try r.int("lifelong.replay_buffer", default: ll.replayBuffer, in: 1...100_000_000)
+        ll.anchorStrength = Float(try r.double("lifelong.anchor_strength", default: Double(ll.anchorStrength), in: 0...10))
+        ll.anchorRate = Float(try r.double("lifelong.anchor_rate", default: Double(ll.anchorRate), in: 1e-6...1))
+        ll.metaStart = try r.bool("lifelong.meta_start", default: ll.metaStart)
+        ll.metaEvents = try r.int("lifelong.meta_events", default: ll.metaEvents, in: 1...10_000)
+        ll.metaRate = Float(try r.double("lifelong.meta_rate", default: Double(ll.metaRate), in: 1e-6...1))
+        ll.seed = UInt64(try r.int("lifelong.seed", default: Int(ll.seed), in: 0...Int.max))
+        c.lifelong = ll
 
         let names = try r.strings("scorers.load", default: ["cf", "popularity"])
         if names.isEmpty {

@@ -7,6 +7,7 @@ public struct SnapshotWriter {
     public init() {}
 
     public mutating func u8(_ v: UInt8) { bytes.append(v) }
+    public mutating func bool(_ v: Bool) { bytes.append(v ? 1 : 0) }
     public mutating func u32(_ v: UInt32) { bytes.appendLE(v) }
     public mutating func u64(_ v: UInt64) { bytes.appendLE(v) }
     public mutating func int(_ v: Int) { bytes.appendLE(UInt64(bitPattern: Int64(v))) }
@@ -64,6 +65,7 @@ public struct SnapshotReader {
     }
 
     public mutating func u8() throws -> UInt8 { try scalar(UInt8.self) }
+    public mutating func bool() throws -> Bool { try scalar(UInt8.self) != 0 }
     public mutating func u32() throws -> UInt32 { try scalar(UInt32.self) }
     public mutating func u64() throws -> UInt64 { try scalar(UInt64.self) }
     public mutating func int() throws -> Int { Int(Int64(bitPattern: try scalar(UInt64.self))) }

@@ -69,6 +69,12 @@ public final class Model: @unchecked Sendable {
     public private(set) var lastSeq: UInt64 = 0
     /// Events applied by `learn` (read by any thread).
     public let applied = Atomic<UInt64>(0)
+    /// Lifelong learning's settings, and experience replay's buffer
+    /// (learner thread; its counters are mirrored into atomics for STATS).
+    public let lifelong: LifelongConfig
+    private var replayBuffer: ReplayBuffer
+    private let replayed = Atomic<UInt64>(0)
+    private let replayHeld = Atomic<UInt64>(0)
 
     // Per-request scratch, reused so that serving allocates little.
     private let exclusions = ExclusionSet()
@@ -76,7 +82,9 @@ public final class Model: @unchecked Sendable {
 
     public init(config: PerennialConfig, registry: ScorerRegistry) {
         history = InteractionHistory(limitPerUser: config.historyPerUser)
-        table = EmbeddingTable(dimension: config.tableDimension, seed: UInt64(config.tableSeed))
+        table = EmbeddingTable(dimension: config.tableDimension, seed: UInt64(config.tableSeed), lifelong: config.lifelong)
+        lifelong = config.lifelong
+        replayBuffer = ReplayBuffer(capacity: config.lifelong.replayBuffer, seed: config.lifelong.seed)
         let environment = ScorerEnvironment(table: table)
         var made: [any Scorer] = []
         for sc in config.scorers {
@@ -250,6 +258,12 @@ public final class Model: @unchecked Sendable {
         w.rows(table.userAdagrad, count: table.userRows)
         w.rows(table.items, count: table.itemRows)
         w.rows(table.itemAdagrad, count: table.itemRows)
+        w.mark("lifelong")
+        w.bool(table.anchors != nil)
+        if let a = table.anchors { w.rows(a.users, count: table.userRows); w.rows(a.items, count: table.itemRows) }
+        w.bool(table.meta != nil)
+        table.meta?.save(to: &w, users: table.userRows)
+        replayBuffer.save(to: &w)
         // Each scorer's state is a named, length-prefixed block, so a config
         // that adds or drops a scorer can still load the others.
         w.int(scorers.count)
@@ -294,6 +308,29 @@ public final class Model: @unchecked Sendable {
         try r.rows(into: table.userAdagrad, expected: userCount)
         try r.rows(into: table.items, expected: itemCount)
         try r.rows(into: table.itemAdagrad, expected: itemCount)
+        try r.mark("lifelong")
+        // Lifelong state saved under other settings: what is missing starts
+        // fresh (anchors = the rows, a meta start that learns anew).
+        if try r.bool() {
+            if let a = table.anchors {
+                try r.rows(into: a.users, expected: userCount); try r.rows(into: a.items, expected: itemCount)
+            } else {
+                let scratch = ChunkedBuffer<Float>(width: table.dimension, fill: 0)
+                scratch.ensure(rows: max(userCount, itemCount))
+                try r.rows(into: scratch, expected: userCount); try r.rows(into: scratch, expected: itemCount)
+            }
+        } else if let a = table.anchors {
+            for u in 0..<userCount { a.users.row(u).update(from: table.users.row(u), count: table.dimension) }
+            for i in 0..<itemCount { a.items.row(i).update(from: table.items.row(i), count: table.dimension) }
+        }
+        if try r.bool() {
+            let meta = table.meta ?? MetaStart(dimension: table.dimension, events: lifelong.metaEvents, rate: lifelong.metaRate)
+            meta.grow(users: userCount)
+            try meta.load(from: &r, users: userCount)
+        }
+        try replayBuffer.load(from: &r)
+        replayHeld.store(UInt64(replayBuffer.events.count), ordering: .relaxed)
+        replayed.store(replayBuffer.drawn, ordering: .relaxed)
         var restored = Set<String>()
         for _ in 0..<(try r.int()) {
             let name = try r.string()
@@ -321,9 +358,23 @@ public final class Model: @unchecked Sendable {
 
     // MARK: learner thread
 
-    /// Applies one event to every scorer.
+    /// Applies one event to every scorer, with lifelong learning around it:
+    /// a new user's row starts from the meta-learned start, an adapted
+    /// user's row teaches it, and `replay` past events from the reservoir
+    /// are learned again by the scorers that replay.
     public func learn(_ event: LearnEvent) {
+        table.meta?.willLearn(user: event.user, table: table)
         for s in scorers { s.learn(event) }
+        table.meta?.didLearn(user: event.user, table: table)
+        if lifelong.replay > 0 {
+            for _ in 0..<lifelong.replay {
+                guard let past = replayBuffer.draw() else { break }
+                for s in scorers where s.replays { s.replay(past) }
+            }
+            replayBuffer.offer(event)
+            replayed.store(replayBuffer.drawn, ordering: .relaxed)
+            replayHeld.store(UInt64(replayBuffer.events.count), ordering: .relaxed)
+        }
         applied.store(event.seq, ordering: .releasing)
     }
 
@@ -384,7 +435,16 @@ public final class Model: @unchecked Sendable {
             ("items_with_text", UInt64(catalogue.count)),
             ("history_entries", UInt64(history.totalEntries)),
             ("id_map_bytes", UInt64(users.bytes + items.bytes)),
-        ] + table.counters
+        ] + table.counters + [
+            ("lifelong_replay_ratio", UInt64(lifelong.replay)),
+            ("lifelong_replay_buffer", replayHeld.load(ordering: .relaxed)),
+            ("lifelong_replay_capacity", UInt64(lifelong.replayBuffer)),
+            ("lifelong_replayed", replayed.load(ordering: .relaxed)),
+            ("lifelong_replaying_scorers", UInt64(scorers.filter(\.replays).count)),
+            ("lifelong_anchor_strength_1e6", UInt64((table.anchorStrength * 1_000_000).rounded())),
+            ("lifelong_meta_adapted_users", table.meta?.adapted ?? 0),
+            ("lifelong_meta_started_users", table.meta?.started ?? 0),
+        ]
         for s in scorers {
             for (name, v) in s.counters { c.append(("\(s.name.replacingOccurrences(of: "-", with: "_"))_\(name)", v)) }
         }

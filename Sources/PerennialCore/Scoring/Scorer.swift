@@ -86,6 +86,13 @@ public protocol Scorer: AnyObject {
     func grow(users: Int, items: Int)
     /// Learns from one accepted event.
     func learn(_ event: LearnEvent)
+    /// Learns again from a past event that experience replay drew (learner
+    /// thread, right after `learn` of a new event): the model's learning
+    /// step only; counts and other statistics of the stream must not count
+    /// it twice. Scorers that do not support replay ignore it.
+    func replay(_ event: LearnEvent)
+    /// Whether `replay` does anything (STATS reports which scorers replay).
+    var replays: Bool { get }
     /// An item's text was stored or replaced (admitting thread, after
     /// `grow` made room for the item; also for every stored text when a
     /// model is restored or a scorer is added by a reload).
@@ -115,6 +122,8 @@ public protocol Scorer: AnyObject {
 }
 
 extension Scorer {
+    public func replay(_ event: LearnEvent) {}
+    public var replays: Bool { false }
     public func itemTextChanged(_ item: Int32, text: String) {}
     public var counters: [(String, UInt64)] { [] }
     public func predictRating(user: Int32?, item: Int32?) -> Float? { nil }

@@ -22,11 +22,19 @@ public final class EmbeddingTable: @unchecked Sendable {
     public let itemAdagrad: ChunkedBuffer<Float>
     public private(set) var userRows = 0
     public private(set) var itemRows = 0
+    /// Lifelong learning's parts that act on rows (nil when switched off):
+    /// anchor copies every step is pulled toward, and the meta-learned
+    /// start of new users' rows.
+    public let anchors: RowAnchors?
+    public let meta: MetaStart?
 
-    public init(dimension: Int, seed: UInt64 = 0x5EED, initScale: Float = 0.1) {
+    public init(dimension: Int, seed: UInt64 = 0x5EED, initScale: Float = 0.1, lifelong: LifelongConfig = .plain) {
         self.dimension = dimension
         self.seed = seed
         self.initScale = initScale
+        anchors = lifelong.anchorStrength > 0
+            ? RowAnchors(dimension: dimension, strength: lifelong.anchorStrength, rate: lifelong.anchorRate) : nil
+        meta = lifelong.metaStart ? MetaStart(dimension: dimension, events: lifelong.metaEvents, rate: lifelong.metaRate) : nil
         users = ChunkedBuffer(width: dimension, fill: 0, rowsPerChunkLog2: 10)
         items = ChunkedBuffer(width: dimension, fill: 0, rowsPerChunkLog2: 10)
         userAdagrad = ChunkedBuffer(width: 1, fill: 0, rowsPerChunkLog2: 12)
@@ -39,12 +47,15 @@ public final class EmbeddingTable: @unchecked Sendable {
             users.ensure(rows: u)
             userAdagrad.ensure(rows: u)
             for r in userRows..<u { initialise(users.row(r), stream: 1, index: r) }
+            anchors?.grow(anchors!.users, rows: users, from: userRows, to: u)
+            meta?.grow(users: u)
             userRows = u
         }
         if i > itemRows {
             items.ensure(rows: i)
             itemAdagrad.ensure(rows: i)
             for r in itemRows..<i { initialise(items.row(r), stream: 2, index: r) }
+            anchors?.grow(anchors!.items, rows: items, from: itemRows, to: i)
             itemRows = i
         }
     }
@@ -58,8 +69,22 @@ public final class EmbeddingTable: @unchecked Sendable {
     @inline(__always) public func user(_ u: Int32) -> UnsafeMutablePointer<Float> { users.row(Int(u)) }
     @inline(__always) public func item(_ i: Int32) -> UnsafeMutablePointer<Float> { items.row(Int(i)) }
 
+    /// The anchor of a user's / item's row, or the row itself when anchoring
+    /// is off (so the pull λ·(row − anchor) is zero without a branch per element).
+    @inline(__always) public func userAnchor(_ u: Int32) -> UnsafeMutablePointer<Float> { anchors?.users.row(Int(u)) ?? users.row(Int(u)) }
+    @inline(__always) public func itemAnchor(_ i: Int32) -> UnsafeMutablePointer<Float> { anchors?.items.row(Int(i)) ?? items.row(Int(i)) }
+    @inline(__always) public var anchorStrength: Float { anchors?.strength ?? 0 }
+
+    /// After a step on a user's / item's row: its anchor follows.
+    @inline(__always) public func userUpdated(_ u: Int32) { anchors?.follow(anchors!.users.row(Int(u)), row: users.row(Int(u))) }
+    @inline(__always) public func itemUpdated(_ i: Int32) { anchors?.follow(anchors!.items.row(Int(i)), row: items.row(Int(i))) }
+
+    /// Per-dimension step scales for a user still in their first events
+    /// (the meta-learned start), or nil.
+    @inline(__always) public func userStepScale(_ u: Int32) -> UnsafePointer<Float>? { meta?.stepScale(user: u) }
+
     /// Bytes held by rows and optimiser state.
-    public var bytes: Int { users.bytes + items.bytes + userAdagrad.bytes + itemAdagrad.bytes }
+    public var bytes: Int { users.bytes + items.bytes + userAdagrad.bytes + itemAdagrad.bytes + (anchors?.bytes ?? 0) }
 
     public var counters: [(String, UInt64)] {
         [("table_user_rows", UInt64(userRows)), ("table_item_rows", UInt64(itemRows)),

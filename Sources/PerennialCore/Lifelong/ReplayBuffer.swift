@@ -1,0 +1,87 @@
+// Experience replay's memory: a uniform sample of every event seen so far,
+// kept in a fixed number of slots by reservoir sampling (Vitter 1985,
+// "Algorithm R": the n-th event replaces a random slot with probability
+// capacity / n), so each past event is equally likely to be in the buffer
+// however long the stream has run, and memory never grows past `capacity`.
+//
+// Learner thread only. Its RNG is seeded and saved, so replay is
+// reproducible from the log.
+
+public struct ReplayBuffer {
+    public let capacity: Int
+    public private(set) var events: [LearnEvent] = []
+    /// Events offered so far (the n of Algorithm R).
+    public private(set) var seen: UInt64 = 0
+    /// Events drawn for replay so far.
+    public private(set) var drawn: UInt64 = 0
+    private var rng: SplitMix64
+
+    public init(capacity: Int, seed: UInt64) {
+        precondition(capacity > 0)
+        self.capacity = capacity
+        rng = SplitMix64(seed: seed)
+    }
+
+    /// Offers one event to the sample.
+    public mutating func offer(_ e: LearnEvent) {
+        seen += 1
+        if events.count < capacity {
+            events.append(e)
+        } else {
+            let slot = rng.next() % seen
+            if slot < UInt64(capacity) { events[Int(slot)] = e }
+        }
+    }
+
+    /// A past event drawn uniformly from the buffer (nil while empty).
+    public mutating func draw() -> LearnEvent? {
+        guard !events.isEmpty else { return nil }
+        drawn += 1
+        return events[rng.below(events.count)]
+    }
+
+    public var bytes: Int { events.capacity * MemoryLayout<LearnEvent>.stride }
+
+    public func save(to w: inout SnapshotWriter) {
+        w.int(capacity)
+        w.u64(seen); w.u64(drawn); w.u64(rng.state)
+        w.int(events.count)
+        for e in events { LearnEventCoding.write(e, to: &w) }
+    }
+
+    public mutating func load(from r: inout SnapshotReader) throws {
+        let savedCapacity = try r.int()
+        seen = try r.u64(); drawn = try r.u64(); rng = SplitMix64(seed: try r.u64())
+        events = []
+        for _ in 0..<(try r.int()) { events.append(try LearnEventCoding.read(from: &r)) }
+        // A smaller configured buffer keeps a uniform subset of the saved one.
+        if savedCapacity > capacity || events.count > capacity {
+            var keep: [LearnEvent] = []
+            for e in events {
+                if keep.count < capacity { keep.append(e) } else {
+                    let slot = rng.below(keep.count + 1)
+                    if slot < capacity { keep[slot] = e }
+                }
+            }
+            events = keep
+            seen = min(seen, UInt64(capacity))
+        }
+    }
+}
+
+/// A learn event in a snapshot.
+enum LearnEventCoding {
+    static func write(_ e: LearnEvent, to w: inout SnapshotWriter) {
+        w.u64(e.seq); w.u32(UInt32(bitPattern: e.user)); w.u32(UInt32(bitPattern: e.item))
+        w.u32(UInt32(e.kind.rawValue)); w.f32(e.value); w.u64(UInt64(bitPattern: e.timestamp))
+    }
+
+    static func read(from r: inout SnapshotReader) throws -> LearnEvent {
+        let seq = try r.u64(), user = Int32(bitPattern: try r.u32()), item = Int32(bitPattern: try r.u32())
+        guard let kind = FeedbackKind(rawValue: UInt8(truncatingIfNeeded: try r.u32())) else {
+            throw LogError("snapshot: a replay event has an unknown kind")
+        }
+        return LearnEvent(seq: seq, user: user, item: item, kind: kind, value: try r.f32(),
+                          timestamp: Int64(bitPattern: try r.u64()))
+    }
+}
