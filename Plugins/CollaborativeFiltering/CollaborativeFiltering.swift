@@ -42,6 +42,9 @@ public final class CollaborativeFilteringScorer: Scorer {
     // Own weights beside the shared rows.
     let context: ChunkedBuffer<Float>
     let contextAdagrad: ChunkedBuffer<Float>
+    /// Anchors of the context rows when anchored learning is on (RowAnchors;
+    /// learner thread only).
+    let contextAnchor: ChunkedBuffer<Float>?
     /// Per item: bias, its Adagrad accumulator, and an interaction count.
     let itemStats: ChunkedBuffer<Float>
     let neighbourhood: ItemNeighbourhood
@@ -87,6 +90,7 @@ public final class CollaborativeFilteringScorer: Scorer {
         d = table.dimension
         context = ChunkedBuffer(width: d, fill: 0, rowsPerChunkLog2: 10)
         contextAdagrad = ChunkedBuffer(width: 1, fill: 0, rowsPerChunkLog2: 12)
+        contextAnchor = table.anchors == nil ? nil : ChunkedBuffer(width: d, fill: 0, rowsPerChunkLog2: 10)
         itemStats = ChunkedBuffer(width: 3, fill: 0, rowsPerChunkLog2: 12)
         neighbourhood = ItemNeighbourhood(capacity: settings.neighbours, window: settings.pairWindow)
         ratingUsers = ChunkedBuffer(width: settings.ratingFactors + 1, fill: 0, rowsPerChunkLog2: 10)
@@ -112,6 +116,7 @@ public final class CollaborativeFilteringScorer: Scorer {
     public func grow(users: Int, items: Int) {
         neighbourhood.grow(items: items)
         context.ensure(rows: items)
+        contextAnchor?.ensure(rows: items)
         contextAdagrad.ensure(rows: items)
         itemStats.ensure(rows: items)
         ratingItems.ensure(rows: items)
@@ -296,7 +301,9 @@ public final class CollaborativeFilteringScorer: Scorer {
                     if taken == settings.contextItems { break }
                     let y = context.row(Int(c))
                     let scale = w
-                    adagradStep(y, grad: { k in scale * dz[k] - reg * y[k] }, accumulator: contextAdagrad.row(Int(c)), lr: lr)
+                    let a = contextAnchor?.row(Int(c)) ?? y
+                    adagradStep(y, grad: { k in scale * dz[k] - reg * y[k] - lambda * (y[k] - a[k]) }, accumulator: contextAdagrad.row(Int(c)), lr: lr)
+                    if let anchors = table.anchors { anchors.follow(a, row: y) }
                     w *= settings.contextDecay
                     taken += 1
                 }
@@ -484,6 +491,8 @@ public final class CollaborativeFilteringScorer: Scorer {
     public func save(to w: inout SnapshotWriter) {
         w.rows(context, count: itemCount)
         w.rows(contextAdagrad, count: itemCount)
+        w.bool(contextAnchor != nil)
+        if let contextAnchor { w.rows(contextAnchor, count: itemCount) }
         w.rows(itemStats, count: itemCount)
         neighbourhood.save(to: &w, items: itemCount)
         w.rows(ratingUsers, count: userCount)
@@ -501,6 +510,12 @@ public final class CollaborativeFilteringScorer: Scorer {
     public func load(from r: inout SnapshotReader) throws {
         try r.rows(into: context, expected: itemCount)
         try r.rows(into: contextAdagrad, expected: itemCount)
+        if try r.bool() {
+            // Saved with anchoring on; dropped if it is off now.
+            try r.rows(into: contextAnchor ?? ChunkedBuffer(width: d, fill: 0), expected: itemCount)
+        } else if let contextAnchor {
+            for i in 0..<itemCount { contextAnchor.row(i).update(from: context.row(i), count: d) }
+        }
         try r.rows(into: itemStats, expected: itemCount)
         try neighbourhood.load(from: &r, items: itemCount)
         try r.rows(into: ratingUsers, expected: userCount)

@@ -21,10 +21,10 @@ struct Eval: ParsableCommand {
             """
     )
 
-    @Option(help: "Protocol: e1, e2, e3, e4 or e5.")
+    @Option(help: "Protocol: e1, e2, e3, e4, e5, or drift (the synthetic drift scenario; needs no --data).")
     var `protocol`: String
     @Option(help: "A MovieLens-shaped folder.")
-    var data: String
+    var data: String?
     @Option(help: "Config file whose scorer settings to use.")
     var config: String?
     @Option(help: "Scorer to evaluate.")
@@ -33,13 +33,18 @@ struct Eval: ParsableCommand {
     var variants = "online,online-plain,online-plain-start,frozen,retrained"
     @Option(help: "E5: candidates the gan+cf route takes from gan before cf re-ranks them.")
     var rerankCandidates = 300
+    @Option(help: "E1 and drift: draw the HR@10 curve (per tenth of the test phase) as SVG into this file.")
+    var plot: String?
     @Option(help: "Write the results as JSON here.")
     var json: String?
 
     func run() throws {
         let cfg = try config.map { try PerennialConfig.load(file: $0, registry: .builtin) } ?? PerennialConfig.defaults(registry: .builtin)
         let setup = EvalSetup(config: cfg)
-        let ml = try MovieLensData.load(folder: data)
+        let isDrift = self.protocol.lowercased() == "drift"
+        guard isDrift || data != nil else { throw ValidationError("--data FOLDER is needed for \(self.protocol)") }
+        let drift = isDrift ? Drift(scenario: DriftScenario(), setup: setup) : nil
+        let ml = try drift?.data ?? MovieLensData.load(folder: data!)
         var results: [String: Any] = [:]
         var settings: [String: Any] = ["scorer": scorer, "config": cfg.source, "dimension": cfg.tableDimension]
         if let s = cfg.scorers.first(where: { $0.name == scorer }) { settings["scorer_settings"] = String(describing: s.settings) }
@@ -80,6 +85,12 @@ struct Eval: ParsableCommand {
             print("HR@10 by tenth of the test phase:")
             for r in rs {
                 print(pad("\(r.scorer)/\(r.variant.rawValue)", 28) + r.tenths.map { String(format: "%.3f", $0.hr) }.joined(separator: " "))
+            }
+            if let plot {
+                let chart = CurvePlot(title: "E1 on \(ml.name): HR@10 per tenth of the test phase", xLabel: "tenth of the test phase (stream order)",
+                                      yLabel: "HR@10", series: rs.map { .init(name: "\($0.scorer)/\($0.variant.rawValue)", values: $0.tenths.map(\.hr)) })
+                try chart.svg.write(toFile: plot, atomically: true, encoding: .utf8)
+                print("curve written to \(plot)")
             }
         case "e2":
             let e2 = E2(data: ml, setup: setup)
@@ -146,8 +157,37 @@ struct Eval: ParsableCommand {
                 print(pad(r.scorer, 14) + "HR@10 " + f(r.total.hr) + "  NDCG@10 " + f(r.total.ndcg) + "  count \(r.total.count)")
             }
             settings["rerank_candidates"] = rerankCandidates
+        case "drift":
+            let drift = drift!
+            let wanted = variants == "online,online-plain,online-plain-start,frozen,retrained" ? "online,online-plain" : variants
+            var planned: [E1Variant] = []
+            for v in wanted.split(separator: ",") {
+                guard let variant = E1Variant(rawValue: String(v)), variant != .retrained else { throw ValidationError("variant \(v) is not run on drift") }
+                planned.append(variant)
+            }
+            let jobs = planned
+            let out = ResultsBox<DriftResult>(count: jobs.count)
+            DispatchQueue.concurrentPerform(iterations: jobs.count) { j in
+                do { out.set(j, try drift.run(scorer: scorer, variant: jobs[j])) } catch { out.fail("\(error)") }
+            }
+            if let e = out.error { throw CommandError(e) }
+            let sc = drift.scenario
+            print("Drift scenario: \(sc.events) events, \(sc.users) users, \(sc.groups * sc.itemsPerCluster) items; tastes change at event \(sc.changeAt) and return at \(sc.returnAt)")
+            print(pad("variant", 28) + pad("HR before", 11) + pad("recovery (events)", 19) + pad("HR on return", 14) + "count")
+            for r in out.values {
+                results["\(scorer)/\(r.variant.rawValue)"] = r.json
+                print(pad("\(scorer)/\(r.variant.rawValue)", 28) + pad(f(r.beforeChange), 11) + pad(r.recoveryEvents.map { "\($0)" } ?? "never", 19)
+                      + pad(f(r.onReturn.hr), 14) + "\(r.onReturn.count)")
+            }
+            if let plot {
+                let chart = CurvePlot(title: "Drift scenario: HR@10 per \(sc.window) events (change at \(sc.changeAt / sc.window), return at \(sc.returnAt / sc.window))",
+                                      xLabel: "window of \(sc.window) events", yLabel: "HR@10",
+                                      series: out.values.map { .init(name: "\(scorer)/\($0.variant.rawValue)", values: $0.windows.map(\.hr)) })
+                try chart.svg.write(toFile: plot, atomically: true, encoding: .utf8)
+                print("curve written to \(plot)")
+            }
         default:
-            throw ValidationError("unknown protocol \(self.protocol); this build runs e1, e2, e3, e4 and e5")
+            throw ValidationError("unknown protocol \(self.protocol); this build runs e1, e2, e3, e4, e5 and drift")
         }
         if let json {
             let doc: [String: Any] = ["protocol": self.protocol.lowercased(), "dataset": ml.name, "events": ml.ratings.count,

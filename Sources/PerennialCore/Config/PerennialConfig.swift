@@ -49,7 +49,7 @@ public struct LifelongConfig: Sendable, Equatable {
     /// follows the row as an exponential moving average at `anchorRate` per
     /// update, so it holds what the row meant some hundreds of updates ago.
     public var anchorStrength: Float = 0.01
-    public var anchorRate: Float = 0.01
+    public var anchorRate: Float = 0.001
     /// Meta-learned start (Reptile): a new user's row starts at a vector
     /// learned across users, with per-dimension step sizes; a user's row
     /// after `metaEvents` events moves the start by `metaRate`.
