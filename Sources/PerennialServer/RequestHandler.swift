@@ -285,7 +285,7 @@ final class RequestHandler {
         stats.reloads += 1
         // A snapshot now ties the new scorer set to a log position, so a
         // restart with this config never needs state from before it.
-        if !changes.isEmpty { _ = try? takeSnapshot() }
+        if !changes.isEmpty { _ = try? takeSnapshot(note: ["reload": changes], distinct: true) }
         Log.info("config reloaded from \(next.source): " + (changes.isEmpty ? "scorers unchanged" : changes.joined(separator: "; ")))
         return changes
     }
@@ -297,7 +297,7 @@ final class RequestHandler {
     /// which pauses for its duration (milliseconds for MovieLens-sized
     /// models). Returns the sequence it covers.
     @discardableResult
-    func takeSnapshot() throws -> UInt64 {
+    func takeSnapshot(note: [String: Any] = [:], distinct: Bool = false) throws -> UInt64 {
         let t0 = MonotonicClock.nowNanos()
         while model.appliedSeq < model.lastSeq { usleep(50) }
         let seq = model.lastSeq
@@ -305,20 +305,27 @@ final class RequestHandler {
         var w = SnapshotWriter()
         model.save(to: &w)
         let size = w.bytes.count
+        let file: SnapshotFile
         do {
-            try snapshots.write(seq: seq, firstLogSegment: segment, payload: w.bytes)
+            file = try snapshots.write(seq: seq, firstLogSegment: segment, payload: w.bytes, distinct: distinct)
         } catch {
             Log.error("\(error)")
             throw error
         }
         lastSnapshotSeq = seq
         stats.snapshots += 1
+        // The snapshot is a model version: describe it beside the file.
+        var meta: [String: Any] = ["created": ISO8601DateFormatter().string(from: Date()), "scorers": model.scorerNames,
+                                   "default_scorer": model.defaultScorer, "config": config.source,
+                                   "users": model.users.count, "items": model.items.count, "bytes": size]
+        for (k, v) in note { meta[k] = v }
+        do { try snapshots.writeMetadata(of: file, meta) } catch { Log.warning("snapshot \(file.id): its description was not written: \(error)") }
         // The serialised model was one large buffer: hand its pages back to
         // the OS now rather than keep them as free heap.
         w = SnapshotWriter()
         _ = malloc_trim(0)
         if let keepFrom = snapshots.prune(keep: config.snapshotKeep) { log.removeSegments(before: keepFrom) }
-        Log.info(String(format: "snapshot at sequence %llu: %d bytes in %.1f ms", seq, size,
+        Log.info(String(format: "snapshot (version %@) at sequence %llu: %d bytes in %.1f ms", file.id, seq, size,
                         Double(MonotonicClock.nowNanos() - t0) / 1e6))
         return seq
     }

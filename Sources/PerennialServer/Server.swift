@@ -13,6 +13,8 @@ import Glibc
 
 public final class Server: Sendable {
     public let config: PerennialConfig
+    /// Start from this model version (`v<seq>`) rather than the newest.
+    public let startVersion: String?
     private let reloadConfig: (@Sendable () throws -> PerennialConfig)?
     private let state: Mutex<State>
     private let started = DispatchSemaphore(value: 0)
@@ -27,8 +29,9 @@ public final class Server: Sendable {
 
     /// `reloadConfig` reads the config anew for RELOAD and SIGHUP (nil: the
     /// server has no file to reload).
-    public init(config: PerennialConfig, reloadConfig: (@Sendable () throws -> PerennialConfig)? = nil) {
+    public init(config: PerennialConfig, startVersion: String? = nil, reloadConfig: (@Sendable () throws -> PerennialConfig)? = nil) {
         self.config = config
+        self.startVersion = startVersion
         self.reloadConfig = reloadConfig
         state = Mutex(State())
     }
@@ -42,19 +45,37 @@ public final class Server: Sendable {
         // raises this threshold as such buffers come and go, and keeps their
         // memory in the heap, so resident memory creeps up over a long run.
         _ = mallopt(-3 /* M_MMAP_THRESHOLD */, 1 << 20)
-        let dataLock = try prepareDataDirectory()
-        defer { Glibc.close(dataLock) }
+        // Every way out of here signals `started` and `ended` (a caller of
+        // `start()` waits on them) after the data directory's lock is
+        // released, so a server started on the same directory as soon as
+        // `stop()` returns can take it.
+        let dataLock: Int32
+        do {
+            dataLock = try prepareDataDirectory()
+        } catch {
+            state.withLock { $0.startError = "\(error)" }
+            started.signal()
+            ended.signal()
+            throw error
+        }
         let log = FeedbackLog(directory: (config.dataDir as NSString).appendingPathComponent("log"),
                               policy: config.fsync, segmentBytes: config.logSegmentBytes)
         let snapshots = SnapshotStore(directory: (config.dataDir as NSString).appendingPathComponent("snapshots"))
         let model: Model
         var recoveredSnapshotSeq: UInt64 = 0
+        var rollback: [String: Any]?
         do {
-            let (recovered, firstSegment, snapshotSeq) = try recover(log: log, snapshots: snapshots)
+            let (recovered, firstSegment, snapshotSeq): (Model, Int, UInt64)
+            if let startVersion {
+                (recovered, firstSegment, snapshotSeq, rollback) = try rollBack(to: startVersion, log: log, snapshots: snapshots)
+            } else {
+                (recovered, firstSegment, snapshotSeq) = try recover(log: log, snapshots: snapshots)
+            }
             model = recovered
             recoveredSnapshotSeq = snapshotSeq
             try log.openForAppend(lastSeq: model.lastSeq, atLeastSegment: firstSegment)
         } catch {
+            Glibc.close(dataLock)
             state.withLock { $0.startError = "\(error)" }
             started.signal()
             ended.signal()
@@ -71,8 +92,13 @@ public final class Server: Sendable {
         let loop = EventLoop(handler: handler)
         let port: Int
         do {
+            // A rollback is made permanent at once: a new version holding
+            // the old model at the log's end, so a restart starts from it.
+            if let rollback { _ = try handler.takeSnapshot(note: rollback, distinct: true) }
             port = try loop.bind(host: config.host, port: config.port, handleSignals: handleSignals)
         } catch {
+            log.close()
+            Glibc.close(dataLock)
             state.withLock { $0.startError = "\(error)" }
             started.signal()
             ended.signal()
@@ -91,6 +117,7 @@ public final class Server: Sendable {
         loop.run()
         // The learner was stopped (and drained) before the loop's handles closed.
         log.close()
+        Glibc.close(dataLock)
         state.withLock {
             $0.running = false
             $0.waker = nil
@@ -189,6 +216,33 @@ public final class Server: Sendable {
                             model.lastSeq, report.records, report.events, report.segments, secs))
         }
         return (model, firstSegment, snapshotSeq)
+    }
+}
+
+extension Server {
+    /// Start-up from a named version: that snapshot exactly, with the log's
+    /// later events left in the log but not learned (a rollback). Returns
+    /// what `recover` does and the note for the version that records it.
+    func rollBack(to id: String, log: FeedbackLog, snapshots: SnapshotStore) throws -> (Model, Int, UInt64, [String: Any]) {
+        let available = snapshots.files().map(\.id)
+        guard let file = snapshots.file(ofVersion: id) else {
+            throw ServerError("there is no version \(id) in \(snapshots.directory); versions: \(available.isEmpty ? "none" : available.joined(separator: ", "))")
+        }
+        var (info, reader) = try snapshots.read(file.path)
+        let model = Model(config: config, registry: .builtin)
+        do {
+            try model.restore(from: &reader)
+        } catch {
+            throw ServerError("version \(id) cannot be loaded with this config: \(error)")
+        }
+        var last = model.lastSeq
+        try FeedbackLog.scan(directory: log.directory, fromSegment: info.firstLogSegment, cutTornTail: true) { record in
+            if case .feedback(let first, let events) = record { last = max(last, first + UInt64(events.count) - 1) }
+        }
+        let skipped = last - model.lastSeq
+        model.skip(to: last)
+        Log.info("rolled back to version \(id): \(skipped) later events stay in the log, not learned; numbering continues at \(last + 1)")
+        return (model, info.firstLogSegment, info.seq, ["rolled_back_from": file.id, "events_not_learned": skipped])
     }
 }
 

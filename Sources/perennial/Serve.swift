@@ -34,6 +34,9 @@ struct Serve: ParsableCommand {
     @Option(help: "Write-ahead log fsync policy: always, everysec or no (overrides the config).")
     var fsync: String?
 
+    @Option(name: .customLong("from-version"), help: "Start from this model version (see `perennial versions`) instead of the newest: a rollback; later events stay in the log, not learned.")
+    var fromVersion: String?
+
     func run() throws {
         var overrides: [String: ConfigValue] = [:]
         if let host { overrides["server.host"] = .string(host) }
@@ -61,7 +64,7 @@ struct Serve: ParsableCommand {
                     try PerennialConfig.load(file: path, registry: .builtin, overrides: fixedOverrides)
                 }
             }
-            try Server(config: cfg, reloadConfig: reload).run()
+            try Server(config: cfg, startVersion: fromVersion, reloadConfig: reload).run()
         } catch {
             FileHandle.standardError.write(Data("perennial: \(error)\n".utf8))
             throw ExitCode(1)

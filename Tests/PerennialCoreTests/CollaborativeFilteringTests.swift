@@ -95,7 +95,7 @@ import PerennialPlugins
         var w = SnapshotWriter()
         first.save(to: &w)
         let store = SnapshotStore(directory: FileManager.default.temporaryDirectory.appendingPathComponent("snap-\(UUID().uuidString)").path)
-        let path = try store.write(seq: first.lastSeq, firstLogSegment: 2, payload: w.bytes)
+        let path = try store.write(seq: first.lastSeq, firstLogSegment: 2, payload: w.bytes).path
         var (info, reader) = try store.read(path)
         #expect(info.seq == 1500 && info.firstLogSegment == 2)
         let restored = try model()

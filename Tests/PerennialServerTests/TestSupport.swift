@@ -14,14 +14,18 @@ import Glibc
 final class TestServer: Sendable {
     let server: Server
     let port: Int
+    let dataDir: String
 
-    init(_ configText: String = "") throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("perennial-test-\(UUID().uuidString)").path
+    /// A server with its own new data directory, or `dataDir` (a restart),
+    /// optionally starting from a model version.
+    init(_ configText: String = "", dataDir: String? = nil, startVersion: String? = nil) throws {
+        let dir = dataDir ?? FileManager.default.temporaryDirectory.appendingPathComponent("perennial-test-\(UUID().uuidString)").path
+        self.dataDir = dir
         var doc = try ConfigDocument(text: configText, file: "test.toml")
         doc.set("server.port", .integer(0))
         doc.set("server.data_dir", .string(dir))
         let config = try PerennialConfig.load(doc, registry: .builtin)
-        server = Server(config: config)
+        server = Server(config: config, startVersion: startVersion)
         port = try server.start()
     }
 

@@ -95,7 +95,7 @@ public struct PerennialConfig: Sendable {
     /// Snapshots: every this many events (0 = only on SNAPSHOT and at a
     /// graceful stop), keeping the newest `snapshotKeep`.
     public var snapshotEveryEvents = 1_000_000
-    public var snapshotKeep = 2
+    public var snapshotKeep = 5
     /// Write-ahead log: fsync policy and segment size.
     public var fsync: FsyncPolicy = .everysec
     public var logSegmentBytes = 64 << 20

@@ -8,11 +8,30 @@
 // the payload. It is written to a temporary file, fsynced, renamed into
 // place and the directory fsynced, so a crash leaves either the old set of
 // snapshots or the new one, never a half-written file under a real name.
+//
+// Every snapshot is also a model version: its id is `v<seq>` (the log
+// position it holds; `v<seq>.<n>` for a distinct model saved later at the
+// same position, after a rollback or a reload, in `snapshot-<seq>.<n>.bin`),
+// and a small JSON file beside it (same name, `.json`)
+// describes it (when it was taken, the scorers, the config, what it was
+// rolled back from, and its evaluation figures once `perennial versions
+// --evaluate` has computed them).
 
 import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// A snapshot file: the log position it holds and its serial among
+/// snapshots at that position (0 for the first).
+public struct SnapshotFile: Sendable, Equatable {
+    public var seq: UInt64
+    public var serial: Int
+    public var path: String
+    /// The version id: `v<seq>`, or `v<seq>.<serial>`.
+    public var id: String { serial == 0 ? "v\(seq)" : "v\(seq).\(serial)" }
+    var metadataPath: String { String(path.dropLast(4)) + ".json" }
+}
 
 public struct SnapshotInfo: Sendable {
     public var seq: UInt64
@@ -28,18 +47,30 @@ public struct SnapshotStore: Sendable {
     public init(directory: String) { self.directory = directory }
 
     /// Snapshot files present, newest first.
-    public func files() -> [(seq: UInt64, path: String)] {
+    public func files() -> [SnapshotFile] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-        return names.compactMap { name -> (UInt64, String)? in
-            guard name.hasPrefix("snapshot-"), name.hasSuffix(".bin"),
-                  let seq = UInt64(name.dropFirst(9).dropLast(4)) else { return nil }
-            return (seq, (directory as NSString).appendingPathComponent(name))
-        }.sorted { $0.0 > $1.0 }
+        return names.compactMap { name -> SnapshotFile? in
+            guard name.hasPrefix("snapshot-"), name.hasSuffix(".bin") else { return nil }
+            let parts = name.dropFirst(9).dropLast(4).split(separator: ".", omittingEmptySubsequences: false)
+            guard let seq = UInt64(parts[0]), parts.count <= 2 else { return nil }
+            let serial = parts.count == 2 ? Int(parts[1]) : 0
+            guard let serial, serial >= 0 else { return nil }
+            return SnapshotFile(seq: seq, serial: serial, path: (directory as NSString).appendingPathComponent(name))
+        }.sorted { ($0.seq, $0.serial) > ($1.seq, $1.serial) }
     }
 
-    /// Writes a snapshot durably; returns its path.
+    /// The file of version `id` (`v<seq>`, `v<seq>.<n>`, or without the v).
+    public func file(ofVersion id: String) -> SnapshotFile? {
+        let bare = id.hasPrefix("v") ? String(id.dropFirst()) : id
+        return files().first { $0.id == "v" + bare }
+    }
+
+    /// Writes a snapshot durably; returns its file. A snapshot at a position
+    /// that already has one replaces it (the same events learned give the
+    /// same model), unless `distinct` (the model differs: a rollback or a
+    /// reload), which adds a new version at that position.
     @discardableResult
-    public func write(seq: UInt64, firstLogSegment: Int, payload: [UInt8]) throws -> String {
+    public func write(seq: UInt64, firstLogSegment: Int, payload: [UInt8], distinct: Bool = false) throws -> SnapshotFile {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         var bytes = SnapshotStore.magic
         bytes.appendLE(SnapshotStore.version)
@@ -48,7 +79,9 @@ public struct SnapshotStore: Sendable {
         bytes.appendLE(UInt64(payload.count))
         bytes.append(contentsOf: payload)
         bytes.appendLE(CRC32C.checksum(payload))
-        let final = (directory as NSString).appendingPathComponent("snapshot-\(seq).bin")
+        var serial = 0
+        if distinct, let newest = files().first(where: { $0.seq == seq }) { serial = newest.serial + 1 }
+        let final = (directory as NSString).appendingPathComponent(serial == 0 ? "snapshot-\(seq).bin" : "snapshot-\(seq).\(serial).bin")
         let temp = final + ".tmp"
         let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw LogError("cannot create \(temp): \(String(cString: strerror(errno)))") }
@@ -70,7 +103,7 @@ public struct SnapshotStore: Sendable {
         guard rename(temp, final) == 0 else { throw LogError("cannot rename \(temp): \(String(cString: strerror(errno)))") }
         let dir = open(directory, O_RDONLY | O_DIRECTORY)
         if dir >= 0 { fsync(dir); Glibc.close(dir) }
-        return final
+        return SnapshotFile(seq: seq, serial: serial, path: final)
     }
 
     /// Reads a snapshot and checks its framing and checksum; returns the
@@ -97,11 +130,35 @@ public struct SnapshotStore: Sendable {
         return (SnapshotInfo(seq: seq, firstLogSegment: segmentNumber, path: path), r)
     }
 
+    // MARK: versions
+
+    /// The description kept beside a snapshot (empty if none).
+    public func metadata(of file: SnapshotFile) -> [String: Any] {
+        guard let data = FileManager.default.contents(atPath: file.metadataPath),
+              let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return [:] }
+        return object
+    }
+
+    /// Replaces the description of a snapshot (written to a temporary file
+    /// and renamed, so a reader sees the old or the new one).
+    public func writeMetadata(of file: SnapshotFile, _ fields: [String: Any]) throws {
+        var all = fields
+        all["id"] = file.id
+        all["seq"] = file.seq
+        let data = try JSONSerialization.data(withJSONObject: all, options: [.prettyPrinted, .sortedKeys])
+        let temp = file.metadataPath + ".tmp"
+        try data.write(to: URL(fileURLWithPath: temp))
+        guard rename(temp, file.metadataPath) == 0 else { throw LogError("cannot rename \(temp): \(String(cString: strerror(errno)))") }
+    }
+
     /// Removes all but the newest `keep` snapshots; returns the oldest kept
     /// snapshot's first log segment (segments before it can go).
     public func prune(keep: Int) -> Int? {
         let all = files()
-        for old in all.dropFirst(keep) { unlink(old.path) }
+        for old in all.dropFirst(keep) {
+            unlink(old.path)
+            unlink(old.metadataPath)
+        }
         guard let oldest = all.prefix(keep).last, let info = try? read(oldest.path).0 else { return nil }
         return info.firstLogSegment
     }

@@ -175,6 +175,15 @@ public final class Model: @unchecked Sendable {
         }
     }
 
+    /// A rollback to an older version: the log's events after this model's
+    /// position up to `seq` stay in the log but are not learned; numbering
+    /// continues after them. (Start-up only, before the learner runs.)
+    public func skip(to seq: UInt64) {
+        precondition(seq >= lastSeq && appliedSeq == lastSeq)
+        lastSeq = seq
+        applied.store(seq, ordering: .releasing)
+    }
+
     // MARK: live reconfiguration (admitting thread, learner idle)
 
     /// Swaps in the scorers of a new config: a scorer whose settings did

@@ -1,0 +1,59 @@
+// A model version's figures: E1's prequential top-10 rule applied to the
+// real stream after the version. The version's model, restored from its
+// snapshot, scores every later event of the write-ahead log before learning
+// it, exactly as E1's online variant does with MovieLens: an event is
+// evaluated when it is positive (a rating >= 4, a click or a purchase) and
+// its user and item were seen before; it asks for the user's top 10 among
+// all known items minus the user's earlier items. Two versions evaluated on
+// the same later events compare like for like.
+
+import Foundation
+import PerennialCore
+
+public struct VersionFigures: Sendable {
+    public var total = TopKTally()
+    public var events = 0
+    public var scorer: String
+    public var seconds = 0.0
+
+    public var json: [String: Any] {
+        var j = total.json
+        j["events"] = events
+        j["scorer"] = scorer
+        j["seconds"] = rounded(seconds)
+        j["protocol"] = "E1 prequential top-10 over the log after the version"
+        j["computed"] = ISO8601DateFormatter().string(from: Date())
+        return j
+    }
+}
+
+public enum VersionEvaluation {
+    /// Scores then learns each log event after `model`'s position (at most
+    /// `limit` events), from log segment `fromSegment` on.
+    public static func run(model: Model, logDirectory: String, fromSegment: Int, scorer: String, limit: Int = .max) throws -> VersionFigures {
+        let t0 = Date()
+        var figures = VersionFigures(scorer: scorer.isEmpty ? model.defaultScorer : scorer)
+        var scratch: [LearnEvent] = []
+        let start = model.lastSeq
+        try FeedbackLog.scan(directory: logDirectory, fromSegment: fromSegment, cutTornTail: false) { record in
+            guard figures.events < limit else { return }
+            switch record {
+            case .feedback(let first, let events):
+                for (k, e) in events.enumerated() where first + UInt64(k) > start && figures.events < limit {
+                    let positive = e.kind == .rating ? e.value >= 4 : (e.kind == .click || e.kind == .purchase)
+                    if positive && model.users.index(of: e.user) != nil && model.items.index(of: e.item) != nil {
+                        figures.total.record(rank: model.rankOf(e.item, user: e.user, scorer: scorer))
+                    }
+                    scratch.removeAll(keepingCapacity: true)
+                    model.admit(CollectionOfOne(e), now: e.timestamp, into: &scratch)
+                    for l in scratch { model.learn(l) }
+                    figures.events += 1
+                }
+            case .upsert(let item, let text, let attributes):
+                _ = model.upsertItem(id: item, text: text, attributes: attributes.map { ($0.key, $0.value) })
+            }
+        }
+        figures.seconds = Date().timeIntervalSince(t0)
+        return figures
+    }
+}

@@ -1,0 +1,84 @@
+// `perennial versions`: the model versions a data directory holds (every
+// snapshot is one), and their figures on the stream that followed them.
+
+import ArgumentParser
+import Foundation
+import PerennialCore
+import PerennialEval
+import PerennialPlugins
+
+struct Versions: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List the model versions of a data directory, or evaluate one.",
+        discussion: """
+            Every snapshot is a version, named v<seq> after the log position it
+            holds. The list shows when each was taken, its scorers, what it was
+            rolled back from, and its figures once evaluated. --evaluate ID
+            restores that version and scores the log's later events before
+            learning each (E1's prequential top-10 rule on the real stream),
+            and records the figures with the version. Start a server from a
+            version (a rollback) with `perennial serve --from-version ID`.
+            Safe while a server runs on the directory.
+            """
+    )
+
+    @Option(help: "The server's data directory.")
+    var dataDir = "data"
+    @Option(help: "Config whose scorers the versions were saved with (default: the bundled one).")
+    var config: String?
+    @Option(help: "Evaluate this version on the events the log holds after it.")
+    var evaluate: String?
+    @Option(help: "With --evaluate: the scorer to rank with (default: the config's default).")
+    var scorer = ""
+    @Option(help: "With --evaluate: at most this many later events.")
+    var events = Int.max
+    @Flag(help: "Print the list as JSON.")
+    var json = false
+
+    func run() throws {
+        let store = SnapshotStore(directory: (dataDir as NSString).appendingPathComponent("snapshots"))
+        let files = store.files()
+        if let id = evaluate {
+            guard let file = store.file(ofVersion: id) else {
+                throw CommandError("there is no version \(id) in \(store.directory); versions: \(files.map(\.id).joined(separator: ", "))")
+            }
+            let cfg = try config.map { try PerennialConfig.load(file: $0, registry: .builtin) } ?? PerennialConfig.defaults(registry: .builtin)
+            var (info, reader) = try store.read(file.path)
+            let model = Model(config: cfg, registry: .builtin)
+            try model.restore(from: &reader)
+            let figures = try VersionEvaluation.run(model: model, logDirectory: (dataDir as NSString).appendingPathComponent("log"),
+                                                    fromSegment: info.firstLogSegment, scorer: scorer, limit: events)
+            var meta = store.metadata(of: file)
+            meta["e1"] = figures.json
+            try store.writeMetadata(of: file, meta)
+            print(String(format: "version %@ (%@): HR@10 %.4f  NDCG@10 %.4f  over %d evaluated of %d later events (%.1f s)",
+                         file.id, figures.scorer, figures.total.hr, figures.total.ndcg, figures.total.count, figures.events, figures.seconds))
+            return
+        }
+        let rows = files.map { f -> [String: Any] in
+            var m = store.metadata(of: f)
+            m["id"] = f.id
+            m["seq"] = f.seq
+            m["path"] = f.path
+            return m
+        }
+        if json {
+            let data = try JSONSerialization.data(withJSONObject: rows, options: [.prettyPrinted, .sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+            return
+        }
+        if rows.isEmpty { print("no versions in \(store.directory)"); return }
+        print("version      log position  created                scorers                 E1 (later events)")
+        for m in rows {
+            let e1 = (m["e1"] as? [String: Any]).map { e in
+                String(format: "HR@10 %.4f (%d)", (e["hr10"] as? Double) ?? 0, (e["count"] as? Int) ?? 0)
+            } ?? "not evaluated"
+            let scorers = (m["scorers"] as? [String])?.joined(separator: ",") ?? "?"
+            var line = pad(m["id"] as! String, 13) + pad("\(m["seq"]!)", 14) + pad((m["created"] as? String) ?? "?", 23) + pad(scorers, 24) + e1
+            if let from = m["rolled_back_from"] as? String { line += "  (rollback to \(from))" }
+            print(line)
+        }
+    }
+}
+
+private func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
