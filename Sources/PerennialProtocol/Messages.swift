@@ -89,6 +89,9 @@ public struct RecommendRequest: Sendable, Equatable {
     public var exclude: [UInt64] = []
     /// If non-empty, rank only these.
     public var candidates: [UInt64] = []
+    /// Optional: a second scorer (or route) whose answer the server computes
+    /// and compares live (STATS `shadow_*`) but does not return.
+    public var shadowScorer: String = ""
 
     public init(user: UInt64, k: UInt16, minAppliedSeq: UInt64 = 0, scorer: String = "", sessionID: String = "",
                 sessionItems: [UInt64] = [], exclude: [UInt64] = [], candidates: [UInt64] = []) {

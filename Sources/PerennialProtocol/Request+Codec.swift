@@ -33,6 +33,8 @@ extension Request {
             q.sessionItems = try r.ids16("session_items", limit: limits.maxItems)
             q.exclude = try r.ids16("exclude", limit: limits.maxItems)
             q.candidates = try r.ids16("candidates", limit: limits.maxItems)
+            // Optional trailing field (absent in older clients' requests).
+            if r.remaining > 0 { q.shadowScorer = try r.str16("shadow_scorer") }
             request = .recommend(q)
         case .score:
             let user = try r.u64("user")
@@ -113,6 +115,7 @@ extension Request {
             out.putIDs16(q.sessionItems)
             out.putIDs16(q.exclude)
             out.putIDs16(q.candidates)
+            if !q.shadowScorer.isEmpty { out.putStr16(q.shadowScorer) }
         case .score(let s):
             out.put(s.user)
             out.putStr16(s.scorer)

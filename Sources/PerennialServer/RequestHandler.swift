@@ -58,6 +58,7 @@ final class RequestHandler {
     var stats = ServerStats()
     private var admitted: [LearnEvent] = []
     let sessions: SessionStore
+    let shadows = ShadowTracker()
     /// Longest session_id accepted (bytes).
     static let maxSessionIDBytes = 256
     private var incoming: [IncomingEvent] = []
@@ -142,6 +143,9 @@ final class RequestHandler {
             if log.policy == .always { needsSync = true }
             admitted.removeAll(keepingCapacity: true)
             model.admit(incoming, now: now, into: &admitted)
+            if !shadows.isEmpty {
+                for e in incoming { shadows.observe(user: e.user, item: e.item, kind: e.kind, value: e.value) }
+            }
             let queued = learner.tryEnqueue(admitted)
             precondition(queued, "learner queue refused a batch after reporting room")
             stats.feedbackBatches += 1
@@ -172,6 +176,12 @@ final class RequestHandler {
             do {
                 let recs = try model.recommend(user: q.user, k: Int(q.k), scorer: q.scorer, session: session,
                                                exclude: q.exclude, candidates: q.candidates)
+                if !q.shadowScorer.isEmpty {
+                    // The same question to the shadow scorer, remembered, not returned.
+                    let other = try model.recommend(user: q.user, k: Int(q.k), scorer: q.shadowScorer, session: session,
+                                                    exclude: q.exclude, candidates: q.candidates)
+                    shadows.record(user: q.user, shadow: q.shadowScorer, served: recs.map(\.item), other: other.map(\.item))
+                }
                 Reply.recommend(RecommendReply(appliedSeq: model.appliedSeq,
                                                items: recs.map { RankedItem(item: $0.item, score: $0.score) }))
                     .encode(into: &out, requestID: requestID)
@@ -396,6 +406,7 @@ final class RequestHandler {
             StatCounter("sessions_expired", sessions.expired),
         ]
         for (name, v) in model.counters { c.append(StatCounter(name, v)) }
+        for (name, v) in shadows.counters { c.append(StatCounter(name, v)) }
         return c
     }
 }

@@ -64,6 +64,7 @@ private func json(_ r: Request) -> [String: Any] {
     case .recommend(let q):
         ["user": q.user, "k": q.k, "min_applied_seq": q.minAppliedSeq, "scorer": q.scorer, "session_id": q.sessionID,
          "session_items": q.sessionItems, "exclude": q.exclude, "candidates": q.candidates]
+            .merging(q.shadowScorer.isEmpty ? [:] : ["shadow_scorer": q.shadowScorer]) { a, _ in a }
     case .score(let s): ["user": s.user, "scorer": s.scorer, "session_items": s.sessionItems, "items": s.items]
     case .feedback(let events):
         ["events": events.map { ["user": $0.user, "item": $0.item, "kind": $0.kind.name, "value": $0.value, "timestamp": $0.timestamp] as [String: Any] }]

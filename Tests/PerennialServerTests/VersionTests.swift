@@ -70,4 +70,38 @@ import PerennialProtocol
         // An unknown version is a clear start-up error naming the versions.
         #expect(throws: (any Error).self) { _ = try TestServer(dataDir: first.dataDir, startVersion: "v123") }
     }
+
+    @Test func aShadowScorerIsComparedLiveAndNotReturned() async throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let c = try await PerennialClient.connect(port: s.port)
+        defer { c.close() }
+        _ = try await c.stream(events(0..<3000), batchSize: 500, window: 4)
+        var servedFirst: [UInt64: UInt64] = [:]
+        for user in UInt64(1)...20 {
+            let plain = try await c.recommend(user: user, k: 10)
+            let shadowed = try await c.recommend(user: user, k: 10, shadow: "popularity")
+            // The reply is the serving scorer's answer alone.
+            #expect(plain == shadowed)
+            servedFirst[user] = shadowed[0].item
+        }
+        // Each user's next positive event is the served list's first item;
+        // a non-positive one before it does not count.
+        var feedback: [WireEvent] = []
+        for user in UInt64(1)...20 {
+            feedback.append(WireEvent(user: user, item: servedFirst[user]!, kind: .rating, value: 1))
+            feedback.append(WireEvent(user: user, item: servedFirst[user]!, kind: .click))
+        }
+        _ = try await c.feedback(feedback)
+        let stats = try await c.stats()
+        #expect(stats["shadow_popularity_requests"] == 20)
+        #expect(stats["shadow_popularity_followups"] == 20)
+        #expect(stats["shadow_popularity_served_hits"] == 20)
+        let shadowHits = try #require(stats["shadow_popularity_shadow_hits"])
+        #expect(shadowHits <= 20)
+        #expect(stats["shadow_popularity_served_items"] == 200)
+        #expect(stats["shadow_pending_users"] == 0)
+        // An unknown shadow is UNKNOWN_SCORER, like an unknown scorer.
+        await #expect(throws: PerennialClientError.self) { _ = try await c.recommend(user: 1, k: 5, shadow: "nope") }
+    }
 }

@@ -284,6 +284,13 @@ def valid_vectors() -> None:
               frame(op["RECOMMEND"], 0, 5, p), "RECOMMEND", 0, 5,
               {"user": 7, "k": 3, "min_applied_seq": 0, "scorer": "", "session_id": "",
                "session_items": [5, 6], "exclude": [], "candidates": []})
+    p = (u64(7) + u16(10) + u64(0) + str16("cf") + str16("") + ids16([]) + ids16([])
+         + ids16([]) + str16("text-cnn"))
+    add_frame("recommend_request_shadow",
+              "RECOMMEND with the optional trailing shadow_scorer",
+              frame(op["RECOMMEND"], 0, 8, p), "RECOMMEND", 0, 8,
+              {"user": 7, "k": 10, "min_applied_seq": 0, "scorer": "cf", "session_id": "",
+               "session_items": [], "exclude": [], "candidates": [], "shadow_scorer": "text-cnn"})
     cands = list(range(1, MAX_ITEMS + 1))
     p = (u64(MAX_ID) + u16(MAX_ITEMS) + u64(0) + str16("") + str16("") + ids16([])
          + ids16([]) + ids16(cands))

@@ -59,12 +59,12 @@ def ping() -> Command:
 def recommend(user: int, k: int = 10, *, scorer: Optional[str] = None,
               session: Optional[Sequence[int]] = None, session_id: Optional[str] = None,
               exclude: Optional[Iterable[int]] = None, candidates: Optional[Iterable[int]] = None,
-              min_applied_seq: int = 0) -> Command:
+              min_applied_seq: int = 0, shadow: Optional[str] = None) -> Command:
     body = encode_payload(Opcode.RECOMMEND, False, {
         "user": _user(user), "k": k, "min_applied_seq": min_applied_seq,
         "scorer": scorer or "", "session_id": session_id or "",
         "session_items": _ids(session, "session"), "exclude": _ids(exclude, "exclude"),
-        "candidates": _ids(candidates, "candidates")})
+        "candidates": _ids(candidates, "candidates"), "shadow_scorer": shadow or ""})
 
     def parse(p: Dict[str, Any]) -> List[Recommendation]:
         return [Recommendation(item, score) for item, score in p["items"]]
@@ -160,11 +160,13 @@ class PipelineCommands:
     def recommend(self, user: int, k: int = 10, *, scorer: Optional[str] = None,
                   session: Optional[Sequence[int]] = None, session_id: Optional[str] = None,
                   exclude: Optional[Iterable[int]] = None,
-                  candidates: Optional[Iterable[int]] = None, min_applied_seq: int = 0) -> Any:
+                  candidates: Optional[Iterable[int]] = None, min_applied_seq: int = 0,
+                  shadow: Optional[str] = None) -> Any:
         """Queue a RECOMMEND; its result is a list of :class:`Recommendation`."""
         return self._queue(recommend(user, k, scorer=scorer, session=session,
                                      session_id=session_id, exclude=exclude,
-                                     candidates=candidates, min_applied_seq=min_applied_seq))
+                                     candidates=candidates, min_applied_seq=min_applied_seq,
+                                     shadow=shadow))
 
     def score(self, user: int, items: Sequence[int], *, scorer: Optional[str] = None,
               session: Optional[Sequence[int]] = None) -> Any:

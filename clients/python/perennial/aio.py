@@ -315,14 +315,14 @@ class AsyncClient:
                         session_id: Optional[str] = None,
                         exclude: Optional[Iterable[int]] = None,
                         candidates: Optional[Iterable[int]] = None,
-                        min_applied_seq: int = 0) -> List[Recommendation]:
+                        min_applied_seq: int = 0, shadow: Optional[str] = None) -> List[Recommendation]:
         """Recommend up to ``k`` items for ``user``, best first (see Client.recommend).
 
         Raises UnknownScorer, InvalidArgument, ServerError.
         """
         return await self._call(_c.recommend(  # type: ignore[no-any-return]
             user, k, scorer=scorer, session=session, session_id=session_id, exclude=exclude,
-            candidates=candidates, min_applied_seq=min_applied_seq))
+            candidates=candidates, min_applied_seq=min_applied_seq, shadow=shadow))
 
     async def score(self, user: int, items: Sequence[int], *, scorer: Optional[str] = None,
                     session: Optional[Sequence[int]] = None) -> List[Score]:

@@ -336,7 +336,7 @@ class Client:
                   session: Optional[Sequence[int]] = None, session_id: Optional[str] = None,
                   exclude: Optional[Iterable[int]] = None,
                   candidates: Optional[Iterable[int]] = None,
-                  min_applied_seq: int = 0) -> List[Recommendation]:
+                  min_applied_seq: int = 0, shadow: Optional[str] = None) -> List[Recommendation]:
         """Recommend up to ``k`` items for ``user``, best first.
 
         Args:
@@ -349,6 +349,9 @@ class Client:
             candidates: if given and non-empty, rank only these items.
             min_applied_seq: wait until the server has learned this feedback
                 sequence number (read-your-writes across connections).
+            shadow: a second scorer (or route) the server also asks, without
+                returning its answer, to compare it live with ``scorer``: see
+                the ``shadow_*`` counters of :meth:`stats`.
 
         Raises:
             UnknownScorer: the scorer is not loaded.
@@ -357,7 +360,8 @@ class Client:
         """
         return self._call(_c.recommend(user, k, scorer=scorer, session=session,  # type: ignore[no-any-return]
                                        session_id=session_id, exclude=exclude,
-                                       candidates=candidates, min_applied_seq=min_applied_seq))
+                                       candidates=candidates, min_applied_seq=min_applied_seq,
+                                       shadow=shadow))
 
     def score(self, user: int, items: Sequence[int], *, scorer: Optional[str] = None,
               session: Optional[Sequence[int]] = None) -> List[Score]:

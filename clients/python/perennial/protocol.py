@@ -205,6 +205,9 @@ class _Reader:
         self.pos = pos + n
         return pos
 
+    def remaining(self) -> int:
+        return self.end - self.pos
+
     def u8(self, what: str) -> int:
         return _U8.unpack_from(self.data, self._need(1, what))[0]  # type: ignore[no-any-return]
 
@@ -326,13 +329,16 @@ def _dec_recommend_req(r: _Reader, limits: Limits) -> Dict[str, Any]:
     k = r.u16("k")
     if k < 1 or k > limits.max_items:
         raise _invalid("k = %d is outside 1 ... max_items %d" % (k, limits.max_items))
-    return {"user": user, "k": k,
-            "min_applied_seq": r.u64("min_applied_seq"),
-            "scorer": r.str16("scorer"),
-            "session_id": r.str16("session_id"),
-            "session_items": r.req_ids16("session_items", limits),
-            "exclude": r.req_ids16("exclude", limits),
-            "candidates": r.req_ids16("candidates", limits)}
+    out = {"user": user, "k": k,
+           "min_applied_seq": r.u64("min_applied_seq"),
+           "scorer": r.str16("scorer"),
+           "session_id": r.str16("session_id"),
+           "session_items": r.req_ids16("session_items", limits),
+           "exclude": r.req_ids16("exclude", limits),
+           "candidates": r.req_ids16("candidates", limits)}
+    if r.remaining() > 0:  # optional trailing field
+        out["shadow_scorer"] = r.str16("shadow_scorer")
+    return out
 
 
 def _dec_recommend_rep(r: _Reader, limits: Limits) -> Dict[str, Any]:
@@ -564,7 +570,8 @@ def _enc_recommend_req(p: Mapping[str, Any]) -> bytes:
             + _w_str16(p.get("session_id", ""), "session_id")
             + _w_ids16(p.get("session_items", ()), "session_items")
             + _w_ids16(p.get("exclude", ()), "exclude")
-            + _w_ids16(p.get("candidates", ()), "candidates"))
+            + _w_ids16(p.get("candidates", ()), "candidates")
+            + (_w_str16(p["shadow_scorer"], "shadow_scorer") if p.get("shadow_scorer") else b""))
 
 
 def _enc_recommend_rep(p: Mapping[str, Any]) -> bytes:

@@ -97,6 +97,22 @@ def test_recommend_most_clicked_first(client: perennial.Client) -> None:
     assert [r.item for r in client.recommend(other, k=1, candidates=[a, b, c])] == [a]
 
 
+def test_recommend_with_a_shadow_scorer(client: perennial.Client) -> None:
+    a, b, c = fresh(3)
+    _click_counts(client, [(a, 5), (b, 3), (c, 1)])
+    user = fresh()[0]
+    before = client.stats().get("shadow_popularity_requests", 0)
+    plain = client.recommend(user, k=2, candidates=[a, b, c])
+    shadowed = client.recommend(user, k=2, candidates=[a, b, c], shadow="popularity")
+    assert shadowed == plain  # the shadow's answer is not returned
+    client.feedback([(user, plain[0].item, "click")])
+    st = client.stats()
+    assert st["shadow_popularity_requests"] == before + 1
+    assert st["shadow_popularity_followups"] >= 1 and st["shadow_popularity_served_hits"] >= 1
+    with pytest.raises(perennial.UnknownScorer):
+        client.recommend(user, k=2, shadow="no-such-scorer")
+
+
 def test_recommend_fresh_server_without_candidates(start_server: Callable[..., object]) -> None:
     srv = start_server("")  # empty config file: bundled defaults
     with srv.client() as c:  # type: ignore[attr-defined]

@@ -85,9 +85,10 @@ public final class PerennialClient: @unchecked Sendable {
     /// The k best items for `user`, best first.
     public func recommend(user: UInt64, k: Int = 10, scorer: String = "", session: [UInt64] = [],
                           sessionID: String = "", exclude: [UInt64] = [], candidates: [UInt64] = [],
-                          minAppliedSeq: UInt64 = 0) async throws -> [RankedItem] {
-        let q = RecommendRequest(user: user, k: UInt16(clamping: k), minAppliedSeq: minAppliedSeq, scorer: scorer,
+                          minAppliedSeq: UInt64 = 0, shadow: String = "") async throws -> [RankedItem] {
+        var q = RecommendRequest(user: user, k: UInt16(clamping: k), minAppliedSeq: minAppliedSeq, scorer: scorer,
                                  sessionID: sessionID, sessionItems: session, exclude: exclude, candidates: candidates)
+        q.shadowScorer = shadow
         guard case .recommend(let r) = try await call(.recommend(q)) else { throw unexpected() }
         return r.items
     }

@@ -1,0 +1,86 @@
+// Live comparison of a candidate scorer with the one serving: a RECOMMEND
+// that names a `shadow_scorer` is also answered by it (not returned), and
+// both answers are remembered for the user. When that user's next positive
+// feedback arrives (a rating >= 4, a click or a purchase), it counts as a
+// hit for each answer that held the item. STATS reports, per shadow scorer,
+// the requests, the follow-up events, the hits of the serving scorer and of
+// the shadow, and how much the two answers overlapped: a new scorer is
+// judged on real traffic before it is swapped in.
+//
+// Loop thread only. At most `capacity` users are remembered; the oldest
+// remembered answer makes room.
+
+import Foundation
+import PerennialCore
+
+final class ShadowTracker {
+    struct Tally {
+        var requests: UInt64 = 0
+        var followups: UInt64 = 0
+        var servedHits: UInt64 = 0
+        var shadowHits: UInt64 = 0
+        var overlap: UInt64 = 0
+        var listed: UInt64 = 0
+    }
+
+    struct Pending {
+        var shadow: String
+        var served: [UInt64]
+        var other: [UInt64]
+    }
+
+    let capacity: Int
+    private var pending: [UInt64: Pending] = [:]
+    private var order: [UInt64] = []
+    private var orderHead = 0
+    private(set) var tallies: [String: Tally] = [:]
+
+    init(capacity: Int = 100_000) { self.capacity = capacity }
+
+    var isEmpty: Bool { pending.isEmpty }
+
+    /// Remembers both answers to one RECOMMEND.
+    func record(user: UInt64, shadow: String, served: [UInt64], other: [UInt64]) {
+        var t = tallies[shadow, default: Tally()]
+        t.requests += 1
+        t.overlap += UInt64(Set(served).intersection(other).count)
+        t.listed += UInt64(served.count)
+        tallies[shadow] = t
+        if pending.updateValue(Pending(shadow: shadow, served: served, other: other), forKey: user) == nil {
+            order.append(user)
+        }
+        // Forget the oldest remembered users beyond the bound (an entry in
+        // `order` may name a user already scored; it is skipped).
+        while pending.count > capacity, orderHead < order.count {
+            pending.removeValue(forKey: order[orderHead])
+            orderHead += 1
+        }
+        if orderHead > 4096 && orderHead * 2 > order.count {
+            order.removeFirst(orderHead)
+            orderHead = 0
+        }
+    }
+
+    /// A feedback event: the first positive one after a shadowed RECOMMEND
+    /// for its user scores both answers.
+    func observe(user: UInt64, item: UInt64, kind: FeedbackKind, value: Float) {
+        let positive = kind == .rating ? value >= 4 : (kind == .click || kind == .purchase)
+        guard positive, let p = pending.removeValue(forKey: user) else { return }
+        var t = tallies[p.shadow, default: Tally()]
+        t.followups += 1
+        if p.served.contains(item) { t.servedHits += 1 }
+        if p.other.contains(item) { t.shadowHits += 1 }
+        tallies[p.shadow] = t
+    }
+
+    var counters: [(String, UInt64)] {
+        var c: [(String, UInt64)] = [("shadow_pending_users", UInt64(pending.count))]
+        for (name, t) in tallies.sorted(by: { $0.key < $1.key }) {
+            let key = "shadow_" + name.replacingOccurrences(of: "-", with: "_").replacingOccurrences(of: "+", with: "_")
+            c += [(key + "_requests", t.requests), (key + "_followups", t.followups),
+                  (key + "_served_hits", t.servedHits), (key + "_shadow_hits", t.shadowHits),
+                  (key + "_overlap_items", t.overlap), (key + "_served_items", t.listed)]
+        }
+        return c
+    }
+}
