@@ -129,12 +129,22 @@ public final class CollaborativeFilteringScorer: Scorer {
             for k in 1...f { row[k] = g.nextSignedUnitFloat() * 0.01 }
         }
         itemCount = max(itemCount, items)
-        for r in userCount..<max(userCount, users) {
-            var g = SplitMix64(seed: settings.seed ^ 0x1234 ^ UInt64(r))
-            let row = ratingUsers.row(r)
-            for k in 1...f { row[k] = g.nextSignedUnitFloat() * 0.01 }
-        }
+        for r in userCount..<max(userCount, users) { initialiseRatingUser(r) }
         userCount = max(userCount, users)
+    }
+
+    /// A user's rating factors start as small deterministic noise (bias 0).
+    private func initialiseRatingUser(_ r: Int) {
+        var g = SplitMix64(seed: settings.seed ^ 0x1234 ^ UInt64(r))
+        let row = ratingUsers.row(r)
+        row[0] = 0
+        for k in 1...settings.ratingFactors { row[k] = g.nextSignedUnitFloat() * 0.01 }
+    }
+
+    /// The user's id expired: their context and rating factors go.
+    public func forget(user: Int32) {
+        if Int(user) < recent.count { recent[Int(user)] = [] }
+        initialiseRatingUser(Int(user))
     }
 
     // MARK: the user vector
@@ -197,11 +207,15 @@ public final class CollaborativeFilteringScorer: Scorer {
         learnedItems = max(learnedItems, Int(e.item) + 1)
         let weight = self.weight(of: e)
         if weight > 0 && learnedItems > 1 { rankStep(user: e.user, item: e.item, weight: weight) }
-        // Remember the event: co-occurrences, user context, the sampler, counts.
-        if !repeating { neighbourhood.learn(item: e.item, previous: recent[u][...]) }
-        recent[u].append(e.item)
-        let keep = max(settings.contextItems, settings.pairWindow, 1)
-        if recent[u].count > keep * 2 { recent[u].removeFirst(recent[u].count - keep) }
+        // Remember the event: co-occurrences, user context, the sampler,
+        // counts. The shared fallback user's events come from many people:
+        // they are not chained into co-occurrences or a context.
+        if !e.sharedUser {
+            if !repeating { neighbourhood.learn(item: e.item, previous: recent[u][...]) }
+            recent[u].append(e.item)
+            let keep = max(settings.contextItems, settings.pairWindow, 1)
+            if recent[u].count > keep * 2 { recent[u].removeFirst(recent[u].count - keep) }
+        }
         if repeating { return }
         if sampler.count < settings.samplerWindow {
             sampler.append(e.item)

@@ -94,6 +94,14 @@ public final class GANScorer: Scorer {
         }
     }
 
+    /// The user's id expired: their rows and recent items start again.
+    public func forget(user: Int32) {
+        let u = Int(user)
+        initialise(genUsers, from: u, to: u + 1, stream: 1)
+        initialise(disUsers, from: u, to: u + 1, stream: 2)
+        if u < recent.count { recent[u] = [] }
+    }
+
     public func grow(users: Int, items: Int) {
         if users > userRows {
             genUsers.ensure(rows: users); disUsers.ensure(rows: users)
@@ -171,8 +179,11 @@ public final class GANScorer: Scorer {
         learnedItems = max(learnedItems, Int(e.item) + 1)
         let positive = e.kind != .rating || e.value >= settings.positiveThreshold
         if positive && learnedItems > 1 { step(user: e.user, item: e.item) }
-        recent[u].append(e.item)
-        if recent[u].count > 2 * max(1, settings.contextItems) { recent[u].removeFirst(recent[u].count - settings.contextItems) }
+        // (The shared fallback user's events are not one person's context.)
+        if !e.sharedUser {
+            recent[u].append(e.item)
+            if recent[u].count > 2 * max(1, settings.contextItems) { recent[u].removeFirst(recent[u].count - settings.contextItems) }
+        }
     }
 
     private func step(user: Int32, item: Int32) {

@@ -126,9 +126,16 @@ public final class SessionRNNScorer: Scorer {
         for u in recent.indices { recent[u].removeAll(keepingCapacity: true) }
     }
 
+    /// The user's id expired: their sequence starts again.
+    public func forget(user: Int32) {
+        if Int(user) < recent.count { recent[Int(user)] = [] }
+    }
+
     public func learn(_ e: LearnEvent) {
         learnedEvents.add(1, ordering: .relaxed)
         defer { transitionsCountedTo = max(transitionsCountedTo, e.seq) }
+        // The shared fallback user's events are many people's: no sequence.
+        if e.sharedUser { return }
         let u = Int(e.user)
         if u >= recent.count { recent.append(contentsOf: repeatElement([], count: u + 1 - recent.count)) }
         learnedItems = max(learnedItems, Int(e.item) + 1)

@@ -158,16 +158,25 @@ public final class TextCNNScorer: Scorer {
         readSettings: { r throws(ConfigError) in try TextCNNSettings.read(r) },
         make: { s, _ in TextCNNScorer(settings: s as! TextCNNSettings) })
 
+    /// A user's vector starts as small deterministic noise, bias slot 1.
+    private func initialiseUser(_ u: Int) {
+        var g = SplitMix64(seed: settings.seed ^ 0x05E4 ^ UInt64(u))
+        let row = users.row(u)
+        for k in 0..<(D - 1) { row[k] = g.nextSignedUnitFloat() * 0.1 * 1.7320508 }
+        row[D - 1] = 1
+    }
+
+    /// The user's id expired: their vector and its Adam state start again.
+    public func forget(user: Int32) {
+        initialiseUser(Int(user))
+        for k in 0..<D { userM.row(Int(user))[k] = 0; userV.row(Int(user))[k] = 0 }
+    }
+
     public func grow(users n: Int, items: Int) {
         users.ensure(rows: n)
         userM.ensure(rows: n)
         userV.ensure(rows: n)
-        for u in userRows..<max(userRows, n) {
-            var g = SplitMix64(seed: settings.seed ^ 0x05E4 ^ UInt64(u))
-            let row = users.row(u)
-            for k in 0..<(D - 1) { row[k] = g.nextSignedUnitFloat() * 0.1 * 1.7320508 }
-            row[D - 1] = 1
-        }
+        for u in userRows..<max(userRows, n) { initialiseUser(u) }
         userRows = max(userRows, n)
         cache.ensure(rows: items)
         offsets.ensure(rows: items)

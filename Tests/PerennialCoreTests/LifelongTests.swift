@@ -142,3 +142,94 @@ import PerennialPlugins
         #expect(m.table.userStepScale(0) == nil)
     }
 }
+
+/// Id lifecycle: admission after `min_occurrences`, expiry with index reuse.
+@Suite struct IdLifecycleTests {
+    func model(_ load: [String], _ set: (inout ConfigDocument) -> Void) throws -> Model {
+        var doc = ConfigDocument(file: "test")
+        doc.set("scorers.load", .array(load.map { .string($0) }))
+        set(&doc)
+        return Model(config: try PerennialConfig.load(doc, registry: .builtin), registry: .builtin)
+    }
+
+    func feed(_ m: Model, user: UInt64, item: UInt64, at t: Int64) {
+        var out: [LearnEvent] = []
+        m.admit(CollectionOfOne(IncomingEvent(user: user, item: item, kind: .click, value: 1, timestamp: t)), now: 0, into: &out)
+        for l in out { m.learn(l) }
+    }
+
+    @Test func aMillionDistinctUsersStayWithinTheBound() throws {
+        let m = try model(["popularity"]) { d in
+            d.set("lifelong.max_users", .integer(1000))
+            d.set("history.max_items_per_user", .integer(20))
+        }
+        var sizeAt200k = 0
+        for k in 1...1_000_000 {
+            feed(m, user: UInt64(k), item: UInt64(1 + k % 200), at: Int64(k))
+            if k % 100_000 == 0 {
+                #expect(m.users.liveCount <= 1000 && m.users.count <= 1000, "at \(k): \(m.users.liveCount) live, \(m.users.count) rows")
+                #expect(m.table.userRows <= 1000 && m.history.totalEntries <= 1000)
+                let size = m.users.bytes + m.table.bytes + m.lifecycle.bytes
+                if k == 200_000 { sizeAt200k = size }
+                if k > 200_000 { #expect(size == sizeAt200k, "model bytes grew from \(sizeAt200k) to \(size) at \(k)") }
+            }
+        }
+        #expect(m.lifecycle.expired == 999_000)
+        // The most recent users are the ones kept.
+        #expect(m.users.index(of: 1_000_000) != nil && m.users.index(of: 1) == nil)
+    }
+
+    @Test func usersUnseenForTooLongExpire() throws {
+        let m = try model(["popularity"]) { d in d.set("lifelong.expire_after_seconds", .integer(100)) }
+        feed(m, user: 1, item: 1, at: 1000)
+        feed(m, user: 2, item: 2, at: 1050)
+        feed(m, user: 3, item: 3, at: 1120)  // user 1 was last seen 120 s ago
+        #expect(m.users.index(of: 1) == nil && m.users.index(of: 2) == 1)
+        // User 3 took user 1's index, with none of user 1's history.
+        #expect(m.users.index(of: 3) == 0 && m.history.items(of: 0) == [2])
+        feed(m, user: 1, item: 4, at: 1130)  // comes back as a new user
+        let back = try #require(m.users.index(of: 1))
+        #expect(m.history.items(of: back) == [3] && m.lifecycle.expired == 1)
+    }
+
+    @Test func anIdGetsItsOwnRowAtItsMinimumOccurrences() throws {
+        let m = try model(["cf", "popularity"]) { d in d.set("lifelong.min_occurrences", .integer(3)) }
+        for k in 0..<200 { feed(m, user: UInt64(1000 + k % 20), item: UInt64(1 + k % 30), at: Int64(k)) }
+        // The first two events of each of the 20 users went to the shared user.
+        #expect(m.lifecycle.sharedEvents == 40)
+        #expect(m.users.liveCount == 21 && m.fallbackUser != nil)
+        feed(m, user: 7, item: 1, at: 300)
+        feed(m, user: 7, item: 2, at: 301)
+        #expect(m.users.index(of: 7) == nil)
+        // Not yet admitted: answered from the shared row, without a crash.
+        #expect(try m.recommend(user: 7, k: 5).count == 5)
+        feed(m, user: 7, item: 3, at: 302)
+        let u = try #require(m.users.index(of: 7))
+        #expect(m.history.items(of: u) == [2])  // 1-based ids: item 3 is index 2
+        // The shared user keeps no history of its own.
+        #expect(m.history.items(of: m.fallbackUser!) == [])
+    }
+
+    @Test func aReusedIndexStartsFreshAndSurvivesASnapshot() throws {
+        let m = try model(["cf", "popularity"]) { d in d.set("lifelong.max_users", .integer(50)) }
+        for k in 0..<3000 { feed(m, user: UInt64(1 + k % 50), item: UInt64(1 + (k * 7) % 60), at: Int64(k)) }
+        let old = (0..<m.table.dimension).map { m.table.user(0)[$0] }
+        feed(m, user: 999, item: 5, at: 5000)  // user 1 (index 0) was least recently seen
+        #expect(m.users.index(of: 1) == nil && m.users.index(of: 999) == 0)
+        #expect(m.history.items(of: 0) == [m.items.index(of: 5)!])
+        let fresh = (0..<m.table.dimension).map { m.table.user(0)[$0] }
+        #expect(fresh != old)
+        #expect(m.lifecycle.learnedGeneration[0] == 1)
+        // A snapshot with a reused index restores to the same answers.
+        var w = SnapshotWriter()
+        m.save(to: &w)
+        let copy = try model(["cf", "popularity"]) { d in d.set("lifelong.max_users", .integer(50)) }
+        var r = SnapshotReader(bytes: w.bytes)
+        try copy.restore(from: &r)
+        for user: UInt64 in [999, 2, 30] { #expect(try copy.recommend(user: user, k: 10) == m.recommend(user: user, k: 10)) }
+        feed(m, user: 1000, item: 6, at: 5001)
+        feed(copy, user: 1000, item: 6, at: 5001)
+        #expect(copy.users.index(of: 1000) == m.users.index(of: 1000))
+        #expect(try copy.recommend(user: 1000, k: 10) == m.recommend(user: 1000, k: 10))
+    }
+}

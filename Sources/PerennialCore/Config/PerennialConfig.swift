@@ -56,6 +56,12 @@ public struct LifelongConfig: Sendable, Equatable {
     public var metaStart = true
     public var metaEvents = 5
     public var metaRate: Float = 0.01
+    /// Id lifecycle (IdLifecycle): events a user id needs before it gets its
+    /// own row (1 = at once); the most user ids holding rows (0 = no bound);
+    /// and expiry of users unseen this long in event time (0 = never).
+    public var minOccurrences = 1
+    public var maxUsers = 0
+    public var expireAfterSeconds = 0
     /// Seed of replay's draws: learning is reproducible from the log.
     public var seed: UInt64 = 99
     public init() {}
@@ -195,6 +201,9 @@ public struct PerennialConfig: Sendable {
         ll.metaStart = try r.bool("lifelong.meta_start", default: ll.metaStart)
         ll.metaEvents = try r.int("lifelong.meta_events", default: ll.metaEvents, in: 1...10_000)
         ll.metaRate = Float(try r.double("lifelong.meta_rate", default: Double(ll.metaRate), in: 1e-6...1))
+        ll.minOccurrences = try r.int("lifelong.min_occurrences", default: ll.minOccurrences, in: 1...255)
+        ll.maxUsers = try r.int("lifelong.max_users", default: ll.maxUsers, in: 0...100_000_000)
+        ll.expireAfterSeconds = try r.int("lifelong.expire_after_seconds", default: ll.expireAfterSeconds, in: 0...(1 << 40))
         ll.seed = UInt64(try r.int("lifelong.seed", default: Int(ll.seed), in: 0...Int.max))
         c.lifelong = ll
 

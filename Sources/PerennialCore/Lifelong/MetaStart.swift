@@ -101,6 +101,9 @@ public final class MetaStart: @unchecked Sendable {
         }
     }
 
+    /// A reused user index starts as a new user.
+    func reset(user u: Int32) { userEvents[Int(u)] = 0 }
+
     /// The per-dimension step scales for a user still in their first
     /// `events` events, or nil once they are adapted.
     @inline(__always)

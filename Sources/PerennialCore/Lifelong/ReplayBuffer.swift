@@ -74,6 +74,7 @@ enum LearnEventCoding {
     static func write(_ e: LearnEvent, to w: inout SnapshotWriter) {
         w.u64(e.seq); w.u32(UInt32(bitPattern: e.user)); w.u32(UInt32(bitPattern: e.item))
         w.u32(UInt32(e.kind.rawValue)); w.f32(e.value); w.u64(UInt64(bitPattern: e.timestamp))
+        w.u32(e.userGeneration); w.bool(e.sharedUser)
     }
 
     static func read(from r: inout SnapshotReader) throws -> LearnEvent {
@@ -81,7 +82,10 @@ enum LearnEventCoding {
         guard let kind = FeedbackKind(rawValue: UInt8(truncatingIfNeeded: try r.u32())) else {
             throw LogError("snapshot: a replay event has an unknown kind")
         }
-        return LearnEvent(seq: seq, user: user, item: item, kind: kind, value: try r.f32(),
-                          timestamp: Int64(bitPattern: try r.u64()))
+        var e = LearnEvent(seq: seq, user: user, item: item, kind: kind, value: try r.f32(),
+                           timestamp: Int64(bitPattern: try r.u64()))
+        e.userGeneration = try r.u32()
+        e.sharedUser = try r.bool()
+        return e
     }
 }

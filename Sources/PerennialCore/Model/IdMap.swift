@@ -1,5 +1,8 @@
 // External ids (u64, chosen by users) to dense row indices, inserted on first
-// sight. A dictionary, so two ids never share a row (no hashing trick).
+// sight. A dictionary, so two ids never share a row (no hashing trick). An
+// id can be removed (id lifecycle: expiry); its index is then vacant (id 0,
+// which no client may use) and is given to the next new id, so the indices
+// in use, and every table sized by them, stay within a bound.
 // Owned by the thread that admits events; the reverse map lives in
 // never-moving memory so other threads may read it for indices they were
 // given.
@@ -10,7 +13,13 @@ public final class IdMap {
 
     public init() {}
 
-    public var count: Int { dense.count }
+    private var vacant: [Int32] = []
+    private var allocated = 0
+
+    /// Indices allocated (in use or vacant): what per-index tables are sized by.
+    public var count: Int { allocated }
+    /// Ids mapped now.
+    public var liveCount: Int { dense.count }
 
     /// The index of `id`, if seen.
     @inline(__always)
@@ -20,11 +29,34 @@ public final class IdMap {
     @inline(__always)
     public func insert(_ id: UInt64) -> (index: Int32, isNew: Bool) {
         if let i = dense[id] { return (i, false) }
-        let i = Int32(dense.count)
-        external.ensure(rows: Int(i) + 1)
+        if let i = vacant.popLast() {
+            external[Int(i)] = id
+            dense[id] = i
+            return (i, false)
+        }
+        let i = Int32(allocated)
+        allocated += 1
+        external.ensure(rows: allocated)
         external[Int(i)] = id
         dense[id] = i
         return (i, true)
+    }
+
+    /// Forgets the id at `index`; the index is reused by a later new id.
+    public func remove(index: Int32) {
+        let id = external[Int(index)]
+        guard id != 0, dense.removeValue(forKey: id) != nil else { return }
+        external[Int(index)] = 0
+        vacant.append(index)
+    }
+
+    /// Restores an index as vacant (snapshots).
+    public func appendVacant() {
+        let i = Int32(allocated)
+        allocated += 1
+        external.ensure(rows: allocated)
+        external[Int(i)] = 0
+        vacant.append(i)
     }
 
     /// The external id of a dense index.
@@ -32,5 +64,5 @@ public final class IdMap {
     public func id(at index: Int32) -> UInt64 { external[Int(index)] }
 
     /// Approximate bytes held.
-    public var bytes: Int { dense.capacity * 16 + external.bytes }
+    public var bytes: Int { dense.capacity * 16 + external.bytes + vacant.capacity * 4 }
 }

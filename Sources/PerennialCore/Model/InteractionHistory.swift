@@ -22,6 +22,14 @@ public final class InteractionHistory {
         totalEntries += 1
     }
 
+    /// Forgets a user's items (the user's id expired).
+    public func clear(user: Int32) {
+        let u = Int(user)
+        guard u < lists.count else { return }
+        totalEntries -= lists[u].count
+        lists[u] = []
+    }
+
     /// The user's items, oldest first.
     public func items(of user: Int32) -> [Int32] {
         let u = Int(user)

@@ -75,6 +75,10 @@ public final class Model: @unchecked Sendable {
     private var replayBuffer: ReplayBuffer
     private let replayed = Atomic<UInt64>(0)
     private let replayHeld = Atomic<UInt64>(0)
+    /// User ids' admission and expiry (admitting thread), and the index of
+    /// the shared fallback user once one exists.
+    public let lifecycle: IdLifecycle
+    public private(set) var fallbackUser: Int32?
 
     // Per-request scratch, reused so that serving allocates little.
     private let exclusions = ExclusionSet()
@@ -85,6 +89,7 @@ public final class Model: @unchecked Sendable {
         table = EmbeddingTable(dimension: config.tableDimension, seed: UInt64(config.tableSeed), lifelong: config.lifelong)
         lifelong = config.lifelong
         replayBuffer = ReplayBuffer(capacity: config.lifelong.replayBuffer, seed: config.lifelong.seed)
+        lifecycle = IdLifecycle(config.lifelong)
         let environment = ScorerEnvironment(table: table)
         var made: [any Scorer] = []
         for sc in config.scorers {
@@ -116,6 +121,7 @@ public final class Model: @unchecked Sendable {
     // MARK: admitting thread
 
     private func growScorers() {
+        lifecycle.grow(users: users.count)
         table.grow(users: users.count, items: items.count)
         for s in scorers { s.grow(users: users.count, items: items.count) }
     }
@@ -125,17 +131,59 @@ public final class Model: @unchecked Sendable {
     /// a zero timestamp. Implicit kinds with weight 0 get weight 1.
     public func admit(_ events: some Collection<IncomingEvent>, now: Int64, into out: inout [LearnEvent]) {
         var grew = false
+        if lifecycle.enabled, let first = events.first {
+            // Users unseen for too long go, batch by batch.
+            expireUsers(now: first.timestamp == 0 ? now : first.timestamp, makeRoom: false)
+        }
         for e in events {
-            let (u, newUser) = users.insert(e.user)
+            let timestamp = e.timestamp == 0 ? now : e.timestamp
+            let (u, newUser, shared) = admitUser(e.user, timestamp: timestamp)
             let (i, newItem) = items.insert(e.item)
             grew = grew || newUser || newItem
             lastSeq += 1
             let value = (e.kind != .rating && e.value == 0) ? 1 : e.value
-            out.append(LearnEvent(seq: lastSeq, user: u, item: i, kind: e.kind, value: value,
-                                  timestamp: e.timestamp == 0 ? now : e.timestamp))
-            history.record(user: u, item: i)
+            var learn = LearnEvent(seq: lastSeq, user: u, item: i, kind: e.kind, value: value, timestamp: timestamp)
+            if lifecycle.enabled {
+                learn.userGeneration = lifecycle.generation[Int(u)]
+                learn.sharedUser = shared
+                if !shared { lifecycle.touch(u, timestamp: timestamp, seq: lastSeq) }
+            }
+            out.append(learn)
+            if !shared { history.record(user: u, item: i) }
         }
         if grew { growScorers() }
+    }
+
+    /// The row index for a user id: its own, a new one (reusing an expired
+    /// user's index when there is one), or the shared fallback user's while
+    /// the id has fewer than `min_occurrences` events. Returns the index,
+    /// whether it is newly allocated, and whether it is the shared one.
+    private func admitUser(_ id: UInt64, timestamp: Int64) -> (Int32, Bool, Bool) {
+        if let u = users.index(of: id) { return (u, false, false) }
+        guard lifecycle.enabled else {
+            let (u, isNew) = users.insert(id)
+            return (u, isNew, false)
+        }
+        if !lifecycle.admits(id) {
+            let (f, isNew) = users.insert(IdLifecycle.fallbackUserID)
+            fallbackUser = f
+            lifecycle.grow(users: users.count)
+            return (f, isNew, true)
+        }
+        expireUsers(now: timestamp, makeRoom: true)
+        let (u, isNew) = users.insert(id)
+        lifecycle.grow(users: users.count)
+        return (u, isNew, false)
+    }
+
+    /// Users whose ids expire give up their index: id, history and (on the
+    /// learner, at the next generation's first event) learned state.
+    private func expireUsers(now: Int64, makeRoom: Bool) {
+        lifecycle.expire(now: now, applied: appliedSeq, live: { users.liveCount - (fallbackUser == nil ? 0 : 1) },
+                         makeRoom: makeRoom) { u in
+            users.remove(index: u)
+            history.clear(user: u)
+        }
     }
 
     /// Stores an item's text (cut to `maxTextBytes` at a character
@@ -247,7 +295,7 @@ public final class Model: @unchecked Sendable {
         w.u64(lastSeq)
         w.u64(appliedSeq)
         w.int(users.count)
-        for u in 0..<users.count { w.u64(users.id(at: Int32(u))) }
+        for u in 0..<users.count { w.u64(users.id(at: Int32(u))) }  // 0 = a vacant index
         w.int(items.count)
         for i in 0..<items.count { w.u64(items.id(at: Int32(i))) }
         w.mark("history")
@@ -273,6 +321,7 @@ public final class Model: @unchecked Sendable {
         w.bool(table.meta != nil)
         table.meta?.save(to: &w, users: table.userRows)
         replayBuffer.save(to: &w)
+        lifecycle.save(to: &w, users: users.count)
         // Each scorer's state is a named, length-prefixed block, so a config
         // that adds or drops a scorer can still load the others.
         w.int(scorers.count)
@@ -292,7 +341,11 @@ public final class Model: @unchecked Sendable {
         try r.mark("model")
         let seq = try r.u64(), appliedAt = try r.u64()
         let userCount = try r.int()
-        for _ in 0..<userCount { _ = users.insert(try r.u64()) }
+        for _ in 0..<userCount {
+            let id = try r.u64()
+            if id == 0 { users.appendVacant() } else { _ = users.insert(id) }
+        }
+        fallbackUser = users.index(of: IdLifecycle.fallbackUserID)
         let itemCount = try r.int()
         for _ in 0..<itemCount { _ = items.insert(try r.u64()) }
         growScorers()
@@ -338,6 +391,7 @@ public final class Model: @unchecked Sendable {
             try meta.load(from: &r, users: userCount)
         }
         try replayBuffer.load(from: &r)
+        try lifecycle.load(from: &r, users: userCount)
         replayHeld.store(UInt64(replayBuffer.events.count), ordering: .relaxed)
         replayed.store(replayBuffer.drawn, ordering: .relaxed)
         var restored = Set<String>()
@@ -372,12 +426,20 @@ public final class Model: @unchecked Sendable {
     /// user's row teaches it, and `replay` past events from the reservoir
     /// are learned again by the scorers that replay.
     public func learn(_ event: LearnEvent) {
+        if lifecycle.enabled && lifecycle.learnedGeneration[Int(event.user)] != event.userGeneration {
+            // The index serves a new user now: forget the old one.
+            lifecycle.learnedGeneration[Int(event.user)] = event.userGeneration
+            table.resetUser(event.user)
+            for s in scorers { s.forget(user: event.user) }
+        }
         table.meta?.willLearn(user: event.user, table: table)
         for s in scorers { s.learn(event) }
         table.meta?.didLearn(user: event.user, table: table)
         if lifelong.replay > 0 {
             for _ in 0..<lifelong.replay {
                 guard let past = replayBuffer.draw() else { break }
+                // (An event of a user whose index was reused since is skipped.)
+                if lifecycle.enabled && lifecycle.learnedGeneration[Int(past.user)] != past.userGeneration { continue }
                 for s in scorers where s.replays { s.replay(past) }
             }
             replayBuffer.offer(event)
@@ -423,9 +485,12 @@ public final class Model: @unchecked Sendable {
     }
 
     private func makeQuery(user: UInt64, session: [UInt64], exclude: [UInt64], candidates: [UInt64]) -> ScoringQuery {
-        let u = users.index(of: user)
+        let own = users.index(of: user)
+        // A user without a row of their own is answered from the shared
+        // fallback user's row, when there is one (with no history).
+        let u = own ?? fallbackUser
         exclusions.reset(itemCount: items.count)
-        if let u { history.forEachItem(of: u) { exclusions.insert($0) } }
+        if let own { history.forEachItem(of: own) { exclusions.insert($0) } }
         for id in exclude { if let i = items.index(of: id) { exclusions.insert(i) } }
         // Known candidates, each once (a repeated id would be ranked twice).
         var seenCandidates = Set<Int32>()
@@ -433,13 +498,14 @@ public final class Model: @unchecked Sendable {
             : candidates.compactMap { items.index(of: $0) }.filter { seenCandidates.insert($0).inserted }
         return ScoringQuery(user: u, sessionItems: session.compactMap { items.index(of: $0) },
                             candidates: cand, exclusions: exclusions, itemCount: items.count,
-                            history: u.map { history.items(of: $0)[...] } ?? [])
+                            history: own.map { history.items(of: $0)[...] } ?? [])
     }
 
     /// Counters of the model and of every scorer (`<scorer>_<name>`).
     public var counters: [(String, UInt64)] {
         var c: [(String, UInt64)] = [
-            ("users", UInt64(users.count)),
+            ("users", UInt64(users.liveCount)),
+            ("user_rows", UInt64(users.count)),
             ("items", UInt64(items.count)),
             ("items_with_text", UInt64(catalogue.count)),
             ("history_entries", UInt64(history.totalEntries)),
@@ -453,6 +519,11 @@ public final class Model: @unchecked Sendable {
             ("lifelong_anchor_strength_1e6", UInt64((table.anchorStrength * 1_000_000).rounded())),
             ("lifelong_meta_adapted_users", table.meta?.adapted ?? 0),
             ("lifelong_meta_started_users", table.meta?.started ?? 0),
+            ("lifelong_min_occurrences", UInt64(lifecycle.minOccurrences)),
+            ("lifelong_max_users", UInt64(lifecycle.maxUsers)),
+            ("lifelong_users_expired", lifecycle.expired),
+            ("lifelong_shared_user_events", lifecycle.sharedEvents),
+            ("lifelong_lifecycle_bytes", UInt64(lifecycle.bytes)),
         ]
         for s in scorers {
             for (name, v) in s.counters { c.append(("\(s.name.replacingOccurrences(of: "-", with: "_"))_\(name)", v)) }

@@ -23,6 +23,14 @@ public struct LearnEvent: Sendable, Equatable {
     /// The rating for `.rating`, a weight (default 1) for the other kinds.
     public var value: Float
     public var timestamp: Int64
+    /// The generation of the user's row index (id lifecycle: a reused index
+    /// starts a new generation; the model resets it before learning).
+    public var userGeneration: UInt32 = 0
+    /// The event belongs to a user id not yet admitted, learned as the
+    /// shared fallback user: scorers learn it as that user's preference but
+    /// must not chain it with the fallback user's other events (they come
+    /// from many people).
+    public var sharedUser = false
 
     public init(seq: UInt64, user: Int32, item: Int32, kind: FeedbackKind, value: Float, timestamp: Int64) {
         self.seq = seq
@@ -93,6 +101,10 @@ public protocol Scorer: AnyObject {
     func replay(_ event: LearnEvent)
     /// Whether `replay` does anything (STATS reports which scorers replay).
     var replays: Bool { get }
+    /// A user's id expired and its index will serve a new user: forget
+    /// everything learned about the index (learner thread, before the new
+    /// user's first event is learned).
+    func forget(user: Int32)
     /// An item's text was stored or replaced (admitting thread, after
     /// `grow` made room for the item; also for every stored text when a
     /// model is restored or a scorer is added by a reload).
@@ -124,6 +136,7 @@ public protocol Scorer: AnyObject {
 extension Scorer {
     public func replay(_ event: LearnEvent) {}
     public var replays: Bool { false }
+    public func forget(user: Int32) {}
     public func itemTextChanged(_ item: Int32, text: String) {}
     public var counters: [(String, UInt64)] { [] }
     public func predictRating(user: Int32?, item: Int32?) -> Float? { nil }

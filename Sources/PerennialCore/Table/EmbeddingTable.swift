@@ -60,6 +60,16 @@ public final class EmbeddingTable: @unchecked Sendable {
         }
     }
 
+    /// A user index now serves a new user (id lifecycle): its row starts
+    /// again as at creation, with fresh optimiser, anchor and meta state.
+    /// Learner thread.
+    public func resetUser(_ u: Int32) {
+        initialise(users.row(Int(u)), stream: 1, index: Int(u))
+        userAdagrad[Int(u)] = 0
+        anchors?.users.row(Int(u)).update(from: users.row(Int(u)), count: dimension)
+        meta?.reset(user: u)
+    }
+
     private func initialise(_ row: UnsafeMutablePointer<Float>, stream: UInt64, index: Int) {
         var rng = SplitMix64(seed: seed ^ (stream << 56) ^ UInt64(index))
         let scale = initScale / Float(dimension).squareRoot()
