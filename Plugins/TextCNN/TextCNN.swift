@@ -166,10 +166,12 @@ public final class TextCNNScorer: Scorer {
         row[D - 1] = 1
     }
 
-    /// The user's id expired: their vector and its Adam state start again.
+    /// The user's id expired: their vector, its Adam state and any gradient
+    /// for it waiting in the minibatch start again.
     public func forget(user: Int32) {
         initialiseUser(Int(user))
         for k in 0..<D { userM.row(Int(user))[k] = 0; userV.row(Int(user))[k] = 0 }
+        if let at = pendingUsers[user] { for k in 0..<D { pendingUserGrad[at + k] = 0 } }
     }
 
     public func grow(users n: Int, items: Int) {

@@ -48,7 +48,9 @@ public struct CurvePlot {
             s += "<line x1=\"\(left)\" y1=\(q(y(v))) x2=\(q(left + plotW)) y2=\(q(y(v))) stroke=\"#ddd\"/>\n"
             s += "<text x=\(q(left - 8)) y=\(q(y(v) + 4)) text-anchor=\"end\">\(String(format: "%.3f", v))</text>\n"
         }
-        for i in 0..<points {
+        // At most about 15 labels on the x axis.
+        let labelEvery = max(1, (points + 14) / 15)
+        for i in stride(from: 0, to: points, by: labelEvery) {
             s += "<text x=\(q(x(i))) y=\(q(top + plotH + 18)) text-anchor=\"middle\">\(i + 1)</text>\n"
         }
         s += "<line x1=\"\(left)\" y1=\(q(top + plotH)) x2=\(q(left + plotW)) y2=\(q(top + plotH)) stroke=\"black\"/>\n"

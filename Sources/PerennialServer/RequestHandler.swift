@@ -164,6 +164,9 @@ final class RequestHandler {
             if let wait = try readYourWrites(q.minAppliedSeq, state: &state) { return wait }
             stats.recommends += 1
             var session = q.sessionItems
+            if !q.shadowScorer.isEmpty && !model.canServe(q.shadowScorer) {
+                throw ProtocolError(.unknownScorer, "shadow_scorer \"\(q.shadowScorer)\" is not loaded; loaded: \((model.scorerNames + model.routes.keys.sorted()).joined(separator: ", "))")
+            }
             if !q.sessionID.isEmpty && model.canServe(q.scorer) {
                 // (A request the model will refuse leaves the session alone.)
                 guard q.sessionID.utf8.count <= Self.maxSessionIDBytes else {

@@ -27,12 +27,17 @@ final class ShadowTracker {
         var shadow: String
         var served: [UInt64]
         var other: [UInt64]
+        /// Which `order` entry is this answer's (older entries are stale).
+        var ticket: UInt64
     }
 
     let capacity: Int
     private var pending: [UInt64: Pending] = [:]
-    private var order: [UInt64] = []
+    /// Users in the order their answers were remembered, with the ticket of
+    /// that answer; an entry whose ticket no longer matches is stale.
+    private var order: [(user: UInt64, ticket: UInt64)] = []
     private var orderHead = 0
+    private var nextTicket: UInt64 = 0
     private(set) var tallies: [String: Tally] = [:]
 
     init(capacity: Int = 100_000) { self.capacity = capacity }
@@ -46,17 +51,19 @@ final class ShadowTracker {
         t.overlap += UInt64(Set(served).intersection(other).count)
         t.listed += UInt64(served.count)
         tallies[shadow] = t
-        if pending.updateValue(Pending(shadow: shadow, served: served, other: other), forKey: user) == nil {
-            order.append(user)
-        }
-        // Forget the oldest remembered users beyond the bound (an entry in
-        // `order` may name a user already scored; it is skipped).
+        nextTicket += 1
+        pending[user] = Pending(shadow: shadow, served: served, other: other, ticket: nextTicket)
+        order.append((user, nextTicket))
+        // Forget the oldest remembered answers beyond the bound (stale
+        // entries — answered or replaced since — are skipped).
         while pending.count > capacity, orderHead < order.count {
-            pending.removeValue(forKey: order[orderHead])
+            let (u, ticket) = order[orderHead]
             orderHead += 1
+            if pending[u]?.ticket == ticket { pending.removeValue(forKey: u) }
         }
-        if orderHead > 4096 && orderHead * 2 > order.count {
-            order.removeFirst(orderHead)
+        // Keep `order` near the size of `pending`.
+        if order.count - orderHead > 2 * pending.count + 1024 {
+            order = order[orderHead...].filter { pending[$0.user]?.ticket == $0.ticket }
             orderHead = 0
         }
     }

@@ -190,6 +190,21 @@ import PerennialPlugins
         feed(m, user: 1, item: 4, at: 1130)  // comes back as a new user
         let back = try #require(m.users.index(of: 1))
         #expect(m.history.items(of: back) == [3] && m.lifecycle.expired == 1)
+        // User 2 expires at the next batch and leaves a vacant index; a
+        // snapshot keeps the vacancy where it is.
+        feed(m, user: 3, item: 1, at: 1160)
+        #expect(m.users.index(of: 2) == nil && m.users.vacantIndices == [1])
+        var w = SnapshotWriter()
+        m.save(to: &w)
+        let copy = try model(["popularity"]) { d in d.set("lifelong.expire_after_seconds", .integer(100)) }
+        var r = SnapshotReader(bytes: w.bytes)
+        try copy.restore(from: &r)
+        for id: UInt64 in [1, 2, 3] { #expect(copy.users.index(of: id) == m.users.index(of: id)) }
+        #expect(copy.users.vacantIndices == [1] && copy.users.count == m.users.count)
+        feed(m, user: 9, item: 2, at: 1170)
+        feed(copy, user: 9, item: 2, at: 1170)
+        #expect(m.users.index(of: 9) == 1 && copy.users.index(of: 9) == 1)
+        #expect(try copy.recommend(user: 9, k: 3) == m.recommend(user: 9, k: 3))
     }
 
     @Test func anIdGetsItsOwnRowAtItsMinimumOccurrences() throws {

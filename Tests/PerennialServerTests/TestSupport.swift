@@ -23,6 +23,9 @@ final class TestServer: Sendable {
         self.dataDir = dir
         var doc = try ConfigDocument(text: configText, file: "test.toml")
         doc.set("server.port", .integer(0))
+        // Debug builds learn about ten times slower than release, and the
+        // suites run in parallel: reads wait for the learner generously.
+        if doc.entries["limits.wait_ms"] == nil { doc.set("limits.wait_ms", .integer(120_000)) }
         doc.set("server.data_dir", .string(dir))
         let config = try PerennialConfig.load(doc, registry: .builtin)
         server = Server(config: config, startVersion: startVersion)

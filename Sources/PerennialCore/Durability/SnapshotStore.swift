@@ -42,7 +42,8 @@ public struct SnapshotInfo: Sendable {
 public struct SnapshotStore: Sendable {
     public let directory: String
     public static let magic = Array("PRNSNAP1".utf8)
-    public static let version: UInt32 = 1
+    /// 2: lifelong-learning state (replay, anchors, meta start, id lifecycle).
+    public static let version: UInt32 = 2
 
     public init(directory: String) { self.directory = directory }
 
@@ -79,8 +80,10 @@ public struct SnapshotStore: Sendable {
         bytes.appendLE(UInt64(payload.count))
         bytes.append(contentsOf: payload)
         bytes.appendLE(CRC32C.checksum(payload))
+        // A plain snapshot replaces the newest one at its position (never an
+        // older version there); a distinct one adds the next serial.
         var serial = 0
-        if distinct, let newest = files().first(where: { $0.seq == seq }) { serial = newest.serial + 1 }
+        if let newest = files().first(where: { $0.seq == seq }) { serial = distinct ? newest.serial + 1 : newest.serial }
         let final = (directory as NSString).appendingPathComponent(serial == 0 ? "snapshot-\(seq).bin" : "snapshot-\(seq).\(serial).bin")
         let temp = final + ".tmp"
         let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
@@ -118,7 +121,9 @@ public struct SnapshotStore: Sendable {
         }
         _ = try r.u64()  // magic
         let version = try r.u32()
-        guard version == SnapshotStore.version else { throw LogError("\(path): snapshot format \(version) is not supported") }
+        guard version == SnapshotStore.version else {
+            throw LogError("\(path): snapshot format \(version) is not this build's (\(SnapshotStore.version)); it was written by another version of perennial, so start-up rebuilds from the log instead")
+        }
         let seq = try r.u64(), segment = try r.u64(), length = try r.u64()
         guard let segmentNumber = Int(exactly: segment), let size = Int(exactly: length),
               size == bytes.count - head - 4 else { throw LogError("\(path) is truncated or its header is damaged") }

@@ -13,10 +13,12 @@
 //     within what `max_users` rows take, however many distinct ids the
 //     stream brings.
 //
-// Expiry only takes a user whose every event the learner has applied (the
-// index must not be reused under queued events); the bound can be exceeded
-// by as many users as the learner queue holds events for, for as long as
-// the learner lags. A reused index carries a new generation number in its
+// Expiry only takes a user whose last event came before the batch being
+// admitted (so the choice depends on the log alone, and a replay makes the
+// same one), after the learner has applied it (the index must not be
+// reused under queued events; the loop waits for it if needed). The bound
+// is exceeded only when one batch brings more new users than it. A reused
+// index carries a new generation number in its
 // learn events; the learner resets the index's state (table row, scorer
 // state) on the first event of a new generation, on its own thread, and
 // replay skips buffered events of an older generation.
@@ -43,6 +45,7 @@ public final class IdLifecycle {
     /// stale once the user has a later event.
     private var order: [(user: Int32, seq: UInt64)] = []
     private var orderHead = 0
+    private var compactedSize = 0
     public private(set) var expired: UInt64 = 0
     public private(set) var sharedEvents: UInt64 = 0
 
@@ -79,11 +82,13 @@ public final class IdLifecycle {
         lastSeen[Int(u)] = timestamp
         lastSeq[Int(u)] = seq
         order.append((u, seq))
-        // Drop stale entries now and then, so `order` holds about one
-        // entry per live user.
-        if order.count - orderHead > 1024 && order.count - orderHead > 4 * max(1, maxUsers) {
+        // Drop stale entries now and then (when the list has doubled since
+        // the last time), so `order` holds about one entry per live user
+        // at an amortised constant cost per event.
+        if order.count - orderHead > max(1024, 2 * compactedSize) {
             order = order[orderHead...].filter { lastSeq[Int($0.user)] == $0.seq }
             orderHead = 0
+            compactedSize = order.count
         }
     }
 
@@ -91,14 +96,16 @@ public final class IdLifecycle {
     /// `makeRoom` and `live` users hold `maxUsers` rows, the least recently
     /// seen; only users the learner is done with (`applied`). Calls `forget`
     /// for each.
-    func expire(now: Int64, applied: UInt64, live: () -> Int, makeRoom: Bool, forget: (Int32) -> Void) {
+    func expire(now: Int64, before limit: UInt64, waitApplied: (UInt64) -> Void, live: () -> Int, makeRoom: Bool,
+                forget: (Int32) -> Void) {
         guard tracksUsers else { return }
         while orderHead < order.count {
             let (u, seq) = order[orderHead]
             if lastSeq[Int(u)] != seq { orderHead += 1; continue }  // stale
             let old = expireAfterSeconds > 0 && lastSeen[Int(u)] < now - expireAfterSeconds
             let full = makeRoom && maxUsers > 0 && live() >= maxUsers
-            guard (old || full) && seq <= applied else { break }
+            guard (old || full) && seq <= limit else { break }
+            waitApplied(seq)
             orderHead += 1
             lastSeq[Int(u)] = 0
             generation[Int(u)] &+= 1

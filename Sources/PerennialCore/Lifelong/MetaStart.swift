@@ -101,6 +101,11 @@ public final class MetaStart: @unchecked Sendable {
         }
     }
 
+    /// Users 0..<users count as past their first events.
+    func markAdapted(users: Int) {
+        for u in 0..<users { userEvents[u] = UInt16(min(events + 1, Int(UInt16.max))) }
+    }
+
     /// A reused user index starts as a new user.
     func reset(user u: Int32) { userEvents[Int(u)] = 0 }
 

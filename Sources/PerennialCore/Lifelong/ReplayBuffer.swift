@@ -64,7 +64,6 @@ public struct ReplayBuffer {
                 }
             }
             events = keep
-            seen = min(seen, UInt64(capacity))
         }
     }
 }

@@ -50,13 +50,20 @@ public final class IdMap {
         vacant.append(index)
     }
 
-    /// Restores an index as vacant (snapshots).
-    public func appendVacant() {
-        let i = Int32(allocated)
-        allocated += 1
+    /// Vacant indices, in the order `insert` will hand them out (last first).
+    public var vacantIndices: [Int32] { vacant }
+
+    /// Rebuilds a fresh map from a snapshot: `ids[i]` at index i (0 = vacant),
+    /// and the vacant indices in their saved order.
+    public func restore(ids: [UInt64], vacant order: [Int32]) {
+        precondition(allocated == 0, "restore needs a fresh map")
+        allocated = ids.count
         external.ensure(rows: allocated)
-        external[Int(i)] = 0
-        vacant.append(i)
+        for (i, id) in ids.enumerated() {
+            external[i] = id
+            if id != 0 { dense[id] = Int32(i) }
+        }
+        vacant = order
     }
 
     /// The external id of a dense index.

@@ -12,6 +12,9 @@
 // a learner runs.
 
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// An event as a client sent it.
 public struct IncomingEvent: Sendable, Equatable {
@@ -67,6 +70,8 @@ public final class Model: @unchecked Sendable {
 
     /// The highest sequence number given to an admitted event.
     public private(set) var lastSeq: UInt64 = 0
+    /// `lastSeq` when the batch being admitted began.
+    private var batchStart: UInt64 = 0
     /// Events applied by `learn` (read by any thread).
     public let applied = Atomic<UInt64>(0)
     /// Lifelong learning's settings, and experience replay's buffer
@@ -131,6 +136,7 @@ public final class Model: @unchecked Sendable {
     /// a zero timestamp. Implicit kinds with weight 0 get weight 1.
     public func admit(_ events: some Collection<IncomingEvent>, now: Int64, into out: inout [LearnEvent]) {
         var grew = false
+        batchStart = lastSeq
         if lifecycle.enabled, let first = events.first {
             // Users unseen for too long go, batch by batch.
             expireUsers(now: first.timestamp == 0 ? now : first.timestamp, makeRoom: false)
@@ -143,11 +149,11 @@ public final class Model: @unchecked Sendable {
             lastSeq += 1
             let value = (e.kind != .rating && e.value == 0) ? 1 : e.value
             var learn = LearnEvent(seq: lastSeq, user: u, item: i, kind: e.kind, value: value, timestamp: timestamp)
-            if lifecycle.enabled {
-                learn.userGeneration = lifecycle.generation[Int(u)]
-                learn.sharedUser = shared
-                if !shared { lifecycle.touch(u, timestamp: timestamp, seq: lastSeq) }
-            }
+            // (Generations are checked even with the lifecycle off: a
+            // snapshot may hold vacant indices from when it was on.)
+            learn.userGeneration = lifecycle.generation[Int(u)]
+            learn.sharedUser = shared
+            if !shared { lifecycle.touch(u, timestamp: timestamp, seq: lastSeq) }
             out.append(learn)
             if !shared { history.record(user: u, item: i) }
         }
@@ -162,6 +168,7 @@ public final class Model: @unchecked Sendable {
         if let u = users.index(of: id) { return (u, false, false) }
         guard lifecycle.enabled else {
             let (u, isNew) = users.insert(id)
+            if isNew { lifecycle.grow(users: users.count) }
             return (u, isNew, false)
         }
         if !lifecycle.admits(id) {
@@ -177,10 +184,15 @@ public final class Model: @unchecked Sendable {
     }
 
     /// Users whose ids expire give up their index: id, history and (on the
-    /// learner, at the next generation's first event) learned state.
+    /// learner, at the next generation's first event) learned state. Which
+    /// users expire depends on the stream alone (never on how far the
+    /// learner has got), so a replay of the log makes the same choices:
+    /// only users whose last event came before this batch are candidates,
+    /// and the loop waits for the learner to apply that event if it has not.
     private func expireUsers(now: Int64, makeRoom: Bool) {
-        lifecycle.expire(now: now, applied: appliedSeq, live: { users.liveCount - (fallbackUser == nil ? 0 : 1) },
-                         makeRoom: makeRoom) { u in
+        lifecycle.expire(now: now, before: batchStart, waitApplied: { seq in
+            while self.appliedSeq < seq { usleep(50) }
+        }, live: { users.liveCount - (fallbackUser == nil ? 0 : 1) }, makeRoom: makeRoom) { u in
             users.remove(index: u)
             history.clear(user: u)
         }
@@ -296,6 +308,7 @@ public final class Model: @unchecked Sendable {
         w.u64(appliedSeq)
         w.int(users.count)
         for u in 0..<users.count { w.u64(users.id(at: Int32(u))) }  // 0 = a vacant index
+        w.int32s(users.vacantIndices)
         w.int(items.count)
         for i in 0..<items.count { w.u64(items.id(at: Int32(i))) }
         w.mark("history")
@@ -341,10 +354,9 @@ public final class Model: @unchecked Sendable {
         try r.mark("model")
         let seq = try r.u64(), appliedAt = try r.u64()
         let userCount = try r.int()
-        for _ in 0..<userCount {
-            let id = try r.u64()
-            if id == 0 { users.appendVacant() } else { _ = users.insert(id) }
-        }
+        var userIDs: [UInt64] = []
+        for _ in 0..<userCount { userIDs.append(try r.u64()) }
+        users.restore(ids: userIDs, vacant: try r.int32s())
         fallbackUser = users.index(of: IdLifecycle.fallbackUserID)
         let itemCount = try r.int()
         for _ in 0..<itemCount { _ = items.insert(try r.u64()) }
@@ -389,6 +401,10 @@ public final class Model: @unchecked Sendable {
             let meta = table.meta ?? MetaStart(dimension: table.dimension, events: lifelong.metaEvents, rate: lifelong.metaRate)
             meta.grow(users: userCount)
             try meta.load(from: &r, users: userCount)
+        } else {
+            // Saved without a meta-learned start: the users there are
+            // already under way, not new.
+            table.meta?.markAdapted(users: userCount)
         }
         try replayBuffer.load(from: &r)
         try lifecycle.load(from: &r, users: userCount)
@@ -426,7 +442,7 @@ public final class Model: @unchecked Sendable {
     /// user's row teaches it, and `replay` past events from the reservoir
     /// are learned again by the scorers that replay.
     public func learn(_ event: LearnEvent) {
-        if lifecycle.enabled && lifecycle.learnedGeneration[Int(event.user)] != event.userGeneration {
+        if lifecycle.learnedGeneration[Int(event.user)] != event.userGeneration {
             // The index serves a new user now: forget the old one.
             lifecycle.learnedGeneration[Int(event.user)] = event.userGeneration
             table.resetUser(event.user)
@@ -439,7 +455,7 @@ public final class Model: @unchecked Sendable {
             for _ in 0..<lifelong.replay {
                 guard let past = replayBuffer.draw() else { break }
                 // (An event of a user whose index was reused since is skipped.)
-                if lifecycle.enabled && lifecycle.learnedGeneration[Int(past.user)] != past.userGeneration { continue }
+                if lifecycle.learnedGeneration[Int(past.user)] != past.userGeneration { continue }
                 for s in scorers where s.replays { s.replay(past) }
             }
             replayBuffer.offer(event)
