@@ -186,6 +186,10 @@ public final class GANScorer: Scorer {
         }
     }
 
+    // No experience replay: a step costs a full softmax over the catalogue
+    // (about 140 µs), and replaying one past event per event lowered E5's
+    // recall (0.3686 against 0.3757), so gan keeps `replays` false.
+
     private func step(user: Int32, item: Int32) {
         let count = positives.add(1, ordering: .relaxed).newValue
         let n = learnedItems, S = settings.samples

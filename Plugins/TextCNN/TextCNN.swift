@@ -200,9 +200,23 @@ public final class TextCNNScorer: Scorer {
     public var preferredEpochs: Int { settings.epochs }
 
     public func learn(_ e: LearnEvent) {
-        let positive = e.kind != .rating || e.value >= settings.positiveThreshold
         guard let tokensI = texts.withLock({ $0[e.item] }) else { skippedNoText.add(1, ordering: .relaxed); return }
         if seen.insert(e.item).inserted { seenItems.append(e.item) }
+        bprStep(e, tokensI)
+    }
+
+    /// Experience replay: one more BPR step on a past event (its item seen,
+    /// with text).
+    public var replays: Bool { true }
+    public func replay(_ e: LearnEvent) {
+        guard seen.contains(e.item), let tokensI = texts.withLock({ $0[e.item] }) else { return }
+        bprStep(e, tokensI)
+    }
+
+    /// One BPR step for a positive event against a uniformly drawn item
+    /// with text, its gradients added to the minibatch.
+    private func bprStep(_ e: LearnEvent, _ tokensI: TokenizedText) {
+        let positive = e.kind != .rating || e.value >= settings.positiveThreshold
         guard positive, seenItems.count > 1 else { return }
         var j = e.item
         while j == e.item { j = seenItems[rng.below(seenItems.count)] }
