@@ -1,0 +1,119 @@
+import Foundation
+import Testing
+@testable import PerennialCore
+@testable import PerennialEval
+import PerennialPlugins
+
+/// The lifelong-learning evaluation tools: a version's figures on the log
+/// after it, the drift scenario, and the SVG curve.
+@Suite struct EvaluationToolsTests {
+    func model() throws -> Model {
+        var doc = ConfigDocument(file: "test")
+        doc.set("scorers.load", .array([.string("cf"), .string("popularity")]))
+        return Model(config: try PerennialConfig.load(doc, registry: .builtin), registry: .builtin)
+    }
+
+    func stream(_ n: Int) -> [IncomingEvent] {
+        var rng = SplitMix64(seed: 31)
+        return (0..<n).map { k in
+            IncomingEvent(user: UInt64(rng.below(40) + 1), item: UInt64(rng.below(70) + 1), kind: .rating,
+                          value: Float(rng.below(5) + 1), timestamp: Int64(k + 1))
+        }
+    }
+
+    @Test func aVersionIsScoredOnTheLogAfterIt() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("perennial-ver-\(UUID().uuidString)").path
+        let log = FeedbackLog(directory: dir, policy: .no)
+        try log.openForAppend(lastSeq: 0)
+        let events = stream(3000)
+        let live = try model()
+        var scratch: [LearnEvent] = []
+        var snapshot: [UInt8] = []
+        var segment = 0
+        for (k, batch) in stride(from: 0, to: 3000, by: 100).map({ Array(events[$0..<($0 + 100)]) }).enumerated() {
+            try log.append(.feedback(firstSeq: live.lastSeq + 1, events: batch), lastSeq: live.lastSeq + 100)
+            scratch.removeAll()
+            live.admit(batch, now: 0, into: &scratch)
+            for e in scratch { live.learn(e) }
+            if k == 14 {  // the version: after 1,500 events
+                segment = try log.rollSegment()
+                var w = SnapshotWriter()
+                live.save(to: &w)
+                snapshot = w.bytes
+            }
+        }
+        log.close()
+        // The same figures by hand: the version's model scores, then learns,
+        // each later event under E1's rule.
+        func restored() throws -> Model {
+            let m = try model()
+            var r = SnapshotReader(bytes: snapshot)
+            try m.restore(from: &r)
+            return m
+        }
+        let byHand = try restored()
+        var expected = TopKTally()
+        for e in events[1500...] {
+            if e.value >= 4 && byHand.users.index(of: e.user) != nil && byHand.items.index(of: e.item) != nil {
+                expected.record(rank: byHand.rankOf(e.item, user: e.user, scorer: "cf"))
+            }
+            scratch.removeAll()
+            byHand.admit(CollectionOfOne(e), now: 0, into: &scratch)
+            for l in scratch { byHand.learn(l) }
+        }
+        let figures = try VersionEvaluation.run(model: try restored(), logDirectory: dir, fromSegment: segment, scorer: "cf")
+        #expect(figures.events == 1500)
+        #expect(figures.total == expected && expected.count > 300)
+        let limited = try VersionEvaluation.run(model: try restored(), logDirectory: dir, fromSegment: segment, scorer: "cf", limit: 200)
+        #expect(limited.events == 200)
+    }
+
+    @Test func theDriftStreamHasItsDocumentedShape() {
+        var sc = DriftScenario()
+        sc.events = 12_000
+        let data = sc.stream()
+        #expect(data.ratings == sc.stream().ratings)  // seeded
+        #expect(data.ratings.count == 12_000)
+        // The share of events in the cluster the user's group likes now.
+        func share(_ range: Range<Int>, shift: Int) -> Double {
+            var inCluster = 0
+            for r in data.ratings[range] {
+                let group = Int(r.user - 1) % sc.groups, cluster = Int(r.item - 1) / sc.itemsPerCluster
+                if cluster == (group + shift) % sc.groups { inCluster += 1 }
+            }
+            return Double(inCluster) / Double(range.count)
+        }
+        #expect(share(0..<sc.changeAt, shift: 0) > 0.85)
+        #expect(share(sc.changeAt..<sc.returnAt, shift: 1) > 0.85)
+        #expect(share(sc.returnAt..<sc.events, shift: 0) > 0.85)
+        // Nobody gets an item twice.
+        #expect(Set(data.ratings.map { "\($0.user)-\($0.item)" }).count == data.ratings.count)
+    }
+
+    @Test func driftFiguresFromWindows() {
+        func window(_ hr: Double) -> TopKTally {
+            var t = TopKTally()
+            for k in 0..<100 { t.record(rank: Double(k) < hr * 100 ? 1 : nil) }
+            return t
+        }
+        // Windows of 10 events; change at 40, return at 70.
+        let hrs = [0.5, 0.5, 0.4, 0.4, 0.1, 0.2, 0.45, 0.5, 0.1, 0.3]
+        let r = DriftResult(variant: .online, windows: hrs.map(window), window: 10, changeAt: 40, returnAt: 70)
+        #expect(abs(r.beforeChange - 0.4333) < 0.001)  // windows 1-3
+        #expect(r.recoveryEvents == 30)  // 90% of 0.433 is 0.39: first reached by window 6 (events 60-69)
+        #expect(abs(r.onReturn.hr - (0.5 + 0.1 + 0.3) / 3) < 0.001)
+        // Recovery only counts before the return (window 7 is after it).
+        let never = DriftResult(variant: .online, windows: [0.5, 0.5, 0.5, 0.5, 0.1, 0.1, 0.1, 0.5].map(window), window: 10,
+                                changeAt: 40, returnAt: 70)
+        #expect(never.recoveryEvents == nil)
+    }
+
+    @Test func theCurveDrawsEverySeries() {
+        let plot = CurvePlot(title: "t <&>", xLabel: "x", yLabel: "y",
+                             series: [.init(name: "a", values: [0.1, 0.2, 0.15]), .init(name: "b", values: [0.05, 0.07, 0.06])])
+        let svg = plot.svg
+        #expect(svg.hasPrefix("<svg") && svg.hasSuffix("</svg>\n"))
+        #expect(svg.components(separatedBy: "<polyline").count == 3)
+        #expect(svg.contains(">a<") && svg.contains(">b<") && svg.contains("t &lt;&amp;&gt;"))
+    }
+}
