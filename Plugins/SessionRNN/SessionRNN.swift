@@ -218,7 +218,9 @@ public final class SessionRNNScorer: Scorer {
     }
 
     /// Adagrad on one item row of the shared table with `rowGrad`, using the
-    /// table's per-row accumulator (the row's mean squared gradient).
+    /// table's per-row accumulator (the row's mean squared gradient). Not
+    /// anchored (`[lifelong] anchor_strength`): with the pull toward the
+    /// anchors, E4 fell from 0.1016 to 0.0951.
     private func rowStep(_ item: Int32) {
         adagradRowStep(table.item(item), direction: rowGrad, scale: -1, width: d,
                        accumulator: table.itemAdagrad.row(Int(item)), learningRate: settings.learningRate)

@@ -97,8 +97,17 @@ public final class TextCNNScorer: Scorer {
     private var profile: [Float]
     var itemCount = 0
 
-    public init(settings: TextCNNSettings) {
+    /// Anchored learning of the encoder's dense weights (convolutions and
+    /// projection), when `[lifelong] anchor_strength` > 0: each minibatch
+    /// step adds λ(θ − anchor) to the gradient, and the anchor follows θ as
+    /// a moving average (RowAnchors explains the idea). Learner thread only.
+    let anchor: UnsafeMutablePointer<Float>?
+    let anchorStrength: Float, anchorRate: Float
+
+    public init(settings: TextCNNSettings, anchors: RowAnchors? = nil) {
         self.settings = settings
+        anchorStrength = anchors?.strength ?? 0
+        anchorRate = anchors?.rate ?? 0
         shape = TextEncoderShape(buckets: settings.buckets, tokenDim: settings.tokenDimension, widths: [1, 2, 3],
                                  filters: settings.filters, output: settings.dimension + 1)
         encoder = TextEncoder(shape: shape)
@@ -128,11 +137,14 @@ public final class TextCNNScorer: Scorer {
         dyJ = .init(repeating: 0, count: D)
         diff = .init(repeating: 0, count: D)
         profile = .init(repeating: 0, count: D)
+        anchor = anchors == nil ? nil : .allocate(capacity: n)
         initialiseWeights()
+        anchor?.initialize(from: params, count: n)
     }
 
     deinit {
         for b in [params, grad, adamM, adamV] { b.deallocate() }
+        anchor?.deallocate()
     }
 
     /// Embeddings uniform with the spread of N(0, 0.1); kernels with three
@@ -156,7 +168,7 @@ public final class TextCNNScorer: Scorer {
         name: "text-cnn",
         summary: "a convolutional text encoder trained online by BPR: ranks items, cold ones included, by their text",
         readSettings: { r throws(ConfigError) in try TextCNNSettings.read(r) },
-        make: { s, _ in TextCNNScorer(settings: s as! TextCNNSettings) })
+        make: { s, env in TextCNNScorer(settings: s as! TextCNNSettings, anchors: env.table.anchors) })
 
     /// A user's vector starts as small deterministic noise, bias slot 1.
     private func initialiseUser(_ u: Int) {
@@ -267,7 +279,13 @@ public final class TextCNNScorer: Scorer {
     /// One Adam step from the minibatch's summed gradients.
     private func applyBatch() {
         let dense = shape.kernelOffset(0)
+        if let anchor {
+            for k in dense..<shape.count { grad[k] += anchorStrength * (params[k] - anchor[k]) }
+        }
         adam.step(params + dense, grad: grad + dense, m: adamM + dense, v: adamV + dense, count: shape.count - dense)
+        if let anchor {
+            for k in dense..<shape.count { anchor[k] += anchorRate * (params[k] - anchor[k]) }
+        }
         let e = shape.tokenDim
         pendingEmbeddingGrad.withUnsafeMutableBufferPointer { pe in
             for (id, at) in pendingEmbedding {
@@ -373,6 +391,8 @@ public final class TextCNNScorer: Scorer {
     // MARK: snapshots
 
     public func save(to w: inout SnapshotWriter) {
+        w.bool(anchor != nil)
+        if let anchor { w.floats(anchor, count: shape.count) }
         w.floats(params, count: shape.count)
         w.floats(grad, count: shape.count)
         w.floats(adamM, count: shape.count)
@@ -399,7 +419,13 @@ public final class TextCNNScorer: Scorer {
     }
 
     public func load(from r: inout SnapshotReader) throws {
+        let savedAnchor = try r.bool()
+        let scratchAnchor = savedAnchor && anchor == nil ? UnsafeMutablePointer<Float>.allocate(capacity: shape.count) : nil
+        defer { scratchAnchor?.deallocate() }
+        if savedAnchor { try r.floats(into: anchor ?? scratchAnchor!, count: shape.count) }
         try r.floats(into: params, count: shape.count)
+        // Saved without anchors: the anchor starts at the restored weights.
+        if !savedAnchor, let anchor { anchor.update(from: params, count: shape.count) }
         try r.floats(into: grad, count: shape.count)
         try r.floats(into: adamM, count: shape.count)
         try r.floats(into: adamV, count: shape.count)

@@ -39,7 +39,11 @@ struct Eval: ParsableCommand {
     var json: String?
 
     func run() throws {
-        let cfg = try config.map { try PerennialConfig.load(file: $0, registry: .builtin) } ?? PerennialConfig.defaults(registry: .builtin)
+        // Every scorer section of the file counts, loaded there or not: an
+        // evaluation builds the models it needs itself.
+        let all: ConfigValue = .array(ScorerRegistry.builtin.names.map { .string($0) })
+        let cfg = try config.map { try PerennialConfig.load(file: $0, registry: .builtin, overrides: ["scorers.load": all]) }
+            ?? PerennialConfig.defaults(registry: .builtin)
         let setup = EvalSetup(config: cfg)
         let isDrift = self.protocol.lowercased() == "drift"
         guard isDrift || data != nil else { throw ValidationError("--data FOLDER is needed for \(self.protocol)") }
