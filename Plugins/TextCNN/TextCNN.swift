@@ -100,7 +100,9 @@ public final class TextCNNScorer: Scorer {
     /// Anchored learning of the encoder's dense weights (convolutions and
     /// projection), when `[lifelong] anchor_strength` > 0: each minibatch
     /// step adds λ(θ − anchor) to the gradient, and the anchor follows θ as
-    /// a moving average (RowAnchors explains the idea). Learner thread only.
+    /// a moving average (RowAnchors explains the idea). Holds the weights
+    /// from `shape.kernelOffset(0)` on (the embeddings are not anchored).
+    /// Learner thread only.
     let anchor: UnsafeMutablePointer<Float>?
     let anchorStrength: Float, anchorRate: Float
 
@@ -137,9 +139,10 @@ public final class TextCNNScorer: Scorer {
         dyJ = .init(repeating: 0, count: D)
         diff = .init(repeating: 0, count: D)
         profile = .init(repeating: 0, count: D)
-        anchor = anchors == nil ? nil : .allocate(capacity: n)
+        let dense = shape.kernelOffset(0)
+        anchor = anchors == nil ? nil : .allocate(capacity: n - dense)
         initialiseWeights()
-        anchor?.initialize(from: params, count: n)
+        anchor?.initialize(from: params + dense, count: n - dense)
     }
 
     deinit {
@@ -280,11 +283,11 @@ public final class TextCNNScorer: Scorer {
     private func applyBatch() {
         let dense = shape.kernelOffset(0)
         if let anchor {
-            for k in dense..<shape.count { grad[k] += anchorStrength * (params[k] - anchor[k]) }
+            for k in dense..<shape.count { grad[k] += anchorStrength * (params[k] - anchor[k - dense]) }
         }
         adam.step(params + dense, grad: grad + dense, m: adamM + dense, v: adamV + dense, count: shape.count - dense)
         if let anchor {
-            for k in dense..<shape.count { anchor[k] += anchorRate * (params[k] - anchor[k]) }
+            for k in dense..<shape.count { anchor[k - dense] += anchorRate * (params[k] - anchor[k - dense]) }
         }
         let e = shape.tokenDim
         pendingEmbeddingGrad.withUnsafeMutableBufferPointer { pe in
@@ -391,8 +394,9 @@ public final class TextCNNScorer: Scorer {
     // MARK: snapshots
 
     public func save(to w: inout SnapshotWriter) {
+        let dense = shape.kernelOffset(0)
         w.bool(anchor != nil)
-        if let anchor { w.floats(anchor, count: shape.count) }
+        if let anchor { w.floats(anchor, count: shape.count - dense) }
         w.floats(params, count: shape.count)
         w.floats(grad, count: shape.count)
         w.floats(adamM, count: shape.count)
@@ -419,13 +423,14 @@ public final class TextCNNScorer: Scorer {
     }
 
     public func load(from r: inout SnapshotReader) throws {
+        let dense = shape.kernelOffset(0)
         let savedAnchor = try r.bool()
-        let scratchAnchor = savedAnchor && anchor == nil ? UnsafeMutablePointer<Float>.allocate(capacity: shape.count) : nil
+        let scratchAnchor = savedAnchor && anchor == nil ? UnsafeMutablePointer<Float>.allocate(capacity: shape.count - dense) : nil
         defer { scratchAnchor?.deallocate() }
-        if savedAnchor { try r.floats(into: anchor ?? scratchAnchor!, count: shape.count) }
+        if savedAnchor { try r.floats(into: anchor ?? scratchAnchor!, count: shape.count - dense) }
         try r.floats(into: params, count: shape.count)
         // Saved without anchors: the anchor starts at the restored weights.
-        if !savedAnchor, let anchor { anchor.update(from: params, count: shape.count) }
+        if !savedAnchor, let anchor { anchor.update(from: params + dense, count: shape.count - dense) }
         try r.floats(into: grad, count: shape.count)
         try r.floats(into: adamM, count: shape.count)
         try r.floats(into: adamV, count: shape.count)

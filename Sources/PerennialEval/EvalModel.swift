@@ -55,7 +55,13 @@ extension Model {
         scratch.removeAll(keepingCapacity: true)
         admit(CollectionOfOne(IncomingEvent(user: r.user, item: r.item, kind: .rating, value: r.rating, timestamp: r.timestamp)),
               now: r.timestamp, into: &scratch)
-        if learn { for e in scratch { self.learn(e) } }
+        if learn {
+            for e in scratch { self.learn(e) }
+        } else {
+            // A frozen model learns nothing, but is done with the event (id
+            // expiry waits for the learner to be done with a user's events).
+            applied.store(lastSeq, ordering: .releasing)
+        }
     }
 
     /// Admits and learns `ratings` from scratch as one bulk fit, making the

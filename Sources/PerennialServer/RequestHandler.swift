@@ -332,6 +332,11 @@ final class RequestHandler {
                                    "default_scorer": model.defaultScorer, "config": config.source,
                                    "users": model.users.count, "items": model.items.count, "bytes": size]
         for (k, v) in note { meta[k] = v }
+        // A snapshot that replaced one at the same position keeps that
+        // version's notes (a rollback, a reload), not its figures.
+        var previous = snapshots.metadata(of: file)
+        previous.removeValue(forKey: "e1")
+        meta.merge(previous) { new, _ in new }
         do { try snapshots.writeMetadata(of: file, meta) } catch { Log.warning("snapshot \(file.id): its description was not written: \(error)") }
         // The serialised model was one large buffer: hand its pages back to
         // the OS now rather than keep them as free heap.

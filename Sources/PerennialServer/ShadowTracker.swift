@@ -61,9 +61,13 @@ final class ShadowTracker {
             orderHead += 1
             if pending[u]?.ticket == ticket { pending.removeValue(forKey: u) }
         }
-        // Keep `order` near the size of `pending`.
+        // Keep `order` near the size of `pending`: drop stale entries when
+        // they outnumber live ones, and the consumed prefix when it is large.
         if order.count - orderHead > 2 * pending.count + 1024 {
             order = order[orderHead...].filter { pending[$0.user]?.ticket == $0.ticket }
+            orderHead = 0
+        } else if orderHead > 4096 && orderHead * 2 > order.count {
+            order.removeFirst(orderHead)
             orderHead = 0
         }
     }

@@ -1,5 +1,6 @@
 import Testing
 import PerennialPlugins
+@testable import PerennialEval
 @testable import PerennialCore
 
 /// Experience replay's reservoir, anchored learning and the meta-learned start.
@@ -246,5 +247,34 @@ import PerennialPlugins
         feed(copy, user: 1000, item: 6, at: 5001)
         #expect(copy.users.index(of: 1000) == m.users.index(of: 1000))
         #expect(try copy.recommend(user: 1000, k: 10) == m.recommend(user: 1000, k: 10))
+    }
+
+    @Test func aBoundSetOnAnExistingModelTakesItsOldUsersFirst() throws {
+        let before = try model(["popularity"]) { _ in }
+        for k in 0..<100 { feed(before, user: UInt64(k + 1), item: UInt64(1 + k % 10), at: Int64(k)) }
+        var w = SnapshotWriter()
+        before.save(to: &w)
+        let bounded = try model(["popularity"]) { d in d.set("lifelong.max_users", .integer(50)) }
+        var r = SnapshotReader(bytes: w.bytes)
+        try bounded.restore(from: &r)
+        #expect(bounded.users.liveCount == 100)
+        feed(bounded, user: 5000, item: 3, at: 200)
+        #expect(bounded.users.liveCount <= 50 && bounded.users.index(of: 5000) != nil)
+    }
+
+    @Test func frozenEvaluationsFinishWithABound() throws {
+        // E1's frozen variant admits events it never learns; expiry must
+        // not wait for a learner that will never apply them.
+        var ratings: [Rating] = []
+        var rng = SplitMix64(seed: 8)
+        for k in 0..<2000 {
+            ratings.append(Rating(user: UInt64(rng.below(300) + 1), item: UInt64(rng.below(50) + 1), rating: 5, timestamp: Int64(k)))
+        }
+        var doc = ConfigDocument(file: "test")
+        doc.set("lifelong.max_users", .integer(40))
+        let setup = EvalSetup(config: try PerennialConfig.load(doc, registry: .builtin))
+        let e1 = E1(data: MovieLensData(ratings: ratings, name: "synthetic"), setup: setup)
+        let frozen = try e1.run(scorer: "popularity", variant: .frozen)
+        #expect(frozen.total.count > 0)
     }
 }

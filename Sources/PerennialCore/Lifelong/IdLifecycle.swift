@@ -133,6 +133,24 @@ public final class IdLifecycle {
         w.u64(expired); w.u64(sharedEvents)
     }
 
+    /// After `load`: with a `max_users` bound now but no tracking when the
+    /// snapshot was saved, the users there are unknown to the order. They
+    /// are enrolled as the least recently seen, at time 0 (so the bound, and
+    /// age expiry if it is on, take them first). With age expiry alone, a
+    /// user is tracked from their next event.
+    func enrollUntracked(users: Int, isLive: (Int32) -> Bool) {
+        guard maxUsers > 0 else { return }
+        var enrolled: [(user: Int32, seq: UInt64)] = []
+        for u in 0..<Int32(users) where isLive(u) && lastSeq[Int(u)] == 0 {
+            lastSeq[Int(u)] = 1
+            lastSeen[Int(u)] = 0
+            enrolled.append((u, 1))
+        }
+        guard !enrolled.isEmpty else { return }
+        order = enrolled + order[orderHead...]
+        orderHead = 0
+    }
+
     func load(from r: inout SnapshotReader, users: Int) throws {
         if try r.bool() {
             var s = sketch ?? CountMinSketch()

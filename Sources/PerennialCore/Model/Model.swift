@@ -408,6 +408,7 @@ public final class Model: @unchecked Sendable {
         }
         try replayBuffer.load(from: &r)
         try lifecycle.load(from: &r, users: userCount)
+        lifecycle.enrollUntracked(users: userCount) { u in users.id(at: u) != 0 && u != fallbackUser }
         replayHeld.store(UInt64(replayBuffer.events.count), ordering: .relaxed)
         replayed.store(replayBuffer.drawn, ordering: .relaxed)
         var restored = Set<String>()
