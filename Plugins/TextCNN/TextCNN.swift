@@ -185,7 +185,8 @@ public final class TextCNNScorer: Scorer {
     /// for it waiting in the minibatch start again.
     public func forget(user: Int32) {
         initialiseUser(Int(user))
-        for k in 0..<D { userM.row(Int(user))[k] = 0; userV.row(Int(user))[k] = 0 }
+        userM.row(Int(user)).update(repeating: 0, count: D)
+        userV.row(Int(user)).update(repeating: 0, count: D)
         if let at = pendingUsers[user] { for k in 0..<D { pendingUserGrad[at + k] = 0 } }
     }
 

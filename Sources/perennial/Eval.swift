@@ -213,8 +213,6 @@ private func printTable(_ rows: [(String, TopKTally, Double)], into results: ino
     }
 }
 
-private func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
-private func f(_ x: Double) -> String { String(format: "%.4f", x) }
 
 /// Results of parallel jobs by index. Invariant for @unchecked Sendable:
 /// every access holds `lock`.

@@ -80,5 +80,3 @@ struct Versions: ParsableCommand {
         }
     }
 }
-
-private func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }

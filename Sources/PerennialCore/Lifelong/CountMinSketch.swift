@@ -48,13 +48,12 @@ public struct CountMinSketch: Sendable {
 
     public func save(to w: inout SnapshotWriter) {
         w.int(widthLog2)
-        w.int(counters.count)
-        for c in counters { w.u8(c) }
+        w.block(counters)
     }
 
     public mutating func load(from r: inout SnapshotReader) throws {
-        let savedWidth = try r.int(), n = try r.int()
-        guard savedWidth == widthLog2, n == counters.count else { throw LogError("snapshot: the id-count sketch has another size") }
-        for k in 0..<n { counters[k] = try r.u8() }
+        let savedWidth = try r.int(), saved = try r.block()
+        guard savedWidth == widthLog2, saved.count == counters.count else { throw LogError("snapshot: the id-count sketch has another size") }
+        counters = saved
     }
 }

@@ -68,10 +68,8 @@ public final class IdLifecycle {
 
     /// Counts a sighting of an id not yet admitted; whether it is admitted now.
     func admits(_ id: UInt64) -> Bool {
-        guard var s = sketch else { return true }
-        sketch = nil  // (avoid a copy of the counters while mutating)
-        let n = s.add(id)
-        sketch = s
+        guard sketch != nil else { return true }
+        let n = sketch!.add(id)  // (in place: no copy of the counters)
         if n < minOccurrences { sharedEvents += 1 }
         return n >= minOccurrences
     }

@@ -120,7 +120,7 @@ public final class MetaStart: @unchecked Sendable {
     func save(to w: inout SnapshotWriter, users: Int) {
         w.floats(start, count: dimension); w.floats(spread, count: dimension); w.floats(scale, count: dimension)
         w.f32(accumulator); w.u64(adaptedCount); w.u64(started)
-        for u in 0..<users { w.u32(UInt32(userEvents[u])) }
+        w.rows(userEvents, count: users)
     }
 
     func load(from r: inout SnapshotReader, users: Int) throws {
@@ -129,6 +129,6 @@ public final class MetaStart: @unchecked Sendable {
         accumulator = try r.f32(); adaptedCount = try r.u64()
         adaptedShown.store(adaptedCount, ordering: .relaxed)
         startedShown.store(try r.u64(), ordering: .relaxed)
-        for u in 0..<users { userEvents[u] = UInt16(truncatingIfNeeded: try r.u32()) }
+        try r.rows(into: userEvents, expected: users)
     }
 }

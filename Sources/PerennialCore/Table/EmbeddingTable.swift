@@ -47,7 +47,7 @@ public final class EmbeddingTable: @unchecked Sendable {
             users.ensure(rows: u)
             userAdagrad.ensure(rows: u)
             for r in userRows..<u { initialise(users.row(r), stream: 1, index: r) }
-            anchors?.grow(anchors!.users, rows: users, from: userRows, to: u)
+            if let a = anchors { a.grow(a.users, rows: users, from: userRows, to: u) }
             meta?.grow(users: u)
             userRows = u
         }
@@ -55,7 +55,7 @@ public final class EmbeddingTable: @unchecked Sendable {
             items.ensure(rows: i)
             itemAdagrad.ensure(rows: i)
             for r in itemRows..<i { initialise(items.row(r), stream: 2, index: r) }
-            anchors?.grow(anchors!.items, rows: items, from: itemRows, to: i)
+            if let a = anchors { a.grow(a.items, rows: items, from: itemRows, to: i) }
             itemRows = i
         }
     }
@@ -86,8 +86,12 @@ public final class EmbeddingTable: @unchecked Sendable {
     @inline(__always) public var anchorStrength: Float { anchors?.strength ?? 0 }
 
     /// After a step on a user's / item's row: its anchor follows.
-    @inline(__always) public func userUpdated(_ u: Int32) { anchors?.follow(anchors!.users.row(Int(u)), row: users.row(Int(u))) }
-    @inline(__always) public func itemUpdated(_ i: Int32) { anchors?.follow(anchors!.items.row(Int(i)), row: items.row(Int(i))) }
+    @inline(__always) public func userUpdated(_ u: Int32) {
+        if let a = anchors { a.follow(a.users.row(Int(u)), row: users.row(Int(u))) }
+    }
+    @inline(__always) public func itemUpdated(_ i: Int32) {
+        if let a = anchors { a.follow(a.items.row(Int(i)), row: items.row(Int(i))) }
+    }
 
     /// Per-dimension step scales for a user still in their first events
     /// (the meta-learned start), or nil.
