@@ -72,8 +72,6 @@ public final class CollaborativeFilteringScorer: Scorer {
     /// settings.negativeSampling == "popularity", decided once (a string
     /// compare per sampled negative showed in profiles).
     private let popularityNegatives: Bool
-    /// One row's gradient, for `adagradStep` (learner thread).
-    private let gradScratch: UnsafeMutablePointer<Float>
 
     // Serving-thread scratch.
     private var serveZ: [Float]
@@ -99,13 +97,9 @@ public final class CollaborativeFilteringScorer: Scorer {
         z = [Float](repeating: 0, count: d)
         dz = [Float](repeating: 0, count: d)
         gradI = [Float](repeating: 0, count: d)
-        gradScratch = .allocate(capacity: d)
-        gradScratch.initialize(repeating: 0, count: d)
         serveZ = [Float](repeating: 0, count: d)
         serveScores = [Float](repeating: 0, count: 1024)
     }
-
-    deinit { gradScratch.deallocate() }
 
     public static let factory = ScorerFactory(
         name: "cf",
@@ -259,6 +253,8 @@ public final class CollaborativeFilteringScorer: Scorer {
     }
 
     /// One BPR step for (user, item) against `negatives` sampled items.
+    /// Row steps are Adagrad (Duchi et al. 2011) with one accumulator per
+    /// row, in C (`pk_adagrad_row`: AVX2 where the CPU has it).
     private func rankStep(user: Int32, item: Int32, weight: Float) {
         let ctx = recent[Int(user)]
         let lr = settings.learningRate, reg = settings.regularization
@@ -279,8 +275,7 @@ public final class CollaborativeFilteringScorer: Scorer {
                 let j = sampleNegative(not: item)
                 let vj = table.item(j)
                 let sj = itemStats.row(Int(j))
-                var x = si[Self.biasSlot] - sj[Self.biasSlot]
-                for k in 0..<d { x += z[k] * (vi[k] - vj[k]) }
+                let x = pk_dot_diff(si[Self.biasSlot] - sj[Self.biasSlot], z, vi, vj, d)
                 // d/dx ln σ(x) = σ(−x)
                 let g = weight * sigmoid(-x)
                 if g < 1e-6 { continue }
@@ -291,21 +286,20 @@ public final class CollaborativeFilteringScorer: Scorer {
                 gradBiasI += g
                 // v_j moves away from z; b_j down.
                 let aj = table.itemAnchor(j)
-                adagradStep(vj, grad: { k in -g * z[k] - reg * vj[k] - lambda * (vj[k] - aj[k]) }, accumulator: table.itemAdagrad.row(Int(j)), lr: lr)
+                pk_adagrad_row(vj, aj, z, -g, reg, lambda, table.itemAdagrad.row(Int(j)), lr, nil, d)
                 table.itemUpdated(j)
                 adagradScalar(&sj[Self.biasSlot], grad: -g - reg * sj[Self.biasSlot], accumulator: &sj[Self.biasAdagradSlot], lr: lr)
             }
             if gradBiasI == 0 { return }
             let ai = table.itemAnchor(item)
-            adagradStep(vi, grad: { k in gi[k] - reg * vi[k] - lambda * (vi[k] - ai[k]) }, accumulator: table.itemAdagrad.row(Int(item)), lr: lr)
+            pk_adagrad_row(vi, ai, gi, 1, reg, lambda, table.itemAdagrad.row(Int(item)), lr, nil, d)
             table.itemUpdated(item)
             adagradScalar(&si[Self.biasSlot], grad: gradBiasI - reg * si[Self.biasSlot], accumulator: &si[Self.biasAdagradSlot], lr: lr)
             let p = table.user(user)
             let ap = table.userAnchor(user)
             // A user in their first events steps with the meta-learned
             // per-dimension scales (MetaStart).
-            adagradStep(p, grad: { k in dz[k] - reg * p[k] - lambda * (p[k] - ap[k]) }, accumulator: table.userAdagrad.row(Int(user)), lr: lr,
-                        scale: table.userStepScale(user))
+            pk_adagrad_row(p, ap, dz, 1, reg, lambda, table.userAdagrad.row(Int(user)), lr, table.userStepScale(user), d)
             table.userUpdated(user)
             // Context vectors: ∂z/∂y_c = w_c / sqrt(Σw).
             if totalWeight > 0 {
@@ -314,36 +308,14 @@ public final class CollaborativeFilteringScorer: Scorer {
                 for c in ctx.reversed() {
                     if taken == settings.contextItems { break }
                     let y = context.row(Int(c))
-                    let scale = w
                     let a = contextAnchor?.row(Int(c)) ?? y
-                    adagradStep(y, grad: { k in scale * dz[k] - reg * y[k] - lambda * (y[k] - a[k]) }, accumulator: contextAdagrad.row(Int(c)), lr: lr)
+                    pk_adagrad_row(y, a, dz, w, reg, lambda, contextAdagrad.row(Int(c)), lr, nil, d)
                     if let anchors = table.anchors { anchors.follow(a, row: y) }
                     w *= settings.contextDecay
                     taken += 1
                 }
             }
         }}}
-    }
-
-    /// Adagrad with one accumulator per row: G += mean(g²); row += lr·g/√G
-    /// (times a per-dimension scale when given).
-    @inline(__always)
-    private func adagradStep(_ row: UnsafeMutablePointer<Float>, grad: (Int) -> Float, accumulator: UnsafeMutablePointer<Float>, lr: Float,
-                             scale: UnsafePointer<Float>? = nil) {
-        let g = gradScratch  // read the stored pointer once, not per element
-        var sq: Float = 0
-        for k in 0..<d {
-            let gk = grad(k)
-            g[k] = gk
-            sq += gk * gk
-        }
-        accumulator.pointee += sq / Float(d)
-        let step = lr / (accumulator.pointee + 1e-8).squareRoot()
-        if let scale {
-            for k in 0..<d { row[k] += step * scale[k] * g[k] }
-        } else {
-            for k in 0..<d { row[k] += step * g[k] }
-        }
     }
 
     @inline(__always)

@@ -24,6 +24,44 @@ import Testing
         print("dot kernel fast path in use: \(pk_has_fast_path() == 1)")
     }
 
+    /// The learners' row kernels (dot, BPR margin, Adagrad step with L2 and
+    /// anchor pulls) agree with their plain loops, and the plain Adagrad
+    /// step agrees with the formula written out here.
+    @Test(arguments: [1, 7, 8, 15, 16, 17, 64, 67])
+    func rowUpdateKernelsEqualPlainLoops(dim n: Int) {
+        var rng = SplitMix64(seed: 100 + UInt64(n))
+        func vector() -> [Float] { (0..<n).map { _ in rng.nextSignedUnitFloat() } }
+        let a = vector(), b = vector(), z = vector()
+        #expect(abs(pk_dot(a, b, n) - pk_dot_plain(a, b, n)) <= 1e-5 * Float(n))
+        #expect(abs(pk_dot_diff(0.5, z, a, b, n) - pk_dot_diff_plain(0.5, z, a, b, n)) <= 1e-5 * Float(n))
+        for (anchored, scaled) in [(false, false), (true, false), (false, true), (true, true)] {
+            let start = vector(), anchor = vector(), v = vector(), scale = vector().map { 1 + $0 / 2 }
+            var fast = start, plain = start, written = start
+            var accFast: Float = 0.3, accPlain: Float = 0.3
+            let alpha: Float = -0.7, reg: Float = 0.01, lambda: Float = anchored ? 0.2 : 0
+            scale.withUnsafeBufferPointer { sp in
+            anchor.withUnsafeBufferPointer { ap in
+                let s = scaled ? sp.baseAddress : nil
+                fast.withUnsafeMutableBufferPointer { f in
+                    pk_adagrad_row(f.baseAddress, anchored ? ap.baseAddress : UnsafePointer(f.baseAddress), v, alpha, reg, lambda, &accFast, 0.1, s, n)
+                }
+                plain.withUnsafeMutableBufferPointer { p in
+                    pk_adagrad_row_plain(p.baseAddress, anchored ? ap.baseAddress : UnsafePointer(p.baseAddress), v, alpha, reg, lambda, &accPlain, 0.1, s, n)
+                }
+            }}
+            let g = (0..<n).map { k in alpha * v[k] - reg * start[k] - lambda * (start[k] - (anchored ? anchor[k] : start[k])) }
+            let acc: Float = 0.3 + g.map { $0 * $0 }.reduce(0, +) / Float(n)
+            let step = 0.1 / (acc + 1e-8).squareRoot()
+            for k in 0..<n { written[k] += step * (scaled ? scale[k] : 1) * g[k] }
+            #expect(abs(accFast - accPlain) <= 1e-5 && abs(accPlain - acc) <= 1e-5)
+            for k in 0..<n {
+                #expect(abs(fast[k] - plain[k]) <= 1e-5)
+                #expect(abs(plain[k] - written[k]) <= 1e-5)
+            }
+            #expect(fast != start)
+        }
+    }
+
     @Test func tableGrowsAcrossChunksDeterministically() {
         let a = EmbeddingTable(dimension: 16, seed: 7), b = EmbeddingTable(dimension: 16, seed: 7)
         a.grow(users: 3, items: 2000)

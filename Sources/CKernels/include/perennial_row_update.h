@@ -1,0 +1,40 @@
+// Row updates for the online learners: a dot product, a dot product with a
+// difference, and one Adagrad step on a table row with an L2 pull and an
+// anchor pull.
+//
+// Each has a plain C loop (the reference, and the fallback on CPUs without
+// AVX2/FMA) and an AVX2+FMA version chosen at run time, like pk_dot_rows.
+// The fast versions sum in a different order, so results agree with the
+// plain ones to float rounding, not bit for bit; tests hold them together.
+#ifndef PERENNIAL_ROW_UPDATE_H
+#define PERENNIAL_ROW_UPDATE_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// The sum over k of a[k] * b[k].
+float pk_dot(const float *a, const float *b, size_t n);
+float pk_dot_plain(const float *a, const float *b, size_t n);
+
+/// start + the sum over k of z[k] * (a[k] - b[k]): a BPR margin.
+float pk_dot_diff(float start, const float *z, const float *a, const float *b, size_t n);
+float pk_dot_diff_plain(float start, const float *z, const float *a, const float *b, size_t n);
+
+/// One Adagrad step (Duchi et al. 2011, one accumulator per row) on `row`:
+///   g[k] = alpha * v[k] - reg * row[k] - lambda * (row[k] - anchor[k])
+///   *accumulator += mean(g[k]^2)
+///   row[k] += lr / sqrt(*accumulator + 1e-8) * scale[k] * g[k]
+/// `anchor` may be `row` itself (no pull); `scale` may be NULL (all 1).
+/// `row` must not overlap `v`; `anchor` is either `row` or disjoint from it.
+void pk_adagrad_row(float *row, const float *anchor, const float *v, float alpha, float reg, float lambda,
+                    float *accumulator, float lr, const float *scale, size_t n);
+void pk_adagrad_row_plain(float *row, const float *anchor, const float *v, float alpha, float reg, float lambda,
+                          float *accumulator, float lr, const float *scale, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

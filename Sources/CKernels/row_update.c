@@ -1,0 +1,151 @@
+// See perennial_row_update.h. The plain loops keep the order of the Swift
+// code they replaced (sequential sums), so without AVX2 the learners'
+// figures are unchanged; the fast versions keep several 8-wide partial sums,
+// which removes the one-add-at-a-time dependency chain that dominated the
+// learner's profile.
+#include "perennial_row_update.h"
+#include "perennial_kernels.h"
+#include <math.h>
+
+float pk_dot_plain(const float *a, const float *b, size_t n) {
+    float s = 0;
+    for (size_t k = 0; k < n; k++) s += a[k] * b[k];
+    return s;
+}
+
+float pk_dot_diff_plain(float start, const float *z, const float *a, const float *b, size_t n) {
+    float s = start;
+    for (size_t k = 0; k < n; k++) s += z[k] * (a[k] - b[k]);
+    return s;
+}
+
+static inline float adagrad_gradient(const float *row, const float *anchor, const float *v, float alpha, float reg,
+                                     float lambda, size_t k) {
+    return alpha * v[k] - reg * row[k] - lambda * (row[k] - anchor[k]);
+}
+
+void pk_adagrad_row_plain(float *row, const float *anchor, const float *v, float alpha, float reg, float lambda,
+                          float *accumulator, float lr, const float *scale, size_t n) {
+    float sq = 0;
+    for (size_t k = 0; k < n; k++) {
+        float g = adagrad_gradient(row, anchor, v, alpha, reg, lambda, k);
+        sq += g * g;
+    }
+    *accumulator += sq / (float)n;
+    const float step = lr / sqrtf(*accumulator + 1e-8f);
+    // The gradient is computed again rather than kept: `row` changes only in
+    // this loop, element by element, after its own gradient is read.
+    for (size_t k = 0; k < n; k++) {
+        float g = adagrad_gradient(row, anchor, v, alpha, reg, lambda, k);
+        row[k] += scale ? step * scale[k] * g : step * g;
+    }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+
+__attribute__((target("avx2,fma")))
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+__attribute__((target("avx2,fma")))
+static float dot_avx2(const float *a, const float *b, size_t n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    size_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(b + k + 8), s1);
+    }
+    for (; k + 8 <= n; k += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), s0);
+    float s = hsum8(_mm256_add_ps(s0, s1));
+    for (; k < n; k++) s += a[k] * b[k];
+    return s;
+}
+
+__attribute__((target("avx2,fma")))
+static float dot_diff_avx2(float start, const float *z, const float *a, const float *b, size_t n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    size_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(z + k), _mm256_sub_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k)), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(z + k + 8),
+                             _mm256_sub_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(b + k + 8)), s1);
+    }
+    for (; k + 8 <= n; k += 8)
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(z + k), _mm256_sub_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k)), s0);
+    float s = start + hsum8(_mm256_add_ps(s0, s1));
+    for (; k < n; k++) s += z[k] * (a[k] - b[k]);
+    return s;
+}
+
+__attribute__((target("avx2,fma")))
+static inline __m256 adagrad_gradient8(const float *row, const float *anchor, const float *v, __m256 alpha, __m256 reg,
+                                       __m256 lambda, size_t k) {
+    __m256 r = _mm256_loadu_ps(row + k);
+    __m256 g = _mm256_mul_ps(alpha, _mm256_loadu_ps(v + k));
+    g = _mm256_fnmadd_ps(reg, r, g);
+    return _mm256_fnmadd_ps(lambda, _mm256_sub_ps(r, _mm256_loadu_ps(anchor + k)), g);
+}
+
+__attribute__((target("avx2,fma")))
+static void adagrad_row_avx2(float *row, const float *anchor, const float *v, float alpha, float reg, float lambda,
+                             float *accumulator, float lr, const float *scale, size_t n) {
+    const __m256 va = _mm256_set1_ps(alpha), vr = _mm256_set1_ps(reg), vl = _mm256_set1_ps(lambda);
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    size_t main = n & ~(size_t)7, k = 0;
+    for (; k + 16 <= main; k += 16) {
+        __m256 g0 = adagrad_gradient8(row, anchor, v, va, vr, vl, k);
+        __m256 g1 = adagrad_gradient8(row, anchor, v, va, vr, vl, k + 8);
+        s0 = _mm256_fmadd_ps(g0, g0, s0);
+        s1 = _mm256_fmadd_ps(g1, g1, s1);
+    }
+    for (; k < main; k += 8) {
+        __m256 g0 = adagrad_gradient8(row, anchor, v, va, vr, vl, k);
+        s0 = _mm256_fmadd_ps(g0, g0, s0);
+    }
+    float sq = hsum8(_mm256_add_ps(s0, s1));
+    for (; k < n; k++) {
+        float g = adagrad_gradient(row, anchor, v, alpha, reg, lambda, k);
+        sq += g * g;
+    }
+    *accumulator += sq / (float)n;
+    const float step = lr / sqrtf(*accumulator + 1e-8f);
+    const __m256 vs = _mm256_set1_ps(step);
+    for (k = 0; k < main; k += 8) {
+        __m256 g = adagrad_gradient8(row, anchor, v, va, vr, vl, k);
+        __m256 s = scale ? _mm256_mul_ps(vs, _mm256_loadu_ps(scale + k)) : vs;
+        _mm256_storeu_ps(row + k, _mm256_fmadd_ps(s, g, _mm256_loadu_ps(row + k)));
+    }
+    for (; k < n; k++) {
+        float g = adagrad_gradient(row, anchor, v, alpha, reg, lambda, k);
+        row[k] += scale ? step * scale[k] * g : step * g;
+    }
+}
+
+float pk_dot(const float *a, const float *b, size_t n) {
+    return pk_has_fast_path() ? dot_avx2(a, b, n) : pk_dot_plain(a, b, n);
+}
+
+float pk_dot_diff(float start, const float *z, const float *a, const float *b, size_t n) {
+    return pk_has_fast_path() ? dot_diff_avx2(start, z, a, b, n) : pk_dot_diff_plain(start, z, a, b, n);
+}
+
+void pk_adagrad_row(float *row, const float *anchor, const float *v, float alpha, float reg, float lambda,
+                    float *accumulator, float lr, const float *scale, size_t n) {
+    if (pk_has_fast_path()) adagrad_row_avx2(row, anchor, v, alpha, reg, lambda, accumulator, lr, scale, n);
+    else pk_adagrad_row_plain(row, anchor, v, alpha, reg, lambda, accumulator, lr, scale, n);
+}
+#else
+float pk_dot(const float *a, const float *b, size_t n) { return pk_dot_plain(a, b, n); }
+float pk_dot_diff(float start, const float *z, const float *a, const float *b, size_t n) {
+    return pk_dot_diff_plain(start, z, a, b, n);
+}
+void pk_adagrad_row(float *row, const float *anchor, const float *v, float alpha, float reg, float lambda,
+                    float *accumulator, float lr, const float *scale, size_t n) {
+    pk_adagrad_row_plain(row, anchor, v, alpha, reg, lambda, accumulator, lr, scale, n);
+}
+#endif
