@@ -372,20 +372,51 @@ public final class CollaborativeFilteringScorer: Scorer {
                         top.push(i, blend.score(near: nb[Int(i)], factor: f[Int(i)]))
                     }
                 } else {
-                    // The whole catalogue: a plain loop (no closure per item),
-                    // and only scores that beat the current k-th reach the heap.
-                    var threshold = top.threshold
-                    for i in 0..<query.itemCount {
-                        let s = blend.score(near: nb[i], factor: f[i])
-                        if s > threshold || top.count < top.k, !query.exclusions.contains(Int32(i)) {
-                            top.push(Int32(i), s)
-                            threshold = top.threshold
-                        }
-                    }
+                    selectFromCatalogue(query, blend: blend, near: nb, factor: f, into: &top)
                 }
             }
         }
         clearNeighbourScores()
+    }
+
+    /// Top-k over the whole catalogue. Items with a neighbourhood score
+    /// (`touched`, a few hundred at most) are pushed first; every other item
+    /// scores wf · (factor − mean), which orders like its factor score, so a
+    /// SIMD scan (`pk_next_at_least`) visits only the items whose factor
+    /// score can beat the current k-th. The heap sees exactly the scores the
+    /// plain loop would compute, and ties resolve by index either way, so
+    /// the result is the same as scoring every item.
+    private func selectFromCatalogue(_ query: ScoringQuery, blend: Blend, near nb: UnsafePointer<Float>,
+                                     factor f: UnsafePointer<Float>, into top: inout TopK) {
+        let n = query.itemCount
+        guard blend.wf > 0, blend.wf.isFinite, blend.mean.isFinite else {
+            // No factor part to order by: the plain loop.
+            for i in 0..<n where !query.exclusions.contains(Int32(i)) { top.push(Int32(i), blend.score(near: nb[i], factor: f[i])) }
+            return
+        }
+        // The factor scores are scratch: a touched item's is set to NaN
+        // once it has been pushed, so the scan passes over it.
+        let scratch = UnsafeMutablePointer(mutating: f)
+        for j in touched where Int(j) < n && !f[Int(j)].isNaN {
+            let s = blend.score(near: nb[Int(j)], factor: f[Int(j)])
+            if !query.exclusions.contains(j) { top.push(j, s) }
+            scratch[Int(j)] = .nan
+        }
+        var i = 0
+        while i < n {
+            // s >= threshold needs factor >= mean + threshold / wf; the margin
+            // covers rounding, so no item that would enter is skipped.
+            var bound = -Float.infinity
+            if top.count == top.k {
+                let b = blend.mean + top.threshold / blend.wf
+                bound = b - 1e-3 * (abs(b) + abs(blend.mean)) - 1e-6
+                if !bound.isFinite { bound = b }
+            }
+            i = pk_next_at_least(f, i, n, bound)
+            guard i < n else { break }
+            if !query.exclusions.contains(Int32(i)) { top.push(Int32(i), blend.score(near: nb[i], factor: f[i])) }
+            i += 1
+        }
     }
 
     public func score(_ query: ScoringQuery, items: [Int32?]) -> [Float] {
@@ -420,12 +451,7 @@ public final class CollaborativeFilteringScorer: Scorer {
             let nbMax = neighbourScores(recentItems, into: near)
             var sum: Double = 0, sq: Double = 0
             itemStats.forEachChunk(rows: n) { first, stats, count in
-                for r in 0..<count {
-                    let v = factor[first + r] + stats[3 * r + Self.biasSlot]
-                    factor[first + r] = v
-                    sum += Double(v)
-                    sq += Double(v) * Double(v)
-                }
+                pk_add_bias_moments(factor + first, stats + Self.biasSlot, 3, count, &sum, &sq)
             }
             let mean = Float(sum / Double(max(n, 1)))
             let std = Float(max(sq / Double(max(n, 1)) - Double(mean) * Double(mean), 1e-12).squareRoot())

@@ -12,6 +12,24 @@ void pk_dot_rows_plain(const float *rows, size_t count, size_t dim, const float 
     }
 }
 
+void pk_add_bias_moments_plain(float *scores, const float *stats, size_t stride, size_t count, double *sum, double *sq) {
+    double s = *sum, q = *sq;
+    for (size_t r = 0; r < count; r++) {
+        float v = scores[r] + stats[r * stride];
+        scores[r] = v;
+        s += (double)v;
+        q += (double)v * (double)v;
+    }
+    *sum = s;
+    *sq = q;
+}
+
+size_t pk_next_at_least_plain(const float *x, size_t from, size_t count, float threshold) {
+    for (size_t i = from; i < count; i++)
+        if (x[i] >= threshold) return i;
+    return count;
+}
+
 // Plain loops over contiguous rows: the inner loop is an axpy, which the
 // compiler vectorises at -O3 for whatever the baseline ISA offers.
 void pk_matvec_t_acc(const float *m, size_t rows, size_t cols, const float *v, float *out) {
@@ -71,22 +89,77 @@ static void dot_rows_avx2(const float *rows, size_t count, size_t dim, const flo
     }
 }
 
-static int fast_path_state = -1;
-
-int pk_has_fast_path(void) {
-    if (fast_path_state < 0) {
-        __builtin_cpu_init();
-        fast_path_state = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+// Four independent double sums (the plain loop is one long chain of
+// dependent adds); the strided bias loads stay scalar.
+__attribute__((target("avx2,fma")))
+static void add_bias_moments_avx2(float *scores, const float *stats, size_t stride, size_t count, double *sum, double *sq) {
+    __m256d s = _mm256_setzero_pd(), q = _mm256_setzero_pd();
+    size_t r = 0;
+    for (; r + 4 <= count; r += 4) {
+        __m128 b = _mm_set_ps(stats[(r + 3) * stride], stats[(r + 2) * stride], stats[(r + 1) * stride], stats[r * stride]);
+        __m128 v = _mm_add_ps(_mm_loadu_ps(scores + r), b);
+        _mm_storeu_ps(scores + r, v);
+        __m256d d = _mm256_cvtps_pd(v);
+        s = _mm256_add_pd(s, d);
+        q = _mm256_fmadd_pd(d, d, q);
     }
-    return fast_path_state;
+    double ls[4], lq[4];
+    _mm256_storeu_pd(ls, s);
+    _mm256_storeu_pd(lq, q);
+    double ts = *sum + ((ls[0] + ls[1]) + (ls[2] + ls[3])), tq = *sq + ((lq[0] + lq[1]) + (lq[2] + lq[3]));
+    for (; r < count; r++) {
+        float v = scores[r] + stats[r * stride];
+        scores[r] = v;
+        ts += (double)v;
+        tq += (double)v * (double)v;
+    }
+    *sum = ts;
+    *sq = tq;
 }
+
+// Eight comparisons per step; an ordered compare, so NaN never qualifies.
+__attribute__((target("avx2,fma")))
+static size_t next_at_least_avx2(const float *x, size_t from, size_t count, float threshold) {
+    const __m256 t = _mm256_set1_ps(threshold);
+    size_t i = from;
+    for (; i + 8 <= count; i += 8) {
+        int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), t, _CMP_GE_OQ));
+        if (mask) return i + (size_t)__builtin_ctz((unsigned)mask);
+    }
+    return pk_next_at_least_plain(x, i, count, threshold);
+}
+
+// Decided once, before main, so the learner and serving threads only ever
+// read it.
+static int fast_path_state = 0;
+
+__attribute__((constructor)) static void detect_fast_path(void) {
+    __builtin_cpu_init();
+    fast_path_state = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+int pk_has_fast_path(void) { return fast_path_state; }
 
 void pk_dot_rows(const float *rows, size_t count, size_t dim, const float *query, float *out) {
     if (pk_has_fast_path()) dot_rows_avx2(rows, count, dim, query, out);
     else pk_dot_rows_plain(rows, count, dim, query, out);
 }
+void pk_add_bias_moments(float *scores, const float *stats, size_t stride, size_t count, double *sum, double *sq) {
+    if (pk_has_fast_path()) add_bias_moments_avx2(scores, stats, stride, count, sum, sq);
+    else pk_add_bias_moments_plain(scores, stats, stride, count, sum, sq);
+}
+
+size_t pk_next_at_least(const float *x, size_t from, size_t count, float threshold) {
+    return pk_has_fast_path() ? next_at_least_avx2(x, from, count, threshold) : pk_next_at_least_plain(x, from, count, threshold);
+}
 #else
 int pk_has_fast_path(void) { return 0; }
+void pk_add_bias_moments(float *scores, const float *stats, size_t stride, size_t count, double *sum, double *sq) {
+    pk_add_bias_moments_plain(scores, stats, stride, count, sum, sq);
+}
+size_t pk_next_at_least(const float *x, size_t from, size_t count, float threshold) {
+    return pk_next_at_least_plain(x, from, count, threshold);
+}
 void pk_dot_rows(const float *rows, size_t count, size_t dim, const float *query, float *out) {
     pk_dot_rows_plain(rows, count, dim, query, out);
 }

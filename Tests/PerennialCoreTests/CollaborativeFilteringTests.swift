@@ -44,6 +44,28 @@ import PerennialPlugins
         #expect(!recs.contains { [60, 70, 80].contains($0.item) })
     }
 
+    /// The catalogue scan (neighbourhood items first, then a SIMD scan on
+    /// factor scores) returns exactly what pushing every item's score does:
+    /// the same items, scores and tie order as the candidate path over the
+    /// whole catalogue, and as sorting `score`'s answers.
+    @Test func catalogueScanEqualsScoringEveryItem() throws {
+        let model = try plantedModel(events: 6000)
+        let all = (1...100).map { UInt64($0) }
+        for user: UInt64 in [1, 2, 7, 150, 199] {
+            for k in [1, 10, 40, 120] {
+                let scanned = try model.recommend(user: user, k: k)
+                let pushed = try model.recommend(user: user, k: k, candidates: all)
+                #expect(scanned.map(\.item) == pushed.map(\.item))
+                #expect(scanned.map(\.score) == pushed.map(\.score))
+                let seen = Set(model.users.index(of: user).map { model.history.items(of: $0).map { model.items.id(at: $0) } } ?? [])
+                let index = { (id: UInt64) in model.items.index(of: id)! }
+                let sorted = zip(all, try model.score(user: user, items: all)).filter { !seen.contains($0.0) }
+                    .sorted { $0.1.score > $1.1.score || ($0.1.score == $1.1.score && index($0.0) < index($1.0)) }
+                #expect(scanned.map(\.item) == sorted.prefix(k).map(\.0), "user \(user) k \(k)")
+            }
+        }
+    }
+
     @Test func ratingHeadPredictsWithinTheSeenRange() throws {
         var doc = ConfigDocument(file: "test")
         doc.set("scorers.load", .array([.string("cf")]))

@@ -62,6 +62,45 @@ import Testing
         }
     }
 
+    /// The bias-and-moments pass and the top-k scan agree with their plain
+    /// loops (the scan exactly, NaN never qualifying).
+    @Test(arguments: [0, 3, 8, 13, 100, 1031])
+    func servingKernelsEqualPlainLoops(count n: Int) {
+        var rng = SplitMix64(seed: 7 + UInt64(n))
+        let start = (0..<n).map { _ in rng.nextSignedUnitFloat() * 10 }
+        var stats = (0..<(3 * n)).map { _ in rng.nextSignedUnitFloat() }
+        if n > 5 { stats[3 * 5] = .nan }
+        var fast = start, plain = start
+        var sf = 1.5, qf = 2.0, sp = 1.5, qp = 2.0
+        pk_add_bias_moments(&fast, stats, 3, n, &sf, &qf)
+        pk_add_bias_moments_plain(&plain, stats, 3, n, &sp, &qp)
+        #expect(fast.map(\.bitPattern) == plain.map(\.bitPattern))
+        #expect(n <= 5 || (sf.isNaN && sp.isNaN))
+        if n > 5 { fast[5] = 0; plain[5] = 0 }
+        var s2 = 0.0, q2 = 0.0, s3 = 0.0, q3 = 0.0
+        pk_add_bias_moments(&fast, stats.map { $0.isNaN ? 0 : $0 }, 3, n, &s2, &q2)
+        pk_add_bias_moments_plain(&plain, stats.map { $0.isNaN ? 0 : $0 }, 3, n, &s3, &q3)
+        #expect(abs(s2 - s3) <= 1e-9 * max(1, abs(s3)) && abs(q2 - q3) <= 1e-9 * max(1, q3))
+        for threshold: Float in [-.infinity, -5, 0, 3, 9.5, .infinity] {
+            var i = 0, found: [Int] = [], expected: [Int] = []
+            while true {
+                i = pk_next_at_least(fast, i, n, threshold)
+                if i >= n { break }
+                found.append(i)
+                i += 1
+            }
+            i = 0
+            while true {
+                i = pk_next_at_least_plain(fast, i, n, threshold)
+                if i >= n { break }
+                expected.append(i)
+                i += 1
+            }
+            #expect(found == expected)
+            #expect(expected == fast.indices.filter { fast[$0] >= threshold })
+        }
+    }
+
     @Test func tableGrowsAcrossChunksDeterministically() {
         let a = EmbeddingTable(dimension: 16, seed: 7), b = EmbeddingTable(dimension: 16, seed: 7)
         a.grow(users: 3, items: 2000)

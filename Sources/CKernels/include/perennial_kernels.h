@@ -1,4 +1,5 @@
-// Dot-product kernels for scoring a query vector against many rows.
+// Kernels for scoring a query vector against many rows: dot products, the
+// bias and moments pass, and the top-k scan.
 //
 // The plain C loop is the reference; an AVX2+FMA version is compiled with a
 // target attribute (no global -mavx2, so the binary runs on any x86-64) and
@@ -26,6 +27,18 @@ void pk_matvec_t_acc(const float *m, size_t rows, size_t cols, const float *v, f
 /// m[r*cols + c] += a[r] * b[c]: accumulates an outer product (a weight
 /// matrix's gradient from one step).
 void pk_outer_acc(float *m, size_t rows, size_t cols, const float *a, const float *b);
+
+/// scores[r] += stats[r * stride] for r in 0..<count (adds each item's
+/// bias), and adds the new scores and their squares to *sum and *sq (in
+/// double: the moments that standardise a catalogue's scores).
+void pk_add_bias_moments(float *scores, const float *stats, size_t stride, size_t count, double *sum, double *sq);
+void pk_add_bias_moments_plain(float *scores, const float *stats, size_t stride, size_t count, double *sum, double *sq);
+
+/// The first index i in from..<count with x[i] >= threshold (NaN never
+/// qualifies), or count: the scan behind top-k selection, which visits only
+/// the items that can beat the current k-th.
+size_t pk_next_at_least(const float *x, size_t from, size_t count, float threshold);
+size_t pk_next_at_least_plain(const float *x, size_t from, size_t count, float threshold);
 
 /// 1 when pk_dot_rows uses the AVX2+FMA path on this CPU.
 int pk_has_fast_path(void);
