@@ -122,6 +122,15 @@ def report(d: str, runs: int) -> None:
         lines.append(f"| {c} | {fmt(rps)} | {fmt(med(series(f'rec-c{c}-*.json', 'p50_us')))} | "
                      f"{fmt(med(series(f'rec-c{c}-*.json', 'p99_us')))} | {fmt(med(series(f'rec-c{c}-*.json', 'p999_us')))} | "
                      f"{fmt(scored)} | {ratio(scored, mv)} |")
+    open_rate = med([float(open(p).read()) for p in glob.glob(os.path.join(d, "rec-open-rate-*.txt"))])
+    if open_rate is not None:
+        lines.append(f"| 16, open loop at {fmt(open_rate)} req/s (half the closed-loop figure) | "
+                     f"{fmt(med(series('rec-open-*.json', 'throughput')))} | {fmt(med(series('rec-open-*.json', 'p50_us')))} | "
+                     f"{fmt(med(series('rec-open-*.json', 'p99_us')))} | {fmt(med(series('rec-open-*.json', 'p999_us')))} | | |")
+    lines += ["", "Closed loop: each connection sends its next request when the last reply arrives, so the rows measure "
+              "capacity, and their latency at 16 or 64 connections is mostly waiting in line behind the other "
+              "connections' requests. The open-loop row sends on a fixed schedule (latency from the intended send time) "
+              "at half the 16-connection capacity."]
     lines += ["", f"numpy (OPENBLAS_NUM_THREADS=1) scores {fmt(mv)} items/s in one matrix-vector product "
               f"({fmt(med(series('matvec-*.json', 'matvec_us')), 1)} µs per 9,742 × 64 product)."]
     applied = []
@@ -146,6 +155,7 @@ def report(d: str, runs: int) -> None:
     r16 = med(series("rec-c16-*.json", "throughput"))
     bound = ratio_value(None if r16 is None else r16 * 9742, mv)
     p99 = med(series("rec-c16-*.json", "p99_us"))
+    open_p99 = med(series("rec-open-*.json", "p99_us"))
     ingest = ratio_value(rate, rv)
     fresh = med(series("fresh-*.json", "p99_us"))
 
@@ -154,7 +164,9 @@ def report(d: str, runs: int) -> None:
     lines += ["", "## Against the goals", "", "| goal | measured | |", "| --- | --- | --- |",
               row("PING pipeline 1 >= 1.0 x redis (same client)", f"{p1:.2f} x" if p1 else "n/a", p1 is not None and p1 >= 1.0),
               row("PING pipeline 16 >= 1.3 x redis (same client)", f"{p16:.2f} x" if p16 else "n/a", p16 is not None and p16 >= 1.3),
-              row("RECOMMEND p99 <= 1 ms at 16 connections", f"{fmt(p99)} µs", p99 is not None and p99 <= 1000),
+              row("RECOMMEND p99 <= 1 ms at 16 connections (closed loop)", f"{fmt(p99)} µs", p99 is not None and p99 <= 1000),
+              row(f"RECOMMEND p99 <= 1 ms at 16 connections (open loop, {fmt(open_rate)} req/s)", f"{fmt(open_p99)} µs",
+                  open_p99 is not None and open_p99 <= 1000),
               row("RECOMMEND scoring >= 70% of the numpy matvec bound", f"{bound:.2f} x" if bound else "n/a", bound is not None and bound >= 0.7),
               row("ingest >= 10 x River BiasedMF", f"{ingest:.2f} x" if ingest else "n/a", ingest is not None and ingest >= 10),
               row("ml-latest-small replay < 1 s", f"{fmt(secs, 2)} s", secs is not None and secs < 1),

@@ -8,7 +8,8 @@
 # measures in the same run: PING at 50 connections, pipeline 1 and 16,
 # against redis-server through the same client (perennial bench --redis) and
 # with redis-benchmark; RECOMMEND top-10 over ml-latest-small at 1, 16 and 64
-# connections beside numpy's single-core matrix-vector bound; feedback ingest
+# connections beside numpy's single-core matrix-vector bound, and at 16
+# connections open loop at half that throughput; feedback ingest
 # (perennial replay, fsync everysec) beside River's BiasedMF predict+learn
 # rate; and freshness. Needs redis-server/redis-benchmark (Debian
 # redis-server, redis-tools), python3 with numpy, and River (pip install
@@ -55,6 +56,12 @@ for run in $(seq "$RUNS"); do
     for c in 1 16 64; do
         $CLIENT_CPU "$BIN" bench recommend --port $PORT --connections $c --duration 5 --json "$OUT/rec-c$c-$run.json" >/dev/null
     done
+    # The closed loop above measures capacity: at 16 connections its latency
+    # is mostly queueing (16 requests in line). Latency at a load below
+    # capacity is an open-loop run at half the 16-connection throughput.
+    HALF=$(python3 -c "import json; print(max(100, int(json.load(open('$OUT/rec-c16-$run.json'))['throughput'] / 2)))")
+    $CLIENT_CPU "$BIN" bench recommend --port $PORT --connections 16 --rate "$HALF" --duration 5 --json "$OUT/rec-open-$run.json" >/dev/null
+    echo "$HALF" >"$OUT/rec-open-rate-$run.txt"
     $CLIENT_CPU "$BIN" bench freshness --port $PORT --samples 2000 --json "$OUT/fresh-$run.json" >/dev/null
     stop_perennial
     # Peers computed in the same run.

@@ -126,8 +126,17 @@ public struct LoadDriver {
                     throw BenchError("could not send for 5 s past the run's end: the server stopped reading (use a smaller --pipeline / --batch)")
                 }
             }
-            // Wait for replies (briefly, in open loop, so sends stay on time).
-            let timeout: Int32 = rate == nil ? 100 : 1
+            // Wait for replies: in open loop only until the next request is
+            // due. poll counts whole milliseconds, which would add up to 1 ms
+            // of the client's own delay to latencies, so under 2 ms to go the
+            // client polls without waiting (it has a core of its own).
+            var timeout: Int32 = 100
+            if rate != nil {
+                let next = conns.compactMap { $0.pacer.map { $0.intended($0.issued) } }.min() ?? now
+                let after = Self.now()
+                let nanos = next > after ? Int(next - after) : 0
+                timeout = nanos >= 2_000_000 ? Int32(nanos / 1_000_000 - 1) : 0
+            }
             let n = poll(&pollSet, nfds_t(pollSet.count), timeout)
             if n < 0 { if errno == EINTR { continue }; throw BenchError("poll: \(String(cString: strerror(errno)))") }
             if n == 0 { continue }
