@@ -7,9 +7,13 @@ import PackageDescription
 // The scoring loops call small PerennialCore helpers (row access, exclusion
 // tests, the top-k heap) for every item of the catalogue; letting the
 // optimiser inline them across modules keeps those loops tight. Dynamic
-// exclusivity checks are off in release builds of these two targets: their
+// exclusivity checks are off in release builds of the core and cf: their
 // shared state is raw memory (ChunkedBuffer), whose access rules are the
-// documented thread contract, not Swift exclusivity.
+// documented thread contract, not Swift exclusivity. They are off in the
+// server too, where every frame paid for them (about 4% of a PING's server
+// time); debug builds, which the tests run, keep them. Not in the protocol
+// target: the client libraries use it, and unsafe flags would stop other
+// packages from depending on them.
 let hotPath: [SwiftSetting] = [.unsafeFlags(["-cross-module-optimization", "-enforce-exclusivity=unchecked"], .when(configuration: .release))]
 
 let package = Package(
@@ -54,7 +58,8 @@ let package = Package(
         .target(
             name: "PerennialServer",
             dependencies: ["CLibUV", "PerennialProtocol", "PerennialCore", "PerennialPlugins"],
-            path: "Sources/PerennialServer"
+            path: "Sources/PerennialServer",
+            swiftSettings: hotPath
         ),
         // The bundled Swift client (async/await).
         .target(name: "PerennialClient", dependencies: ["PerennialProtocol"], path: "clients/swift/Sources/PerennialClient"),
