@@ -33,10 +33,10 @@ final class ShadowTracker {
 
     let capacity: Int
     private var pending: [UInt64: Pending] = [:]
-    /// Users in the order their answers were remembered, with the ticket of
-    /// that answer; an entry whose ticket no longer matches is stale.
-    private var order: [(user: UInt64, ticket: UInt64)] = []
-    private var orderHead = 0
+    /// Users in the order their answers were remembered, stamped with the
+    /// ticket of that answer; an entry whose ticket no longer matches is
+    /// stale (answered or replaced since).
+    private var order = RecencyQueue<UInt64>()
     private var nextTicket: UInt64 = 0
     private(set) var tallies: [String: Tally] = [:]
 
@@ -53,24 +53,15 @@ final class ShadowTracker {
         tallies[shadow] = t
         nextTicket += 1
         pending[user] = Pending(shadow: shadow, served: served, other: other, ticket: nextTicket)
-        order.append((user, nextTicket))
-        // Forget the oldest remembered answers beyond the bound (stale
-        // entries — answered or replaced since — are skipped).
-        while pending.count > capacity, orderHead < order.count {
-            let (u, ticket) = order[orderHead]
-            orderHead += 1
-            if pending[u]?.ticket == ticket { pending.removeValue(forKey: u) }
-        }
-        // Keep `order` near the size of `pending`: drop stale entries when
-        // they outnumber live ones, and the consumed prefix when it is large.
-        if order.count - orderHead > 2 * pending.count + 1024 {
-            order = order[orderHead...].filter { pending[$0.user]?.ticket == $0.ticket }
-            orderHead = 0
-        } else if orderHead > 4096 && orderHead * 2 > order.count {
-            order.removeFirst(orderHead)
-            orderHead = 0
+        order.append(user, stamp: nextTicket, isLive: isPending)
+        // Forget the oldest remembered answers beyond the bound.
+        while pending.count > capacity, let (u, _) = order.oldest(isLive: isPending) {
+            order.removeOldest()
+            pending.removeValue(forKey: u)
         }
     }
+
+    private func isPending(_ user: UInt64, _ ticket: UInt64) -> Bool { pending[user]?.ticket == ticket }
 
     /// A feedback event: the first positive one after a shadowed RECOMMEND
     /// for its user scores both answers.

@@ -41,11 +41,9 @@ public final class IdLifecycle {
     /// the learner last reset it to (learner thread).
     let generation = ChunkedBuffer<UInt32>(width: 1, fill: 0, rowsPerChunkLog2: 12)
     let learnedGeneration = ChunkedBuffer<UInt32>(width: 1, fill: 0, rowsPerChunkLog2: 12)
-    /// Users in order of their events (user, that event's seq); an entry is
-    /// stale once the user has a later event.
-    private var order: [(user: Int32, seq: UInt64)] = []
-    private var orderHead = 0
-    private var compactedSize = 0
+    /// Users in order of their events, stamped with that event's seq; an
+    /// entry is stale once the user has a later event.
+    private var order = RecencyQueue<Int32>()
     public private(set) var expired: UInt64 = 0
     public private(set) var sharedEvents: UInt64 = 0
 
@@ -79,16 +77,11 @@ public final class IdLifecycle {
         guard tracksUsers else { return }
         lastSeen[Int(u)] = timestamp
         lastSeq[Int(u)] = seq
-        order.append((u, seq))
-        // Drop stale entries now and then (when the list has doubled since
-        // the last time), so `order` holds about one entry per live user
-        // at an amortised constant cost per event.
-        if order.count - orderHead > max(1024, 2 * compactedSize) {
-            order = order[orderHead...].filter { lastSeq[Int($0.user)] == $0.seq }
-            orderHead = 0
-            compactedSize = order.count
-        }
+        order.append(u, stamp: seq, isLive: isLatest)
     }
+
+    /// Whether an `order` entry is its user's latest event.
+    private func isLatest(_ u: Int32, _ seq: UInt64) -> Bool { lastSeq[Int(u)] == seq }
 
     /// Expires users unseen since `now - expireAfterSeconds`, and, when
     /// `makeRoom` and `live` users hold `maxUsers` rows, the least recently
@@ -97,27 +90,21 @@ public final class IdLifecycle {
     func expire(now: Int64, before limit: UInt64, waitApplied: (UInt64) -> Void, live: () -> Int, makeRoom: Bool,
                 forget: (Int32) -> Void) {
         guard tracksUsers else { return }
-        while orderHead < order.count {
-            let (u, seq) = order[orderHead]
-            if lastSeq[Int(u)] != seq { orderHead += 1; continue }  // stale
+        while let (u, seq) = order.oldest(isLive: isLatest) {
             let old = expireAfterSeconds > 0 && lastSeen[Int(u)] < now - expireAfterSeconds
             let full = makeRoom && maxUsers > 0 && live() >= maxUsers
             guard (old || full) && seq <= limit else { break }
             waitApplied(seq)
-            orderHead += 1
+            order.removeOldest()
             lastSeq[Int(u)] = 0
             generation[Int(u)] &+= 1
             expired += 1
             forget(u)
         }
-        if orderHead > 4096 && orderHead * 2 > order.count {
-            order.removeFirst(orderHead)
-            orderHead = 0
-        }
     }
 
     public var bytes: Int {
-        (sketch?.bytes ?? 0) + order.capacity * 16 + lastSeen.bytes + lastSeq.bytes + generation.bytes + learnedGeneration.bytes
+        (sketch?.bytes ?? 0) + order.bytes + lastSeen.bytes + lastSeq.bytes + generation.bytes + learnedGeneration.bytes
     }
 
     func save(to w: inout SnapshotWriter, users: Int) {
@@ -125,7 +112,7 @@ public final class IdLifecycle {
         sketch?.save(to: &w)
         w.rows(lastSeen, count: users); w.rows(lastSeq, count: users)
         w.rows(generation, count: users); w.rows(learnedGeneration, count: users)
-        let live = order[orderHead...].filter { lastSeq[Int($0.user)] == $0.seq }
+        let live = order.live(isLive: isLatest)
         w.int(live.count)
         for (u, s) in live { w.u32(UInt32(bitPattern: u)); w.u64(s) }
         w.u64(expired); w.u64(sharedEvents)
@@ -138,15 +125,14 @@ public final class IdLifecycle {
     /// user is tracked from their next event.
     func enrollUntracked(users: Int, isLive: (Int32) -> Bool) {
         guard maxUsers > 0 else { return }
-        var enrolled: [(user: Int32, seq: UInt64)] = []
+        var enrolled: [RecencyQueue<Int32>.Entry] = []
         for u in 0..<Int32(users) where isLive(u) && lastSeq[Int(u)] == 0 {
             lastSeq[Int(u)] = 1
             lastSeen[Int(u)] = 0
             enrolled.append((u, 1))
         }
         guard !enrolled.isEmpty else { return }
-        order = enrolled + order[orderHead...]
-        orderHead = 0
+        order.prepend(enrolled)
     }
 
     func load(from r: inout SnapshotReader, users: Int) throws {
@@ -157,10 +143,9 @@ public final class IdLifecycle {
         }
         try r.rows(into: lastSeen, expected: users); try r.rows(into: lastSeq, expected: users)
         try r.rows(into: generation, expected: users); try r.rows(into: learnedGeneration, expected: users)
-        order = []
-        orderHead = 0
-        for _ in 0..<(try r.int()) { order.append((Int32(bitPattern: try r.u32()), try r.u64())) }
-        if !tracksUsers { order = [] }
+        var saved: [RecencyQueue<Int32>.Entry] = []
+        for _ in 0..<(try r.int()) { saved.append((Int32(bitPattern: try r.u32()), try r.u64())) }
+        order.reset(tracksUsers ? saved : [])
         expired = try r.u64(); sharedEvents = try r.u64()
     }
 }
