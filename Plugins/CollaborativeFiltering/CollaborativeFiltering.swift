@@ -47,6 +47,11 @@ public final class CollaborativeFilteringScorer: Scorer {
     let contextAnchor: ChunkedBuffer<Float>?
     /// Per item: bias, its Adagrad accumulator, and an interaction count.
     let itemStats: ChunkedBuffer<Float>
+    /// Per item: (count + 1)^popularityDamping, the neighbourhood score's
+    /// divisor, kept beside the count so a request divides rather than
+    /// calling powf for each of its few hundred neighbours. Derived from
+    /// itemStats: set when a count changes and when a snapshot is loaded.
+    let popularityDivisor: ChunkedBuffer<Float>
     let neighbourhood: ItemNeighbourhood
     let ratingUsers: ChunkedBuffer<Float>
     let ratingItems: ChunkedBuffer<Float>
@@ -78,6 +83,7 @@ public final class CollaborativeFilteringScorer: Scorer {
     private var serveScores: [Float]
     private var serveNeighbours: [Float] = []
     private var touched: [Int32] = []
+    private var serveRecent: [Int32] = []
 
     static let biasSlot = 0, biasAdagradSlot = 1, countSlot = 2
 
@@ -90,6 +96,7 @@ public final class CollaborativeFilteringScorer: Scorer {
         contextAdagrad = ChunkedBuffer(width: 1, fill: 0, rowsPerChunkLog2: 12)
         contextAnchor = table.anchors == nil ? nil : ChunkedBuffer(width: d, fill: 0, rowsPerChunkLog2: 10)
         itemStats = ChunkedBuffer(width: 3, fill: 0, rowsPerChunkLog2: 12)
+        popularityDivisor = ChunkedBuffer(width: 1, fill: 1, rowsPerChunkLog2: 12)
         neighbourhood = ItemNeighbourhood(capacity: settings.neighbours, window: settings.pairWindow)
         ratingUsers = ChunkedBuffer(width: settings.ratingFactors + 1, fill: 0, rowsPerChunkLog2: 10)
         ratingItems = ChunkedBuffer(width: settings.ratingFactors + 1, fill: 0, rowsPerChunkLog2: 10)
@@ -113,6 +120,7 @@ public final class CollaborativeFilteringScorer: Scorer {
         contextAnchor?.ensure(rows: items)
         contextAdagrad.ensure(rows: items)
         itemStats.ensure(rows: items)
+        popularityDivisor.ensure(rows: items)
         ratingItems.ensure(rows: items)
         ratingUsers.ensure(rows: users)
         // Rating factors start as small deterministic noise (biases at 0).
@@ -218,6 +226,12 @@ public final class CollaborativeFilteringScorer: Scorer {
             samplerNext = (samplerNext + 1) % settings.samplerWindow
         }
         itemStats.row(i)[Self.countSlot] += 1
+        refreshPopularityDivisor(i)
+    }
+
+    @inline(__always)
+    private func refreshPopularityDivisor(_ i: Int) {
+        popularityDivisor.row(i)[0] = powf(itemStats.row(i)[Self.countSlot] + 1, settings.popularityDamping)
     }
 
     /// How strongly an event counts as positive: 1, or `lowRatingWeight`
@@ -357,7 +371,7 @@ public final class CollaborativeFilteringScorer: Scorer {
     /// standardised over the catalogue (so the two parts have comparable
     /// scales whatever the table's magnitude).
     public func recommend(_ query: ScoringQuery, into top: inout TopK) {
-        let recentItems = query.history + query.sessionItems
+        let recentItems = latestItems(query)
         if query.user == nil && recentItems.isEmpty {
             // Nobody knows this user: most interacted-with items.
             query.forEachEligibleItem { i in top.push(i, itemStats.row(Int(i))[Self.countSlot]) }
@@ -377,6 +391,15 @@ public final class CollaborativeFilteringScorer: Scorer {
             }
         }
         clearNeighbourScores()
+    }
+
+    /// The query's history then its session items, in a reused scratch
+    /// array (no allocation per request).
+    private func latestItems(_ query: ScoringQuery) -> ArraySlice<Int32> {
+        serveRecent.removeAll(keepingCapacity: true)
+        serveRecent.append(contentsOf: query.history)
+        serveRecent.append(contentsOf: query.sessionItems)
+        return serveRecent[...]
     }
 
     /// Top-k over the whole catalogue. Items with a neighbourhood score
@@ -422,7 +445,7 @@ public final class CollaborativeFilteringScorer: Scorer {
     public func score(_ query: ScoringQuery, items: [Int32?]) -> [Float] {
         // The same blend as `recommend`, over the whole catalogue, so that
         // scores are comparable with it.
-        let blend = prepareBlend(query, recentItems: query.history + query.sessionItems)
+        let blend = prepareBlend(query, recentItems: latestItems(query))
         let out = items.map { i in i.map { blend.score(near: serveNeighbours[Int($0)], factor: serveScores[Int($0)]) } ?? 0 }
         clearNeighbourScores()
         return out
@@ -484,7 +507,7 @@ public final class CollaborativeFilteringScorer: Scorer {
         }
         var best: Float = 0
         for j in touched {
-            let damped = out[Int(j)] / powf(itemStats.row(Int(j))[Self.countSlot] + 1, settings.popularityDamping)
+            let damped = out[Int(j)] / popularityDivisor.row(Int(j))[0]
             out[Int(j)] = damped
             best = max(best, damped)
         }
@@ -529,6 +552,7 @@ public final class CollaborativeFilteringScorer: Scorer {
             for i in 0..<itemCount { contextAnchor.row(i).update(from: context.row(i), count: d) }
         }
         try r.rows(into: itemStats, expected: itemCount)
+        for i in 0..<itemCount { refreshPopularityDivisor(i) }
         try neighbourhood.load(from: &r, items: itemCount)
         try r.rows(into: ratingUsers, expected: userCount)
         try r.rows(into: ratingItems, expected: itemCount)
@@ -557,7 +581,7 @@ public final class CollaborativeFilteringScorer: Scorer {
 
     public var counters: [(String, UInt64)] {
         [("events", learnedEvents), ("neighbour_pairs", neighbourhood.pairs),
-         ("weights_bytes", UInt64(context.bytes + contextAdagrad.bytes + itemStats.bytes + ratingUsers.bytes + ratingItems.bytes + neighbourhood.bytes))]
+         ("weights_bytes", UInt64(context.bytes + contextAdagrad.bytes + itemStats.bytes + popularityDivisor.bytes + ratingUsers.bytes + ratingItems.bytes + neighbourhood.bytes))]
     }
 }
 

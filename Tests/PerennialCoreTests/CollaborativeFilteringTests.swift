@@ -8,7 +8,7 @@ import PerennialPlugins
 /// items. After online learning, a new user who touched a few items of one
 /// group is recommended that group's items.
 @Suite struct CollaborativeFilteringTests {
-    func plantedModel(events: Int) throws -> Model {
+    func plantedModel(events: Int, items: Int = 100, users: Int = 200) throws -> Model {
         var doc = ConfigDocument(file: "test")
         doc.set("scorers.load", .array([.string("cf")]))
         let config = try PerennialConfig.load(doc, registry: .builtin)
@@ -16,11 +16,12 @@ import PerennialPlugins
         var rng = SplitMix64(seed: 11)
         var out: [LearnEvent] = []
         for _ in 0..<events {
-            let user = UInt64(rng.below(200) + 1)
+            let user = UInt64(rng.below(users) + 1)
             let group = user % 2
-            // Items 1...50 belong to group 0, 51...100 to group 1; 10% noise.
+            // Items 1...50 belong to group 0, 51...100 to group 1 (for 100
+            // items); 10% noise.
             let own = rng.below(10) != 0
-            let item = UInt64((own ? Int(group) : 1 - Int(group)) * 50 + rng.below(50) + 1)
+            let item = UInt64((own ? Int(group) : 1 - Int(group)) * (items / 2) + rng.below(items / 2) + 1)
             out.removeAll()
             model.admit(CollectionOfOne(IncomingEvent(user: user, item: item, kind: .click, value: 0, timestamp: 0)), now: 0, into: &out)
             for e in out { model.learn(e) }
@@ -62,6 +63,25 @@ import PerennialPlugins
                 let sorted = zip(all, try model.score(user: user, items: all)).filter { !seen.contains($0.0) }
                     .sorted { $0.1.score > $1.1.score || ($0.1.score == $1.1.score && index($0.0) < index($1.0)) }
                 #expect(scanned.map(\.item) == sorted.prefix(k).map(\.0), "user \(user) k \(k)")
+            }
+        }
+    }
+
+    /// The same over a catalogue of several row and item-stats chunks.
+    @Test func catalogueScanOverManyChunksEqualsScoringEveryItem() throws {
+        let model = try plantedModel(events: 30_000, items: 9000, users: 300)
+        let all = (1...9000).map { UInt64($0) }.filter { model.items.index(of: $0) != nil }
+        #expect(all.count > 8000 && model.table.itemRows > 8192)
+        for user: UInt64 in [1, 2, 150, 299] {
+            let seen = Set(model.users.index(of: user).map { model.history.items(of: $0).map { model.items.id(at: $0) } } ?? [])
+            let index = { (id: UInt64) in model.items.index(of: id)! }
+            let scores = try model.score(user: user, items: all)
+            let sorted = zip(all, scores).filter { !seen.contains($0.0) }
+                .sorted { $0.1.score > $1.1.score || ($0.1.score == $1.1.score && index($0.0) < index($1.0)) }
+            for k in [1, 10, 100] {
+                let scanned = try model.recommend(user: user, k: k)
+                #expect(scanned.map(\.item) == sorted.prefix(k).map(\.0), "user \(user) k \(k)")
+                #expect(scanned.map(\.score) == sorted.prefix(k).map(\.1.score))
             }
         }
     }
