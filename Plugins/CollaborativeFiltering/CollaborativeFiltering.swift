@@ -96,6 +96,8 @@ public final class CollaborativeFilteringScorer: Scorer {
         contextAdagrad = ChunkedBuffer(width: 1, fill: 0, rowsPerChunkLog2: 12)
         contextAnchor = table.anchors == nil ? nil : ChunkedBuffer(width: d, fill: 0, rowsPerChunkLog2: 10)
         itemStats = ChunkedBuffer(width: 3, fill: 0, rowsPerChunkLog2: 12)
+        // prepareBlend reads a table chunk's biases at a fixed stride.
+        precondition(itemStats.rowsPerChunk % table.items.rowsPerChunk == 0)
         popularityDivisor = ChunkedBuffer(width: 1, fill: 1, rowsPerChunkLog2: 12)
         neighbourhood = ItemNeighbourhood(capacity: settings.neighbours, window: settings.pairWindow)
         ratingUsers = ChunkedBuffer(width: settings.ratingFactors + 1, fill: 0, rowsPerChunkLog2: 10)
@@ -469,13 +471,15 @@ public final class CollaborativeFilteringScorer: Scorer {
         serveNeighbours.withUnsafeMutableBufferPointer { nb in
             let z = zb.baseAddress!, factor = sb.baseAddress!, near = nb.baseAddress!
             _ = compose(user: query.user, items: recentItems, into: z)
-            // Factor scores for every item (the fast kernel, chunk by chunk).
-            table.items.forEachChunk(rows: n) { first, rows, count in pk_dot_rows(rows, count, d, z, factor + first) }
-            let nbMax = neighbourScores(recentItems, into: near)
+            // Factor scores (bias included) for every item and their
+            // moments, in one pass chunk by chunk: a 1,024-row chunk of the
+            // table lies inside one 4,096-row chunk of itemStats (asserted in
+            // init), so its biases are at a fixed stride.
             var sum: Double = 0, sq: Double = 0
-            itemStats.forEachChunk(rows: n) { first, stats, count in
-                pk_add_bias_moments(factor + first, stats + Self.biasSlot, 3, count, &sum, &sq)
+            table.items.forEachChunk(rows: n) { first, rows, count in
+                pk_score_rows(rows, count, d, z, itemStats.row(first) + Self.biasSlot, 3, factor + first, &sum, &sq)
             }
+            let nbMax = neighbourScores(recentItems, into: near)
             let mean = Float(sum / Double(max(n, 1)))
             let std = Float(max(sq / Double(max(n, 1)) - Double(mean) * Double(mean), 1e-12).squareRoot())
             return Blend(wn: settings.neighbourhoodWeight / max(nbMax, 1e-12),

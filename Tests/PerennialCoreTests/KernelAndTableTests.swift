@@ -62,25 +62,40 @@ import Testing
         }
     }
 
-    /// The bias-and-moments pass and the top-k scan agree with their plain
-    /// loops (the scan exactly, NaN never qualifying).
+    /// The catalogue pass (scores with biases, and their moments) agrees
+    /// with its plain loop within float tolerance for every dimension the
+    /// register-resident path covers and one it does not, with row counts
+    /// that hit every tail; a NaN bias poisons the moments on both paths;
+    /// and the top-k scan agrees with its plain loop exactly.
     @Test(arguments: [0, 3, 8, 13, 100, 1031])
     func servingKernelsEqualPlainLoops(count n: Int) {
         var rng = SplitMix64(seed: 7 + UInt64(n))
-        let start = (0..<n).map { _ in rng.nextSignedUnitFloat() * 10 }
-        var stats = (0..<(3 * n)).map { _ in rng.nextSignedUnitFloat() }
-        if n > 5 { stats[3 * 5] = .nan }
-        var fast = start, plain = start
-        var sf = 1.5, qf = 2.0, sp = 1.5, qp = 2.0
-        pk_add_bias_moments(&fast, stats, 3, n, &sf, &qf)
-        pk_add_bias_moments_plain(&plain, stats, 3, n, &sp, &qp)
-        #expect(fast.map(\.bitPattern) == plain.map(\.bitPattern))
-        #expect(n <= 5 || (sf.isNaN && sp.isNaN))
-        if n > 5 { fast[5] = 0; plain[5] = 0 }
-        var s2 = 0.0, q2 = 0.0, s3 = 0.0, q3 = 0.0
-        pk_add_bias_moments(&fast, stats.map { $0.isNaN ? 0 : $0 }, 3, n, &s2, &q2)
-        pk_add_bias_moments_plain(&plain, stats.map { $0.isNaN ? 0 : $0 }, 3, n, &s3, &q3)
-        #expect(abs(s2 - s3) <= 1e-9 * max(1, abs(s3)) && abs(q2 - q3) <= 1e-9 * max(1, q3))
+        for dim in [8, 16, 24, 32, 40, 48, 56, 64, 12, 72] {
+            let rows = (0..<(n * dim)).map { _ in rng.nextSignedUnitFloat() }
+            let query = (0..<dim).map { _ in rng.nextSignedUnitFloat() * 3 }
+            let stats = (0..<(3 * n)).map { _ in rng.nextSignedUnitFloat() }
+            var fast = [Float](repeating: 0, count: n), plain = fast
+            var sf = 1.5, qf = 2.0, sp = 1.5, qp = 2.0
+            pk_score_rows(rows, n, dim, query, stats, 3, &fast, &sf, &qf)
+            pk_score_rows_plain(rows, n, dim, query, stats, 3, &plain, &sp, &qp)
+            for r in 0..<n {
+                var dot: Float = 0
+                for k in 0..<dim { dot += rows[r * dim + k] * query[k] }
+                #expect(abs(fast[r] - plain[r]) <= 1e-5 * Float(dim), "dim \(dim) row \(r)")
+                #expect(abs(plain[r] - (stats[3 * r] + dot)) <= 1e-5 * Float(dim))
+            }
+            #expect(abs(sf - sp) <= 1e-4 * max(1, abs(sp)) && abs(qf - qp) <= 1e-4 * max(1, qp), "dim \(dim)")
+            if n > 5 {
+                var poisoned = stats
+                poisoned[3 * 5] = .nan
+                var s1 = 0.0, q1 = 0.0, s2 = 0.0, q2 = 0.0
+                pk_score_rows(rows, n, dim, query, poisoned, 3, &fast, &s1, &q1)
+                pk_score_rows_plain(rows, n, dim, query, poisoned, 3, &plain, &s2, &q2)
+                #expect(s1.isNaN && s2.isNaN && fast[5].isNaN && plain[5].isNaN)
+            }
+        }
+        var fast = (0..<n).map { _ in rng.nextSignedUnitFloat() * 10 }
+        if n > 5 { fast[5] = .nan }
         for threshold: Float in [-.infinity, -5, 0, 3, 9.5, .infinity] {
             var i = 0, found: [Int] = [], expected: [Int] = []
             while true {

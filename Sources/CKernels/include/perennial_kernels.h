@@ -28,11 +28,16 @@ void pk_matvec_t_acc(const float *m, size_t rows, size_t cols, const float *v, f
 /// matrix's gradient from one step).
 void pk_outer_acc(float *m, size_t rows, size_t cols, const float *a, const float *b);
 
-/// scores[r] += stats[r * stride] for r in 0..<count (adds each item's
-/// bias), and adds the new scores and their squares to *sum and *sq (in
-/// double: the moments that standardise a catalogue's scores).
-void pk_add_bias_moments(float *scores, const float *stats, size_t stride, size_t count, double *sum, double *sq);
-void pk_add_bias_moments_plain(float *scores, const float *stats, size_t stride, size_t count, double *sum, double *sq);
+/// The catalogue pass of a request: out[r] = bias[r * bias_stride] +
+/// dot(rows[r*dim ..< (r+1)*dim], query) for r in 0..<count, and adds the
+/// new scores and their squares to *sum and *sq (in double: the moments
+/// that standardise a catalogue's scores). The fast path for dimensions
+/// that are a multiple of 8 up to 64 keeps the query in registers and
+/// scores four rows at a time, so each step loads only row data.
+void pk_score_rows(const float *rows, size_t count, size_t dim, const float *query,
+                   const float *bias, size_t bias_stride, float *out, double *sum, double *sq);
+void pk_score_rows_plain(const float *rows, size_t count, size_t dim, const float *query,
+                         const float *bias, size_t bias_stride, float *out, double *sum, double *sq);
 
 /// The first index i in from..<count with x[i] >= threshold (NaN never
 /// qualifies), or count: the scan behind top-k selection, which visits only
