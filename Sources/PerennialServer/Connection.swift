@@ -43,6 +43,8 @@ final class Connection {
     var lastActivity: UInt64
     /// When the first byte of the current unfinished frame arrived (0 = none).
     private var partialSince: UInt64 = 0
+    /// Inside processFrames (flush must not start decoding again from there).
+    private var processing = false
 
     static let initialInbox = 16 * 1024
 
@@ -120,6 +122,8 @@ final class Connection {
     /// Frames and handles everything complete in the inbox, in order, until
     /// the input runs out, a frame must wait, or the connection must close.
     func processFrames() {
+        processing = true
+        defer { processing = false }
         while !closing && !closeAfterFlush {
             // Backpressure: while this many reply bytes wait for the peer,
             // decode nothing more (and read nothing more) until it drains.
@@ -199,32 +203,65 @@ final class Connection {
 
     var pendingBytes: Int { out.count + writeInFlight }
 
-    /// Sends everything produced so far with one uv_write (if none is in flight).
+    /// Sends everything produced so far: straight to the socket when it
+    /// takes it all (the common case, as redis does: no write request, no
+    /// copy, no callback in the next loop iteration), otherwise what is left
+    /// with one uv_write (if none is in flight).
     func flush() {
-        guard writeInFlight == 0, !closing else { return }
-        if out.isEmpty {
-            if closeAfterFlush || (peerDone && parked == nil) { close() }
+        while true {
+            guard writeInFlight == 0, !closing else { return }
+            if out.isEmpty {
+                if closeAfterFlush || (peerDone && parked == nil) { close() }
+                return
+            }
+            // Acknowledgements promise what the fsync policy says: under
+            // `always`, nothing leaves before the log is on stable storage. The
+            // sync is deferred to the end of the loop iteration, so every
+            // connection that wrote to the log in it shares one fsync (group
+            // commit); the loop then flushes them.
+            if loop.handler.needsSync {
+                loop.awaitingSync.insert(ObjectIdentifier(self))
+                return
+            }
+            let count = out.count
+            let written = out.withUnsafeMutableBytes { b -> Int32 in
+                var buf = uv_buf_init(b.baseAddress!.assumingMemoryBound(to: CChar.self), UInt32(count))
+                return uv_try_write(stream, &buf, 1)
+            }
+            if written < 0 && written != UV_EAGAIN.rawValue {
+                close()
+                return
+            }
+            let done = Int(max(written, 0))
+            loop.handler.stats.bytesOut += UInt64(done)
+            if done == count {
+                out.removeAll(keepingCapacity: true)
+                // As after a write callback: frames held back by
+                // backpressure are decoded now (not from inside the decoding
+                // loop itself), and reading resumes.
+                guard !processing, !reading, parked == nil, !closeAfterFlush else { continue }
+                processFrames()
+                startReading()
+                continue
+            }
+            writeWithRequest(from: done)
             return
         }
-        // Acknowledgements promise what the fsync policy says: under
-        // `always`, nothing leaves before the log is on stable storage. The
-        // sync is deferred to the end of the loop iteration, so every
-        // connection that wrote to the log in it shares one fsync (group
-        // commit); the loop then flushes them.
-        if loop.handler.needsSync {
-            loop.awaitingSync.insert(ObjectIdentifier(self))
-            return
-        }
-        if writeCapacity < out.count {
+    }
+
+    /// Hands out[from...] to libuv with one uv_write; its callback is `wrote`.
+    private func writeWithRequest(from start: Int) {
+        let rest = out.count - start
+        if writeCapacity < rest {
             writeBuffer.deallocate()
-            writeCapacity = max(out.count, writeCapacity * 2)
+            writeCapacity = max(rest, writeCapacity * 2)
             writeBuffer = .allocate(byteCount: writeCapacity, alignment: 16)
         }
-        out.withUnsafeBytes { writeBuffer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-        writeInFlight = out.count
-        loop.handler.stats.bytesOut += UInt64(out.count)
+        out.withUnsafeBytes { writeBuffer.copyMemory(from: $0.baseAddress! + start, byteCount: rest) }
+        writeInFlight = rest
+        loop.handler.stats.bytesOut += UInt64(rest)
         out.removeAll(keepingCapacity: true)
-        var buf = uv_buf_init(writeBuffer.assumingMemoryBound(to: CChar.self), UInt32(writeInFlight))
+        var buf = uv_buf_init(writeBuffer.assumingMemoryBound(to: CChar.self), UInt32(rest))
         let rc = uv_write(writeRequest, stream, &buf, 1, connectionWrote)
         if rc != 0 {
             writeInFlight = 0
