@@ -236,12 +236,7 @@ final class Connection {
             loop.handler.stats.bytesOut += UInt64(done)
             if done == count {
                 out.removeAll(keepingCapacity: true)
-                // As after a write callback: frames held back by
-                // backpressure are decoded now (not from inside the decoding
-                // loop itself), and reading resumes.
-                guard !processing, !reading, parked == nil, !closeAfterFlush else { continue }
-                processFrames()
-                startReading()
+                resumeAfterWrite()
                 continue
             }
             writeWithRequest(from: done)
@@ -279,12 +274,18 @@ final class Connection {
         writeInFlight = 0
         if status != 0 { close(); return }
         lastActivity = MonotonicClock.nowMillis()
-        // Frames held back by backpressure are decoded now that it drained.
-        if parked == nil && !closing && !closeAfterFlush { processFrames() }
-        if !out.isEmpty || closeAfterFlush || peerDone {
-            flush()
-        }
-        if !closing && !closeAfterFlush && parked == nil && !reading { startReading() }
+        resumeAfterWrite()
+        flush()
+    }
+
+    /// After a write completed (at once in `flush`, or in `wrote`): frames
+    /// held back by backpressure are decoded now that it drained, and
+    /// reading resumes. A connection still reading has no held-back frames;
+    /// and never from inside the decoding loop itself.
+    private func resumeAfterWrite() {
+        guard !processing, !reading, !closing, parked == nil, !closeAfterFlush else { return }
+        processFrames()
+        startReading()
     }
 
     // MARK: errors and closing
