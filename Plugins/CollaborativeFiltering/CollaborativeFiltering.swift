@@ -74,6 +74,8 @@ public final class CollaborativeFilteringScorer: Scorer {
     private var z: [Float]
     private var dz: [Float]
     private var gradI: [Float]
+    /// The current step's sampled negatives.
+    private var negativeDraws: [Int32]
     /// settings.negativeSampling == "popularity", decided once (a string
     /// compare per sampled negative showed in profiles).
     private let popularityNegatives: Bool
@@ -106,6 +108,7 @@ public final class CollaborativeFilteringScorer: Scorer {
         z = [Float](repeating: 0, count: d)
         dz = [Float](repeating: 0, count: d)
         gradI = [Float](repeating: 0, count: d)
+        negativeDraws = [Int32](repeating: 0, count: settings.negatives)
         serveZ = [Float](repeating: 0, count: d)
         serveScores = [Float](repeating: 0, count: 1024)
     }
@@ -278,6 +281,27 @@ public final class CollaborativeFilteringScorer: Scorer {
         // toward its anchor with strength λ; with anchoring off the anchor
         // is the row itself and the pull is zero.
         let lambda = table.anchorStrength
+        // Draw the negatives first (the same draws in the same order as
+        // drawing each in its own step) and start fetching the rows this
+        // step will touch: the rows are scattered over megabytes, and
+        // fetched one by one their cache misses dominated the learner.
+        let rowBytes = d * MemoryLayout<Float>.stride
+        for n in 0..<settings.negatives {
+            let j = sampleNegative(not: item)
+            negativeDraws[n] = j
+            pk_prefetch(table.item(j), rowBytes)
+            pk_prefetch(itemStats.row(Int(j)), 12)
+            pk_prefetch(table.itemAdagrad.row(Int(j)), 4)
+            if lambda > 0 { pk_prefetch(table.itemAnchor(j), rowBytes) }
+        }
+        var fetched = 0
+        for c in ctx.reversed() {
+            if fetched == settings.contextItems { break }
+            pk_prefetch(context.row(Int(c)), rowBytes)
+            pk_prefetch(contextAdagrad.row(Int(c)), 4)
+            if let a = contextAnchor { pk_prefetch(a.row(Int(c)), rowBytes) }
+            fetched += 1
+        }
         z.withUnsafeMutableBufferPointer { zb in
         dz.withUnsafeMutableBufferPointer { dzb in
         gradI.withUnsafeMutableBufferPointer { gib in
@@ -287,8 +311,7 @@ public final class CollaborativeFilteringScorer: Scorer {
             let vi = table.item(item)
             let si = itemStats.row(Int(item))
             var gradBiasI: Float = 0
-            for _ in 0..<settings.negatives {
-                let j = sampleNegative(not: item)
+            for j in negativeDraws {
                 let vj = table.item(j)
                 let sj = itemStats.row(Int(j))
                 let x = pk_dot_diff(si[Self.biasSlot] - sj[Self.biasSlot], z, vi, vj, d)

@@ -34,6 +34,14 @@ void pk_adagrad_row(float *row, const float *anchor, const float *v, float alpha
 void pk_adagrad_row_plain(float *row, const float *anchor, const float *v, float alpha, float reg, float lambda,
                           float *accumulator, float lr, const float *scale, size_t n);
 
+/// Asks the CPU to start bringing `bytes` at `p` into cache, for writing.
+/// Only a hint: it changes no result, and a learner that knows which rows it
+/// will touch next (sampled negatives, a user's context items) uses it so
+/// their cache misses overlap instead of arriving one after another.
+static inline void pk_prefetch(const void *p, size_t bytes) {
+    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch((const char *)p + o, 1, 3);
+}
+
 #ifdef __cplusplus
 }
 #endif
