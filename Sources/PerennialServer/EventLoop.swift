@@ -107,6 +107,10 @@ final class EventLoop {
 
     /// Runs until the server has stopped.
     func run() {
+        // A peer that closes while replies are owed makes the next write
+        // fail with EPIPE; without this the default SIGPIPE action would
+        // kill the whole server instead (as Redis does, ignore it).
+        signal(SIGPIPE, SIG_IGN)
         uv_run(loop, UV_RUN_DEFAULT)
     }
 

@@ -90,8 +90,11 @@ public final class IdLifecycle {
     func expire(now: Int64, before limit: UInt64, waitApplied: (UInt64) -> Void, live: () -> Int, makeRoom: Bool,
                 forget: (Int32) -> Void) {
         guard tracksUsers else { return }
+        // Timestamps come from clients: saturate rather than trap near Int64.min.
+        let (cutoff, overflow) = now.subtractingReportingOverflow(expireAfterSeconds)
+        let unseenBefore = overflow ? Int64.min : cutoff
         while let (u, seq) = order.oldest(isLive: isLatest) {
-            let old = expireAfterSeconds > 0 && lastSeen[Int(u)] < now - expireAfterSeconds
+            let old = expireAfterSeconds > 0 && lastSeen[Int(u)] < unseenBefore
             let full = makeRoom && maxUsers > 0 && live() >= maxUsers
             guard (old || full) && seq <= limit else { break }
             waitApplied(seq)
