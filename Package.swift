@@ -38,7 +38,7 @@ let package = Package(
         // Frame codec and message types: pure Swift, no I/O.
         .target(name: "PerennialProtocol", path: "Sources/PerennialProtocol"),
         // Table, id maps, histories, learner, scorer plugin API, config.
-        .target(name: "PerennialCore", path: "Sources/PerennialCore", swiftSettings: hotPath),
+        .target(name: "PerennialCore", dependencies: ["CKernels"], path: "Sources/PerennialCore", swiftSettings: hotPath),
         // Dot-product kernels in C: a plain loop and an AVX2/FMA path chosen at run time.
         .target(name: "CKernels", path: "Sources/CKernels", cSettings: [.unsafeFlags(["-O3"])]),
         // Scorer plugins, one folder each, and the registry that lists them.

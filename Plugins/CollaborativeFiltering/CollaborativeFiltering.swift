@@ -81,8 +81,9 @@ public final class CollaborativeFilteringScorer: Scorer {
     private let popularityNegatives: Bool
 
     // Serving-thread scratch.
-    private var serveZ: [Float]
-    private var serveScores: [Float]
+    private let batchScratch: QueryBatchScratch
+    /// Indices of a batch's queries that scan the catalogue.
+    private var scanned: [Int] = []
     private var serveNeighbours: [Float] = []
     private var touched: [Int32] = []
     private var serveRecent: [Int32] = []
@@ -109,8 +110,7 @@ public final class CollaborativeFilteringScorer: Scorer {
         dz = [Float](repeating: 0, count: d)
         gradI = [Float](repeating: 0, count: d)
         negativeDraws = [Int32](repeating: 0, count: settings.negatives)
-        serveZ = [Float](repeating: 0, count: d)
-        serveScores = [Float](repeating: 0, count: 1024)
+        batchScratch = QueryBatchScratch(dimension: d)
     }
 
     public static let factory = ScorerFactory(
@@ -396,23 +396,55 @@ public final class CollaborativeFilteringScorer: Scorer {
     /// standardised over the catalogue (so the two parts have comparable
     /// scales whatever the table's magnitude).
     public func recommend(_ query: ScoringQuery, into top: inout TopK) {
-        let recentItems = latestItems(query)
-        if query.user == nil && recentItems.isEmpty {
-            // Nobody knows this user: most interacted-with items.
-            query.forEachEligibleItem { i in top.push(i, itemStats.row(Int(i))[Self.countSlot]) }
-            return
+        guard scansCatalogue(query) else { return recommendPopular(query, into: &top) }
+        scanCatalogue(1, itemCount: query.itemCount) { _ in query }
+        finish(query, slot: 0, into: &top)
+    }
+
+    /// Several queries: their factor scores come from one pass over the
+    /// catalogue (pk_score_rows_batch, which gives each query exactly the
+    /// scores it gets alone), the rest is per query as in `recommend`.
+    public func recommend(batch queries: [ScoringQuery], into tops: inout [TopK]) {
+        scanned.removeAll(keepingCapacity: true)
+        for i in queries.indices {
+            // (The model builds a batch's queries at one moment, so their
+            // catalogues are the same; any other query is answered alone.)
+            if scansCatalogue(queries[i]) && (scanned.isEmpty || queries[i].itemCount == queries[scanned[0]].itemCount) {
+                scanned.append(i)
+            } else {
+                recommend(queries[i], into: &tops[i])
+            }
         }
-        let blend = prepareBlend(query, recentItems: recentItems)
-        serveScores.withUnsafeBufferPointer { factor in
-            serveNeighbours.withUnsafeBufferPointer { near in
-                let f = factor.baseAddress!, nb = near.baseAddress!
-                if let candidates = query.candidates {
-                    for i in candidates where !query.exclusions.contains(i) {
-                        top.push(i, blend.score(near: nb[Int(i)], factor: f[Int(i)]))
-                    }
-                } else {
-                    selectFromCatalogue(query, blend: blend, near: nb, factor: f, into: &top)
+        guard let first = scanned.first else { return }
+        scanCatalogue(scanned.count, itemCount: queries[first].itemCount) { queries[scanned[$0]] }
+        for (slot, i) in scanned.enumerated() { finish(queries[i], slot: slot, into: &tops[i]) }
+    }
+
+    /// Whether the query is answered from the factor and neighbourhood
+    /// parts (otherwise nobody knows the user, and popularity answers).
+    @inline(__always)
+    private func scansCatalogue(_ query: ScoringQuery) -> Bool {
+        query.user != nil || !query.history.isEmpty || !query.sessionItems.isEmpty
+    }
+
+    /// Nobody knows this user: the most interacted-with items.
+    private func recommendPopular(_ query: ScoringQuery, into top: inout TopK) {
+        query.forEachEligibleItem { i in top.push(i, itemStats.row(Int(i))[Self.countSlot]) }
+    }
+
+    /// The rest of a query after the catalogue pass left its factor scores
+    /// in `slot`: neighbourhood scores, the blend, the top k.
+    private func finish(_ query: ScoringQuery, slot: Int, into top: inout TopK) {
+        let blend = prepareBlend(query, slot: slot)
+        let f = batchScratch.scores(slot)
+        serveNeighbours.withUnsafeBufferPointer { near in
+            let nb = near.baseAddress!
+            if let candidates = query.candidates {
+                for i in candidates where !query.exclusions.contains(i) {
+                    top.push(i, blend.score(near: nb[Int(i)], factor: f[Int(i)]))
                 }
+            } else {
+                selectFromCatalogue(query, blend: blend, near: nb, factor: f, into: &top)
             }
         }
         clearNeighbourScores()
@@ -435,7 +467,7 @@ public final class CollaborativeFilteringScorer: Scorer {
     /// plain loop would compute, and ties resolve by index either way, so
     /// the result is the same as scoring every item.
     private func selectFromCatalogue(_ query: ScoringQuery, blend: Blend, near nb: UnsafePointer<Float>,
-                                     factor f: UnsafePointer<Float>, into top: inout TopK) {
+                                     factor f: UnsafeMutablePointer<Float>, into top: inout TopK) {
         let n = query.itemCount
         guard blend.wf > 0, blend.wf.isFinite, blend.mean.isFinite else {
             // No factor part to order by: the plain loop.
@@ -444,11 +476,10 @@ public final class CollaborativeFilteringScorer: Scorer {
         }
         // The factor scores are scratch: a touched item's is set to NaN
         // once it has been pushed, so the scan passes over it.
-        let scratch = UnsafeMutablePointer(mutating: f)
         for j in touched where Int(j) < n && !f[Int(j)].isNaN {
             let s = blend.score(near: nb[Int(j)], factor: f[Int(j)])
             if !query.exclusions.contains(j) { top.push(j, s) }
-            scratch[Int(j)] = .nan
+            f[Int(j)] = .nan
         }
         var i = 0
         while i < n {
@@ -470,8 +501,10 @@ public final class CollaborativeFilteringScorer: Scorer {
     public func score(_ query: ScoringQuery, items: [Int32?]) -> [Float] {
         // The same blend as `recommend`, over the whole catalogue, so that
         // scores are comparable with it.
-        let blend = prepareBlend(query, recentItems: latestItems(query))
-        let out = items.map { i in i.map { blend.score(near: serveNeighbours[Int($0)], factor: serveScores[Int($0)]) } ?? 0 }
+        scanCatalogue(1, itemCount: query.itemCount) { _ in query }
+        let blend = prepareBlend(query, slot: 0)
+        let f = batchScratch.scores(0)
+        let out = items.map { i in i.map { blend.score(near: serveNeighbours[Int($0)], factor: f[Int($0)]) } ?? 0 }
         clearNeighbourScores()
         return out
     }
@@ -482,32 +515,41 @@ public final class CollaborativeFilteringScorer: Scorer {
         @inline(__always) func score(near: Float, factor: Float) -> Float { wn * near + wf * (factor - mean) }
     }
 
-    /// Fills the serving scratch for a query — factor scores (bias
-    /// included) for every item in `serveScores`, neighbourhood scores in
-    /// `serveNeighbours` — and returns the blend's terms. The caller reads
-    /// the scratch, then calls `clearNeighbourScores`.
-    private func prepareBlend(_ query: ScoringQuery, recentItems: ArraySlice<Int32>) -> Blend {
+    /// The catalogue pass for `count` queries (slot s holds query(s)):
+    /// each one's user vector, then factor scores (bias included) for every
+    /// item and their moments, chunk by chunk of the table, every query of
+    /// the batch scoring a chunk before the next is read. A 1,024-row chunk
+    /// of the table lies inside one 4,096-row chunk of itemStats (asserted in
+    /// init), so its biases are at a fixed stride.
+    private func scanCatalogue(_ count: Int, itemCount n: Int, query: (Int) -> ScoringQuery) {
+        let scratch = batchScratch
+        scratch.ensure(slots: count, rows: n + table.items.rowsPerChunk)
+        for s in 0..<count {
+            let q = query(s)
+            _ = compose(user: q.user, items: latestItems(q), into: scratch.vector(s))
+            scratch.sums[s] = 0
+            scratch.squares[s] = 0
+        }
+        table.items.forEachChunk(rows: n) { first, rows, rowCount in
+            scratch.aimOutputs(count: count, at: first)
+            pk_score_rows_batch(rows, rowCount, d, scratch.queryPointers, count, itemStats.row(first) + Self.biasSlot, 3,
+                                scratch.outPointers, scratch.sums, scratch.squares)
+        }
+    }
+
+    /// After the catalogue pass: the query's neighbourhood scores in
+    /// `serveNeighbours` (the caller reads them, then calls
+    /// `clearNeighbourScores`) and the blend's terms, from the moments of
+    /// the factor scores in `slot`.
+    private func prepareBlend(_ query: ScoringQuery, slot: Int) -> Blend {
         let n = query.itemCount
-        ensureScratch(n)
-        return serveZ.withUnsafeMutableBufferPointer { zb in
-        serveScores.withUnsafeMutableBufferPointer { sb in
-        serveNeighbours.withUnsafeMutableBufferPointer { nb in
-            let z = zb.baseAddress!, factor = sb.baseAddress!, near = nb.baseAddress!
-            _ = compose(user: query.user, items: recentItems, into: z)
-            // Factor scores (bias included) for every item and their
-            // moments, in one pass chunk by chunk: a 1,024-row chunk of the
-            // table lies inside one 4,096-row chunk of itemStats (asserted in
-            // init), so its biases are at a fixed stride.
-            var sum: Double = 0, sq: Double = 0
-            table.items.forEachChunk(rows: n) { first, rows, count in
-                pk_score_rows(rows, count, d, z, itemStats.row(first) + Self.biasSlot, 3, factor + first, &sum, &sq)
-            }
-            let nbMax = neighbourScores(recentItems, into: near)
-            let mean = Float(sum / Double(max(n, 1)))
-            let std = Float(max(sq / Double(max(n, 1)) - Double(mean) * Double(mean), 1e-12).squareRoot())
-            return Blend(wn: settings.neighbourhoodWeight / max(nbMax, 1e-12),
-                         wf: factorWeight(evidence: query.history.count) / std, mean: mean)
-        }}}
+        if serveNeighbours.count < n { serveNeighbours.append(contentsOf: repeatElement(0, count: n - serveNeighbours.count)) }
+        let nbMax = serveNeighbours.withUnsafeMutableBufferPointer { neighbourScores(latestItems(query), into: $0.baseAddress!) }
+        let sum = batchScratch.sums[slot], sq = batchScratch.squares[slot]
+        let mean = Float(sum / Double(max(n, 1)))
+        let std = Float(max(sq / Double(max(n, 1)) - Double(mean) * Double(mean), 1e-12).squareRoot())
+        return Blend(wn: settings.neighbourhoodWeight / max(nbMax, 1e-12),
+                     wf: factorWeight(evidence: query.history.count) / std, mean: mean)
     }
 
     private func clearNeighbourScores() {
@@ -529,7 +571,7 @@ public final class CollaborativeFilteringScorer: Scorer {
         guard settings.neighbourhoodWeight > 0 else { return 0 }
         var w: Float = 1
         for c in items.suffix(settings.neighbourhoodItems).reversed() {
-            neighbourhood.accumulate(from: c, weight: w, into: out) { touched.append($0) }
+            neighbourhood.accumulate(from: c, weight: w, into: out, touched: &touched)
             w *= settings.neighbourhoodDecay
         }
         var best: Float = 0
@@ -539,13 +581,6 @@ public final class CollaborativeFilteringScorer: Scorer {
             best = max(best, damped)
         }
         return best
-    }
-
-    private func ensureScratch(_ n: Int) {
-        if serveScores.count < n + table.items.rowsPerChunk {
-            serveScores = [Float](repeating: 0, count: n + table.items.rowsPerChunk)
-        }
-        if serveNeighbours.count < n { serveNeighbours.append(contentsOf: repeatElement(0, count: n - serveNeighbours.count)) }
     }
 
     // MARK: snapshots

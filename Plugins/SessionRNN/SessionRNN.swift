@@ -282,7 +282,7 @@ public final class SessionRNNScorer: Scorer {
         touched.removeAll(keepingCapacity: true)
         guard let last, settings.transitionWeight > 0 else { return }
         serveTransitions.withUnsafeMutableBufferPointer { t in
-            transitions.accumulate(from: last, weight: 1, into: t.baseAddress!) { touched.append($0) }
+            transitions.accumulate(from: last, weight: 1, into: t.baseAddress!, touched: &touched)
         }
         for j in touched where Int(j) < serveTransitions.count {
             serveTransitions[Int(j)] = settings.transitionWeight * logf(1 + serveTransitions[Int(j)])

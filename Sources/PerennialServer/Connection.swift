@@ -45,6 +45,10 @@ final class Connection {
     private var partialSince: UInt64 = 0
     /// Inside processFrames (flush must not start decoding again from there).
     private var processing = false
+    /// RECOMMENDs of this connection wait for the end of the loop's turn,
+    /// where they are answered with the others read in it: later frames
+    /// wait too (unless they join the batch), so replies stay in order.
+    private(set) var awaitingBatch = false
 
     static let initialInbox = 16 * 1024
 
@@ -152,17 +156,32 @@ final class Connection {
                 }
                 return
             case .fatal(let error, let requestID):
+                // The error must not overtake replies the batch owes: it is
+                // found again once they are written.
+                if awaitingBatch { park(.waitForBatch); return }
                 fail(error, requestID: requestID)
                 return
             case .frame(let header):
                 let payload = UnsafeRawBufferPointer(start: inbox + readPos + FrameHeader.size, count: header.payloadLength)
-                let outcome = loop.handler.handle(header, payload: payload, state: &state, out: &out)
+                let outcome = loop.handler.handle(header, payload: payload, state: &state, out: &out,
+                                                  owner: ObjectIdentifier(self), ordered: awaitingBatch)
                 switch outcome {
                 case .done:
                     readPos += header.frameLength
                     partialSince = 0
+                case .deferred:
+                    readPos += header.frameLength
+                    partialSince = 0
+                    if !awaitingBatch {
+                        awaitingBatch = true
+                        loop.joinBatch(self)
+                    }
                 case .waitForApplied, .waitForQueueRoom:
                     park(outcome)
+                    return
+                case .waitForBatch:
+                    park(outcome)
+                    if !awaitingBatch { loop.joinBatch(self) }
                     return
                 case .shutdownAfterReply:
                     readPos += header.frameLength
@@ -187,14 +206,37 @@ final class Connection {
         switch reason {
         case .waitForApplied(let seq, let deadline):
             guard appliedSeq >= seq || now >= deadline else { return }
-        case .waitForQueueRoom:
-            break
+        case .waitForBatch:
+            // Only the batch's answer resumes it (batchAnswered).
+            return
         default:
             break
         }
         parked = nil
         loop.parked.remove(ObjectIdentifier(self))
         processFrames()
+        flush()
+        if parked == nil { startReading() }
+    }
+
+    // MARK: the loop's batch of RECOMMENDs
+
+    /// Appends a reply the batch produced for this connection.
+    func appendReply(_ write: (inout [UInt8]) -> Void) {
+        write(&out)
+    }
+
+    /// The loop answered this turn's RECOMMENDs (this connection's among
+    /// them, or it waited for room in the batch): send the replies and go
+    /// on with the frames that waited.
+    func batchAnswered() {
+        awaitingBatch = false
+        if case .waitForBatch = parked {
+            parked = nil
+            loop.parked.remove(ObjectIdentifier(self))
+        }
+        guard !closing else { return }
+        if parked == nil { processFrames() }
         flush()
         if parked == nil { startReading() }
     }
@@ -211,7 +253,7 @@ final class Connection {
         while true {
             guard writeInFlight == 0, !closing else { return }
             if out.isEmpty {
-                if closeAfterFlush || (peerDone && parked == nil) { close() }
+                if !awaitingBatch && (closeAfterFlush || (peerDone && parked == nil)) { close() }
                 return
             }
             // Acknowledgements promise what the fsync policy says: under
@@ -344,7 +386,8 @@ final class Connection {
 
     /// Checks the per-connection timers; called by the loop's sweep.
     func sweep(now: UInt64, idleMs: Int, frameMs: Int) {
-        guard !closing, !closeAfterFlush else { return }
+        // (A connection owed batch replies gets them later in this turn.)
+        guard !closing, !closeAfterFlush, !awaitingBatch else { return }
         // Saturating: a timestamp taken during this tick may be after `now`.
         if frameMs > 0, reading, partialSince != 0, parked == nil, now >= partialSince, now - partialSince >= UInt64(frameMs) {
             fail(ProtocolError(.timeout, "a started frame was not completed within \(frameMs) ms", fatal: true), requestID: 0)

@@ -22,6 +22,12 @@ final class EventLoop {
     /// Connections whose replies wait for the end-of-iteration fsync.
     var awaitingSync: Set<ObjectIdentifier> = []
     private let check: UnsafeMutablePointer<uv_check_t>
+    /// Active while RECOMMENDs wait for the end of the turn, so the loop
+    /// does not block in poll before answering them.
+    private let batchIdle: UnsafeMutablePointer<uv_idle_t>
+    /// Connections owed replies by this turn's batch of RECOMMENDs, or
+    /// waiting for it to make room, in the order they joined.
+    private var batchMembers: [Connection] = []
     private(set) var boundPort = 0
     private var stopping = false
     private var stopDeadline: UInt64 = 0
@@ -37,6 +43,7 @@ final class EventLoop {
         stopAsync = .allocate(capacity: 1)
         timer = .allocate(capacity: 1)
         check = .allocate(capacity: 1)
+        batchIdle = .allocate(capacity: 1)
         signals = [.allocate(capacity: 1), .allocate(capacity: 1), .allocate(capacity: 1)]
     }
 
@@ -48,6 +55,7 @@ final class EventLoop {
         stopAsync.deallocate()
         timer.deallocate()
         check.deallocate()
+        batchIdle.deallocate()
         for s in signals { s.deallocate() }
     }
 
@@ -96,6 +104,8 @@ final class EventLoop {
         uv_check_init(loop, check)
         check.pointee.data = opaqueSelf
         uv_check_start(check, loopCheck)
+        uv_idle_init(loop, batchIdle)
+        batchIdle.pointee.data = opaqueSelf
         handlesSignals = handleSignals
         for (s, signum) in zip(signals, [SIGINT, SIGTERM, SIGHUP]) {
             uv_signal_init(loop, s)
@@ -162,6 +172,27 @@ final class EventLoop {
         if stopping { finishStopIfDone() }
     }
 
+    /// A connection has RECOMMENDs in (or waits for room in) this turn's batch.
+    func joinBatch(_ c: Connection) {
+        if batchMembers.isEmpty { uv_idle_start(batchIdle, loopBatchIdle) }
+        batchMembers.append(c)
+    }
+
+    /// End of a loop iteration: the RECOMMENDs read in it are answered
+    /// together (one pass over the catalogue), and the connections that
+    /// waited on them go on; what they read next may form another batch.
+    func answerBatch() {
+        while !batchMembers.isEmpty {
+            if handler.hasDeferred {
+                handler.answerDeferred { id, write in connections[id]?.appendReply(write) }
+            }
+            let members = batchMembers
+            batchMembers.removeAll(keepingCapacity: true)
+            for c in members { c.batchAnswered() }
+        }
+        uv_idle_stop(batchIdle)
+    }
+
     /// End of a loop iteration: one fsync for every acknowledgement written
     /// in it, then those replies go out.
     func commitAwaitingSync() {
@@ -224,6 +255,7 @@ final class EventLoop {
         uv_close(UnsafeMutablePointer(OpaquePointer(stopAsync)), nil)
         uv_close(UnsafeMutablePointer(OpaquePointer(timer)), nil)
         uv_close(UnsafeMutablePointer(OpaquePointer(check)), nil)
+        uv_close(UnsafeMutablePointer(OpaquePointer(batchIdle)), nil)
     }
 }
 
@@ -266,8 +298,14 @@ private let loopStopRequested: uv_async_cb = { handle in
 }
 
 private let loopCheck: uv_check_cb = { handle in
-    eventLoop(handle?.pointee.data).commitAwaitingSync()
+    let loop = eventLoop(handle?.pointee.data)
+    loop.answerBatch()
+    loop.commitAwaitingSync()
 }
+
+/// Does nothing: an active idle handle only keeps poll from blocking while
+/// a batch waits for the check phase.
+private let loopBatchIdle: uv_idle_cb = { _ in }
 
 private let loopTick: uv_timer_cb = { handle in
     eventLoop(handle?.pointee.data).tick()

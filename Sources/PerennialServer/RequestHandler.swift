@@ -15,6 +15,13 @@ enum FrameOutcome {
     case waitForApplied(seq: UInt64, deadline: UInt64)
     /// Leave the frame unconsumed until the learner queue has room.
     case waitForQueueRoom
+    /// The frame is consumed; its reply comes when the loop answers this
+    /// turn's RECOMMENDs together (`RequestHandler.answerDeferred`).
+    case deferred
+    /// Leave the frame unconsumed until this turn's RECOMMENDs are answered:
+    /// the batch is full, or the connection has replies owed by it and this
+    /// frame's reply must not overtake them.
+    case waitForBatch
     /// The reply is written; then the server stops.
     case shutdownAfterReply
 }
@@ -62,6 +69,17 @@ final class RequestHandler {
     /// Longest session_id accepted (bytes).
     static let maxSessionIDBytes = 256
     private var incoming: [IncomingEvent] = []
+    /// RECOMMENDs read in this turn of the loop, in the order read, answered
+    /// together at its end (one pass over the catalogue for all of them).
+    private var deferred: [DeferredRecommend] = []
+    var hasDeferred: Bool { !deferred.isEmpty }
+
+    struct DeferredRecommend {
+        /// The connection owed the reply.
+        let owner: ObjectIdentifier
+        let requestID: UInt32
+        let question: RecommendQuestion
+    }
 
     init(config: PerennialConfig, model: Model, learner: Learner, log: FeedbackLog, snapshots: SnapshotStore,
          lastSnapshotSeq: UInt64, reloadConfig: (@Sendable () throws -> PerennialConfig)?) {
@@ -79,8 +97,11 @@ final class RequestHandler {
     }
 
     /// Handles one whole frame, appending the reply (or ERROR) to `out`.
+    /// `owner` identifies the connection; `ordered` says it has RECOMMENDs
+    /// deferred to the end of this turn, so only another RECOMMEND that can
+    /// join them may be taken now (replies keep the order of requests).
     func handle(_ header: FrameHeader, payload: UnsafeRawBufferPointer, state: inout ConnectionState,
-                out: inout [UInt8]) -> FrameOutcome {
+                out: inout [UInt8], owner: ObjectIdentifier, ordered: Bool) -> FrameOutcome {
         let id = header.requestID
         do throws(ProtocolError) {
             let opcode = try FrameDecoder.opcode(of: header)
@@ -88,11 +109,17 @@ final class RequestHandler {
                 throw ProtocolError(.unknownOpcode, "a client may not send reply frames (REPLY flag set)")
             }
             let request = try Request.decode(opcode: opcode, payload: payload, limits: protocolLimits)
-            let outcome = try perform(request, state: &state, requestID: id, out: &out)
-            if case .done = outcome { stats.requestsTotal += 1; state.waitDeadline = 0 }
-            if case .shutdownAfterReply = outcome { stats.requestsTotal += 1 }
+            if ordered && !joinsBatch(request) { return .waitForBatch }
+            let outcome = try perform(request, state: &state, requestID: id, out: &out, owner: owner)
+            switch outcome {
+            case .done, .deferred: stats.requestsTotal += 1; state.waitDeadline = 0
+            case .shutdownAfterReply: stats.requestsTotal += 1
+            default: break
+            }
             return outcome
         } catch {
+            // An error must not overtake the replies the batch owes.
+            if ordered { return .waitForBatch }
             stats.requestsTotal += 1
             stats.errorsTotal += 1
             if error.code == .timeout { stats.timeouts += 1 }
@@ -102,8 +129,41 @@ final class RequestHandler {
         }
     }
 
+    /// Whether the request is a RECOMMEND answered with the turn's batch.
+    /// A shadow comparison records both answers at once, and an unknown
+    /// scorer is refused at once: those are answered alone.
+    private func joinsBatch(_ request: Request) -> Bool {
+        guard config.recommendBatch > 1, case .recommend(let q) = request else { return false }
+        return q.shadowScorer.isEmpty && model.canServe(q.scorer)
+    }
+
+    /// Answers the RECOMMENDs deferred in this turn, together
+    /// (`Model.recommend(batch:)`); `deliver` appends each reply to its
+    /// connection's output, in the order the requests were read.
+    func answerDeferred(deliver: (ObjectIdentifier, (inout [UInt8]) -> Void) -> Void) {
+        let batch = deferred
+        deferred.removeAll(keepingCapacity: true)
+        let answers = model.recommend(batch: batch.map(\.question))
+        stats.recommendBatches += 1
+        stats.recommendsBatched += UInt64(batch.count)
+        let applied = model.appliedSeq
+        for (d, answer) in zip(batch, answers) {
+            deliver(d.owner) { out in
+                switch answer {
+                case .success(let recs):
+                    Reply.recommend(RecommendReply(appliedSeq: applied, items: recs.map { RankedItem(item: $0.item, score: $0.score) }))
+                        .encode(into: &out, requestID: d.requestID)
+                case .failure(let error):
+                    // (A RELOAD in the same turn removed the scorer.)
+                    stats.errorsTotal += 1
+                    Reply.encodeError(ProtocolError(.unknownScorer, error.description), requestID: d.requestID, into: &out)
+                }
+            }
+        }
+    }
+
     private func perform(_ request: Request, state: inout ConnectionState, requestID: UInt32,
-                         out: inout [UInt8]) throws(ProtocolError) -> FrameOutcome {
+                         out: inout [UInt8], owner: ObjectIdentifier) throws(ProtocolError) -> FrameOutcome {
         try authorize(request, state: &state)
         switch request {
         case .ping:
@@ -162,19 +222,27 @@ final class RequestHandler {
             }
         case .recommend(let q):
             if let wait = try readYourWrites(q.minAppliedSeq, state: &state) { return wait }
-            stats.recommends += 1
+            let batched = joinsBatch(request)
+            if batched && deferred.count >= config.recommendBatch { return .waitForBatch }
             var session = q.sessionItems
             if !q.shadowScorer.isEmpty && !model.canServe(q.shadowScorer) {
                 throw ProtocolError(.unknownScorer, "shadow_scorer \"\(q.shadowScorer)\" is not loaded; loaded: \((model.scorerNames + model.routes.keys.sorted()).joined(separator: ", "))")
             }
+            if !q.sessionID.isEmpty && model.canServe(q.scorer) && q.sessionID.utf8.count > Self.maxSessionIDBytes {
+                throw ProtocolError(.invalidArgument, "session_id is \(q.sessionID.utf8.count) bytes; at most \(Self.maxSessionIDBytes)")
+            }
+            stats.recommends += 1
             if !q.sessionID.isEmpty && model.canServe(q.scorer) {
                 // (A request the model will refuse leaves the session alone.)
-                guard q.sessionID.utf8.count <= Self.maxSessionIDBytes else {
-                    throw ProtocolError(.invalidArgument, "session_id is \(q.sessionID.utf8.count) bytes; at most \(Self.maxSessionIDBytes)")
-                }
                 // The request's items join the remembered session.
                 session = sessions.update(q.sessionID, appending: q.sessionItems,
                                           now: Double(MonotonicClock.nowMillis()) / 1000)
+            }
+            if batched {
+                deferred.append(DeferredRecommend(owner: owner, requestID: requestID,
+                                                  question: RecommendQuestion(user: q.user, k: Int(q.k), scorer: q.scorer, session: session,
+                                                                              exclude: q.exclude, candidates: q.candidates)))
+                return .deferred
             }
             do {
                 let recs = try model.recommend(user: q.user, k: Int(q.k), scorer: q.scorer, session: session,
@@ -399,6 +467,8 @@ final class RequestHandler {
             StatCounter("bytes_in", stats.bytesIn),
             StatCounter("bytes_out", stats.bytesOut),
             StatCounter("recommends", stats.recommends),
+            StatCounter("recommend_batches", stats.recommendBatches),
+            StatCounter("recommends_batched", stats.recommendsBatched),
             StatCounter("feedback_batches", stats.feedbackBatches),
             StatCounter("events_accepted", model.lastSeq),
             StatCounter("events_durable", log.durableSeq),

@@ -16,6 +16,9 @@ struct ServerStats {
     var bytesOut: UInt64 = 0
     var feedbackBatches: UInt64 = 0
     var recommends: UInt64 = 0
+    /// Batches of RECOMMENDs answered together, and the requests in them.
+    var recommendBatches: UInt64 = 0
+    var recommendsBatched: UInt64 = 0
     var backpressurePauses: UInt64 = 0
     var queueFullPauses: UInt64 = 0
 }

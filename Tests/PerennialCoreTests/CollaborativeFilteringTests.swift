@@ -67,6 +67,40 @@ import PerennialPlugins
         }
     }
 
+    /// A batch of questions (as the server gathers the RECOMMENDs read in
+    /// one turn) gets exactly what each gets alone: the same items and the
+    /// same scores, for known and unknown users, sessions, exclusions,
+    /// candidate lists, and a scorer that is not loaded.
+    @Test func batchedRecommendEqualsOneAtATime() throws {
+        let model = try plantedModel(events: 6000)
+        let questions = [
+            RecommendQuestion(user: 1, k: 10),
+            RecommendQuestion(user: 7, k: 3),
+            RecommendQuestion(user: 150, k: 40, session: [60, 61]),
+            RecommendQuestion(user: 99_999, k: 5),
+            RecommendQuestion(user: 99_998, k: 5, session: [3]),
+            RecommendQuestion(user: 2, k: 10, candidates: Array(1...20)),
+            RecommendQuestion(user: 2, k: 10, exclude: [51, 52, 53]),
+            RecommendQuestion(user: 1, k: 10, scorer: "nope"),
+            RecommendQuestion(user: 1, k: 10),
+        ]
+        let batch = model.recommend(batch: questions)
+        #expect(batch.count == questions.count)
+        for (q, answer) in zip(questions, batch) {
+            do throws(ModelError) {
+                let alone = try model.recommend(user: q.user, k: q.k, scorer: q.scorer, session: q.session,
+                                                exclude: q.exclude, candidates: q.candidates)
+                let got = try answer.get()
+                #expect(got.map(\.item) == alone.map(\.item), "user \(q.user)")
+                #expect(got.map(\.score.bitPattern) == alone.map(\.score.bitPattern), "user \(q.user)")
+                #expect(!got.isEmpty)
+            } catch {
+                #expect(q.scorer == "nope")
+                #expect(throws: ModelError.self) { try answer.get() }
+            }
+        }
+    }
+
     /// The same over a catalogue of several row and item-stats chunks.
     @Test func catalogueScanOverManyChunksEqualsScoringEveryItem() throws {
         let model = try plantedModel(events: 30_000, items: 9000, users: 300)

@@ -116,6 +116,39 @@ import Testing
         }
     }
 
+    /// A batch of queries gets, query by query, exactly (bit for bit) what
+    /// each gets from pk_score_rows alone, whatever the batch's size, for
+    /// every dimension and row count (and past the kernel's 64-query slice):
+    /// so a RECOMMEND's answer never depends on the requests it came with.
+    @Test(arguments: [0, 3, 8, 13, 100, 1031])
+    func batchedCatalogueKernelEqualsOneQueryAtATime(count n: Int) {
+        var rng = SplitMix64(seed: 17 + UInt64(n))
+        for dim in [8, 16, 24, 32, 40, 48, 56, 64, 12, 72] {
+            let rows = (0..<(n * dim)).map { _ in rng.nextSignedUnitFloat() }
+            let stats = (0..<(3 * n)).map { _ in rng.nextSignedUnitFloat() }
+            for batch in dim == 64 ? [1, 2, 3, 5, 8, 70] : [1, 2, 3, 5] {
+                let queries = (0..<batch).map { _ -> UnsafeMutablePointer<Float> in
+                    let q = UnsafeMutablePointer<Float>.allocate(capacity: dim)
+                    for k in 0..<dim { q[k] = rng.nextSignedUnitFloat() * 3 }
+                    return q
+                }
+                let outs = (0..<batch).map { _ in UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1)) }
+                defer { for p in queries + outs { p.deallocate() } }
+                var sums = [Double](repeating: 0.5, count: batch), squares = [Double](repeating: 2, count: batch)
+                let qp: [UnsafePointer<Float>?] = queries.map { UnsafePointer($0) }
+                let op: [UnsafeMutablePointer<Float>?] = outs
+                pk_score_rows_batch(rows, n, dim, qp, batch, stats, 3, op, &sums, &squares)
+                for j in 0..<batch {
+                    var alone = [Float](repeating: 0, count: n)
+                    var s = 0.5, q = 2.0
+                    pk_score_rows(rows, n, dim, queries[j], stats, 3, &alone, &s, &q)
+                    #expect((0..<n).allSatisfy { outs[j][$0].bitPattern == alone[$0].bitPattern }, "dim \(dim) batch \(batch) query \(j)")
+                    #expect(sums[j].bitPattern == s.bitPattern && squares[j].bitPattern == q.bitPattern, "dim \(dim) batch \(batch)")
+                }
+            }
+        }
+    }
+
     @Test func tableGrowsAcrossChunksDeterministically() {
         let a = EmbeddingTable(dimension: 16, seed: 7), b = EmbeddingTable(dimension: 16, seed: 7)
         a.grow(users: 3, items: 2000)

@@ -39,11 +39,31 @@ void pk_score_rows(const float *rows, size_t count, size_t dim, const float *que
 void pk_score_rows_plain(const float *rows, size_t count, size_t dim, const float *query,
                          const float *bias, size_t bias_stride, float *out, double *sum, double *sq);
 
+/// pk_score_rows for nq queries at once: queries[j] (dim floats), out[j]
+/// (count floats), sum[j] and sq[j]. Each query's scores and moments are bit
+/// for bit what pk_score_rows gives it alone (so an answer does not depend
+/// on its batch); the fast path reads the rows one L1-sized tile at a time
+/// for all the queries, so a catalogue is read once per batch, not once per
+/// query, and each row load feeds two queries.
+void pk_score_rows_batch(const float *rows, size_t count, size_t dim, const float *const *queries, size_t nq,
+                         const float *bias, size_t bias_stride, float *const *out, double *sum, double *sq);
+
 /// The first index i in from..<count with x[i] >= threshold (NaN never
 /// qualifies), or count: the scan behind top-k selection, which visits only
 /// the items that can beat the current k-th.
 size_t pk_next_at_least(const float *x, size_t from, size_t count, float threshold);
 size_t pk_next_at_least_plain(const float *x, size_t from, size_t count, float threshold);
+
+/// The neighbourhood part of a request (ItemNeighbourhood.accumulate): for
+/// every used slot of one item's co-occurrence table (`capacity` slots of
+/// two floats: the neighbour's index as a bit pattern, 0xFFFFFFFF when
+/// empty, and its count), out[neighbour] += weight * count. Neighbours at or
+/// past `items`, negative ones and non-finite counts (a slot read while the
+/// learner rebuilds the table) are skipped. A neighbour whose entry was 0
+/// before is appended to `touched` (room for `capacity` more is needed);
+/// returns the new length of `touched`.
+size_t pk_accumulate_neighbours(const float *slots, size_t capacity, float weight, size_t items, float *out,
+                                int *touched, size_t touched_count);
 
 /// 1 when pk_dot_rows uses the AVX2+FMA path on this CPU.
 int pk_has_fast_path(void);

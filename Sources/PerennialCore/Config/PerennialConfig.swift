@@ -87,6 +87,9 @@ public struct PerennialConfig: Sendable {
     public var port = 7878
     public var dataDir = "data"
     public var allowShutdown = false
+    /// Most RECOMMENDs answered together: those read in one turn of the
+    /// event loop share one pass over the catalogue (1 = each on its own).
+    public var recommendBatch = 16
     public var limits = LimitsConfig()
     public var learnerQueueCapacity = 65_536
     public var historyPerUser = 1000
@@ -161,6 +164,7 @@ public struct PerennialConfig: Sendable {
         c.port = try r.int("server.port", default: c.port, in: 0...65535)
         c.dataDir = try r.string("server.data_dir", default: c.dataDir)
         c.allowShutdown = try r.bool("server.allow_shutdown", default: c.allowShutdown)
+        c.recommendBatch = try r.int("server.recommend_batch", default: c.recommendBatch, in: 1...1024)
 
         var l = LimitsConfig()
         l.maxFrameBytes = try r.int("limits.max_frame_bytes", default: l.maxFrameBytes, in: 1024...(1 << 30))

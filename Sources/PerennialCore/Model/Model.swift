@@ -50,6 +50,26 @@ public struct Recommendation: Sendable, Equatable {
     public var score: Float
 }
 
+/// One RECOMMEND's question, with external ids (see `Model.recommend`).
+public struct RecommendQuestion: Sendable, Equatable {
+    public var user: UInt64
+    public var k: Int
+    public var scorer: String
+    public var session: [UInt64]
+    public var exclude: [UInt64]
+    public var candidates: [UInt64]
+
+    public init(user: UInt64, k: Int, scorer: String = "", session: [UInt64] = [], exclude: [UInt64] = [],
+                candidates: [UInt64] = []) {
+        self.user = user
+        self.k = k
+        self.scorer = scorer
+        self.session = session
+        self.exclude = exclude
+        self.candidates = candidates
+    }
+}
+
 public final class Model: @unchecked Sendable {
     public let users = IdMap()
     public let items = IdMap()
@@ -88,6 +108,8 @@ public final class Model: @unchecked Sendable {
     // Per-request scratch, reused so that serving allocates little.
     private let exclusions = ExclusionSet()
     private var top = TopK(k: 10)
+    /// One exclusion set per query of the largest batch so far.
+    private var batchExclusions: [ExclusionSet] = []
 
     public init(config: PerennialConfig, registry: ScorerRegistry) {
         history = InteractionHistory(limitPerUser: config.historyPerUser)
@@ -491,6 +513,51 @@ public final class Model: @unchecked Sendable {
         return top.sorted().map { Recommendation(item: items.id(at: $0.item), score: $0.score) }
     }
 
+    /// Answers several RECOMMENDs, each exactly as `recommend` would alone.
+    /// Questions to the same scorer go to it together
+    /// (`Scorer.recommend(batch:)`), so a scorer that scans the catalogue
+    /// reads it once for all of them; a route's questions are answered one
+    /// by one.
+    public func recommend(batch questions: [RecommendQuestion]) -> [Result<[Recommendation], ModelError>] {
+        var answers = [Result<[Recommendation], ModelError>](repeating: .success([]), count: questions.count)
+        var groups: [(scorer: any Scorer, members: [Int])] = []
+        for (i, q) in questions.enumerated() {
+            do throws(ModelError) {
+                if routes[q.scorer] != nil {
+                    answers[i] = .success(try recommend(user: q.user, k: q.k, scorer: q.scorer, session: q.session,
+                                                        exclude: q.exclude, candidates: q.candidates))
+                    continue
+                }
+                let s = try scorer(named: q.scorer)
+                if let g = groups.firstIndex(where: { $0.scorer === s }) {
+                    groups[g].members.append(i)
+                } else {
+                    groups.append((s, [i]))
+                }
+            } catch {
+                answers[i] = .failure(error)
+            }
+        }
+        for (scorer, members) in groups {
+            while batchExclusions.count < members.count { batchExclusions.append(ExclusionSet()) }
+            var queries: [ScoringQuery] = []
+            var tops: [TopK] = []
+            queries.reserveCapacity(members.count)
+            tops.reserveCapacity(members.count)
+            for (slot, i) in members.enumerated() {
+                let q = questions[i]
+                queries.append(makeQuery(user: q.user, session: q.session, exclude: q.exclude, candidates: q.candidates,
+                                         exclusions: batchExclusions[slot]))
+                tops.append(TopK(k: q.k))
+            }
+            scorer.recommend(batch: queries, into: &tops)
+            for (slot, i) in members.enumerated() {
+                answers[i] = .success(tops[slot].sorted().map { Recommendation(item: items.id(at: $0.item), score: $0.score) })
+            }
+        }
+        return answers
+    }
+
     /// Scores for the given item ids (in order) and whether each is known.
     public func score(user: UInt64, items ids: [UInt64], scorer name: String = "", session: [UInt64] = []) throws(ModelError) -> [(score: Float, known: Bool)] {
         // A route scores a given list with its re-ranking scorer.
@@ -501,7 +568,9 @@ public final class Model: @unchecked Sendable {
         return zip(scores, dense).map { ($0.isFinite ? $0 : 0, $1 != nil) }
     }
 
-    private func makeQuery(user: UInt64, session: [UInt64], exclude: [UInt64], candidates: [UInt64]) -> ScoringQuery {
+    private func makeQuery(user: UInt64, session: [UInt64], exclude: [UInt64], candidates: [UInt64],
+                           exclusions: ExclusionSet? = nil) -> ScoringQuery {
+        let exclusions = exclusions ?? self.exclusions
         let own = users.index(of: user)
         // A user without a row of their own is answered from the shared
         // fallback user's row, when there is one (with no history).

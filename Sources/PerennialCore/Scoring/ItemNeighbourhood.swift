@@ -15,6 +15,8 @@
 // place; a reader during that instant may miss some neighbours, never touch
 // freed memory.
 
+import CKernels
+
 public final class ItemNeighbourhood {
     public let capacity: Int
     public let window: Int
@@ -115,21 +117,22 @@ public final class ItemNeighbourhood {
         return 0
     }
 
-    /// Adds w · C[c, j] to out[j] for every neighbour j of c; calls `touched`
-    /// for each j whose entry was zero before.
+    /// Adds w · C[c, j] to out[j] for every neighbour j of c, appending to
+    /// `touched` each j whose entry was zero before (in C: this loop is most
+    /// of a request's neighbourhood part).
     @inline(__always)
-    public func accumulate(from c: Int32, weight: Float, into out: UnsafeMutablePointer<Float>, touched: (Int32) -> Void) {
+    public func accumulate(from c: Int32, weight: Float, into out: UnsafeMutablePointer<Float>, touched: inout [Int32]) {
         let row = slots.row(Int(c))
-        for s in 0..<capacity {
-            let k = row[2 * s].bitPattern
-            if k == UInt32.max { continue }
-            let j = Int32(bitPattern: k)
-            // A count read mid-rebuild may be the empty marker (NaN): skip it.
-            let count = row[2 * s + 1]
-            if Int(j) >= items || j < 0 || !count.isFinite { continue }
-            if out[Int(j)] == 0 { touched(j) }
-            out[Int(j)] += weight * count
+        let start = touched.count
+        touched.append(contentsOf: repeatElement(0, count: capacity))
+        let end = touched.withUnsafeMutableBufferPointer { t in
+            // (Items past `items` are skipped, and so is a count read
+            // mid-rebuild, which may be the empty marker, a NaN.)
+            t.baseAddress!.withMemoryRebound(to: CInt.self, capacity: t.count) {
+                pk_accumulate_neighbours(row, capacity, weight, items, out, $0, start)
+            }
         }
+        touched.removeLast(touched.count - end)
     }
 
     public var bytes: Int { slots.bytes + used.bytes }

@@ -111,6 +111,13 @@ public protocol Scorer: AnyObject {
     func itemTextChanged(_ item: Int32, text: String)
     /// Pushes every eligible item with its score into `top`.
     func recommend(_ query: ScoringQuery, into top: inout TopK)
+    /// Answers several queries at once: `tops[i]` gets exactly what
+    /// `recommend(queries[i], into: &tops[i])` would push (the serving loop
+    /// gathers the RECOMMENDs that arrive together, and an answer must not
+    /// depend on which others came with it). A scorer that scans the
+    /// catalogue reads it once for the whole batch; the default answers the
+    /// queries one by one.
+    func recommend(batch queries: [ScoringQuery], into tops: inout [TopK])
     /// Scores the given items (nil = an item id never seen) for the query's user.
     func score(_ query: ScoringQuery, items: [Int32?]) -> [Float]
     /// Named counters for STATS, prefixed with the scorer's name by the caller.
@@ -134,6 +141,9 @@ public protocol Scorer: AnyObject {
 }
 
 extension Scorer {
+    public func recommend(batch queries: [ScoringQuery], into tops: inout [TopK]) {
+        for i in queries.indices { recommend(queries[i], into: &tops[i]) }
+    }
     public func replay(_ event: LearnEvent) {}
     public var replays: Bool { false }
     public func forget(user: Int32) {}
