@@ -15,7 +15,7 @@ public struct CFSettings: ScorerSettings, Equatable {
     /// Recent events the popularity sampler draws from.
     public var samplerWindow: Int = 100_000
     /// Recent items of a user that form their context vector.
-    public var contextItems: Int = 50
+    public var contextItems: Int = 20
     /// Weight of the k-th most recent context item: decay^k.
     public var contextDecay: Float = 0.8
     /// Ratings below this are learned with `lowRatingWeight`.

@@ -273,14 +273,14 @@ public final class CollaborativeFilteringScorer: Scorer {
 
     /// One BPR step for (user, item) against `negatives` sampled items.
     /// Row steps are Adagrad (Duchi et al. 2011) with one accumulator per
-    /// row, in C (`pk_adagrad_row`: AVX2 where the CPU has it).
+    /// row, in C (`pk_adagrad_row_follow`: AVX2 where the CPU has it).
     private func rankStep(user: Int32, item: Int32, weight: Float) {
         let ctx = recent[Int(user)]
         let lr = settings.learningRate, reg = settings.regularization
-        // Anchored learning (RowAnchors): every table row is also pulled
-        // toward its anchor with strength λ; with anchoring off the anchor
-        // is the row itself and the pull is zero.
-        let lambda = table.anchorStrength
+        // Anchored learning (RowAnchors): with it on, every row step (the
+        // table's rows, and the context rows with their own anchors) is also
+        // pulled toward the row's anchor, which then follows the row
+        // (EmbeddingTable.step).
         // Draw the negatives first (the same draws in the same order as
         // drawing each in its own step) and start fetching the rows this
         // step will touch: the rows are scattered over megabytes, and
@@ -292,7 +292,7 @@ public final class CollaborativeFilteringScorer: Scorer {
             pk_prefetch(table.item(j), rowBytes)
             pk_prefetch(itemStats.row(Int(j)), 12)
             pk_prefetch(table.itemAdagrad.row(Int(j)), 4)
-            if lambda > 0 { pk_prefetch(table.itemAnchor(j), rowBytes) }
+            if let a = table.anchors { pk_prefetch(a.items.row(Int(j)), rowBytes) }
         }
         var fetched = 0
         for c in ctx.reversed() {
@@ -318,38 +318,26 @@ public final class CollaborativeFilteringScorer: Scorer {
                 // d/dx ln σ(x) = σ(−x)
                 let g = weight * sigmoid(-x)
                 if g < 1e-6 { continue }
-                for k in 0..<d {
-                    dz[k] += g * (vi[k] - vj[k])
-                    gi[k] += g * z[k]
-                }
+                pk_bpr_accumulate(g, vi, vj, z, dz, gi, d)
                 gradBiasI += g
                 // v_j moves away from z; b_j down.
-                let aj = table.itemAnchor(j)
-                pk_adagrad_row(vj, aj, z, -g, reg, lambda, table.itemAdagrad.row(Int(j)), lr, nil, d)
-                table.itemUpdated(j)
+                table.stepItem(j, along: z, alpha: -g, reg: reg, lr: lr)
                 adagradScalar(&sj[Self.biasSlot], grad: -g - reg * sj[Self.biasSlot], accumulator: &sj[Self.biasAdagradSlot], lr: lr)
             }
             if gradBiasI == 0 { return }
-            let ai = table.itemAnchor(item)
-            pk_adagrad_row(vi, ai, gi, 1, reg, lambda, table.itemAdagrad.row(Int(item)), lr, nil, d)
-            table.itemUpdated(item)
+            table.stepItem(item, along: gi, alpha: 1, reg: reg, lr: lr)
             adagradScalar(&si[Self.biasSlot], grad: gradBiasI - reg * si[Self.biasSlot], accumulator: &si[Self.biasAdagradSlot], lr: lr)
-            let p = table.user(user)
-            let ap = table.userAnchor(user)
             // A user in their first events steps with the meta-learned
             // per-dimension scales (MetaStart).
-            pk_adagrad_row(p, ap, dz, 1, reg, lambda, table.userAdagrad.row(Int(user)), lr, table.userStepScale(user), d)
-            table.userUpdated(user)
+            table.stepUser(user, along: dz, alpha: 1, reg: reg, lr: lr)
             // Context vectors: ∂z/∂y_c = w_c / sqrt(Σw).
             if totalWeight > 0 {
                 var w = 1 / totalWeight.squareRoot()
                 var taken = 0
                 for c in ctx.reversed() {
                     if taken == settings.contextItems { break }
-                    let y = context.row(Int(c))
-                    let a = contextAnchor?.row(Int(c)) ?? y
-                    pk_adagrad_row(y, a, dz, w, reg, lambda, contextAdagrad.row(Int(c)), lr, nil, d)
-                    if let anchors = table.anchors { anchors.follow(a, row: y) }
+                    table.step(context.row(Int(c)), anchor: contextAnchor?.row(Int(c)), along: dz, alpha: w, reg: reg,
+                               accumulator: contextAdagrad.row(Int(c)), lr: lr, scale: nil)
                     w *= settings.contextDecay
                     taken += 1
                 }

@@ -41,6 +41,19 @@ void pk_adagrad_row_plain(float *row, const float *anchor, const float *v, float
     }
 }
 
+void pk_adagrad_row_follow_plain(float *row, float *anchor, const float *v, float alpha, float reg, float lambda,
+                                 float *accumulator, float lr, const float *scale, float follow, size_t n) {
+    pk_adagrad_row_plain(row, anchor, v, alpha, reg, lambda, accumulator, lr, scale, n);
+    for (size_t k = 0; k < n; k++) anchor[k] += follow * (row[k] - anchor[k]);
+}
+
+void pk_bpr_accumulate_plain(float g, const float *a, const float *b, const float *z, float *dz, float *gi, size_t n) {
+    for (size_t k = 0; k < n; k++) {
+        dz[k] += g * (a[k] - b[k]);
+        gi[k] += g * z[k];
+    }
+}
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
@@ -126,6 +139,73 @@ static void adagrad_row_avx2(float *row, const float *anchor, const float *v, fl
     }
 }
 
+// The step's second pass also moves the anchor, so the row is read once more
+// instead of twice.
+__attribute__((target("avx2,fma")))
+static void adagrad_row_follow_avx2(float *row, float *anchor, const float *v, float alpha, float reg, float lambda,
+                                    float *accumulator, float lr, const float *scale, float follow, size_t n) {
+    const __m256 va = _mm256_set1_ps(alpha), vr = _mm256_set1_ps(reg), vl = _mm256_set1_ps(lambda);
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    size_t main = n & ~(size_t)7, k = 0;
+    for (; k + 16 <= main; k += 16) {
+        __m256 g0 = adagrad_gradient8(row, anchor, v, va, vr, vl, k);
+        __m256 g1 = adagrad_gradient8(row, anchor, v, va, vr, vl, k + 8);
+        s0 = _mm256_fmadd_ps(g0, g0, s0);
+        s1 = _mm256_fmadd_ps(g1, g1, s1);
+    }
+    for (; k < main; k += 8) {
+        __m256 g0 = adagrad_gradient8(row, anchor, v, va, vr, vl, k);
+        s0 = _mm256_fmadd_ps(g0, g0, s0);
+    }
+    float sq = hsum8(_mm256_add_ps(s0, s1));
+    for (; k < n; k++) {
+        float g = adagrad_gradient(row, anchor, v, alpha, reg, lambda, k);
+        sq += g * g;
+    }
+    *accumulator += sq / (float)n;
+    const float step = lr / sqrtf(*accumulator + 1e-8f);
+    const __m256 vs = _mm256_set1_ps(step), vf = _mm256_set1_ps(follow);
+    for (k = 0; k < main; k += 8) {
+        __m256 g = adagrad_gradient8(row, anchor, v, va, vr, vl, k);
+        __m256 s = scale ? _mm256_mul_ps(vs, _mm256_loadu_ps(scale + k)) : vs;
+        const __m256 r = _mm256_fmadd_ps(s, g, _mm256_loadu_ps(row + k));
+        _mm256_storeu_ps(row + k, r);
+        const __m256 a = _mm256_loadu_ps(anchor + k);
+        _mm256_storeu_ps(anchor + k, _mm256_fmadd_ps(vf, _mm256_sub_ps(r, a), a));
+    }
+    for (; k < n; k++) {
+        float g = adagrad_gradient(row, anchor, v, alpha, reg, lambda, k);
+        row[k] += scale ? step * scale[k] * g : step * g;
+        anchor[k] += follow * (row[k] - anchor[k]);
+    }
+}
+
+__attribute__((target("avx2,fma")))
+static void bpr_accumulate_avx2(float g, const float *a, const float *b, const float *z, float *dz, float *gi, size_t n) {
+    const __m256 vg = _mm256_set1_ps(g);
+    size_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k));
+        _mm256_storeu_ps(dz + k, _mm256_fmadd_ps(vg, d, _mm256_loadu_ps(dz + k)));
+        _mm256_storeu_ps(gi + k, _mm256_fmadd_ps(vg, _mm256_loadu_ps(z + k), _mm256_loadu_ps(gi + k)));
+    }
+    for (; k < n; k++) {
+        dz[k] += g * (a[k] - b[k]);
+        gi[k] += g * z[k];
+    }
+}
+
+void pk_adagrad_row_follow(float *row, float *anchor, const float *v, float alpha, float reg, float lambda,
+                           float *accumulator, float lr, const float *scale, float follow, size_t n) {
+    if (pk_has_fast_path()) adagrad_row_follow_avx2(row, anchor, v, alpha, reg, lambda, accumulator, lr, scale, follow, n);
+    else pk_adagrad_row_follow_plain(row, anchor, v, alpha, reg, lambda, accumulator, lr, scale, follow, n);
+}
+
+void pk_bpr_accumulate(float g, const float *a, const float *b, const float *z, float *dz, float *gi, size_t n) {
+    if (pk_has_fast_path()) bpr_accumulate_avx2(g, a, b, z, dz, gi, n);
+    else pk_bpr_accumulate_plain(g, a, b, z, dz, gi, n);
+}
+
 float pk_dot(const float *a, const float *b, size_t n) {
     return pk_has_fast_path() ? dot_avx2(a, b, n) : pk_dot_plain(a, b, n);
 }
@@ -140,6 +220,13 @@ void pk_adagrad_row(float *row, const float *anchor, const float *v, float alpha
     else pk_adagrad_row_plain(row, anchor, v, alpha, reg, lambda, accumulator, lr, scale, n);
 }
 #else
+void pk_adagrad_row_follow(float *row, float *anchor, const float *v, float alpha, float reg, float lambda,
+                           float *accumulator, float lr, const float *scale, float follow, size_t n) {
+    pk_adagrad_row_follow_plain(row, anchor, v, alpha, reg, lambda, accumulator, lr, scale, follow, n);
+}
+void pk_bpr_accumulate(float g, const float *a, const float *b, const float *z, float *dz, float *gi, size_t n) {
+    pk_bpr_accumulate_plain(g, a, b, z, dz, gi, n);
+}
 float pk_dot(const float *a, const float *b, size_t n) { return pk_dot_plain(a, b, n); }
 float pk_dot_diff(float start, const float *z, const float *a, const float *b, size_t n) {
     return pk_dot_diff_plain(start, z, a, b, n);

@@ -60,6 +60,36 @@ import Testing
             }
             #expect(fast != start)
         }
+        // The step with its anchor following, fast and plain, against the
+        // plain step followed by the moving average written out here; and
+        // the BPR pair's gradient accumulation.
+        for scaled in [false, true] {
+            let start = vector(), anchorStart = vector(), v = vector(), scale = vector().map { 1 + $0 / 2 }
+            var fast = start, plain = start, reference = start
+            var anchorFast = anchorStart, anchorPlain = anchorStart
+            var accFast: Float = 0.3, accPlain: Float = 0.3, accReference: Float = 0.3
+            scale.withUnsafeBufferPointer { sp in
+                let s = scaled ? sp.baseAddress : nil
+                pk_adagrad_row_follow(&fast, &anchorFast, v, 0.6, 0.01, 0.2, &accFast, 0.1, s, 0.05, n)
+                pk_adagrad_row_follow_plain(&plain, &anchorPlain, v, 0.6, 0.01, 0.2, &accPlain, 0.1, s, 0.05, n)
+                pk_adagrad_row_plain(&reference, anchorStart, v, 0.6, 0.01, 0.2, &accReference, 0.1, s, n)
+            }
+            #expect(abs(accFast - accReference) <= 1e-5 && accPlain == accReference)
+            for k in 0..<n {
+                let anchor = anchorStart[k] + 0.05 * (reference[k] - anchorStart[k])
+                #expect(abs(fast[k] - reference[k]) <= 1e-5 && plain[k] == reference[k])
+                #expect(abs(anchorFast[k] - anchor) <= 1e-5 && abs(anchorPlain[k] - anchor) <= 1e-6)
+            }
+        }
+        var dzFast = vector(), giFast = vector()
+        var dzPlain = dzFast, giPlain = giFast
+        let dz0 = dzFast, gi0 = giFast
+        pk_bpr_accumulate(0.37, a, b, z, &dzFast, &giFast, n)
+        pk_bpr_accumulate_plain(0.37, a, b, z, &dzPlain, &giPlain, n)
+        for k in 0..<n {
+            #expect(abs(dzFast[k] - (dz0[k] + 0.37 * (a[k] - b[k]))) <= 1e-6 && abs(dzPlain[k] - dzFast[k]) <= 1e-6)
+            #expect(abs(giFast[k] - (gi0[k] + 0.37 * z[k])) <= 1e-6 && abs(giPlain[k] - giFast[k]) <= 1e-6)
+        }
     }
 
     /// The catalogue pass (scores with biases, and their moments) agrees

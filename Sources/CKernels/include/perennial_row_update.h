@@ -34,6 +34,19 @@ void pk_adagrad_row(float *row, const float *anchor, const float *v, float alpha
 void pk_adagrad_row_plain(float *row, const float *anchor, const float *v, float alpha, float reg, float lambda,
                           float *accumulator, float lr, const float *scale, size_t n);
 
+/// pk_adagrad_row, then the row's anchor follows it (an exponential moving
+/// average, RowAnchors): anchor[k] += follow * (row[k] - anchor[k]), in the
+/// same pass over the row. `anchor` must be disjoint from `row`.
+void pk_adagrad_row_follow(float *row, float *anchor, const float *v, float alpha, float reg, float lambda,
+                           float *accumulator, float lr, const float *scale, float follow, size_t n);
+void pk_adagrad_row_follow_plain(float *row, float *anchor, const float *v, float alpha, float reg, float lambda,
+                                 float *accumulator, float lr, const float *scale, float follow, size_t n);
+
+/// A BPR pair's gradient into the user vector and the positive item:
+/// dz[k] += g * (a[k] - b[k]) and gi[k] += g * z[k].
+void pk_bpr_accumulate(float g, const float *a, const float *b, const float *z, float *dz, float *gi, size_t n);
+void pk_bpr_accumulate_plain(float g, const float *a, const float *b, const float *z, float *dz, float *gi, size_t n);
+
 /// Asks the CPU to start bringing `bytes` at `p` into cache, for writing.
 /// Only a hint: it changes no result, and a learner that knows which rows it
 /// will touch next (sampled negatives, a user's context items) uses it so

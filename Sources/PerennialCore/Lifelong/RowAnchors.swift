@@ -9,6 +9,9 @@
 // that part), so a burst of new behaviour bends a row without wiping out
 // what it learned before. With λ = 0 the step is exactly the plain one.
 //
+// The step and the anchor's move are one C pass (pk_adagrad_row_follow,
+// EmbeddingTable.step).
+//
 // Threading: `grow` on the admitting thread, like the table's rows; anchors
 // are read and written only by the learner (the serving thread never reads
 // them).
@@ -32,12 +35,6 @@ public final class RowAnchors: @unchecked Sendable {
     func grow(_ anchors: ChunkedBuffer<Float>, rows: ChunkedBuffer<Float>, from: Int, to: Int) {
         anchors.ensure(rows: to)
         for r in from..<to { anchors.row(r).update(from: rows.row(r), count: dimension) }
-    }
-
-    /// Moves an anchor toward its row after the row was updated.
-    @inline(__always)
-    public func follow(_ anchor: UnsafeMutablePointer<Float>, row: UnsafeMutablePointer<Float>) {
-        for k in 0..<dimension { anchor[k] += rate * (row[k] - anchor[k]) }
     }
 
     public var bytes: Int { users.bytes + items.bytes }

@@ -96,6 +96,15 @@ public final class ItemNeighbourhood {
 
     /// Counts the pairs (item, each of the user's last `window` items).
     public func learn(item: Int32, previous: ArraySlice<Int32>) {
+        // Each pair lands in another item's table, scattered over megabytes:
+        // start fetching every slot (and count) the adds will probe first,
+        // so their cache misses overlap instead of coming one after another.
+        let own = slots.row(Int(item)), hItem = home(item)
+        for p in previous.suffix(window) where p != item {
+            pk_prefetch(slots.row(Int(p)) + 2 * hItem, 8)
+            pk_prefetch(used.row(Int(p)), 4)
+            pk_prefetch(own + 2 * home(p), 8)
+        }
         for p in previous.suffix(window) where p != item {
             add(item, p, 1)
             add(p, item, 1)

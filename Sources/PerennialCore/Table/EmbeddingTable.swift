@@ -10,6 +10,8 @@
 // row writes only on the learner thread; row reads anywhere (Hogwild-style:
 // a reader may see a row mid-update, never moved or freed memory).
 
+import CKernels
+
 public final class EmbeddingTable: @unchecked Sendable {
     public let dimension: Int
     public let seed: UInt64
@@ -79,18 +81,36 @@ public final class EmbeddingTable: @unchecked Sendable {
     @inline(__always) public func user(_ u: Int32) -> UnsafeMutablePointer<Float> { users.row(Int(u)) }
     @inline(__always) public func item(_ i: Int32) -> UnsafeMutablePointer<Float> { items.row(Int(i)) }
 
-    /// The anchor of a user's / item's row, or the row itself when anchoring
-    /// is off (so the pull λ·(row − anchor) is zero without a branch per element).
-    @inline(__always) public func userAnchor(_ u: Int32) -> UnsafeMutablePointer<Float> { anchors?.users.row(Int(u)) ?? users.row(Int(u)) }
-    @inline(__always) public func itemAnchor(_ i: Int32) -> UnsafeMutablePointer<Float> { anchors?.items.row(Int(i)) ?? items.row(Int(i)) }
     @inline(__always) public var anchorStrength: Float { anchors?.strength ?? 0 }
 
-    /// After a step on a user's / item's row: its anchor follows.
-    @inline(__always) public func userUpdated(_ u: Int32) {
-        if let a = anchors { a.follow(a.users.row(Int(u)), row: users.row(Int(u))) }
+    /// One Adagrad step on item i's row (pk_adagrad_row: gradient
+    /// alpha · v − reg · row, one accumulator per row); with anchored
+    /// learning on, the step also pulls toward the row's anchor and the
+    /// anchor then follows the row (RowAnchors), in the same pass.
+    @inline(__always)
+    public func stepItem(_ i: Int32, along v: UnsafePointer<Float>, alpha: Float, reg: Float, lr: Float) {
+        step(items.row(Int(i)), anchor: anchors?.items.row(Int(i)), along: v, alpha: alpha, reg: reg,
+             accumulator: itemAdagrad.row(Int(i)), lr: lr, scale: nil)
     }
-    @inline(__always) public func itemUpdated(_ i: Int32) {
-        if let a = anchors { a.follow(a.items.row(Int(i)), row: items.row(Int(i))) }
+
+    /// The same on user u's row; a user in their first events steps with
+    /// the meta-learned per-dimension scales (MetaStart).
+    @inline(__always)
+    public func stepUser(_ u: Int32, along v: UnsafePointer<Float>, alpha: Float, reg: Float, lr: Float) {
+        step(users.row(Int(u)), anchor: anchors?.users.row(Int(u)), along: v, alpha: alpha, reg: reg,
+             accumulator: userAdagrad.row(Int(u)), lr: lr, scale: userStepScale(u))
+    }
+
+    /// A row step, anchored when `anchor` is given (a scorer's own rows with
+    /// anchors of their own use it too).
+    @inline(__always)
+    public func step(_ row: UnsafeMutablePointer<Float>, anchor: UnsafeMutablePointer<Float>?, along v: UnsafePointer<Float>,
+                     alpha: Float, reg: Float, accumulator: UnsafeMutablePointer<Float>, lr: Float, scale: UnsafePointer<Float>?) {
+        if let anchor, let a = anchors {
+            pk_adagrad_row_follow(row, anchor, v, alpha, reg, a.strength, accumulator, lr, scale, a.rate, dimension)
+        } else {
+            pk_adagrad_row(row, row, v, alpha, reg, 0, accumulator, lr, scale, dimension)
+        }
     }
 
     /// Per-dimension step scales for a user still in their first events
