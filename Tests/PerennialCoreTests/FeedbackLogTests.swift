@@ -78,6 +78,47 @@ import Popularity
         #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == bad)
     }
 
+    /// A crash mid-append whose partial record holds a whole valid record
+    /// (here an item text that is the bytes of a log record, as a client
+    /// could send) is still a torn tail: cut, and start-up goes on. A
+    /// damaged length field that runs past EOF, with real records after it,
+    /// still stops start-up.
+    @Test func aRecordInsideATornWriteDoesNotStopStartUp() throws {
+        let dir = tempDir()
+        let log = FeedbackLog(directory: dir, policy: .no)
+        try log.openForAppend(lastSeq: 0)
+        for b in 0..<3 { try log.append(.feedback(firstSeq: UInt64(b * 5 + 1), events: events(5, from: b * 5)), lastSeq: UInt64(b * 5 + 5)) }
+        log.close()
+        let path = (dir as NSString).appendingPathComponent("00000001.log")
+        let good = try Data(contentsOf: URL(fileURLWithPath: path))
+        // A whole upsert record all of whose bytes are ASCII, so it can sit
+        // in a text: vary its own text until the checksum's bytes are ASCII.
+        var inner: [UInt8] = []
+        for attempt in 0... {
+            inner.removeAll()
+            LogRecord.upsert(item: 0x4141_4141_4141_4141, text: "a fake record \(attempt)", attributes: []).encode(into: &inner)
+            if inner.allSatisfy({ $0 < 0x80 }) { break }
+        }
+        var hostile: [UInt8] = []
+        LogRecord.upsert(item: 9, text: String(decoding: inner, as: UTF8.self) + String(repeating: "x", count: 200), attributes: [])
+            .encode(into: &hostile)
+        var torn = good
+        torn.append(contentsOf: hostile[0..<(hostile.count - 100)])
+        try torn.write(to: URL(fileURLWithPath: path))
+        var n = 0
+        let report = try FeedbackLog.scan(directory: dir, cutTornTail: true) { _ in n += 1 }
+        #expect(n == 3 && report.tornTail?.bytes == hostile.count - 100)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == good)
+        // The first record's length now says it runs past EOF; two real records follow.
+        var bad = good
+        bad[8] = 0xFF
+        bad[9] = 0xFF
+        bad[10] = 0xFF
+        try bad.write(to: URL(fileURLWithPath: path))
+        #expect(throws: LogError.self) { try FeedbackLog.scan(directory: dir, cutTornTail: true) { _ in } }
+        #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == bad)
+    }
+
     @Test func replayRebuildsTheSameModel() throws {
         var doc = ConfigDocument(file: "test")
         doc.set("scorers.load", .array([.string("popularity")]))

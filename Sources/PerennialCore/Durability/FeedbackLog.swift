@@ -112,18 +112,8 @@ public final class FeedbackLog: @unchecked Sendable {
                         report.records += 1
                         try visit(rec)
                         offset = end
-                    case .bad(let declaredEnd):
-                        // A torn tail only if no valid record follows it anywhere
-                        // in the last segment (a damaged length field must not
-                        // make acknowledged records after it look torn).
-                        _ = declaredEnd
-                        var followedByRecord = false
-                        var probe = offset + 1
-                        while probe + 8 <= raw.count {
-                            if case .valid = record(in: raw, at: probe) { followedByRecord = true; break }
-                            probe += 1
-                        }
-                        if !isLast || followedByRecord {
+                    case .bad(let truncated):
+                        if !isLast || recordsFollow(in: raw, damageAt: offset, truncated: truncated) {
                             throw LogError("\(path) is corrupt at byte \(offset) and valid records follow; start-up stopped so nothing after it is lost. Inspect with `perennial log check`, or cut the log there with `perennial log repair` (losing what follows).")
                         }
                         report.tornTail = (path, offset, raw.count - offset)
@@ -134,6 +124,35 @@ public final class FeedbackLog: @unchecked Sendable {
             }
         }
         return report
+    }
+
+    /// Whether real records may follow damage at `offset` of the last
+    /// segment, so cutting there could lose acknowledged events.
+    ///
+    /// Damage inside the file (a record that ends before EOF but fails its
+    /// checksum) counts as followed when any valid record starts after it:
+    /// a damaged length field must not make the records after it look torn.
+    /// A record that runs past EOF (or a header cut short) is what a crash
+    /// mid-append leaves; its partial payload may hold bytes that happen to
+    /// (or, in an item's text, were made to) form a valid record, so there
+    /// it counts as followed only when, from some offset after it, valid
+    /// records that parse run exactly to the end of the file, as real
+    /// records after a damaged length field would.
+    static func recordsFollow(in raw: UnsafeRawBufferPointer, damageAt offset: Int, truncated: Bool) -> Bool {
+        var probe = offset + 1
+        while probe + 8 <= raw.count {
+            if truncated {
+                var at = probe
+                while case .valid(let payload, let end) = record(in: raw, at: at), LogRecord.decode(payload: payload) != nil {
+                    at = end
+                }
+                if at == raw.count && at > probe { return true }
+            } else if case .valid = record(in: raw, at: probe) {
+                return true
+            }
+            probe += 1
+        }
+        return false
     }
 
     /// Where the first damaged record of a segment file starts (0 for a bad
@@ -157,17 +176,19 @@ public final class FeedbackLog: @unchecked Sendable {
 
     enum RecordRead {
         case valid(UnsafeRawBufferPointer, end: Int)
-        case bad(declaredEnd: Int?)
+        /// `truncated`: the header is cut short or the record runs past EOF.
+        case bad(truncated: Bool)
     }
 
     static func record(in raw: UnsafeRawBufferPointer, at offset: Int) -> RecordRead {
-        guard raw.count - offset >= 8 else { return .bad(declaredEnd: nil) }
+        guard raw.count - offset >= 8 else { return .bad(truncated: true) }
         let length = Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
         let crc = UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self))
         let end = offset + 8 + length
-        guard length > 0, end <= raw.count else { return .bad(declaredEnd: length > 0 ? end : nil) }
+        guard length > 0 else { return .bad(truncated: false) }
+        guard end <= raw.count else { return .bad(truncated: true) }
         let payload = UnsafeRawBufferPointer(rebasing: raw[(offset + 8)..<end])
-        guard CRC32C.checksum(payload) == crc else { return .bad(declaredEnd: end) }
+        guard CRC32C.checksum(payload) == crc else { return .bad(truncated: false) }
         return .valid(payload, end: end)
     }
 
