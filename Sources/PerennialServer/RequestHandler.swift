@@ -188,6 +188,10 @@ final class RequestHandler {
                 return .waitForQueueRoom
             }
             let now = MonotonicClock.unixSeconds()
+            let latest = now + Int64(config.limits.maxFutureSeconds)
+            if let i = events.firstIndex(where: { $0.timestamp > latest }) {
+                throw ProtocolError(.invalidEvent, "event \(i): timestamp \(events[i].timestamp) is \(events[i].timestamp - now) s ahead of the server's clock (at most limits.max_future_seconds = \(config.limits.maxFutureSeconds); timestamps are Unix seconds, 0 = now); no event of this batch was accepted", detail: UInt32(i))
+            }
             incoming.removeAll(keepingCapacity: true)
             for e in events {
                 // Timestamps are resolved before logging, so a replay is exact.

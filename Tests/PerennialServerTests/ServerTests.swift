@@ -417,6 +417,31 @@ import PerennialProtocol
         let stats = try await c.stats()
         #expect(stats["events_accepted"] == 1 && stats["users"] == 1)
     }
+
+    /// Timestamps drive id expiry: an event from the far future (or one in
+    /// milliseconds) is refused with its index, so it cannot make every
+    /// user look idle; a small clock skew is accepted.
+    @Test func farFutureTimestampsAreRefusedAndExpireNobody() async throws {
+        let s = try TestServer("[lifelong]\nexpire_after_seconds = 3600\n")
+        defer { s.stop() }
+        let c = try await PerennialClient.connect(port: s.port)
+        defer { c.close() }
+        _ = try await c.feedback((1...5).map { WireEvent(user: UInt64($0), item: 7, kind: .click) })
+        let now = Int64(Date().timeIntervalSince1970)
+        for (late, index) in [(Int64.max, 1), (now * 1000, 1), (now + 200_000, 1)] {
+            do {
+                _ = try await c.feedback([WireEvent(user: 9, item: 8, kind: .click, timestamp: now),
+                                          WireEvent(user: 10, item: 8, kind: .click, timestamp: late)])
+                Issue.record("timestamp \(late) was accepted")
+            } catch PerennialClientError.server(let code, _, let detail, let message) {
+                #expect(code == .invalidEvent && detail == UInt32(index), "\(message)")
+                #expect(message.contains("ahead of the server's clock"))
+            }
+        }
+        _ = try await c.feedback([WireEvent(user: 11, item: 8, kind: .click, timestamp: now + 600)])
+        let stats = try await c.stats()
+        #expect(stats["events_accepted"] == 6 && stats["lifelong_users_expired"] == 0 && stats["users"] == 6)
+    }
 }
 
 @Suite struct AuthTests {

@@ -17,6 +17,11 @@ public struct LimitsConfig: Sendable, Equatable {
     /// Most of the learner queue one connection's unapplied feedback may
     /// hold, as a fraction, so one fast feeder cannot crowd out the others.
     public var feedbackQueueShare = 0.5
+    /// How far an event's timestamp may be ahead of the server's clock.
+    /// Timestamps drive id expiry, so one event from the far future must not
+    /// make every user look idle (and a client sending milliseconds gets a
+    /// clear error instead).
+    public var maxFutureSeconds = 86_400
     public init() {}
 }
 
@@ -177,6 +182,7 @@ public struct PerennialConfig: Sendable {
         l.waitMs = try r.int("limits.wait_ms", default: l.waitMs, in: 0...(1 << 40))
         l.maxPendingBytes = try r.int("limits.max_pending_bytes", default: l.maxPendingBytes, in: 4096...(1 << 34))
         l.feedbackQueueShare = try r.double("limits.feedback_queue_share", default: l.feedbackQueueShare, in: 0.01...1)
+        l.maxFutureSeconds = try r.int("limits.max_future_seconds", default: l.maxFutureSeconds, in: 0...(1 << 40))
         c.limits = l
         // A FEEDBACK batch must fit in the learner queue, or it could never be accepted.
         c.learnerQueueCapacity = try r.int("learner.queue_capacity", default: c.learnerQueueCapacity, in: 16...(1 << 26))
