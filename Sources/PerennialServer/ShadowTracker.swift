@@ -7,8 +7,11 @@
 // the shadow, and how much the two answers overlapped: a new scorer is
 // judged on real traffic before it is swapped in.
 //
-// Loop thread only. At most `capacity` users are remembered; the oldest
-// remembered answer makes room.
+// Loop thread only. At most `capacity` users, and `itemBudget` item ids over
+// all remembered answers (answers may be long: k up to limits.max_items), are
+// remembered; the oldest remembered answer makes room, so one client asking
+// shadowed RECOMMENDs for many users cannot grow the server's memory without
+// bound.
 
 import Foundation
 import PerennialCore
@@ -32,7 +35,10 @@ final class ShadowTracker {
     }
 
     let capacity: Int
+    let itemBudget: Int
     private var pending: [UInt64: Pending] = [:]
+    /// Item ids held by `pending`'s answers.
+    private(set) var heldItems = 0
     /// Users in the order their answers were remembered, stamped with the
     /// ticket of that answer; an entry whose ticket no longer matches is
     /// stale (answered or replaced since).
@@ -40,7 +46,10 @@ final class ShadowTracker {
     private var nextTicket: UInt64 = 0
     private(set) var tallies: [String: Tally] = [:]
 
-    init(capacity: Int = 100_000) { self.capacity = capacity }
+    init(capacity: Int = 100_000, itemBudget: Int = 2_000_000) {
+        self.capacity = capacity
+        self.itemBudget = itemBudget
+    }
 
     var isEmpty: Bool { pending.isEmpty }
 
@@ -52,13 +61,23 @@ final class ShadowTracker {
         t.listed += UInt64(served.count)
         tallies[shadow] = t
         nextTicket += 1
+        forget(user)
         pending[user] = Pending(shadow: shadow, served: served, other: other, ticket: nextTicket)
+        heldItems += served.count + other.count
         order.append(user, stamp: nextTicket, isLive: isPending)
-        // Forget the oldest remembered answers beyond the bound.
-        while pending.count > capacity, let (u, _) = order.oldest(isLive: isPending) {
+        // Forget the oldest remembered answers beyond the bounds.
+        while pending.count > capacity || heldItems > itemBudget, let (u, _) = order.oldest(isLive: isPending) {
             order.removeOldest()
-            pending.removeValue(forKey: u)
+            forget(u)
         }
+    }
+
+    /// Drops the user's remembered answers, if any; returns them.
+    @discardableResult
+    private func forget(_ user: UInt64) -> Pending? {
+        guard let p = pending.removeValue(forKey: user) else { return nil }
+        heldItems -= p.served.count + p.other.count
+        return p
     }
 
     private func isPending(_ user: UInt64, _ ticket: UInt64) -> Bool { pending[user]?.ticket == ticket }
@@ -67,7 +86,7 @@ final class ShadowTracker {
     /// for its user scores both answers.
     func observe(user: UInt64, item: UInt64, kind: FeedbackKind, value: Float) {
         let positive = kind == .rating ? value >= 4 : (kind == .click || kind == .purchase)
-        guard positive, let p = pending.removeValue(forKey: user) else { return }
+        guard positive, let p = forget(user) else { return }
         var t = tallies[p.shadow, default: Tally()]
         t.followups += 1
         if p.served.contains(item) { t.servedHits += 1 }
@@ -76,7 +95,7 @@ final class ShadowTracker {
     }
 
     var counters: [(String, UInt64)] {
-        var c: [(String, UInt64)] = [("shadow_pending_users", UInt64(pending.count))]
+        var c: [(String, UInt64)] = [("shadow_pending_users", UInt64(pending.count)), ("shadow_pending_items", UInt64(heldItems))]
         for (name, t) in tallies.sorted(by: { $0.key < $1.key }) {
             let key = "shadow_" + name.replacingOccurrences(of: "-", with: "_").replacingOccurrences(of: "+", with: "_")
             c += [(key + "_requests", t.requests), (key + "_followups", t.followups),
