@@ -51,6 +51,9 @@ final class Connection {
     private(set) var awaitingBatch = false
 
     static let initialInbox = 16 * 1024
+    /// Buffers grown past this (a large frame, a long reply) go back to
+    /// their initial size once empty, so an idle connection holds little.
+    static let keptBufferBytes = 64 * 1024
 
     init(loop: EventLoop, handle: UnsafeMutablePointer<uv_tcp_t>) {
         self.loop = loop
@@ -146,6 +149,11 @@ final class Connection {
                 if available == 0 {
                     partialSince = 0
                     if readPos == writePos { readPos = 0; writePos = 0 }
+                    if inboxCapacity > Connection.keptBufferBytes {
+                        inbox.deallocate()
+                        inboxCapacity = Connection.initialInbox
+                        inbox = .allocate(byteCount: inboxCapacity, alignment: 16)
+                    }
                 } else {
                     if partialSince == 0 { partialSince = MonotonicClock.nowMillis() }
                     if available >= FrameHeader.size {
@@ -244,6 +252,11 @@ final class Connection {
     // MARK: writing
 
     var pendingBytes: Int { out.count + writeInFlight }
+    /// Memory the connection's buffers hold (STATS connection_buffer_bytes;
+    /// `out` as of its last release: STATS may be asked while it is being
+    /// written).
+    var bufferBytes: Int { inboxCapacity + writeCapacity + outCapacity }
+    private var outCapacity = 0
 
     /// Sends everything produced so far: straight to the socket when it
     /// takes it all (the common case, as redis does: no write request, no
@@ -277,7 +290,7 @@ final class Connection {
             let done = Int(max(written, 0))
             loop.handler.stats.bytesOut += UInt64(done)
             if done == count {
-                out.removeAll(keepingCapacity: true)
+                releaseOut()
                 resumeAfterWrite()
                 continue
             }
@@ -297,7 +310,7 @@ final class Connection {
         out.withUnsafeBytes { writeBuffer.copyMemory(from: $0.baseAddress! + start, byteCount: rest) }
         writeInFlight = rest
         loop.handler.stats.bytesOut += UInt64(rest)
-        out.removeAll(keepingCapacity: true)
+        releaseOut()
         var buf = uv_buf_init(writeBuffer.assumingMemoryBound(to: CChar.self), UInt32(rest))
         let rc = uv_write(writeRequest, stream, &buf, 1, connectionWrote)
         if rc != 0 {
@@ -312,8 +325,24 @@ final class Connection {
         }
     }
 
+    /// Empties `out`, keeping its storage unless a long reply grew it.
+    private func releaseOut() {
+        if out.capacity > Connection.keptBufferBytes {
+            out = []
+            out.reserveCapacity(16 * 1024)
+        } else {
+            out.removeAll(keepingCapacity: true)
+        }
+        outCapacity = out.capacity
+    }
+
     func wrote(status: Int32) {
         writeInFlight = 0
+        if writeCapacity > Connection.keptBufferBytes {
+            writeBuffer.deallocate()
+            writeCapacity = 16 * 1024
+            writeBuffer = .allocate(byteCount: writeCapacity, alignment: 16)
+        }
         if status != 0 { close(); return }
         lastActivity = MonotonicClock.nowMillis()
         resumeAfterWrite()

@@ -45,6 +45,7 @@ final class EventLoop {
         check = .allocate(capacity: 1)
         batchIdle = .allocate(capacity: 1)
         signals = [.allocate(capacity: 1), .allocate(capacity: 1), .allocate(capacity: 1)]
+        handler.connectionBufferBytes = { [unowned self] in connections.values.reduce(0) { $0 + $1.bufferBytes } }
     }
 
     deinit {

@@ -66,6 +66,8 @@ final class RequestHandler {
     private var admitted: [LearnEvent] = []
     let sessions: SessionStore
     let shadows = ShadowTracker()
+    /// The loop's connections' buffer memory (set by the loop, for STATS).
+    var connectionBufferBytes: () -> Int = { 0 }
     /// Longest session_id accepted (bytes).
     static let maxSessionIDBytes = 256
     private var incoming: [IncomingEvent] = []
@@ -459,6 +461,7 @@ final class RequestHandler {
         var c: [StatCounter] = [
             StatCounter("connections", UInt64(stats.connections)),
             StatCounter("connections_total", stats.connectionsTotal),
+            StatCounter("connection_buffer_bytes", UInt64(connectionBufferBytes())),
             StatCounter("connections_rejected", stats.connectionsRejected),
             StatCounter("requests_total", stats.requestsTotal),
             StatCounter("errors_total", stats.errorsTotal),

@@ -418,6 +418,23 @@ import PerennialProtocol
         #expect(stats["events_accepted"] == 1 && stats["users"] == 1)
     }
 
+    /// A connection that sent a large frame and got a long reply holds its
+    /// grown buffers only while it needs them: idle, it is back to a few KiB.
+    @Test func idleConnectionsGiveBackLargeBuffers() async throws {
+        let s = try TestServer()
+        defer { s.stop() }
+        let c = try await PerennialClient.connect(port: s.port)
+        defer { c.close() }
+        let big = try await PerennialClient.connect(port: s.port)
+        defer { big.close() }
+        // A 290 KB frame in, and a long reply (1,000 items) out.
+        _ = try await big.feedback((0..<10_000).map { WireEvent(user: UInt64($0 % 50 + 1), item: UInt64($0 + 1), kind: .view) })
+        #expect(try await big.recommend(user: 999, k: 1000).count == 1000)
+        _ = try await big.upsertItem(5, text: String(repeating: "long text ", count: 6000))
+        let held = try await c.stats()["connection_buffer_bytes"]!
+        #expect(held <= 400_000, "two connections hold \(held) bytes")
+    }
+
     /// Timestamps drive id expiry: an event from the far future (or one in
     /// milliseconds) is refused with its index, so it cannot make every
     /// user look idle; a small clock skew is accepted.
