@@ -19,8 +19,8 @@ The wire protocol itself lives in :mod:`perennial.protocol`.
 from .aio import AsyncClient, AsyncFeedbackStreamer, AsyncPipeline
 from .client import Client, FeedbackStreamer, Pipeline
 from .errors import (Busy, ConnectionError, InvalidArgument, InvalidEvent, NotSupported,
-                     PerennialError, ProtocolError, ServerError, TimeoutError, Unauthorized,
-                     UnknownScorer)
+                     PerennialError, ProtocolError, ServerError, ServerTimeout, TimeoutError,
+                     Unauthorized, UnknownScorer)
 from .types import Event, FeedbackAck, Recommendation, Score, ServerInfo, UpsertResult
 
 __version__ = "0.1.0"
@@ -50,4 +50,5 @@ __all__ = [
     "Unauthorized",
     "NotSupported",
     "Busy",
+    "ServerTimeout",
 ]

@@ -23,6 +23,23 @@ class Command:
     events: int = 0  # FEEDBACK: how many events the batch carries
 
 
+_OPCODE_NAMES = {int(o): o.name for o in Opcode}
+
+
+def check_frame_size(cmd: Command, max_frame_bytes: int) -> None:
+    """Refuse, before anything is sent, a request the server would refuse.
+
+    A frame longer than the server's ``max_frame_bytes`` (from HELLO) is a
+    fatal error for the server, which closes the connection while the client
+    is still sending: the client would only see "connection reset".
+    """
+    length = 8 + len(cmd.body)
+    if length > max_frame_bytes:
+        raise ProtocolError("%s request of %d bytes exceeds the server's max_frame_bytes (%d); nothing was sent"
+                            % (_OPCODE_NAMES.get(cmd.opcode, cmd.opcode), length + 4, max_frame_bytes),
+                            "FRAME_TOO_LARGE")
+
+
 def _ids(v: Optional[Iterable[int]], what: str) -> List[int]:
     if v is None:
         return []

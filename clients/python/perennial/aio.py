@@ -46,6 +46,22 @@ class _Conn:
         self.next_rid = rid + 1 if rid < 0xFFFFFFFF else 1
         return rid
 
+    def peer_closed(self) -> bool:
+        """With nothing unanswered, whether the server has closed the
+        connection (EOF or an error waiting on the socket) even if the reader
+        task has not run since: peeks without consuming (on a duplicate of
+        the descriptor: asyncio's socket wrapper offers no recv)."""
+        sock = self.writer.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            with socket.fromfd(sock.fileno(), sock.family, sock.type) as s:
+                return s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) is not None
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+
     def fail(self, exc: BaseException) -> None:
         if not self.closed:
             self.closed = True
@@ -173,6 +189,11 @@ class AsyncClient:
 
     async def _ensure_connected(self) -> _Conn:
         conn = self._conn
+        if conn is not None and not conn.closed and not conn.pending and conn.peer_closed():
+            # The server closed this idle connection (it restarted, or its
+            # idle timeout passed): open a new one rather than fail this call.
+            conn.fail(ConnectionError("the server closed the connection"))
+            self._conn = None
         if conn is not None and not conn.closed:
             return conn
         if self._lock is None:
@@ -264,6 +285,9 @@ class AsyncClient:
         loop = asyncio.get_running_loop()
         futs = []
         parts = []
+        max_frame = self.server_info.max_frame_bytes if self.server_info else DEFAULT_LIMITS.max_frame_bytes
+        for cmd in cmds:
+            _c.check_frame_size(cmd, max_frame)
         for cmd in cmds:
             rid = conn.take_rid()
             fut: "asyncio.Future[Any]" = loop.create_future()

@@ -147,9 +147,18 @@ class Client:
         self._decoder = FrameDecoder(REPLY_LIMITS)
         self._inbox.clear()
 
+    @property
+    def max_frame_bytes(self) -> int:
+        """Longest request frame: the server's (from HELLO) or the default 4 MiB."""
+        return self.server_info.max_frame_bytes if self.server_info else DEFAULT_LIMITS.max_frame_bytes
+
     def _ensure_connected(self) -> None:
         if self._sock is not None:
-            return
+            if self._pending or self._alive():
+                return
+            # The server closed this idle connection (it restarted, or its
+            # idle timeout passed): open a new one rather than fail this call.
+            self._disconnect()
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         except socket.timeout:
@@ -173,6 +182,19 @@ class Client:
                 self._disconnect()
                 raise result
             self.server_info = result
+
+    def _alive(self) -> bool:
+        """Whether the idle connection is still open: nothing may be waiting
+        to be read on it (no request is unanswered), so readable means the
+        server closed it (EOF or an error, e.g. SHUTTING_DOWN)."""
+        assert self._sock is not None
+        try:
+            self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        return False
 
     def _take_rid(self) -> int:
         rid = self._next_rid
@@ -286,6 +308,8 @@ class Client:
         """Send ``cmds`` in one write, wait for all replies; results (or exceptions) in order."""
         if connect:
             self._ensure_connected()
+        for cmd in cmds:
+            _c.check_frame_size(cmd, self.max_frame_bytes)
         mine = [_Pending(self._take_rid(), cmd, None) for cmd in cmds]
         data = b"".join(encode_request(p.cmd.opcode, p.rid, p.cmd.body) for p in mine)
         self._pending.extend(mine)
@@ -303,6 +327,7 @@ class Client:
     def _send_nowait(self, cmd: Command, sink: Sink) -> None:
         """Send one request without waiting; ``sink`` gets its result later."""
         self._ensure_connected()
+        _c.check_frame_size(cmd, self.max_frame_bytes)
         p = _Pending(self._take_rid(), cmd, sink)
         self._pending.append(p)
         self._transfer(encode_request(cmd.opcode, p.rid, cmd.body), 0)

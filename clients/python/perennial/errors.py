@@ -37,6 +37,7 @@ __all__ = [
     "Unauthorized",
     "NotSupported",
     "Busy",
+    "ServerTimeout",
     "ERROR_CODES",
     "ERROR_NAMES",
     "FATAL_CODES",
@@ -188,7 +189,18 @@ class Busy(ServerError):
     """The server has too many connections; it closed this one."""
 
 
+class ServerTimeout(ServerError, TimeoutError):
+    """The server answered TIMEOUT: a read waited longer than the server's
+    ``limits.wait_ms`` for the learner (``min_applied_seq``, or this
+    connection's earlier feedback), or a frame was left unfinished.
+
+    Both a :class:`ServerError` (with the server's code and message) and a
+    :class:`TimeoutError`, so ``except TimeoutError`` catches every timeout.
+    """
+
+
 _CLASSES: Dict[str, Type[ServerError]] = {
+    "TIMEOUT": ServerTimeout,
     "INVALID_EVENT": InvalidEvent,
     "INVALID_ARGUMENT": InvalidArgument,
     "UNKNOWN_SCORER": UnknownScorer,

@@ -59,7 +59,8 @@ class ServerProcess:
     """A running ``perennial serve`` and where it listens."""
 
     def __init__(self, proc: "subprocess.Popen[bytes]", host: str, port: int, data_dir: str,
-                 log_path: str) -> None:
+                 log_path: str, args: Optional[List[str]] = None) -> None:
+        self.args = args or []
         self.proc = proc
         self.host = host
         self.port = port
@@ -78,6 +79,14 @@ class ServerProcess:
 
     def client(self, **kw: object) -> perennial.Client:
         return perennial.Client(self.host, self.port, **kw)  # type: ignore[arg-type]
+
+    def restart(self) -> None:
+        """Stop (SIGTERM) and start the same server again: same port, data, config."""
+        assert self.stop() == 0, self.log()
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        _wait_until_up(self)
 
     def stop(self) -> int:
         """SIGTERM, wait; returns the exit code (kills and fails on timeout)."""
@@ -109,7 +118,13 @@ def start(config_text: Optional[str] = None, extra_args: Optional[List[str]] = N
     log = open(log_path, "wb")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     log.close()
-    srv = ServerProcess(proc, host, port, data_dir, log_path)
+    srv = ServerProcess(proc, host, port, data_dir, log_path, args)
+    _wait_until_up(srv)
+    return srv
+
+
+def _wait_until_up(srv: ServerProcess) -> None:
+    proc, host, port = srv.proc, srv.host, srv.port
     deadline = time.monotonic() + START_TIMEOUT
     last: Optional[BaseException] = None
     while time.monotonic() < deadline:
@@ -119,9 +134,9 @@ def start(config_text: Optional[str] = None, extra_args: Optional[List[str]] = N
         try:
             with perennial.Client(host, port, timeout=2.0, hello=False) as c:
                 if c.ping():
-                    return srv
+                    return
         except perennial.Unauthorized:
-            return srv  # up, and asking for a token
+            return  # up, and asking for a token
         except perennial.PerennialError as e:
             last = e
         time.sleep(0.1)
