@@ -14,11 +14,23 @@ import Glibc
 public struct FreshnessProbe {
     public var host: String
     public var port: Int
-    public init(host: String, port: Int) { self.host = host; self.port = port }
+    /// HELLO sent first on both connections (a server with a token).
+    public var handshake: [UInt8]?
+    public init(host: String, port: Int, handshake: [UInt8]? = nil) {
+        self.host = host
+        self.port = port
+        self.handshake = handshake
+    }
 
     public func run(samples: Int, users: Int = 610, items: Int = 9742) throws -> LatencyHistogram {
         let writer = try BlockingFrames(host: host, port: port)
         let reader = try BlockingFrames(host: host, port: port)
+        if let handshake {
+            for c in [writer, reader] {
+                let reply = try c.call(handshake)
+                if reply.opcode == Opcode.error.rawValue { throw BenchError("HELLO refused: \(LoadDriver.errorMessage(reply.payload))") }
+            }
+        }
         var h = LatencyHistogram()
         var rng = UInt64(12345)
         for n in 0..<samples {
@@ -28,13 +40,17 @@ public struct FreshnessProbe {
             Request.feedback([WireEvent(user: user, item: item, kind: .click)]).encode(into: &out, requestID: UInt32(n))
             let ack = try writer.call(out)
             let acked = LoadDriver.now()
-            guard ack.opcode == Opcode.feedback.rawValue, ack.payload.count >= 16 else { throw BenchError("FEEDBACK refused") }
+            guard ack.opcode == Opcode.feedback.rawValue, ack.payload.count >= 16 else {
+                throw BenchError("FEEDBACK refused: \(LoadDriver.errorMessage(ack.payload))")
+            }
             let last = ack.u64(at: 8)
             while true {
                 out.removeAll(keepingCapacity: true)
                 Request.recommend(RecommendRequest(user: user, k: 10)).encode(into: &out, requestID: UInt32(n))
                 let reply = try reader.call(out)
-                guard reply.opcode == Opcode.recommend.rawValue else { throw BenchError("RECOMMEND refused") }
+                guard reply.opcode == Opcode.recommend.rawValue else {
+                    throw BenchError("RECOMMEND refused: \(LoadDriver.errorMessage(reply.payload))")
+                }
                 if reply.u64(at: 0) >= last {
                     h.record(LoadDriver.now() - acked)
                     break
@@ -50,11 +66,19 @@ final class BlockingFrames {
     let fd: Int32
     private var inbox: [UInt8] = []
 
+    /// Owns the connection (closed when this goes).
     init(host: String, port: Int) throws {
         fd = try LoadDriver.connect(host: host, port: port)
+        owns = true
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
     }
-    deinit { close(fd) }
+    /// Uses `fd` for a call or two and leaves it open and non-blocking.
+    init(adopting fd: Int32) {
+        self.fd = fd
+        owns = false
+    }
+    private let owns: Bool
+    deinit { if owns { close(fd) } }
 
     struct Frame {
         var opcode: UInt8
@@ -76,7 +100,12 @@ final class BlockingFrames {
                     return f
                 }
             }
+            if !owns {
+                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                guard poll(&p, 1, 10_000) == 1 else { throw BenchError("no reply within 10 s") }
+            }
             let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n < 0 && (errno == EAGAIN || errno == EINTR) { continue }
             guard n > 0 else { throw BenchError("the server closed the connection") }
             inbox.append(contentsOf: buffer[0..<n])
         }

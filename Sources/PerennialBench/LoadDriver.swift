@@ -11,6 +11,7 @@
 // fixed 7 bytes "+PONG\r\n".
 
 import Foundation
+import PerennialProtocol
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -24,6 +25,8 @@ public struct LoadResult: Sendable {
     public var requests = 0
     public var units = 0        // requests, or events for FEEDBACK loads
     public var errors = 0
+    /// The first ERROR reply's message (warm-up included), to say why.
+    public var firstError: String?
     public var seconds = 0.0
     public var latency = LatencyHistogram()
     public var throughput: Double { seconds > 0 ? Double(units) / seconds : 0 }
@@ -52,6 +55,9 @@ public struct LoadDriver {
     /// here instead of built per request, so the client's cost per request
     /// stays well below the servers' and does not cap what is measured.
     public var fixedRequest: [UInt8]?
+    /// Sent first on every connection (HELLO with a token), its reply
+    /// awaited before the run; an ERROR reply stops it with its message.
+    public var handshake: [UInt8]?
 
     public init(host: String, port: Int, connections: Int, pipeline: Int, rate: Double?, framing: ReplyFraming,
                 makeRequest: @escaping (Int, Int) -> (bytes: [UInt8], units: Int)) {
@@ -77,7 +83,14 @@ public struct LoadDriver {
     public func run(seconds: Double, warmup: Double = 0.5) throws -> LoadResult {
         var conns: [Conn] = []
         defer { for c in conns { close(c.fd) } }
-        for _ in 0..<connections { conns.append(Conn(fd: try Self.connect(host: host, port: port))) }
+        for _ in 0..<connections {
+            let fd = try Self.connect(host: host, port: port)
+            conns.append(Conn(fd: fd))
+            if let handshake {
+                let reply = try BlockingFrames(adopting: fd).call(handshake)
+                if reply.opcode == Opcode.error.rawValue { throw BenchError("HELLO refused: \(Self.errorMessage(reply.payload))") }
+            }
+        }
         let t0 = Self.now()
         let measureFrom = t0 + UInt64(warmup * 1e9)
         let stopAt = measureFrom + UInt64(seconds * 1e9)
@@ -149,6 +162,11 @@ public struct LoadDriver {
                 conns[i].inbox.append(contentsOf: buffer[0..<got])
                 var offset = 0
                 while let (size, isError) = nextReply(conns[i].inbox, from: offset) {
+                    if isError && result.firstError == nil, case .perennial = framing {
+                        result.firstError = Self.errorMessage(Array(conns[i].inbox[(offset + 12)..<(offset + size)]))
+                    } else if isError && result.firstError == nil {
+                        result.firstError = String(decoding: conns[i].inbox[offset..<(offset + size)], as: UTF8.self)
+                    }
                     offset += size
                     guard conns[i].head < conns[i].outstanding.count else {
                         throw BenchError("a reply arrived for no request")
@@ -185,6 +203,13 @@ public struct LoadDriver {
             guard inbox.count - offset >= 4 + length else { return nil }
             return (4 + length, inbox[offset + 5] == 0x7F)
         }
+    }
+
+    /// An ERROR frame's payload as "CODE: message".
+    static func errorMessage(_ payload: [UInt8]) -> String {
+        let reply = payload.withUnsafeBytes { try? Reply.decode(opcode: .error, payload: $0) }
+        guard case .error(let e)? = reply else { return "an ERROR reply that does not parse" }
+        return "\(e.code.map { "\($0)" } ?? "code \(e.rawCode)"): \(e.message)"
     }
 
     static func now() -> UInt64 {

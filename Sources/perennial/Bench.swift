@@ -56,10 +56,17 @@ struct Bench: ParsableCommand {
     var samples = 1000
     @Option(help: "Write the results as JSON here.")
     var json: String?
+    @Option(help: "A file holding the server's token (auth.token_file): every connection sends HELLO with it first.")
+    var tokenFile: String?
 
     func run() throws {
+        let handshake = try tokenFile.map { path -> [UInt8] in
+            var bytes: [UInt8] = []
+            Request.hello(Hello(clientName: "perennial-bench", token: try readToken(path))).encode(into: &bytes, requestID: 0)
+            return bytes
+        }
         if workload == "freshness" {
-            let h = try FreshnessProbe(host: host, port: port).run(samples: samples, users: users, items: items)
+            let h = try FreshnessProbe(host: host, port: port, handshake: handshake).run(samples: samples, users: users, items: items)
             let us = { (q: Double) in Double(h.value(atQuantile: q)) / 1000 }
             print(String(format: "freshness over %d samples: p50 %.0f us, p90 %.0f us, p99 %.0f us, max %.0f us",
                          samples, us(0.5), us(0.9), us(0.99), Double(h.max) / 1000))
@@ -89,6 +96,7 @@ struct Bench: ParsableCommand {
         var driver = LoadDriver(host: target.0, port: target.1, connections: connections, pipeline: pipeline,
                                 rate: rate, framing: framing, makeRequest: make)
         if w == .ping { driver.fixedRequest = make(0, 0).bytes }
+        if redis == nil { driver.handshake = handshake }
         let r = try driver.run(seconds: duration)
         let label = redis == nil ? "perennial" : "redis"
         let mode = rate.map { String(format: "open loop at %.0f/s", $0) } ?? "pipeline \(pipeline)"
@@ -103,6 +111,10 @@ struct Bench: ParsableCommand {
         doc["pipeline"] = pipeline
         if let rate { doc["rate"] = rate }
         try write(doc)
+        // A run whose requests failed measured nothing worth reporting.
+        if let first = r.firstError {
+            throw CommandError("\(r.errors) of \(r.requests) measured requests got an ERROR reply; the first: \(first)")
+        }
     }
 
     private func write(_ doc: [String: Any]) throws {

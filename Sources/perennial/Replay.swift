@@ -33,6 +33,8 @@ struct Replay: AsyncParsableCommand {
     var window = 8
     @Flag(help: "Do not send the item texts.")
     var noTexts = false
+    @Option(help: "A file holding the server's token (auth.token_file), sent in HELLO.")
+    var tokenFile: String?
 
     func run() async throws {
         let ml = try MovieLensData.load(folder: data)
@@ -41,7 +43,7 @@ struct Replay: AsyncParsableCommand {
         }
         if let limit { events = Array(events.prefix(max(0, limit))) }
         let client = try await PerennialClient.connect(host: host, port: port)
-        _ = try await client.hello(clientName: "perennial-replay")
+        _ = try await client.hello(clientName: "perennial-replay", token: try tokenFile.map(readToken) ?? "")
         if !noTexts && !ml.itemTexts.isEmpty {
             let tText = MonotonicClock.nowNanos()
             var sent = 0

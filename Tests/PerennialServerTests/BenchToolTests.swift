@@ -69,8 +69,36 @@ import PerennialProtocol
         }
         let e = try bad.run(seconds: 0.2, warmup: 0)
         #expect(e.errors == e.requests && e.requests > 0)
+        #expect(e.firstError?.contains("k") == true && e.firstError?.hasPrefix("invalidArgument") == true, "\(e.firstError ?? "none")")
         // Freshness: every sample ends, in well under a second on an idle server.
         let fresh = try FreshnessProbe(host: "127.0.0.1", port: s.port).run(samples: 50)
         #expect(fresh.count == 50 && fresh.max < 1_000_000_000)
+    }
+
+    /// Against a server with a token: HELLO with it first on every
+    /// connection lets the load through; a wrong token stops the run with
+    /// the server's reason.
+    @Test func driverSendsHelloWithTheToken() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("perennial-bench-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let tokenFile = dir.appendingPathComponent("token").path
+        try "bench-secret-1".write(toFile: tokenFile, atomically: true, encoding: .utf8)
+        let s = try TestServer("[auth]\ntoken_file = \"\(tokenFile)\"\n")
+        defer { s.stop() }
+        func hello(_ token: String) -> [UInt8] {
+            var b: [UInt8] = []
+            Request.hello(Hello(clientName: "test", token: token)).encode(into: &b, requestID: 0)
+            return b
+        }
+        var d = LoadDriver(host: "127.0.0.1", port: s.port, connections: 3, pipeline: 2, rate: nil, framing: .perennial) {
+            _, n in var b: [UInt8] = []; Request.ping.encode(into: &b, requestID: UInt32(n)); return (b, 1)
+        }
+        d.handshake = hello("bench-secret-1")
+        let r = try d.run(seconds: 0.3, warmup: 0.05)
+        #expect(r.requests > 100 && r.errors == 0 && r.firstError == nil)
+        d.handshake = hello("wrong-token-9")
+        #expect(throws: BenchError.self) { _ = try d.run(seconds: 0.3, warmup: 0) }
+        let fresh = try FreshnessProbe(host: "127.0.0.1", port: s.port, handshake: hello("bench-secret-1")).run(samples: 5)
+        #expect(fresh.count == 5)
     }
 }
