@@ -119,6 +119,24 @@ import Popularity
         #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == bad)
     }
 
+    /// Pruning keeps the newest `keep` versions; a snapshot a RELOAD took
+    /// goes once a newer one exists and takes none of the places, so a few
+    /// reloads do not push out older versions.
+    @Test func reloadSnapshotsDoNotCrowdOutVersions() throws {
+        let store = SnapshotStore(directory: tempDir())
+        var made: [SnapshotFile] = []
+        for (n, reload) in [(10, false), (20, false), (30, true), (40, true), (50, false), (60, true), (70, true)] {
+            let f = try store.write(seq: UInt64(n), firstLogSegment: n, payload: [1, 2, 3])
+            try store.writeMetadata(of: f, reload ? ["reload": ["cf re-configured"]] : [:])
+            made.append(f)
+        }
+        #expect(store.prune(keep: 3) == 20)
+        // The newest (a reload's) stays: recovery needs it; 60, 40 and 30 go.
+        #expect(store.files().map(\.seq) == [70, 50, 20])
+        #expect(store.prune(keep: 2) == 50)
+        #expect(store.files().map(\.seq) == [70, 50])
+    }
+
     @Test func replayRebuildsTheSameModel() throws {
         var doc = ConfigDocument(file: "test")
         doc.set("scorers.load", .array([.string("popularity")]))

@@ -157,14 +157,23 @@ public struct SnapshotStore: Sendable {
     }
 
     /// Removes all but the newest `keep` snapshots; returns the oldest kept
-    /// snapshot's first log segment (segments before it can go).
+    /// snapshot's first log segment (segments before it can go). A snapshot
+    /// a RELOAD took (its description notes "reload") ties the new scorer
+    /// set to a log position for recovery; once a newer snapshot exists it
+    /// has done that, so it goes and takes none of the `keep` places (a few
+    /// reloads must not push out the versions one may want to roll back to).
     public func prune(keep: Int) -> Int? {
-        let all = files()
-        for old in all.dropFirst(keep) {
-            unlink(old.path)
-            unlink(old.metadataPath)
+        var kept: [SnapshotFile] = []
+        for (i, file) in files().enumerated() {
+            let superseded = i > 0 && metadata(of: file)["reload"] != nil
+            if !superseded && kept.count < keep {
+                kept.append(file)
+            } else {
+                unlink(file.path)
+                unlink(file.metadataPath)
+            }
         }
-        guard let oldest = all.prefix(keep).last, let info = try? read(oldest.path).0 else { return nil }
+        guard let oldest = kept.last, let info = try? read(oldest.path).0 else { return nil }
         return info.firstLogSegment
     }
 }
