@@ -405,7 +405,19 @@ public final class CollaborativeFilteringScorer: Scorer {
         }
         guard let first = scanned.first else { return }
         scanCatalogue(scanned.count, itemCount: queries[first].itemCount) { queries[scanned[$0]] }
-        for (slot, i) in scanned.enumerated() { finish(queries[i], slot: slot, into: &tops[i]) }
+        prefetchNeighbourhood(queries[first])
+        for (slot, i) in scanned.enumerated() {
+            // The next query's co-occurrence tables (kilobytes scattered over
+            // megabytes) come in while this one finishes.
+            if slot + 1 < scanned.count { prefetchNeighbourhood(queries[scanned[slot + 1]]) }
+            finish(queries[i], slot: slot, into: &tops[i])
+        }
+    }
+
+    /// Starts fetching the co-occurrence tables `neighbourScores` will read.
+    private func prefetchNeighbourhood(_ query: ScoringQuery) {
+        guard settings.neighbourhoodWeight > 0 else { return }
+        for c in latestItems(query).suffix(settings.neighbourhoodItems) { neighbourhood.prefetch(c) }
     }
 
     /// Whether the query is answered from the factor and neighbourhood

@@ -126,6 +126,13 @@ public final class ItemNeighbourhood {
         return 0
     }
 
+    /// Starts bringing item c's table into cache (a serving thread that
+    /// knows which tables it reads next overlaps their misses with work).
+    @inline(__always)
+    public func prefetch(_ c: Int32) {
+        pk_prefetch(slots.row(Int(c)), 2 * capacity * MemoryLayout<Float>.stride)
+    }
+
     /// Adds w · C[c, j] to out[j] for every neighbour j of c, appending to
     /// `touched` each j whose entry was zero before (in C: this loop is most
     /// of a request's neighbourhood part).
