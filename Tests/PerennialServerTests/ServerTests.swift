@@ -435,6 +435,22 @@ import PerennialProtocol
         #expect(held <= 400_000, "two connections hold \(held) bytes")
     }
 
+    /// The Swift client refuses a request over the server's max_frame_bytes
+    /// before sending it (the server would drop the connection mid-send),
+    /// and the connection goes on.
+    @Test func oversizedRequestsAreRefusedByTheClient() async throws {
+        let s = try TestServer("[limits]\nmax_frame_bytes = 65536\n")
+        defer { s.stop() }
+        let c = try await PerennialClient.connect(port: s.port)
+        defer { c.close() }
+        _ = try await c.hello()
+        await #expect(throws: PerennialClientError.requestTooLarge(bytes: 100_026, maxFrameBytes: 65536)) {
+            _ = try await c.upsertItem(5, text: String(repeating: "x", count: 100_000))
+        }
+        try await c.ping()
+        #expect(try await c.upsertItem(5, text: "short").created)
+    }
+
     /// Timestamps drive id expiry: an event from the far future (or one in
     /// milliseconds) is refused with its index, so it cannot make every
     /// user look idle; a small clock skew is accepted.

@@ -18,6 +18,10 @@ public enum PerennialClientError: Error, Sendable, CustomStringConvertible, Equa
     case protocolViolation(ProtocolError)
     /// The server answered with an ERROR frame.
     case server(code: ErrorCode?, rawCode: UInt16, detail: UInt32, message: String)
+    /// A request longer than the server's max_frame_bytes (from HELLO, else
+    /// the default 4 MiB): refused before anything was sent, since the server
+    /// would drop the connection while it is still being sent.
+    case requestTooLarge(bytes: Int, maxFrameBytes: Int)
 
     public var description: String {
         switch self {
@@ -25,6 +29,7 @@ public enum PerennialClientError: Error, Sendable, CustomStringConvertible, Equa
         case .timeout(let m): "timeout: \(m)"
         case .protocolViolation(let e): "protocol violation: \(e)"
         case .server(let code, let raw, _, let m): "server error \(code?.name ?? String(raw)): \(m)"
+        case .requestTooLarge(let n, let max): "a request of \(n) bytes exceeds the server's max_frame_bytes (\(max)); nothing was sent"
         }
     }
 
@@ -44,6 +49,7 @@ public final class PerennialClient: @unchecked Sendable {
     private var inbox: [UInt8] = []
     private var outbox: [UInt8] = []
     private var maxEvents = 10_000
+    private var maxFrameBytes = 4 * 1024 * 1024
 
     /// Connects (blocking) to a server. `timeout` bounds every reply wait.
     public init(host: String = "127.0.0.1", port: Int = 7878, timeout: Double = 10) throws {
@@ -74,7 +80,10 @@ public final class PerennialClient: @unchecked Sendable {
     /// Protocol handshake; also learns the server's limits.
     public func hello(clientName: String = "perennial-swift", token: String = "") async throws -> HelloReply {
         guard case .hello(let h) = try await call(.hello(Hello(clientName: clientName, token: token))) else { throw unexpected() }
-        queue.sync { maxEvents = Int(h.maxEvents) }
+        queue.sync {
+            maxEvents = Int(h.maxEvents)
+            maxFrameBytes = Int(h.maxFrameBytes)
+        }
         return h
     }
 
@@ -140,9 +149,13 @@ public final class PerennialClient: @unchecked Sendable {
             outbox.removeAll(keepingCapacity: true)
             var ids: [UInt32] = []
             for r in requests {
-                let id = takeID()
-                ids.append(id)
+                let start = outbox.count, id = takeID()
                 r.encode(into: &outbox, requestID: id)
+                // (The frame's length field counts the bytes after it.)
+                if outbox.count - start - 4 > maxFrameBytes {
+                    throw PerennialClientError.requestTooLarge(bytes: outbox.count - start, maxFrameBytes: maxFrameBytes)
+                }
+                ids.append(id)
             }
             try socket.send(outbox)
             return try ids.map { try readReply(for: $0) }
