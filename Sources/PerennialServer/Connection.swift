@@ -18,6 +18,7 @@ final class Connection {
     unowned(unsafe) let loop: EventLoop
     let handle: UnsafeMutablePointer<uv_tcp_t>
     private let writeRequest: UnsafeMutablePointer<uv_write_t>
+    private let shutdownRequest: UnsafeMutablePointer<uv_shutdown_t>
 
     // Received bytes: [readPos, writePos) is unframed input.
     private var inbox: UnsafeMutableRawPointer
@@ -38,6 +39,14 @@ final class Connection {
     private var closeAfterFlush = false
     /// The peer finished sending (EOF): answer what it sent, then close.
     private var peerDone = false
+    /// After a fatal error: linger (shut our side down, drop what the peer
+    /// still sends) instead of closing as soon as the error is written.
+    private var lingerAfterFlush = false
+    /// Lingering until this time (0 = not lingering); bytes dropped so far.
+    private var lingerUntil: UInt64 = 0
+    private var lingerDropped = 0
+    static let lingerMs: UInt64 = 2000
+    static let lingerMaxBytes = 64 << 20
     /// Why the connection is not processing frames now, if it is not.
     private(set) var parked: FrameOutcome?
     var lastActivity: UInt64
@@ -59,6 +68,7 @@ final class Connection {
         self.loop = loop
         self.handle = handle
         writeRequest = .allocate(capacity: 1)
+        shutdownRequest = .allocate(capacity: 1)
         inboxCapacity = Connection.initialInbox
         inbox = .allocate(byteCount: inboxCapacity, alignment: 16)
         writeCapacity = 16 * 1024
@@ -71,6 +81,7 @@ final class Connection {
         inbox.deallocate()
         writeBuffer.deallocate()
         writeRequest.deallocate()
+        shutdownRequest.deallocate()
     }
 
     private var stream: UnsafeMutablePointer<uv_stream_t> { UnsafeMutablePointer(OpaquePointer(handle)) }
@@ -119,6 +130,14 @@ final class Connection {
     }
 
     func received(_ n: Int) {
+        if lingerUntil != 0 {
+            // Read and dropped: only so the peer gets our error, not a reset.
+            lingerDropped += n
+            readPos = 0
+            writePos = 0
+            if lingerDropped > Connection.lingerMaxBytes { close() }
+            return
+        }
         writePos += n
         loop.handler.stats.bytesIn += UInt64(n)
         lastActivity = MonotonicClock.nowMillis()
@@ -266,7 +285,9 @@ final class Connection {
         while true {
             guard writeInFlight == 0, !closing else { return }
             if out.isEmpty {
-                if !awaitingBatch && (closeAfterFlush || (peerDone && parked == nil)) { close() }
+                if !awaitingBatch && (closeAfterFlush || (peerDone && parked == nil)) {
+                    if lingerAfterFlush && !peerDone { linger() } else { close() }
+                }
                 return
             }
             // Acknowledgements promise what the fsync policy says: under
@@ -362,7 +383,14 @@ final class Connection {
     // MARK: errors and closing
 
     /// A fatal protocol error: answer with it, then close once flushed.
+    /// The close lingers: closing a socket with unread input (the rest of
+    /// an oversized frame the peer is still sending) makes the kernel send
+    /// a reset, which destroys the error reply before the client reads it.
+    /// So the server shuts its side down and reads and drops what the peer
+    /// still sends, until it closes too, for at most 2 s or 64 MiB (as web
+    /// servers' lingering close does).
     func fail(_ error: ProtocolError, requestID: UInt32) {
+        lingerAfterFlush = true
         Log.debug("closing a connection after a fatal error: \(error)")
         loop.handler.stats.errorsTotal += 1
         loop.handler.stats.fatalErrors += 1
@@ -378,10 +406,22 @@ final class Connection {
         flush()
     }
 
+    /// The error reply is written: shut our side down and drop input.
+    private func linger() {
+        guard lingerUntil == 0, !closing else { return }
+        lingerUntil = MonotonicClock.nowMillis() + Connection.lingerMs
+        readPos = 0
+        writePos = 0
+        if uv_shutdown(shutdownRequest, stream, connectionShutDown) != 0 { close(); return }
+        reading = true
+        uv_read_start(stream, connectionAlloc, connectionRead)
+    }
+
     /// The peer finished sending (EOF): the complete frames it sent are
     /// answered (after any wait on the learner), a partial frame is
     /// discarded, then the connection closes.
     func peerFinished() {
+        if lingerUntil != 0 { close(); return }
         peerDone = true
         stopReading()
         flush()
@@ -415,6 +455,7 @@ final class Connection {
 
     /// Checks the per-connection timers; called by the loop's sweep.
     func sweep(now: UInt64, idleMs: Int, frameMs: Int) {
+        if lingerUntil != 0 && now >= lingerUntil && !closing { close() }
         // (A connection owed batch replies gets them later in this turn.)
         guard !closing, !closeAfterFlush, !awaitingBatch else { return }
         // Saturating: a timestamp taken during this tick may be after `now`.
@@ -456,6 +497,12 @@ private let connectionRead: uv_read_cb = { stream, nread, _ in
 private let connectionWrote: uv_write_cb = { req, status in
     guard let req, let stream = req.pointee.handle else { return }
     connection(UnsafeMutableRawPointer(stream)).wrote(status: status)
+}
+
+/// Our side of a lingering connection is shut down; a failure ends it.
+private let connectionShutDown: uv_shutdown_cb = { req, status in
+    guard let req, let stream = req.pointee.handle else { return }
+    if status != 0 { connection(UnsafeMutableRawPointer(stream)).close() }
 }
 
 private let connectionClosed: uv_close_cb = { handle in

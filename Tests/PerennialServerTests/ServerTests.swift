@@ -435,6 +435,29 @@ import PerennialProtocol
         #expect(held <= 400_000, "two connections hold \(held) bytes")
     }
 
+    /// A client still sending an oversized frame when the server refuses it
+    /// reads the FRAME_TOO_LARGE error, not a connection reset: the server
+    /// shuts its side down and drops the rest (a lingering close); once the
+    /// client closes too, the connection is gone.
+    @Test func anOversizedFrameGetsItsErrorNotAReset() async throws {
+        let s = try TestServer("[limits]\nmax_frame_bytes = 65536\n")
+        defer { s.stop() }
+        for _ in 0..<3 {
+            let sock = try RawSocket(port: s.port)
+            // Announces 8 MiB and sends 2 MiB of it in one go.
+            var bytes = header(length: 8 << 20, opcode: Opcode.upsertItem.rawValue, id: 77)
+            bytes += [UInt8](repeating: 0x61, count: 2 << 20)
+            try sock.send(bytes)
+            let f = try #require(try sock.readFrame())
+            #expect(f.error?.code == .frameTooLarge && f.header.requestID == 77)
+            #expect(try sock.readFrame() == nil)  // then the server's side ends
+            sock.close()
+        }
+        let c = try await PerennialClient.connect(port: s.port)
+        defer { c.close() }
+        #expect(try await eventually { try await c.stats()["connections"] == 1 })
+    }
+
     /// The Swift client refuses a request over the server's max_frame_bytes
     /// before sending it (the server would drop the connection mid-send),
     /// and the connection goes on.
