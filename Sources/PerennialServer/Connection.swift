@@ -91,7 +91,8 @@ final class Connection {
 
     func startReading() {
         guard !reading, !closing, !closeAfterFlush, !peerDone, parked == nil else { return }
-        guard pendingBytes < loop.limits.maxPendingBytes else { return }
+        guard pendingBytes < loop.limits.maxPendingBytes else { return pauseForBackpressure() }
+        backpressured = false
         reading = true
         // A partial frame's clock runs only while the server is reading.
         if partialSince != 0 { partialSince = MonotonicClock.nowMillis() }
@@ -102,6 +103,16 @@ final class Connection {
         guard reading else { return }
         reading = false
         uv_read_stop(stream)
+    }
+
+    /// Reply bytes the peer has not taken reached the limit: read and decode
+    /// nothing more until they drain (counted once per pause).
+    private func pauseForBackpressure() {
+        if !backpressured {
+            backpressured = true
+            loop.handler.stats.backpressurePauses += 1
+        }
+        stopReading()
     }
 
     /// Hands libuv the free tail of the inbox (at least 4 KiB of it).
@@ -153,13 +164,7 @@ final class Connection {
         while !closing && !closeAfterFlush {
             // Backpressure: while this many reply bytes wait for the peer,
             // decode nothing more (and read nothing more) until it drains.
-            if pendingBytes >= loop.limits.maxPendingBytes {
-                if reading {
-                    loop.handler.stats.backpressurePauses += 1
-                    stopReading()
-                }
-                return
-            }
+            if pendingBytes >= loop.limits.maxPendingBytes { return pauseForBackpressure() }
             let available = writePos - readPos
             let result = FrameDecoder.decode(UnsafeRawBufferPointer(start: inbox + readPos, count: available),
                                              limits: loop.handler.protocolLimits)
@@ -196,9 +201,10 @@ final class Connection {
                 case .done:
                     readPos += header.frameLength
                     partialSince = 0
-                case .deferred:
+                case .deferred(let replyBytes):
                     readPos += header.frameLength
                     partialSince = 0
+                    deferredReplyBytes += replyBytes
                     if !awaitingBatch {
                         awaitingBatch = true
                         loop.joinBatch(self)
@@ -258,6 +264,7 @@ final class Connection {
     /// on with the frames that waited.
     func batchAnswered() {
         awaitingBatch = false
+        deferredReplyBytes = 0
         if case .waitForBatch = parked {
             parked = nil
             loop.parked.remove(ObjectIdentifier(self))
@@ -270,7 +277,11 @@ final class Connection {
 
     // MARK: writing
 
-    var pendingBytes: Int { out.count + writeInFlight }
+    /// Reply bytes owed to the peer: produced and not yet taken, and (about)
+    /// those this turn's batch will produce for it.
+    var pendingBytes: Int { out.count + writeInFlight + deferredReplyBytes }
+    private var deferredReplyBytes = 0
+    private var backpressured = false
     /// Memory the connection's buffers hold (STATS connection_buffer_bytes;
     /// `out` as of its last release: STATS may be asked while it is being
     /// written).
@@ -340,10 +351,7 @@ final class Connection {
             return
         }
         // Backpressure: stop reading while the peer does not drain replies.
-        if pendingBytes >= loop.limits.maxPendingBytes && reading {
-            loop.handler.stats.backpressurePauses += 1
-            stopReading()
-        }
+        if pendingBytes >= loop.limits.maxPendingBytes { pauseForBackpressure() }
     }
 
     /// Empties `out`, keeping its storage unless a long reply grew it.

@@ -185,13 +185,17 @@ final class EventLoop {
     func answerBatch() {
         while !batchMembers.isEmpty {
             if handler.hasDeferred {
-                handler.answerDeferred { id, write in connections[id]?.appendReply(write) }
+                handler.answerDeferred(isOpen: { connections[$0]?.closing == false }) { id, write in
+                    connections[id]?.appendReply(write)
+                }
             }
             let members = batchMembers
             batchMembers.removeAll(keepingCapacity: true)
             for c in members { c.batchAnswered() }
         }
         uv_idle_stop(batchIdle)
+        // Stopping: connections that waited on the batch finish now too.
+        if stopping { finishStopIfDone() }
     }
 
     /// End of a loop iteration: one fsync for every acknowledgement written

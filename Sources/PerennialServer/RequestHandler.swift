@@ -15,9 +15,10 @@ enum FrameOutcome {
     case waitForApplied(seq: UInt64, deadline: UInt64)
     /// Leave the frame unconsumed until the learner queue has room.
     case waitForQueueRoom
-    /// The frame is consumed; its reply comes when the loop answers this
-    /// turn's RECOMMENDs together (`RequestHandler.answerDeferred`).
-    case deferred
+    /// The frame is consumed; its reply (at most `replyBytes`) comes when
+    /// the loop answers this turn's RECOMMENDs together
+    /// (`RequestHandler.answerDeferred`).
+    case deferred(replyBytes: Int)
     /// Leave the frame unconsumed until this turn's RECOMMENDs are answered:
     /// the batch is full, or the connection has replies owed by it and this
     /// frame's reply must not overtake them.
@@ -112,6 +113,9 @@ final class RequestHandler {
             }
             let request = try Request.decode(opcode: opcode, payload: payload, limits: protocolLimits)
             if ordered && !joinsBatch(request) { return .waitForBatch }
+            // A RELOAD takes effect after the RECOMMENDs read before it are
+            // answered (with the scorers they were read under).
+            if case .reload = request, hasDeferred { return .waitForBatch }
             let outcome = try perform(request, state: &state, requestID: id, out: &out, owner: owner)
             switch outcome {
             case .done, .deferred: stats.requestsTotal += 1; state.waitDeadline = 0
@@ -142,9 +146,11 @@ final class RequestHandler {
     /// Answers the RECOMMENDs deferred in this turn, together
     /// (`Model.recommend(batch:)`); `deliver` appends each reply to its
     /// connection's output, in the order the requests were read.
-    func answerDeferred(deliver: (ObjectIdentifier, (inout [UInt8]) -> Void) -> Void) {
-        let batch = deferred
+    func answerDeferred(isOpen: (ObjectIdentifier) -> Bool, deliver: (ObjectIdentifier, (inout [UInt8]) -> Void) -> Void) {
+        // (A connection that closed since gets nothing: not worth scoring.)
+        let batch = deferred.filter { isOpen($0.owner) }
         deferred.removeAll(keepingCapacity: true)
+        guard !batch.isEmpty else { return }
         let answers = model.recommend(batch: batch.map(\.question))
         stats.recommendBatches += 1
         stats.recommendsBatched += UInt64(batch.count)
@@ -230,6 +236,7 @@ final class RequestHandler {
             if let wait = try readYourWrites(q.minAppliedSeq, state: &state) { return wait }
             let batched = joinsBatch(request)
             if batched && deferred.count >= config.recommendBatch { return .waitForBatch }
+            stats.recommends += 1
             var session = q.sessionItems
             if !q.shadowScorer.isEmpty && !model.canServe(q.shadowScorer) {
                 throw ProtocolError(.unknownScorer, "shadow_scorer \"\(q.shadowScorer)\" is not loaded; loaded: \((model.scorerNames + model.routes.keys.sorted()).joined(separator: ", "))")
@@ -237,7 +244,6 @@ final class RequestHandler {
             if !q.sessionID.isEmpty && model.canServe(q.scorer) && q.sessionID.utf8.count > Self.maxSessionIDBytes {
                 throw ProtocolError(.invalidArgument, "session_id is \(q.sessionID.utf8.count) bytes; at most \(Self.maxSessionIDBytes)")
             }
-            stats.recommends += 1
             if !q.sessionID.isEmpty && model.canServe(q.scorer) {
                 // (A request the model will refuse leaves the session alone.)
                 // The request's items join the remembered session.
@@ -248,7 +254,7 @@ final class RequestHandler {
                 deferred.append(DeferredRecommend(owner: owner, requestID: requestID,
                                                   question: RecommendQuestion(user: q.user, k: Int(q.k), scorer: q.scorer, session: session,
                                                                               exclude: q.exclude, candidates: q.candidates)))
-                return .deferred
+                return .deferred(replyBytes: FrameHeader.size + 10 + 12 * Int(q.k))
             }
             do {
                 let recs = try model.recommend(user: q.user, k: Int(q.k), scorer: q.scorer, session: session,

@@ -169,7 +169,7 @@ public struct PerennialConfig: Sendable {
         c.port = try r.int("server.port", default: c.port, in: 0...65535)
         c.dataDir = try r.string("server.data_dir", default: c.dataDir)
         c.allowShutdown = try r.bool("server.allow_shutdown", default: c.allowShutdown)
-        c.recommendBatch = try r.int("server.recommend_batch", default: c.recommendBatch, in: 1...1024)
+        c.recommendBatch = try r.int("server.recommend_batch", default: c.recommendBatch, in: 1...256)
 
         var l = LimitsConfig()
         l.maxFrameBytes = try r.int("limits.max_frame_bytes", default: l.maxFrameBytes, in: 1024...(1 << 30))
