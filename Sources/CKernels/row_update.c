@@ -104,9 +104,11 @@ static inline __m256 adagrad_gradient8(const float *row, const float *anchor, co
     return _mm256_fnmadd_ps(lambda, _mm256_sub_ps(r, _mm256_loadu_ps(anchor + k)), g);
 }
 
-__attribute__((target("avx2,fma")))
-static void adagrad_row_avx2(float *row, const float *anchor, const float *v, float alpha, float reg, float lambda,
-                             float *accumulator, float lr, const float *scale, size_t n) {
+// An Adagrad step's first pass: the squared gradient's sum goes into the
+// row's accumulator; returns the step size.
+__attribute__((target("avx2,fma"), always_inline))
+static inline float adagrad_step_size(const float *row, const float *anchor, const float *v, float alpha, float reg,
+                                      float lambda, float *accumulator, float lr, size_t n) {
     const __m256 va = _mm256_set1_ps(alpha), vr = _mm256_set1_ps(reg), vl = _mm256_set1_ps(lambda);
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     size_t main = n & ~(size_t)7, k = 0;
@@ -126,7 +128,15 @@ static void adagrad_row_avx2(float *row, const float *anchor, const float *v, fl
         sq += g * g;
     }
     *accumulator += sq / (float)n;
-    const float step = lr / sqrtf(*accumulator + 1e-8f);
+    return lr / sqrtf(*accumulator + 1e-8f);
+}
+
+__attribute__((target("avx2,fma")))
+static void adagrad_row_avx2(float *row, const float *anchor, const float *v, float alpha, float reg, float lambda,
+                             float *accumulator, float lr, const float *scale, size_t n) {
+    const __m256 va = _mm256_set1_ps(alpha), vr = _mm256_set1_ps(reg), vl = _mm256_set1_ps(lambda);
+    size_t main = n & ~(size_t)7, k;
+    const float step = adagrad_step_size(row, anchor, v, alpha, reg, lambda, accumulator, lr, n);
     const __m256 vs = _mm256_set1_ps(step);
     for (k = 0; k < main; k += 8) {
         __m256 g = adagrad_gradient8(row, anchor, v, va, vr, vl, k);
@@ -145,25 +155,8 @@ __attribute__((target("avx2,fma")))
 static void adagrad_row_follow_avx2(float *row, float *anchor, const float *v, float alpha, float reg, float lambda,
                                     float *accumulator, float lr, const float *scale, float follow, size_t n) {
     const __m256 va = _mm256_set1_ps(alpha), vr = _mm256_set1_ps(reg), vl = _mm256_set1_ps(lambda);
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    size_t main = n & ~(size_t)7, k = 0;
-    for (; k + 16 <= main; k += 16) {
-        __m256 g0 = adagrad_gradient8(row, anchor, v, va, vr, vl, k);
-        __m256 g1 = adagrad_gradient8(row, anchor, v, va, vr, vl, k + 8);
-        s0 = _mm256_fmadd_ps(g0, g0, s0);
-        s1 = _mm256_fmadd_ps(g1, g1, s1);
-    }
-    for (; k < main; k += 8) {
-        __m256 g0 = adagrad_gradient8(row, anchor, v, va, vr, vl, k);
-        s0 = _mm256_fmadd_ps(g0, g0, s0);
-    }
-    float sq = hsum8(_mm256_add_ps(s0, s1));
-    for (; k < n; k++) {
-        float g = adagrad_gradient(row, anchor, v, alpha, reg, lambda, k);
-        sq += g * g;
-    }
-    *accumulator += sq / (float)n;
-    const float step = lr / sqrtf(*accumulator + 1e-8f);
+    size_t main = n & ~(size_t)7, k;
+    const float step = adagrad_step_size(row, anchor, v, alpha, reg, lambda, accumulator, lr, n);
     const __m256 vs = _mm256_set1_ps(step), vf = _mm256_set1_ps(follow);
     for (k = 0; k < main; k += 8) {
         __m256 g = adagrad_gradient8(row, anchor, v, va, vr, vl, k);

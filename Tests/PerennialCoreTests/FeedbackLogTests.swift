@@ -53,14 +53,20 @@ import Popularity
         #expect(report.events == 400 && report.tornTail == nil)
     }
 
-    @Test func tornTailIsCutAndMiddleCorruptionStops() throws {
+    /// A log of three feedback records: its folder, its one segment's path
+    /// and that segment's bytes.
+    func threeRecordLog() throws -> (String, String, Data) {
         let dir = tempDir()
         let log = FeedbackLog(directory: dir, policy: .no)
         try log.openForAppend(lastSeq: 0)
         for b in 0..<3 { try log.append(.feedback(firstSeq: UInt64(b * 5 + 1), events: events(5, from: b * 5)), lastSeq: UInt64(b * 5 + 5)) }
         log.close()
         let path = (dir as NSString).appendingPathComponent("00000001.log")
-        let good = try Data(contentsOf: URL(fileURLWithPath: path))
+        return (dir, path, try Data(contentsOf: URL(fileURLWithPath: path)))
+    }
+
+    @Test func tornTailIsCutAndMiddleCorruptionStops() throws {
+        let (dir, path, good) = try threeRecordLog()
         // A torn write: half a record at the end.
         var torn = good
         torn.append(contentsOf: good[8..<(8 + 40)])
@@ -84,13 +90,7 @@ import Popularity
     /// damaged length field that runs past EOF, with real records after it,
     /// still stops start-up.
     @Test func aRecordInsideATornWriteDoesNotStopStartUp() throws {
-        let dir = tempDir()
-        let log = FeedbackLog(directory: dir, policy: .no)
-        try log.openForAppend(lastSeq: 0)
-        for b in 0..<3 { try log.append(.feedback(firstSeq: UInt64(b * 5 + 1), events: events(5, from: b * 5)), lastSeq: UInt64(b * 5 + 5)) }
-        log.close()
-        let path = (dir as NSString).appendingPathComponent("00000001.log")
-        let good = try Data(contentsOf: URL(fileURLWithPath: path))
+        let (dir, path, good) = try threeRecordLog()
         // A whole upsert record all of whose bytes are ASCII, so it can sit
         // in a text: vary its own text until the checksum's bytes are ASCII.
         var inner: [UInt8] = []
