@@ -25,7 +25,7 @@ public struct LoadResult: Sendable {
     public var requests = 0
     public var units = 0        // requests, or events for FEEDBACK loads
     public var errors = 0
-    /// The first ERROR reply's message (warm-up included), to say why.
+    /// The first measured ERROR reply's message, to say why.
     public var firstError: String?
     public var seconds = 0.0
     public var latency = LatencyHistogram()
@@ -162,11 +162,7 @@ public struct LoadDriver {
                 conns[i].inbox.append(contentsOf: buffer[0..<got])
                 var offset = 0
                 while let (size, isError) = nextReply(conns[i].inbox, from: offset) {
-                    if isError && result.firstError == nil, case .perennial = framing {
-                        result.firstError = Self.errorMessage(Array(conns[i].inbox[(offset + 12)..<(offset + size)]))
-                    } else if isError && result.firstError == nil {
-                        result.firstError = String(decoding: conns[i].inbox[offset..<(offset + size)], as: UTF8.self)
-                    }
+                    let start = offset
                     offset += size
                     guard conns[i].head < conns[i].outstanding.count else {
                         throw BenchError("a reply arrived for no request")
@@ -177,6 +173,14 @@ public struct LoadDriver {
                         result.requests += 1
                         result.units += units
                         if isError { result.errors += 1 }
+                        if isError && result.firstError == nil {
+                            let frame = conns[i].inbox[start..<offset]
+                            if case .perennial = framing {
+                                result.firstError = Self.errorMessage(Array(frame.dropFirst(FrameHeader.size)))
+                            } else {
+                                result.firstError = String(decoding: frame, as: UTF8.self)
+                            }
+                        }
                         result.latency.record(received >= at ? received - at : 0)
                     }
                 }

@@ -43,6 +43,7 @@ final class Connection {
     /// still sends) instead of closing as soon as the error is written.
     private var lingerAfterFlush = false
     /// Lingering until this time (0 = not lingering); bytes dropped so far.
+    var isLingering: Bool { lingerUntil != 0 }
     private var lingerUntil: UInt64 = 0
     private var lingerDropped = 0
     static let lingerMs: UInt64 = 2000
@@ -396,9 +397,11 @@ final class Connection {
     /// a reset, which destroys the error reply before the client reads it.
     /// So the server shuts its side down and reads and drops what the peer
     /// still sends, until it closes too, for at most 2 s or 64 MiB (as web
-    /// servers' lingering close does).
-    func fail(_ error: ProtocolError, requestID: UInt32) {
-        lingerAfterFlush = true
+    /// servers' lingering close does). A connection refused at accept
+    /// (BUSY, stopping) has sent nothing yet: `linger: false` closes it at
+    /// once, so refused connections never hold a slot or a descriptor.
+    func fail(_ error: ProtocolError, requestID: UInt32, linger: Bool = true) {
+        lingerAfterFlush = linger
         Log.debug("closing a connection after a fatal error: \(error)")
         loop.handler.stats.errorsTotal += 1
         loop.handler.stats.fatalErrors += 1
@@ -409,6 +412,8 @@ final class Connection {
 
     /// Stops reading and closes after the queued replies are written.
     func finish() {
+        // Lingering already: keep reading (dropping) until the peer closes.
+        guard lingerUntil == 0 else { return }
         stopReading()
         closeAfterFlush = true
         flush()
@@ -418,6 +423,7 @@ final class Connection {
     private func linger() {
         guard lingerUntil == 0, !closing else { return }
         lingerUntil = MonotonicClock.nowMillis() + Connection.lingerMs
+        loop.lingering += 1
         readPos = 0
         writePos = 0
         if uv_shutdown(shutdownRequest, stream, connectionShutDown) != 0 { close(); return }

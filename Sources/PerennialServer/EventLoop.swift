@@ -146,16 +146,22 @@ final class EventLoop {
         handler.stats.connectionsTotal += 1
         handler.stats.connections = connections.count
         if stopping {
-            c.fail(ProtocolError(.shuttingDown, "the server is stopping", fatal: true), requestID: 0)
-        } else if connections.count > limits.maxConnections {
+            c.fail(ProtocolError(.shuttingDown, "the server is stopping", fatal: true), requestID: 0, linger: false)
+        } else if connections.count - lingering > limits.maxConnections {
             handler.stats.connectionsRejected += 1
-            c.fail(ProtocolError(.busy, "too many connections (limit \(limits.maxConnections))", fatal: true), requestID: 0)
+            c.fail(ProtocolError(.busy, "too many connections (limit \(limits.maxConnections))", fatal: true), requestID: 0,
+                   linger: false)
         } else {
             c.startReading()
         }
     }
 
+    /// Connections lingering after a fatal error (not counted against
+    /// `max_connections`: they only drop input until the peer closes).
+    var lingering = 0
+
     func connectionClosed(_ c: Connection) {
+        if c.isLingering { lingering -= 1 }
         connections[ObjectIdentifier(c)] = nil
         parked.remove(ObjectIdentifier(c))
         handler.stats.connections = connections.count

@@ -196,9 +196,9 @@ final class RequestHandler {
                 return .waitForQueueRoom
             }
             let now = MonotonicClock.unixSeconds()
-            let latest = now + Int64(config.limits.maxFutureSeconds)
-            if let i = events.firstIndex(where: { $0.timestamp > latest }) {
-                throw ProtocolError(.invalidEvent, "event \(i): timestamp \(events[i].timestamp) is \(events[i].timestamp - now) s ahead of the server's clock (at most limits.max_future_seconds = \(config.limits.maxFutureSeconds); timestamps are Unix seconds, 0 = now); no event of this batch was accepted", detail: UInt32(i))
+            let (ahead, rule) = allowedFutureSeconds
+            if let i = events.firstIndex(where: { $0.timestamp > now + Int64(ahead) }) {
+                throw ProtocolError(.invalidEvent, "event \(i): timestamp \(events[i].timestamp) is \(events[i].timestamp - now) s ahead of the server's clock (at most \(ahead) s: \(rule); timestamps are Unix seconds, 0 = now); no event of this batch was accepted", detail: UInt32(i))
             }
             incoming.removeAll(keepingCapacity: true)
             for e in events {
@@ -313,6 +313,19 @@ final class RequestHandler {
             return .shutdownAfterReply
         }
         return .done
+    }
+
+    /// How far ahead of the server's clock an event may be stamped, and the
+    /// rule that says so. Id expiry takes an event's timestamp as the time,
+    /// so with `expire_after_seconds` on, an event stamped s seconds ahead
+    /// expires users idle for the limit minus s: a tenth of the limit at
+    /// most keeps every user for 90% of their idle time.
+    private var allowedFutureSeconds: (Int, String) {
+        let limit = config.limits.maxFutureSeconds, expiry = config.lifelong.expireAfterSeconds
+        if expiry > 0 && expiry / 10 < limit {
+            return (Int(expiry / 10), "a tenth of lifelong.expire_after_seconds = \(expiry)")
+        }
+        return (limit, "limits.max_future_seconds")
     }
 
     /// Checks tokens: with `auth.token_file` set, everything but HELLO needs

@@ -462,6 +462,32 @@ import PerennialProtocol
         #expect(try await eventually { try await c.stats()["connections"] == 1 })
     }
 
+    /// Connections lingering after a fatal error hold no connection slot,
+    /// and one refused with BUSY is closed at once instead of lingering.
+    @Test func lingeringAndRefusedConnectionsHoldNoSlots() async throws {
+        let s = try TestServer("[limits]\nmax_connections = 3\nmax_frame_bytes = 65536\n")
+        defer { s.stop() }
+        let held = try (0..<2).map { _ in try RawSocket(port: s.port) }
+        for sock in held {
+            try sock.send(.ping, id: 1)
+            #expect(try sock.readFrame()?.error == nil)
+        }
+        var lingering: [RawSocket] = []
+        for _ in 0..<4 {
+            let sock = try RawSocket(port: s.port)
+            try sock.send(header(length: 8 << 20, opcode: Opcode.upsertItem.rawValue, id: 5) + [UInt8](repeating: 1, count: 100_000))
+            #expect(try sock.readFrame()?.error?.code == .frameTooLarge)
+            lingering.append(sock)  // left open: the server lingers on it
+        }
+        let c = try await PerennialClient.connect(port: s.port)
+        defer { c.close() }
+        try await c.ping()
+        let extra = try RawSocket(port: s.port)
+        #expect(try extra.readFrame()?.error?.code == .busy)
+        #expect(try extra.readFrame() == nil)
+        for sock in held + lingering + [extra] { sock.close() }
+    }
+
     /// The Swift client refuses a request over the server's max_frame_bytes
     /// before sending it (the server would drop the connection mid-send),
     /// and the connection goes on.
@@ -488,7 +514,9 @@ import PerennialProtocol
         defer { c.close() }
         _ = try await c.feedback((1...5).map { WireEvent(user: UInt64($0), item: 7, kind: .click) })
         let now = Int64(Date().timeIntervalSince1970)
-        for (late, index) in [(Int64.max, 1), (now * 1000, 1), (now + 200_000, 1)] {
+        // Expiry after an hour: at most 6 minutes ahead (the reviewer's 23 h
+        // ahead expired every user when only a day was the limit).
+        for (late, index) in [(Int64.max, 1), (now * 1000, 1), (now + 200_000, 1), (now + 82_800, 1), (now + 400, 1)] {
             do {
                 _ = try await c.feedback([WireEvent(user: 9, item: 8, kind: .click, timestamp: now),
                                           WireEvent(user: 10, item: 8, kind: .click, timestamp: late)])
@@ -498,7 +526,7 @@ import PerennialProtocol
                 #expect(message.contains("ahead of the server's clock"))
             }
         }
-        _ = try await c.feedback([WireEvent(user: 11, item: 8, kind: .click, timestamp: now + 600)])
+        _ = try await c.feedback([WireEvent(user: 11, item: 8, kind: .click, timestamp: now + 300)])
         let stats = try await c.stats()
         #expect(stats["events_accepted"] == 6 && stats["lifelong_users_expired"] == 0 && stats["users"] == 6)
     }

@@ -55,11 +55,19 @@ class _Conn:
         if sock is None:
             return False
         try:
-            with socket.fromfd(sock.fileno(), sock.family, sock.type) as s:
-                return s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) is not None
-        except (BlockingIOError, InterruptedError):
+            s = socket.fromfd(sock.fileno(), sock.family, sock.type)
+        except (AttributeError, OSError):  # pragma: no cover - no dup here: assume open
             return False
-        except OSError:
+        with s:
+            # Non-blocking, whatever socket.setdefaulttimeout says: a socket
+            # in timeout mode would wait for data before the recv.
+            s.setblocking(False)
+            try:
+                s.recv(1, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:
+                return True
             return True
 
     def fail(self, exc: BaseException) -> None:

@@ -189,7 +189,7 @@ class Client:
         server closed it (EOF or an error, e.g. SHUTTING_DOWN)."""
         assert self._sock is not None
         try:
-            self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            self._sock.recv(1, socket.MSG_PEEK)  # (the socket is non-blocking)
         except (BlockingIOError, InterruptedError):
             return True
         except OSError:

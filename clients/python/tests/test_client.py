@@ -437,6 +437,32 @@ def test_clients_carry_on_after_a_server_restart(start_server: Callable[..., Any
     c.close()
 
 
+def test_idle_check_does_not_wait_under_a_default_socket_timeout(server: Address) -> None:
+    """The check that an idle connection is still open never blocks, even
+    when the application set socket.setdefaulttimeout (the async client's
+    duplicate descriptor would inherit it), and keeps a healthy connection."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(3)
+    try:
+        async def main() -> None:
+            async with perennial.AsyncClient(*server) as a:
+                assert await a.ping()
+                conn = a._conn
+                started = time.monotonic()
+                assert await a.ping()
+                assert time.monotonic() - started < 1.0 and a._conn is conn
+
+        asyncio.run(main())
+        with perennial.Client(*server) as c:
+            assert c.ping()
+            sock = c._sock
+            started = time.monotonic()
+            assert c.ping()
+            assert time.monotonic() - started < 1.0 and c._sock is sock
+    finally:
+        socket.setdefaulttimeout(old)
+
+
 def test_oversized_request_is_refused_before_sending(client: perennial.Client) -> None:
     """A request longer than the server's max_frame_bytes would make the
     server drop the connection mid-send ("connection reset"): the client
