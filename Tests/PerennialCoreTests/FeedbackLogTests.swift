@@ -55,6 +55,8 @@ import Popularity
 
     /// A log of three feedback records: its folder, its one segment's path
     /// and that segment's bytes.
+    let h = LogRecord.segmentHeaderSize
+
     func threeRecordLog() throws -> (String, String, Data) {
         let dir = tempDir()
         let log = FeedbackLog(directory: dir, policy: .no)
@@ -65,11 +67,37 @@ import Popularity
         return (dir, path, try Data(contentsOf: URL(fileURLWithPath: path)))
     }
 
+    /// A segment from before the salt (format 1: magic "PRNLOG01", checksums
+    /// seeded with 0) is still read; new records go into a new, salted
+    /// segment, and both are replayed in order.
+    @Test func formatOneSegmentsAreReadAndLeftAsTheyAre() throws {
+        let dir = tempDir()
+        var old = LogRecord.magicV1
+        LogRecord.feedback(firstSeq: 1, events: events(5)).encode(into: &old)
+        LogRecord.upsert(item: 3, text: "old text", attributes: []).encode(into: &old)
+        let path1 = (dir as NSString).appendingPathComponent("00000001.log")
+        try Data(old).write(to: URL(fileURLWithPath: path1))
+        var seen: [LogRecord] = []
+        try FeedbackLog.scan(directory: dir, cutTornTail: true) { seen.append($0) }
+        #expect(seen.count == 2)
+        let log = FeedbackLog(directory: dir, policy: .no)
+        try log.openForAppend(lastSeq: 5)
+        try log.append(.feedback(firstSeq: 6, events: events(2, from: 5)), lastSeq: 7)
+        log.close()
+        #expect(FeedbackLog.segments(in: dir) == [1, 2])
+        #expect(try Data(contentsOf: URL(fileURLWithPath: path1)) == Data(old))
+        let path2 = (dir as NSString).appendingPathComponent("00000002.log")
+        #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: path2)).prefix(8)) == LogRecord.magic)
+        seen.removeAll()
+        let report = try FeedbackLog.scan(directory: dir, cutTornTail: true) { seen.append($0) }
+        #expect(seen.count == 3 && report.events == 7 && report.tornTail == nil)
+    }
+
     @Test func tornTailIsCutAndMiddleCorruptionStops() throws {
         let (dir, path, good) = try threeRecordLog()
         // A torn write: half a record at the end.
         var torn = good
-        torn.append(contentsOf: good[8..<(8 + 40)])
+        torn.append(contentsOf: good[h..<(h + 40)])
         try torn.write(to: URL(fileURLWithPath: path))
         var n = 0
         let report = try FeedbackLog.scan(directory: dir, cutTornTail: true) { _ in n += 1 }
@@ -77,18 +105,19 @@ import Popularity
         #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == good)
         // A flipped byte inside the first record, with valid records after it.
         var bad = good
-        bad[8 + 8 + 20] ^= 0xFF
+        bad[h + 8 + 20] ^= 0xFF
         try bad.write(to: URL(fileURLWithPath: path))
         #expect(throws: LogError.self) { try FeedbackLog.scan(directory: dir, cutTornTail: true) { _ in } }
         // Nothing was cut: the damage is left for `perennial log repair`.
         #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == bad)
     }
 
-    /// A crash mid-append whose partial record holds a whole valid record
-    /// (here an item text that is the bytes of a log record, as a client
-    /// could send) is still a torn tail: cut, and start-up goes on. A
-    /// damaged length field that runs past EOF, with real records after it,
-    /// still stops start-up.
+    /// A crash mid-append whose partial record holds the bytes of a whole
+    /// record (an item text that is a log record, as a client could send)
+    /// is still a torn tail: the segment's secret salt seeds every real
+    /// record's checksum, so the client's never checks out; cut, and
+    /// start-up goes on. A damaged length field that runs past EOF, with
+    /// real records after it, still stops start-up.
     @Test func aRecordInsideATornWriteDoesNotStopStartUp() throws {
         let (dir, path, good) = try threeRecordLog()
         // A whole upsert record all of whose bytes are ASCII, so it can sit
@@ -111,9 +140,9 @@ import Popularity
         #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == good)
         // The first record's length now says it runs past EOF; two real records follow.
         var bad = good
-        bad[8] = 0xFF
-        bad[9] = 0xFF
-        bad[10] = 0xFF
+        bad[h] = 0xFF
+        bad[h + 1] = 0xFF
+        bad[h + 2] = 0xFF
         try bad.write(to: URL(fileURLWithPath: path))
         #expect(throws: LogError.self) { try FeedbackLog.scan(directory: dir, cutTornTail: true) { _ in } }
         #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == bad)

@@ -49,6 +49,8 @@ public final class FeedbackLog: @unchecked Sendable {
     private var fd: Int32 = -1
     private var segmentNumber = 0
     private var segmentSize = 0
+    /// The open segment's checksum seed (its salt; 0 in format 1).
+    private var seed: UInt32 = 0
     private var written: UInt64 = 0
     private let durable = Atomic<UInt64>(0)
     private var stopping = false
@@ -92,18 +94,22 @@ public final class FeedbackLog: @unchecked Sendable {
             let isLast = index == numbers.count - 1
             report.segments += 1
             report.bytes += bytes.count
-            if bytes.count < LogRecord.magic.count || Array(bytes[0..<LogRecord.magic.count]) != LogRecord.magic {
-                if isLast && bytes.count < LogRecord.magic.count {
-                    report.tornTail = (path, 0, bytes.count)
-                    if cutTornTail { try truncate(path, to: 0) }
-                    continue
-                }
+            let format: SegmentFormat
+            switch bytes.withUnsafeBytes({ readHeader($0) }) {
+            case .format(let f):
+                format = f
+            case .torn where isLast:
+                // Created at the crash: its header was not even whole.
+                report.tornTail = (path, 0, bytes.count)
+                if cutTornTail { try truncate(path, to: 0) }
+                continue
+            case .torn, .bad:
                 throw LogError("\(path): not a Perennial log segment (bad magic)")
             }
-            var offset = LogRecord.magic.count
+            var offset = format.recordsStart
             try bytes.withUnsafeBytes { raw in
                 while offset < raw.count {
-                    switch record(in: raw, at: offset) {
+                    switch record(in: raw, at: offset, seed: format.seed) {
                     case .valid(let payload, let end):
                         guard let rec = LogRecord.decode(payload: payload) else {
                             throw LogError("\(path) at byte \(offset): a record with a valid checksum does not parse")
@@ -112,8 +118,8 @@ public final class FeedbackLog: @unchecked Sendable {
                         report.records += 1
                         try visit(rec)
                         offset = end
-                    case .bad(let truncated):
-                        if !isLast || recordsFollow(in: raw, damageAt: offset, truncated: truncated) {
+                    case .bad:
+                        if !isLast || recordsFollow(in: raw, damageAt: offset, seed: format.seed) {
                             throw LogError("\(path) is corrupt at byte \(offset) and valid records follow; start-up stopped so nothing after it is lost. Inspect with `perennial log check`, or cut the log there with `perennial log repair` (losing what follows).")
                         }
                         report.tornTail = (path, offset, raw.count - offset)
@@ -126,30 +132,16 @@ public final class FeedbackLog: @unchecked Sendable {
         return report
     }
 
-    /// Whether real records may follow damage at `offset` of the last
-    /// segment, so cutting there could lose acknowledged events.
-    ///
-    /// Damage inside the file (a record that ends before EOF but fails its
-    /// checksum) counts as followed when any valid record starts after it:
-    /// a damaged length field must not make the records after it look torn.
-    /// A record that runs past EOF (or a header cut short) is what a crash
-    /// mid-append leaves; its partial payload may hold bytes that happen to
-    /// (or, in an item's text, were made to) form a valid record, so there
-    /// it counts as followed only when, from some offset after it, valid
-    /// records that parse run exactly to the end of the file, as real
-    /// records after a damaged length field would.
-    static func recordsFollow(in raw: UnsafeRawBufferPointer, damageAt offset: Int, truncated: Bool) -> Bool {
+    /// Whether records follow damage at `offset` of the last segment, so
+    /// cutting there would lose acknowledged events: any record after it
+    /// that checks out (a damaged length field must not make the records
+    /// after it look torn). Only the server writes records that check out
+    /// (format 2 seeds every checksum with the segment's secret salt), so
+    /// bytes a client sent, in the torn record or anywhere, never count.
+    static func recordsFollow(in raw: UnsafeRawBufferPointer, damageAt offset: Int, seed: UInt32) -> Bool {
         var probe = offset + 1
         while probe + 8 <= raw.count {
-            if truncated {
-                var at = probe
-                while case .valid(let payload, let end) = record(in: raw, at: at), LogRecord.decode(payload: payload) != nil {
-                    at = end
-                }
-                if at == raw.count && at > probe { return true }
-            } else if case .valid = record(in: raw, at: probe) {
-                return true
-            }
+            if case .valid = record(in: raw, at: probe, seed: seed) { return true }
             probe += 1
         }
         return false
@@ -160,11 +152,11 @@ public final class FeedbackLog: @unchecked Sendable {
     public static func firstDamage(inSegment path: String) throws -> Int? {
         guard let data = FileManager.default.contents(atPath: path) else { throw LogError("cannot read \(path)") }
         let bytes = [UInt8](data)
-        guard bytes.count >= LogRecord.magic.count, Array(bytes[0..<LogRecord.magic.count]) == LogRecord.magic else { return 0 }
         return bytes.withUnsafeBytes { raw -> Int? in
-            var offset = LogRecord.magic.count
+            guard case .format(let format) = readHeader(raw) else { return 0 }
+            var offset = format.recordsStart
             while offset < raw.count {
-                guard case .valid(_, let end) = record(in: raw, at: offset) else { return offset }
+                guard case .valid(_, let end) = record(in: raw, at: offset, seed: format.seed) else { return offset }
                 offset = end
             }
             return nil
@@ -174,21 +166,48 @@ public final class FeedbackLog: @unchecked Sendable {
     /// The path of segment `n`.
     public func segmentPath(_ n: Int) -> String { (directory as NSString).appendingPathComponent(FeedbackLog.segmentName(n)) }
 
-    enum RecordRead {
-        case valid(UnsafeRawBufferPointer, end: Int)
-        /// `truncated`: the header is cut short or the record runs past EOF.
-        case bad(truncated: Bool)
+    /// Where a segment's records start and the seed of their checksums.
+    struct SegmentFormat {
+        var recordsStart: Int
+        var seed: UInt32
     }
 
-    static func record(in raw: UnsafeRawBufferPointer, at offset: Int) -> RecordRead {
-        guard raw.count - offset >= 8 else { return .bad(truncated: true) }
+    enum HeaderRead {
+        case format(SegmentFormat)
+        /// Shorter than a header, and what is there is the start of one.
+        case torn
+        case bad
+    }
+
+    /// A segment's header: format 2 (magic, salt) or format 1 (magic alone).
+    static func readHeader(_ raw: UnsafeRawBufferPointer) -> HeaderRead {
+        let m = LogRecord.magic.count
+        if raw.count >= m && raw.prefix(m).elementsEqual(LogRecord.magicV1) {
+            return .format(SegmentFormat(recordsStart: m, seed: 0))
+        }
+        if raw.count >= LogRecord.segmentHeaderSize && raw.prefix(m).elementsEqual(LogRecord.magic) {
+            let salt = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: m, as: UInt64.self))
+            return .format(SegmentFormat(recordsStart: LogRecord.segmentHeaderSize, seed: UInt32(truncatingIfNeeded: salt)))
+        }
+        if raw.count < LogRecord.segmentHeaderSize && raw.prefix(m).elementsEqual(LogRecord.magic.prefix(min(m, raw.count))) {
+            return .torn
+        }
+        return .bad
+    }
+
+    enum RecordRead {
+        case valid(UnsafeRawBufferPointer, end: Int)
+        case bad
+    }
+
+    static func record(in raw: UnsafeRawBufferPointer, at offset: Int, seed: UInt32) -> RecordRead {
+        guard raw.count - offset >= 8 else { return .bad }
         let length = Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
         let crc = UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self))
         let end = offset + 8 + length
-        guard length > 0 else { return .bad(truncated: false) }
-        guard end <= raw.count else { return .bad(truncated: true) }
+        guard length > 0, end <= raw.count else { return .bad }
         let payload = UnsafeRawBufferPointer(rebasing: raw[(offset + 8)..<end])
-        guard CRC32C.checksum(payload) == crc else { return .bad(truncated: false) }
+        guard CRC32C.checksum(payload, seed: seed) == crc else { return .bad }
         return .valid(payload, end: end)
     }
 
@@ -207,7 +226,11 @@ public final class FeedbackLog: @unchecked Sendable {
     public func openForAppend(lastSeq: UInt64, atLeastSegment: Int = 1) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let existing = FeedbackLog.segments(in: directory)
-        try openSegment(max(existing.last ?? 1, atLeastSegment))
+        var first = max(existing.last ?? 1, atLeastSegment)
+        // New records go into a salted (format 2) segment: a format-1 one
+        // from an older build is left as it is.
+        if let last = existing.last, first == last, FeedbackLog.isFormat1(segmentPath(last)) { first += 1 }
+        try openSegment(first)
         written = lastSeq
         durable.store(lastSeq, ordering: .releasing)
         if policy == .everysec {
@@ -226,24 +249,45 @@ public final class FeedbackLog: @unchecked Sendable {
             throw LogError(failure!)
         }
         let path = (directory as NSString).appendingPathComponent(FeedbackLog.segmentName(n))
-        let f = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        let f = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
         guard f >= 0 else { throw LogError("cannot open \(path): \(String(cString: strerror(errno)))") }
         var st = stat()
         fstat(f, &st)
         segmentSize = Int(st.st_size)
         if segmentSize == 0 {
-            guard writeAll(f, LogRecord.magic) else {
+            // A new segment's salt: never leaves the server.
+            let salt = UInt64.random(in: 1...UInt64.max)
+            var header = LogRecord.magic
+            withUnsafeBytes(of: salt.littleEndian) { header.append(contentsOf: $0) }
+            guard writeAll(f, header) else {
                 Glibc.close(f)
                 throw LogError("cannot write \(path): \(String(cString: strerror(errno)))")
             }
-            segmentSize = LogRecord.magic.count
+            seed = UInt32(truncatingIfNeeded: salt)
+            segmentSize = header.count
             // Make the new file's directory entry durable too.
             let dir = open(directory, O_RDONLY | O_DIRECTORY)
             if dir >= 0 { fsync(dir); Glibc.close(dir) }
+        } else {
+            var header = [UInt8](repeating: 0, count: LogRecord.segmentHeaderSize)
+            let got = header.withUnsafeMutableBytes { pread(f, $0.baseAddress, $0.count, 0) }
+            guard got > 0, case .format(let format) = header.prefix(max(got, 0)).withUnsafeBytes({ FeedbackLog.readHeader($0) }) else {
+                Glibc.close(f)
+                throw LogError("\(path): not a Perennial log segment (bad magic)")
+            }
+            seed = format.seed
         }
         if fd >= 0 { Glibc.close(fd) }
         fd = f
         segmentNumber = n
+    }
+
+    /// Whether the segment at `path` is in format 1 (no salt).
+    static func isFormat1(_ path: String) -> Bool {
+        guard let f = FileHandle(forReadingAtPath: path) else { return false }
+        defer { try? f.close() }
+        let head = (try? f.read(upToCount: LogRecord.magicV1.count)) ?? Data()
+        return [UInt8](head) == LogRecord.magicV1
     }
 
     private func writeAll(_ f: Int32, _ bytes: [UInt8]) -> Bool {
@@ -267,7 +311,7 @@ public final class FeedbackLog: @unchecked Sendable {
         if let failure { throw LogError(failure) }
         if segmentSize >= segmentBytes { try openSegment(segmentNumber + 1) }
         encoded.removeAll(keepingCapacity: true)
-        record.encode(into: &encoded)
+        record.encode(into: &encoded, seed: seed)
         guard writeAll(fd, encoded) else {
             let why = String(cString: strerror(errno))
             // Remove whatever part of the record reached the file.

@@ -3,8 +3,14 @@
 // in acceptance order. Replaying the records in order through the model
 // rebuilds it exactly, because the learner is deterministic in log order.
 //
-// On disk, a segment file is the 8-byte magic "PRNLOG01" followed by
-// records:  u32 payload length · u32 CRC-32C of the payload · payload.
+// On disk, a segment file is a header, then records:
+//   u32 payload length · u32 CRC-32C of the payload, seeded · payload.
+// Format 2 (written now): the header is the 8-byte magic "PRNLOG02" and a
+// u64 salt drawn at random when the segment is created; every record's
+// CRC-32C starts from the salt's low 32 bits. Clients never see the salt, so
+// bytes they send (an item's text) can never form a record that checks out:
+// recovery can tell a crash's torn tail from records that follow damage.
+// Format 1 ("PRNLOG01", no salt, CRC seeded with 0) is still read.
 // Payload: u8 type, then
 //   type 1 (feedback): u64 first_seq · u32 n · n × (u64 user · u64 item ·
 //                      u8 kind · f32 value · i64 timestamp)
@@ -16,11 +22,16 @@ public enum LogRecord: Equatable, Sendable {
     case feedback(firstSeq: UInt64, events: [IncomingEvent])
     case upsert(item: UInt64, text: String, attributes: [LogAttribute])
 
-    public static let magic: [UInt8] = Array("PRNLOG01".utf8)
+    public static let magic: [UInt8] = Array("PRNLOG02".utf8)
+    /// Format 1's magic: segments written before the salt (read only).
+    public static let magicV1: [UInt8] = Array("PRNLOG01".utf8)
+    /// A format-2 segment's header: magic and salt.
+    public static let segmentHeaderSize = 16
     public static let headerSize = 8
 
-    /// Appends length · crc · payload to `out`.
-    public func encode(into out: inout [UInt8]) {
+    /// Appends length · crc · payload to `out`, the CRC seeded with `seed`
+    /// (the segment's salt; 0 in format 1).
+    public func encode(into out: inout [UInt8], seed: UInt32 = 0) {
         var p: [UInt8] = []
         switch self {
         case .feedback(let first, let events):
@@ -49,7 +60,7 @@ public enum LogRecord: Equatable, Sendable {
             }
         }
         out.appendLE(UInt32(p.count))
-        out.appendLE(CRC32C.checksum(p))
+        out.appendLE(p.withUnsafeBytes { CRC32C.checksum($0, seed: seed) })
         out.append(contentsOf: p)
     }
 
