@@ -53,7 +53,9 @@ let package = Package(
         // The evaluation protocols of EVALUATION.md (E1–E5), run in process.
         .target(name: "PerennialEval", dependencies: ["PerennialCore", "PerennialPlugins"], path: "Sources/PerennialEval"),
         // The load tool's parts: driver, open-loop pacer, latency histogram, workloads.
-        .target(name: "PerennialBench", dependencies: ["PerennialProtocol"], path: "Sources/PerennialBench"),
+        // epoll(7) for the load tool's client.
+        .systemLibrary(name: "CEpoll", path: "Sources/CEpoll"),
+        .target(name: "PerennialBench", dependencies: ["PerennialProtocol", "CEpoll"], path: "Sources/PerennialBench"),
         // The libuv server: loop, connections, routing, limits, stats.
         .target(
             name: "PerennialServer",
