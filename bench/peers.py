@@ -98,8 +98,8 @@ def report(d: str, runs: int) -> None:
              f"Machine: {cpu}; {os.cpu_count()} cores; {mem}; {platform.system()} {platform.release()}; "
              f"Python {platform.python_version()}.", "",
              "## Protocol floor: PING, 50 connections", "",
-             "| pipeline | Perennial (req/s) | redis-server, same client (req/s) | ratio | redis-benchmark's own client (req/s) |",
-             "| --- | --- | --- | --- | --- |"]
+             "| pipeline | Perennial (req/s) | redis-server, same client (req/s) | ratio | redis-benchmark's own client (req/s) | client core busy (Perennial / redis) |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for p in (1, 16):
         ours = med(series(f"ping-p{p}-*.json", "throughput"))
         red = med(series(f"redis-p{p}-*.json", "throughput"))
@@ -111,7 +111,35 @@ def report(d: str, runs: int) -> None:
                         rb.append(float(row[1]))
                     except ValueError:
                         pass
-        lines.append(f"| {p} | {fmt(ours)} | {fmt(red)} | {ratio(ours, red)} | {fmt(med(rb))} |")
+        busy = [med(series(f"{w}-p{p}-*.json", "client_cpu_share")) for w in ("ping", "redis")]
+        busy_text = " / ".join("n/a" if b is None else f"{b:.0%}" for b in busy)
+        lines.append(f"| {p} | {fmt(ours)} | {fmt(red)} | {ratio(ours, red)} | {fmt(med(rb))} | {busy_text} |")
+    lines += ["", "Client core busy: the load client's CPU time over the run's wall time. Near 100% the client, "
+              "which does as much kernel work per request as the server, sets the pace, and the ratio says less "
+              "about the servers. So the servers' own CPU time per request (user + system, from /proc, over the "
+              "whole run including its 0.5 s warm-up) is compared too:", "",
+              "| pipeline | Perennial µs CPU / request | redis-server µs CPU / request | redis ÷ Perennial |",
+              "| --- | --- | --- | --- |"]
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+
+    def cpu_per_request(name, p):
+        out = []
+        for path in sorted(glob.glob(os.path.join(d, f"{name}-p{p}-*.ticks"))):
+            r = load(path.replace(".ticks", ".json"))
+            try:
+                ticks = float(open(path).read())
+            except (OSError, ValueError):
+                continue
+            total = r.get("requests_per_second", 0) * (r.get("seconds", 0) + 0.5)
+            if total > 0:
+                out.append(ticks * tick_us / total)
+        return med(out)
+
+    cpu_ratios = {}
+    for p in (1, 16):
+        ours, red = cpu_per_request("ping", p), cpu_per_request("redis", p)
+        cpu_ratios[p] = ratio_value(red, ours)
+        lines.append(f"| {p} | {fmt(ours, 2)} | {fmt(red, 2)} | {ratio(red, ours)} |")
     mv = med(series("matvec-*.json", "items_per_second"))
     lines += ["", "## RECOMMEND top-10 over ml-latest-small (9,742 items, dimension 64), scorer cf", "",
               "| connections | req/s | p50 µs | p99 µs | p99.9 µs | items scored/s | vs numpy single-core matvec |",
@@ -164,6 +192,10 @@ def report(d: str, runs: int) -> None:
     lines += ["", "## Against the goals", "", "| goal | measured | |", "| --- | --- | --- |",
               row("PING pipeline 1 >= 1.0 x redis (same client)", f"{p1:.2f} x" if p1 else "n/a", p1 is not None and p1 >= 1.0),
               row("PING pipeline 16 >= 1.3 x redis (same client)", f"{p16:.2f} x" if p16 else "n/a", p16 is not None and p16 >= 1.3),
+              row("(PING pipeline 1, CPU per request: redis ÷ Perennial)", f"{cpu_ratios[1]:.2f} x" if cpu_ratios.get(1) else "n/a",
+                  cpu_ratios.get(1) is not None and cpu_ratios[1] >= 1.0),
+              row("(PING pipeline 16, CPU per request: redis ÷ Perennial)", f"{cpu_ratios[16]:.2f} x" if cpu_ratios.get(16) else "n/a",
+                  cpu_ratios.get(16) is not None and cpu_ratios[16] >= 1.3),
               row("RECOMMEND p99 <= 1 ms at 16 connections (closed loop)", f"{fmt(p99)} µs", p99 is not None and p99 <= 1000),
               row(f"RECOMMEND p99 <= 1 ms at 16 connections (open loop, {fmt(open_rate)} req/s)", f"{fmt(open_p99)} µs",
                   open_p99 is not None and open_p99 <= 1000),

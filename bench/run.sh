@@ -42,6 +42,8 @@ start_perennial() {
     echo "the server did not start"; cat "$OUT/server.log"; exit 1
 }
 stop_perennial() { kill "$PPID_SERVER"; wait "$PPID_SERVER" 2>/dev/null || true; }
+# A process's CPU time so far (user + system), in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 for run in $(seq "$RUNS"); do
     echo "== run $run of $RUNS"
@@ -49,8 +51,14 @@ for run in $(seq "$RUNS"); do
     # Ingest: the E1 stream (all of ml-latest-small) from one client.
     $CLIENT_CPU "$BIN" replay --data "$DATA" --port $PORT --no-texts | tail -1 >"$OUT/replay-$run.txt"
     for p in 1 16; do
+        # The servers' CPU time over each run too: when the client's core is
+        # saturated, CPU per request compares the servers where req/s cannot.
+        c0=$(cpu_ticks "$PPID_SERVER")
         $CLIENT_CPU "$BIN" bench ping --port $PORT --connections 50 --pipeline $p --duration 5 --json "$OUT/ping-p$p-$run.json" >/dev/null
+        echo $(( $(cpu_ticks "$PPID_SERVER") - c0 )) >"$OUT/ping-p$p-$run.ticks"
+        c0=$(cpu_ticks "$RPID")
         $CLIENT_CPU "$BIN" bench ping --redis 127.0.0.1:$RPORT --connections 50 --pipeline $p --duration 5 --json "$OUT/redis-p$p-$run.json" >/dev/null
+        echo $(( $(cpu_ticks "$RPID") - c0 )) >"$OUT/redis-p$p-$run.ticks"
         $CLIENT_CPU redis-benchmark -p $RPORT -t ping_mbulk -c 50 -P $p -n 400000 -q --csv >"$OUT/rb-p$p-$run.csv" 2>/dev/null || true
     done
     for c in 1 16 64; do

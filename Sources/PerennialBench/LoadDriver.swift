@@ -29,6 +29,9 @@ public struct LoadResult: Sendable {
     /// The first measured ERROR reply's message, to say why.
     public var firstError: String?
     public var seconds = 0.0
+    /// The load client's own CPU time over the run's wall time (user and
+    /// system): near 1 means the client, not the server, set the pace.
+    public var clientCPUShare = 0.0
     public var latency = LatencyHistogram()
     public var throughput: Double { seconds > 0 ? Double(units) / seconds : 0 }
     public var requestRate: Double { seconds > 0 ? Double(requests) / seconds : 0 }
@@ -36,7 +39,7 @@ public struct LoadResult: Sendable {
     public var json: [String: Any] {
         let us = { (q: Double) in Double(self.latency.value(atQuantile: q)) / 1000 }
         return ["throughput": throughput, "requests_per_second": requestRate, "requests": requests, "errors": errors,
-                "seconds": seconds, "p50_us": us(0.5), "p90_us": us(0.9), "p99_us": us(0.99), "p999_us": us(0.999),
+                "seconds": seconds, "client_cpu_share": clientCPUShare, "p50_us": us(0.5), "p90_us": us(0.9), "p99_us": us(0.99), "p999_us": us(0.999),
                 "max_us": Double(latency.max) / 1000, "mean_us": latency.mean / 1000]
     }
 }
@@ -93,6 +96,7 @@ public struct LoadDriver {
             }
         }
         let t0 = Self.now()
+        let cpu0 = Self.cpuNanos()
         let measureFrom = t0 + UInt64(warmup * 1e9)
         let stopAt = measureFrom + UInt64(seconds * 1e9)
         if let rate {
@@ -204,7 +208,9 @@ public struct LoadDriver {
                 }
             }
         }
-        result.seconds = Double(Self.now() - measureFrom) / 1e9
+        let end = Self.now()
+        result.seconds = Double(end - measureFrom) / 1e9
+        result.clientCPUShare = Double(Self.cpuNanos() - cpu0) / Double(max(end - t0, 1))
         return result
     }
 
@@ -227,6 +233,13 @@ public struct LoadDriver {
         let reply = payload.withUnsafeBytes { try? Reply.decode(opcode: .error, payload: $0) }
         guard case .error(let e)? = reply else { return "an ERROR reply that does not parse" }
         return "\(e.code.map { "\($0)" } ?? "code \(e.rawCode)"): \(e.message)"
+    }
+
+    /// This process's CPU time (user and system), in nanoseconds.
+    static func cpuNanos() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 
     static func now() -> UInt64 {
