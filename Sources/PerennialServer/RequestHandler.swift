@@ -50,7 +50,12 @@ struct ConnectionState {
 }
 
 final class RequestHandler {
-    private(set) var config: PerennialConfig
+    private(set) var config: PerennialConfig {
+        didSet { tokensRequired = config.clientToken != nil || config.adminToken != nil }
+    }
+    /// Whether any token is configured (most servers have none: then only
+    /// HELLO needs looking at, and every other request passes at once).
+    private var tokensRequired: Bool
     /// Reads the config anew for RELOAD / SIGHUP (nil: started without a file).
     let reloadConfig: (@Sendable () throws -> PerennialConfig)?
     let model: Model
@@ -87,6 +92,7 @@ final class RequestHandler {
     init(config: PerennialConfig, model: Model, learner: Learner, log: FeedbackLog, snapshots: SnapshotStore,
          lastSnapshotSeq: UInt64, reloadConfig: (@Sendable () throws -> PerennialConfig)?) {
         self.config = config
+        tokensRequired = config.clientToken != nil || config.adminToken != nil
         self.reloadConfig = reloadConfig
         self.model = model
         self.learner = learner
@@ -344,6 +350,7 @@ final class RequestHandler {
             }
             return
         }
+        guard tokensRequired else { return }
         let isAdminOp: Bool
         switch request {
         case .reload, .snapshot, .shutdown: isAdminOp = true
