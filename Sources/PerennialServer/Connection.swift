@@ -76,6 +76,7 @@ final class Connection {
         writeBuffer = .allocate(byteCount: writeCapacity, alignment: 16)
         lastActivity = MonotonicClock.nowMillis()
         out.reserveCapacity(16 * 1024)
+        outCapacity = out.capacity
     }
 
     deinit {
@@ -470,6 +471,11 @@ final class Connection {
     /// Checks the per-connection timers; called by the loop's sweep.
     func sweep(now: UInt64, idleMs: Int, frameMs: Int) {
         if lingerUntil != 0 && now >= lingerUntil && !closing { close() }
+        // Closing after its last reply, which a peer that never reads does
+        // not take: gone after the idle time too.
+        if closeAfterFlush && !closing && idleMs > 0 && now >= lastActivity && now - lastActivity >= UInt64(idleMs) {
+            close()
+        }
         // (A connection owed batch replies gets them later in this turn.)
         guard !closing, !closeAfterFlush, !awaitingBatch else { return }
         // Saturating: a timestamp taken during this tick may be after `now`.

@@ -95,6 +95,11 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
             _ = try load("[server]\nport = 1\nport = 2\n")
             Issue.record("accepted a duplicate")
         } catch { #expect(error.line == 3 && error.message.contains("set twice")) }
+        // A frame too small for a full FEEDBACK batch.
+        #expect(throws: ConfigError(file: "test.toml", line: 2, message: "'limits.max_frame_bytes' (65536) is too small for a FEEDBACK of 'limits.max_events' (10000) events: it needs 290016 bytes")) {
+            try load("[limits]\nmax_frame_bytes = 65536\n")
+        }
+        #expect(try load("[limits]\nmax_frame_bytes = 65536\nmax_events = 2000\n").limits.maxEvents == 2000)
     }
 
     @Test func unknownScorerIsRefused() {

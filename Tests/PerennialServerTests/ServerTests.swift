@@ -444,7 +444,7 @@ import PerennialProtocol
     /// shuts its side down and drops the rest (a lingering close); once the
     /// client closes too, the connection is gone.
     @Test func anOversizedFrameGetsItsErrorNotAReset() async throws {
-        let s = try TestServer("[limits]\nmax_frame_bytes = 65536\n")
+        let s = try TestServer("[limits]\nmax_frame_bytes = 65536\nmax_events = 1000\n")
         defer { s.stop() }
         for _ in 0..<3 {
             let sock = try RawSocket(port: s.port)
@@ -465,7 +465,7 @@ import PerennialProtocol
     /// Connections lingering after a fatal error hold no connection slot,
     /// and one refused with BUSY is closed at once instead of lingering.
     @Test func lingeringAndRefusedConnectionsHoldNoSlots() async throws {
-        let s = try TestServer("[limits]\nmax_connections = 3\nmax_frame_bytes = 65536\n")
+        let s = try TestServer("[limits]\nmax_connections = 3\nmax_frame_bytes = 65536\nmax_events = 1000\n")
         defer { s.stop() }
         let held = try (0..<2).map { _ in try RawSocket(port: s.port) }
         for sock in held {
@@ -492,7 +492,7 @@ import PerennialProtocol
     /// before sending it (the server would drop the connection mid-send),
     /// and the connection goes on.
     @Test func oversizedRequestsAreRefusedByTheClient() async throws {
-        let s = try TestServer("[limits]\nmax_frame_bytes = 65536\n")
+        let s = try TestServer("[limits]\nmax_frame_bytes = 65536\nmax_events = 1000\n")
         defer { s.stop() }
         let c = try await PerennialClient.connect(port: s.port)
         defer { c.close() }

@@ -184,6 +184,14 @@ public struct PerennialConfig: Sendable {
         l.feedbackQueueShare = try r.double("limits.feedback_queue_share", default: l.feedbackQueueShare, in: 0.01...1)
         l.maxFutureSeconds = try r.int("limits.max_future_seconds", default: l.maxFutureSeconds, in: 0...(1 << 40))
         c.limits = l
+        // A FEEDBACK of max_events events (29 bytes each, after a 16-byte
+        // header and count) must fit in a frame, or clients that batch by
+        // max_events (as the bundled ones do) could never send a full batch.
+        let fullBatch = 16 + 29 * l.maxEvents
+        if fullBatch > l.maxFrameBytes {
+            throw ConfigError(file: doc.file, line: doc.entries["limits.max_frame_bytes"]?.line ?? doc.entries["limits.max_events"]?.line,
+                              message: "'limits.max_frame_bytes' (\(l.maxFrameBytes)) is too small for a FEEDBACK of 'limits.max_events' (\(l.maxEvents)) events: it needs \(fullBatch) bytes")
+        }
         // A FEEDBACK batch must fit in the learner queue, or it could never be accepted.
         c.learnerQueueCapacity = try r.int("learner.queue_capacity", default: c.learnerQueueCapacity, in: 16...(1 << 26))
         if c.learnerQueueCapacity < l.maxEvents {
