@@ -1,6 +1,9 @@
 // One client connection on the libuv loop: its socket handle, the bytes
-// received and not yet framed (one growing inbox per connection), the replies
-// produced by one read (sent with one uv_write), and its state.
+// received and not yet framed (one inbox per connection, grown for a large
+// frame and given back once empty), the replies produced by one read (sent
+// with one write), and its state: parked while it waits on the learner or on
+// the loop's batch of RECOMMENDs, paused by backpressure, lingering after a
+// fatal error.
 //
 // Lifetime: the handle's `data` holds a retained Unmanaged reference to this
 // object from accept until the close callback, which releases it and frees
