@@ -247,11 +247,11 @@ final class RequestHandler {
             if !q.shadowScorer.isEmpty && !model.canServe(q.shadowScorer) {
                 throw ProtocolError(.unknownScorer, "shadow_scorer \"\(q.shadowScorer)\" is not loaded; loaded: \((model.scorerNames + model.routes.keys.sorted()).joined(separator: ", "))")
             }
-            if !q.sessionID.isEmpty && model.canServe(q.scorer) && q.sessionID.utf8.count > Self.maxSessionIDBytes {
-                throw ProtocolError(.invalidArgument, "session_id is \(q.sessionID.utf8.count) bytes; at most \(Self.maxSessionIDBytes)")
-            }
             if !q.sessionID.isEmpty && model.canServe(q.scorer) {
                 // (A request the model will refuse leaves the session alone.)
+                guard q.sessionID.utf8.count <= Self.maxSessionIDBytes else {
+                    throw ProtocolError(.invalidArgument, "session_id is \(q.sessionID.utf8.count) bytes; at most \(Self.maxSessionIDBytes)")
+                }
                 // The request's items join the remembered session.
                 session = sessions.update(q.sessionID, appending: q.sessionItems,
                                           now: Double(MonotonicClock.nowMillis()) / 1000)
