@@ -26,10 +26,7 @@ public struct FreshnessProbe {
         let writer = try BlockingFrames(host: host, port: port)
         let reader = try BlockingFrames(host: host, port: port)
         if let handshake {
-            for c in [writer, reader] {
-                let reply = try c.call(handshake)
-                if reply.opcode == Opcode.error.rawValue { throw BenchError("HELLO refused: \(LoadDriver.errorMessage(reply.payload))") }
-            }
+            for c in [writer, reader] { try c.hello(handshake) }
         }
         var h = LatencyHistogram()
         var rng = UInt64(12345)
@@ -86,6 +83,12 @@ final class BlockingFrames {
         func u64(at o: Int) -> UInt64 {
             (0..<8).reduce(UInt64(0)) { $0 | UInt64(payload[o + $1]) << (8 * UInt64($1)) }
         }
+    }
+
+    /// Sends a HELLO frame and checks its reply (a wrong token stops the run).
+    func hello(_ frame: [UInt8]) throws {
+        let reply = try call(frame)
+        if reply.opcode == Opcode.error.rawValue { throw BenchError("HELLO refused: \(LoadDriver.errorMessage(reply.payload))") }
     }
 
     func call(_ request: [UInt8]) throws -> Frame {

@@ -90,10 +90,7 @@ public struct LoadDriver {
         for _ in 0..<connections {
             let fd = try Self.connect(host: host, port: port)
             conns.append(Conn(fd: fd))
-            if let handshake {
-                let reply = try BlockingFrames(adopting: fd).call(handshake)
-                if reply.opcode == Opcode.error.rawValue { throw BenchError("HELLO refused: \(Self.errorMessage(reply.payload))") }
-            }
+            if let handshake { try BlockingFrames(adopting: fd).hello(handshake) }
         }
         let t0 = Self.now()
         let cpu0 = Self.cpuNanos()

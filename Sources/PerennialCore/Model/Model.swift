@@ -510,7 +510,12 @@ public final class Model: @unchecked Sendable {
         let query = makeQuery(user: user, session: session, exclude: exclude, candidates: candidates)
         top.reset(k: k)
         scorer.recommend(query, into: &top)
-        return top.sorted().map { Recommendation(item: items.id(at: $0.item), score: $0.score) }
+        return recommendations(top)
+    }
+
+    /// A scorer's kept items, best first, with external ids.
+    private func recommendations(_ top: TopK) -> [Recommendation] {
+        top.sorted().map { Recommendation(item: items.id(at: $0.item), score: $0.score) }
     }
 
     /// Answers several RECOMMENDs, each exactly as `recommend` would alone.
@@ -552,7 +557,7 @@ public final class Model: @unchecked Sendable {
             }
             scorer.recommend(batch: queries, into: &tops)
             for (slot, i) in members.enumerated() {
-                answers[i] = .success(tops[slot].sorted().map { Recommendation(item: items.id(at: $0.item), score: $0.score) })
+                answers[i] = .success(recommendations(tops[slot]))
             }
         }
         return answers
