@@ -259,6 +259,15 @@ final class Connection {
 
     // MARK: the loop's batch of RECOMMENDs
 
+    /// For the loop's batch gathering (EventLoop.joinBatch): the number of
+    /// the batch that last answered this connection if the next batch waits
+    /// for it (else 0), when that was (0 once it has sent a RECOMMEND
+    /// since), and how soon after a reply it usually sends the next (a
+    /// moving average; .max until known).
+    var answeredInBatch: UInt64 = 0
+    var answeredAtNs: UInt64 = 0
+    var returnNs: UInt64 = .max
+
     /// Appends a reply the batch produced for this connection.
     func appendReply(_ write: (inout [UInt8]) -> Void) {
         write(&out)

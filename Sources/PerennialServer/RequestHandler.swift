@@ -81,6 +81,7 @@ final class RequestHandler {
     /// together at its end (one pass over the catalogue for all of them).
     private var deferred: [DeferredRecommend] = []
     var hasDeferred: Bool { !deferred.isEmpty }
+    var deferredCount: Int { deferred.count }
 
     struct DeferredRecommend {
         /// The connection owed the reply.
@@ -501,6 +502,7 @@ final class RequestHandler {
             StatCounter("bytes_out", stats.bytesOut),
             StatCounter("recommends", stats.recommends),
             StatCounter("recommend_batches", stats.recommendBatches),
+            StatCounter("recommend_batch_waits", stats.recommendBatchWaits),
             StatCounter("recommends_batched", stats.recommendsBatched),
             StatCounter("feedback_batches", stats.feedbackBatches),
             StatCounter("events_accepted", model.lastSeq),

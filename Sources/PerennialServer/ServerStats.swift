@@ -18,6 +18,8 @@ struct ServerStats {
     var recommends: UInt64 = 0
     /// Batches of RECOMMENDs answered together, and the requests in them.
     var recommendBatches: UInt64 = 0
+    /// Batches held for connections the previous batch answered.
+    var recommendBatchWaits: UInt64 = 0
     var recommendsBatched: UInt64 = 0
     var backpressurePauses: UInt64 = 0
     var queueFullPauses: UInt64 = 0

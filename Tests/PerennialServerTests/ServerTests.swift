@@ -6,6 +6,7 @@ import Testing
 import PerennialClient
 import PerennialCore
 import PerennialProtocol
+import Synchronization
 @testable import PerennialServer
 
 @Suite(.serialized) struct ServerTests {
@@ -219,6 +220,60 @@ import PerennialProtocol
         }
         let stats = try await c.stats()
         #expect(stats["recommends_batched"]! > stats["recommend_batches"]!, "no batch held more than one request")
+    }
+
+    /// A batch waits for the connections the previous batch answered
+    /// (`server.recommend_batch_wait_us`), and only for them: a lone client
+    /// is never held, and many clients in a closed loop still get exactly
+    /// the answers they would get alone.
+    @Test func batchesWaitOnlyForConnectionsExpectedBack() async throws {
+        let s = try TestServer("[server]\nrecommend_batch_wait_us = 50000\n")
+        defer { s.stop() }
+        let c = try await PerennialClient.connect(port: s.port)
+        defer { c.close() }
+        var rng = SplitMix64(seed: 9)
+        let events = (0..<2000).map { _ in
+            WireEvent(user: UInt64(rng.below(40) + 1), item: UInt64(rng.below(150) + 1), kind: .click)
+        }
+        _ = try await c.feedback(events)
+        let users = Array(UInt64(1)...40)
+        var alone: [UInt64: [RankedItem]] = [:]
+        for u in users { alone[u] = try await c.recommend(user: u, k: 5) }
+        let lone = try await c.stats()
+        #expect(lone["recommend_batch_waits"] == 0, "a lone client's requests were held")
+        #expect(lone["recommend_batches"] == 40)
+
+        // Eight clients in a closed loop, each sending its next request
+        // when the last reply came.
+        let socks = try (0..<8).map { _ in try RawSocket(port: s.port) }
+        // (Threads, not tasks: the sockets block, and the clients must
+        // really run at once.)
+        let done = DispatchGroup()
+        let failures = Mutex<[String]>([])
+        let expected = alone
+        for (n, sock) in socks.enumerated() {
+            done.enter()
+            Thread.detachNewThread {
+                defer { sock.close(); done.leave() }
+                for round in 0..<40 {
+                    let u = users[(n * 5 + round) % users.count]
+                    var b: [UInt8] = []
+                    Request.recommend(RecommendRequest(user: u, k: 5)).encode(into: &b, requestID: UInt32(round))
+                    guard (try? sock.send(b)) != nil, let f = try? sock.readFrame() else {
+                        failures.withLock { $0.append("client \(n): no reply in round \(round)") }
+                        return
+                    }
+                    guard f.header.requestID == UInt32(round), case .recommend(let r)? = f.reply, r.items == expected[u]! else {
+                        failures.withLock { $0.append("client \(n), user \(u): not the answer it gets alone") }
+                        return
+                    }
+                }
+            }
+        }
+        done.wait()
+        #expect(failures.withLock { $0 } == [])
+        let after = try await c.stats()
+        #expect(after["recommends_batched"]! - lone["recommends_batched"]! == 320)
     }
 
     @Test func aHalfClosedClientGetsEveryReply() async throws {

@@ -95,6 +95,10 @@ public struct PerennialConfig: Sendable {
     /// Most RECOMMENDs answered together: those read in one turn of the
     /// event loop share one pass over the catalogue (1 = each on its own).
     public var recommendBatch = 16
+    /// How long (µs) a batch may wait for the connections the previous
+    /// batch answered to send their next RECOMMEND (0 = never wait); never
+    /// longer than half the previous batch's own computing time.
+    public var recommendBatchWaitMicros = 100
     public var limits = LimitsConfig()
     public var learnerQueueCapacity = 65_536
     public var historyPerUser = 1000
@@ -170,6 +174,7 @@ public struct PerennialConfig: Sendable {
         c.dataDir = try r.string("server.data_dir", default: c.dataDir)
         c.allowShutdown = try r.bool("server.allow_shutdown", default: c.allowShutdown)
         c.recommendBatch = try r.int("server.recommend_batch", default: c.recommendBatch, in: 1...256)
+        c.recommendBatchWaitMicros = try r.int("server.recommend_batch_wait_us", default: c.recommendBatchWaitMicros, in: 0...100_000)
 
         var l = LimitsConfig()
         l.maxFrameBytes = try r.int("limits.max_frame_bytes", default: l.maxFrameBytes, in: 1024...(1 << 30))
