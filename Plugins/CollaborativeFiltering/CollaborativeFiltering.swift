@@ -85,6 +85,8 @@ public final class CollaborativeFilteringScorer: Scorer {
     /// Indices of a batch's queries that scan the catalogue.
     private var scanned: [Int] = []
     private var serveNeighbours: [Float] = []
+    /// Per item: 1 while its neighbourhood score is in `touched`.
+    private var serveSeen: [UInt8] = []
     private var touched: [Int32] = []
     private var serveRecent: [Int32] = []
 
@@ -544,6 +546,7 @@ public final class CollaborativeFilteringScorer: Scorer {
     private func prepareBlend(_ query: ScoringQuery, slot: Int) -> Blend {
         let n = query.itemCount
         if serveNeighbours.count < n { serveNeighbours.append(contentsOf: repeatElement(0, count: n - serveNeighbours.count)) }
+        if serveSeen.count < n { serveSeen.append(contentsOf: repeatElement(0, count: n - serveSeen.count)) }
         let nbMax = serveNeighbours.withUnsafeMutableBufferPointer { neighbourScores(latestItems(query), into: $0.baseAddress!) }
         let sum = batchScratch.sums[slot], sq = batchScratch.squares[slot]
         let mean = Float(sum / Double(max(n, 1)))
@@ -553,7 +556,15 @@ public final class CollaborativeFilteringScorer: Scorer {
     }
 
     private func clearNeighbourScores() {
-        for j in touched { serveNeighbours[Int(j)] = 0 }
+        // (Through pointers: indexing the arrays checked uniqueness per item.)
+        serveNeighbours.withUnsafeMutableBufferPointer { near in
+            serveSeen.withUnsafeMutableBufferPointer { seen in
+                for j in touched {
+                    near[Int(j)] = 0
+                    seen[Int(j)] = 0
+                }
+            }
+        }
         touched.removeAll(keepingCapacity: true)
     }
 
@@ -570,9 +581,11 @@ public final class CollaborativeFilteringScorer: Scorer {
     private func neighbourScores(_ items: ArraySlice<Int32>, into out: UnsafeMutablePointer<Float>) -> Float {
         guard settings.neighbourhoodWeight > 0 else { return 0 }
         var w: Float = 1
-        for c in items.suffix(settings.neighbourhoodItems).reversed() {
-            neighbourhood.accumulate(from: c, weight: w, into: out, touched: &touched)
-            w *= settings.neighbourhoodDecay
+        serveSeen.withUnsafeMutableBufferPointer { seen in
+            for c in items.suffix(settings.neighbourhoodItems).reversed() {
+                neighbourhood.accumulate(from: c, weight: w, into: out, seen: seen.baseAddress!, touched: &touched)
+                w *= settings.neighbourhoodDecay
+            }
         }
         var best: Float = 0
         for j in touched {

@@ -179,6 +179,57 @@ import Testing
         }
     }
 
+    /// The neighbourhood accumulation (several items' co-occurrence tables
+    /// into one score array) gives the scores and the touched set that the
+    /// plain loop written out here gives, with and without the `seen`
+    /// bytes, skipping empty slots, neighbours past `items` and NaN counts.
+    @Test func neighbourAccumulationEqualsThePlainLoop() {
+        var rng = SplitMix64(seed: 77)
+        let items = 300, capacity = 64
+        var tables: [[Float]] = []
+        for _ in 0..<5 {
+            var t = [Float](repeating: 0, count: 2 * capacity)
+            for s in 0..<capacity {
+                let r = rng.below(10)
+                let key: UInt32 = r < 3 ? .max : (r == 3 ? UInt32(items + rng.below(50)) : UInt32(rng.below(items)))
+                t[2 * s] = Float(bitPattern: key)
+                t[2 * s + 1] = r == 4 ? .nan : Float(rng.below(20) + 1)
+            }
+            tables.append(t)
+        }
+        var expected = [Float](repeating: 0, count: items)
+        var expectedTouched = Set<Int32>()
+        var w: Float = 1
+        for t in tables {
+            for s in 0..<capacity {
+                let key = t[2 * s].bitPattern, count = t[2 * s + 1]
+                guard key < UInt32(items), count.isFinite else { continue }
+                expected[Int(key)] += w * count
+                expectedTouched.insert(Int32(key))
+            }
+            w *= 0.7
+        }
+        for useSeen in [false, true] {
+            var out = [Float](repeating: 0, count: items)
+            var seen = [UInt8](repeating: 0, count: items)
+            var touched = [CInt](repeating: 0, count: tables.count * capacity)
+            var n = 0
+            var w: Float = 1
+            for t in tables {
+                n = out.withUnsafeMutableBufferPointer { o in
+                    seen.withUnsafeMutableBufferPointer { sb in
+                        pk_accumulate_neighbours(t, capacity, w, items, o.baseAddress!, useSeen ? sb.baseAddress! : nil, &touched, n)
+                    }
+                }
+                w *= 0.7
+            }
+            #expect(n == expectedTouched.count, "seen: \(useSeen)")
+            #expect(Set(touched[0..<n].map { Int32($0) }) == expectedTouched, "seen: \(useSeen)")
+            for j in 0..<items { #expect(abs(out[j] - expected[j]) <= 1e-4 * max(1, expected[j])) }
+            if useSeen { #expect(seen.enumerated().allSatisfy { ($0.element == 1) == expectedTouched.contains(Int32($0.offset)) }) }
+        }
+    }
+
     @Test func tableGrowsAcrossChunksDeterministically() {
         let a = EmbeddingTable(dimension: 16, seed: 7), b = EmbeddingTable(dimension: 16, seed: 7)
         a.grow(users: 3, items: 2000)

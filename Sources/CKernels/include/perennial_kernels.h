@@ -59,11 +59,13 @@ size_t pk_next_at_least_plain(const float *x, size_t from, size_t count, float t
 /// two floats: the neighbour's index as a bit pattern, 0xFFFFFFFF when
 /// empty, and its count), out[neighbour] += weight * count. Neighbours at or
 /// past `items`, negative ones and non-finite counts (a slot read while the
-/// learner rebuilds the table) are skipped. A neighbour whose entry was 0
-/// before is appended to `touched` (room for `capacity` more is needed);
-/// returns the new length of `touched`.
+/// learner rebuilds the table) are skipped. A neighbour not seen before is
+/// appended to `touched` (room for `capacity` more is needed): with `seen`
+/// (one byte per item, 0 = not yet; set to 1 here, cleared by the caller for
+/// the touched items), one whose byte was 0; with NULL, one whose entry in
+/// `out` was 0. Returns the new length of `touched`.
 size_t pk_accumulate_neighbours(const float *slots, size_t capacity, float weight, size_t items, float *out,
-                                int *touched, size_t touched_count);
+                                unsigned char *seen, int *touched, size_t touched_count);
 
 /// 1 when pk_dot_rows uses the AVX2+FMA path on this CPU.
 int pk_has_fast_path(void);

@@ -134,10 +134,13 @@ public final class ItemNeighbourhood {
     }
 
     /// Adds w · C[c, j] to out[j] for every neighbour j of c, appending to
-    /// `touched` each j whose entry was zero before (in C: this loop is most
-    /// of a request's neighbourhood part).
+    /// `touched` each j not seen before: whose `seen` byte was 0 (then set
+    /// to 1; the caller clears the touched ones), or without `seen`, whose
+    /// entry was zero (in C: this loop is most of a request's neighbourhood
+    /// part).
     @inline(__always)
-    public func accumulate(from c: Int32, weight: Float, into out: UnsafeMutablePointer<Float>, touched: inout [Int32]) {
+    public func accumulate(from c: Int32, weight: Float, into out: UnsafeMutablePointer<Float>,
+                           seen: UnsafeMutablePointer<UInt8>? = nil, touched: inout [Int32]) {
         let row = slots.row(Int(c))
         let start = touched.count
         touched.append(contentsOf: repeatElement(0, count: capacity))
@@ -145,7 +148,7 @@ public final class ItemNeighbourhood {
             // (Items past `items` are skipped, and so is a count read
             // mid-rebuild, which may be the empty marker, a NaN.)
             t.baseAddress!.withMemoryRebound(to: CInt.self, capacity: t.count) {
-                pk_accumulate_neighbours(row, capacity, weight, items, out, $0, start)
+                pk_accumulate_neighbours(row, capacity, weight, items, out, seen, $0, start)
             }
         }
         touched.removeLast(touched.count - end)
