@@ -74,15 +74,29 @@ final class EventLoop {
     func bind(host: String, port: Int, handleSignals: Bool) throws -> Int {
         uv_tcp_init(loop, listener)
         listener.pointee.data = opaqueSelf
+        // A name ("localhost") or a numeric IPv4/IPv6 address: its first IPv4
+        // address if it has one (clients that say 127.0.0.1 should reach a
+        // server told "localhost"), else its first address.
         var storage = sockaddr_storage()
-        let isV6 = host.contains(":")
-        let rc0 = withUnsafeMutablePointer(to: &storage) { p -> Int32 in
-            if isV6 {
-                return uv_ip6_addr(host, Int32(port), UnsafeMutableRawPointer(p).assumingMemoryBound(to: sockaddr_in6.self))
-            }
-            return uv_ip4_addr(host, Int32(port), UnsafeMutableRawPointer(p).assumingMemoryBound(to: sockaddr_in.self))
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_flags = AI_PASSIVE
+        var found: UnsafeMutablePointer<addrinfo>?
+        let rc0 = getaddrinfo(host, String(port), &hints, &found)
+        guard rc0 == 0, let first = found else {
+            throw ServerError("bad listen address \(host): \(String(cString: gai_strerror(rc0)))")
         }
-        if rc0 != 0 { throw ServerError("bad listen address \(host): \(uvError(rc0))") }
+        var chosen = first
+        var next: UnsafeMutablePointer<addrinfo>? = first
+        while let a = next {
+            if a.pointee.ai_family == AF_INET { chosen = a; break }
+            next = a.pointee.ai_next
+        }
+        withUnsafeMutableBytes(of: &storage) {
+            $0.copyMemory(from: UnsafeRawBufferPointer(start: chosen.pointee.ai_addr, count: Int(chosen.pointee.ai_addrlen)))
+        }
+        freeaddrinfo(found)
         let rc1 = withUnsafePointer(to: &storage) {
             uv_tcp_bind(listener, UnsafeRawPointer($0).assumingMemoryBound(to: sockaddr.self), 0)
         }

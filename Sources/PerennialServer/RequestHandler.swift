@@ -347,7 +347,7 @@ final class RequestHandler {
                 state.role = .client
             } else if config.clientToken != nil || (!h.token.isEmpty && config.adminToken != nil) {
                 stats.authFailures += 1
-                throw ProtocolError(.unauthorized, "wrong token")
+                throw ProtocolError(.unauthorized, h.token.isEmpty ? "this server needs a token (HELLO sent none)" : "wrong token")
             }
             return
         }
@@ -379,7 +379,9 @@ final class RequestHandler {
         var fixed: [String] = []
         if next.host != config.host || next.port != config.port { fixed.append("server.host/port") }
         if next.dataDir != config.dataDir { fixed.append("server.data_dir") }
-        if next.tableDimension != config.tableDimension || next.tableSeed != config.tableSeed { fixed.append("[table]") }
+        if next.tableDimension != config.tableDimension || next.tableSeed != config.tableSeed {
+            throw ProtocolError(.invalidArgument, "the new config changes [table], which shapes the stored model: it cannot change on this data directory, not even by a restart (keep the old value, or serve from a new data directory and send it the events again); nothing was changed")
+        }
         if next.fsync != config.fsync || next.logSegmentBytes != config.logSegmentBytes { fixed.append("[log]") }
         if next.learnerQueueCapacity != config.learnerQueueCapacity { fixed.append("learner.queue_capacity") }
         if next.historyPerUser != config.historyPerUser { fixed.append("history.max_items_per_user") }

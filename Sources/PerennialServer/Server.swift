@@ -179,6 +179,7 @@ public final class Server: Sendable {
         var model = Model(config: config, registry: .builtin)
         var firstSegment = 1
         var snapshotSeq: UInt64 = 0
+        var firstSkip: String?
         for file in snapshots.files() {
             do {
                 var (info, reader) = try snapshots.read(file.path)
@@ -192,10 +193,11 @@ public final class Server: Sendable {
                 break
             } catch {
                 Log.warning("skipping snapshot \(file.path): \(error)")
+                if firstSkip == nil { firstSkip = "\(error)" }
             }
         }
         if firstSegment == 1 && !snapshots.files().isEmpty && (FeedbackLog.segments(in: log.directory).first ?? 1) > 1 {
-            throw LogError("no usable snapshot, and the log no longer starts at the beginning: the model cannot be rebuilt. Fix the config (the snapshot must match its scorers and table dimension) or restore a snapshot.")
+            throw LogError("no usable snapshot (the newest: \(firstSkip ?? "unreadable")), and the log no longer starts at the beginning: the model cannot be rebuilt. Most likely the config changes a setting that shapes the stored model ([table] dimension, or a scorer's size such as cf neighbours or rating_factors), which cannot change on an existing data directory: put the old value back, or serve from a new data directory and send it the events again. Otherwise restore a snapshot.")
         }
         var scratch: [LearnEvent] = []
         var lastReport = t0

@@ -26,6 +26,16 @@ struct LogCommand: ParsableCommand {
 
     func run() throws {
         let dir = (dataDir as NSString).appendingPathComponent("log")
+        // A mistyped path must not pass as an empty, healthy log.
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: dataDir, isDirectory: &isDirectory), isDirectory.boolValue else {
+            print("no data directory at \(dataDir)")
+            throw ExitCode(1)
+        }
+        guard FileManager.default.fileExists(atPath: dir) else {
+            print("no log in \(dataDir) (no \(dir)): not a server's data directory, or one that never started")
+            throw ExitCode(1)
+        }
         switch action {
         case "check":
             do {

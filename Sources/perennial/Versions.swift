@@ -46,6 +46,11 @@ struct Versions: ParsableCommand {
             var (info, reader) = try store.read(file.path)
             let model = Model(config: cfg, registry: .builtin)
             try model.restore(from: &reader)
+            let saved = (store.metadata(of: file)["scorers"] as? [String]) ?? model.scorerNames
+            let ranking = scorer.isEmpty ? model.defaultScorer : scorer
+            guard model.canServe(ranking), saved.contains(ranking) else {
+                throw CommandError("version \(id) has no learned scorer \(ranking) (its scorers: \(saved.joined(separator: ", "))): nothing evaluated")
+            }
             let figures = try VersionEvaluation.run(model: model, logDirectory: (dataDir as NSString).appendingPathComponent("log"),
                                                     fromSegment: info.firstLogSegment, scorer: scorer, limit: events)
             var meta = store.metadata(of: file)
@@ -71,7 +76,7 @@ struct Versions: ParsableCommand {
         print("version      log position  created                scorers                 E1 (later events)")
         for m in rows {
             let e1 = (m["e1"] as? [String: Any]).map { e in
-                String(format: "HR@10 %.4f (%d)", (e["hr10"] as? Double) ?? 0, (e["count"] as? Int) ?? 0)
+                String(format: "HR@10 %.4f (%d, %@)", (e["hr10"] as? Double) ?? 0, (e["count"] as? Int) ?? 0, (e["scorer"] as? String) ?? "?")
             } ?? "not evaluated"
             let scorers = (m["scorers"] as? [String])?.joined(separator: ",") ?? "?"
             var line = pad(m["id"] as! String, 13) + pad("\(m["seq"]!)", 14) + pad((m["created"] as? String) ?? "?", 23) + pad(scorers, 24) + e1

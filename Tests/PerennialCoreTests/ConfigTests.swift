@@ -78,6 +78,25 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
         }
     }
 
+    /// A command-line option does not hide a wrong value in the file, and
+    /// an error in the option's own value says it came from the command line.
+    @Test func overriddenKeysAreStillChecked() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("perennial-config-\(UUID().uuidString).toml").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try "[server]\nport = \"7878\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(throws: ConfigError(file: path, line: 2, message: "'server.port' must be an integer, found a string (\"7878\")")) {
+            try PerennialConfig.load(file: path, registry: registry, overrides: ["server.port": .integer(9000)])
+        }
+        try "[server]\nport = 7878\n".write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(try PerennialConfig.load(file: path, registry: registry, overrides: ["server.port": .integer(9000)]).port == 9000)
+        do {
+            _ = try PerennialConfig.load(file: path, registry: registry, overrides: ["log.fsync": .string("sometimes")])
+            Issue.record("a bad --fsync was accepted")
+        } catch {
+            #expect(error.description.hasPrefix("command line: 'log.fsync'"), "\(error)")
+        }
+    }
+
     @Test func outOfRangeAndSyntaxErrors() throws {
         do {
             _ = try load("[limits]\nmax_items = 0\n")

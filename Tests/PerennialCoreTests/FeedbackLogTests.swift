@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 import Testing
 @testable import PerennialCore
@@ -23,6 +24,19 @@ import Popularity
     @Test func crc32cKnownAnswer() {
         // The standard check value of CRC-32C (RFC 3720, appendix B.4).
         #expect(CRC32C.checksum(Array("123456789".utf8)) == 0xE306_9283)
+        #expect(pk_crc32c_plain(0, Array("123456789".utf8), 9) == 0xE306_9283)
+        // The crc32-instruction path equals the table, for every tail length
+        // and with seeds (a log segment's salt seeds its records' checksums).
+        var rng = SplitMix64(seed: 11)
+        let data = (0..<1500).map { _ in UInt8(truncatingIfNeeded: rng.below(256)) }
+        for n in [0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1000, 1500] {
+            for seed: UInt32 in [0, 0xDEAD_BEEF] {
+                #expect(pk_crc32c(seed, data, n) == pk_crc32c_plain(seed, data, n), "n \(n)")
+            }
+        }
+        // Continuing from a checksum equals checksumming the whole.
+        let whole = pk_crc32c(0, data, 1500)
+        #expect(data.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[700...]), seed: pk_crc32c(0, data, 700)) } == whole)
     }
 
     @Test func recordsRoundTripAcrossSegments() throws {

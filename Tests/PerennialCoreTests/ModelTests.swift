@@ -66,6 +66,16 @@ func popularityOnly() throws -> PerennialConfig {
         #expect(h.items(of: 2) == [2, 3, 4])
         #expect(h.items(of: 0).isEmpty)
         #expect(h.totalEntries == 3)
+        // An item seen again moves to the newest place; repeats never push
+        // the user's other items out.
+        for _ in 0..<1000 { h.record(user: 2, item: 3) }
+        #expect(h.items(of: 2) == [2, 4, 3])
+        #expect(h.totalEntries == 3)
+        h.record(user: 2, item: 9)
+        #expect(h.items(of: 2) == [4, 3, 9])
+        h.restore(user: 5, items: [1, 2, 3, 4])
+        #expect(h.items(of: 5) == [2, 3, 4])
+        #expect(h.totalEntries == 6)
     }
 
     @Test func popularityRecommendsUnseenPopularItems() throws {

@@ -8,6 +8,7 @@
 #define PERENNIAL_KERNELS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -66,6 +67,12 @@ size_t pk_next_at_least_plain(const float *x, size_t from, size_t count, float t
 /// `out` was 0. Returns the new length of `touched`.
 size_t pk_accumulate_neighbours(const float *slots, size_t capacity, float weight, size_t items, float *out,
                                 unsigned char *seen, int *touched, size_t touched_count);
+
+/// CRC-32C (Castagnoli) of n bytes, continuing from `seed` (0 to start):
+/// SSE4.2's crc32 instruction where the CPU has it, else a table; the same
+/// result either way.
+uint32_t pk_crc32c(uint32_t seed, const void *data, size_t n);
+uint32_t pk_crc32c_plain(uint32_t seed, const void *data, size_t n);
 
 /// 1 when pk_dot_rows uses the AVX2+FMA path on this CPU.
 int pk_has_fast_path(void);

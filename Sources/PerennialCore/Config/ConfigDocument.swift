@@ -45,6 +45,7 @@ public struct ConfigError: Error, Sendable, CustomStringConvertible, Equatable {
     }
 
     public var description: String {
+        if line == 0 { return "command line: \(message)" }
         if let line { return "\(file):\(line): \(message)" }
         return "\(file): \(message)"
     }
@@ -114,9 +115,11 @@ public struct ConfigDocument: Sendable {
 
     /// Sets a value from code (command-line overrides); line 0 means "not
     /// from the file".
+    /// Sets a value that did not come from the file (a command-line option):
+    /// line 0, so an error about it says where it came from.
     public mutating func set(_ key: String, _ value: ConfigValue) {
         if entries[key] == nil { order.append(key) }
-        entries[key] = Entry(value: value, line: entries[key]?.line ?? 0)
+        entries[key] = Entry(value: value, line: 0)
     }
 
     static func isKeyPath(_ s: String) -> Bool {

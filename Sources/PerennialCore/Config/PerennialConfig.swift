@@ -145,6 +145,9 @@ public struct PerennialConfig: Sendable {
             throw ConfigError(file: path, line: nil, message: "cannot read the config file: \(error.localizedDescription)")
         }
         var doc = try ConfigDocument(text: text, file: path)
+        // The file must be right on its own, even where an option overrides
+        // it: a wrong value would bite the first run without the option.
+        if !overrides.isEmpty { _ = try load(doc, registry: registry) }
         for (k, v) in overrides { doc.set(k, v) }
         return try load(doc, registry: registry)
     }

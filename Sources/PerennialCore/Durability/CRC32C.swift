@@ -1,19 +1,15 @@
-// CRC-32C (Castagnoli), the checksum on every log record: table-driven,
-// reflected polynomial 0x82F63B78, as in iSCSI (RFC 3720) and ext4.
+// CRC-32C (Castagnoli), the checksum on every log record and snapshot:
+// reflected polynomial 0x82F63B78, as in iSCSI (RFC 3720) and ext4. In C
+// (pk_crc32c): SSE4.2's crc32 instruction where the CPU has it, else a
+// table, with the same result.
+
+import CKernels
 
 public enum CRC32C {
-    static let table: [UInt32] = (0..<256).map { i in
-        var c = UInt32(i)
-        for _ in 0..<8 { c = (c & 1) != 0 ? (c >> 1) ^ 0x82F6_3B78 : c >> 1 }
-        return c
-    }
-
+    /// The checksum of `bytes`; `seed` continues (or salts) a checksum.
     public static func checksum(_ bytes: UnsafeRawBufferPointer, seed: UInt32 = 0) -> UInt32 {
-        var c = ~seed
-        table.withUnsafeBufferPointer { t in
-            for b in bytes { c = t[Int((c ^ UInt32(b)) & 0xFF)] ^ (c >> 8) }
-        }
-        return ~c
+        guard let base = bytes.baseAddress else { return seed }
+        return pk_crc32c(seed, base, bytes.count)
     }
 
     public static func checksum(_ bytes: [UInt8]) -> UInt32 {

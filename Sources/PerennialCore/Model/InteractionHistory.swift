@@ -1,10 +1,12 @@
-// Each user's most recent items (bounded per user), which every scorer uses to
-// exclude what the user has already interacted with. Owned by the thread that
-// admits events.
+// Each user's most recent distinct items (bounded per user), which every
+// scorer uses to exclude what the user has already interacted with. An item
+// seen again moves to the most recent place rather than taking a second one,
+// so repeated events on one item never push the user's other items out of
+// the exclusions. Owned by the thread that admits events.
 
 public final class InteractionHistory {
     public let limit: Int
-    /// Per user: the item indices, oldest first, at most `limit` of them.
+    /// Per user: distinct item indices, oldest first, at most `limit` of them.
     private var lists: [[Int32]] = []
     public private(set) var totalEntries = 0
 
@@ -14,12 +16,28 @@ public final class InteractionHistory {
         guard limit > 0 else { return }
         let u = Int(user)
         if u >= lists.count { lists.append(contentsOf: repeatElement([], count: u + 1 - lists.count)) }
+        // (Searched from the newest end: a repeat is usually recent.)
+        if let at = lists[u].lastIndex(of: item) {
+            lists[u].remove(at: at)
+            lists[u].append(item)
+            return
+        }
         if lists[u].count >= limit {
             lists[u].removeFirst(lists[u].count - limit + 1)
             totalEntries -= 1
         }
         lists[u].append(item)
         totalEntries += 1
+    }
+
+    /// Sets a user's items as a snapshot saved them (distinct, oldest first).
+    public func restore(user: Int32, items: [Int32]) {
+        guard limit > 0 else { return }
+        let u = Int(user)
+        if u >= lists.count { lists.append(contentsOf: repeatElement([], count: u + 1 - lists.count)) }
+        totalEntries -= lists[u].count
+        lists[u] = Array(items.suffix(limit))
+        totalEntries += lists[u].count
     }
 
     /// Forgets a user's items (the user's id expired).

@@ -296,7 +296,7 @@ public final class Model: @unchecked Sendable {
                 do {
                     try fresh.load(from: &r)
                 } catch {
-                    throw LogError("scorer \(sc.name): these settings cannot change while the server runs (\(error)); restart to apply them")
+                    throw LogError("scorer \(sc.name): a changed setting shapes the state it has learned (\(error)), so it cannot change on this data directory, not even by a restart: keep the old value, or serve from a new data directory and send it the events again")
                 }
                 changes.append("\(sc.name) re-configured (learned state kept)")
             } else {
@@ -385,7 +385,13 @@ public final class Model: @unchecked Sendable {
         growScorers()
         try r.mark("history")
         for u in 0..<userCount {
-            for i in try r.int32s() { history.record(user: Int32(u), item: i) }
+            let saved = try r.int32s()
+            // (Snapshots before histories were distinct may repeat items.)
+            if Set(saved).count == saved.count {
+                history.restore(user: Int32(u), items: saved)
+            } else {
+                for i in saved { history.record(user: Int32(u), item: i) }
+            }
         }
         try r.mark("catalogue")
         for _ in 0..<(try r.int()) {

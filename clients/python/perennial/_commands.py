@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .errors import ERROR_CODES, FATAL_CODES, ProtocolError, error_from_reply
+from .errors import ERROR_CODES, FATAL_CODES, InvalidEvent, ProtocolError, ServerError, error_from_reply
 from .protocol import VERSION, Frame, Opcode, encode_payload
-from .types import (Event, EventLike, FeedbackAck, Recommendation, Score, ServerInfo,
+from .types import (Event, EventLike, as_int, FeedbackAck, Recommendation, Score, ServerInfo,
                     UpsertResult, to_event)
 
 Attributes = Union[Mapping[str, str], Iterable[Tuple[str, str]], None]
@@ -40,28 +40,48 @@ def check_frame_size(cmd: Command, max_frame_bytes: int) -> None:
                             "FRAME_TOO_LARGE")
 
 
+def place_in_stream(e: ServerError, offset: int) -> None:
+    """A FEEDBACK list sent as several batches had the batch starting at
+    ``offset`` refused: ``accepted_events`` = offset, an InvalidEvent's
+    ``detail`` becomes the index in the whole list, and the message (which
+    speaks of the batch) says so."""
+    e.accepted_events = offset  # type: ignore[attr-defined]
+    if offset == 0:
+        return
+    if isinstance(e, InvalidEvent):
+        e.detail += offset
+    e.message = ("in the batch of events from index %d (the %d events before it were accepted): %s"
+                 % (offset, offset, e.message))
+    e.args = ("%s (%d): %s" % (e.code_name, e.code, e.message),)
+
+
 def _ids(v: Optional[Iterable[int]], what: str) -> List[int]:
     if v is None:
         return []
     if isinstance(v, (str, bytes)):
         raise TypeError("%s must be a sequence of ints" % what)
-    out = list(v)
-    for x in out:
-        if isinstance(x, bool) or not isinstance(x, int):
-            raise TypeError("%s must contain ints, not %r" % (what, x))
+    out = []
+    for x in v:
+        if type(x) is not int:
+            try:
+                x = as_int(x, what)
+            except TypeError:
+                raise TypeError("%s must contain ints, not %r" % (what, x)) from None
+        out.append(x)
     return out
 
 
 def _user(v: int, what: str = "user") -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError("%s must be an int, not %r" % (what, v))
-    return v
+    return as_int(v, what)
 
 
 def hello(client_name: str, token: Optional[str]) -> Command:
     body = encode_payload(Opcode.HELLO, False, {"protocol_version": VERSION,
                                                 "client_name": client_name,
-                                                "token": token or ""})
+                                                # (Surrounding whitespace is not part of a
+                                                # token, as in the server's token files: a
+                                                # token read from a file keeps its newline.)
+                                                "token": (token or "").strip()})
 
     def parse(p: Dict[str, Any]) -> ServerInfo:
         return ServerInfo(p["protocol_version"], p["max_frame_bytes"], p["max_items"],

@@ -325,7 +325,22 @@ class AsyncClient:
         conn = await self._ensure_connected()
         futs = self._submit(conn, cmds)
         await self._drain(conn)
-        return [await self._wait(f) for f in futs]
+        # The timeout bounds a wait without any reply, as in the blocking
+        # client: once one reply did not come in time, the replies after it
+        # are not waited for one timeout each (a stalled server would make a
+        # pipeline of n requests take n timeouts).
+        results: List[Any] = []
+        stalled: Optional[BaseException] = None
+        for f in futs:
+            if stalled is not None and not f.done():
+                f.cancel()
+                results.append(stalled)
+                continue
+            r = await self._wait(f)
+            if isinstance(r, TimeoutError) and stalled is None:
+                stalled = r
+            results.append(r)
+        return results
 
     async def _call(self, cmd: Command) -> Any:
         return _raise_if_error((await self._execute([cmd]))[0])
@@ -378,9 +393,7 @@ class AsyncClient:
             try:
                 ack = await self._call(_c.feedback(batch))
             except ServerError as e:
-                e.accepted_events = offset  # type: ignore[attr-defined]
-                if isinstance(e, InvalidEvent):
-                    e.detail += offset
+                _c.place_in_stream(e, offset)
                 raise
             offset += len(batch)
         assert ack is not None
@@ -461,7 +474,8 @@ class AsyncFeedbackStreamer:
 
     ``await send(e)``, ``await send_many(events)``, ``await flush()``;
     ``async with`` flushes on exit.  At most ``window`` batches are
-    unacknowledged at a time.
+    unacknowledged at a time.  Refused batches are raised and kept as in
+    the blocking streamer (``refused_batches``, :attr:`refused`).
     """
 
     def __init__(self, client: AsyncClient, window: int = 8, batch_size: int = 1000) -> None:
@@ -476,6 +490,8 @@ class AsyncFeedbackStreamer:
         self._inflight: Deque[Tuple["asyncio.Future[Any]", int, int]] = deque()
         self._offset = 0
         self._errors: Deque[BaseException] = deque()
+        #: Every refused batch's error so far (see FeedbackStreamer.refused).
+        self.refused: List[BaseException] = []
         self.sent_events = 0
         self.acked_events = 0
         self.last_ack: Optional[FeedbackAck] = None
@@ -496,6 +512,7 @@ class AsyncFeedbackStreamer:
                 result.batch_offset = offset  # type: ignore[attr-defined]
                 result.batch_events = n  # type: ignore[attr-defined]
             self._errors.append(result)
+            self.refused.append(result)
 
     def _size(self) -> int:
         return min(self.batch_size, self._client.max_events)
@@ -516,7 +533,14 @@ class AsyncFeedbackStreamer:
 
     def _raise_errors(self) -> None:
         if self._errors:
-            raise self._errors.popleft()
+            errors = list(self._errors)
+            self._errors.clear()
+            first = errors[0]
+            try:
+                first.refused_batches = errors  # type: ignore[attr-defined]
+            except AttributeError:  # pragma: no cover
+                pass
+            raise first
 
     async def send(self, event: EventLike) -> None:
         """Queue one event; writes a batch when one is full.  Raises like Client's streamer."""
@@ -553,3 +577,11 @@ class AsyncFeedbackStreamer:
                 await self.flush()
             except PerennialError:
                 pass
+            # A refusal that is leaving the block learns of the refusals
+            # that arrived after it was raised.
+            exc = rest[0] if rest else None
+            if exc is not None and any(exc is e for e in self.refused):
+                try:
+                    exc.refused_batches = list(self.refused)  # type: ignore[union-attr]
+                except AttributeError:  # pragma: no cover
+                    pass

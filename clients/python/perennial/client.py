@@ -124,6 +124,15 @@ class Client:
         else:
             self._disconnect()
 
+    def __del__(self) -> None:
+        # The selector keeps the socket in a reference cycle (selector <->
+        # its key map), so without this a dropped client's connection stayed
+        # open until the garbage collector ran.
+        try:
+            self._disconnect()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
     def __enter__(self) -> "Client":
         return self
 
@@ -153,6 +162,11 @@ class Client:
         return self.server_info.max_frame_bytes if self.server_info else DEFAULT_LIMITS.max_frame_bytes
 
     def _ensure_connected(self) -> None:
+        if self._sock is not None and self._pending:
+            # Requests sent without waiting (a streamer's batches): take the
+            # replies that are already here, so a server that answered them
+            # and then closed the idle connection is noticed below.
+            self._take_available()
         if self._sock is not None:
             if self._pending or self._alive():
                 return
@@ -195,6 +209,24 @@ class Client:
         except OSError:
             return False
         return False
+
+    def _take_available(self) -> None:
+        """Read, without waiting, the replies already received, and settle
+        them.  If the server closed the connection after answering every
+        pending request, the connection is dropped (the next call opens a
+        new one); requests it left unanswered fail with ConnectionError."""
+        assert self._sock is not None and self._sel is not None
+        try:
+            while self._sock is not None and self._sel.select(0):
+                self._recv()
+        except PerennialError as e:
+            self._settle()
+            if self._pending:
+                self._fail_all(e)
+            else:
+                self._disconnect()
+            return
+        self._settle()
 
     def _take_rid(self) -> int:
         rid = self._next_rid
@@ -421,9 +453,7 @@ class Client:
             try:
                 ack = self._call(_c.feedback(batch))
             except ServerError as e:
-                e.accepted_events = offset  # type: ignore[attr-defined]
-                if isinstance(e, InvalidEvent):
-                    e.detail += offset
+                _c.place_in_stream(e, offset)
                 raise
             offset += len(batch)
         assert ack is not None
@@ -534,7 +564,11 @@ class FeedbackStreamer:
     A batch the server refuses (e.g. :class:`InvalidEvent`) is raised from the
     next ``send``/``send_many``/``flush`` call, with ``batch_offset`` (stream
     index of the batch's first event) and ``batch_events`` attributes; its
-    events were not accepted, later batches are unaffected.
+    events were not accepted, later batches are unaffected.  When several
+    batches were refused by then, the error raised is the first, and its
+    ``refused_batches`` lists all of them; :attr:`refused` keeps every
+    refusal of the stream (including those that arrive while a ``with``
+    block exits because of an error).
 
     Attributes:
         sent_events: events written to the server.
@@ -554,6 +588,9 @@ class FeedbackStreamer:
         self._inflight = 0
         self._offset = 0
         self._errors: Deque[BaseException] = deque()
+        #: Every refused batch's error so far, oldest first (each with
+        #: ``batch_offset`` and ``batch_events``).
+        self.refused: List[BaseException] = []
         self.sent_events = 0
         self.acked_events = 0
         self.last_ack: Optional[FeedbackAck] = None
@@ -576,10 +613,18 @@ class FeedbackStreamer:
                 except AttributeError:  # pragma: no cover
                     pass
             self._errors.append(result)
+            self.refused.append(result)
 
     def _raise_errors(self) -> None:
         if self._errors:
-            raise self._errors.popleft()
+            errors = list(self._errors)
+            self._errors.clear()
+            first = errors[0]
+            try:
+                first.refused_batches = errors  # type: ignore[attr-defined]
+            except AttributeError:  # pragma: no cover
+                pass
+            raise first
 
     def _send_batch(self) -> None:
         self._client._ensure_connected()  # learn max_events first
@@ -651,3 +696,11 @@ class FeedbackStreamer:
                 self.flush()
             except PerennialError:
                 pass
+            # A refusal that is leaving the block learns of the refusals
+            # that arrived after it was raised.
+            exc = rest[0] if rest else None
+            if exc is not None and any(exc is e for e in self.refused):
+                try:
+                    exc.refused_batches = list(self.refused)  # type: ignore[union-attr]
+                except AttributeError:  # pragma: no cover
+                    pass

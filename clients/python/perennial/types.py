@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from .protocol import EVENT_KINDS
+
+
+def as_int(x: Any, what: str) -> int:
+    """``x`` as a Python int: an int, or any integer type that says it is
+    one (``__index__``: numpy's integers).  bool, float and str are refused
+    (TypeError naming ``what``)."""
+    if isinstance(x, bool):
+        raise TypeError("%s must be an int, not %r" % (what, x))
+    if isinstance(x, int):
+        return int(x)
+    try:
+        return operator.index(x)
+    except TypeError:
+        raise TypeError("%s must be an int, not %r" % (what, x)) from None
 
 __all__ = ["Event", "EventLike", "Recommendation", "Score", "FeedbackAck", "UpsertResult",
            "ServerInfo", "to_event"]
@@ -43,10 +58,9 @@ class Event:
                              % (self.kind, ", ".join(EVENT_KINDS)))
         if self.kind == "rating" and self.value is None:
             raise ValueError("a rating event needs a value (0 ... 10)")
-        if isinstance(self.user, bool) or not isinstance(self.user, int):
-            raise TypeError("Event.user must be an int")
-        if isinstance(self.item, bool) or not isinstance(self.item, int):
-            raise TypeError("Event.item must be an int")
+        # (frozen: the converted ids are set through object.__setattr__)
+        object.__setattr__(self, "user", as_int(self.user, "Event.user"))
+        object.__setattr__(self, "item", as_int(self.item, "Event.item"))
 
     def to_wire(self) -> Dict[str, Any]:
         """The event in the protocol's JSON form."""

@@ -339,6 +339,97 @@ def test_feedback_split_by_max_events(start_server: Callable[..., object]) -> No
             c.feedback([perennial.Event(1, 1)] * 150 + [perennial.Event(1, 0)])
         assert info.value.detail == 150
         assert info.value.accepted_events == 100  # type: ignore[attr-defined]
+        # The message speaks of the whole list, not of the batch alone.
+        assert "from index 100" in str(info.value) and "were accepted" in str(info.value)
+
+
+def test_streamer_reports_every_refused_batch(client: perennial.Client) -> None:
+    u = fresh()[0]
+    items = fresh(25)
+    events = [perennial.Event(u, i) for i in items]
+    for bad in (2, 12, 22):  # one bad event in batches 1, 3 and 5 of 5
+        events[bad] = perennial.Event(u, 0)
+    with pytest.raises(perennial.InvalidEvent) as info:
+        with client.streamer(window=8, batch_size=5) as s:
+            s.send_many(events)
+            s.flush()
+    refused = info.value.refused_batches  # type: ignore[attr-defined]
+    assert [e.batch_offset for e in refused] == [0, 10, 20]
+    assert [e.batch_offset for e in s.refused] == [0, 10, 20]
+    assert s.acked_events == 10
+
+
+def test_streamer_survives_the_idle_timeout(start_server: Callable[..., Any]) -> None:
+    srv = start_server("[limits]\nidle_timeout_ms = 300\n")
+    with srv.client() as c:
+        s = c.streamer(window=4, batch_size=10)
+        s.send_many(perennial.Event(1, 1 + i) for i in range(10))  # sent, ack not read yet
+        time.sleep(1.0)  # the server acknowledged, then closed the idle connection
+        s.send_many(perennial.Event(1, 100 + i) for i in range(10))
+        s.flush()
+        assert s.acked_events == 20
+        assert c.stats()["events_accepted"] == 20
+
+
+class _Index:
+    """An integer type that is not int (as numpy's are): it has __index__."""
+
+    def __init__(self, v: int) -> None:
+        self.v = v
+
+    def __index__(self) -> int:
+        return self.v
+
+
+def test_integer_types_with_index_are_ids(client: perennial.Client) -> None:
+    u, a, b = fresh(3)
+    client.feedback([perennial.Event(_Index(u), _Index(a)), (_Index(u), b)])  # type: ignore[arg-type]
+    recs = client.recommend(_Index(u), k=5, candidates=[_Index(a), _Index(b)])  # type: ignore[arg-type]
+    assert recs == []  # both are the user's own
+    with pytest.raises(TypeError):
+        client.recommend(user=1.0, k=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        client.score(1, [2.5])  # type: ignore[list-item]
+
+
+def test_a_dropped_client_closes_its_connection(server: Address) -> None:
+    import gc
+    gc.disable()
+    try:
+        with perennial.Client(*server) as watcher:
+            before = watcher.stats()["connections"]
+            for _ in range(5):
+                perennial.Client(*server).ping()  # dropped at once
+            deadline = time.time() + 5
+            while watcher.stats()["connections"] > before and time.time() < deadline:
+                time.sleep(0.05)
+            assert watcher.stats()["connections"] == before
+    finally:
+        gc.enable()
+
+
+def test_async_timeouts_do_not_add_up() -> None:
+    # A server that accepts and never answers.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+
+    async def run() -> float:
+        c = perennial.AsyncClient("127.0.0.1", port, timeout=0.3, hello=False)
+        p = c.pipeline()
+        for _ in range(20):
+            p.ping()
+        t0 = time.monotonic()
+        results = await p.execute()
+        assert all(isinstance(r, perennial.TimeoutError) for r in results)
+        await c.close()
+        return time.monotonic() - t0
+
+    try:
+        assert asyncio.run(run()) < 3.0  # one timeout, not twenty
+    finally:
+        listener.close()
 
 
 # -- items, scores ------------------------------------------------------------------
@@ -698,3 +789,29 @@ def test_async_streamer(server: Address) -> None:
             assert (await c.stats())["events_accepted"] == before + 5001
 
     asyncio.run(main())
+
+
+def test_serve_and_bench_accept_host_names(start_server: Callable[..., Any]) -> None:
+    from conftest import server_binary
+    import subprocess
+    srv = start_server("", ["--host", "localhost"])
+    with perennial.Client("127.0.0.1", srv.port) as c:
+        assert c.ping()
+    out = subprocess.run([str(server_binary()), "bench", "ping", "--host", "localhost", "--port", str(srv.port),
+                          "--connections", "1", "--duration", "0.2"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_log_check_refuses_a_missing_data_directory(start_server: Callable[..., Any], tmp_path: Any) -> None:
+    from conftest import server_binary
+    import subprocess
+    missing = subprocess.run([str(server_binary()), "log", "check", "--data-dir", str(tmp_path / "nope")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "no data directory" in missing.stdout
+    srv = start_server()
+    with srv.client() as c:
+        c.feedback([perennial.Event(1, 2)])
+    srv.stop()
+    ok = subprocess.run([str(server_binary()), "log", "check", "--data-dir", srv.data_dir],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "ok: a server would start" in ok.stdout, ok.stdout
