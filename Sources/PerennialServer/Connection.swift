@@ -259,13 +259,15 @@ final class Connection {
 
     // MARK: the loop's batch of RECOMMENDs
 
-    /// For the loop's batch gathering (EventLoop.joinBatch): the number of
-    /// the batch that last answered this connection if the next batch waits
-    /// for it (else 0), when that was (0 once it has sent a RECOMMEND
-    /// since), and how soon after a reply it usually sends the next (a
-    /// moving average; .max until known).
+    /// For the loop's batch gathering (EventLoop.waitForReturningConnections):
+    /// the number of the batch that last answered this connection if the
+    /// next batch may wait for it (else 0; reset when it sends a RECOMMEND),
+    /// when that was (0 once it has sent one since) and when it is expected
+    /// back, and how soon after a reply it usually sends the next (a moving
+    /// average; .max until known).
     var answeredInBatch: UInt64 = 0
     var answeredAtNs: UInt64 = 0
+    var expectedAtNs: UInt64 = 0
     var returnNs: UInt64 = .max
 
     /// Appends a reply the batch produced for this connection.
@@ -488,7 +490,7 @@ final class Connection {
         if closeAfterFlush && !closing && idleMs > 0 && now >= lastActivity && now - lastActivity >= UInt64(idleMs) {
             close()
         }
-        // (A connection owed batch replies gets them later in this turn.)
+        // (A connection owed batch replies gets them when the batch is answered.)
         guard !closing, !closeAfterFlush, !awaitingBatch else { return }
         // Saturating: a timestamp taken during this tick may be after `now`.
         if frameMs > 0, reading, partialSince != 0, parked == nil, now >= partialSince, now - partialSince >= UInt64(frameMs) {

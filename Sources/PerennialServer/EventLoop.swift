@@ -25,15 +25,17 @@ final class EventLoop {
     /// Active while RECOMMENDs wait for the end of the turn, so the loop
     /// does not block in poll before answering them.
     private let batchIdle: UnsafeMutablePointer<uv_idle_t>
-    /// Connections owed replies by this turn's batch of RECOMMENDs, or
+    /// Connections owed replies by the batch of RECOMMENDs being gathered (read
+    /// this turn, or over a few turns while it is held), or
     /// waiting for it to make room, in the order they joined.
     private var batchMembers: [Connection] = []
     /// Gathering a batch (`waitForReturningConnections`): the number of the
-    /// batch being gathered, how many connections the previous batch
-    /// answered have not sent a RECOMMEND since, when the gathering began
-    /// (0: not yet), and how long the previous batch took to compute.
-    private var batchNumber: UInt64 = 1
-    private var returning = 0
+    /// batch being gathered (from 2: a connection's 0 means "none"), the
+    /// connections the previous batch answered that usually come back soon
+    /// (each with when it is expected), when the gathering began (0: not
+    /// yet), and how long the previous batch took to compute.
+    private var batchNumber: UInt64 = 2
+    private var expectedBack: [Connection] = []
     private var gatherStartNs: UInt64 = 0
     private var lastBatchNs: UInt64 = 0
     private(set) var boundPort = 0
@@ -186,6 +188,7 @@ final class EventLoop {
         if c.isLingering { lingering -= 1 }
         connections[ObjectIdentifier(c)] = nil
         parked.remove(ObjectIdentifier(c))
+        expectedBack.removeAll { $0 === c }
         handler.stats.connections = connections.count
         if stopping { finishStopIfDone() }
     }
@@ -211,36 +214,42 @@ final class EventLoop {
             c.returnNs = c.returnNs == .max ? sample : (3 * c.returnNs + sample) / 4
             c.answeredAtNs = 0
         }
-        if c.answeredInBatch == batchNumber - 1 {
-            returning -= 1
-            c.answeredInBatch = 0
-        }
+        c.answeredInBatch = 0
     }
 
     /// Whether this turn's batch should wait a little for more RECOMMENDs.
     /// A client in a closed loop (or refilling a pipeline) sends its next
-    /// request within microseconds of a reply, but the clients a batch
-    /// answered do not all send inside one turn of the loop: answering at
-    /// once splits them over two batches, and a request that just missed
-    /// one waits for it and then for its own. So while connections that the
-    /// previous batch answered, and that usually come back within a batch's
-    /// computing time, are still to come and the batch has room, the loop
-    /// polls again (without blocking: the idle handle is active) for at
-    /// most `server.recommend_batch_wait_us`, and never longer than half
-    /// the previous batch's computing time, so waiting costs a request at
-    /// most a fraction of what being answered costs. The adaptive batching of
-    /// serving systems (e.g. TF Serving's batch_timeout_micros), waiting
-    /// only for arrivals it has reason to expect and ended by them.
+    /// request soon after a reply, but the clients a batch answered do not
+    /// all send inside one turn of the loop: answering at once splits them
+    /// over two batches, and a request that just missed one waits for it
+    /// and then for its own. So the batch is held while a connection the
+    /// previous batch answered has not sent again and, by its usual return
+    /// time (a moving average per connection), should arrive before the
+    /// hold's deadline: at most `server.recommend_batch_wait_us` after the
+    /// hold began, and never longer than half the previous batch's
+    /// computing time. A connection already overdue by more than that is
+    /// not waited for. The hold is a busy poll (the idle handle keeps poll
+    /// from blocking), checked at the end of each loop turn. The adaptive
+    /// batching of serving systems (e.g. TF Serving's batch_timeout_micros),
+    /// waiting only for arrivals it predicts and ended by them. It costs
+    /// the held requests latency (and a freshness reader too); it pays
+    /// where many clients send back to back (README, "Speed").
     private func waitForReturningConnections() -> Bool {
         let limitNs = min(UInt64(handler.config.recommendBatchWaitMicros) * 1000, lastBatchNs / 2)
-        guard limitNs > 0, returning > 0, !stopping, handler.deferredCount > 0,
+        guard limitNs > 0, !expectedBack.isEmpty, !stopping, handler.deferredCount > 0,
               handler.deferredCount < handler.config.recommendBatch else { return false }
         let now = uv_hrtime()
+        let deadline = (gatherStartNs == 0 ? now : gatherStartNs) + limitNs
+        guard now < deadline else { return false }
+        let awaited = expectedBack.contains { c in
+            c.answeredInBatch == batchNumber - 1 && !c.closing && c.expectedAtNs <= deadline && c.expectedAtNs &+ limitNs >= now
+        }
+        guard awaited else { return false }
         if gatherStartNs == 0 {
             gatherStartNs = now
             handler.stats.recommendBatchWaits += 1
         }
-        return now - gatherStartNs < limitNs
+        return true
     }
 
     /// End of a loop iteration: the RECOMMENDs read in it are answered
@@ -258,16 +267,17 @@ final class EventLoop {
                 }
                 let now = uv_hrtime()
                 lastBatchNs = now - start
-                // Those that usually come back within a batch's computing
-                // time (or the configured wait) are the ones the next batch
-                // waits for.
+                // The next batch may wait for those that usually come back
+                // within a batch's computing time (whether they are waited
+                // for depends on the hold's deadline: waitForReturningConnections).
                 let expectWithin = max(lastBatchNs, UInt64(handler.config.recommendBatchWaitMicros) * 1000)
-                returning = 0
+                expectedBack.removeAll(keepingCapacity: true)
                 for c in members {
                     c.answeredAtNs = now
-                    if c.returnNs < expectWithin {
+                    if c.returnNs <= expectWithin {
                         c.answeredInBatch = batchNumber
-                        returning += 1
+                        c.expectedAtNs = now &+ c.returnNs
+                        expectedBack.append(c)
                     } else {
                         c.answeredInBatch = 0
                     }

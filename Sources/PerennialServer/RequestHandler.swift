@@ -16,10 +16,11 @@ enum FrameOutcome {
     /// Leave the frame unconsumed until the learner queue has room.
     case waitForQueueRoom
     /// The frame is consumed; its reply (at most `replyBytes`) comes when
-    /// the loop answers this turn's RECOMMENDs together
+    /// the loop answers the batch of RECOMMENDs it joined (at the end of
+    /// this turn, or of a later one while the batch is held)
     /// (`RequestHandler.answerDeferred`).
     case deferred(replyBytes: Int)
-    /// Leave the frame unconsumed until this turn's RECOMMENDs are answered:
+    /// Leave the frame unconsumed until the batch's RECOMMENDs are answered:
     /// the batch is full, or the connection has replies owed by it and this
     /// frame's reply must not overtake them.
     case waitForBatch
@@ -77,8 +78,9 @@ final class RequestHandler {
     /// Longest session_id accepted (bytes).
     static let maxSessionIDBytes = 256
     private var incoming: [IncomingEvent] = []
-    /// RECOMMENDs read in this turn of the loop, in the order read, answered
-    /// together at its end (one pass over the catalogue for all of them).
+    /// RECOMMENDs read since the last batch was answered, in the order read,
+    /// answered together at the end of a turn (one pass over the catalogue
+    /// for all of them; EventLoop.answerBatch).
     private var deferred: [DeferredRecommend] = []
     var hasDeferred: Bool { !deferred.isEmpty }
     var deferredCount: Int { deferred.count }
