@@ -412,17 +412,22 @@ final class RequestHandler {
     /// for the learner to apply everything accepted, starts a new log
     /// segment, serialises the model, writes it durably, then removes the
     /// snapshots and log segments no longer needed. Runs on the loop thread,
-    /// which pauses for its duration (milliseconds for MovieLens-sized
-    /// models). Returns the sequence it covers.
+    /// which pauses for its duration (about 0.25 s for ml-latest-small with
+    /// cf: 36 MB serialised, checksummed, written and fsynced). Returns the
+    /// sequence it covers.
+    /// The last snapshot's size (room reserved for the next one).
+    private var lastSnapshotBytes = 0
+
     @discardableResult
     func takeSnapshot(note: [String: Any] = [:], distinct: Bool = false) throws -> UInt64 {
         let t0 = MonotonicClock.nowNanos()
         while model.appliedSeq < model.lastSeq { usleep(50) }
         let seq = model.lastSeq
         let segment = try log.rollSegment()
-        var w = SnapshotWriter()
+        var w = SnapshotWriter(capacity: lastSnapshotBytes + lastSnapshotBytes / 8)
         model.save(to: &w)
         let size = w.bytes.count
+        lastSnapshotBytes = size
         let file: SnapshotFile
         do {
             file = try snapshots.write(seq: seq, firstLogSegment: segment, payload: w.bytes, distinct: distinct)

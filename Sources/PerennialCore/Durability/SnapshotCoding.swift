@@ -5,6 +5,9 @@
 public struct SnapshotWriter {
     public private(set) var bytes: [UInt8] = []
     public init() {}
+    /// A writer with room for `capacity` bytes (the last snapshot's size:
+    /// growing a buffer of tens of megabytes by doubling copies it each time).
+    public init(capacity: Int) { bytes.reserveCapacity(capacity) }
 
     public mutating func u8(_ v: UInt8) { bytes.append(v) }
     public mutating func bool(_ v: Bool) { bytes.append(v ? 1 : 0) }

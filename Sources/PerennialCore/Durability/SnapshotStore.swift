@@ -73,13 +73,15 @@ public struct SnapshotStore: Sendable {
     @discardableResult
     public func write(seq: UInt64, firstLogSegment: Int, payload: [UInt8], distinct: Bool = false) throws -> SnapshotFile {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        var bytes = SnapshotStore.magic
-        bytes.appendLE(SnapshotStore.version)
-        bytes.appendLE(seq)
-        bytes.appendLE(UInt64(firstLogSegment))
-        bytes.appendLE(UInt64(payload.count))
-        bytes.append(contentsOf: payload)
-        bytes.appendLE(CRC32C.checksum(payload))
+        // Header, payload and checksum are written in turn (the payload is
+        // tens of megabytes: not copied into one buffer).
+        var head = SnapshotStore.magic
+        head.appendLE(SnapshotStore.version)
+        head.appendLE(seq)
+        head.appendLE(UInt64(firstLogSegment))
+        head.appendLE(UInt64(payload.count))
+        var tail: [UInt8] = []
+        tail.appendLE(CRC32C.checksum(payload))
         // A plain snapshot replaces the newest one at its position (never an
         // older version there); a distinct one adds the next serial.
         var serial = 0
@@ -88,15 +90,18 @@ public struct SnapshotStore: Sendable {
         let temp = final + ".tmp"
         let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw LogError("cannot create \(temp): \(String(cString: strerror(errno)))") }
-        var done = 0
-        let ok = bytes.withUnsafeBytes { raw -> Bool in
-            while done < raw.count {
-                let n = Glibc.write(fd, raw.baseAddress! + done, raw.count - done)
-                if n < 0 { if errno == EINTR { continue }; return false }
-                done += n
+        func writeAll(_ part: [UInt8]) -> Bool {
+            part.withUnsafeBytes { raw -> Bool in
+                var done = 0
+                while done < raw.count {
+                    let n = Glibc.write(fd, raw.baseAddress! + done, raw.count - done)
+                    if n < 0 { if errno == EINTR { continue }; return false }
+                    done += n
+                }
+                return true
             }
-            return fsync(fd) == 0
         }
+        let ok = writeAll(head) && writeAll(payload) && writeAll(tail) && fsync(fd) == 0
         let why = String(cString: strerror(errno))
         Glibc.close(fd)
         guard ok else {
