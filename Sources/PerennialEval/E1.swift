@@ -38,6 +38,9 @@ public struct E1Result: Sendable {
     public var variant: E1Variant
     public var total = TopKTally()
     public var tenths = [TopKTally](repeating: TopKTally(), count: 10)
+    /// Per tenth, each user's evaluated events (for comparing variants user
+    /// by user: PairedComparison).
+    public var tenthUsers = [[UInt64: TopKTally]](repeating: [:], count: 10)
     /// Evaluated events whose user had at most `e1NewUserEvents` earlier events.
     public var newUsers = TopKTally()
     /// Evaluated events whose user the model had never learned from (they
@@ -49,7 +52,11 @@ public struct E1Result: Sendable {
 
     public var json: [String: Any] {
         var j = total.json
-        j["tenths"] = tenths.map(\.json)
+        j["tenths"] = zip(tenths, tenthUsers).map { t, users in
+            var tj = t.json
+            tj["users"] = users.count
+            return tj
+        }
         j["cold_user_events"] = coldUserEvents
         j["new_users"] = newUsers.json
         j["seconds"] = rounded(seconds)
@@ -122,6 +129,7 @@ public struct E1: Sendable {
                 let rank = model.rankOf(r.item, user: r.user, scorer: scorer)
                 result.total.record(rank: rank)
                 result.tenths[tenth].record(rank: rank)
+                result.tenthUsers[tenth][r.user, default: TopKTally()].record(rank: rank)
                 if earlier[r.user, default: 0] <= e1NewUserEvents { result.newUsers.record(rank: rank) }
                 if !learnedUsers.contains(r.user) { result.coldUserEvents += 1 }
             }

@@ -90,6 +90,16 @@ struct Eval: ParsableCommand {
             for r in rs {
                 print(pad("\(r.scorer)/\(r.variant.rawValue)", 28) + r.tenths.map { String(format: "%.3f", $0.hr) }.joined(separator: " "))
             }
+            // Lifelong mechanisms against none, tenth by tenth, user by user.
+            if let on = rs.first(where: { $0.scorer == scorer && $0.variant == .online }),
+               let plain = rs.first(where: { $0.scorer == scorer && $0.variant == .onlinePlain }) {
+                let cmp = (0..<10).map { PairedComparison.compare(on.tenthUsers[$0], plain.tenthUsers[$0]) }
+                results["\(scorer)/online-minus-online-plain"] = cmp.map(\.json)
+                print("online − online-plain by tenth, with a 95% interval from a paired bootstrap over the tenth's users:")
+                for (k, c) in cmp.enumerated() {
+                    print(String(format: "  tenth %2d: %+.4f  [%+.4f, %+.4f]  (%d users)", k + 1, c.difference, c.low, c.high, c.users))
+                }
+            }
             if let plot {
                 let chart = CurvePlot(title: "E1 on \(ml.name): HR@10 per tenth of the test phase", xLabel: "tenth of the test phase (stream order)",
                                       yLabel: "HR@10", series: rs.map { .init(name: "\($0.scorer)/\($0.variant.rawValue)", values: $0.tenths.map(\.hr)) })

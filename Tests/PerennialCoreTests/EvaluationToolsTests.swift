@@ -68,6 +68,30 @@ import PerennialPlugins
         #expect(limited.events == 200)
     }
 
+    /// The paired bootstrap over users: equal variants differ by exactly 0;
+    /// one that hits more for every user is ahead with an interval above 0;
+    /// one user's large swing among many equal ones gives an interval
+    /// around 0 that contains the observed difference.
+    @Test func pairedComparisonOverUsers() {
+        func tally(_ hits: Int, _ count: Int) -> TopKTally {
+            var t = TopKTally()
+            for k in 0..<count { t.record(rank: k < hits ? 1 : nil) }
+            return t
+        }
+        var a: [UInt64: TopKTally] = [:], b: [UInt64: TopKTally] = [:]
+        for u in UInt64(1)...40 { a[u] = tally(Int(u % 5), 10); b[u] = tally(Int(u % 5), 10) }
+        let same = PairedComparison.compare(a, b)
+        #expect(same.difference == 0 && same.low == 0 && same.high == 0 && same.users == 40)
+        var better = a
+        for u in UInt64(1)...40 { better[u] = tally(Int(u % 5) + 2, 10) }
+        let ahead = PairedComparison.compare(better, b)
+        #expect(abs(ahead.difference - 0.2) < 1e-12 && ahead.low > 0.15)
+        var swing = a
+        swing[1] = tally(10, 10)
+        let one = PairedComparison.compare(swing, b)
+        #expect(one.difference > 0 && one.low <= 0 && one.high >= one.difference)
+    }
+
     @Test func theDriftStreamHasItsDocumentedShape() {
         var sc = DriftScenario()
         sc.events = 12_000
