@@ -41,8 +41,10 @@ public struct E1Result: Sendable {
     /// Per tenth, each user's evaluated events (for comparing variants user
     /// by user: PairedComparison).
     public var tenthUsers = [[UInt64: TopKTally]](repeating: [:], count: 10)
-    /// Evaluated events whose user had at most `e1NewUserEvents` earlier events.
+    /// Evaluated events whose user had at most `e1NewUserEvents` earlier
+    /// events, in all and per user.
     public var newUsers = TopKTally()
+    public var newUsersByUser: [UInt64: TopKTally] = [:]
     /// Evaluated events whose user the model had never learned from (they
     /// are scored from the user's history alone, or by popularity).
     public var coldUserEvents = 0
@@ -130,7 +132,10 @@ public struct E1: Sendable {
                 result.total.record(rank: rank)
                 result.tenths[tenth].record(rank: rank)
                 result.tenthUsers[tenth][r.user, default: TopKTally()].record(rank: rank)
-                if earlier[r.user, default: 0] <= e1NewUserEvents { result.newUsers.record(rank: rank) }
+                if earlier[r.user, default: 0] <= e1NewUserEvents {
+                    result.newUsers.record(rank: rank)
+                    result.newUsersByUser[r.user, default: TopKTally()].record(rank: rank)
+                }
                 if !learnedUsers.contains(r.user) { result.coldUserEvents += 1 }
             }
             let learn = variant.learnsOnline

@@ -100,6 +100,14 @@ struct Eval: ParsableCommand {
                     print(String(format: "  tenth %2d: %+.4f  [%+.4f, %+.4f]  (%d users)", k + 1, c.difference, c.low, c.high, c.users))
                 }
             }
+            // The meta-learned start against the plain one, on new users' events.
+            if let on = rs.first(where: { $0.scorer == scorer && $0.variant == .online }),
+               let plainStart = rs.first(where: { $0.scorer == scorer && $0.variant == .onlinePlainStart }) {
+                let c = PairedComparison.compare(on.newUsersByUser, plainStart.newUsersByUser)
+                results["\(scorer)/new-users-online-minus-online-plain-start"] = c.json
+                print(String(format: "new users, online − online-plain-start: %+.4f  [%+.4f, %+.4f]  (%d users, %d events)",
+                             c.difference, c.low, c.high, c.users, on.newUsers.count))
+            }
             if let plot {
                 let chart = CurvePlot(title: "E1 on \(ml.name): HR@10 per tenth of the test phase", xLabel: "tenth of the test phase (stream order)",
                                       yLabel: "HR@10", series: rs.map { .init(name: "\($0.scorer)/\($0.variant.rawValue)", values: $0.tenths.map(\.hr)) })
