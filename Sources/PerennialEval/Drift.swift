@@ -92,8 +92,10 @@ public struct DriftResult: Sendable {
         }
         return nil
     }
-    /// HR@10 over the first 3,000 events after the old tastes return.
+    /// HR@10 over the first 3,000 events after the old tastes return, in
+    /// all and per user.
     public var onReturn: TopKTally { merged(returnAt, returnAt + 3 * window) }
+    public var onReturnByUser: [UInt64: TopKTally] = [:]
 
     func merged(_ from: Int, _ to: Int) -> TopKTally {
         var t = TopKTally()
@@ -128,13 +130,19 @@ public struct Drift: Sendable {
         let model = try setup.makeModel(scorer: scorer)
         var windows = [TopKTally](repeating: TopKTally(), count: (data.ratings.count + scenario.window - 1) / scenario.window)
         var scratch: [LearnEvent] = []
+        var onReturnByUser: [UInt64: TopKTally] = [:]
+        let returnEnd = scenario.returnAt + 3 * scenario.window
         for (index, r) in data.ratings.enumerated() {
             if model.users.index(of: r.user) != nil && model.items.index(of: r.item) != nil {
-                windows[index / scenario.window].record(rank: model.rankOf(r.item, user: r.user, scorer: scorer))
+                let rank = model.rankOf(r.item, user: r.user, scorer: scorer)
+                windows[index / scenario.window].record(rank: rank)
+                if index >= scenario.returnAt && index < returnEnd { onReturnByUser[r.user, default: TopKTally()].record(rank: rank) }
             }
             model.feed(r, learn: variant.learnsOnline, scratch: &scratch)
         }
-        return DriftResult(variant: variant, windows: windows, window: scenario.window,
-                           changeAt: scenario.changeAt, returnAt: scenario.returnAt)
+        var result = DriftResult(variant: variant, windows: windows, window: scenario.window,
+                                 changeAt: scenario.changeAt, returnAt: scenario.returnAt)
+        result.onReturnByUser = onReturnByUser
+        return result
     }
 }

@@ -40,6 +40,29 @@ public struct PairedComparison: Sendable {
                                 users: rows.count)
     }
 
+    /// The ratio of `a`'s hits to `b`'s over the same events, with its
+    /// interval from the same bootstrap (difference holds the ratio).
+    public static func ratio(_ a: [UInt64: TopKTally], _ b: [UInt64: TopKTally], resamples: Int = 2000, seed: UInt64 = 7) -> PairedComparison {
+        let users = a.keys.filter { b[$0] != nil }.sorted()
+        let rows = users.map { (a[$0]!.hits, b[$0]!.hits) }
+        func ratio(_ picks: [Int]) -> Double {
+            var ha = 0, hb = 0
+            for k in picks { ha += rows[k].0; hb += rows[k].1 }
+            return hb == 0 ? .infinity : Double(ha) / Double(hb)
+        }
+        guard !rows.isEmpty else { return PairedComparison(difference: 0, low: 0, high: 0, users: 0) }
+        var rng = SplitMix64(seed: seed)
+        var draws: [Double] = []
+        var picks = [Int](repeating: 0, count: rows.count)
+        for _ in 0..<resamples {
+            for k in picks.indices { picks[k] = rng.below(rows.count) }
+            draws.append(ratio(picks))
+        }
+        draws.sort()
+        return PairedComparison(difference: ratio(Array(rows.indices)), low: draws[resamples * 25 / 1000],
+                                high: draws[resamples * 975 / 1000 - 1], users: rows.count)
+    }
+
     public var json: [String: Any] {
         ["difference": rounded(difference), "ci95_low": rounded(low), "ci95_high": rounded(high), "users": users]
     }

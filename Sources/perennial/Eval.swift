@@ -201,6 +201,14 @@ struct Eval: ParsableCommand {
                 print(pad("\(scorer)/\(r.variant.rawValue)", 28) + pad(f(r.beforeChange), 11) + pad(r.recoveryEvents.map { "\($0)" } ?? "never", 19)
                       + pad(f(r.onReturn.hr), 14) + "\(r.onReturn.count)")
             }
+            if let on = out.values.first(where: { $0.variant == .online }), let plain = out.values.first(where: { $0.variant == .onlinePlain }) {
+                let r = PairedComparison.ratio(on.onReturnByUser, plain.onReturnByUser)
+                var j = r.json
+                j["ratio"] = j.removeValue(forKey: "difference")
+                results["\(scorer)/return-online-over-online-plain"] = j
+                print(String(format: "on the return, online ÷ online-plain: %.2f x  [%.2f, %.2f] (95%%, paired bootstrap over %d users)",
+                             r.difference, r.low, r.high, r.users))
+            }
             if let plot {
                 let chart = CurvePlot(title: "Drift scenario: HR@10 per \(sc.window) events (change at \(sc.changeAt / sc.window), return at \(sc.returnAt / sc.window))",
                                       xLabel: "window of \(sc.window) events", yLabel: "HR@10",

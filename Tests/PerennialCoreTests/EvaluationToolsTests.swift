@@ -90,6 +90,13 @@ import PerennialPlugins
         swing[1] = tally(10, 10)
         let one = PairedComparison.compare(swing, b)
         #expect(one.difference > 0 && one.low <= 0 && one.high >= one.difference)
+        // The ratio form: equal variants are 1 x exactly; twice the hits, 2 x.
+        let r1 = PairedComparison.ratio(a, b)
+        #expect(r1.difference == 1 && r1.low == 1 && r1.high == 1)
+        var twice = b
+        for u in UInt64(1)...40 { twice[u] = tally(2 * Int(u % 5), 10) }
+        let r2 = PairedComparison.ratio(twice, b)
+        #expect(r2.difference == 2 && r2.low == 2 && r2.high == 2)
     }
 
     @Test func theDriftStreamHasItsDocumentedShape() {
