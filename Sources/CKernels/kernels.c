@@ -386,3 +386,30 @@ void pk_dot_rows(const float *rows, size_t count, size_t dim, const float *query
     pk_dot_rows_plain(rows, count, dim, query, out);
 }
 #endif
+
+// The index of the last `value` in x[0..<n], or -1 (a user's history is
+// searched for a repeated item on every event: eight at a time from the end).
+ptrdiff_t pk_last_index_i32_plain(const int32_t *x, size_t n, int32_t value) {
+    for (size_t i = n; i > 0; i--) if (x[i - 1] == value) return (ptrdiff_t)(i - 1);
+    return -1;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("avx2")))
+static ptrdiff_t last_index_i32_avx2(const int32_t *x, size_t n, int32_t value) {
+    const __m256i v = _mm256_set1_epi32(value);
+    size_t i = n;
+    while (i >= 8) {
+        i -= 8;
+        const int mask = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_loadu_si256((const __m256i *)(x + i)), v)));
+        if (mask) return (ptrdiff_t)(i + 31 - (size_t)__builtin_clz((unsigned)mask));
+    }
+    return pk_last_index_i32_plain(x, i, value);
+}
+
+ptrdiff_t pk_last_index_i32(const int32_t *x, size_t n, int32_t value) {
+    return pk_has_fast_path() ? last_index_i32_avx2(x, n, value) : pk_last_index_i32_plain(x, n, value);
+}
+#else
+ptrdiff_t pk_last_index_i32(const int32_t *x, size_t n, int32_t value) { return pk_last_index_i32_plain(x, n, value); }
+#endif

@@ -230,6 +230,21 @@ import Testing
         }
     }
 
+    /// The history's repeat search finds the last match, as the plain loop
+    /// does, at every position and length (tails of the 8-wide steps too).
+    @Test func lastIndexSearchEqualsThePlainLoop() {
+        var rng = SplitMix64(seed: 5)
+        for n in [0, 1, 7, 8, 9, 16, 17, 100, 1000] {
+            let x = (0..<n).map { _ in Int32(rng.below(20)) }
+            for v in Int32(-1)...Int32(21) {
+                let expected = x.lastIndex(of: v) ?? -1
+                #expect(pk_last_index_i32(x, n, v) == expected, "n \(n) v \(v)")
+                #expect(pk_last_index_i32_plain(x, n, v) == expected)
+            }
+        }
+        #expect(pk_last_index_i32(nil, 0, 3) == -1)
+    }
+
     @Test func tableGrowsAcrossChunksDeterministically() {
         let a = EmbeddingTable(dimension: 16, seed: 7), b = EmbeddingTable(dimension: 16, seed: 7)
         a.grow(users: 3, items: 2000)

@@ -68,6 +68,10 @@ size_t pk_next_at_least_plain(const float *x, size_t from, size_t count, float t
 size_t pk_accumulate_neighbours(const float *slots, size_t capacity, float weight, size_t items, float *out,
                                 unsigned char *seen, int *touched, size_t touched_count);
 
+/// The index of the last element equal to `value` in x[0..<n], or -1.
+ptrdiff_t pk_last_index_i32(const int32_t *x, size_t n, int32_t value);
+ptrdiff_t pk_last_index_i32_plain(const int32_t *x, size_t n, int32_t value);
+
 /// CRC-32C (Castagnoli) of n bytes, continuing from `seed` (0 to start):
 /// SSE4.2's crc32 instruction where the CPU has it, else a table; the same
 /// result either way.

@@ -4,6 +4,8 @@
 // so repeated events on one item never push the user's other items out of
 // the exclusions. Owned by the thread that admits events.
 
+import CKernels
+
 public final class InteractionHistory {
     public let limit: Int
     /// Per user: distinct item indices, oldest first, at most `limit` of them.
@@ -16,8 +18,10 @@ public final class InteractionHistory {
         guard limit > 0 else { return }
         let u = Int(user)
         if u >= lists.count { lists.append(contentsOf: repeatElement([], count: u + 1 - lists.count)) }
-        // (Searched from the newest end: a repeat is usually recent.)
-        if let at = lists[u].lastIndex(of: item) {
+        // (Searched from the newest end, eight at a time: a repeat is
+        // usually recent, and most events are not repeats.)
+        let at = lists[u].withUnsafeBufferPointer { pk_last_index_i32($0.baseAddress, $0.count, item) }
+        if at >= 0 {
             lists[u].remove(at: at)
             lists[u].append(item)
             return
