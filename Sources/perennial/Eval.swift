@@ -42,7 +42,7 @@ struct Eval: ParsableCommand {
         // Every scorer section of the file counts, loaded there or not: an
         // evaluation builds the models it needs itself.
         let all: ConfigValue = .array(ScorerRegistry.builtin.names.map { .string($0) })
-        let cfg = try config.map { try PerennialConfig.load(file: $0, registry: .builtin, overrides: ["scorers.load": all]) }
+        let cfg = try config.map { try PerennialConfig.load(file: $0, registry: .builtin, overrides: ["scorers.load": all], checkFileAlone: false) }
             ?? PerennialConfig.defaults(registry: .builtin)
         let setup = EvalSetup(config: cfg)
         let isDrift = self.protocol.lowercased() == "drift"

@@ -48,7 +48,10 @@ struct Versions: ParsableCommand {
             try model.restore(from: &reader)
             let saved = (store.metadata(of: file)["scorers"] as? [String]) ?? model.scorerNames
             let ranking = scorer.isEmpty ? model.defaultScorer : scorer
-            guard model.canServe(ranking), saved.contains(ranking) else {
+            // A scorer the version learned, or a route between two such.
+            let learned = saved.contains(ranking)
+                || model.routes[ranking].map { saved.contains($0.candidates) && saved.contains($0.rerank) } ?? false
+            guard model.canServe(ranking), learned else {
                 throw CommandError("version \(id) has no learned scorer \(ranking) (its scorers: \(saved.joined(separator: ", "))): nothing evaluated")
             }
             let figures = try VersionEvaluation.run(model: model, logDirectory: (dataDir as NSString).appendingPathComponent("log"),

@@ -137,7 +137,12 @@ public struct PerennialConfig: Sendable {
         try load(ConfigDocument(), registry: registry)
     }
 
-    public static func load(file path: String, registry: ScorerRegistry, overrides: [String: ConfigValue] = [:]) throws(ConfigError) -> PerennialConfig {
+    /// The file at `path`, with `overrides` (command-line options) on top.
+    /// The file is checked on its own first (`checkFileAlone`), so a wrong
+    /// value is caught even where an option hides it; a program that
+    /// supplies overrides of its own (eval loading every scorer) skips that.
+    public static func load(file path: String, registry: ScorerRegistry, overrides: [String: ConfigValue] = [:],
+                            checkFileAlone: Bool = true) throws(ConfigError) -> PerennialConfig {
         let text: String
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
@@ -147,7 +152,7 @@ public struct PerennialConfig: Sendable {
         var doc = try ConfigDocument(text: text, file: path)
         // The file must be right on its own, even where an option overrides
         // it: a wrong value would bite the first run without the option.
-        if !overrides.isEmpty { _ = try load(doc, registry: registry) }
+        if checkFileAlone && !overrides.isEmpty { _ = try load(doc, registry: registry) }
         for (k, v) in overrides { doc.set(k, v) }
         return try load(doc, registry: registry)
     }
