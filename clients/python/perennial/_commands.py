@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Deque, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import ERROR_CODES, FATAL_CODES, InvalidEvent, ProtocolError, ServerError, error_from_reply
 from .protocol import VERSION, Frame, Opcode, encode_payload
@@ -38,6 +38,31 @@ def check_frame_size(cmd: Command, max_frame_bytes: int) -> None:
         raise ProtocolError("%s request of %d bytes exceeds the server's max_frame_bytes (%d); nothing was sent"
                             % (_OPCODE_NAMES.get(cmd.opcode, cmd.opcode), length + 4, max_frame_bytes),
                             "FRAME_TOO_LARGE")
+
+
+def raise_refusals(errors: "Deque[BaseException]") -> None:
+    """A streamer's refused batches since the last call: raises the first,
+    its ``refused_batches`` listing all of them (and clears ``errors``)."""
+    if not errors:
+        return
+    refused = list(errors)
+    errors.clear()
+    first = refused[0]
+    try:
+        first.refused_batches = refused  # type: ignore[attr-defined]
+    except AttributeError:  # pragma: no cover
+        pass
+    raise first
+
+
+def tell_late_refusals(exc: Optional[BaseException], refused: List[BaseException]) -> None:
+    """A refusal leaving a streamer's ``with`` block learns of the refusals
+    that arrived after it was raised (``refused``: all of the stream's)."""
+    if exc is not None and any(exc is e for e in refused):
+        try:
+            exc.refused_batches = list(refused)  # type: ignore[attr-defined]
+        except AttributeError:  # pragma: no cover
+            pass
 
 
 def place_in_stream(e: ServerError, offset: int) -> None:

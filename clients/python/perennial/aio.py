@@ -532,15 +532,7 @@ class AsyncFeedbackStreamer:
         await self._client._drain(conn)
 
     def _raise_errors(self) -> None:
-        if self._errors:
-            errors = list(self._errors)
-            self._errors.clear()
-            first = errors[0]
-            try:
-                first.refused_batches = errors  # type: ignore[attr-defined]
-            except AttributeError:  # pragma: no cover
-                pass
-            raise first
+        _c.raise_refusals(self._errors)
 
     async def send(self, event: EventLike) -> None:
         """Queue one event; writes a batch when one is full.  Raises like Client's streamer."""
@@ -577,11 +569,4 @@ class AsyncFeedbackStreamer:
                 await self.flush()
             except PerennialError:
                 pass
-            # A refusal that is leaving the block learns of the refusals
-            # that arrived after it was raised.
-            exc = rest[0] if rest else None
-            if exc is not None and any(exc is e for e in self.refused):
-                try:
-                    exc.refused_batches = list(self.refused)  # type: ignore[union-attr]
-                except AttributeError:  # pragma: no cover
-                    pass
+            _c.tell_late_refusals(rest[0] if rest else None, self.refused)

@@ -616,15 +616,7 @@ class FeedbackStreamer:
             self.refused.append(result)
 
     def _raise_errors(self) -> None:
-        if self._errors:
-            errors = list(self._errors)
-            self._errors.clear()
-            first = errors[0]
-            try:
-                first.refused_batches = errors  # type: ignore[attr-defined]
-            except AttributeError:  # pragma: no cover
-                pass
-            raise first
+        _c.raise_refusals(self._errors)
 
     def _send_batch(self) -> None:
         self._client._ensure_connected()  # learn max_events first
@@ -696,11 +688,4 @@ class FeedbackStreamer:
                 self.flush()
             except PerennialError:
                 pass
-            # A refusal that is leaving the block learns of the refusals
-            # that arrived after it was raised.
-            exc = rest[0] if rest else None
-            if exc is not None and any(exc is e for e in self.refused):
-                try:
-                    exc.refused_batches = list(self.refused)  # type: ignore[union-attr]
-                except AttributeError:  # pragma: no cover
-                    pass
+            _c.tell_late_refusals(rest[0] if rest else None, self.refused)

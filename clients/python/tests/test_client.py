@@ -791,6 +791,24 @@ def test_async_streamer(server: Address) -> None:
     asyncio.run(main())
 
 
+def test_async_streamer_reports_every_refused_batch(server: Address) -> None:
+    async def main() -> None:
+        async with perennial.AsyncClient(*server) as c:
+            u = fresh()[0]
+            events = [perennial.Event(u, i) for i in fresh(25)]
+            for bad in (2, 12, 22):
+                events[bad] = perennial.Event(u, 0)
+            with pytest.raises(perennial.InvalidEvent) as info:
+                async with c.streamer(window=8, batch_size=5) as s:
+                    await s.send_many(events)
+                    await s.flush()
+            assert [e.batch_offset for e in info.value.refused_batches] == [0, 10, 20]  # type: ignore[attr-defined]
+            assert [e.batch_offset for e in s.refused] == [0, 10, 20]
+            assert s.acked_events == 10
+
+    asyncio.run(main())
+
+
 def test_serve_and_bench_accept_host_names(start_server: Callable[..., Any]) -> None:
     from conftest import server_binary
     import subprocess
