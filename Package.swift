@@ -55,7 +55,7 @@ let package = Package(
         // The load tool's parts: driver, open-loop pacer, latency histogram, workloads.
         // epoll(7) for the load tool's client.
         .systemLibrary(name: "CEpoll", path: "Sources/CEpoll"),
-        .target(name: "PerennialBench", dependencies: ["PerennialProtocol", "CEpoll"], path: "Sources/PerennialBench"),
+        .target(name: "PerennialBench", dependencies: ["PerennialProtocol", "PerennialClient", "CEpoll"], path: "Sources/PerennialBench"),
         // The libuv server: loop, connections, routing, limits, stats.
         .target(
             name: "PerennialServer",

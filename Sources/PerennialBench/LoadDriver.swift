@@ -12,6 +12,7 @@
 
 import CEpoll
 import Foundation
+import PerennialClient
 import PerennialProtocol
 #if canImport(Glibc)
 import Glibc
@@ -246,33 +247,8 @@ public struct LoadDriver {
     }
 
     static func connect(host: String, port: Int) throws -> Int32 {
-        // Names ("localhost") and IPv6 addresses as well as IPv4 ones: the
-        // first address that accepts the connection.
-        var hints = addrinfo()
-        hints.ai_family = AF_UNSPEC
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        var result: UnsafeMutablePointer<addrinfo>?
-        let rc = getaddrinfo(host, String(port), &hints, &result)
-        guard rc == 0, let first = result else {
-            throw BenchError("cannot resolve \(host): \(String(cString: gai_strerror(rc)))")
-        }
-        defer { freeaddrinfo(result) }
-        var fd: Int32 = -1
-        var lastError = "no address"
-        var ai: UnsafeMutablePointer<addrinfo>? = first
-        while let a = ai, fd < 0 {
-            let s = socket(a.pointee.ai_family, a.pointee.ai_socktype, a.pointee.ai_protocol)
-            if s >= 0 {
-                if Glibc.connect(s, a.pointee.ai_addr, a.pointee.ai_addrlen) == 0 {
-                    fd = s
-                } else {
-                    lastError = String(cString: strerror(errno))
-                    close(s)
-                }
-            }
-            ai = a.pointee.ai_next
-        }
-        guard fd >= 0 else { throw BenchError("cannot connect to \(host):\(port): \(lastError)") }
+        let fd: Int32
+        do { fd = try TCPConnection.open(host: host, port: port) } catch { throw BenchError("\(error)") }
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)

@@ -260,12 +260,9 @@ final class Connection {
     // MARK: the loop's batch of RECOMMENDs
 
     /// For the loop's batch gathering (EventLoop.waitForReturningConnections):
-    /// the number of the batch that last answered this connection if the
-    /// next batch may wait for it (else 0; reset when it sends a RECOMMEND),
-    /// when that was (0 once it has sent one since) and when it is expected
-    /// back, and how soon after a reply it usually sends the next (a moving
-    /// average; .max until known).
-    var answeredInBatch: UInt64 = 0
+    /// when a batch last answered this connection (0 once it has sent a
+    /// RECOMMEND since), when it is expected back, and how soon after a
+    /// reply it usually sends the next (a moving average; .max until known).
     var answeredAtNs: UInt64 = 0
     var expectedAtNs: UInt64 = 0
     var returnNs: UInt64 = .max

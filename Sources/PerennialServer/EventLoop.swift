@@ -29,12 +29,11 @@ final class EventLoop {
     /// this turn, or over a few turns while it is held), or
     /// waiting for it to make room, in the order they joined.
     private var batchMembers: [Connection] = []
-    /// Gathering a batch (`waitForReturningConnections`): the number of the
-    /// batch being gathered (from 2: a connection's 0 means "none"), the
-    /// connections the previous batch answered that usually come back soon
-    /// (each with when it is expected), when the gathering began (0: not
-    /// yet), and how long the previous batch took to compute.
-    private var batchNumber: UInt64 = 2
+    /// Gathering a batch (`waitForReturningConnections`): the connections
+    /// the previous batch answered that usually come back soon (each with
+    /// when it is expected; one that has sent since has `answeredAtNs` 0),
+    /// when the gathering began (0: not yet), and how long the previous
+    /// batch took to compute.
     private var expectedBack: [Connection] = []
     private var gatherStartNs: UInt64 = 0
     private var lastBatchNs: UInt64 = 0
@@ -214,7 +213,6 @@ final class EventLoop {
             c.returnNs = c.returnNs == .max ? sample : (3 * c.returnNs + sample) / 4
             c.answeredAtNs = 0
         }
-        c.answeredInBatch = 0
     }
 
     /// Whether this turn's batch should wait a little for more RECOMMENDs.
@@ -242,7 +240,7 @@ final class EventLoop {
         let deadline = (gatherStartNs == 0 ? now : gatherStartNs) + limitNs
         guard now < deadline else { return false }
         let awaited = expectedBack.contains { c in
-            c.answeredInBatch == batchNumber - 1 && !c.closing && c.expectedAtNs <= deadline && c.expectedAtNs &+ limitNs >= now
+            c.answeredAtNs != 0 && !c.closing && c.expectedAtNs <= deadline && c.expectedAtNs &+ limitNs >= now
         }
         guard awaited else { return false }
         if gatherStartNs == 0 {
@@ -275,14 +273,10 @@ final class EventLoop {
                 for c in members {
                     c.answeredAtNs = now
                     if c.returnNs <= expectWithin {
-                        c.answeredInBatch = batchNumber
                         c.expectedAtNs = now &+ c.returnNs
                         expectedBack.append(c)
-                    } else {
-                        c.answeredInBatch = 0
                     }
                 }
-                batchNumber += 1
             }
             batchMembers.removeAll(keepingCapacity: true)
             for c in members { c.batchAnswered() }

@@ -408,6 +408,9 @@ final class RequestHandler {
         return changes
     }
 
+    /// The last snapshot's size (room reserved for the next one).
+    private var lastSnapshotBytes = 0
+
     /// Writes a snapshot of the model at the current log position: waits
     /// for the learner to apply everything accepted, starts a new log
     /// segment, serialises the model, writes it durably, then removes the
@@ -415,9 +418,6 @@ final class RequestHandler {
     /// which pauses for its duration (about 0.25 s for ml-latest-small with
     /// cf: 36 MB serialised, checksummed, written and fsynced). Returns the
     /// sequence it covers.
-    /// The last snapshot's size (room reserved for the next one).
-    private var lastSnapshotBytes = 0
-
     @discardableResult
     func takeSnapshot(note: [String: Any] = [:], distinct: Bool = false) throws -> UInt64 {
         let t0 = MonotonicClock.nowNanos()

@@ -94,7 +94,7 @@ struct Eval: ParsableCommand {
             if let on = rs.first(where: { $0.scorer == scorer && $0.variant == .online }),
                let plain = rs.first(where: { $0.scorer == scorer && $0.variant == .onlinePlain }) {
                 let cmp = (0..<10).map { PairedComparison.compare(on.tenthUsers[$0], plain.tenthUsers[$0]) }
-                results["\(scorer)/online-minus-online-plain"] = cmp.map(\.json)
+                results["\(scorer)/online-minus-online-plain"] = cmp.map { $0.json() }
                 print("online − online-plain by tenth, with a 95% interval from a paired bootstrap over the tenth's users:")
                 for (k, c) in cmp.enumerated() {
                     print(String(format: "  tenth %2d: %+.4f  [%+.4f, %+.4f]  (%d users)", k + 1, c.difference, c.low, c.high, c.users))
@@ -104,7 +104,7 @@ struct Eval: ParsableCommand {
             if let on = rs.first(where: { $0.scorer == scorer && $0.variant == .online }),
                let plainStart = rs.first(where: { $0.scorer == scorer && $0.variant == .onlinePlainStart }) {
                 let c = PairedComparison.compare(on.newUsersByUser, plainStart.newUsersByUser)
-                results["\(scorer)/new-users-online-minus-online-plain-start"] = c.json
+                results["\(scorer)/new-users-online-minus-online-plain-start"] = c.json()
                 print(String(format: "new users, online − online-plain-start: %+.4f  [%+.4f, %+.4f]  (%d users, %d events)",
                              c.difference, c.low, c.high, c.users, on.newUsers.count))
             }
@@ -203,9 +203,7 @@ struct Eval: ParsableCommand {
             }
             if let on = out.values.first(where: { $0.variant == .online }), let plain = out.values.first(where: { $0.variant == .onlinePlain }) {
                 let r = PairedComparison.ratio(on.onReturnByUser, plain.onReturnByUser)
-                var j = r.json
-                j["ratio"] = j.removeValue(forKey: "difference")
-                results["\(scorer)/return-online-over-online-plain"] = j
+                results["\(scorer)/return-online-over-online-plain"] = r.json(name: "ratio")
                 print(String(format: "on the return, online ÷ online-plain: %.2f x  [%.2f, %.2f] (95%%, paired bootstrap over %d users)",
                              r.difference, r.low, r.high, r.users))
             }

@@ -113,8 +113,6 @@ public struct ConfigDocument: Sendable {
         }
     }
 
-    /// Sets a value from code (command-line overrides); line 0 means "not
-    /// from the file".
     /// Sets a value that did not come from the file (a command-line option):
     /// line 0, so an error about it says where it came from.
     public mutating func set(_ key: String, _ value: ConfigValue) {

@@ -34,13 +34,17 @@ public final class InteractionHistory {
         totalEntries += 1
     }
 
-    /// Sets a user's items as a snapshot saved them (distinct, oldest first).
+    /// Sets a user's items as a snapshot saved them, oldest first. A repeat
+    /// (in snapshots from before histories were distinct) keeps only its
+    /// newest place, as `record` would have.
     public func restore(user: Int32, items: [Int32]) {
         guard limit > 0 else { return }
         let u = Int(user)
         if u >= lists.count { lists.append(contentsOf: repeatElement([], count: u + 1 - lists.count)) }
+        var seen = Set<Int32>()
+        let distinct = items.reversed().filter { seen.insert($0).inserted }.reversed()
         totalEntries -= lists[u].count
-        lists[u] = Array(items.suffix(limit))
+        lists[u] = Array(distinct.suffix(limit))
         totalEntries += lists[u].count
     }
 

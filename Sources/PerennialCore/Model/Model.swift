@@ -384,15 +384,7 @@ public final class Model: @unchecked Sendable {
         for _ in 0..<itemCount { _ = items.insert(try r.u64()) }
         growScorers()
         try r.mark("history")
-        for u in 0..<userCount {
-            let saved = try r.int32s()
-            // (Snapshots before histories were distinct may repeat items.)
-            if Set(saved).count == saved.count {
-                history.restore(user: Int32(u), items: saved)
-            } else {
-                for i in saved { history.record(user: Int32(u), item: i) }
-            }
-        }
+        for u in 0..<userCount { history.restore(user: Int32(u), items: try r.int32s()) }
         try r.mark("catalogue")
         for _ in 0..<(try r.int()) {
             let i = try r.int()

@@ -6,10 +6,11 @@ import Foundation
 import Glibc
 #endif
 
-final class BlockingSocket {
-    private var fd: Int32 = -1
-
-    init(host: String, port: Int, timeout: Double) throws(PerennialClientError) {
+/// Opening a TCP connection to a host name or address: the first of its
+/// addresses (IPv4 or IPv6) that accepts. Shared with the load tool.
+public enum TCPConnection {
+    /// A connected, blocking socket's descriptor.
+    public static func open(host: String, port: Int) throws(PerennialClientError) -> Int32 {
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
@@ -24,16 +25,21 @@ final class BlockingSocket {
         while let a = ai {
             let s = socket(a.pointee.ai_family, a.pointee.ai_socktype, a.pointee.ai_protocol)
             if s >= 0 {
-                if Glibc.connect(s, a.pointee.ai_addr, a.pointee.ai_addrlen) == 0 {
-                    fd = s
-                    break
-                }
+                if Glibc.connect(s, a.pointee.ai_addr, a.pointee.ai_addrlen) == 0 { return s }
                 lastError = String(cString: strerror(errno))
                 Glibc.close(s)
             }
             ai = a.pointee.ai_next
         }
-        guard fd >= 0 else { throw .connection("cannot connect to \(host):\(port): \(lastError)") }
+        throw .connection("cannot connect to \(host):\(port): \(lastError)")
+    }
+}
+
+final class BlockingSocket {
+    private var fd: Int32 = -1
+
+    init(host: String, port: Int, timeout: Double) throws(PerennialClientError) {
+        fd = try TCPConnection.open(host: host, port: port)
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         var tv = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - floor(timeout)) * 1_000_000))
