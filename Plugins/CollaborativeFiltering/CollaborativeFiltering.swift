@@ -89,6 +89,9 @@ public final class CollaborativeFilteringScorer: Scorer {
     private var serveSeen: [UInt8] = []
     private var touched: [Int32] = []
     private var serveRecent: [Int32] = []
+    /// Items whose exact factor score a request computed (the first look's
+    /// bound said they might enter its top k): STATS `cf_exact_scores`.
+    private var exactScores: UInt64 = 0
 
     static let biasSlot = 0, biasAdagradSlot = 1, countSlot = 2
 
@@ -443,10 +446,10 @@ public final class CollaborativeFilteringScorer: Scorer {
             let nb = near.baseAddress!
             if let candidates = query.candidates {
                 for i in candidates where !query.exclusions.contains(i) {
-                    top.push(i, blend.score(near: nb[Int(i)], factor: f[Int(i)]))
+                    top.push(i, blend.score(near: nb[Int(i)], factor: exactFactor(Int(i), slot: slot)))
                 }
             } else {
-                selectFromCatalogue(query, blend: blend, near: nb, factor: f, into: &top)
+                selectFromCatalogue(query, slot: slot, blend: blend, near: nb, bounds: f, into: &top)
             }
         }
         clearNeighbourScores()
@@ -461,26 +464,33 @@ public final class CollaborativeFilteringScorer: Scorer {
         return serveRecent[...]
     }
 
-    /// Top-k over the whole catalogue. Items with a neighbourhood score
-    /// (`touched`, a few hundred at most) are pushed first; every other item
+    /// Top-k over the whole catalogue, from the first look's upper bounds
+    /// `f` on the factor scores. Items with a neighbourhood score
+    /// (`touched`, a few hundred at most) come first; every other item
     /// scores wf · (factor − mean), which orders like its factor score, so a
-    /// SIMD scan (`pk_next_at_least`) visits only the items whose factor
-    /// score can beat the current k-th. The heap sees exactly the scores the
-    /// plain loop would compute, and ties resolve by index either way, so
-    /// the result is the same as scoring every item.
-    private func selectFromCatalogue(_ query: ScoringQuery, blend: Blend, near nb: UnsafePointer<Float>,
-                                     factor f: UnsafeMutablePointer<Float>, into top: inout TopK) {
+    /// SIMD scan (`pk_next_at_least`) visits only the items whose bound can
+    /// beat the current k-th. An item is pushed with its exact score, and
+    /// skipped only when its bound cannot enter (the blend is monotone in
+    /// the factor score, so the bound's blend bounds the item's), so the
+    /// result is the same as scoring every item exactly.
+    private func selectFromCatalogue(_ query: ScoringQuery, slot: Int, blend: Blend, near nb: UnsafePointer<Float>,
+                                     bounds f: UnsafeMutablePointer<Float>, into top: inout TopK) {
         let n = query.itemCount
         guard blend.wf > 0, blend.wf.isFinite, blend.mean.isFinite else {
-            // No factor part to order by: the plain loop.
-            for i in 0..<n where !query.exclusions.contains(Int32(i)) { top.push(Int32(i), blend.score(near: nb[i], factor: f[i])) }
+            // No factor part to order by: every item. With wf = 0 the factor
+            // adds nothing, and no dot product is needed.
+            let noFactor = blend.wf == 0 && blend.mean.isFinite
+            for i in 0..<n where !query.exclusions.contains(Int32(i)) {
+                top.push(Int32(i), blend.score(near: nb[i], factor: noFactor ? blend.mean : exactFactor(i, slot: slot)))
+            }
             return
         }
-        // The factor scores are scratch: a touched item's is set to NaN
-        // once it has been pushed, so the scan passes over it.
+        // The bounds are scratch: a touched item's is set to NaN once it
+        // has been seen, so the scan passes over it.
         for j in touched where Int(j) < n && !f[Int(j)].isNaN {
-            let s = blend.score(near: nb[Int(j)], factor: f[Int(j)])
-            if !query.exclusions.contains(j) { top.push(j, s) }
+            if !query.exclusions.contains(j), blend.score(near: nb[Int(j)], factor: f[Int(j)]) >= top.threshold {
+                top.push(j, blend.score(near: nb[Int(j)], factor: exactFactor(Int(j), slot: slot)))
+            }
             f[Int(j)] = .nan
         }
         var i = 0
@@ -495,7 +505,7 @@ public final class CollaborativeFilteringScorer: Scorer {
             }
             i = pk_next_at_least(f, i, n, bound)
             guard i < n else { break }
-            if !query.exclusions.contains(Int32(i)) { top.push(Int32(i), blend.score(near: nb[i], factor: f[i])) }
+            if !query.exclusions.contains(Int32(i)) { top.push(Int32(i), blend.score(near: nb[i], factor: exactFactor(i, slot: slot))) }
             i += 1
         }
     }
@@ -505,8 +515,7 @@ public final class CollaborativeFilteringScorer: Scorer {
         // scores are comparable with it.
         scanCatalogue(1, itemCount: query.itemCount) { _ in query }
         let blend = prepareBlend(query, slot: 0)
-        let f = batchScratch.scores(0)
-        let out = items.map { i in i.map { blend.score(near: serveNeighbours[Int($0)], factor: f[Int($0)]) } ?? 0 }
+        let out = items.map { i in i.map { blend.score(near: serveNeighbours[Int($0)], factor: exactFactor(Int($0), slot: 0)) } ?? 0 }
         clearNeighbourScores()
         return out
     }
@@ -518,25 +527,40 @@ public final class CollaborativeFilteringScorer: Scorer {
     }
 
     /// The catalogue pass for `count` queries (slot s holds query(s)):
-    /// each one's user vector, then factor scores (bias included) for every
-    /// item and their moments, chunk by chunk of the table, every query of
-    /// the batch scoring a chunk before the next is read. A 1,024-row chunk
-    /// of the table lies inside one 4,096-row chunk of itemStats (asserted in
-    /// init), so its biases are at a fixed stride.
+    /// each one's user vector, then the first look on the 8-bit copies of
+    /// the item rows (QuantisedItems): an upper bound on every item's factor
+    /// score (bias included), and the moments of the approximate scores,
+    /// chunk by chunk of the table, every query of the batch scoring a chunk
+    /// before the next is read. A 1,024-row chunk of the table lies inside
+    /// one 4,096-row chunk of itemStats (asserted in init), so its biases are
+    /// at a fixed stride.
     private func scanCatalogue(_ count: Int, itemCount n: Int, query: (Int) -> ScoringQuery) {
         let scratch = batchScratch
         scratch.ensure(slots: count, rows: n + table.items.rowsPerChunk)
+        let copies = table.quantisedItems
+        copies.refresh(from: table, count: n)
         for s in 0..<count {
             let q = query(s)
             _ = compose(user: q.user, items: latestItems(q), into: scratch.vector(s))
+            scratch.quantiseQuery(s)
             scratch.sums[s] = 0
             scratch.squares[s] = 0
         }
-        table.items.forEachChunk(rows: n) { first, rows, rowCount in
+        table.items.forEachChunk(rows: n) { first, _, rowCount in
             scratch.aimOutputs(count: count, at: first)
-            pk_score_rows_batch(rows, rowCount, d, scratch.queryPointers, count, itemStats.row(first) + Self.biasSlot, 3,
-                                scratch.outPointers, scratch.sums, scratch.squares)
+            pk_score_quantised_batch(copies.blocks.row(first >> 4), rowCount, d, scratch.queryPointers, scratch.queryTerms, count,
+                                     copies.scales.row(first), copies.norms.row(first),
+                                     itemStats.row(first) + Self.biasSlot, 3, scratch.outPointers, scratch.sums, scratch.squares)
         }
+    }
+
+    /// Item i's exact factor score (bias included) for the query in `slot`.
+    @inline(__always)
+    private func exactFactor(_ i: Int, slot: Int) -> Float {
+        exactScores &+= 1
+        var dot: Float = 0
+        pk_dot_rows(table.items.row(i), 1, d, batchScratch.vector(slot), &dot)
+        return dot + itemStats.row(i)[Self.biasSlot]
     }
 
     /// After the catalogue pass: the query's neighbourhood scores in
@@ -655,7 +679,8 @@ public final class CollaborativeFilteringScorer: Scorer {
     }
 
     public var counters: [(String, UInt64)] {
-        [("events", learnedEvents), ("neighbour_pairs", neighbourhood.pairs),
+        [("events", learnedEvents), ("neighbour_pairs", neighbourhood.pairs), ("exact_scores", exactScores),
+         ("items_requantised", table.quantisedItems.requantised),
          ("weights_bytes", UInt64(context.bytes + contextAdagrad.bytes + itemStats.bytes + popularityDivisor.bytes + ratingUsers.bytes + ratingItems.bytes + neighbourhood.bytes))]
     }
 }

@@ -224,6 +224,7 @@ public final class SessionRNNScorer: Scorer {
     private func rowStep(_ item: Int32) {
         adagradRowStep(table.item(item), direction: rowGrad, scale: -1, width: d,
                        accumulator: table.itemAdagrad.row(Int(item)), learningRate: settings.learningRate)
+        table.noteItemChanged(item)
     }
 
     private func project(_ h: [Float], into out: inout [Float]) {

@@ -1,6 +1,6 @@
-// See perennial_kernels.h. The fast path keeps four 8-wide accumulators per
-// row (32 floats per step, the common dim 64 in two steps) and sums them with
-// a tree, which is what lets one core approach its FMA throughput.
+// See perennial_kernels.h. The fast dot path keeps four 8-wide accumulators
+// per row (32 floats per step, the common dim 64 in two steps) and sums them
+// with a tree. (The catalogue pass itself is in quantised_scan.c.)
 #include "perennial_kernels.h"
 
 #include <math.h>
@@ -12,22 +12,6 @@ void pk_dot_rows_plain(const float *rows, size_t count, size_t dim, const float 
         for (size_t k = 0; k < dim; k++) s += row[k] * query[k];
         out[r] = s;
     }
-}
-
-void pk_score_rows_plain(const float *rows, size_t count, size_t dim, const float *query,
-                         const float *bias, size_t bias_stride, float *out, double *sum, double *sq) {
-    double s = *sum, q = *sq;
-    for (size_t r = 0; r < count; r++) {
-        const float *row = rows + r * dim;
-        float dot = 0;
-        for (size_t k = 0; k < dim; k++) dot += row[k] * query[k];
-        const float v = bias[r * bias_stride] + dot;
-        out[r] = v;
-        s += (double)v;
-        q += (double)v * (double)v;
-    }
-    *sum = s;
-    *sq = q;
 }
 
 size_t pk_next_at_least_plain(const float *x, size_t from, size_t count, float threshold) {
@@ -129,201 +113,6 @@ static void dot_rows_avx2(const float *rows, size_t count, size_t dim, const flo
     }
 }
 
-// The catalogue pass, for one query or a batch of them.
-//
-// Every (row, query) pair gets the same arithmetic whatever else is in the
-// batch: an 8-lane accumulator (row[0:8] * q[0:8], then one FMA per further
-// 8 dimensions), reduced with the horizontal-add tree of a group of four
-// rows; rows past the last whole group of four are reduced with hsum256.
-// The moments are four double lanes per query (one per row of a group),
-// combined at the end of the call. So a query's scores and moments are bit
-// for bit the same alone or in a batch, and a request's answer does not
-// depend on which other requests arrived with it.
-//
-// One query: it lives in NV registers (NV = dim / 8, a compile-time constant
-// in each instance below), so each step loads only the rows; reloading the
-// query for every row doubled the loads, and loads bound this loop. A batch:
-// the rows are taken a tile at a time (TILE_ROWS rows, small enough to stay
-// in L1) and every query of the batch scores the tile before the next one is
-// read, two queries at a time (four rows x two queries = eight accumulators,
-// each row load feeding two FMAs). A catalogue larger than L2 is then read
-// from memory once per batch instead of once per query.
-#define TILE_ROWS 64
-
-// Sums of a group's four accumulators, one per lane of the result.
-__attribute__((target("avx2,fma"), always_inline))
-static inline __m128 group_sums(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
-    // hadd twice gives each row's sum per 128-bit half; adding the halves finishes it.
-    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-}
-
-// Adds the group's biases, stores the four scores and adds them to the moments.
-__attribute__((target("avx2,fma"), always_inline))
-static inline void group_finish(__m128 x, const float *b, size_t st, float *out, __m256d *s, __m256d *s2) {
-    x = _mm_add_ps(_mm_set_ps(b[3 * st], b[2 * st], b[st], b[0]), x);
-    _mm_storeu_ps(out, x);
-    const __m256d d = _mm256_cvtps_pd(x);
-    *s = _mm256_add_pd(*s, d);
-    *s2 = _mm256_fmadd_pd(d, d, *s2);
-}
-
-// Groups of four rows [r0, r1) against one query held in registers.
-__attribute__((target("avx2,fma"), always_inline))
-static inline void groups_1(const float *rows, size_t r0, size_t r1, const __m256 *q, const int NV,
-                            const float *bias, size_t st, float *out, __m256d *s, __m256d *s2) {
-    const size_t dim = (size_t)NV * 8;
-    for (size_t r = r0; r < r1; r += 4) {
-        const float *p = rows + r * dim;
-        __m256 a0 = _mm256_mul_ps(_mm256_loadu_ps(p), q[0]);
-        __m256 a1 = _mm256_mul_ps(_mm256_loadu_ps(p + dim), q[0]);
-        __m256 a2 = _mm256_mul_ps(_mm256_loadu_ps(p + 2 * dim), q[0]);
-        __m256 a3 = _mm256_mul_ps(_mm256_loadu_ps(p + 3 * dim), q[0]);
-        for (int v = 1; v < NV; v++) {
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p + 8 * v), q[v], a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(p + dim + 8 * v), q[v], a1);
-            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(p + 2 * dim + 8 * v), q[v], a2);
-            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(p + 3 * dim + 8 * v), q[v], a3);
-        }
-        group_finish(group_sums(a0, a1, a2, a3), bias + r * st, st, out + r, s, s2);
-    }
-}
-
-// Groups of four rows [r0, r1) against two queries (read from L1 each step).
-__attribute__((target("avx2,fma"), always_inline))
-static inline void groups_2(const float *rows, size_t r0, size_t r1, const float *qa, const float *qb, const int NV,
-                            const float *bias, size_t st, float *outa, float *outb,
-                            __m256d *sa, __m256d *s2a, __m256d *sb, __m256d *s2b) {
-    const size_t dim = (size_t)NV * 8;
-    for (size_t r = r0; r < r1; r += 4) {
-        const float *p = rows + r * dim;
-        __m256 x = _mm256_loadu_ps(qa), y = _mm256_loadu_ps(qb);
-        __m256 w0 = _mm256_loadu_ps(p), w1 = _mm256_loadu_ps(p + dim);
-        __m256 w2 = _mm256_loadu_ps(p + 2 * dim), w3 = _mm256_loadu_ps(p + 3 * dim);
-        __m256 a0 = _mm256_mul_ps(w0, x), a1 = _mm256_mul_ps(w1, x), a2 = _mm256_mul_ps(w2, x), a3 = _mm256_mul_ps(w3, x);
-        __m256 b0 = _mm256_mul_ps(w0, y), b1 = _mm256_mul_ps(w1, y), b2 = _mm256_mul_ps(w2, y), b3 = _mm256_mul_ps(w3, y);
-        for (int v = 1; v < NV; v++) {
-            x = _mm256_loadu_ps(qa + 8 * v);
-            y = _mm256_loadu_ps(qb + 8 * v);
-            w0 = _mm256_loadu_ps(p + 8 * v);
-            w1 = _mm256_loadu_ps(p + dim + 8 * v);
-            w2 = _mm256_loadu_ps(p + 2 * dim + 8 * v);
-            w3 = _mm256_loadu_ps(p + 3 * dim + 8 * v);
-            a0 = _mm256_fmadd_ps(w0, x, a0); b0 = _mm256_fmadd_ps(w0, y, b0);
-            a1 = _mm256_fmadd_ps(w1, x, a1); b1 = _mm256_fmadd_ps(w1, y, b1);
-            a2 = _mm256_fmadd_ps(w2, x, a2); b2 = _mm256_fmadd_ps(w2, y, b2);
-            a3 = _mm256_fmadd_ps(w3, x, a3); b3 = _mm256_fmadd_ps(w3, y, b3);
-        }
-        const float *b = bias + r * st;
-        group_finish(group_sums(a0, a1, a2, a3), b, st, outa + r, sa, s2a);
-        group_finish(group_sums(b0, b1, b2, b3), b, st, outb + r, sb, s2b);
-    }
-}
-
-// Rows [from, count) one by one (the last group's remainder), then the
-// query's moments: its four lanes, then the remainder, added to *sum, *sq.
-__attribute__((target("avx2,fma"), always_inline))
-static inline void finish_query(const float *rows, size_t from, size_t count, const float *query, const int NV,
-                                const float *bias, size_t st, float *out, __m256d s, __m256d s2,
-                                double *sum, double *sq) {
-    const size_t dim = (size_t)NV * 8;
-    double ls[4], lq[4];
-    _mm256_storeu_pd(ls, s);
-    _mm256_storeu_pd(lq, s2);
-    double ts = *sum + ((ls[0] + ls[1]) + (ls[2] + ls[3])), tq = *sq + ((lq[0] + lq[1]) + (lq[2] + lq[3]));
-    for (size_t r = from; r < count; r++) {
-        const float *p = rows + r * dim;
-        __m256 a = _mm256_mul_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(query));
-        for (int v = 1; v < NV; v++) a = _mm256_fmadd_ps(_mm256_loadu_ps(p + 8 * v), _mm256_loadu_ps(query + 8 * v), a);
-        const float x = bias[r * st] + hsum256(a);
-        out[r] = x;
-        ts += (double)x;
-        tq += (double)x * (double)x;
-    }
-    *sum = ts;
-    *sq = tq;
-}
-
-// At most this many queries per call (the moments live on the stack).
-#define MAX_BATCH 64
-
-__attribute__((target("avx2,fma"), always_inline))
-static inline void score_rows_batch_q(const float *rows, size_t count, const float *const *queries, size_t nq,
-                                      const int NV, const float *bias, size_t st, float *const *out,
-                                      double *sum, double *sq) {
-    const size_t groups_end = count & ~(size_t)3;
-    if (nq == 1) {
-        __m256 q[8];
-        for (int v = 0; v < NV; v++) q[v] = _mm256_loadu_ps(queries[0] + 8 * v);
-        __m256d s = _mm256_setzero_pd(), s2 = _mm256_setzero_pd();
-        groups_1(rows, 0, groups_end, q, NV, bias, st, out[0], &s, &s2);
-        finish_query(rows, groups_end, count, queries[0], NV, bias, st, out[0], s, s2, sum, sq);
-        return;
-    }
-    __m256d s[MAX_BATCH], s2[MAX_BATCH];
-    for (size_t j = 0; j < nq; j++) { s[j] = _mm256_setzero_pd(); s2[j] = _mm256_setzero_pd(); }
-    for (size_t t = 0; t < groups_end; t += TILE_ROWS) {
-        const size_t end = t + TILE_ROWS < groups_end ? t + TILE_ROWS : groups_end;
-        size_t j = 0;
-        for (; j + 2 <= nq; j += 2)
-            groups_2(rows, t, end, queries[j], queries[j + 1], NV, bias, st, out[j], out[j + 1],
-                     &s[j], &s2[j], &s[j + 1], &s2[j + 1]);
-        if (j < nq) {
-            __m256 q[8];
-            for (int v = 0; v < NV; v++) q[v] = _mm256_loadu_ps(queries[j] + 8 * v);
-            groups_1(rows, t, end, q, NV, bias, st, out[j], &s[j], &s2[j]);
-        }
-    }
-    for (size_t j = 0; j < nq; j++)
-        finish_query(rows, groups_end, count, queries[j], NV, bias, st, out[j], s[j], s2[j], sum + j, sq + j);
-}
-
-// Other dimensions: the general dot kernel, then biases and moments.
-__attribute__((target("avx2,fma")))
-static void score_rows_general(const float *rows, size_t count, size_t dim, const float *query,
-                               const float *bias, size_t st, float *out, double *sum, double *sq) {
-    dot_rows_avx2(rows, count, dim, query, out);
-    double ts = *sum, tq = *sq;
-    for (size_t r = 0; r < count; r++) {
-        const float v = out[r] + bias[r * st];
-        out[r] = v;
-        ts += (double)v;
-        tq += (double)v * (double)v;
-    }
-    *sum = ts;
-    *sq = tq;
-}
-
-#define SCORE_ROWS_NV(N) \
-    __attribute__((target("avx2,fma"))) static void score_rows_##N(const float *rows, size_t count, \
-        const float *const *queries, size_t nq, const float *bias, size_t st, float *const *out, double *sum, double *sq) { \
-        score_rows_batch_q(rows, count, queries, nq, N, bias, st, out, sum, sq); \
-    }
-SCORE_ROWS_NV(1) SCORE_ROWS_NV(2) SCORE_ROWS_NV(3) SCORE_ROWS_NV(4)
-SCORE_ROWS_NV(5) SCORE_ROWS_NV(6) SCORE_ROWS_NV(7) SCORE_ROWS_NV(8)
-
-static void score_rows_batch_avx2(const float *rows, size_t count, size_t dim, const float *const *queries, size_t nq,
-                                  const float *bias, size_t st, float *const *out, double *sum, double *sq) {
-    // Larger batches in slices (each query's arithmetic is the same either way).
-    while (nq > MAX_BATCH) {
-        score_rows_batch_avx2(rows, count, dim, queries, MAX_BATCH, bias, st, out, sum, sq);
-        queries += MAX_BATCH; out += MAX_BATCH; sum += MAX_BATCH; sq += MAX_BATCH; nq -= MAX_BATCH;
-    }
-    switch (dim % 8 == 0 ? dim / 8 : 0) {
-    case 1: score_rows_1(rows, count, queries, nq, bias, st, out, sum, sq); break;
-    case 2: score_rows_2(rows, count, queries, nq, bias, st, out, sum, sq); break;
-    case 3: score_rows_3(rows, count, queries, nq, bias, st, out, sum, sq); break;
-    case 4: score_rows_4(rows, count, queries, nq, bias, st, out, sum, sq); break;
-    case 5: score_rows_5(rows, count, queries, nq, bias, st, out, sum, sq); break;
-    case 6: score_rows_6(rows, count, queries, nq, bias, st, out, sum, sq); break;
-    case 7: score_rows_7(rows, count, queries, nq, bias, st, out, sum, sq); break;
-    case 8: score_rows_8(rows, count, queries, nq, bias, st, out, sum, sq); break;
-    default:
-        for (size_t j = 0; j < nq; j++) score_rows_general(rows, count, dim, queries[j], bias, st, out[j], sum + j, sq + j);
-        break;
-    }
-}
-
 // Eight comparisons per step; an ordered compare, so NaN never qualifies.
 __attribute__((target("avx2,fma")))
 static size_t next_at_least_avx2(const float *x, size_t from, size_t count, float threshold) {
@@ -351,34 +140,11 @@ void pk_dot_rows(const float *rows, size_t count, size_t dim, const float *query
     if (pk_has_fast_path()) dot_rows_avx2(rows, count, dim, query, out);
     else pk_dot_rows_plain(rows, count, dim, query, out);
 }
-void pk_score_rows(const float *rows, size_t count, size_t dim, const float *query,
-                   const float *bias, size_t bias_stride, float *out, double *sum, double *sq) {
-    pk_score_rows_batch(rows, count, dim, &query, 1, bias, bias_stride, &out, sum, sq);
-}
-void pk_score_rows_batch(const float *rows, size_t count, size_t dim, const float *const *queries, size_t nq,
-                         const float *bias, size_t bias_stride, float *const *out, double *sum, double *sq) {
-    if (pk_has_fast_path()) {
-        score_rows_batch_avx2(rows, count, dim, queries, nq, bias, bias_stride, out, sum, sq);
-    } else {
-        for (size_t j = 0; j < nq; j++)
-            pk_score_rows_plain(rows, count, dim, queries[j], bias, bias_stride, out[j], sum + j, sq + j);
-    }
-}
-
 size_t pk_next_at_least(const float *x, size_t from, size_t count, float threshold) {
     return pk_has_fast_path() ? next_at_least_avx2(x, from, count, threshold) : pk_next_at_least_plain(x, from, count, threshold);
 }
 #else
 int pk_has_fast_path(void) { return 0; }
-void pk_score_rows(const float *rows, size_t count, size_t dim, const float *query,
-                   const float *bias, size_t bias_stride, float *out, double *sum, double *sq) {
-    pk_score_rows_plain(rows, count, dim, query, bias, bias_stride, out, sum, sq);
-}
-void pk_score_rows_batch(const float *rows, size_t count, size_t dim, const float *const *queries, size_t nq,
-                         const float *bias, size_t bias_stride, float *const *out, double *sum, double *sq) {
-    for (size_t j = 0; j < nq; j++)
-        pk_score_rows_plain(rows, count, dim, queries[j], bias, bias_stride, out[j], sum + j, sq + j);
-}
 size_t pk_next_at_least(const float *x, size_t from, size_t count, float threshold) {
     return pk_next_at_least_plain(x, from, count, threshold);
 }

@@ -1,5 +1,5 @@
-// Kernels for scoring a query vector against many rows: dot products, the
-// bias and moments pass, and the top-k scan.
+// Kernels for scoring a query vector against many rows: dot products and
+// the top-k scan (the catalogue pass is in perennial_quantised.h).
 //
 // The plain C loop is the reference; an AVX2+FMA version is compiled with a
 // target attribute (no global -mavx2, so the binary runs on any x86-64) and
@@ -28,26 +28,6 @@ void pk_matvec_t_acc(const float *m, size_t rows, size_t cols, const float *v, f
 /// m[r*cols + c] += a[r] * b[c]: accumulates an outer product (a weight
 /// matrix's gradient from one step).
 void pk_outer_acc(float *m, size_t rows, size_t cols, const float *a, const float *b);
-
-/// The catalogue pass of a request: out[r] = bias[r * bias_stride] +
-/// dot(rows[r*dim ..< (r+1)*dim], query) for r in 0..<count, and adds the
-/// new scores and their squares to *sum and *sq (in double: the moments
-/// that standardise a catalogue's scores). The fast path for dimensions
-/// that are a multiple of 8 up to 64 keeps the query in registers and
-/// scores four rows at a time, so each step loads only row data.
-void pk_score_rows(const float *rows, size_t count, size_t dim, const float *query,
-                   const float *bias, size_t bias_stride, float *out, double *sum, double *sq);
-void pk_score_rows_plain(const float *rows, size_t count, size_t dim, const float *query,
-                         const float *bias, size_t bias_stride, float *out, double *sum, double *sq);
-
-/// pk_score_rows for nq queries at once: queries[j] (dim floats), out[j]
-/// (count floats), sum[j] and sq[j]. Each query's scores and moments are bit
-/// for bit what pk_score_rows gives it alone (so an answer does not depend
-/// on its batch); the fast path reads the rows one L1-sized tile at a time
-/// for all the queries, so a catalogue is read once per batch, not once per
-/// query, and each row load feeds two queries.
-void pk_score_rows_batch(const float *rows, size_t count, size_t dim, const float *const *queries, size_t nq,
-                         const float *bias, size_t bias_stride, float *const *out, double *sum, double *sq);
 
 /// The first index i in from..<count with x[i] >= threshold (NaN never
 /// qualifies), or count: the scan behind top-k selection, which visits only

@@ -22,6 +22,12 @@ public final class EmbeddingTable: @unchecked Sendable {
     /// row), which keeps the optimiser state at 4 bytes per row.
     public let userAdagrad: ChunkedBuffer<Float>
     public let itemAdagrad: ChunkedBuffer<Float>
+    /// One byte per item row: set by every write of the row (after it), so
+    /// that `quantisedItems` knows which copies to redo. New rows start set.
+    public let itemChanged: ChunkedBuffer<UInt8>
+    /// The 8-bit copies of the item rows the catalogue pass looks at first
+    /// (refreshed by the serving thread; see QuantisedItems).
+    public let quantisedItems: QuantisedItems
     public private(set) var userRows = 0
     public private(set) var itemRows = 0
     /// Lifelong learning's parts that act on rows (nil when switched off):
@@ -41,6 +47,8 @@ public final class EmbeddingTable: @unchecked Sendable {
         items = ChunkedBuffer(width: dimension, fill: 0, rowsPerChunkLog2: 10)
         userAdagrad = ChunkedBuffer(width: 1, fill: 0, rowsPerChunkLog2: 12)
         itemAdagrad = ChunkedBuffer(width: 1, fill: 0, rowsPerChunkLog2: 12)
+        itemChanged = ChunkedBuffer(width: 1, fill: 1, rowsPerChunkLog2: 12)
+        quantisedItems = QuantisedItems(dimension: dimension)
     }
 
     /// Makes rows exist for users 0..<users and items 0..<items.
@@ -56,6 +64,7 @@ public final class EmbeddingTable: @unchecked Sendable {
         if i > itemRows {
             items.ensure(rows: i)
             itemAdagrad.ensure(rows: i)
+            itemChanged.ensure(rows: i)
             for r in itemRows..<i { initialise(items.row(r), stream: 2, index: r) }
             if let a = anchors { a.grow(a.items, rows: items, from: itemRows, to: i) }
             itemRows = i
@@ -91,6 +100,16 @@ public final class EmbeddingTable: @unchecked Sendable {
     public func stepItem(_ i: Int32, along v: UnsafePointer<Float>, alpha: Float, reg: Float, lr: Float) {
         step(items.row(Int(i)), anchor: anchors?.items.row(Int(i)), along: v, alpha: alpha, reg: reg,
              accumulator: itemAdagrad.row(Int(i)), lr: lr, scale: nil)
+        itemChanged[Int(i)] = 1
+    }
+
+    /// Every writer of an item row other than `stepItem` calls this after
+    /// the write (the quantised copy is redone before the next pass).
+    @inline(__always) public func noteItemChanged(_ i: Int32) { itemChanged[Int(i)] = 1 }
+
+    /// The same for rows 0..<count at once (a snapshot's rows were loaded).
+    public func noteItemsChanged(count: Int) {
+        itemChanged.forEachChunk(rows: count) { _, flags, n in flags.update(repeating: 1, count: n) }
     }
 
     /// The same on user u's row; a user in their first events steps with
@@ -118,7 +137,10 @@ public final class EmbeddingTable: @unchecked Sendable {
     @inline(__always) public func userStepScale(_ u: Int32) -> UnsafePointer<Float>? { meta?.stepScale(user: u) }
 
     /// Bytes held by rows and optimiser state.
-    public var bytes: Int { users.bytes + items.bytes + userAdagrad.bytes + itemAdagrad.bytes + (anchors?.bytes ?? 0) }
+    public var bytes: Int {
+        users.bytes + items.bytes + userAdagrad.bytes + itemAdagrad.bytes + itemChanged.bytes + (anchors?.bytes ?? 0)
+            + quantisedItems.blocks.bytes + quantisedItems.scales.bytes + quantisedItems.norms.bytes
+    }
 
     public var counters: [(String, UInt64)] {
         [("table_user_rows", UInt64(userRows)), ("table_item_rows", UInt64(itemRows)),

@@ -1,0 +1,274 @@
+// See perennial_quantised.h. The plain loop is the reference; the AVX-512
+// VNNI path (chosen at run time) does the same arithmetic in the same order:
+// integer dot products are exact, and every float and double step below is
+// a separate multiply or add in both (no fused multiply-add, which would
+// round differently), so the two agree bit for bit.
+#include "perennial_quantised.h"
+
+#include <math.h>
+
+#pragma clang fp contract(off)
+
+// The bound's factor t/2, raised by 1/2000 so that the float rounding of the
+// quantisation itself (x / s is rounded before it is rounded to an integer)
+// can never put an exact score above its bound.
+#define HALF_WITH_MARGIN 0.5005f
+
+size_t pk_quantised_groups(size_t dim) { return (dim + 3) / 4; }
+
+// Eight independent lanes, so the compiler can vectorise the loop (one
+// running max would be a chain of dependent compares).
+static float max_abs(const float *x, size_t n, int *finite) {
+    float m[8] = {0};
+    size_t k = 0;
+    for (; k + 8 <= n; k += 8)
+        for (int l = 0; l < 8; l++) { const float a = fabsf(x[k + l]); m[l] = a > m[l] ? a : m[l]; }
+    for (; k < n; k++) { const float a = fabsf(x[k]); m[0] = a > m[0] ? a : m[0]; }
+    float best = 0;
+    int nan = 0;
+    for (int l = 0; l < 8; l++) best = m[l] > best ? m[l] : best;
+    // A NaN never wins a compare: look for one separately.
+    for (k = 0; k < n; k++) nan |= x[k] != x[k];
+    *finite = !nan && best <= 3.0e38f;
+    return best;
+}
+
+// Round to nearest by adding and taking away 1.5 · 2^23 (exact for
+// |y| < 2^22, and |y| <= 127 here): branch-free, so the loop vectorises.
+static inline int quantise_one(float x, float inv) {
+    const float magic = 12582912.0f;
+    const float y = x * inv;
+    const float c = y > 127.0f ? 127.0f : (y < -127.0f ? -127.0f : y);
+    return (int)((c + magic) - magic);
+}
+
+float pk_quantise_item(const float *row, size_t dim, uint8_t *blocks, size_t index, float *l1) {
+    const size_t groups = pk_quantised_groups(dim);
+    uint8_t *base = blocks + (index / 16) * groups * 64 + (index % 16) * 4;
+    int finite;
+    const float m = max_abs(row, dim, &finite);
+    const float s = finite ? m / 127.0f : INFINITY;
+    const float inv = (finite && m > 0) ? 127.0f / m : 0;
+    float norm[4] = {0};
+    const size_t whole = dim / 4;
+    for (size_t g = 0; g < whole; g++)
+        for (size_t t = 0; t < 4; t++) {
+            const float x = row[4 * g + t];
+            base[g * 64 + t] = (uint8_t)(quantise_one(x, inv) + 128);
+            norm[t] += fabsf(x);
+        }
+    for (size_t g = whole; g < groups; g++)
+        for (size_t t = 0; t < 4; t++) {
+            const size_t k = 4 * g + t;
+            const float x = k < dim ? row[k] : 0;
+            base[g * 64 + t] = (uint8_t)(quantise_one(x, inv) + 128);
+            norm[t] += fabsf(x);
+        }
+    *l1 = finite ? (norm[0] + norm[1]) + (norm[2] + norm[3]) : INFINITY;
+    return s;
+}
+
+pk_quantised_query pk_quantise_query(const float *query, size_t dim, int8_t *out) {
+    const size_t groups = pk_quantised_groups(dim);
+    int finite;
+    const float m = max_abs(query, dim, &finite);
+    const float inv = (finite && m > 0) ? 127.0f / m : 0;
+    pk_quantised_query p = {finite ? m / 127.0f : INFINITY, 0, 0};
+    for (size_t k = 0; k < groups * 4; k++) {
+        const int v = k < dim ? quantise_one(query[k], inv) : 0;
+        out[k] = (int8_t)v;
+        p.l1 += v < 0 ? -v : v;
+        p.sum += v;
+    }
+    return p;
+}
+
+// One row's outputs from its integer dot product (offset already removed).
+// Returns 0 when the row adds nothing to the moments (a non-finite scale).
+static inline int finish_row(int32_t dot, pk_quantised_query p, float s, float l1, float b,
+                             float *approx, float *upper) {
+    const float scale = p.scale * s;
+    if (!(scale <= 3.0e38f)) { *upper = INFINITY; *approx = 0; return 0; }
+    float a = (float)dot * scale;
+    a = a + b;
+    float e = s * (float)p.l1;
+    e = e + l1;
+    e = e * (p.scale * HALF_WITH_MARGIN);
+    *approx = a;
+    *upper = a + e;
+    return 1;
+}
+
+// The moments: 16 double lanes per query (lane = row % 16 within a block),
+// reduced in a fixed order at the end of the call.
+static void add_moments(double *lanes_s, double *lanes_q, double *sum, double *sq) {
+    double ts = 0, tq = 0;
+    for (int k = 0; k < 8; k++) {
+        ts = ts + (lanes_s[k] + lanes_s[k + 8]);
+        tq = tq + (lanes_q[k] + lanes_q[k + 8]);
+    }
+    *sum = *sum + ts;
+    *sq = *sq + tq;
+}
+
+void pk_score_quantised_batch_plain(const uint8_t *blocks, size_t count, size_t dim,
+                                    const int8_t *const *queries, const pk_quantised_query *params, size_t nq,
+                                    const float *item_scale, const float *item_l1,
+                                    const float *bias, size_t bias_stride,
+                                    float *const *upper, double *sum, double *sq) {
+    const size_t groups = pk_quantised_groups(dim);
+    for (size_t j = 0; j < nq; j++) {
+        double ls[16] = {0}, lq[16] = {0};
+        const int8_t *q = queries[j];
+        const int32_t offset = 128 * params[j].sum;
+        for (size_t r = 0; r < count; r++) {
+            const uint8_t *base = blocks + (r / 16) * groups * 64 + (r % 16) * 4;
+            int32_t dot = 0;
+            for (size_t g = 0; g < groups; g++)
+                for (int t = 0; t < 4; t++) dot += (int32_t)base[g * 64 + t] * (int32_t)q[4 * g + t];
+            float a;
+            if (finish_row(dot - offset, params[j], item_scale[r], item_l1[r], bias[r * bias_stride], &a, &upper[j][r])) {
+                const double d = (double)a;
+                ls[r % 16] = ls[r % 16] + d;
+                lq[r % 16] = lq[r % 16] + d * d;
+            }
+        }
+        add_moments(ls, lq, sum + j, sq + j);
+    }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+
+#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq")))
+
+// Blocks per tile: every query of the batch scores a tile (16 KB at dim 64,
+// inside L1) before the next is read.
+#define TILE_BLOCKS 16
+#define MAX_QUERIES 64
+
+// The block's 16 outputs for one query from its 16 integer dot products.
+VNNI_TARGET static inline void finish_block(__m512i acc, pk_quantised_query p, __m512 s, __m512 l1, __m512 b,
+                                            __mmask16 live, float *upper, __m512d *ms_lo, __m512d *ms_hi,
+                                            __m512d *mq_lo, __m512d *mq_hi) {
+    const __m512i dot = _mm512_sub_epi32(acc, _mm512_set1_epi32(128 * p.sum));
+    const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(p.scale), s);
+    __m512 a = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), scale);
+    a = _mm512_add_ps(a, b);
+    __m512 e = _mm512_mul_ps(s, _mm512_set1_ps((float)p.l1));
+    e = _mm512_add_ps(e, l1);
+    e = _mm512_mul_ps(e, _mm512_set1_ps(p.scale * HALF_WITH_MARGIN));
+    // Lanes whose scale (the row's or the query's) is not finite: +inf, no moments.
+    const __mmask16 finite = _mm512_cmp_ps_mask(scale, _mm512_set1_ps(3.0e38f), _CMP_LE_OQ) & live;
+    const __m512 u = _mm512_mask_blend_ps(finite, _mm512_set1_ps(INFINITY), _mm512_add_ps(a, e));
+    _mm512_mask_storeu_ps(upper, live, u);
+    a = _mm512_maskz_mov_ps(finite, a);
+    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(a));
+    const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+    *ms_lo = _mm512_add_pd(*ms_lo, lo);
+    *ms_hi = _mm512_add_pd(*ms_hi, hi);
+    *mq_lo = _mm512_add_pd(*mq_lo, _mm512_mul_pd(lo, lo));
+    *mq_hi = _mm512_add_pd(*mq_hi, _mm512_mul_pd(hi, hi));
+}
+
+// Dot products of one block with up to four queries: each group's 64 bytes
+// are loaded once and feed one VPDPBUSD per query (the query's four bytes
+// broadcast to every lane), so a lane ends with its row's whole dot product.
+VNNI_TARGET static inline void block_dots(const uint8_t *block, size_t groups, const int8_t *const *q, int n,
+                                          __m512i *acc) {
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t g = 0; g < groups; g++) {
+        const __m512i w = _mm512_loadu_si512((const void *)(block + g * 64));
+        a0 = _mm512_dpbusd_epi32(a0, w, _mm512_set1_epi32(*(const int32_t *)(const void *)(q[0] + 4 * g)));
+        if (n > 1) a1 = _mm512_dpbusd_epi32(a1, w, _mm512_set1_epi32(*(const int32_t *)(const void *)(q[1] + 4 * g)));
+        if (n > 2) a2 = _mm512_dpbusd_epi32(a2, w, _mm512_set1_epi32(*(const int32_t *)(const void *)(q[2] + 4 * g)));
+        if (n > 3) a3 = _mm512_dpbusd_epi32(a3, w, _mm512_set1_epi32(*(const int32_t *)(const void *)(q[3] + 4 * g)));
+    }
+    acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;
+}
+
+VNNI_TARGET static void score_quantised_vnni(const uint8_t *blocks, size_t count, size_t dim,
+                                             const int8_t *const *queries, const pk_quantised_query *params, size_t nq,
+                                             const float *item_scale, const float *item_l1,
+                                             const float *bias, size_t bias_stride,
+                                             float *const *upper, double *sum, double *sq) {
+    const size_t groups = pk_quantised_groups(dim);
+    const size_t nblocks = (count + 15) / 16;
+    __m512d ms_lo[MAX_QUERIES], ms_hi[MAX_QUERIES], mq_lo[MAX_QUERIES], mq_hi[MAX_QUERIES];
+    for (size_t j = 0; j < nq; j++) ms_lo[j] = ms_hi[j] = mq_lo[j] = mq_hi[j] = _mm512_setzero_pd();
+    const __m512i stride = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                              _mm512_set1_epi32((int)bias_stride));
+    __m512 tile_bias[TILE_BLOCKS];
+    for (size_t t0 = 0; t0 < nblocks; t0 += TILE_BLOCKS) {
+        const size_t t1 = t0 + TILE_BLOCKS < nblocks ? t0 + TILE_BLOCKS : nblocks;
+        // The tile's biases, gathered once for every query.
+        for (size_t b = t0; b < t1; b++) {
+            const size_t r0 = b * 16;
+            const __mmask16 live = count - r0 >= 16 ? 0xFFFF : (__mmask16)((1u << (count - r0)) - 1);
+            tile_bias[b - t0] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, stride, bias + r0 * bias_stride, 4);
+        }
+        for (size_t j = 0; j < nq; j += 4) {
+            const int n = nq - j >= 4 ? 4 : (int)(nq - j);
+            for (size_t b = t0; b < t1; b++) {
+                const size_t r0 = b * 16;
+                const __mmask16 live = count - r0 >= 16 ? 0xFFFF : (__mmask16)((1u << (count - r0)) - 1);
+                const __m512 s = _mm512_maskz_loadu_ps(live, item_scale + r0);
+                const __m512 l1 = _mm512_maskz_loadu_ps(live, item_l1 + r0);
+                __m512i acc[4];
+                block_dots(blocks + b * groups * 64, groups, queries + j, n, acc);
+                for (int k = 0; k < n; k++)
+                    finish_block(acc[k], params[j + k], s, l1, tile_bias[b - t0], live, upper[j + k] + r0,
+                                 &ms_lo[j + k], &ms_hi[j + k], &mq_lo[j + k], &mq_hi[j + k]);
+            }
+        }
+    }
+    for (size_t j = 0; j < nq; j++) {
+        double ls[16], lq[16];
+        _mm512_storeu_pd(ls, ms_lo[j]);
+        _mm512_storeu_pd(ls + 8, ms_hi[j]);
+        _mm512_storeu_pd(lq, mq_lo[j]);
+        _mm512_storeu_pd(lq + 8, mq_hi[j]);
+        add_moments(ls, lq, sum + j, sq + j);
+    }
+}
+
+static int vnni_state = 0;
+
+__attribute__((constructor)) static void detect_vnni(void) {
+    __builtin_cpu_init();
+    vnni_state = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                 __builtin_cpu_supports("avx512vnni");
+}
+
+int pk_has_quantised_fast_path(void) { return vnni_state; }
+
+void pk_score_quantised_batch(const uint8_t *blocks, size_t count, size_t dim,
+                              const int8_t *const *queries, const pk_quantised_query *params, size_t nq,
+                              const float *item_scale, const float *item_l1,
+                              const float *bias, size_t bias_stride,
+                              float *const *upper, double *sum, double *sq) {
+    if (!vnni_state) {
+        pk_score_quantised_batch_plain(blocks, count, dim, queries, params, nq, item_scale, item_l1, bias, bias_stride,
+                                       upper, sum, sq);
+        return;
+    }
+    while (nq > MAX_QUERIES) {
+        score_quantised_vnni(blocks, count, dim, queries, params, MAX_QUERIES, item_scale, item_l1, bias, bias_stride,
+                             upper, sum, sq);
+        queries += MAX_QUERIES; params += MAX_QUERIES; upper += MAX_QUERIES; sum += MAX_QUERIES; sq += MAX_QUERIES;
+        nq -= MAX_QUERIES;
+    }
+    score_quantised_vnni(blocks, count, dim, queries, params, nq, item_scale, item_l1, bias, bias_stride, upper, sum, sq);
+}
+#else
+int pk_has_quantised_fast_path(void) { return 0; }
+void pk_score_quantised_batch(const uint8_t *blocks, size_t count, size_t dim,
+                              const int8_t *const *queries, const pk_quantised_query *params, size_t nq,
+                              const float *item_scale, const float *item_l1,
+                              const float *bias, size_t bias_stride,
+                              float *const *upper, double *sum, double *sq) {
+    pk_score_quantised_batch_plain(blocks, count, dim, queries, params, nq, item_scale, item_l1, bias, bias_stride,
+                                   upper, sum, sq);
+}
+#endif
