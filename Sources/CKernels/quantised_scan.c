@@ -35,10 +35,10 @@ static float max_abs(const float *x, size_t n, int *finite) {
 
 // Round to nearest by adding and taking away 1.5 · 2^23 (exact for
 // |y| < 2^22, and |y| <= 127 here): branch-free, so the loop vectorises.
-static inline int quantise_one(float x, float inv) {
+static inline int quantise_one(float x, float inv, float limit) {
     const float magic = 12582912.0f;
     const float y = x * inv;
-    const float c = y > 127.0f ? 127.0f : (y < -127.0f ? -127.0f : y);
+    const float c = y > limit ? limit : (y < -limit ? -limit : y);
     return (int)((c + magic) - magic);
 }
 
@@ -54,14 +54,14 @@ float pk_quantise_item(const float *row, size_t dim, uint8_t *blocks, size_t ind
     for (size_t g = 0; g < whole; g++)
         for (size_t t = 0; t < 4; t++) {
             const float x = row[4 * g + t];
-            base[g * 64 + t] = (uint8_t)(quantise_one(x, inv) + 128);
+            base[g * 64 + t] = (uint8_t)(quantise_one(x, inv, 127.0f) + 128);
             norm[t] += fabsf(x);
         }
     for (size_t g = whole; g < groups; g++)
         for (size_t t = 0; t < 4; t++) {
             const size_t k = 4 * g + t;
             const float x = k < dim ? row[k] : 0;
-            base[g * 64 + t] = (uint8_t)(quantise_one(x, inv) + 128);
+            base[g * 64 + t] = (uint8_t)(quantise_one(x, inv, 127.0f) + 128);
             norm[t] += fabsf(x);
         }
     *l1 = finite ? (norm[0] + norm[1]) + (norm[2] + norm[3]) : INFINITY;
@@ -72,10 +72,12 @@ pk_quantised_query pk_quantise_query(const float *query, size_t dim, int8_t *out
     const size_t groups = pk_quantised_groups(dim);
     int finite;
     const float m = max_abs(query, dim, &finite);
-    const float inv = (finite && m > 0) ? 127.0f / m : 0;
-    pk_quantised_query p = {finite ? m / 127.0f : INFINITY, 0, 0};
+    // Seven bits: two products of a u8 and a |q| <= 63 sum to at most
+    // 32,130, so AVX2's saturating 16-bit pair sums never saturate.
+    const float inv = (finite && m > 0) ? 63.0f / m : 0;
+    pk_quantised_query p = {finite ? m / 63.0f : INFINITY, 0, 0};
     for (size_t k = 0; k < groups * 4; k++) {
-        const int v = k < dim ? quantise_one(query[k], inv) : 0;
+        const int v = k < dim ? quantise_one(query[k], inv, 63.0f) : 0;
         out[k] = (int8_t)v;
         p.l1 += v < 0 ? -v : v;
         p.sum += v;
@@ -83,20 +85,27 @@ pk_quantised_query pk_quantise_query(const float *query, size_t dim, int8_t *out
     return p;
 }
 
-// One row's outputs from its integer dot product (offset already removed).
-// Returns 0 when the row adds nothing to the moments (a non-finite scale).
-static inline int finish_row(int32_t dot, pk_quantised_query p, float s, float l1, float b,
-                             float *approx, float *upper) {
-    const float scale = p.scale * s;
-    if (!(scale <= 3.0e38f)) { *upper = INFINITY; *approx = 0; return 0; }
-    float a = (float)dot * scale;
-    a = a + b;
-    float e = s * (float)p.l1;
-    e = e + l1;
-    e = e * (p.scale * HALF_WITH_MARGIN);
-    *approx = a;
-    *upper = a + e;
-    return 1;
+// A block's outputs from its integer dot products (offset already
+// removed), branch-free so that it vectorises: a lane whose scale (the
+// row's times the query's) is not finite gets bound +inf and adds 0 to the
+// moments; lanes at or past `live` are left alone.
+static inline __attribute__((always_inline)) void finish_lanes(const int32_t *dot, size_t live, pk_quantised_query p,
+                                                               const float *s, const float *l1, const float *bias,
+                                                               size_t bias_stride, float *upper, double *ls, double *lq) {
+    const float half = p.scale * HALF_WITH_MARGIN, ql1 = (float)p.l1;
+    for (size_t lane = 0; lane < live; lane++) {
+        const float scale = p.scale * s[lane];
+        float a = (float)dot[lane] * scale;
+        a = a + bias[lane * bias_stride];
+        float e = s[lane] * ql1;
+        e = e + l1[lane];
+        e = e * half;
+        const int finite = scale <= 3.0e38f;
+        upper[lane] = finite ? a + e : INFINITY;
+        const double d = finite ? (double)a : 0.0;
+        ls[lane] = ls[lane] + d;
+        lq[lane] = lq[lane] + d * d;
+    }
 }
 
 // The moments: 16 double lanes per query (lane = row % 16 within a block),
@@ -111,30 +120,44 @@ static void add_moments(double *lanes_s, double *lanes_q, double *sum, double *s
     *sq = *sq + tq;
 }
 
+// One block's 16 dot products with one query, the plain way (any ISA).
+static inline __attribute__((always_inline)) void block_dots_plain(const uint8_t *block, size_t groups,
+                                                                   const int8_t *q, int32_t *dot) {
+    for (int lane = 0; lane < 16; lane++) dot[lane] = 0;
+    for (size_t g = 0; g < groups; g++)
+        for (int lane = 0; lane < 16; lane++)
+            for (int t = 0; t < 4; t++) dot[lane] += (int32_t)block[g * 64 + lane * 4 + t] * (int32_t)q[4 * g + t];
+}
+
+// The pass a block at a time, with BLOCK_DOTS computing each block's dot
+// products; instantiated for the plain loop here and for AVX2 below.
+#define SCORE_QUANTISED_LANES(NAME, ATTR, BLOCK_DOTS) \
+    ATTR static void NAME(const uint8_t *blocks, size_t count, size_t dim, const int8_t *const *queries, \
+                          const pk_quantised_query *params, size_t nq, const float *item_scale, const float *item_l1, \
+                          const float *bias, size_t bias_stride, float *const *upper, double *sum, double *sq) { \
+        const size_t groups = pk_quantised_groups(dim); \
+        for (size_t j = 0; j < nq; j++) { \
+            double ls[16] = {0}, lq[16] = {0}; \
+            const int32_t offset = 128 * params[j].sum; \
+            for (size_t r0 = 0; r0 < count; r0 += 16) { \
+                int32_t dot[16]; \
+                BLOCK_DOTS(blocks + (r0 / 16) * groups * 64, groups, queries[j], dot); \
+                for (int lane = 0; lane < 16; lane++) dot[lane] -= offset; \
+                finish_lanes(dot, count - r0 < 16 ? count - r0 : 16, params[j], item_scale + r0, item_l1 + r0, \
+                             bias + r0 * bias_stride, bias_stride, upper[j] + r0, ls, lq); \
+            } \
+            add_moments(ls, lq, sum + j, sq + j); \
+        } \
+    }
+
+SCORE_QUANTISED_LANES(score_quantised_plain, , block_dots_plain)
+
 void pk_score_quantised_batch_plain(const uint8_t *blocks, size_t count, size_t dim,
                                     const int8_t *const *queries, const pk_quantised_query *params, size_t nq,
                                     const float *item_scale, const float *item_l1,
                                     const float *bias, size_t bias_stride,
                                     float *const *upper, double *sum, double *sq) {
-    const size_t groups = pk_quantised_groups(dim);
-    for (size_t j = 0; j < nq; j++) {
-        double ls[16] = {0}, lq[16] = {0};
-        const int8_t *q = queries[j];
-        const int32_t offset = 128 * params[j].sum;
-        for (size_t r = 0; r < count; r++) {
-            const uint8_t *base = blocks + (r / 16) * groups * 64 + (r % 16) * 4;
-            int32_t dot = 0;
-            for (size_t g = 0; g < groups; g++)
-                for (int t = 0; t < 4; t++) dot += (int32_t)base[g * 64 + t] * (int32_t)q[4 * g + t];
-            float a;
-            if (finish_row(dot - offset, params[j], item_scale[r], item_l1[r], bias[r * bias_stride], &a, &upper[j][r])) {
-                const double d = (double)a;
-                ls[r % 16] = ls[r % 16] + d;
-                lq[r % 16] = lq[r % 16] + d * d;
-            }
-        }
-        add_moments(ls, lq, sum + j, sq + j);
-    }
+    score_quantised_plain(blocks, count, dim, queries, params, nq, item_scale, item_l1, bias, bias_stride, upper, sum, sq);
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -232,16 +255,50 @@ VNNI_TARGET static void score_quantised_vnni(const uint8_t *blocks, size_t count
     }
 }
 
-static int vnni_state = 0;
+// The same with AVX2: VPMADDUBSW multiplies a row's four unsigned bytes by
+// the query's four signed ones and adds them in pairs (which cannot
+// saturate with seven-bit queries), VPMADDWD adds the pairs: each row's
+// piece of its dot product in one 32-bit lane, eight rows per register.
+__attribute__((target("avx2"), always_inline)) static inline void block_dots_avx2(const uint8_t *block, size_t groups,
+                                                                                  const int8_t *q, int32_t *dot) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0;
+    for (size_t g = 0; g < groups; g++) {
+        const __m256i qb = _mm256_set1_epi32(*(const int32_t *)(const void *)(q + 4 * g));
+        const __m256i w0 = _mm256_loadu_si256((const __m256i *)(const void *)(block + g * 64));
+        const __m256i w1 = _mm256_loadu_si256((const __m256i *)(const void *)(block + g * 64 + 32));
+        a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_maddubs_epi16(w0, qb), ones));
+        a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_maddubs_epi16(w1, qb), ones));
+    }
+    _mm256_storeu_si256((__m256i *)(void *)dot, a0);
+    _mm256_storeu_si256((__m256i *)(void *)(dot + 8), a1);
+}
+
+// (No FMA in the target: the float steps stay separate, as in the plain loop.)
+SCORE_QUANTISED_LANES(score_quantised_avx2, __attribute__((target("avx2"))), block_dots_avx2)
+
+static int vnni_state = 0, avx2_state = 0;
 
 __attribute__((constructor)) static void detect_vnni(void) {
     __builtin_cpu_init();
     vnni_state = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
                  __builtin_cpu_supports("avx512vnni");
+    avx2_state = __builtin_cpu_supports("avx2");
 }
 
 int pk_has_quantised_fast_path(void) { return vnni_state; }
+
+void pk_score_quantised_batch_avx2(const uint8_t *blocks, size_t count, size_t dim,
+                                   const int8_t *const *queries, const pk_quantised_query *params, size_t nq,
+                                   const float *item_scale, const float *item_l1,
+                                   const float *bias, size_t bias_stride,
+                                   float *const *upper, double *sum, double *sq) {
+    if (avx2_state)
+        score_quantised_avx2(blocks, count, dim, queries, params, nq, item_scale, item_l1, bias, bias_stride, upper, sum, sq);
+    else
+        score_quantised_plain(blocks, count, dim, queries, params, nq, item_scale, item_l1, bias, bias_stride, upper, sum, sq);
+}
 
 void pk_score_quantised_batch(const uint8_t *blocks, size_t count, size_t dim,
                               const int8_t *const *queries, const pk_quantised_query *params, size_t nq,
@@ -249,8 +306,11 @@ void pk_score_quantised_batch(const uint8_t *blocks, size_t count, size_t dim,
                               const float *bias, size_t bias_stride,
                               float *const *upper, double *sum, double *sq) {
     if (!vnni_state) {
-        pk_score_quantised_batch_plain(blocks, count, dim, queries, params, nq, item_scale, item_l1, bias, bias_stride,
-                                       upper, sum, sq);
+        if (avx2_state)
+            score_quantised_avx2(blocks, count, dim, queries, params, nq, item_scale, item_l1, bias, bias_stride, upper, sum, sq);
+        else
+            pk_score_quantised_batch_plain(blocks, count, dim, queries, params, nq, item_scale, item_l1, bias, bias_stride,
+                                           upper, sum, sq);
         return;
     }
     while (nq > MAX_QUERIES) {
@@ -263,6 +323,13 @@ void pk_score_quantised_batch(const uint8_t *blocks, size_t count, size_t dim,
 }
 #else
 int pk_has_quantised_fast_path(void) { return 0; }
+void pk_score_quantised_batch_avx2(const uint8_t *blocks, size_t count, size_t dim,
+                                   const int8_t *const *queries, const pk_quantised_query *params, size_t nq,
+                                   const float *item_scale, const float *item_l1,
+                                   const float *bias, size_t bias_stride,
+                                   float *const *upper, double *sum, double *sq) {
+    score_quantised_plain(blocks, count, dim, queries, params, nq, item_scale, item_l1, bias, bias_stride, upper, sum, sq);
+}
 void pk_score_quantised_batch(const uint8_t *blocks, size_t count, size_t dim,
                               const int8_t *const *queries, const pk_quantised_query *params, size_t nq,
                               const float *item_scale, const float *item_l1,

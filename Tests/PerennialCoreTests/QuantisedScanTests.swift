@@ -26,7 +26,9 @@ import Testing
     }
 
     /// Runs the pass (fast or plain) for `queries`; returns bounds and moments.
-    static func pass(_ c: Copies, _ queries: [[Float]], bias: [Float], plain: Bool) -> (bounds: [[Float]], sums: [Double], squares: [Double]) {
+    enum Path { case dispatched, avx2, plain }
+
+    static func pass(_ c: Copies, _ queries: [[Float]], bias: [Float], path: Path) -> (bounds: [[Float]], sums: [Double], squares: [Double]) {
         let width = 4 * pk_quantised_groups(c.dim)
         var q8 = [[Int8]](repeating: [Int8](repeating: 0, count: width), count: queries.count)
         var terms = [pk_quantised_query]()
@@ -42,10 +44,10 @@ import Testing
         defer { for p in q8p { p.deallocate() } }
         let qp: [UnsafePointer<Int8>?] = q8p.map { UnsafePointer($0) }
         let op: [UnsafeMutablePointer<Float>?] = outs
-        if plain {
-            pk_score_quantised_batch_plain(c.blocks, c.count, c.dim, qp, terms, queries.count, c.scales, c.norms, bias, 3, op, &sums, &squares)
-        } else {
-            pk_score_quantised_batch(c.blocks, c.count, c.dim, qp, terms, queries.count, c.scales, c.norms, bias, 3, op, &sums, &squares)
+        switch path {
+        case .plain: pk_score_quantised_batch_plain(c.blocks, c.count, c.dim, qp, terms, queries.count, c.scales, c.norms, bias, 3, op, &sums, &squares)
+        case .avx2: pk_score_quantised_batch_avx2(c.blocks, c.count, c.dim, qp, terms, queries.count, c.scales, c.norms, bias, 3, op, &sums, &squares)
+        case .dispatched: pk_score_quantised_batch(c.blocks, c.count, c.dim, qp, terms, queries.count, c.scales, c.norms, bias, 3, op, &sums, &squares)
         }
         return (outs.map { Array(UnsafeBufferPointer(start: $0, count: c.count)) }, sums, squares)
     }
@@ -64,12 +66,15 @@ import Testing
             let copies = Copies(rows: rows, dim: dim, count: n)
             for batch in dim == 64 ? [1, 2, 3, 5, 8, 70] : [1, 4, 5] {
                 let queries = (0..<batch).map { _ in (0..<dim).map { _ in rng.nextSignedUnitFloat() * 3 } }
-                let fast = Self.pass(copies, queries, bias: bias, plain: false)
-                let plain = Self.pass(copies, queries, bias: bias, plain: true)
+                let fast = Self.pass(copies, queries, bias: bias, path: .dispatched)
+                let plain = Self.pass(copies, queries, bias: bias, path: .plain)
+                let avx2 = Self.pass(copies, queries, bias: bias, path: .avx2)
                 for j in 0..<batch {
-                    #expect(zip(fast.bounds[j], plain.bounds[j]).allSatisfy { $0.bitPattern == $1.bitPattern }, "dim \(dim) batch \(batch) query \(j)")
-                    #expect(fast.sums[j].bitPattern == plain.sums[j].bitPattern && fast.squares[j].bitPattern == plain.squares[j].bitPattern)
-                    let alone = Self.pass(copies, [queries[j]], bias: bias, plain: false)
+                    for other in [plain, avx2] {
+                        #expect(zip(fast.bounds[j], other.bounds[j]).allSatisfy { $0.bitPattern == $1.bitPattern }, "dim \(dim) batch \(batch) query \(j)")
+                        #expect(fast.sums[j].bitPattern == other.sums[j].bitPattern && fast.squares[j].bitPattern == other.squares[j].bitPattern)
+                    }
+                    let alone = Self.pass(copies, [queries[j]], bias: bias, path: .dispatched)
                     #expect(zip(fast.bounds[j], alone.bounds[0]).allSatisfy { $0.bitPattern == $1.bitPattern })
                     #expect(fast.sums[j].bitPattern == alone.sums[0].bitPattern)
                     var s = 0.25, q = 1.0, slack: Float = 0, spread: Float = 0
@@ -102,11 +107,11 @@ import Testing
         var rows = (0..<(n * dim)).map { _ in rng.nextSignedUnitFloat() }
         let bias = [Float](repeating: 0.5, count: 3 * n)
         let query = (0..<dim).map { _ in rng.nextSignedUnitFloat() }
-        let clean = Self.pass(Copies(rows: rows, dim: dim, count: n), [query], bias: bias, plain: false)
+        let clean = Self.pass(Copies(rows: rows, dim: dim, count: n), [query], bias: bias, path: .dispatched)
         rows[7 * dim + 3] = .nan
         rows[20 * dim] = .infinity
-        for plain in [false, true] {
-            let out = Self.pass(Copies(rows: rows, dim: dim, count: n), [query], bias: bias, plain: plain)
+        for path in [Path.dispatched, .avx2, .plain] {
+            let out = Self.pass(Copies(rows: rows, dim: dim, count: n), [query], bias: bias, path: path)
             #expect(out.bounds[0][7] == .infinity && out.bounds[0][20] == .infinity)
             #expect((0..<n).filter { $0 != 7 && $0 != 20 }.allSatisfy { out.bounds[0][$0] == clean.bounds[0][$0] })
             #expect(out.sums[0].isFinite && out.squares[0].isFinite && out.sums[0] != clean.sums[0])

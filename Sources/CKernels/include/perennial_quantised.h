@@ -8,7 +8,8 @@
 // "Quantization and Training of Neural Networks for Efficient
 // Integer-Arithmetic-Only Inference"): x ≈ s·x̃ with s = max|x| / 127 and
 // x̃ = round(x / s) in [-127, 127], so each component's error is at most s/2.
-// For a query q ≈ t·q̃ the same way, the exact dot product satisfies
+// For a query q ≈ t·q̃ the same way but with seven bits (t = max|q| / 63,
+// so AVX2's 16-bit pair sums cannot saturate), the exact dot product satisfies
 //   |q·x − s·t·(q̃·x̃)| ≤ (t/2)·(s·‖q̃‖₁ + ‖x‖₁),
 // (q·x = s·t·q̃·x̃ + t·q̃·(x − s·x̃) + (q − t·q̃)·x, bounded term by term),
 // which is the bound the kernel adds. q̃·x̃ is an exact integer, so the plain
@@ -62,6 +63,14 @@ void pk_score_quantised_batch_plain(const uint8_t *blocks, size_t count, size_t 
                                     const float *item_scale, const float *item_l1,
                                     const float *bias, size_t bias_stride,
                                     float *const *upper, double *sum, double *sq);
+
+/// The path CPUs without AVX-512 VNNI take (AVX2, or the plain loop without
+/// AVX2), callable on any CPU so that tests hold it to the plain loop too.
+void pk_score_quantised_batch_avx2(const uint8_t *blocks, size_t count, size_t dim,
+                                   const int8_t *const *queries, const pk_quantised_query *params, size_t nq,
+                                   const float *item_scale, const float *item_l1,
+                                   const float *bias, size_t bias_stride,
+                                   float *const *upper, double *sum, double *sq);
 
 /// Whether pk_score_quantised_batch has an AVX-512 VNNI path on this CPU.
 int pk_has_quantised_fast_path(void);
