@@ -488,25 +488,31 @@ public final class CollaborativeFilteringScorer: Scorer {
         // The bounds are scratch: a touched item's is set to NaN once it
         // has been seen, so the scan passes over it.
         for j in touched where Int(j) < n && !f[Int(j)].isNaN {
-            if !query.exclusions.contains(j), blend.score(near: nb[Int(j)], factor: f[Int(j)]) >= top.threshold {
+            // (The bound first: it rules out most items without reading
+            // the exclusions, another scattered load.)
+            if blend.score(near: nb[Int(j)], factor: f[Int(j)]) >= top.threshold, !query.exclusions.contains(j) {
                 top.push(j, blend.score(near: nb[Int(j)], factor: exactFactor(Int(j), slot: slot)))
             }
             f[Int(j)] = .nan
         }
-        var i = 0
+        // s >= threshold needs factor >= mean + threshold / wf; the margin
+        // covers rounding, so no item that would enter is skipped.
+        func bound() -> Float {
+            guard top.count == top.k else { return -.infinity }
+            let b = blend.mean + top.threshold / blend.wf
+            let lowered = b - 1e-3 * (abs(b) + abs(blend.mean)) - 1e-6
+            return lowered.isFinite ? lowered : b
+        }
+        let rowBytes = d * MemoryLayout<Float>.stride
+        var i = pk_next_at_least(f, 0, n, bound())
         while i < n {
-            // s >= threshold needs factor >= mean + threshold / wf; the margin
-            // covers rounding, so no item that would enter is skipped.
-            var bound = -Float.infinity
-            if top.count == top.k {
-                let b = blend.mean + top.threshold / blend.wf
-                bound = b - 1e-3 * (abs(b) + abs(blend.mean)) - 1e-6
-                if !bound.isFinite { bound = b }
-            }
-            i = pk_next_at_least(f, i, n, bound)
-            guard i < n else { break }
+            // The next candidate's row (scattered over megabytes) is fetched
+            // while this one is scored. The bound only rises, so an item the
+            // old bound passed over cannot enter later.
+            let next = pk_next_at_least(f, i + 1, n, bound())
+            if next < n { pk_prefetch(table.items.row(next), rowBytes) }
             if !query.exclusions.contains(Int32(i)) { top.push(Int32(i), blend.score(near: nb[i], factor: exactFactor(i, slot: slot))) }
-            i += 1
+            i = next >= n || f[next] >= bound() ? next : pk_next_at_least(f, next + 1, n, bound())
         }
     }
 
