@@ -394,9 +394,9 @@ public final class CollaborativeFilteringScorer: Scorer {
         finish(query, slot: 0, into: &top)
     }
 
-    /// Several queries: their factor scores come from one pass over the
-    /// catalogue (pk_score_rows_batch, which gives each query exactly the
-    /// scores it gets alone), the rest is per query as in `recommend`.
+    /// Several queries: their factor bounds come from one pass over the
+    /// catalogue (pk_score_quantised_batch, which gives each query exactly
+    /// the bounds it gets alone), the rest is per query as in `recommend`.
     public func recommend(batch queries: [ScoringQuery], into tops: inout [TopK]) {
         scanned.removeAll(keepingCapacity: true)
         for i in queries.indices {
@@ -437,8 +437,8 @@ public final class CollaborativeFilteringScorer: Scorer {
         query.forEachEligibleItem { i in top.push(i, itemStats.row(Int(i))[Self.countSlot]) }
     }
 
-    /// The rest of a query after the catalogue pass left its factor scores
-    /// in `slot`: neighbourhood scores, the blend, the top k.
+    /// The rest of a query after the catalogue pass left its factor bounds
+    /// in `slot`: neighbourhood scores, the blend, the top k (exact scores).
     private func finish(_ query: ScoringQuery, slot: Int, into top: inout TopK) {
         let blend = prepareBlend(query, slot: slot)
         let f = batchScratch.scores(slot)
@@ -572,7 +572,8 @@ public final class CollaborativeFilteringScorer: Scorer {
     /// After the catalogue pass: the query's neighbourhood scores in
     /// `serveNeighbours` (the caller reads them, then calls
     /// `clearNeighbourScores`) and the blend's terms, from the moments of
-    /// the factor scores in `slot`.
+    /// the approximate factor scores in `slot` (the first look's; close to
+    /// the exact ones', and the same for a query alone or in a batch).
     private func prepareBlend(_ query: ScoringQuery, slot: Int) -> Blend {
         let n = query.itemCount
         if serveNeighbours.count < n { serveNeighbours.append(contentsOf: repeatElement(0, count: n - serveNeighbours.count)) }
