@@ -194,6 +194,9 @@ final class EventLoop {
 
     /// The learner applied more: resume connections waiting on it.
     func learnerProgressed() {
+        // A snapshot waiting for the learner is taken before parked
+        // FEEDBACK resumes (it would wait again otherwise).
+        if handler.snapshotDraining { handler.snapshotTurn() }
         guard !parked.isEmpty else { return }
         let applied = handler.model.appliedSeq
         let now = MonotonicClock.nowMillis()
@@ -343,6 +346,7 @@ final class EventLoop {
         }
         handler.learner.stop()
         // A graceful stop leaves a snapshot, so the next start-up is quick.
+        handler.finishSnapshotInFlight()
         if handler.model.lastSeq > handler.lastSnapshotSeq { _ = try? handler.takeSnapshot() }
         uv_close(UnsafeMutablePointer(OpaquePointer(progressAsync)), nil)
         uv_close(UnsafeMutablePointer(OpaquePointer(stopAsync)), nil)
@@ -394,6 +398,8 @@ private let loopCheck: uv_check_cb = { handle in
     let loop = eventLoop(handle?.pointee.data)
     loop.answerBatch()
     loop.commitAwaitingSync()
+    // After the turn's replies: an automatic snapshot pauses nobody's answer.
+    loop.handler.snapshotTurn()
 }
 
 /// Does nothing: an active idle handle only keeps poll from blocking while

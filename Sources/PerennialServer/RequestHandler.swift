@@ -200,6 +200,9 @@ final class RequestHandler {
             // (a batch is always admitted when the connection has nothing queued).
             let share = Int(Double(learner.capacity) * config.limits.feedbackQueueShare)
             let mine = state.unappliedEvents(applied: model.appliedSeq)
+            // (While an automatic snapshot waits for the learner to catch
+            // up, new events wait too; RECOMMENDs go on.)
+            guard !snapshotDraining else { return .waitForQueueRoom }
             guard learner.hasRoom(for: events.count), mine == 0 || mine + events.count <= share else {
                 stats.queueFullPauses += 1
                 return .waitForQueueRoom
@@ -238,9 +241,6 @@ final class RequestHandler {
             Reply.feedback(FeedbackAck(firstSeq: admitted[0].seq, lastSeq: last, durableSeq: durable,
                                        appliedSeq: model.appliedSeq))
                 .encode(into: &out, requestID: requestID)
-            if config.snapshotEveryEvents > 0 && last - lastSnapshotSeq >= UInt64(config.snapshotEveryEvents) {
-                _ = try? takeSnapshot()
-            }
         case .recommend(let q):
             if let wait = try readYourWrites(q.minAppliedSeq, state: &state) { return wait }
             let batched = joinsBatch(request)
@@ -410,52 +410,115 @@ final class RequestHandler {
 
     /// The last snapshot's size (room reserved for the next one).
     private var lastSnapshotBytes = 0
+    /// The automatic snapshot being written off the loop thread, if any.
+    private var inFlight: SnapshotInFlight?
+    /// After an automatic snapshot failed: no new attempt before this
+    /// sequence (a tenth of `every_events` later), so a full disk does not
+    /// pause the loop on every turn.
+    private var retrySnapshotAt: UInt64 = 0
 
-    /// Writes a snapshot of the model at the current log position: waits
-    /// for the learner to apply everything accepted, starts a new log
-    /// segment, serialises the model, writes it durably, then removes the
-    /// snapshots and log segments no longer needed. Runs on the loop thread,
-    /// which pauses for its duration (about 0.25 s for ml-latest-small with
-    /// cf: 36 MB serialised, checksummed, written and fsynced). Returns the
-    /// sequence it covers.
+    /// True while an automatic snapshot waits for the learner to apply
+    /// what was accepted: FEEDBACK waits (parked, like a full queue) so the
+    /// learner catches up, and RECOMMENDs are served meanwhile.
+    private(set) var snapshotDraining = false
+
+    /// Called once per loop turn, after the turn's replies went out, and
+    /// when the learner reports progress: takes the automatic snapshot
+    /// `snapshot.every_events` asks for, if one is due and none is being
+    /// written, and collects a finished one. The learner must first apply
+    /// everything accepted (new FEEDBACK waits meanwhile, not the loop);
+    /// then the loop pauses only to serialise (about 60 ms for
+    /// ml-latest-small with cf), and the file is written by the snapshot's
+    /// own thread (SnapshotInFlight).
+    func snapshotTurn() {
+        if let f = inFlight, let outcome = f.finished { collect(f, outcome) }
+        let every = UInt64(config.snapshotEveryEvents)
+        guard inFlight == nil, every > 0, model.lastSeq - lastSnapshotSeq >= every, model.lastSeq >= retrySnapshotAt else {
+            snapshotDraining = false
+            return
+        }
+        snapshotDraining = model.appliedSeq < model.lastSeq
+        guard !snapshotDraining else { return }
+        do {
+            let (job, payload, t0, pauseMs) = try serialiseSnapshot(note: [:], distinct: false)
+            inFlight = SnapshotInFlight(job: job, payload: payload, startedNs: t0, pauseMs: pauseMs)
+        } catch {
+            snapshotFailed(at: model.lastSeq, error)
+        }
+    }
+
+    /// Writes a snapshot of the model at the current log position and
+    /// returns when it is durable (a SNAPSHOT request, a reload, a rollback,
+    /// a graceful stop): waits for an automatic one still being written,
+    /// then serialises, writes, describes and prunes on the loop thread,
+    /// which pauses for all of it (about 0.15-0.25 s for ml-latest-small
+    /// with cf: 36 MB). Returns the sequence it covers.
     @discardableResult
     func takeSnapshot(note: [String: Any] = [:], distinct: Bool = false) throws -> UInt64 {
+        finishSnapshotInFlight()
+        let written: SnapshotWritten, job: SnapshotJob, size: Int, t0: UInt64, pauseMs: Double
+        do {
+            var bytes: [UInt8]
+            (job, bytes, t0, pauseMs) = try serialiseSnapshot(note: note, distinct: distinct)
+            size = bytes.count
+            written = try job.write(&bytes)
+        } catch {
+            Log.error("\(error)")
+            throw error
+        }
+        complete(written, seq: job.seq, bytes: size, startedNs: t0, pauseMs: pauseMs)
+        return job.seq
+    }
+
+    /// Waits for an automatic snapshot still being written, and completes it.
+    func finishSnapshotInFlight() {
+        if let f = inFlight { collect(f, f.wait()) }
+    }
+
+    /// The loop's part of a snapshot: waits for the learner to apply
+    /// everything accepted, starts a new log segment, serialises the model.
+    private func serialiseSnapshot(note: [String: Any], distinct: Bool) throws -> (SnapshotJob, [UInt8], UInt64, Double) {
         let t0 = MonotonicClock.nowNanos()
         while model.appliedSeq < model.lastSeq { usleep(50) }
         let seq = model.lastSeq
         let segment = try log.rollSegment()
         var w = SnapshotWriter(capacity: lastSnapshotBytes + lastSnapshotBytes / 8)
         model.save(to: &w)
-        let size = w.bytes.count
-        lastSnapshotBytes = size
-        let file: SnapshotFile
-        do {
-            file = try snapshots.write(seq: seq, firstLogSegment: segment, payload: w.bytes, distinct: distinct)
-        } catch {
-            Log.error("\(error)")
-            throw error
-        }
-        lastSnapshotSeq = seq
-        stats.snapshots += 1
-        // The snapshot is a model version: describe it beside the file.
+        lastSnapshotBytes = w.bytes.count
+        // The snapshot is a model version: its description.
         var meta: [String: Any] = ["created": ISO8601DateFormatter().string(from: Date()), "scorers": model.scorerNames,
                                    "default_scorer": model.defaultScorer, "config": config.source,
-                                   "users": model.users.count, "items": model.items.count, "bytes": size]
+                                   "users": model.users.count, "items": model.items.count, "bytes": w.bytes.count]
         for (k, v) in note { meta[k] = v }
-        // A snapshot that replaced one at the same position keeps that
-        // version's notes (a rollback, a reload), not its figures.
-        var previous = snapshots.metadata(of: file)
-        previous.removeValue(forKey: "e1")
-        meta.merge(previous) { new, _ in new }
-        do { try snapshots.writeMetadata(of: file, meta) } catch { Log.warning("snapshot \(file.id): its description was not written: \(error)") }
-        // The serialised model was one large buffer: hand its pages back to
-        // the OS now rather than keep them as free heap.
-        w = SnapshotWriter()
-        _ = malloc_trim(0)
-        if let keepFrom = snapshots.prune(keep: config.snapshotKeep) { log.removeSegments(before: keepFrom) }
-        Log.info(String(format: "snapshot (version %@) at sequence %llu: %d bytes in %.1f ms", file.id, seq, size,
-                        Double(MonotonicClock.nowNanos() - t0) / 1e6))
-        return seq
+        let job = SnapshotJob(store: snapshots, seq: seq, firstLogSegment: segment, distinct: distinct,
+                              keep: config.snapshotKeep, description: meta)
+        return (job, w.bytes, t0, Double(MonotonicClock.nowNanos() - t0) / 1e6)
+    }
+
+    /// An automatic snapshot's write finished: complete it, or note the failure.
+    private func collect(_ f: SnapshotInFlight, _ outcome: Result<SnapshotWritten, any Error>) {
+        inFlight = nil
+        switch outcome {
+        case .success(let written):
+            complete(written, seq: f.seq, bytes: f.bytes, startedNs: f.startedNs, pauseMs: f.pauseMs)
+        case .failure(let error):
+            snapshotFailed(at: f.seq, error)
+        }
+    }
+
+    private func snapshotFailed(at seq: UInt64, _ error: any Error) {
+        retrySnapshotAt = model.lastSeq + UInt64(max(1, config.snapshotEveryEvents / 10))
+        Log.error("automatic snapshot at sequence \(seq) failed (next attempt after sequence \(retrySnapshotAt)): \(error)")
+    }
+
+    /// A snapshot is durable: it is the newest, and the log segments the
+    /// kept snapshots cover can go.
+    private func complete(_ written: SnapshotWritten, seq: UInt64, bytes: Int, startedNs: UInt64, pauseMs: Double) {
+        lastSnapshotSeq = max(lastSnapshotSeq, seq)
+        stats.snapshots += 1
+        if let keepFrom = written.keepLogFrom { log.removeSegments(before: keepFrom) }
+        Log.info(String(format: "snapshot (version %@) at sequence %llu: %d bytes in %.1f ms (serving paused %.1f ms)",
+                        written.file.id, seq, bytes, Double(MonotonicClock.nowNanos() - startedNs) / 1e6, pauseMs))
     }
 
     /// Under `always`: fsyncs the log before acknowledgements leave. False
