@@ -289,6 +289,29 @@ __attribute__((constructor)) static void detect_vnni(void) {
 
 int pk_has_quantised_fast_path(void) { return vnni_state; }
 
+// The AVX-512 path, in slices of at most MAX_QUERIES (the moments live on
+// its stack); returns 0 when the CPU has no VNNI.
+static int score_quantised_vnni_sliced(const uint8_t *blocks, size_t count, size_t dim,
+                                       const int8_t *const *queries, const pk_quantised_query *params, size_t nq,
+                                       const float *item_scale, const float *item_l1,
+                                       const float *bias, size_t bias_stride,
+                                       float *const *upper, double *sum, double *sq) {
+    if (!vnni_state) return 0;
+    while (nq > 0) {
+        const size_t n = nq < MAX_QUERIES ? nq : MAX_QUERIES;
+        score_quantised_vnni(blocks, count, dim, queries, params, n, item_scale, item_l1, bias, bias_stride, upper, sum, sq);
+        queries += n; params += n; upper += n; sum += n; sq += n;
+        nq -= n;
+    }
+    return 1;
+}
+#else
+int pk_has_quantised_fast_path(void) { return 0; }
+#define avx2_state 0
+#define score_quantised_avx2 score_quantised_plain
+#define score_quantised_vnni_sliced(...) 0
+#endif
+
 void pk_score_quantised_batch_avx2(const uint8_t *blocks, size_t count, size_t dim,
                                    const int8_t *const *queries, const pk_quantised_query *params, size_t nq,
                                    const float *item_scale, const float *item_l1,
@@ -305,37 +328,8 @@ void pk_score_quantised_batch(const uint8_t *blocks, size_t count, size_t dim,
                               const float *item_scale, const float *item_l1,
                               const float *bias, size_t bias_stride,
                               float *const *upper, double *sum, double *sq) {
-    if (!vnni_state) {
-        if (avx2_state)
-            score_quantised_avx2(blocks, count, dim, queries, params, nq, item_scale, item_l1, bias, bias_stride, upper, sum, sq);
-        else
-            pk_score_quantised_batch_plain(blocks, count, dim, queries, params, nq, item_scale, item_l1, bias, bias_stride,
-                                           upper, sum, sq);
-        return;
-    }
-    while (nq > MAX_QUERIES) {
-        score_quantised_vnni(blocks, count, dim, queries, params, MAX_QUERIES, item_scale, item_l1, bias, bias_stride,
-                             upper, sum, sq);
-        queries += MAX_QUERIES; params += MAX_QUERIES; upper += MAX_QUERIES; sum += MAX_QUERIES; sq += MAX_QUERIES;
-        nq -= MAX_QUERIES;
-    }
-    score_quantised_vnni(blocks, count, dim, queries, params, nq, item_scale, item_l1, bias, bias_stride, upper, sum, sq);
+    if (!score_quantised_vnni_sliced(blocks, count, dim, queries, params, nq, item_scale, item_l1, bias, bias_stride,
+                                     upper, sum, sq))
+        pk_score_quantised_batch_avx2(blocks, count, dim, queries, params, nq, item_scale, item_l1, bias, bias_stride,
+                                      upper, sum, sq);
 }
-#else
-int pk_has_quantised_fast_path(void) { return 0; }
-void pk_score_quantised_batch_avx2(const uint8_t *blocks, size_t count, size_t dim,
-                                   const int8_t *const *queries, const pk_quantised_query *params, size_t nq,
-                                   const float *item_scale, const float *item_l1,
-                                   const float *bias, size_t bias_stride,
-                                   float *const *upper, double *sum, double *sq) {
-    score_quantised_plain(blocks, count, dim, queries, params, nq, item_scale, item_l1, bias, bias_stride, upper, sum, sq);
-}
-void pk_score_quantised_batch(const uint8_t *blocks, size_t count, size_t dim,
-                              const int8_t *const *queries, const pk_quantised_query *params, size_t nq,
-                              const float *item_scale, const float *item_l1,
-                              const float *bias, size_t bias_stride,
-                              float *const *upper, double *sum, double *sq) {
-    pk_score_quantised_batch_plain(blocks, count, dim, queries, params, nq, item_scale, item_l1, bias, bias_stride,
-                                   upper, sum, sq);
-}
-#endif
