@@ -249,6 +249,37 @@ import PerennialPlugins
         #expect(try copy.recommend(user: 1000, k: 10) == m.recommend(user: 1000, k: 10))
     }
 
+    /// Between a reused index's first admitted event and the learner
+    /// applying it, the new user is answered from their own history, not
+    /// from the expired user's row (which the learner has not reset yet).
+    @Test func aReusedIndexNeverServesTheOldUsersRow() throws {
+        let m = try model(["cf", "popularity"]) { d in d.set("lifelong.max_users", .integer(50)) }
+        for k in 0..<3000 { feed(m, user: UInt64(1 + k % 50), item: UInt64(1 + (k * 7) % 60), at: Int64(k)) }
+        var out: [LearnEvent] = []
+        m.admit(CollectionOfOne(IncomingEvent(user: 999, item: 5, kind: .click, value: 1, timestamp: 5000)), now: 0, into: &out)
+        #expect(m.users.index(of: 999) == 0 && m.lifecycle.learnedGeneration[0] != m.lifecycle.generation[0])
+        // What cf answers from 999's history alone (no row).
+        let i5 = m.items.index(of: 5)!
+        let ex = ExclusionSet()
+        ex.reset(itemCount: m.items.count)
+        ex.insert(i5)
+        var top = TopK(k: 10)
+        try m.scorer(named: "cf").recommend(ScoringQuery(user: nil, exclusions: ex, itemCount: m.items.count, history: [i5][...]),
+                                            into: &top)
+        let historyOnly = top.sorted().map { Recommendation(item: m.items.id(at: $0.item), score: $0.score) }
+        // And from the expired user's row with that history: what 999 got before the fix.
+        top.reset(k: 10)
+        try m.scorer(named: "cf").recommend(ScoringQuery(user: 0, exclusions: ex, itemCount: m.items.count, history: [i5][...]),
+                                            into: &top)
+        let oldRow = top.sorted().map { Recommendation(item: m.items.id(at: $0.item), score: $0.score) }
+        #expect(historyOnly != oldRow)
+        #expect(try m.recommend(user: 999, k: 10, scorer: "cf") == historyOnly)
+        // Once learned, the row is the new user's own (reset, then stepped).
+        for l in out { m.learn(l) }
+        #expect(m.lifecycle.learnedGeneration[0] == m.lifecycle.generation[0])
+        #expect(try m.recommend(user: 999, k: 10, scorer: "cf") != historyOnly)
+    }
+
     @Test func aBoundSetOnAnExistingModelTakesItsOldUsersFirst() throws {
         let before = try model(["popularity"]) { _ in }
         for k in 0..<100 { feed(before, user: UInt64(k + 1), item: UInt64(1 + k % 10), at: Int64(k)) }

@@ -577,8 +577,12 @@ public final class Model: @unchecked Sendable {
         let exclusions = exclusions ?? self.exclusions
         let own = users.index(of: user)
         // A user without a row of their own is answered from the shared
-        // fallback user's row, when there is one (with no history).
-        let u = own ?? fallbackUser
+        // fallback user's row, when there is one (with no history). An index
+        // reused for a new user still holds the expired user's row and
+        // scorer state until the learner applies the new user's first event
+        // (it resets them then): until that, the new user is answered from
+        // their history alone, never from someone else's row.
+        let u = own.map { rowIsCurrent($0) ? $0 : nil } ?? fallbackUser
         exclusions.reset(itemCount: items.count)
         if let own { history.forEachItem(of: own) { exclusions.insert($0) } }
         for id in exclude { if let i = items.index(of: id) { exclusions.insert(i) } }
@@ -589,6 +593,14 @@ public final class Model: @unchecked Sendable {
         return ScoringQuery(user: u, sessionItems: session.compactMap { items.index(of: $0) },
                             candidates: cand, exclusions: exclusions, itemCount: items.count,
                             history: own.map { history.items(of: $0)[...] } ?? [])
+    }
+
+    /// Whether user index u's learned state belongs to the user holding it
+    /// now (read on the serving thread; the learner writes the generation
+    /// it has learned, a 32-bit value in memory that never moves).
+    @inline(__always)
+    private func rowIsCurrent(_ u: Int32) -> Bool {
+        lifecycle.learnedGeneration[Int(u)] == lifecycle.generation[Int(u)]
     }
 
     /// Counters of the model and of every scorer (`<scorer>_<name>`).
