@@ -85,13 +85,19 @@ pk_quantised_query pk_quantise_query(const float *query, size_t dim, int8_t *out
     return p;
 }
 
+// Blocks per tile: every query of the batch scores a tile (16 KB at dim 64,
+// inside L1) before the next is read. The moments are summed in float
+// within a tile (16 values per lane) and in double across tiles: converting
+// every score to double cost a third of the pass.
+#define TILE_BLOCKS 16
+
 // A block's outputs from its integer dot products (offset already
 // removed), branch-free so that it vectorises: a lane whose scale (the
 // row's times the query's) is not finite gets bound +inf and adds 0 to the
 // moments; lanes at or past `live` are left alone.
 static inline __attribute__((always_inline)) void finish_lanes(const int32_t *dot, size_t live, pk_quantised_query p,
                                                                const float *s, const float *l1, const float *bias,
-                                                               size_t bias_stride, float *upper, double *ls, double *lq) {
+                                                               size_t bias_stride, float *upper, float *ls, float *lq) {
     const float half = p.scale * HALF_WITH_MARGIN, ql1 = (float)p.l1;
     for (size_t lane = 0; lane < live; lane++) {
         const float scale = p.scale * s[lane];
@@ -102,14 +108,25 @@ static inline __attribute__((always_inline)) void finish_lanes(const int32_t *do
         e = e * half;
         const int finite = scale <= 3.0e38f;
         upper[lane] = finite ? a + e : INFINITY;
-        const double d = finite ? (double)a : 0.0;
+        const float d = finite ? a : 0.0f;
         ls[lane] = ls[lane] + d;
         lq[lane] = lq[lane] + d * d;
     }
 }
 
-// The moments: 16 double lanes per query (lane = row % 16 within a block),
-// reduced in a fixed order at the end of the call.
+// A tile's float moments into the double ones (and cleared).
+static inline __attribute__((always_inline)) void flush_tile(float *fs, float *fq, double *ls, double *lq) {
+    for (int lane = 0; lane < 16; lane++) {
+        ls[lane] = ls[lane] + (double)fs[lane];
+        lq[lane] = lq[lane] + (double)fq[lane];
+        fs[lane] = 0;
+        fq[lane] = 0;
+    }
+}
+
+// The moments: 16 double lanes per query (lane = row % 16 within a block,
+// each fed a tile's float sum at a time), reduced in a fixed order at the
+// end of the call.
 static void add_moments(double *lanes_s, double *lanes_q, double *sum, double *sq) {
     double ts = 0, tq = 0;
     for (int k = 0; k < 8; k++) {
@@ -138,13 +155,15 @@ static inline __attribute__((always_inline)) void block_dots_plain(const uint8_t
         const size_t groups = pk_quantised_groups(dim); \
         for (size_t j = 0; j < nq; j++) { \
             double ls[16] = {0}, lq[16] = {0}; \
+            float fs[16] = {0}, fq[16] = {0}; \
             const int32_t offset = 128 * params[j].sum; \
             for (size_t r0 = 0; r0 < count; r0 += 16) { \
                 int32_t dot[16]; \
                 BLOCK_DOTS(blocks + (r0 / 16) * groups * 64, groups, queries[j], dot); \
                 for (int lane = 0; lane < 16; lane++) dot[lane] -= offset; \
                 finish_lanes(dot, count - r0 < 16 ? count - r0 : 16, params[j], item_scale + r0, item_l1 + r0, \
-                             bias + r0 * bias_stride, bias_stride, upper[j] + r0, ls, lq); \
+                             bias + r0 * bias_stride, bias_stride, upper[j] + r0, fs, fq); \
+                if ((r0 / 16 + 1) % TILE_BLOCKS == 0 || r0 + 16 >= count) flush_tile(fs, fq, ls, lq); \
             } \
             add_moments(ls, lq, sum + j, sq + j); \
         } \
@@ -165,15 +184,11 @@ void pk_score_quantised_batch_plain(const uint8_t *blocks, size_t count, size_t 
 
 #define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq")))
 
-// Blocks per tile: every query of the batch scores a tile (16 KB at dim 64,
-// inside L1) before the next is read.
-#define TILE_BLOCKS 16
 #define MAX_QUERIES 64
 
 // The block's 16 outputs for one query from its 16 integer dot products.
 VNNI_TARGET static inline void finish_block(__m512i acc, pk_quantised_query p, __m512 s, __m512 l1, __m512 b,
-                                            __mmask16 live, float *upper, __m512d *ms_lo, __m512d *ms_hi,
-                                            __m512d *mq_lo, __m512d *mq_hi) {
+                                            __mmask16 live, float *upper, __m512 *fs, __m512 *fq) {
     const __m512i dot = _mm512_sub_epi32(acc, _mm512_set1_epi32(128 * p.sum));
     const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(p.scale), s);
     __m512 a = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), scale);
@@ -186,12 +201,16 @@ VNNI_TARGET static inline void finish_block(__m512i acc, pk_quantised_query p, _
     const __m512 u = _mm512_mask_blend_ps(finite, _mm512_set1_ps(INFINITY), _mm512_add_ps(a, e));
     _mm512_mask_storeu_ps(upper, live, u);
     a = _mm512_maskz_mov_ps(finite, a);
-    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(a));
-    const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
-    *ms_lo = _mm512_add_pd(*ms_lo, lo);
-    *ms_hi = _mm512_add_pd(*ms_hi, hi);
-    *mq_lo = _mm512_add_pd(*mq_lo, _mm512_mul_pd(lo, lo));
-    *mq_hi = _mm512_add_pd(*mq_hi, _mm512_mul_pd(hi, hi));
+    *fs = _mm512_add_ps(*fs, a);
+    *fq = _mm512_add_ps(*fq, _mm512_mul_ps(a, a));
+}
+
+// A tile's float moments into one query's double ones (16 lanes each).
+VNNI_TARGET static inline void flush_tile_vnni(__m512 fs, __m512 fq, __m512d *ms, __m512d *mq) {
+    ms[0] = _mm512_add_pd(ms[0], _mm512_cvtps_pd(_mm512_castps512_ps256(fs)));
+    ms[1] = _mm512_add_pd(ms[1], _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(fs), 1))));
+    mq[0] = _mm512_add_pd(mq[0], _mm512_cvtps_pd(_mm512_castps512_ps256(fq)));
+    mq[1] = _mm512_add_pd(mq[1], _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(fq), 1))));
 }
 
 // Dot products of one block with up to four queries: each group's 64 bytes
@@ -217,8 +236,9 @@ VNNI_TARGET static void score_quantised_vnni(const uint8_t *blocks, size_t count
                                              float *const *upper, double *sum, double *sq) {
     const size_t groups = pk_quantised_groups(dim);
     const size_t nblocks = (count + 15) / 16;
-    __m512d ms_lo[MAX_QUERIES], ms_hi[MAX_QUERIES], mq_lo[MAX_QUERIES], mq_hi[MAX_QUERIES];
-    for (size_t j = 0; j < nq; j++) ms_lo[j] = ms_hi[j] = mq_lo[j] = mq_hi[j] = _mm512_setzero_pd();
+    // Each query's double moments: lanes 0-7 then 8-15.
+    __m512d ms[MAX_QUERIES][2], mq[MAX_QUERIES][2];
+    for (size_t j = 0; j < nq; j++) ms[j][0] = ms[j][1] = mq[j][0] = mq[j][1] = _mm512_setzero_pd();
     const __m512i stride = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                               _mm512_set1_epi32((int)bias_stride));
     __m512 tile_bias[TILE_BLOCKS];
@@ -232,6 +252,8 @@ VNNI_TARGET static void score_quantised_vnni(const uint8_t *blocks, size_t count
         }
         for (size_t j = 0; j < nq; j += 4) {
             const int n = nq - j >= 4 ? 4 : (int)(nq - j);
+            __m512 fs[4], fq[4];
+            for (int k = 0; k < 4; k++) fs[k] = fq[k] = _mm512_setzero_ps();
             for (size_t b = t0; b < t1; b++) {
                 const size_t r0 = b * 16;
                 const __mmask16 live = count - r0 >= 16 ? 0xFFFF : (__mmask16)((1u << (count - r0)) - 1);
@@ -240,17 +262,17 @@ VNNI_TARGET static void score_quantised_vnni(const uint8_t *blocks, size_t count
                 __m512i acc[4];
                 block_dots(blocks + b * groups * 64, groups, queries + j, n, acc);
                 for (int k = 0; k < n; k++)
-                    finish_block(acc[k], params[j + k], s, l1, tile_bias[b - t0], live, upper[j + k] + r0,
-                                 &ms_lo[j + k], &ms_hi[j + k], &mq_lo[j + k], &mq_hi[j + k]);
+                    finish_block(acc[k], params[j + k], s, l1, tile_bias[b - t0], live, upper[j + k] + r0, &fs[k], &fq[k]);
             }
+            for (int k = 0; k < n; k++) flush_tile_vnni(fs[k], fq[k], ms[j + k], mq[j + k]);
         }
     }
     for (size_t j = 0; j < nq; j++) {
         double ls[16], lq[16];
-        _mm512_storeu_pd(ls, ms_lo[j]);
-        _mm512_storeu_pd(ls + 8, ms_hi[j]);
-        _mm512_storeu_pd(lq, mq_lo[j]);
-        _mm512_storeu_pd(lq + 8, mq_hi[j]);
+        _mm512_storeu_pd(ls, ms[j][0]);
+        _mm512_storeu_pd(ls + 8, ms[j][1]);
+        _mm512_storeu_pd(lq, mq[j][0]);
+        _mm512_storeu_pd(lq + 8, mq[j][1]);
         add_moments(ls, lq, sum + j, sq + j);
     }
 }
