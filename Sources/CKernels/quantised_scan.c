@@ -148,7 +148,7 @@ static inline __attribute__((always_inline)) void block_dots_plain(const uint8_t
 
 // The pass a block at a time, with BLOCK_DOTS computing each block's dot
 // products; instantiated for the plain loop here and for AVX2 below.
-#define SCORE_QUANTISED_LANES(NAME, ATTR, BLOCK_DOTS) \
+#define SCORE_QUANTISED_LANES(NAME, ATTR, BLOCK_DOTS, FINISH) \
     ATTR static void NAME(const uint8_t *blocks, size_t count, size_t dim, const int8_t *const *queries, \
                           const pk_quantised_query *params, size_t nq, const float *item_scale, const float *item_l1, \
                           const float *bias, size_t bias_stride, float *const *upper, double *sum, double *sq) { \
@@ -161,15 +161,15 @@ static inline __attribute__((always_inline)) void block_dots_plain(const uint8_t
                 int32_t dot[16]; \
                 BLOCK_DOTS(blocks + (r0 / 16) * groups * 64, groups, queries[j], dot); \
                 for (int lane = 0; lane < 16; lane++) dot[lane] -= offset; \
-                finish_lanes(dot, count - r0 < 16 ? count - r0 : 16, params[j], item_scale + r0, item_l1 + r0, \
-                             bias + r0 * bias_stride, bias_stride, upper[j] + r0, fs, fq); \
+                FINISH(dot, count - r0 < 16 ? count - r0 : 16, params[j], item_scale + r0, item_l1 + r0, \
+                       bias + r0 * bias_stride, bias_stride, upper[j] + r0, fs, fq); \
                 if ((r0 / 16 + 1) % TILE_BLOCKS == 0 || r0 + 16 >= count) flush_tile(fs, fq, ls, lq); \
             } \
             add_moments(ls, lq, sum + j, sq + j); \
         } \
     }
 
-SCORE_QUANTISED_LANES(score_quantised_plain, , block_dots_plain)
+SCORE_QUANTISED_LANES(score_quantised_plain, , block_dots_plain, finish_lanes)
 
 void pk_score_quantised_batch_plain(const uint8_t *blocks, size_t count, size_t dim,
                                     const int8_t *const *queries, const pk_quantised_query *params, size_t nq,
@@ -296,8 +296,35 @@ __attribute__((target("avx2"), always_inline)) static inline void block_dots_avx
     _mm256_storeu_si256((__m256i *)(void *)(dot + 8), a1);
 }
 
-// (No FMA in the target: the float steps stay separate, as in the plain loop.)
-SCORE_QUANTISED_LANES(score_quantised_avx2, __attribute__((target("avx2"))), block_dots_avx2)
+// finish_lanes for a whole block, eight lanes at a time, the same steps in
+// the same order (no FMA in the target: the float steps stay separate).
+__attribute__((target("avx2"), always_inline)) static inline void finish_lanes_avx2(
+    const int32_t *dot, size_t live, pk_quantised_query p, const float *s, const float *l1, const float *bias,
+    size_t bias_stride, float *upper, float *fs, float *fq) {
+    if (live < 16) {
+        finish_lanes(dot, live, p, s, l1, bias, bias_stride, upper, fs, fq);
+        return;
+    }
+    const __m256 t = _mm256_set1_ps(p.scale), ql1 = _mm256_set1_ps((float)p.l1);
+    const __m256 half = _mm256_set1_ps(p.scale * HALF_WITH_MARGIN), big = _mm256_set1_ps(3.0e38f);
+    const __m256i stride = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)bias_stride));
+    for (int h = 0; h < 16; h += 8) {
+        const __m256 sh = _mm256_loadu_ps(s + h);
+        const __m256 scale = _mm256_mul_ps(t, sh);
+        __m256 a = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(const void *)(dot + h))), scale);
+        a = _mm256_add_ps(a, _mm256_i32gather_ps(bias + h * bias_stride, stride, 4));
+        __m256 e = _mm256_mul_ps(sh, ql1);
+        e = _mm256_add_ps(e, _mm256_loadu_ps(l1 + h));
+        e = _mm256_mul_ps(e, half);
+        const __m256 finite = _mm256_cmp_ps(scale, big, _CMP_LE_OQ);
+        _mm256_storeu_ps(upper + h, _mm256_blendv_ps(_mm256_set1_ps(INFINITY), _mm256_add_ps(a, e), finite));
+        const __m256 d = _mm256_and_ps(a, finite);
+        _mm256_storeu_ps(fs + h, _mm256_add_ps(_mm256_loadu_ps(fs + h), d));
+        _mm256_storeu_ps(fq + h, _mm256_add_ps(_mm256_loadu_ps(fq + h), _mm256_mul_ps(d, d)));
+    }
+}
+
+SCORE_QUANTISED_LANES(score_quantised_avx2, __attribute__((target("avx2"))), block_dots_avx2, finish_lanes_avx2)
 
 static int vnni_state = 0, avx2_state = 0;
 
