@@ -489,8 +489,10 @@ public final class CollaborativeFilteringScorer: Scorer {
         // has been seen, so the scan passes over it.
         for j in touched where Int(j) < n && !f[Int(j)].isNaN {
             // (The bound first: it rules out most items without reading
-            // the exclusions, another scattered load.)
-            if blend.score(near: nb[Int(j)], factor: f[Int(j)]) >= top.threshold, !query.exclusions.contains(j) {
+            // the exclusions, another scattered load. The margin is the
+            // scan's below, for the rounding of the bound's last additions.)
+            let bf = f[Int(j)], slack = blend.wf * (1e-3 * (abs(bf) + abs(blend.mean)) + 1e-6)
+            if blend.score(near: nb[Int(j)], factor: bf) + slack >= top.threshold, !query.exclusions.contains(j) {
                 top.push(j, blend.score(near: nb[Int(j)], factor: exactFactor(Int(j), slot: slot)))
             }
             f[Int(j)] = .nan
@@ -557,6 +559,11 @@ public final class CollaborativeFilteringScorer: Scorer {
             pk_score_quantised_batch(copies.blocks.row(first >> 4), rowCount, d, scratch.queryPointers, scratch.queryTerms, count,
                                      copies.scales.row(first), copies.norms.row(first),
                                      itemStats.row(first) + Self.biasSlot, 3, scratch.outPointers, scratch.sums, scratch.squares)
+        }
+        // Rows the learner wrote during the pass: their copies were stale,
+        // so they are scored exactly (bound +inf).
+        copies.forEachWrittenSinceRefresh(table, count: n) { i in
+            for s in 0..<count { scratch.scores(s)[i] = .infinity }
         }
     }
 

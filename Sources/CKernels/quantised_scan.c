@@ -9,10 +9,18 @@
 
 #pragma clang fp contract(off)
 
-// The bound's factor t/2, raised by 1/2000 so that the float rounding of the
-// quantisation itself (x / s is rounded before it is rounded to an integer)
-// can never put an exact score above its bound.
-#define HALF_WITH_MARGIN 0.5005f
+// The bound's factor t/2, raised by 1/2000 for the float rounding of the
+// quantisation itself (x / s is rounded before it is rounded to an
+// integer), and by dim · 1e-5 for the rounding of the exact float dot
+// product it is compared with (at most about dim · 2^-24 · Σ|q_k x_k|,
+// Higham's bound, and Σ|q_k x_k| <= 63 t ‖x‖₁, at most 126 times the
+// bound's ‖x‖₁ term).
+static inline float bound_half(float t, size_t dim) { return t * (0.5005f + (float)dim * 1e-5f); }
+
+// Magnitudes this small (or zero is fine, but a tiny non-zero maximum would
+// make 127 / max overflow): such a row or query is not quantised, and its
+// items are always scored exactly.
+#define SMALLEST_QUANTISED 1e-30f
 
 size_t pk_quantised_groups(size_t dim) { return (dim + 3) / 4; }
 
@@ -47,8 +55,15 @@ float pk_quantise_item(const float *row, size_t dim, uint8_t *blocks, size_t ind
     uint8_t *base = blocks + (index / 16) * groups * 64 + (index % 16) * 4;
     int finite;
     const float m = max_abs(row, dim, &finite);
-    const float s = finite ? m / 127.0f : INFINITY;
-    const float inv = (finite && m > 0) ? 127.0f / m : 0;
+    if (!finite || (m > 0 && m < SMALLEST_QUANTISED)) {
+        // Not quantised (bytes of 0): scale +inf, so the bound is +inf.
+        for (size_t g = 0; g < groups; g++)
+            for (size_t t = 0; t < 4; t++) base[g * 64 + t] = 128;
+        *l1 = INFINITY;
+        return INFINITY;
+    }
+    const float s = m / 127.0f;
+    const float inv = m > 0 ? 127.0f / m : 0;
     float norm[4] = {0};
     const size_t whole = dim / 4;
     for (size_t g = 0; g < whole; g++)
@@ -64,7 +79,7 @@ float pk_quantise_item(const float *row, size_t dim, uint8_t *blocks, size_t ind
             base[g * 64 + t] = (uint8_t)(quantise_one(x, inv, 127.0f) + 128);
             norm[t] += fabsf(x);
         }
-    *l1 = finite ? (norm[0] + norm[1]) + (norm[2] + norm[3]) : INFINITY;
+    *l1 = (norm[0] + norm[1]) + (norm[2] + norm[3]);
     return s;
 }
 
@@ -72,12 +87,14 @@ pk_quantised_query pk_quantise_query(const float *query, size_t dim, int8_t *out
     const size_t groups = pk_quantised_groups(dim);
     int finite;
     const float m = max_abs(query, dim, &finite);
+    // Not quantisable (see SMALLEST_QUANTISED): scale +inf, every bound +inf.
+    const int usable = finite && !(m > 0 && m < SMALLEST_QUANTISED);
     // Seven bits: two products of a u8 and a |q| <= 63 sum to at most
     // 32,130, so AVX2's saturating 16-bit pair sums never saturate.
-    const float inv = (finite && m > 0) ? 63.0f / m : 0;
-    pk_quantised_query p = {finite ? m / 63.0f : INFINITY, 0, 0};
+    const float inv = (usable && m > 0) ? 63.0f / m : 0;
+    pk_quantised_query p = {usable ? m / 63.0f : INFINITY, 0, 0};
     for (size_t k = 0; k < groups * 4; k++) {
-        const int v = k < dim ? quantise_one(query[k], inv, 63.0f) : 0;
+        const int v = (usable && k < dim) ? quantise_one(query[k], inv, 63.0f) : 0;
         out[k] = (int8_t)v;
         p.l1 += v < 0 ? -v : v;
         p.sum += v;
@@ -96,9 +113,10 @@ pk_quantised_query pk_quantise_query(const float *query, size_t dim, int8_t *out
 // row's times the query's) is not finite gets bound +inf and adds 0 to the
 // moments; lanes at or past `live` are left alone.
 static inline __attribute__((always_inline)) void finish_lanes(const int32_t *dot, size_t live, pk_quantised_query p,
-                                                               const float *s, const float *l1, const float *bias,
-                                                               size_t bias_stride, float *upper, float *ls, float *lq) {
-    const float half = p.scale * HALF_WITH_MARGIN, ql1 = (float)p.l1;
+                                                               float half, const float *s, const float *l1,
+                                                               const float *bias, size_t bias_stride, float *upper,
+                                                               float *ls, float *lq) {
+    const float ql1 = (float)p.l1;
     for (size_t lane = 0; lane < live; lane++) {
         const float scale = p.scale * s[lane];
         float a = (float)dot[lane] * scale;
@@ -161,7 +179,8 @@ static inline __attribute__((always_inline)) void block_dots_plain(const uint8_t
                 int32_t dot[16]; \
                 BLOCK_DOTS(blocks + (r0 / 16) * groups * 64, groups, queries[j], dot); \
                 for (int lane = 0; lane < 16; lane++) dot[lane] -= offset; \
-                FINISH(dot, count - r0 < 16 ? count - r0 : 16, params[j], item_scale + r0, item_l1 + r0, \
+                FINISH(dot, count - r0 < 16 ? count - r0 : 16, params[j], bound_half(params[j].scale, dim), \
+                       item_scale + r0, item_l1 + r0, \
                        bias + r0 * bias_stride, bias_stride, upper[j] + r0, fs, fq); \
                 if ((r0 / 16 + 1) % TILE_BLOCKS == 0 || r0 + 16 >= count) flush_tile(fs, fq, ls, lq); \
             } \
@@ -187,7 +206,7 @@ void pk_score_quantised_batch_plain(const uint8_t *blocks, size_t count, size_t 
 #define MAX_QUERIES 64
 
 // The block's 16 outputs for one query from its 16 integer dot products.
-VNNI_TARGET static inline void finish_block(__m512i acc, pk_quantised_query p, __m512 s, __m512 l1, __m512 b,
+VNNI_TARGET static inline void finish_block(__m512i acc, pk_quantised_query p, float half, __m512 s, __m512 l1, __m512 b,
                                             __mmask16 live, float *upper, __m512 *fs, __m512 *fq) {
     const __m512i dot = _mm512_sub_epi32(acc, _mm512_set1_epi32(128 * p.sum));
     const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(p.scale), s);
@@ -195,7 +214,7 @@ VNNI_TARGET static inline void finish_block(__m512i acc, pk_quantised_query p, _
     a = _mm512_add_ps(a, b);
     __m512 e = _mm512_mul_ps(s, _mm512_set1_ps((float)p.l1));
     e = _mm512_add_ps(e, l1);
-    e = _mm512_mul_ps(e, _mm512_set1_ps(p.scale * HALF_WITH_MARGIN));
+    e = _mm512_mul_ps(e, _mm512_set1_ps(half));
     // Lanes whose scale (the row's or the query's) is not finite: +inf, no moments.
     const __mmask16 finite = _mm512_cmp_ps_mask(scale, _mm512_set1_ps(3.0e38f), _CMP_LE_OQ) & live;
     const __m512 u = _mm512_mask_blend_ps(finite, _mm512_set1_ps(INFINITY), _mm512_add_ps(a, e));
@@ -262,7 +281,8 @@ VNNI_TARGET static void score_quantised_vnni(const uint8_t *blocks, size_t count
                 __m512i acc[4];
                 block_dots(blocks + b * groups * 64, groups, queries + j, n, acc);
                 for (int k = 0; k < n; k++)
-                    finish_block(acc[k], params[j + k], s, l1, tile_bias[b - t0], live, upper[j + k] + r0, &fs[k], &fq[k]);
+                    finish_block(acc[k], params[j + k], bound_half(params[j + k].scale, dim), s, l1, tile_bias[b - t0], live,
+                                 upper[j + k] + r0, &fs[k], &fq[k]);
             }
             for (int k = 0; k < n; k++) flush_tile_vnni(fs[k], fq[k], ms[j + k], mq[j + k]);
         }
@@ -299,14 +319,14 @@ __attribute__((target("avx2"), always_inline)) static inline void block_dots_avx
 // finish_lanes for a whole block, eight lanes at a time, the same steps in
 // the same order (no FMA in the target: the float steps stay separate).
 __attribute__((target("avx2"), always_inline)) static inline void finish_lanes_avx2(
-    const int32_t *dot, size_t live, pk_quantised_query p, const float *s, const float *l1, const float *bias,
-    size_t bias_stride, float *upper, float *fs, float *fq) {
+    const int32_t *dot, size_t live, pk_quantised_query p, float half_, const float *s, const float *l1,
+    const float *bias, size_t bias_stride, float *upper, float *fs, float *fq) {
     if (live < 16) {
-        finish_lanes(dot, live, p, s, l1, bias, bias_stride, upper, fs, fq);
+        finish_lanes(dot, live, p, half_, s, l1, bias, bias_stride, upper, fs, fq);
         return;
     }
     const __m256 t = _mm256_set1_ps(p.scale), ql1 = _mm256_set1_ps((float)p.l1);
-    const __m256 half = _mm256_set1_ps(p.scale * HALF_WITH_MARGIN), big = _mm256_set1_ps(3.0e38f);
+    const __m256 half = _mm256_set1_ps(half_), big = _mm256_set1_ps(3.0e38f);
     const __m256i stride = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)bias_stride));
     for (int h = 0; h < 16; h += 8) {
         const __m256 sh = _mm256_loadu_ps(s + h);

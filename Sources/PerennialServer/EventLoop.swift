@@ -194,9 +194,6 @@ final class EventLoop {
 
     /// The learner applied more: resume connections waiting on it.
     func learnerProgressed() {
-        // A snapshot waiting for the learner is taken before parked
-        // FEEDBACK resumes (it would wait again otherwise).
-        if handler.snapshotDraining { handler.snapshotTurn() }
         guard !parked.isEmpty else { return }
         let applied = handler.model.appliedSeq
         let now = MonotonicClock.nowMillis()
@@ -299,6 +296,15 @@ final class EventLoop {
         for id in waiting { connections[id]?.logSynced(ok: ok) }
     }
 
+    /// After the turn's replies went out, and only when no batch is being
+    /// held for returning clients: an automatic snapshot's serialisation
+    /// then delays no RECOMMEND already read. FEEDBACK parked while the
+    /// learner caught up for it goes on right after.
+    func snapshotTurn() {
+        guard !stopping, batchMembers.isEmpty else { return }
+        if handler.snapshotTurn() { learnerProgressed() }
+    }
+
     func tick() {
         learnerProgressed()
         let now = MonotonicClock.nowMillis()
@@ -319,6 +325,9 @@ final class EventLoop {
     func beginShutdown() {
         guard !stopping else { return }
         stopping = true
+        // No automatic snapshot now (the stop leaves one); FEEDBACK parked
+        // for one is answered.
+        handler.cancelSnapshotDraining()
         stopDeadline = MonotonicClock.nowMillis() + 5_000
         Log.info("stopping: answering what was read, then closing \(connections.count) connection(s)")
         uv_close(UnsafeMutablePointer(OpaquePointer(listener)), nil)
@@ -398,8 +407,7 @@ private let loopCheck: uv_check_cb = { handle in
     let loop = eventLoop(handle?.pointee.data)
     loop.answerBatch()
     loop.commitAwaitingSync()
-    // After the turn's replies: an automatic snapshot pauses nobody's answer.
-    loop.handler.snapshotTurn()
+    loop.snapshotTurn()
 }
 
 /// Does nothing: an active idle handle only keeps poll from blocking while

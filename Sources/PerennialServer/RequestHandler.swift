@@ -413,39 +413,45 @@ final class RequestHandler {
     /// The automatic snapshot being written off the loop thread, if any.
     private var inFlight: SnapshotInFlight?
     /// After an automatic snapshot failed: no new attempt before this
-    /// sequence (a tenth of `every_events` later), so a full disk does not
-    /// pause the loop on every turn.
+    /// sequence (a tenth of `every_events` later, doubling with every
+    /// failure in a row up to `every_events`), so a full disk does not pause
+    /// the loop and roll a log segment on every turn.
     private var retrySnapshotAt: UInt64 = 0
+    private var snapshotFailuresInARow = 0
 
     /// True while an automatic snapshot waits for the learner to apply
     /// what was accepted: FEEDBACK waits (parked, like a full queue) so the
     /// learner catches up, and RECOMMENDs are served meanwhile.
     private(set) var snapshotDraining = false
 
-    /// Called once per loop turn, after the turn's replies went out, and
-    /// when the learner reports progress: takes the automatic snapshot
-    /// `snapshot.every_events` asks for, if one is due and none is being
-    /// written, and collects a finished one. The learner must first apply
-    /// everything accepted (new FEEDBACK waits meanwhile, not the loop);
-    /// then the loop pauses only to serialise (about 60 ms for
-    /// ml-latest-small with cf), and the file is written by the snapshot's
-    /// own thread (SnapshotInFlight).
-    func snapshotTurn() {
+    /// Called once per loop turn (EventLoop.snapshotTurn says when): takes
+    /// the automatic snapshot `snapshot.every_events` asks for, if one is
+    /// due and none is being written, and collects a finished one. The
+    /// learner must first apply everything accepted (new FEEDBACK waits
+    /// meanwhile, not the loop); then the loop pauses only to serialise
+    /// (about 60 ms for ml-latest-small with cf), and the file is written by
+    /// the snapshot's own thread (SnapshotInFlight). Returns whether it took
+    /// one (parked FEEDBACK can go on).
+    func snapshotTurn() -> Bool {
         if let f = inFlight, let outcome = f.finished { collect(f, outcome) }
         let every = UInt64(config.snapshotEveryEvents)
         guard inFlight == nil, every > 0, model.lastSeq - lastSnapshotSeq >= every, model.lastSeq >= retrySnapshotAt else {
             snapshotDraining = false
-            return
+            return false
         }
         snapshotDraining = model.appliedSeq < model.lastSeq
-        guard !snapshotDraining else { return }
+        guard !snapshotDraining else { return false }
         do {
             let (job, payload, t0, pauseMs) = try serialiseSnapshot(note: [:], distinct: false)
             inFlight = SnapshotInFlight(job: job, payload: payload, startedNs: t0, pauseMs: pauseMs)
         } catch {
             snapshotFailed(at: model.lastSeq, error)
         }
+        return true
     }
+
+    /// A stop: no automatic snapshot waits for the learner any more.
+    func cancelSnapshotDraining() { snapshotDraining = false }
 
     /// Writes a snapshot of the model at the current log position and
     /// returns when it is durable (a SNAPSHOT request, a reload, a rollback,
@@ -507,7 +513,10 @@ final class RequestHandler {
     }
 
     private func snapshotFailed(at seq: UInt64, _ error: any Error) {
-        retrySnapshotAt = model.lastSeq + UInt64(max(1, config.snapshotEveryEvents / 10))
+        snapshotFailuresInARow += 1
+        let every = max(1, config.snapshotEveryEvents)
+        let wait = min(every, max(1, every / 10) << min(snapshotFailuresInARow - 1, 20))
+        retrySnapshotAt = model.lastSeq + UInt64(wait)
         Log.error("automatic snapshot at sequence \(seq) failed (next attempt after sequence \(retrySnapshotAt)): \(error)")
     }
 
@@ -515,6 +524,7 @@ final class RequestHandler {
     /// kept snapshots cover can go.
     private func complete(_ written: SnapshotWritten, seq: UInt64, bytes: Int, startedNs: UInt64, pauseMs: Double) {
         lastSnapshotSeq = max(lastSnapshotSeq, seq)
+        snapshotFailuresInARow = 0
         stats.snapshots += 1
         if let keepFrom = written.keepLogFrom { log.removeSegments(before: keepFrom) }
         Log.info(String(format: "snapshot (version %@) at sequence %llu: %d bytes in %.1f ms (serving paused %.1f ms)",

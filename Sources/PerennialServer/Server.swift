@@ -61,6 +61,7 @@ public final class Server: Sendable {
         let log = FeedbackLog(directory: (config.dataDir as NSString).appendingPathComponent("log"),
                               policy: config.fsync, segmentBytes: config.logSegmentBytes)
         let snapshots = SnapshotStore(directory: (config.dataDir as NSString).appendingPathComponent("snapshots"))
+        snapshots.removeTemporaryFiles()
         let model: Model
         var recoveredSnapshotSeq: UInt64 = 0
         var rollback: [String: Any]?

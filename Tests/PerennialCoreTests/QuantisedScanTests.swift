@@ -116,6 +116,17 @@ import Testing
             #expect((0..<n).filter { $0 != 7 && $0 != 20 }.allSatisfy { out.bounds[0][$0] == clean.bounds[0][$0] })
             #expect(out.sums[0].isFinite && out.squares[0].isFinite && out.sums[0] != clean.sums[0])
         }
+        // Magnitudes too small to quantise (127 / max would overflow): a
+        // row, then a query, always looked at; a zero row is exact.
+        rows = (0..<(n * dim)).map { _ in rng.nextSignedUnitFloat() }
+        for k in 0..<dim { rows[9 * dim + k] = k % 2 == 0 ? 1e-37 : -5e-38; rows[10 * dim + k] = 0 }
+        let tiny = Self.pass(Copies(rows: rows, dim: dim, count: n), [query], bias: bias, path: .plain)
+        #expect(tiny.bounds[0][9] == .infinity && tiny.bounds[0][10] == 0.5)
+        let tinyQuery = query.map { $0 * 1e-32 }
+        for path in [Path.dispatched, .avx2, .plain] {
+            let out = Self.pass(Copies(rows: rows, dim: dim, count: n), [tinyQuery], bias: bias, path: path)
+            #expect(out.bounds[0].allSatisfy { $0 == .infinity })
+        }
     }
 
     /// The table's copies follow its rows: a stepped item is re-quantised
@@ -140,9 +151,19 @@ import Testing
             let stored = UnsafeBufferPointer(start: copies.blocks.row(i >> 4), count: 16 * 64)
             #expect((0..<16).allSatisfy { g in (0..<4).allSatisfy { t in stored[g * 64 + (i & 15) * 4 + t] == blocks[g * 64 + (i & 15) * 4 + t] } })
         }
+        // A write after a refresh is reported (flag kept) until the next one.
+        table.noteItemChanged(30)
+        var written: [Int] = []
+        copies.forEachWrittenSinceRefresh(table, count: 40) { written.append($0) }
+        #expect(written == [30])
+        copies.refresh(from: table, count: 40)
+        #expect(copies.requantised == 43)
+        written.removeAll()
+        copies.forEachWrittenSinceRefresh(table, count: 40) { written.append($0) }
+        #expect(written.isEmpty)
         // Rows added later start flagged.
         table.grow(users: 1, items: 50)
         copies.refresh(from: table, count: 50)
-        #expect(copies.requantised == 52)
+        #expect(copies.requantised == 53)
     }
 }

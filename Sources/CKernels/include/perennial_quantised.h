@@ -2,7 +2,7 @@
 // gives every item an approximate factor score and a guaranteed upper bound
 // on its exact one, so top-k selection computes exact scores only for the
 // few items whose bound can reach the current k-th (see
-// Plugins/CollaborativeFiltering/QuantisedCatalogue.swift).
+// Sources/PerennialCore/Table/QuantisedItems.swift and the cf scorer).
 //
 // Quantisation (symmetric, one scale per row, as in Jacob et al. 2018,
 // "Quantization and Training of Neural Networks for Efficient
@@ -12,8 +12,12 @@
 // so AVX2's 16-bit pair sums cannot saturate), the exact dot product satisfies
 //   |q·x − s·t·(q̃·x̃)| ≤ (t/2)·(s·‖q̃‖₁ + ‖x‖₁),
 // (q·x = s·t·q̃·x̃ + t·q̃·(x − s·x̃) + (q − t·q̃)·x, bounded term by term),
-// which is the bound the kernel adds. q̃·x̃ is an exact integer, so the plain
-// loop and the SIMD one give the same approximate scores bit for bit.
+// which is the bound the kernel adds, widened for the rounding of the
+// quantisation and of the exact float dot product it is compared with (see
+// bound_half). What it does not widen for is the final float additions of
+// the bias (a few ulps of |bias| + |score|): callers compare with a relative
+// margin far larger than that. q̃·x̃ is an exact integer, so the plain loop
+// and the SIMD ones give the same approximate scores bit for bit.
 //
 // Item layout: blocks of 16 rows; block b holds, for each group g of four
 // dimensions (G = ceil(dim / 4) groups, missing dimensions are 0), the 16
@@ -34,10 +38,12 @@ size_t pk_quantised_groups(size_t dim);
 
 /// Writes row `index`'s bytes into `blocks` (block index / 16, lane index %
 /// 16) and returns its scale s; *l1 receives ‖x‖₁. A row with a non-finite
-/// value gets scale +inf (its bound is then +inf: always rescored exactly).
+/// value or a maximum below 1e-30 (but not 0) is not quantised: it gets
+/// scale +inf (its bound is then +inf: always rescored exactly).
 float pk_quantise_item(const float *row, size_t dim, uint8_t *blocks, size_t index, float *l1);
 
-/// A query for the pass: 4·G signed bytes q̃ (zero-padded), its scale t,
+/// A query for the pass (one with a non-finite value or a maximum below
+/// 1e-30 gets scale +inf: every bound +inf): 4·G signed bytes q̃ (zero-padded), its scale t,
 /// ‖q̃‖₁ and Σq̃ (the offset of the unsigned item bytes is taken off with it).
 typedef struct {
     float scale;

@@ -60,6 +60,15 @@ public struct SnapshotStore: Sendable {
         }.sorted { ($0.seq, $0.serial) > ($1.seq, $1.serial) }
     }
 
+    /// Removes what an interrupted write left (`*.tmp`: a crash or a failed
+    /// rename between writing and renaming); start-up calls it.
+    public func removeTemporaryFiles() {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        for name in names where name.hasPrefix("snapshot-") && name.hasSuffix(".tmp") {
+            unlink((directory as NSString).appendingPathComponent(name))
+        }
+    }
+
     /// The file of version `id` (`v<seq>`, `v<seq>.<n>`, or without the v).
     public func file(ofVersion id: String) -> SnapshotFile? {
         let bare = id.hasPrefix("v") ? String(id.dropFirst()) : id

@@ -11,6 +11,7 @@
 // a reader may see a row mid-update, never moved or freed memory).
 
 import CKernels
+import Synchronization
 
 public final class EmbeddingTable: @unchecked Sendable {
     public let dimension: Int
@@ -100,12 +101,17 @@ public final class EmbeddingTable: @unchecked Sendable {
     public func stepItem(_ i: Int32, along v: UnsafePointer<Float>, alpha: Float, reg: Float, lr: Float) {
         step(items.row(Int(i)), anchor: anchors?.items.row(Int(i)), along: v, alpha: alpha, reg: reg,
              accumulator: itemAdagrad.row(Int(i)), lr: lr, scale: nil)
-        itemChanged[Int(i)] = 1
+        noteItemChanged(i)
     }
 
     /// Every writer of an item row other than `stepItem` calls this after
     /// the write (the quantised copy is redone before the next pass).
-    @inline(__always) public func noteItemChanged(_ i: Int32) { itemChanged[Int(i)] = 1 }
+    /// (The fence orders the row's stores before the flag's; on x86 it
+    /// costs nothing.)
+    @inline(__always) public func noteItemChanged(_ i: Int32) {
+        atomicMemoryFence(ordering: .releasing)
+        itemChanged[Int(i)] = 1
+    }
 
     /// The same for rows 0..<count at once (a snapshot's rows were loaded).
     public func noteItemsChanged(count: Int) {

@@ -14,9 +14,12 @@
 // written by the learner and cleared here, Hogwild-style; `refresh` clears
 // the flags it found, then fences, then reads the rows, so a write it did
 // not see sets its flag again after the clear and is picked up by the next
-// refresh. Between a write and that refresh the copy of that one row is
-// stale, and its bound may not hold: the same kind of race as reading a row
-// mid-update.
+// refresh. A pass looks at the flags again after scoring and scores the
+// rows written meanwhile exactly (`forEachWrittenSinceRefresh`); a write
+// between that look and the exact scoring can still leave one row's bound
+// stale for that request: the same kind of race as reading a row
+// mid-update. Writers fence (release) before setting the flag, so on a
+// weakly ordered CPU the flag is never seen before the row it announces.
 
 import CKernels
 import Synchronization
@@ -48,28 +51,39 @@ public final class QuantisedItems: @unchecked Sendable {
         scales.ensure(rows: count)
         norms.ensure(rows: count)
         found.removeAll(keepingCapacity: true)
-        table.itemChanged.forEachChunk(rows: count) { first, flags, n in
-            // Eight flags per load: almost every word is zero.
-            var k = 0
-            while k + 8 <= n {
-                if UnsafeRawPointer(flags + k).loadUnaligned(as: UInt64.self) != 0 {
-                    for t in k..<(k + 8) where flags[t] != 0 {
-                        flags[t] = 0
-                        found.append(Int32(first + t))
-                    }
-                }
-                k += 8
-            }
-            for t in k..<n where flags[t] != 0 {
-                flags[t] = 0
-                found.append(Int32(first + t))
-            }
+        Self.forEachFlagged(table, count: count) { flag, i in
+            flag.pointee = 0
+            found.append(Int32(i))
         }
         guard !found.isEmpty else { return }
         // The clears are visible before the rows are read (see the invariant).
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         for i in found { quantise(Int(i), from: table) }
         requantised &+= UInt64(found.count)
+    }
+
+    /// Calls `body` for every row below `count` written since the last
+    /// refresh (the flags are left set). A pass calls this after scoring:
+    /// a row the learner wrote during the pass has a stale copy, whose bound
+    /// may not hold, so the caller scores it exactly.
+    public func forEachWrittenSinceRefresh(_ table: EmbeddingTable, count: Int, _ body: (Int) -> Void) {
+        Self.forEachFlagged(table, count: count) { _, i in body(i) }
+    }
+
+    /// Visits the set flags below `count`, eight per load (almost every
+    /// word is zero).
+    private static func forEachFlagged(_ table: EmbeddingTable, count: Int,
+                                       _ body: (UnsafeMutablePointer<UInt8>, Int) -> Void) {
+        table.itemChanged.forEachChunk(rows: count) { first, flags, n in
+            var k = 0
+            while k + 8 <= n {
+                if UnsafeRawPointer(flags + k).loadUnaligned(as: UInt64.self) != 0 {
+                    for t in k..<(k + 8) where flags[t] != 0 { body(flags + t, first + t) }
+                }
+                k += 8
+            }
+            for t in k..<n where flags[t] != 0 { body(flags + t, first + t) }
+        }
     }
 
     private func quantise(_ i: Int, from table: EmbeddingTable) {
