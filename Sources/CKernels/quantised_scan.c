@@ -17,10 +17,14 @@
 // bound's ‖x‖₁ term).
 static inline float bound_half(float t, size_t dim) { return t * (0.5005f + (float)dim * 1e-5f); }
 
-// Magnitudes this small (or zero is fine, but a tiny non-zero maximum would
-// make 127 / max overflow): such a row or query is not quantised, and its
-// items are always scored exactly.
-#define SMALLEST_QUANTISED 1e-30f
+// Magnitudes this small (zero is fine): such a row or query is not
+// quantised, and its items are always scored exactly. Below it a row's
+// and a query's scales can multiply to a subnormal or to 0 while the exact
+// dot product does not, and the bound would fail; far smaller, 127 / max
+// would overflow. And magnitudes this large: ‖x‖₁ of 64 of them is still
+// finite (an infinite norm would make the bound NaN).
+#define SMALLEST_QUANTISED 1e-15f
+#define LARGEST_QUANTISED 1e30f
 
 size_t pk_quantised_groups(size_t dim) { return (dim + 3) / 4; }
 
@@ -55,7 +59,7 @@ float pk_quantise_item(const float *row, size_t dim, uint8_t *blocks, size_t ind
     uint8_t *base = blocks + (index / 16) * groups * 64 + (index % 16) * 4;
     int finite;
     const float m = max_abs(row, dim, &finite);
-    if (!finite || (m > 0 && m < SMALLEST_QUANTISED)) {
+    if (!finite || (m > 0 && m < SMALLEST_QUANTISED) || m > LARGEST_QUANTISED) {
         // Not quantised (bytes of 0): scale +inf, so the bound is +inf.
         for (size_t g = 0; g < groups; g++)
             for (size_t t = 0; t < 4; t++) base[g * 64 + t] = 128;
@@ -88,7 +92,7 @@ pk_quantised_query pk_quantise_query(const float *query, size_t dim, int8_t *out
     int finite;
     const float m = max_abs(query, dim, &finite);
     // Not quantisable (see SMALLEST_QUANTISED): scale +inf, every bound +inf.
-    const int usable = finite && !(m > 0 && m < SMALLEST_QUANTISED);
+    const int usable = finite && !(m > 0 && m < SMALLEST_QUANTISED) && m <= LARGEST_QUANTISED;
     // Seven bits: two products of a u8 and a |q| <= 63 sum to at most
     // 32,130, so AVX2's saturating 16-bit pair sums never saturate.
     const float inv = (usable && m > 0) ? 63.0f / m : 0;

@@ -302,7 +302,10 @@ final class EventLoop {
     /// learner caught up for it goes on right after.
     func snapshotTurn() {
         guard !stopping, batchMembers.isEmpty else { return }
-        if handler.snapshotTurn() { learnerProgressed() }
+        guard handler.snapshotTurn() else { return }
+        learnerProgressed()
+        // What they sent is acknowledged in this turn (under `always`, after its fsync).
+        commitAwaitingSync()
     }
 
     func tick() {
@@ -334,6 +337,8 @@ final class EventLoop {
         for c in connections.values where c.parked == nil {
             c.finish()
         }
+        // (Resumes FEEDBACK parked for the snapshot; finishes the stop if done.)
+        learnerProgressed()
         finishStopIfDone()
     }
 

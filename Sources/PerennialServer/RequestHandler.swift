@@ -431,13 +431,14 @@ final class RequestHandler {
     /// meanwhile, not the loop); then the loop pauses only to serialise
     /// (about 60 ms for ml-latest-small with cf), and the file is written by
     /// the snapshot's own thread (SnapshotInFlight). Returns whether it took
-    /// one (parked FEEDBACK can go on).
+    /// one or stopped waiting for the learner (parked FEEDBACK can go on).
     func snapshotTurn() -> Bool {
         if let f = inFlight, let outcome = f.finished { collect(f, outcome) }
+        let wasDraining = snapshotDraining
         let every = UInt64(config.snapshotEveryEvents)
         guard inFlight == nil, every > 0, model.lastSeq - lastSnapshotSeq >= every, model.lastSeq >= retrySnapshotAt else {
             snapshotDraining = false
-            return false
+            return wasDraining
         }
         snapshotDraining = model.appliedSeq < model.lastSeq
         guard !snapshotDraining else { return false }
@@ -515,7 +516,9 @@ final class RequestHandler {
     private func snapshotFailed(at seq: UInt64, _ error: any Error) {
         snapshotFailuresInARow += 1
         let every = max(1, config.snapshotEveryEvents)
-        let wait = min(every, max(1, every / 10) << min(snapshotFailuresInARow - 1, 20))
+        var wait = max(1, every / 10)
+        for _ in 1..<min(snapshotFailuresInARow, 20) where wait < every { wait *= 2 }
+        wait = min(wait, every)
         retrySnapshotAt = model.lastSeq + UInt64(wait)
         Log.error("automatic snapshot at sequence \(seq) failed (next attempt after sequence \(retrySnapshotAt)): \(error)")
     }

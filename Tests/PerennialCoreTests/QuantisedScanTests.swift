@@ -119,10 +119,20 @@ import Testing
         // Magnitudes too small to quantise (127 / max would overflow): a
         // row, then a query, always looked at; a zero row is exact.
         rows = (0..<(n * dim)).map { _ in rng.nextSignedUnitFloat() }
-        for k in 0..<dim { rows[9 * dim + k] = k % 2 == 0 ? 1e-37 : -5e-38; rows[10 * dim + k] = 0 }
-        let tiny = Self.pass(Copies(rows: rows, dim: dim, count: n), [query], bias: bias, path: .plain)
-        #expect(tiny.bounds[0][9] == .infinity && tiny.bounds[0][10] == 0.5)
-        let tinyQuery = query.map { $0 * 1e-32 }
+        for k in 0..<dim {
+            rows[9 * dim + k] = k % 2 == 0 ? 1e-37 : -5e-38
+            rows[10 * dim + k] = 0
+            rows[11 * dim + k] = 1e-20  // its product with a scale could be subnormal
+            rows[12 * dim + k] = 1e37  // its ‖x‖₁ would overflow
+        }
+        for path in [Path.dispatched, .avx2, .plain] {
+            let odd = Self.pass(Copies(rows: rows, dim: dim, count: n), [query, [Float](repeating: 0, count: dim)], bias: bias, path: path)
+            for b in odd.bounds {
+                #expect(b[9] == .infinity && b[10] == 0.5 && b[11] == .infinity && b[12] == .infinity)
+                #expect(!b.contains { $0.isNaN })
+            }
+        }
+        let tinyQuery = query.map { $0 * 1e-22 }
         for path in [Path.dispatched, .avx2, .plain] {
             let out = Self.pass(Copies(rows: rows, dim: dim, count: n), [tinyQuery], bias: bias, path: path)
             #expect(out.bounds[0].allSatisfy { $0 == .infinity })

@@ -38,12 +38,12 @@ size_t pk_quantised_groups(size_t dim);
 
 /// Writes row `index`'s bytes into `blocks` (block index / 16, lane index %
 /// 16) and returns its scale s; *l1 receives ‖x‖₁. A row with a non-finite
-/// value or a maximum below 1e-30 (but not 0) is not quantised: it gets
+/// value or a maximum below 1e-15 (but not 0) or above 1e30 is not quantised: it gets
 /// scale +inf (its bound is then +inf: always rescored exactly).
 float pk_quantise_item(const float *row, size_t dim, uint8_t *blocks, size_t index, float *l1);
 
 /// A query for the pass (one with a non-finite value or a maximum below
-/// 1e-30 gets scale +inf: every bound +inf): 4·G signed bytes q̃ (zero-padded), its scale t,
+/// 1e-15 (but not 0) or above 1e30 gets scale +inf: every bound +inf): 4·G signed bytes q̃ (zero-padded), its scale t,
 /// ‖q̃‖₁ and Σq̃ (the offset of the unsigned item bytes is taken off with it).
 typedef struct {
     float scale;

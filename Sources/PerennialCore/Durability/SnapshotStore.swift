@@ -60,11 +60,13 @@ public struct SnapshotStore: Sendable {
         }.sorted { ($0.seq, $0.serial) > ($1.seq, $1.serial) }
     }
 
-    /// Removes what an interrupted write left (`*.tmp`: a crash or a failed
-    /// rename between writing and renaming); start-up calls it.
+    /// Removes what an interrupted snapshot write left (`*.bin.tmp`: a crash
+    /// or a failed rename between writing and renaming); start-up calls it.
+    /// (Not a description's `.json.tmp`: `perennial versions --evaluate`
+    /// may be writing one while a server starts.)
     public func removeTemporaryFiles() {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-        for name in names where name.hasPrefix("snapshot-") && name.hasSuffix(".tmp") {
+        for name in names where name.hasPrefix("snapshot-") && name.hasSuffix(".bin.tmp") {
             unlink((directory as NSString).appendingPathComponent(name))
         }
     }
