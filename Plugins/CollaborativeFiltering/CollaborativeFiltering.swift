@@ -489,20 +489,19 @@ public final class CollaborativeFilteringScorer: Scorer {
         // has been seen, so the scan passes over it.
         for j in touched where Int(j) < n && !f[Int(j)].isNaN {
             // (The bound first: it rules out most items without reading
-            // the exclusions, another scattered load. The margin is the
-            // scan's below, for the rounding of the bound's last additions.)
-            let bf = f[Int(j)], slack = blend.wf * (1e-3 * (abs(bf) + abs(blend.mean)) + 1e-6)
-            if blend.score(near: nb[Int(j)], factor: bf) + slack >= top.threshold, !query.exclusions.contains(j) {
+            // the exclusions, another scattered load.)
+            let bf = f[Int(j)]
+            if blend.score(near: nb[Int(j)], factor: bf) + blend.wf * blend.roundingMargin(bf) >= top.threshold,
+               !query.exclusions.contains(j) {
                 top.push(j, blend.score(near: nb[Int(j)], factor: exactFactor(Int(j), slot: slot)))
             }
             f[Int(j)] = .nan
         }
-        // s >= threshold needs factor >= mean + threshold / wf; the margin
-        // covers rounding, so no item that would enter is skipped.
+        // s >= threshold needs factor >= mean + threshold / wf.
         func bound() -> Float {
             guard top.count == top.k else { return -.infinity }
             let b = blend.mean + top.threshold / blend.wf
-            let lowered = b - 1e-3 * (abs(b) + abs(blend.mean)) - 1e-6
+            let lowered = b - blend.roundingMargin(b)
             return lowered.isFinite ? lowered : b
         }
         let rowBytes = d * MemoryLayout<Float>.stride
@@ -532,6 +531,10 @@ public final class CollaborativeFilteringScorer: Scorer {
     struct Blend {
         var wn: Float, wf: Float, mean: Float
         @inline(__always) func score(near: Float, factor: Float) -> Float { wn * near + wf * (factor - mean) }
+        /// How far (in factor units) a bound near `factor` is lowered before
+        /// it rules an item out: covers the rounding of the bound's and the
+        /// blend's last additions, so no item that would enter is skipped.
+        @inline(__always) func roundingMargin(_ factor: Float) -> Float { 1e-3 * (abs(factor) + abs(mean)) + 1e-6 }
     }
 
     /// The catalogue pass for `count` queries (slot s holds query(s)):

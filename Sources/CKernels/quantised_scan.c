@@ -360,8 +360,6 @@ __attribute__((constructor)) static void detect_vnni(void) {
     avx2_state = __builtin_cpu_supports("avx2");
 }
 
-int pk_has_quantised_fast_path(void) { return vnni_state; }
-
 // The AVX-512 path, in slices of at most MAX_QUERIES (the moments live on
 // its stack); returns 0 when the CPU has no VNNI.
 static int score_quantised_vnni_sliced(const uint8_t *blocks, size_t count, size_t dim,
@@ -379,7 +377,6 @@ static int score_quantised_vnni_sliced(const uint8_t *blocks, size_t count, size
     return 1;
 }
 #else
-int pk_has_quantised_fast_path(void) { return 0; }
 #define avx2_state 0
 #define score_quantised_avx2 score_quantised_plain
 #define score_quantised_vnni_sliced(...) 0

@@ -78,9 +78,6 @@ void pk_score_quantised_batch_avx2(const uint8_t *blocks, size_t count, size_t d
                                    const float *bias, size_t bias_stride,
                                    float *const *upper, double *sum, double *sq);
 
-/// Whether pk_score_quantised_batch has an AVX-512 VNNI path on this CPU.
-int pk_has_quantised_fast_path(void);
-
 #ifdef __cplusplus
 }
 #endif

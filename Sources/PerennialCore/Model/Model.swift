@@ -401,7 +401,6 @@ public final class Model: @unchecked Sendable {
         try r.rows(into: table.users, expected: userCount)
         try r.rows(into: table.userAdagrad, expected: userCount)
         try r.rows(into: table.items, expected: itemCount)
-        table.noteItemsChanged(count: itemCount)
         try r.rows(into: table.itemAdagrad, expected: itemCount)
         try r.mark("lifelong")
         // Lifelong state saved under other settings: what is missing starts

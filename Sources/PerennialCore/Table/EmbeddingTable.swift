@@ -24,7 +24,8 @@ public final class EmbeddingTable: @unchecked Sendable {
     public let userAdagrad: ChunkedBuffer<Float>
     public let itemAdagrad: ChunkedBuffer<Float>
     /// One byte per item row: set by every write of the row (after it), so
-    /// that `quantisedItems` knows which copies to redo. New rows start set.
+    /// that `quantisedItems` knows which copies to redo. New rows start set
+    /// (a restored model's rows too: restore fills a fresh table).
     public let itemChanged: ChunkedBuffer<UInt8>
     /// The 8-bit copies of the item rows the catalogue pass looks at first
     /// (refreshed by the serving thread; see QuantisedItems).
@@ -111,11 +112,6 @@ public final class EmbeddingTable: @unchecked Sendable {
     @inline(__always) public func noteItemChanged(_ i: Int32) {
         atomicMemoryFence(ordering: .releasing)
         itemChanged[Int(i)] = 1
-    }
-
-    /// The same for rows 0..<count at once (a snapshot's rows were loaded).
-    public func noteItemsChanged(count: Int) {
-        itemChanged.forEachChunk(rows: count) { _, flags, n in flags.update(repeating: 1, count: n) }
     }
 
     /// The same on user u's row; a user in their first events steps with
