@@ -17,6 +17,7 @@ public enum ErrorCode: UInt16, Sendable, CaseIterable {
     case storage = 13
     case `internal` = 14
     case busy = 15
+    case capacity = 16
 
     /// The name used in PROTOCOL.md and the vectors' index.
     public var name: String {
@@ -36,6 +37,7 @@ public enum ErrorCode: UInt16, Sendable, CaseIterable {
         case .storage: "STORAGE"
         case .internal: "INTERNAL"
         case .busy: "BUSY"
+        case .capacity: "CAPACITY"
         }
     }
 
@@ -48,7 +50,8 @@ public enum ErrorCode: UInt16, Sendable, CaseIterable {
 public struct ProtocolError: Error, Sendable, Equatable, CustomStringConvertible {
     public var code: ErrorCode
     public var message: String
-    /// Code-specific detail: the batch index for INVALID_EVENT, else 0.
+    /// Code-specific detail: the batch index for INVALID_EVENT and
+    /// CAPACITY, else 0.
     public var detail: UInt32
     /// Fatal errors end the connection (framing can no longer be trusted).
     public var fatal: Bool

@@ -218,6 +218,10 @@ final class RequestHandler {
                 incoming.append(IncomingEvent(user: e.user, item: e.item, kind: FeedbackKind(rawValue: e.kind.rawValue)!,
                                               value: e.value, timestamp: e.timestamp == 0 ? now : e.timestamp))
             }
+            if let b = model.firstBreach(of: incoming, maxUserIDs: config.limits.maxUserIDs, maxItemIDs: config.limits.maxItemIDs) {
+                stats.capacityRefusals += 1
+                throw Self.capacityError(b)
+            }
             // The log first: an event the log refused is not accepted.
             do {
                 try log.append(.feedback(firstSeq: model.lastSeq + 1, events: incoming), lastSeq: model.lastSeq + UInt64(incoming.count))
@@ -289,6 +293,10 @@ final class RequestHandler {
                 throw ProtocolError(.unknownScorer, error.description)
             }
         case .upsertItem(let u):
+            if model.upsertBreaches(item: u.item, maxItemIDs: config.limits.maxItemIDs) {
+                stats.capacityRefusals += 1
+                throw ProtocolError(.capacity, "item id \(u.item) would be new, and the model holds its most item ids, \(config.limits.maxItemIDs) (limits.max_item_ids); the item was not stored. Known items can still be updated; raise the limit to admit more (RELOAD applies it)")
+            }
             do {
                 try log.append(.upsert(item: u.item, text: model.cutText(u.text),
                                        attributes: u.attributes.map { LogAttribute(key: $0.key, value: $0.value) }),
@@ -322,6 +330,12 @@ final class RequestHandler {
             return .shutdownAfterReply
         }
         return .done
+    }
+
+    /// The CAPACITY refusal of a FEEDBACK batch.
+    private static func capacityError(_ b: IdBoundBreach) -> ProtocolError {
+        let (what, key) = b.kind == .user ? ("user", "limits.max_user_ids") : ("item", "limits.max_item_ids")
+        return ProtocolError(.capacity, "event \(b.index): \(what) id \(b.id) would be new, and the model holds its most \(what) ids, \(b.limit) (\(key)); no event of this batch was accepted. Events of known ids are still accepted; raise the limit to admit more (RELOAD applies it)", detail: UInt32(b.index))
     }
 
     /// How far ahead of the server's clock an event may be stamped, and the
@@ -597,6 +611,7 @@ final class RequestHandler {
             StatCounter("learner_queue_capacity", UInt64(learner.capacity)),
             StatCounter("backpressure_pauses", stats.backpressurePauses),
             StatCounter("queue_full_pauses", stats.queueFullPauses),
+            StatCounter("capacity_refusals", stats.capacityRefusals),
             StatCounter("uptime_ms", MonotonicClock.nowMillis() - startedAt),
             StatCounter("sessions", UInt64(sessions.count)),
             StatCounter("session_items", UInt64(sessions.storedItems)),

@@ -112,6 +112,14 @@ public final class Server: Sendable {
             $0.waker = loop.waker
             $0.running = true
         }
+        // Recovery replays the log whatever the bounds; a lowered bound
+        // only stops new ids from now on.
+        if config.limits.maxItemIDs > 0 && model.items.liveCount >= config.limits.maxItemIDs {
+            Log.warning("the model holds \(model.items.liveCount) item ids, at or above limits.max_item_ids (\(config.limits.maxItemIDs)): events and upserts of new items will be refused (CAPACITY)")
+        }
+        if config.limits.maxUserIDs > 0 && model.lifecycle.maxUsers == 0 && model.users.liveCount >= config.limits.maxUserIDs {
+            Log.warning("the model holds \(model.users.liveCount) user ids, at or above limits.max_user_ids (\(config.limits.maxUserIDs)): events of new users will be refused (CAPACITY)")
+        }
         Log.info("perennial \(PerennialVersion.string) listening on \(config.host):\(port) (scorers: \(model.scorerNames.joined(separator: ", ")); default \(model.defaultScorer); config \(config.source))")
         onListening(port)
         started.signal()

@@ -562,6 +562,73 @@ import Synchronization
     /// Timestamps drive id expiry: an event from the far future (or one in
     /// milliseconds) is refused with its index, so it cannot make every
     /// user look idle; a small clock skew is accepted.
+    @Test func idBoundsRefuseNewIdsAndKnownIdsKeepLearning() async throws {
+        let s = try TestServer("[limits]\nmax_user_ids = 3\nmax_item_ids = 4\n")
+        defer { s.stop() }
+        let c = try await PerennialClient.connect(port: s.port)
+        defer { c.close() }
+        func refusal(_ call: () async throws -> Void) async -> (ErrorCode?, UInt32, String) {
+            do { try await call() } catch PerennialClientError.server(let code, _, let detail, let message) {
+                return (code, detail, message)
+            } catch { return (nil, 0, "\(error)") }
+            return (nil, 0, "accepted")
+        }
+        _ = try await c.feedback([WireEvent(user: 1, item: 1, kind: .click), WireEvent(user: 2, item: 2, kind: .click),
+                                  WireEvent(user: 2, item: 3, kind: .click)])
+        // The fifth item id, at index 2 (item 4 before it is the fourth).
+        var (code, detail, message) = await refusal {
+            _ = try await c.feedback([WireEvent(user: 1, item: 4, kind: .click), WireEvent(user: 2, item: 4, kind: .click),
+                                      WireEvent(user: 1, item: 5, kind: .click)])
+        }
+        #expect(code == .capacity && detail == 2 && message.contains("item id 5") && message.contains("limits.max_item_ids"), "\(message)")
+        // The fourth user id, at index 1 (user 3 is the third).
+        (code, detail, message) = await refusal {
+            _ = try await c.feedback([WireEvent(user: 3, item: 1, kind: .click), WireEvent(user: 4, item: 1, kind: .click)])
+        }
+        #expect(code == .capacity && detail == 1 && message.contains("user id 4") && message.contains("limits.max_user_ids"), "\(message)")
+        // Nothing of a refused batch was taken; ids up to the bounds and known ids still are.
+        var stats = try await c.stats()
+        #expect(stats["events_accepted"] == 3 && stats["users"] == 2 && stats["items"] == 3 && stats["capacity_refusals"] == 2)
+        _ = try await c.feedback([WireEvent(user: 3, item: 4, kind: .click), WireEvent(user: 1, item: 2, kind: .click)])
+        // Both bounds reached: a new item's text is refused, a known one's kept.
+        (code, _, message) = await refusal { _ = try await c.upsertItem(9, text: "a new item") }
+        #expect(code == .capacity && message.contains("item id 9"), "\(message)")
+        #expect(try await c.upsertItem(4, text: "known item").created == false)
+        (code, detail, _) = await refusal { _ = try await c.feedback([WireEvent(user: 2, item: 1, kind: .click), WireEvent(user: 2, item: 6, kind: .click)]) }
+        #expect(code == .capacity && detail == 1)
+        _ = try await c.feedback([WireEvent(user: 2, item: 1, kind: .click)])
+        stats = try await c.stats()
+        #expect(stats["events_accepted"] == 6 && stats["users"] == 3 && stats["items"] == 4 && stats["capacity_refusals"] == 4)
+        #expect(try await c.recommend(user: 3, k: 3).count == 3)
+        try await c.ping()
+    }
+
+    @Test func idBoundsCountOnlyAdmittedUsers() async throws {
+        // With min_occurrences 2 a first sighting takes no row of its own
+        // (the shared fallback user, which holds one, learns it).
+        let s = try TestServer("[limits]\nmax_user_ids = 3\n[lifelong]\nmin_occurrences = 2\n")
+        defer { s.stop() }
+        let c = try await PerennialClient.connect(port: s.port)
+        defer { c.close() }
+        // Rows: the fallback user, then users 1 and 2 at their second events.
+        _ = try await c.feedback([WireEvent(user: 1, item: 1, kind: .click), WireEvent(user: 2, item: 1, kind: .click),
+                                  WireEvent(user: 3, item: 1, kind: .click), WireEvent(user: 1, item: 2, kind: .click)])
+        _ = try await c.feedback([WireEvent(user: 2, item: 2, kind: .click), WireEvent(user: 4, item: 2, kind: .click)])
+        do {
+            _ = try await c.feedback([WireEvent(user: 5, item: 1, kind: .click), WireEvent(user: 3, item: 1, kind: .click)])
+            Issue.record("a fourth row was given")
+        } catch PerennialClientError.server(let code, _, let detail, let message) {
+            #expect(code == .capacity && detail == 1 && message.contains("user id 3"), "\(message)")
+        }
+        // Users evicted by max_users are never refused.
+        let e = try TestServer("[limits]\nmax_user_ids = 2\n[lifelong]\nmax_users = 2\n")
+        defer { e.stop() }
+        let d = try await PerennialClient.connect(port: e.port)
+        defer { d.close() }
+        for u in 1...6 { _ = try await d.feedback([WireEvent(user: UInt64(u), item: 1, kind: .click)]) }
+        #expect(try await d.stats()["lifelong_users_expired"] == 4)
+    }
+
     @Test func farFutureTimestampsAreRefusedAndExpireNobody() async throws {
         let s = try TestServer("[lifelong]\nexpire_after_seconds = 3600\n")
         defer { s.stop() }

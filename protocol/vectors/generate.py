@@ -62,6 +62,7 @@ ERROR_CODES = {
     "STORAGE": 13,
     "INTERNAL": 14,
     "BUSY": 15,
+    "CAPACITY": 16,
 }
 
 FATAL = {"MALFORMED_FRAME", "FRAME_TOO_LARGE", "UNSUPPORTED_VERSION", "BUSY"}
@@ -403,6 +404,11 @@ def valid_vectors() -> None:
     add_frame("error_reply_unknown_scorer", "ERROR reply UNKNOWN_SCORER",
               frame(op["ERROR"], REPLY, 4, p), "ERROR", REPLY, 4,
               {"code": "UNKNOWN_SCORER", "detail": 0, "message": "no scorer named 'nope'"})
+    msg = "event 2: item id 77 would be new, and the model holds its most item ids, 1000000 (limits.max_item_ids)"
+    p = u16(ERROR_CODES["CAPACITY"]) + u32(2) + str16(msg)
+    add_frame("error_reply_capacity", "ERROR reply CAPACITY (code 16), detail 2",
+              frame(op["ERROR"], REPLY, 11, p), "ERROR", REPLY, 11,
+              {"code": "CAPACITY", "detail": 2, "message": msg})
     p = u16(ERROR_CODES["MALFORMED_FRAME"]) + u32(0) + str16("")
     add_frame("error_reply_fatal_no_id", "ERROR reply MALFORMED_FRAME with request id 0 and an "
               "empty message", frame(op["ERROR"], REPLY, 0, p), "ERROR", REPLY, 0,

@@ -22,6 +22,13 @@ public struct LimitsConfig: Sendable, Equatable {
     /// make every user look idle (and a client sending milliseconds gets a
     /// clear error instead).
     public var maxFutureSeconds = 86_400
+    /// Most user ids and item ids the model holds rows for (0 = no bound).
+    /// A FEEDBACK or UPSERT_ITEM that would need a row beyond one is refused
+    /// with CAPACITY, so a stream of ever-new ids cannot grow the model until
+    /// the process runs out of memory (and then again on every restart, as
+    /// recovery replays the log). Known ids keep learning.
+    public var maxUserIDs = 5_000_000
+    public var maxItemIDs = 1_000_000
     public init() {}
 }
 
@@ -196,6 +203,8 @@ public struct PerennialConfig: Sendable {
         l.maxPendingBytes = try r.int("limits.max_pending_bytes", default: l.maxPendingBytes, in: 4096...(1 << 34))
         l.feedbackQueueShare = try r.double("limits.feedback_queue_share", default: l.feedbackQueueShare, in: 0.01...1)
         l.maxFutureSeconds = try r.int("limits.max_future_seconds", default: l.maxFutureSeconds, in: 0...(1 << 40))
+        l.maxUserIDs = try r.int("limits.max_user_ids", default: l.maxUserIDs, in: 0...Int(Int32.max))
+        l.maxItemIDs = try r.int("limits.max_item_ids", default: l.maxItemIDs, in: 0...Int(Int32.max))
         c.limits = l
         // A FEEDBACK of max_events events (29 bytes each, after a 16-byte
         // header and count) must fit in a frame, or clients that batch by
@@ -235,6 +244,10 @@ public struct PerennialConfig: Sendable {
         ll.minOccurrences = try r.int("lifelong.min_occurrences", default: ll.minOccurrences, in: 1...255)
         ll.maxUsers = try r.int("lifelong.max_users", default: ll.maxUsers, in: 0...100_000_000)
         ll.expireAfterSeconds = try r.int("lifelong.expire_after_seconds", default: ll.expireAfterSeconds, in: 0...(1 << 40))
+        if ll.maxUsers > 0 && l.maxUserIDs > 0 && ll.maxUsers > l.maxUserIDs {
+            throw ConfigError(file: doc.file, line: doc.entries["lifelong.max_users"]?.line ?? doc.entries["limits.max_user_ids"]?.line,
+                              message: "'lifelong.max_users' (\(ll.maxUsers)) is above 'limits.max_user_ids' (\(l.maxUserIDs)): the users it keeps would not fit; raise the limit or lower max_users")
+        }
         ll.seed = UInt64(try r.int("lifelong.seed", default: Int(ll.seed), in: 0...Int.max))
         c.lifelong = ll
 

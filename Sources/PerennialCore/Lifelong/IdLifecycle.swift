@@ -72,6 +72,13 @@ public final class IdLifecycle {
         return n >= minOccurrences
     }
 
+    /// Whether an id not yet admitted would be admitted by its `more`-th
+    /// sighting from now (asks the sketch; counts nothing).
+    func wouldAdmit(_ id: UInt64, afterMore more: Int) -> Bool {
+        guard let sketch else { return true }
+        return sketch.estimate(id) + more >= minOccurrences
+    }
+
     /// Records an event of user `u`.
     func touch(_ u: Int32, timestamp: Int64, seq: UInt64) {
         guard tracksUsers else { return }

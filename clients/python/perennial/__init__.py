@@ -18,7 +18,7 @@ The wire protocol itself lives in :mod:`perennial.protocol`.
 
 from .aio import AsyncClient, AsyncFeedbackStreamer, AsyncPipeline
 from .client import Client, FeedbackStreamer, Pipeline
-from .errors import (Busy, ConnectionError, InvalidArgument, InvalidEvent, NotSupported,
+from .errors import (Busy, CapacityExceeded, ConnectionError, InvalidArgument, InvalidEvent, NotSupported,
                      PerennialError, ProtocolError, ServerError, ServerTimeout, TimeoutError,
                      Unauthorized, UnknownScorer)
 from .types import Event, FeedbackAck, Recommendation, Score, ServerInfo, UpsertResult
@@ -50,5 +50,6 @@ __all__ = [
     "Unauthorized",
     "NotSupported",
     "Busy",
+    "CapacityExceeded",
     "ServerTimeout",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Deque, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .errors import ERROR_CODES, FATAL_CODES, InvalidEvent, ProtocolError, ServerError, error_from_reply
+from .errors import ERROR_CODES, FATAL_CODES, CapacityExceeded, InvalidEvent, ProtocolError, ServerError, error_from_reply
 from .protocol import VERSION, Frame, Opcode, encode_payload
 from .types import (Event, EventLike, as_int, FeedbackAck, Recommendation, Score, ServerInfo,
                     UpsertResult, to_event)
@@ -68,12 +68,12 @@ def tell_late_refusals(exc: Optional[BaseException], refused: List[BaseException
 def place_in_stream(e: ServerError, offset: int) -> None:
     """A FEEDBACK list sent as several batches had the batch starting at
     ``offset`` refused: ``accepted_events`` = offset, an InvalidEvent's
-    ``detail`` becomes the index in the whole list, and the message (which
+    or CapacityExceeded's ``detail`` becomes the index in the whole list, and the message (which
     speaks of the batch) says so."""
     e.accepted_events = offset  # type: ignore[attr-defined]
     if offset == 0:
         return
-    if isinstance(e, InvalidEvent):
+    if isinstance(e, (InvalidEvent, CapacityExceeded)):
         e.detail += offset
     e.message = ("in the batch of events from index %d (the %d events before it were accepted): %s"
                  % (offset, offset, e.message))

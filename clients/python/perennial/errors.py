@@ -13,7 +13,8 @@ Every exception the client raises on purpose derives from
         ├── UnknownScorer    UNKNOWN_SCORER
         ├── Unauthorized     UNAUTHORIZED
         ├── NotSupported     NOT_SUPPORTED
-        └── Busy             BUSY
+        ├── Busy             BUSY
+        └── CapacityExceeded CAPACITY (detail = index of the event with the new id)
 
 ``ConnectionError`` and ``TimeoutError`` also derive from the builtins of the
 same name, so ``except OSError`` and ``except builtins.TimeoutError`` catch
@@ -37,6 +38,7 @@ __all__ = [
     "Unauthorized",
     "NotSupported",
     "Busy",
+    "CapacityExceeded",
     "ServerTimeout",
     "ERROR_CODES",
     "ERROR_NAMES",
@@ -61,6 +63,7 @@ ERROR_CODES: Dict[str, int] = {
     "STORAGE": 13,
     "INTERNAL": 14,
     "BUSY": 15,
+    "CAPACITY": 16,
 }
 
 #: Error code names by number.
@@ -189,6 +192,15 @@ class Busy(ServerError):
     """The server has too many connections; it closed this one."""
 
 
+class CapacityExceeded(ServerError):
+    """A FEEDBACK event or UPSERT_ITEM would add a user or item id beyond the
+    server's bound (``limits.max_user_ids`` / ``limits.max_item_ids``);
+    ``detail`` is the event's 0-based index (0 for an upsert).
+
+    Nothing of the request was accepted; events of known ids still are.
+    """
+
+
 class ServerTimeout(ServerError, TimeoutError):
     """The server answered TIMEOUT: a read waited longer than the server's
     ``limits.wait_ms`` for the learner (``min_applied_seq``, or this
@@ -207,6 +219,7 @@ _CLASSES: Dict[str, Type[ServerError]] = {
     "UNAUTHORIZED": Unauthorized,
     "NOT_SUPPORTED": NotSupported,
     "BUSY": Busy,
+    "CAPACITY": CapacityExceeded,
 }
 
 

@@ -343,6 +343,34 @@ def test_feedback_split_by_max_events(start_server: Callable[..., object]) -> No
         assert "from index 100" in str(info.value) and "were accepted" in str(info.value)
 
 
+def test_id_bounds_refuse_new_ids_with_their_index(start_server: Callable[..., object]) -> None:
+    srv = start_server("[limits]\nmax_events = 100\nmax_user_ids = 50\nmax_item_ids = 120\n")
+    with srv.client() as c:  # type: ignore[attr-defined]
+        c.feedback([perennial.Event(1 + i % 50, 1 + i) for i in range(100)])
+        # Items 101..120 fit; item 121 is the 121st, at index 20 of the list
+        # (the list goes as two batches: the first, of 100 known-item events, is accepted).
+        events = [perennial.Event(1 + i % 50, 1 + i % 100) for i in range(100)]
+        events += [perennial.Event(7, 101 + i) for i in range(30)]
+        with pytest.raises(perennial.CapacityExceeded) as info:
+            c.feedback(events)
+        assert info.value.code_name == "CAPACITY" and info.value.detail == 120
+        assert info.value.accepted_events == 100  # type: ignore[attr-defined]
+        assert "item id 121" in str(info.value) and "limits.max_item_ids" in str(info.value)
+        with pytest.raises(perennial.CapacityExceeded) as info:
+            c.feedback([perennial.Event(51, 1)])
+        assert info.value.detail == 0 and "user id 51" in str(info.value)
+        stats = c.stats()
+        assert stats["events_accepted"] == 200 and stats["items"] == 100 and stats["users"] == 50
+        assert stats["capacity_refusals"] == 2
+        # Known ids go on learning, and new ones up to the bound.
+        c.feedback([perennial.Event(7, 101 + i) for i in range(20)] + [perennial.Event(50, 3)])
+        assert c.stats()["items"] == 120
+        with pytest.raises(perennial.CapacityExceeded):
+            c.upsert_item(500, "a new item beyond the bound")
+        assert not c.upsert_item(120, "a known item's text").created
+        assert len(c.recommend(7, k=5)) == 5
+
+
 def test_streamer_reports_every_refused_batch(client: perennial.Client) -> None:
     u = fresh()[0]
     items = fresh(25)

@@ -1,0 +1,66 @@
+// The id bounds (`[limits] max_user_ids`, `max_item_ids`): before a FEEDBACK
+// batch or an item upsert is logged, the server asks whether it would need
+// a row beyond a bound, and refuses it whole (CAPACITY) if so. This is the
+// "noeviction" answer to memory pressure (as in Redis's maxmemory policy):
+// every id costs memory for good (an item about 3.3 KB with cf, a user
+// about 0.8 KB plus their history), so without a bound a stream of ever-new
+// ids grows the process until it is killed, and then again on every
+// restart, since recovery replays the log. Known ids keep learning at the
+// bound. Users have a second answer, eviction: with `[lifelong] max_users`
+// the least recently seen user makes room, so this bound is not applied to
+// them then.
+//
+// Admitting thread only (it reads the id maps and the admission sketch).
+
+public enum IdKind: Sendable, Equatable {
+    case user, item
+}
+
+/// Why a batch or upsert was refused: the event's index, which id it is,
+/// and the bound.
+public struct IdBoundBreach: Sendable, Equatable {
+    public var index: Int
+    public var kind: IdKind
+    public var id: UInt64
+    public var limit: Int
+}
+
+extension Model {
+    /// The first event of `events` that would need a row beyond a bound
+    /// (0 = no bound), or nil when the whole batch fits.
+    public func firstBreach(of events: some Collection<IncomingEvent>, maxUserIDs: Int, maxItemIDs: Int) -> IdBoundBreach? {
+        // Users beyond max_users are evicted, not refused.
+        let boundUsers = maxUserIDs > 0 && lifecycle.maxUsers == 0
+        let boundItems = maxItemIDs > 0
+        // The usual case costs two comparisons: even all-new ids would fit.
+        let checkUsers = boundUsers && users.liveCount + events.count > maxUserIDs
+        let checkItems = boundItems && items.liveCount + events.count > maxItemIDs
+        guard checkUsers || checkItems else { return nil }
+        var newItems = Set<UInt64>()
+        var newUsers = Set<UInt64>()
+        // Sightings in this batch of user ids not yet admitted (min_occurrences > 1).
+        var sightings: [UInt64: Int] = [:]
+        for (n, e) in events.enumerated() {
+            if checkItems, items.index(of: e.item) == nil, newItems.insert(e.item).inserted,
+               items.liveCount + newItems.count > maxItemIDs {
+                return IdBoundBreach(index: n, kind: .item, id: e.item, limit: maxItemIDs)
+            }
+            if checkUsers, users.index(of: e.user) == nil, !newUsers.contains(e.user) {
+                let seen = sightings[e.user, default: 0] + 1
+                sightings[e.user] = seen
+                if lifecycle.wouldAdmit(e.user, afterMore: seen) {
+                    newUsers.insert(e.user)
+                    if users.liveCount + newUsers.count > maxUserIDs {
+                        return IdBoundBreach(index: n, kind: .user, id: e.user, limit: maxUserIDs)
+                    }
+                }
+            }
+        }
+        return nil
+    }
+
+    /// Whether an upsert of item `id` would need a row beyond the bound.
+    public func upsertBreaches(item id: UInt64, maxItemIDs: Int) -> Bool {
+        maxItemIDs > 0 && items.index(of: id) == nil && items.liveCount >= maxItemIDs
+    }
+}
