@@ -14,6 +14,6 @@ struct Perennial: AsyncParsableCommand {
               perennial replay --data ../shared/data/ml-latest-small
             """,
         version: "0.1.0",
-        subcommands: [Serve.self, Replay.self, Eval.self, Bench.self, LogCommand.self, Versions.self]
+        subcommands: [Serve.self, Replay.self, Eval.self, Bench.self, Admin.self, LogCommand.self, Versions.self]
     )
 }

@@ -1,0 +1,91 @@
+// `perennial admin`: a running server's operations from the shell (as
+// redis-cli is to redis): check it answers, read its counters, and the
+// admin requests RELOAD, SNAPSHOT and SHUTDOWN.
+
+import ArgumentParser
+import Foundation
+import PerennialClient
+import PerennialCore
+import PerennialEval
+import PerennialProtocol
+
+struct Admin: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Ask a running server: ping, stats, reload, snapshot, shutdown.",
+        discussion: """
+            ping      round trip to the server, and its name and limits (HELLO)
+            stats     every counter, one per line (--json: one JSON object);
+                      name prefixes to show only those, e.g. `stats cf_ events_`
+            reload    re-read the config file the server was started with and
+                      apply it (scorers, their settings, [limits]); settings
+                      that need a restart are refused and nothing changes
+            snapshot  write a snapshot (a new model version) now; prints its id
+            shutdown  stop the server gracefully (needs the admin token, or
+                      server.allow_shutdown = true)
+            reload, snapshot and shutdown need the admin token when the server
+            has auth.admin_token_file (--token-file names the file holding it).
+            """
+    )
+
+    @Argument(help: "ping, stats, reload, snapshot or shutdown")
+    var action: String
+    @Argument(help: "With stats: only counters whose names start with one of these.")
+    var prefixes: [String] = []
+    @Option var host = "127.0.0.1"
+    @Option var port = 7878
+    @Option(help: "A file holding the token to send in HELLO (auth.token_file or admin_token_file).")
+    var tokenFile: String?
+    @Flag(help: "With stats: print one JSON object.")
+    var json = false
+
+    func validate() throws {
+        guard ["ping", "stats", "reload", "snapshot", "shutdown"].contains(action) else {
+            throw ValidationError("unknown action '\(action)': use ping, stats, reload, snapshot or shutdown")
+        }
+        if !prefixes.isEmpty && action != "stats" { throw ValidationError("only stats takes name prefixes") }
+    }
+
+    func run() async throws {
+        let client: PerennialClient
+        do {
+            client = try await PerennialClient.connect(host: host, port: port)
+        } catch {
+            throw CommandError("\(error)")
+        }
+        defer { client.close() }
+        do {
+            let hello = try await client.hello(clientName: "perennial-admin", token: try tokenFile.map(readToken) ?? "")
+            switch action {
+            case "ping":
+                let t0 = MonotonicClock.nowNanos()
+                try await client.ping()
+                let us = Double(MonotonicClock.nowNanos() - t0) / 1e3
+                print(String(format: "%@ at %@:%d answered in %.0f us (max frame %u bytes, k up to %u, %u events a batch)",
+                             hello.serverName, host, port, us, hello.maxFrameBytes, hello.maxItems, hello.maxEvents))
+            case "stats":
+                let shown = try await client.stats().filter { s in prefixes.isEmpty || prefixes.contains { s.key.hasPrefix($0) } }
+                if json {
+                    let data = try JSONSerialization.data(withJSONObject: shown, options: [.sortedKeys])
+                    print(String(decoding: data, as: UTF8.self))
+                } else {
+                    let width = shown.keys.map(\.count).max() ?? 0
+                    for (name, value) in shown.sorted(by: { $0.key < $1.key }) {
+                        print(name.padding(toLength: width, withPad: " ", startingAt: 0) + "  \(value)")
+                    }
+                }
+            case "reload":
+                guard case .reload = try await client.call(.reload) else { throw CommandError("unexpected reply to RELOAD") }
+                print("reloaded: the server applied its config file (its log says what changed)")
+            case "snapshot":
+                guard case .snapshot(let seq) = try await client.call(.snapshot) else { throw CommandError("unexpected reply to SNAPSHOT") }
+                print("snapshot written at sequence \(seq) (a new model version: `perennial versions` lists them)")
+            default:
+                try await client.shutdown()
+                print("the server is stopping")
+            }
+        } catch PerennialClientError.server(_, let rawCode, _, let message) {
+            let name = ErrorCode(rawValue: rawCode)?.name ?? "CODE_\(rawCode)"
+            throw CommandError("the server refused \(action): \(name): \(message)")
+        }
+    }
+}
