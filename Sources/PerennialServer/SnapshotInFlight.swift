@@ -1,7 +1,7 @@
 // A snapshot being written off the loop thread. The loop serialises the
 // model (it must not change meanwhile, and only the loop admits events), then
-// a thread of this snapshot's own checksums, writes and fsyncs the file,
-// writes its description, gives the buffer's pages back and prunes old
+// a thread of this snapshot's own checksums, writes its description, writes
+// and fsyncs the file, gives the buffer's pages back and prunes old
 // snapshots; the loop collects the outcome later (`finished`, polled once
 // per loop turn) and only then removes the log segments the new snapshot
 // covers. So serving pauses for the serialisation only, not for the disk.
@@ -41,7 +41,13 @@ struct SnapshotJob: @unchecked Sendable {
     func write(_ payload: inout [UInt8]) throws -> SnapshotWritten {
         let file: SnapshotFile
         do {
-            file = try store.write(seq: seq, firstLogSegment: firstLogSegment, payload: payload, distinct: distinct)
+            file = try store.write(seq: seq, firstLogSegment: firstLogSegment, payload: payload, distinct: distinct) { [store, description] file in
+                // A snapshot that replaces one at the same position keeps
+                // that version's notes (a rollback, a reload), not its figures.
+                var previous = store.metadata(of: file)
+                previous.removeValue(forKey: "e1")
+                return description.merging(previous) { new, _ in new }
+            }
         } catch {
             payload = []
             throw error
@@ -50,13 +56,6 @@ struct SnapshotJob: @unchecked Sendable {
         // the OS now rather than keep them as free heap.
         payload = []
         _ = malloc_trim(0)
-        var meta = description
-        // A snapshot that replaced one at the same position keeps that
-        // version's notes (a rollback, a reload), not its figures.
-        var previous = store.metadata(of: file)
-        previous.removeValue(forKey: "e1")
-        meta.merge(previous) { new, _ in new }
-        do { try store.writeMetadata(of: file, meta) } catch { Log.warning("snapshot \(file.id): its description was not written: \(error)") }
         return SnapshotWritten(file: file, keepLogFrom: store.prune(keep: keep))
     }
 }

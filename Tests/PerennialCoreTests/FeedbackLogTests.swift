@@ -180,6 +180,25 @@ import Popularity
         #expect(store.files().map(\.seq) == [70, 50])
     }
 
+    /// A version's description is written before its snapshot is renamed
+    /// into place, so a crash never leaves a listed version without one; a
+    /// description whose snapshot never arrived is removed at start-up.
+    @Test func descriptionsArriveBeforeTheirSnapshots() throws {
+        let store = SnapshotStore(directory: tempDir())
+        var sawTempOnly = false
+        let f = try store.write(seq: 5, firstLogSegment: 1, payload: [9]) { file in
+            // Called before the rename: the snapshot is not listed yet.
+            sawTempOnly = store.files().isEmpty && FileManager.default.fileExists(atPath: file.path + ".tmp")
+            return ["note": "first"]
+        }
+        #expect(sawTempOnly && store.metadata(of: f)["note"] as? String == "first")
+        // A crash between the two: a description without its snapshot.
+        let orphan = SnapshotFile(seq: 9, serial: 0, path: store.directory + "/snapshot-9.bin")
+        try store.writeMetadata(of: orphan, ["reload": ["cf re-configured"]])
+        store.removeTemporaryFiles()
+        #expect(store.metadata(of: orphan).isEmpty && store.metadata(of: f)["note"] as? String == "first")
+    }
+
     @Test func replayRebuildsTheSameModel() throws {
         var doc = ConfigDocument(file: "test")
         doc.set("scorers.load", .array([.string("popularity")]))

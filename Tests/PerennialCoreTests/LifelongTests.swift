@@ -180,6 +180,19 @@ import PerennialPlugins
         #expect(m.users.index(of: 1_000_000) != nil && m.users.index(of: 1) == nil)
     }
 
+    @Test func aBackDatedEventDoesNotAgeAnActiveUser() throws {
+        // (Found by review: a late upload made an active user expire.)
+        let m = try model(["popularity"]) { d in d.set("lifelong.expire_after_seconds", .integer(100)) }
+        feed(m, user: 1, item: 1, at: 1000)
+        feed(m, user: 1, item: 2, at: 1000)
+        feed(m, user: 1, item: 3, at: 800)   // a late event from before
+        feed(m, user: 2, item: 4, at: 1060)  // user 1 was seen 60 s ago
+        #expect(m.users.index(of: 1) != nil && m.lifecycle.expired == 0)
+        #expect(m.history.items(of: try #require(m.users.index(of: 1))).sorted() == [0, 1, 2])
+        feed(m, user: 2, item: 4, at: 1101)  // now idle for 101 s
+        #expect(m.users.index(of: 1) == nil && m.lifecycle.expired == 1)
+    }
+
     @Test func usersUnseenForTooLongExpire() throws {
         let m = try model(["popularity"]) { d in d.set("lifelong.expire_after_seconds", .integer(100)) }
         feed(m, user: 1, item: 1, at: 1000)

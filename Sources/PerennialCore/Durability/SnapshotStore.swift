@@ -64,10 +64,15 @@ public struct SnapshotStore: Sendable {
     /// or a failed rename between writing and renaming); start-up calls it.
     /// (Not a description's `.json.tmp`: `perennial versions --evaluate`
     /// may be writing one while a server starts.)
+    /// Also a description whose snapshot never made it into place (it is
+    /// written first), so a later snapshot at that position does not take
+    /// its notes.
     public func removeTemporaryFiles() {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-        for name in names where name.hasPrefix("snapshot-") && name.hasSuffix(".bin.tmp") {
-            unlink((directory as NSString).appendingPathComponent(name))
+        let present = Set(names)
+        for name in names where name.hasPrefix("snapshot-") {
+            let orphan = name.hasSuffix(".json") && !present.contains(String(name.dropLast(5)) + ".bin")
+            if name.hasSuffix(".bin.tmp") || orphan { unlink((directory as NSString).appendingPathComponent(name)) }
         }
     }
 
@@ -81,8 +86,12 @@ public struct SnapshotStore: Sendable {
     /// that already has one replaces it (the same events learned give the
     /// same model), unless `distinct` (the model differs: a rollback or a
     /// reload), which adds a new version at that position.
+    /// `describe` gives the version's description, which is written before
+    /// the snapshot is renamed into place, so a crash never leaves a version
+    /// without one (a description without its snapshot is never listed).
     @discardableResult
-    public func write(seq: UInt64, firstLogSegment: Int, payload: [UInt8], distinct: Bool = false) throws -> SnapshotFile {
+    public func write(seq: UInt64, firstLogSegment: Int, payload: [UInt8], distinct: Bool = false,
+                      describe: ((SnapshotFile) -> [String: Any])? = nil) throws -> SnapshotFile {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         // Header, payload and checksum are written in turn (the payload is
         // tens of megabytes: not copied into one buffer).
@@ -119,10 +128,14 @@ public struct SnapshotStore: Sendable {
             unlink(temp)
             throw LogError("cannot write the snapshot \(temp): \(why)")
         }
+        let file = SnapshotFile(seq: seq, serial: serial, path: final)
+        if let describe {
+            do { try writeMetadata(of: file, describe(file)) } catch { Log.warning("snapshot \(file.id): its description was not written: \(error)") }
+        }
         guard rename(temp, final) == 0 else { throw LogError("cannot rename \(temp): \(String(cString: strerror(errno)))") }
         let dir = open(directory, O_RDONLY | O_DIRECTORY)
         if dir >= 0 { fsync(dir); Glibc.close(dir) }
-        return SnapshotFile(seq: seq, serial: serial, path: final)
+        return file
     }
 
     /// Reads a snapshot and checks its framing and checksum; returns the

@@ -17,7 +17,12 @@
 // admitted (so the choice depends on the log alone, and a replay makes the
 // same one), after the learner has applied it (the index must not be
 // reused under queued events; the loop waits for it if needed). The bound
-// is exceeded only when one batch brings more new users than it. A reused
+// is exceeded while one batch holds events of more distinct users than it
+// (those with an event in the batch cannot make room). Age expiry takes a
+// user's latest timestamp (a back-dated event does not age them) and walks
+// users in order of their latest event's arrival, so a user is forgotten
+// at the earliest when idle for the limit, and later when users ahead of
+// them in arrival order are still active. A reused
 // index carries a new generation number in its
 // learn events; the learner resets the index's state (table row, scorer
 // state) on the first event of a new generation, on its own thread, and
@@ -82,7 +87,10 @@ public final class IdLifecycle {
     /// Records an event of user `u`.
     func touch(_ u: Int32, timestamp: Int64, seq: UInt64) {
         guard tracksUsers else { return }
-        lastSeen[Int(u)] = timestamp
+        // The latest time the user was seen, not the latest event's: a
+        // back-dated event (a late upload) must not make an active user
+        // look idle. (lastSeq 0: a new user, or a forgotten one's index.)
+        lastSeen[Int(u)] = lastSeq[Int(u)] == 0 ? timestamp : max(lastSeen[Int(u)], timestamp)
         lastSeq[Int(u)] = seq
         order.append(u, stamp: seq, isLive: isLatest)
     }
