@@ -27,7 +27,8 @@
 // are not ranked by this scorer.
 //
 // Threads. Texts arrive on the admitting thread and are kept, tokenised,
-// behind a mutex the learner also takes. Encoder weights are one buffer
+// twice: as served (the newest, behind a mutex) and as the learner sees them
+// (changes taken in log order, so learning depends on the log alone). Encoder weights are one buffer
 // allocated once (the serving thread reads while the learner writes, as
 // with the shared table). Cached item encodings belong to the serving
 // thread alone, which recomputes one when the encoder has taken
@@ -64,8 +65,18 @@ public final class TextCNNScorer: Scorer {
     let offsetV: ChunkedBuffer<Float>
     var offsetRows = 0
 
-    /// Tokenised texts by item (admitting thread writes, learner reads).
+    /// Tokenised texts by item as served: the newest (admitting thread
+    /// writes, serving thread reads).
     let texts = Mutex<[Int32: TokenizedText]>([:])
+    /// Text changes the learner has not taken yet, in log order, each with
+    /// its log position: it applies to events after that position. The
+    /// learner's own copy follows them event by event, so what it learns
+    /// depends on the log alone (a live server and its replay agree) and
+    /// not on how far behind the learner was when a text arrived.
+    private let textChanges = Mutex<[(after: UInt64, item: Int32, tokens: TokenizedText)]>([])
+    private let textChangesWaiting = Atomic<Int>(0)
+    /// The texts as of the event being learned (learner thread only).
+    private var learnerTexts: [Int32: TokenizedText] = [:]
 
     // Learner-thread state.
     var seenItems: [Int32] = []
@@ -205,10 +216,27 @@ public final class TextCNNScorer: Scorer {
         itemCount = max(itemCount, items)
     }
 
-    public func itemTextChanged(_ item: Int32, text: String) {
+    public func itemTextChanged(_ item: Int32, text: String, after seq: UInt64) {
         let tokens = tokenizer.tokenize(text)
         texts.withLock { $0[item] = tokens }
+        textChanges.withLock { $0.append((seq, item, tokens)) }
+        textChangesWaiting.add(1, ordering: .releasing)
         if Int(item) < cacheStep.count { cacheStep[Int(item)] = -1 }
+    }
+
+    /// Takes the text changes made before event `seq` into the learner's copy.
+    private func takeTextChanges(before seq: UInt64) {
+        guard textChangesWaiting.load(ordering: .acquiring) > 0 else { return }
+        let taken = textChanges.withLock { queue -> Int in
+            var n = 0
+            while n < queue.count && queue[n].after < seq {
+                learnerTexts[queue[n].item] = queue[n].tokens
+                n += 1
+            }
+            queue.removeFirst(n)
+            return n
+        }
+        textChangesWaiting.subtract(taken, ordering: .relaxed)
     }
 
     // MARK: learning (learner thread)
@@ -216,7 +244,8 @@ public final class TextCNNScorer: Scorer {
     public var preferredEpochs: Int { settings.epochs }
 
     public func learn(_ e: LearnEvent) {
-        guard let tokensI = texts.withLock({ $0[e.item] }) else { skippedNoText.add(1, ordering: .relaxed); return }
+        takeTextChanges(before: e.seq)
+        guard let tokensI = learnerTexts[e.item] else { skippedNoText.add(1, ordering: .relaxed); return }
         if seen.insert(e.item).inserted { seenItems.append(e.item) }
         bprStep(e, tokensI)
     }
@@ -225,7 +254,7 @@ public final class TextCNNScorer: Scorer {
     /// with text).
     public var replays: Bool { true }
     public func replay(_ e: LearnEvent) {
-        guard seen.contains(e.item), let tokensI = texts.withLock({ $0[e.item] }) else { return }
+        guard seen.contains(e.item), let tokensI = learnerTexts[e.item] else { return }
         bprStep(e, tokensI)
     }
 
@@ -236,7 +265,7 @@ public final class TextCNNScorer: Scorer {
         guard positive, seenItems.count > 1 else { return }
         var j = e.item
         while j == e.item { j = seenItems[rng.below(seenItems.count)] }
-        guard let tokensJ = texts.withLock({ $0[j] }) else { return }
+        guard let tokensJ = learnerTexts[j] else { return }
         learnedPositives.add(1, ordering: .relaxed)
 
         encoder.forward(params, tokensI, trace: &traceI)

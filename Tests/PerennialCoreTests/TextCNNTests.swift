@@ -82,10 +82,10 @@ import Testing
         let words = [["space", "robot", "laser", "galaxy"], ["romance", "wedding", "kiss", "paris"]]
         scorer.grow(users: 40, items: 202)
         for i in 0..<200 {
-            scorer.itemTextChanged(Int32(i), text: "\(words[i % 2][i % 4]) \(words[i % 2][(i / 2) % 4]) film \(i)")
+            scorer.itemTextChanged(Int32(i), text: "\(words[i % 2][i % 4]) \(words[i % 2][(i / 2) % 4]) film \(i)", after: 0)
         }
-        scorer.itemTextChanged(200, text: "galaxy robot story")
-        scorer.itemTextChanged(201, text: "paris kiss story")
+        scorer.itemTextChanged(200, text: "galaxy robot story", after: 0)
+        scorer.itemTextChanged(201, text: "paris kiss story", after: 0)
         var rng = SplitMix64(seed: 1)
         var seq: UInt64 = 0
         for _ in 0..<6000 {

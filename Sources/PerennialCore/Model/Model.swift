@@ -227,7 +227,7 @@ public final class Model: @unchecked Sendable {
         if isNew { growScorers() }
         let kept = cutText(text)
         catalogue.upsert(index, ItemRecord(text: kept, attributes: attributes))
-        for s in scorers { s.itemTextChanged(index, text: kept) }
+        for s in scorers { s.itemTextChanged(index, text: kept, after: lastSeq) }
         return (isNew, kept.utf8.count != text.utf8.count)
     }
 
@@ -303,7 +303,7 @@ public final class Model: @unchecked Sendable {
                 changes.append("\(sc.name) added (starts learning from the next event)")
             }
             // Item texts live in the catalogue, not in scorer snapshots.
-            catalogue.forEach { fresh.itemTextChanged($0, text: $1.text) }
+            catalogue.forEach { fresh.itemTextChanged($0, text: $1.text, after: lastSeq) }
             next.append(fresh)
         }
         for old in scorers where !config.scorers.contains(where: { $0.name == old.name }) {
@@ -447,7 +447,7 @@ public final class Model: @unchecked Sendable {
             }
             restored.insert(name)
         }
-        catalogue.forEach { item, record in for s in scorers { s.itemTextChanged(item, text: record.text) } }
+        catalogue.forEach { item, record in for s in scorers { s.itemTextChanged(item, text: record.text, after: seq) } }
         for s in scorers where !restored.contains(s.name) {
             Log.warning("snapshot: scorer \(s.name) was not in the snapshot; it starts empty and learns from new events")
         }

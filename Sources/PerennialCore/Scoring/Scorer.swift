@@ -107,8 +107,11 @@ public protocol Scorer: AnyObject {
     func forget(user: Int32)
     /// An item's text was stored or replaced (admitting thread, after
     /// `grow` made room for the item; also for every stored text when a
-    /// model is restored or a scorer is added by a reload).
-    func itemTextChanged(_ item: Int32, text: String)
+    /// model is restored or a scorer is added by a reload), at log position
+    /// `seq`: learning must use it for events after `seq` and the old text
+    /// for events up to it, whatever the learner's progress, or a replay of
+    /// the log would learn differently from the live server.
+    func itemTextChanged(_ item: Int32, text: String, after seq: UInt64)
     /// Pushes every eligible item with its score into `top`.
     func recommend(_ query: ScoringQuery, into top: inout TopK)
     /// Answers several queries at once: `tops[i]` gets exactly what
@@ -147,7 +150,7 @@ extension Scorer {
     public func replay(_ event: LearnEvent) {}
     public var replays: Bool { false }
     public func forget(user: Int32) {}
-    public func itemTextChanged(_ item: Int32, text: String) {}
+    public func itemTextChanged(_ item: Int32, text: String, after seq: UInt64) {}
     public var counters: [(String, UInt64)] { [] }
     public func predictRating(user: Int32?, item: Int32?) -> Float? { nil }
     public func beginRepeatedEpoch() {}
