@@ -168,14 +168,11 @@ public final class Server: Sendable {
         } catch {
             throw ServerError("cannot create the data directory \(config.dataDir): \(error.localizedDescription)")
         }
-        let path = (config.dataDir as NSString).appendingPathComponent("LOCK")
-        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw ServerError("cannot open \(path): \(String(cString: strerror(errno)))") }
-        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
-            Glibc.close(fd)
-            throw ServerError("the data directory \(config.dataDir) is in use by another perennial server")
+        do {
+            return try DataDirectoryLock.take(config.dataDir)
+        } catch {
+            throw ServerError("\(error)")
         }
-        return fd
     }
 
     /// Start-up: the newest valid snapshot (an older one if the newest is

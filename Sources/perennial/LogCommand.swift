@@ -10,12 +10,15 @@ struct LogCommand: ParsableCommand {
         commandName: "log",
         abstract: "Check or repair the write-ahead log of a data directory.",
         discussion: """
-            check   reads every record and verifies its checksum; reports records,
-                    events, a torn tail (which start-up cuts by itself) and any
-                    corruption in the middle (which stops start-up). Exit 0 when
-                    the server would start, 1 when it would not.
-            repair  cuts the log at the first damaged record, losing whatever
-                    follows it, so the server can start. Run check first.
+            check   reads every record start-up would read (the log after the
+                    newest readable snapshot) and verifies its checksum; reports
+                    records, events, a torn tail (which start-up cuts by itself),
+                    corruption in the middle (which stops start-up), and notes
+                    damage in older segments that snapshot covers (harmless).
+                    Exit 0 when the server would start, 1 when it would not.
+            repair  cuts the log at the first damaged record start-up would
+                    read, losing whatever follows it, so the server can start.
+                    Refused while a server runs on the directory. Run check first.
             """
     )
 
@@ -36,30 +39,57 @@ struct LogCommand: ParsableCommand {
             print("no log in \(dataDir) (no \(dir)): not a server's data directory, or one that never started")
             throw ExitCode(1)
         }
+        // Start-up reads only the log after the newest snapshot it can
+        // load: segments before that snapshot's first are not needed.
+        let store = SnapshotStore(directory: (dataDir as NSString).appendingPathComponent("snapshots"))
+        let base = store.files().lazy.compactMap { f in (try? store.read(f.path)).map { (f, $0.0) } }.first
+        let firstNeeded = base?.1.firstLogSegment ?? 0
+        let from = base.map { "the snapshot \($0.0.id) (start-up begins there when it loads with the server's config), then log segment \($0.1.firstLogSegment) on" } ?? "the log alone (no readable snapshot)"
         switch action {
         case "check":
+            print("start-up would read \(from)")
+            var healthy = true
             do {
-                let r = try FeedbackLog.scan(directory: dir, cutTornTail: false) { _ in }
-                print("log \(dir): \(r.segments) segment(s), \(r.records) records, \(r.events) events, \(r.bytes) bytes")
+                let r = try FeedbackLog.scan(directory: dir, fromSegment: firstNeeded, cutTornTail: false) { _ in }
+                print("log \(dir), from segment \(firstNeeded): \(r.segments) segment(s), \(r.records) records, \(r.events) events, \(r.bytes) bytes")
                 if let t = r.tornTail {
                     print("torn tail: \(t.bytes) bytes at byte \(t.offset) of \(t.file) (start-up cuts it: it was never acknowledged)")
                 }
-                print("ok: a server would start from this log")
             } catch {
                 print("damaged: \(error)")
+                healthy = false
+            }
+            // Damage in segments the snapshot covers does not stop start-up.
+            let covered = FeedbackLog.segments(in: dir).filter { $0 < firstNeeded }
+            let log = FeedbackLog(directory: dir, policy: .no)
+            for n in covered {
+                if let at = try? FeedbackLog.firstDamage(inSegment: log.segmentPath(n)) {
+                    print("note: \(log.segmentPath(n)) is damaged at byte \(at), but the snapshot \(base!.0.id) covers it, so start-up does not read it (nothing to repair)")
+                }
+            }
+            guard healthy else {
+                print("start-up would stop here; `perennial log repair --data-dir \(dataDir)` cuts the log at the damage (losing what follows it)")
                 throw ExitCode(1)
             }
+            print("ok: a server would start from this data directory")
         case "repair":
-            try repair(dir)
+            // Never under a running server, which appends to the last segment.
+            let lock: Int32
+            do { lock = try DataDirectoryLock.take(dataDir) } catch {
+                print("\(error): stop it first")
+                throw ExitCode(1)
+            }
+            defer { close(lock) }
+            try repair(dir, from: firstNeeded)
         default:
             throw ValidationError("action must be check or repair")
         }
     }
 
-    /// Cuts the log at the first record that fails its checksum, and drops
-    /// any later segments.
-    private func repair(_ dir: String) throws {
-        let numbers = FeedbackLog.segments(in: dir)
+    /// Cuts the log at the first record that fails its checksum in the
+    /// segments start-up reads (from `first` on), and drops any later segments.
+    private func repair(_ dir: String, from first: Int) throws {
+        let numbers = FeedbackLog.segments(in: dir).filter { $0 >= first }
         let log = FeedbackLog(directory: dir, policy: .no)
         for (index, n) in numbers.enumerated() {
             let path = log.segmentPath(n)

@@ -857,7 +857,42 @@ def test_log_check_refuses_a_missing_data_directory(start_server: Callable[..., 
     srv = start_server()
     with srv.client() as c:
         c.feedback([perennial.Event(1, 2)])
+    # Never under a running server (which appends to the last segment).
+    busy = subprocess.run([str(server_binary()), "log", "repair", "--data-dir", srv.data_dir],
+                          capture_output=True, text=True, timeout=60)
+    assert busy.returncode == 1 and "in use by another perennial server" in busy.stdout, busy.stdout
     srv.stop()
     ok = subprocess.run([str(server_binary()), "log", "check", "--data-dir", srv.data_dir],
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "ok: a server would start" in ok.stdout, ok.stdout
+
+
+def test_log_check_and_repair_know_what_a_snapshot_covers(start_server: Callable[..., Any]) -> None:
+    """Damage in a log segment the newest snapshot covers does not stop
+    start-up, so `log check` passes (with a note) and repair cuts nothing."""
+    from conftest import server_binary
+    import os
+    import subprocess
+    srv = start_server("[server]\nallow_shutdown = true\n")
+    with srv.client() as c:
+        c.feedback([perennial.Event(1 + i % 7, 1 + i) for i in range(500)])
+        c.snapshot()
+        c.feedback([perennial.Event(1 + i % 7, 600 + i) for i in range(500)])
+    srv.stop()  # a graceful stop leaves a second snapshot
+    logdir = os.path.join(srv.data_dir, "log")
+    segments = sorted(os.listdir(logdir))
+    assert len(segments) >= 2, segments
+    covered = os.path.join(logdir, segments[-2])  # before the newest snapshot's first segment
+    data = bytearray(open(covered, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(covered, "wb").write(bytes(data))
+    check = subprocess.run([str(server_binary()), "log", "check", "--data-dir", srv.data_dir],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and "covers it" in check.stdout, check.stdout
+    repair = subprocess.run([str(server_binary()), "log", "repair", "--data-dir", srv.data_dir],
+                            capture_output=True, text=True, timeout=60)
+    assert repair.returncode == 0 and "nothing to repair" in repair.stdout, repair.stdout
+    assert sorted(os.listdir(logdir)) == segments
+    srv.restart()
+    with srv.client() as c:
+        assert c.stats()["events_applied"] == 1000
