@@ -36,6 +36,10 @@ struct Versions: ParsableCommand {
     var json = false
 
     func run() throws {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: dataDir, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw CommandError("no data directory at \(dataDir)")
+        }
         let store = SnapshotStore(directory: (dataDir as NSString).appendingPathComponent("snapshots"))
         let files = store.files()
         if let id = evaluate {
@@ -43,6 +47,12 @@ struct Versions: ParsableCommand {
                 throw CommandError("there is no version \(id) in \(store.directory); versions: \(files.map(\.id).joined(separator: ", "))")
             }
             let cfg = try config.map { try PerennialConfig.load(file: $0, registry: .builtin) } ?? PerennialConfig.defaults(registry: .builtin)
+            // The version's scorers are restored only if the config loads them.
+            let saved0 = store.metadata(of: file)["scorers"] as? [String] ?? []
+            let wanted = scorer.isEmpty ? cfg.defaultScorer : scorer
+            if saved0.contains(wanted) && !cfg.scorers.contains(where: { $0.name == wanted }) {
+                throw CommandError("\(config.map { "the config \($0)" } ?? "the bundled config (no --config given)") does not load \(wanted), which version \(id) learned (its scorers: \(saved0.joined(separator: ", "))): pass --config with the config the server ran")
+            }
             var (info, reader) = try store.read(file.path)
             let model = Model(config: cfg, registry: .builtin)
             try model.restore(from: &reader)
@@ -56,6 +66,9 @@ struct Versions: ParsableCommand {
             }
             let figures = try VersionEvaluation.run(model: model, logDirectory: (dataDir as NSString).appendingPathComponent("log"),
                                                     fromSegment: info.firstLogSegment, scorer: scorer, limit: events)
+            guard figures.events > 0 else {
+                throw CommandError("the log holds no events after version \(file.id): nothing to evaluate (a version is scored on the events that followed it)")
+            }
             var meta = store.metadata(of: file)
             meta["e1"] = figures.json
             try store.writeMetadata(of: file, meta)

@@ -436,7 +436,7 @@ public final class Model: @unchecked Sendable {
             let name = try r.string()
             let block = try r.block()
             guard let s = scorers.first(where: { $0.name == name }) else {
-                Log.warning("snapshot: scorer \(name) is no longer loaded; its state is dropped")
+                Log.warning("snapshot: scorer \(name) is not loaded by this config; its saved state is not used")
                 continue
             }
             var sub = SnapshotReader(bytes: block)
