@@ -64,6 +64,13 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
         #expect(throws: ConfigError(file: "test.toml", line: 4, message: "'routes.two.candidates' = \"gann\" is not a loaded scorer (cf, gan)")) {
             try load("[scorers]\nload = [\"cf\", \"gan\"]\n[routes.two]\ncandidates = \"gann\"\nrerank = \"cf\"\n")
         }
+        // A typo in a route's key, and a missing one (review finding: both read as "= \"\"").
+        #expect(throws: ConfigError(file: "test.toml", line: 4, message: "unknown key 'routes.two.candidate' (did you mean 'routes.two.candidates'?)")) {
+            try load("[scorers]\nload = [\"cf\", \"gan\"]\n[routes.two]\ncandidate = \"gan\"\nrerank = \"cf\"\n")
+        }
+        #expect(throws: ConfigError(file: "test.toml", line: 4, message: "route 'two' needs 'routes.two.rerank' (the scorer that re-ranks the candidates)")) {
+            try load("[scorers]\nload = [\"cf\", \"gan\"]\n[routes.two]\ncandidates = \"gan\"\n")
+        }
     }
 
     @Test func typoNamesLineAndSuggestion() {

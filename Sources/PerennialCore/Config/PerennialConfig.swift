@@ -284,6 +284,16 @@ public struct PerennialConfig: Sendable {
         c.scorers.sort { names.firstIndex(of: $0.name)! < names.firstIndex(of: $1.name)! }
         for (route, line) in r.subsections(of: "routes") {
             let key = "routes." + route
+            // A typo in a route's keys is reported as one (not as a missing value).
+            let fields = ["candidates", "count", "rerank"]
+            for k in doc.order where k.hasPrefix(key + ".") && !fields.contains(String(k.dropFirst(key.count + 1))) {
+                let near = ConfigReader.closest(to: k, among: fields.map { key + "." + $0 })
+                throw ConfigError(file: doc.file, line: doc.entries[k]?.line,
+                                  message: "unknown key '\(k)'" + (near.map { " (did you mean '\($0)'?)" } ?? " (a route has candidates, count and rerank)"))
+            }
+            for needed in ["candidates", "rerank"] where doc.entries[key + "." + needed] == nil {
+                throw ConfigError(file: doc.file, line: line, message: "route '\(route)' needs '\(key).\(needed)' (the scorer that \(needed == "rerank" ? "re-ranks the candidates" : "proposes candidates"))")
+            }
             let rc = RouteConfig(name: route, candidates: try r.string(key + ".candidates", default: ""),
                                  count: try r.int(key + ".count", default: 300, in: 1...65535),
                                  rerank: try r.string(key + ".rerank", default: ""))
