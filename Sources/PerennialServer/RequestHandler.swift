@@ -311,8 +311,10 @@ final class RequestHandler {
             do {
                 _ = try reload()
             } catch let e as ProtocolError {
+                Log.error("RELOAD: \(e.message)")
                 throw e
             } catch {
+                Log.error("RELOAD: the new config was refused; the old one stays: \(error)")
                 throw ProtocolError(.invalidArgument, "the new config was refused; the old one stays: \(error)")
             }
             Reply.reload.encode(into: &out, requestID: requestID)
@@ -411,14 +413,30 @@ final class RequestHandler {
         // The learner must be idle while scorers are swapped.
         while model.appliedSeq < model.lastSeq { usleep(50) }
         let changes = try model.reconfigure(next)
+        // (A new default alone needs no snapshot: the learned state is the same.)
+        let defaultOnly = changes.count == 1 && next.defaultScorer != config.defaultScorer
+        // What else changed, for the log line (operators read it to confirm).
+        var also: [String] = []
+        if next.routes != config.routes { also.append("[routes]") }
+        if next.limits != config.limits { also.append("[limits]") }
+        if next.clientToken != config.clientToken {
+            also.append(next.clientToken == nil ? "auth.token_file off: clients need no token" : config.clientToken == nil ? "auth.token_file on: clients need HELLO with the token" : "auth.token_file: a new token")
+        }
+        if next.adminToken != config.adminToken { also.append("auth.admin_token_file changed") }
+        if next.allowShutdown != config.allowShutdown { also.append("server.allow_shutdown = \(next.allowShutdown)") }
+        if next.recommendBatch != config.recommendBatch || next.recommendBatchWaitMicros != config.recommendBatchWaitMicros {
+            also.append("[server] recommend batching")
+        }
+        if next.snapshotEveryEvents != config.snapshotEveryEvents || next.snapshotKeep != config.snapshotKeep { also.append("[snapshot]") }
         config = next
         protocolLimits = ProtocolLimits(maxFrameBytes: next.limits.maxFrameBytes, maxItems: next.limits.maxItems,
                                         maxEvents: next.limits.maxEvents)
         stats.reloads += 1
         // A snapshot now ties the new scorer set to a log position, so a
         // restart with this config never needs state from before it.
-        if !changes.isEmpty { _ = try? takeSnapshot(note: ["reload": changes], distinct: true) }
-        Log.info("config reloaded from \(next.source): " + (changes.isEmpty ? "scorers unchanged" : changes.joined(separator: "; ")))
+        if !changes.isEmpty && !defaultOnly { _ = try? takeSnapshot(note: ["reload": changes], distinct: true) }
+        let said = changes + also
+        Log.info("config reloaded from \(next.source): " + (said.isEmpty ? "nothing changed" : said.joined(separator: "; ")))
         return changes
     }
 
