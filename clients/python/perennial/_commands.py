@@ -80,6 +80,23 @@ def place_in_stream(e: ServerError, offset: int) -> None:
     e.args = ("%s (%d): %s" % (e.code_name, e.code, e.message),)
 
 
+def mark_stream_refusal(e: BaseException, offset: int, n: int) -> None:
+    """A streamer's batch of ``n`` events from stream index ``offset`` was
+    refused: ``batch_offset``/``batch_events`` say which, and for an error
+    naming an event (InvalidEvent, CapacityExceeded) ``stream_index`` is that
+    event's index in the stream, which the message also gives."""
+    try:
+        e.batch_offset = offset  # type: ignore[attr-defined]
+        e.batch_events = n  # type: ignore[attr-defined]
+        if isinstance(e, (InvalidEvent, CapacityExceeded)):
+            e.stream_index = offset + e.detail  # type: ignore[attr-defined]
+            e.message = "stream index %d (batch of %d events from index %d, none of them accepted): %s" % (
+                offset + e.detail, n, offset, e.message)
+            e.args = ("%s (%d): %s" % (e.code_name, e.code, e.message),)
+    except AttributeError:  # pragma: no cover
+        pass
+
+
 def _ids(v: Optional[Iterable[int]], what: str) -> List[int]:
     if v is None:
         return []

@@ -509,8 +509,7 @@ class AsyncFeedbackStreamer:
             self.last_ack = result
         else:
             if isinstance(result, BaseException):
-                result.batch_offset = offset  # type: ignore[attr-defined]
-                result.batch_events = n  # type: ignore[attr-defined]
+                _c.mark_stream_refusal(result, offset, n)
             self._errors.append(result)
             self.refused.append(result)
 

@@ -563,7 +563,8 @@ class FeedbackStreamer:
 
     A batch the server refuses (e.g. :class:`InvalidEvent`) is raised from the
     next ``send``/``send_many``/``flush`` call, with ``batch_offset`` (stream
-    index of the batch's first event) and ``batch_events`` attributes; its
+    index of the batch's first event) and ``batch_events`` attributes (and
+    ``stream_index``, the refused event's index in the stream); its
     events were not accepted, later batches are unaffected.  When several
     batches were refused by then, the error raised is the first, and its
     ``refused_batches`` lists all of them; :attr:`refused` keeps every
@@ -607,11 +608,7 @@ class FeedbackStreamer:
             self.last_ack = result
         else:
             if isinstance(result, BaseException):
-                try:
-                    result.batch_offset = offset  # type: ignore[attr-defined]
-                    result.batch_events = n  # type: ignore[attr-defined]
-                except AttributeError:  # pragma: no cover
-                    pass
+                _c.mark_stream_refusal(result, offset, n)
             self._errors.append(result)
             self.refused.append(result)
 

@@ -61,6 +61,11 @@ class Event:
         # (frozen: the converted ids are set through object.__setattr__)
         object.__setattr__(self, "user", as_int(self.user, "Event.user"))
         object.__setattr__(self, "item", as_int(self.item, "Event.item"))
+        # (In range but refused, such as 0 or 2^63, is left to the server,
+        # which names the event; these could not even be sent.)
+        for what, v in (("user", self.user), ("item", self.item)):
+            if not 0 <= v < 2 ** 64:
+                raise ValueError("Event.%s = %d: ids are 1 ... 2^63-1" % (what, v))
 
     def to_wire(self) -> Dict[str, Any]:
         """The event in the protocol's JSON form."""

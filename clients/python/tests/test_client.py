@@ -359,6 +359,8 @@ def test_id_bounds_refuse_new_ids_with_their_index(start_server: Callable[..., o
         with pytest.raises(perennial.CapacityExceeded) as info:
             c.feedback([perennial.Event(51, 1)])
         assert info.value.detail == 0 and "user id 51" in str(info.value)
+        with pytest.raises(ValueError, match="ids are 1"):
+            perennial.Event(-1, 5)
         stats = c.stats()
         assert stats["events_accepted"] == 200 and stats["items"] == 100 and stats["users"] == 50
         assert stats["capacity_refusals"] == 2
@@ -383,6 +385,8 @@ def test_streamer_reports_every_refused_batch(client: perennial.Client) -> None:
             s.flush()
     refused = info.value.refused_batches  # type: ignore[attr-defined]
     assert [e.batch_offset for e in refused] == [0, 10, 20]
+    assert [e.stream_index for e in refused] == [2, 12, 22]
+    assert "stream index 12" in str(refused[1])
     assert [e.batch_offset for e in s.refused] == [0, 10, 20]
     assert s.acked_events == 10
 
@@ -849,8 +853,9 @@ def test_serve_and_bench_accept_host_names(start_server: Callable[..., Any]) -> 
 
 
 def test_log_check_refuses_a_missing_data_directory(start_server: Callable[..., Any], tmp_path: Any) -> None:
-    from conftest import server_binary
+    from conftest import server_binary, _require_binary
     import subprocess
+    _require_binary()  # skips (as the server tests do) when there is no binary
     missing = subprocess.run([str(server_binary()), "log", "check", "--data-dir", str(tmp_path / "nope")],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "no data directory" in missing.stdout
