@@ -230,7 +230,7 @@ public struct LoadDriver {
     static func errorMessage(_ payload: [UInt8]) -> String {
         let reply = payload.withUnsafeBytes { try? Reply.decode(opcode: .error, payload: $0) }
         guard case .error(let e)? = reply else { return "an ERROR reply that does not parse" }
-        return "\(e.code.map { "\($0)" } ?? "code \(e.rawCode)"): \(e.message)"
+        return "\(e.code?.name ?? "code \(e.rawCode)"): \(e.message)"
     }
 
     /// This process's CPU time (user and system), in nanoseconds.

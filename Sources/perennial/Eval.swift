@@ -27,8 +27,8 @@ struct Eval: ParsableCommand {
     var data: String?
     @Option(help: "Config file whose scorer settings to use.")
     var config: String?
-    @Option(help: "Scorer to evaluate.")
-    var scorer = "cf"
+    @Option(help: "Scorer to evaluate (default: the one the protocol is for: text-cnn for e3, session-rnn for e4, gan for e5, cf otherwise).")
+    var scorer: String?
     @Option(help: "E1 variants to run (comma-separated).")
     var variants = "online,online-plain,online-plain-start,frozen,retrained"
     @Option(help: "E5: candidates the gan+cf route takes from gan before cf re-ranks them.")
@@ -39,6 +39,7 @@ struct Eval: ParsableCommand {
     var json: String?
 
     func run() throws {
+        let scorer = self.scorer ?? ["e3": "text-cnn", "e4": "session-rnn", "e5": "gan"][self.protocol.lowercased()] ?? "cf"
         // Every scorer section of the file counts, loaded there or not: an
         // evaluation builds the models it needs itself.
         let all: ConfigValue = .array(ScorerRegistry.builtin.names.map { .string($0) })

@@ -43,7 +43,14 @@ struct Replay: AsyncParsableCommand {
         }
         if let limit { events = Array(events.prefix(max(0, limit))) }
         let client = try await PerennialClient.connect(host: host, port: port)
-        _ = try await client.hello(clientName: "perennial-replay", token: try tokenFile.map(readToken) ?? "")
+        do {
+            _ = try await client.hello(clientName: "perennial-replay", token: try tokenFile.map(readToken) ?? "")
+        } catch PerennialClientError.server(let code, _, _, let message) where code == .unauthorized {
+            throw CommandError("the server refused the connection: \(message)" + (tokenFile == nil ? " (pass --token-file FILE, the file holding the token)" : ""))
+        }
+        if let held = try await client.stats()["events_accepted"], held > 0 {
+            print("note: the server already holds \(held) events; these \(events.count) are added to them (a fresh data directory starts from none)")
+        }
         if !noTexts && !ml.itemTexts.isEmpty {
             let tText = MonotonicClock.nowNanos()
             var sent = 0
