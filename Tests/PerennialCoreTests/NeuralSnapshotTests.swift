@@ -124,4 +124,23 @@ import PerennialPlugins
         #expect(m.counters.first { $0.0 == "text_cnn_items_with_text" }?.1 == 30)
         #expect(try m.recommend(user: 1, k: 5, scorer: "text-cnn") == before)
     }
+
+    /// A setting that shapes learned state cannot change by a reload; the
+    /// refusal names it, as the config file spells it (review finding: it
+    /// only gave a row width).
+    @Test func aReshapingChangeIsRefusedByName() throws {
+        func config(_ neighbours: Int) throws -> PerennialConfig {
+            var doc = ConfigDocument(file: "test")
+            doc.set("scorers.load", .array([.string("cf")]))
+            doc.set("scorers.cf.neighbours", .integer(neighbours))
+            return try PerennialConfig.load(doc, registry: .builtin)
+        }
+        let m = Model(config: try config(256), registry: .builtin)
+        do {
+            _ = try m.reconfigure(try config(128))
+            Issue.record("a reshaping change was accepted")
+        } catch {
+            #expect("\(error)".contains("scorers.cf.neighbours 256 -> 128 shapes the state it has learned"), "\(error)")
+        }
+    }
 }

@@ -268,6 +268,20 @@ public final class Model: @unchecked Sendable {
 
     // MARK: live reconfiguration (admitting thread, learner idle)
 
+    /// The settings that differ between two values of one settings type, as
+    /// "name old -> new" (by reflection, so every scorer's settings work).
+    static func changedSettings(_ before: (any ScorerSettings)?, _ after: any ScorerSettings) -> [String] {
+        guard let before else { return [] }
+        let old = Dictionary(Mirror(reflecting: before).children.compactMap { c in c.label.map { ($0, "\(c.value)") } },
+                             uniquingKeysWith: { a, _ in a })
+        return Mirror(reflecting: after).children.compactMap { c in
+            guard let label = c.label, let was = old[label], was != "\(c.value)" else { return nil }
+            // (The config's keys are the properties' names in snake case.)
+            let key = label.reduce(into: "") { k, ch in k += ch.isUppercase ? "_" + ch.lowercased() : String(ch) }
+            return "\(key) \(was) -> \(c.value)"
+        }
+    }
+
     /// Swaps in the scorers of a new config: a scorer whose settings did
     /// not change is kept as it is; a re-configured one is rebuilt with the
     /// new settings and its learned state carried over (through its snapshot
@@ -296,7 +310,8 @@ public final class Model: @unchecked Sendable {
                 do {
                     try fresh.load(from: &r)
                 } catch {
-                    throw LogError("scorer \(sc.name): a changed setting shapes the state it has learned (\(error)), so it cannot change on this data directory, not even by a restart: keep the old value, or serve from a new data directory and send it the events again")
+                    let changed = Self.changedSettings(settings[sc.name], sc.settings).map { "scorers.\(sc.name).\($0)" }
+                    throw LogError("scorer \(sc.name): \(changed.isEmpty ? "a changed setting" : changed.joined(separator: ", ")) shapes the state it has learned (\(error)), so it cannot change on this data directory, not even by a restart: keep the old value, or serve from a new data directory and send it the events again")
                 }
                 changes.append("\(sc.name) re-configured (learned state kept)")
             } else {
