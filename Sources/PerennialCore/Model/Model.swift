@@ -626,7 +626,10 @@ public final class Model: @unchecked Sendable {
             ("items_with_text", UInt64(catalogue.count)),
             ("history_entries", UInt64(history.totalEntries)),
             ("id_map_bytes", UInt64(users.bytes + items.bytes)),
-        ] + table.counters + [
+        ] + scorerNames.map { name in
+            // Which scorers are loaded (1), and the default (2), as counters can say it.
+            ("scorer_loaded_" + String(name.map { $0 == "-" ? "_" : $0 }), name == defaultScorer ? 2 : 1)
+        } + table.counters + [
             ("lifelong_replay_ratio", UInt64(lifelong.replay)),
             ("lifelong_replay_buffer", replayHeld.load(ordering: .relaxed)),
             ("lifelong_replay_capacity", UInt64(lifelong.replayBuffer)),

@@ -59,7 +59,9 @@ def test_admin_command_with_tokens(start_server, tmp_path: Path) -> None:
     lines = dict(line.split() for line in shown.stdout.splitlines())
     assert lines["events_accepted"] == "2" and lines["users"] == "1"
     assert all(k.startswith(("events_", "users")) for k in lines)
-    assert json.loads(admin("stats", "--json", token="token").stdout)["events_accepted"] == 2
+    everything = json.loads(admin("stats", "--json", token="token").stdout)
+    assert everything["events_accepted"] == 2
+    assert everything["scorer_loaded_cf"] == 2 and everything["scorer_loaded_popularity"] == 1  # 2: the default
     # Admin requests need the admin token.
     no = admin("snapshot", token="token")
     assert no.returncode != 0 and "UNAUTHORIZED" in no.stderr
