@@ -38,6 +38,12 @@ struct Eval: ParsableCommand {
     @Option(help: "Write the results as JSON here.")
     var json: String?
 
+    func validate() throws {
+        guard ["e1", "e2", "e3", "e4", "e5", "drift"].contains(self.protocol.lowercased()) else {
+            throw ValidationError("unknown protocol \(self.protocol); this build runs e1, e2, e3, e4, e5 and drift")
+        }
+    }
+
     func run() throws {
         let scorer = self.scorer ?? ["e3": "text-cnn", "e4": "session-rnn", "e5": "gan"][self.protocol.lowercased()] ?? "cf"
         // Every scorer section of the file counts, loaded there or not: an

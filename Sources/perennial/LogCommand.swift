@@ -27,6 +27,10 @@ struct LogCommand: ParsableCommand {
     @Option(help: "The server's data directory.")
     var dataDir = "data"
 
+    func validate() throws {
+        guard action == "check" || action == "repair" else { throw ValidationError("action must be check or repair, not '\(action)'") }
+    }
+
     func run() throws {
         let dir = (dataDir as NSString).appendingPathComponent("log")
         // A mistyped path must not pass as an empty, healthy log.
