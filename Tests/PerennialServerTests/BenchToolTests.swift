@@ -69,7 +69,7 @@ import PerennialProtocol
         }
         let e = try bad.run(seconds: 0.2, warmup: 0)
         #expect(e.errors == e.requests && e.requests > 0)
-        #expect(e.firstError?.contains("k") == true && e.firstError?.hasPrefix("invalidArgument") == true, "\(e.firstError ?? "none")")
+        #expect(e.firstError?.contains("k") == true && e.firstError?.hasPrefix("INVALID_ARGUMENT") == true, "\(e.firstError ?? "none")")
         // Freshness: every sample ends, in well under a second on an idle server.
         let fresh = try FreshnessProbe(host: "127.0.0.1", port: s.port).run(samples: 50)
         #expect(fresh.count == 50 && fresh.max < 1_000_000_000)
