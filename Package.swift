@@ -7,7 +7,7 @@ import PackageDescription
 // The scoring loops call small PerennialCore helpers (row access, exclusion
 // tests, the top-k heap) for every item of the catalogue; letting the
 // optimiser inline them across modules keeps those loops tight. Dynamic
-// exclusivity checks are off in release builds of the core and cf: their
+// exclusivity checks are off in release builds of the core and the scorers: their
 // shared state is raw memory (ChunkedBuffer), whose access rules are the
 // documented thread contract, not Swift exclusivity. They are off in the
 // server too, where every frame paid for them (about 4% of a PING's server
@@ -42,12 +42,12 @@ let package = Package(
         // Dot-product kernels in C: a plain loop and an AVX2/FMA path chosen at run time.
         .target(name: "CKernels", path: "Sources/CKernels", cSettings: [.unsafeFlags(["-O3"])]),
         // Scorer plugins, one folder each, and the registry that lists them.
-        .target(name: "Popularity", dependencies: ["PerennialCore"], path: "Plugins/Popularity"),
+        .target(name: "Popularity", dependencies: ["PerennialCore"], path: "Plugins/Popularity", swiftSettings: hotPath),
         .target(name: "CollaborativeFiltering", dependencies: ["PerennialCore", "CKernels"], path: "Plugins/CollaborativeFiltering",
                 swiftSettings: hotPath),
-        .target(name: "TextCNN", dependencies: ["PerennialCore", "CKernels"], path: "Plugins/TextCNN"),
-        .target(name: "SessionRNN", dependencies: ["PerennialCore", "CKernels"], path: "Plugins/SessionRNN"),
-        .target(name: "GANCandidates", dependencies: ["PerennialCore", "CKernels"], path: "Plugins/GANCandidates"),
+        .target(name: "TextCNN", dependencies: ["PerennialCore", "CKernels"], path: "Plugins/TextCNN", swiftSettings: hotPath),
+        .target(name: "SessionRNN", dependencies: ["PerennialCore", "CKernels"], path: "Plugins/SessionRNN", swiftSettings: hotPath),
+        .target(name: "GANCandidates", dependencies: ["PerennialCore", "CKernels"], path: "Plugins/GANCandidates", swiftSettings: hotPath),
         .target(name: "PerennialPlugins", dependencies: ["PerennialCore", "Popularity", "CollaborativeFiltering", "TextCNN", "SessionRNN", "GANCandidates"],
                 path: "Sources/PerennialPlugins"),
         // The evaluation protocols of EVALUATION.md (E1–E5), run in process.

@@ -34,6 +34,7 @@
 // thread alone, which recomputes one when the encoder has taken
 // `refreshSteps` steps since it was computed.
 
+import CKernels
 import PerennialCore
 import Synchronization
 
@@ -105,7 +106,9 @@ public final class TextCNNScorer: Scorer {
     /// later requests (items never encoded are always encoded).
     static let refreshesPerRequest = 512
     private var refreshBudget = 0
-    private var profile: [Float]
+    /// The request's content profile (D floats; never moves, so scoring
+    /// reads it through a pointer, without exclusivity checks per item).
+    private let profile: UnsafeMutablePointer<Float>
     var itemCount = 0
 
     /// Anchored learning of the encoder's dense weights (convolutions and
@@ -149,7 +152,8 @@ public final class TextCNNScorer: Scorer {
         dyI = .init(repeating: 0, count: D)
         dyJ = .init(repeating: 0, count: D)
         diff = .init(repeating: 0, count: D)
-        profile = .init(repeating: 0, count: D)
+        profile = .allocate(capacity: D)
+        profile.initialize(repeating: 0, count: D)
         let dense = shape.kernelOffset(0)
         anchor = anchors == nil ? nil : .allocate(capacity: n - dense)
         initialiseWeights()
@@ -157,7 +161,7 @@ public final class TextCNNScorer: Scorer {
     }
 
     deinit {
-        for b in [params, grad, adamM, adamV] { b.deallocate() }
+        for b in [params, grad, adamM, adamV, profile] { b.deallocate() }
         anchor?.deallocate()
     }
 
@@ -392,10 +396,7 @@ public final class TextCNNScorer: Scorer {
 
     @inline(__always)
     private func score(_ v: UnsafeMutablePointer<Float>, hasProfile: Bool) -> Float {
-        guard hasProfile else { return v[D] }
-        var s: Float = 0
-        for k in 0..<D { s += profile[k] * v[k] }
-        return s
+        hasProfile ? pk_dot(profile, v, D) : v[D]
     }
 
     public func recommend(_ query: ScoringQuery, into top: inout TopK) {
