@@ -295,20 +295,26 @@ public final class SessionRNNScorer: Scorer {
         let (hasSession, last) = prepare(query)
         rawScores(n: n, hasSession: hasSession)
         gatherTransitions(from: last, n: n)
-        // Standardise over the items that may be returned.
-        var sum = 0.0, sq = 0.0, m = 0
-        query.forEachEligibleItem { i in
-            guard Int(i) < n else { return }
-            let s = Double(serveScores[Int(i)]); sum += s; sq += s * s; m += 1
-        }
-        guard m > 0 else { return }
-        let mean = sum / Double(m)
-        let std = max(1e-6, (sq / Double(m) - mean * mean).squareRoot())
-        let mf = Float(mean), inv = Float(1 / std)
-        query.forEachEligibleItem { i in
-            guard Int(i) < n else { return }
-            let s = (serveScores[Int(i)] - mf) * inv + serveTransitions[Int(i)]
-            if s.isFinite { top.push(i, s) }
+        // Standardise over the items that may be returned. (Through
+        // pointers taken once: these loops visit every item.)
+        serveScores.withUnsafeBufferPointer { scoresBuffer in
+            serveTransitions.withUnsafeBufferPointer { transitionsBuffer in
+                let raw = scoresBuffer.baseAddress!, bonus = transitionsBuffer.baseAddress!
+                var sum = 0.0, sq = 0.0, m = 0
+                query.forEachEligibleItem { i in
+                    guard Int(i) < n else { return }
+                    let s = Double(raw[Int(i)]); sum += s; sq += s * s; m += 1
+                }
+                guard m > 0 else { return }
+                let mean = sum / Double(m)
+                let std = max(1e-6, (sq / Double(m) - mean * mean).squareRoot())
+                let mf = Float(mean), inv = Float(1 / std)
+                query.forEachEligibleItem { i in
+                    guard Int(i) < n else { return }
+                    let s = (raw[Int(i)] - mf) * inv + bonus[Int(i)]
+                    if s.isFinite { top.push(i, s) }
+                }
+            }
         }
     }
 
