@@ -418,7 +418,16 @@ final class RequestHandler {
         // What else changed, for the log line (operators read it to confirm).
         var also: [String] = []
         if next.routes != config.routes { also.append("[routes]") }
-        if next.limits != config.limits { also.append("[limits]") }
+        if next.limits != config.limits {
+            also.append("[limits]")
+            // A lowered bound applies to new ids only: say so when it is already passed.
+            if next.limits.maxItemIDs > 0 && model.items.liveCount > next.limits.maxItemIDs {
+                also.append("the model holds \(model.items.liveCount) item ids, more than limits.max_item_ids (\(next.limits.maxItemIDs)): new items are refused")
+            }
+            if next.limits.maxUserIDs > 0 && model.lifecycle.maxUsers == 0 && model.users.liveCount > next.limits.maxUserIDs {
+                also.append("the model holds \(model.users.liveCount) user ids, more than limits.max_user_ids (\(next.limits.maxUserIDs)): new users are refused")
+            }
+        }
         if next.clientToken != config.clientToken {
             also.append(next.clientToken == nil ? "auth.token_file off: clients need no token" : config.clientToken == nil ? "auth.token_file on: clients need HELLO with the token" : "auth.token_file: a new token")
         }

@@ -43,6 +43,17 @@ struct LogCommand: ParsableCommand {
             print("no log in \(dataDir) (no \(dir)): not a server's data directory, or one that never started")
             throw ExitCode(1)
         }
+        // Never repair under a running server, which appends to the last
+        // segment (and may write and prune snapshots): the lock comes
+        // before the snapshots are read.
+        var lock: Int32 = -1
+        if action == "repair" {
+            do { lock = try DataDirectoryLock.take(dataDir) } catch {
+                print("\(error): stop it first")
+                throw ExitCode(1)
+            }
+        }
+        defer { if lock >= 0 { close(lock) } }
         // Start-up reads only the log after the newest snapshot it can
         // load: segments before that snapshot's first are not needed.
         let store = SnapshotStore(directory: (dataDir as NSString).appendingPathComponent("snapshots"))
@@ -68,7 +79,7 @@ struct LogCommand: ParsableCommand {
             let log = FeedbackLog(directory: dir, policy: .no)
             for n in covered {
                 if let at = try? FeedbackLog.firstDamage(inSegment: log.segmentPath(n)) {
-                    print("note: \(log.segmentPath(n)) is damaged at byte \(at), but the snapshot \(base!.0.id) covers it, so start-up does not read it (nothing to repair)")
+                    print("note: \(log.segmentPath(n)) is damaged at byte \(at), but the snapshot \(base!.0.id) covers it, so start-up does not read it (nothing to repair); a rollback (serve --from-version) to a version older than \(base!.0.id) reads it and would fail")
                 }
             }
             guard healthy else {
@@ -77,13 +88,6 @@ struct LogCommand: ParsableCommand {
             }
             print("ok: a server would start from this data directory")
         case "repair":
-            // Never under a running server, which appends to the last segment.
-            let lock: Int32
-            do { lock = try DataDirectoryLock.take(dataDir) } catch {
-                print("\(error): stop it first")
-                throw ExitCode(1)
-            }
-            defer { close(lock) }
             try repair(dir, from: firstNeeded)
         default:
             throw ValidationError("action must be check or repair")

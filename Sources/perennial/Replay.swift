@@ -57,7 +57,7 @@ struct Replay: AsyncParsableCommand {
             for chunk in stride(from: 0, to: ml.itemTexts.count, by: 1000) {
                 let part = ml.itemTexts[chunk..<min(chunk + 1000, ml.itemTexts.count)]
                 let replies = try await client.pipeline(part.map { .upsertItem(UpsertItem(item: $0.item, text: $0.text)) })
-                for r in replies { if case .error(let e) = r { throw CommandError("UPSERT_ITEM refused: \(e.message)") } }
+                for r in replies { if case .error(let e) = r { throw CommandError("UPSERT_ITEM refused: \(e.code?.name ?? "code \(e.rawCode)"): \(e.message)") } }
                 sent += replies.count
             }
             print(String(format: "sent %d item texts in %.3f s", sent, Double(MonotonicClock.nowNanos() - tText) / 1e9))

@@ -126,11 +126,8 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
             try load("[limits]\nmax_frame_bytes = 65536\n")
         }
         #expect(try load("[limits]\nmax_frame_bytes = 65536\nmax_events = 2000\n").limits.maxEvents == 2000)
-        // Evicting users beyond max_users cannot keep more than max_user_ids.
-        #expect(throws: ConfigError(file: "test.toml", line: 4, message: "'lifelong.max_users' (2000) is above 'limits.max_user_ids' (1000): the users it keeps would not fit; raise the limit or lower max_users")) {
-            try load("[limits]\nmax_user_ids = 1000\n[lifelong]\nmax_users = 2000\n")
-        }
-        #expect(try load("[limits]\nmax_user_ids = 0\n[lifelong]\nmax_users = 2000\n").lifelong.maxUsers == 2000)
+        // With max_users (eviction) the user-id bound is not applied, whatever its value.
+        #expect(try load("[limits]\nmax_user_ids = 1000\n[lifelong]\nmax_users = 2000\n").lifelong.maxUsers == 2000)
     }
 
     @Test func unknownScorerIsRefused() {

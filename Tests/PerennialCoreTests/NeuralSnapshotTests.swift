@@ -140,7 +140,7 @@ import PerennialPlugins
             _ = try m.reconfigure(try config(128))
             Issue.record("a reshaping change was accepted")
         } catch {
-            #expect("\(error)".contains("scorers.cf.neighbours 256 -> 128 shapes the state it has learned"), "\(error)")
+            #expect("\(error)".contains("shapes the state it has learned") && "\(error)".contains("changed: scorers.cf.neighbours 256 -> 128,"), "\(error)")
         }
     }
 }

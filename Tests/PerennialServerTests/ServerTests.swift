@@ -627,6 +627,33 @@ import Synchronization
         defer { d.close() }
         for u in 1...6 { _ = try await d.feedback([WireEvent(user: UInt64(u), item: 1, kind: .click)]) }
         #expect(try await d.stats()["lifelong_users_expired"] == 4)
+        // Users idle past expire_after_seconds are room: the batch forgets
+        // them before its new users take rows. (Review finding: refused.)
+        let x = try TestServer("[limits]\nmax_user_ids = 2\n[lifelong]\nexpire_after_seconds = 100\n")
+        defer { x.stop() }
+        let y = try await PerennialClient.connect(port: x.port)
+        defer { y.close() }
+        let now = Int64(Date().timeIntervalSince1970)
+        _ = try await y.feedback([WireEvent(user: 1, item: 1, kind: .click, timestamp: now - 10_000),
+                                  WireEvent(user: 2, item: 1, kind: .click, timestamp: now - 10_000)])
+        _ = try await y.feedback([WireEvent(user: 3, item: 1, kind: .click, timestamp: now),
+                                  WireEvent(user: 4, item: 1, kind: .click, timestamp: now)])
+        var stats = try await y.stats()
+        #expect(stats["users"] == 2 && stats["lifelong_users_expired"] == 2 && stats["capacity_refusals"] == 0)
+        // The shared fallback user's row counts too (review finding: it was not checked).
+        let f = try TestServer("[limits]\nmax_user_ids = 1\n[lifelong]\nmin_occurrences = 2\n")
+        defer { f.stop() }
+        let g = try await PerennialClient.connect(port: f.port)
+        defer { g.close() }
+        do {
+            _ = try await g.feedback([WireEvent(user: 1, item: 1, kind: .click), WireEvent(user: 1, item: 2, kind: .click)])
+            Issue.record("a second row was given")
+        } catch PerennialClientError.server(let code, _, let detail, _) {
+            #expect(code == .capacity && detail == 1)
+        }
+        _ = try await g.feedback([WireEvent(user: 1, item: 1, kind: .click)])  // learned by the shared user
+        stats = try await g.stats()
+        #expect(stats["users"] == 1 && stats["events_accepted"] == 1)
     }
 
     @Test func farFutureTimestampsAreRefusedAndExpireNobody() async throws {

@@ -244,10 +244,6 @@ public struct PerennialConfig: Sendable {
         ll.minOccurrences = try r.int("lifelong.min_occurrences", default: ll.minOccurrences, in: 1...255)
         ll.maxUsers = try r.int("lifelong.max_users", default: ll.maxUsers, in: 0...100_000_000)
         ll.expireAfterSeconds = try r.int("lifelong.expire_after_seconds", default: ll.expireAfterSeconds, in: 0...(1 << 40))
-        if ll.maxUsers > 0 && l.maxUserIDs > 0 && ll.maxUsers > l.maxUserIDs {
-            throw ConfigError(file: doc.file, line: doc.entries["lifelong.max_users"]?.line ?? doc.entries["limits.max_user_ids"]?.line,
-                              message: "'lifelong.max_users' (\(ll.maxUsers)) is above 'limits.max_user_ids' (\(l.maxUserIDs)): the users it keeps would not fit; raise the limit or lower max_users")
-        }
         ll.seed = UInt64(try r.int("lifelong.seed", default: Int(ll.seed), in: 0...Int.max))
         c.lifelong = ll
 

@@ -121,6 +121,21 @@ public final class IdLifecycle {
         }
     }
 
+    /// How many users `expire(now:before:…makeRoom: false)` would forget
+    /// (age expiry; counts, forgets nobody).
+    func expirable(now: Int64, before limit: UInt64) -> Int {
+        guard tracksUsers && expireAfterSeconds > 0 else { return 0 }
+        let (cutoff, overflow) = now.subtractingReportingOverflow(expireAfterSeconds)
+        let unseenBefore = overflow ? Int64.min : cutoff
+        var n = 0
+        order.visitOldest(isLive: isLatest) { entry in
+            guard lastSeen[Int(entry.key)] < unseenBefore && entry.stamp <= limit else { return false }
+            n += 1
+            return true
+        }
+        return n
+    }
+
     public var bytes: Int {
         (sketch?.bytes ?? 0) + order.bytes + lastSeen.bytes + lastSeq.bytes + generation.bytes + learnedGeneration.bytes
     }

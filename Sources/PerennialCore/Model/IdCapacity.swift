@@ -33,9 +33,18 @@ extension Model {
         let boundUsers = maxUserIDs > 0 && lifecycle.maxUsers == 0
         let boundItems = maxItemIDs > 0
         // The usual case costs two comparisons: even all-new ids would fit.
-        let checkUsers = boundUsers && users.liveCount + events.count > maxUserIDs
+        let checkUsers = boundUsers && users.liveCount + events.count + 1 > maxUserIDs
         let checkItems = boundItems && items.liveCount + events.count > maxItemIDs
         guard checkUsers || checkItems else { return nil }
+        // Users idle past `expire_after_seconds` are forgotten when the
+        // batch is admitted, before its new users take rows: their rows count
+        // as free. (A user's first sighting under min_occurrences > 1 goes
+        // to the shared fallback user, whose row is new the first time.)
+        var usersHeld = users.liveCount
+        if checkUsers, let first = events.first {
+            usersHeld -= lifecycle.expirable(now: first.timestamp, before: lastSeq)
+        }
+        var fallbackCounted = fallbackUser != nil
         var newItems = Set<UInt64>()
         var newUsers = Set<UInt64>()
         // Sightings in this batch of user ids not yet admitted (min_occurrences > 1).
@@ -48,11 +57,11 @@ extension Model {
             if checkUsers, users.index(of: e.user) == nil, !newUsers.contains(e.user) {
                 let seen = sightings[e.user, default: 0] + 1
                 sightings[e.user] = seen
-                if lifecycle.wouldAdmit(e.user, afterMore: seen) {
-                    newUsers.insert(e.user)
-                    if users.liveCount + newUsers.count > maxUserIDs {
-                        return IdBoundBreach(index: n, kind: .user, id: e.user, limit: maxUserIDs)
-                    }
+                let admitted = lifecycle.wouldAdmit(e.user, afterMore: seen)
+                if admitted { newUsers.insert(e.user) }
+                if !admitted && !fallbackCounted { fallbackCounted = true; usersHeld += 1 }
+                if usersHeld + newUsers.count > maxUserIDs {
+                    return IdBoundBreach(index: n, kind: .user, id: e.user, limit: maxUserIDs)
                 }
             }
         }

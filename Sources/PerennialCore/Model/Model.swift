@@ -311,7 +311,7 @@ public final class Model: @unchecked Sendable {
                     try fresh.load(from: &r)
                 } catch {
                     let changed = Self.changedSettings(settings[sc.name], sc.settings).map { "scorers.\(sc.name).\($0)" }
-                    throw LogError("scorer \(sc.name): \(changed.isEmpty ? "a changed setting" : changed.joined(separator: ", ")) shapes the state it has learned (\(error)), so it cannot change on this data directory, not even by a restart: keep the old value, or serve from a new data directory and send it the events again")
+                    throw LogError("scorer \(sc.name): a changed setting shapes the state it has learned (\(error))\(changed.isEmpty ? "" : "; changed: " + changed.joined(separator: ", ")), so it cannot change on this data directory, not even by a restart: keep the old value, or serve from a new data directory and send it the events again")
                 }
                 changes.append("\(sc.name) re-configured (learned state kept)")
             } else {

@@ -53,6 +53,16 @@ public struct RecencyQueue<Key> {
         }
     }
 
+    /// Visits the live entries, oldest first, while `body` returns true.
+    public func visitOldest(isLive: (Key, UInt64) -> Bool, _ body: (Entry) -> Bool) {
+        var i = head
+        while i < entries.count {
+            let e = entries[i]
+            i += 1
+            if isLive(e.key, e.stamp) && !body(e) { return }
+        }
+    }
+
     /// The live entries, oldest first (what a snapshot keeps).
     public func live(isLive: (Key, UInt64) -> Bool) -> [Entry] {
         entries[head...].filter { isLive($0.key, $0.stamp) }
