@@ -85,6 +85,18 @@ public struct LoadDriver {
         var inFlight: Int { outstanding.count - head }
     }
 
+    /// Sends one request on a connection of its own and throws if the
+    /// server answers it with an ERROR (a mistyped scorer, a missing
+    /// token), so a run does not spend its whole duration failing.
+    public static func probe(host: String, port: Int, handshake: [UInt8]?, request: [UInt8]) throws {
+        let frames = BlockingFrames(adopting: try connect(host: host, port: port))
+        if let handshake { try frames.hello(handshake) }
+        let reply = try frames.call(request)
+        if reply.opcode == Opcode.error.rawValue {
+            throw BenchError("the first request was refused: \(errorMessage(reply.payload)); nothing measured")
+        }
+    }
+
     public func run(seconds: Double, warmup: Double = 0.5) throws -> LoadResult {
         var conns: [Conn] = []
         defer { for c in conns { close(c.fd) } }

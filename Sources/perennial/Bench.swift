@@ -93,6 +93,10 @@ struct Bench: ParsableCommand {
             let ping = Array("*1\r\n$4\r\nPING\r\n".utf8)
             make = { _, _ in (ping, 1) }
         }
+        // (RECOMMEND only: a probe of the other workloads would change what the server holds.)
+        if redis == nil && w == .recommend {
+            try LoadDriver.probe(host: host, port: port, handshake: handshake, request: make(0, 1).bytes)
+        }
         var driver = LoadDriver(host: target.0, port: target.1, connections: connections, pipeline: pipeline,
                                 rate: rate, framing: framing, makeRequest: make)
         if w == .ping { driver.fixedRequest = make(0, 0).bytes }

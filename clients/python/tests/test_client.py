@@ -850,6 +850,10 @@ def test_serve_and_bench_accept_host_names(start_server: Callable[..., Any]) -> 
     out = subprocess.run([str(server_binary()), "bench", "ping", "--host", "localhost", "--port", str(srv.port),
                           "--connections", "1", "--duration", "0.2"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+    # A mistyped scorer stops the run at once, named as the protocol names it.
+    bad = subprocess.run([str(server_binary()), "bench", "recommend", "--port", str(srv.port), "--scorer", "cff",
+                          "--duration", "30"], capture_output=True, text=True, timeout=20)
+    assert bad.returncode != 0 and "UNKNOWN_SCORER" in bad.stderr and "nothing measured" in bad.stderr, bad.stderr
 
 
 def test_log_check_refuses_a_missing_data_directory(start_server: Callable[..., Any], tmp_path: Any) -> None:
