@@ -64,6 +64,8 @@ public final class GANScorer: Scorer {
     // Serving-thread scratch.
     var itemCount = 0
     private var serveZ: [Float], serveLogits: [Float] = []
+    /// The greedy picks of the request being served (item-indexed; cleared after).
+    private var serveTaken: [Bool] = []
 
     public init(settings: GANSettings) {
         self.settings = settings
@@ -290,23 +292,33 @@ public final class GANScorer: Scorer {
         let k = top.k
         let greedy = Int((Float(k) * settings.greedyShare).rounded())
         var best = TopK(k: max(greedy, 1))
-        if greedy > 0 {
-            query.forEachEligibleItem { i in if Int(i) < n { best.push(i, serveLogits[Int(i)]) } }
-        }
-        let chosen = greedy > 0 ? best.sorted() : []
-        let taken = Set(chosen.map(\.item))
-        // The rest: Gumbel-top-k over logit / temperature, seeded by the user
-        // and the events learned, so a given log yields the same candidates.
-        var g = SplitMix64(seed: settings.seed ^ (UInt64(UInt32(bitPattern: query.user ?? -1)) << 20)
-                           ^ learnedEvents.load(ordering: .relaxed))
-        var sampled = TopK(k: max(k - chosen.count, 1))
-        let invT = 1 / settings.temperature
-        if k > chosen.count {
-            query.forEachEligibleItem { i in
-                guard Int(i) < n, !taken.contains(i) else { return }
-                let u = max(Float(g.unitDouble()), 1e-12)
-                sampled.push(i, serveLogits[Int(i)] * invT - logf(-logf(u)))
+        var chosen: [(item: Int32, score: Float)] = []
+        var sampled = TopK(k: max(k - greedy, 1))
+        // (The item loops read the logits through a pointer taken once.)
+        serveLogits.withUnsafeBufferPointer { logitsBuffer in
+            let logits = logitsBuffer.baseAddress!
+            if greedy > 0 {
+                query.forEachEligibleItem { i in if Int(i) < n { best.push(i, logits[Int(i)]) } }
+                chosen = best.sorted()
             }
+            guard k > chosen.count else { return }
+            if serveTaken.count < n { serveTaken = .init(repeating: false, count: max(n, 1024) * 2) }
+            for c in chosen { serveTaken[Int(c.item)] = true }
+            // The rest: Gumbel-top-k over logit / temperature, seeded by the
+            // user and the events learned, so a given log yields the same candidates.
+            var g = SplitMix64(seed: settings.seed ^ (UInt64(UInt32(bitPattern: query.user ?? -1)) << 20)
+                               ^ learnedEvents.load(ordering: .relaxed))
+            sampled = TopK(k: max(k - chosen.count, 1))
+            let invT = 1 / settings.temperature
+            serveTaken.withUnsafeBufferPointer { takenBuffer in
+                let taken = takenBuffer.baseAddress!
+                query.forEachEligibleItem { i in
+                    guard Int(i) < n, !taken[Int(i)] else { return }
+                    let u = max(Float(g.unitDouble()), 1e-12)
+                    sampled.push(i, logits[Int(i)] * invT - logf(-logf(u)))
+                }
+            }
+            for c in chosen { serveTaken[Int(c.item)] = false }
         }
         for c in chosen { top.push(c.item, serveLogits[Int(c.item)]) }
         if k > chosen.count { for c in sampled.sorted() { top.push(c.item, serveLogits[Int(c.item)]) } }
