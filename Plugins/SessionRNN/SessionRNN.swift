@@ -278,7 +278,9 @@ public final class SessionRNNScorer: Scorer {
 
     /// ln(1 + transitions last → j) for every j with one, into serveTransitions.
     private func gatherTransitions(from last: Int32?, n: Int) {
-        if serveTransitions.count < n { serveTransitions = .init(repeating: 0, count: max(n, 1024) * 2) }
+        // (Sized for every item the transitions may name, not just the query's n.)
+        let room = max(n, itemCount)
+        if serveTransitions.count < room { serveTransitions = .init(repeating: 0, count: max(room, 1024) * 2) }
         for j in touched where Int(j) < serveTransitions.count { serveTransitions[Int(j)] = 0 }
         touched.removeAll(keepingCapacity: true)
         guard let last, settings.transitionWeight > 0 else { return }

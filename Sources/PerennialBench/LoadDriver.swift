@@ -89,7 +89,7 @@ public struct LoadDriver {
     /// server answers it with an ERROR (a mistyped scorer, a missing
     /// token), so a run does not spend its whole duration failing.
     public static func probe(host: String, port: Int, handshake: [UInt8]?, request: [UInt8]) throws {
-        let frames = BlockingFrames(adopting: try connect(host: host, port: port))
+        let frames = try BlockingFrames(host: host, port: port)  // (owns the socket: closed when done)
         if let handshake { try frames.hello(handshake) }
         let reply = try frames.call(request)
         if reply.opcode == Opcode.error.rawValue {

@@ -640,6 +640,26 @@ import Synchronization
                                   WireEvent(user: 4, item: 1, kind: .click, timestamp: now)])
         var stats = try await y.stats()
         #expect(stats["users"] == 2 && stats["lifelong_users_expired"] == 2 && stats["capacity_refusals"] == 0)
+        // An idle user who comes back in the batch that forgets them takes a
+        // new row (review finding: counted as freed, and never as taken again).
+        let b = try TestServer("[limits]\nmax_user_ids = 3\n[lifelong]\nexpire_after_seconds = 3600\n")
+        defer { b.stop() }
+        let bc = try await PerennialClient.connect(port: b.port)
+        defer { bc.close() }
+        _ = try await bc.feedback((1...3).map { WireEvent(user: UInt64($0), item: 1, kind: .click, timestamp: now - 10_000) })
+        do {
+            _ = try await bc.feedback([1, 4, 5, 6].map { WireEvent(user: $0, item: 1, kind: .click, timestamp: now) })
+            Issue.record("a fourth row was given")
+        } catch PerennialClientError.server(let code, _, let detail, _) {
+            #expect(code == .capacity && detail == 3)
+        }
+        // Expiry also runs at each new user's own time: a back-dated first
+        // event does not hide the room the later ones make.
+        _ = try await bc.feedback([WireEvent(user: 1, item: 2, kind: .click, timestamp: now - 9_000),
+                                   WireEvent(user: 5, item: 2, kind: .click, timestamp: now),
+                                   WireEvent(user: 6, item: 2, kind: .click, timestamp: now)])
+        stats = try await bc.stats()
+        #expect(stats["users"] == 3 && stats["lifelong_users_expired"] == 2)
         // The shared fallback user's row counts too (review finding: it was not checked).
         let f = try TestServer("[limits]\nmax_user_ids = 1\n[lifelong]\nmin_occurrences = 2\n")
         defer { f.stop() }

@@ -121,19 +121,18 @@ public final class IdLifecycle {
         }
     }
 
-    /// How many users `expire(now:before:…makeRoom: false)` would forget
-    /// (age expiry; counts, forgets nobody).
-    func expirable(now: Int64, before limit: UInt64) -> Int {
-        guard tracksUsers && expireAfterSeconds > 0 else { return 0 }
+    /// The users age expiry at `now` would forget, in the order `expire`
+    /// takes them, treating those `skipping` names as already gone or
+    /// seen again (forgets nobody: the id bound's look-ahead).
+    func forEachExpirable(now: Int64, before limit: UInt64, skipping: (Int32) -> Bool, _ body: (Int32) -> Void) {
+        guard tracksUsers && expireAfterSeconds > 0 else { return }
         let (cutoff, overflow) = now.subtractingReportingOverflow(expireAfterSeconds)
         let unseenBefore = overflow ? Int64.min : cutoff
-        var n = 0
-        order.visitOldest(isLive: isLatest) { entry in
+        order.visitOldest(isLive: { u, seq in isLatest(u, seq) && !skipping(u) }) { entry in
             guard lastSeen[Int(entry.key)] < unseenBefore && entry.stamp <= limit else { return false }
-            n += 1
+            body(entry.key)
             return true
         }
-        return n
     }
 
     public var bytes: Int {

@@ -36,14 +36,25 @@ extension Model {
         let checkUsers = boundUsers && users.liveCount + events.count + 1 > maxUserIDs
         let checkItems = boundItems && items.liveCount + events.count > maxItemIDs
         guard checkUsers || checkItems else { return nil }
-        // Users idle past `expire_after_seconds` are forgotten when the
-        // batch is admitted, before its new users take rows: their rows count
-        // as free. (A user's first sighting under min_occurrences > 1 goes
-        // to the shared fallback user, whose row is new the first time.)
+        // Admission is simulated for users: age expiry forgets idle users
+        // at the batch's first timestamp and again before each new user
+        // takes a row (at that event's time), so their rows are free; a
+        // forgotten user who comes back takes a new row; a user with an
+        // event in the batch can no longer expire. A user's first sighting
+        // under min_occurrences > 1 goes to the shared fallback user, whose
+        // row is new the first time.
         var usersHeld = users.liveCount
-        if checkUsers, let first = events.first {
-            usersHeld -= lifecycle.expirable(now: first.timestamp, before: lastSeq)
+        var touched = Set<Int32>(), forgotten = Set<Int32>()
+        var expiredUpTo = Int64.min
+        func expire(at time: Int64) {
+            guard checkUsers, time > expiredUpTo else { return }
+            expiredUpTo = time
+            lifecycle.forEachExpirable(now: time, before: lastSeq, skipping: { touched.contains($0) || forgotten.contains($0) }) { u in
+                forgotten.insert(u)
+                usersHeld -= 1
+            }
         }
+        if let first = events.first { expire(at: first.timestamp) }
         var fallbackCounted = fallbackUser != nil
         var newItems = Set<UInt64>()
         var newUsers = Set<UInt64>()
@@ -54,15 +65,22 @@ extension Model {
                items.liveCount + newItems.count > maxItemIDs {
                 return IdBoundBreach(index: n, kind: .item, id: e.item, limit: maxItemIDs)
             }
-            if checkUsers, users.index(of: e.user) == nil, !newUsers.contains(e.user) {
-                let seen = sightings[e.user, default: 0] + 1
-                sightings[e.user] = seen
-                let admitted = lifecycle.wouldAdmit(e.user, afterMore: seen)
-                if admitted { newUsers.insert(e.user) }
-                if !admitted && !fallbackCounted { fallbackCounted = true; usersHeld += 1 }
-                if usersHeld + newUsers.count > maxUserIDs {
-                    return IdBoundBreach(index: n, kind: .user, id: e.user, limit: maxUserIDs)
-                }
+            guard checkUsers, !newUsers.contains(e.user) else { continue }
+            if let u = users.index(of: e.user), !forgotten.contains(u) {
+                touched.insert(u)
+                continue
+            }
+            let seen = sightings[e.user, default: 0] + 1
+            sightings[e.user] = seen
+            if lifecycle.wouldAdmit(e.user, afterMore: seen) {
+                expire(at: e.timestamp)
+                newUsers.insert(e.user)
+            } else if !fallbackCounted {
+                fallbackCounted = true
+                usersHeld += 1
+            }
+            if usersHeld + newUsers.count > maxUserIDs {
+                return IdBoundBreach(index: n, kind: .user, id: e.user, limit: maxUserIDs)
             }
         }
         return nil
