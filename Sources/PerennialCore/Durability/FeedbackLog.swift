@@ -120,7 +120,7 @@ public final class FeedbackLog: @unchecked Sendable {
                         offset = end
                     case .bad:
                         if !isLast || recordsFollow(in: raw, damageAt: offset, seed: format.seed) {
-                            throw LogError("\(path) is corrupt at byte \(offset) and valid records follow; start-up stopped so nothing after it is lost. Inspect with `perennial log check`, or cut the log there with `perennial log repair` (losing what follows).")
+                            throw LogError("\(path) is corrupt at byte \(offset) and valid records follow (not a torn tail): a server does not start from such a log, so nothing after the damage is lost silently. Inspect with `perennial log check`, or cut the log there with `perennial log repair` (losing what follows).")
                         }
                         report.tornTail = (path, offset, raw.count - offset)
                         if cutTornTail { try truncate(path, to: offset) }
@@ -211,11 +211,11 @@ public final class FeedbackLog: @unchecked Sendable {
         return .valid(payload, end: end)
     }
 
+    /// (The caller reports the cut: the scan's `tornTail`.)
     static func truncate(_ path: String, to size: Int) throws {
         guard Glibc.truncate(path, off_t(size)) == 0 else {
             throw LogError("cannot truncate \(path): \(String(cString: strerror(errno)))")
         }
-        Log.warning("log: cut a torn tail of \(path) at byte \(size)")
     }
 
     // MARK: writing
