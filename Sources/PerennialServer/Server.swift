@@ -243,8 +243,18 @@ extension Server {
         } catch {
             throw ServerError("version \(id) cannot be loaded with this config: \(error)")
         }
+        // Numbering continues after the log's last event. The newest
+        // readable snapshot bounds every event in the segments it covers, so
+        // only the log after it is read: damage in a covered segment (which
+        // start-up never reads either) does not stop a rollback.
         var last = model.lastSeq
-        try FeedbackLog.scan(directory: log.directory, fromSegment: info.firstLogSegment, cutTornTail: true) { record in
+        var from = info.firstLogSegment
+        for newer in snapshots.files() {
+            guard let (head, _) = try? snapshots.read(newer.path) else { continue }
+            if head.firstLogSegment > from { from = head.firstLogSegment; last = max(last, head.seq) }
+            break
+        }
+        try FeedbackLog.scan(directory: log.directory, fromSegment: from, cutTornTail: true) { record in
             if case .feedback(let first, let events) = record { last = max(last, first + UInt64(events.count) - 1) }
         }
         let skipped = last - model.lastSeq

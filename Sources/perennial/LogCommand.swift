@@ -79,7 +79,7 @@ struct LogCommand: ParsableCommand {
             let log = FeedbackLog(directory: dir, policy: .no)
             for n in covered {
                 if let at = try? FeedbackLog.firstDamage(inSegment: log.segmentPath(n)) {
-                    print("note: \(log.segmentPath(n)) is damaged at byte \(at), but the snapshot \(base!.0.id) covers it, so start-up does not read it (nothing to repair); a rollback (serve --from-version) to a version older than \(base!.0.id) reads it and would fail")
+                    print("note: \(log.segmentPath(n)) is damaged at byte \(at), but the snapshot \(base!.0.id) covers it, so neither start-up nor a rollback reads it (nothing to repair)")
                 }
             }
             guard healthy else {
