@@ -293,9 +293,9 @@ final class RequestHandler {
                 throw ProtocolError(.unknownScorer, error.description)
             }
         case .upsertItem(let u):
-            if model.upsertBreaches(item: u.item, maxItemIDs: config.limits.maxItemIDs) {
+            if let b = model.upsertBreach(item: u.item, maxItemIDs: config.limits.maxItemIDs) {
                 stats.capacityRefusals += 1
-                throw ProtocolError(.capacity, "item id \(u.item) would be new, and the model holds its most item ids, \(config.limits.maxItemIDs) (limits.max_item_ids); the item was not stored. Known items can still be updated; raise the limit to admit more (RELOAD applies it)")
+                throw Self.capacityError(b, upsert: true)
             }
             do {
                 try log.append(.upsert(item: u.item, text: model.cutText(u.text),
@@ -334,10 +334,15 @@ final class RequestHandler {
         return .done
     }
 
-    /// The CAPACITY refusal of a FEEDBACK batch.
-    private static func capacityError(_ b: IdBoundBreach) -> ProtocolError {
+    /// The CAPACITY refusal of a FEEDBACK batch, or of an item upsert.
+    private static func capacityError(_ b: IdBoundBreach, upsert: Bool = false) -> ProtocolError {
         let (what, key) = b.kind == .user ? ("user", "limits.max_user_ids") : ("item", "limits.max_item_ids")
-        return ProtocolError(.capacity, "event \(b.index): \(what) id \(b.id) would be new, and the model holds its most \(what) ids, \(b.limit) (\(key)); no event of this batch was accepted. Events of known ids are still accepted; raise the limit to admit more (RELOAD applies it)", detail: UInt32(b.index))
+        let bound = "\(what) id \(b.id) would be new, and the model holds its most \(what) ids, \(b.limit) (\(key))"
+        let rest = "raise the limit to admit more (RELOAD applies it)"
+        return upsert
+            ? ProtocolError(.capacity, "\(bound); the item was not stored. Known items can still be updated; \(rest)")
+            : ProtocolError(.capacity, "event \(b.index): \(bound); no event of this batch was accepted. Events of known ids are still accepted; \(rest)",
+                            detail: UInt32(b.index))
     }
 
     /// How far ahead of the server's clock an event may be stamped, and the
@@ -419,14 +424,8 @@ final class RequestHandler {
         var also: [String] = []
         if next.routes != config.routes { also.append("[routes]") }
         if next.limits != config.limits {
-            also.append("[limits]")
-            // A lowered bound applies to new ids only: say so when it is already passed.
-            if next.limits.maxItemIDs > 0 && model.items.liveCount > next.limits.maxItemIDs {
-                also.append("the model holds \(model.items.liveCount) item ids, more than limits.max_item_ids (\(next.limits.maxItemIDs)): new items are refused")
-            }
-            if next.limits.maxUserIDs > 0 && model.lifecycle.maxUsers == 0 && model.users.liveCount > next.limits.maxUserIDs {
-                also.append("the model holds \(model.users.liveCount) user ids, more than limits.max_user_ids (\(next.limits.maxUserIDs)): new users are refused")
-            }
+            // A lowered bound applies to new ids only: say so when it is already reached.
+            also += ["[limits]"] + model.boundsReached(maxUserIDs: next.limits.maxUserIDs, maxItemIDs: next.limits.maxItemIDs)
         }
         if next.clientToken != config.clientToken {
             also.append(next.clientToken == nil ? "auth.token_file off: clients need no token" : config.clientToken == nil ? "auth.token_file on: clients need HELLO with the token" : "auth.token_file: a new token")

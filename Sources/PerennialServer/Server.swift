@@ -114,11 +114,8 @@ public final class Server: Sendable {
         }
         // Recovery replays the log whatever the bounds; a lowered bound
         // only stops new ids from now on.
-        if config.limits.maxItemIDs > 0 && model.items.liveCount >= config.limits.maxItemIDs {
-            Log.warning("the model holds \(model.items.liveCount) item ids, at or above limits.max_item_ids (\(config.limits.maxItemIDs)): events and upserts of new items will be refused (CAPACITY)")
-        }
-        if config.limits.maxUserIDs > 0 && model.lifecycle.maxUsers == 0 && model.users.liveCount >= config.limits.maxUserIDs {
-            Log.warning("the model holds \(model.users.liveCount) user ids, at or above limits.max_user_ids (\(config.limits.maxUserIDs)): events of new users will be refused (CAPACITY)")
+        for full in model.boundsReached(maxUserIDs: config.limits.maxUserIDs, maxItemIDs: config.limits.maxItemIDs) {
+            Log.warning(full)
         }
         Log.info("perennial \(PerennialVersion.string) listening on \(config.host):\(port) (scorers: \(model.scorerNames.joined(separator: ", ")); default \(model.defaultScorer); config \(config.source))")
         onListening(port)
@@ -249,10 +246,9 @@ extension Server {
         // start-up never reads either) does not stop a rollback.
         var last = model.lastSeq
         var from = info.firstLogSegment
-        for newer in snapshots.files() {
-            guard let (head, _) = try? snapshots.read(newer.path) else { continue }
-            if head.firstLogSegment > from { from = head.firstLogSegment; last = max(last, head.seq) }
-            break
+        if let newest = snapshots.newestReadable()?.info, newest.firstLogSegment > from {
+            from = newest.firstLogSegment
+            last = max(last, newest.seq)
         }
         try FeedbackLog.scan(directory: log.directory, fromSegment: from, cutTornTail: true) { record in
             if case .feedback(let first, let events) = record { last = max(last, first + UInt64(events.count) - 1) }

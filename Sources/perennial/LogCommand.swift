@@ -57,9 +57,9 @@ struct LogCommand: ParsableCommand {
         // Start-up reads only the log after the newest snapshot it can
         // load: segments before that snapshot's first are not needed.
         let store = SnapshotStore(directory: (dataDir as NSString).appendingPathComponent("snapshots"))
-        let base = store.files().lazy.compactMap { f in (try? store.read(f.path)).map { (f, $0.0) } }.first
-        let firstNeeded = base?.1.firstLogSegment ?? 0
-        let from = base.map { "the snapshot \($0.0.id) (start-up begins there when it loads with the server's config), then log segment \($0.1.firstLogSegment) on" } ?? "the log alone (no readable snapshot)"
+        let base = store.newestReadable()
+        let firstNeeded = base?.info.firstLogSegment ?? 0
+        let from = base.map { "the snapshot \($0.file.id) (start-up begins there when it loads with the server's config), then log segment \($0.info.firstLogSegment) on" } ?? "the log alone (no readable snapshot)"
         switch action {
         case "check":
             print("start-up would read \(from)")
@@ -79,7 +79,7 @@ struct LogCommand: ParsableCommand {
             let log = FeedbackLog(directory: dir, policy: .no)
             for n in covered {
                 if let at = try? FeedbackLog.firstDamage(inSegment: log.segmentPath(n)) {
-                    print("note: \(log.segmentPath(n)) is damaged at byte \(at), but the snapshot \(base!.0.id) covers it, so neither start-up nor a rollback reads it (nothing to repair)")
+                    print("note: \(log.segmentPath(n)) is damaged at byte \(at), but the snapshot \(base!.file.id) covers it, so neither start-up nor a rollback reads it (nothing to repair)")
                 }
             }
             guard healthy else {
@@ -87,10 +87,8 @@ struct LogCommand: ParsableCommand {
                 throw ExitCode(1)
             }
             print("ok: a server would start from this data directory")
-        case "repair":
+        default:  // "repair" (validate() admits only the two)
             try repair(dir, from: firstNeeded)
-        default:
-            throw ValidationError("action must be check or repair")
         }
     }
 

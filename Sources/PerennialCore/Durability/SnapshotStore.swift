@@ -76,6 +76,15 @@ public struct SnapshotStore: Sendable {
         }
     }
 
+    /// The newest snapshot whose framing and checksum hold, with its header
+    /// (where start-up begins, if it loads with the config).
+    public func newestReadable() -> (file: SnapshotFile, info: SnapshotInfo)? {
+        for f in files() {
+            if let (info, _) = try? read(f.path) { return (f, info) }
+        }
+        return nil
+    }
+
     /// The file of version `id` (`v<seq>`, `v<seq>.<n>`, or without the v).
     public func file(ofVersion id: String) -> SnapshotFile? {
         let bare = id.hasPrefix("v") ? String(id.dropFirst()) : id

@@ -105,9 +105,7 @@ public final class IdLifecycle {
     func expire(now: Int64, before limit: UInt64, waitApplied: (UInt64) -> Void, live: () -> Int, makeRoom: Bool,
                 forget: (Int32) -> Void) {
         guard tracksUsers else { return }
-        // Timestamps come from clients: saturate rather than trap near Int64.min.
-        let (cutoff, overflow) = now.subtractingReportingOverflow(expireAfterSeconds)
-        let unseenBefore = overflow ? Int64.min : cutoff
+        let unseenBefore = idleCutoff(now)
         while let (u, seq) = order.oldest(isLive: isLatest) {
             let old = expireAfterSeconds > 0 && lastSeen[Int(u)] < unseenBefore
             let full = makeRoom && maxUsers > 0 && live() >= maxUsers
@@ -121,13 +119,19 @@ public final class IdLifecycle {
         }
     }
 
+    /// Users last seen before this time are idle too long at `now`.
+    /// (Timestamps come from clients: saturate rather than trap near Int64.min.)
+    private func idleCutoff(_ now: Int64) -> Int64 {
+        let (cutoff, overflow) = now.subtractingReportingOverflow(expireAfterSeconds)
+        return overflow ? Int64.min : cutoff
+    }
+
     /// The users age expiry at `now` would forget, in the order `expire`
     /// takes them, treating those `skipping` names as already gone or
     /// seen again (forgets nobody: the id bound's look-ahead).
     func forEachExpirable(now: Int64, before limit: UInt64, skipping: (Int32) -> Bool, _ body: (Int32) -> Void) {
         guard tracksUsers && expireAfterSeconds > 0 else { return }
-        let (cutoff, overflow) = now.subtractingReportingOverflow(expireAfterSeconds)
-        let unseenBefore = overflow ? Int64.min : cutoff
+        let unseenBefore = idleCutoff(now)
         order.visitOldest(isLive: { u, seq in isLatest(u, seq) && !skipping(u) }) { entry in
             guard lastSeen[Int(entry.key)] < unseenBefore && entry.stamp <= limit else { return false }
             body(entry.key)

@@ -86,8 +86,22 @@ extension Model {
         return nil
     }
 
-    /// Whether an upsert of item `id` would need a row beyond the bound.
-    public func upsertBreaches(item id: UInt64, maxItemIDs: Int) -> Bool {
-        maxItemIDs > 0 && items.index(of: id) == nil && items.liveCount >= maxItemIDs
+    /// Why an upsert of item `id` would need a row beyond the bound, if it would.
+    public func upsertBreach(item id: UInt64, maxItemIDs: Int) -> IdBoundBreach? {
+        guard maxItemIDs > 0, items.index(of: id) == nil, items.liveCount >= maxItemIDs else { return nil }
+        return IdBoundBreach(index: 0, kind: .item, id: id, limit: maxItemIDs)
+    }
+
+    /// One line per bound the model already holds as many ids as (or more):
+    /// new ids of that kind are refused (start-up and RELOAD log them).
+    public func boundsReached(maxUserIDs: Int, maxItemIDs: Int) -> [String] {
+        var lines: [String] = []
+        if maxItemIDs > 0 && items.liveCount >= maxItemIDs {
+            lines.append("the model holds \(items.liveCount) item ids, at or above limits.max_item_ids (\(maxItemIDs)): events and upserts of new items will be refused (CAPACITY)")
+        }
+        if maxUserIDs > 0 && lifecycle.maxUsers == 0 && users.liveCount >= maxUserIDs {
+            lines.append("the model holds \(users.liveCount) user ids, at or above limits.max_user_ids (\(maxUserIDs)): events of new users will be refused (CAPACITY)")
+        }
+        return lines
     }
 }
