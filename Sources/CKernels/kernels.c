@@ -5,13 +5,17 @@
 
 #include <math.h>
 
-void pk_dot_rows_plain(const float *rows, size_t count, size_t dim, const float *query, float *out) {
+void pk_dot_rows_strided_plain(const float *rows, size_t count, size_t stride, size_t dim, const float *query, float *out) {
     for (size_t r = 0; r < count; r++) {
-        const float *row = rows + r * dim;
+        const float *row = rows + r * stride;
         float s = 0;
         for (size_t k = 0; k < dim; k++) s += row[k] * query[k];
         out[r] = s;
     }
+}
+
+void pk_dot_rows_plain(const float *rows, size_t count, size_t dim, const float *query, float *out) {
+    pk_dot_rows_strided_plain(rows, count, dim, dim, query, out);
 }
 
 size_t pk_next_at_least_plain(const float *x, size_t from, size_t count, float threshold) {
@@ -90,11 +94,11 @@ static inline float hsum256(__m256 v) {
 }
 
 __attribute__((target("avx2,fma")))
-static void dot_rows_avx2(const float *rows, size_t count, size_t dim, const float *query, float *out) {
+static void dot_rows_avx2(const float *rows, size_t count, size_t stride, size_t dim, const float *query, float *out) {
     size_t main = dim & ~(size_t)31;
     size_t tail8 = dim & ~(size_t)7;
     for (size_t r = 0; r < count; r++) {
-        const float *row = rows + r * dim;
+        const float *row = rows + r * stride;
         __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
         __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
         size_t k = 0;
@@ -136,9 +140,9 @@ __attribute__((constructor)) static void detect_fast_path(void) {
 
 int pk_has_fast_path(void) { return fast_path_state; }
 
-void pk_dot_rows(const float *rows, size_t count, size_t dim, const float *query, float *out) {
-    if (pk_has_fast_path()) dot_rows_avx2(rows, count, dim, query, out);
-    else pk_dot_rows_plain(rows, count, dim, query, out);
+void pk_dot_rows_strided(const float *rows, size_t count, size_t stride, size_t dim, const float *query, float *out) {
+    if (pk_has_fast_path()) dot_rows_avx2(rows, count, stride, dim, query, out);
+    else pk_dot_rows_strided_plain(rows, count, stride, dim, query, out);
 }
 size_t pk_next_at_least(const float *x, size_t from, size_t count, float threshold) {
     return pk_has_fast_path() ? next_at_least_avx2(x, from, count, threshold) : pk_next_at_least_plain(x, from, count, threshold);
@@ -148,10 +152,14 @@ int pk_has_fast_path(void) { return 0; }
 size_t pk_next_at_least(const float *x, size_t from, size_t count, float threshold) {
     return pk_next_at_least_plain(x, from, count, threshold);
 }
-void pk_dot_rows(const float *rows, size_t count, size_t dim, const float *query, float *out) {
-    pk_dot_rows_plain(rows, count, dim, query, out);
+void pk_dot_rows_strided(const float *rows, size_t count, size_t stride, size_t dim, const float *query, float *out) {
+    pk_dot_rows_strided_plain(rows, count, stride, dim, query, out);
 }
 #endif
+
+void pk_dot_rows(const float *rows, size_t count, size_t dim, const float *query, float *out) {
+    pk_dot_rows_strided(rows, count, dim, dim, query, out);
+}
 
 // The index of the last `value` in x[0..<n], or -1 (a user's history is
 // searched for a repeated item on every event: eight at a time from the end).

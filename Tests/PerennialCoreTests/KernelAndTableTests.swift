@@ -27,6 +27,56 @@ import Testing
     /// The learners' row kernels (dot, BPR margin, Adagrad step with L2 and
     /// anchor pulls) agree with their plain loops, and the plain Adagrad
     /// step agrees with the formula written out here.
+    /// Rows with extra fields after their vector (the gan scorer's rows
+    /// carry their accumulator): the strided fast path equals the plain
+    /// loop, and neither reads the extra fields.
+    @Test(arguments: [(1, 2), (8, 9), (33, 40), (64, 65)])
+    func stridedDotEqualsPlainLoop(dim: Int, stride: Int) {
+        var rng = SplitMix64(seed: UInt64(dim * 100 + stride))
+        let rows = 131
+        var m = (0..<(rows * stride)).map { _ in rng.nextSignedUnitFloat() }
+        for r in 0..<rows { for k in dim..<stride { m[r * stride + k] = .nan } }
+        let q = (0..<dim).map { _ in rng.nextSignedUnitFloat() }
+        var fast = [Float](repeating: 0, count: rows), plain = fast
+        pk_dot_rows_strided(m, rows, stride, dim, q, &fast)
+        pk_dot_rows_strided_plain(m, rows, stride, dim, q, &plain)
+        for r in 0..<rows {
+            var swift: Float = 0
+            for k in 0..<dim { swift += m[r * stride + k] * q[k] }
+            #expect(abs(fast[r] - swift) <= 1e-4 * max(1, abs(swift)))
+            #expect(abs(plain[r] - swift) <= 1e-4 * max(1, abs(swift)))
+        }
+    }
+
+    /// The softmax's cumulative weights: the polynomial exp path agrees with
+    /// libm's expf to a relative 1e-6 per term, over arguments from 0 down
+    /// past where exp underflows, at lengths that hit the vector loop's tail.
+    @Test(arguments: [0, 1, 7, 8, 9, 1000, 9742])
+    func expCumulativeEqualsPlainLoop(n: Int) {
+        var rng = SplitMix64(seed: UInt64(n) + 5)
+        let x = (0..<n).map { i in i % 97 == 0 ? -120 : rng.nextSignedUnitFloat() * 40 - 40 }
+        var fast = [Float](repeating: -1, count: n), plain = fast
+        let fastTotal = pk_exp_cumulative(x, n, 0, &fast)
+        let plainTotal = pk_exp_cumulative_plain(x, n, 0, &plain)
+        #expect(abs(fastTotal - plainTotal) <= 1e-5 * max(plainTotal, 1e-30))
+        var previous: Float = 0
+        for i in 0..<n {
+            let term = fast[i] - previous
+            let exact = expf(x[i])
+            // (Terms below exp(-87.3) are that floor instead of 0.)
+            #expect(abs(term - exact) <= 1e-5 * max(fast[i], 1e-30) + 2e-38, "x \(x[i]): \(term) vs \(exact)")
+            #expect(fast[i] >= previous)
+            previous = fast[i]
+        }
+        // Shifting by the largest argument: the largest term is exp(0) = 1.
+        if n > 0 {
+            let top = x.max()!
+            var shifted = [Float](repeating: 0, count: n)
+            let total = pk_exp_cumulative(x, n, top, &shifted)
+            #expect(total >= 1 && total <= Float(n))
+        }
+    }
+
     @Test(arguments: [1, 7, 8, 15, 16, 17, 64, 67])
     func rowUpdateKernelsEqualPlainLoops(dim n: Int) {
         var rng = SplitMix64(seed: 100 + UInt64(n))

@@ -21,6 +21,22 @@ void pk_dot_rows(const float *rows, size_t count, size_t dim, const float *query
 /// The plain reference loop (also the fallback on CPUs without AVX2/FMA).
 void pk_dot_rows_plain(const float *rows, size_t count, size_t dim, const float *query, float *out);
 
+/// The same over rows `stride` floats apart, of which the first `dim` are
+/// dotted (rows that carry extra fields, such as an accumulator, after
+/// their vector).
+void pk_dot_rows_strided(const float *rows, size_t count, size_t stride, size_t dim, const float *query, float *out);
+void pk_dot_rows_strided_plain(const float *rows, size_t count, size_t stride, size_t dim, const float *query, float *out);
+
+/// out[j] = the sum over i <= j of exp(x[i] - shift), for j in 0..<n; returns
+/// the total. The cumulative weights of a softmax (shift = the largest x),
+/// from which a sample is drawn by inverting it. The fast path computes exp
+/// with a polynomial (Cephes' expf: Cody-Waite reduction by ln 2, a degree-5
+/// polynomial on [-ln2/2, ln2/2], scaled by 2^n through the exponent bits),
+/// within a few float ulps of expf; arguments below -87.3 count as
+/// exp(-87.3), about 1e-38, instead of 0.
+float pk_exp_cumulative(const float *x, size_t n, float shift, float *out);
+float pk_exp_cumulative_plain(const float *x, size_t n, float shift, float *out);
+
 /// out[c] += sum over r of m[r*cols + c] * v[r]: the transposed
 /// matrix-vector product a backward pass needs (gradient into a layer's input).
 void pk_matvec_t_acc(const float *m, size_t rows, size_t cols, const float *v, float *out);
