@@ -116,6 +116,7 @@ struct GRUTrace {
         let W = p + layout.wOffset, U = p + layout.uOffset
         let gW = grad + layout.wOffset, gU = grad + layout.uOffset, gb = grad + layout.bOffset
         for k in 0..<m { s.dh[k] = dLast[k] }
+        if s.daSteps.count < steps * 3 * m { s.daSteps = .init(repeating: 0, count: steps * 3 * m) }
         var t = steps - 1
         while t >= 0 {
             let o = t * m
@@ -140,29 +141,36 @@ struct GRUTrace {
                 s.dhPrev[k] += s.drh[k] * rk
                 s.da[m + k] = dr * rk * (1 - rk)
             }
-            x.withUnsafeBufferPointer { xs in
-                hPrev.withUnsafeBufferPointer { hps in
-                    rh.withUnsafeBufferPointer { rhs in
-                        s.da.withUnsafeBufferPointer { da in
-                            let d = da.baseAddress!
-                            pk_outer_acc(gW, 3 * m, n, d, xs.baseAddress! + t * n)
-                            pk_outer_acc(gU, 2 * m, m, d, hps.baseAddress! + o)
-                            pk_outer_acc(gU + 2 * m * m, m, m, d + 2 * m, rhs.baseAddress! + o)
-                            for k in 0..<(3 * m) { gb[k] += d[k] }
-                            s.dx.withUnsafeMutableBufferPointer { dx in
-                                for k in 0..<n { dx[k] = 0 }
-                                pk_matvec_t_acc(W, 3 * m, n, d, dx.baseAddress!)
-                            }
-                            s.dhPrev.withUnsafeMutableBufferPointer { dhp in
-                                pk_matvec_t_acc(U, 2 * m, m, d, dhp.baseAddress!)
-                            }
-                        }
-                    }
+            s.da.withUnsafeBufferPointer { da in
+                let d = da.baseAddress!
+                // Kept for the weight gradients, taken over all steps at the end.
+                s.daSteps.withUnsafeMutableBufferPointer { all in (all.baseAddress! + t * 3 * m).update(from: d, count: 3 * m) }
+                for k in 0..<(3 * m) { gb[k] += d[k] }
+                s.dx.withUnsafeMutableBufferPointer { dx in
+                    for k in 0..<n { dx[k] = 0 }
+                    pk_matvec_t_acc(W, 3 * m, n, d, dx.baseAddress!)
+                }
+                s.dhPrev.withUnsafeMutableBufferPointer { dhp in
+                    pk_matvec_t_acc(U, 2 * m, m, d, dhp.baseAddress!)
                 }
             }
             s.dx.withUnsafeBufferPointer { input(t, $0.baseAddress!) }
             swap(&s.dh, &s.dhPrev)
             t -= 1
+        }
+        // Weight gradients: Σ_t da_t x_tᵀ, Σ_t da_t[z,r] h'_tᵀ, Σ_t da_t[c] (r ⊙ h')_tᵀ,
+        // each matrix read and written once (pk_outer_acc_steps).
+        x.withUnsafeBufferPointer { xs in
+            hPrev.withUnsafeBufferPointer { hps in
+                rh.withUnsafeBufferPointer { rhs in
+                    s.daSteps.withUnsafeBufferPointer { all in
+                        let d = all.baseAddress!
+                        pk_outer_acc_steps(gW, 3 * m, n, d, 3 * m, xs.baseAddress!, n, steps)
+                        pk_outer_acc_steps(gU, 2 * m, m, d, 3 * m, hps.baseAddress!, m, steps)
+                        pk_outer_acc_steps(gU + 2 * m * m, m, m, d + 2 * m, 3 * m, rhs.baseAddress!, m, steps)
+                    }
+                }
+            }
         }
     }
 }
@@ -170,6 +178,8 @@ struct GRUTrace {
 /// Scratch for `GRUTrace.backward`, reused across calls.
 struct GRUBackwardScratch {
     var dh: [Float], dhPrev: [Float], da: [Float], drh: [Float], dx: [Float]
+    /// Every step's da (steps × 3·hidden), for the weight gradients.
+    var daSteps: [Float] = []
     init(layout: GRULayout) {
         let m = layout.hidden
         dh = .init(repeating: 0, count: m)

@@ -166,9 +166,7 @@ public final class SessionRNNScorer: Scorer {
         var maxLogit = -Float.infinity
         for k in 0...K {
             if k > 0 && cands[k] == target { logits[k] = -.infinity; continue }
-            let v = table.item(cands[k])
-            var s = itemBias.row(Int(cands[k]))[0]
-            for j in 0..<d { s += q[j] * v[j] }
+            let s = itemBias.row(Int(cands[k]))[0] + pk_dot(q, table.item(cands[k]), d)
             logits[k] = s
             maxLogit = max(maxLogit, s)
         }
@@ -207,14 +205,9 @@ public final class SessionRNNScorer: Scorer {
             b[1] += g * g
             b[0] -= lr * g / (b[1].squareRoot() + 1e-8)
         }
-        // Dense weights: per-weight Adagrad.
-        for k in 0..<count {
-            let g = grad[k]
-            if g == 0 { continue }
-            accum[k] += g * g
-            params[k] -= lr * g / (accum[k].squareRoot() + 1e-8)
-            grad[k] = 0
-        }
+        // Dense weights: per-weight Adagrad (in C, eight weights at a time:
+        // this loop was 40% of the learner in Swift).
+        pk_adagrad_dense(params, grad, accum, lr, count)
     }
 
     /// Adagrad on one item row of the shared table with `rowGrad`, using the

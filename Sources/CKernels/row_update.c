@@ -54,8 +54,50 @@ void pk_bpr_accumulate_plain(float g, const float *a, const float *b, const floa
     }
 }
 
+void pk_adagrad_dense_plain(float *w, float *g, float *acc, float lr, size_t n) {
+    for (size_t k = 0; k < n; k++) {
+        const float gk = g[k];
+        if (gk == 0) continue;
+        acc[k] += gk * gk;
+        w[k] -= lr * gk / (sqrtf(acc[k]) + 1e-8f);
+        g[k] = 0;
+    }
+}
+
+void pk_adagrad_step_plain(float *row, const float *direction, float scale, float *accumulator, float lr, size_t n) {
+    float ss = 0;
+    for (size_t k = 0; k < n; k++) {
+        const float g = scale * direction[k];
+        ss += g * g;
+    }
+    *accumulator += ss / (float)n;
+    const float step = lr / (sqrtf(*accumulator) + 1e-8f);
+    for (size_t k = 0; k < n; k++) row[k] += step * scale * direction[k];
+}
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
+
+// The same operations eight weights at a time (IEEE add, multiply, divide
+// and square root round the same in a vector lane as in a scalar), with
+// lanes whose gradient is 0 left as they were: bit-identical to the plain loop.
+__attribute__((target("avx2,fma")))
+static void adagrad_dense_avx2(float *w, float *g, float *acc, float lr, size_t n) {
+    const __m256 vlr = _mm256_set1_ps(lr), eps = _mm256_set1_ps(1e-8f), zero = _mm256_setzero_ps();
+    size_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        const __m256 gk = _mm256_loadu_ps(g + k);
+        const __m256 live = _mm256_cmp_ps(gk, zero, _CMP_NEQ_UQ);  // g != 0 (NaN counts, as in the plain loop)
+        if (_mm256_testz_ps(live, live)) continue;
+        const __m256 a0 = _mm256_loadu_ps(acc + k), w0 = _mm256_loadu_ps(w + k);
+        const __m256 a = _mm256_add_ps(a0, _mm256_mul_ps(gk, gk));
+        const __m256 step = _mm256_div_ps(_mm256_mul_ps(vlr, gk), _mm256_add_ps(_mm256_sqrt_ps(a), eps));
+        _mm256_storeu_ps(acc + k, _mm256_blendv_ps(a0, a, live));
+        _mm256_storeu_ps(w + k, _mm256_blendv_ps(w0, _mm256_sub_ps(w0, step), live));
+        _mm256_storeu_ps(g + k, zero);
+    }
+    pk_adagrad_dense_plain(w + k, g + k, acc + k, lr, n - k);
+}
 
 __attribute__((target("avx2,fma")))
 static inline float hsum8(__m256 v) {
@@ -207,12 +249,45 @@ float pk_dot_diff(float start, const float *z, const float *a, const float *b, s
     return pk_has_fast_path() ? dot_diff_avx2(start, z, a, b, n) : pk_dot_diff_plain(start, z, a, b, n);
 }
 
+__attribute__((target("avx2,fma")))
+static void adagrad_step_avx2(float *row, const float *direction, float scale, float *accumulator, float lr, size_t n) {
+    const __m256 s = _mm256_set1_ps(scale);
+    __m256 ss8 = _mm256_setzero_ps();
+    size_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        const __m256 g = _mm256_mul_ps(s, _mm256_loadu_ps(direction + k));
+        ss8 = _mm256_fmadd_ps(g, g, ss8);
+    }
+    float ss = hsum8(ss8);
+    for (; k < n; k++) { const float g = scale * direction[k]; ss += g * g; }
+    *accumulator += ss / (float)n;
+    const float step = lr / (sqrtf(*accumulator) + 1e-8f);
+    const __m256 st = _mm256_set1_ps(step * scale);
+    for (k = 0; k + 8 <= n; k += 8)
+        _mm256_storeu_ps(row + k, _mm256_fmadd_ps(st, _mm256_loadu_ps(direction + k), _mm256_loadu_ps(row + k)));
+    for (; k < n; k++) row[k] += step * scale * direction[k];
+}
+
+void pk_adagrad_step(float *row, const float *direction, float scale, float *accumulator, float lr, size_t n) {
+    if (pk_has_fast_path()) adagrad_step_avx2(row, direction, scale, accumulator, lr, n);
+    else pk_adagrad_step_plain(row, direction, scale, accumulator, lr, n);
+}
+
+void pk_adagrad_dense(float *w, float *g, float *acc, float lr, size_t n) {
+    if (pk_has_fast_path()) adagrad_dense_avx2(w, g, acc, lr, n);
+    else pk_adagrad_dense_plain(w, g, acc, lr, n);
+}
+
 void pk_adagrad_row(float *row, const float *anchor, const float *v, float alpha, float reg, float lambda,
                     float *accumulator, float lr, const float *scale, size_t n) {
     if (pk_has_fast_path()) adagrad_row_avx2(row, anchor, v, alpha, reg, lambda, accumulator, lr, scale, n);
     else pk_adagrad_row_plain(row, anchor, v, alpha, reg, lambda, accumulator, lr, scale, n);
 }
 #else
+void pk_adagrad_step(float *row, const float *direction, float scale, float *accumulator, float lr, size_t n) {
+    pk_adagrad_step_plain(row, direction, scale, accumulator, lr, n);
+}
+void pk_adagrad_dense(float *w, float *g, float *acc, float lr, size_t n) { pk_adagrad_dense_plain(w, g, acc, lr, n); }
 void pk_adagrad_row_follow(float *row, float *anchor, const float *v, float alpha, float reg, float lambda,
                            float *accumulator, float lr, const float *scale, float follow, size_t n) {
     pk_adagrad_row_follow_plain(row, anchor, v, alpha, reg, lambda, accumulator, lr, scale, follow, n);

@@ -77,6 +77,82 @@ import Testing
         }
     }
 
+    /// The neural scorers' row step and their backward pass's products
+    /// (transposed matrix-vector, outer product): the AVX2+FMA paths agree
+    /// with the plain loops to float rounding, at sizes that hit every tail.
+    @Test(arguments: [1, 7, 8, 9, 64, 67])
+    func neuralKernelsEqualPlainLoops(n: Int) {
+        var rng = SplitMix64(seed: UInt64(n) + 23)
+        func vector(_ count: Int) -> [Float] { (0..<count).map { _ in rng.nextSignedUnitFloat() } }
+        func close(_ a: [Float], _ b: [Float], _ tolerance: Float) -> Bool {
+            zip(a, b).allSatisfy { abs($0 - $1) <= tolerance * max(1, abs($1)) }
+        }
+        // Row step.
+        let row = vector(n), direction = vector(n)
+        var rf = row, rp = row
+        var af: Float = 0.3, ap: Float = 0.3
+        pk_adagrad_step(&rf, direction, -0.5, &af, 0.05, n)
+        pk_adagrad_step_plain(&rp, direction, -0.5, &ap, 0.05, n)
+        #expect(abs(af - ap) <= 1e-6)
+        #expect(close(rf, rp, 1e-6))
+        var mean: Float = 0
+        for k in 0..<n { mean += 0.25 * direction[k] * direction[k] }
+        #expect(abs(ap - (0.3 + mean / Float(n))) <= 1e-6)
+        // Products, with a zero entry (skipped) among the coefficients.
+        let rows = 2 * n + 1
+        let m = vector(rows * n)
+        var v = vector(rows); v[0] = 0
+        let b = vector(n)
+        var of = vector(n), op = of
+        pk_matvec_t_acc(m, rows, n, v, &of)
+        pk_matvec_t_acc_plain(m, rows, n, v, &op)
+        #expect(close(of, op, 1e-5))
+        var mf = m, mp = m
+        pk_outer_acc(&mf, rows, n, v, b)
+        pk_outer_acc_plain(&mp, rows, n, v, b)
+        #expect(close(mf, mp, 1e-6))
+        #expect(Array(mf[0..<n]) == Array(m[0..<n]))
+        // Several steps' outer products at once equal them one by one.
+        let steps = 5, aStride = rows + 3, bStride = n + 2
+        var a = vector(steps * aStride); a[2 * aStride + 1] = 0
+        let bs = vector(steps * bStride)
+        var ms = m, mo = m, msp = m
+        pk_outer_acc_steps(&ms, rows, n, a, aStride, bs, bStride, steps)
+        pk_outer_acc_steps_plain(&msp, rows, n, a, aStride, bs, bStride, steps)
+        for s in 0..<steps {
+            pk_outer_acc_plain(&mo, rows, n, Array(a[(s * aStride)...]), Array(bs[(s * bStride)...]))
+        }
+        #expect(close(ms, mo, 1e-5))
+        #expect(close(msp, mo, 1e-6))
+    }
+
+    /// Dense per-weight Adagrad (session-rnn's GRU and output weights): the
+    /// fast path equals the plain loop bit for bit, leaves weights with a
+    /// zero gradient alone, zeroes the gradient, and matches the formula.
+    @Test(arguments: [0, 1, 7, 8, 9, 64, 1000])
+    func denseAdagradEqualsPlainLoop(n: Int) {
+        var rng = SplitMix64(seed: UInt64(n) + 11)
+        let w0 = (0..<n).map { _ in rng.nextSignedUnitFloat() }
+        let a0 = (0..<n).map { _ in abs(rng.nextSignedUnitFloat()) }
+        let g0 = (0..<n).map { i in i % 3 == 0 ? 0 : rng.nextSignedUnitFloat() * 0.1 }
+        var wf = w0, af = a0, gf = g0
+        var wp = w0, ap = a0, gp = g0
+        pk_adagrad_dense(&wf, &gf, &af, 0.05, n)
+        pk_adagrad_dense_plain(&wp, &gp, &ap, 0.05, n)
+        #expect(wf.map(\.bitPattern) == wp.map(\.bitPattern))
+        #expect(af.map(\.bitPattern) == ap.map(\.bitPattern))
+        #expect(gf.allSatisfy { $0 == 0 } && gp.allSatisfy { $0 == 0 })
+        for k in 0..<n {
+            if g0[k] == 0 {
+                #expect(wf[k] == w0[k] && af[k] == a0[k])
+            } else {
+                let acc = a0[k] + g0[k] * g0[k]
+                #expect(af[k] == acc)
+                #expect(wf[k] == w0[k] - 0.05 * g0[k] / (acc.squareRoot() + 1e-8))
+            }
+        }
+    }
+
     @Test(arguments: [1, 7, 8, 15, 16, 17, 64, 67])
     func rowUpdateKernelsEqualPlainLoops(dim n: Int) {
         var rng = SplitMix64(seed: 100 + UInt64(n))

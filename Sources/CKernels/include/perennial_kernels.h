@@ -40,10 +40,20 @@ float pk_exp_cumulative_plain(const float *x, size_t n, float shift, float *out)
 /// out[c] += sum over r of m[r*cols + c] * v[r]: the transposed
 /// matrix-vector product a backward pass needs (gradient into a layer's input).
 void pk_matvec_t_acc(const float *m, size_t rows, size_t cols, const float *v, float *out);
+void pk_matvec_t_acc_plain(const float *m, size_t rows, size_t cols, const float *v, float *out);
 
 /// m[r*cols + c] += a[r] * b[c]: accumulates an outer product (a weight
 /// matrix's gradient from one step).
 void pk_outer_acc(float *m, size_t rows, size_t cols, const float *a, const float *b);
+void pk_outer_acc_plain(float *m, size_t rows, size_t cols, const float *a, const float *b);
+
+/// The outer products of `steps` pairs at once: m[r*cols + c] += the sum over
+/// s of a[s*a_stride + r] * b[s*b_stride + c] (a backward pass's weight
+/// gradient over all its time steps, with m read and written once).
+void pk_outer_acc_steps(float *m, size_t rows, size_t cols, const float *a, size_t a_stride, const float *b,
+                        size_t b_stride, size_t steps);
+void pk_outer_acc_steps_plain(float *m, size_t rows, size_t cols, const float *a, size_t a_stride, const float *b,
+                              size_t b_stride, size_t steps);
 
 /// The first index i in from..<count with x[i] >= threshold (NaN never
 /// qualifies), or count: the scan behind top-k selection, which visits only

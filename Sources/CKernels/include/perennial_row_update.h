@@ -42,6 +42,20 @@ void pk_adagrad_row_follow(float *row, float *anchor, const float *v, float alph
 void pk_adagrad_row_follow_plain(float *row, float *anchor, const float *v, float alpha, float reg, float lambda,
                                  float *accumulator, float lr, const float *scale, float follow, size_t n);
 
+/// Adagrad with one accumulator per row, the neural scorers' form:
+///   *accumulator += mean((scale * direction[k])^2)
+///   row[k] += lr / (sqrt(*accumulator) + 1e-8) * scale * direction[k]
+/// (A descent step passes the gradient with scale -1.)
+void pk_adagrad_step(float *row, const float *direction, float scale, float *accumulator, float lr, size_t n);
+void pk_adagrad_step_plain(float *row, const float *direction, float scale, float *accumulator, float lr, size_t n);
+
+/// Per-weight Adagrad (Duchi et al. 2011) on dense weights, for every k
+/// with g[k] != 0: acc[k] += g[k]^2; w[k] -= lr * g[k] / (sqrt(acc[k]) + 1e-8);
+/// g[k] = 0. Weights with a zero gradient are left alone. The fast path is
+/// bit-identical to the plain loop (no fused multiply-add).
+void pk_adagrad_dense(float *w, float *g, float *acc, float lr, size_t n);
+void pk_adagrad_dense_plain(float *w, float *g, float *acc, float lr, size_t n);
+
 /// A BPR pair's gradient into the user vector and the positive item:
 /// dz[k] += g * (a[k] - b[k]) and gi[k] += g * z[k].
 void pk_bpr_accumulate(float g, const float *a, const float *b, const float *z, float *dz, float *gi, size_t n);
