@@ -143,18 +143,23 @@ struct TextEncoder {
         let padded = t.x.count
         if s.dx.count < padded { s.dx = .init(repeating: 0, count: padded) }
         for k in 0..<padded { s.dx[k] = 0 }
-        for (wi, w) in shape.widths.enumerated() {
-            let K = p + shape.kernelOffset(wi)
-            let gK = grad + shape.kernelOffset(wi), gb = gK + F * w * e
-            for f in 0..<F {
-                let u = wi * F + f
-                guard t.pooled[u] > 0 else { continue }
-                let g = s.dm[u], start = t.winner[u] * e
-                gb[f] += g
-                let kf = K + f * w * e, gkf = gK + f * w * e
-                for j in 0..<(w * e) {
-                    gkf[j] += g * t.x[start + j]
-                    s.dx[start + j] += g * kf[j]
+        // (Through the C axpy kernel: the Swift loop over the arrays was the
+        // text scorer's largest cost after the dot products.)
+        t.x.withUnsafeBufferPointer { xb in
+            s.dx.withUnsafeMutableBufferPointer { dxb in
+                let x = xb.baseAddress!, dx = dxb.baseAddress!
+                for (wi, w) in shape.widths.enumerated() {
+                    let K = p + shape.kernelOffset(wi)
+                    let gK = grad + shape.kernelOffset(wi), gb = gK + F * w * e
+                    for f in 0..<F {
+                        let u = wi * F + f
+                        guard t.pooled[u] > 0 else { continue }
+                        let g = s.dm[u], start = t.winner[u] * e
+                        gb[f] += g
+                        let kf = K + f * w * e, gkf = gK + f * w * e
+                        pk_axpy(g, x + start, gkf, w * e)
+                        pk_axpy(g, kf, dx + start, w * e)
+                    }
                 }
             }
         }

@@ -45,6 +45,10 @@ void pk_outer_acc_plain(float *m, size_t rows, size_t cols, const float *a, cons
     }
 }
 
+void pk_axpy_plain(float a, const float *x, float *y, size_t n) {
+    for (size_t k = 0; k < n; k++) y[k] += a * x[k];
+}
+
 void pk_outer_acc_steps_plain(float *m, size_t rows, size_t cols, const float *a, size_t a_stride, const float *b,
                               size_t b_stride, size_t steps) {
     for (size_t s = 0; s < steps; s++) pk_outer_acc_plain(m, rows, cols, a + s * a_stride, b + s * b_stride);
@@ -237,6 +241,10 @@ void pk_outer_acc(float *m, size_t rows, size_t cols, const float *a, const floa
     if (pk_has_fast_path()) outer_acc_avx2(m, rows, cols, a, b);
     else pk_outer_acc_plain(m, rows, cols, a, b);
 }
+void pk_axpy(float a, const float *x, float *y, size_t n) {
+    if (pk_has_fast_path()) axpy_avx2(a, x, y, n);
+    else pk_axpy_plain(a, x, y, n);
+}
 void pk_outer_acc_steps(float *m, size_t rows, size_t cols, const float *a, size_t a_stride, const float *b,
                         size_t b_stride, size_t steps) {
     if (pk_has_fast_path()) outer_acc_steps_avx2(m, rows, cols, a, a_stride, b, b_stride, steps);
@@ -253,6 +261,7 @@ void pk_matvec_t_acc(const float *m, size_t rows, size_t cols, const float *v, f
 void pk_outer_acc(float *m, size_t rows, size_t cols, const float *a, const float *b) {
     pk_outer_acc_plain(m, rows, cols, a, b);
 }
+void pk_axpy(float a, const float *x, float *y, size_t n) { pk_axpy_plain(a, x, y, n); }
 void pk_outer_acc_steps(float *m, size_t rows, size_t cols, const float *a, size_t a_stride, const float *b,
                         size_t b_stride, size_t steps) {
     pk_outer_acc_steps_plain(m, rows, cols, a, a_stride, b, b_stride, steps);

@@ -124,6 +124,18 @@ import Testing
         }
         #expect(close(ms, mo, 1e-5))
         #expect(close(msp, mo, 1e-6))
+        // Adam: bit for bit.
+        var (wa, ga, ma, va) = (vector(n), vector(n), vector(n), vector(n).map(abs))
+        var (wb, gb, mb, vb) = (wa, ga, ma, va)
+        pk_adam(&wa, &ga, &ma, &va, 0.01, 0.9, 0.999, 1e-8, n)
+        pk_adam_plain(&wb, &gb, &mb, &vb, 0.01, 0.9, 0.999, 1e-8, n)
+        #expect(wa.map(\.bitPattern) == wb.map(\.bitPattern) && ma == mb && va == vb)
+        #expect(ga.allSatisfy { $0 == 0 } && gb.allSatisfy { $0 == 0 })
+        // axpy.
+        var yf = vector(n), yp = yf
+        pk_axpy(0.7, b, &yf, n)
+        pk_axpy_plain(0.7, b, &yp, n)
+        #expect(close(yf, yp, 1e-6))
     }
 
     /// Dense per-weight Adagrad (session-rnn's GRU and output weights): the

@@ -47,6 +47,10 @@ void pk_matvec_t_acc_plain(const float *m, size_t rows, size_t cols, const float
 void pk_outer_acc(float *m, size_t rows, size_t cols, const float *a, const float *b);
 void pk_outer_acc_plain(float *m, size_t rows, size_t cols, const float *a, const float *b);
 
+/// y[k] += a * x[k] for k in 0..<n (x and y must not overlap).
+void pk_axpy(float a, const float *x, float *y, size_t n);
+void pk_axpy_plain(float a, const float *x, float *y, size_t n);
+
 /// The outer products of `steps` pairs at once: m[r*cols + c] += the sum over
 /// s of a[s*a_stride + r] * b[s*b_stride + c] (a backward pass's weight
 /// gradient over all its time steps, with m read and written once).

@@ -49,6 +49,13 @@ void pk_adagrad_row_follow_plain(float *row, float *anchor, const float *v, floa
 void pk_adagrad_step(float *row, const float *direction, float scale, float *accumulator, float lr, size_t n);
 void pk_adagrad_step_plain(float *row, const float *direction, float scale, float *accumulator, float lr, size_t n);
 
+/// Adam's update with its step size `a` (bias corrections included) for n
+/// weights: m = beta1 m + (1 - beta1) g; v = beta2 v + (1 - beta2) g^2;
+/// w -= a m / (sqrt(v) + epsilon); g = 0. The fast path is bit-identical to
+/// the plain loop.
+void pk_adam(float *w, float *g, float *m, float *v, float a, float beta1, float beta2, float epsilon, size_t n);
+void pk_adam_plain(float *w, float *g, float *m, float *v, float a, float beta1, float beta2, float epsilon, size_t n);
+
 /// Per-weight Adagrad (Duchi et al. 2011) on dense weights, for every k
 /// with g[k] != 0: acc[k] += g[k]^2; w[k] -= lr * g[k] / (sqrt(acc[k]) + 1e-8);
 /// g[k] = 0. Weights with a zero gradient are left alone. The fast path is

@@ -3,6 +3,8 @@
 // corrected. Used by the neural scorers for their dense weights, which are
 // updated once per minibatch of accumulated gradients.
 
+import CKernels
+
 public struct Adam {
     public var learningRate: Float
     public var beta1: Float = 0.9
@@ -28,13 +30,8 @@ public struct Adam {
         let t = Float(max(steps, 1))
         let c1 = 1 - powf(beta1, t), c2 = 1 - powf(beta2, t)
         let a = learningRate * c2.squareRoot() / c1
-        for k in 0..<count {
-            let gk = g[k]
-            m[k] = beta1 * m[k] + (1 - beta1) * gk
-            v[k] = beta2 * v[k] + (1 - beta2) * gk * gk
-            w[k] -= a * m[k] / (v[k].squareRoot() + epsilon)
-            g[k] = 0
-        }
+        // (In C, eight weights at a time, bit-identical to the scalar loop.)
+        pk_adam(w, g, m, v, a, beta1, beta2, epsilon, count)
     }
 
     public mutating func restore(steps: Int) { self.steps = steps }
