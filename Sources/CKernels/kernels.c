@@ -137,30 +137,43 @@ static inline void axpy_avx2(float a, const float *row, float *out, size_t n) {
     for (; c < n; c++) out[c] += a * row[c];
 }
 
-// out (32 columns at a time) stays in four registers while the rows stream
-// past, instead of being loaded and stored again for every row.
+// out[0..<len] += the sum over s < count of coef[s * coef_stride] *
+// vecs[s * vec_stride ..< + len]: each 32-float piece of `out` stays in four
+// registers while every scaled vector is added, instead of being loaded
+// and stored once per vector. (A transposed matrix-vector product is this
+// with the matrix's rows as the vectors; a weight gradient over time steps
+// is this for each of its rows.)
 __attribute__((target("avx2,fma")))
-static void matvec_t_acc_avx2(const float *m, size_t rows, size_t cols, const float *v, float *out) {
+static void accumulate_scaled_avx2(float *out, size_t len, const float *coef, size_t coef_stride, const float *vecs,
+                                   size_t vec_stride, size_t count) {
     size_t c0 = 0;
-    for (; c0 + 32 <= cols; c0 += 32) {
+    for (; c0 + 32 <= len; c0 += 32) {
         __m256 o0 = _mm256_loadu_ps(out + c0), o1 = _mm256_loadu_ps(out + c0 + 8);
         __m256 o2 = _mm256_loadu_ps(out + c0 + 16), o3 = _mm256_loadu_ps(out + c0 + 24);
-        for (size_t r = 0; r < rows; r++) {
-            if (v[r] == 0) continue;
-            const __m256 a = _mm256_set1_ps(v[r]);
-            const float *row = m + r * cols + c0;
-            o0 = _mm256_fmadd_ps(a, _mm256_loadu_ps(row), o0);
-            o1 = _mm256_fmadd_ps(a, _mm256_loadu_ps(row + 8), o1);
-            o2 = _mm256_fmadd_ps(a, _mm256_loadu_ps(row + 16), o2);
-            o3 = _mm256_fmadd_ps(a, _mm256_loadu_ps(row + 24), o3);
+        for (size_t s = 0; s < count; s++) {
+            const float x = coef[s * coef_stride];
+            if (x == 0) continue;
+            const __m256 vx = _mm256_set1_ps(x);
+            const float *vs = vecs + s * vec_stride + c0;
+            o0 = _mm256_fmadd_ps(vx, _mm256_loadu_ps(vs), o0);
+            o1 = _mm256_fmadd_ps(vx, _mm256_loadu_ps(vs + 8), o1);
+            o2 = _mm256_fmadd_ps(vx, _mm256_loadu_ps(vs + 16), o2);
+            o3 = _mm256_fmadd_ps(vx, _mm256_loadu_ps(vs + 24), o3);
         }
         _mm256_storeu_ps(out + c0, o0); _mm256_storeu_ps(out + c0 + 8, o1);
         _mm256_storeu_ps(out + c0 + 16, o2); _mm256_storeu_ps(out + c0 + 24, o3);
     }
-    if (c0 < cols) {
-        for (size_t r = 0; r < rows; r++)
-            if (v[r] != 0) axpy_avx2(v[r], m + r * cols + c0, out + c0, cols - c0);
+    if (c0 < len) {
+        for (size_t s = 0; s < count; s++) {
+            const float x = coef[s * coef_stride];
+            if (x != 0) axpy_avx2(x, vecs + s * vec_stride + c0, out + c0, len - c0);
+        }
     }
+}
+
+__attribute__((target("avx2,fma")))
+static void matvec_t_acc_avx2(const float *m, size_t rows, size_t cols, const float *v, float *out) {
+    accumulate_scaled_avx2(out, cols, v, 1, m, cols, rows);
 }
 
 __attribute__((target("avx2,fma")))
@@ -169,38 +182,12 @@ static void outer_acc_avx2(float *m, size_t rows, size_t cols, const float *a, c
         if (a[r] != 0) axpy_avx2(a[r], b, m + r * cols, cols);
 }
 
-// Each 32-column piece of a row of m is loaded once, takes every step's
-// contribution in registers, and is stored once: the per-step form read and
-// wrote the whole matrix once per step.
+// Each row of m is read and written once for all the steps (the per-step
+// form read and wrote the whole matrix once per step).
 __attribute__((target("avx2,fma")))
 static void outer_acc_steps_avx2(float *m, size_t rows, size_t cols, const float *a, size_t a_stride, const float *b,
                                  size_t b_stride, size_t steps) {
-    for (size_t r = 0; r < rows; r++) {
-        float *row = m + r * cols;
-        size_t c0 = 0;
-        for (; c0 + 32 <= cols; c0 += 32) {
-            __m256 o0 = _mm256_loadu_ps(row + c0), o1 = _mm256_loadu_ps(row + c0 + 8);
-            __m256 o2 = _mm256_loadu_ps(row + c0 + 16), o3 = _mm256_loadu_ps(row + c0 + 24);
-            for (size_t s = 0; s < steps; s++) {
-                const float x = a[s * a_stride + r];
-                if (x == 0) continue;
-                const __m256 vx = _mm256_set1_ps(x);
-                const float *bs = b + s * b_stride + c0;
-                o0 = _mm256_fmadd_ps(vx, _mm256_loadu_ps(bs), o0);
-                o1 = _mm256_fmadd_ps(vx, _mm256_loadu_ps(bs + 8), o1);
-                o2 = _mm256_fmadd_ps(vx, _mm256_loadu_ps(bs + 16), o2);
-                o3 = _mm256_fmadd_ps(vx, _mm256_loadu_ps(bs + 24), o3);
-            }
-            _mm256_storeu_ps(row + c0, o0); _mm256_storeu_ps(row + c0 + 8, o1);
-            _mm256_storeu_ps(row + c0 + 16, o2); _mm256_storeu_ps(row + c0 + 24, o3);
-        }
-        if (c0 < cols) {
-            for (size_t s = 0; s < steps; s++) {
-                const float x = a[s * a_stride + r];
-                if (x != 0) axpy_avx2(x, b + s * b_stride + c0, row + c0, cols - c0);
-            }
-        }
-    }
+    for (size_t r = 0; r < rows; r++) accumulate_scaled_avx2(m + r * cols, cols, a + r, a_stride, b, b_stride, steps);
 }
 
 // Eight comparisons per step; an ordered compare, so NaN never qualifies.
