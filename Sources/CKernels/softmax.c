@@ -20,7 +20,10 @@ float pk_exp_cumulative_plain(const float *x, size_t n, float shift, float *out)
 // exp on eight floats (Cephes' expf, vectorised).
 __attribute__((target("avx2,fma")))
 static inline __m256 exp8(__m256 x) {
-    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.37f)), _mm256_set1_ps(-87.33f));
+    // Clamped to where 2^n stays a normal float. (min/max return their
+    // second operand when either is NaN, so x goes second and a NaN
+    // argument stays NaN, as with expf.)
+    x = _mm256_max_ps(_mm256_set1_ps(-87.33f), _mm256_min_ps(_mm256_set1_ps(88.37f), x));
     // x = n ln2 + r, |r| <= ln2/2, with ln2 split in two so n ln2 is exact enough.
     const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);

@@ -33,7 +33,8 @@ void pk_dot_rows_strided_plain(const float *rows, size_t count, size_t stride, s
 /// with a polynomial (Cephes' expf: Cody-Waite reduction by ln 2, a degree-5
 /// polynomial on [-ln2/2, ln2/2], scaled by 2^n through the exponent bits),
 /// within a few float ulps of expf; arguments below -87.3 count as
-/// exp(-87.3), about 1e-38, instead of 0.
+/// exp(-87.3), about 1e-38, instead of 0, and above 88.3 as exp(88.3)
+/// instead of infinity; a NaN argument makes the total NaN, as with expf.
 float pk_exp_cumulative(const float *x, size_t n, float shift, float *out);
 float pk_exp_cumulative_plain(const float *x, size_t n, float shift, float *out);
 
