@@ -10,6 +10,8 @@
 // t and the item is skipped without a logarithm. Over a catalogue most
 // items are skipped this way, and the sample is the same as with every key
 // computed: the test only skips items the full computation would reject.
+// (Checked exhaustively in float arithmetic: over all 334,709,556 floats u
+// in [1e-12, 1), logf(−logf(u)) minus the bound is never below 0.)
 
 enum GumbelTopK {
     @inline(__always)
