@@ -11,7 +11,8 @@
 // items are skipped this way, and the sample is the same as with every key
 // computed: the test only skips items the full computation would reject.
 // (Checked exhaustively in float arithmetic: over all 334,709,556 floats u
-// in [1e-12, 1), logf(−logf(u)) minus the bound is never below 0.)
+// in [1e-12, 1), logf(−logf(u)) minus the bound is never below 0; the
+// scorer keeps u in [1e-12, 1 − 2^-24].)
 
 enum GumbelTopK {
     @inline(__always)
