@@ -321,9 +321,7 @@ public final class GANScorer: Scorer {
                 var bar = sampled.threshold
                 query.forEachEligibleItem { i in
                     guard Int(i) < n, !taken[Int(i)] else { return }
-                    // (Kept inside (0, 1): a draw that rounds to 1.0 as a
-                    // Float would make the key +inf and let any item in.)
-                    let u = min(max(Float(g.unitDouble()), 1e-12), 1 - 0x1p-24)
+                    let u = GumbelTopK.uniform(&g)
                     let x = logits[Int(i)] * invT
                     if GumbelTopK.cannotEnter(x, uniform: u, threshold: bar) { return }
                     sampled.push(i, x - logf(-logf(u)))

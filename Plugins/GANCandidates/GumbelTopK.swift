@@ -12,9 +12,19 @@
 // computed: the test only skips items the full computation would reject.
 // (Checked exhaustively in float arithmetic: over all 334,709,556 floats u
 // in [1e-12, 1), logf(−logf(u)) minus the bound is never below 0; the
-// scorer keeps u in [1e-12, 1 − 2^-24].)
+// draw keeps u in [1e-12, 1 − 2^-24].)
+
+import PerennialCore
 
 enum GumbelTopK {
+    /// The uniform draw behind an item's key, kept in [1e-12, 1 − 2^-24]:
+    /// a draw that rounds to 1.0 as a Float would make the key +inf and let
+    /// any item in.
+    @inline(__always)
+    static func uniform(_ g: inout SplitMix64) -> Float {
+        min(max(Float(g.unitDouble()), 1e-12), 1 - 0x1p-24)
+    }
+
     @inline(__always)
     static func cannotEnter(_ x: Float, uniform u: Float, threshold t: Float) -> Bool {
         guard t.isFinite, x.isFinite else { return false }

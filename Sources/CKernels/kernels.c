@@ -27,26 +27,18 @@ size_t pk_next_at_least_plain(const float *x, size_t from, size_t count, float t
 // Plain loops over contiguous rows: the inner loop is an axpy, which the
 // compiler vectorises at -O3 for whatever the baseline ISA offers (SSE2 on
 // x86-64; the AVX2+FMA versions below take eight floats per instruction).
+void pk_axpy_plain(float a, const float *x, float *y, size_t n) {
+    for (size_t k = 0; k < n; k++) y[k] += a * x[k];
+}
+
 void pk_matvec_t_acc_plain(const float *m, size_t rows, size_t cols, const float *v, float *out) {
-    for (size_t r = 0; r < rows; r++) {
-        const float *row = m + r * cols;
-        const float a = v[r];
-        if (a == 0) continue;
-        for (size_t c = 0; c < cols; c++) out[c] += a * row[c];
-    }
+    for (size_t r = 0; r < rows; r++)
+        if (v[r] != 0) pk_axpy_plain(v[r], m + r * cols, out, cols);
 }
 
 void pk_outer_acc_plain(float *m, size_t rows, size_t cols, const float *a, const float *b) {
-    for (size_t r = 0; r < rows; r++) {
-        float *row = m + r * cols;
-        const float x = a[r];
-        if (x == 0) continue;
-        for (size_t c = 0; c < cols; c++) row[c] += x * b[c];
-    }
-}
-
-void pk_axpy_plain(float a, const float *x, float *y, size_t n) {
-    for (size_t k = 0; k < n; k++) y[k] += a * x[k];
+    for (size_t r = 0; r < rows; r++)
+        if (a[r] != 0) pk_axpy_plain(a[r], b, m + r * cols, cols);
 }
 
 void pk_outer_acc_steps_plain(float *m, size_t rows, size_t cols, const float *a, size_t a_stride, const float *b,

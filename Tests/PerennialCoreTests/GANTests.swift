@@ -77,7 +77,7 @@ import Testing
             var g = SplitMix64(seed: UInt64(trial))
             var plain = TopK(k: k), fast = TopK(k: k)
             for i in 0..<n {
-                let u = min(max(Float(g.unitDouble()), 1e-12), 1 - 0x1p-24)
+                let u = GumbelTopK.uniform(&g)
                 let x = logits[i] * invT
                 let key = x - logf(-logf(u))
                 plain.push(Int32(i), key)
