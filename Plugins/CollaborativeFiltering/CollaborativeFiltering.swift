@@ -37,6 +37,8 @@ public final class CollaborativeFilteringScorer: Scorer {
     public let name = "cf"
     public let settings: CFSettings
     let table: EmbeddingTable
+    /// Which item indices are vacant (expired items'): never a negative.
+    let vacancy: ItemVacancy
     let d: Int
 
     // Own weights beside the shared rows.
@@ -95,9 +97,10 @@ public final class CollaborativeFilteringScorer: Scorer {
 
     static let biasSlot = 0, biasAdagradSlot = 1, countSlot = 2
 
-    public init(settings: CFSettings, table: EmbeddingTable) {
+    public init(settings: CFSettings, table: EmbeddingTable, vacancy: ItemVacancy = ItemVacancy()) {
         self.settings = settings
         self.table = table
+        self.vacancy = vacancy
         popularityNegatives = settings.negativeSampling == "popularity"
         d = table.dimension
         context = ChunkedBuffer(width: d, fill: 0, rowsPerChunkLog2: 10)
@@ -122,7 +125,7 @@ public final class CollaborativeFilteringScorer: Scorer {
         name: "cf",
         summary: "matrix factorisation over the shared table, BPR-trained online, with a recency-weighted item context per user",
         readSettings: { r throws(ConfigError) in try CFSettings.read(r) },
-        make: { s, env in CollaborativeFilteringScorer(settings: s as! CFSettings, table: env.table) })
+        make: { s, env in CollaborativeFilteringScorer(settings: s as! CFSettings, table: env.table, vacancy: env.vacancy) })
 
     public func grow(users: Int, items: Int) {
         neighbourhood.grow(items: items)
@@ -134,15 +137,18 @@ public final class CollaborativeFilteringScorer: Scorer {
         ratingItems.ensure(rows: items)
         ratingUsers.ensure(rows: users)
         // Rating factors start as small deterministic noise (biases at 0).
-        let f = settings.ratingFactors
-        for r in itemCount..<items {
-            var g = SplitMix64(seed: settings.seed ^ 0xABCD ^ UInt64(r))
-            let row = ratingItems.row(r)
-            for k in 1...f { row[k] = g.nextSignedUnitFloat() * 0.01 }
-        }
+        for r in itemCount..<items { initialiseRatingItem(r) }
         itemCount = max(itemCount, items)
         for r in userCount..<max(userCount, users) { initialiseRatingUser(r) }
         userCount = max(userCount, users)
+    }
+
+    /// An item's rating factors start as small deterministic noise (bias 0).
+    private func initialiseRatingItem(_ r: Int) {
+        var g = SplitMix64(seed: settings.seed ^ 0xABCD ^ UInt64(r))
+        let row = ratingItems.row(r)
+        row[0] = 0
+        for k in 1...settings.ratingFactors { row[k] = g.nextSignedUnitFloat() * 0.01 }
     }
 
     /// A user's rating factors start as small deterministic noise (bias 0).
@@ -157,6 +163,28 @@ public final class CollaborativeFilteringScorer: Scorer {
     public func forget(user: Int32) {
         if Int(user) < recent.count { recent[Int(user)] = [] }
         initialiseRatingUser(Int(user))
+    }
+
+    /// Expired items: their own weights start again as at creation, and
+    /// they leave every user's recent items, the co-occurrence counts and
+    /// the negative sampler.
+    public func forget(items retired: RetiredItems) {
+        for i in retired.indices.map(Int.init) {
+            context.row(i).update(repeating: 0, count: d)
+            contextAdagrad[i] = 0
+            contextAnchor?.row(i).update(repeating: 0, count: d)
+            itemStats.row(i).update(repeating: 0, count: 3)
+            refreshPopularityDivisor(i)
+            initialiseRatingItem(i)
+        }
+        neighbourhood.forget(retired)
+        for u in recent.indices where recent[u].contains(where: retired.contains) {
+            recent[u].removeAll(where: retired.contains)
+        }
+        // The sampler, oldest first, without them (it fills up again from
+        // its end; once full, the oldest is replaced first, as before).
+        sampler = Array(sampler[samplerNext...] + sampler[..<samplerNext]).filter { !retired.contains($0) }
+        samplerNext = 0
     }
 
     // MARK: the user vector
@@ -271,9 +299,16 @@ public final class CollaborativeFilteringScorer: Scorer {
             } else {
                 j = Int32(rng.below(learnedItems))
             }
-            if j != item { return j }
+            if j != item && !vacancy.isVacant(j) { return j }
         }
-        return Int32((Int(item) + 1) % learnedItems)
+        // (The next index that is neither the item nor vacant, if any.)
+        var j = Int32((Int(item) + 1) % learnedItems)
+        var tries = 0
+        while (j == item || vacancy.isVacant(j)) && tries < learnedItems {
+            j = Int32((Int(j) + 1) % learnedItems)
+            tries += 1
+        }
+        return j
     }
 
     /// One BPR step for (user, item) against `negatives` sampled items.

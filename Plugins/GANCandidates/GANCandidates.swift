@@ -48,6 +48,8 @@ public final class GANScorer: Scorer {
     /// Per item: generator bias, its accumulator, discriminator bias, its accumulator.
     let biases: ChunkedBuffer<Float>
     var userRows = 0, itemRows = 0
+    /// Which item indices are vacant (expired items'): never sampled.
+    let vacancy: ItemVacancy
 
     // Learner-thread state.
     var recent: [[Int32]] = []
@@ -67,8 +69,9 @@ public final class GANScorer: Scorer {
     /// The greedy picks of the request being served (item-indexed; cleared after).
     private var serveTaken: [Bool] = []
 
-    public init(settings: GANSettings) {
+    public init(settings: GANSettings, vacancy: ItemVacancy = ItemVacancy()) {
         self.settings = settings
+        self.vacancy = vacancy
         D = settings.dimension
         genUsers = ChunkedBuffer(width: D + 1, fill: 0, rowsPerChunkLog2: 10)
         genContext = ChunkedBuffer(width: D + 1, fill: 0, rowsPerChunkLog2: 10)
@@ -85,7 +88,7 @@ public final class GANScorer: Scorer {
         name: "gan",
         summary: "an IRGAN-style candidate generator: softmax policy trained by REINFORCE against a discriminator, plus likelihood",
         readSettings: { r throws(ConfigError) in try GANSettings.read(r) },
-        make: { s, _ in GANScorer(settings: s as! GANSettings) })
+        make: { s, env in GANScorer(settings: s as! GANSettings, vacancy: env.vacancy) })
 
     private func initialise(_ b: ChunkedBuffer<Float>, from: Int, to: Int, stream: UInt64) {
         for r in from..<to {
@@ -102,6 +105,20 @@ public final class GANScorer: Scorer {
         initialise(genUsers, from: u, to: u + 1, stream: 1)
         initialise(disUsers, from: u, to: u + 1, stream: 2)
         if u < recent.count { recent[u] = [] }
+    }
+
+    /// Expired items: their rows and biases start again as at creation, and
+    /// they leave every user's recent items.
+    public func forget(items retired: RetiredItems) {
+        for i in retired.indices.map(Int.init) where i < itemRows {
+            initialise(genContext, from: i, to: i + 1, stream: 3)
+            initialise(genItems, from: i, to: i + 1, stream: 4)
+            initialise(disItems, from: i, to: i + 1, stream: 5)
+            biases.row(i).update(repeating: 0, count: 4)
+        }
+        for u in recent.indices where recent[u].contains(where: retired.contains) {
+            recent[u].removeAll(where: retired.contains)
+        }
     }
 
     public func grow(users: Int, items: Int) {
@@ -197,6 +214,8 @@ public final class GANScorer: Scorer {
         let context = recent[Int(user)].suffix(settings.contextItems)
         compose(user: user, items: context, into: &z, limit: n, users: .max)
         fillLogits(z, n: n, into: &logits)
+        // Vacant indices (expired items') get no probability mass.
+        if vacancy.any { for j in 0..<n where vacancy.isVacant(Int32(j)) { logits[j] = -.infinity } }
         // Sample S items from the softmax by inverting its cumulative sum.
         if cumulative.count < n { cumulative = .init(repeating: 0, count: logits.count) }
         var maxLogit = -Float.infinity
@@ -209,6 +228,9 @@ public final class GANScorer: Scorer {
             let target = Float(rng.unitDouble()) * total
             var lo = 0, hi = n - 1
             while lo < hi { let mid = (lo + hi) / 2; if cumulative[mid] < target { lo = mid + 1 } else { hi = mid } }
+            // (exp's clamp leaves a masked logit a mass of 1e-38: a draw of
+            // exactly 0 could land on a vacant first index.)
+            while lo + 1 < n && vacancy.isVacant(Int32(lo)) { lo += 1 }
             drawn.append(Int32(lo))
         }
         // Discriminator: the observed item is real, the drawn ones generated.

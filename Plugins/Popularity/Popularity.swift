@@ -40,6 +40,11 @@ public final class PopularityScorer: Scorer {
         itemCount = items
     }
 
+    /// Expired items: their counts go.
+    public func forget(items: RetiredItems) {
+        for i in items.indices { counts[Int(i)] = 0 }
+    }
+
     public func learn(_ event: LearnEvent) {
         learned += 1
         let weight = event.kind == .rating ? 1 : Double(event.value)

@@ -36,6 +36,8 @@ public final class SessionRNNScorer: Scorer {
     public let name = "session-rnn"
     public let settings: SessionRNNSettings
     let table: EmbeddingTable
+    /// Which item indices are vacant (expired items'): never a negative.
+    let vacancy: ItemVacancy
     let d: Int
     let layout: GRULayout
     /// GRU weights, then W_o (d × d), then b_o (d).
@@ -72,9 +74,10 @@ public final class SessionRNNScorer: Scorer {
     private var serveTransitions: [Float] = []
     private var touched: [Int32] = []
 
-    public init(settings: SessionRNNSettings, table: EmbeddingTable) {
+    public init(settings: SessionRNNSettings, table: EmbeddingTable, vacancy: ItemVacancy = ItemVacancy()) {
         self.settings = settings
         self.table = table
+        self.vacancy = vacancy
         d = table.dimension
         layout = GRULayout(inputs: d, hidden: d)
         count = layout.count + d * d + d
@@ -110,7 +113,7 @@ public final class SessionRNNScorer: Scorer {
         name: "session-rnn",
         summary: "a GRU over the session's recent items (shared rows in and out), trained online by sampled softmax, blended with transition counts",
         readSettings: { r throws(ConfigError) in try SessionRNNSettings.read(r) },
-        make: { s, env in SessionRNNScorer(settings: s as! SessionRNNSettings, table: env.table) })
+        make: { s, env in SessionRNNScorer(settings: s as! SessionRNNSettings, table: env.table, vacancy: env.vacancy) })
 
     public func grow(users: Int, items: Int) {
         itemBias.ensure(rows: items)
@@ -129,6 +132,16 @@ public final class SessionRNNScorer: Scorer {
     /// The user's id expired: their sequence starts again.
     public func forget(user: Int32) {
         if Int(user) < recent.count { recent[Int(user)] = [] }
+    }
+
+    /// Expired items: their biases start again, and they leave every
+    /// user's sequence and the transition counts.
+    public func forget(items retired: RetiredItems) {
+        for i in retired.indices { itemBias.row(Int(i)).update(repeating: 0, count: 2) }
+        transitions.forget(retired)
+        for u in recent.indices where recent[u].contains(where: retired.contains) {
+            recent[u].removeAll(where: retired.contains)
+        }
     }
 
     public func learn(_ e: LearnEvent) {
@@ -165,7 +178,8 @@ public final class SessionRNNScorer: Scorer {
         for k in 1...K { cands[k] = Int32(rng.below(learnedItems)) }
         var maxLogit = -Float.infinity
         for k in 0...K {
-            if k > 0 && cands[k] == target { logits[k] = -.infinity; continue }
+            // (A vacant index drawn is masked the same way: no step on its row.)
+            if k > 0 && (cands[k] == target || vacancy.isVacant(cands[k])) { logits[k] = -.infinity; continue }
             let s = itemBias.row(Int(cands[k]))[0] + pk_dot(q, table.item(cands[k]), d)
             logits[k] = s
             maxLogit = max(maxLogit, s)

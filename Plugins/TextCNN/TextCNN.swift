@@ -205,6 +205,31 @@ public final class TextCNNScorer: Scorer {
         if let at = pendingUsers[user] { for k in 0..<D { pendingUserGrad[at + k] = 0 } }
     }
 
+    /// Expired items: their texts (served, waiting and the learner's), their
+    /// offsets with their Adam state and any gradient waiting in the
+    /// minibatch, and their cached encodings go; they leave the negatives'
+    /// pool. (The learner is idle: its state may be changed here.)
+    public func forget(items retired: RetiredItems) {
+        texts.withLock { t in for i in retired.indices { t.removeValue(forKey: i) } }
+        let dropped = textChanges.withLock { queue -> Int in
+            let before = queue.count
+            queue.removeAll { retired.contains($0.item) }
+            return before - queue.count
+        }
+        textChangesWaiting.subtract(dropped, ordering: .relaxed)
+        for i in retired.indices {
+            learnerTexts.removeValue(forKey: i)
+            seen.remove(i)
+            guard Int(i) < offsetRows else { continue }
+            offsets.row(Int(i)).update(repeating: 0, count: D)
+            offsetM.row(Int(i)).update(repeating: 0, count: D)
+            offsetV.row(Int(i)).update(repeating: 0, count: D)
+            if let at = pendingOffsets[i] { for k in 0..<D { pendingOffsetGrad[at + k] = 0 } }
+            if Int(i) < cacheStep.count { cacheStep[Int(i)] = -1 }
+        }
+        seenItems.removeAll(where: retired.contains)
+    }
+
     public func grow(users n: Int, items: Int) {
         users.ensure(rows: n)
         userM.ensure(rows: n)

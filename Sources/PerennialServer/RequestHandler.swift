@@ -347,15 +347,18 @@ final class RequestHandler {
 
     /// How far ahead of the server's clock an event may be stamped, and the
     /// rule that says so. Id expiry takes an event's timestamp as the time,
-    /// so with `expire_after_seconds` on, an event stamped s seconds ahead
-    /// expires users idle for the limit minus s: a tenth of the limit at
-    /// most keeps every user for 90% of their idle time.
+    /// so with `expire_after_seconds` (or `item_expire_after_seconds`) on,
+    /// an event stamped s seconds ahead expires ids idle for the limit
+    /// minus s: a tenth of the limit at most keeps every id for 90% of its
+    /// idle time.
     private var allowedFutureSeconds: (Int, String) {
-        let limit = config.limits.maxFutureSeconds, expiry = config.lifelong.expireAfterSeconds
-        if expiry > 0 && expiry / 10 < limit {
-            return (Int(expiry / 10), "a tenth of lifelong.expire_after_seconds = \(expiry)")
+        var allowed = (config.limits.maxFutureSeconds, "limits.max_future_seconds")
+        for (key, expiry) in [("expire_after_seconds", config.lifelong.expireAfterSeconds),
+                              ("item_expire_after_seconds", config.lifelong.itemExpireAfterSeconds)]
+        where expiry > 0 && expiry / 10 < allowed.0 {
+            allowed = (Int(expiry / 10), "a tenth of lifelong.\(key) = \(expiry)")
         }
-        return (limit, "limits.max_future_seconds")
+        return allowed
     }
 
     /// Checks tokens: with `auth.token_file` set, everything but HELLO needs

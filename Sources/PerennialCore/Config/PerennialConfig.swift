@@ -74,6 +74,8 @@ public struct LifelongConfig: Sendable, Equatable {
     public var minOccurrences = 1
     public var maxUsers = 0
     public var expireAfterSeconds = 0
+    /// Expiry of item ids unseen this long in event time (ItemLifecycle; 0 = never).
+    public var itemExpireAfterSeconds = 0
     /// Seed of replay's draws: learning is reproducible from the log.
     public var seed: UInt64 = 99
     public init() {}
@@ -244,6 +246,7 @@ public struct PerennialConfig: Sendable {
         ll.minOccurrences = try r.int("lifelong.min_occurrences", default: ll.minOccurrences, in: 1...255)
         ll.maxUsers = try r.int("lifelong.max_users", default: ll.maxUsers, in: 0...100_000_000)
         ll.expireAfterSeconds = try r.int("lifelong.expire_after_seconds", default: ll.expireAfterSeconds, in: 0...(1 << 40))
+        ll.itemExpireAfterSeconds = try r.int("lifelong.item_expire_after_seconds", default: ll.itemExpireAfterSeconds, in: 0...(1 << 40))
         ll.seed = UInt64(try r.int("lifelong.seed", default: Int(ll.seed), in: 0...Int.max))
         c.lifelong = ll
 

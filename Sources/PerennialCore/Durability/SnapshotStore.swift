@@ -43,7 +43,7 @@ public struct SnapshotStore: Sendable {
     public let directory: String
     public static let magic = Array("PRNSNAP1".utf8)
     /// 2: lifelong-learning state (replay, anchors, meta start, id lifecycle).
-    public static let version: UInt32 = 2
+    public static let version: UInt32 = 3
 
     public init(directory: String) { self.directory = directory }
 

@@ -40,6 +40,12 @@ public struct ReplayBuffer {
         return events[rng.below(events.count)]
     }
 
+    /// Drops the held events of expired items (their indices will name
+    /// other items). The sample stays uniform over the events kept.
+    public mutating func remove(_ retired: RetiredItems) {
+        events.removeAll { retired.contains($0.item) }
+    }
+
     public var bytes: Int { events.capacity * MemoryLayout<LearnEvent>.stride }
 
     public func save(to w: inout SnapshotWriter) {

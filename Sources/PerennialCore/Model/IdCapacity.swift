@@ -8,7 +8,8 @@
 // restart, since recovery replays the log. Known ids keep learning at the
 // bound. Users have a second answer, eviction: with `[lifelong] max_users`
 // the least recently seen user makes room, so this bound is not applied to
-// them then.
+// them then. Items idle past `[lifelong] item_expire_after_seconds` count as
+// room when the batch's time runs an expiry sweep.
 //
 // Admitting thread only (it reads the id maps and the admission sketch).
 
@@ -36,6 +37,21 @@ extension Model {
         let checkUsers = boundUsers && users.liveCount + events.count + 1 > maxUserIDs
         let checkItems = boundItems && items.liveCount + events.count > maxItemIDs
         guard checkUsers || checkItems else { return nil }
+        // Item expiry: a sweep due at this batch's time frees the idle
+        // items' rows before its events are admitted, and an idle item the
+        // batch names comes back as a new one.
+        var itemsHeld = items.liveCount
+        var sweepTime: Int64? = nil
+        if checkItems, let first = events.first, itemLifecycle.sweepDue(now: first.timestamp) {
+            sweepTime = first.timestamp
+            for i in 0..<Int32(items.count) where items.id(at: i) != 0 && itemLifecycle.isIdle(i, now: first.timestamp) {
+                itemsHeld -= 1
+            }
+        }
+        func isNewItem(_ id: UInt64) -> Bool {
+            guard let i = items.index(of: id) else { return true }
+            return sweepTime.map { itemLifecycle.isIdle(i, now: $0) } ?? false
+        }
         // Admission is simulated for users: age expiry forgets idle users
         // at the batch's first timestamp and again before each new user
         // takes a row (at that event's time), so their rows are free; a
@@ -61,8 +77,8 @@ extension Model {
         // Sightings in this batch of user ids not yet admitted (min_occurrences > 1).
         var sightings: [UInt64: Int] = [:]
         for (n, e) in events.enumerated() {
-            if checkItems, items.index(of: e.item) == nil, newItems.insert(e.item).inserted,
-               items.liveCount + newItems.count > maxItemIDs {
+            if checkItems, isNewItem(e.item), newItems.insert(e.item).inserted,
+               itemsHeld + newItems.count > maxItemIDs {
                 return IdBoundBreach(index: n, kind: .item, id: e.item, limit: maxItemIDs)
             }
             guard checkUsers, !newUsers.contains(e.user) else { continue }

@@ -28,18 +28,27 @@ public final class IdMap {
     /// The index of `id`, inserting it when new; `isNew` says which.
     @inline(__always)
     public func insert(_ id: UInt64) -> (index: Int32, isNew: Bool) {
-        if let i = dense[id] { return (i, false) }
+        let (i, isNew, _) = insertReportingReuse(id)
+        return (i, isNew)
+    }
+
+    /// `insert`, also saying whether the id took a vacant index (a new id
+    /// whose index held an expired one: `isNew` is false then, since no
+    /// table grows).
+    @inline(__always)
+    public func insertReportingReuse(_ id: UInt64) -> (index: Int32, isNew: Bool, reused: Bool) {
+        if let i = dense[id] { return (i, false, false) }
         if let i = vacant.popLast() {
             external[Int(i)] = id
             dense[id] = i
-            return (i, false)
+            return (i, false, true)
         }
         let i = Int32(allocated)
         allocated += 1
         external.ensure(rows: allocated)
         external[Int(i)] = id
         dense[id] = i
-        return (i, true)
+        return (i, true, false)
     }
 
     /// Forgets the id at `index`; the index is reused by a later new id.

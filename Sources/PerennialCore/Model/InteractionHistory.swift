@@ -56,6 +56,16 @@ public final class InteractionHistory {
         lists[u] = []
     }
 
+    /// Removes expired items from every user's list (an item expiry sweep:
+    /// their indices will name other items).
+    public func remove(_ retired: RetiredItems) {
+        for u in lists.indices where lists[u].contains(where: retired.contains) {
+            let before = lists[u].count
+            lists[u].removeAll(where: retired.contains)
+            totalEntries -= before - lists[u].count
+        }
+    }
+
     /// The user's items, oldest first.
     public func items(of user: Int32) -> [Int32] {
         let u = Int(user)

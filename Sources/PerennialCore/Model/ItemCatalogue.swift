@@ -31,6 +31,11 @@ public final class ItemCatalogue {
         return old == nil
     }
 
+    /// Forgets an item's record (its id expired).
+    public func remove(_ item: Int32) {
+        if let old = records.removeValue(forKey: item) { textBytes -= old.text.utf8.count }
+    }
+
     public func record(of item: Int32) -> ItemRecord? { records[item] }
 
     /// Every stored record, in item order.

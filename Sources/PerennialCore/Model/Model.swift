@@ -104,6 +104,10 @@ public final class Model: @unchecked Sendable {
     /// the shared fallback user once one exists.
     public let lifecycle: IdLifecycle
     public private(set) var fallbackUser: Int32?
+    /// Item ids' expiry (admitting thread), and which item indices are
+    /// vacant as the learner sees them.
+    public let itemLifecycle: ItemLifecycle
+    public let itemVacancy = ItemVacancy()
 
     // Per-request scratch, reused so that serving allocates little.
     private let exclusions = ExclusionSet()
@@ -117,7 +121,8 @@ public final class Model: @unchecked Sendable {
         lifelong = config.lifelong
         replayBuffer = ReplayBuffer(capacity: config.lifelong.replayBuffer, seed: config.lifelong.seed)
         lifecycle = IdLifecycle(config.lifelong)
-        let environment = ScorerEnvironment(table: table)
+        itemLifecycle = ItemLifecycle(expireAfterSeconds: config.lifelong.itemExpireAfterSeconds)
+        let environment = ScorerEnvironment(table: table, vacancy: itemVacancy)
         var made: [any Scorer] = []
         for sc in config.scorers {
             guard let factory = registry.factory(named: sc.name) else { preconditionFailure("unvalidated scorer \(sc.name)") }
@@ -149,6 +154,8 @@ public final class Model: @unchecked Sendable {
 
     private func growScorers() {
         lifecycle.grow(users: users.count)
+        itemLifecycle.grow(items: items.count)
+        itemVacancy.grow(items: items.count)
         table.grow(users: users.count, items: items.count)
         for s in scorers { s.grow(users: users.count, items: items.count) }
     }
@@ -163,10 +170,15 @@ public final class Model: @unchecked Sendable {
             // Users unseen for too long go, batch by batch.
             expireUsers(now: first.timestamp == 0 ? now : first.timestamp, makeRoom: false)
         }
+        if itemLifecycle.enabled, let first = events.first {
+            let time = first.timestamp == 0 ? now : first.timestamp
+            if itemLifecycle.sweepDue(now: time) { expireItems(now: time) }
+        }
         for e in events {
             let timestamp = e.timestamp == 0 ? now : e.timestamp
             let (u, newUser, shared) = admitUser(e.user, timestamp: timestamp)
-            let (i, newItem) = items.insert(e.item)
+            let (i, newItem) = admitItem(e.item)
+            itemLifecycle.touch(i, timestamp: timestamp)
             grew = grew || newUser || newItem
             lastSeq += 1
             let value = (e.kind != .rating && e.value == 0) ? 1 : e.value
@@ -220,11 +232,68 @@ public final class Model: @unchecked Sendable {
         }
     }
 
+    /// The index for an item id: its own, or a new one (an expired item's
+    /// vacant index when there is one). Returns whether tables must grow.
+    private func admitItem(_ id: UInt64) -> (Int32, Bool) {
+        let (i, isNew, reused) = items.insertReportingReuse(id)
+        if isNew {
+            itemLifecycle.grow(items: items.count)
+            itemVacancy.grow(items: items.count)
+        }
+        if reused {
+            // The index was reset when its item expired; from the next log
+            // position on it holds this item.
+            itemVacancy.markTaken(i, after: lastSeq)
+            itemLifecycle.reset(i)
+            forEachExclusionSet { $0.readmit(i) }
+        }
+        return (i, isNew)
+    }
+
+    /// Every item idle for the expiry time goes, with every reference to
+    /// it (ItemLifecycle): its id, text and history entries here, its row
+    /// in the table, and each scorer's state for it. The learner must be
+    /// idle for that, so this waits for it (a caller that admits and
+    /// learns on one thread has always learned what it admitted).
+    private func expireItems(now: Int64) {
+        let idle = itemLifecycle.sweep(now: now, items: items.count) { items.id(at: $0) != 0 }
+        guard !idle.isEmpty else { return }
+        while appliedSeq < lastSeq { usleep(50) }
+        let retired = RetiredItems(idle, itemCount: items.count)
+        history.remove(retired)
+        replayBuffer.remove(retired)
+        replayHeld.store(UInt64(replayBuffer.events.count), ordering: .relaxed)
+        for s in scorers { s.forget(items: retired) }
+        for i in idle {
+            table.resetItem(i)
+            catalogue.remove(i)
+            items.remove(index: i)
+            itemVacancy.markVacant(i)
+            forEachExclusionSet { $0.excludeAlways(i) }
+        }
+    }
+
+    /// Every exclusion set requests use (each keeps vacant items excluded).
+    private func forEachExclusionSet(_ body: (ExclusionSet) -> Void) {
+        body(exclusions)
+        for set in batchExclusions { body(set) }
+    }
+
+    /// A new exclusion set, with the vacant item indices excluded.
+    private func makeExclusionSet() -> ExclusionSet {
+        let set = ExclusionSet()
+        for i in items.vacantIndices { set.excludeAlways(i) }
+        return set
+    }
+
     /// Stores an item's text (cut to `maxTextBytes` at a character
     /// boundary). Returns whether the id was new and whether the text was cut.
     public func upsertItem(id: UInt64, text: String, attributes: [(String, String)]) -> (created: Bool, truncated: Bool) {
-        let (index, isNew) = items.insert(id)
-        if isNew { growScorers() }
+        let wasKnown = items.index(of: id) != nil
+        let (index, grows) = admitItem(id)
+        let isNew = !wasKnown
+        if grows { growScorers() }
+        itemLifecycle.touchUpsert(index)
         let kept = cutText(text)
         catalogue.upsert(index, ItemRecord(text: kept, attributes: attributes))
         for s in scorers { s.itemTextChanged(index, text: kept, after: lastSeq) }
@@ -291,7 +360,7 @@ public final class Model: @unchecked Sendable {
     /// All or nothing: on error the old scorers stay. Returns what changed.
     public func reconfigure(_ config: PerennialConfig) throws -> [String] {
         precondition(appliedSeq == lastSeq, "reconfigure needs an idle learner")
-        let environment = ScorerEnvironment(table: table)
+        let environment = ScorerEnvironment(table: table, vacancy: itemVacancy)
         var next: [any Scorer] = []
         var changes: [String] = []
         for sc in config.scorers {
@@ -347,7 +416,8 @@ public final class Model: @unchecked Sendable {
         for u in 0..<users.count { w.u64(users.id(at: Int32(u))) }  // 0 = a vacant index
         w.int32s(users.vacantIndices)
         w.int(items.count)
-        for i in 0..<items.count { w.u64(items.id(at: Int32(i))) }
+        for i in 0..<items.count { w.u64(items.id(at: Int32(i))) }  // 0 = a vacant index
+        w.int32s(items.vacantIndices)
         w.mark("history")
         for u in 0..<users.count { w.int32s(history.items(of: Int32(u))) }
         w.mark("catalogue")
@@ -372,6 +442,8 @@ public final class Model: @unchecked Sendable {
         table.meta?.save(to: &w, users: table.userRows)
         replayBuffer.save(to: &w)
         lifecycle.save(to: &w, users: users.count)
+        itemLifecycle.save(to: &w, items: items.count)
+        itemVacancy.save(to: &w, items: items.count)
         // Each scorer's state is a named, length-prefixed block, so a config
         // that adds or drops a scorer can still load the others.
         w.int(scorers.count)
@@ -396,8 +468,11 @@ public final class Model: @unchecked Sendable {
         users.restore(ids: userIDs, vacant: try r.int32s())
         fallbackUser = users.index(of: IdLifecycle.fallbackUserID)
         let itemCount = try r.int()
-        for _ in 0..<itemCount { _ = items.insert(try r.u64()) }
+        var itemIDs: [UInt64] = []
+        for _ in 0..<itemCount { itemIDs.append(try r.u64()) }
+        items.restore(ids: itemIDs, vacant: try r.int32s())
         growScorers()
+        for i in items.vacantIndices { forEachExclusionSet { $0.excludeAlways(i) } }
         try r.mark("history")
         for u in 0..<userCount { history.restore(user: Int32(u), items: try r.int32s()) }
         try r.mark("catalogue")
@@ -443,6 +518,8 @@ public final class Model: @unchecked Sendable {
         }
         try replayBuffer.load(from: &r)
         try lifecycle.load(from: &r, users: userCount)
+        try itemLifecycle.load(from: &r, items: itemCount)
+        try itemVacancy.load(from: &r, items: itemCount)
         lifecycle.enrollUntracked(users: userCount) { u in users.id(at: u) != 0 && u != fallbackUser }
         replayHeld.store(UInt64(replayBuffer.events.count), ordering: .relaxed)
         replayed.store(replayBuffer.drawn, ordering: .relaxed)
@@ -478,6 +555,7 @@ public final class Model: @unchecked Sendable {
     /// user's row teaches it, and `replay` past events from the reservoir
     /// are learned again by the scorers that replay.
     public func learn(_ event: LearnEvent) {
+        itemVacancy.position = event.seq
         if lifecycle.learnedGeneration[Int(event.user)] != event.userGeneration {
             // The index serves a new user now: forget the old one.
             lifecycle.learnedGeneration[Int(event.user)] = event.userGeneration
@@ -557,7 +635,7 @@ public final class Model: @unchecked Sendable {
             }
         }
         for (scorer, members) in groups {
-            while batchExclusions.count < members.count { batchExclusions.append(ExclusionSet()) }
+            while batchExclusions.count < members.count { batchExclusions.append(makeExclusionSet()) }
             var queries: [ScoringQuery] = []
             var tops: [TopK] = []
             queries.reserveCapacity(members.count)
@@ -622,7 +700,8 @@ public final class Model: @unchecked Sendable {
         var c: [(String, UInt64)] = [
             ("users", UInt64(users.liveCount)),
             ("user_rows", UInt64(users.count)),
-            ("items", UInt64(items.count)),
+            ("items", UInt64(items.liveCount)),
+            ("item_rows", UInt64(items.count)),
             ("items_with_text", UInt64(catalogue.count)),
             ("history_entries", UInt64(history.totalEntries)),
             ("id_map_bytes", UInt64(users.bytes + items.bytes)),
@@ -642,7 +721,10 @@ public final class Model: @unchecked Sendable {
             ("lifelong_max_users", UInt64(lifecycle.maxUsers)),
             ("lifelong_users_expired", lifecycle.expired),
             ("lifelong_shared_user_events", lifecycle.sharedEvents),
-            ("lifelong_lifecycle_bytes", UInt64(lifecycle.bytes)),
+            ("lifelong_lifecycle_bytes", UInt64(lifecycle.bytes + itemLifecycle.bytes)),
+            ("lifelong_item_expire_after_seconds", UInt64(itemLifecycle.expireAfterSeconds)),
+            ("lifelong_items_expired", itemLifecycle.expired),
+            ("lifelong_item_sweeps", itemLifecycle.sweeps),
         ]
         for s in scorers {
             for (name, v) in s.counters { c.append(("\(s.name.replacingOccurrences(of: "-", with: "_"))_\(name)", v)) }

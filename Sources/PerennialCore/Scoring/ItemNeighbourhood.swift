@@ -83,15 +83,7 @@ public final class ItemNeighbourhood {
             rebuild.sort { $0.1 > $1.1 }
             rebuild.removeLast(rebuild.count - capacity / 2)
         }
-        for s in 0..<(2 * capacity) { row[s] = ItemNeighbourhood.empty }
-        used[Int(a)] = 0
-        for (k, c) in rebuild {
-            var s = home(k)
-            while row[2 * s].bitPattern != UInt32.max { s = (s + 1) & (capacity - 1) }
-            row[2 * s + 1] = c
-            row[2 * s] = Float(bitPattern: UInt32(bitPattern: k))
-            used[Int(a)] += 1
-        }
+        refill(a, rebuild)
     }
 
     /// Counts the pairs (item, each of the user's last `window` items).
@@ -109,6 +101,47 @@ public final class ItemNeighbourhood {
             add(item, p, 1)
             add(p, item, 1)
             pairs += 1
+        }
+    }
+
+    /// Expired items: their own tables empty, and every count naming them
+    /// dropped from the others' (their indices will name other items).
+    /// Visits every table: a sweep's work, done once for many items, with
+    /// the learner idle.
+    public func forget(_ retired: RetiredItems) {
+        for i in retired.indices where Int(i) < items {
+            let row = slots.row(Int(i))
+            for s in 0..<(2 * capacity) { row[s] = ItemNeighbourhood.empty }
+            used[Int(i)] = 0
+        }
+        for a in 0..<items where used[a] > 0 {
+            let row = slots.row(a)
+            var named = false
+            for s in 0..<capacity {
+                let k = row[2 * s].bitPattern
+                if k != UInt32.max && retired.contains(Int32(bitPattern: k)) { named = true; break }
+            }
+            guard named else { continue }
+            rebuild.removeAll(keepingCapacity: true)
+            for s in 0..<capacity where row[2 * s].bitPattern != UInt32.max {
+                let k = Int32(bitPattern: row[2 * s].bitPattern)
+                if !retired.contains(k) { rebuild.append((k, row[2 * s + 1])) }
+            }
+            refill(Int32(a), rebuild)
+        }
+    }
+
+    /// Item a's table holding exactly `entries`.
+    private func refill(_ a: Int32, _ entries: [(Int32, Float)]) {
+        let row = slots.row(Int(a))
+        for s in 0..<(2 * capacity) { row[s] = ItemNeighbourhood.empty }
+        used[Int(a)] = 0
+        for (k, c) in entries {
+            var s = home(k)
+            while row[2 * s].bitPattern != UInt32.max { s = (s + 1) & (capacity - 1) }
+            row[2 * s + 1] = c
+            row[2 * s] = Float(bitPattern: UInt32(bitPattern: k))
+            used[Int(a)] += 1
         }
     }
 

@@ -105,6 +105,16 @@ public protocol Scorer: AnyObject {
     /// everything learned about the index (learner thread, before the new
     /// user's first event is learned).
     func forget(user: Int32)
+    /// Item ids expired (ItemLifecycle) and their indices will serve new
+    /// items: forget everything learned about those indices, and every
+    /// reference to them (recent items, co-occurrences, negative samplers,
+    /// caches), so a new item taking an index starts as a never-seen one.
+    /// Admitting thread, with the learner idle (so the scorer's learner
+    /// state may be changed here). No default: a scorer that kept a stale
+    /// reference would credit a new item with an old one's history.
+    /// Negative sampling must also skip the indices `ItemVacancy` says are
+    /// vacant.
+    func forget(items: RetiredItems)
     /// An item's text was stored or replaced (admitting thread, after
     /// `grow` made room for the item; also for every stored text when a
     /// model is restored or a scorer is added by a reload), at log position
@@ -157,10 +167,15 @@ extension Scorer {
     public var preferredEpochs: Int { 1 }
 }
 
-/// What the model hands a scorer it builds: the shared embedding table.
+/// What the model hands a scorer it builds: the shared embedding table, and
+/// which item indices are vacant (expired items') for the learner.
 public struct ScorerEnvironment {
     public let table: EmbeddingTable
-    public init(table: EmbeddingTable) { self.table = table }
+    public let vacancy: ItemVacancy
+    public init(table: EmbeddingTable, vacancy: ItemVacancy = ItemVacancy()) {
+        self.table = table
+        self.vacancy = vacancy
+    }
 }
 
 /// Settings a scorer read from its config section.

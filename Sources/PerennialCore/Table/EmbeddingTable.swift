@@ -83,6 +83,16 @@ public final class EmbeddingTable: @unchecked Sendable {
         meta?.reset(user: u)
     }
 
+    /// An item index's id expired (id lifecycle): its row starts again as
+    /// at creation, with fresh optimiser and anchor state, ready for the
+    /// next item to take the index. Admitting thread, learner idle.
+    public func resetItem(_ i: Int32) {
+        initialise(items.row(Int(i)), stream: 2, index: Int(i))
+        itemAdagrad[Int(i)] = 0
+        anchors?.items.row(Int(i)).update(from: items.row(Int(i)), count: dimension)
+        noteItemChanged(i)
+    }
+
     private func initialise(_ row: UnsafeMutablePointer<Float>, stream: UInt64, index: Int) {
         var rng = SplitMix64(seed: seed ^ (stream << 56) ^ UInt64(index))
         let scale = initScale / Float(dimension).squareRoot()
