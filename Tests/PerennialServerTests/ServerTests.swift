@@ -698,6 +698,21 @@ import Synchronization
         _ = try await c.feedback([WireEvent(user: 11, item: 8, kind: .click, timestamp: now + 300)])
         let stats = try await c.stats()
         #expect(stats["events_accepted"] == 6 && stats["lifelong_users_expired"] == 0 && stats["users"] == 6)
+        // Item expiry bounds it the same way, and forgets no item.
+        let items = try TestServer("[lifelong]\nitem_expire_after_seconds = 3600\n")
+        defer { items.stop() }
+        let d = try await PerennialClient.connect(port: items.port)
+        defer { d.close() }
+        _ = try await d.feedback((1...5).map { WireEvent(user: 1, item: UInt64($0), kind: .click, timestamp: now) })
+        do {
+            _ = try await d.feedback([WireEvent(user: 2, item: 9, kind: .click, timestamp: now + 400)])
+            Issue.record("a timestamp 400 s ahead was accepted")
+        } catch PerennialClientError.server(let code, _, _, let message) {
+            #expect(code == .invalidEvent && message.contains("item_expire_after_seconds"), "\(message)")
+        }
+        _ = try await d.feedback([WireEvent(user: 2, item: 9, kind: .click, timestamp: now + 300)])
+        let itemStats = try await d.stats()
+        #expect(itemStats["items"] == 6 && itemStats["lifelong_items_expired"] == 0)
     }
 }
 

@@ -50,6 +50,9 @@ public struct SnapshotWriter {
 public struct SnapshotReader {
     let bytes: [UInt8]
     public private(set) var offset: Int
+    /// The format the bytes were written in (SnapshotStore.version, or an
+    /// older one this build still reads).
+    public var format: UInt32 = SnapshotStore.version
 
     public init(bytes: [UInt8], offset: Int = 0) {
         self.bytes = bytes

@@ -44,6 +44,10 @@ public struct SnapshotStore: Sendable {
     public static let magic = Array("PRNSNAP1".utf8)
     /// 2: lifelong-learning state (replay, anchors, meta start, id lifecycle).
     public static let version: UInt32 = 3
+    /// Formats this build reads: 2 lacks item expiry's state (read as no
+    /// item ever expired), so a data directory whose log before its
+    /// snapshot is pruned still starts after an upgrade.
+    public static let readable: ClosedRange<UInt32> = 2...3
 
     public init(directory: String) { self.directory = directory }
 
@@ -159,8 +163,9 @@ public struct SnapshotStore: Sendable {
         }
         _ = try r.u64()  // magic
         let version = try r.u32()
-        guard version == SnapshotStore.version else {
-            throw LogError("\(path): snapshot format \(version) is not this build's (\(SnapshotStore.version)); it was written by another version of perennial, so start-up rebuilds from the log instead")
+        r.format = version
+        guard SnapshotStore.readable.contains(version) else {
+            throw LogError("\(path): snapshot format \(version) is not one this build reads (\(SnapshotStore.readable.lowerBound)-\(SnapshotStore.version)); it was written by another version of perennial, so start-up rebuilds from the log instead")
         }
         let seq = try r.u64(), segment = try r.u64(), length = try r.u64()
         guard let segmentNumber = Int(exactly: segment), let size = Int(exactly: length),

@@ -108,6 +108,9 @@ public final class Model: @unchecked Sendable {
     /// vacant as the learner sees them.
     public let itemLifecycle: ItemLifecycle
     public let itemVacancy = ItemVacancy()
+    /// The longest an item expiry sweep held the admitting thread (waiting
+    /// for the learner included), in µs since start (STATS).
+    public private(set) var itemSweepMaxMicros: UInt64 = 0
 
     // Per-request scratch, reused so that serving allocates little.
     private let exclusions = ExclusionSet()
@@ -256,9 +259,17 @@ public final class Model: @unchecked Sendable {
     /// idle for that, so this waits for it (a caller that admits and
     /// learns on one thread has always learned what it admitted).
     private func expireItems(now: Int64) {
+        let started = MonotonicClock.nowNanos()
+        var drained = started
         let idle = itemLifecycle.sweep(now: now, items: items.count) { items.id(at: $0) != 0 }
+        defer {
+            let end = MonotonicClock.nowNanos()
+            itemSweepMaxMicros = max(itemSweepMaxMicros, (end - started) / 1000)
+            Log.debug("item expiry: a sweep at \(now) forgot \(idle.count) items: \((drained - started) / 1000) µs waiting for the learner, \((end - drained) / 1000) µs forgetting")
+        }
         guard !idle.isEmpty else { return }
         while appliedSeq < lastSeq { usleep(50) }
+        drained = MonotonicClock.nowNanos()
         let retired = RetiredItems(idle, itemCount: items.count)
         history.remove(retired)
         replayBuffer.remove(retired)
@@ -470,7 +481,7 @@ public final class Model: @unchecked Sendable {
         let itemCount = try r.int()
         var itemIDs: [UInt64] = []
         for _ in 0..<itemCount { itemIDs.append(try r.u64()) }
-        items.restore(ids: itemIDs, vacant: try r.int32s())
+        items.restore(ids: itemIDs, vacant: r.format >= 3 ? try r.int32s() : [])
         growScorers()
         for i in items.vacantIndices { forEachExclusionSet { $0.excludeAlways(i) } }
         try r.mark("history")
@@ -518,8 +529,10 @@ public final class Model: @unchecked Sendable {
         }
         try replayBuffer.load(from: &r)
         try lifecycle.load(from: &r, users: userCount)
-        try itemLifecycle.load(from: &r, items: itemCount)
-        try itemVacancy.load(from: &r, items: itemCount)
+        if r.format >= 3 {
+            try itemLifecycle.load(from: &r, items: itemCount)
+            try itemVacancy.load(from: &r, items: itemCount)
+        }
         lifecycle.enrollUntracked(users: userCount) { u in users.id(at: u) != 0 && u != fallbackUser }
         replayHeld.store(UInt64(replayBuffer.events.count), ordering: .relaxed)
         replayed.store(replayBuffer.drawn, ordering: .relaxed)
@@ -725,6 +738,7 @@ public final class Model: @unchecked Sendable {
             ("lifelong_item_expire_after_seconds", UInt64(itemLifecycle.expireAfterSeconds)),
             ("lifelong_items_expired", itemLifecycle.expired),
             ("lifelong_item_sweeps", itemLifecycle.sweeps),
+            ("lifelong_item_sweep_max_us", itemSweepMaxMicros),
         ]
         for s in scorers {
             for (name, v) in s.counters { c.append(("\(s.name.replacingOccurrences(of: "-", with: "_"))_\(name)", v)) }
