@@ -301,14 +301,15 @@ public final class CollaborativeFilteringScorer: Scorer {
             }
             if j != item && !vacancy.isVacant(j) { return j }
         }
-        // (The next index that is neither the item nor vacant, if any.)
+        // The next index that is neither the item nor vacant; the item
+        // itself when there is none (every other index vacant after a
+        // sweep: the step then skips it, and no vacant row is trained).
         var j = Int32((Int(item) + 1) % learnedItems)
-        var tries = 0
-        while (j == item || vacancy.isVacant(j)) && tries < learnedItems {
+        for _ in 0..<learnedItems {
+            if j != item && !vacancy.isVacant(j) { return j }
             j = Int32((Int(j) + 1) % learnedItems)
-            tries += 1
         }
-        return j
+        return item
     }
 
     /// One BPR step for (user, item) against `negatives` sampled items.
@@ -351,7 +352,7 @@ public final class CollaborativeFilteringScorer: Scorer {
             let vi = table.item(item)
             let si = itemStats.row(Int(item))
             var gradBiasI: Float = 0
-            for j in negativeDraws {
+            for j in negativeDraws where j != item {
                 let vj = table.item(j)
                 let sj = itemStats.row(Int(j))
                 let x = pk_dot_diff(si[Self.biasSlot] - sj[Self.biasSlot], z, vi, vj, d)

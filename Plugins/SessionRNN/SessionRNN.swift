@@ -175,7 +175,16 @@ public final class SessionRNNScorer: Scorer {
         // Candidates: the target, then uniform negatives over the items the
         // learner has reached (a draw equal to the target is masked out).
         cands[0] = target
-        for k in 1...K { cands[k] = Int32(rng.below(learnedItems)) }
+        for k in 1...K {
+            cands[k] = Int32(rng.below(learnedItems))
+            // (A vacant index, an expired item's, is drawn again a few
+            // times; with none vacant the draws are as they always were.)
+            var redraws = 0
+            while vacancy.isVacant(cands[k]) && redraws < 8 {
+                cands[k] = Int32(rng.below(learnedItems))
+                redraws += 1
+            }
+        }
         var maxLogit = -Float.infinity
         for k in 0...K {
             // (A vacant index drawn is masked the same way: no step on its row.)

@@ -68,13 +68,21 @@ extension Model {
     /// scorer's preferred number of passes (the first admits; the later ones
     /// re-learn the same events in the same order).
     func fit(_ ratings: some Collection<Rating>, scorer name: String) throws {
-        var all: [LearnEvent] = []
-        all.reserveCapacity(ratings.count)
+        var admitted: [(event: LearnEvent, user: UInt64, item: UInt64)] = []
+        admitted.reserveCapacity(ratings.count)
         var scratch: [LearnEvent] = []
         for r in ratings {
             feed(r, learn: true, scratch: &scratch)
-            all.append(contentsOf: scratch)
+            for e in scratch { admitted.append((e, r.user, r.item)) }
         }
+        // The later passes learn the events whose ids still hold the
+        // indices they had: id expiry (users or items) may have given an
+        // index to another id since, and its events must not train the new
+        // holder. Indices vacant now are vacant for those passes.
+        itemVacancy.position = lastSeq &+ 1
+        let all = admitted.filter { a in
+            (a.event.sharedUser || users.id(at: a.event.user) == a.user) && items.id(at: a.event.item) == a.item
+        }.map(\.event)
         // A route's scorers each make their own passes.
         let names = routes[name].map { [$0.candidates, $0.rerank] } ?? [name]
         for n in names {

@@ -698,12 +698,14 @@ import Synchronization
         _ = try await c.feedback([WireEvent(user: 11, item: 8, kind: .click, timestamp: now + 300)])
         let stats = try await c.stats()
         #expect(stats["events_accepted"] == 6 && stats["lifelong_users_expired"] == 0 && stats["users"] == 6)
-        // Item expiry bounds it the same way, and forgets no item.
+        // Item expiry bounds it the same way. Items seen 3,250 s ago: the
+        // refused batch (400 s ahead) would have forgotten them; one 300 s
+        // ahead, within the tenth, does not.
         let items = try TestServer("[lifelong]\nitem_expire_after_seconds = 3600\n")
         defer { items.stop() }
         let d = try await PerennialClient.connect(port: items.port)
         defer { d.close() }
-        _ = try await d.feedback((1...5).map { WireEvent(user: 1, item: UInt64($0), kind: .click, timestamp: now) })
+        _ = try await d.feedback((1...5).map { WireEvent(user: 1, item: UInt64($0), kind: .click, timestamp: now - 3250) })
         do {
             _ = try await d.feedback([WireEvent(user: 2, item: 9, kind: .click, timestamp: now + 400)])
             Issue.record("a timestamp 400 s ahead was accepted")

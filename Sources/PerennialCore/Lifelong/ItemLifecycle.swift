@@ -19,9 +19,9 @@
 // log, so a replay of the log sweeps at the same batches and forgets the
 // same items.
 //
-// An upsert counts as a sighting at the latest event time seen (upserts
-// carry no timestamp); an item upserted before any event is stamped at the
-// first sweep.
+// An upsert counts as a sighting at the next sweep (upserts carry no
+// timestamp of their own, and the latest event time may be long past after
+// a quiet spell: a new article must not be forgotten by the next batch).
 //
 // Admitting thread only.
 
@@ -29,8 +29,6 @@ public final class ItemLifecycle {
     public let expireAfterSeconds: Int64
     /// Per item index: the latest event time it was seen at (0 = not yet stamped).
     let lastSeen = ChunkedBuffer<Int64>(width: 1, fill: 0, rowsPerChunkLog2: 12)
-    /// The latest event time admitted.
-    private(set) var clock: Int64 = 0
     /// The earliest batch time at which the next sweep runs.
     private var nextSweep = Int64.min
     public private(set) var expired: UInt64 = 0
@@ -54,13 +52,12 @@ public final class ItemLifecycle {
     func touch(_ i: Int32, timestamp: Int64) {
         guard enabled else { return }
         lastSeen[Int(i)] = max(lastSeen[Int(i)], timestamp)
-        clock = max(clock, timestamp)
     }
 
-    /// An upsert of item i: seen at the latest event time.
+    /// An upsert of item i: seen at the next sweep's time (0 = stamp me then).
     func touchUpsert(_ i: Int32) {
         guard enabled else { return }
-        lastSeen[Int(i)] = max(lastSeen[Int(i)], clock)
+        lastSeen[Int(i)] = 0
     }
 
     /// A new item took index i (its earlier item's time must not count).
@@ -113,7 +110,7 @@ public final class ItemLifecycle {
         w.bool(enabled)
         guard enabled else { return }
         w.rows(lastSeen, count: items)
-        w.u64(UInt64(bitPattern: clock)); w.u64(UInt64(bitPattern: nextSweep))
+        w.u64(UInt64(bitPattern: nextSweep))
         w.u64(expired); w.u64(sweeps)
     }
 
@@ -124,9 +121,9 @@ public final class ItemLifecycle {
         let scratch = enabled ? lastSeen : ChunkedBuffer<Int64>(width: 1, fill: 0, rowsPerChunkLog2: 12)
         scratch.ensure(rows: items)
         try r.rows(into: scratch, expected: items)
-        let c = Int64(bitPattern: try r.u64()), n = Int64(bitPattern: try r.u64())
+        let n = Int64(bitPattern: try r.u64())
         let e = try r.u64(), s = try r.u64()
         guard enabled else { return }
-        clock = c; nextSweep = n; expired = e; sweeps = s
+        nextSweep = n; expired = e; sweeps = s
     }
 }

@@ -41,7 +41,9 @@ public struct ReplayBuffer {
     }
 
     /// Drops the held events of expired items (their indices will name
-    /// other items). The sample stays uniform over the events kept.
+    /// other items). What stays is a uniform sample of the surviving
+    /// events; until the buffer is full again, new events enter it for
+    /// sure, which tilts it a little toward recent ones.
     public mutating func remove(_ retired: RetiredItems) {
         events.removeAll { retired.contains($0.item) }
     }

@@ -594,6 +594,9 @@ public final class Model: @unchecked Sendable {
 
     public var appliedSeq: UInt64 { applied.load(ordering: .acquiring) }
 
+    /// The replay buffer's events (learner state: for tests, with the learner idle).
+    var replayBufferEvents: [LearnEvent] { replayBuffer.events }
+
     // MARK: serving thread
 
     /// The k best items for a user by the named scorer ("" = default),
