@@ -39,13 +39,18 @@ public enum VersionEvaluation {
             guard figures.events < limit else { return }
             switch record {
             case .feedback(let first, let events):
+                // The record is the batch the server admitted: id expiry
+                // runs at its start, as it did there (events are admitted
+                // one by one, each scored before it is learned).
+                let whole = first > start
+                if whole, let e = events.first { model.beginBatch(at: e.timestamp) }
                 for (k, e) in events.enumerated() where first + UInt64(k) > start && figures.events < limit {
                     let positive = e.kind == .rating ? e.value >= 4 : (e.kind == .click || e.kind == .purchase)
                     if positive && model.users.index(of: e.user) != nil && model.items.index(of: e.item) != nil {
                         figures.total.record(rank: model.rankOf(e.item, user: e.user, scorer: scorer))
                     }
                     scratch.removeAll(keepingCapacity: true)
-                    model.admit(CollectionOfOne(e), now: e.timestamp, into: &scratch)
+                    model.admit(CollectionOfOne(e), now: e.timestamp, into: &scratch, continuingBatch: whole)
                     for l in scratch { model.learn(l) }
                     figures.events += 1
                 }

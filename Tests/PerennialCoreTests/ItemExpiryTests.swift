@@ -175,7 +175,10 @@ import PerennialPlugins
         var a = SnapshotWriter(), b = SnapshotWriter()
         m.save(to: &a)
         copy.save(to: &b)
-        #expect(a.bytes == b.bytes)
+        // (Compared first: a failed #expect on the arrays themselves would
+        // spend minutes diffing hundreds of kilobytes for its message.)
+        let identical = a.bytes == b.bytes
+        #expect(identical, "the snapshots differ (\(a.bytes.count) and \(b.bytes.count) bytes)")
     }
 
     @Test func idleItemsCountAsRoomAtASweep() throws {

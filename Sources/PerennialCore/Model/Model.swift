@@ -166,16 +166,14 @@ public final class Model: @unchecked Sendable {
     /// Turns incoming events into learn events: inserts new ids, gives each
     /// event the next sequence number, records histories. `now` stands in for
     /// a zero timestamp. Implicit kinds with weight 0 get weight 1.
-    public func admit(_ events: some Collection<IncomingEvent>, now: Int64, into out: inout [LearnEvent]) {
+    /// `continuingBatch`: the events continue the batch `beginBatch` began
+    /// (see there).
+    public func admit(_ events: some Collection<IncomingEvent>, now: Int64, into out: inout [LearnEvent],
+                      continuingBatch: Bool = false) {
         var grew = false
-        batchStart = lastSeq
-        if lifecycle.enabled, let first = events.first {
-            // Users unseen for too long go, batch by batch.
-            expireUsers(now: first.timestamp == 0 ? now : first.timestamp, makeRoom: false)
-        }
-        if itemLifecycle.enabled, let first = events.first {
-            let time = first.timestamp == 0 ? now : first.timestamp
-            if itemLifecycle.sweepDue(now: time) { expireItems(now: time) }
+        if !continuingBatch {
+            batchStart = lastSeq
+            if let first = events.first { beginBatch(at: first.timestamp == 0 ? now : first.timestamp) }
         }
         for e in events {
             let timestamp = e.timestamp == 0 ? now : e.timestamp
@@ -195,6 +193,20 @@ public final class Model: @unchecked Sendable {
             if !shared { history.record(user: u, item: i) }
         }
         if grew { growScorers() }
+    }
+
+    /// What admitting a batch does before its events, at the batch's time
+    /// (its first event's): users idle too long go, and an item expiry
+    /// sweep runs when one is due. Id expiry depends on batch boundaries,
+    /// so a caller that must admit a logged batch's events one at a time
+    /// (an evaluation that scores each event before learning it) calls
+    /// this once for the batch and admits its events with
+    /// `continuingBatch`, and forgets exactly what the server did.
+    public func beginBatch(at time: Int64) {
+        batchStart = lastSeq
+        // Users unseen for too long go, batch by batch.
+        if lifecycle.enabled { expireUsers(now: time, makeRoom: false) }
+        if itemLifecycle.enabled && itemLifecycle.sweepDue(now: time) { expireItems(now: time) }
     }
 
     /// The row index for a user id: its own, a new one (reusing an expired
