@@ -292,7 +292,9 @@ public final class CollaborativeFilteringScorer: Scorer {
     /// A negative for `item`: from the recent-popularity sampler or uniform.
     @inline(__always)
     private func sampleNegative(not item: Int32) -> Int32 {
-        for _ in 0..<8 {
+        // (More tries once expiry has left vacant indices: with most of a
+        // shrunken catalogue vacant, 8 would often end in the fallback.)
+        for _ in 0..<(vacancy.any ? 64 : 8) {
             let j: Int32
             if popularityNegatives && !sampler.isEmpty {
                 j = sampler[rng.below(sampler.count)]

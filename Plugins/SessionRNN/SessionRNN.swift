@@ -180,7 +180,7 @@ public final class SessionRNNScorer: Scorer {
             // (A vacant index, an expired item's, is drawn again a few
             // times; with none vacant the draws are as they always were.)
             var redraws = 0
-            while vacancy.isVacant(cands[k]) && redraws < 8 {
+            while vacancy.isVacant(cands[k]) && redraws < 64 {
                 cands[k] = Int32(rng.below(learnedItems))
                 redraws += 1
             }
