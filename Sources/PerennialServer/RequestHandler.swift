@@ -218,6 +218,14 @@ final class RequestHandler {
                 incoming.append(IncomingEvent(user: e.user, item: e.item, kind: FeedbackKind(rawValue: e.kind.rawValue)!,
                                               value: e.value, timestamp: e.timestamp == 0 ? now : e.timestamp))
             }
+            // A batch that runs an item expiry sweep needs the learner idle:
+            // it waits (parked, like a full queue) until the learner has
+            // applied what came before, and RECOMMENDs go on meanwhile,
+            // instead of the sweep holding the loop while the learner drains.
+            if let first = incoming.first, model.itemSweepDue(at: first.timestamp), model.appliedSeq < model.lastSeq {
+                stats.sweepWaits += 1
+                return .waitForQueueRoom
+            }
             if let b = model.firstBreach(of: incoming, maxUserIDs: config.limits.maxUserIDs, maxItemIDs: config.limits.maxItemIDs) {
                 stats.capacityRefusals += 1
                 throw Self.capacityError(b)
@@ -640,6 +648,7 @@ final class RequestHandler {
             StatCounter("learner_queue_capacity", UInt64(learner.capacity)),
             StatCounter("backpressure_pauses", stats.backpressurePauses),
             StatCounter("queue_full_pauses", stats.queueFullPauses),
+            StatCounter("item_sweep_waits", stats.sweepWaits),
             StatCounter("capacity_refusals", stats.capacityRefusals),
             StatCounter("uptime_ms", MonotonicClock.nowMillis() - startedAt),
             StatCounter("sessions", UInt64(sessions.count)),

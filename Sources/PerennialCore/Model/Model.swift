@@ -195,6 +195,10 @@ public final class Model: @unchecked Sendable {
         if grew { growScorers() }
     }
 
+    /// Whether a batch whose first event is at `time` runs an item expiry
+    /// sweep (the server lets the learner drain before it admits one).
+    public func itemSweepDue(at time: Int64) -> Bool { itemLifecycle.sweepDue(now: time) }
+
     /// What admitting a batch does before its events, at the batch's time
     /// (its first event's): users idle too long go, and an item expiry
     /// sweep runs when one is due. Id expiry depends on batch boundaries,
