@@ -21,7 +21,7 @@ struct Eval: ParsableCommand {
             """
     )
 
-    @Option(help: "Protocol: e1, e2, e3, e4, e5, or drift (the synthetic drift scenario; needs no --data).")
+    @Option(help: "Protocol: e1, e2, e3, e4, e5, drift (the synthetic drift scenario) or churn (a synthetic news feed, item expiry off and on); drift and churn need no --data.")
     var `protocol`: String
     @Option(help: "A MovieLens-shaped folder.")
     var data: String?
@@ -39,8 +39,8 @@ struct Eval: ParsableCommand {
     var json: String?
 
     func validate() throws {
-        guard ["e1", "e2", "e3", "e4", "e5", "drift"].contains(self.protocol.lowercased()) else {
-            throw ValidationError("unknown protocol \(self.protocol); this build runs e1, e2, e3, e4, e5 and drift")
+        guard ["e1", "e2", "e3", "e4", "e5", "drift", "churn"].contains(self.protocol.lowercased()) else {
+            throw ValidationError("unknown protocol \(self.protocol); this build runs e1, e2, e3, e4, e5, drift and churn")
         }
     }
 
@@ -52,10 +52,11 @@ struct Eval: ParsableCommand {
         let cfg = try config.map { try PerennialConfig.load(file: $0, registry: .builtin, overrides: ["scorers.load": all], checkFileAlone: false) }
             ?? PerennialConfig.defaults(registry: .builtin)
         let setup = EvalSetup(config: cfg)
-        let isDrift = self.protocol.lowercased() == "drift"
-        guard isDrift || data != nil else { throw ValidationError("--data FOLDER is needed for \(self.protocol)") }
+        let isDrift = self.protocol.lowercased() == "drift", isChurn = self.protocol.lowercased() == "churn"
+        guard isDrift || isChurn || data != nil else { throw ValidationError("--data FOLDER is needed for \(self.protocol)") }
         let drift = isDrift ? Drift(scenario: DriftScenario(), setup: setup) : nil
-        let ml = try drift?.data ?? MovieLensData.load(folder: data!)
+        let churn = isChurn ? Churn(scenario: ChurnScenario(), setup: setup) : nil
+        let ml = try drift?.data ?? churn?.data ?? MovieLensData.load(folder: data!)
         var results: [String: Any] = [:]
         var settings: [String: Any] = ["scorer": scorer, "config": cfg.source, "dimension": cfg.tableDimension]
         if let s = cfg.scorers.first(where: { $0.name == scorer }) { settings["scorer_settings"] = String(describing: s.settings) }
@@ -221,8 +222,28 @@ struct Eval: ParsableCommand {
                 try chart.svg.write(toFile: plot, atomically: true, encoding: .utf8)
                 print("curve written to \(plot)")
             }
+        case "churn":
+            // Item expiry off, and at a week, three days and one day.
+            let churn = churn!
+            let jobs = [0, 7 * 86_400, 3 * 86_400, 86_400]
+            let out = ResultsBox<ChurnResult>(count: jobs.count)
+            DispatchQueue.concurrentPerform(iterations: jobs.count) { j in
+                do { out.set(j, try churn.run(scorer: scorer, expireAfter: jobs[j])) } catch { out.fail("\(error)") }
+            }
+            if let e = out.error { throw CommandError(e) }
+            let sc = churn.scenario
+            print("Churn scenario: \(sc.events) events over \(sc.days) days, \(sc.users) users, \(sc.articles) articles published (one per topic every \(sc.publishEverySeconds / 60) min)")
+            print(pad("item expiry", 14) + pad("HR@10", 9) + pad("NDCG@10", 9) + pad("count", 8) + pad("forgotten", 11) + pad("item rows", 11)
+                  + pad("table MB", 10) + pad("RECOMMEND µs", 14) + "time")
+            for r in out.values {
+                let name = r.expireAfter == 0 ? "off" : "\(r.expireAfter / 86_400) d"
+                results["\(scorer)/expiry-\(name.replacingOccurrences(of: " ", with: ""))"] = r.json
+                print(pad(name, 14) + pad(f(r.total.hr), 9) + pad(f(r.total.ndcg), 9) + pad("\(r.total.count)", 8) + pad("\(r.forgotten)", 11)
+                      + pad("\(r.itemRows)", 11) + pad(String(format: "%.1f", Double(r.tableBytes) / 1e6), 10)
+                      + pad(String(format: "%.0f", r.recommendMicros), 14) + String(format: "%.1fs", r.seconds))
+            }
         default:
-            throw ValidationError("unknown protocol \(self.protocol); this build runs e1, e2, e3, e4, e5 and drift")
+            throw ValidationError("unknown protocol \(self.protocol); this build runs e1, e2, e3, e4, e5, drift and churn")
         }
         if let json {
             let doc: [String: Any] = ["protocol": self.protocol.lowercased(), "dataset": ml.name, "events": ml.ratings.count,

@@ -5,7 +5,7 @@ import Testing
 import PerennialPlugins
 
 /// The lifelong-learning evaluation tools: a version's figures on the log
-/// after it, the drift scenario, and the SVG curve.
+/// after it, the drift and churn scenarios, and the SVG curve.
 @Suite struct EvaluationToolsTests {
     func model() throws -> Model {
         var doc = ConfigDocument(file: "test")
@@ -173,6 +173,27 @@ import PerennialPlugins
         #expect(share(sc.returnAt..<sc.events, shift: 0) > 0.85)
         // Nobody gets an item twice.
         #expect(Set(data.ratings.map { "\($0.user)-\($0.item)" }).count == data.ratings.count)
+    }
+
+    /// The churn scenario: a catalogue that turns over; with item expiry
+    /// the model holds about the recent articles, scores the same events,
+    /// and counts a forgotten article as a miss.
+    @Test func churnScenarioWithAndWithoutExpiry() throws {
+        var sc = ChurnScenario()
+        sc.events = 20_000
+        sc.days = 12
+        sc.users = 400
+        let churn = Churn(scenario: sc, setup: EvalSetup(config: try PerennialConfig.defaults(registry: .builtin)))
+        #expect(churn.data.ratings.count == 20_000 && churn.data.ratings == sc.stream().ratings)
+        #expect(zip(churn.data.ratings, churn.data.ratings.dropFirst()).allSatisfy { $0.timestamp <= $1.timestamp })
+        let off = try churn.run(scorer: "cf", expireAfter: 0)
+        let day = try churn.run(scorer: "cf", expireAfter: 86_400)
+        #expect(off.total.count == day.total.count && off.total.count > 12_000)
+        #expect(off.forgotten == 0 && day.forgotten > 0)
+        // The articles read in the last day or so (up to five days old),
+        // against every article ever read: 817 and 891 rows, 4,565 rows.
+        #expect(day.liveItems < 1000 && day.itemRows < 1100 && off.itemRows > 4 * day.itemRows)
+        #expect(off.total.hr > 0.02 && day.total.hr > 0.02)
     }
 
     @Test func driftFiguresFromWindows() {
