@@ -80,8 +80,13 @@ extension Model {
         // index to another id since, and its events must not train the new
         // holder. Indices vacant now are vacant for those passes.
         itemVacancy.position = lastSeq &+ 1
+        // (An id that expired and came back may hold the same index again:
+        // its first life's events are not its own, hence the generation and
+        // the position the item took its index at.)
         let all = admitted.filter { a in
-            (a.event.sharedUser || users.id(at: a.event.user) == a.user) && items.id(at: a.event.item) == a.item
+            let user = a.event.sharedUser
+                || (users.id(at: a.event.user) == a.user && lifecycle.currentGeneration(of: a.event.user) == a.event.userGeneration)
+            return user && items.id(at: a.event.item) == a.item && a.event.seq > itemVacancy.heldSince(a.event.item)
         }.map(\.event)
         // A route's scorers each make their own passes.
         let names = routes[name].map { [$0.candidates, $0.rerank] } ?? [name]

@@ -218,14 +218,7 @@ final class RequestHandler {
                 incoming.append(IncomingEvent(user: e.user, item: e.item, kind: FeedbackKind(rawValue: e.kind.rawValue)!,
                                               value: e.value, timestamp: e.timestamp == 0 ? now : e.timestamp))
             }
-            // A batch that runs an item expiry sweep needs the learner idle:
-            // it waits (parked, like a full queue) until the learner has
-            // applied what came before, and RECOMMENDs go on meanwhile,
-            // instead of the sweep holding the loop while the learner drains.
-            if let first = incoming.first, model.itemSweepDue(at: first.timestamp), model.appliedSeq < model.lastSeq {
-                stats.sweepWaits += 1
-                return .waitForQueueRoom
-            }
+            if sweepMustWait(incoming) { return .waitForQueueRoom }
             if let b = model.firstBreach(of: incoming, maxUserIDs: config.limits.maxUserIDs, maxItemIDs: config.limits.maxItemIDs) {
                 stats.capacityRefusals += 1
                 throw Self.capacityError(b)
@@ -340,6 +333,35 @@ final class RequestHandler {
             return .shutdownAfterReply
         }
         return .done
+    }
+
+    /// An item expiry sweep's batch waiting for the learner to drain: the
+    /// sweep it runs (its scheduled time) and until when it waits (ms).
+    private var sweepWait: (sweep: Int64, until: UInt64)?
+
+    /// Whether a FEEDBACK batch must wait (parked, like one that finds the
+    /// queue full) for an item expiry sweep. The batch that runs a sweep
+    /// needs the learner idle: rather than hold the loop while the learner
+    /// drains, it waits, and RECOMMENDs go on meanwhile. Other batches wait
+    /// with it, or a stream of them (back-dated ones run no sweep) could
+    /// keep the learner busy and overtake it for good (review finding). At
+    /// most `limits.wait_ms` (should its connection go, the others wait no
+    /// longer): then it goes, and the sweep waits for the learner itself,
+    /// holding the loop, as before.
+    private func sweepMustWait(_ batch: [IncomingEvent]) -> Bool {
+        guard let next = model.nextItemSweep, let first = batch.first else { return false }
+        let now = MonotonicClock.nowMillis()
+        if first.timestamp >= next {
+            guard model.appliedSeq < model.lastSeq else { return false }
+            if sweepWait?.sweep != next {
+                sweepWait = (next, now + UInt64(config.limits.waitMs))
+                stats.sweepWaits += 1
+            }
+            return now < sweepWait!.until
+        }
+        // Another batch, while a sweep's batch waits (until it has run).
+        if let w = sweepWait, w.sweep == next, now < w.until { return true }
+        return false
     }
 
     /// The CAPACITY refusal of a FEEDBACK batch, or of an item upsert.

@@ -23,7 +23,7 @@ struct ServerStats {
     var recommendsBatched: UInt64 = 0
     var backpressurePauses: UInt64 = 0
     var queueFullPauses: UInt64 = 0
-    /// FEEDBACK parked until the learner drained, before an item expiry sweep.
+    /// Item expiry sweeps whose batch waited for the learner to drain.
     var sweepWaits: UInt64 = 0
     /// FEEDBACK batches and upserts refused because they would add an id beyond `[limits]`'s bounds.
     var capacityRefusals: UInt64 = 0

@@ -53,6 +53,10 @@ public final class IdLifecycle {
     public private(set) var sharedEvents: UInt64 = 0
 
     public var enabled: Bool { minOccurrences > 1 || maxUsers > 0 || expireAfterSeconds > 0 }
+
+    /// The generation of user index u now (admitting thread): an event of
+    /// an earlier one belongs to a user who expired.
+    public func currentGeneration(of u: Int32) -> UInt32 { generation[Int(u)] }
     var tracksUsers: Bool { maxUsers > 0 || expireAfterSeconds > 0 }
 
     init(_ config: LifelongConfig) {

@@ -69,6 +69,9 @@ public final class ItemLifecycle {
     /// Whether a sweep runs at a batch of time `now`.
     func sweepDue(now: Int64) -> Bool { enabled && now >= nextSweep }
 
+    /// The earliest batch time of the next sweep (nil with expiry off).
+    var nextSweepTime: Int64? { enabled ? nextSweep : nil }
+
     /// Users last seen before this time are idle too long at `now`.
     /// (Timestamps come from clients: saturate rather than trap.)
     private func idleCutoff(_ now: Int64) -> Int64 {

@@ -40,6 +40,10 @@ public final class ItemVacancy: @unchecked Sendable {
     /// A new item took index i for events after log position `seq`.
     func markTaken(_ i: Int32, after seq: UInt64) { liveAfter[Int(i)] = seq }
 
+    /// The log position after which index i's current item holds it (0:
+    /// since its creation; UInt64.max: vacant). Admitting thread.
+    public func heldSince(_ i: Int32) -> UInt64 { liveAfter[Int(i)] }
+
     /// Whether index i holds no item for the event being learned (learner thread).
     @inline(__always)
     public func isVacant(_ i: Int32) -> Bool { any && liveAfter[Int(i)] >= position }

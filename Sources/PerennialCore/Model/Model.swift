@@ -195,9 +195,11 @@ public final class Model: @unchecked Sendable {
         if grew { growScorers() }
     }
 
-    /// Whether a batch whose first event is at `time` runs an item expiry
-    /// sweep (the server lets the learner drain before it admits one).
-    public func itemSweepDue(at time: Int64) -> Bool { itemLifecycle.sweepDue(now: time) }
+    /// The earliest batch time at which the next item expiry sweep runs
+    /// (nil with item expiry off): a batch whose first event is at or after
+    /// it runs the sweep (the server lets the learner drain before it
+    /// admits one).
+    public var nextItemSweep: Int64? { itemLifecycle.nextSweepTime }
 
     /// What admitting a batch does before its events, at the batch's time
     /// (its first event's): users idle too long go, and an item expiry

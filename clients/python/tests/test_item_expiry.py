@@ -103,3 +103,55 @@ def test_expired_items_are_forgotten_and_a_replay_forgets_the_same(tmp_path: Pat
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     assert replayed == live
+
+
+def test_a_sweeps_batch_is_not_overtaken_for_good(tmp_path: Path) -> None:
+    """A batch that runs a sweep waits for the learner to drain; a stream of
+    back-dated batches (which run no sweep) must not keep the learner busy
+    and overtake it for good (review finding: it waited as long as they came).
+    """
+    import random
+    import threading
+    import time
+
+    config = """
+[scorers]
+load = ["cf", "popularity", "session-rnn"]
+[lifelong]
+item_expire_after_seconds = 800
+[snapshot]
+every_events = 0
+"""
+    proc, port = _launch(tmp_path / "data", "no", config)
+    base = int(time.time()) - 10_000
+    rng = random.Random(3)
+    stop = threading.Event()
+    sent = [0]
+
+    def back_dated() -> None:
+        until = time.monotonic() + 12.0  # (bounded: before the fix, the sweep's batch waited for this stream to end)
+        with perennial.Client("127.0.0.1", port) as c:
+            while not stop.is_set() and time.monotonic() < until:
+                c.feedback([perennial.Event(rng.randint(1, 300), rng.randint(1, 2000), "click", timestamp=base + 50)
+                            for _ in range(500)])
+                sent[0] += 500
+
+    feeder = threading.Thread(target=back_dated)
+    feeder.start()
+    try:
+        time.sleep(1.0)
+        with perennial.Client("127.0.0.1", port) as c:
+            started = time.monotonic()
+            c.feedback([perennial.Event(9999, 1, "click", timestamp=base + 200)])  # runs a sweep
+            waited = time.monotonic() - started
+            during = sent[0]
+            time.sleep(0.5)
+            st = c.stats()
+    finally:
+        stop.set()
+        feeder.join(30)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert st["lifelong_item_sweeps"] >= 2 and st["item_sweep_waits"] >= 1
+    # A second of waiting at most, then the drain of what was queued.
+    assert waited < 8.0, "the sweep's batch waited %.1f s while %d back-dated events went in" % (waited, during)
