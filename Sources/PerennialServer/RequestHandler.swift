@@ -337,7 +337,7 @@ final class RequestHandler {
 
     /// An item expiry sweep's batch waiting for the learner to drain: the
     /// sweep it runs (its scheduled time) and until when it waits (ms).
-    private var sweepWait: (sweep: Int64, until: UInt64)?
+    private var sweepWait: (sweep: Int64, until: UInt64, needed: Bool)?
 
     /// Whether a FEEDBACK batch must wait (parked, like one that finds the
     /// queue full) for an item expiry sweep. The batch that runs a sweep
@@ -354,13 +354,15 @@ final class RequestHandler {
         if first.timestamp >= next {
             guard model.appliedSeq < model.lastSeq else { return false }
             if sweepWait?.sweep != next {
-                sweepWait = (next, now + UInt64(config.limits.waitMs))
-                stats.sweepWaits += 1
+                // (A sweep that will forget nothing does not wait.)
+                let needed = model.itemSweepWouldForget(at: first.timestamp)
+                sweepWait = (next, now + UInt64(config.limits.waitMs), needed)
+                if needed { stats.sweepWaits += 1 }
             }
-            return now < sweepWait!.until
+            return sweepWait!.needed && now < sweepWait!.until
         }
         // Another batch, while a sweep's batch waits (until it has run).
-        if let w = sweepWait, w.sweep == next, now < w.until { return true }
+        if let w = sweepWait, w.sweep == next, w.needed, now < w.until { return true }
         return false
     }
 

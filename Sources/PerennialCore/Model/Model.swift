@@ -201,6 +201,13 @@ public final class Model: @unchecked Sendable {
     /// admits one).
     public var nextItemSweep: Int64? { itemLifecycle.nextSweepTime }
 
+    /// Whether a sweep at `time` would forget any item (asks; O(items)).
+    /// A sweep that forgets nothing needs no idle learner.
+    public func itemSweepWouldForget(at time: Int64) -> Bool {
+        for i in 0..<Int32(items.count) where items.id(at: i) != 0 && itemLifecycle.isIdle(i, now: time) { return true }
+        return false
+    }
+
     /// What admitting a batch does before its events, at the batch's time
     /// (its first event's): users idle too long go, and an item expiry
     /// sweep runs when one is due. Id expiry depends on batch boundaries,
