@@ -178,9 +178,7 @@ public final class CollaborativeFilteringScorer: Scorer {
             initialiseRatingItem(i)
         }
         neighbourhood.forget(retired)
-        for u in recent.indices where recent[u].contains(where: retired.contains) {
-            recent[u].removeAll(where: retired.contains)
-        }
+        retired.remove(from: &recent)
         // The sampler, oldest first, without them (it fills up again from
         // its end; once full, the oldest is replaced first, as before).
         sampler = Array(sampler[samplerNext...] + sampler[..<samplerNext]).filter { !retired.contains($0) }

@@ -116,9 +116,7 @@ public final class GANScorer: Scorer {
             initialise(disItems, from: i, to: i + 1, stream: 5)
             biases.row(i).update(repeating: 0, count: 4)
         }
-        for u in recent.indices where recent[u].contains(where: retired.contains) {
-            recent[u].removeAll(where: retired.contains)
-        }
+        retired.remove(from: &recent)
     }
 
     public func grow(users: Int, items: Int) {

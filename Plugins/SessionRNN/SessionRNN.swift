@@ -139,9 +139,7 @@ public final class SessionRNNScorer: Scorer {
     public func forget(items retired: RetiredItems) {
         for i in retired.indices { itemBias.row(Int(i)).update(repeating: 0, count: 2) }
         transitions.forget(retired)
-        for u in recent.indices where recent[u].contains(where: retired.contains) {
-            recent[u].removeAll(where: retired.contains)
-        }
+        retired.remove(from: &recent)
     }
 
     public func learn(_ e: LearnEvent) {

@@ -21,21 +21,22 @@ import PerennialPlugins
         }
     }
 
-    @Test func aVersionIsScoredOnTheLogAfterIt() throws {
+    /// Serves `events` in batches of 100 through `live` with a real log,
+    /// saving a version after batch `versionAfter`: the log's directory,
+    /// the segment after the version, and the version's snapshot.
+    func serveWithLog(_ events: [IncomingEvent], into live: Model, versionAfter: Int) throws -> (dir: String, segment: Int, snapshot: [UInt8]) {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("perennial-ver-\(UUID().uuidString)").path
         let log = FeedbackLog(directory: dir, policy: .no)
         try log.openForAppend(lastSeq: 0)
-        let events = stream(3000)
-        let live = try model()
         var scratch: [LearnEvent] = []
         var snapshot: [UInt8] = []
         var segment = 0
-        for (k, batch) in stride(from: 0, to: 3000, by: 100).map({ Array(events[$0..<($0 + 100)]) }).enumerated() {
+        for (k, batch) in stride(from: 0, to: events.count, by: 100).map({ Array(events[$0..<($0 + 100)]) }).enumerated() {
             try log.append(.feedback(firstSeq: live.lastSeq + 1, events: batch), lastSeq: live.lastSeq + 100)
             scratch.removeAll()
             live.admit(batch, now: 0, into: &scratch)
             for e in scratch { live.learn(e) }
-            if k == 14 {  // the version: after 1,500 events
+            if k == versionAfter {
                 segment = try log.rollSegment()
                 var w = SnapshotWriter()
                 live.save(to: &w)
@@ -43,6 +44,15 @@ import PerennialPlugins
             }
         }
         log.close()
+        return (dir, segment, snapshot)
+    }
+
+    @Test func aVersionIsScoredOnTheLogAfterIt() throws {
+        let events = stream(3000)
+        let live = try model()
+        // The version: after 1,500 events.
+        let (dir, segment, snapshot) = try serveWithLog(events, into: live, versionAfter: 14)
+        var scratch: [LearnEvent] = []
         // The same figures by hand: the version's model scores, then learns,
         // each later event under E1's rule.
         func restored() throws -> Model {
@@ -80,9 +90,6 @@ import PerennialPlugins
             doc.set("lifelong.expire_after_seconds", .integer(150))
             return Model(config: try PerennialConfig.load(doc, registry: .builtin), registry: .builtin)
         }
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("perennial-ver-\(UUID().uuidString)").path
-        let log = FeedbackLog(directory: dir, policy: .no)
-        try log.openForAppend(lastSeq: 0)
         // Items 1-70, but each tenth of the stream shifts to a new set.
         var rng = SplitMix64(seed: 8)
         let events = (0..<3000).map { k in
@@ -90,22 +97,7 @@ import PerennialPlugins
                           kind: .click, value: 1, timestamp: Int64(k + 1))
         }
         let live = try model()
-        var scratch: [LearnEvent] = []
-        var snapshot: [UInt8] = []
-        var segment = 0
-        for (k, batch) in stride(from: 0, to: 3000, by: 100).map({ Array(events[$0..<($0 + 100)]) }).enumerated() {
-            try log.append(.feedback(firstSeq: live.lastSeq + 1, events: batch), lastSeq: live.lastSeq + 100)
-            scratch.removeAll()
-            live.admit(batch, now: 0, into: &scratch)
-            for e in scratch { live.learn(e) }
-            if k == 9 {
-                segment = try log.rollSegment()
-                var w = SnapshotWriter()
-                live.save(to: &w)
-                snapshot = w.bytes
-            }
-        }
-        log.close()
+        let (dir, segment, snapshot) = try serveWithLog(events, into: live, versionAfter: 9)
         #expect(live.itemLifecycle.expired > 100 && live.lifecycle.expired > 20)
         let evaluated = try model()
         var r = SnapshotReader(bytes: snapshot)

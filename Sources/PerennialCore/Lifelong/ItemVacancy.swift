@@ -75,4 +75,17 @@ public struct RetiredItems {
     public func contains(_ i: Int32) -> Bool { Int(i) < member.count && i >= 0 && member[Int(i)] }
 
     public var isEmpty: Bool { indices.isEmpty }
+
+    /// Removes them from every list (users' histories, recent items);
+    /// returns how many entries went.
+    @discardableResult
+    public func remove(from lists: inout [[Int32]]) -> Int {
+        var removed = 0
+        for u in lists.indices where lists[u].contains(where: contains) {
+            let before = lists[u].count
+            lists[u].removeAll(where: contains)
+            removed += before - lists[u].count
+        }
+        return removed
+    }
 }

@@ -44,9 +44,7 @@ extension Model {
         var sweepTime: Int64? = nil
         if checkItems, let first = events.first, itemLifecycle.sweepDue(now: first.timestamp) {
             sweepTime = first.timestamp
-            for i in 0..<Int32(items.count) where items.id(at: i) != 0 && itemLifecycle.isIdle(i, now: first.timestamp) {
-                itemsHeld -= 1
-            }
+            itemsHeld -= idleItems(at: first.timestamp).count
         }
         func isNewItem(_ id: UInt64) -> Bool {
             guard let i = items.index(of: id) else { return true }

@@ -59,11 +59,7 @@ public final class InteractionHistory {
     /// Removes expired items from every user's list (an item expiry sweep:
     /// their indices will name other items).
     public func remove(_ retired: RetiredItems) {
-        for u in lists.indices where lists[u].contains(where: retired.contains) {
-            let before = lists[u].count
-            lists[u].removeAll(where: retired.contains)
-            totalEntries -= before - lists[u].count
-        }
+        totalEntries -= retired.remove(from: &lists)
     }
 
     /// The user's items, oldest first.

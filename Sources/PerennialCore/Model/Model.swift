@@ -171,10 +171,7 @@ public final class Model: @unchecked Sendable {
     public func admit(_ events: some Collection<IncomingEvent>, now: Int64, into out: inout [LearnEvent],
                       continuingBatch: Bool = false) {
         var grew = false
-        if !continuingBatch {
-            batchStart = lastSeq
-            if let first = events.first { beginBatch(at: first.timestamp == 0 ? now : first.timestamp) }
-        }
+        if !continuingBatch, let first = events.first { beginBatch(at: first.timestamp == 0 ? now : first.timestamp) }
         for e in events {
             let timestamp = e.timestamp == 0 ? now : e.timestamp
             let (u, newUser, shared) = admitUser(e.user, timestamp: timestamp)
@@ -203,9 +200,11 @@ public final class Model: @unchecked Sendable {
 
     /// Whether a sweep at `time` would forget any item (asks; O(items)).
     /// A sweep that forgets nothing needs no idle learner.
-    public func itemSweepWouldForget(at time: Int64) -> Bool {
-        for i in 0..<Int32(items.count) where items.id(at: i) != 0 && itemLifecycle.isIdle(i, now: time) { return true }
-        return false
+    public func itemSweepWouldForget(at time: Int64) -> Bool { idleItems(at: time).first != nil }
+
+    /// The held items a sweep at `time` would forget (asks; lazily, O(items)).
+    func idleItems(at time: Int64) -> some Collection<Int32> {
+        (0..<Int32(items.count)).lazy.filter { self.items.id(at: $0) != 0 && self.itemLifecycle.isIdle($0, now: time) }
     }
 
     /// What admitting a batch does before its events, at the batch's time

@@ -71,6 +71,27 @@ def _launch(data_dir: Path, fsync: str, config: str = "") -> Tuple["subprocess.P
     raise AssertionError("server did not start")
 
 
+def _stream_until_killed(c: perennial.Client, proc: "subprocess.Popen[bytes]", events: List[perennial.Event],
+                         start: int, batch: int, delay: float, acked: int, durable: bool = True) -> int:
+    """Streams ``events[start:]`` in batches until a SIGKILL ``delay`` seconds
+    from now cuts it off; returns the last acknowledged sequence (``acked``
+    if none was), checking that each acknowledgement was durable."""
+    killer = threading.Timer(delay, proc.kill)
+    killer.start()
+    try:
+        while start < len(events):
+            ack = c.feedback(events[start:start + batch])
+            if durable:
+                assert ack.durable_seq == ack.last_seq
+            acked = ack.last_seq
+            start = acked
+    except perennial.PerennialError:
+        pass
+    finally:
+        killer.cancel()
+    return acked
+
+
 def _probe(port: int, users: List[int], items: List[int]) -> List[List[float]]:
     with perennial.Client("127.0.0.1", port) as c:
         return [[s.score for s in c.score(u, items, scorer="cf")] for u in users]
@@ -98,19 +119,7 @@ def test_kill9_loses_no_acknowledged_event(tmp_path: Path) -> None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)
                 break
-            killer = threading.Timer(rng.uniform(0.002, 0.03), proc.kill)  # SIGKILL
-            killer.start()
-            try:
-                start = accepted
-                while start < len(events):
-                    ack = c.feedback(events[start:start + batch])
-                    assert ack.durable_seq == ack.last_seq
-                    acked = ack.last_seq
-                    start = acked
-            except perennial.PerennialError:
-                pass
-            finally:
-                killer.cancel()
+            acked = _stream_until_killed(c, proc, events, accepted, batch, rng.uniform(0.002, 0.03), acked)
         if proc.poll() is None:
             proc.kill()
         proc.wait()

@@ -174,9 +174,8 @@ def test_kill9_with_item_expiry_recovers_the_same_model(tmp_path: Path) -> None:
     vacant rows as well as from the log): the recovered model scores like a
     server that never crashed."""
     import random
-    import threading
 
-    from test_crash_recovery import _probe
+    from test_crash_recovery import _probe, _stream_until_killed
 
     events = _events(40_000)
     config = CONFIG.replace("every_events = 0", "every_events = 1000").replace(
@@ -190,17 +189,7 @@ def test_kill9_with_item_expiry_recovers_the_same_model(tmp_path: Path) -> None:
         with perennial.Client("127.0.0.1", port) as c:
             accepted = c.stats()["events_accepted"]
             assert accepted >= acked
-            killer = threading.Timer(rng.uniform(0.05, 0.3), proc.kill)
-            killer.start()
-            try:
-                start = accepted
-                while start < len(events):
-                    acked = c.feedback(events[start:start + 100]).last_seq
-                    start = acked
-            except perennial.PerennialError:
-                pass
-            finally:
-                killer.cancel()
+            acked = _stream_until_killed(c, proc, events, accepted, 100, rng.uniform(0.05, 0.3), acked, durable=False)
         if proc.poll() is None:
             proc.kill()
         proc.wait()
