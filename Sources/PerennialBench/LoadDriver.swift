@@ -34,14 +34,31 @@ public struct LoadResult: Sendable {
     /// system): near 1 means the client, not the server, set the pace.
     public var clientCPUShare = 0.0
     public var latency = LatencyHistogram()
+    /// Perennial loads that send more than one kind of request (mixed):
+    /// the latency of each kind on its own, by opcode, since a FEEDBACK
+    /// that waits (for the learner, or for a snapshot) says nothing of how
+    /// long a RECOMMEND waited.
+    public var latencyByOpcode: [UInt8: LatencyHistogram] = [:]
     public var throughput: Double { seconds > 0 ? Double(units) / seconds : 0 }
     public var requestRate: Double { seconds > 0 ? Double(requests) / seconds : 0 }
 
     public var json: [String: Any] {
         let us = { (q: Double) in Double(self.latency.value(atQuantile: q)) / 1000 }
-        return ["throughput": throughput, "requests_per_second": requestRate, "requests": requests, "errors": errors,
+        var doc: [String: Any] = ["throughput": throughput, "requests_per_second": requestRate, "requests": requests, "errors": errors,
                 "seconds": seconds, "client_cpu_share": clientCPUShare, "p50_us": us(0.5), "p90_us": us(0.9), "p99_us": us(0.99), "p999_us": us(0.999),
                 "max_us": Double(latency.max) / 1000, "mean_us": latency.mean / 1000]
+        if latencyByOpcode.count > 1 {
+            // e.g. "by_request": {"recommend": {"requests": …, "p99_us": …}, "feedback": {…}}
+            var kinds: [String: Any] = [:]
+            for (opcode, h) in latencyByOpcode {
+                let name = Opcode(rawValue: opcode).map { "\($0)".lowercased() } ?? "opcode_\(opcode)"
+                let q = { (x: Double) in Double(h.value(atQuantile: x)) / 1000 }
+                kinds[name] = ["requests": h.count, "p50_us": q(0.5), "p90_us": q(0.9), "p99_us": q(0.99), "p999_us": q(0.999),
+                               "max_us": Double(h.max) / 1000]
+            }
+            doc["by_request"] = kinds
+        }
+        return doc
     }
 }
 
@@ -78,7 +95,7 @@ public struct LoadDriver {
     private struct Conn {
         var fd: Int32
         var inbox: [UInt8] = []
-        var outstanding: [(at: UInt64, units: Int)] = []
+        var outstanding: [(at: UInt64, units: Int, opcode: UInt8)] = []
         var head = 0
         var sent = 0
         var pacer: OpenLoopPacer?
@@ -144,7 +161,7 @@ public struct LoadDriver {
                         let at = pacer.issue()
                         let (bytes, units) = makeRequest(i, conns[i].sent)
                         out += bytes
-                        conns[i].outstanding.append((at, units))
+                        conns[i].outstanding.append((at, units, Self.opcode(bytes)))
                         conns[i].sent += 1
                         due -= 1
                     }
@@ -153,11 +170,11 @@ public struct LoadDriver {
                     while conns[i].inFlight < pipeline {
                         if let fixed = fixedRequest {
                             out.append(contentsOf: fixed)
-                            conns[i].outstanding.append((now, 1))
+                            conns[i].outstanding.append((now, 1, 0))
                         } else {
                             let (bytes, units) = makeRequest(i, conns[i].sent)
                             out += bytes
-                            conns[i].outstanding.append((now, units))
+                            conns[i].outstanding.append((now, units, Self.opcode(bytes)))
                         }
                         conns[i].sent += 1
                     }
@@ -194,7 +211,7 @@ public struct LoadDriver {
                     guard conns[i].head < conns[i].outstanding.count else {
                         throw BenchError("a reply arrived for no request")
                     }
-                    let (at, units) = conns[i].outstanding[conns[i].head]
+                    let (at, units, opcode) = conns[i].outstanding[conns[i].head]
                     conns[i].head += 1
                     if at >= measureFrom {
                         result.requests += 1
@@ -209,6 +226,7 @@ public struct LoadDriver {
                             }
                         }
                         result.latency.record(received >= at ? received - at : 0)
+                        if opcode != 0 { result.latencyByOpcode[opcode, default: LatencyHistogram()].record(received >= at ? received - at : 0) }
                     }
                 }
                 if offset > 0 { conns[i].inbox.removeFirst(offset) }
@@ -236,6 +254,11 @@ public struct LoadDriver {
             guard inbox.count - offset >= 4 + length else { return nil }
             return (4 + length, inbox[offset + 5] == 0x7F)
         }
+    }
+
+    /// A Perennial request's opcode (0 for anything else, e.g. RESP).
+    static func opcode(_ bytes: [UInt8]) -> UInt8 {
+        bytes.count >= FrameHeader.size && bytes[4] == 1 ? bytes[5] : 0
     }
 
     /// An ERROR frame's payload as "CODE: message".

@@ -201,8 +201,9 @@ final class RequestHandler {
             let share = Int(Double(learner.capacity) * config.limits.feedbackQueueShare)
             let mine = state.unappliedEvents(applied: model.appliedSeq)
             // (While an automatic snapshot waits for the learner to catch
-            // up, new events wait too; RECOMMENDs go on.)
-            guard !snapshotDraining else { return .waitForQueueRoom }
+            // up, and while its thread serialises the model, new events
+            // wait; RECOMMENDs go on.)
+            guard !snapshotDraining, !snapshotSerialising else { return .waitForQueueRoom }
             guard learner.hasRoom(for: events.count), mine == 0 || mine + events.count <= share else {
                 stats.queueFullPauses += 1
                 return .waitForQueueRoom
@@ -294,6 +295,8 @@ final class RequestHandler {
                 throw ProtocolError(.unknownScorer, error.description)
             }
         case .upsertItem(let u):
+            // (Not while a snapshot's thread serialises the model.)
+            if snapshotSerialising { return .waitForQueueRoom }
             if let b = model.upsertBreach(item: u.item, maxItemIDs: config.limits.maxItemIDs) {
                 stats.capacityRefusals += 1
                 throw Self.capacityError(b, upsert: true)
@@ -450,7 +453,9 @@ final class RequestHandler {
         if !fixed.isEmpty {
             throw ProtocolError(.invalidArgument, "the new config changes \(fixed.joined(separator: ", ")), which need a restart; nothing was changed")
         }
-        // The learner must be idle while scorers are swapped.
+        // The learner must be idle while scorers are swapped, and an
+        // automatic snapshot's thread done reading the model.
+        inFlight?.waitUntilSerialised()
         while model.appliedSeq < model.lastSeq { usleep(50) }
         let changes = try model.reconfigure(next)
         // (A new default alone needs no snapshot: the learned state is the same.)
@@ -499,14 +504,25 @@ final class RequestHandler {
     /// learner catches up, and RECOMMENDs are served meanwhile.
     private(set) var snapshotDraining = false
 
-    /// Called once per loop turn (EventLoop.snapshotTurn says when): takes
+    /// True while an automatic snapshot's thread reads the model: nothing
+    /// that changes the model is admitted (FEEDBACK and UPSERT_ITEM wait,
+    /// parked; a RELOAD waits for it), and reads are served.
+    var snapshotSerialising: Bool { inFlight.map { !$0.serialised } ?? false }
+
+    /// Wakes the loop from another thread (set by the loop once bound): a
+    /// snapshot's thread calls it when it has serialised the model, so
+    /// what waited for that goes on.
+    var wakeLoop: @Sendable () -> Void = {}
+
+    /// Called once per loop turn (EventLoop.snapshotTurn says when): starts
     /// the automatic snapshot `snapshot.every_events` asks for, if one is
-    /// due and none is being written, and collects a finished one. The
-    /// learner must first apply everything accepted (new FEEDBACK waits
-    /// meanwhile, not the loop); then the loop pauses only to serialise
-    /// (about 60 ms for ml-latest-small with cf), and the file is written by
-    /// the snapshot's own thread (SnapshotInFlight). Returns whether it took
-    /// one or stopped waiting for the learner (parked FEEDBACK can go on).
+    /// due and none is being taken, and collects a finished one. The learner
+    /// must first apply everything accepted (new FEEDBACK waits meanwhile,
+    /// not the loop); then the snapshot's own thread serialises the model
+    /// and writes the file (SnapshotInFlight), and the loop goes on serving
+    /// reads. Returns whether it stopped waiting for the learner without
+    /// starting a snapshot (parked FEEDBACK can go on; after a snapshot's
+    /// serialisation `wakeLoop` resumes it).
     func snapshotTurn() -> Bool {
         if let f = inFlight, let outcome = f.finished { collect(f, outcome) }
         let wasDraining = snapshotDraining
@@ -518,12 +534,20 @@ final class RequestHandler {
         snapshotDraining = model.appliedSeq < model.lastSeq
         guard !snapshotDraining else { return false }
         do {
-            let (job, payload, t0, pauseMs) = try serialiseSnapshot(note: [:], distinct: false)
-            inFlight = SnapshotInFlight(job: job, payload: payload, startedNs: t0, pauseMs: pauseMs)
+            let (job, t0, pauseMs) = try prepareSnapshot(note: [:], distinct: false)
+            // (Room for the last snapshot's size and an eighth: growing a
+            // buffer of tens of megabytes by doubling copies it each time.)
+            let capacity = lastSnapshotBytes + lastSnapshotBytes / 8
+            inFlight = SnapshotInFlight(job: job, startedNs: t0, pauseMs: pauseMs, serialise: { [model] in
+                var w = SnapshotWriter(capacity: capacity)
+                model.save(to: &w)
+                return w.bytes
+            }, wake: wakeLoop)
         } catch {
             snapshotFailed(at: model.lastSeq, error)
+            return true
         }
-        return true
+        return false
     }
 
     /// A stop: no automatic snapshot waits for the learner any more.
@@ -538,17 +562,22 @@ final class RequestHandler {
     @discardableResult
     func takeSnapshot(note: [String: Any] = [:], distinct: Bool = false) throws -> UInt64 {
         finishSnapshotInFlight()
-        let written: SnapshotWritten, job: SnapshotJob, size: Int, t0: UInt64, pauseMs: Double
+        let written: SnapshotWritten, job: SnapshotJob, size: Int, t0: UInt64
         do {
-            var bytes: [UInt8]
-            (job, bytes, t0, pauseMs) = try serialiseSnapshot(note: note, distinct: distinct)
+            (job, t0, _) = try prepareSnapshot(note: note, distinct: distinct)
+            var w = SnapshotWriter(capacity: lastSnapshotBytes + lastSnapshotBytes / 8)
+            model.save(to: &w)
+            var bytes = w.bytes
+            w = SnapshotWriter()
             size = bytes.count
+            lastSnapshotBytes = size
             written = try job.write(&bytes)
         } catch {
             Log.error("\(error)")
             throw error
         }
-        complete(written, seq: job.seq, bytes: size, startedNs: t0, pauseMs: pauseMs)
+        let ms = Double(MonotonicClock.nowNanos() - t0) / 1e6
+        complete(written, seq: job.seq, bytes: size, startedNs: t0, how: String(format: "serving paused %.1f ms", ms))
         return job.seq
     }
 
@@ -558,23 +587,22 @@ final class RequestHandler {
     }
 
     /// The loop's part of a snapshot: waits for the learner to apply
-    /// everything accepted, starts a new log segment, serialises the model.
-    private func serialiseSnapshot(note: [String: Any], distinct: Bool) throws -> (SnapshotJob, [UInt8], UInt64, Double) {
+    /// everything accepted, starts a new log segment, describes the version.
+    /// Returns the job, when it started, and how long the loop spent (ms).
+    private func prepareSnapshot(note: [String: Any], distinct: Bool) throws -> (SnapshotJob, UInt64, Double) {
         let t0 = MonotonicClock.nowNanos()
         while model.appliedSeq < model.lastSeq { usleep(50) }
         let seq = model.lastSeq
         let segment = try log.rollSegment()
-        var w = SnapshotWriter(capacity: lastSnapshotBytes + lastSnapshotBytes / 8)
-        model.save(to: &w)
-        lastSnapshotBytes = w.bytes.count
-        // The snapshot is a model version: its description.
+        // The snapshot is a model version: its description (its size is
+        // added when it is written).
         var meta: [String: Any] = ["created": ISO8601DateFormatter().string(from: Date()), "scorers": model.scorerNames,
                                    "default_scorer": model.defaultScorer, "config": config.source,
-                                   "users": model.users.count, "items": model.items.count, "bytes": w.bytes.count]
+                                   "users": model.users.count, "items": model.items.count]
         for (k, v) in note { meta[k] = v }
         let job = SnapshotJob(store: snapshots, seq: seq, firstLogSegment: segment, distinct: distinct,
                               keep: config.snapshotKeep, description: meta)
-        return (job, w.bytes, t0, Double(MonotonicClock.nowNanos() - t0) / 1e6)
+        return (job, t0, Double(MonotonicClock.nowNanos() - t0) / 1e6)
     }
 
     /// An automatic snapshot's write finished: complete it, or note the failure.
@@ -582,7 +610,9 @@ final class RequestHandler {
         inFlight = nil
         switch outcome {
         case .success(let written):
-            complete(written, seq: f.seq, bytes: f.bytes, startedNs: f.startedNs, pauseMs: f.pauseMs)
+            lastSnapshotBytes = f.size
+            complete(written, seq: f.seq, bytes: f.size, startedNs: f.startedNs,
+                     how: String(format: "serialised off the loop in %.1f ms; serving paused %.2f ms", f.serialiseMs, f.pauseMs))
         case .failure(let error):
             snapshotFailed(at: f.seq, error)
         }
@@ -600,13 +630,13 @@ final class RequestHandler {
 
     /// A snapshot is durable: it is the newest, and the log segments the
     /// kept snapshots cover can go.
-    private func complete(_ written: SnapshotWritten, seq: UInt64, bytes: Int, startedNs: UInt64, pauseMs: Double) {
+    private func complete(_ written: SnapshotWritten, seq: UInt64, bytes: Int, startedNs: UInt64, how: String) {
         lastSnapshotSeq = max(lastSnapshotSeq, seq)
         snapshotFailuresInARow = 0
         stats.snapshots += 1
         if let keepFrom = written.keepLogFrom { log.removeSegments(before: keepFrom) }
-        Log.info(String(format: "snapshot (version %@) at sequence %llu: %d bytes in %.1f ms (serving paused %.1f ms)",
-                        written.file.id, seq, bytes, Double(MonotonicClock.nowNanos() - startedNs) / 1e6, pauseMs))
+        Log.info(String(format: "snapshot (version %@) at sequence %llu: %d bytes in %.1f ms (%@)",
+                        written.file.id, seq, bytes, Double(MonotonicClock.nowNanos() - startedNs) / 1e6, how))
     }
 
     /// Under `always`: fsyncs the log before acknowledgements leave. False

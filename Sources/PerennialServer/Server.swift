@@ -106,6 +106,9 @@ public final class Server: Sendable {
             throw error
         }
         wakerBox.withLock { $0 = loop.waker }
+        // (A snapshot's thread wakes the loop before it ends, and the loop
+        // closes its handles only after waiting for that thread.)
+        handler.wakeLoop = { [waker = loop.waker] in waker.progressed() }
         learner.start()
         state.withLock {
             $0.port = port

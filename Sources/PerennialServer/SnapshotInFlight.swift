@@ -1,14 +1,25 @@
-// A snapshot being written off the loop thread. The loop serialises the
-// model (it must not change meanwhile, and only the loop admits events), then
-// a thread of this snapshot's own checksums, writes its description, writes
-// and fsyncs the file, gives the buffer's pages back and prunes old
-// snapshots; the loop collects the outcome later (`finished`, polled once
-// per loop turn) and only then removes the log segments the new snapshot
-// covers. So serving pauses for the serialisation only, not for the disk.
+// An automatic snapshot being taken off the loop thread. The loop only
+// prepares it (the learner has applied everything accepted, a new log
+// segment is started, the description is built); this snapshot's own thread
+// then serialises the model, and from then on needs nothing of it: it
+// checksums, writes the description, writes and fsyncs the file, gives the
+// buffer's pages back and prunes old snapshots. The loop collects the
+// outcome later (`finished`, polled once per loop turn) and only then
+// removes the log segments the new snapshot covers. So serving does not
+// pause for the snapshot at all, not even for the serialisation.
 //
-// Threading invariant (why this is `@unchecked Sendable`): `outcome` is a
-// Mutex; `payload` is touched only by the writing thread after `init`
-// returns; everything else is immutable.
+// Threading invariant (why this is `@unchecked Sendable`, and why the
+// model may be read here while the loop serves): until `serialised` is set
+// the loop changes nothing `Model.save` reads. It admits no FEEDBACK and no
+// UPSERT_ITEM (they wait, parked, as for a full learner queue), a RELOAD
+// waits for the serialisation (`waitUntilSerialised`), and the learner is
+// idle, having applied everything accepted; RECOMMEND, SCORE and STATS
+// only read the model and write serving scratch (top-k, exclusions, the
+// quantised item copies, text-cnn's cached encodings) that snapshots do not
+// hold. `serialised` is stored with release ordering after the last read
+// of the model, and loaded with acquire ordering by the loop before it
+// admits anything again. `outcome` is a Mutex; `payload` is touched only by
+// the thread; everything else is immutable.
 
 import Foundation
 import PerennialCore
@@ -40,6 +51,8 @@ struct SnapshotJob: @unchecked Sendable {
     /// any thread; touches only files.
     func write(_ payload: inout [UInt8]) throws -> SnapshotWritten {
         let file: SnapshotFile
+        var description = description
+        description["bytes"] = payload.count
         do {
             file = try store.write(seq: seq, firstLogSegment: firstLogSegment, payload: payload, distinct: distinct) { [store, description] file in
                 // A snapshot that replaces one at the same position keeps
@@ -62,22 +75,35 @@ struct SnapshotJob: @unchecked Sendable {
 
 final class SnapshotInFlight: @unchecked Sendable {
     let seq: UInt64
-    let bytes: Int
-    /// When the snapshot began (the loop's pause started) and how long the
-    /// loop paused to serialise, for the log line.
+    /// When the snapshot began (the learner had caught up), and how long the
+    /// loop paused for its part, for the log line.
     let startedNs: UInt64
     let pauseMs: Double
     private let outcome = Mutex<Result<SnapshotWritten, any Error>?>(nil)
     private let done = DispatchSemaphore(value: 0)
-    private var payload: [UInt8]
+    /// Set once the thread has read the model for the last time.
+    private let serialisedFlag = Atomic<Bool>(false)
+    private let serialisedSignal = DispatchSemaphore(value: 0)
+    /// The serialised size and the time it took (ns), once `serialised`.
+    private let serialisedSize = Atomic<Int>(0)
+    private let serialiseNs = Atomic<UInt64>(0)
+    private var payload: [UInt8] = []
 
-    init(job: SnapshotJob, payload: [UInt8], startedNs: UInt64, pauseMs: Double) {
+    /// Starts the thread: `serialise` (the model's bytes), then `wake` (the
+    /// loop resumes what waited for the serialisation), then the write.
+    init(job: SnapshotJob, startedNs: UInt64, pauseMs: Double,
+         serialise: @escaping @Sendable () -> [UInt8], wake: @escaping @Sendable () -> Void) {
         seq = job.seq
-        bytes = payload.count
         self.startedNs = startedNs
         self.pauseMs = pauseMs
-        self.payload = payload
         let t = Thread { [self] in
+            let t0 = MonotonicClock.nowNanos()
+            payload = serialise()
+            serialisedSize.store(payload.count, ordering: .relaxed)
+            serialiseNs.store(MonotonicClock.nowNanos() - t0, ordering: .relaxed)
+            serialisedFlag.store(true, ordering: .releasing)
+            serialisedSignal.signal()
+            wake()
             let result = Result { try job.write(&self.payload) }
             outcome.withLock { $0 = result }
             done.signal()
@@ -85,6 +111,22 @@ final class SnapshotInFlight: @unchecked Sendable {
         t.name = "perennial-snapshot"
         t.start()
     }
+
+    /// Whether the thread has finished reading the model (never blocks).
+    var serialised: Bool { serialisedFlag.load(ordering: .acquiring) }
+
+    /// Blocks until the thread has finished reading the model.
+    func waitUntilSerialised() {
+        guard !serialised else { return }
+        serialisedSignal.wait()
+        serialisedSignal.signal()
+        _ = serialised  // (the acquiring load orders what follows after the thread's reads)
+    }
+
+    /// The serialised size (bytes) and how long serialising took (ms);
+    /// valid once `serialised`.
+    var size: Int { serialisedSize.load(ordering: .relaxed) }
+    var serialiseMs: Double { Double(serialiseNs.load(ordering: .relaxed)) / 1e6 }
 
     /// The outcome once the write has finished, else nil (never blocks).
     var finished: Result<SnapshotWritten, any Error>? { outcome.withLock { $0 } }

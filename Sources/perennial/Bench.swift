@@ -108,6 +108,14 @@ struct Bench: ParsableCommand {
         print(String(format: "%@ %@: %d connections, %@: %.0f %@/s; latency p50 %.0f us, p90 %.0f, p99 %.0f, p99.9 %.0f, max %.0f; %d errors",
                      label, workload, connections, mode, r.throughput, w == .feedback ? "events" : "requests",
                      us(0.5), us(0.9), us(0.99), us(0.999), Double(r.latency.max) / 1000, r.errors))
+        if r.latencyByOpcode.count > 1 {
+            for (opcode, h) in r.latencyByOpcode.sorted(by: { $0.key < $1.key }) {
+                let q = { (x: Double) in Double(h.value(atQuantile: x)) / 1000 }
+                print(String(format: "  %@: %llu requests; latency p50 %.0f us, p90 %.0f, p99 %.0f, p99.9 %.0f, max %.0f",
+                             Opcode(rawValue: opcode).map { "\($0)".uppercased() } ?? "opcode \(opcode)", h.count,
+                             q(0.5), q(0.9), q(0.99), q(0.999), Double(h.max) / 1000))
+            }
+        }
         var doc = r.json
         doc["workload"] = workload
         doc["target"] = label

@@ -70,6 +70,21 @@ import PerennialProtocol
         let e = try bad.run(seconds: 0.2, warmup: 0)
         #expect(e.errors == e.requests && e.requests > 0)
         #expect(e.firstError?.contains("k") == true && e.firstError?.hasPrefix("INVALID_ARGUMENT") == true, "\(e.firstError ?? "none")")
+        // A mixed load's latency also by request kind, each reply counted
+        // once under the kind of request it answers.
+        let maker = RequestMaker(.mixed, settings: WorkloadSettings(), connections: 2)
+        let mixed = LoadDriver(host: "127.0.0.1", port: s.port, connections: 2, pipeline: 2, rate: nil, framing: .perennial) {
+            maker.make(connection: $0, n: $1)
+        }
+        let m = try mixed.run(seconds: 0.5, warmup: 0.1)
+        let recommends = m.latencyByOpcode[Opcode.recommend.rawValue]?.count ?? 0
+        let feedbacks = m.latencyByOpcode[Opcode.feedback.rawValue]?.count ?? 0
+        #expect(m.errors == 0 && recommends > 0 && feedbacks > 0 && recommends + feedbacks == UInt64(m.requests))
+        #expect(m.latencyByOpcode.keys.sorted() == [Opcode.recommend.rawValue, Opcode.feedback.rawValue])
+        let kinds = m.json["by_request"] as? [String: Any]
+        #expect(kinds?.keys.sorted() == ["feedback", "recommend"])
+        // (A single-kind load has no breakdown.)
+        #expect(r.json["by_request"] == nil)
         // Freshness: every sample ends, in well under a second on an idle server.
         let fresh = try FreshnessProbe(host: "127.0.0.1", port: s.port).run(samples: 50)
         #expect(fresh.count == 50 && fresh.max < 1_000_000_000)

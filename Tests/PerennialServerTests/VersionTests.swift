@@ -3,6 +3,7 @@ import Testing
 import PerennialClient
 import PerennialCore
 import PerennialProtocol
+import PerennialPlugins
 @testable import PerennialServer
 
 /// Model versions: every snapshot is one; a server started from an older
@@ -103,6 +104,89 @@ import PerennialProtocol
         #expect(try await scores(c2) == before)
         c2.close()
         again.stop()
+    }
+
+    /// An automatic snapshot's thread reads the model while the loop goes
+    /// on serving: RECOMMEND, SCORE and STATS are answered meanwhile, and
+    /// FEEDBACK and UPSERT_ITEM wait. Each snapshot taken so, restored and
+    /// brought forward by the log after it, must be exactly the final
+    /// model: a snapshot that caught a change halfway would not be.
+    @Test func snapshotsTakenWhileServingHoldExactlyTheModelAtTheirPosition() async throws {
+        let s = try TestServer("[snapshot]\nevery_events = 400\nkeep = 8\n")
+        let c = try await PerennialClient.connect(port: s.port)
+        // Reads, and item texts, on two more connections throughout.
+        let port = s.port
+        let reads = Task {
+            let r = try await PerennialClient.connect(port: port)
+            defer { r.close() }
+            var n = 0
+            while !Task.isCancelled {
+                let user = UInt64(n % 80 + 1)
+                _ = try await r.recommend(user: user, k: 10)
+                _ = try await r.score(user: user, items: [1, 2, 3, UInt64(n % 150 + 1)])
+                if n % 10 == 0 { _ = try await r.stats() }
+                n += 1
+            }
+            return n
+        }
+        let upserts = Task {
+            let u = try await PerennialClient.connect(port: port)
+            defer { u.close() }
+            var n = 0
+            while !Task.isCancelled {
+                _ = try await u.upsertItem(UInt64(n % 150 + 1), text: "item \(n) of a catalogue that keeps changing")
+                n += 1
+            }
+            return n
+        }
+        for part in 0..<10 {
+            _ = try await c.stream(events(part * 600..<(part + 1) * 600), batchSize: 50, window: 4)
+            // (A pause, so the reads overlap the snapshots on a loaded machine too.)
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        reads.cancel()
+        upserts.cancel()
+        let served = try await reads.value, upserted = try await upserts.value
+        #expect(served > 10 && upserted > 10, "reads and upserts went on during the stream (\(served), \(upserted))")
+        let stats = try await c.stats()
+        #expect((stats["snapshots"] ?? 0) >= 4)
+        c.close()
+        s.stop()
+
+        let store = SnapshotStore(directory: s.dataDir + "/snapshots")
+        let files = store.files()
+        func bytes(of m: Model) -> [UInt8] {
+            var w = SnapshotWriter()
+            m.save(to: &w)
+            return w.bytes
+        }
+        func restored(_ file: SnapshotFile) throws -> (Model, SnapshotInfo) {
+            var (info, reader) = try store.read(file.path)
+            let m = Model(config: s.server.config, registry: .builtin)
+            try m.restore(from: &reader)
+            return (m, info)
+        }
+        // Every snapshot brought forward by the log after it (item texts
+        // sent after the last one are there too) gives the same model.
+        func broughtForward(_ file: SnapshotFile) throws -> Model {
+            let (m, info) = try restored(file)
+            var scratch: [LearnEvent] = []
+            try FeedbackLog.scan(directory: s.dataDir + "/log", fromSegment: info.firstLogSegment, cutTornTail: false) { record in
+                try m.replay(record, scratch: &scratch)
+            }
+            return m
+        }
+        let newest = try broughtForward(files[0])
+        #expect(newest.lastSeq == 6000 && newest.appliedSeq == 6000)
+        let final = bytes(of: newest)
+        for file in files.dropFirst() {
+            let brought = bytes(of: try broughtForward(file))
+            // (Compared first: a failed #expect on the arrays themselves
+            // would spend minutes diffing megabytes for its message.)
+            let identical = brought == final
+            #expect(identical, "\(file.id), brought forward by the log, differs from the newest one")
+        }
+        #expect(files.count >= 5)
     }
 
     @Test func aShadowScorerIsComparedLiveAndNotReturned() async throws {

@@ -9,7 +9,9 @@
 // called only by the learner thread and touches only the scorers, which
 // follow the `Scorer` contract (state shared with readers lives in
 // never-moving ChunkedBuffers). The scorer set itself does not change while
-// a learner runs.
+// a learner runs. `save` may also run on an automatic snapshot's thread,
+// with the learner idle, while the admitting thread only serves reads and
+// admits nothing (the server's SnapshotInFlight states that invariant).
 
 import Synchronization
 #if canImport(Glibc)
@@ -439,7 +441,7 @@ public final class Model: @unchecked Sendable {
         return changes
     }
 
-    // MARK: snapshots (admitting thread, learner idle)
+    // MARK: snapshots (admitting thread, or a snapshot's thread while the admitting thread only reads; learner idle)
 
     /// Everything the model holds, for a snapshot: ids, histories, item
     /// texts, the table's rows and optimiser state, and each scorer's state.
