@@ -329,8 +329,10 @@ final class EventLoop {
         guard !stopping else { return }
         stopping = true
         // No automatic snapshot now (the stop leaves one); FEEDBACK parked
-        // for one is answered.
+        // for one is answered, and a waiting SNAPSHOT request takes its
+        // snapshot on the loop.
         handler.cancelSnapshotDraining()
+        handler.snapshotsOnLoop = true
         stopDeadline = MonotonicClock.nowMillis() + 5_000
         Log.info("stopping: answering what was read, then closing \(connections.count) connection(s)")
         uv_close(UnsafeMutablePointer(OpaquePointer(listener)), nil)

@@ -42,6 +42,9 @@ struct ConnectionState {
     /// This connection's accepted batches the learner has not applied yet
     /// (last sequence, size), for its share of the learner queue.
     var unapplied: [(last: UInt64, count: Int)] = []
+    /// The ticket of this connection's SNAPSHOT request waiting for its
+    /// snapshot (0 = none).
+    var snapshotTicket: UInt64 = 0
 
     /// Events of this connection still waiting for the learner.
     mutating func unappliedEvents(applied: UInt64) -> Int {
@@ -323,10 +326,26 @@ final class RequestHandler {
             }
             Reply.reload.encode(into: &out, requestID: requestID)
         case .snapshot:
-            do {
-                Reply.snapshot(try takeSnapshot()).encode(into: &out, requestID: requestID)
-            } catch {
-                throw ProtocolError(.storage, "snapshot failed: \(error)")
+            // Answered once a snapshot taken after the request is durable;
+            // the loop takes it like an automatic one (its own thread
+            // serialises and writes) and serves others meanwhile.
+            if state.snapshotTicket == 0 {
+                snapshotTicketsIssued += 1
+                state.snapshotTicket = snapshotTicketsIssued
+            }
+            if snapshotsOnLoop && snapshotOutcome(for: state.snapshotTicket) == nil {
+                // (Stopping: no more snapshots are started by turns.)
+                finishSnapshotInFlight()
+                if snapshotOutcome(for: state.snapshotTicket) == nil {
+                    let outcome = Result<UInt64, any Error> { try takeSnapshot() }
+                    recordSnapshotOutcome(through: snapshotTicketsIssued, outcome.mapError { SnapshotFailure(description: "\($0)") })
+                }
+            }
+            guard let outcome = snapshotOutcome(for: state.snapshotTicket) else { return .waitForQueueRoom }
+            state.snapshotTicket = 0
+            switch outcome {
+            case .success(let seq): Reply.snapshot(seq).encode(into: &out, requestID: requestID)
+            case .failure(let why): throw ProtocolError(.storage, "snapshot failed: \(why)")
             }
         case .shutdown:
             guard config.adminToken != nil || config.allowShutdown else {
@@ -499,6 +518,36 @@ final class RequestHandler {
     private var retrySnapshotAt: UInt64 = 0
     private var snapshotFailuresInARow = 0
 
+    /// SNAPSHOT requests: each takes the next ticket; the loop starts a
+    /// snapshot covering every ticket issued when none is being taken, and
+    /// a request is answered with the outcome of the first snapshot that
+    /// covers its ticket.
+    private var snapshotTicketsIssued: UInt64 = 0
+    private var snapshotTicketsStarted: UInt64 = 0
+    /// The tickets the in-flight snapshot covers (after `from`, through `to`).
+    private var inFlightTickets: (from: UInt64, to: UInt64) = (0, 0)
+    /// Outcomes of the latest snapshots that covered tickets (the sequence,
+    /// or why it failed): (first ticket, last ticket, outcome), oldest first.
+    private var snapshotOutcomes: [(from: UInt64, to: UInt64, outcome: Result<UInt64, SnapshotFailure>)] = []
+    /// Set when the server stops: a SNAPSHOT request then takes its
+    /// snapshot on the loop, as the loop starts no more.
+    var snapshotsOnLoop = false
+
+    struct SnapshotFailure: Error, CustomStringConvertible { var description: String }
+
+    private func snapshotOutcome(for ticket: UInt64) -> Result<UInt64, SnapshotFailure>? {
+        snapshotOutcomes.last { $0.from < ticket && ticket <= $0.to }?.outcome
+    }
+
+    private func recordSnapshotOutcome(through ticket: UInt64, _ outcome: Result<UInt64, SnapshotFailure>, from: UInt64? = nil) {
+        let first = from ?? (snapshotOutcomes.last?.to ?? 0)
+        guard ticket > first else { return }
+        snapshotOutcomes.append((first, ticket, outcome))
+        snapshotTicketsStarted = max(snapshotTicketsStarted, ticket)
+        // (A waiting request reads its outcome within a loop turn or two.)
+        if snapshotOutcomes.count > 64 { snapshotOutcomes.removeFirst(snapshotOutcomes.count - 64) }
+    }
+
     /// True while an automatic snapshot waits for the learner to apply
     /// what was accepted: FEEDBACK waits (parked, like a full queue) so the
     /// learner catches up, and RECOMMENDs are served meanwhile.
@@ -515,24 +564,32 @@ final class RequestHandler {
     var wakeLoop: @Sendable () -> Void = {}
 
     /// Called once per loop turn (EventLoop.snapshotTurn says when): starts
-    /// the automatic snapshot `snapshot.every_events` asks for, if one is
-    /// due and none is being taken, and collects a finished one. The learner
-    /// must first apply everything accepted (new FEEDBACK waits meanwhile,
-    /// not the loop); then the snapshot's own thread serialises the model
-    /// and writes the file (SnapshotInFlight), and the loop goes on serving
-    /// reads. Returns whether it stopped waiting for the learner without
-    /// starting a snapshot (parked FEEDBACK can go on; after a snapshot's
-    /// serialisation `wakeLoop` resumes it).
+    /// a snapshot when SNAPSHOT requests wait for one or `every_events` asks
+    /// for one, and none is being taken; collects a finished one. The
+    /// learner must first apply everything accepted (new FEEDBACK waits
+    /// meanwhile, not the loop); then the snapshot's own thread serialises
+    /// the model and writes the file (SnapshotInFlight), and the loop goes
+    /// on serving reads. Returns whether parked requests should be tried
+    /// again: it stopped waiting for the learner without starting a
+    /// snapshot, or a snapshot finished (its SNAPSHOT requests are answered).
+    /// After the serialisation `wakeLoop` resumes parked FEEDBACK.
     func snapshotTurn() -> Bool {
-        if let f = inFlight, let outcome = f.finished { collect(f, outcome) }
+        var collected = false
+        if let f = inFlight, let outcome = f.finished {
+            collect(f, outcome)
+            collected = true
+        }
         let wasDraining = snapshotDraining
         let every = UInt64(config.snapshotEveryEvents)
-        guard inFlight == nil, every > 0, model.lastSeq - lastSnapshotSeq >= every, model.lastSeq >= retrySnapshotAt else {
+        let requested = snapshotTicketsIssued > snapshotTicketsStarted
+        let due = every > 0 && model.lastSeq - lastSnapshotSeq >= every && model.lastSeq >= retrySnapshotAt
+        guard inFlight == nil, requested || due else {
             snapshotDraining = false
-            return wasDraining
+            return wasDraining || collected
         }
         snapshotDraining = model.appliedSeq < model.lastSeq
-        guard !snapshotDraining else { return false }
+        guard !snapshotDraining else { return collected }
+        let tickets = (from: snapshotTicketsStarted, to: snapshotTicketsIssued)
         do {
             let (job, t0, pauseMs) = try prepareSnapshot(note: [:], distinct: false)
             // (Room for the last snapshot's size and an eighth: growing a
@@ -543,19 +600,22 @@ final class RequestHandler {
                 model.save(to: &w)
                 return w.bytes
             }, wake: wakeLoop)
+            inFlightTickets = tickets
+            snapshotTicketsStarted = tickets.to
         } catch {
             snapshotFailed(at: model.lastSeq, error)
+            recordSnapshotOutcome(through: tickets.to, .failure(SnapshotFailure(description: "\(error)")), from: tickets.from)
             return true
         }
-        return false
+        return collected
     }
 
     /// A stop: no automatic snapshot waits for the learner any more.
     func cancelSnapshotDraining() { snapshotDraining = false }
 
     /// Writes a snapshot of the model at the current log position and
-    /// returns when it is durable (a SNAPSHOT request, a reload, a rollback,
-    /// a graceful stop): waits for an automatic one still being written,
+    /// returns when it is durable (a reload, a rollback, a graceful stop, and
+    /// a SNAPSHOT request while stopping): waits for one still being written,
     /// then serialises, writes, describes and prunes on the loop thread,
     /// which pauses for all of it (about 0.15-0.25 s for ml-latest-small
     /// with cf: 36 MB). Returns the sequence it covers.
@@ -613,9 +673,12 @@ final class RequestHandler {
             lastSnapshotBytes = f.size
             complete(written, seq: f.seq, bytes: f.size, startedNs: f.startedNs,
                      how: String(format: "serialised off the loop in %.1f ms; serving paused %.2f ms", f.serialiseMs, f.pauseMs))
+            recordSnapshotOutcome(through: inFlightTickets.to, .success(f.seq), from: inFlightTickets.from)
         case .failure(let error):
             snapshotFailed(at: f.seq, error)
+            recordSnapshotOutcome(through: inFlightTickets.to, .failure(SnapshotFailure(description: "\(error)")), from: inFlightTickets.from)
         }
+        inFlightTickets = (0, 0)
     }
 
     private func snapshotFailed(at seq: UInt64, _ error: any Error) {
@@ -625,7 +688,7 @@ final class RequestHandler {
         for _ in 1..<min(snapshotFailuresInARow, 20) where wait < every { wait *= 2 }
         wait = min(wait, every)
         retrySnapshotAt = model.lastSeq + UInt64(wait)
-        Log.error("automatic snapshot at sequence \(seq) failed (next attempt after sequence \(retrySnapshotAt)): \(error)")
+        Log.error("snapshot at sequence \(seq) failed (next automatic attempt after sequence \(retrySnapshotAt)): \(error)")
     }
 
     /// A snapshot is durable: it is the newest, and the log segments the

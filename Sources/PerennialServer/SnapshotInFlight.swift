@@ -90,7 +90,8 @@ final class SnapshotInFlight: @unchecked Sendable {
     private var payload: [UInt8] = []
 
     /// Starts the thread: `serialise` (the model's bytes), then `wake` (the
-    /// loop resumes what waited for the serialisation), then the write.
+    /// loop resumes what waited for the serialisation), then the write,
+    /// then `wake` again (for a SNAPSHOT request waiting for the file).
     init(job: SnapshotJob, startedNs: UInt64, pauseMs: Double,
          serialise: @escaping @Sendable () -> [UInt8], wake: @escaping @Sendable () -> Void) {
         seq = job.seq
@@ -106,6 +107,8 @@ final class SnapshotInFlight: @unchecked Sendable {
             wake()
             let result = Result { try job.write(&self.payload) }
             outcome.withLock { $0 = result }
+            // (Again: a SNAPSHOT request waits for the file to be durable.)
+            wake()
             done.signal()
         }
         t.name = "perennial-snapshot"

@@ -106,9 +106,9 @@ import PerennialPlugins
         again.stop()
     }
 
-    /// An automatic snapshot's thread reads the model while the loop goes
-    /// on serving: RECOMMEND, SCORE and STATS are answered meanwhile, and
-    /// FEEDBACK and UPSERT_ITEM wait. Each snapshot taken so, restored and
+    /// A snapshot's thread (automatic, or for a SNAPSHOT request) reads the
+    /// model while the loop goes on serving: RECOMMEND, SCORE and STATS are
+    /// answered meanwhile, and FEEDBACK and UPSERT_ITEM wait. Each snapshot taken so, restored and
     /// brought forward by the log after it, must be exactly the final
     /// model: a snapshot that caught a change halfway would not be.
     @Test func snapshotsTakenWhileServingHoldExactlyTheModelAtTheirPosition() async throws {
@@ -125,6 +125,10 @@ import PerennialPlugins
                 _ = try await r.recommend(user: user, k: 10)
                 _ = try await r.score(user: user, items: [1, 2, 3, UInt64(n % 150 + 1)])
                 if n % 10 == 0 { _ = try await r.stats() }
+                if n % 40 == 39 {
+                    // SNAPSHOT requests too, from two connections at once.
+                    guard case .snapshot = try await r.call(.snapshot) else { throw TestError("no snapshot reply") }
+                }
                 n += 1
             }
             return n
@@ -141,6 +145,13 @@ import PerennialPlugins
         }
         for part in 0..<10 {
             _ = try await c.stream(events(part * 600..<(part + 1) * 600), batchSize: 50, window: 4)
+            // A SNAPSHOT request is answered once a snapshot holding what was
+            // acknowledged before it is durable.
+            if part % 3 == 1 {
+                guard case .snapshot(let seq) = try await c.call(.snapshot) else { throw TestError("no snapshot reply") }
+                #expect(seq >= UInt64((part + 1) * 600))
+                #expect(SnapshotStore(directory: s.dataDir + "/snapshots").files().contains { $0.seq >= UInt64((part + 1) * 600) })
+            }
             // (A pause, so the reads overlap the snapshots on a loaded machine too.)
             try await Task.sleep(for: .milliseconds(50))
         }
