@@ -374,9 +374,11 @@ final class EventLoop {
 
 /// The thread-safe way into the loop from other threads: `uv_async_send` is
 /// the one libuv call documented as safe from any thread. The handles stay
-/// valid until the loop closes them, which happens only after the learner
-/// (the other thread that calls `progressed`) has been stopped and after
-/// `Server` has marked itself stopped (guarding `requestStop`).
+/// valid until the loop closes them, which happens only after the threads
+/// that call `progressed` have ended their part (the learner is stopped;
+/// the last snapshot thread is waited for, even once its outcome was
+/// collected) and after `Server` has marked itself stopped (guarding
+/// `requestStop`).
 struct EventLoopWaker: @unchecked Sendable {
     let progress: UnsafeMutablePointer<uv_async_t>
     let stop: UnsafeMutablePointer<uv_async_t>

@@ -142,6 +142,9 @@ final class RequestHandler {
             stats.errorsTotal += 1
             if error.code == .timeout { stats.timeouts += 1 }
             state.waitDeadline = 0
+            // (A SNAPSHOT that waited and then failed must not leave its
+            // ticket for the connection's next one.)
+            state.snapshotTicket = 0
             Reply.encodeError(error, requestID: id, into: &out)
             return .done
         }
@@ -511,6 +514,9 @@ final class RequestHandler {
     private var lastSnapshotBytes = 0
     /// The automatic snapshot being written off the loop thread, if any.
     private var inFlight: SnapshotInFlight?
+    /// The last one collected, whose thread may still be about to wake the
+    /// loop (see `finishSnapshotInFlight`).
+    private var retired: SnapshotInFlight?
     /// After an automatic snapshot failed: no new attempt before this
     /// sequence (a tenth of `every_events` later, doubling with every
     /// failure in a row up to `every_events`), so a full disk does not pause
@@ -536,7 +542,10 @@ final class RequestHandler {
     struct SnapshotFailure: Error, CustomStringConvertible { var description: String }
 
     private func snapshotOutcome(for ticket: UInt64) -> Result<UInt64, SnapshotFailure>? {
-        snapshotOutcomes.last { $0.from < ticket && ticket <= $0.to }?.outcome
+        // Ranges are contiguous and increasing, so the first reaching the
+        // ticket is its snapshot, or (its own trimmed away) a later one,
+        // which also started after the ticket was issued.
+        snapshotOutcomes.first { ticket <= $0.to }?.outcome
     }
 
     private func recordSnapshotOutcome(through ticket: UInt64, _ outcome: Result<UInt64, SnapshotFailure>, from: UInt64? = nil) {
@@ -642,8 +651,12 @@ final class RequestHandler {
     }
 
     /// Waits for an automatic snapshot still being written, and completes it.
+    /// Also waits for the thread of the last one collected to end: it wakes
+    /// the loop once more after its outcome is visible, and the loop's
+    /// handles must outlive that wake (this runs before they close).
     func finishSnapshotInFlight() {
         if let f = inFlight { collect(f, f.wait()) }
+        if let r = retired { _ = r.wait(); retired = nil }
     }
 
     /// The loop's part of a snapshot: waits for the learner to apply
@@ -668,6 +681,7 @@ final class RequestHandler {
     /// An automatic snapshot's write finished: complete it, or note the failure.
     private func collect(_ f: SnapshotInFlight, _ outcome: Result<SnapshotWritten, any Error>) {
         inFlight = nil
+        retired = f
         switch outcome {
         case .success(let written):
             lastSnapshotBytes = f.size

@@ -106,8 +106,9 @@ public final class Server: Sendable {
             throw error
         }
         wakerBox.withLock { $0 = loop.waker }
-        // (A snapshot's thread wakes the loop before it ends, and the loop
-        // closes its handles only after waiting for that thread.)
+        // (A snapshot's thread wakes the loop up to its last step; the loop
+        // closes its handles only after waiting for that thread to end, in
+        // `finishSnapshotInFlight`, collected or not.)
         handler.wakeLoop = { [waker = loop.waker] in waker.progressed() }
         learner.start()
         state.withLock {
