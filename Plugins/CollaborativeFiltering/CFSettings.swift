@@ -24,7 +24,7 @@ public struct CFSettings: ScorerSettings, Equatable {
     /// Weight of the item-neighbourhood score in the blend, and of the
     /// factor score (standardised over the catalogue).
     public var neighbourhoodWeight: Float = 1
-    public var factorWeight: Float = 0.7
+    public var factorWeight: Float = 0.3
     /// The factor part's weight grows with the evidence about the user:
     /// factorWeight · n / (n + factorShrinkage) for a user with n events, so
     /// a user known from a handful of events is served mostly by the
