@@ -67,7 +67,12 @@ public final class Server: Sendable {
         var rollback: [String: Any]?
         do {
             let (recovered, firstSegment, snapshotSeq): (Model, Int, UInt64)
-            if let startVersion {
+            if let startVersion, let done = rollbackAlreadyTaken(to: startVersion, snapshots: snapshots) {
+                // (A flag left in a service unit must not throw away, on every
+                // start, what was learned since the rollback.)
+                Log.warning("--from-version \(startVersion): version \(done) already records that rollback, so this start recovers the newest version with everything learned since; remove --from-version (to roll back to the same model again: --from-version \(done))")
+                (recovered, firstSegment, snapshotSeq) = try recover(log: log, snapshots: snapshots)
+            } else if let startVersion {
                 (recovered, firstSegment, snapshotSeq, rollback) = try rollBack(to: startVersion, log: log, snapshots: snapshots)
             } else {
                 (recovered, firstSegment, snapshotSeq) = try recover(log: log, snapshots: snapshots)
@@ -229,6 +234,14 @@ public final class Server: Sendable {
 }
 
 extension Server {
+    /// The version that records an earlier rollback to `id` (each rollback
+    /// adds one, noted `rolled_back_from`), if any.
+    func rollbackAlreadyTaken(to id: String, snapshots: SnapshotStore) -> String? {
+        let bare = id.hasPrefix("v") ? String(id.dropFirst()) : id
+        return snapshots.files().sorted { ($0.seq, $0.serial) < ($1.seq, $1.serial) }
+            .first { (snapshots.metadata(of: $0)["rolled_back_from"] as? String) == "v" + bare }?.id
+    }
+
     /// Start-up from a named version: that snapshot exactly, with the log's
     /// later events left in the log but not learned (a rollback). Returns
     /// what `recover` does and the note for the version that records it.

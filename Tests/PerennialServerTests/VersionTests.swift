@@ -68,6 +68,18 @@ import PerennialPlugins
         c.close()
         again.stop()
 
+        // The same --from-version again (a flag left in a service unit) does
+        // not roll back a second time: the event learned since stays, and
+        // no version is added.
+        let versionsBefore = store.files().map(\.id).sorted()
+        let repeated = try TestServer(dataDir: first.dataDir, startVersion: "v\(v1)")
+        c = try await PerennialClient.connect(port: repeated.port)
+        let afterRepeat = try await c.stats()
+        #expect(afterRepeat["events_applied"] == 8001 && afterRepeat["events_accepted"] == 8001)
+        c.close()
+        repeated.stop()
+        #expect(store.files().map(\.id).sorted() == versionsBefore)
+
         // An unknown version is a clear start-up error naming the versions.
         #expect(throws: (any Error).self) { _ = try TestServer(dataDir: first.dataDir, startVersion: "v123") }
     }
