@@ -332,6 +332,12 @@ final class RequestHandler {
             // Answered once a snapshot taken after the request is durable;
             // the loop takes it like an automatic one (its own thread
             // serialises and writes) and serves others meanwhile.
+            // Nothing accepted since the last snapshot: it already holds
+            // every event, so it answers (no file rewritten, no new version).
+            if state.snapshotTicket == 0 && inFlight == nil && lastSnapshotSeq > 0 && model.lastSeq == lastSnapshotSeq {
+                Reply.snapshot(lastSnapshotSeq).encode(into: &out, requestID: requestID)
+                return .done
+            }
             if state.snapshotTicket == 0 {
                 snapshotTicketsIssued += 1
                 state.snapshotTicket = snapshotTicketsIssued

@@ -218,7 +218,7 @@ public final class Server: Sendable {
             let now = MonotonicClock.nowNanos()
             if now - lastReport > 1_000_000_000 {
                 lastReport = now
-                Log.info("recovering: \(model.lastSeq) events replayed from the log")
+                Log.info("recovering: at sequence \(model.lastSeq) of the log")
             }
         }
         if let torn = report.tornTail {

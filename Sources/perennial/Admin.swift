@@ -64,6 +64,10 @@ struct Admin: AsyncParsableCommand {
                              hello.serverName, host, port, us, hello.maxFrameBytes, hello.maxItems, hello.maxEvents))
             case "stats":
                 let shown = try await client.stats().filter { s in prefixes.isEmpty || prefixes.contains { s.key.hasPrefix($0) } }
+                // (A mistyped prefix must not look like an empty answer.)
+                if shown.isEmpty && !prefixes.isEmpty {
+                    throw CommandError("no counter's name starts with \(prefixes.joined(separator: " or ")); `perennial admin stats` lists them all")
+                }
                 if json {
                     let data = try JSONSerialization.data(withJSONObject: shown, options: [.sortedKeys])
                     print(String(decoding: data, as: UTF8.self))
@@ -78,7 +82,7 @@ struct Admin: AsyncParsableCommand {
                 print("reloaded: the server applied its config file (its log says what changed)")
             case "snapshot":
                 guard case .snapshot(let seq) = try await client.call(.snapshot) else { throw CommandError("unexpected reply to SNAPSHOT") }
-                print("snapshot written at sequence \(seq) (a new model version: `perennial versions` lists them)")
+                print("snapshot durable at sequence \(seq) (version v\(seq) or a later one at that position: `perennial versions` lists them)")
             default:
                 try await client.shutdown()
                 print("the server is stopping")

@@ -84,6 +84,28 @@ import PerennialPlugins
         #expect(throws: (any Error).self) { _ = try TestServer(dataDir: first.dataDir, startVersion: "v123") }
     }
 
+    /// A SNAPSHOT with nothing accepted since the last one answers with it:
+    /// no file rewritten, no new version.
+    @Test func snapshotWithNothingNewAnswersWithTheLastOne() async throws {
+        let s = try TestServer()
+        let c = try await PerennialClient.connect(port: s.port)
+        _ = try await c.stream(events(0..<300), batchSize: 100, window: 2)
+        guard case .snapshot(let a) = try await c.call(.snapshot) else { throw TestError("no snapshot reply") }
+        let store = SnapshotStore(directory: s.dataDir + "/snapshots")
+        let file = try #require(store.files().first)
+        let written = try FileManager.default.attributesOfItem(atPath: file.path)[.modificationDate] as? Date
+        guard case .snapshot(let b) = try await c.call(.snapshot) else { throw TestError("no snapshot reply") }
+        #expect(a == 300 && b == 300)
+        #expect(store.files().map(\.id) == ["v300"])
+        #expect(try FileManager.default.attributesOfItem(atPath: file.path)[.modificationDate] as? Date == written)
+        // One event more: a new snapshot at its position.
+        _ = try await c.feedback([WireEvent(user: 3, item: 5, kind: .click)])
+        guard case .snapshot(let d) = try await c.call(.snapshot) else { throw TestError("no snapshot reply") }
+        #expect(d == 301)
+        c.close()
+        s.stop()
+    }
+
     /// Automatic snapshots (`snapshot.every_events`) are written by their
     /// own thread while the server keeps answering; each becomes the newest
     /// version, covered log segments go, and a restart starts from the
