@@ -11,7 +11,7 @@ from typing import (Any, Awaitable, Callable, Deque, Dict, Iterable, List, Optio
 from . import _commands as _c
 from ._commands import Attributes, Command, resolve_reply
 from .client import REPLY_LIMITS
-from .errors import (ConnectionError, InvalidEvent, PerennialError, ProtocolError, ServerError,
+from .errors import (ConnectionError, InvalidArgument, InvalidEvent, PerennialError, ProtocolError, ServerError,
                      TimeoutError, FATAL_CODES, ERROR_CODES)
 from .protocol import DEFAULT_LIMITS, FrameDecoder, Opcode, encode_request
 from .types import (Event, EventLike, FeedbackAck, Recommendation, Score, ServerInfo,
@@ -389,9 +389,16 @@ class AsyncClient:
         await self._ensure_connected()  # learn max_events first
         ack: Optional[FeedbackAck] = None
         offset = 0
-        for batch in _c.chunks(evs, self.max_events):
+        while offset < len(evs):
+            batch = evs[offset:offset + self.max_events]
             try:
                 ack = await self._call(_c.feedback(batch))
+            except InvalidArgument as e:
+                # (As Client.feedback: a RELOAD may have lowered max_events.)
+                if len(batch) > 1 and (await self.hello()).max_events < len(batch):
+                    continue
+                _c.place_in_stream(e, offset)
+                raise
             except ServerError as e:
                 _c.place_in_stream(e, offset)
                 raise

@@ -9,7 +9,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequenc
 
 from . import _commands as _c
 from ._commands import Attributes, Command, resolve_reply
-from .errors import (ConnectionError, InvalidEvent, PerennialError, ProtocolError, ServerError,
+from .errors import (ConnectionError, InvalidArgument, InvalidEvent, PerennialError, ProtocolError, ServerError,
                      TimeoutError)
 from .protocol import (DEFAULT_LIMITS, Frame, FrameDecoder, Limits, encode_request)
 from .types import (Event, EventLike, FeedbackAck, Recommendation, Score, ServerInfo,
@@ -449,9 +449,17 @@ class Client:
         self._ensure_connected()  # learn max_events first
         ack: Optional[FeedbackAck] = None
         offset = 0
-        for batch in _c.chunks(evs, self.max_events):
+        while offset < len(evs):
+            batch = evs[offset:offset + self.max_events]
             try:
                 ack = self._call(_c.feedback(batch))
+            except InvalidArgument as e:
+                # A RELOAD may have lowered max_events since the HELLO: the
+                # batch was refused whole, so learn the limit and resend.
+                if len(batch) > 1 and self.hello().max_events < len(batch):
+                    continue
+                _c.place_in_stream(e, offset)
+                raise
             except ServerError as e:
                 _c.place_in_stream(e, offset)
                 raise

@@ -74,6 +74,7 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _I64 = struct.Struct("<q")
 _F32 = struct.Struct("<f")
+_UNSIGNED_BITS = {"<B": 8, "<H": 16, "<I": 32, "<Q": 64}
 _EVENT = struct.Struct("<QQBfq")  # 29 bytes, packed (no padding with "<")
 _ITEM_SCORE = struct.Struct("<Qf")
 _SCORE_KNOWN = struct.Struct("<fB")
@@ -487,8 +488,13 @@ def _p(st: struct.Struct, what: str, *values: Any) -> bytes:
     try:
         return st.pack(*values)
     except (struct.error, OverflowError, TypeError) as e:
-        raise ValueError("cannot encode %s = %r: %s" % (what, values if len(values) > 1
-                                                         else values[0], e)) from None
+        value = values if len(values) > 1 else values[0]
+        bits = _UNSIGNED_BITS.get(st.format)
+        if bits is not None and len(values) == 1:
+            # Say the range the wire field holds, not struct's wording.
+            raise ValueError("%s must be an integer from 0 to %d, not %r"
+                             % (what, (1 << bits) - 1, value)) from None
+        raise ValueError("cannot encode %s = %r: %s" % (what, value, e)) from None
 
 
 def _w_u8(v: int, what: str) -> bytes:
@@ -528,11 +534,16 @@ def _w_str32(s: str, what: str) -> bytes:
 
 def _w_ids16(ids: Sequence[int], what: str) -> bytes:
     ids = list(ids)
+    if len(ids) > 0xFFFF:
+        raise ValueError("%s: at most 65535 ids fit a request, not %d (the server's "
+                         "max_items, from HELLO, is usually lower)" % (what, len(ids)))
     head = _w_u16(len(ids), what + " count")
     try:
         return head + struct.pack("<%dQ" % len(ids), *ids)
-    except (struct.error, OverflowError, TypeError) as e:
-        raise ValueError("cannot encode %s: %s" % (what, e)) from None
+    except (struct.error, OverflowError, TypeError):
+        bad = next((i for i in ids if not isinstance(i, int) or not 0 <= i < 1 << 64), None)
+        raise ValueError("%s: every id must be an integer from 0 to 2**64-1, not %r"
+                         % (what, bad)) from None
 
 
 def _kind_number(kind: Union[str, int]) -> int:

@@ -97,3 +97,23 @@ def test_reload_under_load(start_server) -> None:
     assert stats["reloads"] == 4
     # Nobody reconnected: 50 workers, the probe, the admin connection and this check.
     assert stats["connections_total"] <= 53
+
+
+def test_feedback_follows_a_lowered_max_events_after_reload(start_server) -> None:
+    """A RELOAD by someone else lowers max_events: a client that learned the
+    old limit at HELLO still sends its long list whole, in smaller batches."""
+    srv = start_server(BASE % ('"cf", "popularity"', "cf", "0.3"))
+    cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
+    host, port = srv.address
+    with perennial.Client(host, port) as c:
+        assert c.ping()
+        before = c.server_info.max_events
+        assert before > 500
+        cfg.write_text(BASE % ('"cf", "popularity"', "cf", "0.3") + "[limits]\nmax_events = 500\n")
+        with perennial.Client(host, port) as admin:
+            admin.reload()
+        events = [perennial.Event(u % 50 + 1, u % 70 + 1) for u in range(1200)]
+        ack = c.feedback(events)
+        assert ack.last_seq - ack.first_seq + 1 <= 500      # the last of several batches
+        assert c.server_info.max_events == 500
+        assert c.stats()["events_accepted"] == 1200
