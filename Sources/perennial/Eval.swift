@@ -15,9 +15,11 @@ struct Eval: ParsableCommand {
             tenth by tenth, prequential RMSE for scorers that predict ratings, and
             popularity/online as the baseline. E2: leave-last-out top-10 beside
             popularity. E3: cold-start items from their text, beside TF-IDF and random.
-            E4: next item from the sequence, beside cf, Markov and popularity. E5: candidate
-            generation (Recall@100, coverage) beside cf and popularity, and E1 of gan+cf. Scorer settings come from --config (its [scorers.NAME]
-            section) or the defaults. Variants run in parallel on the cores there are.
+            E4: next item from the sequence, beside cf, Markov and popularity.
+            E5: candidate generation (Recall@100, coverage) beside cf and
+            popularity, and E1 of gan+cf. Scorer settings come from --config
+            (its [scorers.NAME] section) or the defaults. Variants run in
+            parallel on the cores there are.
             """
     )
 

@@ -567,7 +567,7 @@ public final class Model: @unchecked Sendable {
             let name = try r.string()
             let block = try r.block()
             guard let s = scorers.first(where: { $0.name == name }) else {
-                Log.warning("snapshot: scorer \(name) is not loaded by this config; its saved state is not used")
+                Log.warning("snapshot: scorer \(name) is not loaded by this config; its saved state is not used, and the next snapshot will not have it (stop now and start with the config that loads \(name) to keep it)")
                 continue
             }
             var sub = SnapshotReader(bytes: block)
