@@ -272,7 +272,7 @@ extension Server {
         }
         let skipped = last - model.lastSeq
         model.skip(to: last)
-        Log.info("rolled back to version \(id): \(skipped) later events stay in the log, not learned; numbering continues at \(last + 1)")
+        Log.info("rolled back to version \(file.id): \(skipped) later events stay in the log, not learned; numbering continues at \(last + 1)")
         return (model, info.firstLogSegment, info.seq, ["rolled_back_from": file.id, "events_not_learned": skipped])
     }
 }
