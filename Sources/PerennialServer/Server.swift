@@ -237,9 +237,9 @@ extension Server {
     /// The version that records an earlier rollback to `id` (each rollback
     /// adds one, noted `rolled_back_from`), if any.
     func rollbackAlreadyTaken(to id: String, snapshots: SnapshotStore) -> String? {
-        let bare = id.hasPrefix("v") ? String(id.dropFirst()) : id
+        let wanted = SnapshotStore.versionID(id)
         return snapshots.files().sorted { ($0.seq, $0.serial) < ($1.seq, $1.serial) }
-            .first { (snapshots.metadata(of: $0)["rolled_back_from"] as? String) == "v" + bare }?.id
+            .first { (snapshots.metadata(of: $0)["rolled_back_from"] as? String) == wanted }?.id
     }
 
     /// Start-up from a named version: that snapshot exactly, with the log's

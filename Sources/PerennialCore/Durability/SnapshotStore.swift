@@ -91,9 +91,13 @@ public struct SnapshotStore: Sendable {
 
     /// The file of version `id` (`v<seq>`, `v<seq>.<n>`, or without the v).
     public func file(ofVersion id: String) -> SnapshotFile? {
-        let bare = id.hasPrefix("v") ? String(id.dropFirst()) : id
-        return files().first { $0.id == "v" + bare }
+        let wanted = Self.versionID(id)
+        return files().first { $0.id == wanted }
     }
+
+    /// A version id as listed (`v<seq>` or `v<seq>.<serial>`), whether or
+    /// not it was given with its `v`.
+    public static func versionID(_ id: String) -> String { id.hasPrefix("v") ? id : "v" + id }
 
     /// Writes a snapshot durably; returns its file. A snapshot at a position
     /// that already has one replaces it (the same events learned give the

@@ -212,9 +212,9 @@ def shutdown() -> Command:
     return Command(Opcode.SHUTDOWN, b"", lambda p: None)
 
 
-def chunks(events: List[Event], size: int) -> List[List[Event]]:
-    size = max(1, size)
-    return [events[i:i + size] for i in range(0, len(events), size)]
+def batch_at(events: List[Event], offset: int, size: int) -> List[Event]:
+    """The FEEDBACK batch starting at ``offset`` under a max_events of ``size``."""
+    return events[offset:offset + max(1, size)]
 
 
 class PipelineCommands:

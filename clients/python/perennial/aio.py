@@ -390,7 +390,7 @@ class AsyncClient:
         ack: Optional[FeedbackAck] = None
         offset = 0
         while offset < len(evs):
-            batch = evs[offset:offset + self.max_events]
+            batch = _c.batch_at(evs, offset, self.max_events)
             try:
                 ack = await self._call(_c.feedback(batch))
             except InvalidArgument as e:

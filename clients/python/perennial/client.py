@@ -450,7 +450,7 @@ class Client:
         ack: Optional[FeedbackAck] = None
         offset = 0
         while offset < len(evs):
-            batch = evs[offset:offset + self.max_events]
+            batch = _c.batch_at(evs, offset, self.max_events)
             try:
                 ack = self._call(_c.feedback(batch))
             except InvalidArgument as e:

@@ -534,9 +534,6 @@ def _w_str32(s: str, what: str) -> bytes:
 
 def _w_ids16(ids: Sequence[int], what: str) -> bytes:
     ids = list(ids)
-    if len(ids) > 0xFFFF:
-        raise ValueError("%s: at most 65535 ids fit a request, not %d (the server's "
-                         "max_items, from HELLO, is usually lower)" % (what, len(ids)))
     head = _w_u16(len(ids), what + " count")
     try:
         return head + struct.pack("<%dQ" % len(ids), *ids)
