@@ -15,6 +15,9 @@ public final class Server: Sendable {
     public let config: PerennialConfig
     /// Start from this model version (`v<seq>`) rather than the newest.
     public let startVersion: String?
+    /// Scorers whose learned state start-up may drop when the config no
+    /// longer loads them (`serve --drop-scorer`); others are refused.
+    public let dropScorers: Set<String>
     private let reloadConfig: (@Sendable () throws -> PerennialConfig)?
     private let state: Mutex<State>
     private let started = DispatchSemaphore(value: 0)
@@ -29,9 +32,11 @@ public final class Server: Sendable {
 
     /// `reloadConfig` reads the config anew for RELOAD and SIGHUP (nil: the
     /// server has no file to reload).
-    public init(config: PerennialConfig, startVersion: String? = nil, reloadConfig: (@Sendable () throws -> PerennialConfig)? = nil) {
+    public init(config: PerennialConfig, startVersion: String? = nil, dropScorers: Set<String> = [],
+                reloadConfig: (@Sendable () throws -> PerennialConfig)? = nil) {
         self.config = config
         self.startVersion = startVersion
+        self.dropScorers = dropScorers
         self.reloadConfig = reloadConfig
         state = Mutex(State())
     }
@@ -100,7 +105,12 @@ public final class Server: Sendable {
         do {
             // A rollback is made permanent at once: a new version holding
             // the old model at the log's end, so a restart starts from it.
-            if let rollback { _ = try handler.takeSnapshot(note: rollback, distinct: true) }
+            // So is a scorer dropped as asked (--drop-scorer): without a new
+            // version the newest would still hold it, and the next start
+            // without the flag would be refused again.
+            var note = rollback ?? [:]
+            if !model.droppedAtRestore.isEmpty { note["dropped_scorers"] = model.droppedAtRestore }
+            if !note.isEmpty { _ = try handler.takeSnapshot(note: note, distinct: true) }
             port = try loop.bind(host: config.host, port: config.port, handleSignals: handleSignals)
         } catch {
             log.close()
@@ -196,13 +206,17 @@ public final class Server: Sendable {
             do {
                 var (info, reader) = try snapshots.read(file.path)
                 let candidate = Model(config: config, registry: .builtin)
-                try candidate.restore(from: &reader)
+                try candidate.restore(from: &reader, unloaded: .refuseExcept(dropScorers))
                 model = candidate
                 firstSegment = info.firstLogSegment
                 snapshotSeq = info.seq
                 Log.info(String(format: "loaded the snapshot at sequence %llu (%@) in %.2f s", info.seq, file.path,
                                 Double(MonotonicClock.nowNanos() - t0) / 1e9))
                 break
+            } catch let error as UnloadedScorerError {
+                // Not damage: an older snapshot holds the same scorers, and
+                // the log alone may no longer rebuild them.
+                throw ServerError("\(file.path): \(error)")
             } catch {
                 Log.warning("skipping snapshot \(file.path): \(error)")
                 if firstSkip == nil { firstSkip = "\(error)" }
@@ -253,7 +267,7 @@ extension Server {
         var (info, reader) = try snapshots.read(file.path)
         let model = Model(config: config, registry: .builtin)
         do {
-            try model.restore(from: &reader)
+            try model.restore(from: &reader, unloaded: .refuseExcept(dropScorers))
         } catch {
             throw ServerError("version \(id) cannot be loaded with this config: \(error)")
         }

@@ -37,6 +37,9 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("from-version"), help: "Start from this model version (see `perennial versions`) instead of the newest: a rollback; later events stay in the log, not learned.")
     var fromVersion: String?
 
+    @Option(name: .customLong("drop-scorer"), help: "Drop this scorer's learned state if the newest snapshot holds it and the config no longer loads it (repeatable); without it such a start is refused, since the state would be lost for good.")
+    var dropScorer: [String] = []
+
     func run() throws {
         var overrides: [String: ConfigValue] = [:]
         if let host { overrides["server.host"] = .string(host) }
@@ -64,7 +67,7 @@ struct Serve: ParsableCommand {
                     try PerennialConfig.load(file: path, registry: .builtin, overrides: fixedOverrides)
                 }
             }
-            try Server(config: cfg, startVersion: fromVersion, reloadConfig: reload).run()
+            try Server(config: cfg, startVersion: fromVersion, dropScorers: Set(dropScorer), reloadConfig: reload).run()
         } catch {
             FileHandle.standardError.write(Data("perennial: \(error)\n".utf8))
             throw ExitCode(1)

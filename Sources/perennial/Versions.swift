@@ -55,7 +55,7 @@ struct Versions: ParsableCommand {
             }
             var (info, reader) = try store.read(file.path)
             let model = Model(config: cfg, registry: .builtin)
-            try model.restore(from: &reader)
+            try model.restore(from: &reader, unloaded: .dropAny)  // (read only: nothing is written back)
             let saved = (store.metadata(of: file)["scorers"] as? [String]) ?? model.scorerNames
             let ranking = scorer.isEmpty ? model.defaultScorer : scorer
             // A scorer the version learned, or a route between two such.

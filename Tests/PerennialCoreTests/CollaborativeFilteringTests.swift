@@ -187,12 +187,16 @@ import PerennialPlugins
             #expect(try straight.recommend(user: user, k: 10) == restored.recommend(user: user, k: 10))
         }
         #expect(restored.catalogue.count == 1)
-        // A config that dropped or reordered scorers still loads the others.
-        var (_, again) = try store.read(path)
+        // A config that no longer loads a scorer the snapshot holds is
+        // refused, naming it; asked to drop it, the others load.
         var doc = ConfigDocument(file: "test")
         doc.set("scorers.load", .array([.string("popularity")]))
+        var (_, refusedReader) = try store.read(path)
+        let refused = Model(config: try PerennialConfig.load(doc, registry: .builtin), registry: .builtin)
+        #expect { try refused.restore(from: &refusedReader) } throws: { ($0 as? UnloadedScorerError)?.names == ["cf"] }
+        var (_, again) = try store.read(path)
         let popularityOnly = Model(config: try PerennialConfig.load(doc, registry: .builtin), registry: .builtin)
-        try popularityOnly.restore(from: &again)
+        try popularityOnly.restore(from: &again, unloaded: .refuseExcept(["cf"]))
         #expect(try popularityOnly.score(user: 7, items: [1, 2, 3], scorer: "popularity").map(\.score)
                 == first.score(user: 7, items: [1, 2, 3], scorer: "popularity").map(\.score))
         // A damaged file is refused.

@@ -18,7 +18,7 @@ final class TestServer: Sendable {
 
     /// A server with its own new data directory, or `dataDir` (a restart),
     /// optionally starting from a model version.
-    init(_ configText: String = "", dataDir: String? = nil, startVersion: String? = nil) throws {
+    init(_ configText: String = "", dataDir: String? = nil, startVersion: String? = nil, dropScorers: Set<String> = []) throws {
         let dir = dataDir ?? FileManager.default.temporaryDirectory.appendingPathComponent("perennial-test-\(UUID().uuidString)").path
         self.dataDir = dir
         var doc = try ConfigDocument(text: configText, file: "test.toml")
@@ -28,7 +28,7 @@ final class TestServer: Sendable {
         if doc.entries["limits.wait_ms"] == nil { doc.set("limits.wait_ms", .integer(120_000)) }
         doc.set("server.data_dir", .string(dir))
         let config = try PerennialConfig.load(doc, registry: .builtin)
-        server = Server(config: config, startVersion: startVersion)
+        server = Server(config: config, startVersion: startVersion, dropScorers: dropScorers)
         port = try server.start()
     }
 

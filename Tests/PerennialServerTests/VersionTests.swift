@@ -84,6 +84,46 @@ import PerennialPlugins
         #expect(throws: (any Error).self) { _ = try TestServer(dataDir: first.dataDir, startVersion: "v123") }
     }
 
+    /// A restart whose config no longer loads a scorer the snapshot holds
+    /// (the wrong config, say) is refused, naming the scorer and the flag
+    /// that drops it; with the flag it starts, and the others keep their
+    /// exact scores.
+    @Test func aScorerTheConfigNoLongerLoadsIsRefusedUnlessDroppedByName() async throws {
+        let first = try TestServer()
+        var c = try await PerennialClient.connect(port: first.port)
+        _ = try await c.stream(events(0..<3000), batchSize: 500, window: 4)
+        guard case .snapshot = try await c.call(.snapshot) else { throw TestError("no snapshot reply") }
+        let cfBefore = try await c.score(user: 17, items: Array(1...150)).map(\.score)
+        c.close()
+        first.stop()
+
+        let cfOnly = "[scorers]\nload = [\"cf\"]\ndefault = \"cf\"\n"
+        do {
+            _ = try TestServer(cfOnly, dataDir: first.dataDir)
+            Issue.record("a start that would drop popularity's state was not refused")
+        } catch {
+            let message = "\(error)"
+            #expect(message.contains("popularity") && message.contains("--drop-scorer popularity"), "\(message)")
+        }
+        // Refused, not skipped: the older state is still there, untouched.
+        let store = SnapshotStore(directory: first.dataDir + "/snapshots")
+        #expect(store.files().map(\.id) == ["v3000"])
+
+        // Dropped as asked: a new version without it, at once (so a start
+        // without the flag is not refused again, events or not).
+        let dropped = try TestServer(cfOnly, dataDir: first.dataDir, dropScorers: ["popularity"])
+        c = try await PerennialClient.connect(port: dropped.port)
+        #expect(try await c.score(user: 17, items: Array(1...150)).map(\.score) == cfBefore)
+        c.close()
+        dropped.stop()
+        #expect(store.files().map(\.id).sorted() == ["v3000", "v3000.1"])
+        let note = store.metadata(of: store.files().first { $0.id == "v3000.1" }!)
+        #expect(note["scorers"] as? [String] == ["cf"] && note["dropped_scorers"] as? [String] == ["popularity"])
+        // Dropped once, it is gone: the same config now starts without the flag.
+        let again = try TestServer(cfOnly, dataDir: first.dataDir)
+        again.stop()
+    }
+
     /// A SNAPSHOT with nothing accepted since the last one answers with it:
     /// no file rewritten, no new version.
     @Test func snapshotWithNothingNewAnswersWithTheLastOne() async throws {

@@ -493,9 +493,15 @@ public final class Model: @unchecked Sendable {
         w.mark("end")
     }
 
-    /// Restores a fresh model (made from a config loading the same scorers)
-    /// from `save`'s output.
-    public func restore(from r: inout SnapshotReader) throws {
+    /// The scorers the last `restore` dropped as asked (`.refuseExcept`).
+    public private(set) var droppedAtRestore: [String] = []
+
+    /// Restores a fresh model from `save`'s output. A scorer the config
+    /// loads but the snapshot lacks starts empty; one the snapshot holds but
+    /// the config does not load is refused (UnloadedScorerError) unless
+    /// `unloaded` lets it be dropped (see UnloadedScorers).
+    public func restore(from r: inout SnapshotReader, unloaded: UnloadedScorers = .refuse) throws {
+        droppedAtRestore = []
         precondition(users.count == 0 && items.count == 0, "restore needs a fresh model")
         try r.mark("model")
         let seq = try r.u64(), appliedAt = try r.u64()
@@ -563,11 +569,20 @@ public final class Model: @unchecked Sendable {
         replayHeld.store(UInt64(replayBuffer.events.count), ordering: .relaxed)
         replayed.store(replayBuffer.drawn, ordering: .relaxed)
         var restored = Set<String>()
+        var refused: [String] = []
         for _ in 0..<(try r.int()) {
             let name = try r.string()
             let block = try r.block()
             guard let s = scorers.first(where: { $0.name == name }) else {
-                Log.warning("snapshot: scorer \(name) is not loaded by this config; its saved state is not used, and the next snapshot will not have it (stop now and start with the config that loads \(name) to keep it)")
+                switch unloaded {
+                case .dropAny:
+                    break
+                case .refuseExcept(let droppable) where droppable.contains(name):
+                    droppedAtRestore.append(name)
+                    Log.warning("snapshot: scorer \(name) is not loaded by this config and is dropped as asked (--drop-scorer): the next snapshot will not have it")
+                case .refuseExcept:
+                    refused.append(name)
+                }
                 continue
             }
             var sub = SnapshotReader(bytes: block)
@@ -578,6 +593,7 @@ public final class Model: @unchecked Sendable {
             }
             restored.insert(name)
         }
+        if !refused.isEmpty { throw UnloadedScorerError(names: refused) }
         catalogue.forEach { item, record in for s in scorers { s.itemTextChanged(item, text: record.text, after: seq) } }
         for s in scorers where !restored.contains(s.name) {
             Log.warning("snapshot: scorer \(s.name) was not in the snapshot; it starts empty and learns from new events")
