@@ -677,7 +677,8 @@ final class RequestHandler {
         // added when it is written).
         var meta: [String: Any] = ["created": ISO8601DateFormatter().string(from: Date()), "scorers": model.scorerNames,
                                    "default_scorer": model.defaultScorer, "config": config.source,
-                                   "users": model.users.count, "items": model.items.count]
+                                   "users": model.users.count, "items": model.items.count,
+                                   "settings": config.modelSettingValues]
         for (k, v) in note { meta[k] = v }
         let job = SnapshotJob(store: snapshots, seq: seq, firstLogSegment: segment, distinct: distinct,
                               keep: config.snapshotKeep, description: meta)

@@ -218,12 +218,17 @@ public final class Server: Sendable {
                 // the log alone may no longer rebuild them.
                 throw ServerError("\(file.path): \(error)")
             } catch {
-                Log.warning("skipping snapshot \(file.path): \(error)")
+                let changed = changedSettings(since: file, snapshots: snapshots)
+                Log.warning("skipping snapshot \(file.path): \(error)\(changed.isEmpty ? "" : " (settings changed since it was written: " + changed.joined(separator: ", ") + ")")")
                 if firstSkip == nil { firstSkip = "\(error)" }
             }
         }
         if firstSegment == 1 && !snapshots.files().isEmpty && (FeedbackLog.segments(in: log.directory).first ?? 1) > 1 {
-            throw LogError("no usable snapshot (the newest: \(firstSkip ?? "unreadable")), and the log no longer starts at the beginning: the model cannot be rebuilt. Most likely the config changes a setting that shapes the stored model ([table] dimension, or a scorer's size such as cf neighbours or rating_factors), which cannot change on an existing data directory: put the old value back, or serve from a new data directory and send it the events again. Otherwise restore a snapshot.")
+            let changed = snapshots.files().first.map { changedSettings(since: $0, snapshots: snapshots) } ?? []
+            let cause = changed.isEmpty
+                ? "Most likely the config changes a setting that shapes the stored model ([table] dimension, or a scorer's size such as cf neighbours or rating_factors), which cannot change on an existing data directory: put the old value back"
+                : "The config changes settings since the newest snapshot was written: \(changed.joined(separator: ", ")); one that shapes the stored model cannot change on an existing data directory: put the old values back"
+            throw LogError("no usable snapshot (the newest: \(firstSkip ?? "unreadable")), and the log no longer starts at the beginning: the model cannot be rebuilt. \(cause), or serve from a new data directory and send it the events again. Otherwise restore a snapshot.")
         }
         var scratch: [LearnEvent] = []
         var lastReport = t0
@@ -248,6 +253,14 @@ public final class Server: Sendable {
 }
 
 extension Server {
+    /// The model settings (`modelSettingValues`) that differ between a
+    /// snapshot's description and this config, as "key was -> now"
+    /// (none for snapshots written before descriptions recorded them).
+    func changedSettings(since file: SnapshotFile, snapshots: SnapshotStore) -> [String] {
+        guard let saved = snapshots.metadata(of: file)["settings"] as? [String: String] else { return [] }
+        return PerennialConfig.changedSettingValues(was: saved, now: config.modelSettingValues)
+    }
+
     /// The version that records an earlier rollback to `id` (each rollback
     /// adds one, noted `rolled_back_from`), if any.
     func rollbackAlreadyTaken(to id: String, snapshots: SnapshotStore) -> String? {
@@ -269,7 +282,8 @@ extension Server {
         do {
             try model.restore(from: &reader, unloaded: .refuseExcept(dropScorers))
         } catch {
-            throw ServerError("version \(id) cannot be loaded with this config: \(error)")
+            let changed = changedSettings(since: file, snapshots: snapshots)
+            throw ServerError("version \(id) cannot be loaded with this config: \(error)\(changed.isEmpty ? "" : " (settings changed since it was written: " + changed.joined(separator: ", ") + ")")")
         }
         // Numbering continues after the log's last event. The newest
         // readable snapshot bounds every event in the segments it covers, so

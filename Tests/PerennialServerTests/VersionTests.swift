@@ -124,6 +124,31 @@ import PerennialPlugins
         again.stop()
     }
 
+    /// A restart under a setting that reshapes the stored model, once the
+    /// log no longer reaches back to the start, is refused naming the key
+    /// and both values (each snapshot records the settings it was written
+    /// under).
+    @Test func aStartUnderAReshapedSettingNamesTheKey() async throws {
+        let first = try TestServer("[snapshot]\nkeep = 1\n")
+        let c = try await PerennialClient.connect(port: first.port)
+        _ = try await c.stream(events(0..<2000), batchSize: 500, window: 4)
+        guard case .snapshot = try await c.call(.snapshot) else { throw TestError("no snapshot reply") }
+        _ = try await c.stream(events(2000..<3000), batchSize: 500, window: 4)
+        guard case .snapshot = try await c.call(.snapshot) else { throw TestError("no snapshot reply") }
+        c.close()
+        first.stop()
+        let store = SnapshotStore(directory: first.dataDir + "/snapshots")
+        let newest = try #require(store.files().first)
+        let saved = try #require(store.metadata(of: newest)["settings"] as? [String: String])
+        #expect(saved["scorers.cf.neighbours"] == "256" && saved["table.dimension"] == "64")
+        do {
+            _ = try TestServer("[snapshot]\nkeep = 1\n[scorers.cf]\nneighbours = 128\n", dataDir: first.dataDir)
+            Issue.record("a reshaped cf started")
+        } catch {
+            #expect("\(error)".contains("scorers.cf.neighbours 256 -> 128"), "\(error)")
+        }
+    }
+
     /// A SNAPSHOT with nothing accepted since the last one answers with it:
     /// no file rewritten, no new version.
     @Test func snapshotWithNothingNewAnswersWithTheLastOne() async throws {

@@ -378,13 +378,10 @@ public final class Model: @unchecked Sendable {
     /// "name old -> new" (by reflection, so every scorer's settings work).
     static func changedSettings(_ before: (any ScorerSettings)?, _ after: any ScorerSettings) -> [String] {
         guard let before else { return [] }
-        let old = Dictionary(Mirror(reflecting: before).children.compactMap { c in c.label.map { ($0, "\(c.value)") } },
-                             uniquingKeysWith: { a, _ in a })
-        return Mirror(reflecting: after).children.compactMap { c in
-            guard let label = c.label, let was = old[label], was != "\(c.value)" else { return nil }
-            // (The config's keys are the properties' names in snake case.)
-            let key = label.reduce(into: "") { k, ch in k += ch.isUppercase ? "_" + ch.lowercased() : String(ch) }
-            return "\(key) \(was) -> \(c.value)"
+        let old = Dictionary(reflectedSettings(before).map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a })
+        return reflectedSettings(after).compactMap { key, value in
+            guard let was = old[key], was != value else { return nil }
+            return "\(key) \(was) -> \(value)"
         }
     }
 
