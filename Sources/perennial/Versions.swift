@@ -69,7 +69,15 @@ struct Versions: ParsableCommand {
             guard figures.events > 0 else {
                 throw CommandError("the log holds no events after version \(file.id): nothing to evaluate (a version is scored on the events that followed it)")
             }
+            // Kept per scorer, so evaluating another scorer does not replace
+            // the figure of the first; `e1` is the latest, whichever it was.
             var meta = store.metadata(of: file)
+            var byScorer = meta["e1_by_scorer"] as? [String: Any] ?? [:]
+            if byScorer.isEmpty, let earlier = meta["e1"] as? [String: Any], let name = earlier["scorer"] as? String {
+                byScorer[name] = earlier
+            }
+            byScorer[figures.scorer] = figures.json
+            meta["e1_by_scorer"] = byScorer
             meta["e1"] = figures.json
             try store.writeMetadata(of: file, meta)
             print(String(format: "version %@ (%@): HR@10 %.4f  NDCG@10 %.4f  over %d evaluated of %d later events (%.1f s)",
@@ -91,9 +99,12 @@ struct Versions: ParsableCommand {
         if rows.isEmpty { print("no versions in \(store.directory)"); return }
         print("version      log position  created                scorers                 E1 (later events)")
         for m in rows {
-            let e1 = (m["e1"] as? [String: Any]).map { e in
+            // (Versions evaluated before figures were kept per scorer have `e1` only.)
+            let evaluated = (m["e1_by_scorer"] as? [String: Any]).map { d in d.keys.sorted().compactMap { d[$0] as? [String: Any] } }
+                ?? [m["e1"] as? [String: Any]].compactMap { $0 }
+            let e1 = evaluated.isEmpty ? "not evaluated" : evaluated.map { e in
                 String(format: "HR@10 %.4f (%d, %@)", (e["hr10"] as? Double) ?? 0, (e["count"] as? Int) ?? 0, (e["scorer"] as? String) ?? "?")
-            } ?? "not evaluated"
+            }.joined(separator: "; ")
             let scorers = (m["scorers"] as? [String])?.joined(separator: ",") ?? "?"
             var line = pad(m["id"] as! String, 13) + pad("\(m["seq"]!)", 14) + pad((m["created"] as? String) ?? "?", 23) + pad(scorers, 24) + e1
             if let from = m["rolled_back_from"] as? String { line += "  (rollback to \(from))" }

@@ -1,0 +1,76 @@
+"""The version commands as an operator runs them, against a real server's
+data directory: a restart whose config no longer loads a learned scorer is
+refused (exit 1, naming the scorer and the flag), `--drop-scorer` drops it
+and writes a version without it; `perennial versions --evaluate` keeps each
+scorer's figure."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+from typing import List
+
+import perennial
+from conftest import server_binary
+
+BOTH = '[scorers]\nload = ["cf", "popularity"]\ndefault = "cf"\n'
+CF_ONLY = '[scorers]\nload = ["cf"]\ndefault = "cf"\n'
+
+
+def _events(n: int, seed: int = 3) -> List[perennial.Event]:
+    rng = random.Random(seed)
+    return [perennial.Event(rng.randint(1, 60), rng.randint(1, 200), "rating", float(rng.randint(1, 5)),
+                            timestamp=1_000_000 + k) for k in range(n)]
+
+
+def _perennial(*args: str) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run([str(server_binary()), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_dropping_a_learned_scorer_needs_the_flag_and_leaves_a_version(start_server) -> None:
+    srv = start_server(BOTH)
+    events = _events(3000)
+    with srv.client() as c:
+        c.feedback(events[:2000])
+        first = c.snapshot()
+        c.feedback(events[2000:])
+        before = c.score(17, list(range(1, 201)))
+    assert srv.stop() == 0, srv.log()
+    data = srv.data_dir
+
+    # The wrong config: refused, with the reason and the way out.
+    cfg = data + "/../cf-only.toml"
+    with open(cfg, "w") as f:
+        f.write(CF_ONLY)
+    port = str(srv.port)
+    refused = _perennial("serve", "--config", cfg, "--data-dir", data, "--port", port)
+    assert refused.returncode == 1
+    assert "popularity" in refused.stderr and "--drop-scorer popularity" in refused.stderr, refused.stderr
+
+    # Asked to drop it: starts, cf scores as before, and a version without
+    # popularity exists at once.
+    dropped = start_server(CF_ONLY, ["--data-dir", data, "--drop-scorer", "popularity"])
+    with dropped.client() as c:
+        assert c.score(17, list(range(1, 201))) == before
+    assert dropped.stop() == 0, dropped.log()
+    listing = json.loads(_perennial("versions", "--data-dir", data, "--json").stdout)
+    newest = max(listing, key=lambda v: (v["seq"], v["id"]))
+    assert newest["scorers"] == ["cf"] and newest["dropped_scorers"] == ["popularity"]
+    assert newest["settings"]["scorers.cf.neighbours"] == "256"
+
+    # Each scorer's evaluation of a version is kept (the first version: it
+    # still holds both scorers, and 1,000 events follow it in the log).
+    version = "v%d" % first
+    for scorer in ("cf", "popularity"):
+        out = _perennial("versions", "--data-dir", data, "--config", data + "/../perennial.toml",
+                         "--evaluate", version, "--scorer", scorer)
+        assert out.returncode == 0, out.stderr
+        assert "(%s): HR@10" % scorer in out.stdout
+    listing = json.loads(_perennial("versions", "--data-dir", data, "--json").stdout)
+    entry = next(v for v in listing if v["id"] == version)
+    assert sorted(entry["e1_by_scorer"]) == ["cf", "popularity"]
+    assert entry["e1"]["scorer"] == "popularity"
+    assert all(f["count"] > 0 for f in entry["e1_by_scorer"].values())
+    table = _perennial("versions", "--data-dir", data).stdout
+    assert "cf); HR@10" in table, table
