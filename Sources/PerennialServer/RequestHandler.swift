@@ -509,8 +509,13 @@ final class RequestHandler {
                                         maxEvents: next.limits.maxEvents)
         stats.reloads += 1
         // A snapshot now ties the new scorer set to a log position, so a
-        // restart with this config never needs state from before it.
-        if !changes.isEmpty && !defaultOnly { _ = try? takeSnapshot(note: ["reload": changes], distinct: true) }
+        // restart with this config never needs state from before it. It is
+        // written off the loop like an automatic one (FEEDBACK waits only
+        // for its serialisation): one still being written is finished first.
+        if !changes.isEmpty && !defaultOnly {
+            if inFlight != nil { finishSnapshotInFlight() }
+            startSnapshotInFlight(note: ["reload": changes], distinct: true)
+        }
         let said = changes + also
         Log.info("config reloaded from \(next.source): " + (said.isEmpty ? "nothing changed" : said.joined(separator: "; ")))
         return changes
@@ -604,9 +609,19 @@ final class RequestHandler {
         }
         snapshotDraining = model.appliedSeq < model.lastSeq
         guard !snapshotDraining else { return collected }
+        return startSnapshotInFlight(note: [:], distinct: false) || collected
+    }
+
+    /// Starts a snapshot on its own thread (none in flight, the learner
+    /// idle); it also answers the SNAPSHOT requests waiting, which it
+    /// started after. Returns true when it failed at once (the failure is
+    /// recorded and the waiting requests are answered with it).
+    @discardableResult
+    private func startSnapshotInFlight(note: [String: Any], distinct: Bool) -> Bool {
+        precondition(inFlight == nil && model.appliedSeq == model.lastSeq)
         let tickets = (from: snapshotTicketsStarted, to: snapshotTicketsIssued)
         do {
-            let (job, t0, pauseMs) = try prepareSnapshot(note: [:], distinct: false)
+            let (job, t0, pauseMs) = try prepareSnapshot(note: note, distinct: distinct)
             // (Room for the last snapshot's size and an eighth: growing a
             // buffer of tens of megabytes by doubling copies it each time.)
             let capacity = lastSnapshotBytes + lastSnapshotBytes / 8
@@ -617,19 +632,19 @@ final class RequestHandler {
             }, wake: wakeLoop)
             inFlightTickets = tickets
             snapshotTicketsStarted = tickets.to
+            return false
         } catch {
             snapshotFailed(at: model.lastSeq, error)
             recordSnapshotOutcome(through: tickets.to, .failure(SnapshotFailure(description: "\(error)")), from: tickets.from)
             return true
         }
-        return collected
     }
 
     /// A stop: no automatic snapshot waits for the learner any more.
     func cancelSnapshotDraining() { snapshotDraining = false }
 
     /// Writes a snapshot of the model at the current log position and
-    /// returns when it is durable (a reload, a rollback, a graceful stop, and
+    /// returns when it is durable (a rollback or a dropped scorer at start-up, a graceful stop, and
     /// a SNAPSHOT request while stopping): waits for one still being written,
     /// then serialises, writes, describes and prunes on the loop thread,
     /// which pauses for all of it (about 0.15-0.25 s for ml-latest-small

@@ -110,6 +110,9 @@ public final class Server: Sendable {
             // without the flag would be refused again.
             var note = rollback ?? [:]
             if !model.droppedAtRestore.isEmpty { note["dropped_scorers"] = model.droppedAtRestore }
+            for name in dropScorers.sorted() where !model.droppedAtRestore.contains(name) {
+                Log.warning("--drop-scorer \(name): nothing to drop (the snapshot holds no state of \(name) that this config leaves out); remove the flag, or a later config that leaves \(name) out would drop its state without asking")
+            }
             if !note.isEmpty { _ = try handler.takeSnapshot(note: note, distinct: true) }
             port = try loop.bind(host: config.host, port: config.port, handleSignals: handleSignals)
         } catch {
@@ -203,6 +206,11 @@ public final class Server: Sendable {
         var snapshotSeq: UInt64 = 0
         var firstSkip: String?
         for file in snapshots.files() {
+            // Refused before anything else can fail: a snapshot skipped for
+            // another fault (a reshaped scorer, say) must not lead to an older
+            // one that lacks the scorer (added since by a RELOAD).
+            let unloaded = unloadedScorers(in: file, snapshots: snapshots)
+            if !unloaded.isEmpty { throw ServerError("\(file.path): \(UnloadedScorerError(names: unloaded))") }
             do {
                 var (info, reader) = try snapshots.read(file.path)
                 let candidate = Model(config: config, registry: .builtin)
@@ -214,12 +222,12 @@ public final class Server: Sendable {
                                 Double(MonotonicClock.nowNanos() - t0) / 1e9))
                 break
             } catch let error as UnloadedScorerError {
-                // Not damage: an older snapshot holds the same scorers, and
-                // the log alone may no longer rebuild them.
+                // (A snapshot whose description does not list its scorers.)
+                // Not damage: an older snapshot is no way round it.
                 throw ServerError("\(file.path): \(error)")
             } catch {
                 let changed = changedSettings(since: file, snapshots: snapshots)
-                Log.warning("skipping snapshot \(file.path): \(error)\(changed.isEmpty ? "" : " (settings changed since it was written: " + changed.joined(separator: ", ") + ")")")
+                Log.warning("skipping snapshot \(file.path): \(error)\(changed.isEmpty ? "" : " (settings that differ from those it was written with: " + changed.joined(separator: ", ") + ")")")
                 if firstSkip == nil { firstSkip = "\(error)" }
             }
         }
@@ -227,7 +235,7 @@ public final class Server: Sendable {
             let changed = snapshots.files().first.map { changedSettings(since: $0, snapshots: snapshots) } ?? []
             let cause = changed.isEmpty
                 ? "Most likely the config changes a setting that shapes the stored model ([table] dimension, or a scorer's size such as cf neighbours or rating_factors), which cannot change on an existing data directory: put the old value back"
-                : "The config changes settings since the newest snapshot was written: \(changed.joined(separator: ", ")); one that shapes the stored model cannot change on an existing data directory: put the old values back"
+                : "Settings that differ from those the newest snapshot was written with: \(changed.joined(separator: ", ")). If one of them shapes the stored model ([table], or a scorer's size), it cannot change on an existing data directory: put the old value back"
             throw LogError("no usable snapshot (the newest: \(firstSkip ?? "unreadable")), and the log no longer starts at the beginning: the model cannot be rebuilt. \(cause), or serve from a new data directory and send it the events again. Otherwise restore a snapshot.")
         }
         var scratch: [LearnEvent] = []
@@ -261,6 +269,14 @@ extension Server {
         return PerennialConfig.changedSettingValues(was: saved, now: config.modelSettingValues)
     }
 
+    /// The scorers a snapshot's description says it holds that this config
+    /// does not load and the start was not asked to drop (none when the
+    /// description does not list them: `Model.restore` refuses those).
+    func unloadedScorers(in file: SnapshotFile, snapshots: SnapshotStore) -> [String] {
+        guard let saved = snapshots.metadata(of: file)["scorers"] as? [String] else { return [] }
+        return saved.filter { name in !config.scorers.contains { $0.name == name } && !dropScorers.contains(name) }
+    }
+
     /// The version that records an earlier rollback to `id` (each rollback
     /// adds one, noted `rolled_back_from`), if any.
     func rollbackAlreadyTaken(to id: String, snapshots: SnapshotStore) -> String? {
@@ -277,13 +293,15 @@ extension Server {
         guard let file = snapshots.file(ofVersion: id) else {
             throw ServerError("there is no version \(id) in \(snapshots.directory); versions: \(available.isEmpty ? "none" : available.joined(separator: ", "))")
         }
+        let unloaded = unloadedScorers(in: file, snapshots: snapshots)
+        if !unloaded.isEmpty { throw ServerError("version \(id): \(UnloadedScorerError(names: unloaded))") }
         var (info, reader) = try snapshots.read(file.path)
         let model = Model(config: config, registry: .builtin)
         do {
             try model.restore(from: &reader, unloaded: .refuseExcept(dropScorers))
         } catch {
             let changed = changedSettings(since: file, snapshots: snapshots)
-            throw ServerError("version \(id) cannot be loaded with this config: \(error)\(changed.isEmpty ? "" : " (settings changed since it was written: " + changed.joined(separator: ", ") + ")")")
+            throw ServerError("version \(id) cannot be loaded with this config: \(error)\(changed.isEmpty ? "" : " (settings that differ from those it was written with: " + changed.joined(separator: ", ") + ")")")
         }
         // Numbering continues after the log's last event. The newest
         // readable snapshot bounds every event in the segments it covers, so

@@ -59,6 +59,7 @@ struct SnapshotJob: @unchecked Sendable {
                 // that version's notes (a rollback, a reload), not its figures.
                 var previous = store.metadata(of: file)
                 previous.removeValue(forKey: "e1")
+                previous.removeValue(forKey: "e1_by_scorer")
                 return description.merging(previous) { new, _ in new }
             }
         } catch {

@@ -86,28 +86,39 @@ import PerennialPlugins
 
     /// A restart whose config no longer loads a scorer the snapshot holds
     /// (the wrong config, say) is refused, naming the scorer and the flag
-    /// that drops it; with the flag it starts, and the others keep their
-    /// exact scores.
+    /// that drops it, and never falls back to an older snapshot that lacks
+    /// the scorer (here: from before a restart added it), not even when the
+    /// newest fails to load for another reason; with the flag it starts, and
+    /// the others keep their exact scores.
     @Test func aScorerTheConfigNoLongerLoadsIsRefusedUnlessDroppedByName() async throws {
-        let first = try TestServer()
+        let cfOnly = "[scorers]\nload = [\"cf\"]\ndefault = \"cf\"\n"
+        let first = try TestServer(cfOnly)
         var c = try await PerennialClient.connect(port: first.port)
-        _ = try await c.stream(events(0..<3000), batchSize: 500, window: 4)
+        _ = try await c.stream(events(0..<1500), batchSize: 500, window: 4)
+        guard case .snapshot = try await c.call(.snapshot) else { throw TestError("no snapshot reply") }
+        c.close()
+        first.stop()
+        // popularity added (the default config loads cf and popularity).
+        let second = try TestServer(dataDir: first.dataDir)
+        c = try await PerennialClient.connect(port: second.port)
+        _ = try await c.stream(events(1500..<3000), batchSize: 500, window: 4)
         guard case .snapshot = try await c.call(.snapshot) else { throw TestError("no snapshot reply") }
         let cfBefore = try await c.score(user: 17, items: Array(1...150)).map(\.score)
         c.close()
-        first.stop()
-
-        let cfOnly = "[scorers]\nload = [\"cf\"]\ndefault = \"cf\"\n"
-        do {
-            _ = try TestServer(cfOnly, dataDir: first.dataDir)
-            Issue.record("a start that would drop popularity's state was not refused")
-        } catch {
-            let message = "\(error)"
-            #expect(message.contains("popularity") && message.contains("--drop-scorer popularity"), "\(message)")
-        }
-        // Refused, not skipped: the older state is still there, untouched.
+        second.stop()
         let store = SnapshotStore(directory: first.dataDir + "/snapshots")
-        #expect(store.files().map(\.id) == ["v3000"])
+        #expect(store.files().map(\.id) == ["v3000", "v1500"])
+
+        for config in [cfOnly, cfOnly + "[scorers.cf]\nneighbours = 128\n"] {
+            do {
+                _ = try TestServer(config, dataDir: first.dataDir)
+                Issue.record("a start that would drop popularity's state was not refused")
+            } catch {
+                let message = "\(error)"
+                #expect(message.contains("popularity") && message.contains("--drop-scorer popularity"), "\(message)")
+            }
+        }
+        #expect(store.files().map(\.id) == ["v3000", "v1500"])
 
         // Dropped as asked: a new version without it, at once (so a start
         // without the flag is not refused again, events or not).
@@ -116,7 +127,7 @@ import PerennialPlugins
         #expect(try await c.score(user: 17, items: Array(1...150)).map(\.score) == cfBefore)
         c.close()
         dropped.stop()
-        #expect(store.files().map(\.id).sorted() == ["v3000", "v3000.1"])
+        #expect(store.files().map(\.id) == ["v3000.1", "v3000", "v1500"])
         let note = store.metadata(of: store.files().first { $0.id == "v3000.1" }!)
         #expect(note["scorers"] as? [String] == ["cf"] && note["dropped_scorers"] as? [String] == ["popularity"])
         // Dropped once, it is gone: the same config now starts without the flag.
