@@ -35,7 +35,9 @@ import PerennialCore
 
 public final class CollaborativeFilteringScorer: Scorer {
     public let name = "cf"
-    public let settings: CFSettings
+    /// (Changed only by `adjust`, with the learner idle and no query
+    /// running: the admitting thread is the serving thread.)
+    public private(set) var settings: CFSettings
     let table: EmbeddingTable
     /// Which item indices are vacant (expired items'): never a negative.
     let vacancy: ItemVacancy
@@ -643,6 +645,22 @@ public final class CollaborativeFilteringScorer: Scorer {
             }
         }
         touched.removeAll(keepingCapacity: true)
+    }
+
+    /// The blend's weights are read per query and shape nothing learned or
+    /// cached, so a RELOAD that changes only them takes them in place.
+    public func adjusts(to new: any ScorerSettings) -> Bool {
+        guard let new = new as? CFSettings else { return false }
+        var same = settings
+        same.factorWeight = new.factorWeight
+        same.neighbourhoodWeight = new.neighbourhoodWeight
+        same.factorShrinkage = new.factorShrinkage
+        return same == new
+    }
+
+    public func adjust(to new: any ScorerSettings) {
+        precondition(adjusts(to: new))
+        settings = new as! CFSettings
     }
 
     /// factorWeight · n / (n + factorShrinkage): the factor part's weight for

@@ -163,6 +163,34 @@ import PerennialPlugins
         if range.lowerBound == 0 { _ = m.upsertItem(id: 5, text: "text", attributes: [("a", "b")]) }
     }
 
+    /// A RELOAD that changes only cf's blend weight takes it in place (no
+    /// rebuild, which copied cf's whole state): the scores are exactly
+    /// those of a model that ran with the new weight from the start (the
+    /// weight shapes no learning), and a learning setting still rebuilds.
+    @Test func aBlendWeightIsAdjustedInPlace() throws {
+        func config(_ weight: Double, lr: Double = 0.1) throws -> PerennialConfig {
+            var doc = ConfigDocument(file: "test")
+            doc.set("scorers.load", .array([.string("cf"), .string("popularity")]))
+            doc.set("scorers.cf.factor_weight", .float(weight))
+            doc.set("scorers.cf.learning_rate", .float(lr))
+            return try PerennialConfig.load(doc, registry: .builtin)
+        }
+        let reloaded = Model(config: try config(0.3), registry: .builtin)
+        let fresh = Model(config: try config(0.8), registry: .builtin)
+        feed(reloaded, 0..<2000)
+        feed(fresh, 0..<2000)
+        let before = try reloaded.score(user: 7, items: (1...90).map { UInt64($0) }, scorer: "cf").map(\.score)
+        let changes = try reloaded.reconfigure(try config(0.8))
+        #expect(changes == ["cf adjusted in place (factor_weight 0.3 -> 0.8)"], "\(changes)")
+        for user: UInt64 in [1, 7, 30, 59] {
+            #expect(try reloaded.score(user: user, items: (1...90).map { UInt64($0) }, scorer: "cf").map(\.score)
+                    == fresh.score(user: user, items: (1...90).map { UInt64($0) }, scorer: "cf").map(\.score))
+            #expect(try reloaded.recommend(user: user, k: 10) == fresh.recommend(user: user, k: 10))
+        }
+        #expect(try reloaded.score(user: 7, items: (1...90).map { UInt64($0) }, scorer: "cf").map(\.score) != before)
+        #expect(try reloaded.reconfigure(try config(0.8, lr: 0.05)) == ["cf re-configured (learned state kept)"])
+    }
+
     @Test func restoreThenLearnEqualsNeverStopping() throws {
         let straight = try model()
         feed(straight, 0..<3000)

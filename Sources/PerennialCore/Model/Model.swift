@@ -397,9 +397,18 @@ public final class Model: @unchecked Sendable {
         let environment = ScorerEnvironment(table: table, vacancy: itemVacancy)
         var next: [any Scorer] = []
         var changes: [String] = []
+        var adjusted: [(any Scorer, any ScorerSettings)] = []
         for sc in config.scorers {
             let old = scorers.first { $0.name == sc.name }
             if let old, let before = settings[sc.name], before.isEqual(to: sc.settings) {
+                next.append(old)
+                continue
+            }
+            if let old, old.adjusts(to: sc.settings) {
+                // (Applied once every scorer is ready: all or nothing.)
+                let changed = Self.changedSettings(settings[sc.name], sc.settings).joined(separator: ", ")
+                changes.append("\(sc.name) adjusted in place (\(changed))")
+                adjusted.append((old, sc.settings))
                 next.append(old)
                 continue
             }
@@ -428,6 +437,7 @@ public final class Model: @unchecked Sendable {
             changes.append("\(old.name) removed")
         }
         if config.defaultScorer != defaultScorer { changes.append("default scorer \(defaultScorer) -> \(config.defaultScorer)") }
+        for (scorer, new) in adjusted { scorer.adjust(to: new) }
         scorers = next
         scorerNames = next.map(\.name)
         defaultScorer = config.defaultScorer

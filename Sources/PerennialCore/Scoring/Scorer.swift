@@ -122,6 +122,13 @@ public protocol Scorer: AnyObject {
     /// for events up to it, whatever the learner's progress, or a replay of
     /// the log would learn differently from the live server.
     func itemTextChanged(_ item: Int32, text: String, after seq: UInt64)
+    /// Whether `settings` differ from this scorer's only in what it reads
+    /// per query (a blend weight, say), so a RELOAD can `adjust` it in place
+    /// instead of rebuilding it. False (the default): the scorer is rebuilt
+    /// with its learned state carried over.
+    func adjusts(to settings: any ScorerSettings) -> Bool
+    /// Takes such settings in place (admitting thread, learner idle).
+    func adjust(to settings: any ScorerSettings)
     /// Pushes every eligible item with its score into `top`.
     func recommend(_ query: ScoringQuery, into top: inout TopK)
     /// Answers several queries at once: `tops[i]` gets exactly what
@@ -158,6 +165,8 @@ extension Scorer {
         for i in queries.indices { recommend(queries[i], into: &tops[i]) }
     }
     public func replay(_ event: LearnEvent) {}
+    public func adjusts(to settings: any ScorerSettings) -> Bool { false }
+    public func adjust(to settings: any ScorerSettings) {}
     public var replays: Bool { false }
     public func forget(user: Int32) {}
     public func itemTextChanged(_ item: Int32, text: String, after seq: UInt64) {}
