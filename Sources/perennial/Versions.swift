@@ -97,18 +97,24 @@ struct Versions: ParsableCommand {
             return
         }
         if rows.isEmpty { print("no versions in \(store.directory)"); return }
-        print("version      log position  created                scorers                 E1 (later events)")
-        for m in rows {
+        // Columns as wide as their widest cell (a version id with a rollback
+        // suffix, a long scorer list).
+        let cells: [[String]] = rows.map { m in
             // (Versions evaluated before figures were kept per scorer have `e1` only.)
             let evaluated = (m["e1_by_scorer"] as? [String: Any]).map { d in d.keys.sorted().compactMap { d[$0] as? [String: Any] } }
                 ?? [m["e1"] as? [String: Any]].compactMap { $0 }
-            let e1 = evaluated.isEmpty ? "not evaluated" : evaluated.map { e in
+            var e1 = evaluated.isEmpty ? "not evaluated" : evaluated.map { e in
                 String(format: "HR@10 %.4f (%d, %@)", (e["hr10"] as? Double) ?? 0, (e["count"] as? Int) ?? 0, (e["scorer"] as? String) ?? "?")
             }.joined(separator: "; ")
-            let scorers = (m["scorers"] as? [String])?.joined(separator: ",") ?? "?"
-            var line = pad(m["id"] as! String, 13) + pad("\(m["seq"]!)", 14) + pad((m["created"] as? String) ?? "?", 23) + pad(scorers, 24) + e1
-            if let from = m["rolled_back_from"] as? String { line += "  (rollback to \(from))" }
-            print(line)
+            if let from = m["rolled_back_from"] as? String { e1 += "  (rollback to \(from))" }
+            if let dropped = m["dropped_scorers"] as? [String] { e1 += "  (dropped \(dropped.joined(separator: ",")))" }
+            return [m["id"] as! String, "\(m["seq"]!)", (m["created"] as? String) ?? "?",
+                    (m["scorers"] as? [String])?.joined(separator: ",") ?? "?", e1]
+        }
+        let header = ["version", "log position", "created", "scorers", "E1 (later events)"]
+        let widths = (0..<4).map { c in max(header[c].count, cells.map { $0[c].count }.max() ?? 0) + 2 }
+        for row in [header] + cells {
+            print((0..<4).map { pad(row[$0], widths[$0]) }.joined() + row[4])
         }
     }
 }
