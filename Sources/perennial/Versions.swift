@@ -71,17 +71,22 @@ struct Versions: ParsableCommand {
             }
             // Kept per scorer, so evaluating another scorer does not replace
             // the figure of the first; `e1` is the latest, whichever it was.
-            var meta = store.metadata(of: file)
-            var byScorer = meta["e1_by_scorer"] as? [String: Any] ?? [:]
-            if byScorer.isEmpty, let earlier = meta["e1"] as? [String: Any], let name = earlier["scorer"] as? String {
-                byScorer[name] = earlier
+            // (Read, changed and written under the versions lock: another
+            // evaluation of this version keeps its figure too.)
+            let kept = try store.updateMetadata(of: file) { meta in
+                var byScorer = meta["e1_by_scorer"] as? [String: Any] ?? [:]
+                if byScorer.isEmpty, let earlier = meta["e1"] as? [String: Any], let name = earlier["scorer"] as? String {
+                    byScorer[name] = earlier
+                }
+                byScorer[figures.scorer] = figures.json
+                meta["e1_by_scorer"] = byScorer
+                meta["e1"] = figures.json
             }
-            byScorer[figures.scorer] = figures.json
-            meta["e1_by_scorer"] = byScorer
-            meta["e1"] = figures.json
-            try store.writeMetadata(of: file, meta)
             print(String(format: "version %@ (%@): HR@10 %.4f  NDCG@10 %.4f  over %d evaluated of %d later events (%.1f s)",
                          file.id, figures.scorer, figures.total.hr, figures.total.ndcg, figures.total.count, figures.events, figures.seconds))
+            guard kept else {
+                throw CommandError("version \(file.id) was removed (the server keeps [snapshot] keep versions) while it was evaluated: its figures were not recorded")
+            }
             return
         }
         let rows = files.map { f -> [String: Any] in

@@ -199,6 +199,30 @@ import Popularity
         #expect(store.metadata(of: orphan).isEmpty && store.metadata(of: f)["note"] as? String == "first")
     }
 
+    /// Descriptions change under the versions lock: writers on several
+    /// threads (as two `versions --evaluate` processes would be) each keep
+    /// their figure, and a version pruned meanwhile gets no stray description.
+    @Test func concurrentDescriptionChangesAreAllKept() throws {
+        let store = SnapshotStore(directory: tempDir())
+        let f = try store.write(seq: 5, firstLogSegment: 1, payload: [9]) { _ in ["note": "first"] }
+        DispatchQueue.concurrentPerform(iterations: 4) { writer in
+            for n in 0..<25 {
+                _ = try? store.updateMetadata(of: f) { meta in
+                    var figures = meta["figures"] as? [String: Any] ?? [:]
+                    figures["\(writer)-\(n)"] = n
+                    meta["figures"] = figures
+                }
+            }
+        }
+        let figures = try #require(store.metadata(of: f)["figures"] as? [String: Any])
+        #expect(figures.count == 100 && store.metadata(of: f)["note"] as? String == "first")
+        // Pruned, then changed: nothing is written.
+        _ = try store.write(seq: 9, firstLogSegment: 2, payload: [9])
+        _ = store.prune(keep: 1)
+        #expect(try store.updateMetadata(of: f) { $0["late"] = 1 } == false)
+        #expect(!FileManager.default.fileExists(atPath: f.metadataPath))
+    }
+
     @Test func replayRebuildsTheSameModel() throws {
         var doc = ConfigDocument(file: "test")
         doc.set("scorers.load", .array([.string("popularity")]))

@@ -146,10 +146,15 @@ public struct SnapshotStore: Sendable {
             throw LogError("cannot write the snapshot \(temp): \(why)")
         }
         let file = SnapshotFile(seq: seq, serial: serial, path: final)
-        if let describe {
-            do { try writeMetadata(of: file, describe(file)) } catch { Log.warning("snapshot \(file.id): its description was not written: \(error)") }
+        // Under the versions lock: `describe` may read the description of
+        // the snapshot this one replaces, which an evaluation may be adding
+        // figures to.
+        try withVersionsLock {
+            if let describe {
+                do { try writeMetadata(of: file, describe(file)) } catch { Log.warning("snapshot \(file.id): its description was not written: \(error)") }
+            }
+            guard rename(temp, final) == 0 else { throw LogError("cannot rename \(temp): \(String(cString: strerror(errno)))") }
         }
-        guard rename(temp, final) == 0 else { throw LogError("cannot rename \(temp): \(String(cString: strerror(errno)))") }
         let dir = open(directory, O_RDONLY | O_DIRECTORY)
         if dir >= 0 { fsync(dir); Glibc.close(dir) }
         return file
@@ -203,6 +208,39 @@ public struct SnapshotStore: Sendable {
         guard rename(temp, file.metadataPath) == 0 else { throw LogError("cannot rename \(temp): \(String(cString: strerror(errno)))") }
     }
 
+    /// Changes a version's description: read, `change`, written back, all
+    /// under the versions lock, so two processes adding figures to one
+    /// version (two `perennial versions --evaluate` runs, or one and a
+    /// server replacing the snapshot) both keep theirs. Returns false, and
+    /// writes nothing, if the snapshot is gone (pruned meanwhile).
+    @discardableResult
+    public func updateMetadata(of file: SnapshotFile, _ change: (inout [String: Any]) throws -> Void) throws -> Bool {
+        try withVersionsLock {
+            guard access(file.path, F_OK) == 0 else { return false }
+            var fields = metadata(of: file)
+            try change(&fields)
+            try writeMetadata(of: file, fields)
+            return true
+        }
+    }
+
+    /// Runs `body` holding an exclusive lock (flock) on
+    /// `<directory>/versions.lock`, which every read-modify-write of the
+    /// descriptions and every removal of a version takes. flock locks
+    /// belong to an open file, so two threads of one process exclude each
+    /// other as two processes do; the OS drops the lock if the holder dies.
+    func withVersionsLock<T>(_ body: () throws -> T) throws -> T {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let path = (directory as NSString).appendingPathComponent("versions.lock")
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw LogError("cannot open \(path): \(String(cString: strerror(errno)))") }
+        defer { Glibc.close(fd) }
+        while flock(fd, LOCK_EX) != 0 {
+            guard errno == EINTR else { throw LogError("cannot lock \(path): \(String(cString: strerror(errno)))") }
+        }
+        return try body()
+    }
+
     /// Removes all but the newest `keep` snapshots; returns the oldest kept
     /// snapshot's first log segment (segments before it can go). A snapshot
     /// a RELOAD took (its description notes "reload") ties the new scorer
@@ -211,15 +249,20 @@ public struct SnapshotStore: Sendable {
     /// reloads must not push out the versions one may want to roll back to).
     public func prune(keep: Int) -> Int? {
         var kept: [SnapshotFile] = []
-        for (i, file) in files().enumerated() {
-            let superseded = i > 0 && metadata(of: file)["reload"] != nil
-            if !superseded && kept.count < keep {
-                kept.append(file)
-            } else {
-                unlink(file.path)
-                unlink(file.metadataPath)
+        // (Under the versions lock, so an evaluation finishing now never
+        // writes figures for a version as it goes, leaving a stray description.)
+        let locked: Void? = try? withVersionsLock {
+            for (i, file) in files().enumerated() {
+                let superseded = i > 0 && metadata(of: file)["reload"] != nil
+                if !superseded && kept.count < keep {
+                    kept.append(file)
+                } else {
+                    unlink(file.path)
+                    unlink(file.metadataPath)
+                }
             }
         }
+        guard locked != nil else { return nil }
         guard let oldest = kept.last, let info = try? read(oldest.path).0 else { return nil }
         return info.firstLogSegment
     }
