@@ -655,6 +655,10 @@ public final class CollaborativeFilteringScorer: Scorer {
         same.factorWeight = new.factorWeight
         same.neighbourhoodWeight = new.neighbourhoodWeight
         same.factorShrinkage = new.factorShrinkage
+        // (The neighbourhood's reach into the user's latest items is read
+        // per query too; the co-occurrence counts do not depend on it.)
+        same.neighbourhoodItems = new.neighbourhoodItems
+        same.neighbourhoodDecay = new.neighbourhoodDecay
         return same == new
     }
 

@@ -39,7 +39,9 @@ import Synchronization
 
 public final class GANScorer: Scorer {
     public let name = "gan"
-    public let settings: GANSettings
+    /// (Changed only by `adjust`, with the learner idle and no query
+    /// running: the admitting thread is the serving thread.)
+    public private(set) var settings: GANSettings
     let D: Int
     // Generator rows (user, context, item) and biases; discriminator rows.
     // Vector rows carry one extra float: their Adagrad accumulator.
@@ -100,6 +102,22 @@ public final class GANScorer: Scorer {
     }
 
     /// The user's id expired: their rows and recent items start again.
+    /// A RELOAD that changes only how candidates are drawn from the
+    /// generator (`greedy_share`, `temperature`: read per query; nothing
+    /// learned depends on them) takes them in place.
+    public func adjusts(to new: any ScorerSettings) -> Bool {
+        guard let new = new as? GANSettings else { return false }
+        var same = settings
+        same.greedyShare = new.greedyShare
+        same.temperature = new.temperature
+        return same == new
+    }
+
+    public func adjust(to new: any ScorerSettings) {
+        precondition(adjusts(to: new))
+        settings = new as! GANSettings
+    }
+
     public func forget(user: Int32) {
         let u = Int(user)
         initialise(genUsers, from: u, to: u + 1, stream: 1)

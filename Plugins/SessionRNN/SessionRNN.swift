@@ -34,7 +34,9 @@ import Synchronization
 
 public final class SessionRNNScorer: Scorer {
     public let name = "session-rnn"
-    public let settings: SessionRNNSettings
+    /// (Changed only by `adjust`, with the learner idle and no query
+    /// running: the admitting thread is the serving thread.)
+    public private(set) var settings: SessionRNNSettings
     let table: EmbeddingTable
     /// Which item indices are vacant (expired items'): never a negative.
     let vacancy: ItemVacancy
@@ -130,6 +132,20 @@ public final class SessionRNNScorer: Scorer {
     }
 
     /// The user's id expired: their sequence starts again.
+    /// A RELOAD that changes only `transition_weight` (read per query; the
+    /// counts do not depend on it) takes it in place.
+    public func adjusts(to new: any ScorerSettings) -> Bool {
+        guard let new = new as? SessionRNNSettings else { return false }
+        var same = settings
+        same.transitionWeight = new.transitionWeight
+        return same == new
+    }
+
+    public func adjust(to new: any ScorerSettings) {
+        precondition(adjusts(to: new))
+        settings = new as! SessionRNNSettings
+    }
+
     public func forget(user: Int32) {
         if Int(user) < recent.count { recent[Int(user)] = [] }
     }

@@ -191,6 +191,44 @@ import PerennialPlugins
         #expect(try reloaded.reconfigure(try config(0.8, lr: 0.05)) == ["cf re-configured (learned state kept)"])
     }
 
+    /// Every scorer's per-query settings are taken in place the same way:
+    /// cf's neighbourhood reach, session-rnn's transition weight, gan's
+    /// candidate draw. The reloaded model answers exactly as one run with
+    /// the new values from the start.
+    @Test(arguments: [
+        ("cf", [("neighbourhood_items", ConfigValue.integer(2)), ("neighbourhood_decay", .float(0.4))]),
+        ("session-rnn", [("transition_weight", .float(3.0))]),
+        ("gan", [("temperature", .float(2.0)), ("greedy_share", .float(0.5))]),
+    ])
+    func perQuerySettingsAreAdjustedInPlace(scorer: String, changed: [(String, ConfigValue)]) throws {
+        func config(_ with: [(String, ConfigValue)]) throws -> PerennialConfig {
+            var doc = ConfigDocument(file: "test")
+            doc.set("scorers.load", .array([.string(scorer)]))
+            doc.set("scorers.default", .string(scorer))
+            for (key, value) in with { doc.set("scorers.\(scorer).\(key)", value) }
+            return try PerennialConfig.load(doc, registry: .builtin)
+        }
+        let reloaded = Model(config: try config([]), registry: .builtin)
+        let fresh = Model(config: try config(changed), registry: .builtin)
+        feed(reloaded, 0..<600)
+        feed(fresh, 0..<600)
+        let users: [UInt64] = [1, 7, 30, 59]
+        func answers(_ m: Model) throws -> [[Float]] {
+            try users.map { try m.score(user: $0, items: (1...90).map { UInt64($0) }, scorer: scorer).map(\.score) }
+                + users.map { try m.recommend(user: $0, k: 10).map { Float($0.item) } }
+        }
+        let before = try answers(reloaded)
+        let changes = try reloaded.reconfigure(try config(changed))
+        #expect(changes.count == 1 && changes[0].hasPrefix("\(scorer) adjusted in place ("), "\(changes)")
+        for (key, _) in changed { #expect(changes[0].contains(key), "\(changes)") }
+        for user: UInt64 in [1, 7, 30, 59] {
+            #expect(try reloaded.score(user: user, items: (1...90).map { UInt64($0) }, scorer: scorer).map(\.score)
+                    == fresh.score(user: user, items: (1...90).map { UInt64($0) }, scorer: scorer).map(\.score))
+            #expect(try reloaded.recommend(user: user, k: 10) == fresh.recommend(user: user, k: 10))
+        }
+        #expect(try answers(reloaded) != before, "the change made no difference to test")
+    }
+
     @Test func restoreThenLearnEqualsNeverStopping() throws {
         let straight = try model()
         feed(straight, 0..<3000)
