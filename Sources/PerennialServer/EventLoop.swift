@@ -363,7 +363,7 @@ final class EventLoop {
         handler.learner.stop()
         // A graceful stop leaves a snapshot, so the next start-up is quick.
         handler.finishSnapshotInFlight()
-        if handler.model.lastSeq > handler.lastSnapshotSeq { _ = try? handler.takeSnapshot() }
+        if handler.model.lastSeq > handler.lastSnapshotSeq || handler.reloadUnsnapshotted { _ = try? handler.takeSnapshot() }
         uv_close(UnsafeMutablePointer(OpaquePointer(progressAsync)), nil)
         uv_close(UnsafeMutablePointer(OpaquePointer(stopAsync)), nil)
         uv_close(UnsafeMutablePointer(OpaquePointer(timer)), nil)

@@ -334,7 +334,8 @@ final class RequestHandler {
             // serialises and writes) and serves others meanwhile.
             // Nothing accepted since the last snapshot: it already holds
             // every event, so it answers (no file rewritten, no new version).
-            if state.snapshotTicket == 0 && inFlight == nil && lastSnapshotSeq > 0 && model.lastSeq == lastSnapshotSeq {
+            if state.snapshotTicket == 0 && inFlight == nil && lastSnapshotSeq > 0 && model.lastSeq == lastSnapshotSeq
+                && !reloadUnsnapshotted {
                 Reply.snapshot(lastSnapshotSeq).encode(into: &out, requestID: requestID)
                 return .done
             }
@@ -485,9 +486,8 @@ final class RequestHandler {
         // automatic snapshot's thread done reading the model.
         inFlight?.waitUntilSerialised()
         while model.appliedSeq < model.lastSeq { usleep(50) }
-        let changes = try model.reconfigure(next)
-        // (A new default alone needs no snapshot: the learned state is the same.)
-        let defaultOnly = changes.count == 1 && next.defaultScorer != config.defaultScorer
+        let reconfigured = try model.reconfigure(next)
+        let changes = reconfigured.changes
         // What else changed, for the log line (operators read it to confirm).
         var also: [String] = []
         if next.routes != config.routes { also.append("[routes]") }
@@ -508,18 +508,39 @@ final class RequestHandler {
         protocolLimits = ProtocolLimits(maxFrameBytes: next.limits.maxFrameBytes, maxItems: next.limits.maxItems,
                                         maxEvents: next.limits.maxEvents)
         stats.reloads += 1
-        // A snapshot now ties the new scorer set to a log position, so a
-        // restart with this config never needs state from before it. It is
-        // written off the loop like an automatic one (FEEDBACK waits only
-        // for its serialisation): one still being written is finished first.
-        if !changes.isEmpty && !defaultOnly {
-            if inFlight != nil { finishSnapshotInFlight() }
-            startSnapshotInFlight(note: ["reload": changes], distinct: true)
+        // A snapshot soon ties the new scorer set to a log position, so a
+        // restart with this config never needs state from before it. The
+        // loop starts it at the end of this turn, or once one still being
+        // written is done (never waiting for it here), and it is written
+        // off the loop like an automatic one. (An adjustment in place or a
+        // new default changes no saved state: no snapshot, no version.)
+        if reconfigured.scorerSetChanged {
+            unsnapshottedReloadChanges += changes
+            reloadGeneration += 1
+            reloadSnapshotWanted = true
         }
         let said = changes + also
         Log.info("config reloaded from \(next.source): " + (said.isEmpty ? "nothing changed" : said.joined(separator: "; ")))
         return changes
     }
+
+    /// What RELOADs that rebuilt, added or removed scorers changed since the
+    /// newest snapshot: the model then differs from that snapshot even
+    /// with no event since. Until a snapshot of it is durable, every
+    /// snapshot taken is a distinct version noting these changes (so one
+    /// at the same position never replaces the pre-reload version, which
+    /// holds a removed scorer's state), a SNAPSHOT request is not answered
+    /// from the old one, and a graceful stop takes one.
+    private var unsnapshottedReloadChanges: [String] = []
+    var reloadUnsnapshotted: Bool { !unsnapshottedReloadChanges.isEmpty }
+    /// Counts such RELOADs: a snapshot marks them saved only if none came
+    /// after it started.
+    private var reloadGeneration = 0
+    private var inFlightReloadGeneration = 0
+    /// The RELOAD's own snapshot is yet to be started. It is tried once;
+    /// after a failure the next automatic or requested one, or the stop's,
+    /// carries the changes.
+    private var reloadSnapshotWanted = false
 
     /// The last snapshot's size (room reserved for the next one).
     private var lastSnapshotBytes = 0
@@ -603,13 +624,13 @@ final class RequestHandler {
         let every = UInt64(config.snapshotEveryEvents)
         let requested = snapshotTicketsIssued > snapshotTicketsStarted
         let due = every > 0 && model.lastSeq - lastSnapshotSeq >= every && model.lastSeq >= retrySnapshotAt
-        guard inFlight == nil, requested || due else {
+        guard inFlight == nil, requested || due || reloadSnapshotWanted else {
             snapshotDraining = false
             return wasDraining || collected
         }
         snapshotDraining = model.appliedSeq < model.lastSeq
         guard !snapshotDraining else { return collected }
-        return startSnapshotInFlight(note: [:], distinct: false) || collected
+        return startSnapshotInFlight() || collected
     }
 
     /// Starts a snapshot on its own thread (none in flight, the learner
@@ -617,11 +638,13 @@ final class RequestHandler {
     /// started after. Returns true when it failed at once (the failure is
     /// recorded and the waiting requests are answered with it).
     @discardableResult
-    private func startSnapshotInFlight(note: [String: Any], distinct: Bool) -> Bool {
+    private func startSnapshotInFlight() -> Bool {
         precondition(inFlight == nil && model.appliedSeq == model.lastSeq)
         let tickets = (from: snapshotTicketsStarted, to: snapshotTicketsIssued)
+        reloadSnapshotWanted = false
         do {
-            let (job, t0, pauseMs) = try prepareSnapshot(note: note, distinct: distinct)
+            let (job, t0, pauseMs) = try prepareSnapshot(note: [:], distinct: false)
+            inFlightReloadGeneration = reloadGeneration
             // (Room for the last snapshot's size and an eighth: growing a
             // buffer of tens of megabytes by doubling copies it each time.)
             let capacity = lastSnapshotBytes + lastSnapshotBytes / 8
@@ -653,6 +676,8 @@ final class RequestHandler {
     func takeSnapshot(note: [String: Any] = [:], distinct: Bool = false) throws -> UInt64 {
         finishSnapshotInFlight()
         let written: SnapshotWritten, job: SnapshotJob, size: Int, t0: UInt64
+        let generation = reloadGeneration
+        reloadSnapshotWanted = false
         do {
             (job, t0, _) = try prepareSnapshot(note: note, distinct: distinct)
             var w = SnapshotWriter(capacity: lastSnapshotBytes + lastSnapshotBytes / 8)
@@ -667,7 +692,8 @@ final class RequestHandler {
             throw error
         }
         let ms = Double(MonotonicClock.nowNanos() - t0) / 1e6
-        complete(written, seq: job.seq, bytes: size, startedNs: t0, how: String(format: "serving paused %.1f ms", ms))
+        complete(written, seq: job.seq, bytes: size, startedNs: t0, reloadGeneration: generation,
+                 how: String(format: "serving paused %.1f ms", ms))
         return job.seq
     }
 
@@ -695,7 +721,8 @@ final class RequestHandler {
                                    "users": model.users.count, "items": model.items.count,
                                    "settings": config.modelSettingValues]
         for (k, v) in note { meta[k] = v }
-        let job = SnapshotJob(store: snapshots, seq: seq, firstLogSegment: segment, distinct: distinct,
+        if reloadUnsnapshotted { meta["reload"] = unsnapshottedReloadChanges }
+        let job = SnapshotJob(store: snapshots, seq: seq, firstLogSegment: segment, distinct: distinct || reloadUnsnapshotted,
                               keep: config.snapshotKeep, description: meta)
         return (job, t0, Double(MonotonicClock.nowNanos() - t0) / 1e6)
     }
@@ -707,7 +734,7 @@ final class RequestHandler {
         switch outcome {
         case .success(let written):
             lastSnapshotBytes = f.size
-            complete(written, seq: f.seq, bytes: f.size, startedNs: f.startedNs,
+            complete(written, seq: f.seq, bytes: f.size, startedNs: f.startedNs, reloadGeneration: inFlightReloadGeneration,
                      how: String(format: "serialised off the loop in %.1f ms; serving paused %.2f ms", f.serialiseMs, f.pauseMs))
             recordSnapshotOutcome(through: inFlightTickets.to, .success(f.seq), from: inFlightTickets.from)
         case .failure(let error):
@@ -724,13 +751,18 @@ final class RequestHandler {
         for _ in 1..<min(snapshotFailuresInARow, 20) where wait < every { wait *= 2 }
         wait = min(wait, every)
         retrySnapshotAt = model.lastSeq + UInt64(wait)
-        Log.error("snapshot at sequence \(seq) failed (next automatic attempt after sequence \(retrySnapshotAt)): \(error)")
+        let next = config.snapshotEveryEvents > 0
+            ? "next automatic attempt after sequence \(retrySnapshotAt)"
+            : "snapshot.every_events = 0: the next SNAPSHOT request or a graceful stop takes one"
+        Log.error("snapshot at sequence \(seq) failed (\(next)): \(error)")
     }
 
     /// A snapshot is durable: it is the newest, and the log segments the
     /// kept snapshots cover can go.
-    private func complete(_ written: SnapshotWritten, seq: UInt64, bytes: Int, startedNs: UInt64, how: String) {
+    private func complete(_ written: SnapshotWritten, seq: UInt64, bytes: Int, startedNs: UInt64, reloadGeneration generation: Int,
+                          how: String) {
         lastSnapshotSeq = max(lastSnapshotSeq, seq)
+        if generation == reloadGeneration { unsnapshottedReloadChanges = [] }
         snapshotFailuresInARow = 0
         stats.snapshots += 1
         if let keepFrom = written.keepLogFrom { log.removeSegments(before: keepFrom) }

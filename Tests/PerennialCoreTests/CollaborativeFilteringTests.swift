@@ -180,7 +180,7 @@ import PerennialPlugins
         feed(reloaded, 0..<2000)
         feed(fresh, 0..<2000)
         let before = try reloaded.score(user: 7, items: (1...90).map { UInt64($0) }, scorer: "cf").map(\.score)
-        let changes = try reloaded.reconfigure(try config(0.8))
+        let changes = try reloaded.reconfigure(try config(0.8)).changes
         #expect(changes == ["cf adjusted in place (factor_weight 0.3 -> 0.8)"], "\(changes)")
         for user: UInt64 in [1, 7, 30, 59] {
             #expect(try reloaded.score(user: user, items: (1...90).map { UInt64($0) }, scorer: "cf").map(\.score)
@@ -188,7 +188,7 @@ import PerennialPlugins
             #expect(try reloaded.recommend(user: user, k: 10) == fresh.recommend(user: user, k: 10))
         }
         #expect(try reloaded.score(user: 7, items: (1...90).map { UInt64($0) }, scorer: "cf").map(\.score) != before)
-        #expect(try reloaded.reconfigure(try config(0.8, lr: 0.05)) == ["cf re-configured (learned state kept)"])
+        #expect(try reloaded.reconfigure(try config(0.8, lr: 0.05)).changes == ["cf re-configured (learned state kept)"])
     }
 
     /// Every scorer's per-query settings are taken in place the same way:
@@ -218,7 +218,7 @@ import PerennialPlugins
                 + users.map { try m.recommend(user: $0, k: 10).map { Float($0.item) } }
         }
         let before = try answers(reloaded)
-        let changes = try reloaded.reconfigure(try config(changed))
+        let changes = try reloaded.reconfigure(try config(changed)).changes
         #expect(changes.count == 1 && changes[0].hasPrefix("\(scorer) adjusted in place ("), "\(changes)")
         for (key, _) in changed { #expect(changes[0].contains(key), "\(changes)") }
         for user: UInt64 in [1, 7, 30, 59] {

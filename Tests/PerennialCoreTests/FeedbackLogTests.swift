@@ -163,21 +163,28 @@ import Popularity
     }
 
     /// Pruning keeps the newest `keep` versions; a snapshot a RELOAD took
-    /// goes once a newer one exists and takes none of the places, so a few
-    /// reloads do not push out older versions.
+    /// takes none of the places, even while it is the newest (recovery
+    /// needs it, so it stays beside them), and goes once a newer one exists:
+    /// reloads never push out older versions.
     @Test func reloadSnapshotsDoNotCrowdOutVersions() throws {
         let store = SnapshotStore(directory: tempDir())
-        var made: [SnapshotFile] = []
-        for (n, reload) in [(10, false), (20, false), (30, true), (40, true), (50, false), (60, true), (70, true)] {
+        func snapshot(_ n: Int, reload: Bool) throws {
             let f = try store.write(seq: UInt64(n), firstLogSegment: n, payload: [1, 2, 3])
             try store.writeMetadata(of: f, reload ? ["reload": ["cf re-configured"]] : [:])
-            made.append(f)
         }
-        #expect(store.prune(keep: 3) == 20)
-        // The newest (a reload's) stays: recovery needs it; 60, 40 and 30 go.
+        for (n, reload) in [(10, false), (20, false), (30, true), (40, true), (50, false), (60, true), (70, true)] {
+            try snapshot(n, reload: reload)
+        }
+        #expect(store.prune(keep: 3) == 10)
+        // The newest (a reload's) stays beside three others; 60, 40 and 30 go.
+        #expect(store.files().map(\.seq) == [70, 50, 20, 10])
+        #expect(store.prune(keep: 2) == 20)
         #expect(store.files().map(\.seq) == [70, 50, 20])
+        // The next plain snapshot supersedes the reload's: still two places
+        // for plain versions, none lost to the reload.
+        try snapshot(80, reload: false)
         #expect(store.prune(keep: 2) == 50)
-        #expect(store.files().map(\.seq) == [70, 50])
+        #expect(store.files().map(\.seq) == [80, 50])
     }
 
     /// A version's description is written before its snapshot is renamed

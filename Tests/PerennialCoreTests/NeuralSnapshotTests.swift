@@ -119,7 +119,7 @@ import PerennialPlugins
         m.admit([IncomingEvent(user: 1, item: 3, kind: .click, value: 0, timestamp: 1)], now: 0, into: &out)
         for e in out { m.learn(e) }
         let before = try m.recommend(user: 1, k: 5, scorer: "text-cnn")
-        let changes = try m.reconfigure(try config(21))
+        let changes = try m.reconfigure(try config(21)).changes
         #expect(changes.contains { $0.contains("text-cnn re-configured") })
         #expect(m.counters.first { $0.0 == "text_cnn_items_with_text" }?.1 == 30)
         #expect(try m.recommend(user: 1, k: 5, scorer: "text-cnn") == before)

@@ -244,18 +244,23 @@ public struct SnapshotStore: Sendable {
     /// Removes all but the newest `keep` snapshots; returns the oldest kept
     /// snapshot's first log segment (segments before it can go). A snapshot
     /// a RELOAD took (its description notes "reload") ties the new scorer
-    /// set to a log position for recovery; once a newer snapshot exists it
-    /// has done that, so it goes and takes none of the `keep` places (a few
-    /// reloads must not push out the versions one may want to roll back to).
+    /// set to a log position for recovery; it takes none of the `keep`
+    /// places, even while it is the newest (kept beside them), and once a
+    /// newer snapshot exists it has done its work and goes: reloads never
+    /// push out the versions one may want to roll back to.
     public func prune(keep: Int) -> Int? {
         var kept: [SnapshotFile] = []
+        var places = 0
         // (Under the versions lock, so an evaluation finishing now never
         // writes figures for a version as it goes, leaving a stray description.)
         let locked: Void? = try? withVersionsLock {
             for (i, file) in files().enumerated() {
-                let superseded = i > 0 && metadata(of: file)["reload"] != nil
-                if !superseded && kept.count < keep {
+                let byReload = metadata(of: file)["reload"] != nil
+                if i == 0 && byReload {
                     kept.append(file)
+                } else if !byReload && places < keep {
+                    kept.append(file)
+                    places += 1
                 } else {
                     unlink(file.path)
                     unlink(file.metadataPath)

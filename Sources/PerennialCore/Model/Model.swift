@@ -8,8 +8,10 @@
 // server's loop, or the one thread of an in-process evaluation). `learn` is
 // called only by the learner thread and touches only the scorers, which
 // follow the `Scorer` contract (state shared with readers lives in
-// never-moving ChunkedBuffers). The scorer set itself does not change while
-// a learner runs. `save` may also run on an automatic snapshot's thread,
+// never-moving ChunkedBuffers). The scorer set, and a scorer's settings
+// (`reconfigure`, including adjustments in place), change only while the
+// learner is idle and no snapshot's thread is serialising (RELOAD waits for
+// both first). `save` may also run on an automatic snapshot's thread,
 // with the learner idle, while the admitting thread only serves reads and
 // admits nothing (the server's SnapshotInFlight states that invariant).
 
@@ -392,11 +394,12 @@ public final class Model: @unchecked Sendable {
     /// capacity, are refused); a new one starts empty and learns from the
     /// next event; a dropped one is removed. The shared table is untouched.
     /// All or nothing: on error the old scorers stay. Returns what changed.
-    public func reconfigure(_ config: PerennialConfig) throws -> [String] {
+    public func reconfigure(_ config: PerennialConfig) throws -> Reconfiguration {
         precondition(appliedSeq == lastSeq, "reconfigure needs an idle learner")
         let environment = ScorerEnvironment(table: table, vacancy: itemVacancy)
         var next: [any Scorer] = []
         var changes: [String] = []
+        var rebuilt = false
         var adjusted: [(any Scorer, any ScorerSettings)] = []
         for sc in config.scorers {
             let old = scorers.first { $0.name == sc.name }
@@ -413,6 +416,7 @@ public final class Model: @unchecked Sendable {
                 continue
             }
             guard let factory = registry.factory(named: sc.name) else { throw LogError("unknown scorer \(sc.name)") }
+            rebuilt = true
             let fresh = factory.make(sc.settings, environment)
             fresh.grow(users: users.count, items: items.count)
             if let old {
@@ -435,6 +439,7 @@ public final class Model: @unchecked Sendable {
         }
         for old in scorers where !config.scorers.contains(where: { $0.name == old.name }) {
             changes.append("\(old.name) removed")
+            rebuilt = true
         }
         if config.defaultScorer != defaultScorer { changes.append("default scorer \(defaultScorer) -> \(config.defaultScorer)") }
         for (scorer, new) in adjusted { scorer.adjust(to: new) }
@@ -445,7 +450,17 @@ public final class Model: @unchecked Sendable {
         for r in config.routes { routes[r.name] = r }
         settings = [:]
         for sc in config.scorers { settings[sc.name] = sc.settings }
-        return changes
+        return Reconfiguration(changes: changes, scorerSetChanged: rebuilt)
+    }
+
+    /// What `reconfigure` did.
+    public struct Reconfiguration: Sendable {
+        /// In words, one entry per scorer changed (and the default scorer).
+        public var changes: [String]
+        /// A scorer was rebuilt, added or removed, so a snapshot taken
+        /// before differs from the model now even with no event since (an
+        /// adjustment in place or a new default changes no saved state).
+        public var scorerSetChanged: Bool
     }
 
     // MARK: snapshots (admitting thread, or a snapshot's thread while the admitting thread only reads; learner idle)

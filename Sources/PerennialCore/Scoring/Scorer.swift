@@ -166,7 +166,10 @@ extension Scorer {
     }
     public func replay(_ event: LearnEvent) {}
     public func adjusts(to settings: any ScorerSettings) -> Bool { false }
-    public func adjust(to settings: any ScorerSettings) {}
+    /// (Never called: `adjusts` said no, so the model rebuilds the scorer.)
+    public func adjust(to settings: any ScorerSettings) {
+        preconditionFailure("adjust(to:) called on a scorer whose adjusts(to:) is false")
+    }
     public var replays: Bool { false }
     public func forget(user: Int32) {}
     public func itemTextChanged(_ item: Int32, text: String, after seq: UInt64) {}

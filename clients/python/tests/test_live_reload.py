@@ -59,7 +59,7 @@ def test_reload_under_load(start_server) -> None:
             admin.reload()
             seen.append(admin.recommend(999_999, k=3))           # unknown user: popularity's counts
             time.sleep(1)
-            _write(cfg, '"cf", "popularity"', "cf", "0.5")       # cf re-configured, state kept
+            _write(cfg, '"cf", "popularity"', "cf", "0.5")       # cf adjusted in place
             admin.reload()
             time.sleep(1)
             _write(cfg, '"cf"', "cf")                             # popularity removed
@@ -117,3 +117,58 @@ def test_feedback_follows_a_lowered_max_events_after_reload(start_server) -> Non
         assert ack.last_seq - ack.first_seq + 1 <= 500      # the last of several batches
         assert c.server_info.max_events == 500
         assert c.stats()["events_accepted"] == 1200
+
+
+def _versions(srv) -> dict:
+    """The data directory's versions: file name -> its description."""
+    snaps = Path(srv.data_dir) / "snapshots"
+    import json
+    return {p.name: json.loads(p.read_text()) for p in sorted(snaps.glob("snapshot-*.json"))}
+
+
+def test_a_reload_whose_snapshot_failed_is_saved_later(start_server) -> None:
+    """A RELOAD that removes a scorer is tied to a new version by a snapshot.
+    When that snapshot fails, the model still differs from the newest
+    version: a SNAPSHOT is not answered from the old one, the version that
+    holds the removed scorer is never replaced, and a graceful stop saves
+    the reloaded model, so the next start-up needs no --drop-scorer."""
+    srv = start_server(BASE % ('"cf", "popularity"', "cf", "0.7"))
+    cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
+    with srv.client() as c:
+        seq = c.feedback([perennial.Event(u % 40 + 1, u % 70 + 1) for u in range(500)]).last_seq
+        assert c.snapshot() == seq
+        blocker = Path(srv.data_dir) / "snapshots" / ("snapshot-%d.1.bin.tmp" % seq)
+        blocker.mkdir()                                  # the distinct version's file cannot be written
+        _write(cfg, '"cf"', "cf")                        # popularity removed
+        c.reload()
+        with pytest.raises(perennial.ServerError) as failed:
+            c.snapshot()                                 # not the stale answer `seq`
+        assert "snapshot failed" in str(failed.value)
+        assert list(_versions(srv)) == ["snapshot-%d.json" % seq]
+        assert _versions(srv)["snapshot-%d.json" % seq]["scorers"] == ["cf", "popularity"]
+        blocker.rmdir()
+    assert "the next SNAPSHOT request or a graceful stop takes one" in srv.log()
+    srv.restart()                                        # the stop saves the reloaded model
+    versions = _versions(srv)
+    assert versions["snapshot-%d.json" % seq]["scorers"] == ["cf", "popularity"]
+    assert versions["snapshot-%d.1.json" % seq]["scorers"] == ["cf"]
+    assert "popularity removed" in versions["snapshot-%d.1.json" % seq]["reload"]
+    with srv.client() as c:
+        assert c.stats()["events_accepted"] == seq and c.recommend(1, k=3)
+
+
+def test_adjusting_in_place_writes_no_version(start_server) -> None:
+    """A RELOAD that only adjusts per-query settings (or the default scorer)
+    saves no new version: the learned state is the same."""
+    srv = start_server(BASE % ('"cf", "popularity"', "cf", "0.7"))
+    cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
+    with srv.client() as c:
+        seq = c.feedback([perennial.Event(u % 40 + 1, u % 70 + 1) for u in range(500)]).last_seq
+        assert c.snapshot() == seq
+        before = _versions(srv)
+        _write(cfg, '"cf", "popularity"', "popularity", "0.4")
+        c.reload()
+        assert c.stats()["reloads"] == 1
+        assert c.snapshot() == seq
+        assert _versions(srv) == before
+    assert "cf adjusted in place (factor_weight 0.7 -> 0.4)" in srv.log()
