@@ -556,6 +556,11 @@ public final class CollaborativeFilteringScorer: Scorer {
     }
 
     public func score(_ query: ScoringQuery, items: [Int32?]) -> [Float] {
+        // Nobody knows the user: the same popularity counts `recommend`
+        // ranks by, so SCORE orders items as RECOMMEND would.
+        guard scansCatalogue(query) else {
+            return items.map { i in i.map { itemStats.row(Int($0))[Self.countSlot] } ?? 0 }
+        }
         // The same blend as `recommend`, over the whole catalogue, so that
         // scores are comparable with it.
         scanCatalogue(1, itemCount: query.itemCount) { _ in query }

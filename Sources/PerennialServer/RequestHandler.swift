@@ -800,7 +800,8 @@ final class RequestHandler {
         let now = MonotonicClock.nowMillis()
         if state.waitDeadline == 0 { state.waitDeadline = now + UInt64(config.limits.waitMs) }
         if now >= state.waitDeadline {
-            throw ProtocolError(.timeout, "the learner did not apply sequence \(needed) within \(config.limits.waitMs) ms")
+            let whose = needed == minApplied ? "min_applied_seq \(needed)" : "sequence \(needed) (this connection's last acknowledged FEEDBACK, which a read on the same connection always waits for)"
+            throw ProtocolError(.timeout, "the learner did not apply \(whose) within limits.wait_ms = \(config.limits.waitMs) ms: it has applied \(model.appliedSeq), \(needed - model.appliedSeq) behind; a read on another connection answers at once from what is learned so far")
         }
         return .waitForApplied(seq: needed, deadline: state.waitDeadline)
     }

@@ -48,11 +48,12 @@ import PerennialPlugins
     /// The catalogue scan (neighbourhood items first, then a SIMD scan on
     /// factor scores) returns exactly what pushing every item's score does:
     /// the same items, scores and tie order as the candidate path over the
-    /// whole catalogue, and as sorting `score`'s answers.
+    /// whole catalogue, and as sorting `score`'s answers. A user nobody
+    /// knows (99,999) is answered by popularity, and SCORE agrees.
     @Test func catalogueScanEqualsScoringEveryItem() throws {
         let model = try plantedModel(events: 6000)
         let all = (1...100).map { UInt64($0) }
-        for user: UInt64 in [1, 2, 7, 150, 199] {
+        for user: UInt64 in [1, 2, 7, 150, 199, 99_999] {
             for k in [1, 10, 40, 120] {
                 let scanned = try model.recommend(user: user, k: k)
                 let pushed = try model.recommend(user: user, k: k, candidates: all)

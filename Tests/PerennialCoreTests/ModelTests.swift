@@ -93,6 +93,8 @@ func popularityOnly() throws -> PerennialConfig {
         // A user's own items are excluded.
         #expect(try model.recommend(user: 1, k: 5).map(\.item) == [30])
         #expect(try model.recommend(user: 9, k: 5, exclude: [10]).map(\.item) == [20, 30])
+        // So are the session's items, whatever the scorer (999: not known).
+        #expect(try model.recommend(user: 9, k: 5, session: [20, 999]).map(\.item) == [10, 30])
         #expect(try model.recommend(user: 9, k: 5, candidates: [30, 20, 999]).map(\.item) == [20, 30])
         #expect(throws: ModelError.self) { try model.recommend(user: 1, k: 1, scorer: "nope") }
         let scores = try model.score(user: 9, items: [10, 999])

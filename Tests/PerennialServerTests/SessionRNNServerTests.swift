@@ -49,10 +49,13 @@ import PerennialProtocol
 
         // Length 0: the user's own history stands in (an unknown user gets
         // the learned item biases); length 1; length 10,000 (the scorer reads
-        // the last `steps`); unknown ids are ignored.
+        // the last `steps`; every item in it is excluded from the answer);
+        // unknown ids are ignored.
         #expect(try await c.recommend(user: 100_000, k: 5, scorer: "session-rnn").count == 5)
         #expect(try await c.recommend(user: 100_000, k: 5, scorer: "session-rnn", session: [4]).count == 5)
-        let long = (0..<9_998).map { UInt64($0 % 120 + 1) } + [4, 5]
+        let long = (0..<9_998).map { UInt64($0 % 114 + 7) } + [4, 5]
+        let answer = try await c.recommend(user: 100_000, k: 10, scorer: "session-rnn", session: long)
+        #expect(answer.count == 4 && answer.allSatisfy { $0.item <= 6 && $0.item != 4 && $0.item != 5 })
         #expect(try await c.recommend(user: 100_000, k: 1, scorer: "session-rnn", session: long).first?.item == 6)
         #expect(try await c.recommend(user: 100_000, k: 1, scorer: "session-rnn", session: [4, 999_999, 5]).first?.item == 6)
         let scores = try await c.score(user: 100_000, items: [6, 7, 424242], scorer: "session-rnn", session: [4, 5])

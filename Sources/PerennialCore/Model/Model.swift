@@ -758,11 +758,15 @@ public final class Model: @unchecked Sendable {
         exclusions.reset(itemCount: items.count)
         if let own { history.forEachItem(of: own) { exclusions.insert($0) } }
         for id in exclude { if let i = items.index(of: id) { exclusions.insert(i) } }
+        // What the session already holds is never recommended back, by any
+        // scorer (E4 ranks excluding the input sequence the same way).
+        let sessionItems = session.compactMap { items.index(of: $0) }
+        for i in sessionItems { exclusions.insert(i) }
         // Known candidates, each once (a repeated id would be ranked twice).
         var seenCandidates = Set<Int32>()
         let cand: [Int32]? = candidates.isEmpty ? nil
             : candidates.compactMap { items.index(of: $0) }.filter { seenCandidates.insert($0).inserted }
-        return ScoringQuery(user: u, sessionItems: session.compactMap { items.index(of: $0) },
+        return ScoringQuery(user: u, sessionItems: sessionItems,
                             candidates: cand, exclusions: exclusions, itemCount: items.count,
                             history: own.map { history.items(of: $0)[...] } ?? [])
     }
