@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import abc
 from dataclasses import dataclass
 from typing import Deque, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -41,18 +42,42 @@ def check_frame_size(cmd: Command, max_frame_bytes: int) -> None:
 
 
 def raise_refusals(errors: "Deque[BaseException]") -> None:
-    """A streamer's refused batches since the last call: raises the first,
-    its ``refused_batches`` listing all of them (and clears ``errors``)."""
+    """A streamer's failed batches since the last call: raises the first,
+    its ``refused_batches`` listing every refused one among them (and
+    clears ``errors``)."""
     if not errors:
         return
-    refused = list(errors)
+    failed = list(errors)
     errors.clear()
-    first = refused[0]
+    first = failed[0]
     try:
-        first.refused_batches = refused  # type: ignore[attr-defined]
+        first.refused_batches = [e for e in failed if isinstance(e, ServerError)]  # type: ignore[attr-defined]
     except AttributeError:  # pragma: no cover
         pass
     raise first
+
+
+def note_stream_failure(result: Any, offset: int, n: int, errors: "Deque[BaseException]",
+                        refused: List[BaseException], unacknowledged: List[Tuple[int, int]]) -> None:
+    """A streamer's batch of ``n`` events from stream index ``offset`` got
+    no acknowledgement.  A ServerError is a refusal: none of the batch was
+    accepted.  Anything else (the connection broke, a reply timed out) came
+    before the server's answer, which may have accepted the batch or not:
+    its (offset, n) goes to ``unacknowledged``, never counted as refused,
+    and the error (shared by every batch it cut off) is raised once."""
+    if isinstance(result, ServerError):
+        mark_stream_refusal(result, offset, n)
+        errors.append(result)
+        refused.append(result)
+        return
+    unacknowledged.append((offset, n))
+    if isinstance(result, BaseException):
+        try:
+            result.unacknowledged_batches = unacknowledged  # type: ignore[attr-defined]
+        except AttributeError:  # pragma: no cover
+            pass
+    if not any(result is e for e in errors):
+        errors.append(result)
 
 
 def tell_late_refusals(exc: Optional[BaseException], refused: List[BaseException]) -> None:
@@ -100,8 +125,8 @@ def mark_stream_refusal(e: BaseException, offset: int, n: int) -> None:
 def _ids(v: Optional[Iterable[int]], what: str) -> List[int]:
     if v is None:
         return []
-    if isinstance(v, (str, bytes)):
-        raise TypeError("%s must be a sequence of ints" % what)
+    if isinstance(v, (str, bytes)) or not isinstance(v, abc.Iterable):
+        raise TypeError("%s must be a sequence of item ids (ints), not %r" % (what, v))
     out = []
     for x in v:
         if type(x) is not int:
@@ -109,12 +134,28 @@ def _ids(v: Optional[Iterable[int]], what: str) -> List[int]:
                 x = as_int(x, what)
             except TypeError:
                 raise TypeError("%s must contain ints, not %r" % (what, x)) from None
+        if not 0 <= x < 2 ** 64:
+            raise ValueError("%s holds %d: ids are 1 ... 2^63-1" % (what, x))
         out.append(x)
     return out
 
 
 def _user(v: int, what: str = "user") -> int:
-    return as_int(v, what)
+    """An id argument: an int (TypeError otherwise) that fits the wire.
+    (0 and 2^63 ... 2^64-1 fit, and the server refuses them by name.)"""
+    x = as_int(v, what)
+    if not 0 <= x < 2 ** 64:
+        raise ValueError("%s = %d: ids are 1 ... 2^63-1" % (what, x))
+    return x
+
+
+def _count(v: int, what: str, low: int, high: int) -> int:
+    """A count argument such as k: an int (TypeError otherwise; True is
+    not 1) from low to high (ValueError otherwise)."""
+    x = as_int(v, what)
+    if not low <= x <= high:
+        raise ValueError("%s = %d: it must be from %d to %d" % (what, x, low, high))
+    return x
 
 
 def hello(client_name: str, token: Optional[str]) -> Command:
@@ -140,7 +181,8 @@ def recommend(user: int, k: int = 10, *, scorer: Optional[str] = None,
               exclude: Optional[Iterable[int]] = None, candidates: Optional[Iterable[int]] = None,
               min_applied_seq: int = 0, shadow: Optional[str] = None) -> Command:
     body = encode_payload(Opcode.RECOMMEND, False, {
-        "user": _user(user), "k": k, "min_applied_seq": min_applied_seq,
+        "user": _user(user), "k": _count(k, "k", 0, 65535),
+        "min_applied_seq": _count(min_applied_seq, "min_applied_seq", 0, 2 ** 64 - 1),
         "scorer": scorer or "", "session_id": session_id or "",
         "session_items": _ids(session, "session"), "exclude": _ids(exclude, "exclude"),
         "candidates": _ids(candidates, "candidates"), "shadow_scorer": shadow or ""})

@@ -416,8 +416,11 @@ class AsyncClient:
         return await self._call(_c.stats())  # type: ignore[no-any-return]
 
     async def reload(self) -> None:
-        """Ask the server to reload.  Raises NotSupported, Unauthorized."""
+        """Ask the server to re-read its config file, then refresh
+        :attr:`server_info` (see Client.reload).  Raises InvalidArgument
+        (config refused, the old one stays), NotSupported, Unauthorized."""
         await self._call(_c.reload())
+        await self.hello()
 
     async def snapshot(self) -> int:
         """Ask for a snapshot; returns the sequence it covers.  Raises NotSupported, Unauthorized."""
@@ -499,6 +502,8 @@ class AsyncFeedbackStreamer:
         self._errors: Deque[BaseException] = deque()
         #: Every refused batch's error so far (see FeedbackStreamer.refused).
         self.refused: List[BaseException] = []
+        #: Batches whose outcome is unknown (see FeedbackStreamer.unacknowledged).
+        self.unacknowledged: List[Tuple[int, int]] = []
         self.sent_events = 0
         self.acked_events = 0
         self.last_ack: Optional[FeedbackAck] = None
@@ -515,10 +520,7 @@ class AsyncFeedbackStreamer:
             self.acked_events += n
             self.last_ack = result
         else:
-            if isinstance(result, BaseException):
-                _c.mark_stream_refusal(result, offset, n)
-            self._errors.append(result)
-            self.refused.append(result)
+            _c.note_stream_failure(result, offset, n, self._errors, self.refused, self.unacknowledged)
 
     def _size(self) -> int:
         return min(self.batch_size, self._client.max_events)

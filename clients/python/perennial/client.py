@@ -5,7 +5,7 @@ from __future__ import annotations
 import selectors
 import socket
 from collections import deque
-from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Type, Union
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
 
 from . import _commands as _c
 from ._commands import Attributes, Command, resolve_reply
@@ -481,8 +481,15 @@ class Client:
         return self._call(_c.stats())  # type: ignore[no-any-return]
 
     def reload(self) -> None:
-        """Ask the server to reload its models/config.  Raises NotSupported, Unauthorized."""
+        """Ask the server to re-read its config file, then refresh
+        :attr:`server_info` (the limits may have changed).
+
+        Raises InvalidArgument when the new config is refused (the message
+        says why; the old config stays), NotSupported when the server was
+        started without a config file, Unauthorized without the admin token.
+        """
         self._call(_c.reload())
+        self.hello()
 
     def snapshot(self) -> int:
         """Ask the server for a snapshot; returns the log sequence it covers.
@@ -579,6 +586,12 @@ class FeedbackStreamer:
     refusal of the stream (including those that arrive while a ``with``
     block exits because of an error).
 
+    A broken connection (or a reply timeout) is not a refusal: the
+    ConnectionError or TimeoutError is raised once, and the batches it cut
+    off go to :attr:`unacknowledged` (their outcome is unknown: the server
+    may have accepted them before the break; its STATS ``events_accepted``,
+    or a read, tells).
+
     Attributes:
         sent_events: events written to the server.
         acked_events: events the server acknowledged.
@@ -600,6 +613,10 @@ class FeedbackStreamer:
         #: Every refused batch's error so far, oldest first (each with
         #: ``batch_offset`` and ``batch_events``).
         self.refused: List[BaseException] = []
+        #: Batches (stream index of the first event, count) whose outcome is
+        #: unknown: the connection broke or a reply timed out before their
+        #: acknowledgement, so the server may have accepted them or not.
+        self.unacknowledged: List[Tuple[int, int]] = []
         self.sent_events = 0
         self.acked_events = 0
         self.last_ack: Optional[FeedbackAck] = None
@@ -615,10 +632,7 @@ class FeedbackStreamer:
             self.acked_events += n
             self.last_ack = result
         else:
-            if isinstance(result, BaseException):
-                _c.mark_stream_refusal(result, offset, n)
-            self._errors.append(result)
-            self.refused.append(result)
+            _c.note_stream_failure(result, offset, n, self._errors, self.refused, self.unacknowledged)
 
     def _raise_errors(self) -> None:
         _c.raise_refusals(self._errors)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import operator
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
@@ -36,11 +37,14 @@ class Event:
         kind: ``"view"``, ``"click"`` (default), ``"purchase"`` or ``"rating"``.
         value: for a rating, the rating (0 … 10), required; for the other
             kinds an optional weight (0 … 1000, None or 0 meaning 1).
-        timestamp: Unix seconds; None (0 on the wire) lets the server use its
-            clock.
+        timestamp: Unix seconds, an int or a float such as ``time.time()``
+            (the fraction is dropped); None (0 on the wire) lets the server use
+            its clock.
 
     Raises:
-        ValueError: for an unknown kind, or a rating without a value.
+        ValueError: for an unknown kind, a rating without a value, an id
+            outside 0 ... 2^64-1, or a negative or NaN timestamp.
+        TypeError: for an id, value or timestamp that is not a number.
 
     Values the server would refuse (NaN, out of range, id 0) are not checked
     here: the server refuses the whole batch with ``InvalidEvent``.
@@ -61,6 +65,14 @@ class Event:
         # (frozen: the converted ids are set through object.__setattr__)
         object.__setattr__(self, "user", as_int(self.user, "Event.user"))
         object.__setattr__(self, "item", as_int(self.item, "Event.item"))
+        if self.value is not None and (isinstance(self.value, bool) or not isinstance(self.value, numbers.Real)):
+            raise TypeError("Event.value must be a number, not %r" % (self.value,))
+        if self.timestamp is not None:
+            if isinstance(self.timestamp, bool) or not isinstance(self.timestamp, numbers.Real):
+                raise TypeError("Event.timestamp must be Unix seconds (an int or float), not %r" % (self.timestamp,))
+            if not (0 <= self.timestamp < 2 ** 63):  # (NaN fails this too)
+                raise ValueError("Event.timestamp = %r: Unix seconds from 0 (0 or None: the server's clock)"
+                                 % (self.timestamp,))
         # (In range but refused, such as 0 or 2^63, is left to the server,
         # which names the event; these could not even be sent.)
         for what, v in (("user", self.user), ("item", self.item)):

@@ -319,6 +319,32 @@ def test_streamer_refused_batch(client: perennial.Client) -> None:
     assert client.ping()
 
 
+def test_streamer_connection_loss_is_not_a_refusal(start_server: Callable[..., Any]) -> None:
+    """The server dies with batches in flight: flush raises the
+    ConnectionError once, and those batches are listed as unacknowledged
+    (the server may have taken them), never as refused."""
+    import subprocess
+    from conftest import _wait_until_up
+    srv = start_server("")
+    c = srv.client()
+    s = c.streamer(window=8, batch_size=100)
+    s.send_many(perennial.Event(u % 50 + 1, u % 90 + 1) for u in range(800))  # 8 batches, no ack read yet
+    assert s.pending_batches == 8
+    srv.proc.kill()
+    srv.proc.wait()
+    with pytest.raises(perennial.ConnectionError) as lost:
+        s.flush()
+    assert s.refused == [] and lost.value.refused_batches == []  # type: ignore[attr-defined]
+    assert s.unacknowledged == [(i * 100, 100) for i in range(8)]
+    assert lost.value.unacknowledged_batches == s.unacknowledged  # type: ignore[attr-defined]
+    assert s.pending_batches == 0 and s.flush() is None
+    c.close()
+    # (Back up, so the fixture's graceful stop ends it: what it acknowledged
+    # before the kill, if anything, is there.)
+    srv.proc = subprocess.Popen(srv.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_until_up(srv)
+
+
 def test_client_call_while_streaming(client: perennial.Client) -> None:
     s = client.streamer(window=8, batch_size=10)
     u = fresh()[0]

@@ -10,7 +10,7 @@ import asyncio
 import socket
 import threading
 import time
-from typing import Callable, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
 
@@ -308,6 +308,34 @@ def test_event_validation() -> None:
         perennial.Client().pipeline().feedback([])
     with pytest.raises(ValueError):  # does not fit a u64: refused before anything is sent
         perennial.Client().pipeline().recommend(2**64)
+
+
+@pytest.mark.parametrize("call, error, words", [
+    # Wrong type: TypeError, naming the argument (True is not 1, "5" is not 5).
+    (lambda p: p.recommend(1, k="5"), TypeError, "k must be an int"),
+    (lambda p: p.recommend(1, k=True), TypeError, "k must be an int"),
+    (lambda p: p.recommend("1"), TypeError, "user must be an int"),
+    (lambda p: p.recommend(1, session=5), TypeError, "session must be a sequence"),
+    (lambda p: p.score(1, 1), TypeError, "items must be a sequence"),
+    (lambda p: p.recommend(1, exclude="12"), TypeError, "exclude must be a sequence"),
+    (lambda p: perennial.Event(1, 2, "rating", "5"), TypeError, "Event.value must be a number"),
+    (lambda p: perennial.Event(1, 2, timestamp="now"), TypeError, "Event.timestamp must be Unix seconds"),
+    # Right type, out of range: ValueError, saying the range.
+    (lambda p: p.recommend(1, k=70000), ValueError, "k = 70000"),
+    (lambda p: p.recommend(1, min_applied_seq=-1), ValueError, "min_applied_seq = -1"),
+    (lambda p: p.recommend(-3), ValueError, "ids are 1 ... 2^63-1"),
+    (lambda p: p.recommend(1, candidates=[5, -1]), ValueError, "candidates holds -1"),
+    (lambda p: perennial.Event(1, 2, timestamp=-5), ValueError, "Event.timestamp = -5"),
+    (lambda p: perennial.Event(1, 2, timestamp=float("nan")), ValueError, "Event.timestamp = nan"),
+])
+def test_argument_mistakes_are_named(call: Callable[[Any], Any], error: type, words: str) -> None:
+    with pytest.raises(error) as info:
+        call(perennial.Client().pipeline())
+    assert words in str(info.value)
+
+
+def test_float_timestamps_drop_the_fraction() -> None:
+    assert perennial.Event(1, 2, timestamp=1700000000.75).to_wire()["timestamp"] == 1700000000
 
 
 def test_connect_refused_async() -> None:

@@ -112,6 +112,7 @@ def test_feedback_follows_a_lowered_max_events_after_reload(start_server) -> Non
         cfg.write_text(BASE % ('"cf", "popularity"', "cf", "0.3") + "[limits]\nmax_events = 500\n")
         with perennial.Client(host, port) as admin:
             admin.reload()
+            assert admin.server_info.max_events == 500       # the reloading client's limits are refreshed
         events = [perennial.Event(u % 50 + 1, u % 70 + 1) for u in range(1200)]
         ack = c.feedback(events)
         assert ack.last_seq - ack.first_seq + 1 <= 500      # the last of several batches
