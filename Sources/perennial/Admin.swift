@@ -35,7 +35,9 @@ struct Admin: AsyncParsableCommand {
     @Option var port = 7878
     @Option(help: "A file holding the token to send in HELLO (auth.token_file or admin_token_file).")
     var tokenFile: String?
-    @Flag(help: "With stats: print one JSON object.")
+    @Option(help: "Seconds to wait for the connection and for each reply.")
+    var timeout: Double = 10
+    @Flag(help: "Print one JSON object (for scripts): stats' counters, or what the action did.")
     var json = false
 
     func validate() throws {
@@ -48,7 +50,7 @@ struct Admin: AsyncParsableCommand {
     func run() async throws {
         let client: PerennialClient
         do {
-            client = try await PerennialClient.connect(host: host, port: port)
+            client = try await PerennialClient.connect(host: host, port: port, timeout: timeout)
         } catch {
             throw CommandError("\(error)")
         }
@@ -60,6 +62,11 @@ struct Admin: AsyncParsableCommand {
                 let t0 = MonotonicClock.nowNanos()
                 try await client.ping()
                 let us = Double(MonotonicClock.nowNanos() - t0) / 1e3
+                if json {
+                    return try printJSON(["server_name": hello.serverName, "host": host, "port": port, "round_trip_us": Int(us),
+                                          "protocol_version": Int(hello.protocolVersion), "max_frame_bytes": Int(hello.maxFrameBytes),
+                                          "max_items": Int(hello.maxItems), "max_events": Int(hello.maxEvents)])
+                }
                 print(String(format: "%@ at %@:%d answered in %.0f us (max frame %u bytes, k up to %u, %u events a batch)",
                              hello.serverName, host, port, us, hello.maxFrameBytes, hello.maxItems, hello.maxEvents))
             case "stats":
@@ -69,8 +76,7 @@ struct Admin: AsyncParsableCommand {
                     throw CommandError("no counter's name starts with \(prefixes.joined(separator: " or ")); `perennial admin stats` lists them all")
                 }
                 if json {
-                    let data = try JSONSerialization.data(withJSONObject: shown, options: [.sortedKeys])
-                    print(String(decoding: data, as: UTF8.self))
+                    try printJSON(shown)
                 } else {
                     let width = shown.keys.map(\.count).max() ?? 0
                     for (name, value) in shown.sorted(by: { $0.key < $1.key }) {
@@ -79,17 +85,25 @@ struct Admin: AsyncParsableCommand {
                 }
             case "reload":
                 guard case .reload = try await client.call(.reload) else { throw CommandError("unexpected reply to RELOAD") }
+                if json { return try printJSON(["reloaded": true]) }
                 print("reloaded: the server applied its config file (its log says what changed)")
             case "snapshot":
                 guard case .snapshot(let seq) = try await client.call(.snapshot) else { throw CommandError("unexpected reply to SNAPSHOT") }
+                if json { return try printJSON(["seq": seq]) }
                 print("snapshot durable at sequence \(seq) (version v\(seq) or a later one at that position: `perennial versions` lists them)")
             default:
                 try await client.shutdown()
+                if json { return try printJSON(["stopping": true]) }
                 print("the server is stopping")
             }
         } catch PerennialClientError.server(_, let rawCode, _, let message) {
             let name = ErrorCode(rawValue: rawCode)?.name ?? "CODE_\(rawCode)"
             throw CommandError("the server refused \(action): \(name): \(message)")
         }
+    }
+
+    private func printJSON(_ object: [String: Any]) throws {
+        let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+        print(String(decoding: data, as: UTF8.self))
     }
 }

@@ -6,7 +6,8 @@ from collections import abc
 from dataclasses import dataclass
 from typing import Deque, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .errors import ERROR_CODES, FATAL_CODES, CapacityExceeded, InvalidEvent, ProtocolError, ServerError, error_from_reply
+from .errors import (ERROR_CODES, FATAL_CODES, CapacityExceeded, ConnectionError, InvalidEvent, ProtocolError, ServerError,
+                     TimeoutError, error_from_reply)
 from .protocol import VERSION, Frame, Opcode, encode_payload
 from .types import (Event, EventLike, as_int, FeedbackAck, Recommendation, Score, ServerInfo,
                     UpsertResult, to_event)
@@ -156,6 +157,23 @@ def _count(v: int, what: str, low: int, high: int) -> int:
     if not low <= x <= high:
         raise ValueError("%s = %d: it must be from %d to %d" % (what, x, low, high))
     return x
+
+
+def hello_failed(e: BaseException, host: str, port: int, first_bytes: bytes) -> BaseException:
+    """The error to raise when a new connection's HELLO got no proper answer.
+
+    A ServerError (a wrong token) is the server's own answer and is raised
+    as it is.  Otherwise the peer did not answer like a Perennial server (a
+    web server's "HTTP/1.1 400" read as a frame length, silence, a close),
+    and the error, of the same class, says so and quotes its first bytes."""
+    if isinstance(e, ServerError) or not isinstance(e, (TimeoutError, ProtocolError, ConnectionError)):
+        return e
+    heard = "its first bytes were %r" % (first_bytes[:24],) if first_bytes else "it sent nothing"
+    message = ("%s:%s did not answer HELLO like a Perennial server (%s; %s): is a Perennial server "
+               "listening there?" % (host, port, e, heard))
+    if isinstance(e, ProtocolError):
+        return ProtocolError(message, e.code_name, fatal=True)
+    return type(e)(message)
 
 
 def hello(client_name: str, token: Optional[str]) -> Command:

@@ -36,6 +36,8 @@ class _Conn:
         self.writer = writer
         self.pending: Deque[Tuple[int, Command, "asyncio.Future[Any]"]] = deque()
         self.decoder = FrameDecoder(REPLY_LIMITS)
+        #: The first bytes from the server (quoted when HELLO fails).
+        self.first_bytes = b""
         self.next_rid = 1
         self.closed = False
         self.drain_lock = asyncio.Lock()
@@ -233,7 +235,7 @@ class AsyncClient:
                 result = await self._wait(fut)
                 if isinstance(result, BaseException):
                     conn.fail(ConnectionError("HELLO failed"))
-                    raise result
+                    raise _c.hello_failed(result, self.host, self.port, conn.first_bytes)
                 self.server_info = result
             self._conn = conn
             return conn
@@ -245,6 +247,8 @@ class AsyncClient:
                 data = await conn.reader.read(_CHUNK)
                 if not data:
                     break
+                if len(conn.first_bytes) < 24:
+                    conn.first_bytes += data[:24]
                 conn.decoder.feed(data)
                 if self._dispatch(conn):
                     failure = ConnectionError("connection closed after a fatal error")

@@ -85,6 +85,8 @@ class Client:
         self._sock: Optional[socket.socket] = None
         self._sel: Optional[selectors.BaseSelector] = None
         self._decoder = FrameDecoder(REPLY_LIMITS)
+        #: The connection's first bytes from the server (quoted when HELLO fails).
+        self._first_bytes = b""
         self._pending: Deque[_Pending] = deque()
         self._inbox: Deque[Union[Frame, ProtocolError]] = deque()
         self._next_rid = 1
@@ -188,13 +190,14 @@ class Client:
         sel.register(sock, selectors.EVENT_READ)
         self._sock, self._sel = sock, sel
         self._decoder = FrameDecoder(REPLY_LIMITS)
+        self._first_bytes = b""
         self._inbox.clear()
         self._next_rid = 1
         if self._hello:
             result = self._execute([_c.hello(self.client_name, self.token)], connect=False)[0]
             if isinstance(result, BaseException):
                 self._disconnect()
-                raise result
+                raise _c.hello_failed(result, self.host, self.port, self._first_bytes)
             self.server_info = result
 
     def _alive(self) -> bool:
@@ -289,6 +292,8 @@ class Client:
                                   % (self.host, self.port, e)) from e
         if not chunk:
             raise ConnectionError("the server closed the connection")
+        if len(self._first_bytes) < 24:
+            self._first_bytes += chunk[:24]
         self._decoder.feed(chunk)
         while True:
             try:

@@ -67,8 +67,47 @@ def test_admin_command_with_tokens(start_server, tmp_path: Path) -> None:
     assert no.returncode != 0 and "UNAUTHORIZED" in no.stderr
     snap = admin("snapshot", token="admin")
     assert snap.returncode == 0 and "at sequence 2" in snap.stdout, snap.stdout + snap.stderr
+    assert json.loads(admin("snapshot", "--json", token="admin").stdout) == {"seq": 2}
+    assert json.loads(admin("ping", "--json", token="token").stdout)["max_events"] == 10000
     assert admin("reload", token="admin").returncode == 0
+    assert json.loads(admin("reload", "--json", token="admin").stdout) == {"reloaded": True}
     bad = admin("frob", token="admin")
     assert bad.returncode != 0 and "unknown action 'frob'" in bad.stderr
-    assert admin("shutdown", token="admin").returncode == 0
+    down = admin("shutdown", "--json", token="admin")
+    assert down.returncode == 0 and json.loads(down.stdout) == {"stopping": True}
     assert srv.proc.wait(timeout=30) == 0
+
+
+def test_admin_names_a_peer_that_is_not_perennial() -> None:
+    """`perennial admin ping` against a web server says what it heard,
+    and against a silent peer gives up after --timeout, saying so."""
+    import socket
+    import subprocess
+    import threading
+    from conftest import server_binary
+
+    def listen(reply: bytes) -> int:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+
+        def serve() -> None:
+            conn, _ = sock.accept()
+            conn.recv(1024)
+            if reply:
+                conn.sendall(reply)
+                conn.close()
+            else:
+                conn.recv(1024)  # silent until the client gives up
+            sock.close()
+        threading.Thread(target=serve, daemon=True).start()
+        return int(sock.getsockname()[1])
+
+    for reply, words in [(b"HTTP/1.1 400 Bad Request\r\n\r\n", '"HTTP/1.1 400 Bad Request"'),
+                         (b"", "no reply from 127.0.0.1:%d within 0.5 s")]:
+        port = listen(reply)
+        done = subprocess.run([str(server_binary()), "admin", "ping", "--port", str(port), "--timeout", "0.5"],
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode != 0
+        assert "did not answer HELLO like a Perennial server" in done.stderr, done.stderr
+        assert (words % port if "%d" in words else words) in done.stderr, done.stderr

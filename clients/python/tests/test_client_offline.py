@@ -347,3 +347,25 @@ def test_connect_refused_async() -> None:
         with pytest.raises(perennial.ConnectionError):
             await perennial.AsyncClient.connect("127.0.0.1", port)
     asyncio.run(main())
+
+
+def test_a_peer_that_is_not_perennial_is_named(fake: Callable[..., FakeServer]) -> None:
+    """A web server's answer read as a frame length, or silence, is reported
+    as "not a Perennial server" quoting what it sent, not as a huge frame."""
+    web = fake(lambda f: b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    with pytest.raises(perennial.ProtocolError) as bad:
+        perennial.Client("127.0.0.1", web.port, timeout=5).ping()
+    assert "did not answer HELLO like a Perennial server" in str(bad.value)
+    assert "HTTP/1.1 400" in str(bad.value)
+
+    async def async_side() -> None:
+        async with perennial.AsyncClient("127.0.0.1", web.port, timeout=5) as c:
+            await c.ping()
+    with pytest.raises(perennial.ProtocolError) as bad_async:
+        asyncio.run(async_side())
+    assert "HTTP/1.1 400" in str(bad_async.value)
+
+    silent = fake(lambda f: None)
+    with pytest.raises(perennial.TimeoutError) as quiet:
+        perennial.Client("127.0.0.1", silent.port, timeout=0.3).ping()
+    assert "it sent nothing" in str(quiet.value) and "within 0.3 s" in str(quiet.value)

@@ -78,8 +78,29 @@ public final class PerennialClient: @unchecked Sendable {
     // MARK: calls
 
     /// Protocol handshake; also learns the server's limits.
+    /// A peer that does not answer it like a Perennial server (a web
+    /// server's "HTTP/1.1 400" read as a frame length, silence, a close)
+    /// gets an error of the same kind that says so and quotes its first
+    /// bytes; the server's own refusal (a wrong token) is thrown as it is.
     public func hello(clientName: String = "perennial-swift", token: String = "") async throws -> HelloReply {
-        guard case .hello(let h) = try await call(.hello(Hello(clientName: clientName, token: token))) else { throw unexpected() }
+        let reply: Reply
+        do {
+            reply = try await call(.hello(Hello(clientName: clientName, token: token)))
+        } catch let e as PerennialClientError {
+            let bytes = queue.sync { socket.firstBytes }
+            let heard = bytes.isEmpty ? "it sent nothing"
+                : "its first bytes were \"" + bytes.map { (32..<127).contains($0) ? String(UnicodeScalar($0)) : String(format: "\\x%02x", $0) }.joined() + "\""
+            let why = { (what: String) in
+                "\(self.host):\(self.port) did not answer HELLO like a Perennial server (\(what); \(heard)): is a Perennial server listening there?"
+            }
+            switch e {
+            case .timeout(let m): throw PerennialClientError.timeout(why(m))
+            case .connection(let m): throw PerennialClientError.connection(why(m))
+            case .protocolViolation(let p): throw PerennialClientError.protocolViolation(ProtocolError(p.code, why(p.message)))
+            default: throw e
+            }
+        }
+        guard case .hello(let h) = reply else { throw unexpected() }
         queue.sync {
             maxEvents = Int(h.maxEvents)
             maxFrameBytes = Int(h.maxFrameBytes)
@@ -208,9 +229,14 @@ public final class PerennialClient: @unchecked Sendable {
         return nextID
     }
 
+    /// Decoding the server's replies: only the frame size matters, and it
+    /// is generous (the largest reply, 65,535 scores, is under 1 MB) yet
+    /// small enough that a stranger's bytes read as a length fail at once.
+    private static let replyLimits = ProtocolLimits(maxFrameBytes: 64 << 20)
+
     private func readReply(for id: UInt32) throws -> Reply {
         while true {
-            let result = inbox.withUnsafeBytes { FrameDecoder.decode($0, limits: ProtocolLimits(maxFrameBytes: 1 << 30)) }
+            let result = inbox.withUnsafeBytes { FrameDecoder.decode($0, limits: Self.replyLimits) }
             switch result {
             case .needMore:
                 try socket.receive(into: &inbox)

@@ -37,8 +37,13 @@ public enum TCPConnection {
 
 final class BlockingSocket {
     private var fd: Int32 = -1
+    /// "host:port, within N s", for timeout messages.
+    private let within: String
+    /// The connection's first bytes from the server (quoted when HELLO fails).
+    private(set) var firstBytes: [UInt8] = []
 
     init(host: String, port: Int, timeout: Double) throws(PerennialClientError) {
+        within = "\(host):\(port) within \(timeout) s"
         fd = try TCPConnection.open(host: host, port: port)
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
@@ -63,7 +68,7 @@ final class BlockingSocket {
                 let n = Glibc.send(fd, raw.baseAddress! + sent, raw.count - sent, Int32(MSG_NOSIGNAL))
                 if n < 0 {
                     if errno == EINTR { continue }
-                    if errno == EAGAIN || errno == EWOULDBLOCK { return .timeout("send timed out") }
+                    if errno == EAGAIN || errno == EWOULDBLOCK { return .timeout("could not send to \(within)") }
                     return .connection("send failed: \(String(cString: strerror(errno)))")
                 }
                 sent += n
@@ -80,6 +85,7 @@ final class BlockingSocket {
         while true {
             let n = chunk.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress, $0.count, 0) }
             if n > 0 {
+                if firstBytes.count < 24 { firstBytes += chunk[0..<min(n, 24 - firstBytes.count)] }
                 buffer.append(contentsOf: chunk[0..<n])
                 return
             }
@@ -87,7 +93,7 @@ final class BlockingSocket {
             if errno == EINTR { continue }
             let e = errno
             close()
-            if e == EAGAIN || e == EWOULDBLOCK { throw .timeout("no reply within the timeout") }
+            if e == EAGAIN || e == EWOULDBLOCK { throw .timeout("no reply from \(within)") }
             throw .connection("receive failed: \(String(cString: strerror(e)))")
         }
     }
