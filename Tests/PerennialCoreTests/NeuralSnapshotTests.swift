@@ -143,4 +143,31 @@ import PerennialPlugins
             #expect("\(error)".contains("shapes the state it has learned") && "\(error)".contains("changed: scorers.cf.neighbours 256 -> 128,"), "\(error)")
         }
     }
+
+    /// All or nothing: a config that adjusts cf in place and also reshapes
+    /// text-cnn is refused whole, and cf keeps its old weight (its answers
+    /// are as before), though cf comes first in the config.
+    @Test func anAdjustmentBesideARefusedChangeIsNotApplied() throws {
+        func config(factorWeight: Double, filters: Int) throws -> PerennialConfig {
+            var doc = ConfigDocument(file: "test")
+            doc.set("scorers.load", .array([.string("cf"), .string("text-cnn")]))
+            doc.set("scorers.cf.factor_weight", .float(factorWeight))
+            doc.set("scorers.text-cnn.filters", .integer(filters))
+            return try PerennialConfig.load(doc, registry: .builtin)
+        }
+        let m = Model(config: try config(factorWeight: 0.3, filters: 32), registry: .builtin)
+        var out: [LearnEvent] = []
+        for n in 0..<600 {
+            out.removeAll()
+            m.admit([IncomingEvent(user: UInt64(n % 30 + 1), item: UInt64((n * 7) % 50 + 1), kind: .click, value: 0, timestamp: 1)],
+                    now: 0, into: &out)
+            for e in out { m.learn(e) }
+        }
+        let before = try (1...5).map { try m.recommend(user: UInt64($0), k: 10, scorer: "cf") }
+        #expect(throws: (any Error).self) { try m.reconfigure(try config(factorWeight: 2.0, filters: 16)) }
+        #expect(try (1...5).map { try m.recommend(user: UInt64($0), k: 10, scorer: "cf") } == before)
+        // The adjustment alone is taken, and changes the answers.
+        #expect(try m.reconfigure(try config(factorWeight: 2.0, filters: 32)).changes == ["cf adjusted in place (factor_weight 0.3 -> 2.0)"])
+        #expect(try (1...5).map { try m.recommend(user: UInt64($0), k: 10, scorer: "cf") } != before)
+    }
 }

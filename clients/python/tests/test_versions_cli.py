@@ -59,6 +59,12 @@ def test_dropping_a_learned_scorer_needs_the_flag_and_leaves_a_version(start_ser
     assert newest["scorers"] == ["cf"] and newest["dropped_scorers"] == ["popularity"]
     assert newest["settings"]["scorers.cf.neighbours"] == "256"
 
+    # The flag left in (a service unit): nothing is left to drop, and the
+    # start says so rather than stay armed silently.
+    again = start_server(CF_ONLY, ["--data-dir", data, "--drop-scorer", "popularity"])
+    assert again.stop() == 0
+    assert "--drop-scorer popularity: nothing to drop" in again.log(), again.log()
+
     # Each scorer's evaluation of a version is kept (the first version: it
     # still holds both scorers, and 1,000 events follow it in the log).
     version = "v%d" % first
