@@ -122,6 +122,11 @@ public struct PerennialConfig: Sendable {
     /// Snapshots: every this many events (0 = only on SNAPSHOT and at a
     /// graceful stop), keeping the newest `snapshotKeep`.
     public var snapshotEveryEvents = 1_000_000
+    /// Also a snapshot when replaying the log after the newest one would
+    /// take longer than this (seconds; 0 = off), estimated from the
+    /// learner's own cost per event: a crash's recovery stays about this
+    /// short whatever the scorers cost.
+    public var snapshotRecoverySeconds: Double = 30
     public var snapshotKeep = 5
     /// Write-ahead log: fsync policy and segment size.
     public var fsync: FsyncPolicy = .everysec
@@ -232,6 +237,7 @@ public struct PerennialConfig: Sendable {
         c.logSegmentBytes = try r.int("log.segment_bytes", default: c.logSegmentBytes, in: 4096...(1 << 40))
         c.snapshotEveryEvents = try r.int("snapshot.every_events", default: c.snapshotEveryEvents, in: 0...Int.max)
         c.snapshotKeep = try r.int("snapshot.keep", default: c.snapshotKeep, in: 1...1000)
+        c.snapshotRecoverySeconds = try r.double("snapshot.recovery_seconds", default: c.snapshotRecoverySeconds, in: 0...1e9)
         c.tableDimension = try r.int("table.dimension", default: c.tableDimension, in: 1...1024)
         c.tableSeed = try r.int("table.seed", default: c.tableSeed, in: 0...Int.max)
 

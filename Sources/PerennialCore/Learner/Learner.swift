@@ -9,6 +9,7 @@
 // model is touched by this thread only through `Model.learn`.
 
 import Foundation
+import Synchronization
 
 public final class Learner: @unchecked Sendable {
     public let capacity: Int
@@ -25,6 +26,22 @@ public final class Learner: @unchecked Sendable {
     /// applied sequence. Must be cheap and thread-safe (the server wakes its
     /// loop with `uv_async_send`).
     private let onProgress: @Sendable (UInt64) -> Void
+    /// The learner's recent cost: nanoseconds spent applying, and events
+    /// applied, both halved whenever the events pass 200,000 (a decayed
+    /// average that follows a model whose cost grows). Written by this
+    /// thread alone; a reader may see one a chunk ahead of the other, which
+    /// moves the estimate by a chunk's worth at most.
+    private let recentNanos = Atomic<UInt64>(0)
+    private let recentEvents = Atomic<UInt64>(0)
+
+    /// Nanoseconds per event applied lately (nil before 1,000 events).
+    /// Recovery replays the log through the same `Model.learn`, so this
+    /// also estimates how long replaying N events would take.
+    public var nanosPerEvent: Double? {
+        let events = recentEvents.load(ordering: .relaxed)
+        guard events >= 1000 else { return nil }
+        return Double(recentNanos.load(ordering: .relaxed)) / Double(events)
+    }
 
     public init(model: Model, capacity: Int, onProgress: @escaping @Sendable (UInt64) -> Void = { _ in }) {
         self.model = model
@@ -106,7 +123,13 @@ public final class Learner: @unchecked Sendable {
             }
             count -= n
             pthread_mutex_unlock(&mutex)
+            let t0 = MonotonicClock.nowNanos()
             for e in local { model.learn(e) }
+            var nanos = recentNanos.load(ordering: .relaxed) + (MonotonicClock.nowNanos() - t0)
+            var events = recentEvents.load(ordering: .relaxed) + UInt64(local.count)
+            if events > 200_000 { nanos /= 2; events /= 2 }
+            recentNanos.store(nanos, ordering: .relaxed)
+            recentEvents.store(events, ordering: .relaxed)
             let last = local[local.count - 1].seq
             local.removeAll(keepingCapacity: true)
             onProgress(last)

@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import math
 import random
+import signal
 import socket
 import struct
 import time
@@ -327,8 +328,10 @@ def test_streamer_connection_loss_is_not_a_refusal(start_server: Callable[..., A
     from conftest import _wait_until_up
     srv = start_server("")
     c = srv.client()
+    assert c.ping()
+    srv.proc.send_signal(signal.SIGSTOP)                  # no reply can come before the kill
     s = c.streamer(window=8, batch_size=100)
-    s.send_many(perennial.Event(u % 50 + 1, u % 90 + 1) for u in range(800))  # 8 batches, no ack read yet
+    s.send_many(perennial.Event(u % 50 + 1, u % 90 + 1) for u in range(800))  # 8 batches in flight
     assert s.pending_batches == 8
     srv.proc.kill()
     srv.proc.wait()

@@ -185,3 +185,48 @@ def test_restart_recovers_model_and_items(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     assert after == before
+
+
+def test_a_slow_scorer_keeps_recovery_short(start_server) -> None:
+    """`snapshot.recovery_seconds` takes a snapshot once replaying the log
+    after the newest one would take longer, by the learner's own cost per
+    event (STATS `learner_ns_per_event`, `recovery_estimate_ms`): with
+    session-rnn (many times cf's cost) and no event count set, a stream worth
+    over a second of learning gets a snapshot, and a kill -9 then replays
+    only the events after it. With the budget off, the same stream gets none."""
+    events = _events(13000)
+    slow = '[scorers]\nload = ["cf", "session-rnn"]\n[snapshot]\nevery_events = 0\nrecovery_seconds = %s\n'
+
+    def stream(c: perennial.Client, part: List[perennial.Event]) -> None:
+        with c.streamer(window=4, batch_size=500) as s:
+            s.send_many(part)
+        c.recommend(1, k=1)                                   # waits until all is applied
+
+    srv = start_server(slow % "0.3")
+    with srv.client() as c:
+        stream(c, events[:12000])
+        deadline = time.monotonic() + 30
+        while c.stats()["snapshots"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stats = c.stats()
+        assert stats["snapshots"] == 1 and stats["last_snapshot_seq"] == 12000, srv.log()
+        assert stats["learner_ns_per_event"] > 0 and stats["recovery_estimate_ms"] == 0
+        stream(c, events[12000:])                              # well under the budget: no snapshot
+        stats = c.stats()
+        assert stats["snapshots"] == 1 and 0 < stats["recovery_estimate_ms"] < 300, stats
+    srv.proc.kill()
+    srv.proc.wait()
+    log = open(srv.log_path, "ab")
+    srv.proc = subprocess.Popen(srv.args, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    from conftest import _wait_until_up
+    _wait_until_up(srv)
+    with srv.client() as c:
+        assert c.stats()["events_applied"] == 13000
+    assert "(1000 events) replayed" in srv.log(), srv.log()
+
+    off = start_server(slow % "0")
+    with off.client() as c:
+        stream(c, events[:12000])
+        time.sleep(0.5)
+        assert c.stats()["snapshots"] == 0

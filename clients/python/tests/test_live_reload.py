@@ -17,6 +17,7 @@ import perennial
 
 BASE = """[snapshot]
 every_events = 0
+recovery_seconds = 0
 [scorers]
 load = [%s]
 default = "%s"
