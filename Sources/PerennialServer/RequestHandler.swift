@@ -520,6 +520,14 @@ final class RequestHandler {
             reloadGeneration += 1
             reloadSnapshotWanted = true
         }
+        // A removed scorer's learned state is not carried on: say where it
+        // still is (an operator who removed it by mistake can roll back).
+        let removed = changes.filter { $0.hasSuffix(" removed") }.map { String($0.dropLast(" removed".count)) }
+        if !removed.isEmpty {
+            let kept = snapshots.files().first { (snapshots.metadata(of: $0)["scorers"] as? [String]).map { s in removed.allSatisfy(s.contains) } ?? false }
+            also.append("the learned state of \(removed.joined(separator: ", ")) is dropped from the served model; "
+                + (kept.map { "version \($0.id) still holds it (serve --from-version \($0.id) while it is kept)" } ?? "no kept version holds it"))
+        }
         let said = changes + also
         Log.info("config reloaded from \(next.source): " + (said.isEmpty ? "nothing changed" : said.joined(separator: "; ")))
         return changes

@@ -150,6 +150,7 @@ def test_a_reload_whose_snapshot_failed_is_saved_later(start_server) -> None:
         assert _versions(srv)["snapshot-%d.json" % seq]["scorers"] == ["cf", "popularity"]
         blocker.rmdir()
     assert "the next SNAPSHOT request or a graceful stop takes one" in srv.log()
+    assert "version v%d still holds it (serve --from-version v%d" % (seq, seq) in srv.log()
     srv.restart()                                        # the stop saves the reloaded model
     versions = _versions(srv)
     assert versions["snapshot-%d.json" % seq]["scorers"] == ["cf", "popularity"]
