@@ -634,7 +634,8 @@ final class RequestHandler {
         let requested = snapshotTicketsIssued > snapshotTicketsStarted
         let due = (every > 0 && model.lastSeq - lastSnapshotSeq >= every || recoveryWouldTakeTooLong)
             && model.lastSeq >= retrySnapshotAt
-        guard inFlight == nil, requested || due || reloadSnapshotWanted else {
+        let reloadRetry = reloadUnsnapshotted && MonotonicClock.nowNanos() >= reloadRetryAtNs
+        guard inFlight == nil, requested || due || reloadSnapshotWanted || reloadRetry else {
             snapshotDraining = false
             return wasDraining || collected
         }
@@ -648,11 +649,30 @@ final class RequestHandler {
     /// (recovery runs the same code). With text-cnn, session-rnn or gan that
     /// cost is 4-20 times cf's, so a fixed `every_events` alone would let a
     /// crash's recovery, with the port closed, run for minutes.
+    /// Never sooner after the last snapshot than four times its duration:
+    /// a model that takes longer to write than the budget allows would
+    /// otherwise be snapshotted back to back (said once in the log).
     private var recoveryWouldTakeTooLong: Bool {
         let budget = config.snapshotRecoverySeconds
-        guard budget > 0, model.lastSeq > lastSnapshotSeq, let ns = learner.nanosPerEvent else { return false }
-        return Double(model.lastSeq - lastSnapshotSeq) * ns > budget * 1e9
+        guard budget > 0, model.lastSeq > lastSnapshotSeq, let ns = learner.nanosPerEvent,
+              Double(model.lastSeq - lastSnapshotSeq) * ns > budget * 1e9 else { return false }
+        let since = MonotonicClock.nowNanos() &- lastSnapshotCompletedNs
+        if lastSnapshotCompletedNs > 0 && since < 4 * lastSnapshotDurationNs {
+            if !warnedRecoveryBudget {
+                warnedRecoveryBudget = true
+                Log.warning(String(format: "snapshot.recovery_seconds = %g cannot be kept: a snapshot takes %.1f s to write, and one is started at most every %.1f s, so recovery after a crash may replay more than that (raise recovery_seconds, or use fewer or cheaper scorers)",
+                                   budget, Double(lastSnapshotDurationNs) / 1e9, 4 * Double(lastSnapshotDurationNs) / 1e9))
+            }
+            return false
+        }
+        return true
     }
+    private var lastSnapshotCompletedNs: UInt64 = 0
+    private var lastSnapshotDurationNs: UInt64 = 0
+    private var warnedRecoveryBudget = false
+    /// After a RELOAD's changes failed to be saved: when to try again (a
+    /// second, doubling to a minute; events may not come to make one due).
+    private var reloadRetryAtNs: UInt64 = .max
 
     /// Starts a snapshot on its own thread (none in flight, the learner
     /// idle); it also answers the SNAPSHOT requests waiting, which it
@@ -663,6 +683,7 @@ final class RequestHandler {
         precondition(inFlight == nil && model.appliedSeq == model.lastSeq)
         let tickets = (from: snapshotTicketsStarted, to: snapshotTicketsIssued)
         reloadSnapshotWanted = false
+        reloadRetryAtNs = .max
         do {
             let (job, t0, pauseMs) = try prepareSnapshot(note: [:], distinct: false)
             inFlightReloadGeneration = reloadGeneration
@@ -780,9 +801,14 @@ final class RequestHandler {
         for _ in 1..<min(snapshotFailuresInARow, 20) where wait < every { wait *= 2 }
         wait = min(wait, every)
         retrySnapshotAt = model.lastSeq + UInt64(wait)
-        let next = automatic
+        var next = automatic
             ? "next automatic attempt after sequence \(retrySnapshotAt)"
             : "snapshot.every_events = 0 and recovery_seconds = 0: the next SNAPSHOT request or a graceful stop takes one"
+        if reloadUnsnapshotted {
+            let delay = min(60, 1 << min(snapshotFailuresInARow - 1, 6))
+            reloadRetryAtNs = MonotonicClock.nowNanos() + UInt64(delay) * 1_000_000_000
+            next += "; the RELOAD's changes are saved by the next one, tried again in \(delay) s"
+        }
         Log.error("snapshot at sequence \(seq) failed (\(next)): \(error)")
     }
 
@@ -792,6 +818,8 @@ final class RequestHandler {
                           how: String) {
         lastSnapshotSeq = max(lastSnapshotSeq, seq)
         if generation == reloadGeneration { unsnapshottedReloadChanges = [] }
+        lastSnapshotCompletedNs = MonotonicClock.nowNanos()
+        lastSnapshotDurationNs = lastSnapshotCompletedNs &- startedNs
         snapshotFailuresInARow = 0
         stats.snapshots += 1
         if let keepFrom = written.keepLogFrom { log.removeSegments(before: keepFrom) }

@@ -119,8 +119,8 @@ public struct PerennialConfig: Sendable {
     /// Client and admin tokens (nil = not required), read from files.
     public var clientToken: String?
     public var adminToken: String?
-    /// Snapshots: every this many events (0 = only on SNAPSHOT and at a
-    /// graceful stop), keeping the newest `snapshotKeep`.
+    /// Snapshots: every this many events (0 = not by count), keeping the
+    /// newest `snapshotKeep`.
     public var snapshotEveryEvents = 1_000_000
     /// Also a snapshot when replaying the log after the newest one would
     /// take longer than this (seconds; 0 = off), estimated from the
@@ -237,7 +237,10 @@ public struct PerennialConfig: Sendable {
         c.logSegmentBytes = try r.int("log.segment_bytes", default: c.logSegmentBytes, in: 4096...(1 << 40))
         c.snapshotEveryEvents = try r.int("snapshot.every_events", default: c.snapshotEveryEvents, in: 0...Int.max)
         c.snapshotKeep = try r.int("snapshot.keep", default: c.snapshotKeep, in: 1...1000)
-        c.snapshotRecoverySeconds = try r.double("snapshot.recovery_seconds", default: c.snapshotRecoverySeconds, in: 0...1e9)
+        // (`every_events = 0` alone keeps its older meaning, snapshots only
+        // when asked and at a stop: the time budget then needs setting.)
+        let recoveryDefault = r.has("snapshot.every_events") && c.snapshotEveryEvents == 0 ? 0 : c.snapshotRecoverySeconds
+        c.snapshotRecoverySeconds = try r.double("snapshot.recovery_seconds", default: recoveryDefault, in: 0...1e9)
         c.tableDimension = try r.int("table.dimension", default: c.tableDimension, in: 1...1024)
         c.tableSeed = try r.int("table.seed", default: c.tableSeed, in: 0...Int.max)
 

@@ -73,8 +73,10 @@ def note_stream_failure(result: Any, offset: int, n: int, errors: "Deque[BaseExc
         return
     unacknowledged.append((offset, n))
     if isinstance(result, BaseException):
+        # (The batches this error cut off: one error is shared by all of them.)
         try:
-            result.unacknowledged_batches = unacknowledged  # type: ignore[attr-defined]
+            cut = result.__dict__.setdefault("unacknowledged_batches", [])
+            cut.append((offset, n))
         except AttributeError:  # pragma: no cover
             pass
     if not any(result is e for e in errors):

@@ -424,7 +424,11 @@ class AsyncClient:
         :attr:`server_info` (see Client.reload).  Raises InvalidArgument
         (config refused, the old one stays), NotSupported, Unauthorized."""
         await self._call(_c.reload())
-        await self.hello()
+        if self._hello:
+            try:
+                await self.hello()
+            except ServerError:
+                pass  # applied; only the refresh failed (see Client.reload)
 
     async def snapshot(self) -> int:
         """Ask for a snapshot; returns the sequence it covers.  Raises NotSupported, Unauthorized."""

@@ -487,14 +487,23 @@ class Client:
 
     def reload(self) -> None:
         """Ask the server to re-read its config file, then refresh
-        :attr:`server_info` (the limits may have changed).
+        :attr:`server_info` (the limits may have changed; if the new config
+        refuses this client's token, the reload still stands and
+        ``server_info`` keeps the old limits).
 
         Raises InvalidArgument when the new config is refused (the message
         says why; the old config stays), NotSupported when the server was
         started without a config file, Unauthorized without the admin token.
         """
         self._call(_c.reload())
-        self.hello()
+        if self._hello:
+            try:
+                self.hello()
+            except ServerError:
+                # The reload was applied; only the refresh failed (it
+                # rotated the token this client holds, say): server_info
+                # keeps the limits learned before.
+                pass
 
     def snapshot(self) -> int:
         """Ask the server for a snapshot; returns the log sequence it covers.

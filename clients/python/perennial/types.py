@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import operator
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
@@ -65,12 +64,13 @@ class Event:
         # (frozen: the converted ids are set through object.__setattr__)
         object.__setattr__(self, "user", as_int(self.user, "Event.user"))
         object.__setattr__(self, "item", as_int(self.item, "Event.item"))
-        if self.value is not None and (isinstance(self.value, bool) or not isinstance(self.value, numbers.Real)):
-            raise TypeError("Event.value must be a number, not %r" % (self.value,))
+        # Anything that converts to a number is taken (numpy scalars, a
+        # Decimal from a database, a 0-d array); bools and text are not.
+        if self.value is not None:
+            _number(self.value, "Event.value", "a number")
         if self.timestamp is not None:
-            if isinstance(self.timestamp, bool) or not isinstance(self.timestamp, numbers.Real):
-                raise TypeError("Event.timestamp must be Unix seconds (an int or float), not %r" % (self.timestamp,))
-            if not (0 <= self.timestamp < 2 ** 63):  # (NaN fails this too)
+            t = _number(self.timestamp, "Event.timestamp", "Unix seconds (an int or float)")
+            if not (0 <= t < 2 ** 63):  # (NaN fails this too)
                 raise ValueError("Event.timestamp = %r: Unix seconds from 0 (0 or None: the server's clock)"
                                  % (self.timestamp,))
         # (In range but refused, such as 0 or 2^63, is left to the server,
@@ -89,6 +89,17 @@ class Event:
 #: What the feedback methods accept for one event: an Event, a mapping with
 #: Event's field names, or a tuple ``(user, item[, kind[, value[, timestamp]]])``.
 EventLike = Union[Event, Mapping[str, Any], Tuple[Any, ...], Sequence[Any]]
+
+
+def _number(v: Any, what: str, expected: str) -> float:
+    """``v`` as a float, for a check: TypeError naming ``what`` for a bool,
+    text, or anything ``float()`` refuses."""
+    if isinstance(v, (bool, str, bytes)):
+        raise TypeError("%s must be %s, not %r" % (what, expected, v))
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise TypeError("%s must be %s, not %r" % (what, expected, v)) from None
 
 
 def to_event(e: EventLike) -> Event:

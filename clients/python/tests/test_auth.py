@@ -111,3 +111,21 @@ def test_admin_names_a_peer_that_is_not_perennial() -> None:
         assert done.returncode != 0
         assert "did not answer HELLO like a Perennial server" in done.stderr, done.stderr
         assert (words % port if "%d" in words else words) in done.stderr, done.stderr
+
+
+def test_a_reload_that_rotates_the_admin_token_still_returns(start_server, tmp_path: Path) -> None:
+    """reload() refreshes server_info with a new HELLO; when the reloaded
+    config no longer accepts this client's token, the reload (applied) is
+    not reported as a failure, and server_info keeps what it had."""
+    (tmp_path / "admin").write_text("admin-old-1")
+    srv = start_server('[auth]\nadmin_token_file = "%s"\n' % (tmp_path / "admin"))
+    with perennial.Client(*srv.address, token="admin-old-1") as c:
+        assert c.ping()
+        before = c.server_info
+        assert before is not None
+        (tmp_path / "admin").write_text("admin-new-2")
+        c.reload()
+        assert c.server_info == before
+        assert c.stats()["reloads"] == 1
+    with perennial.Client(*srv.address, token="admin-new-2") as c:
+        assert c.snapshot() == 0

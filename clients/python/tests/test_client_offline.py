@@ -369,3 +369,25 @@ def test_a_peer_that_is_not_perennial_is_named(fake: Callable[..., FakeServer]) 
     with pytest.raises(perennial.TimeoutError) as quiet:
         perennial.Client("127.0.0.1", silent.port, timeout=0.3).ping()
     assert "it sent nothing" in str(quiet.value) and "within 0.3 s" in str(quiet.value)
+
+
+def test_numbers_of_other_types_are_taken() -> None:
+    """A Decimal from a database, a Fraction, anything float() takes, is a
+    value or a timestamp (and numpy's scalars and 0-d arrays when numpy is
+    here); text and bools are not."""
+    from decimal import Decimal
+    from fractions import Fraction
+    wire = perennial.Event(1, 2, "rating", Decimal("4.5"), timestamp=Decimal("1700000000")).to_wire()
+    assert wire["value"] == 4.5 and wire["timestamp"] == 1700000000
+    assert perennial.Event(1, 2, "rating", Fraction(7, 2)).to_wire()["value"] == 3.5
+    for wrong in (True, "4", b"4"):
+        with pytest.raises(TypeError):
+            perennial.Event(1, 2, "rating", wrong)
+    try:
+        import numpy as np
+    except ImportError:
+        return
+    wire = perennial.Event(np.int64(1), np.uint64(2), "rating", np.array(4.5), timestamp=np.float64(1.7e9)).to_wire()
+    assert wire == {"user": 1, "item": 2, "kind": "rating", "value": 4.5, "timestamp": 1700000000}
+    with pytest.raises(TypeError):
+        perennial.Event(1, 2, "rating", np.str_("4"))

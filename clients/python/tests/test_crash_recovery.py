@@ -230,3 +230,25 @@ def test_a_slow_scorer_keeps_recovery_short(start_server) -> None:
         stream(c, events[:12000])
         time.sleep(0.5)
         assert c.stats()["snapshots"] == 0
+
+
+def test_an_unkeepable_recovery_budget_does_not_snapshot_back_to_back(start_server) -> None:
+    """A budget shorter than a snapshot takes to write: snapshots are
+    spaced by four times their duration, never back to back, and the log
+    says the budget cannot be kept."""
+    srv = start_server("[snapshot]\nevery_events = 0\nrecovery_seconds = 0.02\n")
+    with srv.client() as c:
+        start = time.monotonic()
+        n = 0
+        with c.streamer(window=8, batch_size=1000) as s:
+            while time.monotonic() - start < 3:
+                s.send_many(perennial.Event((n + i) % 5000 + 1, (n * 7 + i) % 3000 + 1) for i in range(1000))
+                n += 1000
+        c.recommend(1, k=1)
+        taken = c.stats()["snapshots"]
+    assert taken >= 1
+    assert "snapshot.recovery_seconds = 0.02 cannot be kept" in srv.log(), srv.log()
+    durations = [float(line.split(" bytes in ")[1].split(" ms")[0]) / 1000
+                 for line in srv.log().splitlines() if "snapshot (version" in line]
+    # At most one start per four durations of the shortest (plus the first).
+    assert taken <= 1 + (time.monotonic() - start) / (4 * min(durations)), (taken, durations)

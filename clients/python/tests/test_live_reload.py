@@ -132,14 +132,17 @@ def test_a_reload_whose_snapshot_failed_is_saved_later(start_server) -> None:
     """A RELOAD that removes a scorer is tied to a new version by a snapshot.
     When that snapshot fails, the model still differs from the newest
     version: a SNAPSHOT is not answered from the old one, the version that
-    holds the removed scorer is never replaced, and a graceful stop saves
-    the reloaded model, so the next start-up needs no --drop-scorer."""
+    holds the removed scorer is never replaced, the server tries again on
+    its own (a second later, with no event to make one due), and a graceful
+    stop saves the reloaded model, so the next start-up needs no
+    --drop-scorer."""
     srv = start_server(BASE % ('"cf", "popularity"', "cf", "0.7"))
     cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
+    snaps = Path(srv.data_dir) / "snapshots"
     with srv.client() as c:
         seq = c.feedback([perennial.Event(u % 40 + 1, u % 70 + 1) for u in range(500)]).last_seq
         assert c.snapshot() == seq
-        blocker = Path(srv.data_dir) / "snapshots" / ("snapshot-%d.1.bin.tmp" % seq)
+        blocker = snaps / ("snapshot-%d.1.bin.tmp" % seq)
         blocker.mkdir()                                  # the distinct version's file cannot be written
         _write(cfg, '"cf"', "cf")                        # popularity removed
         c.reload()
@@ -149,13 +152,30 @@ def test_a_reload_whose_snapshot_failed_is_saved_later(start_server) -> None:
         assert list(_versions(srv)) == ["snapshot-%d.json" % seq]
         assert _versions(srv)["snapshot-%d.json" % seq]["scorers"] == ["cf", "popularity"]
         blocker.rmdir()
+        deadline = time.monotonic() + 10                 # the retry, with no request and no event
+        while "snapshot-%d.1.json" % seq not in _versions(srv) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _versions(srv)["snapshot-%d.1.json" % seq]["scorers"] == ["cf"]
+        assert _versions(srv)["snapshot-%d.json" % seq]["scorers"] == ["cf", "popularity"]
+        assert c.snapshot() == seq                       # saved: answered from it
+
+        # Again, popularity back; this time the graceful stop saves it.
+        blocker = snaps / ("snapshot-%d.2.bin.tmp" % seq)
+        blocker.mkdir()
+        _write(cfg, '"cf", "popularity"', "cf")
+        c.reload()
+        with pytest.raises(perennial.ServerError):
+            c.snapshot()
+        blocker.rmdir()
     assert "the next SNAPSHOT request or a graceful stop takes one" in srv.log()
     assert "version v%d still holds it (serve --from-version v%d" % (seq, seq) in srv.log()
     srv.restart()                                        # the stop saves the reloaded model
     versions = _versions(srv)
+    # (The first reload's version, superseded by a newer one, went.)
+    assert sorted(versions) == ["snapshot-%d.2.json" % seq, "snapshot-%d.json" % seq]
     assert versions["snapshot-%d.json" % seq]["scorers"] == ["cf", "popularity"]
-    assert versions["snapshot-%d.1.json" % seq]["scorers"] == ["cf"]
-    assert "popularity removed" in versions["snapshot-%d.1.json" % seq]["reload"]
+    assert versions["snapshot-%d.2.json" % seq]["scorers"] == ["cf", "popularity"]
+    assert any("popularity added" in change for change in versions["snapshot-%d.2.json" % seq]["reload"])
     with srv.client() as c:
         assert c.stats()["events_accepted"] == seq and c.recommend(1, k=3)
 
