@@ -204,13 +204,14 @@ final class RequestHandler {
         case .feedback(let events):
             // Room in the queue, and within this connection's share of it
             // (a batch is always admitted when the connection has nothing queued).
-            let share = Int(Double(learner.capacity) * config.limits.feedbackQueueShare)
+            let allowance = queueAllowance
+            let share = Int(Double(allowance) * config.limits.feedbackQueueShare)
             let mine = state.unappliedEvents(applied: model.appliedSeq)
             // (While an automatic snapshot waits for the learner to catch
             // up, and while its thread serialises the model, new events
             // wait; RECOMMENDs go on.)
             guard !snapshotDraining, !snapshotSerialising else { return .waitForQueueRoom }
-            guard learner.hasRoom(for: events.count), mine == 0 || mine + events.count <= share else {
+            guard learner.hasRoom(for: events.count, within: allowance), mine == 0 || mine + events.count <= share else {
                 stats.queueFullPauses += 1
                 return .waitForQueueRoom
             }
@@ -503,6 +504,7 @@ final class RequestHandler {
         if next.recommendBatch != config.recommendBatch || next.recommendBatchWaitMicros != config.recommendBatchWaitMicros {
             also.append("[server] recommend batching")
         }
+        if next.learnerMaxLagSeconds != config.learnerMaxLagSeconds { also.append("learner.max_lag_seconds = \(next.learnerMaxLagSeconds)") }
         if next.snapshotEveryEvents != config.snapshotEveryEvents || next.snapshotKeep != config.snapshotKeep
             || next.snapshotRecoverySeconds != config.snapshotRecoverySeconds { also.append("[snapshot]") }
         config = next
@@ -644,6 +646,20 @@ final class RequestHandler {
         return startSnapshotInFlight() || collected
     }
 
+    /// The events the learner queue may hold: its capacity, or fewer when
+    /// the learner is slow, at most `learner.max_lag_seconds` of its recent
+    /// work (never less than one batch of max_events, which must fit). So
+    /// accepted feedback is learned within about that long; a read waiting
+    /// for its own connection's feedback, and FEEDBACK while an automatic
+    /// snapshot lets the learner catch up, wait at most about as long.
+    /// Until the learner's cost is known (its first chunk), one batch.
+    var queueAllowance: Int {
+        guard config.learnerMaxLagSeconds > 0 else { return learner.capacity }
+        guard let ns = learner.nanosPerEvent else { return min(learner.capacity, config.limits.maxEvents) }
+        let byLag = Int(min(Double(learner.capacity), config.learnerMaxLagSeconds * 1e9 / max(ns, 1)))
+        return min(learner.capacity, max(config.limits.maxEvents, byLag))
+    }
+
     /// Replaying the log after the newest snapshot would take longer than
     /// `snapshot.recovery_seconds`, by the learner's recent cost per event
     /// (recovery runs the same code). With text-cnn, session-rnn or gan that
@@ -658,7 +674,9 @@ final class RequestHandler {
               Double(model.lastSeq - lastSnapshotSeq) * ns > budget * 1e9 else { return false }
         let since = MonotonicClock.nowNanos() &- lastSnapshotCompletedNs
         if lastSnapshotCompletedNs > 0 && since < 4 * lastSnapshotDurationNs {
-            if !warnedRecoveryBudget {
+            // (Said when a snapshot alone takes longer than the budget; a
+            // burst that arrived while one was written just waits.)
+            if !warnedRecoveryBudget && Double(lastSnapshotDurationNs) > budget * 1e9 {
                 warnedRecoveryBudget = true
                 Log.warning(String(format: "snapshot.recovery_seconds = %g cannot be kept: a snapshot takes %.1f s to write, and one is started at most every %.1f s, so recovery after a crash may replay more than that (raise recovery_seconds, or use fewer or cheaper scorers)",
                                    budget, Double(lastSnapshotDurationNs) / 1e9, 4 * Double(lastSnapshotDurationNs) / 1e9))
@@ -891,6 +909,7 @@ final class RequestHandler {
             StatCounter("learner_ns_per_event", UInt64(learner.nanosPerEvent ?? 0)),
             StatCounter("recovery_estimate_ms", UInt64(Double(model.lastSeq - min(lastSnapshotSeq, model.lastSeq)) * (learner.nanosPerEvent ?? 0) / 1e6)),
             StatCounter("learner_queue_capacity", UInt64(learner.capacity)),
+            StatCounter("learner_queue_allowance", UInt64(queueAllowance)),
             StatCounter("backpressure_pauses", stats.backpressurePauses),
             StatCounter("queue_full_pauses", stats.queueFullPauses),
             StatCounter("item_sweep_waits", stats.sweepWaits),

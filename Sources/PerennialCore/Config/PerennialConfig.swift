@@ -110,6 +110,10 @@ public struct PerennialConfig: Sendable {
     public var recommendBatchWaitMicros = 100
     public var limits = LimitsConfig()
     public var learnerQueueCapacity = 65_536
+    /// The queue also holds at most this many seconds of the learner's
+    /// recent work (0 = only the capacity; never less than a batch of
+    /// max_events), so accepted feedback is learned within about this long.
+    public var learnerMaxLagSeconds: Double = 2
     public var historyPerUser = 1000
     /// Sessions remembered for RECOMMEND's session_id: how many, how many
     /// recent items each, and how long an unused one lives.
@@ -227,6 +231,7 @@ public struct PerennialConfig: Sendable {
             throw ConfigError(file: doc.file, line: doc.entries["learner.queue_capacity"]?.line,
                               message: "'learner.queue_capacity' (\(c.learnerQueueCapacity)) must be at least 'limits.max_events' (\(l.maxEvents))")
         }
+        c.learnerMaxLagSeconds = try r.double("learner.max_lag_seconds", default: c.learnerMaxLagSeconds, in: 0...1e6)
         c.historyPerUser = try r.int("history.max_items_per_user", default: c.historyPerUser, in: 0...1_000_000)
         c.maxSessions = try r.int("sessions.max_sessions", default: c.maxSessions, in: 0...100_000_000)
         c.sessionItems = try r.int("sessions.max_items", default: c.sessionItems, in: 1...10_000)

@@ -34,12 +34,13 @@ public final class Learner: @unchecked Sendable {
     private let recentNanos = Atomic<UInt64>(0)
     private let recentEvents = Atomic<UInt64>(0)
 
-    /// Nanoseconds per event applied lately (nil before 1,000 events).
+    /// Nanoseconds per event applied lately (nil before the first chunk of
+    /// 256 events).
     /// Recovery replays the log through the same `Model.learn`, so this
     /// also estimates how long replaying N events would take.
     public var nanosPerEvent: Double? {
         let events = recentEvents.load(ordering: .relaxed)
-        guard events >= 1000 else { return nil }
+        guard events >= 256 else { return nil }
         return Double(recentNanos.load(ordering: .relaxed)) / Double(events)
     }
 
@@ -87,11 +88,12 @@ public final class Learner: @unchecked Sendable {
         return true
     }
 
-    /// Whether a batch of `n` events would fit now.
-    public func hasRoom(for n: Int) -> Bool {
+    /// Whether a batch of `n` events would fit now, in a queue held to
+    /// `allowance` events (at most the capacity).
+    public func hasRoom(for n: Int, within allowance: Int? = nil) -> Bool {
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
-        return capacity - count >= n
+        return min(allowance ?? capacity, capacity) - count >= n
     }
 
     /// Applies everything queued, then ends the thread; returns when done.
