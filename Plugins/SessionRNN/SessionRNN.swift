@@ -20,7 +20,7 @@
 // over the items ranked, plus `transition_weight` · ln(1 + count of
 // last-item → j transitions seen). The counts recall exact short-range
 // sequences that the GRU, with 64 numbers of state, ranks less sharply
-// (E4 figures for both parts are in the README); weight 0 is the GRU alone.
+// (E4 figures for both parts are in docs/quality.md); weight 0 is the GRU alone.
 //
 // Threads: learning state (per-user recent items, RNG) is the learner's;
 // weights are one buffer allocated once, item biases and transition counts

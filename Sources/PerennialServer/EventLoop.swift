@@ -231,7 +231,7 @@ final class EventLoop {
     /// batching of serving systems (e.g. TF Serving's batch_timeout_micros),
     /// waiting only for arrivals it predicts and ended by them. It costs
     /// the held requests latency (and a freshness reader too); it pays
-    /// where many clients send back to back (README, "Speed").
+    /// where many clients send back to back (docs/quality.md, "Speed").
     private func waitForReturningConnections() -> Bool {
         let limitNs = min(UInt64(handler.config.recommendBatchWaitMicros) * 1000, lastBatchNs / 2)
         guard limitNs > 0, !expectedBack.isEmpty, !stopping, handler.deferredCount > 0,

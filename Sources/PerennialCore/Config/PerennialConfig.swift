@@ -49,7 +49,7 @@ public struct RouteConfig: Sendable, Equatable {
 }
 
 /// Lifelong learning, `[lifelong]`: the mechanisms that keep a model good
-/// over months of stream (README, "Lifelong learning").
+/// over months of stream (docs/lifelong.md).
 public struct LifelongConfig: Sendable, Equatable {
     /// Experience replay: after each learned event, this many past events
     /// drawn from a reservoir sample of `replayBuffer` events are learned
