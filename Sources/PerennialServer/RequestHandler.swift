@@ -138,6 +138,9 @@ final class RequestHandler {
         } catch {
             // An error must not overtake the replies the batch owes.
             if ordered { return .waitForBatch }
+            // (A FEEDBACK waiting in line for the queue that now fails, say
+            // against a RELOAD's lower max_events, no longer holds its place.)
+            leaveRoomLine(owner)
             stats.requestsTotal += 1
             stats.errorsTotal += 1
             if error.code == .timeout { stats.timeouts += 1 }
@@ -211,10 +214,22 @@ final class RequestHandler {
             // up, and while its thread serialises the model, new events
             // wait; RECOMMENDs go on.)
             guard !snapshotDraining, !snapshotSerialising else { return .waitForQueueRoom }
-            guard learner.hasRoom(for: events.count, within: allowance), mine == 0 || mine + events.count <= share else {
+            // Batches that found the queue full go in the order they came:
+            // a large one is never passed over, turn after turn, by smaller
+            // ones that fit in the room it waits for. (A batch over its own
+            // connection's share waits for its own events, out of line.)
+            let inLine = roomLine.first.map { $0 == owner } ?? true
+            guard inLine, learner.hasRoom(for: events.count, within: allowance) else {
+                if !roomLine.contains(owner) { roomLine.append(owner) }
                 stats.queueFullPauses += 1
                 return .waitForQueueRoom
             }
+            guard mine == 0 || mine + events.count <= share else {
+                leaveRoomLine(owner)
+                stats.queueFullPauses += 1
+                return .waitForQueueRoom
+            }
+            leaveRoomLine(owner)
             let now = MonotonicClock.unixSeconds()
             let (ahead, rule) = allowedFutureSeconds
             if let i = events.firstIndex(where: { $0.timestamp > now + Int64(ahead) }) {
@@ -518,6 +533,9 @@ final class RequestHandler {
         // off the loop like an automatic one. (An adjustment in place or a
         // new default changes no saved state: no snapshot, no version.)
         if reconfigured.scorerSetChanged {
+            // (What an event costs the learner changed: its queue allowance
+            // starts again from one batch until the new cost is measured.)
+            learner.forgetCost()
             unsnapshottedReloadChanges += changes
             reloadGeneration += 1
             reloadSnapshotWanted = true
@@ -646,6 +664,15 @@ final class RequestHandler {
         return startSnapshotInFlight() || collected
     }
 
+    /// Connections whose FEEDBACK found the learner queue full, oldest
+    /// first: the first is let in before any other batch.
+    private var roomLine: [ObjectIdentifier] = []
+
+    /// A connection is no longer waiting in line (let in, refused, gone).
+    func leaveRoomLine(_ owner: ObjectIdentifier) {
+        if let i = roomLine.firstIndex(of: owner) { roomLine.remove(at: i) }
+    }
+
     /// The events the learner queue may hold: its capacity, or fewer when
     /// the learner is slow, at most `learner.max_lag_seconds` of its recent
     /// work (never less than one batch of max_events, which must fit). So
@@ -674,9 +701,9 @@ final class RequestHandler {
               Double(model.lastSeq - lastSnapshotSeq) * ns > budget * 1e9 else { return false }
         let since = MonotonicClock.nowNanos() &- lastSnapshotCompletedNs
         if lastSnapshotCompletedNs > 0 && since < 4 * lastSnapshotDurationNs {
-            // (Said when a snapshot alone takes longer than the budget; a
-            // burst that arrived while one was written just waits.)
-            if !warnedRecoveryBudget && Double(lastSnapshotDurationNs) > budget * 1e9 {
+            // (Said when the spacing alone outlasts the budget; a burst
+            // that arrived while one was written just waits.)
+            if !warnedRecoveryBudget && 4 * Double(lastSnapshotDurationNs) > budget * 1e9 {
                 warnedRecoveryBudget = true
                 Log.warning(String(format: "snapshot.recovery_seconds = %g cannot be kept: a snapshot takes %.1f s to write, and one is started at most every %.1f s, so recovery after a crash may replay more than that (raise recovery_seconds, or use fewer or cheaper scorers)",
                                    budget, Double(lastSnapshotDurationNs) / 1e9, 4 * Double(lastSnapshotDurationNs) / 1e9))

@@ -33,6 +33,17 @@ public final class Learner: @unchecked Sendable {
     /// moves the estimate by a chunk's worth at most.
     private let recentNanos = Atomic<UInt64>(0)
     private let recentEvents = Atomic<UInt64>(0)
+    /// Set by `forgetCost` (any thread); the learner thread clears its
+    /// counters at its next chunk, so they keep a single writer.
+    private let costReset = Atomic<Bool>(false)
+
+    /// The model's cost per event changed (a RELOAD added or removed
+    /// scorers): forget the old average; until the next chunk is measured
+    /// `nanosPerEvent` is nil.
+    public func forgetCost() {
+        costReset.store(true, ordering: .relaxed)
+        recentEvents.store(0, ordering: .relaxed)
+    }
 
     /// Nanoseconds per event applied lately (nil before the first chunk of
     /// 256 events).
@@ -127,6 +138,10 @@ public final class Learner: @unchecked Sendable {
             pthread_mutex_unlock(&mutex)
             let t0 = MonotonicClock.nowNanos()
             for e in local { model.learn(e) }
+            if costReset.exchange(false, ordering: .relaxed) {
+                recentNanos.store(0, ordering: .relaxed)
+                recentEvents.store(0, ordering: .relaxed)
+            }
             var nanos = recentNanos.load(ordering: .relaxed) + (MonotonicClock.nowNanos() - t0)
             var events = recentEvents.load(ordering: .relaxed) + UInt64(local.count)
             if events > 200_000 { nanos /= 2; events /= 2 }

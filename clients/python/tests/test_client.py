@@ -330,6 +330,10 @@ def test_streamer_connection_loss_is_not_a_refusal(start_server: Callable[..., A
     c = srv.client()
     assert c.ping()
     srv.proc.send_signal(signal.SIGSTOP)                  # no reply can come before the kill
+    deadline = time.monotonic() + 5
+    while open("/proc/%d/stat" % srv.proc.pid).read().split(")")[1].split()[0] != "T":
+        assert time.monotonic() < deadline, "the server did not stop"
+        time.sleep(0.01)
     s = c.streamer(window=8, batch_size=100)
     s.send_many(perennial.Event(u % 50 + 1, u % 90 + 1) for u in range(800))  # 8 batches in flight
     assert s.pending_batches == 8

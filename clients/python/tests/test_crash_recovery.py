@@ -291,3 +291,40 @@ def test_the_learner_queue_holds_at_most_max_lag_seconds_of_work(start_server) -
     off = start_server(slow % "0")
     with off.client() as c:
         assert c.stats()["learner_queue_allowance"] == c.stats()["learner_queue_capacity"] == 65536
+
+
+def test_a_full_batch_is_not_starved_by_smaller_ones(start_server) -> None:
+    """With a slow learner the queue allowance can be a single full batch.
+    A full batch that found the queue full goes first once there is room,
+    not after whatever smaller batches another connection keeps sending
+    (review finding: it waited until an automatic snapshot emptied the
+    queue, 18-28 s)."""
+    srv = start_server('[scorers]\nload = ["cf", "session-rnn"]\n[learner]\nmax_lag_seconds = 0.5\n'
+                       '[snapshot]\nevery_events = 0\nrecovery_seconds = 0\n')
+    stop = threading.Event()
+
+    def small_batches() -> None:
+        rng = random.Random(1)
+        with srv.client(timeout=60) as c:
+            with c.streamer(window=8, batch_size=100) as s:
+                while not stop.is_set():
+                    s.send(perennial.Event(rng.randint(1, 3000), rng.randint(1, 3000)))
+
+    feeder = threading.Thread(target=small_batches)
+    feeder.start()
+    waits = []
+    try:
+        time.sleep(2)
+        rng = random.Random(2)
+        with srv.client(timeout=60) as c:
+            for _ in range(3):
+                batch = [perennial.Event(rng.randint(1, 3000), rng.randint(1, 3000)) for _ in range(10000)]
+                start = time.monotonic()
+                c.feedback(batch)
+                waits.append(time.monotonic() - start)
+            allowance = c.stats()["learner_queue_allowance"]
+    finally:
+        stop.set()
+        feeder.join()
+    assert allowance == 10000                         # one full batch: it needs the queue empty
+    assert max(waits) < 8, waits                      # about the queue's work, not until the feeder stops

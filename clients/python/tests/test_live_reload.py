@@ -195,3 +195,24 @@ def test_adjusting_in_place_writes_no_version(start_server) -> None:
         assert c.snapshot() == seq
         assert _versions(srv) == before
     assert "cf adjusted in place (factor_weight 0.7 -> 0.4)" in srv.log()
+
+
+def test_a_reload_that_adds_a_slow_scorer_measures_the_learner_again(start_server) -> None:
+    """The learner queue's allowance follows the learner's cost; a RELOAD
+    that changes the scorers forgets the old cost (one batch is allowed
+    until the new one is measured), so a cheap past does not let a slow
+    scorer's queue run long (review finding: 31,552 queued 1.5 s after)."""
+    srv = start_server(BASE % ('"cf"', "cf", "0.3"))
+    cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
+    with srv.client() as c:
+        c.feedback([perennial.Event(u % 300 + 1, u % 700 + 1) for u in range(20000)])
+        c.recommend(1, k=1)
+        cheap = c.stats()["learner_ns_per_event"]
+        assert 0 < cheap and c.stats()["learner_queue_allowance"] == 65536
+        _write(cfg, '"cf", "session-rnn"', "cf")
+        c.reload()
+        after = c.stats()
+        assert after["learner_ns_per_event"] == 0 and after["learner_queue_allowance"] == 10000
+        c.feedback([perennial.Event(u % 300 + 1, u % 700 + 1) for u in range(2000)])
+        c.recommend(1, k=1)
+        assert c.stats()["learner_ns_per_event"] > 3 * cheap     # session-rnn's cost, measured afresh
