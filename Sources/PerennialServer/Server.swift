@@ -28,6 +28,9 @@ public final class Server: Sendable {
         var waker: EventLoopWaker?
         var running = false
         var startError: String?
+        /// What replaying the log at start-up cost (ns, events): the
+        /// learner's first estimate of its cost, before it measures its own.
+        var replayCost: (nanos: UInt64, events: UInt64)?
     }
 
     /// `reloadConfig` reads the config anew for RELOAD and SIGHUP (nil: the
@@ -98,6 +101,10 @@ public final class Server: Sendable {
         let learner = Learner(model: model, capacity: config.learnerQueueCapacity) { _ in
             wakerBox.withLock { $0 }?.progressed()
         }
+        // (Replay ran the same code as the learner: its cost is the first
+        // estimate, so the queue allowance and the recovery estimate are
+        // right from the start rather than after the first chunk.)
+        if let cost = state.withLock({ $0.replayCost }) { learner.seedCost(nanos: cost.nanos, events: cost.events) }
         let handler = RequestHandler(config: config, model: model, learner: learner, log: log, snapshots: snapshots,
                                      lastSnapshotSeq: recoveredSnapshotSeq, reloadConfig: reloadConfig)
         let loop = EventLoop(handler: handler)
@@ -252,7 +259,9 @@ public final class Server: Sendable {
             Log.warning("log: a torn tail of \(torn.bytes) bytes at byte \(torn.offset) of \(torn.file) was cut (an unacknowledged write interrupted by a crash)")
         }
         if report.records > 0 {
-            let secs = Double(MonotonicClock.nowNanos() - t0) / 1e9
+            let elapsed = MonotonicClock.nowNanos() - t0
+            state.withLock { $0.replayCost = (elapsed, UInt64(report.events)) }
+            let secs = Double(elapsed) / 1e9
             Log.info(String(format: "recovered: %llu events in all, %d records (%d events) replayed from %d log segment(s), in %.2f s",
                             model.lastSeq, report.records, report.events, report.segments, secs))
         }

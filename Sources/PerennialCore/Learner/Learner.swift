@@ -37,6 +37,16 @@ public final class Learner: @unchecked Sendable {
     /// counters at its next chunk, so they keep a single writer.
     private let costReset = Atomic<Bool>(false)
 
+    /// A first estimate (a replay of the log through the same model), used
+    /// until the learner has measured its own; only before `start`.
+    public func seedCost(nanos: UInt64, events: UInt64) {
+        precondition(thread == nil, "seedCost is for before the learner starts")
+        guard events >= 256 else { return }
+        let scale = max(1, events / 100_000)
+        recentNanos.store(nanos / scale, ordering: .relaxed)
+        recentEvents.store(events / scale, ordering: .relaxed)
+    }
+
     /// The model's cost per event changed (a RELOAD added or removed
     /// scorers): forget the old average; until the next chunk is measured
     /// `nanosPerEvent` is nil.

@@ -328,3 +328,24 @@ def test_a_full_batch_is_not_starved_by_smaller_ones(start_server) -> None:
         feeder.join()
     assert allowance == 10000                         # one full batch: it needs the queue empty
     assert max(waits) < 8, waits                      # about the queue's work, not until the feeder stops
+
+
+def test_a_replay_at_start_up_seeds_the_learners_cost(start_server) -> None:
+    """Replaying the log at start-up runs the learner's code: its cost is
+    the learner's first estimate, so STATS has it (and the queue allowance
+    and recovery estimate use it) before any new event arrives."""
+    srv = start_server("[snapshot]\nevery_events = 0\nrecovery_seconds = 0\n")
+    with srv.client() as c:
+        c.feedback(_events(3000))
+        c.recommend(1, k=1)
+    srv.proc.kill()
+    srv.proc.wait()
+    log = open(srv.log_path, "ab")
+    srv.proc = subprocess.Popen(srv.args, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    from conftest import _wait_until_up
+    _wait_until_up(srv)
+    with srv.client() as c:
+        stats = c.stats()
+    assert "(3000 events) replayed" in srv.log()
+    assert stats["learner_ns_per_event"] > 0 and stats["learner_queue_allowance"] == 65536
