@@ -41,7 +41,8 @@ public final class Learner: @unchecked Sendable {
     /// until the learner has measured its own; only before `start`.
     public func seedCost(nanos: UInt64, events: UInt64) {
         precondition(thread == nil, "seedCost is for before the learner starts")
-        guard events >= 256 else { return }
+        // (A short replay's time is mostly reading the log: not a cost per event.)
+        guard events >= 10_000 else { return }
         let scale = max(1, events / 100_000)
         recentNanos.store(nanos / scale, ordering: .relaxed)
         recentEvents.store(events / scale, ordering: .relaxed)
