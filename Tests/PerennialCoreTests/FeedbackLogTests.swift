@@ -107,6 +107,25 @@ import Popularity
         #expect(seen.count == 3 && report.events == 7 && report.tornTail == nil)
     }
 
+    /// Rolling to a new segment when the current one holds no record yet
+    /// keeps it: snapshots retried after failures, with nothing logged in
+    /// between, leave no trail of empty segments.
+    @Test func rollingAnEmptySegmentKeepsIt() throws {
+        let dir = tempDir()
+        let log = FeedbackLog(directory: dir, policy: .no)
+        try log.openForAppend(lastSeq: 0)
+        try log.append(.feedback(firstSeq: 1, events: events(2, from: 0)), lastSeq: 2)
+        let rolled = try log.rollSegment()
+        #expect(try log.rollSegment() == rolled && log.rollSegment() == rolled)
+        try log.append(.feedback(firstSeq: 3, events: events(1, from: 2)), lastSeq: 3)
+        #expect(try log.rollSegment() == rolled + 1)
+        log.close()
+        #expect(FeedbackLog.segments(in: dir) == [1, 2, 3])
+        var n = 0
+        _ = try FeedbackLog.scan(directory: dir, cutTornTail: true) { _ in n += 1 }
+        #expect(n == 2)
+    }
+
     @Test func tornTailIsCutAndMiddleCorruptionStops() throws {
         let (dir, path, good) = try threeRecordLog()
         // A torn write: half a record at the end.

@@ -330,6 +330,10 @@ public final class FeedbackLog: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         try syncLocked()
+        // A segment that holds no record yet already starts where asked
+        // (snapshots retried after a failure, with nothing logged between,
+        // must not leave a trail of empty segments).
+        if fd >= 0 && segmentSize == LogRecord.segmentHeaderSize { return segmentNumber }
         try openSegment(segmentNumber + 1)
         return segmentNumber
     }
