@@ -542,7 +542,7 @@ final class RequestHandler {
         }
         // A removed scorer's learned state is not carried on: say where it
         // still is (an operator who removed it by mistake can roll back).
-        let removed = changes.filter { $0.hasSuffix(" removed") }.map { String($0.dropLast(" removed".count)) }
+        let removed = reconfigured.removed
         if !removed.isEmpty {
             let kept = snapshots.files().first { (snapshots.metadata(of: $0)["scorers"] as? [String]).map { s in removed.allSatisfy(s.contains) } ?? false }
             also.append("the learned state of \(removed.joined(separator: ", ")) is dropped from the served model; "

@@ -399,6 +399,7 @@ public final class Model: @unchecked Sendable {
         let environment = ScorerEnvironment(table: table, vacancy: itemVacancy)
         var next: [any Scorer] = []
         var changes: [String] = []
+        var removed: [String] = []
         var rebuilt = false
         var adjusted: [(any Scorer, any ScorerSettings)] = []
         for sc in config.scorers {
@@ -439,6 +440,7 @@ public final class Model: @unchecked Sendable {
         }
         for old in scorers where !config.scorers.contains(where: { $0.name == old.name }) {
             changes.append("\(old.name) removed")
+            removed.append(old.name)
             rebuilt = true
         }
         if config.defaultScorer != defaultScorer { changes.append("default scorer \(defaultScorer) -> \(config.defaultScorer)") }
@@ -450,7 +452,7 @@ public final class Model: @unchecked Sendable {
         for r in config.routes { routes[r.name] = r }
         settings = [:]
         for sc in config.scorers { settings[sc.name] = sc.settings }
-        return Reconfiguration(changes: changes, scorerSetChanged: rebuilt)
+        return Reconfiguration(changes: changes, scorerSetChanged: rebuilt, removed: removed)
     }
 
     /// What `reconfigure` did.
@@ -461,6 +463,8 @@ public final class Model: @unchecked Sendable {
         /// before differs from the model now even with no event since (an
         /// adjustment in place or a new default changes no saved state).
         public var scorerSetChanged: Bool
+        /// The scorers no longer loaded (their learned state is dropped).
+        public var removed: [String]
     }
 
     // MARK: snapshots (admitting thread, or a snapshot's thread while the admitting thread only reads; learner idle)

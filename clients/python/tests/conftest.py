@@ -83,6 +83,15 @@ class ServerProcess:
     def restart(self) -> None:
         """Stop (SIGTERM) and start the same server again: same port, data, config."""
         assert self.stop() == 0, self.log()
+        self.start_again()
+
+    def kill(self) -> None:
+        """SIGKILL (a crash: no snapshot, nothing flushed), and wait for it."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def start_again(self) -> None:
+        """Start the same server (after `kill` or `stop`), and wait until it answers."""
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()

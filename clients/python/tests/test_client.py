@@ -324,8 +324,6 @@ def test_streamer_connection_loss_is_not_a_refusal(start_server: Callable[..., A
     """The server dies with batches in flight: flush raises the
     ConnectionError once, and those batches are listed as unacknowledged
     (the server may have taken them), never as refused."""
-    import subprocess
-    from conftest import _wait_until_up
     srv = start_server("")
     c = srv.client()
     assert c.ping()
@@ -337,8 +335,7 @@ def test_streamer_connection_loss_is_not_a_refusal(start_server: Callable[..., A
     s = c.streamer(window=8, batch_size=100)
     s.send_many(perennial.Event(u % 50 + 1, u % 90 + 1) for u in range(800))  # 8 batches in flight
     assert s.pending_batches == 8
-    srv.proc.kill()
-    srv.proc.wait()
+    srv.kill()
     with pytest.raises(perennial.ConnectionError) as lost:
         s.flush()
     assert s.refused == [] and lost.value.refused_batches == []  # type: ignore[attr-defined]
@@ -348,8 +345,7 @@ def test_streamer_connection_loss_is_not_a_refusal(start_server: Callable[..., A
     c.close()
     # (Back up, so the fixture's graceful stop ends it: what it acknowledged
     # before the kill, if anything, is there.)
-    srv.proc = subprocess.Popen(srv.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_until_up(srv)
+    srv.start_again()
 
 
 def test_client_call_while_streaming(client: perennial.Client) -> None:

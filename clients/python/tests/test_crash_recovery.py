@@ -214,13 +214,8 @@ def test_a_slow_scorer_keeps_recovery_short(start_server) -> None:
     behind = len(events) - stats["last_snapshot_seq"]
     assert behind * stats["learner_ns_per_event"] <= 0.45e9, (behind, stats)
     assert "cannot be kept" not in srv.log()
-    srv.proc.kill()
-    srv.proc.wait()
-    log = open(srv.log_path, "ab")
-    srv.proc = subprocess.Popen(srv.args, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    from conftest import _wait_until_up
-    _wait_until_up(srv)
+    srv.kill()
+    srv.start_again()
     with srv.client() as c:
         assert c.stats()["events_applied"] == len(events)
     if behind:
@@ -338,13 +333,8 @@ def test_a_replay_at_start_up_seeds_the_learners_cost(start_server) -> None:
     with srv.client() as c:
         c.feedback(_events(12000))
         c.recommend(1, k=1)
-    srv.proc.kill()
-    srv.proc.wait()
-    log = open(srv.log_path, "ab")
-    srv.proc = subprocess.Popen(srv.args, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    from conftest import _wait_until_up
-    _wait_until_up(srv)
+    srv.kill()
+    srv.start_again()
     with srv.client() as c:
         stats = c.stats()
     assert "(12000 events) replayed" in srv.log()
