@@ -6,6 +6,7 @@
 #include "perennial_quantised.h"
 
 #include <math.h>
+#include <string.h>
 
 #pragma clang fp contract(off)
 
@@ -305,38 +306,57 @@ VNNI_TARGET static void score_quantised_vnni(const uint8_t *blocks, size_t count
 // the query's four signed ones and adds them in pairs (which cannot
 // saturate with seven-bit queries), VPMADDWD adds the pairs: each row's
 // piece of its dot product in one 32-bit lane, eight rows per register.
-__attribute__((target("avx2"), always_inline)) static inline void block_dots_avx2(const uint8_t *block, size_t groups,
-                                                                                  const int8_t *q, int32_t *dot) {
+// Like the VNNI path, a block's bytes are loaded once for up to four
+// queries (the same integers as one query at a time: integer sums are
+// exact in any order).
+__attribute__((target("avx2"), always_inline)) static inline void block_dots4_avx2(const uint8_t *block, size_t groups,
+                                                                                   const int8_t *const *q, int n,
+                                                                                   int32_t dot[4][16]) {
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256i a0 = _mm256_setzero_si256(), a1 = a0;
+    __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
     for (size_t g = 0; g < groups; g++) {
-        const __m256i qb = _mm256_set1_epi32(*(const int32_t *)(const void *)(q + 4 * g));
         const __m256i w0 = _mm256_loadu_si256((const __m256i *)(const void *)(block + g * 64));
         const __m256i w1 = _mm256_loadu_si256((const __m256i *)(const void *)(block + g * 64 + 32));
-        a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_maddubs_epi16(w0, qb), ones));
-        a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_maddubs_epi16(w1, qb), ones));
+#define PK_DOTS_AVX2(K, A0, A1) \
+        if (n > K) { \
+            const __m256i qb = _mm256_set1_epi32(*(const int32_t *)(const void *)(q[K] + 4 * g)); \
+            A0 = _mm256_add_epi32(A0, _mm256_madd_epi16(_mm256_maddubs_epi16(w0, qb), ones)); \
+            A1 = _mm256_add_epi32(A1, _mm256_madd_epi16(_mm256_maddubs_epi16(w1, qb), ones)); \
+        }
+        PK_DOTS_AVX2(0, a00, a01)
+        PK_DOTS_AVX2(1, a10, a11)
+        PK_DOTS_AVX2(2, a20, a21)
+        PK_DOTS_AVX2(3, a30, a31)
+#undef PK_DOTS_AVX2
     }
-    _mm256_storeu_si256((__m256i *)(void *)dot, a0);
-    _mm256_storeu_si256((__m256i *)(void *)(dot + 8), a1);
+    _mm256_storeu_si256((__m256i *)(void *)dot[0], a00);
+    _mm256_storeu_si256((__m256i *)(void *)(dot[0] + 8), a01);
+    _mm256_storeu_si256((__m256i *)(void *)dot[1], a10);
+    _mm256_storeu_si256((__m256i *)(void *)(dot[1] + 8), a11);
+    _mm256_storeu_si256((__m256i *)(void *)dot[2], a20);
+    _mm256_storeu_si256((__m256i *)(void *)(dot[2] + 8), a21);
+    _mm256_storeu_si256((__m256i *)(void *)dot[3], a30);
+    _mm256_storeu_si256((__m256i *)(void *)(dot[3] + 8), a31);
 }
 
 // finish_lanes for a whole block, eight lanes at a time, the same steps in
 // the same order (no FMA in the target: the float steps stay separate).
+// The biases are the tile's contiguous copy (AVX2 gathers are slow on
+// some CPUs, and a tile's biases serve every query).
 __attribute__((target("avx2"), always_inline)) static inline void finish_lanes_avx2(
     const int32_t *dot, size_t live, pk_quantised_query p, float half_, const float *s, const float *l1,
-    const float *bias, size_t bias_stride, float *upper, float *fs, float *fq) {
+    const float *bias, float *upper, float *fs, float *fq) {
     if (live < 16) {
-        finish_lanes(dot, live, p, half_, s, l1, bias, bias_stride, upper, fs, fq);
+        finish_lanes(dot, live, p, half_, s, l1, bias, 1, upper, fs, fq);
         return;
     }
     const __m256 t = _mm256_set1_ps(p.scale), ql1 = _mm256_set1_ps((float)p.l1);
     const __m256 half = _mm256_set1_ps(half_), big = _mm256_set1_ps(3.0e38f);
-    const __m256i stride = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)bias_stride));
     for (int h = 0; h < 16; h += 8) {
         const __m256 sh = _mm256_loadu_ps(s + h);
         const __m256 scale = _mm256_mul_ps(t, sh);
         __m256 a = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(const void *)(dot + h))), scale);
-        a = _mm256_add_ps(a, _mm256_i32gather_ps(bias + h * bias_stride, stride, 4));
+        a = _mm256_add_ps(a, _mm256_loadu_ps(bias + h));
         __m256 e = _mm256_mul_ps(sh, ql1);
         e = _mm256_add_ps(e, _mm256_loadu_ps(l1 + h));
         e = _mm256_mul_ps(e, half);
@@ -348,7 +368,58 @@ __attribute__((target("avx2"), always_inline)) static inline void finish_lanes_a
     }
 }
 
-SCORE_QUANTISED_LANES(score_quantised_avx2, __attribute__((target("avx2"))), block_dots_avx2, finish_lanes_avx2)
+// The AVX2 pass, tiled like the VNNI one: a tile (16 KB at dim 64, inside
+// L1) is scored for every query, four at a time, before the next is read.
+// Each query still sees its blocks in order and flushes its float moments
+// at the same tile ends as the plain loop, so the bits are the same.
+__attribute__((target("avx2"))) static void score_quantised_avx2_slice(
+    const uint8_t *blocks, size_t count, size_t dim, const int8_t *const *queries, const pk_quantised_query *params,
+    size_t nq, const float *item_scale, const float *item_l1, const float *bias, size_t bias_stride,
+    float *const *upper, double *sum, double *sq) {
+    const size_t groups = pk_quantised_groups(dim);
+    const size_t nblocks = (count + 15) / 16;
+    double ls[MAX_QUERIES][16], lq[MAX_QUERIES][16];
+    memset(ls, 0, sizeof(double) * 16 * nq);
+    memset(lq, 0, sizeof(double) * 16 * nq);
+    float tile_bias[TILE_BLOCKS * 16];
+    for (size_t t0 = 0; t0 < nblocks; t0 += TILE_BLOCKS) {
+        const size_t t1 = t0 + TILE_BLOCKS < nblocks ? t0 + TILE_BLOCKS : nblocks;
+        const size_t rows = (t1 * 16 < count ? t1 * 16 : count) - t0 * 16;
+        for (size_t r = 0; r < rows; r++) tile_bias[r] = bias[(t0 * 16 + r) * bias_stride];
+        for (size_t j = 0; j < nq; j += 4) {
+            const int n = nq - j >= 4 ? 4 : (int)(nq - j);
+            float fs[4][16] = {{0}}, fq[4][16] = {{0}};
+            for (size_t b = t0; b < t1; b++) {
+                const size_t r0 = b * 16;
+                const size_t live = count - r0 < 16 ? count - r0 : 16;
+                int32_t dot[4][16];
+                block_dots4_avx2(blocks + b * groups * 64, groups, queries + j, n, dot);
+                for (int k = 0; k < n; k++) {
+                    const int32_t offset = 128 * params[j + k].sum;
+                    for (int lane = 0; lane < 16; lane++) dot[k][lane] -= offset;
+                    finish_lanes_avx2(dot[k], live, params[j + k], bound_half(params[j + k].scale, dim), item_scale + r0,
+                                      item_l1 + r0, tile_bias + (r0 - t0 * 16), upper[j + k] + r0, fs[k], fq[k]);
+                }
+            }
+            for (int k = 0; k < n; k++) flush_tile(fs[k], fq[k], ls[j + k], lq[j + k]);
+        }
+    }
+    for (size_t j = 0; j < nq; j++) add_moments(ls[j], lq[j], sum + j, sq + j);
+}
+
+// In slices of at most MAX_QUERIES (the moments live on the stack).
+__attribute__((target("avx2"))) static void score_quantised_avx2(
+    const uint8_t *blocks, size_t count, size_t dim, const int8_t *const *queries, const pk_quantised_query *params,
+    size_t nq, const float *item_scale, const float *item_l1, const float *bias, size_t bias_stride,
+    float *const *upper, double *sum, double *sq) {
+    while (nq > 0) {
+        const size_t n = nq < MAX_QUERIES ? nq : MAX_QUERIES;
+        score_quantised_avx2_slice(blocks, count, dim, queries, params, n, item_scale, item_l1, bias, bias_stride, upper,
+                                   sum, sq);
+        queries += n; params += n; upper += n; sum += n; sq += n;
+        nq -= n;
+    }
+}
 
 static int vnni_state = 0, avx2_state = 0;
 
