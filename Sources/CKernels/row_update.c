@@ -214,6 +214,34 @@ static void adagrad_row_follow_avx2(float *row, float *anchor, const float *v, f
                                     float *accumulator, float lr, const float *scale, float follow, size_t n) {
     const __m256 va = _mm256_set1_ps(alpha), vr = _mm256_set1_ps(reg), vl = _mm256_set1_ps(lambda);
     size_t main = n & ~(size_t)7, k;
+    if (n == main && n <= 128) {
+        // Rows up to 128 wide (the usual): the first pass keeps its
+        // gradients in registers or L1 for the second, which then reads
+        // only the row and anchor (the same values, so the same bits).
+        __m256 gb[16];
+        __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+        for (k = 0; k + 16 <= n; k += 16) {
+            gb[k / 8] = adagrad_gradient8(row, anchor, v, va, vr, vl, k);
+            gb[k / 8 + 1] = adagrad_gradient8(row, anchor, v, va, vr, vl, k + 8);
+            s0 = _mm256_fmadd_ps(gb[k / 8], gb[k / 8], s0);
+            s1 = _mm256_fmadd_ps(gb[k / 8 + 1], gb[k / 8 + 1], s1);
+        }
+        for (; k < n; k += 8) {
+            gb[k / 8] = adagrad_gradient8(row, anchor, v, va, vr, vl, k);
+            s0 = _mm256_fmadd_ps(gb[k / 8], gb[k / 8], s0);
+        }
+        *accumulator += hsum8(_mm256_add_ps(s0, s1)) / (float)n;
+        const float step = lr / sqrtf(*accumulator + 1e-8f);
+        const __m256 vs = _mm256_set1_ps(step), vf = _mm256_set1_ps(follow);
+        for (k = 0; k < n; k += 8) {
+            __m256 sk = scale ? _mm256_mul_ps(vs, _mm256_loadu_ps(scale + k)) : vs;
+            const __m256 r = _mm256_fmadd_ps(sk, gb[k / 8], _mm256_loadu_ps(row + k));
+            _mm256_storeu_ps(row + k, r);
+            const __m256 a = _mm256_loadu_ps(anchor + k);
+            _mm256_storeu_ps(anchor + k, _mm256_fmadd_ps(vf, _mm256_sub_ps(r, a), a));
+        }
+        return;
+    }
     const float step = adagrad_step_size(row, anchor, v, alpha, reg, lambda, accumulator, lr, n);
     const __m256 vs = _mm256_set1_ps(step), vf = _mm256_set1_ps(follow);
     for (k = 0; k < main; k += 8) {
