@@ -42,10 +42,8 @@ extension Array where Element == UInt8 {
 
     /// Overwrites a u32 at `offset` (used to fill in a frame's length).
     @inline(__always) public mutating func patch(_ v: UInt32, at offset: Int) {
-        self[offset] = UInt8(truncatingIfNeeded: v)
-        self[offset + 1] = UInt8(truncatingIfNeeded: v >> 8)
-        self[offset + 2] = UInt8(truncatingIfNeeded: v >> 16)
-        self[offset + 3] = UInt8(truncatingIfNeeded: v >> 24)
+        precondition(offset >= 0 && offset + 4 <= count)
+        withUnsafeMutableBytes { $0.storeBytes(of: v.littleEndian, toByteOffset: offset, as: UInt32.self) }
     }
 }
 

@@ -151,11 +151,10 @@ extension Array where Element == UInt8 {
     @inline(__always)
     public mutating func beginFrame(opcode: UInt8, flags: UInt16, requestID: UInt32) -> Int {
         let start = count
-        put(UInt32(0))
-        put(FrameHeader.version)
-        put(opcode)
-        put(flags)
-        put(requestID)
+        // The 12 header bytes in one append (one capacity check, not seven).
+        var header: (UInt32, UInt8, UInt8, UInt16, UInt32) = (0, FrameHeader.version, opcode, flags.littleEndian,
+                                                             requestID.littleEndian)
+        Swift.withUnsafeBytes(of: &header) { append(contentsOf: $0) }
         return start
     }
 
