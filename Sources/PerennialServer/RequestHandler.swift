@@ -209,6 +209,9 @@ final class RequestHandler {
             // (a batch is always admitted when the connection has nothing queued).
             let allowance = queueAllowance
             let share = Int(Double(allowance) * config.limits.feedbackQueueShare)
+            // (While an automatic snapshot waits for the learner, the room
+            // tapers to nothing: admissionRoom.)
+            let room = admissionRoom(allowance)
             let mine = state.unappliedEvents(applied: model.appliedSeq)
             // (While an automatic snapshot waits for the learner to catch
             // up, and while its thread serialises the model, new events
@@ -219,7 +222,7 @@ final class RequestHandler {
             // ones that fit in the room it waits for. (A batch over its own
             // connection's share waits for its own events, out of line.)
             let inLine = roomLine.first.map { $0 == owner } ?? true
-            guard inLine, learner.hasRoom(for: events.count, within: allowance) else {
+            guard inLine, learner.hasRoom(for: events.count, within: room) else {
                 if !roomLine.contains(owner) { roomLine.append(owner) }
                 stats.queueFullPauses += 1
                 return .waitForQueueRoom
@@ -618,9 +621,11 @@ final class RequestHandler {
         if snapshotOutcomes.count > 64 { snapshotOutcomes.removeFirst(snapshotOutcomes.count - 64) }
     }
 
-    /// True while an automatic snapshot waits for the learner to apply
-    /// what was accepted: FEEDBACK waits (parked, like a full queue) so the
-    /// learner catches up, and RECOMMENDs are served meanwhile.
+    /// True while a snapshot waits for the learner to apply what was
+    /// accepted and no new event may come in (a SNAPSHOT request's or a
+    /// RELOAD's snapshot, or an automatic one whose taper ran out):
+    /// FEEDBACK waits (parked, like a full queue) so the learner catches
+    /// up, and RECOMMENDs are served meanwhile.
     private(set) var snapshotDraining = false
 
     /// True while an automatic snapshot's thread reads the model: nothing
@@ -637,7 +642,8 @@ final class RequestHandler {
     /// a snapshot when SNAPSHOT requests wait for one or `every_events` asks
     /// for one, and none is being taken; collects a finished one. The
     /// learner must first apply everything accepted (new FEEDBACK waits
-    /// meanwhile, not the loop); then the snapshot's own thread serialises
+    /// meanwhile, or for an automatic snapshot comes into a tapering room:
+    /// SnapshotTaper; the loop never waits); then the snapshot's own thread serialises
     /// the model and writes the file (SnapshotInFlight), and the loop goes
     /// on serving reads. Returns whether parked requests should be tried
     /// again: it stopped waiting for the learner without starting a
@@ -657,11 +663,58 @@ final class RequestHandler {
         let reloadRetry = reloadUnsnapshotted && MonotonicClock.nowNanos() >= reloadRetryAtNs
         guard inFlight == nil, requested || due || reloadSnapshotWanted || reloadRetry else {
             snapshotDraining = false
+            taper = nil
             return wasDraining || collected
         }
-        snapshotDraining = model.appliedSeq < model.lastSeq
-        guard !snapshotDraining else { return collected }
-        return startSnapshotInFlight() || collected
+        guard model.appliedSeq < model.lastSeq else {
+            snapshotDraining = false
+            taper = nil
+            return startSnapshotInFlight() || collected
+        }
+        // The learner is behind. A SNAPSHOT someone waits for, or a
+        // RELOAD's, stops new events at once; one that is only due tapers
+        // their room first (admissionRoom), and stops them when that ran out.
+        guard !requested, !reloadSnapshotWanted, !reloadRetry else {
+            snapshotDraining = true
+            taper = nil
+            return collected
+        }
+        let now = MonotonicClock.nowNanos()
+        if taper == nil {
+            let queued = learner.queued
+            // Twice the learner's time for what it holds: new events then
+            // come in at about half its rate while the queue empties.
+            // (Until that time is known, the longest taper.)
+            let limitNs = max(config.learnerMaxLagSeconds, 1) * 2e9
+            let drainNs = learner.nanosPerEvent.map { Double(queued) * $0 } ?? limitNs
+            taper = SnapshotTaper(startNs: now, from: queued, durationNs: UInt64(min(max(2 * drainNs, 20e6), limitNs)))
+            stats.snapshotTapers += 1
+        }
+        snapshotDraining = now &- taper!.startNs >= taper!.durationNs
+        return collected
+    }
+
+    /// An automatic snapshot waiting for the learner to apply what was
+    /// accepted, without stopping FEEDBACK: the learner queue's room falls
+    /// from what it held then to nothing over `durationNs`, so batches keep
+    /// coming in (at about half the learner's rate) while it empties, and
+    /// none waits for the whole queue. Stopping new events until the
+    /// learner caught up, as before, made every FEEDBACK in flight wait up
+    /// to `learner.max_lag_seconds` at each automatic snapshot.
+    struct SnapshotTaper {
+        var startNs: UInt64
+        var from: Int
+        var durationNs: UInt64
+    }
+    private var taper: SnapshotTaper?
+
+    /// The learner queue's room for new FEEDBACK: `allowance`, or less
+    /// while a snapshot tapers it.
+    private func admissionRoom(_ allowance: Int) -> Int {
+        guard let t = taper else { return allowance }
+        let elapsed = MonotonicClock.nowNanos() &- t.startNs
+        guard elapsed < t.durationNs else { return 0 }
+        return min(allowance, Int(Double(t.from) * (1 - Double(elapsed) / Double(t.durationNs))))
     }
 
     /// Connections whose FEEDBACK found the learner queue full, oldest
@@ -751,7 +804,10 @@ final class RequestHandler {
     }
 
     /// A stop: no automatic snapshot waits for the learner any more.
-    func cancelSnapshotDraining() { snapshotDraining = false }
+    func cancelSnapshotDraining() {
+        snapshotDraining = false
+        taper = nil
+    }
 
     /// Writes a snapshot of the model at the current log position and
     /// returns when it is durable (a rollback or a dropped scorer at start-up, a graceful stop, and
@@ -939,6 +995,7 @@ final class RequestHandler {
             StatCounter("learner_queue_allowance", UInt64(queueAllowance)),
             StatCounter("backpressure_pauses", stats.backpressurePauses),
             StatCounter("queue_full_pauses", stats.queueFullPauses),
+            StatCounter("snapshot_tapers", stats.snapshotTapers),
             StatCounter("item_sweep_waits", stats.sweepWaits),
             StatCounter("capacity_refusals", stats.capacityRefusals),
             StatCounter("uptime_ms", MonotonicClock.nowMillis() - startedAt),

@@ -23,6 +23,8 @@ struct ServerStats {
     var recommendsBatched: UInt64 = 0
     var backpressurePauses: UInt64 = 0
     var queueFullPauses: UInt64 = 0
+    /// Automatic snapshots that tapered FEEDBACK's room while the learner caught up.
+    var snapshotTapers: UInt64 = 0
     /// Item expiry sweeps whose batch waited for the learner to drain.
     var sweepWaits: UInt64 = 0
     /// FEEDBACK batches and upserts refused because they would add an id beyond `[limits]`'s bounds.

@@ -288,6 +288,37 @@ def test_the_learner_queue_holds_at_most_max_lag_seconds_of_work(start_server) -
         assert c.stats()["learner_queue_allowance"] == c.stats()["learner_queue_capacity"] == 65536
 
 
+def test_an_automatic_snapshot_lets_feedback_in_while_the_learner_catches_up(start_server) -> None:
+    """An automatic snapshot needs the learner to have applied everything
+    accepted. While it catches up, FEEDBACK is still let in, into a room
+    that tapers to nothing (STATS `snapshot_tapers`), instead of stopping
+    until the learner is done: so the snapshot falls after the position
+    where it became due, and every event is learned and recovered."""
+    srv = start_server('[scorers]\nload = ["cf", "session-rnn"]\n[snapshot]\nevery_events = 5000\n'
+                       'recovery_seconds = 0\n')
+    events = _events(9000)
+    with srv.client() as c:
+        for k in range(0, len(events), 500):
+            c.feedback(events[k:k + 500])
+        c.recommend(1, k=1, min_applied_seq=len(events))
+        deadline = time.monotonic() + 30
+        while c.stats()["snapshots"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stats = c.stats()
+        before = c.recommend(1, k=5)
+    assert stats["snapshot_tapers"] >= 1, stats
+    positions = [int(line.split("at sequence ")[1].split(":")[0])
+                 for line in srv.log().splitlines() if "snapshot (version" in line]
+    # Due at 5,000 (the tenth batch), when the slow learner held about two
+    # seconds of work: later batches were accepted before it caught up.
+    assert positions and 5000 < positions[0] <= 9000, (positions, srv.log())
+    srv.kill()
+    srv.start_again()
+    with srv.client() as c:
+        assert c.stats()["events_applied"] == len(events)
+        assert c.recommend(1, k=5) == before
+
+
 def test_a_full_batch_is_not_starved_by_smaller_ones(start_server) -> None:
     """With a slow learner the queue allowance can be a single full batch.
     A full batch that found the queue full goes first once there is room,
