@@ -655,7 +655,8 @@ final class RequestHandler {
             collect(f, outcome)
             collected = true
         }
-        let wasDraining = snapshotDraining
+        // (Parked FEEDBACK is tried again when a drain or a taper ends.)
+        let wasHolding = snapshotDraining || taper != nil
         let every = UInt64(config.snapshotEveryEvents)
         let requested = snapshotTicketsIssued > snapshotTicketsStarted
         let due = (every > 0 && model.lastSeq - lastSnapshotSeq >= every || recoveryWouldTakeTooLong)
@@ -664,7 +665,7 @@ final class RequestHandler {
         guard inFlight == nil, requested || due || reloadSnapshotWanted || reloadRetry else {
             snapshotDraining = false
             taper = nil
-            return wasDraining || collected
+            return wasHolding || collected
         }
         guard model.appliedSeq < model.lastSeq else {
             snapshotDraining = false
@@ -681,30 +682,30 @@ final class RequestHandler {
         }
         let now = MonotonicClock.nowNanos()
         if taper == nil {
-            let queued = learner.queued
-            // Twice the learner's time for what it holds: new events then
-            // come in at about half its rate while the queue empties.
-            // (Until that time is known, the longest taper.)
-            let limitNs = max(config.learnerMaxLagSeconds, 1) * 2e9
-            let drainNs = learner.nanosPerEvent.map { Double(queued) * $0 } ?? limitNs
-            taper = SnapshotTaper(startNs: now, from: queued, durationNs: UInt64(min(max(2 * drainNs, 20e6), limitNs)))
+            taper = SnapshotTaper(startNs: now, appliedAtStart: model.appliedSeq, from: learner.queued)
             stats.snapshotTapers += 1
         }
-        snapshotDraining = now &- taper!.startNs >= taper!.durationNs
+        // (A learner far slower than it was, or stalled: the old drain.)
+        snapshotDraining = Double(now &- taper!.startNs) >= max(config.learnerMaxLagSeconds, 1) * 2e9
         return collected
     }
 
     /// An automatic snapshot waiting for the learner to apply what was
-    /// accepted, without stopping FEEDBACK: the learner queue's room falls
-    /// from what it held then to nothing over `durationNs`, so batches keep
-    /// coming in (at about half the learner's rate) while it empties, and
-    /// none waits for the whole queue. Stopping new events until the
-    /// learner caught up, as before, made every FEEDBACK in flight wait up
-    /// to `learner.max_lag_seconds` at each automatic snapshot.
+    /// accepted, without stopping FEEDBACK: the learner queue's room for
+    /// new events starts at what it held (`from`) and falls by one event
+    /// for every two the learner applies, so batches keep coming in at
+    /// half its rate while the queue empties, and none waits for the whole
+    /// queue; the room is gone, and the queue empty, once the learner has
+    /// applied twice what it held. (Tied to the learner's progress, not to
+    /// an estimate of its speed: early on, with a small model, that
+    /// estimate is far too low.) Stopping new events until the learner
+    /// caught up, as before, made every FEEDBACK in flight wait up to
+    /// `learner.max_lag_seconds` at each automatic snapshot. After
+    /// 2 · max(max_lag_seconds, 1) s the old drain takes over.
     struct SnapshotTaper {
         var startNs: UInt64
+        var appliedAtStart: UInt64
         var from: Int
-        var durationNs: UInt64
     }
     private var taper: SnapshotTaper?
 
@@ -712,9 +713,8 @@ final class RequestHandler {
     /// while a snapshot tapers it.
     private func admissionRoom(_ allowance: Int) -> Int {
         guard let t = taper else { return allowance }
-        let elapsed = MonotonicClock.nowNanos() &- t.startNs
-        guard elapsed < t.durationNs else { return 0 }
-        return min(allowance, Int(Double(t.from) * (1 - Double(elapsed) / Double(t.durationNs))))
+        let learned = model.appliedSeq &- t.appliedAtStart
+        return min(allowance, max(0, t.from - Int(min(learned / 2, UInt64(Int.max)))))
     }
 
     /// Connections whose FEEDBACK found the learner queue full, oldest
