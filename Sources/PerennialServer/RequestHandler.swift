@@ -730,9 +730,11 @@ final class RequestHandler {
     /// the learner is slow, at most `learner.max_lag_seconds` of its recent
     /// work (never less than one batch of max_events, which must fit). So
     /// accepted feedback is learned within about that long; a read waiting
-    /// for its own connection's feedback, and FEEDBACK while an automatic
-    /// snapshot lets the learner catch up, wait at most about as long.
-    /// Until the learner's cost is known (its first chunk), one batch.
+    /// for its own connection's feedback, and FEEDBACK while a SNAPSHOT
+    /// request lets the learner catch up, wait at most about as long (an
+    /// automatic snapshot tapers the room instead: SnapshotTaper, which
+    /// puts the snapshot off by up to twice that). Until the learner's cost
+    /// is known (its first chunk), one batch.
     var queueAllowance: Int {
         guard config.learnerMaxLagSeconds > 0 else { return learner.capacity }
         guard let ns = learner.nanosPerEvent else { return min(learner.capacity, config.limits.maxEvents) }
