@@ -213,9 +213,9 @@ final class RequestHandler {
             // tapers to nothing: admissionRoom.)
             let room = admissionRoom(allowance)
             let mine = state.unappliedEvents(applied: model.appliedSeq)
-            // (While an automatic snapshot waits for the learner to catch
-            // up, and while its thread serialises the model, new events
-            // wait; RECOMMENDs go on.)
+            // (While a snapshot that stopped new events waits for the
+            // learner to catch up, and while its thread serialises the
+            // model, new events wait; RECOMMENDs go on.)
             guard !snapshotDraining, !snapshotSerialising else { return .waitForQueueRoom }
             // Batches that found the queue full go in the order they came:
             // a large one is never passed over, turn after turn, by smaller
