@@ -66,11 +66,21 @@ struct Replay: AsyncParsableCommand {
         let t0 = MonotonicClock.nowNanos()
         let ack = try await client.stream(events, batchSize: batch, window: window) { bar.update($0) }
         let tAcked = MonotonicClock.nowNanos()
-        // Wait until the learner has applied the last event (polling: a
-        // slow learner may need longer than one read-your-writes wait).
-        if let last = ack?.lastSeq {
-            while (try await client.stats()["events_applied"] ?? 0) < last {
-                try await Task.sleep(nanoseconds: 2_000_000)
+        // Wait until the learner has applied the last event: a read that
+        // asks for it is answered the moment it is (no polling interval, no
+        // STATS requests taking the learner's core); a slow learner may
+        // need longer than one read's wait (`limits.wait_ms`), which ends
+        // in TIMEOUT, and then the read is asked again (after a pause when
+        // the server does not wait at all, wait_ms = 0).
+        if let last = ack?.lastSeq, let user = events.last?.user {
+            while true {
+                let asked = MonotonicClock.nowNanos()
+                do {
+                    _ = try await client.recommend(user: user, k: 1, minAppliedSeq: last)
+                    break
+                } catch PerennialClientError.server(let code, _, _, _) where code == .timeout {
+                    if MonotonicClock.nowNanos() - asked < 1_000_000 { try await Task.sleep(nanoseconds: 2_000_000) }
+                }
             }
         }
         let tApplied = MonotonicClock.nowNanos()
