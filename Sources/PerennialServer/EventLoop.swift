@@ -187,7 +187,7 @@ final class EventLoop {
         if c.isLingering { lingering -= 1 }
         connections[ObjectIdentifier(c)] = nil
         parked.remove(ObjectIdentifier(c))
-        handler.leaveRoomLine(ObjectIdentifier(c))
+        handler.connectionGone(ObjectIdentifier(c))
         expectedBack.removeAll { $0 === c }
         handler.stats.connections = connections.count
         if stopping { finishStopIfDone() }

@@ -216,7 +216,7 @@ final class RequestHandler {
             // (While a snapshot that stopped new events waits for the
             // learner to catch up, and while its thread serialises the
             // model, new events wait; RECOMMENDs go on.)
-            guard !snapshotDraining, !snapshotSerialising else { return .waitForQueueRoom }
+            guard !snapshotDraining, !snapshotSerialising, reloadsWaiting.isEmpty else { return .waitForQueueRoom }
             // Batches that found the queue full go in the order they came:
             // a large one is never passed over, turn after turn, by smaller
             // ones that fit in the room it waits for. (A batch over its own
@@ -337,6 +337,14 @@ final class RequestHandler {
             let r = model.upsertItem(id: u.item, text: u.text, attributes: u.attributes.map { ($0.key, $0.value) })
             Reply.upsertItem(UpsertReply(created: r.created, truncated: r.truncated)).encode(into: &out, requestID: requestID)
         case .reload:
+            // The learner must be idle while scorers are swapped. While it
+            // catches up, this connection waits (parked, the frame unread)
+            // and new events wait with it; the loop goes on serving reads.
+            if model.appliedSeq < model.lastSeq {
+                reloadsWaiting.insert(owner)
+                return .waitForApplied(seq: model.lastSeq, deadline: .max)
+            }
+            if reloadsWaiting.remove(owner) != nil && reloadsWaiting.isEmpty { wakeLoop() }
             do {
                 _ = try reload()
             } catch let e as ProtocolError {
@@ -502,7 +510,8 @@ final class RequestHandler {
             throw ProtocolError(.invalidArgument, "the new config changes \(fixed.joined(separator: ", ")), which need a restart; nothing was changed")
         }
         // The learner must be idle while scorers are swapped, and an
-        // automatic snapshot's thread done reading the model.
+        // automatic snapshot's thread done reading the model. (A RELOAD
+        // request has waited for the learner, parked; SIGHUP waits here.)
         inFlight?.waitUntilSerialised()
         while model.appliedSeq < model.lastSeq { usleep(50) }
         let reconfigured = try model.reconfigure(next)
@@ -724,6 +733,19 @@ final class RequestHandler {
     /// A connection is no longer waiting in line (let in, refused, gone).
     func leaveRoomLine(_ owner: ObjectIdentifier) {
         if let i = roomLine.firstIndex(of: owner) { roomLine.remove(at: i) }
+    }
+
+    /// Connections whose RELOAD waits for the learner to apply what was
+    /// accepted: FEEDBACK waits until none is left.
+    private var reloadsWaiting: Set<ObjectIdentifier> = []
+
+    /// A connection closed: it holds no place in line and no RELOAD waits
+    /// for it. (A parked connection reads nothing, so this is the server
+    /// closing it, at a stop say; a client that hangs up behind its parked
+    /// RELOAD is seen once the RELOAD has run.)
+    func connectionGone(_ owner: ObjectIdentifier) {
+        leaveRoomLine(owner)
+        if reloadsWaiting.remove(owner) != nil && reloadsWaiting.isEmpty { wakeLoop() }
     }
 
     /// The events the learner queue may hold: its capacity, or fewer when

@@ -8,6 +8,9 @@ import asyncio
 import os
 import random
 import signal
+import socket
+import struct
+import threading
 import time
 from pathlib import Path
 
@@ -216,3 +219,62 @@ def test_a_reload_that_adds_a_slow_scorer_measures_the_learner_again(start_serve
         c.feedback([perennial.Event(u % 300 + 1, u % 700 + 1) for u in range(2000)])
         c.recommend(1, k=1)
         assert c.stats()["learner_ns_per_event"] > 3 * cheap     # session-rnn's cost, measured afresh
+
+
+def test_a_reload_waits_for_the_learner_without_stopping_reads(start_server) -> None:
+    """A RELOAD needs the learner idle. It used to wait for it on the loop
+    thread, so every other request stalled behind the learner's backlog
+    (up to `learner.max_lag_seconds`); now the RELOAD's connection waits,
+    parked, and new FEEDBACK with it, while reads on other connections are
+    answered at once. Once it has run, feedback flows again."""
+    srv = start_server(BASE % ('"cf", "session-rnn"', "cf", "0.3"))
+    cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
+    rng = random.Random(3)
+    events = [perennial.Event(rng.randint(1, 500), rng.randint(1, 2000)) for _ in range(20000)]
+    with srv.client() as feeder, srv.client() as reader, srv.client(timeout=60) as admin:
+        feeder.feedback(events[:2000])
+        feeder.recommend(1, k=1)                                  # the learner's cost is known
+        for k in range(2000, 20000, 1000):                        # a backlog: about a second of session-rnn
+            feeder.feedback(events[k:k + 1000])
+        behind = reader.stats()
+        assert behind["events_applied"] < behind["events_accepted"], behind
+        _write(cfg, '"cf", "session-rnn"', "cf", "0.5")           # an adjustment: no rebuild
+        done = {}
+
+        def reload() -> None:
+            admin.reload()
+            done["reload"] = time.monotonic()
+
+        t = threading.Thread(target=reload)
+        t.start()
+        time.sleep(0.05)                                          # the RELOAD is read and parked
+        reader.recommend(7, k=5)
+        answered = time.monotonic()
+        t.join()
+        assert answered < done["reload"], "the read waited behind the RELOAD"
+        assert reader.stats()["events_applied"] == 20000          # it ran with the learner idle
+        feeder.feedback(events[:100])                            # and feedback is let in again
+        assert reader.stats()["events_accepted"] == 20100
+
+
+def test_a_reload_whose_connection_closes_while_it_waits_holds_nothing_up(start_server) -> None:
+    """A RELOAD parked for the learner holds new FEEDBACK back until it has
+    run. Its connection going away meanwhile changes nothing: the parked
+    connection reads nothing more, so the RELOAD it sent is carried out
+    once the learner is idle, and FEEDBACK flows again."""
+    srv = start_server(BASE % ('"cf", "session-rnn"', "cf", "0.3"))
+    rng = random.Random(4)
+    events = [perennial.Event(rng.randint(1, 500), rng.randint(1, 2000)) for _ in range(12000)]
+    host, port = srv.address
+    with srv.client(timeout=30) as feeder:
+        feeder.feedback(events[:2000])
+        feeder.recommend(1, k=1)
+        for k in range(2000, 12000, 1000):
+            feeder.feedback(events[k:k + 1000])
+        with socket.create_connection((host, port)) as raw:
+            raw.sendall(struct.pack("<IBBHI", 8, 1, 0x10, 0, 1))   # RELOAD, empty payload
+            time.sleep(0.05)
+        feeder.feedback(events[:100])
+        stats = feeder.stats()
+    assert stats["events_accepted"] == 12100
+    assert srv.log().count("config reloaded") == 1
