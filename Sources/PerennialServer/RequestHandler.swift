@@ -139,8 +139,10 @@ final class RequestHandler {
             // An error must not overtake the replies the batch owes.
             if ordered { return .waitForBatch }
             // (A FEEDBACK waiting in line for the queue that now fails, say
-            // against a RELOAD's lower max_events, no longer holds its place.)
-            leaveRoomLine(owner)
+            // against a RELOAD's lower max_events, no longer holds its place;
+            // nor does a parked RELOAD that now fails, say its authorisation
+            // after another RELOAD turned tokens on.)
+            releaseWaits(owner)
             stats.requestsTotal += 1
             stats.errorsTotal += 1
             if error.code == .timeout { stats.timeouts += 1 }
@@ -337,16 +339,20 @@ final class RequestHandler {
             let r = model.upsertItem(id: u.item, text: u.text, attributes: u.attributes.map { ($0.key, $0.value) })
             Reply.upsertItem(UpsertReply(created: r.created, truncated: r.truncated)).encode(into: &out, requestID: requestID)
         case .reload:
-            // The learner must be idle while scorers are swapped. While it
-            // catches up, this connection waits (parked, the frame unread)
-            // and new events wait with it; the loop goes on serving reads.
-            if model.appliedSeq < model.lastSeq {
-                reloadsWaiting.insert(owner)
-                return .waitForApplied(seq: model.lastSeq, deadline: .max)
-            }
-            if reloadsWaiting.remove(owner) != nil && reloadsWaiting.isEmpty { wakeLoop() }
             do {
-                _ = try reload()
+                // Refused at once when it cannot apply (nothing to wait for).
+                let next = try checkedReloadConfig()
+                // Scorers are swapped with the learner idle and no snapshot
+                // thread reading the model. Until then this connection waits
+                // (parked, the frame unread) and new events wait with it;
+                // the loop goes on serving reads.
+                if snapshotSerialising { return .waitForQueueRoom }
+                if model.appliedSeq < model.lastSeq {
+                    reloadsWaiting.insert(owner)
+                    return .waitForApplied(seq: model.lastSeq, deadline: .max)
+                }
+                releaseWaits(owner)
+                _ = try applyReload(next)
             } catch let e as ProtocolError {
                 Log.error("RELOAD: \(e.message)")
                 throw e
@@ -489,6 +495,18 @@ final class RequestHandler {
     /// one stays. Returns what changed.
     @discardableResult
     func reload() throws -> [String] {
+        let next = try checkedReloadConfig()
+        // The learner must be idle while scorers are swapped, and an
+        // automatic snapshot's thread done reading the model. (A RELOAD
+        // request waits for them parked; SIGHUP waits here, on the loop.)
+        inFlight?.waitUntilSerialised()
+        while model.appliedSeq < model.lastSeq { usleep(50) }
+        return try applyReload(next)
+    }
+
+    /// The config file read again, and refused when it changes what only a
+    /// restart can (or nothing at all can) change.
+    func checkedReloadConfig() throws -> PerennialConfig {
         guard let reloadConfig else {
             throw ProtocolError(.notSupported, "the server was started without --config: there is no file to reload")
         }
@@ -509,11 +527,13 @@ final class RequestHandler {
         if !fixed.isEmpty {
             throw ProtocolError(.invalidArgument, "the new config changes \(fixed.joined(separator: ", ")), which need a restart; nothing was changed")
         }
-        // The learner must be idle while scorers are swapped, and an
-        // automatic snapshot's thread done reading the model. (A RELOAD
-        // request has waited for the learner, parked; SIGHUP waits here.)
-        inFlight?.waitUntilSerialised()
-        while model.appliedSeq < model.lastSeq { usleep(50) }
+        return next
+    }
+
+    /// Takes a checked config (the learner idle, no snapshot thread
+    /// reading the model); returns what changed.
+    private func applyReload(_ next: PerennialConfig) throws -> [String] {
+        assert(model.appliedSeq >= model.lastSeq && !snapshotSerialising)
         let reconfigured = try model.reconfigure(next)
         let changes = reconfigured.changes
         // What else changed, for the log line (operators read it to confirm).
@@ -743,7 +763,11 @@ final class RequestHandler {
     /// for it. (A parked connection reads nothing, so this is the server
     /// closing it, at a stop say; a client that hangs up behind its parked
     /// RELOAD is seen once the RELOAD has run.)
-    func connectionGone(_ owner: ObjectIdentifier) {
+    func connectionGone(_ owner: ObjectIdentifier) { releaseWaits(owner) }
+
+    /// The connection no longer waits for queue room or with a RELOAD (when
+    /// the last such RELOAD goes, parked FEEDBACK is tried again).
+    private func releaseWaits(_ owner: ObjectIdentifier) {
         leaveRoomLine(owner)
         if reloadsWaiting.remove(owner) != nil && reloadsWaiting.isEmpty { wakeLoop() }
     }

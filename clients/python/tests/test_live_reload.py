@@ -250,8 +250,9 @@ def test_a_reload_waits_for_the_learner_without_stopping_reads(start_server) -> 
         time.sleep(0.05)                                          # the RELOAD is read and parked
         reader.recommend(7, k=5)
         answered = time.monotonic()
+        assert reader.stats()["reloads"] == 0, "the read waited behind the RELOAD"
         t.join()
-        assert answered < done["reload"], "the read waited behind the RELOAD"
+        assert answered < done["reload"]
         assert reader.stats()["events_applied"] == 20000          # it ran with the learner idle
         feeder.feedback(events[:100])                            # and feedback is let in again
         assert reader.stats()["events_accepted"] == 20100
@@ -277,4 +278,39 @@ def test_a_reload_whose_connection_closes_while_it_waits_holds_nothing_up(start_
         feeder.feedback(events[:100])
         stats = feeder.stats()
     assert stats["events_accepted"] == 12100
+    deadline = time.monotonic() + 30
+    while "config reloaded" not in srv.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert srv.log().count("config reloaded") == 1
+
+
+def test_a_parked_reload_that_fails_when_it_runs_holds_nothing_up(start_server) -> None:
+    """The config is read again when a parked RELOAD runs; refused then
+    (here the file was broken meanwhile), the RELOAD reports why and new
+    FEEDBACK flows again (review finding: the failed RELOAD kept holding
+    every connection's FEEDBACK back)."""
+    srv = start_server(BASE % ('"cf", "session-rnn"', "cf", "0.3"))
+    cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
+    rng = random.Random(5)
+    events = [perennial.Event(rng.randint(1, 500), rng.randint(1, 2000)) for _ in range(14000)]
+    with srv.client(timeout=30) as feeder, srv.client(timeout=30) as admin:
+        feeder.feedback(events[:2000])
+        feeder.recommend(1, k=1)
+        for k in range(2000, 14000, 1000):
+            feeder.feedback(events[k:k + 1000])
+        failed = {}
+
+        def reload() -> None:
+            try:
+                admin.reload()
+            except perennial.ServerError as e:
+                failed["error"] = str(e)
+
+        t = threading.Thread(target=reload)
+        t.start()
+        time.sleep(0.05)                                          # parked behind the learner
+        cfg.write_text(cfg.read_text() + "\n[scorers.cf]\nfactor_wieght = 0.5\n")
+        t.join()
+        feeder.feedback(events[:100])
+        assert feeder.stats()["events_accepted"] == 14100
+    assert "factor_wieght" in failed.get("error", ""), failed
