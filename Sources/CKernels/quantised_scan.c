@@ -169,31 +169,27 @@ static inline __attribute__((always_inline)) void block_dots_plain(const uint8_t
             for (int t = 0; t < 4; t++) dot[lane] += (int32_t)block[g * 64 + lane * 4 + t] * (int32_t)q[4 * g + t];
 }
 
-// The pass a block at a time, with BLOCK_DOTS computing each block's dot
-// products; instantiated for the plain loop here and for AVX2 below.
-#define SCORE_QUANTISED_LANES(NAME, ATTR, BLOCK_DOTS, FINISH) \
-    ATTR static void NAME(const uint8_t *blocks, size_t count, size_t dim, const int8_t *const *queries, \
-                          const pk_quantised_query *params, size_t nq, const float *item_scale, const float *item_l1, \
-                          const float *bias, size_t bias_stride, float *const *upper, double *sum, double *sq) { \
-        const size_t groups = pk_quantised_groups(dim); \
-        for (size_t j = 0; j < nq; j++) { \
-            double ls[16] = {0}, lq[16] = {0}; \
-            float fs[16] = {0}, fq[16] = {0}; \
-            const int32_t offset = 128 * params[j].sum; \
-            for (size_t r0 = 0; r0 < count; r0 += 16) { \
-                int32_t dot[16]; \
-                BLOCK_DOTS(blocks + (r0 / 16) * groups * 64, groups, queries[j], dot); \
-                for (int lane = 0; lane < 16; lane++) dot[lane] -= offset; \
-                FINISH(dot, count - r0 < 16 ? count - r0 : 16, params[j], bound_half(params[j].scale, dim), \
-                       item_scale + r0, item_l1 + r0, \
-                       bias + r0 * bias_stride, bias_stride, upper[j] + r0, fs, fq); \
-                if ((r0 / 16 + 1) % TILE_BLOCKS == 0 || r0 + 16 >= count) flush_tile(fs, fq, ls, lq); \
-            } \
-            add_moments(ls, lq, sum + j, sq + j); \
-        } \
+// The reference pass: one query at a time, a block at a time.
+static void score_quantised_plain(const uint8_t *blocks, size_t count, size_t dim, const int8_t *const *queries,
+                                  const pk_quantised_query *params, size_t nq, const float *item_scale,
+                                  const float *item_l1, const float *bias, size_t bias_stride, float *const *upper,
+                                  double *sum, double *sq) {
+    const size_t groups = pk_quantised_groups(dim);
+    for (size_t j = 0; j < nq; j++) {
+        double ls[16] = {0}, lq[16] = {0};
+        float fs[16] = {0}, fq[16] = {0};
+        const int32_t offset = 128 * params[j].sum;
+        for (size_t r0 = 0; r0 < count; r0 += 16) {
+            int32_t dot[16];
+            block_dots_plain(blocks + (r0 / 16) * groups * 64, groups, queries[j], dot);
+            for (int lane = 0; lane < 16; lane++) dot[lane] -= offset;
+            finish_lanes(dot, count - r0 < 16 ? count - r0 : 16, params[j], bound_half(params[j].scale, dim),
+                         item_scale + r0, item_l1 + r0, bias + r0 * bias_stride, bias_stride, upper[j] + r0, fs, fq);
+            if ((r0 / 16 + 1) % TILE_BLOCKS == 0 || r0 + 16 >= count) flush_tile(fs, fq, ls, lq);
+        }
+        add_moments(ls, lq, sum + j, sq + j);
     }
-
-SCORE_QUANTISED_LANES(score_quantised_plain, , block_dots_plain, finish_lanes)
+}
 
 void pk_score_quantised_batch_plain(const uint8_t *blocks, size_t count, size_t dim,
                                     const int8_t *const *queries, const pk_quantised_query *params, size_t nq,
@@ -407,18 +403,30 @@ __attribute__((target("avx2"))) static void score_quantised_avx2_slice(
     for (size_t j = 0; j < nq; j++) add_moments(ls[j], lq[j], sum + j, sq + j);
 }
 
-// In slices of at most MAX_QUERIES (the moments live on the stack).
-__attribute__((target("avx2"))) static void score_quantised_avx2(
-    const uint8_t *blocks, size_t count, size_t dim, const int8_t *const *queries, const pk_quantised_query *params,
-    size_t nq, const float *item_scale, const float *item_l1, const float *bias, size_t bias_stride,
-    float *const *upper, double *sum, double *sq) {
+typedef void (*scan_slice_fn)(const uint8_t *, size_t, size_t, const int8_t *const *, const pk_quantised_query *,
+                              size_t, const float *, const float *, const float *, size_t, float *const *, double *,
+                              double *);
+
+// A tiled pass in slices of at most MAX_QUERIES queries (its moments live
+// on its stack).
+static void score_in_slices(scan_slice_fn slice, const uint8_t *blocks, size_t count, size_t dim,
+                            const int8_t *const *queries, const pk_quantised_query *params, size_t nq,
+                            const float *item_scale, const float *item_l1, const float *bias, size_t bias_stride,
+                            float *const *upper, double *sum, double *sq) {
     while (nq > 0) {
         const size_t n = nq < MAX_QUERIES ? nq : MAX_QUERIES;
-        score_quantised_avx2_slice(blocks, count, dim, queries, params, n, item_scale, item_l1, bias, bias_stride, upper,
-                                   sum, sq);
+        slice(blocks, count, dim, queries, params, n, item_scale, item_l1, bias, bias_stride, upper, sum, sq);
         queries += n; params += n; upper += n; sum += n; sq += n;
         nq -= n;
     }
+}
+
+static void score_quantised_avx2(const uint8_t *blocks, size_t count, size_t dim, const int8_t *const *queries,
+                                 const pk_quantised_query *params, size_t nq, const float *item_scale,
+                                 const float *item_l1, const float *bias, size_t bias_stride, float *const *upper,
+                                 double *sum, double *sq) {
+    score_in_slices(score_quantised_avx2_slice, blocks, count, dim, queries, params, nq, item_scale, item_l1, bias,
+                    bias_stride, upper, sum, sq);
 }
 
 static int vnni_state = 0, avx2_state = 0;
@@ -431,20 +439,15 @@ __attribute__((constructor)) static void detect_vnni(void) {
     avx2_state = __builtin_cpu_supports("avx2");
 }
 
-// The AVX-512 path, in slices of at most MAX_QUERIES (the moments live on
-// its stack); returns 0 when the CPU has no VNNI.
+// The AVX-512 path; returns 0 when the CPU has no VNNI.
 static int score_quantised_vnni_sliced(const uint8_t *blocks, size_t count, size_t dim,
                                        const int8_t *const *queries, const pk_quantised_query *params, size_t nq,
                                        const float *item_scale, const float *item_l1,
                                        const float *bias, size_t bias_stride,
                                        float *const *upper, double *sum, double *sq) {
     if (!vnni_state) return 0;
-    while (nq > 0) {
-        const size_t n = nq < MAX_QUERIES ? nq : MAX_QUERIES;
-        score_quantised_vnni(blocks, count, dim, queries, params, n, item_scale, item_l1, bias, bias_stride, upper, sum, sq);
-        queries += n; params += n; upper += n; sum += n; sq += n;
-        nq -= n;
-    }
+    score_in_slices(score_quantised_vnni, blocks, count, dim, queries, params, nq, item_scale, item_l1, bias,
+                    bias_stride, upper, sum, sq);
     return 1;
 }
 #else

@@ -163,21 +163,24 @@ static inline __m256 adagrad_gradient8(const float *row, const float *anchor, co
 }
 
 // An Adagrad step's first pass: the squared gradient's sum goes into the
-// row's accumulator; returns the step size.
+// row's accumulator; returns the step size. With `keep`, the gradients of
+// the whole 8-lane groups are stored there for the second pass.
 __attribute__((target("avx2,fma"), always_inline))
 static inline float adagrad_step_size(const float *row, const float *anchor, const float *v, float alpha, float reg,
-                                      float lambda, float *accumulator, float lr, size_t n) {
+                                      float lambda, float *accumulator, float lr, size_t n, __m256 *keep) {
     const __m256 va = _mm256_set1_ps(alpha), vr = _mm256_set1_ps(reg), vl = _mm256_set1_ps(lambda);
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     size_t main = n & ~(size_t)7, k = 0;
     for (; k + 16 <= main; k += 16) {
         __m256 g0 = adagrad_gradient8(row, anchor, v, va, vr, vl, k);
         __m256 g1 = adagrad_gradient8(row, anchor, v, va, vr, vl, k + 8);
+        if (keep) { keep[k / 8] = g0; keep[k / 8 + 1] = g1; }
         s0 = _mm256_fmadd_ps(g0, g0, s0);
         s1 = _mm256_fmadd_ps(g1, g1, s1);
     }
     for (; k < main; k += 8) {
         __m256 g0 = adagrad_gradient8(row, anchor, v, va, vr, vl, k);
+        if (keep) keep[k / 8] = g0;
         s0 = _mm256_fmadd_ps(g0, g0, s0);
     }
     float sq = hsum8(_mm256_add_ps(s0, s1));
@@ -194,7 +197,7 @@ static void adagrad_row_avx2(float *row, const float *anchor, const float *v, fl
                              float *accumulator, float lr, const float *scale, size_t n) {
     const __m256 va = _mm256_set1_ps(alpha), vr = _mm256_set1_ps(reg), vl = _mm256_set1_ps(lambda);
     size_t main = n & ~(size_t)7, k;
-    const float step = adagrad_step_size(row, anchor, v, alpha, reg, lambda, accumulator, lr, n);
+    const float step = adagrad_step_size(row, anchor, v, alpha, reg, lambda, accumulator, lr, n, NULL);
     const __m256 vs = _mm256_set1_ps(step);
     for (k = 0; k < main; k += 8) {
         __m256 g = adagrad_gradient8(row, anchor, v, va, vr, vl, k);
@@ -214,38 +217,15 @@ static void adagrad_row_follow_avx2(float *row, float *anchor, const float *v, f
                                     float *accumulator, float lr, const float *scale, float follow, size_t n) {
     const __m256 va = _mm256_set1_ps(alpha), vr = _mm256_set1_ps(reg), vl = _mm256_set1_ps(lambda);
     size_t main = n & ~(size_t)7, k;
-    if (n == main && n <= 128) {
-        // Rows up to 128 wide (the usual): the first pass keeps its
-        // gradients in registers or L1 for the second, which then reads
-        // only the row and anchor (the same values, so the same bits).
-        __m256 gb[16];
-        __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-        for (k = 0; k + 16 <= n; k += 16) {
-            gb[k / 8] = adagrad_gradient8(row, anchor, v, va, vr, vl, k);
-            gb[k / 8 + 1] = adagrad_gradient8(row, anchor, v, va, vr, vl, k + 8);
-            s0 = _mm256_fmadd_ps(gb[k / 8], gb[k / 8], s0);
-            s1 = _mm256_fmadd_ps(gb[k / 8 + 1], gb[k / 8 + 1], s1);
-        }
-        for (; k < n; k += 8) {
-            gb[k / 8] = adagrad_gradient8(row, anchor, v, va, vr, vl, k);
-            s0 = _mm256_fmadd_ps(gb[k / 8], gb[k / 8], s0);
-        }
-        *accumulator += hsum8(_mm256_add_ps(s0, s1)) / (float)n;
-        const float step = lr / sqrtf(*accumulator + 1e-8f);
-        const __m256 vs = _mm256_set1_ps(step), vf = _mm256_set1_ps(follow);
-        for (k = 0; k < n; k += 8) {
-            __m256 sk = scale ? _mm256_mul_ps(vs, _mm256_loadu_ps(scale + k)) : vs;
-            const __m256 r = _mm256_fmadd_ps(sk, gb[k / 8], _mm256_loadu_ps(row + k));
-            _mm256_storeu_ps(row + k, r);
-            const __m256 a = _mm256_loadu_ps(anchor + k);
-            _mm256_storeu_ps(anchor + k, _mm256_fmadd_ps(vf, _mm256_sub_ps(r, a), a));
-        }
-        return;
-    }
-    const float step = adagrad_step_size(row, anchor, v, alpha, reg, lambda, accumulator, lr, n);
+    // Rows of whole 8-lane groups up to 128 wide (the usual): the first
+    // pass keeps its gradients in registers or L1 for the second, which
+    // then reads only the row and anchor (the same values, so the same bits).
+    __m256 gb[16];
+    __m256 *keep = n == main && n <= 128 ? gb : NULL;
+    const float step = adagrad_step_size(row, anchor, v, alpha, reg, lambda, accumulator, lr, n, keep);
     const __m256 vs = _mm256_set1_ps(step), vf = _mm256_set1_ps(follow);
     for (k = 0; k < main; k += 8) {
-        __m256 g = adagrad_gradient8(row, anchor, v, va, vr, vl, k);
+        __m256 g = keep ? keep[k / 8] : adagrad_gradient8(row, anchor, v, va, vr, vl, k);
         __m256 s = scale ? _mm256_mul_ps(vs, _mm256_loadu_ps(scale + k)) : vs;
         const __m256 r = _mm256_fmadd_ps(s, g, _mm256_loadu_ps(row + k));
         _mm256_storeu_ps(row + k, r);
