@@ -106,8 +106,10 @@ public struct PerennialConfig: Sendable {
     public var recommendBatch = 16
     /// How long (µs) a batch may wait for the connections the previous
     /// batch answered to send their next RECOMMEND (0 = never wait); never
-    /// longer than half the previous batch's own computing time.
-    public var recommendBatchWaitMicros = 100
+    /// longer than half the previous batch's own computing time. 300 µs
+    /// covers how far a closed-loop client's return time varies from batch
+    /// to batch on a 2-core machine (100 left batches of 16 at 14.4-15.5).
+    public var recommendBatchWaitMicros = 300
     public var limits = LimitsConfig()
     public var learnerQueueCapacity = 65_536
     /// The queue also holds at most this many seconds of the learner's
