@@ -195,6 +195,9 @@ final class EventLoop {
 
     /// The learner applied more: resume connections waiting on it.
     func learnerProgressed() {
+        // (A SIGHUP's reload that waited for the learner runs first, so the
+        // FEEDBACK that waited with it is learned by the new scorers.)
+        _ = handler.runWaitingHangup()
         guard !parked.isEmpty else { return }
         let applied = handler.model.appliedSeq
         let now = MonotonicClock.nowMillis()
@@ -303,7 +306,7 @@ final class EventLoop {
     /// learner caught up for it goes on right after.
     func snapshotTurn() {
         guard !stopping, batchMembers.isEmpty else { return }
-        guard handler.snapshotTurn() else { return }
+        guard handler.snapshots.turn() else { return }
         learnerProgressed()
         // What they sent is acknowledged in this turn (under `always`, after its fsync).
         commitAwaitingSync()
@@ -332,8 +335,8 @@ final class EventLoop {
         // No automatic snapshot now (the stop leaves one); FEEDBACK parked
         // for one is answered, and a waiting SNAPSHOT request takes its
         // snapshot on the loop.
-        handler.cancelSnapshotDraining()
-        handler.snapshotsOnLoop = true
+        handler.snapshots.cancelDraining()
+        handler.snapshots.onLoop = true
         stopDeadline = MonotonicClock.nowMillis() + 5_000
         Log.info("stopping: answering what was read, then closing \(connections.count) connection(s)")
         uv_close(UnsafeMutablePointer(OpaquePointer(listener)), nil)
@@ -363,8 +366,8 @@ final class EventLoop {
         }
         handler.learner.stop()
         // A graceful stop leaves a snapshot, so the next start-up is quick.
-        handler.finishSnapshotInFlight()
-        if handler.model.lastSeq > handler.lastSnapshotSeq || handler.reloadUnsnapshotted { _ = try? handler.takeSnapshot() }
+        handler.snapshots.finishInFlight()
+        if handler.model.lastSeq > handler.snapshots.lastSnapshotSeq || handler.snapshots.reloadUnsnapshotted { _ = try? handler.snapshots.take() }
         uv_close(UnsafeMutablePointer(OpaquePointer(progressAsync)), nil)
         uv_close(UnsafeMutablePointer(OpaquePointer(stopAsync)), nil)
         uv_close(UnsafeMutablePointer(OpaquePointer(timer)), nil)
@@ -434,12 +437,7 @@ private let loopSignal: uv_signal_cb = { handle, signum in
 }
 
 private let loopHangup: uv_signal_cb = { handle, _ in
-    let loop = eventLoop(handle?.pointee.data)
-    do {
-        try loop.handler.reload()
-    } catch {
-        Log.error("SIGHUP: the new config was refused; the old one stays: \(error)")
-    }
+    eventLoop(handle?.pointee.data).handler.hangup()
 }
 
 private let freeBareHandle: uv_close_cb = { handle in

@@ -55,7 +55,10 @@ struct ConnectionState {
 
 final class RequestHandler {
     private(set) var config: PerennialConfig {
-        didSet { tokensRequired = config.clientToken != nil || config.adminToken != nil }
+        didSet {
+            tokensRequired = config.clientToken != nil || config.adminToken != nil
+            snapshots.config = config
+        }
     }
     /// Whether any token is configured (most servers have none: then only
     /// HELLO needs looking at, and every other request passes at once).
@@ -65,8 +68,8 @@ final class RequestHandler {
     let model: Model
     let learner: Learner
     let log: FeedbackLog
-    let snapshots: SnapshotStore
-    private(set) var lastSnapshotSeq: UInt64
+    /// When snapshots are taken (automatic, requested, a RELOAD's, a stop's).
+    let snapshots: SnapshotScheduler
     /// Records were written under `always` and must be fsynced before the
     /// replies acknowledging them leave.
     private(set) var needsSync = false
@@ -103,8 +106,8 @@ final class RequestHandler {
         self.model = model
         self.learner = learner
         self.log = log
-        self.snapshots = snapshots
-        self.lastSnapshotSeq = lastSnapshotSeq
+        self.snapshots = SnapshotScheduler(model: model, learner: learner, log: log, store: snapshots, config: config,
+                                           lastSnapshotSeq: lastSnapshotSeq)
         sessions = SessionStore(maxSessions: config.maxSessions, maxItems: config.sessionItems,
                                 idleSeconds: Double(config.sessionIdleSeconds))
         protocolLimits = ProtocolLimits(maxFrameBytes: config.limits.maxFrameBytes,
@@ -213,12 +216,12 @@ final class RequestHandler {
             let share = Int(Double(allowance) * config.limits.feedbackQueueShare)
             // (While an automatic snapshot waits for the learner, the room
             // tapers to nothing: admissionRoom.)
-            let room = admissionRoom(allowance)
+            let room = snapshots.admissionRoom(allowance)
             let mine = state.unappliedEvents(applied: model.appliedSeq)
             // (While a snapshot that stopped new events waits for the
             // learner to catch up, and while its thread serialises the
             // model, new events wait; RECOMMENDs go on.)
-            guard !snapshotDraining, !snapshotSerialising, reloadsWaiting.isEmpty else { return .waitForQueueRoom }
+            guard !snapshots.draining, !snapshots.serialising, reloadsWaiting.isEmpty, !hangupWaiting else { return .waitForQueueRoom }
             // Batches that found the queue full go in the order they came:
             // a large one is never passed over, turn after turn, by smaller
             // ones that fit in the room it waits for. (A batch over its own
@@ -323,7 +326,7 @@ final class RequestHandler {
             }
         case .upsertItem(let u):
             // (Not while a snapshot's thread serialises the model.)
-            if snapshotSerialising { return .waitForQueueRoom }
+            if snapshots.serialising { return .waitForQueueRoom }
             if let b = model.upsertBreach(item: u.item, maxItemIDs: config.limits.maxItemIDs) {
                 stats.capacityRefusals += 1
                 throw Self.capacityError(b, upsert: true)
@@ -346,7 +349,7 @@ final class RequestHandler {
                 // thread reading the model. Until then this connection waits
                 // (parked, the frame unread) and new events wait with it;
                 // the loop goes on serving reads.
-                if snapshotSerialising { return .waitForQueueRoom }
+                if snapshots.serialising { return .waitForQueueRoom }
                 if model.appliedSeq < model.lastSeq {
                     reloadsWaiting.insert(owner)
                     return .waitForApplied(seq: model.lastSeq, deadline: .max)
@@ -362,29 +365,9 @@ final class RequestHandler {
             }
             Reply.reload.encode(into: &out, requestID: requestID)
         case .snapshot:
-            // Answered once a snapshot taken after the request is durable;
-            // the loop takes it like an automatic one (its own thread
-            // serialises and writes) and serves others meanwhile.
-            // Nothing accepted since the last snapshot: it already holds
-            // every event, so it answers (no file rewritten, no new version).
-            if state.snapshotTicket == 0 && inFlight == nil && lastSnapshotSeq > 0 && model.lastSeq == lastSnapshotSeq
-                && !reloadUnsnapshotted {
-                Reply.snapshot(lastSnapshotSeq).encode(into: &out, requestID: requestID)
-                return .done
-            }
-            if state.snapshotTicket == 0 {
-                snapshotTicketsIssued += 1
-                state.snapshotTicket = snapshotTicketsIssued
-            }
-            if snapshotsOnLoop && snapshotOutcome(for: state.snapshotTicket) == nil {
-                // (Stopping: no more snapshots are started by turns.)
-                finishSnapshotInFlight()
-                if snapshotOutcome(for: state.snapshotTicket) == nil {
-                    let outcome = Result<UInt64, any Error> { try takeSnapshot() }
-                    recordSnapshotOutcome(through: snapshotTicketsIssued, outcome.mapError { SnapshotFailure(description: "\($0)") })
-                }
-            }
-            guard let outcome = snapshotOutcome(for: state.snapshotTicket) else { return .waitForQueueRoom }
+            // (Answered once a snapshot taken after the request is durable:
+            // SnapshotScheduler.answer.)
+            guard let outcome = snapshots.answer(ticket: &state.snapshotTicket) else { return .waitForQueueRoom }
             state.snapshotTicket = 0
             switch outcome {
             case .success(let seq): Reply.snapshot(seq).encode(into: &out, requestID: requestID)
@@ -488,20 +471,42 @@ final class RequestHandler {
         }
     }
 
-    /// RELOAD and SIGHUP: re-reads the config and swaps scorers and limits
-    /// for new requests without touching connections or the shared table.
-    /// Settings that shape storage or the listening socket need a restart; a
-    /// config that changes them, or fails to parse, is refused and the old
-    /// one stays. Returns what changed.
-    @discardableResult
-    func reload() throws -> [String] {
-        let next = try checkedReloadConfig()
-        // The learner must be idle while scorers are swapped, and an
-        // automatic snapshot's thread done reading the model. (A RELOAD
-        // request waits for them parked; SIGHUP waits here, on the loop.)
-        inFlight?.waitUntilSerialised()
-        while model.appliedSeq < model.lastSeq { usleep(50) }
-        return try applyReload(next)
+    /// SIGHUP: a RELOAD without a connection. It re-reads the config and
+    /// swaps scorers and limits for new requests without touching
+    /// connections or the shared table; settings that shape storage or the
+    /// listening socket need a restart, and a config that changes them, or
+    /// fails to parse, is refused (said in the log) and the old one stays.
+    /// Scorers are swapped with the learner idle and no snapshot thread
+    /// reading the model: until then it waits like a parked RELOAD request
+    /// (`hangupWaiting`: new FEEDBACK waits with it, reads are served) and
+    /// `runWaitingHangup` carries it out, with the config read again.
+    func hangup() {
+        do {
+            let next = try checkedReloadConfig()
+            if snapshots.serialising || model.appliedSeq < model.lastSeq {
+                hangupWaiting = true
+                return
+            }
+            _ = try applyReload(next)
+        } catch {
+            Log.error("SIGHUP: the new config was refused; the old one stays: \(error)")
+        }
+    }
+
+    /// A SIGHUP's reload waits for the learner (see `hangup`).
+    private(set) var hangupWaiting = false
+
+    /// Carries out a waiting SIGHUP's reload once the learner is idle;
+    /// true when it ran (then the FEEDBACK that waited may go on).
+    func runWaitingHangup() -> Bool {
+        guard hangupWaiting, !snapshots.serialising, model.appliedSeq >= model.lastSeq else { return false }
+        hangupWaiting = false
+        do {
+            _ = try applyReload(try checkedReloadConfig())
+        } catch {
+            Log.error("SIGHUP: the new config was refused; the old one stays: \(error)")
+        }
+        return true
     }
 
     /// The config file read again, and refused when it changes what only a
@@ -533,7 +538,7 @@ final class RequestHandler {
     /// Takes a checked config (the learner idle, no snapshot thread
     /// reading the model); returns what changed.
     private func applyReload(_ next: PerennialConfig) throws -> [String] {
-        assert(model.appliedSeq >= model.lastSeq && !snapshotSerialising)
+        assert(model.appliedSeq >= model.lastSeq && !snapshots.serialising)
         let reconfigured = try model.reconfigure(next)
         let changes = reconfigured.changes
         // What else changed, for the log line (operators read it to confirm).
@@ -568,15 +573,13 @@ final class RequestHandler {
             // (What an event costs the learner changed: its queue allowance
             // starts again from one batch until the new cost is measured.)
             learner.forgetCost()
-            unsnapshottedReloadChanges += changes
-            reloadGeneration += 1
-            reloadSnapshotWanted = true
+            snapshots.reloadChangedScorers(changes)
         }
         // A removed scorer's learned state is not carried on: say where it
         // still is (an operator who removed it by mistake can roll back).
         let removed = reconfigured.removed
         if !removed.isEmpty {
-            let kept = snapshots.files().first { (snapshots.metadata(of: $0)["scorers"] as? [String]).map { s in removed.allSatisfy(s.contains) } ?? false }
+            let kept = snapshots.store.files().first { (snapshots.store.metadata(of: $0)["scorers"] as? [String]).map { s in removed.allSatisfy(s.contains) } ?? false }
             also.append("the learned state of \(removed.joined(separator: ", ")) is dropped from the served model; "
                 + (kept.map { "version \($0.id) still holds it (serve --from-version \($0.id) while it is kept)" } ?? "no kept version holds it"))
         }
@@ -585,165 +588,11 @@ final class RequestHandler {
         return changes
     }
 
-    /// What RELOADs that rebuilt, added or removed scorers changed since the
-    /// newest snapshot: the model then differs from that snapshot even
-    /// with no event since. Until a snapshot of it is durable, every
-    /// snapshot taken is a distinct version noting these changes (so one
-    /// at the same position never replaces the pre-reload version, which
-    /// holds a removed scorer's state), a SNAPSHOT request is not answered
-    /// from the old one, and a graceful stop takes one.
-    private var unsnapshottedReloadChanges: [String] = []
-    var reloadUnsnapshotted: Bool { !unsnapshottedReloadChanges.isEmpty }
-    /// Counts such RELOADs: a snapshot marks them saved only if none came
-    /// after it started.
-    private var reloadGeneration = 0
-    private var inFlightReloadGeneration = 0
-    /// The RELOAD's own snapshot is yet to be started. It is tried once;
-    /// after a failure the next automatic or requested one, or the stop's,
-    /// carries the changes.
-    private var reloadSnapshotWanted = false
-
-    /// The last snapshot's size (room reserved for the next one).
-    private var lastSnapshotBytes = 0
-    /// The automatic snapshot being written off the loop thread, if any.
-    private var inFlight: SnapshotInFlight?
-    /// The last one collected, whose thread may still be about to wake the
-    /// loop (see `finishSnapshotInFlight`).
-    private var retired: SnapshotInFlight?
-    /// After an automatic snapshot failed: no new attempt before this
-    /// sequence (a tenth of `every_events` later, doubling with every
-    /// failure in a row up to `every_events`), so a full disk does not pause
-    /// the loop and roll a log segment on every turn.
-    private var retrySnapshotAt: UInt64 = 0
-    private var snapshotFailuresInARow = 0
-
-    /// SNAPSHOT requests: each takes the next ticket; the loop starts a
-    /// snapshot covering every ticket issued when none is being taken, and
-    /// a request is answered with the outcome of the first snapshot that
-    /// covers its ticket.
-    private var snapshotTicketsIssued: UInt64 = 0
-    private var snapshotTicketsStarted: UInt64 = 0
-    /// The tickets the in-flight snapshot covers (after `from`, through `to`).
-    private var inFlightTickets: (from: UInt64, to: UInt64) = (0, 0)
-    /// Outcomes of the latest snapshots that covered tickets (the sequence,
-    /// or why it failed): (first ticket, last ticket, outcome), oldest first.
-    private var snapshotOutcomes: [(from: UInt64, to: UInt64, outcome: Result<UInt64, SnapshotFailure>)] = []
-    /// Set when the server stops: a SNAPSHOT request then takes its
-    /// snapshot on the loop, as the loop starts no more.
-    var snapshotsOnLoop = false
-
-    struct SnapshotFailure: Error, CustomStringConvertible { var description: String }
-
-    private func snapshotOutcome(for ticket: UInt64) -> Result<UInt64, SnapshotFailure>? {
-        // Ranges are contiguous and increasing, so the first reaching the
-        // ticket is its snapshot, or (its own trimmed away) a later one,
-        // which also started after the ticket was issued.
-        snapshotOutcomes.first { ticket <= $0.to }?.outcome
-    }
-
-    private func recordSnapshotOutcome(through ticket: UInt64, _ outcome: Result<UInt64, SnapshotFailure>, from: UInt64? = nil) {
-        let first = from ?? (snapshotOutcomes.last?.to ?? 0)
-        guard ticket > first else { return }
-        snapshotOutcomes.append((first, ticket, outcome))
-        snapshotTicketsStarted = max(snapshotTicketsStarted, ticket)
-        // (A waiting request reads its outcome within a loop turn or two.)
-        if snapshotOutcomes.count > 64 { snapshotOutcomes.removeFirst(snapshotOutcomes.count - 64) }
-    }
-
-    /// True while a snapshot waits for the learner to apply what was
-    /// accepted and no new event may come in (a SNAPSHOT request's or a
-    /// RELOAD's snapshot, or an automatic one whose taper ran out):
-    /// FEEDBACK waits (parked, like a full queue) so the learner catches
-    /// up, and RECOMMENDs are served meanwhile.
-    private(set) var snapshotDraining = false
-
-    /// True while an automatic snapshot's thread reads the model: nothing
-    /// that changes the model is admitted (FEEDBACK and UPSERT_ITEM wait,
-    /// parked; a RELOAD waits for it), and reads are served.
-    var snapshotSerialising: Bool { inFlight.map { !$0.serialised } ?? false }
-
-    /// Wakes the loop from another thread (set by the loop once bound): a
-    /// snapshot's thread calls it when it has serialised the model, so
-    /// what waited for that goes on.
-    var wakeLoop: @Sendable () -> Void = {}
-
-    /// Called once per loop turn (EventLoop.snapshotTurn says when): starts
-    /// a snapshot when SNAPSHOT requests wait for one or `every_events` asks
-    /// for one, and none is being taken; collects a finished one. The
-    /// learner must first apply everything accepted (new FEEDBACK waits
-    /// meanwhile, or for an automatic snapshot comes into a tapering room:
-    /// SnapshotTaper; the loop never waits); then the snapshot's own thread serialises
-    /// the model and writes the file (SnapshotInFlight), and the loop goes
-    /// on serving reads. Returns whether parked requests should be tried
-    /// again: it stopped waiting for the learner without starting a
-    /// snapshot, or a snapshot finished (its SNAPSHOT requests are answered).
-    /// After the serialisation `wakeLoop` resumes parked FEEDBACK.
-    func snapshotTurn() -> Bool {
-        var collected = false
-        if let f = inFlight, let outcome = f.finished {
-            collect(f, outcome)
-            collected = true
-        }
-        // (Parked FEEDBACK is tried again when a drain or a taper ends.)
-        let wasHolding = snapshotDraining || taper != nil
-        let every = UInt64(config.snapshotEveryEvents)
-        let requested = snapshotTicketsIssued > snapshotTicketsStarted
-        let due = (every > 0 && model.lastSeq - lastSnapshotSeq >= every || recoveryWouldTakeTooLong)
-            && model.lastSeq >= retrySnapshotAt
-        let reloadRetry = reloadUnsnapshotted && MonotonicClock.nowNanos() >= reloadRetryAtNs
-        guard inFlight == nil, requested || due || reloadSnapshotWanted || reloadRetry else {
-            snapshotDraining = false
-            taper = nil
-            return wasHolding || collected
-        }
-        guard model.appliedSeq < model.lastSeq else {
-            snapshotDraining = false
-            taper = nil
-            return startSnapshotInFlight() || collected
-        }
-        // The learner is behind. A SNAPSHOT someone waits for, or a
-        // RELOAD's, stops new events at once; one that is only due tapers
-        // their room first (admissionRoom), and stops them when that ran out.
-        guard !requested, !reloadSnapshotWanted, !reloadRetry else {
-            snapshotDraining = true
-            taper = nil
-            return collected
-        }
-        let now = MonotonicClock.nowNanos()
-        if taper == nil {
-            taper = SnapshotTaper(startNs: now, appliedAtStart: model.appliedSeq, from: learner.queued)
-            stats.snapshotTapers += 1
-        }
-        // (A learner far slower than it was, or stalled: the old drain.)
-        snapshotDraining = Double(now &- taper!.startNs) >= max(config.learnerMaxLagSeconds, 1) * 2e9
-        return collected
-    }
-
-    /// An automatic snapshot waiting for the learner to apply what was
-    /// accepted, without stopping FEEDBACK: the learner queue's room for
-    /// new events starts at what it held (`from`) and falls by one event
-    /// for every two the learner applies, so batches keep coming in at
-    /// half its rate while the queue empties, and none waits for the whole
-    /// queue; the room is gone, and the queue empty, once the learner has
-    /// applied twice what it held. (Tied to the learner's progress, not to
-    /// an estimate of its speed: early on, with a small model, that
-    /// estimate is far too low.) Stopping new events until the learner
-    /// caught up, as before, made every FEEDBACK in flight wait up to
-    /// `learner.max_lag_seconds` at each automatic snapshot. After
-    /// 2 · max(max_lag_seconds, 1) s the old drain takes over.
-    struct SnapshotTaper {
-        var startNs: UInt64
-        var appliedAtStart: UInt64
-        var from: Int
-    }
-    private var taper: SnapshotTaper?
-
-    /// The learner queue's room for new FEEDBACK: `allowance`, or less
-    /// while a snapshot tapers it.
-    private func admissionRoom(_ allowance: Int) -> Int {
-        guard let t = taper else { return allowance }
-        let learned = model.appliedSeq &- t.appliedAtStart
-        return min(allowance, max(0, t.from - Int(min(learned / 2, UInt64(Int.max)))))
+    /// Wakes the loop from another thread (set by the loop once bound):
+    /// a snapshot's thread once it has serialised the model, and the last
+    /// parked RELOAD going, so the FEEDBACK that waited goes on.
+    var wakeLoop: @Sendable () -> Void = {} {
+        didSet { snapshots.wakeLoop = wakeLoop }
     }
 
     /// Connections whose FEEDBACK found the learner queue full, oldest
@@ -778,7 +627,7 @@ final class RequestHandler {
     /// accepted feedback is learned within about that long; a read waiting
     /// for its own connection's feedback, and FEEDBACK while a SNAPSHOT
     /// request lets the learner catch up, wait at most about as long (an
-    /// automatic snapshot tapers the room instead: SnapshotTaper, which
+    /// automatic snapshot tapers the room instead: SnapshotScheduler.SnapshotTaper, which
     /// puts the snapshot off by up to twice that). Until the learner's cost
     /// is known (its first chunk), one batch.
     var queueAllowance: Int {
@@ -786,194 +635,6 @@ final class RequestHandler {
         guard let ns = learner.nanosPerEvent else { return min(learner.capacity, config.limits.maxEvents) }
         let byLag = Int(min(Double(learner.capacity), config.learnerMaxLagSeconds * 1e9 / max(ns, 1)))
         return min(learner.capacity, max(config.limits.maxEvents, byLag))
-    }
-
-    /// Replaying the log after the newest snapshot would take longer than
-    /// `snapshot.recovery_seconds`, by the learner's recent cost per event
-    /// (recovery runs the same code). With text-cnn, session-rnn or gan that
-    /// cost is 4-20 times cf's, so a fixed `every_events` alone would let a
-    /// crash's recovery, with the port closed, run for minutes.
-    /// Never sooner after the last snapshot than four times its duration:
-    /// a model that takes longer to write than the budget allows would
-    /// otherwise be snapshotted back to back (said once in the log).
-    private var recoveryWouldTakeTooLong: Bool {
-        let budget = config.snapshotRecoverySeconds
-        guard budget > 0, model.lastSeq > lastSnapshotSeq, let ns = learner.nanosPerEvent,
-              Double(model.lastSeq - lastSnapshotSeq) * ns > budget * 1e9 else { return false }
-        let since = MonotonicClock.nowNanos() &- lastSnapshotCompletedNs
-        if lastSnapshotCompletedNs > 0 && since < 4 * lastSnapshotDurationNs {
-            // (Said when the spacing alone outlasts the budget; a burst
-            // that arrived while one was written just waits.)
-            if !warnedRecoveryBudget && 4 * Double(lastSnapshotDurationNs) > budget * 1e9 {
-                warnedRecoveryBudget = true
-                Log.warning(String(format: "snapshot.recovery_seconds = %g cannot be kept: a snapshot takes %.1f s to write, and one is started at most every %.1f s, so recovery after a crash may replay more than that (raise recovery_seconds, or use fewer or cheaper scorers)",
-                                   budget, Double(lastSnapshotDurationNs) / 1e9, 4 * Double(lastSnapshotDurationNs) / 1e9))
-            }
-            return false
-        }
-        return true
-    }
-    private var lastSnapshotCompletedNs: UInt64 = 0
-    private var lastSnapshotDurationNs: UInt64 = 0
-    private var warnedRecoveryBudget = false
-    /// After a RELOAD's changes failed to be saved: when to try again (a
-    /// second, doubling to a minute; events may not come to make one due).
-    private var reloadRetryAtNs: UInt64 = .max
-
-    /// Starts a snapshot on its own thread (none in flight, the learner
-    /// idle); it also answers the SNAPSHOT requests waiting, which it
-    /// started after. Returns true when it failed at once (the failure is
-    /// recorded and the waiting requests are answered with it).
-    @discardableResult
-    private func startSnapshotInFlight() -> Bool {
-        precondition(inFlight == nil && model.appliedSeq == model.lastSeq)
-        let tickets = (from: snapshotTicketsStarted, to: snapshotTicketsIssued)
-        reloadSnapshotWanted = false
-        reloadRetryAtNs = .max
-        do {
-            let (job, t0, pauseMs) = try prepareSnapshot(note: [:], distinct: false)
-            inFlightReloadGeneration = reloadGeneration
-            // (Room for the last snapshot's size and an eighth: growing a
-            // buffer of tens of megabytes by doubling copies it each time.)
-            let capacity = lastSnapshotBytes + lastSnapshotBytes / 8
-            inFlight = SnapshotInFlight(job: job, startedNs: t0, pauseMs: pauseMs, serialise: { [model] in
-                var w = SnapshotWriter(capacity: capacity)
-                model.save(to: &w)
-                return w.bytes
-            }, wake: wakeLoop)
-            inFlightTickets = tickets
-            snapshotTicketsStarted = tickets.to
-            return false
-        } catch {
-            snapshotFailed(at: model.lastSeq, error)
-            recordSnapshotOutcome(through: tickets.to, .failure(SnapshotFailure(description: "\(error)")), from: tickets.from)
-            return true
-        }
-    }
-
-    /// A stop: no automatic snapshot waits for the learner any more.
-    func cancelSnapshotDraining() {
-        snapshotDraining = false
-        taper = nil
-    }
-
-    /// Writes a snapshot of the model at the current log position and
-    /// returns when it is durable (a rollback or a dropped scorer at start-up, a graceful stop, and
-    /// a SNAPSHOT request while stopping): waits for one still being written,
-    /// then serialises, writes, describes and prunes on the loop thread,
-    /// which pauses for all of it (about 0.15-0.25 s for ml-latest-small
-    /// with cf: 36 MB). Returns the sequence it covers.
-    @discardableResult
-    func takeSnapshot(note: [String: Any] = [:], distinct: Bool = false) throws -> UInt64 {
-        finishSnapshotInFlight()
-        let written: SnapshotWritten, job: SnapshotJob, size: Int, t0: UInt64
-        let generation = reloadGeneration
-        reloadSnapshotWanted = false
-        do {
-            (job, t0, _) = try prepareSnapshot(note: note, distinct: distinct)
-            var w = SnapshotWriter(capacity: lastSnapshotBytes + lastSnapshotBytes / 8)
-            model.save(to: &w)
-            var bytes = w.bytes
-            w = SnapshotWriter()
-            size = bytes.count
-            lastSnapshotBytes = size
-            written = try job.write(&bytes)
-        } catch {
-            Log.error("\(error)")
-            throw error
-        }
-        let ms = Double(MonotonicClock.nowNanos() - t0) / 1e6
-        complete(written, seq: job.seq, bytes: size, startedNs: t0, reloadGeneration: generation,
-                 how: String(format: "serving paused %.1f ms", ms))
-        return job.seq
-    }
-
-    /// Waits for an automatic snapshot still being written, and completes it.
-    /// Also waits for the thread of the last one collected to end: it wakes
-    /// the loop once more after its outcome is visible, and the loop's
-    /// handles must outlive that wake (this runs before they close).
-    func finishSnapshotInFlight() {
-        if let f = inFlight { collect(f, f.wait()) }
-        if let r = retired { _ = r.wait(); retired = nil }
-    }
-
-    /// The loop's part of a snapshot: waits for the learner to apply
-    /// everything accepted, starts a new log segment, describes the version.
-    /// Returns the job, when it started, and how long the loop spent (ms).
-    private func prepareSnapshot(note: [String: Any], distinct: Bool) throws -> (SnapshotJob, UInt64, Double) {
-        let t0 = MonotonicClock.nowNanos()
-        while model.appliedSeq < model.lastSeq { usleep(50) }
-        let seq = model.lastSeq
-        let segment = try log.rollSegment()
-        // The snapshot is a model version: its description (its size is
-        // added when it is written).
-        var meta: [String: Any] = ["created": ISO8601DateFormatter().string(from: Date()), "scorers": model.scorerNames,
-                                   "default_scorer": model.defaultScorer, "config": config.source,
-                                   "users": model.users.count, "items": model.items.count,
-                                   "settings": config.modelSettingValues]
-        for (k, v) in note { meta[k] = v }
-        if reloadUnsnapshotted { meta["reload"] = unsnapshottedReloadChanges }
-        let job = SnapshotJob(store: snapshots, seq: seq, firstLogSegment: segment, distinct: distinct || reloadUnsnapshotted,
-                              keep: config.snapshotKeep, description: meta)
-        return (job, t0, Double(MonotonicClock.nowNanos() - t0) / 1e6)
-    }
-
-    /// An automatic snapshot's write finished: complete it, or note the failure.
-    private func collect(_ f: SnapshotInFlight, _ outcome: Result<SnapshotWritten, any Error>) {
-        inFlight = nil
-        retired = f
-        switch outcome {
-        case .success(let written):
-            lastSnapshotBytes = f.size
-            complete(written, seq: f.seq, bytes: f.size, startedNs: f.startedNs, reloadGeneration: inFlightReloadGeneration,
-                     how: String(format: "serialised off the loop in %.1f ms; serving paused %.2f ms", f.serialiseMs, f.pauseMs))
-            recordSnapshotOutcome(through: inFlightTickets.to, .success(f.seq), from: inFlightTickets.from)
-        case .failure(let error):
-            snapshotFailed(at: f.seq, error)
-            recordSnapshotOutcome(through: inFlightTickets.to, .failure(SnapshotFailure(description: "\(error)")), from: inFlightTickets.from)
-        }
-        inFlightTickets = (0, 0)
-    }
-
-    private func snapshotFailed(at seq: UInt64, _ error: any Error) {
-        snapshotFailuresInARow += 1
-        // The events between automatic snapshots: every_events, or those
-        // the recovery budget allows at the learner's recent cost.
-        var every = config.snapshotEveryEvents
-        if config.snapshotRecoverySeconds > 0, let ns = learner.nanosPerEvent {
-            let allowed = Int(min(config.snapshotRecoverySeconds * 1e9 / max(ns, 1), 1e15))
-            every = every > 0 ? min(every, allowed) : allowed
-        }
-        let automatic = config.snapshotEveryEvents > 0 || config.snapshotRecoverySeconds > 0
-        every = max(1, every > 0 ? every : 1_000_000)
-        var wait = max(1, every / 10)
-        for _ in 1..<min(snapshotFailuresInARow, 20) where wait < every { wait *= 2 }
-        wait = min(wait, every)
-        retrySnapshotAt = model.lastSeq + UInt64(wait)
-        var next = automatic
-            ? "next automatic attempt after sequence \(retrySnapshotAt)"
-            : "snapshot.every_events = 0 and recovery_seconds = 0: the next SNAPSHOT request or a graceful stop takes one"
-        if reloadUnsnapshotted {
-            let delay = min(60, 1 << min(snapshotFailuresInARow - 1, 6))
-            reloadRetryAtNs = MonotonicClock.nowNanos() + UInt64(delay) * 1_000_000_000
-            next += "; the RELOAD's changes are saved by the next one, tried again in \(delay) s"
-        }
-        Log.error("snapshot at sequence \(seq) failed (\(next)): \(error)")
-    }
-
-    /// A snapshot is durable: it is the newest, and the log segments the
-    /// kept snapshots cover can go.
-    private func complete(_ written: SnapshotWritten, seq: UInt64, bytes: Int, startedNs: UInt64, reloadGeneration generation: Int,
-                          how: String) {
-        lastSnapshotSeq = max(lastSnapshotSeq, seq)
-        if generation == reloadGeneration { unsnapshottedReloadChanges = [] }
-        lastSnapshotCompletedNs = MonotonicClock.nowNanos()
-        lastSnapshotDurationNs = lastSnapshotCompletedNs &- startedNs
-        snapshotFailuresInARow = 0
-        stats.snapshots += 1
-        if let keepFrom = written.keepLogFrom { log.removeSegments(before: keepFrom) }
-        Log.info(String(format: "snapshot (version %@) at sequence %llu: %d bytes in %.1f ms (%@)",
-                        written.file.id, seq, bytes, Double(MonotonicClock.nowNanos() - startedNs) / 1e6, how))
     }
 
     /// Under `always`: fsyncs the log before acknowledgements leave. False
@@ -1023,9 +684,9 @@ final class RequestHandler {
             StatCounter("fatal_errors", stats.fatalErrors),
             StatCounter("timeouts", stats.timeouts),
             StatCounter("auth_failures", stats.authFailures),
-            StatCounter("snapshots", stats.snapshots),
+            StatCounter("snapshots", snapshots.completed),
             StatCounter("reloads", stats.reloads),
-            StatCounter("last_snapshot_seq", lastSnapshotSeq),
+            StatCounter("last_snapshot_seq", snapshots.lastSnapshotSeq),
             StatCounter("bytes_in", stats.bytesIn),
             StatCounter("bytes_out", stats.bytesOut),
             StatCounter("recommends", stats.recommends),
@@ -1038,12 +699,12 @@ final class RequestHandler {
             StatCounter("events_applied", model.appliedSeq),
             StatCounter("learner_queue", UInt64(learner.queued)),
             StatCounter("learner_ns_per_event", UInt64(learner.nanosPerEvent ?? 0)),
-            StatCounter("recovery_estimate_ms", UInt64(Double(model.lastSeq - min(lastSnapshotSeq, model.lastSeq)) * (learner.nanosPerEvent ?? 0) / 1e6)),
+            StatCounter("recovery_estimate_ms", UInt64(Double(model.lastSeq - min(snapshots.lastSnapshotSeq, model.lastSeq)) * (learner.nanosPerEvent ?? 0) / 1e6)),
             StatCounter("learner_queue_capacity", UInt64(learner.capacity)),
             StatCounter("learner_queue_allowance", UInt64(queueAllowance)),
             StatCounter("backpressure_pauses", stats.backpressurePauses),
             StatCounter("queue_full_pauses", stats.queueFullPauses),
-            StatCounter("snapshot_tapers", stats.snapshotTapers),
+            StatCounter("snapshot_tapers", snapshots.tapers),
             StatCounter("item_sweep_waits", stats.sweepWaits),
             StatCounter("capacity_refusals", stats.capacityRefusals),
             StatCounter("uptime_ms", MonotonicClock.nowMillis() - startedAt),

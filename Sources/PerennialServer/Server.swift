@@ -120,7 +120,7 @@ public final class Server: Sendable {
             for name in dropScorers.sorted() where !model.droppedAtRestore.contains(name) {
                 Log.warning("--drop-scorer \(name): nothing to drop (the snapshot holds no state of \(name) that this config leaves out); remove the flag, or a later config that leaves \(name) out would drop its state without asking")
             }
-            if !note.isEmpty { _ = try handler.takeSnapshot(note: note, distinct: true) }
+            if !note.isEmpty { _ = try handler.snapshots.take(note: note, distinct: true) }
             port = try loop.bind(host: config.host, port: config.port, handleSignals: handleSignals)
         } catch {
             log.close()
@@ -133,7 +133,7 @@ public final class Server: Sendable {
         wakerBox.withLock { $0 = loop.waker }
         // (A snapshot's thread wakes the loop up to its last step; the loop
         // closes its handles only after waiting for that thread to end, in
-        // `finishSnapshotInFlight`, collected or not.)
+        // `SnapshotScheduler.finishInFlight`, collected or not.)
         handler.wakeLoop = { [waker = loop.waker] in waker.progressed() }
         learner.start()
         state.withLock {

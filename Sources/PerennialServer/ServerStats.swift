@@ -10,7 +10,6 @@ struct ServerStats {
     var fatalErrors: UInt64 = 0
     var timeouts: UInt64 = 0
     var authFailures: UInt64 = 0
-    var snapshots: UInt64 = 0
     var reloads: UInt64 = 0
     var bytesIn: UInt64 = 0
     var bytesOut: UInt64 = 0
@@ -23,8 +22,6 @@ struct ServerStats {
     var recommendsBatched: UInt64 = 0
     var backpressurePauses: UInt64 = 0
     var queueFullPauses: UInt64 = 0
-    /// Automatic snapshots that tapered FEEDBACK's room while the learner caught up.
-    var snapshotTapers: UInt64 = 0
     /// Item expiry sweeps whose batch waited for the learner to drain.
     var sweepWaits: UInt64 = 0
     /// FEEDBACK batches and upserts refused because they would add an id beyond `[limits]`'s bounds.

@@ -314,3 +314,33 @@ def test_a_parked_reload_that_fails_when_it_runs_holds_nothing_up(start_server) 
         feeder.feedback(events[:100])
         assert feeder.stats()["events_accepted"] == 14100
     assert "factor_wieght" in failed.get("error", ""), failed
+
+
+def test_a_sighup_reload_waits_for_the_learner_without_stopping_reads(start_server) -> None:
+    """SIGHUP is a RELOAD without a connection. It used to wait for the
+    learner on the loop thread, stalling every request behind the
+    learner's backlog (up to `learner.max_lag_seconds`); now it waits like
+    a parked RELOAD request: reads are answered meanwhile, new FEEDBACK
+    waits, and the reload runs once the learner is idle."""
+    srv = start_server(BASE % ('"cf", "session-rnn"', "cf", "0.3"))
+    cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
+    rng = random.Random(6)
+    events = [perennial.Event(rng.randint(1, 500), rng.randint(1, 2000)) for _ in range(20000)]
+    with srv.client(timeout=30) as feeder, srv.client() as reader:
+        feeder.feedback(events[:2000])
+        feeder.recommend(1, k=1)                                  # the learner's cost is known
+        for k in range(2000, 20000, 1000):                        # a backlog: about a second of session-rnn
+            feeder.feedback(events[k:k + 1000])
+        assert reader.stats()["events_applied"] < 20000
+        _write(cfg, '"cf", "session-rnn"', "cf", "0.5")           # an adjustment: no rebuild
+        srv.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.05)                                          # the signal is handled
+        reader.recommend(7, k=5)
+        stats = reader.stats()
+        assert stats["reloads"] == 0, "the read waited behind the SIGHUP's reload"
+        assert stats["events_applied"] < 20000, stats
+        feeder.feedback(events[:100])                             # waits for the reload, then goes in
+        stats = reader.stats()
+        assert stats["reloads"] == 1, stats
+        assert stats["events_accepted"] == 20100
+    assert srv.log().count("config reloaded") == 1

@@ -1,0 +1,426 @@
+// When the model is snapshotted, and how: automatic snapshots (every
+// `snapshot.every_events`, or when recovery would outlast
+// `snapshot.recovery_seconds`), SNAPSHOT requests (tickets answered by the
+// first snapshot that covers them), a RELOAD's snapshot of its new scorer
+// set, and the blocking ones of start-up and a graceful stop. Lives on the
+// loop thread; the serialisation and the write run on a snapshot's own
+// thread (SnapshotInFlight). What it asks of admission (FEEDBACK waiting
+// while it drains or serialises, the tapering room) RequestHandler applies.
+
+import Foundation
+import PerennialCore
+
+final class SnapshotScheduler {
+    let model: Model
+    let learner: Learner
+    let log: FeedbackLog
+    let store: SnapshotStore
+    /// The server's config (RequestHandler sets the new one on RELOAD).
+    var config: PerennialConfig
+    /// Sequence of the newest durable snapshot (0: none yet).
+    private(set) var lastSnapshotSeq: UInt64
+    /// Snapshots completed, and automatic ones that tapered FEEDBACK's
+    /// room while the learner caught up (STATS `snapshots`, `snapshot_tapers`).
+    private(set) var completed: UInt64 = 0
+    private(set) var tapers: UInt64 = 0
+
+    init(model: Model, learner: Learner, log: FeedbackLog, store: SnapshotStore, config: PerennialConfig,
+         lastSnapshotSeq: UInt64) {
+        self.model = model
+        self.learner = learner
+        self.log = log
+        self.store = store
+        self.config = config
+        self.lastSnapshotSeq = lastSnapshotSeq
+    }
+
+    // MARK: SNAPSHOT requests and RELOADs
+
+    /// A SNAPSHOT request: its outcome once a snapshot taken after it is
+    /// durable (the sequence it covers, or why it failed), nil while it
+    /// waits. `ticket` is the connection's (0 = none yet: one is issued);
+    /// the caller clears it once answered. The loop takes the snapshot like
+    /// an automatic one (its own thread serialises and writes) and serves
+    /// others meanwhile. With nothing accepted since the last snapshot, that
+    /// one holds every event and answers at once (no file rewritten, no new
+    /// version).
+    func answer(ticket: inout UInt64) -> Result<UInt64, SnapshotFailure>? {
+        if ticket == 0 && inFlight == nil && lastSnapshotSeq > 0 && model.lastSeq == lastSnapshotSeq && !reloadUnsnapshotted {
+            return .success(lastSnapshotSeq)
+        }
+        if ticket == 0 {
+            snapshotTicketsIssued += 1
+            ticket = snapshotTicketsIssued
+        }
+        if onLoop && snapshotOutcome(for: ticket) == nil {
+            // (Stopping: no more snapshots are started by turns.)
+            finishInFlight()
+            if snapshotOutcome(for: ticket) == nil {
+                let outcome = Result<UInt64, any Error> { try take() }
+                recordSnapshotOutcome(through: snapshotTicketsIssued, outcome.mapError { SnapshotFailure(description: "\($0)") })
+            }
+        }
+        return snapshotOutcome(for: ticket)
+    }
+
+    /// A RELOAD rebuilt, added or removed scorers (`changes`): a snapshot
+    /// soon ties the new scorer set to a log position.
+    func reloadChangedScorers(_ changes: [String]) {
+        unsnapshottedReloadChanges += changes
+        reloadGeneration += 1
+        reloadSnapshotWanted = true
+    }
+
+    /// For SIGHUP's RELOAD on the loop: waits until an automatic
+    /// snapshot's thread no longer reads the model.
+    func waitUntilSerialised() { inFlight?.waitUntilSerialised() }
+
+    /// What RELOADs that rebuilt, added or removed scorers changed since the
+    /// newest snapshot: the model then differs from that snapshot even
+    /// with no event since. Until a snapshot of it is durable, every
+    /// snapshot taken is a distinct version noting these changes (so one
+    /// at the same position never replaces the pre-reload version, which
+    /// holds a removed scorer's state), a SNAPSHOT request is not answered
+    /// from the old one, and a graceful stop takes one.
+    private var unsnapshottedReloadChanges: [String] = []
+    var reloadUnsnapshotted: Bool { !unsnapshottedReloadChanges.isEmpty }
+    /// Counts such RELOADs: a snapshot marks them saved only if none came
+    /// after it started.
+    private var reloadGeneration = 0
+    private var inFlightReloadGeneration = 0
+    /// The RELOAD's own snapshot is yet to be started. It is tried once;
+    /// after a failure the next automatic or requested one, or the stop's,
+    /// carries the changes.
+    private var reloadSnapshotWanted = false
+
+    /// The last snapshot's size (room reserved for the next one).
+    private var lastSnapshotBytes = 0
+    /// The automatic snapshot being written off the loop thread, if any.
+    private var inFlight: SnapshotInFlight?
+    /// The last one collected, whose thread may still be about to wake the
+    /// loop (see `finishInFlight`).
+    private var retired: SnapshotInFlight?
+    /// After an automatic snapshot failed: no new attempt before this
+    /// sequence (a tenth of `every_events` later, doubling with every
+    /// failure in a row up to `every_events`), so a full disk does not pause
+    /// the loop and roll a log segment on every turn.
+    private var retrySnapshotAt: UInt64 = 0
+    private var snapshotFailuresInARow = 0
+
+    /// SNAPSHOT requests: each takes the next ticket; the loop starts a
+    /// snapshot covering every ticket issued when none is being taken, and
+    /// a request is answered with the outcome of the first snapshot that
+    /// covers its ticket.
+    private var snapshotTicketsIssued: UInt64 = 0
+    private var snapshotTicketsStarted: UInt64 = 0
+    /// The tickets the in-flight snapshot covers (after `from`, through `to`).
+    private var inFlightTickets: (from: UInt64, to: UInt64) = (0, 0)
+    /// Outcomes of the latest snapshots that covered tickets (the sequence,
+    /// or why it failed): (first ticket, last ticket, outcome), oldest first.
+    private var snapshotOutcomes: [(from: UInt64, to: UInt64, outcome: Result<UInt64, SnapshotFailure>)] = []
+    /// Set when the server stops: a SNAPSHOT request then takes its
+    /// snapshot on the loop, as the loop starts no more.
+    var onLoop = false
+
+    struct SnapshotFailure: Error, CustomStringConvertible { var description: String }
+
+    private func snapshotOutcome(for ticket: UInt64) -> Result<UInt64, SnapshotFailure>? {
+        // Ranges are contiguous and increasing, so the first reaching the
+        // ticket is its snapshot, or (its own trimmed away) a later one,
+        // which also started after the ticket was issued.
+        snapshotOutcomes.first { ticket <= $0.to }?.outcome
+    }
+
+    private func recordSnapshotOutcome(through ticket: UInt64, _ outcome: Result<UInt64, SnapshotFailure>, from: UInt64? = nil) {
+        let first = from ?? (snapshotOutcomes.last?.to ?? 0)
+        guard ticket > first else { return }
+        snapshotOutcomes.append((first, ticket, outcome))
+        snapshotTicketsStarted = max(snapshotTicketsStarted, ticket)
+        // (A waiting request reads its outcome within a loop turn or two.)
+        if snapshotOutcomes.count > 64 { snapshotOutcomes.removeFirst(snapshotOutcomes.count - 64) }
+    }
+
+    /// True while a snapshot waits for the learner to apply what was
+    /// accepted and no new event may come in (a SNAPSHOT request's or a
+    /// RELOAD's snapshot, or an automatic one whose taper ran out):
+    /// FEEDBACK waits (parked, like a full queue) so the learner catches
+    /// up, and RECOMMENDs are served meanwhile.
+    private(set) var draining = false
+
+    /// True while an automatic snapshot's thread reads the model: nothing
+    /// that changes the model is admitted (FEEDBACK and UPSERT_ITEM wait,
+    /// parked; a RELOAD waits for it), and reads are served.
+    var serialising: Bool { inFlight.map { !$0.serialised } ?? false }
+
+    /// Wakes the loop from another thread (set by the loop once bound): a
+    /// snapshot's thread calls it when it has serialised the model, so
+    /// what waited for that goes on.
+    var wakeLoop: @Sendable () -> Void = {}
+
+    /// Called once per loop turn (EventLoop.snapshotTurn says when): starts
+    /// a snapshot when SNAPSHOT requests wait for one or `every_events` asks
+    /// for one, and none is being taken; collects a finished one. The
+    /// learner must first apply everything accepted (new FEEDBACK waits
+    /// meanwhile, or for an automatic snapshot comes into a tapering room:
+    /// SnapshotTaper; the loop never waits); then the snapshot's own thread serialises
+    /// the model and writes the file (SnapshotInFlight), and the loop goes
+    /// on serving reads. Returns whether parked requests should be tried
+    /// again: it stopped waiting for the learner without starting a
+    /// snapshot, or a snapshot finished (its SNAPSHOT requests are answered).
+    /// After the serialisation `wakeLoop` resumes parked FEEDBACK.
+    func turn() -> Bool {
+        var collected = false
+        if let f = inFlight, let outcome = f.finished {
+            collect(f, outcome)
+            collected = true
+        }
+        // (Parked FEEDBACK is tried again when a drain or a taper ends.)
+        let wasHolding = draining || taper != nil
+        let every = UInt64(config.snapshotEveryEvents)
+        let requested = snapshotTicketsIssued > snapshotTicketsStarted
+        let due = (every > 0 && model.lastSeq - lastSnapshotSeq >= every || recoveryWouldTakeTooLong)
+            && model.lastSeq >= retrySnapshotAt
+        let reloadRetry = reloadUnsnapshotted && MonotonicClock.nowNanos() >= reloadRetryAtNs
+        guard inFlight == nil, requested || due || reloadSnapshotWanted || reloadRetry else {
+            draining = false
+            taper = nil
+            return wasHolding || collected
+        }
+        guard model.appliedSeq < model.lastSeq else {
+            draining = false
+            taper = nil
+            return startSnapshotInFlight() || collected
+        }
+        // The learner is behind. A SNAPSHOT someone waits for, or a
+        // RELOAD's, stops new events at once; one that is only due tapers
+        // their room first (admissionRoom), and stops them when that ran out.
+        guard !requested, !reloadSnapshotWanted, !reloadRetry else {
+            draining = true
+            taper = nil
+            return collected
+        }
+        let now = MonotonicClock.nowNanos()
+        if taper == nil {
+            taper = SnapshotTaper(startNs: now, appliedAtStart: model.appliedSeq, from: learner.queued)
+            tapers += 1
+        }
+        // (A learner far slower than it was, or stalled: the old drain.)
+        draining = Double(now &- taper!.startNs) >= max(config.learnerMaxLagSeconds, 1) * 2e9
+        return collected
+    }
+
+    /// An automatic snapshot waiting for the learner to apply what was
+    /// accepted, without stopping FEEDBACK: the learner queue's room for
+    /// new events starts at what it held (`from`) and falls by one event
+    /// for every two the learner applies, so batches keep coming in at
+    /// half its rate while the queue empties, and none waits for the whole
+    /// queue; the room is gone, and the queue empty, once the learner has
+    /// applied twice what it held. (Tied to the learner's progress, not to
+    /// an estimate of its speed: early on, with a small model, that
+    /// estimate is far too low.) Stopping new events until the learner
+    /// caught up, as before, made every FEEDBACK in flight wait up to
+    /// `learner.max_lag_seconds` at each automatic snapshot. After
+    /// 2 · max(max_lag_seconds, 1) s the old drain takes over.
+    struct SnapshotTaper {
+        var startNs: UInt64
+        var appliedAtStart: UInt64
+        var from: Int
+    }
+    private var taper: SnapshotTaper?
+
+    /// The learner queue's room for new FEEDBACK: `allowance`, or less
+    /// while a snapshot tapers it.
+    func admissionRoom(_ allowance: Int) -> Int {
+        guard let t = taper else { return allowance }
+        let learned = model.appliedSeq &- t.appliedAtStart
+        return min(allowance, max(0, t.from - Int(min(learned / 2, UInt64(Int.max)))))
+    }
+
+    /// Replaying the log after the newest snapshot would take longer than
+    /// `snapshot.recovery_seconds`, by the learner's recent cost per event
+    /// (recovery runs the same code). With text-cnn, session-rnn or gan that
+    /// cost is 4-20 times cf's, so a fixed `every_events` alone would let a
+    /// crash's recovery, with the port closed, run for minutes.
+    /// Never sooner after the last snapshot than four times its duration:
+    /// a model that takes longer to write than the budget allows would
+    /// otherwise be snapshotted back to back (said once in the log).
+    private var recoveryWouldTakeTooLong: Bool {
+        let budget = config.snapshotRecoverySeconds
+        guard budget > 0, model.lastSeq > lastSnapshotSeq, let ns = learner.nanosPerEvent,
+              Double(model.lastSeq - lastSnapshotSeq) * ns > budget * 1e9 else { return false }
+        let since = MonotonicClock.nowNanos() &- lastSnapshotCompletedNs
+        if lastSnapshotCompletedNs > 0 && since < 4 * lastSnapshotDurationNs {
+            // (Said when the spacing alone outlasts the budget; a burst
+            // that arrived while one was written just waits.)
+            if !warnedRecoveryBudget && 4 * Double(lastSnapshotDurationNs) > budget * 1e9 {
+                warnedRecoveryBudget = true
+                Log.warning(String(format: "snapshot.recovery_seconds = %g cannot be kept: a snapshot takes %.1f s to write, and one is started at most every %.1f s, so recovery after a crash may replay more than that (raise recovery_seconds, or use fewer or cheaper scorers)",
+                                   budget, Double(lastSnapshotDurationNs) / 1e9, 4 * Double(lastSnapshotDurationNs) / 1e9))
+            }
+            return false
+        }
+        return true
+    }
+    private var lastSnapshotCompletedNs: UInt64 = 0
+    private var lastSnapshotDurationNs: UInt64 = 0
+    private var warnedRecoveryBudget = false
+    /// After a RELOAD's changes failed to be saved: when to try again (a
+    /// second, doubling to a minute; events may not come to make one due).
+    private var reloadRetryAtNs: UInt64 = .max
+
+    /// Starts a snapshot on its own thread (none in flight, the learner
+    /// idle); it also answers the SNAPSHOT requests waiting, which it
+    /// started after. Returns true when it failed at once (the failure is
+    /// recorded and the waiting requests are answered with it).
+    @discardableResult
+    private func startSnapshotInFlight() -> Bool {
+        precondition(inFlight == nil && model.appliedSeq == model.lastSeq)
+        let tickets = (from: snapshotTicketsStarted, to: snapshotTicketsIssued)
+        reloadSnapshotWanted = false
+        reloadRetryAtNs = .max
+        do {
+            let (job, t0, pauseMs) = try prepareSnapshot(note: [:], distinct: false)
+            inFlightReloadGeneration = reloadGeneration
+            // (Room for the last snapshot's size and an eighth: growing a
+            // buffer of tens of megabytes by doubling copies it each time.)
+            let capacity = lastSnapshotBytes + lastSnapshotBytes / 8
+            inFlight = SnapshotInFlight(job: job, startedNs: t0, pauseMs: pauseMs, serialise: { [model] in
+                var w = SnapshotWriter(capacity: capacity)
+                model.save(to: &w)
+                return w.bytes
+            }, wake: wakeLoop)
+            inFlightTickets = tickets
+            snapshotTicketsStarted = tickets.to
+            return false
+        } catch {
+            snapshotFailed(at: model.lastSeq, error)
+            recordSnapshotOutcome(through: tickets.to, .failure(SnapshotFailure(description: "\(error)")), from: tickets.from)
+            return true
+        }
+    }
+
+    /// A stop: no automatic snapshot waits for the learner any more.
+    func cancelDraining() {
+        draining = false
+        taper = nil
+    }
+
+    /// Writes a snapshot of the model at the current log position and
+    /// returns when it is durable (a rollback or a dropped scorer at start-up, a graceful stop, and
+    /// a SNAPSHOT request while stopping): waits for one still being written,
+    /// then serialises, writes, describes and prunes on the loop thread,
+    /// which pauses for all of it (about 0.15-0.25 s for ml-latest-small
+    /// with cf: 36 MB). Returns the sequence it covers.
+    @discardableResult
+    func take(note: [String: Any] = [:], distinct: Bool = false) throws -> UInt64 {
+        finishInFlight()
+        let written: SnapshotWritten, job: SnapshotJob, size: Int, t0: UInt64
+        let generation = reloadGeneration
+        reloadSnapshotWanted = false
+        do {
+            (job, t0, _) = try prepareSnapshot(note: note, distinct: distinct)
+            var w = SnapshotWriter(capacity: lastSnapshotBytes + lastSnapshotBytes / 8)
+            model.save(to: &w)
+            var bytes = w.bytes
+            w = SnapshotWriter()
+            size = bytes.count
+            lastSnapshotBytes = size
+            written = try job.write(&bytes)
+        } catch {
+            Log.error("\(error)")
+            throw error
+        }
+        let ms = Double(MonotonicClock.nowNanos() - t0) / 1e6
+        complete(written, seq: job.seq, bytes: size, startedNs: t0, reloadGeneration: generation,
+                 how: String(format: "serving paused %.1f ms", ms))
+        return job.seq
+    }
+
+    /// Waits for an automatic snapshot still being written, and completes it.
+    /// Also waits for the thread of the last one collected to end: it wakes
+    /// the loop once more after its outcome is visible, and the loop's
+    /// handles must outlive that wake (this runs before they close).
+    func finishInFlight() {
+        if let f = inFlight { collect(f, f.wait()) }
+        if let r = retired { _ = r.wait(); retired = nil }
+    }
+
+    /// The loop's part of a snapshot: waits for the learner to apply
+    /// everything accepted, starts a new log segment, describes the version.
+    /// Returns the job, when it started, and how long the loop spent (ms).
+    private func prepareSnapshot(note: [String: Any], distinct: Bool) throws -> (SnapshotJob, UInt64, Double) {
+        let t0 = MonotonicClock.nowNanos()
+        while model.appliedSeq < model.lastSeq { usleep(50) }
+        let seq = model.lastSeq
+        let segment = try log.rollSegment()
+        // The snapshot is a model version: its description (its size is
+        // added when it is written).
+        var meta: [String: Any] = ["created": ISO8601DateFormatter().string(from: Date()), "scorers": model.scorerNames,
+                                   "default_scorer": model.defaultScorer, "config": config.source,
+                                   "users": model.users.count, "items": model.items.count,
+                                   "settings": config.modelSettingValues]
+        for (k, v) in note { meta[k] = v }
+        if reloadUnsnapshotted { meta["reload"] = unsnapshottedReloadChanges }
+        let job = SnapshotJob(store: store, seq: seq, firstLogSegment: segment, distinct: distinct || reloadUnsnapshotted,
+                              keep: config.snapshotKeep, description: meta)
+        return (job, t0, Double(MonotonicClock.nowNanos() - t0) / 1e6)
+    }
+
+    /// An automatic snapshot's write finished: complete it, or note the failure.
+    private func collect(_ f: SnapshotInFlight, _ outcome: Result<SnapshotWritten, any Error>) {
+        inFlight = nil
+        retired = f
+        switch outcome {
+        case .success(let written):
+            lastSnapshotBytes = f.size
+            complete(written, seq: f.seq, bytes: f.size, startedNs: f.startedNs, reloadGeneration: inFlightReloadGeneration,
+                     how: String(format: "serialised off the loop in %.1f ms; serving paused %.2f ms", f.serialiseMs, f.pauseMs))
+            recordSnapshotOutcome(through: inFlightTickets.to, .success(f.seq), from: inFlightTickets.from)
+        case .failure(let error):
+            snapshotFailed(at: f.seq, error)
+            recordSnapshotOutcome(through: inFlightTickets.to, .failure(SnapshotFailure(description: "\(error)")), from: inFlightTickets.from)
+        }
+        inFlightTickets = (0, 0)
+    }
+
+    private func snapshotFailed(at seq: UInt64, _ error: any Error) {
+        snapshotFailuresInARow += 1
+        // The events between automatic snapshots: every_events, or those
+        // the recovery budget allows at the learner's recent cost.
+        var every = config.snapshotEveryEvents
+        if config.snapshotRecoverySeconds > 0, let ns = learner.nanosPerEvent {
+            let allowed = Int(min(config.snapshotRecoverySeconds * 1e9 / max(ns, 1), 1e15))
+            every = every > 0 ? min(every, allowed) : allowed
+        }
+        let automatic = config.snapshotEveryEvents > 0 || config.snapshotRecoverySeconds > 0
+        every = max(1, every > 0 ? every : 1_000_000)
+        var wait = max(1, every / 10)
+        for _ in 1..<min(snapshotFailuresInARow, 20) where wait < every { wait *= 2 }
+        wait = min(wait, every)
+        retrySnapshotAt = model.lastSeq + UInt64(wait)
+        var next = automatic
+            ? "next automatic attempt after sequence \(retrySnapshotAt)"
+            : "snapshot.every_events = 0 and recovery_seconds = 0: the next SNAPSHOT request or a graceful stop takes one"
+        if reloadUnsnapshotted {
+            let delay = min(60, 1 << min(snapshotFailuresInARow - 1, 6))
+            reloadRetryAtNs = MonotonicClock.nowNanos() + UInt64(delay) * 1_000_000_000
+            next += "; the RELOAD's changes are saved by the next one, tried again in \(delay) s"
+        }
+        Log.error("snapshot at sequence \(seq) failed (\(next)): \(error)")
+    }
+
+    /// A snapshot is durable: it is the newest, and the log segments the
+    /// kept snapshots cover can go.
+    private func complete(_ written: SnapshotWritten, seq: UInt64, bytes: Int, startedNs: UInt64, reloadGeneration generation: Int,
+                          how: String) {
+        lastSnapshotSeq = max(lastSnapshotSeq, seq)
+        if generation == reloadGeneration { unsnapshottedReloadChanges = [] }
+        lastSnapshotCompletedNs = MonotonicClock.nowNanos()
+        lastSnapshotDurationNs = lastSnapshotCompletedNs &- startedNs
+        snapshotFailuresInARow = 0
+        completed += 1
+        if let keepFrom = written.keepLogFrom { log.removeSegments(before: keepFrom) }
+        Log.info(String(format: "snapshot (version %@) at sequence %llu: %d bytes in %.1f ms (%@)",
+                        written.file.id, seq, bytes, Double(MonotonicClock.nowNanos() - startedNs) / 1e6, how))
+    }
+}
