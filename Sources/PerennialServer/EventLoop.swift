@@ -367,6 +367,8 @@ final class EventLoop {
         handler.learner.stop()
         // A graceful stop leaves a snapshot, so the next start-up is quick.
         handler.snapshots.finishInFlight()
+        // (A SIGHUP still waiting for the learner is carried out first.)
+        _ = handler.runWaitingHangup(stopping: true)
         if handler.model.lastSeq > handler.snapshots.lastSnapshotSeq || handler.snapshots.reloadUnsnapshotted { _ = try? handler.snapshots.take() }
         uv_close(UnsafeMutablePointer(OpaquePointer(progressAsync)), nil)
         uv_close(UnsafeMutablePointer(OpaquePointer(stopAsync)), nil)

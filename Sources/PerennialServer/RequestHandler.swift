@@ -477,16 +477,20 @@ final class RequestHandler {
     /// listening socket need a restart, and a config that changes them, or
     /// fails to parse, is refused (said in the log) and the old one stays.
     /// Scorers are swapped with the learner idle and no snapshot thread
-    /// reading the model: until then it waits like a parked RELOAD request
-    /// (`hangupWaiting`: new FEEDBACK waits with it, reads are served) and
-    /// `runWaitingHangup` carries it out, with the config read again.
+    /// reading the model, and (like a RELOAD request) after the RECOMMENDs
+    /// read before it are answered: until then it waits like a parked
+    /// RELOAD request (`hangupWaiting`: new FEEDBACK waits with it, reads
+    /// are served, still under the old config) and `runWaitingHangup`
+    /// carries it out, with the config read again.
     func hangup() {
         do {
             let next = try checkedReloadConfig()
-            if snapshots.serialising || model.appliedSeq < model.lastSeq {
+            if snapshots.serialising || model.appliedSeq < model.lastSeq || hasDeferred {
                 hangupWaiting = true
                 return
             }
+            // (One that waited is carried out by this one.)
+            hangupWaiting = false
             _ = try applyReload(next)
         } catch {
             Log.error("SIGHUP: the new config was refused; the old one stays: \(error)")
@@ -498,8 +502,12 @@ final class RequestHandler {
 
     /// Carries out a waiting SIGHUP's reload once the learner is idle;
     /// true when it ran (then the FEEDBACK that waited may go on).
-    func runWaitingHangup() -> Bool {
-        guard hangupWaiting, !snapshots.serialising, model.appliedSeq >= model.lastSeq else { return false }
+    /// `stopping`: the stop has closed every connection (no batch is owed
+    /// any more) and stopped the learner; the reload runs before the stop's
+    /// snapshot, which then holds its scorer set.
+    func runWaitingHangup(stopping: Bool = false) -> Bool {
+        guard hangupWaiting, !snapshots.serialising, model.appliedSeq >= model.lastSeq,
+              stopping || !hasDeferred else { return false }
         hangupWaiting = false
         do {
             _ = try applyReload(try checkedReloadConfig())

@@ -12,7 +12,7 @@
 // model may be read here while the loop serves): until `serialised` is set
 // the loop changes nothing `Model.save` reads. It admits no FEEDBACK and no
 // UPSERT_ITEM (they wait, parked, as for a full learner queue), a RELOAD
-// waits for the serialisation (`waitUntilSerialised`), and the learner is
+// (request or SIGHUP) waits, parked, for the serialisation, and the learner is
 // idle, having applied everything accepted; RECOMMEND, SCORE and STATS
 // only read the model and write serving scratch (top-k, exclusions, the
 // quantised item copies, text-cnn's cached encodings) that snapshots do not
@@ -84,7 +84,6 @@ final class SnapshotInFlight: @unchecked Sendable {
     private let done = DispatchSemaphore(value: 0)
     /// Set once the thread has read the model for the last time.
     private let serialisedFlag = Atomic<Bool>(false)
-    private let serialisedSignal = DispatchSemaphore(value: 0)
     /// The serialised size and the time it took (ns), once `serialised`.
     private let serialisedSize = Atomic<Int>(0)
     private let serialiseNs = Atomic<UInt64>(0)
@@ -104,7 +103,6 @@ final class SnapshotInFlight: @unchecked Sendable {
             serialisedSize.store(payload.count, ordering: .relaxed)
             serialiseNs.store(MonotonicClock.nowNanos() - t0, ordering: .relaxed)
             serialisedFlag.store(true, ordering: .releasing)
-            serialisedSignal.signal()
             wake()
             let result = Result { try job.write(&self.payload) }
             outcome.withLock { $0 = result }
@@ -118,14 +116,6 @@ final class SnapshotInFlight: @unchecked Sendable {
 
     /// Whether the thread has finished reading the model (never blocks).
     var serialised: Bool { serialisedFlag.load(ordering: .acquiring) }
-
-    /// Blocks until the thread has finished reading the model.
-    func waitUntilSerialised() {
-        guard !serialised else { return }
-        serialisedSignal.wait()
-        serialisedSignal.signal()
-        _ = serialised  // (the acquiring load orders what follows after the thread's reads)
-    }
 
     /// The serialised size (bytes) and how long serialising took (ms);
     /// valid once `serialised`.

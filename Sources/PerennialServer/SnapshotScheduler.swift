@@ -71,10 +71,6 @@ final class SnapshotScheduler {
         reloadSnapshotWanted = true
     }
 
-    /// For SIGHUP's RELOAD on the loop: waits until an automatic
-    /// snapshot's thread no longer reads the model.
-    func waitUntilSerialised() { inFlight?.waitUntilSerialised() }
-
     /// What RELOADs that rebuilt, added or removed scorers changed since the
     /// newest snapshot: the model then differs from that snapshot even
     /// with no event since. Until a snapshot of it is durable, every

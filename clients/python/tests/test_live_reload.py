@@ -344,3 +344,30 @@ def test_a_sighup_reload_waits_for_the_learner_without_stopping_reads(start_serv
         assert stats["reloads"] == 1, stats
         assert stats["events_accepted"] == 20100
     assert srv.log().count("config reloaded") == 1
+
+
+def test_a_sighup_still_waiting_when_the_server_stops_is_carried_out(start_server) -> None:
+    """A SIGHUP waiting for the learner when SIGTERM comes is carried out
+    before the stop's snapshot (review finding: it was dropped, the stop's
+    snapshot kept the removed scorer, and the next start was refused)."""
+    srv = start_server(BASE % ('"cf", "session-rnn"', "cf", "0.3"))
+    cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
+    rng = random.Random(7)
+    events = [perennial.Event(rng.randint(1, 500), rng.randint(1, 2000)) for _ in range(40000)]
+    with srv.client(timeout=30) as feeder, srv.client() as reader:
+        feeder.feedback(events[:2000])
+        feeder.recommend(1, k=1)                                  # the learner's cost is known
+        _write(cfg, '"cf"', "cf")                                 # session-rnn removed (read at SIGHUP)
+        for k in range(2000, 40000, 1000):                        # a backlog of up to max_lag_seconds
+            feeder.feedback(events[k:k + 1000])
+        srv.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.05)                                          # the signal is handled
+        behind = reader.stats()
+    assert behind["events_applied"] < 40000 and behind["reloads"] == 0, behind   # so the SIGHUP waits
+    assert srv.stop() == 0, srv.log()
+    assert srv.log().count("config reloaded") == 1, srv.log()
+    srv.start_again()                                             # with the new config: cf alone
+    with srv.client() as c:
+        stats = c.stats()
+    assert stats["events_accepted"] == 40000
+    assert "scorer_loaded_session_rnn" not in stats, stats
