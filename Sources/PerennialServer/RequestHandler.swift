@@ -483,18 +483,10 @@ final class RequestHandler {
     /// are served, still under the old config) and `runWaitingHangup`
     /// carries it out, with the config read again.
     func hangup() {
-        do {
-            let next = try checkedReloadConfig()
-            if snapshots.serialising || model.appliedSeq < model.lastSeq || hasDeferred {
-                hangupWaiting = true
-                return
-            }
-            // (One that waited is carried out by this one.)
-            hangupWaiting = false
-            _ = try applyReload(next)
-        } catch {
-            Log.error("SIGHUP: the new config was refused; the old one stays: \(error)")
-        }
+        // (A file that cannot apply is refused at once: nothing to wait for.)
+        do { _ = try checkedReloadConfig() } catch { return logHangupRefused(error) }
+        hangupWaiting = true
+        _ = runWaitingHangup()
     }
 
     /// A SIGHUP's reload waits for the learner (see `hangup`).
@@ -512,9 +504,13 @@ final class RequestHandler {
         do {
             _ = try applyReload(try checkedReloadConfig())
         } catch {
-            Log.error("SIGHUP: the new config was refused; the old one stays: \(error)")
+            logHangupRefused(error)
         }
         return true
+    }
+
+    private func logHangupRefused(_ error: any Error) {
+        Log.error("SIGHUP: the new config was refused; the old one stays: \(error)")
     }
 
     /// The config file read again, and refused when it changes what only a

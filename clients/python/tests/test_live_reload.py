@@ -33,6 +33,22 @@ def _write(path: Path, load: str, default: str, factor: str = "0.7") -> None:
     path.write_text(BASE % (load, default, factor))
 
 
+def _events(seed: int, count: int) -> list:
+    rng = random.Random(seed)
+    return [perennial.Event(rng.randint(1, 500), rng.randint(1, 2000)) for _ in range(count)]
+
+
+def _build_backlog(feeder: perennial.Client, events: list) -> None:
+    """Leaves the learner behind: the first 2,000 events and a read (so
+    the learner's cost is known and the queue allowance follows it), then
+    the rest in 1,000-event batches, which fill the queue up to about
+    `learner.max_lag_seconds` of session-rnn's learning."""
+    feeder.feedback(events[:2000])
+    feeder.recommend(1, k=1)
+    for k in range(2000, len(events), 1000):
+        feeder.feedback(events[k:k + 1000])
+
+
 def test_reload_under_load(start_server) -> None:
     srv = start_server(BASE % ('"cf", "popularity"', "cf", "0.7"))
     cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
@@ -229,13 +245,9 @@ def test_a_reload_waits_for_the_learner_without_stopping_reads(start_server) -> 
     answered at once. Once it has run, feedback flows again."""
     srv = start_server(BASE % ('"cf", "session-rnn"', "cf", "0.3"))
     cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
-    rng = random.Random(3)
-    events = [perennial.Event(rng.randint(1, 500), rng.randint(1, 2000)) for _ in range(20000)]
+    events = _events(seed=3, count=20000)
     with srv.client() as feeder, srv.client() as reader, srv.client(timeout=60) as admin:
-        feeder.feedback(events[:2000])
-        feeder.recommend(1, k=1)                                  # the learner's cost is known
-        for k in range(2000, 20000, 1000):                        # a backlog: about a second of session-rnn
-            feeder.feedback(events[k:k + 1000])
+        _build_backlog(feeder, events)
         behind = reader.stats()
         assert behind["events_applied"] < behind["events_accepted"], behind
         _write(cfg, '"cf", "session-rnn"', "cf", "0.5")           # an adjustment: no rebuild
@@ -264,14 +276,10 @@ def test_a_reload_whose_connection_closes_while_it_waits_holds_nothing_up(start_
     connection reads nothing more, so the RELOAD it sent is carried out
     once the learner is idle, and FEEDBACK flows again."""
     srv = start_server(BASE % ('"cf", "session-rnn"', "cf", "0.3"))
-    rng = random.Random(4)
-    events = [perennial.Event(rng.randint(1, 500), rng.randint(1, 2000)) for _ in range(12000)]
+    events = _events(seed=4, count=12000)
     host, port = srv.address
     with srv.client(timeout=30) as feeder:
-        feeder.feedback(events[:2000])
-        feeder.recommend(1, k=1)
-        for k in range(2000, 12000, 1000):
-            feeder.feedback(events[k:k + 1000])
+        _build_backlog(feeder, events)
         with socket.create_connection((host, port)) as raw:
             raw.sendall(struct.pack("<IBBHI", 8, 1, 0x10, 0, 1))   # RELOAD, empty payload
             time.sleep(0.05)
@@ -291,13 +299,9 @@ def test_a_parked_reload_that_fails_when_it_runs_holds_nothing_up(start_server) 
     every connection's FEEDBACK back)."""
     srv = start_server(BASE % ('"cf", "session-rnn"', "cf", "0.3"))
     cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
-    rng = random.Random(5)
-    events = [perennial.Event(rng.randint(1, 500), rng.randint(1, 2000)) for _ in range(14000)]
+    events = _events(seed=5, count=14000)
     with srv.client(timeout=30) as feeder, srv.client(timeout=30) as admin:
-        feeder.feedback(events[:2000])
-        feeder.recommend(1, k=1)
-        for k in range(2000, 14000, 1000):
-            feeder.feedback(events[k:k + 1000])
+        _build_backlog(feeder, events)
         failed = {}
 
         def reload() -> None:
@@ -324,13 +328,9 @@ def test_a_sighup_reload_waits_for_the_learner_without_stopping_reads(start_serv
     waits, and the reload runs once the learner is idle."""
     srv = start_server(BASE % ('"cf", "session-rnn"', "cf", "0.3"))
     cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
-    rng = random.Random(6)
-    events = [perennial.Event(rng.randint(1, 500), rng.randint(1, 2000)) for _ in range(20000)]
+    events = _events(seed=6, count=20000)
     with srv.client(timeout=30) as feeder, srv.client() as reader:
-        feeder.feedback(events[:2000])
-        feeder.recommend(1, k=1)                                  # the learner's cost is known
-        for k in range(2000, 20000, 1000):                        # a backlog: about a second of session-rnn
-            feeder.feedback(events[k:k + 1000])
+        _build_backlog(feeder, events)
         assert reader.stats()["events_applied"] < 20000
         _write(cfg, '"cf", "session-rnn"', "cf", "0.5")           # an adjustment: no rebuild
         srv.proc.send_signal(signal.SIGHUP)
@@ -352,14 +352,10 @@ def test_a_sighup_still_waiting_when_the_server_stops_is_carried_out(start_serve
     snapshot kept the removed scorer, and the next start was refused)."""
     srv = start_server(BASE % ('"cf", "session-rnn"', "cf", "0.3"))
     cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
-    rng = random.Random(7)
-    events = [perennial.Event(rng.randint(1, 500), rng.randint(1, 2000)) for _ in range(40000)]
+    events = _events(seed=7, count=40000)
     with srv.client(timeout=30) as feeder, srv.client() as reader:
-        feeder.feedback(events[:2000])
-        feeder.recommend(1, k=1)                                  # the learner's cost is known
         _write(cfg, '"cf"', "cf")                                 # session-rnn removed (read at SIGHUP)
-        for k in range(2000, 40000, 1000):                        # a backlog of up to max_lag_seconds
-            feeder.feedback(events[k:k + 1000])
+        _build_backlog(feeder, events)
         srv.proc.send_signal(signal.SIGHUP)
         time.sleep(0.05)                                          # the signal is handled
         behind = reader.stats()
