@@ -56,6 +56,8 @@ public enum VersionEvaluation {
                 }
             case .upsert(let item, let text, let attributes):
                 _ = model.upsertItem(id: item, text: text, attributes: attributes.map { ($0.key, $0.value) })
+            case .delete(let items):
+                _ = model.deleteItems(items)
             }
         }
         figures.seconds = Date().timeIntervalSince(t0)

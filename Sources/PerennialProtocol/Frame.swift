@@ -16,6 +16,7 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
     case feedback = 0x05
     case upsertItem = 0x06
     case stats = 0x07
+    case deleteItems = 0x08
     case reload = 0x10
     case snapshot = 0x11
     case shutdown = 0x12
@@ -30,6 +31,7 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
         case .feedback: "FEEDBACK"
         case .upsertItem: "UPSERT_ITEM"
         case .stats: "STATS"
+        case .deleteItems: "DELETE_ITEMS"
         case .reload: "RELOAD"
         case .snapshot: "SNAPSHOT"
         case .shutdown: "SHUTDOWN"

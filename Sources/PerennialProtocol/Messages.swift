@@ -224,6 +224,7 @@ public enum Request: Sendable, Equatable {
     case score(ScoreRequest)
     case feedback([WireEvent])
     case upsertItem(UpsertItem)
+    case deleteItems([UInt64])
     case stats
     case reload
     case snapshot
@@ -237,6 +238,7 @@ public enum Request: Sendable, Equatable {
         case .score: .score
         case .feedback: .feedback
         case .upsertItem: .upsertItem
+        case .deleteItems: .deleteItems
         case .stats: .stats
         case .reload: .reload
         case .snapshot: .snapshot
@@ -253,6 +255,8 @@ public enum Reply: Sendable, Equatable {
     case score([ItemScore])
     case feedback(FeedbackAck)
     case upsertItem(UpsertReply)
+    /// How many of the named items the server held (and has forgotten).
+    case deleteItems(deleted: UInt16)
     case stats([StatCounter])
     case reload
     case snapshot(UInt64)
@@ -267,6 +271,7 @@ public enum Reply: Sendable, Equatable {
         case .score: .score
         case .feedback: .feedback
         case .upsertItem: .upsertItem
+        case .deleteItems: .deleteItems
         case .stats: .stats
         case .reload: .reload
         case .snapshot: .snapshot

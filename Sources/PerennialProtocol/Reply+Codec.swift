@@ -34,6 +34,8 @@ extension Reply {
         case .upsertItem(let u):
             out.put(UInt8(u.created ? 1 : 0))
             out.put(UInt8(u.truncated ? 1 : 0))
+        case .deleteItems(let deleted):
+            out.put(deleted)
         case .stats(let counters):
             out.put(UInt16(counters.count))
             for c in counters {
@@ -100,6 +102,8 @@ extension Reply {
                                           durableSeq: try r.u64("durable_seq"), appliedSeq: try r.u64("applied_seq")))
         case .upsertItem:
             reply = .upsertItem(UpsertReply(created: try r.flag("created"), truncated: try r.flag("truncated")))
+        case .deleteItems:
+            reply = .deleteItems(deleted: try r.u16("deleted"))
         case .stats:
             let n = Int(try r.u16("n"))
             var counters = [StatCounter]()

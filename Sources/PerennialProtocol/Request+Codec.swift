@@ -61,6 +61,10 @@ extension Request {
                 attributes.append(ItemAttribute(key: key, value: value))
             }
             request = .upsertItem(UpsertItem(item: item, text: text, attributes: attributes))
+        case .deleteItems:
+            let items = try r.ids16("items", limit: limits.maxItems)
+            if items.isEmpty { throw ProtocolError(.invalidArgument, "items: DELETE_ITEMS needs at least one item") }
+            request = .deleteItems(items)
         case .error:
             throw ProtocolError(.unknownOpcode, "ERROR is a reply-only opcode")
         }
@@ -131,6 +135,8 @@ extension Request {
                 out.putStr16(a.key)
                 out.putStr16(a.value)
             }
+        case .deleteItems(let items):
+            out.putIDs16(items)
         }
         out.endFrame(start)
     }

@@ -221,7 +221,7 @@ final class RequestHandler {
             // (While a snapshot that stopped new events waits for the
             // learner to catch up, and while its thread serialises the
             // model, new events wait; RECOMMENDs go on.)
-            guard !snapshots.draining, !snapshots.serialising, reloadsWaiting.isEmpty, !hangupWaiting else { return .waitForQueueRoom }
+            guard !snapshots.draining, !snapshots.serialising, idleWaiters.isEmpty, !hangupWaiting else { return .waitForQueueRoom }
             // Batches that found the queue full go in the order they came:
             // a large one is never passed over, turn after turn, by smaller
             // ones that fit in the room it waits for. (A batch over its own
@@ -341,6 +341,35 @@ final class RequestHandler {
             if log.policy == .always { needsSync = true }
             let r = model.upsertItem(id: u.item, text: u.text, attributes: u.attributes.map { ($0.key, $0.value) })
             Reply.upsertItem(UpsertReply(created: r.created, truncated: r.truncated)).encode(into: &out, requestID: requestID)
+        case .deleteItems(let ids):
+            // Forgetting an item visits every history and every scorer's
+            // tables, so it runs with the learner idle and no snapshot
+            // thread reading the model, at a log position a replay reaches
+            // with the learner idle too. Until then this connection waits
+            // parked (the frame unread) and new FEEDBACK waits with it, as
+            // for a RELOAD (a stream of it could keep the learner busy for
+            // good); reads go on, and may still return the items.
+            if snapshots.serialising { return .waitForQueueRoom }
+            guard model.holdsAnyItem(of: ids) else {
+                releaseWaits(owner)
+                Reply.deleteItems(deleted: 0).encode(into: &out, requestID: requestID)
+                return .done
+            }
+            if model.appliedSeq < model.lastSeq {
+                idleWaiters.insert(owner)
+                return .waitForApplied(seq: model.lastSeq, deadline: .max)
+            }
+            releaseWaits(owner)
+            // The log first: a deletion the log refused did not happen.
+            do {
+                try log.append(.delete(items: ids), lastSeq: model.lastSeq)
+            } catch {
+                throw ProtocolError(.storage, "items not deleted: \(error)")
+            }
+            if log.policy == .always { needsSync = true }
+            let deleted = model.deleteItems(ids)
+            stats.itemsDeleted += UInt64(deleted)
+            Reply.deleteItems(deleted: UInt16(deleted)).encode(into: &out, requestID: requestID)
         case .reload:
             do {
                 // Refused at once when it cannot apply (nothing to wait for).
@@ -351,7 +380,7 @@ final class RequestHandler {
                 // the loop goes on serving reads.
                 if snapshots.serialising { return .waitForQueueRoom }
                 if model.appliedSeq < model.lastSeq {
-                    reloadsWaiting.insert(owner)
+                    idleWaiters.insert(owner)
                     return .waitForApplied(seq: model.lastSeq, deadline: .max)
                 }
                 releaseWaits(owner)
@@ -608,9 +637,9 @@ final class RequestHandler {
         if let i = roomLine.firstIndex(of: owner) { roomLine.remove(at: i) }
     }
 
-    /// Connections whose RELOAD waits for the learner to apply what was
-    /// accepted: FEEDBACK waits until none is left.
-    private var reloadsWaiting: Set<ObjectIdentifier> = []
+    /// Connections whose RELOAD or DELETE_ITEMS waits for the learner to
+    /// apply what was accepted: FEEDBACK waits until none is left.
+    private var idleWaiters: Set<ObjectIdentifier> = []
 
     /// A connection closed: it holds no place in line and no RELOAD waits
     /// for it. (A parked connection reads nothing, so this is the server
@@ -622,7 +651,7 @@ final class RequestHandler {
     /// the last such RELOAD goes, parked FEEDBACK is tried again).
     private func releaseWaits(_ owner: ObjectIdentifier) {
         leaveRoomLine(owner)
-        if reloadsWaiting.remove(owner) != nil && reloadsWaiting.isEmpty { wakeLoop() }
+        if idleWaiters.remove(owner) != nil && idleWaiters.isEmpty { wakeLoop() }
     }
 
     /// The events the learner queue may hold: its capacity, or fewer when
@@ -710,6 +739,7 @@ final class RequestHandler {
             StatCounter("queue_full_pauses", stats.queueFullPauses),
             StatCounter("snapshot_tapers", snapshots.tapers),
             StatCounter("item_sweep_waits", stats.sweepWaits),
+            StatCounter("items_deleted", stats.itemsDeleted),
             StatCounter("capacity_refusals", stats.capacityRefusals),
             StatCounter("uptime_ms", MonotonicClock.nowMillis() - startedAt),
             StatCounter("sessions", UInt64(sessions.count)),

@@ -24,6 +24,8 @@ struct ServerStats {
     var queueFullPauses: UInt64 = 0
     /// Item expiry sweeps whose batch waited for the learner to drain.
     var sweepWaits: UInt64 = 0
+    /// Items forgotten by DELETE_ITEMS since the server started.
+    var itemsDeleted: UInt64 = 0
     /// FEEDBACK batches and upserts refused because they would add an id beyond `[limits]`'s bounds.
     var capacityRefusals: UInt64 = 0
 }

@@ -56,6 +56,11 @@ import Popularity
                 try log.append(u, lastSeq: seq)
                 written.append(u)
             }
+            if b == 7 {
+                let d = LogRecord.delete(items: [9, 1 << 40, 3])
+                try log.append(d, lastSeq: seq)
+                written.append(d)
+            }
         }
         try log.sync()
         #expect(log.durableSeq == 400)

@@ -399,6 +399,25 @@ import Synchronization
         #expect(try await c.stats()["items_with_text"] == 1)
     }
 
+    @Test func deletedItemsAreForgottenThroughTheSwiftClient() async throws {
+        let s = try TestServer("")
+        defer { s.stop() }
+        let c = try await PerennialClient.connect(port: s.port)
+        defer { c.close() }
+        var events: [WireEvent] = []
+        for u in 1...20 { for i in 1...8 { events.append(WireEvent(user: UInt64(u), item: UInt64(i + u % 3), kind: .click, value: 1, timestamp: 0)) } }
+        _ = try await c.feedback(events)
+        #expect(try await c.recommend(user: 500, k: 10).contains { $0.item == 3 })
+        #expect(try await c.deleteItems([3, 4, 999]) == 2)
+        #expect(try await c.deleteItems([3]) == 0)
+        let after = try await c.recommend(user: 500, k: 10)
+        #expect(!after.isEmpty && after.allSatisfy { $0.item != 3 && $0.item != 4 })
+        #expect(try await c.score(user: 1, items: [3, 5]).map(\.known) == [false, true])
+        #expect(try await c.stats()["items_deleted"] == 2)
+        await #expect(throws: PerennialClientError.self) { _ = try await c.deleteItems([]) }
+        try await c.ping()
+    }
+
     @Test func replayOfMovieLensAppliesEveryEvent() async throws {
         let folder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("shared/data/ml-latest-small/ratings.csv")

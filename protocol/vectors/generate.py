@@ -40,6 +40,7 @@ OPCODES = {
     "FEEDBACK": 0x05,
     "UPSERT_ITEM": 0x06,
     "STATS": 0x07,
+    "DELETE_ITEMS": 0x08,
     "RELOAD": 0x10,
     "SNAPSHOT": 0x11,
     "SHUTDOWN": 0x12,
@@ -369,6 +370,14 @@ def valid_vectors() -> None:
               frame(op["UPSERT_ITEM"], REPLY, 12, p), "UPSERT_ITEM", REPLY, 12,
               {"created": 0, "truncated": 1})
 
+    # DELETE_ITEMS
+    add_frame("delete_items_request", "DELETE_ITEMS of three items",
+              frame(op["DELETE_ITEMS"], 0, 61, ids16([555, 7, MAX_ID])), "DELETE_ITEMS", 0, 61,
+              {"items": [555, 7, MAX_ID]})
+    add_frame("delete_items_reply", "DELETE_ITEMS reply: two of them were held",
+              frame(op["DELETE_ITEMS"], REPLY, 61, u16(2)), "DELETE_ITEMS", REPLY, 61,
+              {"deleted": 2})
+
     # STATS
     add_frame("stats_request", "STATS request", frame(op["STATS"], 0, 13, b""),
               "STATS", 0, 13, {})
@@ -546,6 +555,10 @@ def invalid_vectors() -> None:
     add_error("score_request_item_2pow64_minus_1", "SCORE of item 2^64-1",
               frame(op["SCORE"], 0, 47, u64(42) + str16("") + ids16([]) + ids16([2**64 - 1])),
               "INVALID_ARGUMENT", 47)
+    add_error("delete_items_request_no_items", "DELETE_ITEMS with an empty item list",
+              frame(op["DELETE_ITEMS"], 0, 62, ids16([])), "INVALID_ARGUMENT", 62)
+    add_error("delete_items_request_item_0", "DELETE_ITEMS naming item 0",
+              frame(op["DELETE_ITEMS"], 0, 63, ids16([5, 0])), "INVALID_ARGUMENT", 63)
     add_error("upsert_item_request_item_0", "UPSERT_ITEM of item 0",
               frame(op["UPSERT_ITEM"], 0, 48, u64(0) + str32("x") + u16(0)),
               "INVALID_ARGUMENT", 48)

@@ -298,12 +298,39 @@ public final class Model: @unchecked Sendable {
         guard !idle.isEmpty else { return }
         while appliedSeq < lastSeq { usleep(50) }
         drained = MonotonicClock.nowNanos()
+        forget(items: idle)
+    }
+
+    /// Deletes items for good (DELETE_ITEMS, or its log record replayed):
+    /// each held one is forgotten with every reference to it, as expiry
+    /// forgets an idle item, and its index serves the next new item. Ids
+    /// the model does not hold are ignored. Returns how many it held.
+    /// The learner must have applied every admitted event (the server
+    /// waits for that before it logs the deletion, so a replay of the log
+    /// forgets at the same position).
+    public func deleteItems(_ ids: [UInt64]) -> Int {
+        precondition(appliedSeq == lastSeq, "items are deleted with the learner idle")
+        var held: [Int32] = []
+        for id in Set(ids) { if let i = items.index(of: id) { held.append(i) } }
+        guard !held.isEmpty else { return 0 }
+        held.sort()
+        forget(items: held)
+        return held.count
+    }
+
+    /// Whether the model holds any of these item ids (admitting thread).
+    public func holdsAnyItem(of ids: [UInt64]) -> Bool { ids.contains { items.index(of: $0) != nil } }
+
+    /// Forgets held item indices (sorted) and every reference to them; the
+    /// learner is idle.
+    private func forget(items idle: [Int32]) {
         let retired = RetiredItems(idle, itemCount: items.count)
         history.remove(retired)
         replayBuffer.remove(retired)
         replayHeld.store(UInt64(replayBuffer.events.count), ordering: .relaxed)
         for s in scorers { s.forget(items: retired) }
         for i in idle {
+            itemLifecycle.reset(i)
             table.resetItem(i)
             catalogue.remove(i)
             items.remove(index: i)
@@ -362,6 +389,8 @@ public final class Model: @unchecked Sendable {
             for e in scratch { learn(e) }
         case .upsert(let item, let text, let attributes):
             _ = upsertItem(id: item, text: text, attributes: attributes.map { ($0.key, $0.value) })
+        case .delete(let items):
+            _ = deleteItems(items)
         }
     }
 

@@ -258,6 +258,14 @@ def upsert_item(item: int, text: str, attributes: Attributes = None) -> Command:
     return Command(Opcode.UPSERT_ITEM, body, parse)
 
 
+def delete_items(items: Iterable[int]) -> Command:
+    item_list = _ids(items, "items")
+    if not item_list:
+        raise ValueError("delete_items() needs at least one item")
+    body = encode_payload(Opcode.DELETE_ITEMS, False, {"items": item_list})
+    return Command(Opcode.DELETE_ITEMS, body, lambda p: int(p["deleted"]))
+
+
 def stats() -> Command:
     return Command(Opcode.STATS, b"", lambda p: {name: value for name, value in p["counters"]})
 
@@ -327,6 +335,10 @@ class PipelineCommands:
     def upsert_item(self, item: int, text: str, attributes: Attributes = None) -> Any:
         """Queue an UPSERT_ITEM; its result is an :class:`UpsertResult`."""
         return self._queue(upsert_item(item, text, attributes))
+
+    def delete_items(self, items: Iterable[int]) -> Any:
+        """Queue a DELETE_ITEMS; its result is how many of the items the server held."""
+        return self._queue(delete_items(items))
 
     def stats(self) -> Any:
         """Queue a STATS; its result is a dict of counters."""

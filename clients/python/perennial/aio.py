@@ -415,6 +415,10 @@ class AsyncClient:
         """Create or replace an item's text and attributes (see Client.upsert_item)."""
         return await self._call(_c.upsert_item(item, text, attributes))  # type: ignore[no-any-return]
 
+    async def delete_items(self, items: Iterable[int]) -> int:
+        """Delete items for good (see Client.delete_items); returns how many the server held."""
+        return await self._call(_c.delete_items(items))  # type: ignore[no-any-return]
+
     async def stats(self) -> Dict[str, int]:
         """Return the server's counters as ``{name: value}``."""
         return await self._call(_c.stats())  # type: ignore[no-any-return]

@@ -481,6 +481,21 @@ class Client:
         """
         return self._call(_c.upsert_item(item, text, attributes))  # type: ignore[no-any-return]
 
+    def delete_items(self, items: Iterable[int]) -> int:
+        """Delete items for good: a discontinued product, a withdrawn article.
+
+        The server forgets each item with everything learned about it (its
+        row, its text, every user's history entry of it) and never
+        recommends it again; the deletion is logged, so it survives a
+        crash. Returns how many of the items the server held (ids it did
+        not hold are ignored). An item id that comes back later, in an event
+        or an upsert, starts afresh. The server waits for the learner to
+        apply the feedback accepted before it (at most
+        ``learner.max_lag_seconds`` or so). Raises InvalidArgument for id 0
+        or above 2^63-1, ValueError for an empty list.
+        """
+        return self._call(_c.delete_items(items))  # type: ignore[no-any-return]
+
     def stats(self) -> Dict[str, int]:
         """Return the server's counters as ``{name: value}``."""
         return self._call(_c.stats())  # type: ignore[no-any-return]
@@ -536,7 +551,7 @@ class Pipeline(_c.PipelineCommands):
     """Queued requests sent in one write; :meth:`execute` returns the results in order.
 
     Every queuing method (``ping``, ``recommend``, ``score``, ``feedback``,
-    ``upsert_item``, ``stats``, ``reload``, ``snapshot``, ``hello``) returns
+    ``upsert_item``, ``delete_items``, ``stats``, ``reload``, ``snapshot``, ``hello``) returns
     the pipeline, so calls chain::
 
         results = client.pipeline().ping().recommend(1, k=3).stats().execute()

@@ -90,6 +90,7 @@ class Opcode(enum.IntEnum):
     FEEDBACK = 0x05
     UPSERT_ITEM = 0x06
     STATS = 0x07
+    DELETE_ITEMS = 0x08
     RELOAD = 0x10
     SNAPSHOT = 0x11
     SHUTDOWN = 0x12
@@ -410,6 +411,14 @@ def _dec_upsert_rep(r: _Reader, limits: Limits) -> Dict[str, Any]:
             "truncated": _flag_byte(r.u8("truncated"), "truncated")}
 
 
+def _dec_delete_req(r: _Reader, limits: Limits) -> Dict[str, Any]:
+    return {"items": r.req_ids16("items", limits, min_count=1)}
+
+
+def _dec_delete_rep(r: _Reader, limits: Limits) -> Dict[str, Any]:
+    return {"deleted": r.u16("deleted")}
+
+
 def _dec_stats_rep(r: _Reader, limits: Limits) -> Dict[str, Any]:
     n = r.u16("counter count")
     counters = []
@@ -446,6 +455,8 @@ _DECODERS: Dict[Tuple[int, bool], _Decoder] = {
     (Opcode.FEEDBACK, True): _dec_feedback_rep,
     (Opcode.UPSERT_ITEM, False): _dec_upsert_req,
     (Opcode.UPSERT_ITEM, True): _dec_upsert_rep,
+    (Opcode.DELETE_ITEMS, False): _dec_delete_req,
+    (Opcode.DELETE_ITEMS, True): _dec_delete_rep,
     (Opcode.STATS, False): _dec_empty,
     (Opcode.STATS, True): _dec_stats_rep,
     (Opcode.RELOAD, False): _dec_empty,
@@ -632,6 +643,14 @@ def _enc_upsert_rep(p: Mapping[str, Any]) -> bytes:
     return _w_u8(int(p["created"]), "created") + _w_u8(int(p["truncated"]), "truncated")
 
 
+def _enc_delete_req(p: Mapping[str, Any]) -> bytes:
+    return _w_ids16(p["items"], "items")
+
+
+def _enc_delete_rep(p: Mapping[str, Any]) -> bytes:
+    return _w_u16(p["deleted"], "deleted")
+
+
 def _enc_stats_rep(p: Mapping[str, Any]) -> bytes:
     counters = p["counters"]
     if isinstance(counters, Mapping):
@@ -673,6 +692,8 @@ _ENCODERS: Dict[Tuple[int, bool], Callable[[Mapping[str, Any]], bytes]] = {
     (Opcode.FEEDBACK, True): _enc_feedback_rep,
     (Opcode.UPSERT_ITEM, False): _enc_upsert_req,
     (Opcode.UPSERT_ITEM, True): _enc_upsert_rep,
+    (Opcode.DELETE_ITEMS, False): _enc_delete_req,
+    (Opcode.DELETE_ITEMS, True): _enc_delete_rep,
     (Opcode.STATS, False): _enc_empty,
     (Opcode.STATS, True): _enc_stats_rep,
     (Opcode.RELOAD, False): _enc_empty,

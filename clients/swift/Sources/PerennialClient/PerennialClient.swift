@@ -144,6 +144,15 @@ public final class PerennialClient: @unchecked Sendable {
         return u
     }
 
+    /// Deletes items for good (a discontinued product, a withdrawn
+    /// article): the server forgets each with everything learned about it
+    /// and never recommends it again. Returns how many it held; ids it did
+    /// not hold are ignored. An item sent again later starts afresh.
+    public func deleteItems(_ items: [UInt64]) async throws -> Int {
+        guard case .deleteItems(let n) = try await call(.deleteItems(items)) else { throw unexpected() }
+        return Int(n)
+    }
+
     /// The server's named counters.
     public func stats() async throws -> [String: UInt64] {
         guard case .stats(let c) = try await call(.stats) else { throw unexpected() }

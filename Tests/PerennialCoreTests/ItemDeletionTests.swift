@@ -1,0 +1,114 @@
+import Testing
+import PerennialPlugins
+@testable import CollaborativeFiltering
+@testable import SessionRNN
+@testable import TextCNN
+@testable import PerennialCore
+
+/// DELETE_ITEMS at the model: a deleted item is forgotten with every
+/// reference to it, as an expired one is, and a replay of the log that
+/// holds the deletion rebuilds the same model.
+@Suite struct ItemDeletionTests {
+    static let all = ["cf", "popularity", "text-cnn", "session-rnn", "gan"]
+
+    func model(_ load: [String] = Self.all) throws -> Model {
+        var doc = ConfigDocument(file: "test")
+        doc.set("scorers.load", .array(load.map { .string($0) }))
+        return Model(config: try PerennialConfig.load(doc, registry: .builtin), registry: .builtin)
+    }
+
+    /// Twelve users over items 1-20, in 30 batches (the records a server logs).
+    func stream() -> [LogRecord] {
+        var records: [LogRecord] = (1...20).map { .upsert(item: UInt64($0), text: "item \($0) words \($0 % 3) topic \($0 % 4)", attributes: []) }
+        var seq: UInt64 = 0
+        for round in 0..<30 {
+            let batch = (1...12).map { u in
+                IncomingEvent(user: UInt64(u), item: UInt64(1 + (u * 7 + round) % 20), kind: .click, value: 1, timestamp: 1000 + Int64(round))
+            }
+            records.append(.feedback(firstSeq: seq + 1, events: batch))
+            seq += UInt64(batch.count)
+        }
+        return records
+    }
+
+    func replay(_ m: Model, _ records: [LogRecord]) throws {
+        var scratch: [LearnEvent] = []
+        for r in records { try m.replay(r, scratch: &scratch) }
+    }
+
+    @Test func aDeletedItemLeavesNoReferenceBehind() throws {
+        let m = try model()
+        try replay(m, stream())
+        let gone = (11...20).map { try! #require(m.items.index(of: UInt64($0))) }
+        // Held ones count once; an unknown id is ignored.
+        #expect(m.deleteItems((11...20).map(UInt64.init) + [11, 999]) == 10)
+        #expect(m.deleteItems([11, 999]) == 0)
+        #expect(Set(m.items.vacantIndices) == Set(gone) && m.items.liveCount == 10)
+        for id in 11...20 { #expect(m.items.index(of: UInt64(id)) == nil) }
+        for i in gone { #expect(m.catalogue.record(of: i) == nil) }
+        for u in 0..<Int32(m.users.count) { #expect(m.history.items(of: u).allSatisfy { !gone.contains($0) }) }
+        let cf = try #require(try m.scorer(named: "cf") as? CollaborativeFilteringScorer)
+        #expect(cf.recent.allSatisfy { $0.allSatisfy { !gone.contains($0) } })
+        #expect(cf.sampler.allSatisfy { !gone.contains($0) })
+        for a in 0..<Int32(m.items.count) {
+            for b in gone { #expect(cf.neighbourhood.count(a, b) == 0 && cf.neighbourhood.count(b, a) == 0) }
+        }
+        let rnn = try #require(try m.scorer(named: "session-rnn") as? SessionRNNScorer)
+        #expect(rnn.recent.allSatisfy { $0.allSatisfy { !gone.contains($0) } })
+        let cnn = try #require(try m.scorer(named: "text-cnn") as? TextCNNScorer)
+        #expect(cnn.texts.withLock { t in gone.allSatisfy { t[$0] == nil } })
+        #expect(m.replayBufferEvents.count > 0 && m.replayBufferEvents.allSatisfy { !gone.contains($0.item) })
+        // No scorer returns a deleted item, even when asked to rank it.
+        for name in Self.all {
+            let recs = try m.recommend(user: 777, k: 20, scorer: name)
+            #expect(recs.count == 10 && recs.allSatisfy { $0.item <= 10 }, "\(name): \(recs.map(\.item))")
+            let asked = try m.recommend(user: 777, k: 5, scorer: name, candidates: [12, 15, 2])
+            #expect(asked.map(\.item) == [2], "\(name): \(asked.map(\.item))")
+        }
+        #expect(try m.score(user: 3, items: [12]).first?.known == false)
+    }
+
+    @Test func aDeletedIdThatComesBackStartsAfresh() throws {
+        let m = try model(["cf", "popularity"])
+        try replay(m, stream())
+        let old = try #require(m.items.index(of: 15))
+        #expect(m.deleteItems([15]) == 1)
+        try replay(m, [.feedback(firstSeq: m.lastSeq + 1, events: [IncomingEvent(user: 4, item: 15, kind: .click, value: 1, timestamp: 2000)])])
+        // The id is held again, in the vacant index, with one event's count.
+        #expect(m.items.index(of: 15) == old)
+        let cf = try #require(try m.scorer(named: "cf") as? CollaborativeFilteringScorer)
+        #expect(cf.itemStats.row(Int(old))[2] == 1)
+        #expect(try m.score(user: 2, items: [15], scorer: "popularity").first?.known == true)
+    }
+
+    @Test func replayingTheLogWithADeletionRebuildsTheSameModel() throws {
+        let records = stream()
+        var withDeletion = Array(records.prefix(35))
+        withDeletion.append(.delete(items: [4, 17]))
+        var seq = UInt64(15 * 12)
+        for round in 0..<10 {
+            let batch = (1...12).map { u in
+                IncomingEvent(user: UInt64(u), item: UInt64(1 + (u * 5 + round) % 22), kind: .click, value: 1, timestamp: 3000 + Int64(round))
+            }
+            withDeletion.append(.feedback(firstSeq: seq + 1, events: batch))
+            seq += 12
+        }
+        // The log bytes, decoded again, as recovery reads them.
+        let decoded = try withDeletion.map { r in
+            var bytes: [UInt8] = []
+            r.encode(into: &bytes)
+            return try #require(bytes.withUnsafeBytes { LogRecord.decode(payload: UnsafeRawBufferPointer(rebasing: $0[8...])) })
+        }
+        #expect(decoded == withDeletion)
+        let a = try model(), b = try model()
+        try replay(a, withDeletion)
+        try replay(b, decoded)
+        #expect(a.items.index(of: 4) != nil)  // (item 4 came back in the later events)
+        var wa = SnapshotWriter(), wb = SnapshotWriter()
+        a.save(to: &wa)
+        b.save(to: &wb)
+        let identical = wa.bytes == wb.bytes
+        #expect(identical)
+        for name in Self.all { #expect(try a.recommend(user: 5, k: 10, scorer: name) == b.recommend(user: 5, k: 10, scorer: name)) }
+    }
+}
