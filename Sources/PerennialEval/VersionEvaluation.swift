@@ -56,8 +56,10 @@ public enum VersionEvaluation {
                 }
             case .upsert(let item, let text, let attributes):
                 _ = model.upsertItem(id: item, text: text, attributes: attributes.map { ($0.key, $0.value) })
-            case .delete(let items):
+            case .deleteItems(let items):
                 _ = model.deleteItems(items)
+            case .deleteUsers(let users):
+                _ = model.deleteUsers(users)
             }
         }
         figures.seconds = Date().timeIntervalSince(t0)

@@ -17,6 +17,7 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
     case upsertItem = 0x06
     case stats = 0x07
     case deleteItems = 0x08
+    case deleteUsers = 0x09
     case reload = 0x10
     case snapshot = 0x11
     case shutdown = 0x12
@@ -32,6 +33,7 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
         case .upsertItem: "UPSERT_ITEM"
         case .stats: "STATS"
         case .deleteItems: "DELETE_ITEMS"
+        case .deleteUsers: "DELETE_USERS"
         case .reload: "RELOAD"
         case .snapshot: "SNAPSHOT"
         case .shutdown: "SHUTDOWN"

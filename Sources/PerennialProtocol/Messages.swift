@@ -225,6 +225,7 @@ public enum Request: Sendable, Equatable {
     case feedback([WireEvent])
     case upsertItem(UpsertItem)
     case deleteItems([UInt64])
+    case deleteUsers([UInt64])
     case stats
     case reload
     case snapshot
@@ -239,6 +240,7 @@ public enum Request: Sendable, Equatable {
         case .feedback: .feedback
         case .upsertItem: .upsertItem
         case .deleteItems: .deleteItems
+        case .deleteUsers: .deleteUsers
         case .stats: .stats
         case .reload: .reload
         case .snapshot: .snapshot
@@ -257,6 +259,8 @@ public enum Reply: Sendable, Equatable {
     case upsertItem(UpsertReply)
     /// How many of the named items the server held (and has forgotten).
     case deleteItems(deleted: UInt16)
+    /// How many of the named users the server held (and has forgotten).
+    case deleteUsers(deleted: UInt16)
     case stats([StatCounter])
     case reload
     case snapshot(UInt64)
@@ -272,6 +276,7 @@ public enum Reply: Sendable, Equatable {
         case .feedback: .feedback
         case .upsertItem: .upsertItem
         case .deleteItems: .deleteItems
+        case .deleteUsers: .deleteUsers
         case .stats: .stats
         case .reload: .reload
         case .snapshot: .snapshot

@@ -34,7 +34,7 @@ extension Reply {
         case .upsertItem(let u):
             out.put(UInt8(u.created ? 1 : 0))
             out.put(UInt8(u.truncated ? 1 : 0))
-        case .deleteItems(let deleted):
+        case .deleteItems(let deleted), .deleteUsers(let deleted):
             out.put(deleted)
         case .stats(let counters):
             out.put(UInt16(counters.count))
@@ -104,6 +104,8 @@ extension Reply {
             reply = .upsertItem(UpsertReply(created: try r.flag("created"), truncated: try r.flag("truncated")))
         case .deleteItems:
             reply = .deleteItems(deleted: try r.u16("deleted"))
+        case .deleteUsers:
+            reply = .deleteUsers(deleted: try r.u16("deleted"))
         case .stats:
             let n = Int(try r.u16("n"))
             var counters = [StatCounter]()

@@ -65,6 +65,10 @@ extension Request {
             let items = try r.ids16("items", limit: limits.maxItems)
             if items.isEmpty { throw ProtocolError(.invalidArgument, "items: DELETE_ITEMS needs at least one item") }
             request = .deleteItems(items)
+        case .deleteUsers:
+            let users = try r.ids16("users", limit: limits.maxItems)
+            if users.isEmpty { throw ProtocolError(.invalidArgument, "users: DELETE_USERS needs at least one user") }
+            request = .deleteUsers(users)
         case .error:
             throw ProtocolError(.unknownOpcode, "ERROR is a reply-only opcode")
         }
@@ -135,8 +139,8 @@ extension Request {
                 out.putStr16(a.key)
                 out.putStr16(a.value)
             }
-        case .deleteItems(let items):
-            out.putIDs16(items)
+        case .deleteItems(let ids), .deleteUsers(let ids):
+            out.putIDs16(ids)
         }
         out.endFrame(start)
     }

@@ -369,7 +369,8 @@ final class EventLoop {
         handler.snapshots.finishInFlight()
         // (A SIGHUP still waiting for the learner is carried out first.)
         _ = handler.runWaitingHangup(stopping: true)
-        if handler.model.lastSeq > handler.snapshots.lastSnapshotSeq || handler.snapshots.reloadUnsnapshotted { _ = try? handler.snapshots.take() }
+        if handler.model.lastSeq > handler.snapshots.lastSnapshotSeq || handler.snapshots.reloadUnsnapshotted
+            || handler.snapshots.changedSinceSnapshot { _ = try? handler.snapshots.take() }
         uv_close(UnsafeMutablePointer(OpaquePointer(progressAsync)), nil)
         uv_close(UnsafeMutablePointer(OpaquePointer(stopAsync)), nil)
         uv_close(UnsafeMutablePointer(OpaquePointer(timer)), nil)

@@ -339,37 +339,20 @@ final class RequestHandler {
                 throw ProtocolError(.storage, "item not stored: \(error)")
             }
             if log.policy == .always { needsSync = true }
+            snapshots.noteLoggedChange()
             let r = model.upsertItem(id: u.item, text: u.text, attributes: u.attributes.map { ($0.key, $0.value) })
             Reply.upsertItem(UpsertReply(created: r.created, truncated: r.truncated)).encode(into: &out, requestID: requestID)
         case .deleteItems(let ids):
-            // Forgetting an item visits every history and every scorer's
-            // tables, so it runs with the learner idle and no snapshot
-            // thread reading the model, at a log position a replay reaches
-            // with the learner idle too. Until then this connection waits
-            // parked (the frame unread) and new FEEDBACK waits with it, as
-            // for a RELOAD (a stream of it could keep the learner busy for
-            // good); reads go on, and may still return the items.
-            if snapshots.serialising { return .waitForQueueRoom }
-            guard model.holdsAnyItem(of: ids) else {
-                releaseWaits(owner)
-                Reply.deleteItems(deleted: 0).encode(into: &out, requestID: requestID)
-                return .done
-            }
-            if model.appliedSeq < model.lastSeq {
-                idleWaiters.insert(owner)
-                return .waitForApplied(seq: model.lastSeq, deadline: .max)
-            }
-            releaseWaits(owner)
-            // The log first: a deletion the log refused did not happen.
-            do {
-                try log.append(.delete(items: ids), lastSeq: model.lastSeq)
-            } catch {
-                throw ProtocolError(.storage, "items not deleted: \(error)")
-            }
-            if log.policy == .always { needsSync = true }
+            if let wait = try delete(.deleteItems(items: ids), held: model.holdsAnyItem(of: ids), owner: owner) { return wait }
             let deleted = model.deleteItems(ids)
             stats.itemsDeleted += UInt64(deleted)
             Reply.deleteItems(deleted: UInt16(deleted)).encode(into: &out, requestID: requestID)
+        case .deleteUsers(let ids):
+            if let wait = try delete(.deleteUsers(users: ids), held: model.holdsAnyUser(of: ids), owner: owner) { return wait }
+            let deleted = model.deleteUsers(ids)
+            for id in ids { shadows.forget(user: id) }
+            stats.usersDeleted += UInt64(deleted)
+            Reply.deleteUsers(deleted: UInt16(deleted)).encode(into: &out, requestID: requestID)
         case .reload:
             do {
                 // Refused at once when it cannot apply (nothing to wait for).
@@ -410,6 +393,34 @@ final class RequestHandler {
             return .shutdownAfterReply
         }
         return .done
+    }
+
+    /// Readies a DELETE_ITEMS or DELETE_USERS: nil once `record` is logged
+    /// and the model may forget (or when it holds none of the ids, and
+    /// nothing is logged), else how the connection waits. Forgetting visits
+    /// every history and scorer table, so it runs with the learner idle
+    /// and no snapshot thread reading the model, at a log position a
+    /// replay reaches with the learner idle too. Until then the connection
+    /// waits parked (the frame unread) and new FEEDBACK waits with it, as
+    /// for a RELOAD (a stream of it could keep the learner busy for good);
+    /// reads go on, and may still see what is being deleted.
+    private func delete(_ record: LogRecord, held: Bool, owner: ObjectIdentifier) throws(ProtocolError) -> FrameOutcome? {
+        if snapshots.serialising { return .waitForQueueRoom }
+        guard held else { releaseWaits(owner); return nil }
+        if model.appliedSeq < model.lastSeq {
+            idleWaiters.insert(owner)
+            return .waitForApplied(seq: model.lastSeq, deadline: .max)
+        }
+        releaseWaits(owner)
+        // The log first: a deletion the log refused did not happen.
+        do {
+            try log.append(record, lastSeq: model.lastSeq)
+        } catch {
+            throw ProtocolError(.storage, "nothing deleted: \(error)")
+        }
+        if log.policy == .always { needsSync = true }
+        snapshots.noteLoggedChange()
+        return nil
     }
 
     /// An item expiry sweep's batch waiting for the learner to drain: the
@@ -740,6 +751,7 @@ final class RequestHandler {
             StatCounter("snapshot_tapers", snapshots.tapers),
             StatCounter("item_sweep_waits", stats.sweepWaits),
             StatCounter("items_deleted", stats.itemsDeleted),
+            StatCounter("users_deleted", stats.usersDeleted),
             StatCounter("capacity_refusals", stats.capacityRefusals),
             StatCounter("uptime_ms", MonotonicClock.nowMillis() - startedAt),
             StatCounter("sessions", UInt64(sessions.count)),

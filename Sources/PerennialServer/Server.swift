@@ -325,10 +325,29 @@ extension Server {
         try FeedbackLog.scan(directory: log.directory, fromSegment: from, cutTornTail: true) { record in
             if case .feedback(let first, let events) = record { last = max(last, first + UInt64(events.count) - 1) }
         }
+        // Deleted ids stay deleted: the version's model comes back except
+        // for ids deleted since (a discontinued product, an erased user
+        // must not return with it). The segments after a kept version are
+        // kept, so its deletions are all there.
+        var deletions: [LogRecord] = []
+        do {
+            try FeedbackLog.scan(directory: log.directory, fromSegment: info.firstLogSegment, cutTornTail: false) { record in
+                switch record {
+                case .deleteItems, .deleteUsers: deletions.append(record)
+                case .feedback, .upsert: break
+                }
+            }
+        } catch {
+            Log.warning("rollback: the log after version \(file.id) cannot be read whole (\(error)): deletions recorded after the damage are not carried over")
+        }
+        var scratch: [LearnEvent] = []
+        for d in deletions { try model.replay(d, scratch: &scratch) }
         let skipped = last - model.lastSeq
         model.skip(to: last)
-        Log.info("rolled back to version \(file.id): \(skipped) later events stay in the log, not learned; numbering continues at \(last + 1)")
-        return (model, info.firstLogSegment, info.seq, ["rolled_back_from": file.id, "events_not_learned": skipped])
+        Log.info("rolled back to version \(file.id): \(skipped) later events stay in the log, not learned; numbering continues at \(last + 1)"
+                 + (deletions.isEmpty ? "" : "; \(deletions.count) deletion(s) made since are carried over"))
+        return (model, info.firstLogSegment, info.seq, ["rolled_back_from": file.id, "events_not_learned": skipped,
+                                                        "deletions_carried_over": deletions.count])
     }
 }
 

@@ -26,6 +26,8 @@ struct ServerStats {
     var sweepWaits: UInt64 = 0
     /// Items forgotten by DELETE_ITEMS since the server started.
     var itemsDeleted: UInt64 = 0
+    /// Users forgotten by DELETE_USERS since the server started.
+    var usersDeleted: UInt64 = 0
     /// FEEDBACK batches and upserts refused because they would add an id beyond `[limits]`'s bounds.
     var capacityRefusals: UInt64 = 0
 }

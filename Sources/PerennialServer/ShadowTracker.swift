@@ -72,6 +72,9 @@ final class ShadowTracker {
         }
     }
 
+    /// A deleted user: their remembered answers go.
+    func forget(user: UInt64) { forget(user) }
+
     /// Drops the user's remembered answers, if any; returns them.
     @discardableResult
     private func forget(_ user: UInt64) -> Pending? {

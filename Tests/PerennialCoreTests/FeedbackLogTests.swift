@@ -39,6 +39,24 @@ import Popularity
         #expect(data.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[700...]), seed: pk_crc32c(0, data, 700)) } == whole)
     }
 
+    /// Upserts and deletions are logged at the sequence of the events
+    /// before them: they must be synced all the same (review finding: under
+    /// `always` they were acknowledged without an fdatasync).
+    @Test func recordsWithoutANewSequenceAreSynced() throws {
+        let log = FeedbackLog(directory: tempDir(), policy: .always, segmentBytes: 1 << 20)
+        try log.openForAppend(lastSeq: 0)
+        try log.append(.feedback(firstSeq: 1, events: events(5, from: 0)), lastSeq: 5)
+        try log.sync()
+        #expect(!log.hasUnsynced && log.durableSeq == 5)
+        for record in [LogRecord.upsert(item: 3, text: "t", attributes: []), .deleteItems(items: [3]), .deleteUsers(users: [1])] {
+            try log.append(record, lastSeq: 5)
+            #expect(log.hasUnsynced)
+            try log.sync()
+            #expect(!log.hasUnsynced)
+        }
+        log.close()
+    }
+
     @Test func recordsRoundTripAcrossSegments() throws {
         let dir = tempDir()
         let log = FeedbackLog(directory: dir, policy: .always, segmentBytes: 4096)
@@ -57,9 +75,10 @@ import Popularity
                 written.append(u)
             }
             if b == 7 {
-                let d = LogRecord.delete(items: [9, 1 << 40, 3])
-                try log.append(d, lastSeq: seq)
-                written.append(d)
+                for d in [LogRecord.deleteItems(items: [9, 1 << 40, 3]), .deleteUsers(users: [4])] {
+                    try log.append(d, lastSeq: seq)
+                    written.append(d)
+                }
             }
         }
         try log.sync()

@@ -70,6 +70,7 @@ private func json(_ r: Request) -> [String: Any] {
         ["events": events.map { ["user": $0.user, "item": $0.item, "kind": $0.kind.name, "value": $0.value, "timestamp": $0.timestamp] as [String: Any] }]
     case .upsertItem(let u): ["item": u.item, "text": u.text, "attributes": u.attributes.map { [$0.key, $0.value] }]
     case .deleteItems(let items): ["items": items]
+    case .deleteUsers(let users): ["users": users]
     }
 }
 
@@ -83,7 +84,7 @@ private func json(_ r: Reply) -> [String: Any] {
     case .score(let s): ["scores": s.map { [$0.score, $0.known ? 1 : 0] as [Any] }]
     case .feedback(let a): ["first_seq": a.firstSeq, "last_seq": a.lastSeq, "durable_seq": a.durableSeq, "applied_seq": a.appliedSeq]
     case .upsertItem(let u): ["created": u.created ? 1 : 0, "truncated": u.truncated ? 1 : 0]
-    case .deleteItems(let deleted): ["deleted": deleted]
+    case .deleteItems(let deleted), .deleteUsers(let deleted): ["deleted": deleted]
     case .stats(let c): ["counters": c.map { [$0.name, $0.value] as [Any] }]
     case .snapshot(let seq): ["seq": seq]
     case .error(let e): ["code": e.code?.name ?? String(e.rawCode), "detail": e.detail, "message": e.message]

@@ -399,7 +399,7 @@ import Synchronization
         #expect(try await c.stats()["items_with_text"] == 1)
     }
 
-    @Test func deletedItemsAreForgottenThroughTheSwiftClient() async throws {
+    @Test func deletedItemsAndUsersAreForgottenThroughTheSwiftClient() async throws {
         let s = try TestServer("")
         defer { s.stop() }
         let c = try await PerennialClient.connect(port: s.port)
@@ -415,6 +415,11 @@ import Synchronization
         #expect(try await c.score(user: 1, items: [3, 5]).map(\.known) == [false, true])
         #expect(try await c.stats()["items_deleted"] == 2)
         await #expect(throws: PerennialClientError.self) { _ = try await c.deleteItems([]) }
+        // User 4 has a history (its answer leaves out items 2-9); deleted, it is a stranger.
+        #expect(try await c.recommend(user: 4, k: 10) != c.recommend(user: 500, k: 10))
+        #expect(try await c.deleteUsers([4, 4, 999]) == 1)
+        #expect(try await c.recommend(user: 4, k: 10) == c.recommend(user: 500, k: 10))
+        #expect(try await c.stats()["users"] == 19)
         try await c.ping()
     }
 

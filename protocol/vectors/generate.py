@@ -41,6 +41,7 @@ OPCODES = {
     "UPSERT_ITEM": 0x06,
     "STATS": 0x07,
     "DELETE_ITEMS": 0x08,
+    "DELETE_USERS": 0x09,
     "RELOAD": 0x10,
     "SNAPSHOT": 0x11,
     "SHUTDOWN": 0x12,
@@ -378,6 +379,14 @@ def valid_vectors() -> None:
               frame(op["DELETE_ITEMS"], REPLY, 61, u16(2)), "DELETE_ITEMS", REPLY, 61,
               {"deleted": 2})
 
+    # DELETE_USERS
+    add_frame("delete_users_request", "DELETE_USERS of two users",
+              frame(op["DELETE_USERS"], 0, 64, ids16([42, 2**40])), "DELETE_USERS", 0, 64,
+              {"users": [42, 2**40]})
+    add_frame("delete_users_reply", "DELETE_USERS reply: one of them was held",
+              frame(op["DELETE_USERS"], REPLY, 64, u16(1)), "DELETE_USERS", REPLY, 64,
+              {"deleted": 1})
+
     # STATS
     add_frame("stats_request", "STATS request", frame(op["STATS"], 0, 13, b""),
               "STATS", 0, 13, {})
@@ -559,6 +568,8 @@ def invalid_vectors() -> None:
               frame(op["DELETE_ITEMS"], 0, 62, ids16([])), "INVALID_ARGUMENT", 62)
     add_error("delete_items_request_item_0", "DELETE_ITEMS naming item 0",
               frame(op["DELETE_ITEMS"], 0, 63, ids16([5, 0])), "INVALID_ARGUMENT", 63)
+    add_error("delete_users_request_user_2pow63", "DELETE_USERS naming user 2^63",
+              frame(op["DELETE_USERS"], 0, 65, ids16([2**63])), "INVALID_ARGUMENT", 65)
     add_error("upsert_item_request_item_0", "UPSERT_ITEM of item 0",
               frame(op["UPSERT_ITEM"], 0, 48, u64(0) + str32("x") + u16(0)),
               "INVALID_ARGUMENT", 48)

@@ -52,6 +52,10 @@ public final class FeedbackLog: @unchecked Sendable {
     /// The open segment's checksum seed (its salt; 0 in format 1).
     private var seed: UInt32 = 0
     private var written: UInt64 = 0
+    /// Records were written since the last fdatasync. (Not `written >
+    /// durable`: upserts and deletions are logged without a new sequence
+    /// number, and must be synced all the same; review finding.)
+    private var unsynced = false
     private let durable = Atomic<UInt64>(0)
     private var stopping = false
     private var syncer: Thread?
@@ -322,6 +326,7 @@ public final class FeedbackLog: @unchecked Sendable {
         }
         segmentSize += encoded.count
         written = lastSeq
+        unsynced = true
     }
 
     /// Starts a new segment: records appended from now on go there. Returns
@@ -358,13 +363,14 @@ public final class FeedbackLog: @unchecked Sendable {
         // kernel dropped: never trust the log again until a restart.
         if let failure { throw LogError(failure) }
         let target = written
-        guard target > durable.load(ordering: .acquiring) else { return }
+        guard unsynced else { return }
         if fdatasync(fd) != 0 {
             let why = String(cString: strerror(errno))
             failure = "fdatasync failed (\(why)); acknowledged events may not be durable; restart the server"
             throw LogError(failure!)
         }
         durable.store(target, ordering: .releasing)
+        unsynced = false
     }
 
     /// The highest sequence known to be on stable storage.
@@ -374,7 +380,7 @@ public final class FeedbackLog: @unchecked Sendable {
     public var hasUnsynced: Bool {
         lock.lock()
         defer { lock.unlock() }
-        return written > durable.load(ordering: .acquiring)
+        return unsynced
     }
 
     private func everySecond() {

@@ -16,14 +16,17 @@
 //                      u8 kind · f32 value · i64 timestamp)
 //   type 2 (upsert):   u64 item · u32 text bytes · text · u16 n ·
 //                      n × (u16 key bytes · key · u16 value bytes · value)
-//   type 3 (delete):   u32 n · n × u64 item   (DELETE_ITEMS: forgotten at this
-//                      position, after every event before it is learned)
+//   type 3 (delete items): u32 n · n × u64 item   (DELETE_ITEMS)
+//   type 4 (delete users): u32 n · n × u64 user   (DELETE_USERS)
+//                      (forgotten at this position, after every event
+//                      before it is learned)
 // All integers little-endian.
 
 public enum LogRecord: Equatable, Sendable {
     case feedback(firstSeq: UInt64, events: [IncomingEvent])
     case upsert(item: UInt64, text: String, attributes: [LogAttribute])
-    case delete(items: [UInt64])
+    case deleteItems(items: [UInt64])
+    case deleteUsers(users: [UInt64])
 
     public static let magic: [UInt8] = Array("PRNLOG02".utf8)
     /// Format 1's magic: segments written before the salt (read only).
@@ -61,11 +64,11 @@ public enum LogRecord: Equatable, Sendable {
                 p.appendLE(UInt16(a.value.utf8.count))
                 p.append(contentsOf: a.value.utf8)
             }
-        case .delete(let items):
-            p.reserveCapacity(5 + items.count * 8)
-            p.append(3)
-            p.appendLE(UInt32(items.count))
-            for i in items { p.appendLE(i) }
+        case .deleteItems(let ids), .deleteUsers(let ids):
+            p.reserveCapacity(5 + ids.count * 8)
+            if case .deleteItems = self { p.append(3) } else { p.append(4) }
+            p.appendLE(UInt32(ids.count))
+            for i in ids { p.appendLE(i) }
         }
         out.appendLE(UInt32(p.count))
         out.appendLE(p.withUnsafeBytes { CRC32C.checksum($0, seed: seed) })
@@ -97,15 +100,15 @@ public enum LogRecord: Equatable, Sendable {
             }
             guard r.remaining == 0 else { return nil }
             return .upsert(item: item, text: text, attributes: attributes)
-        case 3:
+        case 3, 4:
             guard let n = r.u32(), Int(n) * 8 == r.remaining else { return nil }
-            var items: [UInt64] = []
-            items.reserveCapacity(Int(n))
+            var ids: [UInt64] = []
+            ids.reserveCapacity(Int(n))
             for _ in 0..<n {
                 guard let i = r.u64() else { return nil }
-                items.append(i)
+                ids.append(i)
             }
-            return .delete(items: items)
+            return type == 3 ? .deleteItems(items: ids) : .deleteUsers(users: ids)
         default:
             return nil
         }

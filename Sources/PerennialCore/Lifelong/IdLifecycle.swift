@@ -123,6 +123,15 @@ public final class IdLifecycle {
         }
     }
 
+    /// User index u was deleted (DELETE_USERS) and reset, with the learner
+    /// idle: its queue entries go stale, and the next user of the index
+    /// is a new generation that needs no second reset.
+    func forgetDeleted(_ u: Int32) {
+        lastSeq[Int(u)] = 0
+        generation[Int(u)] &+= 1
+        learnedGeneration[Int(u)] = generation[Int(u)]
+    }
+
     /// Users last seen before this time are idle too long at `now`.
     /// (Timestamps come from clients: saturate rather than trap near Int64.min.)
     private func idleCutoff(_ now: Int64) -> Int64 {

@@ -48,6 +48,12 @@ public struct ReplayBuffer {
         events.removeAll { retired.contains($0.item) }
     }
 
+    /// Drops the held events of deleted users (their indices will name
+    /// other users).
+    public mutating func remove(users: Set<Int32>) {
+        events.removeAll { users.contains($0.user) }
+    }
+
     public var bytes: Int { events.capacity * MemoryLayout<LearnEvent>.stride }
 
     public func save(to w: inout SnapshotWriter) {

@@ -309,14 +309,46 @@ public final class Model: @unchecked Sendable {
     /// waits for that before it logs the deletion, so a replay of the log
     /// forgets at the same position).
     public func deleteItems(_ ids: [UInt64]) -> Int {
-        precondition(appliedSeq == lastSeq, "items are deleted with the learner idle")
-        var held: [Int32] = []
-        for id in Set(ids) { if let i = items.index(of: id) { held.append(i) } }
+        let held = heldIndices(ids, in: items)
         guard !held.isEmpty else { return 0 }
-        held.sort()
+        precondition(appliedSeq == lastSeq, "ids are forgotten with the learner idle")
         forget(items: held)
         return held.count
     }
+
+    /// Deletes users (DELETE_USERS, or its log record replayed): each held
+    /// one's id, history, table row (with its optimiser, anchor and meta
+    /// state), every scorer's state for them and their events in the replay
+    /// buffer go now, and the index serves the next new user. What their
+    /// events added to statistics of the whole stream (item counts,
+    /// co-occurrences, other rows) stays. Ids the model does not hold are
+    /// ignored. Returns how many it held. The learner must be idle, as for
+    /// `deleteItems`.
+    public func deleteUsers(_ ids: [UInt64]) -> Int {
+        let held = heldIndices(ids, in: users)
+        guard !held.isEmpty else { return 0 }
+        precondition(appliedSeq == lastSeq, "ids are forgotten with the learner idle")
+        for u in held {
+            // A new generation, already learned: the next user of the
+            // index starts from the reset below, not from another one.
+            lifecycle.forgetDeleted(u)
+            table.resetUser(u)
+            for s in scorers { s.forget(user: u) }
+            history.clear(user: u)
+            users.remove(index: u)
+        }
+        replayBuffer.remove(users: Set(held))
+        replayHeld.store(UInt64(replayBuffer.events.count), ordering: .relaxed)
+        return held.count
+    }
+
+    /// The indices `map` holds for `ids`, each once, in index order.
+    private func heldIndices(_ ids: [UInt64], in map: IdMap) -> [Int32] {
+        Set(ids).compactMap { map.index(of: $0) }.sorted()
+    }
+
+    /// Whether the model holds any of these user ids (admitting thread).
+    public func holdsAnyUser(of ids: [UInt64]) -> Bool { ids.contains { users.index(of: $0) != nil } }
 
     /// Whether the model holds any of these item ids (admitting thread).
     public func holdsAnyItem(of ids: [UInt64]) -> Bool { ids.contains { items.index(of: $0) != nil } }
@@ -389,8 +421,10 @@ public final class Model: @unchecked Sendable {
             for e in scratch { learn(e) }
         case .upsert(let item, let text, let attributes):
             _ = upsertItem(id: item, text: text, attributes: attributes.map { ($0.key, $0.value) })
-        case .delete(let items):
+        case .deleteItems(let items):
             _ = deleteItems(items)
+        case .deleteUsers(let users):
+            _ = deleteUsers(users)
         }
     }
 

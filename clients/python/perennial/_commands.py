@@ -258,12 +258,20 @@ def upsert_item(item: int, text: str, attributes: Attributes = None) -> Command:
     return Command(Opcode.UPSERT_ITEM, body, parse)
 
 
+def _deletion(opcode: Opcode, field: str, ids: Iterable[int]) -> Command:
+    id_list = _ids(ids, field)
+    if not id_list:
+        raise ValueError("delete_%s() needs at least one id" % field)
+    body = encode_payload(opcode, False, {field: id_list})
+    return Command(opcode, body, lambda p: int(p["deleted"]))
+
+
 def delete_items(items: Iterable[int]) -> Command:
-    item_list = _ids(items, "items")
-    if not item_list:
-        raise ValueError("delete_items() needs at least one item")
-    body = encode_payload(Opcode.DELETE_ITEMS, False, {"items": item_list})
-    return Command(Opcode.DELETE_ITEMS, body, lambda p: int(p["deleted"]))
+    return _deletion(Opcode.DELETE_ITEMS, "items", items)
+
+
+def delete_users(users: Iterable[int]) -> Command:
+    return _deletion(Opcode.DELETE_USERS, "users", users)
 
 
 def stats() -> Command:
@@ -339,6 +347,10 @@ class PipelineCommands:
     def delete_items(self, items: Iterable[int]) -> Any:
         """Queue a DELETE_ITEMS; its result is how many of the items the server held."""
         return self._queue(delete_items(items))
+
+    def delete_users(self, users: Iterable[int]) -> Any:
+        """Queue a DELETE_USERS; its result is how many of the users the server held."""
+        return self._queue(delete_users(users))
 
     def stats(self) -> Any:
         """Queue a STATS; its result is a dict of counters."""

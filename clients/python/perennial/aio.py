@@ -419,6 +419,10 @@ class AsyncClient:
         """Delete items for good (see Client.delete_items); returns how many the server held."""
         return await self._call(_c.delete_items(items))  # type: ignore[no-any-return]
 
+    async def delete_users(self, users: Iterable[int]) -> int:
+        """Delete users (see Client.delete_users); returns how many the server held."""
+        return await self._call(_c.delete_users(users))  # type: ignore[no-any-return]
+
     async def stats(self) -> Dict[str, int]:
         """Return the server's counters as ``{name: value}``."""
         return await self._call(_c.stats())  # type: ignore[no-any-return]

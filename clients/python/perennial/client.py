@@ -496,6 +496,22 @@ class Client:
         """
         return self._call(_c.delete_items(items))  # type: ignore[no-any-return]
 
+    def delete_users(self, users: Iterable[int]) -> int:
+        """Delete users: a closed account, an erasure request.
+
+        The server forgets each user with everything it holds for them
+        alone (their row, history and context, their events in the replay
+        buffer); what their events added to whole-stream statistics (item
+        popularity, co-occurrences, item rows) stays. The deletion is
+        logged, so it survives a crash; the events themselves leave the log
+        when the next snapshot covers them (older snapshots kept as model
+        versions still hold the user until ``snapshot.keep`` pushes them
+        out). Returns how many of the users the server held. A deleted id
+        sending events again is a new user. Waits for the learner like
+        :meth:`delete_items`.
+        """
+        return self._call(_c.delete_users(users))  # type: ignore[no-any-return]
+
     def stats(self) -> Dict[str, int]:
         """Return the server's counters as ``{name: value}``."""
         return self._call(_c.stats())  # type: ignore[no-any-return]
@@ -551,7 +567,7 @@ class Pipeline(_c.PipelineCommands):
     """Queued requests sent in one write; :meth:`execute` returns the results in order.
 
     Every queuing method (``ping``, ``recommend``, ``score``, ``feedback``,
-    ``upsert_item``, ``delete_items``, ``stats``, ``reload``, ``snapshot``, ``hello``) returns
+    ``upsert_item``, ``delete_items``, ``delete_users``, ``stats``, ``reload``, ``snapshot``, ``hello``) returns
     the pipeline, so calls chain::
 
         results = client.pipeline().ping().recommend(1, k=3).stats().execute()

@@ -91,6 +91,7 @@ class Opcode(enum.IntEnum):
     UPSERT_ITEM = 0x06
     STATS = 0x07
     DELETE_ITEMS = 0x08
+    DELETE_USERS = 0x09
     RELOAD = 0x10
     SNAPSHOT = 0x11
     SHUTDOWN = 0x12
@@ -415,6 +416,10 @@ def _dec_delete_req(r: _Reader, limits: Limits) -> Dict[str, Any]:
     return {"items": r.req_ids16("items", limits, min_count=1)}
 
 
+def _dec_delete_users_req(r: _Reader, limits: Limits) -> Dict[str, Any]:
+    return {"users": r.req_ids16("users", limits, min_count=1)}
+
+
 def _dec_delete_rep(r: _Reader, limits: Limits) -> Dict[str, Any]:
     return {"deleted": r.u16("deleted")}
 
@@ -457,6 +462,8 @@ _DECODERS: Dict[Tuple[int, bool], _Decoder] = {
     (Opcode.UPSERT_ITEM, True): _dec_upsert_rep,
     (Opcode.DELETE_ITEMS, False): _dec_delete_req,
     (Opcode.DELETE_ITEMS, True): _dec_delete_rep,
+    (Opcode.DELETE_USERS, False): _dec_delete_users_req,
+    (Opcode.DELETE_USERS, True): _dec_delete_rep,
     (Opcode.STATS, False): _dec_empty,
     (Opcode.STATS, True): _dec_stats_rep,
     (Opcode.RELOAD, False): _dec_empty,
@@ -647,6 +654,10 @@ def _enc_delete_req(p: Mapping[str, Any]) -> bytes:
     return _w_ids16(p["items"], "items")
 
 
+def _enc_delete_users_req(p: Mapping[str, Any]) -> bytes:
+    return _w_ids16(p["users"], "users")
+
+
 def _enc_delete_rep(p: Mapping[str, Any]) -> bytes:
     return _w_u16(p["deleted"], "deleted")
 
@@ -694,6 +705,8 @@ _ENCODERS: Dict[Tuple[int, bool], Callable[[Mapping[str, Any]], bytes]] = {
     (Opcode.UPSERT_ITEM, True): _enc_upsert_rep,
     (Opcode.DELETE_ITEMS, False): _enc_delete_req,
     (Opcode.DELETE_ITEMS, True): _enc_delete_rep,
+    (Opcode.DELETE_USERS, False): _enc_delete_users_req,
+    (Opcode.DELETE_USERS, True): _enc_delete_rep,
     (Opcode.STATS, False): _enc_empty,
     (Opcode.STATS, True): _enc_stats_rep,
     (Opcode.RELOAD, False): _enc_empty,

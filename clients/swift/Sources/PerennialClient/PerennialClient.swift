@@ -153,6 +153,14 @@ public final class PerennialClient: @unchecked Sendable {
         return Int(n)
     }
 
+    /// Deletes users (a closed account, an erasure request): the server
+    /// forgets each with everything it holds for them alone (their row,
+    /// history, context and sessions' state). Returns how many it held.
+    public func deleteUsers(_ users: [UInt64]) async throws -> Int {
+        guard case .deleteUsers(let n) = try await call(.deleteUsers(users)) else { throw unexpected() }
+        return Int(n)
+    }
+
     /// The server's named counters.
     public func stats() async throws -> [String: UInt64] {
         guard case .stats(let c) = try await call(.stats) else { throw unexpected() }

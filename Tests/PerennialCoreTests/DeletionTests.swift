@@ -5,10 +5,11 @@ import PerennialPlugins
 @testable import TextCNN
 @testable import PerennialCore
 
-/// DELETE_ITEMS at the model: a deleted item is forgotten with every
-/// reference to it, as an expired one is, and a replay of the log that
-/// holds the deletion rebuilds the same model.
-@Suite struct ItemDeletionTests {
+/// DELETE_ITEMS and DELETE_USERS at the model: a deleted item is forgotten
+/// with every reference to it, as an expired one is; a deleted user with
+/// everything held for them alone; and a replay of the log that holds the
+/// deletions rebuilds the same model.
+@Suite struct DeletionTests {
     static let all = ["cf", "popularity", "text-cnn", "session-rnn", "gan"]
 
     func model(_ load: [String] = Self.all) throws -> Model {
@@ -81,10 +82,41 @@ import PerennialPlugins
         #expect(try m.score(user: 2, items: [15], scorer: "popularity").first?.known == true)
     }
 
+    @Test func aDeletedUserLeavesNothingOfTheirOwn() throws {
+        let m = try model()
+        try replay(m, stream())
+        let u = try #require(m.users.index(of: 5))
+        #expect(m.history.items(of: u).count > 0 && m.replayBufferEvents.contains { $0.user == u })
+        #expect(m.deleteUsers([5, 5, 999]) == 1)
+        #expect(m.deleteUsers([5]) == 0)
+        #expect(m.users.index(of: 5) == nil && m.users.vacantIndices == [u])
+        #expect(m.history.items(of: u).isEmpty)
+        #expect(!m.replayBufferEvents.contains { $0.user == u })
+        // The row is as a never-seen user's (a fresh model's same index).
+        let fresh = try model()
+        for id in 1...m.users.count { _ = fresh.users.insert(UInt64(id)) }
+        fresh.table.grow(users: m.users.count, items: 1)
+        let d = m.table.dimension
+        #expect((0..<d).map { m.table.user(u)[$0] } == (0..<d).map { fresh.table.user(u)[$0] })
+        #expect(m.table.userAdagrad[Int(u)] == 0)
+        let cf = try #require(try m.scorer(named: "cf") as? CollaborativeFilteringScorer)
+        #expect(cf.recent[Int(u)].isEmpty)
+        // Asked about, the deleted id is a stranger: the answer of an id never seen.
+        for name in Self.all {
+            let deleted = try m.recommend(user: 5, k: 10, scorer: name), stranger = try m.recommend(user: 424_242, k: 10, scorer: name)
+            #expect(deleted == stranger, "\(name)")
+        }
+        // Back with an event, it is a new user in the vacant index.
+        try replay(m, [.feedback(firstSeq: m.lastSeq + 1, events: [IncomingEvent(user: 5, item: 3, kind: .click, value: 1, timestamp: 2000)])])
+        let item3 = try #require(m.items.index(of: 3))
+        #expect(m.users.index(of: 5) == u && m.history.items(of: u) == [item3])
+    }
+
     @Test func replayingTheLogWithADeletionRebuildsTheSameModel() throws {
         let records = stream()
         var withDeletion = Array(records.prefix(35))
-        withDeletion.append(.delete(items: [4, 17]))
+        withDeletion.append(.deleteItems(items: [4, 17]))
+        withDeletion.append(.deleteUsers(users: [2, 9]))
         var seq = UInt64(15 * 12)
         for round in 0..<10 {
             let batch = (1...12).map { u in
