@@ -339,7 +339,6 @@ final class RequestHandler {
                 throw ProtocolError(.storage, "item not stored: \(error)")
             }
             if log.policy == .always { needsSync = true }
-            snapshots.noteLoggedChange()
             let r = model.upsertItem(id: u.item, text: u.text, attributes: u.attributes.map { ($0.key, $0.value) })
             Reply.upsertItem(UpsertReply(created: r.created, truncated: r.truncated)).encode(into: &out, requestID: requestID)
         case .deleteItems(let ids):
@@ -419,7 +418,7 @@ final class RequestHandler {
             throw ProtocolError(.storage, "nothing deleted: \(error)")
         }
         if log.policy == .always { needsSync = true }
-        snapshots.noteLoggedChange()
+        snapshots.noteDeletion()
         return nil
     }
 

@@ -32,6 +32,8 @@ final class SnapshotScheduler {
         self.store = store
         self.config = config
         self.lastSnapshotSeq = lastSnapshotSeq
+        // (Start-up replayed deletions logged after the newest snapshot.)
+        loggedChanges = model.deletionsReplayed
     }
 
     // MARK: SNAPSHOT requests and RELOADs
@@ -90,18 +92,19 @@ final class SnapshotScheduler {
     /// carries the changes.
     private var reloadSnapshotWanted = false
 
-    /// Records logged without a sequence number of their own (an item's
-    /// text, a deletion) change the model too: until a snapshot taken
-    /// after them is durable, a SNAPSHOT request is not answered from the
-    /// old one and a graceful stop takes one, so the newest version holds
-    /// them (a rollback to the old one would bring a deleted item back;
-    /// review finding). Counted, and a snapshot saves the count it started at.
+    /// Deletions are logged without a sequence number of their own, yet
+    /// change the model: until a snapshot taken after them is durable, a
+    /// SNAPSHOT request is not answered from the old one and a graceful
+    /// stop takes one, so the newest version no longer holds what was
+    /// deleted (review findings: SNAPSHOT answered with the old version,
+    /// also after a restart that replayed the deletion from the log).
+    /// Counted; a snapshot saves the count it started at.
     private var loggedChanges = 0
     private var snapshotLoggedChanges = 0
     private var inFlightLoggedChanges = 0
     var changedSinceSnapshot: Bool { loggedChanges > snapshotLoggedChanges }
-    /// An upsert or deletion was logged.
-    func noteLoggedChange() { loggedChanges += 1 }
+    /// A deletion was logged.
+    func noteDeletion() { loggedChanges += 1 }
 
     /// The last snapshot's size (room reserved for the next one).
     private var lastSnapshotBytes = 0

@@ -112,6 +112,33 @@ import PerennialPlugins
         #expect(m.users.index(of: 5) == u && m.history.items(of: u) == [item3])
     }
 
+    /// With `min_occurrences`, the id's sightings go too: back, it is a new
+    /// id that must be seen that often again (review finding: it was let
+    /// straight back in, told apart from a new id).
+    @Test func aDeletedUsersSightingsGoWithIt() throws {
+        var doc = ConfigDocument(file: "test")
+        doc.set("scorers.load", .array([.string("cf")]))
+        doc.set("lifelong.min_occurrences", .integer(3))
+        let m = Model(config: try PerennialConfig.load(doc, registry: .builtin), registry: .builtin)
+        func click(_ user: UInt64, _ item: UInt64) throws {
+            try replay(m, [.feedback(firstSeq: m.lastSeq + 1, events: [IncomingEvent(user: user, item: item, kind: .click, value: 1, timestamp: 1000)])])
+        }
+        for i in 1...3 { try click(5, UInt64(i)) }
+        #expect(m.users.index(of: 5) != nil)
+        try click(7, 1)                                  // seen once: not held
+        #expect(m.users.index(of: 7) == nil)
+        #expect(m.deleteUsers([5, 7]) == 1)
+        try click(5, 4)
+        try click(6, 4)
+        #expect(m.users.index(of: 5) == nil && m.users.index(of: 6) == nil)
+        try click(7, 2)
+        try click(7, 3)                                  // its sightings went too: 2 of 3
+        #expect(m.users.index(of: 7) == nil)
+        try click(5, 5)
+        try click(5, 6)
+        #expect(m.users.index(of: 5) != nil)             // seen three times again
+    }
+
     @Test func replayingTheLogWithADeletionRebuildsTheSameModel() throws {
         let records = stream()
         var withDeletion = Array(records.prefix(35))

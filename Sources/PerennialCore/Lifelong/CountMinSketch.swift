@@ -44,6 +44,18 @@ public struct CountMinSketch: Sendable {
         return least
     }
 
+    /// Takes `id`'s sightings back (a deleted user): its counters fall by
+    /// its estimate, saturating at 0. Ids sharing a counter may then need
+    /// a sighting or two more before admission; none is admitted sooner.
+    public mutating func remove(_ id: UInt64) {
+        let n = estimate(id)
+        guard n > 0 else { return }
+        for r in 0..<Self.depth {
+            let s = slot(id, row: r)
+            counters[s] = UInt8(max(0, Int(counters[s]) - n))
+        }
+    }
+
     public var bytes: Int { counters.count }
 
     public func save(to w: inout SnapshotWriter) {

@@ -123,6 +123,13 @@ public final class IdLifecycle {
         }
     }
 
+    /// Whether the sketch counts sightings of `id` (one not admitted yet, or
+    /// one admitted: a deletion must take them back either way).
+    func hasSightings(of id: UInt64) -> Bool { (sketch?.estimate(id) ?? 0) > 0 }
+
+    /// A deleted user id's sightings go, so the id starts again as a new one.
+    func forgetSightings(of id: UInt64) { sketch?.remove(id) }
+
     /// User index u was deleted (DELETE_USERS) and reset, with the learner
     /// idle: its queue entries go stale, and the next user of the index
     /// is a new generation that needs no second reset.

@@ -325,6 +325,10 @@ public final class Model: @unchecked Sendable {
     /// ignored. Returns how many it held. The learner must be idle, as for
     /// `deleteItems`.
     public func deleteUsers(_ ids: [UInt64]) -> Int {
+        // (With `min_occurrences`, the sketch's count of each id goes too:
+        // back with events, the id is a new one, held only once it has
+        // been seen that often again.)
+        for id in ids { lifecycle.forgetSightings(of: id) }
         let held = heldIndices(ids, in: users)
         guard !held.isEmpty else { return 0 }
         precondition(appliedSeq == lastSeq, "ids are forgotten with the learner idle")
@@ -347,8 +351,11 @@ public final class Model: @unchecked Sendable {
         Set(ids).compactMap { map.index(of: $0) }.sorted()
     }
 
-    /// Whether the model holds any of these user ids (admitting thread).
-    public func holdsAnyUser(of ids: [UInt64]) -> Bool { ids.contains { users.index(of: $0) != nil } }
+    /// Whether the model holds anything of these user ids: a row, or (with
+    /// `min_occurrences`) a count of sightings (admitting thread).
+    public func holdsAnyUser(of ids: [UInt64]) -> Bool {
+        ids.contains { users.index(of: $0) != nil || lifecycle.hasSightings(of: $0) }
+    }
 
     /// Whether the model holds any of these item ids (admitting thread).
     public func holdsAnyItem(of ids: [UInt64]) -> Bool { ids.contains { items.index(of: $0) != nil } }
@@ -408,6 +415,10 @@ public final class Model: @unchecked Sendable {
         return String(decoding: bytes, as: UTF8.self)
     }
 
+    /// Deletion records `replay` has applied (start-up: the newest snapshot
+    /// does not hold them, so the server owes one that does).
+    public private(set) var deletionsReplayed = 0
+
     /// Replays one log record (start-up recovery, on the admitting thread,
     /// before serving): admits and learns synchronously, in log order.
     public func replay(_ record: LogRecord, scratch: inout [LearnEvent]) throws {
@@ -423,8 +434,10 @@ public final class Model: @unchecked Sendable {
             _ = upsertItem(id: item, text: text, attributes: attributes.map { ($0.key, $0.value) })
         case .deleteItems(let items):
             _ = deleteItems(items)
+            deletionsReplayed += 1
         case .deleteUsers(let users):
             _ = deleteUsers(users)
+            deletionsReplayed += 1
         }
     }
 

@@ -204,3 +204,28 @@ def test_deletions_survive_snapshots_stops_and_rollbacks(start_server) -> None:
     srv.restart()
     assert "3 deletion(s) made since are carried over" in srv.log()
     deleted([popular, other])
+
+
+def test_a_deletion_replayed_after_a_crash_is_still_owed_a_snapshot(tmp_path: Path) -> None:
+    """Start-up replays a deletion logged after the newest snapshot; that
+    snapshot still holds what was deleted, so SNAPSHOT must write a new
+    one (review finding: after a restart it answered with the old one)."""
+    data_dir = tmp_path / "data"
+    proc, port = _launch(data_dir, "always", '[snapshot]\nevery_events = 0\n[scorers]\nload = ["cf"]\n')
+    rng = random.Random(4)
+    events = [perennial.Event(rng.randint(1, 50), rng.randint(1, 200)) for _ in range(3000)]
+    with perennial.Client("127.0.0.1", port) as c:
+        c.feedback(events)
+        seq = c.snapshot()
+        path = data_dir / "snapshots" / ("snapshot-%d.bin" % seq)
+        before = path.stat().st_mtime_ns
+        assert c.delete_users([events[0].user]) == 1
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc, port = _launch(data_dir, "always", '[snapshot]\nevery_events = 0\n[scorers]\nload = ["cf"]\n')
+    with perennial.Client("127.0.0.1", port) as c:
+        assert c.stats()["users"] == len({e.user for e in events}) - 1
+        assert c.snapshot() == seq
+        assert path.stat().st_mtime_ns > before
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
