@@ -76,6 +76,10 @@ public struct LifelongConfig: Sendable, Equatable {
     public var expireAfterSeconds = 0
     /// Expiry of item ids unseen this long in event time (ItemLifecycle; 0 = never).
     public var itemExpireAfterSeconds = 0
+    /// Events an item id needs before it gets its own row (1 = at once; an
+    /// UPSERT_ITEM gives it one at once). Until then its events train one
+    /// shared fallback item, never recommended (ItemLifecycle).
+    public var itemMinOccurrences = 1
     /// Seed of replay's draws: learning is reproducible from the log.
     public var seed: UInt64 = 99
     public init() {}
@@ -263,6 +267,7 @@ public struct PerennialConfig: Sendable {
         ll.maxUsers = try r.int("lifelong.max_users", default: ll.maxUsers, in: 0...100_000_000)
         ll.expireAfterSeconds = try r.int("lifelong.expire_after_seconds", default: ll.expireAfterSeconds, in: 0...(1 << 40))
         ll.itemExpireAfterSeconds = try r.int("lifelong.item_expire_after_seconds", default: ll.itemExpireAfterSeconds, in: 0...(1 << 40))
+        ll.itemMinOccurrences = try r.int("lifelong.item_min_occurrences", default: ll.itemMinOccurrences, in: 1...255)
         ll.seed = UInt64(try r.int("lifelong.seed", default: Int(ll.seed), in: 0...Int.max))
         c.lifelong = ll
 

@@ -42,12 +42,14 @@ public struct SnapshotInfo: Sendable {
 public struct SnapshotStore: Sendable {
     public let directory: String
     public static let magic = Array("PRNSNAP1".utf8)
-    /// 2: lifelong-learning state (replay, anchors, meta start, id lifecycle).
-    public static let version: UInt32 = 3
+    /// 2: lifelong-learning state (replay, anchors, meta start, id lifecycle);
+    /// 3: item expiry; 4: item admission (`item_min_occurrences`).
+    public static let version: UInt32 = 4
     /// Formats this build reads: 2 lacks item expiry's state (read as no
-    /// item ever expired), so a data directory whose log before its
-    /// snapshot is pruned still starts after an upgrade.
-    public static let readable: ClosedRange<UInt32> = 2...3
+    /// item ever expired), 3 item admission's (counting starts afresh), so
+    /// a data directory whose log before its snapshot is pruned still
+    /// starts after an upgrade.
+    public static let readable: ClosedRange<UInt32> = 2...4
 
     public init(directory: String) { self.directory = directory }
 

@@ -39,7 +39,7 @@ public final class IdLifecycle {
     /// which the protocol keeps below 2^63).
     public static let fallbackUserID: UInt64 = 1 << 63
 
-    private var sketch: CountMinSketch?
+    private var admission: AdmissionFilter
     let lastSeen = ChunkedBuffer<Int64>(width: 1, fill: 0, rowsPerChunkLog2: 12)
     let lastSeq = ChunkedBuffer<UInt64>(width: 1, fill: 0, rowsPerChunkLog2: 12)
     /// Per user index: its generation (admitting thread) and the generation
@@ -50,7 +50,8 @@ public final class IdLifecycle {
     /// entry is stale once the user has a later event.
     private var order = RecencyQueue<Int32>()
     public private(set) var expired: UInt64 = 0
-    public private(set) var sharedEvents: UInt64 = 0
+    /// Events learned as the shared fallback user.
+    public var sharedEvents: UInt64 { admission.sharedEvents }
 
     public var enabled: Bool { minOccurrences > 1 || maxUsers > 0 || expireAfterSeconds > 0 }
 
@@ -63,7 +64,7 @@ public final class IdLifecycle {
         minOccurrences = config.minOccurrences
         maxUsers = config.maxUsers
         expireAfterSeconds = Int64(config.expireAfterSeconds)
-        if minOccurrences > 1 { sketch = CountMinSketch() }
+        admission = AdmissionFilter(minOccurrences: config.minOccurrences)
     }
 
     func grow(users: Int) {
@@ -74,19 +75,11 @@ public final class IdLifecycle {
     }
 
     /// Counts a sighting of an id not yet admitted; whether it is admitted now.
-    func admits(_ id: UInt64) -> Bool {
-        guard sketch != nil else { return true }
-        let n = sketch!.add(id)  // (in place: no copy of the counters)
-        if n < minOccurrences { sharedEvents += 1 }
-        return n >= minOccurrences
-    }
+    func admits(_ id: UInt64) -> Bool { admission.admits(id) }
 
     /// Whether an id not yet admitted would be admitted by its `more`-th
     /// sighting from now (asks the sketch; counts nothing).
-    func wouldAdmit(_ id: UInt64, afterMore more: Int) -> Bool {
-        guard let sketch else { return true }
-        return sketch.estimate(id) + more >= minOccurrences
-    }
+    func wouldAdmit(_ id: UInt64, afterMore more: Int) -> Bool { admission.wouldAdmit(id, afterMore: more) }
 
     /// Records an event of user `u`.
     func touch(_ u: Int32, timestamp: Int64, seq: UInt64) {
@@ -123,12 +116,11 @@ public final class IdLifecycle {
         }
     }
 
-    /// Whether the sketch counts sightings of `id` (one not admitted yet, or
-    /// one admitted: a deletion must take them back either way).
-    func hasSightings(of id: UInt64) -> Bool { (sketch?.estimate(id) ?? 0) > 0 }
+    /// Whether the admission sketch counts sightings of user `id`.
+    func hasSightings(of id: UInt64) -> Bool { admission.hasSightings(of: id) }
 
     /// A deleted user id's sightings go, so the id starts again as a new one.
-    func forgetSightings(of id: UInt64) { sketch?.remove(id) }
+    func forgetSightings(of id: UInt64) { admission.forgetSightings(of: id) }
 
     /// User index u was deleted (DELETE_USERS) and reset, with the learner
     /// idle: its queue entries go stale, and the next user of the index
@@ -160,18 +152,17 @@ public final class IdLifecycle {
     }
 
     public var bytes: Int {
-        (sketch?.bytes ?? 0) + order.bytes + lastSeen.bytes + lastSeq.bytes + generation.bytes + learnedGeneration.bytes
+        admission.bytes + order.bytes + lastSeen.bytes + lastSeq.bytes + generation.bytes + learnedGeneration.bytes
     }
 
     func save(to w: inout SnapshotWriter, users: Int) {
-        w.bool(sketch != nil)
-        sketch?.save(to: &w)
+        admission.saveSketch(to: &w)
         w.rows(lastSeen, count: users); w.rows(lastSeq, count: users)
         w.rows(generation, count: users); w.rows(learnedGeneration, count: users)
         let live = order.live(isLive: isLatest)
         w.int(live.count)
         for (u, s) in live { w.u32(UInt32(bitPattern: u)); w.u64(s) }
-        w.u64(expired); w.u64(sharedEvents)
+        w.u64(expired); w.u64(admission.sharedEvents)
     }
 
     /// After `load`: with a `max_users` bound now but no tracking when the
@@ -192,16 +183,12 @@ public final class IdLifecycle {
     }
 
     func load(from r: inout SnapshotReader, users: Int) throws {
-        if try r.bool() {
-            var s = sketch ?? CountMinSketch()
-            try s.load(from: &r)
-            if sketch != nil { sketch = s }
-        }
+        try admission.loadSketch(from: &r)
         try r.rows(into: lastSeen, expected: users); try r.rows(into: lastSeq, expected: users)
         try r.rows(into: generation, expected: users); try r.rows(into: learnedGeneration, expected: users)
         var saved: [RecencyQueue<Int32>.Entry] = []
         for _ in 0..<(try r.int()) { saved.append((Int32(bitPattern: try r.u32()), try r.u64())) }
         order.reset(tracksUsers ? saved : [])
-        expired = try r.u64(); sharedEvents = try r.u64()
+        expired = try r.u64(); admission.sharedEvents = try r.u64()
     }
 }

@@ -23,9 +23,24 @@
 // timestamp of their own, and the latest event time may be long past after
 // a quiet spell: a new article must not be forgotten by the next batch).
 //
+// Admission (`item_min_occurrences`, as production embedding tables filter
+// rare ids, e.g. Monolith): an item id seen in events fewer times than that
+// has no row of its own; its events train one shared fallback item (a
+// reserved id no client can send), which is never recommended, and the id
+// is unknown to SCORE and RECOMMEND until its row comes. Sightings are
+// counted in a count-min sketch (fixed memory however many rare ids pass),
+// in log order, so a replay admits the same ids at the same events. An
+// UPSERT_ITEM gives an item its row at once: a catalogue entry is real.
+//
 // Admitting thread only.
 
 public final class ItemLifecycle {
+    /// The shared fallback item's id (2^63: outside the ids clients send).
+    public static let fallbackItemID: UInt64 = 1 << 63
+    private var admission: AdmissionFilter
+    public var minOccurrences: Int { admission.minOccurrences }
+    /// Events learned as the shared fallback item.
+    public var sharedEvents: UInt64 { admission.sharedEvents }
     public let expireAfterSeconds: Int64
     /// Per item index: the latest event time it was seen at (0 = not yet stamped).
     let lastSeen = ChunkedBuffer<Int64>(width: 1, fill: 0, rowsPerChunkLog2: 12)
@@ -36,8 +51,32 @@ public final class ItemLifecycle {
 
     public var enabled: Bool { expireAfterSeconds > 0 }
 
-    init(expireAfterSeconds: Int) {
+    init(expireAfterSeconds: Int, minOccurrences: Int = 1) {
         self.expireAfterSeconds = Int64(expireAfterSeconds)
+        admission = AdmissionFilter(minOccurrences: minOccurrences)
+    }
+
+    /// Whether rare item ids wait for a row of their own.
+    public var filtersRareItems: Bool { admission.filters }
+
+    /// Counts an event's sighting of an item id not yet holding a row;
+    /// whether it gets one now.
+    func admits(_ id: UInt64) -> Bool { admission.admits(id) }
+
+    /// Whether an item id not yet holding a row would get one at its
+    /// `more`-th sighting from now.
+    func wouldAdmit(_ id: UInt64, afterMore more: Int) -> Bool { admission.wouldAdmit(id, afterMore: more) }
+
+    /// The admission state (snapshot format 4 on).
+    func saveAdmission(to w: inout SnapshotWriter) {
+        admission.saveSketch(to: &w)
+        w.u64(admission.sharedEvents)
+    }
+
+    /// Restores `saveAdmission`'s output.
+    func loadAdmission(from r: inout SnapshotReader) throws {
+        try admission.loadSketch(from: &r)
+        admission.sharedEvents = try r.u64()
     }
 
     private var interval: Int64 { max(1, expireAfterSeconds / 8) }
@@ -107,7 +146,7 @@ public final class ItemLifecycle {
         return idle
     }
 
-    public var bytes: Int { lastSeen.bytes }
+    public var bytes: Int { lastSeen.bytes + admission.bytes }
 
     func save(to w: inout SnapshotWriter, items: Int) {
         w.bool(enabled)

@@ -70,14 +70,32 @@ extension Model {
         }
         if let first = events.first { expire(at: first.timestamp) }
         var fallbackCounted = fallbackUser != nil
+        // Under item_min_occurrences, an event's item id seen fewer times
+        // than that goes to the shared fallback item (a new row the first time).
+        var itemSightings: [UInt64: Int] = [:]
+        var itemFallbackCounted = fallbackItem != nil
         var newItems = Set<UInt64>()
         var newUsers = Set<UInt64>()
         // Sightings in this batch of user ids not yet admitted (min_occurrences > 1).
         var sightings: [UInt64: Int] = [:]
         for (n, e) in events.enumerated() {
-            if checkItems, isNewItem(e.item), newItems.insert(e.item).inserted,
-               itemsHeld + newItems.count > maxItemIDs {
-                return IdBoundBreach(index: n, kind: .item, id: e.item, limit: maxItemIDs)
+            if checkItems, isNewItem(e.item), !newItems.contains(e.item) {
+                var needsRow = true
+                if itemLifecycle.filtersRareItems {
+                    let seen = itemSightings[e.item, default: 0] + 1
+                    itemSightings[e.item] = seen
+                    if !itemLifecycle.wouldAdmit(e.item, afterMore: seen) {
+                        needsRow = false
+                        if !itemFallbackCounted {
+                            itemFallbackCounted = true
+                            itemsHeld += 1
+                        }
+                    }
+                }
+                if needsRow { newItems.insert(e.item) }
+                if itemsHeld + newItems.count > maxItemIDs {
+                    return IdBoundBreach(index: n, kind: .item, id: e.item, limit: maxItemIDs)
+                }
             }
             guard checkUsers, !newUsers.contains(e.user) else { continue }
             if let u = users.index(of: e.user), !forgotten.contains(u) {

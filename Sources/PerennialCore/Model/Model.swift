@@ -128,7 +128,8 @@ public final class Model: @unchecked Sendable {
         lifelong = config.lifelong
         replayBuffer = ReplayBuffer(capacity: config.lifelong.replayBuffer, seed: config.lifelong.seed)
         lifecycle = IdLifecycle(config.lifelong)
-        itemLifecycle = ItemLifecycle(expireAfterSeconds: config.lifelong.itemExpireAfterSeconds)
+        itemLifecycle = ItemLifecycle(expireAfterSeconds: config.lifelong.itemExpireAfterSeconds,
+                                      minOccurrences: config.lifelong.itemMinOccurrences)
         let environment = ScorerEnvironment(table: table, vacancy: itemVacancy)
         var made: [any Scorer] = []
         for sc in config.scorers {
@@ -179,7 +180,7 @@ public final class Model: @unchecked Sendable {
         for e in events {
             let timestamp = e.timestamp == 0 ? now : e.timestamp
             let (u, newUser, shared) = admitUser(e.user, timestamp: timestamp)
-            let (i, newItem) = admitItem(e.item)
+            let (i, newItem) = admitItem(e.item, byEvent: true)
             itemLifecycle.touch(i, timestamp: timestamp)
             grew = grew || newUser || newItem
             lastSeq += 1
@@ -263,9 +264,23 @@ public final class Model: @unchecked Sendable {
         }
     }
 
-    /// The index for an item id: its own, or a new one (an expired item's
-    /// vacant index when there is one). Returns whether tables must grow.
-    private func admitItem(_ id: UInt64) -> (Int32, Bool) {
+    /// The shared fallback item's index, once a rare item id has used it.
+    public private(set) var fallbackItem: Int32?
+
+    /// The index for an item id: its own, a new one (an expired item's
+    /// vacant index when there is one), or, for an event's id seen fewer
+    /// than `item_min_occurrences` times, the shared fallback item's.
+    /// Returns whether tables must grow.
+    private func admitItem(_ id: UInt64, byEvent: Bool = false) -> (Int32, Bool) {
+        if byEvent, itemLifecycle.filtersRareItems, items.index(of: id) == nil, !itemLifecycle.admits(id) {
+            let (f, grows) = admitItem(ItemLifecycle.fallbackItemID)
+            if fallbackItem != f {
+                // Never an answer: excluded like a vacant index.
+                fallbackItem = f
+                forEachExclusionSet { $0.excludeAlways(f) }
+            }
+            return (f, grows)
+        }
         let (i, isNew, reused) = items.insertReportingReuse(id)
         if isNew {
             itemLifecycle.grow(items: items.count)
@@ -368,6 +383,7 @@ public final class Model: @unchecked Sendable {
         replayBuffer.remove(retired)
         replayHeld.store(UInt64(replayBuffer.events.count), ordering: .relaxed)
         for s in scorers { s.forget(items: retired) }
+        if let f = fallbackItem, idle.contains(f) { fallbackItem = nil }
         for i in idle {
             itemLifecycle.reset(i)
             table.resetItem(i)
@@ -388,6 +404,7 @@ public final class Model: @unchecked Sendable {
     private func makeExclusionSet() -> ExclusionSet {
         let set = ExclusionSet()
         for i in items.vacantIndices { set.excludeAlways(i) }
+        if let f = fallbackItem { set.excludeAlways(f) }
         return set
     }
 
@@ -583,6 +600,7 @@ public final class Model: @unchecked Sendable {
         lifecycle.save(to: &w, users: users.count)
         itemLifecycle.save(to: &w, items: items.count)
         itemVacancy.save(to: &w, items: items.count)
+        itemLifecycle.saveAdmission(to: &w)
         // Each scorer's state is a named, length-prefixed block, so a config
         // that adds or drops a scorer can still load the others.
         w.int(scorers.count)
@@ -618,6 +636,8 @@ public final class Model: @unchecked Sendable {
         items.restore(ids: itemIDs, vacant: r.format >= 3 ? try r.int32s() : [])
         growScorers()
         for i in items.vacantIndices { forEachExclusionSet { $0.excludeAlways(i) } }
+        fallbackItem = items.index(of: ItemLifecycle.fallbackItemID)
+        if let f = fallbackItem { forEachExclusionSet { $0.excludeAlways(f) } }
         try r.mark("history")
         for u in 0..<userCount { history.restore(user: Int32(u), items: try r.int32s()) }
         try r.mark("catalogue")
@@ -667,6 +687,7 @@ public final class Model: @unchecked Sendable {
             try itemLifecycle.load(from: &r, items: itemCount)
             try itemVacancy.load(from: &r, items: itemCount)
         }
+        if r.format >= 4 { try itemLifecycle.loadAdmission(from: &r) }
         lifecycle.enrollUntracked(users: userCount) { u in users.id(at: u) != 0 && u != fallbackUser }
         replayHeld.store(UInt64(replayBuffer.events.count), ordering: .relaxed)
         replayed.store(replayBuffer.drawn, ordering: .relaxed)
@@ -889,6 +910,8 @@ public final class Model: @unchecked Sendable {
             ("lifelong_item_expire_after_seconds", UInt64(itemLifecycle.expireAfterSeconds)),
             ("lifelong_items_expired", itemLifecycle.expired),
             ("lifelong_item_sweeps", itemLifecycle.sweeps),
+            ("lifelong_item_min_occurrences", UInt64(itemLifecycle.minOccurrences)),
+            ("lifelong_item_shared_events", itemLifecycle.sharedEvents),
             ("lifelong_item_sweep_max_us", itemSweepMaxMicros),
         ]
         for s in scorers {
