@@ -70,6 +70,39 @@ import PerennialPlugins
         #expect(m.firstBreach(of: thrice, maxUserIDs: 0, maxItemIDs: 6)?.index == 7)
     }
 
+    /// Review findings: a deleted item's sightings go with it, and a sweep
+    /// that forgets the fallback item frees its row for the bound.
+    @Test func aDeletedItemWaitsForItsRowAgain() throws {
+        let m = try model(3, ["cf"])
+        feed(m, [(1, 200), (2, 200), (3, 200)])
+        #expect(m.items.index(of: 200) != nil)
+        #expect(m.deleteItems([200]) == 1)
+        feed(m, [(4, 200)])
+        #expect(m.items.index(of: 200) == nil)
+        // An id held only as sightings is deleted too (its count goes).
+        feed(m, [(1, 300), (2, 300)])
+        #expect(m.holdsAnyItem(of: [300]) && m.deleteItems([300]) == 0)
+        feed(m, [(3, 300)])
+        #expect(m.items.index(of: 300) == nil)
+    }
+
+    @Test func theBoundCountsAFallbackItemThatASweepRecreates() throws {
+        var doc = ConfigDocument(file: "test")
+        doc.set("scorers.load", .array([.string("cf")]))
+        doc.set("lifelong.item_min_occurrences", .integer(2))
+        doc.set("lifelong.item_expire_after_seconds", .integer(100))
+        let m = Model(config: try PerennialConfig.load(doc, registry: .builtin), registry: .builtin)
+        var out: [LearnEvent] = []
+        m.admit([1, 1].map { IncomingEvent(user: 1, item: $0, kind: .click, value: 1, timestamp: 1000) }, now: 0, into: &out)
+        for l in out { m.learn(l) }
+        #expect(m.items.liveCount == 2)  // item 1 and the fallback
+        // At 1500 the sweep forgets both; 1 comes back (a row), 99 goes to a
+        // new fallback (a row), 50 twice gets its own: three rows, bound 2.
+        let batch = [1, 99, 50, 50].map { IncomingEvent(user: 1, item: UInt64($0), kind: .click, value: 1, timestamp: 1500) }
+        #expect(m.firstBreach(of: batch, maxUserIDs: 0, maxItemIDs: 2)?.index == 3)
+        #expect(m.firstBreach(of: batch, maxUserIDs: 0, maxItemIDs: 3) == nil)
+    }
+
     @Test func manyRareIdsKeepTheItemRowsFlat() throws {
         let m = try model(3, ["popularity"])
         for k in 0..<200_000 { feed(m, [(UInt64(1 + k % 50), UInt64(10_000 + k))]) }

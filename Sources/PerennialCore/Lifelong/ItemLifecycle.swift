@@ -67,6 +67,12 @@ public final class ItemLifecycle {
     /// `more`-th sighting from now.
     func wouldAdmit(_ id: UInt64, afterMore more: Int) -> Bool { admission.wouldAdmit(id, afterMore: more) }
 
+    /// Whether the admission sketch counts sightings of item `id`.
+    func hasSightings(of id: UInt64) -> Bool { admission.hasSightings(of: id) }
+
+    /// A deleted item id's sightings go, so the id starts again as a new one.
+    func forgetSightings(of id: UInt64) { admission.forgetSightings(of: id) }
+
     /// The admission state (snapshot format 4 on).
     func saveAdmission(to w: inout SnapshotWriter) {
         admission.saveSketch(to: &w)

@@ -73,7 +73,9 @@ extension Model {
         // Under item_min_occurrences, an event's item id seen fewer times
         // than that goes to the shared fallback item (a new row the first time).
         var itemSightings: [UInt64: Int] = [:]
-        var itemFallbackCounted = fallbackItem != nil
+        // (A sweep that forgets an idle fallback item frees its row; the
+        // next rare id then takes a new one: review finding.)
+        var itemFallbackCounted = fallbackItem.map { f in sweepTime.map { !itemLifecycle.isIdle(f, now: $0) } ?? true } ?? false
         var newItems = Set<UInt64>()
         var newUsers = Set<UInt64>()
         // Sightings in this batch of user ids not yet admitted (min_occurrences > 1).

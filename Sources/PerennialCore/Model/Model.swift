@@ -324,6 +324,9 @@ public final class Model: @unchecked Sendable {
     /// waits for that before it logs the deletion, so a replay of the log
     /// forgets at the same position).
     public func deleteItems(_ ids: [UInt64]) -> Int {
+        // (With `item_min_occurrences`, the sketch's count of each id goes
+        // too: back, the id waits for its row like a new one.)
+        for id in ids { itemLifecycle.forgetSightings(of: id) }
         let held = heldIndices(ids, in: items)
         guard !held.isEmpty else { return 0 }
         precondition(appliedSeq == lastSeq, "ids are forgotten with the learner idle")
@@ -372,8 +375,11 @@ public final class Model: @unchecked Sendable {
         ids.contains { users.index(of: $0) != nil || lifecycle.hasSightings(of: $0) }
     }
 
-    /// Whether the model holds any of these item ids (admitting thread).
-    public func holdsAnyItem(of ids: [UInt64]) -> Bool { ids.contains { items.index(of: $0) != nil } }
+    /// Whether the model holds anything of these item ids: a row, or (with
+    /// `item_min_occurrences`) a count of sightings (admitting thread).
+    public func holdsAnyItem(of ids: [UInt64]) -> Bool {
+        ids.contains { items.index(of: $0) != nil || itemLifecycle.hasSightings(of: $0) }
+    }
 
     /// Forgets held item indices (sorted) and every reference to them; the
     /// learner is idle.
