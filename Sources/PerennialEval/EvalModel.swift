@@ -86,7 +86,11 @@ extension Model {
         let all = admitted.filter { a in
             let user = a.event.sharedUser
                 || (users.id(at: a.event.user) == a.user && lifecycle.currentGeneration(of: a.event.user) == a.event.userGeneration)
-            return user && items.id(at: a.event.item) == a.item && a.event.seq > itemVacancy.heldSince(a.event.item)
+            // (An event of a rare item, learned as the shared fallback item,
+            // names the fallback's id: review finding.)
+            let item = items.id(at: a.event.item) == a.item
+                || (a.event.item == fallbackItem && items.id(at: a.event.item) == ItemLifecycle.fallbackItemID)
+            return user && item && a.event.seq > itemVacancy.heldSince(a.event.item)
         }.map(\.event)
         // A route's scorers each make their own passes.
         let names = routes[name].map { [$0.candidates, $0.rerank] } ?? [name]
