@@ -647,18 +647,19 @@ final class RequestHandler {
         if let i = roomLine.firstIndex(of: owner) { roomLine.remove(at: i) }
     }
 
-    /// Connections whose RELOAD or DELETE_ITEMS waits for the learner to
+    /// Connections whose RELOAD, DELETE_ITEMS or DELETE_USERS waits for the learner to
     /// apply what was accepted: FEEDBACK waits until none is left.
     private var idleWaiters: Set<ObjectIdentifier> = []
 
-    /// A connection closed: it holds no place in line and no RELOAD waits
-    /// for it. (A parked connection reads nothing, so this is the server
-    /// closing it, at a stop say; a client that hangs up behind its parked
-    /// RELOAD is seen once the RELOAD has run.)
+    /// A connection closed: it holds no place in line and no RELOAD or
+    /// deletion waits for it. (A parked connection reads nothing, so this is
+    /// the server closing it, at a stop say; a client that hangs up behind
+    /// its parked request is seen once the request has run.)
     func connectionGone(_ owner: ObjectIdentifier) { releaseWaits(owner) }
 
-    /// The connection no longer waits for queue room or with a RELOAD (when
-    /// the last such RELOAD goes, parked FEEDBACK is tried again).
+    /// The connection no longer waits for queue room or with a RELOAD or
+    /// deletion (when the last such request goes, parked FEEDBACK is tried
+    /// again).
     private func releaseWaits(_ owner: ObjectIdentifier) {
         leaveRoomLine(owner)
         if idleWaiters.remove(owner) != nil && idleWaiters.isEmpty { wakeLoop() }

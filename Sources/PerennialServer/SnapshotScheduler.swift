@@ -43,7 +43,7 @@ final class SnapshotScheduler {
     /// waits. `ticket` is the connection's (0 = none yet: one is issued);
     /// the caller clears it once answered. The loop takes the snapshot like
     /// an automatic one (its own thread serialises and writes) and serves
-    /// others meanwhile. With nothing accepted since the last snapshot, that
+    /// others meanwhile. With nothing accepted and nothing deleted since the last snapshot, that
     /// one holds every event and answers at once (no file rewritten, no new
     /// version).
     func answer(ticket: inout UInt64) -> Result<UInt64, SnapshotFailure>? {
@@ -161,8 +161,8 @@ final class SnapshotScheduler {
     private(set) var draining = false
 
     /// True while an automatic snapshot's thread reads the model: nothing
-    /// that changes the model is admitted (FEEDBACK and UPSERT_ITEM wait,
-    /// parked; a RELOAD waits for it), and reads are served.
+    /// that changes the model is admitted (FEEDBACK, UPSERT_ITEM and the
+    /// deletions wait, parked; a RELOAD waits for it), and reads are served.
     var serialising: Bool { inFlight.map { !$0.serialised } ?? false }
 
     /// Wakes the loop from another thread (set by the loop once bound): a

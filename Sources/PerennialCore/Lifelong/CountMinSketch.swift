@@ -44,7 +44,7 @@ public struct CountMinSketch: Sendable {
         return least
     }
 
-    /// Takes `id`'s sightings back (a deleted user): its counters fall by
+    /// Takes `id`'s sightings back (a deleted user or item): its counters fall by
     /// its estimate, saturating at 0. Ids sharing a counter may then need
     /// a sighting or two more before admission; none is admitted sooner.
     public mutating func remove(_ id: UInt64) {

@@ -8,7 +8,8 @@
 // catalogue's live items need, however many distinct items the stream
 // brings (Monolith, Liu et al. 2022, expires idle ids the same way).
 //
-// Items are forgotten in sweeps, not one by one: removing an item's
+// Items are forgotten in sweeps, not one by one (DELETE_ITEMS forgets the
+// items it names at once, by the same path in Model): removing an item's
 // references means visiting every user's history and every item's
 // co-occurrences, so that work is done for a whole batch of idle items at
 // once, with the learner idle (the admitting thread waits for it, as a

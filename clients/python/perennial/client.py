@@ -503,10 +503,10 @@ class Client:
         alone (their row, history and context, their events in the replay
         buffer); what their events added to whole-stream statistics (item
         popularity, co-occurrences, item rows) stays. The deletion is
-        logged, so it survives a crash; the events themselves leave the log
-        when the next snapshot covers them (older snapshots kept as model
-        versions still hold the user until ``snapshot.keep`` pushes them
-        out). Returns how many of the users the server held. A deleted id
+        logged, so it survives a crash; the events themselves stay in the
+        log until every kept version (``snapshot.keep``) was taken after
+        them, and those older versions still hold the user until they are
+        pushed out. Returns how many of the users the server held. A deleted id
         sending events again is a new user. Waits for the learner like
         :meth:`delete_items`.
         """
