@@ -349,7 +349,7 @@ final class RequestHandler {
         case .deleteUsers(let ids):
             if let wait = try delete(.deleteUsers(users: ids), held: model.holdsAnyUser(of: ids), owner: owner) { return wait }
             let deleted = model.deleteUsers(ids)
-            for id in ids { shadows.forget(user: id) }
+            for id in ids { shadows.forget(id) }
             stats.usersDeleted += UInt64(deleted)
             Reply.deleteUsers(deleted: UInt16(deleted)).encode(into: &out, requestID: requestID)
         case .reload:
@@ -360,12 +360,7 @@ final class RequestHandler {
                 // thread reading the model. Until then this connection waits
                 // (parked, the frame unread) and new events wait with it;
                 // the loop goes on serving reads.
-                if snapshots.serialising { return .waitForQueueRoom }
-                if model.appliedSeq < model.lastSeq {
-                    idleWaiters.insert(owner)
-                    return .waitForApplied(seq: model.lastSeq, deadline: .max)
-                }
-                releaseWaits(owner)
+                if let wait = parkUntilLearnerIdle(owner) { return wait }
                 _ = try applyReload(next)
             } catch let e as ProtocolError {
                 Log.error("RELOAD: \(e.message)")
@@ -394,6 +389,21 @@ final class RequestHandler {
         return .done
     }
 
+    /// A RELOAD or a deletion runs with the learner idle (it has applied
+    /// everything accepted) and no snapshot thread reading the model: nil
+    /// when that holds now, else how the connection waits (parked, the frame
+    /// unread; in `idleWaiters` while the learner catches up, so new
+    /// FEEDBACK waits too).
+    private func parkUntilLearnerIdle(_ owner: ObjectIdentifier) -> FrameOutcome? {
+        if snapshots.serialising { return .waitForQueueRoom }
+        if model.appliedSeq < model.lastSeq {
+            idleWaiters.insert(owner)
+            return .waitForApplied(seq: model.lastSeq, deadline: .max)
+        }
+        releaseWaits(owner)
+        return nil
+    }
+
     /// Readies a DELETE_ITEMS or DELETE_USERS: nil once `record` is logged
     /// and the model may forget (or when it holds none of the ids, and
     /// nothing is logged), else how the connection waits. Forgetting visits
@@ -404,13 +414,12 @@ final class RequestHandler {
     /// for a RELOAD (a stream of it could keep the learner busy for good);
     /// reads go on, and may still see what is being deleted.
     private func delete(_ record: LogRecord, held: Bool, owner: ObjectIdentifier) throws(ProtocolError) -> FrameOutcome? {
-        if snapshots.serialising { return .waitForQueueRoom }
-        guard held else { releaseWaits(owner); return nil }
-        if model.appliedSeq < model.lastSeq {
-            idleWaiters.insert(owner)
-            return .waitForApplied(seq: model.lastSeq, deadline: .max)
+        guard held else {
+            if snapshots.serialising { return .waitForQueueRoom }
+            releaseWaits(owner)
+            return nil
         }
-        releaseWaits(owner)
+        if let wait = parkUntilLearnerIdle(owner) { return wait }
         // The log first: a deletion the log refused did not happen.
         do {
             try log.append(record, lastSeq: model.lastSeq)

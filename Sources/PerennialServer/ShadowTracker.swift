@@ -72,12 +72,10 @@ final class ShadowTracker {
         }
     }
 
-    /// A deleted user: their remembered answers go.
-    func forget(user: UInt64) { forget(user) }
-
-    /// Drops the user's remembered answers, if any; returns them.
+    /// Drops the user's remembered answers, if any (answered, replaced, or
+    /// the user deleted); returns them.
     @discardableResult
-    private func forget(_ user: UInt64) -> Pending? {
+    func forget(_ user: UInt64) -> Pending? {
         guard let p = pending.removeValue(forKey: user) else { return nil }
         heldItems -= p.served.count + p.other.count
         return p

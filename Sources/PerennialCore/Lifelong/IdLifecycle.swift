@@ -39,7 +39,8 @@ public final class IdLifecycle {
     /// which the protocol keeps below 2^63).
     public static let fallbackUserID: UInt64 = 1 << 63
 
-    private var admission: AdmissionFilter
+    /// Admission of user ids (`min_occurrences`): counted by the admitting thread.
+    var admission: AdmissionFilter
     let lastSeen = ChunkedBuffer<Int64>(width: 1, fill: 0, rowsPerChunkLog2: 12)
     let lastSeq = ChunkedBuffer<UInt64>(width: 1, fill: 0, rowsPerChunkLog2: 12)
     /// Per user index: its generation (admitting thread) and the generation
@@ -73,13 +74,6 @@ public final class IdLifecycle {
         generation.ensure(rows: users)
         learnedGeneration.ensure(rows: users)
     }
-
-    /// Counts a sighting of an id not yet admitted; whether it is admitted now.
-    func admits(_ id: UInt64) -> Bool { admission.admits(id) }
-
-    /// Whether an id not yet admitted would be admitted by its `more`-th
-    /// sighting from now (asks the sketch; counts nothing).
-    func wouldAdmit(_ id: UInt64, afterMore more: Int) -> Bool { admission.wouldAdmit(id, afterMore: more) }
 
     /// Records an event of user `u`.
     func touch(_ u: Int32, timestamp: Int64, seq: UInt64) {
@@ -116,11 +110,6 @@ public final class IdLifecycle {
         }
     }
 
-    /// Whether the admission sketch counts sightings of user `id`.
-    func hasSightings(of id: UInt64) -> Bool { admission.hasSightings(of: id) }
-
-    /// A deleted user id's sightings go, so the id starts again as a new one.
-    func forgetSightings(of id: UInt64) { admission.forgetSightings(of: id) }
 
     /// User index u was deleted (DELETE_USERS) and reset, with the learner
     /// idle: its queue entries go stale, and the next user of the index

@@ -38,7 +38,8 @@
 public final class ItemLifecycle {
     /// The shared fallback item's id (2^63: outside the ids clients send).
     public static let fallbackItemID: UInt64 = 1 << 63
-    private var admission: AdmissionFilter
+    /// Admission of item ids (`item_min_occurrences`).
+    var admission: AdmissionFilter
     public var minOccurrences: Int { admission.minOccurrences }
     /// Events learned as the shared fallback item.
     public var sharedEvents: UInt64 { admission.sharedEvents }
@@ -56,23 +57,6 @@ public final class ItemLifecycle {
         self.expireAfterSeconds = Int64(expireAfterSeconds)
         admission = AdmissionFilter(minOccurrences: minOccurrences)
     }
-
-    /// Whether rare item ids wait for a row of their own.
-    public var filtersRareItems: Bool { admission.filters }
-
-    /// Counts an event's sighting of an item id not yet holding a row;
-    /// whether it gets one now.
-    func admits(_ id: UInt64) -> Bool { admission.admits(id) }
-
-    /// Whether an item id not yet holding a row would get one at its
-    /// `more`-th sighting from now.
-    func wouldAdmit(_ id: UInt64, afterMore more: Int) -> Bool { admission.wouldAdmit(id, afterMore: more) }
-
-    /// Whether the admission sketch counts sightings of item `id`.
-    func hasSightings(of id: UInt64) -> Bool { admission.hasSightings(of: id) }
-
-    /// A deleted item id's sightings go, so the id starts again as a new one.
-    func forgetSightings(of id: UInt64) { admission.forgetSightings(of: id) }
 
     /// The admission state (snapshot format 4 on).
     func saveAdmission(to w: inout SnapshotWriter) {

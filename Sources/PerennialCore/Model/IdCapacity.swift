@@ -72,29 +72,22 @@ extension Model {
         var fallbackCounted = fallbackUser != nil
         // Under item_min_occurrences, an event's item id seen fewer times
         // than that goes to the shared fallback item (a new row the first time).
-        var itemSightings: [UInt64: Int] = [:]
+        var itemSightings = BatchSightings()
         // (A sweep that forgets an idle fallback item frees its row; the
         // next rare id then takes a new one: review finding.)
         var itemFallbackCounted = fallbackItem.map { f in sweepTime.map { !itemLifecycle.isIdle(f, now: $0) } ?? true } ?? false
         var newItems = Set<UInt64>()
         var newUsers = Set<UInt64>()
         // Sightings in this batch of user ids not yet admitted (min_occurrences > 1).
-        var sightings: [UInt64: Int] = [:]
+        var sightings = BatchSightings()
         for (n, e) in events.enumerated() {
             if checkItems, isNewItem(e.item), !newItems.contains(e.item) {
-                var needsRow = true
-                if itemLifecycle.filtersRareItems {
-                    let seen = itemSightings[e.item, default: 0] + 1
-                    itemSightings[e.item] = seen
-                    if !itemLifecycle.wouldAdmit(e.item, afterMore: seen) {
-                        needsRow = false
-                        if !itemFallbackCounted {
-                            itemFallbackCounted = true
-                            itemsHeld += 1
-                        }
-                    }
+                if itemSightings.admitsNext(e.item, by: itemLifecycle.admission) {
+                    newItems.insert(e.item)
+                } else if !itemFallbackCounted {
+                    itemFallbackCounted = true
+                    itemsHeld += 1
                 }
-                if needsRow { newItems.insert(e.item) }
                 if itemsHeld + newItems.count > maxItemIDs {
                     return IdBoundBreach(index: n, kind: .item, id: e.item, limit: maxItemIDs)
                 }
@@ -104,9 +97,7 @@ extension Model {
                 touched.insert(u)
                 continue
             }
-            let seen = sightings[e.user, default: 0] + 1
-            sightings[e.user] = seen
-            if lifecycle.wouldAdmit(e.user, afterMore: seen) {
+            if sightings.admitsNext(e.user, by: lifecycle.admission) {
                 expire(at: e.timestamp)
                 newUsers.insert(e.user)
             } else if !fallbackCounted {
@@ -137,5 +128,18 @@ extension Model {
             lines.append("the model holds \(users.liveCount) user ids, at or above limits.max_user_ids (\(maxUserIDs)): events of new users will be refused (CAPACITY)")
         }
         return lines
+    }
+}
+
+/// Sightings, within one batch, of ids not yet holding rows: whether the
+/// next one gets its row, by the admission sketch as it stood before the
+/// batch (with admission off, always).
+private struct BatchSightings {
+    private var seen: [UInt64: Int] = [:]
+
+    mutating func admitsNext(_ id: UInt64, by admission: AdmissionFilter) -> Bool {
+        let n = seen[id, default: 0] + 1
+        seen[id] = n
+        return admission.wouldAdmit(id, afterMore: n)
     }
 }

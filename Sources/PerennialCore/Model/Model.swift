@@ -237,7 +237,7 @@ public final class Model: @unchecked Sendable {
             if isNew { lifecycle.grow(users: users.count) }
             return (u, isNew, false)
         }
-        if !lifecycle.admits(id) {
+        if !lifecycle.admission.admits(id) {
             let (f, isNew) = users.insert(IdLifecycle.fallbackUserID)
             fallbackUser = f
             lifecycle.grow(users: users.count)
@@ -272,7 +272,7 @@ public final class Model: @unchecked Sendable {
     /// than `item_min_occurrences` times, the shared fallback item's.
     /// Returns whether tables must grow.
     private func admitItem(_ id: UInt64, byEvent: Bool = false) -> (Int32, Bool) {
-        if byEvent, itemLifecycle.filtersRareItems, items.index(of: id) == nil, !itemLifecycle.admits(id) {
+        if byEvent, itemLifecycle.admission.filters, items.index(of: id) == nil, !itemLifecycle.admission.admits(id) {
             let (f, grows) = admitItem(ItemLifecycle.fallbackItemID)
             if fallbackItem != f {
                 // Never an answer: excluded like a vacant index.
@@ -326,7 +326,7 @@ public final class Model: @unchecked Sendable {
     public func deleteItems(_ ids: [UInt64]) -> Int {
         // (With `item_min_occurrences`, the sketch's count of each id goes
         // too: back, the id waits for its row like a new one.)
-        for id in ids { itemLifecycle.forgetSightings(of: id) }
+        for id in ids { itemLifecycle.admission.forgetSightings(of: id) }
         let held = heldIndices(ids, in: items)
         guard !held.isEmpty else { return 0 }
         precondition(appliedSeq == lastSeq, "ids are forgotten with the learner idle")
@@ -346,7 +346,7 @@ public final class Model: @unchecked Sendable {
         // (With `min_occurrences`, the sketch's count of each id goes too:
         // back with events, the id is a new one, held only once it has
         // been seen that often again.)
-        for id in ids { lifecycle.forgetSightings(of: id) }
+        for id in ids { lifecycle.admission.forgetSightings(of: id) }
         let held = heldIndices(ids, in: users)
         guard !held.isEmpty else { return 0 }
         precondition(appliedSeq == lastSeq, "ids are forgotten with the learner idle")
@@ -372,13 +372,13 @@ public final class Model: @unchecked Sendable {
     /// Whether the model holds anything of these user ids: a row, or (with
     /// `min_occurrences`) a count of sightings (admitting thread).
     public func holdsAnyUser(of ids: [UInt64]) -> Bool {
-        ids.contains { users.index(of: $0) != nil || lifecycle.hasSightings(of: $0) }
+        ids.contains { users.index(of: $0) != nil || lifecycle.admission.hasSightings(of: $0) }
     }
 
     /// Whether the model holds anything of these item ids: a row, or (with
     /// `item_min_occurrences`) a count of sightings (admitting thread).
     public func holdsAnyItem(of ids: [UInt64]) -> Bool {
-        ids.contains { items.index(of: $0) != nil || itemLifecycle.hasSightings(of: $0) }
+        ids.contains { items.index(of: $0) != nil || itemLifecycle.admission.hasSightings(of: $0) }
     }
 
     /// Forgets held item indices (sorted) and every reference to them; the
