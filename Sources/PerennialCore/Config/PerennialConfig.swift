@@ -80,6 +80,11 @@ public struct LifelongConfig: Sendable, Equatable {
     /// UPSERT_ITEM gives it one at once). Until then its events train one
     /// shared fallback item, never recommended (ItemLifecycle).
     public var itemMinOccurrences = 1
+    /// Sightings of ids without a row (users and items counted apart)
+    /// between two halvings of the admission counts (CountMinSketch): an id
+    /// must reach its count within about this many. Sizes each sketch at
+    /// 16 bytes per sighting of the window.
+    public var admissionWindow = 65_536
     /// Seed of replay's draws: learning is reproducible from the log.
     public var seed: UInt64 = 99
     public init() {}
@@ -268,6 +273,7 @@ public struct PerennialConfig: Sendable {
         ll.expireAfterSeconds = try r.int("lifelong.expire_after_seconds", default: ll.expireAfterSeconds, in: 0...(1 << 40))
         ll.itemExpireAfterSeconds = try r.int("lifelong.item_expire_after_seconds", default: ll.itemExpireAfterSeconds, in: 0...(1 << 40))
         ll.itemMinOccurrences = try r.int("lifelong.item_min_occurrences", default: ll.itemMinOccurrences, in: 1...255)
+        ll.admissionWindow = try r.int("lifelong.admission_window", default: ll.admissionWindow, in: 1024...(1 << 24))
         ll.seed = UInt64(try r.int("lifelong.seed", default: Int(ll.seed), in: 0...Int.max))
         c.lifelong = ll
 

@@ -59,6 +59,9 @@ public struct SnapshotReader {
         self.offset = offset
     }
 
+    /// All the bytes, read or not (offset == bytesCount: all read).
+    public var bytesCount: Int { bytes.count }
+
     private mutating func take(_ n: Int) throws -> Range<Int> {
         guard n >= 0, bytes.count - offset >= n else { throw LogError("snapshot is truncated at byte \(offset)") }
         defer { offset += n }

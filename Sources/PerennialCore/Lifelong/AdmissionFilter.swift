@@ -1,9 +1,11 @@
 // Admission of rare ids by frequency, as production embedding tables do it
 // (Monolith, Liu et al. 2022): an id gets a row of its own only at its
 // `minOccurrences`-th sighting, counted in a count-min sketch (fixed memory
-// however many rare ids pass; it never decays, so over a very long stream
-// of one-off ids its counts grow and it admits more). Until then the caller
-// gives the id's events to a shared fallback row. Used for user ids
+// however many rare ids pass). The counts are halved every `window`
+// sightings (CountMinSketch), so an id must reach its count within about
+// that many sightings of ids without rows, and a stream of one-off ids
+// without end never fills the sketch. Until then the caller gives the id's
+// events to a shared fallback row. Used for user ids
 // (IdLifecycle) and item ids (ItemLifecycle).
 //
 // Admitting thread only, in log order: a replay admits the same ids at the
@@ -15,9 +17,9 @@ struct AdmissionFilter {
     /// Events given to the shared fallback so far.
     var sharedEvents: UInt64 = 0
 
-    init(minOccurrences: Int) {
+    init(minOccurrences: Int, window: Int) {
         self.minOccurrences = minOccurrences
-        if minOccurrences > 1 { sketch = CountMinSketch() }
+        if minOccurrences > 1 { sketch = CountMinSketch(window: window) }
     }
 
     /// Whether rare ids wait for a row (min_occurrences > 1).
@@ -32,7 +34,9 @@ struct AdmissionFilter {
     }
 
     /// Whether an id not yet holding a row would get one at its `more`-th
-    /// sighting from now (asks the sketch; counts nothing).
+    /// sighting from now (asks the sketch; counts nothing). Conservative
+    /// across a halving due meanwhile: it may say yes where the halving then
+    /// says no (a capacity check counts a row too many), never the reverse.
     func wouldAdmit(_ id: UInt64, afterMore more: Int) -> Bool {
         guard let sketch else { return true }
         return sketch.estimate(id) + more >= minOccurrences
@@ -46,6 +50,9 @@ struct AdmissionFilter {
     mutating func forgetSightings(of id: UInt64) { sketch?.remove(id) }
 
     var bytes: Int { sketch?.bytes ?? 0 }
+    /// How full the sketch is, and sightings until its next halving (tests).
+    var sketchOccupancy: Double { sketch?.occupancy ?? 0 }
+    var sketchUntilHalving: Int { sketch?.untilHalving ?? 0 }
 
     func saveSketch(to w: inout SnapshotWriter) {
         w.bool(sketch != nil)
@@ -53,11 +60,14 @@ struct AdmissionFilter {
     }
 
     /// Restores `saveSketch`'s output. Saved without the filter, or read
-    /// without it: counting starts afresh.
+    /// without it, or saved with another window's width: counting starts
+    /// afresh.
     mutating func loadSketch(from r: inout SnapshotReader) throws {
         guard try r.bool() else { return }
-        var s = sketch ?? CountMinSketch()
-        try s.load(from: &r)
-        if sketch != nil { sketch = s }
+        var s = sketch ?? CountMinSketch(window: 1)  // (read past)
+        let same = try s.load(from: &r)
+        if sketch != nil {
+            if same { sketch = s } else { Log.info("the id admission sketch was saved with another admission_window: counting starts afresh") }
+        }
     }
 }

@@ -65,7 +65,7 @@ public final class IdLifecycle {
         minOccurrences = config.minOccurrences
         maxUsers = config.maxUsers
         expireAfterSeconds = Int64(config.expireAfterSeconds)
-        admission = AdmissionFilter(minOccurrences: config.minOccurrences)
+        admission = AdmissionFilter(minOccurrences: config.minOccurrences, window: config.admissionWindow)
     }
 
     func grow(users: Int) {

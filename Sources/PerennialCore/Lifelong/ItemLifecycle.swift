@@ -53,9 +53,9 @@ public final class ItemLifecycle {
 
     public var enabled: Bool { expireAfterSeconds > 0 }
 
-    init(expireAfterSeconds: Int, minOccurrences: Int = 1) {
+    init(expireAfterSeconds: Int, minOccurrences: Int, admissionWindow: Int) {
         self.expireAfterSeconds = Int64(expireAfterSeconds)
-        admission = AdmissionFilter(minOccurrences: minOccurrences)
+        admission = AdmissionFilter(minOccurrences: minOccurrences, window: admissionWindow)
     }
 
     /// The admission state (snapshot format 4 on).

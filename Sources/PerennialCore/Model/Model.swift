@@ -129,7 +129,8 @@ public final class Model: @unchecked Sendable {
         replayBuffer = ReplayBuffer(capacity: config.lifelong.replayBuffer, seed: config.lifelong.seed)
         lifecycle = IdLifecycle(config.lifelong)
         itemLifecycle = ItemLifecycle(expireAfterSeconds: config.lifelong.itemExpireAfterSeconds,
-                                      minOccurrences: config.lifelong.itemMinOccurrences)
+                                      minOccurrences: config.lifelong.itemMinOccurrences,
+                                      admissionWindow: config.lifelong.admissionWindow)
         let environment = ScorerEnvironment(table: table, vacancy: itemVacancy)
         var made: [any Scorer] = []
         for sc in config.scorers {
@@ -918,6 +919,7 @@ public final class Model: @unchecked Sendable {
             ("lifelong_item_sweeps", itemLifecycle.sweeps),
             ("lifelong_item_min_occurrences", UInt64(itemLifecycle.minOccurrences)),
             ("lifelong_item_shared_events", itemLifecycle.sharedEvents),
+            ("lifelong_admission_window", UInt64(lifelong.admissionWindow)),
             ("lifelong_item_sweep_max_us", itemSweepMaxMicros),
         ]
         for s in scorers {
