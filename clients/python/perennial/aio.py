@@ -501,7 +501,8 @@ class AsyncFeedbackStreamer:
     ``await send(e)``, ``await send_many(events)``, ``await flush()``;
     ``async with`` flushes on exit.  At most ``window`` batches are
     unacknowledged at a time.  Refused batches are raised and kept as in
-    the blocking streamer (``refused_batches``, :attr:`refused`).
+    the blocking streamer (``refused_batches``, :attr:`refused`), and
+    batches refused as larger than a lowered max_events are re-sent split.
     """
 
     def __init__(self, client: AsyncClient, window: int = 8, batch_size: int = 1000) -> None:
@@ -513,9 +514,12 @@ class AsyncFeedbackStreamer:
         self.window = window
         self.batch_size = batch_size
         self._buffer: List[Event] = []
-        self._inflight: Deque[Tuple["asyncio.Future[Any]", int, int]] = deque()
+        self._inflight: Deque[Tuple["asyncio.Future[Any]", int, List[Event]]] = deque()
         self._offset = 0
         self._errors: Deque[BaseException] = deque()
+        # Batches refused as larger than the server's max_events (see
+        # FeedbackStreamer): re-sent split once the new limit is known.
+        self._oversized: List[Tuple[int, List[Event], BaseException]] = []
         #: Every refused batch's error so far (see FeedbackStreamer.refused).
         self.refused: List[BaseException] = []
         #: Batches whose outcome is unknown (see FeedbackStreamer.unacknowledged).
@@ -530,30 +534,51 @@ class AsyncFeedbackStreamer:
         return len(self._inflight)
 
     async def _collect_one(self) -> None:
-        fut, offset, n = self._inflight.popleft()
+        fut, offset, batch = self._inflight.popleft()
         result = await self._client._wait(fut)
         if isinstance(result, FeedbackAck):
-            self.acked_events += n
+            self.acked_events += len(batch)
             self.last_ack = result
+        elif isinstance(result, InvalidArgument) and len(batch) > 1:
+            self.sent_events -= len(batch)
+            self._oversized.append((offset, batch, result))
         else:
-            _c.note_stream_failure(result, offset, n, self._errors, self.refused, self.unacknowledged)
+            _c.note_stream_failure(result, offset, len(batch), self._errors, self.refused, self.unacknowledged)
 
     def _size(self) -> int:
         return min(self.batch_size, self._client.max_events)
 
     async def _send_batch(self) -> None:
         await self._client._ensure_connected()  # learn max_events first
+        await self._resend_oversized()
         size = self._size()
         batch = self._buffer[:size]
         del self._buffer[:size]
+        offset = self._offset
+        self._offset += len(batch)
+        await self._write(offset, batch)
+
+    async def _write(self, offset: int, batch: List[Event]) -> None:
         while len(self._inflight) >= self.window:
             await self._collect_one()
         conn = await self._client._ensure_connected()
         fut = self._client._submit(conn, [_c.feedback(batch)])[0]
-        self._inflight.append((fut, self._offset, len(batch)))
-        self._offset += len(batch)
+        self._inflight.append((fut, offset, batch))
         self.sent_events += len(batch)
         await self._client._drain(conn)
+
+    async def _resend_oversized(self) -> None:
+        # (As FeedbackStreamer._resend_oversized.)
+        while self._oversized:
+            limit = (await self._client.hello()).max_events
+            refused = sorted(self._oversized, key=lambda r: r[0])
+            self._oversized.clear()
+            for offset, batch, error in refused:
+                if len(batch) <= limit:
+                    _c.note_stream_failure(error, offset, len(batch), self._errors, self.refused, self.unacknowledged)
+                    continue
+                for i in range(0, len(batch), limit):
+                    await self._write(offset + i, batch[i:i + limit])
 
     def _raise_errors(self) -> None:
         _c.raise_refusals(self._errors)
@@ -575,10 +600,14 @@ class AsyncFeedbackStreamer:
 
     async def flush(self) -> Optional[FeedbackAck]:
         """Send what is buffered, wait for every ack; return the last FeedbackAck."""
-        while self._buffer:
-            await self._send_batch()
-        while self._inflight:
-            await self._collect_one()
+        while True:
+            while self._buffer:
+                await self._send_batch()
+            while self._inflight:
+                await self._collect_one()
+            if not self._oversized:
+                break
+            await self._resend_oversized()
         self._raise_errors()
         return self.last_ack
 

@@ -625,7 +625,10 @@ class FeedbackStreamer:
     next ``send``/``send_many``/``flush`` call, with ``batch_offset`` (stream
     index of the batch's first event) and ``batch_events`` attributes (and
     ``stream_index``, the refused event's index in the stream); its
-    events were not accepted, later batches are unaffected.  When several
+    events were not accepted, later batches are unaffected.  (A batch refused
+    because a RELOAD lowered the server's max_events below its size is not a
+    refusal: the streamer learns the new limit and re-sends it split, as
+    :meth:`Client.feedback` does.)  When several
     batches were refused by then, the error raised is the first, and its
     ``refused_batches`` lists all of them; :attr:`refused` keeps every
     refusal of the stream (including those that arrive while a ``with``
@@ -655,6 +658,9 @@ class FeedbackStreamer:
         self._inflight = 0
         self._offset = 0
         self._errors: Deque[BaseException] = deque()
+        # Batches refused as larger than the server's max_events: re-sent
+        # split once the new limit is known (stream index, events, error).
+        self._oversized: List[Tuple[int, List[Event], BaseException]] = []
         #: Every refused batch's error so far, oldest first (each with
         #: ``batch_offset`` and ``batch_events``).
         self.refused: List[BaseException] = []
@@ -671,36 +677,57 @@ class FeedbackStreamer:
         """Batches written and not yet acknowledged."""
         return self._inflight
 
-    def _on_reply(self, offset: int, n: int, result: Any) -> None:
+    def _on_reply(self, offset: int, batch: List[Event], result: Any) -> None:
         self._inflight -= 1
         if isinstance(result, FeedbackAck):
-            self.acked_events += n
+            self.acked_events += len(batch)
             self.last_ack = result
+        elif isinstance(result, InvalidArgument) and len(batch) > 1:
+            self.sent_events -= len(batch)
+            self._oversized.append((offset, batch, result))
         else:
-            _c.note_stream_failure(result, offset, n, self._errors, self.refused, self.unacknowledged)
+            _c.note_stream_failure(result, offset, len(batch), self._errors, self.refused, self.unacknowledged)
 
     def _raise_errors(self) -> None:
         _c.raise_refusals(self._errors)
 
     def _send_batch(self) -> None:
         self._client._ensure_connected()  # learn max_events first
+        self._resend_oversized()
         size = min(self.batch_size, self._client.max_events)
         batch = self._buffer[:size]
         del self._buffer[:size]
+        self._write(self._offset, batch)
+        self._offset += len(batch)
+
+    def _write(self, offset: int, batch: List[Event]) -> None:
         while self._inflight >= self.window:
             self._client._wait_one()
-        offset = self._offset
-        self._offset += len(batch)
         cmd = _c.feedback(batch)
         self._inflight += 1
         self.sent_events += len(batch)
         try:
-            self._client._send_nowait(cmd, lambda r: self._on_reply(offset, len(batch), r))
+            self._client._send_nowait(cmd, lambda r: self._on_reply(offset, batch, r))
         except BaseException:
             # the connection could not be opened: the batch was never sent
             self._inflight -= 1
             self.sent_events -= len(batch)
             raise
+
+    def _resend_oversized(self) -> None:
+        # A RELOAD may have lowered max_events since the HELLO: learn the
+        # limit; batches above it go again split, in stream order, and the
+        # others' refusals stand.
+        while self._oversized:
+            limit = self._client.hello().max_events
+            refused = sorted(self._oversized, key=lambda r: r[0])
+            self._oversized.clear()
+            for offset, batch, error in refused:
+                if len(batch) <= limit:
+                    _c.note_stream_failure(error, offset, len(batch), self._errors, self.refused, self.unacknowledged)
+                    continue
+                for i in range(0, len(batch), limit):
+                    self._write(offset + i, batch[i:i + limit])
 
     def _full(self) -> bool:
         return len(self._buffer) >= min(self.batch_size, self._client.max_events)
@@ -731,13 +758,17 @@ class FeedbackStreamer:
         sent).  Raises the ServerError of a refused batch, ConnectionError,
         TimeoutError.
         """
-        while self._buffer:
-            self._send_batch()
-        while self._inflight:
-            before = self._inflight
-            self._client._wait_one()
-            if self._inflight == before and not self._client._pending:  # pragma: no cover
+        while True:
+            while self._buffer:
+                self._send_batch()
+            while self._inflight:
+                before = self._inflight
+                self._client._wait_one()
+                if self._inflight == before and not self._client._pending:  # pragma: no cover
+                    break
+            if not self._oversized:
                 break
+            self._resend_oversized()
         self._raise_errors()
         return self.last_ack
 

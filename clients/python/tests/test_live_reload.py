@@ -140,6 +140,57 @@ def test_feedback_follows_a_lowered_max_events_after_reload(start_server) -> Non
         assert c.stats()["events_accepted"] == 1200
 
 
+
+def test_streamers_follow_a_lowered_max_events_after_reload(start_server, monkeypatch) -> None:
+    """The same for the streamers (review finding: every batch of a
+    streamer that learned the old limit was refused): the batches refused
+    as too large are re-sent split, in stream order, and none is lost."""
+    sent: list = []
+    build = perennial._commands.feedback
+    monkeypatch.setattr(perennial._commands, "feedback", lambda batch: (sent.append(list(batch)), build(batch))[1])
+    srv = start_server(BASE % ('"cf", "popularity"', "cf", "0.3"))
+    cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
+    host, port = srv.address
+    events = [perennial.Event(u % 50 + 1, u % 70 + 1) for u in range(3000)]
+    with perennial.Client(host, port) as c, perennial.Client(host, port) as admin:
+        assert c.ping() and c.server_info.max_events > 500
+        cfg.write_text(BASE % ('"cf", "popularity"', "cf", "0.3") + "[limits]\nmax_events = 500\n")
+        admin.reload()
+        with c.streamer(window=4, batch_size=1000) as s:
+            s.send_many(events)
+        assert s.refused == [] and s.unacknowledged == []
+        assert s.acked_events == s.sent_events == 3000
+        # Refused whole (those sent before the first refusal came back),
+        # then sent again split, in stream order, and the rest at the new size.
+        refused = [b for b in sent if len(b) == 1000]
+        assert 1 <= len(refused) <= 3 and sent[:len(refused)] == refused
+        assert [e for b in sent[len(refused):] for e in b] == events
+        assert all(len(b) <= 500 for b in sent[len(refused):])
+        assert c.server_info.max_events == 500
+        assert admin.stats()["events_accepted"] == 3000
+
+        cfg.write_text(BASE % ('"cf", "popularity"', "cf", "0.3") + "[limits]\nmax_events = 300\n")
+        admin.reload()
+
+        async def stream() -> perennial.aio.AsyncFeedbackStreamer:
+            async with perennial.aio.AsyncClient(host, port) as ac:
+                await ac.ping()
+                cfg.write_text(BASE % ('"cf", "popularity"', "cf", "0.3") + "[limits]\nmax_events = 200\n")
+                admin.reload()
+                async with ac.streamer(window=4, batch_size=300) as a:
+                    await a.send_many(events)
+                return a
+        sent.clear()
+        a = asyncio.run(stream())
+        assert a.refused == [] and a.acked_events == a.sent_events == 3000
+        assert admin.stats()["events_accepted"] == 6000
+        # (Batches of 300 were refused until the first refusal came back.)
+        refused = [b for b in sent if len(b) == 300]
+        assert 1 <= len(refused) <= 5 and sent[:len(refused)] == refused   # (window + 1)
+        assert all(len(b) <= 200 for b in sent[len(refused):])
+        assert [e for b in sent[len(refused):] for e in b] == events
+
+
 def _versions(srv) -> dict:
     """The data directory's versions: file name -> its description."""
     snaps = Path(srv.data_dir) / "snapshots"
