@@ -42,14 +42,23 @@ final class Connection {
     private var closeAfterFlush = false
     /// The peer finished sending (EOF): answer what it sent, then close.
     private var peerDone = false
-    /// After a fatal error: linger (shut our side down, drop what the peer
-    /// still sends) instead of closing as soon as the error is written.
+    /// After a fatal error or at a graceful stop: linger (shut our side
+    /// down, drop what the peer still sends) instead of closing as soon as
+    /// the last reply is written.
     private var lingerAfterFlush = false
+    /// The server is stopping: frames received whole and not handled are
+    /// answered SHUTTING_DOWN before the connection closes.
+    private var refuseUnhandled = false
     /// Lingering until this time (0 = not lingering); bytes dropped so far.
     var isLingering: Bool { lingerUntil != 0 }
     private var lingerUntil: UInt64 = 0
     private var lingerDropped = 0
+    /// When input last arrived while lingering: a peer quiet this long
+    /// (`lingerQuietMs`) has nothing in flight, and closing no longer
+    /// risks a reset (so a stop does not wait 2 s for every idle client).
+    private var lingerLastInput: UInt64 = 0
     static let lingerMs: UInt64 = 2000
+    static let lingerQuietMs: UInt64 = 200
     static let lingerMaxBytes = 64 << 20
     /// Why the connection is not processing frames now, if it is not.
     private(set) var parked: FrameOutcome?
@@ -149,6 +158,7 @@ final class Connection {
         if lingerUntil != 0 {
             // Read and dropped: only so the peer gets our error, not a reset.
             lingerDropped += n
+            lingerLastInput = MonotonicClock.nowMillis()
             readPos = 0
             writePos = 0
             if lingerDropped > Connection.lingerMaxBytes { close() }
@@ -310,6 +320,7 @@ final class Connection {
             guard writeInFlight == 0, !closing else { return }
             if out.isEmpty {
                 if !awaitingBatch && (closeAfterFlush || (peerDone && parked == nil)) {
+                    if refuseUnhandled && refuseReceivedFrames() { continue }
                     if lingerAfterFlush && !peerDone { linger() } else { close() }
                 }
                 return
@@ -408,8 +419,8 @@ final class Connection {
     /// an oversized frame the peer is still sending) makes the kernel send
     /// a reset, which destroys the error reply before the client reads it.
     /// So the server shuts its side down and reads and drops what the peer
-    /// still sends, until it closes too, for at most 2 s or 64 MiB (as web
-    /// servers' lingering close does). A connection refused at accept
+    /// still sends, until it closes too or is quiet for 200 ms, for at most
+    /// 2 s or 64 MiB (as web servers' lingering close does). A connection refused at accept
     /// (BUSY, stopping) has sent nothing yet: `linger: false` closes it at
     /// once, so refused connections never hold a slot or a descriptor.
     func fail(_ error: ProtocolError, requestID: UInt32, linger: Bool = true) {
@@ -420,6 +431,39 @@ final class Connection {
         if error.code == .timeout { loop.handler.stats.timeouts += 1 }
         Reply.encodeError(error, requestID: requestID, into: &out)
         finish()
+    }
+
+    /// A graceful stop: the connection reads nothing more, its replies owed
+    /// are written, then every frame it had received whole and not handled
+    /// (pipelined behind a SHUTDOWN, say) is answered SHUTTING_DOWN, so the
+    /// client knows each request's fate: a FEEDBACK so answered was not
+    /// accepted, and may be sent again elsewhere. The close lingers as
+    /// after a fatal error: a peer still sending would otherwise get a
+    /// reset, which destroys the replies it has not read yet (review
+    /// finding: flooding clients lost acknowledgements of accepted events
+    /// at a SIGTERM).
+    func stopServing() {
+        guard lingerUntil == 0, !closing else { return }
+        refuseUnhandled = true
+        lingerAfterFlush = true
+        finish()
+    }
+
+    /// Answers SHUTTING_DOWN to each complete frame in the inbox (once);
+    /// whether it answered any.
+    private func refuseReceivedFrames() -> Bool {
+        refuseUnhandled = false
+        var refused = false
+        while true {
+            let available = writePos - readPos
+            guard case .frame(let header) = FrameDecoder.decode(UnsafeRawBufferPointer(start: inbox + readPos, count: available),
+                                                               limits: loop.handler.protocolLimits) else { break }
+            Reply.encodeError(ProtocolError(.shuttingDown, "the server is stopping: this request was not handled"),
+                              requestID: header.requestID, into: &out)
+            readPos += header.frameLength
+            refused = true
+        }
+        return refused
     }
 
     /// Stops reading and closes after the queued replies are written.
@@ -434,7 +478,8 @@ final class Connection {
     /// The error reply is written: shut our side down and drop input.
     private func linger() {
         guard lingerUntil == 0, !closing else { return }
-        lingerUntil = MonotonicClock.nowMillis() + Connection.lingerMs
+        lingerLastInput = MonotonicClock.nowMillis()
+        lingerUntil = lingerLastInput + Connection.lingerMs
         loop.lingering += 1
         readPos = 0
         writePos = 0
@@ -481,7 +526,7 @@ final class Connection {
 
     /// Checks the per-connection timers; called by the loop's sweep.
     func sweep(now: UInt64, idleMs: Int, frameMs: Int) {
-        if lingerUntil != 0 && now >= lingerUntil && !closing { close() }
+        if lingerUntil != 0 && !closing && (now >= lingerUntil || (now >= lingerLastInput && now - lingerLastInput >= Connection.lingerQuietMs)) { close() }
         // Closing after its last reply, which a peer that never reads does
         // not take: gone after the idle time too.
         if closeAfterFlush && !closing && idleMs > 0 && now >= lastActivity && now - lastActivity >= UInt64(idleMs) {

@@ -341,7 +341,7 @@ final class EventLoop {
         Log.info("stopping: answering what was read, then closing \(connections.count) connection(s)")
         uv_close(UnsafeMutablePointer(OpaquePointer(listener)), nil)
         for c in connections.values where c.parked == nil {
-            c.finish()
+            c.stopServing()
         }
         // (Resumes FEEDBACK parked for the snapshot; finishes the stop if done.)
         learnerProgressed()
@@ -351,7 +351,7 @@ final class EventLoop {
     private func finishStopIfDone() {
         guard stopping, !handlesClosed else { return }
         // Connections still waiting on the learner finish as it catches up.
-        for c in connections.values where c.parked == nil { c.finish() }
+        for c in connections.values where c.parked == nil { c.stopServing() }
         guard connections.isEmpty else { return }
         handlesClosed = true
         // Already stopping: a further SIGINT/SIGTERM must not kill the

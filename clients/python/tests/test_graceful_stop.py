@@ -1,0 +1,124 @@
+"""A graceful stop (SIGTERM, SHUTDOWN) tells every client the fate of each
+request it sent: answered, or refused SHUTTING_DOWN, then a clean close.
+
+Review finding (helper-33): clients still pipelining FEEDBACK at a SIGTERM
+got a connection reset instead of their last acknowledgements, though the
+server had accepted the events (a retry would send them twice); requests
+pipelined behind a SHUTDOWN got no answer at all."""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+import time
+from typing import Dict, List, Tuple
+
+import perennial
+from perennial import protocol as P
+from perennial.protocol import Opcode
+
+LIMITS = P.Limits(max_frame_bytes=1 << 26, max_items=1000, max_events=10000)
+
+
+def _feedback_frame(rid: int, base: int, n: int) -> bytes:
+    events = [{"user": 1 + (base + j) % 500, "item": 1 + (base + j) % 3000, "kind": "click"} for j in range(n)]
+    return P.encode_request(Opcode.FEEDBACK, rid, {"events": events})
+
+
+def _flood(port: int, out: Dict[int, Tuple[str, int, int, int]], key: int) -> None:
+    """Pipelines 100-event FEEDBACKs without waiting, reading replies as
+    they come, until the server closes; records how it ended, the events
+    acknowledged, the FEEDBACKs refused SHUTTING_DOWN, and those never
+    answered."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setblocking(False)
+    dec = P.FrameDecoder(LIMITS)
+    pending: Dict[int, int] = {}
+    rid, acked, refused, end = 0, 0, 0, "timeout"
+    buf = b""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if len(buf) < 50_000:
+            for _ in range(10):
+                rid += 1
+                pending[rid] = 100
+                buf += _feedback_frame(rid, rid * 100, 100)
+        r, w, _ = select.select([s], [s] if buf else [], [], 1)
+        try:
+            if w:
+                buf = buf[s.send(buf):]
+            if r:
+                data = s.recv(1 << 20)
+                if not data:
+                    end = "eof"
+                    break
+                dec.feed(data)
+                while True:
+                    f = dec.next_frame()
+                    if f is None:
+                        break
+                    n = pending.pop(f.request_id)
+                    if f.opcode == Opcode.FEEDBACK:
+                        acked += n
+                    else:
+                        assert f.opcode == Opcode.ERROR and f.payload["code"] == "SHUTTING_DOWN", f.payload
+                        refused += 1
+        except BrokenPipeError:
+            # (Our write after the server shut its side: the replies were
+            # all read before, as the EOF that follows shows.)
+            buf = b""
+        except OSError as e:
+            end = repr(e)
+            break
+    s.close()
+    out[key] = (end, acked, refused, len(pending))
+
+
+def test_a_sigterm_under_pipelined_feedback_acknowledges_every_accepted_event(start_server) -> None:
+    srv = start_server("[snapshot]\nevery_events = 0\nrecovery_seconds = 0\n")
+    with srv.client() as c:
+        assert c.ping()
+    results: Dict[int, Tuple[str, int, int, int]] = {}
+    threads = [threading.Thread(target=_flood, args=(srv.port, results, k)) for k in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    assert srv.stop() == 0, srv.log()
+    for t in threads:
+        t.join()
+    assert all(end == "eof" for end, _, _, _ in results.values()), results   # no reset
+    acked = sum(a for _, a, _, _ in results.values())
+    assert acked > 0
+    srv.start_again()
+    with srv.client() as c:
+        # Every event the server holds was acknowledged to its sender: none
+        # is durable without a reply (a client's retry would duplicate it).
+        assert c.stats()["events_accepted"] == acked, (results, srv.log())
+
+
+def test_requests_pipelined_behind_a_shutdown_are_refused_shutting_down(start_server) -> None:
+    srv = start_server("[server]\nallow_shutdown = true\n")
+    events = {"events": [{"user": 1, "item": 2, "kind": "click"}]}
+    s = socket.create_connection(srv.address)
+    s.sendall(P.encode_request(Opcode.PING, 1) + P.encode_request(Opcode.SHUTDOWN, 2)
+              + P.encode_request(Opcode.PING, 3) + P.encode_request(Opcode.FEEDBACK, 4, events)
+              + P.encode_request(Opcode.PING, 5))
+    dec = P.FrameDecoder(LIMITS)
+    frames: List[P.Frame] = []
+    s.settimeout(10)
+    while True:
+        data = s.recv(1 << 16)
+        if not data:
+            break
+        dec.feed(data)
+        while (f := dec.next_frame()) is not None:
+            frames.append(f)
+    s.close()
+    assert [(f.request_id, f.opcode) for f in frames] == [
+        (1, Opcode.PING), (2, Opcode.SHUTDOWN), (3, Opcode.ERROR), (4, Opcode.ERROR), (5, Opcode.ERROR)]
+    assert all(f.payload["code"] == "SHUTTING_DOWN" for f in frames[2:])
+    assert srv.proc.wait(10) == 0
+    srv.start_again()
+    with srv.client() as c:
+        assert c.stats()["events_accepted"] == 0          # the refused FEEDBACK was not accepted
