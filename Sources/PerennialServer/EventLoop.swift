@@ -39,6 +39,7 @@ final class EventLoop {
     private var lastBatchNs: UInt64 = 0
     private(set) var boundPort = 0
     private var stopping = false
+    private var nextAcceptWarning: UInt64 = 0
     private var stopDeadline: UInt64 = 0
     private var handlesClosed = false
     private var handlesSignals = false
@@ -154,7 +155,16 @@ final class EventLoop {
     // MARK: connections
 
     func accepted(status: Int32) {
-        guard status == 0 else { return }
+        guard status == 0 else {
+            // (Out of descriptors, say: libuv closes the pending connection
+            // unanswered. Said at most every 10 s.)
+            let now = MonotonicClock.nowMillis()
+            if now >= nextAcceptWarning {
+                nextAcceptWarning = now + 10_000
+                Log.warning("cannot accept a connection: \(String(cString: uv_strerror(status))) (connections: \(connections.count))")
+            }
+            return
+        }
         let tcp = UnsafeMutablePointer<uv_tcp_t>.allocate(capacity: 1)
         uv_tcp_init(loop, tcp)
         guard uv_accept(UnsafeMutablePointer(OpaquePointer(listener)), UnsafeMutablePointer(OpaquePointer(tcp))) == 0 else {

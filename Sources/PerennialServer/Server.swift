@@ -47,7 +47,7 @@ public final class Server: Sendable {
     /// Runs the server on the calling thread until it stops (SIGINT/SIGTERM,
     /// SHUTDOWN or `stop()`). `onListening` gets the bound port.
     public func run(handleSignals: Bool = true, onListening: (Int) -> Void = { _ in }) throws {
-        raiseOpenFileLimit()
+        raiseOpenFileLimit(for: config.limits.maxConnections)
         // Large buffers (snapshots, reply buffers of busy connections) are
         // mmapped and so returned to the OS when freed. glibc otherwise
         // raises this threshold as such buffers come and go, and keeps their
@@ -352,10 +352,18 @@ extension Server {
 }
 
 /// Many concurrent connections need many descriptors: lift the soft limit to
-/// the hard one.
-private func raiseOpenFileLimit() {
+/// the hard one, and say so at start when even that is below
+/// `max_connections` (past it, connections are closed unanswered).
+private func raiseOpenFileLimit(for maxConnections: Int) {
     var rl = rlimit()
-    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl) == 0, rl.rlim_cur < rl.rlim_max else { return }
-    rl.rlim_cur = rl.rlim_max
-    _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl)
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl) == 0 else { return }
+    if rl.rlim_cur < rl.rlim_max {
+        rl.rlim_cur = rl.rlim_max
+        _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl)
+        _ = getrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl)
+    }
+    // (About 64 descriptors go to the log, snapshots, libuv and the runtime.)
+    if rl.rlim_cur < rlim_t(Int.max), Int(rl.rlim_cur) < maxConnections + 64 {
+        Log.warning("the open-file limit (\(rl.rlim_cur)) is below limits.max_connections (\(maxConnections)) + 64: connections past about \(max(0, Int(rl.rlim_cur) - 64)) are closed without a reply (raise `ulimit -n`, or lower max_connections)")
+    }
 }

@@ -130,6 +130,34 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
         #expect(try load("[limits]\nmax_user_ids = 1000\n[lifelong]\nmax_users = 2000\n").lifelong.maxUsers == 2000)
     }
 
+    /// Windows line ends (review finding: a CRLF file was read as one line,
+    /// and a comment ending in CRLF swallowed the setting after it); a file
+    /// that is not UTF-8 or not a file says so, with the line.
+    @Test func crlfFilesAndUnreadableFiles() throws {
+        #expect(try load("[limits]\r\n# small lists\r\nmax_items = 5\r\n").limits.maxItems == 5)
+        #expect(try load("[server]\r\nport = 7959\r\n").port == 7959)
+        #expect(throws: ConfigError(file: "test.toml", line: 2, message: "'server.data_dir' must name a directory, found an empty string")) {
+            try load("[server]\ndata_dir = \"\"\n")
+        }
+        #expect(throws: ConfigError(file: "test.toml", line: 3, message: "unknown key 'server.prot' (did you mean 'server.port'?)")) {
+            try load("[server]\r\n# c\r\nprot = 1\r\n")
+        }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("perennial-config-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let latin1 = dir + "/latin1.toml"
+        FileManager.default.createFile(atPath: latin1, contents: Data("[server]\n# caf".utf8 + [0xE9] + Data("\nport = 1\n".utf8)))
+        #expect(throws: ConfigError(file: latin1, line: 2, message: "the file is not UTF-8 text (save it as UTF-8)")) {
+            try PerennialConfig.load(file: latin1, registry: registry)
+        }
+        #expect(throws: ConfigError(file: dir, line: nil, message: "cannot read the config file: it is a directory")) {
+            try PerennialConfig.load(file: dir, registry: registry)
+        }
+        #expect(throws: ConfigError(file: dir + "/none.toml", line: nil, message: "cannot read the config file: no such file")) {
+            try PerennialConfig.load(file: dir + "/none.toml", registry: registry)
+        }
+    }
+
     @Test func unknownScorerIsRefused() {
         do {
             _ = try load("[scorers]\nload = [\"popularity\", \"magic\"]\n")

@@ -69,7 +69,10 @@ public struct ConfigDocument: Sendable {
         self.file = file
         var section = ""
         var lineNumber = 0
-        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        // (Swift reads "\r\n" as one Character: a file with Windows line
+        // ends split at "\n" alone was one long line, and a comment ending
+        // in "\r\n" swallowed the line after it.)
+        for rawLine in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" || $0 == "\r" }) {
             lineNumber += 1
             var line = Substring(ConfigDocument.stripComment(String(rawLine)))
             line = line.drop(while: { $0 == " " || $0 == "\t" || $0 == "\r" })

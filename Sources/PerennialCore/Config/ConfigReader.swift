@@ -10,7 +10,7 @@ public final class ConfigReader {
 
     public init(_ document: ConfigDocument) { self.document = document }
 
-    private func fail(_ key: String, _ message: String) -> ConfigError {
+    func fail(_ key: String, _ message: String) -> ConfigError {
         ConfigError(file: document.file, line: document.entries[key]?.line, message: message)
     }
 

@@ -172,18 +172,37 @@ public struct PerennialConfig: Sendable {
     /// supplies overrides of its own (eval loading every scorer) skips that.
     public static func load(file path: String, registry: ScorerRegistry, overrides: [String: ConfigValue] = [:],
                             checkFileAlone: Bool = true) throws(ConfigError) -> PerennialConfig {
-        let text: String
-        do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
-        } catch {
-            throw ConfigError(file: path, line: nil, message: "cannot read the config file: \(error.localizedDescription)")
-        }
+        let text = try readConfigText(path)
         var doc = try ConfigDocument(text: text, file: path)
         // The file must be right on its own, even where an option overrides
         // it: a wrong value would bite the first run without the option.
         if checkFileAlone && !overrides.isEmpty { _ = try load(doc, registry: registry) }
         for (k, v) in overrides { doc.set(k, v) }
         return try load(doc, registry: registry)
+    }
+
+    /// The config file's text; a clear error for a file that cannot be read
+    /// (saying why: missing, a directory, no permission) or is not UTF-8
+    /// (saying on which line).
+    static func readConfigText(_ path: String) throws(ConfigError) -> String {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw ConfigError(file: path, line: nil, message: "cannot read the config file: no such file")
+        }
+        if isDirectory.boolValue { throw ConfigError(file: path, line: nil, message: "cannot read the config file: it is a directory") }
+        guard access(path, R_OK) == 0, let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigError(file: path, line: nil, message: "cannot read the config file: \(String(cString: strerror(errno)).lowercased())")
+        }
+        let bytes = [UInt8](data)
+        if let text = String(validating: bytes, as: UTF8.self) { return text }
+        // The first byte that breaks UTF-8: decode growing prefixes by line.
+        var line = 1, start = 0
+        for (i, b) in bytes.enumerated() where b == 0x0A {
+            if String(validating: bytes[start...i], as: UTF8.self) == nil { break }
+            line += 1
+            start = i + 1
+        }
+        throw ConfigError(file: path, line: line, message: "the file is not UTF-8 text (save it as UTF-8)")
     }
 
     /// A token from the file named by `key` (surrounding whitespace removed),
@@ -209,6 +228,9 @@ public struct PerennialConfig: Sendable {
         c.host = try r.string("server.host", default: c.host)
         c.port = try r.int("server.port", default: c.port, in: 0...65535)
         c.dataDir = try r.string("server.data_dir", default: c.dataDir)
+        if c.dataDir.trimmingCharacters(in: .whitespaces).isEmpty {
+            throw r.fail("server.data_dir", "'server.data_dir' must name a directory, found an empty string")
+        }
         c.allowShutdown = try r.bool("server.allow_shutdown", default: c.allowShutdown)
         c.recommendBatch = try r.int("server.recommend_batch", default: c.recommendBatch, in: 1...256)
         c.recommendBatchWaitMicros = try r.int("server.recommend_batch_wait_us", default: c.recommendBatchWaitMicros, in: 0...100_000)
