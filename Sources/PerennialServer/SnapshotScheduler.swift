@@ -49,6 +49,7 @@ final class SnapshotScheduler {
     func answer(ticket: inout UInt64) -> Result<UInt64, SnapshotFailure>? {
         if ticket == 0 && inFlight == nil && lastSnapshotSeq > 0 && model.lastSeq == lastSnapshotSeq && !reloadUnsnapshotted
             && !changedSinceSnapshot {
+            markRequested(seq: lastSnapshotSeq)
             return .success(lastSnapshotSeq)
         }
         if ticket == 0 {
@@ -59,11 +60,23 @@ final class SnapshotScheduler {
             // (Stopping: no more snapshots are started by turns.)
             finishInFlight()
             if snapshotOutcome(for: ticket) == nil {
-                let outcome = Result<UInt64, any Error> { try take() }
+                let outcome = Result<UInt64, any Error> { try take(note: Self.requestedNote) }
                 recordSnapshotOutcome(through: snapshotTicketsIssued, outcome.mapError { SnapshotFailure(description: "\($0)") })
             }
         }
         return snapshotOutcome(for: ticket)
+    }
+
+    /// A version a SNAPSHOT request was answered with is one its client may
+    /// roll back to: it takes a place among `snapshot.keep` even when a
+    /// RELOAD took it (SnapshotStore.prune; review finding: the snapshot
+    /// asked for right after a RELOAD went at the next snapshot).
+    static var requestedNote: [String: Any] { ["requested": true] }
+
+    /// The newest version at `seq` answers a SNAPSHOT request: noted so.
+    private func markRequested(seq: UInt64) {
+        guard let file = store.files().first(where: { $0.seq == seq }), store.metadata(of: file)["requested"] == nil else { return }
+        do { try store.updateMetadata(of: file) { $0["requested"] = true } } catch { Log.warning("version \(file.id): cannot note the SNAPSHOT request in its description: \(error)") }
     }
 
     /// A RELOAD rebuilt, added or removed scorers (`changes`): a snapshot
@@ -292,7 +305,7 @@ final class SnapshotScheduler {
         reloadSnapshotWanted = false
         reloadRetryAtNs = .max
         do {
-            let (job, t0, pauseMs) = try prepareSnapshot(note: [:], distinct: false)
+            let (job, t0, pauseMs) = try prepareSnapshot(note: tickets.to > tickets.from ? Self.requestedNote : [:], distinct: false)
             inFlightReloadGeneration = reloadGeneration
             inFlightLoggedChanges = loggedChanges
             // (Room for the last snapshot's size and an eighth: growing a

@@ -251,7 +251,9 @@ public struct SnapshotStore: Sendable {
     /// set to a log position for recovery; it takes none of the `keep`
     /// places, even while it is the newest (kept beside them), and once a
     /// newer snapshot exists it has done its work and goes: reloads never
-    /// push out the versions one may want to roll back to.
+    /// push out the versions one may want to roll back to. Unless a
+    /// SNAPSHOT request was answered with it (noted "requested"): then it
+    /// is a version someone asked for, kept like any other.
     public func prune(keep: Int) -> Int? {
         var kept: [SnapshotFile] = []
         var places = 0
@@ -259,7 +261,8 @@ public struct SnapshotStore: Sendable {
         // writes figures for a version as it goes, leaving a stray description.)
         let locked: Void? = try? withVersionsLock {
             for (i, file) in files().enumerated() {
-                let byReload = metadata(of: file)["reload"] != nil
+                let meta = metadata(of: file)
+                let byReload = meta["reload"] != nil && meta["requested"] == nil
                 if i == 0 && byReload {
                     kept.append(file)
                 } else if !byReload && places < keep {

@@ -198,6 +198,43 @@ def _versions(srv) -> dict:
     return {p.name: json.loads(p.read_text()) for p in sorted(snaps.glob("snapshot-*.json"))}
 
 
+
+def test_a_snapshot_asked_for_after_a_reload_is_kept(start_server) -> None:
+    """Review finding (helper-32): the version a SNAPSHOT request got right
+    after a RELOAD that changed the scorers was the RELOAD's own, which
+    goes once a newer snapshot exists, so the checkpoint one took to roll
+    back to vanished at the next snapshot. Now a version a SNAPSHOT request
+    was answered with is kept like any other."""
+    srv = start_server(BASE % ('"cf", "popularity"', "cf", "0.7"))
+    cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
+    with srv.client() as c:
+        c.feedback([perennial.Event(u, i) for u in range(1, 20) for i in range(1, 20)])
+        _write(cfg, '"cf"', "cf")
+        c.reload()
+        asked = c.snapshot()
+        c.feedback([perennial.Event(30, 1)])
+        later = c.snapshot()
+        assert later == asked + 1
+        c.feedback([perennial.Event(31, 1)])
+        c.snapshot()
+    versions = _versions(srv)
+    kept = {v["id"] for v in versions.values()}
+    assert any(v["seq"] == asked for v in versions.values()), versions      # the one asked for is still there
+    assert "v%d" % later in kept
+    with srv.client() as c:
+        c.reload()                                     # (no scorer change: no new snapshot)
+    # A RELOAD's snapshot that no request asked for still goes once a newer one exists.
+    _write(cfg, '"cf", "popularity"', "cf")
+    with srv.client() as c:
+        c.reload()
+        c.feedback([perennial.Event(32, 1)])
+        c.snapshot()
+    after = _versions(srv)
+    reload_only = [v for v in after.values() if "reload" in v and not v.get("requested")]
+    assert reload_only == [], after
+    assert any(v["seq"] == asked for v in after.values())
+
+
 def test_a_reload_whose_snapshot_failed_is_saved_later(start_server) -> None:
     """A RELOAD that removes a scorer is tied to a new version by a snapshot.
     When that snapshot fails, the model still differs from the newest
@@ -241,8 +278,10 @@ def test_a_reload_whose_snapshot_failed_is_saved_later(start_server) -> None:
     assert "version v%d still holds it (serve --from-version v%d" % (seq, seq) in srv.log()
     srv.restart()                                        # the stop saves the reloaded model
     versions = _versions(srv)
-    # (The first reload's version, superseded by a newer one, went.)
-    assert sorted(versions) == ["snapshot-%d.2.json" % seq, "snapshot-%d.json" % seq]
+    # (The first reload's version stays although a newer one exists: a
+    # SNAPSHOT request was answered with it above.)
+    assert sorted(versions) == ["snapshot-%d.1.json" % seq, "snapshot-%d.2.json" % seq, "snapshot-%d.json" % seq]
+    assert versions["snapshot-%d.1.json" % seq]["requested"] is True
     assert versions["snapshot-%d.json" % seq]["scorers"] == ["cf", "popularity"]
     assert versions["snapshot-%d.2.json" % seq]["scorers"] == ["cf", "popularity"]
     assert any("popularity added" in change for change in versions["snapshot-%d.2.json" % seq]["reload"])
