@@ -212,6 +212,7 @@ public final class Server: Sendable {
         var firstSegment = 1
         var snapshotSeq: UInt64 = 0
         var firstSkip: String?
+        var loaded: SnapshotFile?
         for file in snapshots.files() {
             // Refused before anything else can fail: a snapshot skipped for
             // another fault (a reshaped scorer, say) must not lead to an older
@@ -225,6 +226,7 @@ public final class Server: Sendable {
                 model = candidate
                 firstSegment = info.firstLogSegment
                 snapshotSeq = info.seq
+                loaded = file
                 Log.info(String(format: "loaded the snapshot at sequence %llu (%@) in %.2f s", info.seq, file.path,
                                 Double(MonotonicClock.nowNanos() - t0) / 1e9))
                 break
@@ -244,6 +246,10 @@ public final class Server: Sendable {
                 ? "Most likely the config changes a setting that shapes the stored model ([table] dimension, or a scorer's size such as cf neighbours or rating_factors), which cannot change on an existing data directory: put the old value back"
                 : "Settings that differ from those the newest snapshot was written with: \(changed.joined(separator: ", ")). If one of them shapes the stored model ([table], or a scorer's size), it cannot change on an existing data directory: put the old value back"
             throw LogError("no usable snapshot (the newest: \(firstSkip ?? "unreadable")), and the log no longer starts at the beginning: the model cannot be rebuilt. \(cause), or serve from a new data directory and send it the events again. Otherwise restore a snapshot.")
+        }
+        if let warning = try FeedbackLog.checkSegmentsPresent(directory: log.directory, firstNeeded: firstSegment,
+                                                              fromSnapshot: loaded.map { "snapshot \($0.id) (\($0.path))" }) {
+            Log.warning(warning)
         }
         var scratch: [LearnEvent] = []
         var lastReport = t0

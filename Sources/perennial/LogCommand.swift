@@ -65,6 +65,13 @@ struct LogCommand: ParsableCommand {
             print("start-up would read \(from)")
             var healthy = true
             do {
+                if let warning = try FeedbackLog.checkSegmentsPresent(directory: dir, firstNeeded: firstNeeded,
+                                                                      fromSnapshot: base.map { "snapshot \($0.file.id)" }) {
+                    print("note: \(warning)")
+                }
+                if base == nil && !store.files().isEmpty && (FeedbackLog.segments(in: dir).first ?? 1) > 1 {
+                    throw LogError("no snapshot is readable, and the log no longer starts at the beginning (\(FeedbackLog.segmentName(FeedbackLog.segments(in: dir).first!))): start-up cannot rebuild the model. Restore a snapshot")
+                }
                 let r = try FeedbackLog.scan(directory: dir, fromSegment: firstNeeded, cutTornTail: false) { _ in }
                 print("log \(dir), from segment \(firstNeeded): \(r.segments) segment(s), \(r.records) records, \(r.events) events, \(r.bytes) bytes")
                 if let t = r.tornTail {
@@ -95,8 +102,20 @@ struct LogCommand: ParsableCommand {
     /// Cuts the log at the first record that fails its checksum in the
     /// segments start-up reads (from `first` on), and drops any later segments.
     private func repair(_ dir: String, from first: Int) throws {
-        let numbers = FeedbackLog.segments(in: dir).filter { $0 >= first }
+        var numbers = FeedbackLog.segments(in: dir).filter { $0 >= first }
         let log = FeedbackLog(directory: dir, policy: .no)
+        // Segments missing in the middle: what follows the gap cannot be
+        // replayed (its sequence numbers do not continue), so it goes.
+        var cutAtGap = false
+        if let gap = numbers.indices.dropLast().first(where: { numbers[$0 + 1] != numbers[$0] + 1 }) {
+            cutAtGap = true
+            print("segments are missing after \(log.segmentPath(numbers[gap]))")
+            for later in numbers[(gap + 1)...] {
+                try FileManager.default.removeItem(atPath: log.segmentPath(later))
+                print("removed \(log.segmentPath(later)), which followed the missing segments")
+            }
+            numbers = Array(numbers[...gap])
+        }
         for (index, n) in numbers.enumerated() {
             let path = log.segmentPath(n)
             guard let cut = try FeedbackLog.firstDamage(inSegment: path) else { continue }
@@ -109,6 +128,6 @@ struct LogCommand: ParsableCommand {
             }
             return
         }
-        print("nothing to repair")
+        print(cutAtGap ? "the rest of the log is whole" : "nothing to repair")
     }
 }

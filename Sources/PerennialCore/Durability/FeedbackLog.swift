@@ -74,12 +74,46 @@ public final class FeedbackLog: @unchecked Sendable {
 
     // MARK: reading
 
-    static func segmentName(_ n: Int) -> String { String(format: "%08d.log", n) }
+    public static func segmentName(_ n: Int) -> String { String(format: "%08d.log", n) }
 
     /// Segment numbers present, in order.
     public static func segments(in directory: String) -> [Int] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
         return names.compactMap { name in name.hasSuffix(".log") ? Int(name.dropLast(4)) : nil }.sorted()
+    }
+
+    /// Checks that the segments start-up reads are all there: from
+    /// `firstNeeded` (a snapshot's first uncovered segment; with no snapshot,
+    /// the log's start, segment 1) on, numbered without a gap. A snapshot
+    /// whose segment is missing while older segments remain means the log
+    /// after it was removed, or the snapshot came from another data
+    /// directory: either way, starting would silently lose or mix events
+    /// (review finding: a copied-in snapshot was adopted, and the
+    /// directory's own log then pruned). Throws naming what is missing;
+    /// returns a warning when there is no log at all beside a snapshot (a
+    /// directory seeded from a copied snapshot, or one whose log was lost).
+    public static func checkSegmentsPresent(directory: String, firstNeeded: Int, fromSnapshot: String?) throws -> String? {
+        let all = segments(in: directory)
+        let needed = all.filter { $0 >= firstNeeded }
+        let dir = directory
+        if let snapshot = fromSnapshot {
+            if all.isEmpty {
+                return "the log (\(dir)) holds no segment: starting from \(snapshot) alone; any events acknowledged after it are not in this directory"
+            }
+            guard let first = needed.first else {
+                throw LogError("\(dir)/\(segmentName(firstNeeded)), the log segment that follows \(snapshot), is missing, and the log ends before it (at \(segmentName(all.last!))): the log after the snapshot was removed, or the snapshot comes from another data directory. Start-up stops rather than lose or mix events: put the segment back, or move the snapshot (or, to start from the snapshot alone, the log) out of the directory")
+            }
+            if first != firstNeeded {
+                throw LogError("\(dir)/\(segmentName(firstNeeded)), the log segment that follows \(snapshot), is missing (the log after it starts at \(segmentName(first))): the events in it would be lost. Put it back, or move the snapshot out of the directory")
+            }
+        } else if let first = all.first, first > 1 {
+            throw LogError("the log (\(dir)) starts at \(segmentName(first)) and no snapshot covers the segments before it: they are missing, so the model cannot be rebuilt. Restore them or a snapshot")
+        }
+        for (a, b) in zip(needed, needed.dropFirst()) where b != a + 1 {
+            let missing = b == a + 2 ? segmentName(a + 1) : "\(segmentName(a + 1)) to \(segmentName(b - 1))"
+            throw LogError("\(dir): log segment(s) \(missing) are missing between \(segmentName(a)) and \(segmentName(b)): the events in them would be lost. Put them back; or cut the log before the gap with `perennial log repair` (losing every event after it)")
+        }
+        return nil
     }
 
     /// Reads every record in order, calling `visit` for each. A torn or
