@@ -25,7 +25,12 @@ final class Connection {
 
     // Received bytes: [readPos, writePos) is unframed input.
     private var inbox: UnsafeMutableRawPointer
-    private var inboxCapacity: Int
+    /// (Growth past the initial size counts toward the loop's
+    /// `inboxBytesAboveInitial`, the `limits.max_inbox_bytes` budget, until
+    /// the connection closes.)
+    private var inboxCapacity: Int {
+        didSet { if !closing { loop.inboxBytesAboveInitial += inboxCapacity - oldValue } }
+    }
     private var readPos = 0
     private var writePos = 0
 
@@ -135,6 +140,14 @@ final class Connection {
         return (inbox + writePos, inboxCapacity - writePos)
     }
 
+    /// The inbox's capacity once `makeRoom(atLeast: free)` has run.
+    private func capacityAfterMakingRoom(atLeast free: Int) -> Int {
+        let unread = writePos - readPos
+        var cap = inboxCapacity
+        while cap - unread < free { cap *= 2 }
+        return cap
+    }
+
     /// Moves unread bytes to the front, growing the inbox when a frame needs it.
     private func makeRoom(atLeast free: Int) {
         let unread = writePos - readPos
@@ -198,7 +211,19 @@ final class Connection {
                     if available >= FrameHeader.size {
                         // The header is valid: make sure the whole frame fits.
                         let length = Int(inbox.loadUnaligned(fromByteOffset: readPos, as: UInt32.self).littleEndian) + 4
-                        if inboxCapacity - readPos < length { makeRoom(atLeast: length - available) }
+                        if inboxCapacity - readPos < length {
+                            // A larger buffer for this frame, if the budget
+                            // of all connections' buffers allows it.
+                            let growth = capacityAfterMakingRoom(atLeast: length - available) - inboxCapacity
+                            if growth > 0 && loop.inboxBytesAboveInitial + growth > loop.limits.maxInboxBytes {
+                                loop.handler.stats.inboxBudgetRefusals += 1
+                                let requestID = inbox.loadUnaligned(fromByteOffset: readPos + 8, as: UInt32.self).littleEndian
+                                fail(ProtocolError(.busy, "the server holds too much of other clients' partly received frames (limits.max_inbox_bytes = \(loop.limits.maxInboxBytes)) to take this \(length)-byte frame now; send it again later", fatal: true),
+                                     requestID: requestID)
+                                return
+                            }
+                            makeRoom(atLeast: length - available)
+                        }
                     }
                 }
                 return
@@ -517,6 +542,7 @@ final class Connection {
 
     func close() {
         guard !closing else { return }
+        loop.inboxBytesAboveInitial -= inboxCapacity - Connection.initialInbox
         closing = true
         reading = false
         loop.awaitingSync.remove(ObjectIdentifier(self))

@@ -756,6 +756,7 @@ final class RequestHandler {
             StatCounter("learner_queue_capacity", UInt64(learner.capacity)),
             StatCounter("learner_queue_allowance", UInt64(queueAllowance)),
             StatCounter("backpressure_pauses", stats.backpressurePauses),
+            StatCounter("inbox_budget_refusals", stats.inboxBudgetRefusals),
             StatCounter("queue_full_pauses", stats.queueFullPauses),
             StatCounter("snapshot_tapers", snapshots.tapers),
             StatCounter("item_sweep_waits", stats.sweepWaits),

@@ -21,6 +21,9 @@ struct ServerStats {
     var recommendBatchWaits: UInt64 = 0
     var recommendsBatched: UInt64 = 0
     var backpressurePauses: UInt64 = 0
+    /// Frames refused BUSY because all connections' receive buffers had
+    /// reached `limits.max_inbox_bytes`.
+    var inboxBudgetRefusals: UInt64 = 0
     var queueFullPauses: UInt64 = 0
     /// Item expiry sweeps whose batch waited for the learner to drain.
     var sweepWaits: UInt64 = 0

@@ -14,6 +14,12 @@ public struct LimitsConfig: Sendable, Equatable {
     public var frameTimeoutMs = 10_000
     public var waitMs = 5_000
     public var maxPendingBytes = 1024 * 1024
+    /// Most memory all connections together may hold for frames still
+    /// being received, beyond each connection's first 16 KiB: past it a
+    /// frame that needs a larger buffer is refused BUSY, so many clients
+    /// each sending the start of a large frame cannot take the memory of
+    /// max_connections × max_frame_bytes.
+    public var maxInboxBytes = 512 * 1024 * 1024
     /// Most of the learner queue one connection's unapplied feedback may
     /// hold, as a fraction, so one fast feeder cannot crowd out the others.
     public var feedbackQueueShare = 0.5
@@ -245,6 +251,7 @@ public struct PerennialConfig: Sendable {
         l.frameTimeoutMs = try r.int("limits.frame_timeout_ms", default: l.frameTimeoutMs, in: 0...(1 << 40))
         l.waitMs = try r.int("limits.wait_ms", default: l.waitMs, in: 0...(1 << 40))
         l.maxPendingBytes = try r.int("limits.max_pending_bytes", default: l.maxPendingBytes, in: 4096...(1 << 34))
+        l.maxInboxBytes = try r.int("limits.max_inbox_bytes", default: l.maxInboxBytes, in: 65_536...(1 << 40))
         l.feedbackQueueShare = try r.double("limits.feedback_queue_share", default: l.feedbackQueueShare, in: 0.01...1)
         l.maxFutureSeconds = try r.int("limits.max_future_seconds", default: l.maxFutureSeconds, in: 0...(1 << 40))
         l.maxUserIDs = try r.int("limits.max_user_ids", default: l.maxUserIDs, in: 0...Int(Int32.max))
