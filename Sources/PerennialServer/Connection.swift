@@ -134,10 +134,21 @@ final class Connection {
         stopReading()
     }
 
-    /// Hands libuv the free tail of the inbox (at least 4 KiB of it).
+    /// Hands libuv the free tail of the inbox (at least 4 KiB of it, or
+    /// what is left when the frame being received already fits: a buffer
+    /// grown for a frame, and so counted against `limits.max_inbox_bytes`,
+    /// is not doubled again for its last bytes).
     func allocate(_ suggested: Int) -> (UnsafeMutableRawPointer, Int) {
-        if inboxCapacity - writePos < 4096 { makeRoom(atLeast: 4096) }
+        if inboxCapacity - writePos < 4096 && !(inboxCapacity > writePos && frameInProgressFits) { makeRoom(atLeast: 4096) }
         return (inbox + writePos, inboxCapacity - writePos)
+    }
+
+    /// The unread bytes start with a frame header whose whole frame fits
+    /// in the inbox from where it starts.
+    private var frameInProgressFits: Bool {
+        guard writePos - readPos >= FrameHeader.size else { return false }
+        let length = Int(inbox.loadUnaligned(fromByteOffset: readPos, as: UInt32.self).littleEndian) + 4
+        return readPos + length <= inboxCapacity
     }
 
     /// The inbox's capacity once `makeRoom(atLeast: free)` has run.
@@ -216,6 +227,8 @@ final class Connection {
                             // of all connections' buffers allows it.
                             let growth = capacityAfterMakingRoom(atLeast: length - available) - inboxCapacity
                             if growth > 0 && loop.inboxBytesAboveInitial + growth > loop.limits.maxInboxBytes {
+                                // (As a fatal error: not before the replies a batch owes.)
+                                if awaitingBatch { park(.waitForBatch); return }
                                 loop.handler.stats.inboxBudgetRefusals += 1
                                 let requestID = inbox.loadUnaligned(fromByteOffset: readPos + 8, as: UInt32.self).littleEndian
                                 fail(ProtocolError(.busy, "the server holds too much of other clients' partly received frames (limits.max_inbox_bytes = \(loop.limits.maxInboxBytes)) to take this \(length)-byte frame now; send it again later", fatal: true),

@@ -64,19 +64,24 @@ struct LogCommand: ParsableCommand {
         case "check":
             print("start-up would read \(from)")
             var healthy = true
+            var repairable = true
             do {
                 if let warning = try FeedbackLog.checkSegmentsPresent(directory: dir, firstNeeded: firstNeeded,
                                                                       fromSnapshot: base.map { "snapshot \($0.file.id)" }) {
                     print("note: \(warning)")
                 }
                 if base == nil && !store.files().isEmpty && (FeedbackLog.segments(in: dir).first ?? 1) > 1 {
-                    throw LogError("no snapshot is readable, and the log no longer starts at the beginning (\(FeedbackLog.segmentName(FeedbackLog.segments(in: dir).first!))): start-up cannot rebuild the model. Restore a snapshot")
+                    throw FeedbackLog.MissingLogSegments(repairable: false, message: "no snapshot is readable, and the log no longer starts at the beginning (\(FeedbackLog.segmentName(FeedbackLog.segments(in: dir).first!))): start-up cannot rebuild the model. Restore a snapshot")
                 }
                 let r = try FeedbackLog.scan(directory: dir, fromSegment: firstNeeded, cutTornTail: false) { _ in }
                 print("log \(dir), from segment \(firstNeeded): \(r.segments) segment(s), \(r.records) records, \(r.events) events, \(r.bytes) bytes")
                 if let t = r.tornTail {
                     print("torn tail: \(t.bytes) bytes at byte \(t.offset) of \(t.file) (start-up cuts it: it was never acknowledged)")
                 }
+            } catch let missing as FeedbackLog.MissingLogSegments {
+                print("damaged: \(missing)")
+                healthy = false
+                repairable = missing.repairable
             } catch {
                 print("damaged: \(error)")
                 healthy = false
@@ -90,7 +95,9 @@ struct LogCommand: ParsableCommand {
                 }
             }
             guard healthy else {
-                print("start-up would stop here; `perennial log repair --data-dir \(dataDir)` cuts the log at the damage (losing what follows it)")
+                print(repairable
+                      ? "start-up would stop here; `perennial log repair --data-dir \(dataDir)` cuts the log at the damage (losing what follows it)"
+                      : "start-up would stop here, and `perennial log repair` cannot help: see above")
                 throw ExitCode(1)
             }
             print("ok: a server would start from this data directory")

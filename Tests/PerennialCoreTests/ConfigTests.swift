@@ -126,6 +126,10 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
             try load("[limits]\nmax_frame_bytes = 65536\n")
         }
         #expect(try load("[limits]\nmax_frame_bytes = 65536\nmax_events = 2000\n").limits.maxEvents == 2000)
+        // A budget for receive buffers too small for one largest frame.
+        #expect(throws: ConfigError(file: "test.toml", line: 2, message: "'limits.max_inbox_bytes' (1048576) is too small for one frame of 'limits.max_frame_bytes' (4194304): its buffer may take 8388608 bytes")) {
+            try load("[limits]\nmax_inbox_bytes = 1048576\n")
+        }
         // With max_users (eviction) the user-id bound is not applied, whatever its value.
         #expect(try load("[limits]\nmax_user_ids = 1000\n[lifelong]\nmax_users = 2000\n").lifelong.maxUsers == 2000)
     }

@@ -265,6 +265,14 @@ public struct PerennialConfig: Sendable {
             throw ConfigError(file: doc.file, line: doc.entries["limits.max_frame_bytes"]?.line ?? doc.entries["limits.max_events"]?.line,
                               message: "'limits.max_frame_bytes' (\(l.maxFrameBytes)) is too small for a FEEDBACK of 'limits.max_events' (\(l.maxEvents)) events: it needs \(fullBatch) bytes")
         }
+        // One largest frame must fit in the receive-buffer budget (a buffer
+        // grows by doubling, so up to twice the frame), or a lone client's
+        // legal frame would be refused BUSY forever (review finding).
+        let largestBuffer = max(65_536, 2 * l.maxFrameBytes)
+        if l.maxInboxBytes < largestBuffer {
+            throw ConfigError(file: doc.file, line: doc.entries["limits.max_inbox_bytes"]?.line ?? doc.entries["limits.max_frame_bytes"]?.line,
+                              message: "'limits.max_inbox_bytes' (\(l.maxInboxBytes)) is too small for one frame of 'limits.max_frame_bytes' (\(l.maxFrameBytes)): its buffer may take \(largestBuffer) bytes")
+        }
         // A FEEDBACK batch must fit in the learner queue, or it could never be accepted.
         c.learnerQueueCapacity = try r.int("learner.queue_capacity", default: c.learnerQueueCapacity, in: 16...(1 << 26))
         if c.learnerQueueCapacity < l.maxEvents {

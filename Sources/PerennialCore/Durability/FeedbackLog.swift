@@ -101,19 +101,32 @@ public final class FeedbackLog: @unchecked Sendable {
                 return "the log (\(dir)) holds no segment: starting from \(snapshot) alone; any events acknowledged after it are not in this directory"
             }
             guard let first = needed.first else {
-                throw LogError("\(dir)/\(segmentName(firstNeeded)), the log segment that follows \(snapshot), is missing, and the log ends before it (at \(segmentName(all.last!))): the log after the snapshot was removed, or the snapshot comes from another data directory. Start-up stops rather than lose or mix events: put the segment back, or move the snapshot (or, to start from the snapshot alone, the log) out of the directory")
+                throw MissingLogSegments(repairable: false, message: "\(dir)/\(segmentName(firstNeeded)), the log segment that follows \(snapshot), is missing, and the log ends before it (at \(segmentName(all.last!))): the log after the snapshot was removed, or the snapshot comes from another data directory. Start-up stops rather than lose or mix events: put the segment back; if the snapshot came from elsewhere, remove it; to start from the snapshot alone (losing what was logged after it), move the log directory out")
             }
             if first != firstNeeded {
-                throw LogError("\(dir)/\(segmentName(firstNeeded)), the log segment that follows \(snapshot), is missing (the log after it starts at \(segmentName(first))): the events in it would be lost. Put it back, or move the snapshot out of the directory")
+                throw MissingLogSegments(repairable: false, message: "\(dir)/\(segmentName(firstNeeded)), the log segment that follows \(snapshot), is missing (the log after it starts at \(segmentName(first))): the events in it, and so every later one, cannot be replayed. Put it back; or, to start from the snapshot alone (losing everything logged after it), move the log directory out")
             }
         } else if let first = all.first, first > 1 {
-            throw LogError("the log (\(dir)) starts at \(segmentName(first)) and no snapshot covers the segments before it: they are missing, so the model cannot be rebuilt. Restore them or a snapshot")
+            throw MissingLogSegments(repairable: false, message: "the log (\(dir)) starts at \(segmentName(first)) and no snapshot covers the segments before it: they are missing, so the model cannot be rebuilt. Restore them or a snapshot")
         }
         for (a, b) in zip(needed, needed.dropFirst()) where b != a + 1 {
             let missing = b == a + 2 ? segmentName(a + 1) : "\(segmentName(a + 1)) to \(segmentName(b - 1))"
-            throw LogError("\(dir): log segment(s) \(missing) are missing between \(segmentName(a)) and \(segmentName(b)): the events in them would be lost. Put them back; or cut the log before the gap with `perennial log repair` (losing every event after it)")
+            throw MissingLogSegments(repairable: true, message: "\(dir): log segment(s) \(missing) are missing between \(segmentName(a)) and \(segmentName(b)): the events in them would be lost. Put them back; or cut the log before the gap with `perennial log repair` (losing every event after it)")
         }
         return nil
+    }
+
+    /// What `checkSegmentsPresent` found missing; `repairable` when
+    /// `perennial log repair` can make the log startable (a gap: the
+    /// segments after it go).
+    public struct MissingLogSegments: Error, CustomStringConvertible {
+        public var repairable: Bool
+        public var message: String
+        public var description: String { message }
+        public init(repairable: Bool, message: String) {
+            self.repairable = repairable
+            self.message = message
+        }
     }
 
     /// Reads every record in order, calling `visit` for each. A torn or

@@ -550,8 +550,13 @@ class AsyncFeedbackStreamer:
 
     async def _send_batch(self) -> None:
         await self._client._ensure_connected()  # learn max_events first
-        await self._resend_oversized()
         size = self._size()
+        if self._oversized or len(self._buffer) < size:
+            # (As FeedbackStreamer._send_batch: refused batches first, and a
+            # partial one after the replies in flight.)
+            await self._drain()
+            await self._resend_oversized()
+            size = self._size()
         batch = self._buffer[:size]
         del self._buffer[:size]
         offset = self._offset
@@ -567,18 +572,34 @@ class AsyncFeedbackStreamer:
         self.sent_events += len(batch)
         await self._client._drain(conn)
 
+    async def _drain(self) -> None:
+        while self._inflight:
+            await self._collect_one()
+
     async def _resend_oversized(self) -> None:
         # (As FeedbackStreamer._resend_oversized.)
-        while self._oversized:
-            limit = (await self._client.hello()).max_events
-            refused = sorted(self._oversized, key=lambda r: r[0])
+        chunks: List[Tuple[int, List[Event], BaseException]] = []
+        try:
+            while self._oversized:
+                await self._drain()
+                limit = (await self._client.hello()).max_events
+                refused = sorted(self._oversized, key=lambda r: r[0])
+                self._oversized.clear()
+                chunks = []
+                for offset, batch, error in refused:
+                    if len(batch) <= limit:
+                        _c.note_stream_failure(error, offset, len(batch), self._errors, self.refused, self.unacknowledged)
+                    else:
+                        chunks += [(offset + i, batch[i:i + limit], error) for i in range(0, len(batch), limit)]
+                while chunks:
+                    offset, chunk, _ = chunks[0]
+                    await self._write(offset, chunk)
+                    chunks.pop(0)
+        except BaseException:
+            for offset, chunk, error in chunks + sorted(self._oversized, key=lambda r: r[0]):
+                _c.note_stream_failure(error, offset, len(chunk), self._errors, self.refused, self.unacknowledged)
             self._oversized.clear()
-            for offset, batch, error in refused:
-                if len(batch) <= limit:
-                    _c.note_stream_failure(error, offset, len(batch), self._errors, self.refused, self.unacknowledged)
-                    continue
-                for i in range(0, len(batch), limit):
-                    await self._write(offset + i, batch[i:i + limit])
+            raise
 
     def _raise_errors(self) -> None:
         _c.raise_refusals(self._errors)
@@ -603,8 +624,7 @@ class AsyncFeedbackStreamer:
         while True:
             while self._buffer:
                 await self._send_batch()
-            while self._inflight:
-                await self._collect_one()
+            await self._drain()
             if not self._oversized:
                 break
             await self._resend_oversized()

@@ -693,8 +693,15 @@ class FeedbackStreamer:
 
     def _send_batch(self) -> None:
         self._client._ensure_connected()  # learn max_events first
-        self._resend_oversized()
         size = min(self.batch_size, self._client.max_events)
+        if self._oversized or len(self._buffer) < size:
+            # Refused batches go again before anything after them, and a
+            # partial batch (the last) waits for the replies in flight:
+            # smaller than a lowered max_events, it would otherwise be
+            # accepted ahead of a refused batch before it in the stream.
+            self._drain()
+            self._resend_oversized()
+            size = min(self.batch_size, self._client.max_events)
         batch = self._buffer[:size]
         del self._buffer[:size]
         self._write(self._offset, batch)
@@ -714,20 +721,42 @@ class FeedbackStreamer:
             self.sent_events -= len(batch)
             raise
 
+    def _drain(self) -> None:
+        """Wait for the reply to every batch in flight."""
+        while self._inflight:
+            before = self._inflight
+            self._client._wait_one()
+            if self._inflight == before and not self._client._pending:  # pragma: no cover
+                break
+
     def _resend_oversized(self) -> None:
         # A RELOAD may have lowered max_events since the HELLO: learn the
-        # limit; batches above it go again split, in stream order, and the
-        # others' refusals stand.
-        while self._oversized:
-            limit = self._client.hello().max_events
-            refused = sorted(self._oversized, key=lambda r: r[0])
+        # limit; batches above it go again split, in stream order (every
+        # reply in flight is in first, so every such refusal is known), and
+        # the others' refusals stand. What cannot be sent (the connection
+        # broke) is a refusal: it was not accepted.
+        chunks: List[Tuple[int, List[Event], BaseException]] = []
+        try:
+            while self._oversized:
+                self._drain()
+                limit = self._client.hello().max_events
+                refused = sorted(self._oversized, key=lambda r: r[0])
+                self._oversized.clear()
+                chunks = []
+                for offset, batch, error in refused:
+                    if len(batch) <= limit:
+                        _c.note_stream_failure(error, offset, len(batch), self._errors, self.refused, self.unacknowledged)
+                    else:
+                        chunks += [(offset + i, batch[i:i + limit], error) for i in range(0, len(batch), limit)]
+                while chunks:
+                    offset, chunk, _ = chunks[0]
+                    self._write(offset, chunk)
+                    chunks.pop(0)
+        except BaseException:
+            for offset, chunk, error in chunks + sorted(self._oversized, key=lambda r: r[0]):
+                _c.note_stream_failure(error, offset, len(chunk), self._errors, self.refused, self.unacknowledged)
             self._oversized.clear()
-            for offset, batch, error in refused:
-                if len(batch) <= limit:
-                    _c.note_stream_failure(error, offset, len(batch), self._errors, self.refused, self.unacknowledged)
-                    continue
-                for i in range(0, len(batch), limit):
-                    self._write(offset + i, batch[i:i + limit])
+            raise
 
     def _full(self) -> bool:
         return len(self._buffer) >= min(self.batch_size, self._client.max_events)
@@ -761,11 +790,7 @@ class FeedbackStreamer:
         while True:
             while self._buffer:
                 self._send_batch()
-            while self._inflight:
-                before = self._inflight
-                self._client._wait_one()
-                if self._inflight == before and not self._client._pending:  # pragma: no cover
-                    break
+            self._drain()
             if not self._oversized:
                 break
             self._resend_oversized()

@@ -17,7 +17,7 @@ from perennial.protocol import Opcode
 LIMITS = P.Limits(max_frame_bytes=1 << 26, max_items=1000, max_events=10000)
 
 
-def _start_of_large_frame(rid: int, length: int = 700_000) -> bytes:
+def _start_of_large_frame(rid: int, length: int = 400_000) -> bytes:
     """A FEEDBACK header announcing `length` bytes, and 20 KB of them."""
     return struct.pack("<IBBHI", length, 1, int(Opcode.FEEDBACK), 0, rid) + b"\0" * 20_000
 
@@ -34,28 +34,82 @@ def _read_frame(s: socket.socket) -> P.Frame:
             return f
 
 
+def _wait_for_buffers(c: perennial.Client, at_least: int) -> None:
+    deadline = time.monotonic() + 10               # until the server has read them
+    while c.stats()["connection_buffer_bytes"] < at_least and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert c.stats()["connection_buffer_bytes"] >= at_least
+
+
+# Frames up to 512 KiB, whose buffers grow to 512 KiB: two fit in the budget.
+CONFIG = "[limits]\nmax_frame_bytes = 524288\nmax_inbox_bytes = 1048576\n"
+
+
 def test_partly_received_frames_beyond_the_budget_are_refused_busy(start_server) -> None:
-    srv = start_server("[limits]\nmax_inbox_bytes = 1048576\n")
-    first = socket.create_connection(srv.address)
-    first.sendall(_start_of_large_frame(1))           # its buffer grows to 1 MiB: within the budget
+    srv = start_server(CONFIG)
+    held = [socket.create_connection(srv.address) for _ in range(2)]
+    for k, s in enumerate(held):
+        s.sendall(_start_of_large_frame(1 + k))
     with srv.client() as c:
-        deadline = time.monotonic() + 10               # until the server has read it
-        while c.stats()["connection_buffer_bytes"] < 1 << 20 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert c.stats()["connection_buffer_bytes"] >= 1 << 20
+        _wait_for_buffers(c, 2 * 512 * 1024)
         assert c.stats()["inbox_budget_refusals"] == 0
-    second = socket.create_connection(srv.address)
-    second.sendall(_start_of_large_frame(7))
-    reply = _read_frame(second)
+    third = socket.create_connection(srv.address)
+    third.sendall(_start_of_large_frame(7))
+    reply = _read_frame(third)
     assert reply.opcode == Opcode.ERROR and reply.request_id == 7, reply
     assert reply.payload["code"] == "BUSY" and "max_inbox_bytes" in reply.payload["message"], reply.payload
-    second.close()
+    third.close()
     with srv.client() as c:
         assert c.stats()["inbox_budget_refusals"] == 1
         # A small frame still goes through meanwhile (no larger buffer needed).
         assert c.feedback([perennial.Event(1, 2)]).last_seq == 1
-    first.close()                                      # its buffer goes, and the budget with it
+    held[0].close()                                    # its buffer goes, and the budget with it
     with srv.client() as c:
         big = [perennial.Event(1 + i % 50, 1 + i % 900) for i in range(10_000)]   # a 290 KB frame
         assert c.feedback(big).last_seq == 10_001
         assert c.stats()["inbox_budget_refusals"] == 1
+    held[1].close()
+
+
+def test_a_refusal_keeps_the_order_of_replies(start_server) -> None:
+    """Review finding (helper-34): the BUSY overtook the reply of a RECOMMEND
+    sent before it in the same write."""
+    srv = start_server(CONFIG)
+    held = [socket.create_connection(srv.address) for _ in range(2)]
+    for k, s in enumerate(held):
+        s.sendall(_start_of_large_frame(1 + k))
+    with srv.client() as c:
+        c.feedback([perennial.Event(1, 2), perennial.Event(2, 3)])
+        _wait_for_buffers(c, 2 * 512 * 1024)
+    s = socket.create_connection(srv.address)
+    s.sendall(P.encode_request(Opcode.RECOMMEND, 5, {"user": 1, "k": 3}) + _start_of_large_frame(6))
+    dec = P.FrameDecoder(LIMITS)
+    frames = []
+    s.settimeout(10)
+    while len(frames) < 2:
+        data = s.recv(1 << 16)
+        assert data, frames
+        dec.feed(data)
+        while (f := dec.next_frame()) is not None:
+            frames.append(f)
+    assert [(f.request_id, f.opcode) for f in frames] == [(5, Opcode.RECOMMEND), (6, Opcode.ERROR)]
+    for c in held + [s]:
+        c.close()
+
+
+def test_a_frame_growing_to_its_last_bytes_stays_within_the_budget(start_server) -> None:
+    """Review finding (helper-34): a buffer grown for a frame was doubled
+    again for its last bytes, past the budget."""
+    srv = start_server(CONFIG)
+    held = [socket.create_connection(srv.address) for _ in range(2)]
+    for k, s in enumerate(held):
+        s.sendall(struct.pack("<IBBHI", 524288 - 4, 1, int(Opcode.FEEDBACK), 0, 1 + k) + b"\0" * (524288 - 200))
+        s.sendall(b"\0" * 150)                          # a few bytes short of complete
+    with srv.client() as c:
+        _wait_for_buffers(c, 2 * 512 * 1024)
+        time.sleep(0.2)
+        # Two 512 KiB inboxes (and the small buffers of three connections):
+        # nothing was doubled to 1 MiB.
+        assert c.stats()["connection_buffer_bytes"] < 2 * 512 * 1024 + 3 * 64 * 1024 + 64 * 1024
+    for s in held:
+        s.close()

@@ -151,7 +151,9 @@ def test_streamers_follow_a_lowered_max_events_after_reload(start_server, monkey
     srv = start_server(BASE % ('"cf", "popularity"', "cf", "0.3"))
     cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
     host, port = srv.address
-    events = [perennial.Event(u % 50 + 1, u % 70 + 1) for u in range(3000)]
+    # (3,100: full batches and a last, partial one, which must not overtake
+    # a refused batch before it: review finding, helper-34.)
+    events = [perennial.Event(u % 50 + 1, u % 70 + 1) for u in range(3100)]
     with perennial.Client(host, port) as c, perennial.Client(host, port) as admin:
         assert c.ping() and c.server_info.max_events > 500
         cfg.write_text(BASE % ('"cf", "popularity"', "cf", "0.3") + "[limits]\nmax_events = 500\n")
@@ -159,7 +161,7 @@ def test_streamers_follow_a_lowered_max_events_after_reload(start_server, monkey
         with c.streamer(window=4, batch_size=1000) as s:
             s.send_many(events)
         assert s.refused == [] and s.unacknowledged == []
-        assert s.acked_events == s.sent_events == 3000
+        assert s.acked_events == s.sent_events == 3100
         # Refused whole (those sent before the first refusal came back),
         # then sent again split, in stream order, and the rest at the new size.
         refused = [b for b in sent if len(b) == 1000]
@@ -167,7 +169,7 @@ def test_streamers_follow_a_lowered_max_events_after_reload(start_server, monkey
         assert [e for b in sent[len(refused):] for e in b] == events
         assert all(len(b) <= 500 for b in sent[len(refused):])
         assert c.server_info.max_events == 500
-        assert admin.stats()["events_accepted"] == 3000
+        assert admin.stats()["events_accepted"] == 3100
 
         cfg.write_text(BASE % ('"cf", "popularity"', "cf", "0.3") + "[limits]\nmax_events = 300\n")
         admin.reload()
@@ -182,13 +184,122 @@ def test_streamers_follow_a_lowered_max_events_after_reload(start_server, monkey
                 return a
         sent.clear()
         a = asyncio.run(stream())
-        assert a.refused == [] and a.acked_events == a.sent_events == 3000
-        assert admin.stats()["events_accepted"] == 6000
+        assert a.refused == [] and a.acked_events == a.sent_events == 3100
+        assert admin.stats()["events_accepted"] == 6200
         # (Batches of 300 were refused until the first refusal came back.)
         refused = [b for b in sent if len(b) == 300]
         assert 1 <= len(refused) <= 5 and sent[:len(refused)] == refused   # (window + 1)
         assert all(len(b) <= 200 for b in sent[len(refused):])
         assert [e for b in sent[len(refused):] for e in b] == events
+
+
+
+
+class _SlowReplies:
+    """A TCP proxy to the server that delays every reply chunk by `delay`
+    seconds (requests pass at once): replies arrive after the client has
+    written on, as on a slow network."""
+
+    def __init__(self, target: tuple, delay: float = 0.05) -> None:
+        self.target, self.delay = target, delay
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.address = self.listener.getsockname()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            threading.Thread(target=self._pipe, args=(client, server, 0.0), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, self.delay), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket, delay: float) -> None:
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                time.sleep(delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_streamers_last_batch_waits_for_refusals_in_flight(start_server, monkeypatch) -> None:
+    """With replies slow to come back, the last (partial) batch, smaller
+    than a lowered max_events, was accepted ahead of the refused full batch
+    before it (review finding, helper-34): now it waits for the replies in
+    flight, so the log holds the stream in order."""
+    sent: list = []
+    build = perennial._commands.feedback
+    monkeypatch.setattr(perennial._commands, "feedback", lambda batch: (sent.append(list(batch)), build(batch))[1])
+    srv = start_server(BASE % ('"cf", "popularity"', "cf", "0.3"))
+    cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
+    proxy = _SlowReplies(srv.address)
+    events = [perennial.Event(u % 50 + 1, u % 70 + 1) for u in range(1300)]
+    try:
+        with perennial.Client(*proxy.address) as c, srv.client() as admin:
+            assert c.ping()
+            cfg.write_text(BASE % ('"cf", "popularity"', "cf", "0.3") + "[limits]\nmax_events = 500\n")
+            admin.reload()
+            with c.streamer(window=4, batch_size=1000) as s:
+                s.send_many(events)
+            assert s.refused == [] and s.acked_events == 1300
+            assert [len(b) for b in sent] == [1000, 500, 500, 300]
+            assert [e for b in sent[1:] for e in b] == events
+
+            async def stream() -> None:
+                async with perennial.aio.AsyncClient(*proxy.address) as ac:
+                    await ac.ping()
+                    cfg.write_text(BASE % ('"cf", "popularity"', "cf", "0.3") + "[limits]\nmax_events = 200\n")
+                    admin.reload()
+                    async with ac.streamer(window=4, batch_size=500) as a:
+                        await a.send_many(events)
+                    assert a.refused == [] and a.acked_events == 1300
+            sent.clear()
+            asyncio.run(stream())
+            assert [len(b) for b in sent] == [500, 500, 200, 200, 100, 200, 200, 100, 200, 100], [len(b) for b in sent]
+            assert [e for b in sent[2:] for e in b] == events
+    finally:
+        proxy.close()
+
+
+def test_a_streamer_whose_resend_fails_reports_the_batch(start_server) -> None:
+    """Review finding (helper-34): a batch refused as too large, whose
+    re-send then failed (the server went away), was in neither `refused`
+    nor `unacknowledged`: its events vanished from the caller's view."""
+    srv = start_server(BASE % ('"cf", "popularity"', "cf", "0.3"))
+    cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
+    host, port = srv.address
+    c = perennial.Client(host, port, timeout=5.0)
+    assert c.ping()
+    cfg.write_text(BASE % ('"cf", "popularity"', "cf", "0.3") + "[limits]\nmax_events = 500\n")
+    with perennial.Client(host, port) as admin:
+        admin.reload()
+    s = c.streamer(window=4, batch_size=1000)
+    s.send_many([perennial.Event(u % 50 + 1, u % 70 + 1) for u in range(1000)])   # written, then refused
+    time.sleep(0.5)
+    assert srv.stop() == 0
+    with pytest.raises((perennial.ConnectionError, perennial.ServerError)):
+        s.flush()
+    assert [(e.batch_offset, e.batch_events) for e in s.refused] == [(0, 1000)], (s.refused, s.unacknowledged)
+    assert s.sent_events == 0 and s.acked_events == 0
+    c.close()
 
 
 def _versions(srv) -> dict:

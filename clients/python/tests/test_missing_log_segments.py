@@ -111,6 +111,25 @@ def test_a_snapshot_from_another_directory_is_refused_not_adopted(start_server) 
         assert c.stats()["events_accepted"] == 700
 
 
+
+def test_a_missing_first_segment_is_not_sent_to_repair(start_server) -> None:
+    """The segment right after the snapshot missing, later ones there:
+    `log repair` cannot help (review finding, helper-34: check sent the
+    user to repair, which found nothing), and moving the log out, as the
+    message says, starts from the snapshot alone."""
+    srv = start_server(CONFIG)
+    seq, first = _fill(srv)
+    os.unlink(_segment_path(srv, first))
+    out = _start_fails(srv)
+    assert "%08d.log" % first in out and "move the log directory out" in out, out
+    check = _log("check", srv)
+    assert check.returncode == 1 and "cannot help" in check.stdout and "log repair --data-dir" not in check.stdout, check.stdout
+    shutil.move(os.path.join(srv.data_dir, "log"), os.path.join(srv.data_dir, "..", "log-aside"))
+    srv.start_again()
+    with srv.client() as c:
+        assert c.stats()["events_accepted"] == seq
+
+
 def test_a_snapshot_without_any_log_starts_with_a_warning(start_server) -> None:
     """A directory seeded from a copied snapshot (or one that lost its whole
     log) starts from the snapshot alone, and says so."""
