@@ -45,6 +45,10 @@ struct ConnectionState {
     /// The ticket of this connection's SNAPSHOT request waiting for its
     /// snapshot (0 = none).
     var snapshotTicket: UInt64 = 0
+    /// A RELOAD of this connection that changed scorers, applied and
+    /// waiting for its snapshot (the snapshot failures counted when it
+    /// applied), or nil.
+    var reloadWaitingSince: UInt64?
 
     /// Events of this connection still waiting for the learner.
     mutating func unappliedEvents(applied: UInt64) -> Int {
@@ -353,6 +357,20 @@ final class RequestHandler {
             stats.usersDeleted += UInt64(deleted)
             Reply.deleteUsers(deleted: UInt16(deleted)).encode(into: &out, requestID: requestID)
         case .reload:
+            // Applied already: the reply waits until the RELOAD's snapshot
+            // is durable, so an acknowledged RELOAD survives a crash. (Before
+            // it, recovery would replay the events since the previous
+            // version under the new settings, unlike the live server, which
+            // learned them under the old: review finding, helper-35.)
+            if let failuresBefore = state.reloadWaitingSince {
+                guard let saved = snapshots.reloadSaved(failuresBefore: failuresBefore) else { return .waitForQueueRoom }
+                state.reloadWaitingSince = nil
+                if case .failure(let why) = saved {
+                    throw ProtocolError(.storage, "the new config is applied, but its snapshot failed (\(why)): until a snapshot succeeds (tried again by itself), a crash would replay the events since the previous version under the new settings")
+                }
+                Reply.reload.encode(into: &out, requestID: requestID)
+                return .done
+            }
             do {
                 // Refused at once when it cannot apply (nothing to wait for).
                 let next = try checkedReloadConfig()
@@ -361,7 +379,12 @@ final class RequestHandler {
                 // (parked, the frame unread) and new events wait with it;
                 // the loop goes on serving reads.
                 if let wait = parkUntilLearnerIdle(owner) { return wait }
+                let failuresBefore = snapshots.reloadSaveFailures
                 _ = try applyReload(next)
+                if snapshots.reloadUnsnapshotted {
+                    state.reloadWaitingSince = failuresBefore
+                    return .waitForQueueRoom
+                }
             } catch let e as ProtocolError {
                 Log.error("RELOAD: \(e.message)")
                 throw e

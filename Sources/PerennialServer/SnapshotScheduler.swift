@@ -100,6 +100,26 @@ final class SnapshotScheduler {
     /// after it started.
     private var reloadGeneration = 0
     private var inFlightReloadGeneration = 0
+    /// Snapshots that failed while carrying a RELOAD's changes, and the
+    /// last one's error (a RELOAD waiting for its snapshot answers with it).
+    private(set) var reloadSaveFailures: UInt64 = 0
+    private(set) var lastReloadSaveFailure = ""
+
+    /// A RELOAD that changed scorers waits for its snapshot before its
+    /// reply (RequestHandler): nil while it is not durable yet, else the
+    /// outcome. `failuresBefore` is `reloadSaveFailures` when it applied.
+    /// While stopping (no automatic snapshot starts) it takes the snapshot
+    /// on the loop.
+    func reloadSaved(failuresBefore: UInt64) -> Result<Void, SnapshotFailure>? {
+        guard reloadUnsnapshotted else { return .success(()) }
+        if reloadSaveFailures > failuresBefore { return .failure(SnapshotFailure(description: lastReloadSaveFailure)) }
+        if onLoop {
+            do { try take() } catch { return .failure(SnapshotFailure(description: "\(error)")) }
+            return reloadUnsnapshotted ? .failure(SnapshotFailure(description: "a later RELOAD's changes are not saved yet")) : .success(())
+        }
+        return nil
+    }
+
     /// The RELOAD's own snapshot is yet to be started. It is tried once;
     /// after a failure the next automatic or requested one, or the stop's,
     /// carries the changes.
@@ -430,6 +450,8 @@ final class SnapshotScheduler {
             ? "next automatic attempt after sequence \(retrySnapshotAt)"
             : "snapshot.every_events = 0 and recovery_seconds = 0: the next SNAPSHOT request or a graceful stop takes one"
         if reloadUnsnapshotted {
+            reloadSaveFailures += 1
+            lastReloadSaveFailure = "\(error)"
             let delay = min(60, 1 << min(snapshotFailuresInARow - 1, 6))
             reloadRetryAtNs = MonotonicClock.nowNanos() + UInt64(delay) * 1_000_000_000
             next += "; the RELOAD's changes are saved by the next one, tried again in \(delay) s"

@@ -70,8 +70,9 @@ public struct SnapshotStore: Sendable {
 
     /// Removes what an interrupted snapshot write left (`*.bin.tmp`: a crash
     /// or a failed rename between writing and renaming); start-up calls it.
-    /// (Not a description's `.json.tmp`: `perennial versions --evaluate`
-    /// may be writing one while a server starts.)
+    /// A description's `.json.tmp` only once it is an hour old:
+    /// `perennial versions --evaluate` may be writing one while a server
+    /// starts (a crash-torture review found them left for good).
     /// Also a description whose snapshot never made it into place (it is
     /// written first), so a later snapshot at that position does not take
     /// its notes.
@@ -79,8 +80,13 @@ public struct SnapshotStore: Sendable {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
         let present = Set(names)
         for name in names where name.hasPrefix("snapshot-") {
+            let path = (directory as NSString).appendingPathComponent(name)
             let orphan = name.hasSuffix(".json") && !present.contains(String(name.dropLast(5)) + ".bin")
-            if name.hasSuffix(".bin.tmp") || orphan { unlink((directory as NSString).appendingPathComponent(name)) }
+            var staleDescription = false
+            if name.hasSuffix(".json.tmp"), let modified = (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date {
+                staleDescription = Date().timeIntervalSince(modified) > 3600
+            }
+            if name.hasSuffix(".bin.tmp") || orphan || staleDescription { unlink(path) }
         }
     }
 

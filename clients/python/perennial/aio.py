@@ -430,8 +430,18 @@ class AsyncClient:
     async def reload(self) -> None:
         """Ask the server to re-read its config file, then refresh
         :attr:`server_info` (see Client.reload).  Raises InvalidArgument
-        (config refused, the old one stays), NotSupported, Unauthorized."""
-        await self._call(_c.reload())
+        (config refused, the old one stays), ServerError STORAGE (applied,
+        its snapshot failed), NotSupported, Unauthorized."""
+        try:
+            await self._call(_c.reload())
+        except ServerError as e:
+            if e.code_name != "STORAGE":
+                raise
+            await self._refresh_after_reload()    # applied all the same
+            raise
+        await self._refresh_after_reload()
+
+    async def _refresh_after_reload(self) -> None:
         if self._hello:
             try:
                 await self.hello()

@@ -522,11 +522,25 @@ class Client:
         refuses this client's token, the reload still stands and
         ``server_info`` keeps the old limits).
 
+        A RELOAD that rebuilt, added or removed scorers returns once the
+        snapshot tying them to the log is durable, so it survives a crash.
+
         Raises InvalidArgument when the new config is refused (the message
-        says why; the old config stays), NotSupported when the server was
-        started without a config file, Unauthorized without the admin token.
+        says why; the old config stays), ServerError STORAGE when it was
+        applied but its snapshot failed (the server tries again by itself),
+        NotSupported when the server was started without a config file,
+        Unauthorized without the admin token.
         """
-        self._call(_c.reload())
+        try:
+            self._call(_c.reload())
+        except ServerError as e:
+            if e.code_name != "STORAGE":
+                raise
+            self._refresh_after_reload()    # applied all the same
+            raise
+        self._refresh_after_reload()
+
+    def _refresh_after_reload(self) -> None:
         if self._hello:
             try:
                 self.hello()

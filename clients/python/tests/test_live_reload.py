@@ -346,6 +346,35 @@ def test_a_snapshot_asked_for_after_a_reload_is_kept(start_server) -> None:
     assert any(v["seq"] == asked for v in after.values())
 
 
+
+def test_an_acknowledged_reload_survives_a_crash(start_server) -> None:
+    """A RELOAD that changes scorers answers once its snapshot is durable
+    (review finding, helper-35: killed right after the reply, the server
+    recovered from the version before the RELOAD and re-learned the events
+    since under the new settings, answering unlike the live server)."""
+    srv = start_server(BASE % ('"cf", "popularity"', "cf", "0.7"))
+    cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
+    with srv.client() as c:
+        c.feedback([perennial.Event(u % 40 + 1, u % 70 + 1) for u in range(3000)])
+        first = c.snapshot()
+        seq = c.feedback([perennial.Event(u % 40 + 1, (u * 7) % 70 + 1) for u in range(3000)]).last_seq
+        c.recommend(1, k=1, min_applied_seq=seq)
+        _write(cfg, '"cf", "popularity", "session-rnn"', "cf")
+        c.reload()
+        # Durable before the reply: a version at this position noting the reload.
+        saved = [v for v in _versions(srv).values() if v["seq"] == seq and "reload" in v]
+        assert saved and "session-rnn" in saved[0]["scorers"], _versions(srv)
+        live = {u: [(r.item, r.score) for r in c.recommend(u, k=5, scorer="session-rnn", session=[1, 2])] for u in (1, 2, 3)}
+        events = c.stats()["session_rnn_events"]
+    srv.kill()
+    srv.start_again()
+    with srv.client() as c:
+        assert c.stats()["session_rnn_events"] == events          # not re-learned since v%d
+        again = {u: [(r.item, r.score) for r in c.recommend(u, k=5, scorer="session-rnn", session=[1, 2])] for u in (1, 2, 3)}
+    assert again == live
+    assert first < seq
+
+
 def test_a_reload_whose_snapshot_failed_is_saved_later(start_server) -> None:
     """A RELOAD that removes a scorer is tied to a new version by a snapshot.
     When that snapshot fails, the model still differs from the newest
@@ -363,7 +392,9 @@ def test_a_reload_whose_snapshot_failed_is_saved_later(start_server) -> None:
         blocker = snaps / ("snapshot-%d.1.bin.tmp" % seq)
         blocker.mkdir()                                  # the distinct version's file cannot be written
         _write(cfg, '"cf"', "cf")                        # popularity removed
-        c.reload()
+        with pytest.raises(perennial.ServerError) as applied:
+            c.reload()                                   # applied, but its snapshot failed: said so
+        assert applied.value.code_name == "STORAGE" and "the new config is applied" in str(applied.value)
         with pytest.raises(perennial.ServerError) as failed:
             c.snapshot()                                 # not the stale answer `seq`
         assert "snapshot failed" in str(failed.value)
@@ -381,7 +412,8 @@ def test_a_reload_whose_snapshot_failed_is_saved_later(start_server) -> None:
         blocker = snaps / ("snapshot-%d.2.bin.tmp" % seq)
         blocker.mkdir()
         _write(cfg, '"cf", "popularity"', "cf")
-        c.reload()
+        with pytest.raises(perennial.ServerError):
+            c.reload()
         with pytest.raises(perennial.ServerError):
             c.snapshot()
         blocker.rmdir()
