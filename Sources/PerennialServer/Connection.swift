@@ -25,12 +25,16 @@ final class Connection {
 
     // Received bytes: [readPos, writePos) is unframed input.
     private var inbox: UnsafeMutableRawPointer
-    /// (Growth past the initial size counts toward the loop's
-    /// `inboxBytesAboveInitial`, the `limits.max_inbox_bytes` budget, until
-    /// the connection closes.)
+    /// (What it holds beyond `keptBufferBytes` counts toward the loop's
+    /// `largeInboxBytes`, the `limits.max_inbox_bytes` budget, until the
+    /// connection closes. An idle connection keeps up to that size, which
+    /// counts against nothing but max_connections: review finding, idle
+    /// clients that once sent a 40 KB frame used the budget up for good.)
     private var inboxCapacity: Int {
-        didSet { if !closing { loop.inboxBytesAboveInitial += inboxCapacity - oldValue } }
+        didSet { if !closing { loop.largeInboxBytes += Connection.budgeted(inboxCapacity) - Connection.budgeted(oldValue) } }
     }
+    /// The part of an inbox of `capacity` bytes the budget counts.
+    static func budgeted(_ capacity: Int) -> Int { max(0, capacity - keptBufferBytes) }
     private var readPos = 0
     private var writePos = 0
 
@@ -225,13 +229,13 @@ final class Connection {
                         if inboxCapacity - readPos < length {
                             // A larger buffer for this frame, if the budget
                             // of all connections' buffers allows it.
-                            let growth = capacityAfterMakingRoom(atLeast: length - available) - inboxCapacity
-                            if growth > 0 && loop.inboxBytesAboveInitial + growth > loop.limits.maxInboxBytes {
+                            let growth = Connection.budgeted(capacityAfterMakingRoom(atLeast: length - available)) - Connection.budgeted(inboxCapacity)
+                            if growth > 0 && loop.largeInboxBytes + growth > loop.limits.maxInboxBytes {
                                 // (As a fatal error: not before the replies a batch owes.)
                                 if awaitingBatch { park(.waitForBatch); return }
                                 loop.handler.stats.inboxBudgetRefusals += 1
                                 let requestID = inbox.loadUnaligned(fromByteOffset: readPos + 8, as: UInt32.self).littleEndian
-                                fail(ProtocolError(.busy, "the server holds too much of other clients' partly received frames (limits.max_inbox_bytes = \(loop.limits.maxInboxBytes)) to take this \(length)-byte frame now; send it again later", fatal: true),
+                                fail(ProtocolError(.busy, "the connections' receive buffers hold what limits.max_inbox_bytes (\(loop.limits.maxInboxBytes)) allows for frames being received: this \(length)-byte frame cannot be taken now; send it again later", fatal: true),
                                      requestID: requestID)
                                 return
                             }
@@ -555,7 +559,7 @@ final class Connection {
 
     func close() {
         guard !closing else { return }
-        loop.inboxBytesAboveInitial -= inboxCapacity - Connection.initialInbox
+        loop.largeInboxBytes -= Connection.budgeted(inboxCapacity)
         closing = true
         reading = false
         loop.awaitingSync.remove(ObjectIdentifier(self))

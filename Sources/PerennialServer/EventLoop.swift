@@ -192,9 +192,9 @@ final class EventLoop {
     /// Connections lingering after a fatal error (not counted against
     /// `max_connections`: they only drop input until the peer closes).
     var lingering = 0
-    /// What connections' receive buffers hold beyond their initial size
-    /// (bounded by `limits.max_inbox_bytes`: Connection.processFrames).
-    var inboxBytesAboveInitial = 0
+    /// What connections' receive buffers hold beyond the size an idle one
+    /// keeps (bounded by `limits.max_inbox_bytes`: Connection.processFrames).
+    var largeInboxBytes = 0
 
     func connectionClosed(_ c: Connection) {
         if c.isLingering { lingering -= 1 }

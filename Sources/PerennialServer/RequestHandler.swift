@@ -155,11 +155,17 @@ final class RequestHandler {
             if error.code == .timeout { stats.timeouts += 1 }
             state.waitDeadline = 0
             // (A SNAPSHOT that waited and then failed must not leave its
-            // ticket for the connection's next one.)
+            // ticket for the connection's next one, nor a RELOAD its wait.)
             state.snapshotTicket = 0
+            state.reloadWaitingSince = nil
             Reply.encodeError(error, requestID: id, into: &out)
             return .done
         }
+    }
+
+    private func isReload(_ request: Request) -> Bool {
+        if case .reload = request { return true }
+        return false
     }
 
     /// Whether the request is a RECOMMEND answered with the turn's batch.
@@ -199,7 +205,10 @@ final class RequestHandler {
 
     private func perform(_ request: Request, state: inout ConnectionState, requestID: UInt32,
                          out: inout [UInt8], owner: ObjectIdentifier) throws(ProtocolError) -> FrameOutcome {
-        try authorize(request, state: &state)
+        // (A RELOAD waiting for its snapshot was authorised when it applied;
+        // the config it applied may have changed the tokens since: review
+        // finding, an applied RELOAD answered UNAUTHORIZED.)
+        if state.reloadWaitingSince == nil || !isReload(request) { try authorize(request, state: &state) }
         switch request {
         case .ping:
             Reply.ping.encode(into: &out, requestID: requestID)
@@ -379,9 +388,12 @@ final class RequestHandler {
                 // (parked, the frame unread) and new events wait with it;
                 // the loop goes on serving reads.
                 if let wait = parkUntilLearnerIdle(owner) { return wait }
-                let failuresBefore = snapshots.reloadSaveFailures
+                let failuresBefore = snapshots.reloadSaveFailures, generation = snapshots.reloadGenerationCount
                 _ = try applyReload(next)
-                if snapshots.reloadUnsnapshotted {
+                // (Only a RELOAD that changed scorers waits: one that changed
+                // limits alone has nothing to save, even while an earlier
+                // RELOAD's snapshot is still to be retried.)
+                if snapshots.reloadGenerationCount != generation && snapshots.reloadUnsnapshotted {
                     state.reloadWaitingSince = failuresBefore
                     return .waitForQueueRoom
                 }

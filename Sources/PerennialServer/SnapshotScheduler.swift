@@ -99,6 +99,7 @@ final class SnapshotScheduler {
     /// Counts such RELOADs: a snapshot marks them saved only if none came
     /// after it started.
     private var reloadGeneration = 0
+    var reloadGenerationCount: Int { reloadGeneration }
     private var inFlightReloadGeneration = 0
     /// Snapshots that failed while carrying a RELOAD's changes, and the
     /// last one's error (a RELOAD waiting for its snapshot answers with it).

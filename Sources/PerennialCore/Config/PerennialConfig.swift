@@ -15,7 +15,7 @@ public struct LimitsConfig: Sendable, Equatable {
     public var waitMs = 5_000
     public var maxPendingBytes = 1024 * 1024
     /// Most memory all connections together may hold for frames still
-    /// being received, beyond each connection's first 16 KiB: past it a
+    /// being received, beyond the 64 KiB each may keep: past it a
     /// frame that needs a larger buffer is refused BUSY, so many clients
     /// each sending the start of a large frame cannot take the memory of
     /// max_connections × max_frame_bytes.

@@ -108,6 +108,15 @@ def place_in_stream(e: ServerError, offset: int) -> None:
     e.args = ("%s (%d): %s" % (e.code_name, e.code, e.message),)
 
 
+def own_copy(e: BaseException) -> BaseException:
+    """A server error of its own, with the same code and message, for a
+    refusal that several batches share (each gets its own place in the
+    stream); other errors as they are."""
+    if isinstance(e, ServerError):
+        return type(e)(e.code, e.code_name, e.detail, e.message, fatal=e.fatal)
+    return e
+
+
 def mark_stream_refusal(e: BaseException, offset: int, n: int) -> None:
     """A streamer's batch of ``n`` events from stream index ``offset`` was
     refused: ``batch_offset``/``batch_events`` say which, and for an error

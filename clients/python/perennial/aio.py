@@ -445,7 +445,7 @@ class AsyncClient:
         if self._hello:
             try:
                 await self.hello()
-            except ServerError:
+            except PerennialError:
                 pass  # applied; only the refresh failed (see Client.reload)
 
     async def snapshot(self) -> int:
@@ -606,8 +606,10 @@ class AsyncFeedbackStreamer:
                     await self._write(offset, chunk)
                     chunks.pop(0)
         except BaseException:
+            # (Each its own error: one object would carry only the last
+            # chunk's place.)
             for offset, chunk, error in chunks + sorted(self._oversized, key=lambda r: r[0]):
-                _c.note_stream_failure(error, offset, len(chunk), self._errors, self.refused, self.unacknowledged)
+                _c.note_stream_failure(_c.own_copy(error), offset, len(chunk), self._errors, self.refused, self.unacknowledged)
             self._oversized.clear()
             raise
 

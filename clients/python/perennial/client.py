@@ -544,10 +544,10 @@ class Client:
         if self._hello:
             try:
                 self.hello()
-            except ServerError:
+            except PerennialError:
                 # The reload was applied; only the refresh failed (it
-                # rotated the token this client holds, say): server_info
-                # keeps the limits learned before.
+                # rotated the token this client holds, say, or the server
+                # is stopping): server_info keeps the limits learned before.
                 pass
 
     def snapshot(self) -> int:
@@ -767,8 +767,10 @@ class FeedbackStreamer:
                     self._write(offset, chunk)
                     chunks.pop(0)
         except BaseException:
+            # (Each its own error: one object would carry only the last
+            # chunk's place.)
             for offset, chunk, error in chunks + sorted(self._oversized, key=lambda r: r[0]):
-                _c.note_stream_failure(error, offset, len(chunk), self._errors, self.refused, self.unacknowledged)
+                _c.note_stream_failure(_c.own_copy(error), offset, len(chunk), self._errors, self.refused, self.unacknowledged)
             self._oversized.clear()
             raise
 

@@ -113,3 +113,20 @@ def test_a_frame_growing_to_its_last_bytes_stays_within_the_budget(start_server)
         assert c.stats()["connection_buffer_bytes"] < 2 * 512 * 1024 + 3 * 64 * 1024 + 64 * 1024
     for s in held:
         s.close()
+
+
+def test_idle_connections_do_not_use_up_the_budget(start_server) -> None:
+    """Review finding (helper-36): the 64 KiB an idle connection keeps
+    counted against the budget until it closed, so a few idle clients that
+    once sent a 40 KB frame made every large frame BUSY."""
+    srv = start_server("[limits]\nmax_frame_bytes = 262144\nmax_events = 8000\nmax_inbox_bytes = 524288\n")
+    idle = [srv.client() for _ in range(8)]
+    for k, c in enumerate(idle):
+        c.upsert_item(100 + k, "word " * 8000)           # a 40 KB frame each, then nothing
+        assert c.ping()
+    with srv.client() as c:
+        big = [perennial.Event(1 + i % 50, 1 + i % 900) for i in range(8000)]   # 232 KB
+        assert c.feedback(big).last_seq == 8000
+        assert c.stats()["inbox_budget_refusals"] == 0
+    for c in idle:
+        c.close()

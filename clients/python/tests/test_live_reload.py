@@ -375,6 +375,72 @@ def test_an_acknowledged_reload_survives_a_crash(start_server) -> None:
     assert first < seq
 
 
+
+def test_a_waiting_reload_keeps_its_authorisation_and_limits_alone_never_wait(start_server, tmp_path) -> None:
+    """Review findings (helper-36) on RELOADs that wait for their snapshot:
+    one that turned admin tokens on was answered UNAUTHORIZED though it had
+    applied (its frame was authorised again against the new config); and
+    after a failed snapshot, a RELOAD that changed only limits waited for
+    the next attempt (up to a minute)."""
+    srv = start_server(BASE % ('"cf"', "cf", "0.7"))
+    cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
+    admin_token = tmp_path / "admin"
+    admin_token.write_text("a-long-admin-token\n")
+    with srv.client() as c:                              # no token: none is needed yet
+        c.feedback([perennial.Event(u % 40 + 1, u % 70 + 1) for u in range(500)])
+        cfg.write_text(BASE % ('"cf", "popularity"', "cf", "0.7") + '[auth]\nadmin_token_file = "%s"\n' % admin_token)
+        c.reload()                                       # applied, saved, answered OK
+        with pytest.raises(perennial.Unauthorized):
+            c.reload()                                   # the next one needs the token
+    with srv.client(token="a-long-admin-token") as c:
+        assert c.stats()["reloads"] == 1
+        assert c.recommend(1, k=3, scorer="popularity")
+        # A snapshot that fails, then a RELOAD of limits alone: answered at once.
+        blocker = Path(srv.data_dir) / "snapshots" / ("snapshot-%d.1.bin.tmp" % 500)
+        blocker.mkdir()
+        cfg.write_text(BASE % ('"cf"', "cf", "0.7") + '[auth]\nadmin_token_file = "%s"\n' % admin_token)
+        with pytest.raises(perennial.ServerError):
+            c.reload()                                   # popularity removed; its snapshot fails
+        cfg.write_text(BASE % ('"cf"', "cf", "0.7") + '[auth]\nadmin_token_file = "%s"\n[limits]\nmax_items = 500\n' % admin_token)
+        start = time.monotonic()
+        c.reload()
+        assert time.monotonic() - start < 0.5
+        assert c.server_info.max_items == 500
+        blocker.rmdir()
+
+
+def test_a_failed_resend_reports_each_chunk_in_its_place(start_server, monkeypatch) -> None:
+    """Review finding (helper-36): the chunks of a refused batch whose
+    re-send broke off shared one error object, so all read the last chunk's
+    place and most of the stream was in no list."""
+    srv = start_server(BASE % ('"cf", "popularity"', "cf", "0.3"))
+    cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
+    host, port = srv.address
+    with perennial.Client(host, port) as c, perennial.Client(host, port) as admin:
+        assert c.ping()
+        cfg.write_text(BASE % ('"cf", "popularity"', "cf", "0.3") + "[limits]\nmax_events = 100\n")
+        admin.reload()
+        s = c.streamer(window=4, batch_size=1000)
+        s.send_many([perennial.Event(u % 50 + 1, u % 70 + 1) for u in range(1000)])   # refused whole
+        write = s._write
+        calls = []
+
+        def breaking(offset, batch):
+            calls.append(offset)
+            if len(calls) == 3:
+                raise perennial.ConnectionError("cut")
+            write(offset, batch)
+        monkeypatch.setattr(s, "_write", breaking)
+        with pytest.raises(perennial.ConnectionError):
+            s.flush()
+        monkeypatch.undo()
+        with pytest.raises(perennial.InvalidArgument):
+            s.flush()                                    # the chunks not sent: refused, raised now
+        places = sorted((e.batch_offset, e.batch_events) for e in s.refused)
+        assert places == [(k, 100) for k in range(200, 1000, 100)], places
+        assert s.acked_events == 200 and s.unacknowledged == []
+
+
 def test_a_reload_whose_snapshot_failed_is_saved_later(start_server) -> None:
     """A RELOAD that removes a scorer is tied to a new version by a snapshot.
     When that snapshot fails, the model still differs from the newest
