@@ -25,7 +25,7 @@ struct Serve: ParsableCommand {
     @Option(help: "Address to listen on (default 127.0.0.1: loopback only).")
     var host: String?
 
-    @Option(help: "Port to listen on (default 7878; 0 picks a free port).")
+    @Option(parsing: .unconditional, help: "Port to listen on (default 7878; 0 picks a free port).")
     var port: Int?
 
     @Option(help: "Directory for the server's data (default ./data).")
