@@ -441,6 +441,41 @@ def test_a_failed_resend_reports_each_chunk_in_its_place(start_server, monkeypat
         assert s.acked_events == 200 and s.unacknowledged == []
 
 
+
+def test_a_cancelled_resend_counts_each_event_once(start_server) -> None:
+    """Review finding (helper-37): a cancellation (a wait_for timeout, say)
+    while a re-sent chunk was being written reported that chunk refused
+    although it was in flight, and its ack counted it again."""
+    srv = start_server(BASE % ('"cf", "popularity"', "cf", "0.3"))
+    cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
+    host, port = srv.address
+
+    async def run() -> None:
+        async with perennial.aio.AsyncClient(host, port) as c, perennial.aio.AsyncClient(host, port) as admin:
+            await c.ping()
+            cfg.write_text(BASE % ('"cf", "popularity"', "cf", "0.3") + "[limits]\nmax_events = 100\n")
+            await admin.reload()
+            s = c.streamer(window=4, batch_size=1000)
+            await s.send_many([perennial.Event(u % 50 + 1, u % 70 + 1) for u in range(1000)])
+            real, calls = c._drain, []
+
+            async def cancelling(conn) -> None:
+                await real(conn)
+                calls.append(1)
+                if len(calls) == 3:
+                    raise asyncio.CancelledError()
+            c._drain = cancelling
+            with pytest.raises(asyncio.CancelledError):
+                await s.flush()
+            c._drain = real
+            with pytest.raises(perennial.InvalidArgument):
+                await s.flush()
+            refused = sum(e.batch_events for e in s.refused)
+            assert s.acked_events + refused == 1000, (s.acked_events, sorted(e.batch_offset for e in s.refused))
+            assert (await admin.stats())["events_accepted"] == s.acked_events
+    asyncio.run(run())
+
+
 def test_a_reload_whose_snapshot_failed_is_saved_later(start_server) -> None:
     """A RELOAD that removes a scorer is tied to a new version by a snapshot.
     When that snapshot fails, the model still differs from the newest
