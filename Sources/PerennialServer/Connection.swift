@@ -151,8 +151,12 @@ final class Connection {
     /// in the inbox from where it starts.
     private var frameInProgressFits: Bool {
         guard writePos - readPos >= FrameHeader.size else { return false }
-        let length = Int(inbox.loadUnaligned(fromByteOffset: readPos, as: UInt32.self).littleEndian) + 4
-        return readPos + length <= inboxCapacity
+        return readPos + frameLengthAtReadPos <= inboxCapacity
+    }
+
+    /// The whole length of the frame whose header starts the unread bytes.
+    private var frameLengthAtReadPos: Int {
+        Int(inbox.loadUnaligned(fromByteOffset: readPos, as: UInt32.self).littleEndian) + 4
     }
 
     /// The inbox's capacity once `makeRoom(atLeast: free)` has run.
@@ -172,8 +176,7 @@ final class Connection {
             writePos = unread
         }
         if inboxCapacity - writePos < free {
-            var cap = inboxCapacity
-            while cap - writePos < free { cap *= 2 }
+            let cap = capacityAfterMakingRoom(atLeast: free)
             let bigger = UnsafeMutableRawPointer.allocate(byteCount: cap, alignment: 16)
             bigger.copyMemory(from: inbox, byteCount: writePos)
             inbox.deallocate()
@@ -225,7 +228,7 @@ final class Connection {
                     if partialSince == 0 { partialSince = MonotonicClock.nowMillis() }
                     if available >= FrameHeader.size {
                         // The header is valid: make sure the whole frame fits.
-                        let length = Int(inbox.loadUnaligned(fromByteOffset: readPos, as: UInt32.self).littleEndian) + 4
+                        let length = frameLengthAtReadPos
                         if inboxCapacity - readPos < length {
                             // A larger buffer for this frame, if the budget
                             // of all connections' buffers allows it.

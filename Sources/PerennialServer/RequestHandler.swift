@@ -388,12 +388,12 @@ final class RequestHandler {
                 // (parked, the frame unread) and new events wait with it;
                 // the loop goes on serving reads.
                 if let wait = parkUntilLearnerIdle(owner) { return wait }
-                let failuresBefore = snapshots.reloadSaveFailures, generation = snapshots.reloadGenerationCount
+                let failuresBefore = snapshots.reloadSaveFailures, generation = snapshots.reloadGeneration
                 _ = try applyReload(next)
                 // (Only a RELOAD that changed scorers waits: one that changed
                 // limits alone has nothing to save, even while an earlier
                 // RELOAD's snapshot is still to be retried.)
-                if snapshots.reloadGenerationCount != generation && snapshots.reloadUnsnapshotted {
+                if snapshots.reloadGeneration != generation && snapshots.reloadUnsnapshotted {
                     state.reloadWaitingSince = failuresBefore
                     return .waitForQueueRoom
                 }

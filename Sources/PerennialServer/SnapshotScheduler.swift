@@ -98,8 +98,7 @@ final class SnapshotScheduler {
     var reloadUnsnapshotted: Bool { !unsnapshottedReloadChanges.isEmpty }
     /// Counts such RELOADs: a snapshot marks them saved only if none came
     /// after it started.
-    private var reloadGeneration = 0
-    var reloadGenerationCount: Int { reloadGeneration }
+    private(set) var reloadGeneration = 0
     private var inFlightReloadGeneration = 0
     /// Snapshots that failed while carrying a RELOAD's changes, and the
     /// last one's error (a RELOAD waiting for its snapshot answers with it).

@@ -70,9 +70,6 @@ struct LogCommand: ParsableCommand {
                                                                       fromSnapshot: base.map { "snapshot \($0.file.id)" }) {
                     print("note: \(warning)")
                 }
-                if base == nil && !store.files().isEmpty && (FeedbackLog.segments(in: dir).first ?? 1) > 1 {
-                    throw FeedbackLog.MissingLogSegments(repairable: false, message: "no snapshot is readable, and the log no longer starts at the beginning (\(FeedbackLog.segmentName(FeedbackLog.segments(in: dir).first!))): start-up cannot rebuild the model. Restore a snapshot")
-                }
                 let r = try FeedbackLog.scan(directory: dir, fromSegment: firstNeeded, cutTornTail: false) { _ in }
                 print("log \(dir), from segment \(firstNeeded): \(r.segments) segment(s), \(r.records) records, \(r.events) events, \(r.bytes) bytes")
                 if let t = r.tornTail {

@@ -108,6 +108,32 @@ def place_in_stream(e: ServerError, offset: int) -> None:
     e.args = ("%s (%d): %s" % (e.code_name, e.code, e.message),)
 
 
+def split_oversized(oversized: "List[Tuple[int, List[Event], BaseException]]", limit: int,
+                    errors: "Deque[BaseException]", refused: List[BaseException],
+                    unacknowledged: List[Tuple[int, int]]) -> "List[Tuple[int, List[Event], BaseException]]":
+    """A streamer's batches refused as larger than max_events (stream
+    index, events, error), now that the limit is `limit`: those above it come
+    back as chunks of at most `limit` to send again, in stream order; the
+    others' refusals stand.  Empties `oversized`."""
+    chunks: "List[Tuple[int, List[Event], BaseException]]" = []
+    for offset, batch, error in sorted(oversized, key=lambda r: r[0]):
+        if len(batch) <= limit:
+            note_stream_failure(error, offset, len(batch), errors, refused, unacknowledged)
+        else:
+            chunks += [(offset + i, batch[i:i + limit], error) for i in range(0, len(batch), limit)]
+    oversized.clear()
+    return chunks
+
+
+def refuse_unsent(unsent: "List[Tuple[int, List[Event], BaseException]]", errors: "Deque[BaseException]",
+                  refused: List[BaseException], unacknowledged: List[Tuple[int, int]]) -> None:
+    """Chunks a streamer could not send again (the connection broke): not
+    accepted, so refusals, each with an error of its own (one object would
+    carry only the last chunk's place)."""
+    for offset, chunk, error in sorted(unsent, key=lambda r: r[0]):
+        note_stream_failure(own_copy(error), offset, len(chunk), errors, refused, unacknowledged)
+
+
 def own_copy(e: BaseException) -> BaseException:
     """A server error of its own, with the same code and message, for a
     refusal that several batches share (each gets its own place in the

@@ -596,14 +596,7 @@ class AsyncFeedbackStreamer:
             while self._oversized:
                 await self._drain()
                 limit = (await self._client.hello()).max_events
-                refused = sorted(self._oversized, key=lambda r: r[0])
-                self._oversized.clear()
-                chunks = []
-                for offset, batch, error in refused:
-                    if len(batch) <= limit:
-                        _c.note_stream_failure(error, offset, len(batch), self._errors, self.refused, self.unacknowledged)
-                    else:
-                        chunks += [(offset + i, batch[i:i + limit], error) for i in range(0, len(batch), limit)]
+                chunks = _c.split_oversized(self._oversized, limit, self._errors, self.refused, self.unacknowledged)
                 while chunks:
                     offset, chunk, _ = chunks[0]
                     # (Out of `chunks` once submitted, before the write is
@@ -611,10 +604,7 @@ class AsyncFeedbackStreamer:
                     # refused: review finding, helper-37.)
                     await self._write(offset, chunk, submitted=lambda: chunks.pop(0))
         except BaseException:
-            # (Each its own error: one object would carry only the last
-            # chunk's place.)
-            for offset, chunk, error in chunks + sorted(self._oversized, key=lambda r: r[0]):
-                _c.note_stream_failure(_c.own_copy(error), offset, len(chunk), self._errors, self.refused, self.unacknowledged)
+            _c.refuse_unsent(chunks + self._oversized, self._errors, self.refused, self.unacknowledged)
             self._oversized.clear()
             raise
 
