@@ -23,6 +23,24 @@ class Command:
     body: bytes
     parse: Callable[[Dict[str, Any]], Any]
     events: int = 0  # FEEDBACK: how many events the batch carries
+    #: SNAPSHOT and RELOAD: the reply comes once the server has written the
+    #: whole model, which takes longer the larger the model is, so the
+    #: client waits ``admin_timeout`` for it rather than ``timeout``.
+    writes_model: bool = False
+
+
+def reply_timeout(waiting: Iterable[Command], timeout: Optional[float],
+                  admin_timeout: Optional[float]) -> Optional[float]:
+    """Seconds to wait for a reply (None: forever) that comes after the
+    replies to ``waiting`` (replies come in request order, so a request
+    queued behind a SNAPSHOT waits for the model to be written too):
+    ``timeout``, or, when one of them writes the model, the longer of it
+    and ``admin_timeout``."""
+    if not any(cmd.writes_model for cmd in waiting):
+        return timeout
+    if timeout is None or admin_timeout is None:
+        return None
+    return max(timeout, admin_timeout)
 
 
 _OPCODE_NAMES = {int(o): o.name for o in Opcode}
@@ -314,11 +332,11 @@ def stats() -> Command:
 
 
 def reload() -> Command:
-    return Command(Opcode.RELOAD, b"", lambda p: None)
+    return Command(Opcode.RELOAD, b"", lambda p: None, writes_model=True)
 
 
 def snapshot() -> Command:
-    return Command(Opcode.SNAPSHOT, b"", lambda p: p["seq"])
+    return Command(Opcode.SNAPSHOT, b"", lambda p: p["seq"], writes_model=True)
 
 
 def shutdown() -> Command:

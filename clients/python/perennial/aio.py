@@ -142,11 +142,13 @@ class AsyncClient:
     connect = _ConnectMethod()
 
     def __init__(self, host: str = "127.0.0.1", port: int = 7878, *,
-                 timeout: Optional[float] = 10.0, token: Optional[str] = None,
-                 client_name: str = "perennial-py", hello: bool = True) -> None:
+                 timeout: Optional[float] = 10.0, admin_timeout: Optional[float] = 600.0,
+                 token: Optional[str] = None, client_name: str = "perennial-py",
+                 hello: bool = True) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
+        self.admin_timeout = admin_timeout
         self.token = token
         self.client_name = client_name
         self._hello = hello
@@ -319,11 +321,20 @@ class AsyncClient:
                 self._conn = None
 
     async def _wait(self, fut: "asyncio.Future[Any]") -> Any:
+        # (Replies come in request order: this one waits behind every
+        # request sent before it and not yet answered, a SNAPSHOT's too.)
+        ahead: List[Command] = []
+        if self._conn is not None:
+            for _rid, cmd, f in self._conn.pending:
+                ahead.append(cmd)
+                if f is fut:
+                    break
+        wait = _c.reply_timeout(ahead, self.timeout, self.admin_timeout)
         try:
-            return await asyncio.wait_for(fut, self.timeout)
+            return await asyncio.wait_for(fut, wait)
         except asyncio.TimeoutError:
             return TimeoutError("no reply from %s:%s within %s s"
-                                % (self.host, self.port, self.timeout))
+                                % (self.host, self.port, wait))
 
     async def _execute(self, cmds: Sequence[Command]) -> List[Any]:
         conn = await self._ensure_connected()

@@ -56,6 +56,10 @@ class Client:
         timeout: seconds to wait for the connection and for each reply
             (None: forever).  On a timeout the call raises
             :class:`perennial.TimeoutError` and the connection is closed.
+        admin_timeout: seconds to wait for the reply to :meth:`snapshot`
+            and to :meth:`reload`, which may write the whole model first
+            (longer the larger the model); the longer of this and
+            ``timeout`` applies (None: forever).
         token: the server's token, when it has one.
         client_name: sent in HELLO.
         hello: send HELLO when connecting (required when the server has a
@@ -72,11 +76,13 @@ class Client:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 7878, *,
-                 timeout: Optional[float] = 10.0, token: Optional[str] = None,
-                 client_name: str = "perennial-py", hello: bool = True) -> None:
+                 timeout: Optional[float] = 10.0, admin_timeout: Optional[float] = 600.0,
+                 token: Optional[str] = None, client_name: str = "perennial-py",
+                 hello: bool = True) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
+        self.admin_timeout = admin_timeout
         self.token = token
         self.client_name = client_name
         self._hello = hello
@@ -267,10 +273,14 @@ class Client:
                 if want != mode:
                     sel.modify(sock, want)
                     mode = want
-                ready = sel.select(self.timeout)
+                # (Replies come in request order: the wait is for the
+                # oldest request not yet answered.)
+                oldest = self._pending[len(self._inbox)].cmd if len(self._inbox) < len(self._pending) else None
+                wait = _c.reply_timeout([oldest] if oldest else [], self.timeout, self.admin_timeout)
+                ready = sel.select(wait)
                 if not ready:
                     raise TimeoutError("no reply from %s:%s within %s s"
-                                       % (self.host, self.port, self.timeout))
+                                       % (self.host, self.port, wait))
                 for _key, mask in ready:
                     if mask & selectors.EVENT_READ:
                         self._recv()

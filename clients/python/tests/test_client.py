@@ -944,3 +944,62 @@ def test_log_check_and_repair_know_what_a_snapshot_covers(start_server: Callable
         stats = c.stats()
         assert stats["events_applied"] == stats["events_accepted"], stats
     assert "rolled back to version v%d" % older in srv.log()
+
+
+def _model_that_takes_a_while_to_write(c: perennial.Client) -> float:
+    """Feeds 30,000 events over 6,000 users and 6,000 items (tens of MB of
+    rows and co-occurrences to write); returns how long a snapshot took."""
+    rng = random.Random(7)
+    with c.streamer(window=8, batch_size=5000) as s:
+        s.send_many(perennial.Event(1 + rng.randrange(6000), 1 + rng.randrange(6000)) for _ in range(30000))
+    c.snapshot()
+    # (Timed with the learner caught up: only the write. A SNAPSHOT with
+    # nothing new since the last one answers at once, so each one below
+    # follows an event.)
+    c.feedback([perennial.Event(1, 1)])
+    start = time.monotonic()
+    c.snapshot()
+    return time.monotonic() - start
+
+
+def test_snapshot_and_reload_wait_admin_timeout_not_timeout(start_server: Callable[..., Any]) -> None:
+    """A snapshot outlasts a short reply `timeout`: snapshot() and the
+    requests queued behind it wait `admin_timeout` instead, in both clients,
+    and the connection stays usable."""
+    srv = start_server()
+    with srv.client() as c:
+        took = _model_that_takes_a_while_to_write(c)
+    short = took / 10
+    assert short > 0.001, took   # (a snapshot of tens of MB, fsynced)
+    with srv.client(timeout=short) as c:
+        c.feedback([perennial.Event(2, 2)])
+        seq = c.snapshot()
+        assert seq == c.stats()["events_applied"]
+        # Pipelined behind the snapshot: their replies wait for it too.
+        c.feedback([perennial.Event(3, 3)])
+        results = c.pipeline().snapshot().ping().recommend(1, k=3).execute()
+        assert results[0] == seq + 1 and results[1] is True and len(results[2]) == 3
+        assert c.connected
+
+    async def async_side() -> None:
+        async with perennial.AsyncClient(srv.host, srv.port, timeout=short) as a:
+            await a.feedback([perennial.Event(4, 4)])
+            # A concurrent call sent behind the SNAPSHOT waits for it.
+            snap = asyncio.ensure_future(a.snapshot())
+            await asyncio.sleep(0)
+            pong = asyncio.ensure_future(a.ping())
+            assert await snap == seq + 2 and await pong is True
+            assert len(await a.recommend(1, k=3)) == 3
+    asyncio.run(async_side())
+
+
+def test_reply_timeout_rule() -> None:
+    from perennial import _commands as _c
+    ping, snap, reload = _c.ping(), _c.snapshot(), _c.reload()
+    assert _c.reply_timeout([ping], 10.0, 600.0) == 10.0
+    assert _c.reply_timeout([], 10.0, 600.0) == 10.0
+    assert _c.reply_timeout([snap, ping], 10.0, 600.0) == 600.0
+    assert _c.reply_timeout([reload], 900.0, 600.0) == 900.0
+    assert _c.reply_timeout([snap], None, 600.0) is None
+    assert _c.reply_timeout([snap], 10.0, None) is None
+    assert _c.reply_timeout([ping], 10.0, None) == 10.0
