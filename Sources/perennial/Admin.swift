@@ -35,8 +35,8 @@ struct Admin: AsyncParsableCommand {
     @Option var port = 7878
     @Option(help: "A file holding the token to send in HELLO (auth.token_file or admin_token_file).")
     var tokenFile: String?
-    @Option(help: "Seconds to wait for the connection and for each reply.")
-    var timeout: Double = 10
+    @Option(help: "Seconds to wait for the connection and for each reply (default 10; 600 for reload and snapshot, which write the whole model first).")
+    var timeout: Double?
     @Flag(help: "Print one JSON object (for scripts): stats' counters, or what the action did.")
     var json = false
 
@@ -45,12 +45,15 @@ struct Admin: AsyncParsableCommand {
             throw ValidationError("unknown action '\(action)': use ping, stats, reload, snapshot or shutdown")
         }
         if !prefixes.isEmpty && action != "stats" { throw ValidationError("only stats takes name prefixes") }
+        if let t = timeout, !(t > 0 && t <= 86_400) { throw ValidationError("--timeout must be between 0 and 86400 seconds, not \(t)") }
     }
 
     func run() async throws {
         let client: PerennialClient
         do {
-            client = try await PerennialClient.connect(host: host, port: port, timeout: timeout)
+            // (A snapshot of a large model takes longer than any reply.)
+            let wait = timeout ?? (["reload", "snapshot"].contains(action) ? 600 : 10)
+            client = try await PerennialClient.connect(host: host, port: port, timeout: wait)
         } catch {
             throw CommandError("\(error)")
         }
