@@ -318,12 +318,24 @@ class Client:
             self._inbox.append(frame)
 
     def _transfer(self, data: bytes, until: int) -> None:
-        """Send ``data`` and read until ``until`` replies are in; then settle them."""
+        """Send ``data`` and read until ``until`` replies are in; then settle them.
+
+        An interruption (KeyboardInterrupt, a signal handler's exception)
+        may leave a request half written, which would garble every frame
+        after it: the connection is closed, its unanswered requests fail
+        with ConnectionError (the server may have accepted some), and the
+        interruption goes on up. The next call opens a new connection.
+        """
         failure: Optional[PerennialError] = None
         try:
             self._pump(data, until)
         except PerennialError as e:
             failure = e
+        except BaseException as e:
+            self._settle()
+            self._fail_all(ConnectionError("interrupted (%s) while talking to %s:%s; the connection was closed"
+                                           % (type(e).__name__, self.host, self.port)))
+            raise
         self._settle()
         if failure is not None:
             self._fail_all(failure)
@@ -371,13 +383,21 @@ class Client:
     def _call(self, cmd: Command) -> Any:
         return _raise_if_error(self._execute([cmd])[0])
 
-    def _send_nowait(self, cmd: Command, sink: Sink) -> None:
-        """Send one request without waiting; ``sink`` gets its result later."""
+    def _queue_nowait(self, cmd: Command, sink: Sink) -> _Pending:
+        """Make ``cmd`` the next request of the connection, unsent; raises
+        (and nothing is queued) when the connection cannot be opened or the
+        frame is too large. Once queued, ``sink`` hears exactly one
+        outcome: the reply, or the failure that ended the connection.
+        :meth:`_send_queued` writes it."""
         self._ensure_connected()
         _c.check_frame_size(cmd, self.max_frame_bytes)
         p = _Pending(self._take_rid(), cmd, sink)
         self._pending.append(p)
-        self._transfer(encode_request(cmd.opcode, p.rid, cmd.body), 0)
+        return p
+
+    def _send_queued(self, p: _Pending) -> None:
+        """Write a request :meth:`_queue_nowait` queued, without waiting."""
+        self._transfer(encode_request(p.cmd.opcode, p.rid, p.cmd.body), 0)
 
     def _wait_one(self) -> None:
         """Wait until the oldest unanswered request has its result."""
@@ -726,24 +746,24 @@ class FeedbackStreamer:
             self._drain()
             self._resend_oversized()
             size = min(self.batch_size, self._client.max_events)
-        batch = self._buffer[:size]
-        del self._buffer[:size]
-        self._write(self._offset, batch)
-        self._offset += len(batch)
+        self._write(self._offset, self._buffer[:size], from_buffer=True)
 
-    def _write(self, offset: int, batch: List[Event]) -> None:
+    def _write(self, offset: int, batch: List[Event], from_buffer: bool = False) -> None:
+        """Write one batch (``from_buffer``: the buffer's first events, which
+        leave it once queued). Raises, with nothing sent, when the connection
+        cannot be opened (a batch from the buffer stays there for the next
+        call); once queued, its outcome reaches :meth:`_on_reply` (an ack, a
+        refusal, or the connection's end, which leaves it unacknowledged),
+        even if the write is interrupted."""
         while self._inflight >= self.window:
             self._client._wait_one()
-        cmd = _c.feedback(batch)
+        p = self._client._queue_nowait(_c.feedback(batch), lambda r: self._on_reply(offset, batch, r))
         self._inflight += 1
         self.sent_events += len(batch)
-        try:
-            self._client._send_nowait(cmd, lambda r: self._on_reply(offset, batch, r))
-        except BaseException:
-            # the connection could not be opened: the batch was never sent
-            self._inflight -= 1
-            self.sent_events -= len(batch)
-            raise
+        if from_buffer:
+            del self._buffer[:len(batch)]
+            self._offset += len(batch)
+        self._client._send_queued(p)
 
     def _drain(self) -> None:
         """Wait for the reply to every batch in flight."""
