@@ -494,6 +494,26 @@ final class Connection {
         finish()
     }
 
+    /// The stop's deadline passed while this connection waits on the
+    /// learner: its waiting request gets its one reply before the close
+    /// (review finding: it got EOF). That request had no effect, so it is
+    /// answered SHUTTING_DOWN with the frames behind it, except a RELOAD
+    /// applied already and waiting for its snapshot: STORAGE, as when that
+    /// snapshot fails (the config stands; the stop's snapshot saves it).
+    func abandonWait() {
+        guard parked != nil else { return }
+        loop.parked.remove(ObjectIdentifier(self))
+        parked = nil
+        if state.reloadWaitingSince != nil, case .frame(let header) = FrameDecoder.decode(
+            UnsafeRawBufferPointer(start: inbox + readPos, count: writePos - readPos), limits: loop.handler.protocolLimits) {
+            state.reloadWaitingSince = nil
+            Reply.encodeError(ProtocolError(.storage, "the new config is applied, but the server is stopping before its snapshot was durable: the stop's own snapshot saves it"),
+                              requestID: header.requestID, into: &out)
+            readPos += header.frameLength
+        }
+        stopServing()
+    }
+
     /// Answers SHUTTING_DOWN to each complete frame in the inbox (once);
     /// whether it answered any.
     private func refuseReceivedFrames() -> Bool {

@@ -40,7 +40,11 @@ final class EventLoop {
     private(set) var boundPort = 0
     private var stopping = false
     private var nextAcceptWarning: UInt64 = 0
+    /// A graceful stop closes every connection by this time: first those
+    /// waiting on the learner are answered (`waitsAbandoned`), then, after
+    /// a lingering close's time, whatever is left is closed.
     private var stopDeadline: UInt64 = 0
+    private var waitsAbandoned = false
     private var handlesClosed = false
     private var handlesSignals = false
 
@@ -333,7 +337,15 @@ final class EventLoop {
         }
         if stopping {
             if now >= stopDeadline {
-                for c in connections.values { c.close() }
+                if !waitsAbandoned {
+                    // Requests still waiting on the learner get their reply,
+                    // and their connections the usual lingering close.
+                    waitsAbandoned = true
+                    for c in connections.values { c.abandonWait() }
+                    stopDeadline = now + Connection.lingerMs
+                } else {
+                    for c in connections.values { c.close() }
+                }
             }
             finishStopIfDone()
         }

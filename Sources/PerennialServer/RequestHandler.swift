@@ -352,6 +352,7 @@ final class RequestHandler {
                 throw ProtocolError(.storage, "item not stored: \(error)")
             }
             if log.policy == .always { needsSync = true }
+            snapshots.noteLoggedChange()
             let r = model.upsertItem(id: u.item, text: u.text, attributes: u.attributes.map { ($0.key, $0.value) })
             Reply.upsertItem(UpsertReply(created: r.created, truncated: r.truncated)).encode(into: &out, requestID: requestID)
         case .deleteItems(let ids):
@@ -462,7 +463,7 @@ final class RequestHandler {
             throw ProtocolError(.storage, "nothing deleted: \(error)")
         }
         if log.policy == .always { needsSync = true }
-        snapshots.noteDeletion()
+        snapshots.noteLoggedChange()
         return nil
     }
 
@@ -787,7 +788,7 @@ final class RequestHandler {
             StatCounter("events_applied", model.appliedSeq),
             StatCounter("learner_queue", UInt64(learner.queued)),
             StatCounter("learner_ns_per_event", UInt64(learner.nanosPerEvent ?? 0)),
-            StatCounter("recovery_estimate_ms", UInt64(Double(model.lastSeq - min(snapshots.lastSnapshotSeq, model.lastSeq)) * (learner.nanosPerEvent ?? 0) / 1e6)),
+            StatCounter("recovery_estimate_ms", UInt64(Double(snapshots.recordsSinceSnapshot) * (learner.nanosPerEvent ?? 0) / 1e6)),
             StatCounter("learner_queue_capacity", UInt64(learner.capacity)),
             StatCounter("learner_queue_allowance", UInt64(queueAllowance)),
             StatCounter("backpressure_pauses", stats.backpressurePauses),

@@ -331,29 +331,35 @@ extension Server {
         try FeedbackLog.scan(directory: log.directory, fromSegment: from, cutTornTail: true) { record in
             if case .feedback(let first, let events) = record { last = max(last, first + UInt64(events.count) - 1) }
         }
-        // Deleted ids stay deleted: the version's model comes back except
-        // for ids deleted since (a discontinued product, an erased user
-        // must not return with it). The segments after a kept version are
-        // kept, so its deletions are all there.
-        var deletions: [LogRecord] = []
+        // What was learned goes back; the catalogue and erasures do not.
+        // Deleted ids stay deleted (a discontinued product, an erased user
+        // must not return with the version), and items upserted since stay
+        // in the catalogue with their texts (a rollback for a bad model must
+        // not empty a news feed of today's articles): both are carried over
+        // in log order. The segments after a kept version are kept, so
+        // they are all there.
+        var carried: [LogRecord] = []
+        var deletions = 0, upserts = 0
         do {
             try FeedbackLog.scan(directory: log.directory, fromSegment: info.firstLogSegment, cutTornTail: false) { record in
                 switch record {
-                case .deleteItems, .deleteUsers: deletions.append(record)
-                case .feedback, .upsert: break
+                case .deleteItems, .deleteUsers: carried.append(record); deletions += 1
+                case .upsert: carried.append(record); upserts += 1
+                case .feedback: break
                 }
             }
         } catch {
-            Log.warning("rollback: the log after version \(file.id) cannot be read whole (\(error)): deletions recorded after the damage are not carried over")
+            Log.warning("rollback: the log after version \(file.id) cannot be read whole (\(error)): deletions and item upserts recorded after the damage are not carried over")
         }
         var scratch: [LearnEvent] = []
-        for d in deletions { try model.replay(d, scratch: &scratch) }
+        for r in carried { try model.replay(r, scratch: &scratch) }
         let skipped = last - model.lastSeq
         model.skip(to: last)
         Log.info("rolled back to version \(file.id): \(skipped) later events stay in the log, not learned; numbering continues at \(last + 1)"
-                 + (deletions.isEmpty ? "" : "; \(deletions.count) deletion(s) made since are carried over"))
+                 + (deletions == 0 ? "" : "; \(deletions) deletion(s) made since are carried over")
+                 + (upserts == 0 ? "" : "; \(upserts) item upsert(s) made since are carried over"))
         return (model, info.firstLogSegment, info.seq, ["rolled_back_from": file.id, "events_not_learned": skipped,
-                                                        "deletions_carried_over": deletions.count])
+                                                        "deletions_carried_over": deletions, "upserts_carried_over": upserts])
     }
 }
 

@@ -242,7 +242,9 @@ public struct PerennialConfig: Sendable {
         c.recommendBatchWaitMicros = try r.int("server.recommend_batch_wait_us", default: c.recommendBatchWaitMicros, in: 0...100_000)
 
         var l = LimitsConfig()
-        l.maxFrameBytes = try r.int("limits.max_frame_bytes", default: l.maxFrameBytes, in: 1024...(1 << 30))
+        // (At least 64 KiB: the server's own replies, STATS with every
+        // scorer's counters, must fit in the frame size it advertises.)
+        l.maxFrameBytes = try r.int("limits.max_frame_bytes", default: l.maxFrameBytes, in: 65_536...(1 << 30))
         l.maxItems = try r.int("limits.max_items", default: l.maxItems, in: 1...65535)
         l.maxEvents = try r.int("limits.max_events", default: l.maxEvents, in: 1...1_000_000)
         l.maxTextBytes = try r.int("limits.max_text_bytes", default: l.maxTextBytes, in: 0...(1 << 26))
@@ -264,6 +266,16 @@ public struct PerennialConfig: Sendable {
         if fullBatch > l.maxFrameBytes {
             throw ConfigError(file: doc.file, line: doc.entries["limits.max_frame_bytes"]?.line ?? doc.entries["limits.max_events"]?.line,
                               message: "'limits.max_frame_bytes' (\(l.maxFrameBytes)) is too small for a FEEDBACK of 'limits.max_events' (\(l.maxEvents)) events: it needs \(fullBatch) bytes")
+        }
+        // A request carrying max_items ids, and its reply, must fit too: a
+        // SCORE of max_items items with as many session items (8 bytes
+        // each), a RECOMMEND reply of max_items (id, score) pairs (review
+        // finding: max_frame_bytes = 2048 with the default max_items was
+        // accepted, and STATS replies outgrew the advertised frame size).
+        let fullList = 4096 + 16 * l.maxItems
+        if fullList > l.maxFrameBytes {
+            throw ConfigError(file: doc.file, line: doc.entries["limits.max_frame_bytes"]?.line ?? doc.entries["limits.max_items"]?.line,
+                              message: "'limits.max_frame_bytes' (\(l.maxFrameBytes)) is too small for requests and replies of 'limits.max_items' (\(l.maxItems)) ids: it needs \(fullList) bytes")
         }
         // One largest frame must fit in the receive-buffer budget (a buffer
         // grows by doubling, so up to twice the frame), or a lone client's

@@ -439,9 +439,10 @@ public final class Model: @unchecked Sendable {
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    /// Deletion records `replay` has applied (start-up: the newest snapshot
-    /// does not hold them, so the server owes one that does).
-    public private(set) var deletionsReplayed = 0
+    /// Deletion and upsert records (those without a sequence number)
+    /// `replay` has applied (start-up: the newest snapshot does not hold
+    /// them, so the server owes one that does).
+    public private(set) var recordsWithoutSeqReplayed = 0
 
     /// Replays one log record (start-up recovery, on the admitting thread,
     /// before serving): admits and learns synchronously, in log order.
@@ -456,12 +457,13 @@ public final class Model: @unchecked Sendable {
             for e in scratch { learn(e) }
         case .upsert(let item, let text, let attributes):
             _ = upsertItem(id: item, text: text, attributes: attributes.map { ($0.key, $0.value) })
+            recordsWithoutSeqReplayed += 1
         case .deleteItems(let items):
             _ = deleteItems(items)
-            deletionsReplayed += 1
+            recordsWithoutSeqReplayed += 1
         case .deleteUsers(let users):
             _ = deleteUsers(users)
-            deletionsReplayed += 1
+            recordsWithoutSeqReplayed += 1
         }
     }
 

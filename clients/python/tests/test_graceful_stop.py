@@ -12,7 +12,7 @@ import select
 import socket
 import threading
 import time
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import perennial
 from perennial import protocol as P
@@ -122,3 +122,68 @@ def test_requests_pipelined_behind_a_shutdown_are_refused_shutting_down(start_se
     srv.start_again()
     with srv.client() as c:
         assert c.stats()["events_accepted"] == 0          # the refused FEEDBACK was not accepted
+
+
+ALL_SCORERS = ('[scorers]\nload = ["cf", "popularity", "session-rnn", "gan", "text-cnn"]\ndefault = "cf"\n'
+               '[learner]\nmax_lag_seconds = 30\nqueue_capacity = 400000\n[snapshot]\nevery_events = 0\n'
+               'recovery_seconds = 0\n[limits]\nwait_ms = 120000\n')
+
+
+def test_requests_waiting_on_the_learner_at_the_stop_deadline_get_a_reply(start_server) -> None:
+    """Review finding (helper-39): a stop closes every connection 5 s after
+    it began; requests still waiting on the learner then (a deletion, a
+    read-your-writes RECOMMEND) got EOF, no reply. Now each is answered
+    (SHUTTING_DOWN: it had no effect) before the close."""
+    srv = start_server(ALL_SCORERS)
+    with srv.client(timeout=120) as c:
+        c.feedback([perennial.Event(1 + i % 700, 1 + i % 2000) for i in range(10_000)])
+        c.stats()
+    outcomes: Dict[str, object] = {}
+
+    def flood() -> None:
+        # Pipelined without waiting: the learner's queue fills to its
+        # allowance (about max_lag_seconds of work); the rest is refused
+        # SHUTTING_DOWN at the stop.
+        with srv.client(timeout=120) as f:
+            p = f.pipeline()
+            for b in range(8):
+                p.feedback([perennial.Event(1 + (b * 10_000 + i) % 700, 1 + i % 2000) for i in range(10_000)])
+            outcomes["flood"] = p.execute()
+
+    def wait_on_learner(name: str, call: "Callable[[perennial.Client], object]") -> None:
+        try:
+            with srv.client(timeout=120) as w:
+                outcomes[name] = call(w)
+        except perennial.PerennialError as e:
+            outcomes[name] = e
+
+    flooding = threading.Thread(target=flood)
+    flooding.start()
+    with srv.client(timeout=120) as c:
+        deadline = time.monotonic() + 60
+        while True:
+            st = c.stats()
+            backlog_s = (st["events_accepted"] - st["events_applied"]) * st["learner_ns_per_event"] / 1e9
+            if backlog_s > 6.5 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        applied = st["events_accepted"]
+    threads = [threading.Thread(target=wait_on_learner, args=("delete", lambda w: w.delete_items([296]))),
+               threading.Thread(target=wait_on_learner,
+                                args=("read", lambda w: w.recommend(5, k=3, min_applied_seq=applied)))]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    srv.proc.send_signal(15)
+    for t in threads + [flooding]:
+        t.join(120)
+    assert srv.proc.wait(120) == 0
+    assert set(outcomes) == {"delete", "read", "flood"}
+    for name, got in outcomes.items():
+        # A reply: the request's result, or SHUTTING_DOWN; never a bare close.
+        for r in (got if isinstance(got, list) else [got]):
+            if isinstance(r, BaseException):
+                assert isinstance(r, perennial.ServerError) and r.code_name == "SHUTTING_DOWN", (name, r, backlog_s)
+    # (The deadline path is what this checks: the learner had more than the
+    # stop's 5 s of work left when it began.)
+    assert backlog_s > 6.5, backlog_s

@@ -80,3 +80,44 @@ def test_dropping_a_learned_scorer_needs_the_flag_and_leaves_a_version(start_ser
     assert all(f["count"] > 0 for f in entry["e1_by_scorer"].values())
     table = _perennial("versions", "--data-dir", data).stdout
     assert "cf); HR@10" in table, table
+
+
+def test_item_upserts_are_saved_by_snapshots_and_kept_by_a_rollback(start_server) -> None:
+    """Upserts are logged without a sequence number of their own. They now
+    count as a change: a SNAPSHOT after upserts alone writes the version
+    again (before, it answered with the old one, and every start replayed
+    the upserts), a graceful stop takes one, STATS' recovery estimate
+    counts them, and a rollback to a version from before them keeps the
+    items (what was learned goes back; the catalogue does not)."""
+    srv = start_server(BOTH)
+    events = _events(2000)
+    with srv.client() as c:
+        c.feedback(events[:1000])
+        first = c.snapshot()
+        c.feedback(events[1000:])
+        second = c.snapshot()
+        snapshots = c.stats()["snapshots"]
+        for k in range(300):
+            c.upsert_item(10_000 + k, "an article about topic %d" % (k % 7))
+        assert c.stats()["recovery_estimate_ms"] >= 0
+        assert c.snapshot() == second
+        assert c.stats()["snapshots"] == snapshots + 1    # written again, holding the upserts
+        for k in range(300, 400):
+            c.upsert_item(10_000 + k, "a late article %d" % k)
+    srv.kill()
+    srv.start_again()   # recovery replays only the 100 upserts after that snapshot
+    assert "100 records (0 events) replayed" in srv.log(), srv.log()
+    with srv.client() as c:
+        assert all(s.known for s in c.score(1, [10_000, 10_399]))
+    assert srv.stop() == 0   # a graceful stop snapshots them (the replayed ones)
+    srv.start_again()
+    assert srv.log().count("records (0 events) replayed") == 1, srv.log()
+    assert srv.stop() == 0
+
+    # A rollback to the first version keeps every item upserted since.
+    rolled = start_server(BOTH, ["--data-dir", srv.data_dir, "--from-version", "v%d" % first])
+    with rolled.client() as c:
+        assert c.stats()["events_applied"] == 2000
+        assert all(s.known for s in c.score(1, [10_000, 10_150, 10_399]))
+    assert "400 item upsert(s) made since are carried over" in rolled.log(), rolled.log()
+    assert rolled.stop() == 0
