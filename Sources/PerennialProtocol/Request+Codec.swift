@@ -104,6 +104,45 @@ extension Request {
         return events
     }
 
+    /// What in this request its encoding cannot carry, if anything: a list
+    /// of more than 65,535 ids or attributes (`u16` counts), a `str16`
+    /// over 65,535 bytes, a text over 4 GiB, more than 2³² events. `encode`
+    /// would cut them silently (a partial deletion that looks whole), so a
+    /// client checks this first and refuses the request.
+    public var wireProblem: String? {
+        let most = Int(UInt16.max)
+        func ids(_ list: [UInt64], _ what: String) -> String? {
+            list.count > most ? "\(what) has \(list.count) ids; a request carries at most \(most)" : nil
+        }
+        func str16(_ s: String, _ what: String) -> String? {
+            s.utf8.count > most ? "\(what) is \(s.utf8.count) bytes; at most \(most)" : nil
+        }
+        switch self {
+        case .hello(let h):
+            return str16(h.clientName, "the client name") ?? str16(h.token, "the token")
+        case .ping, .stats, .reload, .snapshot, .shutdown:
+            return nil
+        case .recommend(let q):
+            return str16(q.scorer, "the scorer name") ?? str16(q.sessionID, "the session id") ?? str16(q.shadowScorer, "the shadow scorer name")
+                ?? ids(q.sessionItems, "the session's item list") ?? ids(q.exclude, "the exclude list") ?? ids(q.candidates, "the candidate list")
+        case .score(let s):
+            return str16(s.scorer, "the scorer name") ?? ids(s.sessionItems, "the session's item list") ?? ids(s.items, "the item list")
+        case .feedback(let events):
+            return events.count > Int(UInt32.max) ? "a FEEDBACK carries at most \(UInt32.max) events" : nil
+        case .upsertItem(let u):
+            if u.text.utf8.count > Int(UInt32.max) { return "the item text is over 4 GiB" }
+            if u.attributes.count > most { return "the item has \(u.attributes.count) attributes; a request carries at most \(most)" }
+            for a in u.attributes {
+                if let p = str16(a.key, "attribute key \"\(a.key.prefix(40))\"") ?? str16(a.value, "the value of attribute \"\(a.key.prefix(40))\"") { return p }
+            }
+            return nil
+        case .deleteItems(let list):
+            return ids(list, "the item list")
+        case .deleteUsers(let list):
+            return ids(list, "the user list")
+        }
+    }
+
     /// Appends this request as one whole frame.
     public func encode(into out: inout [UInt8], requestID: UInt32) {
         let start = out.beginFrame(opcode: opcode.rawValue, flags: 0, requestID: requestID)

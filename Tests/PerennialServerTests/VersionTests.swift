@@ -237,27 +237,32 @@ import PerennialPlugins
             let r = try await PerennialClient.connect(port: port)
             defer { r.close() }
             var n = 0
-            while !Task.isCancelled {
-                let user = UInt64(n % 80 + 1)
-                _ = try await r.recommend(user: user, k: 10)
-                _ = try await r.score(user: user, items: [1, 2, 3, UInt64(n % 150 + 1)])
-                if n % 10 == 0 { _ = try await r.stats() }
-                if n % 40 == 39 {
-                    // SNAPSHOT requests too, from two connections at once.
-                    guard case .snapshot = try await r.call(.snapshot) else { throw TestError("no snapshot reply") }
+            // (Cancelled, a call in flight throws CancellationError.)
+            do {
+                while !Task.isCancelled {
+                    let user = UInt64(n % 80 + 1)
+                    _ = try await r.recommend(user: user, k: 10)
+                    _ = try await r.score(user: user, items: [1, 2, 3, UInt64(n % 150 + 1)])
+                    if n % 10 == 0 { _ = try await r.stats() }
+                    if n % 40 == 39 {
+                        // SNAPSHOT requests too, from two connections at once.
+                        guard case .snapshot = try await r.call(.snapshot) else { throw TestError("no snapshot reply") }
+                    }
+                    n += 1
                 }
-                n += 1
-            }
+            } catch is CancellationError {}
             return n
         }
         let upserts = Task {
             let u = try await PerennialClient.connect(port: port)
             defer { u.close() }
             var n = 0
-            while !Task.isCancelled {
-                _ = try await u.upsertItem(UInt64(n % 150 + 1), text: "item \(n) of a catalogue that keeps changing")
-                n += 1
-            }
+            do {
+                while !Task.isCancelled {
+                    _ = try await u.upsertItem(UInt64(n % 150 + 1), text: "item \(n) of a catalogue that keeps changing")
+                    n += 1
+                }
+            } catch is CancellationError {}
             return n
         }
         for part in 0..<10 {

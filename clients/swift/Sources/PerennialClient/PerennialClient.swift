@@ -6,10 +6,22 @@
 // Threading invariant (why this is `@unchecked Sendable`): all mutable state
 // (socket, buffers, request ids) is touched only on `queue`, a serial queue;
 // every public method hops onto it, so blocking socket calls never block
-// Swift's cooperative threads and calls from many tasks are serialised.
+// Swift's cooperative threads and calls from many tasks are serialised. The
+// one exception is the open descriptor's copy under `abortLock`, which
+// `close()` and a cancelled call shut down from any thread (shutdown(2) on a
+// descriptor the queue may be blocked reading is what wakes it; the copy is
+// cleared, under the lock, before the queue closes the descriptor, so a
+// reused number is never shut).
+//
+// Like the Python client, it opens a new connection for the next call when
+// the server closed the idle one (a restart, its idle timeout) or after
+// `close()`, and sends the last HELLO on it first.
 
 @_exported import PerennialProtocol
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public enum PerennialClientError: Error, Sendable, CustomStringConvertible, Equatable {
     case connection(String)
@@ -22,6 +34,15 @@ public enum PerennialClientError: Error, Sendable, CustomStringConvertible, Equa
     /// the default 4 MiB): refused before anything was sent, since the server
     /// would drop the connection while it is still being sent.
     case requestTooLarge(bytes: Int, maxFrameBytes: Int)
+    /// An argument the client or the protocol cannot take (a list of more
+    /// than 65,535 ids, k outside 1...65,535, a window of 0, a timeout that
+    /// is not a positive number, a port outside 1...65,535): refused before
+    /// anything was sent.
+    case invalidArgument(String)
+    /// `stream`: the server refused these batches (none of their events was
+    /// accepted); the stream's other batches went on, and `acknowledged`
+    /// events were accepted.
+    case streamRefused(acknowledged: Int, refused: [RefusedBatch])
 
     public var description: String {
         switch self {
@@ -30,6 +51,9 @@ public enum PerennialClientError: Error, Sendable, CustomStringConvertible, Equa
         case .protocolViolation(let e): "protocol violation: \(e)"
         case .server(let code, let raw, _, let m): "server error \(code?.name ?? String(raw)): \(m)"
         case .requestTooLarge(let n, let max): "a request of \(n) bytes exceeds the server's max_frame_bytes (\(max)); nothing was sent"
+        case .invalidArgument(let m): "invalid argument: \(m); nothing was sent"
+        case .streamRefused(let acked, let refused):
+            "the server refused \(refused.count) batch(es) of the stream, none of whose events was accepted (\(acked) events of the other batches were); the first: \(refused.first.map { "\($0)" } ?? "")"
         }
     }
 
@@ -40,22 +64,60 @@ public enum PerennialClientError: Error, Sendable, CustomStringConvertible, Equa
     }
 }
 
+/// A batch of a `stream` the server refused.
+public struct RefusedBatch: Sendable, Equatable, CustomStringConvertible {
+    /// The stream index of the batch's first event, and its size.
+    public var offset: Int
+    public var count: Int
+    /// The server's ERROR reply.
+    public var error: ErrorReply
+    /// The refused event's index in the stream (an INVALID_EVENT names the
+    /// event's index in its batch).
+    public var streamIndex: Int? { error.code == .invalidEvent ? offset + Int(error.detail) : nil }
+
+    public var description: String {
+        let at = streamIndex.map { "stream index \($0) (batch of \(count) events from index \(offset))" } ?? "the batch of \(count) events from index \(offset)"
+        return "\(at): \(error.code?.name ?? "code \(error.rawCode)"): \(error.message)"
+    }
+}
+
 public final class PerennialClient: @unchecked Sendable {
     public let host: String
     public let port: Int
+    /// Seconds a connect or a reply may take; nil for no bound.
+    public let timeout: Double?
     private let queue = DispatchQueue(label: "perennial.client")
-    private let socket: BlockingSocket
+    // On `queue` only:
+    private var socket: BlockingSocket?
     private var nextID: UInt32 = 1
     private var inbox: [UInt8] = []
     private var outbox: [UInt8] = []
     private var maxEvents = 10_000
     private var maxFrameBytes = 4 * 1024 * 1024
+    /// The HELLO last answered, sent again first on a new connection (the
+    /// server restarted, or closed an idle connection, or `close()`).
+    private var greeting: Hello?
+    /// Whether this connection has brought a whole reply (a failed HELLO
+    /// then does not mean "not a Perennial server").
+    private var answered = false
+    /// The first bytes of the connection last dropped (quoted when a HELLO
+    /// it was dropped for failed).
+    private var heardFirst: [UInt8] = []
+    // Shared with any thread, under `abortLock`: the open descriptor, so
+    // that `close()` and a cancelled call can shut it at once (a call
+    // blocked reading wakes), and why it was shut.
+    private let abortLock = NSLock()
+    private var liveFD: Int32 = -1
+    private var abortReason: String?
 
-    /// Connects (blocking) to a server. `timeout` bounds every reply wait.
+    /// Connects (blocking) to a server. `timeout` (seconds, `.infinity` for
+    /// none) bounds the connect and every reply wait.
     public init(host: String = "127.0.0.1", port: Int = 7878, timeout: Double = 10) throws {
+        guard timeout > 0 else { throw PerennialClientError.invalidArgument("timeout must be a positive number of seconds (.infinity: none), not \(timeout)") }
         self.host = host
         self.port = port
-        socket = try BlockingSocket(host: host, port: port, timeout: timeout)
+        self.timeout = timeout.isFinite && timeout <= 86_400 * 366 ? timeout : nil
+        try queue.sync { try connectNow() }
     }
 
     /// Connects without blocking the caller's thread.
@@ -67,45 +129,153 @@ public final class PerennialClient: @unchecked Sendable {
         }
     }
 
-    public func close() { queue.sync { socket.close() } }
+    /// Closes the connection at once: a call in flight fails with a
+    /// connection error; the next call opens a new connection (and sends
+    /// the last HELLO again). Safe from any thread, a `stream` progress
+    /// callback included.
+    public func close() {
+        abort(because: "the connection was closed by close()")
+        queue.async { [self] in dropConnection() }
+    }
+
+    /// Shuts the open connection down from any thread.
+    private func abort(because reason: String) {
+        abortLock.lock()
+        defer { abortLock.unlock() }
+        guard liveFD >= 0 else { return }
+        _ = Glibc.shutdown(liveFD, Int32(SHUT_RDWR))
+        abortReason = reason
+    }
+
+    /// A call's progress, for a cancellation that may come at any time:
+    /// one still queued is dropped when its turn comes, one running shuts
+    /// the connection (a reply half read would garble the next).
+    private final class CallState: @unchecked Sendable {
+        private let lock = NSLock()
+        private var running = false, cancelled = false, done = false
+        /// False when cancelled before its turn.
+        func start() -> Bool { lock.withLock { running = !cancelled; return running } }
+        func finish() { lock.withLock { running = false; done = true } }
+        /// True when the call is running now.
+        func cancel() -> Bool { lock.withLock { cancelled = true; return running && !done } }
+    }
 
     private func onQueue<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { cont in
-            queue.async { cont.resume(with: Result { try body() }) }
+        let call = CallState()
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { cont in
+                queue.async { [self] in
+                    guard call.start() else { return cont.resume(throwing: CancellationError()) }
+                    var result = Result { try body() }
+                    call.finish()
+                    if case .failure = result, let why = takeAbortReason() {
+                        dropConnection()
+                        result = .failure(why == Self.cancelled ? CancellationError() : PerennialClientError.connection(why))
+                    }
+                    cont.resume(with: result)
+                }
+            }
+        } onCancel: { [self] in
+            if call.cancel() { abort(because: Self.cancelled) }
         }
+    }
+    private static let cancelled = "the call was cancelled"
+
+    private func takeAbortReason() -> String? {
+        abortLock.withLock {
+            defer { abortReason = nil }
+            return abortReason
+        }
+    }
+
+    // MARK: the connection (on `queue`)
+
+    private func connectNow() throws {
+        let s = try BlockingSocket(host: host, port: port, timeout: timeout)
+        socket = s
+        inbox.removeAll()
+        answered = false
+        heardFirst = []
+        abortLock.withLock {
+            liveFD = s.fd
+            abortReason = nil
+        }
+    }
+
+    private func dropConnection() {
+        abortLock.withLock { liveFD = -1 }
+        if let s = socket { heardFirst = s.firstBytes }
+        socket?.close()
+        socket = nil
+        inbox.removeAll()
+    }
+
+    /// A usable connection for the next call: the open one, unless the
+    /// server closed it meanwhile (a restart, its idle timeout) or `close()`
+    /// did; then a new one, greeted with the last HELLO.
+    private func ensureConnected(greet: Bool = true) throws {
+        if let s = socket, s.usableWhileIdle() { return }
+        dropConnection()
+        try connectNow()
+        if greet, let g = greeting {
+            switch try exchange([.hello(g)])[0] {
+            case .hello(let h): learn(h)
+            case .error(let e): throw PerennialClientError.server(code: e.code, rawCode: e.rawCode, detail: e.detail, message: e.message)
+            default: throw unexpected()
+            }
+        }
+    }
+
+    private func learn(_ h: HelloReply) {
+        maxEvents = Int(h.maxEvents)
+        maxFrameBytes = Int(h.maxFrameBytes)
     }
 
     // MARK: calls
 
-    /// Protocol handshake; also learns the server's limits.
+    /// Protocol handshake; also learns the server's limits, and is sent
+    /// again on every new connection the client opens later.
     /// A peer that does not answer it like a Perennial server (a web
     /// server's "HTTP/1.1 400" read as a frame length, silence, a close)
     /// gets an error of the same kind that says so and quotes its first
     /// bytes; the server's own refusal (a wrong token) is thrown as it is.
     public func hello(clientName: String = "perennial-swift", token: String = "") async throws -> HelloReply {
-        let reply: Reply
-        do {
-            reply = try await call(.hello(Hello(clientName: clientName, token: token)))
-        } catch let e as PerennialClientError {
-            let bytes = queue.sync { socket.firstBytes }
-            let heard = bytes.isEmpty ? "it sent nothing"
-                : "its first bytes were \"" + bytes.map { (32..<127).contains($0) ? String(UnicodeScalar($0)) : String(format: "\\x%02x", $0) }.joined() + "\""
-            let why = { (what: String) in
-                "\(self.host):\(self.port) did not answer HELLO like a Perennial server (\(what); \(heard)): is a Perennial server listening there?"
+        let greeting = Hello(clientName: clientName, token: token)
+        if let problem = Request.hello(greeting).wireProblem { throw PerennialClientError.invalidArgument(problem) }
+        return try await onQueue { [self] in
+            // (Not with the last HELLO first: this one may carry a new token.)
+            try ensureConnected(greet: false)
+            let reply: Reply
+            do {
+                reply = try exchange([.hello(greeting)])[0]
+            } catch let e as PerennialClientError where !answered {
+                throw notAPerennialServer(e)
             }
-            switch e {
-            case .timeout(let m): throw PerennialClientError.timeout(why(m))
-            case .connection(let m): throw PerennialClientError.connection(why(m))
-            case .protocolViolation(let p): throw PerennialClientError.protocolViolation(ProtocolError(p.code, why(p.message)))
-            default: throw e
+            switch reply {
+            case .hello(let h):
+                learn(h)
+                self.greeting = greeting
+                return h
+            case .error(let e): throw PerennialClientError.server(code: e.code, rawCode: e.rawCode, detail: e.detail, message: e.message)
+            default: throw unexpected()
             }
         }
-        guard case .hello(let h) = reply else { throw unexpected() }
-        queue.sync {
-            maxEvents = Int(h.maxEvents)
-            maxFrameBytes = Int(h.maxFrameBytes)
+    }
+
+    /// A HELLO that found no Perennial server: the error, saying so.
+    private func notAPerennialServer(_ e: PerennialClientError) -> PerennialClientError {
+        let bytes = socket?.firstBytes ?? heardFirst
+        let heard = bytes.isEmpty ? "it sent nothing"
+            : "its first bytes were \"" + bytes.map { (32..<127).contains($0) ? String(UnicodeScalar($0)) : String(format: "\\x%02x", $0) }.joined() + "\""
+        let why = { (what: String) in
+            "\(self.host):\(self.port) did not answer HELLO like a Perennial server (\(what); \(heard)): is a Perennial server listening there?"
         }
-        return h
+        switch e {
+        case .timeout(let m): return .timeout(why(m))
+        case .connection(let m): return .connection(why(m))
+        case .protocolViolation(let p): return .protocolViolation(ProtocolError(p.code, why(p.message)))
+        default: return e
+        }
     }
 
     public func ping() async throws {
@@ -116,7 +286,8 @@ public final class PerennialClient: @unchecked Sendable {
     public func recommend(user: UInt64, k: Int = 10, scorer: String = "", session: [UInt64] = [],
                           sessionID: String = "", exclude: [UInt64] = [], candidates: [UInt64] = [],
                           minAppliedSeq: UInt64 = 0, shadow: String = "") async throws -> [RankedItem] {
-        var q = RecommendRequest(user: user, k: UInt16(clamping: k), minAppliedSeq: minAppliedSeq, scorer: scorer,
+        guard (1...Int(UInt16.max)).contains(k) else { throw PerennialClientError.invalidArgument("k = \(k) is outside 1...65535") }
+        var q = RecommendRequest(user: user, k: UInt16(k), minAppliedSeq: minAppliedSeq, scorer: scorer,
                                  sessionID: sessionID, sessionItems: session, exclude: exclude, candidates: candidates)
         q.shadowScorer = shadow
         guard case .recommend(let r) = try await call(.recommend(q)) else { throw unexpected() }
@@ -167,6 +338,20 @@ public final class PerennialClient: @unchecked Sendable {
         return Dictionary(c.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a })
     }
 
+    /// Writes a snapshot (a model version) now; returns the log position it
+    /// covers. It waits while the server writes the whole model: give the
+    /// client a timeout longer than that for a large model.
+    public func snapshot() async throws -> UInt64 {
+        guard case .snapshot(let seq) = try await call(.snapshot) else { throw unexpected() }
+        return seq
+    }
+
+    /// The server re-reads its config file and applies it (throws when
+    /// refused; the old one stays).
+    public func reload() async throws {
+        guard case .reload = try await call(.reload) else { throw unexpected() }
+    }
+
     public func shutdown() async throws {
         guard case .shutdown = try await call(.shutdown) else { throw unexpected() }
     }
@@ -180,61 +365,111 @@ public final class PerennialClient: @unchecked Sendable {
         return replies[0]
     }
 
-    /// Sends all requests in one write, then reads their replies in order.
-    /// ERROR replies are returned in place, not thrown.
+    /// Sends all requests in one write, reading replies meanwhile so the
+    /// server never stops for want of room, and returns their replies in
+    /// order. ERROR replies are returned in place, not thrown.
     public func pipeline(_ requests: [Request]) async throws -> [Reply] {
-        try await onQueue { [self] in
-            outbox.removeAll(keepingCapacity: true)
-            var ids: [UInt32] = []
-            for r in requests {
-                let start = outbox.count, id = takeID()
-                r.encode(into: &outbox, requestID: id)
-                // (The frame's length field counts the bytes after it.)
-                if outbox.count - start - 4 > maxFrameBytes {
-                    throw PerennialClientError.requestTooLarge(bytes: outbox.count - start, maxFrameBytes: maxFrameBytes)
-                }
-                ids.append(id)
+        for r in requests {
+            if let problem = r.wireProblem { throw PerennialClientError.invalidArgument(problem) }
+        }
+        return try await onQueue { [self] in
+            try ensureConnected()
+            return try exchange(requests)
+        }
+    }
+
+    /// Sends `requests` and reads their replies (on `queue`, connected).
+    private func exchange(_ requests: [Request]) throws -> [Reply] {
+        outbox.removeAll(keepingCapacity: true)
+        var ids: [UInt32] = []
+        for r in requests {
+            let start = outbox.count, id = takeID()
+            r.encode(into: &outbox, requestID: id)
+            // (The frame's length field counts the bytes after it.)
+            if outbox.count - start - 4 > maxFrameBytes {
+                throw PerennialClientError.requestTooLarge(bytes: outbox.count - start, maxFrameBytes: maxFrameBytes)
             }
-            try socket.send(outbox)
-            return try ids.map { try readReply(for: $0) }
+            ids.append(id)
+        }
+        try send(outbox)
+        return try ids.map { try readReply(for: $0) }
+    }
+
+    /// Sends on the open connection; when the server closed it meanwhile
+    /// after saying why (an ERROR frame already read), that is the error.
+    private func send(_ bytes: [UInt8]) throws {
+        guard let s = socket else { throw PerennialClientError.connection("the connection is closed") }
+        do {
+            try s.send(bytes, readingInto: &inbox)
+        } catch {
+            if case .frame(let header) = inbox.withUnsafeBytes({ FrameDecoder.decode($0, limits: Self.replyLimits) }),
+               header.opcode == Opcode.error.rawValue,
+               case .error(let e)? = try? inbox.withUnsafeBytes({ raw throws(ProtocolError) in
+                   try Reply.decode(opcode: .error, payload: UnsafeRawBufferPointer(rebasing: raw[FrameHeader.size..<header.frameLength]))
+               }) {
+                throw PerennialClientError.server(code: e.code, rawCode: e.rawCode, detail: e.detail, message: e.message)
+            }
+            throw error
         }
     }
 
     /// Streams events in batches of `batchSize`, keeping at most `window`
     /// batches unacknowledged; returns the last acknowledgement. `progress`
-    /// gets the number of events acknowledged so far.
+    /// gets the number of events acknowledged so far (on the client's
+    /// queue: it may call `close()`, nothing that waits for the client).
+    /// A batch the server refuses does not stop the stream: the others go
+    /// on, and the call then throws `.streamRefused`, naming each refused
+    /// batch (and event) by its place in `events`. A broken connection
+    /// throws at once, saying how many events were acknowledged.
     public func stream(_ events: [WireEvent], batchSize: Int = 1000, window: Int = 8,
                        progress: (@Sendable (Int) -> Void)? = nil) async throws -> FeedbackAck? {
-        try await onQueue { [self] in
+        guard batchSize >= 1, window >= 1 else {
+            throw PerennialClientError.invalidArgument("batchSize (\(batchSize)) and window (\(window)) must be at least 1")
+        }
+        return try await onQueue { [self] in
+            try ensureConnected()
             let size = max(1, min(batchSize, maxEvents))
-            var pending: [(id: UInt32, count: Int)] = []
+            var pending: [(id: UInt32, offset: Int, count: Int)] = []
             var acked = 0
             var last: FeedbackAck?
+            var refused: [RefusedBatch] = []
             var start = 0
             func readOne() throws {
-                let (id, n) = pending.removeFirst()
-                let reply = try readReply(for: id)
-                switch reply {
-                case .feedback(let a): last = a
-                case .error(let e): throw PerennialClientError.server(code: e.code, rawCode: e.rawCode, detail: e.detail, message: e.message)
+                let (id, offset, n) = pending.removeFirst()
+                switch try readReply(for: id) {
+                case .feedback(let a):
+                    last = a
+                    acked += n
+                    progress?(acked)
+                case .error(let e):
+                    refused.append(RefusedBatch(offset: offset, count: n, error: e))
                 default: throw unexpected()
                 }
-                acked += n
-                progress?(acked)
             }
-            while start < events.count {
-                let end = min(events.count, start + size)
-                outbox.removeAll(keepingCapacity: true)
-                let id = takeID()
-                let frame = outbox.beginFrame(opcode: Opcode.feedback.rawValue, flags: 0, requestID: id)
-                Request.encodeFeedback(events[start..<end], into: &outbox)
-                outbox.endFrame(frame)
-                try socket.send(outbox)
-                pending.append((id, end - start))
-                start = end
-                while pending.count >= window { try readOne() }
+            do {
+                while start < events.count {
+                    let end = min(events.count, start + size)
+                    outbox.removeAll(keepingCapacity: true)
+                    let id = takeID()
+                    let frame = outbox.beginFrame(opcode: Opcode.feedback.rawValue, flags: 0, requestID: id)
+                    Request.encodeFeedback(events[start..<end], into: &outbox)
+                    outbox.endFrame(frame)
+                    try send(outbox)
+                    pending.append((id, start, end - start))
+                    start = end
+                    while pending.count >= window { try readOne() }
+                }
+                while !pending.isEmpty { try readOne() }
+            } catch let e as PerennialClientError {
+                guard let first = pending.first else { throw e }
+                let why = "\(e) after \(acked) of the stream's events were acknowledged; the \(start - first.offset) events from stream index \(first.offset) were sent without an answer (the server may have accepted some: its STATS events_accepted tells)"
+                switch e {
+                case .timeout: throw PerennialClientError.timeout(why)
+                case .connection: throw PerennialClientError.connection(why)
+                default: throw e
+                }
             }
-            while !pending.isEmpty { try readOne() }
+            if !refused.isEmpty { throw PerennialClientError.streamRefused(acknowledged: acked, refused: refused) }
             return last
         }
     }
@@ -252,21 +487,23 @@ public final class PerennialClient: @unchecked Sendable {
     private static let replyLimits = ProtocolLimits(maxFrameBytes: 64 << 20)
 
     private func readReply(for id: UInt32) throws -> Reply {
+        guard let socket else { throw PerennialClientError.connection("the connection is closed") }
         while true {
             let result = inbox.withUnsafeBytes { FrameDecoder.decode($0, limits: Self.replyLimits) }
             switch result {
             case .needMore:
                 try socket.receive(into: &inbox)
             case .fatal(let e, _):
-                socket.close()
+                dropConnection()
                 throw PerennialClientError.protocolViolation(e)
             case .frame(let header):
                 defer { inbox.removeFirst(header.frameLength) }
                 guard header.requestID == id || (header.requestID == 0 && header.opcode == Opcode.error.rawValue) else {
-                    socket.close()
+                    dropConnection()
                     throw PerennialClientError.protocolViolation(
                         ProtocolError(.malformedPayload, "reply for request \(header.requestID) while waiting for \(id)"))
                 }
+                answered = true
                 do {
                     guard let op = Opcode(rawValue: header.opcode), header.isReply else {
                         throw ProtocolError(.unknownOpcode, "unexpected frame opcode \(header.opcode)")
