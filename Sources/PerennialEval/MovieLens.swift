@@ -26,6 +26,10 @@ public struct MovieLensData: Sendable {
     /// movieId → title + genres + tags (EVALUATION.md's "item text").
     public var itemTexts: [(item: UInt64, text: String)]
     public var name: String
+    /// Rows of movies.csv and tags.csv that could not be read (too few
+    /// fields, an id that is not a number), as "file row N", and how many:
+    /// their texts are left out, which a loader says rather than hides.
+    public var skippedTextRows: (count: Int, first: String?) = (0, nil)
 
     public init(ratings: [Rating], itemTexts: [(item: UInt64, text: String)] = [], name: String) {
         self.ratings = ratings
@@ -61,28 +65,31 @@ public struct MovieLensData: Sendable {
 
         var texts: [UInt64: String] = [:]
         var itemOrder: [UInt64] = []
+        var skipped: (count: Int, first: String?) = (0, nil)
+        func skip(_ path: String, _ row: Int) {
+            skipped.count += 1
+            if skipped.first == nil { skipped.first = "\(path) row \(row)" }
+        }
         let moviesPath = (folder as NSString).appendingPathComponent("movies.csv")
         if FileManager.default.fileExists(atPath: moviesPath) {
-            var first = true
-            for f in try CSV.rows(path: moviesPath) {
-                if first { first = false; continue }
-                guard f.count >= 3, let id = UInt64(f[0]) else { continue }
+            for (row, f) in try CSV.rows(path: moviesPath).enumerated() where row > 0 {
+                guard f.count >= 3, let id = UInt64(f[0]) else { skip(moviesPath, row + 1); continue }
                 texts[id] = f[1] + " " + f[2].replacingOccurrences(of: "|", with: " ")
                 itemOrder.append(id)
             }
         }
         let tagsPath = (folder as NSString).appendingPathComponent("tags.csv")
         if FileManager.default.fileExists(atPath: tagsPath) {
-            var first = true
-            for f in try CSV.rows(path: tagsPath) {
-                if first { first = false; continue }
-                guard f.count >= 3, let id = UInt64(f[1]) else { continue }
+            for (row, f) in try CSV.rows(path: tagsPath).enumerated() where row > 0 {
+                guard f.count >= 3, let id = UInt64(f[1]) else { skip(tagsPath, row + 1); continue }
                 if texts[id] == nil { texts[id] = ""; itemOrder.append(id) }
                 texts[id]! += " " + f[2]
             }
         }
-        return MovieLensData(ratings: ratings, itemTexts: itemOrder.map { ($0, texts[$0]!) },
-                             name: (folder as NSString).lastPathComponent)
+        var data = MovieLensData(ratings: ratings, itemTexts: itemOrder.map { ($0, texts[$0]!) },
+                                 name: (folder as NSString).lastPathComponent)
+        data.skippedTextRows = skipped
+        return data
     }
 }
 

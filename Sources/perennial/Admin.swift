@@ -32,10 +32,10 @@ struct Admin: AsyncParsableCommand {
     @Argument(help: "With stats: only counters whose names start with one of these.")
     var prefixes: [String] = []
     @Option var host = "127.0.0.1"
-    @Option var port = 7878
+    @Option(parsing: .unconditional) var port = 7878
     @Option(help: "A file holding the token to send in HELLO (auth.token_file or admin_token_file).")
     var tokenFile: String?
-    @Option(help: "Seconds to wait for the connection and for each reply (default 10; 600 for reload and snapshot, which write the whole model first).")
+    @Option(parsing: .unconditional, help: "Seconds to wait for the connection and for each reply (default 10; 600 for reload and snapshot, which write the whole model first).")
     var timeout: Double?
     @Flag(help: "Print one JSON object (for scripts): stats' counters, or what the action did.")
     var json = false

@@ -31,33 +31,57 @@ struct Bench: ParsableCommand {
     @Argument(help: "Workload: ping, recommend, feedback, mixed or freshness.")
     var workload = "ping"
     @Option var host = "127.0.0.1"
-    @Option var port = 7878
-    @Option(help: "Concurrent connections.")
+    @Option(parsing: .unconditional) var port = 7878
+    @Option(parsing: .unconditional, help: "Concurrent connections.")
     var connections = 50
-    @Option(help: "Requests in flight per connection (closed loop).")
+    @Option(parsing: .unconditional, help: "Requests in flight per connection (closed loop).")
     var pipeline = 1
-    @Option(help: "Seconds to measure (after a 0.5 s warm-up).")
+    @Option(parsing: .unconditional, help: "Seconds to measure (after a 0.5 s warm-up).")
     var duration = 5.0
-    @Option(help: "Open loop: requests per second over all connections.")
+    @Option(parsing: .unconditional, help: "Open loop: requests per second over all connections.")
     var rate: Double?
     @Option(help: "Measure a redis-server at HOST:PORT with RESP PING instead.")
     var redis: String?
-    @Option(help: "Users and items ids are drawn from 1…users and 1…items.")
+    @Option(parsing: .unconditional, help: "Users and items ids are drawn from 1…users and 1…items.")
     var users = 610
-    @Option var items = 9742
-    @Option(help: "RECOMMEND: top k, and the scorer (\"\" = default).")
+    @Option(parsing: .unconditional) var items = 9742
+    @Option(parsing: .unconditional, help: "RECOMMEND: top k, and the scorer (\"\" = default).")
     var k = 10
     @Option var scorer = ""
-    @Option(help: "FEEDBACK: events per request.")
+    @Option(parsing: .unconditional, help: "FEEDBACK: events per request.")
     var batch = 100
-    @Option(help: "mixed: share of requests that are one-event FEEDBACK.")
+    @Option(parsing: .unconditional, help: "mixed: share of requests that are one-event FEEDBACK.")
     var feedbackShare = 0.1
-    @Option(help: "freshness: samples to take.")
+    @Option(parsing: .unconditional, help: "freshness: samples to take.")
     var samples = 1000
     @Option(help: "Write the results as JSON here.")
     var json: String?
     @Option(help: "A file holding the server's token (auth.token_file): every connection sends HELLO with it first.")
     var tokenFile: String?
+
+    /// Every number checked before a connection opens (review finding:
+    /// nan, 0 or negative values trapped deep in the load driver).
+    func validate() throws {
+        guard ["ping", "recommend", "feedback", "mixed", "freshness"].contains(workload) else {
+            throw ValidationError("unknown workload '\(workload)': use ping, recommend, feedback, mixed or freshness")
+        }
+        func check(_ ok: Bool, _ what: String) throws { if !ok { throw ValidationError(what) } }
+        try check((1...65535).contains(port), "--port must be in 1...65535, not \(port)")
+        try check((1...10_000).contains(connections), "--connections must be in 1...10000, not \(connections)")
+        try check((1...65_536).contains(pipeline), "--pipeline must be in 1...65536, not \(pipeline)")
+        try check(duration > 0 && duration <= 86_400, "--duration must be more than 0 and at most 86400 seconds, not \(duration)")
+        if let rate { try check(rate > 0 && rate <= 1e9, "--rate must be more than 0 and at most 1e9 requests per second, not \(rate)") }
+        try check(users >= 1 && items >= 1, "--users and --items must be at least 1")
+        try check((1...65535).contains(k), "--k must be in 1...65535, not \(k)")
+        try check((1...1_000_000).contains(batch), "--batch must be in 1...1000000, not \(batch)")
+        try check(feedbackShare >= 0 && feedbackShare <= 1, "--feedback-share must be between 0 and 1, not \(feedbackShare)")
+        try check((1...100_000_000).contains(samples), "--samples must be in 1...100000000, not \(samples)")
+        if let redis {
+            try check(workload == "ping", "--redis works with the ping workload only")
+            let parts = redis.split(separator: ":")
+            try check(parts.count == 2 && Int(parts[1]).map { (1...65535).contains($0) } == true, "--redis takes HOST:PORT, not \(redis)")
+        }
+    }
 
     func run() throws {
         let handshake = try tokenFile.map { path -> [UInt8] in

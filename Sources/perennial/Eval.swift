@@ -32,8 +32,9 @@ struct Eval: ParsableCommand {
     @Option(help: "Scorer to evaluate (default: the one the protocol is for: text-cnn for e3, session-rnn for e4, gan for e5, cf otherwise).")
     var scorer: String?
     @Option(help: "E1 variants to run (comma-separated).")
-    var variants = "online,online-plain,online-plain-start,frozen,retrained"
-    @Option(help: "E5: candidates the gan+cf route takes from gan before cf re-ranks them.")
+    var variants = Self.allVariants
+    static let allVariants = "online,online-plain,online-plain-start,frozen,retrained"
+    @Option(parsing: .unconditional, help: "E5: candidates the gan+cf route takes from gan before cf re-ranks them.")
     var rerankCandidates = 300
     @Option(help: "E1 and drift: draw the HR@10 curve (per tenth of the test phase) as SVG into this file.")
     var plot: String?
@@ -43,6 +44,27 @@ struct Eval: ParsableCommand {
     func validate() throws {
         guard ["e1", "e2", "e3", "e4", "e5", "drift", "churn"].contains(self.protocol.lowercased()) else {
             throw ValidationError("unknown protocol \(self.protocol); this build runs e1, e2, e3, e4, e5, drift and churn")
+        }
+        let isDrift = self.protocol.lowercased() == "drift", isChurn = self.protocol.lowercased() == "churn"
+        guard isDrift || isChurn || data != nil else { throw ValidationError("--data FOLDER is needed for \(self.protocol)") }
+        for v in variants.split(separator: ",") {
+            guard let variant = E1Variant(rawValue: String(v)) else {
+                throw ValidationError("unknown variant \(v): use \(E1Variant.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            if isDrift && variant == .retrained && variants != Self.allVariants { throw ValidationError("variant retrained is not run on drift") }
+        }
+        guard rerankCandidates >= 1 else { throw ValidationError("--rerank-candidates must be at least 1, not \(rerankCandidates)") }
+        // (Checked before the evaluation runs, not after it: review finding.)
+        for (flag, path) in [("--json", json), ("--plot", plot)] {
+            guard let path else { continue }
+            var isDirectory: ObjCBool = false
+            if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
+                throw ValidationError("\(flag) \(path) is a directory: give a file name")
+            }
+            let parent = (path as NSString).deletingLastPathComponent
+            if !parent.isEmpty && !(FileManager.default.fileExists(atPath: parent, isDirectory: &isDirectory) && isDirectory.boolValue) {
+                throw ValidationError("\(flag) \(path): there is no directory \(parent)")
+            }
         }
     }
 
@@ -55,7 +77,6 @@ struct Eval: ParsableCommand {
             ?? PerennialConfig.defaults(registry: .builtin)
         let setup = EvalSetup(config: cfg)
         let isDrift = self.protocol.lowercased() == "drift", isChurn = self.protocol.lowercased() == "churn"
-        guard isDrift || isChurn || data != nil else { throw ValidationError("--data FOLDER is needed for \(self.protocol)") }
         let drift = isDrift ? Drift(scenario: DriftScenario(), setup: setup) : nil
         let churn = isChurn ? Churn(scenario: ChurnScenario(), setup: setup) : nil
         let ml = try drift?.data ?? churn?.data ?? MovieLensData.load(folder: data!)
@@ -191,7 +212,7 @@ struct Eval: ParsableCommand {
             settings["rerank_candidates"] = rerankCandidates
         case "drift":
             let drift = drift!
-            let wanted = variants == "online,online-plain,online-plain-start,frozen,retrained" ? "online,online-plain" : variants
+            let wanted = variants == Self.allVariants ? "online,online-plain" : variants
             var planned: [E1Variant] = []
             for v in wanted.split(separator: ",") {
                 guard let variant = E1Variant(rawValue: String(v)), variant != .retrained else { throw ValidationError("variant \(v) is not run on drift") }

@@ -3,6 +3,7 @@
 
 import ArgumentParser
 import Foundation
+import PerennialEval
 import PerennialCore
 
 struct LogCommand: ParsableCommand {
@@ -124,7 +125,7 @@ struct LogCommand: ParsableCommand {
             let path = log.segmentPath(n)
             guard let cut = try FeedbackLog.firstDamage(inSegment: path) else { continue }
             let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
-            guard truncate(path, off_t(cut)) == 0 else { throw ValidationError("cannot truncate \(path)") }
+            guard truncate(path, off_t(cut)) == 0 else { throw CommandError("cannot truncate \(path): \(String(cString: strerror(errno)))") }
             print("cut \(path) at byte \(cut) (\(size - cut) bytes removed)")
             for later in numbers[(index + 1)...] {
                 try FileManager.default.removeItem(atPath: log.segmentPath(later))

@@ -24,20 +24,29 @@ struct Replay: AsyncParsableCommand {
     var data: String
 
     @Option var host = "127.0.0.1"
-    @Option var port = 7878
-    @Option(help: "Send only the first N events.")
+    @Option(parsing: .unconditional) var port = 7878
+    @Option(parsing: .unconditional, help: "Send only the first N events.")
     var limit: Int?
-    @Option(help: "Events per FEEDBACK batch.")
+    @Option(parsing: .unconditional, help: "Events per FEEDBACK batch.")
     var batch = 1000
-    @Option(help: "Unacknowledged batches in flight.")
+    @Option(parsing: .unconditional, help: "Unacknowledged batches in flight.")
     var window = 8
     @Flag(help: "Do not send the item texts.")
     var noTexts = false
     @Option(help: "A file holding the server's token (auth.token_file), sent in HELLO.")
     var tokenFile: String?
 
+    func validate() throws {
+        if let limit, limit < 0 { throw ValidationError("--limit must be 0 or more, not \(limit)") }
+        guard batch >= 1, window >= 1 else { throw ValidationError("--batch and --window must be at least 1") }
+        guard (1...65535).contains(port) else { throw ValidationError("--port must be in 1...65535, not \(port)") }
+    }
+
     func run() async throws {
         let ml = try MovieLensData.load(folder: data)
+        if ml.skippedTextRows.count > 0 && !noTexts {
+            print("warning: \(ml.skippedTextRows.count) row(s) of item texts could not be read and are left out (the first: \(ml.skippedTextRows.first ?? "?"); a row needs an id and its fields, and a quote left open runs to the end of the file)")
+        }
         var events = ml.ratings.map {
             WireEvent(user: $0.user, item: $0.item, kind: .rating, value: $0.rating, timestamp: $0.timestamp)
         }

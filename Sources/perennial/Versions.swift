@@ -30,10 +30,17 @@ struct Versions: ParsableCommand {
     var evaluate: String?
     @Option(help: "With --evaluate: the scorer to rank with (default: the config's default).")
     var scorer = ""
-    @Option(help: "With --evaluate: at most this many later events.")
+    @Option(parsing: .unconditional, help: "With --evaluate: at most this many later events.")
     var events = Int.max
     @Flag(help: "Print the list as JSON.")
     var json = false
+
+    func validate() throws {
+        if evaluate == nil && (!scorer.isEmpty || events != Int.max) {
+            throw ValidationError("--scorer and --events go with --evaluate VERSION")
+        }
+        guard events >= 1 else { throw ValidationError("--events must be at least 1, not \(events)") }
+    }
 
     func run() throws {
         var isDirectory: ObjCBool = false
