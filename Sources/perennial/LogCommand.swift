@@ -50,7 +50,10 @@ struct LogCommand: ParsableCommand {
         var lock: Int32 = -1
         if action == "repair" {
             do { lock = try DataDirectoryLock.take(dataDir) } catch {
-                print("\(error): stop it first")
+                // (Only a lock held by a server means "stop it first"; a
+                // lock file that cannot be opened is a permissions matter.)
+                let inUse = "\(error)".contains("in use by another")
+                print("\(error)" + (inUse ? ": stop it first" : ": repair needs write access to the data directory"))
                 throw ExitCode(1)
             }
         }
@@ -73,7 +76,9 @@ struct LogCommand: ParsableCommand {
                 }
                 let r = try FeedbackLog.scan(directory: dir, fromSegment: firstNeeded, cutTornTail: false) { _ in }
                 print("log \(dir), from segment \(firstNeeded): \(r.segments) segment(s), \(r.records) records, \(r.events) events, \(r.bytes) bytes")
-                if let t = r.tornTail {
+                if let t = r.tornTail, t.bytes == 0 {
+                    print("the last segment \(t.file) is empty (created just before a crash; start-up writes its header again)")
+                } else if let t = r.tornTail {
                     print("torn tail: \(t.bytes) bytes at byte \(t.offset) of \(t.file) (start-up cuts it: it was never acknowledged)")
                 }
             } catch let missing as FeedbackLog.MissingLogSegments {
