@@ -553,7 +553,8 @@ class Client:
         ``server_info`` keeps the old limits).
 
         A RELOAD that rebuilt, added or removed scorers returns once the
-        snapshot tying them to the log is durable, so it survives a crash.
+        snapshot tying them to the log is durable, so it survives a crash
+        (waited for up to ``admin_timeout``, or ``timeout`` if longer).
 
         Raises InvalidArgument when the new config is refused (the message
         says why; the old config stays), ServerError STORAGE when it was
@@ -583,7 +584,9 @@ class Client:
     def snapshot(self) -> int:
         """Ask the server for a snapshot; returns the log sequence it covers.
 
-        Raises NotSupported, Unauthorized.
+        The server writes the whole model first: the reply is waited for up
+        to ``admin_timeout`` (or ``timeout``, if longer).
+        Raises NotSupported, Unauthorized, STORAGE (it could not be written).
         """
         return self._call(_c.snapshot())  # type: ignore[no-any-return]
 
