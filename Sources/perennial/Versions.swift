@@ -34,6 +34,8 @@ struct Versions: ParsableCommand {
     var events = Int.max
     @Flag(help: "Print the list as JSON.")
     var json = false
+    @Flag(help: "Read each version whole and check its framing and checksum: a damaged one cannot be started from (slow for a large model).")
+    var verify = false
 
     func validate() throws {
         if evaluate == nil && (!scorer.isEmpty || events != Int.max) {
@@ -96,13 +98,22 @@ struct Versions: ParsableCommand {
             }
             return
         }
+        var damaged = 0
         let rows = files.map { f -> [String: Any] in
             var m = store.metadata(of: f)
             m["id"] = f.id
             m["seq"] = f.seq
             m["path"] = f.path
+            if verify {
+                do { _ = try store.read(f.path); m["verified"] = true } catch {
+                    m["verified"] = false
+                    m["damage"] = "\(error)"
+                    damaged += 1
+                }
+            }
             return m
         }
+        defer { if verify && !json { print(damaged == 0 ? "every version verified" : "\(damaged) version(s) damaged: a server cannot start from them") } }
         if json {
             let data = try JSONSerialization.data(withJSONObject: rows, options: [.prettyPrinted, .sortedKeys])
             print(String(decoding: data, as: UTF8.self))
@@ -120,6 +131,7 @@ struct Versions: ParsableCommand {
             }.joined(separator: "; ")
             if let from = m["rolled_back_from"] as? String { e1 += "  (rollback to \(from))" }
             if let dropped = m["dropped_scorers"] as? [String] { e1 += "  (dropped \(dropped.joined(separator: ",")))" }
+            if let damage = m["damage"] as? String { e1 += "  DAMAGED: \(damage)" }
             return [m["id"] as! String, "\(m["seq"]!)", (m["created"] as? String) ?? "?",
                     (m["scorers"] as? [String])?.joined(separator: ",") ?? "?", e1]
         }

@@ -121,3 +121,24 @@ def test_item_upserts_are_saved_by_snapshots_and_kept_by_a_rollback(start_server
         assert all(s.known for s in c.score(1, [10_000, 10_150, 10_399]))
     assert "400 item upsert(s) made since are carried over" in rolled.log(), rolled.log()
     assert rolled.stop() == 0
+
+
+def test_versions_verify_names_a_damaged_version(start_server) -> None:
+    """`perennial versions --verify` reads each version whole: a damaged
+    one is marked (it used to be listed like any other)."""
+    srv = start_server(BOTH)
+    events = _events(2000)
+    with srv.client() as c:
+        c.feedback(events[:1000])
+        first = c.snapshot()
+        c.feedback(events[1000:])
+    assert srv.stop() == 0
+    damaged = "%s/snapshots/snapshot-%d.bin" % (srv.data_dir, first)
+    data = bytearray(open(damaged, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(damaged, "wb").write(bytes(data))
+    listing = {v["id"]: v for v in json.loads(_perennial("versions", "--data-dir", srv.data_dir, "--json", "--verify").stdout)}
+    assert listing["v%d" % first]["verified"] is False and "checksum" in listing["v%d" % first]["damage"]
+    assert listing["v2000"]["verified"] is True
+    text = _perennial("versions", "--data-dir", srv.data_dir, "--verify").stdout
+    assert "DAMAGED" in text and "1 version(s) damaged" in text, text
