@@ -103,12 +103,13 @@ public final class PerennialClient: @unchecked Sendable {
     /// The first bytes of the connection last dropped (quoted when a HELLO
     /// it was dropped for failed).
     private var heardFirst: [UInt8] = []
-    // Shared with any thread, under `abortLock`: the open descriptor, so
-    // that `close()` and a cancelled call can shut it at once (a call
-    // blocked reading wakes), and why it was shut.
+    // Shared with any thread, under `abortLock`: the open (or opening)
+    // descriptor and the call running on the queue, so that `close()` and
+    // a cancellation can shut the descriptor at once (a call blocked
+    // reading wakes) and tell that call why.
     private let abortLock = NSLock()
     private var liveFD: Int32 = -1
-    private var abortReason: String?
+    private var running: CallState?
 
     /// Connects (blocking) to a server. `timeout` (seconds, `.infinity` for
     /// none) bounds the connect and every reply wait.
@@ -117,7 +118,7 @@ public final class PerennialClient: @unchecked Sendable {
         self.host = host
         self.port = port
         self.timeout = timeout.isFinite && timeout <= 86_400 * 366 ? timeout : nil
-        try queue.sync { try connectNow() }
+        try queue.sync { try connectNow(for: nil) }
     }
 
     /// Connects without blocking the caller's thread.
@@ -129,80 +130,104 @@ public final class PerennialClient: @unchecked Sendable {
         }
     }
 
-    /// Closes the connection at once: a call in flight fails with a
-    /// connection error; the next call opens a new connection (and sends
-    /// the last HELLO again). Safe from any thread, a `stream` progress
-    /// callback included.
+    /// Closes the connection at once: a call in flight (connecting,
+    /// sending or waiting) fails with a connection error; the next call
+    /// opens a new connection (and sends the last HELLO again). Safe from
+    /// any thread, a `stream` progress callback included.
     public func close() {
-        abort(because: "the connection was closed by close()")
+        abortLock.withLock {
+            running?.abort(because: Self.closed)
+            if liveFD >= 0 { _ = Glibc.shutdown(liveFD, Int32(SHUT_RDWR)) }
+        }
         queue.async { [self] in dropConnection() }
     }
+    private static let closed = "the connection was closed by close()"
+    private static let cancelled = "the call was cancelled"
 
-    /// Shuts the open connection down from any thread.
-    private func abort(because reason: String) {
-        abortLock.lock()
-        defer { abortLock.unlock() }
-        guard liveFD >= 0 else { return }
-        _ = Glibc.shutdown(liveFD, Int32(SHUT_RDWR))
-        abortReason = reason
-    }
-
-    /// A call's progress, for a cancellation that may come at any time:
-    /// one still queued is dropped when its turn comes, one running shuts
-    /// the connection (a reply half read would garble the next).
+    /// One call's state, shared with a cancellation that may come at any
+    /// time (under its lock): one still queued is dropped when its turn
+    /// comes; one running is told why it must stop (the client then shuts
+    /// its descriptor: a reply half read would garble the next).
     private final class CallState: @unchecked Sendable {
         private let lock = NSLock()
-        private var running = false, cancelled = false, done = false
+        private var started = false, done = false, reason: String?
         /// False when cancelled before its turn.
-        func start() -> Bool { lock.withLock { running = !cancelled; return running } }
-        func finish() { lock.withLock { running = false; done = true } }
-        /// True when the call is running now.
-        func cancel() -> Bool { lock.withLock { cancelled = true; return running && !done } }
+        func start() -> Bool { lock.withLock { started = reason == nil; return started } }
+        func finish() { lock.withLock { done = true } }
+        /// Records why the call must stop; true when it is running now.
+        @discardableResult
+        func abort(because why: String) -> Bool {
+            lock.withLock {
+                if reason == nil && !done { reason = why }
+                return started && !done
+            }
+        }
+        /// Why the call was stopped, if it was.
+        var abortReason: String? { lock.withLock { reason } }
     }
 
-    private func onQueue<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    private func onQueue<T: Sendable>(_ body: @escaping @Sendable (CallState) throws -> T) async throws -> T {
         let call = CallState()
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { cont in
                 queue.async { [self] in
                     guard call.start() else { return cont.resume(throwing: CancellationError()) }
-                    var result = Result { try body() }
+                    abortLock.withLock { running = call }
+                    var result = Result { try body(call) }
+                    abortLock.withLock { running = nil }
                     call.finish()
-                    if case .failure = result, let why = takeAbortReason() {
-                        dropConnection()
-                        result = .failure(why == Self.cancelled ? CancellationError() : PerennialClientError.connection(why))
+                    if case .failure(let error) = result {
+                        // A connection that failed (or was shut) is not
+                        // used again: a late reply would answer the next call.
+                        if Self.endsConnection(error) { dropConnection() }
+                        if let why = call.abortReason, !Self.explains(error) {
+                            result = .failure(why == Self.cancelled ? CancellationError() : PerennialClientError.connection(why))
+                        }
                     }
                     cont.resume(with: result)
                 }
             }
         } onCancel: { [self] in
-            if call.cancel() { abort(because: Self.cancelled) }
+            abortLock.withLock {
+                if call.abort(because: Self.cancelled), running === call, liveFD >= 0 {
+                    _ = Glibc.shutdown(liveFD, Int32(SHUT_RDWR))
+                }
+            }
         }
     }
-    private static let cancelled = "the call was cancelled"
 
-    private func takeAbortReason() -> String? {
-        abortLock.withLock {
-            defer { abortReason = nil }
-            return abortReason
+    private static func endsConnection(_ error: any Error) -> Bool {
+        switch error as? PerennialClientError {
+        case .connection?, .timeout?, .protocolViolation?: return true
+        case .none: return error is CancellationError
+        default: return false
         }
+    }
+
+    /// An error that already says why the call stopped (a stream's, with
+    /// its counts): kept as it is.
+    private static func explains(_ error: any Error) -> Bool {
+        if error is CancellationError { return true }
+        if case .connection(let m)? = error as? PerennialClientError { return m.contains(closed) }
+        return false
     }
 
     // MARK: the connection (on `queue`)
 
-    private func connectNow() throws {
-        let s = try BlockingSocket(host: host, port: port, timeout: timeout)
+    /// Opens a connection; `call` (nil at init) may be stopped meanwhile.
+    private func connectNow(for call: CallState?) throws {
+        let s = try BlockingSocket(host: host, port: port, timeout: timeout, opening: { [self] fd in
+            abortLock.withLock { liveFD = fd }
+        }, stopped: { call?.abortReason })
         socket = s
         inbox.removeAll()
         answered = false
         heardFirst = []
-        abortLock.withLock {
-            liveFD = s.fd
-            abortReason = nil
-        }
     }
 
     private func dropConnection() {
+        // (The shared copy goes first, under the lock: a close() from
+        // another thread never shuts a number the system has reused.)
         abortLock.withLock { liveFD = -1 }
         if let s = socket { heardFirst = s.firstBytes }
         socket?.close()
@@ -212,17 +237,44 @@ public final class PerennialClient: @unchecked Sendable {
 
     /// A usable connection for the next call: the open one, unless the
     /// server closed it meanwhile (a restart, its idle timeout) or `close()`
-    /// did; then a new one, greeted with the last HELLO.
-    private func ensureConnected(greet: Bool = true) throws {
-        if let s = socket, s.usableWhileIdle() { return }
+    /// did; then a new one, greeted with the last HELLO. Throws, before
+    /// anything is sent, when `call` was stopped meanwhile.
+    private func ensureConnected(_ call: CallState, greet: Bool = true) throws {
+        if let s = socket, s.usableWhileIdle() {
+            try stopIfAsked(call)
+            return
+        }
         dropConnection()
-        try connectNow()
+        try connectNow(for: call)
+        try stopIfAsked(call)
         if greet, let g = greeting {
-            switch try exchange([.hello(g)])[0] {
+            let reply: Reply
+            do { reply = try exchange([.hello(g)])[0] } catch let e as PerennialClientError {
+                throw Self.reworded(e, "the HELLO sent again on a new connection failed")
+            }
+            switch reply {
             case .hello(let h): learn(h)
-            case .error(let e): throw PerennialClientError.server(code: e.code, rawCode: e.rawCode, detail: e.detail, message: e.message)
+            case .error(let e):
+                // (Not left open: the next call would skip the HELLO.)
+                dropConnection()
+                throw PerennialClientError.server(code: e.code, rawCode: e.rawCode, detail: e.detail,
+                                                  message: "the HELLO sent again on a new connection (the server had closed the last one) was refused: \(e.message); call hello() with the right token")
             default: throw unexpected()
             }
+        }
+    }
+
+    private func stopIfAsked(_ call: CallState) throws {
+        if let why = call.abortReason { throw why == Self.cancelled ? CancellationError() as any Error : PerennialClientError.connection(why) }
+    }
+
+    /// The same kind of error, its message prefixed with what was going on.
+    private static func reworded(_ e: PerennialClientError, _ context: String) -> PerennialClientError {
+        switch e {
+        case .connection(let m): return .connection("\(context): \(m)")
+        case .timeout(let m): return .timeout("\(context): \(m)")
+        case .protocolViolation(let p): return .protocolViolation(ProtocolError(p.code, "\(context): \(p.message)"))
+        default: return e
         }
     }
 
@@ -242,9 +294,9 @@ public final class PerennialClient: @unchecked Sendable {
     public func hello(clientName: String = "perennial-swift", token: String = "") async throws -> HelloReply {
         let greeting = Hello(clientName: clientName, token: token)
         if let problem = Request.hello(greeting).wireProblem { throw PerennialClientError.invalidArgument(problem) }
-        return try await onQueue { [self] in
+        return try await onQueue { [self] call in
             // (Not with the last HELLO first: this one may carry a new token.)
-            try ensureConnected(greet: false)
+            try ensureConnected(call, greet: false)
             let reply: Reply
             do {
                 reply = try exchange([.hello(greeting)])[0]
@@ -372,8 +424,8 @@ public final class PerennialClient: @unchecked Sendable {
         for r in requests {
             if let problem = r.wireProblem { throw PerennialClientError.invalidArgument(problem) }
         }
-        return try await onQueue { [self] in
-            try ensureConnected()
+        return try await onQueue { [self] call in
+            try ensureConnected(call)
             return try exchange(requests)
         }
     }
@@ -396,14 +448,16 @@ public final class PerennialClient: @unchecked Sendable {
     }
 
     /// Sends on the open connection; when the server closed it meanwhile
-    /// after saying why (an ERROR frame already read), that is the error.
+    /// after saying why (an ERROR frame for the connection, request id 0,
+    /// already read), that is the error. (An ERROR answering one request is
+    /// that request's reply, not the reason.)
     private func send(_ bytes: [UInt8]) throws {
         guard let s = socket else { throw PerennialClientError.connection("the connection is closed") }
         do {
             try s.send(bytes, readingInto: &inbox)
         } catch {
             if case .frame(let header) = inbox.withUnsafeBytes({ FrameDecoder.decode($0, limits: Self.replyLimits) }),
-               header.opcode == Opcode.error.rawValue,
+               header.opcode == Opcode.error.rawValue, header.requestID == 0,
                case .error(let e)? = try? inbox.withUnsafeBytes({ raw throws(ProtocolError) in
                    try Reply.decode(opcode: .error, payload: UnsafeRawBufferPointer(rebasing: raw[FrameHeader.size..<header.frameLength]))
                }) {
@@ -426,17 +480,20 @@ public final class PerennialClient: @unchecked Sendable {
         guard batchSize >= 1, window >= 1 else {
             throw PerennialClientError.invalidArgument("batchSize (\(batchSize)) and window (\(window)) must be at least 1")
         }
-        return try await onQueue { [self] in
-            try ensureConnected()
-            let size = max(1, min(batchSize, maxEvents))
+        return try await onQueue { [self] call in
+            try ensureConnected(call)
+            // (Each batch within the server's max_events and its frame size.)
+            let size = max(1, min(batchSize, maxEvents, (maxFrameBytes - 16) / WireEvent.wireSize))
             var pending: [(id: UInt32, offset: Int, count: Int)] = []
             var acked = 0
             var last: FeedbackAck?
             var refused: [RefusedBatch] = []
             var start = 0
             func readOne() throws {
-                let (id, offset, n) = pending.removeFirst()
-                switch try readReply(for: id) {
+                let (id, offset, n) = pending[0]
+                let reply = try readReply(for: id)
+                pending.removeFirst()
+                switch reply {
                 case .feedback(let a):
                     last = a
                     acked += n
@@ -454,19 +511,30 @@ public final class PerennialClient: @unchecked Sendable {
                     let frame = outbox.beginFrame(opcode: Opcode.feedback.rawValue, flags: 0, requestID: id)
                     Request.encodeFeedback(events[start..<end], into: &outbox)
                     outbox.endFrame(frame)
-                    try send(outbox)
                     pending.append((id, start, end - start))
                     start = end
+                    try send(outbox)
                     while pending.count >= window { try readOne() }
                 }
                 while !pending.isEmpty { try readOne() }
-            } catch let e as PerennialClientError {
-                guard let first = pending.first else { throw e }
-                let why = "\(e) after \(acked) of the stream's events were acknowledged; the \(start - first.offset) events from stream index \(first.offset) were sent without an answer (the server may have accepted some: its STATS events_accepted tells)"
-                switch e {
-                case .timeout: throw PerennialClientError.timeout(why)
-                case .connection: throw PerennialClientError.connection(why)
-                default: throw e
+            } catch {
+                // What the caller needs to go on: what was acknowledged, what
+                // went unanswered (the batch whose reply failed and those
+                // after it), what was refused before.
+                var detail = "after \(acked) of the stream's events were acknowledged"
+                if let first = pending.first {
+                    detail += "; the \(start - first.offset) events from stream index \(first.offset) were sent without an answer (the server may have accepted some: its STATS events_accepted tells)"
+                }
+                if let r = refused.first { detail += "; \(refused.count) batch(es) were refused before that, the first at \(r)" }
+                if let why = call.abortReason {
+                    if why == Self.cancelled { throw CancellationError() }
+                    throw PerennialClientError.connection("\(why), \(detail)")
+                }
+                switch error as? PerennialClientError {
+                case .timeout(let m)?: throw PerennialClientError.timeout("\(m), \(detail)")
+                case .connection(let m)?: throw PerennialClientError.connection("\(m), \(detail)")
+                case .protocolViolation(let p)?: throw PerennialClientError.protocolViolation(ProtocolError(p.code, "\(p.message), \(detail)"))
+                default: throw error
                 }
             }
             if !refused.isEmpty { throw PerennialClientError.streamRefused(acknowledged: acked, refused: refused) }
@@ -494,25 +562,27 @@ public final class PerennialClient: @unchecked Sendable {
             case .needMore:
                 try socket.receive(into: &inbox)
             case .fatal(let e, _):
-                dropConnection()
                 throw PerennialClientError.protocolViolation(e)
             case .frame(let header):
-                defer { inbox.removeFirst(header.frameLength) }
+                // (Out of step, the connection is of no further use: the
+                // caller drops it, with what is left unread.)
                 guard header.requestID == id || (header.requestID == 0 && header.opcode == Opcode.error.rawValue) else {
-                    dropConnection()
                     throw PerennialClientError.protocolViolation(
                         ProtocolError(.malformedPayload, "reply for request \(header.requestID) while waiting for \(id)"))
                 }
                 answered = true
-                do {
+                let decoded: Result<Reply, ProtocolError> = inbox.withUnsafeBytes { raw in
                     guard let op = Opcode(rawValue: header.opcode), header.isReply else {
-                        throw ProtocolError(.unknownOpcode, "unexpected frame opcode \(header.opcode)")
+                        return .failure(ProtocolError(.unknownOpcode, "unexpected frame opcode \(header.opcode)"))
                     }
-                    return try inbox.withUnsafeBytes { raw throws(ProtocolError) in
+                    return Result { () throws(ProtocolError) in
                         try Reply.decode(opcode: op, payload: UnsafeRawBufferPointer(rebasing: raw[FrameHeader.size..<header.frameLength]))
                     }
-                } catch let e as ProtocolError {
-                    throw PerennialClientError.protocolViolation(e)
+                }
+                inbox.removeFirst(header.frameLength)
+                switch decoded {
+                case .success(let reply): return reply
+                case .failure(let e): throw PerennialClientError.protocolViolation(e)
                 }
             }
         }

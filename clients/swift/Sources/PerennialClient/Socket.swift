@@ -3,7 +3,9 @@
 // the server's replies while the server is not taking more bytes (a
 // pipeline larger than the server's reply buffer would otherwise deadlock:
 // the server stops reading a connection whose replies are not read). Used
-// only on the client's serial queue, except `shutdownNow`.
+// only on the client's serial queue. It never closes its descriptor by
+// itself, even after an error: the client does, after clearing the copy
+// other threads may shut down (so that copy never names a reused number).
 
 import Foundation
 #if canImport(Glibc)
@@ -14,8 +16,11 @@ import Glibc
 /// addresses (IPv4 or IPv6) that accepts. Shared with the load tool.
 public enum TCPConnection {
     /// A connected, blocking socket's descriptor. `timeout` (seconds; nil:
-    /// the system's) bounds each address's connect.
-    public static func open(host: String, port: Int, timeout: Double? = nil) throws(PerennialClientError) -> Int32 {
+    /// none) bounds each address's connect. While one is being connected,
+    /// `opening` gets its descriptor (so another thread may shut it down)
+    /// and `stopped` is asked every 50 ms whether to give up (a reason).
+    public static func open(host: String, port: Int, timeout: Double? = nil, opening: (Int32) -> Void = { _ in },
+                            stopped: () -> String? = { nil }) throws(PerennialClientError) -> Int32 {
         // (getaddrinfo would take port 72937 as 72937 mod 65536.)
         guard (1...65535).contains(port) else { throw .invalidArgument("port \(port) is outside 1...65535") }
         var hints = addrinfo()
@@ -34,32 +39,40 @@ public enum TCPConnection {
             ai = a.pointee.ai_next
             let s = socket(a.pointee.ai_family, a.pointee.ai_socktype, a.pointee.ai_protocol)
             guard s >= 0 else { lastError = String(cString: strerror(errno)); continue }
-            switch connect(s, a.pointee.ai_addr, a.pointee.ai_addrlen, timeoutMs: timeout.map(BlockingSocket.milliseconds) ?? -1) {
-            case nil: return s
-            case .some(let failure):
-                (lastError, timedOut) = failure
-                Glibc.close(s)
-            }
+            opening(s)
+            let failure = connect(s, a.pointee.ai_addr, a.pointee.ai_addrlen, timeoutMs: timeout.map(BlockingSocket.milliseconds) ?? -1,
+                                  stopped: stopped)
+            guard let failure else { return s }
+            opening(-1)
+            Glibc.close(s)
+            if let why = stopped() { throw .connection(why) }
+            (lastError, timedOut) = failure
         }
         if timedOut { throw .timeout("cannot connect to \(host):\(port) within \(timeout ?? 0) s") }
         throw .connection("cannot connect to \(host):\(port): \(lastError)")
     }
 
     /// Connects `s`, waiting at most `timeoutMs` (-1: no bound) for the
-    /// handshake; nil when connected, else why and whether it timed out.
-    private static func connect(_ s: Int32, _ addr: UnsafePointer<sockaddr>, _ len: socklen_t, timeoutMs: Int32) -> (String, Bool)? {
-        if timeoutMs < 0 {
-            return Glibc.connect(s, addr, len) == 0 ? nil : (String(cString: strerror(errno)), false)
-        }
+    /// handshake, in slices of 50 ms so that `stopped` can end the wait;
+    /// nil when connected, else why and whether it timed out.
+    private static func connect(_ s: Int32, _ addr: UnsafePointer<sockaddr>, _ len: socklen_t, timeoutMs: Int32,
+                                stopped: () -> String?) -> (String, Bool)? {
         let flags = fcntl(s, F_GETFL)
         _ = fcntl(s, F_SETFL, flags | O_NONBLOCK)
         defer { _ = fcntl(s, F_SETFL, flags) }
         if Glibc.connect(s, addr, len) == 0 { return nil }
         guard errno == EINPROGRESS else { return (String(cString: strerror(errno)), false) }
         var p = pollfd(fd: s, events: Int16(POLLOUT), revents: 0)
-        var ready: Int32
-        repeat { ready = poll(&p, 1, timeoutMs) } while ready < 0 && errno == EINTR
-        if ready == 0 { return ("timed out", true) }
+        var ready: Int32 = 0
+        var waited: Int32 = 0
+        while ready == 0 {
+            if let why = stopped() { return (why, false) }
+            if timeoutMs >= 0 && waited >= timeoutMs { return ("timed out", true) }
+            let slice = timeoutMs < 0 ? 50 : min(50, timeoutMs - waited)
+            ready = poll(&p, 1, slice)
+            if ready < 0 && errno == EINTR { ready = 0 }
+            waited += slice
+        }
         var err: Int32 = 0
         var errLen = socklen_t(MemoryLayout<Int32>.size)
         if ready < 0 || getsockopt(s, SOL_SOCKET, SO_ERROR, &err, &errLen) != 0 { return (String(cString: strerror(errno)), false) }
@@ -76,11 +89,13 @@ final class BlockingSocket {
     /// The connection's first bytes from the server (quoted when HELLO fails).
     private(set) var firstBytes: [UInt8] = []
 
-    /// `timeout`: seconds, nil for none.
-    init(host: String, port: Int, timeout: Double?) throws(PerennialClientError) {
+    /// `timeout`: seconds, nil for none; `opening` and `stopped` as for
+    /// `TCPConnection.open`.
+    init(host: String, port: Int, timeout: Double?, opening: (Int32) -> Void = { _ in },
+         stopped: () -> String? = { nil }) throws(PerennialClientError) {
         within = "\(host):\(port) within \(timeout.map { "\($0) s" } ?? "no time limit")"
         timeoutMs = timeout.map(Self.milliseconds) ?? -1
-        fd = try TCPConnection.open(host: host, port: port, timeout: timeout)
+        fd = try TCPConnection.open(host: host, port: port, timeout: timeout, opening: opening, stopped: stopped)
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         if let t = timeout {
@@ -91,8 +106,9 @@ final class BlockingSocket {
         }
     }
 
-    /// A validated timeout (finite, positive, at most a day) in poll's milliseconds.
-    static func milliseconds(_ seconds: Double) -> Int32 { Int32(max(1, (seconds * 1000).rounded(.up))) }
+    /// A timeout (finite, positive) in poll's milliseconds: at least 1, at
+    /// most Int32.max (24.8 days).
+    static func milliseconds(_ seconds: Double) -> Int32 { Int32(min(Double(Int32.max), max(1, (seconds * 1000).rounded(.up)))) }
 
     deinit { close() }
 
@@ -124,14 +140,13 @@ final class BlockingSocket {
             let e = errno
             if n < 0 && e == EINTR { continue }
             guard n < 0 && (e == EAGAIN || e == EWOULDBLOCK) else {
-                close()
                 throw .connection("send failed: \(String(cString: strerror(e)))")
             }
             var p = pollfd(fd: fd, events: Int16(POLLIN | POLLOUT), revents: 0)
             let ready = poll(&p, 1, timeoutMs)
             if ready < 0 && errno == EINTR { continue }
-            if ready == 0 { close(); throw .timeout("could not send to \(within) (the server is not reading)") }
-            if ready < 0 { close(); throw .connection("poll failed: \(String(cString: strerror(errno)))") }
+            if ready == 0 { throw .timeout("could not send to \(within) (the server is not reading)") }
+            if ready < 0 { throw .connection("poll failed: \(String(cString: strerror(errno)))") }
             if p.revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { try receive(into: &inbox) }
         }
     }
@@ -147,10 +162,9 @@ final class BlockingSocket {
                 buffer.append(contentsOf: chunk[0..<n])
                 return
             }
-            if n == 0 { close(); throw .connection("the server closed the connection") }
+            if n == 0 { throw .connection("the server closed the connection") }
             if errno == EINTR { continue }
             let e = errno
-            close()
             if e == EAGAIN || e == EWOULDBLOCK { throw .timeout("no reply from \(within)") }
             throw .connection("receive failed: \(String(cString: strerror(e)))")
         }
