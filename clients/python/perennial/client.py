@@ -28,13 +28,16 @@ Sink = Callable[[Any], None]
 
 
 class _Pending:
-    __slots__ = ("rid", "cmd", "sink", "result")
+    __slots__ = ("rid", "cmd", "sink", "result", "reply")
 
     def __init__(self, rid: int, cmd: Command, sink: Optional[Sink]) -> None:
         self.rid = rid
         self.cmd = cmd
         self.sink = sink
         self.result: Any = _NOTSET
+        #: Its reply, once taken from the inbox (kept here, so an
+        #: interruption between taking it and settling loses nothing).
+        self.reply: Any = None
 
 
 def _raise_if_error(result: Any) -> Any:
@@ -181,6 +184,10 @@ class Client:
             # The server closed this idle connection (it restarted, or its
             # idle timeout passed): open a new one rather than fail this call.
             self._disconnect()
+        if self._pending:
+            # (Left by an interruption that closed the connection before
+            # they were told: their replies will never come on a new one.)
+            self._fail_all(ConnectionError("the connection was closed before a reply came"))
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         except socket.timeout:
@@ -226,16 +233,20 @@ class Client:
         new one); requests it left unanswered fail with ConnectionError."""
         assert self._sock is not None and self._sel is not None
         try:
-            while self._sock is not None and self._sel.select(0):
-                self._recv()
-        except PerennialError as e:
+            try:
+                while self._sock is not None and self._sel.select(0):
+                    self._recv()
+            except PerennialError as e:
+                self._settle()
+                if self._pending:
+                    self._fail_all(e)
+                else:
+                    self._disconnect()
+                return
             self._settle()
-            if self._pending:
-                self._fail_all(e)
-            else:
-                self._disconnect()
-            return
-        self._settle()
+        except BaseException as e:
+            self._abandon(e)
+            raise
 
     def _take_rid(self) -> int:
         rid = self._next_rid
@@ -326,25 +337,40 @@ class Client:
         with ConnectionError (the server may have accepted some), and the
         interruption goes on up. The next call opens a new connection.
         """
-        failure: Optional[PerennialError] = None
         try:
-            self._pump(data, until)
-        except PerennialError as e:
-            failure = e
-        except BaseException as e:
+            failure: Optional[PerennialError] = None
+            try:
+                self._pump(data, until)
+            except PerennialError as e:
+                failure = e
             self._settle()
-            self._fail_all(ConnectionError("interrupted (%s) while talking to %s:%s; the connection was closed"
-                                           % (type(e).__name__, self.host, self.port)))
+            if failure is not None:
+                self._fail_all(failure)
+        except BaseException as e:
+            self._abandon(e)
             raise
+
+    def _abandon(self, interruption: BaseException) -> None:
+        """After an interruption anywhere between queuing a request and
+        settling its reply: settle what was received, close the
+        connection, fail the rest (each request hears one outcome)."""
         self._settle()
-        if failure is not None:
-            self._fail_all(failure)
+        self._fail_all(ConnectionError("interrupted (%s) while talking to %s:%s; the connection was closed"
+                                       % (type(interruption).__name__, self.host, self.port)))
+
+    # (Settling and failing hand each request its outcome before taking it
+    # off the queue, and skip one that has it already: an interruption in
+    # between neither loses an outcome nor delivers one twice.)
 
     def _settle(self) -> None:
-        while self._pending and self._inbox:
-            p = self._pending.popleft()
-            result, fatal = resolve_reply(self._inbox.popleft(), p.rid, p.cmd)
-            self._deliver(p, result)
+        while self._pending and (self._pending[0].reply is not None or self._inbox):
+            p = self._pending[0]
+            if p.reply is None:
+                p.reply = self._inbox.popleft()
+            result, fatal = resolve_reply(p.reply, p.rid, p.cmd)
+            if p.result is _NOTSET:
+                self._deliver(p, result)
+            self._pending.popleft()
             if fatal:
                 self._fail_all(ConnectionError("connection closed after an earlier error: %s"
                                                % (result,)))
@@ -352,16 +378,19 @@ class Client:
 
     def _fail_all(self, exc: BaseException) -> None:
         self._disconnect()
-        pending = list(self._pending)
-        self._pending.clear()
-        for p in pending:
-            self._deliver(p, exc)
+        while self._pending:
+            p = self._pending[0]
+            if p.result is _NOTSET:
+                self._deliver(p, exc)
+            self._pending.popleft()
 
     @staticmethod
     def _deliver(p: _Pending, result: Any) -> None:
-        p.result = result
+        # (The sink first: interrupted inside it, the request is delivered
+        # again, and a streamer's sink ignores a second delivery.)
         if p.sink is not None:
             p.sink(result)
+        p.result = result
 
     def _execute(self, cmds: Sequence[Command], connect: bool = True) -> List[Any]:
         """Send ``cmds`` in one write, wait for all replies; results (or exceptions) in order."""
@@ -371,8 +400,14 @@ class Client:
             _c.check_frame_size(cmd, self.max_frame_bytes)
         mine = [_Pending(self._take_rid(), cmd, None) for cmd in cmds]
         data = b"".join(encode_request(p.cmd.opcode, p.rid, p.cmd.body) for p in mine)
-        self._pending.extend(mine)
-        self._transfer(data, len(self._pending))
+        try:
+            self._pending.extend(mine)
+            self._transfer(data, len(self._pending))
+        except BaseException as e:
+            # (Interrupted before _transfer took over: queued, maybe unsent.)
+            if any(p.result is _NOTSET for p in mine):
+                self._abandon(e)
+            raise
         out = []
         for p in mine:
             if p.result is _NOTSET:  # pragma: no cover - defensive
@@ -759,14 +794,49 @@ class FeedbackStreamer:
         refusal, or the connection's end, which leaves it unacknowledged),
         even if the write is interrupted."""
         while self._inflight >= self.window:
+            if not self._client._pending:
+                self._resync()
+                break
             self._client._wait_one()
-        p = self._client._queue_nowait(_c.feedback(batch), lambda r: self._on_reply(offset, batch, r))
+        heard = [False]
+        n = len(batch)
+
+        def sink(result: Any) -> None:
+            # Delivered at most once. (A signal handler runs only where
+            # CPython checks for one, at calls and loops: the common path,
+            # an ack, updates the counts with no call between the mark and
+            # the last count, so an interruption cannot split them.)
+            if heard[0]:
+                return
+            if isinstance(result, FeedbackAck):
+                heard[0] = True
+                self._inflight -= 1
+                self.acked_events += n
+                self.last_ack = result
+                return
+            heard[0] = True
+            self._on_reply(offset, batch, result)
+        sink.streamer = self  # type: ignore[attr-defined]
+
         self._inflight += 1
-        self.sent_events += len(batch)
-        if from_buffer:
-            del self._buffer[:len(batch)]
-            self._offset += len(batch)
-        self._client._send_queued(p)
+        self.sent_events += n
+        try:
+            p = self._client._queue_nowait(_c.feedback(batch), sink)
+            if from_buffer:
+                del self._buffer[:len(batch)]
+                self._offset += len(batch)
+            self._client._send_queued(p)
+        except BaseException as e:
+            if any(q.sink is sink for q in self._client._pending):
+                # Queued and unanswered (maybe half sent): the connection
+                # goes, and the batch is unacknowledged (its sink says so).
+                self._client._abandon(e)
+            elif not heard[0]:
+                # Never queued (the connection could not be opened, or an
+                # interruption came first): nothing was sent.
+                self._inflight -= 1
+                self.sent_events -= n
+            raise
 
     def _drain(self) -> None:
         """Wait for the reply to every batch in flight."""
@@ -774,7 +844,17 @@ class FeedbackStreamer:
             before = self._inflight
             self._client._wait_one()
             if self._inflight == before and not self._client._pending:  # pragma: no cover
+                self._resync()
                 break
+
+    def _resync(self) -> None:
+        """The count of batches in flight, from the client's queue: an
+        interruption landing between two statements of the bookkeeping
+        (a window too small to close in Python) can leave it off by one,
+        which would shrink the window for good, or wait for a reply that
+        is not coming. (The sent count is not healed: see the README.)"""
+        self._inflight = sum(1 for q in self._client._pending
+                             if getattr(q.sink, "streamer", None) is self and q.result is _NOTSET)
 
     def _resend_oversized(self) -> None:
         # A RELOAD may have lowered max_events since the HELLO: learn the

@@ -1061,3 +1061,34 @@ def test_a_batch_the_streamer_could_not_send_stays_buffered(start_server: Callab
     s.flush()
     assert s.acked_events == 200 and s.sent_events == 200
     assert c.stats()["events_accepted"] == 200
+
+
+def test_an_interrupt_between_queuing_and_sending_leaves_no_stale_request(
+        start_server: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review finding (helper-41): a KeyboardInterrupt after a streamer's
+    batch was queued but before it was written left a request that never
+    went out; the next call waited for one reply too many (forever with
+    timeout=None). Now the connection is dropped and the batch is
+    unacknowledged."""
+    srv = start_server()
+    c = srv.client(timeout=5)
+    s = c.streamer(window=4, batch_size=10)
+    s.send_many(perennial.Event(1, 1 + i) for i in range(20))
+    real = perennial.Client._send_queued
+
+    def interrupted(self: perennial.Client, p: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(perennial.Client, "_send_queued", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        s.send_many(perennial.Event(2, 1 + i) for i in range(10))
+    monkeypatch.setattr(perennial.Client, "_send_queued", real)
+    start = time.monotonic()
+    assert c.ping() is True
+    assert time.monotonic() - start < 2
+    with pytest.raises(perennial.ConnectionError):
+        s.flush()
+    s.flush()
+    unacknowledged = sum(n for _, n in s.unacknowledged)
+    assert s.sent_events == s.acked_events + unacknowledged == 30 and s.pending_batches == 0
+    assert (20, 10) in s.unacknowledged
