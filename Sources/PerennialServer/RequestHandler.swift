@@ -353,16 +353,22 @@ final class RequestHandler {
             }
             if log.policy == .always { needsSync = true }
             snapshots.noteLoggedChange()
+            let t0 = MonotonicClock.nowNanos()
             let r = model.upsertItem(id: u.item, text: u.text, attributes: u.attributes.map { ($0.key, $0.value) })
+            snapshots.addLoggedChangeCost(nanos: MonotonicClock.nowNanos() &- t0)
             Reply.upsertItem(UpsertReply(created: r.created, truncated: r.truncated)).encode(into: &out, requestID: requestID)
         case .deleteItems(let ids):
             if let wait = try delete(.deleteItems(items: ids), held: model.holdsAnyItem(of: ids), owner: owner) { return wait }
+            let t0 = MonotonicClock.nowNanos()
             let deleted = model.deleteItems(ids)
+            if deleted > 0 { snapshots.addLoggedChangeCost(nanos: MonotonicClock.nowNanos() &- t0) }
             stats.itemsDeleted += UInt64(deleted)
             Reply.deleteItems(deleted: UInt16(deleted)).encode(into: &out, requestID: requestID)
         case .deleteUsers(let ids):
             if let wait = try delete(.deleteUsers(users: ids), held: model.holdsAnyUser(of: ids), owner: owner) { return wait }
+            let t0 = MonotonicClock.nowNanos()
             let deleted = model.deleteUsers(ids)
+            if deleted > 0 { snapshots.addLoggedChangeCost(nanos: MonotonicClock.nowNanos() &- t0) }
             for id in ids { shadows.forget(id) }
             stats.usersDeleted += UInt64(deleted)
             Reply.deleteUsers(deleted: UInt16(deleted)).encode(into: &out, requestID: requestID)
@@ -788,7 +794,7 @@ final class RequestHandler {
             StatCounter("events_applied", model.appliedSeq),
             StatCounter("learner_queue", UInt64(learner.queued)),
             StatCounter("learner_ns_per_event", UInt64(learner.nanosPerEvent ?? 0)),
-            StatCounter("recovery_estimate_ms", UInt64(Double(snapshots.recordsSinceSnapshot) * (learner.nanosPerEvent ?? 0) / 1e6)),
+            StatCounter("recovery_estimate_ms", UInt64(snapshots.recoveryEstimateNanos / 1e6)),
             StatCounter("learner_queue_capacity", UInt64(learner.capacity)),
             StatCounter("learner_queue_allowance", UInt64(queueAllowance)),
             StatCounter("backpressure_pauses", stats.backpressurePauses),

@@ -353,6 +353,12 @@ extension Server {
         }
         var scratch: [LearnEvent] = []
         for r in carried { try model.replay(r, scratch: &scratch) }
+        // (Upserts are carried without the expiry that made room for them
+        // in the live server: say so when they overfill the bound.)
+        let bound = config.limits.maxItemIDs
+        if upserts > 0 && bound > 0 && model.items.liveCount > bound {
+            Log.warning("rollback: the \(upserts) item upsert(s) carried over leave \(model.items.liveCount) item ids, above limits.max_item_ids (\(bound)): new items are refused (CAPACITY) until deletions or item expiry make room")
+        }
         let skipped = last - model.lastSeq
         model.skip(to: last)
         Log.info("rolled back to version \(file.id): \(skipped) later events stay in the log, not learned; numbering continues at \(last + 1)"

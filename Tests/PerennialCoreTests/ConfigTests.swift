@@ -128,7 +128,7 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
         #expect(try load("[limits]\nmax_frame_bytes = 65536\nmax_events = 2000\n").limits.maxEvents == 2000)
         // A frame too small for a request or reply of max_items ids, or for
         // the server's own STATS reply (review finding: 2048 was accepted).
-        #expect(throws: ConfigError(file: "test.toml", line: 3, message: "'limits.max_frame_bytes' (300000) is too small for requests and replies of 'limits.max_items' (30000) ids: it needs 484096 bytes")) {
+        #expect(throws: ConfigError(file: "test.toml", line: 3, message: "'limits.max_frame_bytes' (300000) is too small for requests and replies of 'limits.max_items' (30000) ids: it needs 724096 bytes")) {
             try load("[limits]\nmax_items = 30000\nmax_frame_bytes = 300000\n")
         }
         #expect(throws: ConfigError.self) { try load("[limits]\nmax_frame_bytes = 2048\nmax_events = 10\n") }

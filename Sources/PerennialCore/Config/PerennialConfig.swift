@@ -268,11 +268,13 @@ public struct PerennialConfig: Sendable {
                               message: "'limits.max_frame_bytes' (\(l.maxFrameBytes)) is too small for a FEEDBACK of 'limits.max_events' (\(l.maxEvents)) events: it needs \(fullBatch) bytes")
         }
         // A request carrying max_items ids, and its reply, must fit too: a
-        // SCORE of max_items items with as many session items (8 bytes
-        // each), a RECOMMEND reply of max_items (id, score) pairs (review
-        // finding: max_frame_bytes = 2048 with the default max_items was
-        // accepted, and STATS replies outgrew the advertised frame size).
-        let fullList = 4096 + 16 * l.maxItems
+        // RECOMMEND with session items, exclusions and candidates, each
+        // max_items ids of 8 bytes, a RECOMMEND reply of max_items (id,
+        // score) pairs (review findings: max_frame_bytes = 2048 with the
+        // default max_items was accepted, and STATS replies outgrew the
+        // advertised frame size; then a rule of 16 bytes an id let a full
+        // RECOMMEND outgrow it).
+        let fullList = 4096 + 24 * l.maxItems
         if fullList > l.maxFrameBytes {
             throw ConfigError(file: doc.file, line: doc.entries["limits.max_frame_bytes"]?.line ?? doc.entries["limits.max_items"]?.line,
                               message: "'limits.max_frame_bytes' (\(l.maxFrameBytes)) is too small for requests and replies of 'limits.max_items' (\(l.maxItems)) ids: it needs \(fullList) bytes")

@@ -443,6 +443,8 @@ public final class Model: @unchecked Sendable {
     /// `replay` has applied (start-up: the newest snapshot does not hold
     /// them, so the server owes one that does).
     public private(set) var recordsWithoutSeqReplayed = 0
+    /// And what applying them took (ns): the recovery estimate's share.
+    public private(set) var recordsWithoutSeqReplayNanos: UInt64 = 0
 
     /// Replays one log record (start-up recovery, on the admitting thread,
     /// before serving): admits and learns synchronously, in log order.
@@ -456,14 +458,20 @@ public final class Model: @unchecked Sendable {
             admit(events, now: 0, into: &scratch)
             for e in scratch { learn(e) }
         case .upsert(let item, let text, let attributes):
+            let t0 = MonotonicClock.nowNanos()
             _ = upsertItem(id: item, text: text, attributes: attributes.map { ($0.key, $0.value) })
             recordsWithoutSeqReplayed += 1
+            recordsWithoutSeqReplayNanos &+= MonotonicClock.nowNanos() &- t0
         case .deleteItems(let items):
+            let t0 = MonotonicClock.nowNanos()
             _ = deleteItems(items)
             recordsWithoutSeqReplayed += 1
+            recordsWithoutSeqReplayNanos &+= MonotonicClock.nowNanos() &- t0
         case .deleteUsers(let users):
+            let t0 = MonotonicClock.nowNanos()
             _ = deleteUsers(users)
             recordsWithoutSeqReplayed += 1
+            recordsWithoutSeqReplayNanos &+= MonotonicClock.nowNanos() &- t0
         }
     }
 
