@@ -207,7 +207,13 @@ class Client:
         self._inbox.clear()
         self._next_rid = 1
         if self._hello:
-            result = self._execute([_c.hello(self.client_name, self.token)], connect=False)[0]
+            try:
+                result = self._execute([_c.hello(self.client_name, self.token)], connect=False)[0]
+            except BaseException:
+                # (Interrupted before its HELLO was answered: a connection
+                # left open without one would refuse every later call.)
+                self._disconnect()
+                raise
             if isinstance(result, BaseException):
                 self._disconnect()
                 raise _c.hello_failed(result, self.host, self.port, self._first_bytes)
@@ -852,7 +858,8 @@ class FeedbackStreamer:
         interruption landing between two statements of the bookkeeping
         (a window too small to close in Python) can leave it off by one,
         which would shrink the window for good, or wait for a reply that
-        is not coming. (The sent count is not healed: see the README.)"""
+        is not coming. (The sent count is not recounted: an interruption
+        between the two can leave it a batch off.)"""
         self._inflight = sum(1 for q in self._client._pending
                              if getattr(q.sink, "streamer", None) is self and q.result is _NOTSET)
 

@@ -129,3 +129,29 @@ def test_a_reload_that_rotates_the_admin_token_still_returns(start_server, tmp_p
         assert c.stats()["reloads"] == 1
     with perennial.Client(*srv.address, token="admin-new-2") as c:
         assert c.snapshot() == 0
+
+
+def test_an_interrupted_hello_does_not_leave_the_connection_open(start_server, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review finding (helper-42): a KeyboardInterrupt while the automatic
+    HELLO of a new connection was being prepared left that connection open
+    without it, and on a server with a token every later call was refused
+    until the idle timeout. Now the connection is closed and the next call
+    greets a new one."""
+    from perennial import _commands
+    (tmp_path / "token").write_text("tok-AAAAAAAA\n")
+    srv = start_server('[auth]\ntoken_file = "%s"\n' % (tmp_path / "token"))
+    c = srv.client(token="tok-AAAAAAAA")
+    assert c.ping() is True
+    c.close()
+    real = _commands.check_frame_size
+
+    def interrupted(cmd: object, limit: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_commands, "check_frame_size", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        c.ping()
+    monkeypatch.setattr(_commands, "check_frame_size", real)
+    assert not c.connected
+    assert c.ping() is True

@@ -258,7 +258,7 @@ public final class PerennialClient: @unchecked Sendable {
                 // (Not left open: the next call would skip the HELLO.)
                 dropConnection()
                 throw PerennialClientError.server(code: e.code, rawCode: e.rawCode, detail: e.detail,
-                                                  message: "the HELLO sent again on a new connection (the server had closed the last one) was refused: \(e.message); call hello() with the right token")
+                                                  message: "the HELLO sent again on a new connection was refused: \(e.message); call hello() with the right token")
             default: throw unexpected()
             }
         }
