@@ -156,6 +156,15 @@ class AsyncClient:
         self.server_info: Optional[ServerInfo] = None
         self._conn: Optional[_Conn] = None
         self._lock: Optional[asyncio.Lock] = None
+        # close() calls so far (a connect that was under way when one came
+        # does not stand), and the connect attempts that ended with how the
+        # last one timed out (tasks that waited for it share the timeout
+        # rather than each waiting out one of their own in turn); the
+        # reader tasks not yet ended.
+        self._closes = 0
+        self._ending: "set[asyncio.Task[None]]" = set()
+        self._attempts = 0
+        self._last_failure: Optional[BaseException] = None
 
     def __repr__(self) -> str:
         return "AsyncClient(%r, %r, connected=%r)" % (self.host, self.port, self.connected)
@@ -182,6 +191,7 @@ class AsyncClient:
 
         The client may be used again: the next call reconnects.
         """
+        self._closes += 1
         conn, self._conn = self._conn, None
         if conn is None:
             return
@@ -210,27 +220,51 @@ class AsyncClient:
             return conn
         if self._lock is None:
             self._lock = asyncio.Lock()
+        attempts = self._attempts
         async with self._lock:
             conn = self._conn
             if conn is not None and not conn.closed:
                 return conn
+            if self._attempts != attempts and self._last_failure is not None:
+                raise self._last_failure
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.host, self.port, limit=_CHUNK), self.timeout)
-            except asyncio.TimeoutError:
-                raise TimeoutError("timed out connecting to %s:%s"
-                                   % (self.host, self.port)) from None
-            except OSError as e:
-                raise ConnectionError("cannot connect to %s:%s: %s"
-                                      % (self.host, self.port, e)) from e
-            sock = writer.get_extra_info("socket")
-            if sock is not None:
-                try:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                except OSError:  # pragma: no cover
-                    pass
-            conn = _Conn(reader, writer)
-            conn.task = asyncio.ensure_future(self._read_loop(conn))
+                conn = await self._connect()
+            except BaseException as e:
+                # (Only a timeout is shared: a refused connect is quick to
+                # try again, and may succeed for the next task.)
+                self._attempts += 1
+                self._last_failure = e if isinstance(e, TimeoutError) else None
+                raise
+            self._attempts += 1
+            self._last_failure = None
+            return conn
+
+    async def _connect(self) -> _Conn:
+        """Opens a connection and sends HELLO (under the connect lock)."""
+        closes = self._closes
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port, limit=_CHUNK), self.timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError("timed out connecting to %s:%s"
+                               % (self.host, self.port)) from None
+        except OSError as e:
+            raise ConnectionError("cannot connect to %s:%s: %s"
+                                  % (self.host, self.port, e)) from e
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # pragma: no cover
+                pass
+        conn = _Conn(reader, writer)
+        conn.task = asyncio.ensure_future(self._read_loop(conn))
+        # (Held until it ends, not only by its connection: asyncio keeps a
+        # weak reference to a task, and a dropped connection's reader must
+        # still see its end.)
+        self._ending.add(conn.task)
+        conn.task.add_done_callback(self._ending.discard)
+        try:
             if self._hello:
                 fut = self._submit(conn, [_c.hello(self.client_name, self.token)])[0]
                 await self._drain(conn)
@@ -239,8 +273,17 @@ class AsyncClient:
                     conn.fail(ConnectionError("HELLO failed"))
                     raise _c.hello_failed(result, self.host, self.port, conn.first_bytes)
                 self.server_info = result
-            self._conn = conn
-            return conn
+            if self._closes != closes:
+                raise ConnectionError("connection closed by the client")
+        except BaseException:
+            # (Cancelled, timed out or closed before its HELLO was
+            # answered: nothing would own this connection.)
+            conn.fail(ConnectionError("connection closed by the client"))
+            if conn.task is not None and not conn.task.done():
+                conn.task.cancel()
+            raise
+        self._conn = conn
+        return conn
 
     async def _read_loop(self, conn: _Conn) -> None:
         failure: BaseException = ConnectionError("the server closed the connection")
@@ -331,7 +374,10 @@ class AsyncClient:
                     break
         wait = _c.reply_timeout(ahead, self.timeout, self.admin_timeout)
         try:
-            return await asyncio.wait_for(fut, wait)
+            # (Shielded: a waiter cancelled or timed out leaves the reply's
+            # future to be settled by its reply, so a streamer can still
+            # learn what became of its batch.)
+            return await asyncio.wait_for(asyncio.shield(fut), wait)
         except asyncio.TimeoutError:
             return TimeoutError("no reply from %s:%s within %s s"
                                 % (self.host, self.port, wait))
@@ -555,8 +601,23 @@ class AsyncFeedbackStreamer:
         return len(self._inflight)
 
     async def _collect_one(self) -> None:
-        fut, offset, batch = self._inflight.popleft()
+        # (The batch leaves the list of those in flight only once its
+        # outcome is known: a cancelled wait leaves it there, to be
+        # collected by the next flush.)
+        fut, offset, batch = self._inflight[0]
         result = await self._client._wait(fut)
+        if not self._inflight or self._inflight[0][0] is not fut:
+            return  # (collected meanwhile by another waiter)
+        self._inflight.popleft()
+        if isinstance(result, TimeoutError) and not fut.done():
+            # No reply in time: the connection is given up, so the other
+            # batches in flight fail at once with this same error (one
+            # error naming them all), not one timeout each.
+            conn = self._client._conn
+            if conn is not None:
+                conn.fail(result)
+                if self._client._conn is conn:
+                    self._client._conn = None
         if isinstance(result, FeedbackAck):
             self.acked_events += len(batch)
             self.last_ack = result
@@ -579,10 +640,13 @@ class AsyncFeedbackStreamer:
             await self._resend_oversized()
             size = self._size()
         batch = self._buffer[:size]
-        del self._buffer[:size]
-        offset = self._offset
-        self._offset += len(batch)
-        await self._write(offset, batch)
+
+        def taken() -> None:
+            # (Out of the buffer once submitted, not before: a cancellation
+            # while the batch waits for room or a connection keeps it.)
+            del self._buffer[:len(batch)]
+            self._offset += len(batch)
+        await self._write(self._offset, batch, submitted=taken)
 
     async def _write(self, offset: int, batch: List[Event],
                      submitted: Optional[Callable[[], Any]] = None) -> None:
@@ -655,6 +719,10 @@ class AsyncFeedbackStreamer:
     async def __aexit__(self, exc_type: Optional[Type[BaseException]], *rest: Any) -> None:
         if exc_type is None:
             await self.flush()
+        elif issubclass(exc_type, asyncio.CancelledError):
+            # Cancelled: no flush (it could wait out timeouts); what is
+            # buffered or in flight stays, and `await s.flush()` settles it.
+            _c.tell_late_refusals(rest[0] if rest else None, self.refused)
         else:
             try:
                 await self.flush()

@@ -1092,3 +1092,83 @@ def test_an_interrupt_between_queuing_and_sending_leaves_no_stale_request(
     unacknowledged = sum(n for _, n in s.unacknowledged)
     assert s.sent_events == s.acked_events + unacknowledged == 30 and s.pending_batches == 0
     assert (20, 10) in s.unacknowledged
+
+
+def test_async_streamer_cancelled_mid_send_loses_no_batch(start_server: Callable[..., Any]) -> None:
+    """Review finding (helper-43): cancelling send_many while it waited for
+    an ack dropped the batch waited on from every count, and a batch taken
+    from the buffer before it was sent; now both stay, and a flush settles
+    them."""
+    srv = start_server()
+
+    async def run() -> None:
+        async with perennial.AsyncClient(srv.host, srv.port) as c:
+            s = c.streamer(window=1, batch_size=10)
+            t = asyncio.ensure_future(s.send_many([perennial.Event(500_000 + i, 1 + i % 50) for i in range(100)]))
+            for _ in range(3):
+                await asyncio.sleep(0)
+            t.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await t
+            await s.flush()
+            unacknowledged = sum(n for _, n in s.unacknowledged)
+            accepted = (await c.stats())["events_accepted"]
+            assert s.sent_events == s.acked_events + unacknowledged
+            assert accepted == s.acked_events and s.pending_batches == 0
+            assert s._offset == s.sent_events   # nothing left the buffer unsent
+    asyncio.run(run())
+
+
+def test_async_connect_cancelled_before_hello_leaves_no_connection(start_server: Callable[..., Any]) -> None:
+    """Review finding (helper-43): a call cancelled while its new connection
+    waited for the HELLO reply left that connection and its reader task
+    behind, owned by nobody."""
+    srv = start_server()
+
+    async def run() -> None:
+        for turns in range(1, 13):
+            c = perennial.AsyncClient(srv.host, srv.port)
+            t = asyncio.ensure_future(c.ping())
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            t.cancel()
+            try:
+                await t
+            except (asyncio.CancelledError, perennial.PerennialError):
+                pass
+            await c.close()
+        await asyncio.sleep(0.2)
+        # Only the reader tasks of this loop's own connections may be left.
+        readers = [t for t in asyncio.all_tasks() if "_read_loop" in repr(t)]
+        assert readers == []
+    asyncio.run(run())
+    with srv.client() as c:
+        deadline = time.monotonic() + 5
+        while c.stats()["connections"] > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert c.stats()["connections"] == 1
+
+
+def test_async_streamer_on_a_stalled_server_fails_in_one_timeout(start_server: Callable[..., Any]) -> None:
+    """Review finding (helper-43): each batch in flight waited out a timeout
+    of its own (window x timeout), and the error named one batch. Now the
+    first timeout gives the connection up: every batch is unacknowledged at
+    once, under one error naming them all, as in the blocking streamer."""
+    srv = start_server()
+
+    async def run() -> None:
+        c = await perennial.AsyncClient.connect(srv.host, srv.port, timeout=0.5)
+        s = c.streamer(window=6, batch_size=10)
+        srv.proc.send_signal(signal.SIGSTOP)
+        try:
+            await s.send_many([perennial.Event(1000 + i, 3) for i in range(60)])
+            start = time.monotonic()
+            with pytest.raises(perennial.TimeoutError) as raised:
+                await s.flush()
+            took = time.monotonic() - start
+        finally:
+            srv.proc.send_signal(signal.SIGCONT)
+        assert len(s.unacknowledged) == 6 and raised.value.unacknowledged_batches == s.unacknowledged
+        assert took < 6 * 0.5
+        await c.close()
+    asyncio.run(run())
