@@ -373,14 +373,15 @@ class AsyncClient:
                 if f is fut:
                     break
         wait = _c.reply_timeout(ahead, self.timeout, self.admin_timeout)
-        try:
-            # (Shielded: a waiter cancelled or timed out leaves the reply's
-            # future to be settled by its reply, so a streamer can still
-            # learn what became of its batch.)
-            return await asyncio.wait_for(asyncio.shield(fut), wait)
-        except asyncio.TimeoutError:
-            return TimeoutError("no reply from %s:%s within %s s"
-                                % (self.host, self.port, wait))
+        # (asyncio.wait, not wait_for: it leaves the reply's future to be
+        # settled by its reply when the waiter is cancelled or times out, so
+        # a streamer can still learn what became of its batch; and before
+        # Python 3.12 wait_for returned a result that came in the same turn
+        # as a cancellation, swallowing the cancellation.)
+        done, _ = await asyncio.wait({fut}, timeout=wait)
+        if fut in done:
+            return fut.result()
+        return TimeoutError("no reply from %s:%s within %s s" % (self.host, self.port, wait))
 
     async def _execute(self, cmds: Sequence[Command]) -> List[Any]:
         conn = await self._ensure_connected()
@@ -585,8 +586,10 @@ class AsyncFeedbackStreamer:
         self._offset = 0
         self._errors: Deque[BaseException] = deque()
         # Batches refused as larger than the server's max_events (see
-        # FeedbackStreamer): re-sent split once the new limit is known.
+        # FeedbackStreamer): re-sent split once the new limit is known; the
+        # chunks still to send (kept through a cancellation).
         self._oversized: List[Tuple[int, List[Event], BaseException]] = []
+        self._resend: List[Tuple[int, List[Event], BaseException]] = []
         #: Every refused batch's error so far (see FeedbackStreamer.refused).
         self.refused: List[BaseException] = []
         #: Batches whose outcome is unknown (see FeedbackStreamer.unacknowledged).
@@ -633,7 +636,7 @@ class AsyncFeedbackStreamer:
     async def _send_batch(self) -> None:
         await self._client._ensure_connected()  # learn max_events first
         size = self._size()
-        if self._oversized or len(self._buffer) < size:
+        if self._oversized or self._resend or len(self._buffer) < size:
             # (As FeedbackStreamer._send_batch: refused batches first, and a
             # partial one after the replies in flight.)
             await self._drain()
@@ -665,21 +668,27 @@ class AsyncFeedbackStreamer:
             await self._collect_one()
 
     async def _resend_oversized(self) -> None:
-        # (As FeedbackStreamer._resend_oversized.)
-        chunks: List[Tuple[int, List[Event], BaseException]] = []
+        # (As FeedbackStreamer._resend_oversized. A chunk leaves `_resend`
+        # once submitted, before its write is awaited: a cancellation there
+        # must not also report it refused: review finding, helper-37. A
+        # cancellation keeps the chunks not yet sent for the next flush:
+        # review finding, helper-44.)
         try:
-            while self._oversized:
+            while self._oversized or self._resend:
                 await self._drain()
-                limit = (await self._client.hello()).max_events
-                chunks = _c.split_oversized(self._oversized, limit, self._errors, self.refused, self.unacknowledged)
-                while chunks:
-                    offset, chunk, _ = chunks[0]
-                    # (Out of `chunks` once submitted, before the write is
-                    # awaited: a cancellation there must not also report it
-                    # refused: review finding, helper-37.)
-                    await self._write(offset, chunk, submitted=lambda: chunks.pop(0))
+                if self._oversized:
+                    limit = (await self._client.hello()).max_events
+                    self._resend += _c.split_oversized(self._oversized, limit, self._errors, self.refused,
+                                                       self.unacknowledged)
+                    self._resend.sort(key=lambda r: r[0])
+                while self._resend:
+                    offset, chunk, _ = self._resend[0]
+                    await self._write(offset, chunk, submitted=lambda: self._resend.pop(0))
+        except asyncio.CancelledError:
+            raise
         except BaseException:
-            _c.refuse_unsent(chunks + self._oversized, self._errors, self.refused, self.unacknowledged)
+            _c.refuse_unsent(self._resend + self._oversized, self._errors, self.refused, self.unacknowledged)
+            self._resend.clear()
             self._oversized.clear()
             raise
 
@@ -707,7 +716,7 @@ class AsyncFeedbackStreamer:
             while self._buffer:
                 await self._send_batch()
             await self._drain()
-            if not self._oversized:
+            if not self._oversized and not self._resend:
                 break
             await self._resend_oversized()
         self._raise_errors()

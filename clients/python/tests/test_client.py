@@ -1172,3 +1172,30 @@ def test_async_streamer_on_a_stalled_server_fails_in_one_timeout(start_server: C
         assert took < 6 * 0.5
         await c.close()
     asyncio.run(run())
+
+
+def test_async_cancel_in_the_turn_the_reply_arrives_is_not_swallowed(start_server: Callable[..., Any]) -> None:
+    """Review finding (helper-44): before Python 3.12, asyncio.wait_for
+    returned a result that arrived in the same loop turn as a cancellation,
+    so the cancellation was lost (a cancelled send or flush ran on)."""
+    srv = start_server()
+
+    async def run() -> None:
+        c = await perennial.AsyncClient.connect(srv.host, srv.port)
+        original = c._dispatch
+        task: "asyncio.Future[bool]"
+
+        def dispatch(conn: Any) -> bool:
+            answered = original(conn)
+            if not task.done():
+                task.cancel()
+            return answered
+
+        c._dispatch = dispatch  # type: ignore[method-assign]
+        task = asyncio.ensure_future(c.ping())
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        c._dispatch = original  # type: ignore[method-assign]
+        assert await c.ping() is True
+        await c.close()
+    asyncio.run(run())
