@@ -352,23 +352,18 @@ final class RequestHandler {
                 throw ProtocolError(.storage, "item not stored: \(error)")
             }
             if log.policy == .always { needsSync = true }
-            snapshots.noteLoggedChange()
-            let t0 = MonotonicClock.nowNanos()
-            let r = model.upsertItem(id: u.item, text: u.text, attributes: u.attributes.map { ($0.key, $0.value) })
-            snapshots.addLoggedChangeCost(nanos: MonotonicClock.nowNanos() &- t0)
+            let r = snapshots.applyLoggedChange { model.upsertItem(id: u.item, text: u.text, attributes: u.attributes.map { ($0.key, $0.value) }) }
             Reply.upsertItem(UpsertReply(created: r.created, truncated: r.truncated)).encode(into: &out, requestID: requestID)
         case .deleteItems(let ids):
-            if let wait = try delete(.deleteItems(items: ids), held: model.holdsAnyItem(of: ids), owner: owner) { return wait }
-            let t0 = MonotonicClock.nowNanos()
-            let deleted = model.deleteItems(ids)
-            if deleted > 0 { snapshots.addLoggedChangeCost(nanos: MonotonicClock.nowNanos() &- t0) }
+            let held = model.holdsAnyItem(of: ids)
+            if let wait = try delete(.deleteItems(items: ids), held: held, owner: owner) { return wait }
+            let deleted = snapshots.applyLoggedChange(logged: held) { model.deleteItems(ids) }
             stats.itemsDeleted += UInt64(deleted)
             Reply.deleteItems(deleted: UInt16(deleted)).encode(into: &out, requestID: requestID)
         case .deleteUsers(let ids):
-            if let wait = try delete(.deleteUsers(users: ids), held: model.holdsAnyUser(of: ids), owner: owner) { return wait }
-            let t0 = MonotonicClock.nowNanos()
-            let deleted = model.deleteUsers(ids)
-            if deleted > 0 { snapshots.addLoggedChangeCost(nanos: MonotonicClock.nowNanos() &- t0) }
+            let held = model.holdsAnyUser(of: ids)
+            if let wait = try delete(.deleteUsers(users: ids), held: held, owner: owner) { return wait }
+            let deleted = snapshots.applyLoggedChange(logged: held) { model.deleteUsers(ids) }
             for id in ids { shadows.forget(id) }
             stats.usersDeleted += UInt64(deleted)
             Reply.deleteUsers(deleted: UInt16(deleted)).encode(into: &out, requestID: requestID)
@@ -469,7 +464,6 @@ final class RequestHandler {
             throw ProtocolError(.storage, "nothing deleted: \(error)")
         }
         if log.policy == .always { needsSync = true }
-        snapshots.noteLoggedChange()
         return nil
     }
 

@@ -33,8 +33,7 @@ final class SnapshotScheduler {
         self.config = config
         self.lastSnapshotSeq = lastSnapshotSeq
         // (Start-up replayed deletions and upserts logged after the newest snapshot.)
-        loggedChanges = model.recordsWithoutSeqReplayed
-        loggedChangeNanos = model.recordsWithoutSeqReplayNanos
+        loggedChanges = LoggedChanges(count: model.recordsWithoutSeqReplayed, nanos: model.recordsWithoutSeqReplayNanos)
     }
 
     // MARK: SNAPSHOT requests and RELOADs
@@ -134,31 +133,41 @@ final class SnapshotScheduler {
     /// findings: SNAPSHOT answered with the old version, also after a
     /// restart that replayed the deletion from the log; 120,000 upserts
     /// with no event got no snapshot at all, and every start replayed them).
-    /// Counted; a snapshot saves the count it started at.
-    private var loggedChanges = 0
-    private var snapshotLoggedChanges = 0
-    private var inFlightLoggedChanges = 0
-    var changedSinceSnapshot: Bool { loggedChanges > snapshotLoggedChanges }
-    /// A deletion or an item upsert was logged.
-    func noteLoggedChange() { loggedChanges += 1 }
-
-    /// What applying the logged changes took, as measured when they were
+    /// Counted, with what applying them took, as measured when they were
     /// applied (a recovery replays them through the same code): an upsert
     /// costs a text encoding with text-cnn, many times an event's learning,
     /// and a server fed only upserts has no per-event cost to go by
     /// (review finding: 60,000 upserts, recovery_estimate_ms 0, no
-    /// automatic snapshot, 3.5 s of replay at the next start).
-    private var loggedChangeNanos: UInt64 = 0
-    private var snapshotLoggedChangeNanos: UInt64 = 0
-    private var inFlightLoggedChangeNanos: UInt64 = 0
-    func addLoggedChangeCost(nanos: UInt64) { loggedChangeNanos &+= nanos }
+    /// automatic snapshot, 3.5 s of replay at the next start). A snapshot
+    /// saves the tally it started at.
+    struct LoggedChanges {
+        var count = 0
+        var nanos: UInt64 = 0
+    }
+    private var loggedChanges = LoggedChanges()
+    private var snapshotLoggedChanges = LoggedChanges()
+    private var inFlightLoggedChanges = LoggedChanges()
+    var changedSinceSnapshot: Bool { loggedChanges.count > snapshotLoggedChanges.count }
+
+    /// Applies a deletion or an item upsert the log holds (`logged`: a
+    /// deletion of ids nobody held is not logged), counting it and what it
+    /// took.
+    func applyLoggedChange<T>(logged: Bool = true, _ apply: () -> T) -> T {
+        let t0 = MonotonicClock.nowNanos()
+        let result = apply()
+        if logged {
+            loggedChanges.count += 1
+            loggedChanges.nanos &+= MonotonicClock.nowNanos() &- t0
+        }
+        return result
+    }
 
     /// How long replaying the log after the newest snapshot would take:
     /// its events at the learner's recent cost per event (when known),
     /// its deletions and upserts at what they took.
     var recoveryEstimateNanos: Double {
         Double(model.lastSeq - min(lastSnapshotSeq, model.lastSeq)) * (learner.nanosPerEvent ?? 0)
-            + Double(loggedChangeNanos &- min(snapshotLoggedChangeNanos, loggedChangeNanos))
+            + Double(loggedChanges.nanos &- min(snapshotLoggedChanges.nanos, loggedChanges.nanos))
     }
 
     /// The last snapshot's size (room reserved for the next one).
@@ -349,7 +358,6 @@ final class SnapshotScheduler {
             let (job, t0, pauseMs) = try prepareSnapshot(note: tickets.to > tickets.from ? Self.requestedNote : [:], distinct: false)
             inFlightReloadGeneration = reloadGeneration
             inFlightLoggedChanges = loggedChanges
-            inFlightLoggedChangeNanos = loggedChangeNanos
             // (Room for the last snapshot's size and an eighth: growing a
             // buffer of tens of megabytes by doubling copies it each time.)
             let capacity = lastSnapshotBytes + lastSnapshotBytes / 8
@@ -384,7 +392,7 @@ final class SnapshotScheduler {
     func take(note: [String: Any] = [:], distinct: Bool = false) throws -> UInt64 {
         finishInFlight()
         let written: SnapshotWritten, job: SnapshotJob, size: Int, t0: UInt64
-        let generation = reloadGeneration, changes = (loggedChanges, loggedChangeNanos)
+        let generation = reloadGeneration, changes = loggedChanges
         reloadSnapshotWanted = false
         do {
             (job, t0, _) = try prepareSnapshot(note: note, distinct: distinct)
@@ -443,7 +451,7 @@ final class SnapshotScheduler {
         case .success(let written):
             lastSnapshotBytes = f.size
             complete(written, seq: f.seq, bytes: f.size, startedNs: f.startedNs, reloadGeneration: inFlightReloadGeneration,
-                     loggedChanges: (inFlightLoggedChanges, inFlightLoggedChangeNanos),
+                     loggedChanges: inFlightLoggedChanges,
                      how: String(format: "serialised off the loop in %.1f ms; serving paused %.2f ms", f.serialiseMs, f.pauseMs))
             recordSnapshotOutcome(through: inFlightTickets.to, .success(f.seq), from: inFlightTickets.from)
         case .failure(let error):
@@ -484,12 +492,12 @@ final class SnapshotScheduler {
     /// A snapshot is durable: it is the newest, and the log segments the
     /// kept snapshots cover can go.
     private func complete(_ written: SnapshotWritten, seq: UInt64, bytes: Int, startedNs: UInt64, reloadGeneration generation: Int,
-                          loggedChanges changes: (count: Int, nanos: UInt64),
+                          loggedChanges changes: LoggedChanges,
                           how: String) {
         lastSnapshotSeq = max(lastSnapshotSeq, seq)
         if generation == reloadGeneration { unsnapshottedReloadChanges = [] }
-        snapshotLoggedChanges = max(snapshotLoggedChanges, changes.count)
-        snapshotLoggedChangeNanos = max(snapshotLoggedChangeNanos, changes.nanos)
+        snapshotLoggedChanges.count = max(snapshotLoggedChanges.count, changes.count)
+        snapshotLoggedChanges.nanos = max(snapshotLoggedChanges.nanos, changes.nanos)
         lastSnapshotCompletedNs = MonotonicClock.nowNanos()
         lastSnapshotDurationNs = lastSnapshotCompletedNs &- startedNs
         snapshotFailuresInARow = 0

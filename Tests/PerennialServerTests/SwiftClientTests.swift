@@ -118,17 +118,7 @@ import Glibc
         // no bound on the time, as a loaded machine may take long to run
         // the tasks at all.)
         let c = try PerennialClient(port: silent.port, timeout: 120)
-        let task = Task { try await c.ping() }
-        try await Task.sleep(nanoseconds: 200_000_000)
-        task.cancel()
-        let result = await task.result
-        if case .failure(let e) = result { #expect(e is CancellationError, "\(e)") } else { Issue.record("a silent peer answered") }
-
-        let pending = Task { try await c.ping() }
-        let closed = await closeUntilDone(c, pending)
-        if case .failure(let e) = closed {
-            #expect("\(e)".contains("closed by close()"), "\(e)")
-        } else { Issue.record("a silent peer answered") }
+        try await expectCancelAndCloseToStopACall(c, cancelAfterNanos: 200_000_000)
     }
 }
 
@@ -195,14 +185,21 @@ import Glibc
         try await Task.sleep(nanoseconds: 300_000_000)
         Glibc.close(first)   // the client's connection ends: its next call reconnects
         try await Task.sleep(nanoseconds: 200_000_000)
-        let task = Task { try await c.ping() }
-        try await Task.sleep(nanoseconds: 500_000_000)
-        task.cancel()
-        let result = await task.result
-        if case .failure(let e) = result { #expect(e is CancellationError, "\(e)") } else { Issue.record("no server answered") }
-        let closing = Task { try await c.ping() }
-        if case .failure(let e) = await closeUntilDone(c, closing) { #expect("\(e)".contains("closed by close()"), "\(e)") }
+        try await expectCancelAndCloseToStopACall(c, cancelAfterNanos: 500_000_000)
     }
+}
+
+/// A ping to a peer that will not answer it: cancelled, it throws
+/// CancellationError; then another, ended by close(), says so.
+private func expectCancelAndCloseToStopACall(_ c: PerennialClient, cancelAfterNanos: UInt64) async throws {
+    let task = Task { try await c.ping() }
+    try await Task.sleep(nanoseconds: cancelAfterNanos)
+    task.cancel()
+    if case .failure(let e) = await task.result { #expect(e is CancellationError, "\(e)") } else { Issue.record("the ping was answered") }
+    let closing = Task { try await c.ping() }
+    if case .failure(let e) = await closeUntilDone(c, closing) {
+        #expect("\(e)".contains("closed by close()"), "\(e)")
+    } else { Issue.record("the ping was answered") }
 }
 
 /// Calls `close()` every 100 ms until `task` ends (a close() before the

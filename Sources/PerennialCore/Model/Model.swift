@@ -458,21 +458,19 @@ public final class Model: @unchecked Sendable {
             admit(events, now: 0, into: &scratch)
             for e in scratch { learn(e) }
         case .upsert(let item, let text, let attributes):
-            let t0 = MonotonicClock.nowNanos()
-            _ = upsertItem(id: item, text: text, attributes: attributes.map { ($0.key, $0.value) })
-            recordsWithoutSeqReplayed += 1
-            recordsWithoutSeqReplayNanos &+= MonotonicClock.nowNanos() &- t0
+            timedRecordWithoutSeq { _ = upsertItem(id: item, text: text, attributes: attributes.map { ($0.key, $0.value) }) }
         case .deleteItems(let items):
-            let t0 = MonotonicClock.nowNanos()
-            _ = deleteItems(items)
-            recordsWithoutSeqReplayed += 1
-            recordsWithoutSeqReplayNanos &+= MonotonicClock.nowNanos() &- t0
+            timedRecordWithoutSeq { _ = deleteItems(items) }
         case .deleteUsers(let users):
-            let t0 = MonotonicClock.nowNanos()
-            _ = deleteUsers(users)
-            recordsWithoutSeqReplayed += 1
-            recordsWithoutSeqReplayNanos &+= MonotonicClock.nowNanos() &- t0
+            timedRecordWithoutSeq { _ = deleteUsers(users) }
         }
+    }
+
+    private func timedRecordWithoutSeq(_ apply: () -> Void) {
+        let t0 = MonotonicClock.nowNanos()
+        apply()
+        recordsWithoutSeqReplayed += 1
+        recordsWithoutSeqReplayNanos &+= MonotonicClock.nowNanos() &- t0
     }
 
     /// A rollback to an older version: the log's events after this model's

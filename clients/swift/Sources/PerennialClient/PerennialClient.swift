@@ -57,6 +57,17 @@ public enum PerennialClientError: Error, Sendable, CustomStringConvertible, Equa
         }
     }
 
+    /// The same error with its message rewritten (said of a connection,
+    /// timeout or protocol error; any other is returned as it is).
+    func rewording(_ message: (String) -> String) -> PerennialClientError {
+        switch self {
+        case .connection(let m): .connection(message(m))
+        case .timeout(let m): .timeout(message(m))
+        case .protocolViolation(let p): .protocolViolation(ProtocolError(p.code, message(p.message)))
+        default: self
+        }
+    }
+
     /// The server's error code, when this is a server error.
     public var serverCode: ErrorCode? {
         if case .server(let c, _, _, _) = self { return c }
@@ -250,7 +261,7 @@ public final class PerennialClient: @unchecked Sendable {
         if greet, let g = greeting {
             let reply: Reply
             do { reply = try exchange([.hello(g)])[0] } catch let e as PerennialClientError {
-                throw Self.reworded(e, "the HELLO sent again on a new connection failed")
+                throw e.rewording { "the HELLO sent again on a new connection failed: \($0)" }
             }
             switch reply {
             case .hello(let h): learn(h)
@@ -266,16 +277,6 @@ public final class PerennialClient: @unchecked Sendable {
 
     private func stopIfAsked(_ call: CallState) throws {
         if let why = call.abortReason { throw why == Self.cancelled ? CancellationError() as any Error : PerennialClientError.connection(why) }
-    }
-
-    /// The same kind of error, its message prefixed with what was going on.
-    private static func reworded(_ e: PerennialClientError, _ context: String) -> PerennialClientError {
-        switch e {
-        case .connection(let m): return .connection("\(context): \(m)")
-        case .timeout(let m): return .timeout("\(context): \(m)")
-        case .protocolViolation(let p): return .protocolViolation(ProtocolError(p.code, "\(context): \(p.message)"))
-        default: return e
-        }
     }
 
     private func learn(_ h: HelloReply) {
@@ -319,14 +320,8 @@ public final class PerennialClient: @unchecked Sendable {
         let bytes = socket?.firstBytes ?? heardFirst
         let heard = bytes.isEmpty ? "it sent nothing"
             : "its first bytes were \"" + bytes.map { (32..<127).contains($0) ? String(UnicodeScalar($0)) : String(format: "\\x%02x", $0) }.joined() + "\""
-        let why = { (what: String) in
+        return e.rewording { what in
             "\(self.host):\(self.port) did not answer HELLO like a Perennial server (\(what); \(heard)): is a Perennial server listening there?"
-        }
-        switch e {
-        case .timeout(let m): return .timeout(why(m))
-        case .connection(let m): return .connection(why(m))
-        case .protocolViolation(let p): return .protocolViolation(ProtocolError(p.code, why(p.message)))
-        default: return e
         }
     }
 
@@ -530,12 +525,8 @@ public final class PerennialClient: @unchecked Sendable {
                     if why == Self.cancelled { throw CancellationError() }
                     throw PerennialClientError.connection("\(why), \(detail)")
                 }
-                switch error as? PerennialClientError {
-                case .timeout(let m)?: throw PerennialClientError.timeout("\(m), \(detail)")
-                case .connection(let m)?: throw PerennialClientError.connection("\(m), \(detail)")
-                case .protocolViolation(let p)?: throw PerennialClientError.protocolViolation(ProtocolError(p.code, "\(p.message), \(detail)"))
-                default: throw error
-                }
+                guard let e = error as? PerennialClientError else { throw error }
+                throw e.rewording { "\($0), \(detail)" }
             }
             if !refused.isEmpty { throw PerennialClientError.streamRefused(acknowledged: acked, refused: refused) }
             return last
