@@ -83,6 +83,9 @@ public final class CollaborativeFilteringScorer: Scorer {
     /// settings.negativeSampling == "popularity", decided once (a string
     /// compare per sampled negative showed in profiles).
     private let popularityNegatives: Bool
+    /// How many of a user's latest context items a BPR step moves
+    /// (`steppedContextItems(_:)`).
+    private let steppedContext: Int
 
     // Serving-thread scratch.
     private let batchScratch: QueryBatchScratch
@@ -104,6 +107,7 @@ public final class CollaborativeFilteringScorer: Scorer {
         self.table = table
         self.vacancy = vacancy
         popularityNegatives = settings.negativeSampling == "popularity"
+        steppedContext = Self.steppedContextItems(settings)
         d = table.dimension
         context = ChunkedBuffer(width: d, fill: 0, rowsPerChunkLog2: 10)
         contextAdagrad = ChunkedBuffer(width: 1, fill: 0, rowsPerChunkLog2: 12)
@@ -185,6 +189,22 @@ public final class CollaborativeFilteringScorer: Scorer {
         // its end; once full, the oldest is replaced first, as before).
         sampler = Array(sampler[samplerNext...] + sampler[..<samplerNext]).filter { !retired.contains($0) }
         samplerNext = 0
+    }
+
+    /// A step's context-row gradient for the k-th latest item is
+    /// decay^k / sqrt(Σw) times the user's: rows whose weight is below 5% of
+    /// the latest item's would move by less than a twentieth of its step, so
+    /// they are not stepped (at decay 0.8, 14 of the 20 context items, 97% of
+    /// the weight). Each row step is a scattered cache miss, and the 6 left
+    /// out were about a tenth of the learner's time; E1 HR@10 was unchanged
+    /// (0.1319 with, 0.1317 without). The user vector still sums all of them.
+    static func steppedContextItems(_ s: CFSettings) -> Int {
+        var n = 0, w: Float = 1
+        while n < s.contextItems && w >= 0.05 {
+            n += 1
+            w *= s.contextDecay
+        }
+        return n
     }
 
     // MARK: the user vector
@@ -341,8 +361,10 @@ public final class CollaborativeFilteringScorer: Scorer {
         for c in ctx.reversed() {
             if fetched == settings.contextItems { break }
             pk_prefetch(context.row(Int(c)), rowBytes)
-            pk_prefetch(contextAdagrad.row(Int(c)), 4)
-            if let a = contextAnchor { pk_prefetch(a.row(Int(c)), rowBytes) }
+            if fetched < steppedContext {
+                pk_prefetch(contextAdagrad.row(Int(c)), 4)
+                if let a = contextAnchor { pk_prefetch(a.row(Int(c)), rowBytes) }
+            }
             fetched += 1
         }
         z.withUnsafeMutableBufferPointer { zb in
@@ -373,12 +395,13 @@ public final class CollaborativeFilteringScorer: Scorer {
             // A user in their first events steps with the meta-learned
             // per-dimension scales (MetaStart).
             table.stepUser(user, along: dz, alpha: 1, reg: reg, lr: lr)
-            // Context vectors: ∂z/∂y_c = w_c / sqrt(Σw).
+            // Context vectors: ∂z/∂y_c = w_c / sqrt(Σw), for the latest
+            // `steppedContext` of them.
             if totalWeight > 0 {
                 var w = 1 / totalWeight.squareRoot()
                 var taken = 0
                 for c in ctx.reversed() {
-                    if taken == settings.contextItems { break }
+                    if taken == steppedContext { break }
                     table.step(context.row(Int(c)), anchor: contextAnchor?.row(Int(c)), along: dz, alpha: w, reg: reg,
                                accumulator: contextAdagrad.row(Int(c)), lr: lr, scale: nil)
                     w *= settings.contextDecay

@@ -887,24 +887,42 @@ class FeedbackStreamer:
     def _full(self) -> bool:
         return len(self._buffer) >= min(self.batch_size, self._client.max_events)
 
+    @property
+    def stream_length(self) -> int:
+        """Events the stream has taken so far (buffered, in flight or
+        settled): the stream index the next event gets."""
+        return self._offset + len(self._buffer)
+
     def send(self, event: EventLike) -> None:
         """Queue one event; writes a batch when one is full.
 
         Raises ValueError for an invalid event, and a refused earlier batch's
-        ServerError.
+        ServerError; the exception's ``events_taken`` (0 or 1) says whether
+        the event is in the stream, as :meth:`send_many`'s does.
         """
-        self._buffer.append(to_event(event))
-        if self._full():
-            self._send_batch()
-        self._raise_errors()
+        self.send_many((event,))
 
     def send_many(self, events: Iterable[EventLike]) -> None:
-        """Queue many events; writes every batch that fills up.  Raises as :meth:`send`."""
-        for e in events:
-            self._buffer.append(to_event(e))
-            if self._full():
-                self._send_batch()
-        self._raise_errors()
+        """Queue many events; writes every batch that fills up.
+
+        Raises as :meth:`send`. Whatever it raises (an invalid event, a
+        broken connection, an earlier batch's refusal, an interrupt) carries
+        ``events_taken``: how many of these events the stream took. Those
+        are in the stream like any other (settled, listed in
+        :attr:`unacknowledged`, or sent by the next :meth:`flush`); the
+        events from that index on were not taken, and can be sent again.
+        """
+        start = self.stream_length
+        try:
+            for e in events:
+                self._buffer.append(to_event(e))
+                if self._full():
+                    self._send_batch()
+            self._raise_errors()
+        except BaseException as err:
+            _c.note_events_taken(err, self.stream_length - start)
+            _c.fold_queued_failures(err, self._errors)
+            raise
 
     def flush(self) -> Optional[FeedbackAck]:
         """Send the buffered events and wait for every acknowledgement.
@@ -913,14 +931,18 @@ class FeedbackStreamer:
         sent).  Raises the ServerError of a refused batch, ConnectionError,
         TimeoutError.
         """
-        while True:
-            while self._buffer:
-                self._send_batch()
-            self._drain()
-            if not self._oversized:
-                break
-            self._resend_oversized()
-        self._raise_errors()
+        try:
+            while True:
+                while self._buffer:
+                    self._send_batch()
+                self._drain()
+                if not self._oversized:
+                    break
+                self._resend_oversized()
+            self._raise_errors()
+        except BaseException as err:
+            _c.fold_queued_failures(err, self._errors)
+            raise
         return self.last_ack
 
     def __enter__(self) -> "FeedbackStreamer":
