@@ -76,39 +76,6 @@ def raise_refusals(errors: "Deque[BaseException]") -> None:
     raise first
 
 
-def note_events_taken(err: BaseException, taken: int) -> None:
-    """A streamer's ``send``/``send_many`` raised: its exception says how many
-    of the call's events the stream took (``events_taken``): those are
-    buffered, in flight or settled like any other, and the rest (from that
-    index of the call's events on) were never taken and can be sent again."""
-    try:
-        err.events_taken = taken  # type: ignore[attr-defined]
-    except (AttributeError, TypeError):  # pragma: no cover (an exception type with __slots__)
-        pass
-
-
-def fold_queued_failures(err: BaseException, errors: "Deque[BaseException]") -> None:
-    """A streamer call is raising ``err``, a broken connection or a timeout
-    of its own (say, reconnecting for its next batch failed). A connection
-    failure already queued for the caller (one that cut off batches in
-    flight) is told by ``err`` instead of being raised again at the next
-    call, when the caller may have dealt with the break (found in review:
-    it came back from the first call after a restart). Its batches join
-    ``err``'s ``unacknowledged_batches``; queued refusals stay queued."""
-    if not isinstance(err, (ConnectionError, TimeoutError)) or isinstance(err, ServerError):
-        return
-    try:
-        cut = err.__dict__.setdefault("unacknowledged_batches", [])
-    except AttributeError:  # pragma: no cover
-        return
-    kept = [e for e in errors if isinstance(e, ServerError)]
-    for e in errors:
-        if e is not err and not isinstance(e, ServerError):
-            cut.extend(getattr(e, "unacknowledged_batches", []))
-    errors.clear()
-    errors.extend(kept)
-
-
 def note_stream_failure(result: Any, offset: int, n: int, errors: "Deque[BaseException]",
                         refused: List[BaseException], unacknowledged: List[Tuple[int, int]]) -> None:
     """A streamer's batch of ``n`` events from stream index ``offset`` got

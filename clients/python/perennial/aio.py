@@ -698,45 +698,36 @@ class AsyncFeedbackStreamer:
     @property
     def stream_length(self) -> int:
         """Events the stream has taken so far (buffered, in flight or
-        settled): the stream index the next event gets."""
+        settled): the stream index the next event gets. Compared before and
+        after a ``send_many`` that raised, it says how many of the call's
+        events the stream took; the rest were not taken."""
         return self._offset + len(self._buffer)
 
     async def send(self, event: EventLike) -> None:
         """Queue one event; writes a batch when one is full.  Raises like Client's streamer."""
-        await self.send_many((event,))
+        self._buffer.append(to_event(event))
+        if len(self._buffer) >= self._size():
+            await self._send_batch()
+        self._raise_errors()
 
     async def send_many(self, events: Iterable[EventLike]) -> None:
-        """Queue many events, writing every batch that fills up. What it
-        raises carries ``events_taken``, as the :class:`FeedbackStreamer`'s
-        does. (A cancellation reaches the awaiting caller as a new
-        CancelledError, or asyncio's TimeoutError: there, compare
-        :attr:`stream_length` before and after.)"""
-        start = self.stream_length
-        try:
-            for e in events:
-                self._buffer.append(to_event(e))
-                if len(self._buffer) >= self._size():
-                    await self._send_batch()
-            self._raise_errors()
-        except BaseException as err:
-            _c.note_events_taken(err, self.stream_length - start)
-            _c.fold_queued_failures(err, self._errors)
-            raise
+        """Queue many events, writing every batch that fills up."""
+        for e in events:
+            self._buffer.append(to_event(e))
+            if len(self._buffer) >= self._size():
+                await self._send_batch()
+        self._raise_errors()
 
     async def flush(self) -> Optional[FeedbackAck]:
         """Send what is buffered, wait for every ack; return the last FeedbackAck."""
-        try:
-            while True:
-                while self._buffer:
-                    await self._send_batch()
-                await self._drain()
-                if not self._oversized and not self._resend:
-                    break
-                await self._resend_oversized()
-            self._raise_errors()
-        except BaseException as err:
-            _c.fold_queued_failures(err, self._errors)
-            raise
+        while True:
+            while self._buffer:
+                await self._send_batch()
+            await self._drain()
+            if not self._oversized and not self._resend:
+                break
+            await self._resend_oversized()
+        self._raise_errors()
         return self.last_ack
 
     async def __aenter__(self) -> "AsyncFeedbackStreamer":

@@ -749,6 +749,8 @@ class FeedbackStreamer:
         # Batches refused as larger than the server's max_events: re-sent
         # split once the new limit is known (stream index, events, error).
         self._oversized: List[Tuple[int, List[Event], BaseException]] = []
+        # Their chunks not yet sent again (kept through an interruption).
+        self._resend: List[Tuple[int, List[Event], BaseException]] = []
         #: Every refused batch's error so far, oldest first (each with
         #: ``batch_offset`` and ``batch_events``).
         self.refused: List[BaseException] = []
@@ -782,7 +784,7 @@ class FeedbackStreamer:
     def _send_batch(self) -> None:
         self._client._ensure_connected()  # learn max_events first
         size = min(self.batch_size, self._client.max_events)
-        if self._oversized or len(self._buffer) < size:
+        if self._oversized or self._resend or len(self._buffer) < size:
             # Refused batches go again before anything after them, and a
             # partial batch (the last) waits for the replies in flight:
             # smaller than a lowered max_events, it would otherwise be
@@ -792,13 +794,15 @@ class FeedbackStreamer:
             size = min(self.batch_size, self._client.max_events)
         self._write(self._offset, self._buffer[:size], from_buffer=True)
 
-    def _write(self, offset: int, batch: List[Event], from_buffer: bool = False) -> None:
-        """Write one batch (``from_buffer``: the buffer's first events, which
-        leave it once queued). Raises, with nothing sent, when the connection
-        cannot be opened (a batch from the buffer stays there for the next
-        call); once queued, its outcome reaches :meth:`_on_reply` (an ack, a
-        refusal, or the connection's end, which leaves it unacknowledged),
-        even if the write is interrupted."""
+    def _write(self, offset: int, batch: List[Event], from_buffer: bool = False, from_resend: bool = False) -> None:
+        """Write one batch: the buffer's first events (``from_buffer``) or
+        the first chunk to re-send (``from_resend``), which leave their list
+        once queued. Raises, with nothing sent, when the connection cannot
+        be opened (the batch stays where it was for the next call); once
+        queued, its outcome reaches :meth:`_on_reply` (an ack, a refusal, or
+        the connection's end, which leaves it unacknowledged), even if the
+        write is interrupted. (No call between queuing and leaving the list:
+        an interruption cannot come between them.)"""
         while self._inflight >= self.window:
             if not self._client._pending:
                 self._resync()
@@ -831,6 +835,8 @@ class FeedbackStreamer:
             if from_buffer:
                 del self._buffer[:len(batch)]
                 self._offset += len(batch)
+            elif from_resend:
+                del self._resend[0]
             self._client._send_queued(p)
         except BaseException as e:
             if any(q.sink is sink for q in self._client._pending):
@@ -867,20 +873,25 @@ class FeedbackStreamer:
         # A RELOAD may have lowered max_events since the HELLO: learn the
         # limit; batches above it go again split, in stream order (every
         # reply in flight is in first, so every such refusal is known), and
-        # the others' refusals stand. What cannot be sent (the connection
-        # broke) is a refusal: it was not accepted.
-        chunks: List[Tuple[int, List[Event], BaseException]] = []
+        # the others' refusals stand. What cannot be sent because the
+        # connection broke is a refusal: it was not accepted. An interruption
+        # (Ctrl-C) keeps the chunks not yet sent for the next flush, as a
+        # cancellation does in the asyncio streamer (review finding,
+        # helper-45: they were reported refused, never having been sent).
         try:
-            while self._oversized:
+            while self._oversized or self._resend:
                 self._drain()
-                limit = self._client.hello().max_events
-                chunks = _c.split_oversized(self._oversized, limit, self._errors, self.refused, self.unacknowledged)
-                while chunks:
-                    offset, chunk, _ = chunks[0]
-                    self._write(offset, chunk)
-                    chunks.pop(0)
-        except BaseException:
-            _c.refuse_unsent(chunks + self._oversized, self._errors, self.refused, self.unacknowledged)
+                if self._oversized:
+                    limit = self._client.hello().max_events
+                    self._resend += _c.split_oversized(self._oversized, limit, self._errors, self.refused,
+                                                       self.unacknowledged)
+                    self._resend.sort(key=lambda r: r[0])
+                while self._resend:
+                    offset, chunk, _ = self._resend[0]
+                    self._write(offset, chunk, from_resend=True)
+        except PerennialError:
+            _c.refuse_unsent(self._resend + self._oversized, self._errors, self.refused, self.unacknowledged)
+            self._resend.clear()
             self._oversized.clear()
             raise
 
@@ -890,39 +901,29 @@ class FeedbackStreamer:
     @property
     def stream_length(self) -> int:
         """Events the stream has taken so far (buffered, in flight or
-        settled): the stream index the next event gets."""
+        settled): the stream index the next event gets. Compared before and
+        after a ``send_many`` that raised, it says how many of the call's
+        events the stream took; the rest were not taken."""
         return self._offset + len(self._buffer)
 
     def send(self, event: EventLike) -> None:
         """Queue one event; writes a batch when one is full.
 
         Raises ValueError for an invalid event, and a refused earlier batch's
-        ServerError; the exception's ``events_taken`` (0 or 1) says whether
-        the event is in the stream, as :meth:`send_many`'s does.
+        ServerError.
         """
-        self.send_many((event,))
+        self._buffer.append(to_event(event))
+        if self._full():
+            self._send_batch()
+        self._raise_errors()
 
     def send_many(self, events: Iterable[EventLike]) -> None:
-        """Queue many events; writes every batch that fills up.
-
-        Raises as :meth:`send`. Whatever it raises (an invalid event, a
-        broken connection, an earlier batch's refusal, an interrupt) carries
-        ``events_taken``: how many of these events the stream took. Those
-        are in the stream like any other (settled, listed in
-        :attr:`unacknowledged`, or sent by the next :meth:`flush`); the
-        events from that index on were not taken, and can be sent again.
-        """
-        start = self.stream_length
-        try:
-            for e in events:
-                self._buffer.append(to_event(e))
-                if self._full():
-                    self._send_batch()
-            self._raise_errors()
-        except BaseException as err:
-            _c.note_events_taken(err, self.stream_length - start)
-            _c.fold_queued_failures(err, self._errors)
-            raise
+        """Queue many events; writes every batch that fills up.  Raises as :meth:`send`."""
+        for e in events:
+            self._buffer.append(to_event(e))
+            if self._full():
+                self._send_batch()
+        self._raise_errors()
 
     def flush(self) -> Optional[FeedbackAck]:
         """Send the buffered events and wait for every acknowledgement.
@@ -931,18 +932,14 @@ class FeedbackStreamer:
         sent).  Raises the ServerError of a refused batch, ConnectionError,
         TimeoutError.
         """
-        try:
-            while True:
-                while self._buffer:
-                    self._send_batch()
-                self._drain()
-                if not self._oversized:
-                    break
-                self._resend_oversized()
-            self._raise_errors()
-        except BaseException as err:
-            _c.fold_queued_failures(err, self._errors)
-            raise
+        while True:
+            while self._buffer:
+                self._send_batch()
+            self._drain()
+            if not self._oversized and not self._resend:
+                break
+            self._resend_oversized()
+        self._raise_errors()
         return self.last_ack
 
     def __enter__(self) -> "FeedbackStreamer":

@@ -195,6 +195,40 @@ def test_streamers_follow_a_lowered_max_events_after_reload(start_server, monkey
 
 
 
+def test_an_interrupted_resplit_keeps_the_chunks_not_sent(start_server, monkeypatch) -> None:
+    """Ctrl-C while the sync streamer re-sends, split, a batch refused after
+    a RELOAD lowered max_events: the chunks not yet sent stay for the next
+    flush (review finding, helper-45: they were reported refused though
+    never sent, and a with block's exit swallowed those refusals)."""
+    events = [perennial.Event(u % 9 + 1, u + 1) for u in range(250)]
+    build = perennial._commands.feedback
+    interrupted = []
+
+    def feedback(batch):
+        if batch and batch[0] is events[40] and not interrupted:   # the re-split's second chunk
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return build(batch)
+    monkeypatch.setattr(perennial._commands, "feedback", feedback)
+    srv = start_server(BASE % ('"cf", "popularity"', "cf", "0.3"))
+    cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
+    with srv.client() as c, srv.client() as admin:
+        assert c.ping() and c.server_info.max_events > 100
+        cfg.write_text(BASE % ('"cf", "popularity"', "cf", "0.3") + "[limits]\nmax_events = 40\n")
+        admin.reload()
+        s = c.streamer(window=1, batch_size=100)
+        with pytest.raises(KeyboardInterrupt):
+            s.send_many(events)
+            s.flush()
+        assert interrupted and s.refused == [] and s.unacknowledged == []
+        taken = s.stream_length
+        s.send_many(events[taken:])
+        s.flush()
+        assert s.refused == [] and s.unacknowledged == []
+        assert s.acked_events == s.stream_length == 250
+        assert admin.stats()["events_accepted"] == 250
+
+
 class _SlowReplies:
     """A TCP proxy to the server that delays every reply chunk by `delay`
     seconds (requests pass at once): replies arrive after the client has
@@ -425,11 +459,11 @@ def test_a_failed_resend_reports_each_chunk_in_its_place(start_server, monkeypat
         write = s._write
         calls = []
 
-        def breaking(offset, batch):
+        def breaking(offset, batch, **where):
             calls.append(offset)
             if len(calls) == 3:
                 raise perennial.ConnectionError("cut")
-            write(offset, batch)
+            write(offset, batch, **where)
         monkeypatch.setattr(s, "_write", breaking)
         with pytest.raises(perennial.ConnectionError):
             s.flush()
