@@ -31,8 +31,8 @@
 // (changes taken in log order, so learning depends on the log alone). Encoder weights are one buffer
 // allocated once (the serving thread reads while the learner writes, as
 // with the shared table). Cached item encodings belong to the serving
-// thread alone, which recomputes one when the encoder has taken
-// `refreshSteps` steps since it was computed.
+// thread alone (EncodingCache: refreshed a generation at a time once the
+// encoder has taken `refreshSteps` steps).
 
 import CKernels
 import PerennialCore
@@ -97,15 +97,13 @@ public final class TextCNNScorer: Scorer {
     private var scratch: EncoderScratch
     private var dyI: [Float], dyJ: [Float], diff: [Float]
 
-    // Serving-thread state: cached normalised encodings (D floats) and the
-    // raw bias, with the encoder step each was computed at (-1 = never).
-    let cache: ChunkedBuffer<Float>
-    var cacheStep: [Int] = []
+    // Serving-thread state: cached normalised encodings (D floats, then the
+    // raw bias), a generation at a time.
+    let cache: EncodingCache
     private var serveTrace: EncoderTrace
-    /// Stale cached encodings one request may recompute; the rest wait for
-    /// later requests (items never encoded are always encoded).
+    /// Items one request encodes for the next generation of the cache (items
+    /// never encoded are always encoded at once).
     static let refreshesPerRequest = 512
-    private var refreshBudget = 0
     /// The request's content profile (D floats; never moves, so scoring
     /// reads it through a pointer, without exclusivity checks per item).
     private let profile: UnsafeMutablePointer<Float>
@@ -141,7 +139,7 @@ public final class TextCNNScorer: Scorer {
         users = ChunkedBuffer(width: D, fill: 0, rowsPerChunkLog2: 10)
         userM = ChunkedBuffer(width: D, fill: 0, rowsPerChunkLog2: 10)
         userV = ChunkedBuffer(width: D, fill: 0, rowsPerChunkLog2: 10)
-        cache = ChunkedBuffer(width: D + 1, fill: 0, rowsPerChunkLog2: 10)
+        cache = EncodingCache(width: D + 1)
         offsets = ChunkedBuffer(width: D, fill: 0, rowsPerChunkLog2: 10)
         offsetM = ChunkedBuffer(width: D, fill: 0, rowsPerChunkLog2: 10)
         offsetV = ChunkedBuffer(width: D, fill: 0, rowsPerChunkLog2: 10)
@@ -225,7 +223,7 @@ public final class TextCNNScorer: Scorer {
             offsetM.row(Int(i)).update(repeating: 0, count: D)
             offsetV.row(Int(i)).update(repeating: 0, count: D)
             if let at = pendingOffsets[i] { for k in 0..<D { pendingOffsetGrad[at + k] = 0 } }
-            if Int(i) < cacheStep.count { cacheStep[Int(i)] = -1 }
+            cache.invalidate(Int(i))
         }
         seenItems.removeAll(where: retired.contains)
     }
@@ -236,12 +234,11 @@ public final class TextCNNScorer: Scorer {
         userV.ensure(rows: n)
         for u in userRows..<max(userRows, n) { initialiseUser(u) }
         userRows = max(userRows, n)
-        cache.ensure(rows: items)
+        cache.grow(items: items)
         offsets.ensure(rows: items)
         offsetM.ensure(rows: items)
         offsetV.ensure(rows: items)
         offsetRows = max(offsetRows, items)
-        if cacheStep.count < items { cacheStep.append(contentsOf: repeatElement(-1, count: items - cacheStep.count)) }
         itemCount = max(itemCount, items)
     }
 
@@ -250,7 +247,7 @@ public final class TextCNNScorer: Scorer {
         texts.withLock { $0[item] = tokens }
         textChanges.withLock { $0.append((seq, item, tokens)) }
         textChangesWaiting.add(1, ordering: .releasing)
-        if Int(item) < cacheStep.count { cacheStep[Int(item)] = -1 }
+        cache.invalidate(Int(item))
     }
 
     /// Takes the text changes made before event `seq` into the learner's copy.
@@ -379,36 +376,32 @@ public final class TextCNNScorer: Scorer {
     // MARK: scoring (serving thread)
 
     /// The item's cached normalised encoding (D floats, then the raw bias),
-    /// recomputed when stale; nil for an item without text.
+    /// from the cache's live generation; nil for an item without text.
+    @inline(__always)
     private func encoding(_ item: Int32) -> UnsafeMutablePointer<Float>? {
-        let i = Int(item)
-        guard i < cacheStep.count else { return nil }
-        let now = steps.load(ordering: .acquiring)
-        let row = cache.row(i)
-        if cacheStep[i] >= 0 {
-            // Fresh enough, or stale but this request has spent its refresh
-            // budget: every cached item goes stale at once after
-            // `refreshSteps` steps, and recomputing the whole catalogue in one
-            // request would stall the serving thread.
-            if now - cacheStep[i] < settings.refreshSteps || refreshBudget <= 0 { return row }
-            refreshBudget -= 1
-        }
-        guard let tokens = texts.withLock({ $0[item] }) else { return nil }
+        cache.row(Int(item)) { i, row in encode(Int32(i), into: row) }
+    }
+
+    /// Writes the item's normalised encoding as the encoder and its offset
+    /// stand now; false for an item without text.
+    private func encode(_ item: Int32, into row: UnsafeMutablePointer<Float>) -> Bool {
+        guard let tokens = texts.withLock({ $0[item] }) else { return false }
         encoder.forward(params, tokens, trace: &serveTrace)
-        let o = offsets.row(i)
+        let o = offsets.row(Int(item))
         var norm: Float = 0
         for k in 0..<D { row[k] = serveTrace.y[k] + o[k]; norm += row[k] * row[k] }
         row[D] = row[D - 1]
         let inv = norm > 0 ? 1 / norm.squareRoot() : 0
         for k in 0..<D { row[k] *= inv }
-        cacheStep[i] = now
-        return row
+        return true
     }
 
     /// Sums the normalised encodings of the user's items into `profile`;
-    /// false when none has text.
+    /// false when none has text. (First, the cache's next generation
+    /// advances by a request's share.)
     private func buildProfile(_ query: ScoringQuery) -> Bool {
-        refreshBudget = Self.refreshesPerRequest
+        cache.advance(now: steps.load(ordering: .acquiring), every: settings.refreshSteps,
+                      budget: Self.refreshesPerRequest, items: itemCount) { i, row in encode(Int32(i), into: row) }
         for k in 0..<D { profile[k] = 0 }
         var any = false
         for item in query.history + query.sessionItems {
@@ -519,7 +512,7 @@ public final class TextCNNScorer: Scorer {
         }
         learnedPositives.store(try r.u64(), ordering: .relaxed)
         skippedNoText.store(try r.u64(), ordering: .relaxed)
-        for k in cacheStep.indices { cacheStep[k] = -1 }
+        cache.invalidateAll()
     }
 }
 

@@ -20,8 +20,8 @@ public struct TextCNNSettings: ScorerSettings, Equatable {
     public var positiveThreshold: Float = 4
     /// Passes over a bulk training set.
     public var epochs = 2
-    /// Encoder steps after which the server recomputes a cached item encoding
-    /// when it next scores that item.
+    /// Encoder steps after which the cached item encodings are refreshed,
+    /// a generation at a time (EncodingCache).
     public var refreshSteps = 20
     public var seed: UInt64 = 7
 

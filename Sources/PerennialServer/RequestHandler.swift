@@ -297,7 +297,7 @@ final class RequestHandler {
             stats.recommends += 1
             var session = q.sessionItems
             if !q.shadowScorer.isEmpty && !model.canServe(q.shadowScorer) {
-                throw ProtocolError(.unknownScorer, "shadow_scorer \"\(q.shadowScorer)\" is not loaded; loaded: \((model.scorerNames + model.routes.keys.sorted()).joined(separator: ", "))")
+                throw ProtocolError(.unknownScorer, "the shadow scorer \"\(q.shadowScorer)\" is not loaded; loaded: \((model.scorerNames + model.routes.keys.sorted()).joined(separator: ", "))")
             }
             if !q.sessionID.isEmpty && model.canServe(q.scorer) {
                 // (A request the model will refuse leaves the session alone.)

@@ -75,7 +75,11 @@ final class SnapshotScheduler {
 
     /// The newest version at `seq` answers a SNAPSHOT request: noted so.
     private func markRequested(seq: UInt64) {
-        guard let file = store.files().first(where: { $0.seq == seq }), store.metadata(of: file)["requested"] == nil else { return }
+        // (The newest version at that position: after a rollback, not the
+        // model rolled back from, which has the plain id.)
+        guard let file = store.files().first(where: { $0.seq == seq }) else { return }
+        Log.info("SNAPSHOT: nothing changed since version \(file.id) (sequence \(seq)): answered with it")
+        guard store.metadata(of: file)["requested"] == nil else { return }
         do { try store.updateMetadata(of: file) { $0["requested"] = true } } catch { Log.warning("version \(file.id): cannot note the SNAPSHOT request in its description: \(error)") }
     }
 

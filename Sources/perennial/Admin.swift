@@ -49,6 +49,18 @@ struct Admin: AsyncParsableCommand {
     }
 
     func run() async throws {
+        do {
+            try await perform()
+        } catch {
+            // (A script reading --json gets an object on failure too, not an
+            // empty stdout; the message also goes to stderr, and the exit
+            // code is 1.)
+            if json { try? printJSON(["action": action, "error": "\(error)"]) }
+            throw error
+        }
+    }
+
+    private func perform() async throws {
         let client: PerennialClient
         do {
             // (A snapshot of a large model takes longer than any reply.)
@@ -93,7 +105,7 @@ struct Admin: AsyncParsableCommand {
             case "snapshot":
                 guard case .snapshot(let seq) = try await client.call(.snapshot) else { throw CommandError("unexpected reply to SNAPSHOT") }
                 if json { return try printJSON(["seq": seq]) }
-                print("snapshot durable at sequence \(seq) (version v\(seq) or a later one at that position: `perennial versions` lists them)")
+                print("snapshot durable at sequence \(seq): the newest version at that position (v\(seq), or v\(seq).N when a rollback or a RELOAD wrote another there; `perennial versions` lists them)")
             default:
                 try await client.shutdown()
                 if json { return try printJSON(["stopping": true]) }

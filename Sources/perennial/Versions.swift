@@ -58,9 +58,14 @@ struct Versions: ParsableCommand {
             let cfg = try config.map { try PerennialConfig.load(file: $0, registry: .builtin) } ?? PerennialConfig.defaults(registry: .builtin)
             // The version's scorers are restored only if the config loads them.
             let saved0 = store.metadata(of: file)["scorers"] as? [String] ?? []
-            let wanted = scorer.isEmpty ? cfg.defaultScorer : scorer
-            if saved0.contains(wanted) && !cfg.scorers.contains(where: { $0.name == wanted }) {
-                throw CommandError("\(config.map { "the config \($0)" } ?? "the bundled config (no --config given)") does not load \(wanted), which version \(id) learned (its scorers: \(saved0.joined(separator: ", "))): pass --config with the config the server ran")
+            // Every scorer the version learned, not only the one ranked: the
+            // evaluation goes on learning, and scorers share the table
+            // (session-rnn steps its rows), so a figure under a config that
+            // leaves one out is not the version's (review finding,
+            // helper-46: such a figure replaced the right one silently).
+            let missing = saved0.filter { name in !cfg.scorers.contains(where: { $0.name == name }) }
+            if !missing.isEmpty {
+                throw CommandError("\(config.map { "the config \($0)" } ?? "the bundled config (no --config given)") does not load \(missing.joined(separator: ", ")), which version \(id) learned (its scorers: \(saved0.joined(separator: ", "))): pass --config with the config the server ran")
             }
             var (info, reader) = try store.read(file.path)
             let model = Model(config: cfg, registry: .builtin)
@@ -87,9 +92,12 @@ struct Versions: ParsableCommand {
                 if byScorer.isEmpty, let earlier = meta["e1"] as? [String: Any], let name = earlier["scorer"] as? String {
                     byScorer[name] = earlier
                 }
-                byScorer[figures.scorer] = figures.json
+                // (Which config's settings the figure was taken under.)
+                var json = figures.json
+                json["config"] = config ?? "bundled"
+                byScorer[figures.scorer] = json
                 meta["e1_by_scorer"] = byScorer
-                meta["e1"] = figures.json
+                meta["e1"] = json
             }
             print(String(format: "version %@ (%@): HR@10 %.4f  NDCG@10 %.4f  over %d evaluated of %d later events (%.1f s)",
                          file.id, figures.scorer, figures.total.hr, figures.total.ndcg, figures.total.count, figures.events, figures.seconds))

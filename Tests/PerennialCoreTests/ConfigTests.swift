@@ -168,6 +168,32 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
         }
     }
 
+    /// Valid TOML that the reader refused or misreported (review finding,
+    /// helper-46): an array over several lines, a byte-order mark; and an
+    /// integer too large says so instead of "is not a value".
+    @Test func multiLineArraysByteOrderMarksAndHugeIntegers() throws {
+        let c = try load("""
+            [scorers]
+            load = [
+              "cf",        # the default
+              "popularity",
+            ]
+            default = "popularity"
+            [server]
+            port = 7001
+            """)
+        #expect(c.scorers.map(\.name) == ["cf", "popularity"] && c.defaultScorer == "popularity" && c.port == 7001)
+        #expect(try load("\u{FEFF}[server]\nport = 7002\n").port == 7002)
+        #expect(throws: ConfigError(file: "test.toml", line: 2, message: "bad value for 'limits.wait_ms': 99999999999999999999 is out of range for an integer (at most \(Int.max))")) {
+            try load("[limits]\nwait_ms = 99999999999999999999\n")
+        }
+        // An array left open names the line it began on.
+        do {
+            _ = try load("[scorers]\nload = [\"cf\",\n\"popularity\"\n")
+            Issue.record("accepted an array left open")
+        } catch { #expect(error.line == 2 && error.message.contains("unterminated array")) }
+    }
+
     @Test func unknownScorerIsRefused() {
         do {
             _ = try load("[scorers]\nload = [\"popularity\", \"magic\"]\n")

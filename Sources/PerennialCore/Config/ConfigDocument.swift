@@ -1,7 +1,7 @@
 // A small TOML reader for Perennial's config file: `[section]` and
 // `[section.sub]` headers, `key = value` lines, `#` comments; values are
 // strings ("…" with \" \\ \n \t escapes, or '…'), integers, floats, booleans
-// and one-line arrays of those. That subset is all the config uses, and
+// and arrays of those (on one line or spread over several). That subset is all the config uses, and
 // owning the parser lets every error name the line and the key, which a
 // general TOML library does not report for semantic errors.
 
@@ -68,15 +68,18 @@ public struct ConfigDocument: Sendable {
     public init(text: String, file: String) throws(ConfigError) {
         self.file = file
         var section = ""
-        var lineNumber = 0
         // (Swift reads "\r\n" as one Character: a file with Windows line
         // ends split at "\n" alone was one long line, and a comment ending
-        // in "\r\n" swallowed the line after it.)
-        for rawLine in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" || $0 == "\r" }) {
-            lineNumber += 1
-            var line = Substring(ConfigDocument.stripComment(String(rawLine)))
-            line = line.drop(while: { $0 == " " || $0 == "\t" || $0 == "\r" })
-            while let last = line.last, last == " " || last == "\t" || last == "\r" { line = line.dropLast() }
+        // in "\r\n" swallowed the line after it. A byte-order mark, which
+        // some editors write and nobody sees, is not part of the first line.)
+        let body = text.hasPrefix("\u{FEFF}") ? Substring(text.dropFirst()) : Substring(text)
+        let lines = body.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" || $0 == "\r" })
+            .map { ConfigDocument.stripComment(String($0)).trimmingSpacesAndReturns() }
+        var next = 0
+        while next < lines.count {
+            let lineNumber = next + 1
+            let line = Substring(lines[next])
+            next += 1
             if line.isEmpty { continue }
             if line.hasPrefix("[") {
                 guard line.hasSuffix("]"), !line.hasPrefix("[[") else {
@@ -93,7 +96,12 @@ public struct ConfigDocument: Sendable {
                 throw ConfigError(file: file, line: lineNumber, message: "expected 'key = value', found '\(line)'")
             }
             let key = line[..<eq].trimmingSpaces()
-            let valueText = line[line.index(after: eq)...].trimmingSpaces()
+            var valueText = line[line.index(after: eq)...].trimmingSpaces()
+            // An array may go on over the following lines, up to its ']'.
+            while ConfigDocument.openBrackets(valueText) > 0 && next < lines.count {
+                valueText += " " + lines[next]
+                next += 1
+            }
             guard ConfigDocument.isKeyPath(key) else {
                 throw ConfigError(file: file, line: lineNumber, message: "malformed key '\(key)'")
             }
@@ -129,6 +137,22 @@ public struct ConfigDocument: Sendable {
                 (c >= "a" && c <= "z") || (c >= "A" && c <= "Z") || (c >= "0" && c <= "9") || c == "_" || c == "-"
             }
         }
+    }
+
+    /// How many '[' outside strings are not closed by a ']' in `text`.
+    static func openBrackets(_ text: String) -> Int {
+        var depth = 0, inDouble = false, inSingle = false, escaped = false
+        for c in text {
+            if escaped { escaped = false; continue }
+            if inDouble && c == "\\" { escaped = true; continue }
+            if c == "\"" && !inSingle { inDouble.toggle() }
+            if c == "'" && !inDouble { inSingle.toggle() }
+            if !inDouble && !inSingle {
+                if c == "[" { depth += 1 }
+                if c == "]" { depth -= 1 }
+            }
+        }
+        return depth
     }
 
     /// Drops a `#` comment that is not inside a string.
@@ -232,6 +256,9 @@ struct ValueParser {
         if word == "false" { return .bool(false) }
         let digits = word.replacingUnderscores()
         if let n = Int(digits) { return .integer(n) }
+        if !digits.isEmpty, digits.drop(while: { $0 == "-" || $0 == "+" }).allSatisfy(\.isASCIIDigit) {
+            throw Failure(message: "\(word) is out of range for an integer (at most \(Int.max))")
+        }
         if digits.contains(where: { $0 == "." || $0 == "e" || $0 == "E" }), let d = Double(digits), d.isFinite {
             return .float(d)
         }
@@ -239,11 +266,22 @@ struct ValueParser {
     }
 }
 
+extension Character {
+    var isASCIIDigit: Bool { ("0"..."9").contains(self) }
+}
+
 extension StringProtocol {
     func trimmingSpaces() -> String {
         var s = Substring(self)
         while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
         while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
+        return String(s)
+    }
+
+    func trimmingSpacesAndReturns() -> String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\t" || f == "\r" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\t" || l == "\r" { s = s.dropLast() }
         return String(s)
     }
 

@@ -625,7 +625,9 @@ class Client:
     def snapshot(self) -> int:
         """Ask the server for a snapshot; returns the log sequence it covers.
 
-        The server writes the whole model first: the reply is waited for up
+        The version is the newest at that position: ``v<seq>``, or
+        ``v<seq>.<n>`` when a rollback or a RELOAD wrote another there
+        (``perennial versions`` lists them). The server writes the whole model first: the reply is waited for up
         to ``admin_timeout`` (or ``timeout``, if longer).
         Raises NotSupported, Unauthorized, STORAGE (it could not be written).
         """

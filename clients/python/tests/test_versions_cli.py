@@ -80,6 +80,14 @@ def test_dropping_a_learned_scorer_needs_the_flag_and_leaves_a_version(start_ser
     assert all(f["count"] > 0 for f in entry["e1_by_scorer"].values())
     table = _perennial("versions", "--data-dir", data).stdout
     assert "cf); HR@10" in table, table
+    # A config that leaves out a scorer the version learned (the evaluation
+    # goes on learning, and the scorers share the table): refused, naming it,
+    # and the figure kept stays (review finding, helper-46: it was replaced).
+    out = _perennial("versions", "--data-dir", data, "--config", cfg, "--evaluate", version, "--scorer", "cf")
+    assert out.returncode == 1 and "does not load popularity" in out.stderr, out.stderr
+    kept = next(v for v in json.loads(_perennial("versions", "--data-dir", data, "--json").stdout) if v["id"] == version)
+    assert kept["e1_by_scorer"] == entry["e1_by_scorer"]
+    assert kept["e1_by_scorer"]["cf"]["config"].endswith("perennial.toml")
 
 
 def test_item_upserts_are_saved_by_snapshots_and_kept_by_a_rollback(start_server) -> None:
@@ -147,3 +155,15 @@ def test_versions_verify_names_a_damaged_version(start_server) -> None:
     assert listing["v2000"]["verified"] is True
     text = _perennial("versions", "--data-dir", srv.data_dir, "--verify").stdout
     assert "DAMAGED" in text and "1 version(s) damaged" in text, text
+
+
+def test_admin_json_reports_a_failure_as_json() -> None:
+    """`perennial admin ... --json` that fails prints a JSON object too
+    (review finding, helper-46: stdout was empty, so a script parsing it
+    got nothing), besides the message on stderr and exit code 1."""
+    from conftest import free_port
+    out = _perennial("admin", "ping", "--port", str(free_port()), "--json")
+    assert out.returncode == 1
+    reported = json.loads(out.stdout)
+    assert reported["action"] == "ping" and "cannot connect" in reported["error"], out.stdout
+    assert "cannot connect" in out.stderr
