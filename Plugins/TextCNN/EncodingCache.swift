@@ -29,9 +29,12 @@ final class EncodingCache {
     /// The encoder step the live generation was begun at (nil until the
     /// first request after a start, a load or `invalidateAll`).
     private(set) var liveStep: Int?
-    /// The refresh under way: the encoder step it began at, and the next
-    /// item index it encodes.
-    private var refresh: (step: Int, next: Int)?
+    /// The refresh under way: the encoder step it began at, the next item
+    /// index it encodes, and where it ends (the item count when it began:
+    /// items added since are encoded on demand, so a catalogue growing
+    /// faster than the refresh cannot keep it from finishing; review
+    /// finding, helper-47).
+    private var refresh: (step: Int, next: Int, end: Int)?
 
     init(width: Int) {
         self.width = width
@@ -65,11 +68,12 @@ final class EncodingCache {
         refresh = nil
     }
 
-    /// Called once per request, before it ranks: begins a refresh when the
-    /// encoder has taken `every` steps since the live generation began, and
-    /// encodes up to `budget` items of it (`encode` writes item i's row and
-    /// says whether the item has a text); swaps it in once it covers the
-    /// first `items` items.
+    /// Called once per request, before it ranks: begins a refresh of the
+    /// first `items` items when the encoder has taken `every` steps since
+    /// the live generation began, and encodes up to `budget` items of it
+    /// (`encode` writes item i's row and says whether the item has a text);
+    /// swaps it in once it is complete. (Items added meanwhile are not in
+    /// it: after the swap they are encoded again on demand.)
     func advance(now: Int, every: Int, budget: Int, items: Int,
                  encode: (Int, UnsafeMutablePointer<Float>) -> Bool) {
         guard let began = liveStep else {
@@ -78,18 +82,18 @@ final class EncodingCache {
         }
         if refresh == nil {
             guard now - began >= every else { return }
-            refresh = (now, 0)
+            refresh = (now, 0, min(items, spareValid.count))
         }
         guard var r = refresh else { return }
         var left = budget
-        while left > 0 && r.next < min(items, spareValid.count) {
+        while left > 0 && r.next < r.end {
             let i = r.next
             r.next += 1
             spareValid[i] = encode(i, spare.row(i))
             if spareValid[i] { left -= 1 }
         }
         refresh = r
-        guard r.next >= min(items, spareValid.count) else { return }
+        guard r.next >= r.end else { return }
         swap(&live, &spare)
         swap(&liveValid, &spareValid)
         for i in spareValid.indices { spareValid[i] = false }

@@ -101,9 +101,13 @@ public final class TextCNNScorer: Scorer {
     // raw bias), a generation at a time.
     let cache: EncodingCache
     private var serveTrace: EncoderTrace
-    /// Items one request encodes for the next generation of the cache (items
-    /// never encoded are always encoded at once).
-    static let refreshesPerRequest = 512
+    /// Items one request encodes for the next generation of the cache, at
+    /// most; a request that scores only a few items encodes
+    /// `refreshesPerScoredItem` per item it scores, at least
+    /// `minimumRefreshes` (review finding, helper-47: a 5-item SCORE paid
+    /// for 512 encodings, 5 ms, while a refresh was under way). Items never
+    /// encoded are always encoded at once.
+    static let refreshesPerRequest = 512, refreshesPerScoredItem = 4, minimumRefreshes = 32
     /// The request's content profile (D floats; never moves, so scoring
     /// reads it through a pointer, without exclusivity checks per item).
     private let profile: UnsafeMutablePointer<Float>
@@ -398,10 +402,11 @@ public final class TextCNNScorer: Scorer {
 
     /// Sums the normalised encodings of the user's items into `profile`;
     /// false when none has text. (First, the cache's next generation
-    /// advances by a request's share.)
-    private func buildProfile(_ query: ScoringQuery) -> Bool {
+    /// advances by a request's share: in proportion to the `scored` items.)
+    private func buildProfile(_ query: ScoringQuery, scored: Int) -> Bool {
+        let budget = min(Self.refreshesPerRequest, max(Self.minimumRefreshes, Self.refreshesPerScoredItem * scored))
         cache.advance(now: steps.load(ordering: .acquiring), every: settings.refreshSteps,
-                      budget: Self.refreshesPerRequest, items: itemCount) { i, row in encode(Int32(i), into: row) }
+                      budget: budget, items: itemCount) { i, row in encode(Int32(i), into: row) }
         for k in 0..<D { profile[k] = 0 }
         var any = false
         for item in query.history + query.sessionItems {
@@ -418,7 +423,7 @@ public final class TextCNNScorer: Scorer {
     }
 
     public func recommend(_ query: ScoringQuery, into top: inout TopK) {
-        let hasProfile = buildProfile(query)
+        let hasProfile = buildProfile(query, scored: query.candidates?.count ?? itemCount)
         query.forEachEligibleItem { item in
             guard let v = encoding(item) else { return }
             top.push(item, score(v, hasProfile: hasProfile))
@@ -426,7 +431,7 @@ public final class TextCNNScorer: Scorer {
     }
 
     public func score(_ query: ScoringQuery, items: [Int32?]) -> [Float] {
-        let hasProfile = buildProfile(query)
+        let hasProfile = buildProfile(query, scored: items.count)
         return items.map { item in
             guard let item, let v = encoding(item) else { return 0 }
             return score(v, hasProfile: hasProfile)

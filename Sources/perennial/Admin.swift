@@ -41,6 +41,16 @@ struct Admin: AsyncParsableCommand {
     var json = false
 
     func validate() throws {
+        do {
+            try checkArguments()
+        } catch {
+            // (As `run`: --json gets an object for a refused argument too.)
+            if json { try? printJSON(["action": action, "error": "\(error)"]) }
+            throw error
+        }
+    }
+
+    private func checkArguments() throws {
         guard ["ping", "stats", "reload", "snapshot", "shutdown"].contains(action) else {
             throw ValidationError("unknown action '\(action)': use ping, stats, reload, snapshot or shutdown")
         }

@@ -63,9 +63,24 @@ struct Versions: ParsableCommand {
             // (session-rnn steps its rows), so a figure under a config that
             // leaves one out is not the version's (review finding,
             // helper-46: such a figure replaced the right one silently).
+            // The same holds for a scorer the version did not have (it would
+            // learn from scratch beside the others) and for any setting that
+            // differs from the version's (review finding, helper-47).
+            let which = config.map { "the config \($0)" } ?? "the bundled config (no --config given)"
+            let advice = "pass --config with the config the server ran (`perennial versions --json` shows the version's scorers and settings)"
             let missing = saved0.filter { name in !cfg.scorers.contains(where: { $0.name == name }) }
             if !missing.isEmpty {
-                throw CommandError("\(config.map { "the config \($0)" } ?? "the bundled config (no --config given)") does not load \(missing.joined(separator: ", ")), which version \(id) learned (its scorers: \(saved0.joined(separator: ", "))): pass --config with the config the server ran")
+                throw CommandError("\(which) does not load \(missing.joined(separator: ", ")), which version \(id) learned (its scorers: \(saved0.joined(separator: ", "))): \(advice)")
+            }
+            let extra = cfg.scorers.map(\.name).filter { !saved0.contains($0) }
+            if !saved0.isEmpty && !extra.isEmpty {
+                throw CommandError("\(which) loads \(extra.joined(separator: ", ")), which version \(id) did not have (its scorers: \(saved0.joined(separator: ", "))): \(advice)")
+            }
+            if let savedSettings = store.metadata(of: file)["settings"] as? [String: String] {
+                let differing = PerennialConfig.changedSettingValues(was: savedSettings, now: cfg.modelSettingValues)
+                if !differing.isEmpty {
+                    throw CommandError("\(which) differs from the settings version \(id) was learned with (\(differing.joined(separator: "; "))): \(advice)")
+                }
             }
             var (info, reader) = try store.read(file.path)
             let model = Model(config: cfg, registry: .builtin)
@@ -94,7 +109,7 @@ struct Versions: ParsableCommand {
                 }
                 // (Which config's settings the figure was taken under.)
                 var json = figures.json
-                json["config"] = config ?? "bundled"
+                json["config"] = config.map { URL(fileURLWithPath: $0).standardizedFileURL.path } ?? "bundled"
                 byScorer[figures.scorer] = json
                 meta["e1_by_scorer"] = byScorer
                 meta["e1"] = json

@@ -184,14 +184,23 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
             """)
         #expect(c.scorers.map(\.name) == ["cf", "popularity"] && c.defaultScorer == "popularity" && c.port == 7001)
         #expect(try load("\u{FEFF}[server]\nport = 7002\n").port == 7002)
-        #expect(throws: ConfigError(file: "test.toml", line: 2, message: "bad value for 'limits.wait_ms': 99999999999999999999 is out of range for an integer (at most \(Int.max))")) {
-            try load("[limits]\nwait_ms = 99999999999999999999\n")
+        #expect(throws: ConfigError(file: "test.toml", line: 2, message: "bad value for 'limits.wait_ms': -99999999999999999999 is out of range for an integer (\(Int.min) to \(Int.max))")) {
+            try load("[limits]\nwait_ms = -99999999999999999999\n")
         }
-        // An array left open names the line it began on.
-        do {
-            _ = try load("[scorers]\nload = [\"cf\",\n\"popularity\"\n")
-            Issue.record("accepted an array left open")
-        } catch { #expect(error.line == 2 && error.message.contains("unterminated array")) }
+        for notANumber in ["-", "--5"] {
+            do {
+                _ = try load("[limits]\nwait_ms = \(notANumber)\n")
+                Issue.record("accepted \(notANumber)")
+            } catch { #expect(error.message.contains("is not a value"), "\(error)") }
+        }
+        // An array left open names the line it began on, whether the file
+        // ends or a section starts before its ']'.
+        #expect(throws: ConfigError(file: "test.toml", line: 2, message: "bad value for 'scorers.load': unterminated array (opened on this line; the file ends before its ']')")) {
+            try load("[scorers]\nload = [\"cf\",\n\"popularity\"\n")
+        }
+        #expect(throws: ConfigError(file: "test.toml", line: 2, message: "bad value for 'scorers.load': unterminated array (opened on this line; line 3 starts a section before its ']')")) {
+            try load("[scorers]\nload = [\"cf\",\n[server]\nport = 7851\n")
+        }
     }
 
     @Test func unknownScorerIsRefused() {

@@ -97,8 +97,15 @@ public struct ConfigDocument: Sendable {
             }
             let key = line[..<eq].trimmingSpaces()
             var valueText = line[line.index(after: eq)...].trimmingSpaces()
-            // An array may go on over the following lines, up to its ']'.
-            while ConfigDocument.openBrackets(valueText) > 0 && next < lines.count {
+            // An array may go on over the following lines, up to its ']'; one
+            // left open names its line rather than swallow the rest of the
+            // file (review finding, helper-47).
+            while ConfigDocument.openBrackets(valueText) > 0 {
+                guard next < lines.count, !ConfigDocument.isSectionHeader(lines[next]) else {
+                    let fullKey = section.isEmpty ? key : section + "." + key
+                    throw ConfigError(file: file, line: lineNumber, message: "bad value for '\(fullKey)': unterminated array (opened on this line; "
+                                      + (next < lines.count ? "line \(next + 1) starts a section" : "the file ends") + " before its ']')")
+                }
                 valueText += " " + lines[next]
                 next += 1
             }
@@ -137,6 +144,12 @@ public struct ConfigDocument: Sendable {
                 (c >= "a" && c <= "z") || (c >= "A" && c <= "Z") || (c >= "0" && c <= "9") || c == "_" || c == "-"
             }
         }
+    }
+
+    /// Whether a line is a `[section]` header (a name, not an array's row).
+    static func isSectionHeader(_ line: String) -> Bool {
+        guard line.hasPrefix("["), line.hasSuffix("]"), !line.hasPrefix("[["), let first = line.dropFirst().first else { return false }
+        return (first.isLetter || first == "_") && isKeyPath(String(line.dropFirst().dropLast()).trimmingSpaces())
     }
 
     /// How many '[' outside strings are not closed by a ']' in `text`.
@@ -256,8 +269,9 @@ struct ValueParser {
         if word == "false" { return .bool(false) }
         let digits = word.replacingUnderscores()
         if let n = Int(digits) { return .integer(n) }
-        if !digits.isEmpty, digits.drop(while: { $0 == "-" || $0 == "+" }).allSatisfy(\.isASCIIDigit) {
-            throw Failure(message: "\(word) is out of range for an integer (at most \(Int.max))")
+        let unsigned = digits.first == "-" || digits.first == "+" ? digits.dropFirst() : Substring(digits)
+        if !unsigned.isEmpty, unsigned.allSatisfy(\.isASCIIDigit) {
+            throw Failure(message: "\(word) is out of range for an integer (\(Int.min) to \(Int.max))")
         }
         if digits.contains(where: { $0 == "." || $0 == "e" || $0 == "E" }), let d = Double(digits), d.isFinite {
             return .float(d)

@@ -709,7 +709,9 @@ class FeedbackStreamer:
     max_events); each full batch is written at once and at most ``window``
     batches are unacknowledged at a time (when the window is full, the
     streamer reads acks).  :meth:`flush` sends the partial batch and waits
-    for every ack.  Used as a context manager it flushes on exit.
+    for every ack.  Used as a context manager it flushes on exit, unless
+    the block is left by Ctrl-C (KeyboardInterrupt): then what is buffered
+    or in flight stays for an explicit :meth:`flush`.
 
     A batch the server refuses (e.g. :class:`InvalidEvent`) is raised from the
     next ``send``/``send_many``/``flush`` call, with ``batch_offset`` (stream
@@ -950,6 +952,13 @@ class FeedbackStreamer:
     def __exit__(self, exc_type: Optional[Type[BaseException]], *rest: Any) -> None:
         if exc_type is None:
             self.flush()
+        elif not issubclass(exc_type, Exception):
+            # Ctrl-C (or another BaseException): no flush, which on a
+            # stalled server waited out a reply timeout before the interrupt
+            # got through (forever with timeout=None; review finding,
+            # helper-47). What is buffered or in flight stays, and
+            # `s.flush()` settles it, as `async with` does on cancellation.
+            _c.tell_late_refusals(rest[0] if rest else None, self.refused)
         else:
             try:
                 self.flush()

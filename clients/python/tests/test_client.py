@@ -1170,6 +1170,30 @@ def test_an_interrupted_write_closes_the_connection_and_leaves_the_batch_unackno
     assert c.stats()["events_accepted"] == 2500   # the half-written batch was not
 
 
+def test_ctrl_c_leaves_a_streamer_block_at_once(start_server: Callable[..., Any]) -> None:
+    """Ctrl-C inside a streamer's with block on a stalled server: the block
+    is left at once, not after a reply timeout spent flushing (review
+    finding, helper-47: 10 s here, forever with timeout=None); nothing is
+    lost, and a flush once the server answers again settles every event."""
+    srv = start_server()
+    c = srv.client(timeout=10)
+    assert c.ping()
+    srv.proc.send_signal(signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            with c.streamer(window=2, batch_size=100) as s:
+                s.send_many(perennial.Event(1 + i % 50, 1 + i) for i in range(250))
+                raise KeyboardInterrupt
+        assert time.monotonic() - start < 5
+        assert s.stream_length == 250 and s.acked_events == 0
+    finally:
+        srv.proc.send_signal(signal.SIGCONT)
+    s.flush()
+    assert s.acked_events == 250 and s.unacknowledged == [] and s.refused == []
+    assert c.stats()["events_accepted"] == 250
+
+
 def test_a_batch_the_streamer_could_not_send_stays_buffered(start_server: Callable[..., Any]) -> None:
     """When the connection cannot be opened, the batch stays in the
     streamer and goes with the next call. (The streamer now takes a batch

@@ -85,9 +85,22 @@ def test_dropping_a_learned_scorer_needs_the_flag_and_leaves_a_version(start_ser
     # and the figure kept stays (review finding, helper-46: it was replaced).
     out = _perennial("versions", "--data-dir", data, "--config", cfg, "--evaluate", version, "--scorer", "cf")
     assert out.returncode == 1 and "does not load popularity" in out.stderr, out.stderr
+    # So is one that loads a scorer the version did not have, or changes a
+    # setting it learned with (review finding, helper-47).
+    extra = data + "/../with-rnn.toml"
+    with open(extra, "w") as f:
+        f.write('[scorers]\nload = ["cf", "popularity", "session-rnn"]\ndefault = "cf"\n')
+    out = _perennial("versions", "--data-dir", data, "--config", extra, "--evaluate", version, "--scorer", "cf")
+    assert out.returncode == 1 and "loads session-rnn, which version" in out.stderr, out.stderr
+    faster = data + "/../faster.toml"
+    with open(faster, "w") as f:
+        f.write(BOTH + "[scorers.cf]\nlearning_rate = 0.5\n")
+    out = _perennial("versions", "--data-dir", data, "--config", faster, "--evaluate", version, "--scorer", "cf")
+    assert out.returncode == 1 and "scorers.cf.learning_rate 0.1 -> 0.5" in out.stderr, out.stderr
     kept = next(v for v in json.loads(_perennial("versions", "--data-dir", data, "--json").stdout) if v["id"] == version)
     assert kept["e1_by_scorer"] == entry["e1_by_scorer"]
-    assert kept["e1_by_scorer"]["cf"]["config"].endswith("perennial.toml")
+    assert kept["e1_by_scorer"]["cf"]["config"].endswith("/perennial.toml")
+    assert kept["e1_by_scorer"]["cf"]["config"].startswith("/") and ".." not in kept["e1_by_scorer"]["cf"]["config"]
 
 
 def test_item_upserts_are_saved_by_snapshots_and_kept_by_a_rollback(start_server) -> None:
