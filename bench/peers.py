@@ -79,10 +79,16 @@ def report(d: str, runs: int) -> None:
 
     cpu = "unknown"
     try:
+        flags = set()
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == "unknown":
                 cpu = line.split(":", 1)[1].strip()
-                break
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+        # Which of the kernels' paths the server takes (they dispatch at run time).
+        simd = ("AVX-512 with VNNI" if "avx512_vnni" in flags else "AVX2 with FMA" if {"avx2", "fma"} <= flags
+                else "no AVX2 (plain loops)")
+        cpu += f" ({simd})"
     except OSError:
         pass
     mem = ""
