@@ -1179,6 +1179,10 @@ def test_ctrl_c_leaves_a_streamer_block_at_once(start_server: Callable[..., Any]
     c = srv.client(timeout=10)
     assert c.ping()
     srv.proc.send_signal(signal.SIGSTOP)
+    deadline = time.monotonic() + 5
+    while open("/proc/%d/stat" % srv.proc.pid).read().split(")")[1].split()[0] != "T":
+        assert time.monotonic() < deadline, "the server did not stop"
+        time.sleep(0.01)
     try:
         start = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
@@ -1192,6 +1196,19 @@ def test_ctrl_c_leaves_a_streamer_block_at_once(start_server: Callable[..., Any]
     s.flush()
     assert s.acked_events == 250 and s.unacknowledged == [] and s.refused == []
     assert c.stats()["events_accepted"] == 250
+
+
+def test_sys_exit_in_a_streamer_block_still_flushes(client: perennial.Client) -> None:
+    """Only Ctrl-C skips the flush: a program that ends on purpose inside
+    the block (sys.exit) has its events sent."""
+    before = client.stats()["events_accepted"]
+    u = fresh()[0]
+    with pytest.raises(SystemExit):
+        with client.streamer(window=2, batch_size=100) as s:
+            s.send_many(perennial.Event(u, i) for i in fresh(150))
+            raise SystemExit(0)
+    assert s.acked_events == 150
+    assert client.stats()["events_accepted"] == before + 150
 
 
 def test_a_batch_the_streamer_could_not_send_stays_buffered(start_server: Callable[..., Any]) -> None:
