@@ -110,9 +110,11 @@ final class EncodingCache {
         if liveValid[i] { return row }
         guard encode(i, row) else { return nil }
         liveValid[i] = true
-        // A refresh that already passed this item would otherwise swap in
-        // a buffer without it.
-        if let r = refresh, i < r.next {
+        // A refresh that already passed this item, or that ends before it
+        // (the item came after it began), would otherwise swap in a buffer
+        // without it, and the first request after the swap would encode
+        // every such item at once (review finding, helper-48).
+        if let r = refresh, i < r.next || i >= r.end {
             spare.row(i).update(from: row, count: width)
             spareValid[i] = true
         }

@@ -32,14 +32,16 @@ struct Versions: ParsableCommand {
     var scorer = ""
     @Option(parsing: .unconditional, help: "With --evaluate: at most this many later events.")
     var events = Int.max
+    @Flag(help: "With --evaluate: go ahead when the config's settings differ from the version's (say, after a RELOAD changed a blend weight); the figure records the differences.")
+    var allowChangedSettings = false
     @Flag(help: "Print the list as JSON.")
     var json = false
     @Flag(help: "Read each version whole and check its framing and checksum: a damaged one cannot be started from (slow for a large model).")
     var verify = false
 
     func validate() throws {
-        if evaluate == nil && (!scorer.isEmpty || events != Int.max) {
-            throw ValidationError("--scorer and --events go with --evaluate VERSION")
+        if evaluate == nil && (!scorer.isEmpty || events != Int.max || allowChangedSettings) {
+            throw ValidationError("--scorer, --events and --allow-changed-settings go with --evaluate VERSION")
         }
         guard events >= 1 else { throw ValidationError("--events must be at least 1, not \(events)") }
     }
@@ -76,11 +78,18 @@ struct Versions: ParsableCommand {
             if !saved0.isEmpty && !extra.isEmpty {
                 throw CommandError("\(which) loads \(extra.joined(separator: ", ")), which version \(id) did not have (its scorers: \(saved0.joined(separator: ", "))): \(advice)")
             }
+            // (A RELOAD that changes only per-query settings, such as cf's
+            // blend weights, takes no snapshot: the config the server runs
+            // then differs from every earlier version's. Evaluating under it
+            // is a fair question, asked for explicitly; review finding,
+            // helper-48.)
+            var differing: [String] = []
             if let savedSettings = store.metadata(of: file)["settings"] as? [String: String] {
-                let differing = PerennialConfig.changedSettingValues(was: savedSettings, now: cfg.modelSettingValues)
-                if !differing.isEmpty {
-                    throw CommandError("\(which) differs from the settings version \(id) was learned with (\(differing.joined(separator: "; "))): \(advice)")
+                differing = PerennialConfig.changedSettingValues(was: savedSettings, now: cfg.modelSettingValues)
+                if !differing.isEmpty && !allowChangedSettings {
+                    throw CommandError("\(which) differs from the settings version \(id) was learned with (\(differing.joined(separator: "; "))): to evaluate the version as it was, pass a config with its values (`perennial versions --json` shows them); to evaluate it under these settings, add --allow-changed-settings (the figure records the differences)")
                 }
+                if !differing.isEmpty { print("note: evaluating under settings that differ from the version's: \(differing.joined(separator: "; "))") }
             }
             var (info, reader) = try store.read(file.path)
             let model = Model(config: cfg, registry: .builtin)
@@ -110,6 +119,7 @@ struct Versions: ParsableCommand {
                 // (Which config's settings the figure was taken under.)
                 var json = figures.json
                 json["config"] = config.map { URL(fileURLWithPath: $0).standardizedFileURL.path } ?? "bundled"
+                if !differing.isEmpty { json["settings_differing"] = differing }
                 byScorer[figures.scorer] = json
                 meta["e1_by_scorer"] = byScorer
                 meta["e1"] = json

@@ -201,6 +201,12 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
         #expect(throws: ConfigError(file: "test.toml", line: 2, message: "bad value for 'scorers.load': unterminated array (opened on this line; line 3 starts a section before its ']')")) {
             try load("[scorers]\nload = [\"cf\",\n[server]\nport = 7851\n")
         }
+        #expect(throws: ConfigError(file: "test.toml", line: 2, message: "bad value for 'scorers.load': unterminated array (opened on this line; line 3 starts a section before its ']')")) {
+            try load("[scorers]\nload = [\"cf\",\n[ server ]\nport = 7851\n")
+        }
+        // An array's rows that look like headers are rows (review finding, helper-48).
+        let nested = try ConfigDocument(text: "x = [\n  [1, 2],\n  [true]\n]\n", file: "t.toml")
+        #expect(nested.entries["x"]?.value == .array([.array([.integer(1), .integer(2)]), .array([.bool(true)])]))
     }
 
     @Test func unknownScorerIsRefused() {

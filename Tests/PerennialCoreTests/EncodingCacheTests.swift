@@ -54,8 +54,15 @@ import Testing
             items += 600
             cache.grow(items: items)
             cache.advance(now: 20, every: 20, budget: 512, items: items, encode: encoder(2, count: count))
+            let before = count.value
             for i in 0..<items { _ = cache.row(i, encode: encoder(2, count: count)) }
-            if swappedAt == nil && cache.liveStep == 20 { swappedAt = request }
+            if swappedAt == nil && cache.liveStep == 20 {
+                swappedAt = request
+                // Only this request's 600 new items are encoded: those added
+                // during the refresh went into it as they were encoded on
+                // demand (review finding, helper-48: all 1,200 again).
+                #expect(count.value - before == 600)
+            }
         }
         #expect(swappedAt == 3)   // 1,200 items when it began: 512 + 512 + 176
         // After the swap, every row is the new generation's.

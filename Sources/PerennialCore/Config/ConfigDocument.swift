@@ -148,8 +148,11 @@ public struct ConfigDocument: Sendable {
 
     /// Whether a line is a `[section]` header (a name, not an array's row).
     static func isSectionHeader(_ line: String) -> Bool {
-        guard line.hasPrefix("["), line.hasSuffix("]"), !line.hasPrefix("[["), let first = line.dropFirst().first else { return false }
-        return (first.isLetter || first == "_") && isKeyPath(String(line.dropFirst().dropLast()).trimmingSpaces())
+        guard line.hasPrefix("["), line.hasSuffix("]"), !line.hasPrefix("[[") else { return false }
+        let name = String(line.dropFirst().dropLast()).trimmingSpaces()
+        // (`[true]` is an array's row; a name starts with a letter or '_'.)
+        guard let first = name.first, first.isLetter || first == "_", name != "true", name != "false" else { return false }
+        return isKeyPath(name)
     }
 
     /// How many '[' outside strings are not closed by a ']' in `text`.

@@ -97,10 +97,21 @@ def test_dropping_a_learned_scorer_needs_the_flag_and_leaves_a_version(start_ser
         f.write(BOTH + "[scorers.cf]\nlearning_rate = 0.5\n")
     out = _perennial("versions", "--data-dir", data, "--config", faster, "--evaluate", version, "--scorer", "cf")
     assert out.returncode == 1 and "scorers.cf.learning_rate 0.1 -> 0.5" in out.stderr, out.stderr
+    assert "--allow-changed-settings" in out.stderr
     kept = next(v for v in json.loads(_perennial("versions", "--data-dir", data, "--json").stdout) if v["id"] == version)
     assert kept["e1_by_scorer"] == entry["e1_by_scorer"]
     assert kept["e1_by_scorer"]["cf"]["config"].endswith("/perennial.toml")
     assert kept["e1_by_scorer"]["cf"]["config"].startswith("/") and ".." not in kept["e1_by_scorer"]["cf"]["config"]
+    # Asked for explicitly (after a RELOAD changed a blend weight, say): the
+    # figure is taken, and records what differed.
+    blend = data + "/../blend.toml"
+    with open(blend, "w") as f:
+        f.write(BOTH + "[scorers.cf]\nfactor_weight = 0.5\n")
+    out = _perennial("versions", "--data-dir", data, "--config", blend, "--evaluate", version, "--scorer", "cf",
+                     "--allow-changed-settings")
+    assert out.returncode == 0 and "differ from the version's" in out.stdout, out.stderr
+    kept = next(v for v in json.loads(_perennial("versions", "--data-dir", data, "--json").stdout) if v["id"] == version)
+    assert kept["e1_by_scorer"]["cf"]["settings_differing"] == ["scorers.cf.factor_weight 0.3 -> 0.5"]
 
 
 def test_item_upserts_are_saved_by_snapshots_and_kept_by_a_rollback(start_server) -> None:
