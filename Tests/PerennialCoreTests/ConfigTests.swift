@@ -204,6 +204,13 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
         #expect(throws: ConfigError(file: "test.toml", line: 2, message: "bad value for 'scorers.load': unterminated array (opened on this line; line 3 starts a section before its ']')")) {
             try load("[scorers]\nload = [\"cf\",\n[ server ]\nport = 7851\n")
         }
+        // A bad element of an array spread over lines names its own line.
+        #expect(throws: ConfigError(file: "test.toml", line: 5, message: "bad value for 'scorers.load' (the array opened on line 2): 'popularity' is not a value (strings need quotes)")) {
+            try load("[scorers]\nload = [\n  \"cf\",\n\n  popularity,\n]\n")
+        }
+        #expect(throws: ConfigError(file: "test.toml", line: 2, message: "bad value for 'scorers.load': 'cf' is not a value (strings need quotes)")) {
+            try load("[scorers]\nload = [cf,\n  \"popularity\",\n]\n")
+        }
         // An array's rows that look like headers are rows (review finding, helper-48).
         let nested = try ConfigDocument(text: "x = [\n  [1, 2],\n  [true]\n]\n", file: "t.toml")
         #expect(nested.entries["x"]?.value == .array([.array([.integer(1), .integer(2)]), .array([.bool(true)])]))

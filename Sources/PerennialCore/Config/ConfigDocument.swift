@@ -97,6 +97,9 @@ public struct ConfigDocument: Sendable {
             }
             let key = line[..<eq].trimmingSpaces()
             var valueText = line[line.index(after: eq)...].trimmingSpaces()
+            // Where each following line's text starts in `valueText` (in
+            // Unicode scalars), so an error names the line it is on.
+            var continued: [(start: Int, line: Int)] = []
             // An array may go on over the following lines, up to its ']'; one
             // left open names its line rather than swallow the rest of the
             // file (review finding, helper-47).
@@ -106,6 +109,7 @@ public struct ConfigDocument: Sendable {
                     throw ConfigError(file: file, line: lineNumber, message: "bad value for '\(fullKey)': unterminated array (opened on this line; "
                                       + (next < lines.count ? "line \(next + 1) starts a section" : "the file ends") + " before its ']')")
                 }
+                continued.append((valueText.unicodeScalars.count + 1, next + 1))
                 valueText += " " + lines[next]
                 next += 1
             }
@@ -120,7 +124,15 @@ public struct ConfigDocument: Sendable {
                 parser.skipSpaces()
                 if !parser.atEnd { throw ValueParser.Failure(message: "unexpected text after the value") }
             } catch let failure {
-                throw ConfigError(file: file, line: lineNumber, message: "bad value for '\(fullKey)': \(failure.message)")
+                // (The parser stops just past a bad word, or at a bad
+                // character: the last character that is not a separator.)
+                var at = min(parser.i, parser.text.count - 1)
+                while at > 0, [" ", "\t", ",", "]"].contains(parser.text[at]) { at -= 1 }
+                guard let row = continued.last(where: { $0.start <= at }) else {
+                    throw ConfigError(file: file, line: lineNumber, message: "bad value for '\(fullKey)': \(failure.message)")
+                }
+                throw ConfigError(file: file, line: row.line,
+                                  message: "bad value for '\(fullKey)' (the array opened on line \(lineNumber)): \(failure.message)")
             }
             if let previous = entries[fullKey] {
                 throw ConfigError(file: file, line: lineNumber,
