@@ -383,15 +383,15 @@ public final class TextCNNScorer: Scorer {
     /// from the cache's live generation; nil for an item without text.
     @inline(__always)
     private func encoding(_ item: Int32) -> UnsafeMutablePointer<Float>? {
-        cache.row(Int(item)) { i, row in encode(Int32(i), into: row) }
+        cache.row(Int(item), encode: encode)
     }
 
     /// Writes the item's normalised encoding as the encoder and its offset
     /// stand now; false for an item without text.
-    private func encode(_ item: Int32, into row: UnsafeMutablePointer<Float>) -> Bool {
-        guard let tokens = texts.withLock({ $0[item] }) else { return false }
+    private func encode(_ item: Int, into row: UnsafeMutablePointer<Float>) -> Bool {
+        guard let tokens = texts.withLock({ $0[Int32(item)] }) else { return false }
         encoder.forward(params, tokens, trace: &serveTrace)
-        let o = offsets.row(Int(item))
+        let o = offsets.row(item)
         var norm: Float = 0
         for k in 0..<D { row[k] = serveTrace.y[k] + o[k]; norm += row[k] * row[k] }
         row[D] = row[D - 1]
@@ -406,7 +406,7 @@ public final class TextCNNScorer: Scorer {
     private func buildProfile(_ query: ScoringQuery, scored: Int) -> Bool {
         let budget = min(Self.refreshesPerRequest, max(Self.minimumRefreshes, Self.refreshesPerScoredItem * scored))
         cache.advance(now: steps.load(ordering: .acquiring), every: settings.refreshSteps,
-                      budget: budget, items: itemCount) { i, row in encode(Int32(i), into: row) }
+                      budget: budget, items: itemCount, encode: encode)
         for k in 0..<D { profile[k] = 0 }
         var any = false
         for item in query.history + query.sessionItems {

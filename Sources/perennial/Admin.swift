@@ -44,8 +44,7 @@ struct Admin: AsyncParsableCommand {
         do {
             try checkArguments()
         } catch {
-            // (As `run`: --json gets an object for a refused argument too.)
-            if json { try? printJSON(["action": action, "error": "\(error)"]) }
+            reportFailure(error)
             throw error
         }
     }
@@ -62,12 +61,16 @@ struct Admin: AsyncParsableCommand {
         do {
             try await perform()
         } catch {
-            // (A script reading --json gets an object on failure too, not an
-            // empty stdout; the message also goes to stderr, and the exit
-            // code is 1.)
-            if json { try? printJSON(["action": action, "error": "\(error)"]) }
+            reportFailure(error)
             throw error
         }
+    }
+
+    /// A script reading --json gets an object on failure too (a refused
+    /// argument, a connection, the server's refusal), not an empty stdout;
+    /// the message also goes to stderr, and the exit code says it failed.
+    private func reportFailure(_ error: any Error) {
+        if json { try? printJSON(["action": action, "error": "\(error)"]) }
     }
 
     private func perform() async throws {

@@ -46,6 +46,38 @@ struct Versions: ParsableCommand {
         guard events >= 1 else { throw ValidationError("--events must be at least 1, not \(events)") }
     }
 
+    /// Refuses a config that would not evaluate the version as it was
+    /// learned: the evaluation goes on learning, and scorers share the
+    /// table (session-rnn steps its rows), so a scorer left out or added
+    /// changes the figure (review findings, helper-46 and -47: such a
+    /// figure replaced the right one silently), and so does a setting.
+    /// Settings may differ on purpose (`--allow-changed-settings`: a RELOAD
+    /// that changes only per-query settings, such as cf's blend weights,
+    /// takes no snapshot, so the running config differs from every earlier
+    /// version's; helper-48): returns those differences.
+    private func settingsDiffering(_ cfg: PerennialConfig, from description: [String: Any], version id: String) throws -> [String] {
+        let which = config.map { "the config \($0)" } ?? "the bundled config (no --config given)"
+        let advice = "pass --config with the config the server ran (`perennial versions --json` shows the version's scorers and settings)"
+        if let saved = description["scorers"] as? [String] {
+            let loaded = cfg.scorers.map(\.name)
+            let missing = saved.filter { !loaded.contains($0) }, extra = loaded.filter { !saved.contains($0) }
+            if !missing.isEmpty {
+                throw CommandError("\(which) does not load \(missing.joined(separator: ", ")), which version \(id) learned (its scorers: \(saved.joined(separator: ", "))): \(advice)")
+            }
+            if !saved.isEmpty && !extra.isEmpty {
+                throw CommandError("\(which) loads \(extra.joined(separator: ", ")), which version \(id) did not have (its scorers: \(saved.joined(separator: ", "))): \(advice)")
+            }
+        }
+        guard let savedSettings = description["settings"] as? [String: String] else { return [] }
+        let differing = PerennialConfig.changedSettingValues(was: savedSettings, now: cfg.modelSettingValues)
+        guard !differing.isEmpty else { return [] }
+        if !allowChangedSettings {
+            throw CommandError("\(which) differs from the settings version \(id) was learned with (\(differing.joined(separator: "; "))): to evaluate the version as it was, pass a config with its values (`perennial versions --json` shows them); to evaluate it under these settings, add --allow-changed-settings (the figure records the differences)")
+        }
+        print("note: evaluating under settings that differ from the version's: \(differing.joined(separator: "; "))")
+        return differing
+    }
+
     func run() throws {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: dataDir, isDirectory: &isDirectory), isDirectory.boolValue else {
@@ -58,43 +90,13 @@ struct Versions: ParsableCommand {
                 throw CommandError("there is no version \(id) in \(store.directory); versions: \(files.map(\.id).joined(separator: ", "))")
             }
             let cfg = try config.map { try PerennialConfig.load(file: $0, registry: .builtin) } ?? PerennialConfig.defaults(registry: .builtin)
-            // The version's scorers are restored only if the config loads them.
-            let saved0 = store.metadata(of: file)["scorers"] as? [String] ?? []
-            // Every scorer the version learned, not only the one ranked: the
-            // evaluation goes on learning, and scorers share the table
-            // (session-rnn steps its rows), so a figure under a config that
-            // leaves one out is not the version's (review finding,
-            // helper-46: such a figure replaced the right one silently).
-            // The same holds for a scorer the version did not have (it would
-            // learn from scratch beside the others) and for any setting that
-            // differs from the version's (review finding, helper-47).
-            let which = config.map { "the config \($0)" } ?? "the bundled config (no --config given)"
-            let advice = "pass --config with the config the server ran (`perennial versions --json` shows the version's scorers and settings)"
-            let missing = saved0.filter { name in !cfg.scorers.contains(where: { $0.name == name }) }
-            if !missing.isEmpty {
-                throw CommandError("\(which) does not load \(missing.joined(separator: ", ")), which version \(id) learned (its scorers: \(saved0.joined(separator: ", "))): \(advice)")
-            }
-            let extra = cfg.scorers.map(\.name).filter { !saved0.contains($0) }
-            if !saved0.isEmpty && !extra.isEmpty {
-                throw CommandError("\(which) loads \(extra.joined(separator: ", ")), which version \(id) did not have (its scorers: \(saved0.joined(separator: ", "))): \(advice)")
-            }
-            // (A RELOAD that changes only per-query settings, such as cf's
-            // blend weights, takes no snapshot: the config the server runs
-            // then differs from every earlier version's. Evaluating under it
-            // is a fair question, asked for explicitly; review finding,
-            // helper-48.)
-            var differing: [String] = []
-            if let savedSettings = store.metadata(of: file)["settings"] as? [String: String] {
-                differing = PerennialConfig.changedSettingValues(was: savedSettings, now: cfg.modelSettingValues)
-                if !differing.isEmpty && !allowChangedSettings {
-                    throw CommandError("\(which) differs from the settings version \(id) was learned with (\(differing.joined(separator: "; "))): to evaluate the version as it was, pass a config with its values (`perennial versions --json` shows them); to evaluate it under these settings, add --allow-changed-settings (the figure records the differences)")
-                }
-                if !differing.isEmpty { print("note: evaluating under settings that differ from the version's: \(differing.joined(separator: "; "))") }
-            }
+            let description = store.metadata(of: file)
+            let savedScorers = description["scorers"] as? [String]
+            let differing = try settingsDiffering(cfg, from: description, version: id)
             var (info, reader) = try store.read(file.path)
             let model = Model(config: cfg, registry: .builtin)
             try model.restore(from: &reader, unloaded: .dropAny)  // (read only: nothing is written back)
-            let saved = (store.metadata(of: file)["scorers"] as? [String]) ?? model.scorerNames
+            let saved = savedScorers ?? model.scorerNames
             let ranking = scorer.isEmpty ? model.defaultScorer : scorer
             // A scorer the version learned, or a route between two such.
             let learned = saved.contains(ranking)

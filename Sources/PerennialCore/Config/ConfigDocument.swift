@@ -74,7 +74,7 @@ public struct ConfigDocument: Sendable {
         // some editors write and nobody sees, is not part of the first line.)
         let body = text.hasPrefix("\u{FEFF}") ? Substring(text.dropFirst()) : Substring(text)
         let lines = body.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" || $0 == "\r" })
-            .map { ConfigDocument.stripComment(String($0)).trimmingSpacesAndReturns() }
+            .map { ConfigDocument.stripComment(String($0)).trimmingSpaces() }
         var next = 0
         while next < lines.count {
             let lineNumber = next + 1
@@ -96,6 +96,7 @@ public struct ConfigDocument: Sendable {
                 throw ConfigError(file: file, line: lineNumber, message: "expected 'key = value', found '\(line)'")
             }
             let key = line[..<eq].trimmingSpaces()
+            let fullKey = section.isEmpty ? key : section + "." + key
             var valueText = line[line.index(after: eq)...].trimmingSpaces()
             // Where each following line's text starts in `valueText` (in
             // Unicode scalars), so an error names the line it is on.
@@ -105,7 +106,6 @@ public struct ConfigDocument: Sendable {
             // file (review finding, helper-47).
             while ConfigDocument.openBrackets(valueText) > 0 {
                 guard next < lines.count, !ConfigDocument.isSectionHeader(lines[next]) else {
-                    let fullKey = section.isEmpty ? key : section + "." + key
                     throw ConfigError(file: file, line: lineNumber, message: "bad value for '\(fullKey)': unterminated array (opened on this line; "
                                       + (next < lines.count ? "line \(next + 1) starts a section" : "the file ends") + " before its ']')")
                 }
@@ -116,7 +116,6 @@ public struct ConfigDocument: Sendable {
             guard ConfigDocument.isKeyPath(key) else {
                 throw ConfigError(file: file, line: lineNumber, message: "malformed key '\(key)'")
             }
-            let fullKey = section.isEmpty ? key : section + "." + key
             var parser = ValueParser(text: Array(valueText.unicodeScalars))
             let value: ConfigValue
             do throws(ValueParser.Failure) {
@@ -169,33 +168,37 @@ public struct ConfigDocument: Sendable {
 
     /// How many '[' outside strings are not closed by a ']' in `text`.
     static func openBrackets(_ text: String) -> Int {
-        var depth = 0, inDouble = false, inSingle = false, escaped = false
-        for c in text {
-            if escaped { escaped = false; continue }
-            if inDouble && c == "\\" { escaped = true; continue }
-            if c == "\"" && !inSingle { inDouble.toggle() }
-            if c == "'" && !inDouble { inSingle.toggle() }
-            if !inDouble && !inSingle {
-                if c == "[" { depth += 1 }
-                if c == "]" { depth -= 1 }
-            }
+        var depth = 0
+        forEachOutsideStrings(text) { _, c in
+            if c == "[" { depth += 1 }
+            if c == "]" { depth -= 1 }
+            return true
         }
         return depth
     }
 
     /// Drops a `#` comment that is not inside a string.
     static func stripComment(_ line: String) -> String {
+        var end = line.endIndex
+        forEachOutsideStrings(line) { at, c in
+            if c == "#" { end = at }
+            return c != "#"
+        }
+        return String(line[..<end])
+    }
+
+    /// Calls `visit` with each character of `text` that is not inside a
+    /// "…" or '…' string, until it returns false.
+    static func forEachOutsideStrings(_ text: String, _ visit: (String.Index, Character) -> Bool) {
         var inDouble = false, inSingle = false, escaped = false
-        var out = ""
-        for c in line {
-            if escaped { escaped = false; out.append(c); continue }
-            if inDouble && c == "\\" { escaped = true; out.append(c); continue }
+        for at in text.indices {
+            let c = text[at]
+            if escaped { escaped = false; continue }
+            if inDouble && c == "\\" { escaped = true; continue }
             if c == "\"" && !inSingle { inDouble.toggle() }
             if c == "'" && !inDouble { inSingle.toggle() }
-            if c == "#" && !inDouble && !inSingle { break }
-            out.append(c)
+            if !inDouble && !inSingle, !visit(at, c) { return }
         }
-        return out
     }
 }
 
@@ -300,14 +303,8 @@ extension Character {
 }
 
 extension StringProtocol {
+    /// Without leading and trailing spaces, tabs and carriage returns.
     func trimmingSpaces() -> String {
-        var s = Substring(self)
-        while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
-        while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
-        return String(s)
-    }
-
-    func trimmingSpacesAndReturns() -> String {
         var s = Substring(self)
         while let f = s.first, f == " " || f == "\t" || f == "\r" { s = s.dropFirst() }
         while let l = s.last, l == " " || l == "\t" || l == "\r" { s = s.dropLast() }

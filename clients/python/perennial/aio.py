@@ -697,10 +697,7 @@ class AsyncFeedbackStreamer:
 
     @property
     def stream_length(self) -> int:
-        """Events the stream has taken so far (buffered, in flight or
-        settled): the stream index the next event gets. Compared before and
-        after a ``send_many`` that raised, it says how many of the call's
-        events the stream took; the rest were not taken."""
+        """As :attr:`FeedbackStreamer.stream_length`."""
         return self._offset + len(self._buffer)
 
     async def send(self, event: EventLike) -> None:

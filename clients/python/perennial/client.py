@@ -952,17 +952,16 @@ class FeedbackStreamer:
     def __exit__(self, exc_type: Optional[Type[BaseException]], *rest: Any) -> None:
         if exc_type is None:
             self.flush()
-        elif issubclass(exc_type, KeyboardInterrupt):
-            # Ctrl-C: no flush, which on a stalled server waited out a reply
-            # timeout before the interrupt got through (forever with
-            # timeout=None; review finding, helper-47). What is buffered or
-            # in flight stays, and `s.flush()` settles it, as `async with`
-            # does on cancellation. (sys.exit() and the like still flush: a
-            # program ending on purpose expects its events sent.)
-            _c.tell_late_refusals(rest[0] if rest else None, self.refused)
-        else:
+            return
+        # Ctrl-C: no flush, which on a stalled server waited out a reply
+        # timeout before the interrupt got through (forever with
+        # timeout=None; review finding, helper-47). What is buffered or in
+        # flight stays, and `s.flush()` settles it, as `async with` does on
+        # cancellation. (sys.exit() and the like still flush: a program
+        # ending on purpose expects its events sent.)
+        if not issubclass(exc_type, KeyboardInterrupt):
             try:
                 self.flush()
             except PerennialError:
                 pass
-            _c.tell_late_refusals(rest[0] if rest else None, self.refused)
+        _c.tell_late_refusals(rest[0] if rest else None, self.refused)
