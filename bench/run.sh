@@ -72,6 +72,12 @@ for run in $(seq "$RUNS"); do
     echo "$HALF" >"$OUT/rec-open-rate-$run.txt"
     $CLIENT_CPU "$BIN" bench freshness --port $PORT --samples 2000 --json "$OUT/fresh-$run.json" >/dev/null
     stop_perennial
+    # The host itself: how often each core is taken away while idle (a
+    # virtual machine's neighbours, the kernel). Stalls over 1 ms put a floor
+    # under any p99 measured here.
+    $SERVER_CPU python3 "$ROOT/bench/peers.py" stalls --seconds 3 >"$OUT/stalls-server-$run.json" &
+    $CLIENT_CPU python3 "$ROOT/bench/peers.py" stalls --seconds 3 >"$OUT/stalls-client-$run.json"
+    wait $!
     # Peers computed in the same run.
     OPENBLAS_NUM_THREADS=1 $CLIENT_CPU python3 "$ROOT/bench/peers.py" matvec --items 9742 --dim 64 >"$OUT/matvec-$run.json"
     OPENBLAS_NUM_THREADS=1 $CLIENT_CPU python3 "$ROOT/bench/peers.py" river --data "$DATA" >"$OUT/river-$run.json" || echo '{}' >"$OUT/river-$run.json"

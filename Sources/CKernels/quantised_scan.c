@@ -236,17 +236,85 @@ VNNI_TARGET static inline void flush_tile_vnni(__m512 fs, __m512 fq, __m512d *ms
 // Dot products of one block with up to four queries: each group's 64 bytes
 // are loaded once and feed one VPDPBUSD per query (the query's four bytes
 // broadcast to every lane), so a lane ends with its row's whole dot product.
+// VPDPBUSD adds into its own accumulator, so one accumulator per query is a
+// chain of dependent instructions, each waiting out the last one's latency
+// (about five cycles) although the core can start about one per cycle. So
+// the groups are split between independent accumulators, four for one
+// query and two each for two to four, added at the end: integer sums are
+// exact in any order, so the dot products are the same.
+VNNI_TARGET static inline __m512i group_query(const int8_t *q, size_t g) {
+    return _mm512_set1_epi32(*(const int32_t *)(const void *)(q + 4 * g));
+}
+
 VNNI_TARGET static inline void block_dots(const uint8_t *block, size_t groups, const int8_t *const *q, int n,
                                           __m512i *acc) {
-    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
-    for (size_t g = 0; g < groups; g++) {
-        const __m512i w = _mm512_loadu_si512((const void *)(block + g * 64));
-        a0 = _mm512_dpbusd_epi32(a0, w, _mm512_set1_epi32(*(const int32_t *)(const void *)(q[0] + 4 * g)));
-        if (n > 1) a1 = _mm512_dpbusd_epi32(a1, w, _mm512_set1_epi32(*(const int32_t *)(const void *)(q[1] + 4 * g)));
-        if (n > 2) a2 = _mm512_dpbusd_epi32(a2, w, _mm512_set1_epi32(*(const int32_t *)(const void *)(q[2] + 4 * g)));
-        if (n > 3) a3 = _mm512_dpbusd_epi32(a3, w, _mm512_set1_epi32(*(const int32_t *)(const void *)(q[3] + 4 * g)));
+    const __m512i zero = _mm512_setzero_si512();
+    size_t g = 0;
+    if (n == 1) {
+        __m512i c0 = zero, c1 = zero, c2 = zero, c3 = zero;
+        for (; g + 4 <= groups; g += 4) {
+            c0 = _mm512_dpbusd_epi32(c0, _mm512_loadu_si512((const void *)(block + g * 64)), group_query(q[0], g));
+            c1 = _mm512_dpbusd_epi32(c1, _mm512_loadu_si512((const void *)(block + g * 64 + 64)), group_query(q[0], g + 1));
+            c2 = _mm512_dpbusd_epi32(c2, _mm512_loadu_si512((const void *)(block + g * 64 + 128)), group_query(q[0], g + 2));
+            c3 = _mm512_dpbusd_epi32(c3, _mm512_loadu_si512((const void *)(block + g * 64 + 192)), group_query(q[0], g + 3));
+        }
+        for (; g < groups; g++)
+            c0 = _mm512_dpbusd_epi32(c0, _mm512_loadu_si512((const void *)(block + g * 64)), group_query(q[0], g));
+        acc[0] = _mm512_add_epi32(_mm512_add_epi32(c0, c1), _mm512_add_epi32(c2, c3));
+        acc[1] = acc[2] = acc[3] = zero;
+        return;
     }
-    acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;
+    // Accumulators e* take the even groups, o* the odd ones.
+    __m512i e0 = zero, e1 = zero, e2 = zero, e3 = zero, o0 = zero, o1 = zero, o2 = zero, o3 = zero;
+    for (; g + 2 <= groups; g += 2) {
+        const __m512i we = _mm512_loadu_si512((const void *)(block + g * 64));
+        const __m512i wo = _mm512_loadu_si512((const void *)(block + g * 64 + 64));
+        e0 = _mm512_dpbusd_epi32(e0, we, group_query(q[0], g));
+        o0 = _mm512_dpbusd_epi32(o0, wo, group_query(q[0], g + 1));
+        e1 = _mm512_dpbusd_epi32(e1, we, group_query(q[1], g));
+        o1 = _mm512_dpbusd_epi32(o1, wo, group_query(q[1], g + 1));
+        if (n > 2) {
+            e2 = _mm512_dpbusd_epi32(e2, we, group_query(q[2], g));
+            o2 = _mm512_dpbusd_epi32(o2, wo, group_query(q[2], g + 1));
+        }
+        if (n > 3) {
+            e3 = _mm512_dpbusd_epi32(e3, we, group_query(q[3], g));
+            o3 = _mm512_dpbusd_epi32(o3, wo, group_query(q[3], g + 1));
+        }
+    }
+    if (g < groups) {
+        const __m512i we = _mm512_loadu_si512((const void *)(block + g * 64));
+        e0 = _mm512_dpbusd_epi32(e0, we, group_query(q[0], g));
+        e1 = _mm512_dpbusd_epi32(e1, we, group_query(q[1], g));
+        if (n > 2) e2 = _mm512_dpbusd_epi32(e2, we, group_query(q[2], g));
+        if (n > 3) e3 = _mm512_dpbusd_epi32(e3, we, group_query(q[3], g));
+    }
+    acc[0] = _mm512_add_epi32(e0, o0);
+    acc[1] = _mm512_add_epi32(e1, o1);
+    acc[2] = _mm512_add_epi32(e2, o2);
+    acc[3] = _mm512_add_epi32(e3, o3);
+}
+
+// A block's 16 biases, bias[l · stride] for its live lanes l. A gather
+// is microcoded on some cores (a third of a one-query pass on AMD Zen 4),
+// so at the stride the server uses, 3 (an item's count, bias and step
+// state side by side), the block's 48 floats are read with three loads and
+// its biases picked out with two permutes; the masks stop the loads at the
+// last live lane's bias, so nothing past the rows is read.
+VNNI_TARGET static inline __m512 block_biases(const float *bias, size_t bias_stride, __m512i stride, __mmask16 live,
+                                              size_t lanes) {
+    if (bias_stride != 3) return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, stride, bias, 4);
+    const size_t n = lanes >= 16 ? 46 : 3 * lanes - 2;  // floats up to the last live lane's bias
+    const __mmask16 ma = n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1);
+    const __mmask16 mb = n >= 32 ? 0xFFFF : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);
+    const __mmask16 mc = n <= 32 ? 0 : (__mmask16)((1u << (n - 32)) - 1);
+    const __m512 a = _mm512_maskz_loadu_ps(ma, bias);
+    const __m512 b = _mm512_maskz_loadu_ps(mb, bias + 16);
+    const __m512 c = _mm512_maskz_loadu_ps(mc, bias + 32);
+    // Lanes 0-10: floats 0, 3, ..., 30 of a:b; lanes 11-15: floats 33, ..., 45 (c's 1, 4, ..., 13).
+    const __m512 ab = _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 0, 0, 0, 0, 0), b);
+    const __m512 all = _mm512_permutex2var_ps(ab, _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 17, 20, 23, 26, 29), c);
+    return _mm512_maskz_mov_ps(live, all);
 }
 
 VNNI_TARGET static void score_quantised_vnni(const uint8_t *blocks, size_t count, size_t dim,
@@ -268,7 +336,7 @@ VNNI_TARGET static void score_quantised_vnni(const uint8_t *blocks, size_t count
         for (size_t b = t0; b < t1; b++) {
             const size_t r0 = b * 16;
             const __mmask16 live = count - r0 >= 16 ? 0xFFFF : (__mmask16)((1u << (count - r0)) - 1);
-            tile_bias[b - t0] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, stride, bias + r0 * bias_stride, 4);
+            tile_bias[b - t0] = block_biases(bias + r0 * bias_stride, bias_stride, stride, live, count - r0);
         }
         for (size_t j = 0; j < nq; j += 4) {
             const int n = nq - j >= 4 ? 4 : (int)(nq - j);
