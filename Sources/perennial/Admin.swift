@@ -41,15 +41,6 @@ struct Admin: AsyncParsableCommand {
     var json = false
 
     func validate() throws {
-        do {
-            try checkArguments()
-        } catch {
-            reportFailure(error)
-            throw error
-        }
-    }
-
-    private func checkArguments() throws {
         guard ["ping", "stats", "reload", "snapshot", "shutdown"].contains(action) else {
             throw ValidationError("unknown action '\(action)': use ping, stats, reload, snapshot or shutdown")
         }
@@ -66,11 +57,31 @@ struct Admin: AsyncParsableCommand {
         }
     }
 
-    /// A script reading --json gets an object on failure too (a refused
-    /// argument, a connection, the server's refusal), not an empty stdout;
-    /// the message also goes to stderr, and the exit code says it failed.
+    /// A script reading --json gets an object on failure too (a
+    /// connection, the server's refusal), not an empty stdout; the message
+    /// also goes to stderr, and the exit code says it failed.
     private func reportFailure(_ error: any Error) {
-        if json { try? printJSON(["action": action, "error": "\(error)"]) }
+        if json { try? Self.printJSON(["action": action, "error": "\(error)"]) }
+    }
+
+    /// The same for a command line refused before `admin` ran (an unknown
+    /// option, a bad value, an unknown action: Perennial.main): the action
+    /// is the first word after `admin` that is not an option (null when
+    /// there is none).
+    static func reportRefusedCommandLine(_ arguments: [String], message: String) {
+        guard let at = arguments.firstIndex(of: "admin"), arguments[at...].contains("--json"),
+              !arguments[..<at].contains(where: { !$0.hasPrefix("-") }) else { return }
+        // (Options that take a value: their value is not the action.)
+        let valued: Set<String> = ["--host", "--port", "--token-file", "--timeout"]
+        var action: String?
+        var i = at + 1
+        while i < arguments.count {
+            let word = arguments[i]
+            if valued.contains(word) { i += 2; continue }
+            if !word.hasPrefix("-") { action = word; break }
+            i += 1
+        }
+        try? printJSON(["action": action.map { $0 as Any } ?? NSNull(), "error": message])
     }
 
     private func perform() async throws {
@@ -91,7 +102,7 @@ struct Admin: AsyncParsableCommand {
                 try await client.ping()
                 let us = Double(MonotonicClock.nowNanos() - t0) / 1e3
                 if json {
-                    return try printJSON(["server_name": hello.serverName, "host": host, "port": port, "round_trip_us": Int(us),
+                    return try Self.printJSON(["server_name": hello.serverName, "host": host, "port": port, "round_trip_us": Int(us),
                                           "protocol_version": Int(hello.protocolVersion), "max_frame_bytes": Int(hello.maxFrameBytes),
                                           "max_items": Int(hello.maxItems), "max_events": Int(hello.maxEvents)])
                 }
@@ -104,7 +115,7 @@ struct Admin: AsyncParsableCommand {
                     throw CommandError("no counter's name starts with \(prefixes.joined(separator: " or ")); `perennial admin stats` lists them all")
                 }
                 if json {
-                    try printJSON(shown)
+                    try Self.printJSON(shown)
                 } else {
                     let width = shown.keys.map(\.count).max() ?? 0
                     for (name, value) in shown.sorted(by: { $0.key < $1.key }) {
@@ -113,15 +124,15 @@ struct Admin: AsyncParsableCommand {
                 }
             case "reload":
                 guard case .reload = try await client.call(.reload) else { throw CommandError("unexpected reply to RELOAD") }
-                if json { return try printJSON(["reloaded": true]) }
+                if json { return try Self.printJSON(["reloaded": true]) }
                 print("reloaded: the server applied its config file (its log says what changed)")
             case "snapshot":
                 guard case .snapshot(let seq) = try await client.call(.snapshot) else { throw CommandError("unexpected reply to SNAPSHOT") }
-                if json { return try printJSON(["seq": seq]) }
+                if json { return try Self.printJSON(["seq": seq]) }
                 print("snapshot durable at sequence \(seq): the newest version at that position (v\(seq), or v\(seq).N when a rollback or a RELOAD wrote another there; `perennial versions` lists them)")
             default:
                 try await client.shutdown()
-                if json { return try printJSON(["stopping": true]) }
+                if json { return try Self.printJSON(["stopping": true]) }
                 print("the server is stopping")
             }
         } catch PerennialClientError.server(_, let rawCode, _, let message) {
@@ -130,7 +141,7 @@ struct Admin: AsyncParsableCommand {
         }
     }
 
-    private func printJSON(_ object: [String: Any]) throws {
+    private static func printJSON(_ object: [String: Any]) throws {
         let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
         print(String(decoding: data, as: UTF8.self))
     }

@@ -191,3 +191,24 @@ def test_admin_json_reports_a_failure_as_json() -> None:
     reported = json.loads(out.stdout)
     assert reported["action"] == "ping" and "cannot connect" in reported["error"], out.stdout
     assert "cannot connect" in out.stderr
+
+
+def test_admin_json_reports_a_refused_command_line_as_json() -> None:
+    """A command line refused before `admin` runs (an unknown option, a
+    value of the wrong type, an unknown action, no action) prints a JSON
+    object too, besides the message and usage on stderr and exit code 64;
+    without --json, stdout stays empty."""
+    cases = [
+        (["admin", "stats", "--prot", "1", "--json"], "stats", "Unknown option '--prot'"),
+        (["admin", "--port", "x", "stats", "--json"], "stats", "'x' is invalid for '--port"),
+        (["admin", "bogus", "--json"], "bogus", "unknown action 'bogus'"),
+        (["admin", "--json"], None, "Missing expected argument"),
+    ]
+    for args, action, message in cases:
+        out = _perennial(*args)
+        assert out.returncode == 64, (args, out)
+        reported = json.loads(out.stdout)
+        assert reported["action"] == action and message in reported["error"], (args, out.stdout)
+        assert message in out.stderr and "Usage:" in out.stderr, (args, out.stderr)
+    plain = _perennial("admin", "stats", "--prot", "1")
+    assert plain.returncode == 64 and plain.stdout == "" and "Unknown option" in plain.stderr
