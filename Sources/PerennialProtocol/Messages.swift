@@ -263,7 +263,9 @@ public enum Reply: Sendable, Equatable {
     case deleteUsers(deleted: UInt16)
     case stats([StatCounter])
     case reload
-    case snapshot(UInt64)
+    /// The log position the snapshot covers and its version's id
+    /// (`v<seq>`, or `v<seq>.<serial>`; `perennial serve --from-version`).
+    case snapshot(seq: UInt64, version: String)
     case shutdown
     case error(ErrorReply)
 

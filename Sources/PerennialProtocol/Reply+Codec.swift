@@ -42,8 +42,9 @@ extension Reply {
                 out.putStr16(c.name)
                 out.put(c.value)
             }
-        case .snapshot(let seq):
+        case .snapshot(let seq, let version):
             out.put(seq)
+            out.putStr16(version)
         case .error(let e):
             out.put(e.rawCode)
             out.put(e.detail)
@@ -115,7 +116,7 @@ extension Reply {
             }
             reply = .stats(counters)
         case .snapshot:
-            reply = .snapshot(try r.u64("seq"))
+            reply = .snapshot(seq: try r.u64("seq"), version: try r.str16("version"))
         case .error:
             reply = .error(ErrorReply(rawCode: try r.u16("code"), detail: try r.u32("detail"), message: try r.str16("message")))
         }

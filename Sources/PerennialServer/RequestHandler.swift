@@ -413,7 +413,7 @@ final class RequestHandler {
             guard let outcome = snapshots.answer(ticket: &state.snapshotTicket) else { return .waitForQueueRoom }
             state.snapshotTicket = 0
             switch outcome {
-            case .success(let seq): Reply.snapshot(seq).encode(into: &out, requestID: requestID)
+            case .success(let version): Reply.snapshot(seq: version.seq, version: version.id).encode(into: &out, requestID: requestID)
             case .failure(let why): throw ProtocolError(.storage, "snapshot failed: \(why)")
             }
         case .shutdown:

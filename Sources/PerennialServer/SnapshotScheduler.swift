@@ -46,11 +46,10 @@ final class SnapshotScheduler {
     /// others meanwhile. With nothing accepted and nothing deleted since the last snapshot, that
     /// one holds every event and answers at once (no file rewritten, no new
     /// version).
-    func answer(ticket: inout UInt64) -> Result<UInt64, SnapshotFailure>? {
+    func answer(ticket: inout UInt64) -> Result<SnapshotVersion, SnapshotFailure>? {
         if ticket == 0 && inFlight == nil && lastSnapshotSeq > 0 && model.lastSeq == lastSnapshotSeq && !reloadUnsnapshotted
             && !changedSinceSnapshot {
-            markRequested(seq: lastSnapshotSeq)
-            return .success(lastSnapshotSeq)
+            return .success(markRequested(seq: lastSnapshotSeq))
         }
         if ticket == 0 {
             snapshotTicketsIssued += 1
@@ -60,7 +59,7 @@ final class SnapshotScheduler {
             // (Stopping: no more snapshots are started by turns.)
             finishInFlight()
             if snapshotOutcome(for: ticket) == nil {
-                let outcome = Result<UInt64, any Error> { try take(note: Self.requestedNote) }
+                let outcome = Result<SnapshotVersion, any Error> { try takeVersion(note: Self.requestedNote) }
                 recordSnapshotOutcome(through: snapshotTicketsIssued, outcome.mapError { SnapshotFailure(description: "\($0)") })
             }
         }
@@ -73,14 +72,17 @@ final class SnapshotScheduler {
     /// asked for right after a RELOAD went at the next snapshot).
     static var requestedNote: [String: Any] { ["requested": true] }
 
-    /// The newest version at `seq` answers a SNAPSHOT request: noted so.
-    private func markRequested(seq: UInt64) {
+    /// The newest version at `seq` answers a SNAPSHOT request: noted so,
+    /// and returned.
+    private func markRequested(seq: UInt64) -> SnapshotVersion {
         // (The newest version at that position: after a rollback, not the
         // model rolled back from, which has the plain id.)
-        guard let file = store.files().first(where: { $0.seq == seq }) else { return }
+        guard let file = store.files().first(where: { $0.seq == seq }) else { return SnapshotVersion(seq: seq, id: "v\(seq)") }
         Log.info("SNAPSHOT: nothing changed since version \(file.id) (sequence \(seq)): answered with it")
-        guard store.metadata(of: file)["requested"] == nil else { return }
-        do { try store.updateMetadata(of: file) { $0["requested"] = true } } catch { Log.warning("version \(file.id): cannot note the SNAPSHOT request in its description: \(error)") }
+        if store.metadata(of: file)["requested"] == nil {
+            do { try store.updateMetadata(of: file) { $0["requested"] = true } } catch { Log.warning("version \(file.id): cannot note the SNAPSHOT request in its description: \(error)") }
+        }
+        return SnapshotVersion(seq: seq, id: file.id)
     }
 
     /// A RELOAD rebuilt, added or removed scorers (`changes`): a snapshot
@@ -198,21 +200,29 @@ final class SnapshotScheduler {
     private var inFlightTickets: (from: UInt64, to: UInt64) = (0, 0)
     /// Outcomes of the latest snapshots that covered tickets (the sequence,
     /// or why it failed): (first ticket, last ticket, outcome), oldest first.
-    private var snapshotOutcomes: [(from: UInt64, to: UInt64, outcome: Result<UInt64, SnapshotFailure>)] = []
+    private var snapshotOutcomes: [(from: UInt64, to: UInt64, outcome: Result<SnapshotVersion, SnapshotFailure>)] = []
     /// Set when the server stops: a SNAPSHOT request then takes its
     /// snapshot on the loop, as the loop starts no more.
     var onLoop = false
 
     struct SnapshotFailure: Error, CustomStringConvertible { var description: String }
 
-    private func snapshotOutcome(for ticket: UInt64) -> Result<UInt64, SnapshotFailure>? {
+    /// What a SNAPSHOT request is answered with: the log position and the
+    /// version's id (`v<seq>`, or `v<seq>.<serial>` when another version was
+    /// written at that position first: a rollback's, a RELOAD's).
+    struct SnapshotVersion: Equatable {
+        var seq: UInt64
+        var id: String
+    }
+
+    private func snapshotOutcome(for ticket: UInt64) -> Result<SnapshotVersion, SnapshotFailure>? {
         // Ranges are contiguous and increasing, so the first reaching the
         // ticket is its snapshot, or (its own trimmed away) a later one,
         // which also started after the ticket was issued.
         snapshotOutcomes.first { ticket <= $0.to }?.outcome
     }
 
-    private func recordSnapshotOutcome(through ticket: UInt64, _ outcome: Result<UInt64, SnapshotFailure>, from: UInt64? = nil) {
+    private func recordSnapshotOutcome(through ticket: UInt64, _ outcome: Result<SnapshotVersion, SnapshotFailure>, from: UInt64? = nil) {
         let first = from ?? (snapshotOutcomes.last?.to ?? 0)
         guard ticket > first else { return }
         snapshotOutcomes.append((first, ticket, outcome))
@@ -394,6 +404,11 @@ final class SnapshotScheduler {
     /// with cf: 36 MB). Returns the sequence it covers.
     @discardableResult
     func take(note: [String: Any] = [:], distinct: Bool = false) throws -> UInt64 {
+        try takeVersion(note: note, distinct: distinct).seq
+    }
+
+    /// `take`, returning the version written.
+    func takeVersion(note: [String: Any] = [:], distinct: Bool = false) throws -> SnapshotVersion {
         finishInFlight()
         let written: SnapshotWritten, job: SnapshotJob, size: Int, t0: UInt64
         let generation = reloadGeneration, changes = loggedChanges
@@ -414,7 +429,7 @@ final class SnapshotScheduler {
         let ms = Double(MonotonicClock.nowNanos() - t0) / 1e6
         complete(written, seq: job.seq, bytes: size, startedNs: t0, reloadGeneration: generation, loggedChanges: changes,
                  how: String(format: "serving paused %.1f ms", ms))
-        return job.seq
+        return SnapshotVersion(seq: job.seq, id: written.file.id)
     }
 
     /// Waits for an automatic snapshot still being written, and completes it.
@@ -457,7 +472,7 @@ final class SnapshotScheduler {
             complete(written, seq: f.seq, bytes: f.size, startedNs: f.startedNs, reloadGeneration: inFlightReloadGeneration,
                      loggedChanges: inFlightLoggedChanges,
                      how: String(format: "serialised off the loop in %.1f ms; serving paused %.2f ms", f.serialiseMs, f.pauseMs))
-            recordSnapshotOutcome(through: inFlightTickets.to, .success(f.seq), from: inFlightTickets.from)
+            recordSnapshotOutcome(through: inFlightTickets.to, .success(SnapshotVersion(seq: f.seq, id: written.file.id)), from: inFlightTickets.from)
         case .failure(let error):
             snapshotFailed(at: f.seq, error)
             recordSnapshotOutcome(through: inFlightTickets.to, .failure(SnapshotFailure(description: "\(error)")), from: inFlightTickets.from)

@@ -127,9 +127,9 @@ struct Admin: AsyncParsableCommand {
                 if json { return try Self.printJSON(["reloaded": true]) }
                 print("reloaded: the server applied its config file (its log says what changed)")
             case "snapshot":
-                guard case .snapshot(let seq) = try await client.call(.snapshot) else { throw CommandError("unexpected reply to SNAPSHOT") }
-                if json { return try Self.printJSON(["seq": seq]) }
-                print("snapshot durable at sequence \(seq): the newest version at that position (v\(seq), or v\(seq).N when a rollback or a RELOAD wrote another there; `perennial versions` lists them)")
+                guard case .snapshot(let seq, let version) = try await client.call(.snapshot) else { throw CommandError("unexpected reply to SNAPSHOT") }
+                if json { return try Self.printJSON(["seq": seq, "version": version]) }
+                print("snapshot durable: version \(version), at log sequence \(seq) (`perennial serve --from-version \(version)` rolls back to it)")
             default:
                 try await client.shutdown()
                 if json { return try Self.printJSON(["stopping": true]) }

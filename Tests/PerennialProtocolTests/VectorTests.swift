@@ -86,7 +86,7 @@ private func json(_ r: Reply) -> [String: Any] {
     case .upsertItem(let u): ["created": u.created ? 1 : 0, "truncated": u.truncated ? 1 : 0]
     case .deleteItems(let deleted), .deleteUsers(let deleted): ["deleted": deleted]
     case .stats(let c): ["counters": c.map { [$0.name, $0.value] as [Any] }]
-    case .snapshot(let seq): ["seq": seq]
+    case .snapshot(let seq, let version): ["seq": seq, "version": version]
     case .error(let e): ["code": e.code?.name ?? String(e.rawCode), "detail": e.detail, "message": e.message]
     }
 }

@@ -32,7 +32,8 @@ import PerennialPlugins
         let first = try TestServer()
         var c = try await PerennialClient.connect(port: first.port)
         _ = try await c.stream(events(0..<4000), batchSize: 500, window: 4)
-        guard case .snapshot(let v1) = try await c.call(.snapshot) else { throw TestError("no snapshot reply") }
+        guard case .snapshot(let v1, let v1id) = try await c.call(.snapshot) else { throw TestError("no snapshot reply") }
+        #expect(v1id == "v\(v1)")
         let atV1 = try await scores(c)
         _ = try await c.stream(events(4000..<8000), batchSize: 500, window: 4)
         let later = try await scores(c)
@@ -49,6 +50,11 @@ import PerennialPlugins
         let back = try TestServer(dataDir: first.dataDir, startVersion: "v\(v1)")
         c = try await PerennialClient.connect(port: back.port)
         #expect(try await scores(c) == atV1)
+        // The rollback is saved as a version at the log's end, beside the
+        // model rolled back from (v8000): a SNAPSHOT now answers with the
+        // rollback's id, the one to start from to get this model again.
+        guard case .snapshot(let atEnd, let atEndID) = try await c.call(.snapshot) else { throw TestError("no snapshot reply") }
+        #expect(atEnd == 8000 && atEndID == "v8000.1")
         // Numbering continues after the log's end; new events are learned.
         let ack = try await c.feedback([WireEvent(user: 3, item: 5, kind: .click)])
         #expect(ack.lastSeq == 8001)
@@ -166,18 +172,18 @@ import PerennialPlugins
         let s = try TestServer()
         let c = try await PerennialClient.connect(port: s.port)
         _ = try await c.stream(events(0..<300), batchSize: 100, window: 2)
-        guard case .snapshot(let a) = try await c.call(.snapshot) else { throw TestError("no snapshot reply") }
+        guard case .snapshot(let a, let aID) = try await c.call(.snapshot) else { throw TestError("no snapshot reply") }
         let store = SnapshotStore(directory: s.dataDir + "/snapshots")
         let file = try #require(store.files().first)
         let written = try FileManager.default.attributesOfItem(atPath: file.path)[.modificationDate] as? Date
-        guard case .snapshot(let b) = try await c.call(.snapshot) else { throw TestError("no snapshot reply") }
-        #expect(a == 300 && b == 300)
+        guard case .snapshot(let b, let bID) = try await c.call(.snapshot) else { throw TestError("no snapshot reply") }
+        #expect(a == 300 && b == 300 && aID == "v300" && bID == "v300")
         #expect(store.files().map(\.id) == ["v300"])
         #expect(try FileManager.default.attributesOfItem(atPath: file.path)[.modificationDate] as? Date == written)
         // One event more: a new snapshot at its position.
         _ = try await c.feedback([WireEvent(user: 3, item: 5, kind: .click)])
-        guard case .snapshot(let d) = try await c.call(.snapshot) else { throw TestError("no snapshot reply") }
-        #expect(d == 301)
+        guard case .snapshot(let d, let dID) = try await c.call(.snapshot) else { throw TestError("no snapshot reply") }
+        #expect(d == 301 && dID == "v301")
         c.close()
         s.stop()
     }
@@ -270,7 +276,7 @@ import PerennialPlugins
             // A SNAPSHOT request is answered once a snapshot holding what was
             // acknowledged before it is durable.
             if part % 3 == 1 {
-                guard case .snapshot(let seq) = try await c.call(.snapshot) else { throw TestError("no snapshot reply") }
+                guard case .snapshot(let seq, _) = try await c.call(.snapshot) else { throw TestError("no snapshot reply") }
                 #expect(seq >= UInt64((part + 1) * 600))
                 #expect(SnapshotStore(directory: s.dataDir + "/snapshots").files().contains { $0.seq >= UInt64((part + 1) * 600) })
             }

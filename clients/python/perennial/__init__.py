@@ -21,7 +21,7 @@ from .client import Client, FeedbackStreamer, Pipeline
 from .errors import (Busy, CapacityExceeded, ConnectionError, InvalidArgument, InvalidEvent, NotSupported,
                      PerennialError, ProtocolError, ServerError, ServerTimeout, TimeoutError,
                      Unauthorized, UnknownScorer)
-from .types import Event, FeedbackAck, Recommendation, Score, ServerInfo, UpsertResult
+from .types import Event, FeedbackAck, Recommendation, Score, ServerInfo, Snapshot, UpsertResult
 
 __version__ = "0.1.0"
 
@@ -39,6 +39,7 @@ __all__ = [
     "FeedbackAck",
     "UpsertResult",
     "ServerInfo",
+    "Snapshot",
     "PerennialError",
     "ConnectionError",
     "TimeoutError",

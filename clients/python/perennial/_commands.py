@@ -9,7 +9,7 @@ from typing import Deque, Any, Callable, Dict, Iterable, List, Mapping, Optional
 from .errors import (ERROR_CODES, FATAL_CODES, CapacityExceeded, ConnectionError, InvalidEvent, ProtocolError, ServerError,
                      TimeoutError, error_from_reply)
 from .protocol import VERSION, Frame, Opcode, encode_payload
-from .types import (Event, EventLike, as_int, FeedbackAck, Recommendation, Score, ServerInfo,
+from .types import (Event, EventLike, as_int, FeedbackAck, Recommendation, Score, ServerInfo, Snapshot,
                     UpsertResult, to_event)
 
 Attributes = Union[Mapping[str, str], Iterable[Tuple[str, str]], None]
@@ -336,7 +336,7 @@ def reload() -> Command:
 
 
 def snapshot() -> Command:
-    return Command(Opcode.SNAPSHOT, b"", lambda p: p["seq"], writes_model=True)
+    return Command(Opcode.SNAPSHOT, b"", lambda p: Snapshot(p["seq"], p["version"]), writes_model=True)
 
 
 def shutdown() -> Command:
@@ -414,7 +414,7 @@ class PipelineCommands:
         return self._queue(reload())
 
     def snapshot(self) -> Any:
-        """Queue a SNAPSHOT; its result is the sequence the snapshot covers."""
+        """Queue a SNAPSHOT; its result is a :class:`Snapshot`: the sequence it covers, with ``.version``."""
         return self._queue(snapshot())
 
 

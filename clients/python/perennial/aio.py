@@ -14,7 +14,7 @@ from .client import REPLY_LIMITS
 from .errors import (ConnectionError, InvalidArgument, InvalidEvent, PerennialError, ProtocolError, ServerError,
                      TimeoutError, FATAL_CODES, ERROR_CODES)
 from .protocol import DEFAULT_LIMITS, FrameDecoder, Opcode, encode_request
-from .types import (Event, EventLike, FeedbackAck, Recommendation, Score, ServerInfo,
+from .types import (Event, EventLike, FeedbackAck, Recommendation, Score, ServerInfo, Snapshot,
                     UpsertResult, to_event)
 
 __all__ = ["AsyncClient", "AsyncPipeline", "AsyncFeedbackStreamer"]
@@ -506,8 +506,9 @@ class AsyncClient:
             except PerennialError:
                 pass  # applied; only the refresh failed (see Client.reload)
 
-    async def snapshot(self) -> int:
-        """Ask for a snapshot; returns the sequence it covers.  Raises NotSupported, Unauthorized."""
+    async def snapshot(self) -> Snapshot:
+        """Ask for a snapshot; returns a :class:`Snapshot` (the sequence it covers, and ``.version``,
+        the version's id).  Raises NotSupported, Unauthorized."""
         return await self._call(_c.snapshot())  # type: ignore[no-any-return]
 
     async def shutdown(self) -> None:

@@ -12,7 +12,7 @@ from ._commands import Attributes, Command, resolve_reply
 from .errors import (ConnectionError, InvalidArgument, InvalidEvent, PerennialError, ProtocolError, ServerError,
                      TimeoutError)
 from .protocol import (DEFAULT_LIMITS, Frame, FrameDecoder, Limits, encode_request)
-from .types import (Event, EventLike, FeedbackAck, Recommendation, Score, ServerInfo,
+from .types import (Event, EventLike, FeedbackAck, Recommendation, Score, ServerInfo, Snapshot,
                     UpsertResult, to_event)
 
 __all__ = ["Client", "Pipeline", "FeedbackStreamer", "REPLY_LIMITS"]
@@ -622,12 +622,12 @@ class Client:
                 # is stopping): server_info keeps the limits learned before.
                 pass
 
-    def snapshot(self) -> int:
-        """Ask the server for a snapshot; returns the log sequence it covers.
-
-        The version is the newest at that position: ``v<seq>``, or
-        ``v<seq>.<n>`` when a rollback or a RELOAD wrote another there
-        (``perennial versions`` lists them). The server writes the whole model first: the reply is waited for up
+    def snapshot(self) -> Snapshot:
+        """Ask the server for a snapshot; returns a :class:`Snapshot`: the log
+        sequence it covers (an int) with the version's id in ``.version``
+        (``v<seq>``, or ``v<seq>.<n>`` when a rollback or a RELOAD wrote
+        another version there first; ``perennial versions`` lists them,
+        ``perennial serve --from-version`` takes the id). The server writes the whole model first: the reply is waited for up
         to ``admin_timeout`` (or ``timeout``, if longer).
         Raises NotSupported, Unauthorized, STORAGE (it could not be written).
         """

@@ -434,7 +434,7 @@ def _dec_stats_rep(r: _Reader, limits: Limits) -> Dict[str, Any]:
 
 
 def _dec_snapshot_rep(r: _Reader, limits: Limits) -> Dict[str, Any]:
-    return {"seq": r.u64("seq")}
+    return {"seq": r.u64("seq"), "version": r.str16("version")}
 
 
 def _dec_error(r: _Reader, limits: Limits) -> Dict[str, Any]:
@@ -672,7 +672,7 @@ def _enc_stats_rep(p: Mapping[str, Any]) -> bytes:
 
 
 def _enc_snapshot_rep(p: Mapping[str, Any]) -> bytes:
-    return _w_u64(p["seq"], "seq")
+    return _w_u64(p["seq"], "seq") + _w_str16(p["version"], "version")
 
 
 def _error_code_number(code: Union[str, int]) -> int:

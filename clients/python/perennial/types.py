@@ -23,7 +23,7 @@ def as_int(x: Any, what: str) -> int:
         raise TypeError("%s must be an int, not %r" % (what, x)) from None
 
 __all__ = ["Event", "EventLike", "Recommendation", "Score", "FeedbackAck", "UpsertResult",
-           "ServerInfo", "to_event"]
+           "ServerInfo", "Snapshot", "to_event"]
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,36 @@ class UpsertResult:
 
     created: bool
     truncated: bool
+
+
+class Snapshot(int):
+    """Result of ``snapshot``: the log sequence the snapshot covers (the int
+    itself, so it compares and formats as the sequence) and ``version``, the
+    version's id: ``v<seq>``, or ``v<seq>.<n>`` when a rollback or a RELOAD
+    wrote another version at that position first. ``perennial serve
+    --from-version`` takes the id; ``"v%d" % seq`` is not always it (after a
+    rollback, the plain id names the model rolled back from)."""
+
+    version: str
+
+    def __new__(cls, seq: int, version: str) -> "Snapshot":
+        obj = super().__new__(cls, seq)
+        obj.version = version
+        return obj
+
+    @property
+    def seq(self) -> int:
+        return int(self)
+
+    def __getnewargs__(self) -> Tuple[int, str]:  # type: ignore[override]
+        return (int(self), self.version)
+
+    def __repr__(self) -> str:
+        return "Snapshot(seq=%d, version=%r)" % (int(self), self.version)
+
+    def __str__(self) -> str:
+        # (As the int it was before it carried the version: "v%s" % seq.)
+        return str(int(self))
 
 
 @dataclass(frozen=True)

@@ -66,8 +66,8 @@ def test_admin_command_with_tokens(start_server, tmp_path: Path) -> None:
     no = admin("snapshot", token="token")
     assert no.returncode != 0 and "UNAUTHORIZED" in no.stderr
     snap = admin("snapshot", token="admin")
-    assert snap.returncode == 0 and "at sequence 2" in snap.stdout, snap.stdout + snap.stderr
-    assert json.loads(admin("snapshot", "--json", token="admin").stdout) == {"seq": 2}
+    assert snap.returncode == 0 and "version v2, at log sequence 2" in snap.stdout, snap.stdout + snap.stderr
+    assert json.loads(admin("snapshot", "--json", token="admin").stdout) == {"seq": 2, "version": "v2"}
     assert json.loads(admin("ping", "--json", token="token").stdout)["max_events"] == 10000
     assert admin("reload", token="admin").returncode == 0
     assert json.loads(admin("reload", "--json", token="admin").stdout) == {"reloaded": True}

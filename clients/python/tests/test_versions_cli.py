@@ -152,12 +152,22 @@ def test_item_upserts_are_saved_by_snapshots_and_kept_by_a_rollback(start_server
     assert srv.stop() == 0
 
     # A rollback to the first version keeps every item upserted since.
-    rolled = start_server(BOTH, ["--data-dir", srv.data_dir, "--from-version", "v%d" % first])
+    assert first.version == "v%d" % first
+    rolled = start_server(BOTH, ["--data-dir", srv.data_dir, "--from-version", first.version])
     with rolled.client() as c:
         assert c.stats()["events_applied"] == 2000
         assert all(s.known for s in c.score(1, [10_000, 10_150, 10_399]))
+        # The rollback is a version at the log's end beside the model it
+        # replaced, which has the plain id v2000: SNAPSHOT names the
+        # rollback's own (before, a client could only guess "v%d" % seq,
+        # which names the model rolled back from).
+        now = c.snapshot()
+        assert now == 2000 and now.version.startswith("v2000.") and now.version != "v2000", repr(now)
     assert " 3400 item upsert(s) made since are carried over" in rolled.log(), rolled.log()
     assert rolled.stop() == 0
+    listed = _perennial("versions", "--data-dir", srv.data_dir, "--json")
+    listing = {v["id"]: v for v in json.loads(listed.stdout or "[]")}
+    assert listing.get(now.version, {}).get("rolled_back_from") == first.version, (listed.stdout, listed.stderr)
 
 
 def test_versions_verify_names_a_damaged_version(start_server) -> None:

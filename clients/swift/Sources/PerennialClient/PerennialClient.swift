@@ -386,11 +386,14 @@ public final class PerennialClient: @unchecked Sendable {
     }
 
     /// Writes a snapshot (a model version) now; returns the log position it
-    /// covers. It waits while the server writes the whole model: give the
-    /// client a timeout longer than that for a large model.
-    public func snapshot() async throws -> UInt64 {
-        guard case .snapshot(let seq) = try await call(.snapshot) else { throw unexpected() }
-        return seq
+    /// covers and the version's id (`v<seq>`, or `v<seq>.<serial>` when a
+    /// rollback or a RELOAD wrote another version there first), the id
+    /// `perennial serve --from-version` takes. It waits while the server
+    /// writes the whole model: give the client a timeout longer than that
+    /// for a large model.
+    public func snapshot() async throws -> (seq: UInt64, version: String) {
+        guard case .snapshot(let seq, let version) = try await call(.snapshot) else { throw unexpected() }
+        return (seq, version)
     }
 
     /// The server re-reads its config file and applies it (throws when
