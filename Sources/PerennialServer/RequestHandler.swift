@@ -644,6 +644,7 @@ final class RequestHandler {
         if next.recommendBatch != config.recommendBatch || next.recommendBatchWaitMicros != config.recommendBatchWaitMicros {
             also.append("[server] recommend batching")
         }
+        if next.busyPollMicros != config.busyPollMicros { also.append("server.busy_poll_us = \(next.busyPollMicros)") }
         if next.learnerMaxLagSeconds != config.learnerMaxLagSeconds { also.append("learner.max_lag_seconds = \(next.learnerMaxLagSeconds)") }
         if next.snapshotEveryEvents != config.snapshotEveryEvents || next.snapshotKeep != config.snapshotKeep
             || next.snapshotRecoverySeconds != config.snapshotRecoverySeconds { also.append("[snapshot]") }

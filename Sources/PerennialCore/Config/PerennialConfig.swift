@@ -125,6 +125,12 @@ public struct PerennialConfig: Sendable {
     /// covers how far a closed-loop client's return time varies from batch
     /// to batch on a 2-core machine (100 left batches of 16 at 14.4-15.5).
     public var recommendBatchWaitMicros = 300
+    /// How long (µs) the event loop keeps polling after it last read from
+    /// a connection before it sleeps, while the learner is idle (0 = sleep
+    /// at once). See EventLoop.busyPollTurn; 50 µs covers a client's own
+    /// turnaround on loopback (a PING round trip is about 20 µs when the
+    /// loop is awake) without polling long after a client has gone quiet.
+    public var busyPollMicros = 50
     public var limits = LimitsConfig()
     public var learnerQueueCapacity = 65_536
     /// The queue also holds at most this many seconds of the learner's
@@ -240,6 +246,7 @@ public struct PerennialConfig: Sendable {
         c.allowShutdown = try r.bool("server.allow_shutdown", default: c.allowShutdown)
         c.recommendBatch = try r.int("server.recommend_batch", default: c.recommendBatch, in: 1...256)
         c.recommendBatchWaitMicros = try r.int("server.recommend_batch_wait_us", default: c.recommendBatchWaitMicros, in: 0...100_000)
+        c.busyPollMicros = try r.int("server.busy_poll_us", default: c.busyPollMicros, in: 0...100_000)
 
         var l = LimitsConfig()
         // (At least 64 KiB: the server's own replies, STATS with every
