@@ -271,6 +271,7 @@ final class RequestHandler {
             do {
                 try log.append(.feedback(firstSeq: model.lastSeq + 1, events: incoming), lastSeq: model.lastSeq + UInt64(incoming.count))
             } catch {
+                stats.storageRefusals.note("FEEDBACK", error)
                 throw ProtocolError(.storage, "feedback not accepted: \(error)")
             }
             if log.policy == .always { needsSync = true }
@@ -349,6 +350,7 @@ final class RequestHandler {
                                        attributes: u.attributes.map { LogAttribute(key: $0.key, value: $0.value) }),
                                lastSeq: model.lastSeq)
             } catch {
+                stats.storageRefusals.note("UPSERT_ITEM", error)
                 throw ProtocolError(.storage, "item not stored: \(error)")
             }
             if log.policy == .always { needsSync = true }
@@ -461,6 +463,7 @@ final class RequestHandler {
         do {
             try log.append(record, lastSeq: model.lastSeq)
         } catch {
+            stats.storageRefusals.note("a deletion", error)
             throw ProtocolError(.storage, "nothing deleted: \(error)")
         }
         if log.policy == .always { needsSync = true }
@@ -775,6 +778,10 @@ final class RequestHandler {
             StatCounter("timeouts", stats.timeouts),
             StatCounter("auth_failures", stats.authFailures),
             StatCounter("snapshots", snapshots.completed),
+            StatCounter("snapshot_failures", snapshots.failures),
+            StatCounter("snapshots_put_off", snapshots.putOff),
+            StatCounter("storage_refusals", stats.storageRefusals.count),
+            StatCounter("disk_free_bytes", snapshots.freeBytes() ?? 0),
             StatCounter("reloads", stats.reloads),
             StatCounter("last_snapshot_seq", snapshots.lastSnapshotSeq),
             StatCounter("bytes_in", stats.bytesIn),

@@ -33,4 +33,6 @@ struct ServerStats {
     var usersDeleted: UInt64 = 0
     /// FEEDBACK batches and upserts refused because they would add an id beyond `[limits]`'s bounds.
     var capacityRefusals: UInt64 = 0
+    /// Requests refused because the log could not be written.
+    var storageRefusals = StorageRefusals()
 }

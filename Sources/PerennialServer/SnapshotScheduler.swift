@@ -23,6 +23,10 @@ final class SnapshotScheduler {
     /// room while the learner caught up (STATS `snapshots`, `snapshot_tapers`).
     private(set) var completed: UInt64 = 0
     private(set) var tapers: UInt64 = 0
+    /// Snapshots that failed, and those not started for want of disk
+    /// space (STATS `snapshot_failures`, `snapshots_put_off`).
+    private(set) var failures: UInt64 = 0
+    private(set) var putOff: UInt64 = 0
 
     init(model: Model, learner: Learner, log: FeedbackLog, store: SnapshotStore, config: PerennialConfig,
          lastSnapshotSeq: UInt64) {
@@ -178,6 +182,52 @@ final class SnapshotScheduler {
 
     /// The last snapshot's size (room reserved for the next one).
     private var lastSnapshotBytes = 0
+
+    // MARK: disk space
+
+    /// Free bytes on the file system holding the snapshots (statvfs of
+    /// their directory, or of the data directory before the first one;
+    /// nil when it cannot be read).
+    func freeBytes() -> UInt64? {
+        var s = statvfs()
+        guard statvfs(store.directory, &s) == 0 || statvfs((store.directory as NSString).deletingLastPathComponent, &s) == 0 else {
+            return nil
+        }
+        return UInt64(s.f_bavail) * UInt64(s.f_frsize)
+    }
+
+    /// Why a snapshot should not start now, or nil when the disk has room
+    /// for it: the last snapshot's size and a quarter (the model grows),
+    /// and 16 MiB the log may write meanwhile. The snapshot is written
+    /// beside the kept ones before the oldest is pruned, so the disk must
+    /// hold `keep` + 1 of them. Looked at once a second at most, or now
+    /// for a SNAPSHOT request (`fresh`: this call looked).
+    private func lackOfSpace(lookNow: Bool) -> (String, fresh: Bool)? {
+        let now = MonotonicClock.nowNanos()
+        if !lookNow && spaceCheckedNs != 0 && now &- spaceCheckedNs < 1_000_000_000 { return spaceLack.map { ($0, false) } }
+        spaceCheckedNs = now
+        spaceLack = nil
+        guard let free = freeBytes() else { return nil }
+        let need = UInt64(lastSnapshotBytes + lastSnapshotBytes / 4) + 16 << 20
+        if free < need {
+            spaceLack = "not enough free disk space for a snapshot in \(store.directory): \(free >> 20) MiB free, "
+                + "\(need >> 20) MiB needed (the last snapshot's \(lastSnapshotBytes >> 20) MiB, a quarter more, and 16 MiB for the log)"
+        }
+        return spaceLack.map { ($0, true) }
+    }
+    private var spaceCheckedNs: UInt64 = 0
+    private var spaceLack: String?
+    private var putOffLoggedNs: UInt64 = 0
+
+    /// Counts a due or requested snapshot not started for want of space (at
+    /// most once a second); logs it at most once a minute.
+    private func noteSnapshotPutOff(_ lack: String) {
+        putOff += 1
+        let now = MonotonicClock.nowNanos()
+        guard putOffLoggedNs == 0 || now &- putOffLoggedNs >= 60_000_000_000 else { return }
+        putOffLoggedNs = now
+        Log.warning("snapshot put off: \(lack); the log keeps every event meanwhile, and recovery after a crash grows (STATS snapshots_put_off, recovery_estimate_ms)")
+    }
     /// The automatic snapshot being written off the loop thread, if any.
     private var inFlight: SnapshotInFlight?
     /// The last one collected, whose thread may still be about to wake the
@@ -272,6 +322,16 @@ final class SnapshotScheduler {
         let due = (every > 0 && model.lastSeq - lastSnapshotSeq >= every || recoveryWouldTakeTooLong)
             && model.lastSeq >= retrySnapshotAt
         let reloadRetry = reloadUnsnapshotted && MonotonicClock.nowNanos() >= reloadRetryAtNs
+        if inFlight == nil, requested || due, let (lack, fresh) = lackOfSpace(lookNow: requested) {
+            // Not started: writing it would fill the disk, and while it
+            // did, the log could not take FEEDBACK (review finding,
+            // helper-49). A SNAPSHOT request is told why.
+            if fresh { noteSnapshotPutOff(lack) }
+            if requested { recordSnapshotOutcome(through: snapshotTicketsIssued, .failure(SnapshotFailure(description: lack))) }
+            draining = false
+            taper = nil
+            return wasHolding || collected || requested
+        }
         guard inFlight == nil, requested || due || reloadSnapshotWanted || reloadRetry else {
             draining = false
             taper = nil
@@ -453,7 +513,7 @@ final class SnapshotScheduler {
         // added when it is written).
         var meta: [String: Any] = ["created": ISO8601DateFormatter().string(from: Date()), "scorers": model.scorerNames,
                                    "default_scorer": model.defaultScorer, "config": config.source,
-                                   "users": model.users.count, "items": model.items.count,
+                                   "users": model.users.liveCount, "items": model.items.liveCount,
                                    "settings": config.modelSettingValues]
         for (k, v) in note { meta[k] = v }
         if reloadUnsnapshotted { meta["reload"] = unsnapshottedReloadChanges }
@@ -482,6 +542,7 @@ final class SnapshotScheduler {
 
     private func snapshotFailed(at seq: UInt64, _ error: any Error) {
         snapshotFailuresInARow += 1
+        failures += 1
         // The events between automatic snapshots: every_events, or those
         // the recovery budget allows at the learner's recent cost.
         var every = config.snapshotEveryEvents

@@ -414,6 +414,9 @@ public final class FeedbackLog: @unchecked Sendable {
         if fdatasync(fd) != 0 {
             let why = String(cString: strerror(errno))
             failure = "fdatasync failed (\(why)); acknowledged events may not be durable; restart the server"
+            // (Once: from now on every append is refused with this reason,
+            // and those refusals are logged by the server, rate-limited.)
+            Log.error("the log: \(failure!)")
             throw LogError(failure!)
         }
         durable.store(target, ordering: .releasing)

@@ -17,10 +17,9 @@ import perennial
 from test_crash_recovery import _events, _launch
 
 
-@pytest.fixture
-def small_disk():
+def _mount_small_disk(size: str):
     mnt = tempfile.mkdtemp(prefix="perennial-tmpfs-")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", mnt], capture_output=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", mnt], capture_output=True)
     if r.returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root): %s" % r.stderr.decode().strip())
     try:
@@ -28,6 +27,16 @@ def small_disk():
     finally:
         subprocess.run(["umount", "-l", mnt])
         os.rmdir(mnt)
+
+
+@pytest.fixture
+def small_disk():
+    yield from _mount_small_disk("256k")
+
+
+@pytest.fixture
+def eight_mib_disk():
+    yield from _mount_small_disk("8m")
 
 
 def test_full_disk_refuses_feedback_and_loses_nothing(small_disk: Path) -> None:
@@ -50,6 +59,9 @@ def test_full_disk_refuses_feedback_and_loses_nothing(small_disk: Path) -> None:
         assert len(c.recommend(events[0].user, k=5)) > 0
         st = c.stats()
         assert st["events_accepted"] == acked == st["events_durable"]
+        # Counted where an operator looks (review finding, helper-49: only
+        # errors_total moved, and the log had no line).
+        assert st["storage_refusals"] >= 1 and st["disk_free_bytes"] < 256 * 1024, st
         # Space returns: feedback is accepted again.
         subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
         ack = c.feedback(events[acked:acked + 200])
@@ -61,5 +73,36 @@ def test_full_disk_refuses_feedback_and_loses_nothing(small_disk: Path) -> None:
     proc, port = _launch(data_dir, "always")
     with perennial.Client("127.0.0.1", port) as c:
         assert c.stats()["events_applied"] == acked
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+def test_a_snapshot_the_disk_has_no_room_for_is_put_off(eight_mib_disk: Path) -> None:
+    """A snapshot that would not fit (the last one's size and a quarter,
+    and 16 MiB for the log) is not started: writing it used to fill the
+    disk, and the log then refused FEEDBACK it had room for (review
+    finding, helper-49). Automatic ones are put off, logged and counted;
+    a SNAPSHOT request is refused with the reason; the log goes on
+    accepting events; with room again, snapshots are written."""
+    data_dir = eight_mib_disk / "data"
+    proc, port = _launch(data_dir, "everysec", "[snapshot]\nevery_events = 1000\n")
+    events = _events(5000)
+    with perennial.Client("127.0.0.1", port) as c:
+        for start in range(0, len(events), 500):
+            c.feedback(events[start:start + 500])     # never refused: the log has room
+        st = c.stats()
+        assert st["events_accepted"] == 5000 and st["storage_refusals"] == 0, st
+        assert st["snapshots"] == 0 and st["snapshots_put_off"] >= 1, st
+        assert 0 < st["disk_free_bytes"] <= 8 << 20, st
+        try:
+            c.snapshot()
+            raise AssertionError("a SNAPSHOT with no room was answered")
+        except perennial.ServerError as e:
+            assert e.code_name == "STORAGE" and "not enough free disk space" in str(e), e
+        log = (eight_mib_disk / "server.log").read_text()
+        assert "snapshot put off: not enough free disk space" in log, log[-2000:]
+        subprocess.run(["mount", "-o", "remount,size=64m", str(eight_mib_disk)], check=True)
+        taken = c.snapshot()
+        assert taken == 5000 and c.stats()["snapshots"] == 1
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
