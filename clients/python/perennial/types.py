@@ -182,6 +182,19 @@ class Snapshot(int):
         # (As the int it was before it carried the version: "v%s" % seq.)
         return str(int(self))
 
+    # Two versions at one position (a rollback's beside the model rolled
+    # back from) are different versions; against a plain int, the sequence.
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Snapshot):
+            return int(self) == int(other) and self.version == other.version
+        return int(self) == other
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(int(self))
+
 
 @dataclass(frozen=True)
 class ServerInfo:

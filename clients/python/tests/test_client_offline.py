@@ -391,3 +391,17 @@ def test_numbers_of_other_types_are_taken() -> None:
     assert wire == {"user": 1, "item": 2, "kind": "rating", "value": 4.5, "timestamp": 1700000000}
     with pytest.raises(TypeError):
         perennial.Event(1, 2, "rating", np.str_("4"))
+
+
+def test_snapshot_result_is_the_sequence_and_names_its_version() -> None:
+    """SNAPSHOT's result compares and formats as the sequence (it was an
+    int before it carried the version), and two versions at one position
+    (a rollback's beside the model rolled back from) are not equal."""
+    import copy
+    import pickle
+    a, b = perennial.Snapshot(150, "v150"), perennial.Snapshot(150, "v150.1")
+    assert a == 150 and 150 == b and "v%s" % b == "v150" and f"{b}" == "150" and b + 1 == 151
+    assert a != b and len({a, b}) == 2 and b.version == "v150.1" and b.seq == 150
+    for again in (pickle.loads(pickle.dumps(b)), copy.deepcopy(b)):
+        assert again == b and again.version == "v150.1"
+    assert repr(b) == "Snapshot(seq=150, version='v150.1')"

@@ -35,8 +35,8 @@ def small_disk():
 
 
 @pytest.fixture
-def eight_mib_disk():
-    yield from _mount_small_disk("8m")
+def sixteen_mib_disk():
+    yield from _mount_small_disk("16m")
 
 
 def test_full_disk_refuses_feedback_and_loses_nothing(small_disk: Path) -> None:
@@ -77,32 +77,47 @@ def test_full_disk_refuses_feedback_and_loses_nothing(small_disk: Path) -> None:
     assert proc.wait(30) == 0
 
 
-def test_a_snapshot_the_disk_has_no_room_for_is_put_off(eight_mib_disk: Path) -> None:
+def test_a_snapshot_the_disk_has_no_room_for_is_put_off(sixteen_mib_disk: Path) -> None:
     """A snapshot that would not fit (the last one's size and a quarter,
-    and 16 MiB for the log) is not started: writing it used to fill the
+    and 1 MiB for the log) is not started: writing it used to fill the
     disk, and the log then refused FEEDBACK it had room for (review
     finding, helper-49). Automatic ones are put off, logged and counted;
     a SNAPSHOT request is refused with the reason; the log goes on
-    accepting events; with room again, snapshots are written."""
-    data_dir = eight_mib_disk / "data"
-    proc, port = _launch(data_dir, "everysec", "[snapshot]\nevery_events = 1000\n")
-    events = _events(5000)
-    with perennial.Client("127.0.0.1", port) as c:
-        for start in range(0, len(events), 500):
+    accepting events; a RELOAD that changes scorers still answers (it
+    hung while an automatic snapshot was put off: helper-50); with room
+    again, snapshots are written."""
+    disk = sixteen_mib_disk
+    data_dir = disk / "data"
+    proc, port = _launch(data_dir, "everysec", '[snapshot]\nevery_events = 1000\n[scorers]\nload = ["cf"]\ndefault = "cf"\n')
+    events = _events(6000)
+    with perennial.Client("127.0.0.1", port, admin_timeout=30) as c:
+        c.feedback(events[:3000])
+        first = c.snapshot()
+        size = (data_dir / "snapshots" / ("snapshot-%d.bin" % first)).stat().st_size
+        # Leave room for the log, not for another snapshot.
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * max(0, c.stats()["disk_free_bytes"] - size - (256 << 10)))
+        for start in range(3000, 6000, 500):
             c.feedback(events[start:start + 500])     # never refused: the log has room
         st = c.stats()
-        assert st["events_accepted"] == 5000 and st["storage_refusals"] == 0, st
-        assert st["snapshots"] == 0 and st["snapshots_put_off"] >= 1, st
-        assert 0 < st["disk_free_bytes"] <= 8 << 20, st
+        assert st["events_accepted"] == 6000 and st["storage_refusals"] == 0, st
+        assert st["last_snapshot_seq"] == 3000 and st["snapshots_put_off"] >= 1, st
+        assert st["disk_free_bytes"] < size + (size >> 2) + (1 << 20), st
         try:
             c.snapshot()
             raise AssertionError("a SNAPSHOT with no room was answered")
         except perennial.ServerError as e:
             assert e.code_name == "STORAGE" and "not enough free disk space" in str(e), e
-        log = (eight_mib_disk / "server.log").read_text()
+        log = (disk / "server.log").read_text()
         assert "snapshot put off: not enough free disk space" in log, log[-2000:]
-        subprocess.run(["mount", "-o", "remount,size=64m", str(eight_mib_disk)], check=True)
+        # A RELOAD that adds a scorer answers (its snapshot is not put off).
+        (disk / "perennial.toml").write_text('[snapshot]\nevery_events = 1000\n[scorers]\nload = ["cf", "popularity"]\ndefault = "cf"\n')
+        try:
+            c.reload()
+        except perennial.ServerError as e:
+            assert e.code_name == "STORAGE", e            # answered, at least
+        filler.unlink()
         taken = c.snapshot()
-        assert taken == 5000 and c.stats()["snapshots"] == 1
+        assert taken == 6000
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
