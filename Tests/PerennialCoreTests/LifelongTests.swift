@@ -306,6 +306,29 @@ import PerennialPlugins
         #expect(bounded.users.liveCount <= 50 && bounded.users.index(of: 5000) != nil)
     }
 
+    /// Age expiry switched on for a model saved without it: its users are
+    /// tracked from the next event on, as seen at its time, so one who
+    /// never comes back expires `expire_after_seconds` later (review
+    /// finding, helper-49: they were kept for good), one who comes back
+    /// stays, and a user deleted meanwhile is not enrolled.
+    @Test func expirySetOnAnExistingModelForgetsUsersWhoDoNotComeBack() throws {
+        let before = try model(["popularity"]) { _ in }
+        for k in 0..<20 { feed(before, user: UInt64(k + 1), item: UInt64(1 + k % 10), at: 1000) }
+        var w = SnapshotWriter()
+        before.save(to: &w)
+        let aging = try model(["popularity"]) { d in d.set("lifelong.expire_after_seconds", .integer(100)) }
+        var r = SnapshotReader(bytes: w.bytes)
+        try aging.restore(from: &r)
+        _ = aging.deleteUsers([20])
+        feed(aging, user: 100, item: 3, at: 5000)   // the first event: the old users are seen now
+        #expect(aging.users.liveCount == 20 && aging.lifecycle.expired == 0)
+        feed(aging, user: 2, item: 4, at: 5080)     // user 2 comes back
+        feed(aging, user: 101, item: 5, at: 5150)   // 150 s after the first event
+        #expect(aging.users.index(of: 2) != nil && aging.users.index(of: 100) == nil)
+        for id: UInt64 in [1, 3, 19] { #expect(aging.users.index(of: id) == nil, "user \(id) kept") }
+        #expect(aging.lifecycle.expired == 19)      // 18 old users and user 100
+    }
+
     @Test func frozenEvaluationsFinishWithABound() throws {
         // E1's frozen variant admits events it never learns; expiry must
         // not wait for a learner that will never apply them.

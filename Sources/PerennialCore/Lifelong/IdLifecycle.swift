@@ -78,6 +78,7 @@ public final class IdLifecycle {
     /// Records an event of user `u`.
     func touch(_ u: Int32, timestamp: Int64, seq: UInt64) {
         guard tracksUsers else { return }
+        if !awaitingFirstEvent.isEmpty { enrollAwaiting(seenAt: timestamp) }
         // The latest time the user was seen, not the latest event's: a
         // back-dated event (a late upload) must not make an active user
         // look idle. (lastSeq 0: a new user, or a forgotten one's index.)
@@ -115,6 +116,8 @@ public final class IdLifecycle {
     /// idle: its queue entries go stale, and the next user of the index
     /// is a new generation that needs no second reset.
     func forgetDeleted(_ u: Int32) {
+        // (Not enrolled later either: the index is vacant or a new user's.)
+        if !awaitingFirstEvent.isEmpty { awaitingFirstEvent.removeAll { $0 == u } }
         lastSeq[Int(u)] = 0
         generation[Int(u)] &+= 1
         learnedGeneration[Int(u)] = generation[Int(u)]
@@ -154,21 +157,41 @@ public final class IdLifecycle {
         w.u64(expired); w.u64(admission.sharedEvents)
     }
 
-    /// After `load`: with a `max_users` bound now but no tracking when the
-    /// snapshot was saved, the users there are unknown to the order. They
-    /// are enrolled as the least recently seen, at time 0 (so the bound, and
-    /// age expiry if it is on, take them first). With age expiry alone, a
-    /// user is tracked from their next event.
+    /// After `load`: with a `max_users` bound or age expiry now but no
+    /// tracking when the snapshot was saved, the users there are unknown
+    /// to the order. With a bound they are enrolled at once as the least
+    /// recently seen, at time 0 (so the bound, and age expiry if it is on,
+    /// take them first). With age expiry alone they are enrolled at the
+    /// next event, as seen at its time: when expiry is switched on, a user
+    /// who never comes back expires `expire_after_seconds` of event time
+    /// later, not at once, and not never (review finding, helper-49: they
+    /// were kept for good). The first event is the same live and in a
+    /// recovery's replay, so both enroll them alike.
     func enrollUntracked(users: Int, isLive: (Int32) -> Bool) {
-        guard maxUsers > 0 else { return }
+        guard tracksUsers else { return }
+        var untracked: [Int32] = []
+        for u in 0..<Int32(users) where isLive(u) && lastSeq[Int(u)] == 0 { untracked.append(u) }
+        guard !untracked.isEmpty else { return }
+        if maxUsers > 0 {
+            awaitingFirstEvent = untracked
+            enrollAwaiting(seenAt: 0)
+        } else {
+            awaitingFirstEvent = untracked
+        }
+    }
+
+    /// Users of a loaded snapshot waiting to be enrolled (`enrollUntracked`).
+    private var awaitingFirstEvent: [Int32] = []
+
+    private func enrollAwaiting(seenAt time: Int64) {
         var enrolled: [RecencyQueue<Int32>.Entry] = []
-        for u in 0..<Int32(users) where isLive(u) && lastSeq[Int(u)] == 0 {
+        for u in awaitingFirstEvent where lastSeq[Int(u)] == 0 {
             lastSeq[Int(u)] = 1
-            lastSeen[Int(u)] = 0
+            lastSeen[Int(u)] = time
             enrolled.append((u, 1))
         }
-        guard !enrolled.isEmpty else { return }
-        order.prepend(enrolled)
+        awaitingFirstEvent = []
+        if !enrolled.isEmpty { order.prepend(enrolled) }
     }
 
     func load(from r: inout SnapshotReader, users: Int) throws {
