@@ -69,8 +69,10 @@ struct Admin: AsyncParsableCommand {
     /// is the first word after `admin` that is not an option (null when
     /// there is none).
     static func reportRefusedCommandLine(_ arguments: [String], message: String) {
-        guard let at = arguments.firstIndex(of: "admin"), arguments[at...].contains("--json"),
-              !arguments[..<at].contains(where: { !$0.hasPrefix("-") }) else { return }
+        // (After "--" every word is an argument: "--json" there is not the flag.)
+        guard let at = arguments.firstIndex(of: "admin"), !arguments[..<at].contains(where: { !$0.hasPrefix("-") }) else { return }
+        let options = arguments[at...].prefix { $0 != "--" }
+        guard options.contains("--json") else { return }
         // (Options that take a value: their value is not the action.)
         let valued: Set<String> = ["--host", "--port", "--token-file", "--timeout"]
         var action: String?

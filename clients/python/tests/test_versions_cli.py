@@ -222,3 +222,6 @@ def test_admin_json_reports_a_refused_command_line_as_json() -> None:
         assert message in out.stderr and "Usage:" in out.stderr, (args, out.stderr)
     plain = _perennial("admin", "stats", "--prot", "1")
     assert plain.returncode == 64 and plain.stdout == "" and "Unknown option" in plain.stderr
+    # After "--", "--json" is the action, not the flag (helper-50).
+    quoted = _perennial("admin", "--", "--json")
+    assert quoted.returncode == 64 and quoted.stdout == "" and "unknown action '--json'" in quoted.stderr, quoted
