@@ -329,12 +329,16 @@ final class EventLoop {
     /// the learner's CPU, and a waking thread preempts a running one anyway.
     func busyPollTurn() {
         let pollNs = UInt64(handler.config.busyPollMicros) * 1000
+        guard pollNs > 0 else {
+            uv_idle_stop(pollIdle)
+            return
+        }
         let now = uv_hrtime()
         if handler.stats.bytesIn != pollSeenBytes {
             pollSeenBytes = handler.stats.bytesIn
             pollUntilNs = now &+ pollNs
         }
-        if pollNs > 0 && now < pollUntilNs && !stopping && handler.model.appliedSeq == handler.model.lastSeq {
+        if now < pollUntilNs && !stopping && handler.model.appliedSeq == handler.model.lastSeq {
             uv_idle_start(pollIdle, loopIdle)
         } else {
             uv_idle_stop(pollIdle)

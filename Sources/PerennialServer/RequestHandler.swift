@@ -271,7 +271,7 @@ final class RequestHandler {
             do {
                 try log.append(.feedback(firstSeq: model.lastSeq + 1, events: incoming), lastSeq: model.lastSeq + UInt64(incoming.count))
             } catch {
-                stats.storageRefusals.note("FEEDBACK", error)
+                stats.storageRefusals.note("FEEDBACK refused with STORAGE: \(error); STATS storage_refusals counts them")
                 throw ProtocolError(.storage, "feedback not accepted: \(error)")
             }
             if log.policy == .always { needsSync = true }
@@ -350,7 +350,7 @@ final class RequestHandler {
                                        attributes: u.attributes.map { LogAttribute(key: $0.key, value: $0.value) }),
                                lastSeq: model.lastSeq)
             } catch {
-                stats.storageRefusals.note("UPSERT_ITEM", error)
+                stats.storageRefusals.note("UPSERT_ITEM refused with STORAGE: \(error); STATS storage_refusals counts them")
                 throw ProtocolError(.storage, "item not stored: \(error)")
             }
             if log.policy == .always { needsSync = true }
@@ -463,7 +463,7 @@ final class RequestHandler {
         do {
             try log.append(record, lastSeq: model.lastSeq)
         } catch {
-            stats.storageRefusals.note("a deletion", error)
+            stats.storageRefusals.note("a deletion refused with STORAGE: \(error); STATS storage_refusals counts them")
             throw ProtocolError(.storage, "nothing deleted: \(error)")
         }
         if log.policy == .always { needsSync = true }
@@ -779,7 +779,7 @@ final class RequestHandler {
             StatCounter("auth_failures", stats.authFailures),
             StatCounter("snapshots", snapshots.completed),
             StatCounter("snapshot_failures", snapshots.failures),
-            StatCounter("snapshots_put_off", snapshots.putOff),
+            StatCounter("snapshots_put_off", snapshots.putOff.count),
             StatCounter("storage_refusals", stats.storageRefusals.count),
             StatCounter("disk_free_bytes", snapshots.freeBytes() ?? 0),
             StatCounter("reloads", stats.reloads),

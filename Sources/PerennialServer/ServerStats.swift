@@ -34,5 +34,5 @@ struct ServerStats {
     /// FEEDBACK batches and upserts refused because they would add an id beyond `[limits]`'s bounds.
     var capacityRefusals: UInt64 = 0
     /// Requests refused because the log could not be written.
-    var storageRefusals = StorageRefusals()
+    var storageRefusals = CountedWarning(level: .error, intervalSeconds: 10)
 }

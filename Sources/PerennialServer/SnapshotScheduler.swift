@@ -23,10 +23,11 @@ final class SnapshotScheduler {
     /// room while the learner caught up (STATS `snapshots`, `snapshot_tapers`).
     private(set) var completed: UInt64 = 0
     private(set) var tapers: UInt64 = 0
-    /// Snapshots that failed, and those not started for want of disk
-    /// space (STATS `snapshot_failures`, `snapshots_put_off`).
+    /// Snapshots that failed (STATS `snapshot_failures`), and due or
+    /// requested ones not started for want of disk space, counted at most
+    /// once a second and logged at most once a minute (`snapshots_put_off`).
     private(set) var failures: UInt64 = 0
-    private(set) var putOff: UInt64 = 0
+    private(set) var putOff = CountedWarning(level: .warning, intervalSeconds: 60)
 
     init(model: Model, learner: Learner, log: FeedbackLog, store: SnapshotStore, config: PerennialConfig,
          lastSnapshotSeq: UInt64) {
@@ -69,7 +70,7 @@ final class SnapshotScheduler {
             // (Stopping: no more snapshots are started by turns.)
             finishInFlight()
             if snapshotOutcome(for: ticket) == nil {
-                let outcome = Result<SnapshotVersion, any Error> { try takeVersion(note: Self.requestedNote) }
+                let outcome = Result<SnapshotVersion, any Error> { try take(note: Self.requestedNote) }
                 recordSnapshotOutcome(through: snapshotTicketsIssued, outcome.mapError { SnapshotFailure(description: "\($0)") })
             }
         }
@@ -224,17 +225,6 @@ final class SnapshotScheduler {
     }
     private var spaceCheckedNs: UInt64 = 0
     private var spaceLack: String?
-    private var putOffLoggedNs: UInt64 = 0
-
-    /// Counts a due or requested snapshot not started for want of space (at
-    /// most once a second); logs it at most once a minute.
-    private func noteSnapshotPutOff(_ lack: String) {
-        putOff += 1
-        let now = MonotonicClock.nowNanos()
-        guard putOffLoggedNs == 0 || now &- putOffLoggedNs >= 60_000_000_000 else { return }
-        putOffLoggedNs = now
-        Log.warning("snapshot put off: \(lack); the log keeps every event meanwhile, and recovery after a crash grows (STATS snapshots_put_off, recovery_estimate_ms)")
-    }
     /// The automatic snapshot being written off the loop thread, if any.
     private var inFlight: SnapshotInFlight?
     /// The last one collected, whose thread may still be about to wake the
@@ -336,7 +326,9 @@ final class SnapshotScheduler {
             // helper-49). A SNAPSHOT request is told why. (A RELOAD's
             // snapshot is not put off: its reply waits for the snapshot's
             // outcome, and once it hung here; review finding, helper-50.)
-            if fresh { noteSnapshotPutOff(lack) }
+            if fresh {
+                putOff.note("snapshot put off: \(lack); the log keeps every event meanwhile, and recovery after a crash grows (STATS snapshots_put_off, recovery_estimate_ms)")
+            }
             if requested { recordSnapshotOutcome(through: snapshotTicketsIssued, .failure(SnapshotFailure(description: lack))) }
             draining = false
             taper = nil
@@ -471,14 +463,9 @@ final class SnapshotScheduler {
     /// a SNAPSHOT request while stopping): waits for one still being written,
     /// then serialises, writes, describes and prunes on the loop thread,
     /// which pauses for all of it (about 0.15-0.25 s for ml-latest-small
-    /// with cf: 36 MB). Returns the sequence it covers.
+    /// with cf: 36 MB). Returns the version written.
     @discardableResult
-    func take(note: [String: Any] = [:], distinct: Bool = false) throws -> UInt64 {
-        try takeVersion(note: note, distinct: distinct).seq
-    }
-
-    /// `take`, returning the version written.
-    func takeVersion(note: [String: Any] = [:], distinct: Bool = false) throws -> SnapshotVersion {
+    func take(note: [String: Any] = [:], distinct: Bool = false) throws -> SnapshotVersion {
         finishInFlight()
         let written: SnapshotWritten, job: SnapshotJob, size: Int, t0: UInt64
         let generation = reloadGeneration, changes = loggedChanges

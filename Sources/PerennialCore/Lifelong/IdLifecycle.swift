@@ -171,13 +171,8 @@ public final class IdLifecycle {
         guard tracksUsers else { return }
         var untracked: [Int32] = []
         for u in 0..<Int32(users) where isLive(u) && lastSeq[Int(u)] == 0 { untracked.append(u) }
-        guard !untracked.isEmpty else { return }
-        if maxUsers > 0 {
-            awaitingFirstEvent = untracked
-            enrollAwaiting(seenAt: 0)
-        } else {
-            awaitingFirstEvent = untracked
-        }
+        awaitingFirstEvent = untracked
+        if maxUsers > 0 { enrollAwaiting(seenAt: 0) }
     }
 
     /// Users of a loaded snapshot waiting to be enrolled (`enrollUntracked`).
