@@ -741,9 +741,9 @@ final class RequestHandler {
         } catch {
             // The connections holding this iteration's acks are closed by the
             // caller; later appends fail (the log's failure is sticky), so
-            // reads keep being served without waiting on a sync.
+            // reads keep being served without waiting on a sync. (The log
+            // logged the failure.)
             needsSync = false
-            Log.error("\(error)")
             return false
         }
     }
@@ -781,6 +781,7 @@ final class RequestHandler {
             StatCounter("snapshot_failures", snapshots.failures),
             StatCounter("snapshots_put_off", snapshots.putOff.count),
             StatCounter("storage_refusals", stats.storageRefusals.count),
+            StatCounter("log_failed", log.failed ? 1 : 0),
             StatCounter("disk_free_bytes", snapshots.freeBytes() ?? 0),
             StatCounter("reloads", stats.reloads),
             StatCounter("last_snapshot_seq", snapshots.lastSnapshotSeq),

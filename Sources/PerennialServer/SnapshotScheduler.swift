@@ -480,7 +480,7 @@ final class SnapshotScheduler {
             lastSnapshotBytes = size
             written = try job.write(&bytes)
         } catch {
-            Log.error("\(error)")
+            Log.error("snapshot at sequence \(model.lastSeq) not taken: \(error)")
             throw error
         }
         let ms = Double(MonotonicClock.nowNanos() - t0) / 1e6

@@ -62,7 +62,7 @@ public final class FeedbackLog: @unchecked Sendable {
     private let syncerDone = DispatchSemaphore(value: 0)
     private var encoded: [UInt8] = []
     /// Set when a write or fsync failed; feedback is refused until restart.
-    public private(set) var failure: String?
+    private var failure: String?
 
     public init(directory: String, policy: FsyncPolicy, segmentBytes: Int = 64 << 20) {
         self.directory = directory
@@ -425,6 +425,14 @@ public final class FeedbackLog: @unchecked Sendable {
 
     /// The highest sequence known to be on stable storage.
     public var durableSeq: UInt64 { durable.load(ordering: .acquiring) }
+
+    /// Whether the log refuses every append until a restart (an fsync
+    /// failed, or a failed write could not be cut off again).
+    public var failed: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return failure != nil
+    }
 
     /// Whether records were written that are not yet fsynced.
     public var hasUnsynced: Bool {

@@ -18,7 +18,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 
@@ -47,7 +47,8 @@ def _events(limit: int) -> List[perennial.Event]:
             for k in range(limit)]
 
 
-def _launch(data_dir: Path, fsync: str, config: str = "") -> Tuple["subprocess.Popen[bytes]", int]:
+def _launch(data_dir: Path, fsync: str, config: str = "",
+            env: Optional[Dict[str, str]] = None) -> Tuple["subprocess.Popen[bytes]", int]:
     binary = _require_binary()
     port = free_port()
     args = [str(binary), "serve", "--port", str(port), "--data-dir", str(data_dir), "--fsync", fsync]
@@ -56,7 +57,8 @@ def _launch(data_dir: Path, fsync: str, config: str = "") -> Tuple["subprocess.P
         cfg.write_text(config)
         args += ["--config", str(cfg)]
     log = open(data_dir.parent / "server.log", "ab")
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=None if env is None else {**os.environ, **env})
     log.close()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

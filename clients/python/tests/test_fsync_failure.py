@@ -1,0 +1,152 @@
+"""A failing fsync (an EIO from the disk) never passes for durability. The
+server is run with a small LD_PRELOAD library whose fsync and fdatasync
+fail with EIO while a flag file exists, so the failure can be switched on
+mid-run.
+
+After a failed fsync the kernel may have dropped the pages it could not
+write and a later fsync may report success for them ("fsyncgate",
+PostgreSQL 2018), so the log is not trusted again until a restart: every
+later FEEDBACK is refused with STORAGE, even once the disk works again,
+while reads go on being served. Under `always` the events of the batch
+whose fsync failed are not acknowledged. Skipped without a C compiler."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict
+
+import pytest
+
+import perennial
+from test_crash_recovery import _events, _launch
+
+SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <unistd.h>
+static int failing(void) {
+    const char *flag = getenv("PERENNIAL_TEST_FSYNC_FAILS_IF");
+    return flag && access(flag, F_OK) == 0;
+}
+int fdatasync(int fd) {
+    if (failing()) { errno = EIO; return -1; }
+    int (*real)(int) = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    return real(fd);
+}
+int fsync(int fd) {
+    if (failing()) { errno = EIO; return -1; }
+    int (*real)(int) = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+    return real(fd);
+}
+"""
+
+
+@pytest.fixture
+def failing_fsync(tmp_path: Path) -> Dict[str, str]:
+    """The environment that runs the server with the shim, and the flag
+    file's path under "flag" (absent: fsync works)."""
+    cc = next((c for c in ("cc", "clang", "gcc") if shutil.which(c)), None)
+    if cc is None:
+        pytest.skip("no C compiler to build the failing-fsync library")
+    src = tmp_path / "failing_fsync.c"
+    src.write_text(SHIM)
+    lib = tmp_path / "failing_fsync.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(lib), str(src), "-ldl"], check=True)
+    flag = tmp_path / "fsync-fails"
+    return {"LD_PRELOAD": str(lib), "PERENNIAL_TEST_FSYNC_FAILS_IF": str(flag), "flag": str(flag)}
+
+
+def _env(f: Dict[str, str]) -> Dict[str, str]:
+    return {k: v for k, v in f.items() if k != "flag"}
+
+
+def _refused_for_good(c: perennial.Client, events) -> None:
+    with pytest.raises(perennial.ServerError) as e:
+        c.feedback(events)
+    assert e.value.code_name == "STORAGE" and "fdatasync failed" in str(e.value), e.value
+
+
+def test_always_an_fsync_failure_is_never_acknowledged_and_the_log_is_not_trusted_again(
+        tmp_path: Path, failing_fsync: Dict[str, str]) -> None:
+    data_dir = tmp_path / "data"
+    events = _events(2_000)
+    flag = Path(failing_fsync["flag"])
+    proc, port = _launch(data_dir, "always", env=_env(failing_fsync))
+    with perennial.Client("127.0.0.1", port) as c:
+        assert c.feedback(events[:500]).last_seq == 500
+        flag.touch()
+        # The batch whose fsync fails gets no acknowledgement: the server
+        # closes the connection rather than acknowledge it.
+        with pytest.raises(perennial.PerennialError) as e:
+            c.feedback(events[500:600])
+        assert not isinstance(e.value, perennial.ServerError) or e.value.code_name == "STORAGE", e.value
+    with perennial.Client("127.0.0.1", port) as c:
+        _refused_for_good(c, events[600:700])
+        flag.unlink()
+        # The disk works again; the log stays refused until a restart.
+        _refused_for_good(c, events[600:700])
+        # Reads are served, from what was learned.
+        assert len(c.recommend(events[0].user, k=5)) == 5
+        st = c.stats()
+        assert st["events_durable"] == 500 and st["storage_refusals"] >= 2 and st["log_failed"] == 1, st
+    log = (tmp_path / "server.log").read_text()
+    # Logged once when it happens (then the refusals, rate-limited).
+    assert log.count("error the log: fdatasync failed (Input/output error)") == 1, log[-3000:]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, log[-3000:]
+    # After a restart (the disk working) the acknowledged events are all
+    # there and feedback is accepted again. The unacknowledged batch may
+    # be there too (it reached the file before its fsync failed), like a
+    # batch in flight at a crash; the refused ones are not.
+    proc, port = _launch(data_dir, "always")
+    with perennial.Client("127.0.0.1", port) as c:
+        st = c.stats()
+        assert st["events_applied"] in (500, 600) and st["log_failed"] == 0, st
+        ack = c.feedback(events[700:800])
+        assert ack.first_seq == st["events_applied"] + 1
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+def test_everysec_a_background_fsync_failure_stops_feedback_until_a_restart(
+        tmp_path: Path, failing_fsync: Dict[str, str]) -> None:
+    data_dir = tmp_path / "data"
+    events = _events(2_000)
+    flag = Path(failing_fsync["flag"])
+    proc, port = _launch(data_dir, "everysec", env=_env(failing_fsync))
+    with perennial.Client("127.0.0.1", port) as c:
+        assert c.feedback(events[:500]).last_seq == 500
+        flag.touch()
+        # Acknowledged at once (everysec); the fsync a second later fails.
+        assert c.feedback(events[500:600]).last_seq == 600
+        deadline = time.monotonic() + 10
+        refused = None
+        sent = 600
+        while refused is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            try:
+                sent = c.feedback(events[sent:sent + 10]).last_seq
+            except perennial.ServerError as e:
+                refused = e
+        assert refused is not None and refused.code_name == "STORAGE", refused
+        assert "fdatasync failed" in str(refused), refused
+        flag.unlink()
+        _refused_for_good(c, events[700:710])
+        st = c.stats()
+        assert st["events_accepted"] == sent and st["events_durable"] < sent and st["log_failed"] == 1, st
+        assert len(c.recommend(events[0].user, k=5)) == 5
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    proc, port = _launch(data_dir, "everysec")
+    with perennial.Client("127.0.0.1", port) as c:
+        # No power was lost: the file holds every acknowledged event.
+        assert c.stats()["events_applied"] == sent
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
