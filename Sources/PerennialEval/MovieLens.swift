@@ -3,6 +3,7 @@
 // by (timestamp, user, item), and each item's text.
 
 import Foundation
+import PerennialCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -35,6 +36,24 @@ public struct MovieLensData: Sendable {
         self.ratings = ratings
         self.itemTexts = itemTexts
         self.name = name
+    }
+
+    /// A share of the users with all their ratings (item texts kept whole):
+    /// each user is kept when a hash of their id and `seed` falls below
+    /// `fraction`, so the draw is the same on every run and every machine.
+    /// Run a protocol on a few such samples to see how much a figure moves
+    /// with the users who happen to be in the data (a held-out data set of
+    /// the same shape is such a draw).
+    public func sampledUsers(fraction: Double, seed: UInt64) -> MovieLensData {
+        precondition(fraction > 0 && fraction <= 1)
+        let bound = fraction >= 1 ? UInt64.max : UInt64(fraction * 0x1p64)
+        var kept = self
+        kept.ratings = ratings.filter { r in
+            var h = SplitMix64(seed: r.user ^ (seed &* 0x9E37_79B9_7F4A_7C15))
+            return h.next() <= bound
+        }
+        kept.name = "\(name) (users sampled: \(fraction), seed \(seed))"
+        return kept
     }
 
     public static func load(folder: String) throws -> MovieLensData {

@@ -27,6 +27,10 @@ struct Eval: ParsableCommand {
     var `protocol`: String
     @Option(help: "A MovieLens-shaped folder.")
     var data: String?
+    @Option(help: "Keep this share of the data's users (0 < f <= 1), with all their ratings: how much a figure moves with the users sampled is what a held-out data set of the same shape would show.")
+    var userFraction: Double?
+    @Option(help: "The seed of --user-fraction's draw (each seed keeps other users).")
+    var sampleSeed: UInt64 = 1
     @Option(help: "Config file whose scorer settings to use.")
     var config: String?
     @Option(help: "Scorer to evaluate (default: the one the protocol is for: text-cnn for e3, session-rnn for e4, gan for e5, cf otherwise).")
@@ -47,6 +51,10 @@ struct Eval: ParsableCommand {
         }
         let isDrift = self.protocol.lowercased() == "drift", isChurn = self.protocol.lowercased() == "churn"
         guard isDrift || isChurn || data != nil else { throw ValidationError("--data FOLDER is needed for \(self.protocol)") }
+        if let f = userFraction {
+            guard !isDrift && !isChurn else { throw ValidationError("--user-fraction samples a --data folder's users; \(self.protocol) makes its own stream") }
+            guard f > 0 && f <= 1 else { throw ValidationError("--user-fraction must be above 0 and at most 1, not \(f)") }
+        }
         for v in variants.split(separator: ",") {
             guard let variant = E1Variant(rawValue: String(v)) else {
                 throw ValidationError("unknown variant \(v): use \(E1Variant.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -79,7 +87,8 @@ struct Eval: ParsableCommand {
         let isDrift = self.protocol.lowercased() == "drift", isChurn = self.protocol.lowercased() == "churn"
         let drift = isDrift ? Drift(scenario: DriftScenario(), setup: setup) : nil
         let churn = isChurn ? Churn(scenario: ChurnScenario(), setup: setup) : nil
-        let ml = try drift?.data ?? churn?.data ?? MovieLensData.load(folder: data!)
+        let loaded = try drift?.data ?? churn?.data ?? MovieLensData.load(folder: data!)
+        let ml = userFraction.map { loaded.sampledUsers(fraction: $0, seed: sampleSeed) } ?? loaded
         var results: [String: Any] = [:]
         var settings: [String: Any] = ["scorer": scorer, "config": cfg.source, "dimension": cfg.tableDimension]
         if let s = cfg.scorers.first(where: { $0.name == scorer }) { settings["scorer_settings"] = String(describing: s.settings) }

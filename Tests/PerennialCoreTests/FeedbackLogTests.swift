@@ -248,9 +248,9 @@ import Popularity
         // A description being written (by `versions --evaluate`) stays; one
         // a crash left an hour ago goes.
         let fresh = f.path.dropLast(4) + ".json.tmp", stale = store.directory + "/snapshot-3.json.tmp"
-        FileManager.default.createFile(atPath: String(fresh), contents: Data("{}".utf8))
-        FileManager.default.createFile(atPath: stale, contents: Data("{}".utf8),
-                                       attributes: [.modificationDate: Date(timeIntervalSinceNow: -7200)])
+        #expect(FileManager.default.createFile(atPath: String(fresh), contents: Data("{}".utf8)))
+        #expect(FileManager.default.createFile(atPath: stale, contents: Data("{}".utf8),
+                                               attributes: [.modificationDate: Date(timeIntervalSinceNow: -7200)]))
         store.removeTemporaryFiles()
         #expect(store.metadata(of: orphan).isEmpty && store.metadata(of: f)["note"] as? String == "first")
         #expect(FileManager.default.fileExists(atPath: String(fresh)) && !FileManager.default.fileExists(atPath: stale))

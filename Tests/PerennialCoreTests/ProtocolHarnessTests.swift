@@ -53,3 +53,23 @@ import PerennialCore
         #expect(results.allSatisfy { $0.total.count == 10 && $0.total.hits == 10 })
     }
 }
+
+@Suite struct UserSampleTests {
+    @Test func aSampleKeepsWholeUsersTheSameWayEveryTime() {
+        var ratings: [Rating] = []
+        for u in UInt64(1)...2_000 { for i in UInt64(1)...3 { ratings.append(Rating(user: u, item: i, rating: 4, timestamp: Int64(u * 10 + i))) } }
+        let data = MovieLensData(ratings: ratings, name: "synthetic")
+        let a = data.sampledUsers(fraction: 0.8, seed: 1)
+        let users = Set(a.ratings.map(\.user))
+        // Whole users: each kept user keeps all three ratings, in order.
+        #expect(a.ratings.count == users.count * 3)
+        #expect(a.ratings.map(\.timestamp) == a.ratings.map(\.timestamp).sorted())
+        // About the share asked for (binomial: 1,600 ± 3 sd of 18).
+        #expect(abs(users.count - 1_600) < 55, "\(users.count)")
+        // The same draw every time; another seed draws other users.
+        #expect(data.sampledUsers(fraction: 0.8, seed: 1).ratings.map(\.user) == a.ratings.map(\.user))
+        let b = Set(data.sampledUsers(fraction: 0.8, seed: 2).ratings.map(\.user))
+        #expect(b != users && abs(b.count - 1_600) < 55)
+        #expect(data.sampledUsers(fraction: 1, seed: 7).ratings.count == ratings.count)
+    }
+}
