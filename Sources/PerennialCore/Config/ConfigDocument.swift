@@ -206,6 +206,13 @@ struct ValueParser {
     struct Failure: Error { var message: String }
     let text: [Unicode.Scalar]
     var i = 0
+    /// Arrays open around the value being read. Nesting is bounded: each
+    /// level is a frame of this recursive parser, and 300,000 of them
+    /// overflowed the stack, which a SIGHUP or RELOAD of such a file
+    /// turned into a crash of a running server (review finding). No
+    /// setting needs more than two.
+    var depth = 0
+    static let maxDepth = 32
 
     var atEnd: Bool { i >= text.count }
 
@@ -262,6 +269,9 @@ struct ValueParser {
     }
 
     mutating func parseArray() throws(Failure) -> ConfigValue {
+        guard depth < Self.maxDepth else { throw Failure(message: "arrays nested more than \(Self.maxDepth) deep") }
+        depth += 1
+        defer { depth -= 1 }
         i += 1
         var items: [ConfigValue] = []
         while true {

@@ -735,3 +735,22 @@ def test_a_sighup_still_waiting_when_the_server_stops_is_carried_out(start_serve
         stats = c.stats()
     assert stats["events_accepted"] == 40000
     assert "scorer_loaded_session_rnn" not in stats, stats
+
+
+def test_a_config_nested_too_deep_is_refused_and_the_server_lives(start_server) -> None:
+    """Arrays nested 300,000 deep overflowed the config parser's stack: a
+    SIGHUP of such a file killed the running server (review finding,
+    helper-51). It is refused like any bad value, through SIGHUP and
+    RELOAD alike, and the old config stays."""
+    srv = start_server('[scorers]\nload = ["cf"]\n')
+    cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
+    cfg.write_text("[scorers]\nload = " + "[" * 300_000 + '"cf"' + "]" * 300_000 + "\n")
+    srv.proc.send_signal(signal.SIGHUP)
+    with srv.client() as c:
+        with pytest.raises(perennial.ServerError) as refused:
+            c.reload()
+        assert "nested more than 32 deep" in str(refused.value) and len(str(refused.value)) < 1000
+        assert srv.proc.poll() is None
+        assert c.recommend(1, k=3) is not None
+        assert c.stats()["reloads"] == 0
+    assert "nested more than 32 deep" in srv.log()
