@@ -759,12 +759,13 @@ public final class CollaborativeFilteringScorer: Scorer {
         try r.rows(into: ratingUsers, expected: userCount)
         try r.rows(into: ratingItems, expected: itemCount)
         ratingMean = try r.f64(); ratingCount = try r.f64(); ratingMin = try r.f32(); ratingMax = try r.f32()
+        // (Indices checked against the restored rows: SnapshotReader.)
         recent = []
-        for _ in 0..<(try r.int()) { recent.append(try r.int32s()) }
-        sampler = try r.int32s()
-        samplerNext = try r.int()
+        for _ in 0..<(try r.count(bytesEach: 8)) { recent.append(try r.indices(below: itemCount)) }
+        sampler = try r.indices(below: itemCount)
+        samplerNext = try r.int(in: 0...max(sampler.count - 1, 0), "cf's sampler position")
         rng = SplitMix64(seed: try r.u64())
-        learnedItems = try r.int()
+        learnedItems = try r.int(in: 0...itemCount, "cf's learned items")
         learnedEvents = try r.u64()
     }
 

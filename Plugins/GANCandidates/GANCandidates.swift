@@ -407,9 +407,9 @@ public final class GANScorer: Scorer {
         for b in [genContext, genItems, disItems] { try r.rows(into: b, expected: itemRows) }
         try r.rows(into: biases, expected: itemRows)
         recent = []
-        for _ in 0..<(try r.int()) { recent.append(try r.int32s()) }
+        for _ in 0..<(try r.count(bytesEach: 8)) { recent.append(try r.indices(below: itemRows)) }
         rng = SplitMix64(seed: try r.u64())
-        learnedItems = try r.int()
+        learnedItems = try r.int(in: 0...itemRows, "gan's learned items")
         learnedEvents.store(try r.u64(), ordering: .relaxed)
         positives.store(try r.u64(), ordering: .relaxed)
         rewardSum = try r.f64()

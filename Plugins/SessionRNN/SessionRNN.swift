@@ -394,9 +394,9 @@ public final class SessionRNNScorer: Scorer {
         try r.rows(into: itemBias, expected: itemCount)
         try transitions.load(from: &r, items: itemCount)
         recent = []
-        for _ in 0..<(try r.int()) { recent.append(try r.int32s()) }
+        for _ in 0..<(try r.count(bytesEach: 8)) { recent.append(try r.indices(below: itemCount)) }
         rng = SplitMix64(seed: try r.u64())
-        learnedItems = try r.int()
+        learnedItems = try r.int(in: 0...itemCount, "session-rnn's learned items")
         learnedEvents.store(try r.u64(), ordering: .relaxed)
         transitionsCountedTo = try r.u64()
         transitionsCounted.store(try r.u64(), ordering: .relaxed)

@@ -488,30 +488,34 @@ public final class TextCNNScorer: Scorer {
         try r.floats(into: grad, count: shape.count)
         try r.floats(into: adamM, count: shape.count)
         try r.floats(into: adamV, count: shape.count)
-        adam.restore(steps: try r.int())
-        steps.store(try r.int(), ordering: .releasing)
+        adam.restore(steps: try r.int(in: 0...Int.max, "text-cnn's optimiser steps"))
+        steps.store(try r.int(in: 0...Int.max, "text-cnn's steps"), ordering: .releasing)
         try r.rows(into: users, expected: userRows)
         try r.rows(into: userM, expected: userRows)
         try r.rows(into: userV, expected: userRows)
         try r.rows(into: offsets, expected: offsetRows)
         try r.rows(into: offsetM, expected: offsetRows)
         try r.rows(into: offsetV, expected: offsetRows)
-        seenItems = try r.int32s()
+        // (Indices and token ids checked against what they index:
+        // SnapshotReader. Distinct seen items: a negative is drawn from them
+        // until it differs from the positive.)
+        seenItems = try r.indices(below: offsetRows)
         seen = Set(seenItems)
+        guard seen.count == seenItems.count else { throw LogError("snapshot: text-cnn's seen items repeat") }
         rng = SplitMix64(seed: try r.u64())
-        inBatch = try r.int()
+        inBatch = try r.int(in: 0...Int.max, "text-cnn's events in the batch")
         pendingEmbedding = [:]; pendingEmbeddingGrad = []
-        for k in try r.int32s() {
+        for k in try r.indices(below: settings.buckets) {
             let at = pendingRow(&pendingEmbedding, &pendingEmbeddingGrad, k, width: shape.tokenDim)
             for j in 0..<shape.tokenDim { pendingEmbeddingGrad[at + j] = try r.f32() }
         }
         pendingUsers = [:]; pendingUserGrad = []
-        for k in try r.int32s() {
+        for k in try r.indices(below: userRows) {
             let at = pendingRow(&pendingUsers, &pendingUserGrad, k)
             for j in 0..<D { pendingUserGrad[at + j] = try r.f32() }
         }
         pendingOffsets = [:]; pendingOffsetGrad = []
-        for k in try r.int32s() {
+        for k in try r.indices(below: offsetRows) {
             let at = pendingRow(&pendingOffsets, &pendingOffsetGrad, k)
             for j in 0..<D { pendingOffsetGrad[at + j] = try r.f32() }
         }

@@ -36,7 +36,7 @@ struct Versions: ParsableCommand {
     var allowChangedSettings = false
     @Flag(help: "Print the list as JSON.")
     var json = false
-    @Flag(help: "Read each version whole and check its framing and checksum: a damaged one cannot be started from (slow for a large model).")
+    @Flag(help: "Read each version whole, check its framing and checksum, and restore it as start-up would, under --config (the bundled one by default): a damaged one cannot be started from (slow for a large model).")
     var verify = false
 
     func validate() throws {
@@ -134,13 +134,20 @@ struct Versions: ParsableCommand {
             return
         }
         var damaged = 0
+        // (A checksum says the bytes are the ones written, not that they
+        // make a model: restoring checks every count and index too.)
+        let verifyConfig = verify ? try config.map { try PerennialConfig.load(file: $0, registry: .builtin) } ?? PerennialConfig.defaults(registry: .builtin) : nil
         let rows = files.map { f -> [String: Any] in
             var m = store.metadata(of: f)
             m["id"] = f.id
             m["seq"] = f.seq
             m["path"] = f.path
             if verify {
-                do { _ = try store.read(f.path); m["verified"] = true } catch {
+                do {
+                    var (_, reader) = try store.read(f.path)
+                    try Model(config: verifyConfig!, registry: .builtin).restore(from: &reader, unloaded: .dropAny)
+                    m["verified"] = true
+                } catch {
                     m["verified"] = false
                     m["damage"] = "\(error)"
                     damaged += 1

@@ -272,4 +272,44 @@ import PerennialPlugins
         try Data(bytes).write(to: URL(fileURLWithPath: path))
         #expect(throws: LogError.self) { _ = try store.read(path) }
     }
+
+    /// A snapshot whose checksum holds but whose contents do not (a count,
+    /// an index or a neighbour table out of range) makes restore throw, so
+    /// start-up falls back to an older version. Each of these trapped or
+    /// read through a wild pointer (review finding, helper-51).
+    @Test func restoreRefusesInconsistentContentsInsteadOfTrapping() throws {
+        let m = try model()
+        feed(m, 0..<1500)
+        var w = SnapshotWriter()
+        m.save(to: &w)
+        let good = w.bytes
+        func marker(_ name: String) -> Int {
+            let tag = Array(("§" + name).utf8)
+            let at = (0...(good.count - tag.count)).first { Array(good[$0..<($0 + tag.count)]) == tag }!
+            return at + tag.count
+        }
+        func patched(_ at: Int, _ value: Int64) -> [UInt8] {
+            var b = good
+            withUnsafeBytes(of: value.littleEndian) { for k in 0..<8 { b[at + k] = $0[k] } }
+            return b
+        }
+        func patched32(_ at: Int, _ value: Int32) -> [UInt8] {
+            var b = good
+            withUnsafeBytes(of: value.littleEndian) { for k in 0..<4 { b[at + k] = $0[k] } }
+            return b
+        }
+        func refusal(_ bytes: [UInt8]) throws -> String {
+            var r = SnapshotReader(bytes: bytes)
+            do { try model().restore(from: &r) } catch let e as LogError { return e.description }
+            return "restored"
+        }
+        let users = marker("model") + 16, history = marker("history"), catalogue = marker("catalogue")
+        #expect(try refusal(good) == "restored")
+        #expect(try refusal(patched(users, -1)).contains("negative count"))
+        #expect(try refusal(patched(users, 1 << 62)).contains("more than the"))
+        // User 0's first history item (a count, then the items) past the items.
+        #expect(try refusal(patched32(history + 8, 0x7fff_ff00)).contains("outside 0..<"))
+        // The first catalogue entry's index (after the entry count).
+        #expect(try refusal(patched(catalogue + 8, 1 << 40)).contains("outside 0..<"))
+    }
 }

@@ -43,13 +43,18 @@ import PerennialPlugins
         b.save(to: &w)
         var same = ReplayBuffer(capacity: 50, seed: 0)
         var r = SnapshotReader(bytes: w.bytes)
-        try same.load(from: &r)
+        try same.load(from: &r, users: 7, items: 11)
         #expect(same.events == b.events && same.seen == b.seen)
         #expect(same.draw() == b.draw())
         var smaller = ReplayBuffer(capacity: 20, seed: 0)
         r = SnapshotReader(bytes: w.bytes)
-        try smaller.load(from: &r)
+        try smaller.load(from: &r, users: 7, items: 11)
         #expect(smaller.events.count == 20 && smaller.events.allSatisfy { b.events.contains($0) })
+        // An event naming a user or item past those restored beside it is
+        // refused, not kept to index past a row (review finding, helper-51).
+        r = SnapshotReader(bytes: w.bytes)
+        var fewer = ReplayBuffer(capacity: 50, seed: 0)
+        #expect(throws: LogError.self) { try fewer.load(from: &r, users: 6, items: 11) }
     }
 
     func model(_ set: (inout ConfigDocument) -> Void) throws -> Model {

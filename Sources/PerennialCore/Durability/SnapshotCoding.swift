@@ -1,6 +1,14 @@
 // The byte-level writer and reader of snapshot files: little-endian scalars,
 // arrays of floats and integers, strings, and whole ChunkedBuffers. Every
-// read is bounds-checked and throws on a short or malformed file.
+// read is bounds-checked and throws on a short or malformed file; counts are
+// checked against the bytes left before anything is allocated, and indices
+// read with `index(below:)`/`indices(below:)` against what they index.
+//
+// A snapshot's checksum only says the bytes are the ones written. A file
+// whose checksum holds but whose contents do not (copied in from another
+// build, crafted, or a writer's bug) must make `restore` throw, so start-up
+// falls back to an older version: a trap cannot be caught, and an index
+// past a buffer's end reaches unchecked row arithmetic (review finding).
 
 public struct SnapshotWriter {
     public private(set) var bytes: [UInt8] = []
@@ -86,8 +94,50 @@ public struct SnapshotReader {
         guard let s = String(validating: bytes[r], as: UTF8.self) else { throw LogError("snapshot: invalid UTF-8 at byte \(r.lowerBound)") }
         return s
     }
-    public mutating func int32s() throws -> [Int32] {
+    /// Bytes not read yet.
+    public var remaining: Int { bytes.count - offset }
+
+    /// A count of things that take at least `bytesEach` bytes each: never
+    /// negative, never more than the bytes left could hold.
+    public mutating func count(bytesEach: Int) throws -> Int {
+        let at = offset
         let n = try int()
+        guard n >= 0 else { throw LogError("snapshot: a negative count (\(n)) at byte \(at)") }
+        guard n <= remaining / max(bytesEach, 1) else {
+            throw LogError("snapshot: a count of \(n) at byte \(at) is more than the \(remaining) bytes left hold")
+        }
+        return n
+    }
+
+    /// An index saved as `int`, in 0..<bound.
+    public mutating func index(below bound: Int) throws -> Int32 {
+        let at = offset
+        let i = try int()
+        guard i >= 0, i < bound, let v = Int32(exactly: i) else {
+            throw LogError("snapshot: index \(i) at byte \(at) is outside 0..<\(bound)")
+        }
+        return v
+    }
+
+    /// `int32s()` whose every element is an index in 0..<bound.
+    public mutating func indices(below bound: Int) throws -> [Int32] {
+        let at = offset
+        let a = try int32s()
+        if let bad = a.first(where: { $0 < 0 || Int($0) >= bound }) {
+            throw LogError("snapshot: index \(bad) in the list at byte \(at) is outside 0..<\(bound)")
+        }
+        return a
+    }
+
+    /// An `int` in `range` (`what` names it in the error).
+    public mutating func int(in range: ClosedRange<Int>, _ what: String) throws -> Int {
+        let v = try int()
+        guard range.contains(v) else { throw LogError("snapshot: \(what) \(v) is outside \(range)") }
+        return v
+    }
+
+    public mutating func int32s() throws -> [Int32] {
+        let n = try count(bytesEach: 4)
         let r = try take(n * 4)
         return bytes.withUnsafeBytes { raw in
             (0..<n).map { Int32(littleEndian: raw.loadUnaligned(fromByteOffset: r.lowerBound + 4 * $0, as: Int32.self)) }
@@ -98,6 +148,10 @@ public struct SnapshotReader {
         let rows = try int(), width = try int()
         guard width == b.width else { throw LogError("snapshot: row width \(width) where \(b.width) is configured") }
         if let expected, expected != rows { throw LogError("snapshot: \(rows) rows where \(expected) were expected") }
+        // (Before `ensure` allocates them.)
+        guard rows >= 0, rows <= remaining / max(width * MemoryLayout<T>.stride, 1) else {
+            throw LogError("snapshot: \(rows) rows of \(width) are more than the \(remaining) bytes left hold")
+        }
         b.ensure(rows: rows)
         var done = 0
         while done < rows {
@@ -119,7 +173,7 @@ public struct SnapshotReader {
     }
 
     public mutating func block() throws -> [UInt8] {
-        let n = try int()
+        let n = try count(bytesEach: 1)
         return Array(bytes[try take(n)])
     }
     public mutating func mark(_ name: String) throws {

@@ -194,7 +194,11 @@ public final class IdLifecycle {
         try r.rows(into: lastSeen, expected: users); try r.rows(into: lastSeq, expected: users)
         try r.rows(into: generation, expected: users); try r.rows(into: learnedGeneration, expected: users)
         var saved: [RecencyQueue<Int32>.Entry] = []
-        for _ in 0..<(try r.int()) { saved.append((Int32(bitPattern: try r.u32()), try r.u64())) }
+        for _ in 0..<(try r.count(bytesEach: 12)) {
+            let u = Int32(bitPattern: try r.u32())
+            guard u >= 0, Int(u) < users else { throw LogError("snapshot: the users' expiry order names index \(u), outside the \(users) users") }
+            saved.append((u, try r.u64()))
+        }
         order.reset(tracksUsers ? saved : [])
         expired = try r.u64(); admission.sharedEvents = try r.u64()
     }

@@ -63,11 +63,21 @@ public struct ReplayBuffer {
         for e in events { LearnEventCoding.write(e, to: &w) }
     }
 
-    public mutating func load(from r: inout SnapshotReader) throws {
+    /// Restores `save`'s output; every held event names one of the `users`
+    /// and `items` restored beside it.
+    public mutating func load(from r: inout SnapshotReader, users: Int, items: Int) throws {
         let savedCapacity = try r.int()
         seen = try r.u64(); drawn = try r.u64(); rng = SplitMix64(seed: try r.u64())
         events = []
-        for _ in 0..<(try r.int()) { events.append(try LearnEventCoding.read(from: &r)) }
+        for _ in 0..<(try r.count(bytesEach: 8)) {
+            let e = try LearnEventCoding.read(from: &r)
+            guard e.user >= 0, Int(e.user) < users, e.item >= 0, Int(e.item) < items else {
+                throw LogError("snapshot: a replay event names user index \(e.user) or item index \(e.item), outside the \(users) users and \(items) items")
+            }
+            events.append(e)
+        }
+        // (`offer` draws a slot below `seen`.)
+        guard seen >= UInt64(events.count) else { throw LogError("snapshot: the replay buffer holds \(events.count) events of \(seen) seen") }
         // A smaller configured buffer keeps a uniform subset of the saved one.
         if savedCapacity > capacity || events.count > capacity {
             var keep: [LearnEvent] = []

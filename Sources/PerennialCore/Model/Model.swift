@@ -3,12 +3,16 @@
 // `admit` (the serving thread turns incoming events into learn events) and
 // `learn` (the learner thread applies them).
 //
-// Threading invariant (why this is `@unchecked Sendable`): every stored
-// property except `scorers` is touched only by the admitting thread (the
+// Threading invariant (why this is `@unchecked Sendable`): the id maps,
+// histories and catalogue are touched only by the admitting thread (the
 // server's loop, or the one thread of an in-process evaluation). `learn` is
-// called only by the learner thread and touches only the scorers, which
-// follow the `Scorer` contract (state shared with readers lives in
-// never-moving ChunkedBuffers). The scorer set, and a scorer's settings
+// called only by the learner thread; it touches the scorers, which follow
+// the `Scorer` contract (state shared with readers lives in never-moving
+// ChunkedBuffers), the table's rows, and the learner's own lifelong state:
+// the replay buffer, the item vacancy position, the users' learned
+// generations (the STATS counters it publishes are atomics). The admitting
+// thread touches that learner state only while the learner is idle
+// (deletions, expiry sweeps, save and restore wait for it). The scorer set, and a scorer's settings
 // (`reconfigure`, including adjustments in place), change only while the
 // learner is idle and no snapshot's thread is serialising (RELOAD waits for
 // both first). `save` may also run on an automatic snapshot's thread,
@@ -628,6 +632,17 @@ public final class Model: @unchecked Sendable {
         w.mark("end")
     }
 
+    /// An id map's saved vacant indices: each names a slot whose id is 0,
+    /// once (handed out twice, one row would serve two ids).
+    private static func vacantIndices(_ r: inout SnapshotReader, of ids: [UInt64]) throws -> [Int32] {
+        let vacant = try r.indices(below: ids.count)
+        var seen = Set<Int32>()
+        for i in vacant where ids[Int(i)] != 0 || !seen.insert(i).inserted {
+            throw LogError("snapshot: vacant index \(i) holds id \(ids[Int(i)]) or is listed twice")
+        }
+        return vacant
+    }
+
     /// The scorers the last `restore` dropped as asked (`.refuseExcept`).
     public private(set) var droppedAtRestore: [String] = []
 
@@ -640,28 +655,31 @@ public final class Model: @unchecked Sendable {
         precondition(users.count == 0 && items.count == 0, "restore needs a fresh model")
         try r.mark("model")
         let seq = try r.u64(), appliedAt = try r.u64()
-        let userCount = try r.int()
+        // (Counts and indices are checked as they are read (SnapshotReader):
+        // a file whose checksum holds but whose contents do not throws, and
+        // start-up falls back to an older version.)
+        let userCount = try r.count(bytesEach: 8)
         var userIDs: [UInt64] = []
         for _ in 0..<userCount { userIDs.append(try r.u64()) }
-        users.restore(ids: userIDs, vacant: try r.int32s())
+        users.restore(ids: userIDs, vacant: try Self.vacantIndices(&r, of: userIDs))
         fallbackUser = users.index(of: IdLifecycle.fallbackUserID)
-        let itemCount = try r.int()
+        let itemCount = try r.count(bytesEach: 8)
         var itemIDs: [UInt64] = []
         for _ in 0..<itemCount { itemIDs.append(try r.u64()) }
-        items.restore(ids: itemIDs, vacant: r.format >= 3 ? try r.int32s() : [])
+        items.restore(ids: itemIDs, vacant: r.format >= 3 ? try Self.vacantIndices(&r, of: itemIDs) : [])
         growScorers()
         for i in items.vacantIndices { forEachExclusionSet { $0.excludeAlways(i) } }
         fallbackItem = items.index(of: ItemLifecycle.fallbackItemID)
         if let f = fallbackItem { forEachExclusionSet { $0.excludeAlways(f) } }
         try r.mark("history")
-        for u in 0..<userCount { history.restore(user: Int32(u), items: try r.int32s()) }
+        for u in 0..<userCount { history.restore(user: Int32(u), items: try r.indices(below: itemCount)) }
         try r.mark("catalogue")
-        for _ in 0..<(try r.int()) {
-            let i = try r.int()
+        for _ in 0..<(try r.count(bytesEach: 24)) {
+            let i = try r.index(below: itemCount)
             let text = try r.string()
             var attributes: [(String, String)] = []
-            for _ in 0..<(try r.int()) { attributes.append((try r.string(), try r.string())) }
-            catalogue.upsert(Int32(i), ItemRecord(text: text, attributes: attributes))
+            for _ in 0..<(try r.count(bytesEach: 16)) { attributes.append((try r.string(), try r.string())) }
+            catalogue.upsert(i, ItemRecord(text: text, attributes: attributes))
         }
         try r.mark("table")
         let dimension = try r.int()
@@ -696,7 +714,7 @@ public final class Model: @unchecked Sendable {
             // already under way, not new.
             table.meta?.markAdapted(users: userCount)
         }
-        try replayBuffer.load(from: &r)
+        try replayBuffer.load(from: &r, users: userCount, items: itemCount)
         try lifecycle.load(from: &r, users: userCount)
         if r.format >= 3 {
             try itemLifecycle.load(from: &r, items: itemCount)
@@ -708,7 +726,7 @@ public final class Model: @unchecked Sendable {
         replayed.store(replayBuffer.drawn, ordering: .relaxed)
         var restored = Set<String>()
         var refused: [String] = []
-        for _ in 0..<(try r.int()) {
+        for _ in 0..<(try r.count(bytesEach: 16)) {
             let name = try r.string()
             let block = try r.block()
             guard let s = scorers.first(where: { $0.name == name }) else {

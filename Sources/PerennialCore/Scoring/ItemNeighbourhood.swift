@@ -201,5 +201,21 @@ public final class ItemNeighbourhood {
         try r.rows(into: slots, expected: items)
         try r.rows(into: used, expected: items)
         pairs = try r.u64()
+        // Each table as `add` keeps it: keys are items, `used` counts them,
+        // and at least a quarter of the slots are empty (`add` probes until
+        // it meets one: a full table would loop for ever).
+        for a in 0..<items {
+            let row = slots.row(a)
+            var n: Int32 = 0
+            for s in 0..<capacity where row[2 * s].bitPattern != UInt32.max {
+                guard Int(row[2 * s].bitPattern) < items else {
+                    throw LogError("snapshot: item \(a)'s neighbour table names item \(row[2 * s].bitPattern) of \(items)")
+                }
+                n += 1
+            }
+            guard n == used[a], Int(n) * 4 <= capacity * 3 else {
+                throw LogError("snapshot: item \(a)'s neighbour table holds \(n) entries, counted as \(used[a]), of \(capacity) slots")
+            }
+        }
     }
 }
