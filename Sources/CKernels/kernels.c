@@ -4,6 +4,7 @@
 #include "perennial_kernels.h"
 
 #include <math.h>
+#include <string.h>
 
 void pk_dot_rows_strided_plain(const float *rows, size_t count, size_t stride, size_t dim, const float *query, float *out) {
     for (size_t r = 0; r < count; r++) {
@@ -54,11 +55,13 @@ void pk_outer_acc_steps_plain(float *m, size_t rows, size_t cols, const float *a
 // stay in L1) the wait is an L1 hit, not a load of the scattered scores.
 size_t pk_accumulate_neighbours(const float *slots, size_t capacity, float weight, size_t items, float *out,
                                 unsigned char *seen, int *touched, size_t touched_count) {
-    const unsigned *keys = (const unsigned *)slots;
     float dummy = 1;
     unsigned char dummy_seen = 1;
     for (size_t s = 0; s < capacity; s++) {
-        const unsigned key = keys[2 * s];
+        // (The key's bits read with memcpy, not through an unsigned
+        // pointer into float memory: C's aliasing rules allow only this.)
+        unsigned key;
+        memcpy(&key, &slots[2 * s], sizeof key);
         const float count = slots[2 * s + 1];
         // Empty (0xFFFFFFFF) and negative keys are >= 2^31 as unsigned;
         // count - count is 0 only for a finite count.

@@ -7,7 +7,11 @@
 //
 // Lifetime: the handle's `data` holds a retained Unmanaged reference to this
 // object from accept until the close callback, which releases it and frees
-// the handle. All of it runs on the loop thread.
+// the handle. All of it runs on the loop thread. The object can outlive its
+// handle (a batch of RECOMMENDs or the list of connections expected back
+// may still hold it): from `close()` on, `closing` is set and nothing
+// touches `handle` or `stream` again; every use is behind `!closing` (or
+// `reading`, which closing clears).
 
 import CLibUV
 import PerennialCore

@@ -444,12 +444,15 @@ final class EventLoop {
 }
 
 /// The thread-safe way into the loop from other threads: `uv_async_send` is
-/// the one libuv call documented as safe from any thread. The handles stay
-/// valid until the loop closes them, which happens only after the threads
-/// that call `progressed` have ended their part (the learner is stopped;
-/// the last snapshot thread is waited for, even once its outcome was
-/// collected) and after `Server` has marked itself stopped (guarding
-/// `requestStop`).
+/// the one libuv call documented as safe from any thread. The loop closes
+/// the async handles only after the threads that call `progressed` have
+/// ended their part (the learner is stopped; every snapshot thread is waited
+/// for, even once its outcome was collected). Their memory, and the loop's
+/// wake-up descriptor `uv_async_send` writes to, stay valid until the
+/// EventLoop's `deinit`, and `Server.run` keeps the EventLoop alive
+/// (`withExtendedLifetime`) until it has marked itself stopped and dropped
+/// the wakers (under the locks `requestStop` takes), so a stop requested
+/// from another thread late in shutdown never reaches freed memory.
 struct EventLoopWaker: @unchecked Sendable {
     let progress: UnsafeMutablePointer<uv_async_t>
     let stop: UnsafeMutablePointer<uv_async_t>

@@ -158,6 +158,10 @@ public final class Server: Sendable {
             $0.waker = nil
         }
         wakerBox.withLock { $0 = nil }
+        // The loop's handles (and the loop, which `deinit` closes) must
+        // outlive the wakers other threads can still reach until the two
+        // lines above: Swift may end a local's lifetime after its last use.
+        withExtendedLifetime(loop) {}
         Log.info("stopped after \(handler.stats.requestsTotal) requests; \(model.appliedSeq) events applied")
         ended.signal()
     }

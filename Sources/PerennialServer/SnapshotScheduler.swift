@@ -522,6 +522,13 @@ final class SnapshotScheduler {
     /// An automatic snapshot's write finished: complete it, or note the failure.
     private func collect(_ f: SnapshotInFlight, _ outcome: Result<SnapshotWritten, any Error>) {
         inFlight = nil
+        // The thread of the one collected before may not have woken the
+        // loop for the last time yet (preempted after publishing its
+        // outcome, while a whole later snapshot ran): wait for it before it
+        // is forgotten, or a stop could free the handles it is about to
+        // touch (review finding, helper-51). It has published its outcome,
+        // so this wait is at most a wake.
+        if let r = retired { _ = r.wait() }
         retired = f
         switch outcome {
         case .success(let written):

@@ -160,10 +160,26 @@ public struct SnapshotStore: Sendable {
         // the snapshot this one replaces, which an evaluation may be adding
         // figures to.
         try withVersionsLock {
+            // (A snapshot at the same position replaces the file there: its
+            // description is put back if the rename fails, and the
+            // temporary file goes, so a failed write changes nothing;
+            // review finding, helper-51.)
+            let previous = FileManager.default.contents(atPath: file.metadataPath)
             if let describe {
                 do { try writeMetadata(of: file, describe(file)) } catch { Log.warning("snapshot \(file.id): its description was not written: \(error)") }
             }
-            guard rename(temp, final) == 0 else { throw LogError("cannot rename \(temp): \(String(cString: strerror(errno)))") }
+            guard rename(temp, final) == 0 else {
+                let why = String(cString: strerror(errno))
+                unlink(temp)
+                if let previous {
+                    if !FileManager.default.createFile(atPath: file.metadataPath, contents: previous) {
+                        Log.warning("snapshot \(file.id): its previous description could not be put back")
+                    }
+                } else {
+                    unlink(file.metadataPath)
+                }
+                throw LogError("cannot rename \(temp): \(why)")
+            }
         }
         let dir = open(directory, O_RDONLY | O_DIRECTORY)
         if dir >= 0 { fsync(dir); Glibc.close(dir) }

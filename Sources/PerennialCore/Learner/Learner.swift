@@ -18,8 +18,11 @@ public final class Learner: @unchecked Sendable {
     private var head = 0
     private var count = 0
     private var stopping = false
-    private var mutex = pthread_mutex_t()
-    private var wake = pthread_cond_t()
+    /// Allocated, not stored properties: a pthread mutex or condition must
+    /// not move, and `&property` is not promised to pass the property's
+    /// own, stable address (review finding, helper-51).
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private var thread: Thread?
     private let finished = DispatchSemaphore(value: 0)
     /// Called on the learner thread after each applied chunk, with the
@@ -71,13 +74,15 @@ public final class Learner: @unchecked Sendable {
         self.capacity = capacity
         self.onProgress = onProgress
         ring = [LearnEvent](repeating: LearnEvent(seq: 0, user: 0, item: 0, kind: .view, value: 0, timestamp: 0), count: capacity)
-        pthread_mutex_init(&mutex, nil)
-        pthread_cond_init(&wake, nil)
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(wake, nil)
     }
 
     deinit {
-        pthread_mutex_destroy(&mutex)
-        pthread_cond_destroy(&wake)
+        pthread_mutex_destroy(mutex)
+        pthread_cond_destroy(wake)
+        mutex.deallocate()
+        wake.deallocate()
     }
 
     public func start() {
@@ -89,15 +94,15 @@ public final class Learner: @unchecked Sendable {
 
     /// Events waiting to be applied.
     public var queued: Int {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
         return count
     }
 
     /// Queues the whole batch, or nothing when there is not room for all of it.
     public func tryEnqueue(_ events: [LearnEvent]) -> Bool {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
         guard !stopping, capacity - count >= events.count else { return false }
         var tail = (head + count) % capacity
         for e in events {
@@ -106,25 +111,25 @@ public final class Learner: @unchecked Sendable {
             if tail == capacity { tail = 0 }
         }
         count += events.count
-        pthread_cond_signal(&wake)
+        pthread_cond_signal(wake)
         return true
     }
 
     /// Whether a batch of `n` events would fit now, in a queue held to
     /// `allowance` events (at most the capacity).
     public func hasRoom(for n: Int, within allowance: Int? = nil) -> Bool {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
         return min(allowance ?? capacity, capacity) - count >= n
     }
 
     /// Applies everything queued, then ends the thread; returns when done.
     public func stop() {
-        pthread_mutex_lock(&mutex)
+        pthread_mutex_lock(mutex)
         let wasRunning = thread != nil && !stopping
         stopping = true
-        pthread_cond_signal(&wake)
-        pthread_mutex_unlock(&mutex)
+        pthread_cond_signal(wake)
+        pthread_mutex_unlock(mutex)
         if wasRunning { finished.wait() }
     }
 
@@ -133,10 +138,10 @@ public final class Learner: @unchecked Sendable {
         var local = [LearnEvent]()
         local.reserveCapacity(chunkSize)
         while true {
-            pthread_mutex_lock(&mutex)
-            while count == 0 && !stopping { pthread_cond_wait(&wake, &mutex) }
+            pthread_mutex_lock(mutex)
+            while count == 0 && !stopping { pthread_cond_wait(wake, mutex) }
             if count == 0 && stopping {
-                pthread_mutex_unlock(&mutex)
+                pthread_mutex_unlock(mutex)
                 break
             }
             let n = min(count, chunkSize)
@@ -146,7 +151,7 @@ public final class Learner: @unchecked Sendable {
                 if head == capacity { head = 0 }
             }
             count -= n
-            pthread_mutex_unlock(&mutex)
+            pthread_mutex_unlock(mutex)
             let t0 = MonotonicClock.nowNanos()
             for e in local { model.learn(e) }
             if costReset.exchange(false, ordering: .relaxed) {
