@@ -126,6 +126,21 @@ def place_in_stream(e: ServerError, offset: int) -> None:
     e.args = ("%s (%d): %s" % (e.code_name, e.code, e.message),)
 
 
+def mark_unacknowledged(e: BaseException, offset: int, size: int) -> None:
+    """A FEEDBACK list sent as several batches lost its connection (or
+    timed out, or was interrupted) with the batch at ``offset`` (``size``
+    events) sent and not acknowledged: ``accepted_events`` = offset (every
+    batch before it was acknowledged) and ``unacknowledged`` = (offset,
+    size), a batch the server may or may not have accepted.  Without them
+    a caller could only resend the whole list, and count the acknowledged
+    batches twice (review finding)."""
+    try:
+        e.accepted_events = offset  # type: ignore[attr-defined]
+        e.unacknowledged = (offset, size)  # type: ignore[attr-defined]
+    except AttributeError:  # pragma: no cover - an exception without a __dict__
+        pass
+
+
 def split_oversized(oversized: "List[Tuple[int, List[Event], BaseException]]", limit: int,
                     errors: "Deque[BaseException]", refused: List[BaseException],
                     unacknowledged: List[Tuple[int, int]]) -> "List[Tuple[int, List[Event], BaseException]]":
@@ -360,8 +375,13 @@ class PipelineCommands:
         raise NotImplementedError
 
     def hello(self, client_name: Optional[str] = None, token: Optional[str] = None) -> Any:
-        """Queue a HELLO; its result is a :class:`ServerInfo`."""
-        return self._queue(hello(client_name or "perennial-py", token))
+        """Queue a HELLO, by default with the client's name and token (it
+        went without them, and a server with a token refused it: review
+        finding); its result is a :class:`ServerInfo`, which also becomes
+        the client's ``server_info``."""
+        client = getattr(self, "_client", None)
+        name = client_name or getattr(client, "client_name", None) or "perennial-py"
+        return self._queue(hello(name, token if token is not None else getattr(client, "token", None)))
 
     def ping(self) -> Any:
         """Queue a PING; its result is True."""

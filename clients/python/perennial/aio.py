@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import warnings
 from collections import deque
-from typing import (Any, Awaitable, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple,
+from typing import (Any, Awaitable, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Set, Tuple,
                     Type)
 
 from . import _commands as _c
@@ -28,6 +29,9 @@ def _raise_if_error(result: Any) -> Any:
     return result
 
 
+_ending_tasks: "Set[asyncio.Task[None]]" = set()
+
+
 class _Conn:
     """One TCP connection: its streams, reply futures in send order, and reader task."""
 
@@ -42,6 +46,11 @@ class _Conn:
         self.closed = False
         self.drain_lock = asyncio.Lock()
         self.task: Optional["asyncio.Task[None]"] = None
+        #: Unanswered requests that write the model (SNAPSHOT, RELOAD):
+        #: while there are none, a reply's wait is the plain timeout, found
+        #: without walking the queue (walking it for every waiter made n
+        #: concurrent calls take time n²: review finding).
+        self.model_writes = 0
 
     def take_rid(self) -> int:
         rid = self.next_rid
@@ -81,6 +90,7 @@ class _Conn:
                 pass
         pending = list(self.pending)
         self.pending.clear()
+        self.model_writes = 0
         for _rid, _cmd, fut in pending:
             if not fut.done():
                 fut.set_result(exc)
@@ -135,8 +145,9 @@ class AsyncClient:
         ...
         await c.close()
 
-    A timeout raises :class:`perennial.TimeoutError` in the waiting caller;
-    the connection stays open (a late reply is discarded).
+    A timeout raises :class:`perennial.TimeoutError` in the waiting caller,
+    and every other request still unanswered on the connection fails with
+    it; the connection is closed, and the next call opens a new one.
     """
 
     connect = _ConnectMethod()
@@ -185,6 +196,27 @@ class AsyncClient:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
+
+    def __del__(self) -> None:
+        # A client dropped without close() kept its connection (and its
+        # reader task) until the garbage collector ran, then asyncio
+        # complained of a task destroyed while pending (review finding):
+        # say so, as asyncio's own transports do, and close it.
+        conn = getattr(self, "_conn", None)
+        if conn is None or conn.closed:
+            return
+        warnings.warn("perennial.AsyncClient dropped with its connection open: use `async with` "
+                      "or `await client.close()`", ResourceWarning, source=self)
+        try:
+            conn.fail(ConnectionError("the client was dropped"))
+            if conn.task is not None:
+                # (Held until it has ended: a task collected while pending
+                # is reported as destroyed.)
+                _ending_tasks.add(conn.task)
+                conn.task.add_done_callback(_ending_tasks.discard)
+                conn.task.cancel()
+        except Exception:  # pragma: no cover - the loop is closed already
+            pass
 
     async def close(self) -> None:
         """Close the connection; unanswered requests fail with ConnectionError.
@@ -329,6 +361,8 @@ class AsyncClient:
                     return ERROR_CODES.get(item.payload["code"], 0) in FATAL_CODES
                 return True
             rid, cmd, fut = conn.pending.popleft()
+            if cmd.writes_model:
+                conn.model_writes -= 1
             result, fatal = resolve_reply(item, rid, cmd)
             if not fut.done():
                 fut.set_result(result)
@@ -349,6 +383,8 @@ class AsyncClient:
             rid = conn.take_rid()
             fut: "asyncio.Future[Any]" = loop.create_future()
             conn.pending.append((rid, cmd, fut))
+            if cmd.writes_model:
+                conn.model_writes += 1
             futs.append(fut)
             parts.append(encode_request(cmd.opcode, rid, cmd.body))
         conn.writer.write(b"".join(parts))
@@ -367,8 +403,9 @@ class AsyncClient:
         # (Replies come in request order: this one waits behind every
         # request sent before it and not yet answered, a SNAPSHOT's too.)
         ahead: List[Command] = []
-        if self._conn is not None:
-            for _rid, cmd, f in self._conn.pending:
+        conn = self._conn
+        if conn is not None and conn.model_writes > 0:
+            for _rid, cmd, f in conn.pending:
                 ahead.append(cmd)
                 if f is fut:
                     break
@@ -381,7 +418,18 @@ class AsyncClient:
         done, _ = await asyncio.wait({fut}, timeout=wait)
         if fut in done:
             return fut.result()
-        return TimeoutError("no reply from %s:%s within %s s" % (self.host, self.port, wait))
+        error = TimeoutError("no reply from %s:%s within %s s" % (self.host, self.port, wait))
+        # No reply in time: the connection is given up, as the blocking
+        # client gives it up, and its other unanswered requests fail with
+        # this error at once. Kept open, a dead peer (a NAT or load balancer
+        # that dropped it) timed out every later call, for good, with the
+        # unanswered requests piling up (review finding). The next call
+        # opens a new connection.
+        conn = self._conn
+        if not fut.done() and conn is not None and any(f is fut for _rid, _cmd, f in conn.pending):
+            conn.fail(error)
+            self._conn = None
+        return error
 
     async def _execute(self, cmds: Sequence[Command]) -> List[Any]:
         conn = await self._ensure_connected()
@@ -399,7 +447,10 @@ class AsyncClient:
                 results.append(stalled)
                 continue
             r = await self._wait(f)
-            if isinstance(r, TimeoutError) and stalled is None:
+            # (Only the client's own wait running out: the server's TIMEOUT
+            # reply (ServerTimeout, also a TimeoutError) answers its request
+            # alone, and the later ones are still answered; review finding.)
+            if isinstance(r, TimeoutError) and not isinstance(r, ServerError) and stalled is None:
                 stalled = r
             results.append(r)
         return results
@@ -463,6 +514,9 @@ class AsyncClient:
                 raise
             except ServerError as e:
                 _c.place_in_stream(e, offset)
+                raise
+            except (ConnectionError, TimeoutError, KeyboardInterrupt, asyncio.CancelledError) as e:
+                _c.mark_unacknowledged(e, offset, len(batch))
                 raise
             offset += len(batch)
         assert ack is not None
@@ -558,6 +612,9 @@ class AsyncPipeline(_c.PipelineCommands):
         if not cmds:
             return []
         results = await self._client._execute(cmds)
+        for r in results:
+            if isinstance(r, ServerInfo):
+                self._client.server_info = r
         if raise_on_error:
             for r in results:
                 _raise_if_error(r)

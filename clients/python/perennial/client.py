@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import selectors
 import socket
 from collections import deque
@@ -99,6 +100,8 @@ class Client:
         self._pending: Deque[_Pending] = deque()
         self._inbox: Deque[Union[Frame, ProtocolError]] = deque()
         self._next_rid = 1
+        #: The process that opened the connection (see `_forked`).
+        self._pid = os.getpid()
 
     def __repr__(self) -> str:
         return "Client(%r, %r, connected=%r)" % (self.host, self.port, self.connected)
@@ -125,11 +128,27 @@ class Client:
         self._ensure_connected()
         return self
 
+    def _forked(self) -> bool:
+        """Whether this process is a fork of the one that opened the
+        connection (a client made at import time, a preloading web server,
+        multiprocessing).  Parent and child would share one socket and one
+        request numbering, so each could read the other's replies as its
+        own: a recommendation for another user (review finding).  The child
+        forgets the connection, with the parent's requests, and opens its
+        own; closing its copy of the descriptor leaves the parent's open."""
+        if self._sock is None or self._pid == os.getpid():
+            return False
+        self._pending.clear()
+        self._disconnect()
+        return True
+
     def close(self) -> None:
         """Close the connection.  Requests still unanswered fail with ConnectionError.
 
         The client may be used again: the next call reconnects.
         """
+        if self._forked():
+            return
         if self._pending:
             self._fail_all(ConnectionError("connection closed by the client"))
         else:
@@ -173,6 +192,7 @@ class Client:
         return self.server_info.max_frame_bytes if self.server_info else DEFAULT_LIMITS.max_frame_bytes
 
     def _ensure_connected(self) -> None:
+        self._forked()
         if self._sock is not None and self._pending:
             # Requests sent without waiting (a streamer's batches): take the
             # replies that are already here, so a server that answered them
@@ -202,6 +222,7 @@ class Client:
         sel = selectors.DefaultSelector()
         sel.register(sock, selectors.EVENT_READ)
         self._sock, self._sel = sock, sel
+        self._pid = os.getpid()
         self._decoder = FrameDecoder(REPLY_LIMITS)
         self._first_bytes = b""
         self._inbox.clear()
@@ -539,6 +560,9 @@ class Client:
             except ServerError as e:
                 _c.place_in_stream(e, offset)
                 raise
+            except (ConnectionError, TimeoutError, KeyboardInterrupt) as e:
+                _c.mark_unacknowledged(e, offset, len(batch))
+                raise
             offset += len(batch)
         assert ack is not None
         return ack
@@ -696,6 +720,9 @@ class Pipeline(_c.PipelineCommands):
         if not cmds:
             return []
         results = self._client._execute(cmds)
+        for r in results:
+            if isinstance(r, ServerInfo):
+                self._client.server_info = r
         if raise_on_error:
             for r in results:
                 _raise_if_error(r)

@@ -324,7 +324,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="seconds to wait for a reply (default 300)")
     ap.add_argument("--token", help="the server's token, if it has one")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    ap.add_argument("--force", action="store_true",
+                    help="run on a server that has already accepted events (its figures then "
+                         "are not E1's: the model knows more than the protocol's stream)")
     args = ap.parse_args(argv)
+    for name, v in (("--limit", args.limit), ("--window", args.window), ("--batch", args.batch)):
+        if v is not None and v < 1:
+            ap.error("%s must be at least 1, not %d" % (name, v))
+    if not args.timeout > 0:
+        ap.error("--timeout must be above 0")
 
     folder = args.data.rstrip("/") or args.data
     ratings = load_ratings(folder, args.limit)
@@ -332,6 +340,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     progress = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     with Client(args.host, args.port, timeout=args.timeout, token=args.token,
                 client_name="perennial-e1") as c:
+        # E1 starts from an empty model: on a server that learned events
+        # already (a second run, say) the stream's users have seen its
+        # items, which are then excluded, and the figures came out as
+        # zeros without a word (review finding).
+        accepted = c.stats().get("events_accepted", 0)
+        if accepted and not args.force:
+            print("the server at %s:%s has already accepted %d events: E1 needs an empty one "
+                  "(start it with a fresh --data-dir), or pass --force" % (args.host, args.port, accepted),
+                  file=sys.stderr)
+            return 2
         res = run_e1(c, ratings, scorer=args.scorer, dataset=dataset, batch_size=args.batch,
                      window=args.window, overlap_warmup=args.overlap_warmup,
                      progress=progress)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
@@ -67,7 +68,13 @@ class Event:
         # Anything that converts to a number is taken (numpy scalars, a
         # Decimal from a database, a 0-d array); bools and text are not.
         if self.value is not None:
-            _number(self.value, "Event.value", "a number")
+            v = _number(self.value, "Event.value", "a number")
+            # (The wire holds a 32-bit float: a finite value beyond it could
+            # not be encoded, and failed mid-send, after earlier batches of
+            # the same call had gone; review finding. NaN and infinities go
+            # to the server, which refuses them naming the event.)
+            if math.isfinite(v) and abs(v) > _FLOAT32_MAX:
+                raise ValueError("Event.value = %r is beyond a 32-bit float (at most %.7g in size)" % (self.value, _FLOAT32_MAX))
         if self.timestamp is not None:
             t = _number(self.timestamp, "Event.timestamp", "Unix seconds (an int or float)")
             if not (0 <= t < 2 ** 63):  # (NaN fails this too)
@@ -91,13 +98,19 @@ class Event:
 EventLike = Union[Event, Mapping[str, Any], Tuple[Any, ...], Sequence[Any]]
 
 
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _number(v: Any, what: str, expected: str) -> float:
     """``v`` as a float, for a check: TypeError naming ``what`` for a bool,
-    text, or anything ``float()`` refuses."""
+    text, or anything ``float()`` refuses; ValueError for an int too large
+    for any float."""
     if isinstance(v, (bool, str, bytes)):
         raise TypeError("%s must be %s, not %r" % (what, expected, v))
     try:
         return float(v)
+    except OverflowError:
+        raise ValueError("%s is too large for a float" % what) from None
     except (TypeError, ValueError):
         raise TypeError("%s must be %s, not %r" % (what, expected, v)) from None
 

@@ -155,3 +155,15 @@ def test_an_interrupted_hello_does_not_leave_the_connection_open(start_server, t
     monkeypatch.setattr(_commands, "check_frame_size", real)
     assert not c.connected
     assert c.ping() is True
+
+
+def test_a_pipelines_hello_carries_the_clients_token(start_server, tmp_path: Path) -> None:
+    """A pipeline's HELLO went without the client's token and name, so a
+    server with a token refused it (review finding, helper-52)."""
+    (tmp_path / "token").write_text("client-secret-1\n")
+    srv = start_server('[auth]\ntoken_file = "%s"\n' % (tmp_path / "token"))
+    with perennial.Client(srv.host, srv.port, token="client-secret-1", client_name="shop-7") as c:
+        info, snapshot_refused = c.pipeline().hello().ping().execute()
+        assert isinstance(info, perennial.ServerInfo), info
+        assert c.server_info == info
+        assert snapshot_refused is True

@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 from typing import Callable, List, Tuple
 
+import pytest
 from conftest import REPO, ServerProcess
 
 from perennial import e1
@@ -141,3 +142,24 @@ def test_e1_main_writes_json(tmp_path: Path,
     entry = report["results"]["cf/online"]
     assert entry["count"] == expected
     assert 0.0 <= entry["hr10"] <= 1.0
+
+
+def test_e1_main_refuses_a_server_that_learned_already(tmp_path: Path, capsys,
+                                                       start_server: Callable[..., ServerProcess]) -> None:
+    """A second run on the same server printed HR@10 0.0000 without a word
+    (the stream's items were all seen, so excluded): it is refused unless
+    --force (review finding, helper-52). Bad numbers are usage errors."""
+    data = tmp_path / "tiny"
+    data.mkdir()
+    write_synthetic(data, users=30, items=20, ratings=300, seed=4)
+    srv = start_server(CONFIG.read_text())
+    args = ["--data", str(data), "--host", srv.host, "--port", str(srv.port), "--quiet"]
+    assert e1.main(args) == 0
+    capsys.readouterr()
+    assert e1.main(args) == 2
+    assert "already accepted 300 events" in capsys.readouterr().err
+    assert e1.main(args + ["--force"]) == 0
+    for bad in (["--window", "0"], ["--limit", "-5"], ["--batch", "0"]):
+        with pytest.raises(SystemExit) as e:
+            e1.main(args + bad)
+        assert e.value.code == 2
