@@ -2,15 +2,30 @@
 // stream, then for every later event, in order: if it is evaluated (positive,
 // user and item seen before) ask for the user's top 10 among all items seen
 // before minus the user's earlier items, record hit and NDCG; then reveal it.
-// Variants: online (learns every revealed event), frozen (learns nothing
-// after the warm-up; histories still grow), retrained (refit from scratch on
-// everything so far at the start of each tenth of the test phase).
+// Variants: online (learns every revealed event), frozen (trained on the
+// warm-up only), retrained (refit from scratch on everything so far at the
+// start of each tenth of the test phase).
+//
+// Frozen and retrained are read as EVALUATION.md writes them: the model
+// knows only what it was trained on, the exclusion list still grows (the
+// revealed events are passed as the request's exclusions), and a user it
+// never learned falls back to the popularity counts of its training data
+// (cf answers a user with no row and no history so). The `-history`
+// variants are the reading used before (review finding, helper-53): the
+// weights stay as trained, but the revealed events join the users'
+// histories, which cf's context vectors and item neighbourhood read at
+// query time, so a user first seen after training is scored from their
+// revealed events rather than by popularity. Which events are evaluated
+// is decided from the stream (a user and an item seen before), whatever
+// a model's id settings, so every variant counts the same events; an
+// event whose item a model does not hold is a miss.
 
 import Foundation
 import PerennialCore
 
 public enum E1Variant: String, CaseIterable, Sendable {
     case online, onlinePlain = "online-plain", onlinePlainStart = "online-plain-start", frozen, retrained
+    case frozenHistory = "frozen-history", retrainedHistory = "retrained-history"
 
     /// The lifelong-learning settings this variant runs with.
     func lifelong(_ configured: LifelongConfig) -> LifelongConfig {
@@ -27,6 +42,9 @@ public enum E1Variant: String, CaseIterable, Sendable {
     }
 
     var learnsOnline: Bool { self == .online || self == .onlinePlain || self == .onlinePlainStart }
+    /// Revealed events are not given to the model at all (only excluded).
+    public var strict: Bool { self == .frozen || self == .retrained }
+    public var refits: Bool { self == .retrained || self == .retrainedHistory }
 }
 
 /// Evaluated events whose user had at most this many earlier events: the
@@ -45,8 +63,10 @@ public struct E1Result: Sendable {
     /// events, in all and per user.
     public var newUsers = TopKTally()
     public var newUsersByUser: [UInt64: TopKTally] = [:]
-    /// Evaluated events whose user the model had never learned from (they
-    /// are scored from the user's history alone, or by popularity).
+    /// Evaluated events whose user the model had never learned from: in
+    /// frozen and retrained, the events answered by the popularity fallback;
+    /// in the other variants, events scored from the user's revealed
+    /// history alone.
     public var coldUserEvents = 0
     public var rmse = ErrorTally()
     public var predictsRatings = false
@@ -109,7 +129,11 @@ public struct E1: Sendable {
             : try fit(scorer: scorer, upTo: warmup, setup: setup)
         // Events per user so far (every event counts, positive or not).
         var earlier: [UInt64: Int] = [:]
-        for r in data.ratings[0..<warmup] { earlier[r.user, default: 0] += 1 }
+        var seenItems = Set<UInt64>()
+        for r in data.ratings[0..<warmup] { earlier[r.user, default: 0] += 1; seenItems.insert(r.item) }
+        // frozen and retrained: each user's events revealed since the model
+        // was trained, excluded from their requests.
+        var revealed: [UInt64: [UInt64]] = [:]
         var scratch: [LearnEvent] = []
         // A route predicts ratings (if at all) with its re-ranking scorer.
         let ratingName = setup.routes.first { $0.name == scorer }?.rerank ?? scorer
@@ -117,18 +141,24 @@ public struct E1: Sendable {
         for idx in warmup..<n {
             let offset = idx - warmup
             let tenth = min(9, offset / tenthLength)
-            if variant == .retrained && offset > 0 && offset % tenthLength == 0 && offset / tenthLength < 10 {
+            if variant.refits && offset > 0 && offset % tenthLength == 0 && offset / tenthLength < 10 {
                 (model, learnedUsers) = try fit(scorer: scorer, upTo: idx, setup: setup)
                 ratingScorer = try model.scorer(named: ratingName)
+                revealed = [:]
             }
             let r = data.ratings[idx]
+            let userSeen = earlier[r.user, default: 0] > 0, itemSeen = seenItems.contains(r.item)
             let u = model.users.index(of: r.user), i = model.items.index(of: r.item)
-            if let u, let i, let predicted = ratingScorer.predictRating(user: u, item: i) {
+            // (A user or item the model does not hold is predicted as the
+            // scorer predicts unknown ones: the mean, or the known side's bias.)
+            if userSeen && itemSeen, let predicted = ratingScorer.predictRating(user: u, item: i) {
                 result.predictsRatings = true
                 result.rmse.record(predicted: predicted, actual: r.rating)
             }
-            if r.rating >= positiveThreshold && u != nil && i != nil {
-                let rank = model.rankOf(r.item, user: r.user, scorer: scorer)
+            if r.rating >= positiveThreshold && userSeen && itemSeen {
+                let rank = i == nil ? nil
+                    : variant.strict ? model.rankOf(r.item, user: r.user, scorer: scorer, exclude: revealed[r.user, default: []])
+                    : model.rankOf(r.item, user: r.user, scorer: scorer)
                 result.total.record(rank: rank)
                 result.tenths[tenth].record(rank: rank)
                 result.tenthUsers[tenth][r.user, default: TopKTally()].record(rank: rank)
@@ -140,7 +170,12 @@ public struct E1: Sendable {
             }
             let learn = variant.learnsOnline
             earlier[r.user, default: 0] += 1
-            model.feed(r, learn: learn, scratch: &scratch)
+            seenItems.insert(r.item)
+            if variant.strict {
+                revealed[r.user, default: []].append(r.item)
+            } else {
+                model.feed(r, learn: learn, scratch: &scratch)
+            }
             if learn { learnedUsers.insert(r.user) }
             if offset % 1000 == 0 { progress?(1000) }
         }

@@ -107,8 +107,8 @@ extension Model {
     }
 
     /// Rank (1-based) of `target` in the top 10 for `user`, or nil.
-    func rankOf(_ target: UInt64, user: UInt64, k: Int = 10, scorer: String = "") -> Int? {
-        guard let recs = try? recommend(user: user, k: k, scorer: scorer) else { return nil }
+    func rankOf(_ target: UInt64, user: UInt64, k: Int = 10, scorer: String = "", exclude: [UInt64] = []) -> Int? {
+        guard let recs = try? recommend(user: user, k: k, scorer: scorer, exclude: exclude) else { return nil }
         return recs.firstIndex { $0.item == target }.map { $0 + 1 }
     }
 }

@@ -11,7 +11,9 @@ struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run an evaluation protocol (E1–E5) on a MovieLens-shaped folder.",
         discussion: """
-            E1: prequential top-10 with the variants online, frozen and retrained,
+            E1: prequential top-10 with the variants online, frozen and retrained
+            (and frozen-history, retrained-history: revealed events join the
+            users' histories, which the scorer reads at query time),
             tenth by tenth, prequential RMSE for scorers that predict ratings, and
             popularity/online as the baseline. E2: leave-last-out top-10 beside
             popularity. E3: cold-start items from their text, beside TF-IDF and random.
@@ -37,7 +39,7 @@ struct Eval: ParsableCommand {
     var scorer: String?
     @Option(help: "E1 variants to run (comma-separated).")
     var variants = Self.allVariants
-    static let allVariants = "online,online-plain,online-plain-start,frozen,retrained"
+    static let allVariants = "online,online-plain,online-plain-start,frozen,retrained,frozen-history,retrained-history"
     @Option(parsing: .unconditional, help: "E5: candidates the gan+cf route takes from gan before cf re-ranks them.")
     var rerankCandidates = 300
     @Option(help: "E1 and drift: draw the HR@10 curve (per tenth of the test phase) as SVG into this file.")
@@ -59,7 +61,9 @@ struct Eval: ParsableCommand {
             guard let variant = E1Variant(rawValue: String(v)) else {
                 throw ValidationError("unknown variant \(v): use \(E1Variant.allCases.map(\.rawValue).joined(separator: ", "))")
             }
-            if isDrift && variant == .retrained && variants != Self.allVariants { throw ValidationError("variant retrained is not run on drift") }
+            if isDrift && (variant.refits || variant.strict) && variants != Self.allVariants {
+                throw ValidationError("variant \(v) is not run on drift (online, online-plain, online-plain-start and frozen-history are)")
+            }
         }
         guard rerankCandidates >= 1 else { throw ValidationError("--rerank-candidates must be at least 1, not \(rerankCandidates)") }
         // (Checked before the evaluation runs, not after it: review finding.)
@@ -92,6 +96,12 @@ struct Eval: ParsableCommand {
         var results: [String: Any] = [:]
         var settings: [String: Any] = ["scorer": scorer, "config": cfg.source, "dimension": cfg.tableDimension]
         if let s = cfg.scorers.first(where: { $0.name == scorer }) { settings["scorer_settings"] = String(describing: s.settings) }
+        // Every setting the figures depend on, under its config key: the
+        // lifelong mechanisms' (replay, anchoring, the meta start, the id
+        // lifecycle) and the baselines' too, not the scorer's alone
+        // (review finding, helper-53).
+        settings["model_settings"] = cfg.modelSettingValues
+        if let f = userFraction { settings["user_fraction"] = f; settings["sample_seed"] = Int(sampleSeed) }
         switch self.protocol.lowercased() {
         case "e1":
             let e1 = E1(data: ml, setup: setup)
@@ -224,7 +234,7 @@ struct Eval: ParsableCommand {
             let wanted = variants == Self.allVariants ? "online,online-plain" : variants
             var planned: [E1Variant] = []
             for v in wanted.split(separator: ",") {
-                guard let variant = E1Variant(rawValue: String(v)), variant != .retrained else { throw ValidationError("variant \(v) is not run on drift") }
+                guard let variant = E1Variant(rawValue: String(v)), !variant.refits, !variant.strict else { throw ValidationError("variant \(v) is not run on drift") }
                 planned.append(variant)
             }
             let jobs = planned

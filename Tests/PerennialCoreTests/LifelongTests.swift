@@ -346,7 +346,7 @@ import PerennialPlugins
         doc.set("lifelong.max_users", .integer(40))
         let setup = EvalSetup(config: try PerennialConfig.load(doc, registry: .builtin))
         let e1 = E1(data: MovieLensData(ratings: ratings, name: "synthetic"), setup: setup)
-        let frozen = try e1.run(scorer: "popularity", variant: .frozen)
+        let frozen = try e1.run(scorer: "popularity", variant: .frozenHistory)
         #expect(frozen.total.count > 0)
     }
 }

@@ -73,3 +73,33 @@ import PerennialCore
         #expect(data.sampledUsers(fraction: 1, seed: 7).ratings.count == ratings.count)
     }
 }
+
+/// E1's frozen and retrained as EVALUATION.md writes them: a user the model
+/// never learned falls back to its training data's popularity, however
+/// many of their events were revealed since; the `-history` variants score
+/// them from those revealed events (review finding, helper-53).
+@Suite struct E1FrozenReadingTests {
+    @Test func aUserFirstSeenAfterTrainingFallsBackToPopularity() throws {
+        // Warm-up (the first 100 events): users 1-8 rate items 101-112;
+        // users 50 and 51 rate only 201 and 202 (rare: below the top 10 by
+        // popularity). Test phase: 98 low ratings of 101 by new users, then
+        // new user 900 rates 201, then 202 (the one evaluated event: its
+        // user has an earlier event, 201, revealed after training).
+        var ratings: [Rating] = []
+        var t: Int64 = 1000
+        func add(_ u: UInt64, _ i: UInt64, _ r: Float) { t += 1; ratings.append(Rating(user: u, item: i, rating: r, timestamp: t)) }
+        for u in UInt64(1)...8 { for i in UInt64(101)...112 { add(u, i, 5) } }
+        for u: UInt64 in [50, 51] { add(u, 201, 5); add(u, 202, 5) }
+        for k in UInt64(0)..<98 { add(1000 + k, 101, 1) }
+        add(900, 201, 5)
+        add(900, 202, 5)
+        #expect(ratings.count == 200)
+        let e1 = E1(data: MovieLensData(ratings: ratings, name: "tiny"), setup: EvalSetup(config: try PerennialConfig.defaults(registry: .builtin)))
+        for (variant, hits) in [(E1Variant.frozen, 0), (.retrained, 0), (.frozenHistory, 1), (.retrainedHistory, 1), (.online, 1)] {
+            let r = try e1.run(scorer: "cf", variant: variant)
+            #expect(r.total.count == 1 && r.total.hits == hits, "\(variant): \(r.total.hits) of \(r.total.count)")
+            // Its user was never learned by the frozen and retrained models.
+            #expect(r.coldUserEvents == (variant.learnsOnline ? 0 : 1), "\(variant)")
+        }
+    }
+}
