@@ -42,13 +42,19 @@ public struct E5: Sendable {
         for r in data.ratings[0..<warmup] { model.feed(r, learn: true, scratch: &scratch) }
         var result = E5Result(scorer: scorer)
         var seen = Set<UInt64>()
+        // Evaluated as E1 decides it, from the stream (a user and an item
+        // seen before), whatever the model's id settings: an item the model
+        // does not hold is a miss (review finding, helper-53).
+        var users = Set(data.ratings[0..<warmup].map(\.user)), items = Set(data.ratings[0..<warmup].map(\.item))
         for r in data.ratings[warmup..<n] {
-            if r.rating >= positiveThreshold, model.users.index(of: r.user) != nil, model.items.index(of: r.item) != nil {
+            if r.rating >= positiveThreshold, users.contains(r.user), items.contains(r.item) {
                 let recs = try model.recommend(user: r.user, k: candidates, scorer: scorer)
                 result.count += 1
                 if recs.contains(where: { $0.item == r.item }) { result.hits += 1 }
                 for c in recs { seen.insert(c.item) }
             }
+            users.insert(r.user)
+            items.insert(r.item)
             model.feed(r, learn: true, scratch: &scratch)
         }
         result.covered = seen.count
