@@ -13,8 +13,11 @@ import PerennialCore
 public struct E4: Sendable {
     public let data: MovieLensData
     public let setup: EvalSetup
-    /// How many of the most recent prefix items a scorer is given as the session.
-    public var sessionLength = 50
+    /// How many of the most recent prefix items a scorer is given as the
+    /// session: all of them, as EVALUATION.md says ("the input is the items
+    /// before it"; it was the last 50: review finding, helper-53). A scorer
+    /// reads what it needs (session-rnn its last `steps`).
+    public var sessionLength = Int.max
 
     public init(data: MovieLensData, setup: EvalSetup) {
         self.data = data

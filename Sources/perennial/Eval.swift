@@ -193,7 +193,7 @@ struct Eval: ParsableCommand {
             }
             if let e = out.error { throw CommandError(e) }
             let rs = out.values + e4.baselines()
-            print("E4 on \(ml.name): next item, \(rs[0].total.count) users, session = the last \(e4.sessionLength) prefix items")
+            print("E4 on \(ml.name): next item, \(rs[0].total.count) users, session = \(e4.sessionLength == Int.max ? "the whole prefix" : "the last \(e4.sessionLength) prefix items")")
             printTable(rs.map { ($0.scorer, $0.total, $0.seconds) }, into: &results)
         case "e5":
             // Candidate sources side by side, and E1 of the two-stage route
