@@ -131,9 +131,11 @@ public struct E1: Sendable {
         var earlier: [UInt64: Int] = [:]
         var seenItems = Set<UInt64>()
         for r in data.ratings[0..<warmup] { earlier[r.user, default: 0] += 1; seenItems.insert(r.item) }
-        // frozen and retrained: each user's events revealed since the model
-        // was trained, excluded from their requests.
+        // frozen and retrained: each user's earlier items, from the stream,
+        // excluded from their requests (the model's own history would miss
+        // a user its id settings let go during training: helper-54).
         var revealed: [UInt64: [UInt64]] = [:]
+        if variant.strict { for r in data.ratings[0..<warmup] { revealed[r.user, default: []].append(r.item) } }
         var scratch: [LearnEvent] = []
         // A route predicts ratings (if at all) with its re-ranking scorer.
         let ratingName = setup.routes.first { $0.name == scorer }?.rerank ?? scorer
@@ -144,7 +146,6 @@ public struct E1: Sendable {
             if variant.refits && offset > 0 && offset % tenthLength == 0 && offset / tenthLength < 10 {
                 (model, learnedUsers) = try fit(scorer: scorer, upTo: idx, setup: setup)
                 ratingScorer = try model.scorer(named: ratingName)
-                revealed = [:]
             }
             let r = data.ratings[idx]
             let userSeen = earlier[r.user, default: 0] > 0, itemSeen = seenItems.contains(r.item)

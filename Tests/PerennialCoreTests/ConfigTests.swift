@@ -225,6 +225,19 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
             #expect(error.line == 2 && error.message.contains("arrays nested more than 32 deep") && error.message.count < 300, "\(error.message.prefix(300))")
         }
         #expect(try ConfigDocument(text: "x = " + String(repeating: "[", count: 32) + "1" + String(repeating: "]", count: 32) + "\n", file: "t.toml").entries["x"] != nil)
+        // A long array over many lines is read in one pass: each line used
+        // to rescan the whole value, so 40,000 lines took 88 s, a running
+        // server's loop frozen in the RELOAD (helper-54).
+        let long = "x = [\n" + (1...100_000).map { "\($0)," }.joined(separator: "\n") + "\n]\n"
+        guard case .array(let items)? = try ConfigDocument(text: long, file: "t.toml").entries["x"]?.value else {
+            Issue.record("a 100,000-line array was not read as an array"); return
+        }
+        #expect(items.count == 100_000 && items.last == .integer(100_000))
+        let deepLines = "[scorers]\nload = " + String(repeating: "[\n", count: 300_000) + "\"cf\"" + String(repeating: "\n]", count: 300_000) + "\n"
+        do {
+            _ = try load(deepLines)
+            Issue.record("accepted arrays nested 300,000 deep over lines")
+        } catch { #expect(error.message.contains("nested more than 32 deep"), "\(error.message.prefix(300))") }
     }
 
     @Test func unknownScorerIsRefused() {

@@ -103,14 +103,21 @@ public struct ConfigDocument: Sendable {
             var continued: [(start: Int, line: Int)] = []
             // An array may go on over the following lines, up to its ']'; one
             // left open names its line rather than swallow the rest of the
-            // file (review finding, helper-47).
-            while ConfigDocument.openBrackets(valueText) > 0 {
+            // file (review finding, helper-47). The depth and length are kept
+            // as lines are added (a string never spans lines): rescanning the
+            // whole value for each line took minutes for a 40,000-line array,
+            // with a running server's loop frozen in a RELOAD (helper-54).
+            var depth = ConfigDocument.openBrackets(valueText)
+            var scalars = valueText.unicodeScalars.count
+            while depth > 0 {
                 guard next < lines.count, !ConfigDocument.isSectionHeader(lines[next]) else {
                     throw ConfigError(file: file, line: lineNumber, message: "bad value for '\(fullKey)': unterminated array (opened on this line; "
                                       + (next < lines.count ? "line \(next + 1) starts a section" : "the file ends") + " before its ']')")
                 }
-                continued.append((valueText.unicodeScalars.count + 1, next + 1))
+                continued.append((scalars + 1, next + 1))
                 valueText += " " + lines[next]
+                scalars += 1 + lines[next].unicodeScalars.count
+                depth += ConfigDocument.openBrackets(lines[next])
                 next += 1
             }
             guard ConfigDocument.isKeyPath(key) else {

@@ -62,7 +62,10 @@ public final class FeedbackLog: @unchecked Sendable {
     private let syncerDone = DispatchSemaphore(value: 0)
     private var encoded: [UInt8] = []
     /// Set when a write or fsync failed; feedback is refused until restart.
-    private var failure: String?
+    private var failure: String? { didSet { failedFlag.store(failure != nil, ordering: .relaxed) } }
+    /// `failure != nil`, readable without the lock (which the everysec
+    /// thread holds across a slow fdatasync: STATS must not wait for it).
+    private let failedFlag = Atomic<Bool>(false)
 
     public init(directory: String, policy: FsyncPolicy, segmentBytes: Int = 64 << 20) {
         self.directory = directory
@@ -428,11 +431,7 @@ public final class FeedbackLog: @unchecked Sendable {
 
     /// Whether the log refuses every append until a restart (an fsync
     /// failed, or a failed write could not be cut off again).
-    public var failed: Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        return failure != nil
-    }
+    public var failed: Bool { failedFlag.load(ordering: .relaxed) }
 
     /// Whether records were written that are not yet fsynced.
     public var hasUnsynced: Bool {

@@ -55,6 +55,14 @@ public struct SnapshotWriter {
     public mutating func mark(_ name: String) { string("§" + name) }
 }
 
+/// A snapshot that is whole but was saved under other settings than the
+/// config's (the table's dimension, a scorer's shape): not damage, and
+/// `perennial versions --verify` says so rather than call it damaged.
+public struct SnapshotSettingsMismatch: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
 public struct SnapshotReader {
     let bytes: [UInt8]
     public private(set) var offset: Int
@@ -146,7 +154,7 @@ public struct SnapshotReader {
     /// Fills rows 0..<count of `b` (which must already hold them).
     public mutating func rows<T: BitwiseCopyable>(into b: ChunkedBuffer<T>, expected: Int? = nil) throws {
         let rows = try int(), width = try int()
-        guard width == b.width else { throw LogError("snapshot: row width \(width) where \(b.width) is configured") }
+        guard width == b.width else { throw SnapshotSettingsMismatch("snapshot: row width \(width) where \(b.width) is configured") }
         if let expected, expected != rows { throw LogError("snapshot: \(rows) rows where \(expected) were expected") }
         // (Before `ensure` allocates them.)
         guard rows >= 0, rows <= remaining / max(width * MemoryLayout<T>.stride, 1) else {
@@ -165,7 +173,7 @@ public struct SnapshotReader {
     /// Reads what `floats(_:count:)` wrote into `p`, which holds `count`.
     public mutating func floats(into p: UnsafeMutablePointer<Float>, count: Int) throws {
         let n = try int()
-        guard n == count else { throw LogError("snapshot holds \(n) weights where \(count) are expected (different settings?)") }
+        guard n == count else { throw SnapshotSettingsMismatch("snapshot holds \(n) weights where \(count) are expected (different settings?)") }
         let r = try take(n * 4)
         bytes.withUnsafeBytes { src in
             UnsafeMutableRawPointer(p).copyMemory(from: src.baseAddress! + r.lowerBound, byteCount: n * 4)

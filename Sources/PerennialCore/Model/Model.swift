@@ -684,7 +684,7 @@ public final class Model: @unchecked Sendable {
         try r.mark("table")
         let dimension = try r.int()
         guard dimension == table.dimension else {
-            throw LogError("the snapshot's table has dimension \(dimension) but the config says \(table.dimension)")
+            throw SnapshotSettingsMismatch("the snapshot's table has dimension \(dimension) but the config says \(table.dimension)")
         }
         try r.rows(into: table.users, expected: userCount)
         try r.rows(into: table.userAdagrad, expected: userCount)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections import abc
 from dataclasses import dataclass
 from typing import Deque, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -126,19 +127,28 @@ def place_in_stream(e: ServerError, offset: int) -> None:
     e.args = ("%s (%d): %s" % (e.code_name, e.code, e.message),)
 
 
-def mark_unacknowledged(e: BaseException, offset: int, size: int) -> None:
+def mark_unacknowledged(e: BaseException, offset: int, size: int) -> BaseException:
     """A FEEDBACK list sent as several batches lost its connection (or
     timed out, or was interrupted) with the batch at ``offset`` (``size``
     events) sent and not acknowledged: ``accepted_events`` = offset (every
     batch before it was acknowledged) and ``unacknowledged`` = (offset,
     size), a batch the server may or may not have accepted.  Without them
     a caller could only resend the whole list, and count the acknowledged
-    batches twice (review finding)."""
+    batches twice (review finding).
+
+    Returns the exception to raise: for a lost connection or a timeout a
+    copy of ``e`` (raise it ``from e``), since the same exception object is
+    given to every request that was waiting on the connection, and
+    concurrent feedback() calls would overwrite each other's positions
+    (review finding); an interrupt or a cancellation is this caller's own."""
+    if isinstance(e, (ConnectionError, TimeoutError)):
+        e = copy.copy(e)
     try:
         e.accepted_events = offset  # type: ignore[attr-defined]
         e.unacknowledged = (offset, size)  # type: ignore[attr-defined]
     except AttributeError:  # pragma: no cover - an exception without a __dict__
         pass
+    return e
 
 
 def split_oversized(oversized: "List[Tuple[int, List[Event], BaseException]]", limit: int,

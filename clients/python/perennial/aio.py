@@ -516,8 +516,10 @@ class AsyncClient:
                 _c.place_in_stream(e, offset)
                 raise
             except (ConnectionError, TimeoutError, KeyboardInterrupt, asyncio.CancelledError) as e:
-                _c.mark_unacknowledged(e, offset, len(batch))
-                raise
+                mine = _c.mark_unacknowledged(e, offset, len(batch))
+                if mine is e:
+                    raise
+                raise mine from e
             offset += len(batch)
         assert ack is not None
         return ack
@@ -670,15 +672,9 @@ class AsyncFeedbackStreamer:
         if not self._inflight or self._inflight[0][0] is not fut:
             return  # (collected meanwhile by another waiter)
         self._inflight.popleft()
-        if isinstance(result, TimeoutError) and not fut.done():
-            # No reply in time: the connection is given up, so the other
-            # batches in flight fail at once with this same error (one
-            # error naming them all), not one timeout each.
-            conn = self._client._conn
-            if conn is not None:
-                conn.fail(result)
-                if self._client._conn is conn:
-                    self._client._conn = None
+        # (No reply in time: `_wait` gave the connection up, so the other
+        # batches in flight fail at once with this same error, one error
+        # naming them all, not one timeout each.)
         if isinstance(result, FeedbackAck):
             self.acked_events += len(batch)
             self.last_ack = result

@@ -135,11 +135,13 @@ class Client:
         request numbering, so each could read the other's replies as its
         own: a recommendation for another user (review finding).  The child
         forgets the connection, with the parent's requests, and opens its
-        own; closing its copy of the descriptor leaves the parent's open."""
+        own; closing its copy of the descriptor leaves the parent's open.
+        Requests the parent left unanswered (a streamer's batches in flight)
+        fail here with ConnectionError: their replies go to the parent."""
         if self._sock is None or self._pid == os.getpid():
             return False
-        self._pending.clear()
-        self._disconnect()
+        self._fail_all(ConnectionError("the connection was opened before fork(): its unanswered requests "
+                                       "are answered to the parent process"))
         return True
 
     def close(self) -> None:
@@ -463,7 +465,7 @@ class Client:
 
     def _wait_one(self) -> None:
         """Wait until the oldest unanswered request has its result."""
-        if not self._pending:
+        if not self._pending or self._forked():
             return
         if self._sock is None:
             self._fail_all(ConnectionError("not connected"))
@@ -561,8 +563,10 @@ class Client:
                 _c.place_in_stream(e, offset)
                 raise
             except (ConnectionError, TimeoutError, KeyboardInterrupt) as e:
-                _c.mark_unacknowledged(e, offset, len(batch))
-                raise
+                mine = _c.mark_unacknowledged(e, offset, len(batch))
+                if mine is e:
+                    raise
+                raise mine from e
             offset += len(batch)
         assert ack is not None
         return ack

@@ -1513,3 +1513,35 @@ def test_an_async_client_gives_up_a_connection_that_stopped_answering(start_serv
             assert a._conn is not first
 
     asyncio.run(main())
+
+
+def test_a_streamer_inherited_through_fork_leaves_the_parents_replies_alone(server: Tuple[str, int]) -> None:
+    """A child that flushed a streamer it inherited read the parent's
+    acknowledgements off the shared socket, and the parent's flush then
+    timed out (review finding, helper-54). The child's inherited batches
+    now fail there (their replies go to the parent) and the parent gets
+    every acknowledgement."""
+    import os
+    host, port = server
+    c = perennial.Client(host, port, timeout=5)
+    st = c.streamer(window=8, batch_size=10)
+    st.send_many([perennial.Event(u, 7) for u in fresh(50)])
+    time.sleep(0.3)  # the replies are in the socket buffer now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            st.flush()
+            got = str(st.acked_events).encode()
+        except perennial.PerennialError:
+            got = b"error"
+        os.write(write, got)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 16)
+    st.flush()
+    assert st.acked_events == 50
+    assert child in (b"error", b"0"), child
+    c.close()
+    os.close(read)
+    os.close(write)

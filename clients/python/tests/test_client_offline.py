@@ -418,3 +418,17 @@ def test_a_value_beyond_a_32_bit_float_is_refused_when_the_event_is_made() -> No
         assert "Event.value" in str(e.value) and len(str(e.value)) < 200
     for fine in (3.4e38, float("nan"), float("inf"), 5):   # NaN and inf: the server refuses them by index
         perennial.Event(1, 2, "rating", value=fine)
+
+
+def test_each_feedback_call_gets_its_own_account_of_a_lost_connection() -> None:
+    """A lost connection hands one exception object to every request that
+    was waiting; concurrent feedback() calls wrote their positions on that
+    one object, the last writer winning (review finding, helper-54)."""
+    from perennial import _commands
+    shared = perennial.TimeoutError("no reply")
+    a = _commands.mark_unacknowledged(shared, 12_660, 10)
+    b = _commands.mark_unacknowledged(shared, 240, 10)
+    assert a is not shared and b is not shared and a is not b
+    assert (a.accepted_events, a.unacknowledged) == (12_660, (12_660, 10))
+    assert (b.accepted_events, b.unacknowledged) == (240, (240, 10))
+    assert isinstance(a, perennial.TimeoutError) and str(a) == str(shared)
