@@ -199,9 +199,10 @@ class AsyncClient:
 
     def __del__(self) -> None:
         # A client dropped without close() kept its connection (and its
-        # reader task) until the garbage collector ran, then asyncio
-        # complained of a task destroyed while pending (review finding):
-        # say so, as asyncio's own transports do, and close it.
+        # reader task) open until the garbage collector ran (review
+        # finding): say so, as asyncio's own transports do, and close it.
+        # (asyncio may still report the reader task destroyed while
+        # pending: it is in the same garbage cycle as the client.)
         conn = getattr(self, "_conn", None)
         if conn is None or conn.closed:
             return
@@ -210,8 +211,7 @@ class AsyncClient:
         try:
             conn.fail(ConnectionError("the client was dropped"))
             if conn.task is not None:
-                # (Held until it has ended: a task collected while pending
-                # is reported as destroyed.)
+                # (Held until it has ended, where the cycle allows.)
                 _ending_tasks.add(conn.task)
                 conn.task.add_done_callback(_ending_tasks.discard)
                 conn.task.cancel()
