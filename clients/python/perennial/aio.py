@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import warnings
+import weakref
 from collections import deque
 from typing import (Any, Awaitable, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Set, Tuple,
                     Type)
@@ -30,6 +31,40 @@ def _raise_if_error(result: Any) -> Any:
 
 
 _ending_tasks: "Set[asyncio.Task[None]]" = set()
+
+
+def _dispatch_via(client_ref: "weakref.ReferenceType[AsyncClient]", conn: "_Conn") -> bool:
+    """The client's `_dispatch` (tests may replace it), without the reader
+    holding the client across its awaits."""
+    client = client_ref()
+    return (client._dispatch if client is not None else AsyncClient._dispatch)(conn)
+
+
+async def _read_loop(client_ref: "weakref.ReferenceType[AsyncClient]", conn: "_Conn", host: str, port: int) -> None:
+    """A connection's reader task: hands each reply to its request's future."""
+    failure: BaseException = ConnectionError("the server closed the connection")
+    try:
+        while True:
+            data = await conn.reader.read(_CHUNK)
+            if not data:
+                break
+            if len(conn.first_bytes) < 24:
+                conn.first_bytes += data[:24]
+            conn.decoder.feed(data)
+            if _dispatch_via(client_ref, conn):
+                failure = ConnectionError("connection closed after a fatal error")
+                break
+    except ProtocolError as e:  # fatal framing error in the server's bytes
+        failure = e
+    except asyncio.CancelledError:
+        conn.fail(ConnectionError("connection closed by the client"))
+        raise
+    except OSError as e:
+        failure = ConnectionError("receiving from %s:%s failed: %s" % (host, port, e))
+    conn.fail(failure)
+    client = client_ref()
+    if client is not None and client._conn is conn:
+        client._conn = None
 
 
 class _Conn:
@@ -201,8 +236,8 @@ class AsyncClient:
         # A client dropped without close() kept its connection (and its
         # reader task) open until the garbage collector ran (review
         # finding): say so, as asyncio's own transports do, and close it.
-        # (asyncio may still report the reader task destroyed while
-        # pending: it is in the same garbage cycle as the client.)
+        # (The reader holds the client weakly, so this runs as soon as the
+        # last reference goes.)
         conn = getattr(self, "_conn", None)
         if conn is None or conn.closed:
             return
@@ -211,7 +246,8 @@ class AsyncClient:
         try:
             conn.fail(ConnectionError("the client was dropped"))
             if conn.task is not None:
-                # (Held until it has ended, where the cycle allows.)
+                # (Held until it has ended: a task collected while pending
+                # is reported as destroyed.)
                 _ending_tasks.add(conn.task)
                 conn.task.add_done_callback(_ending_tasks.discard)
                 conn.task.cancel()
@@ -290,7 +326,10 @@ class AsyncClient:
             except OSError:  # pragma: no cover
                 pass
         conn = _Conn(reader, writer)
-        conn.task = asyncio.ensure_future(self._read_loop(conn))
+        # (The reader holds the client weakly: holding it, it made a cycle
+        # that kept a dropped client, and its connection, until the garbage
+        # collector ran.)
+        conn.task = asyncio.ensure_future(_read_loop(weakref.ref(self), conn, self.host, self.port))
         # (Held until it ends, not only by its connection: asyncio keeps a
         # weak reference to a task, and a dropped connection's reader must
         # still see its end.)
@@ -317,32 +356,8 @@ class AsyncClient:
         self._conn = conn
         return conn
 
-    async def _read_loop(self, conn: _Conn) -> None:
-        failure: BaseException = ConnectionError("the server closed the connection")
-        try:
-            while True:
-                data = await conn.reader.read(_CHUNK)
-                if not data:
-                    break
-                if len(conn.first_bytes) < 24:
-                    conn.first_bytes += data[:24]
-                conn.decoder.feed(data)
-                if self._dispatch(conn):
-                    failure = ConnectionError("connection closed after a fatal error")
-                    break
-        except ProtocolError as e:  # fatal framing error in the server's bytes
-            failure = e
-        except asyncio.CancelledError:
-            conn.fail(ConnectionError("connection closed by the client"))
-            raise
-        except OSError as e:
-            failure = ConnectionError("receiving from %s:%s failed: %s"
-                                      % (self.host, self.port, e))
-        conn.fail(failure)
-        if self._conn is conn:
-            self._conn = None
-
-    def _dispatch(self, conn: _Conn) -> bool:
+    @staticmethod
+    def _dispatch(conn: _Conn) -> bool:
         """Hand every complete frame to its future; True when the connection must close."""
         while True:
             try:

@@ -1545,3 +1545,31 @@ def test_a_streamer_inherited_through_fork_leaves_the_parents_replies_alone(serv
     c.close()
     os.close(read)
     os.close(write)
+
+
+def test_a_dropped_async_client_closes_its_connection_at_once(server: Tuple[str, int]) -> None:
+    """A dropped AsyncClient held its connection open until the garbage
+    collector ran (its reader task held it in a cycle), and then asyncio
+    reported the task destroyed while pending (review findings, helper-52
+    and -54). It now goes as soon as the last reference does, with a
+    ResourceWarning, and its reader ends cleanly."""
+    import gc
+    host, port = server
+
+    with perennial.Client(host, port) as probe:
+        async def main() -> Tuple[int, int, int]:
+            before = probe.stats()["connections"]
+            a = perennial.AsyncClient(host, port)
+            await a.ping()
+            during = probe.stats()["connections"]
+            gc.disable()   # (no collector: the reference count alone must free it)
+            try:
+                with pytest.warns(ResourceWarning):
+                    del a
+                await asyncio.sleep(0.2)
+            finally:
+                gc.enable()
+            return before, during, probe.stats()["connections"]
+
+        before, during, after = asyncio.run(main())
+    assert during == before + 1 and after == before, (before, during, after)
