@@ -225,3 +225,22 @@ def test_admin_json_reports_a_refused_command_line_as_json() -> None:
     # After "--", "--json" is the action, not the flag (helper-50).
     quoted = _perennial("admin", "--", "--json")
     assert quoted.returncode == 64 and quoted.stdout == "" and "unknown action '--json'" in quoted.stderr, quoted
+
+
+def test_versions_verify_tells_other_settings_from_damage(start_server) -> None:
+    """A version saved under other settings than the config --verify
+    restores it under (here a 32-dimension table, checked under the
+    bundled config's 64) is whole: it was called damaged (review finding,
+    helper-54). Under the server's own config it verifies."""
+    import os
+    srv = start_server("[table]\ndimension = 32\n")
+    with srv.client() as c:
+        c.feedback(_events(500))
+        c.snapshot()
+    assert srv.stop() == 0
+    text = _perennial("versions", "--data-dir", srv.data_dir, "--verify").stdout
+    assert "DAMAGED" not in text and "NOT CHECKED (saved under other settings)" in text, text
+    assert "no damage found" in text, text
+    cfg = os.path.join(os.path.dirname(srv.data_dir), "perennial.toml")
+    text = _perennial("versions", "--data-dir", srv.data_dir, "--verify", "--config", cfg).stdout
+    assert "every version verified" in text, text
