@@ -735,8 +735,7 @@ public final class CollaborativeFilteringScorer: Scorer {
         w.rows(ratingUsers, count: userCount)
         w.rows(ratingItems, count: itemCount)
         w.f64(ratingMean); w.f64(ratingCount); w.f32(ratingMin); w.f32(ratingMax)
-        w.int(recent.count)
-        for r in recent { w.int32s(r) }
+        w.int32Lists(recent)
         w.int32s(sampler)
         w.int(samplerNext)
         w.u64(rng.state)
@@ -760,8 +759,7 @@ public final class CollaborativeFilteringScorer: Scorer {
         try r.rows(into: ratingItems, expected: itemCount)
         ratingMean = try r.f64(); ratingCount = try r.f64(); ratingMin = try r.f32(); ratingMax = try r.f32()
         // (Indices checked against the restored rows: SnapshotReader.)
-        recent = []
-        for _ in 0..<(try r.count(bytesEach: 8)) { recent.append(try r.indices(below: itemCount)) }
+        recent = try r.indexLists(below: itemCount)
         sampler = try r.indices(below: itemCount)
         samplerNext = try r.int(in: 0...max(sampler.count - 1, 0), "cf's sampler position")
         rng = SplitMix64(seed: try r.u64())

@@ -392,8 +392,7 @@ public final class GANScorer: Scorer {
         for b in [genUsers, disUsers] { w.rows(b, count: userRows) }
         for b in [genContext, genItems, disItems] { w.rows(b, count: itemRows) }
         w.rows(biases, count: itemRows)
-        w.int(recent.count)
-        for r in recent { w.int32s(r) }
+        w.int32Lists(recent)
         w.u64(rng.state)
         w.int(learnedItems)
         w.u64(learnedEvents.load(ordering: .relaxed))
@@ -406,8 +405,7 @@ public final class GANScorer: Scorer {
         for b in [genUsers, disUsers] { try r.rows(into: b, expected: userRows) }
         for b in [genContext, genItems, disItems] { try r.rows(into: b, expected: itemRows) }
         try r.rows(into: biases, expected: itemRows)
-        recent = []
-        for _ in 0..<(try r.count(bytesEach: 8)) { recent.append(try r.indices(below: itemRows)) }
+        recent = try r.indexLists(below: itemRows)
         rng = SplitMix64(seed: try r.u64())
         learnedItems = try r.int(in: 0...itemRows, "gan's learned items")
         learnedEvents.store(try r.u64(), ordering: .relaxed)

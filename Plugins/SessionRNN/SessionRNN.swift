@@ -379,8 +379,7 @@ public final class SessionRNNScorer: Scorer {
         w.floats(accum, count: count)
         w.rows(itemBias, count: itemCount)
         transitions.save(to: &w, items: itemCount)
-        w.int(recent.count)
-        for r in recent { w.int32s(r) }
+        w.int32Lists(recent)
         w.u64(rng.state)
         w.int(learnedItems)
         w.u64(learnedEvents.load(ordering: .relaxed))
@@ -393,8 +392,7 @@ public final class SessionRNNScorer: Scorer {
         try r.floats(into: accum, count: count)
         try r.rows(into: itemBias, expected: itemCount)
         try transitions.load(from: &r, items: itemCount)
-        recent = []
-        for _ in 0..<(try r.count(bytesEach: 8)) { recent.append(try r.indices(below: itemCount)) }
+        recent = try r.indexLists(below: itemCount)
         rng = SplitMix64(seed: try r.u64())
         learnedItems = try r.int(in: 0...itemCount, "session-rnn's learned items")
         learnedEvents.store(try r.u64(), ordering: .relaxed)

@@ -78,6 +78,11 @@ struct Versions: ParsableCommand {
         return differing
     }
 
+    /// The --config file's settings, or the bundled ones.
+    private func loadConfig() throws -> PerennialConfig {
+        try config.map { try PerennialConfig.load(file: $0, registry: .builtin) } ?? PerennialConfig.defaults(registry: .builtin)
+    }
+
     func run() throws {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: dataDir, isDirectory: &isDirectory), isDirectory.boolValue else {
@@ -89,7 +94,7 @@ struct Versions: ParsableCommand {
             guard let file = store.file(ofVersion: id) else {
                 throw CommandError("there is no version \(id) in \(store.directory); versions: \(files.map(\.id).joined(separator: ", "))")
             }
-            let cfg = try config.map { try PerennialConfig.load(file: $0, registry: .builtin) } ?? PerennialConfig.defaults(registry: .builtin)
+            let cfg = try loadConfig()
             let description = store.metadata(of: file)
             let savedScorers = description["scorers"] as? [String]
             let differing = try settingsDiffering(cfg, from: description, version: id)
@@ -136,7 +141,7 @@ struct Versions: ParsableCommand {
         var damaged = 0
         // (A checksum says the bytes are the ones written, not that they
         // make a model: restoring checks every count and index too.)
-        let verifyConfig = verify ? try config.map { try PerennialConfig.load(file: $0, registry: .builtin) } ?? PerennialConfig.defaults(registry: .builtin) : nil
+        let verifyConfig = verify ? try loadConfig() : nil
         let rows = files.map { f -> [String: Any] in
             var m = store.metadata(of: f)
             m["id"] = f.id

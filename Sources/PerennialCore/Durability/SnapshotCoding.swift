@@ -32,6 +32,12 @@ public struct SnapshotWriter {
         int(a.count)
         a.withUnsafeBytes { bytes.append(contentsOf: $0) }
     }
+    /// Lists of indices (a scorer's per-user recent items), read back with
+    /// `indexLists(below:)`.
+    public mutating func int32Lists(_ lists: [[Int32]]) {
+        int(lists.count)
+        for l in lists { int32s(l) }
+    }
     /// Rows 0..<rows of a buffer, as raw little-endian elements.
     public mutating func rows<T: BitwiseCopyable>(_ b: ChunkedBuffer<T>, count rows: Int) {
         int(rows)
@@ -135,6 +141,13 @@ public struct SnapshotReader {
             throw LogError("snapshot: index \(bad) in the list at byte \(at) is outside 0..<\(bound)")
         }
         return a
+    }
+
+    /// What `int32Lists` wrote, every element an index in 0..<bound.
+    public mutating func indexLists(below bound: Int) throws -> [[Int32]] {
+        var lists: [[Int32]] = []
+        for _ in 0..<(try count(bytesEach: 8)) { lists.append(try indices(below: bound)) }
+        return lists
     }
 
     /// An `int` in `range` (`what` names it in the error).

@@ -73,6 +73,22 @@ def _launch(data_dir: Path, fsync: str, config: str = "",
     raise AssertionError("server did not start")
 
 
+def _stop(proc: "subprocess.Popen[bytes]") -> None:
+    """A graceful stop (SIGTERM), which must exit 0."""
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+def _applied_after_restart(data_dir: Path, fsync: str) -> int:
+    """Starts the server on `data_dir` again (as configured by default),
+    stops it, and returns how many events its recovery applied."""
+    proc, port = _launch(data_dir, fsync)
+    with perennial.Client("127.0.0.1", port) as c:
+        applied = c.stats()["events_applied"]
+    _stop(proc)
+    return applied
+
+
 def _stream_until_killed(c: perennial.Client, proc: "subprocess.Popen[bytes]", events: List[perennial.Event],
                          start: int, batch: int, delay: float, acked: int, durable: bool = True) -> int:
     """Streams ``events[start:]`` in batches until a SIGKILL ``delay`` seconds

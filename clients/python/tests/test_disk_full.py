@@ -6,7 +6,6 @@ mount a tmpfs); skipped otherwise."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import perennial
-from test_crash_recovery import _events, _launch
+from test_crash_recovery import _applied_after_restart, _events, _launch, _stop
 
 
 def _mount_small_disk(size: str):
@@ -67,14 +66,9 @@ def test_full_disk_refuses_feedback_and_loses_nothing(small_disk: Path) -> None:
         ack = c.feedback(events[acked:acked + 200])
         assert ack.first_seq == acked + 1
         acked = ack.last_seq
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0
+    _stop(proc)
     # Everything acknowledged is recovered.
-    proc, port = _launch(data_dir, "always")
-    with perennial.Client("127.0.0.1", port) as c:
-        assert c.stats()["events_applied"] == acked
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0
+    assert _applied_after_restart(data_dir, "always") == acked
 
 
 def test_a_snapshot_the_disk_has_no_room_for_is_put_off(sixteen_mib_disk: Path) -> None:
@@ -119,5 +113,4 @@ def test_a_snapshot_the_disk_has_no_room_for_is_put_off(sixteen_mib_disk: Path) 
         filler.unlink()
         taken = c.snapshot()
         assert taken == 6000
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0
+    _stop(proc)

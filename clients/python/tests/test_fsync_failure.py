@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Dict
 import pytest
 
 import perennial
-from test_crash_recovery import _events, _launch
+from test_crash_recovery import _applied_after_restart, _events, _launch, _stop
 
 SHIM = r"""
 #define _GNU_SOURCE
@@ -99,8 +98,7 @@ def test_always_an_fsync_failure_is_never_acknowledged_and_the_log_is_not_truste
     log = (tmp_path / "server.log").read_text()
     # Logged once when it happens (then the refusals, rate-limited).
     assert log.count("error the log: fdatasync failed (Input/output error)") == 1, log[-3000:]
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0, log[-3000:]
+    _stop(proc)
     # After a restart (the disk working) the acknowledged events are all
     # there and feedback is accepted again. The unacknowledged batch may
     # be there too (it reached the file before its fsync failed), like a
@@ -111,8 +109,7 @@ def test_always_an_fsync_failure_is_never_acknowledged_and_the_log_is_not_truste
         assert st["events_applied"] in (500, 600) and st["log_failed"] == 0, st
         ack = c.feedback(events[700:800])
         assert ack.first_seq == st["events_applied"] + 1
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0
+    _stop(proc)
 
 
 def test_everysec_a_background_fsync_failure_stops_feedback_until_a_restart(
@@ -142,11 +139,6 @@ def test_everysec_a_background_fsync_failure_stops_feedback_until_a_restart(
         st = c.stats()
         assert st["events_accepted"] == sent and st["events_durable"] < sent and st["log_failed"] == 1, st
         assert len(c.recommend(events[0].user, k=5)) == 5
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0
-    proc, port = _launch(data_dir, "everysec")
-    with perennial.Client("127.0.0.1", port) as c:
-        # No power was lost: the file holds every acknowledged event.
-        assert c.stats()["events_applied"] == sent
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0
+    _stop(proc)
+    # No power was lost: the file holds every acknowledged event.
+    assert _applied_after_restart(data_dir, "everysec") == sent
