@@ -311,5 +311,17 @@ import PerennialPlugins
         #expect(try refusal(patched32(history + 8, 0x7fff_ff00)).contains("outside 0..<"))
         // The first catalogue entry's index (after the entry count).
         #expect(try refusal(patched(catalogue + 8, 1 << 40)).contains("outside 0..<"))
+        // Ids whose 8 bytes each are there but whose table rows are not: the
+        // refusal comes before the scorers allocate state for every id
+        // (helper-54: a small file could claim enough ids to exhaust memory).
+        var ids = SnapshotWriter()
+        ids.mark("model")
+        ids.u64(0); ids.u64(0)
+        ids.int(1000)
+        for u in 1...1000 { ids.u64(UInt64(u)) }
+        ids.int32s([])
+        ids.int(0)
+        ids.int32s([])
+        #expect(try refusal(ids.bytes).contains("need table rows"))
     }
 }

@@ -667,6 +667,14 @@ public final class Model: @unchecked Sendable {
         var itemIDs: [UInt64] = []
         for _ in 0..<itemCount { itemIDs.append(try r.u64()) }
         items.restore(ids: itemIDs, vacant: r.format >= 3 ? try Self.vacantIndices(&r, of: itemIDs) : [])
+        // Every id has a table row of `dimension` floats further on: check
+        // that the bytes left can hold them before the scorers allocate
+        // per-id state (many times an id's 8 bytes here), so a
+        // file claiming millions of ids is refused, not an out-of-memory kill.
+        let rowBytes = table.dimension * MemoryLayout<Float>.stride
+        guard userCount + itemCount <= r.remaining / rowBytes else {
+            throw LogError("snapshot: \(userCount) users and \(itemCount) items need table rows of \(rowBytes) bytes each, more than the \(r.remaining) bytes left hold")
+        }
         growScorers()
         for i in items.vacantIndices { forEachExclusionSet { $0.excludeAlways(i) } }
         fallbackItem = items.index(of: ItemLifecycle.fallbackItemID)
