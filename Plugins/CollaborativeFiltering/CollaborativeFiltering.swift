@@ -271,7 +271,9 @@ public final class CollaborativeFilteringScorer: Scorer {
         // counts. The shared fallback user's events come from many people:
         // they are not chained into co-occurrences or a context.
         if !e.sharedUser {
-            if !repeating { neighbourhood.learn(item: e.item, previous: recent[u][...]) }
+            // (A rating's pairs count 1 whatever the rating, as they always
+            // have; an implicit event's count its learning weight.)
+            if !repeating { neighbourhood.learn(item: e.item, previous: recent[u][...], weight: e.kind == .rating ? 1 : e.value) }
             recent[u].append(e.item)
             let keep = max(settings.contextItems, settings.pairWindow, 1)
             if recent[u].count > keep * 2 { recent[u].removeFirst(recent[u].count - keep) }
@@ -292,11 +294,13 @@ public final class CollaborativeFilteringScorer: Scorer {
         popularityDivisor.row(i)[0] = powf(itemStats.row(i)[Self.countSlot] + 1, settings.popularityDamping)
     }
 
-    /// How strongly an event counts as positive: 1, or `lowRatingWeight`
-    /// for a rating below the threshold.
+    /// How strongly an event counts as positive: for a rating, 1, or
+    /// `lowRatingWeight` below the threshold; for the other kinds, the
+    /// learning weight the model gave it (`[feedback]`: a purchase more than
+    /// a view).
     @inline(__always)
     private func weight(of e: LearnEvent) -> Float {
-        e.kind == .rating ? (e.value >= settings.positiveThreshold ? 1 : settings.lowRatingWeight) : 1
+        e.kind == .rating ? (e.value >= settings.positiveThreshold ? 1 : settings.lowRatingWeight) : e.value
     }
 
     /// Experience replay (the model's reservoir drew a past event): one more

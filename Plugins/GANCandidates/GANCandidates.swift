@@ -209,8 +209,10 @@ public final class GANScorer: Scorer {
         let u = Int(e.user)
         if u >= recent.count { recent.append(contentsOf: repeatElement([], count: u + 1 - recent.count)) }
         learnedItems = max(learnedItems, Int(e.item) + 1)
-        let positive = e.kind != .rating || e.value >= settings.positiveThreshold
-        if positive && learnedItems > 1 { step(user: e.user, item: e.item) }
+        // A rating at or above the threshold counts 1; an implicit event its
+        // learning weight (`[feedback]`), which scales the step's gradients.
+        let weight: Float = e.kind == .rating ? (e.value >= settings.positiveThreshold ? 1 : 0) : e.value
+        if weight > 0 && learnedItems > 1 { step(user: e.user, item: e.item, weight: weight) }
         // (The shared fallback user's events are not one person's context.)
         if !e.sharedUser {
             recent[u].append(e.item)
@@ -224,7 +226,7 @@ public final class GANScorer: Scorer {
     // more slowly and lowers E1 (0.0843 against 0.0864) and E5's recall
     // (0.3730 against 0.3757), the measures MovieLens-shaped data rewards.
 
-    private func step(user: Int32, item: Int32) {
+    private func step(user: Int32, item: Int32, weight: Float) {
         let count = positives.add(1, ordering: .relaxed).newValue
         let n = learnedItems, S = settings.samples
         let context = recent[Int(user)].suffix(settings.contextItems)
@@ -270,16 +272,16 @@ public final class GANScorer: Scorer {
         let milli = rewardSum / Double(count) * 1000
         meanRewardMilli.store(milli.isFinite ? UInt64(min(max(0, milli), 1e15)) : 0, ordering: .relaxed)
         for s in 0..<S { advantage[s] = settings.rewardWeight * (advantage[s] - mean) }
-        disStep(user: user, item: item, label: 1, logit: disLogit(item))
-        for j in drawn { disStep(user: user, item: j, label: 0, logit: disLogit(j)) }
+        disStep(user: user, item: item, label: 1, logit: disLogit(item), weight: weight)
+        for j in drawn { disStep(user: user, item: j, label: 0, logit: disLogit(j), weight: weight) }
 
         // Generator: ascend Σ_s (A_s / S) ln p(j_s) + λ ln p(i), with the
         // softmax expectation in ∇ ln p(i) estimated by the samples:
         // d logit = Σ_s (A_s − λ) / S · e_{j_s} + λ e_i.
         let lambda = settings.likelihoodWeight
         for k in 0..<D { dz[k] = 0 }
-        var updates: [(Int32, Float)] = [(item, lambda)]
-        for s in 0..<S { updates.append((drawn[s], (advantage[s] - lambda) / Float(S))) }
+        var updates: [(Int32, Float)] = [(item, weight * lambda)]
+        for s in 0..<S { updates.append((drawn[s], weight * (advantage[s] - lambda) / Float(S))) }
         for (j, g) in updates where g != 0 {
             let w = genItems.row(Int(j))
             for k in 0..<D { dz[k] += g * w[k] }
@@ -307,9 +309,10 @@ public final class GANScorer: Scorer {
         adagradRowStep(row, direction: direction, scale: scale, width: D, accumulator: row + D, learningRate: lr)
     }
 
-    /// One logistic-loss step of the discriminator on (user, item, label).
-    private func disStep(user: Int32, item: Int32, label: Float, logit: Float) {
-        let g = label - 1 / (1 + expf(-logit))  // ascent on the log-likelihood
+    /// One logistic-loss step of the discriminator on (user, item, label),
+    /// its gradient scaled by the event's learning weight.
+    private func disStep(user: Int32, item: Int32, label: Float, logit: Float, weight: Float) {
+        let g = weight * (label - 1 / (1 + expf(-logit)))  // ascent on the log-likelihood
         let a = disUsers.row(Int(user)), b = disItems.row(Int(item))
         let lr = settings.discriminatorLearningRate
         // b moves along a's value from before a's own step.

@@ -167,7 +167,10 @@ public final class SessionRNNScorer: Scorer {
         if u >= recent.count { recent.append(contentsOf: repeatElement([], count: u + 1 - recent.count)) }
         learnedItems = max(learnedItems, Int(e.item) + 1)
         if let last = recent[u].last {
-            if learnedItems > 1 { trainStep(inputs: recent[u].suffix(settings.steps), target: e.item) }
+            // (An implicit event's learning weight, `[feedback]`, scales the
+            // step; a rating is a step of the sequence like any other.)
+            let weight: Float = e.kind == .rating ? 1 : e.value
+            if learnedItems > 1 && weight > 0 { trainStep(inputs: recent[u].suffix(settings.steps), target: e.item, weight: weight) }
             if e.seq > transitionsCountedTo && last != e.item {
                 transitions.add(last, e.item, 1)
                 transitionsCounted.add(1, ordering: .relaxed)
@@ -178,7 +181,7 @@ public final class SessionRNNScorer: Scorer {
     }
 
     /// One sampled-softmax step for "after `inputs` comes `target`".
-    private func trainStep(inputs: ArraySlice<Int32>, target: Int32) {
+    private func trainStep(inputs: ArraySlice<Int32>, target: Int32, weight: Float) {
         let K = settings.negatives, lr = settings.learningRate
         // Forward: the GRU, then q = W_o h + b_o.
         trace.reset()
@@ -209,8 +212,9 @@ public final class SessionRNNScorer: Scorer {
         }
         var z: Float = 0
         for k in 0...K { logits[k] = expf(logits[k] - maxLogit); z += logits[k] }
-        // logits now hold softmax numerators; dL/ds_k = p_k − [k = 0].
-        for k in 0...K { logits[k] = logits[k] / z - (k == 0 ? 1 : 0) }
+        // logits now hold softmax numerators; dL/ds_k = p_k − [k = 0], times
+        // the event's weight (its loss counts that many times).
+        for k in 0...K { logits[k] = weight * (logits[k] / z - (k == 0 ? 1 : 0)) }
         // dq = Σ_k dL/ds_k v_k, before the rows move.
         for j in 0..<d { dq[j] = 0 }
         for k in 0...K where logits[k] != 0 {

@@ -291,8 +291,10 @@ public final class TextCNNScorer: Scorer {
     /// One BPR step for a positive event against a uniformly drawn item
     /// with text, its gradients added to the minibatch.
     private func bprStep(_ e: LearnEvent, _ tokensI: TokenizedText) {
-        let positive = e.kind != .rating || e.value >= settings.positiveThreshold
-        guard positive, seenItems.count > 1 else { return }
+        // A rating at or above the threshold counts 1; an implicit event its
+        // learning weight (`[feedback]`), which scales the step's gradient.
+        let weight: Float = e.kind == .rating ? (e.value >= settings.positiveThreshold ? 1 : 0) : e.value
+        guard weight > 0, seenItems.count > 1 else { return }
         var j = e.item
         while j == e.item { j = seenItems[rng.below(seenItems.count)] }
         guard let tokensJ = learnerTexts[j] else { return }
@@ -305,7 +307,7 @@ public final class TextCNNScorer: Scorer {
         var x: Float = 0
         for k in 0..<D { diff[k] = traceI.y[k] + oi[k] - traceJ.y[k] - oj[k]; x += q[k] * diff[k] }
         // d/dx of −ln σ(x) is −(1 − σ(x)) = −σ(−x).
-        let g = -sigmoid(-x)
+        let g = -weight * sigmoid(-x)
         for k in 0..<D { dyI[k] = g * q[k]; dyJ[k] = -g * q[k] }
         let ug = pendingRow(&pendingUsers, &pendingUserGrad, e.user)
         pendingUserGrad.withUnsafeMutableBufferPointer { pu in

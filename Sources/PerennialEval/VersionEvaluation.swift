@@ -2,7 +2,8 @@
 // real stream after the version. The version's model, restored from its
 // snapshot, scores every later event of the write-ahead log before learning
 // it, exactly as E1's online variant does with MovieLens: an event is
-// evaluated when it is positive (a rating >= 4, a click or a purchase) and
+// evaluated when it is positive (a rating >= 4, or a view, click or purchase
+// whose kind the config learns from: FeedbackWeights.isPositive) and
 // its user and item were seen before; it asks for the user's top 10 among
 // all known items minus the user's earlier items. Two versions evaluated on
 // the same later events compare like for like.
@@ -45,8 +46,7 @@ public enum VersionEvaluation {
                 let whole = first > start
                 if whole, let e = events.first { model.beginBatch(at: e.timestamp) }
                 for (k, e) in events.enumerated() where first + UInt64(k) > start && figures.events < limit {
-                    let positive = e.kind == .rating ? e.value >= 4 : (e.kind == .click || e.kind == .purchase)
-                    if positive && model.users.index(of: e.user) != nil && model.items.index(of: e.item) != nil {
+                    if model.feedbackWeights.isPositive(e.kind, value: e.value) && model.users.index(of: e.user) != nil && model.items.index(of: e.item) != nil {
                         figures.total.record(rank: model.rankOf(e.item, user: e.user, scorer: scorer))
                     }
                     scratch.removeAll(keepingCapacity: true)

@@ -278,7 +278,7 @@ final class RequestHandler {
             admitted.removeAll(keepingCapacity: true)
             model.admit(incoming, now: now, into: &admitted)
             if !shadows.isEmpty {
-                for e in incoming { shadows.observe(user: e.user, item: e.item, kind: e.kind, value: e.value) }
+                for e in incoming { shadows.observe(user: e.user, item: e.item, kind: e.kind, value: e.value, weights: model.feedbackWeights) }
             }
             let queued = learner.tryEnqueue(admitted)
             precondition(queued, "learner queue refused a batch after reporting room")
@@ -620,6 +620,7 @@ final class RequestHandler {
             || next.sessionIdleSeconds != config.sessionIdleSeconds { fixed.append("[sessions]") }
         if next.limits.maxTextBytes != config.limits.maxTextBytes { fixed.append("limits.max_text_bytes") }
         if next.lifelong != config.lifelong { fixed.append("[lifelong]") }
+        if next.feedbackWeights != config.feedbackWeights { fixed.append("[feedback]") }
         if !fixed.isEmpty {
             throw ProtocolError(.invalidArgument, "the new config changes \(fixed.joined(separator: ", ")), which need a restart; nothing was changed")
         }

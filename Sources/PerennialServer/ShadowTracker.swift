@@ -1,8 +1,8 @@
 // Live comparison of a candidate scorer with the one serving: a RECOMMEND
 // that names a `shadow_scorer` is also answered by it (not returned), and
 // both answers are remembered for the user. When that user's next positive
-// feedback arrives (a rating >= 4, a click or a purchase), it counts as a
-// hit for each answer that held the item. STATS reports, per shadow scorer,
+// feedback arrives (a rating >= 4, or a view, click or purchase of a kind the
+// config learns from), it counts as a hit for each answer that held the item. STATS reports, per shadow scorer,
 // the requests, the follow-up events, the hits of the serving scorer and of
 // the shadow, and how much the two answers overlapped: a new scorer is
 // judged on real traffic before it is swapped in.
@@ -84,10 +84,10 @@ final class ShadowTracker {
     private func isPending(_ user: UInt64, _ ticket: UInt64) -> Bool { pending[user]?.ticket == ticket }
 
     /// A feedback event: the first positive one after a shadowed RECOMMEND
-    /// for its user scores both answers.
-    func observe(user: UInt64, item: UInt64, kind: FeedbackKind, value: Float) {
-        let positive = kind == .rating ? value >= 4 : (kind == .click || kind == .purchase)
-        guard positive, let p = forget(user) else { return }
+    /// for its user scores both answers (FeedbackWeights.isPositive: a
+    /// rating of 4 or more, or an implicit event of a kind that is learned).
+    func observe(user: UInt64, item: UInt64, kind: FeedbackKind, value: Float, weights: FeedbackWeights) {
+        guard weights.isPositive(kind, value: value), let p = forget(user) else { return }
         var t = tallies[p.shadow, default: Tally()]
         t.followups += 1
         if p.served.contains(item) { t.servedHits += 1 }

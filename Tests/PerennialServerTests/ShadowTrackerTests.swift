@@ -3,6 +3,7 @@
 // remembered is still scored.
 
 import Testing
+import PerennialCore
 @testable import PerennialServer
 
 @Suite struct ShadowTrackerTests {
@@ -17,8 +18,8 @@ import Testing
         let counters = Dictionary(uniqueKeysWithValues: t.counters)
         #expect(counters["shadow_pending_users"] == 50 && counters["shadow_pending_items"] == 10_000)
         // The oldest were forgotten; the newest are still scored.
-        t.observe(user: 1, item: 1000, kind: .click, value: 1)
-        t.observe(user: 2000, item: 2_000_005, kind: .click, value: 1)
+        t.observe(user: 1, item: 1000, kind: .click, value: 1, weights: FeedbackWeights())
+        t.observe(user: 2000, item: 2_000_005, kind: .click, value: 1, weights: FeedbackWeights())
         #expect(t.tallies["text-cnn"]?.followups == 1 && t.tallies["text-cnn"]?.servedHits == 1)
         #expect(t.tallies["text-cnn"]?.requests == 2000)
         #expect(t.heldItems == 9_800)

@@ -168,6 +168,8 @@ public struct PerennialConfig: Sendable {
     /// Candidate → re-rank routes.
     public var routes: [RouteConfig] = []
     public var lifelong = LifelongConfig()
+    /// How much each kind of implicit feedback teaches (`[feedback]`).
+    public var feedbackWeights = FeedbackWeights()
     /// Where this config came from, for messages.
     public var source = "<defaults>"
 
@@ -317,6 +319,13 @@ public struct PerennialConfig: Sendable {
         c.snapshotRecoverySeconds = try r.double("snapshot.recovery_seconds", default: recoveryDefault, in: 0...1e9)
         c.tableDimension = try r.int("table.dimension", default: c.tableDimension, in: 1...1024)
         c.tableSeed = try r.int("table.seed", default: c.tableSeed, in: 0...Int.max)
+
+        var fw = FeedbackWeights()
+        fw.view = Float(try r.double("feedback.view_weight", default: Double(fw.view), in: 0...1000))
+        fw.click = Float(try r.double("feedback.click_weight", default: Double(fw.click), in: 0...1000))
+        fw.purchase = Float(try r.double("feedback.purchase_weight", default: Double(fw.purchase), in: 0...1000))
+        fw.maxWeight = Float(try r.double("feedback.max_weight", default: Double(fw.maxWeight), in: 0.001...1000))
+        c.feedbackWeights = fw
 
         var ll = LifelongConfig()
         ll.replay = try r.int("lifelong.replay", default: ll.replay, in: 0...64)

@@ -64,16 +64,21 @@ public struct ReplayBuffer {
     }
 
     /// Restores `save`'s output; every held event names one of the `users`
-    /// and `items` restored beside it.
-    public mutating func load(from r: inout SnapshotReader, users: Int, items: Int) throws {
+    /// and `items` restored beside it. An implicit event's value is its
+    /// learning weight: one saved under a higher `[feedback] max_weight` (or
+    /// before weights were capped, when a client's weight was kept as sent)
+    /// is brought down to `maxWeight`.
+    public mutating func load(from r: inout SnapshotReader, users: Int, items: Int, maxWeight: Float = .infinity) throws {
         let savedCapacity = try r.int()
         seen = try r.u64(); drawn = try r.u64(); rng = SplitMix64(seed: try r.u64())
         events = []
         for _ in 0..<(try r.count(bytesEach: 8)) {
-            let e = try LearnEventCoding.read(from: &r)
+            var e = try LearnEventCoding.read(from: &r)
             guard e.user >= 0, Int(e.user) < users, e.item >= 0, Int(e.item) < items else {
                 throw LogError("snapshot: a replay event names user index \(e.user) or item index \(e.item), outside the \(users) users and \(items) items")
             }
+            guard e.value.isFinite && e.value >= 0 else { throw LogError("snapshot: a replay event has the value \(e.value)") }
+            if e.kind != .rating { e.value = min(e.value, maxWeight) }
             events.append(e)
         }
         // (`offer` draws a slot below `seen`.)

@@ -105,6 +105,7 @@ public final class Model: @unchecked Sendable {
     /// Lifelong learning's settings, and experience replay's buffer
     /// (learner thread; its counters are mirrored into atomics for STATS).
     public let lifelong: LifelongConfig
+    public let feedbackWeights: FeedbackWeights
     private var replayBuffer: ReplayBuffer
     private let replayed = Atomic<UInt64>(0)
     private let replayHeld = Atomic<UInt64>(0)
@@ -130,6 +131,7 @@ public final class Model: @unchecked Sendable {
         history = InteractionHistory(limitPerUser: config.historyPerUser)
         table = EmbeddingTable(dimension: config.tableDimension, seed: UInt64(config.tableSeed), lifelong: config.lifelong)
         lifelong = config.lifelong
+        feedbackWeights = config.feedbackWeights
         replayBuffer = ReplayBuffer(capacity: config.lifelong.replayBuffer, seed: config.lifelong.seed)
         lifecycle = IdLifecycle(config.lifelong)
         itemLifecycle = ItemLifecycle(expireAfterSeconds: config.lifelong.itemExpireAfterSeconds,
@@ -175,7 +177,8 @@ public final class Model: @unchecked Sendable {
 
     /// Turns incoming events into learn events: inserts new ids, gives each
     /// event the next sequence number, records histories. `now` stands in for
-    /// a zero timestamp. Implicit kinds with weight 0 get weight 1.
+    /// a zero timestamp. An implicit event's value becomes its learning
+    /// weight (FeedbackWeights: its kind's weight times its own, 0 meaning 1).
     /// `continuingBatch`: the events continue the batch `beginBatch` began
     /// (see there).
     public func admit(_ events: some Collection<IncomingEvent>, now: Int64, into out: inout [LearnEvent],
@@ -189,8 +192,8 @@ public final class Model: @unchecked Sendable {
             itemLifecycle.touch(i, timestamp: timestamp)
             grew = grew || newUser || newItem
             lastSeq += 1
-            let value = (e.kind != .rating && e.value == 0) ? 1 : e.value
-            var learn = LearnEvent(seq: lastSeq, user: u, item: i, kind: e.kind, value: value, timestamp: timestamp)
+            var learn = LearnEvent(seq: lastSeq, user: u, item: i, kind: e.kind,
+                                   value: feedbackWeights.learnedValue(e.kind, value: e.value), timestamp: timestamp)
             // (Generations are checked even with the lifecycle off: a
             // snapshot may hold vacant indices from when it was on.)
             learn.userGeneration = lifecycle.generation[Int(u)]
@@ -722,7 +725,7 @@ public final class Model: @unchecked Sendable {
             // already under way, not new.
             table.meta?.markAdapted(users: userCount)
         }
-        try replayBuffer.load(from: &r, users: userCount, items: itemCount)
+        try replayBuffer.load(from: &r, users: userCount, items: itemCount, maxWeight: feedbackWeights.maxWeight)
         try lifecycle.load(from: &r, users: userCount)
         if r.format >= 3 {
             try itemLifecycle.load(from: &r, items: itemCount)

@@ -86,8 +86,10 @@ public final class ItemNeighbourhood {
         refill(a, rebuild)
     }
 
-    /// Counts the pairs (item, each of the user's last `window` items).
-    public func learn(item: Int32, previous: ArraySlice<Int32>) {
+    /// Counts the pairs (item, each of the user's last `window` items),
+    /// each `weight` times (0: none).
+    public func learn(item: Int32, previous: ArraySlice<Int32>, weight: Float = 1) {
+        guard weight > 0 else { return }
         // Each pair lands in another item's table, scattered over megabytes:
         // start fetching every slot (and count) the adds will probe first,
         // so their cache misses overlap instead of coming one after another.
@@ -98,8 +100,8 @@ public final class ItemNeighbourhood {
             pk_prefetch(own + 2 * home(p), 8)
         }
         for p in previous.suffix(window) where p != item {
-            add(item, p, 1)
-            add(p, item, 1)
+            add(item, p, weight)
+            add(p, item, weight)
             pairs += 1
         }
     }

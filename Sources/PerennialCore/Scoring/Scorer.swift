@@ -20,7 +20,9 @@ public struct LearnEvent: Sendable, Equatable {
     /// Dense item index.
     public var item: Int32
     public var kind: FeedbackKind
-    /// The rating for `.rating`, a weight (default 1) for the other kinds.
+    /// The rating for `.rating`; for the other kinds, how much the event
+    /// teaches (FeedbackWeights.learnedValue: its kind's weight times the
+    /// weight the client sent, capped; 0 = learn nothing from it).
     public var value: Float
     public var timestamp: Int64
     /// The generation of the user's row index (id lifecycle: a reused index
