@@ -235,13 +235,27 @@ import PerennialPlugins
         feed(m, user: 7, item: 1, at: 300)
         feed(m, user: 7, item: 2, at: 301)
         #expect(m.users.index(of: 7) == nil)
-        // Not yet admitted: answered from the shared row, without a crash.
-        #expect(try m.recommend(user: 7, k: 5).count == 5)
+        // Not yet admitted: answered from the shared row, without a crash,
+        // and never with the user's own items (helper-56: they came back).
+        let before = try m.recommend(user: 7, k: 28).map(\.item)
+        #expect(before.count == 28 && !before.contains(1) && !before.contains(2))
         feed(m, user: 7, item: 3, at: 302)
         let u = try #require(m.users.index(of: 7))
-        #expect(m.history.items(of: u) == [2])  // 1-based ids: item 3 is index 2
+        // The items of the events before the row join the history first.
+        #expect(m.history.items(of: u) == [0, 1, 2])  // 1-based ids: item 3 is index 2
+        #expect(m.pendingUserItems.count == 0)
         // The shared user keeps no history of its own.
         #expect(m.history.items(of: m.fallbackUser!) == [])
+    }
+
+    @Test func pendingItemsStayWithinTheirBounds() {
+        let p = PendingUserItems(maxUsers: 1000, maxItems: 2)
+        for k in 1...200_000 { p.record(user: UInt64(k), item: UInt64(k)) }
+        #expect(p.count == 1000 && p.items(of: 200_000) == [200_000] && p.items(of: 1).isEmpty)
+        for k in 1...5 { p.record(user: 200_000, item: UInt64(k)) }
+        #expect(p.items(of: 200_000) == [4, 5])
+        #expect(p.take(200_000) == [4, 5] && p.count == 999)
+        #expect(p.bytes < 200_000)
     }
 
     @Test func aReusedIndexStartsFreshAndSurvivesASnapshot() throws {

@@ -134,6 +134,8 @@ public final class Model: @unchecked Sendable {
         feedbackWeights = config.feedbackWeights
         replayBuffer = ReplayBuffer(capacity: config.lifelong.replayBuffer, seed: config.lifelong.seed)
         lifecycle = IdLifecycle(config.lifelong)
+        pendingUserItems = PendingUserItems(maxUsers: config.lifelong.minOccurrences > 1 ? config.lifelong.admissionWindow : 0,
+                                            maxItems: config.lifelong.minOccurrences - 1)
         itemLifecycle = ItemLifecycle(expireAfterSeconds: config.lifelong.itemExpireAfterSeconds,
                                       minOccurrences: config.lifelong.itemMinOccurrences,
                                       admissionWindow: config.lifelong.admissionWindow)
@@ -201,6 +203,8 @@ public final class Model: @unchecked Sendable {
             if !shared { lifecycle.touch(u, timestamp: timestamp, seq: lastSeq) }
             out.append(learn)
             if !shared { history.record(user: u, item: i) }
+            if shared, let id = pendingItemsOfUser { pendingUserItems.record(user: id, item: e.item) }
+            pendingItemsOfUser = nil
         }
         if grew { growScorers() }
     }
@@ -246,6 +250,7 @@ public final class Model: @unchecked Sendable {
             return (u, isNew, false)
         }
         if !lifecycle.admission.admits(id) {
+            pendingItemsOfUser = id
             let (f, isNew) = users.insert(IdLifecycle.fallbackUserID)
             fallbackUser = f
             lifecycle.grow(users: users.count)
@@ -254,8 +259,16 @@ public final class Model: @unchecked Sendable {
         expireUsers(now: timestamp, makeRoom: true)
         let (u, isNew) = users.insert(id)
         lifecycle.grow(users: users.count)
+        // What the id did while it waited for its row: its history, first.
+        for item in pendingUserItems.take(id) { if let i = items.index(of: item) { history.record(user: u, item: i) } }
         return (u, isNew, false)
     }
+
+    /// The items of user ids not yet admitted (PendingUserItems).
+    let pendingUserItems: PendingUserItems
+    /// Set by `admitUser` when the event's user is pending: `admit` then
+    /// records the event's item for them.
+    private var pendingItemsOfUser: UInt64?
 
     /// Users whose ids expire give up their index: id, history and (on the
     /// learner, at the next generation's first event) learned state. Which
@@ -354,7 +367,7 @@ public final class Model: @unchecked Sendable {
         // (With `min_occurrences`, the sketch's count of each id goes too:
         // back with events, the id is a new one, held only once it has
         // been seen that often again.)
-        for id in ids { lifecycle.admission.forgetSightings(of: id) }
+        for id in ids { lifecycle.admission.forgetSightings(of: id); pendingUserItems.take(id) }
         let held = heldIndices(ids, in: users)
         guard !held.isEmpty else { return 0 }
         precondition(appliedSeq == lastSeq, "ids are forgotten with the learner idle")
@@ -902,6 +915,9 @@ public final class Model: @unchecked Sendable {
         let u = own.map { rowIsCurrent($0) ? $0 : nil } ?? fallbackUser
         exclusions.reset(itemCount: items.count)
         if let own { history.forEachItem(of: own) { exclusions.insert($0) } }
+        // A user id still waiting for its row: its own items so far.
+        let pending = own == nil ? pendingUserItems.items(of: user).compactMap { items.index(of: $0) } : []
+        for i in pending { exclusions.insert(i) }
         for id in exclude { if let i = items.index(of: id) { exclusions.insert(i) } }
         // What the session already holds is never recommended back, by any
         // scorer (E4 ranks excluding the input sequence the same way).
@@ -913,7 +929,7 @@ public final class Model: @unchecked Sendable {
             : candidates.compactMap { items.index(of: $0) }.filter { seenCandidates.insert($0).inserted }
         return ScoringQuery(user: u, sessionItems: sessionItems,
                             candidates: cand, exclusions: exclusions, itemCount: items.count,
-                            history: own.map { history.items(of: $0)[...] } ?? [])
+                            history: own.map { history.items(of: $0)[...] } ?? pending[...])
     }
 
     /// Whether user index u's learned state belongs to the user holding it
