@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import selectors
 import socket
+import threading
+import weakref
 from collections import deque
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
 
@@ -47,6 +50,32 @@ def _raise_if_error(result: Any) -> Any:
     return result
 
 
+#: Every Client, so a forked child can give each a fresh lock (one held by
+#: a thread of the parent would be held for ever in the child).
+_clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
+
+
+def _reset_locks_in_child() -> None:
+    for c in list(_clients):
+        c._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_locks_in_child)
+
+
+def _serialised(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run the call holding its client's lock: threads sharing a Client (or
+    its pipelines and streamers) take turns on its one connection, each call
+    whole, instead of reading each other's replies."""
+    @functools.wraps(method)
+    def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        client = self if isinstance(self, Client) else self._client
+        with client._lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 class Client:
     """A blocking connection to one Perennial server.
 
@@ -69,7 +98,10 @@ class Client:
         hello: send HELLO when connecting (required when the server has a
             token).
 
-    A Client is not thread-safe: use one per thread, or :class:`AsyncClient`.
+    A Client may be shared between threads: their calls take turns on its
+    one connection (a lock held for each whole call), so a slow call makes
+    the others wait. For concurrency, use one Client per thread, or
+    :class:`AsyncClient`, which pipelines many tasks' requests.
 
     Example::
 
@@ -102,6 +134,9 @@ class Client:
         self._next_rid = 1
         #: The process that opened the connection (see `_forked`).
         self._pid = os.getpid()
+        #: Held for each public call (`_serialised`).
+        self._lock = threading.RLock()
+        _clients.add(self)
 
     def __repr__(self) -> str:
         return "Client(%r, %r, connected=%r)" % (self.host, self.port, self.connected)
@@ -118,6 +153,7 @@ class Client:
         """Most events per FEEDBACK frame: the server's (from HELLO) or the default 10,000."""
         return self.server_info.max_events if self.server_info else DEFAULT_LIMITS.max_events
 
+    @_serialised
     def connect(self) -> "Client":
         """Open the connection now (and send HELLO) instead of on first use.
 
@@ -144,6 +180,7 @@ class Client:
                                        "are answered to the parent process"))
         return True
 
+    @_serialised
     def close(self) -> None:
         """Close the connection.  Requests still unanswered fail with ConnectionError.
 
@@ -474,6 +511,7 @@ class Client:
 
     # -- commands ------------------------------------------------------------
 
+    @_serialised
     def hello(self) -> ServerInfo:
         """Send HELLO (client name and token); return the server's version, limits and name.
 
@@ -484,10 +522,12 @@ class Client:
         self.server_info = info
         return info
 
+    @_serialised
     def ping(self) -> bool:
         """Round-trip a PING; returns True.  Raises ConnectionError/TimeoutError."""
         return bool(self._call(_c.ping()))
 
+    @_serialised
     def recommend(self, user: int, k: int = 10, *, scorer: Optional[str] = None,
                   session: Optional[Sequence[int]] = None, session_id: Optional[str] = None,
                   exclude: Optional[Iterable[int]] = None,
@@ -519,6 +559,7 @@ class Client:
                                        candidates=candidates, min_applied_seq=min_applied_seq,
                                        shadow=shadow))
 
+    @_serialised
     def score(self, user: int, items: Sequence[int], *, scorer: Optional[str] = None,
               session: Optional[Sequence[int]] = None) -> List[Score]:
         """Score ``items`` for ``user``, in the order given.
@@ -528,6 +569,7 @@ class Client:
         """
         return self._call(_c.score(user, items, scorer=scorer, session=session))  # type: ignore[no-any-return]
 
+    @_serialised
     def feedback(self, events: Iterable[EventLike]) -> FeedbackAck:
         """Send feedback events and return once the server acknowledged them.
 
@@ -571,6 +613,7 @@ class Client:
         assert ack is not None
         return ack
 
+    @_serialised
     def upsert_item(self, item: int, text: str, attributes: Attributes = None) -> UpsertResult:
         """Create or replace an item's text and attributes (a dict or (key, value) pairs).
 
@@ -580,6 +623,7 @@ class Client:
         """
         return self._call(_c.upsert_item(item, text, attributes))  # type: ignore[no-any-return]
 
+    @_serialised
     def delete_items(self, items: Iterable[int]) -> int:
         """Delete items for good: a discontinued product, a withdrawn article.
 
@@ -595,6 +639,7 @@ class Client:
         """
         return self._call(_c.delete_items(items))  # type: ignore[no-any-return]
 
+    @_serialised
     def delete_users(self, users: Iterable[int]) -> int:
         """Delete users: a closed account, an erasure request.
 
@@ -611,10 +656,12 @@ class Client:
         """
         return self._call(_c.delete_users(users))  # type: ignore[no-any-return]
 
+    @_serialised
     def stats(self) -> Dict[str, int]:
         """Return the server's counters as ``{name: value}``."""
         return self._call(_c.stats())  # type: ignore[no-any-return]
 
+    @_serialised
     def reload(self) -> None:
         """Ask the server to re-read its config file, then refresh
         :attr:`server_info` (the limits may have changed; if the new config
@@ -650,6 +697,7 @@ class Client:
                 # is stopping): server_info keeps the limits learned before.
                 pass
 
+    @_serialised
     def snapshot(self) -> Snapshot:
         """Ask the server for a snapshot; returns a :class:`Snapshot`: the log
         sequence it covers (an int) with the version's id in ``.version``
@@ -661,6 +709,7 @@ class Client:
         """
         return self._call(_c.snapshot())  # type: ignore[no-any-return]
 
+    @_serialised
     def shutdown(self) -> None:
         """Ask the server to stop (as on SIGTERM), then close this connection.
 
@@ -712,6 +761,7 @@ class Pipeline(_c.PipelineCommands):
     def __exit__(self, *exc: Any) -> None:
         self.reset()
 
+    @_serialised
     def execute(self, raise_on_error: bool = False) -> List[Any]:
         """Send the queued requests and return their results in order.
 
@@ -941,6 +991,7 @@ class FeedbackStreamer:
         events the stream took; the rest were not taken."""
         return self._offset + len(self._buffer)
 
+    @_serialised
     def send(self, event: EventLike) -> None:
         """Queue one event; writes a batch when one is full.
 
@@ -952,6 +1003,7 @@ class FeedbackStreamer:
             self._send_batch()
         self._raise_errors()
 
+    @_serialised
     def send_many(self, events: Iterable[EventLike]) -> None:
         """Queue many events; writes every batch that fills up.  Raises as :meth:`send`."""
         for e in events:
@@ -960,6 +1012,7 @@ class FeedbackStreamer:
                 self._send_batch()
         self._raise_errors()
 
+    @_serialised
     def flush(self) -> Optional[FeedbackAck]:
         """Send the buffered events and wait for every acknowledgement.
 
@@ -980,6 +1033,7 @@ class FeedbackStreamer:
     def __enter__(self) -> "FeedbackStreamer":
         return self
 
+    @_serialised
     def __exit__(self, exc_type: Optional[Type[BaseException]], *rest: Any) -> None:
         if exc_type is None:
             self.flush()

@@ -1573,3 +1573,40 @@ def test_a_dropped_async_client_closes_its_connection_at_once(server: Tuple[str,
 
         before, during, after = asyncio.run(main())
     assert during == before + 1 and after == before, (before, during, after)
+
+
+def test_one_client_shared_between_threads(client: perennial.Client) -> None:
+    """Threads sharing one Client take turns on its connection: every call
+    gets its own reply (review finding, helper-56: eight threads sharing a
+    client got a bare AssertionError, "reply for request id 1 while waiting
+    for 2" and timeouts). With a streamer sending at the same time."""
+    import threading
+    users = fresh(8)
+    items = fresh(20)
+    client.feedback([perennial.Event(u, i) for u in users for i in items[:3]])
+    errors: List[BaseException] = []
+    streamer = client.streamer(window=4, batch_size=50)
+
+    def work(n: int) -> None:
+        try:
+            u = users[n]
+            for k in range(60):
+                if n == 0:
+                    streamer.send(perennial.Event(u, items[3 + k % 10]))
+                recs = client.recommend(u, k=5, candidates=items)
+                assert not {r.item for r in recs} & set(items[:3]), "a user's own item came back"
+                scores = client.score(u, items[5:9])
+                assert [s.item for s in scores] == items[5:9]
+                assert client.ping()
+                client.feedback([perennial.Event(u, items[10 + k % 10])])
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    streamer.flush()
+    assert not errors, errors[:3]
+    assert not any(t.is_alive() for t in threads)
