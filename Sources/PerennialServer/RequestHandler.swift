@@ -651,7 +651,8 @@ final class RequestHandler {
         if next.busyPollMicros != config.busyPollMicros { also.append("server.busy_poll_us = \(next.busyPollMicros)") }
         if next.learnerMaxLagSeconds != config.learnerMaxLagSeconds { also.append("learner.max_lag_seconds = \(next.learnerMaxLagSeconds)") }
         if next.snapshotEveryEvents != config.snapshotEveryEvents || next.snapshotKeep != config.snapshotKeep
-            || next.snapshotRecoverySeconds != config.snapshotRecoverySeconds { also.append("[snapshot]") }
+            || next.snapshotRecoverySeconds != config.snapshotRecoverySeconds
+            || next.snapshotEverySeconds != config.snapshotEverySeconds { also.append("[snapshot]") }
         config = next
         protocolLimits = ProtocolLimits(maxFrameBytes: next.limits.maxFrameBytes, maxItems: next.limits.maxItems,
                                         maxEvents: next.limits.maxEvents)

@@ -1,6 +1,6 @@
 // When the model is snapshotted, and how: automatic snapshots (every
-// `snapshot.every_events`, or when recovery would outlast
-// `snapshot.recovery_seconds`), SNAPSHOT requests (tickets answered by the
+// `snapshot.every_events`, when recovery would outlast
+// `snapshot.recovery_seconds`, or `snapshot.every_seconds` after the last), SNAPSHOT requests (tickets answered by the
 // first snapshot that covers them), a RELOAD's snapshot of its new scorer
 // set, and the blocking ones of start-up and a graceful stop. Lives on the
 // loop thread; the serialisation and the write run on a snapshot's own
@@ -316,7 +316,7 @@ final class SnapshotScheduler {
         let wasHolding = draining || taper != nil
         let every = UInt64(config.snapshotEveryEvents)
         let requested = snapshotTicketsIssued > snapshotTicketsStarted
-        let due = (every > 0 && model.lastSeq - lastSnapshotSeq >= every || recoveryWouldTakeTooLong)
+        let due = (every > 0 && model.lastSeq - lastSnapshotSeq >= every || recoveryWouldTakeTooLong || dueByTime)
             && model.lastSeq >= retrySnapshotAt
         let reloadRetry = reloadUnsnapshotted && MonotonicClock.nowNanos() >= reloadRetryAtNs
         if inFlight == nil, requested || due, !reloadSnapshotWanted, !reloadRetry,
@@ -414,6 +414,15 @@ final class SnapshotScheduler {
         return true
     }
     private var lastSnapshotCompletedNs: UInt64 = 0
+    private let startedNs = MonotonicClock.nowNanos()
+
+    /// `snapshot.every_seconds` have passed since the last snapshot (or the
+    /// start) and something changed since it.
+    private var dueByTime: Bool {
+        guard config.snapshotEverySeconds > 0, model.lastSeq > lastSnapshotSeq || changedSinceSnapshot else { return false }
+        let since = MonotonicClock.nowNanos() &- (lastSnapshotCompletedNs > 0 ? lastSnapshotCompletedNs : startedNs)
+        return since / 1_000_000_000 >= UInt64(config.snapshotEverySeconds)
+    }
     private var lastSnapshotDurationNs: UInt64 = 0
     private var warnedRecoveryBudget = false
     /// After a RELOAD's changes failed to be saved: when to try again (a

@@ -154,6 +154,10 @@ public struct PerennialConfig: Sendable {
     /// learner's own cost per event: a crash's recovery stays about this
     /// short whatever the scorers cost.
     public var snapshotRecoverySeconds: Double = 30
+    /// Also a snapshot once this long (seconds; 0 = off) has passed since
+    /// the last one, if anything changed since: a quiet server still has
+    /// versions to roll back to.
+    public var snapshotEverySeconds = 86_400
     public var snapshotKeep = 5
     /// Write-ahead log: fsync policy and segment size.
     public var fsync: FsyncPolicy = .everysec
@@ -317,6 +321,8 @@ public struct PerennialConfig: Sendable {
         // when asked and at a stop: the time budget then needs setting.)
         let recoveryDefault = r.has("snapshot.every_events") && c.snapshotEveryEvents == 0 ? 0 : c.snapshotRecoverySeconds
         c.snapshotRecoverySeconds = try r.double("snapshot.recovery_seconds", default: recoveryDefault, in: 0...1e9)
+        c.snapshotEverySeconds = try r.int("snapshot.every_seconds", default: recoveryDefault == 0 ? 0 : c.snapshotEverySeconds,
+                                           in: 0...(1 << 40))
         c.tableDimension = try r.int("table.dimension", default: c.tableDimension, in: 1...1024)
         c.tableSeed = try r.int("table.seed", default: c.tableSeed, in: 0...Int.max)
 

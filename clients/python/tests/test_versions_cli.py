@@ -244,3 +244,27 @@ def test_versions_verify_tells_other_settings_from_damage(start_server) -> None:
     cfg = os.path.join(os.path.dirname(srv.data_dir), "perennial.toml")
     text = _perennial("versions", "--data-dir", srv.data_dir, "--verify", "--config", cfg).stdout
     assert "every version verified" in text, text
+
+
+def test_a_quiet_server_takes_a_snapshot_after_every_seconds(start_server) -> None:
+    """`snapshot.every_seconds`: a version once that long has passed with
+    something new, even far below every_events (a quiet shop had one version
+    a day, and so nothing to roll back to: helper-56); none without news."""
+    import time
+    srv = start_server(BOTH + '[snapshot]\nevery_seconds = 1\n')
+    with srv.client() as c:
+        before = c.stats()["snapshots"]
+        events = _events(10)
+        c.feedback(events)
+        deadline = time.monotonic() + 10
+        while c.stats()["snapshots"] == before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        taken = c.stats()["snapshots"]
+        assert taken == before + 1
+        time.sleep(1.6)  # nothing new: no more versions
+        assert c.stats()["snapshots"] == taken
+        assert c.delete_users([events[0].user]) == 1  # a change without a new event counts
+        deadline = time.monotonic() + 10
+        while c.stats()["snapshots"] == taken and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert c.stats()["snapshots"] == taken + 1
