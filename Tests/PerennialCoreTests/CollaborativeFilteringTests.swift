@@ -314,14 +314,27 @@ import PerennialPlugins
         // Ids whose 8 bytes each are there but whose table rows are not: the
         // refusal comes before the scorers allocate state for every id
         // (helper-54: a small file could claim enough ids to exhaust memory).
-        var ids = SnapshotWriter()
-        ids.mark("model")
-        ids.u64(0); ids.u64(0)
-        ids.int(1000)
-        for u in 1...1000 { ids.u64(UInt64(u)) }
-        ids.int32s([])
-        ids.int(0)
-        ids.int32s([])
-        #expect(try refusal(ids.bytes).contains("need table rows"))
+        func claiming(_ n: Int, dimension: Int) -> [UInt8] {
+            var ids = SnapshotWriter()
+            ids.mark("model")
+            ids.u64(0); ids.u64(0)
+            ids.int(n)
+            for u in 1...n { ids.u64(UInt64(u)) }
+            ids.int32s([])
+            ids.int(0)
+            ids.int32s([])
+            ids.mark("history")
+            for _ in 0..<n { ids.int32s([]) }
+            ids.mark("catalogue")
+            ids.int(0)
+            ids.mark("table")
+            ids.int(dimension)
+            return ids.bytes
+        }
+        #expect(try refusal(claiming(1000, dimension: 64)).contains("need table rows"))
+        // A snapshot of a narrower table is one saved under other settings,
+        // not a damaged one (helper-57: the row check came first).
+        var narrower = SnapshotReader(bytes: claiming(1000, dimension: 16))
+        #expect(throws: SnapshotSettingsMismatch.self) { try model().restore(from: &narrower) }
     }
 }

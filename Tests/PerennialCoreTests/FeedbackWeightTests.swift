@@ -66,7 +66,7 @@ import PerennialPlugins
         #expect(w.learnedValue(.click, value: 3) == 3)
         #expect(w.learnedValue(.purchase, value: 1000) == 10)
         #expect(w.learnedValue(.rating, value: 4.5) == 4.5)
-        w.view = 0
+        w.viewWeight = 0
         #expect(!w.isPositive(.view, value: 1) && w.isPositive(.purchase, value: 0) && !w.isPositive(.rating, value: 3.5))
         var doc = ConfigDocument(file: "test")
         doc.set("feedback.view_weight", .float(-1))

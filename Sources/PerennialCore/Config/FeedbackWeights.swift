@@ -8,18 +8,18 @@
 // scorer reads a rating against its own positive threshold.
 
 public struct FeedbackWeights: Sendable, Equatable {
-    public var view: Float = 0.5
-    public var click: Float = 1
-    public var purchase: Float = 2
+    public var viewWeight: Float = 0.5
+    public var clickWeight: Float = 1
+    public var purchaseWeight: Float = 2
     public var maxWeight: Float = 10
     public init() {}
 
     /// The configured weight of an implicit kind (1 for a rating).
     public func weight(of kind: FeedbackKind) -> Float {
         switch kind {
-        case .view: view
-        case .click: click
-        case .purchase: purchase
+        case .view: viewWeight
+        case .click: clickWeight
+        case .purchase: purchaseWeight
         case .rating: 1
         }
     }

@@ -10,6 +10,7 @@ extension PerennialConfig {
     public var modelSettingValues: [String: String] {
         var values = ["table.dimension": "\(tableDimension)", "table.seed": "\(tableSeed)"]
         for (key, value) in reflectedSettings(lifelong) { values["lifelong." + key] = value }
+        for (key, value) in reflectedSettings(feedbackWeights) { values["feedback." + key] = value }
         for s in scorers {
             for (key, value) in reflectedSettings(s.settings) { values["scorers.\(s.name).\(key)"] = value }
         }

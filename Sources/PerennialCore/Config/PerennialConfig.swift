@@ -327,9 +327,9 @@ public struct PerennialConfig: Sendable {
         c.tableSeed = try r.int("table.seed", default: c.tableSeed, in: 0...Int.max)
 
         var fw = FeedbackWeights()
-        fw.view = Float(try r.double("feedback.view_weight", default: Double(fw.view), in: 0...1000))
-        fw.click = Float(try r.double("feedback.click_weight", default: Double(fw.click), in: 0...1000))
-        fw.purchase = Float(try r.double("feedback.purchase_weight", default: Double(fw.purchase), in: 0...1000))
+        fw.viewWeight = Float(try r.double("feedback.view_weight", default: Double(fw.viewWeight), in: 0...1000))
+        fw.clickWeight = Float(try r.double("feedback.click_weight", default: Double(fw.clickWeight), in: 0...1000))
+        fw.purchaseWeight = Float(try r.double("feedback.purchase_weight", default: Double(fw.purchaseWeight), in: 0...1000))
         fw.maxWeight = Float(try r.double("feedback.max_weight", default: Double(fw.maxWeight), in: 0.001...1000))
         c.feedbackWeights = fw
 

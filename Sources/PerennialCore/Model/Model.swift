@@ -683,18 +683,6 @@ public final class Model: @unchecked Sendable {
         var itemIDs: [UInt64] = []
         for _ in 0..<itemCount { itemIDs.append(try r.u64()) }
         items.restore(ids: itemIDs, vacant: r.format >= 3 ? try Self.vacantIndices(&r, of: itemIDs) : [])
-        // Every id has a table row of `dimension` floats further on: check
-        // that the bytes left can hold them before the scorers allocate
-        // per-id state (many times an id's 8 bytes here), so a
-        // file claiming millions of ids is refused, not an out-of-memory kill.
-        let rowBytes = table.dimension * MemoryLayout<Float>.stride
-        guard userCount + itemCount <= r.remaining / rowBytes else {
-            throw LogError("snapshot: \(userCount) users and \(itemCount) items need table rows of \(rowBytes) bytes each, more than the \(r.remaining) bytes left hold")
-        }
-        growScorers()
-        for i in items.vacantIndices { forEachExclusionSet { $0.excludeAlways(i) } }
-        fallbackItem = items.index(of: ItemLifecycle.fallbackItemID)
-        if let f = fallbackItem { forEachExclusionSet { $0.excludeAlways(f) } }
         try r.mark("history")
         for u in 0..<userCount { history.restore(user: Int32(u), items: try r.indices(below: itemCount)) }
         try r.mark("catalogue")
@@ -710,6 +698,18 @@ public final class Model: @unchecked Sendable {
         guard dimension == table.dimension else {
             throw SnapshotSettingsMismatch("the snapshot's table has dimension \(dimension) but the config says \(table.dimension)")
         }
+        // Every id has a table row of `dimension` floats here: check that the
+        // bytes left can hold them before the scorers allocate per-id state
+        // (many times an id's 8 bytes), so a file claiming millions of ids is
+        // refused, not an out-of-memory kill.
+        let rowBytes = table.dimension * MemoryLayout<Float>.stride
+        guard userCount + itemCount <= r.remaining / rowBytes else {
+            throw LogError("snapshot: \(userCount) users and \(itemCount) items need table rows of \(rowBytes) bytes each, more than the \(r.remaining) bytes left hold")
+        }
+        growScorers()
+        for i in items.vacantIndices { forEachExclusionSet { $0.excludeAlways(i) } }
+        fallbackItem = items.index(of: ItemLifecycle.fallbackItemID)
+        if let f = fallbackItem { forEachExclusionSet { $0.excludeAlways(f) } }
         try r.rows(into: table.users, expected: userCount)
         try r.rows(into: table.userAdagrad, expected: userCount)
         try r.rows(into: table.items, expected: itemCount)
