@@ -256,6 +256,35 @@ import PerennialPlugins
         #expect(p.items(of: 200_000) == [4, 5])
         #expect(p.take(200_000) == [4, 5] && p.count == 999)
         #expect(p.bytes < 200_000)
+        // Ids admitted one after another leave nothing behind (helper-57: the
+        // queue of ids kept 8 bytes for every id ever pending).
+        let q = PendingUserItems(maxUsers: 65536, maxItems: 1)
+        for k in 1...300_000 { q.record(user: UInt64(k), item: 1); q.take(UInt64(k)) }
+        #expect(q.count == 0 && q.bytes < 100_000)
+        q.record(user: 5, item: 7); q.record(user: 6, item: 8); q.remove(items: [7])
+        #expect(q.items(of: 5).isEmpty && q.items(of: 6) == [8] && q.holds(5))
+    }
+
+    /// Pending users' items are in the snapshot: a restored model answers
+    /// and admits them as the model that never stopped (helper-57).
+    @Test func pendingItemsSurviveASnapshot() throws {
+        let make = { try self.model(["cf", "popularity"]) { d in d.set("lifelong.min_occurrences", .integer(3)) } }
+        let m = try make()
+        for k in 0..<200 { feed(m, user: UInt64(1000 + k % 20), item: UInt64(1 + k % 30), at: Int64(k)) }
+        feed(m, user: 77, item: 3, at: 300)
+        feed(m, user: 77, item: 6, at: 301)
+        var w = SnapshotWriter()
+        m.save(to: &w)
+        var r = SnapshotReader(bytes: w.bytes)
+        let copy = try make()
+        try copy.restore(from: &r)
+        let answer = try copy.recommend(user: 77, k: 28).map(\.item)
+        #expect(!answer.contains(3) && !answer.contains(6))
+        #expect(answer == (try m.recommend(user: 77, k: 28).map(\.item)))
+        feed(m, user: 77, item: 9, at: 302)
+        feed(copy, user: 77, item: 9, at: 302)
+        let u = try #require(copy.users.index(of: 77))
+        #expect(copy.history.items(of: u) == m.history.items(of: u) && copy.history.items(of: u).count == 3)
     }
 
     @Test func aReusedIndexStartsFreshAndSurvivesASnapshot() throws {

@@ -44,14 +44,15 @@ public struct SnapshotStore: Sendable {
     public static let magic = Array("PRNSNAP1".utf8)
     /// 2: lifelong-learning state (replay, anchors, meta start, id lifecycle);
     /// 3: item expiry; 4: item admission (`item_min_occurrences`);
-    /// 5: the admission sketches' aging (`admission_window`).
-    public static let version: UInt32 = 5
+    /// 5: the admission sketches' aging (`admission_window`); 6: the items
+    /// of user ids waiting for a row (PendingUserItems).
+    public static let version: UInt32 = 6
     /// Formats this build reads: 2 lacks item expiry's state (read as no
     /// item ever expired), 3 item admission's (counting starts afresh), 4
-    /// the sketches' place in their aging window (read as its start), so a
-    /// data directory whose log before its snapshot is pruned still starts
-    /// after an upgrade.
-    public static let readable: ClosedRange<UInt32> = 2...5
+    /// the sketches' place in their aging window (read as its start), 5 the
+    /// pending users' items (read as none), so a data directory whose log
+    /// before its snapshot is pruned still starts after an upgrade.
+    public static let readable: ClosedRange<UInt32> = 2...6
 
     public init(directory: String) { self.directory = directory }
 

@@ -6,53 +6,105 @@
 // until then a RECOMMEND for it excludes them and reads them as its history.
 //
 // Bounded: at most `maxUsers` ids (the one pending longest is dropped to
-// make room, as the admission sketch would forget it soon) with at most
+// make room, as the admission sketch would soon forget it) with at most
 // `maxItems` items each (the oldest fall off), so a stream of one-off ids
-// costs no more than that. Held in memory only: a restart forgets them
-// (the admission counts, in the snapshot, do not). Owned by the admitting
-// thread.
+// costs no more than that; the queue of ids in arrival order is compacted
+// once it holds more stale entries than live ones. Saved in snapshots, so
+// a restart or a crash's replay serves exactly what a server that never
+// stopped would. Owned by the admitting thread.
 
 public final class PendingUserItems {
     public let maxUsers: Int
     public let maxItems: Int
-    private var items: [UInt64: [UInt64]] = [:]
-    /// Ids in the order they first became pending (dropped or admitted
-    /// ones are skipped when they come to the front).
-    private var order: [UInt64] = []
+    /// Each pending id's items (external ids, oldest first) and the serial
+    /// of its entry in `order`.
+    private var pending: [UInt64: (items: [UInt64], serial: UInt64)] = [:]
+    /// Ids in the order they became pending; an entry whose serial is not
+    /// the id's current one is stale (the id was admitted, deleted or
+    /// dropped, and maybe became pending again later).
+    private var order: [(id: UInt64, serial: UInt64)] = []
     private var orderStart = 0
+    private var nextSerial: UInt64 = 0
 
     public init(maxUsers: Int, maxItems: Int) {
         self.maxUsers = maxUsers
         self.maxItems = maxItems
     }
 
-    public var count: Int { items.count }
+    public var count: Int { pending.count }
 
     /// Remembers that pending user `user` interacted with `item`.
     public func record(user: UInt64, item: UInt64) {
         guard maxUsers > 0 && maxItems > 0 else { return }
-        if items[user] == nil {
-            while items.count >= maxUsers, orderStart < order.count {
-                items[order[orderStart]] = nil
+        if pending[user] == nil {
+            while pending.count >= maxUsers, orderStart < order.count {
+                let (id, serial) = order[orderStart]
+                if pending[id]?.serial == serial { pending[id] = nil }
                 orderStart += 1
             }
-            order.append(user)
+            nextSerial += 1
+            pending[user] = ([], nextSerial)
+            order.append((user, nextSerial))
         }
-        items[user, default: []].append(item)
-        if items[user]!.count > maxItems { items[user]!.removeFirst() }
-        // Compact the order list once most of it is spent.
-        if orderStart > 1024 && orderStart * 2 > order.count {
-            order = order[orderStart...].filter { items[$0] != nil }
-            orderStart = 0
-        }
+        pending[user]!.items.append(item)
+        if pending[user]!.items.count > maxItems { pending[user]!.items.removeFirst() }
+        compactIfStale()
     }
 
     /// The user's pending items, oldest first (empty when none).
-    public func items(of user: UInt64) -> [UInt64] { items[user] ?? [] }
+    public func items(of user: UInt64) -> [UInt64] { pending[user]?.items ?? [] }
 
     /// Forgets the user's items (admitted, or deleted), returning them.
     @discardableResult
-    public func take(_ user: UInt64) -> [UInt64] { items.removeValue(forKey: user) ?? [] }
+    public func take(_ user: UInt64) -> [UInt64] {
+        defer { compactIfStale() }
+        return pending.removeValue(forKey: user)?.items ?? []
+    }
 
-    public var bytes: Int { items.count * (48 + 8 * max(1, maxItems)) + order.capacity * 8 }
+    /// Whether the user has pending items.
+    public func holds(_ user: UInt64) -> Bool { pending[user] != nil }
+
+    /// Forgets deleted or expired items from every pending list (an id that
+    /// comes back is a new item, tied to no one).
+    public func remove(items gone: Set<UInt64>) {
+        guard !gone.isEmpty else { return }
+        for (id, entry) in pending where entry.items.contains(where: gone.contains) {
+            pending[id]!.items.removeAll(where: gone.contains)
+        }
+    }
+
+    /// Drops the spent front and the stale entries once they are most of
+    /// the queue (amortised O(1) a call).
+    private func compactIfStale() {
+        guard order.count > 1024 && order.count > 2 * pending.count else { return }
+        order = order[orderStart...].filter { pending[$0.id]?.serial == $0.serial }
+        orderStart = 0
+    }
+
+    public var bytes: Int { pending.count * (64 + 8 * max(1, maxItems)) + order.capacity * 16 }
+
+    // MARK: snapshots
+
+    public func save(to w: inout SnapshotWriter) {
+        let live = order[orderStart...].filter { pending[$0.id]?.serial == $0.serial }
+        w.int(live.count)
+        for (id, _) in live {
+            w.u64(id)
+            w.int(pending[id]!.items.count)
+            for item in pending[id]!.items { w.u64(item) }
+        }
+    }
+
+    public func load(from r: inout SnapshotReader) throws {
+        pending = [:]; order = []; orderStart = 0; nextSerial = 0
+        for _ in 0..<(try r.count(bytesEach: 16)) {
+            let id = try r.u64()
+            var items: [UInt64] = []
+            for _ in 0..<(try r.count(bytesEach: 8)) { items.append(try r.u64()) }
+            guard pending[id] == nil else { throw LogError("snapshot: pending user \(id) is listed twice") }
+            // (Saved under other settings: the configured bounds apply.)
+            guard maxUsers > 0 && maxItems > 0 else { continue }
+            for item in items { record(user: id, item: item) }
+        }
+    }
 }

@@ -348,6 +348,7 @@ public final class Model: @unchecked Sendable {
         // (With `item_min_occurrences`, the sketch's count of each id goes
         // too: back, the id waits for its row like a new one.)
         for id in ids { itemLifecycle.admission.forgetSightings(of: id) }
+        pendingUserItems.remove(items: Set(ids))
         let held = heldIndices(ids, in: items)
         guard !held.isEmpty else { return 0 }
         precondition(appliedSeq == lastSeq, "ids are forgotten with the learner idle")
@@ -391,9 +392,10 @@ public final class Model: @unchecked Sendable {
     }
 
     /// Whether the model holds anything of these user ids: a row, or (with
-    /// `min_occurrences`) a count of sightings (admitting thread).
+    /// `min_occurrences`) a count of sightings or items while pending
+    /// (admitting thread).
     public func holdsAnyUser(of ids: [UInt64]) -> Bool {
-        ids.contains { users.index(of: $0) != nil || lifecycle.admission.hasSightings(of: $0) }
+        ids.contains { users.index(of: $0) != nil || lifecycle.admission.hasSightings(of: $0) || pendingUserItems.holds($0) }
     }
 
     /// Whether the model holds anything of these item ids: a row, or (with
@@ -407,6 +409,7 @@ public final class Model: @unchecked Sendable {
     private func forget(items idle: [Int32]) {
         let retired = RetiredItems(idle, itemCount: items.count)
         history.remove(retired)
+        pendingUserItems.remove(items: Set(idle.map { items.id(at: $0) }))
         replayBuffer.remove(retired)
         replayHeld.store(UInt64(replayBuffer.events.count), ordering: .relaxed)
         for s in scorers { s.forget(items: retired) }
@@ -636,6 +639,7 @@ public final class Model: @unchecked Sendable {
         itemLifecycle.save(to: &w, items: items.count)
         itemVacancy.save(to: &w, items: items.count)
         itemLifecycle.saveAdmission(to: &w)
+        pendingUserItems.save(to: &w)
         // Each scorer's state is a named, length-prefixed block, so a config
         // that adds or drops a scorer can still load the others.
         w.int(scorers.count)
@@ -745,6 +749,7 @@ public final class Model: @unchecked Sendable {
             try itemVacancy.load(from: &r, items: itemCount)
         }
         if r.format >= 4 { try itemLifecycle.loadAdmission(from: &r) }
+        if r.format >= 6 { try pendingUserItems.load(from: &r) }
         lifecycle.enrollUntracked(users: userCount) { u in users.id(at: u) != 0 && u != fallbackUser }
         replayHeld.store(UInt64(replayBuffer.events.count), ordering: .relaxed)
         replayed.store(replayBuffer.drawn, ordering: .relaxed)

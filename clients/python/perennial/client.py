@@ -180,18 +180,31 @@ class Client:
                                        "are answered to the parent process"))
         return True
 
-    @_serialised
     def close(self) -> None:
         """Close the connection.  Requests still unanswered fail with ConnectionError.
 
-        The client may be used again: the next call reconnects.
+        The client may be used again: the next call reconnects.  Called
+        while another thread waits in a call on this client, it shuts the
+        connection down first, so that call ends at once with ConnectionError
+        instead of the close waiting for it.
         """
-        if self._forked():
-            return
-        if self._pending:
-            self._fail_all(ConnectionError("connection closed by the client"))
-        else:
-            self._disconnect()
+        if not self._lock.acquire(blocking=False):
+            sock = self._sock
+            if sock is not None and not self._forked():
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._lock.acquire()
+        try:
+            if self._forked():
+                return
+            if self._pending:
+                self._fail_all(ConnectionError("connection closed by the client"))
+            else:
+                self._disconnect()
+        finally:
+            self._lock.release()
 
     def __del__(self) -> None:
         # The selector keeps the socket in a reference cycle (selector <->

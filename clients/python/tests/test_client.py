@@ -1610,3 +1610,35 @@ def test_one_client_shared_between_threads(client: perennial.Client) -> None:
     streamer.flush()
     assert not errors, errors[:3]
     assert not any(t.is_alive() for t in threads)
+
+
+def test_close_from_another_thread_ends_a_waiting_call() -> None:
+    """close() while another thread waits for a reply (timeout None) ends
+    that call with ConnectionError at once instead of waiting for it
+    (helper-57: with the client's lock, close() waited for ever)."""
+    import threading
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    held: List[socket.socket] = []
+    threading.Thread(target=lambda: held.append(listener.accept()[0]), daemon=True).start()
+    c = perennial.Client("127.0.0.1", listener.getsockname()[1], timeout=None, hello=False)
+    outcome: List[BaseException] = []
+
+    def call() -> None:
+        try:
+            c.ping()  # a server that never answers
+        except BaseException as e:  # noqa: BLE001 - checked below
+            outcome.append(e)
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    c.close()
+    t.join(5)
+    assert time.monotonic() - started < 2 and not t.is_alive()
+    assert outcome and isinstance(outcome[0], perennial.ConnectionError)
+    listener.close()
+    for h in held:
+        h.close()
