@@ -5,6 +5,7 @@
 // knows yet.
 
 import PerennialCore
+import Synchronization
 
 public struct PopularitySettings: ScorerSettings, Equatable {
     /// Events after which an interaction counts half; 0 = no decay.
@@ -21,8 +22,21 @@ public final class PopularityScorer: Scorer {
     /// Decay without touching every item per event: each new event adds
     /// 2^(seq / halfLife) instead of 1, which equals decaying all earlier
     /// counts by 2^(-1/halfLife) per event. When the weight grows large, all
-    /// counts are rescaled once.
-    var logWeight = 0.0
+    /// counts are rescaled once. Written by the learner, read by the serving
+    /// thread: a Double's bits in an atomic.
+    private let logWeightBits = Atomic<UInt64>(0)
+    var logWeight: Double {
+        get { Double(bitPattern: logWeightBits.load(ordering: .relaxed)) }
+        set { logWeightBits.store(newValue.bitPattern, ordering: .relaxed) }
+    }
+    /// Odd while the learner rescales every count (a sequence lock): a
+    /// reader that saw it odd, or changed across its read, reads again, so
+    /// no answer mixes rescaled and unscaled counts (helper-55 measured a
+    /// ratio of 2^62 between two equally popular items during a rescale).
+    private let rescaling = Atomic<UInt64>(0)
+    /// Items the learner has counted (its own bound for the rescale: the
+    /// serving thread grows `itemCount` ahead of it).
+    private var learnedItems = 0
     var learned: UInt64 = 0
 
     public init(settings: PopularitySettings) { self.settings = settings }
@@ -47,32 +61,53 @@ public final class PopularityScorer: Scorer {
 
     public func learn(_ event: LearnEvent) {
         learned += 1
+        learnedItems = max(learnedItems, Int(event.item) + 1)
         let weight = event.kind == .rating ? 1 : Double(event.value)
         if settings.halfLifeEvents > 0 {
-            logWeight += 1 / Double(settings.halfLifeEvents)
-            if logWeight > 60 {
-                // 2^60: rescale every count by 2^-60 and restart the weight.
-                let factor = 1 / pow2(logWeight)
-                counts.forEachChunk(rows: itemCount) { _, p, n in
+            var lw = logWeight + 1 / Double(settings.halfLifeEvents)
+            if lw > 60 {
+                // 2^60: rescale every count by 2^-60 and restart the weight,
+                // inside the sequence lock.
+                let factor = 1 / pow2(lw)
+                let s = rescaling.load(ordering: .relaxed)
+                rescaling.store(s + 1, ordering: .relaxed)
+                atomicMemoryFence(ordering: .releasing)
+                counts.forEachChunk(rows: learnedItems) { _, p, n in
                     for j in 0..<n { p[j] *= factor }
                 }
+                lw = 0
                 logWeight = 0
+                rescaling.store(s + 2, ordering: .releasing)
             }
-            counts[Int(event.item)] += weight * pow2(logWeight)
+            counts[Int(event.item)] += weight * pow2(lw)
+            logWeight = lw
         } else {
             counts[Int(event.item)] += weight
         }
     }
 
+    /// Runs `read` until it has seen no rescale begin or end meanwhile.
+    @inline(__always)
+    private func consistently<T>(_ read: (_ scale: Double) -> T) -> T {
+        while true {
+            let s = rescaling.load(ordering: .acquiring)
+            if s & 1 == 1 { continue }  // a rescale takes microseconds
+            let result = read(1 / pow2(logWeight))
+            atomicMemoryFence(ordering: .acquiring)
+            if rescaling.load(ordering: .relaxed) == s { return result }
+        }
+    }
+
     public func recommend(_ query: ScoringQuery, into top: inout TopK) {
-        query.forEachEligibleItem { item in
-            top.push(item, Float(counts[Int(item)] / pow2(logWeight)))
+        let k = top.k
+        consistently { scale in
+            top.reset(k: k)
+            query.forEachEligibleItem { item in top.push(item, Float(counts[Int(item)] * scale)) }
         }
     }
 
     public func score(_ query: ScoringQuery, items: [Int32?]) -> [Float] {
-        let scale = 1 / pow2(logWeight)
-        return items.map { i in i.map { Float(counts[Int($0)] * scale) } ?? 0 }
+        consistently { scale in items.map { i in i.map { Float(counts[Int($0)] * scale) } ?? 0 } }
     }
 
     public var counters: [(String, UInt64)] { [("events", learned)] }
@@ -87,6 +122,7 @@ public final class PopularityScorer: Scorer {
         try r.rows(into: counts, expected: itemCount)
         logWeight = try r.f64()
         learned = try r.u64()
+        learnedItems = itemCount
     }
 }
 

@@ -70,7 +70,15 @@ final class EventLoop {
     }
 
     deinit {
-        uv_loop_close(loop)
+        // A start that failed (a port in use) leaves the listener, and maybe
+        // more, open: close what is left and let the loop finish closing it,
+        // or the loop's own descriptors leak with it (helper-55). After a
+        // stop nothing is left and the first close succeeds.
+        if uv_loop_close(loop) != 0 {
+            uv_walk(loop, { h, _ in if let h, uv_is_closing(h) == 0 { uv_close(h, nil) } }, nil)
+            uv_run(loop, UV_RUN_DEFAULT)
+            uv_loop_close(loop)
+        }
         loop.deallocate()
         listener.deallocate()
         progressAsync.deallocate()

@@ -131,6 +131,11 @@ public final class Learner: @unchecked Sendable {
         pthread_cond_signal(wake)
         pthread_mutex_unlock(mutex)
         if wasRunning { finished.wait() }
+        // The thread's closure holds the learner (and so the model): drop
+        // the thread, or a stopped learner would never be freed (helper-55).
+        pthread_mutex_lock(mutex)
+        thread = nil
+        pthread_mutex_unlock(mutex)
     }
 
     private func run() {
