@@ -65,13 +65,19 @@ public final class PendingUserItems {
     public func holds(_ user: UInt64) -> Bool { pending[user] != nil }
 
     /// Forgets deleted or expired items from every pending list (an id that
-    /// comes back is a new item, tied to no one).
+    /// comes back is a new item, tied to no one); a user left with none is
+    /// no longer pending, as after a restart (a snapshot holds no empty list).
     public func remove(items gone: Set<UInt64>) {
         guard !gone.isEmpty else { return }
         for (id, entry) in pending where entry.items.contains(where: gone.contains) {
             pending[id]!.items.removeAll(where: gone.contains)
+            if pending[id]!.items.isEmpty { pending[id] = nil }
         }
+        compactIfStale()
     }
+
+    /// Whether any pending list holds the item (O(pending ids): deletions only).
+    public func mentions(item: UInt64) -> Bool { pending.values.contains { $0.items.contains(item) } }
 
     /// Drops the spent front and the stale entries once they are most of
     /// the queue (amortised O(1) a call).

@@ -398,10 +398,12 @@ public final class Model: @unchecked Sendable {
         ids.contains { users.index(of: $0) != nil || lifecycle.admission.hasSightings(of: $0) || pendingUserItems.holds($0) }
     }
 
-    /// Whether the model holds anything of these item ids: a row, or (with
-    /// `item_min_occurrences`) a count of sightings (admitting thread).
+    /// Whether the model holds anything of these item ids: a row, (with
+    /// `item_min_occurrences`) a count of sightings, or a place in a pending
+    /// user's items (admitting thread): a deletion that changes anything is
+    /// logged, so a replay makes the same change.
     public func holdsAnyItem(of ids: [UInt64]) -> Bool {
-        ids.contains { items.index(of: $0) != nil || itemLifecycle.admission.hasSightings(of: $0) }
+        ids.contains { items.index(of: $0) != nil || itemLifecycle.admission.hasSightings(of: $0) || pendingUserItems.mentions(item: $0) }
     }
 
     /// Forgets held item indices (sorted) and every reference to them; the
