@@ -6,6 +6,7 @@ import CLibUV
 import Foundation
 import PerennialCore
 import PerennialProtocol
+import Synchronization
 
 final class EventLoop {
     let loop: UnsafeMutablePointer<uv_loop_t>
@@ -74,11 +75,14 @@ final class EventLoop {
         // more, open: close what is left and let the loop finish closing it,
         // or the loop's own descriptors leak with it (helper-55). After a
         // stop nothing is left and the first close succeeds.
+        var leftOpen = false
         if uv_loop_close(loop) != 0 {
             uv_walk(loop, { h, _ in if let h, uv_is_closing(h) == 0 { uv_close(h, nil) } }, nil)
             uv_run(loop, UV_RUN_DEFAULT)
-            uv_loop_close(loop)
+            if uv_loop_close(loop) != 0 { leftOpen = true }
         }
+        let port = requestedPort
+        Self.closes.withLock { $0[port, default: (0, 0)].freed += 1; if leftOpen { $0[port]!.leftOpen += 1 } }
         loop.deallocate()
         listener.deallocate()
         progressAsync.deallocate()
@@ -90,10 +94,18 @@ final class EventLoop {
         for s in signals { s.deallocate() }
     }
 
+    /// For tests, by the port a loop was asked to listen on: loops freed,
+    /// and of those the ones that could not be closed (their descriptors
+    /// stay open).
+    static let closes = Mutex<[Int: (freed: Int, leftOpen: Int)]>([:])
+    /// The port `bind` was asked for (0: any).
+    private var requestedPort = -1
+
     private var opaqueSelf: UnsafeMutableRawPointer { Unmanaged.passUnretained(self).toOpaque() }
 
     /// Binds and listens; returns the bound port. Throws a readable message.
     func bind(host: String, port: Int, handleSignals: Bool) throws -> Int {
+        requestedPort = port
         uv_tcp_init(loop, listener)
         listener.pointee.data = opaqueSelf
         // A name ("localhost") or a numeric IPv4/IPv6 address: its first IPv4
