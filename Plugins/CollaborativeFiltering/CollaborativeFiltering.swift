@@ -32,6 +32,7 @@
 
 import CKernels
 import PerennialCore
+import Synchronization
 
 public final class CollaborativeFilteringScorer: Scorer {
     public let name = "cf"
@@ -72,7 +73,8 @@ public final class CollaborativeFilteringScorer: Scorer {
     var rng: SplitMix64
     /// Admitting thread: items made room for in `grow`.
     var itemCount = 0
-    var learnedEvents: UInt64 = 0
+    /// (Written by the learner, read by STATS on the serving thread.)
+    let learnedEvents = Atomic<UInt64>(0)
     /// Learner thread: 1 + the highest item index learned from.
     var learnedItems = 0
     private var z: [Float]
@@ -255,7 +257,7 @@ public final class CollaborativeFilteringScorer: Scorer {
     }
 
     public func learn(_ e: LearnEvent) {
-        learnedEvents += 1
+        learnedEvents.add(1, ordering: .relaxed)
         let u = Int(e.user), i = Int(e.item)
         if u >= recent.count { recent.append(contentsOf: repeatElement([], count: u + 1 - recent.count)) }
         if e.kind == .rating && settings.ratingHead { learnRating(e) }
@@ -744,7 +746,7 @@ public final class CollaborativeFilteringScorer: Scorer {
         w.int(samplerNext)
         w.u64(rng.state)
         w.int(learnedItems)
-        w.u64(learnedEvents)
+        w.u64(learnedEvents.load(ordering: .relaxed))
     }
 
     public func load(from r: inout SnapshotReader) throws {
@@ -768,7 +770,7 @@ public final class CollaborativeFilteringScorer: Scorer {
         samplerNext = try r.int(in: 0...max(sampler.count - 1, 0), "cf's sampler position")
         rng = SplitMix64(seed: try r.u64())
         learnedItems = try r.int(in: 0...itemCount, "cf's learned items")
-        learnedEvents = try r.u64()
+        learnedEvents.store(try r.u64(), ordering: .relaxed)
     }
 
     public func predictRating(user: Int32?, item: Int32?) -> Float? {
@@ -785,7 +787,7 @@ public final class CollaborativeFilteringScorer: Scorer {
     }
 
     public var counters: [(String, UInt64)] {
-        [("events", learnedEvents), ("neighbour_pairs", neighbourhood.pairs), ("exact_scores", exactScores),
+        [("events", learnedEvents.load(ordering: .relaxed)), ("neighbour_pairs", neighbourhood.pairs), ("exact_scores", exactScores),
          ("items_requantised", table.quantisedItems.requantised),
          ("weights_bytes", UInt64(context.bytes + contextAdagrad.bytes + itemStats.bytes + popularityDivisor.bytes + ratingUsers.bytes + ratingItems.bytes + neighbourhood.bytes))]
     }

@@ -37,7 +37,8 @@ public final class PopularityScorer: Scorer {
     /// Items the learner has counted (its own bound for the rescale: the
     /// serving thread grows `itemCount` ahead of it).
     private var learnedItems = 0
-    var learned: UInt64 = 0
+    /// (Written by the learner, read by STATS on the serving thread.)
+    let learned = Atomic<UInt64>(0)
 
     public init(settings: PopularitySettings) { self.settings = settings }
 
@@ -60,7 +61,7 @@ public final class PopularityScorer: Scorer {
     }
 
     public func learn(_ event: LearnEvent) {
-        learned += 1
+        learned.add(1, ordering: .relaxed)
         learnedItems = max(learnedItems, Int(event.item) + 1)
         let weight = event.kind == .rating ? 1 : Double(event.value)
         if settings.halfLifeEvents > 0 {
@@ -110,18 +111,18 @@ public final class PopularityScorer: Scorer {
         consistently { scale in items.map { i in i.map { Float(counts[Int($0)] * scale) } ?? 0 } }
     }
 
-    public var counters: [(String, UInt64)] { [("events", learned)] }
+    public var counters: [(String, UInt64)] { [("events", learned.load(ordering: .relaxed))] }
 
     public func save(to w: inout SnapshotWriter) {
         w.rows(counts, count: itemCount)
         w.f64(logWeight)
-        w.u64(learned)
+        w.u64(learned.load(ordering: .relaxed))
     }
 
     public func load(from r: inout SnapshotReader) throws {
         try r.rows(into: counts, expected: itemCount)
         logWeight = try r.f64()
-        learned = try r.u64()
+        learned.store(try r.u64(), ordering: .relaxed)
         learnedItems = itemCount
     }
 }

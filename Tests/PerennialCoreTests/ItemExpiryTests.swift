@@ -1,4 +1,5 @@
 import Testing
+import Synchronization
 import PerennialPlugins
 @testable import CollaborativeFiltering
 @testable import GANCandidates
@@ -228,7 +229,7 @@ import PerennialPlugins
         #expect(m.items.vacantIndices == [0] && m.items.index(of: 3) == 1)
         let vacant: Int32 = 0
         let cf = try #require(try m.scorer(named: "cf") as? CollaborativeFilteringScorer)
-        #expect(cf.learnedEvents == 5)
+        #expect(cf.learnedEvents.load(ordering: .relaxed) == 5)
         let initial = EmbeddingTable(dimension: m.table.dimension, seed: m.table.seed, initScale: m.table.initScale)
         initial.grow(users: 1, items: 1)
         #expect((0..<m.table.dimension).map { m.table.item(vacant)[$0] } == (0..<m.table.dimension).map { initial.item(vacant)[$0] })

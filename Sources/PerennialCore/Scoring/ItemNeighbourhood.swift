@@ -16,6 +16,7 @@
 // freed memory.
 
 import CKernels
+import Synchronization
 
 public final class ItemNeighbourhood {
     public let capacity: Int
@@ -28,7 +29,9 @@ public final class ItemNeighbourhood {
     private static let empty = Float(bitPattern: UInt32.max)
     private var rebuild: [(Int32, Float)] = []
     private var items = 0
-    public var pairs: UInt64 = 0
+    /// Pairs counted (written by the learner, read by STATS).
+    public var pairs: UInt64 { pairCount.load(ordering: .relaxed) }
+    private let pairCount = Atomic<UInt64>(0)
 
     public init(capacity: Int, window: Int) {
         var cap = 8
@@ -99,11 +102,13 @@ public final class ItemNeighbourhood {
             pk_prefetch(used.row(Int(p)), 4)
             pk_prefetch(own + 2 * home(p), 8)
         }
+        var counted: UInt64 = 0
         for p in previous.suffix(window) where p != item {
             add(item, p, weight)
             add(p, item, weight)
-            pairs += 1
+            counted += 1
         }
+        pairCount.add(counted, ordering: .relaxed)
     }
 
     /// Expired items: their own tables empty, and every count naming them
@@ -202,7 +207,7 @@ public final class ItemNeighbourhood {
     public func load(from r: inout SnapshotReader, items: Int) throws {
         try r.rows(into: slots, expected: items)
         try r.rows(into: used, expected: items)
-        pairs = try r.u64()
+        pairCount.store(try r.u64(), ordering: .relaxed)
         // Each table as `add` keeps it: keys are items, `used` counts them,
         // and at least a quarter of the slots are empty (`add` probes until
         // it meets one: a full table would loop for ever).
