@@ -302,7 +302,7 @@ public final class CollaborativeFilteringScorer: Scorer {
     /// a view).
     @inline(__always)
     private func weight(of e: LearnEvent) -> Float {
-        e.kind == .rating ? (e.value >= settings.positiveThreshold ? 1 : settings.lowRatingWeight) : e.value
+        e.positiveWeight(threshold: settings.positiveThreshold, belowThreshold: settings.lowRatingWeight)
     }
 
     /// Experience replay (the model's reservoir drew a past event): one more

@@ -211,7 +211,7 @@ public final class GANScorer: Scorer {
         learnedItems = max(learnedItems, Int(e.item) + 1)
         // A rating at or above the threshold counts 1; an implicit event its
         // learning weight (`[feedback]`), which scales the step's gradients.
-        let weight: Float = e.kind == .rating ? (e.value >= settings.positiveThreshold ? 1 : 0) : e.value
+        let weight = e.positiveWeight(threshold: settings.positiveThreshold)
         if weight > 0 && learnedItems > 1 { step(user: e.user, item: e.item, weight: weight) }
         // (The shared fallback user's events are not one person's context.)
         if !e.sharedUser {

@@ -293,7 +293,7 @@ public final class TextCNNScorer: Scorer {
     private func bprStep(_ e: LearnEvent, _ tokensI: TokenizedText) {
         // A rating at or above the threshold counts 1; an implicit event its
         // learning weight (`[feedback]`), which scales the step's gradient.
-        let weight: Float = e.kind == .rating ? (e.value >= settings.positiveThreshold ? 1 : 0) : e.value
+        let weight = e.positiveWeight(threshold: settings.positiveThreshold)
         guard weight > 0, seenItems.count > 1 else { return }
         var j = e.item
         while j == e.item { j = seenItems[rng.below(seenItems.count)] }

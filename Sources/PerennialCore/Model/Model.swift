@@ -203,8 +203,8 @@ public final class Model: @unchecked Sendable {
             if !shared { lifecycle.touch(u, timestamp: timestamp, seq: lastSeq) }
             out.append(learn)
             if !shared { history.record(user: u, item: i) }
-            if shared, let id = pendingItemsOfUser { pendingUserItems.record(user: id, item: e.item) }
-            pendingItemsOfUser = nil
+            // (A shared user's event is one of an id still waiting for its row.)
+            if shared { pendingUserItems.record(user: e.user, item: e.item) }
         }
         if grew { growScorers() }
     }
@@ -250,7 +250,6 @@ public final class Model: @unchecked Sendable {
             return (u, isNew, false)
         }
         if !lifecycle.admission.admits(id) {
-            pendingItemsOfUser = id
             let (f, isNew) = users.insert(IdLifecycle.fallbackUserID)
             fallbackUser = f
             lifecycle.grow(users: users.count)
@@ -266,9 +265,6 @@ public final class Model: @unchecked Sendable {
 
     /// The items of user ids not yet admitted (PendingUserItems).
     let pendingUserItems: PendingUserItems
-    /// Set by `admitUser` when the event's user is pending: `admit` then
-    /// records the event's item for them.
-    private var pendingItemsOfUser: UInt64?
 
     /// Users whose ids expire give up their index: id, history and (on the
     /// learner, at the next generation's first event) learned state. Which

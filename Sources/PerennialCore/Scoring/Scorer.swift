@@ -34,6 +34,14 @@ public struct LearnEvent: Sendable, Equatable {
     /// from many people).
     public var sharedUser = false
 
+    /// How strongly the event counts as positive for a scorer: a rating 1
+    /// at or above `positiveThreshold`, else `belowThreshold`; an implicit
+    /// event its learning weight (`value`).
+    @inline(__always)
+    public func positiveWeight(threshold positiveThreshold: Float, belowThreshold: Float = 0) -> Float {
+        kind == .rating ? (value >= positiveThreshold ? 1 : belowThreshold) : value
+    }
+
     public init(seq: UInt64, user: Int32, item: Int32, kind: FeedbackKind, value: Float, timestamp: Int64) {
         self.seq = seq
         self.user = user
