@@ -237,7 +237,7 @@ import PerennialPlugins
         feed(first, 0..<1500)
         var w = SnapshotWriter()
         first.save(to: &w)
-        let store = SnapshotStore(directory: FileManager.default.temporaryDirectory.appendingPathComponent("snap-\(UUID().uuidString)").path)
+        let store = SnapshotStore(directory: ScratchDirectory.path("snapshots"))
         let path = try store.write(seq: first.lastSeq, firstLogSegment: 2, payload: w.bytes).path
         var (info, reader) = try store.read(path)
         #expect(info.seq == 1500 && info.firstLogSegment == 2)

@@ -88,7 +88,7 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
     /// A command-line option does not hide a wrong value in the file, and
     /// an error in the option's own value says it came from the command line.
     @Test func overriddenKeysAreStillChecked() throws {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("perennial-config-\(UUID().uuidString).toml").path
+        let path = ScratchDirectory.path("config") + ".toml"
         defer { try? FileManager.default.removeItem(atPath: path) }
         try "[server]\nport = \"7878\"\n".write(toFile: path, atomically: true, encoding: .utf8)
         #expect(throws: ConfigError(file: path, line: 2, message: "'server.port' must be an integer, found a string (\"7878\")")) {
@@ -152,7 +152,7 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
         #expect(throws: ConfigError(file: "test.toml", line: 3, message: "unknown key 'server.prot' (did you mean 'server.port'?)")) {
             try load("[server]\r\n# c\r\nprot = 1\r\n")
         }
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("perennial-config-\(UUID().uuidString)").path
+        let dir = ScratchDirectory.path("config")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let latin1 = dir + "/latin1.toml"

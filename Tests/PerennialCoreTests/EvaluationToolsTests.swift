@@ -25,7 +25,7 @@ import PerennialPlugins
     /// saving a version after batch `versionAfter`: the log's directory,
     /// the segment after the version, and the version's snapshot.
     func serveWithLog(_ events: [IncomingEvent], into live: Model, versionAfter: Int) throws -> (dir: String, segment: Int, snapshot: [UInt8]) {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("perennial-ver-\(UUID().uuidString)").path
+        let dir = ScratchDirectory.path("versions")
         let log = FeedbackLog(directory: dir, policy: .no)
         try log.openForAppend(lastSeq: 0)
         var scratch: [LearnEvent] = []

@@ -6,7 +6,7 @@ import Popularity
 
 @Suite struct FeedbackLogTests {
     func tempDir() -> String {
-        let d = FileManager.default.temporaryDirectory.appendingPathComponent("perennial-log-\(UUID().uuidString)").path
+        let d = ScratchDirectory.path("log")
         try? FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
         return d
     }

@@ -94,7 +94,7 @@ import PerennialProtocol
     /// connection lets the load through; a wrong token stops the run with
     /// the server's reason.
     @Test func driverSendsHelloWithTheToken() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("perennial-bench-\(UUID().uuidString)")
+        let dir = URL(fileURLWithPath: ScratchDirectory.path("bench"))
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let tokenFile = dir.appendingPathComponent("token").path
         try "bench-secret-1".write(toFile: tokenFile, atomically: true, encoding: .utf8)

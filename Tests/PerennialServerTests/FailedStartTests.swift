@@ -16,7 +16,7 @@ import PerennialPlugins
         // for: other tests open and close descriptors meanwhile, so counting
         // the process's is not exact.)
         for _ in 0..<3 {
-            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("perennial-failed-\(UUID().uuidString)").path
+            let dir = ScratchDirectory.path("failed")
             defer { try? FileManager.default.removeItem(atPath: dir) }
             var doc = ConfigDocument(file: "test")
             doc.set("server.port", .integer(running.port))

@@ -744,7 +744,7 @@ import Synchronization
 
 @Suite struct AuthTests {
     @Test func tokensGuardEverythingButHello() async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("perennial-auth-\(UUID().uuidString)")
+        let dir = URL(fileURLWithPath: ScratchDirectory.path("auth"))
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         try "client-secret-1\n".write(to: dir.appendingPathComponent("token"), atomically: true, encoding: .utf8)
         try "admin-secret-22".write(to: dir.appendingPathComponent("admin"), atomically: true, encoding: .utf8)

@@ -19,7 +19,7 @@ final class TestServer: Sendable {
     /// A server with its own new data directory, or `dataDir` (a restart),
     /// optionally starting from a model version.
     init(_ configText: String = "", dataDir: String? = nil, startVersion: String? = nil, dropScorers: Set<String> = []) throws {
-        let dir = dataDir ?? FileManager.default.temporaryDirectory.appendingPathComponent("perennial-test-\(UUID().uuidString)").path
+        let dir = dataDir ?? ScratchDirectory.path("server")
         self.dataDir = dir
         var doc = try ConfigDocument(text: configText, file: "test.toml")
         doc.set("server.port", .integer(0))
