@@ -136,6 +136,9 @@ class Client:
         self._pid = os.getpid()
         #: Held for each public call (`_serialised`).
         self._lock = threading.RLock()
+        #: How many times close() was called: a call connecting while it
+        #: changes was closed by another thread (see `_ensure_connected`).
+        self._closes = 0
         _clients.add(self)
 
     def __repr__(self) -> str:
@@ -188,6 +191,7 @@ class Client:
         connection down first, so that call ends at once with ConnectionError
         instead of the close waiting for it.
         """
+        self._closes += 1
         if not self._lock.acquire(blocking=False):
             sock = self._sock
             if sock is not None and not self._forked():
@@ -260,6 +264,7 @@ class Client:
             # (Left by an interruption that closed the connection before
             # they were told: their replies will never come on a new one.)
             self._fail_all(ConnectionError("the connection was closed before a reply came"))
+        closes = self._closes
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         except socket.timeout:
@@ -274,6 +279,15 @@ class Client:
         sel = selectors.DefaultSelector()
         sel.register(sock, selectors.EVENT_READ)
         self._sock, self._sel = sock, sel
+        if self._closes != closes:
+            # Another thread's close() came while this call was connecting,
+            # when there was no socket yet for it to shut down: this call
+            # ends as it would have on the open connection. (Checked after
+            # the socket is published: a close() that saw no socket has
+            # counted itself by now, and one that came later shuts it down.)
+            self._disconnect()
+            raise ConnectionError("connection closed by the client while connecting to %s:%s"
+                                  % (self.host, self.port))
         self._pid = os.getpid()
         self._decoder = FrameDecoder(REPLY_LIMITS)
         self._first_bytes = b""

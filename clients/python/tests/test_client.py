@@ -1642,3 +1642,47 @@ def test_close_from_another_thread_ends_a_waiting_call() -> None:
     listener.close()
     for h in held:
         h.close()
+
+
+def test_close_from_another_thread_ends_a_call_that_is_connecting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """close() while another thread's call is still connecting (no socket
+    yet to shut down) ends that call with ConnectionError once the connect
+    returns, instead of the call going on over the new connection
+    (helper-58, suspected; reproduced with a connect held open)."""
+    import threading
+    from perennial import client as client_module
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    connecting, release = threading.Event(), threading.Event()
+    real_connect = client_module.socket.create_connection
+
+    def slow_connect(*args: Any, **kwargs: Any) -> socket.socket:
+        connecting.set()
+        release.wait(5)
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(client_module.socket, "create_connection", slow_connect)
+    c = perennial.Client("127.0.0.1", listener.getsockname()[1], timeout=None, hello=False)
+    outcome: List[BaseException] = []
+
+    def call() -> None:
+        try:
+            c.ping()  # would wait for ever: the listener never answers
+        except BaseException as e:  # noqa: BLE001 - checked below
+            outcome.append(e)
+
+    t = threading.Thread(target=call)
+    t.start()
+    assert connecting.wait(5)
+    closer = threading.Thread(target=c.close)
+    closer.start()
+    time.sleep(0.2)  # close() is waiting for the call's lock
+    release.set()
+    t.join(5)
+    closer.join(5)
+    assert not t.is_alive() and not closer.is_alive()
+    assert outcome and isinstance(outcome[0], perennial.ConnectionError), outcome
+    assert "while connecting" in str(outcome[0])
+    assert not c.connected
+    listener.close()
