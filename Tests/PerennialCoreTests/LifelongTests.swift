@@ -254,6 +254,10 @@ import PerennialPlugins
         #expect(p.count == 1000 && p.items(of: 200_000) == [200_000] && p.items(of: 1).isEmpty)
         for k in 1...5 { p.record(user: 200_000, item: UInt64(k)) }
         #expect(p.items(of: 200_000) == [4, 5])
+        // A repeat moves to the end instead of pushing an older item out.
+        p.record(user: 200_000, item: 4)
+        #expect(p.items(of: 200_000) == [5, 4])
+        p.record(user: 200_000, item: 5)
         #expect(p.take(200_000) == [4, 5] && p.count == 999)
         #expect(p.bytes < 200_000)
         // Ids admitted one after another leave nothing behind (helper-57: the

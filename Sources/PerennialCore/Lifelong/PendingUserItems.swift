@@ -7,7 +7,7 @@
 //
 // Bounded: at most `maxUsers` ids (the one pending longest is dropped to
 // make room, as the admission sketch would soon forget it) with at most
-// `maxItems` items each (the oldest fall off), so a stream of one-off ids
+// `maxItems` distinct items each (the oldest fall off), so a stream of one-off ids
 // costs no more than that; the queue of ids in arrival order is compacted
 // once it holds more stale entries than live ones. Saved in snapshots, so
 // a restart or a crash's replay serves exactly what a server that never
@@ -46,6 +46,8 @@ public final class PendingUserItems {
             pending[user] = ([], nextSerial)
             order.append((user, nextSerial))
         }
+        // (A repeat moves to the end rather than taking a second place.)
+        if let at = pending[user]!.items.firstIndex(of: item) { pending[user]!.items.remove(at: at) }
         pending[user]!.items.append(item)
         if pending[user]!.items.count > maxItems { pending[user]!.items.removeFirst() }
         compactIfStale()

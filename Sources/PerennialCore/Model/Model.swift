@@ -134,8 +134,10 @@ public final class Model: @unchecked Sendable {
         feedbackWeights = config.feedbackWeights
         replayBuffer = ReplayBuffer(capacity: config.lifelong.replayBuffer, seed: config.lifelong.seed)
         lifecycle = IdLifecycle(config.lifelong)
+        // Room for twice the events admission needs: the sketch's halving
+        // can make an id wait for more (helper-57).
         pendingUserItems = PendingUserItems(maxUsers: config.lifelong.minOccurrences > 1 ? config.lifelong.admissionWindow : 0,
-                                            maxItems: config.lifelong.minOccurrences - 1)
+                                            maxItems: 2 * (config.lifelong.minOccurrences - 1))
         itemLifecycle = ItemLifecycle(expireAfterSeconds: config.lifelong.itemExpireAfterSeconds,
                                       minOccurrences: config.lifelong.itemMinOccurrences,
                                       admissionWindow: config.lifelong.admissionWindow)
