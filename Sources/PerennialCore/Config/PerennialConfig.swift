@@ -91,6 +91,9 @@ public struct LifelongConfig: Sendable, Equatable {
     /// must reach its count within about this many. Sizes each sketch at
     /// 16 bytes per sighting of the window.
     public var admissionWindow = 65_536
+    /// How many of the latest deleted item ids are remembered, so a late
+    /// event naming one does not bring it back (DeletedItemIds; 0 = none).
+    public var deletedItemsRemembered = 100_000
     /// Seed of replay's draws: learning is reproducible from the log.
     public var seed: UInt64 = 99
     public init() {}
@@ -347,6 +350,7 @@ public struct PerennialConfig: Sendable {
         ll.itemExpireAfterSeconds = try r.int("lifelong.item_expire_after_seconds", default: ll.itemExpireAfterSeconds, in: 0...(1 << 40))
         ll.itemMinOccurrences = try r.int("lifelong.item_min_occurrences", default: ll.itemMinOccurrences, in: 1...255)
         ll.admissionWindow = try r.int("lifelong.admission_window", default: ll.admissionWindow, in: 1024...(1 << 24))
+        ll.deletedItemsRemembered = try r.int("lifelong.deleted_items_remembered", default: ll.deletedItemsRemembered, in: 0...100_000_000)
         ll.seed = UInt64(try r.int("lifelong.seed", default: Int(ll.seed), in: 0...Int.max))
         c.lifelong = ll
 

@@ -45,14 +45,17 @@ public struct SnapshotStore: Sendable {
     /// 2: lifelong-learning state (replay, anchors, meta start, id lifecycle);
     /// 3: item expiry; 4: item admission (`item_min_occurrences`);
     /// 5: the admission sketches' aging (`admission_window`); 6: the items
-    /// of user ids waiting for a row (PendingUserItems).
-    public static let version: UInt32 = 6
+    /// of user ids waiting for a row (PendingUserItems); 7: the deleted
+    /// item ids remembered (DeletedItemIds).
+    public static let version: UInt32 = 7
     /// Formats this build reads: 2 lacks item expiry's state (read as no
     /// item ever expired), 3 item admission's (counting starts afresh), 4
     /// the sketches' place in their aging window (read as its start), 5 the
-    /// pending users' items (read as none), so a data directory whose log
-    /// before its snapshot is pruned still starts after an upgrade.
-    public static let readable: ClosedRange<UInt32> = 2...6
+    /// pending users' items (read as none), 6 the deleted items remembered
+    /// (read as none: a late event can bring back an item deleted before
+    /// the upgrade), so a data directory whose log before its snapshot is
+    /// pruned still starts after an upgrade.
+    public static let readable: ClosedRange<UInt32> = 2...7
 
     public init(directory: String) { self.directory = directory }
 

@@ -138,6 +138,7 @@ public final class Model: @unchecked Sendable {
         // can make an id wait for more (helper-57).
         pendingUserItems = PendingUserItems(maxUsers: config.lifelong.minOccurrences > 1 ? config.lifelong.admissionWindow : 0,
                                             maxItems: 2 * (config.lifelong.minOccurrences - 1))
+        deletedItems = DeletedItemIds(capacity: config.lifelong.deletedItemsRemembered)
         itemLifecycle = ItemLifecycle(expireAfterSeconds: config.lifelong.itemExpireAfterSeconds,
                                       minOccurrences: config.lifelong.itemMinOccurrences,
                                       admissionWindow: config.lifelong.admissionWindow)
@@ -291,14 +292,13 @@ public final class Model: @unchecked Sendable {
     /// than `item_min_occurrences` times, the shared fallback item's.
     /// Returns whether tables must grow.
     private func admitItem(_ id: UInt64, byEvent: Bool = false) -> (Int32, Bool) {
+        if byEvent, !deletedItems.isEmpty, deletedItems.contains(id) {
+            // A deleted item stays deleted (DeletedItemIds).
+            eventsOnDeletedItems += 1
+            return admitFallbackItem()
+        }
         if byEvent, itemLifecycle.admission.filters, items.index(of: id) == nil, !itemLifecycle.admission.admits(id) {
-            let (f, grows) = admitItem(ItemLifecycle.fallbackItemID)
-            if fallbackItem != f {
-                // Never an answer: excluded like a vacant index.
-                fallbackItem = f
-                forEachExclusionSet { $0.excludeAlways(f) }
-            }
-            return (f, grows)
+            return admitFallbackItem()
         }
         let (i, isNew, reused) = items.insertReportingReuse(id)
         if isNew {
@@ -314,6 +314,24 @@ public final class Model: @unchecked Sendable {
         }
         return (i, isNew)
     }
+
+    /// The shared fallback item's index (made on first use): it takes the
+    /// events of item ids without a row of their own, and is never an answer.
+    private func admitFallbackItem() -> (Int32, Bool) {
+        let (f, grows) = admitItem(ItemLifecycle.fallbackItemID)
+        if fallbackItem != f {
+            // Never an answer: excluded like a vacant index.
+            fallbackItem = f
+            forEachExclusionSet { $0.excludeAlways(f) }
+        }
+        return (f, grows)
+    }
+
+    /// The latest deleted item ids: events naming them train the fallback
+    /// item (`lifelong.deleted_items_remembered`).
+    let deletedItems: DeletedItemIds
+    /// Events that named a remembered deleted item (STATS).
+    public private(set) var eventsOnDeletedItems: UInt64 = 0
 
     /// Every item idle for the expiry time goes, with every reference to
     /// it (ItemLifecycle): its id, text and history entries here, its row
@@ -345,8 +363,13 @@ public final class Model: @unchecked Sendable {
     public func deleteItems(_ ids: [UInt64]) -> Int {
         // (With `item_min_occurrences`, the sketch's count of each id goes
         // too: back, the id waits for its row like a new one.)
+        // Remembered as deleted: what the model holds of them, or already
+        // remembered (a repeated deletion makes it the latest again). Only
+        // ids this logged deletion held, so a replay remembers the same.
+        let remembered = ids.filter { holdsAnything(ofItem: $0) }
         for id in ids { itemLifecycle.admission.forgetSightings(of: id) }
         pendingUserItems.remove(items: Set(ids))
+        for id in remembered { deletedItems.insert(id) }
         let held = heldIndices(ids, in: items)
         guard !held.isEmpty else { return 0 }
         precondition(appliedSeq == lastSeq, "ids are forgotten with the learner idle")
@@ -397,11 +420,15 @@ public final class Model: @unchecked Sendable {
     }
 
     /// Whether the model holds anything of these item ids: a row, (with
-    /// `item_min_occurrences`) a count of sightings, or a place in a pending
-    /// user's items (admitting thread): a deletion that changes anything is
-    /// logged, so a replay makes the same change.
-    public func holdsAnyItem(of ids: [UInt64]) -> Bool {
-        ids.contains { items.index(of: $0) != nil || itemLifecycle.admission.hasSightings(of: $0) || pendingUserItems.mentions(item: $0) }
+    /// `item_min_occurrences`) a count of sightings, a place in a pending
+    /// user's items, or a place among the deleted ids remembered (admitting
+    /// thread): a deletion that changes anything is logged, so a replay
+    /// makes the same change.
+    public func holdsAnyItem(of ids: [UInt64]) -> Bool { ids.contains { holdsAnything(ofItem: $0) } }
+
+    private func holdsAnything(ofItem id: UInt64) -> Bool {
+        items.index(of: id) != nil || itemLifecycle.admission.hasSightings(of: id)
+            || pendingUserItems.mentions(item: id) || deletedItems.contains(id)
     }
 
     /// Forgets held item indices (sorted) and every reference to them; the
@@ -442,6 +469,8 @@ public final class Model: @unchecked Sendable {
     /// boundary). Returns whether the id was new and whether the text was cut.
     public func upsertItem(id: UInt64, text: String, attributes: [(String, String)]) -> (created: Bool, truncated: Bool) {
         let wasKnown = items.index(of: id) != nil
+        // (Brings a deleted id back on purpose.)
+        deletedItems.remove(id)
         let (index, grows) = admitItem(id)
         let isNew = !wasKnown
         if grows { growScorers() }
@@ -640,6 +669,8 @@ public final class Model: @unchecked Sendable {
         itemVacancy.save(to: &w, items: items.count)
         itemLifecycle.saveAdmission(to: &w)
         pendingUserItems.save(to: &w)
+        deletedItems.save(to: &w)
+        w.u64(eventsOnDeletedItems)
         // Each scorer's state is a named, length-prefixed block, so a config
         // that adds or drops a scorer can still load the others.
         w.int(scorers.count)
@@ -750,6 +781,10 @@ public final class Model: @unchecked Sendable {
         }
         if r.format >= 4 { try itemLifecycle.loadAdmission(from: &r) }
         if r.format >= 6 { try pendingUserItems.load(from: &r) }
+        if r.format >= 7 {
+            try deletedItems.load(from: &r)
+            eventsOnDeletedItems = try r.u64()
+        }
         lifecycle.enrollUntracked(users: userCount) { u in users.id(at: u) != 0 && u != fallbackUser }
         replayHeld.store(UInt64(replayBuffer.events.count), ordering: .relaxed)
         replayed.store(replayBuffer.drawn, ordering: .relaxed)
@@ -977,6 +1012,8 @@ public final class Model: @unchecked Sendable {
             ("lifelong_item_sweeps", itemLifecycle.sweeps),
             ("lifelong_item_min_occurrences", UInt64(itemLifecycle.minOccurrences)),
             ("lifelong_item_shared_events", itemLifecycle.sharedEvents),
+            ("lifelong_deleted_items_remembered", UInt64(deletedItems.count)),
+            ("lifelong_events_on_deleted_items", eventsOnDeletedItems),
             ("lifelong_admission_window", UInt64(lifelong.admissionWindow)),
             ("lifelong_item_sweep_max_us", itemSweepMaxMicros),
         ]

@@ -658,8 +658,10 @@ class Client:
         row, its text, every user's history entry of it) and never
         recommends it again; the deletion is logged, so it survives a
         crash. Returns how many of the items the server held (ids it did
-        not hold are ignored). An item id that comes back later, in an event
-        or an upsert, starts afresh. The server waits for the learner to
+        not hold are ignored). A later event naming a deleted id does not
+        bring it back (the server remembers the latest
+        ``lifelong.deleted_items_remembered`` deletions); an upsert does, as
+        a new item. The server waits for the learner to
         apply the feedback accepted before it (at most
         ``learner.max_lag_seconds`` or so). Raises InvalidArgument for id 0
         or above 2^63-1, ValueError for an empty list.

@@ -1,5 +1,6 @@
 """DELETE_ITEMS and DELETE_USERS against a real server: a deleted item is
-never recommended again and SCORE calls it unknown; a deleted user is a
+never recommended again and SCORE calls it unknown, even after later events
+name it (until an UPSERT_ITEM brings it back); a deleted user is a
 stranger; a deletion waits for the learner to apply what came before it
 without stopping reads; and a server killed with kill -9 replays its log
 to a model that answers exactly as the live one did, the deletions
@@ -64,13 +65,18 @@ def test_deleted_items_and_users_are_forgotten_and_a_replay_forgets_them_too(tmp
             stranger = c.recommend(777_777, k=10, scorer=name)
             for u in heavy:
                 assert c.recommend(u, k=10, scorer=name) == stranger, name
-        # Later events: some name deleted ids again, which come back as new items.
+        # Later events: some name deleted ids again, which stay deleted.
         for start in range(0, len(later), 1000):
             c.feedback(later[start:start + 1000])
         c.recommend(1, k=1)                                            # waits until they are applied
         st = c.stats()
-    returned = {e.item for e in later} & set(popular)
-    assert returned, "the test needs some deleted ids to come back"
+        assert not any(s.known for s in c.score(users[0], popular))
+        for name in SCORERS:
+            assert not {r.item for r in c.recommend(users[0], k=50, scorer=name)} & set(popular), name
+    named_again = [e for e in later if e.item in set(popular)]
+    assert named_again, "the test needs later events that name deleted ids"
+    assert st["lifelong_events_on_deleted_items"] == len(named_again)
+    assert st["lifelong_deleted_items_remembered"] == 30
     assert {e.user for e in later} & set(heavy), "the test needs a deleted user to come back"
     live = _answers(port, users + heavy, popular)
     proc.send_signal(signal.SIGKILL)
@@ -82,8 +88,14 @@ def test_deleted_items_and_users_are_forgotten_and_a_replay_forgets_them_too(tmp
     assert again["events_applied"] == len(events)
     for key in ("items", "item_rows", "users", "user_rows"):
         assert again[key] == st[key], key
-    assert known == returned
+    assert known == set() and again["lifelong_events_on_deleted_items"] == len(named_again)
     replayed = _answers(port, users + heavy, popular)
+    # An upsert brings a deleted id back on purpose, as a new item.
+    with perennial.Client("127.0.0.1", port) as c:
+        assert c.upsert_item(popular[0], "back in stock").created
+        c.feedback([perennial.Event(users[0], popular[0])])
+        assert [s.known for s in c.score(users[1], popular[:2])] == [True, False]
+        assert c.stats()["lifelong_deleted_items_remembered"] == 29
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     assert replayed == live

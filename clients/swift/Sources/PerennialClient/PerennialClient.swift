@@ -365,7 +365,9 @@ public final class PerennialClient: @unchecked Sendable {
     /// Deletes items for good (a discontinued product, a withdrawn
     /// article): the server forgets each with everything learned about it
     /// and never recommends it again. Returns how many it held; ids it did
-    /// not hold are ignored. An item sent again later starts afresh.
+    /// not hold are ignored. A later event naming it does not bring it
+    /// back (while the server remembers the deletion); an upsert does, as
+    /// a new item.
     public func deleteItems(_ items: [UInt64]) async throws -> Int {
         guard case .deleteItems(let n) = try await call(.deleteItems(items)) else { throw unexpected() }
         return Int(n)
