@@ -649,6 +649,10 @@ final class RequestHandler {
             also.append("[server] recommend batching")
         }
         if next.busyPollMicros != config.busyPollMicros { also.append("server.busy_poll_us = \(next.busyPollMicros)") }
+        if next.historyExcludedKinds != config.historyExcludedKinds {
+            let kinds = FeedbackKind.allCases.filter { next.historyExcludedKinds & KindMask.of($0) != 0 }.map(\.name)
+            also.append("history.exclude_kinds = [\(kinds.joined(separator: ", "))]")
+        }
         if next.learnerMaxLagSeconds != config.learnerMaxLagSeconds { also.append("learner.max_lag_seconds = \(next.learnerMaxLagSeconds)") }
         if next.snapshotEveryEvents != config.snapshotEveryEvents || next.snapshotKeep != config.snapshotKeep
             || next.snapshotRecoverySeconds != config.snapshotRecoverySeconds

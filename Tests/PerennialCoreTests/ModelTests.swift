@@ -62,20 +62,47 @@ func popularityOnly() throws -> PerennialConfig {
 
     @Test func historyIsBoundedPerUser() {
         let h = InteractionHistory(limitPerUser: 3)
-        for i in 0..<5 { h.record(user: 2, item: Int32(i)) }
+        for i in 0..<5 { h.record(user: 2, item: Int32(i), kind: .click) }
         #expect(h.items(of: 2) == [2, 3, 4])
         #expect(h.items(of: 0).isEmpty)
         #expect(h.totalEntries == 3)
         // An item seen again moves to the newest place; repeats never push
         // the user's other items out.
-        for _ in 0..<1000 { h.record(user: 2, item: 3) }
+        for _ in 0..<1000 { h.record(user: 2, item: 3, kind: .view) }
         #expect(h.items(of: 2) == [2, 4, 3])
         #expect(h.totalEntries == 3)
-        h.record(user: 2, item: 9)
+        h.record(user: 2, item: 9, kind: .purchase)
         #expect(h.items(of: 2) == [4, 3, 9])
+        // The kinds follow their entries: item 3 had a click and views.
+        #expect(h.kinds(of: 2) == [KindMask.of(.click), KindMask.of([.click, .view]), KindMask.of(.purchase)])
         h.restore(user: 5, items: [1, 2, 3, 4])
-        #expect(h.items(of: 5) == [2, 3, 4])
+        #expect(h.items(of: 5) == [2, 3, 4] && h.kinds(of: 5) == [0, 0, 0])
         #expect(h.totalEntries == 6)
+    }
+
+    /// `exclude_kinds` chooses which entries are excluded; an entry of
+    /// unknown kind (restored from an older snapshot) always is.
+    @Test func historyExcludesByKind() {
+        let h = InteractionHistory(limitPerUser: 10)
+        h.record(user: 0, item: 1, kind: .view)
+        h.record(user: 0, item: 2, kind: .purchase)
+        h.record(user: 0, item: 3, kind: .view)
+        h.record(user: 0, item: 3, kind: .purchase)   // viewed, then bought
+        h.record(user: 0, item: 4, kind: .click)
+        #expect(h.restoreKinds(user: 0, kinds: h.kinds(of: 0)) && !h.restoreKinds(user: 0, kinds: [1]))
+        func excluded(_ kinds: [FeedbackKind]) -> [Int32] {
+            var out: [Int32] = []
+            h.forEachExcludedItem(of: 0, excluded: KindMask.of(kinds)) { out.append($0) }
+            return out
+        }
+        #expect(excluded([.purchase]) == [2, 3])
+        #expect(excluded([.purchase, .click]) == [2, 3, 4])
+        #expect(excluded([]) == [])
+        #expect(excluded(FeedbackKind.allCases) == [1, 2, 3, 4])
+        h.restore(user: 1, items: [7, 8], kinds: [KindMask.of(.view), 0])
+        var old: [Int32] = []
+        h.forEachExcludedItem(of: 1, excluded: KindMask.of(.purchase)) { old.append($0) }
+        #expect(old == [8])
     }
 
     @Test func popularityRecommendsUnseenPopularItems() throws {

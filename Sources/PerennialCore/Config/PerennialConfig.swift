@@ -141,6 +141,9 @@ public struct PerennialConfig: Sendable {
     /// max_events), so accepted feedback is learned within about this long.
     public var learnerMaxLagSeconds: Double = 2
     public var historyPerUser = 1000
+    /// The kinds of event whose items RECOMMEND leaves out of the user's
+    /// answers (a KindMask; `[history] exclude_kinds`): all by default.
+    public var historyExcludedKinds = KindMask.all
     /// Sessions remembered for RECOMMEND's session_id: how many, how many
     /// recent items each, and how long an unused one lives.
     public var maxSessions = 100_000
@@ -311,6 +314,15 @@ public struct PerennialConfig: Sendable {
         }
         c.learnerMaxLagSeconds = try r.double("learner.max_lag_seconds", default: c.learnerMaxLagSeconds, in: 0...1e6)
         c.historyPerUser = try r.int("history.max_items_per_user", default: c.historyPerUser, in: 0...1_000_000)
+        var excluded: UInt8 = 0
+        for name in try r.strings("history.exclude_kinds", default: FeedbackKind.allCases.map(\.name)) {
+            guard let kind = FeedbackKind.allCases.first(where: { $0.name == name }) else {
+                throw ConfigError(file: doc.file, line: doc.entries["history.exclude_kinds"]?.line,
+                                  message: "'history.exclude_kinds' names unknown kind \"\(name)\"; kinds: \(FeedbackKind.allCases.map(\.name).joined(separator: ", "))")
+            }
+            excluded |= KindMask.of(kind)
+        }
+        c.historyExcludedKinds = excluded
         c.maxSessions = try r.int("sessions.max_sessions", default: c.maxSessions, in: 0...100_000_000)
         c.sessionItems = try r.int("sessions.max_items", default: c.sessionItems, in: 1...10_000)
         c.sessionIdleSeconds = try r.int("sessions.idle_seconds", default: c.sessionIdleSeconds, in: 1...(1 << 31))

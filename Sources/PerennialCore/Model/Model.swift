@@ -129,6 +129,7 @@ public final class Model: @unchecked Sendable {
 
     public init(config: PerennialConfig, registry: ScorerRegistry) {
         history = InteractionHistory(limitPerUser: config.historyPerUser)
+        excludedKinds = config.historyExcludedKinds
         table = EmbeddingTable(dimension: config.tableDimension, seed: UInt64(config.tableSeed), lifelong: config.lifelong)
         lifelong = config.lifelong
         feedbackWeights = config.feedbackWeights
@@ -205,7 +206,7 @@ public final class Model: @unchecked Sendable {
             learn.sharedUser = shared
             if !shared { lifecycle.touch(u, timestamp: timestamp, seq: lastSeq) }
             out.append(learn)
-            if !shared { history.record(user: u, item: i) }
+            if !shared { history.record(user: u, item: i, kind: e.kind) }
             // (A shared user's event is one of an id still waiting for its row.)
             if shared { pendingUserItems.record(user: e.user, item: e.item) }
         }
@@ -262,7 +263,8 @@ public final class Model: @unchecked Sendable {
         let (u, isNew) = users.insert(id)
         lifecycle.grow(users: users.count)
         // What the id did while it waited for its row: its history, first.
-        for item in pendingUserItems.take(id) { if let i = items.index(of: item) { history.record(user: u, item: i) } }
+        // (Their kinds are not kept: excluded under any exclude_kinds.)
+        for item in pendingUserItems.take(id) { if let i = items.index(of: item) { history.record(user: u, item: i, kind: nil) } }
         return (u, isNew, false)
     }
 
@@ -326,6 +328,10 @@ public final class Model: @unchecked Sendable {
         }
         return (f, grows)
     }
+
+    /// The kinds of event that keep an item out of its user's answers
+    /// (`[history] exclude_kinds`, a KindMask; RELOAD may change it).
+    public private(set) var excludedKinds: UInt8
 
     /// The latest deleted item ids: events naming them train the fallback
     /// item (`lifelong.deleted_items_remembered`).
@@ -556,6 +562,7 @@ public final class Model: @unchecked Sendable {
     /// All or nothing: on error the old scorers stay. Returns what changed.
     public func reconfigure(_ config: PerennialConfig) throws -> Reconfiguration {
         precondition(appliedSeq == lastSeq, "reconfigure needs an idle learner")
+        excludedKinds = config.historyExcludedKinds
         let environment = ScorerEnvironment(table: table, vacancy: itemVacancy)
         var next: [any Scorer] = []
         var changes: [String] = []
@@ -671,6 +678,11 @@ public final class Model: @unchecked Sendable {
         pendingUserItems.save(to: &w)
         deletedItems.save(to: &w)
         w.u64(eventsOnDeletedItems)
+        for u in 0..<users.count {
+            let k = history.kinds(of: Int32(u))
+            w.int(k.count)
+            for b in k { w.u8(b) }
+        }
         // Each scorer's state is a named, length-prefixed block, so a config
         // that adds or drops a scorer can still load the others.
         w.int(scorers.count)
@@ -784,6 +796,17 @@ public final class Model: @unchecked Sendable {
         if r.format >= 7 {
             try deletedItems.load(from: &r)
             eventsOnDeletedItems = try r.u64()
+            for u in 0..<userCount {
+                var k: [UInt8] = []
+                for _ in 0..<(try r.count(bytesEach: 1)) {
+                    let b = try r.u8()
+                    guard b & ~KindMask.all == 0 else { throw LogError("snapshot: history kind bits \(b) of user index \(u) name no kind") }
+                    k.append(b)
+                }
+                guard history.restoreKinds(user: Int32(u), kinds: k) else {
+                    throw LogError("snapshot: user index \(u) has \(k.count) history kinds for \(history.items(of: Int32(u)).count) items")
+                }
+            }
         }
         lifecycle.enrollUntracked(users: userCount) { u in users.id(at: u) != 0 && u != fallbackUser }
         replayHeld.store(UInt64(replayBuffer.events.count), ordering: .relaxed)
@@ -954,7 +977,7 @@ public final class Model: @unchecked Sendable {
         // their history alone, never from someone else's row.
         let u = own.map { rowIsCurrent($0) ? $0 : nil } ?? fallbackUser
         exclusions.reset(itemCount: items.count)
-        if let own { history.forEachItem(of: own) { exclusions.insert($0) } }
+        if let own { history.forEachExcludedItem(of: own, excluded: excludedKinds) { exclusions.insert($0) } }
         // A user id still waiting for its row: its own items so far.
         let pending = own == nil ? pendingUserItems.items(of: user).compactMap { items.index(of: $0) } : []
         for i in pending { exclusions.insert(i) }

@@ -9,6 +9,16 @@ public enum FeedbackKind: UInt8, Sendable, CaseIterable {
     case click = 2
     case purchase = 3
     case rating = 4
+
+    /// As configs and clients spell it.
+    public var name: String {
+        switch self {
+        case .view: "view"
+        case .click: "click"
+        case .purchase: "purchase"
+        case .rating: "rating"
+        }
+    }
 }
 
 /// An accepted event as the learner sees it: dense row indices instead of
