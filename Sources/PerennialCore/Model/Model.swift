@@ -562,7 +562,6 @@ public final class Model: @unchecked Sendable {
     /// All or nothing: on error the old scorers stay. Returns what changed.
     public func reconfigure(_ config: PerennialConfig) throws -> Reconfiguration {
         precondition(appliedSeq == lastSeq, "reconfigure needs an idle learner")
-        excludedKinds = config.historyExcludedKinds
         let environment = ScorerEnvironment(table: table, vacancy: itemVacancy)
         var next: [any Scorer] = []
         var changes: [String] = []
@@ -615,6 +614,7 @@ public final class Model: @unchecked Sendable {
         scorers = next
         scorerNames = next.map(\.name)
         defaultScorer = config.defaultScorer
+        excludedKinds = config.historyExcludedKinds
         routes = [:]
         for r in config.routes { routes[r.name] = r }
         settings = [:]
