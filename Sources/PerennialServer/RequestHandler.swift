@@ -610,8 +610,25 @@ final class RequestHandler {
         var fixed: [String] = []
         if next.host != config.host || next.port != config.port { fixed.append("server.host/port") }
         if next.dataDir != config.dataDir { fixed.append("server.data_dir") }
-        if next.tableDimension != config.tableDimension || next.tableSeed != config.tableSeed {
-            throw ProtocolError(.invalidArgument, "the new config changes [table], which shapes the stored model: it cannot change on this data directory, not even by a restart (keep the old value, or serve from a new data directory and send it the events again); nothing was changed")
+        var table: [String] = []
+        if next.tableDimension != config.tableDimension { table.append("table.dimension \(config.tableDimension) -> \(next.tableDimension)") }
+        if next.tableSeed != config.tableSeed { table.append("table.seed \(config.tableSeed) -> \(next.tableSeed)") }
+        if !table.isEmpty {
+            throw ProtocolError(.invalidArgument, "the new config changes \(table.joined(separator: ", ")), which shapes the stored model: it cannot change on this data directory, not even by a restart (keep the old value, or serve from a new data directory and send it the events again); nothing was changed")
+        }
+        // Removing a scorer drops its learned state from the served model;
+        // a kept version holding it lets an operator who did so by mistake
+        // roll back. With none (no snapshot since the scorer came), the
+        // state would be lost for good, which a restart refuses too
+        // (review finding, helper-60): a snapshot first keeps it.
+        let removing = model.scorerNames.filter { name in !next.scorers.contains { $0.name == name } }
+        if !removing.isEmpty && model.lastSeq > 0 {
+            let kept = snapshots.store.files().contains { file in
+                (snapshots.store.metadata(of: file)["scorers"] as? [String]).map { s in removing.allSatisfy(s.contains) } ?? false
+            }
+            if !kept {
+                throw ProtocolError(.invalidArgument, "the new config removes \(removing.joined(separator: ", ")), whose learned state no kept version holds (no snapshot since it was loaded): the RELOAD would lose it for good; nothing was changed. Take a snapshot first (perennial admin snapshot), which keeps it in a version you can roll back to, then RELOAD again")
+            }
         }
         if next.fsync != config.fsync || next.logSegmentBytes != config.logSegmentBytes { fixed.append("[log]") }
         if next.learnerQueueCapacity != config.learnerQueueCapacity { fixed.append("learner.queue_capacity") }

@@ -82,7 +82,11 @@ def test_reload_under_load(start_server) -> None:
             _write(cfg, '"cf", "popularity"', "cf", "0.5")       # cf adjusted in place
             admin.reload()
             time.sleep(1)
-            _write(cfg, '"cf"', "cf")                             # popularity removed
+            _write(cfg, '"cf"', "cf")                             # popularity removed...
+            with pytest.raises(perennial.InvalidArgument, match="no kept version holds"):
+                admin.reload()                                   # ...refused: no version holds its state
+            assert admin.recommend(1, k=3, scorer="popularity")  # (nothing was changed)
+            admin.snapshot()                                     # a version that keeps it
             admin.reload()
             with pytest.raises(perennial.UnknownScorer):
                 admin.recommend(1, k=3, scorer="popularity")
@@ -91,8 +95,8 @@ def test_reload_under_load(start_server) -> None:
             with pytest.raises(perennial.ServerError) as bad:
                 admin.reload()
             assert "lod" in str(bad.value) and "load" in str(bad.value)
-            cfg.write_text("[table]\ndimension = 32\n")         # needs a restart: refused
-            with pytest.raises(perennial.ServerError):
+            cfg.write_text("[table]\ndimension = 32\n")         # shapes the model: refused, named
+            with pytest.raises(perennial.ServerError, match="table.dimension 64 -> 32"):
                 admin.reload()
             assert admin.recommend(1, k=3)                         # still serving with cf
             _write(cfg, '"cf", "popularity"', "popularity")
@@ -354,6 +358,7 @@ def test_a_snapshot_asked_for_after_a_reload_is_kept(start_server) -> None:
     cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
     with srv.client() as c:
         c.feedback([perennial.Event(u, i) for u in range(1, 20) for i in range(1, 20)])
+        c.snapshot()                                   # (a version holds popularity: it may go)
         _write(cfg, '"cf"', "cf")
         c.reload()
         asked = c.snapshot()
@@ -722,8 +727,10 @@ def test_a_sighup_still_waiting_when_the_server_stops_is_carried_out(start_serve
     cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
     events = _events(seed=7, count=40000)
     with srv.client(timeout=30) as feeder, srv.client() as reader:
+        feeder.feedback(events[:100])
+        feeder.snapshot()                                         # (a version holds session-rnn: it may go)
         _write(cfg, '"cf"', "cf")                                 # session-rnn removed (read at SIGHUP)
-        _build_backlog(feeder, events)
+        _build_backlog(feeder, events[100:])
         srv.proc.send_signal(signal.SIGHUP)
         time.sleep(0.05)                                          # the signal is handled
         behind = reader.stats()
