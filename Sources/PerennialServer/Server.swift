@@ -244,7 +244,8 @@ public final class Server: Sendable {
                 if firstSkip == nil { firstSkip = "\(error)" }
             }
         }
-        if firstSegment == 1 && !snapshots.files().isEmpty && (FeedbackLog.segments(in: log.directory).first ?? 1) > 1 {
+        let logStart = try FeedbackLog.segments(in: log.directory).first ?? 1
+        if firstSegment == 1 && !snapshots.files().isEmpty && logStart > 1 {
             let changed = snapshots.files().first.map { changedSettings(since: $0, snapshots: snapshots) } ?? []
             let cause = changed.isEmpty
                 ? "Most likely the config changes a setting that shapes the stored model ([table] dimension, or a scorer's size such as cf neighbours or rating_factors), which cannot change on an existing data directory: put the old value back"

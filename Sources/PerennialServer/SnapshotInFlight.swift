@@ -70,7 +70,17 @@ struct SnapshotJob: @unchecked Sendable {
         // the OS now rather than keep them as free heap.
         payload = []
         _ = malloc_trim(0)
-        return SnapshotWritten(file: file, keepLogFrom: store.prune(keep: keep))
+        // Never past the segments this snapshot itself needs: a kept file
+        // that claims a later first segment (copied in from another data
+        // directory, or damaged in a format whose checksum did not cover
+        // its header) would otherwise have the live log deleted (review
+        // finding, helper-59: acknowledged events lost).
+        var keepFrom = store.prune(keep: keep)
+        if let claimed = keepFrom, claimed > firstLogSegment {
+            Log.warning("snapshot \(file.id): a kept version claims log segment \(claimed) as its first, past this snapshot's \(firstLogSegment): it is not this directory's (copied in?), so no log segment after \(firstLogSegment) is removed for it; remove it from \(store.directory)")
+            keepFrom = firstLogSegment
+        }
+        return SnapshotWritten(file: file, keepLogFrom: keepFrom)
     }
 }
 

@@ -74,7 +74,17 @@ struct LogCommand: ParsableCommand {
                                                                       fromSnapshot: base.map { "snapshot \($0.file.id)" }) {
                     print("note: \(warning)")
                 }
-                let r = try FeedbackLog.scan(directory: dir, fromSegment: firstNeeded, cutTornTail: false) { _ in }
+                // Sequence numbers continue from the snapshot's, as start-up
+                // checks (a segment cut at a record boundary loses records
+                // that every checksum still passes: helper-59).
+                var next = (base?.info.seq ?? 0) + 1
+                let r = try FeedbackLog.scan(directory: dir, fromSegment: firstNeeded, cutTornTail: false) { record in
+                    guard case .feedback(let first, let events) = record else { return }
+                    guard first == next else {
+                        throw LogError("the log jumps from sequence \(next - 1) to \(first): records are missing")
+                    }
+                    next = first + UInt64(events.count)
+                }
                 print("log \(dir), from segment \(firstNeeded): \(r.segments) segment(s), \(r.records) records, \(r.events) events, \(r.bytes) bytes")
                 if let t = r.tornTail, t.bytes == 0 {
                     print("the last segment \(t.file) is empty (created just before a crash; start-up writes its header again)")
@@ -90,7 +100,7 @@ struct LogCommand: ParsableCommand {
                 healthy = false
             }
             // Damage in segments the snapshot covers does not stop start-up.
-            let covered = FeedbackLog.segments(in: dir).filter { $0 < firstNeeded }
+            let covered = try FeedbackLog.segments(in: dir).filter { $0 < firstNeeded }
             let log = FeedbackLog(directory: dir, policy: .no)
             for n in covered {
                 if let at = try? FeedbackLog.firstDamage(inSegment: log.segmentPath(n)) {
@@ -112,7 +122,7 @@ struct LogCommand: ParsableCommand {
     /// Cuts the log at the first record that fails its checksum in the
     /// segments start-up reads (from `first` on), and drops any later segments.
     private func repair(_ dir: String, from first: Int) throws {
-        var numbers = FeedbackLog.segments(in: dir).filter { $0 >= first }
+        var numbers = try FeedbackLog.segments(in: dir).filter { $0 >= first }
         let log = FeedbackLog(directory: dir, policy: .no)
         // Segments missing in the middle: what follows the gap cannot be
         // replayed (its sequence numbers do not continue), so it goes.

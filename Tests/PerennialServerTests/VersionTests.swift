@@ -218,7 +218,7 @@ import PerennialPlugins
         let store = SnapshotStore(directory: s.dataDir + "/snapshots")
         // Pruned to `keep`, newest last taken at the graceful stop.
         #expect(store.files().count == 2 && store.files().first?.id == "v5000")
-        let segments = FeedbackLog.segments(in: s.dataDir + "/log")
+        let segments = try FeedbackLog.segments(in: s.dataDir + "/log")
         #expect(segments.first ?? 0 > 1, "log segments covered by the kept snapshots were removed")
 
         let again = try TestServer(dataDir: s.dataDir)

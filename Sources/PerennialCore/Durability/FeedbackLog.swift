@@ -79,10 +79,33 @@ public final class FeedbackLog: @unchecked Sendable {
 
     public static func segmentName(_ n: Int) -> String { String(format: "%08d.log", n) }
 
-    /// Segment numbers present, in order.
-    public static func segments(in directory: String) -> [Int] {
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-        return names.compactMap { name in name.hasSuffix(".log") ? Int(name.dropLast(4)) : nil }.sorted()
+    /// Segment numbers present, in order: files named as `segmentName`
+    /// names them (eight digits, `.log`), so a stray copy such as `9.log`
+    /// is not taken for segment 9 (review finding, helper-59: `log repair`
+    /// then removed the real one). A directory that does not exist holds
+    /// none; one that cannot be listed throws, rather than read as an
+    /// empty log (helper-59: the server then numbered new events from its
+    /// snapshot again, on top of the log it could not see).
+    public static func segments(in directory: String) throws -> [Int] {
+        guard let dir = opendir(directory) else {
+            if errno == ENOENT { return [] }
+            throw LogError("cannot list the log directory \(directory): \(String(cString: strerror(errno)))")
+        }
+        defer { closedir(dir) }
+        var found: [Int] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if let n = segmentNumber(name) { found.append(n) }
+        }
+        return found.sorted()
+    }
+
+    /// The segment a file name names, if it is one (`segmentName`'s form).
+    static func segmentNumber(_ name: String) -> Int? {
+        let digits = name.utf8.prefix { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
+        guard digits.count >= 8, name.utf8.count == digits.count + 4, name.hasSuffix(".log"),
+              let n = Int(name.dropLast(4)), segmentName(n) == name else { return nil }
+        return n
     }
 
     /// Checks that the segments start-up reads are all there: from
@@ -96,7 +119,7 @@ public final class FeedbackLog: @unchecked Sendable {
     /// returns a warning when there is no log at all beside a snapshot (a
     /// directory seeded from a copied snapshot, or one whose log was lost).
     public static func checkSegmentsPresent(directory: String, firstNeeded: Int, fromSnapshot: String?) throws -> String? {
-        let all = segments(in: directory)
+        let all = try segments(in: directory)
         let needed = all.filter { $0 >= firstNeeded }
         let dir = directory
         if let snapshot = fromSnapshot {
@@ -140,7 +163,7 @@ public final class FeedbackLog: @unchecked Sendable {
     public static func scan(directory: String, fromSegment: Int = 0, cutTornTail: Bool,
                             visit: (LogRecord) throws -> Void) throws -> LogScanReport {
         var report = LogScanReport()
-        let numbers = segments(in: directory).filter { $0 >= fromSegment }
+        let numbers = try segments(in: directory).filter { $0 >= fromSegment }
         for (index, n) in numbers.enumerated() {
             let path = (directory as NSString).appendingPathComponent(segmentName(n))
             guard let data = FileManager.default.contents(atPath: path) else { throw LogError("cannot read \(path)") }
@@ -170,11 +193,17 @@ public final class FeedbackLog: @unchecked Sendable {
                         }
                         if case .feedback(_, let events) = rec { report.events += events.count }
                         report.records += 1
-                        try visit(rec)
+                        do { try visit(rec) } catch let e as LogError {
+                            // (Where in the log: e.g. a jump in sequence numbers.)
+                            throw LogError("\(path) at byte \(offset): \(e.description)")
+                        }
                         offset = end
                     case .bad:
                         if !isLast || recordsFollow(in: raw, damageAt: offset, seed: format.seed) {
                             throw LogError("\(path) is corrupt at byte \(offset) and valid records follow (not a torn tail): a server does not start from such a log, so nothing after the damage is lost silently. Inspect with `perennial log check`, or cut the log there with `perennial log repair` (losing what follows).")
+                        }
+                        if !couldBeTorn(raw, at: offset) {
+                            throw LogError("\(path) is corrupt at byte \(offset): the damaged record is whole and \(raw.count - offset) bytes follow its start, which an interrupted write cannot leave (not a torn tail; damage to the segment's header or to a record, so the events after it may have been acknowledged): a server does not start from such a log. Inspect with `perennial log check`, or cut the log there with `perennial log repair` (losing what follows).")
                         }
                         report.tornTail = (path, offset, raw.count - offset)
                         if cutTornTail { try truncate(path, to: offset) }
@@ -199,6 +228,21 @@ public final class FeedbackLog: @unchecked Sendable {
             probe += 1
         }
         return false
+    }
+
+    /// Whether a bad record at `offset`, the last segment's first, with no
+    /// valid record after it, can be what a crash leaves: a write cut short
+    /// (the record's length runs to or past the end, or not even its
+    /// length is whole) or, after a power loss, a tail the file system
+    /// extended without writing (all zeros). A whole record followed by
+    /// more bytes cannot be: that is damage, e.g. to the segment's salt,
+    /// which fails every record's checksum (review finding, helper-59: the
+    /// whole segment was cut as a "torn tail", acknowledged events with it).
+    static func couldBeTorn(_ raw: UnsafeRawBufferPointer, at offset: Int) -> Bool {
+        guard raw.count - offset >= 8 else { return true }
+        let length = Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
+        if offset + 8 + length >= raw.count { return true }
+        return raw[offset...].allSatisfy { $0 == 0 }
     }
 
     /// Where the first damaged record of a segment file starts (0 for a bad
@@ -279,7 +323,7 @@ public final class FeedbackLog: @unchecked Sendable {
     /// thread when that is the policy.
     public func openForAppend(lastSeq: UInt64, atLeastSegment: Int = 1) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let existing = FeedbackLog.segments(in: directory)
+        let existing = try FeedbackLog.segments(in: directory)
         var first = max(existing.last ?? 1, atLeastSegment)
         // New records go into a salted (format 2) segment: a format-1 one
         // from an older build is left as it is.
@@ -394,8 +438,9 @@ public final class FeedbackLog: @unchecked Sendable {
     }
 
     /// Deletes segments numbered below `segment` (covered by a snapshot).
+    /// (A directory that cannot be listed removes nothing.)
     public func removeSegments(before segment: Int) {
-        for n in FeedbackLog.segments(in: directory) where n < segment {
+        for n in (try? FeedbackLog.segments(in: directory)) ?? [] where n < segment {
             unlink((directory as NSString).appendingPathComponent(FeedbackLog.segmentName(n)))
         }
     }

@@ -5,7 +5,7 @@
 // A file is `snapshot-<seq>.bin`: the magic "PRNSNAP1", u32 format version,
 // u64 seq (the last event it contains), u64 the first log segment it does
 // not cover, u64 payload length, the payload (Model.save), u32 CRC-32C of
-// the payload. It is written to a temporary file, fsynced, renamed into
+// the header and the payload (of the payload alone before format 7). It is written to a temporary file, fsynced, renamed into
 // place and the directory fsynced, so a crash leaves either the old set of
 // snapshots or the new one, never a half-written file under a real name.
 //
@@ -132,7 +132,7 @@ public struct SnapshotStore: Sendable {
         head.appendLE(UInt64(firstLogSegment))
         head.appendLE(UInt64(payload.count))
         var tail: [UInt8] = []
-        tail.appendLE(CRC32C.checksum(payload))
+        tail.appendLE(payload.withUnsafeBytes { SnapshotStore.checksum(header: head, payload: $0, format: SnapshotStore.version) })
         // A plain snapshot replaces the newest one at its position (never an
         // older version there); a distinct one adds the next serial.
         var serial = 0
@@ -210,11 +210,20 @@ public struct SnapshotStore: Sendable {
         guard let segmentNumber = Int(exactly: segment), let size = Int(exactly: length),
               size == bytes.count - head - 4 else { throw LogError("\(path) is truncated or its header is damaged") }
         let crc = bytes.withUnsafeBytes { raw in
-            (CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[head..<(head + size)])),
+            (SnapshotStore.checksum(header: Array(bytes[0..<head]), payload: UnsafeRawBufferPointer(rebasing: raw[head..<(head + size)]), format: version),
              UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: head + size, as: UInt32.self)))
         }
         guard crc.0 == crc.1 else { throw LogError("\(path): checksum mismatch") }
         return (SnapshotInfo(seq: seq, firstLogSegment: segmentNumber, path: path), r)
+    }
+
+    /// The file's checksum: from format 7 on it covers the header too (the
+    /// log position and first log segment), so a damaged header fails it
+    /// rather than point start-up or pruning at the wrong place (review
+    /// finding, helper-59); before, the payload alone.
+    static func checksum(header: [UInt8], payload: UnsafeRawBufferPointer, format: UInt32) -> UInt32 {
+        guard format >= 7 else { return CRC32C.checksum(payload) }
+        return CRC32C.checksum(payload, seed: CRC32C.checksum(header))
     }
 
     // MARK: versions
@@ -300,8 +309,29 @@ public struct SnapshotStore: Sendable {
                 }
             }
         }
-        guard locked != nil else { return nil }
-        guard let oldest = kept.last, let info = try? read(oldest.path).0 else { return nil }
-        return info.firstLogSegment
+        guard locked != nil, !kept.isEmpty else { return nil }
+        // The first segment any kept version needs (each version's own
+        // header; the oldest by position needs the earliest, unless one
+        // was copied in from elsewhere: helper-59). A header that cannot
+        // be read keeps every segment.
+        var first = Int.max
+        for file in kept {
+            guard let segment = firstLogSegment(of: file.path) else { return nil }
+            first = min(first, segment)
+        }
+        return first
+    }
+
+    /// The first log segment a snapshot file's header names (its header
+    /// alone, not the checksum of the whole file), or nil when unreadable.
+    func firstLogSegment(of path: String) -> Int? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { Glibc.close(fd) }
+        var head = [UInt8](repeating: 0, count: 8 + 4 + 8 + 8)
+        guard head.withUnsafeMutableBytes({ Glibc.read(fd, $0.baseAddress, $0.count) }) == head.count,
+              Array(head[0..<8]) == SnapshotStore.magic else { return nil }
+        let segment = head.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 20, as: UInt64.self)) }
+        return Int(exactly: segment)
     }
 }
