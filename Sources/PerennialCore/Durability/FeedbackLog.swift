@@ -323,7 +323,15 @@ public final class FeedbackLog: @unchecked Sendable {
     /// thread when that is the policy.
     public func openForAppend(lastSeq: UInt64, atLeastSegment: Int = 1) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let existing = try FeedbackLog.segments(in: directory)
+        var existing = try FeedbackLog.segments(in: directory)
+        // An empty last segment (created just before a crash) that nothing
+        // needs goes: new records continue the one before it, so a start on
+        // a full disk need not write a new header.
+        if existing.count >= 2, let last = existing.last, last > atLeastSegment,
+           fileSize(segmentPath(last)) == 0, !FeedbackLog.isFormat1(segmentPath(existing[existing.count - 2])) {
+            unlink(segmentPath(last))
+            existing.removeLast()
+        }
         var first = max(existing.last ?? 1, atLeastSegment)
         // New records go into a salted (format 2) segment: a format-1 one
         // from an older build is left as it is.
@@ -337,6 +345,11 @@ public final class FeedbackLog: @unchecked Sendable {
             syncer = t
             t.start()
         }
+    }
+
+    private func fileSize(_ path: String) -> Int? {
+        var st = stat()
+        return stat(path, &st) == 0 ? Int(st.st_size) : nil
     }
 
     private func openSegment(_ n: Int) throws {
@@ -358,8 +371,13 @@ public final class FeedbackLog: @unchecked Sendable {
             var header = LogRecord.magic
             withUnsafeBytes(of: salt.littleEndian) { header.append(contentsOf: $0) }
             guard writeAll(f, header) else {
+                let why = String(cString: strerror(errno))
+                // (Not left behind empty: on a full disk, a graceful stop's
+                // snapshot left a 0-byte segment that the next start could
+                // not write a header into either: helper-59.)
                 Glibc.close(f)
-                throw LogError("cannot write \(path): \(String(cString: strerror(errno)))")
+                unlink(path)
+                throw LogError("cannot write \(path): \(why)")
             }
             seed = UInt32(truncatingIfNeeded: salt)
             segmentSize = header.count

@@ -114,3 +114,28 @@ def test_a_snapshot_the_disk_has_no_room_for_is_put_off(sixteen_mib_disk: Path) 
         taken = c.snapshot()
         assert taken == 6000
     _stop(proc)
+
+
+def test_a_graceful_stop_on_a_full_disk_leaves_a_directory_that_starts_on_it(small_disk: Path) -> None:
+    """SIGTERM with the disk full: the stop's snapshot cannot be written,
+    and it left an empty new log segment that the next start, on the same
+    full disk, could not write a header into (review finding, helper-59:
+    the server could not start until space was freed). Now the stop leaves
+    no such file, and the start continues the last segment."""
+    data_dir = small_disk / "data"
+    events = _events(20_000)
+    proc, port = _launch(data_dir, "always")
+    acked = 0
+    with perennial.Client("127.0.0.1", port) as c:
+        for start in range(0, len(events), 200):
+            try:
+                acked = c.feedback(events[start:start + 200]).last_seq
+            except perennial.ServerError as e:
+                assert e.code_name == "STORAGE"
+                break
+        else:
+            raise AssertionError("the disk never filled")
+    _stop(proc)
+    assert sorted(os.listdir(data_dir / "log")) == ["00000001.log"]
+    # Started again on the still-full disk: it serves, with every event.
+    assert _applied_after_restart(data_dir, "always") == acked
