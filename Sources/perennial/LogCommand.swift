@@ -115,13 +115,13 @@ struct LogCommand: ParsableCommand {
             }
             print("ok: a server would start from this data directory")
         default:  // "repair" (validate() admits only the two)
-            try repair(dir, from: firstNeeded)
+            try repair(dir, from: firstNeeded, after: base?.info.seq ?? 0)
         }
     }
 
     /// Cuts the log at the first record that fails its checksum in the
     /// segments start-up reads (from `first` on), and drops any later segments.
-    private func repair(_ dir: String, from first: Int) throws {
+    private func repair(_ dir: String, from first: Int, after snapshotSeq: UInt64) throws {
         var numbers = try FeedbackLog.segments(in: dir).filter { $0 >= first }
         let log = FeedbackLog(directory: dir, policy: .no)
         // Segments missing in the middle: what follows the gap cannot be
@@ -145,6 +145,19 @@ struct LogCommand: ParsableCommand {
             for later in numbers[(index + 1)...] {
                 try FileManager.default.removeItem(atPath: log.segmentPath(later))
                 print("removed \(log.segmentPath(later)), which followed the damage")
+            }
+            return
+        }
+        // Records missing at a record boundary (a segment cut short): what
+        // follows cannot be replayed, so it goes, as after a gap.
+        if let jump = try FeedbackLog.firstSequenceJump(directory: dir, segments: numbers, after: snapshotSeq) {
+            let path = log.segmentPath(jump.segment)
+            let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+            guard truncate(path, off_t(jump.offset)) == 0 else { throw CommandError("cannot truncate \(path): \(String(cString: strerror(errno)))") }
+            print("records are missing before byte \(jump.offset) of \(path) (its sequence numbers do not continue): cut there (\(size - jump.offset) bytes removed)")
+            for later in numbers where later > jump.segment {
+                try FileManager.default.removeItem(atPath: log.segmentPath(later))
+                print("removed \(log.segmentPath(later)), which followed the missing records")
             }
             return
         }

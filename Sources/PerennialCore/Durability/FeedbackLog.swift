@@ -261,6 +261,33 @@ public final class FeedbackLog: @unchecked Sendable {
         }
     }
 
+    /// Where, in segments `numbers` (whole ones, in order), the first
+    /// FEEDBACK record whose sequence does not continue from `after` (the
+    /// snapshot's) starts: records are missing before it (a segment cut at
+    /// a record boundary). Nil when the sequence continues. For `perennial
+    /// log repair`, after it has cut any damage.
+    public static func firstSequenceJump(directory: String, segments numbers: [Int], after seq: UInt64) throws -> (segment: Int, offset: Int)? {
+        var next = seq + 1
+        for n in numbers {
+            let path = (directory as NSString).appendingPathComponent(segmentName(n))
+            guard let data = FileManager.default.contents(atPath: path) else { throw LogError("cannot read \(path)") }
+            let found: Int? = [UInt8](data).withUnsafeBytes { raw in
+                guard case .format(let format) = readHeader(raw) else { return nil }
+                var offset = format.recordsStart
+                while offset < raw.count, case .valid(let payload, let end) = record(in: raw, at: offset, seed: format.seed) {
+                    if case .feedback(let first, let events)? = LogRecord.decode(payload: payload) {
+                        if first != next { return offset }
+                        next = first + UInt64(events.count)
+                    }
+                    offset = end
+                }
+                return nil
+            }
+            if let found { return (n, found) }
+        }
+        return nil
+    }
+
     /// The path of segment `n`.
     public func segmentPath(_ n: Int) -> String { (directory as NSString).appendingPathComponent(FeedbackLog.segmentName(n)) }
 

@@ -85,6 +85,29 @@ def test_a_gap_in_the_log_stops_start_up_check_says_so_and_repair_cuts_there(sta
         assert stats["events_accepted"] == 100 + 200 * (gone - first)
 
 
+def test_records_missing_at_a_record_boundary_are_found_by_check_and_cut_by_repair(start_server) -> None:
+    """A segment in the middle cut at a record boundary passes every
+    checksum: start-up stopped (the sequence jumps), but `log check` said
+    ok and `log repair` had nothing to repair (review finding, helper-59)."""
+    srv = start_server(CONFIG)
+    seq, first = _fill(srv)
+    segments = [n for n in _segments(srv) if n >= first]
+    cut = segments[2]
+    with open(_segment_path(srv, cut), "r+b") as f:
+        f.truncate(16)                                   # its header alone: its record is gone
+    out = _start_fails(srv)
+    assert "jumps" in out and "%08d.log" % segments[3] in out, out
+    check = _log("check", srv)
+    assert check.returncode == 1 and "jumps" in check.stdout, check.stdout
+    repair = _log("repair", srv)
+    assert repair.returncode == 0 and "records are missing" in repair.stdout, repair.stdout
+    assert _log("check", srv).returncode == 0
+    srv.start_again()
+    with srv.client() as c:
+        stats = c.stats()
+        assert stats["events_applied"] == stats["events_accepted"] == 100 + 200 * (cut - first)
+
+
 def test_a_snapshot_from_another_directory_is_refused_not_adopted(start_server) -> None:
     mine = start_server(CONFIG)
     _fill(mine, batches=3)
