@@ -247,4 +247,30 @@ private final class SilentListener: @unchecked Sendable {
     }
 
     func close() { Glibc.close(fd) }
+
+    /// A list longer than the server's max_events goes as several batches,
+    /// as in the Python client (helper-60: the Swift client sent it whole
+    /// and the server refused it); a bad event is named by its index in
+    /// the whole list, with how many were acknowledged before its batch.
+    @Test func feedbackSplitsALongListIntoTheServersBatches() async throws {
+        let s = try TestServer("[limits]\nmax_events = 1000\n")
+        defer { s.stop() }
+        let c = try await PerennialClient.connect(port: s.port)
+        let events: [WireEvent] = (0..<2500).map { (k: Int) -> WireEvent in
+            WireEvent(user: UInt64(k % 50 + 1), item: UInt64(k % 300 + 1), kind: .click)
+        }
+        let ack = try await c.feedback(events)
+        #expect(ack.firstSeq == 2001 && ack.lastSeq == 2500)
+        var bad = events
+        bad[1700] = WireEvent(user: 1, item: 0, kind: .click)
+        do {
+            _ = try await c.feedback(bad)
+            Issue.record("a list with an item id of 0 was accepted")
+        } catch let PerennialClientError.server(code, _, detail, message) {
+            #expect(code == .invalidEvent && detail == 1700, "\(message)")
+            #expect(message.contains("1000..<2000") && message.contains("the 1000 before it were acknowledged"), "\(message)")
+        }
+        let stats = try await c.stats()
+        #expect(stats["events_accepted"] == 3500)
+    }
 }
