@@ -25,6 +25,9 @@ struct Bench: ParsableCommand {
               perennial bench freshness --samples 2000
             JSON: throughput (requests, or events for feedback, per second), p50_us,
             p90_us, p99_us, p999_us, max_us, errors.
+            feedback, mixed and freshness send synthetic events, which the server
+            logs and learns for good: run them against a scratch server (its own
+            --data-dir), never one whose model you keep.
             """
     )
 

@@ -416,7 +416,8 @@ public final class PerennialClient: @unchecked Sendable {
 
     /// Deletes users (a closed account, an erasure request): the server
     /// forgets each with everything it holds for them alone (their row,
-    /// history, context and sessions' state). Returns how many it held.
+    /// history and each scorer's state for them; sessions are keyed by
+    /// session_id, not by user, and stay). Returns how many it held.
     public func deleteUsers(_ users: [UInt64]) async throws -> Int {
         guard case .deleteUsers(let n) = try await call(.deleteUsers(users)) else { throw unexpected() }
         return Int(n)
