@@ -508,7 +508,7 @@ final class RequestHandler {
         let rest = "raise the limit to admit more (RELOAD applies it)"
         return upsert
             ? ProtocolError(.capacity, "\(bound); the item was not stored. Known items can still be updated; \(rest)")
-            : ProtocolError(.capacity, "event \(b.index): \(bound); no event of this batch was accepted. Events of known ids are still accepted; \(rest)",
+            : ProtocolError(.capacity, "event \(b.index): \(bound); no event of this batch was accepted. A batch whose events name only known ids is still accepted (send the others apart); \(rest)",
                             detail: UInt32(b.index))
     }
 
