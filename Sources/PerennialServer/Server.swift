@@ -247,7 +247,12 @@ public final class Server: Sendable {
         let logStart = try FeedbackLog.segments(in: log.directory).first ?? 1
         if firstSegment == 1 && !snapshots.files().isEmpty && logStart > 1 {
             let changed = snapshots.files().first.map { changedSettings(since: $0, snapshots: snapshots) } ?? []
-            let cause = changed.isEmpty
+            // (Damaged files are not a setting: say so rather than guess.)
+            let damaged = (firstSkip ?? "").contains("checksum") || (firstSkip ?? "").contains("truncated")
+                || (firstSkip ?? "").contains("not a Perennial snapshot") || (firstSkip ?? "").contains("cannot read")
+            let cause = damaged && changed.isEmpty
+                ? "The snapshots are damaged (see the warnings above for each): restore one from a copy"
+                : changed.isEmpty
                 ? "Most likely the config changes a setting that shapes the stored model ([table] dimension, or a scorer's size such as cf neighbours or rating_factors), which cannot change on an existing data directory: put the old value back"
                 : "Settings that differ from those the newest snapshot was written with: \(changed.joined(separator: ", ")). If one of them shapes the stored model ([table], or a scorer's size), it cannot change on an existing data directory: put the old value back"
             throw LogError("no usable snapshot (the newest: \(firstSkip ?? "unreadable")), and the log no longer starts at the beginning: the model cannot be rebuilt. \(cause), or serve from a new data directory and send it the events again. Otherwise restore a snapshot.")

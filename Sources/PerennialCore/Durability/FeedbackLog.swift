@@ -166,8 +166,7 @@ public final class FeedbackLog: @unchecked Sendable {
         let numbers = try segments(in: directory).filter { $0 >= fromSegment }
         for (index, n) in numbers.enumerated() {
             let path = (directory as NSString).appendingPathComponent(segmentName(n))
-            guard let data = FileManager.default.contents(atPath: path) else { throw LogError("cannot read \(path)") }
-            let bytes = [UInt8](data)
+            let bytes = try FileBytes.read(path)
             let isLast = index == numbers.count - 1
             report.segments += 1
             report.bytes += bytes.count
@@ -248,8 +247,7 @@ public final class FeedbackLog: @unchecked Sendable {
     /// Where the first damaged record of a segment file starts (0 for a bad
     /// magic), or nil when every record is whole. For `perennial log repair`.
     public static func firstDamage(inSegment path: String) throws -> Int? {
-        guard let data = FileManager.default.contents(atPath: path) else { throw LogError("cannot read \(path)") }
-        let bytes = [UInt8](data)
+        let bytes = try FileBytes.read(path)
         return bytes.withUnsafeBytes { raw -> Int? in
             guard case .format(let format) = readHeader(raw) else { return 0 }
             var offset = format.recordsStart
@@ -270,8 +268,7 @@ public final class FeedbackLog: @unchecked Sendable {
         var next = seq + 1
         for n in numbers {
             let path = (directory as NSString).appendingPathComponent(segmentName(n))
-            guard let data = FileManager.default.contents(atPath: path) else { throw LogError("cannot read \(path)") }
-            let found: Int? = [UInt8](data).withUnsafeBytes { raw in
+            let found: Int? = try FileBytes.read(path).withUnsafeBytes { raw in
                 guard case .format(let format) = readHeader(raw) else { return nil }
                 var offset = format.recordsStart
                 while offset < raw.count, case .valid(let payload, let end) = record(in: raw, at: offset, seed: format.seed) {

@@ -193,8 +193,7 @@ public struct SnapshotStore: Sendable {
     /// Reads a snapshot and checks its framing and checksum; returns the
     /// header and a reader positioned at the payload.
     public func read(_ path: String) throws -> (SnapshotInfo, SnapshotReader) {
-        guard let data = FileManager.default.contents(atPath: path) else { throw LogError("cannot read \(path)") }
-        let bytes = [UInt8](data)
+        let bytes = try FileBytes.read(path)
         var r = SnapshotReader(bytes: bytes)
         let head = 8 + 4 + 8 + 8 + 8
         guard bytes.count >= head + 4, Array(bytes[0..<8]) == SnapshotStore.magic else {
