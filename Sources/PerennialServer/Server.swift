@@ -362,7 +362,13 @@ extension Server {
             Log.warning("rollback: the log after version \(file.id) cannot be read whole (\(error)): deletions and item upserts recorded after the damage are not carried over")
         }
         var scratch: [LearnEvent] = []
-        for r in carried { try model.replay(r, scratch: &scratch) }
+        for r in carried {
+            try model.replay(r, scratch: &scratch)
+            // Remembered as the live server did, though the older model may
+            // not hold them (an item first seen after the version), so a
+            // late event does not bring one back (review finding, helper-61).
+            if case .deleteItems(let ids) = r { model.rememberDeleted(items: ids) }
+        }
         // (Upserts are carried without the expiry that made room for them
         // in the live server: say so when they overfill the bound.)
         let bound = config.limits.maxItemIDs

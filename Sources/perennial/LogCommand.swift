@@ -126,9 +126,9 @@ struct LogCommand: ParsableCommand {
         let log = FeedbackLog(directory: dir, policy: .no)
         // Segments missing in the middle: what follows the gap cannot be
         // replayed (its sequence numbers do not continue), so it goes.
-        var cutAtGap = false
+        var cutAlready = false
         if let gap = numbers.indices.dropLast().first(where: { numbers[$0 + 1] != numbers[$0] + 1 }) {
-            cutAtGap = true
+            cutAlready = true
             print("segments are missing after \(log.segmentPath(numbers[gap]))")
             for later in numbers[(gap + 1)...] {
                 try FileManager.default.removeItem(atPath: log.segmentPath(later))
@@ -146,7 +146,11 @@ struct LogCommand: ParsableCommand {
                 try FileManager.default.removeItem(atPath: log.segmentPath(later))
                 print("removed \(log.segmentPath(later)), which followed the damage")
             }
-            return
+            // (Records may also be missing before the damage: checked below,
+            // so one run leaves a log that starts.)
+            numbers = Array(numbers[...index])
+            cutAlready = true
+            break
         }
         // Records missing at a record boundary (a segment cut short): what
         // follows cannot be replayed, so it goes, as after a gap.
@@ -161,6 +165,6 @@ struct LogCommand: ParsableCommand {
             }
             return
         }
-        print(cutAtGap ? "the rest of the log is whole" : "nothing to repair")
+        print(cutAlready ? "the rest of the log is whole" : "nothing to repair")
     }
 }

@@ -111,6 +111,21 @@ import PerennialPlugins
         #expect(try copy.score(user: 2, items: [15], scorer: "popularity").first?.known == true)
     }
 
+    /// The CAPACITY check counts an event on a remembered deleted id as
+    /// the fallback item's (one row, once), not as a new item (helper-61:
+    /// a late event on it was refused at max_item_ids).
+    @Test func eventsOnDeletedItemsNeedNoRoom() throws {
+        let m = try model(["popularity"])
+        func click(_ item: UInt64) -> IncomingEvent { IncomingEvent(user: 1, item: item, kind: .click, value: 1, timestamp: 10) }
+        try replay(m, [.feedback(firstSeq: 1, events: [click(1), click(2), click(3)])])
+        #expect(m.deleteItems([3]) == 1)
+        #expect(m.firstBreach(of: [click(3)], maxUserIDs: 0, maxItemIDs: 3) == nil)   // the fallback item's first row
+        try replay(m, [.feedback(firstSeq: m.lastSeq + 1, events: [click(3)])])
+        #expect(m.items.liveCount == 3 && m.items.index(of: 3) == nil)
+        #expect(m.firstBreach(of: [click(1), click(3), click(3)], maxUserIDs: 0, maxItemIDs: 3) == nil)
+        #expect(m.firstBreach(of: [click(1), click(4)], maxUserIDs: 0, maxItemIDs: 3)?.index == 1)
+    }
+
     /// With `deleted_items_remembered = 0`, an event brings a deleted id
     /// back as a new item, with one event's count.
     @Test func withNoDeletedItemsRememberedAnEventBringsItBack() throws {

@@ -8,13 +8,14 @@ import Testing
 import PerennialPlugins
 
 @Suite struct ExcludeKindsTests {
-    func model(_ kinds: [String]?, scorers: [String] = ["popularity", "cf"]) throws -> Model {
-        try Model(config: config(kinds, scorers: scorers), registry: .builtin)
+    func model(_ kinds: [String]?, scorers: [String] = ["popularity", "cf"], historyLimit: Int? = nil) throws -> Model {
+        try Model(config: config(kinds, scorers: scorers, historyLimit: historyLimit), registry: .builtin)
     }
 
-    func config(_ kinds: [String]?, scorers: [String] = ["popularity", "cf"]) throws -> PerennialConfig {
+    func config(_ kinds: [String]?, scorers: [String] = ["popularity", "cf"], historyLimit: Int? = nil) throws -> PerennialConfig {
         var doc = ConfigDocument(file: "test")
         doc.set("scorers.load", .array(scorers.map { .string($0) }))
+        if let historyLimit { doc.set("history.max_items_per_user", .integer(historyLimit)) }
         if let kinds { doc.set("history.exclude_kinds", .array(kinds.map { .string($0) })) }
         return try PerennialConfig.load(doc, registry: .builtin)
     }
@@ -77,6 +78,15 @@ import PerennialPlugins
         #expect(try answer(copy) == [4, 5, 6, 7, 8])
         _ = try copy.reconfigure(try config(["purchase", "click"]))
         #expect(try answer(copy) == [1, 4, 5, 6, 7])
+        // Restored under a smaller max_items_per_user (a restart that
+        // lowered it): the newest items stay, with their kinds (helper-61:
+        // the snapshot was refused, so start-up failed).
+        let small = try model(["purchase"], historyLimit: 2)
+        var again = SnapshotReader(bytes: w.bytes)
+        try small.restore(from: &again)
+        let u = try #require(small.users.index(of: 7))
+        #expect(small.history.items(of: u).count == 2 && small.history.kinds(of: u) == [KindMask.of(.purchase), KindMask.of(.click)])
+        #expect(try answer(small) == [1, 3, 4, 5, 6])   // item 2 (bought) excluded; 1, 3 not
     }
 
     @Test func anUnknownKindIsAConfigErrorNamingItsLine() throws {

@@ -233,6 +233,16 @@ import Popularity
         let cut = try FeedbackLog.scan(directory: dir, cutTornTail: true) { _ in n += 1 }
         #expect(n == 3 && cut.tornTail?.bytes == 4096)
         #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == good)
+        // Zeros from inside the second record to the end (a page boundary:
+        // the pages after it never written, helper-61) are torn too, though
+        // the second record's length says it ends before the file does.
+        let recordBytes = (good.count - h) / 3
+        var paged = good
+        for k in (h + recordBytes + recordBytes / 2)..<good.count { paged[k] = 0 }
+        try paged.write(to: URL(fileURLWithPath: path))
+        n = 0
+        let pagedCut = try FeedbackLog.scan(directory: dir, cutTornTail: true) { _ in n += 1 }
+        #expect(n == 1 && pagedCut.tornTail?.offset == h + recordBytes)
     }
 
     /// Only names of the form the log writes are segments (a stray copy

@@ -89,7 +89,6 @@ func popularityOnly() throws -> PerennialConfig {
         h.record(user: 0, item: 3, kind: .view)
         h.record(user: 0, item: 3, kind: .purchase)   // viewed, then bought
         h.record(user: 0, item: 4, kind: .click)
-        #expect(h.restoreKinds(user: 0, kinds: h.kinds(of: 0)) && !h.restoreKinds(user: 0, kinds: [1]))
         func excluded(_ kinds: [FeedbackKind]) -> [Int32] {
             var out: [Int32] = []
             h.forEachExcludedItem(of: 0, excluded: KindMask.of(kinds)) { out.append($0) }

@@ -232,16 +232,22 @@ public final class FeedbackLog: @unchecked Sendable {
     /// Whether a bad record at `offset`, the last segment's first, with no
     /// valid record after it, can be what a crash leaves: a write cut short
     /// (the record's length runs to or past the end, or not even its
-    /// length is whole) or, after a power loss, a tail the file system
-    /// extended without writing (all zeros). A whole record followed by
-    /// more bytes cannot be: that is damage, e.g. to the segment's salt,
-    /// which fails every record's checksum (review finding, helper-59: the
-    /// whole segment was cut as a "torn tail", acknowledged events with it).
+    /// length is whole) or, after a power loss, pages the file system
+    /// extended the file by but never wrote: zeros from somewhere inside
+    /// the bad record (a page boundary) to the end (helper-61). A whole
+    /// record followed by other bytes cannot be: that is damage, e.g. to
+    /// the segment's salt, which fails every record's checksum (review
+    /// finding, helper-59: the whole segment was cut as a "torn tail",
+    /// acknowledged events with it).
     static func couldBeTorn(_ raw: UnsafeRawBufferPointer, at offset: Int) -> Bool {
         guard raw.count - offset >= 8 else { return true }
         let length = Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
-        if offset + 8 + length >= raw.count { return true }
-        return raw[offset...].allSatisfy { $0 == 0 }
+        let end = offset + 8 + length
+        if end >= raw.count { return true }
+        // Where the trailing zeros start.
+        var zeros = raw.count
+        while zeros > offset && raw[zeros - 1] == 0 { zeros -= 1 }
+        return zeros <= end
     }
 
     /// Where the first damaged record of a segment file starts (0 for a bad
@@ -347,15 +353,7 @@ public final class FeedbackLog: @unchecked Sendable {
     /// thread when that is the policy.
     public func openForAppend(lastSeq: UInt64, atLeastSegment: Int = 1) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        var existing = try FeedbackLog.segments(in: directory)
-        // An empty last segment (created just before a crash) that nothing
-        // needs goes: new records continue the one before it, so a start on
-        // a full disk need not write a new header.
-        if existing.count >= 2, let last = existing.last, last > atLeastSegment,
-           fileSize(segmentPath(last)) == 0, !FeedbackLog.isFormat1(segmentPath(existing[existing.count - 2])) {
-            unlink(segmentPath(last))
-            existing.removeLast()
-        }
+        let existing = try FeedbackLog.segments(in: directory)
         var first = max(existing.last ?? 1, atLeastSegment)
         // New records go into a salted (format 2) segment: a format-1 one
         // from an older build is left as it is.
@@ -369,11 +367,6 @@ public final class FeedbackLog: @unchecked Sendable {
             syncer = t
             t.start()
         }
-    }
-
-    private func fileSize(_ path: String) -> Int? {
-        var st = stat()
-        return stat(path, &st) == 0 ? Int(st.st_size) : nil
     }
 
     private func openSegment(_ n: Int) throws {

@@ -82,7 +82,9 @@ extension Model {
         var sightings = BatchSightings()
         for (n, e) in events.enumerated() {
             if checkItems, isNewItem(e.item), !newItems.contains(e.item) {
-                if itemSightings.admitsNext(e.item, by: itemLifecycle.admission) {
+                // (A remembered deleted id goes to the fallback item too:
+                // review finding, helper-61.)
+                if !deletedItems.contains(e.item), itemSightings.admitsNext(e.item, by: itemLifecycle.admission) {
                     newItems.insert(e.item)
                 } else if !itemFallbackCounted {
                     itemFallbackCounted = true

@@ -61,9 +61,10 @@ public final class InteractionHistory {
     }
 
     /// Sets a user's items as a snapshot saved them, oldest first, with
-    /// their kinds (nil: not known). A repeat (in snapshots from before
-    /// histories were distinct) keeps only its newest place, as `record`
-    /// would have.
+    /// their kinds (nil: not known; else one per item). A repeat (in
+    /// snapshots from before histories were distinct) keeps only its newest
+    /// place, as `record` would have, and a list longer than the limit
+    /// (lowered since) keeps its newest items, with their kinds.
     public func restore(user: Int32, items: [Int32], kinds saved: [UInt8]? = nil) {
         guard limit > 0 else { return }
         let u = Int(user)
@@ -79,15 +80,6 @@ public final class InteractionHistory {
         lists[u] = kept.map(\.0)
         kinds[u] = kept.map(\.1)
         totalEntries += lists[u].count
-    }
-
-    /// Sets the kinds of a restored user's entries (a snapshot that kept
-    /// them: one per entry, in order); false when the count differs.
-    public func restoreKinds(user: Int32, kinds saved: [UInt8]) -> Bool {
-        let u = Int(user)
-        guard u < lists.count ? saved.count == lists[u].count : saved.isEmpty else { return false }
-        if u < kinds.count { kinds[u] = saved }
-        return true
     }
 
     /// Forgets a user's items (the user's id expired).

@@ -383,6 +383,12 @@ public final class Model: @unchecked Sendable {
         return held.count
     }
 
+    /// Remembers item ids as deleted without forgetting anything (a
+    /// rollback carrying a deletion made after its version over).
+    public func rememberDeleted(items ids: [UInt64]) {
+        for id in ids { deletedItems.insert(id) }
+    }
+
     /// Deletes users (DELETE_USERS, or its log record replayed): each held
     /// one's id, history, table row (with its optimiser, anchor and meta
     /// state), every scorer's state for them and their events in the replay
@@ -731,7 +737,11 @@ public final class Model: @unchecked Sendable {
         for _ in 0..<itemCount { itemIDs.append(try r.u64()) }
         items.restore(ids: itemIDs, vacant: r.format >= 3 ? try Self.vacantIndices(&r, of: itemIDs) : [])
         try r.mark("history")
-        for u in 0..<userCount { history.restore(user: Int32(u), items: try r.indices(below: itemCount)) }
+        // (As saved, until their kinds come: a smaller max_items_per_user
+        // now cuts both together, below.)
+        var savedHistory: [[Int32]] = []
+        for _ in 0..<userCount { savedHistory.append(try r.indices(below: itemCount)) }
+        for (u, items) in savedHistory.enumerated() { history.restore(user: Int32(u), items: items) }
         try r.mark("catalogue")
         for _ in 0..<(try r.count(bytesEach: 24)) {
             let i = try r.index(below: itemCount)
@@ -803,9 +813,10 @@ public final class Model: @unchecked Sendable {
                     guard b & ~KindMask.all == 0 else { throw LogError("snapshot: history kind bits \(b) of user index \(u) name no kind") }
                     k.append(b)
                 }
-                guard history.restoreKinds(user: Int32(u), kinds: k) else {
-                    throw LogError("snapshot: user index \(u) has \(k.count) history kinds for \(history.items(of: Int32(u)).count) items")
+                guard k.count == savedHistory[u].count else {
+                    throw LogError("snapshot: user index \(u) has \(k.count) history kinds for \(savedHistory[u].count) items")
                 }
+                history.restore(user: Int32(u), items: savedHistory[u], kinds: k)
             }
         }
         lifecycle.enrollUntracked(users: userCount) { u in users.id(at: u) != 0 && u != fallbackUser }

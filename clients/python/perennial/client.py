@@ -58,6 +58,7 @@ _clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
 def _reset_locks_in_child() -> None:
     for c in list(_clients):
         c._lock = threading.RLock()
+        c._depth = 0
 
 
 if hasattr(os, "register_at_fork"):
@@ -72,7 +73,16 @@ def _serialised(method: Callable[..., Any]) -> Callable[..., Any]:
     def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
         client = self if isinstance(self, Client) else self._client
         with client._lock:
-            return method(self, *args, **kwargs)
+            # The outermost call notes how many close() calls came before
+            # it: one from another thread while it runs (when there may be
+            # no socket yet to shut down) ends it (`_ensure_connected`).
+            client._depth += 1
+            if client._depth == 1:
+                client._closes_before_call = client._closes
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                client._depth -= 1
     return locked
 
 
@@ -136,9 +146,12 @@ class Client:
         self._pid = os.getpid()
         #: Held for each public call (`_serialised`).
         self._lock = threading.RLock()
-        #: How many times close() was called: a call connecting while it
-        #: changes was closed by another thread (see `_ensure_connected`).
+        #: How many times close() was called, and how many before the
+        #: running call took the lock: a call that finds them different
+        #: when it connects was closed by another thread (`_ensure_connected`).
         self._closes = 0
+        self._closes_before_call = 0
+        self._depth = 0
         _clients.add(self)
 
     def __repr__(self) -> str:
@@ -191,8 +204,10 @@ class Client:
         connection down first, so that call ends at once with ConnectionError
         instead of the close waiting for it.
         """
-        self._closes += 1
         if not self._lock.acquire(blocking=False):
+            # (Counted only when a call holds the lock: it noted the count
+            # when it took it, so it sees this one.)
+            self._closes += 1
             sock = self._sock
             if sock is not None and not self._forked():
                 try:
@@ -264,7 +279,7 @@ class Client:
             # (Left by an interruption that closed the connection before
             # they were told: their replies will never come on a new one.)
             self._fail_all(ConnectionError("the connection was closed before a reply came"))
-        closes = self._closes
+        closes = self._closes_before_call if self._depth else self._closes
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         except socket.timeout:

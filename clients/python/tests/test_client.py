@@ -1686,3 +1686,44 @@ def test_close_from_another_thread_ends_a_call_that_is_connecting(monkeypatch: p
     assert "while connecting" in str(outcome[0])
     assert not c.connected
     listener.close()
+
+
+def test_close_from_another_thread_ends_a_call_checking_its_idle_connection(server: Address) -> None:
+    """close() while another thread's call checks its idle connection:
+    close() shuts the socket down, which the call read as "the server closed
+    the idle connection", so it reconnected and went on (review finding,
+    helper-61). It now ends with ConnectionError, as while connecting."""
+    import threading
+    c = perennial.Client(*server)
+    assert c.ping()
+    checking, release = threading.Event(), threading.Event()
+    real_alive = c._alive
+
+    def slow_alive() -> bool:
+        checking.set()
+        release.wait(5)
+        return real_alive()
+
+    c._alive = slow_alive  # type: ignore[method-assign]
+    outcome: List[Any] = []
+
+    def call() -> None:
+        try:
+            outcome.append(c.ping())
+        except BaseException as e:  # noqa: BLE001 - checked below
+            outcome.append(e)
+
+    t = threading.Thread(target=call)
+    t.start()
+    assert checking.wait(5)
+    closer = threading.Thread(target=c.close)
+    closer.start()
+    time.sleep(0.2)  # close() has shut the socket down and waits for the call
+    release.set()
+    t.join(5)
+    closer.join(5)
+    assert not t.is_alive() and not closer.is_alive()
+    assert outcome and isinstance(outcome[0], perennial.ConnectionError), outcome
+    assert not c.connected
+    assert c.ping()  # the client may be used again
+    c.close()

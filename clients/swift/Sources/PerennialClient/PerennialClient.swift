@@ -370,19 +370,21 @@ public final class PerennialClient: @unchecked Sendable {
         repeat {
             let end = min(events.count, start + size)
             do {
-                guard case .feedback(let a) = try await call(.feedback(Array(events[start..<end]))) else { throw unexpected() }
-                last = a
-            } catch let e as PerennialClientError where e.serverCode == .invalidArgument && end - start > 1 && !relearned {
-                // The server's max_events is lower than this client knew (no
-                // HELLO yet, or a RELOAD lowered it): the batch was refused
-                // whole, so learn the limits with a HELLO and send it again.
-                relearned = true
-                let greeted = try await onQueue { [self] _ in greeting }
-                _ = try await hello(clientName: greeted?.clientName ?? "perennial-swift", token: greeted?.token ?? "")
-                let learned = try await onQueue { [self] _ in feedbackBatchLimit() }
-                guard learned < end - start else { throw e }
-                size = learned
-                continue
+                do {
+                    guard case .feedback(let a) = try await call(.feedback(Array(events[start..<end]))) else { throw unexpected() }
+                    last = a
+                } catch let e as PerennialClientError where e.serverCode == .invalidArgument && end - start > 1 && !relearned {
+                    // The server's max_events is lower than this client knew (no
+                    // HELLO yet, or a RELOAD lowered it): the batch was refused
+                    // whole, so learn the limits with a HELLO and send it again.
+                    relearned = true
+                    let greeted = try await onQueue { [self] _ in greeting }
+                    _ = try await hello(clientName: greeted?.clientName ?? "perennial-swift", token: greeted?.token ?? "")
+                    let learned = try await onQueue { [self] _ in feedbackBatchLimit() }
+                    guard learned < end - start else { throw e }
+                    size = learned
+                    continue
+                }
             } catch let e as PerennialClientError where events.count > size {
                 let place = "the batch of events \(start)..<\(end) of \(events.count); the \(start) before it were acknowledged"
                 if case .server(let code, let raw, let detail, let message) = e {
