@@ -77,10 +77,12 @@ let package = Package(
             resources: []
         ),
         .testTarget(name: "PerennialProtocolTests", dependencies: ["PerennialProtocol"], path: "Tests/PerennialProtocolTests"),
-        .testTarget(name: "PerennialCoreTests", dependencies: ["PerennialCore", "Popularity", "CollaborativeFiltering", "TextCNN", "SessionRNN", "GANCandidates", "CKernels", "PerennialEval", "PerennialPlugins"], path: "Tests/PerennialCoreTests"),
+        // Where the test suites put their data directories (one folder per test process).
+        .target(name: "ScratchDirectory", path: "Tests/ScratchDirectory"),
+        .testTarget(name: "PerennialCoreTests", dependencies: ["PerennialCore", "Popularity", "CollaborativeFiltering", "TextCNN", "SessionRNN", "GANCandidates", "CKernels", "PerennialEval", "PerennialPlugins", "ScratchDirectory"], path: "Tests/PerennialCoreTests"),
         .testTarget(
             name: "PerennialServerTests",
-            dependencies: ["PerennialServer", "PerennialClient", "PerennialProtocol", "PerennialCore", "PerennialPlugins", "PerennialBench"],
+            dependencies: ["PerennialServer", "PerennialClient", "PerennialProtocol", "PerennialCore", "PerennialPlugins", "PerennialBench", "ScratchDirectory"],
             path: "Tests/PerennialServerTests"
         ),
     ],

@@ -1,4 +1,5 @@
 import Foundation
+import ScratchDirectory
 import Testing
 @testable import CollaborativeFiltering
 @testable import PerennialCore

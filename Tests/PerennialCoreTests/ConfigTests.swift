@@ -1,4 +1,5 @@
 import Foundation
+import ScratchDirectory
 import Testing
 import TextCNN
 import SessionRNN

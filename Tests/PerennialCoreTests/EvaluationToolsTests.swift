@@ -1,4 +1,5 @@
 import Foundation
+import ScratchDirectory
 import Testing
 @testable import PerennialCore
 @testable import PerennialEval

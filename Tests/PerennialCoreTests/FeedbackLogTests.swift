@@ -1,5 +1,6 @@
 import CKernels
 import Foundation
+import ScratchDirectory
 import Testing
 @testable import PerennialCore
 import Popularity

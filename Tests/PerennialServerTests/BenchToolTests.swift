@@ -2,6 +2,7 @@
 // schedule, and the driver against a real server.
 
 import Foundation
+import ScratchDirectory
 import Testing
 import PerennialProtocol
 @testable import PerennialBench

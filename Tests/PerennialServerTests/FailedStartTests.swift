@@ -3,6 +3,7 @@
 // start leaked about six), and a stopped learner (holding the model) is freed.
 
 import Foundation
+import ScratchDirectory
 import Testing
 import PerennialCore
 import PerennialPlugins

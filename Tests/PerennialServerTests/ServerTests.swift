@@ -2,6 +2,7 @@
 // hostile input, many connections, pipelining, backpressure and stopping.
 
 import Foundation
+import ScratchDirectory
 import Testing
 import PerennialClient
 import PerennialCore

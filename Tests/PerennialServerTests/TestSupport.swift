@@ -2,6 +2,7 @@
 // loopback port, and a raw blocking socket for sending arbitrary bytes.
 
 import Foundation
+import ScratchDirectory
 import PerennialCore
 import PerennialProtocol
 import PerennialPlugins

@@ -8,11 +8,11 @@ import Foundation
 import Glibc
 #endif
 
-enum ScratchDirectory {
+public enum ScratchDirectory {
     /// `$TMPDIR/perennial-tests-<pid>`; created on first use, when the
     /// folders of earlier test processes that died without cleaning up are
     /// removed too.
-    static let root: String = {
+    public static let root: String = {
         let base = FileManager.default.temporaryDirectory.path
         let fm = FileManager.default
         for name in (try? fm.contentsOfDirectory(atPath: base)) ?? [] where name.hasPrefix("perennial-tests-") {
@@ -27,7 +27,7 @@ enum ScratchDirectory {
     }()
 
     /// A fresh path under `root` (not created).
-    static func path(_ prefix: String) -> String {
+    public static func path(_ prefix: String) -> String {
         root + "/\(prefix)-\(UUID().uuidString)"
     }
 }
