@@ -216,6 +216,9 @@ public final class Server: Sendable {
         var firstSegment = 1
         var snapshotSeq: UInt64 = 0
         var firstSkip: String?
+        // Skipped for the file itself (damaged, another format, unreadable),
+        // or as read into the model (which a changed setting can cause).
+        var unreadable = 0, unrestorable = 0
         var loaded: SnapshotFile?
         for file in snapshots.files() {
             // Refused before anything else can fail: a snapshot skipped for
@@ -223,8 +226,15 @@ public final class Server: Sendable {
             // one that lacks the scorer (added since by a RELOAD).
             let unloaded = unloadedScorers(in: file, snapshots: snapshots)
             if !unloaded.isEmpty { throw ServerError("\(file.path): \(UnloadedScorerError(names: unloaded))") }
+            var read: (SnapshotInfo, SnapshotReader)
+            do { read = try snapshots.read(file.path) } catch {
+                Log.warning("skipping snapshot \(file.path): \(error)")
+                if firstSkip == nil { firstSkip = "\(error)" }
+                unreadable += 1
+                continue
+            }
             do {
-                var (info, reader) = try snapshots.read(file.path)
+                var (info, reader) = read
                 let candidate = Model(config: config, registry: .builtin)
                 try candidate.restore(from: &reader, unloaded: .refuseExcept(dropScorers))
                 model = candidate
@@ -242,16 +252,16 @@ public final class Server: Sendable {
                 let changed = changedSettings(since: file, snapshots: snapshots)
                 Log.warning("skipping snapshot \(file.path): \(error)\(changed.isEmpty ? "" : " (settings that differ from those it was written with: " + changed.joined(separator: ", ") + ")")")
                 if firstSkip == nil { firstSkip = "\(error)" }
+                unrestorable += 1
             }
         }
         let logStart = try FeedbackLog.segments(in: log.directory).first ?? 1
         if firstSegment == 1 && !snapshots.files().isEmpty && logStart > 1 {
             let changed = snapshots.files().first.map { changedSettings(since: $0, snapshots: snapshots) } ?? []
-            // (Damaged files are not a setting: say so rather than guess.)
-            let damaged = (firstSkip ?? "").contains("checksum") || (firstSkip ?? "").contains("truncated")
-                || (firstSkip ?? "").contains("not a Perennial snapshot") || (firstSkip ?? "").contains("cannot read")
-            let cause = damaged && changed.isEmpty
-                ? "The snapshots are damaged (see the warnings above for each): restore one from a copy"
+            // (Files that failed as files are not a setting: say so rather
+            // than guess; helper-59, helper-62.)
+            let cause = unreadable > 0 && unrestorable == 0
+                ? "No snapshot file could be used as a file (damaged, unreadable, or in a format this build does not read: see the warning for each above): restore one from a copy"
                 : changed.isEmpty
                 ? "Most likely the config changes a setting that shapes the stored model ([table] dimension, or a scorer's size such as cf neighbours or rating_factors), which cannot change on an existing data directory: put the old value back"
                 : "Settings that differ from those the newest snapshot was written with: \(changed.joined(separator: ", ")). If one of them shapes the stored model ([table], or a scorer's size), it cannot change on an existing data directory: put the old value back"
@@ -272,7 +282,7 @@ public final class Server: Sendable {
             }
         }
         if let torn = report.tornTail {
-            Log.warning("log: a torn tail of \(torn.bytes) bytes at byte \(torn.offset) of \(torn.file) was cut (an unacknowledged write interrupted by a crash)")
+            Log.warning("log: a torn tail of \(torn.bytes) bytes at byte \(torn.offset) of \(torn.file) was cut (a write interrupted by a crash: never acknowledged under fsync always; under everysec or no, a power loss can also cut events acknowledged in the last second or so)")
         }
         if report.records > 0 {
             let elapsed = MonotonicClock.nowNanos() - t0
@@ -348,13 +358,25 @@ extension Server {
         // not empty a news feed of today's articles): both are carried over
         // in log order. The segments after a kept version are kept, so
         // they are all there.
-        var carried: [LogRecord] = []
+        // With each item deletion, the ids it names that the live server
+        // held although the older model may not: those named by an event
+        // or an upsert since the version, before the deletion. They are
+        // remembered as deleted as the live server did, so a late event
+        // does not bring one back (review finding, helper-61), and ids it
+        // never held are not (helper-62: they could push real ones out).
+        var carried: [(record: LogRecord, heldSince: [UInt64])] = []
         var deletions = 0, upserts = 0
+        var namedSince = Set<UInt64>()
         do {
             try FeedbackLog.scan(directory: log.directory, fromSegment: info.firstLogSegment, cutTornTail: false) { record in
                 switch record {
-                case .deleteItems, .deleteUsers: carried.append(record); deletions += 1
-                case .upsert: carried.append(record); upserts += 1
+                case .deleteItems(let ids):
+                    carried.append((record, ids.filter(namedSince.contains)))
+                    deletions += 1
+                case .deleteUsers: carried.append((record, [])); deletions += 1
+                case .upsert(let item, _, _): carried.append((record, [])); namedSince.insert(item); upserts += 1
+                case .feedback(let first, let events) where first > info.seq:
+                    for e in events { namedSince.insert(e.item) }
                 case .feedback: break
                 }
             }
@@ -362,12 +384,9 @@ extension Server {
             Log.warning("rollback: the log after version \(file.id) cannot be read whole (\(error)): deletions and item upserts recorded after the damage are not carried over")
         }
         var scratch: [LearnEvent] = []
-        for r in carried {
-            try model.replay(r, scratch: &scratch)
-            // Remembered as the live server did, though the older model may
-            // not hold them (an item first seen after the version), so a
-            // late event does not bring one back (review finding, helper-61).
-            if case .deleteItems(let ids) = r { model.rememberDeleted(items: ids) }
+        for (record, heldSince) in carried {
+            try model.replay(record, scratch: &scratch)
+            model.rememberDeleted(items: heldSince)
         }
         // (Upserts are carried without the expiry that made room for them
         // in the live server: say so when they overfill the bound.)

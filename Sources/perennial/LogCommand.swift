@@ -89,7 +89,7 @@ struct LogCommand: ParsableCommand {
                 if let t = r.tornTail, t.bytes == 0 {
                     print("the last segment \(t.file) is empty (created just before a crash; start-up writes its header again)")
                 } else if let t = r.tornTail {
-                    print("torn tail: \(t.bytes) bytes at byte \(t.offset) of \(t.file) (start-up cuts it: it was never acknowledged)")
+                    print("torn tail: \(t.bytes) bytes at byte \(t.offset) of \(t.file) (start-up cuts it: a write interrupted by a crash, never acknowledged under fsync always; under everysec or no, a power loss can also cut events acknowledged in the last second or so)")
                 }
             } catch let missing as FeedbackLog.MissingLogSegments {
                 print("damaged: \(missing)")
