@@ -377,6 +377,7 @@ public final class FeedbackLog: @unchecked Sendable {
             throw LogError(failure!)
         }
         let path = (directory as NSString).appendingPathComponent(FeedbackLog.segmentName(n))
+        let existed = access(path, F_OK) == 0
         let f = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
         guard f >= 0 else { throw LogError("cannot open \(path): \(String(cString: strerror(errno)))") }
         var st = stat()
@@ -389,11 +390,13 @@ public final class FeedbackLog: @unchecked Sendable {
             withUnsafeBytes(of: salt.littleEndian) { header.append(contentsOf: $0) }
             guard writeAll(f, header) else {
                 let why = String(cString: strerror(errno))
-                // (Not left behind empty: on a full disk, a graceful stop's
-                // snapshot left a 0-byte segment that the next start could
-                // not write a header into either: helper-59.)
+                // (One this call created is not left behind empty: on a
+                // full disk, a graceful stop's snapshot left a 0-byte
+                // segment that the next start could not write a header into
+                // either: helper-59. One that was there already, maybe named
+                // by a snapshot, stays: helper-62.)
                 Glibc.close(f)
-                unlink(path)
+                if !existed { unlink(path) }
                 throw LogError("cannot write \(path): \(why)")
             }
             seed = UInt32(truncatingIfNeeded: salt)
