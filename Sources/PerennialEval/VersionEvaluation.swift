@@ -58,6 +58,8 @@ public enum VersionEvaluation {
                 _ = model.upsertItem(id: item, text: text, attributes: attributes.map { ($0.key, $0.value) })
             case .deleteItems(let items):
                 _ = model.deleteItems(items)
+            case .deleteItemsUnremembered(let items):
+                _ = model.deleteItems(items, remember: false)
             case .deleteUsers(let users):
                 _ = model.deleteUsers(users)
             }

@@ -126,6 +126,28 @@ import PerennialPlugins
         #expect(m.firstBreach(of: [click(1), click(4)], maxUserIDs: 0, maxItemIDs: 3)?.index == 1)
     }
 
+    /// A deletion logged by a build from before the deleted ids were
+    /// remembered (record type 3) replays as that build applied it: a later
+    /// event in its log brings the item back, so a kill -9 upgrade rebuilds
+    /// the model the old server served (review finding, helper-63: the
+    /// replay sent those events to the fallback item, and every answer
+    /// changed). This build writes type 5.
+    @Test func aDeletionAnOlderBuildLoggedReplaysAsItDid() throws {
+        var legacy: [UInt8] = []
+        LogRecord.deleteItemsUnremembered(items: [15]).encode(into: &legacy)
+        #expect(legacy[8] == 3)
+        var current: [UInt8] = []
+        LogRecord.deleteItems(items: [15]).encode(into: &current)
+        #expect(current[8] == 5)
+        let decoded = legacy.withUnsafeBytes { LogRecord.decode(payload: UnsafeRawBufferPointer(rebasing: $0[8...])) }
+        #expect(decoded == .deleteItemsUnremembered(items: [15]))
+        let m = try model(["cf", "popularity"])
+        try replay(m, stream())
+        let late = LogRecord.feedback(firstSeq: m.lastSeq + 1, events: [IncomingEvent(user: 4, item: 15, kind: .click, value: 1, timestamp: 2000)])
+        try replay(m, [try #require(decoded), late])
+        #expect(m.items.index(of: 15) != nil && m.eventsOnDeletedItems == 0 && m.deletedItems.count == 0)
+    }
+
     /// With `deleted_items_remembered = 0`, an event brings a deleted id
     /// back as a new item, with one event's count.
     @Test func withNoDeletedItemsRememberedAnEventBringsItBack() throws {

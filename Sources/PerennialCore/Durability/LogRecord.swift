@@ -16,10 +16,14 @@
 //                      u8 kind · f32 value · i64 timestamp)
 //   type 2 (upsert):   u64 item · u32 text bytes · text · u16 n ·
 //                      n × (u16 key bytes · key · u16 value bytes · value)
-//   type 3 (delete items): u32 n · n × u64 item   (DELETE_ITEMS)
+//   type 5 (delete items): u32 n · n × u64 item   (DELETE_ITEMS)
 //   type 4 (delete users): u32 n · n × u64 user   (DELETE_USERS)
 //                      (forgotten at this position, after every event
 //                      before it is learned)
+//   type 3 (delete items, written by builds before the deleted ids were
+//           remembered; read only): as type 5, replayed as those builds
+//           applied it, without remembering the ids, so a log they wrote
+//           rebuilds the model they served (review finding, helper-63).
 // All integers little-endian.
 
 public enum LogRecord: Equatable, Sendable {
@@ -27,6 +31,9 @@ public enum LogRecord: Equatable, Sendable {
     case upsert(item: UInt64, text: String, attributes: [LogAttribute])
     case deleteItems(items: [UInt64])
     case deleteUsers(users: [UInt64])
+    /// A deletion an older build logged (type 3): its ids are not
+    /// remembered as deleted (Model.deleteItems(_:remember:)).
+    case deleteItemsUnremembered(items: [UInt64])
 
     public static let magic: [UInt8] = Array("PRNLOG02".utf8)
     /// Format 1's magic: segments written before the salt (read only).
@@ -64,9 +71,13 @@ public enum LogRecord: Equatable, Sendable {
                 p.appendLE(UInt16(a.value.utf8.count))
                 p.append(contentsOf: a.value.utf8)
             }
-        case .deleteItems(let ids), .deleteUsers(let ids):
+        case .deleteItems(let ids), .deleteUsers(let ids), .deleteItemsUnremembered(let ids):
             p.reserveCapacity(5 + ids.count * 8)
-            if case .deleteItems = self { p.append(3) } else { p.append(4) }
+            switch self {
+            case .deleteItems: p.append(5)
+            case .deleteUsers: p.append(4)
+            default: p.append(3)
+            }
             p.appendLE(UInt32(ids.count))
             for i in ids { p.appendLE(i) }
         }
@@ -100,7 +111,7 @@ public enum LogRecord: Equatable, Sendable {
             }
             guard r.remaining == 0 else { return nil }
             return .upsert(item: item, text: text, attributes: attributes)
-        case 3, 4:
+        case 3, 4, 5:
             guard let n = r.u32(), Int(n) * 8 == r.remaining else { return nil }
             var ids: [UInt64] = []
             ids.reserveCapacity(Int(n))
@@ -108,7 +119,11 @@ public enum LogRecord: Equatable, Sendable {
                 guard let i = r.u64() else { return nil }
                 ids.append(i)
             }
-            return type == 3 ? .deleteItems(items: ids) : .deleteUsers(users: ids)
+            switch type {
+            case 5: return .deleteItems(items: ids)
+            case 4: return .deleteUsers(users: ids)
+            default: return .deleteItemsUnremembered(items: ids)
+            }
         default:
             return nil
         }

@@ -365,14 +365,16 @@ public final class Model: @unchecked Sendable {
     /// the model does not hold are ignored. Returns how many it held.
     /// The learner must have applied every admitted event (the server
     /// waits for that before it logs the deletion, so a replay of the log
-    /// forgets at the same position).
-    public func deleteItems(_ ids: [UInt64]) -> Int {
+    /// forgets at the same position). `remember`: the ids are remembered
+    /// as deleted (DeletedItemIds); false for a deletion an older build
+    /// logged, which it applied without remembering them.
+    public func deleteItems(_ ids: [UInt64], remember: Bool = true) -> Int {
         // (With `item_min_occurrences`, the sketch's count of each id goes
         // too: back, the id waits for its row like a new one.)
         // Remembered as deleted: what the model holds of them, or already
         // remembered (a repeated deletion makes it the latest again). Only
         // ids this logged deletion held, so a replay remembers the same.
-        let remembered = ids.filter { holdsAnything(ofItem: $0) }
+        let remembered = remember ? ids.filter { holdsAnything(ofItem: $0) } : []
         for id in ids { itemLifecycle.admission.forgetSightings(of: id) }
         pendingUserItems.remove(items: Set(ids))
         for id in remembered { deletedItems.insert(id) }
@@ -525,6 +527,8 @@ public final class Model: @unchecked Sendable {
             timedRecordWithoutSeq { _ = upsertItem(id: item, text: text, attributes: attributes.map { ($0.key, $0.value) }) }
         case .deleteItems(let items):
             timedRecordWithoutSeq { _ = deleteItems(items) }
+        case .deleteItemsUnremembered(let items):
+            timedRecordWithoutSeq { _ = deleteItems(items, remember: false) }
         case .deleteUsers(let users):
             timedRecordWithoutSeq { _ = deleteUsers(users) }
         }
