@@ -373,7 +373,13 @@ extension Server {
                 case .deleteItems(let ids):
                     carried.append((record, ids.filter(namedSince.contains)))
                     deletions += 1
-                case .deleteUsers, .deleteItemsUnremembered: carried.append((record, [])); deletions += 1
+                case .deleteUsers: carried.append((record, [])); deletions += 1
+                case .deleteItemsUnremembered(let ids):
+                    // (An older build's deletion: its ids are neither held
+                    // nor remembered after it, until named again: helper-64.)
+                    carried.append((record, []))
+                    namedSince.subtract(ids)
+                    deletions += 1
                 case .upsert(let item, _, _): carried.append((record, [])); namedSince.insert(item); upserts += 1
                 case .feedback(let first, let events) where first > info.seq:
                     for e in events { namedSince.insert(e.item) }

@@ -32,7 +32,9 @@ public enum LogRecord: Equatable, Sendable {
     case deleteItems(items: [UInt64])
     case deleteUsers(users: [UInt64])
     /// A deletion an older build logged (type 3): its ids are not
-    /// remembered as deleted (Model.deleteItems(_:remember:)).
+    /// remembered as deleted (Model.deleteItems(_:remember:)). This build
+    /// never logs one; it encodes one only for tests standing in for an
+    /// older build's log.
     case deleteItemsUnremembered(items: [UInt64])
 
     public static let magic: [UInt8] = Array("PRNLOG02".utf8)
