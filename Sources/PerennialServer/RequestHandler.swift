@@ -623,10 +623,7 @@ final class RequestHandler {
         // (review finding, helper-60): a snapshot first keeps it.
         let removing = model.scorerNames.filter { name in !next.scorers.contains { $0.name == name } }
         if !removing.isEmpty && model.lastSeq > 0 {
-            let kept = snapshots.store.files().contains { file in
-                (snapshots.store.metadata(of: file)["scorers"] as? [String]).map { s in removing.allSatisfy(s.contains) } ?? false
-            }
-            if !kept {
+            if newestVersionHolding(removing) == nil {
                 throw ProtocolError(.invalidArgument, "the new config removes \(removing.joined(separator: ", ")), whose learned state no kept version holds (no snapshot since it was loaded): the RELOAD would lose it for good; nothing was changed. Take a snapshot first (perennial admin snapshot), which keeps it in a version you can roll back to, then RELOAD again")
             }
         }
@@ -642,6 +639,14 @@ final class RequestHandler {
             throw ProtocolError(.invalidArgument, "the new config changes \(fixed.joined(separator: ", ")), which need a restart; nothing was changed")
         }
         return next
+    }
+
+    /// The newest kept version whose description lists every one of these
+    /// scorers (it holds their learned state).
+    private func newestVersionHolding(_ scorers: [String]) -> SnapshotFile? {
+        snapshots.store.files().first { file in
+            (snapshots.store.metadata(of: file)["scorers"] as? [String]).map { s in scorers.allSatisfy(s.contains) } ?? false
+        }
     }
 
     /// Takes a checked config (the learner idle, no snapshot thread
@@ -694,7 +699,7 @@ final class RequestHandler {
         // still is (an operator who removed it by mistake can roll back).
         let removed = reconfigured.removed
         if !removed.isEmpty {
-            let kept = snapshots.store.files().first { (snapshots.store.metadata(of: $0)["scorers"] as? [String]).map { s in removed.allSatisfy(s.contains) } ?? false }
+            let kept = newestVersionHolding(removed)
             also.append("the learned state of \(removed.joined(separator: ", ")) is dropped from the served model; "
                 + (kept.map { "version \($0.id) still holds it (serve --from-version \($0.id) while it is kept)" } ?? "no kept version holds it"))
         }

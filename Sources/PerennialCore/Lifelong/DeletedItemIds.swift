@@ -14,11 +14,8 @@ public final class DeletedItemIds {
     public let capacity: Int
     /// Each remembered id and the serial of its entry in `order`.
     private var serials: [UInt64: UInt64] = [:]
-    /// Ids in deletion order; an entry whose serial is not the id's current
-    /// one is stale (deleted again later, or brought back).
-    private var order: [(id: UInt64, serial: UInt64)] = []
-    private var orderStart = 0
-    private var nextSerial: UInt64 = 0
+    /// Ids in deletion order (a repeated deletion makes a new entry).
+    private var order = InsertionOrder()
 
     public init(capacity: Int) { self.capacity = capacity }
 
@@ -31,15 +28,9 @@ public final class DeletedItemIds {
     public func insert(_ id: UInt64) {
         guard capacity > 0 else { return }
         if serials[id] == nil {
-            while serials.count >= capacity, orderStart < order.count {
-                let (old, serial) = order[orderStart]
-                if serials[old] == serial { serials[old] = nil }
-                orderStart += 1
-            }
+            while serials.count >= capacity, let oldest = order.popOldest(serial: serial) { serials[oldest] = nil }
         }
-        nextSerial += 1
-        serials[id] = nextSerial
-        order.append((id, nextSerial))
+        serials[id] = order.append(id)
         compactIfStale()
     }
 
@@ -49,27 +40,24 @@ public final class DeletedItemIds {
         compactIfStale()
     }
 
-    /// Drops the spent front and the stale entries once they are most of
-    /// the queue (amortised O(1) a call).
-    private func compactIfStale() {
-        guard order.count > 1024 && order.count > 2 * serials.count else { return }
-        order = order[orderStart...].filter { serials[$0.id] == $0.serial }
-        orderStart = 0
-    }
+    private func serial(_ id: UInt64) -> UInt64? { serials[id] }
 
-    public var bytes: Int { serials.count * 32 + order.capacity * 16 }
+    private func compactIfStale() { order.compactIfStale(liveCount: serials.count, serial: serial) }
+
+    public var bytes: Int { serials.count * 32 + order.bytes }
 
     // MARK: snapshots
 
     /// The remembered ids, oldest deletion first.
     public func save(to w: inout SnapshotWriter) {
-        let live = order[orderStart...].filter { serials[$0.id] == $0.serial }
+        let live = order.live(serial: serial)
         w.int(live.count)
-        for (id, _) in live { w.u64(id) }
+        for id in live { w.u64(id) }
     }
 
     public func load(from r: inout SnapshotReader) throws {
-        serials = [:]; order = []; orderStart = 0; nextSerial = 0
+        serials = [:]
+        order.removeAll()
         for _ in 0..<(try r.count(bytesEach: 8)) {
             let id = try r.u64()
             guard !contains(id) else { throw LogError("snapshot: deleted item \(id) is listed twice") }

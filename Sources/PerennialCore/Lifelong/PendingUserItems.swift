@@ -19,12 +19,8 @@ public final class PendingUserItems {
     /// Each pending id's items (external ids, oldest first) and the serial
     /// of its entry in `order`.
     private var pending: [UInt64: (items: [UInt64], serial: UInt64)] = [:]
-    /// Ids in the order they became pending; an entry whose serial is not
-    /// the id's current one is stale (the id was admitted, deleted or
-    /// dropped, and maybe became pending again later).
-    private var order: [(id: UInt64, serial: UInt64)] = []
-    private var orderStart = 0
-    private var nextSerial: UInt64 = 0
+    /// Ids in the order they became pending.
+    private var order = InsertionOrder()
 
     public init(maxUsers: Int, maxItems: Int) {
         self.maxUsers = maxUsers
@@ -37,14 +33,8 @@ public final class PendingUserItems {
     public func record(user: UInt64, item: UInt64) {
         guard maxUsers > 0 && maxItems > 0 else { return }
         if pending[user] == nil {
-            while pending.count >= maxUsers, orderStart < order.count {
-                let (id, serial) = order[orderStart]
-                if pending[id]?.serial == serial { pending[id] = nil }
-                orderStart += 1
-            }
-            nextSerial += 1
-            pending[user] = ([], nextSerial)
-            order.append((user, nextSerial))
+            while pending.count >= maxUsers, let oldest = order.popOldest(serial: serial) { pending[oldest] = nil }
+            pending[user] = ([], order.append(user))
         }
         // (A repeat moves to the end rather than taking a second place.)
         if let at = pending[user]!.items.firstIndex(of: item) { pending[user]!.items.remove(at: at) }
@@ -81,22 +71,18 @@ public final class PendingUserItems {
     /// Whether any pending list holds the item (O(pending ids): deletions only).
     public func mentions(item: UInt64) -> Bool { pending.values.contains { $0.items.contains(item) } }
 
-    /// Drops the spent front and the stale entries once they are most of
-    /// the queue (amortised O(1) a call).
-    private func compactIfStale() {
-        guard order.count > 1024 && order.count > 2 * pending.count else { return }
-        order = order[orderStart...].filter { pending[$0.id]?.serial == $0.serial }
-        orderStart = 0
-    }
+    private func serial(_ id: UInt64) -> UInt64? { pending[id]?.serial }
 
-    public var bytes: Int { pending.count * (64 + 8 * max(1, maxItems)) + order.capacity * 16 }
+    private func compactIfStale() { order.compactIfStale(liveCount: pending.count, serial: serial) }
+
+    public var bytes: Int { pending.count * (64 + 8 * max(1, maxItems)) + order.bytes }
 
     // MARK: snapshots
 
     public func save(to w: inout SnapshotWriter) {
-        let live = order[orderStart...].filter { pending[$0.id]?.serial == $0.serial }
+        let live = order.live(serial: serial)
         w.int(live.count)
-        for (id, _) in live {
+        for id in live {
             w.u64(id)
             w.int(pending[id]!.items.count)
             for item in pending[id]!.items { w.u64(item) }
@@ -104,7 +90,8 @@ public final class PendingUserItems {
     }
 
     public func load(from r: inout SnapshotReader) throws {
-        pending = [:]; order = []; orderStart = 0; nextSerial = 0
+        pending = [:]
+        order.removeAll()
         for _ in 0..<(try r.count(bytesEach: 16)) {
             let id = try r.u64()
             var items: [UInt64] = []

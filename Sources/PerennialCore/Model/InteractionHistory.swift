@@ -115,12 +115,6 @@ public final class InteractionHistory {
         return u < kinds.count ? kinds[u] : []
     }
 
-    public func forEachItem(of user: Int32, _ body: (Int32) -> Void) {
-        let u = Int(user)
-        guard u < lists.count else { return }
-        for i in lists[u] { body(i) }
-    }
-
     /// The user's items that `excluded` (the kinds whose events exclude an
     /// item) excludes: those with an event of such a kind, or of unknown kind.
     public func forEachExcludedItem(of user: Int32, excluded: UInt8, _ body: (Int32) -> Void) {

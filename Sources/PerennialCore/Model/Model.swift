@@ -377,7 +377,7 @@ public final class Model: @unchecked Sendable {
         let remembered = remember ? ids.filter { holdsAnything(ofItem: $0) } : []
         for id in ids { itemLifecycle.admission.forgetSightings(of: id) }
         pendingUserItems.remove(items: Set(ids))
-        for id in remembered { deletedItems.insert(id) }
+        rememberDeleted(items: remembered)
         let held = heldIndices(ids, in: items)
         guard !held.isEmpty else { return 0 }
         precondition(appliedSeq == lastSeq, "ids are forgotten with the learner idle")
@@ -741,11 +741,10 @@ public final class Model: @unchecked Sendable {
         for _ in 0..<itemCount { itemIDs.append(try r.u64()) }
         items.restore(ids: itemIDs, vacant: r.format >= 3 ? try Self.vacantIndices(&r, of: itemIDs) : [])
         try r.mark("history")
-        // (As saved, until their kinds come: a smaller max_items_per_user
-        // now cuts both together, below.)
+        // (Restored once their kinds are read, in format 7, below: a smaller
+        // max_items_per_user now cuts both together.)
         var savedHistory: [[Int32]] = []
         for _ in 0..<userCount { savedHistory.append(try r.indices(below: itemCount)) }
-        for (u, items) in savedHistory.enumerated() { history.restore(user: Int32(u), items: items) }
         try r.mark("catalogue")
         for _ in 0..<(try r.count(bytesEach: 24)) {
             let i = try r.index(below: itemCount)
@@ -822,6 +821,8 @@ public final class Model: @unchecked Sendable {
                 }
                 history.restore(user: Int32(u), items: savedHistory[u], kinds: k)
             }
+        } else {
+            for (u, items) in savedHistory.enumerated() { history.restore(user: Int32(u), items: items) }
         }
         lifecycle.enrollUntracked(users: userCount) { u in users.id(at: u) != 0 && u != fallbackUser }
         replayHeld.store(UInt64(replayBuffer.events.count), ordering: .relaxed)
