@@ -231,6 +231,15 @@ public enum Request: Sendable, Equatable {
     case snapshot
     case shutdown
 
+    /// Whether the request writes to the log or the model's settings
+    /// (refused while a restart replays the log: PROTOCOL.md, RECOVERING).
+    public var changesState: Bool {
+        switch self {
+        case .feedback, .upsertItem, .deleteItems, .deleteUsers, .reload, .snapshot: true
+        case .hello, .ping, .recommend, .score, .stats, .shutdown: false
+        }
+    }
+
     public var opcode: Opcode {
         switch self {
         case .hello: .hello

@@ -18,6 +18,7 @@ public enum ErrorCode: UInt16, Sendable, CaseIterable {
     case `internal` = 14
     case busy = 15
     case capacity = 16
+    case recovering = 17
 
     /// The name used in PROTOCOL.md and the vectors' index.
     public var name: String {
@@ -38,6 +39,7 @@ public enum ErrorCode: UInt16, Sendable, CaseIterable {
         case .internal: "INTERNAL"
         case .busy: "BUSY"
         case .capacity: "CAPACITY"
+        case .recovering: "RECOVERING"
         }
     }
 

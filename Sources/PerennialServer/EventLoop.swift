@@ -40,6 +40,8 @@ final class EventLoop {
     /// until `pollUntilNs`, set when a turn read something (`bytesIn`
     /// moved past `pollSeenBytes`).
     private let pollIdle: UnsafeMutablePointer<uv_idle_t>
+    /// Active while the log is replayed a slice per turn (`recoveryTurn`).
+    private let recoveryIdle: UnsafeMutablePointer<uv_idle_t>
     private var pollUntilNs: UInt64 = 0
     private var pollSeenBytes: UInt64 = 0
     private var gatherStartNs: UInt64 = 0
@@ -66,6 +68,7 @@ final class EventLoop {
         check = .allocate(capacity: 1)
         batchIdle = .allocate(capacity: 1)
         pollIdle = .allocate(capacity: 1)
+        recoveryIdle = .allocate(capacity: 1)
         signals = [.allocate(capacity: 1), .allocate(capacity: 1), .allocate(capacity: 1)]
         handler.connectionBufferBytes = { [unowned self] in connections.values.reduce(0) { $0 + $1.bufferBytes } }
     }
@@ -91,6 +94,7 @@ final class EventLoop {
         check.deallocate()
         batchIdle.deallocate()
         pollIdle.deallocate()
+        recoveryIdle.deallocate()
         for s in signals { s.deallocate() }
     }
 
@@ -165,6 +169,8 @@ final class EventLoop {
         batchIdle.pointee.data = opaqueSelf
         uv_idle_init(loop, pollIdle)
         pollIdle.pointee.data = opaqueSelf
+        uv_idle_init(loop, recoveryIdle)
+        recoveryIdle.pointee.data = opaqueSelf
         handlesSignals = handleSignals
         for (s, signum) in zip(signals, [SIGINT, SIGTERM, SIGHUP]) {
             uv_signal_init(loop, s)
@@ -380,7 +386,7 @@ final class EventLoop {
     /// then delays no RECOMMEND already read. FEEDBACK parked while the
     /// learner caught up for it goes on right after.
     func snapshotTurn() {
-        guard !stopping, batchMembers.isEmpty else { return }
+        guard !stopping, batchMembers.isEmpty, handler.recovery == nil else { return }
         guard handler.snapshots.turn() else { return }
         learnerProgressed()
         // What they sent is acknowledged in this turn (under `always`, after its fsync).
@@ -407,6 +413,38 @@ final class EventLoop {
             }
             finishStopIfDone()
         }
+    }
+
+    // MARK: recovery
+
+    /// Starts replaying the log a slice per turn (`handler.recovery`).
+    func startRecovery() { uv_idle_start(recoveryIdle, loopRecover) }
+
+    /// One slice of the replay (about 1 ms: a read that arrives meanwhile
+    /// waits that long at most), in the idle phase, before the turn's poll
+    /// reads requests. A RECOMMEND waiting for `min_applied_seq` is
+    /// answered as soon as the replay passes it.
+    func recoveryTurn() {
+        guard let recovery = handler.recovery, !stopping else {
+            uv_idle_stop(recoveryIdle)
+            return
+        }
+        do {
+            if try recovery.step(budgetNanos: 1_000_000) {
+                uv_idle_stop(recoveryIdle)
+                try recovery.finish(recovery)
+                handler.recovery = nil
+            }
+        } catch {
+            uv_idle_stop(recoveryIdle)
+            Log.error("replaying the log failed: \(error); stopping (nothing was written: the log is as it was)")
+            recovery.failed(error)
+            handler.recoveryFailed = true
+            handler.recovery = nil
+            beginShutdown()
+            return
+        }
+        learnerProgressed()
     }
 
     // MARK: stopping
@@ -452,14 +490,18 @@ final class EventLoop {
         handler.snapshots.finishInFlight()
         // (A SIGHUP still waiting for the learner is carried out first.)
         _ = handler.runWaitingHangup(stopping: true)
-        if handler.model.lastSeq > handler.snapshots.lastSnapshotSeq || handler.snapshots.reloadUnsnapshotted
-            || handler.snapshots.changedSinceSnapshot { _ = try? handler.snapshots.take() }
+        // (Not in the middle of a replay: the log is whole, and the next
+        // start replays it again; nor after a replay failed.)
+        if handler.recovery == nil && !handler.recoveryFailed
+            && (handler.model.lastSeq > handler.snapshots.lastSnapshotSeq || handler.snapshots.reloadUnsnapshotted
+                || handler.snapshots.changedSinceSnapshot) { _ = try? handler.snapshots.take() }
         uv_close(UnsafeMutablePointer(OpaquePointer(progressAsync)), nil)
         uv_close(UnsafeMutablePointer(OpaquePointer(stopAsync)), nil)
         uv_close(UnsafeMutablePointer(OpaquePointer(timer)), nil)
         uv_close(UnsafeMutablePointer(OpaquePointer(check)), nil)
         uv_close(UnsafeMutablePointer(OpaquePointer(batchIdle)), nil)
         uv_close(UnsafeMutablePointer(OpaquePointer(pollIdle)), nil)
+        uv_close(UnsafeMutablePointer(OpaquePointer(recoveryIdle)), nil)
     }
 }
 
@@ -512,6 +554,10 @@ private let loopCheck: uv_check_cb = { handle in
     loop.commitAwaitingSync()
     loop.snapshotTurn()
     loop.busyPollTurn()
+}
+
+private let loopRecover: uv_idle_cb = { handle in
+    eventLoop(handle?.pointee.data).recoveryTurn()
 }
 
 /// Does nothing: an active idle handle only keeps poll from blocking (while

@@ -74,6 +74,11 @@ final class RequestHandler {
     let log: FeedbackLog
     /// When snapshots are taken (automatic, requested, a RELOAD's, a stop's).
     let snapshots: SnapshotScheduler
+    /// The log being replayed while serving (nil once it is all replayed,
+    /// or when there was none): writes are refused RECOVERING meanwhile.
+    var recovery: LogRecovery?
+    /// The replay failed: the server is stopping, and refuses writes.
+    var recoveryFailed = false
     /// Records were written under `always` and must be fsynced before the
     /// replies acknowledging them leave.
     private(set) var needsSync = false
@@ -209,6 +214,17 @@ final class RequestHandler {
         // the config it applied may have changed the tokens since: review
         // finding, an applied RELOAD answered UNAUTHORIZED.)
         if state.reloadWaitingSince == nil || !isReload(request) { try authorize(request, state: &state) }
+        if recovery != nil || recoveryFailed, request.changesState {
+            // A write waits (its connection parked, the frame unread) for
+            // the replay to end, up to limits.wait_ms, then is refused: it
+            // must be numbered after every event in the log.
+            if let r = recovery {
+                let now = MonotonicClock.nowMillis()
+                if state.waitDeadline == 0 { state.waitDeadline = now + UInt64(config.limits.waitMs) }
+                if now < state.waitDeadline { return .waitForApplied(seq: r.targetSeq, deadline: state.waitDeadline) }
+            }
+            throw recoveringError()
+        }
         switch request {
         case .ping:
             Reply.ping.encode(into: &out, requestID: requestID)
@@ -585,7 +601,7 @@ final class RequestHandler {
     /// any more) and stopped the learner; the reload runs before the stop's
     /// snapshot, which then holds its scorer set.
     func runWaitingHangup(stopping: Bool = false) -> Bool {
-        guard hangupWaiting, !snapshots.serialising, model.appliedSeq >= model.lastSeq,
+        guard hangupWaiting, recovery == nil, !recoveryFailed, !snapshots.serialising, model.appliedSeq >= model.lastSeq,
               stopping || !hasDeferred else { return false }
         hangupWaiting = false
         do {
@@ -671,6 +687,9 @@ final class RequestHandler {
             also.append("[server] recommend batching")
         }
         if next.busyPollMicros != config.busyPollMicros { also.append("server.busy_poll_us = \(next.busyPollMicros)") }
+        if next.serveWhileRecovering != config.serveWhileRecovering {
+            also.append("server.serve_while_recovering = \(next.serveWhileRecovering) (from the next start)")
+        }
         if next.historyExcludedKinds != config.historyExcludedKinds {
             let kinds = FeedbackKind.allCases.filter { next.historyExcludedKinds & KindMask.of($0) != 0 }.map(\.name)
             also.append("history.exclude_kinds = [\(kinds.joined(separator: ", "))]")
@@ -776,12 +795,27 @@ final class RequestHandler {
         }
     }
 
+    /// The refusal of a write while the log is replayed; `detail` is the
+    /// replay's estimated milliseconds left (0: not known yet).
+    private func recoveringError() -> ProtocolError {
+        guard let r = recovery else {
+            return ProtocolError(.recovering, "replaying the log failed and the server is stopping (see its log); nothing of this request was accepted")
+        }
+        let left = r.estimatedMillisLeft
+        let done = r.totalEvents == 0 ? 100 : 100 * r.replayedEvents / r.totalEvents
+        return ProtocolError(.recovering, "the server is replaying its log after a restart (at sequence \(model.appliedSeq) of \(r.targetSeq), \(done)% done\(left.map { ", about \($0) ms left" } ?? "")); reads are answered meanwhile; a write waits up to limits.wait_ms = \(config.limits.waitMs) ms for the replay, and this one was not accepted: send it again (STATS recovering = 0 once the replay is done)",
+                             detail: UInt32(min(left ?? 0, UInt64(UInt32.max))))
+    }
+
     /// Decides whether a read must wait for the learner: until the later of
     /// the request's `min_applied_seq` and this connection's last feedback.
     private func readYourWrites(_ minApplied: UInt64, state: inout ConnectionState) throws(ProtocolError) -> FrameOutcome? {
-        if minApplied > model.lastSeq {
+        // (While the log is replayed, its last sequence was accepted
+        // before the restart: a read asking for it waits like any other.)
+        let accepted = max(model.lastSeq, recovery?.targetSeq ?? 0)
+        if minApplied > accepted {
             throw ProtocolError(.invalidArgument,
-                                "min_applied_seq \(minApplied) is above the highest accepted sequence \(model.lastSeq)")
+                                "min_applied_seq \(minApplied) is above the highest accepted sequence \(accepted)")
         }
         let needed = max(minApplied, state.lastFeedbackSeq)
         guard model.appliedSeq < needed else { return nil }
@@ -789,7 +823,8 @@ final class RequestHandler {
         if state.waitDeadline == 0 { state.waitDeadline = now + UInt64(config.limits.waitMs) }
         if now >= state.waitDeadline {
             let whose = needed == minApplied ? "min_applied_seq \(needed)" : "sequence \(needed) (this connection's last acknowledged FEEDBACK, which a read on the same connection always waits for)"
-            throw ProtocolError(.timeout, "the learner did not apply \(whose) within limits.wait_ms = \(config.limits.waitMs) ms: it has applied \(model.appliedSeq), \(needed - model.appliedSeq) behind; a read on another connection answers at once from what is learned so far")
+            let learner = recovery == nil ? "the learner" : "the replay of the log after a restart"
+            throw ProtocolError(.timeout, "\(learner) did not apply \(whose) within limits.wait_ms = \(config.limits.waitMs) ms: it has applied \(model.appliedSeq), \(needed - model.appliedSeq) behind; a read without min_applied_seq answers at once from what is learned so far")
         }
         return .waitForApplied(seq: needed, deadline: state.waitDeadline)
     }
@@ -837,6 +872,8 @@ final class RequestHandler {
             StatCounter("users_deleted", stats.usersDeleted),
             StatCounter("capacity_refusals", stats.capacityRefusals),
             StatCounter("uptime_ms", MonotonicClock.nowMillis() - startedAt),
+            StatCounter("recovering", recovery != nil ? 1 : 0),
+            StatCounter("recovery_events_left", recovery.map { UInt64(max(0, $0.totalEvents - $0.replayedEvents)) } ?? 0),
             StatCounter("sessions", UInt64(sessions.count)),
             StatCounter("session_items", UInt64(sessions.storedItems)),
             StatCounter("sessions_evicted", sessions.evicted),

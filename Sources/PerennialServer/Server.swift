@@ -22,12 +22,18 @@ public final class Server: Sendable {
     private let state: Mutex<State>
     private let started = DispatchSemaphore(value: 0)
     private let ended = DispatchSemaphore(value: 0)
+    /// Signalled once the log is replayed (at once when there was none to
+    /// replay before listening), or when the server ends before that.
+    private let recovered = DispatchSemaphore(value: 0)
 
     struct State {
         var port = 0
         var waker: EventLoopWaker?
         var running = false
         var startError: String?
+        /// A replay while serving that failed: the server stopped, and
+        /// `run` throws this.
+        var recoveryError: String?
         /// What replaying the log at start-up cost (ns, events): the
         /// learner's first estimate of its cost, before it measures its own.
         var replayCost: (nanos: UInt64, events: UInt64)?
@@ -63,6 +69,7 @@ public final class Server: Sendable {
         } catch {
             state.withLock { $0.startError = "\(error)" }
             started.signal()
+            recovered.signal()
             ended.signal()
             throw error
         }
@@ -73,25 +80,36 @@ public final class Server: Sendable {
         let model: Model
         var recoveredSnapshotSeq: UInt64 = 0
         var rollback: [String: Any]?
+        // The log to replay once the port is open (server.serve_while_recovering),
+        // and the first segment the log is appended to after it.
+        var pending: PendingReplay?
+        var firstLogSegment = 1
+        // (A rollback, or a scorer dropped as asked, writes a new version
+        // before the port opens: of the whole model, so it replays first.)
+        let replayWhileServing = config.serveWhileRecovering && dropScorers.isEmpty
         do {
             let (recovered, firstSegment, snapshotSeq): (Model, Int, UInt64)
             if let startVersion, let done = rollbackAlreadyTaken(to: startVersion, snapshots: snapshots) {
                 // (A flag left in a service unit must not throw away, on every
                 // start, what was learned since the rollback.)
                 Log.warning("--from-version \(startVersion): version \(done) already records that rollback, so this start recovers the newest version with everything learned since; remove --from-version (to roll back to the same model again: --from-version \(done))")
-                (recovered, firstSegment, snapshotSeq) = try recover(log: log, snapshots: snapshots)
+                (recovered, firstSegment, snapshotSeq, pending) = try recover(log: log, snapshots: snapshots, whileServing: replayWhileServing)
             } else if let startVersion {
                 (recovered, firstSegment, snapshotSeq, rollback) = try rollBack(to: startVersion, log: log, snapshots: snapshots)
             } else {
-                (recovered, firstSegment, snapshotSeq) = try recover(log: log, snapshots: snapshots)
+                (recovered, firstSegment, snapshotSeq, pending) = try recover(log: log, snapshots: snapshots, whileServing: replayWhileServing)
             }
             model = recovered
             recoveredSnapshotSeq = snapshotSeq
-            try log.openForAppend(lastSeq: model.lastSeq, atLeastSegment: firstSegment)
+            firstLogSegment = firstSegment
+            // (With a replay to come, new records wait for its end: they
+            // are numbered after the log's last.)
+            if pending == nil { try log.openForAppend(lastSeq: model.lastSeq, atLeastSegment: firstSegment) }
         } catch {
             Glibc.close(dataLock)
             state.withLock { $0.startError = "\(error)" }
             started.signal()
+            recovered.signal()
             ended.signal()
             throw error
         }
@@ -101,10 +119,6 @@ public final class Server: Sendable {
         let learner = Learner(model: model, capacity: config.learnerQueueCapacity) { _ in
             wakerBox.withLock { $0 }?.progressed()
         }
-        // (Replay ran the same code as the learner: its cost is the first
-        // estimate, so the queue allowance and the recovery estimate are
-        // right from the start rather than after the first chunk.)
-        if let cost = state.withLock({ $0.replayCost }) { learner.seedCost(nanos: cost.nanos, events: cost.events) }
         let handler = RequestHandler(config: config, model: model, learner: learner, log: log, snapshots: snapshots,
                                      lastSnapshotSeq: recoveredSnapshotSeq, reloadConfig: reloadConfig)
         let loop = EventLoop(handler: handler)
@@ -127,6 +141,7 @@ public final class Server: Sendable {
             Glibc.close(dataLock)
             state.withLock { $0.startError = "\(error)" }
             started.signal()
+            recovered.signal()
             ended.signal()
             throw error
         }
@@ -135,21 +150,59 @@ public final class Server: Sendable {
         // closes its handles only after waiting for that thread to end, in
         // `SnapshotScheduler.finishInFlight`, collected or not.)
         handler.wakeLoop = { [waker = loop.waker] in waker.progressed() }
-        learner.start()
+        // What follows the replay of the log, before the first write: the
+        // log opened for appending after its last record, the learner
+        // started with the replay's cost as its first estimate.
+        let config = config
+        let goLive: (_ replayed: (nanos: UInt64, events: Int)?) throws -> Void = { [self, firstLogSegment] replayed in
+            if let replayed {
+                try log.openForAppend(lastSeq: model.lastSeq, atLeastSegment: firstLogSegment)
+                state.withLock { $0.replayCost = (replayed.nanos, UInt64(replayed.events)) }
+            }
+            // (Replay ran the same code as the learner: its cost is the first
+            // estimate, so the queue allowance and the recovery estimate are
+            // right from the start rather than after the first chunk.)
+            if let cost = state.withLock({ $0.replayCost }) { learner.seedCost(nanos: cost.nanos, events: cost.events) }
+            learner.start()
+            // Recovery replays the log whatever the bounds; a lowered bound
+            // only stops new ids from now on.
+            for full in model.boundsReached(maxUserIDs: config.limits.maxUserIDs, maxItemIDs: config.limits.maxItemIDs) {
+                Log.warning(full)
+            }
+            recovered.signal()
+        }
         state.withLock {
             $0.port = port
             $0.waker = loop.waker
             $0.running = true
         }
-        // Recovery replays the log whatever the bounds; a lowered bound
-        // only stops new ids from now on.
-        for full in model.boundsReached(maxUserIDs: config.limits.maxUserIDs, maxItemIDs: config.limits.maxItemIDs) {
-            Log.warning(full)
-        }
         Log.info("perennial \(PerennialVersion.string) listening on \(config.host):\(port) (scorers: \(model.scorerNames.joined(separator: ", ")); default \(model.defaultScorer); config \(config.source))")
+        if let pending {
+            Log.info("replaying \(pending.events) events (\(pending.records) records) from the log while serving: reads are answered from the model as the replay catches up, writes wait for it (up to limits.wait_ms, then RECOVERING) (server.serve_while_recovering)")
+            handler.recovery = LogRecovery(model: model, reader: pending.reader, targetSeq: pending.lastSeq,
+                                           totalEvents: pending.events, records: pending.records) { [self] r in
+                do {
+                    try goLive((r.elapsedNanos, r.replayedEvents))
+                } catch {
+                    state.withLock { $0.recoveryError = "\(error)" }
+                    throw error
+                }
+                Log.info(String(format: "recovered: %llu events in all, %d records (%d events) replayed from %d log segment(s), in %.2f s while serving",
+                                model.lastSeq, r.report.records, r.replayedEvents, r.report.segments, Double(r.elapsedNanos) / 1e9))
+            } failed: { [self] error in
+                state.withLock { $0.recoveryError = "\(error)" }
+            }
+            loop.startRecovery()
+        } else {
+            do { try goLive(nil) } catch {
+                // (Nothing there throws without a replay to finish.)
+                Log.error("\(error)")
+            }
+        }
         onListening(port)
         started.signal()
         loop.run()
+        recovered.signal()
         // The learner was stopped (and drained) before the loop's handles closed.
         log.close()
         Glibc.close(dataLock)
@@ -163,11 +216,15 @@ public final class Server: Sendable {
         // lines above: Swift may end a local's lifetime after its last use.
         withExtendedLifetime(loop) {}
         Log.info("stopped after \(handler.stats.requestsTotal) requests; \(model.appliedSeq) events applied")
+        let recoveryError = state.withLock { $0.recoveryError }
         ended.signal()
+        if let recoveryError { throw ServerError("replaying the log failed, so the server stopped: \(recoveryError)") }
     }
 
-    /// Starts the server on a new thread and returns its port once it listens.
-    public func start() throws -> Int {
+    /// Starts the server on a new thread and returns its port once it
+    /// listens and, with `waitForRecovery`, once it has replayed its log
+    /// (with server.serve_while_recovering it listens before that).
+    public func start(waitForRecovery: Bool = true) throws -> Int {
         let t = Thread { [self] in
             do { try run(handleSignals: false) } catch { Log.error("\(error)") }
         }
@@ -175,8 +232,12 @@ public final class Server: Sendable {
         t.start()
         started.wait()
         if let e = state.withLock({ $0.startError }) { throw ServerError(e) }
+        if waitForRecovery { recovered.wait(); recovered.signal() }
         return state.withLock { $0.port }
     }
+
+    /// Waits until the server has replayed its log (or ended).
+    public func waitUntilRecovered() { recovered.wait(); recovered.signal() }
 
     /// Asks the server to stop gracefully and waits until it has.
     public func stop() {
@@ -209,8 +270,10 @@ public final class Server: Sendable {
     /// damaged), then the write-ahead log after it, replayed through the
     /// model in order with a progress line; a torn tail of the log is cut,
     /// damage elsewhere stops start-up. Returns the model and the first log
-    /// segment it needed.
-    private func recover(log: FeedbackLog, snapshots: SnapshotStore) throws -> (Model, Int, UInt64) {
+    /// segment it needed; `whileServing`, the log checked but not yet
+    /// replayed (nil when it holds nothing after the snapshot).
+    private func recover(log: FeedbackLog, snapshots: SnapshotStore,
+                         whileServing: Bool) throws -> (Model, Int, UInt64, PendingReplay?) {
         let t0 = MonotonicClock.nowNanos()
         var model = Model(config: config, registry: .builtin)
         var firstSegment = 1
@@ -271,6 +334,27 @@ public final class Server: Sendable {
                                                               fromSnapshot: loaded.map { "snapshot \($0.id) (\($0.path))" }) {
             Log.warning(warning)
         }
+        if whileServing {
+            // The log is read whole before the port opens (checksums, the
+            // torn tail cut, sequence numbers continuing from the
+            // snapshot's): what would stop start-up still stops it here.
+            // The replay itself comes after, a slice per loop turn.
+            var last = model.lastSeq
+            let report = try FeedbackLog.scan(directory: log.directory, fromSegment: firstSegment, cutTornTail: true) { record in
+                guard case .feedback(let first, let events) = record else { return }
+                guard first == last + 1 else {
+                    throw LogError("the log jumps from sequence \(last) to \(first): records are missing")
+                }
+                last = first + UInt64(events.count) - 1
+            }
+            warnTornTail(report)
+            guard report.records == 0 else {
+                let reader = try LogReader(directory: log.directory, fromSegment: firstSegment, cutTornTail: false)
+                let pending = PendingReplay(reader: reader, lastSeq: last, records: report.records, events: report.events)
+                return (model, firstSegment, snapshotSeq, pending)
+            }
+            return (model, firstSegment, snapshotSeq, nil)
+        }
         var scratch: [LearnEvent] = []
         var lastReport = t0
         let report = try FeedbackLog.scan(directory: log.directory, fromSegment: firstSegment, cutTornTail: true) { record in
@@ -281,9 +365,7 @@ public final class Server: Sendable {
                 Log.info("recovering: at sequence \(model.lastSeq) of the log")
             }
         }
-        if let torn = report.tornTail {
-            Log.warning("log: a torn tail of \(torn.bytes) bytes at byte \(torn.offset) of \(torn.file) was cut (a write interrupted by a crash: never acknowledged under fsync always; under everysec or no, a power loss can also cut events acknowledged in the last second or so)")
-        }
+        warnTornTail(report)
         if report.records > 0 {
             let elapsed = MonotonicClock.nowNanos() - t0
             state.withLock { $0.replayCost = (elapsed, UInt64(report.events)) }
@@ -291,8 +373,24 @@ public final class Server: Sendable {
             Log.info(String(format: "recovered: %llu events in all, %d records (%d events) replayed from %d log segment(s), in %.2f s",
                             model.lastSeq, report.records, report.events, report.segments, secs))
         }
-        return (model, firstSegment, snapshotSeq)
+        return (model, firstSegment, snapshotSeq, nil)
     }
+
+    private func warnTornTail(_ report: LogScanReport) {
+        if let torn = report.tornTail {
+            Log.warning("log: a torn tail of \(torn.bytes) bytes at byte \(torn.offset) of \(torn.file) was cut (a write interrupted by a crash: never acknowledged under fsync always; under everysec or no, a power loss can also cut events acknowledged in the last second or so)")
+        }
+    }
+}
+
+/// The log after the snapshot, read and checked whole before the port
+/// opened, to be replayed while serving (`LogRecovery`).
+struct PendingReplay {
+    var reader: LogReader
+    /// The sequence of the log's last event.
+    var lastSeq: UInt64
+    var records: Int
+    var events: Int
 }
 
 extension Server {

@@ -19,7 +19,11 @@ final class TestServer: Sendable {
 
     /// A server with its own new data directory, or `dataDir` (a restart),
     /// optionally starting from a model version.
-    init(_ configText: String = "", dataDir: String? = nil, startVersion: String? = nil, dropScorers: Set<String> = []) throws {
+    /// `waitForRecovery`: return once the log is replayed (else as soon as
+    /// the server listens, which with server.serve_while_recovering is
+    /// before the replay ends).
+    init(_ configText: String = "", dataDir: String? = nil, startVersion: String? = nil, dropScorers: Set<String> = [],
+         waitForRecovery: Bool = true) throws {
         let dir = dataDir ?? ScratchDirectory.path("server")
         self.dataDir = dir
         var doc = try ConfigDocument(text: configText, file: "test.toml")
@@ -30,7 +34,7 @@ final class TestServer: Sendable {
         doc.set("server.data_dir", .string(dir))
         let config = try PerennialConfig.load(doc, registry: .builtin)
         server = Server(config: config, startVersion: startVersion, dropScorers: dropScorers)
-        port = try server.start()
+        port = try server.start(waitForRecovery: waitForRecovery)
     }
 
     func stop() { server.stop() }

@@ -65,6 +65,7 @@ ERROR_CODES = {
     "INTERNAL": 14,
     "BUSY": 15,
     "CAPACITY": 16,
+    "RECOVERING": 17,
 }
 
 FATAL = {"MALFORMED_FRAME", "FRAME_TOO_LARGE", "UNSUPPORTED_VERSION", "BUSY"}
@@ -406,9 +407,9 @@ def valid_vectors() -> None:
                   frame(op[name], 0, rid, b""), name, 0, rid, {})
     add_frame("reload_reply", "RELOAD reply (empty payload)",
               frame(op["RELOAD"], REPLY, 14, b""), "RELOAD", REPLY, 14, {})
-    add_frame("snapshot_reply", "SNAPSHOT reply covering sequence 2^40+3",
-              frame(op["SNAPSHOT"], REPLY, 15, u64(2**40 + 3)), "SNAPSHOT", REPLY, 15,
-              {"seq": 2**40 + 3})
+    add_frame("snapshot_reply", "SNAPSHOT reply covering sequence 2^40+3, the third version at that position",
+              frame(op["SNAPSHOT"], REPLY, 15, u64(2**40 + 3) + str16("v1099511627779.2")), "SNAPSHOT", REPLY, 15,
+              {"seq": 2**40 + 3, "version": "v1099511627779.2"})
     add_frame("shutdown_reply", "SHUTDOWN reply (empty payload)",
               frame(op["SHUTDOWN"], REPLY, 16, b""), "SHUTDOWN", REPLY, 16, {})
 
@@ -427,6 +428,11 @@ def valid_vectors() -> None:
     add_frame("error_reply_capacity", "ERROR reply CAPACITY (code 16), detail 2",
               frame(op["ERROR"], REPLY, 11, p), "ERROR", REPLY, 11,
               {"code": "CAPACITY", "detail": 2, "message": msg})
+    msg = "the server is replaying its log after a restart (at sequence 5000 of 60000, 8% done, about 969 ms left)"
+    p = u16(ERROR_CODES["RECOVERING"]) + u32(969) + str16(msg)
+    add_frame("error_reply_recovering", "ERROR reply RECOVERING (code 17), detail 969 (ms left)",
+              frame(op["ERROR"], REPLY, 12, p), "ERROR", REPLY, 12,
+              {"code": "RECOVERING", "detail": 969, "message": msg})
     p = u16(ERROR_CODES["MALFORMED_FRAME"]) + u32(0) + str16("")
     add_frame("error_reply_fatal_no_id", "ERROR reply MALFORMED_FRAME with request id 0 and an "
               "empty message", frame(op["ERROR"], REPLY, 0, p), "ERROR", REPLY, 0,

@@ -134,6 +134,11 @@ public struct PerennialConfig: Sendable {
     /// turnaround on loopback (a PING round trip is about 20 µs when the
     /// loop is awake) without polling long after a client has gone quiet.
     public var busyPollMicros = 50
+    /// After a restart with log to replay: listen as soon as the snapshot
+    /// is loaded and answer reads from the model while the replay catches
+    /// up (writes are refused RECOVERING until it has); false keeps the
+    /// port closed until the replay is done.
+    public var serveWhileRecovering = true
     public var limits = LimitsConfig()
     public var learnerQueueCapacity = 65_536
     /// The queue also holds at most this many seconds of the learner's
@@ -259,6 +264,7 @@ public struct PerennialConfig: Sendable {
         c.recommendBatch = try r.int("server.recommend_batch", default: c.recommendBatch, in: 1...256)
         c.recommendBatchWaitMicros = try r.int("server.recommend_batch_wait_us", default: c.recommendBatchWaitMicros, in: 0...100_000)
         c.busyPollMicros = try r.int("server.busy_poll_us", default: c.busyPollMicros, in: 0...100_000)
+        c.serveWhileRecovering = try r.bool("server.serve_while_recovering", default: c.serveWhileRecovering)
 
         var l = LimitsConfig()
         // (At least 64 KiB: the server's own replies, STATS with every

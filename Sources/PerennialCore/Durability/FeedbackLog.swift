@@ -155,63 +155,20 @@ public final class FeedbackLog: @unchecked Sendable {
         }
     }
 
-    /// Reads every record in order, calling `visit` for each. A torn or
-    /// corrupt tail of the last segment (a crash in the middle of a write) is
-    /// reported and, with `cutTornTail`, truncated away. Damage anywhere
-    /// else throws: records after it exist, so cutting would lose them.
+    /// Reads every record in order, calling `visit` for each (`LogReader`
+    /// says what is cut as a torn tail and what throws as damage). An error
+    /// `visit` throws as a `LogError` is prefixed with where the record is.
     @discardableResult
     public static func scan(directory: String, fromSegment: Int = 0, cutTornTail: Bool,
                             visit: (LogRecord) throws -> Void) throws -> LogScanReport {
-        var report = LogScanReport()
-        let numbers = try segments(in: directory).filter { $0 >= fromSegment }
-        for (index, n) in numbers.enumerated() {
-            let path = (directory as NSString).appendingPathComponent(segmentName(n))
-            let bytes = try FileBytes.read(path)
-            let isLast = index == numbers.count - 1
-            report.segments += 1
-            report.bytes += bytes.count
-            let format: SegmentFormat
-            switch bytes.withUnsafeBytes({ readHeader($0) }) {
-            case .format(let f):
-                format = f
-            case .torn where isLast:
-                // Created at the crash: its header was not even whole.
-                report.tornTail = (path, 0, bytes.count)
-                if cutTornTail { try truncate(path, to: 0) }
-                continue
-            case .torn, .bad:
-                throw LogError("\(path): not a Perennial log segment (bad magic)")
-            }
-            var offset = format.recordsStart
-            try bytes.withUnsafeBytes { raw in
-                while offset < raw.count {
-                    switch record(in: raw, at: offset, seed: format.seed) {
-                    case .valid(let payload, let end):
-                        guard let rec = LogRecord.decode(payload: payload) else {
-                            throw LogError("\(path) at byte \(offset): a record with a valid checksum does not parse")
-                        }
-                        if case .feedback(_, let events) = rec { report.events += events.count }
-                        report.records += 1
-                        do { try visit(rec) } catch let e as LogError {
-                            // (Where in the log: e.g. a jump in sequence numbers.)
-                            throw LogError("\(path) at byte \(offset): \(e.description)")
-                        }
-                        offset = end
-                    case .bad:
-                        if !isLast || recordsFollow(in: raw, damageAt: offset, seed: format.seed) {
-                            throw LogError("\(path) is corrupt at byte \(offset) and valid records follow (not a torn tail): a server does not start from such a log, so nothing after the damage is lost silently. Inspect with `perennial log check`, or cut the log there with `perennial log repair` (losing what follows).")
-                        }
-                        if !couldBeTorn(raw, at: offset) {
-                            throw LogError("\(path) is corrupt at byte \(offset): the damaged record is whole and \(raw.count - offset) bytes follow its start, which an interrupted write cannot leave (not a torn tail; damage to the segment's header or to a record, so the events after it may have been acknowledged): a server does not start from such a log. Inspect with `perennial log check`, or cut the log there with `perennial log repair` (losing what follows).")
-                        }
-                        report.tornTail = (path, offset, raw.count - offset)
-                        if cutTornTail { try truncate(path, to: offset) }
-                        offset = raw.count
-                    }
-                }
+        var reader = try LogReader(directory: directory, fromSegment: fromSegment, cutTornTail: cutTornTail)
+        while let record = try reader.next() {
+            do { try visit(record) } catch let e as LogError {
+                // (Where in the log: e.g. a jump in sequence numbers.)
+                throw LogError("\(reader.position): \(e.description)")
             }
         }
-        return report
+        return reader.report
     }
 
     /// Whether records follow damage at `offset` of the last segment, so

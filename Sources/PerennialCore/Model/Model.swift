@@ -513,16 +513,26 @@ public final class Model: @unchecked Sendable {
     public private(set) var recordsWithoutSeqReplayNanos: UInt64 = 0
 
     /// Replays one log record (start-up recovery, on the admitting thread,
-    /// before serving): admits and learns synchronously, in log order.
+    /// with no learner running): admits and learns synchronously, in log order.
     public func replay(_ record: LogRecord, scratch: inout [LearnEvent]) throws {
+        try replayAdmitting(record, into: &scratch)
+        for e in scratch { learn(e) }
+    }
+
+    /// `replay` in two steps, for a recovery that serves reads while it
+    /// replays: applies the record, except that a feedback record's events
+    /// are only admitted, their learn events left in `scratch` (emptied
+    /// first) for the caller to `learn` in order before the next record.
+    /// Between the two the model is as the live server's is while its
+    /// learner catches up: accepted ahead of applied.
+    public func replayAdmitting(_ record: LogRecord, into scratch: inout [LearnEvent]) throws {
+        scratch.removeAll(keepingCapacity: true)
         switch record {
         case .feedback(let first, let events):
             guard first == lastSeq + 1 else {
                 throw LogError("the log jumps from sequence \(lastSeq) to \(first): records are missing")
             }
-            scratch.removeAll(keepingCapacity: true)
             admit(events, now: 0, into: &scratch)
-            for e in scratch { learn(e) }
         case .upsert(let item, let text, let attributes):
             timedRecordWithoutSeq { _ = upsertItem(id: item, text: text, attributes: attributes.map { ($0.key, $0.value) }) }
         case .deleteItems(let items):

@@ -19,7 +19,7 @@ The wire protocol itself lives in :mod:`perennial.protocol`.
 from .aio import AsyncClient, AsyncFeedbackStreamer, AsyncPipeline
 from .client import Client, FeedbackStreamer, Pipeline
 from .errors import (Busy, CapacityExceeded, ConnectionError, InvalidArgument, InvalidEvent, NotSupported,
-                     PerennialError, ProtocolError, ServerError, ServerTimeout, TimeoutError,
+                     PerennialError, ProtocolError, Recovering, ServerError, ServerTimeout, TimeoutError,
                      Unauthorized, UnknownScorer)
 from .types import Event, FeedbackAck, Recommendation, Score, ServerInfo, Snapshot, UpsertResult
 
@@ -52,5 +52,6 @@ __all__ = [
     "NotSupported",
     "Busy",
     "CapacityExceeded",
+    "Recovering",
     "ServerTimeout",
 ]

@@ -13,8 +13,8 @@ from typing import (Any, Awaitable, Callable, Deque, Dict, Iterable, List, Optio
 from . import _commands as _c
 from ._commands import Attributes, Command, resolve_reply
 from .client import REPLY_LIMITS
-from .errors import (ConnectionError, InvalidArgument, InvalidEvent, PerennialError, ProtocolError, ServerError,
-                     TimeoutError, FATAL_CODES, ERROR_CODES)
+from .errors import (ConnectionError, InvalidArgument, InvalidEvent, PerennialError, ProtocolError, Recovering,
+                     ServerError, TimeoutError, FATAL_CODES, ERROR_CODES)
 from .protocol import DEFAULT_LIMITS, FrameDecoder, Opcode, encode_request
 from .types import (Event, EventLike, FeedbackAck, Recommendation, Score, ServerInfo, Snapshot,
                     UpsertResult, to_event)
@@ -190,8 +190,10 @@ class AsyncClient:
     def __init__(self, host: str = "127.0.0.1", port: int = 7878, *,
                  timeout: Optional[float] = 10.0, admin_timeout: Optional[float] = 600.0,
                  token: Optional[str] = None, client_name: str = "perennial-py",
-                 hello: bool = True) -> None:
+                 hello: bool = True, recovery_wait: Optional[float] = 60.0) -> None:
         self.host = host
+        #: As :class:`perennial.Client`'s ``recovery_wait``.
+        self.recovery_wait = recovery_wait
         self.port = port
         self.timeout = timeout
         self.admin_timeout = admin_timeout
@@ -471,7 +473,15 @@ class AsyncClient:
         return results
 
     async def _call(self, cmd: Command) -> Any:
-        return _raise_if_error((await self._execute([cmd]))[0])
+        result = (await self._execute([cmd]))[0]
+        if isinstance(result, Recovering):
+            # (As Client: nothing of a refused write was accepted.)
+            loop = asyncio.get_running_loop()
+            deadline = None if self.recovery_wait is None else loop.time() + self.recovery_wait
+            while isinstance(result, Recovering) and (deadline is None or loop.time() < deadline):
+                await asyncio.sleep(0.05)
+                result = (await self._execute([cmd]))[0]
+        return _raise_if_error(result)
 
     # -- commands ------------------------------------------------------------
 

@@ -7,14 +7,15 @@ import os
 import selectors
 import socket
 import threading
+import time
 import weakref
 from collections import deque
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
 
 from . import _commands as _c
 from ._commands import Attributes, Command, resolve_reply
-from .errors import (ConnectionError, InvalidArgument, InvalidEvent, PerennialError, ProtocolError, ServerError,
-                     TimeoutError)
+from .errors import (ConnectionError, InvalidArgument, InvalidEvent, PerennialError, ProtocolError, Recovering,
+                     ServerError, TimeoutError)
 from .protocol import (DEFAULT_LIMITS, Frame, FrameDecoder, Limits, encode_request)
 from .types import (Event, EventLike, FeedbackAck, Recommendation, Score, ServerInfo, Snapshot,
                     UpsertResult, to_event)
@@ -107,6 +108,12 @@ class Client:
         client_name: sent in HELLO.
         hello: send HELLO when connecting (required when the server has a
             token).
+        recovery_wait: seconds a call goes on sending a write again while
+            the server answers :class:`Recovering` (it is replaying its log
+            after a restart; nothing of the refused write was accepted), on
+            top of the server's own hold of ``limits.wait_ms`` per attempt
+            (None: until the replay ends; 0: raise at once).  Feedback
+            streamers do not wait: their refused batches are raised.
 
     A Client may be shared between threads: their calls take turns on its
     one connection (a lock held for each whole call), so a slow call makes
@@ -124,8 +131,9 @@ class Client:
     def __init__(self, host: str = "127.0.0.1", port: int = 7878, *,
                  timeout: Optional[float] = 10.0, admin_timeout: Optional[float] = 600.0,
                  token: Optional[str] = None, client_name: str = "perennial-py",
-                 hello: bool = True) -> None:
+                 hello: bool = True, recovery_wait: Optional[float] = 60.0) -> None:
         self.host = host
+        self.recovery_wait = recovery_wait
         self.port = port
         self.timeout = timeout
         self.admin_timeout = admin_timeout
@@ -524,7 +532,20 @@ class Client:
         return out
 
     def _call(self, cmd: Command) -> Any:
-        return _raise_if_error(self._execute([cmd])[0])
+        result = self._execute([cmd])[0]
+        if isinstance(result, Recovering):
+            result = self._send_again_while_recovering(cmd, result)
+        return _raise_if_error(result)
+
+    def _send_again_while_recovering(self, cmd: Command, result: Any) -> Any:
+        # (Each refusal came after the server held the write for its
+        # limits.wait_ms, and nothing of it was accepted: sending it again
+        # cannot apply it twice.)
+        deadline = None if self.recovery_wait is None else time.monotonic() + self.recovery_wait
+        while isinstance(result, Recovering) and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.05)
+            result = self._execute([cmd])[0]
+        return result
 
     def _queue_nowait(self, cmd: Command, sink: Sink) -> _Pending:
         """Make ``cmd`` the next request of the connection, unsent; raises

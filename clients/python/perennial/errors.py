@@ -14,7 +14,8 @@ Every exception the client raises on purpose derives from
         ├── Unauthorized     UNAUTHORIZED
         ├── NotSupported     NOT_SUPPORTED
         ├── Busy             BUSY
-        └── CapacityExceeded CAPACITY (detail = index of the event with the new id)
+        ├── CapacityExceeded CAPACITY (detail = index of the event with the new id)
+        └── Recovering       RECOVERING (detail = the replay's estimated ms left)
 
 ``ConnectionError`` and ``TimeoutError`` also derive from the builtins of the
 same name, so ``except OSError`` and ``except builtins.TimeoutError`` catch
@@ -39,6 +40,7 @@ __all__ = [
     "NotSupported",
     "Busy",
     "CapacityExceeded",
+    "Recovering",
     "ServerTimeout",
     "ERROR_CODES",
     "ERROR_NAMES",
@@ -64,6 +66,7 @@ ERROR_CODES: Dict[str, int] = {
     "INTERNAL": 14,
     "BUSY": 15,
     "CAPACITY": 16,
+    "RECOVERING": 17,
 }
 
 #: Error code names by number.
@@ -201,6 +204,17 @@ class CapacityExceeded(ServerError):
     """
 
 
+class Recovering(ServerError):
+    """The server is replaying its log after a restart and refused a write
+    (feedback, an upsert, a deletion, RELOAD, SNAPSHOT) after holding it
+    for its ``limits.wait_ms``; ``detail`` is the replay's estimated
+    milliseconds left (0 when not known yet). Nothing of the request was
+    accepted, so sending it again cannot apply it twice: the client's calls
+    do so by themselves for up to ``recovery_wait`` seconds before raising
+    this. Reads are answered during the replay.
+    """
+
+
 class ServerTimeout(ServerError, TimeoutError):
     """The server answered TIMEOUT: a read waited longer than the server's
     ``limits.wait_ms`` for the learner (``min_applied_seq``, or this
@@ -220,6 +234,7 @@ _CLASSES: Dict[str, Type[ServerError]] = {
     "NOT_SUPPORTED": NotSupported,
     "BUSY": Busy,
     "CAPACITY": CapacityExceeded,
+    "RECOVERING": Recovering,
 }
 
 

@@ -1,0 +1,86 @@
+// Recovery while serving: after a restart the log since the newest snapshot
+// is replayed a slice at a time on the loop thread (`EventLoop.recoveryTurn`),
+// between turns that answer requests. Reads are served from the model as
+// far as the replay has got; writes are refused RECOVERING, since a new
+// event must be numbered and learned after every event in the log
+// (RequestHandler). Replay is the same code as before the port opened
+// (`Model.replayAdmitting`, then `learn` in order): the model it ends with
+// is the one a closed-port recovery builds.
+//
+// Everything a bad log can throw was found before the port opened: the log
+// was read whole once (checksums, torn tail cut, sequence continuity), so
+// the replay here only meets a file changed under a running server.
+
+import Foundation
+import PerennialCore
+
+final class LogRecovery {
+    let model: Model
+    /// The sequence the log ends at (from the read before the port opened).
+    let targetSeq: UInt64
+    /// Events the log holds after the snapshot.
+    let totalEvents: Int
+    private var reader: LogReader
+    /// The current feedback record's events, admitted, learned up to `nextEvent`.
+    private var scratch: [LearnEvent] = []
+    private var nextEvent = 0
+    let startedNs = MonotonicClock.nowNanos()
+    private(set) var replayedEvents = 0
+    /// Records the log holds after the snapshot.
+    let totalRecords: Int
+    /// What to do once the whole log is replayed (open the log for
+    /// appending, start the learner), and when the replay fails (the
+    /// server then stops): run by `EventLoop.recoveryTurn`.
+    let finish: (LogRecovery) throws -> Void
+    let failed: (any Error) -> Void
+
+    init(model: Model, reader: LogReader, targetSeq: UInt64, totalEvents: Int, records: Int,
+         finish: @escaping (LogRecovery) throws -> Void, failed: @escaping (any Error) -> Void) {
+        self.model = model
+        self.reader = reader
+        self.targetSeq = targetSeq
+        self.totalEvents = totalEvents
+        self.totalRecords = records
+        self.finish = finish
+        self.failed = failed
+    }
+
+    /// Replays for about `budgetNanos` (at least one event or record);
+    /// true once the whole log is replayed.
+    func step(budgetNanos: UInt64) throws -> Bool {
+        let deadline = MonotonicClock.nowNanos() + budgetNanos
+        var sinceClock = 0
+        while true {
+            if nextEvent < scratch.count {
+                model.learn(scratch[nextEvent])
+                nextEvent += 1
+                replayedEvents += 1
+            } else {
+                guard let record = try reader.next() else { return true }
+                do { try model.replayAdmitting(record, into: &scratch) } catch let e as LogError {
+                    throw LogError("\(reader.position): \(e.description)")
+                }
+                nextEvent = 0
+            }
+            // (The clock is read every few events: an event costs 1-200 µs.)
+            sinceClock += 1
+            if sinceClock == 16 {
+                sinceClock = 0
+                if MonotonicClock.nowNanos() >= deadline { return false }
+            }
+        }
+    }
+
+    /// The replay's time and events so far.
+    var elapsedNanos: UInt64 { MonotonicClock.nowNanos() - startedNs }
+
+    /// Milliseconds the rest of the replay should take at its pace so far
+    /// (nil before it has a pace).
+    var estimatedMillisLeft: UInt64? {
+        guard replayedEvents >= 256 else { return nil }
+        let left = Double(max(0, totalEvents - replayedEvents))
+        return UInt64(left * Double(elapsedNanos) / Double(replayedEvents) / 1e6)
+    }
+
+    var report: LogScanReport { reader.report }
+}

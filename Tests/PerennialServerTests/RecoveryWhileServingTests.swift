@@ -1,0 +1,150 @@
+// Recovery while serving (server.serve_while_recovering): a restart with log
+// to replay listens at once, answers reads from the model as the replay
+// goes, holds writes until it ends (or refuses them RECOVERING after
+// limits.wait_ms), and ends with the model a closed-port replay builds.
+
+import Foundation
+import ScratchDirectory
+import Testing
+import PerennialClient
+import PerennialCore
+import PerennialProtocol
+
+@Suite struct RecoveryWhileServingTests {
+    static let events = 20_000
+
+    /// A data directory holding a log of `events` events and no snapshot,
+    /// as a kill -9 leaves it (written with the log's own code), and
+    /// copies of it, one per name.
+    static func crashedDataDirectories(_ names: [String]) throws -> [String] {
+        let dir = ScratchDirectory.path("crashed")
+        let log = FeedbackLog(directory: dir + "/log", policy: .no)
+        try log.openForAppend(lastSeq: 0)
+        var seq: UInt64 = 0
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+        func next(_ n: UInt64) -> UInt64 {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return (state >> 33) % n
+        }
+        while seq < UInt64(events) {
+            let batch = (0..<500).map { i in
+                IncomingEvent(user: 1 + next(400), item: 1 + next(900), kind: .click, value: 1, timestamp: Int64(seq) + Int64(i) + 1)
+            }
+            try log.append(.feedback(firstSeq: seq + 1, events: batch), lastSeq: seq + UInt64(batch.count))
+            seq += UInt64(batch.count)
+        }
+        log.close()
+        return try names.map { name in
+            let copy = ScratchDirectory.path(name)
+            try FileManager.default.copyItem(atPath: dir, toPath: copy)
+            return copy
+        }
+    }
+
+    @Test func readsAreAnsweredWhileTheLogReplaysAndTheModelEndsTheSame() async throws {
+        let dirs = try Self.crashedDataDirectories(["serving", "closed"])
+        let last = UInt64(Self.events)
+        let serving = try TestServer(dataDir: dirs[0], waitForRecovery: false)
+        defer { serving.stop() }
+        let c = try await PerennialClient.connect(port: serving.port)
+        defer { c.close() }
+        let early = try await c.stats()
+        // (Debug builds replay about 10,000 events a second: 2 s here.)
+        #expect(early["recovering"] == 1)
+        #expect((early["recovery_events_left"] ?? 0) > 0)
+        #expect((early["events_applied"] ?? .max) < last)
+        // A read is answered at once, from what is replayed so far.
+        _ = try await c.recommend(user: 1, k: 5)
+        // The log's last sequence may be waited for; beyond it is an error.
+        do {
+            _ = try await c.recommend(user: 1, k: 5, minAppliedSeq: last + 1)
+            Issue.record("min_applied_seq beyond the log was accepted")
+        } catch let e as PerennialClientError {
+            #expect(e.serverCode == .invalidArgument)
+        }
+        var answers: [[RankedItem]] = []
+        for user in UInt64(1)...20 { answers.append(try await c.recommend(user: user, k: 10, minAppliedSeq: last)) }
+        #expect(try await eventually { try await c.stats()["recovering"] == 0 })
+        let done = try await c.stats()
+        #expect(done["events_applied"] == last)
+        #expect(done["recovery_events_left"] == 0)
+
+        // The same model as a replay with the port closed.
+        let closed = try TestServer("[server]\nserve_while_recovering = false\n", dataDir: dirs[1])
+        defer { closed.stop() }
+        let d = try await PerennialClient.connect(port: closed.port)
+        defer { d.close() }
+        #expect(try await d.stats()["recovering"] == 0)
+        for user in UInt64(1)...20 {
+            #expect(try await d.recommend(user: user, k: 10) == answers[Int(user) - 1])
+        }
+
+        // Writes go on after the log's last event.
+        let ack = try await c.feedback([WireEvent(user: 1, item: 1, kind: .click)])
+        #expect(ack.firstSeq == last + 1)
+    }
+
+    @Test func aWriteWaitsForTheReplayThenIsNumberedAfterTheLog() async throws {
+        let dir = try Self.crashedDataDirectories(["held"])[0]
+        let s = try TestServer(dataDir: dir, waitForRecovery: false)
+        defer { s.stop() }
+        let c = try await PerennialClient.connect(port: s.port)
+        defer { c.close() }
+        #expect(try await c.stats()["recovering"] == 1)
+        // (limits.wait_ms is 120 s in these tests: the FEEDBACK is held.)
+        let ack = try await c.feedback([WireEvent(user: 7, item: 7, kind: .click)])
+        #expect(ack.firstSeq == UInt64(Self.events) + 1)
+        let after = try await c.stats()
+        #expect(after["recovering"] == 0)
+        #expect(after["events_accepted"] == UInt64(Self.events) + 1)
+    }
+
+    @Test func aWriteHeldPastWaitMsIsRefusedRecoveringAndNothingOfItIsAccepted() async throws {
+        let dir = try Self.crashedDataDirectories(["refused"])[0]
+        let s = try TestServer("[limits]\nwait_ms = 20\n", dataDir: dir, waitForRecovery: false)
+        defer { s.stop() }
+        let c = try await PerennialClient.connect(port: s.port)
+        defer { c.close() }
+        #expect(try await c.stats()["recovering"] == 1)
+        for request in [{ _ = try await c.feedback([WireEvent(user: 7, item: 7, kind: .click)]) },
+                        { _ = try await c.upsertItem(5, text: "a new text") },
+                        { _ = try await c.deleteItems([3]) },
+                        { _ = try await c.deleteUsers([3]) },
+                        { _ = try await c.snapshot() }] {
+            do {
+                try await request()
+                Issue.record("a write was accepted during the replay")
+            } catch let e as PerennialClientError {
+                #expect(e.serverCode == .recovering)
+            }
+        }
+        // PING and STATS are answered as usual.
+        try await c.ping()
+        #expect(try await eventually(60) { try await c.stats()["recovering"] == 0 })
+        let after = try await c.stats()
+        #expect(after["events_accepted"] == UInt64(Self.events))
+        #expect(after["items_deleted"] == 0)
+        #expect(after["users_deleted"] == 0)
+        #expect(after["snapshots"] == 0)
+        let ack = try await c.feedback([WireEvent(user: 7, item: 7, kind: .click)])
+        #expect(ack.firstSeq == UInt64(Self.events) + 1)
+    }
+
+    @Test func aStopDuringTheReplayWritesNoSnapshotAndTheNextStartReplaysItAll() async throws {
+        let dir = try Self.crashedDataDirectories(["stopped"])[0]
+        let s = try TestServer(dataDir: dir, waitForRecovery: false)
+        let c = try await PerennialClient.connect(port: s.port)
+        #expect(try await c.stats()["recovering"] == 1)
+        c.close()
+        s.stop()
+        let snapshots = (try? FileManager.default.contentsOfDirectory(atPath: dir + "/snapshots")) ?? []
+        #expect(snapshots.filter { $0.hasPrefix("snapshot-") }.isEmpty, "\(snapshots)")
+        let again = try TestServer(dataDir: dir)
+        defer { again.stop() }
+        let d = try await PerennialClient.connect(port: again.port)
+        defer { d.close() }
+        let stats = try await d.stats()
+        #expect(stats["recovering"] == 0)
+        #expect(stats["events_applied"] == UInt64(Self.events))
+    }
+}
