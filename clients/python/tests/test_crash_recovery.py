@@ -10,6 +10,7 @@ full run uses 100).
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import os
 import random
@@ -459,3 +460,37 @@ def test_reads_are_answered_while_the_log_replays_and_writes_wait_for_it(start_s
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+def test_the_client_sends_a_write_refused_recovering_again_until_the_replay_ends(start_server) -> None:
+    """With a server that holds writes only briefly (limits.wait_ms = 10),
+    a feedback call during the replay is refused RECOVERING again and
+    again; the client sends it again each time (nothing of a refused write
+    was accepted) and returns the acknowledgement once the replay is done,
+    the event numbered after the log's last, accepted once."""
+    config = ('[snapshot]\nevery_events = 0\nrecovery_seconds = 0\n[limits]\nwait_ms = 10\n'
+              '[scorers]\nload = ["cf", "popularity", "session-rnn"]\n')
+    srv = start_server(config)
+    events = _events(20_000)
+    with srv.client() as c:
+        last = c.feedback(events).last_seq
+    srv.kill()
+    srv.start_again(recovered=False)
+    with srv.client() as c:
+        assert c.stats()["recovering"] == 1
+        ack = c.feedback([perennial.Event(1, 1, "click")])
+        assert ack.first_seq == ack.last_seq == last + 1
+        st = c.stats()
+        assert st["recovering"] == 0
+        assert st["events_accepted"] == last + 1
+        assert st["errors_total"] >= 1  # refused RECOVERING at least once, and sent again
+    # The same with the asyncio client, after another kill -9.
+    srv.kill()
+    srv.start_again(recovered=False)
+
+    async def feed() -> perennial.FeedbackAck:
+        async with perennial.AsyncClient(srv.host, srv.port) as a:
+            assert (await a.stats())["recovering"] == 1
+            return await a.feedback([perennial.Event(2, 2, "click")])
+    ack = asyncio.run(feed())
+    assert ack.first_seq == last + 2
