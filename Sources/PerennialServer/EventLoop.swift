@@ -394,6 +394,7 @@ final class EventLoop {
     }
 
     func tick() {
+        if handler.recovery != nil && !stopping && !recoveryHeld() { uv_idle_start(recoveryIdle, loopRecover) }
         learnerProgressed()
         let now = MonotonicClock.nowMillis()
         for c in connections.values {
@@ -420,12 +421,16 @@ final class EventLoop {
     /// Starts replaying the log a slice per turn (`handler.recovery`).
     func startRecovery() { uv_idle_start(recoveryIdle, loopRecover) }
 
+    /// For tests (`Server.replayHeld`): while it says so, the replay waits
+    /// and the loop goes on serving; the timer's tick resumes it.
+    var recoveryHeld: () -> Bool = { false }
+
     /// One slice of the replay (about 1 ms: a read that arrives meanwhile
     /// waits that long at most), in the idle phase, before the turn's poll
     /// reads requests. A RECOMMEND waiting for `min_applied_seq` is
     /// answered as soon as the replay passes it.
     func recoveryTurn() {
-        guard let recovery = handler.recovery, !stopping else {
+        guard let recovery = handler.recovery, !stopping, !recoveryHeld() else {
             uv_idle_stop(recoveryIdle)
             return
         }

@@ -25,6 +25,10 @@ public final class Server: Sendable {
     /// Signalled once the log is replayed (at once when there was none to
     /// replay before listening), or when the server ends before that.
     private let recovered = DispatchSemaphore(value: 0)
+    /// For tests: while true, a replay while serving waits where it is (the
+    /// loop goes on serving), so a test sees the server mid-replay however
+    /// fast or slow the machine is.
+    let replayHeld = Atomic<Bool>(false)
 
     struct State {
         var port = 0
@@ -192,6 +196,7 @@ public final class Server: Sendable {
             } failed: { [self] error in
                 state.withLock { $0.recoveryError = "\(error)" }
             }
+            loop.recoveryHeld = { [self] in replayHeld.load(ordering: .relaxed) }
             loop.startRecovery()
         } else {
             do { try goLive(nil) } catch {

@@ -6,7 +6,7 @@ import ScratchDirectory
 import PerennialCore
 import PerennialProtocol
 import PerennialPlugins
-import PerennialServer
+@testable import PerennialServer
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -19,11 +19,10 @@ final class TestServer: Sendable {
 
     /// A server with its own new data directory, or `dataDir` (a restart),
     /// optionally starting from a model version.
-    /// `waitForRecovery`: return once the log is replayed (else as soon as
-    /// the server listens, which with server.serve_while_recovering is
-    /// before the replay ends).
+    /// `holdReplay`: a replay while serving waits (`releaseReplay` lets it
+    /// go on), and `start` returns as soon as the server listens.
     init(_ configText: String = "", dataDir: String? = nil, startVersion: String? = nil, dropScorers: Set<String> = [],
-         waitForRecovery: Bool = true) throws {
+         holdReplay: Bool = false) throws {
         let dir = dataDir ?? ScratchDirectory.path("server")
         self.dataDir = dir
         var doc = try ConfigDocument(text: configText, file: "test.toml")
@@ -34,8 +33,11 @@ final class TestServer: Sendable {
         doc.set("server.data_dir", .string(dir))
         let config = try PerennialConfig.load(doc, registry: .builtin)
         server = Server(config: config, startVersion: startVersion, dropScorers: dropScorers)
-        port = try server.start(waitForRecovery: waitForRecovery)
+        server.replayHeld.store(holdReplay, ordering: .relaxed)
+        port = try server.start(waitForRecovery: !holdReplay)
     }
+
+    func releaseReplay() { server.replayHeld.store(false, ordering: .relaxed) }
 
     func stop() { server.stop() }
 }
