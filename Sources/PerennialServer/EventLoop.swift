@@ -438,6 +438,7 @@ final class EventLoop {
             if try recovery.step(budgetNanos: 1_000_000) {
                 uv_idle_stop(recoveryIdle)
                 try recovery.finish(recovery)
+                handler.snapshots.countReplayedChanges()
                 handler.recovery = nil
             }
         } catch {
