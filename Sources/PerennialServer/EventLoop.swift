@@ -425,17 +425,23 @@ final class EventLoop {
     /// and the loop goes on serving; the timer's tick resumes it.
     var recoveryHeld: () -> Bool = { false }
 
-    /// One slice of the replay (about 1 ms: a read that arrives meanwhile
-    /// waits that long at most), in the idle phase, before the turn's poll
-    /// reads requests. A RECOMMEND waiting for `min_applied_seq` is
-    /// answered as soon as the replay passes it.
+    /// One slice of the replay, in the idle phase, before the turn's poll
+    /// reads requests: about 1 ms on a quiet server (a read that arrives
+    /// meanwhile waits that long), and as long as the rest of the last turn
+    /// took, up to 10 ms, on a busy one, so reads cannot starve the replay
+    /// (it gets at least about half the loop's time). A RECOMMEND waiting
+    /// for `min_applied_seq` is answered as soon as the replay passes it.
     func recoveryTurn() {
         guard let recovery = handler.recovery, !stopping, !recoveryHeld() else {
             uv_idle_stop(recoveryIdle)
             return
         }
+        let now = MonotonicClock.nowNanos()
+        let serving = recovery.lastSliceEndNs == 0 ? 0 : now &- recovery.lastSliceEndNs
+        let budget = min(max(serving, 1_000_000), 10_000_000)
+        defer { recovery.lastSliceEndNs = MonotonicClock.nowNanos() }
         do {
-            if try recovery.step(budgetNanos: 1_000_000) {
+            if try recovery.step(budgetNanos: budget) {
                 uv_idle_stop(recoveryIdle)
                 try recovery.finish(recovery)
                 handler.snapshots.countReplayedChanges()
@@ -467,6 +473,12 @@ final class EventLoop {
         stopDeadline = MonotonicClock.nowMillis() + 5_000
         Log.info("stopping: answering what was read, then closing \(connections.count) connection(s)")
         uv_close(UnsafeMutablePointer(OpaquePointer(listener)), nil)
+        // The replay of the log ends here: what waits for it (a write, a
+        // read's min_applied_seq) is answered SHUTTING_DOWN now rather than
+        // after its wait (helper-65: a parked FEEDBACK held the stop 5 s).
+        if handler.recovery != nil || handler.recoveryFailed {
+            for c in connections.values where c.parked != nil { c.abandonWait() }
+        }
         for c in connections.values where c.parked == nil {
             c.stopServing()
         }

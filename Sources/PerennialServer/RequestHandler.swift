@@ -49,6 +49,12 @@ struct ConnectionState {
     /// waiting for its snapshot (the snapshot failures counted when it
     /// applied), or nil.
     var reloadWaitingSince: UInt64?
+    /// When this connection's writes stop waiting for the replay of the log
+    /// after a restart (0: none waited yet). One deadline for all of them,
+    /// so a pipeline of writes is refused from one point on rather than
+    /// each waiting anew, which let a later one in after an earlier one
+    /// was refused (helper-65).
+    var recoveryWaitDeadline: UInt64 = 0
 
     /// Events of this connection still waiting for the learner.
     mutating func unappliedEvents(applied: UInt64) -> Int {
@@ -220,8 +226,8 @@ final class RequestHandler {
             // must be numbered after every event in the log.
             if let r = recovery {
                 let now = MonotonicClock.nowMillis()
-                if state.waitDeadline == 0 { state.waitDeadline = now + UInt64(config.limits.waitMs) }
-                if now < state.waitDeadline { return .waitForApplied(seq: r.targetSeq, deadline: state.waitDeadline) }
+                if state.recoveryWaitDeadline == 0 { state.recoveryWaitDeadline = now + UInt64(config.limits.waitMs) }
+                if now < state.recoveryWaitDeadline { return .waitForApplied(seq: r.targetSeq, deadline: state.recoveryWaitDeadline) }
             }
             throw recoveringError()
         }
@@ -824,7 +830,7 @@ final class RequestHandler {
         if now >= state.waitDeadline {
             let whose = needed == minApplied ? "min_applied_seq \(needed)" : "sequence \(needed) (this connection's last acknowledged FEEDBACK, which a read on the same connection always waits for)"
             let learner = recovery == nil ? "the learner" : "the replay of the log after a restart"
-            throw ProtocolError(.timeout, "\(learner) did not apply \(whose) within limits.wait_ms = \(config.limits.waitMs) ms: it has applied \(model.appliedSeq), \(needed - model.appliedSeq) behind; a read without min_applied_seq answers at once from what is learned so far")
+            throw ProtocolError(.timeout, "\(learner) did not apply \(whose) within limits.wait_ms = \(config.limits.waitMs) ms: it has applied \(model.appliedSeq), \(needed - model.appliedSeq) behind; a read on another connection answers at once from what is learned so far (unless it asks for min_applied_seq)")
         }
         return .waitForApplied(seq: needed, deadline: state.waitDeadline)
     }
@@ -856,7 +862,9 @@ final class RequestHandler {
             StatCounter("recommends_batched", stats.recommendsBatched),
             StatCounter("feedback_batches", stats.feedbackBatches),
             StatCounter("events_accepted", model.lastSeq),
-            StatCounter("events_durable", log.durableSeq),
+            // (During a replay the log's events are on disk, as they will
+            // be once it is opened for appending after it.)
+            StatCounter("events_durable", recovery?.targetSeq ?? log.durableSeq),
             StatCounter("events_applied", model.appliedSeq),
             StatCounter("learner_queue", UInt64(learner.queued)),
             StatCounter("learner_ns_per_event", UInt64(learner.nanosPerEvent ?? 0)),

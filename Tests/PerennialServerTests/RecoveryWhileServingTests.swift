@@ -45,8 +45,8 @@ import PerennialProtocol
 
     /// (Debug builds replay slowly, and other suites run meanwhile: a read
     /// waiting for the replay's end may wait long.)
-    static func client(_ s: TestServer) async throws -> PerennialClient {
-        try await PerennialClient.connect(port: s.port, timeout: 300)
+    static func client(_ s: TestServer, recoveryWait: Double = 60) async throws -> PerennialClient {
+        try await PerennialClient.connect(port: s.port, timeout: 300, recoveryWait: recoveryWait)
     }
 
     @Test func readsAreAnsweredWhileTheLogReplaysAndTheModelEndsTheSame() async throws {
@@ -116,7 +116,7 @@ import PerennialProtocol
         let dir = try Self.crashedDataDirectories(["refused"])[0]
         let s = try TestServer("[limits]\nwait_ms = 20\n", dataDir: dir, holdReplay: true)
         defer { s.stop() }
-        let c = try await Self.client(s)
+        let c = try await Self.client(s, recoveryWait: 0)
         defer { c.close() }
         for request in [{ _ = try await c.feedback([WireEvent(user: 7, item: 7, kind: .click)]) },
                         { _ = try await c.upsertItem(5, text: "a new text") },
@@ -161,5 +161,41 @@ import PerennialProtocol
         let stats = try await d.stats()
         #expect(stats["recovering"] == 0)
         #expect(stats["events_applied"] == UInt64(Self.events))
+    }
+
+    @Test func theSwiftClientSendsAWriteRefusedRecoveringAgainUntilTheReplayEnds() async throws {
+        let dir = try Self.crashedDataDirectories(["resent"])[0]
+        let s = try TestServer("[limits]\nwait_ms = 20\n", dataDir: dir, holdReplay: true)
+        defer { s.stop() }
+        let c = try await Self.client(s)
+        let writer = try await Self.client(s)
+        defer { c.close(); writer.close() }
+        async let ack = writer.feedback([WireEvent(user: 7, item: 7, kind: .click)])
+        try await Task.sleep(nanoseconds: 300_000_000)
+        let meanwhile = try await c.stats()
+        #expect(meanwhile["events_accepted"] == 0)
+        #expect((meanwhile["errors_total"] ?? 0) >= 1)  // refused, and sent again
+        s.releaseReplay()
+        #expect(try await ack.firstSeq == UInt64(Self.events) + 1)
+        #expect(try await c.stats()["events_accepted"] == UInt64(Self.events) + 1)
+    }
+
+    @Test func aStopAnswersTheWritesWaitingForTheReplayAtOnce() async throws {
+        let dir = try Self.crashedDataDirectories(["stop-parked"])[0]
+        let s = try TestServer(dataDir: dir, holdReplay: true)
+        let writer = try await Self.client(s, recoveryWait: 0)
+        defer { writer.close() }
+        async let ack = writer.feedback([WireEvent(user: 7, item: 7, kind: .click)])
+        try await Task.sleep(nanoseconds: 300_000_000)
+        let t0 = Date()
+        s.stop()
+        do {
+            _ = try await ack
+            Issue.record("a write was accepted by a server stopped during its replay")
+        } catch let e as PerennialClientError {
+            #expect(e.serverCode == .shuttingDown, "\(e)")
+        }
+        // (Before: the write held the stop for its whole wait, limits.wait_ms.)
+        #expect(Date().timeIntervalSince(t0) < 4)
     }
 }

@@ -37,6 +37,9 @@ public struct ConfigError: Error, Sendable, CustomStringConvertible, Equatable {
     public var file: String
     public var line: Int?
     public var message: String
+    /// Further errors found in the same file (ConfigReader reports them
+    /// all at once, so a file with three typos takes one fix, not three).
+    public var others: [ConfigError] = []
 
     public init(file: String, line: Int?, message: String) {
         self.file = file
@@ -45,9 +48,29 @@ public struct ConfigError: Error, Sendable, CustomStringConvertible, Equatable {
     }
 
     public var description: String {
+        ([self] + others).map(\.oneLine).joined(separator: "\n")
+    }
+
+    private var oneLine: String {
         if line == 0 { return "command line: \(message)" }
         if let line { return "\(file):\(line): \(message)" }
         return "\(file): \(message)"
+    }
+
+    /// These errors as one, the first by line leading.
+    static func combined(_ errors: [ConfigError]) -> ConfigError? {
+        var all: [ConfigError] = []
+        for e in errors {
+            for one in [e] + e.others {
+                var bare = one
+                bare.others = []
+                if !all.contains(bare) { all.append(bare) }
+            }
+        }
+        all.sort { ($0.line ?? Int.max) < ($1.line ?? Int.max) }
+        guard var first = all.first else { return nil }
+        first.others = Array(all.dropFirst())
+        return first
     }
 }
 

@@ -1,12 +1,16 @@
 // Typed access to a ConfigDocument. Every getter records the key as known;
 // `finish()` then reports any key nobody asked for as unknown, naming its line
 // and the closest known key, so a typo never silently falls back to a
-// default.
+// default. A value of the wrong type or out of range is noted and the
+// default used meanwhile, so `finish()` reports every mistake in the file
+// at once (each with its line), not one per attempt.
 
 public final class ConfigReader {
     public let document: ConfigDocument
     private var known: Set<String> = []
     private var knownSections: Set<String> = []
+    /// Wrong values found so far (`finish` throws them together).
+    private var problems: [ConfigError] = []
 
     public init(_ document: ConfigDocument) { self.document = document }
 
@@ -25,10 +29,10 @@ public final class ConfigReader {
     public func int(_ key: String, default value: Int, in range: ClosedRange<Int>) throws(ConfigError) -> Int {
         guard let e = lookup(key) else { return value }
         guard case .integer(let n) = e.value else {
-            throw fail(key, "'\(key)' must be an integer, found \(e.value.typeName) (\(e.value))")
+            return noted(fail(key, "'\(key)' must be an integer, found \(e.value.typeName) (\(e.value))"), value)
         }
         guard range.contains(n) else {
-            throw fail(key, "'\(key)' = \(n) is outside \(range.lowerBound)...\(range.upperBound)")
+            return noted(fail(key, "'\(key)' = \(n) is outside \(range.lowerBound)...\(range.upperBound)"), value)
         }
         return n
     }
@@ -39,10 +43,10 @@ public final class ConfigReader {
         switch e.value {
         case .float(let x): d = x
         case .integer(let n): d = Double(n)
-        default: throw fail(key, "'\(key)' must be a number, found \(e.value.typeName) (\(e.value))")
+        default: return noted(fail(key, "'\(key)' must be a number, found \(e.value.typeName) (\(e.value))"), value)
         }
         guard range.contains(d) else {
-            throw fail(key, "'\(key)' = \(d) is outside \(range.lowerBound)...\(range.upperBound)")
+            return noted(fail(key, "'\(key)' = \(d) is outside \(range.lowerBound)...\(range.upperBound)"), value)
         }
         return d
     }
@@ -50,7 +54,7 @@ public final class ConfigReader {
     public func bool(_ key: String, default value: Bool) throws(ConfigError) -> Bool {
         guard let e = lookup(key) else { return value }
         guard case .bool(let b) = e.value else {
-            throw fail(key, "'\(key)' must be true or false, found \(e.value.typeName) (\(e.value))")
+            return noted(fail(key, "'\(key)' must be true or false, found \(e.value.typeName) (\(e.value))"), value)
         }
         return b
     }
@@ -58,10 +62,10 @@ public final class ConfigReader {
     public func string(_ key: String, default value: String, oneOf choices: [String]? = nil) throws(ConfigError) -> String {
         guard let e = lookup(key) else { return value }
         guard case .string(let s) = e.value else {
-            throw fail(key, "'\(key)' must be a string, found \(e.value.typeName) (\(e.value))")
+            return noted(fail(key, "'\(key)' must be a string, found \(e.value.typeName) (\(e.value))"), value)
         }
         if let choices, !choices.contains(s) {
-            throw fail(key, "'\(key)' = \"\(s)\" is not one of \(choices.map { "\"\($0)\"" }.joined(separator: ", "))")
+            return noted(fail(key, "'\(key)' = \"\(s)\" is not one of \(choices.map { "\"\($0)\"" }.joined(separator: ", "))"), value)
         }
         return s
     }
@@ -69,12 +73,12 @@ public final class ConfigReader {
     public func strings(_ key: String, default value: [String]) throws(ConfigError) -> [String] {
         guard let e = lookup(key) else { return value }
         guard case .array(let items) = e.value else {
-            throw fail(key, "'\(key)' must be an array of strings, found \(e.value.typeName) (\(e.value))")
+            return noted(fail(key, "'\(key)' must be an array of strings, found \(e.value.typeName) (\(e.value))"), value)
         }
         var out: [String] = []
         for item in items {
             guard case .string(let s) = item else {
-                throw fail(key, "'\(key)' must be an array of strings; \(item) is \(item.typeName)")
+                return noted(fail(key, "'\(key)' must be an array of strings; \(item) is \(item.typeName)"), value)
             }
             out.append(s)
         }
@@ -96,8 +100,22 @@ public final class ConfigReader {
         return seen.map { ($0.key, $0.value) }.sorted { $0.line < $1.line }
     }
 
-    /// Throws for the first key in the file that no getter asked for.
+    /// A wrong value: noted for `finish`, and the default used meanwhile.
+    private func noted<T>(_ problem: ConfigError, _ fallback: T) -> T {
+        problems.append(problem)
+        return fallback
+    }
+
+    /// `error` (a check that could not go on) with the wrong values noted
+    /// before it, as one error.
+    public func including(_ error: ConfigError) -> ConfigError {
+        ConfigError.combined(problems + [error]) ?? error
+    }
+
+    /// Throws every wrong value noted and every key in the file that no
+    /// getter asked for, together.
     public func finish() throws(ConfigError) {
+        var unknown: [ConfigError] = []
         for key in document.order where !known.contains(key) {
             let section = key.lastIndex(of: ".").map { String(key[..<$0]) } ?? ""
             var message = "unknown key '\(key)'"
@@ -106,8 +124,9 @@ public final class ConfigReader {
             } else if !section.isEmpty && !knownSections.contains(section) {
                 message = "unknown section '[\(section)]' (key '\(key)')"
             }
-            throw ConfigError(file: document.file, line: document.entries[key]?.line, message: message)
+            unknown.append(ConfigError(file: document.file, line: document.entries[key]?.line, message: message))
         }
+        if let all = ConfigError.combined(problems + unknown) { throw all }
     }
 
     static func closest(to key: String, among candidates: [String]) -> String? {

@@ -97,6 +97,12 @@ public final class PerennialClient: @unchecked Sendable {
     public let port: Int
     /// Seconds a connect or a reply may take; nil for no bound.
     public let timeout: Double?
+    /// Seconds a call goes on sending a write again while the server
+    /// answers RECOVERING (it is replaying its log after a restart, and
+    /// nothing of the refused write was accepted), beyond the server's own
+    /// hold of limits.wait_ms per attempt; 0 throws at once. Pipelines and
+    /// streams do not wait: their refusals are returned or thrown.
+    public let recoveryWait: Double
     private let queue = DispatchQueue(label: "perennial.client")
     // On `queue` only:
     private var socket: BlockingSocket?
@@ -124,19 +130,22 @@ public final class PerennialClient: @unchecked Sendable {
 
     /// Connects (blocking) to a server. `timeout` (seconds, `.infinity` for
     /// none) bounds the connect and every reply wait.
-    public init(host: String = "127.0.0.1", port: Int = 7878, timeout: Double = 10) throws {
+    public init(host: String = "127.0.0.1", port: Int = 7878, timeout: Double = 10, recoveryWait: Double = 60) throws {
         guard timeout > 0 else { throw PerennialClientError.invalidArgument("timeout must be a positive number of seconds (.infinity: none), not \(timeout)") }
+        guard recoveryWait >= 0 else { throw PerennialClientError.invalidArgument("recoveryWait must be 0 or more seconds, not \(recoveryWait)") }
         self.host = host
         self.port = port
+        self.recoveryWait = recoveryWait
         self.timeout = timeout.isFinite && timeout <= 86_400 * 366 ? timeout : nil
         try queue.sync { try connectNow(for: nil) }
     }
 
     /// Connects without blocking the caller's thread.
-    public static func connect(host: String = "127.0.0.1", port: Int = 7878, timeout: Double = 10) async throws -> PerennialClient {
+    public static func connect(host: String = "127.0.0.1", port: Int = 7878, timeout: Double = 10,
+                               recoveryWait: Double = 60) async throws -> PerennialClient {
         try await withCheckedThrowingContinuation { cont in
             DispatchQueue.global().async {
-                cont.resume(with: Result { try PerennialClient(host: host, port: port, timeout: timeout) })
+                cont.resume(with: Result { try PerennialClient(host: host, port: port, timeout: timeout, recoveryWait: recoveryWait) })
             }
         }
     }
@@ -452,9 +461,15 @@ public final class PerennialClient: @unchecked Sendable {
         guard case .shutdown = try await call(.shutdown) else { throw unexpected() }
     }
 
-    /// One request, one reply. ERROR replies throw `.server`.
+    /// One request, one reply. ERROR replies throw `.server`. A write
+    /// refused RECOVERING is sent again for up to `recoveryWait` seconds.
     public func call(_ request: Request) async throws -> Reply {
-        let replies = try await pipeline([request])
+        var replies = try await pipeline([request])
+        let deadline = Date().addingTimeInterval(recoveryWait)
+        while case .error(let e) = replies[0], e.code == .recovering, request.changesState, Date() < deadline {
+            try await Task.sleep(nanoseconds: 50_000_000)
+            replies = try await pipeline([request])
+        }
         if case .error(let e) = replies[0] {
             throw PerennialClientError.server(code: e.code, rawCode: e.rawCode, detail: e.detail, message: e.message)
         }
