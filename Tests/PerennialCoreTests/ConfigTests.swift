@@ -80,6 +80,33 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
         }
     }
 
+    /// Every mistake in a file is reported at once, each with its line, in
+    /// line order: wrong types, values out of range (also a scorer's),
+    /// unknown keys, and those found before a check that cannot go on.
+    @Test func everyMistakeIsReportedAtOnce() {
+        do {
+            _ = try load("[server]\nport = 99999\nbusy_pol_us = 3\nrecommend_batch = \"many\"\n[scorers.cf]\nnegatives = 0\n")
+            Issue.record("a config with four mistakes loaded")
+        } catch {
+            #expect(error.description == """
+                test.toml:2: 'server.port' = 99999 is outside 0...65535
+                test.toml:3: unknown key 'server.busy_pol_us' (did you mean 'server.busy_poll_us'?)
+                test.toml:4: 'server.recommend_batch' must be an integer, found a string ("many")
+                test.toml:6: 'scorers.cf.negatives' = 0 is outside 1...256
+                """)
+            #expect(error.line == 2 && error.others.map(\.line) == [3, 4, 6])
+        }
+        do {
+            _ = try load("[server]\nport = -1\ndata_dir = \" \"\n")
+            Issue.record("a config with two mistakes loaded")
+        } catch {
+            #expect(error.description == """
+                test.toml:2: 'server.port' = -1 is outside 0...65535
+                test.toml:3: 'server.data_dir' must name a directory, found an empty string
+                """)
+        }
+    }
+
     @Test func wrongTypeNamesKeyAndLine() {
         #expect(throws: ConfigError(file: "test.toml", line: 2, message: "'server.port' must be an integer, found a string (\"80\")")) {
             try load("[server]\nport = \"80\"\n")

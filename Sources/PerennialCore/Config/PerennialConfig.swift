@@ -250,8 +250,19 @@ public struct PerennialConfig: Sendable {
         return token
     }
 
+    /// Every mistake in the file at once: wrong values and unknown keys
+    /// together, and those found before a check that cannot go on (one
+    /// error, each mistake on a line of its own, by line).
     public static func load(_ doc: ConfigDocument, registry: ScorerRegistry) throws(ConfigError) -> PerennialConfig {
         let r = ConfigReader(doc)
+        do {
+            return try read(doc, with: r, registry: registry)
+        } catch {
+            throw r.including(error)
+        }
+    }
+
+    private static func read(_ doc: ConfigDocument, with r: ConfigReader, registry: ScorerRegistry) throws(ConfigError) -> PerennialConfig {
         var c = PerennialConfig()
         c.source = doc.file
         c.host = try r.string("server.host", default: c.host)
