@@ -57,7 +57,17 @@ struct Replay: AsyncParsableCommand {
         } catch PerennialClientError.server(let code, _, _, let message) where code == .unauthorized {
             throw CommandError("the server refused the connection: \(message)" + (tokenFile == nil ? " (pass --token-file FILE, the file holding the token)" : ""))
         }
-        if let held = try await client.stats()["events_accepted"], held > 0 {
+        // A server still replaying its own log after a restart would refuse
+        // the stream's batches (RECOVERING): wait for it, saying so.
+        var before = try await client.stats()
+        if (before["recovering"] ?? 0) != 0 {
+            print("the server is replaying its log after a restart (\(before["recovery_events_left"] ?? 0) events left): waiting for it")
+            while (before["recovering"] ?? 0) != 0 {
+                try await Task.sleep(nanoseconds: 100_000_000)
+                before = try await client.stats()
+            }
+        }
+        if let held = before["events_accepted"], held > 0 {
             print("note: the server already holds \(held) events; these \(events.count) are added to them (a fresh data directory starts from none)")
         }
         if !noTexts && !ml.itemTexts.isEmpty {

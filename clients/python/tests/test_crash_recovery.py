@@ -494,3 +494,24 @@ def test_the_client_sends_a_write_refused_recovering_again_until_the_replay_ends
             return await a.feedback([perennial.Event(2, 2, "click")])
     ack = asyncio.run(feed())
     assert ack.first_seq == last + 2
+
+
+@pytest.mark.skipif(not DATA.exists(), reason="needs ../shared/data/ml-latest-small")
+def test_perennial_replay_waits_for_a_server_replaying_its_log(start_server) -> None:
+    """`perennial replay` against a server still replaying its log after a
+    restart waits for it (saying so) rather than stopping at the first
+    batch refused RECOVERING (helper-65; writes held only 10 ms here)."""
+    config = ('[snapshot]\nevery_events = 0\nrecovery_seconds = 0\n[limits]\nwait_ms = 10\n'
+              '[scorers]\nload = ["cf", "popularity", "session-rnn"]\n')
+    srv = start_server(config)
+    events = _events(20_000)
+    with srv.client() as c:
+        last = c.feedback(events).last_seq
+    srv.kill()
+    srv.start_again(recovered=False)
+    run = subprocess.run([str(_require_binary()), "replay", "--data", str(DATA.parent), "--port", str(srv.port),
+                          "--limit", "2000", "--no-texts"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "replaying its log after a restart" in run.stdout, run.stdout
+    with srv.client() as c:
+        assert c.stats()["events_accepted"] == last + 2000
