@@ -107,6 +107,30 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
         }
     }
 
+    /// A check across keys is skipped when one of its keys is already
+    /// wrong (it would judge the default used meanwhile), and a failed
+    /// check no longer stops the reading: later mistakes and unknown keys
+    /// are reported with it (helper-66).
+    @Test func checksAcrossKeysNeitherInventNorHideMistakes() {
+        func mistakes(_ text: String) -> [String] {
+            do { _ = try load(text); return [] } catch { return error.description.split(separator: "\n").map(String.init) }
+        }
+        #expect(mistakes("[scorers]\nload = [\"cf\", \"session-rnn\", 3]\ndefault = \"session-rnn\"\n")
+                == ["test.toml:2: 'scorers.load' must be an array of strings; 3 is an integer"])
+        // (200,000 events need a frame of 5.8 MB: more than the default
+        // 4 MiB used for the wrong value, which is not reported.)
+        #expect(mistakes("[limits]\nmax_frame_bytes = \"8MiB\"\nmax_events = 200000\n[learner]\nqueue_capacity = 262144\n")
+                == ["test.toml:2: 'limits.max_frame_bytes' must be an integer, found a string (\"8MiB\")"])
+        #expect(mistakes("[routes.r1]\ncandidates = 5\nrerank = \"cf\"\n")
+                == ["test.toml:2: 'routes.r1.candidates' must be a string, found an integer (5)"])
+        let many = mistakes("[server]\nprot = 1\n[limits]\nmax_events = 1000000\n[scorers.nope]\nx = 1\n[scorers.cf]\nbogus = 1\nnegatives = 0\n")
+        #expect(many.count == 5, "\(many)")
+        #expect(many.first == "test.toml:2: unknown key 'server.prot' (did you mean 'server.port'?)")
+        #expect(many.contains { $0.hasPrefix("test.toml:6: section '[scorers.nope]' names unknown scorer") })
+        #expect(many.contains { $0.hasPrefix("test.toml:8: unknown key 'scorers.cf.bogus'") })
+        #expect(many.last == "test.toml:9: 'scorers.cf.negatives' = 0 is outside 1...256")
+    }
+
     @Test func wrongTypeNamesKeyAndLine() {
         #expect(throws: ConfigError(file: "test.toml", line: 2, message: "'server.port' must be an integer, found a string (\"80\")")) {
             try load("[server]\nport = \"80\"\n")

@@ -58,16 +58,23 @@ public struct ConfigError: Error, Sendable, CustomStringConvertible, Equatable {
     }
 
     /// These errors as one, the first by line leading.
-    static func combined(_ errors: [ConfigError]) -> ConfigError? {
+    public static func combined(_ errors: [ConfigError]) -> ConfigError? {
         var all: [ConfigError] = []
+        var seen = Set<String>()
         for e in errors {
             for one in [e] + e.others {
                 var bare = one
                 bare.others = []
-                if !all.contains(bare) { all.append(bare) }
+                if seen.insert(bare.description).inserted { all.append(bare) }
             }
         }
         all.sort { ($0.line ?? Int.max) < ($1.line ?? Int.max) }
+        let cap = ConfigReader.reportedMistakes
+        if all.count > cap {
+            let more = all.count - cap
+            all = Array(all.prefix(cap))
+            all.append(ConfigError(file: all[0].file, line: nil, message: "... and \(more) more mistake(s) after these"))
+        }
         guard var first = all.first else { return nil }
         first.others = Array(all.dropFirst())
         return first

@@ -9,13 +9,20 @@ public final class ConfigReader {
     public let document: ConfigDocument
     private var known: Set<String> = []
     private var knownSections: Set<String> = []
-    /// Wrong values found so far (`finish` throws them together).
+    /// Wrong values found so far (`finish` throws them together), and the
+    /// keys they are about: a check that depends on one of those is skipped
+    /// (its error would only be the default's, used meanwhile: helper-66).
     private var problems: [ConfigError] = []
+    private var wrongKeys: Set<String> = []
+    /// Most mistakes reported, and most unknown keys given a "did you
+    /// mean" (a file of 30,000 stray keys took 7 s; helper-66).
+    static let reportedMistakes = 50
 
     public init(_ document: ConfigDocument) { self.document = document }
 
     func fail(_ key: String, _ message: String) -> ConfigError {
-        ConfigError(file: document.file, line: document.entries[key]?.line, message: message)
+        wrongKeys.insert(key)
+        return ConfigError(file: document.file, line: document.entries[key]?.line, message: message)
     }
 
     private func lookup(_ key: String) -> ConfigDocument.Entry? {
@@ -102,8 +109,25 @@ public final class ConfigReader {
 
     /// A wrong value: noted for `finish`, and the default used meanwhile.
     private func noted<T>(_ problem: ConfigError, _ fallback: T) -> T {
-        problems.append(problem)
+        note(problem)
         return fallback
+    }
+
+    /// A mistake found by a check across keys (`keys`: those it is about),
+    /// reported by `finish` with the rest; the check's caller goes on with
+    /// something usable.
+    public func note(_ problem: ConfigError, keys: [String] = []) {
+        problems.append(problem)
+        wrongKeys.formUnion(keys)
+    }
+
+    /// Whether a mistake was noted for any of `keys`.
+    public func isWrong(_ keys: String...) -> Bool { keys.contains(where: wrongKeys.contains) }
+
+    /// Counts every key under `prefix` as known (a section already reported
+    /// as a whole is not reported again key by key).
+    public func acknowledge(prefix: String) {
+        for key in document.order where key.hasPrefix(prefix) { known.insert(key) }
     }
 
     /// `error` (a check that could not go on) with the wrong values noted
@@ -117,6 +141,10 @@ public final class ConfigReader {
     public func finish() throws(ConfigError) {
         var unknown: [ConfigError] = []
         for key in document.order where !known.contains(key) {
+            guard problems.count + unknown.count < Self.reportedMistakes else {
+                unknown.append(ConfigError(file: document.file, line: document.entries[key]?.line, message: "unknown key '\(key)'"))
+                continue
+            }
             let section = key.lastIndex(of: ".").map { String(key[..<$0]) } ?? ""
             var message = "unknown key '\(key)'"
             if let near = ConfigReader.closest(to: key, among: Array(known)) {

@@ -205,9 +205,19 @@ public struct PerennialConfig: Sendable {
         var doc = try ConfigDocument(text: text, file: path)
         // The file must be right on its own, even where an option overrides
         // it: a wrong value would bite the first run without the option.
-        if checkFileAlone && !overrides.isEmpty { _ = try load(doc, registry: registry) }
+        // (Its mistakes and the command line's are reported together.)
+        var fileAlone: ConfigError?
+        if checkFileAlone && !overrides.isEmpty {
+            do { _ = try load(doc, registry: registry) } catch { fileAlone = error }
+        }
         for (k, v) in overrides { doc.set(k, v) }
-        return try load(doc, registry: registry)
+        do throws(ConfigError) {
+            let config = try load(doc, registry: registry)
+            if let fileAlone { throw fileAlone }
+            return config
+        } catch {
+            throw ConfigError.combined([fileAlone, error].compactMap { $0 }) ?? error
+        }
     }
 
     /// The config file's text; a clear error for a file that cannot be read
@@ -241,11 +251,13 @@ public struct PerennialConfig: Sendable {
         if path.isEmpty { return nil }
         let line = r.document.entries[key]?.line
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-            throw ConfigError(file: r.document.file, line: line, message: "'\(key)': cannot read \(path)")
+            r.note(ConfigError(file: r.document.file, line: line, message: "'\(key)': cannot read \(path)"), keys: [key])
+            return nil
         }
         let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
         if token.count < 8 {
-            throw ConfigError(file: r.document.file, line: line, message: "'\(key)': the token in \(path) is shorter than 8 characters")
+            r.note(ConfigError(file: r.document.file, line: line, message: "'\(key)': the token in \(path) is shorter than 8 characters"), keys: [key])
+            return nil
         }
         return token
     }
@@ -269,7 +281,7 @@ public struct PerennialConfig: Sendable {
         c.port = try r.int("server.port", default: c.port, in: 0...65535)
         c.dataDir = try r.string("server.data_dir", default: c.dataDir)
         if c.dataDir.trimmingCharacters(in: .whitespaces).isEmpty {
-            throw r.fail("server.data_dir", "'server.data_dir' must name a directory, found an empty string")
+            r.note(r.fail("server.data_dir", "'server.data_dir' must name a directory, found an empty string"))
         }
         c.allowShutdown = try r.bool("server.allow_shutdown", default: c.allowShutdown)
         c.recommendBatch = try r.int("server.recommend_batch", default: c.recommendBatch, in: 1...256)
@@ -298,10 +310,13 @@ public struct PerennialConfig: Sendable {
         // A FEEDBACK of max_events events (29 bytes each, after a 16-byte
         // header and count) must fit in a frame, or clients that batch by
         // max_events (as the bundled ones do) could never send a full batch.
+        // (Checks across keys are skipped when one of their keys was
+        // already wrong: they would only judge its default.)
         let fullBatch = 16 + 29 * l.maxEvents
-        if fullBatch > l.maxFrameBytes {
-            throw ConfigError(file: doc.file, line: doc.entries["limits.max_frame_bytes"]?.line ?? doc.entries["limits.max_events"]?.line,
-                              message: "'limits.max_frame_bytes' (\(l.maxFrameBytes)) is too small for a FEEDBACK of 'limits.max_events' (\(l.maxEvents)) events: it needs \(fullBatch) bytes")
+        if fullBatch > l.maxFrameBytes && !r.isWrong("limits.max_frame_bytes", "limits.max_events") {
+            r.note(ConfigError(file: doc.file, line: doc.entries["limits.max_frame_bytes"]?.line ?? doc.entries["limits.max_events"]?.line,
+                               message: "'limits.max_frame_bytes' (\(l.maxFrameBytes)) is too small for a FEEDBACK of 'limits.max_events' (\(l.maxEvents)) events: it needs \(fullBatch) bytes"),
+                   keys: ["limits.max_frame_bytes", "limits.max_events"])
         }
         // A request carrying max_items ids, and its reply, must fit too: a
         // RECOMMEND with session items, exclusions and candidates, each
@@ -311,31 +326,36 @@ public struct PerennialConfig: Sendable {
         // advertised frame size; then a rule of 16 bytes an id let a full
         // RECOMMEND outgrow it).
         let fullList = 4096 + 24 * l.maxItems
-        if fullList > l.maxFrameBytes {
-            throw ConfigError(file: doc.file, line: doc.entries["limits.max_frame_bytes"]?.line ?? doc.entries["limits.max_items"]?.line,
-                              message: "'limits.max_frame_bytes' (\(l.maxFrameBytes)) is too small for requests and replies of 'limits.max_items' (\(l.maxItems)) ids: it needs \(fullList) bytes")
+        if fullList > l.maxFrameBytes && !r.isWrong("limits.max_frame_bytes", "limits.max_items") {
+            r.note(ConfigError(file: doc.file, line: doc.entries["limits.max_frame_bytes"]?.line ?? doc.entries["limits.max_items"]?.line,
+                               message: "'limits.max_frame_bytes' (\(l.maxFrameBytes)) is too small for requests and replies of 'limits.max_items' (\(l.maxItems)) ids: it needs \(fullList) bytes"),
+                   keys: ["limits.max_frame_bytes", "limits.max_items"])
         }
         // One largest frame must fit in the receive-buffer budget (a buffer
         // grows by doubling, so up to twice the frame), or a lone client's
         // legal frame would be refused BUSY forever (review finding).
         let largestBuffer = max(65_536, 2 * l.maxFrameBytes)
-        if l.maxInboxBytes < largestBuffer {
-            throw ConfigError(file: doc.file, line: doc.entries["limits.max_inbox_bytes"]?.line ?? doc.entries["limits.max_frame_bytes"]?.line,
-                              message: "'limits.max_inbox_bytes' (\(l.maxInboxBytes)) is too small for one frame of 'limits.max_frame_bytes' (\(l.maxFrameBytes)): its buffer may take \(largestBuffer) bytes")
+        if l.maxInboxBytes < largestBuffer && !r.isWrong("limits.max_inbox_bytes", "limits.max_frame_bytes") {
+            r.note(ConfigError(file: doc.file, line: doc.entries["limits.max_inbox_bytes"]?.line ?? doc.entries["limits.max_frame_bytes"]?.line,
+                               message: "'limits.max_inbox_bytes' (\(l.maxInboxBytes)) is too small for one frame of 'limits.max_frame_bytes' (\(l.maxFrameBytes)): its buffer may take \(largestBuffer) bytes"),
+                   keys: ["limits.max_inbox_bytes", "limits.max_frame_bytes"])
         }
         // A FEEDBACK batch must fit in the learner queue, or it could never be accepted.
         c.learnerQueueCapacity = try r.int("learner.queue_capacity", default: c.learnerQueueCapacity, in: 16...(1 << 26))
-        if c.learnerQueueCapacity < l.maxEvents {
-            throw ConfigError(file: doc.file, line: doc.entries["learner.queue_capacity"]?.line,
-                              message: "'learner.queue_capacity' (\(c.learnerQueueCapacity)) must be at least 'limits.max_events' (\(l.maxEvents))")
+        if c.learnerQueueCapacity < l.maxEvents && !r.isWrong("learner.queue_capacity", "limits.max_events") {
+            r.note(ConfigError(file: doc.file, line: doc.entries["learner.queue_capacity"]?.line,
+                               message: "'learner.queue_capacity' (\(c.learnerQueueCapacity)) must be at least 'limits.max_events' (\(l.maxEvents))"),
+                   keys: ["learner.queue_capacity"])
         }
         c.learnerMaxLagSeconds = try r.double("learner.max_lag_seconds", default: c.learnerMaxLagSeconds, in: 0...1e6)
         c.historyPerUser = try r.int("history.max_items_per_user", default: c.historyPerUser, in: 0...1_000_000)
         var excluded: UInt8 = 0
         for name in try r.strings("history.exclude_kinds", default: FeedbackKind.allCases.map(\.name)) {
             guard let kind = FeedbackKind.allCases.first(where: { $0.name == name }) else {
-                throw ConfigError(file: doc.file, line: doc.entries["history.exclude_kinds"]?.line,
-                                  message: "'history.exclude_kinds' names unknown kind \"\(name)\"; kinds: \(FeedbackKind.allCases.map(\.name).joined(separator: ", "))")
+                r.note(ConfigError(file: doc.file, line: doc.entries["history.exclude_kinds"]?.line,
+                                   message: "'history.exclude_kinds' names unknown kind \"\(name)\"; kinds: \(FeedbackKind.allCases.map(\.name).joined(separator: ", "))"),
+                       keys: ["history.exclude_kinds"])
+                continue
             }
             excluded |= KindMask.of(kind)
         }
@@ -383,29 +403,35 @@ public struct PerennialConfig: Sendable {
         ll.seed = UInt64(try r.int("lifelong.seed", default: Int(ll.seed), in: 0...Int.max))
         c.lifelong = ll
 
-        let names = try r.strings("scorers.load", default: ["cf", "popularity"])
+        var names = try r.strings("scorers.load", default: ["cf", "popularity"])
+        let loadLine = doc.entries["scorers.load"]?.line
         if names.isEmpty {
-            throw ConfigError(file: doc.file, line: doc.entries["scorers.load"]?.line, message: "'scorers.load' must name at least one scorer")
+            r.note(ConfigError(file: doc.file, line: loadLine, message: "'scorers.load' must name at least one scorer"), keys: ["scorers.load"])
         }
-        for name in names {
-            guard registry.factory(named: name) != nil else {
-                throw ConfigError(file: doc.file, line: doc.entries["scorers.load"]?.line,
-                                  message: "'scorers.load' names unknown scorer \"\(name)\"; known: \(registry.names.joined(separator: ", "))")
-            }
+        for name in names where registry.factory(named: name) == nil {
+            r.note(ConfigError(file: doc.file, line: loadLine,
+                               message: "'scorers.load' names unknown scorer \"\(name)\"; known: \(registry.names.joined(separator: ", "))"),
+                   keys: ["scorers.load"])
         }
         if Set(names).count != names.count {
-            throw ConfigError(file: doc.file, line: doc.entries["scorers.load"]?.line, message: "'scorers.load' names a scorer twice")
+            r.note(ConfigError(file: doc.file, line: loadLine, message: "'scorers.load' names a scorer twice"), keys: ["scorers.load"])
         }
+        // (Reading goes on with the scorers that can load, or the defaults.)
+        var known = Set<String>()
+        names = names.filter { registry.factory(named: $0) != nil && known.insert($0).inserted }
+        if names.isEmpty { names = ["cf", "popularity"] }
         c.defaultScorer = try r.string("scorers.default", default: names[0])
-        if !names.contains(c.defaultScorer) {
-            throw ConfigError(file: doc.file, line: doc.entries["scorers.default"]?.line,
-                              message: "'scorers.default' = \"\(c.defaultScorer)\" is not in 'scorers.load' (\(names.joined(separator: ", ")))")
+        if !names.contains(c.defaultScorer) && !r.isWrong("scorers.load", "scorers.default") {
+            r.note(ConfigError(file: doc.file, line: doc.entries["scorers.default"]?.line,
+                               message: "'scorers.default' = \"\(c.defaultScorer)\" is not in 'scorers.load' (\(names.joined(separator: ", ")))"),
+                   keys: ["scorers.default"])
         }
         // Every scorer section present is validated, loaded or not, so a typo
         // in a section for a scorer switched off still surfaces.
         for (section, line) in r.subsections(of: "scorers") where registry.factory(named: section) == nil {
-            throw ConfigError(file: doc.file, line: line,
-                              message: "section '[scorers.\(section)]' names unknown scorer \"\(section)\"; known: \(registry.names.joined(separator: ", "))")
+            r.note(ConfigError(file: doc.file, line: line,
+                               message: "section '[scorers.\(section)]' names unknown scorer \"\(section)\"; known: \(registry.names.joined(separator: ", "))"))
+            r.acknowledge(prefix: "scorers.\(section).")
         }
         for factory in registry.factories {
             let settings = try factory.readSettings(ScorerSettingsReader(reader: r, prefix: "scorers." + factory.name))
@@ -418,23 +444,32 @@ public struct PerennialConfig: Sendable {
             let key = "routes." + route
             // A typo in a route's keys is reported as one (not as a missing value).
             let fields = ["candidates", "count", "rerank"]
+            var usable = true
             for k in doc.order where k.hasPrefix(key + ".") && !fields.contains(String(k.dropFirst(key.count + 1))) {
                 let near = ConfigReader.closest(to: k, among: fields.map { key + "." + $0 })
-                throw ConfigError(file: doc.file, line: doc.entries[k]?.line,
-                                  message: "unknown key '\(k)'" + (near.map { " (did you mean '\($0)'?)" } ?? " (a route has candidates, count and rerank)"))
+                r.note(ConfigError(file: doc.file, line: doc.entries[k]?.line,
+                                   message: "unknown key '\(k)'" + (near.map { " (did you mean '\($0)'?)" } ?? " (a route has candidates, count and rerank)")))
+                r.acknowledge(prefix: k)
+                usable = false
             }
-            for needed in ["candidates", "rerank"] where doc.entries[key + "." + needed] == nil {
-                throw ConfigError(file: doc.file, line: line, message: "route '\(route)' needs '\(key).\(needed)' (the scorer that \(needed == "rerank" ? "re-ranks the candidates" : "proposes candidates"))")
+            // (A missing key after a typo in the route is most likely the typo.)
+            var complete = usable
+            for needed in ["candidates", "rerank"] where usable && doc.entries[key + "." + needed] == nil {
+                r.note(ConfigError(file: doc.file, line: line, message: "route '\(route)' needs '\(key).\(needed)' (the scorer that \(needed == "rerank" ? "re-ranks the candidates" : "proposes candidates"))"))
+                complete = false
             }
+            usable = complete
             let rc = RouteConfig(name: route, candidates: try r.string(key + ".candidates", default: ""),
                                  count: try r.int(key + ".count", default: 300, in: 1...65535),
                                  rerank: try r.string(key + ".rerank", default: ""))
             if registry.factory(named: route) != nil {
-                throw ConfigError(file: doc.file, line: line, message: "route '\(route)' has the name of a scorer; routes and scorers share one namespace")
+                r.note(ConfigError(file: doc.file, line: line, message: "route '\(route)' has the name of a scorer; routes and scorers share one namespace"))
+                usable = false
             }
-            for (what, name) in [("candidates", rc.candidates), ("rerank", rc.rerank)] where !names.contains(name) {
-                throw ConfigError(file: doc.file, line: doc.entries[key + "." + what]?.line ?? line,
-                                  message: "'\(key).\(what)' = \"\(name)\" is not a loaded scorer (\(names.joined(separator: ", ")))")
+            for (what, name) in [("candidates", rc.candidates), ("rerank", rc.rerank)]
+            where usable && !names.contains(name) && !r.isWrong("scorers.load", key + "." + what) {
+                r.note(ConfigError(file: doc.file, line: doc.entries[key + "." + what]?.line ?? line,
+                                   message: "'\(key).\(what)' = \"\(name)\" is not a loaded scorer (\(names.joined(separator: ", ")))"))
             }
             c.routes.append(rc)
         }

@@ -29,7 +29,10 @@ public enum Log {
         let stamp = String(format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
                            Int(tmv.tm_year) + 1900, Int(tmv.tm_mon) + 1, Int(tmv.tm_mday),
                            Int(tmv.tm_hour), Int(tmv.tm_min), Int(tmv.tm_sec), Int(t.tv_nsec / 1_000_000))
-        FileHandle.standardError.write(Data("\(stamp) \(level.label) \(message())\n".utf8))
+        // (A message of several lines, such as a config's mistakes, gets
+        // the stamp and level on each, so filtering the log keeps them all.)
+        let lines = message().split(separator: "\n", omittingEmptySubsequences: false)
+        FileHandle.standardError.write(Data(lines.map { "\(stamp) \(level.label) \($0)\n" }.joined().utf8))
     }
 
     public static func info(_ m: @autoclosure () -> String) { write(.info, m()) }

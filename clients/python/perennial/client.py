@@ -108,12 +108,13 @@ class Client:
         client_name: sent in HELLO.
         hello: send HELLO when connecting (required when the server has a
             token).
-        recovery_wait: seconds a call goes on sending a write again while
-            the server answers :class:`Recovering` (it is replaying its log
-            after a restart; nothing of the refused write was accepted), on
-            top of the server's own hold of ``limits.wait_ms`` per attempt
-            (None: until the replay ends; 0: raise at once).  Feedback
-            streamers do not wait: their refused batches are raised.
+        recovery_wait: seconds a call goes on sending a write again, every
+            50 ms, while the server answers :class:`Recovering` (it is
+            replaying its log after a restart; nothing of the refused write
+            was accepted), after the server's own hold of ``limits.wait_ms``
+            on the connection's first write (None: until the replay ends;
+            0: raise at once).  Feedback streamers do not wait: their
+            refused batches are raised.
 
     A Client may be shared between threads: their calls take turns on its
     one connection (a lock held for each whole call), so a slow call makes
@@ -538,9 +539,9 @@ class Client:
         return _raise_if_error(result)
 
     def _send_again_while_recovering(self, cmd: Command, result: Any) -> Any:
-        # (Each refusal came after the server held the write for its
-        # limits.wait_ms, and nothing of it was accepted: sending it again
-        # cannot apply it twice.)
+        # (Nothing of a refused write was accepted: sending it again cannot
+        # apply it twice. The server held the connection's first write for
+        # its limits.wait_ms; it refuses the next ones at once.)
         deadline = None if self.recovery_wait is None else time.monotonic() + self.recovery_wait
         while isinstance(result, Recovering) and (deadline is None or time.monotonic() < deadline):
             time.sleep(0.05)

@@ -97,11 +97,12 @@ public final class PerennialClient: @unchecked Sendable {
     public let port: Int
     /// Seconds a connect or a reply may take; nil for no bound.
     public let timeout: Double?
-    /// Seconds a call goes on sending a write again while the server
-    /// answers RECOVERING (it is replaying its log after a restart, and
-    /// nothing of the refused write was accepted), beyond the server's own
-    /// hold of limits.wait_ms per attempt; 0 throws at once. Pipelines and
-    /// streams do not wait: their refusals are returned or thrown.
+    /// Seconds a call goes on sending a write again, every 50 ms, while the
+    /// server answers RECOVERING (it is replaying its log after a restart,
+    /// and nothing of the refused write was accepted), after the server's
+    /// own hold of limits.wait_ms on the connection's first write; 0
+    /// throws at once. Pipelines and streams do not wait: their refusals
+    /// are returned or thrown.
     public let recoveryWait: Double
     private let queue = DispatchQueue(label: "perennial.client")
     // On `queue` only:
