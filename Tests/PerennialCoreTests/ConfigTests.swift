@@ -124,11 +124,22 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
         #expect(mistakes("[routes.r1]\ncandidates = 5\nrerank = \"cf\"\n")
                 == ["test.toml:2: 'routes.r1.candidates' must be a string, found an integer (5)"])
         let many = mistakes("[server]\nprot = 1\n[limits]\nmax_events = 1000000\n[scorers.nope]\nx = 1\n[scorers.cf]\nbogus = 1\nnegatives = 0\n")
-        #expect(many.count == 5, "\(many)")
+        // (max_events = 1,000,000 needs a larger frame and a larger learner
+        // queue than the defaults: two mistakes, both reported.)
+        #expect(many.count == 6, "\(many)")
         #expect(many.first == "test.toml:2: unknown key 'server.prot' (did you mean 'server.port'?)")
         #expect(many.contains { $0.hasPrefix("test.toml:6: section '[scorers.nope]' names unknown scorer") })
         #expect(many.contains { $0.hasPrefix("test.toml:8: unknown key 'scorers.cf.bogus'") })
         #expect(many.last == "test.toml:9: 'scorers.cf.negatives' = 0 is outside 1...256")
+        // One failed check does not silence another (helper-67).
+        #expect(mistakes("[scorers]\nload = [\"cf\", \"bogus\"]\ndefault = \"gan\"\n").count == 2)
+        #expect(mistakes("[routes.r1]\ncandidatse = \"cf\"\n").count == 2)  // the typo, and rerank missing
+        #expect(mistakes("[routes.r1]\ncandidatez = \"cf\"\nrerank = \"bogus\"\ncount = 0\n").count == 3)
+        // At most 50 listed, and the rest counted.
+        let stray = "[limits]\nwait_ms = -1\n[extra]\n" + (1...120).map { "k\($0) = 1\n" }.joined()
+        let listed = mistakes(stray)
+        #expect(listed.count == 51)
+        #expect(listed.last == "test.toml: ... and 71 more mistake(s) after these")
     }
 
     @Test func wrongTypeNamesKeyAndLine() {

@@ -47,8 +47,13 @@ public struct ConfigError: Error, Sendable, CustomStringConvertible, Equatable {
         self.message = message
     }
 
+    /// A line each, by line, the first `ConfigReader.reportedMistakes`
+    /// of them and how many more.
     public var description: String {
-        ([self] + others).map(\.oneLine).joined(separator: "\n")
+        let cap = ConfigReader.reportedMistakes
+        var lines = ([self] + others).prefix(cap).map(\.oneLine)
+        if others.count + 1 > cap { lines.append("\(file): ... and \(others.count + 1 - cap) more mistake(s) after these") }
+        return lines.joined(separator: "\n")
     }
 
     private var oneLine: String {
@@ -68,13 +73,8 @@ public struct ConfigError: Error, Sendable, CustomStringConvertible, Equatable {
                 if seen.insert(bare.description).inserted { all.append(bare) }
             }
         }
-        all.sort { ($0.line ?? Int.max) < ($1.line ?? Int.max) }
-        let cap = ConfigReader.reportedMistakes
-        if all.count > cap {
-            let more = all.count - cap
-            all = Array(all.prefix(cap))
-            all.append(ConfigError(file: all[0].file, line: nil, message: "... and \(more) more mistake(s) after these"))
-        }
+        // (Stable: mistakes of one line keep the order they were found in.)
+        all = all.enumerated().sorted { ($0.element.line ?? Int.max, $0.offset) < ($1.element.line ?? Int.max, $1.offset) }.map(\.element)
         guard var first = all.first else { return nil }
         first.others = Array(all.dropFirst())
         return first

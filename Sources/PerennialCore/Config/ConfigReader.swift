@@ -14,9 +14,10 @@ public final class ConfigReader {
     /// (its error would only be the default's, used meanwhile: helper-66).
     private var problems: [ConfigError] = []
     private var wrongKeys: Set<String> = []
-    /// Most mistakes reported, and most unknown keys given a "did you
-    /// mean" (a file of 30,000 stray keys took 7 s; helper-66).
-    static let reportedMistakes = 50
+    /// Most mistakes listed (the rest are counted), and most unknown keys
+    /// given a "did you mean" (a file of 30,000 stray keys took 7 s;
+    /// helper-66).
+    public static let reportedMistakes = 50
 
     public init(_ document: ConfigDocument) { self.document = document }
 
@@ -113,9 +114,11 @@ public final class ConfigReader {
         return fallback
     }
 
-    /// A mistake found by a check across keys (`keys`: those it is about),
-    /// reported by `finish` with the rest; the check's caller goes on with
-    /// something usable.
+    /// A mistake found by a check across keys, reported by `finish` with the
+    /// rest; the check's caller goes on with something usable. `keys`: those
+    /// whose value is unusable, so checks that read them are skipped (not
+    /// those a check merely compared: each check judges the file's values,
+    /// and one failing must not silence another; helper-67).
     public func note(_ problem: ConfigError, keys: [String] = []) {
         problems.append(problem)
         wrongKeys.formUnion(keys)

@@ -316,7 +316,7 @@ public struct PerennialConfig: Sendable {
         if fullBatch > l.maxFrameBytes && !r.isWrong("limits.max_frame_bytes", "limits.max_events") {
             r.note(ConfigError(file: doc.file, line: doc.entries["limits.max_frame_bytes"]?.line ?? doc.entries["limits.max_events"]?.line,
                                message: "'limits.max_frame_bytes' (\(l.maxFrameBytes)) is too small for a FEEDBACK of 'limits.max_events' (\(l.maxEvents)) events: it needs \(fullBatch) bytes"),
-                   keys: ["limits.max_frame_bytes", "limits.max_events"])
+                   keys: [])
         }
         // A request carrying max_items ids, and its reply, must fit too: a
         // RECOMMEND with session items, exclusions and candidates, each
@@ -329,7 +329,7 @@ public struct PerennialConfig: Sendable {
         if fullList > l.maxFrameBytes && !r.isWrong("limits.max_frame_bytes", "limits.max_items") {
             r.note(ConfigError(file: doc.file, line: doc.entries["limits.max_frame_bytes"]?.line ?? doc.entries["limits.max_items"]?.line,
                                message: "'limits.max_frame_bytes' (\(l.maxFrameBytes)) is too small for requests and replies of 'limits.max_items' (\(l.maxItems)) ids: it needs \(fullList) bytes"),
-                   keys: ["limits.max_frame_bytes", "limits.max_items"])
+                   keys: [])
         }
         // One largest frame must fit in the receive-buffer budget (a buffer
         // grows by doubling, so up to twice the frame), or a lone client's
@@ -338,14 +338,14 @@ public struct PerennialConfig: Sendable {
         if l.maxInboxBytes < largestBuffer && !r.isWrong("limits.max_inbox_bytes", "limits.max_frame_bytes") {
             r.note(ConfigError(file: doc.file, line: doc.entries["limits.max_inbox_bytes"]?.line ?? doc.entries["limits.max_frame_bytes"]?.line,
                                message: "'limits.max_inbox_bytes' (\(l.maxInboxBytes)) is too small for one frame of 'limits.max_frame_bytes' (\(l.maxFrameBytes)): its buffer may take \(largestBuffer) bytes"),
-                   keys: ["limits.max_inbox_bytes", "limits.max_frame_bytes"])
+                   keys: [])
         }
         // A FEEDBACK batch must fit in the learner queue, or it could never be accepted.
         c.learnerQueueCapacity = try r.int("learner.queue_capacity", default: c.learnerQueueCapacity, in: 16...(1 << 26))
         if c.learnerQueueCapacity < l.maxEvents && !r.isWrong("learner.queue_capacity", "limits.max_events") {
-            r.note(ConfigError(file: doc.file, line: doc.entries["learner.queue_capacity"]?.line,
+            r.note(ConfigError(file: doc.file, line: doc.entries["learner.queue_capacity"]?.line ?? doc.entries["limits.max_events"]?.line,
                                message: "'learner.queue_capacity' (\(c.learnerQueueCapacity)) must be at least 'limits.max_events' (\(l.maxEvents))"),
-                   keys: ["learner.queue_capacity"])
+                   keys: [])
         }
         c.learnerMaxLagSeconds = try r.double("learner.max_lag_seconds", default: c.learnerMaxLagSeconds, in: 0...1e6)
         c.historyPerUser = try r.int("history.max_items_per_user", default: c.historyPerUser, in: 0...1_000_000)
@@ -410,13 +410,13 @@ public struct PerennialConfig: Sendable {
         }
         for name in names where registry.factory(named: name) == nil {
             r.note(ConfigError(file: doc.file, line: loadLine,
-                               message: "'scorers.load' names unknown scorer \"\(name)\"; known: \(registry.names.joined(separator: ", "))"),
-                   keys: ["scorers.load"])
+                               message: "'scorers.load' names unknown scorer \"\(name)\"; known: \(registry.names.joined(separator: ", "))"))
         }
         if Set(names).count != names.count {
-            r.note(ConfigError(file: doc.file, line: loadLine, message: "'scorers.load' names a scorer twice"), keys: ["scorers.load"])
+            r.note(ConfigError(file: doc.file, line: loadLine, message: "'scorers.load' names a scorer twice"))
         }
-        // (Reading goes on with the scorers that can load, or the defaults.)
+        // (Reading goes on with the scorers that can load, which the checks
+        // below judge the rest against, or the defaults when none can.)
         var known = Set<String>()
         names = names.filter { registry.factory(named: $0) != nil && known.insert($0).inserted }
         if names.isEmpty { names = ["cf", "popularity"] }
@@ -424,7 +424,7 @@ public struct PerennialConfig: Sendable {
         if !names.contains(c.defaultScorer) && !r.isWrong("scorers.load", "scorers.default") {
             r.note(ConfigError(file: doc.file, line: doc.entries["scorers.default"]?.line,
                                message: "'scorers.default' = \"\(c.defaultScorer)\" is not in 'scorers.load' (\(names.joined(separator: ", ")))"),
-                   keys: ["scorers.default"])
+                   keys: [])
         }
         // Every scorer section present is validated, loaded or not, so a typo
         // in a section for a scorer switched off still surfaces.
@@ -444,30 +444,27 @@ public struct PerennialConfig: Sendable {
             let key = "routes." + route
             // A typo in a route's keys is reported as one (not as a missing value).
             let fields = ["candidates", "count", "rerank"]
-            var usable = true
+            // (A missing key that a typo in the route was most likely meant
+            // to be is not reported again as missing.)
+            var meant = Set<String>()
             for k in doc.order where k.hasPrefix(key + ".") && !fields.contains(String(k.dropFirst(key.count + 1))) {
                 let near = ConfigReader.closest(to: k, among: fields.map { key + "." + $0 })
                 r.note(ConfigError(file: doc.file, line: doc.entries[k]?.line,
                                    message: "unknown key '\(k)'" + (near.map { " (did you mean '\($0)'?)" } ?? " (a route has candidates, count and rerank)")))
                 r.acknowledge(prefix: k)
-                usable = false
+                if let near { meant.insert(near) }
             }
-            // (A missing key after a typo in the route is most likely the typo.)
-            var complete = usable
-            for needed in ["candidates", "rerank"] where usable && doc.entries[key + "." + needed] == nil {
+            for needed in ["candidates", "rerank"] where doc.entries[key + "." + needed] == nil && !meant.contains(key + "." + needed) {
                 r.note(ConfigError(file: doc.file, line: line, message: "route '\(route)' needs '\(key).\(needed)' (the scorer that \(needed == "rerank" ? "re-ranks the candidates" : "proposes candidates"))"))
-                complete = false
             }
-            usable = complete
             let rc = RouteConfig(name: route, candidates: try r.string(key + ".candidates", default: ""),
                                  count: try r.int(key + ".count", default: 300, in: 1...65535),
                                  rerank: try r.string(key + ".rerank", default: ""))
             if registry.factory(named: route) != nil {
                 r.note(ConfigError(file: doc.file, line: line, message: "route '\(route)' has the name of a scorer; routes and scorers share one namespace"))
-                usable = false
             }
             for (what, name) in [("candidates", rc.candidates), ("rerank", rc.rerank)]
-            where usable && !names.contains(name) && !r.isWrong("scorers.load", key + "." + what) {
+            where doc.entries[key + "." + what] != nil && !names.contains(name) && !r.isWrong("scorers.load", key + "." + what) {
                 r.note(ConfigError(file: doc.file, line: doc.entries[key + "." + what]?.line ?? line,
                                    message: "'\(key).\(what)' = \"\(name)\" is not a loaded scorer (\(names.joined(separator: ", ")))"))
             }
