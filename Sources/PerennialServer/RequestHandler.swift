@@ -809,7 +809,7 @@ final class RequestHandler {
         }
         let left = r.estimatedMillisLeft
         let done = r.totalEvents == 0 ? 100 : 100 * r.replayedEvents / r.totalEvents
-        return ProtocolError(.recovering, "the server is replaying its log after a restart (at sequence \(model.appliedSeq) of \(r.targetSeq), \(done)% done\(left.map { ", about \($0) ms left" } ?? "")); reads are answered meanwhile; a write waits up to limits.wait_ms = \(config.limits.waitMs) ms for the replay, and this one was not accepted: send it again (STATS recovering = 0 once the replay is done)",
+        return ProtocolError(.recovering, "the server is replaying its log after a restart (at sequence \(model.appliedSeq) of \(r.targetSeq), \(done)% done\(left.map { ", about \($0) ms left" } ?? "")); reads are answered meanwhile; a connection's first write waits up to limits.wait_ms = \(config.limits.waitMs) ms for the replay, later ones not, and this one was not accepted: send it again (STATS recovering = 0 once the replay is done)",
                              detail: UInt32(min(left ?? 0, UInt64(UInt32.max))))
     }
 

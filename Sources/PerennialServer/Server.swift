@@ -184,13 +184,9 @@ public final class Server: Sendable {
         if let pending {
             Log.info("replaying \(pending.events) events (\(pending.records) records) from the log while serving: reads are answered from the model as the replay catches up, writes wait for it (up to limits.wait_ms, then RECOVERING) (server.serve_while_recovering)")
             handler.recovery = LogRecovery(model: model, reader: pending.reader, targetSeq: pending.lastSeq,
-                                           totalEvents: pending.events, records: pending.records) { [self] r in
-                do {
-                    try goLive((r.replayingNanos, r.replayedEvents))
-                } catch {
-                    state.withLock { $0.recoveryError = "\(error)" }
-                    throw error
-                }
+                                           totalEvents: pending.events, records: pending.records) { r in
+                // (What this throws reaches `failed` below, and stops the server.)
+                try goLive((r.replayingNanos, r.replayedEvents))
                 Log.info(String(format: "recovered: %llu events in all, %d records (%d events) replayed from %d log segment(s), in %.2f s while serving (%.2f s of it replaying)",
                                 model.lastSeq, r.report.records, r.replayedEvents, r.report.segments,
                                 Double(r.elapsedNanos) / 1e9, Double(r.replayingNanos) / 1e9))
