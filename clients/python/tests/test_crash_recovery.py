@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 
 import perennial
-from conftest import REPO, _require_binary, free_port
+from conftest import REPO, ServerProcess, _require_binary, free_port
 
 KILLS = int(os.environ.get("PERENNIAL_CRASH_KILLS", "20"))
 DATA = REPO.parent / "shared" / "data" / "ml-latest-small" / "ratings.csv"
@@ -117,6 +117,24 @@ def _stream_until_killed(c: perennial.Client, proc: "subprocess.Popen[bytes]", e
 def _probe(port: int, users: List[int], items: List[int]) -> List[List[float]]:
     with perennial.Client("127.0.0.1", port) as c:
         return [[s.score for s in c.score(u, items, scorer="cf")] for u in users]
+
+
+#: A config whose replay of 20,000 events takes 2-3 s (session-rnn replays
+#: about 8,000 events a second), with no snapshot to shorten it.
+SLOW_REPLAY = '[snapshot]\nevery_events = 0\nrecovery_seconds = 0\n[scorers]\nload = ["cf", "popularity", "session-rnn"]\n'
+
+
+def _restarted_mid_replay(start_server, config: str = SLOW_REPLAY) -> Tuple[ServerProcess, List[perennial.Event], int]:
+    """A server fed 20,000 events, killed (kill -9), and started again
+    without waiting for its replay of the log; returns it, the events and
+    the log's last sequence."""
+    srv = start_server(config)
+    events = _events(20_000)
+    with srv.client() as c:
+        last = c.feedback(events).last_seq
+    srv.kill()
+    srv.start_again(recovered=False)
+    return srv, events, last
 
 
 def test_kill9_loses_no_acknowledged_event(tmp_path: Path) -> None:
@@ -401,15 +419,8 @@ def test_reads_are_answered_while_the_log_replays_and_writes_wait_for_it(start_s
     numbered after the log's last event, one held past ``limits.wait_ms``
     is refused RECOVERING with nothing of it accepted, and the model the
     replay ends with is the one a replay with the port closed builds."""
-    # (session-rnn replays about 8,000 events a second: 2-3 s here.)
-    config = '[snapshot]\nevery_events = 0\nrecovery_seconds = 0\n[scorers]\nload = ["cf", "popularity", "session-rnn"]\n'
-    srv = start_server(config)
-    events = _events(20_000)
-    with srv.client() as c:
-        last = c.feedback(events).last_seq
-        c.recommend(1, k=1)
-    srv.kill()
-    srv.start_again(recovered=False)
+    config = SLOW_REPLAY
+    srv, events, last = _restarted_mid_replay(start_server)
     with srv.client() as c:
         st = c.stats()
         assert st["recovering"] == 1, st
@@ -468,14 +479,7 @@ def test_the_client_sends_a_write_refused_recovering_again_until_the_replay_ends
     again; the client sends it again each time (nothing of a refused write
     was accepted) and returns the acknowledgement once the replay is done,
     the event numbered after the log's last, accepted once."""
-    config = ('[snapshot]\nevery_events = 0\nrecovery_seconds = 0\n[limits]\nwait_ms = 10\n'
-              '[scorers]\nload = ["cf", "popularity", "session-rnn"]\n')
-    srv = start_server(config)
-    events = _events(20_000)
-    with srv.client() as c:
-        last = c.feedback(events).last_seq
-    srv.kill()
-    srv.start_again(recovered=False)
+    srv, _, last = _restarted_mid_replay(start_server, SLOW_REPLAY + "[limits]\nwait_ms = 10\n")
     with srv.client() as c:
         assert c.stats()["recovering"] == 1
         ack = c.feedback([perennial.Event(1, 1, "click")])
@@ -501,14 +505,7 @@ def test_perennial_replay_waits_for_a_server_replaying_its_log(start_server) -> 
     """`perennial replay` against a server still replaying its log after a
     restart waits for it (saying so) rather than stopping at the first
     batch refused RECOVERING (helper-65; writes held only 10 ms here)."""
-    config = ('[snapshot]\nevery_events = 0\nrecovery_seconds = 0\n[limits]\nwait_ms = 10\n'
-              '[scorers]\nload = ["cf", "popularity", "session-rnn"]\n')
-    srv = start_server(config)
-    events = _events(20_000)
-    with srv.client() as c:
-        last = c.feedback(events).last_seq
-    srv.kill()
-    srv.start_again(recovered=False)
+    srv, _, last = _restarted_mid_replay(start_server, SLOW_REPLAY + "[limits]\nwait_ms = 10\n")
     run = subprocess.run([str(_require_binary()), "replay", "--data", str(DATA.parent), "--port", str(srv.port),
                           "--limit", "2000", "--no-texts"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
