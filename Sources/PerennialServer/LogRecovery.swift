@@ -30,21 +30,18 @@ final class LogRecovery {
     /// its cost (the wall time includes the reads answered between slices:
     /// helper-65 measured 4x the cost under a read load).
     private(set) var replayingNanos: UInt64 = 0
-    /// Records the log holds after the snapshot.
-    let totalRecords: Int
     /// What to do once the whole log is replayed (open the log for
     /// appending, start the learner), and when the replay fails (the
     /// server then stops): run by `EventLoop.recoveryTurn`.
     let finish: (LogRecovery) throws -> Void
     let failed: (any Error) -> Void
 
-    init(model: Model, reader: LogReader, targetSeq: UInt64, totalEvents: Int, records: Int,
+    init(model: Model, reader: LogReader, targetSeq: UInt64, totalEvents: Int,
          finish: @escaping (LogRecovery) throws -> Void, failed: @escaping (any Error) -> Void) {
         self.model = model
         self.reader = reader
         self.targetSeq = targetSeq
         self.totalEvents = totalEvents
-        self.totalRecords = records
         self.finish = finish
         self.failed = failed
     }

@@ -184,7 +184,7 @@ public final class Server: Sendable {
         if let pending {
             Log.info("replaying \(pending.events) events (\(pending.records) records) from the log while serving: reads are answered from the model as the replay catches up, writes wait for it (up to limits.wait_ms, then RECOVERING) (server.serve_while_recovering)")
             handler.recovery = LogRecovery(model: model, reader: pending.reader, targetSeq: pending.lastSeq,
-                                           totalEvents: pending.events, records: pending.records) { r in
+                                           totalEvents: pending.events) { r in
                 // (What this throws reaches `failed` below, and stops the server.)
                 try goLive((r.replayingNanos, r.replayedEvents))
                 Log.info(String(format: "recovered: %llu events in all, %d records (%d events) replayed from %d log segment(s), in %.2f s while serving (%.2f s of it replaying)",
@@ -238,8 +238,6 @@ public final class Server: Sendable {
         return state.withLock { $0.port }
     }
 
-    /// Waits until the server has replayed its log (or ended).
-    public func waitUntilRecovered() { recovered.wait(); recovered.signal() }
 
     /// Asks the server to stop gracefully and waits until it has.
     public func stop() {

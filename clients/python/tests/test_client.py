@@ -1644,6 +1644,35 @@ def test_close_from_another_thread_ends_a_waiting_call() -> None:
         h.close()
 
 
+
+def _ping_closed_from_another_thread(c: perennial.Client, reached: "threading.Event",
+                                     release: "threading.Event") -> List[Any]:
+    """Runs ``c.ping()`` on a thread until it signals ``reached``, calls
+    ``c.close()`` from another thread, lets the ping go on (``release``)
+    after close() had time to act (shut the socket down, or wait for the
+    call's lock), and returns what the ping returned or raised."""
+    import threading
+    outcome: List[Any] = []
+
+    def call() -> None:
+        try:
+            outcome.append(c.ping())
+        except BaseException as e:  # noqa: BLE001 - the caller checks it
+            outcome.append(e)
+
+    t = threading.Thread(target=call)
+    t.start()
+    assert reached.wait(5)
+    closer = threading.Thread(target=c.close)
+    closer.start()
+    time.sleep(0.2)
+    release.set()
+    t.join(5)
+    closer.join(5)
+    assert not t.is_alive() and not closer.is_alive()
+    return outcome
+
+
 def test_close_from_another_thread_ends_a_call_that_is_connecting(monkeypatch: pytest.MonkeyPatch) -> None:
     """close() while another thread's call is still connecting (no socket
     yet to shut down) ends that call with ConnectionError once the connect
@@ -1664,24 +1693,8 @@ def test_close_from_another_thread_ends_a_call_that_is_connecting(monkeypatch: p
 
     monkeypatch.setattr(client_module.socket, "create_connection", slow_connect)
     c = perennial.Client("127.0.0.1", listener.getsockname()[1], timeout=None, hello=False)
-    outcome: List[BaseException] = []
-
-    def call() -> None:
-        try:
-            c.ping()  # would wait for ever: the listener never answers
-        except BaseException as e:  # noqa: BLE001 - checked below
-            outcome.append(e)
-
-    t = threading.Thread(target=call)
-    t.start()
-    assert connecting.wait(5)
-    closer = threading.Thread(target=c.close)
-    closer.start()
-    time.sleep(0.2)  # close() is waiting for the call's lock
-    release.set()
-    t.join(5)
-    closer.join(5)
-    assert not t.is_alive() and not closer.is_alive()
+    # (The ping would wait for ever: the listener never answers.)
+    outcome = _ping_closed_from_another_thread(c, connecting, release)
     assert outcome and isinstance(outcome[0], perennial.ConnectionError), outcome
     assert "while connecting" in str(outcome[0])
     assert not c.connected
@@ -1705,24 +1718,7 @@ def test_close_from_another_thread_ends_a_call_checking_its_idle_connection(serv
         return real_alive()
 
     c._alive = slow_alive  # type: ignore[method-assign]
-    outcome: List[Any] = []
-
-    def call() -> None:
-        try:
-            outcome.append(c.ping())
-        except BaseException as e:  # noqa: BLE001 - checked below
-            outcome.append(e)
-
-    t = threading.Thread(target=call)
-    t.start()
-    assert checking.wait(5)
-    closer = threading.Thread(target=c.close)
-    closer.start()
-    time.sleep(0.2)  # close() has shut the socket down and waits for the call
-    release.set()
-    t.join(5)
-    closer.join(5)
-    assert not t.is_alive() and not closer.is_alive()
+    outcome = _ping_closed_from_another_thread(c, checking, release)
     assert outcome and isinstance(outcome[0], perennial.ConnectionError), outcome
     assert not c.connected
     assert c.ping()  # the client may be used again
