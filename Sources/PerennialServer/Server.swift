@@ -160,6 +160,7 @@ public final class Server: Sendable {
         let config = config
         let goLive: (_ replayed: (nanos: UInt64, events: Int)?) throws -> Void = { [self, firstLogSegment] replayed in
             if let replayed {
+                model.unreplayed = nil
                 try log.openForAppend(lastSeq: model.lastSeq, atLeastSegment: firstLogSegment)
                 state.withLock { $0.replayCost = (replayed.nanos, UInt64(replayed.events)) }
             }
@@ -340,7 +341,10 @@ public final class Server: Sendable {
             // snapshot's): what would stop start-up still stops it here.
             // The replay itself comes after, a slice per loop turn.
             var last = model.lastSeq
+            // (Each user's events still to come, for the reads meanwhile.)
+            let unreplayed = UnreplayedHistory(limitPerUser: model.history.limit)
             let report = try FeedbackLog.scan(directory: log.directory, fromSegment: firstSegment, cutTornTail: true) { record in
+                unreplayed.note(record)
                 guard case .feedback(let first, let events) = record else { return }
                 guard first == last + 1 else {
                     throw LogError("the log jumps from sequence \(last) to \(first): records are missing")
@@ -351,6 +355,7 @@ public final class Server: Sendable {
             guard report.records == 0 else {
                 let reader = try LogReader(directory: log.directory, fromSegment: firstSegment, cutTornTail: false)
                 let pending = PendingReplay(reader: reader, lastSeq: last, records: report.records, events: report.events)
+                model.unreplayed = unreplayed
                 return (model, firstSegment, snapshotSeq, pending)
             }
             return (model, firstSegment, snapshotSeq, nil)

@@ -92,6 +92,60 @@ import PerennialProtocol
         #expect(ack.firstSeq == last + 1)
     }
 
+    /// A data directory holding a snapshot of 3,000 events (300 users, 200
+    /// items) and, after it in the log, `later` (as a kill -9 leaves it).
+    static func snapshotThenLog(_ name: String, config: String, later: [IncomingEvent]) throws -> String {
+        let dir = ScratchDirectory.path(name)
+        let model = Model(config: try PerennialConfig.load(try ConfigDocument(text: config, file: "test.toml"), registry: .builtin),
+                          registry: .builtin)
+        var rng = SplitMix64(seed: 5)
+        var out: [LearnEvent] = []
+        for k in 0..<3000 {
+            out.removeAll()
+            let e = IncomingEvent(user: UInt64(rng.below(300) + 1), item: UInt64(rng.below(200) + 1), kind: .click, value: 1,
+                                  timestamp: Int64(k + 1))
+            model.admit(CollectionOfOne(e), now: 0, into: &out)
+            for l in out { model.learn(l) }
+        }
+        var w = SnapshotWriter()
+        model.save(to: &w)
+        _ = try SnapshotStore(directory: dir + "/snapshots").write(seq: model.lastSeq, firstLogSegment: 2, payload: w.bytes)
+        let log = FeedbackLog(directory: dir + "/log", policy: .no)
+        try log.openForAppend(lastSeq: model.lastSeq, atLeastSegment: 2)
+        try log.append(.feedback(firstSeq: model.lastSeq + 1, events: later), lastSeq: model.lastSeq + UInt64(later.count))
+        log.close()
+        return dir
+    }
+
+    @Test func readsDuringTheReplayExcludeWhatTheUserDidInTheLogStillToComeAndFollowIt() async throws {
+        let config = "[scorers]\nload = [\"cf\", \"popularity\"]\ndefault = \"cf\"\n"
+        // User 7 (in the snapshot) and user 9999 (new in the log) clicked
+        // known items after the snapshot.
+        let seen7: [UInt64] = [1, 2, 3, 4, 5]
+        let seen9999: [UInt64] = [11, 12, 13]
+        let later = (seen7.map { (7, $0) } + seen9999.map { (9999, $0) }).enumerated().map { k, e in
+            IncomingEvent(user: UInt64(e.0), item: e.1, kind: .click, value: 1, timestamp: Int64(3001 + k))
+        }
+        let dir = try Self.snapshotThenLog("seen", config: config, later: later)
+        let s = try TestServer(config, dataDir: dir, holdReplay: true)
+        defer { s.stop() }
+        let c = try await Self.client(s)
+        defer { c.close() }
+        #expect(try await c.stats()["recovery_events_left"] == UInt64(later.count))
+        let all7 = try await c.recommend(user: 7, k: 200).map(\.item)
+        #expect(Set(all7).isDisjoint(with: seen7), "an item user 7 clicked in the log not yet replayed was recommended")
+        let new9999 = try await c.recommend(user: 9999, k: 200).map(\.item)
+        #expect(Set(new9999).isDisjoint(with: seen9999))
+        // Their clicks steer the answer: not the answer for a user never seen.
+        let stranger = try await c.recommend(user: 123_456, k: 10, exclude: seen9999).map(\.item)
+        #expect(Array(new9999.prefix(10)) != stranger)
+        // After the replay the same exclusions hold, from the model itself.
+        s.releaseReplay()
+        let after7 = try await c.recommend(user: 7, k: 200, minAppliedSeq: 3000 + UInt64(later.count)).map(\.item)
+        #expect(Set(after7).isDisjoint(with: seen7))
+        #expect(try await eventually(300) { try await c.stats()["recovering"] == 0 })
+    }
+
     @Test func aWriteWaitsForTheReplayThenIsNumberedAfterTheLog() async throws {
         let dir = try Self.crashedDataDirectories(["held"])[0]
         let s = try TestServer(dataDir: dir, holdReplay: true)

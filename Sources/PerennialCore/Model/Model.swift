@@ -82,6 +82,10 @@ public final class Model: @unchecked Sendable {
     public let users = IdMap()
     public let items = IdMap()
     public let history: InteractionHistory
+    /// While a recovery replays the log with the port open: each user's
+    /// events in the part not yet admitted, which reads exclude and take as
+    /// the user's latest items (admitting thread; nil otherwise).
+    public var unreplayed: UnreplayedHistory?
     public let catalogue = ItemCatalogue()
     /// The embedding table all scorers share.
     public let table: EmbeddingTable
@@ -1005,8 +1009,23 @@ public final class Model: @unchecked Sendable {
         exclusions.reset(itemCount: items.count)
         if let own { history.forEachExcludedItem(of: own, excluded: excludedKinds) { exclusions.insert($0) } }
         // A user id still waiting for its row: its own items so far.
-        let pending = own == nil ? pendingUserItems.items(of: user).compactMap { items.index(of: $0) } : []
+        var pending = own == nil ? pendingUserItems.items(of: user).compactMap { items.index(of: $0) } : []
         for i in pending { exclusions.insert(i) }
+        // During a replay while serving: the user's events still to come.
+        var latest: ArraySlice<Int32>? = nil
+        if let later = unreplayed?.entries(of: user, after: lastSeq), !later.isEmpty {
+            var added: [Int32] = []
+            for e in later {
+                guard let i = items.index(of: e.item) else { continue }
+                added.append(i)
+                if KindMask.of(e.kind) & excludedKinds != 0 { exclusions.insert(i) }
+            }
+            if let own {
+                latest = Self.appendDistinct(added, to: history.items(of: own), limit: history.limit)[...]
+            } else {
+                pending = Self.appendDistinct(added, to: pending, limit: history.limit)
+            }
+        }
         for id in exclude { if let i = items.index(of: id) { exclusions.insert(i) } }
         // What the session already holds is never recommended back, by any
         // scorer (E4 ranks excluding the input sequence the same way).
@@ -1018,7 +1037,19 @@ public final class Model: @unchecked Sendable {
             : candidates.compactMap { items.index(of: $0) }.filter { seenCandidates.insert($0).inserted }
         return ScoringQuery(user: u, sessionItems: sessionItems,
                             candidates: cand, exclusions: exclusions, itemCount: items.count,
-                            history: own.map { history.items(of: $0)[...] } ?? pending[...])
+                            history: latest ?? own.map { history.items(of: $0)[...] } ?? pending[...])
+    }
+
+    /// `items` after `list` as the history would record them: each item
+    /// once, at its latest place, the newest `limit` kept.
+    static func appendDistinct(_ items: [Int32], to list: [Int32], limit: Int) -> [Int32] {
+        let moved = Set(items)
+        var out = list.filter { !moved.contains($0) }
+        var seen = Set<Int32>()
+        var tail: [Int32] = []
+        for i in items.reversed() where seen.insert(i).inserted { tail.append(i) }
+        out += tail.reversed()
+        return Array(out.suffix(limit))
     }
 
     /// Whether user index u's learned state belongs to the user holding it
