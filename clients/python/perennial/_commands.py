@@ -102,6 +102,16 @@ def note_stream_failure(result: Any, offset: int, n: int, errors: "Deque[BaseExc
         errors.append(result)
 
 
+def recovery_deadline(current: Optional[float], wait: Optional[float], now: float) -> float:
+    """Until when a streamer sends batches refused RECOVERING again:
+    ``wait`` seconds (the client's ``recovery_wait``; None: no end) after
+    the first refusal since the last acknowledgement (``current``, None
+    when there is none)."""
+    if current is not None:
+        return current
+    return float("inf") if wait is None else now + wait
+
+
 def tell_late_refusals(exc: Optional[BaseException], refused: List[BaseException]) -> None:
     """A refusal leaving a streamer's ``with`` block learns of the refusals
     that arrived after it was raised (``refused``: all of the stream's)."""

@@ -654,8 +654,10 @@ class AsyncFeedbackStreamer:
     ``await send(e)``, ``await send_many(events)``, ``await flush()``;
     ``async with`` flushes on exit.  At most ``window`` batches are
     unacknowledged at a time.  Refused batches are raised and kept as in
-    the blocking streamer (``refused_batches``, :attr:`refused`), and
-    batches refused as larger than a lowered max_events are re-sent split.
+    the blocking streamer (``refused_batches``, :attr:`refused`), batches
+    refused as larger than a lowered max_events are re-sent split, and
+    batches refused :class:`Recovering` are sent again every 50 ms for up to
+    the client's ``recovery_wait``, as there.
     """
 
     def __init__(self, client: AsyncClient, window: int = 8, batch_size: int = 1000) -> None:
@@ -675,6 +677,10 @@ class AsyncFeedbackStreamer:
         # chunks still to send (kept through a cancellation).
         self._oversized: List[Tuple[int, List[Event], BaseException]] = []
         self._resend: List[Tuple[int, List[Event], BaseException]] = []
+        # Batches refused RECOVERING to send again, and until when (see
+        # FeedbackStreamer).
+        self._recovering: List[Tuple[int, List[Event], BaseException]] = []
+        self._recovery_deadline: Optional[float] = None
         #: Every refused batch's error so far (see FeedbackStreamer.refused).
         self.refused: List[BaseException] = []
         #: Batches whose outcome is unknown (see FeedbackStreamer.unacknowledged).
@@ -703,9 +709,15 @@ class AsyncFeedbackStreamer:
         if isinstance(result, FeedbackAck):
             self.acked_events += len(batch)
             self.last_ack = result
+            self._recovery_deadline = None
         elif isinstance(result, InvalidArgument) and len(batch) > 1:
             self.sent_events -= len(batch)
             self._oversized.append((offset, batch, result))
+        elif isinstance(result, Recovering):
+            self.sent_events -= len(batch)
+            self._recovering.append((offset, batch, result))
+            self._recovery_deadline = _c.recovery_deadline(self._recovery_deadline, self._client.recovery_wait,
+                                                           asyncio.get_running_loop().time())
         else:
             _c.note_stream_failure(result, offset, len(batch), self._errors, self.refused, self.unacknowledged)
 
@@ -715,11 +727,11 @@ class AsyncFeedbackStreamer:
     async def _send_batch(self) -> None:
         await self._client._ensure_connected()  # learn max_events first
         size = self._size()
-        if self._oversized or self._resend or len(self._buffer) < size:
+        if self._oversized or self._resend or self._recovering or len(self._buffer) < size:
             # (As FeedbackStreamer._send_batch: refused batches first, and a
             # partial one after the replies in flight.)
             await self._drain()
-            await self._resend_oversized()
+            await self._resend_refused()
             size = self._size()
         batch = self._buffer[:size]
 
@@ -746,15 +758,23 @@ class AsyncFeedbackStreamer:
         while self._inflight:
             await self._collect_one()
 
-    async def _resend_oversized(self) -> None:
-        # (As FeedbackStreamer._resend_oversized. A chunk leaves `_resend`
+    async def _resend_refused(self) -> None:
+        # (As FeedbackStreamer._resend_refused. A chunk leaves `_resend`
         # once submitted, before its write is awaited: a cancellation there
         # must not also report it refused: review finding, helper-37. A
         # cancellation keeps the chunks not yet sent for the next flush:
         # review finding, helper-44.)
         try:
-            while self._oversized or self._resend:
+            while self._oversized or self._resend or self._recovering:
                 await self._drain()
+                if self._recovering:
+                    if asyncio.get_running_loop().time() < (self._recovery_deadline or 0):
+                        await asyncio.sleep(0.05)
+                        again, self._recovering = self._recovering, []
+                        self._resend = sorted(self._resend + again, key=lambda r: r[0])
+                    else:
+                        gone, self._recovering = self._recovering, []
+                        _c.refuse_unsent(gone, self._errors, self.refused, self.unacknowledged)
                 if self._oversized:
                     limit = (await self._client.hello()).max_events
                     self._resend += _c.split_oversized(self._oversized, limit, self._errors, self.refused,
@@ -766,9 +786,11 @@ class AsyncFeedbackStreamer:
         except asyncio.CancelledError:
             raise
         except BaseException:
-            _c.refuse_unsent(self._resend + self._oversized, self._errors, self.refused, self.unacknowledged)
+            _c.refuse_unsent(self._resend + self._oversized + self._recovering, self._errors, self.refused,
+                             self.unacknowledged)
             self._resend.clear()
             self._oversized.clear()
+            self._recovering.clear()
             raise
 
     def _raise_errors(self) -> None:
@@ -800,9 +822,9 @@ class AsyncFeedbackStreamer:
             while self._buffer:
                 await self._send_batch()
             await self._drain()
-            if not self._oversized and not self._resend:
+            if not self._oversized and not self._resend and not self._recovering:
                 break
-            await self._resend_oversized()
+            await self._resend_refused()
         self._raise_errors()
         return self.last_ack
 

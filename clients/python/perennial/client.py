@@ -113,8 +113,8 @@ class Client:
             replaying its log after a restart; nothing of the refused write
             was accepted), after the server's own hold of ``limits.wait_ms``
             on the connection's first write (None: until the replay ends;
-            0: raise at once).  Feedback streamers do not wait: their
-            refused batches are raised.
+            0: raise at once).  Feedback streamers send refused batches
+            again the same way (see :class:`FeedbackStreamer`).
 
     A Client may be shared between threads: their calls take turns on its
     one connection (a lock held for each whole call), so a slow call makes
@@ -873,6 +873,16 @@ class FeedbackStreamer:
     refusal of the stream (including those that arrive while a ``with``
     block exits because of an error).
 
+    A batch refused :class:`Recovering` (the server replays its log after a
+    restart) is not a refusal either: like the client's own calls, the
+    streamer sends it again every 50 ms (the next ``send``/``send_many``
+    or ``flush`` waits meanwhile) until it is accepted, for up to the
+    client's ``recovery_wait`` seconds since the first such refusal after
+    an acknowledgement; past that, it and those refused after it are
+    refused batches as above. (The server refuses every later write of the
+    connection during the replay too, so they go again in stream order,
+    after the batches already in flight.)
+
     A broken connection (or a reply timeout) is not a refusal: the
     ConnectionError or TimeoutError is raised once, and the batches it cut
     off go to :attr:`unacknowledged` (their outcome is unknown: the server
@@ -902,6 +912,10 @@ class FeedbackStreamer:
         self._oversized: List[Tuple[int, List[Event], BaseException]] = []
         # Their chunks not yet sent again (kept through an interruption).
         self._resend: List[Tuple[int, List[Event], BaseException]] = []
+        # Batches refused RECOVERING, to send again (stream index, events,
+        # error), and until when (_c.recovery_deadline).
+        self._recovering: List[Tuple[int, List[Event], BaseException]] = []
+        self._recovery_deadline: Optional[float] = None
         #: Every refused batch's error so far, oldest first (each with
         #: ``batch_offset`` and ``batch_events``).
         self.refused: List[BaseException] = []
@@ -923,9 +937,15 @@ class FeedbackStreamer:
         if isinstance(result, FeedbackAck):
             self.acked_events += len(batch)
             self.last_ack = result
+            self._recovery_deadline = None
         elif isinstance(result, InvalidArgument) and len(batch) > 1:
             self.sent_events -= len(batch)
             self._oversized.append((offset, batch, result))
+        elif isinstance(result, Recovering):
+            self.sent_events -= len(batch)
+            self._recovering.append((offset, batch, result))
+            self._recovery_deadline = _c.recovery_deadline(self._recovery_deadline, self._client.recovery_wait,
+                                                           time.monotonic())
         else:
             _c.note_stream_failure(result, offset, len(batch), self._errors, self.refused, self.unacknowledged)
 
@@ -935,13 +955,13 @@ class FeedbackStreamer:
     def _send_batch(self) -> None:
         self._client._ensure_connected()  # learn max_events first
         size = min(self.batch_size, self._client.max_events)
-        if self._oversized or self._resend or len(self._buffer) < size:
+        if self._oversized or self._resend or self._recovering or len(self._buffer) < size:
             # Refused batches go again before anything after them, and a
             # partial batch (the last) waits for the replies in flight:
             # smaller than a lowered max_events, it would otherwise be
             # accepted ahead of a refused batch before it in the stream.
             self._drain()
-            self._resend_oversized()
+            self._resend_refused()
             size = min(self.batch_size, self._client.max_events)
         self._write(self._offset, self._buffer[:size], from_buffer=True)
 
@@ -974,6 +994,7 @@ class FeedbackStreamer:
                 self._inflight -= 1
                 self.acked_events += n
                 self.last_ack = result
+                self._recovery_deadline = None
                 return
             heard[0] = True
             self._on_reply(offset, batch, result)
@@ -1020,7 +1041,10 @@ class FeedbackStreamer:
         self._inflight = sum(1 for q in self._client._pending
                              if getattr(q.sink, "streamer", None) is self and q.result is _NOTSET)
 
-    def _resend_oversized(self) -> None:
+    def _resend_refused(self) -> None:
+        # Batches refused RECOVERING go again after 50 ms, in stream order
+        # (every reply in flight is in first), until the recovery deadline;
+        # then they are refusals.
         # A RELOAD may have lowered max_events since the HELLO: learn the
         # limit; batches above it go again split, in stream order (every
         # reply in flight is in first, so every such refusal is known), and
@@ -1030,8 +1054,16 @@ class FeedbackStreamer:
         # cancellation does in the asyncio streamer (review finding,
         # helper-45: they were reported refused, never having been sent).
         try:
-            while self._oversized or self._resend:
+            while self._oversized or self._resend or self._recovering:
                 self._drain()
+                if self._recovering:
+                    if time.monotonic() < (self._recovery_deadline or 0):
+                        time.sleep(0.05)
+                        again, self._recovering = self._recovering, []
+                        self._resend = sorted(self._resend + again, key=lambda r: r[0])
+                    else:
+                        gone, self._recovering = self._recovering, []
+                        _c.refuse_unsent(gone, self._errors, self.refused, self.unacknowledged)
                 if self._oversized:
                     limit = self._client.hello().max_events
                     self._resend += _c.split_oversized(self._oversized, limit, self._errors, self.refused,
@@ -1041,9 +1073,11 @@ class FeedbackStreamer:
                     offset, chunk, _ = self._resend[0]
                     self._write(offset, chunk, from_resend=True)
         except PerennialError:
-            _c.refuse_unsent(self._resend + self._oversized, self._errors, self.refused, self.unacknowledged)
+            _c.refuse_unsent(self._resend + self._oversized + self._recovering, self._errors, self.refused,
+                             self.unacknowledged)
             self._resend.clear()
             self._oversized.clear()
+            self._recovering.clear()
             raise
 
     def _full(self) -> bool:
@@ -1090,9 +1124,9 @@ class FeedbackStreamer:
             while self._buffer:
                 self._send_batch()
             self._drain()
-            if not self._oversized and not self._resend:
+            if not self._oversized and not self._resend and not self._recovering:
                 break
-            self._resend_oversized()
+            self._resend_refused()
         self._raise_errors()
         return self.last_ack
 

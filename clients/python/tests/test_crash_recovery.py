@@ -500,6 +500,50 @@ def test_the_client_sends_a_write_refused_recovering_again_until_the_replay_ends
     assert ack.first_seq == last + 2
 
 
+def test_feedback_streamers_send_batches_refused_recovering_again(start_server) -> None:
+    """A feedback stream during the replay after a kill -9: the server
+    refuses its batches RECOVERING (writes held only 10 ms here); the
+    streamer (blocking and asyncio) sends them again until the replay is
+    done, and every event is accepted once, none reported refused. With
+    recovery_wait=0 the refusal is raised with the batch's place."""
+    srv, _, last = _restarted_mid_replay(start_server, SLOW_REPLAY + "[limits]\nwait_ms = 10\n")
+    stream = [perennial.Event(1 + k % 50, 1 + k % 400, "click") for k in range(3000)]
+    with srv.client() as c:
+        assert c.stats()["recovering"] == 1
+        with c.streamer(window=4, batch_size=200) as s:
+            s.send_many(stream)
+        assert s.refused == [] and s.unacknowledged == []
+        assert s.acked_events == s.sent_events == len(stream)
+        assert s.last_ack is not None and s.last_ack.last_seq == last + len(stream)
+        st = c.stats()
+        assert st["recovering"] == 0
+        assert st["events_accepted"] == last + len(stream)
+        assert st["errors_total"] >= 1  # refused RECOVERING at least once, and sent again
+    last += len(stream)
+    srv.kill()
+    srv.start_again(recovered=False)
+
+    async def feed() -> Tuple[int, int, int]:
+        async with perennial.AsyncClient(srv.host, srv.port) as a:
+            assert (await a.stats())["recovering"] == 1
+            s = a.streamer(window=4, batch_size=200)
+            async with s:
+                await s.send_many(stream)
+            assert s.refused == [] and s.unacknowledged == []
+            return s.acked_events, (await a.stats())["events_accepted"], s.last_ack.last_seq
+    assert asyncio.run(feed()) == (len(stream), last + len(stream), last + len(stream))
+    last += len(stream)
+    srv.kill()
+    srv.start_again(recovered=False)
+    with srv.client(recovery_wait=0) as c:
+        s = c.streamer(window=2, batch_size=100)
+        with pytest.raises(perennial.Recovering) as refused:
+            s.send_many(stream[:100])
+            s.flush()
+        assert refused.value.batch_offset == 0 and refused.value.batch_events == 100
+        assert s.acked_events == 0
+
+
 @pytest.mark.skipif(not DATA.exists(), reason="needs ../shared/data/ml-latest-small")
 def test_perennial_replay_waits_for_a_server_replaying_its_log(start_server) -> None:
     """`perennial replay` against a server still replaying its log after a
