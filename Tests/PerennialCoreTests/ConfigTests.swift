@@ -72,6 +72,16 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
         #expect(throws: ConfigError(file: "test.toml", line: 4, message: "route 'two' needs 'routes.two.rerank' (the scorer that re-ranks the candidates)")) {
             try load("[scorers]\nload = [\"cf\", \"gan\"]\n[routes.two]\ncandidates = \"gan\"\n")
         }
+        // An empty route section is a route missing both keys (it was
+        // accepted as nothing), and an empty section of an unknown scorer is a typo.
+        let text = "[scorers]\nload = [\"cf\", \"gan\"]\n[routes.two]\n\n[scorers.cff]\n"
+        var said: [String] = []
+        do { _ = try load(text) } catch { said = error.description.split(separator: "\n").map(String.init) }
+        #expect(said == [
+            "test.toml:3: route 'two' needs 'routes.two.candidates' (the scorer that proposes candidates)",
+            "test.toml:3: route 'two' needs 'routes.two.rerank' (the scorer that re-ranks the candidates)",
+            "test.toml:5: section '[scorers.cff]' names unknown scorer \"cff\"; known: popularity, cf, text-cnn, session-rnn, gan",
+        ])
     }
 
     @Test func typoNamesLineAndSuggestion() {

@@ -86,12 +86,19 @@ public struct ConfigDocument: Sendable {
     public struct Entry: Sendable {
         public var value: ConfigValue
         public var line: Int
+        public struct Header: Sendable {
+            public var name: String
+            public var line: Int
+        }
     }
 
     public var file: String
     public private(set) var entries: [String: Entry] = [:]
     /// Keys in file order, for stable error reporting.
     public private(set) var order: [String] = []
+    /// `[section]` headers in file order, with their lines (a header with
+    /// no keys under it is still a section the file names).
+    public private(set) var headers: [Entry.Header] = []
 
     public init(file: String = "<defaults>") { self.file = file }
 
@@ -120,6 +127,7 @@ public struct ConfigDocument: Sendable {
                     throw ConfigError(file: file, line: lineNumber, message: "malformed section name '\(name)'")
                 }
                 section = name
+                headers.append(Entry.Header(name: String(name), line: lineNumber))
                 continue
             }
             guard let eq = line.firstIndex(of: "=") else {

@@ -105,6 +105,12 @@ public final class ConfigReader {
                 seen[name] = min(seen[name] ?? line, line)
             }
         }
+        // (A header with nothing under it names a subsection too: an empty
+        // [routes.x] is a route missing its keys, not nothing.)
+        for h in document.headers where h.name.hasPrefix(prefix + ".") {
+            let name = String(h.name.dropFirst(prefix.count + 1))
+            if !name.isEmpty && !name.contains("."), seen[name] == nil { seen[name] = h.line }
+        }
         return seen.map { ($0.key, $0.value) }.sorted { $0.line < $1.line }
     }
 
