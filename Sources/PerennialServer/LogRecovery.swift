@@ -1,11 +1,14 @@
 // Recovery while serving: after a restart the log since the newest snapshot
 // is replayed a slice at a time on the loop thread (`EventLoop.recoveryTurn`),
 // between turns that answer requests. Reads are served from the model as
-// far as the replay has got; writes are refused RECOVERING, since a new
-// event must be numbered and learned after every event in the log
-// (RequestHandler). Replay is the same code as before the port opened
-// (`Model.replayAdmitting`, then `learn` in order): the model it ends with
-// is the one a closed-port recovery builds.
+// far as the replay has got. FEEDBACK is accepted meanwhile: numbered after
+// the log's last event, appended to the log (durable as usual) and to this
+// replay's own queue (`accept`), which the replay takes after the records
+// the log held at the start, so every event is admitted and learned in log
+// order. Other writes wait for the end (RequestHandler). Replay is the same
+// code as before the port opened (`Model.replayAdmitting`, then `learn` in
+// order): the model it ends with is the one a closed-port recovery of the
+// same log builds.
 //
 // Everything a bad log can throw was found before the port opened: the log
 // was read whole once (checksums, torn tail cut, sequence continuity), so
@@ -16,11 +19,21 @@ import PerennialCore
 
 final class LogRecovery {
     let model: Model
-    /// The sequence the log ends at (from the read before the port opened).
-    let targetSeq: UInt64
-    /// Events the log holds after the snapshot.
-    let totalEvents: Int
+    /// The sequence the log ends at: its last at the start (from the read
+    /// before the port opened), then that of the last FEEDBACK accepted.
+    private(set) var targetSeq: UInt64
+    /// Events the log holds after the snapshot, accepted ones included.
+    private(set) var totalEvents: Int
     private var reader: LogReader
+    /// Records the log held at the start not read yet: the reader stops
+    /// there (the file goes on with the accepted records, taken from
+    /// `accepted` instead).
+    private var recordsLeftInFile: Int
+    /// FEEDBACK accepted during the replay, in log order, from `acceptedNext`.
+    private var accepted: [LogRecord] = []
+    private var acceptedNext = 0
+    /// Events accepted during the replay and not yet admitted by it.
+    private(set) var acceptedBacklog = 0
     /// The current feedback record's events, admitted, learned up to `nextEvent`.
     private var scratch: [LearnEvent] = []
     private var nextEvent = 0
@@ -36,11 +49,12 @@ final class LogRecovery {
     let finish: (LogRecovery) throws -> Void
     let failed: (any Error) -> Void
 
-    init(model: Model, reader: LogReader, targetSeq: UInt64, totalEvents: Int,
+    init(model: Model, reader: LogReader, targetSeq: UInt64, records: Int, totalEvents: Int,
          finish: @escaping (LogRecovery) throws -> Void, failed: @escaping (any Error) -> Void) {
         self.model = model
         self.reader = reader
         self.targetSeq = targetSeq
+        self.recordsLeftInFile = records
         self.totalEvents = totalEvents
         self.finish = finish
         self.failed = failed
@@ -58,11 +72,26 @@ final class LogRecovery {
                 model.learn(scratch[nextEvent])
                 nextEvent += 1
                 replayedEvents += 1
-            } else {
-                guard let record = try reader.next() else { return true }
+            } else if recordsLeftInFile > 0 {
+                guard let record = try reader.next() else {
+                    throw LogError("the log ended \(recordsLeftInFile) record(s) short of what it held when the server started: changed under the running server")
+                }
+                recordsLeftInFile -= 1
                 do { try model.replayAdmitting(record, into: &scratch) } catch let e as LogError {
                     throw LogError("\(reader.position): \(e.description)")
                 }
+                nextEvent = 0
+            } else {
+                guard acceptedNext < accepted.count else { return true }
+                let record = accepted[acceptedNext]
+                acceptedNext += 1
+                // (What is replayed goes: the queue holds only the backlog.)
+                if acceptedNext >= 64 && acceptedNext * 2 >= accepted.count {
+                    accepted.removeFirst(acceptedNext)
+                    acceptedNext = 0
+                }
+                try model.replayAdmitting(record, into: &scratch)
+                acceptedBacklog -= scratch.count
                 nextEvent = 0
             }
             // (The clock is read after each step: a step costs from a few
@@ -70,6 +99,19 @@ final class LogRecovery {
             // scorers; helper-65 saw 136 ms slices reading it every 16.)
             if MonotonicClock.nowNanos() >= deadline { return false }
         }
+    }
+
+    /// A FEEDBACK accepted during the replay, just appended to the log:
+    /// replayed after everything before it. Reads see its events at once as
+    /// the user's latest (`Model.unreplayed`).
+    func accept(_ record: LogRecord) {
+        guard case .feedback(let first, let events) = record else { preconditionFailure("only FEEDBACK is accepted during a replay") }
+        precondition(first == targetSeq + 1)
+        accepted.append(record)
+        targetSeq += UInt64(events.count)
+        totalEvents += events.count
+        acceptedBacklog += events.count
+        model.unreplayed?.note(record)
     }
 
     /// The replay's time and events so far.

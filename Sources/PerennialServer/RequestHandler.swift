@@ -220,10 +220,13 @@ final class RequestHandler {
         // the config it applied may have changed the tokens since: review
         // finding, an applied RELOAD answered UNAUTHORIZED.)
         if state.reloadWaitingSince == nil || !isReload(request) { try authorize(request, state: &state) }
+        if let r = recovery, case .feedback(let events) = request {
+            return try acceptDuringReplay(events, recovery: r, state: &state, requestID: requestID, out: &out)
+        }
         if recovery != nil || recoveryFailed, request.changesState {
-            // A write waits (its connection parked, the frame unread) for
-            // the replay to end, up to limits.wait_ms, then is refused: it
-            // must be numbered after every event in the log.
+            // A write other than FEEDBACK waits (its connection parked, the
+            // frame unread) for the replay to end, up to limits.wait_ms,
+            // then is refused: it must be applied after every event in the log.
             if let r = recovery {
                 let now = MonotonicClock.nowMillis()
                 if state.recoveryWaitDeadline == 0 { state.recoveryWaitDeadline = now + UInt64(config.limits.waitMs) }
@@ -801,6 +804,55 @@ final class RequestHandler {
         }
     }
 
+    /// FEEDBACK while the log replays (LogRecovery): numbered after the
+    /// log's last event, logged, acknowledged, and replayed after the rest
+    /// of the log. Held (the connection parked, then RECOVERING as other
+    /// writes) while the replay's backlog of accepted events would pass the
+    /// learner queue's capacity, or while an id bound could be reached (the
+    /// bounds are checked against the model the replay will end with, which
+    /// is not there yet: the batch must fit even with every event of the
+    /// rest of the log, and of the batch, naming a new id).
+    private func acceptDuringReplay(_ events: [WireEvent], recovery r: LogRecovery, state: inout ConnectionState,
+                                    requestID: UInt32, out: inout [UInt8]) throws(ProtocolError) -> FrameOutcome {
+        let roomy = r.acceptedBacklog == 0 || r.acceptedBacklog + events.count <= learner.capacity
+        let fits = model.fitsEvenIfAllNew(events.count + r.totalEvents - r.replayedEvents,
+                                          maxUserIDs: config.limits.maxUserIDs, maxItemIDs: config.limits.maxItemIDs)
+        guard roomy && fits else {
+            let now = MonotonicClock.nowMillis()
+            if state.recoveryWaitDeadline == 0 { state.recoveryWaitDeadline = now + UInt64(config.limits.waitMs) }
+            guard now < state.recoveryWaitDeadline else { throw recoveringError() }
+            // (Tried again once the replay has taken half its backlog in,
+            // or at its end when the bounds were the reason.)
+            let wake = fits ? r.targetSeq - UInt64(r.acceptedBacklog / 2) : r.targetSeq
+            return .waitForApplied(seq: wake, deadline: state.recoveryWaitDeadline)
+        }
+        let now = MonotonicClock.unixSeconds()
+        let (ahead, rule) = allowedFutureSeconds
+        if let i = events.firstIndex(where: { $0.timestamp > now + Int64(ahead) }) {
+            throw ProtocolError(.invalidEvent, "event \(i): timestamp \(events[i].timestamp) is \(events[i].timestamp - now) s ahead of the server's clock (at most \(ahead) s: \(rule); timestamps are Unix seconds, 0 = now); no event of this batch was accepted", detail: UInt32(i))
+        }
+        let batch = events.map { e in
+            IncomingEvent(user: e.user, item: e.item, kind: FeedbackKind(rawValue: e.kind.rawValue)!,
+                          value: e.value, timestamp: e.timestamp == 0 ? now : e.timestamp)
+        }
+        let first = r.targetSeq + 1, last = r.targetSeq + UInt64(batch.count)
+        let record = LogRecord.feedback(firstSeq: first, events: batch)
+        do { try log.append(record, lastSeq: last) } catch {
+            stats.storageRefusals.note("FEEDBACK refused with STORAGE: \(error); STATS storage_refusals counts them")
+            throw ProtocolError(.storage, "feedback not accepted: \(error)")
+        }
+        if log.policy == .always { needsSync = true }
+        r.accept(record)
+        state.recoveryWaitDeadline = 0
+        stats.feedbackBatches += 1
+        state.lastFeedbackSeq = last
+        state.unapplied.append((last, batch.count))
+        let durable = log.policy == .always ? last : log.durableSeq
+        Reply.feedback(FeedbackAck(firstSeq: first, lastSeq: last, durableSeq: durable, appliedSeq: model.appliedSeq))
+            .encode(into: &out, requestID: requestID)
+        return .done
+    }
+
     /// The refusal of a write while the log is replayed; `detail` is the
     /// replay's estimated milliseconds left (0: not known yet).
     private func recoveringError() -> ProtocolError {
@@ -809,7 +861,7 @@ final class RequestHandler {
         }
         let left = r.estimatedMillisLeft
         let done = r.totalEvents == 0 ? 100 : 100 * r.replayedEvents / r.totalEvents
-        return ProtocolError(.recovering, "the server is replaying its log after a restart (at sequence \(model.appliedSeq) of \(r.targetSeq), \(done)% done\(left.map { ", about \($0) ms left" } ?? "")); reads are answered meanwhile; a connection's first write waits up to limits.wait_ms = \(config.limits.waitMs) ms for the replay, later ones not, and this one was not accepted: send it again (STATS recovering = 0 once the replay is done)",
+        return ProtocolError(.recovering, "the server is replaying its log after a restart (at sequence \(model.appliedSeq) of \(r.targetSeq), \(done)% done\(left.map { ", about \($0) ms left" } ?? "")); reads are answered and FEEDBACK accepted meanwhile, up to a backlog of learner.queue_capacity = \(learner.capacity) events; other writes, and FEEDBACK past that, wait: a connection's first up to limits.wait_ms = \(config.limits.waitMs) ms, later ones not. This one was not accepted: send it again (STATS recovering = 0 once the replay is done)",
                              detail: UInt32(min(left ?? 0, UInt64(UInt32.max))))
     }
 
@@ -817,13 +869,18 @@ final class RequestHandler {
     /// the request's `min_applied_seq` and this connection's last feedback.
     private func readYourWrites(_ minApplied: UInt64, state: inout ConnectionState) throws(ProtocolError) -> FrameOutcome? {
         // (While the log is replayed, its last sequence was accepted
-        // before the restart: a read asking for it waits like any other.)
+        // before the restart, or during the replay: a read asking for it
+        // waits like any other.)
         let accepted = max(model.lastSeq, recovery?.targetSeq ?? 0)
         if minApplied > accepted {
             throw ProtocolError(.invalidArgument,
                                 "min_applied_seq \(minApplied) is above the highest accepted sequence \(accepted)")
         }
-        let needed = max(minApplied, state.lastFeedbackSeq)
+        // During the replay a read does not wait for its connection's own
+        // FEEDBACK (replayed after the rest of the log, maybe many seconds
+        // on): its events are already excluded and read as the user's
+        // latest items (Model.unreplayed). min_applied_seq still waits.
+        let needed = recovery == nil ? max(minApplied, state.lastFeedbackSeq) : minApplied
         guard model.appliedSeq < needed else { return nil }
         let now = MonotonicClock.nowMillis()
         if state.waitDeadline == 0 { state.waitDeadline = now + UInt64(config.limits.waitMs) }
@@ -861,10 +918,9 @@ final class RequestHandler {
             StatCounter("recommend_batch_waits", stats.recommendBatchWaits),
             StatCounter("recommends_batched", stats.recommendsBatched),
             StatCounter("feedback_batches", stats.feedbackBatches),
-            StatCounter("events_accepted", model.lastSeq),
-            // (During a replay the log's events are on disk, as they will
-            // be once it is opened for appending after it.)
-            StatCounter("events_durable", recovery?.targetSeq ?? log.durableSeq),
+            // (During a replay: the log's last, though not yet admitted.)
+            StatCounter("events_accepted", recovery?.targetSeq ?? model.lastSeq),
+            StatCounter("events_durable", log.durableSeq),
             StatCounter("events_applied", model.appliedSeq),
             StatCounter("learner_queue", UInt64(learner.queued)),
             StatCounter("learner_ns_per_event", UInt64(learner.nanosPerEvent ?? 0)),

@@ -84,10 +84,8 @@ public final class Server: Sendable {
         let model: Model
         var recoveredSnapshotSeq: UInt64 = 0
         var rollback: [String: Any]?
-        // The log to replay once the port is open (server.serve_while_recovering),
-        // and the first segment the log is appended to after it.
+        // The log to replay once the port is open (server.serve_while_recovering).
         var pending: PendingReplay?
-        var firstLogSegment = 1
         // (A rollback, or a scorer dropped as asked, writes a new version
         // before the port opens: of the whole model, so it replays first.)
         let replayWhileServing = config.serveWhileRecovering && dropScorers.isEmpty
@@ -105,10 +103,9 @@ public final class Server: Sendable {
             }
             model = recovered
             recoveredSnapshotSeq = snapshotSeq
-            firstLogSegment = firstSegment
-            // (With a replay to come, new records wait for its end: they
-            // are numbered after the log's last.)
-            if pending == nil { try log.openForAppend(lastSeq: model.lastSeq, atLeastSegment: firstSegment) }
+            // (With a replay to come, FEEDBACK accepted meanwhile is
+            // numbered after the log's last event, the replay's target.)
+            try log.openForAppend(lastSeq: pending?.lastSeq ?? model.lastSeq, atLeastSegment: firstSegment)
         } catch {
             Glibc.close(dataLock)
             state.withLock { $0.startError = "\(error)" }
@@ -154,14 +151,13 @@ public final class Server: Sendable {
         // closes its handles only after waiting for that thread to end, in
         // `SnapshotScheduler.finishInFlight`, collected or not.)
         handler.wakeLoop = { [waker = loop.waker] in waker.progressed() }
-        // What follows the replay of the log, before the first write: the
-        // log opened for appending after its last record, the learner
-        // started with the replay's cost as its first estimate.
+        // What follows the replay of the log: the reads' view of the log
+        // still to come dropped, the learner started with the replay's
+        // cost as its first estimate.
         let config = config
-        let goLive: (_ replayed: (nanos: UInt64, events: Int)?) throws -> Void = { [self, firstLogSegment] replayed in
+        let goLive: (_ replayed: (nanos: UInt64, events: Int)?) throws -> Void = { [self] replayed in
             if let replayed {
                 model.unreplayed = nil
-                try log.openForAppend(lastSeq: model.lastSeq, atLeastSegment: firstLogSegment)
                 state.withLock { $0.replayCost = (replayed.nanos, UInt64(replayed.events)) }
             }
             // (Replay ran the same code as the learner: its cost is the first
@@ -183,13 +179,14 @@ public final class Server: Sendable {
         }
         Log.info("perennial \(PerennialVersion.string) listening on \(config.host):\(port) (scorers: \(model.scorerNames.joined(separator: ", ")); default \(model.defaultScorer); config \(config.source))")
         if let pending {
-            Log.info("replaying \(pending.events) events (\(pending.records) records) from the log while serving: reads are answered from the model as the replay catches up, writes wait for it (up to limits.wait_ms, then RECOVERING) (server.serve_while_recovering)")
+            Log.info("replaying \(pending.events) events (\(pending.records) records) from the log while serving: reads are answered from the model as the replay catches up, FEEDBACK is accepted and replayed after the log, other writes wait for the end (up to limits.wait_ms, then RECOVERING) (server.serve_while_recovering)")
             handler.recovery = LogRecovery(model: model, reader: pending.reader, targetSeq: pending.lastSeq,
-                                           totalEvents: pending.events) { r in
+                                           records: pending.records, totalEvents: pending.events) { r in
                 // (What this throws reaches `failed` below, and stops the server.)
                 try goLive((r.replayingNanos, r.replayedEvents))
-                Log.info(String(format: "recovered: %llu events in all, %d records (%d events) replayed from %d log segment(s), in %.2f s while serving (%.2f s of it replaying)",
-                                model.lastSeq, r.report.records, r.replayedEvents, r.report.segments,
+                Log.info(String(format: "recovered: %llu events in all, %d records (%d events) replayed from %d log segment(s) and %d events accepted meanwhile, in %.2f s while serving (%.2f s of it replaying)",
+                                model.lastSeq, r.report.records, r.replayedEvents - (r.totalEvents - pending.events), r.report.segments,
+                                r.totalEvents - pending.events,
                                 Double(r.elapsedNanos) / 1e9, Double(r.replayingNanos) / 1e9))
             } failed: { [self] error in
                 state.withLock { $0.recoveryError = "\(error)" }
@@ -342,7 +339,7 @@ public final class Server: Sendable {
             // The replay itself comes after, a slice per loop turn.
             var last = model.lastSeq
             // (Each user's events still to come, for the reads meanwhile.)
-            let unreplayed = UnreplayedHistory(limitPerUser: model.history.limit)
+            let unreplayed = UnreplayedHistory(limitPerUser: model.history.limit, after: model.lastSeq)
             let report = try FeedbackLog.scan(directory: log.directory, fromSegment: firstSegment, cutTornTail: true) { record in
                 unreplayed.note(record)
                 guard case .feedback(let first, let events) = record else { return }

@@ -95,6 +95,11 @@ import PerennialProtocol
     /// A data directory holding a snapshot of 3,000 events (300 users, 200
     /// items) and, after it in the log, `later` (as a kill -9 leaves it).
     static func snapshotThenLog(_ name: String, config: String, later: [IncomingEvent]) throws -> String {
+        try snapshotThenLog(name, config: config, records: { [.feedback(firstSeq: $0 + 1, events: later)] })
+    }
+
+    /// The same with the records `records(snapshot's sequence)` after it.
+    static func snapshotThenLog(_ name: String, config: String, records: (UInt64) -> [LogRecord]) throws -> String {
         let dir = ScratchDirectory.path(name)
         let model = Model(config: try PerennialConfig.load(try ConfigDocument(text: config, file: "test.toml"), registry: .builtin),
                           registry: .builtin)
@@ -112,7 +117,11 @@ import PerennialProtocol
         _ = try SnapshotStore(directory: dir + "/snapshots").write(seq: model.lastSeq, firstLogSegment: 2, payload: w.bytes)
         let log = FeedbackLog(directory: dir + "/log", policy: .no)
         try log.openForAppend(lastSeq: model.lastSeq, atLeastSegment: 2)
-        try log.append(.feedback(firstSeq: model.lastSeq + 1, events: later), lastSeq: model.lastSeq + UInt64(later.count))
+        var seq = model.lastSeq
+        for record in records(seq) {
+            if case .feedback(_, let events) = record { seq += UInt64(events.count) }
+            try log.append(record, lastSeq: seq)
+        }
         log.close()
         return dir
     }
@@ -146,24 +155,102 @@ import PerennialProtocol
         #expect(try await eventually(300) { try await c.stats()["recovering"] == 0 })
     }
 
-    @Test func aWriteWaitsForTheReplayThenIsNumberedAfterTheLog() async throws {
-        let dir = try Self.crashedDataDirectories(["held"])[0]
-        let s = try TestServer(dataDir: dir, holdReplay: true)
+    @Test func readsDuringTheReplayFollowExcludeKindsAndDeletionsStillToCome() async throws {
+        let config = "[scorers]\nload = [\"cf\", \"popularity\"]\ndefault = \"cf\"\n[history]\nexclude_kinds = [\"purchase\"]\n"
+        func events(_ user: UInt64, _ list: [(UInt64, FeedbackKind)]) -> [IncomingEvent] {
+            list.map { IncomingEvent(user: user, item: $0.0, kind: $0.1, value: 1, timestamp: 4000) }
+        }
+        let dir = try Self.snapshotThenLog("seen-kinds", config: config) { seq in
+            [.feedback(firstSeq: seq + 1, events: events(7, [(1, .view), (2, .purchase), (3, .click), (1, .view)])),
+             .deleteItems(items: [50]),
+             .feedback(firstSeq: seq + 5, events: events(8, [(4, .click)]))]
+        }
+        let s = try TestServer(config, dataDir: dir, holdReplay: true)
+        defer { s.stop() }
+        let c = try await Self.client(s)
+        defer { c.close() }
+        func missing(_ user: UInt64, minAppliedSeq: UInt64 = 0) async throws -> Set<UInt64> {
+            Set(1...200).subtracting(try await c.recommend(user: user, k: 200, minAppliedSeq: minAppliedSeq).map(\.item))
+        }
+        let during7 = try await missing(7), during100 = try await missing(100)
+        s.releaseReplay()
+        let after7 = try await missing(7, minAppliedSeq: 3005), after100 = try await missing(100, minAppliedSeq: 3005)
+        // Only the purchase is excluded (views and clicks are shown again),
+        // and the item deleted further on is gone for everyone already.
+        #expect(during7.contains(2) && !during7.contains(1) && !during7.contains(3))
+        #expect(during7.contains(50) && during100.contains(50))
+        #expect(during7 == after7)
+        #expect(during100 == after100)
+    }
+
+    @Test func feedbackDuringTheReplayIsAcceptedAtOnceAndLearnedAfterTheLog() async throws {
+        let dirs = try Self.crashedDataDirectories(["accepted", "accepted-closed"])
+        let last = UInt64(Self.events)
+        let s = try TestServer(dataDir: dirs[0], holdReplay: true)
         defer { s.stop() }
         let c = try await Self.client(s)
         let writer = try await Self.client(s)
         defer { c.close(); writer.close() }
-        // (limits.wait_ms is 120 s in these tests: the FEEDBACK is held.)
-        async let ack = writer.feedback([WireEvent(user: 7, item: 7, kind: .click)])
-        try await Task.sleep(nanoseconds: 300_000_000)
+        // Accepted while the replay has not learned a single event.
+        let batches = [[WireEvent(user: 7, item: 7, kind: .click), WireEvent(user: 9_999, item: 3, kind: .purchase)],
+                       [WireEvent(user: 7, item: 8, kind: .click)]]
+        let first = try await writer.feedback(batches[0])
+        let second = try await writer.feedback(batches[1])
+        #expect((first.firstSeq, first.lastSeq, second.firstSeq, second.lastSeq) == (last + 1, last + 2, last + 3, last + 3))
         let meanwhile = try await c.stats()
         #expect(meanwhile["recovering"] == 1)
-        #expect(meanwhile["events_accepted"] == 0)
+        #expect(meanwhile["events_applied"] == 0)
+        #expect(meanwhile["events_accepted"] == last + 3)
+        #expect(meanwhile["recovery_events_left"] == last + 3)
+        // A read on the writer's own connection does not wait for the
+        // replay to learn its events; they are excluded already.
+        let mine = try await writer.recommend(user: 7, k: 600).map(\.item)
+        #expect(!mine.contains(7) && !mine.contains(8))
+        // The log holds them after its own events: a copy replayed with
+        // the port closed...
+        try FileManager.default.removeItem(atPath: dirs[1])
+        try FileManager.default.copyItem(atPath: dirs[0], toPath: dirs[1])
         s.releaseReplay()
-        #expect(try await ack.firstSeq == UInt64(Self.events) + 1)
+        #expect(try await eventually(300) { try await c.stats()["recovering"] == 0 })
         let after = try await c.stats()
-        #expect(after["recovering"] == 0)
-        #expect(after["events_accepted"] == UInt64(Self.events) + 1)
+        #expect(after["events_accepted"] == last + 3)
+        #expect(after["events_applied"] == last + 3)
+        // ...ends with the same model as this replay.
+        var answers: [[RankedItem]] = []
+        for user: UInt64 in [1, 2, 3, 7, 9_999] { answers.append(try await c.recommend(user: user, k: 10)) }
+        let next = try await writer.feedback([WireEvent(user: 8, item: 8, kind: .click)])
+        #expect(next.firstSeq == last + 4)
+        let closed = try TestServer("[server]\nserve_while_recovering = false\n", dataDir: dirs[1])
+        defer { closed.stop() }
+        let d = try await Self.client(closed)
+        defer { d.close() }
+        #expect(try await d.stats()["events_applied"] == last + 3)
+        for (k, user) in [UInt64(1), 2, 3, 7, 9_999].enumerated() {
+            #expect(try await d.recommend(user: user, k: 10) == answers[k], "user \(user)")
+        }
+    }
+
+    @Test func feedbackBeyondTheReplaysBacklogWaitsThenIsRefusedRecovering() async throws {
+        let dir = try Self.crashedDataDirectories(["backlog"])[0]
+        let s = try TestServer("[limits]\nwait_ms = 20\nmax_events = 100\n[learner]\nqueue_capacity = 200\n", dataDir: dir, holdReplay: true)
+        defer { s.stop() }
+        let c = try await Self.client(s, recoveryWait: 0)
+        defer { c.close() }
+        let batch = (1...100).map { WireEvent(user: UInt64($0), item: 5, kind: .click) }
+        // Two batches fill the backlog (the learner queue's capacity)...
+        #expect(try await c.feedback(batch).lastSeq == UInt64(Self.events) + 100)
+        #expect(try await c.feedback(batch).lastSeq == UInt64(Self.events) + 200)
+        // ...a third waits for the replay to take some in, then is refused.
+        do {
+            _ = try await c.feedback(batch)
+            Issue.record("a batch beyond the replay's backlog was accepted")
+        } catch let e as PerennialClientError {
+            #expect(e.serverCode == .recovering)
+        }
+        #expect(try await c.stats()["events_accepted"] == UInt64(Self.events) + 200)
+        s.releaseReplay()
+        #expect(try await eventually(300) { try await c.stats()["recovering"] == 0 })
+        #expect(try await c.feedback(batch).lastSeq == UInt64(Self.events) + 300)
     }
 
     @Test func aWriteHeldPastWaitMsIsRefusedRecoveringAndNothingOfItIsAccepted() async throws {
@@ -172,8 +259,7 @@ import PerennialProtocol
         defer { s.stop() }
         let c = try await Self.client(s, recoveryWait: 0)
         defer { c.close() }
-        for request in [{ _ = try await c.feedback([WireEvent(user: 7, item: 7, kind: .click)]) },
-                        { _ = try await c.upsertItem(5, text: "a new text") },
+        for request in [{ _ = try await c.upsertItem(5, text: "a new text") },
                         { _ = try await c.deleteItems([3]) },
                         { _ = try await c.deleteUsers([3]) },
                         { _ = try await c.snapshot() }] {
@@ -224,13 +310,13 @@ import PerennialProtocol
         let c = try await Self.client(s)
         let writer = try await Self.client(s)
         defer { c.close(); writer.close() }
-        async let ack = writer.feedback([WireEvent(user: 7, item: 7, kind: .click)])
+        async let upserted: Void = { _ = try await writer.upsertItem(7, text: "seven") }()
         // Refused (and sent again) while the replay is held.
         #expect(try await eventually(120) { (try await c.stats()["errors_total"] ?? 0) >= 2 })
-        #expect(try await c.stats()["events_accepted"] == 0)
+        #expect(try await c.stats()["items_with_text"] == 0)
         s.releaseReplay()
-        #expect(try await ack.firstSeq == UInt64(Self.events) + 1)
-        #expect(try await c.stats()["events_accepted"] == UInt64(Self.events) + 1)
+        try await upserted
+        #expect(try await c.stats()["items_with_text"] == 1)
     }
 
     @Test func aStopAnswersTheWritesWaitingForTheReplayAtOnce() async throws {
@@ -240,7 +326,7 @@ import PerennialProtocol
         // returns, however busy the test's own executor is.)
         let writer = try RawSocket(port: s.port, timeout: 60)
         defer { writer.close() }
-        try writer.send(.feedback([WireEvent(user: 7, item: 7, kind: .click)]), id: 5)
+        try writer.send(.deleteItems([7]), id: 5)
         try await Task.sleep(nanoseconds: 300_000_000)
         let t0 = Date()
         s.stop()

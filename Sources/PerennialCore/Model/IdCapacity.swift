@@ -27,6 +27,17 @@ public struct IdBoundBreach: Sendable, Equatable {
 }
 
 extension Model {
+    /// Whether `events` more events fit within the bounds even if each
+    /// named a new user and a new item (and the shared fallback user took a
+    /// row): the check for FEEDBACK accepted while the log replays, when
+    /// the ids the rest of the log will add are not admitted yet.
+    public func fitsEvenIfAllNew(_ events: Int, maxUserIDs: Int, maxItemIDs: Int) -> Bool {
+        let boundUsers = maxUserIDs > 0 && lifecycle.maxUsers == 0
+        let boundItems = maxItemIDs > 0
+        return !(boundUsers && users.liveCount + events + 1 > maxUserIDs)
+            && !(boundItems && items.liveCount + events > maxItemIDs)
+    }
+
     /// The first event of `events` that would need a row beyond a bound
     /// (0 = no bound), or nil when the whole batch fits.
     public func firstBreach(of events: some Collection<IncomingEvent>, maxUserIDs: Int, maxItemIDs: Int) -> IdBoundBreach? {

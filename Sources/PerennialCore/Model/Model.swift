@@ -1011,14 +1011,19 @@ public final class Model: @unchecked Sendable {
         // A user id still waiting for its row: its own items so far.
         var pending = own == nil ? pendingUserItems.items(of: user).compactMap { items.index(of: $0) } : []
         for i in pending { exclusions.insert(i) }
-        // During a replay while serving: the user's events still to come.
+        // During a replay while serving: the user's events still to come,
+        // and items deleted in it (gone once the replay gets there).
         var latest: ArraySlice<Int32>? = nil
+        unreplayed?.forEachItemDeletedAfter(lastSeq) { if let i = items.index(of: $0) { exclusions.insert(i) } }
         if let later = unreplayed?.entries(of: user, after: lastSeq), !later.isEmpty {
+            // (A user still without a row under min_occurrences has their
+            // items recorded with no kind, which every policy excludes.)
+            let excluded = own == nil && lifecycle.minOccurrences > 1 ? KindMask.all : excludedKinds
             var added: [Int32] = []
             for e in later {
                 guard let i = items.index(of: e.item) else { continue }
                 added.append(i)
-                if KindMask.of(e.kind) & excludedKinds != 0 { exclusions.insert(i) }
+                if e.kinds & excluded != 0 { exclusions.insert(i) }
             }
             if let own {
                 latest = Self.appendDistinct(added, to: history.items(of: own), limit: history.limit)[...]

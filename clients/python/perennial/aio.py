@@ -768,13 +768,17 @@ class AsyncFeedbackStreamer:
             while self._oversized or self._resend or self._recovering:
                 await self._drain()
                 if self._recovering:
-                    if asyncio.get_running_loop().time() < (self._recovery_deadline or 0):
+                    # (An acknowledgement since the refusal began a new wait.)
+                    now = asyncio.get_running_loop().time()
+                    self._recovery_deadline = _c.recovery_deadline(self._recovery_deadline, self._client.recovery_wait, now)
+                    if now < self._recovery_deadline:
                         await asyncio.sleep(0.05)
-                        again, self._recovering = self._recovering, []
-                        self._resend = sorted(self._resend + again, key=lambda r: r[0])
+                        merged = sorted(self._resend + self._recovering, key=lambda r: r[0])
+                        self._resend, self._recovering = merged, []
                     else:
-                        gone, self._recovering = self._recovering, []
-                        _c.refuse_unsent(gone, self._errors, self.refused, self.unacknowledged)
+                        # (Refused, and the next refusal waits afresh.)
+                        _c.refuse_unsent(self._recovering, self._errors, self.refused, self.unacknowledged)
+                        self._recovering, self._recovery_deadline = [], None
                 if self._oversized:
                     limit = (await self._client.hello()).max_events
                     self._resend += _c.split_oversized(self._oversized, limit, self._errors, self.refused,

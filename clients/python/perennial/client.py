@@ -878,8 +878,8 @@ class FeedbackStreamer:
     streamer sends it again every 50 ms (the next ``send``/``send_many``
     or ``flush`` waits meanwhile) until it is accepted, for up to the
     client's ``recovery_wait`` seconds since the first such refusal after
-    an acknowledgement; past that, it and those refused after it are
-    refused batches as above. (The server refuses every later write of the
+    an acknowledgement (or after the last such wait ran out); past that,
+    the batches refused meanwhile are refused batches as above. (The server refuses every later write of the
     connection during the replay too, so they go again in stream order,
     after the batches already in flight.)
 
@@ -1057,13 +1057,20 @@ class FeedbackStreamer:
             while self._oversized or self._resend or self._recovering:
                 self._drain()
                 if self._recovering:
-                    if time.monotonic() < (self._recovery_deadline or 0):
+                    # (An acknowledgement since the refusal began a new wait.)
+                    self._recovery_deadline = _c.recovery_deadline(self._recovery_deadline, self._client.recovery_wait,
+                                                                   time.monotonic())
+                    if time.monotonic() < self._recovery_deadline:
                         time.sleep(0.05)
-                        again, self._recovering = self._recovering, []
-                        self._resend = sorted(self._resend + again, key=lambda r: r[0])
+                        # (The lists change in one statement with no call in
+                        # it: a Ctrl-C cannot land between them and lose the
+                        # batches, helper-68.)
+                        merged = sorted(self._resend + self._recovering, key=lambda r: r[0])
+                        self._resend, self._recovering = merged, []
                     else:
-                        gone, self._recovering = self._recovering, []
-                        _c.refuse_unsent(gone, self._errors, self.refused, self.unacknowledged)
+                        # (Refused, and the next refusal waits afresh.)
+                        _c.refuse_unsent(self._recovering, self._errors, self.refused, self.unacknowledged)
+                        self._recovering, self._recovery_deadline = [], None
                 if self._oversized:
                     limit = self._client.hello().max_events
                     self._resend += _c.split_oversized(self._oversized, limit, self._errors, self.refused,

@@ -206,8 +206,10 @@ class CapacityExceeded(ServerError):
 
 class Recovering(ServerError):
     """The server is replaying its log after a restart and refused a write
-    (feedback, an upsert, a deletion, RELOAD, SNAPSHOT), the connection's
-    first after holding it for its ``limits.wait_ms``, later ones at once;
+    (an upsert, a deletion, RELOAD, SNAPSHOT, or feedback past the backlog
+    it accepts during the replay: ``learner.queue_capacity`` events), the
+    connection's first after holding it for its ``limits.wait_ms``, later
+    ones at once;
     ``detail`` is the replay's estimated
     milliseconds left (0 when not known yet). Nothing of the request was
     accepted, so sending it again cannot apply it twice: the client's calls
