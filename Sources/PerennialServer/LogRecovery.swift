@@ -16,6 +16,7 @@
 
 import Foundation
 import PerennialCore
+import PerennialProtocol
 
 final class LogRecovery {
     let model: Model
@@ -32,8 +33,12 @@ final class LogRecovery {
     /// FEEDBACK accepted during the replay, in log order, from `acceptedNext`.
     private var accepted: [LogRecord] = []
     private var acceptedNext = 0
-    /// Events accepted during the replay and not yet admitted by it.
-    private(set) var acceptedBacklog = 0
+    /// Events accepted during the replay, all told: bounded
+    /// (RequestHandler.replayBudget), so the replay always ends, however
+    /// fast clients send.
+    private(set) var acceptedTotal = 0
+    /// The ids the model will hold when the replay ends, for the id bounds.
+    var ids: IdsAhead
     /// The current feedback record's events, admitted, learned up to `nextEvent`.
     private var scratch: [LearnEvent] = []
     private var nextEvent = 0
@@ -49,9 +54,10 @@ final class LogRecovery {
     let finish: (LogRecovery) throws -> Void
     let failed: (any Error) -> Void
 
-    init(model: Model, reader: LogReader, targetSeq: UInt64, records: Int, totalEvents: Int,
+    init(model: Model, reader: LogReader, targetSeq: UInt64, records: Int, totalEvents: Int, ids: IdsAhead,
          finish: @escaping (LogRecovery) throws -> Void, failed: @escaping (any Error) -> Void) {
         self.model = model
+        self.ids = ids
         self.reader = reader
         self.targetSeq = targetSeq
         self.recordsLeftInFile = records
@@ -91,7 +97,6 @@ final class LogRecovery {
                     acceptedNext = 0
                 }
                 try model.replayAdmitting(record, into: &scratch)
-                acceptedBacklog -= scratch.count
                 nextEvent = 0
             }
             // (The clock is read after each step: a step costs from a few
@@ -110,8 +115,14 @@ final class LogRecovery {
         accepted.append(record)
         targetSeq += UInt64(events.count)
         totalEvents += events.count
-        acceptedBacklog += events.count
+        acceptedTotal += events.count
+        ids.note(record, model: model)
         model.unreplayed?.note(record)
+    }
+
+    /// The replay's own cost per event so far (nil before it has a pace).
+    var nanosPerEvent: Double? {
+        replayedEvents >= 256 ? Double(replayingNanos) / Double(replayedEvents) : nil
     }
 
     /// The replay's time and events so far.
@@ -129,4 +140,47 @@ final class LogRecovery {
     var lastSliceEndNs: UInt64 = 0
 
     var report: LogScanReport { reader.report }
+}
+
+/// The ids a model will hold once a replay ends, as far as the id bounds
+/// (`limits.max_user_ids`, `max_item_ids`) need: those it held when the
+/// replay began and the new ones the rest of the log, and FEEDBACK accepted
+/// meanwhile, name. An upper bound: expiry, deletions and min_occurrences
+/// only lower the real count. (FEEDBACK accepted during a replay is checked
+/// against it: the model itself has not admitted the rest of the log yet.)
+struct IdsAhead {
+    let usersAtStart: Int
+    let itemsAtStart: Int
+    private(set) var users = Set<UInt64>()
+    private(set) var items = Set<UInt64>()
+
+    init(model: Model) {
+        usersAtStart = model.users.liveCount
+        itemsAtStart = model.items.liveCount
+    }
+
+    /// Notes a record of the log (read in order before the replay admits it).
+    mutating func note(_ record: LogRecord, model: Model) {
+        switch record {
+        case .feedback(_, let events):
+            for e in events {
+                if model.users.index(of: e.user) == nil { users.insert(e.user) }
+                if model.items.index(of: e.item) == nil { items.insert(e.item) }
+            }
+        case .upsert(let item, _, _):
+            if model.items.index(of: item) == nil { items.insert(item) }
+        case .deleteItems, .deleteItemsUnremembered, .deleteUsers:
+            break
+        }
+    }
+
+    /// The users and items the model would hold at most with `events` too.
+    func projected(with events: [WireEvent], model: Model) -> (users: Int, items: Int) {
+        var newUsers = Set<UInt64>(), newItems = Set<UInt64>()
+        for e in events {
+            if model.users.index(of: e.user) == nil && !users.contains(e.user) { newUsers.insert(e.user) }
+            if model.items.index(of: e.item) == nil && !items.contains(e.item) { newItems.insert(e.item) }
+        }
+        return (usersAtStart + users.count + newUsers.count, itemsAtStart + items.count + newItems.count)
+    }
 }

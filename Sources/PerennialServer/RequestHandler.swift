@@ -779,12 +779,21 @@ final class RequestHandler {
     /// automatic snapshot tapers the room instead: SnapshotScheduler.SnapshotTaper, which
     /// puts the snapshot off by up to twice that). Until the learner's cost
     /// is known (its first chunk), one batch.
-    var queueAllowance: Int {
+    var queueAllowance: Int { allowance(nanosPerEvent: learner.nanosPerEvent) }
+
+    /// Events the learner may be given ahead of what it has learned: the
+    /// queue's capacity, or learner.max_lag_seconds of work at its cost
+    /// per event (never less than one batch).
+    private func allowance(nanosPerEvent ns: Double?) -> Int {
         guard config.learnerMaxLagSeconds > 0 else { return learner.capacity }
-        guard let ns = learner.nanosPerEvent else { return min(learner.capacity, config.limits.maxEvents) }
+        guard let ns else { return min(learner.capacity, config.limits.maxEvents) }
         let byLag = Int(min(Double(learner.capacity), config.learnerMaxLagSeconds * 1e9 / max(ns, 1)))
         return min(learner.capacity, max(config.limits.maxEvents, byLag))
     }
+
+    /// Events FEEDBACK may add to a replay while serving, all told: what
+    /// the learner's queue would allow at the replay's own pace.
+    private func replayBudget(_ r: LogRecovery) -> Int { allowance(nanosPerEvent: r.nanosPerEvent) }
 
     /// Under `always`: fsyncs the log before acknowledgements leave. False
     /// when that failed (the caller must not send them).
@@ -806,25 +815,25 @@ final class RequestHandler {
 
     /// FEEDBACK while the log replays (LogRecovery): numbered after the
     /// log's last event, logged, acknowledged, and replayed after the rest
-    /// of the log. Held (the connection parked, then RECOVERING as other
-    /// writes) while the replay's backlog of accepted events would pass the
-    /// learner queue's capacity, or while an id bound could be reached (the
-    /// bounds are checked against the model the replay will end with, which
-    /// is not there yet: the batch must fit even with every event of the
-    /// rest of the log, and of the batch, naming a new id).
+    /// of the log. Up to `replayBudget` events in all are accepted during
+    /// one replay, so it always ends however fast clients send; past that,
+    /// and when an id bound might be passed (checked against the ids the
+    /// model will hold once the replay ends: IdsAhead), FEEDBACK waits for
+    /// the end like the other writes (the connection parked, then
+    /// RECOVERING). (Waiting for the end, not for room, keeps a
+    /// connection's batches in order: a later one cannot get in before one
+    /// held, helper-69.)
     private func acceptDuringReplay(_ events: [WireEvent], recovery r: LogRecovery, state: inout ConnectionState,
                                     requestID: UInt32, out: inout [UInt8]) throws(ProtocolError) -> FrameOutcome {
-        let roomy = r.acceptedBacklog == 0 || r.acceptedBacklog + events.count <= learner.capacity
-        let fits = model.fitsEvenIfAllNew(events.count + r.totalEvents - r.replayedEvents,
-                                          maxUserIDs: config.limits.maxUserIDs, maxItemIDs: config.limits.maxItemIDs)
-        guard roomy && fits else {
+        let roomy = r.acceptedTotal + events.count <= replayBudget(r)
+        let projected = r.ids.projected(with: events, model: model)
+        let fits = model.boundsAdmit(users: projected.users, items: projected.items,
+                                     maxUserIDs: config.limits.maxUserIDs, maxItemIDs: config.limits.maxItemIDs)
+        guard roomy && fits && state.recoveryWaitDeadline == 0 else {
             let now = MonotonicClock.nowMillis()
             if state.recoveryWaitDeadline == 0 { state.recoveryWaitDeadline = now + UInt64(config.limits.waitMs) }
             guard now < state.recoveryWaitDeadline else { throw recoveringError() }
-            // (Tried again once the replay has taken half its backlog in,
-            // or at its end when the bounds were the reason.)
-            let wake = fits ? r.targetSeq - UInt64(r.acceptedBacklog / 2) : r.targetSeq
-            return .waitForApplied(seq: wake, deadline: state.recoveryWaitDeadline)
+            return .waitForApplied(seq: r.targetSeq, deadline: state.recoveryWaitDeadline)
         }
         let now = MonotonicClock.unixSeconds()
         let (ahead, rule) = allowedFutureSeconds
@@ -843,7 +852,9 @@ final class RequestHandler {
         }
         if log.policy == .always { needsSync = true }
         r.accept(record)
-        state.recoveryWaitDeadline = 0
+        if !shadows.isEmpty {
+            for e in batch { shadows.observe(user: e.user, item: e.item, kind: e.kind, value: e.value, weights: model.feedbackWeights) }
+        }
         stats.feedbackBatches += 1
         state.lastFeedbackSeq = last
         state.unapplied.append((last, batch.count))
@@ -861,7 +872,7 @@ final class RequestHandler {
         }
         let left = r.estimatedMillisLeft
         let done = r.totalEvents == 0 ? 100 : 100 * r.replayedEvents / r.totalEvents
-        return ProtocolError(.recovering, "the server is replaying its log after a restart (at sequence \(model.appliedSeq) of \(r.targetSeq), \(done)% done\(left.map { ", about \($0) ms left" } ?? "")); reads are answered and FEEDBACK accepted meanwhile, up to a backlog of learner.queue_capacity = \(learner.capacity) events; other writes, and FEEDBACK past that, wait: a connection's first up to limits.wait_ms = \(config.limits.waitMs) ms, later ones not. This one was not accepted: send it again (STATS recovering = 0 once the replay is done)",
+        return ProtocolError(.recovering, "the server is replaying its log after a restart (at sequence \(model.appliedSeq) of \(r.targetSeq), \(done)% done\(left.map { ", about \($0) ms left" } ?? "")); reads are answered and FEEDBACK accepted meanwhile, up to \(replayBudget(r)) events in all (what the learner's queue would hold: learner.queue_capacity, max_lag_seconds) and within the id bounds; other writes, and FEEDBACK past that, wait for the end: a connection's first up to limits.wait_ms = \(config.limits.waitMs) ms, later ones not. This one was not accepted: send it again (STATS recovering = 0 once the replay is done)",
                              detail: UInt32(min(left ?? 0, UInt64(UInt32.max))))
     }
 

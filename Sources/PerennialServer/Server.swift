@@ -181,7 +181,7 @@ public final class Server: Sendable {
         if let pending {
             Log.info("replaying \(pending.events) events (\(pending.records) records) from the log while serving: reads are answered from the model as the replay catches up, FEEDBACK is accepted and replayed after the log, other writes wait for the end (up to limits.wait_ms, then RECOVERING) (server.serve_while_recovering)")
             handler.recovery = LogRecovery(model: model, reader: pending.reader, targetSeq: pending.lastSeq,
-                                           records: pending.records, totalEvents: pending.events) { r in
+                                           records: pending.records, totalEvents: pending.events, ids: pending.ids) { r in
                 // (What this throws reaches `failed` below, and stops the server.)
                 try goLive((r.replayingNanos, r.replayedEvents))
                 Log.info(String(format: "recovered: %llu events in all, %d records (%d events) replayed from %d log segment(s) and %d events accepted meanwhile, in %.2f s while serving (%.2f s of it replaying)",
@@ -340,8 +340,11 @@ public final class Server: Sendable {
             var last = model.lastSeq
             // (Each user's events still to come, for the reads meanwhile.)
             let unreplayed = UnreplayedHistory(limitPerUser: model.history.limit, after: model.lastSeq)
+            // (And the ids it will add, for FEEDBACK accepted meanwhile.)
+            var ids = IdsAhead(model: model)
             let report = try FeedbackLog.scan(directory: log.directory, fromSegment: firstSegment, cutTornTail: true) { record in
                 unreplayed.note(record)
+                ids.note(record, model: model)
                 guard case .feedback(let first, let events) = record else { return }
                 guard first == last + 1 else {
                     throw LogError("the log jumps from sequence \(last) to \(first): records are missing")
@@ -351,7 +354,7 @@ public final class Server: Sendable {
             warnTornTail(report)
             guard report.records == 0 else {
                 let reader = try LogReader(directory: log.directory, fromSegment: firstSegment, cutTornTail: false)
-                let pending = PendingReplay(reader: reader, lastSeq: last, records: report.records, events: report.events)
+                let pending = PendingReplay(reader: reader, lastSeq: last, records: report.records, events: report.events, ids: ids)
                 model.unreplayed = unreplayed
                 return (model, firstSegment, snapshotSeq, pending)
             }
@@ -393,6 +396,8 @@ struct PendingReplay {
     var lastSeq: UInt64
     var records: Int
     var events: Int
+    /// The ids the model will hold once the log is replayed.
+    var ids: IdsAhead
 }
 
 extension Server {

@@ -230,27 +230,62 @@ import PerennialProtocol
         }
     }
 
-    @Test func feedbackBeyondTheReplaysBacklogWaitsThenIsRefusedRecovering() async throws {
-        let dir = try Self.crashedDataDirectories(["backlog"])[0]
-        let s = try TestServer("[limits]\nwait_ms = 20\nmax_events = 100\n[learner]\nqueue_capacity = 200\n", dataDir: dir, holdReplay: true)
+    @Test func feedbackPastTheReplaysBudgetWaitsForTheEndThenIsRefusedRecovering() async throws {
+        let dir = try Self.crashedDataDirectories(["budget"])[0]
+        let s = try TestServer("[limits]\nwait_ms = 20\nmax_events = 100\n[learner]\nqueue_capacity = 200\nmax_lag_seconds = 0\n",
+                               dataDir: dir, holdReplay: true)
         defer { s.stop() }
         let c = try await Self.client(s, recoveryWait: 0)
-        defer { c.close() }
+        let other = try await Self.client(s, recoveryWait: 0)
+        defer { c.close(); other.close() }
         let batch = (1...100).map { WireEvent(user: UInt64($0), item: 5, kind: .click) }
-        // Two batches fill the backlog (the learner queue's capacity)...
+        let small = [WireEvent(user: 1, item: 6, kind: .click)]
+        // Two batches use up what one replay takes (the learner queue's capacity)...
         #expect(try await c.feedback(batch).lastSeq == UInt64(Self.events) + 100)
         #expect(try await c.feedback(batch).lastSeq == UInt64(Self.events) + 200)
-        // ...a third waits for the replay to take some in, then is refused.
-        do {
-            _ = try await c.feedback(batch)
-            Issue.record("a batch beyond the replay's backlog was accepted")
-        } catch let e as PerennialClientError {
-            #expect(e.serverCode == .recovering)
+        // ...and after them every FEEDBACK waits for the end, then is
+        // refused: the replay ends however fast clients send.
+        for (client, events) in [(c, batch), (other, small), (c, small)] {
+            do {
+                _ = try await client.feedback(events)
+                Issue.record("a batch past the replay's budget was accepted")
+            } catch let e as PerennialClientError {
+                #expect(e.serverCode == .recovering)
+            }
         }
         #expect(try await c.stats()["events_accepted"] == UInt64(Self.events) + 200)
         s.releaseReplay()
         #expect(try await eventually(300) { try await c.stats()["recovering"] == 0 })
         #expect(try await c.feedback(batch).lastSeq == UInt64(Self.events) + 300)
+    }
+
+    @Test func feedbackDuringTheReplayKeepsWithinTheIdBoundsTheModelWillHave() async throws {
+        // The log names 600 items; the model holds none of them yet.
+        let dir = try Self.crashedDataDirectories(["bounds"])[0]
+        let s = try TestServer("[limits]\nwait_ms = 20\nmax_item_ids = 605\n", dataDir: dir, holdReplay: true)
+        defer { s.stop() }
+        let c = try await Self.client(s, recoveryWait: 0)
+        let other = try await Self.client(s, recoveryWait: 0)
+        defer { c.close(); other.close() }
+        // Five new items fit, a sixth does not (refused after waiting)...
+        _ = try await c.feedback((601...605).map { WireEvent(user: 1, item: UInt64($0), kind: .click) })
+        do {
+            _ = try await c.feedback([WireEvent(user: 1, item: 606, kind: .click)])
+            Issue.record("an item past max_item_ids was accepted during the replay")
+        } catch let e as PerennialClientError {
+            #expect(e.serverCode == .recovering)
+        }
+        // ...while events on items the log or the batch named go on.
+        _ = try await other.feedback([WireEvent(user: 2, item: 3, kind: .click), WireEvent(user: 2, item: 603, kind: .click)])
+        s.releaseReplay()
+        #expect(try await eventually(300) { try await c.stats()["recovering"] == 0 })
+        #expect(try await c.stats()["items"] == 605)
+        do {
+            _ = try await c.feedback([WireEvent(user: 1, item: 606, kind: .click)])
+            Issue.record("an item past max_item_ids was accepted")
+        } catch let e as PerennialClientError {
+            #expect(e.serverCode == .capacity)
+        }
     }
 
     @Test func aWriteHeldPastWaitMsIsRefusedRecoveringAndNothingOfItIsAccepted() async throws {

@@ -27,15 +27,13 @@ public struct IdBoundBreach: Sendable, Equatable {
 }
 
 extension Model {
-    /// Whether `events` more events fit within the bounds even if each
-    /// named a new user and a new item (and the shared fallback user took a
-    /// row): the check for FEEDBACK accepted while the log replays, when
-    /// the ids the rest of the log will add are not admitted yet.
-    public func fitsEvenIfAllNew(_ events: Int, maxUserIDs: Int, maxItemIDs: Int) -> Bool {
+    /// Whether a model holding `users` user ids and `items` item ids (and
+    /// the shared fallback user's row) is within the bounds: the check for
+    /// FEEDBACK accepted while the log replays, against the ids the model
+    /// will hold once the replay ends (the server's projection).
+    public func boundsAdmit(users: Int, items: Int, maxUserIDs: Int, maxItemIDs: Int) -> Bool {
         let boundUsers = maxUserIDs > 0 && lifecycle.maxUsers == 0
-        let boundItems = maxItemIDs > 0
-        return !(boundUsers && users.liveCount + events + 1 > maxUserIDs)
-            && !(boundItems && items.liveCount + events > maxItemIDs)
+        return !(boundUsers && users + 1 > maxUserIDs) && !(maxItemIDs > 0 && items > maxItemIDs)
     }
 
     /// The first event of `events` that would need a row beyond a bound

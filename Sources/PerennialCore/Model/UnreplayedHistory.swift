@@ -14,10 +14,10 @@
 // deleted later in the log loses the entries before the deletion, an entry
 // whose item is deleted after it no longer counts, and an item deleted in
 // the part still to come is excluded from every read (it is gone once the
-// replay gets there). Like the history, a user keeps at most its per-user
-// bound of distinct items. Memory: about 24 bytes per event of the log
-// after the snapshot, which recovery_seconds keeps bounded, and it is
-// dropped when the replay ends.
+// replay gets there, unless an upsert brings it back). Like the history, a
+// user keeps at most its per-user bound of distinct items (twice that in
+// entries before they are compacted). Memory: at most about 24 bytes per
+// event still to replay, and it is dropped when the replay ends.
 //
 // Threading: filled before the port opens, then read and added to on the
 // serving thread only, and dropped there.
@@ -36,6 +36,8 @@ public final class UnreplayedHistory {
     private var byUser: [UInt64: [Entry]] = [:]
     /// Per item id: the sequence number before its latest deletion in the log.
     private var itemDeletedAfter: [UInt64: UInt64] = [:]
+    /// Items deleted in the log and not upserted again after (where).
+    private var itemGoneAfter: [UInt64: UInt64] = [:]
     /// The last sequence number noted (a deletion is placed after it).
     private var lastSeq: UInt64
     public private(set) var events = 0
@@ -64,9 +66,12 @@ public final class UnreplayedHistory {
         case .deleteUsers(let users):
             for u in users { byUser[u] = nil }
         case .deleteItems(let items), .deleteItemsUnremembered(let items):
-            for i in items { itemDeletedAfter[i] = lastSeq }
-        case .upsert:
-            break
+            for i in items {
+                itemDeletedAfter[i] = lastSeq
+                itemGoneAfter[i] = lastSeq
+            }
+        case .upsert(let item, _, _):
+            itemGoneAfter[item] = nil
         }
     }
 
@@ -103,8 +108,9 @@ public final class UnreplayedHistory {
     }
 
     /// Calls `body` with every item deleted in the part of the log after
-    /// sequence `seq` (still in the model until the replay gets there).
+    /// sequence `seq` (still in the model until the replay gets there) and
+    /// not upserted again after its deletion.
     public func forEachItemDeletedAfter(_ seq: UInt64, _ body: (UInt64) -> Void) {
-        for (item, at) in itemDeletedAfter where at >= seq { body(item) }
+        for (item, at) in itemGoneAfter where at >= seq { body(item) }
     }
 }

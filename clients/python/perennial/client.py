@@ -879,9 +879,11 @@ class FeedbackStreamer:
     or ``flush`` waits meanwhile) until it is accepted, for up to the
     client's ``recovery_wait`` seconds since the first such refusal after
     an acknowledgement (or after the last such wait ran out); past that,
-    the batches refused meanwhile are refused batches as above. (The server refuses every later write of the
-    connection during the replay too, so they go again in stream order,
-    after the batches already in flight.)
+    the batches refused meanwhile are refused batches as above. (Once a
+    batch of a connection waits, the server holds every later one of it
+    until the replay ends, so they go again in stream order; a batch
+    accepted just as the replay ends can still get in before one refused
+    just before.)
 
     A broken connection (or a reply timeout) is not a refusal: the
     ConnectionError or TimeoutError is raised once, and the batches it cut

@@ -206,8 +206,8 @@ class CapacityExceeded(ServerError):
 
 class Recovering(ServerError):
     """The server is replaying its log after a restart and refused a write
-    (an upsert, a deletion, RELOAD, SNAPSHOT, or feedback past the backlog
-    it accepts during the replay: ``learner.queue_capacity`` events), the
+    (an upsert, a deletion, RELOAD, SNAPSHOT, or feedback past what it
+    accepts during one replay: what its learner queue would hold), the
     connection's first after holding it for its ``limits.wait_ms``, later
     ones at once;
     ``detail`` is the replay's estimated

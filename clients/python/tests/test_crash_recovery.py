@@ -575,12 +575,12 @@ def test_the_client_sends_a_write_refused_recovering_again_until_the_replay_ends
 
 def test_feedback_streamers_send_batches_refused_recovering_again(start_server) -> None:
     """A feedback stream during the replay after a kill -9: the server
-    accepts a backlog of the learner queue's capacity (200 events here) and
-    then refuses batches RECOVERING (held only 10 ms here); the streamer
+    accepts what the learner's queue holds (200 events here) and then
+    refuses batches RECOVERING (held only 10 ms here); the streamer
     (blocking and asyncio) sends them again until the replay is done, and
     every event is accepted once, none reported refused. With
     recovery_wait=0 the refusal is raised with the batch's place."""
-    config = SLOW_REPLAY + "[limits]\nwait_ms = 10\nmax_events = 100\n[learner]\nqueue_capacity = 200\n"
+    config = SLOW_REPLAY + "[limits]\nwait_ms = 10\nmax_events = 100\n[learner]\nqueue_capacity = 200\nmax_lag_seconds = 0\n"
     srv, _, last = _restarted_mid_replay(start_server, config)
     stream = [perennial.Event(1 + k % 50, 1 + k % 400, "click") for k in range(3000)]
     with srv.client() as c:
