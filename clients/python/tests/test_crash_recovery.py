@@ -120,6 +120,33 @@ def _probe(port: int, users: List[int], items: List[int]) -> List[List[float]]:
         return [[s.score for s in c.score(u, items, scorer="cf")] for u in users]
 
 
+def _finish_stream(port: int, events: List[perennial.Event], acked: int) -> None:
+    """Sends a recovered server the rest of ``events`` (none acknowledged
+    before the crashes may be missing) and waits until all are applied."""
+    with perennial.Client("127.0.0.1", port) as c:
+        accepted = c.stats()["events_accepted"]
+        assert accepted >= acked
+        for start in range(accepted, len(events), 1000):
+            c.feedback(events[start:start + 1000])
+        c.recommend(1, k=1)  # same connection: waits until everything is applied
+        assert c.stats()["events_applied"] == len(events)
+
+
+def _never_crashed(tmp_path: Path, events: List[perennial.Event], config: str,
+                   users: List[int], items: List[int]) -> List[List[float]]:
+    """The probe of a server that never crashed, fed ``events`` in order."""
+    clean_dir = tmp_path / "clean" / "data"
+    clean_dir.parent.mkdir()
+    proc, port = _launch(clean_dir, "no", config)
+    with perennial.Client("127.0.0.1", port) as c:
+        for start in range(0, len(events), 1000):
+            c.feedback(events[start:start + 1000])
+        c.recommend(1, k=1)  # same connection: waits until everything is applied
+    clean = _probe(port, users, items)
+    _stop(proc)
+    return clean
+
+
 def test_kill9_during_replays_loses_no_feedback_accepted_meanwhile(tmp_path: Path) -> None:
     """FEEDBACK accepted while the log replays after a kill -9 (fsync
     always) is never lost by the next kill -9, also in the middle of that
@@ -150,26 +177,12 @@ def test_kill9_during_replays_loses_no_feedback_accepted_meanwhile(tmp_path: Pat
         proc.wait()
         kills += 1
     proc, port = _launch(data_dir, "always", config)
-    with perennial.Client("127.0.0.1", port) as c:
-        accepted = c.stats()["events_accepted"]
-        assert accepted >= acked
-        for start in range(accepted, len(events), 1000):
-            c.feedback(events[start:start + 1000])
-        c.recommend(1, k=1)  # waits until everything is applied
-        assert c.stats()["events_applied"] == len(events)
+    _finish_stream(port, events, acked)
     probe_users = sorted({e.user for e in events})[:15]
     probe_items = sorted({e.item for e in events})[:40]
     recovered = _probe(port, probe_users, probe_items)
     _stop(proc)
-    clean_dir = tmp_path / "clean" / "data"
-    clean_dir.parent.mkdir()
-    proc, port = _launch(clean_dir, "no", config)
-    with perennial.Client("127.0.0.1", port) as c:
-        for start in range(0, len(events), 1000):
-            c.feedback(events[start:start + 1000])
-        c.recommend(1, k=1)
-    clean = _probe(port, probe_users, probe_items)
-    _stop(proc)
+    clean = _never_crashed(tmp_path, events, config, probe_users, probe_items)
     server_log = (tmp_path / "server.log").read_text()
     print("replay crash test: %d kill -9s, %d of them with the stream starting mid-replay; %d events acknowledged"
           % (kills, during, acked))
@@ -226,30 +239,12 @@ def test_kill9_loses_no_acknowledged_event(tmp_path: Path) -> None:
     # Finish the stream on the crashed-and-recovered server (no more
     # periodic snapshots: the model is large by then).
     proc, port = _launch(data_dir, "always", "[snapshot]\nevery_events = 0\n")
-    with perennial.Client("127.0.0.1", port) as c:
-        accepted = c.stats()["events_accepted"]
-        assert accepted >= acked
-        for start in range(accepted, len(events), 1000):
-            c.feedback(events[start:start + 1000])
-        c.recommend(1, k=1)  # same connection: waits until everything is applied
-        st = c.stats()
-        assert st["events_applied"] == len(events)
+    _finish_stream(port, events, acked)
     probe_users = sorted({e.user for e in events})[:15]
     probe_items = sorted({e.item for e in events})[:40]
     recovered = _probe(port, probe_users, probe_items)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0
-    # A server that never crashed, fed the same events.
-    clean_dir = tmp_path / "clean" / "data"
-    clean_dir.parent.mkdir()
-    proc, port = _launch(clean_dir, "no")
-    with perennial.Client("127.0.0.1", port) as c:
-        for start in range(0, len(events), 1000):
-            c.feedback(events[start:start + 1000])
-        c.recommend(1, k=1)  # same connection: waits until everything is applied
-    clean = _probe(port, probe_users, probe_items)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0
+    _stop(proc)
+    clean = _never_crashed(tmp_path, events, "", probe_users, probe_items)
     print("crash test: %d kill -9s, %d events acknowledged before the last kill, %d in all"
           % (kills, acked, len(events)))
     assert kills == KILLS, "the stream ended before %d kills; make it longer" % KILLS
