@@ -23,6 +23,8 @@ final class LogRecovery {
     /// The sequence the log ends at: its last at the start (from the read
     /// before the port opened), then that of the last FEEDBACK accepted.
     private(set) var targetSeq: UInt64
+    /// The sequence the replay starts after (the snapshot's).
+    let startSeq: UInt64
     /// Events the log holds after the snapshot, accepted ones included.
     private(set) var totalEvents: Int
     private var reader: LogReader
@@ -60,6 +62,7 @@ final class LogRecovery {
         self.ids = ids
         self.reader = reader
         self.targetSeq = targetSeq
+        self.startSeq = targetSeq - UInt64(totalEvents)
         self.recordsLeftInFile = records
         self.totalEvents = totalEvents
         self.finish = finish
@@ -120,10 +123,12 @@ final class LogRecovery {
         model.unreplayed?.note(record)
     }
 
-    /// The replay's own cost per event so far (nil before it has a pace).
+    /// The replay's own cost per event so far (nil before it has a pace:
+    /// `eventsForAPace` events learned).
     var nanosPerEvent: Double? {
-        replayedEvents >= 256 ? Double(replayingNanos) / Double(replayedEvents) : nil
+        replayedEvents >= Int(Self.eventsForAPace) ? Double(replayingNanos) / Double(replayedEvents) : nil
     }
+    static let eventsForAPace: UInt64 = 256
 
     /// The replay's time and events so far.
     var elapsedNanos: UInt64 { MonotonicClock.nowNanos() - startedNs }

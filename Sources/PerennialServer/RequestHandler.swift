@@ -829,12 +829,21 @@ final class RequestHandler {
         let projected = r.ids.projected(with: events, model: model)
         let fits = model.boundsAdmit(users: projected.users, items: projected.items,
                                      maxUserIDs: config.limits.maxUserIDs, maxItemIDs: config.limits.maxItemIDs)
-        guard roomy && fits && state.recoveryWaitDeadline == 0 else {
-            let now = MonotonicClock.nowMillis()
-            if state.recoveryWaitDeadline == 0 { state.recoveryWaitDeadline = now + UInt64(config.limits.waitMs) }
-            guard now < state.recoveryWaitDeadline else { throw recoveringError() }
-            return .waitForApplied(seq: r.targetSeq, deadline: state.recoveryWaitDeadline)
+        // (While a connection's write waits, the connection is not read:
+        // this is that write. Once one was refused, every later write of
+        // the connection is refused for the rest of the replay, so its
+        // batches stay in order.)
+        let nowMillis = MonotonicClock.nowMillis()
+        if state.recoveryWaitDeadline != 0 && nowMillis >= state.recoveryWaitDeadline { throw recoveringError() }
+        guard roomy && fits else {
+            if state.recoveryWaitDeadline == 0 { state.recoveryWaitDeadline = nowMillis + UInt64(config.limits.waitMs) }
+            // (Before the replay has a pace its budget is one batch: tried
+            // again once it has one, helper-70; else at the end.)
+            let paced = r.startSeq + LogRecovery.eventsForAPace
+            let wake = r.nanosPerEvent == nil && fits ? min(r.targetSeq, paced) : r.targetSeq
+            return .waitForApplied(seq: wake, deadline: state.recoveryWaitDeadline)
         }
+        state.recoveryWaitDeadline = 0
         let now = MonotonicClock.unixSeconds()
         let (ahead, rule) = allowedFutureSeconds
         if let i = events.firstIndex(where: { $0.timestamp > now + Int64(ahead) }) {

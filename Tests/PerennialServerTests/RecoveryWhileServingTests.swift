@@ -259,6 +259,29 @@ import PerennialProtocol
         #expect(try await c.feedback(batch).lastSeq == UInt64(Self.events) + 300)
     }
 
+    @Test func feedbackHeldBeforeTheReplayHasAPaceGoesInOnceItHasOne() async throws {
+        // Before the replay has learned enough to know its pace, it takes
+        // one batch (limits.max_events); a batch held then goes in as soon
+        // as the pace is known, not at the end (helper-70).
+        let dir = try Self.crashedDataDirectories(["paced"])[0]
+        let s = try TestServer("[limits]\nmax_events = 100\n", dataDir: dir, holdReplay: true)
+        defer { s.stop() }
+        let c = try await Self.client(s)
+        let other = try await Self.client(s)
+        defer { c.close(); other.close() }
+        let batch = (1...100).map { WireEvent(user: UInt64($0), item: 5, kind: .click) }
+        let last = UInt64(Self.events)
+        #expect(try await c.feedback(batch).lastSeq == last + 100)
+        async let held = c.feedback(batch)
+        #expect(try await eventually(60) { try await other.stats()["recovering"] == 1 })
+        try await Task.sleep(nanoseconds: 200_000_000)
+        #expect(try await other.stats()["events_accepted"] == last + 100)
+        s.releaseReplay()
+        #expect(try await held.firstSeq == last + 101)
+        #expect(try await other.stats()["recovery_events_left"] ?? 0 > 0, "the held batch went in only at the end")
+        #expect(try await eventually(300) { try await other.stats()["recovering"] == 0 })
+    }
+
     @Test func feedbackDuringTheReplayKeepsWithinTheIdBoundsTheModelWillHave() async throws {
         // The log names 600 items; the model holds none of them yet.
         let dir = try Self.crashedDataDirectories(["bounds"])[0]
