@@ -136,7 +136,7 @@ final class LogRecovery {
     /// Milliseconds the rest of the replay should take at its pace so far
     /// (nil before it has a pace).
     var estimatedMillisLeft: UInt64? {
-        guard replayedEvents >= 256 else { return nil }
+        guard replayedEvents >= Int(Self.eventsForAPace) else { return nil }
         let left = Double(max(0, totalEvents - replayedEvents))
         return UInt64(left * Double(elapsedNanos) / Double(replayedEvents) / 1e6)
     }

@@ -276,11 +276,7 @@ final class RequestHandler {
                 return .waitForQueueRoom
             }
             leaveRoomLine(owner)
-            let now = MonotonicClock.unixSeconds()
-            let (ahead, rule) = allowedFutureSeconds
-            if let i = events.firstIndex(where: { $0.timestamp > now + Int64(ahead) }) {
-                throw ProtocolError(.invalidEvent, "event \(i): timestamp \(events[i].timestamp) is \(events[i].timestamp - now) s ahead of the server's clock (at most \(ahead) s: \(rule); timestamps are Unix seconds, 0 = now); no event of this batch was accepted", detail: UInt32(i))
-            }
+            let now = try checkedClock(for: events)
             incoming.removeAll(keepingCapacity: true)
             for e in events {
                 // Timestamps are resolved before logging, so a replay is exact.
@@ -813,6 +809,17 @@ final class RequestHandler {
         }
     }
 
+    /// The server's clock (Unix seconds, for timestamps of 0), after
+    /// refusing a batch with a timestamp too far ahead of it.
+    private func checkedClock(for events: [WireEvent]) throws(ProtocolError) -> Int64 {
+        let now = MonotonicClock.unixSeconds()
+        let (ahead, rule) = allowedFutureSeconds
+        if let i = events.firstIndex(where: { $0.timestamp > now + Int64(ahead) }) {
+            throw ProtocolError(.invalidEvent, "event \(i): timestamp \(events[i].timestamp) is \(events[i].timestamp - now) s ahead of the server's clock (at most \(ahead) s: \(rule); timestamps are Unix seconds, 0 = now); no event of this batch was accepted", detail: UInt32(i))
+        }
+        return now
+    }
+
     /// FEEDBACK while the log replays (LogRecovery): numbered after the
     /// log's last event, logged, acknowledged, and replayed after the rest
     /// of the log. Up to `replayBudget` events in all are accepted during
@@ -820,21 +827,22 @@ final class RequestHandler {
     /// and when an id bound might be passed (checked against the ids the
     /// model will hold once the replay ends: IdsAhead), FEEDBACK waits for
     /// the end like the other writes (the connection parked, then
-    /// RECOVERING). (Waiting for the end, not for room, keeps a
-    /// connection's batches in order: a later one cannot get in before one
-    /// held, helper-69.)
+    /// RECOVERING). (Once the budget is used up, a held batch waits for the
+    /// end, not for room, so no other connection's later batch can keep
+    /// passing it, helper-69.)
     private func acceptDuringReplay(_ events: [WireEvent], recovery r: LogRecovery, state: inout ConnectionState,
                                     requestID: UInt32, out: inout [UInt8]) throws(ProtocolError) -> FrameOutcome {
-        let roomy = r.acceptedTotal + events.count <= replayBudget(r)
-        let projected = r.ids.projected(with: events, model: model)
-        let fits = model.boundsAdmit(users: projected.users, items: projected.items,
-                                     maxUserIDs: config.limits.maxUserIDs, maxItemIDs: config.limits.maxItemIDs)
         // (While a connection's write waits, the connection is not read:
         // this is that write. Once one was refused, every later write of
         // the connection is refused for the rest of the replay, so its
         // batches stay in order.)
         let nowMillis = MonotonicClock.nowMillis()
         if state.recoveryWaitDeadline != 0 && nowMillis >= state.recoveryWaitDeadline { throw recoveringError() }
+        let now = try checkedClock(for: events)
+        let roomy = r.acceptedTotal + events.count <= replayBudget(r)
+        let projected = r.ids.projected(with: events, model: model)
+        let fits = model.boundsAdmit(users: projected.users, items: projected.items,
+                                     maxUserIDs: config.limits.maxUserIDs, maxItemIDs: config.limits.maxItemIDs)
         guard roomy && fits else {
             if state.recoveryWaitDeadline == 0 { state.recoveryWaitDeadline = nowMillis + UInt64(config.limits.waitMs) }
             // (Before the replay has a pace its budget is one batch: tried
@@ -844,11 +852,6 @@ final class RequestHandler {
             return .waitForApplied(seq: wake, deadline: state.recoveryWaitDeadline)
         }
         state.recoveryWaitDeadline = 0
-        let now = MonotonicClock.unixSeconds()
-        let (ahead, rule) = allowedFutureSeconds
-        if let i = events.firstIndex(where: { $0.timestamp > now + Int64(ahead) }) {
-            throw ProtocolError(.invalidEvent, "event \(i): timestamp \(events[i].timestamp) is \(events[i].timestamp - now) s ahead of the server's clock (at most \(ahead) s: \(rule); timestamps are Unix seconds, 0 = now); no event of this batch was accepted", detail: UInt32(i))
-        }
         let batch = events.map { e in
             IncomingEvent(user: e.user, item: e.item, kind: FeedbackKind(rawValue: e.kind.rawValue)!,
                           value: e.value, timestamp: e.timestamp == 0 ? now : e.timestamp)
