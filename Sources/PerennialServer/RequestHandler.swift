@@ -227,12 +227,8 @@ final class RequestHandler {
             // A write other than FEEDBACK waits (its connection parked, the
             // frame unread) for the replay to end, up to limits.wait_ms,
             // then is refused: it must be applied after every event in the log.
-            if let r = recovery {
-                let now = MonotonicClock.nowMillis()
-                if state.recoveryWaitDeadline == 0 { state.recoveryWaitDeadline = now + UInt64(config.limits.waitMs) }
-                if now < state.recoveryWaitDeadline { return .waitForApplied(seq: r.targetSeq, deadline: state.recoveryWaitDeadline) }
-            }
-            throw recoveringError()
+            guard let r = recovery else { throw recoveringError() }
+            return try holdForReplay(until: r.targetSeq, state: &state)
         }
         switch request {
         case .ping:
@@ -276,42 +272,19 @@ final class RequestHandler {
                 return .waitForQueueRoom
             }
             leaveRoomLine(owner)
-            let now = try checkedClock(for: events)
-            incoming.removeAll(keepingCapacity: true)
-            for e in events {
-                // Timestamps are resolved before logging, so a replay is exact.
-                incoming.append(IncomingEvent(user: e.user, item: e.item, kind: FeedbackKind(rawValue: e.kind.rawValue)!,
-                                              value: e.value, timestamp: e.timestamp == 0 ? now : e.timestamp))
-            }
+            let now = try resolveIncoming(events)
             if sweepMustWait(incoming) { return .waitForQueueRoom }
             if let b = model.firstBreach(of: incoming, maxUserIDs: config.limits.maxUserIDs, maxItemIDs: config.limits.maxItemIDs) {
                 stats.capacityRefusals += 1
                 throw Self.capacityError(b)
             }
             // The log first: an event the log refused is not accepted.
-            do {
-                try log.append(.feedback(firstSeq: model.lastSeq + 1, events: incoming), lastSeq: model.lastSeq + UInt64(incoming.count))
-            } catch {
-                stats.storageRefusals.note("FEEDBACK refused with STORAGE: \(error); STATS storage_refusals counts them")
-                throw ProtocolError(.storage, "feedback not accepted: \(error)")
-            }
-            if log.policy == .always { needsSync = true }
+            try logIncoming(firstSeq: model.lastSeq + 1)
             admitted.removeAll(keepingCapacity: true)
             model.admit(incoming, now: now, into: &admitted)
-            if !shadows.isEmpty {
-                for e in incoming { shadows.observe(user: e.user, item: e.item, kind: e.kind, value: e.value, weights: model.feedbackWeights) }
-            }
             let queued = learner.tryEnqueue(admitted)
             precondition(queued, "learner queue refused a batch after reporting room")
-            stats.feedbackBatches += 1
-            let last = admitted[admitted.count - 1].seq
-            state.lastFeedbackSeq = last
-            state.unapplied.append((last, admitted.count))
-            // Under `always` the log is fsynced before this reply is sent.
-            let durable = log.policy == .always ? last : log.durableSeq
-            Reply.feedback(FeedbackAck(firstSeq: admitted[0].seq, lastSeq: last, durableSeq: durable,
-                                       appliedSeq: model.appliedSeq))
-                .encode(into: &out, requestID: requestID)
+            acknowledgeIncoming(firstSeq: admitted[0].seq, state: &state, requestID: requestID, out: &out)
         case .recommend(let q):
             if let wait = try readYourWrites(q.minAppliedSeq, state: &state) { return wait }
             let batched = joinsBatch(request)
@@ -809,6 +782,10 @@ final class RequestHandler {
         }
     }
 
+    /// The last sequence accepted: during a replay the log's last, though
+    /// the model has not admitted it yet.
+    private var acceptedSeq: UInt64 { recovery?.targetSeq ?? model.lastSeq }
+
     /// The server's clock (Unix seconds, for timestamps of 0), after
     /// refusing a batch with a timestamp too far ahead of it.
     private func checkedClock(for events: [WireEvent]) throws(ProtocolError) -> Int64 {
@@ -836,44 +813,76 @@ final class RequestHandler {
         // this is that write. Once one was refused, every later write of
         // the connection is refused for the rest of the replay, so its
         // batches stay in order.)
-        let nowMillis = MonotonicClock.nowMillis()
-        if state.recoveryWaitDeadline != 0 && nowMillis >= state.recoveryWaitDeadline { throw recoveringError() }
-        let now = try checkedClock(for: events)
+        if state.recoveryWaitDeadline != 0 && MonotonicClock.nowMillis() >= state.recoveryWaitDeadline { throw recoveringError() }
+        try resolveIncoming(events)
         let roomy = r.acceptedTotal + events.count <= replayBudget(r)
         let projected = r.ids.projected(with: events, model: model)
         let fits = model.boundsAdmit(users: projected.users, items: projected.items,
                                      maxUserIDs: config.limits.maxUserIDs, maxItemIDs: config.limits.maxItemIDs)
         guard roomy && fits else {
-            if state.recoveryWaitDeadline == 0 { state.recoveryWaitDeadline = nowMillis + UInt64(config.limits.waitMs) }
             // (Before the replay has a pace its budget is one batch: tried
             // again once it has one, helper-70; else at the end.)
             let paced = r.startSeq + LogRecovery.eventsForAPace
-            let wake = r.nanosPerEvent == nil && fits ? min(r.targetSeq, paced) : r.targetSeq
-            return .waitForApplied(seq: wake, deadline: state.recoveryWaitDeadline)
+            return try holdForReplay(until: r.nanosPerEvent == nil && fits ? min(r.targetSeq, paced) : r.targetSeq, state: &state)
         }
         state.recoveryWaitDeadline = 0
-        let batch = events.map { e in
-            IncomingEvent(user: e.user, item: e.item, kind: FeedbackKind(rawValue: e.kind.rawValue)!,
-                          value: e.value, timestamp: e.timestamp == 0 ? now : e.timestamp)
+        let first = r.targetSeq + 1
+        try logIncoming(firstSeq: first)
+        r.accept(.feedback(firstSeq: first, events: incoming))
+        acknowledgeIncoming(firstSeq: first, state: &state, requestID: requestID, out: &out)
+        return .done
+    }
+
+    /// A write during the replay waits (its connection parked, the frame
+    /// unread) until `seq` is applied, up to limits.wait_ms from the first
+    /// time the connection waited, and is then refused RECOVERING.
+    private func holdForReplay(until seq: UInt64, state: inout ConnectionState) throws(ProtocolError) -> FrameOutcome {
+        let now = MonotonicClock.nowMillis()
+        if state.recoveryWaitDeadline == 0 { state.recoveryWaitDeadline = now + UInt64(config.limits.waitMs) }
+        guard now < state.recoveryWaitDeadline else { throw recoveringError() }
+        return .waitForApplied(seq: seq, deadline: state.recoveryWaitDeadline)
+    }
+
+    /// A FEEDBACK's events as they are logged, into `incoming`: timestamps
+    /// of 0 become the server's clock (so a replay is exact), after a batch
+    /// with one too far ahead of it is refused. Returns the clock.
+    @discardableResult
+    private func resolveIncoming(_ events: [WireEvent]) throws(ProtocolError) -> Int64 {
+        let now = try checkedClock(for: events)
+        incoming.removeAll(keepingCapacity: true)
+        for e in events {
+            incoming.append(IncomingEvent(user: e.user, item: e.item, kind: FeedbackKind(rawValue: e.kind.rawValue)!,
+                                          value: e.value, timestamp: e.timestamp == 0 ? now : e.timestamp))
         }
-        let first = r.targetSeq + 1, last = r.targetSeq + UInt64(batch.count)
-        let record = LogRecord.feedback(firstSeq: first, events: batch)
-        do { try log.append(record, lastSeq: last) } catch {
+        return now
+    }
+
+    /// Appends `incoming` to the log, numbered from `firstSeq`; a batch the
+    /// log refused is not accepted (STORAGE).
+    private func logIncoming(firstSeq: UInt64) throws(ProtocolError) {
+        do {
+            try log.append(.feedback(firstSeq: firstSeq, events: incoming), lastSeq: firstSeq + UInt64(incoming.count) - 1)
+        } catch {
             stats.storageRefusals.note("FEEDBACK refused with STORAGE: \(error); STATS storage_refusals counts them")
             throw ProtocolError(.storage, "feedback not accepted: \(error)")
         }
         if log.policy == .always { needsSync = true }
-        r.accept(record)
+    }
+
+    /// The acknowledgement of `incoming`, accepted from `firstSeq` on (and
+    /// what shadow comparisons and read-your-writes keep of it).
+    private func acknowledgeIncoming(firstSeq: UInt64, state: inout ConnectionState, requestID: UInt32, out: inout [UInt8]) {
         if !shadows.isEmpty {
-            for e in batch { shadows.observe(user: e.user, item: e.item, kind: e.kind, value: e.value, weights: model.feedbackWeights) }
+            for e in incoming { shadows.observe(user: e.user, item: e.item, kind: e.kind, value: e.value, weights: model.feedbackWeights) }
         }
         stats.feedbackBatches += 1
+        let last = firstSeq + UInt64(incoming.count) - 1
         state.lastFeedbackSeq = last
-        state.unapplied.append((last, batch.count))
+        state.unapplied.append((last, incoming.count))
+        // Under `always` the log is fsynced before this reply is sent.
         let durable = log.policy == .always ? last : log.durableSeq
-        Reply.feedback(FeedbackAck(firstSeq: first, lastSeq: last, durableSeq: durable, appliedSeq: model.appliedSeq))
+        Reply.feedback(FeedbackAck(firstSeq: firstSeq, lastSeq: last, durableSeq: durable, appliedSeq: model.appliedSeq))
             .encode(into: &out, requestID: requestID)
-        return .done
     }
 
     /// The refusal of a write while the log is replayed; `detail` is the
@@ -894,7 +903,7 @@ final class RequestHandler {
         // (While the log is replayed, its last sequence was accepted
         // before the restart, or during the replay: a read asking for it
         // waits like any other.)
-        let accepted = max(model.lastSeq, recovery?.targetSeq ?? 0)
+        let accepted = acceptedSeq
         if minApplied > accepted {
             throw ProtocolError(.invalidArgument,
                                 "min_applied_seq \(minApplied) is above the highest accepted sequence \(accepted)")
@@ -941,8 +950,7 @@ final class RequestHandler {
             StatCounter("recommend_batch_waits", stats.recommendBatchWaits),
             StatCounter("recommends_batched", stats.recommendsBatched),
             StatCounter("feedback_batches", stats.feedbackBatches),
-            // (During a replay: the log's last, though not yet admitted.)
-            StatCounter("events_accepted", recovery?.targetSeq ?? model.lastSeq),
+            StatCounter("events_accepted", acceptedSeq),
             StatCounter("events_durable", log.durableSeq),
             StatCounter("events_applied", model.appliedSeq),
             StatCounter("learner_queue", UInt64(learner.queued)),
