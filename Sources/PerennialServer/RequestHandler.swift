@@ -636,10 +636,15 @@ final class RequestHandler {
     }
 
     /// The newest kept version whose description lists every one of these
-    /// scorers (it holds their learned state).
+    /// scorers (it holds their learned state). Not a version a RELOAD took
+    /// for itself: the RELOAD that removes them takes a newer one, which
+    /// prunes it (review finding, helper-71: the log line named such a
+    /// version, gone 8 ms later, and the state was lost for good).
     private func newestVersionHolding(_ scorers: [String]) -> SnapshotFile? {
         snapshots.store.files().first { file in
-            (snapshots.store.metadata(of: file)["scorers"] as? [String]).map { s in scorers.allSatisfy(s.contains) } ?? false
+            let meta = snapshots.store.metadata(of: file)
+            guard !SnapshotStore.isReloadOnly(meta) else { return false }
+            return (meta["scorers"] as? [String]).map { s in scorers.allSatisfy(s.contains) } ?? false
         }
     }
 

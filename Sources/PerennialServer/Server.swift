@@ -505,6 +505,17 @@ extension Server {
         if upserts > 0 && bound > 0 && model.items.liveCount > bound {
             Log.warning("rollback: the \(upserts) item upsert(s) carried over leave \(model.items.liveCount) item ids, above limits.max_item_ids (\(bound)): new items are refused (CAPACITY) until deletions or item expiry make room")
         }
+        // The model rolled back from is the newest version and the log after
+        // it. A version a RELOAD took for itself would go when the
+        // rollback's own version is written (SnapshotStore.prune), and with
+        // it that model (review finding, helper-71): it is kept like any other.
+        if let newest = snapshots.files().first, newest.id != file.id, SnapshotStore.isReloadOnly(snapshots.metadata(of: newest)) {
+            do {
+                try snapshots.keep(newest, because: "the model a rollback to \(file.id) started from")
+            } catch {
+                Log.warning("rollback: cannot note version \(newest.id), the model rolled back from, as kept (\(error)): the rollback's version will prune it")
+            }
+        }
         let skipped = last - model.lastSeq
         model.skip(to: last)
         Log.info("rolled back to version \(file.id): \(skipped) later events stay in the log, not learned; numbering continues at \(last + 1)"

@@ -279,15 +279,29 @@ public struct SnapshotStore: Sendable {
         return try body()
     }
 
+    /// Whether a version is one a RELOAD took for itself, which `prune`
+    /// drops once a newer version exists: a snapshot a RELOAD took (its
+    /// description notes "reload") ties the new scorer set to a log position
+    /// for recovery and has done its work when a newer one is taken. Unless
+    /// a SNAPSHOT request was answered with it (noted "requested") or a
+    /// rollback started from it ("kept", `keep(_:because:)`): then it is a
+    /// version someone may roll back to, kept like any other.
+    public static func isReloadOnly(_ meta: [String: Any]) -> Bool {
+        meta["reload"] != nil && meta["requested"] == nil && meta["kept"] == nil
+    }
+
+    /// Notes a version as one to keep like any other (not `isReloadOnly`),
+    /// with the reason in its description.
+    public func keep(_ file: SnapshotFile, because reason: String) throws {
+        try updateMetadata(of: file) { $0["kept"] = reason }
+    }
+
     /// Removes all but the newest `keep` snapshots; returns the oldest kept
-    /// snapshot's first log segment (segments before it can go). A snapshot
-    /// a RELOAD took (its description notes "reload") ties the new scorer
-    /// set to a log position for recovery; it takes none of the `keep`
-    /// places, even while it is the newest (kept beside them), and once a
-    /// newer snapshot exists it has done its work and goes: reloads never
-    /// push out the versions one may want to roll back to. Unless a
-    /// SNAPSHOT request was answered with it (noted "requested"): then it
-    /// is a version someone asked for, kept like any other.
+    /// snapshot's first log segment (segments before it can go). A version
+    /// a RELOAD took for itself (`isReloadOnly`) takes none of the `keep`
+    /// places, even while it is the newest (kept beside them), and goes once
+    /// a newer snapshot exists: reloads never push out the versions one may
+    /// want to roll back to.
     public func prune(keep: Int) -> Int? {
         var kept: [SnapshotFile] = []
         var places = 0
@@ -295,8 +309,7 @@ public struct SnapshotStore: Sendable {
         // writes figures for a version as it goes, leaving a stray description.)
         let locked: Void? = try? withVersionsLock {
             for (i, file) in files().enumerated() {
-                let meta = metadata(of: file)
-                let byReload = meta["reload"] != nil && meta["requested"] == nil
+                let byReload = Self.isReloadOnly(metadata(of: file))
                 if i == 0 && byReload {
                     kept.append(file)
                 } else if !byReload && places < keep {

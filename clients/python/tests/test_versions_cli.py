@@ -11,6 +11,8 @@ import random
 import subprocess
 from typing import List
 
+import pytest
+
 import perennial
 from conftest import server_binary
 
@@ -268,3 +270,50 @@ def test_a_quiet_server_takes_a_snapshot_after_every_seconds(start_server) -> No
         while c.stats()["snapshots"] == taken and time.monotonic() < deadline:
             time.sleep(0.1)
         assert c.stats()["snapshots"] == taken + 1
+
+
+def test_versions_a_reload_took_are_not_offered_as_rollback_points_then_pruned(start_server) -> None:
+    """A RELOAD's own snapshot goes once a newer version exists, so (review
+    finding, helper-71): removing a scorer added by an earlier RELOAD is
+    refused unless a version that stays holds its state (before, the log
+    named the RELOAD's version, pruned 8 ms later), and a rollback keeps
+    the model it started from even when a RELOAD took that version (before,
+    the rollback's own version pruned it)."""
+    srv = start_server(BOTH)
+    cfg = srv.data_dir + "/../perennial.toml"
+    events = _events(3000)
+    with srv.client() as c:
+        c.feedback(events[:1000])
+        first = c.snapshot()
+        at_first = c.score(17, list(range(1, 201)))
+        with open(cfg, "w") as f:
+            f.write('[scorers]\nload = ["cf", "popularity", "session-rnn"]\ndefault = "cf"\n')
+        c.reload()                                   # session-rnn added: a RELOAD's own version
+        c.feedback(events[1000:2000])
+        with open(cfg, "w") as f:
+            f.write(BOTH)
+        with pytest.raises(perennial.InvalidArgument, match="no kept version holds"):
+            c.reload()                               # its state is in no version that stays
+        assert c.recommend(1, k=3, scorer="session-rnn")
+        held = c.snapshot()                          # now one holds it
+        c.feedback(events[2000:])
+        c.reload()                                   # allowed, and names that version
+        at_end = c.score(17, list(range(1, 201)))
+    assert "version %s still holds it" % held.version in srv.log(), srv.log()
+    assert srv.stop() == 0, srv.log()
+    # Nothing changed after the last RELOAD: its own version is the newest.
+    newest = max(json.loads(_perennial("versions", "--data-dir", srv.data_dir, "--json").stdout),
+                 key=lambda v: (v["seq"], v["id"]))
+    assert newest["seq"] == 3000 and "reload" in newest, newest
+
+    rolled = start_server(BOTH, ["--data-dir", srv.data_dir, "--from-version", first.version])
+    with rolled.client() as c:
+        assert c.score(17, list(range(1, 201))) == at_first
+    assert rolled.stop() == 0, rolled.log()
+    after = {v["id"]: v for v in json.loads(_perennial("versions", "--data-dir", srv.data_dir, "--json").stdout)}
+    # The model rolled back from is still a version to go back to.
+    assert newest["id"] in after and "rollback" in after[newest["id"]].get("kept", ""), sorted(after)
+    back = start_server(BOTH, ["--data-dir", srv.data_dir, "--from-version", newest["id"]])
+    with back.client() as c:
+        assert c.score(17, list(range(1, 201))) == at_end
+    assert back.stop() == 0, back.log()
