@@ -145,7 +145,7 @@ public struct PerennialConfig: Sendable {
     /// recent work (0 = only the capacity; never less than a batch of
     /// max_events), so accepted feedback is learned within about this long.
     public var learnerMaxLagSeconds: Double = 2
-    public var historyPerUser = 1000
+    public var historyPerUser = 10_000
     /// The kinds of event whose items RECOMMEND leaves out of the user's
     /// answers (a KindMask; `[history] exclude_kinds`): all by default.
     public var historyExcludedKinds = KindMask.all

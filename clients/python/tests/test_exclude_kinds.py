@@ -76,3 +76,22 @@ def test_only_purchases_are_excluded_and_the_rule_reloads_and_survives_restarts(
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
+
+
+def test_a_heavy_user_gets_none_of_their_items_back_under_the_defaults(start_server) -> None:
+    """A user with thousands of items (MovieLens has users with 2,698) is
+    never recommended one of them under the bundled defaults (review
+    finding, helper-71: with the old bound of 1,000 items per user, users
+    with more got up to 10 of their own items back in a top 10)."""
+    srv = start_server(None)
+    with srv.client() as c:
+        # 4,000 items; the heavy user has 3,000 of them, the most popular first.
+        crowd = [Event(10_000 + u, item) for item in range(1, 201) for u in range(3)]
+        c.feedback(crowd)
+        mine = list(range(1, 3001))
+        for k in range(0, len(mine), 1000):
+            c.feedback([Event(7, item) for item in mine[k:k + 1000]])
+        c.feedback([Event(8, item) for item in range(3001, 4001)])
+        for scorer in ("cf", "popularity"):
+            got = [r.item for r in c.recommend(7, k=100, scorer=scorer)]
+            assert len(got) == 100 and not set(got) & set(mine), (scorer, sorted(set(got) & set(mine))[:10])
