@@ -85,7 +85,7 @@ struct LogCommand: ParsableCommand {
                     }
                     next = first + UInt64(events.count)
                 }
-                print("log \(dir), from segment \(firstNeeded): \(r.segments) segment(s), \(r.records) records, \(r.events) events, \(r.bytes) bytes")
+                print("log \(dir), " + (base == nil ? "every segment" : "from segment \(firstNeeded)") + ": \(r.segments) segment(s), \(r.records) records, \(r.events) events, \(r.bytes) bytes")
                 if let t = r.tornTail, t.bytes == 0 {
                     print("the last segment \(t.file) is empty (created just before a crash; start-up writes its header again)")
                 } else if let t = r.tornTail {

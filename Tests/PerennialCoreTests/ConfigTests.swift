@@ -90,6 +90,26 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
         }
     }
 
+    /// Review findings, helper-71: a section written twice was read as one,
+    /// `nan` and `inf` (TOML floats) were "not a value", and a key under the
+    /// wrong header (or none) got no suggestion.
+    @Test func repeatedSectionsNonFiniteNumbersAndMisplacedKeys() {
+        #expect(throws: ConfigError(file: "test.toml", line: 4, message: "section '[server]' appears twice (first on line 1): put its keys under one header")) {
+            try load("[server]\nport = 7000\n[limits]\n[server]\nhost = \"127.0.0.1\"\n")
+        }
+        for word in ["nan", "inf", "-inf", "+nan"] {
+            #expect(throws: ConfigError(file: "test.toml", line: 2, message: "bad value for 'scorers.cf.factor_weight': \(word) is not a finite number, and every number setting must be one")) {
+                try load("[scorers.cf]\nfactor_weight = \(word)\n")
+            }
+        }
+        #expect(throws: ConfigError(file: "test.toml", line: 1, message: "unknown key 'port' (did you mean 'server.port', under [server]?)")) {
+            try load("port = 7878\n")
+        }
+        #expect(throws: ConfigError(file: "test.toml", line: 2, message: "unknown key 'server.fsync' (did you mean 'log.fsync', under [log]?)")) {
+            try load("[server]\nfsync = \"always\"\n")
+        }
+    }
+
     /// Every mistake in a file is reported at once, each with its line, in
     /// line order: wrong types, values out of range (also a scorer's),
     /// unknown keys, and those found before a check that cannot go on.

@@ -126,6 +126,11 @@ public struct ConfigDocument: Sendable {
                 guard ConfigDocument.isKeyPath(name) else {
                     throw ConfigError(file: file, line: lineNumber, message: "malformed section name '\(name)'")
                 }
+                // (TOML defines a table once; a second header would quietly
+                // add to, or override, the first: review finding, helper-71.)
+                if let first = headers.first(where: { $0.name == name }) {
+                    throw ConfigError(file: file, line: lineNumber, message: "section '[\(name)]' appears twice (first on line \(first.line)): put its keys under one header")
+                }
                 section = name
                 headers.append(Entry.Header(name: String(name), line: lineNumber))
                 continue
@@ -348,6 +353,9 @@ struct ValueParser {
         }
         if digits.contains(where: { $0 == "." || $0 == "e" || $0 == "E" }), let d = Double(digits), d.isFinite {
             return .float(d)
+        }
+        if ["nan", "inf"].contains(unsigned) {
+            throw Failure(message: "\(word) is not a finite number, and every number setting must be one")
         }
         throw Failure(message: "'\(word)' is not a value (strings need quotes)")
     }

@@ -158,12 +158,24 @@ public final class ConfigReader {
             var message = "unknown key '\(key)'"
             if let near = ConfigReader.closest(to: key, among: Array(known)) {
                 message += " (did you mean '\(near)'?)"
+            } else if let placed = ConfigReader.sameName(as: key, among: known) {
+                // (A key under the wrong header, or none: `port = 7878` at
+                // the top of the file.)
+                message += " (did you mean '\(placed)', under [\(placed[..<placed.lastIndex(of: ".")!])]?)"
             } else if !section.isEmpty && !knownSections.contains(section) {
                 message = "unknown section '[\(section)]' (key '\(key)')"
             }
             unknown.append(ConfigError(file: document.file, line: document.entries[key]?.line, message: message))
         }
         if let all = ConfigError.combined(problems + unknown) { throw all }
+    }
+
+    /// The one known key with the same last name as `key` in another
+    /// section (nil when none, or several).
+    static func sameName(as key: String, among known: Set<String>) -> String? {
+        let name = key.split(separator: ".").last.map(String.init) ?? key
+        let found = known.filter { $0 != key && $0.hasSuffix("." + name) }
+        return found.count == 1 ? found.first : nil
     }
 
     static func closest(to key: String, among candidates: [String]) -> String? {

@@ -41,8 +41,10 @@ __all__ = [
     "ServerInfo",
     "Snapshot",
     "PerennialError",
-    "ConnectionError",
-    "TimeoutError",
+    # (Not ConnectionError and TimeoutError: `from perennial import *` would
+    # replace the builtins of those names, and an `except ConnectionError:`
+    # after it would miss other libraries' errors. Use
+    # perennial.ConnectionError, which is also the builtin's subclass.)
     "ProtocolError",
     "ServerError",
     "InvalidEvent",

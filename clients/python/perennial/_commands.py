@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections import abc
 from dataclasses import dataclass
 from typing import Deque, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -196,18 +197,37 @@ def own_copy(e: BaseException) -> BaseException:
     return e
 
 
+def warn_if_unsent(streamer: Any) -> None:
+    """Called when a streamer is dropped: events it buffered, or refused
+    batches it still had to send again, were never sent, and a warning says
+    so rather than drop them silently (review finding, helper-71). A
+    warning, not a flush: a finaliser must not wait on the network."""
+    try:
+        unsent = len(streamer._buffer) + sum(len(batch) for lst in (streamer._oversized, streamer._resend,
+                                                                   streamer._recovering) for _, batch, _ in lst)
+    except Exception:  # pragma: no cover - a half-built streamer, interpreter shutdown
+        return
+    if unsent:
+        warnings.warn("%s dropped with %d events never sent: flush() it (or use it in a with block) before "
+                      "letting it go" % (type(streamer).__name__, unsent), RuntimeWarning, stacklevel=3)
+
+
 def mark_stream_refusal(e: BaseException, offset: int, n: int) -> None:
     """A streamer's batch of ``n`` events from stream index ``offset`` was
     refused: ``batch_offset``/``batch_events`` say which, and for an error
-    naming an event (InvalidEvent, CapacityExceeded) ``stream_index`` is that
-    event's index in the stream, which the message also gives."""
+    naming an event (InvalidEvent, CapacityExceeded) ``stream_index`` and
+    ``detail`` are that event's index in the stream, which the message also
+    gives (``detail`` as for ``Client.feedback``, whose errors give the
+    index in the whole list: review finding, helper-71, it was the index in
+    the batch here)."""
     try:
         e.batch_offset = offset  # type: ignore[attr-defined]
         e.batch_events = n  # type: ignore[attr-defined]
         if isinstance(e, (InvalidEvent, CapacityExceeded)):
-            e.stream_index = offset + e.detail  # type: ignore[attr-defined]
+            e.detail += offset
+            e.stream_index = e.detail  # type: ignore[attr-defined]
             e.message = "stream index %d (batch of %d events from index %d, none of them accepted): %s" % (
-                offset + e.detail, n, offset, e.message)
+                e.detail, n, offset, e.message)
             e.args = ("%s (%d): %s" % (e.code_name, e.code, e.message),)
     except AttributeError:  # pragma: no cover
         pass
@@ -247,6 +267,40 @@ def _count(v: int, what: str, low: int, high: int) -> int:
     if not low <= x <= high:
         raise ValueError("%s = %d: it must be from %d to %d" % (what, x, low, high))
     return x
+
+
+def checked_seconds(v: Optional[float], what: str, *, zero: bool = False) -> Optional[float]:
+    """A duration argument: None (no limit) or a finite number of seconds,
+    above 0 (at least 0 with ``zero``); TypeError or ValueError naming
+    ``what`` otherwise (review finding, helper-71: ``timeout=0`` failed
+    later as "Operation now in progress", ``timeout="5"`` deep in socket)."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError("%s must be a number of seconds or None, not %r" % (what, v))
+    if not (v >= 0 if zero else v > 0) or v != v or v == float("inf"):
+        raise ValueError("%s = %r: it must be a finite number of seconds %s, or None for no limit"
+                         % (what, v, "of at least 0" if zero else "above 0"))
+    return float(v)
+
+
+def checked_text(v: str, what: str, most: Optional[int] = None) -> str:
+    """A string argument: a str that UTF-8 can encode (a lone surrogate,
+    from a badly decoded file, cannot), at most ``most`` bytes of it."""
+    if not isinstance(v, str):
+        raise TypeError("%s must be a str, not %r" % (what, v))
+    try:
+        size = len(v.encode("utf-8"))
+    except UnicodeEncodeError as e:
+        raise ValueError("%s cannot be sent as UTF-8: %r at index %d is a lone surrogate (text decoded "
+                         "with errors='surrogateescape'?)" % (what, v[e.start], e.start)) from None
+    if most is not None and size > most:
+        raise ValueError("%s is %d bytes (UTF-8); at most %d" % (what, size, most))
+    return v
+
+
+#: The longest ``session_id`` the server accepts, in bytes (PROTOCOL.md).
+MAX_SESSION_ID_BYTES = 256
 
 
 def hello_failed(e: BaseException, host: str, port: int, first_bytes: bytes) -> BaseException:
@@ -289,9 +343,10 @@ def recommend(user: int, k: int = 10, *, scorer: Optional[str] = None,
               exclude: Optional[Iterable[int]] = None, candidates: Optional[Iterable[int]] = None,
               min_applied_seq: int = 0, shadow: Optional[str] = None) -> Command:
     body = encode_payload(Opcode.RECOMMEND, False, {
-        "user": _user(user), "k": _count(k, "k", 0, 65535),
+        "user": _user(user), "k": _count(k, "k", 1, 65535),
         "min_applied_seq": _count(min_applied_seq, "min_applied_seq", 0, 2 ** 64 - 1),
-        "scorer": scorer or "", "session_id": session_id or "",
+        "scorer": scorer or "",
+        "session_id": checked_text(session_id, "session_id", MAX_SESSION_ID_BYTES) if session_id else "",
         "session_items": _ids(session, "session"), "exclude": _ids(exclude, "exclude"),
         "candidates": _ids(candidates, "candidates"), "shadow_scorer": shadow or ""})
 
@@ -331,15 +386,16 @@ def feedback(events: Sequence[Event]) -> Command:
     return Command(Opcode.FEEDBACK, body, _ack, events=len(events))
 
 
-def upsert_item(item: int, text: str, attributes: Attributes = None) -> Command:
+def upsert_item(item: int, item_text: str, attributes: Attributes = None) -> Command:
     if attributes is None:
         attrs: List[Tuple[str, str]] = []
     elif isinstance(attributes, Mapping):
         attrs = list(attributes.items())
     else:
         attrs = [(k, v) for k, v in attributes]
+    attrs = [(checked_text(k, "attribute key"), checked_text(v, "attribute %r" % (k,))) for k, v in attrs]
     body = encode_payload(Opcode.UPSERT_ITEM, False, {
-        "item": _user(item, "item"), "text": text, "attributes": attrs})
+        "item": _user(item, "item"), "text": checked_text(item_text, "text"), "attributes": attrs})
 
     def parse(p: Dict[str, Any]) -> UpsertResult:
         return UpsertResult(bool(p["created"]), bool(p["truncated"]))

@@ -134,10 +134,10 @@ class Client:
                  token: Optional[str] = None, client_name: str = "perennial-py",
                  hello: bool = True, recovery_wait: Optional[float] = 60.0) -> None:
         self.host = host
-        self.recovery_wait = recovery_wait
+        self.recovery_wait = _c.checked_seconds(recovery_wait, "recovery_wait", zero=True)
         self.port = port
-        self.timeout = timeout
-        self.admin_timeout = admin_timeout
+        self.timeout = _c.checked_seconds(timeout, "timeout")
+        self.admin_timeout = _c.checked_seconds(admin_timeout, "admin_timeout")
         self.token = token
         self.client_name = client_name
         self._hello = hello
@@ -898,10 +898,8 @@ class FeedbackStreamer:
     """
 
     def __init__(self, client: Client, window: int = 8, batch_size: int = 1000) -> None:
-        if window < 1:
-            raise ValueError("window must be at least 1")
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        window = _c._count(window, "window", 1, 1 << 20)
+        batch_size = _c._count(batch_size, "batch_size", 1, 1 << 20)
         self._client = client
         self.window = window
         self.batch_size = batch_size
@@ -933,6 +931,9 @@ class FeedbackStreamer:
     def pending_batches(self) -> int:
         """Batches written and not yet acknowledged."""
         return self._inflight
+
+    def __del__(self) -> None:
+        _c.warn_if_unsent(self)
 
     def _on_reply(self, offset: int, batch: List[Event], result: Any) -> None:
         self._inflight -= 1

@@ -230,7 +230,9 @@ def test_min_applied_seq(server: Address) -> None:
 
 
 def test_invalid_arguments(client: perennial.Client) -> None:
-    with pytest.raises(perennial.InvalidArgument):
+    # (k = 0 is refused by the client, naming the range the server takes;
+    # the server's own refusal is the "RECOMMEND with k = 0" vector.)
+    with pytest.raises(ValueError, match="k = 0: it must be from 1"):
         client.recommend(1, k=0)
     with pytest.raises(perennial.InvalidArgument):
         client.recommend(1, k=1001)
@@ -312,7 +314,7 @@ def test_streamer_refused_batch(client: perennial.Client) -> None:
     s.send_many([good[5], good[6], perennial.Event(u, 0), good[7], good[8]])
     with pytest.raises(perennial.InvalidEvent) as info:
         s.flush()
-    assert info.value.detail == 2
+    assert info.value.detail == 7                    # the index in the stream, as feedback() gives
     assert info.value.batch_offset == 5  # type: ignore[attr-defined]
     assert s.flush() is not None
     assert s.acked_events == 5
@@ -496,6 +498,7 @@ def test_streamer_reports_every_refused_batch(client: perennial.Client) -> None:
     refused = info.value.refused_batches  # type: ignore[attr-defined]
     assert [e.batch_offset for e in refused] == [0, 10, 20]
     assert [e.stream_index for e in refused] == [2, 12, 22]
+    assert [e.detail for e in refused] == [2, 12, 22]   # as for feedback(): the index in what was sent
     assert "stream index 12" in str(refused[1])
     assert [e.batch_offset for e in s.refused] == [0, 10, 20]
     assert s.acked_events == 10

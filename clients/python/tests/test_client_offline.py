@@ -328,6 +328,21 @@ def test_event_validation() -> None:
     (lambda p: p.recommend(1, candidates=[5, -1]), ValueError, "candidates holds -1"),
     (lambda p: perennial.Event(1, 2, timestamp=-5), ValueError, "Event.timestamp = -5"),
     (lambda p: perennial.Event(1, 2, timestamp=float("nan")), ValueError, "Event.timestamp = nan"),
+    # Review findings, helper-71: each of these failed without naming the
+    # argument, or named a range the server does not accept.
+    (lambda p: p.recommend(1, k=0), ValueError, "k = 0: it must be from 1"),
+    (lambda p: p.recommend(1, session_id="x" * 300), ValueError, "session_id is 300 bytes (UTF-8); at most 256"),
+    (lambda p: p.upsert_item(5, "bad \udcff"), ValueError, "text cannot be sent as UTF-8"),
+    (lambda p: p.upsert_item(5, "ok", {"colour": "\udcff"}), ValueError, "attribute 'colour' cannot be sent"),
+    (lambda p: perennial.Client(timeout=0), ValueError, "timeout = 0: it must be a finite number of seconds above 0"),
+    (lambda p: perennial.Client(timeout=-1), ValueError, "timeout = -1"),
+    (lambda p: perennial.Client(timeout="5"), TypeError, "timeout must be a number of seconds or None"),
+    (lambda p: perennial.Client(admin_timeout=float("nan")), ValueError, "admin_timeout = nan"),
+    (lambda p: perennial.Client(recovery_wait=-1), ValueError, "recovery_wait = -1"),
+    (lambda p: perennial.AsyncClient(timeout=0), ValueError, "timeout = 0"),
+    (lambda p: perennial.Client().streamer(window="8"), TypeError, "window must be an int"),
+    (lambda p: perennial.Client().streamer(batch_size=0), ValueError, "batch_size = 0"),
+    (lambda p: perennial.AsyncClient().streamer(window=0), ValueError, "window = 0"),
 ])
 def test_argument_mistakes_are_named(call: Callable[[Any], Any], error: type, words: str) -> None:
     with pytest.raises(error) as info:
@@ -432,3 +447,22 @@ def test_each_feedback_call_gets_its_own_account_of_a_lost_connection() -> None:
     assert (a.accepted_events, a.unacknowledged) == (12_660, (12_660, 10))
     assert (b.accepted_events, b.unacknowledged) == (240, (240, 10))
     assert isinstance(a, perennial.TimeoutError) and str(a) == str(shared)
+
+
+def test_a_streamer_dropped_with_events_never_sent_says_so() -> None:
+    """Events buffered and never sent were dropped silently (review finding,
+    helper-71); a flushed streamer, or one with nothing buffered, warns of
+    nothing."""
+    s = perennial.Client().streamer(batch_size=100)
+    s.send_many([perennial.Event(1, 2)] * 50)      # under a batch: buffered, nothing written
+    with pytest.warns(RuntimeWarning, match="FeedbackStreamer dropped with 50 events never sent"):
+        del s
+    a = perennial.AsyncClient().streamer(batch_size=100)
+    a._buffer.extend([perennial.Event(1, 2)] * 3)
+    with pytest.warns(RuntimeWarning, match="AsyncFeedbackStreamer dropped with 3 events never sent"):
+        del a
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet = perennial.Client().streamer()
+        del quiet

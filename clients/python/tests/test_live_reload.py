@@ -434,6 +434,9 @@ def test_a_waiting_reload_keeps_its_authorisation_and_limits_alone_never_wait(st
     with srv.client(token="a-long-admin-token") as c:
         assert c.stats()["reloads"] == 1
         assert c.recommend(1, k=3, scorer="popularity")
+        # (The RELOAD's own version, noted as asked for: a version that stays
+        # holds popularity, so the RELOAD below may remove it.)
+        assert c.snapshot().version == "v500"
         # A snapshot that fails, then a RELOAD of limits alone: answered at once.
         blocker = Path(srv.data_dir) / "snapshots" / ("snapshot-%d.1.bin.tmp" % 500)
         blocker.mkdir()
@@ -686,7 +689,7 @@ def test_a_parked_reload_that_fails_when_it_runs_holds_nothing_up(start_server) 
         t = threading.Thread(target=reload)
         t.start()
         time.sleep(0.05)                                          # parked behind the learner
-        cfg.write_text(cfg.read_text() + "\n[scorers.cf]\nfactor_wieght = 0.5\n")
+        cfg.write_text(cfg.read_text() + "factor_wieght = 0.5\n")          # (under BASE's [scorers.cf])
         t.join()
         feeder.feedback(events[:100])
         assert feeder.stats()["events_accepted"] == 14100
