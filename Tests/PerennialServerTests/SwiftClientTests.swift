@@ -117,7 +117,7 @@ import Glibc
         // timeout's, after 120 s, against the cancellation's or close()'s;
         // no bound on the time, as a loaded machine may take long to run
         // the tasks at all.)
-        let c = try PerennialClient(port: silent.port, timeout: 120)
+        let c = try PerennialClient(port: silent.port, timeout: 120, greet: false)
         try await expectCancelAndCloseToStopACall(c, cancelAfterNanos: 200_000_000)
     }
 }
@@ -130,7 +130,7 @@ import Glibc
     @Test func aReplyOutOfStepIsAProtocolViolation() async throws {
         let peer = try SilentListener()
         defer { peer.close() }
-        let c = try PerennialClient(port: peer.port, timeout: 120)
+        let c = try PerennialClient(port: peer.port, timeout: 120, greet: false)
         // (The peer on a thread of its own: the test's cooperative threads
         // may all be busy while the whole suite runs.)
         let fd = peer.fd
@@ -166,7 +166,7 @@ import Glibc
     @Test func cancellingACallWhileItReconnects() async throws {
         let peer = try SilentListener(backlog: 0)
         defer { peer.close() }
-        let c = try PerennialClient(port: peer.port, timeout: 120)
+        let c = try PerennialClient(port: peer.port, timeout: 120, greet: false)
         let first = accept(peer.fd, nil, nil)
         // The accept queue filled by connections never accepted: the
         // reconnect's handshake gets no answer.
@@ -186,6 +186,88 @@ import Glibc
         Glibc.close(first)   // the client's connection ends: its next call reconnects
         try await Task.sleep(nanoseconds: 200_000_000)
         try await expectCancelAndCloseToStopACall(c, cancelAfterNanos: 500_000_000)
+    }
+}
+
+/// Third review (helper-73): the client as a Swift service uses it.
+@Suite struct SwiftClientServiceTests {
+    /// Without a hello() the client assumed max_events 10,000 and 4 MiB
+    /// frames: a 5,000-event list went as one frame over a server's 64 KiB
+    /// and the server dropped the connection. Now connecting greets.
+    @Test func theClientLearnsTheServersLimitsWhenItConnects() async throws {
+        let s = try TestServer("[limits]\nmax_frame_bytes = 65536\nmax_events = 2000\n")
+        defer { s.stop() }
+        let c = try await PerennialClient.connect(port: s.port)
+        let events = (0..<5000).map { (k: Int) -> WireEvent in WireEvent(user: UInt64(k % 50 + 1), item: UInt64(k % 400 + 1), kind: .view) }
+        let ack = try await c.feedback(events)
+        #expect(ack.lastSeq == 5000)
+        #expect(try await c.stream(events, batchSize: 3000)?.lastSeq == 10_000)
+        // (A HELLO the protocol cannot carry is refused before connecting.)
+        await #expect(throws: PerennialClientError.self) { _ = try await PerennialClient.connect(port: s.port, clientName: String(repeating: "x", count: 70_000)) }
+    }
+
+    /// A stream after a RELOAD that lowered max_events (the client's own,
+    /// or another client's) had every batch refused; now the limits are
+    /// learned again.
+    @Test func aStreamFollowsALoweredMaxEvents() async throws {
+        let s = try TestServer("[limits]\nmax_events = 100\n")
+        defer { s.stop() }
+        let c = try await PerennialClient.connect(port: s.port)
+        let other = try await PerennialClient.connect(port: s.port)
+        let events = (0..<300).map { (k: Int) -> WireEvent in WireEvent(user: UInt64(k % 20 + 1), item: UInt64(k % 90 + 1), kind: .click) }
+        try s.rewriteConfig("[limits]\nmax_events = 50\n")
+        try await c.reload()
+        #expect(try await c.stream(events, batchSize: 1000)?.lastSeq == 300)
+        try s.rewriteConfig("[limits]\nmax_events = 25\n")
+        try await other.reload()
+        #expect(try await c.stream(events, batchSize: 1000)?.lastSeq == 600)
+    }
+
+    /// A CAPACITY refusal's detail stayed the index in the batch (80 for
+    /// event 180 in batches of 100), and a stream named no event.
+    @Test func aCapacityRefusalNamesTheEventInTheList() async throws {
+        let s = try TestServer("[limits]\nmax_events = 100\nmax_item_ids = 200\n")
+        defer { s.stop() }
+        let c = try await PerennialClient.connect(port: s.port)
+        _ = try await c.feedback((0..<200).map { (k: Int) -> WireEvent in WireEvent(user: 1, item: UInt64(k + 1), kind: .click) })
+        let events = (0..<250).map { (k: Int) -> WireEvent in
+            let item: UInt64 = k < 180 ? UInt64(k % 200 + 1) : UInt64(10_000 + k)
+            return WireEvent(user: 2, item: item, kind: .click)
+        }
+        do {
+            _ = try await c.feedback(events)
+            Issue.record("an event past max_item_ids was accepted")
+        } catch let PerennialClientError.server(code, _, detail, _) {
+            #expect(code == .capacity && detail == 180)
+        }
+        do {
+            _ = try await c.stream(events, batchSize: 100, window: 2)
+            Issue.record("an event past max_item_ids was accepted")
+        } catch PerennialClientError.streamRefused(_, let refused) {
+            #expect(refused.first?.streamIndex == 180, "\(refused)")
+        }
+    }
+
+    /// A call cancelled while it waited for its turn behind a slow call
+    /// ended only when that call did (7.75 s, its timeout); now at once,
+    /// and it is never sent.
+    @Test func aCallCancelledWhileQueuedEndsAtOnce() async throws {
+        let silent = try SilentListener()
+        defer { silent.close() }
+        let c = try PerennialClient(port: silent.port, timeout: 120, greet: false)
+        let slow = Task { try await c.ping() }               // never answered
+        try await Task.sleep(nanoseconds: 200_000_000)
+        let queued = Task { try await c.ping() }
+        try await Task.sleep(nanoseconds: 200_000_000)
+        queued.cancel()
+        if case .failure(let e) = await queued.result { #expect(e is CancellationError, "\(e)") } else { Issue.record("the queued ping was answered") }
+        // (The slow call is still waiting: the queued one did not wait for it.)
+        let slowEnded = Finished()
+        Task { _ = await slow.result; slowEnded.set() }
+        try await Task.sleep(nanoseconds: 100_000_000)
+        #expect(!slowEnded.value)
+        c.close()
+        _ = await slow.result
     }
 }
 

@@ -16,6 +16,7 @@ final class TestServer: Sendable {
     let server: Server
     let port: Int
     let dataDir: String
+    let configFile: String
 
     /// A server with its own new data directory, or `dataDir` (a restart),
     /// optionally starting from a model version.
@@ -25,19 +26,31 @@ final class TestServer: Sendable {
          holdReplay: Bool = false) throws {
         let dir = dataDir ?? ScratchDirectory.path("server")
         self.dataDir = dir
-        var doc = try ConfigDocument(text: configText, file: "test.toml")
-        doc.set("server.port", .integer(0))
-        // Debug builds learn about ten times slower than release, and the
-        // suites run in parallel: reads wait for the learner generously.
-        if doc.entries["limits.wait_ms"] == nil { doc.set("limits.wait_ms", .integer(120_000)) }
-        doc.set("server.data_dir", .string(dir))
-        let config = try PerennialConfig.load(doc, registry: .builtin)
-        server = Server(config: config, startVersion: startVersion, dropScorers: dropScorers)
+        // The config text is also a file beside the data directory, which
+        // RELOAD reads again (`rewriteConfig`), with the same fixed settings.
+        let file = dir + ".toml"
+        configFile = file
+        try configText.write(toFile: file, atomically: true, encoding: .utf8)
+        @Sendable func read(_ text: String) throws -> PerennialConfig {
+            var doc = try ConfigDocument(text: text, file: "test.toml")
+            doc.set("server.port", .integer(0))
+            // Debug builds learn about ten times slower than release, and the
+            // suites run in parallel: reads wait for the learner generously.
+            if doc.entries["limits.wait_ms"] == nil { doc.set("limits.wait_ms", .integer(120_000)) }
+            doc.set("server.data_dir", .string(dir))
+            return try PerennialConfig.load(doc, registry: .builtin)
+        }
+        let config = try read(configText)
+        server = Server(config: config, startVersion: startVersion, dropScorers: dropScorers,
+                        reloadConfig: { try read(String(contentsOfFile: file, encoding: .utf8)) })
         server.replayHeld.store(holdReplay, ordering: .relaxed)
         port = try server.start(waitForRecovery: !holdReplay)
     }
 
     func releaseReplay() { server.replayHeld.store(false, ordering: .relaxed) }
+
+    /// The config file's new text, for the next RELOAD.
+    func rewriteConfig(_ text: String) throws { try text.write(toFile: configFile, atomically: true, encoding: .utf8) }
 
     func stop() { server.stop() }
 }

@@ -14,12 +14,12 @@ import Glibc
 
 /// Opening a TCP connection to a host name or address: the first of its
 /// addresses (IPv4 or IPv6) that accepts. Shared with the load tool.
-public enum TCPConnection {
+package enum TCPConnection {
     /// A connected, blocking socket's descriptor. `timeout` (seconds; nil:
     /// none) bounds each address's connect. While one is being connected,
     /// `opening` gets its descriptor (so another thread may shut it down)
     /// and `stopped` is asked every 50 ms whether to give up (a reason).
-    public static func open(host: String, port: Int, timeout: Double? = nil, opening: (Int32) -> Void = { _ in },
+    package static func open(host: String, port: Int, timeout: Double? = nil, opening: (Int32) -> Void = { _ in },
                             stopped: () -> String? = { nil }) throws(PerennialClientError) -> Int32 {
         // (getaddrinfo would take port 72937 as 72937 mod 65536.)
         guard (1...65535).contains(port) else { throw .invalidArgument("port \(port) is outside 1...65535") }
