@@ -91,7 +91,8 @@ struct Admin: AsyncParsableCommand {
         do {
             // (A snapshot of a large model takes longer than any reply.)
             let wait = timeout ?? (["reload", "snapshot"].contains(action) ? 600 : 10)
-            client = try await PerennialClient.connect(host: host, port: port, timeout: wait)
+            // (The HELLO below, with the token, is the one timed.)
+            client = try await PerennialClient.connect(host: host, port: port, timeout: wait, greet: false)
         } catch {
             throw CommandError("\(error)")
         }

@@ -51,7 +51,7 @@ struct Replay: AsyncParsableCommand {
             WireEvent(user: $0.user, item: $0.item, kind: .rating, value: $0.rating, timestamp: $0.timestamp)
         }
         if let limit { events = Array(events.prefix(max(0, limit))) }
-        let client = try await PerennialClient.connect(host: host, port: port)
+        let client = try await PerennialClient.connect(host: host, port: port, greet: false)
         do {
             _ = try await client.hello(clientName: "perennial-replay", token: try tokenFile.map(readToken) ?? "")
         } catch PerennialClientError.server(let code, _, _, let message) where code == .unauthorized {

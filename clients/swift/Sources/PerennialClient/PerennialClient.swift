@@ -154,7 +154,9 @@ public final class PerennialClient: @unchecked Sendable {
 
     /// Connects (blocking) to a server and greets it with HELLO (`token`:
     /// the server's client token, if it asks for one), learning its limits;
-    /// every connection the client opens later is greeted the same way.
+    /// every connection the client opens later is greeted the same way (a
+    /// server that wants a token, when none is given, is left ungreeted:
+    /// `hello(token:)` then greets it).
     /// `timeout` (seconds, `.infinity` for none) bounds the connect and
     /// every reply wait. (`greet: false` leaves the HELLO to `hello()`;
     /// until then the client assumes the default limits. Review finding,
@@ -173,7 +175,17 @@ public final class PerennialClient: @unchecked Sendable {
         try queue.sync {
             try connectNow(for: nil)
             if greet {
-                do { try greetNow(greeting) } catch { dropConnection(); throw error }
+                do {
+                    try greetNow(greeting)
+                } catch PerennialClientError.server(code: .unauthorized?, _, _, _) where token.isEmpty {
+                    // A server that asks for a token, and none given: the
+                    // caller sends it with hello(token:) next (or the first
+                    // call says UNAUTHORIZED), as before connect greeted.
+                    dropConnection()
+                } catch {
+                    dropConnection()
+                    throw error
+                }
             }
         }
     }
