@@ -1,6 +1,8 @@
 // The messages of protocol v1 as Swift values (PROTOCOL.md, "Opcodes").
+// The values a client hands on (events, recommendations, scores, acks) are
+// Hashable and Codable, so a service can put them in a set or a JSON reply.
 
-public enum EventKind: UInt8, Sendable, CaseIterable {
+public enum EventKind: UInt8, Sendable, CaseIterable, Hashable, Codable {
     case view = 1
     case click = 2
     case purchase = 3
@@ -22,7 +24,7 @@ public enum EventKind: UInt8, Sendable, CaseIterable {
 }
 
 /// One feedback event as it travels (29 bytes on the wire).
-public struct WireEvent: Sendable, Equatable {
+public struct WireEvent: Sendable, Equatable, Hashable, Codable {
     public static let wireSize = 29
     public var user: UInt64
     public var item: UInt64
@@ -106,7 +108,7 @@ public struct RecommendRequest: Sendable, Equatable {
     }
 }
 
-public struct RankedItem: Sendable, Equatable {
+public struct RankedItem: Sendable, Equatable, Hashable, Codable {
     public var item: UInt64
     public var score: Float
     public init(item: UInt64, score: Float) {
@@ -137,7 +139,7 @@ public struct ScoreRequest: Sendable, Equatable {
     }
 }
 
-public struct ItemScore: Sendable, Equatable {
+public struct ItemScore: Sendable, Equatable, Hashable, Codable {
     public var score: Float
     /// Whether the server has seen the item id.
     public var known: Bool
@@ -147,7 +149,7 @@ public struct ItemScore: Sendable, Equatable {
     }
 }
 
-public struct FeedbackAck: Sendable, Equatable {
+public struct FeedbackAck: Sendable, Equatable, Hashable, Codable {
     public var firstSeq: UInt64
     public var lastSeq: UInt64
     public var durableSeq: UInt64
@@ -160,7 +162,7 @@ public struct FeedbackAck: Sendable, Equatable {
     }
 }
 
-public struct ItemAttribute: Sendable, Equatable {
+public struct ItemAttribute: Sendable, Equatable, Hashable, Codable {
     public var key: String
     public var value: String
     public init(key: String, value: String) {
@@ -180,7 +182,7 @@ public struct UpsertItem: Sendable, Equatable {
     }
 }
 
-public struct UpsertReply: Sendable, Equatable {
+public struct UpsertReply: Sendable, Equatable, Hashable, Codable {
     public var created: Bool
     public var truncated: Bool
     public init(created: Bool, truncated: Bool) {

@@ -201,6 +201,10 @@ import Glibc
         let events = (0..<5000).map { (k: Int) -> WireEvent in WireEvent(user: UInt64(k % 50 + 1), item: UInt64(k % 400 + 1), kind: .view) }
         let ack = try await c.feedback(events)
         #expect(ack.lastSeq == 5000)
+        // (A service hands the answers on as JSON, or in a set.)
+        let top = try await c.recommend(user: 3, k: 5)
+        #expect(try JSONDecoder().decode([RankedItem].self, from: JSONEncoder().encode(top)) == top)
+        #expect(Set(top).count == top.count && Set(events).count == 400)   // (user, item) repeats every 400 events
         #expect(try await c.stream(events, batchSize: 3000)?.lastSeq == 10_000)
         // (A HELLO the protocol cannot carry is refused before connecting.)
         await #expect(throws: PerennialClientError.self) { _ = try await PerennialClient.connect(port: s.port, clientName: String(repeating: "x", count: 70_000)) }
