@@ -252,6 +252,35 @@ import Glibc
         }
     }
 
+    /// snapshot() and reload() wait for the whole model to be written: up
+    /// to `adminTimeout` (600 s), as the Python client's admin_timeout,
+    /// where they timed out after the 10 s of any other reply.
+    @Test func aSnapshotWaitsLongerThanOtherReplies() async throws {
+        let peer = try SilentListener()
+        defer { peer.close() }
+        let c = try PerennialClient(port: peer.port, timeout: 0.3, greet: false, adminTimeout: 5)
+        let fd = peer.fd
+        // (A peer that answers each request after 0.8 s, on its own thread.)
+        let answering = Thread {
+            let conn = accept(fd, nil, nil)
+            var buf = [UInt8](repeating: 0, count: 256)
+            for reply in [Reply.snapshot(seq: 7, version: "v7"), Reply.ping] {
+                guard recv(conn, &buf, buf.count, 0) >= 12 else { break }
+                let id = UInt32(buf[8]) | UInt32(buf[9]) << 8 | UInt32(buf[10]) << 16 | UInt32(buf[11]) << 24
+                Thread.sleep(forTimeInterval: 0.8)
+                var out: [UInt8] = []
+                reply.encode(into: &out, requestID: id)
+                _ = out.withUnsafeBytes { send(conn, $0.baseAddress, $0.count, 0) }
+            }
+            Thread.sleep(forTimeInterval: 1)
+            Glibc.close(conn)
+        }
+        answering.start()
+        let snap = try await c.snapshot()
+        #expect(snap.seq == 7 && snap.version == "v7")
+        await #expect(throws: PerennialClientError.self) { try await c.ping() }   // 0.8 s > the 0.3 s timeout
+    }
+
     /// A call cancelled while it waited for its turn behind a slow call
     /// ended only when that call did (7.75 s, its timeout); now at once,
     /// and it is never sent.

@@ -127,6 +127,10 @@ public final class PerennialClient: @unchecked Sendable {
     /// throws at once. Pipelines and streams do not wait: their refusals
     /// are returned or thrown.
     public let recoveryWait: Double
+    /// Seconds the reply to `snapshot()` or `reload()` may take, which
+    /// write the whole model first (nil: no bound; never below `timeout`),
+    /// as the Python client's `admin_timeout`.
+    public let adminTimeout: Double?
     private let queue = DispatchQueue(label: "perennial.client")
     // On `queue` only:
     private var socket: BlockingSocket?
@@ -163,8 +167,9 @@ public final class PerennialClient: @unchecked Sendable {
     /// helper-73: without a HELLO the client sent a 5,000-event list as one
     /// frame over a server's lower max_frame_bytes, and was dropped.)
     public init(host: String = "127.0.0.1", port: Int = 7878, timeout: Double = 10, recoveryWait: Double = 60,
-                token: String = "", clientName: String = "perennial-swift", greet: Bool = true) throws {
+                token: String = "", clientName: String = "perennial-swift", greet: Bool = true, adminTimeout: Double = 600) throws {
         guard timeout > 0 else { throw PerennialClientError.invalidArgument("timeout must be a positive number of seconds (.infinity: none), not \(timeout)") }
+        guard adminTimeout > 0 else { throw PerennialClientError.invalidArgument("adminTimeout must be a positive number of seconds (.infinity: none), not \(adminTimeout)") }
         guard recoveryWait >= 0 else { throw PerennialClientError.invalidArgument("recoveryWait must be 0 or more seconds, not \(recoveryWait)") }
         let greeting = Hello(clientName: clientName, token: token)
         if greet, let problem = Request.hello(greeting).wireProblem { throw PerennialClientError.invalidArgument(problem) }
@@ -172,6 +177,8 @@ public final class PerennialClient: @unchecked Sendable {
         self.port = port
         self.recoveryWait = recoveryWait
         self.timeout = timeout.isFinite && timeout <= 86_400 * 366 ? timeout : nil
+        let admin = max(timeout, adminTimeout)
+        self.adminTimeout = admin.isFinite && admin <= 86_400 * 366 ? admin : nil
         try queue.sync {
             try connectNow(for: nil)
             if greet {
@@ -193,12 +200,12 @@ public final class PerennialClient: @unchecked Sendable {
     /// Connects without blocking the caller's thread (as `init`).
     public static func connect(host: String = "127.0.0.1", port: Int = 7878, timeout: Double = 10,
                                recoveryWait: Double = 60, token: String = "", clientName: String = "perennial-swift",
-                               greet: Bool = true) async throws -> PerennialClient {
+                               greet: Bool = true, adminTimeout: Double = 600) async throws -> PerennialClient {
         try await withCheckedThrowingContinuation { cont in
             DispatchQueue.global().async {
                 cont.resume(with: Result {
                     try PerennialClient(host: host, port: port, timeout: timeout, recoveryWait: recoveryWait, token: token,
-                                        clientName: clientName, greet: greet)
+                                        clientName: clientName, greet: greet, adminTimeout: adminTimeout)
                 })
             }
         }
@@ -538,10 +545,9 @@ public final class PerennialClient: @unchecked Sendable {
     /// covers and the version's id (`v<seq>`, or `v<seq>.<serial>` when a
     /// rollback or a RELOAD wrote another version there first), the id
     /// `perennial serve --from-version` takes. It waits while the server
-    /// writes the whole model: give the client a timeout longer than that
-    /// for a large model.
+    /// writes the whole model, up to `adminTimeout`.
     public func snapshot() async throws -> (seq: UInt64, version: String) {
-        guard case .snapshot(let seq, let version) = try await call(.snapshot) else { throw unexpected() }
+        guard case .snapshot(let seq, let version) = try await call(.snapshot, waiting: adminTimeout) else { throw unexpected() }
         return (seq, version)
     }
 
@@ -550,7 +556,7 @@ public final class PerennialClient: @unchecked Sendable {
     /// may have changed (a HELLO, when it greeted the server), as the
     /// Python client does.
     public func reload() async throws {
-        guard case .reload = try await call(.reload) else { throw unexpected() }
+        guard case .reload = try await call(.reload, waiting: adminTimeout) else { throw unexpected() }
         try await relearnLimits()
     }
 
@@ -570,11 +576,24 @@ public final class PerennialClient: @unchecked Sendable {
     /// One request, one reply. ERROR replies throw `.server`. A write
     /// refused RECOVERING is sent again for up to `recoveryWait` seconds.
     public func call(_ request: Request) async throws -> Reply {
-        var replies = try await pipeline([request])
+        try await call(request, waiting: timeout)
+    }
+
+    /// `call`, its reply waited for up to `wait` seconds (nil: no bound).
+    private func call(_ request: Request, waiting wait: Double?) async throws -> Reply {
+        if let problem = request.wireProblem { throw PerennialClientError.invalidArgument(problem) }
+        let send: @Sendable () async throws -> [Reply] = { [self] in
+            try await onQueue { [self] call in
+                try ensureConnected(call)
+                guard let socket else { throw PerennialClientError.connection("the connection is closed") }
+                return try socket.waiting(wait) { try exchange([request]) }
+            }
+        }
+        var replies = try await send()
         let deadline = Date().addingTimeInterval(recoveryWait)
         while case .error(let e) = replies[0], e.code == .recovering, request.changesState, Date() < deadline {
             try await Task.sleep(nanoseconds: 50_000_000)
-            replies = try await pipeline([request])
+            replies = try await send()
         }
         if case .error(let e) = replies[0] {
             throw PerennialClientError.server(code: e.code, rawCode: e.rawCode, detail: e.detail, message: e.message)

@@ -83,9 +83,11 @@ package enum TCPConnection {
 final class BlockingSocket {
     private(set) var fd: Int32 = -1
     /// "host:port within N s", for timeout messages.
-    private let within: String
+    private var within: String
     /// Each wait's bound for poll (-1: none).
-    private let timeoutMs: Int32
+    private var timeoutMs: Int32
+    private let hostPort: String
+    private let timeout: Double?
     /// The connection's first bytes from the server (quoted when HELLO fails).
     private(set) var firstBytes: [UInt8] = []
 
@@ -93,17 +95,37 @@ final class BlockingSocket {
     /// `TCPConnection.open`.
     init(host: String, port: Int, timeout: Double?, opening: (Int32) -> Void = { _ in },
          stopped: () -> String? = { nil }) throws(PerennialClientError) {
-        within = "\(host):\(port) within \(timeout.map { "\($0) s" } ?? "no time limit")"
-        timeoutMs = timeout.map(Self.milliseconds) ?? -1
+        hostPort = "\(host):\(port)"
+        self.timeout = timeout
+        within = ""
+        timeoutMs = -1
         fd = try TCPConnection.open(host: host, port: port, timeout: timeout, opening: opening, stopped: stopped)
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-        if let t = timeout {
-            var tv = timeval(tv_sec: Int(t), tv_usec: Int((t - t.rounded(.down)) * 1_000_000))
+        bound(by: timeout)
+    }
+
+    /// Bounds each wait by `t` seconds (nil: none).
+    private func bound(by t: Double?) {
+        within = "\(hostPort) within \(t.map { "\($0) s" } ?? "no time limit")"
+        timeoutMs = t.map(Self.milliseconds) ?? -1
+        // (No bound is a zero timeval.)
+        var tv = timeval()
+        if let t {
+            tv = timeval(tv_sec: Int(t), tv_usec: Int((t - t.rounded(.down)) * 1_000_000))
             if tv.tv_sec == 0 && tv.tv_usec == 0 { tv.tv_usec = 1 }   // (0 would mean no timeout)
-            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         }
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// Runs `body` with each wait bounded by `t` (nil: none) instead of the
+    /// connection's timeout: a request that makes the server write the whole
+    /// model (SNAPSHOT, a RELOAD) waits longer than any other reply.
+    func waiting<T>(_ t: Double?, _ body: () throws -> T) rethrows -> T {
+        bound(by: t)
+        defer { if fd >= 0 { bound(by: timeout) } }
+        return try body()
     }
 
     /// A timeout (finite, positive) in poll's milliseconds: at least 1, at
