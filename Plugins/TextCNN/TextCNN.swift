@@ -402,20 +402,28 @@ public final class TextCNNScorer: Scorer {
         return true
     }
 
-    /// Sums the normalised encodings of the user's items into `profile`;
-    /// false when none has text. (First, the cache's next generation
-    /// advances by a request's share: in proportion to the `scored` items.)
+    /// The most of a user's latest items a profile reads: a request's cost
+    /// stays bounded whatever `history.max_items_per_user` keeps (1,000 was
+    /// that bound's default until it rose to 10,000 for the exclusions).
+    static let profileItems = 1000
+
+    /// Sums the normalised encodings of the user's latest items and the
+    /// session's into `profile`; false when none has text. (First, the
+    /// cache's next generation advances by a request's share: in
+    /// proportion to the `scored` items.)
     private func buildProfile(_ query: ScoringQuery, scored: Int) -> Bool {
         let budget = min(Self.refreshesPerRequest, max(Self.minimumRefreshes, Self.refreshesPerScoredItem * scored))
         cache.advance(now: steps.load(ordering: .acquiring), every: settings.refreshSteps,
                       budget: budget, items: itemCount, encode: encode)
         for k in 0..<D { profile[k] = 0 }
         var any = false
-        for item in query.history + query.sessionItems {
-            guard let v = encoding(item) else { continue }
+        func add(_ item: Int32) {
+            guard let v = encoding(item) else { return }
             for k in 0..<D { profile[k] += v[k] }
             any = true
         }
+        for item in query.history.suffix(Self.profileItems) { add(item) }
+        for item in query.sessionItems { add(item) }
         return any
     }
 

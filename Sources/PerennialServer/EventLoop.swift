@@ -515,6 +515,8 @@ final class EventLoop {
         if handler.recovery == nil && !handler.recoveryFailed
             && (handler.model.lastSeq > handler.snapshots.lastSnapshotSeq || handler.snapshots.reloadUnsnapshotted
                 || handler.snapshots.changedSinceSnapshot) { _ = try? handler.snapshots.take() }
+        // So are the sessions (a restart for a deploy keeps every visitor's).
+        handler.saveSessions()
         uv_close(UnsafeMutablePointer(OpaquePointer(progressAsync)), nil)
         uv_close(UnsafeMutablePointer(OpaquePointer(stopAsync)), nil)
         uv_close(UnsafeMutablePointer(OpaquePointer(timer)), nil)

@@ -618,7 +618,7 @@ final class RequestHandler {
         let removing = model.scorerNames.filter { name in !next.scorers.contains { $0.name == name } }
         if !removing.isEmpty && model.lastSeq > 0 {
             if newestVersionHolding(removing) == nil {
-                throw ProtocolError(.invalidArgument, "the new config removes \(removing.joined(separator: ", ")), whose learned state no kept version holds (no snapshot since it was loaded): the RELOAD would lose it for good; nothing was changed. Take a snapshot first (perennial admin snapshot), which keeps it in a version you can roll back to, then RELOAD again")
+                throw ProtocolError(.invalidArgument, "the new config removes \(removing.joined(separator: ", ")), whose learned state no kept version holds (none since it was loaded but a RELOAD's own, which the next version replaces): the RELOAD would lose it for good; nothing was changed. Take a snapshot first (perennial admin snapshot), which keeps it in a version you can roll back to, then RELOAD again")
             }
         }
         if next.fsync != config.fsync || next.logSegmentBytes != config.logSegmentBytes { fixed.append("[log]") }
@@ -708,6 +708,24 @@ final class RequestHandler {
         let said = changes + also
         Log.info("config reloaded from \(next.source): " + (said.isEmpty ? "nothing changed" : said.joined(separator: "; ")))
         return changes
+    }
+
+    /// A graceful stop saves the live sessions (SessionFile); the next
+    /// start puts them back (`restoreSessions`).
+    func saveSessions() {
+        guard sessions.count > 0 else { return }
+        let path = SessionFile.path(dataDir: config.dataDir)
+        do {
+            try SessionFile.save(sessions, now: Double(MonotonicClock.nowMillis()) / 1000, to: path)
+        } catch {
+            Log.warning("the \(sessions.count) sessions are not saved (\(error)): the next start begins them afresh")
+        }
+    }
+
+    func restoreSessions() {
+        let kept = SessionFile.restore(into: sessions, now: Double(MonotonicClock.nowMillis()) / 1000,
+                                       from: SessionFile.path(dataDir: config.dataDir))
+        if kept > 0 { Log.info("\(kept) sessions kept from the last graceful stop") }
     }
 
     /// Wakes the loop from another thread (set by the loop once bound):

@@ -122,6 +122,7 @@ public final class Server: Sendable {
         }
         let handler = RequestHandler(config: config, model: model, learner: learner, log: log, snapshots: snapshots,
                                      lastSnapshotSeq: recoveredSnapshotSeq, reloadConfig: reloadConfig)
+        handler.restoreSessions()
         let loop = EventLoop(handler: handler)
         let port: Int
         do {

@@ -191,6 +191,9 @@ struct Versions: ParsableCommand {
             }.joined(separator: "; ")
             if let from = m["rolled_back_from"] as? String { e1 += "  (rollback to \(from))" }
             if let dropped = m["dropped_scorers"] as? [String] { e1 += "  (dropped \(dropped.joined(separator: ",")))" }
+            // (A RELOAD's own version goes at the next one: not a place to roll back to.)
+            if SnapshotStore.isReloadOnly(m) { e1 += "  (a RELOAD's own: replaced by the next version)" }
+            if let kept = m["kept"] as? String { e1 += "  (kept: \(kept))" }
             if let damage = m["damage"] as? String { e1 += "  DAMAGED: \(damage)" }
             if let other = m["other_settings"] as? String { e1 += "  NOT CHECKED (saved under other settings): \(other)" }
             return [m["id"] as! String, "\(m["seq"]!)", (m["created"] as? String) ?? "?",

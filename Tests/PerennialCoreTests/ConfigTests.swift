@@ -98,7 +98,7 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
             try load("[server]\nport = 7000\n[limits]\n[server]\nhost = \"127.0.0.1\"\n")
         }
         for word in ["nan", "inf", "-inf", "+nan"] {
-            #expect(throws: ConfigError(file: "test.toml", line: 2, message: "bad value for 'scorers.cf.factor_weight': \(word) is not a finite number, and every number setting must be one")) {
+            #expect(throws: ConfigError(file: "test.toml", line: 2, message: "bad value for 'scorers.cf.factor_weight': \(word) is not a finite number, and no setting takes one (strings need quotes)")) {
                 try load("[scorers.cf]\nfactor_weight = \(word)\n")
             }
         }
@@ -107,6 +107,13 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
         }
         #expect(throws: ConfigError(file: "test.toml", line: 2, message: "unknown key 'server.fsync' (did you mean 'log.fsync', under [log]?)")) {
             try load("[server]\nfsync = \"always\"\n")
+        }
+        // (Not another scorer's setting: that would change a different scorer.)
+        #expect(throws: ConfigError(file: "test.toml", line: 2, message: "unknown key 'scorers.popularity.neighbours'")) {
+            try load("[scorers.popularity]\nneighbours = 10\n")
+        }
+        #expect(throws: ConfigError(file: "test.toml", line: 2, message: "bad value for 'scorers.cf.factor_weight': 1e999 is out of range for a number (it overflows to infinity)")) {
+            try load("[scorers.cf]\nfactor_weight = 1e999\n")
         }
     }
 

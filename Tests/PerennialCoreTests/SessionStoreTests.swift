@@ -17,6 +17,26 @@ import Testing
         #expect(s.count == 3)
     }
 
+    /// What a graceful stop saves and the next start puts back: the live
+    /// sessions in use order, with their idle time; one idle too long, or
+    /// past the bound, is not kept.
+    @Test func liveSessionsAreRestoredInOrderWithTheirIdleTime() {
+        let s = SessionStore(maxSessions: 3, maxItems: 5, idleSeconds: 60)
+        _ = s.update("a", appending: [1], now: 0)
+        _ = s.update("b", appending: [2, 3], now: 10)
+        _ = s.update("c", appending: [4], now: 50)
+        let live = s.live(now: 55)
+        #expect(live.map(\.key) == ["a", "b", "c"] && live.map(\.idle) == [55, 45, 5] && live[1].items == [2, 3])
+        let back = SessionStore(maxSessions: 2, maxItems: 5, idleSeconds: 60)
+        // (10 s of downtime: "a" is then idle 65 s, past the 60.)
+        for e in live { back.restore(e.key, items: e.items, idle: e.idle + 10, now: 1000) }
+        #expect(back.count == 2 && back.items(of: "a", now: 1000) == nil)
+        #expect(back.items(of: "b", now: 1000) == [2, 3] && back.items(of: "c", now: 1000) == [4])
+        // "b" expires first: it was idle 55 s at the restart.
+        back.expire(now: 1006)
+        #expect(back.items(of: "b", now: 1006) == nil && back.items(of: "c", now: 1006) == [4])
+    }
+
     @Test func theLeastRecentlyUsedSessionMakesRoom() {
         let s = SessionStore(maxSessions: 2, maxItems: 5, idleSeconds: 60)
         _ = s.update("a", appending: [1], now: 0)

@@ -8,6 +8,7 @@ import Foundation
 import Testing
 import PerennialClient
 import PerennialProtocol
+import ScratchDirectory
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -225,6 +226,25 @@ import Glibc
         try s.rewriteConfig("[limits]\nmax_events = 25\n")
         try await other.reload()
         #expect(try await c.stream(events, batchSize: 1000)?.lastSeq == 600)
+    }
+
+    /// A RELOAD that changed the token made reload() throw UNAUTHORIZED
+    /// (its HELLO to learn the limits met the new token) though it was
+    /// applied, and every later stream() failed unsent (helper-74).
+    @Test func aTokenRotatedByReloadStopsNeitherReloadNorStream() async throws {
+        let dir = ScratchDirectory.path("rotate")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try "secret-token-AAAA\n".write(toFile: dir + "/token", atomically: true, encoding: .utf8)
+        let s = try TestServer("[auth]\ntoken_file = \"\(dir)/token\"\n")
+        defer { s.stop() }
+        let c = try await PerennialClient.connect(port: s.port, token: "secret-token-AAAA")
+        try "secret-token-BBBB\n".write(toFile: dir + "/token", atomically: true, encoding: .utf8)
+        try await c.reload()
+        #expect(try await c.stats()["reloads"] == 1)
+        let events = (0..<300).map { (k: Int) -> WireEvent in WireEvent(user: UInt64(k % 20 + 1), item: UInt64(k % 90 + 1), kind: .click) }
+        #expect(try await c.stream(events, batchSize: 100)?.lastSeq == 300)
+        // (A new connection needs the new token.)
+        await #expect(throws: PerennialClientError.self) { _ = try await PerennialClient.connect(port: s.port, token: "secret-token-AAAA") }
     }
 
     /// A CAPACITY refusal's detail stayed the index in the batch (80 for

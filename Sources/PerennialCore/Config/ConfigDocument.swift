@@ -355,7 +355,10 @@ struct ValueParser {
             return .float(d)
         }
         if ["nan", "inf"].contains(unsigned) {
-            throw Failure(message: "\(word) is not a finite number, and every number setting must be one")
+            throw Failure(message: "\(word) is not a finite number, and no setting takes one (strings need quotes)")
+        }
+        if digits.contains(where: { $0 == "." || $0 == "e" || $0 == "E" }), let d = Double(digits), !d.isFinite {
+            throw Failure(message: "\(word) is out of range for a number (it overflows to infinity)")
         }
         throw Failure(message: "'\(word)' is not a value (strings need quotes)")
     }

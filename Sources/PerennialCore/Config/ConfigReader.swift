@@ -171,10 +171,12 @@ public final class ConfigReader {
     }
 
     /// The one known key with the same last name as `key` in another
-    /// section (nil when none, or several).
+    /// section (nil when none, or several). Not another scorer's or
+    /// route's setting: that would change a different scorer (helper-74).
     static func sameName(as key: String, among known: Set<String>) -> String? {
         let name = key.split(separator: ".").last.map(String.init) ?? key
-        let found = known.filter { $0 != key && $0.hasSuffix("." + name) }
+        let family = { (k: String) in ["scorers.", "routes."].first { k.hasPrefix($0) } }
+        let found = known.filter { $0 != key && $0.hasSuffix("." + name) && (family(key) == nil || family($0) != family(key)) }
         return found.count == 1 ? found.first : nil
     }
 

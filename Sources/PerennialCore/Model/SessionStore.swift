@@ -68,6 +68,28 @@ public final class SessionStore {
         return slots[s].items
     }
 
+    /// Every live session, least recently used first: its key, items and
+    /// how many seconds it has been idle (what a graceful stop saves).
+    public func live(now: Double) -> [(key: String, items: [UInt64], idle: Double)] {
+        expire(now: now)
+        var out: [(key: String, items: [UInt64], idle: Double)] = []
+        var s = oldest
+        while s >= 0 {
+            out.append((slots[s].key, slots[s].items, max(0, now - slots[s].lastUsed)))
+            s = slots[s].newer
+        }
+        return out
+    }
+
+    /// Puts back a saved session, idle for `idle` seconds now (a restart:
+    /// call in the order `live` gave, least recently used first). One idle
+    /// past `idleSeconds` is not kept; the bounds hold as for `update`.
+    public func restore(_ key: String, items: [UInt64], idle: Double, now: Double) {
+        guard maxSessions > 0, maxItems > 0, idle <= idleSeconds, index[key] == nil else { return }
+        _ = update(key, appending: items, now: now)
+        if let s = index[key] { slots[s].lastUsed = now - idle }
+    }
+
     /// Drops sessions idle for longer than `idleSeconds` (oldest first, so
     /// this stops at the first live one).
     public func expire(now: Double) {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import numbers
 import warnings
 from collections import abc
 from dataclasses import dataclass
@@ -208,8 +209,10 @@ def warn_if_unsent(streamer: Any) -> None:
     except Exception:  # pragma: no cover - a half-built streamer, interpreter shutdown
         return
     if unsent:
-        warnings.warn("%s dropped with %d events never sent: flush() it (or use it in a with block) before "
-                      "letting it go" % (type(streamer).__name__, unsent), RuntimeWarning, stacklevel=3)
+        warnings.warn("%s dropped with %d events never sent: flush() it (or use it in %s block) before "
+                      "letting it go" % (type(streamer).__name__, unsent,
+                                         "an async with" if type(streamer).__name__.startswith("Async") else "a with"),
+                      RuntimeWarning, stacklevel=3)
 
 
 def mark_stream_refusal(e: BaseException, offset: int, n: int) -> None:
@@ -276,12 +279,14 @@ def checked_seconds(v: Optional[float], what: str, *, zero: bool = False) -> Opt
     later as "Operation now in progress", ``timeout="5"`` deep in socket)."""
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
+    # (Any real number but bool: numpy's too.)
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError("%s must be a number of seconds or None, not %r" % (what, v))
-    if not (v >= 0 if zero else v > 0) or v != v or v == float("inf"):
+    f = float(v)
+    if not (f >= 0 if zero else f > 0) or f != f or f == float("inf"):
         raise ValueError("%s = %r: it must be a finite number of seconds %s, or None for no limit"
                          % (what, v, "of at least 0" if zero else "above 0"))
-    return float(v)
+    return f
 
 
 def checked_text(v: str, what: str, most: Optional[int] = None) -> str:

@@ -337,6 +337,7 @@ def test_event_validation() -> None:
     (lambda p: perennial.Client(timeout=0), ValueError, "timeout = 0: it must be a finite number of seconds above 0"),
     (lambda p: perennial.Client(timeout=-1), ValueError, "timeout = -1"),
     (lambda p: perennial.Client(timeout="5"), TypeError, "timeout must be a number of seconds or None"),
+    (lambda p: perennial.Client(timeout=True), TypeError, "timeout must be a number of seconds or None"),
     (lambda p: perennial.Client(admin_timeout=float("nan")), ValueError, "admin_timeout = nan"),
     (lambda p: perennial.Client(recovery_wait=-1), ValueError, "recovery_wait = -1"),
     (lambda p: perennial.AsyncClient(timeout=0), ValueError, "timeout = 0"),
@@ -447,6 +448,18 @@ def test_each_feedback_call_gets_its_own_account_of_a_lost_connection() -> None:
     assert (a.accepted_events, a.unacknowledged) == (12_660, (12_660, 10))
     assert (b.accepted_events, b.unacknowledged) == (240, (240, 10))
     assert isinstance(a, perennial.TimeoutError) and str(a) == str(shared)
+
+
+def test_timeouts_of_other_number_types_are_taken() -> None:
+    """A numpy number is a number of seconds too (review finding, helper-74:
+    the first check took only int and float)."""
+    from fractions import Fraction
+    assert perennial.Client(timeout=Fraction(5, 2)).timeout == 2.5
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is optional
+        return
+    assert perennial.Client(timeout=np.int64(5), admin_timeout=np.float32(30)).timeout == 5.0
 
 
 def test_a_streamer_dropped_with_events_never_sent_says_so() -> None:

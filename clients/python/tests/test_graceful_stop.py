@@ -187,3 +187,30 @@ def test_requests_waiting_on_the_learner_at_the_stop_deadline_get_a_reply(start_
     # (The deadline path is what this checks: the learner had more than the
     # stop's 5 s of work left when it began.)
     assert backlog_s > 6.5, backlog_s
+
+
+def test_sessions_survive_a_graceful_restart_and_not_a_crash(start_server) -> None:
+    """Sessions kept by id (RECOMMEND's session_id) used to be forgotten by
+    every restart; a graceful stop now saves them, and the next start puts
+    them back (their items stay excluded from the session's answers). A
+    crash still forgets them, since RECOMMEND's items are not logged."""
+    srv = start_server("[scorers]\nload = [\"popularity\"]\n")
+    with srv.client() as c:
+        # Items 1..30, popular in that order.
+        c.feedback([perennial.Event(100 + u, item) for item in range(1, 31) for u in range(40 - item)])
+        seen = [1, 2, 3, 5, 8]
+        got = [r.item for r in c.recommend(7, k=5, session_id="visit-42", session=seen)]
+        assert got == [4, 6, 7, 9, 10]
+        assert c.stats()["sessions"] == 1
+    srv.restart()
+    assert "1 sessions kept from the last graceful stop" in srv.log(), srv.log()
+    with srv.client() as c:
+        assert c.stats()["sessions"] == 1
+        # The session's items are still left out, with no items sent now.
+        assert [r.item for r in c.recommend(7, k=5, session_id="visit-42")] == [4, 6, 7, 9, 10]
+        _ = c.recommend(7, k=5, session_id="visit-42", session=[4])
+    srv.kill()
+    srv.start_again()
+    with srv.client() as c:
+        assert c.stats()["sessions"] == 0
+        assert [r.item for r in c.recommend(7, k=5, session_id="visit-42")] == [1, 2, 3, 4, 5]

@@ -557,16 +557,23 @@ public final class PerennialClient: @unchecked Sendable {
     /// Python client does.
     public func reload() async throws {
         guard case .reload = try await call(.reload, waiting: adminTimeout) else { throw unexpected() }
-        try await relearnLimits()
+        // (The RELOAD stands whatever this HELLO meets: a new token refuses
+        // the old one, and the connection goes on as it was greeted: review
+        // finding, helper-74, reload() threw UNAUTHORIZED for a RELOAD
+        // that was applied.)
+        _ = try? await onQueue { [self] call in
+            try ensureConnected(call)
+            try relearnLimits()
+        }
     }
 
-    /// Sends the last HELLO again on the open connection to learn the
-    /// server's limits now (nothing when the client never greeted it).
-    private func relearnLimits() async throws {
-        _ = try await onQueue { [self] call in
-            try ensureConnected(call)
-            if let greeting { try greetNow(greeting) }
-        }
+    /// Sends the last HELLO again on the open connection (on `queue`) to
+    /// learn the server's limits now; nothing when the client never greeted
+    /// it. A refusal (a RELOAD changed the token since) keeps the limits
+    /// known, and the connection its greeting.
+    private func relearnLimits() throws {
+        guard let greeting else { return }
+        do { try greetNow(greeting) } catch PerennialClientError.server { }
     }
 
     public func shutdown() async throws {
@@ -676,7 +683,7 @@ public final class PerennialClient: @unchecked Sendable {
             // as they are now: a RELOAD since the last HELLO may have
             // lowered them, and every batch would then be refused: review
             // finding, helper-73.)
-            if let greeting { try greetNow(greeting) }
+            try relearnLimits()
             let size = min(batchSize, feedbackBatchLimit())
             var pending: [(id: UInt32, offset: Int, count: Int)] = []
             var acked = 0
