@@ -723,8 +723,10 @@ final class RequestHandler {
     }
 
     func restoreSessions() {
+        // (No file this config could have written is larger than its bounds allow.)
+        let most = 16 + max(config.maxSessions, 1) * (2 + Self.maxSessionIDBytes + 12 + 8 * config.sessionItems) + 4
         let kept = SessionFile.restore(into: sessions, now: Double(MonotonicClock.nowMillis()) / 1000,
-                                       from: SessionFile.path(dataDir: config.dataDir))
+                                       from: SessionFile.path(dataDir: config.dataDir), maxBytes: max(most, 1 << 20))
         if kept > 0 { Log.info("\(kept) sessions kept from the last graceful stop") }
     }
 

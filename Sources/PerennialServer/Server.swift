@@ -122,7 +122,6 @@ public final class Server: Sendable {
         }
         let handler = RequestHandler(config: config, model: model, learner: learner, log: log, snapshots: snapshots,
                                      lastSnapshotSeq: recoveredSnapshotSeq, reloadConfig: reloadConfig)
-        handler.restoreSessions()
         let loop = EventLoop(handler: handler)
         let port: Int
         do {
@@ -138,6 +137,9 @@ public final class Server: Sendable {
             }
             if !note.isEmpty { _ = try handler.snapshots.take(note: note, distinct: true) }
             port = try loop.bind(host: config.host, port: config.port, handleSignals: handleSignals)
+            // (Once listening: a start that fails before this leaves the
+            // sessions a graceful stop saved for the next try; helper-75.)
+            handler.restoreSessions()
         } catch {
             log.close()
             Glibc.close(dataLock)

@@ -1,8 +1,9 @@
 // The sessions a graceful stop leaves (`<data_dir>/sessions.bin`), so a
 // restart for a deploy does not forget every visitor's session. Sessions are
 // not logged (RECOMMEND's items are not feedback): a crash still forgets
-// them, and the file is removed once read, so a later crash never brings
-// back sessions older than the ones it lost.
+// them. The next start reads the file once it listens (a start that fails
+// before that leaves it for the next try) and then removes it, so a later
+// crash never brings back sessions older than the ones it lost.
 //
 // Layout (little-endian): "PKSESS01" · u64 wall-clock ms at the stop ·
 // u32 n · n × (str16 key · u64 idle seconds as a Double's bits · u32 count ·
@@ -11,15 +12,36 @@
 import Foundation
 import PerennialCore
 import PerennialProtocol
+#if canImport(Glibc)
+import Glibc
+#endif
 
 enum SessionFile {
     static let magic = Array("PKSESS01".utf8)
 
     static func path(dataDir: String) -> String { (dataDir as NSString).appendingPathComponent("sessions.bin") }
 
-    /// Writes the store's live sessions (temporary file, then rename).
+    /// Writes the store's live sessions: a temporary file, written a
+    /// megabyte at a time (a large store is not copied whole into memory
+    /// at the stop) and synced, then renamed over the file. A failed write
+    /// removes its temporary file.
     static func save(_ store: SessionStore, now: Double, to path: String) throws {
+        let temp = path + ".tmp"
+        unlink(temp)
+        let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw ServerError("cannot create \(temp): \(String(cString: strerror(errno)))") }
+        var written = false
+        defer {
+            close(fd)
+            if !written { unlink(temp) }
+        }
         var out = magic
+        var crc: UInt32 = 0
+        func flush() throws {
+            crc = out.withUnsafeBytes { CRC32C.checksum($0, seed: crc) }
+            try writeAll(fd, out, temp)
+            out.removeAll(keepingCapacity: true)
+        }
         out.put(UInt64(max(0, Date().timeIntervalSince1970 * 1000)))
         let live = store.live(now: now)
         out.put(UInt32(live.count))
@@ -28,44 +50,88 @@ enum SessionFile {
             out.put(s.idle.bitPattern)
             out.put(UInt32(s.items.count))
             for i in s.items { out.put(i) }
+            if out.count >= 1 << 20 { try flush() }
         }
-        out.put(CRC32C.checksum(out))
-        let temp = path + ".tmp"
-        try Data(out).write(to: URL(fileURLWithPath: temp))
+        try flush()
+        out.put(crc)
+        try writeAll(fd, out, temp)
+        guard fsync(fd) == 0 else { throw ServerError("cannot sync \(temp): \(String(cString: strerror(errno)))") }
         guard rename(temp, path) == 0 else { throw ServerError("cannot rename \(temp): \(String(cString: strerror(errno)))") }
+        written = true
+    }
+
+    struct Saved {
+        var key: String
+        var items: [UInt64]
+        /// Seconds idle now: at the stop, plus the time the server was down.
+        var idle: Double
+    }
+
+    /// The sessions of a file's body (after the magic, before the checksum).
+    private static func parse(_ body: UnsafeRawBufferPointer) throws -> [Saved] {
+        var r = ByteReader(body)
+        let savedAt = Double(try r.u64("saved at")) / 1000
+        let down = max(0, Date().timeIntervalSince1970 - savedAt)
+        var saved: [Saved] = []
+        for _ in 0..<Int(try r.u32("sessions")) {
+            let key = try r.str16("key")
+            let idle = Double(bitPattern: try r.u64("idle"))
+            var items: [UInt64] = []
+            for _ in 0..<Int(try r.u32("items")) { items.append(try r.u64("item")) }
+            // (What RECOMMEND could not have made is left out.)
+            guard !key.isEmpty, key.utf8.count <= RequestHandler.maxSessionIDBytes, idle.isFinite, idle >= 0 else { continue }
+            saved.append(Saved(key: key, items: items, idle: idle + down))
+        }
+        if r.remaining != 0 { throw ProtocolError(.malformedPayload, "bytes after the last session") }
+        return saved
+    }
+
+    private static func writeAll(_ fd: Int32, _ bytes: [UInt8], _ path: String) throws {
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, $0.count - done) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw ServerError("cannot write \(path): \(String(cString: strerror(errno)))") }
+            done += n
+        }
     }
 
     /// Puts the saved sessions back, counting the time the server was down
-    /// as idle time, and removes the file; returns how many were kept. A
-    /// damaged file is reported and removed (the sessions start afresh, as
-    /// after a crash).
-    static func restore(into store: SessionStore, now: Double, from path: String) -> Int {
+    /// as idle time, and removes the file (and a temporary file a failed
+    /// stop left); returns how many are kept. A damaged or foreign file is
+    /// reported and removed, and nothing of it is restored (the sessions
+    /// start afresh, as after a crash).
+    static func restore(into store: SessionStore, now: Double, from path: String, maxBytes: Int) -> Int {
+        unlink(path + ".tmp")
+        var st = stat()
+        guard stat(path, &st) == 0 else { return 0 }
+        defer {
+            unlink(path)
+            // (So a power loss cannot bring back the file once read.)
+            let dir = open((path as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if dir >= 0 { fsync(dir); close(dir) }
+        }
+        guard (st.st_mode & S_IFMT) == S_IFREG, Int(st.st_size) <= maxBytes else {
+            Log.warning("\(path) is not a sessions file this config could have written (not a regular file, or over \(maxBytes) bytes): sessions start afresh")
+            return 0
+        }
         guard let data = FileManager.default.contents(atPath: path) else { return 0 }
-        defer { unlink(path) }
         let bytes = [UInt8](data)
         guard bytes.count >= magic.count + 16, Array(bytes.prefix(magic.count)) == magic,
               CRC32C.checksum(Array(bytes.dropLast(4))) == bytes.suffix(4).withUnsafeBytes({ $0.loadUnaligned(as: UInt32.self) }) else {
             Log.warning("\(path) is damaged (not a sessions file, or its checksum fails): sessions start afresh")
             return 0
         }
+        // (Read whole before any is restored: a file that fails part-way
+        // restores nothing.)
+        let saved: [Saved]
         do {
-            return try bytes.withUnsafeBytes { raw throws(ProtocolError) in
-                var r = ByteReader(UnsafeRawBufferPointer(rebasing: raw[magic.count..<(raw.count - 4)]))
-                let savedAt = Double(try r.u64("saved at")) / 1000
-                let down = max(0, Date().timeIntervalSince1970 - savedAt)
-                for _ in 0..<Int(try r.u32("sessions")) {
-                    let key = try r.str16("key")
-                    let idle = Double(bitPattern: try r.u64("idle"))
-                    var items: [UInt64] = []
-                    for _ in 0..<Int(try r.u32("items")) { items.append(try r.u64("item")) }
-                    guard idle.isFinite else { continue }
-                    store.restore(key, items: items, idle: idle + down, now: now)
-                }
-                return store.count
-            }
+            saved = try bytes.withUnsafeBytes { raw in try parse(UnsafeRawBufferPointer(rebasing: raw[magic.count..<(raw.count - 4)])) }
         } catch {
             Log.warning("\(path) does not parse (\(error)): sessions start afresh")
             return 0
         }
+        for s in saved { store.restore(s.key, items: s.items, idle: s.idle, now: now) }
+        return store.count
     }
 }

@@ -35,6 +35,10 @@ import Testing
         // "b" expires first: it was idle 55 s at the restart.
         back.expire(now: 1006)
         #expect(back.items(of: "b", now: 1006) == nil && back.items(of: "c", now: 1006) == [4])
+        // A lowered max_sessions trims at the restart: not evictions (helper-75).
+        let fewer = SessionStore(maxSessions: 1, maxItems: 5, idleSeconds: 600)
+        for e in live { fewer.restore(e.key, items: e.items, idle: e.idle, now: 1000) }
+        #expect(fewer.count == 1 && fewer.items(of: "c", now: 1000) == [4] && fewer.evicted == 0)
     }
 
     @Test func theLeastRecentlyUsedSessionMakesRoom() {

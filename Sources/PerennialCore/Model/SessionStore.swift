@@ -86,7 +86,11 @@ public final class SessionStore {
     /// past `idleSeconds` is not kept; the bounds hold as for `update`.
     public func restore(_ key: String, items: [UInt64], idle: Double, now: Double) {
         guard maxSessions > 0, maxItems > 0, idle <= idleSeconds, index[key] == nil else { return }
+        // (Sessions past a lowered max_sessions make room as in `update`,
+        // but that is the restart's trimming, not an eviction: helper-75.)
+        let evictedBefore = evicted
         _ = update(key, appending: items, now: now)
+        evicted = evictedBefore
         if let s = index[key] { slots[s].lastUsed = now - idle }
     }
 

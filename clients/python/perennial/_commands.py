@@ -351,7 +351,7 @@ def recommend(user: int, k: int = 10, *, scorer: Optional[str] = None,
         "user": _user(user), "k": _count(k, "k", 1, 65535),
         "min_applied_seq": _count(min_applied_seq, "min_applied_seq", 0, 2 ** 64 - 1),
         "scorer": scorer or "",
-        "session_id": checked_text(session_id, "session_id", MAX_SESSION_ID_BYTES) if session_id else "",
+        "session_id": checked_text(session_id, "session_id", MAX_SESSION_ID_BYTES) if session_id is not None else "",
         "session_items": _ids(session, "session"), "exclude": _ids(exclude, "exclude"),
         "candidates": _ids(candidates, "candidates"), "shadow_scorer": shadow or ""})
 

@@ -503,7 +503,8 @@ class AsyncClient:
                         min_applied_seq: int = 0, shadow: Optional[str] = None) -> List[Recommendation]:
         """Recommend up to ``k`` items for ``user``, best first (see Client.recommend).
 
-        Raises UnknownScorer, InvalidArgument, ServerError.
+        Raises ValueError or TypeError (an argument wrong before sending, such
+        as k below 1), UnknownScorer, InvalidArgument, ServerError.
         """
         return await self._call(_c.recommend(  # type: ignore[no-any-return]
             user, k, scorer=scorer, session=session, session_id=session_id, exclude=exclude,

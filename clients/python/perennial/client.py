@@ -614,8 +614,11 @@ class Client:
                 the ``shadow_*`` counters of :meth:`stats`.
 
         Raises:
+            ValueError, TypeError: an argument the client can tell is wrong
+                before sending (k below 1, a session_id over 256 bytes, ...).
             UnknownScorer: the scorer is not loaded.
-            InvalidArgument: k, an id or a list is out of range.
+            InvalidArgument: k above the server's max_items, an unknown
+                id's bound, or a list too long for the server.
             ServerError: e.g. TIMEOUT waiting for ``min_applied_seq``.
         """
         return self._call(_c.recommend(user, k, scorer=scorer, session=session,  # type: ignore[no-any-return]

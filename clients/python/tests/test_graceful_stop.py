@@ -8,8 +8,10 @@ pipelined behind a SHUTDOWN got no answer at all."""
 
 from __future__ import annotations
 
+import os
 import select
 import socket
+import subprocess
 import threading
 import time
 from typing import Callable, Dict, List, Tuple
@@ -214,3 +216,34 @@ def test_sessions_survive_a_graceful_restart_and_not_a_crash(start_server) -> No
     with srv.client() as c:
         assert c.stats()["sessions"] == 0
         assert [r.item for r in c.recommend(7, k=5, session_id="visit-42")] == [1, 2, 3, 4, 5]
+
+
+def test_saved_sessions_wait_for_a_start_that_listens(start_server) -> None:
+    """A start that failed after reading sessions.bin (its port still held,
+    say) had deleted the file: every saved session was lost (review
+    finding, helper-75). Now the file is read once the server listens; a
+    temporary file a failed save left is swept at the start."""
+    srv = start_server("[scorers]\nload = [\"popularity\"]\n")
+    with srv.client() as c:
+        c.feedback([perennial.Event(100 + u, item) for item in range(1, 11) for u in range(12 - item)])
+        c.recommend(7, k=3, session_id="visit-1", session=[1, 2])
+    assert srv.stop() == 0, srv.log()
+    data = srv.data_dir
+    assert os.path.exists(os.path.join(data, "sessions.bin"))
+    with open(os.path.join(data, "sessions.bin.tmp"), "wb") as f:
+        f.write(b"left by a save that failed")
+    held = socket.socket()
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    held.bind(("127.0.0.1", srv.port))
+    held.listen(1)
+    try:
+        failed = subprocess.run(srv.args, capture_output=True, text=True, timeout=60)
+        assert failed.returncode != 0, failed.stderr
+    finally:
+        held.close()
+    assert os.path.exists(os.path.join(data, "sessions.bin"))
+    srv.start_again()
+    with srv.client() as c:
+        assert c.stats()["sessions"] == 1
+        assert [r.item for r in c.recommend(7, k=3, session_id="visit-1")] == [3, 4, 5]
+    assert not os.path.exists(os.path.join(data, "sessions.bin.tmp"))
