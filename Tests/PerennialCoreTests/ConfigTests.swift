@@ -94,26 +94,22 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
     /// `nan` and `inf` (TOML floats) were "not a value", and a key under the
     /// wrong header (or none) got no suggestion.
     @Test func repeatedSectionsNonFiniteNumbersAndMisplacedKeys() {
-        #expect(throws: ConfigError(file: "test.toml", line: 4, message: "section '[server]' appears twice (first on line 1): put its keys under one header")) {
-            try load("[server]\nport = 7000\n[limits]\n[server]\nhost = \"127.0.0.1\"\n")
+        let nonFinite = ["nan", "inf", "-inf", "+nan"].map { word in
+            (2, "bad value for 'scorers.cf.factor_weight': \(word) is not a finite number, and no setting takes one (strings need quotes)",
+             "[scorers.cf]\nfactor_weight = \(word)\n")
         }
-        for word in ["nan", "inf", "-inf", "+nan"] {
-            #expect(throws: ConfigError(file: "test.toml", line: 2, message: "bad value for 'scorers.cf.factor_weight': \(word) is not a finite number, and no setting takes one (strings need quotes)")) {
-                try load("[scorers.cf]\nfactor_weight = \(word)\n")
-            }
-        }
-        #expect(throws: ConfigError(file: "test.toml", line: 1, message: "unknown key 'port' (did you mean 'server.port', under [server]?)")) {
-            try load("port = 7878\n")
-        }
-        #expect(throws: ConfigError(file: "test.toml", line: 2, message: "unknown key 'server.fsync' (did you mean 'log.fsync', under [log]?)")) {
-            try load("[server]\nfsync = \"always\"\n")
-        }
-        // (Not another scorer's setting: that would change a different scorer.)
-        #expect(throws: ConfigError(file: "test.toml", line: 2, message: "unknown key 'scorers.popularity.neighbours'")) {
-            try load("[scorers.popularity]\nneighbours = 10\n")
-        }
-        #expect(throws: ConfigError(file: "test.toml", line: 2, message: "bad value for 'scorers.cf.factor_weight': 1e999 is out of range for a number (it overflows to infinity)")) {
-            try load("[scorers.cf]\nfactor_weight = 1e999\n")
+        let cases: [(line: Int, message: String, text: String)] = nonFinite + [
+            (4, "section '[server]' appears twice (first on line 1): put its keys under one header",
+             "[server]\nport = 7000\n[limits]\n[server]\nhost = \"127.0.0.1\"\n"),
+            (2, "bad value for 'scorers.cf.factor_weight': 1e999 is out of range for a number (it overflows to infinity)",
+             "[scorers.cf]\nfactor_weight = 1e999\n"),
+            (1, "unknown key 'port' (did you mean 'server.port', under [server]?)", "port = 7878\n"),
+            (2, "unknown key 'server.fsync' (did you mean 'log.fsync', under [log]?)", "[server]\nfsync = \"always\"\n"),
+            // (Not another scorer's setting: that would change a different scorer.)
+            (2, "unknown key 'scorers.popularity.neighbours'", "[scorers.popularity]\nneighbours = 10\n"),
+        ]
+        for c in cases {
+            #expect(throws: ConfigError(file: "test.toml", line: c.line, message: c.message)) { try load(c.text) }
         }
     }
 
