@@ -22,9 +22,8 @@ enum SessionFile {
     static func path(dataDir: String) -> String { (dataDir as NSString).appendingPathComponent("sessions.bin") }
 
     /// Writes the store's live sessions: a temporary file, written a
-    /// megabyte at a time (a large store is not copied whole into memory
-    /// at the stop) and synced, then renamed over the file. A failed write
-    /// removes its temporary file.
+    /// megabyte at a time and synced, then renamed over the file (and the
+    /// directory synced). A failed write removes its temporary file.
     static func save(_ store: SessionStore, now: Double, to path: String) throws {
         let temp = path + ".tmp"
         unlink(temp)
@@ -58,6 +57,14 @@ enum SessionFile {
         guard fsync(fd) == 0 else { throw ServerError("cannot sync \(temp): \(String(cString: strerror(errno)))") }
         guard rename(temp, path) == 0 else { throw ServerError("cannot rename \(temp): \(String(cString: strerror(errno)))") }
         written = true
+        syncDirectory(of: path)
+    }
+
+    /// Syncs the directory holding `path`, so a rename or a removal in it
+    /// survives a power loss.
+    private static func syncDirectory(of path: String) {
+        let dir = open((path as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dir >= 0 { fsync(dir); close(dir) }
     }
 
     struct Saved {
@@ -108,8 +115,7 @@ enum SessionFile {
         defer {
             unlink(path)
             // (So a power loss cannot bring back the file once read.)
-            let dir = open((path as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            if dir >= 0 { fsync(dir); close(dir) }
+            syncDirectory(of: path)
         }
         guard (st.st_mode & S_IFMT) == S_IFREG, Int(st.st_size) <= maxBytes else {
             Log.warning("\(path) is not a sessions file this config could have written (not a regular file, or over \(maxBytes) bytes): sessions start afresh")
