@@ -68,6 +68,10 @@ final class BlockingFrames {
         fd = try LoadDriver.connect(host: host, port: port)
         owns = true
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+        // (A stopped server must not hang the tool: helper-76, a probe
+        // waited forever.)
+        var tv = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
     /// Uses `fd` for a call or two and leaves it open and non-blocking.
     init(adopting fd: Int32) {
@@ -108,6 +112,7 @@ final class BlockingFrames {
                 guard poll(&p, 1, 10_000) == 1 else { throw BenchError("no reply within 10 s") }
             }
             let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n < 0 && errno == EAGAIN && owns { throw BenchError("no reply within 10 s: is the server answering?") }
             if n < 0 && (errno == EAGAIN || errno == EINTR) { continue }
             guard n > 0 else { throw BenchError("the server closed the connection") }
             inbox.append(contentsOf: buffer[0..<n])

@@ -26,6 +26,11 @@ public enum ReplyFraming: Sendable {
 public struct LoadResult: Sendable {
     public var requests = 0
     public var units = 0        // requests, or events for FEEDBACK loads
+    /// Requests sent in the measured time and still unanswered at its end:
+    /// not in `requests`, but their latency (up to the end) is in `latency`,
+    /// so a server that stalls or stops shows in the percentiles instead of
+    /// vanishing from them (coordinated omission).
+    public var unanswered = 0
     public var errors = 0
     /// The first measured ERROR reply's message, to say why.
     public var firstError: String?
@@ -45,7 +50,7 @@ public struct LoadResult: Sendable {
     public var json: [String: Any] {
         let us = { (q: Double) in Double(self.latency.value(atQuantile: q)) / 1000 }
         var doc: [String: Any] = ["throughput": throughput, "requests_per_second": requestRate, "requests": requests, "errors": errors,
-                "seconds": seconds, "client_cpu_share": clientCPUShare, "p50_us": us(0.5), "p90_us": us(0.9), "p99_us": us(0.99), "p999_us": us(0.999),
+                "seconds": seconds, "unanswered": unanswered, "client_cpu_share": clientCPUShare, "p50_us": us(0.5), "p90_us": us(0.9), "p99_us": us(0.99), "p999_us": us(0.999),
                 "max_us": Double(latency.max) / 1000, "mean_us": latency.mean / 1000]
         if latencyByOpcode.count > 1 {
             // e.g. "by_request": {"recommend": {"requests": …, "p99_us": …}, "feedback": {…}}
@@ -237,6 +242,12 @@ public struct LoadDriver {
             }
         }
         let end = Self.now()
+        for c in conns {
+            for (at, _, _) in c.outstanding[c.head...] where at >= measureFrom && at < end {
+                result.unanswered += 1
+                result.latency.record(end - at)
+            }
+        }
         result.seconds = Double(end - measureFrom) / 1e9
         result.clientCPUShare = Double(Self.cpuNanos() - cpu0) / Double(max(end - t0, 1))
         return result

@@ -68,6 +68,7 @@ struct Bench: ParsableCommand {
         guard ["ping", "recommend", "feedback", "mixed", "freshness"].contains(workload) else {
             throw ValidationError("unknown workload '\(workload)': use ping, recommend, feedback, mixed or freshness")
         }
+        try OutputPath.check(json, flag: "--json")
         func check(_ ok: Bool, _ what: String) throws { if !ok { throw ValidationError(what) } }
         try check((1...65535).contains(port), "--port must be in 1...65535, not \(port)")
         try check((1...10_000).contains(connections), "--connections must be in 1...10000, not \(connections)")
@@ -120,8 +121,10 @@ struct Bench: ParsableCommand {
             let ping = Array("*1\r\n$4\r\nPING\r\n".utf8)
             make = { _, _ in (ping, 1) }
         }
-        // (RECOMMEND only: a probe of the other workloads would change what the server holds.)
-        if redis == nil && w == .recommend {
+        // (RECOMMEND and PING: a probe of the other workloads would change
+        // what the server holds. A refused PING, a missing token, fails at
+        // once rather than after a run of errors: helper-76.)
+        if redis == nil && (w == .recommend || w == .ping) {
             try LoadDriver.probe(host: host, port: port, handshake: handshake, request: make(0, 1).bytes)
         }
         var driver = LoadDriver(host: target.0, port: target.1, connections: connections, pipeline: pipeline,
@@ -150,7 +153,12 @@ struct Bench: ParsableCommand {
         doc["pipeline"] = pipeline
         if let rate { doc["rate"] = rate }
         try write(doc)
-        // A run whose requests failed measured nothing worth reporting.
+        // A run whose requests failed, or got no reply at all, measured
+        // nothing worth reporting (a stopped server used to read as 0
+        // requests/s with 0 errors and exit 0: helper-76).
+        if r.requests == 0 {
+            throw CommandError("no reply to any request sent in the run (\(r.unanswered) unanswered): is the server answering?")
+        }
         if let first = r.firstError {
             throw CommandError("\(r.errors) of \(r.requests) measured requests got an ERROR reply; the first: \(first)")
         }

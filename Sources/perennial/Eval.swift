@@ -67,17 +67,8 @@ struct Eval: ParsableCommand {
         }
         guard rerankCandidates >= 1 else { throw ValidationError("--rerank-candidates must be at least 1, not \(rerankCandidates)") }
         // (Checked before the evaluation runs, not after it: review finding.)
-        for (flag, path) in [("--json", json), ("--plot", plot)] {
-            guard let path else { continue }
-            var isDirectory: ObjCBool = false
-            if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
-                throw ValidationError("\(flag) \(path) is a directory: give a file name")
-            }
-            let parent = (path as NSString).deletingLastPathComponent
-            if !parent.isEmpty && !(FileManager.default.fileExists(atPath: parent, isDirectory: &isDirectory) && isDirectory.boolValue) {
-                throw ValidationError("\(flag) \(path): there is no directory \(parent)")
-            }
-        }
+        try OutputPath.check(json, flag: "--json")
+        try OutputPath.check(plot, flag: "--plot")
     }
 
     func run() throws {

@@ -104,7 +104,7 @@ struct LogCommand: ParsableCommand {
             let log = FeedbackLog(directory: dir, policy: .no)
             for n in covered {
                 if let at = try? FeedbackLog.firstDamage(inSegment: log.segmentPath(n)) {
-                    print("note: \(log.segmentPath(n)) is damaged at byte \(at), but the snapshot \(base!.file.id) covers it, so neither start-up nor a rollback reads it (nothing to repair)")
+                    print("note: \(log.segmentPath(n)) is damaged at byte \(at), but the snapshot \(base!.file.id) covers it, so start-up does not read it (nothing to repair); a rollback to a version older than \(base!.file.id) reads it, and carries over no deletion or item upsert recorded after the damage")
                 }
             }
             guard healthy else {

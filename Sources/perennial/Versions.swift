@@ -44,6 +44,9 @@ struct Versions: ParsableCommand {
             throw ValidationError("--scorer, --events and --allow-changed-settings go with --evaluate VERSION")
         }
         guard events >= 1 else { throw ValidationError("--events must be at least 1, not \(events)") }
+        // (--evaluate prints one figure and keeps it in the version's
+        // description, which the listing's --json then shows: helper-76.)
+        if evaluate != nil && json { throw ValidationError("--json lists the versions; --evaluate prints one figure and keeps it in the version's description (list them with --json afterwards)") }
     }
 
     /// Refuses a config that would not evaluate the version as it was
@@ -167,6 +170,10 @@ struct Versions: ParsableCommand {
             return m
         }
         let unchecked = rows.filter { $0["other_settings"] != nil }.count
+        // (A damaged version fails --verify, as a damaged log fails `log
+        // check`: helper-76, it exited 0. Declared first, so it runs last,
+        // after the summary below is printed.)
+        defer { if verify && damaged > 0 { Foundation.exit(1) } }
         defer {
             if verify && !json {
                 print(damaged > 0 ? "\(damaged) version(s) damaged: a server cannot start from them"

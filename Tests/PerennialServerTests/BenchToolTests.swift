@@ -56,7 +56,9 @@ import PerennialProtocol
         }
         let r = try closed.run(seconds: 0.5, warmup: 0.1)
         #expect(r.requests > 100 && r.errors == 0)
-        #expect(r.latency.count == UInt64(r.requests))
+        // (Requests still in flight at the end count in the latency too,
+        // up to the end: a stall is not dropped from the percentiles.)
+        #expect(r.latency.count == UInt64(r.requests + r.unanswered) && r.unanswered <= 16)
         // Open loop at 2,000/s for a second: about 2,000 requests, never more.
         let open = LoadDriver(host: "127.0.0.1", port: s.port, connections: 2, pipeline: 1, rate: 2000, framing: .perennial) {
             _, n in var b: [UInt8] = []; Request.ping.encode(into: &b, requestID: UInt32(n)); return (b, 1)

@@ -186,11 +186,15 @@ def test_versions_verify_names_a_damaged_version(start_server) -> None:
     data = bytearray(open(damaged, "rb").read())
     data[len(data) // 2] ^= 0xFF
     open(damaged, "wb").write(bytes(data))
-    listing = {v["id"]: v for v in json.loads(_perennial("versions", "--data-dir", srv.data_dir, "--json", "--verify").stdout)}
+    listed = _perennial("versions", "--data-dir", srv.data_dir, "--json", "--verify")
+    listing = {v["id"]: v for v in json.loads(listed.stdout)}
     assert listing["v%d" % first]["verified"] is False and "checksum" in listing["v%d" % first]["damage"]
     assert listing["v2000"]["verified"] is True
-    text = _perennial("versions", "--data-dir", srv.data_dir, "--verify").stdout
-    assert "DAMAGED" in text and "1 version(s) damaged" in text, text
+    text = _perennial("versions", "--data-dir", srv.data_dir, "--verify")
+    assert "DAMAGED" in text.stdout and "1 version(s) damaged" in text.stdout, text.stdout
+    # A damaged version fails the check, as a damaged log fails `log check`
+    # (review finding, helper-76: it exited 0).
+    assert listed.returncode == 1 and text.returncode == 1
 
 
 def test_admin_json_reports_a_failure_as_json() -> None:
@@ -317,3 +321,19 @@ def test_versions_a_reload_took_are_not_offered_as_rollback_points_then_pruned(s
     with back.client() as c:
         assert c.score(17, list(range(1, 201))) == at_end
     assert back.stop() == 0, back.log()
+
+
+def test_bench_fails_on_a_server_that_does_not_answer_and_checks_its_json_path_first(start_server, tmp_path) -> None:
+    """Review findings (helper-76): `perennial bench` against a stopped
+    server printed 0 requests/s, 0 errors and exited 0, and a --json path
+    it could not write failed only after the whole run."""
+    import signal
+    srv = start_server(BOTH)
+    out = _perennial("bench", "ping", "--port", str(srv.port), "--duration", "0.5", "--json", str(tmp_path / "no" / "b.json"))
+    assert out.returncode != 0 and "there is no directory" in out.stderr and "requests/s" not in out.stdout, out
+    srv.proc.send_signal(signal.SIGSTOP)
+    try:
+        out = _perennial("bench", "ping", "--port", str(srv.port), "--duration", "1", "--connections", "1")
+    finally:
+        srv.proc.send_signal(signal.SIGCONT)
+    assert out.returncode != 0, out
