@@ -123,8 +123,9 @@ enum SessionFile {
         }
         guard let data = FileManager.default.contents(atPath: path) else { return 0 }
         let bytes = [UInt8](data)
+        // (The checksum over the bytes in place: the file may be tens of megabytes.)
         guard bytes.count >= magic.count + 16, Array(bytes.prefix(magic.count)) == magic,
-              CRC32C.checksum(Array(bytes.dropLast(4))) == bytes.suffix(4).withUnsafeBytes({ $0.loadUnaligned(as: UInt32.self) }) else {
+              bytes.withUnsafeBytes({ CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0.dropLast(4))) == $0.loadUnaligned(fromByteOffset: $0.count - 4, as: UInt32.self) }) else {
             Log.warning("\(path) is damaged (not a sessions file, or its checksum fails): sessions start afresh")
             return 0
         }

@@ -351,14 +351,12 @@ struct ValueParser {
         if !unsigned.isEmpty, unsigned.allSatisfy(\.isASCIIDigit) {
             throw Failure(message: "\(word) is out of range for an integer (\(Int.min) to \(Int.max))")
         }
-        if digits.contains(where: { $0 == "." || $0 == "e" || $0 == "E" }), let d = Double(digits), d.isFinite {
+        if digits.contains(where: { $0 == "." || $0 == "e" || $0 == "E" }), let d = Double(digits) {
+            guard d.isFinite else { throw Failure(message: "\(word) is out of range for a number (it overflows to infinity)") }
             return .float(d)
         }
         if ["nan", "inf"].contains(unsigned) {
             throw Failure(message: "\(word) is not a finite number, and no setting takes one (strings need quotes)")
-        }
-        if digits.contains(where: { $0 == "." || $0 == "e" || $0 == "E" }), let d = Double(digits), !d.isFinite {
-            throw Failure(message: "\(word) is out of range for a number (it overflows to infinity)")
         }
         throw Failure(message: "'\(word)' is not a value (strings need quotes)")
     }

@@ -588,19 +588,11 @@ public final class PerennialClient: @unchecked Sendable {
 
     /// `call`, its reply waited for up to `wait` seconds (nil: no bound).
     private func call(_ request: Request, waiting wait: Double?) async throws -> Reply {
-        if let problem = request.wireProblem { throw PerennialClientError.invalidArgument(problem) }
-        let send: @Sendable () async throws -> [Reply] = { [self] in
-            try await onQueue { [self] call in
-                try ensureConnected(call)
-                guard let socket else { throw PerennialClientError.connection("the connection is closed") }
-                return try socket.waiting(wait) { try exchange([request]) }
-            }
-        }
-        var replies = try await send()
+        var replies = try await exchangeOnQueue([request], waiting: wait)
         let deadline = Date().addingTimeInterval(recoveryWait)
         while case .error(let e) = replies[0], e.code == .recovering, request.changesState, Date() < deadline {
             try await Task.sleep(nanoseconds: 50_000_000)
-            replies = try await send()
+            replies = try await exchangeOnQueue([request], waiting: wait)
         }
         if case .error(let e) = replies[0] {
             throw PerennialClientError.server(code: e.code, rawCode: e.rawCode, detail: e.detail, message: e.message)
@@ -612,12 +604,19 @@ public final class PerennialClient: @unchecked Sendable {
     /// server never stops for want of room, and returns their replies in
     /// order. ERROR replies are returned in place, not thrown.
     public func pipeline(_ requests: [Request]) async throws -> [Reply] {
+        try await exchangeOnQueue(requests, waiting: timeout)
+    }
+
+    /// Checks `requests`, then sends them and reads their replies on the
+    /// queue, each wait bounded by `wait` seconds (nil: none).
+    private func exchangeOnQueue(_ requests: [Request], waiting wait: Double?) async throws -> [Reply] {
         for r in requests {
             if let problem = r.wireProblem { throw PerennialClientError.invalidArgument(problem) }
         }
         return try await onQueue { [self] call in
             try ensureConnected(call)
-            return try exchange(requests)
+            guard let socket else { throw PerennialClientError.connection("the connection is closed") }
+            return try socket.waiting(wait) { try exchange(requests) }
         }
     }
 
