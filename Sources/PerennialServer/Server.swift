@@ -67,9 +67,9 @@ public final class Server: Sendable {
         // `start()` waits on them) after the data directory's lock is
         // released, so a server started on the same directory as soon as
         // `stop()` returns can take it.
-        let dataLock: Int32
+        let dataLock: Int32, createdDataDir: String?
         do {
-            dataLock = try prepareDataDirectory()
+            (dataLock, createdDataDir) = try prepareDataDirectory()
         } catch {
             state.withLock { $0.startError = "\(error)" }
             started.signal()
@@ -107,7 +107,7 @@ public final class Server: Sendable {
             // numbered after the log's last event, the replay's target.)
             try log.openForAppend(lastSeq: pending?.lastSeq ?? model.lastSeq, atLeastSegment: firstSegment)
         } catch {
-            Glibc.close(dataLock)
+            abandonStart(lock: dataLock, createdDataDir: createdDataDir)
             state.withLock { $0.startError = "\(error)" }
             started.signal()
             recovered.signal()
@@ -142,7 +142,7 @@ public final class Server: Sendable {
             handler.restoreSessions()
         } catch {
             log.close()
-            Glibc.close(dataLock)
+            abandonStart(lock: dataLock, createdDataDir: createdDataDir)
             state.withLock { $0.startError = "\(error)" }
             started.signal()
             recovered.signal()
@@ -253,18 +253,36 @@ public final class Server: Sendable {
     public var port: Int { state.withLock { $0.port } }
 
     /// Creates the data directory and takes its lock, so two servers never
-    /// append to one log. Returns the lock's descriptor (held until exit).
-    private func prepareDataDirectory() throws -> Int32 {
+    /// append to one log. Returns the lock's descriptor (held until exit)
+    /// and the outermost folder this start created for it, if any.
+    private func prepareDataDirectory() throws -> (lock: Int32, created: String?) {
+        // (The outermost folder this start creates, parents included.)
+        var outermostNew: String?
+        var path = (config.dataDir as NSString).standardizingPath
+        while !path.isEmpty, path != "/", !FileManager.default.fileExists(atPath: path) {
+            outermostNew = path
+            path = (path as NSString).deletingLastPathComponent
+        }
         do {
             try FileManager.default.createDirectory(atPath: config.dataDir, withIntermediateDirectories: true)
         } catch {
             throw ServerError("cannot create the data directory \(config.dataDir): \(error.localizedDescription)")
         }
         do {
-            return try DataDirectoryLock.take(config.dataDir)
+            return (try DataDirectoryLock.take(config.dataDir), outermostNew)
         } catch {
             throw ServerError("\(error)")
         }
+    }
+
+    /// A start that failed before it listened releases the lock, and
+    /// removes the data directory if it made it: a mistyped port or address
+    /// must not leave an empty `./data` behind (review finding, helper-76).
+    /// (Nothing was accepted, so the directory holds only what this start
+    /// wrote there under its lock: the lock file, an empty log, no event.)
+    private func abandonStart(lock: Int32, createdDataDir: String?) {
+        if let createdDataDir { try? FileManager.default.removeItem(atPath: createdDataDir) }
+        Glibc.close(lock)
     }
 
     /// Start-up: the newest valid snapshot (an older one if the newest is

@@ -45,7 +45,7 @@ struct Admin: AsyncParsableCommand {
             throw ValidationError("unknown action '\(action)': use ping, stats, reload, snapshot or shutdown")
         }
         if !prefixes.isEmpty && action != "stats" { throw ValidationError("only stats takes name prefixes") }
-        if let t = timeout, !(t > 0 && t <= 86_400) { throw ValidationError("--timeout must be between 0 and 86400 seconds, not \(t)") }
+        if let t = timeout, !(t > 0 && t <= 86_400) { throw ValidationError("--timeout must be above 0 and at most 86400 seconds, not \(t)") }
     }
 
     func run() async throws {

@@ -29,7 +29,9 @@ struct Eval: ParsableCommand {
     var `protocol`: String
     @Option(help: "A MovieLens-shaped folder.")
     var data: String?
-    @Option(help: "Keep this share of the data's users (0 < f <= 1), with all their ratings: how much a figure moves with the users sampled is what a held-out data set of the same shape would show.")
+    // Unconditional: a negative value (a mistake, refused below with its
+    // reason) reads as the value, not as an unknown flag.
+    @Option(parsing: .unconditional, help: "Keep this share of the data's users (0 < f <= 1), with all their ratings: how much a figure moves with the users sampled is what a held-out data set of the same shape would show.")
     var userFraction: Double?
     @Option(help: "The seed of --user-fraction's draw (each seed keeps other users).")
     var sampleSeed: UInt64 = 1
@@ -37,8 +39,8 @@ struct Eval: ParsableCommand {
     var config: String?
     @Option(help: "Scorer to evaluate (default: the one the protocol is for: text-cnn for e3, session-rnn for e4, gan for e5, cf otherwise).")
     var scorer: String?
-    @Option(help: "E1 variants to run (comma-separated).")
-    var variants = Self.allVariants
+    @Option(help: "E1 and drift: the variants to run (comma-separated; default: every E1 variant, and online,online-plain on drift).")
+    var variants: String?
     static let allVariants = "online,online-plain,online-plain-start,frozen,retrained,frozen-history,retrained-history"
     @Option(parsing: .unconditional, help: "E5: candidates the gan+cf route takes from gan before cf re-ranks them.")
     var rerankCandidates = 300
@@ -53,15 +55,32 @@ struct Eval: ParsableCommand {
         }
         let isDrift = self.protocol.lowercased() == "drift", isChurn = self.protocol.lowercased() == "churn"
         guard isDrift || isChurn || data != nil else { throw ValidationError("--data FOLDER is needed for \(self.protocol)") }
+        // A flag the protocol does not read is refused, not ignored: a user
+        // who passes it expects it to change the figures (review finding,
+        // helper-76).
+        if isDrift || isChurn, data != nil {
+            throw ValidationError("--data is not read by \(self.protocol), which makes its own synthetic stream")
+        }
+        if let variants {
+            guard ["e1", "drift"].contains(self.protocol.lowercased()) else {
+                throw ValidationError("--variants applies to e1 and drift; \(self.protocol) runs its own fixed set")
+            }
+            guard !variants.split(separator: ",").isEmpty else {
+                throw ValidationError("--variants names no variant: use some of \(E1Variant.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+        }
+        if plot != nil, !["e1", "drift"].contains(self.protocol.lowercased()) {
+            throw ValidationError("--plot draws the curve of e1 or drift; \(self.protocol) has none")
+        }
         if let f = userFraction {
             guard !isDrift && !isChurn else { throw ValidationError("--user-fraction samples a --data folder's users; \(self.protocol) makes its own stream") }
             guard f > 0 && f <= 1 else { throw ValidationError("--user-fraction must be above 0 and at most 1, not \(f)") }
         }
-        for v in variants.split(separator: ",") {
+        for v in (variants ?? "").split(separator: ",") {
             guard let variant = E1Variant(rawValue: String(v)) else {
                 throw ValidationError("unknown variant \(v): use \(E1Variant.allCases.map(\.rawValue).joined(separator: ", "))")
             }
-            if isDrift && (variant.refits || variant.strict) && variants != Self.allVariants {
+            if isDrift && (variant.refits || variant.strict) {
                 throw ValidationError("variant \(v) is not run on drift (online, online-plain, online-plain-start and frozen-history are)")
             }
         }
@@ -97,7 +116,7 @@ struct Eval: ParsableCommand {
         case "e1":
             let e1 = E1(data: ml, setup: setup)
             var planned: [(String, E1Variant)] = []
-            for v in variants.split(separator: ",") {
+            for v in (variants ?? Self.allVariants).split(separator: ",") {
                 guard let variant = E1Variant(rawValue: String(v)) else { throw ValidationError("unknown variant \(v)") }
                 planned.append((scorer, variant))
             }
@@ -222,7 +241,7 @@ struct Eval: ParsableCommand {
             settings["rerank_candidates"] = rerankCandidates
         case "drift":
             let drift = drift!
-            let wanted = variants == Self.allVariants ? "online,online-plain" : variants
+            let wanted = variants ?? "online,online-plain"
             var planned: [E1Variant] = []
             for v in wanted.split(separator: ",") {
                 guard let variant = E1Variant(rawValue: String(v)), !variant.refits, !variant.strict else { throw ValidationError("variant \(v) is not run on drift") }

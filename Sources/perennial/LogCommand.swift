@@ -37,12 +37,10 @@ struct LogCommand: ParsableCommand {
         // A mistyped path must not pass as an empty, healthy log.
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: dataDir, isDirectory: &isDirectory), isDirectory.boolValue else {
-            print("no data directory at \(dataDir)")
-            throw ExitCode(1)
+            throw CommandError("no data directory at \(dataDir)")
         }
         guard FileManager.default.fileExists(atPath: dir) else {
-            print("no log in \(dataDir) (no \(dir)): not a server's data directory, or one that never started")
-            throw ExitCode(1)
+            throw CommandError("no log in \(dataDir) (no \(dir)): not a server's data directory, or one that never started")
         }
         // Never repair under a running server, which appends to the last
         // segment (and may write and prune snapshots): the lock comes
@@ -53,8 +51,7 @@ struct LogCommand: ParsableCommand {
                 // (Only a lock held by a server means "stop it first"; a
                 // lock file that cannot be opened is a permissions matter.)
                 let inUse = "\(error)".contains("in use by another")
-                print("\(error)" + (inUse ? ": stop it first" : ": repair needs write access to the data directory"))
-                throw ExitCode(1)
+                throw CommandError("\(error)" + (inUse ? ": stop it first" : ": repair needs write access to the data directory"))
             }
         }
         defer { if lock >= 0 { close(lock) } }
@@ -107,11 +104,12 @@ struct LogCommand: ParsableCommand {
                     print("note: \(log.segmentPath(n)) is damaged at byte \(at), but the snapshot \(base!.file.id) covers it, so start-up does not read it (nothing to repair); a rollback to a version older than \(base!.file.id) reads it, and carries over no deletion or item upsert recorded after the damage")
                 }
             }
+            // The findings above are the report (stdout); the verdict that
+            // fails the command goes to stderr, as every failure does.
             guard healthy else {
-                print(repairable
+                throw CommandError(repairable
                       ? "start-up would stop here; `perennial log repair --data-dir \(dataDir)` cuts the log at the damage (losing what follows it)"
                       : "start-up would stop here, and `perennial log repair` cannot help: see above")
-                throw ExitCode(1)
             }
             print("ok: a server would start from this data directory")
         default:  // "repair" (validate() admits only the two)

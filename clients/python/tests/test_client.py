@@ -1021,14 +1021,15 @@ def test_log_check_refuses_a_missing_data_directory(start_server: Callable[..., 
     _require_binary()  # skips (as the server tests do) when there is no binary
     missing = subprocess.run([str(server_binary()), "log", "check", "--data-dir", str(tmp_path / "nope")],
                              capture_output=True, text=True, timeout=60)
-    assert missing.returncode == 1 and "no data directory" in missing.stdout
+    # A failure is said on stderr, as every command's is (review finding, helper-76).
+    assert missing.returncode == 1 and "no data directory" in missing.stderr, missing.stdout + missing.stderr
     srv = start_server()
     with srv.client() as c:
         c.feedback([perennial.Event(1, 2)])
     # Never under a running server (which appends to the last segment).
     busy = subprocess.run([str(server_binary()), "log", "repair", "--data-dir", srv.data_dir],
                           capture_output=True, text=True, timeout=60)
-    assert busy.returncode == 1 and "in use by another perennial server" in busy.stdout, busy.stdout
+    assert busy.returncode == 1 and "in use by another perennial server" in busy.stderr, busy.stdout + busy.stderr
     srv.stop()
     ok = subprocess.run([str(server_binary()), "log", "check", "--data-dir", srv.data_dir],
                         capture_output=True, text=True, timeout=60)

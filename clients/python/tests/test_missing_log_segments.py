@@ -146,7 +146,8 @@ def test_a_missing_first_segment_is_not_sent_to_repair(start_server) -> None:
     out = _start_fails(srv)
     assert "%08d.log" % first in out and "move the log directory out" in out, out
     check = _log("check", srv)
-    assert check.returncode == 1 and "cannot help" in check.stdout and "log repair --data-dir" not in check.stdout, check.stdout
+    said = check.stdout + check.stderr                    # findings on stdout, the verdict on stderr
+    assert check.returncode == 1 and "cannot help" in check.stderr and "log repair --data-dir" not in said, said
     shutil.move(os.path.join(srv.data_dir, "log"), os.path.join(srv.data_dir, "..", "log-aside"))
     srv.start_again()
     with srv.client() as c:

@@ -337,3 +337,38 @@ def test_bench_fails_on_a_server_that_does_not_answer_and_checks_its_json_path_f
     finally:
         srv.proc.send_signal(signal.SIGCONT)
     assert out.returncode != 0, out
+
+
+def test_a_serve_that_cannot_listen_leaves_no_data_directory(tmp_path) -> None:
+    """Review finding (helper-76): a mistyped port or address failed the
+    start but left the (new) data directory behind, `./data` by default."""
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = _perennial("serve", "--port", str(port), "--data-dir", str(tmp_path / "new" / "data"))
+    assert out.returncode == 1 and "address already in use" in out.stderr, out
+    assert not (tmp_path / "new").exists()
+    out = _perennial("serve", "--host", "999.1.1.1", "--data-dir", str(tmp_path / "data"))
+    assert out.returncode == 1 and "bad listen address" in out.stderr and not (tmp_path / "data").exists(), out
+    # A directory that was there stays, with what it held.
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "mine.txt").write_text("x")
+    out = _perennial("serve", "--host", "999.1.1.1", "--data-dir", str(tmp_path / "kept"))
+    assert out.returncode == 1 and (tmp_path / "kept" / "mine.txt").read_text() == "x", out
+
+
+@pytest.mark.parametrize("args,said", [
+    (["--protocol", "e2", "--data", "x", "--variants", "online"], "--variants applies to e1 and drift"),
+    (["--protocol", "drift", "--data", "x"], "--data is not read by drift"),
+    (["--protocol", "e1", "--data", "x", "--variants", ","], "--variants names no variant"),
+    (["--protocol", "e1", "--data", "x", "--variants", ""], "--variants names no variant"),
+    (["--protocol", "e1", "--data", "x", "--user-fraction", "-0.1"], "--user-fraction must be above 0 and at most 1, not -0.1"),
+    (["--protocol", "e3", "--data", "x", "--plot", "c.svg"], "--plot draws the curve of e1 or drift"),
+])
+def test_eval_refuses_a_flag_its_protocol_would_ignore(args, said) -> None:
+    """Review findings (helper-76): these ran, ignoring the flag (or, for
+    an empty --variants, running popularity alone), or took -0.1 for a flag."""
+    out = _perennial("eval", *args)
+    assert out.returncode != 0 and said in out.stderr, out
