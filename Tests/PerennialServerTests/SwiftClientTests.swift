@@ -226,6 +226,22 @@ import Glibc
         try s.rewriteConfig("[limits]\nmax_events = 25\n")
         try await other.reload()
         #expect(try await c.stream(events, batchSize: 1000)?.lastSeq == 600)
+        // Lowered under a stream already in the limit's batches: each is
+        // refused whole and goes again split, after the rest.
+        try s.rewriteConfig("[limits]\nmax_events = 10\n")
+        try await other.reload()
+        #expect(try await c.stream(events, batchSize: 20, window: 3)?.lastSeq == 900)
+        let stats = try await c.stats()
+        #expect(stats["events_accepted"] == 900)
+        // A batch refused whole for its contents is not sent again.
+        var bad = events
+        bad[40] = WireEvent(user: 0, item: 1, kind: .click)
+        do {
+            _ = try await c.stream(bad, batchSize: 10)
+            Issue.record("a user id of 0 was accepted")
+        } catch PerennialClientError.streamRefused(let acknowledged, let refused) {
+            #expect(acknowledged == 290 && refused.count == 1 && refused[0].offset == 40, "\(refused)")
+        }
     }
 
     /// A RELOAD that changed the token made reload() throw UNAUTHORIZED
@@ -242,7 +258,12 @@ import Glibc
         try await c.reload()
         #expect(try await c.stats()["reloads"] == 1)
         let events = (0..<300).map { (k: Int) -> WireEvent in WireEvent(user: UInt64(k % 20 + 1), item: UInt64(k % 90 + 1), kind: .click) }
+        let failures = try await c.stats()["auth_failures"]
         #expect(try await c.stream(events, batchSize: 100)?.lastSeq == 300)
+        #expect(try await c.stream(events, batchSize: 100)?.lastSeq == 600)
+        // (A stream sends no HELLO of its own while its batches fit: each
+        // was an authentication failure under the rotated token.)
+        #expect(try await c.stats()["auth_failures"] == failures)
         // (A new connection needs the new token.)
         await #expect(throws: PerennialClientError.self) { _ = try await PerennialClient.connect(port: s.port, token: "secret-token-AAAA") }
     }

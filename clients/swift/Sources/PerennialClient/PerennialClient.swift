@@ -669,8 +669,10 @@ public final class PerennialClient: @unchecked Sendable {
     /// queue: it may call `close()`, nothing that waits for the client).
     /// A batch the server refuses does not stop the stream: the others go
     /// on, and the call then throws `.streamRefused`, naming each refused
-    /// batch (and event) by its place in `events`. A broken connection
-    /// throws at once, saying how many events were acknowledged.
+    /// batch (and event) by its place in `events`. Batches refused as
+    /// larger than a max_events a RELOAD lowered go again, split, after
+    /// the others (so their events are numbered after them). A broken
+    /// connection throws at once, saying how many events were acknowledged.
     public func stream(_ events: [WireEvent], batchSize: Int = 1000, window: Int = 8,
                        progress: (@Sendable (Int) -> Void)? = nil) async throws -> FeedbackAck? {
         guard batchSize >= 1, window >= 1 else {
@@ -678,17 +680,15 @@ public final class PerennialClient: @unchecked Sendable {
         }
         return try await onQueue { [self] call in
             try ensureConnected(call)
-            // (Each batch within the server's max_events and its frame size,
-            // as they are now: a RELOAD since the last HELLO may have
-            // lowered them, and every batch would then be refused: review
-            // finding, helper-73.)
-            try relearnLimits()
             let size = min(batchSize, feedbackBatchLimit())
             var pending: [(id: UInt32, offset: Int, count: Int)] = []
             var acked = 0
             var last: FeedbackAck?
             var refused: [RefusedBatch] = []
-            var start = 0
+            // Batches refused INVALID_ARGUMENT whole: larger, perhaps, than
+            // a max_events a RELOAD lowered since the client learned it.
+            var oversized: [RefusedBatch] = []
+            var relearned = 0
             func readOne() throws {
                 let (id, offset, n) = pending[0]
                 let reply = try readReply(for: id)
@@ -698,34 +698,60 @@ public final class PerennialClient: @unchecked Sendable {
                     last = a
                     acked += n
                     progress?(acked)
+                case .error(let e) where e.code == .invalidArgument && n > 1 && relearned < 3:
+                    oversized.append(RefusedBatch(offset: offset, count: n, error: e))
                 case .error(let e):
                     refused.append(RefusedBatch(offset: offset, count: n, error: e))
                 default: throw unexpected()
                 }
             }
-            do {
-                while start < events.count {
-                    let end = min(events.count, start + size)
+            /// Sends these stretches of `events`, each as one batch, keeping
+            /// at most `window` unanswered.
+            func sendBatches(_ batches: [(offset: Int, count: Int)]) throws {
+                for (offset, n) in batches {
                     outbox.removeAll(keepingCapacity: true)
                     let id = takeID()
                     let frame = outbox.beginFrame(opcode: Opcode.feedback.rawValue, flags: 0, requestID: id)
-                    Request.encodeFeedback(events[start..<end], into: &outbox)
+                    Request.encodeFeedback(events[offset..<(offset + n)], into: &outbox)
                     outbox.endFrame(frame)
-                    pending.append((id, start, end - start))
-                    start = end
+                    pending.append((id, offset, n))
                     try send(outbox)
                     while pending.count >= window { try readOne() }
                 }
                 while !pending.isEmpty { try readOne() }
+            }
+            func split(_ from: Int, _ count: Int, by size: Int) -> [(offset: Int, count: Int)] {
+                stride(from: from, to: from + count, by: size).map { ($0, min(size, from + count - $0)) }
+            }
+            do {
+                try sendBatches(split(0, events.count, by: size))
+                // A RELOAD may have lowered max_events since the client
+                // learned it: then every batch is refused whole. Learn the
+                // limits (one HELLO) and send those above the new limit
+                // again, split, in stream order; the others' refusals
+                // stand. (A HELLO before every stream cost a round trip,
+                // and, once a RELOAD had rotated the token, counted as a
+                // failed authentication each time.)
+                while !oversized.isEmpty {
+                    relearned += 1
+                    try relearnLimits()
+                    let limit = feedbackBatchLimit()
+                    let again = oversized.sorted { $0.offset < $1.offset }
+                    oversized.removeAll()
+                    refused += again.filter { $0.count <= limit }
+                    try sendBatches(again.filter { $0.count > limit }.flatMap { split($0.offset, $0.count, by: limit) })
+                }
             } catch {
                 // What the caller needs to go on: what was acknowledged, what
                 // went unanswered (the batch whose reply failed and those
                 // after it), what was refused before.
                 var detail = "after \(acked) of the stream's events were acknowledged"
                 if let first = pending.first {
-                    detail += "; the \(start - first.offset) events from stream index \(first.offset) were sent without an answer (the server may have accepted some: its STATS events_accepted tells)"
+                    let unanswered = pending.reduce(0) { $0 + $1.count }
+                    detail += "; \(unanswered) events in \(pending.count) batch(es) from stream index \(first.offset) were sent without an answer (the server may have accepted some: its STATS events_accepted tells)"
                 }
-                if let r = refused.first { detail += "; \(refused.count) batch(es) were refused before that, the first at \(r)" }
+                refused += oversized
+                if let r = refused.min(by: { $0.offset < $1.offset }) { detail += "; \(refused.count) batch(es) were refused before that, the first at \(r)" }
                 if let why = call.abortReason {
                     if why == Self.cancelled { throw CancellationError() }
                     throw PerennialClientError.connection("\(why), \(detail)")
@@ -733,6 +759,8 @@ public final class PerennialClient: @unchecked Sendable {
                 guard let e = error as? PerennialClientError else { throw error }
                 throw e.rewording { "\($0), \(detail)" }
             }
+            refused += oversized
+            refused.sort { $0.offset < $1.offset }
             if !refused.isEmpty { throw PerennialClientError.streamRefused(acknowledged: acked, refused: refused) }
             return last
         }
