@@ -533,7 +533,10 @@ final class RequestHandler {
             } else if let client = config.clientToken, constantTimeEqual(h.token, client) {
                 state.role = .client
             } else if config.clientToken != nil || (!h.token.isEmpty && config.adminToken != nil) {
-                stats.authFailures += 1
+                // (A HELLO with no token is a client that has none, as a
+                // request without HELLO is, not a guess: the Swift client
+                // greets at connect. Only a wrong token counts.)
+                if !h.token.isEmpty { stats.authFailures += 1 }
                 throw ProtocolError(.unauthorized, h.token.isEmpty ? "this server needs a token (HELLO sent none)" : "wrong token")
             }
             return
