@@ -74,23 +74,27 @@ enum SessionFile {
         var idle: Double
     }
 
-    /// The sessions of a file's body (after the magic, before the checksum).
-    private static func parse(_ body: UnsafeRawBufferPointer) throws -> [Saved] {
+    /// Reads the sessions of a file's body (after the magic, before the
+    /// checksum), handing each to `each`: run once to check the whole body
+    /// parses, then again to restore, so no copy of the sessions is built.
+    private static func parse(_ body: UnsafeRawBufferPointer, each: (Saved) -> Void) throws {
         var r = ByteReader(body)
         let savedAt = Double(try r.u64("saved at")) / 1000
         let down = max(0, Date().timeIntervalSince1970 - savedAt)
-        var saved: [Saved] = []
         for _ in 0..<Int(try r.u32("sessions")) {
             let key = try r.str16("key")
             let idle = Double(bitPattern: try r.u64("idle"))
+            let count = Int(try r.u32("items"))
+            // (A count past the body's end fails before anything is kept.)
+            guard count <= r.remaining / 8 else { throw ProtocolError(.malformedPayload, "a session of \(count) items past the file's end") }
             var items: [UInt64] = []
-            for _ in 0..<Int(try r.u32("items")) { items.append(try r.u64("item")) }
+            items.reserveCapacity(count)
+            for _ in 0..<count { items.append(try r.u64("item")) }
             // (What RECOMMEND could not have made is left out.)
             guard !key.isEmpty, key.utf8.count <= RequestHandler.maxSessionIDBytes, idle.isFinite, idle >= 0 else { continue }
-            saved.append(Saved(key: key, items: items, idle: idle + down))
+            each(Saved(key: key, items: items, idle: idle + down))
         }
         if r.remaining != 0 { throw ProtocolError(.malformedPayload, "bytes after the last session") }
-        return saved
     }
 
     private static func writeAll(_ fd: Int32, _ bytes: [UInt8], _ path: String) throws {
@@ -121,24 +125,36 @@ enum SessionFile {
             Log.warning("\(path) is not a sessions file this config could have written (not a regular file, or over \(maxBytes) bytes): sessions start afresh")
             return 0
         }
-        guard let data = FileManager.default.contents(atPath: path) else { return 0 }
-        let bytes = [UInt8](data)
-        // (The checksum over the bytes in place: the file may be tens of megabytes.)
-        guard bytes.count >= magic.count + 16, Array(bytes.prefix(magic.count)) == magic,
-              bytes.withUnsafeBytes({ CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0.dropLast(4))) == $0.loadUnaligned(fromByteOffset: $0.count - 4, as: UInt32.self) }) else {
+        // Mapped, not read: the file may be tens of megabytes, and its
+        // pages are the page cache's, dropped once unmapped, not a copy in
+        // the heap on top of the sessions it restores (review finding,
+        // helper-75: 130 MB above the steady state for 100,000 sessions).
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return 0 }
+        let size = Int(st.st_size)
+        let map = size > 0 ? mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED
+        close(fd)
+        guard let map, map != MAP_FAILED else {
+            Log.warning("\(path) cannot be read (\(size == 0 ? "empty" : String(cString: strerror(errno)))): sessions start afresh")
+            return 0
+        }
+        defer { munmap(map, size) }
+        let bytes = UnsafeRawBufferPointer(start: map, count: size)
+        guard size >= magic.count + 16, magic.indices.allSatisfy({ bytes[$0] == magic[$0] }),
+              CRC32C.checksum(UnsafeRawBufferPointer(rebasing: bytes.dropLast(4))) == bytes.loadUnaligned(fromByteOffset: size - 4, as: UInt32.self) else {
             Log.warning("\(path) is damaged (not a sessions file, or its checksum fails): sessions start afresh")
             return 0
         }
-        // (Read whole before any is restored: a file that fails part-way
+        // (Parsed whole before any is restored: a file that fails part-way
         // restores nothing.)
-        let saved: [Saved]
+        let body = UnsafeRawBufferPointer(rebasing: bytes[magic.count..<(size - 4)])
         do {
-            saved = try bytes.withUnsafeBytes { raw in try parse(UnsafeRawBufferPointer(rebasing: raw[magic.count..<(raw.count - 4)])) }
+            try parse(body) { _ in }
         } catch {
             Log.warning("\(path) does not parse (\(error)): sessions start afresh")
             return 0
         }
-        for s in saved { store.restore(s.key, items: s.items, idle: s.idle, now: now) }
+        try? parse(body) { store.restore($0.key, items: $0.items, idle: $0.idle, now: now) }
         return store.count
     }
 }

@@ -39,5 +39,22 @@ import PerennialProtocol
         // Nor does one over the size this config could write.
         try SessionFile.save(store, now: 10, to: path)
         #expect(SessionFile.restore(into: none, now: 100, from: path, maxBytes: 16) == 0 && none.count == 0)
+        // Nor one whose session claims more items than the file holds
+        // (its checksum made to hold), nor a torn or an empty file.
+        try SessionFile.save(store, now: 10, to: path)
+        bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        bytes.removeLast(4)
+        let firstCount = SessionFile.magic.count + 8 + 4 + 2 + 1 + 8   // magic, saved at, n, key "a", idle
+        bytes[firstCount] = 0xff
+        bytes.put(CRC32C.checksum(bytes))
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        #expect(SessionFile.restore(into: none, now: 100, from: path, maxBytes: 1 << 20) == 0 && none.count == 0)
+        try SessionFile.save(store, now: 10, to: path)
+        bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        try Data(bytes.dropLast(3)).write(to: URL(fileURLWithPath: path))
+        #expect(SessionFile.restore(into: none, now: 100, from: path, maxBytes: 1 << 20) == 0 && none.count == 0)
+        try Data().write(to: URL(fileURLWithPath: path))
+        #expect(SessionFile.restore(into: none, now: 100, from: path, maxBytes: 1 << 20) == 0 && none.count == 0)
+        #expect(!FileManager.default.fileExists(atPath: path))
     }
 }
