@@ -231,12 +231,22 @@ final class Connection {
                 } else {
                     if partialSince == 0 { partialSince = MonotonicClock.nowMillis() }
                     if available >= FrameHeader.size {
-                        // The header is valid: make sure the whole frame fits.
+                        // The header is valid: room for the frame to go on
+                        // arriving. The buffer grows with what has come of
+                        // the frame (room for as much again, at least
+                        // 16 KiB), not to the length its header announces:
+                        // a 12-byte header reserved the whole frame, rounded
+                        // up to a power of two, so a few hundred bytes from
+                        // one client spent max_inbox_bytes for everyone
+                        // (review finding, helper-78).
                         let length = frameLengthAtReadPos
-                        if inboxCapacity - readPos < length {
+                        // (Within the 64 KiB a connection keeps outside the
+                        // budget until the frame has sent a good part of it.)
+                        let room = min(length - available, max(available, Connection.initialInbox))
+                        if inboxCapacity - writePos < room {
                             // A larger buffer for this frame, if the budget
                             // of all connections' buffers allows it.
-                            let growth = Connection.budgeted(capacityAfterMakingRoom(atLeast: length - available)) - Connection.budgeted(inboxCapacity)
+                            let growth = Connection.budgeted(capacityAfterMakingRoom(atLeast: room)) - Connection.budgeted(inboxCapacity)
                             if growth > 0 && loop.largeInboxBytes + growth > loop.limits.maxInboxBytes {
                                 // (As a fatal error: not before the replies a batch owes.)
                                 if awaitingBatch { park(.waitForBatch); return }
@@ -246,7 +256,7 @@ final class Connection {
                                      requestID: requestID)
                                 return
                             }
-                            makeRoom(atLeast: length - available)
+                            makeRoom(atLeast: room)
                         }
                     }
                 }
@@ -279,6 +289,10 @@ final class Connection {
                 case .waitForBatch:
                     park(outcome)
                     if !awaitingBatch { loop.joinBatch(self) }
+                    return
+                case .fatal(let error):
+                    readPos += header.frameLength
+                    fail(error, requestID: header.requestID)
                     return
                 case .shutdownAfterReply:
                     readPos += header.frameLength

@@ -776,6 +776,16 @@ import Synchronization
         let stats = try await client.stats()
         #expect(stats["auth_failures"] == 1)
 
+        // A HELLO refused for its protocol version proves nothing, even with
+        // the admin token, and ends the connection as the error table says
+        // (review finding, helper-78: the PING and SNAPSHOT after it were
+        // answered).
+        let raw = try RawSocket(port: s.port)
+        try raw.send(.hello(Hello(protocolVersion: 0, clientName: "old", token: "admin-secret-22")), id: 1)
+        try raw.send(.snapshot, id: 2)
+        let answers = try raw.readUntilClosed()
+        #expect(answers.count == 1 && answers.first?.error?.code == .unsupportedVersion && answers.first?.header.requestID == 1, "\(answers)")
+
         let admin = try await PerennialClient.connect(port: s.port)   // greeted later, as before connect greeted
         defer { admin.close() }
         _ = try await admin.hello(token: "admin-secret-22")

@@ -503,8 +503,12 @@ def invalid_vectors() -> None:
               frame(op["STATS"], REPLY, 23, u16(1) + str16("users") + u64(1) + b"\x00"),
               "MALFORMED_PAYLOAD", 23)
     p = u64(42) + u16(10) + u64(0) + str16("") + str16("") + ids16([]) + ids16([]) + ids16([])
-    add_error("recommend_request_trailing_bytes", "valid RECOMMEND followed by 2 extra bytes",
+    add_error("recommend_request_trailing_bytes",
+              "valid RECOMMEND followed by 2 bytes, read as the length (513) of a shadow_scorer the payload cuts short",
               frame(op["RECOMMEND"], 0, 24, p + b"\x01\x02"), "MALFORMED_PAYLOAD", 24)
+    add_error("recommend_request_bytes_after_shadow_scorer",
+              "RECOMMEND with a shadow_scorer, then 1 byte left over",
+              frame(op["RECOMMEND"], 0, 78, p + str16("cf") + b"\x00"), "MALFORMED_PAYLOAD", 78)
     add_error("feedback_reply_too_short", "FEEDBACK reply with 24 of its 32 bytes",
               frame(op["FEEDBACK"], REPLY, 25, u64(1) + u64(2) + u64(2)),
               "MALFORMED_PAYLOAD", 25)

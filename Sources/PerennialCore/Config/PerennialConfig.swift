@@ -9,6 +9,10 @@ public struct LimitsConfig: Sendable, Equatable {
     public var maxItems = 1000
     public var maxEvents = 10_000
     public var maxTextBytes = 65_536
+    /// Most bytes of an UPSERT_ITEM's attributes (keys and values summed):
+    /// kept in memory, the log and every snapshot, so bounded as the text
+    /// is; more is refused whole, not cut (a cut attribute is wrong data).
+    public var maxAttributeBytes = 65_536
     public var maxConnections = 4096
     public var idleTimeoutMs = 300_000
     public var frameTimeoutMs = 10_000
@@ -296,6 +300,7 @@ public struct PerennialConfig: Sendable {
         l.maxItems = try r.int("limits.max_items", default: l.maxItems, in: 1...65535)
         l.maxEvents = try r.int("limits.max_events", default: l.maxEvents, in: 1...1_000_000)
         l.maxTextBytes = try r.int("limits.max_text_bytes", default: l.maxTextBytes, in: 0...(1 << 26))
+        l.maxAttributeBytes = try r.int("limits.max_attribute_bytes", default: l.maxAttributeBytes, in: 0...(1 << 26))
         l.maxConnections = try r.int("limits.max_connections", default: l.maxConnections, in: 1...1_000_000)
         l.idleTimeoutMs = try r.int("limits.idle_timeout_ms", default: l.idleTimeoutMs, in: 0...(1 << 40))
         l.frameTimeoutMs = try r.int("limits.frame_timeout_ms", default: l.frameTimeoutMs, in: 0...(1 << 40))

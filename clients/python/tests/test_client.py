@@ -641,6 +641,20 @@ def test_upsert_item_truncated(client: perennial.Client) -> None:
     assert r.created is True and r.truncated is True
 
 
+def test_upsert_item_attributes_are_bounded(client: perennial.Client) -> None:
+    """Review finding (helper-78): an item's attributes were bounded only by
+    the frame, so each upsert could keep 4 MB in memory, the log and every
+    snapshot. Over limits.max_attribute_bytes (64 KiB) the upsert is
+    refused whole."""
+    item = fresh()[0]
+    big = {"k%d" % n: "\u00e9" * 1000 for n in range(33)}     # 33 x (2 + 2,000) bytes > 65,536
+    with pytest.raises(perennial.InvalidArgument, match="max_attribute_bytes"):
+        client.upsert_item(item, "title", big)
+    assert client.score(fresh()[0], [item])[0].known is False   # nothing stored
+    ok = {"k%d" % n: "\u00e9" * 1000 for n in range(32)}      # 64,064 bytes
+    assert client.upsert_item(item, "title", ok).created is True
+
+
 def test_score_known(client: perennial.Client) -> None:
     seen, unseen = fresh(2)
     client.feedback([perennial.Event(fresh()[0], seen)])

@@ -17,9 +17,11 @@ from perennial.protocol import Opcode
 LIMITS = P.Limits(max_frame_bytes=1 << 26, max_items=1000, max_events=10000)
 
 
-def _start_of_large_frame(rid: int, length: int = 400_000) -> bytes:
-    """A FEEDBACK header announcing `length` bytes, and 20 KB of them."""
-    return struct.pack("<IBBHI", length, 1, int(Opcode.FEEDBACK), 0, rid) + b"\0" * 20_000
+def _start_of_large_frame(rid: int, length: int = 400_000, sent: int = 300_000) -> bytes:
+    """A FEEDBACK header announcing `length` bytes, and `sent` of them (a
+    buffer grows with what has come of its frame, so 300 KB of 400 KB
+    takes a 512 KiB buffer)."""
+    return struct.pack("<IBBHI", length, 1, int(Opcode.FEEDBACK), 0, rid) + b"\0" * sent
 
 
 def _read_frame(s: socket.socket) -> P.Frame:
@@ -69,6 +71,27 @@ def test_partly_received_frames_beyond_the_budget_are_refused_busy(start_server)
         assert c.feedback(big).last_seq == 10_001
         assert c.stats()["inbox_budget_refusals"] == 1
     held[1].close()
+
+
+def test_a_header_alone_does_not_reserve_its_frame(start_server) -> None:
+    """Review finding (helper-78): a 12-byte header reserved its whole frame
+    (rounded up to a power of two), so 69 headers, 828 bytes, spent the
+    default budget and every honest large frame got BUSY. A buffer now
+    grows with what has come of its frame."""
+    srv = start_server(CONFIG)
+    held = [socket.create_connection(srv.address) for _ in range(20)]
+    for k, s in enumerate(held):
+        s.sendall(struct.pack("<IBBHI", 524288 - 4, 1, int(Opcode.FEEDBACK), 0, 1 + k))
+    with srv.client() as c:
+        time.sleep(0.3)
+        # (Each a 32 KiB inbox, within what a connection keeps outside the
+        # budget, and small reply buffers: was 20 x 512 KiB, over it.)
+        assert c.stats()["connection_buffer_bytes"] < 21 * 100 * 1024
+        big = [perennial.Event(1 + i % 50, 1 + i % 900) for i in range(10_000)]   # a 290 KB frame
+        assert c.feedback(big).last_seq == 10_000
+        assert c.stats()["inbox_budget_refusals"] == 0
+    for s in held:
+        s.close()
 
 
 def test_a_refusal_keeps_the_order_of_replies(start_server) -> None:
