@@ -16,8 +16,10 @@
 //              crash loses nothing, a machine crash can lose more.
 //
 // Threading (why `@unchecked Sendable`): `append` and `sync` run on the
-// serving thread; the everysec thread only calls `syncNow`; the file
-// descriptor and sequence counters are guarded by `lock`.
+// serving thread; the everysec thread only runs `everySecond`; the file
+// descriptor and sequence counters are guarded by `lock`, which the
+// everysec thread does not hold across its fdatasync (so an append, and
+// the event loop with it, never waits for the disk).
 
 import Foundation
 import Synchronization
@@ -56,6 +58,10 @@ public final class FeedbackLog: @unchecked Sendable {
     /// durable`: upserts and deletions are logged without a new sequence
     /// number, and must be synced all the same; review finding.)
     private var unsynced = false
+    /// Records appended so far: the everysec thread's fdatasync covers the
+    /// records appended before it began, and clears `unsynced` only if no
+    /// other came meanwhile.
+    private var appends: UInt64 = 0
     private let durable = Atomic<UInt64>(0)
     private var stopping = false
     private var syncer: Thread?
@@ -416,6 +422,7 @@ public final class FeedbackLog: @unchecked Sendable {
         segmentSize += encoded.count
         written = lastSeq
         unsynced = true
+        appends &+= 1
     }
 
     /// Starts a new segment: records appended from now on go there. Returns
@@ -484,9 +491,37 @@ public final class FeedbackLog: @unchecked Sendable {
         while true {
             lock.lock()
             let stop = stopping
-            if !stop { try? syncLocked() }
+            // What this sync covers is taken under the lock; the fdatasync
+            // runs without it, on a duplicate of the descriptor (a segment
+            // rolled meanwhile closes the original, having synced it), so
+            // an append never waits behind the disk: it held the event loop
+            // for the whole fdatasync, reads included (review finding,
+            // helper-79).
+            var job: (fd: Int32, target: UInt64, appends: UInt64)?
+            if !stop && unsynced && failure == nil && fd >= 0 {
+                let copy = dup(fd)
+                if copy >= 0 { job = (copy, written, appends) } else { try? syncLocked() }
+            }
             lock.unlock()
             if stop { break }
+            if let job {
+                let ok = fdatasync(job.fd) == 0
+                let why = String(cString: strerror(errno))
+                Glibc.close(job.fd)
+                lock.lock()
+                if !ok {
+                    // (As in syncLocked: never trust the log again until a restart.)
+                    if failure == nil {
+                        failure = "fdatasync failed (\(why)); acknowledged events may not be durable; restart the server"
+                        Log.error("the log: \(failure!)")
+                    }
+                } else {
+                    // (A sync on the loop meanwhile may have got further.)
+                    if job.target > durable.load(ordering: .relaxed) { durable.store(job.target, ordering: .releasing) }
+                    if appends == job.appends { unsynced = false }
+                }
+                lock.unlock()
+            }
             usleep(1_000_000)
         }
         syncerDone.signal()

@@ -142,3 +142,55 @@ def test_everysec_a_background_fsync_failure_stops_feedback_until_a_restart(
     _stop(proc)
     # No power was lost: the file holds every acknowledged event.
     assert _applied_after_restart(data_dir, "everysec") == sent
+
+
+SLOW_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <unistd.h>
+int fdatasync(int fd) {
+    const char *flag = getenv("PERENNIAL_TEST_FSYNC_SLOW_IF");
+    if (flag && access(flag, F_OK) == 0) usleep(1500000);
+    int (*real)(int) = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    return real(fd);
+}
+"""
+
+
+def test_everysec_a_slow_disk_does_not_stall_the_server(tmp_path: Path) -> None:
+    """Review finding (helper-79): the everysec thread held the log's lock
+    across its fdatasync, so a FEEDBACK arriving meanwhile waited for the
+    disk on the event loop, and every other connection with it. With each
+    fdatasync taking 1.5 s, FEEDBACK and RECOMMEND are still answered at
+    once, and the events become durable all the same."""
+    cc = next((c for c in ("cc", "clang", "gcc") if shutil.which(c)), None)
+    if cc is None:
+        pytest.skip("no C compiler to build the slow-fsync library")
+    src = tmp_path / "slow_fsync.c"
+    src.write_text(SLOW_SHIM)
+    lib = tmp_path / "slow_fsync.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(lib), str(src), "-ldl"], check=True)
+    flag = tmp_path / "fsync-slow"
+    events = _events(4_000)
+    proc, port = _launch(tmp_path / "data", "everysec", env={"LD_PRELOAD": str(lib), "PERENNIAL_TEST_FSYNC_SLOW_IF": str(flag)})
+    with perennial.Client("127.0.0.1", port) as c:
+        c.feedback(events[:100])
+        flag.touch()
+        slowest = 0.0
+        deadline = time.monotonic() + 4                  # two or three slow syncs
+        k = 100
+        while time.monotonic() < deadline:
+            t = time.monotonic()
+            c.feedback(events[k:k + 10])
+            c.recommend(events[0].user, k=5)
+            slowest = max(slowest, time.monotonic() - t)
+            k += 10
+            time.sleep(0.01)
+        assert slowest < 0.5, "a FEEDBACK and a RECOMMEND took %.2f s behind a 1.5 s fdatasync" % slowest
+        flag.unlink()
+        deadline = time.monotonic() + 10
+        while c.stats()["events_durable"] < k and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert c.stats()["events_durable"] == k
+    _stop(proc)
