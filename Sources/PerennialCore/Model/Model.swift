@@ -712,9 +712,7 @@ public final class Model: @unchecked Sendable {
         w.int(scorers.count)
         for s in scorers {
             w.string(s.name)
-            var sub = SnapshotWriter()
-            s.save(to: &sub)
-            w.block(sub.bytes)
+            w.block { s.save(to: &$0) }
         }
         w.mark("end")
     }
@@ -845,7 +843,7 @@ public final class Model: @unchecked Sendable {
         var refused: [String] = []
         for _ in 0..<(try r.count(bytesEach: 16)) {
             let name = try r.string()
-            let block = try r.block()
+            var sub = try r.blockReader()
             guard let s = scorers.first(where: { $0.name == name }) else {
                 switch unloaded {
                 case .dropAny:
@@ -858,7 +856,6 @@ public final class Model: @unchecked Sendable {
                 }
                 continue
             }
-            var sub = SnapshotReader(bytes: block)
             do {
                 try s.load(from: &sub)
             } catch {
