@@ -696,9 +696,28 @@ public final class CollaborativeFilteringScorer: Scorer {
         return same == new
     }
 
+    /// Step sizes, regularisation, negatives per event and how ratings
+    /// count are read per learning step and shape no state, so a RELOAD
+    /// changes them in place: a rebuild copies the whole learned state on
+    /// the loop (seconds at a million items; review finding, helper-77).
+    public func retunes(to new: any ScorerSettings) -> Bool {
+        guard let new = new as? CFSettings else { return false }
+        var same = new
+        same.learningRate = settings.learningRate
+        same.regularization = settings.regularization
+        same.negatives = settings.negatives
+        same.positiveThreshold = settings.positiveThreshold
+        same.lowRatingWeight = settings.lowRatingWeight
+        same.ratingLearningRate = settings.ratingLearningRate
+        same.ratingRegularization = settings.ratingRegularization
+        same.epochs = settings.epochs
+        return adjusts(to: same)
+    }
+
     public func adjust(to new: any ScorerSettings) {
-        precondition(adjusts(to: new))
+        precondition(adjusts(to: new) || retunes(to: new))
         settings = new as! CFSettings
+        if negativeDraws.count != settings.negatives { negativeDraws = [Int32](repeating: 0, count: settings.negatives) }
     }
 
     /// factorWeight · n / (n + factorShrinkage): the factor part's weight for

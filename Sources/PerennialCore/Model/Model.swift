@@ -590,7 +590,7 @@ public final class Model: @unchecked Sendable {
         var next: [any Scorer] = []
         var changes: [String] = []
         var removed: [String] = []
-        var rebuilt = false
+        var rebuilt = false, retuned = false
         var adjusted: [(any Scorer, any ScorerSettings)] = []
         for sc in config.scorers {
             let old = scorers.first { $0.name == sc.name }
@@ -598,12 +598,14 @@ public final class Model: @unchecked Sendable {
                 next.append(old)
                 continue
             }
-            if let old, old.adjusts(to: sc.settings) {
+            if let old, old.adjusts(to: sc.settings) || old.retunes(to: sc.settings) {
                 // (Applied once every scorer is ready: all or nothing.)
                 let changed = Self.changedSettings(settings[sc.name], sc.settings).joined(separator: ", ")
                 changes.append("\(sc.name) adjusted in place (\(changed))")
                 adjusted.append((old, sc.settings))
                 next.append(old)
+                // How it learns changed: a snapshot ties that to the log.
+                if !old.adjusts(to: sc.settings) { retuned = true }
                 continue
             }
             guard let factory = registry.factory(named: sc.name) else { throw LogError("unknown scorer \(sc.name)") }
@@ -643,16 +645,18 @@ public final class Model: @unchecked Sendable {
         for r in config.routes { routes[r.name] = r }
         settings = [:]
         for sc in config.scorers { settings[sc.name] = sc.settings }
-        return Reconfiguration(changes: changes, scorerSetChanged: rebuilt, removed: removed)
+        return Reconfiguration(changes: changes, scorerSetChanged: rebuilt || retuned, removed: removed)
     }
 
     /// What `reconfigure` did.
     public struct Reconfiguration: Sendable {
         /// In words, one entry per scorer changed (and the default scorer).
         public var changes: [String]
-        /// A scorer was rebuilt, added or removed, so a snapshot taken
-        /// before differs from the model now even with no event since (an
-        /// adjustment in place or a new default changes no saved state).
+        /// A scorer was rebuilt, added or removed, or now learns otherwise
+        /// (`retunes`), so a snapshot taken before differs from the model
+        /// now even with no event since, or would be replayed under other
+        /// settings (an adjustment of what is read per query, or a new
+        /// default, changes neither).
         public var scorerSetChanged: Bool
         /// The scorers no longer loaded (their learned state is dropped).
         public var removed: [String]

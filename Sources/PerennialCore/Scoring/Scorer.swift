@@ -147,6 +147,13 @@ public protocol Scorer: AnyObject {
     /// instead of rebuilding it. False (the default): the scorer is rebuilt
     /// with its learned state carried over.
     func adjusts(to settings: any ScorerSettings) -> Bool
+    /// Whether `settings` differ from this scorer's only in how it learns
+    /// from the next event (a step size, say) and in what `adjusts` allows,
+    /// shaping none of its state: a RELOAD then `adjust`s it in place too,
+    /// and ties the new settings to the log with a snapshot (a replay of
+    /// the log must learn the events before the RELOAD as they were
+    /// learned). False (the default): the scorer is rebuilt.
+    func retunes(to settings: any ScorerSettings) -> Bool
     /// Takes such settings in place (admitting thread, learner idle).
     func adjust(to settings: any ScorerSettings)
     /// Pushes every eligible item with its score into `top`.
@@ -186,9 +193,11 @@ extension Scorer {
     }
     public func replay(_ event: LearnEvent) {}
     public func adjusts(to settings: any ScorerSettings) -> Bool { false }
-    /// (Never called: `adjusts` said no, so the model rebuilds the scorer.)
+    public func retunes(to settings: any ScorerSettings) -> Bool { false }
+    /// (Never called: `adjusts` and `retunes` said no, so the model
+    /// rebuilds the scorer.)
     public func adjust(to settings: any ScorerSettings) {
-        preconditionFailure("adjust(to:) called on a scorer whose adjusts(to:) is false")
+        preconditionFailure("adjust(to:) called on a scorer whose adjusts(to:) and retunes(to:) are false")
     }
     public var replays: Bool { false }
     public func forget(user: Int32) {}
