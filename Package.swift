@@ -65,7 +65,7 @@ let package = Package(
         ),
         // The bundled Swift client (async/await).
         .target(name: "PerennialClient", dependencies: ["PerennialProtocol"], path: "clients/swift/Sources/PerennialClient"),
-        // Command line: serve, replay (and later eval, bench).
+        // Command line: serve, replay, eval, bench, admin, versions, log.
         .executableTarget(
             name: "perennial",
             dependencies: [

@@ -1,8 +1,15 @@
 // Collaborative filtering over the shared table, trained online per event.
 //
-// The score of item i for user u is
+// What it serves is a blend of two parts (`prepareBlend`, `Blend.score`):
 //
-//     s(u, i) = b_i + v_i · z_u,    z_u = p_u + (Σ_k w_k y_{c_k}) / sqrt(Σ_k w_k)
+//     score(u, i) = wn · near(u, i) / max_j near(u, j)
+//                 + wf(n_u) · (f(u, i) − mean_j f(u, j)) / std_j f(u, j)
+//
+// The neighbourhood part near(u, i) sums the co-occurrence counts of i with
+// the user's latest `neighbourhood_items` items (weighted decay^k, damped by
+// i's popularity; ItemNeighbourhood.swift). The factor part is
+//
+//     f(u, i) = b_i + v_i · z_u,    z_u = p_u + (Σ_k w_k y_{c_k}) / sqrt(Σ_k w_k)
 //
 // where v_i is item i's row and p_u user u's row in the shared table, b_i an
 // item bias, and y_c a "context" vector for each item the user recently
@@ -11,14 +18,16 @@
 // FISM (Kabbur et al. 2013), weighted toward recent items: a user is
 // described by what they did, so a user seen for the first time is
 // recommendable after one event, and their own row p_u refines it as their
-// events accumulate.
+// events accumulate. wn is `neighbourhood_weight`; wf(n) is
+// `factor_weight` · n / (n + `factor_shrinkage`) for a user with n events.
 //
-// Learning is BPR (Rendle et al. 2009): for each positive event (u, i) and a
-// few sampled negatives j, one step up the gradient of ln σ(s(u,i) − s(u,j)),
-// with per-row Adagrad (Duchi et al. 2011) step sizes. Negatives are drawn
-// in proportion to recent popularity (an item of a random recent event), so
-// the model learns what distinguishes a user's item from what is merely
-// popular now.
+// Learning (of the factor part) is BPR (Rendle et al. 2009): for each
+// positive event (u, i) and a few sampled negatives j, one step up the
+// gradient of ln σ(f(u,i) − f(u,j)), with per-row Adagrad (Duchi et al.
+// 2011) step sizes. Negatives are drawn uniformly by default, or in
+// proportion to recent popularity (`negative_sampling = "popularity"`: an
+// item of a random recent event, so the model learns what distinguishes a
+// user's item from what is merely popular now).
 //
 // Explicit ratings also train a small rating head: biased matrix
 // factorisation (Koren, Bell & Volinsky 2009), r̂ = μ + b_u + b_i + p'_u · q'_i

@@ -131,7 +131,6 @@ public final class SessionRNNScorer: Scorer {
         for u in recent.indices { recent[u].removeAll(keepingCapacity: true) }
     }
 
-    /// The user's id expired: their sequence starts again.
     /// A RELOAD that changes only `transition_weight` (read per query; the
     /// counts do not depend on it) takes it in place.
     public func adjusts(to new: any ScorerSettings) -> Bool {
@@ -146,6 +145,7 @@ public final class SessionRNNScorer: Scorer {
         settings = new as! SessionRNNSettings
     }
 
+    /// The user's id expired: their sequence starts again.
     public func forget(user: Int32) {
         if Int(user) < recent.count { recent[Int(user)] = [] }
     }

@@ -260,16 +260,28 @@ public struct LoadDriver {
         case .fixed(let size):
             return inbox.count - offset >= size ? (size, inbox[offset] == UInt8(ascii: "-")) : nil
         case .perennial:
-            guard inbox.count - offset >= 12 else { return nil }
-            let length = Int(inbox[offset]) | Int(inbox[offset + 1]) << 8 | Int(inbox[offset + 2]) << 16 | Int(inbox[offset + 3]) << 24
-            guard inbox.count - offset >= 4 + length else { return nil }
-            return (4 + length, inbox[offset + 5] == 0x7F)
+            // (The protocol's one framing: a frame that breaks it is an
+            // error taking the rest of the input, as the connection would.)
+            let decoded = inbox.withUnsafeBytes { raw in
+                FrameDecoder.decode(UnsafeRawBufferPointer(rebasing: raw[offset...]), limits: Self.replyLimits)
+            }
+            switch decoded {
+            case .needMore: return nil
+            case .frame(let header): return (header.frameLength, header.opcode == Opcode.error.rawValue)
+            case .fatal: return (inbox.count - offset, true)
+            }
         }
     }
 
+    /// Replies are bounded only by what a reply can be (the largest, 65,535
+    /// scores, is under 1 MB), as in the clients.
+    private static let replyLimits = ProtocolLimits(maxFrameBytes: 64 << 20)
+
     /// A Perennial request's opcode (0 for anything else, e.g. RESP).
     static func opcode(_ bytes: [UInt8]) -> UInt8 {
-        bytes.count >= FrameHeader.size && bytes[4] == 1 ? bytes[5] : 0
+        let decoded = bytes.withUnsafeBytes { FrameDecoder.decode($0, limits: replyLimits) }
+        if case .frame(let header) = decoded { return header.opcode }
+        return 0
     }
 
     /// An ERROR frame's payload as "CODE: message".

@@ -187,7 +187,7 @@ public final class Server: Sendable {
                                            records: pending.records, totalEvents: pending.events, ids: pending.ids) { r in
                 // (What this throws reaches `failed` below, and stops the server.)
                 try goLive((r.replayingNanos, r.replayedEvents))
-                Log.info(String(format: "recovered: %llu events in all, %d records (%d events) replayed from %d log segment(s) and %d events accepted meanwhile, in %.2f s while serving (%.2f s of it replaying)",
+                Log.info(String(format: "recovered: %llu events in all, %ld records (%ld events) replayed from %ld log segment(s) and %ld events accepted meanwhile, in %.2f s while serving (%.2f s of it replaying)",
                                 model.lastSeq, r.report.records, r.replayedEvents - (r.totalEvents - pending.events), r.report.segments,
                                 r.totalEvents - pending.events,
                                 Double(r.elapsedNanos) / 1e9, Double(r.replayingNanos) / 1e9))
@@ -396,7 +396,7 @@ public final class Server: Sendable {
             let elapsed = MonotonicClock.nowNanos() - t0
             state.withLock { $0.replayCost = (elapsed, UInt64(report.events)) }
             let secs = Double(elapsed) / 1e9
-            Log.info(String(format: "recovered: %llu events in all, %d records (%d events) replayed from %d log segment(s), in %.2f s",
+            Log.info(String(format: "recovered: %llu events in all, %ld records (%ld events) replayed from %ld log segment(s), in %.2f s",
                             model.lastSeq, report.records, report.events, report.segments, secs))
         }
         return (model, firstSegment, snapshotSeq, nil)

@@ -604,7 +604,7 @@ final class SnapshotScheduler {
         snapshotFailuresInARow = 0
         completed += 1
         if let keepFrom = written.keepLogFrom { log.removeSegments(before: keepFrom) }
-        Log.info(String(format: "snapshot (version %@) at sequence %llu: %d bytes in %.1f ms (%@)",
+        Log.info(String(format: "snapshot (version %@) at sequence %llu: %ld bytes in %.1f ms (%@)",
                         written.file.id, seq, bytes, Double(MonotonicClock.nowNanos() - startedNs) / 1e6, how))
     }
 }

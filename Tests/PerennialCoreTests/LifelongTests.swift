@@ -50,6 +50,22 @@ import PerennialPlugins
         r = SnapshotReader(bytes: w.bytes)
         try smaller.load(from: &r, users: 7, items: 11)
         #expect(smaller.events.count == 20 && smaller.events.allSatisfy { b.events.contains($0) })
+        // The subset a shrink keeps is uniform over the saved events: each
+        // tenth of a 1,000-event buffer keeps a tenth of 100 slots (it kept
+        // mostly the last saved: review finding, helper-79).
+        var perTenth = [Int](repeating: 0, count: 10)
+        for trial in 0..<200 {
+            var full = ReplayBuffer(capacity: 1000, seed: UInt64(trial))
+            for k in 0..<1000 { full.offer(event(k)) }
+            var fw = SnapshotWriter()
+            full.save(to: &fw)
+            var shrunk = ReplayBuffer(capacity: 100, seed: 0)
+            var fr = SnapshotReader(bytes: fw.bytes)
+            try shrunk.load(from: &fr, users: 1000, items: 1000)
+            #expect(shrunk.events.count == 100)
+            for e in shrunk.events { perTenth[Int(e.seq - 1) / 100] += 1 }
+        }
+        for n in perTenth { #expect(abs(n - 2000) < 250, "tenths \(perTenth)") }
         // An event naming a user or item past those restored beside it is
         // refused, not kept to index past a row (review finding, helper-51).
         r = SnapshotReader(bytes: w.bytes)

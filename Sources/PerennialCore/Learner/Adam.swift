@@ -1,7 +1,7 @@
 // Adam (Kingma & Ba 2015): per-weight steps scaled by running estimates of
 // the gradient's first and second moments, with their start-up bias
-// corrected. Used by the neural scorers for their dense weights, which are
-// updated once per minibatch of accumulated gradients.
+// corrected. Used by text-cnn for its dense weights, which are updated once
+// per minibatch of accumulated gradients.
 
 import CKernels
 
@@ -23,8 +23,7 @@ public struct Adam {
     }
 
     /// The same update for one row of a sparse table (rows touched in a
-    /// minibatch), at the current step count (call after `step`, or after
-    /// `advance` when there are no dense weights).
+    /// minibatch), at the current step count (call after `step`).
     public func rowStep(_ w: UnsafeMutablePointer<Float>, grad g: UnsafeMutablePointer<Float>,
                         m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, count: Int) {
         let t = Float(max(steps, 1))

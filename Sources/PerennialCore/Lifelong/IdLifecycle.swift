@@ -29,7 +29,9 @@
 // replay skips buffered events of an older generation.
 //
 // Threading: everything here belongs to the admitting thread, except
-// `learnedGeneration`, which only the learner touches.
+// `learnedGeneration`, which the learner writes as it learns; the admitting
+// thread reads it (Model.rowIsCurrent), and writes it only with the learner
+// idle (a deletion, a snapshot's load).
 
 public final class IdLifecycle {
     public let minOccurrences: Int

@@ -83,12 +83,17 @@ public struct ReplayBuffer {
         }
         // (`offer` draws a slot below `seen`.)
         guard seen >= UInt64(events.count) else { throw LogError("snapshot: the replay buffer holds \(events.count) events of \(seen) seen") }
-        // A smaller configured buffer keeps a uniform subset of the saved one.
+        // A smaller configured buffer keeps a uniform subset of the saved
+        // one: reservoir sampling over the saved events (Algorithm R, as in
+        // `offer`), the n-th kept with probability capacity / n. (It drew
+        // below capacity + 1 for every event, so nearly every later event
+        // replaced one: a subset biased to the last saved; helper-79.)
         if savedCapacity > capacity || events.count > capacity {
             var keep: [LearnEvent] = []
-            for e in events {
+            keep.reserveCapacity(capacity)
+            for (n, e) in events.enumerated() {
                 if keep.count < capacity { keep.append(e) } else {
-                    let slot = rng.below(keep.count + 1)
+                    let slot = rng.below(n + 1)
                     if slot < capacity { keep[slot] = e }
                 }
             }

@@ -270,7 +270,7 @@ public struct ScorerFactory: Sendable {
 
 /// Every scorer the server can load, by name. The server consults it when it
 /// reads the config; the built-in list is assembled where the plugins are
-/// linked (PerennialServer's `BuiltinScorers`).
+/// linked (`Sources/PerennialPlugins/BuiltinScorers.swift`).
 public struct ScorerRegistry: Sendable {
     public private(set) var factories: [ScorerFactory] = []
 
