@@ -85,7 +85,10 @@ public struct RecommendRequest: Sendable, Equatable {
     public var minAppliedSeq: UInt64 = 0
     /// "" = the default route's scorer.
     public var scorer: String = ""
+    /// "" = none; at most `maxSessionIDBytes` bytes of UTF-8.
     public var sessionID: String = ""
+    /// The longest session_id (PROTOCOL.md): longer is INVALID_ARGUMENT.
+    public static let maxSessionIDBytes = 256
     /// Most recent last.
     public var sessionItems: [UInt64] = []
     public var exclude: [UInt64] = []

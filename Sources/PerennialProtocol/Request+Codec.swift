@@ -30,6 +30,12 @@ extension Request {
             q.minAppliedSeq = try r.u64("min_applied_seq")
             q.scorer = try r.str16("scorer")
             q.sessionID = try r.str16("session_id")
+            // (A rule of the wire format, checked where it is read, in
+            // layout order; it was the server's alone, after the scorer's
+            // name was checked: review finding, helper-79.)
+            if q.sessionID.utf8.count > RecommendRequest.maxSessionIDBytes {
+                throw ProtocolError(.invalidArgument, "session_id is \(q.sessionID.utf8.count) bytes; at most \(RecommendRequest.maxSessionIDBytes)")
+            }
             q.sessionItems = try r.ids16("session_items", limit: limits.maxItems)
             q.exclude = try r.ids16("exclude", limit: limits.maxItems)
             q.candidates = try r.ids16("candidates", limit: limits.maxItems)
@@ -123,7 +129,9 @@ extension Request {
         case .ping, .stats, .reload, .snapshot, .shutdown:
             return nil
         case .recommend(let q):
-            return str16(q.scorer, "the scorer name") ?? str16(q.sessionID, "the session id") ?? str16(q.shadowScorer, "the shadow scorer name")
+            let longSession = q.sessionID.utf8.count > RecommendRequest.maxSessionIDBytes
+                ? "the session id is \(q.sessionID.utf8.count) bytes; at most \(RecommendRequest.maxSessionIDBytes)" : nil
+            return str16(q.scorer, "the scorer name") ?? longSession ?? str16(q.shadowScorer, "the shadow scorer name")
                 ?? ids(q.sessionItems, "the session's item list") ?? ids(q.exclude, "the exclude list") ?? ids(q.candidates, "the candidate list")
         case .score(let s):
             return str16(s.scorer, "the scorer name") ?? ids(s.sessionItems, "the session's item list") ?? ids(s.items, "the item list")

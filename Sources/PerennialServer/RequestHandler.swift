@@ -101,7 +101,7 @@ final class RequestHandler {
     /// The loop's connections' buffer memory (set by the loop, for STATS).
     var connectionBufferBytes: () -> Int = { 0 }
     /// Longest session_id accepted (bytes).
-    static let maxSessionIDBytes = 256
+    static let maxSessionIDBytes = RecommendRequest.maxSessionIDBytes
     private var incoming: [IncomingEvent] = []
     /// RECOMMENDs read since the last batch was answered, in the order read,
     /// answered together at the end of a turn (one pass over the catalogue
@@ -299,10 +299,8 @@ final class RequestHandler {
                 throw ProtocolError(.unknownScorer, "the shadow scorer \"\(q.shadowScorer)\" is not loaded; loaded: \((model.scorerNames + model.routes.keys.sorted()).joined(separator: ", "))")
             }
             if !q.sessionID.isEmpty && model.canServe(q.scorer) {
-                // (A request the model will refuse leaves the session alone.)
-                guard q.sessionID.utf8.count <= Self.maxSessionIDBytes else {
-                    throw ProtocolError(.invalidArgument, "session_id is \(q.sessionID.utf8.count) bytes; at most \(Self.maxSessionIDBytes)")
-                }
+                // (A request the model will refuse leaves the session alone.
+                // Its session_id's length is the codec's to check.)
                 // The request's items join the remembered session.
                 session = sessions.update(q.sessionID, appending: q.sessionItems,
                                           now: Double(MonotonicClock.nowMillis()) / 1000)

@@ -93,7 +93,7 @@ RULES = [
     "Requests only: well-formed fields out of range -> INVALID_ARGUMENT: an id (user, "
     "item, list element) of 0 or >= 2^63, RECOMMEND k outside 1..max_items, an ids16 "
     "count above max_items, SCORE items count outside 1..max_items, FEEDBACK n outside "
-    "1..max_events. A count is checked as soon as it is read, before its elements, so "
+    "1..max_events, a RECOMMEND session_id over 256 bytes. A count is checked as soon as it is read, before its elements, so "
     "a count above its limit is INVALID_ARGUMENT even when the payload then ends early.",
     "FEEDBACK events are checked as each is read: kind not 1..4, value NaN/infinite, "
     "rating outside 0..10, other kinds' weight outside 0..1000, user or item 0 or >= "
@@ -560,6 +560,14 @@ def invalid_vectors() -> None:
               frame(op["RECOMMEND"], 0, 42, rec(42, 0)), "INVALID_ARGUMENT", 42)
     add_error("recommend_request_k_1001", "RECOMMEND with k = 1001 (> max_items)",
               frame(op["RECOMMEND"], 0, 43, rec(42, 1001)), "INVALID_ARGUMENT", 43)
+    p = u64(42) + u16(10) + u64(0) + str16("") + str16("s" * 257) + ids16([]) + ids16([]) + ids16([])
+    add_error("recommend_request_session_id_257", "RECOMMEND whose session_id is 257 bytes (at most 256)",
+              frame(op["RECOMMEND"], 0, 79, p), "INVALID_ARGUMENT", 79)
+    p = u64(42) + u16(10) + u64(0) + str16("") + str16("\u00e9" * 128) + ids16([]) + ids16([]) + ids16([])
+    add_frame("recommend_request_session_id_256", "RECOMMEND whose session_id is 256 bytes (128 two-byte characters)",
+              frame(op["RECOMMEND"], 0, 80, p), "RECOMMEND", 0, 80,
+              {"user": 42, "k": 10, "min_applied_seq": 0, "scorer": "", "session_id": "\u00e9" * 128,
+               "session_items": [], "exclude": [], "candidates": []})
     add_error("recommend_request_exclude_id_0", "RECOMMEND whose exclude list contains 0",
               frame(op["RECOMMEND"], 0, 44, rec(42, 10, excl=ids16([5, 0]))),
               "INVALID_ARGUMENT", 44)

@@ -11,7 +11,7 @@ from typing import Deque, Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 from .errors import (ERROR_CODES, FATAL_CODES, CapacityExceeded, ConnectionError, InvalidEvent, ProtocolError, ServerError,
                      TimeoutError, error_from_reply)
-from .protocol import VERSION, Frame, Opcode, encode_payload
+from .protocol import MAX_SESSION_ID_BYTES, VERSION, Frame, Opcode, encode_payload
 from .types import (Event, EventLike, as_int, FeedbackAck, Recommendation, Score, ServerInfo, Snapshot,
                     UpsertResult, to_event)
 
@@ -304,8 +304,6 @@ def checked_text(v: str, what: str, most: Optional[int] = None) -> str:
     return v
 
 
-#: The longest ``session_id`` the server accepts, in bytes (PROTOCOL.md).
-MAX_SESSION_ID_BYTES = 256
 
 
 def hello_failed(e: BaseException, host: str, port: int, first_bytes: bytes) -> BaseException:

@@ -104,6 +104,9 @@ _OPCODE_VALUES = frozenset(int(o) for o in Opcode)
 EVENT_KINDS: Dict[str, int] = {"view": 1, "click": 2, "purchase": 3, "rating": 4}
 EVENT_KIND_NAMES: Dict[int, str] = {v: k for k, v in EVENT_KINDS.items()}
 
+#: The longest RECOMMEND ``session_id``, in bytes: longer is INVALID_ARGUMENT.
+MAX_SESSION_ID_BYTES = 256
+
 #: Largest rating value and largest weight of the other kinds.
 MAX_RATING = 10.0
 MAX_WEIGHT = 1000.0
@@ -335,10 +338,14 @@ def _dec_recommend_req(r: _Reader, limits: Limits) -> Dict[str, Any]:
     out = {"user": user, "k": k,
            "min_applied_seq": r.u64("min_applied_seq"),
            "scorer": r.str16("scorer"),
-           "session_id": r.str16("session_id"),
+           "session_id": r.str16("session_id")}
+    if len(out["session_id"].encode("utf-8", "surrogatepass")) > MAX_SESSION_ID_BYTES:
+        raise _invalid("session_id is %d bytes; at most %d"
+                       % (len(out["session_id"].encode("utf-8", "surrogatepass")), MAX_SESSION_ID_BYTES))
+    out.update({
            "session_items": r.req_ids16("session_items", limits),
            "exclude": r.req_ids16("exclude", limits),
-           "candidates": r.req_ids16("candidates", limits)}
+           "candidates": r.req_ids16("candidates", limits)})
     if r.remaining() > 0:  # optional trailing field
         out["shadow_scorer"] = r.str16("shadow_scorer")
     return out
