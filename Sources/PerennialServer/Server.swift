@@ -136,6 +136,8 @@ public final class Server: Sendable {
                 Log.warning("--drop-scorer \(name): nothing to drop (the snapshot holds no state of \(name) that this config leaves out); remove the flag, or a later config that leaves \(name) out would drop its state without asking")
             }
             if !note.isEmpty { _ = try handler.snapshots.take(note: note, distinct: true) }
+            // (On this thread, which then serves, before the learner starts.)
+            model.warmUp()
             port = try loop.bind(host: config.host, port: config.port, handleSignals: handleSignals)
             // (Once listening: a start that fails before this leaves the
             // sessions a graceful stop saved for the next try; helper-75.)

@@ -101,4 +101,34 @@ import Testing
         let scores = scorer.score(q, items: [200, 201])
         #expect(scores[0] > scores[1], "\(scores)")
     }
+
+    /// A warm-up at start-up encodes every text before the first request
+    /// (which otherwise encoded the whole catalogue while every connection
+    /// waited: helper-77), and answers as the first request would have.
+    @Test func aWarmUpAnswersAsTheFirstRequestWould() {
+        func trained() -> TextCNNScorer {
+            var s = TextCNNSettings()
+            s.batch = 16
+            s.buckets = 4096
+            let scorer = TextCNNScorer(settings: s)
+            scorer.grow(users: 20, items: 300)
+            for i in 0..<300 { scorer.itemTextChanged(Int32(i), text: "word\(i % 17) word\(i % 5) item \(i)", after: 0) }
+            var rng = SplitMix64(seed: 4)
+            for k in 0..<2000 {
+                scorer.learn(LearnEvent(seq: UInt64(k + 1), user: Int32(rng.below(20)), item: Int32(rng.below(300)), kind: .click, value: 1, timestamp: 0))
+            }
+            return scorer
+        }
+        let warmed = trained(), cold = trained()
+        warmed.warmUp()
+        let ex = ExclusionSet()
+        ex.reset(itemCount: 300)
+        let history: [Int32] = [3, 20, 37]
+        let q = ScoringQuery(user: 0, exclusions: ex, itemCount: 300, history: history[...])
+        var a = TopK(k: 10), b = TopK(k: 10)
+        warmed.recommend(q, into: &a)
+        cold.recommend(q, into: &b)
+        #expect(a.sorted().map(\.item) == b.sorted().map(\.item) && !a.sorted().isEmpty)
+        #expect(warmed.score(q, items: (0..<300).map { Int32($0) }) == cold.score(q, items: (0..<300).map { Int32($0) }))
+    }
 }

@@ -918,6 +918,13 @@ public final class Model: @unchecked Sendable {
     /// The k best items for a user by the named scorer ("" = default),
     /// excluding the user's history and `exclude`, optionally restricted to
     /// `candidates`. Unknown item ids in the lists are ignored.
+    /// Each scorer does now what its first request would do for the whole
+    /// catalogue (text-cnn encodes every text): the serving thread, before
+    /// it serves, with the learner not started.
+    public func warmUp() {
+        for s in scorers { s.warmUp() }
+    }
+
     public func recommend(user: UInt64, k: Int, scorer name: String = "", session: [UInt64] = [],
                           exclude: [UInt64] = [], candidates: [UInt64] = []) throws(ModelError) -> [Recommendation] {
         if let route = routes[name] {

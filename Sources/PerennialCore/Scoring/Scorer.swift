@@ -156,6 +156,10 @@ public protocol Scorer: AnyObject {
     func retunes(to settings: any ScorerSettings) -> Bool
     /// Takes such settings in place (admitting thread, learner idle).
     func adjust(to settings: any ScorerSettings)
+    /// Does, before the first request, what the first request would
+    /// otherwise do for the whole catalogue (the serving thread, before it
+    /// serves, learner not started).
+    func warmUp()
     /// Pushes every eligible item with its score into `top`.
     func recommend(_ query: ScoringQuery, into top: inout TopK)
     /// Answers several queries at once: `tops[i]` gets exactly what
@@ -194,6 +198,7 @@ extension Scorer {
     public func replay(_ event: LearnEvent) {}
     public func adjusts(to settings: any ScorerSettings) -> Bool { false }
     public func retunes(to settings: any ScorerSettings) -> Bool { false }
+    public func warmUp() {}
     /// (Never called: `adjusts` and `retunes` said no, so the model
     /// rebuilds the scorer.)
     public func adjust(to settings: any ScorerSettings) {

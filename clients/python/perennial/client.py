@@ -8,6 +8,7 @@ import selectors
 import socket
 import threading
 import time
+import warnings
 import weakref
 from collections import deque
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
@@ -827,7 +828,14 @@ class Pipeline(_c.PipelineCommands):
     def __enter__(self) -> "Pipeline":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Optional[Type[BaseException]], *rest: Any) -> None:
+        # As in redis-py, leaving the block drops what was not executed;
+        # unlike it, a block that ends normally with requests still queued
+        # says so (a `with` around 100,000 queued upserts and no execute()
+        # sent nothing, silently).
+        if exc_type is None and self._commands:
+            warnings.warn("Pipeline left with %d queued requests never sent: call execute() inside the with block"
+                          % len(self._commands), RuntimeWarning, stacklevel=2)
         self.reset()
 
     @_serialised

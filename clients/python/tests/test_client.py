@@ -264,6 +264,21 @@ def test_pipeline_in_order(client: perennial.Client) -> None:
     assert len(p) == 0 and p.execute() == []
 
 
+def test_a_pipeline_block_left_with_requests_unsent_warns(client: perennial.Client) -> None:
+    """As in redis-py, leaving a pipeline's with block drops what was not
+    executed; a block that ends normally with requests queued says so."""
+    with pytest.warns(RuntimeWarning, match="2 queued requests never sent"):
+        with client.pipeline() as p:
+            p.ping().ping()
+    with client.pipeline() as p:                          # executed: no warning
+        p.ping()
+        assert p.execute() == [True]
+    with pytest.raises(KeyError):                         # an exception: dropped without a warning
+        with client.pipeline() as p:
+            p.ping()
+            raise KeyError("x")
+
+
 def test_pipeline_errors_in_place(client: perennial.Client) -> None:
     p = client.pipeline().ping().recommend(1, scorer="nope").stats().ping()
     results = p.execute()
