@@ -284,7 +284,7 @@ public final class CollaborativeFilteringScorer: Scorer {
         if !e.sharedUser {
             // (A rating's pairs count 1 whatever the rating, as they always
             // have; an implicit event's count its learning weight.)
-            if !repeating { neighbourhood.learn(item: e.item, previous: recent[u][...], weight: e.kind == .rating ? 1 : e.value) }
+            if !repeating { neighbourhood.learn(item: e.item, previous: recent[u][...], weight: e.occurrenceWeight) }
             recent[u].append(e.item)
             let keep = max(settings.contextItems, settings.pairWindow, 1)
             if recent[u].count > keep * 2 { recent[u].removeFirst(recent[u].count - keep) }
@@ -396,7 +396,7 @@ public final class CollaborativeFilteringScorer: Scorer {
                 let sj = itemStats.row(Int(j))
                 let x = pk_dot_diff(si[Self.biasSlot] - sj[Self.biasSlot], z, vi, vj, d)
                 // d/dx ln σ(x) = σ(−x)
-                let g = weight * sigmoid(-x)
+                let g = weight * stableSigmoid(-x)
                 if g < 1e-6 { continue }
                 pk_bpr_accumulate(g, vi, vj, z, dz, gi, d)
                 gradBiasI += g
@@ -821,12 +821,6 @@ public final class CollaborativeFilteringScorer: Scorer {
     }
 }
 
-@inline(__always)
-func sigmoid(_ x: Float) -> Float {
-    if x >= 0 { return 1 / (1 + expf(-x)) }
-    let e = expf(x)
-    return e / (1 + e)
-}
 
 #if canImport(Glibc)
 import Glibc

@@ -63,7 +63,7 @@ public final class PopularityScorer: Scorer {
     public func learn(_ event: LearnEvent) {
         learned.add(1, ordering: .relaxed)
         learnedItems = max(learnedItems, Int(event.item) + 1)
-        let weight = event.kind == .rating ? 1 : Double(event.value)
+        let weight = Double(event.occurrenceWeight)
         if settings.halfLifeEvents > 0 {
             var lw = logWeight + 1 / Double(settings.halfLifeEvents)
             if lw > 60 {

@@ -169,7 +169,7 @@ public final class SessionRNNScorer: Scorer {
         if let last = recent[u].last {
             // (An implicit event's learning weight, `[feedback]`, scales the
             // step; a rating is a step of the sequence like any other.)
-            let weight: Float = e.kind == .rating ? 1 : e.value
+            let weight = e.occurrenceWeight
             if learnedItems > 1 && weight > 0 { trainStep(inputs: recent[u].suffix(settings.steps), target: e.item, weight: weight) }
             if e.seq > transitionsCountedTo && last != e.item {
                 transitions.add(last, e.item, 1)

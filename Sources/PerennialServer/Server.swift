@@ -71,11 +71,7 @@ public final class Server: Sendable {
         do {
             (dataLock, createdDataDir) = try prepareDataDirectory()
         } catch {
-            state.withLock { $0.startError = "\(error)" }
-            started.signal()
-            recovered.signal()
-            ended.signal()
-            throw error
+            throw failedStart(error)
         }
         let log = FeedbackLog(directory: (config.dataDir as NSString).appendingPathComponent("log"),
                               policy: config.fsync, segmentBytes: config.logSegmentBytes)
@@ -108,11 +104,7 @@ public final class Server: Sendable {
             try log.openForAppend(lastSeq: pending?.lastSeq ?? model.lastSeq, atLeastSegment: firstSegment)
         } catch {
             abandonStart(lock: dataLock, createdDataDir: createdDataDir)
-            state.withLock { $0.startError = "\(error)" }
-            started.signal()
-            recovered.signal()
-            ended.signal()
-            throw error
+            throw failedStart(error)
         }
         // The learner reports progress through the loop's async handle, which
         // exists only once the loop is bound; until then it has nothing to report.
@@ -145,11 +137,7 @@ public final class Server: Sendable {
         } catch {
             log.close()
             abandonStart(lock: dataLock, createdDataDir: createdDataDir)
-            state.withLock { $0.startError = "\(error)" }
-            started.signal()
-            recovered.signal()
-            ended.signal()
-            throw error
+            throw failedStart(error)
         }
         wakerBox.withLock { $0 = loop.waker }
         // (A snapshot's thread wakes the loop up to its last step; the loop
@@ -275,6 +263,17 @@ public final class Server: Sendable {
         } catch {
             throw ServerError("\(error)")
         }
+    }
+
+    /// A start that failed: says why to a caller of `start()` and wakes
+    /// everything that waits on the start (after the lock is released);
+    /// returns the error to throw.
+    private func failedStart(_ error: any Error) -> any Error {
+        state.withLock { $0.startError = "\(error)" }
+        started.signal()
+        recovered.signal()
+        ended.signal()
+        return error
     }
 
     /// A start that failed before it listened releases the lock, and

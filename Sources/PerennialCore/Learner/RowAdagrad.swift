@@ -15,10 +15,6 @@ public func adagradRowStep(_ row: UnsafeMutablePointer<Float>, direction: Unsafe
     pk_adagrad_step(row, direction, scale, accumulator, learningRate, width)
 }
 
-/// The logistic function 1 / (1 + e^−a).
-@inline(__always)
-public func sigmoid(_ a: Float) -> Float { 1 / (1 + expf(-a)) }
-
 #if canImport(Glibc)
 import Glibc
 #endif

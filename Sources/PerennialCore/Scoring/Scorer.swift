@@ -52,6 +52,12 @@ public struct LearnEvent: Sendable, Equatable {
         kind == .rating ? (value >= positiveThreshold ? 1 : belowThreshold) : value
     }
 
+    /// How much the event counts as an occurrence of its item (popularity,
+    /// co-occurrence and transition counts): a rating 1, whatever its
+    /// value; an implicit event its learning weight (`value`).
+    @inline(__always)
+    public var occurrenceWeight: Float { kind == .rating ? 1 : value }
+
     public init(seq: UInt64, user: Int32, item: Int32, kind: FeedbackKind, value: Float, timestamp: Int64) {
         self.seq = seq
         self.user = user
