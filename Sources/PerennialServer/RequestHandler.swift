@@ -248,84 +248,9 @@ final class RequestHandler {
         case .stats:
             Reply.stats(counters()).encode(into: &out, requestID: requestID)
         case .feedback(let events):
-            // Room in the queue, and within this connection's share of it
-            // (a batch is always admitted when the connection has nothing queued).
-            let allowance = queueAllowance
-            let share = Int(Double(allowance) * config.limits.feedbackQueueShare)
-            // (While an automatic snapshot waits for the learner, the room
-            // tapers to nothing: admissionRoom.)
-            let room = snapshots.admissionRoom(allowance)
-            let mine = state.unappliedEvents(applied: model.appliedSeq)
-            // (While a snapshot that stopped new events waits for the
-            // learner to catch up, and while its thread serialises the
-            // model, new events wait; RECOMMENDs go on.)
-            guard !snapshots.draining, !snapshots.serialising, idleWaiters.isEmpty, !hangupWaiting else { return .waitForQueueRoom }
-            // Batches that found the queue full go in the order they came:
-            // a large one is never passed over, turn after turn, by smaller
-            // ones that fit in the room it waits for. (A batch over its own
-            // connection's share waits for its own events, out of line.)
-            let inLine = roomLine.first.map { $0 == owner } ?? true
-            guard inLine, learner.hasRoom(for: events.count, within: room) else {
-                if !roomLine.contains(owner) { roomLine.append(owner) }
-                stats.queueFullPauses += 1
-                return .waitForQueueRoom
-            }
-            guard mine == 0 || mine + events.count <= share else {
-                leaveRoomLine(owner)
-                stats.queueFullPauses += 1
-                return .waitForQueueRoom
-            }
-            leaveRoomLine(owner)
-            let now = try resolveIncoming(events)
-            if sweepMustWait(incoming) { return .waitForQueueRoom }
-            if let b = model.firstBreach(of: incoming, maxUserIDs: config.limits.maxUserIDs, maxItemIDs: config.limits.maxItemIDs) {
-                stats.capacityRefusals += 1
-                throw Self.capacityError(b)
-            }
-            // The log first: an event the log refused is not accepted.
-            try logIncoming(firstSeq: model.lastSeq + 1)
-            admitted.removeAll(keepingCapacity: true)
-            model.admit(incoming, now: now, into: &admitted)
-            let queued = learner.tryEnqueue(admitted)
-            precondition(queued, "learner queue refused a batch after reporting room")
-            acknowledgeIncoming(firstSeq: admitted[0].seq, state: &state, requestID: requestID, out: &out)
+            return try performFeedback(events, state: &state, requestID: requestID, out: &out, owner: owner)
         case .recommend(let q):
-            if let wait = try readYourWrites(q.minAppliedSeq, state: &state) { return wait }
-            let batched = joinsBatch(request)
-            if batched && deferred.count >= config.recommendBatch { return .waitForBatch }
-            stats.recommends += 1
-            var session = q.sessionItems
-            if !q.shadowScorer.isEmpty && !model.canServe(q.shadowScorer) {
-                throw ProtocolError(.unknownScorer, "the shadow scorer \"\(q.shadowScorer)\" is not loaded; loaded: \((model.scorerNames + model.routes.keys.sorted()).joined(separator: ", "))")
-            }
-            if !q.sessionID.isEmpty && model.canServe(q.scorer) {
-                // (A request the model will refuse leaves the session alone.
-                // Its session_id's length is the codec's to check.)
-                // The request's items join the remembered session.
-                session = sessions.update(q.sessionID, appending: q.sessionItems,
-                                          now: Double(MonotonicClock.nowMillis()) / 1000)
-            }
-            if batched {
-                deferred.append(DeferredRecommend(owner: owner, requestID: requestID,
-                                                  question: RecommendQuestion(user: q.user, k: Int(q.k), scorer: q.scorer, session: session,
-                                                                              exclude: q.exclude, candidates: q.candidates)))
-                return .deferred(replyBytes: FrameHeader.size + 10 + 12 * Int(q.k))
-            }
-            do {
-                let recs = try model.recommend(user: q.user, k: Int(q.k), scorer: q.scorer, session: session,
-                                               exclude: q.exclude, candidates: q.candidates)
-                if !q.shadowScorer.isEmpty {
-                    // The same question to the shadow scorer, remembered, not returned.
-                    let other = try model.recommend(user: q.user, k: Int(q.k), scorer: q.shadowScorer, session: session,
-                                                    exclude: q.exclude, candidates: q.candidates)
-                    shadows.record(user: q.user, shadow: q.shadowScorer, served: recs.map(\.item), other: other.map(\.item))
-                }
-                Reply.recommend(RecommendReply(appliedSeq: model.appliedSeq,
-                                               items: recs.map { RankedItem(item: $0.item, score: $0.score) }))
-                    .encode(into: &out, requestID: requestID)
-            } catch {
-                throw ProtocolError(.unknownScorer, error.description)
-            }
+            return try performRecommend(q, request: request, state: &state, requestID: requestID, out: &out, owner: owner)
         case .score(let s):
             if let wait = try readYourWrites(0, state: &state) { return wait }
             do {
@@ -335,29 +260,7 @@ final class RequestHandler {
                 throw ProtocolError(.unknownScorer, error.description)
             }
         case .upsertItem(let u):
-            // (Not while a snapshot's thread serialises the model.)
-            if snapshots.serialising { return .waitForQueueRoom }
-            // (Bounded as the text is, but refused rather than cut: review
-            // finding, helper-78, a frame's worth of attributes per item.)
-            let attributeBytes = u.attributes.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count }
-            if attributeBytes > config.limits.maxAttributeBytes {
-                throw ProtocolError(.invalidArgument, "the item's attributes take \(attributeBytes) bytes (keys and values); limits.max_attribute_bytes allows \(config.limits.maxAttributeBytes): nothing was stored")
-            }
-            if let b = model.upsertBreach(item: u.item, maxItemIDs: config.limits.maxItemIDs) {
-                stats.capacityRefusals += 1
-                throw Self.capacityError(b, upsert: true)
-            }
-            do {
-                try log.append(.upsert(item: u.item, text: model.cutText(u.text),
-                                       attributes: u.attributes.map { LogAttribute(key: $0.key, value: $0.value) }),
-                               lastSeq: model.lastSeq)
-            } catch {
-                stats.storageRefusals.note("UPSERT_ITEM refused with STORAGE: \(error); STATS storage_refusals counts them")
-                throw ProtocolError(.storage, "item not stored: \(error)")
-            }
-            if log.policy == .always { needsSync = true }
-            let r = snapshots.applyLoggedChange { model.upsertItem(id: u.item, text: u.text, attributes: u.attributes.map { ($0.key, $0.value) }) }
-            Reply.upsertItem(UpsertReply(created: r.created, truncated: r.truncated)).encode(into: &out, requestID: requestID)
+            return try performUpsert(u, state: &state, requestID: requestID, out: &out, owner: owner)
         case .deleteItems(let ids):
             let held = model.holdsAnyItem(of: ids)
             if let wait = try delete(.deleteItems(items: ids), held: held, owner: owner) { return wait }
@@ -372,45 +275,7 @@ final class RequestHandler {
             stats.usersDeleted += UInt64(deleted)
             Reply.deleteUsers(deleted: UInt16(deleted)).encode(into: &out, requestID: requestID)
         case .reload:
-            // Applied already: the reply waits until the RELOAD's snapshot
-            // is durable, so an acknowledged RELOAD survives a crash. (Before
-            // it, recovery would replay the events since the previous
-            // version under the new settings, unlike the live server, which
-            // learned them under the old: review finding, helper-35.)
-            if let failuresBefore = state.reloadWaitingSince {
-                guard let saved = snapshots.reloadSaved(failuresBefore: failuresBefore) else { return .waitForQueueRoom }
-                state.reloadWaitingSince = nil
-                if case .failure(let why) = saved {
-                    throw ProtocolError(.storage, "the new config is applied, but its snapshot failed (\(why)): until a snapshot succeeds (tried again by itself), a crash would replay the events since the previous version under the new settings")
-                }
-                Reply.reload.encode(into: &out, requestID: requestID)
-                return .done
-            }
-            do {
-                // Refused at once when it cannot apply (nothing to wait for).
-                let next = try checkedReloadConfig()
-                // Scorers are swapped with the learner idle and no snapshot
-                // thread reading the model. Until then this connection waits
-                // (parked, the frame unread) and new events wait with it;
-                // the loop goes on serving reads.
-                if let wait = parkUntilLearnerIdle(owner) { return wait }
-                let failuresBefore = snapshots.reloadSaveFailures, generation = snapshots.reloadGeneration
-                _ = try applyReload(next)
-                // (Only a RELOAD that changed scorers waits: one that changed
-                // limits alone has nothing to save, even while an earlier
-                // RELOAD's snapshot is still to be retried.)
-                if snapshots.reloadGeneration != generation && snapshots.reloadUnsnapshotted {
-                    state.reloadWaitingSince = failuresBefore
-                    return .waitForQueueRoom
-                }
-            } catch let e as ProtocolError {
-                Log.error("RELOAD: \(e.message)")
-                throw e
-            } catch {
-                Log.error("RELOAD: the new config was refused; the old one stays: \(error)")
-                throw ProtocolError(.invalidArgument, "the new config was refused; the old one stays: \(error)")
-            }
-            Reply.reload.encode(into: &out, requestID: requestID)
+            return try performReload(state: &state, requestID: requestID, out: &out, owner: owner)
         case .snapshot:
             // (Answered once a snapshot taken after the request is durable:
             // SnapshotScheduler.answer.)
@@ -430,6 +295,168 @@ final class RequestHandler {
         return .done
     }
 
+    /// FEEDBACK: admitted in turn, logged, queued for the learner, acknowledged.
+    private func performFeedback(_ events: [WireEvent], state: inout ConnectionState, requestID: UInt32,
+                                 out: inout [UInt8], owner: ObjectIdentifier) throws(ProtocolError) -> FrameOutcome {
+        // Room in the queue, and within this connection's share of it
+        // (a batch is always admitted when the connection has nothing queued).
+        let allowance = queueAllowance
+        let share = Int(Double(allowance) * config.limits.feedbackQueueShare)
+        // (While an automatic snapshot waits for the learner, the room
+        // tapers to nothing: admissionRoom.)
+        let room = snapshots.admissionRoom(allowance)
+        let mine = state.unappliedEvents(applied: model.appliedSeq)
+        // (While a snapshot that stopped new events waits for the
+        // learner to catch up, and while its thread serialises the
+        // model, new events wait; RECOMMENDs go on.)
+        guard !snapshots.draining, !snapshots.serialising, idleWaiters.isEmpty, !hangupWaiting else { return .waitForQueueRoom }
+        // Batches that found the queue full go in the order they came:
+        // a large one is never passed over, turn after turn, by smaller
+        // ones that fit in the room it waits for. (A batch over its own
+        // connection's share waits for its own events, out of line.)
+        let inLine = roomLine.first.map { $0 == owner } ?? true
+        guard inLine, learner.hasRoom(for: events.count, within: room) else {
+            if !roomLine.contains(owner) { roomLine.append(owner) }
+            stats.queueFullPauses += 1
+            return .waitForQueueRoom
+        }
+        guard mine == 0 || mine + events.count <= share else {
+            leaveRoomLine(owner)
+            stats.queueFullPauses += 1
+            return .waitForQueueRoom
+        }
+        leaveRoomLine(owner)
+        let now = try resolveIncoming(events)
+        if sweepMustWait(incoming) { return .waitForQueueRoom }
+        if let b = model.firstBreach(of: incoming, maxUserIDs: config.limits.maxUserIDs, maxItemIDs: config.limits.maxItemIDs) {
+            stats.capacityRefusals += 1
+            throw Self.capacityError(b)
+        }
+        // The log first: an event the log refused is not accepted.
+        try logIncoming(firstSeq: model.lastSeq + 1)
+        admitted.removeAll(keepingCapacity: true)
+        model.admit(incoming, now: now, into: &admitted)
+        let queued = learner.tryEnqueue(admitted)
+        precondition(queued, "learner queue refused a batch after reporting room")
+        acknowledgeIncoming(firstSeq: admitted[0].seq, state: &state, requestID: requestID, out: &out)
+        return .done
+    }
+
+    /// RECOMMEND: after this connection's writes (read-your-writes), joined to the turn's batch or answered alone.
+    private func performRecommend(_ q: RecommendRequest, request: Request, state: inout ConnectionState, requestID: UInt32,
+                                 out: inout [UInt8], owner: ObjectIdentifier) throws(ProtocolError) -> FrameOutcome {
+        if let wait = try readYourWrites(q.minAppliedSeq, state: &state) { return wait }
+        let batched = joinsBatch(request)
+        if batched && deferred.count >= config.recommendBatch { return .waitForBatch }
+        stats.recommends += 1
+        var session = q.sessionItems
+        if !q.shadowScorer.isEmpty && !model.canServe(q.shadowScorer) {
+            throw ProtocolError(.unknownScorer, "the shadow scorer \"\(q.shadowScorer)\" is not loaded; loaded: \((model.scorerNames + model.routes.keys.sorted()).joined(separator: ", "))")
+        }
+        if !q.sessionID.isEmpty && model.canServe(q.scorer) {
+            // (A request the model will refuse leaves the session alone.
+            // Its session_id's length is the codec's to check.)
+            // The request's items join the remembered session.
+            session = sessions.update(q.sessionID, appending: q.sessionItems,
+                                      now: Double(MonotonicClock.nowMillis()) / 1000)
+        }
+        if batched {
+            deferred.append(DeferredRecommend(owner: owner, requestID: requestID,
+                                              question: RecommendQuestion(user: q.user, k: Int(q.k), scorer: q.scorer, session: session,
+                                                                          exclude: q.exclude, candidates: q.candidates)))
+            return .deferred(replyBytes: FrameHeader.size + 10 + 12 * Int(q.k))
+        }
+        do {
+            let recs = try model.recommend(user: q.user, k: Int(q.k), scorer: q.scorer, session: session,
+                                           exclude: q.exclude, candidates: q.candidates)
+            if !q.shadowScorer.isEmpty {
+                // The same question to the shadow scorer, remembered, not returned.
+                let other = try model.recommend(user: q.user, k: Int(q.k), scorer: q.shadowScorer, session: session,
+                                                exclude: q.exclude, candidates: q.candidates)
+                shadows.record(user: q.user, shadow: q.shadowScorer, served: recs.map(\.item), other: other.map(\.item))
+            }
+            Reply.recommend(RecommendReply(appliedSeq: model.appliedSeq,
+                                           items: recs.map { RankedItem(item: $0.item, score: $0.score) }))
+                .encode(into: &out, requestID: requestID)
+        } catch {
+            throw ProtocolError(.unknownScorer, error.description)
+        }
+        return .done
+    }
+
+    /// UPSERT_ITEM: bounded, logged, applied.
+    private func performUpsert(_ u: UpsertItem, state: inout ConnectionState, requestID: UInt32,
+                                 out: inout [UInt8], owner: ObjectIdentifier) throws(ProtocolError) -> FrameOutcome {
+        // (Not while a snapshot's thread serialises the model.)
+        if snapshots.serialising { return .waitForQueueRoom }
+        // (Bounded as the text is, but refused rather than cut: review
+        // finding, helper-78, a frame's worth of attributes per item.)
+        let attributeBytes = u.attributes.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count }
+        if attributeBytes > config.limits.maxAttributeBytes {
+            throw ProtocolError(.invalidArgument, "the item's attributes take \(attributeBytes) bytes (keys and values); limits.max_attribute_bytes allows \(config.limits.maxAttributeBytes): nothing was stored")
+        }
+        if let b = model.upsertBreach(item: u.item, maxItemIDs: config.limits.maxItemIDs) {
+            stats.capacityRefusals += 1
+            throw Self.capacityError(b, upsert: true)
+        }
+        do {
+            try log.append(.upsert(item: u.item, text: model.cutText(u.text),
+                                   attributes: u.attributes.map { LogAttribute(key: $0.key, value: $0.value) }),
+                           lastSeq: model.lastSeq)
+        } catch {
+            stats.storageRefusals.note("UPSERT_ITEM refused with STORAGE: \(error); STATS storage_refusals counts them")
+            throw ProtocolError(.storage, "item not stored: \(error)")
+        }
+        if log.policy == .always { needsSync = true }
+        let r = snapshots.applyLoggedChange { model.upsertItem(id: u.item, text: u.text, attributes: u.attributes.map { ($0.key, $0.value) }) }
+        Reply.upsertItem(UpsertReply(created: r.created, truncated: r.truncated)).encode(into: &out, requestID: requestID)
+        return .done
+    }
+
+    /// RELOAD: applied with the learner idle; answered once its snapshot, if it needs one, is durable.
+    private func performReload(state: inout ConnectionState, requestID: UInt32,
+                                 out: inout [UInt8], owner: ObjectIdentifier) throws(ProtocolError) -> FrameOutcome {
+        // Applied already: the reply waits until the RELOAD's snapshot
+        // is durable, so an acknowledged RELOAD survives a crash. (Before
+        // it, recovery would replay the events since the previous
+        // version under the new settings, unlike the live server, which
+        // learned them under the old: review finding, helper-35.)
+        if let failuresBefore = state.reloadWaitingSince {
+            guard let saved = snapshots.reloadSaved(failuresBefore: failuresBefore) else { return .waitForQueueRoom }
+            state.reloadWaitingSince = nil
+            if case .failure(let why) = saved {
+                throw ProtocolError(.storage, "the new config is applied, but its snapshot failed (\(why)): until a snapshot succeeds (tried again by itself), a crash would replay the events since the previous version under the new settings")
+            }
+            Reply.reload.encode(into: &out, requestID: requestID)
+            return .done
+        }
+        do {
+            // Refused at once when it cannot apply (nothing to wait for).
+            let next = try checkedReloadConfig()
+            // Scorers are swapped with the learner idle and no snapshot
+            // thread reading the model. Until then this connection waits
+            // (parked, the frame unread) and new events wait with it;
+            // the loop goes on serving reads.
+            if let wait = parkUntilLearnerIdle(owner) { return wait }
+            let failuresBefore = snapshots.reloadSaveFailures, generation = snapshots.reloadGeneration
+            _ = try applyReload(next)
+            // (Only a RELOAD that changed scorers waits: one that changed
+            // limits alone has nothing to save, even while an earlier
+            // RELOAD's snapshot is still to be retried.)
+            if snapshots.reloadGeneration != generation && snapshots.reloadUnsnapshotted {
+                state.reloadWaitingSince = failuresBefore
+                return .waitForQueueRoom
+            }
+        } catch let e as ProtocolError {
+            Log.error("RELOAD: \(e.message)")
+            throw e
+        } catch {
+            Log.error("RELOAD: the new config was refused; the old one stays: \(error)")
+            throw ProtocolError(.invalidArgument, "the new config was refused; the old one stays: \(error)")
+        }
+        Reply.reload.encode(into: &out, requestID: requestID)
+        return .done
+    }
     /// A RELOAD or a deletion runs with the learner idle (it has applied
     /// everything accepted) and no snapshot thread reading the model: nil
     /// when that holds now, else how the connection waits (parked, the frame
