@@ -67,7 +67,7 @@ public final class Server: Sendable {
         // `start()` waits on them) after the data directory's lock is
         // released, so a server started on the same directory as soon as
         // `stop()` returns can take it.
-        let dataLock: Int32, createdDataDir: String?
+        let dataLock: Int32, createdDataDir: [String]
         do {
             (dataLock, createdDataDir) = try prepareDataDirectory()
         } catch {
@@ -244,14 +244,17 @@ public final class Server: Sendable {
 
     /// Creates the data directory and takes its lock, so two servers never
     /// append to one log. Returns the lock's descriptor (held until exit)
-    /// and the outermost folder this start created for it, if any.
-    private func prepareDataDirectory() throws -> (lock: Int32, created: String?) {
-        // (The outermost folder this start creates, parents included.)
-        var outermostNew: String?
-        var path = (config.dataDir as NSString).standardizingPath
-        while !path.isEmpty, path != "/", !FileManager.default.fileExists(atPath: path) {
-            outermostNew = path
-            path = (path as NSString).deletingLastPathComponent
+    /// and the folders this start created for it, outermost first, as the
+    /// path names them (not standardised: `~` and `..` are the file
+    /// system's to read, as they were when the folders were made).
+    private func prepareDataDirectory() throws -> (lock: Int32, created: [String]) {
+        var created: [String] = []
+        var path = config.dataDir
+        while !path.isEmpty, !FileManager.default.fileExists(atPath: path) {
+            created.insert(path, at: 0)
+            let parent = (path as NSString).deletingLastPathComponent
+            if parent == path { break }
+            path = parent
         }
         do {
             try FileManager.default.createDirectory(atPath: config.dataDir, withIntermediateDirectories: true)
@@ -259,7 +262,7 @@ public final class Server: Sendable {
             throw ServerError("cannot create the data directory \(config.dataDir): \(error.localizedDescription)")
         }
         do {
-            return (try DataDirectoryLock.take(config.dataDir), outermostNew)
+            return (try DataDirectoryLock.take(config.dataDir), created)
         } catch {
             throw ServerError("\(error)")
         }
@@ -276,13 +279,21 @@ public final class Server: Sendable {
         return error
     }
 
-    /// A start that failed before it listened releases the lock, and
-    /// removes the data directory if it made it: a mistyped port or address
-    /// must not leave an empty `./data` behind (review finding, helper-76).
-    /// (Nothing was accepted, so the directory holds only what this start
-    /// wrote there under its lock: the lock file, an empty log, no event.)
-    private func abandonStart(lock: Int32, createdDataDir: String?) {
-        if let createdDataDir { try? FileManager.default.removeItem(atPath: createdDataDir) }
+    /// A start that failed before it listened releases the lock and, if it
+    /// made the data directory, removes it: a mistyped port or address must
+    /// not leave an empty `./data` behind (review finding, helper-76). What
+    /// is inside is this start's alone (it holds the directory's lock: the
+    /// lock file, an empty log); the parents it made are removed only if
+    /// they are empty, deepest first, so a sibling another server made in
+    /// them meanwhile stays (review finding, helper-80: a recursive removal
+    /// of the outermost new folder deleted a running server's directory).
+    private func abandonStart(lock: Int32, createdDataDir created: [String]) {
+        if let dataDir = created.last { try? FileManager.default.removeItem(atPath: dataDir) }
+        for parent in created.dropLast().reversed() {
+            let name = (parent as NSString).lastPathComponent
+            if name == ".." || name == "." { continue }
+            _ = Glibc.rmdir(parent)   // (fails, keeping it, unless empty)
+        }
         Glibc.close(lock)
     }
 

@@ -47,7 +47,9 @@ public final class FeedbackLog: @unchecked Sendable {
     public let directory: String
     public let policy: FsyncPolicy
     public let segmentBytes: Int
-    private let lock = NSLock()
+    /// (A condition too: a sync on the serving thread waits for the
+    /// everysec thread's sync in flight, `backgroundSyncing`.)
+    private let lock = NSCondition()
     private var fd: Int32 = -1
     private var segmentNumber = 0
     private var segmentSize = 0
@@ -62,6 +64,12 @@ public final class FeedbackLog: @unchecked Sendable {
     /// records appended before it began, and clears `unsynced` only if no
     /// other came meanwhile.
     private var appends: UInt64 = 0
+    /// The everysec thread is in an fdatasync, without the lock. Any other
+    /// sync waits for its outcome first: a write-back error is reported to
+    /// one fdatasync of the file only, so a sync that ran beside a failing
+    /// one could succeed and publish as durable what was not (review
+    /// finding, helper-80).
+    private var backgroundSyncing = false
     private let durable = Atomic<UInt64>(0)
     private var stopping = false
     private var syncer: Thread?
@@ -335,6 +343,8 @@ public final class FeedbackLog: @unchecked Sendable {
     private func openSegment(_ n: Int) throws {
         // The old segment is made durable before the new one exists, so a
         // torn record can only ever be in the last segment.
+        waitForBackgroundSync()
+        if let failure { throw LogError(failure) }
         if fd >= 0 && fdatasync(fd) != 0 {
             failure = "fdatasync failed (\(String(cString: strerror(errno)))); restart the server"
             throw LogError(failure!)
@@ -455,7 +465,14 @@ public final class FeedbackLog: @unchecked Sendable {
         try syncLocked()
     }
 
+    /// Waits (the lock held, released while waiting) until the everysec
+    /// thread's fdatasync in flight, if any, has published its outcome.
+    private func waitForBackgroundSync() {
+        while backgroundSyncing { lock.wait() }
+    }
+
     private func syncLocked() throws {
+        waitForBackgroundSync()
         // Once an fsync failed, a later one may report success for pages the
         // kernel dropped: never trust the log again until a restart.
         if let failure { throw LogError(failure) }
@@ -492,15 +509,20 @@ public final class FeedbackLog: @unchecked Sendable {
             lock.lock()
             let stop = stopping
             // What this sync covers is taken under the lock; the fdatasync
-            // runs without it, on a duplicate of the descriptor (a segment
-            // rolled meanwhile closes the original, having synced it), so
-            // an append never waits behind the disk: it held the event loop
+            // runs without it, on a duplicate of the descriptor, so an
+            // append never waits behind the disk: it held the event loop
             // for the whole fdatasync, reads included (review finding,
-            // helper-79).
+            // helper-79). Only another sync (a segment roll, a snapshot's,
+            // the close) waits for it: backgroundSyncing.
             var job: (fd: Int32, target: UInt64, appends: UInt64)?
-            if !stop && unsynced && failure == nil && fd >= 0 {
+            if !stop && unsynced && failure == nil && fd >= 0 && !backgroundSyncing {
                 let copy = dup(fd)
-                if copy >= 0 { job = (copy, written, appends) } else { try? syncLocked() }
+                if copy >= 0 {
+                    job = (copy, written, appends)
+                    backgroundSyncing = true
+                } else {
+                    try? syncLocked()
+                }
             }
             lock.unlock()
             if stop { break }
@@ -516,10 +538,12 @@ public final class FeedbackLog: @unchecked Sendable {
                         Log.error("the log: \(failure!)")
                     }
                 } else {
-                    // (A sync on the loop meanwhile may have got further.)
+                    // (Monotonic whatever the order: no other sync ran meanwhile.)
                     if job.target > durable.load(ordering: .relaxed) { durable.store(job.target, ordering: .releasing) }
                     if appends == job.appends { unsynced = false }
                 }
+                backgroundSyncing = false
+                lock.broadcast()
                 lock.unlock()
             }
             usleep(1_000_000)

@@ -194,3 +194,68 @@ def test_everysec_a_slow_disk_does_not_stall_the_server(tmp_path: Path) -> None:
             time.sleep(0.1)
         assert c.stats()["events_durable"] == k
     _stop(proc)
+
+
+ERRSEQ_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+static int reported = 0;
+/* While the flag file exists each fdatasync takes 1 s and only the first to
+   finish reports EIO, later ones success, as Linux reports a write-back
+   error once per open file (which a dup'd descriptor shares); the file
+   FLAG.insync exists while one is under way. */
+int fdatasync(int fd) {
+    const char *flag = getenv("PERENNIAL_TEST_ERRSEQ_FLAG");
+    if (flag && access(flag, F_OK) == 0) {
+        char mark[512]; snprintf(mark, sizeof mark, "%s.insync", flag);
+        int m = open(mark, O_CREAT | O_WRONLY, 0644); if (m >= 0) close(m);
+        usleep(1000000);
+        unlink(mark);
+        if (__sync_bool_compare_and_swap(&reported, 0, 1)) { errno = EIO; return -1; }
+    }
+    int (*real)(int) = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    return real(fd);
+}
+"""
+
+
+def test_everysec_a_failure_reported_to_the_background_sync_is_never_passed_over(tmp_path: Path) -> None:
+    """Review finding (helper-80): once the everysec thread synced without
+    the lock, a SNAPSHOT's sync on the loop could run beside its failing
+    fdatasync, get the success Linux reports to the second sync of the same
+    file, and publish as durable the events whose sync had failed. A sync
+    on the loop now waits for the background one's outcome."""
+    cc = next((c for c in ("cc", "clang", "gcc") if shutil.which(c)), None)
+    if cc is None:
+        pytest.skip("no C compiler to build the errseq library")
+    src = tmp_path / "errseq.c"
+    src.write_text(ERRSEQ_SHIM)
+    lib = tmp_path / "errseq.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(lib), str(src), "-ldl"], check=True)
+    flag = tmp_path / "disk-fails"
+    events = _events(200)
+    proc, port = _launch(tmp_path / "data", "everysec", env={"LD_PRELOAD": str(lib), "PERENNIAL_TEST_ERRSEQ_FLAG": str(flag)})
+    with perennial.Client("127.0.0.1", port, timeout=30) as c:
+        c.feedback(events[:100])
+        deadline = time.monotonic() + 10
+        while c.stats()["events_durable"] < 100 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert c.stats()["events_durable"] == 100
+        flag.touch()
+        c.feedback(events[100:])
+        deadline = time.monotonic() + 10
+        while not Path(str(flag) + ".insync").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)                                  # the background fdatasync is under way
+        with pytest.raises(perennial.ServerError):
+            c.snapshot()
+        time.sleep(1.5)
+        st = c.stats()
+        assert st["events_durable"] == 100 and st["log_failed"] == 1, st
+    flag.unlink()
+    _stop(proc)
