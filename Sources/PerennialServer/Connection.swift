@@ -163,12 +163,14 @@ final class Connection {
         Int(inbox.loadUnaligned(fromByteOffset: readPos, as: UInt32.self).littleEndian) + 4
     }
 
-    /// The inbox's capacity once `makeRoom(atLeast: free)` has run.
+    /// The inbox's capacity once `makeRoom(atLeast: free)` has run: as it
+    /// is when that fits, else what the unread bytes and `free` need (in
+    /// 4 KiB pages). Not a power of two: a frame's last growth is to its
+    /// own length, not up to twice it.
     private func capacityAfterMakingRoom(atLeast free: Int) -> Int {
         let unread = writePos - readPos
-        var cap = inboxCapacity
-        while cap - unread < free { cap *= 2 }
-        return cap
+        if inboxCapacity - unread >= free { return inboxCapacity }
+        return (unread + free + 4095) & ~4095
     }
 
     /// Moves unread bytes to the front, growing the inbox when a frame needs it.
@@ -247,7 +249,14 @@ final class Connection {
                             // A larger buffer for this frame, if the budget
                             // of all connections' buffers allows it.
                             let growth = Connection.budgeted(capacityAfterMakingRoom(atLeast: room)) - Connection.budgeted(inboxCapacity)
-                            if growth > 0 && loop.largeInboxBytes + growth > loop.limits.maxInboxBytes {
+                            // (A frame past half its length grows whatever
+                            // the budget: frames growing together each held
+                            // part of it, and all were refused near their
+                            // end, none served (helper-80). The budget can be
+                            // passed by what such frames still need: at most
+                            // as much again as they hold.)
+                            let pastHalf = available * 2 >= length
+                            if growth > 0 && loop.largeInboxBytes + growth > loop.limits.maxInboxBytes && !pastHalf {
                                 // (As a fatal error: not before the replies a batch owes.)
                                 if awaitingBatch { park(.waitForBatch); return }
                                 loop.handler.stats.inboxBudgetRefusals += 1

@@ -17,10 +17,11 @@ from perennial.protocol import Opcode
 LIMITS = P.Limits(max_frame_bytes=1 << 26, max_items=1000, max_events=10000)
 
 
-def _start_of_large_frame(rid: int, length: int = 400_000, sent: int = 300_000) -> bytes:
+def _start_of_large_frame(rid: int, length: int = 500_000, sent: int = 400_000) -> bytes:
     """A FEEDBACK header announcing `length` bytes, and `sent` of them (a
-    buffer grows with what has come of its frame, so 300 KB of 400 KB
-    takes a 512 KiB buffer)."""
+    buffer grows with what has come of its frame, by as much again, and a
+    frame past half its length to its whole length: 400 KB of 500 KB take
+    a 500 KB buffer)."""
     return struct.pack("<IBBHI", length, 1, int(Opcode.FEEDBACK), 0, rid) + b"\0" * sent
 
 
@@ -43,7 +44,7 @@ def _wait_for_buffers(c: perennial.Client, at_least: int) -> None:
     assert c.stats()["connection_buffer_bytes"] >= at_least
 
 
-# Frames up to 512 KiB, whose buffers grow to 512 KiB: two fit in the budget.
+# Frames up to 512 KiB: two 500 KB buffers fit in the budget, with 100 KB to spare.
 CONFIG = "[limits]\nmax_frame_bytes = 524288\nmax_inbox_bytes = 1048576\n"
 
 
@@ -53,10 +54,12 @@ def test_partly_received_frames_beyond_the_budget_are_refused_busy(start_server)
     for k, s in enumerate(held):
         s.sendall(_start_of_large_frame(1 + k))
     with srv.client() as c:
-        _wait_for_buffers(c, 2 * 512 * 1024)
+        _wait_for_buffers(c, 2 * 500_000)
         assert c.stats()["inbox_budget_refusals"] == 0
+    # A third, 150 KB into its frame (before its half: a frame past it grows
+    # whatever the budget, so frames growing together are not all refused).
     third = socket.create_connection(srv.address)
-    third.sendall(_start_of_large_frame(7))
+    third.sendall(_start_of_large_frame(7, sent=150_000))
     reply = _read_frame(third)
     assert reply.opcode == Opcode.ERROR and reply.request_id == 7, reply
     assert reply.payload["code"] == "BUSY" and "max_inbox_bytes" in reply.payload["message"], reply.payload
@@ -94,6 +97,31 @@ def test_a_header_alone_does_not_reserve_its_frame(start_server) -> None:
         s.close()
 
 
+def test_frames_growing_together_past_the_budget_are_not_all_refused(start_server) -> None:
+    """Review finding (helper-80): with buffers growing with what has come,
+    frames arriving together each held part of the budget, and each was
+    refused BUSY near its end, none served. A frame past half its length
+    now grows whatever the budget."""
+    srv = start_server(CONFIG)
+    length = 500_000
+    frame = struct.pack("<IBBHI", length - 4, 1, int(Opcode.FEEDBACK), 0, 9) + b"\0" * (length - 12)
+    conns = [socket.create_connection(srv.address) for _ in range(6)]
+    for at in range(0, length, 16_384):                  # interleaved, 16 KiB at a time
+        for c in conns:
+            try:
+                c.sendall(frame[at:at + 16_384])
+            except OSError:
+                pass                                     # refused and closed already
+    codes = []
+    for c in conns:
+        reply = _read_frame(c)
+        codes.append(reply.payload.get("code") if reply.opcode == Opcode.ERROR else reply.opcode)
+        c.close()
+    # (Any answer but BUSY means the frame was received whole: its zeros
+    # do not make a valid FEEDBACK.)
+    assert sum(code != "BUSY" for code in codes) >= 2, codes
+
+
 def test_a_refusal_keeps_the_order_of_replies(start_server) -> None:
     """Review finding (helper-34): the BUSY overtook the reply of a RECOMMEND
     sent before it in the same write."""
@@ -103,9 +131,9 @@ def test_a_refusal_keeps_the_order_of_replies(start_server) -> None:
         s.sendall(_start_of_large_frame(1 + k))
     with srv.client() as c:
         c.feedback([perennial.Event(1, 2), perennial.Event(2, 3)])
-        _wait_for_buffers(c, 2 * 512 * 1024)
+        _wait_for_buffers(c, 2 * 500_000)
     s = socket.create_connection(srv.address)
-    s.sendall(P.encode_request(Opcode.RECOMMEND, 5, {"user": 1, "k": 3}) + _start_of_large_frame(6))
+    s.sendall(P.encode_request(Opcode.RECOMMEND, 5, {"user": 1, "k": 3}) + _start_of_large_frame(6, sent=150_000))
     dec = P.FrameDecoder(LIMITS)
     frames = []
     s.settimeout(10)
