@@ -47,17 +47,24 @@ int fsync(int fd) {
 """
 
 
+def _shim(tmp_path: Path, source: str, name: str) -> Path:
+    """Builds an LD_PRELOAD library from C `source`; skips the test
+    without a C compiler."""
+    cc = next((c for c in ("cc", "clang", "gcc") if shutil.which(c)), None)
+    if cc is None:
+        pytest.skip("no C compiler to build the %s library" % name)
+    src = tmp_path / (name + ".c")
+    src.write_text(source)
+    lib = tmp_path / (name + ".so")
+    subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(lib), str(src), "-ldl"], check=True)
+    return lib
+
+
 @pytest.fixture
 def failing_fsync(tmp_path: Path) -> Dict[str, str]:
     """The environment that runs the server with the shim, and the flag
     file's path under "flag" (absent: fsync works)."""
-    cc = next((c for c in ("cc", "clang", "gcc") if shutil.which(c)), None)
-    if cc is None:
-        pytest.skip("no C compiler to build the failing-fsync library")
-    src = tmp_path / "failing_fsync.c"
-    src.write_text(SHIM)
-    lib = tmp_path / "failing_fsync.so"
-    subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(lib), str(src), "-ldl"], check=True)
+    lib = _shim(tmp_path, SHIM, "failing_fsync")
     flag = tmp_path / "fsync-fails"
     return {"LD_PRELOAD": str(lib), "PERENNIAL_TEST_FSYNC_FAILS_IF": str(flag), "flag": str(flag)}
 
@@ -164,13 +171,7 @@ def test_everysec_a_slow_disk_does_not_stall_the_server(tmp_path: Path) -> None:
     disk on the event loop, and every other connection with it. With each
     fdatasync taking 1.5 s, FEEDBACK and RECOMMEND are still answered at
     once, and the events become durable all the same."""
-    cc = next((c for c in ("cc", "clang", "gcc") if shutil.which(c)), None)
-    if cc is None:
-        pytest.skip("no C compiler to build the slow-fsync library")
-    src = tmp_path / "slow_fsync.c"
-    src.write_text(SLOW_SHIM)
-    lib = tmp_path / "slow_fsync.so"
-    subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(lib), str(src), "-ldl"], check=True)
+    lib = _shim(tmp_path, SLOW_SHIM, "slow_fsync")
     flag = tmp_path / "fsync-slow"
     events = _events(4_000)
     proc, port = _launch(tmp_path / "data", "everysec", env={"LD_PRELOAD": str(lib), "PERENNIAL_TEST_FSYNC_SLOW_IF": str(flag)})
@@ -230,13 +231,7 @@ def test_everysec_a_failure_reported_to_the_background_sync_is_never_passed_over
     fdatasync, get the success Linux reports to the second sync of the same
     file, and publish as durable the events whose sync had failed. A sync
     on the loop now waits for the background one's outcome."""
-    cc = next((c for c in ("cc", "clang", "gcc") if shutil.which(c)), None)
-    if cc is None:
-        pytest.skip("no C compiler to build the errseq library")
-    src = tmp_path / "errseq.c"
-    src.write_text(ERRSEQ_SHIM)
-    lib = tmp_path / "errseq.so"
-    subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(lib), str(src), "-ldl"], check=True)
+    lib = _shim(tmp_path, ERRSEQ_SHIM, "errseq")
     flag = tmp_path / "disk-fails"
     events = _events(200)
     proc, port = _launch(tmp_path / "data", "everysec", env={"LD_PRELOAD": str(lib), "PERENNIAL_TEST_ERRSEQ_FLAG": str(flag)})
