@@ -78,6 +78,9 @@ final class Connection {
     var lastActivity: UInt64
     /// When the first byte of the current unfinished frame arrived (0 = none).
     private var partialSince: UInt64 = 0
+    /// When the frame being received first needed its buffer to grow, as
+    /// the loop's ticket (0: none): the oldest such frame may always grow.
+    private(set) var growingSince: UInt64 = 0
     /// Inside processFrames (flush must not start decoding again from there).
     private var processing = false
     /// RECOMMENDs of this connection wait for the end of the loop's turn,
@@ -255,8 +258,14 @@ final class Connection {
                             // end, none served (helper-80). The budget can be
                             // passed by what such frames still need: at most
                             // as much again as they hold.)
+                            // So may the frame that began growing first of
+                            // all, so one always gets through, however many
+                            // arrive together (helper-82: 24 or more 4 MiB
+                            // frames with a 16 MiB budget, none served).
                             let pastHalf = available * 2 >= length
-                            if growth > 0 && loop.largeInboxBytes + growth > loop.limits.maxInboxBytes && !pastHalf {
+                            if growingSince == 0 { growingSince = loop.nextGrowthTicket() }
+                            if growth > 0 && loop.largeInboxBytes + growth > loop.limits.maxInboxBytes && !pastHalf
+                                && !loop.isOldestGrowingFrame(self) {
                                 // (As a fatal error: not before the replies a batch owes.)
                                 if awaitingBatch { park(.waitForBatch); return }
                                 loop.handler.stats.inboxBudgetRefusals += 1
@@ -277,6 +286,7 @@ final class Connection {
                 fail(error, requestID: requestID)
                 return
             case .frame(let header):
+                growingSince = 0
                 let payload = UnsafeRawBufferPointer(start: inbox + readPos + FrameHeader.size, count: header.payloadLength)
                 let outcome = loop.handler.handle(header, payload: payload, state: &state, out: &out,
                                                   owner: ObjectIdentifier(self), ordered: awaitingBatch)

@@ -19,6 +19,19 @@ final class EventLoop {
     private let timer: UnsafeMutablePointer<uv_timer_t>
     private let signals: [UnsafeMutablePointer<uv_signal_t>]
     private var connections: [ObjectIdentifier: Connection] = [:]
+    /// Tickets handed to frames as they first need a larger buffer
+    /// (Connection.growingSince).
+    private var growthTickets: UInt64 = 0
+    func nextGrowthTicket() -> UInt64 {
+        growthTickets += 1
+        return growthTickets
+    }
+    /// Whether `c`'s frame began growing before every other frame still
+    /// being received: it may grow past limits.max_inbox_bytes. (Looked
+    /// at only when a growth would pass the budget.)
+    func isOldestGrowingFrame(_ c: Connection) -> Bool {
+        !connections.values.contains { $0 !== c && !$0.closing && $0.growingSince != 0 && $0.growingSince < c.growingSince }
+    }
     var parked: Set<ObjectIdentifier> = []
     /// Connections whose replies wait for the end-of-iteration fsync.
     var awaitingSync: Set<ObjectIdentifier> = []
@@ -102,19 +115,19 @@ final class EventLoop {
     /// and of those the ones that could not be closed (their descriptors
     /// stay open).
     static let closes = Mutex<[Int: (freed: Int, leftOpen: Int)]>([:])
+    /// For tests: whether a start probes its address before anything else
+    /// (off, a taken port fails at `bind`, as when it is taken between the
+    /// probe and the bind).
+    static let probesBeforeStart = Atomic<Bool>(true)
     /// The port `bind` was asked for (0: any).
     private var requestedPort = -1
 
     private var opaqueSelf: UnsafeMutableRawPointer { Unmanaged.passUnretained(self).toOpaque() }
 
-    /// Binds and listens; returns the bound port. Throws a readable message.
-    func bind(host: String, port: Int, handleSignals: Bool) throws -> Int {
-        requestedPort = port
-        uv_tcp_init(loop, listener)
-        listener.pointee.data = opaqueSelf
-        // A name ("localhost") or a numeric IPv4/IPv6 address: its first IPv4
-        // address if it has one (clients that say 127.0.0.1 should reach a
-        // server told "localhost"), else its first address.
+    /// The address to listen on: a name ("localhost") or a numeric IPv4/IPv6
+    /// address, its first IPv4 address if it has one (clients that say
+    /// 127.0.0.1 should reach a server told "localhost"), else its first.
+    private static func listenAddress(host: String, port: Int) throws -> sockaddr_storage {
         var storage = sockaddr_storage()
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
@@ -135,6 +148,36 @@ final class EventLoop {
             $0.copyMemory(from: UnsafeRawBufferPointer(start: chosen.pointee.ai_addr, count: Int(chosen.pointee.ai_addrlen)))
         }
         freeaddrinfo(found)
+        return storage
+    }
+
+    /// Checks, before anything is written, that the server could listen
+    /// there: resolves the address, binds and listens on a socket of its
+    /// own (SO_REUSEADDR, as libuv does), and closes it. Throws the message
+    /// `bind` would.
+    static func probeListenAddress(host: String, port: Int) throws {
+        var storage = try listenAddress(host: host, port: port)
+        let fd = socket(Int32(storage.ss_family), Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return }   // (No socket to try with: the real bind will say.)
+        defer { Glibc.close(fd) }
+        var on: Int32 = 1
+        _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
+        let length = socklen_t(storage.ss_family == sa_family_t(AF_INET6) ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafePointer(to: &storage) {
+            Glibc.bind(fd, UnsafeRawPointer($0).assumingMemoryBound(to: sockaddr.self), length)
+        }
+        // (libuv's codes are the negated errno values on Linux.)
+        if bound != 0 || Glibc.listen(fd, 1) != 0 {
+            throw ServerError("cannot listen on \(host):\(port): \(uvError(-errno))")
+        }
+    }
+
+    /// Binds and listens; returns the bound port. Throws a readable message.
+    func bind(host: String, port: Int, handleSignals: Bool) throws -> Int {
+        requestedPort = port
+        uv_tcp_init(loop, listener)
+        listener.pointee.data = opaqueSelf
+        var storage = try Self.listenAddress(host: host, port: port)
         let rc1 = withUnsafePointer(to: &storage) {
             uv_tcp_bind(listener, UnsafeRawPointer($0).assumingMemoryBound(to: sockaddr.self), 0)
         }

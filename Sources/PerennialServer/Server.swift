@@ -67,9 +67,18 @@ public final class Server: Sendable {
         // `start()` waits on them) after the data directory's lock is
         // released, so a server started on the same directory as soon as
         // `stop()` returns can take it.
-        let dataLock: Int32, createdDataDir: [String]
+        let dataLock: Int32
         do {
-            (dataLock, createdDataDir) = try prepareDataDirectory()
+            // The address first, so a mistyped port or address fails the
+            // start before the data directory is made (review finding,
+            // helper-76: it left ./data behind; deleting it afterwards, the
+            // first fix, could delete another server's directory: helper-80,
+            // helper-82). A port taken between this probe and the bind still
+            // fails the start later, leaving the directory, as before.
+            if EventLoop.probesBeforeStart.load(ordering: .relaxed) {
+                try EventLoop.probeListenAddress(host: config.host, port: config.port)
+            }
+            dataLock = try prepareDataDirectory()
         } catch {
             throw failedStart(error)
         }
@@ -103,7 +112,7 @@ public final class Server: Sendable {
             // numbered after the log's last event, the replay's target.)
             try log.openForAppend(lastSeq: pending?.lastSeq ?? model.lastSeq, atLeastSegment: firstSegment)
         } catch {
-            abandonStart(lock: dataLock, createdDataDir: createdDataDir)
+            Glibc.close(dataLock)
             throw failedStart(error)
         }
         // The learner reports progress through the loop's async handle, which
@@ -136,7 +145,7 @@ public final class Server: Sendable {
             handler.restoreSessions()
         } catch {
             log.close()
-            abandonStart(lock: dataLock, createdDataDir: createdDataDir)
+            Glibc.close(dataLock)
             throw failedStart(error)
         }
         wakerBox.withLock { $0 = loop.waker }
@@ -243,26 +252,15 @@ public final class Server: Sendable {
     public var port: Int { state.withLock { $0.port } }
 
     /// Creates the data directory and takes its lock, so two servers never
-    /// append to one log. Returns the lock's descriptor (held until exit)
-    /// and the folders this start created for it, outermost first, as the
-    /// path names them (not standardised: `~` and `..` are the file
-    /// system's to read, as they were when the folders were made).
-    private func prepareDataDirectory() throws -> (lock: Int32, created: [String]) {
-        var created: [String] = []
-        var path = config.dataDir
-        while !path.isEmpty, !FileManager.default.fileExists(atPath: path) {
-            created.insert(path, at: 0)
-            let parent = (path as NSString).deletingLastPathComponent
-            if parent == path { break }
-            path = parent
-        }
+    /// append to one log. Returns the lock's descriptor (held until exit).
+    private func prepareDataDirectory() throws -> Int32 {
         do {
             try FileManager.default.createDirectory(atPath: config.dataDir, withIntermediateDirectories: true)
         } catch {
             throw ServerError("cannot create the data directory \(config.dataDir): \(error.localizedDescription)")
         }
         do {
-            return (try DataDirectoryLock.take(config.dataDir), created)
+            return try DataDirectoryLock.take(config.dataDir)
         } catch {
             throw ServerError("\(error)")
         }
@@ -277,24 +275,6 @@ public final class Server: Sendable {
         recovered.signal()
         ended.signal()
         return error
-    }
-
-    /// A start that failed before it listened releases the lock and, if it
-    /// made the data directory, removes it: a mistyped port or address must
-    /// not leave an empty `./data` behind (review finding, helper-76). What
-    /// is inside is this start's alone (it holds the directory's lock: the
-    /// lock file, an empty log); the parents it made are removed only if
-    /// they are empty, deepest first, so a sibling another server made in
-    /// them meanwhile stays (review finding, helper-80: a recursive removal
-    /// of the outermost new folder deleted a running server's directory).
-    private func abandonStart(lock: Int32, createdDataDir created: [String]) {
-        if let dataDir = created.last { try? FileManager.default.removeItem(atPath: dataDir) }
-        for parent in created.dropLast().reversed() {
-            let name = (parent as NSString).lastPathComponent
-            if name == ".." || name == "." { continue }
-            _ = Glibc.rmdir(parent)   // (fails, keeping it, unless empty)
-        }
-        Glibc.close(lock)
     }
 
     /// Start-up: the newest valid snapshot (an older one if the newest is

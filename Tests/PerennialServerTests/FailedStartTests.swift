@@ -13,6 +13,20 @@ import PerennialPlugins
     @Test func aStartThatCannotBindClosesItsLoop() throws {
         let running = try TestServer()
         defer { running.stop() }
+        // A taken port fails the start before anything is made (probed);
+        // taken between the probe and the bind, it fails at the bind, which
+        // must close the loop: that race, made by skipping the probe.
+        let probed = Server(config: try {
+            var doc = ConfigDocument(file: "test")
+            doc.set("server.port", .integer(running.port))
+            doc.set("server.data_dir", .string(ScratchDirectory.path("probed")))
+            return try PerennialConfig.load(doc, registry: .builtin)
+        }())
+        #expect(throws: (any Error).self) { _ = try probed.start() }
+        #expect(!FileManager.default.fileExists(atPath: ScratchDirectory.path("probed")))
+        #expect(EventLoop.closes.withLock { $0[running.port] } == nil)
+        EventLoop.probesBeforeStart.store(false, ordering: .relaxed)
+        defer { EventLoop.probesBeforeStart.store(true, ordering: .relaxed) }
         // (Counted by the loops themselves, by the port they were asked
         // for: other tests open and close descriptors meanwhile, so counting
         // the process's is not exact.)
