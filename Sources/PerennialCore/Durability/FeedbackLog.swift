@@ -345,7 +345,9 @@ public final class FeedbackLog: @unchecked Sendable {
         // torn record can only ever be in the last segment.
         waitForBackgroundSync()
         if let failure { throw LogError(failure) }
-        if fd >= 0 && fdatasync(fd) != 0 {
+        // (Not again when the everysec thread's sync, just waited for, or
+        // another, covered every record: `unsynced` is false only then.)
+        if fd >= 0 && unsynced && fdatasync(fd) != 0 {
             failure = "fdatasync failed (\(String(cString: strerror(errno)))); restart the server"
             throw LogError(failure!)
         }
