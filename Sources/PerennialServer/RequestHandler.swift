@@ -100,8 +100,6 @@ final class RequestHandler {
     let shadows = ShadowTracker()
     /// The loop's connections' buffer memory (set by the loop, for STATS).
     var connectionBufferBytes: () -> Int = { 0 }
-    /// Longest session_id accepted (bytes).
-    static let maxSessionIDBytes = RecommendRequest.maxSessionIDBytes
     private var incoming: [IncomingEvent] = []
     /// RECOMMENDs read since the last batch was answered, in the order read,
     /// answered together at the end of a turn (one pass over the catalogue
@@ -260,7 +258,7 @@ final class RequestHandler {
                 throw ProtocolError(.unknownScorer, error.description)
             }
         case .upsertItem(let u):
-            return try performUpsert(u, state: &state, requestID: requestID, out: &out, owner: owner)
+            return try performUpsert(u, requestID: requestID, out: &out)
         case .deleteItems(let ids):
             let held = model.holdsAnyItem(of: ids)
             if let wait = try delete(.deleteItems(items: ids), held: held, owner: owner) { return wait }
@@ -385,8 +383,7 @@ final class RequestHandler {
     }
 
     /// UPSERT_ITEM: bounded, logged, applied.
-    private func performUpsert(_ u: UpsertItem, state: inout ConnectionState, requestID: UInt32,
-                                 out: inout [UInt8], owner: ObjectIdentifier) throws(ProtocolError) -> FrameOutcome {
+    private func performUpsert(_ u: UpsertItem, requestID: UInt32, out: inout [UInt8]) throws(ProtocolError) -> FrameOutcome {
         // (Not while a snapshot's thread serialises the model.)
         if snapshots.serialising { return .waitForQueueRoom }
         // (Bounded as the text is, but refused rather than cut: review
@@ -767,7 +764,7 @@ final class RequestHandler {
 
     func restoreSessions() {
         // (No file this config could have written is larger than its bounds allow.)
-        let most = 16 + max(config.maxSessions, 1) * (2 + Self.maxSessionIDBytes + 12 + 8 * config.sessionItems) + 4
+        let most = 16 + max(config.maxSessions, 1) * (2 + RecommendRequest.maxSessionIDBytes + 12 + 8 * config.sessionItems) + 4
         let kept = SessionFile.restore(into: sessions, now: Double(MonotonicClock.nowMillis()) / 1000,
                                        from: SessionFile.path(dataDir: config.dataDir), maxBytes: max(most, 1 << 20))
         if kept > 0 { Log.info("\(kept) sessions kept from the last graceful stop") }

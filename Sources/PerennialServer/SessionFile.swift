@@ -91,7 +91,7 @@ enum SessionFile {
             items.reserveCapacity(count)
             for _ in 0..<count { items.append(try r.u64("item")) }
             // (What RECOMMEND could not have made is left out.)
-            guard !key.isEmpty, key.utf8.count <= RequestHandler.maxSessionIDBytes, idle.isFinite, idle >= 0 else { continue }
+            guard !key.isEmpty, key.utf8.count <= RecommendRequest.maxSessionIDBytes, idle.isFinite, idle >= 0 else { continue }
             each(Saved(key: key, items: items, idle: idle + down))
         }
         if r.remaining != 0 { throw ProtocolError(.malformedPayload, "bytes after the last session") }

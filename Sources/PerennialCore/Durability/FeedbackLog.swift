@@ -511,27 +511,21 @@ public final class FeedbackLog: @unchecked Sendable {
             lock.lock()
             let stop = stopping
             // What this sync covers is taken under the lock; the fdatasync
-            // runs without it, on a duplicate of the descriptor, so an
-            // append never waits behind the disk: it held the event loop
-            // for the whole fdatasync, reads included (review finding,
-            // helper-79). Only another sync (a segment roll, a snapshot's,
-            // the close) waits for it: backgroundSyncing.
+            // runs without it, so an append never waits behind the disk: it
+            // held the event loop for the whole fdatasync, reads included
+            // (review finding, helper-79). Another sync (a segment roll, a
+            // snapshot's, the close) waits for it (backgroundSyncing), and
+            // so does the only place that closes the descriptor, a roll.
             var job: (fd: Int32, target: UInt64, appends: UInt64)?
             if !stop && unsynced && failure == nil && fd >= 0 && !backgroundSyncing {
-                let copy = dup(fd)
-                if copy >= 0 {
-                    job = (copy, written, appends)
-                    backgroundSyncing = true
-                } else {
-                    try? syncLocked()
-                }
+                job = (fd, written, appends)
+                backgroundSyncing = true
             }
             lock.unlock()
             if stop { break }
             if let job {
                 let ok = fdatasync(job.fd) == 0
                 let why = String(cString: strerror(errno))
-                Glibc.close(job.fd)
                 lock.lock()
                 if !ok {
                     // (As in syncLocked: never trust the log again until a restart.)

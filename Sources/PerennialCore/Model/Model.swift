@@ -598,14 +598,15 @@ public final class Model: @unchecked Sendable {
                 next.append(old)
                 continue
             }
-            if let old, old.adjusts(to: sc.settings) || old.retunes(to: sc.settings) {
+            let perQuery = old?.adjusts(to: sc.settings) ?? false
+            if let old, perQuery || old.retunes(to: sc.settings) {
                 // (Applied once every scorer is ready: all or nothing.)
                 let changed = Self.changedSettings(settings[sc.name], sc.settings).joined(separator: ", ")
                 changes.append("\(sc.name) adjusted in place (\(changed))")
                 adjusted.append((old, sc.settings))
                 next.append(old)
                 // How it learns changed: a snapshot ties that to the log.
-                if !old.adjusts(to: sc.settings) { retuned = true }
+                if !perQuery { retuned = true }
                 continue
             }
             guard let factory = registry.factory(named: sc.name) else { throw LogError("unknown scorer \(sc.name)") }
