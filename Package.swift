@@ -56,10 +56,12 @@ let package = Package(
         // epoll(7) for the load tool's client.
         .systemLibrary(name: "CEpoll", path: "Sources/CEpoll"),
         .target(name: "PerennialBench", dependencies: ["PerennialProtocol", "PerennialClient", "CEpoll"], path: "Sources/PerennialBench"),
+        // prctl and close_range for the server's forked snapshot writer.
+        .systemLibrary(name: "CProcess", path: "Sources/CProcess"),
         // The libuv server: loop, connections, routing, limits, stats.
         .target(
             name: "PerennialServer",
-            dependencies: ["CLibUV", "PerennialProtocol", "PerennialCore", "PerennialPlugins"],
+            dependencies: ["CLibUV", "CProcess", "PerennialProtocol", "PerennialCore", "PerennialPlugins"],
             path: "Sources/PerennialServer",
             swiftSettings: hotPath
         ),

@@ -1,15 +1,19 @@
 // An automatic snapshot being taken off the loop thread. The loop only
 // prepares it (the learner has applied everything accepted, a new log
-// segment is started, the description is built); this snapshot's own thread
-// then serialises the model, and from then on needs nothing of it: it
-// checksums, writes the description, writes and fsyncs the file, gives the
-// buffer's pages back and prunes old snapshots. The loop collects the
-// outcome later (`finished`, polled once per loop turn) and only then
-// removes the log segments the new snapshot covers. So serving does not
-// pause for the snapshot at all, not even for the serialisation.
+// segment is started, the description is built); then, by default, a
+// forked child process serialises the model as it was at the fork and
+// writes the file (SnapshotProcess), and this process's thread only waits
+// for its report; with `snapshot.fork = false`, or when fork fails, this
+// snapshot's own thread serialises the model, and from then on needs
+// nothing of it: it checksums, writes the description, writes and fsyncs
+// the file, gives the buffer's pages back and prunes old snapshots. The
+// loop collects the outcome later (`finished`, polled once per loop turn)
+// and only then removes the log segments the new snapshot covers. So
+// reads are served throughout, and with the child process new events are
+// admitted and learned throughout too.
 //
-// Threading invariant (why this is `@unchecked Sendable`, and why the
-// model may be read here while the loop serves): until `serialised` is set
+// Threading invariant of the thread path (why this is `@unchecked
+// Sendable`, and why the model may be read here while the loop serves): until `serialised` is set
 // the loop changes nothing `Model.save` reads. It admits no FEEDBACK and no
 // UPSERT_ITEM (they wait, parked, as for a full learner queue), a RELOAD
 // (request or SIGHUP) waits, parked, for the serialisation, and the learner is
@@ -50,26 +54,44 @@ struct SnapshotJob: @unchecked Sendable {
     /// Writes the payload durably, describes the version, prunes. Runs on
     /// any thread; touches only files.
     func write(_ payload: inout [UInt8]) throws -> SnapshotWritten {
-        let file: SnapshotFile
-        var description = description
-        description["bytes"] = payload.count
-        do {
-            file = try store.write(seq: seq, firstLogSegment: firstLogSegment, payload: payload, distinct: distinct) { [store, description] file in
-                // A snapshot that replaces one at the same position keeps
-                // that version's notes (a rollback, a reload), not its figures.
-                var previous = store.metadata(of: file)
-                previous.removeValue(forKey: "e1")
-                previous.removeValue(forKey: "e1_by_scorer")
-                return description.merging(previous) { new, _ in new }
-            }
-        } catch {
+        defer {
+            // The serialised model was one large buffer: hand its pages back
+            // to the OS now rather than keep them as free heap.
             payload = []
-            throw error
+            _ = malloc_trim(0)
         }
-        // The serialised model was one large buffer: hand its pages back to
-        // the OS now rather than keep them as free heap.
-        payload = []
-        _ = malloc_trim(0)
+        return try write(size: payload.count) { put in payload.withUnsafeBytes { put($0) } }
+    }
+
+    /// The same, serialising the model straight into the file with `save`,
+    /// run twice: once to measure it, once to write it, so no second copy
+    /// of the model is ever in memory. Only for a model nothing can change
+    /// between the two passes: a forked child's, or the loop's own while it
+    /// holds everything back (a graceful stop's snapshot).
+    func write(streaming save: (inout SnapshotWriter) -> Void) throws -> (SnapshotWritten, size: Int) {
+        var measured = SnapshotWriter.measuring()
+        save(&measured)
+        let written = try write(size: measured.size) { put in
+            withoutActuallyEscaping(put) { put in
+                var w = SnapshotWriter.streaming(like: measured, to: put)
+                save(&w)
+                return w.finish()
+            }
+        }
+        return (written, measured.size)
+    }
+
+    private func write(size: Int, payload: ((UnsafeRawBufferPointer) -> Bool) -> Bool) throws -> SnapshotWritten {
+        var description = description
+        description["bytes"] = size
+        let file = try store.write(seq: seq, firstLogSegment: firstLogSegment, payloadSize: size, distinct: distinct, describe: { [store, description] file in
+            // A snapshot that replaces one at the same position keeps
+            // that version's notes (a rollback, a reload), not its figures.
+            var previous = store.metadata(of: file)
+            previous.removeValue(forKey: "e1")
+            previous.removeValue(forKey: "e1_by_scorer")
+            return description.merging(previous) { new, _ in new }
+        }, payload: payload)
         // Never past the segments this snapshot itself needs: a kept file
         // that claims a later first segment (copied in from another data
         // directory, or damaged in a format whose checksum did not cover
@@ -99,17 +121,52 @@ final class SnapshotInFlight: @unchecked Sendable {
     private let serialiseNs = Atomic<UInt64>(0)
     private var payload: [UInt8] = []
 
-    /// Starts the thread: `serialise` (the model's bytes), then `wake` (the
-    /// loop resumes what waited for the serialisation), then the write,
-    /// then `wake` again (for a SNAPSHOT request waiting for the file).
-    init(job: SnapshotJob, startedNs: UInt64, pauseMs: Double,
-         serialise: @escaping @Sendable () -> [UInt8], wake: @escaping @Sendable () -> Void) {
+    /// How long fork() held the loop (ms), when a child process writes the
+    /// snapshot (SnapshotProcess); nil when this process's thread does.
+    let forkMs: Double?
+
+    /// Starts the write: in a forked child process when `fork` is set and
+    /// fork succeeds (the model is read there, streamed into the file by
+    /// `save`, so `serialised` holds at once), else on a thread of this
+    /// process, which serialises the model with `save` into a buffer of
+    /// `capacity` bytes, then calls `wake` (the loop resumes what waited for
+    /// the serialisation), then writes the buffer. Either way `wake` again
+    /// once the outcome is known (a SNAPSHOT request waits for the file).
+    init(job: SnapshotJob, startedNs: UInt64, pauseMs: Double, fork: Bool, capacity: Int,
+         save: @escaping @Sendable (inout SnapshotWriter) -> Void, wake: @escaping @Sendable () -> Void) {
         seq = job.seq
         self.startedNs = startedNs
         self.pauseMs = pauseMs
+        var child: SnapshotProcess.Child?
+        if fork {
+            switch SnapshotProcess.start(job: job, save: save) {
+            case .success(let c): child = c
+            case .failure(let why):
+                Log.warning("snapshot at sequence \(job.seq): cannot fork its writer process (\(why)); serialising it on a thread, which holds new events meanwhile")
+            }
+        }
+        forkMs = child?.forkMs
+        if let child {
+            serialisedFlag.store(true, ordering: .releasing)
+            let t = Thread { [self] in
+                wake()
+                let report = SnapshotProcess.wait(for: child)
+                serialisedSize.store(report.size, ordering: .relaxed)
+                serialiseNs.store(report.serialiseNs, ordering: .relaxed)
+                outcome.withLock { $0 = report.outcome }
+                wake()
+                done.signal()
+            }
+            t.name = "perennial-snapshot-wait"
+            t.start()
+            return
+        }
         let t = Thread { [self] in
             let t0 = MonotonicClock.nowNanos()
-            payload = serialise()
+            var w = SnapshotWriter(capacity: capacity)
+            save(&w)
+            payload = w.bytes
+            w = SnapshotWriter()
             serialisedSize.store(payload.count, ordering: .relaxed)
             serialiseNs.store(MonotonicClock.nowNanos() - t0, ordering: .relaxed)
             serialisedFlag.store(true, ordering: .releasing)

@@ -37,6 +37,11 @@ final class TestServer: Sendable {
             // Debug builds learn about ten times slower than release, and the
             // suites run in parallel: reads wait for the learner generously.
             if doc.entries["limits.wait_ms"] == nil { doc.set("limits.wait_ms", .integer(120_000)) }
+            // Snapshots on a thread, not a forked process: these servers
+            // share one process with every other suite's threads, and a
+            // child of fork() has only the thread that forked. The forked
+            // writer is tested on the real binary (clients/python/tests).
+            if doc.entries["snapshot.fork"] == nil { doc.set("snapshot.fork", .bool(false)) }
             doc.set("server.data_dir", .string(dir))
             return try PerennialConfig.load(doc, registry: .builtin)
         }

@@ -174,6 +174,10 @@ public struct PerennialConfig: Sendable {
     /// versions to roll back to.
     public var snapshotEverySeconds = 86_400
     public var snapshotKeep = 5
+    /// Whether a snapshot taken off the loop is serialised and written by a
+    /// forked child process (new events admitted meanwhile) rather than a
+    /// thread (new events wait for the serialisation).
+    public var snapshotFork = true
     /// Write-ahead log: fsync policy and segment size.
     public var fsync: FsyncPolicy = .everysec
     public var logSegmentBytes = 64 << 20
@@ -374,6 +378,7 @@ public struct PerennialConfig: Sendable {
         c.logSegmentBytes = try r.int("log.segment_bytes", default: c.logSegmentBytes, in: 4096...(1 << 40))
         c.snapshotEveryEvents = try r.int("snapshot.every_events", default: c.snapshotEveryEvents, in: 0...Int.max)
         c.snapshotKeep = try r.int("snapshot.keep", default: c.snapshotKeep, in: 1...1000)
+        c.snapshotFork = try r.bool("snapshot.fork", default: c.snapshotFork)
         // (`every_events = 0` alone keeps its older meaning, snapshots only
         // when asked and at a stop: the time budget then needs setting.)
         let recoveryDefault = r.has("snapshot.every_events") && c.snapshotEveryEvents == 0 ? 0 : c.snapshotRecoverySeconds

@@ -11,26 +11,112 @@
 // past a buffer's end reaches unchecked row arithmetic (review finding).
 
 public struct SnapshotWriter {
+    /// The bytes written (in a streaming writer: those not yet handed on).
     public private(set) var bytes: [UInt8] = []
+    private var mode = Mode.memory
+    /// A measuring writer's count; a streaming writer's bytes handed on.
+    private var counted = 0
+    /// Each block's length, in the order the blocks start: a measuring
+    /// writer records them, a streaming one writes them ahead of each block
+    /// (it cannot fill a length in after handing the bytes on).
+    private var blockLengths: [Int] = []
+    private var nextBlock = 0
+    /// A streaming writer: its sink refused bytes, or the blocks differed
+    /// from the measuring pass's.
+    public private(set) var failed = false
+
+    private enum Mode {
+        /// All bytes kept in `bytes`.
+        case memory
+        /// Only counted (and block lengths recorded): the first of two
+        /// passes over a model that does not change between them.
+        case measure
+        /// Handed to the sink in pieces of about `piece` bytes.
+        case stream((UnsafeRawBufferPointer) -> Bool)
+    }
+
     public init() {}
     /// A writer with room for `capacity` bytes (the last snapshot's size:
     /// growing a buffer of tens of megabytes by doubling copies it each time).
     public init(capacity: Int) { bytes.reserveCapacity(capacity) }
 
-    public mutating func u8(_ v: UInt8) { bytes.append(v) }
-    public mutating func bool(_ v: Bool) { bytes.append(v ? 1 : 0) }
-    public mutating func u32(_ v: UInt32) { bytes.appendLE(v) }
-    public mutating func u64(_ v: UInt64) { bytes.appendLE(v) }
-    public mutating func int(_ v: Int) { bytes.appendLE(UInt64(bitPattern: Int64(v))) }
-    public mutating func f32(_ v: Float) { bytes.appendLE(v.bitPattern) }
-    public mutating func f64(_ v: Double) { bytes.appendLE(v.bitPattern) }
+    /// A writer that only counts: `size` and the block lengths, for a
+    /// streaming writer over the same, unchanged, model.
+    public static func measuring() -> SnapshotWriter {
+        var w = SnapshotWriter()
+        w.mode = .measure
+        return w
+    }
+
+    /// A writer that hands its bytes to `sink` in pieces rather than keep
+    /// them (a snapshot of gigabytes needs no second copy of the model in
+    /// memory), using `measured`'s block lengths: what it writes must be
+    /// exactly what `measured` counted. Call `finish` at the end.
+    public static func streaming(like measured: SnapshotWriter, piece: Int = 8 << 20,
+                                 to sink: @escaping (UnsafeRawBufferPointer) -> Bool) -> SnapshotWriter {
+        var w = SnapshotWriter(capacity: piece + (1 << 16))
+        w.mode = .stream(sink)
+        w.piece = piece
+        w.blockLengths = measured.blockLengths
+        return w
+    }
+
+    /// A streaming writer hands its bytes on once it holds this many.
+    private var piece = 0
+
+    /// Bytes written so far (counted, handed on or kept).
+    public var size: Int {
+        if case .measure = mode { return counted }
+        return counted + bytes.count
+    }
+
+    /// A streaming writer hands on what it holds; false if anything failed
+    /// or differed from the measuring pass.
+    public mutating func finish() -> Bool {
+        if case .stream = mode {
+            handOn()
+            if nextBlock != blockLengths.count { failed = true }
+        }
+        return !failed
+    }
+
+    private mutating func handOn() {
+        guard case .stream(let sink) = mode, !bytes.isEmpty else { return }
+        if !failed && !bytes.withUnsafeBytes({ sink($0) }) { failed = true }
+        counted += bytes.count
+        bytes.removeAll(keepingCapacity: true)
+    }
+
+    @inline(__always) private mutating func put(_ raw: UnsafeRawBufferPointer) {
+        switch mode {
+        case .memory: bytes.append(contentsOf: raw)
+        case .measure: counted += raw.count
+        case .stream:
+            bytes.append(contentsOf: raw)
+            if bytes.count >= piece { handOn() }
+        }
+    }
+    @inline(__always) private mutating func putLE<T: FixedWidthInteger>(_ v: T) {
+        withUnsafeBytes(of: v.littleEndian) { put($0) }
+    }
+
+    public mutating func u8(_ v: UInt8) { putLE(v) }
+    public mutating func bool(_ v: Bool) { putLE(UInt8(v ? 1 : 0)) }
+    public mutating func u32(_ v: UInt32) { putLE(v) }
+    public mutating func u64(_ v: UInt64) { putLE(v) }
+    public mutating func int(_ v: Int) { putLE(UInt64(bitPattern: Int64(v))) }
+    public mutating func f32(_ v: Float) { putLE(v.bitPattern) }
+    public mutating func f64(_ v: Double) { putLE(v.bitPattern) }
     public mutating func string(_ s: String) {
-        int(s.utf8.count)
-        bytes.append(contentsOf: s.utf8)
+        var s = s
+        s.withUTF8 { utf8 in
+            int(utf8.count)
+            put(UnsafeRawBufferPointer(utf8))
+        }
     }
     public mutating func int32s(_ a: [Int32]) {
         int(a.count)
-        a.withUnsafeBytes { bytes.append(contentsOf: $0) }
+        a.withUnsafeBytes { put($0) }
     }
     /// Lists of indices (a scorer's per-user recent items), read back with
     /// `indexLists(below:)`.
@@ -43,30 +129,49 @@ public struct SnapshotWriter {
         int(rows)
         int(b.width)
         b.forEachChunk(rows: rows) { _, p, n in
-            bytes.append(contentsOf: UnsafeRawBufferPointer(start: p, count: n * b.width * MemoryLayout<T>.stride))
+            put(UnsafeRawBufferPointer(start: p, count: n * b.width * MemoryLayout<T>.stride))
         }
     }
     /// `count` floats from raw memory (weights held outside ChunkedBuffers).
     public mutating func floats(_ p: UnsafePointer<Float>, count: Int) {
         int(count)
-        bytes.append(contentsOf: UnsafeRawBufferPointer(start: p, count: count * 4))
+        put(UnsafeRawBufferPointer(start: p, count: count * 4))
     }
     /// A length-prefixed block (a section a reader may skip).
     public mutating func block(_ b: [UInt8]) {
         int(b.count)
-        bytes.append(contentsOf: b)
+        b.withUnsafeBytes { put($0) }
     }
     /// A length-prefixed block written in place by `body`, its length
     /// filled in after: the same bytes as `block`, without a second buffer
     /// the size of the block and a copy of it (a scorer's state is most of
     /// a snapshot: gigabytes at a million items; review finding, helper-77).
+    /// (A streaming writer writes the length the measuring pass found.)
     public mutating func block(_ body: (inout SnapshotWriter) -> Void) {
-        let at = bytes.count
-        int(0)
-        body(&self)
-        let length = UInt64(bytes.count - at - 8).littleEndian
-        withUnsafeBytes(of: length) { raw in
-            bytes.withUnsafeMutableBytes { $0.baseAddress!.advanced(by: at).copyMemory(from: raw.baseAddress!, byteCount: 8) }
+        switch mode {
+        case .memory:
+            let at = bytes.count
+            int(0)
+            body(&self)
+            let length = UInt64(bytes.count - at - 8).littleEndian
+            withUnsafeBytes(of: length) { raw in
+                bytes.withUnsafeMutableBytes { $0.baseAddress!.advanced(by: at).copyMemory(from: raw.baseAddress!, byteCount: 8) }
+            }
+        case .measure:
+            let slot = blockLengths.count
+            blockLengths.append(0)
+            let at = counted
+            int(0)
+            body(&self)
+            blockLengths[slot] = counted - at - 8
+        case .stream:
+            guard nextBlock < blockLengths.count else { failed = true; return }
+            let length = blockLengths[nextBlock]
+            nextBlock += 1
+            let at = size
+            int(length)
+            body(&self)
+            if size - at - 8 != length { failed = true }
         }
     }
     /// A section marker, checked on reading, so a mismatch between writer

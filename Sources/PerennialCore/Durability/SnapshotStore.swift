@@ -28,6 +28,11 @@ public struct SnapshotFile: Sendable, Equatable {
     public var seq: UInt64
     public var serial: Int
     public var path: String
+    public init(seq: UInt64, serial: Int, path: String) {
+        self.seq = seq
+        self.serial = serial
+        self.path = path
+    }
     /// The version id: `v<seq>`, or `v<seq>.<serial>`.
     public var id: String { serial == 0 ? "v\(seq)" : "v\(seq).\(serial)" }
     var metadataPath: String { String(path.dropLast(4)) + ".json" }
@@ -123,6 +128,18 @@ public struct SnapshotStore: Sendable {
     @discardableResult
     public func write(seq: UInt64, firstLogSegment: Int, payload: [UInt8], distinct: Bool = false,
                       describe: ((SnapshotFile) -> [String: Any])? = nil) throws -> SnapshotFile {
+        try write(seq: seq, firstLogSegment: firstLogSegment, payloadSize: payload.count, distinct: distinct,
+                  describe: describe) { put in payload.withUnsafeBytes { put($0) } }
+    }
+
+    /// The same, with the payload produced in pieces: `payload` hands them,
+    /// in order, to the function it is given (which returns false once a
+    /// write failed) and returns false if it could not produce them all;
+    /// they must add up to `payloadSize`, which the header holds.
+    @discardableResult
+    public func write(seq: UInt64, firstLogSegment: Int, payloadSize: Int, distinct: Bool = false,
+                      describe: ((SnapshotFile) -> [String: Any])? = nil,
+                      payload: ((UnsafeRawBufferPointer) -> Bool) -> Bool) throws -> SnapshotFile {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         // Header, payload and checksum are written in turn (the payload is
         // tens of megabytes: not copied into one buffer).
@@ -130,9 +147,7 @@ public struct SnapshotStore: Sendable {
         head.appendLE(SnapshotStore.version)
         head.appendLE(seq)
         head.appendLE(UInt64(firstLogSegment))
-        head.appendLE(UInt64(payload.count))
-        var tail: [UInt8] = []
-        tail.appendLE(payload.withUnsafeBytes { SnapshotStore.checksum(header: head, payload: $0, format: SnapshotStore.version) })
+        head.appendLE(UInt64(payloadSize))
         // A plain snapshot replaces the newest one at its position (never an
         // older version there); a distinct one adds the next serial.
         var serial = 0
@@ -141,19 +156,38 @@ public struct SnapshotStore: Sendable {
         let temp = final + ".tmp"
         let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw LogError("cannot create \(temp): \(String(cString: strerror(errno)))") }
-        func writeAll(_ part: [UInt8]) -> Bool {
-            part.withUnsafeBytes { raw -> Bool in
-                var done = 0
-                while done < raw.count {
-                    let n = Glibc.write(fd, raw.baseAddress! + done, raw.count - done)
-                    if n < 0 { if errno == EINTR { continue }; return false }
-                    done += n
-                }
-                return true
+        func writeAll(_ raw: UnsafeRawBufferPointer) -> Bool {
+            var done = 0
+            while done < raw.count {
+                let n = Glibc.write(fd, raw.baseAddress! + done, raw.count - done)
+                if n < 0 { if errno == EINTR { continue }; return false }
+                done += n
+            }
+            return true
+        }
+        // (The checksum runs over the header, then the payload as it goes:
+        // the same as `checksum(header:payload:format:)` over the whole.)
+        var crc = SnapshotStore.checksum(header: head, payload: UnsafeRawBufferPointer(start: nil, count: 0), format: SnapshotStore.version)
+        var given = 0
+        var ok = head.withUnsafeBytes { writeAll($0) }
+        if ok {
+            ok = payload { piece in
+                crc = CRC32C.checksum(piece, seed: crc)
+                given += piece.count
+                return writeAll(piece)
             }
         }
-        let ok = writeAll(head) && writeAll(payload) && writeAll(tail) && fsync(fd) == 0
-        let why = String(cString: strerror(errno))
+        var why = String(cString: strerror(errno))
+        if ok && given != payloadSize {
+            ok = false
+            why = "the payload came to \(given) bytes, not the \(payloadSize) measured"
+        }
+        if ok {
+            var tail: [UInt8] = []
+            tail.appendLE(crc)
+            ok = tail.withUnsafeBytes { writeAll($0) } && fsync(fd) == 0
+            why = String(cString: strerror(errno))
+        }
         Glibc.close(fd)
         guard ok else {
             unlink(temp)

@@ -1,0 +1,179 @@
+// An automatic snapshot serialised and written by a child process, as
+// Redis's BGSAVE does: fork() gives the child the model as it is at that
+// instant (the kernel shares the pages and copies one only when the server
+// writes to it), so the loop admits FEEDBACK again, and the learner learns,
+// as soon as fork returns, instead of waiting for the serialisation. At a
+// million items that wait was 9-28 s, longer than the clients' timeout
+// (helper-77), and a fork of a 5.6 GB server takes tens of milliseconds.
+//
+// Why Swift code may run in the child, though fork copies only the calling
+// thread: the snapshot forks from the loop thread when nothing else works on
+// the model (the learner is idle, having applied everything accepted: the
+// snapshot's precondition); the other thread, the log's everysec sync, only
+// touches the log, which the child never uses; glibc's own fork handlers
+// leave malloc usable in the child. The child runs only the serialisation
+// and SnapshotJob.write (files), and ends with _exit, so no deinit, atexit
+// handler or buffered output of the server's runs twice.
+//
+// The child closes every descriptor it inherited but standard input, output
+// and error and its pipe (the listener, client sockets, the log's segments,
+// the data directory's lock: none of them is its to hold), and it dies with
+// the server's loop thread (PR_SET_PDEATHSIG), so a killed server leaves no
+// writer behind to race the next one over the data directory.
+
+import CProcess
+import Foundation
+import PerennialCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+enum SnapshotProcess {
+    /// A running child: its pid and the read end of its pipe.
+    struct Child {
+        let pid: pid_t
+        let pipe: Int32
+        /// How long fork() held the loop (ms).
+        let forkMs: Double
+    }
+
+    /// What the child reports through its pipe.
+    struct Report {
+        var outcome: Result<SnapshotWritten, any Error>
+        var size: Int
+        var serialiseNs: UInt64
+    }
+
+    /// Forks a child that serialises the model and writes the snapshot.
+    /// Returns nil, with errno's reason, when fork or pipe failed (the
+    /// caller then writes it on a thread instead).
+    static func start(job: SnapshotJob, save: (inout SnapshotWriter) -> Void) -> Result<Child, SnapshotForkFailure> {
+        var fds: [Int32] = [-1, -1]
+        guard perennial_pipe_cloexec(&fds) == 0 else { return .failure(SnapshotForkFailure(errno)) }
+        let parent = getpid()
+        let t0 = MonotonicClock.nowNanos()
+        let pid = fork()
+        if pid == 0 { runChild(writeEnd: fds[1], parent: parent, job: job, save: save) }
+        let forkMs = Double(MonotonicClock.nowNanos() - t0) / 1e6
+        let forkErrno = errno
+        Glibc.close(fds[1])
+        guard pid > 0 else {
+            Glibc.close(fds[0])
+            return .failure(SnapshotForkFailure(forkErrno))
+        }
+        return .success(Child(pid: pid, pipe: fds[0], forkMs: forkMs))
+    }
+
+    /// Waits (blocking) for the child's report and its exit. A child that
+    /// ended without a whole report (killed, out of memory) is a failure
+    /// that says how it ended.
+    static func wait(for child: Child) -> Report {
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(child.pipe, $0.baseAddress!, $0.count) }
+            if n > 0 { bytes.append(contentsOf: chunk[0..<n]); continue }
+            if n < 0 && errno == EINTR { continue }
+            break
+        }
+        Glibc.close(child.pipe)
+        var status: Int32 = 0
+        while waitpid(child.pid, &status, 0) < 0 && errno == EINTR {}
+        if let report = decode(bytes) { return report }
+        let how = (status & 0x7f) == 0 ? "exited with status \((status >> 8) & 0xff)" : "was killed by signal \(status & 0x7f)"
+        return Report(outcome: .failure(LogError("the snapshot's writer process \(child.pid) \(how) before it reported")), size: 0, serialiseNs: 0)
+    }
+
+    /// The child: serialise straight into the file (measured first, so no
+    /// copy of the model is made), report, _exit. Never returns.
+    private static func runChild(writeEnd: Int32, parent: pid_t, job: SnapshotJob, save: (inout SnapshotWriter) -> Void) -> Never {
+        // (A server killed before the request took effect is already gone:
+        // then this child has been handed to another parent.)
+        if perennial_die_with_parent() != 0 || getppid() != parent { _exit(1) }
+        // Signals meant for the server (a terminal's ^C goes to the whole
+        // process group) must not reach its handlers' copies in the child:
+        // the server stops it itself, or it dies with the server.
+        for s in [SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2] { signal(s, SIG_IGN) }
+        signal(SIGPIPE, SIG_IGN)
+        // Every inherited descriptor but standard input/output/error and
+        // the pipe's write end: client sockets, the listener, the log.
+        if writeEnd > 3 { _ = perennial_close_range(3, UInt32(writeEnd - 1)) }
+        _ = perennial_close_range(UInt32(writeEnd + 1), UInt32.max)
+        let t0 = MonotonicClock.nowNanos()
+        let outcome = Result { try job.write(streaming: save) }
+        let ns = MonotonicClock.nowNanos() - t0
+        let size = (try? outcome.get())?.size ?? 0
+        let report = encode(Report(outcome: outcome.map(\.0), size: size, serialiseNs: ns))
+        report.withUnsafeBytes { raw in
+            var done = 0
+            while done < raw.count {
+                let n = Glibc.write(writeEnd, raw.baseAddress! + done, raw.count - done)
+                if n < 0 { if errno == EINTR { continue }; break }
+                done += n
+            }
+        }
+        _exit(0)
+    }
+
+    // MARK: the report's bytes
+
+    // [ok u8][size u64][serialise ns u64], then
+    // ok: [seq u64][serial u64][keep-log-from i64, -1 = none][path length u64][path]
+    // failure: [message length u64][message]
+    static func encode(_ r: Report) -> [UInt8] {
+        var b: [UInt8] = []
+        func u64(_ v: UInt64) { for i in 0..<8 { b.append(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) } }
+        func text(_ s: String) { u64(UInt64(s.utf8.count)); b.append(contentsOf: s.utf8) }
+        switch r.outcome {
+        case .success(let w):
+            b.append(1)
+            u64(UInt64(r.size))
+            u64(r.serialiseNs)
+            u64(w.file.seq)
+            u64(UInt64(w.file.serial))
+            u64(UInt64(bitPattern: Int64(w.keepLogFrom ?? -1)))
+            text(w.file.path)
+        case .failure(let e):
+            b.append(0)
+            u64(UInt64(r.size))
+            u64(r.serialiseNs)
+            text("\(e)")
+        }
+        return b
+    }
+
+    static func decode(_ b: [UInt8]) -> Report? {
+        var at = 0
+        func u64() -> UInt64? {
+            guard at + 8 <= b.count else { return nil }
+            var v: UInt64 = 0
+            for i in 0..<8 { v |= UInt64(b[at + i]) << (8 * UInt64(i)) }
+            at += 8
+            return v
+        }
+        func text() -> String? {
+            guard let n = u64(), n <= UInt64(b.count - at) else { return nil }
+            defer { at += Int(n) }
+            return String(decoding: b[at..<at + Int(n)], as: UTF8.self)
+        }
+        guard let ok = b.first, ok <= 1 else { return nil }
+        at = 1
+        guard let size = u64(), let ns = u64() else { return nil }
+        if ok == 0 {
+            guard let message = text(), at == b.count else { return nil }
+            return Report(outcome: .failure(LogError(message)), size: Int(size), serialiseNs: ns)
+        }
+        guard let seq = u64(), let serial = u64(), let keep = u64(), let path = text(), at == b.count else { return nil }
+        let keepFrom = Int64(bitPattern: keep)
+        let written = SnapshotWritten(file: SnapshotFile(seq: seq, serial: Int(serial), path: path),
+                                      keepLogFrom: keepFrom < 0 ? nil : Int(keepFrom))
+        return Report(outcome: .success(written), size: Int(size), serialiseNs: ns)
+    }
+}
+
+/// fork or pipe failed (errno's reason): the snapshot is written on a thread.
+struct SnapshotForkFailure: Error, CustomStringConvertible {
+    let code: Int32
+    init(_ code: Int32) { self.code = code }
+    var description: String { String(cString: strerror(code)) }
+}
