@@ -10,6 +10,10 @@
 // falls back to an older version: a trap cannot be caught, and an index
 // past a buffer's end reaches unchecked row arithmetic (review finding).
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 public struct SnapshotWriter {
     /// The bytes written (in a streaming writer: those not yet handed on).
     public private(set) var bytes: [UInt8] = []
@@ -187,8 +191,58 @@ public struct SnapshotSettingsMismatch: Error, CustomStringConvertible, Sendable
     public init(_ description: String) { self.description = description }
 }
 
+/// The bytes a SnapshotReader reads: an array's, or a snapshot file mapped
+/// read-only, so that loading a snapshot of gigabytes reads it from the
+/// page cache rather than from a copy the size of the model in the
+/// server's own memory (which start-up, a rollback and `versions` needed
+/// beside the model they build). Unmapped when the last reader goes.
+/// Snapshot files are never changed in place (written aside and renamed;
+/// pruning unlinks, which leaves a mapping whole), so the mapping stays
+/// valid. Immutable after init: why it is Sendable.
+public final class SnapshotBytes: @unchecked Sendable {
+    private let array: [UInt8]
+    /// The mapping, when the bytes are a file's.
+    private let mapping: UnsafeRawBufferPointer?
+    public let count: Int
+
+    public init(_ bytes: [UInt8]) {
+        array = bytes
+        mapping = nil
+        count = bytes.count
+    }
+
+    /// Maps the file at `path` (an empty file reads as no bytes).
+    public init(mapping path: String) throws {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw LogError("cannot read \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw LogError("cannot read \(path): \(String(cString: strerror(errno)))") }
+        array = []
+        count = Int(st.st_size)
+        guard count > 0 else { mapping = nil; return }
+        guard let p = mmap(nil, count, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
+            throw LogError("cannot map \(path): \(String(cString: strerror(errno)))")
+        }
+        // (Read once from start to end: the checksum, then the model.)
+        _ = madvise(p, count, MADV_SEQUENTIAL)
+        mapping = UnsafeRawBufferPointer(start: p, count: count)
+    }
+
+    /// The bytes, for the duration of `body`.
+    @inline(__always)
+    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        if let mapping { return try body(mapping) }
+        return try array.withUnsafeBytes(body)
+    }
+
+    deinit {
+        if let m = mapping { munmap(UnsafeMutableRawPointer(mutating: m.baseAddress!), m.count) }
+    }
+}
+
 public struct SnapshotReader {
-    let bytes: [UInt8]
+    let storage: SnapshotBytes
     public private(set) var offset: Int
     /// Where this reader's bytes end (a block's reader shares the whole
     /// snapshot's bytes and reads only its block).
@@ -198,13 +252,17 @@ public struct SnapshotReader {
     public var format: UInt32 = SnapshotStore.version
 
     public init(bytes: [UInt8], offset: Int = 0) {
-        self.bytes = bytes
-        self.offset = offset
-        self.end = bytes.count
+        self.init(storage: SnapshotBytes(bytes), offset: offset)
     }
 
-    private init(sharing bytes: [UInt8], range: Range<Int>) {
-        self.bytes = bytes
+    public init(storage: SnapshotBytes, offset: Int = 0) {
+        self.storage = storage
+        self.offset = offset
+        self.end = storage.count
+    }
+
+    private init(sharing storage: SnapshotBytes, range: Range<Int>) {
+        self.storage = storage
         self.offset = range.lowerBound
         self.end = range.upperBound
     }
@@ -220,7 +278,7 @@ public struct SnapshotReader {
 
     private mutating func scalar<T: FixedWidthInteger>(_: T.Type) throws -> T {
         let r = try take(MemoryLayout<T>.size)
-        return bytes.withUnsafeBytes { T(littleEndian: $0.loadUnaligned(fromByteOffset: r.lowerBound, as: T.self)) }
+        return storage.withBytes { T(littleEndian: $0.loadUnaligned(fromByteOffset: r.lowerBound, as: T.self)) }
     }
 
     public mutating func u8() throws -> UInt8 { try scalar(UInt8.self) }
@@ -233,7 +291,7 @@ public struct SnapshotReader {
     public mutating func string() throws -> String {
         let n = try int()
         let r = try take(n)
-        guard let s = String(validating: bytes[r], as: UTF8.self) else { throw LogError("snapshot: invalid UTF-8 at byte \(r.lowerBound)") }
+        guard let s = storage.withBytes({ String(validating: $0[r], as: UTF8.self) }) else { throw LogError("snapshot: invalid UTF-8 at byte \(r.lowerBound)") }
         return s
     }
     /// Bytes not read yet.
@@ -288,7 +346,7 @@ public struct SnapshotReader {
     public mutating func int32s() throws -> [Int32] {
         let n = try count(bytesEach: 4)
         let r = try take(n * 4)
-        return bytes.withUnsafeBytes { raw in
+        return storage.withBytes { raw in
             (0..<n).map { Int32(littleEndian: raw.loadUnaligned(fromByteOffset: r.lowerBound + 4 * $0, as: Int32.self)) }
         }
     }
@@ -307,7 +365,7 @@ public struct SnapshotReader {
             let n = min(b.rowsPerChunk - (done % b.rowsPerChunk), rows - done)
             let r = try take(n * width * MemoryLayout<T>.stride)
             let dst = UnsafeMutableRawPointer(b.row(done))
-            bytes.withUnsafeBytes { raw in dst.copyMemory(from: raw.baseAddress! + r.lowerBound, byteCount: r.count) }
+            storage.withBytes { dst.copyMemory(from: $0.baseAddress! + r.lowerBound, byteCount: r.count) }
             done += n
         }
     }
@@ -316,21 +374,20 @@ public struct SnapshotReader {
         let n = try int()
         guard n == count else { throw SnapshotSettingsMismatch("snapshot holds \(n) weights where \(count) are expected (different settings?)") }
         let r = try take(n * 4)
-        bytes.withUnsafeBytes { src in
-            UnsafeMutableRawPointer(p).copyMemory(from: src.baseAddress! + r.lowerBound, byteCount: n * 4)
-        }
+        if n > 0 { storage.withBytes { UnsafeMutableRawPointer(p).copyMemory(from: $0.baseAddress! + r.lowerBound, byteCount: n * 4) } }
     }
 
     public mutating func block() throws -> [UInt8] {
         let n = try count(bytesEach: 1)
-        return Array(bytes[try take(n)])
+        let r = try take(n)
+        return storage.withBytes { Array($0[r]) }
     }
     /// A length-prefixed block as a reader of its own, sharing these bytes
     /// (`block()` copied a scorer's state, most of a snapshot, before it
     /// was read: review finding, helper-77).
     public mutating func blockReader() throws -> SnapshotReader {
         let n = try count(bytesEach: 1)
-        return SnapshotReader(sharing: bytes, range: try take(n))
+        return SnapshotReader(sharing: storage, range: try take(n))
     }
     public mutating func mark(_ name: String) throws {
         let got = try string()

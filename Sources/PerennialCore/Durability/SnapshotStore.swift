@@ -227,10 +227,10 @@ public struct SnapshotStore: Sendable {
     /// Reads a snapshot and checks its framing and checksum; returns the
     /// header and a reader positioned at the payload.
     public func read(_ path: String) throws -> (SnapshotInfo, SnapshotReader) {
-        let bytes = try FileBytes.read(path)
-        var r = SnapshotReader(bytes: bytes)
+        let storage = try SnapshotBytes(mapping: path)
+        var r = SnapshotReader(storage: storage)
         let head = 8 + 4 + 8 + 8 + 8
-        guard bytes.count >= head + 4, Array(bytes[0..<8]) == SnapshotStore.magic else {
+        guard storage.count >= head + 4, storage.withBytes({ Array($0[0..<8]) }) == SnapshotStore.magic else {
             throw LogError("\(path) is not a Perennial snapshot")
         }
         _ = try r.u64()  // magic
@@ -241,10 +241,10 @@ public struct SnapshotStore: Sendable {
         }
         let seq = try r.u64(), segment = try r.u64(), length = try r.u64()
         guard let segmentNumber = Int(exactly: segment), let size = Int(exactly: length),
-              size == bytes.count - head - 4 else { throw LogError("\(path) is truncated or its header is damaged") }
-        let crc = bytes.withUnsafeBytes { raw in
-            (SnapshotStore.checksum(header: Array(bytes[0..<head]), payload: UnsafeRawBufferPointer(rebasing: raw[head..<(head + size)]), format: version),
-             UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: head + size, as: UInt32.self)))
+              size == storage.count - head - 4 else { throw LogError("\(path) is truncated or its header is damaged") }
+        let crc = storage.withBytes { bytes in
+            (SnapshotStore.checksum(header: Array(bytes[0..<head]), payload: UnsafeRawBufferPointer(rebasing: bytes[head..<(head + size)]), format: version),
+             UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: head + size, as: UInt32.self)))
         }
         guard crc.0 == crc.1 else { throw LogError("\(path): checksum mismatch") }
         return (SnapshotInfo(seq: seq, firstLogSegment: segmentNumber, path: path), r)
