@@ -1,8 +1,9 @@
 // Process calls the server's forked snapshot writer needs that Swift cannot
-// import: prctl(2) is variadic, and pipe2(2) and close_range(2) need
-// _GNU_SOURCE.
+// import: prctl(2) is variadic, and pipe2(2), close_range(2) and
+// pthread_setname_np need _GNU_SOURCE.
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <signal.h>
@@ -22,4 +23,9 @@ static inline int perennial_close_range(unsigned int first, unsigned int last) {
 /// A pipe whose ends are closed on exec.
 static inline int perennial_pipe_cloexec(int fds[2]) {
     return pipe2(fds, O_CLOEXEC);
+}
+
+/// Names the calling thread (at most 15 bytes; longer names are refused).
+static inline int perennial_name_thread(const char *name) {
+    return pthread_setname_np(pthread_self(), name);
 }

@@ -132,7 +132,9 @@ final class SnapshotInFlight: @unchecked Sendable {
     /// `capacity` bytes, then calls `wake` (the loop resumes what waited for
     /// the serialisation), then writes the buffer. Either way `wake` again
     /// once the outcome is known (a SNAPSHOT request waits for the file).
-    init(job: SnapshotJob, startedNs: UInt64, pauseMs: Double, fork: Bool, capacity: Int,
+    /// A writer process asleep `stallSeconds` without using the CPU is
+    /// killed (SnapshotProcess.wait).
+    init(job: SnapshotJob, startedNs: UInt64, pauseMs: Double, fork: Bool, stallSeconds: Int, capacity: Int,
          save: @escaping @Sendable (inout SnapshotWriter) -> Void, wake: @escaping @Sendable () -> Void) {
         seq = job.seq
         self.startedNs = startedNs
@@ -148,20 +150,24 @@ final class SnapshotInFlight: @unchecked Sendable {
         forkMs = child?.forkMs
         if let child {
             serialisedFlag.store(true, ordering: .releasing)
-            let t = Thread { [self] in
+            let failed = SpawnedThread.start(name: "snapshot-wait") { [self] in
                 wake()
-                let report = SnapshotProcess.wait(for: child)
+                let report = SnapshotProcess.wait(for: child, job: job, stallSeconds: stallSeconds)
                 serialisedSize.store(report.size, ordering: .relaxed)
                 serialiseNs.store(report.serialiseNs, ordering: .relaxed)
                 outcome.withLock { $0 = report.outcome }
                 wake()
                 done.signal()
             }
-            t.name = "perennial-snapshot-wait"
-            t.start()
+            if let failed {
+                // (No thread to wait for it: the child goes, and the
+                // snapshot fails now, to be tried again later.)
+                SnapshotProcess.abandon(child, job: job)
+                fail("cannot start a thread to wait for the snapshot's writer process: \(String(cString: strerror(failed)))")
+            }
             return
         }
-        let t = Thread { [self] in
+        let failed = SpawnedThread.start(name: "snapshot") { [self] in
             let t0 = MonotonicClock.nowNanos()
             var w = SnapshotWriter(capacity: capacity)
             save(&w)
@@ -177,8 +183,16 @@ final class SnapshotInFlight: @unchecked Sendable {
             wake()
             done.signal()
         }
-        t.name = "perennial-snapshot"
-        t.start()
+        if let failed { fail("cannot start a thread to write the snapshot: \(String(cString: strerror(failed)))") }
+    }
+
+    /// No thread was started: the snapshot failed before it began (the
+    /// loop collects the failure on its next turn, and new events are not
+    /// held for it).
+    private func fail(_ why: String) {
+        outcome.withLock { $0 = .failure(LogError(why)) }
+        serialisedFlag.store(true, ordering: .releasing)
+        done.signal()
     }
 
     /// Whether the thread has finished reading the model (never blocks).

@@ -45,17 +45,25 @@ enum SnapshotProcess {
     }
 
     /// Forks a child that serialises the model and writes the snapshot.
-    /// Returns nil, with errno's reason, when fork or pipe failed (the
-    /// caller then writes it on a thread instead).
+    /// Fails, with errno's reason, when fork or pipe failed (the caller
+    /// then writes it on a thread instead).
     static func start(job: SnapshotJob, save: (inout SnapshotWriter) -> Void) -> Result<Child, SnapshotForkFailure> {
         var fds: [Int32] = [-1, -1]
         guard perennial_pipe_cloexec(&fds) == 0 else { return .failure(SnapshotForkFailure(errno)) }
         let parent = getpid()
+        // Every signal is blocked across the fork, so none reaches the
+        // child before it has set the server's signals aside (a handler's
+        // copy there would write into the loop's own signal pipe, which the
+        // child shares).
+        var all = sigset_t(), previous = sigset_t()
+        sigfillset(&all)
+        pthread_sigmask(SIG_SETMASK, &all, &previous)
         let t0 = MonotonicClock.nowNanos()
         let pid = fork()
-        if pid == 0 { runChild(writeEnd: fds[1], parent: parent, job: job, save: save) }
-        let forkMs = Double(MonotonicClock.nowNanos() - t0) / 1e6
+        if pid == 0 { runChild(writeEnd: fds[1], parent: parent, signalMask: previous, job: job, save: save) }
         let forkErrno = errno
+        pthread_sigmask(SIG_SETMASK, &previous, nil)
+        let forkMs = Double(MonotonicClock.nowNanos() - t0) / 1e6
         Glibc.close(fds[1])
         guard pid > 0 else {
             Glibc.close(fds[0])
@@ -66,11 +74,33 @@ enum SnapshotProcess {
 
     /// Waits (blocking) for the child's report and its exit. A child that
     /// ended without a whole report (killed, out of memory) is a failure
-    /// that says how it ended.
-    static func wait(for child: Child) -> Report {
+    /// that says how it ended, and its half-written file is removed. A
+    /// child asleep for `stallSeconds` without using the CPU is killed:
+    /// a lock some other thread held at the fork is never released in the
+    /// child, and without this the snapshot, and the graceful stop that
+    /// waits for it, would wait for good. (Waiting for the disk is not
+    /// sleeping here: that is state D.)
+    static func wait(for child: Child, job: SnapshotJob, stallSeconds: Int) -> Report {
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
+        var poller = pollfd(fd: child.pipe, events: Int16(POLLIN), revents: 0)
+        var asleep = 0
+        var lastCPU: UInt64?
+        var killedAsleep = false
         while true {
+            let ready = poll(&poller, 1, 1000)
+            if ready < 0 && errno == EINTR { continue }
+            if ready == 0 {
+                // A second without a word: the child reports only at the end.
+                let now = sample(child.pid)
+                if let now, now.state == "S", now.cpu == lastCPU { asleep += 1 } else { asleep = 0 }
+                lastCPU = now?.cpu
+                if asleep >= stallSeconds && !killedAsleep {
+                    kill(child.pid, SIGKILL)
+                    killedAsleep = true
+                }
+                continue
+            }
             let n = chunk.withUnsafeMutableBytes { read(child.pipe, $0.baseAddress!, $0.count) }
             if n > 0 { bytes.append(contentsOf: chunk[0..<n]); continue }
             if n < 0 && errno == EINTR { continue }
@@ -80,21 +110,58 @@ enum SnapshotProcess {
         var status: Int32 = 0
         while waitpid(child.pid, &status, 0) < 0 && errno == EINTR {}
         if let report = decode(bytes) { return report }
-        let how = (status & 0x7f) == 0 ? "exited with status \((status >> 8) & 0xff)" : "was killed by signal \(status & 0x7f)"
+        job.store.removeTemporaryFiles(seq: job.seq)
+        let how = killedAsleep ? "was killed after \(stallSeconds) s asleep without using the CPU (a lock held at the fork?)"
+            : (status & 0x7f) == 0 ? "exited with status \((status >> 8) & 0xff)" : "was killed by signal \(status & 0x7f)"
         return Report(outcome: .failure(LogError("the snapshot's writer process \(child.pid) \(how) before it reported")), size: 0, serialiseNs: 0)
+    }
+
+    /// Ends a child nothing will wait for (no thread could be started to):
+    /// kills it, reaps it, removes its half-written file.
+    static func abandon(_ child: Child, job: SnapshotJob) {
+        kill(child.pid, SIGKILL)
+        var status: Int32 = 0
+        while waitpid(child.pid, &status, 0) < 0 && errno == EINTR {}
+        Glibc.close(child.pipe)
+        job.store.removeTemporaryFiles(seq: job.seq)
+    }
+
+    /// A process's state letter and CPU time so far (clock ticks), from
+    /// /proc; nil once it is gone.
+    private static func sample(_ pid: pid_t) -> (state: Character, cpu: UInt64)? {
+        // (Read directly: /proc files report a size of 0.)
+        let fd = open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        var buffer = [UInt8](repeating: 0, count: 1024)
+        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
+        Glibc.close(fd)
+        guard n > 0 else { return nil }
+        let text = String(decoding: buffer[0..<n], as: UTF8.self)
+        guard let close = text.lastIndex(of: ")") else { return nil }
+        // After "pid (comm) ": state, then utime and stime as fields 14 and 15.
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        guard fields.count > 12, let state = fields[0].first,
+              let user = UInt64(fields[11]), let system = UInt64(fields[12]) else { return nil }
+        return (state, user + system)
     }
 
     /// The child: serialise straight into the file (measured first, so no
     /// copy of the model is made), report, _exit. Never returns.
-    private static func runChild(writeEnd: Int32, parent: pid_t, job: SnapshotJob, save: (inout SnapshotWriter) -> Void) -> Never {
+    private static func runChild(writeEnd: Int32, parent: pid_t, signalMask: sigset_t, job: SnapshotJob,
+                                 save: (inout SnapshotWriter) -> Void) -> Never {
         // (A server killed before the request took effect is already gone:
         // then this child has been handed to another parent.)
         if perennial_die_with_parent() != 0 || getppid() != parent { _exit(1) }
         // Signals meant for the server (a terminal's ^C goes to the whole
         // process group) must not reach its handlers' copies in the child:
         // the server stops it itself, or it dies with the server.
-        for s in [SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2] { signal(s, SIG_IGN) }
-        signal(SIGPIPE, SIG_IGN)
+        for s in [SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2, SIGPIPE] { signal(s, SIG_IGN) }
+        var mask = signalMask
+        pthread_sigmask(SIG_SETMASK, &mask, nil)
+        // Under memory pressure the kernel kills this disposable child
+        // first, not the server (it sees both holding the shared pages).
+        let adjust = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC)
+        if adjust >= 0 { _ = Glibc.write(adjust, "1000", 4); Glibc.close(adjust) }
         // Every inherited descriptor but standard input/output/error and
         // the pipe's write end: client sockets, the listener, the log.
         if writeEnd > 3 { _ = perennial_close_range(3, UInt32(writeEnd - 1)) }

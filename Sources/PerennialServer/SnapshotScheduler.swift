@@ -454,7 +454,8 @@ final class SnapshotScheduler {
             // (Room for the last snapshot's size and an eighth: growing a
             // buffer of tens of megabytes by doubling copies it each time.)
             let capacity = lastSnapshotBytes + lastSnapshotBytes / 8
-            inFlight = SnapshotInFlight(job: job, startedNs: t0, pauseMs: pauseMs, fork: config.snapshotFork, capacity: capacity,
+            inFlight = SnapshotInFlight(job: job, startedNs: t0, pauseMs: pauseMs, fork: config.snapshotFork,
+                                        stallSeconds: config.snapshotWriterStallSeconds, capacity: capacity,
                                         save: { [model] w in model.save(to: &w) }, wake: wakeLoop)
             inFlightTickets = tickets
             snapshotTicketsStarted = tickets.to

@@ -178,6 +178,9 @@ public struct PerennialConfig: Sendable {
     /// forked child process (new events admitted meanwhile) rather than a
     /// thread (new events wait for the serialisation).
     public var snapshotFork = true
+    /// A snapshot's writer process asleep this long without using the CPU
+    /// (a lock held at the fork that no thread will release) is killed.
+    public var snapshotWriterStallSeconds = 60
     /// Write-ahead log: fsync policy and segment size.
     public var fsync: FsyncPolicy = .everysec
     public var logSegmentBytes = 64 << 20
@@ -379,6 +382,7 @@ public struct PerennialConfig: Sendable {
         c.snapshotEveryEvents = try r.int("snapshot.every_events", default: c.snapshotEveryEvents, in: 0...Int.max)
         c.snapshotKeep = try r.int("snapshot.keep", default: c.snapshotKeep, in: 1...1000)
         c.snapshotFork = try r.bool("snapshot.fork", default: c.snapshotFork)
+        c.snapshotWriterStallSeconds = try r.int("snapshot.writer_stall_seconds", default: c.snapshotWriterStallSeconds, in: 1...86_400)
         // (`every_events = 0` alone keeps its older meaning, snapshots only
         // when asked and at a stop: the time budget then needs setting.)
         let recoveryDefault = r.has("snapshot.every_events") && c.snapshotEveryEvents == 0 ? 0 : c.snapshotRecoverySeconds

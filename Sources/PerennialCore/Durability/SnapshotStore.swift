@@ -77,6 +77,18 @@ public struct SnapshotStore: Sendable {
         }.sorted { ($0.seq, $0.serial) > ($1.seq, $1.serial) }
     }
 
+    /// Removes the half-written file of a snapshot at `seq` whose writer
+    /// ended without finishing (killed), while the server runs: a restart
+    /// would remove it too, but until then it holds the model's size of
+    /// disk, which the next snapshot's room check counts.
+    public func removeTemporaryFiles(seq: UInt64) {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return }
+        let prefix = "snapshot-\(seq)."
+        for name in names where name.hasPrefix(prefix) && name.hasSuffix(".bin.tmp") {
+            unlink((directory as NSString).appendingPathComponent(name))
+        }
+    }
+
     /// Removes what an interrupted snapshot write left (`*.bin.tmp`: a crash
     /// or a failed rename between writing and renaming); start-up calls it.
     /// A description's `.json.tmp` only once it is an hour old:

@@ -189,3 +189,138 @@ def test_a_graceful_stop_waits_for_the_snapshot_writer(tmp_path: Path, slow_fsyn
     versions = sorted(p.name for p in (data / "snapshots").iterdir() if p.suffix == ".bin")
     assert "snapshot-1000.bin" in versions and "snapshot-2000.bin" in versions, versions
     assert _applied_after_restart(data, "everysec") == 2_000
+
+
+SLEEPING_FSYNC = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+/* Only a snapshot file's fsync sleeps (a log segment roll fsyncs the log's
+   directory on the server's loop). */
+static int snapshot_file(int fd) {
+    char link[64], target[4096];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, target, sizeof target - 1);
+    if (n < 8) return 0;
+    target[n] = 0;
+    return strcmp(target + n - 8, ".bin.tmp") == 0;
+}
+int fsync(int fd) {
+    const char *flag = getenv("PERENNIAL_TEST_FSYNC_SLEEPS_IF");
+    if (flag && access(flag, F_OK) == 0 && snapshot_file(fd)) sleep(40);
+    int (*real)(int) = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+    return real(fd);
+}
+"""
+
+NO_THREADS = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <unistd.h>
+int pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*f)(void *), void *arg) {
+    const char *flag = getenv("PERENNIAL_TEST_NO_THREADS_IF");
+    if (flag && access(flag, F_OK) == 0) return EAGAIN;
+    int (*real)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *) =
+        (int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *))dlsym(RTLD_NEXT, "pthread_create");
+    return real(t, a, f, arg);
+}
+"""
+
+
+def _temporary_files(data: Path) -> List[str]:
+    d = data / "snapshots"
+    return [n for n in os.listdir(d) if n.endswith(".tmp")] if d.exists() else []
+
+
+def test_a_writer_killed_before_it_reported_fails_its_snapshot_and_leaves_no_file(tmp_path: Path,
+                                                                                  slow_fsync: Dict[str, str]) -> None:
+    """Review finding (helper-83): a writer the OOM killer (here SIGKILL)
+    ends mid-write left its half-written file, the model's size, until the
+    next restart."""
+    events = _events(3_000)
+    data = tmp_path / "data"
+    proc, port = _launch(data, "everysec", env=slow_fsync)
+    with perennial.Client("127.0.0.1", port) as c:
+        c.feedback(events[:2_000])
+        Path(slow_fsync["PERENNIAL_TEST_FSYNC_SLOW_IF"]).touch()
+        snap = _Snapshot(port)
+        snap.start()
+        assert _wait_for(lambda: _children(proc.pid) and _temporary_files(data), 5), "no writer at work"
+        os.kill(_children(proc.pid)[0], signal.SIGKILL)
+        snap.join(30)
+        assert isinstance(snap.error, perennial.ServerError) and snap.error.code_name == "STORAGE", snap.error
+        assert "killed by signal 9" in str(snap.error)
+        assert _temporary_files(data) == []
+        assert c.stats()["snapshot_failures"] == 1
+        # The server goes on: FEEDBACK, and a snapshot once the disk is well.
+        Path(slow_fsync["PERENNIAL_TEST_FSYNC_SLOW_IF"]).unlink()
+        c.feedback(events[2_000:])
+        assert c.snapshot() == 3_000
+    _stop(proc)
+    assert _applied_after_restart(data, "everysec") == 3_000
+
+
+def test_a_writer_asleep_without_using_the_cpu_is_killed(tmp_path: Path) -> None:
+    """A lock held by another thread at the fork stays held in the child for
+    good; its snapshot, and the graceful stop that waits for it, would wait
+    forever. A writer asleep `writer_stall_seconds` without using the CPU
+    (here: an fsync that sleeps 40 s) is killed, and its snapshot fails."""
+    lib = _shim(tmp_path, SLEEPING_FSYNC, "sleeping_fsync")
+    flag = tmp_path / "fsync-sleeps"
+    data = tmp_path / "data"
+    events = _events(2_000)
+    proc, port = _launch(data, "everysec", config="[snapshot]\nwriter_stall_seconds = 2\n",
+                         env={"LD_PRELOAD": str(lib), "PERENNIAL_TEST_FSYNC_SLEEPS_IF": str(flag)})
+    with perennial.Client("127.0.0.1", port) as c:
+        c.feedback(events[:1_000])
+        flag.touch()
+        t = time.monotonic()
+        with pytest.raises(perennial.ServerError) as e:
+            with perennial.Client("127.0.0.1", port, timeout=30.0) as admin:
+                admin.snapshot()
+        assert e.value.code_name == "STORAGE" and "asleep" in str(e.value), e.value
+        assert time.monotonic() - t < 15
+        assert _temporary_files(data) == [] and _children(proc.pid) == []
+        flag.unlink()
+        c.feedback(events[1_000:])
+        assert c.snapshot() == 2_000
+    _stop(proc)
+
+
+@pytest.mark.parametrize("fork", ["true", "false"])
+def test_a_snapshot_no_thread_can_be_started_for_fails_and_holds_nothing(tmp_path: Path, fork: str) -> None:
+    """Review finding (helper-83): one task short of a pids limit, fork
+    succeeded and the thread to wait for the child did not start (or, on a
+    thread, the serialisation's never did): FEEDBACK, SNAPSHOT requests and
+    the graceful stop waited forever, and the child stayed a zombie. Now the
+    snapshot fails at once (STORAGE), the child is reaped, and the server
+    goes on."""
+    lib = _shim(tmp_path, NO_THREADS, "no_threads")
+    flag = tmp_path / "no-threads"
+    data = tmp_path / "data"
+    events = _events(2_000)
+    proc, port = _launch(data, "everysec", config="[snapshot]\nfork = %s\n" % fork,
+                         env={"LD_PRELOAD": str(lib), "PERENNIAL_TEST_NO_THREADS_IF": str(flag)})
+    with perennial.Client("127.0.0.1", port) as c:
+        c.feedback(events[:1_000])
+        flag.touch()
+        with pytest.raises(perennial.ServerError) as e:
+            with perennial.Client("127.0.0.1", port, timeout=10.0) as admin:
+                admin.snapshot()
+        assert e.value.code_name == "STORAGE" and "cannot start a thread" in str(e.value), e.value
+        t = time.monotonic()
+        ack = c.feedback(events[1_000:1_500])
+        assert time.monotonic() - t < 2.0
+        assert _wait_for(lambda: c.stats()["events_applied"] == ack.last_seq, 5)
+        assert _children(proc.pid) == [] and _temporary_files(data) == []
+        flag.unlink()
+        c.feedback(events[1_500:])
+        assert c.snapshot() == 2_000
+    _stop(proc)
+    assert _applied_after_restart(data, "everysec") == 2_000
