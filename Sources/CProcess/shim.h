@@ -29,3 +29,9 @@ static inline int perennial_pipe_cloexec(int fds[2]) {
 static inline int perennial_name_thread(const char *name) {
     return pthread_setname_np(pthread_self(), name);
 }
+
+/// The futex system call's number on this architecture: a thread blocked
+/// on a lock waits in it.
+static inline long perennial_futex_syscall(void) {
+    return SYS_futex;
+}

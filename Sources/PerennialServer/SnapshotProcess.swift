@@ -75,11 +75,13 @@ enum SnapshotProcess {
     /// Waits (blocking) for the child's report and its exit. A child that
     /// ended without a whole report (killed, out of memory) is a failure
     /// that says how it ended, and its half-written file is removed. A
-    /// child asleep for `stallSeconds` without using the CPU is killed:
-    /// a lock some other thread held at the fork is never released in the
-    /// child, and without this the snapshot, and the graceful stop that
-    /// waits for it, would wait for good. (Waiting for the disk is not
-    /// sleeping here: that is state D.)
+    /// child blocked on a lock (asleep in the futex call) for
+    /// `stallSeconds` without using the CPU is killed: a lock some other
+    /// thread held at the fork is never released in the child, and without
+    /// this the snapshot, and the graceful stop that waits for it, would
+    /// wait for good. Waiting for a file system is not a lock: a FUSE file
+    /// system's slow fsync also sleeps in state S, but in its own call
+    /// (helper-84 saw the first version of this kill such a writer).
     static func wait(for child: Child, job: SnapshotJob, stallSeconds: Int) -> Report {
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
@@ -93,7 +95,7 @@ enum SnapshotProcess {
             if ready == 0 {
                 // A second without a word: the child reports only at the end.
                 let now = sample(child.pid)
-                if let now, now.state == "S", now.cpu == lastCPU { asleep += 1 } else { asleep = 0 }
+                if let now, now.state == "S", now.cpu == lastCPU, waitsOnLock(child.pid) { asleep += 1 } else { asleep = 0 }
                 lastCPU = now?.cpu
                 if asleep >= stallSeconds && !killedAsleep {
                     kill(child.pid, SIGKILL)
@@ -111,7 +113,7 @@ enum SnapshotProcess {
         while waitpid(child.pid, &status, 0) < 0 && errno == EINTR {}
         if let report = decode(bytes) { return report }
         job.store.removeTemporaryFiles(seq: job.seq)
-        let how = killedAsleep ? "was killed after \(stallSeconds) s asleep without using the CPU (a lock held at the fork?)"
+        let how = killedAsleep ? "was killed after \(stallSeconds) s blocked on a lock without using the CPU (one held at the fork?)"
             : (status & 0x7f) == 0 ? "exited with status \((status >> 8) & 0xff)" : "was killed by signal \(status & 0x7f)"
         return Report(outcome: .failure(LogError("the snapshot's writer process \(child.pid) \(how) before it reported")), size: 0, serialiseNs: 0)
     }
@@ -129,20 +131,30 @@ enum SnapshotProcess {
     /// A process's state letter and CPU time so far (clock ticks), from
     /// /proc; nil once it is gone.
     private static func sample(_ pid: pid_t) -> (state: Character, cpu: UInt64)? {
-        // (Read directly: /proc files report a size of 0.)
-        let fd = open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        var buffer = [UInt8](repeating: 0, count: 1024)
-        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
-        Glibc.close(fd)
-        guard n > 0 else { return nil }
-        let text = String(decoding: buffer[0..<n], as: UTF8.self)
-        guard let close = text.lastIndex(of: ")") else { return nil }
+        guard let text = procFile("/proc/\(pid)/stat"), let close = text.lastIndex(of: ")") else { return nil }
         // After "pid (comm) ": state, then utime and stime as fields 14 and 15.
         let fields = text[text.index(after: close)...].split(separator: " ")
         guard fields.count > 12, let state = fields[0].first,
               let user = UInt64(fields[11]), let system = UInt64(fields[12]) else { return nil }
         return (state, user + system)
+    }
+
+    /// Whether the process is in the futex call (waiting for a lock), from
+    /// /proc/PID/syscall (the call's number first; "running" when in none).
+    private static func waitsOnLock(_ pid: pid_t) -> Bool {
+        guard let text = procFile("/proc/\(pid)/syscall"),
+              let number = text.split(separator: " ").first.flatMap({ Int($0) }) else { return false }
+        return number == perennial_futex_syscall()
+    }
+
+    /// A small /proc file's text (read directly: /proc files report a size of 0).
+    private static func procFile(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        var buffer = [UInt8](repeating: 0, count: 1024)
+        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
+        Glibc.close(fd)
+        return n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self) : nil
     }
 
     /// The child: serialise straight into the file (measured first, so no

@@ -237,28 +237,63 @@ public struct SnapshotStore: Sendable {
     }
 
     /// Reads a snapshot and checks its framing and checksum; returns the
-    /// header and a reader positioned at the payload.
+    /// header and a reader positioned at the payload. The checks read the
+    /// file with pread, in pieces, so a read error (EIO from a bad block)
+    /// is an error like any damage, and start-up falls back to an older
+    /// version; only then is the file mapped for the reader (which a read
+    /// error would kill with SIGBUS: helper-84), its pages by then in the
+    /// page cache.
     public func read(_ path: String) throws -> (SnapshotInfo, SnapshotReader) {
-        let storage = try SnapshotBytes(mapping: path)
-        var r = SnapshotReader(storage: storage)
-        let head = 8 + 4 + 8 + 8 + 8
-        guard storage.count >= head + 4, storage.withBytes({ Array($0[0..<8]) }) == SnapshotStore.magic else {
-            throw LogError("\(path) is not a Perennial snapshot")
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw LogError("cannot read \(path): \(String(cString: strerror(errno)))") }
+        defer { Glibc.close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw LogError("cannot read \(path): \(String(cString: strerror(errno)))") }
+        let fileSize = Int(st.st_size)
+        func readAll(_ into: UnsafeMutableRawBufferPointer, at offset: Int) throws {
+            var done = 0
+            while done < into.count {
+                let n = pread(fd, into.baseAddress! + done, into.count - done, off_t(offset + done))
+                if n < 0 && errno == EINTR { continue }
+                guard n >= 0 else { throw LogError("cannot read \(path): \(String(cString: strerror(errno)))") }
+                guard n > 0 else { throw LogError("\(path) is truncated or its header is damaged") }
+                done += n
+            }
         }
-        _ = try r.u64()  // magic
-        let version = try r.u32()
-        r.format = version
+        let head = 8 + 4 + 8 + 8 + 8
+        var header = [UInt8](repeating: 0, count: head)
+        guard fileSize >= head + 4 else { throw LogError("\(path) is not a Perennial snapshot") }
+        try header.withUnsafeMutableBytes { try readAll($0, at: 0) }
+        guard Array(header[0..<8]) == SnapshotStore.magic else { throw LogError("\(path) is not a Perennial snapshot") }
+        var h = SnapshotReader(bytes: header, offset: 8)
+        let version = try h.u32()
         guard SnapshotStore.readable.contains(version) else {
             throw LogError("\(path): snapshot format \(version) is not one this build reads (\(SnapshotStore.readable.lowerBound)-\(SnapshotStore.version)); it was written by another version of perennial, so start-up rebuilds from the log instead")
         }
-        let seq = try r.u64(), segment = try r.u64(), length = try r.u64()
+        let seq = try h.u64(), segment = try h.u64(), length = try h.u64()
         guard let segmentNumber = Int(exactly: segment), let size = Int(exactly: length),
-              size == storage.count - head - 4 else { throw LogError("\(path) is truncated or its header is damaged") }
-        let crc = storage.withBytes { bytes in
-            (SnapshotStore.checksum(header: Array(bytes[0..<head]), payload: UnsafeRawBufferPointer(rebasing: bytes[head..<(head + size)]), format: version),
-             UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: head + size, as: UInt32.self)))
+              size == fileSize - head - 4 else { throw LogError("\(path) is truncated or its header is damaged") }
+        // (The same as `checksum(header:payload:format:)` over the whole.)
+        var crc = SnapshotStore.checksum(header: header, payload: UnsafeRawBufferPointer(start: nil, count: 0), format: version)
+        var piece = [UInt8](repeating: 0, count: min(size, 8 << 20))
+        var offset = head
+        while offset < head + size {
+            let n = min(piece.count, head + size - offset)
+            try piece.withUnsafeMutableBytes { raw in
+                try readAll(UnsafeMutableRawBufferPointer(rebasing: raw[0..<n]), at: offset)
+                crc = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[0..<n]), seed: crc)
+            }
+            offset += n
         }
-        guard crc.0 == crc.1 else { throw LogError("\(path): checksum mismatch") }
+        var tail = [UInt8](repeating: 0, count: 4)
+        try tail.withUnsafeMutableBytes { try readAll($0, at: head + size) }
+        guard crc == tail.withUnsafeBytes({ UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) }) else {
+            throw LogError("\(path): checksum mismatch")
+        }
+        let storage = try SnapshotBytes(mapping: path)
+        guard storage.count == fileSize else { throw LogError("\(path) changed while it was read") }
+        var r = SnapshotReader(storage: storage, offset: head)
+        r.format = version
         return (SnapshotInfo(seq: seq, firstLogSegment: segmentNumber, path: path), r)
     }
 
