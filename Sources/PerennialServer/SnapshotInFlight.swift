@@ -13,17 +13,18 @@
 // admitted and learned throughout too.
 //
 // Threading invariant of the thread path (why this is `@unchecked
-// Sendable`, and why the model may be read here while the loop serves): until `serialised` is set
-// the loop changes nothing `Model.save` reads. It admits no FEEDBACK and no
-// UPSERT_ITEM (they wait, parked, as for a full learner queue), a RELOAD
-// (request or SIGHUP) waits, parked, for the serialisation, and the learner is
-// idle, having applied everything accepted; RECOMMEND, SCORE and STATS
-// only read the model and write serving scratch (top-k, exclusions, the
-// quantised item copies, text-cnn's cached encodings) that snapshots do not
-// hold. `serialised` is stored with release ordering after the last read
-// of the model, and loaded with acquire ordering by the loop before it
-// admits anything again. `outcome` is a Mutex; `payload` is touched only by
-// the thread; everything else is immutable.
+// Sendable`, and why the model may be read here while the loop serves):
+// until `serialised` is set the loop changes nothing `Model.save` reads. It
+// admits no FEEDBACK and no UPSERT_ITEM (they wait, parked, as for a full
+// learner queue), a RELOAD (request or SIGHUP) waits, parked, for the
+// serialisation, and the learner is idle, having applied everything
+// accepted; RECOMMEND, SCORE and STATS only read the model and write
+// serving scratch (top-k, exclusions, the quantised item copies, text-cnn's
+// cached encodings) that snapshots do not hold. `serialised` is stored with
+// release ordering after the last read of the model, and loaded with
+// acquire ordering by the loop before it admits anything again. `outcome`
+// is a Mutex; `payload` is touched only by the thread; everything else is
+// immutable.
 
 import Foundation
 import PerennialCore

@@ -3,8 +3,9 @@
 // instant (the kernel shares the pages and copies one only when the server
 // writes to it), so the loop admits FEEDBACK again, and the learner learns,
 // as soon as fork returns, instead of waiting for the serialisation. At a
-// million items that wait was 9-28 s, longer than the clients' timeout
-// (helper-77), and a fork of a 5.6 GB server takes tens of milliseconds.
+// million items that wait was 3-28 s, past the clients' 10 s timeout at
+// worst (helper-77), where a fork of the 5.6 GB server takes about 0.1 s
+// (copying its page tables).
 //
 // Why Swift code may run in the child, though fork copies only the calling
 // thread: the snapshot forks from the loop thread when nothing else works on
@@ -13,7 +14,9 @@
 // touches the log, which the child never uses; glibc's own fork handlers
 // leave malloc usable in the child. The child runs only the serialisation
 // and SnapshotJob.write (files), and ends with _exit, so no deinit, atexit
-// handler or buffered output of the server's runs twice.
+// handler or buffered output of the server's runs twice. A lock held at the
+// fork can still not be ruled out (the write uses Foundation), so a child
+// blocked on one is killed (`wait`).
 //
 // The child closes every descriptor it inherited but standard input, output
 // and error and its pipe (the listener, client sockets, the log's segments,
@@ -86,20 +89,20 @@ enum SnapshotProcess {
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
         var poller = pollfd(fd: child.pipe, events: Int16(POLLIN), revents: 0)
-        var asleep = 0
+        var blocked = 0
         var lastCPU: UInt64?
-        var killedAsleep = false
+        var killedBlocked = false
         while true {
             let ready = poll(&poller, 1, 1000)
             if ready < 0 && errno == EINTR { continue }
             if ready == 0 {
                 // A second without a word: the child reports only at the end.
                 let now = sample(child.pid)
-                if let now, now.state == "S", now.cpu == lastCPU, waitsOnLock(child.pid) { asleep += 1 } else { asleep = 0 }
+                if let now, now.state == "S", now.cpu == lastCPU, waitsOnLock(child.pid) { blocked += 1 } else { blocked = 0 }
                 lastCPU = now?.cpu
-                if asleep >= stallSeconds && !killedAsleep {
+                if blocked >= stallSeconds && !killedBlocked {
                     kill(child.pid, SIGKILL)
-                    killedAsleep = true
+                    killedBlocked = true
                 }
                 continue
             }
@@ -113,7 +116,7 @@ enum SnapshotProcess {
         while waitpid(child.pid, &status, 0) < 0 && errno == EINTR {}
         if let report = decode(bytes) { return report }
         job.store.removeTemporaryFiles(seq: job.seq)
-        let how = killedAsleep ? "was killed after \(stallSeconds) s blocked on a lock without using the CPU (one held at the fork?)"
+        let how = killedBlocked ? "was killed after \(stallSeconds) s blocked on a lock without using the CPU (one held at the fork?)"
             : (status & 0x7f) == 0 ? "exited with status \((status >> 8) & 0xff)" : "was killed by signal \(status & 0x7f)"
         return Report(outcome: .failure(LogError("the snapshot's writer process \(child.pid) \(how) before it reported")), size: 0, serialiseNs: 0)
     }
