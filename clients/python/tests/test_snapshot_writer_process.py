@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Dict, List, Optional
 import pytest
 
 import perennial
-from test_crash_recovery import _applied_after_restart, _events, _launch, _stop
+from test_crash_recovery import _applied_after_restart, _events, _launch as _launch_server, _stop
 from test_fsync_failure import _shim
 
 SLOW_FSYNC = r"""
@@ -37,6 +38,27 @@ int fsync(int fd) {
     return real(fd);
 }
 """
+
+
+_started: List["subprocess.Popen[bytes]"] = []
+
+
+def _launch(*args, **kwargs):
+    """test_crash_recovery's _launch, remembered so that a failing test
+    does not leave its server running."""
+    proc, port = _launch_server(*args, **kwargs)
+    _started.append(proc)
+    return proc, port
+
+
+@pytest.fixture(autouse=True)
+def _no_server_left_behind():
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
 
 
 def _children(pid: int) -> List[int]:
