@@ -199,57 +199,43 @@ enum SnapshotProcess {
 
     // MARK: the report's bytes
 
-    // [ok u8][size u64][serialise ns u64], then
-    // ok: [seq u64][serial u64][keep-log-from i64, -1 = none][path length u64][path]
-    // failure: [message length u64][message]
+    // [ok u8][size int][serialise ns u64], then
+    // ok: [seq u64][serial int][keep-log-from int, -1 = none][path string]
+    // failure: [message string]
+    // (In the snapshot's own coding: SnapshotWriter, SnapshotReader.)
     static func encode(_ r: Report) -> [UInt8] {
-        var b: [UInt8] = []
-        func u64(_ v: UInt64) { for i in 0..<8 { b.append(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) } }
-        func text(_ s: String) { u64(UInt64(s.utf8.count)); b.append(contentsOf: s.utf8) }
+        var w = SnapshotWriter()
         switch r.outcome {
-        case .success(let w):
-            b.append(1)
-            u64(UInt64(r.size))
-            u64(r.serialiseNs)
-            u64(w.file.seq)
-            u64(UInt64(w.file.serial))
-            u64(UInt64(bitPattern: Int64(w.keepLogFrom ?? -1)))
-            text(w.file.path)
+        case .success(let written):
+            w.bool(true)
+            w.int(r.size)
+            w.u64(r.serialiseNs)
+            w.u64(written.file.seq)
+            w.int(written.file.serial)
+            w.int(written.keepLogFrom ?? -1)
+            w.string(written.file.path)
         case .failure(let e):
-            b.append(0)
-            u64(UInt64(r.size))
-            u64(r.serialiseNs)
-            text("\(e)")
+            w.bool(false)
+            w.int(r.size)
+            w.u64(r.serialiseNs)
+            w.string("\(e)")
         }
-        return b
+        return w.bytes
     }
 
+    /// The report, or nil unless the bytes are exactly a whole one.
     static func decode(_ b: [UInt8]) -> Report? {
-        var at = 0
-        func u64() -> UInt64? {
-            guard at + 8 <= b.count else { return nil }
-            var v: UInt64 = 0
-            for i in 0..<8 { v |= UInt64(b[at + i]) << (8 * UInt64(i)) }
-            at += 8
-            return v
+        var r = SnapshotReader(bytes: b)
+        guard let ok = try? r.bool(), let size = try? r.int(), let ns = try? r.u64() else { return nil }
+        let outcome: Result<SnapshotWritten, any Error>
+        if ok {
+            guard let seq = try? r.u64(), let serial = try? r.int(), let keep = try? r.int(), let path = try? r.string() else { return nil }
+            outcome = .success(SnapshotWritten(file: SnapshotFile(seq: seq, serial: serial, path: path), keepLogFrom: keep < 0 ? nil : keep))
+        } else {
+            guard let message = try? r.string() else { return nil }
+            outcome = .failure(LogError(message))
         }
-        func text() -> String? {
-            guard let n = u64(), n <= UInt64(b.count - at) else { return nil }
-            defer { at += Int(n) }
-            return String(decoding: b[at..<at + Int(n)], as: UTF8.self)
-        }
-        guard let ok = b.first, ok <= 1 else { return nil }
-        at = 1
-        guard let size = u64(), let ns = u64() else { return nil }
-        if ok == 0 {
-            guard let message = text(), at == b.count else { return nil }
-            return Report(outcome: .failure(LogError(message)), size: Int(size), serialiseNs: ns)
-        }
-        guard let seq = u64(), let serial = u64(), let keep = u64(), let path = text(), at == b.count else { return nil }
-        let keepFrom = Int64(bitPattern: keep)
-        let written = SnapshotWritten(file: SnapshotFile(seq: seq, serial: Int(serial), path: path),
-                                      keepLogFrom: keepFrom < 0 ? nil : Int(keepFrom))
-        return Report(outcome: .success(written), size: Int(size), serialiseNs: ns)
+        return r.remaining == 0 ? Report(outcome: outcome, size: size, serialiseNs: ns) : nil
     }
 }
 
