@@ -66,6 +66,11 @@ public final class CollaborativeFilteringScorer: Scorer {
     /// calling powf for each of its few hundred neighbours. Derived from
     /// itemStats: set when a count changes and when a snapshot is loaded.
     let popularityDivisor: ChunkedBuffer<Float>
+    /// The most-counted items, for users nobody knows (CountLeaderboard);
+    /// follows itemStats' counts. `popularScratch`: its copy for a request
+    /// (serving thread).
+    let popular = CountLeaderboard()
+    private var popularScratch: [Int32] = []
     let neighbourhood: ItemNeighbourhood
     let ratingUsers: ChunkedBuffer<Float>
     let ratingItems: ChunkedBuffer<Float>
@@ -195,6 +200,7 @@ public final class CollaborativeFilteringScorer: Scorer {
             initialiseRatingItem(i)
         }
         neighbourhood.forget(retired)
+        popular.rebuild(items: learnedItems, count: plainCount)
         retired.remove(from: &recent)
         // The sampler, oldest first, without them (it fills up again from
         // its end; once full, the oldest is replaced first, as before).
@@ -298,7 +304,12 @@ public final class CollaborativeFilteringScorer: Scorer {
         }
         itemStats.row(i)[Self.countSlot] += 1
         refreshPopularityDivisor(i)
+        popular.raised(e.item, to: plainCount(e.item))
     }
+
+    /// An item's plain count, as `popular` ranks it.
+    @inline(__always)
+    private func plainCount(_ item: Int32) -> Double { Double(itemStats.row(Int(item))[Self.countSlot]) }
 
     @inline(__always)
     private func refreshPopularityDivisor(_ i: Int) {
@@ -508,9 +519,13 @@ public final class CollaborativeFilteringScorer: Scorer {
         query.user != nil || !query.history.isEmpty || !query.sessionItems.isEmpty
     }
 
-    /// Nobody knows this user: the most interacted-with items.
+    /// Nobody knows this user: the most interacted-with items (from the
+    /// leaderboard when it can tell, else from every count).
     private func recommendPopular(_ query: ScoringQuery, into top: inout TopK) {
-        query.forEachEligibleItem { i in top.push(i, itemStats.row(Int(i))[Self.countSlot]) }
+        let score = { (i: Int32) in self.itemStats.row(Int(i))[Self.countSlot] }
+        if popular.rank(query, into: &top, scratch: &popularScratch, score: score) { return }
+        top.reset(k: top.k)
+        query.forEachEligibleItem { i in top.push(i, score(i)) }
     }
 
     /// The rest of a query after the catalogue pass left its factor bounds
@@ -799,6 +814,7 @@ public final class CollaborativeFilteringScorer: Scorer {
         rng = SplitMix64(seed: try r.u64())
         learnedItems = try r.int(in: 0...itemCount, "cf's learned items")
         learnedEvents.store(try r.u64(), ordering: .relaxed)
+        popular.rebuild(items: itemCount, count: plainCount)
     }
 
     public func predictRating(user: Int32?, item: Int32?) -> Float? {

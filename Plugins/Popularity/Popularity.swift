@@ -39,6 +39,10 @@ public final class PopularityScorer: Scorer {
     private var learnedItems = 0
     /// (Written by the learner, read by STATS on the serving thread.)
     let learned = Atomic<UInt64>(0)
+    /// The most-counted items, so an answer need not read every count.
+    let leaderboard = CountLeaderboard()
+    /// The leaderboard's copy for a request (serving thread).
+    private var leaderScratch: [Int32] = []
 
     public init(settings: PopularitySettings) { self.settings = settings }
 
@@ -58,6 +62,7 @@ public final class PopularityScorer: Scorer {
     /// Expired items: their counts go.
     public func forget(items: RetiredItems) {
         for i in items.indices { counts[Int(i)] = 0 }
+        leaderboard.rebuild(items: learnedItems) { counts[Int($0)] }
     }
 
     public func learn(_ event: LearnEvent) {
@@ -76,6 +81,7 @@ public final class PopularityScorer: Scorer {
                 counts.forEachChunk(rows: learnedItems) { _, p, n in
                     for j in 0..<n { p[j] *= factor }
                 }
+                leaderboard.scaled(by: factor)
                 lw = 0
                 logWeight = 0
                 rescaling.store(s + 2, ordering: .releasing)
@@ -85,6 +91,7 @@ public final class PopularityScorer: Scorer {
         } else {
             counts[Int(event.item)] += weight
         }
+        leaderboard.raised(event.item, to: counts[Int(event.item)])
     }
 
     /// Runs `read` until it has seen no rescale begin or end meanwhile.
@@ -102,8 +109,10 @@ public final class PopularityScorer: Scorer {
     public func recommend(_ query: ScoringQuery, into top: inout TopK) {
         let k = top.k
         consistently { scale in
+            let score = { (item: Int32) in Float(self.counts[Int(item)] * scale) }
+            if leaderboard.rank(query, into: &top, scratch: &leaderScratch, score: score) { return }
             top.reset(k: k)
-            query.forEachEligibleItem { item in top.push(item, Float(counts[Int(item)] * scale)) }
+            query.forEachEligibleItem { item in top.push(item, score(item)) }
         }
     }
 
@@ -124,6 +133,7 @@ public final class PopularityScorer: Scorer {
         logWeight = try r.f64()
         learned.store(try r.u64(), ordering: .relaxed)
         learnedItems = itemCount
+        leaderboard.rebuild(items: learnedItems) { counts[Int($0)] }
     }
 }
 
