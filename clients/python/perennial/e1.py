@@ -267,9 +267,15 @@ def run_e1(client: Client, ratings: Sequence[Rating], *, scorer: str = "cf",
             say("test phase: %d/%d events, %d evaluated, HR@10 %.4f (%.1f s)"
                 % (idx + 1 - warm, n - warm, out.total.count + queued_recs, out.total.hr,
                    time.perf_counter() - t0))
-    # the last reveals: the server ends up knowing the whole stream
+    # the last reveals: the server ends up knowing the whole stream, and
+    # has learned it when this returns (a SCORE after this connection's
+    # FEEDBACK waits until the learner applied it; an acknowledged FEEDBACK
+    # is only accepted and logged, so a STATS read at once could still
+    # miss the last events)
     queue_reveals()
     execute()
+    if n:
+        client.score(ratings[-1][0], [ratings[-1][1]], scorer=scorer)
     out.seconds = time.perf_counter() - t0
     return out
 
