@@ -39,7 +39,8 @@ let package = Package(
         .target(name: "PerennialProtocol", path: "Sources/PerennialProtocol"),
         // Table, id maps, histories, learner, scorer plugin API, config.
         .target(name: "PerennialCore", dependencies: ["CKernels"], path: "Sources/PerennialCore", swiftSettings: hotPath),
-        // Dot-product kernels in C: a plain loop and an AVX2/FMA path chosen at run time.
+        // C: dot-product kernels (a plain loop and an AVX2/FMA path chosen at run time),
+        // CRC-32C, and the SIGBUS guard for reading a snapshot through its mapping.
         .target(name: "CKernels", path: "Sources/CKernels", cSettings: [.unsafeFlags(["-O3"])]),
         // Scorer plugins, one folder each, and the registry that lists them.
         .target(name: "Popularity", dependencies: ["PerennialCore"], path: "Plugins/Popularity", swiftSettings: hotPath),

@@ -11,6 +11,7 @@
 // past a buffer's end reaches unchecked row arithmetic (review finding).
 
 #if canImport(Glibc)
+import CKernels
 import Glibc
 #endif
 
@@ -203,11 +204,14 @@ public final class SnapshotBytes: @unchecked Sendable {
     private let array: [UInt8]
     /// The mapping, when the bytes are a file's.
     private let mapping: UnsafeRawBufferPointer?
+    /// The mapping's SIGBUS guard (perennial_mapping_guard.h), or -1.
+    private let guardSlot: Int32
     public let count: Int
 
     public init(_ bytes: [UInt8]) {
         array = bytes
         mapping = nil
+        guardSlot = -1
         count = bytes.count
     }
 
@@ -220,14 +224,22 @@ public final class SnapshotBytes: @unchecked Sendable {
         guard fstat(fd, &st) == 0 else { throw LogError("cannot read \(path): \(String(cString: strerror(errno)))") }
         array = []
         count = Int(st.st_size)
-        guard count > 0 else { mapping = nil; return }
+        guard count > 0 else { mapping = nil; guardSlot = -1; return }
         guard let p = mmap(nil, count, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
             throw LogError("cannot map \(path): \(String(cString: strerror(errno)))")
         }
         // (Read once from start to end: the checksum, then the model.)
         _ = madvise(p, count, MADV_SEQUENTIAL)
         mapping = UnsafeRawBufferPointer(start: p, count: count)
+        // A page that cannot be read again (an I/O error since the checksum
+        // pass read it, the file truncated meanwhile) reads as zeros
+        // instead of killing the process with SIGBUS, and `readFailed`
+        // says so: the reader's next section mark throws.
+        guardSlot = pk_mapping_guard(p, count)
     }
+
+    /// Whether a read of the mapping failed (its bytes are not the file's).
+    public var readFailed: Bool { pk_mapping_guard_tripped(guardSlot) != 0 }
 
     /// The bytes, for the duration of `body`.
     @inline(__always)
@@ -237,6 +249,7 @@ public final class SnapshotBytes: @unchecked Sendable {
     }
 
     deinit {
+        pk_mapping_unguard(guardSlot)
         if let m = mapping { munmap(UnsafeMutableRawPointer(mutating: m.baseAddress!), m.count) }
     }
 }
@@ -390,6 +403,7 @@ public struct SnapshotReader {
         return SnapshotReader(sharing: storage, range: try take(n))
     }
     public mutating func mark(_ name: String) throws {
+        if storage.readFailed { throw LogError("snapshot: a page of the file could not be read again while it was loaded (an I/O error, or the file truncated meanwhile)") }
         let got = try string()
         guard got == "§" + name else { throw LogError("snapshot: expected section \(name), found \(got)") }
     }

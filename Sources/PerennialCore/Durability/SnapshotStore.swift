@@ -240,9 +240,9 @@ public struct SnapshotStore: Sendable {
     /// header and a reader positioned at the payload. The checks read the
     /// file with pread, in pieces, so a read error (EIO from a bad block)
     /// is an error like any damage, and start-up falls back to an older
-    /// version; only then is the file mapped for the reader (which a read
-    /// error would kill with SIGBUS: helper-84), its pages by then in the
-    /// page cache.
+    /// version; only then is the file mapped for the reader, its pages by
+    /// then in the page cache (a page that fails to read again reads as
+    /// zeros, and the reader's next section mark throws: SnapshotBytes).
     public func read(_ path: String) throws -> (SnapshotInfo, SnapshotReader) {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw LogError("cannot read \(path): \(String(cString: strerror(errno)))") }
