@@ -833,7 +833,7 @@ public final class CollaborativeFilteringScorer: Scorer {
     public var counters: [(String, UInt64)] {
         [("events", learnedEvents.load(ordering: .relaxed)), ("neighbour_pairs", neighbourhood.pairs), ("exact_scores", exactScores),
          ("items_requantised", table.quantisedItems.requantised),
-         ("weights_bytes", UInt64(context.bytes + contextAdagrad.bytes + itemStats.bytes + popularityDivisor.bytes + ratingUsers.bytes + ratingItems.bytes + neighbourhood.bytes))]
+         ("weights_bytes", UInt64(context.bytes + contextAdagrad.bytes + itemStats.bytes + popularityDivisor.bytes + ratingUsers.bytes + ratingItems.bytes + neighbourhood.bytes + popular.bytes))]
     }
 }
 

@@ -21,6 +21,7 @@
 // `counts` and `place` are touched by those writers alone.
 
 import Foundation
+import Synchronization
 
 public final class CountLeaderboard: @unchecked Sendable {
     /// Items kept: enough for k up to limits.max_items (1000) with a few
@@ -32,6 +33,8 @@ public final class CountLeaderboard: @unchecked Sendable {
     private var counts: [Double] = []
     /// Each item's place in `heap`, or -1.
     private var place: [Int32] = []
+    /// Bytes held (for STATS, on any thread): set by the writer as `place` grows.
+    private let held = Atomic<Int>(0)
     /// Allocated, not stored: a pthread mutex must not move.
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
@@ -48,6 +51,9 @@ public final class CountLeaderboard: @unchecked Sendable {
         mutex.deallocate()
     }
 
+    /// Memory held: the kept items and the place of every item counted (any thread).
+    public var bytes: Int { held.load(ordering: .relaxed) }
+
     /// Items kept now (any thread).
     public var count: Int {
         pthread_mutex_lock(mutex)
@@ -59,7 +65,10 @@ public final class CountLeaderboard: @unchecked Sendable {
     @inline(__always)
     public func raised(_ item: Int32, to count: Double) {
         let i = Int(item)
-        if i >= place.count { place.append(contentsOf: repeatElement(-1, count: i + 1 - place.count)) }
+        if i >= place.count {
+            place.append(contentsOf: repeatElement(-1, count: i + 1 - place.count))
+            held.store(4 * place.count + 12 * capacity, ordering: .relaxed)
+        }
         let p = Int(place[i])
         if p >= 0 {
             // Kept already: it got better, so it may move away from the
