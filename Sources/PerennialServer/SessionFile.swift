@@ -138,11 +138,15 @@ enum SessionFile {
             Log.warning("\(path) cannot be read (\(size == 0 ? "empty" : String(cString: strerror(errno)))): sessions start afresh")
             return 0
         }
-        defer { munmap(map, size) }
         let bytes = UnsafeRawBufferPointer(start: map, count: size)
+        // (A page that cannot be read reads as zeros, not SIGBUS: the file
+        // is then damaged, as a bad checksum says: review finding, helper-87.)
+        let mappingGuard = MappingGuard(bytes)
+        defer { mappingGuard.end(); munmap(map, size) }
         guard size >= magic.count + 16, magic.indices.allSatisfy({ bytes[$0] == magic[$0] }),
-              CRC32C.checksum(UnsafeRawBufferPointer(rebasing: bytes.dropLast(4))) == bytes.loadUnaligned(fromByteOffset: size - 4, as: UInt32.self) else {
-            Log.warning("\(path) is damaged (not a sessions file, or its checksum fails): sessions start afresh")
+              CRC32C.checksum(UnsafeRawBufferPointer(rebasing: bytes.dropLast(4))) == bytes.loadUnaligned(fromByteOffset: size - 4, as: UInt32.self),
+              !mappingGuard.readFailed else {
+            Log.warning("\(path) is damaged (not a sessions file, its checksum fails, or it cannot be read): sessions start afresh")
             return 0
         }
         // (Parsed whole before any is restored: a file that fails part-way
@@ -154,7 +158,16 @@ enum SessionFile {
             Log.warning("\(path) does not parse (\(error)): sessions start afresh")
             return 0
         }
+        guard !mappingGuard.readFailed else {
+            Log.warning("\(path) cannot be read: sessions start afresh")
+            return 0
+        }
         try? parse(body) { store.restore($0.key, items: $0.items, idle: $0.idle, now: now) }
+        if mappingGuard.readFailed {
+            // (Pages the two passes before read, failing on the third: the
+            // sessions restored may hold zeros; they are at worst wrong.)
+            Log.warning("\(path) could not be read whole while its sessions were restored: some may be wrong")
+        }
         return store.count
     }
 }

@@ -11,7 +11,6 @@
 // past a buffer's end reaches unchecked row arithmetic (review finding).
 
 #if canImport(Glibc)
-import CKernels
 import Glibc
 #endif
 
@@ -204,14 +203,14 @@ public final class SnapshotBytes: @unchecked Sendable {
     private let array: [UInt8]
     /// The mapping, when the bytes are a file's.
     private let mapping: UnsafeRawBufferPointer?
-    /// The mapping's SIGBUS guard (perennial_mapping_guard.h), or -1.
-    private let guardSlot: Int32
+    /// The mapping's SIGBUS guard (MappingGuard), if it is a file's.
+    private let mappingGuard: MappingGuard?
     public let count: Int
 
     public init(_ bytes: [UInt8]) {
         array = bytes
         mapping = nil
-        guardSlot = -1
+        mappingGuard = nil
         count = bytes.count
     }
 
@@ -224,7 +223,7 @@ public final class SnapshotBytes: @unchecked Sendable {
         guard fstat(fd, &st) == 0 else { throw LogError("cannot read \(path): \(String(cString: strerror(errno)))") }
         array = []
         count = Int(st.st_size)
-        guard count > 0 else { mapping = nil; guardSlot = -1; return }
+        guard count > 0 else { mapping = nil; mappingGuard = nil; return }
         guard let p = mmap(nil, count, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
             throw LogError("cannot map \(path): \(String(cString: strerror(errno)))")
         }
@@ -234,12 +233,12 @@ public final class SnapshotBytes: @unchecked Sendable {
         // A page that cannot be read again (an I/O error since the checksum
         // pass read it, the file truncated meanwhile) reads as zeros
         // instead of killing the process with SIGBUS, and `readFailed`
-        // says so: the reader's next section mark throws.
-        guardSlot = pk_mapping_guard(p, count)
+        // says so: the reader throws at its next number or section mark.
+        mappingGuard = MappingGuard(mapping!)
     }
 
     /// Whether a read of the mapping failed (its bytes are not the file's).
-    public var readFailed: Bool { pk_mapping_guard_tripped(guardSlot) != 0 }
+    public var readFailed: Bool { mappingGuard?.readFailed ?? false }
 
     /// The bytes, for the duration of `body`.
     @inline(__always)
@@ -249,7 +248,7 @@ public final class SnapshotBytes: @unchecked Sendable {
     }
 
     deinit {
-        pk_mapping_unguard(guardSlot)
+        mappingGuard?.end()
         if let m = mapping { munmap(UnsafeMutableRawPointer(mutating: m.baseAddress!), m.count) }
     }
 }
@@ -291,8 +290,21 @@ public struct SnapshotReader {
 
     private mutating func scalar<T: FixedWidthInteger>(_: T.Type) throws -> T {
         let r = try take(MemoryLayout<T>.size)
-        return storage.withBytes { T(littleEndian: $0.loadUnaligned(fromByteOffset: r.lowerBound, as: T.self)) }
+        let v = storage.withBytes { T(littleEndian: $0.loadUnaligned(fromByteOffset: r.lowerBound, as: T.self)) }
+        try checkRead()
+        return v
     }
+
+    /// A page that failed to read gave zeros (SnapshotBytes): every read
+    /// checks, so nothing read after that is used, and the error says why
+    /// (not a setting or a section that zeros happen to imitate: review
+    /// finding, helper-87).
+    @inline(__always)
+    private func checkRead() throws {
+        if storage.readFailed { throw LogError(Self.unreadable) }
+    }
+
+    static let unreadable = "snapshot: a page of the file could not be read again while it was loaded (an I/O error, or the file truncated meanwhile)"
 
     public mutating func u8() throws -> UInt8 { try scalar(UInt8.self) }
     public mutating func bool() throws -> Bool { try scalar(UInt8.self) != 0 }
@@ -304,7 +316,9 @@ public struct SnapshotReader {
     public mutating func string() throws -> String {
         let n = try int()
         let r = try take(n)
-        guard let s = storage.withBytes({ String(validating: $0[r], as: UTF8.self) }) else { throw LogError("snapshot: invalid UTF-8 at byte \(r.lowerBound)") }
+        let s = storage.withBytes({ String(validating: $0[r], as: UTF8.self) })
+        try checkRead()
+        guard let s else { throw LogError("snapshot: invalid UTF-8 at byte \(r.lowerBound)") }
         return s
     }
     /// Bytes not read yet.
@@ -359,9 +373,11 @@ public struct SnapshotReader {
     public mutating func int32s() throws -> [Int32] {
         let n = try count(bytesEach: 4)
         let r = try take(n * 4)
-        return storage.withBytes { raw in
+        let a = storage.withBytes { raw in
             (0..<n).map { Int32(littleEndian: raw.loadUnaligned(fromByteOffset: r.lowerBound + 4 * $0, as: Int32.self)) }
         }
+        try checkRead()
+        return a
     }
     /// Fills rows 0..<count of `b` (which must already hold them).
     public mutating func rows<T: BitwiseCopyable>(into b: ChunkedBuffer<T>, expected: Int? = nil) throws {
@@ -381,6 +397,7 @@ public struct SnapshotReader {
             storage.withBytes { dst.copyMemory(from: $0.baseAddress! + r.lowerBound, byteCount: r.count) }
             done += n
         }
+        try checkRead()
     }
     /// Reads what `floats(_:count:)` wrote into `p`, which holds `count`.
     public mutating func floats(into p: UnsafeMutablePointer<Float>, count: Int) throws {
@@ -388,12 +405,15 @@ public struct SnapshotReader {
         guard n == count else { throw SnapshotSettingsMismatch("snapshot holds \(n) weights where \(count) are expected (different settings?)") }
         let r = try take(n * 4)
         if n > 0 { storage.withBytes { UnsafeMutableRawPointer(p).copyMemory(from: $0.baseAddress! + r.lowerBound, byteCount: n * 4) } }
+        try checkRead()
     }
 
     public mutating func block() throws -> [UInt8] {
         let n = try count(bytesEach: 1)
         let r = try take(n)
-        return storage.withBytes { Array($0[r]) }
+        let a = storage.withBytes { Array($0[r]) }
+        try checkRead()
+        return a
     }
     /// A length-prefixed block as a reader of its own, sharing these bytes
     /// (`block()` copied a scorer's state, most of a snapshot, before it
@@ -403,7 +423,7 @@ public struct SnapshotReader {
         return SnapshotReader(sharing: storage, range: try take(n))
     }
     public mutating func mark(_ name: String) throws {
-        if storage.readFailed { throw LogError("snapshot: a page of the file could not be read again while it was loaded (an I/O error, or the file truncated meanwhile)") }
+        try checkRead()
         let got = try string()
         guard got == "§" + name else { throw LogError("snapshot: expected section \(name), found \(got)") }
     }

@@ -242,7 +242,7 @@ public struct SnapshotStore: Sendable {
     /// is an error like any damage, and start-up falls back to an older
     /// version; only then is the file mapped for the reader, its pages by
     /// then in the page cache (a page that fails to read again reads as
-    /// zeros, and the reader's next section mark throws: SnapshotBytes).
+    /// zeros, and the reader throws at its next number: SnapshotBytes).
     public func read(_ path: String) throws -> (SnapshotInfo, SnapshotReader) {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw LogError("cannot read \(path): \(String(cString: strerror(errno)))") }

@@ -864,6 +864,8 @@ public final class Model: @unchecked Sendable {
             do {
                 try s.load(from: &sub)
             } catch {
+                // (A page that could not be read is damage, not settings.)
+                if sub.storage.readFailed { throw error }
                 throw LogError("snapshot: scorer \(name) cannot load its state with the current settings (\(error)); use the settings it was saved with")
             }
             restored.insert(name)
