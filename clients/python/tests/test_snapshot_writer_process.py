@@ -377,6 +377,65 @@ def test_a_read_error_in_the_newest_snapshot_falls_back_to_an_older_one(tmp_path
     assert "snapshot-2000.bin: Input/output error" in log and "loaded the snapshot at sequence 1000" in log, log[-2000:]
 
 
+TRUNCATE_AFTER_MAP = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/types.h>
+#include <unistd.h>
+/* Once one snapshot file has been mapped (its checksum already read with
+   pread), it loses all but its first 4 KiB: the pages after read back as
+   SIGBUS, as when a file is truncated under its mapping, or as a block
+   that read once and fails the second time. */
+static int done;
+void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset) {
+    void *(*real)(void *, size_t, int, int, int, off_t) =
+        (void *(*)(void *, size_t, int, int, int, off_t))dlsym(RTLD_NEXT, "mmap");
+    void *p = real(addr, length, prot, flags, fd, offset);
+    const char *name = getenv("PERENNIAL_TEST_TRUNCATE_FILE");
+    char link[64], target[4096];
+    if (p == MAP_FAILED || done || !name || fd < 0) return p;
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, target, sizeof target - 1);
+    if (n <= 0) return p;
+    target[n] = 0;
+    const char *base = strrchr(target, '/');
+    if (base && strcmp(base + 1, name) == 0) { done = 1; truncate(target, 4096); }
+    return p;
+}
+void *mmap64(void *addr, size_t length, int prot, int flags, int fd, off_t offset) {
+    return mmap(addr, length, prot, flags, fd, offset);
+}
+"""
+
+
+def test_a_snapshot_truncated_under_its_mapping_falls_back_to_an_older_one(tmp_path: Path) -> None:
+    """helper-87: the model is built from the snapshot's mapping after the
+    pread checksum pass, and a page that could not be read again killed
+    start-up with SIGBUS. Now it reads as zeros, the reader throws, and
+    start-up falls back to the version before and replays the log."""
+    lib = _shim(tmp_path, TRUNCATE_AFTER_MAP, "truncate_after_map")
+    data = tmp_path / "data"
+    events = _events(2_000)
+    proc, port = _launch(data, "everysec")
+    with perennial.Client("127.0.0.1", port) as c:
+        c.feedback(events[:1_000])
+        assert c.snapshot() == 1_000
+        c.feedback(events[1_000:])
+    _stop(proc)
+    assert (data / "snapshots" / "snapshot-2000.bin").stat().st_size > 4096
+    proc, port = _launch(data, "everysec", env={"LD_PRELOAD": str(lib), "PERENNIAL_TEST_TRUNCATE_FILE": "snapshot-2000.bin"})
+    with perennial.Client("127.0.0.1", port) as c:
+        assert c.stats()["events_applied"] == 2_000
+        assert len(c.recommend(events[0].user, k=5)) == 5
+    _stop(proc)
+    log = (tmp_path / "server.log").read_text()
+    assert "could not be read again while it was loaded" in log and "loaded the snapshot at sequence 1000" in log, log[-2000:]
+
+
 @pytest.mark.parametrize("fork", ["true", "false"])
 def test_a_snapshot_no_thread_can_be_started_for_fails_and_holds_nothing(tmp_path: Path, fork: str) -> None:
     """Review finding (helper-83): one task short of a pids limit, fork
