@@ -4,10 +4,10 @@
 // ends), so a real bug still stops the process as it would have.
 #define _GNU_SOURCE
 #include "perennial_mapping_guard.h"
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
-#include <errno.h>
 #include <stdint.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -18,8 +18,9 @@
 // not 0: a guard claims the slot by its end, then sets the start and the
 // end; unguarding clears the start, then the end. So a handler never sees
 // a range that starts at 0 (which, read between the two stores, took
-// faults of other mappings: review finding, helper-87). The handler reads only atomics, and mmap is a
-// plain system call on Linux, so it is safe in a signal handler.
+// faults of other mappings: review finding, helper-87). The handler reads
+// only atomics, and mmap is a plain system call on Linux, so it is safe
+// in a signal handler.
 static _Atomic uintptr_t slot_start[SLOTS], slot_end[SLOTS];
 static atomic_int slot_tripped[SLOTS];
 static uintptr_t page_size;

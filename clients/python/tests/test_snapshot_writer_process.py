@@ -355,12 +355,9 @@ ssize_t pread64(int fd, void *buf, size_t count, off_t offset) {
 """
 
 
-def test_a_read_error_in_the_newest_snapshot_falls_back_to_an_older_one(tmp_path: Path) -> None:
-    """helper-84: with the snapshot mapped, a bad block killed start-up
-    with SIGBUS, at every restart. The file is checked with pread first:
-    the read error makes the version damaged, and start-up falls back."""
-    lib = _shim(tmp_path, EIO_PREAD, "eio_pread")
-    data = tmp_path / "data"
+def _two_snapshots(data: Path) -> List[perennial.Event]:
+    """A data directory whose newest snapshot (2,000 events) has an older
+    one (1,000 events) to fall back to; returns the events sent."""
     events = _events(2_000)
     proc, port = _launch(data, "everysec")
     with perennial.Client("127.0.0.1", port) as c:
@@ -368,6 +365,16 @@ def test_a_read_error_in_the_newest_snapshot_falls_back_to_an_older_one(tmp_path
         assert c.snapshot() == 1_000
         c.feedback(events[1_000:])
     _stop(proc)
+    return events
+
+
+def test_a_read_error_in_the_newest_snapshot_falls_back_to_an_older_one(tmp_path: Path) -> None:
+    """helper-84: with the snapshot mapped, a bad block killed start-up
+    with SIGBUS, at every restart. The file is checked with pread first:
+    the read error makes the version damaged, and start-up falls back."""
+    lib = _shim(tmp_path, EIO_PREAD, "eio_pread")
+    data = tmp_path / "data"
+    _two_snapshots(data)
     assert (data / "snapshots" / "snapshot-2000.bin").exists()
     proc, port = _launch(data, "everysec", env={"LD_PRELOAD": str(lib), "PERENNIAL_TEST_EIO_FILE": "snapshot-2000.bin"})
     with perennial.Client("127.0.0.1", port) as c:
@@ -419,13 +426,7 @@ def test_a_snapshot_truncated_under_its_mapping_falls_back_to_an_older_one(tmp_p
     start-up falls back to the version before and replays the log."""
     lib = _shim(tmp_path, TRUNCATE_AFTER_MAP, "truncate_after_map")
     data = tmp_path / "data"
-    events = _events(2_000)
-    proc, port = _launch(data, "everysec")
-    with perennial.Client("127.0.0.1", port) as c:
-        c.feedback(events[:1_000])
-        assert c.snapshot() == 1_000
-        c.feedback(events[1_000:])
-    _stop(proc)
+    events = _two_snapshots(data)
     assert (data / "snapshots" / "snapshot-2000.bin").stat().st_size > 4096
     proc, port = _launch(data, "everysec", env={"LD_PRELOAD": str(lib), "PERENNIAL_TEST_TRUNCATE_FILE": "snapshot-2000.bin"})
     with perennial.Client("127.0.0.1", port) as c:
