@@ -11,7 +11,12 @@
 // from items the generator proposes (label 0).
 //
 // Per positive event (u, i), online:
-//  1. draw `samples` items j_1..j_S from p(· | u) (the full softmax);
+//  1. draw `samples` items j_1..j_S from p(· | u): from the full softmax up
+//     to `exact_softmax_items` items; in a larger catalogue, by
+//     sampling-importance-resampling (Rubin 1987; the sampled softmax of
+//     Bengio & Senécal 2008): `softmax_proposals` items drawn uniformly, and
+//     the S drawn from them in proportion to exp(logit) (the importance
+//     weight p/q, q uniform), so a step costs the same at any size;
 //  2. one discriminator step on (u, i) and on each (u, j_s);
 //  3. one generator step by policy gradient (REINFORCE, Williams 1992):
 //     reward r_s = ln(1 + exp(f(u, j_s))) (IRGAN's reward, f the
@@ -63,7 +68,13 @@ public final class GANScorer: Scorer {
     /// The mean reward × 1000, published by the learner for STATS.
     let meanRewardMilli = Atomic<UInt64>(0)
     private var z: [Float], dz: [Float], logits: [Float], cumulative: [Float]
-    private var drawn: [Int32] = [], advantage: [Float] = [], aBefore: [Float] = []
+    /// The items drawn for the step being learned (internal for tests).
+    private(set) var drawn: [Int32] = []
+    private var advantage: [Float] = [], aBefore: [Float] = []
+    private var proposals: [Int32] = []
+    /// Steps whose samples came from the proposals (a catalogue above
+    /// `exact_softmax_items`), for STATS.
+    let sampledSteps = Atomic<UInt64>(0)
 
     // Serving-thread scratch.
     var itemCount = 0
@@ -231,6 +242,17 @@ public final class GANScorer: Scorer {
         let n = learnedItems, S = settings.samples
         let context = recent[Int(user)].suffix(settings.contextItems)
         compose(user: user, items: context, into: &z, limit: n, users: .max)
+        if n > settings.exactSoftmaxItems && drawFromProposals(n: n, count: S) {
+            sampledSteps.add(1, ordering: .relaxed)
+        } else {
+            drawFromSoftmax(n: n, count: S)
+        }
+        adversarialStep(user: user, item: item, weight: weight, context: context, count: count)
+    }
+
+    /// S items from the softmax over all n items: every logit, then the
+    /// inverse of their cumulative sum.
+    func drawFromSoftmax(n: Int, count S: Int) {
         fillLogits(z, n: n, into: &logits)
         // Vacant indices (expired items') get no probability mass.
         if vacancy.any { for j in 0..<n where vacancy.isVacant(Int32(j)) { logits[j] = -.infinity } }
@@ -251,6 +273,61 @@ public final class GANScorer: Scorer {
             while lo + 1 < n && vacancy.isVacant(Int32(lo)) { lo += 1 }
             drawn.append(Int32(lo))
         }
+    }
+
+    /// S items by sampling-importance-resampling: `softmax_proposals` live
+    /// items drawn uniformly from the n, then S drawn from those with
+    /// probability ∝ exp(logit). As the proposals grow, this tends to the
+    /// softmax; with few, it favours the best of a random subset. False
+    /// (nothing drawn) when no live item was met, as after an expiry that
+    /// left most indices vacant: the caller then uses the full softmax.
+    func drawFromProposals(n: Int, count S: Int) -> Bool {
+        let M = settings.softmaxProposals
+        proposals.removeAll(keepingCapacity: true)
+        for _ in 0..<M {
+            let j = Int32(rng.below(n))
+            if !vacancy.isVacant(j) { proposals.append(j) }
+        }
+        guard !proposals.isEmpty else { return false }
+        let m = proposals.count
+        if logits.count < m { logits = .init(repeating: 0, count: m) }
+        if cumulative.count < m { cumulative = .init(repeating: 0, count: m) }
+        let rowBytes = (D + 1) * MemoryLayout<Float>.stride
+        var maxLogit = -Float.infinity
+        z.withUnsafeBufferPointer { zp in
+            // (The rows are scattered over the catalogue: each is fetched
+            // eight proposals ahead of its dot product.)
+            for a in 0..<min(8, m) { pk_prefetch(genItems.row(Int(proposals[a])), rowBytes) }
+            for a in 0..<m {
+                if a + 8 < m {
+                    pk_prefetch(genItems.row(Int(proposals[a + 8])), rowBytes)
+                    pk_prefetch(biases.row(Int(proposals[a + 8])), 4)
+                }
+                let j = Int(proposals[a])
+                var dot: Float = 0
+                pk_dot_rows_strided(genItems.row(j), 1, D + 1, D, zp.baseAddress!, &dot)
+                let l = dot + biases.row(j)[0]
+                logits[a] = l
+                maxLogit = max(maxLogit, l)
+            }
+        }
+        let total = logits.withUnsafeBufferPointer { l in
+            cumulative.withUnsafeMutableBufferPointer { c in pk_exp_cumulative(l.baseAddress!, m, maxLogit, c.baseAddress!) }
+        }
+        drawn.removeAll(keepingCapacity: true)
+        for _ in 0..<S {
+            let target = Float(rng.unitDouble()) * total
+            var lo = 0, hi = m - 1
+            while lo < hi { let mid = (lo + hi) / 2; if cumulative[mid] < target { lo = mid + 1 } else { hi = mid } }
+            drawn.append(proposals[lo])
+        }
+        return true
+    }
+
+    /// The discriminator's and the generator's steps on the event and the
+    /// drawn items.
+    private func adversarialStep(user: Int32, item: Int32, weight: Float, context: ArraySlice<Int32>, count: UInt64) {
+        let n = learnedItems, S = drawn.count
         // Discriminator: the observed item is real, the drawn ones generated.
         let a = disUsers.row(Int(user))
         func disLogit(_ j: Int32) -> Float {
@@ -386,7 +463,8 @@ public final class GANScorer: Scorer {
         // The reward is clamped where it is published: a diverging
         // discriminator must not crash STATS.
         [("events", learnedEvents.load(ordering: .relaxed)), ("positives", positives.load(ordering: .relaxed)),
-         ("mean_reward_milli", meanRewardMilli.load(ordering: .relaxed))]
+         ("mean_reward_milli", meanRewardMilli.load(ordering: .relaxed)),
+         ("sampled_softmax_steps", sampledSteps.load(ordering: .relaxed))]
     }
 
     // MARK: snapshots

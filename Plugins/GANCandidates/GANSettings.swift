@@ -9,6 +9,12 @@ public struct GANSettings: ScorerSettings, Equatable {
     public var contextItems = 20
     /// Items the generator samples per event for the policy-gradient step.
     public var samples = 8
+    /// Up to this many items, those samples come from the exact softmax
+    /// over the catalogue (a pass over every item per event); above, from
+    /// `softmaxProposals` items drawn uniformly and resampled by their
+    /// softmax weights, at a cost that does not grow with the catalogue.
+    public var exactSoftmaxItems = 20_000
+    public var softmaxProposals = 4_096
     /// Adagrad steps: generator and discriminator.
     public var generatorLearningRate: Float = 0.2
     public var discriminatorLearningRate: Float = 0.05
@@ -36,6 +42,8 @@ public struct GANSettings: ScorerSettings, Equatable {
         s.dimension = try r.int("dimension", default: s.dimension, in: 1...1024)
         s.contextItems = try r.int("context_items", default: s.contextItems, in: 0...1000)
         s.samples = try r.int("samples", default: s.samples, in: 1...1000)
+        s.exactSoftmaxItems = try r.int("exact_softmax_items", default: s.exactSoftmaxItems, in: 0...Int(Int32.max))
+        s.softmaxProposals = try r.int("softmax_proposals", default: s.softmaxProposals, in: 1...1_000_000)
         s.generatorLearningRate = Float(try r.double("generator_learning_rate", default: Double(s.generatorLearningRate), in: 0...10))
         s.discriminatorLearningRate = Float(try r.double("discriminator_learning_rate", default: Double(s.discriminatorLearningRate), in: 0...10))
         s.likelihoodWeight = Float(try r.double("likelihood_weight", default: Double(s.likelihoodWeight), in: 0...100))

@@ -42,6 +42,88 @@ import Testing
         #expect(after[3] == after.max())
     }
 
+    /// Items 0..<n whose generator logits are exactly `logit(j)` (zero
+    /// vectors, so the user's vector, zero before any step, adds nothing).
+    private func fixedLogits(_ n: Int, proposals: Int, _ logit: (Int) -> Float) -> GANScorer {
+        var s = GANSettings()
+        s.contextItems = 0
+        s.exactSoftmaxItems = 0
+        s.softmaxProposals = proposals
+        let g = GANScorer(settings: s)
+        g.grow(users: 1, items: n)
+        for j in 0..<n {
+            g.genItems.row(j).update(repeating: 0, count: s.dimension + 1)
+            g.biases.row(j)[0] = logit(j)
+        }
+        return g
+    }
+
+    /// Total variation distance between the draws' frequencies and the
+    /// softmax of the logits.
+    private func distanceFromSoftmax(_ g: GANScorer, n: Int, logit: (Int) -> Float, calls: Int,
+                                     draw: (GANScorer) -> Void) -> Double {
+        var counts = [Int](repeating: 0, count: n)
+        var total = 0
+        for _ in 0..<calls {
+            draw(g)
+            for j in g.drawn { counts[Int(j)] += 1; total += 1 }
+        }
+        let e = (0..<n).map { exp(Double(logit($0))) }
+        let z = e.reduce(0, +)
+        return 0.5 * (0..<n).map { abs(Double(counts[$0]) / Double(total) - e[$0] / z) }.reduce(0, +)
+    }
+
+    /// Above `exact_softmax_items` the samples come from uniform proposals
+    /// resampled by exp(logit) (sampling-importance-resampling): with
+    /// proposals plentiful they follow the softmax as the exact draw does;
+    /// with a single proposal they are uniform, far from it (the check has
+    /// teeth).
+    @Test func sampledSoftmaxDrawsFollowTheSoftmax() {
+        let n = 40
+        let logit: (Int) -> Float = { Float($0 % 8) * 0.5 }
+        let many = fixedLogits(n, proposals: 1024, logit)
+        let sampled = distanceFromSoftmax(many, n: n, logit: logit, calls: 4_000) { #expect($0.drawFromProposals(n: n, count: 8)) }
+        let exact = distanceFromSoftmax(many, n: n, logit: logit, calls: 4_000) { $0.drawFromSoftmax(n: n, count: 8) }
+        let one = fixedLogits(n, proposals: 1, logit)
+        let uniform = distanceFromSoftmax(one, n: n, logit: logit, calls: 4_000) { #expect($0.drawFromProposals(n: n, count: 8)) }
+        #expect(sampled < 0.03, "sampled: \(sampled)")
+        #expect(exact < 0.03, "exact: \(exact)")
+        #expect(uniform > 0.15, "one proposal: \(uniform)")
+    }
+
+    /// Vacant indices (expired items') are never drawn; with every index
+    /// vacant nothing is, and learning falls back to the full softmax.
+    @Test func sampledSoftmaxSkipsVacantItems() {
+        let n = 30
+        let g = fixedLogits(n, proposals: 256) { Float($0) * 0.1 }
+        g.vacancy.grow(items: n)
+        for j in stride(from: 0, to: n, by: 3) { g.vacancy.markVacant(Int32(j)) }
+        g.vacancy.position = 1
+        for _ in 0..<500 {
+            #expect(g.drawFromProposals(n: n, count: 8))
+            #expect(g.drawn.allSatisfy { $0 % 3 != 0 }, "\(g.drawn)")
+        }
+        for j in 0..<n { g.vacancy.markVacant(Int32(j)) }
+        #expect(!g.drawFromProposals(n: n, count: 8))
+    }
+
+    /// Learning in a catalogue above the threshold takes the sampled path
+    /// (STATS counts its steps); below it, the exact one.
+    @Test func theThresholdChoosesThePath() {
+        for (threshold, expected) in [(0, true), (20_000, false)] {
+            var s = GANSettings()
+            s.exactSoftmaxItems = threshold
+            s.softmaxProposals = 64
+            let g = GANScorer(settings: s)
+            g.grow(users: 3, items: 50)
+            for k in 0..<200 {
+                g.learn(LearnEvent(seq: UInt64(k + 1), user: Int32(k % 3), item: Int32(k * 7 % 50), kind: .click, value: 1, timestamp: 0))
+            }
+            let steps = g.counters.first { $0.0 == "sampled_softmax_steps" }?.1 ?? 0
+            #expect((steps > 0) == expected, "threshold \(threshold): \(steps) sampled steps")
+        }
+    }
+
     @Test func candidateCountsHaveDefinedAnswers() {
         let g = GANScorer(settings: GANSettings())
         let ex = ExclusionSet()
