@@ -11,6 +11,12 @@ extension Request {
         switch opcode {
         case .hello:
             let version = try r.u16("protocol_version")
+            // Checked before the rest, in layout order: another protocol's
+            // HELLO may be laid out otherwise, and must hear that its
+            // version is the problem (review finding, helper-88).
+            if version != 1 {
+                throw ProtocolError(.unsupportedVersion, "client speaks protocol \(version); this server speaks 1", fatal: true)
+            }
             let name = try r.str16("client_name")
             let token = try r.str16("token")
             request = .hello(Hello(protocolVersion: version, clientName: name, token: token))

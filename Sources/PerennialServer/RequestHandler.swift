@@ -560,11 +560,8 @@ final class RequestHandler {
     /// token. HELLO itself records what its token proves.
     private func authorize(_ request: Request, state: inout ConnectionState) throws(ProtocolError) {
         if case .hello(let h) = request {
-            // (A HELLO refused for its version has no effect, so it proves
-            // nothing either: review finding, helper-78, it logged in.)
-            if h.protocolVersion != 1 {
-                throw ProtocolError(.unsupportedVersion, "client speaks protocol \(h.protocolVersion); this server speaks 1", fatal: true)
-            }
+            // (A HELLO naming another protocol version never gets here: its
+            // decoding refuses it, fatal, so it proves nothing: helper-78.)
             if let admin = config.adminToken, constantTimeEqual(h.token, admin) {
                 state.role = .admin
             } else if let client = config.clientToken, constantTimeEqual(h.token, client) {

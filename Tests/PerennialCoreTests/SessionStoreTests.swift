@@ -17,6 +17,19 @@ import Testing
         #expect(s.count == 3)
     }
 
+    /// Ids are byte strings: "café" composed (c3 a9) and decomposed (65 cc
+    /// 81) are two sessions, though Swift's String calls them equal.
+    @Test func canonicallyEquivalentIdsAreDistinctSessions() {
+        let s = SessionStore(maxSessions: 10, maxItems: 5, idleSeconds: 60)
+        let composed = "s-caf\u{E9}", decomposed = "s-cafe\u{301}"
+        #expect(composed == decomposed && Array(composed.utf8) != Array(decomposed.utf8))
+        #expect(s.update(composed, appending: [1, 2], now: 0) == [1, 2])
+        #expect(s.update(decomposed, appending: [7], now: 1) == [7])
+        #expect(s.items(of: composed, now: 2) == [1, 2])
+        #expect(s.count == 2)
+        #expect(Set(s.live(now: 2).map { Array($0.key.utf8) }) == [Array(composed.utf8), Array(decomposed.utf8)])
+    }
+
     /// What a graceful stop saves and the next start puts back: the live
     /// sessions in use order, with their idle time; one idle too long, or
     /// past the bound, is not kept.

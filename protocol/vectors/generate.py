@@ -521,6 +521,11 @@ def invalid_vectors() -> None:
     add_error("hello_request_bad_utf8", "HELLO whose client_name str16 is the bytes ff fe",
               frame(op["HELLO"], 0, 28, u16(1) + raw16(b"\xff\xfe") + str16("")),
               "MALFORMED_PAYLOAD", 28)
+    add_error("hello_request_version_2_longer",
+              "HELLO naming protocol_version 2 with a byte more than version 1's layout: "
+              "the version is checked first",
+              frame(op["HELLO"], 0, 91, u16(2) + str16("future") + str16("") + b"\x00"),
+              "UNSUPPORTED_VERSION", 91)
     add_error("recommend_request_bad_utf8_scorer",
               "RECOMMEND whose scorer is a truncated 2-byte sequence (c3)",
               frame(op["RECOMMEND"], 0, 29, u64(42) + u16(10) + u64(0) + raw16(b"pop\xc3")
@@ -576,6 +581,11 @@ def invalid_vectors() -> None:
               "checked before the elements",
               frame(op["RECOMMEND"], 0, 45, rec(42, 10, cands=u16(1001))),
               "INVALID_ARGUMENT", 45)
+    add_error("upsert_item_request_attributes_over_limit_short",
+              "UPSERT_ITEM announcing 1001 attributes and carrying none: the count is "
+              "checked before the elements",
+              frame(op["UPSERT_ITEM"], 0, 92, u64(5) + str32("x") + u16(1001)),
+              "INVALID_ARGUMENT", 92)
     add_error("score_request_no_items", "SCORE with an empty item list",
               frame(op["SCORE"], 0, 46, u64(42) + str16("") + ids16([]) + ids16([])),
               "INVALID_ARGUMENT", 46)

@@ -23,7 +23,10 @@ public final class SessionStore {
     }
     private var slots: [Slot] = []
     private var free: [Int] = []
-    private var index: [String: Int] = [:]
+    /// Slots by the id's UTF-8 bytes: ids are byte strings on the wire, and
+    /// Swift's String equality would merge canonically equivalent ones
+    /// ("café" composed and decomposed: review finding, helper-88).
+    private var index: [[UInt8]: Int] = [:]
     private var newest = -1, oldest = -1
     public private(set) var evicted: UInt64 = 0
     public private(set) var expired: UInt64 = 0
@@ -43,14 +46,14 @@ public final class SessionStore {
         guard maxSessions > 0 && maxItems > 0 else { return Array(items.suffix(maxItems)) }
         expire(now: now)
         let s: Int
-        if let found = index[key] {
+        if let found = index[Array(key.utf8)] {
             s = found
             unlink(s)
         } else {
             if index.count >= maxSessions { drop(oldest); evicted += 1 }
             let slot = Slot(key: key, items: [], lastUsed: now, newer: -1, older: -1)
             if let reused = free.popLast() { s = reused; slots[s] = slot } else { s = slots.count; slots.append(slot) }
-            index[key] = s
+            index[Array(key.utf8)] = s
         }
         slots[s].lastUsed = now
         if !items.isEmpty {
@@ -64,7 +67,7 @@ public final class SessionStore {
 
     /// The session's items without touching it (nil when unknown or expired).
     public func items(of key: String, now: Double) -> [UInt64]? {
-        guard let s = index[key], now - slots[s].lastUsed <= idleSeconds else { return nil }
+        guard let s = index[Array(key.utf8)], now - slots[s].lastUsed <= idleSeconds else { return nil }
         return slots[s].items
     }
 
@@ -85,13 +88,13 @@ public final class SessionStore {
     /// call in the order `live` gave, least recently used first). One idle
     /// past `idleSeconds` is not kept; the bounds hold as for `update`.
     public func restore(_ key: String, items: [UInt64], idle: Double, now: Double) {
-        guard maxSessions > 0, maxItems > 0, idle <= idleSeconds, index[key] == nil else { return }
+        guard maxSessions > 0, maxItems > 0, idle <= idleSeconds, index[Array(key.utf8)] == nil else { return }
         // (Sessions past a lowered max_sessions make room as in `update`,
         // but that is the restart's trimming, not an eviction: helper-75.)
         let evictedBefore = evicted
         _ = update(key, appending: items, now: now)
         evicted = evictedBefore
-        if let s = index[key] { slots[s].lastUsed = now - idle }
+        if let s = index[Array(key.utf8)] { slots[s].lastUsed = now - idle }
     }
 
     /// Drops sessions idle for longer than `idleSeconds` (oldest first, so
@@ -108,7 +111,7 @@ public final class SessionStore {
 
     private func drop(_ s: Int) {
         unlink(s)
-        index[slots[s].key] = nil
+        index[Array(slots[s].key.utf8)] = nil
         slots[s].key = ""
         slots[s].items = []
         free.append(s)

@@ -317,7 +317,11 @@ def _dec_empty(r: _Reader, limits: Limits) -> Dict[str, Any]:
 
 
 def _dec_hello_req(r: _Reader, limits: Limits) -> Dict[str, Any]:
-    return {"protocol_version": r.u16("protocol_version"),
+    version = r.u16("protocol_version")
+    # Checked before the rest: another protocol's HELLO may be laid out otherwise.
+    if version != VERSION:
+        raise _Problem("UNSUPPORTED_VERSION", "client speaks protocol %d; this server speaks %d" % (version, VERSION))
+    return {"protocol_version": version,
             "client_name": r.str16("client_name"),
             "token": r.str16("token")}
 
@@ -409,6 +413,8 @@ def _dec_upsert_req(r: _Reader, limits: Limits) -> Dict[str, Any]:
     item = r.req_id("item")
     text = r.str32("text")
     n = r.u16("attribute count")
+    if n > limits.max_items:
+        raise _invalid("attributes: %d, limit is %d" % (n, limits.max_items))
     attrs = [[r.str16("key of attribute", i), r.str16("value of attribute", i)]
              for i in range(n)]
     return {"item": item, "text": text, "attributes": attrs}
@@ -488,7 +494,8 @@ def decode_payload(opcode: int, reply: bool, data: bytes, limits: Limits = DEFAU
     """Decode the payload bytes of ``opcode`` (reply layout when ``reply``).
 
     Returns the JSON-form dict.  Raises ProtocolError (MALFORMED_PAYLOAD,
-    INVALID_ARGUMENT, INVALID_EVENT or UNKNOWN_OPCODE, never fatal) whose
+    INVALID_ARGUMENT, INVALID_EVENT or UNKNOWN_OPCODE, never fatal; or a
+    HELLO's UNSUPPORTED_VERSION, fatal) whose
     ``request_id`` is the given one.
     """
     dec = _DECODERS.get((opcode, bool(reply)))
@@ -500,8 +507,8 @@ def decode_payload(opcode: int, reply: bool, data: bytes, limits: Limits = DEFAU
         payload = dec(r, limits)
         r.finish()
     except _Problem as p:
-        raise ProtocolError(p.message, p.code_name, detail=p.detail,
-                            request_id=request_id) from None
+        raise ProtocolError(p.message, p.code_name, detail=p.detail, request_id=request_id,
+                            fatal=p.code_name == "UNSUPPORTED_VERSION") from None
     return payload
 
 
