@@ -111,19 +111,29 @@ import PerennialPlugins
         #expect(try copy.score(user: 2, items: [15], scorer: "popularity").first?.known == true)
     }
 
-    /// The CAPACITY check counts an event on a remembered deleted id as
-    /// the fallback item's (one row, once), not as a new item (helper-61:
-    /// a late event on it was refused at max_item_ids).
+    /// The CAPACITY check does not count an event on a remembered deleted
+    /// id as a new item (helper-61: a late event on it was refused at
+    /// max_item_ids), nor the shared fallback item's row it trains, which
+    /// is no client's id (helper-88: at the bound, the event was refused,
+    /// "item id 1 would be new").
     @Test func eventsOnDeletedItemsNeedNoRoom() throws {
         let m = try model(["popularity"])
         func click(_ item: UInt64) -> IncomingEvent { IncomingEvent(user: 1, item: item, kind: .click, value: 1, timestamp: 10) }
-        try replay(m, [.feedback(firstSeq: 1, events: [click(1), click(2), click(3)])])
-        #expect(m.deleteItems([3]) == 1)
-        #expect(m.firstBreach(of: [click(3)], maxUserIDs: 0, maxItemIDs: 3) == nil)   // the fallback item's first row
+        try replay(m, [.feedback(firstSeq: 1, events: [click(1), click(2)])])
+        #expect(m.deleteItems([1]) == 1)
+        // Items 2 and 3 fill a bound of 2; then the deleted item's event,
+        // which makes the fallback item's first row, still fits.
+        #expect(m.firstBreach(of: [click(3)], maxUserIDs: 0, maxItemIDs: 2) == nil)
         try replay(m, [.feedback(firstSeq: m.lastSeq + 1, events: [click(3)])])
-        #expect(m.items.liveCount == 3 && m.items.index(of: 3) == nil)
-        #expect(m.firstBreach(of: [click(1), click(3), click(3)], maxUserIDs: 0, maxItemIDs: 3) == nil)
-        #expect(m.firstBreach(of: [click(1), click(4)], maxUserIDs: 0, maxItemIDs: 3)?.index == 1)
+        #expect(m.firstBreach(of: [click(1)], maxUserIDs: 0, maxItemIDs: 2) == nil)
+        try replay(m, [.feedback(firstSeq: m.lastSeq + 1, events: [click(1)])])
+        #expect(m.items.liveCount == 3 && m.items.index(of: 1) == nil && m.fallbackItem != nil)   // 2, 3 and the fallback
+        #expect(m.firstBreach(of: [click(2), click(1), click(1)], maxUserIDs: 0, maxItemIDs: 2) == nil)
+        // A new id is refused at the bound, and is let in one above it.
+        #expect(m.firstBreach(of: [click(2), click(4)], maxUserIDs: 0, maxItemIDs: 2)?.index == 1)
+        #expect(m.firstBreach(of: [click(2), click(4)], maxUserIDs: 0, maxItemIDs: 3) == nil)
+        #expect(m.upsertBreach(item: 4, maxItemIDs: 2) != nil && m.upsertBreach(item: 4, maxItemIDs: 3) == nil)
+        #expect(m.boundsReached(maxUserIDs: 0, maxItemIDs: 2).count == 1 && m.boundsReached(maxUserIDs: 0, maxItemIDs: 3).isEmpty)
     }
 
     /// A deletion logged by a build from before the deleted ids were

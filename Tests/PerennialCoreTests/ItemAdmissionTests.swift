@@ -62,12 +62,14 @@ import PerennialPlugins
     @Test func rareIdsDoNotCountAgainstTheItemBound() throws {
         let m = try model(3, ["cf"])
         for _ in 0..<3 { feed(m, (1...5).map { (1, UInt64($0)) }) }
-        // Six rows held (items 1-5, the fallback; bound 6): new ids seen once need no row...
+        // Five ids held (items 1-5; the fallback's row is no client's id and
+        // not counted: helper-88), bound 5: new ids seen once need no row...
         let once = (6...10).map { IncomingEvent(user: 1, item: UInt64($0), kind: .click, value: 1, timestamp: 1000) }
-        #expect(m.firstBreach(of: once, maxUserIDs: 0, maxItemIDs: 6) == nil)
+        #expect(m.firstBreach(of: once, maxUserIDs: 0, maxItemIDs: 5) == nil)
         // ...and one seen three times in the batch needs its own, past the bound.
         let thrice = once + (0..<3).map { _ in IncomingEvent(user: 1, item: 11, kind: .click, value: 1, timestamp: 1000) }
-        #expect(m.firstBreach(of: thrice, maxUserIDs: 0, maxItemIDs: 6)?.index == 7)
+        #expect(m.firstBreach(of: thrice, maxUserIDs: 0, maxItemIDs: 5)?.index == 7)
+        #expect(m.firstBreach(of: thrice, maxUserIDs: 0, maxItemIDs: 6) == nil)
     }
 
     /// Review findings: a deleted item's sightings go with it, and a sweep
@@ -86,7 +88,10 @@ import PerennialPlugins
         #expect(m.items.index(of: 300) == nil)
     }
 
-    @Test func theBoundCountsAFallbackItemThatASweepRecreates() throws {
+    /// A sweep that forgets the fallback item frees nothing the bound
+    /// counts (its row never was), and the new fallback it makes takes no
+    /// room either.
+    @Test func theBoundLeavesOutAFallbackItemThatASweepRecreates() throws {
         var doc = ConfigDocument(file: "test")
         doc.set("scorers.load", .array([.string("cf")]))
         doc.set("lifelong.item_min_occurrences", .integer(2))
@@ -97,10 +102,10 @@ import PerennialPlugins
         for l in out { m.learn(l) }
         #expect(m.items.liveCount == 2)  // item 1 and the fallback
         // At 1500 the sweep forgets both; 1 comes back (a row), 99 goes to a
-        // new fallback (a row), 50 twice gets its own: three rows, bound 2.
+        // new fallback (not counted), 50 twice gets its own: two ids, bound 1.
         let batch = [1, 99, 50, 50].map { IncomingEvent(user: 1, item: UInt64($0), kind: .click, value: 1, timestamp: 1500) }
-        #expect(m.firstBreach(of: batch, maxUserIDs: 0, maxItemIDs: 2)?.index == 3)
-        #expect(m.firstBreach(of: batch, maxUserIDs: 0, maxItemIDs: 3) == nil)
+        #expect(m.firstBreach(of: batch, maxUserIDs: 0, maxItemIDs: 1)?.index == 3)
+        #expect(m.firstBreach(of: batch, maxUserIDs: 0, maxItemIDs: 2) == nil)
     }
 
     @Test func manyRareIdsKeepTheItemRowsFlat() throws {

@@ -630,18 +630,19 @@ import Synchronization
 
     @Test func idBoundsCountOnlyAdmittedUsers() async throws {
         // With min_occurrences 2 a first sighting takes no row of its own
-        // (the shared fallback user, which holds one, learns it).
-        let s = try TestServer("[limits]\nmax_user_ids = 3\n[lifelong]\nmin_occurrences = 2\n")
+        // (the shared fallback user, whose row is no client's id and is not
+        // counted, learns it).
+        let s = try TestServer("[limits]\nmax_user_ids = 2\n[lifelong]\nmin_occurrences = 2\n")
         defer { s.stop() }
         let c = try await PerennialClient.connect(port: s.port)
         defer { c.close() }
-        // Rows: the fallback user, then users 1 and 2 at their second events.
+        // Ids with rows: users 1 and 2 at their second events (and the fallback user's row).
         _ = try await c.feedback([WireEvent(user: 1, item: 1, kind: .click), WireEvent(user: 2, item: 1, kind: .click),
                                   WireEvent(user: 3, item: 1, kind: .click), WireEvent(user: 1, item: 2, kind: .click)])
         _ = try await c.feedback([WireEvent(user: 2, item: 2, kind: .click), WireEvent(user: 4, item: 2, kind: .click)])
         do {
             _ = try await c.feedback([WireEvent(user: 5, item: 1, kind: .click), WireEvent(user: 3, item: 1, kind: .click)])
-            Issue.record("a fourth row was given")
+            Issue.record("a third user id was given a row")
         } catch PerennialClientError.server(let code, _, let detail, let message) {
             #expect(code == .capacity && detail == 1 && message.contains("user id 3"), "\(message)")
         }
@@ -685,20 +686,24 @@ import Synchronization
                                    WireEvent(user: 6, item: 2, kind: .click, timestamp: now)])
         stats = try await bc.stats()
         #expect(stats["users"] == 3 && stats["lifelong_users_expired"] == 2)
-        // The shared fallback user's row counts too (review finding: it was not checked).
+        // The shared fallback user's row is made at the bound without
+        // refusing the event that needs it (it had been counted, and a
+        // first sighting at the bound was refused as a new id: helper-88),
+        // and a second client id is still refused.
         let f = try TestServer("[limits]\nmax_user_ids = 1\n[lifelong]\nmin_occurrences = 2\n")
         defer { f.stop() }
         let g = try await PerennialClient.connect(port: f.port)
         defer { g.close() }
+        _ = try await g.feedback([WireEvent(user: 1, item: 1, kind: .click), WireEvent(user: 1, item: 2, kind: .click)])
         do {
-            _ = try await g.feedback([WireEvent(user: 1, item: 1, kind: .click), WireEvent(user: 1, item: 2, kind: .click)])
-            Issue.record("a second row was given")
+            _ = try await g.feedback([WireEvent(user: 2, item: 1, kind: .click), WireEvent(user: 2, item: 2, kind: .click)])
+            Issue.record("a second user id was given a row")
         } catch PerennialClientError.server(let code, _, let detail, _) {
             #expect(code == .capacity && detail == 1)
         }
-        _ = try await g.feedback([WireEvent(user: 1, item: 1, kind: .click)])  // learned by the shared user
+        _ = try await g.feedback([WireEvent(user: 2, item: 1, kind: .click)])  // learned by the shared user
         stats = try await g.stats()
-        #expect(stats["users"] == 1 && stats["events_accepted"] == 1)
+        #expect(stats["users"] == 2 && stats["events_accepted"] == 3)
     }
 
     @Test func farFutureTimestampsAreRefusedAndExpireNobody() async throws {

@@ -66,25 +66,29 @@ extension Model {
         // event in the batch can no longer expire. A user's first sighting
         // under min_occurrences > 1 goes to the shared fallback user, whose
         // row is new the first time.
-        var usersHeld = users.liveCount
+        // The shared fallback user's and item's rows are not ids a client
+        // sent, and the bounds leave them out: an event that trains one (a
+        // user or item not yet admitted, a deleted item) is accepted at the
+        // bound, as PROTOCOL.md says (it had been refused CAPACITY, naming
+        // the id as new: review finding, helper-88). One row each.
+        var usersHeld = users.liveCount - (fallbackUser == nil ? 0 : 1)
         var touched = Set<Int32>(), forgotten = Set<Int32>()
         var expiredUpTo = Int64.min
         func expire(at time: Int64) {
             guard checkUsers, time > expiredUpTo else { return }
             expiredUpTo = time
-            lifecycle.forEachExpirable(now: time, before: lastSeq, skipping: { touched.contains($0) || forgotten.contains($0) }) { u in
+            lifecycle.forEachExpirable(now: time, before: lastSeq, skipping: { touched.contains($0) || forgotten.contains($0) || $0 == fallbackUser }) { u in
                 forgotten.insert(u)
                 usersHeld -= 1
             }
         }
         if let first = events.first { expire(at: first.timestamp) }
-        var fallbackCounted = fallbackUser != nil
         // Under item_min_occurrences, an event's item id seen fewer times
         // than that goes to the shared fallback item (a new row the first time).
         var itemSightings = BatchSightings()
-        // (A sweep that forgets an idle fallback item frees its row; the
-        // next rare id then takes a new one: review finding.)
-        var itemFallbackCounted = fallbackItem.map { f in sweepTime.map { !itemLifecycle.isIdle(f, now: $0) } ?? true } ?? false
+        // (A sweep that forgets an idle fallback item frees its row, which
+        // idleItems counted; else its row is left out here.)
+        if let f = fallbackItem, !(sweepTime.map { itemLifecycle.isIdle(f, now: $0) } ?? false) { itemsHeld -= 1 }
         var newItems = Set<UInt64>()
         var newUsers = Set<UInt64>()
         // Sightings in this batch of user ids not yet admitted (min_occurrences > 1).
@@ -95,9 +99,6 @@ extension Model {
                 // review finding, helper-61.)
                 if !deletedItems.contains(e.item), itemSightings.admitsNext(e.item, by: itemLifecycle.admission) {
                     newItems.insert(e.item)
-                } else if !itemFallbackCounted {
-                    itemFallbackCounted = true
-                    itemsHeld += 1
                 }
                 if itemsHeld + newItems.count > maxItemIDs {
                     return IdBoundBreach(index: n, kind: .item, id: e.item, limit: maxItemIDs)
@@ -111,9 +112,6 @@ extension Model {
             if sightings.admitsNext(e.user, by: lifecycle.admission) {
                 expire(at: e.timestamp)
                 newUsers.insert(e.user)
-            } else if !fallbackCounted {
-                fallbackCounted = true
-                usersHeld += 1
             }
             if usersHeld + newUsers.count > maxUserIDs {
                 return IdBoundBreach(index: n, kind: .user, id: e.user, limit: maxUserIDs)
@@ -122,9 +120,13 @@ extension Model {
         return nil
     }
 
+    /// The ids the bounds count: every held id but the shared fallbacks'.
+    var clientItemIDs: Int { items.liveCount - (fallbackItem == nil ? 0 : 1) }
+    var clientUserIDs: Int { users.liveCount - (fallbackUser == nil ? 0 : 1) }
+
     /// Why an upsert of item `id` would need a row beyond the bound, if it would.
     public func upsertBreach(item id: UInt64, maxItemIDs: Int) -> IdBoundBreach? {
-        guard maxItemIDs > 0, items.index(of: id) == nil, items.liveCount >= maxItemIDs else { return nil }
+        guard maxItemIDs > 0, items.index(of: id) == nil, clientItemIDs >= maxItemIDs else { return nil }
         return IdBoundBreach(index: 0, kind: .item, id: id, limit: maxItemIDs)
     }
 
@@ -132,11 +134,11 @@ extension Model {
     /// new ids of that kind are refused (start-up and RELOAD log them).
     public func boundsReached(maxUserIDs: Int, maxItemIDs: Int) -> [String] {
         var lines: [String] = []
-        if maxItemIDs > 0 && items.liveCount >= maxItemIDs {
-            lines.append("the model holds \(items.liveCount) item ids, at or above limits.max_item_ids (\(maxItemIDs)): events and upserts of new items will be refused (CAPACITY)")
+        if maxItemIDs > 0 && clientItemIDs >= maxItemIDs {
+            lines.append("the model holds \(clientItemIDs) item ids, at or above limits.max_item_ids (\(maxItemIDs)): events and upserts of new items will be refused (CAPACITY)")
         }
-        if maxUserIDs > 0 && lifecycle.maxUsers == 0 && users.liveCount >= maxUserIDs {
-            lines.append("the model holds \(users.liveCount) user ids, at or above limits.max_user_ids (\(maxUserIDs)): events of new users will be refused (CAPACITY)")
+        if maxUserIDs > 0 && lifecycle.maxUsers == 0 && clientUserIDs >= maxUserIDs {
+            lines.append("the model holds \(clientUserIDs) user ids, at or above limits.max_user_ids (\(maxUserIDs)): events of new users will be refused (CAPACITY)")
         }
         return lines
     }
