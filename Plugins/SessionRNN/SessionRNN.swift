@@ -183,12 +183,6 @@ public final class SessionRNNScorer: Scorer {
     /// One sampled-softmax step for "after `inputs` comes `target`".
     private func trainStep(inputs: ArraySlice<Int32>, target: Int32, weight: Float) {
         let K = settings.negatives, lr = settings.learningRate
-        // Forward: the GRU, then q = W_o h + b_o.
-        trace.reset()
-        for x in inputs { trace.step(params, input: table.item(x)) }
-        let last = trace.last
-        for k in 0..<d { h[k] = last[last.startIndex + k] }
-        project(h, into: &q)
         // Candidates: the target, then uniform negatives over the items the
         // learner has reached (a draw equal to the target is masked out).
         cands[0] = target
@@ -202,6 +196,22 @@ public final class SessionRNNScorer: Scorer {
                 redraws += 1
             }
         }
+        // Drawn before the forward pass (which draws nothing, so the draws
+        // are the same), their rows are fetched while the GRU runs: in a
+        // large catalogue each is a cache miss, and one after another they
+        // were most of a step (0.85 ms per event at 200,000 items).
+        let rowBytes = d * MemoryLayout<Float>.stride
+        for k in 0...K {
+            pk_prefetch(table.item(cands[k]), rowBytes)
+            pk_prefetch(itemBias.row(Int(cands[k])), 8)
+            pk_prefetch(table.itemAdagrad.row(Int(cands[k])), 4)
+        }
+        // Forward: the GRU, then q = W_o h + b_o.
+        trace.reset()
+        for x in inputs { trace.step(params, input: table.item(x)) }
+        let last = trace.last
+        for k in 0..<d { h[k] = last[last.startIndex + k] }
+        project(h, into: &q)
         var maxLogit = -Float.infinity
         for k in 0...K {
             // (A vacant index drawn is masked the same way: no step on its row.)
