@@ -21,5 +21,13 @@ PERENNIAL_BIN="$PWD/.build/release/perennial" PERENNIAL_REQUIRE_SERVER=1 PYTHONP
   python3 -m pytest -q clients/python/tests
 py_status=$?
 
-echo "== summary: swift test exit $swift_status, pytest exit $py_status =="
-[ $swift_status -eq 0 ] && [ $py_status -eq 0 ]
+echo "== python client type check (mypy --strict) =="
+if ! python3 -c "import mypy" 2>/dev/null; then
+  echo "test: installing mypy" >&2
+  python3 -m pip install -q mypy || exit 1
+fi
+(cd clients/python && python3 -m mypy --strict perennial tests/typecheck_client.py)
+mypy_status=$?
+
+echo "== summary: swift test exit $swift_status, pytest exit $py_status, mypy exit $mypy_status =="
+[ $swift_status -eq 0 ] && [ $py_status -eq 0 ] && [ $mypy_status -eq 0 ]

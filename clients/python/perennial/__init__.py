@@ -18,9 +18,13 @@ The wire protocol itself lives in :mod:`perennial.protocol`.
 
 from .aio import AsyncClient, AsyncFeedbackStreamer, AsyncPipeline
 from .client import Client, FeedbackStreamer, Pipeline
-from .errors import (Busy, CapacityExceeded, ConnectionError, InvalidArgument, InvalidEvent, NotSupported,
-                     PerennialError, ProtocolError, Recovering, ServerError, ServerTimeout, TimeoutError,
+from .errors import (Busy, CapacityExceeded, InvalidArgument, InvalidEvent, NotSupported,
+                     PerennialError, ProtocolError, Recovering, ServerError, ServerTimeout,
                      Unauthorized, UnknownScorer)
+# Exported by name though not in __all__ (below): `import X as X` tells type
+# checkers (mypy --strict) that perennial.ConnectionError is meant for users.
+from .errors import ConnectionError as ConnectionError
+from .errors import TimeoutError as TimeoutError
 from .types import Event, FeedbackAck, Recommendation, Score, ServerInfo, Snapshot, UpsertResult
 
 __version__ = "0.1.0"

@@ -228,7 +228,7 @@ def mark_stream_refusal(e: BaseException, offset: int, n: int) -> None:
         e.batch_events = n  # type: ignore[attr-defined]
         if isinstance(e, (InvalidEvent, CapacityExceeded)):
             e.detail += offset
-            e.stream_index = e.detail  # type: ignore[attr-defined]
+            e.stream_index = e.detail  # type: ignore[union-attr]
             e.message = "stream index %d (batch of %d events from index %d, none of them accepted): %s" % (
                 e.detail, n, offset, e.message)
             e.args = ("%s (%d): %s" % (e.code_name, e.code, e.message),)
@@ -240,7 +240,8 @@ def _ids(v: Optional[Iterable[int]], what: str) -> List[int]:
     if v is None:
         return []
     if isinstance(v, (str, bytes)) or not isinstance(v, abc.Iterable):
-        raise TypeError("%s must be a sequence of item ids (ints), not %r" % (what, v))
+        raise TypeError("%s must be a sequence of %s ids (ints), not %r"
+                        % (what, "user" if what == "users" else "item", v))
     out = []
     for x in v:
         if type(x) is not int:
@@ -315,9 +316,15 @@ def hello_failed(e: BaseException, host: str, port: int, first_bytes: bytes) -> 
     and the error, of the same class, says so and quotes its first bytes."""
     if isinstance(e, ServerError) or not isinstance(e, (TimeoutError, ProtocolError, ConnectionError)):
         return e
-    heard = "its first bytes were %r" % (first_bytes[:24],) if first_bytes else "it sent nothing"
-    message = ("%s:%s did not answer HELLO like a Perennial server (%s; %s): is a Perennial server "
-               "listening there?" % (host, port, e, heard))
+    if first_bytes:
+        message = ("%s:%s did not answer HELLO like a Perennial server (%s; its first bytes were %r): "
+                   "is a Perennial server listening there?" % (host, port, e, first_bytes[:24]))
+    else:
+        # (Silence or a close is also a Perennial server stopped, killed or
+        # restarting: not called a foreign one, helper-89.)
+        message = ("%s:%s accepted the connection but sent no answer to HELLO (%s): the server there "
+                   "may be stopping, restarting or stalled, or not a Perennial server"
+                   % (host, port, e))
     if isinstance(e, ProtocolError):
         return ProtocolError(message, e.code_name, fatal=True)
     return type(e)(message)
@@ -395,7 +402,17 @@ def upsert_item(item: int, item_text: str, attributes: Attributes = None) -> Com
     elif isinstance(attributes, Mapping):
         attrs = list(attributes.items())
     else:
-        attrs = [(k, v) for k, v in attributes]
+        # (Each element a (key, value) pair, named when it is not: unpacking
+        # 'kv' said only "not enough values to unpack", and 'ab' was stored
+        # as a='b': review finding, helper-89.)
+        if isinstance(attributes, (str, bytes)) or not isinstance(attributes, abc.Iterable):
+            raise TypeError("attributes must be a mapping or a sequence of (key, value) pairs, not %r"
+                            % (attributes,))
+        attrs = []
+        for a in attributes:
+            if isinstance(a, (str, bytes)) or not isinstance(a, abc.Sequence) or len(a) != 2:
+                raise TypeError("attributes must hold (key, value) pairs, not %r" % (a,))
+            attrs.append((a[0], a[1]))
     attrs = [(checked_text(k, "attribute key"), checked_text(v, "attribute %r" % (k,))) for k, v in attrs]
     body = encode_payload(Opcode.UPSERT_ITEM, False, {
         "item": _user(item, "item"), "text": checked_text(item_text, "text"), "attributes": attrs})

@@ -339,13 +339,14 @@ def _dec_recommend_req(r: _Reader, limits: Limits) -> Dict[str, Any]:
     k = r.u16("k")
     if k < 1 or k > limits.max_items:
         raise _invalid("k = %d is outside 1 ... max_items %d" % (k, limits.max_items))
-    out = {"user": user, "k": k,
-           "min_applied_seq": r.u64("min_applied_seq"),
-           "scorer": r.str16("scorer"),
-           "session_id": r.str16("session_id")}
-    if len(out["session_id"].encode("utf-8", "surrogatepass")) > MAX_SESSION_ID_BYTES:
+    min_applied_seq = r.u64("min_applied_seq")
+    scorer = r.str16("scorer")
+    session_id = r.str16("session_id")
+    out: Dict[str, Any] = {"user": user, "k": k, "min_applied_seq": min_applied_seq,
+                           "scorer": scorer, "session_id": session_id}
+    if len(session_id.encode("utf-8", "surrogatepass")) > MAX_SESSION_ID_BYTES:
         raise _invalid("session_id is %d bytes; at most %d"
-                       % (len(out["session_id"].encode("utf-8", "surrogatepass")), MAX_SESSION_ID_BYTES))
+                       % (len(session_id.encode("utf-8", "surrogatepass")), MAX_SESSION_ID_BYTES))
     out.update({
            "session_items": r.req_ids16("session_items", limits),
            "exclude": r.req_ids16("exclude", limits),

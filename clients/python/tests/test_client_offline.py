@@ -344,6 +344,15 @@ def test_event_validation() -> None:
     (lambda p: perennial.Client().streamer(window="8"), TypeError, "window must be an int"),
     (lambda p: perennial.Client().streamer(batch_size=0), ValueError, "batch_size = 0"),
     (lambda p: perennial.AsyncClient().streamer(window=0), ValueError, "window = 0"),
+    # Review findings, helper-89: a wrong-shaped attributes argument failed
+    # in tuple unpacking (or, for 'ab', was stored as a='b'), and user ids
+    # were called item ids.
+    (lambda p: p.upsert_item(5, "ok", "kv"), TypeError, "attributes must be a mapping or a sequence of (key, value) pairs"),
+    (lambda p: p.upsert_item(5, "ok", [5]), TypeError, "attributes must hold (key, value) pairs, not 5"),
+    (lambda p: p.upsert_item(5, "ok", ["ab"]), TypeError, "attributes must hold (key, value) pairs, not 'ab'"),
+    (lambda p: p.upsert_item(5, "ok", [("a", "b", "c")]), TypeError, "not ('a', 'b', 'c')"),
+    (lambda p: p.delete_users("5"), TypeError, "users must be a sequence of user ids"),
+    (lambda p: p.delete_items("5"), TypeError, "items must be a sequence of item ids"),
 ])
 def test_argument_mistakes_are_named(call: Callable[[Any], Any], error: type, words: str) -> None:
     with pytest.raises(error) as info:
@@ -367,8 +376,10 @@ def test_connect_refused_async() -> None:
 
 
 def test_a_peer_that_is_not_perennial_is_named(fake: Callable[..., FakeServer]) -> None:
-    """A web server's answer read as a frame length, or silence, is reported
-    as "not a Perennial server" quoting what it sent, not as a huge frame."""
+    """A web server's answer read as a frame length is reported as "not a
+    Perennial server" quoting what it sent, not as a huge frame; silence as
+    no answer, which a stopped or restarting server gives too (helper-89:
+    it was called "not a Perennial server")."""
     web = fake(lambda f: b"HTTP/1.1 400 Bad Request\r\n\r\n")
     with pytest.raises(perennial.ProtocolError) as bad:
         perennial.Client("127.0.0.1", web.port, timeout=5).ping()
@@ -385,7 +396,8 @@ def test_a_peer_that_is_not_perennial_is_named(fake: Callable[..., FakeServer]) 
     silent = fake(lambda f: None)
     with pytest.raises(perennial.TimeoutError) as quiet:
         perennial.Client("127.0.0.1", silent.port, timeout=0.3).ping()
-    assert "it sent nothing" in str(quiet.value) and "within 0.3 s" in str(quiet.value)
+    assert "sent no answer to HELLO" in str(quiet.value) and "within 0.3 s" in str(quiet.value)
+    assert "like a Perennial server" not in str(quiet.value)
 
 
 def test_numbers_of_other_types_are_taken() -> None:
