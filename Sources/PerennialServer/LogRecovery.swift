@@ -160,8 +160,9 @@ struct IdsAhead {
     private(set) var items = Set<UInt64>()
 
     init(model: Model) {
-        usersAtStart = model.users.liveCount
-        itemsAtStart = model.items.liveCount
+        // (As the bounds count: not the shared fallbacks' rows, helper-90.)
+        usersAtStart = model.clientUserIDs
+        itemsAtStart = model.clientItemIDs
     }
 
     /// Notes a record of the log (read in order before the replay admits it).

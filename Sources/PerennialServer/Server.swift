@@ -515,8 +515,8 @@ extension Server {
         // (Upserts are carried without the expiry that made room for them
         // in the live server: say so when they overfill the bound.)
         let bound = config.limits.maxItemIDs
-        if upserts > 0 && bound > 0 && model.items.liveCount > bound {
-            Log.warning("rollback: the \(upserts) item upsert(s) carried over leave \(model.items.liveCount) item ids, above limits.max_item_ids (\(bound)): new items are refused (CAPACITY) until deletions or item expiry make room")
+        if upserts > 0 && bound > 0 && model.clientItemIDs > bound {
+            Log.warning("rollback: the \(upserts) item upsert(s) carried over leave \(model.clientItemIDs) item ids, above limits.max_item_ids (\(bound)): new items are refused (CAPACITY) until deletions or item expiry make room")
         }
         // The model rolled back from is the newest version and the log after
         // it. A version a RELOAD took for itself would go when the

@@ -706,6 +706,37 @@ import Synchronization
         #expect(stats["users"] == 2 && stats["events_accepted"] == 3)
     }
 
+    /// While the log replays, FEEDBACK is checked against the ids the model
+    /// will hold (IdsAhead), counted as the live check counts them: not the
+    /// shared fallback user's row (helper-90: the projection still counted
+    /// it, and held a batch the live server takes until RECOVERING).
+    @Test func theReplayProjectionCountsIdsAsTheLiveCheckDoes() throws {
+        var doc = ConfigDocument(file: "test")
+        doc.set("scorers.load", .array([.string("popularity")]))
+        doc.set("lifelong.min_occurrences", .integer(2))
+        let m = Model(config: try PerennialConfig.load(doc, registry: .builtin), registry: .builtin)
+        var out: [LearnEvent] = []
+        // Users 1 and 2 get rows at their second events; user 3, seen once, makes the fallback user.
+        m.admit([(1, 1), (1, 2), (2, 1), (2, 2), (3, 1)].map { IncomingEvent(user: $0.0, item: $0.1, kind: .click, value: 1, timestamp: 1000) },
+                now: 0, into: &out)
+        for l in out { m.learn(l) }
+        #expect(m.fallbackUser != nil && m.users.liveCount == 3 && m.clientUserIDs == 2)
+        // (A new user's two events, so that the live check gives it a row:
+        // the projection counts every unknown id as a row, first sightings
+        // too, and stays stricter for those.)
+        let known = [WireEvent(user: 1, item: 1, kind: .click)]
+        let newUser = [WireEvent(user: 4, item: 1, kind: .click), WireEvent(user: 4, item: 2, kind: .click)]
+        for bound in [2, 3] {
+            for batch in [known, newUser] {
+                let live = m.firstBreach(of: batch.map { IncomingEvent(user: $0.user, item: $0.item, kind: .click, value: 1, timestamp: 1001) },
+                                         maxUserIDs: bound, maxItemIDs: 0) == nil
+                let p = IdsAhead(model: m).projected(with: batch, model: m)
+                let replaying = m.boundsAdmit(users: p.users, items: p.items, maxUserIDs: bound, maxItemIDs: 0)
+                #expect(live == replaying, "bound \(bound), user \(batch[0].user): live \(live), during the replay \(replaying)")
+            }
+        }
+    }
+
     @Test func farFutureTimestampsAreRefusedAndExpireNobody() async throws {
         let s = try TestServer("[lifelong]\nexpire_after_seconds = 3600\n")
         defer { s.stop() }

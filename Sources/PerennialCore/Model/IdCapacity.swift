@@ -27,13 +27,14 @@ public struct IdBoundBreach: Sendable, Equatable {
 }
 
 extension Model {
-    /// Whether a model holding `users` user ids and `items` item ids (and
-    /// the shared fallback user's row) is within the bounds: the check for
-    /// FEEDBACK accepted while the log replays, against the ids the model
-    /// will hold once the replay ends (the server's projection).
+    /// Whether a model holding `users` user ids and `items` item ids (a
+    /// client's, as the bounds count them: not the shared fallbacks' rows)
+    /// is within the bounds: the check for FEEDBACK accepted while the log
+    /// replays, against the ids the model will hold once the replay ends
+    /// (the server's projection).
     public func boundsAdmit(users: Int, items: Int, maxUserIDs: Int, maxItemIDs: Int) -> Bool {
         let boundUsers = maxUserIDs > 0 && lifecycle.maxUsers == 0
-        return !(boundUsers && users + 1 > maxUserIDs) && !(maxItemIDs > 0 && items > maxItemIDs)
+        return !(boundUsers && users > maxUserIDs) && !(maxItemIDs > 0 && items > maxItemIDs)
     }
 
     /// The first event of `events` that would need a row beyond a bound
@@ -121,8 +122,8 @@ extension Model {
     }
 
     /// The ids the bounds count: every held id but the shared fallbacks'.
-    var clientItemIDs: Int { items.liveCount - (fallbackItem == nil ? 0 : 1) }
-    var clientUserIDs: Int { users.liveCount - (fallbackUser == nil ? 0 : 1) }
+    public var clientItemIDs: Int { items.liveCount - (fallbackItem == nil ? 0 : 1) }
+    public var clientUserIDs: Int { users.liveCount - (fallbackUser == nil ? 0 : 1) }
 
     /// Why an upsert of item `id` would need a row beyond the bound, if it would.
     public func upsertBreach(item id: UInt64, maxItemIDs: Int) -> IdBoundBreach? {
