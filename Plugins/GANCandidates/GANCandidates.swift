@@ -265,14 +265,22 @@ public final class GANScorer: Scorer {
         }
         drawn.removeAll(keepingCapacity: true)
         for _ in 0..<S {
-            let target = Float(rng.unitDouble()) * total
-            var lo = 0, hi = n - 1
-            while lo < hi { let mid = (lo + hi) / 2; if cumulative[mid] < target { lo = mid + 1 } else { hi = mid } }
+            var lo = drawFromCumulative(n, total: total)
             // (exp's clamp leaves a masked logit a mass of 1e-38: a draw of
             // exactly 0 could land on a vacant first index.)
             while lo + 1 < n && vacancy.isVacant(Int32(lo)) { lo += 1 }
             drawn.append(Int32(lo))
         }
+    }
+
+    /// An index of 0..<m drawn in proportion to the weights whose running
+    /// sums `cumulative` holds (`total` their sum): the first whose running
+    /// sum reaches a uniform draw below the total.
+    private func drawFromCumulative(_ m: Int, total: Float) -> Int {
+        let target = Float(rng.unitDouble()) * total
+        var lo = 0, hi = m - 1
+        while lo < hi { let mid = (lo + hi) / 2; if cumulative[mid] < target { lo = mid + 1 } else { hi = mid } }
+        return lo
     }
 
     /// S items by sampling-importance-resampling: `softmax_proposals` live
@@ -315,12 +323,7 @@ public final class GANScorer: Scorer {
             cumulative.withUnsafeMutableBufferPointer { c in pk_exp_cumulative(l.baseAddress!, m, maxLogit, c.baseAddress!) }
         }
         drawn.removeAll(keepingCapacity: true)
-        for _ in 0..<S {
-            let target = Float(rng.unitDouble()) * total
-            var lo = 0, hi = m - 1
-            while lo < hi { let mid = (lo + hi) / 2; if cumulative[mid] < target { lo = mid + 1 } else { hi = mid } }
-            drawn.append(proposals[lo])
-        }
+        for _ in 0..<S { drawn.append(proposals[drawFromCumulative(m, total: total)]) }
         return true
     }
 
