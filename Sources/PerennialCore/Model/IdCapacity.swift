@@ -49,12 +49,13 @@ extension Model {
         guard checkUsers || checkItems else { return nil }
         // Item expiry: a sweep due at this batch's time frees the idle
         // items' rows before its events are admitted, and an idle item the
-        // batch names comes back as a new one.
-        var itemsHeld = items.liveCount
+        // batch names comes back as a new one. (The fallback item's row is
+        // not counted, idle or not.)
+        var itemsHeld = clientItemIDs
         var sweepTime: Int64? = nil
         if checkItems, let first = events.first, itemLifecycle.sweepDue(now: first.timestamp) {
             sweepTime = first.timestamp
-            itemsHeld -= idleItems(at: first.timestamp).count
+            itemsHeld -= idleItems(at: first.timestamp).filter { $0 != fallbackItem }.count
         }
         func isNewItem(_ id: UInt64) -> Bool {
             guard let i = items.index(of: id) else { return true }
@@ -72,7 +73,7 @@ extension Model {
         // user or item not yet admitted, a deleted item) is accepted at the
         // bound, as PROTOCOL.md says (it had been refused CAPACITY, naming
         // the id as new: review finding, helper-88). One row each.
-        var usersHeld = users.liveCount - (fallbackUser == nil ? 0 : 1)
+        var usersHeld = clientUserIDs
         var touched = Set<Int32>(), forgotten = Set<Int32>()
         var expiredUpTo = Int64.min
         func expire(at time: Int64) {
@@ -87,9 +88,6 @@ extension Model {
         // Under item_min_occurrences, an event's item id seen fewer times
         // than that goes to the shared fallback item (a new row the first time).
         var itemSightings = BatchSightings()
-        // (A sweep that forgets an idle fallback item frees its row, which
-        // idleItems counted; else its row is left out here.)
-        if let f = fallbackItem, !(sweepTime.map { itemLifecycle.isIdle(f, now: $0) } ?? false) { itemsHeld -= 1 }
         var newItems = Set<UInt64>()
         var newUsers = Set<UInt64>()
         // Sightings in this batch of user ids not yet admitted (min_occurrences > 1).

@@ -45,15 +45,16 @@ public final class SessionStore {
     public func update(_ key: String, appending items: [UInt64], now: Double) -> [UInt64] {
         guard maxSessions > 0 && maxItems > 0 else { return Array(items.suffix(maxItems)) }
         expire(now: now)
+        let bytes = Array(key.utf8)
         let s: Int
-        if let found = index[Array(key.utf8)] {
+        if let found = index[bytes] {
             s = found
             unlink(s)
         } else {
             if index.count >= maxSessions { drop(oldest); evicted += 1 }
             let slot = Slot(key: key, items: [], lastUsed: now, newer: -1, older: -1)
             if let reused = free.popLast() { s = reused; slots[s] = slot } else { s = slots.count; slots.append(slot) }
-            index[Array(key.utf8)] = s
+            index[bytes] = s
         }
         slots[s].lastUsed = now
         if !items.isEmpty {
