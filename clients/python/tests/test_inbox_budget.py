@@ -99,13 +99,15 @@ def test_a_header_alone_does_not_reserve_its_frame(start_server) -> None:
         s.close()
 
 
-@pytest.mark.parametrize("frames,served", [(6, 2), (16, 1)])
-def test_frames_growing_together_past_the_budget_are_not_all_refused(start_server, frames: int, served: int) -> None:
+@pytest.mark.parametrize("frames", [6, 16])
+def test_frames_growing_together_past_the_budget_are_not_all_refused(start_server, frames: int) -> None:
     """Review findings (helper-80, helper-82): with buffers growing with what
     has come, frames arriving together each held part of the budget, and
     each was refused BUSY near its end, none served. A frame past half its
     length, and the frame that began growing first, now grow whatever the
-    budget, so one always gets through."""
+    budget, so one always gets through. (One is what the server promises:
+    whether a second of six fits beside it depends on how the kernel
+    interleaves the reads, and asking for two failed about once in 15 runs.)"""
     srv = start_server(CONFIG)
     length = 500_000
     frame = struct.pack("<IBBHI", length - 4, 1, int(Opcode.FEEDBACK), 0, 9) + b"\0" * (length - 12)
@@ -121,9 +123,10 @@ def test_frames_growing_together_past_the_budget_are_not_all_refused(start_serve
         reply = _read_frame(c)
         codes.append(reply.payload.get("code") if reply.opcode == Opcode.ERROR else reply.opcode)
         c.close()
-    # (Any answer but BUSY means the frame was received whole: its zeros
-    # do not make a valid FEEDBACK.)
-    assert sum(code != "BUSY" for code in codes) >= served, codes
+    # (INVALID_ARGUMENT means the frame was received whole: its zeros do
+    # not make a valid FEEDBACK. Anything else would be a defect.)
+    assert sum(code != "BUSY" for code in codes) >= 1, codes
+    assert all(code in ("BUSY", "INVALID_ARGUMENT") for code in codes), codes
 
 
 def test_a_refusal_keeps_the_order_of_replies(start_server) -> None:
