@@ -33,8 +33,10 @@ public struct CFSettings: ScorerSettings, Equatable {
     /// Neighbour slots kept per item (rounded up to a power of two).
     public var neighbours: Int = 256
     /// Co-occurrences are counted between an event and the user's previous
-    /// `pairWindow` items.
-    public var pairWindow: Int = 20
+    /// `pairWindow` items. Short, as the neighbourhood is read (the user's
+    /// latest few items): pairs far apart in a user's sequence say less
+    /// about what comes next (config/perennial.toml gives the figures).
+    public var pairWindow: Int = 8
     /// The user's latest items whose neighbours are scored, and their decay.
     public var neighbourhoodItems: Int = 5
     public var neighbourhoodDecay: Float = 0.7
