@@ -383,7 +383,10 @@ import PerennialProtocol
 
     @Test func aStopAnswersTheWritesWaitingForTheReplayAtOnce() async throws {
         let dir = try Self.crashedDataDirectories(["stop-parked"])[0]
-        let s = try TestServer(dataDir: dir, holdReplay: true)
+        // (A wait far past the test's own pauses: on a loaded machine the
+        // 300 ms sleep below once took over the default 5 s, and the write
+        // was refused RECOVERING before the stop came.)
+        let s = try TestServer("[limits]\nwait_ms = 60000\n", dataDir: dir, holdReplay: true)
         // (A raw socket: the frame is in the server's socket once `send`
         // returns, however busy the test's own executor is.)
         let writer = try RawSocket(port: s.port, timeout: 60)
