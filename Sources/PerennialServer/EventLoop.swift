@@ -215,6 +215,17 @@ final class EventLoop {
         uv_idle_init(loop, recoveryIdle)
         recoveryIdle.pointee.data = opaqueSelf
         handlesSignals = handleSignals
+        if handleSignals {
+            // A blocked signal mask survives exec, and some parents start
+            // their children with these blocked (Foundation.Process does):
+            // blocked in every thread, a SIGTERM would stay pending for good
+            // and never stop the server (review finding, helper-91). The
+            // threads started after this inherit the mask.
+            var handled = sigset_t()
+            sigemptyset(&handled)
+            for signum in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&handled, signum) }
+            pthread_sigmask(SIG_UNBLOCK, &handled, nil)
+        }
         for (s, signum) in zip(signals, [SIGINT, SIGTERM, SIGHUP]) {
             uv_signal_init(loop, s)
             s.pointee.data = opaqueSelf

@@ -154,6 +154,47 @@ import Glibc
         }
     }
 
+    /// A pipeline whose connection failed part-way threw away the replies
+    /// it had read (helper-91): a caller could not tell which of its
+    /// FEEDBACKs had been accepted. A peer that answers the first 3 of 10
+    /// PINGs and hangs up: the error carries those 3 and counts the 7.
+    @Test func aPipelineCutPartWayKeepsTheRepliesReadBeforeIt() async throws {
+        let peer = try SilentListener()
+        defer { peer.close() }
+        let c = try PerennialClient(port: peer.port, timeout: 120, greet: false)
+        let fd = peer.fd
+        let answering = Thread {
+            let conn = accept(fd, nil, nil)
+            // Read the 10 frames whole, then answer the first 3 by their ids.
+            var bytes: [UInt8] = [], ids: [UInt32] = []
+            var buf = [UInt8](repeating: 0, count: 4096)
+            while ids.count < 10 {
+                let n = recv(conn, &buf, buf.count, 0)
+                if n <= 0 { break }
+                bytes += buf[0..<n]
+                while bytes.count >= 12 {
+                    let length = Int(bytes[0]) | Int(bytes[1]) << 8 | Int(bytes[2]) << 16 | Int(bytes[3]) << 24
+                    guard bytes.count >= 4 + length else { break }
+                    ids.append(UInt32(bytes[8]) | UInt32(bytes[9]) << 8 | UInt32(bytes[10]) << 16 | UInt32(bytes[11]) << 24)
+                    bytes.removeFirst(4 + length)
+                }
+            }
+            var reply: [UInt8] = []
+            for id in ids.prefix(3) { Reply.ping.encode(into: &reply, requestID: id) }
+            _ = reply.withUnsafeBytes { send(conn, $0.baseAddress, $0.count, 0) }
+            Glibc.close(conn)
+        }
+        answering.start()
+        do {
+            _ = try await c.pipeline(Array(repeating: .ping, count: 10))
+            Issue.record("a pipeline answered 3 of 10 times succeeded")
+        } catch PerennialClientError.pipelineCut(let replies, let unanswered, let reason) {
+            #expect(replies == [.ping, .ping, .ping])
+            #expect(unanswered == 7)
+            #expect(reason.contains("closed"), "\(reason)")
+        }
+    }
+
     /// Timeouts of 25 to 366 days trapped converting to poll's Int32.
     @Test func aVeryLongTimeoutIsNoTrap() async throws {
         let s = try TestServer()

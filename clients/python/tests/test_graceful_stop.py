@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import socket
 import subprocess
 import threading
@@ -247,3 +248,25 @@ def test_saved_sessions_wait_for_a_start_that_listens(start_server) -> None:
         assert c.stats()["sessions"] == 1
         assert [r.item for r in c.recommend(7, k=3, session_id="visit-1")] == [3, 4, 5]
     assert not os.path.exists(os.path.join(data, "sessions.bin.tmp"))
+
+
+def test_a_server_started_with_its_signals_blocked_still_obeys_them(start_server) -> None:
+    """Review finding (helper-91): a blocked signal mask is inherited across
+    exec (Foundation.Process starts children so), and the server ignored
+    SIGTERM and SIGHUP for good. It unblocks the signals it handles."""
+    handled = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, handled)
+    try:
+        srv = start_server("")                   # the child inherits the blocked mask
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+    with open("/proc/%d/status" % srv.proc.pid) as f:
+        blocked = int(next(line for line in f if line.startswith("SigBlk:")).split()[1], 16)
+    assert blocked & (1 << (signal.SIGTERM - 1)) == 0, "SIGTERM still blocked in the main thread: %x" % blocked
+    with perennial.Client(*srv.address) as c:
+        srv.proc.send_signal(signal.SIGHUP)      # a reload of the same config
+        deadline = time.monotonic() + 10
+        while c.stats()["reloads"] == 0:
+            assert time.monotonic() < deadline, "SIGHUP was not acted on"
+            time.sleep(0.05)
+    assert srv.stop() == 0                       # SIGTERM, within the stop timeout

@@ -60,6 +60,13 @@ public enum PerennialClientError: Error, Sendable, CustomStringConvertible, Equa
     /// accepted); the stream's other batches went on, and `acknowledged`
     /// events were accepted.
     case streamRefused(acknowledged: Int, refused: [RefusedBatch])
+    /// `pipeline`: the connection failed (or timed out, or was closed or
+    /// cancelled) after the first `replies.count` requests were answered;
+    /// their replies are here, in order. The other `unanswered` were sent
+    /// without an answer: the server may have carried out some of them
+    /// (for FEEDBACK, its STATS events_accepted tells), so send them again
+    /// only if doing so twice is harmless.
+    case pipelineCut(replies: [Reply], unanswered: Int, reason: String)
 
     public var description: String {
         switch self {
@@ -71,6 +78,8 @@ public enum PerennialClientError: Error, Sendable, CustomStringConvertible, Equa
         case .invalidArgument(let m): "invalid argument: \(m); nothing was sent"
         case .streamRefused(let acked, let refused):
             "the server refused \(refused.count) batch(es) of the stream, none of whose events was accepted (\(acked) events of the other batches were); the first: \(refused.first.map { "\($0)" } ?? "")"
+        case .pipelineCut(let replies, let unanswered, let reason):
+            "a pipeline was cut after \(replies.count) of its \(replies.count + unanswered) requests were answered (their replies are in the error); the other \(unanswered) were sent without an answer, and the server may have carried out some of them: \(reason)"
         }
     }
 
@@ -293,6 +302,11 @@ public final class PerennialClient: @unchecked Sendable {
                         if Self.endsConnection(error) { dropConnection() }
                         if let why = call.abortReason, !Self.explains(error) {
                             result = .failure(why == Self.cancelled ? CancellationError() : PerennialClientError.connection(why))
+                        } else if let why = call.abortReason, case .pipelineCut(let replies, let unanswered, _)? = error as? PerennialClientError {
+                            // (Cut by close() or cancellation: that is the reason,
+                            // and the replies read before it are kept.)
+                            result = .failure(PerennialClientError.pipelineCut(replies: replies, unanswered: unanswered,
+                                                                               reason: why == Self.cancelled ? "the calling task was cancelled" : why))
                         }
                     }
                     outcome.resume(with: result)
@@ -313,7 +327,7 @@ public final class PerennialClient: @unchecked Sendable {
 
     private static func endsConnection(_ error: any Error) -> Bool {
         switch error as? PerennialClientError {
-        case .connection?, .timeout?, .protocolViolation?: return true
+        case .connection?, .timeout?, .protocolViolation?, .pipelineCut?: return true
         case .none: return error is CancellationError
         default: return false
         }
@@ -323,6 +337,7 @@ public final class PerennialClient: @unchecked Sendable {
     /// its counts): kept as it is.
     private static func explains(_ error: any Error) -> Bool {
         if error is CancellationError { return true }
+        if case .pipelineCut? = error as? PerennialClientError { return true }
         if case .connection(let m)? = error as? PerennialClientError { return m.contains(closed) }
         return false
     }
@@ -372,8 +387,11 @@ public final class PerennialClient: @unchecked Sendable {
             case .error(let e):
                 // (Not left open: the next call would skip the HELLO.)
                 dropConnection()
+                // (The token hint only where the token is what was refused:
+                // a BUSY for too many connections is not about it.)
+                let hint = e.code == .unauthorized ? "; call hello() with the right token" : ""
                 throw PerennialClientError.server(code: e.code, rawCode: e.rawCode, detail: e.detail,
-                                                  message: "the HELLO sent again on a new connection was refused: \(e.message); call hello() with the right token")
+                                                  message: "the HELLO sent again on a new connection was refused: \(e.message)\(hint)")
             default: throw unexpected()
             }
         }
@@ -602,7 +620,10 @@ public final class PerennialClient: @unchecked Sendable {
 
     /// Sends all requests in one write, reading replies meanwhile so the
     /// server never stops for want of room, and returns their replies in
-    /// order. ERROR replies are returned in place, not thrown.
+    /// order. ERROR replies are returned in place, not thrown. A connection
+    /// that fails part-way throws `.pipelineCut` with the replies read
+    /// before it (review finding, helper-91: they were lost, so a caller
+    /// could not tell which FEEDBACKs had been accepted).
     public func pipeline(_ requests: [Request]) async throws -> [Reply] {
         try await exchangeOnQueue(requests, waiting: timeout)
     }
@@ -634,7 +655,14 @@ public final class PerennialClient: @unchecked Sendable {
             ids.append(id)
         }
         try send(outbox)
-        return try ids.map { try readReply(for: $0) }
+        var replies: [Reply] = []
+        replies.reserveCapacity(ids.count)
+        do {
+            for id in ids { replies.append(try readReply(for: id)) }
+        } catch let e as PerennialClientError where ids.count > 1 {
+            throw PerennialClientError.pipelineCut(replies: replies, unanswered: ids.count - replies.count, reason: e.description)
+        }
+        return replies
     }
 
     /// Sends on the open connection; when the server closed it meanwhile
