@@ -214,7 +214,8 @@ public final class CollaborativeFilteringScorer: Scorer {
     /// they are not stepped (at decay 0.8, 14 of the 20 context items, 97% of
     /// the weight). Each row step is a scattered cache miss, and the 6 left
     /// out were about a tenth of the learner's time; E1 HR@10 was unchanged
-    /// (0.1319 with, 0.1317 without). The user vector still sums all of them.
+    /// (0.1319 with, 0.1317 without, with the co-occurrence window of 20
+    /// then). The user vector still sums all of them.
     static func steppedContextItems(_ s: CFSettings) -> Int {
         var n = 0, w: Float = 1
         while n < s.contextItems && w >= 0.05 {
