@@ -259,6 +259,32 @@ import PerennialProtocol
         #expect(try await c.feedback(batch).lastSeq == UInt64(Self.events) + 300)
     }
 
+    /// A stream's batches refused RECOVERING were refusals at once
+    /// (helper-91), though `feedback` and the Python streamer send such a
+    /// write again until the replay ends: now the stream does too, in
+    /// stream order, and every event goes in once.
+    @Test func aStreamSendsBatchesRefusedRecoveringAgainUntilTheReplayEnds() async throws {
+        let dir = try Self.crashedDataDirectories(["stream-resent"])[0]
+        let s = try TestServer("[limits]\nwait_ms = 20\nmax_events = 100\n[learner]\nqueue_capacity = 200\nmax_lag_seconds = 0\n",
+                               dataDir: dir, holdReplay: true)
+        defer { s.stop() }
+        let c = try await Self.client(s)
+        let watcher = try await Self.client(s, recoveryWait: 0)
+        defer { c.close(); watcher.close() }
+        let events: [WireEvent] = (0..<500).map { (k: Int) -> WireEvent in
+            WireEvent(user: UInt64(k % 100 + 1), item: UInt64(5 + k / 100), kind: .click)
+        }
+        async let streamed = c.stream(events, batchSize: 100, window: 2)
+        // Two batches go in (what one replay takes); the others are
+        // refused, and sent again, until the replay ends.
+        #expect(try await eventually(300) { (try await watcher.stats()["errors_total"] ?? 0) >= 3 })
+        #expect(try await watcher.stats()["events_accepted"] == UInt64(Self.events) + 200)
+        s.releaseReplay()
+        let ack = try await streamed
+        #expect(ack?.lastSeq == UInt64(Self.events) + 500)
+        #expect(try await watcher.stats()["events_accepted"] == UInt64(Self.events) + 500)
+    }
+
     @Test func feedbackHeldBeforeTheReplayHasAPaceGoesInOnceItHasOne() async throws {
         // Before the replay has learned enough to know its pace, it takes
         // one batch (limits.max_events); a batch held then goes in as soon
