@@ -16,11 +16,16 @@
 // (Duchi et al. 2011): per weight for the GRU and W_o, per row (one
 // mean-squared accumulator, the table's own) for item rows.
 //
-// Scoring blends in first-order transitions: the GRU's scores, standardised
-// over the items ranked, plus `transition_weight` · ln(1 + count of
-// last-item → j transitions seen). The counts recall exact short-range
-// sequences that the GRU, with 64 numbers of state, ranks less sharply
-// (E4 figures for both parts are in docs/quality.md); weight 0 is the GRU alone.
+// Scoring blends in transition counts: the GRU's scores, standardised over
+// the items ranked, plus `transition_weight` · ln(1 + Σ_k decay^(k-1) ·
+// count of (k-th latest session item → j) transitions seen), where each
+// event counted a transition from each of its user's previous
+// `transition_window` items, weighted the same way: a sequence-aware
+// item-to-item neighbourhood, directed (session-based kNN's idea, Ludewig
+// & Jannach 2018; window 1 is first-order Markov). The counts recall exact
+// short-range sequences that the GRU, with 64 numbers of state, ranks less
+// sharply (E1 and E4 figures for both parts are in docs/quality.md); weight
+// 0 is the GRU alone.
 //
 // Threads: learning state (per-user recent items, RNG) is the learner's;
 // weights are one buffer allocated once, item biases and transition counts
@@ -172,12 +177,19 @@ public final class SessionRNNScorer: Scorer {
             let weight = e.occurrenceWeight
             if learnedItems > 1 && weight > 0 { trainStep(inputs: recent[u].suffix(settings.steps), target: e.item, weight: weight) }
             if e.seq > transitionsCountedTo && last != e.item {
-                transitions.add(last, e.item, 1)
-                transitionsCounted.add(1, ordering: .relaxed)
+                // From each of the previous `transitionWindow` items, the
+                // k-th most recent counting decay^(k-1).
+                var w: Float = 1, counted: UInt64 = 0
+                for p in recent[u].suffix(settings.transitionWindow).reversed() {
+                    if p != e.item && w > 0 { transitions.add(p, e.item, w); counted += 1 }
+                    w *= settings.transitionDecay
+                }
+                transitionsCounted.add(counted, ordering: .relaxed)
             }
         }
         recent[u].append(e.item)
-        if recent[u].count > 2 * settings.steps { recent[u].removeFirst(recent[u].count - settings.steps) }
+        let keep = max(settings.steps, settings.transitionWindow)
+        if recent[u].count > 2 * keep { recent[u].removeFirst(recent[u].count - keep) }
     }
 
     /// One sampled-softmax step for "after `inputs` comes `target`".
@@ -282,21 +294,24 @@ public final class SessionRNNScorer: Scorer {
 
     /// The session the GRU reads: the request's session items, else the
     /// user's latest history.
-    private func sessionInputs(_ query: ScoringQuery) -> ArraySlice<Int32> {
+    /// The session's latest `count` items the model holds (the user's
+    /// history without one).
+    private func sessionInputs(_ query: ScoringQuery, last count: Int) -> ArraySlice<Int32> {
         let items = query.sessionItems.isEmpty ? Array(query.history) : query.sessionItems
-        return items.filter { Int($0) < itemCount }.suffix(settings.steps)
+        return items.filter { Int($0) < itemCount }.suffix(count)
     }
 
     /// Fills `serveQ` from the session; false when it is empty.
-    private func prepare(_ query: ScoringQuery) -> (hasSession: Bool, last: Int32?) {
-        let inputs = sessionInputs(query)
-        guard !inputs.isEmpty else { return (false, nil) }
+    /// Also returns the items transitions are read from.
+    private func prepare(_ query: ScoringQuery) -> (hasSession: Bool, latest: ArraySlice<Int32>) {
+        let session = sessionInputs(query, last: max(settings.steps, settings.transitionWindow))
+        guard !session.isEmpty else { return (false, []) }
         serveTrace.reset()
-        for x in inputs { serveTrace.step(params, input: table.item(x)) }
+        for x in session.suffix(settings.steps) { serveTrace.step(params, input: table.item(x)) }
         let last = serveTrace.last
         for k in 0..<d { serveH[k] = last[last.startIndex + k] }
         project(serveH, into: &serveQ)
-        return (true, inputs.last)
+        return (true, session.suffix(settings.transitionWindow))
     }
 
     /// Raw GRU scores for items 0..<n into serveScores (biases alone
@@ -320,16 +335,24 @@ public final class SessionRNNScorer: Scorer {
         }
     }
 
-    /// ln(1 + transitions last → j) for every j with one, into serveTransitions.
-    private func gatherTransitions(from last: Int32?, n: Int) {
+    /// ln(1 + Σ_k decay^(k-1) · transitions from the k-th latest item → j)
+    /// for every j with one, into serveTransitions.
+    private func gatherTransitions(from latest: ArraySlice<Int32>, n: Int) {
         // (Sized for every item the transitions may name, not just the query's n.)
         let room = max(n, itemCount)
         if serveTransitions.count < room { serveTransitions = .init(repeating: 0, count: max(room, 1024) * 2) }
         for j in touched where Int(j) < serveTransitions.count { serveTransitions[Int(j)] = 0 }
         touched.removeAll(keepingCapacity: true)
-        guard let last, settings.transitionWeight > 0 else { return }
-        serveTransitions.withUnsafeMutableBufferPointer { t in
-            transitions.accumulate(from: last, weight: 1, into: t.baseAddress!, touched: &touched)
+        guard settings.transitionWeight > 0 else { return }
+        // (The counts are positive, so an item is touched once however
+        // many of the latest items lead to it: `accumulate` adds an item to
+        // `touched` only while its sum is 0.)
+        var w: Float = 1
+        for c in latest.reversed() where w > 0 {
+            serveTransitions.withUnsafeMutableBufferPointer { t in
+                transitions.accumulate(from: c, weight: w, into: t.baseAddress!, touched: &touched)
+            }
+            w *= settings.transitionDecay
         }
         for j in touched where Int(j) < serveTransitions.count {
             serveTransitions[Int(j)] = settings.transitionWeight * logf(1 + serveTransitions[Int(j)])
@@ -338,9 +361,9 @@ public final class SessionRNNScorer: Scorer {
 
     public func recommend(_ query: ScoringQuery, into top: inout TopK) {
         let n = min(query.itemCount, itemCount)
-        let (hasSession, last) = prepare(query)
+        let (hasSession, latest) = prepare(query)
         rawScores(n: n, hasSession: hasSession)
-        gatherTransitions(from: last, n: n)
+        gatherTransitions(from: latest, n: n)
         // Standardise over the items that may be returned. (Through
         // pointers taken once: these loops visit every item.)
         serveScores.withUnsafeBufferPointer { scoresBuffer in
@@ -366,9 +389,9 @@ public final class SessionRNNScorer: Scorer {
 
     public func score(_ query: ScoringQuery, items: [Int32?]) -> [Float] {
         let n = min(query.itemCount, itemCount)
-        let (hasSession, last) = prepare(query)
+        let (hasSession, latest) = prepare(query)
         rawScores(n: n, hasSession: hasSession)
-        gatherTransitions(from: last, n: n)
+        gatherTransitions(from: latest, n: n)
         // Standardised over the whole catalogue, so a score means the same
         // whichever items are asked about.
         var sum = 0.0, sq = 0.0
