@@ -5,6 +5,7 @@
 // (review findings, helper-38).
 
 import Foundation
+import Synchronization
 import Testing
 import PerennialClient
 import PerennialProtocol
@@ -193,6 +194,93 @@ import Glibc
             #expect(unanswered == 7)
             #expect(reason.contains("closed"), "\(reason)")
         }
+    }
+
+    /// The same cut while the pipeline is still being sent (helper-92):
+    /// the replies read during the send were lost with it. The peer reads
+    /// 200 KB of 500,000 PINGs, answers the first 3, stops reading (the
+    /// client, blocked writing, reads the replies meanwhile), then hangs up.
+    @Test func aPipelineCutWhileSendingKeepsTheRepliesReadMeanwhile() async throws {
+        let peer = try SilentListener()
+        defer { peer.close() }
+        let c = try PerennialClient(port: peer.port, timeout: 120, greet: false)
+        let fd = peer.fd
+        let answering = Thread {
+            let conn = accept(fd, nil, nil)
+            var bytes: [UInt8] = []
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while bytes.count < 200_000 {
+                let n = recv(conn, &buf, buf.count, 0)
+                if n <= 0 { break }
+                bytes += buf[0..<n]
+            }
+            var ids: [UInt32] = [], at = 0
+            while ids.count < 3 && at + 12 <= bytes.count {
+                let length = Int(bytes[at]) | Int(bytes[at + 1]) << 8 | Int(bytes[at + 2]) << 16 | Int(bytes[at + 3]) << 24
+                ids.append(UInt32(bytes[at + 8]) | UInt32(bytes[at + 9]) << 8 | UInt32(bytes[at + 10]) << 16 | UInt32(bytes[at + 11]) << 24)
+                at += 4 + length
+            }
+            var reply: [UInt8] = []
+            for id in ids { Reply.ping.encode(into: &reply, requestID: id) }
+            _ = reply.withUnsafeBytes { send(conn, $0.baseAddress, $0.count, 0) }
+            Thread.sleep(forTimeInterval: 0.5)
+            Glibc.close(conn)
+        }
+        answering.start()
+        do {
+            _ = try await c.pipeline(Array(repeating: .ping, count: 500_000))
+            Issue.record("a pipeline the peer hung up on succeeded")
+        } catch PerennialClientError.pipelineCut(let replies, let unanswered, _) {
+            #expect(replies == [.ping, .ping, .ping])
+            #expect(unanswered == 500_000 - 3)
+        }
+    }
+
+    /// A stream's batch refused RECOVERING went again only after the
+    /// whole stream, so once the replay ended it was learned after later
+    /// batches (helper-92). A peer refuses the second of five batches once:
+    /// it comes again before the third.
+    @Test func aStreamSendsABatchRefusedRecoveringAgainBeforeLaterOnes() async throws {
+        let peer = try SilentListener()
+        defer { peer.close() }
+        let c = try PerennialClient(port: peer.port, timeout: 120, recoveryWait: 30, greet: false)
+        let fd = peer.fd
+        let order = Mutex<[UInt64]>([])
+        let answering = Thread {
+            let conn = accept(fd, nil, nil)
+            var bytes: [UInt8] = [], refusedOnce = false
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while order.withLock({ $0.count }) < 6 {
+                let n = recv(conn, &buf, buf.count, 0)
+                if n <= 0 { break }
+                bytes += buf[0..<n]
+                while bytes.count >= 12 {
+                    let length = Int(bytes[0]) | Int(bytes[1]) << 8 | Int(bytes[2]) << 16 | Int(bytes[3]) << 24
+                    guard bytes.count >= 4 + length else { break }
+                    let id = UInt32(bytes[8]) | UInt32(bytes[9]) << 8 | UInt32(bytes[10]) << 16 | UInt32(bytes[11]) << 24
+                    let request = bytes.withUnsafeBytes { raw in
+                        try? Request.decode(opcode: .feedback, payload: UnsafeRawBufferPointer(rebasing: raw[12..<(4 + length)]), limits: ProtocolLimits())
+                    }
+                    bytes.removeFirst(4 + length)
+                    guard case .feedback(let events)? = request else { continue }
+                    let user = events[0].user
+                    order.withLock { $0.append(user) }
+                    var reply: [UInt8] = []
+                    if user == 2 && !refusedOnce {
+                        refusedOnce = true
+                        Reply.error(ErrorReply(code: .recovering, message: "replaying")).encode(into: &reply, requestID: id)
+                    } else {
+                        Reply.feedback(FeedbackAck(firstSeq: user, lastSeq: user, durableSeq: user, appliedSeq: 0)).encode(into: &reply, requestID: id)
+                    }
+                    _ = reply.withUnsafeBytes { send(conn, $0.baseAddress, $0.count, 0) }
+                }
+            }
+            Glibc.close(conn)
+        }
+        answering.start()
+        let events = (1...5).map { WireEvent(user: UInt64($0), item: 1, kind: .click) }
+        _ = try await c.stream(events, batchSize: 1, window: 1)
+        #expect(order.withLock { $0 } == [1, 2, 2, 3, 4, 5])
     }
 
     /// Timeouts of 25 to 366 days trapped converting to poll's Int32.

@@ -5,8 +5,9 @@
 // items c_k (w_k = decay^k, most recent first), the item-based CF of Sarwar
 // et al. (2001) / Linden et al. (2003) made sequence-aware as in
 // session-based kNN (Ludewig & Jannach 2018): recent items and nearby pairs
-// say most about the next one. Also used directed, as first-order
-// transition counts (`add(previous, next)`), by the session scorer.
+// say most about the next one. Also used directed, as transition counts
+// (`add(previous, next)`, from each of a user's few latest items), by the
+// session scorer.
 //
 // Storage: per item, a fixed-capacity open-addressing table of (neighbour,
 // count) in a ChunkedBuffer, so memory never moves while the serving thread

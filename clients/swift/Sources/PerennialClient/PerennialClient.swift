@@ -414,10 +414,12 @@ public final class PerennialClient: @unchecked Sendable {
     /// server's "HTTP/1.1 400" read as a frame length, silence, a close)
     /// gets an error of the same kind that says so and quotes its first
     /// bytes; the server's own refusal (a wrong token) is thrown as it is.
-    public func hello(clientName: String = "perennial-swift", token: String = "") async throws -> HelloReply {
-        let greeting = Hello(clientName: clientName, token: token)
-        if let problem = Request.hello(greeting).wireProblem { throw PerennialClientError.invalidArgument(problem) }
+    /// Without `clientName`, the name the client greeted with so far stays
+    /// (it was reset to "perennial-swift": review finding, helper-91).
+    public func hello(clientName: String? = nil, token: String = "") async throws -> HelloReply {
         return try await onQueue { [self] call in
+            let greeting = Hello(clientName: clientName ?? self.greeting?.clientName ?? "perennial-swift", token: token)
+            if let problem = Request.hello(greeting).wireProblem { throw PerennialClientError.invalidArgument(problem) }
             // (Not with the last HELLO first: this one may carry a new token.)
             try ensureConnected(call, greet: false)
             return try greetNow(greeting)
@@ -488,6 +490,9 @@ public final class PerennialClient: @unchecked Sendable {
     /// CAPACITY is the event's index in `events`. For a long stream
     /// without waiting per batch, use `stream`.
     public func feedback(_ events: [WireEvent]) async throws -> FeedbackAck {
+        // (The server refuses an empty batch; as the Python client does,
+        // say so before a round trip: review finding, helper-91.)
+        guard !events.isEmpty else { throw PerennialClientError.invalidArgument("feedback needs at least one event") }
         var size = try await onQueue { [self] call in
             try ensureConnected(call)
             return feedbackBatchLimit()
@@ -654,12 +659,17 @@ public final class PerennialClient: @unchecked Sendable {
             }
             ids.append(id)
         }
-        try send(outbox)
         var replies: [Reply] = []
         replies.reserveCapacity(ids.count)
         do {
+            try send(outbox)
             for id in ids { replies.append(try readReply(for: id)) }
         } catch let e as PerennialClientError where ids.count > 1 {
+            // Replies that came while the pipeline was still being sent
+            // (`send` reads them so that the server never stops for want
+            // of room) are whole frames in `inbox`: they count too (review
+            // finding, helper-92: a large pipeline cut while sending lost them).
+            while replies.count < ids.count, let r = try? bufferedReply(for: ids[replies.count]) { replies.append(r) }
             throw PerennialClientError.pipelineCut(replies: replies, unanswered: ids.count - replies.count, reason: e.description)
         }
         return replies
@@ -701,8 +711,10 @@ public final class PerennialClient: @unchecked Sendable {
     /// larger than a max_events a RELOAD lowered go again, split, after
     /// the others (so their events are numbered after them). Batches
     /// refused RECOVERING (the server replays its log after a restart) go
-    /// again every 50 ms, in stream order, for up to `recoveryWait` seconds;
-    /// then they are refused batches. A broken connection throws at once,
+    /// again every 50 ms before any later batch is sent, for up to
+    /// `recoveryWait` seconds; then they are refused batches. (Later
+    /// batches already in flight, at most `window - 1`, may be taken
+    /// first if the replay ends meanwhile.) A broken connection throws at once,
     /// saying how many events were acknowledged.
     public func stream(_ events: [WireEvent], batchSize: Int = 1000, window: Int = 8,
                        progress: (@Sendable (Int) -> Void)? = nil) async throws -> FeedbackAck? {
@@ -722,6 +734,9 @@ public final class PerennialClient: @unchecked Sendable {
             // Batches refused RECOVERING (the server replays its log after a
             // restart): sent again, as `call` sends a write again.
             var recovering: [RefusedBatch] = []
+            // When the first RECOVERING refusal since the last acknowledgement
+            // came: the batches wait for the replay up to `recoveryWait` from it.
+            var waitingSince: Date?
             var relearned = 0
             func readOne() throws {
                 let (id, offset, n) = pending[0]
@@ -731,6 +746,7 @@ public final class PerennialClient: @unchecked Sendable {
                 case .feedback(let a):
                     last = a
                     acked += n
+                    waitingSince = nil
                     progress?(acked)
                 case .error(let e) where e.code == .invalidArgument && n > 1 && relearned < 3:
                     oversized.append(RefusedBatch(offset: offset, count: n, error: e))
@@ -742,9 +758,40 @@ public final class PerennialClient: @unchecked Sendable {
                 }
             }
             /// Sends these stretches of `events`, each as one batch, keeping
-            /// at most `window` unanswered.
+            /// at most `window` unanswered. Batches refused RECOVERING go
+            /// again every 50 ms, before any later batch is sent (review
+            /// finding, helper-92: sent again after the whole stream, they
+            /// went in after later batches once the replay ended), for up to
+            /// `recoveryWait` seconds; then they are refusals.
             func sendBatches(_ batches: [(offset: Int, count: Int)]) throws {
-                for (offset, n) in batches {
+                var queue = batches, next = 0
+                while true {
+                    if !recovering.isEmpty {
+                        // (The replies in flight first: a later batch the
+                        // server took meanwhile is acknowledged, not sent again.)
+                        while !pending.isEmpty { try readOne() }
+                        let since = waitingSince ?? Date()
+                        waitingSince = since
+                        guard Date().timeIntervalSince(since) < recoveryWait else {
+                            refused += recovering
+                            recovering.removeAll()
+                            waitingSince = nil
+                            continue
+                        }
+                        usleep(50_000)
+                        try stopIfAsked(call)
+                        let again = recovering.sorted { $0.offset < $1.offset }.map { ($0.offset, $0.count) }
+                        recovering.removeAll()
+                        queue.replaceSubrange(next..<next, with: again)
+                        continue
+                    }
+                    if pending.count >= window || (next == queue.count && !pending.isEmpty) {
+                        try readOne()
+                        continue
+                    }
+                    guard next < queue.count else { break }
+                    let (offset, n) = queue[next]
+                    next += 1
                     outbox.removeAll(keepingCapacity: true)
                     let id = takeID()
                     let frame = outbox.beginFrame(opcode: Opcode.feedback.rawValue, flags: 0, requestID: id)
@@ -752,9 +799,7 @@ public final class PerennialClient: @unchecked Sendable {
                     outbox.endFrame(frame)
                     pending.append((id, offset, n))
                     try send(outbox)
-                    while pending.count >= window { try readOne() }
                 }
-                while !pending.isEmpty { try readOne() }
             }
             func split(_ from: Int, _ count: Int, by size: Int) -> [(offset: Int, count: Int)] {
                 stride(from: from, to: from + count, by: size).map { ($0, min(size, from + count - $0)) }
@@ -776,24 +821,6 @@ public final class PerennialClient: @unchecked Sendable {
                     oversized.removeAll()
                     refused += again.filter { $0.count <= limit }
                     try sendBatches(again.filter { $0.count > limit }.flatMap { split($0.offset, $0.count, by: limit) })
-                }
-                // Refused RECOVERING: again every 50 ms, in stream order, for
-                // up to `recoveryWait` seconds (review finding, helper-91:
-                // they were refusals at once, though `feedback` and the
-                // Python streamer wait for the replay's end). Once one batch
-                // of a connection waits for the replay, the server holds the
-                // later ones too, so they come back in stream order.
-                let deadline = Date().addingTimeInterval(recoveryWait)
-                while !recovering.isEmpty {
-                    let again = recovering.sorted { $0.offset < $1.offset }
-                    recovering.removeAll()
-                    guard Date() < deadline else {
-                        refused += again
-                        break
-                    }
-                    usleep(50_000)
-                    try stopIfAsked(call)
-                    try sendBatches(again.map { ($0.offset, $0.count) })
                 }
             } catch {
                 refused += recovering
@@ -836,33 +863,41 @@ public final class PerennialClient: @unchecked Sendable {
     private func readReply(for id: UInt32) throws -> Reply {
         guard let socket else { throw PerennialClientError.connection("the connection is closed") }
         while true {
-            let result = inbox.withUnsafeBytes { FrameDecoder.decode($0, limits: Self.replyLimits) }
-            switch result {
-            case .needMore:
-                try socket.receive(into: &inbox)
-            case .fatal(let e, _):
-                throw PerennialClientError.protocolViolation(e)
-            case .frame(let header):
-                // (Out of step, the connection is of no further use: the
-                // caller drops it, with what is left unread.)
-                guard header.requestID == id || (header.requestID == 0 && header.opcode == Opcode.error.rawValue) else {
-                    throw PerennialClientError.protocolViolation(
-                        ProtocolError(.malformedPayload, "reply for request \(header.requestID) while waiting for \(id)"))
+            if let reply = try bufferedReply(for: id, orConnectionError: true) { return reply }
+            try socket.receive(into: &inbox)
+        }
+    }
+
+    /// The reply to `id` if a whole frame of it is in `inbox` (taken from
+    /// it), else nil. `orConnectionError`: an ERROR for the connection
+    /// (request id 0) answers it too.
+    private func bufferedReply(for id: UInt32, orConnectionError: Bool = false) throws -> Reply? {
+        let result = inbox.withUnsafeBytes { FrameDecoder.decode($0, limits: Self.replyLimits) }
+        switch result {
+        case .needMore:
+            return nil
+        case .fatal(let e, _):
+            throw PerennialClientError.protocolViolation(e)
+        case .frame(let header):
+            // (Out of step, the connection is of no further use: the
+            // caller drops it, with what is left unread.)
+            guard header.requestID == id || (orConnectionError && header.requestID == 0 && header.opcode == Opcode.error.rawValue) else {
+                throw PerennialClientError.protocolViolation(
+                    ProtocolError(.malformedPayload, "reply for request \(header.requestID) while waiting for \(id)"))
+            }
+            answered = true
+            let decoded: Result<Reply, ProtocolError> = inbox.withUnsafeBytes { raw in
+                guard let op = Opcode(rawValue: header.opcode), header.isReply else {
+                    return .failure(ProtocolError(.unknownOpcode, "unexpected frame opcode \(header.opcode)"))
                 }
-                answered = true
-                let decoded: Result<Reply, ProtocolError> = inbox.withUnsafeBytes { raw in
-                    guard let op = Opcode(rawValue: header.opcode), header.isReply else {
-                        return .failure(ProtocolError(.unknownOpcode, "unexpected frame opcode \(header.opcode)"))
-                    }
-                    return Result { () throws(ProtocolError) in
-                        try Reply.decode(opcode: op, payload: UnsafeRawBufferPointer(rebasing: raw[FrameHeader.size..<header.frameLength]))
-                    }
+                return Result { () throws(ProtocolError) in
+                    try Reply.decode(opcode: op, payload: UnsafeRawBufferPointer(rebasing: raw[FrameHeader.size..<header.frameLength]))
                 }
-                inbox.removeFirst(header.frameLength)
-                switch decoded {
-                case .success(let reply): return reply
-                case .failure(let e): throw PerennialClientError.protocolViolation(e)
-                }
+            }
+            inbox.removeFirst(header.frameLength)
+            switch decoded {
+            case .success(let reply): return reply
+            case .failure(let e): throw PerennialClientError.protocolViolation(e)
             }
         }
     }
