@@ -317,6 +317,13 @@ public final class Server: Sendable {
                 loaded = file
                 Log.info(String(format: "loaded the snapshot at sequence %llu (%@) in %.2f s", info.seq, file.path,
                                 Double(MonotonicClock.nowNanos() - t0) / 1e9))
+                // The log after it is learned under this config: a setting
+                // that differs (a default an upgrade changed, say) makes the
+                // model differ from the one served before (helper-92).
+                let differing = settingsDiffering(from: file, snapshots: snapshots)
+                if !differing.isEmpty {
+                    Log.warning("settings differ from those snapshot \(file.id) was written with: \(differing.joined(separator: ", ")); the log after it is learned under the new ones, so the model will not be exactly the one served before this start (put the old values in the config to get that one back)")
+                }
                 break
             } catch let error as UnloadedScorerError {
                 // (A snapshot whose description does not list its scorers.)
@@ -417,6 +424,20 @@ extension Server {
     /// The model settings (`modelSettingValues`) that differ between a
     /// snapshot's description and this config, as "key was -> now"
     /// (none for snapshots written before descriptions recorded them).
+    /// `changedSettings`, and the settings of the snapshot's scorers that
+    /// it does not record (added to them by a later build).
+    func settingsDiffering(from file: SnapshotFile, snapshots: SnapshotStore) -> [String] {
+        guard let saved = snapshots.metadata(of: file)["settings"] as? [String: String] else { return [] }
+        let now = config.modelSettingValues
+        // ("scorers.cf" of "scorers.cf.pair_window".)
+        func section(_ key: String) -> String? { key.lastIndex(of: ".").map { String(key[..<$0]) } }
+        let sections = Set(saved.keys.compactMap(section))
+        let unrecorded = now.keys.sorted().filter { key in
+            saved[key] == nil && section(key).map(sections.contains) == true
+        }
+        return PerennialConfig.changedSettingValues(was: saved, now: now) + unrecorded.map { "\($0) (not recorded) -> \(now[$0]!)" }
+    }
+
     func changedSettings(since file: SnapshotFile, snapshots: SnapshotStore) -> [String] {
         guard let saved = snapshots.metadata(of: file)["settings"] as? [String: String] else { return [] }
         return PerennialConfig.changedSettingValues(was: saved, now: config.modelSettingValues)
