@@ -626,3 +626,22 @@ def test_perennial_replay_waits_for_a_server_replaying_its_log(start_server) -> 
     assert "replaying its log after a restart" in run.stdout, run.stdout
     with srv.client() as c:
         assert c.stats()["events_accepted"] == last + 2000
+
+
+def test_a_start_under_changed_settings_says_the_model_will_differ(start_server) -> None:
+    """Review finding (helper-92): after an upgrade that changed a default
+    (stop 45's cf pair_window), a server killed before it learned its log's
+    tail under the new value without a word, so it did not come back as it
+    served. The start now names each setting that differs from the
+    snapshot's."""
+    srv = start_server("[scorers.cf]\npair_window = 20\n")
+    with srv.client() as c:
+        c.feedback([perennial.Event(u, i, "click") for u in range(1, 30) for i in range(1, 6)])
+        c.snapshot()
+        c.feedback([perennial.Event(31, 7, "click")])
+    srv.kill()
+    config = srv.args[srv.args.index("--config") + 1]
+    with open(config, "w") as f:
+        f.write("[scorers.cf]\npair_window = 8\n")
+    srv.start_again()
+    assert "settings differ from those snapshot" in srv.log() and "scorers.cf.pair_window 20 -> 8" in srv.log(), srv.log()
