@@ -292,10 +292,8 @@ public final class SessionRNNScorer: Scorer {
 
     // MARK: scoring (serving thread)
 
-    /// The session the GRU reads: the request's session items, else the
-    /// user's latest history.
-    /// The session's latest `count` items the model holds (the user's
-    /// history without one).
+    /// The session's latest `count` items the model holds: the request's
+    /// session items, else the user's latest history.
     private func sessionInputs(_ query: ScoringQuery, last count: Int) -> ArraySlice<Int32> {
         let items = query.sessionItems.isEmpty ? Array(query.history) : query.sessionItems
         return items.filter { Int($0) < itemCount }.suffix(count)
