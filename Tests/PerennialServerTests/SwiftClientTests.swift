@@ -173,12 +173,7 @@ import Glibc
                 let n = recv(conn, &buf, buf.count, 0)
                 if n <= 0 { break }
                 bytes += buf[0..<n]
-                while bytes.count >= 12 {
-                    let length = Int(bytes[0]) | Int(bytes[1]) << 8 | Int(bytes[2]) << 16 | Int(bytes[3]) << 24
-                    guard bytes.count >= 4 + length else { break }
-                    ids.append(UInt32(bytes[8]) | UInt32(bytes[9]) << 8 | UInt32(bytes[10]) << 16 | UInt32(bytes[11]) << 24)
-                    bytes.removeFirst(4 + length)
-                }
+                ids += takeFrames(&bytes).map(\.id)
             }
             var reply: [UInt8] = []
             for id in ids.prefix(3) { Reply.ping.encode(into: &reply, requestID: id) }
@@ -214,14 +209,8 @@ import Glibc
                 if n <= 0 { break }
                 bytes += buf[0..<n]
             }
-            var ids: [UInt32] = [], at = 0
-            while ids.count < 3 && at + 12 <= bytes.count {
-                let length = Int(bytes[at]) | Int(bytes[at + 1]) << 8 | Int(bytes[at + 2]) << 16 | Int(bytes[at + 3]) << 24
-                ids.append(UInt32(bytes[at + 8]) | UInt32(bytes[at + 9]) << 8 | UInt32(bytes[at + 10]) << 16 | UInt32(bytes[at + 11]) << 24)
-                at += 4 + length
-            }
             var reply: [UInt8] = []
-            for id in ids { Reply.ping.encode(into: &reply, requestID: id) }
+            for frame in takeFrames(&bytes).prefix(3) { Reply.ping.encode(into: &reply, requestID: frame.id) }
             _ = reply.withUnsafeBytes { send(conn, $0.baseAddress, $0.count, 0) }
             Thread.sleep(forTimeInterval: 0.5)
             Glibc.close(conn)
@@ -254,14 +243,8 @@ import Glibc
                 let n = recv(conn, &buf, buf.count, 0)
                 if n <= 0 { break }
                 bytes += buf[0..<n]
-                while bytes.count >= 12 {
-                    let length = Int(bytes[0]) | Int(bytes[1]) << 8 | Int(bytes[2]) << 16 | Int(bytes[3]) << 24
-                    guard bytes.count >= 4 + length else { break }
-                    let id = UInt32(bytes[8]) | UInt32(bytes[9]) << 8 | UInt32(bytes[10]) << 16 | UInt32(bytes[11]) << 24
-                    let request = bytes.withUnsafeBytes { raw in
-                        try? Request.decode(opcode: .feedback, payload: UnsafeRawBufferPointer(rebasing: raw[12..<(4 + length)]), limits: ProtocolLimits())
-                    }
-                    bytes.removeFirst(4 + length)
+                for (id, payload) in takeFrames(&bytes) {
+                    let request = payload.withUnsafeBytes { try? Request.decode(opcode: .feedback, payload: $0, limits: ProtocolLimits()) }
                     guard case .feedback(let events)? = request else { continue }
                     let user = events[0].user
                     order.withLock { $0.append(user) }
@@ -513,6 +496,22 @@ private final class Finished: @unchecked Sendable {
 
 /// A listening socket that accepts (the kernel completes the handshake) and
 /// never answers.
+/// The whole frames at the front of `bytes`, taken from it: each one's
+/// request id and payload (for the tests' fake peers).
+private func takeFrames(_ bytes: inout [UInt8]) -> [(id: UInt32, payload: [UInt8])] {
+    var frames: [(id: UInt32, payload: [UInt8])] = []
+    var at = 0
+    while bytes.count - at >= FrameHeader.size {
+        let length = Int(bytes[at]) | Int(bytes[at + 1]) << 8 | Int(bytes[at + 2]) << 16 | Int(bytes[at + 3]) << 24
+        guard bytes.count - at >= 4 + length else { break }
+        let id = UInt32(bytes[at + 8]) | UInt32(bytes[at + 9]) << 8 | UInt32(bytes[at + 10]) << 16 | UInt32(bytes[at + 11]) << 24
+        frames.append((id, Array(bytes[(at + FrameHeader.size)..<(at + 4 + length)])))
+        at += 4 + length
+    }
+    bytes.removeFirst(at)
+    return frames
+}
+
 private final class SilentListener: @unchecked Sendable {
     let fd: Int32
     let port: Int
