@@ -421,9 +421,6 @@ struct PendingReplay {
 }
 
 extension Server {
-    /// The model settings (`modelSettingValues`) that differ between a
-    /// snapshot's description and this config, as "key was -> now"
-    /// (none for snapshots written before descriptions recorded them).
     /// `changedSettings`, and the settings of the snapshot's scorers that
     /// it does not record (added to them by a later build).
     func settingsDiffering(from file: SnapshotFile, snapshots: SnapshotStore) -> [String] {
@@ -438,6 +435,9 @@ extension Server {
         return PerennialConfig.changedSettingValues(was: saved, now: now) + unrecorded.map { "\($0) (not recorded) -> \(now[$0]!)" }
     }
 
+    /// The model settings (`modelSettingValues`) that differ between a
+    /// snapshot's description and this config, as "key was -> now"
+    /// (none for snapshots written before descriptions recorded them).
     func changedSettings(since file: SnapshotFile, snapshots: SnapshotStore) -> [String] {
         guard let saved = snapshots.metadata(of: file)["settings"] as? [String: String] else { return [] }
         return PerennialConfig.changedSettingValues(was: saved, now: config.modelSettingValues)
