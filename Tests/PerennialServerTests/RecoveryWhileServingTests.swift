@@ -409,16 +409,19 @@ import PerennialProtocol
 
     @Test func aStopAnswersTheWritesWaitingForTheReplayAtOnce() async throws {
         let dir = try Self.crashedDataDirectories(["stop-parked"])[0]
-        // (A wait far past the test's own pauses: on a loaded machine the
-        // 300 ms sleep below once took over the default 5 s, and the write
-        // was refused RECOVERING before the stop came.)
+        // (A wait far past the test's own pause.)
         let s = try TestServer("[limits]\nwait_ms = 60000\n", dataDir: dir, holdReplay: true)
         // (A raw socket: the frame is in the server's socket once `send`
         // returns, however busy the test's own executor is.)
         let writer = try RawSocket(port: s.port, timeout: 60)
         defer { writer.close() }
         try writer.send(.deleteItems([7]), id: 5)
-        try await Task.sleep(nanoseconds: 300_000_000)
+        // A blocking sleep (usleep), not Task.sleep: in a full run on 2 cores the
+        // other tests' blocking calls hold the cooperative threads, and a
+        // Task.sleep of 300 ms twice took longer than the write's wait
+        // (5 s, then 60 s), which then refused it RECOVERING before the
+        // stop came.
+        usleep(300_000)
         let t0 = Date()
         s.stop()
         let reply = try writer.readFrame()
