@@ -133,20 +133,14 @@ import Glibc
         let peer = try SilentListener()
         defer { peer.close() }
         let c = try PerennialClient(port: peer.port, timeout: 120, greet: false)
-        // (The peer on a thread of its own: the test's cooperative threads
-        // may all be busy while the whole suite runs.)
-        let fd = peer.fd
-        let answering = Thread {
-            let conn = accept(fd, nil, nil)
+        peer.serveOne { conn in
             var buf = [UInt8](repeating: 0, count: 64)
             _ = recv(conn, &buf, buf.count, 0)
             var reply: [UInt8] = []
             Reply.ping.encode(into: &reply, requestID: 101)
             _ = reply.withUnsafeBytes { send(conn, $0.baseAddress, $0.count, 0) }
             Thread.sleep(forTimeInterval: 1)
-            Glibc.close(conn)
         }
-        answering.start()
         do {
             try await c.ping()
             Issue.record("a reply for request 101 was taken")
@@ -163,9 +157,7 @@ import Glibc
         let peer = try SilentListener()
         defer { peer.close() }
         let c = try PerennialClient(port: peer.port, timeout: 120, greet: false)
-        let fd = peer.fd
-        let answering = Thread {
-            let conn = accept(fd, nil, nil)
+        peer.serveOne { conn in
             // Read the 10 frames whole, then answer the first 3 by their ids.
             var bytes: [UInt8] = [], ids: [UInt32] = []
             var buf = [UInt8](repeating: 0, count: 4096)
@@ -178,9 +170,7 @@ import Glibc
             var reply: [UInt8] = []
             for id in ids.prefix(3) { Reply.ping.encode(into: &reply, requestID: id) }
             _ = reply.withUnsafeBytes { send(conn, $0.baseAddress, $0.count, 0) }
-            Glibc.close(conn)
         }
-        answering.start()
         do {
             _ = try await c.pipeline(Array(repeating: .ping, count: 10))
             Issue.record("a pipeline answered 3 of 10 times succeeded")
@@ -199,9 +189,7 @@ import Glibc
         let peer = try SilentListener()
         defer { peer.close() }
         let c = try PerennialClient(port: peer.port, timeout: 120, greet: false)
-        let fd = peer.fd
-        let answering = Thread {
-            let conn = accept(fd, nil, nil)
+        peer.serveOne { conn in
             var bytes: [UInt8] = []
             var buf = [UInt8](repeating: 0, count: 65536)
             while bytes.count < 200_000 {
@@ -213,9 +201,7 @@ import Glibc
             for frame in takeFrames(&bytes).prefix(3) { Reply.ping.encode(into: &reply, requestID: frame.id) }
             _ = reply.withUnsafeBytes { send(conn, $0.baseAddress, $0.count, 0) }
             Thread.sleep(forTimeInterval: 0.5)
-            Glibc.close(conn)
         }
-        answering.start()
         do {
             _ = try await c.pipeline(Array(repeating: .ping, count: 500_000))
             Issue.record("a pipeline the peer hung up on succeeded")
@@ -233,10 +219,8 @@ import Glibc
         let peer = try SilentListener()
         defer { peer.close() }
         let c = try PerennialClient(port: peer.port, timeout: 120, recoveryWait: 30, greet: false)
-        let fd = peer.fd
         let order = Mutex<[UInt64]>([])
-        let answering = Thread {
-            let conn = accept(fd, nil, nil)
+        peer.serveOne { conn in
             var bytes: [UInt8] = [], refusedOnce = false
             var buf = [UInt8](repeating: 0, count: 65536)
             while order.withLock({ $0.count }) < 6 {
@@ -258,9 +242,7 @@ import Glibc
                     _ = reply.withUnsafeBytes { send(conn, $0.baseAddress, $0.count, 0) }
                 }
             }
-            Glibc.close(conn)
         }
-        answering.start()
         let events = (1...5).map { WireEvent(user: UInt64($0), item: 1, kind: .click) }
         _ = try await c.stream(events, batchSize: 1, window: 1)
         #expect(order.withLock { $0 } == [1, 2, 2, 3, 4, 5])
@@ -412,10 +394,8 @@ import Glibc
         let peer = try SilentListener()
         defer { peer.close() }
         let c = try PerennialClient(port: peer.port, timeout: 0.3, greet: false, adminTimeout: 5)
-        let fd = peer.fd
         // (A peer that answers each request after 0.8 s, on its own thread.)
-        let answering = Thread {
-            let conn = accept(fd, nil, nil)
+        peer.serveOne { conn in
             var buf = [UInt8](repeating: 0, count: 256)
             for reply in [Reply.snapshot(seq: 7, version: "v7"), Reply.ping] {
                 guard recv(conn, &buf, buf.count, 0) >= 12 else { break }
@@ -426,9 +406,7 @@ import Glibc
                 _ = out.withUnsafeBytes { send(conn, $0.baseAddress, $0.count, 0) }
             }
             Thread.sleep(forTimeInterval: 1)
-            Glibc.close(conn)
         }
-        answering.start()
         let snap = try await c.snapshot()
         #expect(snap.seq == 7 && snap.version == "v7")
         await #expect(throws: PerennialClientError.self) { try await c.ping() }   // 0.8 s > the 0.3 s timeout
@@ -531,6 +509,18 @@ private final class SilentListener: @unchecked Sendable {
     }
 
     func close() { Glibc.close(fd) }
+
+    /// Accepts one connection on a thread of its own (the test's
+    /// cooperative threads may all be busy while the whole suite runs),
+    /// hands it to `peer`, then closes it.
+    func serveOne(_ peer: @escaping @Sendable (Int32) -> Void) {
+        let fd = self.fd
+        Thread {
+            let conn = accept(fd, nil, nil)
+            peer(conn)
+            Glibc.close(conn)
+        }.start()
+    }
 
     /// A list longer than the server's max_events goes as several batches,
     /// as in the Python client (helper-60: the Swift client sent it whole
