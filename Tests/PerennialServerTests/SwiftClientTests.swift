@@ -122,6 +122,41 @@ import Glibc
         let c = try PerennialClient(port: silent.port, timeout: 120, greet: false)
         try await expectCancelAndCloseToStopACall(c, cancelAfterNanos: 200_000_000)
     }
+
+    /// A reply wait shorter than the server's default limits.wait_ms says
+    /// that the server may hold a request that long (review finding,
+    /// helper-91: a write held for a log replay timed out in the client,
+    /// and the error did not say why); a longer one does not.
+    @Test func aTimeoutBelowTheServersWaitSaysSo() async throws {
+        let silent = try SilentListener()
+        defer { silent.close() }
+        for (timeout, hinted) in [(0.3, true), (6.0, false)] {
+            let c = try PerennialClient(port: silent.port, timeout: timeout, greet: false)
+            do {
+                try await c.ping()
+                Issue.record("a silent peer answered")
+            } catch PerennialClientError.timeout(let m) {
+                #expect(m.contains("limits.wait_ms") == hinted, "\(m)")
+            }
+            c.close()
+        }
+    }
+
+    /// A cancelled `connect` stops waiting for the HELLO's reply (review
+    /// finding, helper-91: it waited out its timeout, here 120 s, and threw
+    /// the timeout's error).
+    @Test func aCancelledConnectStopsWaiting() async throws {
+        let silent = try SilentListener()
+        defer { silent.close() }
+        let task = Task { try await PerennialClient.connect(port: silent.port, timeout: 120) }
+        try await Task.sleep(nanoseconds: 200_000_000)
+        task.cancel()
+        if case .failure(let e) = await task.result { #expect(e is CancellationError, "\(e)") } else { Issue.record("connected to a silent peer") }
+        // (Cancelled before it starts, it does not connect at all.)
+        let early = Task { try await PerennialClient.connect(port: silent.port, timeout: 120) }
+        early.cancel()
+        if case .failure(let e) = await early.result { #expect(e is CancellationError, "\(e)") } else { Issue.record("connected to a silent peer") }
+    }
 }
 
 /// Second review (helper-40) of the client above: faults of the first
@@ -308,6 +343,25 @@ import Glibc
     /// A stream after a RELOAD that lowered max_events (the client's own,
     /// or another client's) had every batch refused; now the limits are
     /// learned again.
+    /// A RELOAD by another client lowers max_frame_bytes (and so
+    /// max_events): a batch sized by the old limits is refused
+    /// FRAME_TOO_LARGE and the connection closed; feedback() learns the
+    /// limits on a new connection and sends the list whole, split (review
+    /// finding, helper-91: it threw, nothing of the list accepted).
+    @Test func feedbackFollowsALoweredMaxFrameBytes() async throws {
+        let s = try TestServer("")
+        defer { s.stop() }
+        let c = try await PerennialClient.connect(port: s.port)
+        let other = try await PerennialClient.connect(port: s.port)
+        try s.rewriteConfig("[limits]\nmax_frame_bytes = 65536\nmax_events = 2000\n")
+        try await other.reload()
+        // (5,000 events are 145,012 bytes: one batch under the old limits.)
+        let events = (0..<5000).map { (k: Int) -> WireEvent in WireEvent(user: UInt64(k % 50 + 1), item: UInt64(k % 70 + 1), kind: .click) }
+        let ack = try await c.feedback(events)
+        #expect(ack.lastSeq == 5000 && ack.firstSeq == 4001, "\(ack)")
+        #expect(try await c.stats()["events_accepted"] == 5000)
+    }
+
     @Test func aStreamFollowsALoweredMaxEvents() async throws {
         let s = try TestServer("[limits]\nmax_events = 100\n")
         defer { s.stop() }

@@ -32,6 +32,23 @@ class Command:
     writes_model: bool = False
 
 
+def no_reply_message(host: str, port: int, wait: Optional[float]) -> str:
+    """What a TimeoutError for a reply says: with a wait shorter than the
+    server's default ``limits.wait_ms``, that the server may hold a request
+    that long (review finding, helper-91: a timeout under it ended a write's
+    wait for a log replay with no word of why)."""
+    message = "no reply from %s:%s within %s s" % (host, port, wait)
+    if wait is not None and wait < SERVER_DEFAULT_WAIT_S:
+        message += ("; the server may hold a request up to its limits.wait_ms (%g s by default) before it answers"
+                    " (a write while it replays its log after a restart, a read until this connection's earlier"
+                    " feedback is learned): keep the client's timeout above it" % SERVER_DEFAULT_WAIT_S)
+    return message
+
+
+#: The server's default ``limits.wait_ms``, in seconds.
+SERVER_DEFAULT_WAIT_S = 5.0
+
+
 def reply_timeout(waiting: Iterable[Command], timeout: Optional[float],
                   admin_timeout: Optional[float]) -> Optional[float]:
     """Seconds to wait for a reply (None: forever) that comes after the

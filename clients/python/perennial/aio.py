@@ -435,7 +435,7 @@ class AsyncClient:
         done, _ = await asyncio.wait({fut}, timeout=wait)
         if fut in done:
             return fut.result()
-        error = TimeoutError("no reply from %s:%s within %s s" % (self.host, self.port, wait))
+        error = TimeoutError(_c.no_reply_message(self.host, self.port, wait))
         # No reply in time: the connection is given up, as the blocking
         # client gives it up, and its other unanswered requests fail with
         # this error at once. Kept open, a dead peer (a NAT or load balancer
@@ -539,6 +539,12 @@ class AsyncClient:
                 _c.place_in_stream(e, offset)
                 raise
             except ServerError as e:
+                # A RELOAD that lowered max_frame_bytes (and so max_events)
+                # makes a batch sized by the old limits FRAME_TOO_LARGE: the
+                # server closed the connection, nothing of the batch was
+                # accepted; learn the limits anew and send it again, split.
+                if e.code_name == "FRAME_TOO_LARGE" and len(batch) > 1 and (await self.hello()).max_events < len(batch):
+                    continue
                 _c.place_in_stream(e, offset)
                 raise
             except (ConnectionError, TimeoutError, KeyboardInterrupt, asyncio.CancelledError) as e:

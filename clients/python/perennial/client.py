@@ -413,8 +413,7 @@ class Client:
                 wait = _c.reply_timeout([oldest] if oldest else [], self.timeout, self.admin_timeout)
                 ready = sel.select(wait)
                 if not ready:
-                    raise TimeoutError("no reply from %s:%s within %s s"
-                                       % (self.host, self.port, wait))
+                    raise TimeoutError(_c.no_reply_message(self.host, self.port, wait))
                 for _key, mask in ready:
                     if mask & selectors.EVENT_READ:
                         self._recv()
@@ -675,6 +674,12 @@ class Client:
                 _c.place_in_stream(e, offset)
                 raise
             except ServerError as e:
+                # A RELOAD that lowered max_frame_bytes (and so max_events)
+                # makes a batch sized by the old limits FRAME_TOO_LARGE: the
+                # server closed the connection, nothing of the batch was
+                # accepted; learn the limits anew and send it again, split.
+                if e.code_name == "FRAME_TOO_LARGE" and len(batch) > 1 and self.hello().max_events < len(batch):
+                    continue
                 _c.place_in_stream(e, offset)
                 raise
             except (ConnectionError, TimeoutError, KeyboardInterrupt) as e:

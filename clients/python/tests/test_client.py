@@ -811,6 +811,32 @@ def test_server_timeout_is_a_timeout_error(start_server: Callable[..., Any]) -> 
         assert c.ping()
 
 
+def test_a_timeout_below_the_servers_wait_says_so(start_server: Callable[..., Any]) -> None:
+    """A client timeout shorter than the server's limits.wait_ms ends a
+    request the server holds (here a read waiting, as read-your-writes
+    has it, for the connection's 20,000 events to be learned by a slow
+    learner) before the server answers; the error says the server may hold
+    it that long (review finding, helper-91: it did not say why)."""
+    srv = start_server('[scorers]\nload = ["cf", "session-rnn"]\n')
+    events = [perennial.Event(u % 50 + 1, u % 300 + 1) for u in range(20000)]
+    with srv.client() as c:
+        c.feedback(events)
+        c.timeout = 0.5
+        with pytest.raises(TimeoutError) as e:
+            c.recommend(1, k=1)
+        said = str(e.value)
+        assert "within 0.5 s" in said and "limits.wait_ms" in said, said
+
+    async def main() -> None:
+        async with perennial.AsyncClient(*srv.address) as a:
+            await a.feedback(events)
+            a.timeout = 0.5
+            with pytest.raises(TimeoutError) as e:
+                await a.recommend(1, k=1)
+            assert "limits.wait_ms" in str(e.value), str(e.value)
+    asyncio.run(main())
+
+
 def test_connection_refused() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

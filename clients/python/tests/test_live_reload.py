@@ -145,6 +145,43 @@ def test_feedback_follows_a_lowered_max_events_after_reload(start_server) -> Non
 
 
 
+def test_feedback_follows_a_lowered_max_frame_bytes_after_reload(start_server) -> None:
+    """A RELOAD by someone else lowers max_frame_bytes (and so max_events):
+    a batch sized by the old limits is longer than a frame may be, which the
+    server refuses FRAME_TOO_LARGE and closes the connection (review
+    finding, helper-91: feedback() raised it, with nothing accepted, and the
+    client kept the old limits). Both clients learn the limits on a new
+    connection and send the list whole, in smaller batches."""
+    srv = start_server(BASE % ('"cf", "popularity"', "cf", "0.3"))
+    cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
+    host, port = srv.address
+    events = [perennial.Event(u % 50 + 1, u % 70 + 1) for u in range(5000)]
+    with perennial.Client(host, port) as c:
+        assert c.ping() and c.server_info.max_events == 10000
+        cfg.write_text(BASE % ('"cf", "popularity"', "cf", "0.3") + "[limits]\nmax_frame_bytes = 65536\nmax_events = 2000\n")
+        with perennial.Client(host, port) as admin:
+            admin.reload()
+        # 5,000 events are 145,012 bytes: one batch under the old limits.
+        ack = c.feedback(events)
+        assert ack.last_seq - ack.first_seq + 1 == 1000     # the last of 2,000, 2,000 and 1,000
+        assert c.server_info.max_events == 2000 and c.max_frame_bytes == 65536
+        assert c.stats()["events_accepted"] == 5000
+
+    async def main() -> None:
+        cfg.write_text(BASE % ('"cf", "popularity"', "cf", "0.3"))
+        async with perennial.AsyncClient(host, port) as a:
+            await a.reload()
+            assert a.server_info.max_events == 10000
+            cfg.write_text(BASE % ('"cf", "popularity"', "cf", "0.3") + "[limits]\nmax_frame_bytes = 65536\nmax_events = 2000\n")
+            with perennial.Client(host, port) as admin:
+                admin.reload()
+            ack = await a.feedback(events)
+            assert ack.last_seq - ack.first_seq + 1 == 1000
+            assert a.server_info.max_events == 2000
+            assert (await a.stats())["events_accepted"] == 10000
+    asyncio.run(main())
+
+
 def test_streamers_follow_a_lowered_max_events_after_reload(start_server, monkeypatch) -> None:
     """The same for the streamers (review finding: every batch of a
     streamer that learned the old limit was refused): the batches refused

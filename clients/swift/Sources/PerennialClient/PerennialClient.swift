@@ -164,6 +164,9 @@ public final class PerennialClient: @unchecked Sendable {
     private let abortLock = NSLock()
     private var liveFD: Int32 = -1
     private var running: CallState?
+    /// While `connect` opens the first connection (on `queue`): its
+    /// cancellation.
+    private var connectStop: ConnectStop?
 
     /// Connects (blocking) to a server and greets it with HELLO (`token`:
     /// the server's client token, if it asks for one), learning its limits;
@@ -175,8 +178,16 @@ public final class PerennialClient: @unchecked Sendable {
     /// until then the client assumes the default limits. Review finding,
     /// helper-73: without a HELLO the client sent a 5,000-event list as one
     /// frame over a server's lower max_frame_bytes, and was dropped.)
-    public init(host: String = "127.0.0.1", port: Int = 7878, timeout: Double = 10, recoveryWait: Double = 60,
-                token: String = "", clientName: String = "perennial-swift", greet: Bool = true, adminTimeout: Double = 600) throws {
+    public convenience init(host: String = "127.0.0.1", port: Int = 7878, timeout: Double = 10, recoveryWait: Double = 60,
+                            token: String = "", clientName: String = "perennial-swift", greet: Bool = true,
+                            adminTimeout: Double = 600) throws {
+        try self.init(host: host, port: port, timeout: timeout, recoveryWait: recoveryWait, token: token,
+                      clientName: clientName, greet: greet, adminTimeout: adminTimeout, stop: nil)
+    }
+
+    /// `init`, which `stop` (from `connect`'s cancellation) may end early.
+    private init(host: String, port: Int, timeout: Double, recoveryWait: Double, token: String, clientName: String,
+                 greet: Bool, adminTimeout: Double, stop: ConnectStop?) throws {
         guard timeout > 0 else { throw PerennialClientError.invalidArgument("timeout must be a positive number of seconds (.infinity: none), not \(timeout)") }
         guard adminTimeout > 0 else { throw PerennialClientError.invalidArgument("adminTimeout must be a positive number of seconds (.infinity: none), not \(adminTimeout)") }
         guard recoveryWait >= 0 else { throw PerennialClientError.invalidArgument("recoveryWait must be 0 or more seconds, not \(recoveryWait)") }
@@ -189,6 +200,10 @@ public final class PerennialClient: @unchecked Sendable {
         let admin = max(timeout, adminTimeout)
         self.adminTimeout = admin.isFinite && admin <= 86_400 * 366 ? admin : nil
         try queue.sync {
+            connectStop = stop
+            // (Once connected and greeted, a cancellation of `connect` no
+            // longer concerns this connection.)
+            defer { stop?.forget(); connectStop = nil }
             try connectNow(for: nil)
             if greet {
                 do {
@@ -206,18 +221,57 @@ public final class PerennialClient: @unchecked Sendable {
         }
     }
 
-    /// Connects without blocking the caller's thread (as `init`).
+    /// Connects without blocking the caller's thread (as `init`). A
+    /// cancelled task stops connecting (or waiting for the HELLO's reply)
+    /// within about 50 ms and throws `CancellationError` (review finding,
+    /// helper-91: it waited for its timeout).
     public static func connect(host: String = "127.0.0.1", port: Int = 7878, timeout: Double = 10,
                                recoveryWait: Double = 60, token: String = "", clientName: String = "perennial-swift",
                                greet: Bool = true, adminTimeout: Double = 600) async throws -> PerennialClient {
-        try await withCheckedThrowingContinuation { cont in
-            DispatchQueue.global().async {
-                cont.resume(with: Result {
-                    try PerennialClient(host: host, port: port, timeout: timeout, recoveryWait: recoveryWait, token: token,
-                                        clientName: clientName, greet: greet, adminTimeout: adminTimeout)
-                })
+        let stop = ConnectStop()
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { cont in
+                DispatchQueue.global().async {
+                    cont.resume(with: Result {
+                        do {
+                            return try PerennialClient(host: host, port: port, timeout: timeout, recoveryWait: recoveryWait,
+                                                       token: token, clientName: clientName, greet: greet,
+                                                       adminTimeout: adminTimeout, stop: stop)
+                        } catch {
+                            if stop.cancelled { throw CancellationError() }
+                            throw error
+                        }
+                    })
+                }
+            }
+        } onCancel: {
+            stop.cancel()
+        }
+    }
+
+    /// A `connect` that its task's cancellation may stop (any thread):
+    /// the descriptor being connected or greeted, shut down on cancellation
+    /// to wake a blocked read. The client clears it, under the lock, before
+    /// it closes that descriptor, so a reused number is never shut.
+    private final class ConnectStop: @unchecked Sendable {
+        private let lock = NSLock()
+        private var fd: Int32 = -1
+        private var isCancelled = false
+        var cancelled: Bool { lock.withLock { isCancelled } }
+        func cancel() {
+            lock.withLock {
+                isCancelled = true
+                if fd >= 0 { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
             }
         }
+        /// The descriptor now being connected (-1: none).
+        func opening(_ s: Int32) {
+            lock.withLock {
+                fd = s
+                if isCancelled && s >= 0 { _ = Glibc.shutdown(s, Int32(SHUT_RDWR)) }
+            }
+        }
+        func forget() { lock.withLock { fd = -1 } }
     }
 
     /// Closes the connection at once: a call in flight (connecting,
@@ -346,9 +400,11 @@ public final class PerennialClient: @unchecked Sendable {
 
     /// Opens a connection; `call` (nil at init) may be stopped meanwhile.
     private func connectNow(for call: CallState?) throws {
+        let stop = connectStop
         let s = try BlockingSocket(host: host, port: port, timeout: timeout, opening: { [self] fd in
             abortLock.withLock { liveFD = fd }
-        }, stopped: { call?.abortReason })
+            stop?.opening(fd)
+        }, stopped: { call?.abortReason ?? (stop?.cancelled == true ? Self.cancelled : nil) })
         socket = s
         inbox.removeAll()
         answered = false
@@ -359,6 +415,7 @@ public final class PerennialClient: @unchecked Sendable {
         // (The shared copy goes first, under the lock: a close() from
         // another thread never shuts a number the system has reused.)
         abortLock.withLock { liveFD = -1 }
+        connectStop?.forget()
         if let s = socket { heardFirst = s.firstBytes }
         socket?.close()
         socket = nil
@@ -506,10 +563,15 @@ public final class PerennialClient: @unchecked Sendable {
                 do {
                     guard case .feedback(let a) = try await call(.feedback(Array(events[start..<end]))) else { throw unexpected() }
                     last = a
-                } catch let e as PerennialClientError where e.serverCode == .invalidArgument && end - start > 1 && !relearned {
+                } catch let e as PerennialClientError
+                            where (e.serverCode == .invalidArgument || e.serverCode == .frameTooLarge) && end - start > 1 && !relearned {
                     // The server's max_events is lower than this client knew (no
                     // HELLO yet, or a RELOAD lowered it): the batch was refused
                     // whole, so learn the limits with a HELLO and send it again.
+                    // (A RELOAD that lowered max_frame_bytes too makes such a
+                    // batch FRAME_TOO_LARGE, and the server closes the
+                    // connection: the HELLO goes on a new one. Review finding,
+                    // helper-91: that was thrown, nothing of the list accepted.)
                     relearned = true
                     let greeted = try await onQueue { [self] _ in greeting }
                     _ = try await hello(clientName: greeted?.clientName ?? "perennial-swift", token: greeted?.token ?? "")
@@ -715,7 +777,10 @@ public final class PerennialClient: @unchecked Sendable {
     /// `recoveryWait` seconds; then they are refused batches. (Later
     /// batches already in flight, at most `window - 1`, may be taken
     /// first if the replay ends meanwhile.) A broken connection throws at once,
-    /// saying how many events were acknowledged.
+    /// saying how many events were acknowledged. A cancelled task throws
+    /// `CancellationError`, as Swift's own calls do: `progress` has said how
+    /// many events were acknowledged (batches in flight may have been
+    /// accepted too; STATS events_accepted tells).
     public func stream(_ events: [WireEvent], batchSize: Int = 1000, window: Int = 8,
                        progress: (@Sendable (Int) -> Void)? = nil) async throws -> FeedbackAck? {
         guard batchSize >= 1, window >= 1 else {
