@@ -89,10 +89,16 @@ def raise_refusals(errors: "Deque[BaseException]") -> None:
     failed = list(errors)
     errors.clear()
     first = failed[0]
+    refused = [e for e in failed if isinstance(e, ServerError)]
     try:
-        first.refused_batches = [e for e in failed if isinstance(e, ServerError)]  # type: ignore[attr-defined]
+        first.refused_batches = refused  # type: ignore[attr-defined]
     except AttributeError:  # pragma: no cover
         pass
+    others = len(refused) - (1 if any(first is e for e in refused) else 0)
+    if others > 0 and first.args and isinstance(first.args[0], str) and "refused_batches" not in first.args[0]:
+        # (A log of str(e) would otherwise say nothing of the others: review
+        # finding, helper-94.)
+        first.args = (first.args[0] + " (and %d more batch(es) refused: see refused_batches)" % others,) + first.args[1:]
     raise first
 
 

@@ -728,6 +728,16 @@ class AsyncFeedbackStreamer:
                                                            asyncio.get_running_loop().time())
         else:
             _c.note_stream_failure(result, offset, len(batch), self._errors, self.refused, self.unacknowledged)
+            if not isinstance(result, ServerError):
+                # A broken connection settles every batch still in flight on
+                # it with the same error: all are collected now, so that the
+                # error is raised once, naming them all, as the blocking
+                # streamer raises it (review finding, helper-94: collected one
+                # by one, it was raised again by each later call, its
+                # unacknowledged_batches growing after it was caught).
+                while self._inflight and self._inflight[0][0].done() and self._inflight[0][0].result() is result:
+                    _fut, later, cut = self._inflight.popleft()
+                    _c.note_stream_failure(result, later, len(cut), self._errors, self.refused, self.unacknowledged)
 
     def _size(self) -> int:
         return min(self.batch_size, self._client.max_events)

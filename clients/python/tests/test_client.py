@@ -1051,6 +1051,9 @@ def test_async_streamer_reports_every_refused_batch(server: Address) -> None:
             assert [e.batch_offset for e in info.value.refused_batches] == [0, 10, 20]  # type: ignore[attr-defined]
             assert [e.batch_offset for e in s.refused] == [0, 10, 20]
             assert s.acked_events == 10
+            # Its message says there are others (review finding, helper-94:
+            # a log of str(e) named the first alone).
+            assert "and 2 more batch(es) refused: see refused_batches" in str(info.value), str(info.value)
 
     asyncio.run(main())
 
@@ -1397,6 +1400,44 @@ def test_async_streamer_on_a_stalled_server_fails_in_one_timeout(start_server: C
             srv.proc.send_signal(signal.SIGCONT)
         assert len(s.unacknowledged) == 6 and raised.value.unacknowledged_batches == s.unacknowledged
         assert took < 6 * 0.5
+        await c.close()
+    asyncio.run(run())
+
+
+def test_async_streamer_raises_a_broken_connection_once(start_server: Callable[..., Any]) -> None:
+    """Review finding (helper-94): after a crash and restart, the batches in
+    flight on the dead connection were collected one at a time, so later
+    calls raised the same ConnectionError again (a caller who sent its
+    unacknowledged_batches again each time sent the first ones three times),
+    and the list grew after it was caught. Now it is raised once, naming
+    every batch it cut off, as the blocking streamer does."""
+    srv = start_server()
+    events = [perennial.Event(1 + i % 300, 1 + (i * 13) % 900) for i in range(12000)]
+
+    async def run() -> None:
+        c = await perennial.AsyncClient.connect(srv.host, srv.port)
+        s = c.streamer(window=8, batch_size=500)
+        srv.proc.send_signal(signal.SIGSTOP)
+        await s.send_many(events[:2000])        # 4 batches in flight, unanswered
+        srv.kill()
+        srv.start_again()
+        caught = []
+        for i in range(2000, 12000, 1000):
+            try:
+                await s.send_many(events[i:i + 1000])
+            except perennial.ConnectionError as e:
+                caught.append((e, list(e.unacknowledged_batches)))
+        await s.flush()
+        assert len(caught) == 1, [(id(e), cut) for e, cut in caught]
+        error, cut_when_caught = caught[0]
+        # (The next batch may have been written before the client read
+        # the reset: its outcome is as unknown, and it is named too.)
+        assert cut_when_caught[:4] == [(0, 500), (500, 500), (1000, 500), (1500, 500)], cut_when_caught
+        assert cut_when_caught[4:] in ([], [(2000, 500)]), cut_when_caught
+        assert list(error.unacknowledged_batches) == cut_when_caught     # unchanged since
+        assert s.unacknowledged == cut_when_caught
+        unknown = sum(n for _, n in cut_when_caught)
+        assert s.acked_events == 12000 - unknown and (await c.stats())["events_accepted"] == s.acked_events
         await c.close()
     asyncio.run(run())
 
