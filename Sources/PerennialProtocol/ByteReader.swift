@@ -83,7 +83,7 @@ public struct ByteReader {
     public mutating func ids16(_ what: StaticString, limit: Int) throws(ProtocolError) -> [UInt64] {
         let n = Int(try u16(what))
         if n > limit {
-            throw ProtocolError(.invalidArgument, "\(what): \(n) ids, limit is \(limit)")
+            throw ProtocolError(.invalidArgument, "\(what): \(n) ids, limit is \(limit) (the server's limits.max_items)")
         }
         try need(n * 8, what)
         var ids = [UInt64]()

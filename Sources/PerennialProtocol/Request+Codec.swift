@@ -30,7 +30,7 @@ extension Request {
             try ProtocolID.check(user, "user")
             let k = try r.u16("k")
             if k == 0 || Int(k) > limits.maxItems {
-                throw ProtocolError(.invalidArgument, "k = \(k) is outside 1...\(limits.maxItems)")
+                throw ProtocolError(.invalidArgument, "k = \(k) is outside 1...\(limits.maxItems) (the server's limits.max_items)")
             }
             var q = RecommendRequest(user: user, k: k)
             q.minAppliedSeq = try r.u64("min_applied_seq")
@@ -64,7 +64,7 @@ extension Request {
             let text = try r.str32("text")
             let n = Int(try r.u16("attributes"))
             if n > limits.maxItems {
-                throw ProtocolError(.invalidArgument, "attributes: \(n), limit is \(limits.maxItems)")
+                throw ProtocolError(.invalidArgument, "attributes: \(n), limit is \(limits.maxItems) (the server's limits.max_items)")
             }
             var attributes: [ItemAttribute] = []
             for _ in 0..<n {

@@ -231,11 +231,21 @@ def warn_if_unsent(streamer: Any) -> None:
                                                                    streamer._recovering) for _, batch, _ in lst)
     except Exception:  # pragma: no cover - a half-built streamer, interpreter shutdown
         return
-    if unsent:
-        warnings.warn("%s dropped with %d events never sent: flush() it (or use it in %s block) before "
-                      "letting it go" % (type(streamer).__name__, unsent,
-                                         "an async with" if type(streamer).__name__.startswith("Async") else "a with"),
-                      RuntimeWarning, stacklevel=3)
+    if not unsent:
+        return
+    left_by = getattr(streamer, "_left_by", None)
+    if left_by is not None:
+        # (Its with block was left by an error, and the flush there failed
+        # or was not tried: "use it in a with block" would point the wrong
+        # way. Review finding, helper-94.)
+        warnings.warn("%s dropped with %d events never sent: its with block was left by %s before they could "
+                      "be sent; call flush() on it again (once the server answers) before letting it go"
+                      % (type(streamer).__name__, unsent, left_by), RuntimeWarning, stacklevel=3)
+        return
+    warnings.warn("%s dropped with %d events never sent: flush() it (or use it in %s block) before "
+                  "letting it go" % (type(streamer).__name__, unsent,
+                                     "an async with" if type(streamer).__name__.startswith("Async") else "a with"),
+                  RuntimeWarning, stacklevel=3)
 
 
 def mark_stream_refusal(e: BaseException, offset: int, n: int) -> None:
@@ -311,6 +321,12 @@ def checked_seconds(v: Optional[float], what: str, *, zero: bool = False) -> Opt
         raise ValueError("%s = %r: it must be a finite number of seconds %s, or None for no limit"
                          % (what, v, "of at least 0" if zero else "above 0"))
     return f
+
+
+def _shown(v: Any) -> str:
+    """``v`` as an error message quotes it: its repr, cut to 40 characters."""
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
 
 
 def checked_text(v: str, what: str, most: Optional[int] = None) -> str:
@@ -436,7 +452,11 @@ def upsert_item(item: int, item_text: str, attributes: Attributes = None) -> Com
             if isinstance(a, (str, bytes)) or not isinstance(a, abc.Sequence) or len(a) != 2:
                 raise TypeError("attributes must hold (key, value) pairs, not %r" % (a,))
             attrs.append((a[0], a[1]))
-    attrs = [(checked_text(k, "attribute key"), checked_text(v, "attribute %r" % (k,))) for k, v in attrs]
+    # (The wire holds each key and value in at most 65,535 bytes; said so,
+    # naming the key, rather than as an encoder's length error: review
+    # finding, helper-94.)
+    attrs = [(checked_text(k, "attribute key %s" % _shown(k), 0xFFFF), checked_text(v, "attribute %s" % _shown(k), 0xFFFF))
+             for k, v in attrs]
     body = encode_payload(Opcode.UPSERT_ITEM, False, {
         "item": _user(item, "item"), "text": checked_text(item_text, "text"), "attributes": attrs})
 

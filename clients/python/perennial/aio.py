@@ -525,7 +525,13 @@ class AsyncClient:
         evs = _c.normalize_events(events)
         if not evs:
             raise ValueError("feedback() needs at least one event")
-        await self._ensure_connected()  # learn max_events first
+        try:
+            await self._ensure_connected()  # learn max_events first
+        except PerennialError as e:
+            # (Nothing sent: none accepted, as a caller reading how far the
+            # call got expects; it was None: review finding, helper-94.)
+            e.accepted_events = 0  # type: ignore[attr-defined]
+            raise
         ack: Optional[FeedbackAck] = None
         offset = 0
         while offset < len(evs):
@@ -693,6 +699,9 @@ class AsyncFeedbackStreamer:
         self.sent_events = 0
         self.acked_events = 0
         self.last_ack: Optional[FeedbackAck] = None
+        # The error that left its with block, if one did (said by the
+        # warning when it is dropped with events unsent).
+        self._left_by: Optional[str] = None
 
     @property
     def pending_batches(self) -> int:
@@ -854,6 +863,8 @@ class AsyncFeedbackStreamer:
         return self
 
     async def __aexit__(self, exc_type: Optional[Type[BaseException]], *rest: Any) -> None:
+        if exc_type is not None:
+            self._left_by = exc_type.__name__
         if exc_type is None:
             await self.flush()
         elif issubclass(exc_type, asyncio.CancelledError):

@@ -659,7 +659,13 @@ class Client:
         evs = _c.normalize_events(events)
         if not evs:
             raise ValueError("feedback() needs at least one event")
-        self._ensure_connected()  # learn max_events first
+        try:
+            self._ensure_connected()  # learn max_events first
+        except PerennialError as e:
+            # (Nothing sent: none accepted, as a caller reading how far the
+            # call got expects; it was None: review finding, helper-94.)
+            e.accepted_events = 0  # type: ignore[attr-defined]
+            raise
         ack: Optional[FeedbackAck] = None
         offset = 0
         while offset < len(evs):
@@ -947,6 +953,9 @@ class FeedbackStreamer:
         self.sent_events = 0
         self.acked_events = 0
         self.last_ack: Optional[FeedbackAck] = None
+        # The error that left its with block, if one did (said by the
+        # warning when it is dropped with events unsent).
+        self._left_by: Optional[str] = None
 
     @property
     def pending_batches(self) -> int:
@@ -1169,6 +1178,7 @@ class FeedbackStreamer:
         if exc_type is None:
             self.flush()
             return
+        self._left_by = exc_type.__name__
         # Ctrl-C: no flush, which on a stalled server waited out a reply
         # timeout before the interrupt got through (forever with
         # timeout=None; review finding, helper-47). What is buffered or in

@@ -837,6 +837,15 @@ def test_a_timeout_below_the_servers_wait_says_so(start_server: Callable[..., An
     asyncio.run(main())
 
 
+def test_a_limit_refusal_names_the_setting(server: Address) -> None:
+    """A request over max_items said "k = 1001 is outside 1...1000" without
+    naming the setting a user raises (review finding, helper-94)."""
+    with perennial.Client(*server) as c:
+        for call in (lambda: c.recommend(1, k=1001), lambda: c.recommend(1, k=5, exclude=range(1, 1002))):
+            with pytest.raises(perennial.InvalidArgument, match=r"limits\.max_items"):
+                call()
+
+
 def test_connection_refused() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -474,6 +474,51 @@ def test_timeouts_of_other_number_types_are_taken() -> None:
     assert perennial.Client(timeout=np.int64(5), admin_timeout=np.float32(30)).timeout == 5.0
 
 
+def test_a_streamer_left_by_an_error_says_so_when_dropped() -> None:
+    """A streamer whose with block an error left, its flush there failing
+    too (here: nothing listens), warned "use it in a with block" when it
+    was dropped, though it was in one (review finding, helper-94). Now the
+    warning names the error and says to flush it again."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    s = perennial.Client("127.0.0.1", port, timeout=1).streamer(batch_size=100)
+    with pytest.raises(RuntimeError):
+        with s:
+            s.send_many([perennial.Event(1, 2)] * 50)
+            raise RuntimeError("the caller's own")
+    with pytest.warns(RuntimeWarning, match="50 events never sent: its with block was left by RuntimeError"):
+        del s
+
+
+def test_a_feedback_that_sent_nothing_says_none_was_accepted() -> None:
+    """feedback() failing before anything was sent (no server) gave
+    accepted_events None; it is 0 (review finding, helper-94)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(perennial.ConnectionError) as e:
+        perennial.Client("127.0.0.1", port, timeout=1).feedback([perennial.Event(1, 2)])
+    assert e.value.accepted_events == 0  # type: ignore[attr-defined]
+
+    async def main() -> None:
+        with pytest.raises(perennial.ConnectionError) as e:
+            await perennial.AsyncClient("127.0.0.1", port, timeout=1).feedback([perennial.Event(1, 2)])
+        assert e.value.accepted_events == 0  # type: ignore[attr-defined]
+    asyncio.run(main())
+
+
+def test_an_attribute_too_long_for_the_wire_is_named() -> None:
+    """An attribute key or value over the wire's 65,535 bytes said "attribute
+    key length must be an integer from 0 to 65535, not 70000" (review
+    finding, helper-94); now it names the attribute and its size."""
+    c = perennial.Client()
+    with pytest.raises(ValueError, match=r"attribute key 'kkk.*\.\.\. is 70000 bytes \(UTF-8\); at most 65535"):
+        c.upsert_item(5, "x", {"k" * 70000: "v"})
+    with pytest.raises(ValueError, match=r"attribute 'colour' is 70000 bytes \(UTF-8\); at most 65535"):
+        c.upsert_item(5, "x", {"colour": "v" * 70000})
+
+
 def test_a_streamer_dropped_with_events_never_sent_says_so() -> None:
     """Events buffered and never sent were dropped silently (review finding,
     helper-71); a flushed streamer, or one with nothing buffered, warns of
