@@ -875,7 +875,12 @@ final class RequestHandler {
         // this is that write. Once one was refused, every later write of
         // the connection is refused for the rest of the replay, so its
         // batches stay in order.)
-        if state.recoveryWaitDeadline != 0 && MonotonicClock.nowMillis() >= state.recoveryWaitDeadline { throw recoveringError() }
+        if state.recoveryWaitDeadline != 0 && MonotonicClock.nowMillis() >= state.recoveryWaitDeadline {
+            // (Said first: the general message's "FEEDBACK accepted
+            // meanwhile" read as if this one should have been: review
+            // finding, helper-94.)
+            throw recoveringError(because: "this connection had a write refused RECOVERING during this replay, so its later writes, this FEEDBACK too, are refused until the replay ends (they stay in order after it)")
+        }
         try resolveIncoming(events)
         let roomy = r.acceptedTotal + events.count <= replayBudget(r)
         let projected = r.ids.projected(with: events, model: model)
@@ -949,13 +954,13 @@ final class RequestHandler {
 
     /// The refusal of a write while the log is replayed; `detail` is the
     /// replay's estimated milliseconds left (0: not known yet).
-    private func recoveringError() -> ProtocolError {
+    private func recoveringError(because reason: String? = nil) -> ProtocolError {
         guard let r = recovery else {
             return ProtocolError(.recovering, "replaying the log failed and the server is stopping (see its log); nothing of this request was accepted")
         }
         let left = r.estimatedMillisLeft
         let done = r.totalEvents == 0 ? 100 : 100 * r.replayedEvents / r.totalEvents
-        return ProtocolError(.recovering, "the server is replaying its log after a restart (at sequence \(model.appliedSeq) of \(r.targetSeq), \(done)% done\(left.map { ", about \($0) ms left" } ?? "")); reads are answered and FEEDBACK accepted meanwhile, up to \(replayBudget(r)) events in all (what the learner's queue would hold: learner.queue_capacity, max_lag_seconds) and within the id bounds; other writes, and FEEDBACK past that, wait for the end: a connection's first up to limits.wait_ms = \(config.limits.waitMs) ms, later ones not. This one was not accepted: send it again (STATS recovering = 0 once the replay is done)",
+        return ProtocolError(.recovering, "\(reason.map { "\($0). " } ?? "")the server is replaying its log after a restart (at sequence \(model.appliedSeq) of \(r.targetSeq), \(done)% done\(left.map { ", about \($0) ms left" } ?? "")); reads are answered and FEEDBACK accepted meanwhile, up to \(replayBudget(r)) events in all (what the learner's queue would hold: learner.queue_capacity, max_lag_seconds) and within the id bounds; other writes, and FEEDBACK past that, wait for the end: a connection's first up to limits.wait_ms = \(config.limits.waitMs) ms, later ones not. This one was not accepted: send it again (STATS recovering = 0 once the replay is done)",
                              detail: UInt32(min(left ?? 0, UInt64(UInt32.max))))
     }
 

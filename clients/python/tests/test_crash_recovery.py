@@ -612,6 +612,15 @@ def test_feedback_streamers_send_batches_refused_recovering_again(start_server) 
             s.flush()
         assert refused.value.batch_offset == 200 and refused.value.batch_events == 100
         assert s.acked_events == 200
+        # The connection's later writes are refused for the rest of the
+        # replay, and the refusal says so first (review finding, helper-94:
+        # its message began with FEEDBACK being accepted meanwhile).
+        try:
+            c.feedback([stream[0]])
+        except perennial.Recovering as e:
+            assert e.message.startswith("this connection had a write refused RECOVERING during this replay"), e.message
+        else:
+            assert c.stats()["recovering"] == 0     # (only when the replay ended meanwhile)
 
 
 @pytest.mark.skipif(not DATA.exists(), reason="needs ../shared/data/ml-latest-small")
