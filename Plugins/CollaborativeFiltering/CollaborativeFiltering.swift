@@ -191,6 +191,12 @@ public final class CollaborativeFilteringScorer: Scorer {
     /// they leave every user's recent items, the co-occurrence counts and
     /// the negative sampler.
     public func forget(items retired: RetiredItems) {
+        forgetLater(items: retired)?.run()
+    }
+
+    /// All but the co-occurrence purge, which visits every item's table,
+    /// now; that, returned for the learner.
+    public func forgetLater(items retired: RetiredItems) -> LearnerJob? {
         for i in retired.indices.map(Int.init) {
             context.row(i).update(repeating: 0, count: d)
             contextAdagrad[i] = 0
@@ -199,13 +205,14 @@ public final class CollaborativeFilteringScorer: Scorer {
             refreshPopularityDivisor(i)
             initialiseRatingItem(i)
         }
-        neighbourhood.forget(retired)
         popular.rebuild(items: learnedItems, count: plainCount)
         retired.remove(from: &recent)
         // The sampler, oldest first, without them (it fills up again from
         // its end; once full, the oldest is replaced first, as before).
         sampler = Array(sampler[samplerNext...] + sampler[..<samplerNext]).filter { !retired.contains($0) }
         samplerNext = 0
+        let counts = neighbourhood
+        return LearnerJob { counts.forget(retired) }
     }
 
     /// A step's context-row gradient for the k-th latest item is

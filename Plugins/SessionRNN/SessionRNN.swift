@@ -158,9 +158,16 @@ public final class SessionRNNScorer: Scorer {
     /// Expired items: their biases start again, and they leave every
     /// user's sequence and the transition counts.
     public func forget(items retired: RetiredItems) {
+        forgetLater(items: retired)?.run()
+    }
+
+    /// All but the transition-count purge, which visits every item's
+    /// table, now; that, returned for the learner.
+    public func forgetLater(items retired: RetiredItems) -> LearnerJob? {
         for i in retired.indices { itemBias.row(Int(i)).update(repeating: 0, count: 2) }
-        transitions.forget(retired)
         retired.remove(from: &recent)
+        let counts = transitions
+        return LearnerJob { counts.forget(retired) }
     }
 
     public func learn(_ e: LearnEvent) {

@@ -461,7 +461,9 @@ final class RequestHandler {
     /// FEEDBACK waits too).
     private func parkUntilLearnerIdle(_ owner: ObjectIdentifier) -> FrameOutcome? {
         if snapshots.serialising { return .waitForQueueRoom }
-        if model.appliedSeq < model.lastSeq {
+        if !model.learnerIdle {
+            // (Also while a purge a deletion handed the learner still runs:
+            // the learner's progress wakes the connection when it ends.)
             idleWaiters.insert(owner)
             return .waitForApplied(seq: model.lastSeq, deadline: .max)
         }
@@ -513,7 +515,7 @@ final class RequestHandler {
         guard let next = model.nextItemSweep, let first = batch.first else { return false }
         let now = MonotonicClock.nowMillis()
         if first.timestamp >= next {
-            guard model.appliedSeq < model.lastSeq else { return false }
+            guard !model.learnerIdle else { return false }
             if sweepWait?.sweep != next {
                 // (A sweep that will forget nothing does not wait.)
                 let needed = model.itemSweepWouldForget(at: first.timestamp)

@@ -166,6 +166,14 @@ public final class Server: Sendable {
             // estimate, so the queue allowance and the recovery estimate are
             // right from the start rather than after the first chunk.)
             if let cost = state.withLock({ $0.replayCost }) { learner.seedCost(nanos: cost.nanos, events: cost.events) }
+            // Forgetting items (DELETE_ITEMS, expiry) hands the scorers'
+            // table purges to the learner from now on, rather than hold
+            // every connection while they run (review finding: 0.19-0.33 s
+            // at a million items). During the replay they ran at once.
+            // (Weak: the learner holds the model.)
+            model.learnerJobs = { [weak learner] job in
+                if let learner { learner.enqueue(job) } else { job.run() }
+            }
             learner.start()
             // Recovery replays the log whatever the bounds; a lowered bound
             // only stops new ids from now on.

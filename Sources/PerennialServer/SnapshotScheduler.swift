@@ -348,6 +348,10 @@ final class SnapshotScheduler {
             return wasHolding || collected
         }
         guard model.appliedSeq < model.lastSeq else {
+            // (Every event applied, but a purge handed to the learner still
+            // runs: the snapshot starts in the loop turn after it ends,
+            // which the learner's progress wakes.)
+            guard model.learnerIdle else { return collected }
             draining = false
             taper = nil
             return startSnapshotInFlight() || collected
@@ -443,7 +447,7 @@ final class SnapshotScheduler {
     /// recorded and the waiting requests are answered with it).
     @discardableResult
     private func startSnapshotInFlight() -> Bool {
-        precondition(inFlight == nil && model.appliedSeq == model.lastSeq)
+        precondition(inFlight == nil && model.learnerIdle)
         let tickets = (from: snapshotTicketsStarted, to: snapshotTicketsIssued)
         reloadSnapshotWanted = false
         reloadRetryAtNs = .max
@@ -516,7 +520,7 @@ final class SnapshotScheduler {
     /// Returns the job, when it started, and how long the loop spent (ms).
     private func prepareSnapshot(note: [String: Any], distinct: Bool) throws -> (SnapshotJob, UInt64, Double) {
         let t0 = MonotonicClock.nowNanos()
-        while model.appliedSeq < model.lastSeq { usleep(50) }
+        while !model.learnerIdle { usleep(50) }
         let seq = model.lastSeq
         let segment = try log.rollSegment()
         // The snapshot is a model version: its description (its size is

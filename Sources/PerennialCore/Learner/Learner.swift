@@ -4,9 +4,13 @@
 // reading that connection until `onProgress` reports room: backpressure,
 // never a drop.
 //
+// It also runs the jobs forgetting items hands it (LearnerJob: the scorers'
+// table purges), each before any event queued after it.
+//
 // Threading invariant (why this is `@unchecked Sendable`): `ring`, `head`,
-// `count` and `stopping` are read and written only with `mutex` held; the
-// model is touched by this thread only through `Model.learn`.
+// `count`, `jobs` and `stopping` are read and written only with `mutex`
+// held; the model is touched by this thread only through `Model.learn` and
+// those jobs.
 
 import Foundation
 import Synchronization
@@ -17,6 +21,7 @@ public final class Learner: @unchecked Sendable {
     private var ring: [LearnEvent]
     private var head = 0
     private var count = 0
+    private var jobs: [LearnerJob] = []
     private var stopping = false
     /// Allocated, not stored properties: a pthread mutex or condition must
     /// not move, and `&property` is not promised to pass the property's
@@ -24,6 +29,8 @@ public final class Learner: @unchecked Sendable {
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private var thread: Thread?
+    /// Set (under `mutex`) when the thread has done its last job and event.
+    private var finishedRunning = false
     private let finished = DispatchSemaphore(value: 0)
     /// Called on the learner thread after each applied chunk, with the
     /// applied sequence. Must be cheap and thread-safe (the server wakes its
@@ -115,6 +122,23 @@ public final class Learner: @unchecked Sendable {
         return true
     }
 
+    /// Runs `job` on the learner thread before any event queued after it
+    /// (with none queued now: the model hands jobs over with the learner
+    /// idle). Before the thread starts, or once it has stopped, the job runs
+    /// here and now: no other thread learns then. Never refused, even while
+    /// stopping (the thread does every job before it ends).
+    public func enqueue(_ job: LearnerJob) {
+        pthread_mutex_lock(mutex)
+        guard thread != nil, !finishedRunning else {
+            pthread_mutex_unlock(mutex)
+            job.run()
+            return
+        }
+        jobs.append(job)
+        pthread_cond_signal(wake)
+        pthread_mutex_unlock(mutex)
+    }
+
     /// Whether a batch of `n` events would fit now, in a queue held to
     /// `allowance` events (at most the capacity).
     public func hasRoom(for n: Int, within allowance: Int? = nil) -> Bool {
@@ -144,8 +168,19 @@ public final class Learner: @unchecked Sendable {
         local.reserveCapacity(chunkSize)
         while true {
             pthread_mutex_lock(mutex)
-            while count == 0 && !stopping { pthread_cond_wait(wake, mutex) }
+            while count == 0 && jobs.isEmpty && !stopping { pthread_cond_wait(wake, mutex) }
+            if !jobs.isEmpty {
+                // (Jobs first: each was handed over with no event queued,
+                // so any queued now came after it.)
+                let due = jobs
+                jobs.removeAll()
+                pthread_mutex_unlock(mutex)
+                for job in due { job.run() }
+                onProgress(model.appliedSeq)
+                continue
+            }
             if count == 0 && stopping {
+                finishedRunning = true
                 pthread_mutex_unlock(mutex)
                 break
             }

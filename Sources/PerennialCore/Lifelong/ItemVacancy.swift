@@ -75,6 +75,8 @@ public struct RetiredItems {
     public func contains(_ i: Int32) -> Bool { Int(i) < member.count && i >= 0 && member[Int(i)] }
 
     public var isEmpty: Bool { indices.isEmpty }
+    /// The items there were when these were retired (indices below it).
+    public var itemCount: Int { member.count }
 
     /// Removes them from every list (users' histories, recent items);
     /// returns how many entries went.

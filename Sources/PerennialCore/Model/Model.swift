@@ -358,7 +358,7 @@ public final class Model: @unchecked Sendable {
             Log.debug("item expiry: a sweep at \(now) forgot \(idle.count) items: \((drained - started) / 1000) µs waiting for the learner, \((end - drained) / 1000) µs forgetting")
         }
         guard !idle.isEmpty else { return }
-        while appliedSeq < lastSeq { usleep(50) }
+        while !learnerIdle { usleep(50) }
         drained = MonotonicClock.nowNanos()
         forget(items: idle)
     }
@@ -384,7 +384,7 @@ public final class Model: @unchecked Sendable {
         rememberDeleted(items: remembered)
         let held = heldIndices(ids, in: items)
         guard !held.isEmpty else { return 0 }
-        precondition(appliedSeq == lastSeq, "ids are forgotten with the learner idle")
+        precondition(learnerIdle, "ids are forgotten with the learner idle")
         forget(items: held)
         return held.count
     }
@@ -410,7 +410,7 @@ public final class Model: @unchecked Sendable {
         for id in ids { lifecycle.admission.forgetSightings(of: id); pendingUserItems.take(id) }
         let held = heldIndices(ids, in: users)
         guard !held.isEmpty else { return 0 }
-        precondition(appliedSeq == lastSeq, "ids are forgotten with the learner idle")
+        precondition(learnerIdle, "ids are forgotten with the learner idle")
         for u in held {
             // A new generation, already learned: the next user of the
             // index starts from the reset below, not from another one.
@@ -457,7 +457,18 @@ public final class Model: @unchecked Sendable {
         pendingUserItems.remove(items: Set(idle.map { items.id(at: $0) }))
         replayBuffer.remove(retired)
         replayHeld.store(UInt64(replayBuffer.events.count), ordering: .relaxed)
-        for s in scorers { s.forget(items: retired) }
+        let purges = scorers.compactMap { $0.forgetLater(items: retired) }
+        if !purges.isEmpty {
+            if let learnerJobs {
+                jobsPending.add(1, ordering: .relaxed)
+                learnerJobs(LearnerJob { [self] in
+                    for p in purges { p.run() }
+                    jobsPending.subtract(1, ordering: .releasing)
+                })
+            } else {
+                for p in purges { p.run() }
+            }
+        }
         if let f = fallbackItem, idle.contains(f) { fallbackItem = nil }
         for i in idle {
             itemLifecycle.reset(i)
@@ -559,7 +570,7 @@ public final class Model: @unchecked Sendable {
     /// position up to `seq` stay in the log but are not learned; numbering
     /// continues after them. (Start-up only, before the learner runs.)
     public func skip(to seq: UInt64) {
-        precondition(seq >= lastSeq && appliedSeq == lastSeq)
+        precondition(seq >= lastSeq && learnerIdle)
         lastSeq = seq
         applied.store(seq, ordering: .releasing)
     }
@@ -585,7 +596,7 @@ public final class Model: @unchecked Sendable {
     /// next event; a dropped one is removed. The shared table is untouched.
     /// All or nothing: on error the old scorers stay. Returns what changed.
     public func reconfigure(_ config: PerennialConfig) throws -> Reconfiguration {
-        precondition(appliedSeq == lastSeq, "reconfigure needs an idle learner")
+        precondition(learnerIdle, "reconfigure needs an idle learner")
         let environment = ScorerEnvironment(table: table, vacancy: itemVacancy)
         var next: [any Scorer] = []
         var changes: [String] = []
@@ -912,6 +923,21 @@ public final class Model: @unchecked Sendable {
     }
 
     public var appliedSeq: UInt64 { applied.load(ordering: .acquiring) }
+
+    /// Where forgetting items sends the scorers' table purges (LearnerJob):
+    /// the running learner's queue, set by the server once it goes live.
+    /// nil (a replay, an evaluation, tests): they run at once. Admitting
+    /// thread only.
+    public var learnerJobs: ((LearnerJob) -> Void)?
+    /// Jobs handed to the learner and not yet done.
+    private let jobsPending = Atomic<Int>(0)
+
+    /// Whether the learner has applied every accepted event and done every
+    /// job it was handed: what a deletion, a RELOAD or a snapshot waits
+    /// for (each reads or changes what the learner writes).
+    public var learnerIdle: Bool {
+        appliedSeq == lastSeq && jobsPending.load(ordering: .acquiring) == 0
+    }
 
     /// The replay buffer's events (learner state: for tests, with the learner idle).
     var replayBufferEvents: [LearnEvent] { replayBuffer.events }

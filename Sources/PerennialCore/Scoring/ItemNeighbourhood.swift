@@ -114,7 +114,8 @@ public final class ItemNeighbourhood {
 
     /// Expired or deleted items: their own tables empty, and every count
     /// naming them dropped from the others' (their indices will name other
-    /// items). Visits every table, with the learner idle. A few items (a
+    /// items). Visits every table: on the learner thread (a LearnerJob), or
+    /// with the learner idle. A few items (a
     /// deletion) are looked up in each table by their hash, a cache line
     /// or two each; many (an expiry sweep) are found by reading each table
     /// whole. At a million items reading every table took 0.5 s, which held
@@ -122,6 +123,10 @@ public final class ItemNeighbourhood {
     /// 0.15 s. (Two threads, each searching half the tables, were no
     /// faster on this 2-core machine.) `lookingUp` forces one way (tests).
     public func forget(_ retired: RetiredItems, lookingUp: Bool? = nil) {
+        // (The items there were when these were retired: the tables added
+        // since cannot name them. Not `items`, which the admitting thread
+        // grows while the learner runs this: LearnerJob.)
+        let items = retired.itemCount
         for i in retired.indices where Int(i) < items {
             let row = slots.row(Int(i))
             for s in 0..<(2 * capacity) { row[s] = ItemNeighbourhood.empty }

@@ -141,6 +141,12 @@ public protocol Scorer: AnyObject {
     /// Negative sampling must also skip the indices `ItemVacancy` says are
     /// vacant.
     func forget(items: RetiredItems)
+    /// `forget(items:)` in two parts: what must be done now (here, as
+    /// there), and a purge of tables that merely name the items, returned
+    /// to run later on the learner thread (before any later event is
+    /// learned; LearnerJob), so a large one does not hold the serving
+    /// thread. The default does it all now.
+    func forgetLater(items: RetiredItems) -> LearnerJob?
     /// An item's text was stored or replaced (admitting thread, after
     /// `grow` made room for the item; also for every stored text when a
     /// model is restored or a scorer is added by a reload), at log position
@@ -202,6 +208,10 @@ extension Scorer {
         for i in queries.indices { recommend(queries[i], into: &tops[i]) }
     }
     public func replay(_ event: LearnEvent) {}
+    public func forgetLater(items: RetiredItems) -> LearnerJob? {
+        forget(items: items)
+        return nil
+    }
     public func adjusts(to settings: any ScorerSettings) -> Bool { false }
     public func retunes(to settings: any ScorerSettings) -> Bool { false }
     public func warmUp() {}
