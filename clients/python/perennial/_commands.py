@@ -32,13 +32,15 @@ class Command:
     writes_model: bool = False
 
 
-def no_reply_message(host: str, port: int, wait: Optional[float]) -> str:
-    """What a TimeoutError for a reply says: with a wait shorter than the
-    server's default ``limits.wait_ms``, that the server may hold a request
-    that long (review finding, helper-91: a timeout under it ended a write's
-    wait for a log replay with no word of why)."""
+def no_reply_message(host: str, port: int, wait: Optional[float], cmd: Optional[Command] = None) -> str:
+    """What a TimeoutError for the reply to ``cmd`` says: with a wait
+    shorter than the server's default ``limits.wait_ms``, that the server
+    may hold a request that long (review finding, helper-91: a timeout
+    under it ended a write's wait for a log replay with no word of why);
+    not of PING, HELLO or STATS, which it never holds."""
     message = "no reply from %s:%s within %s s" % (host, port, wait)
-    if wait is not None and wait < SERVER_DEFAULT_WAIT_S:
+    never_held = cmd is not None and cmd.opcode in (Opcode.PING, Opcode.HELLO, Opcode.STATS)
+    if wait is not None and wait < SERVER_DEFAULT_WAIT_S and not never_held:
         message += ("; the server may hold a request up to its limits.wait_ms (%g s by default) before it answers"
                     " (a write while it replays its log after a restart, a read until this connection's earlier"
                     " feedback is learned): keep the client's timeout above it" % SERVER_DEFAULT_WAIT_S)
@@ -98,7 +100,10 @@ def raise_refusals(errors: "Deque[BaseException]") -> None:
     if others > 0 and first.args and isinstance(first.args[0], str) and "refused_batches" not in first.args[0]:
         # (A log of str(e) would otherwise say nothing of the others: review
         # finding, helper-94.)
-        first.args = (first.args[0] + " (and %d more batch(es) refused: see refused_batches)" % others,) + first.args[1:]
+        said = " (%d other batch(es) of the stream refused too: see refused_batches)" % others
+        first.args = (first.args[0] + said,) + first.args[1:]
+        if isinstance(first, ServerError):
+            first.message += said
     raise first
 
 
@@ -160,6 +165,21 @@ def place_in_stream(e: ServerError, offset: int) -> None:
     e.message = ("in the batch of events from index %d (the %d events before it were accepted): %s"
                  % (offset, offset, e.message))
     e.args = ("%s (%d): %s" % (e.code_name, e.code, e.message),)
+
+
+def accepted_before(e: BaseException, offset: int) -> BaseException:
+    """A FEEDBACK list's call failed between batches (re-learning the
+    server's limits): ``accepted_events`` = offset, every batch before it
+    acknowledged and nothing of the next one sent or accepted.  A copy for
+    a shared connection error or timeout, as in :func:`mark_unacknowledged`
+    (raise it ``from e``)."""
+    if isinstance(e, (ConnectionError, TimeoutError)):
+        e = copy.copy(e)
+    try:
+        e.accepted_events = offset  # type: ignore[attr-defined]
+    except AttributeError:  # pragma: no cover - an exception without a __dict__
+        pass
+    return e
 
 
 def mark_unacknowledged(e: BaseException, offset: int, size: int) -> BaseException:

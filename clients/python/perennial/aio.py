@@ -435,7 +435,8 @@ class AsyncClient:
         done, _ = await asyncio.wait({fut}, timeout=wait)
         if fut in done:
             return fut.result()
-        error = TimeoutError(_c.no_reply_message(self.host, self.port, wait))
+        waited_for = next((cmd for _rid, cmd, f in conn.pending if f is fut), None) if conn is not None else None
+        error = TimeoutError(_c.no_reply_message(self.host, self.port, wait, waited_for))
         # No reply in time: the connection is given up, as the blocking
         # client gives it up, and its other unanswered requests fail with
         # this error at once. Kept open, a dead peer (a NAT or load balancer
@@ -540,7 +541,7 @@ class AsyncClient:
                 ack = await self._call(_c.feedback(batch))
             except InvalidArgument as e:
                 # (As Client.feedback: a RELOAD may have lowered max_events.)
-                if len(batch) > 1 and (await self.hello()).max_events < len(batch):
+                if len(batch) > 1 and await self._limit_below(len(batch), offset):
                     continue
                 _c.place_in_stream(e, offset)
                 raise
@@ -549,7 +550,7 @@ class AsyncClient:
                 # makes a batch sized by the old limits FRAME_TOO_LARGE: the
                 # server closed the connection, nothing of the batch was
                 # accepted; learn the limits anew and send it again, split.
-                if e.code_name == "FRAME_TOO_LARGE" and len(batch) > 1 and (await self.hello()).max_events < len(batch):
+                if e.code_name == "FRAME_TOO_LARGE" and len(batch) > 1 and await self._limit_below(len(batch), offset):
                     continue
                 _c.place_in_stream(e, offset)
                 raise
@@ -561,6 +562,16 @@ class AsyncClient:
             offset += len(batch)
         assert ack is not None
         return ack
+
+    async def _limit_below(self, size: int, offset: int) -> bool:
+        """As Client._limit_below."""
+        try:
+            return (await self.hello()).max_events < size
+        except PerennialError as e:
+            mine = _c.accepted_before(e, offset)
+            if mine is e:
+                raise
+            raise mine from e
 
     async def upsert_item(self, item: int, text: str,
                           attributes: Attributes = None) -> UpsertResult:

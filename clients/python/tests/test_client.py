@@ -1062,7 +1062,8 @@ def test_async_streamer_reports_every_refused_batch(server: Address) -> None:
             assert s.acked_events == 10
             # Its message says there are others (review finding, helper-94:
             # a log of str(e) named the first alone).
-            assert "and 2 more batch(es) refused: see refused_batches" in str(info.value), str(info.value)
+            said = "2 other batch(es) of the stream refused too: see refused_batches"
+            assert said in str(info.value) and said in info.value.message, str(info.value)
 
     asyncio.run(main())
 

@@ -508,6 +508,16 @@ def test_a_feedback_that_sent_nothing_says_none_was_accepted() -> None:
     asyncio.run(main())
 
 
+def test_the_timeout_hint_is_only_for_requests_the_server_may_hold() -> None:
+    """A reply timeout under the server's default limits.wait_ms says the
+    server may hold the request that long, but not of PING, HELLO or STATS,
+    which it never holds (review finding, helper-95)."""
+    from perennial import _commands as _c
+    assert "limits.wait_ms" in _c.no_reply_message("h", 1, 0.5, _c.recommend(1, 10))
+    assert "limits.wait_ms" not in _c.no_reply_message("h", 1, 0.5, _c.ping())
+    assert "limits.wait_ms" not in _c.no_reply_message("h", 1, 6.0, _c.recommend(1, 10))
+
+
 def test_an_attribute_too_long_for_the_wire_is_named() -> None:
     """An attribute key or value over the wire's 65,535 bytes said "attribute
     key length must be an integer from 0 to 65535, not 70000" (review

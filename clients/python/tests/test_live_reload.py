@@ -182,6 +182,27 @@ def test_feedback_follows_a_lowered_max_frame_bytes_after_reload(start_server) -
     asyncio.run(main())
 
 
+def test_feedback_says_what_was_accepted_when_relearning_fails(start_server, monkeypatch) -> None:
+    """The HELLO feedback() sends to learn a lowered limit failed with an
+    error that said nothing of how far the list got (review finding,
+    helper-95); it says accepted_events now."""
+    srv = start_server(BASE % ('"cf", "popularity"', "cf", "0.3"))
+    cfg = Path(os.path.dirname(srv.data_dir)) / "perennial.toml"
+    host, port = srv.address
+    with perennial.Client(host, port) as c:
+        assert c.ping()
+        cfg.write_text(BASE % ('"cf", "popularity"', "cf", "0.3") + "[limits]\nmax_events = 500\n")
+        with perennial.Client(host, port) as admin:
+            admin.reload()
+
+        def down() -> None:
+            raise perennial.ConnectionError("the server went away")
+        monkeypatch.setattr(c, "hello", down)
+        with pytest.raises(perennial.ConnectionError) as e:
+            c.feedback([perennial.Event(u % 50 + 1, u % 70 + 1) for u in range(1200)])
+        assert e.value.accepted_events == 0  # type: ignore[attr-defined]
+
+
 def test_streamers_follow_a_lowered_max_events_after_reload(start_server, monkeypatch) -> None:
     """The same for the streamers (review finding: every batch of a
     streamer that learned the old limit was refused): the batches refused

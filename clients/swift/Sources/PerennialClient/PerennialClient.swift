@@ -673,16 +673,30 @@ public final class PerennialClient: @unchecked Sendable {
 
     /// `call`, its reply waited for up to `wait` seconds (nil: no bound).
     private func call(_ request: Request, waiting wait: Double?) async throws -> Reply {
-        var replies = try await exchangeOnQueue([request], waiting: wait)
+        var replies = try await exchangeHinting(request, waiting: wait)
         let deadline = Date().addingTimeInterval(recoveryWait)
         while case .error(let e) = replies[0], e.code == .recovering, request.changesState, Date() < deadline {
             try await Task.sleep(nanoseconds: 50_000_000)
-            replies = try await exchangeOnQueue([request], waiting: wait)
+            replies = try await exchangeHinting(request, waiting: wait)
         }
         if case .error(let e) = replies[0] {
             throw PerennialClientError.server(code: e.code, rawCode: e.rawCode, detail: e.detail, message: e.message)
         }
         return replies[0]
+    }
+
+    /// One request's exchange; a timeout shorter than the server's default
+    /// limits.wait_ms, for a request the server may hold (not PING, HELLO
+    /// or STATS), says so.
+    private func exchangeHinting(_ request: Request, waiting wait: Double?) async throws -> [Reply] {
+        do {
+            return try await exchangeOnQueue([request], waiting: wait)
+        } catch PerennialClientError.timeout(let m) where (wait ?? .infinity) < 5 {
+            switch request {
+            case .ping, .hello, .stats: throw PerennialClientError.timeout(m)
+            default: throw PerennialClientError.timeout(m + BlockingSocket.belowServerWait)
+            }
+        }
     }
 
     /// Sends all requests in one write, reading replies meanwhile so the

@@ -131,9 +131,10 @@ final class BlockingSocket {
     }
 
     /// Said of a reply wait shorter than the server's default
-    /// limits.wait_ms (review finding, helper-91: a timeout under it ended
-    /// a write's wait for a log replay, and the error did not say why).
-    private static let belowServerWait = "; the server may hold a request up to its limits.wait_ms (5 s by default) before it answers (a write while it replays its log after a restart, a read until this connection's earlier feedback is learned): keep the client's timeout above it"
+    /// limits.wait_ms, for a request the server may hold (review finding,
+    /// helper-91: a timeout under it ended a write's wait for a log
+    /// replay, and the error did not say why).
+    static let belowServerWait = "; the server may hold a request up to its limits.wait_ms (5 s by default) before it answers (a write while it replays its log after a restart, a read until this connection's earlier feedback is learned): keep the client's timeout above it"
 
     /// A timeout (finite, positive) in poll's milliseconds: at least 1, at
     /// most Int32.max (24.8 days).
@@ -194,7 +195,7 @@ final class BlockingSocket {
             if n == 0 { throw .connection("the server closed the connection") }
             if errno == EINTR { continue }
             let e = errno
-            if e == EAGAIN || e == EWOULDBLOCK { throw .timeout("no reply from \(within)\(timeoutMs >= 0 && timeoutMs < 5000 ? Self.belowServerWait : "")") }
+            if e == EAGAIN || e == EWOULDBLOCK { throw .timeout("no reply from \(within)") }
             throw .connection("receive failed: \(String(cString: strerror(e)))")
         }
     }
