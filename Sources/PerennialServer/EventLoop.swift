@@ -418,7 +418,7 @@ final class EventLoop {
             pollSeenBytes = handler.stats.bytesIn
             pollUntilNs = now &+ pollNs
         }
-        if now < pollUntilNs && !stopping && handler.model.appliedSeq == handler.model.lastSeq {
+        if now < pollUntilNs && !stopping && handler.model.learnerIdle {
             uv_idle_start(pollIdle, loopIdle)
         } else {
             uv_idle_stop(pollIdle)

@@ -618,7 +618,10 @@ final class RequestHandler {
     /// any more) and stopped the learner; the reload runs before the stop's
     /// snapshot, which then holds its scorer set.
     func runWaitingHangup(stopping: Bool = false) -> Bool {
-        guard hangupWaiting, recovery == nil, !recoveryFailed, !snapshots.serialising, model.appliedSeq >= model.lastSeq,
+        // (learnerIdle: also no purge a deletion handed the learner still
+        // running, or reconfiguring would swap the scorers under it; review
+        // finding, helper-96: a SIGHUP then stopped the server.)
+        guard hangupWaiting, recovery == nil, !recoveryFailed, !snapshots.serialising, model.learnerIdle,
               stopping || !hasDeferred else { return false }
         hangupWaiting = false
         do {
@@ -690,7 +693,7 @@ final class RequestHandler {
     /// Takes a checked config (the learner idle, no snapshot thread
     /// reading the model); returns what changed.
     private func applyReload(_ next: PerennialConfig) throws -> [String] {
-        assert(model.appliedSeq >= model.lastSeq && !snapshots.serialising)
+        assert(model.learnerIdle && !snapshots.serialising)
         let reconfigured = try model.reconfigure(next)
         let changes = reconfigured.changes
         // What else changed, for the log line (operators read it to confirm).
@@ -1023,6 +1026,7 @@ final class RequestHandler {
             StatCounter("events_durable", log.durableSeq),
             StatCounter("events_applied", model.appliedSeq),
             StatCounter("learner_queue", UInt64(learner.queued)),
+            StatCounter("learner_jobs_pending", UInt64(model.learnerJobsPending)),
             StatCounter("learner_ns_per_event", UInt64(learner.nanosPerEvent ?? 0)),
             StatCounter("recovery_estimate_ms", UInt64(snapshots.recoveryEstimateNanos / 1e6)),
             StatCounter("learner_queue_capacity", UInt64(learner.capacity)),

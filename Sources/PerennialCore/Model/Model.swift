@@ -931,6 +931,8 @@ public final class Model: @unchecked Sendable {
     public var learnerJobs: ((LearnerJob) -> Void)?
     /// Jobs handed to the learner and not yet done.
     private let jobsPending = Atomic<Int>(0)
+    /// How many (STATS learner_jobs_pending).
+    public var learnerJobsPending: Int { jobsPending.load(ordering: .relaxed) }
 
     /// Whether the learner has applied every accepted event and done every
     /// job it was handed: what a deletion, a RELOAD or a snapshot waits

@@ -149,6 +149,27 @@ def test_a_deletion_waits_for_the_learner_without_stopping_reads(start_server) -
         assert st["lifelong_events_on_deleted_items"] == sum(1 for e in events[:100] if e.item in gone) >= 2
 
 
+def test_a_sighup_while_a_deletions_purge_runs_waits_for_it(start_server) -> None:
+    """A deletion's purge of the co-occurrence tables runs on the learner
+    after the DELETE_ITEMS is answered (at 30,000 items, a millisecond or
+    two). A SIGHUP meanwhile reloaded at once, swapping scorers under the
+    purge, and the server stopped on a failed precondition (review finding,
+    helper-96); its reload now waits for the purge, as a RELOAD does."""
+    srv = start_server("[snapshot]\nevery_events = 0\n")
+    with srv.client() as c:
+        c.feedback([perennial.Event(1 + i % 2000, 1 + (i * 7919) % 30000) for i in range(120_000)])
+        c.recommend(1, k=1)     # (read-your-writes: all learned)
+        for k in range(5):
+            c.delete_items(range(1 + k * 50, 51 + k * 50))
+            srv.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.2)
+            assert srv.proc.poll() is None, srv.log()
+            assert c.ping()
+        st = c.stats()
+        assert st["reloads"] == 5 and st["learner_jobs_pending"] == 0, st
+    assert "precondition" not in srv.log()
+
+
 def test_bad_deletions_get_clear_errors(client: perennial.Client, server) -> None:
     with pytest.raises(perennial.InvalidArgument, match="item"):
         client.delete_items([5, 0])
