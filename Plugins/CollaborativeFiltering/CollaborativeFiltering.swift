@@ -194,8 +194,12 @@ public final class CollaborativeFilteringScorer: Scorer {
         forgetLater(items: retired)?.run()
     }
 
-    /// All but the co-occurrence purge, which visits every item's table,
-    /// now; that, returned for the learner.
+    /// The items' own rows and counts now (what requests read); then, for
+    /// the learner, what only it reads or writes and what visits every item
+    /// or user: the co-occurrence purge, the leaderboard's rebuild, every
+    /// user's recent items and the sampler. Until that runs, forgotten
+    /// items are in none of the loop's answers: they count 0 and every
+    /// request excludes them.
     public func forgetLater(items retired: RetiredItems) -> LearnerJob? {
         for i in retired.indices.map(Int.init) {
             context.row(i).update(repeating: 0, count: d)
@@ -205,14 +209,15 @@ public final class CollaborativeFilteringScorer: Scorer {
             refreshPopularityDivisor(i)
             initialiseRatingItem(i)
         }
-        popular.rebuild(items: learnedItems, count: plainCount)
-        retired.remove(from: &recent)
-        // The sampler, oldest first, without them (it fills up again from
-        // its end; once full, the oldest is replaced first, as before).
-        sampler = Array(sampler[samplerNext...] + sampler[..<samplerNext]).filter { !retired.contains($0) }
-        samplerNext = 0
-        let counts = neighbourhood
-        return LearnerJob { counts.forget(retired) }
+        return LearnerJob { [self] in
+            neighbourhood.forget(retired)
+            popular.rebuild(items: learnedItems, count: plainCount)
+            retired.remove(from: &recent)
+            // The sampler, oldest first, without them (it fills up again from
+            // its end; once full, the oldest is replaced first, as before).
+            sampler = Array(sampler[samplerNext...] + sampler[..<samplerNext]).filter { !retired.contains($0) }
+            samplerNext = 0
+        }
     }
 
     /// A step's context-row gradient for the k-th latest item is

@@ -61,8 +61,16 @@ public final class PopularityScorer: Scorer {
 
     /// Expired items: their counts go.
     public func forget(items: RetiredItems) {
+        forgetLater(items: items)?.run()
+    }
+
+    /// The counts now (requests read them: the items then count 0, and
+    /// every request excludes them anyway); the leaderboard's rebuild,
+    /// which reads every count, for the learner (it is the leaderboard's
+    /// writer: CountLeaderboard).
+    public func forgetLater(items: RetiredItems) -> LearnerJob? {
         for i in items.indices { counts[Int(i)] = 0 }
-        leaderboard.rebuild(items: learnedItems) { counts[Int($0)] }
+        return LearnerJob { [self] in leaderboard.rebuild(items: learnedItems) { counts[Int($0)] } }
     }
 
     public func learn(_ event: LearnEvent) {

@@ -161,13 +161,15 @@ public final class SessionRNNScorer: Scorer {
         forgetLater(items: retired)?.run()
     }
 
-    /// All but the transition-count purge, which visits every item's
-    /// table, now; that, returned for the learner.
+    /// The items' biases now; the transition-count purge and every user's
+    /// sequence (learner state, visiting every item and user), returned
+    /// for the learner.
     public func forgetLater(items retired: RetiredItems) -> LearnerJob? {
         for i in retired.indices { itemBias.row(Int(i)).update(repeating: 0, count: 2) }
-        retired.remove(from: &recent)
-        let counts = transitions
-        return LearnerJob { counts.forget(retired) }
+        return LearnerJob { [self] in
+            transitions.forget(retired)
+            retired.remove(from: &recent)
+        }
     }
 
     public func learn(_ e: LearnEvent) {

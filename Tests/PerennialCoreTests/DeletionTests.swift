@@ -71,7 +71,7 @@ import PerennialPlugins
     }
 
     /// With a learner running, a deletion hands the scorers' table purges
-    /// to it (the serving thread no longer holds every connection while
+    /// and rebuilds to it (the serving thread no longer holds every connection while
     /// they visit every item's table: 0.18 s at a million items), and it
     /// runs them before any event queued after: the model ends as one that
     /// purged at once, here with the deleted id brought back by an upsert
@@ -110,8 +110,14 @@ import PerennialPlugins
                 #expect(ra.transitions.count(x, y) == rh.transitions.count(x, y))
             }
         }
+        #expect(a.recent == h.recent && ra.recent == rh.recent)
+        #expect(a.sampler == h.sampler && a.samplerNext == h.samplerNext)
         for u in 1...12 {
             #expect(try atOnce.recommend(user: UInt64(u), k: 10) == handed.recommend(user: UInt64(u), k: 10))
+        }
+        // (A stranger's answers come from the leaderboards the jobs rebuilt.)
+        for name in ["cf", "popularity"] {
+            #expect(try atOnce.recommend(user: 999, k: 10, scorer: name) == handed.recommend(user: 999, k: 10, scorer: name))
         }
         // A job handed to a learner that has stopped runs at once.
         var ran = false
