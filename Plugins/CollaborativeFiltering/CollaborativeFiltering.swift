@@ -194,12 +194,13 @@ public final class CollaborativeFilteringScorer: Scorer {
         forgetLater(items: retired)?.run()
     }
 
-    /// The items' own rows and counts now (what requests read); then, for
-    /// the learner, what only it reads or writes and what visits every item
-    /// or user: the co-occurrence purge, the leaderboard's rebuild, every
-    /// user's recent items and the sampler. Until that runs, forgotten
-    /// items are in none of the loop's answers: they count 0 and every
-    /// request excludes them.
+    /// The items' own rows and counts and the popularity leaderboard now
+    /// (what requests read: a leaderboard half rebuilt would answer
+    /// strangers wrongly, review finding, helper-97); then, for the
+    /// learner, what only it reads or writes and what visits every item or
+    /// user: the co-occurrence purge, every user's recent items and the
+    /// sampler. Until that runs, forgotten items are in none of the loop's
+    /// answers: they count 0 and every request excludes them.
     public func forgetLater(items retired: RetiredItems) -> LearnerJob? {
         for i in retired.indices.map(Int.init) {
             context.row(i).update(repeating: 0, count: d)
@@ -209,9 +210,9 @@ public final class CollaborativeFilteringScorer: Scorer {
             refreshPopularityDivisor(i)
             initialiseRatingItem(i)
         }
+        popular.rebuild(items: learnedItems, count: plainCount)
         return LearnerJob { [self] in
             neighbourhood.forget(retired)
-            popular.rebuild(items: learnedItems, count: plainCount)
             retired.remove(from: &recent)
             // The sampler, oldest first, without them (it fills up again from
             // its end; once full, the oldest is replaced first, as before).

@@ -59,18 +59,13 @@ public final class PopularityScorer: Scorer {
         itemCount = items
     }
 
-    /// Expired items: their counts go.
+    /// Expired items: their counts go, now, and the leaderboard is rebuilt
+    /// with the learner idle (not on the learner while requests rank from
+    /// it: a half-rebuilt leaderboard would answer wrongly, review finding,
+    /// helper-97).
     public func forget(items: RetiredItems) {
-        forgetLater(items: items)?.run()
-    }
-
-    /// The counts now (requests read them: the items then count 0, and
-    /// every request excludes them anyway); the leaderboard's rebuild,
-    /// which reads every count, for the learner (it is the leaderboard's
-    /// writer: CountLeaderboard).
-    public func forgetLater(items: RetiredItems) -> LearnerJob? {
         for i in items.indices { counts[Int(i)] = 0 }
-        return LearnerJob { [self] in leaderboard.rebuild(items: learnedItems) { counts[Int($0)] } }
+        leaderboard.rebuild(items: learnedItems) { counts[Int($0)] }
     }
 
     public func learn(_ event: LearnEvent) {
