@@ -32,6 +32,10 @@ class Command:
     writes_model: bool = False
 
 
+#: The server's default ``limits.wait_ms``, in seconds.
+SERVER_DEFAULT_WAIT_S = 5.0
+
+
 def no_reply_message(host: str, port: int, wait: Optional[float], cmd: Optional[Command] = None) -> str:
     """What a TimeoutError for the reply to ``cmd`` says: with a wait
     shorter than the server's default ``limits.wait_ms``, that the server
@@ -46,9 +50,6 @@ def no_reply_message(host: str, port: int, wait: Optional[float], cmd: Optional[
                     " feedback is learned): keep the client's timeout above it" % SERVER_DEFAULT_WAIT_S)
     return message
 
-
-#: The server's default ``limits.wait_ms``, in seconds.
-SERVER_DEFAULT_WAIT_S = 5.0
 
 
 def reply_timeout(waiting: Iterable[Command], timeout: Optional[float],
@@ -196,10 +197,8 @@ def mark_unacknowledged(e: BaseException, offset: int, size: int) -> BaseExcepti
     given to every request that was waiting on the connection, and
     concurrent feedback() calls would overwrite each other's positions
     (review finding); an interrupt or a cancellation is this caller's own."""
-    if isinstance(e, (ConnectionError, TimeoutError)):
-        e = copy.copy(e)
+    e = accepted_before(e, offset)
     try:
-        e.accepted_events = offset  # type: ignore[attr-defined]
         e.unacknowledged = (offset, size)  # type: ignore[attr-defined]
     except AttributeError:  # pragma: no cover - an exception without a __dict__
         pass
@@ -253,18 +252,17 @@ def warn_if_unsent(streamer: Any) -> None:
         return
     if not unsent:
         return
+    name = type(streamer).__name__
     left_by = getattr(streamer, "_left_by", None)
     if left_by is not None:
         # (Its with block was left by an error, and the flush there failed
         # or was not tried: "use it in a with block" would point the wrong
         # way. Review finding, helper-94.)
-        warnings.warn("%s dropped with %d events never sent: its with block was left by %s before they could "
-                      "be sent; call flush() on it again (once the server answers) before letting it go"
-                      % (type(streamer).__name__, unsent, left_by), RuntimeWarning, stacklevel=3)
-        return
-    warnings.warn("%s dropped with %d events never sent: flush() it (or use it in %s block) before "
-                  "letting it go" % (type(streamer).__name__, unsent,
-                                     "an async with" if type(streamer).__name__.startswith("Async") else "a with"),
+        advice = ("its with block was left by %s before they could be sent; call flush() on it again "
+                  "(once the server answers)" % left_by)
+    else:
+        advice = "flush() it (or use it in %s block)" % ("an async with" if name.startswith("Async") else "a with")
+    warnings.warn("%s dropped with %d events never sent: %s before letting it go" % (name, unsent, advice),
                   RuntimeWarning, stacklevel=3)
 
 

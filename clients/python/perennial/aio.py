@@ -539,18 +539,14 @@ class AsyncClient:
             batch = _c.batch_at(evs, offset, self.max_events)
             try:
                 ack = await self._call(_c.feedback(batch))
-            except InvalidArgument as e:
-                # (As Client.feedback: a RELOAD may have lowered max_events.)
-                if len(batch) > 1 and await self._limit_below(len(batch), offset):
-                    continue
-                _c.place_in_stream(e, offset)
-                raise
             except ServerError as e:
-                # A RELOAD that lowered max_frame_bytes (and so max_events)
-                # makes a batch sized by the old limits FRAME_TOO_LARGE: the
-                # server closed the connection, nothing of the batch was
-                # accepted; learn the limits anew and send it again, split.
-                if e.code_name == "FRAME_TOO_LARGE" and len(batch) > 1 and await self._limit_below(len(batch), offset):
+                # A RELOAD may have lowered max_events since the HELLO: the
+                # batch was refused whole (INVALID_ARGUMENT; FRAME_TOO_LARGE
+                # when max_frame_bytes went down with it, and the server
+                # closed the connection), so learn the limits and resend it
+                # split.
+                relearn = isinstance(e, InvalidArgument) or e.code_name == "FRAME_TOO_LARGE"
+                if relearn and len(batch) > 1 and await self._limit_below(len(batch), offset):
                     continue
                 _c.place_in_stream(e, offset)
                 raise
@@ -874,11 +870,11 @@ class AsyncFeedbackStreamer:
         return self
 
     async def __aexit__(self, exc_type: Optional[Type[BaseException]], *rest: Any) -> None:
-        if exc_type is not None:
-            self._left_by = exc_type.__name__
         if exc_type is None:
             await self.flush()
-        elif issubclass(exc_type, asyncio.CancelledError):
+            return
+        self._left_by = exc_type.__name__
+        if issubclass(exc_type, asyncio.CancelledError):
             # Cancelled: no flush (it could wait out timeouts); what is
             # buffered or in flight stays, and `await s.flush()` settles it.
             _c.tell_late_refusals(rest[0] if rest else None, self.refused)

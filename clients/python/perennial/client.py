@@ -672,19 +672,14 @@ class Client:
             batch = _c.batch_at(evs, offset, self.max_events)
             try:
                 ack = self._call(_c.feedback(batch))
-            except InvalidArgument as e:
-                # A RELOAD may have lowered max_events since the HELLO: the
-                # batch was refused whole, so learn the limit and resend.
-                if len(batch) > 1 and self._limit_below(len(batch), offset):
-                    continue
-                _c.place_in_stream(e, offset)
-                raise
             except ServerError as e:
-                # A RELOAD that lowered max_frame_bytes (and so max_events)
-                # makes a batch sized by the old limits FRAME_TOO_LARGE: the
-                # server closed the connection, nothing of the batch was
-                # accepted; learn the limits anew and send it again, split.
-                if e.code_name == "FRAME_TOO_LARGE" and len(batch) > 1 and self._limit_below(len(batch), offset):
+                # A RELOAD may have lowered max_events since the HELLO: the
+                # batch was refused whole (INVALID_ARGUMENT; FRAME_TOO_LARGE
+                # when max_frame_bytes went down with it, and the server
+                # closed the connection), so learn the limits and resend it
+                # split.
+                relearn = isinstance(e, InvalidArgument) or e.code_name == "FRAME_TOO_LARGE"
+                if relearn and len(batch) > 1 and self._limit_below(len(batch), offset):
                     continue
                 _c.place_in_stream(e, offset)
                 raise

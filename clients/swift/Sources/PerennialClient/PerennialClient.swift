@@ -687,17 +687,19 @@ public final class PerennialClient: @unchecked Sendable {
 
     /// One request's exchange; a timeout shorter than the server's default
     /// limits.wait_ms, for a request the server may hold (not PING, HELLO
-    /// or STATS), says so.
+    /// or STATS), says so (review finding, helper-91: a timeout under it
+    /// ended a write's wait for a log replay, and the error did not say why).
     private func exchangeHinting(_ request: Request, waiting wait: Double?) async throws -> [Reply] {
         do {
             return try await exchangeOnQueue([request], waiting: wait)
         } catch PerennialClientError.timeout(let m) where (wait ?? .infinity) < 5 {
             switch request {
             case .ping, .hello, .stats: throw PerennialClientError.timeout(m)
-            default: throw PerennialClientError.timeout(m + BlockingSocket.belowServerWait)
+            default: throw PerennialClientError.timeout(m + Self.belowServerWait)
             }
         }
     }
+    private static let belowServerWait = "; the server may hold a request up to its limits.wait_ms (5 s by default) before it answers (a write while it replays its log after a restart, a read until this connection's earlier feedback is learned): keep the client's timeout above it"
 
     /// Sends all requests in one write, reading replies meanwhile so the
     /// server never stops for want of room, and returns their replies in

@@ -130,12 +130,6 @@ final class BlockingSocket {
         return try body()
     }
 
-    /// Said of a reply wait shorter than the server's default
-    /// limits.wait_ms, for a request the server may hold (review finding,
-    /// helper-91: a timeout under it ended a write's wait for a log
-    /// replay, and the error did not say why).
-    static let belowServerWait = "; the server may hold a request up to its limits.wait_ms (5 s by default) before it answers (a write while it replays its log after a restart, a read until this connection's earlier feedback is learned): keep the client's timeout above it"
-
     /// A timeout (finite, positive) in poll's milliseconds: at least 1, at
     /// most Int32.max (24.8 days).
     static func milliseconds(_ seconds: Double) -> Int32 { Int32(min(Double(Int32.max), max(1, (seconds * 1000).rounded(.up)))) }
