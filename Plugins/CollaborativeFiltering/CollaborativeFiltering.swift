@@ -195,8 +195,9 @@ public final class CollaborativeFilteringScorer: Scorer {
     }
 
     /// The items' own rows and counts and the popularity leaderboard now
-    /// (what requests read: a leaderboard half rebuilt would answer
-    /// strangers wrongly, review finding, helper-97); then, for the
+    /// (what requests read: a leaderboard changed on the learner under a
+    /// request would answer strangers wrongly, review finding, helper-97);
+    /// then, for the
     /// learner, what only it reads or writes and what visits every item or
     /// user: the co-occurrence purge, every user's recent items and the
     /// sampler. Until that runs, forgotten items are in none of the loop's
@@ -210,7 +211,7 @@ public final class CollaborativeFilteringScorer: Scorer {
             refreshPopularityDivisor(i)
             initialiseRatingItem(i)
         }
-        popular.rebuild(items: learnedItems, count: plainCount)
+        popular.forget(retired)
         return LearnerJob { [self] in
             neighbourhood.forget(retired)
             retired.remove(from: &recent)

@@ -59,13 +59,13 @@ public final class PopularityScorer: Scorer {
         itemCount = items
     }
 
-    /// Expired items: their counts go, now, and the leaderboard is rebuilt
+    /// Expired items: their counts go, now, and they leave the leaderboard
     /// with the learner idle (not on the learner while requests rank from
-    /// it: a half-rebuilt leaderboard would answer wrongly, review finding,
-    /// helper-97).
+    /// it: a leaderboard changed under a request would answer wrongly,
+    /// review finding, helper-97).
     public func forget(items: RetiredItems) {
         for i in items.indices { counts[Int(i)] = 0 }
-        leaderboard.rebuild(items: learnedItems) { counts[Int($0)] }
+        leaderboard.forget(items)
     }
 
     public func learn(_ event: LearnEvent) {
@@ -113,7 +113,8 @@ public final class PopularityScorer: Scorer {
         let k = top.k
         consistently { scale in
             let score = { (item: Int32) in Float(self.counts[Int(item)] * scale) }
-            if leaderboard.rank(query, into: &top, scratch: &leaderScratch, score: score) { return }
+            if leaderboard.rank(query, into: &top, scratch: &leaderScratch, countScore: { Float($0 * scale) },
+                                score: score) { return }
             top.reset(k: k)
             query.forEachEligibleItem { item in top.push(item, score(item)) }
         }

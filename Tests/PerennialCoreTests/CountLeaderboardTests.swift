@@ -32,9 +32,16 @@ import Testing
             counts[Int(item)] += Double(1 + rng.below(2))
             board.raised(item, to: counts[Int(item)])
             if step % 1_000 == 999 {
-                // Items forgotten: counts cleared, the board rebuilt.
-                for _ in 0..<5 { counts[rng.below(20)] = 0 }
-                board.rebuild(items: items) { counts[Int($0)] }
+                // Items forgotten: counts cleared, and they leave the board
+                // (or, every third time, it is rebuilt). The heap then has
+                // places free while items outside count more than new ones.
+                let forgotten = (0..<5).map { _ in Int32(rng.below(20)) }
+                for i in forgotten { counts[Int(i)] = 0 }
+                if step % 3_000 == 2_999 {
+                    board.rebuild(items: items) { counts[Int($0)] }
+                } else {
+                    board.forget(RetiredItems(forgotten, itemCount: items))
+                }
             }
             guard step % 7 == 0 else { continue }
             exclusions.reset(itemCount: items)
@@ -50,7 +57,9 @@ import Testing
                 declined += 1
             }
         }
-        #expect(board.count == 16)
+        // (The last step forgot up to five kept items, whose places
+        // counts rising afterwards would fill.)
+        #expect(board.count >= 16 - 5)
         #expect(trusted > 1_000)
         #expect(declined > 100)
     }
@@ -77,6 +86,50 @@ import Testing
         top = TopK(k: 1)
         let restricted = ScoringQuery(user: nil, candidates: [7], exclusions: exclusions, itemCount: 10)
         #expect(!board.rank(restricted, into: &top, scratch: &scratch) { Float(counts[Int($0)]) })
+    }
+
+    @Test func placesLeftByForgottenItemsDoNotHideItemsOutside() {
+        // Four kept of eight: items 0, 1, 2 and 6; item 3 (3.9) is outside.
+        // Items 0 and 1 are forgotten, and two low counts (items 5 and 7)
+        // fill their places. Item 3 now outranks item 5 while the root is
+        // item 7 (1): a top-3 from the heap ([2, 6, 5]) would be above the
+        // root and wrong. The board must decline, and the full pass gives
+        // [2, 6, 3].
+        let board = CountLeaderboard(capacity: 4)
+        var counts = [Double](repeating: 0, count: 8)
+        for (item, c) in [(0, 5.0), (1, 4.5), (2, 4.0), (6, 3.95), (3, 3.9)] {
+            counts[item] = c
+            board.raised(Int32(item), to: c)
+        }
+        counts[0] = 0
+        counts[1] = 0
+        board.forget(RetiredItems([0, 1], itemCount: 8))
+        #expect(board.count == 2)
+        for (item, c) in [(5, 2.0), (7, 1.0)] {
+            counts[item] = c
+            board.raised(Int32(item), to: c)
+        }
+        #expect(board.count == 4)
+        let exclusions = ExclusionSet()
+        exclusions.reset(itemCount: 8)
+        let query = ScoringQuery(user: nil, exclusions: exclusions, itemCount: 8)
+        let score = { (i: Int32) in Float(counts[Int(i)]) }
+        var scratch: [Int32] = []
+        var top = TopK(k: 3)
+        #expect(!board.rank(query, into: &top, scratch: &scratch, score: score))
+        #expect(fullPass(query, k: 3, score: score) == [2, 6, 3])
+        // Items outside count at most 3.95 (the root when item 0 left):
+        // a top-1 ([2], 4.0) is above that and trusted, a top-2 is not.
+        top = TopK(k: 1)
+        #expect(board.rank(query, into: &top, scratch: &scratch, score: score))
+        #expect(top.sorted().map(\.item) == [2])
+        top = TopK(k: 2)
+        #expect(!board.rank(query, into: &top, scratch: &scratch, score: score))
+        // A rebuild keeps the best four again, and trusts the top-3.
+        board.rebuild(items: 8) { counts[Int($0)] }
+        top = TopK(k: 3)
+        #expect(board.rank(query, into: &top, scratch: &scratch, score: score))
+        #expect(top.sorted().map(\.item) == [2, 6, 3])
     }
 
     @Test func aTieMadeByRoundingIsLeftToTheFullPass() {

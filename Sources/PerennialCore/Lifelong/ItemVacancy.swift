@@ -63,16 +63,36 @@ public final class ItemVacancy: @unchecked Sendable {
 public struct RetiredItems {
     public let indices: [Int32]
     private let member: [Bool]
+    /// One bit per index modulo 4,096, set for the retired: a clear bit
+    /// answers "not retired" from 512 bytes in L1 cache. Every user's
+    /// history is scanned against these on the event loop, three million
+    /// entries at 150,000 users, and `member` (a megabyte at a million
+    /// items) missed cache on most of them.
+    private let sieve: [UInt64]
 
     public init(_ indices: [Int32], itemCount: Int) {
         self.indices = indices
         var m = [Bool](repeating: false, count: itemCount)
-        for i in indices { m[Int(i)] = true }
+        var s = [UInt64](repeating: 0, count: 64)
+        for i in indices {
+            m[Int(i)] = true
+            let b = Int(i) & 4095
+            s[b >> 6] |= 1 << UInt64(b & 63)
+        }
         member = m
+        sieve = s
     }
 
     @inline(__always)
-    public func contains(_ i: Int32) -> Bool { Int(i) < member.count && i >= 0 && member[Int(i)] }
+    public func contains(_ i: Int32) -> Bool {
+        let b = Int(i) & 4095
+        guard sieve[b >> 6] & (1 << UInt64(b & 63)) != 0 else { return false }
+        return Int(i) < member.count && i >= 0 && member[Int(i)]
+    }
+
+    /// Whether any of `items` is retired.
+    @inline(__always)
+    public func containsAny(_ items: UnsafeBufferPointer<Int32>) -> Bool { items.contains(where: contains) }
 
     public var isEmpty: Bool { indices.isEmpty }
     /// The items there were when these were retired (indices below it).
@@ -83,7 +103,7 @@ public struct RetiredItems {
     @discardableResult
     public func remove(from lists: inout [[Int32]]) -> Int {
         var removed = 0
-        for u in lists.indices where lists[u].contains(where: contains) {
+        for u in lists.indices where lists[u].withUnsafeBufferPointer(containsAny) {
             let before = lists[u].count
             lists[u].removeAll(where: contains)
             removed += before - lists[u].count

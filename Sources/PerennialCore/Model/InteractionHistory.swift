@@ -94,7 +94,10 @@ public final class InteractionHistory {
     /// Removes expired items from every user's list (an item expiry sweep:
     /// their indices will name other items).
     public func remove(_ retired: RetiredItems) {
-        for u in lists.indices where lists[u].contains(where: retired.contains) {
+        // (Found first, then changed: the scan reads the lists without
+        // a write access to `lists` per user.)
+        let holding = lists.indices.filter { lists[$0].withUnsafeBufferPointer(retired.containsAny) }
+        for u in holding {
             let kept = zip(lists[u], kinds[u]).filter { !retired.contains($0.0) }
             totalEntries -= lists[u].count - kept.count
             lists[u] = kept.map(\.0)

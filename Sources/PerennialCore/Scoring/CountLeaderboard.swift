@@ -7,12 +7,21 @@
 // It keeps the `capacity` best items by count (ties: the lower index, as
 // TopK breaks them) in a min-heap whose root is the worst kept item, with
 // each kept item's count beside it. Counts only rise while it follows them
-// (`raised`, or `scaled` by one factor for all); a scorer that lowers or
-// clears counts (forgetting items, loading a snapshot) calls `rebuild`.
+// (`raised`, or `scaled` by one factor for all); a scorer that sets counts
+// anew (loading a snapshot) calls `rebuild`; one that clears
+// items' counts (forgetting them) calls `forget`.
 // Every item not kept counts at most the root, so a ranking of the kept
 // items is trusted only when its k-th score is above the root's: no other
 // item could have entered it. Otherwise the caller ranks the whole
 // catalogue, as before. Either way the answer is the full pass's.
+//
+// Forgotten items (their counts cleared) leave the heap one by one
+// (`forget`), without a rebuild that visits every item: at a million items
+// the two leaderboards' rebuilds held the event loop ~15 ms a deletion. The
+// places they leave stay empty until counts rise into them, so items not
+// kept may then count more than the root: up to what the root counted when
+// a place was emptied, which `outsideAtMost` remembers, and `rank` trusts
+// only a k-th score above both.
 //
 // Threading invariant (why `@unchecked Sendable`): `heap` is changed only by
 // the learner thread (or with the learner idle, on the admitting thread),
@@ -33,6 +42,10 @@ public final class CountLeaderboard: @unchecked Sendable {
     private var counts: [Double] = []
     /// Each item's place in `heap`, or -1.
     private var place: [Int32] = []
+    /// Every item not kept counts at most this, or the root's count when
+    /// the heap is full (0 until a forgotten item empties a full heap's
+    /// place; a rebuild sets it to 0 again). Changed with `mutex` held.
+    private var outsideAtMost: Double = 0
     /// Bytes held (for STATS, on any thread): set by the writer as `place` grows.
     private let held = Atomic<Int>(0)
     /// Allocated, not stored: a pthread mutex must not move.
@@ -103,6 +116,24 @@ public final class CountLeaderboard: @unchecked Sendable {
     /// is kept, which is all `rank` relies on. Learner thread.
     public func scaled(by factor: Double) {
         for p in counts.indices { counts[p] *= factor }
+        pthread_mutex_lock(mutex)
+        outsideAtMost *= factor
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// The counts of `retired` were cleared: they leave the heap, in
+    /// O(log capacity) each. The learner thread, or with it idle.
+    public func forget(_ retired: RetiredItems) {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        for item in retired.indices {
+            let i = Int(item)
+            guard i < place.count, place[i] >= 0 else { continue }
+            // Items not kept counted at most the root: once a place is
+            // empty, that bound is no longer the root's.
+            if heap.count == capacity { outsideAtMost = max(outsideAtMost, counts[0]) }
+            remove(at: Int(place[i]))
+        }
     }
 
     /// Starts again from the counts of items 0..<items (after counts were
@@ -112,6 +143,7 @@ public final class CountLeaderboard: @unchecked Sendable {
         for item in heap { place[Int(item)] = -1 }
         heap.removeAll(keepingCapacity: true)
         counts.removeAll(keepingCapacity: true)
+        outsideAtMost = 0
         pthread_mutex_unlock(mutex)
         // (Items that never counted stay out: while the heap is not full,
         // every item outside it counts 0, which `rank` relies on.)
@@ -122,7 +154,8 @@ public final class CountLeaderboard: @unchecked Sendable {
     }
 
     /// Ranks the eligible kept items into `top` by `score` (the count as
-    /// the scorer ranks it: a monotone function of the count). Returns true
+    /// the scorer ranks it: `countScore` of the item's count, a monotone
+    /// function; the count itself by default). Returns true
     /// when that is exactly what a pass over the whole catalogue would
     /// return; false when the caller must make that pass (candidates given,
     /// too many kept items excluded, or a tie at the boundary). `scratch`
@@ -133,18 +166,20 @@ public final class CountLeaderboard: @unchecked Sendable {
     /// the learner writes: the answer then is that of a pass that read the
     /// risen item first. Events applied before the request are always in it.
     public func rank(_ query: ScoringQuery, into top: inout TopK, scratch: inout [Int32],
-                     score: (Int32) -> Float) -> Bool {
+                     countScore: (Double) -> Float = { Float($0) }, score: (Int32) -> Float) -> Bool {
         guard query.candidates == nil else { return false }
         pthread_mutex_lock(mutex)
         scratch.removeAll(keepingCapacity: true)
         scratch.append(contentsOf: heap)
         let root: Int32? = heap.count == capacity ? heap[0] : nil
+        let outside = outsideAtMost
         pthread_mutex_unlock(mutex)
         let k = top.k
         top.reset(k: k)
         for i in scratch where Int(i) < query.itemCount && !query.exclusions.contains(i) { top.push(i, score(i)) }
-        // Every item not kept scores at most this (0 while the heap is not full).
-        let floor: Float = root.map(score) ?? 0
+        // Every item not kept scores at most this (0 while the heap has
+        // never been full and nothing was forgotten).
+        let floor: Float = max(root.map(score) ?? 0, countScore(outside))
         return k > 0 && top.count == k && top.threshold > floor
     }
 
@@ -189,6 +224,24 @@ public final class CountLeaderboard: @unchecked Sendable {
             if m == i { return }
             swapPlaces(i, m)
             i = m
+        }
+    }
+
+    /// Takes the item at `p` out: the last item takes its place and moves
+    /// up or down to where it belongs.
+    private func remove(at p: Int) {
+        place[Int(heap[p])] = -1
+        let last = heap.count - 1
+        if p != last {
+            heap[p] = heap[last]
+            counts[p] = counts[last]
+            place[Int(heap[p])] = Int32(p)
+        }
+        heap.removeLast()
+        counts.removeLast()
+        if p < heap.count {
+            siftUp(p)
+            siftDown(p)
         }
     }
 
