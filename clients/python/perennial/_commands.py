@@ -603,6 +603,18 @@ def _error_code(name: str) -> int:
     return 0
 
 
+def _unauthorized_hint(opcode: int) -> str:
+    """What a caller changes when the server refuses a request UNAUTHORIZED:
+    the server's message speaks of HELLO, which this client sends itself."""
+    if opcode == Opcode.HELLO:
+        return ("the client sends its token= argument: give it the text of the server's "
+                "auth.token_file, or of auth.admin_token_file")
+    if opcode in (Opcode.RELOAD, Opcode.SNAPSHOT, Opcode.SHUTDOWN):
+        return "admin requests need a client made with token= the text of the server's auth.admin_token_file"
+    return ("make the client with token= the text of the server's auth.token_file "
+            "(and hello=True, the default)")
+
+
 def resolve_reply(item: Union[Frame, ProtocolError], request_id: int,
                   cmd: Command) -> Tuple[Any, bool]:
     """Match one received frame (or a non-fatal decode error) to the request it answers.
@@ -622,7 +634,10 @@ def resolve_reply(item: Union[Frame, ProtocolError], request_id: int,
             return ProtocolError("ERROR reply for request id %d while waiting for %d"
                                  % (frame.request_id, request_id), "UNEXPECTED_REPLY",
                                  fatal=True, request_id=frame.request_id), True
-        return error_from_reply(code, p["detail"], p["message"], fatal), fatal
+        message = p["message"]
+        if code == ERROR_CODES["UNAUTHORIZED"]:
+            message = "%s (%s)" % (message, _unauthorized_hint(cmd.opcode)) if message else _unauthorized_hint(cmd.opcode)
+        return error_from_reply(code, p["detail"], message, fatal), fatal
     if frame.request_id != request_id:
         return ProtocolError("reply for request id %d while waiting for %d"
                              % (frame.request_id, request_id), "UNEXPECTED_REPLY",

@@ -16,16 +16,23 @@ def test_tokens(start_server, tmp_path: Path) -> None:
     srv = start_server('[auth]\ntoken_file = "%s"\nadmin_token_file = "%s"\n'
                        % (tmp_path / "token", tmp_path / "admin"))
     host, port = srv.address
+    # Each refusal says what to change in the client, not only the
+    # server's words about HELLO, which the client sends by itself.
     with perennial.Client(host, port, hello=False) as c:
-        with pytest.raises(perennial.Unauthorized):
+        with pytest.raises(perennial.Unauthorized, match=r"send HELLO with it first \(make the client "
+                           r"with token= the text of the server's auth.token_file \(and hello=True"):
             c.stats()
-    with pytest.raises(perennial.Unauthorized):
-        perennial.Client(host, port, token="wrong-token-x").ping()
+    for token in (None, "wrong-token-x"):
+        with pytest.raises(perennial.Unauthorized, match=r"\(the client sends its token= argument: give it "
+                           r"the text of the server's auth.token_file") as e:
+            perennial.Client(host, port, token=token).ping()
+        assert e.value.message.startswith("wrong token (" if token else "this server needs a token (HELLO sent none) (")
     with perennial.Client(host, port, token="client-secret-1") as c:
         assert c.ping()
         c.feedback([perennial.Event(1, 2)])
         for admin_op in (c.shutdown, c.snapshot, c.reload):
-            with pytest.raises(perennial.Unauthorized):
+            with pytest.raises(perennial.Unauthorized, match=r"\(admin requests need a client made with token= "
+                               r"the text of the server's auth.admin_token_file\)"):
                 admin_op()
     with perennial.Client(host, port, token="admin-secret-22") as c:
         assert c.ping()
