@@ -70,7 +70,7 @@ struct ConnectionState {
 final class RequestHandler {
     private(set) var config: PerennialConfig {
         didSet {
-            tokensRequired = config.clientToken != nil || config.adminToken != nil
+            tokensRequired = config.clientTokens != nil || config.adminTokens != nil
             snapshots.config = config
         }
     }
@@ -118,7 +118,7 @@ final class RequestHandler {
     init(config: PerennialConfig, model: Model, learner: Learner, log: FeedbackLog, snapshots: SnapshotStore,
          lastSnapshotSeq: UInt64, reloadConfig: (@Sendable () throws -> PerennialConfig)?) {
         self.config = config
-        tokensRequired = config.clientToken != nil || config.adminToken != nil
+        tokensRequired = config.clientTokens != nil || config.adminTokens != nil
         self.reloadConfig = reloadConfig
         self.model = model
         self.learner = learner
@@ -284,7 +284,7 @@ final class RequestHandler {
             case .failure(let why): throw ProtocolError(.storage, "snapshot failed: \(why)")
             }
         case .shutdown:
-            guard config.adminToken != nil || config.allowShutdown else {
+            guard config.adminTokens != nil || config.allowShutdown else {
                 throw ProtocolError(.unauthorized, "SHUTDOWN needs an admin token (auth.admin_token_file) or server.allow_shutdown = true")
             }
             Reply.shutdown.encode(into: &out, requestID: requestID)
@@ -564,11 +564,11 @@ final class RequestHandler {
         if case .hello(let h) = request {
             // (A HELLO naming another protocol version never gets here: its
             // decoding refuses it, fatal, so it proves nothing: helper-78.)
-            if let admin = config.adminToken, constantTimeEqual(h.token, admin) {
+            if let admin = config.adminTokens, anyEqual(h.token, admin) {
                 state.role = .admin
-            } else if let client = config.clientToken, constantTimeEqual(h.token, client) {
+            } else if let client = config.clientTokens, anyEqual(h.token, client) {
                 state.role = .client
-            } else if config.clientToken != nil || (!h.token.isEmpty && config.adminToken != nil) {
+            } else if config.clientTokens != nil || (!h.token.isEmpty && config.adminTokens != nil) {
                 // (A HELLO with no token is a client that has none, as a
                 // request without HELLO is, not a guess: the Swift client
                 // greets at connect. Only a wrong token counts.)
@@ -583,10 +583,10 @@ final class RequestHandler {
         case .reload, .snapshot, .shutdown: isAdminOp = true
         default: isAdminOp = false
         }
-        if isAdminOp, config.adminToken != nil, state.role != .admin {
+        if isAdminOp, config.adminTokens != nil, state.role != .admin {
             throw ProtocolError(.unauthorized, "admin operations need HELLO with the admin token")
         }
-        if config.clientToken != nil, state.role == .anonymous {
+        if config.clientTokens != nil, state.role == .anonymous {
             throw ProtocolError(.unauthorized, "this server requires a token: send HELLO with it first")
         }
     }
@@ -703,10 +703,12 @@ final class RequestHandler {
             // A lowered bound applies to new ids only: say so when it is already reached.
             also += ["[limits]"] + model.boundsReached(maxUserIDs: next.limits.maxUserIDs, maxItemIDs: next.limits.maxItemIDs)
         }
-        if next.clientToken != config.clientToken {
-            also.append(next.clientToken == nil ? "auth.token_file off: clients need no token" : config.clientToken == nil ? "auth.token_file on: clients need HELLO with the token" : "auth.token_file: a new token")
+        if next.clientTokens != config.clientTokens {
+            also.append(next.clientTokens == nil ? "auth.token_file off: clients need no token"
+                : config.clientTokens == nil ? "auth.token_file on: clients need HELLO with a token it lists"
+                : "auth.token_file: \(tokenChange(config.clientTokens!, next.clientTokens!))")
         }
-        if next.adminToken != config.adminToken { also.append("auth.admin_token_file changed") }
+        if next.adminTokens != config.adminTokens { also.append("auth.admin_token_file changed") }
         if next.allowShutdown != config.allowShutdown { also.append("server.allow_shutdown = \(next.allowShutdown)") }
         if next.recommendBatch != config.recommendBatch || next.recommendBatchWaitMicros != config.recommendBatchWaitMicros {
             also.append("[server] recommend batching")
@@ -1055,6 +1057,24 @@ final class RequestHandler {
 
 /// Compares two tokens in time that depends only on their lengths, not on
 /// where they first differ.
+/// Whether `token` is one of `tokens`, each compared in constant time (and
+/// all of them, so the time says nothing of which matched).
+func anyEqual(_ token: String, _ tokens: [String]) -> Bool {
+    var hit = false
+    for t in tokens { hit = constantTimeEqual(token, t) || hit }
+    return hit
+}
+
+/// A RELOAD's note on a token file's new list: how many tokens were added
+/// and removed (connections that sent a removed token keep their access).
+func tokenChange(_ old: [String], _ new: [String]) -> String {
+    let added = new.filter { !old.contains($0) }.count, removed = old.filter { !new.contains($0) }.count
+    var parts: [String] = []
+    if added > 0 { parts.append("\(added) token\(added == 1 ? "" : "s") added") }
+    if removed > 0 { parts.append("\(removed) removed (connections that sent \(removed == 1 ? "it" : "them") keep their access until they close)") }
+    return parts.isEmpty ? "the same tokens, reordered" : parts.joined(separator: ", ")
+}
+
 func constantTimeEqual(_ a: String, _ b: String) -> Bool {
     let x = Array(a.utf8), y = Array(b.utf8)
     var diff = UInt8(truncatingIfNeeded: x.count ^ y.count)

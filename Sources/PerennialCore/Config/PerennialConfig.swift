@@ -158,9 +158,11 @@ public struct PerennialConfig: Sendable {
     public var maxSessions = 100_000
     public var sessionItems = 50
     public var sessionIdleSeconds = 1800
-    /// Client and admin tokens (nil = not required), read from files.
-    public var clientToken: String?
-    public var adminToken: String?
+    /// Client and admin tokens (nil = not required), read from files: each
+    /// file's lines, any of which is accepted (two while a token is
+    /// rotated: the new one added, clients moved to it, the old removed).
+    public var clientTokens: [String]?
+    public var adminTokens: [String]?
     /// Snapshots: every this many events (0 = not by count), keeping the
     /// newest `snapshotKeep`.
     public var snapshotEveryEvents = 1_000_000
@@ -257,20 +259,25 @@ public struct PerennialConfig: Sendable {
 
     /// A token from the file named by `key` (surrounding whitespace removed),
     /// or nil when the key is unset or empty.
-    static func readToken(_ r: ConfigReader, _ key: String) throws(ConfigError) -> String? {
+    /// The tokens a token file lists, one per line (surrounding whitespace
+    /// and empty lines ignored).
+    static func readTokens(_ r: ConfigReader, _ key: String) throws(ConfigError) -> [String]? {
         let path = try r.string(key, default: "")
         if path.isEmpty { return nil }
         let line = r.document.entries[key]?.line
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-            r.note(ConfigError(file: r.document.file, line: line, message: "'\(key)': cannot read \(path)"), keys: [key])
+        func refuse(_ why: String) -> [String]? {
+            r.note(ConfigError(file: r.document.file, line: line, message: "'\(key)': \(why)"), keys: [key])
             return nil
         }
-        let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
-        if token.count < 8 {
-            r.note(ConfigError(file: r.document.file, line: line, message: "'\(key)': the token in \(path) is shorter than 8 characters"), keys: [key])
-            return nil
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return refuse("cannot read \(path)") }
+        var tokens: [String] = []
+        for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let token = raw.trimmingCharacters(in: .whitespacesAndNewlines)
+            if token.isEmpty { continue }
+            if token.count < 8 { return refuse("the token on line \(n + 1) of \(path) is shorter than 8 characters") }
+            tokens.append(token)
         }
-        return token
+        return tokens.isEmpty ? refuse("\(path) holds no token") : tokens
     }
 
     /// Every mistake in the file at once: wrong values and unknown keys
@@ -375,8 +382,8 @@ public struct PerennialConfig: Sendable {
         c.maxSessions = try r.int("sessions.max_sessions", default: c.maxSessions, in: 0...100_000_000)
         c.sessionItems = try r.int("sessions.max_items", default: c.sessionItems, in: 1...10_000)
         c.sessionIdleSeconds = try r.int("sessions.idle_seconds", default: c.sessionIdleSeconds, in: 1...(1 << 31))
-        c.clientToken = try readToken(r, "auth.token_file")
-        c.adminToken = try readToken(r, "auth.admin_token_file")
+        c.clientTokens = try readTokens(r, "auth.token_file")
+        c.adminTokens = try readTokens(r, "auth.admin_token_file")
         c.fsync = FsyncPolicy(rawValue: try r.string("log.fsync", default: c.fsync.rawValue, oneOf: FsyncPolicy.allCases.map(\.rawValue)))!
         c.logSegmentBytes = try r.int("log.segment_bytes", default: c.logSegmentBytes, in: 4096...(1 << 40))
         c.snapshotEveryEvents = try r.int("snapshot.every_events", default: c.snapshotEveryEvents, in: 0...Int.max)

@@ -138,6 +138,47 @@ def test_a_reload_that_rotates_the_admin_token_still_returns(start_server, tmp_p
         assert c.snapshot() == 0
 
 
+def test_a_client_token_is_rotated_without_refusing_anyone(start_server, tmp_path: Path) -> None:
+    """A token file may list several tokens, one per line: a token is
+    rotated by adding the new one, moving clients to it, then removing the
+    old, with a RELOAD after each edit. A feedback streamer on the old token
+    goes on throughout (its connection keeps the access its HELLO proved);
+    a new connection with the old token is refused only once it is removed."""
+    (tmp_path / "token").write_text("old-secret-1\n")
+    (tmp_path / "admin").write_text("admin-secret-22\n")
+    srv = start_server('[auth]\ntoken_file = "%s"\nadmin_token_file = "%s"\n'
+                       % (tmp_path / "token", tmp_path / "admin"))
+    admin = perennial.Client(*srv.address, token="admin-secret-22")
+    with perennial.Client(*srv.address, token="old-secret-1") as old:
+        with old.streamer(batch_size=10) as stream:
+            stream.send_many(perennial.Event(1, i) for i in range(1, 51))
+            # Both tokens, the new one on the second line among blank ones.
+            (tmp_path / "token").write_text("old-secret-1\n\n  new-secret-2  \n")
+            admin.reload()
+            for token in ("old-secret-1", "new-secret-2"):
+                with perennial.Client(*srv.address, token=token) as c:
+                    ack = c.feedback([perennial.Event(2, 7)])
+                    assert ack.last_seq == ack.first_seq
+            stream.send_many(perennial.Event(1, i) for i in range(51, 101))
+            # The old token removed: the streamer's connection goes on.
+            (tmp_path / "token").write_text("new-secret-2\n")
+            admin.reload()
+            stream.send_many(perennial.Event(1, i) for i in range(101, 151))
+        assert old.stats()["events_accepted"] == 152
+    with pytest.raises(perennial.Unauthorized, match="wrong token"):
+        perennial.Client(*srv.address, token="old-secret-1").ping()
+    with perennial.Client(*srv.address, token="new-secret-2") as c:
+        assert c.ping()
+    # A short token on a later line is named with its line; the reload is
+    # refused and the tokens stay.
+    (tmp_path / "token").write_text("new-secret-2\nshort\n")
+    with pytest.raises(perennial.InvalidArgument, match=r"the token on line 2 of .*token is shorter than 8"):
+        admin.reload()
+    with perennial.Client(*srv.address, token="new-secret-2") as c:
+        assert c.ping()
+    admin.close()
+
+
 def test_an_interrupted_hello_does_not_leave_the_connection_open(start_server, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Review finding (helper-42): a KeyboardInterrupt while the automatic
