@@ -5,12 +5,14 @@
 import Foundation
 import PerennialEval
 
-/// The token in the file at `path`, surrounding whitespace removed.
+/// The token in the file at `path`, surrounding whitespace removed. A
+/// server's file may list several, one per line, while a token is rotated:
+/// the last one listed (the new one, added below the old) is sent.
 func readToken(_ path: String) throws -> String {
     guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
         throw CommandError("cannot read the token file \(path)")
     }
-    let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
-    if token.isEmpty { throw CommandError("the token file \(path) is empty") }
+    let tokens = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    guard let token = tokens.last else { throw CommandError("the token file \(path) is empty") }
     return token
 }

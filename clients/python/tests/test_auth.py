@@ -169,6 +169,13 @@ def test_a_client_token_is_rotated_without_refusing_anyone(start_server, tmp_pat
         perennial.Client(*srv.address, token="old-secret-1").ping()
     with perennial.Client(*srv.address, token="new-secret-2") as c:
         assert c.ping()
+    # perennial's tools given a file of both tokens send the last, the new.
+    import subprocess
+    from conftest import server_binary
+    (tmp_path / "both").write_text("old-secret-1\nnew-secret-2\n")
+    shown = subprocess.run([str(server_binary()), "admin", "ping", "--port", str(srv.port),
+                            "--token-file", str(tmp_path / "both")], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "answered in" in shown.stdout, shown.stderr
     # A short token on a later line is named with its line; the reload is
     # refused and the tokens stay.
     (tmp_path / "token").write_text("new-secret-2\nshort\n")
