@@ -59,7 +59,7 @@ public final class PopularityScorer: Scorer {
         itemCount = items
     }
 
-    /// Expired items: their counts go, now, and they leave the leaderboard
+    /// Forgotten items (deleted or expired): their counts go, now, and they leave the leaderboard
     /// with the learner idle (not on the learner while requests rank from
     /// it: a leaderboard changed under a request would answer wrongly,
     /// review finding, helper-97).

@@ -450,6 +450,9 @@ final class EventLoop {
     func tick() {
         if handler.recovery != nil && !stopping && !recoveryHeld() { uv_idle_start(recoveryIdle, loopRecover) }
         learnerProgressed()
+        // Forgotten items leave users' histories a slice at a time (about
+        // 0.3 ms for 8,192 users): InteractionHistory.
+        handler.model.history.sweep(users: 8_192)
         let now = MonotonicClock.nowMillis()
         for c in connections.values {
             c.sweep(now: now, idleMs: limits.idleTimeoutMs, frameMs: limits.frameTimeoutMs)

@@ -521,6 +521,10 @@ final class SnapshotScheduler {
     private func prepareSnapshot(note: [String: Any], distinct: Bool) throws -> (SnapshotJob, UInt64, Double) {
         let t0 = MonotonicClock.nowNanos()
         while !model.learnerIdle { usleep(50) }
+        // Forgotten items still pending in users' histories go now: a read
+        // of a history cleans it (InteractionHistory), and a snapshot's
+        // thread may read the histories while the loop serves reads.
+        model.history.cleanAll()
         let seq = model.lastSeq
         let segment = try log.rollSegment()
         // The snapshot is a model version: its description (its size is

@@ -128,29 +128,6 @@ import PerennialPlugins
     /// A late event naming a deleted item does not bring it back (it
     /// trains the shared fallback item), also after a snapshot; an upsert
     /// brings it back on purpose, as a new item in the vacant index.
-    @Test func retiredItemsAreFoundThroughTheSieveAndNoOthers() {
-        // Indices 4,096 apart share a sieve bit: only the retired one is in,
-        // and a set bit for an index outside the catalogue (or negative)
-        // is not membership.
-        let retired = RetiredItems([5, 9_000], itemCount: 20_000)
-        #expect(retired.contains(5) && retired.contains(9_000))
-        for other: Int32 in [6, 5 + 4_096, 9_000 - 4_096, 5 + 5 * 4_096, -4_091, 0] {
-            #expect(!retired.contains(other), "\(other)")
-        }
-        // Every user's history loses them, and only them.
-        let h = InteractionHistory(limitPerUser: 10)
-        for (u, items) in [(0, [1, 5, 4_101, 7]), (1, [4_101, 9_000]), (2, [8]), (3, [5])] {
-            for i in items { h.record(user: Int32(u), item: Int32(i), kind: .click) }
-        }
-        h.remove(retired)
-        #expect(h.items(of: 0) == [1, 4_101, 7])
-        #expect(h.items(of: 1) == [4_101])
-        #expect(h.items(of: 2) == [8])
-        #expect(h.items(of: 3) == [])
-        #expect(h.kinds(of: 0).count == 3)
-        #expect(h.totalEntries == 5)
-    }
-
     @Test func aDeletedItemStaysDeletedUntilUpserted() throws {
         let m = try model(["cf", "popularity"])
         try replay(m, stream())

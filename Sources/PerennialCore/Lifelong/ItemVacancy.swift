@@ -65,15 +65,16 @@ public struct RetiredItems {
     private let member: [Bool]
     /// One bit per index modulo 4,096, set for the retired: a clear bit
     /// answers "not retired" from 512 bytes in L1 cache. Every user's
-    /// history is scanned against these on the event loop, three million
-    /// entries at 150,000 users, and `member` (a megabyte at a million
-    /// items) missed cache on most of them.
+    /// history is checked against these, three million entries at 150,000
+    /// users, and `member` (a megabyte at a million items) missed cache on
+    /// most of them. (Every bit set for sets over 1,024 items, which would
+    /// set most bits anyway: `member` answers alone.)
     private let sieve: [UInt64]
 
     public init(_ indices: [Int32], itemCount: Int) {
         self.indices = indices
         var m = [Bool](repeating: false, count: itemCount)
-        var s = [UInt64](repeating: 0, count: 64)
+        var s = [UInt64](repeating: indices.count > 1_024 ? .max : 0, count: 64)
         for i in indices {
             m[Int(i)] = true
             let b = Int(i) & 4095

@@ -10,18 +10,21 @@
 // (`raised`, or `scaled` by one factor for all); a scorer that sets counts
 // anew (loading a snapshot) calls `rebuild`; one that clears
 // items' counts (forgetting them) calls `forget`.
-// Every item not kept counts at most the root, so a ranking of the kept
-// items is trusted only when its k-th score is above the root's: no other
-// item could have entered it. Otherwise the caller ranks the whole
-// catalogue, as before. Either way the answer is the full pass's.
+//
+// Every item not kept counts at most a floor: the root's count while the
+// heap is full, or more once forgotten items have emptied places (below).
+// A ranking of the kept items is trusted only when its k-th score is above
+// the floor: no other item could have entered it. Otherwise the caller
+// ranks the whole catalogue, as before. Either way the answer is the full
+// pass's.
 //
 // Forgotten items (their counts cleared) leave the heap one by one
 // (`forget`), without a rebuild that visits every item: at a million items
 // the two leaderboards' rebuilds held the event loop ~15 ms a deletion. The
 // places they leave stay empty until counts rise into them, so items not
 // kept may then count more than the root: up to what the root counted when
-// a place was emptied, which `outsideAtMost` remembers, and `rank` trusts
-// only a k-th score above both.
+// a place of the full heap was emptied, which `outsideAtMost` remembers.
+// The floor is the larger of the two.
 //
 // Threading invariant (why `@unchecked Sendable`): `heap` is changed only by
 // the learner thread (or with the learner idle, on the admitting thread),
@@ -42,9 +45,10 @@ public final class CountLeaderboard: @unchecked Sendable {
     private var counts: [Double] = []
     /// Each item's place in `heap`, or -1.
     private var place: [Int32] = []
-    /// Every item not kept counts at most this, or the root's count when
-    /// the heap is full (0 until a forgotten item empties a full heap's
-    /// place; a rebuild sets it to 0 again). Changed with `mutex` held.
+    /// Every item not kept counts at most the larger of this and (when the
+    /// heap is full) the root's count. 0 until a forgotten item empties a
+    /// place of the full heap, and again after a rebuild. Changed with
+    /// `mutex` held.
     private var outsideAtMost: Double = 0
     /// Bytes held (for STATS, on any thread): set by the writer as `place` grows.
     private let held = Atomic<Int>(0)
@@ -158,7 +162,8 @@ public final class CountLeaderboard: @unchecked Sendable {
     /// function; the count itself by default). Returns true
     /// when that is exactly what a pass over the whole catalogue would
     /// return; false when the caller must make that pass (candidates given,
-    /// too many kept items excluded, or a tie at the boundary). `scratch`
+    /// too many kept items excluded, a k-th score not above what an item
+    /// not kept may count, or a tie there). `scratch`
     /// is the caller's, reused across requests (serving thread).
     ///
     /// A count may rise between the copy of the kept items and the scores'
@@ -177,8 +182,8 @@ public final class CountLeaderboard: @unchecked Sendable {
         let k = top.k
         top.reset(k: k)
         for i in scratch where Int(i) < query.itemCount && !query.exclusions.contains(i) { top.push(i, score(i)) }
-        // Every item not kept scores at most this (0 while the heap has
-        // never been full and nothing was forgotten).
+        // Every item not kept scores at most this (0 while the heap is not
+        // full and no place of a full one was emptied since the build).
         let floor: Float = max(root.map(score) ?? 0, countScore(outside))
         return k > 0 && top.count == k && top.threshold > floor
     }
