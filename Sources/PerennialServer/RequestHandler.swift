@@ -703,12 +703,12 @@ final class RequestHandler {
             // A lowered bound applies to new ids only: say so when it is already reached.
             also += ["[limits]"] + model.boundsReached(maxUserIDs: next.limits.maxUserIDs, maxItemIDs: next.limits.maxItemIDs)
         }
-        if next.clientTokens != config.clientTokens {
-            also.append(next.clientTokens == nil ? "auth.token_file off: clients need no token"
-                : config.clientTokens == nil ? "auth.token_file on: clients need HELLO with a token it lists"
-                : "auth.token_file: \(tokenChange(config.clientTokens!, next.clientTokens!))")
+        for (key, was, now, off, on) in [
+            ("auth.token_file", config.clientTokens, next.clientTokens, "clients need no token", "clients need HELLO with one of its tokens"),
+            ("auth.admin_token_file", config.adminTokens, next.adminTokens, "admin requests need no token", "admin requests need HELLO with one of its tokens"),
+        ] where was != now {
+            also.append("\(key) " + (was == nil ? "on: \(on)" : now == nil ? "off: \(off)" : tokenChange(was!, now!)))
         }
-        if next.adminTokens != config.adminTokens { also.append("auth.admin_token_file changed") }
         if next.allowShutdown != config.allowShutdown { also.append("server.allow_shutdown = \(next.allowShutdown)") }
         if next.recommendBatch != config.recommendBatch || next.recommendBatchWaitMicros != config.recommendBatchWaitMicros {
             also.append("[server] recommend batching")
@@ -1055,33 +1055,35 @@ final class RequestHandler {
     }
 }
 
-/// Compares two tokens in time that depends only on their lengths, not on
-/// where they first differ.
-/// Whether `token` is one of `tokens`, each compared in constant time (and
-/// all of them, so the time says nothing of which matched).
+/// Whether `token` (from a HELLO) is one of `tokens` (a token file's). Every
+/// token of the list is compared, each in time that depends only on its own
+/// length, not on where the two first differ nor on the HELLO's length (up
+/// to 65,535 bytes, sent before any authentication): the time says nothing
+/// of which token matched, and a long HELLO costs no more than a short one.
 func anyEqual(_ token: String, _ tokens: [String]) -> Bool {
+    let x = Array(token.utf8)
     var hit = false
-    for t in tokens { hit = constantTimeEqual(token, t) || hit }
+    for t in tokens {
+        var diff = UInt8(0)
+        var n = 0
+        for b in t.utf8 {
+            diff |= (n < x.count ? x[n] : 0) ^ b
+            n += 1
+        }
+        hit = (diff == 0 && x.count == n) || hit
+    }
     return hit
 }
 
 /// A RELOAD's note on a token file's new list: how many tokens were added
 /// and removed (connections that sent a removed token keep their access).
 func tokenChange(_ old: [String], _ new: [String]) -> String {
-    let added = new.filter { !old.contains($0) }.count, removed = old.filter { !new.contains($0) }.count
+    let before = Set(old), after = Set(new)
+    let added = after.subtracting(before).count, removed = before.subtracting(after).count
     var parts: [String] = []
     if added > 0 { parts.append("\(added) token\(added == 1 ? "" : "s") added") }
     if removed > 0 { parts.append("\(removed) removed (connections that sent \(removed == 1 ? "it" : "them") keep their access until they close)") }
     return parts.isEmpty ? "the same tokens, reordered" : parts.joined(separator: ", ")
-}
-
-func constantTimeEqual(_ a: String, _ b: String) -> Bool {
-    let x = Array(a.utf8), y = Array(b.utf8)
-    var diff = UInt8(truncatingIfNeeded: x.count ^ y.count)
-    for i in 0..<max(x.count, y.count) {
-        diff |= (i < x.count ? x[i] : 0) ^ (i < y.count ? y[i] : 0)
-    }
-    return diff == 0 && x.count == y.count
 }
 
 public enum PerennialVersion {

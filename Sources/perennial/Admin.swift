@@ -33,7 +33,7 @@ struct Admin: AsyncParsableCommand {
     var prefixes: [String] = []
     @Option var host = "127.0.0.1"
     @Option(parsing: .unconditional) var port = 7878
-    @Option(help: "A file holding the token to send in HELLO (auth.token_file or admin_token_file).")
+    @Option(help: "A file holding the token to send in HELLO (auth.token_file or admin_token_file; its first token when it lists several).")
     var tokenFile: String?
     @Option(parsing: .unconditional, help: "Seconds to wait for the connection and for each reply (default 10; 600 for reload and snapshot, which write the whole model first).")
     var timeout: Double?

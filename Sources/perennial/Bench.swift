@@ -59,7 +59,7 @@ struct Bench: ParsableCommand {
     var samples = 1000
     @Option(help: "Write the results as JSON here.")
     var json: String?
-    @Option(help: "A file holding the server's token (auth.token_file): every connection sends HELLO with it first.")
+    @Option(help: "A file holding the server's token (auth.token_file; its first token when it lists several): every connection sends HELLO with it first.")
     var tokenFile: String?
 
     /// Every number checked before a connection opens (review finding:

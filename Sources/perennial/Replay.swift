@@ -33,7 +33,7 @@ struct Replay: AsyncParsableCommand {
     var window = 8
     @Flag(help: "Do not send the item texts.")
     var noTexts = false
-    @Option(help: "A file holding the server's token (auth.token_file), sent in HELLO.")
+    @Option(help: "A file holding the server's token (auth.token_file; its first token when it lists several), sent in HELLO.")
     var tokenFile: String?
 
     func validate() throws {

@@ -7,12 +7,14 @@ import PerennialEval
 
 /// The token in the file at `path`, surrounding whitespace removed. A
 /// server's file may list several, one per line, while a token is rotated:
-/// the last one listed (the new one, added below the old) is sent.
+/// the first one listed is sent, the one the server knows at every step of
+/// a rotation (the new token is added below the old, and the server reads
+/// the file again only at a RELOAD).
 func readToken(_ path: String) throws -> String {
     guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
         throw CommandError("cannot read the token file \(path)")
     }
     let tokens = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-    guard let token = tokens.last else { throw CommandError("the token file \(path) is empty") }
+    guard let token = tokens.first else { throw CommandError("the token file \(path) is empty") }
     return token
 }

@@ -264,6 +264,30 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
         }
     }
 
+    /// A token file lists tokens one per line, any line end, repeats and
+    /// blank lines ignored, and within bounds (every token is compared with
+    /// each HELLO before anyone is authenticated).
+    @Test func tokenFilesListTokensWithinBounds() throws {
+        let dir = ScratchDirectory.path("tokens")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func tokens(_ text: String) throws(ConfigError) -> [String]? {
+            FileManager.default.createFile(atPath: dir + "/t", contents: Data(text.utf8))
+            return try load("[auth]\ntoken_file = \"\(dir)/t\"\n").clientTokens
+        }
+        #expect(try tokens("first-token\r\n\r\n  second-token \n\tfirst-token\rthird-token") == ["first-token", "second-token", "third-token"])
+        let refusals: [(String, String)] = [
+            ("\r\n\r\nshort\r\n", "the token on line 3 of \(dir)/t is shorter than 8 characters"),
+            ("ok-token-1\n" + String(repeating: "x", count: 4_097), "the token on line 2 of \(dir)/t is longer than 4096 bytes"),
+            ((0...64).map { "token-number-\($0)" }.joined(separator: "\n"), "\(dir)/t lists more than 64 tokens"),
+            (" \n\n", "\(dir)/t holds no token"),
+        ]
+        for (text, message) in refusals {
+            #expect(throws: ConfigError(file: "test.toml", line: 2, message: "'auth.token_file': \(message)")) { try tokens(text) }
+        }
+        #expect(try tokens((1...64).map { "token-number-\($0)" }.joined(separator: "\n"))?.count == 64)
+    }
+
     /// Valid TOML that the reader refused or misreported (review finding,
     /// helper-46): an array over several lines, a byte-order mark; and an
     /// integer too large says so instead of "is not a value".

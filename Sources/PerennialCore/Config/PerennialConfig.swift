@@ -257,10 +257,13 @@ public struct PerennialConfig: Sendable {
         throw ConfigError(file: path, line: line, message: "the file is not UTF-8 text (save it as UTF-8)")
     }
 
-    /// A token from the file named by `key` (surrounding whitespace removed),
-    /// or nil when the key is unset or empty.
-    /// The tokens a token file lists, one per line (surrounding whitespace
-    /// and empty lines ignored).
+    /// Tokens a token file may list, and the longest token: a HELLO is
+    /// compared with every token of a file before anyone is authenticated.
+    static let maxTokensPerFile = 64, maxTokenBytes = 4_096
+
+    /// The tokens listed in the file named by `key`, one per line (surrounding
+    /// whitespace, empty lines and repeats ignored; any line end), or nil
+    /// when the key is unset or empty.
     static func readTokens(_ r: ConfigReader, _ key: String) throws(ConfigError) -> [String]? {
         let path = try r.string(key, default: "")
         if path.isEmpty { return nil }
@@ -271,10 +274,13 @@ public struct PerennialConfig: Sendable {
         }
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return refuse("cannot read \(path)") }
         var tokens: [String] = []
-        for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        // (Split on any line end: "\r\n" is one Character, not a "\n".)
+        for (n, raw) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
             let token = raw.trimmingCharacters(in: .whitespacesAndNewlines)
-            if token.isEmpty { continue }
+            if token.isEmpty || tokens.contains(token) { continue }
             if token.count < 8 { return refuse("the token on line \(n + 1) of \(path) is shorter than 8 characters") }
+            if token.utf8.count > maxTokenBytes { return refuse("the token on line \(n + 1) of \(path) is longer than \(maxTokenBytes) bytes") }
+            if tokens.count == maxTokensPerFile { return refuse("\(path) lists more than \(maxTokensPerFile) tokens") }
             tokens.append(token)
         }
         return tokens.isEmpty ? refuse("\(path) holds no token") : tokens

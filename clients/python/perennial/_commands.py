@@ -607,12 +607,15 @@ def _unauthorized_hint(opcode: int) -> str:
     """What a caller changes when the server refuses a request UNAUTHORIZED:
     the server's message speaks of HELLO, which this client sends itself."""
     if opcode == Opcode.HELLO:
-        return ("the client sends its token= argument: give it the text of the server's "
-                "auth.token_file, or of auth.admin_token_file")
-    if opcode in (Opcode.RELOAD, Opcode.SNAPSHOT, Opcode.SHUTDOWN):
-        return "admin requests need a client made with token= the text of the server's auth.admin_token_file"
-    return ("make the client with token= the text of the server's auth.token_file "
-            "(and hello=True, the default)")
+        return ("the client sends its token= argument: give it one of the tokens (one a line) in the server's "
+                "auth.token_file, or in auth.admin_token_file")
+    with_token = "a client made with token= one of the tokens in the server's %s, and hello=True, the default"
+    if opcode in (Opcode.RELOAD, Opcode.SNAPSHOT):
+        return "admin requests need " + with_token % "auth.admin_token_file"
+    if opcode == Opcode.SHUTDOWN:
+        return ("SHUTDOWN needs " + with_token % "auth.admin_token_file"
+                + ", or a server with server.allow_shutdown = true")
+    return "use " + with_token % "auth.token_file"
 
 
 def resolve_reply(item: Union[Frame, ProtocolError], request_id: int,

@@ -110,7 +110,8 @@ class Client:
             and to :meth:`reload`, which may write the whole model first
             (longer the larger the model); the longer of this and
             ``timeout`` applies (None: forever).
-        token: the server's token, when it has one.
+        token: one of the server's tokens (a line of its ``auth.token_file``,
+            or of ``auth.admin_token_file`` for admin requests), when it has them.
         client_name: sent in HELLO.
         hello: send HELLO when connecting (required when the server has a
             token).

@@ -19,21 +19,24 @@ def test_tokens(start_server, tmp_path: Path) -> None:
     # Each refusal says what to change in the client, not only the
     # server's words about HELLO, which the client sends by itself.
     with perennial.Client(host, port, hello=False) as c:
-        with pytest.raises(perennial.Unauthorized, match=r"send HELLO with it first \(make the client "
-                           r"with token= the text of the server's auth.token_file \(and hello=True"):
+        with pytest.raises(perennial.Unauthorized, match=r"send HELLO with it first \(use a client made "
+                           r"with token= one of the tokens in the server's auth.token_file, and hello=True"):
             c.stats()
     for token in (None, "wrong-token-x"):
         with pytest.raises(perennial.Unauthorized, match=r"\(the client sends its token= argument: give it "
-                           r"the text of the server's auth.token_file") as e:
+                           r"one of the tokens \(one a line\) in the server's auth.token_file") as e:
             perennial.Client(host, port, token=token).ping()
         assert e.value.message.startswith("wrong token (" if token else "this server needs a token (HELLO sent none) (")
     with perennial.Client(host, port, token="client-secret-1") as c:
         assert c.ping()
         c.feedback([perennial.Event(1, 2)])
-        for admin_op in (c.shutdown, c.snapshot, c.reload):
+        for admin_op in (c.snapshot, c.reload):
             with pytest.raises(perennial.Unauthorized, match=r"\(admin requests need a client made with token= "
-                               r"the text of the server's auth.admin_token_file\)"):
+                               r"one of the tokens in the server's auth.admin_token_file, and hello=True"):
                 admin_op()
+        with pytest.raises(perennial.Unauthorized, match=r"\(SHUTDOWN needs a client made with token= one of the "
+                           r"tokens in the server's auth.admin_token_file, .* or a server with server.allow_shutdown"):
+            c.shutdown()
     with perennial.Client(host, port, token="admin-secret-22") as c:
         assert c.ping()
         assert c.snapshot() == 1  # covers the one event fed above
@@ -169,18 +172,33 @@ def test_a_client_token_is_rotated_without_refusing_anyone(start_server, tmp_pat
         perennial.Client(*srv.address, token="old-secret-1").ping()
     with perennial.Client(*srv.address, token="new-secret-2") as c:
         assert c.ping()
-    # perennial's tools given a file of both tokens send the last, the new.
+    # perennial's tools given a file of two tokens send the first, the one
+    # the server knows at every step of a rotation: here the next rotation's
+    # file, edited but not yet reloaded.
     import subprocess
     from conftest import server_binary
-    (tmp_path / "both").write_text("old-secret-1\nnew-secret-2\n")
+    (tmp_path / "both").write_text("new-secret-2\nnewer-secret-3\n")
     shown = subprocess.run([str(server_binary()), "admin", "ping", "--port", str(srv.port),
                             "--token-file", str(tmp_path / "both")], capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and "answered in" in shown.stdout, shown.stderr
-    # A short token on a later line is named with its line; the reload is
-    # refused and the tokens stay.
+    # A short token on a later line is named with its line (CRLF line ends
+    # too); the reload is refused and the tokens stay.
     (tmp_path / "token").write_text("new-secret-2\nshort\n")
     with pytest.raises(perennial.InvalidArgument, match=r"the token on line 2 of .*token is shorter than 8"):
         admin.reload()
+    (tmp_path / "token").write_bytes(b"\r\n\r\nshort\r\n")
+    with pytest.raises(perennial.InvalidArgument, match=r"the token on line 3 of .*token is shorter than 8"):
+        admin.reload()
+    # CRLF line ends split tokens as LF ones do.
+    (tmp_path / "token").write_bytes(b"new-secret-2\r\ncrlf-secret-4\r\n")
+    admin.reload()
+    for token in ("new-secret-2", "crlf-secret-4"):
+        with perennial.Client(*srv.address, token=token) as c:
+            assert c.ping()
+    # Only the whole token: a prefix of one, or one with more after it, is wrong.
+    for token in ("new-secret-", "new-secret-22", "crlf-secret-4" + "x" * 60000):
+        with pytest.raises(perennial.Unauthorized, match="wrong token"):
+            perennial.Client(*srv.address, token=token).ping()
     with perennial.Client(*srv.address, token="new-secret-2") as c:
         assert c.ping()
     admin.close()
