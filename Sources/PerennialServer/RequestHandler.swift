@@ -37,6 +37,12 @@ struct ConnectionState {
     /// What a HELLO proved: nothing yet, the client token, or the admin token.
     enum Role: Comparable { case anonymous, client, admin }
     var role: Role = .anonymous
+    /// The token that proved `role`, and the token lists' generation it was
+    /// checked against: a RELOAD that changes the lists checks it again at
+    /// the connection's next request, so a removed token stops working on
+    /// connections already open (a leaked token is revoked by removing it).
+    var provedWith = ""
+    var provedAt = 0
     /// Highest sequence this connection's FEEDBACK was acknowledged with;
     /// its later reads wait for it (read-your-writes on one connection).
     var lastFeedbackSeq: UInt64 = 0
@@ -71,9 +77,12 @@ final class RequestHandler {
     private(set) var config: PerennialConfig {
         didSet {
             tokensRequired = config.clientTokens != nil || config.adminTokens != nil
+            if config.clientTokens != oldValue.clientTokens || config.adminTokens != oldValue.adminTokens { tokensGeneration += 1 }
             snapshots.config = config
         }
     }
+    /// Counts changes of the token lists (ConnectionState.provedAt).
+    private var tokensGeneration = 0
     /// Whether any token is configured (most servers have none: then only
     /// HELLO needs looking at, and every other request passes at once).
     private var tokensRequired: Bool
@@ -564,10 +573,14 @@ final class RequestHandler {
         if case .hello(let h) = request {
             // (A HELLO naming another protocol version never gets here: its
             // decoding refuses it, fatal, so it proves nothing: helper-78.)
-            if let admin = config.adminTokens, anyEqual(h.token, admin) {
-                state.role = .admin
-            } else if let client = config.clientTokens, anyEqual(h.token, client) {
-                state.role = .client
+            // (Whatever an earlier HELLO proved goes: a refused one leaves
+            // the connection with nothing.)
+            state.provedAt = tokensGeneration
+            state.provedWith = ""
+            state.role = .anonymous
+            if let role = role(proved: h.token) {
+                state.role = role
+                state.provedWith = h.token
             } else if config.clientTokens != nil || (!h.token.isEmpty && config.adminTokens != nil) {
                 // (A HELLO with no token is a client that has none, as a
                 // request without HELLO is, not a guess: the Swift client
@@ -577,17 +590,25 @@ final class RequestHandler {
             }
             return
         }
+        if state.provedAt != tokensGeneration {
+            // The token lists changed since this connection's HELLO.
+            state.provedAt = tokensGeneration
+            if !state.provedWith.isEmpty { state.role = role(proved: state.provedWith) ?? .anonymous }
+        }
         guard tokensRequired else { return }
+        // (A connection whose token a RELOAD removed is told so.)
+        let removed = "the token this connection's HELLO sent was removed from the server's token files: send HELLO with one they list"
         let isAdminOp: Bool
         switch request {
         case .reload, .snapshot, .shutdown: isAdminOp = true
         default: isAdminOp = false
         }
         if isAdminOp, config.adminTokens != nil, state.role != .admin {
-            throw ProtocolError(.unauthorized, "admin operations need HELLO with the admin token")
+            throw ProtocolError(.unauthorized, state.provedWith.isEmpty || state.role == .client
+                ? "admin operations need HELLO with the admin token" : removed)
         }
         if config.clientTokens != nil, state.role == .anonymous {
-            throw ProtocolError(.unauthorized, "this server requires a token: send HELLO with it first")
+            throw ProtocolError(.unauthorized, state.provedWith.isEmpty ? "this server requires a token: send HELLO with it first" : removed)
         }
     }
 
@@ -1055,6 +1076,15 @@ final class RequestHandler {
     }
 }
 
+extension RequestHandler {
+    /// What `token` proves under the current token files (nil: nothing).
+    func role(proved token: String) -> ConnectionState.Role? {
+        if let admin = config.adminTokens, anyEqual(token, admin) { return .admin }
+        if let client = config.clientTokens, anyEqual(token, client) { return .client }
+        return nil
+    }
+}
+
 /// Whether `token` (from a HELLO) is one of `tokens` (a token file's). Every
 /// token of the list is compared, each in time that depends only on its own
 /// length, not on where the two first differ nor on the HELLO's length (up
@@ -1082,7 +1112,7 @@ func tokenChange(_ old: [String], _ new: [String]) -> String {
     let added = after.subtracting(before).count, removed = before.subtracting(after).count
     var parts: [String] = []
     if added > 0 { parts.append("\(added) token\(added == 1 ? "" : "s") added") }
-    if removed > 0 { parts.append("\(removed) removed (connections that sent \(removed == 1 ? "it" : "them") keep their access until they close)") }
+    if removed > 0 { parts.append("\(removed) removed (connections that sent \(removed == 1 ? "it" : "them") lose their access at their next request)") }
     return parts.isEmpty ? "the same tokens, reordered" : parts.joined(separator: ", ")
 }
 

@@ -144,16 +144,20 @@ def test_a_reload_that_rotates_the_admin_token_still_returns(start_server, tmp_p
 def test_a_client_token_is_rotated_without_refusing_anyone(start_server, tmp_path: Path) -> None:
     """A token file may list several tokens, one per line: a token is
     rotated by adding the new one, moving clients to it, then removing the
-    old, with a RELOAD after each edit. A feedback streamer on the old token
-    goes on throughout (its connection keeps the access its HELLO proved);
-    a new connection with the old token is refused only once it is removed."""
+    old, with a RELOAD after each edit. A feedback streamer goes on
+    throughout, its client moved to the new token by a HELLO on the same
+    connection; a connection left on the old token loses its access when
+    the token is removed (how a leaked token is revoked), and a new
+    connection with it is refused."""
     (tmp_path / "token").write_text("old-secret-1\n")
     (tmp_path / "admin").write_text("admin-secret-22\n")
     srv = start_server('[auth]\ntoken_file = "%s"\nadmin_token_file = "%s"\n'
                        % (tmp_path / "token", tmp_path / "admin"))
     admin = perennial.Client(*srv.address, token="admin-secret-22")
-    with perennial.Client(*srv.address, token="old-secret-1") as old:
-        with old.streamer(batch_size=10) as stream:
+    left = perennial.Client(*srv.address, token="old-secret-1")
+    assert left.ping()
+    with perennial.Client(*srv.address, token="old-secret-1") as moved:
+        with moved.streamer(batch_size=10) as stream:
             stream.send_many(perennial.Event(1, i) for i in range(1, 51))
             # Both tokens, the new one on the second line among blank ones.
             (tmp_path / "token").write_text("old-secret-1\n\n  new-secret-2  \n")
@@ -163,11 +167,20 @@ def test_a_client_token_is_rotated_without_refusing_anyone(start_server, tmp_pat
                     ack = c.feedback([perennial.Event(2, 7)])
                     assert ack.last_seq == ack.first_seq
             stream.send_many(perennial.Event(1, i) for i in range(51, 101))
-            # The old token removed: the streamer's connection goes on.
+            stream.flush()
+            moved.token = "new-secret-2"
+            moved.hello()
+            assert left.ping()
+            # The old token removed: the moved streamer goes on, the
+            # connection left on it is refused, saying why.
             (tmp_path / "token").write_text("new-secret-2\n")
             admin.reload()
             stream.send_many(perennial.Event(1, i) for i in range(101, 151))
-        assert old.stats()["events_accepted"] == 152
+        assert moved.stats()["events_accepted"] == 152
+    with pytest.raises(perennial.Unauthorized, match="the token this connection's HELLO sent was removed from the "
+                       "server's token files: send HELLO with one they list"):
+        left.stats()
+    left.close()
     with pytest.raises(perennial.Unauthorized, match="wrong token"):
         perennial.Client(*srv.address, token="old-secret-1").ping()
     with perennial.Client(*srv.address, token="new-secret-2") as c:
