@@ -2,7 +2,8 @@
 // scorer reads as the user's context and RECOMMEND excludes from answers.
 // An item seen again moves to the most recent place rather than taking a
 // second one, so repeated events on one item never push the user's other
-// items out of the exclusions. Owned by the thread that admits events.
+// items out of the exclusions. Owned by the thread that admits events
+// (which also serves RECOMMEND and SCORE: their reads clean lists, below).
 //
 // Each entry also keeps which kinds of event the user had on it (a bit per
 // FeedbackKind), so `[history] exclude_kinds` can leave some kinds out of
@@ -13,11 +14,20 @@
 // Forgotten items (a deletion, an expiry sweep) leave the lists lazily: a
 // user's list is cleaned of the deletions made since it was last cleaned
 // when it is next read or written, and `sweep` cleans a slice of users each
-// timer tick until every list is clean and the deletions are let go. One
-// pass over every list at the deletion held the event loop 7-9 ms at
-// 150,000 users (each list a separate array: a cache miss each). An index
-// a deletion freed may name a new item later; a list that records it is
-// cleaned first, so only entries older than the deletion are dropped.
+// timer tick until every list is clean. One pass over every list at the
+// deletion held the event loop 7-9 ms at 150,000 users (each list a
+// separate array: a cache miss each).
+//
+// Each deletion has a number; each index keeps the number of its latest
+// deletion (`deletedAt`), each list the number it was last cleaned to
+// (`cleanedTo`). A list is clean as of its number, and every entry it
+// gains is recorded after a clean, so an entry names a forgotten item
+// exactly when its index was deleted after the list's number: one lookup
+// per entry however many deletions are pending, and an index a deletion
+// freed and a new item then took is kept in lists that recorded it since.
+// Most entries are passed by a 4,096-bit sieve of the indices deleted in
+// the sweep's last two passes (the only deletions a list can lack).
+//
 // Reads change the lists, then: a snapshot's thread, which reads them while
 // the loop serves, starts only after `cleanAll` (SnapshotScheduler).
 
@@ -34,19 +44,21 @@ public final class InteractionHistory {
     private var kinds: [[UInt8]] = []
     /// Entries held, counting those of forgotten items not yet cleaned away.
     public private(set) var totalEntries = 0
-    /// Deletions not yet applied to every list, oldest first, each with its
-    /// number (`deletions` when it was made).
-    private var pending: [(number: Int, items: RetiredItems)] = []
-    private var deletions = 0
-    /// Per user: the number of the latest deletion applied to their list.
-    private var cleanedTo: [Int] = []
-    /// The sweep: the next user it cleans, and the deletions made when its
-    /// pass began (every list is clean of those once the pass ends).
+    /// Deletions so far, each index's latest (0: never deleted; indices
+    /// past the end never were), and each list's number (see the header).
+    private var deletions: Int32 = 0
+    private var deletedAt: [Int32] = []
+    private var cleanedTo: [Int32] = []
+    /// Bits (index modulo 4,096) of the indices deleted during the sweep's
+    /// current pass and its previous one, and their union.
+    private var sievePass = [UInt64](repeating: 0, count: 64)
+    private var sieveBefore = [UInt64](repeating: 0, count: 64)
+    private var sieve = [UInt64](repeating: 0, count: 64)
+    /// The sweep: the next user it cleans, and the number every list is
+    /// clean to once the pass ends. Settled: every list is clean.
     private var sweepNext = 0
-    private var sweepCovers = 0
-    /// More deletions than this pending: every list is cleaned at once (a
-    /// deletion holds a megabyte per million items until let go).
-    static let maxPending = 16
+    private var sweepCovers: Int32 = 0
+    private var settled = true
 
     public init(limitPerUser: Int) { self.limit = limitPerUser }
 
@@ -59,37 +71,49 @@ public final class InteractionHistory {
         }
     }
 
-    /// Applies to user u's list the deletions made since it was last cleaned.
+    /// Drops from user u's list the entries deleted since it was last cleaned.
     @inline(__always)
     private func clean(_ u: Int) {
-        guard !pending.isEmpty, u < lists.count, cleanedTo[u] < deletions else { return }
+        guard u < lists.count, cleanedTo[u] < deletions else { return }
         let since = cleanedTo[u]
         cleanedTo[u] = deletions
-        for p in pending where p.number > since && lists[u].withUnsafeBufferPointer(p.items.containsAny) {
-            let kept = zip(lists[u], kinds[u]).filter { !p.items.contains($0.0) }
-            totalEntries -= lists[u].count - kept.count
-            lists[u] = kept.map(\.0)
-            kinds[u] = kept.map(\.1)
+        let deleted = { [deletedAt, sieve] (i: Int32) -> Bool in
+            let b = Int(i) & 4095
+            return sieve[b >> 6] & (1 << UInt64(b & 63)) != 0 && Int(i) < deletedAt.count && i >= 0 && deletedAt[Int(i)] > since
         }
+        guard lists[u].contains(where: deleted) else { return }
+        let kept = zip(lists[u], kinds[u]).filter { !deleted($0.0) }
+        totalEntries -= lists[u].count - kept.count
+        lists[u] = kept.map(\.0)
+        kinds[u] = kept.map(\.1)
     }
 
-    /// Cleans up to `users` more lists (the loop's timer, every 100 ms), and
-    /// lets go of the deletions every list is clean of. Returns whether
-    /// deletions are still pending.
+    /// Cleans up to `users` more lists (the loop's timer, every 100 ms).
+    /// Returns whether some list may still hold a forgotten item.
     @discardableResult
     public func sweep(users budget: Int) -> Bool {
-        guard !pending.isEmpty else { return false }
+        guard !settled else { return false }
         let end = min(lists.count, sweepNext + budget)
         for u in sweepNext..<end { clean(u) }
         sweepNext = end
         if sweepNext >= lists.count {
-            // Every list was cleaned during this pass, or made after it
-            // began, so each is clean of what was pending when it began.
-            pending.removeAll { $0.number <= sweepCovers }
+            // Every list was cleaned during this pass (or made after it
+            // began): each is clean to `sweepCovers`, so only the deletions
+            // made during the pass may still be missing from some list.
             sweepNext = 0
-            sweepCovers = deletions
+            if deletions == sweepCovers {
+                settled = true
+                sievePass = [UInt64](repeating: 0, count: 64)
+                sieveBefore = sievePass
+                sieve = sievePass
+            } else {
+                sweepCovers = deletions
+                sieveBefore = sievePass
+                sievePass = [UInt64](repeating: 0, count: 64)
+                sieve = sieveBefore
+            }
         }
-        return !pending.isEmpty
+        return !settled
     }
 
     /// Records an event of kind `kind` (nil: not known) by `user` on `item`.
@@ -158,21 +182,38 @@ public final class InteractionHistory {
     /// their indices will name other items).
     public func remove(_ retired: RetiredItems) {
         guard !retired.isEmpty else { return }
-        if pending.count >= Self.maxPending { cleanAll() }
-        if pending.isEmpty {
-            sweepNext = 0
-            sweepCovers = deletions + 1
+        if deletions == .max {
+            // (Numbers start again once every list is clean of them all.)
+            cleanAll()
+            deletions = 0
+            deletedAt = [Int32](repeating: 0, count: deletedAt.count)
+            cleanedTo = [Int32](repeating: 0, count: cleanedTo.count)
         }
         deletions += 1
-        pending.append((deletions, retired))
+        for i in retired.indices {
+            if Int(i) >= deletedAt.count { deletedAt.append(contentsOf: repeatElement(0, count: Int(i) + 1 - deletedAt.count)) }
+            deletedAt[Int(i)] = deletions
+            let b = Int(i) & 4095
+            sievePass[b >> 6] |= 1 << UInt64(b & 63)
+            sieve[b >> 6] |= 1 << UInt64(b & 63)
+        }
+        if settled {
+            settled = false
+            sweepNext = 0
+            sweepCovers = deletions
+        }
     }
 
-    /// Deletions not yet applied to every list (for tests).
-    var pendingDeletions: Int { pending.count }
+    /// Whether some list may still hold a forgotten item (for tests).
+    var unsettled: Bool { !settled }
 
-    /// Applies every pending deletion to every list now.
+    /// Cleans every list now.
     public func cleanAll() {
-        while sweep(users: lists.count) {}
+        guard !settled else { return }
+        for u in lists.indices { clean(u) }
+        sweepNext = lists.count
+        sweepCovers = deletions
+        sweep(users: 0)
     }
 
     /// The user's items, oldest first.
