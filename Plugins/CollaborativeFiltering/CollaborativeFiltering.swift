@@ -198,9 +198,9 @@ public final class CollaborativeFilteringScorer: Scorer {
     /// (what requests read: a leaderboard changed on the learner under a
     /// request would answer strangers wrongly, review finding, helper-97);
     /// then, for the learner, what only it reads or writes and what visits
-    /// every item or user: the co-occurrence purge, every user's recent items and the
-    /// sampler. Until that runs, forgotten items are in none of the loop's
-    /// answers: they count 0 and every request excludes them.
+    /// every item or user: the co-occurrence purge, every user's recent
+    /// items and the sampler. Until that runs, forgotten items are in none
+    /// of the loop's answers: they count 0 and every request excludes them.
     public func forgetLater(items retired: RetiredItems) -> LearnerJob? {
         for i in retired.indices.map(Int.init) {
             context.row(i).update(repeating: 0, count: d)

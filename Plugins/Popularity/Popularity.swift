@@ -59,10 +59,10 @@ public final class PopularityScorer: Scorer {
         itemCount = items
     }
 
-    /// Forgotten items (deleted or expired): their counts go, now, and they leave the leaderboard
-    /// with the learner idle (not on the learner while requests rank from
-    /// it: a leaderboard changed under a request would answer wrongly,
-    /// review finding, helper-97).
+    /// Forgotten items (deleted or expired): their counts go, now, and they
+    /// leave the leaderboard with the learner idle (not on the learner
+    /// while requests rank from it: a leaderboard changed under a request
+    /// would answer wrongly, review finding, helper-97).
     public func forget(items: RetiredItems) {
         for i in items.indices { counts[Int(i)] = 0 }
         leaderboard.forget(items)

@@ -1089,7 +1089,8 @@ extension RequestHandler {
 /// token of the list is compared, each in time that depends only on its own
 /// length, not on where the two first differ nor on the HELLO's length (up
 /// to 65,535 bytes, sent before any authentication): the time says nothing
-/// of which token matched, and a long HELLO costs no more than a short one.
+/// of which token of the list matched, and a long HELLO costs no more than
+/// a short one.
 func anyEqual(_ token: String, _ tokens: [String]) -> Bool {
     let x = Array(token.utf8)
     var hit = false
@@ -1106,7 +1107,7 @@ func anyEqual(_ token: String, _ tokens: [String]) -> Bool {
 }
 
 /// A RELOAD's note on a token file's new list: how many tokens were added
-/// and removed (connections that sent a removed token keep their access).
+/// and removed (connections that sent a removed one lose their access).
 func tokenChange(_ old: [String], _ new: [String]) -> String {
     let before = Set(old), after = Set(new)
     let added = after.subtracting(before).count, removed = before.subtracting(after).count

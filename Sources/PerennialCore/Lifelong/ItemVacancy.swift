@@ -64,11 +64,11 @@ public struct RetiredItems {
     public let indices: [Int32]
     private let member: [Bool]
     /// One bit per index modulo 4,096, set for the retired: a clear bit
-    /// answers "not retired" from 512 bytes in L1 cache. Every user's
-    /// history is checked against these, three million entries at 150,000
-    /// users, and `member` (a megabyte at a million items) missed cache on
-    /// most of them. (Every bit set for sets over 1,024 items, which would
-    /// set most bits anyway: `member` answers alone.)
+    /// answers "not retired" from 512 bytes in L1 cache. Every user's recent
+    /// items (cf, session-rnn: millions of entries at 150,000 users) are
+    /// checked against these, and `member` (a megabyte at a million items)
+    /// missed cache on most of them. (Every bit set for sets over 1,024
+    /// items, which would set most bits anyway: `member` answers alone.)
     private let sieve: [UInt64]
 
     public init(_ indices: [Int32], itemCount: Int) {

@@ -178,8 +178,8 @@ public final class InteractionHistory {
         kinds[u] = []
     }
 
-    /// Removes expired items from every user's list (an item expiry sweep:
-    /// their indices will name other items).
+    /// Forgets items (deleted, or expired by a sweep: their indices may
+    /// name other items later) in every user's list, lazily (see the header).
     public func remove(_ retired: RetiredItems) {
         guard !retired.isEmpty else { return }
         if deletions == .max {
