@@ -395,7 +395,10 @@ import Glibc
 
     /// A RELOAD that changed the token made reload() throw UNAUTHORIZED
     /// (its HELLO to learn the limits met the new token) though it was
-    /// applied, and every later stream() failed unsent (helper-74).
+    /// applied (helper-74). A rotation: the new token added, the client
+    /// moved to it by hello(), the old one removed; streams go on
+    /// throughout, and no HELLO of the client's fails. A connection left on
+    /// the removed token loses its access at its next request.
     @Test func aTokenRotatedByReloadStopsNeitherReloadNorStream() async throws {
         let dir = ScratchDirectory.path("rotate")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -403,18 +406,30 @@ import Glibc
         let s = try TestServer("[auth]\ntoken_file = \"\(dir)/token\"\n")
         defer { s.stop() }
         let c = try await PerennialClient.connect(port: s.port, token: "secret-token-AAAA")
+        let left = try await PerennialClient.connect(port: s.port, token: "secret-token-AAAA")
+        let events = (0..<300).map { (k: Int) -> WireEvent in WireEvent(user: UInt64(k % 20 + 1), item: UInt64(k % 90 + 1), kind: .click) }
+        try "secret-token-AAAA\nsecret-token-BBBB\n".write(toFile: dir + "/token", atomically: true, encoding: .utf8)
+        try await c.reload()
+        #expect(try await c.stream(events, batchSize: 100)?.lastSeq == 300)
+        _ = try await c.hello(token: "secret-token-BBBB")
         try "secret-token-BBBB\n".write(toFile: dir + "/token", atomically: true, encoding: .utf8)
         try await c.reload()
-        #expect(try await c.stats()["reloads"] == 1)
-        let events = (0..<300).map { (k: Int) -> WireEvent in WireEvent(user: UInt64(k % 20 + 1), item: UInt64(k % 90 + 1), kind: .click) }
-        let failures = try await c.stats()["auth_failures"]
-        #expect(try await c.stream(events, batchSize: 100)?.lastSeq == 300)
+        #expect(try await c.stats()["reloads"] == 2)
         #expect(try await c.stream(events, batchSize: 100)?.lastSeq == 600)
-        // (A stream sends no HELLO of its own while its batches fit: each
-        // was an authentication failure under the rotated token.)
-        #expect(try await c.stats()["auth_failures"] == failures)
-        // (A new connection needs the new token.)
+        #expect(try await c.stats()["auth_failures"] == 0)
+        // The connection left on the removed token, and a new one with it.
+        do {
+            _ = try await left.stats()
+            Issue.record("a connection on a removed token was answered")
+        } catch let PerennialClientError.server(code, _, _, message) {
+            #expect(code == .unauthorized && message.contains("was removed"), "\(message)")
+        }
         await #expect(throws: PerennialClientError.self) { _ = try await PerennialClient.connect(port: s.port, token: "secret-token-AAAA") }
+        // A hard swap (the client's token replaced at once): reload() does
+        // not throw for the RELOAD it applied, though its HELLO is refused.
+        try "secret-token-CCCC\n".write(toFile: dir + "/token", atomically: true, encoding: .utf8)
+        try await c.reload()
+        #expect(try await PerennialClient.connect(port: s.port, token: "secret-token-CCCC").stats()["reloads"] == 3)
     }
 
     /// A CAPACITY refusal's detail stayed the index in the batch (80 for

@@ -642,10 +642,11 @@ public final class PerennialClient: @unchecked Sendable {
     /// Python client does.
     public func reload() async throws {
         guard case .reload = try await call(.reload, waiting: adminTimeout) else { throw unexpected() }
-        // (The RELOAD stands whatever this HELLO meets: a new token refuses
-        // the old one, and the connection goes on as it was greeted: review
-        // finding, helper-74, reload() threw UNAUTHORIZED for a RELOAD
-        // that was applied.)
+        // (The RELOAD stands whatever this HELLO meets: one that removed
+        // this client's token refuses it, and the connection's later
+        // requests too, until hello() with a listed token. Review finding,
+        // helper-74: reload() threw UNAUTHORIZED for a RELOAD that was
+        // applied.)
         _ = try? await onQueue { [self] call in
             try ensureConnected(call)
             try relearnLimits()
@@ -654,8 +655,9 @@ public final class PerennialClient: @unchecked Sendable {
 
     /// Sends the last HELLO again on the open connection (on `queue`) to
     /// learn the server's limits now; nothing when the client never greeted
-    /// it. A refusal (a RELOAD changed the token since) keeps the limits
-    /// known, and the connection its greeting.
+    /// it. A refusal (a RELOAD removed the token since) keeps the limits
+    /// known; the connection has then lost its access, until hello() with
+    /// a token the server lists.
     private func relearnLimits() throws {
         guard let greeting else { return }
         do { try greetNow(greeting) } catch PerennialClientError.server { }
