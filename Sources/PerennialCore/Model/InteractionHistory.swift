@@ -26,7 +26,9 @@
 // per entry however many deletions are pending, and an index a deletion
 // freed and a new item then took is kept in lists that recorded it since.
 // Most entries are passed by a 4,096-bit sieve of the indices deleted in
-// the sweep's last two passes (the only deletions a list can lack).
+// the sweep's last two passes (the only deletions a list can lack), while
+// those are few: a sweep that expires a thousand items or more sets nearly
+// every bit for two passes, and every entry is then looked up.
 //
 // Reads change the lists, then: a snapshot's thread, which reads them while
 // the loop serves, starts only after `cleanAll` (SnapshotScheduler).
