@@ -3,6 +3,7 @@
 // it never shows in a process list.
 
 import Foundation
+import PerennialCore
 import PerennialEval
 
 /// The token in the file at `path`, surrounding whitespace removed. A
@@ -14,7 +15,6 @@ func readToken(_ path: String) throws -> String {
     guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
         throw CommandError("cannot read the token file \(path)")
     }
-    let tokens = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-    guard let token = tokens.first else { throw CommandError("the token file \(path) is empty") }
-    return token
+    guard let first = PerennialConfig.tokenLines(text).first else { throw CommandError("the token file \(path) is empty") }
+    return first.token
 }

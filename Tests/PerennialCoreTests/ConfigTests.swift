@@ -272,7 +272,7 @@ private func load(_ text: String) throws(ConfigError) -> PerennialConfig {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         func tokens(_ text: String) throws(ConfigError) -> [String]? {
-            FileManager.default.createFile(atPath: dir + "/t", contents: Data(text.utf8))
+            _ = FileManager.default.createFile(atPath: dir + "/t", contents: Data(text.utf8))
             return try load("[auth]\ntoken_file = \"\(dir)/t\"\n").clientTokens
         }
         #expect(try tokens("first-token\r\n\r\n  second-token \n\tfirst-token\rthird-token") == ["first-token", "second-token", "third-token"])

@@ -261,6 +261,17 @@ public struct PerennialConfig: Sendable {
     /// compared with every token of a file before anyone is authenticated.
     static let maxTokensPerFile = 64, maxTokenBytes = 4_096
 
+    /// The tokens a token file's text lists, with their line numbers (from
+    /// 1): one a line, any line end ("\r\n" is one Character, not a "\n"),
+    /// surrounding whitespace and empty lines ignored. The server's reading,
+    /// and the tools' (`--token-file`).
+    public static func tokenLines(_ text: String) -> [(line: Int, token: String)] {
+        text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated().compactMap { n, raw in
+            let token = raw.trimmingCharacters(in: .whitespaces)
+            return token.isEmpty ? nil : (n + 1, token)
+        }
+    }
+
     /// The tokens listed in the file named by `key`, one per line (surrounding
     /// whitespace, empty lines and repeats ignored; any line end), or nil
     /// when the key is unset or empty.
@@ -274,12 +285,9 @@ public struct PerennialConfig: Sendable {
         }
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return refuse("cannot read \(path)") }
         var tokens: [String] = []
-        // (Split on any line end: "\r\n" is one Character, not a "\n".)
-        for (n, raw) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
-            let token = raw.trimmingCharacters(in: .whitespacesAndNewlines)
-            if token.isEmpty || tokens.contains(token) { continue }
-            if token.count < 8 { return refuse("the token on line \(n + 1) of \(path) is shorter than 8 characters") }
-            if token.utf8.count > maxTokenBytes { return refuse("the token on line \(n + 1) of \(path) is longer than \(maxTokenBytes) bytes") }
+        for (line, token) in tokenLines(text) where !tokens.contains(token) {
+            if token.count < 8 { return refuse("the token on line \(line) of \(path) is shorter than 8 characters") }
+            if token.utf8.count > maxTokenBytes { return refuse("the token on line \(line) of \(path) is longer than \(maxTokenBytes) bytes") }
             if tokens.count == maxTokensPerFile { return refuse("\(path) lists more than \(maxTokensPerFile) tokens") }
             tokens.append(token)
         }

@@ -5,7 +5,7 @@
 // never a drop.
 //
 // It also runs the jobs forgetting items hands it (LearnerJob: the scorers'
-// table purges and rebuilds), each before any event queued after it.
+// table purges), each before any event queued after it.
 //
 // Threading invariant (why this is `@unchecked Sendable`): `ring`, `head`,
 // `count`, `jobs` and `stopping` are read and written only with `mutex`

@@ -91,10 +91,6 @@ public struct RetiredItems {
         return Int(i) < member.count && i >= 0 && member[Int(i)]
     }
 
-    /// Whether any of `items` is retired.
-    @inline(__always)
-    public func containsAny(_ items: UnsafeBufferPointer<Int32>) -> Bool { items.contains(where: contains) }
-
     public var isEmpty: Bool { indices.isEmpty }
     /// The items there were when these were retired (indices below it).
     public var itemCount: Int { member.count }
@@ -104,7 +100,7 @@ public struct RetiredItems {
     @discardableResult
     public func remove(from lists: inout [[Int32]]) -> Int {
         var removed = 0
-        for u in lists.indices where lists[u].withUnsafeBufferPointer(containsAny) {
+        for u in lists.indices where lists[u].contains(where: contains) {
             let before = lists[u].count
             lists[u].removeAll(where: contains)
             removed += before - lists[u].count

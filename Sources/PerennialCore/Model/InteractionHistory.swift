@@ -52,9 +52,8 @@ public final class InteractionHistory {
     private var deletedAt: [Int32] = []
     private var cleanedTo: [Int32] = []
     /// Bits (index modulo 4,096) of the indices deleted during the sweep's
-    /// current pass and its previous one, and their union.
+    /// current pass, and during it and the previous one.
     private var sievePass = [UInt64](repeating: 0, count: 64)
-    private var sieveBefore = [UInt64](repeating: 0, count: 64)
     private var sieve = [UInt64](repeating: 0, count: 64)
     /// The sweep: the next user it cleans, and the number every list is
     /// clean to once the pass ends. Settled: every list is clean.
@@ -103,17 +102,10 @@ public final class InteractionHistory {
             // began): each is clean to `sweepCovers`, so only the deletions
             // made during the pass may still be missing from some list.
             sweepNext = 0
-            if deletions == sweepCovers {
-                settled = true
-                sievePass = [UInt64](repeating: 0, count: 64)
-                sieveBefore = sievePass
-                sieve = sievePass
-            } else {
-                sweepCovers = deletions
-                sieveBefore = sievePass
-                sievePass = [UInt64](repeating: 0, count: 64)
-                sieve = sieveBefore
-            }
+            settled = deletions == sweepCovers
+            sweepCovers = deletions
+            sieve = settled ? [UInt64](repeating: 0, count: 64) : sievePass
+            sievePass = [UInt64](repeating: 0, count: 64)
         }
         return !settled
     }
